@@ -1,0 +1,150 @@
+//! The error type of the shared library, which keeps AWS error codes and maps to Lambda diagnostics.
+//!
+//! An AWS SDK error's `Display` says only "service error"; [`Error::aws`] keeps the
+//! operation, the AWS error code (e.g. `ThrottlingException`) and the message, so logs
+//! and the Lambda error report say what actually went wrong.
+
+use aws_smithy_types::error::display::DisplayErrorContext;
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
+use lambda_runtime::Diagnostic;
+
+use crate::config::ConfigError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("configuration: {0}")]
+    Config(#[from] ConfigError),
+
+    /// The payload is not an event this function handles, or is malformed.
+    #[error("invalid event: {0}")]
+    InvalidEvent(String),
+
+    /// An AWS call failed; `code` is AWS's error code when the service sent one.
+    #[error("{operation} failed: {code}: {message}")]
+    Aws {
+        operation: &'static str,
+        code: String,
+        message: String,
+    },
+}
+
+/// Codes AWS uses when a caller is over a rate limit; worth retrying with backoff.
+const THROTTLING_CODES: [&str; 6] = [
+    "ThrottlingException",
+    "Throttling",
+    "TooManyRequestsException",
+    "RequestLimitExceeded",
+    "ProvisionedThroughputExceededException",
+    "SlowDown",
+];
+
+impl Error {
+    /// Wraps an AWS SDK error, keeping its code and message.
+    pub fn aws<E>(operation: &'static str, err: E) -> Self
+    where
+        E: ProvideErrorMetadata + std::error::Error,
+    {
+        let code = err.code().unwrap_or("Unknown").to_owned();
+        let message = match err.message() {
+            Some(message) => message.to_owned(),
+            // Not a service reply (timeout, connection refused, ...): the whole chain says why.
+            None => DisplayErrorContext(&err).to_string(),
+        };
+        Error::Aws {
+            operation,
+            code,
+            message,
+        }
+    }
+
+    /// The AWS error code, for errors that came from AWS.
+    pub fn aws_code(&self) -> Option<&str> {
+        match self {
+            Error::Aws { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+
+    /// Whether the error is AWS saying "slow down".
+    pub fn is_throttling(&self) -> bool {
+        self.aws_code()
+            .is_some_and(|code| THROTTLING_CODES.contains(&code))
+    }
+
+    /// A stable name for the kind of error, as CloudWatch shows it in `errorType`.
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            Error::Config(_) => "Batchline.ConfigError",
+            Error::InvalidEvent(_) => "Batchline.InvalidEvent",
+            Error::Aws { .. } => "Batchline.AwsError",
+        }
+    }
+}
+
+impl From<Error> for Diagnostic {
+    fn from(err: Error) -> Self {
+        Diagnostic {
+            error_type: err.error_type().to_owned(),
+            error_message: err.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_smithy_types::error::ErrorMetadata;
+
+    #[derive(Debug)]
+    struct FakeServiceError(ErrorMetadata);
+
+    impl std::fmt::Display for FakeServiceError {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("service error")
+        }
+    }
+    impl std::error::Error for FakeServiceError {}
+    impl ProvideErrorMetadata for FakeServiceError {
+        fn meta(&self) -> &ErrorMetadata {
+            &self.0
+        }
+    }
+
+    #[test]
+    fn aws_errors_keep_their_code_and_message() {
+        let meta = ErrorMetadata::builder()
+            .code("ThrottlingException")
+            .message("Rate exceeded")
+            .build();
+        let err = Error::aws("SubmitJob", FakeServiceError(meta));
+        assert_eq!(
+            err.to_string(),
+            "SubmitJob failed: ThrottlingException: Rate exceeded"
+        );
+        assert!(err.is_throttling());
+
+        let diagnostic = Diagnostic::from(err);
+        assert_eq!(diagnostic.error_type, "Batchline.AwsError");
+        assert!(diagnostic.error_message.contains("ThrottlingException"));
+    }
+
+    #[test]
+    fn errors_without_service_metadata_explain_themselves() {
+        let err = Error::aws(
+            "PutItem",
+            FakeServiceError(ErrorMetadata::builder().build()),
+        );
+        assert_eq!(err.aws_code(), Some("Unknown"));
+        assert!(!err.is_throttling());
+        assert!(err.to_string().contains("service error"));
+    }
+
+    #[test]
+    fn configuration_errors_become_config_diagnostics() {
+        let diagnostic = Diagnostic::from(Error::from(ConfigError::Missing {
+            name: "BATCHLINE_TABLE",
+        }));
+        assert_eq!(diagnostic.error_type, "Batchline.ConfigError");
+        assert!(diagnostic.error_message.contains("BATCHLINE_TABLE"));
+    }
+}

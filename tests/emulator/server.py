@@ -1,0 +1,400 @@
+"""The local AWS emulator: moto in server mode behind a thin protocol adapter.
+
+moto speaks the real AWS wire protocols for almost everything Batchline calls. Where the
+AWS SDK for Rust and moto disagree (see ../shared/EMULATOR.md), the adapter in front of
+moto's WSGI application makes the emulator behave as AWS does:
+
+* CloudWatch: the Rust SDK speaks Smithy RPC v2 CBOR, moto only the JSON protocol. CBOR
+  requests (gzip bodies included) are translated to JSON, and replies back to CBOR, with
+  timestamps as CBOR tag 1 and errors as ``{"__type", "message"}`` maps.
+* Batch DescribeJobs: moto reports ``container.vcpus`` of Fargate jobs as a float, which
+  the Batch model (and so the Rust SDK) types as an integer, and leaves out what AWS
+  reports for a Fargate job: ``resourceRequirements`` (with the job's overrides applied),
+  ``image``, the roles, network and log configuration, ``platformCapabilities``. The
+  adapter completes each job from moto's own job record, as AWS would report it, and drops
+  ``vcpus``/``memory`` for Fargate jobs (AWS reports their size only as requirements).
+* Batch CreateComputeEnvironment without ``serviceRole``: AWS falls back to the
+  service-linked role; moto requires the field. The adapter creates the service-linked
+  role for batch.amazonaws.com (as AWS does) and fills in its ARN.
+
+One addition for tests and the local run, which is not an AWS API:
+``GET /_batchline/default-network`` answers ``{"vpc", "subnets", "securityGroups"}`` for
+the emulator's default VPC (moto checks that subnets and security groups exist, and
+their ids are random), so callers need no EC2 client to find them.
+
+Usage::
+
+    python server.py [--port PORT] [--parent-pid PID]
+
+Prints ``http://127.0.0.1:PORT`` on its first line once it accepts requests. With
+``--parent-pid`` it exits by itself when that process is gone, so a test run that ends
+in any way leaves no emulator behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gzip
+import json
+import logging
+import os
+import re
+import signal
+import threading
+import time
+from typing import Any, Callable, Iterable
+
+# Read by moto when it builds the IAM backend: AWS managed policies such as
+# AmazonECSTaskExecutionRolePolicy exist only when this is set.
+os.environ.setdefault("MOTO_IAM_LOAD_MANAGED_POLICIES", "true")
+
+import botocore.loaders  # noqa: E402
+import botocore.model  # noqa: E402
+import botocore.parsers  # noqa: E402
+import cbor2  # noqa: E402
+from moto.core.config import default_user_config  # noqa: E402
+from moto.moto_server.werkzeug_app import (  # noqa: E402
+    DomainDispatcherApplication,
+    MotoRequestHandler,
+    create_backend_app,
+)
+from werkzeug.serving import make_server  # noqa: E402
+from werkzeug.test import EnvironBuilder, run_wsgi_app  # noqa: E402
+
+CLOUDWATCH_TARGET_PREFIX = "GraniteServiceVersion20100801"
+CBOR_PATH = re.compile(r"^/service/GraniteServiceVersion20100801/operation/(\w+)$")
+DEFAULT_CREDENTIAL = (
+    "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/{service}/aws4_request, "
+    "SignedHeaders=host, Signature=0"
+)
+
+WsgiApp = Callable[[dict, Callable], Iterable[bytes]]
+
+
+class InnerResponse:
+    """A reply from the wrapped moto application, fully read."""
+
+    def __init__(self, status: str, headers: list[tuple[str, str]], body: bytes):
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    @property
+    def status_code(self) -> int:
+        return int(self.status.split(" ", 1)[0])
+
+
+def call_app(app: WsgiApp, method: str, path: str, headers: dict[str, str], body: bytes) -> InnerResponse:
+    """Runs one request through a WSGI application in-process (no network hop)."""
+    builder = EnvironBuilder(method=method, path=path, headers=headers, data=body)
+    environ = builder.get_environ()
+    # moto reads this to recover header spelling; EnvironBuilder does not set it.
+    environ.setdefault("moto.preserved_header_names", {})
+    app_iter, status, response_headers = run_wsgi_app(app, environ, buffered=True)
+    try:
+        payload = b"".join(app_iter)
+    finally:
+        close = getattr(app_iter, "close", None)
+        if close:
+            close()
+    return InnerResponse(status, list(response_headers.items()), payload)
+
+
+def credential_scope_service(authorization: str, service: str) -> str:
+    """The same Authorization header, signed for another service (moto routes on it)."""
+    match = re.search(r"Credential=([^/]+)/(\d+)/([^/]+)/[^/]+/aws4_request", authorization or "")
+    if not match:
+        return DEFAULT_CREDENTIAL.format(service=service)
+    key, date, region = match.groups()
+    return (
+        f"AWS4-HMAC-SHA256 Credential={key}/{date}/{region}/{service}/aws4_request, "
+        "SignedHeaders=host, Signature=0"
+    )
+
+
+class CloudWatchCbor:
+    """Translates CloudWatch's Smithy RPC v2 CBOR protocol to and from the JSON protocol."""
+
+    def __init__(self) -> None:
+        loader = botocore.loaders.Loader()
+        definition = loader.load_service_model("cloudwatch", "service-2")
+        self.model = botocore.model.ServiceModel(definition, service_name="cloudwatch")
+        self.parser = botocore.parsers.JSONParser()
+
+    def handle(self, app: WsgiApp, environ: dict, operation: str) -> tuple[int, bytes]:
+        body = read_body(environ)
+        if environ.get("HTTP_CONTENT_ENCODING", "").lower() == "gzip":
+            body = gzip.decompress(body)
+        try:
+            request = cbor2.loads(body) if body else {}
+        except Exception as err:  # noqa: BLE001 - any decoding failure is the caller's
+            return 400, encode_error("SerializationException", f"request is not CBOR: {err}")
+        headers = {
+            "Content-Type": "application/x-amz-json-1.0",
+            "X-Amz-Target": f"{CLOUDWATCH_TARGET_PREFIX}.{operation}",
+            "Authorization": environ.get("HTTP_AUTHORIZATION", DEFAULT_CREDENTIAL.format(service="monitoring")),
+            "Host": environ.get("HTTP_HOST", "localhost"),
+        }
+        reply = call_app(app, "POST", "/", headers, json.dumps(to_json_value(request)).encode())
+        if reply.status_code >= 400:
+            return reply.status_code, translate_error(reply.body)
+        try:
+            shape = self.model.operation_model(operation).output_shape
+        except Exception:  # noqa: BLE001 - unknown operation
+            return 400, encode_error("UnknownOperationException", f"unknown operation {operation}")
+        parsed = self.parser.parse(
+            {"status_code": reply.status_code, "headers": {}, "body": reply.body}, shape
+        ) if shape is not None else {}
+        parsed.pop("ResponseMetadata", None)
+        return 200, cbor2.dumps(parsed, datetime_as_timestamp=True, timezone=datetime.timezone.utc)
+
+
+def to_json_value(value: Any) -> Any:
+    """CBOR-decoded values as the JSON protocol carries them (timestamps as epoch seconds)."""
+    if isinstance(value, dict):
+        return {key: to_json_value(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [to_json_value(item) for item in value]
+    if isinstance(value, datetime.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=datetime.timezone.utc)
+        return value.timestamp()
+    if isinstance(value, (bytes, bytearray)):
+        import base64
+
+        return base64.b64encode(value).decode()
+    return value
+
+
+def translate_error(body: bytes) -> bytes:
+    """moto's JSON (or XML) error body as a CBOR error map."""
+    code, message = "InternalFailure", body.decode(errors="replace")
+    try:
+        error = json.loads(body)
+        code = error.get("__type", code).split("#")[-1]
+        message = error.get("message") or error.get("Message") or message
+    except ValueError:
+        found = re.search(rb"<Code>([^<]+)</Code>", body)
+        if found:
+            code = found.group(1).decode()
+        found = re.search(rb"<Message>([^<]*)</Message>", body)
+        if found:
+            message = found.group(1).decode()
+    return encode_error(code, message)
+
+
+def encode_error(code: str, message: str) -> bytes:
+    return cbor2.dumps({"__type": code, "message": message})
+
+
+def read_body(environ: dict) -> bytes:
+    length = int(environ.get("CONTENT_LENGTH") or 0)
+    stream = environ["wsgi.input"]
+    return stream.read(length) if length else stream.read()
+
+
+# Container properties AWS reports in DescribeJobs that moto leaves out.
+REPORTED_CONTAINER_PROPERTIES = (
+    "image", "jobRoleArn", "executionRoleArn", "networkConfiguration", "logConfiguration",
+    "fargatePlatformConfiguration", "runtimePlatform", "secrets", "ephemeralStorage",
+)
+
+
+def complete_job(job: dict[str, Any], authorization: str) -> dict[str, Any]:
+    """One DescribeJobs entry as AWS reports it (see the module docs)."""
+    record = find_job(job.get("jobId", ""), authorization)
+    container = job.get("container")
+    if record is None or not isinstance(container, dict):
+        return job
+    definition = record.job_definition
+    properties = definition.container_properties or {}
+    fargate = "FARGATE" in (definition.platform_capabilities or [])
+    job["platformCapabilities"] = list(definition.platform_capabilities or [])
+    for name in REPORTED_CONTAINER_PROPERTIES:
+        if name in properties and name not in container:
+            container[name] = properties[name]
+    requirements = {r["type"]: r["value"] for r in properties.get("resourceRequirements", [])}
+    for override in (record.container_overrides or {}).get("resourceRequirements", []):
+        requirements[override["type"]] = override["value"]
+    if requirements:
+        container["resourceRequirements"] = [{"type": k, "value": v} for k, v in requirements.items()]
+    if fargate:
+        container.pop("vcpus", None)
+        container.pop("memory", None)
+    elif isinstance(container.get("vcpus"), float):
+        container["vcpus"] = int(container["vcpus"])
+    return job
+
+
+def find_job(job_id: str, authorization: str) -> Any:
+    """moto's record of a job, in the account and region the request was signed for."""
+    from moto.batch.models import batch_backends
+    from moto.iam.models import get_account_id_from
+
+    match = re.search(r"Credential=([^/]+)/\d+/([^/]+)/", authorization or "")
+    access_key, region = match.groups() if match else ("AKIAEXAMPLE", "us-east-1")
+    backend = batch_backends[get_account_id_from(access_key)][region]
+    return backend.get_job_by_id(job_id)
+
+
+class Adapter:
+    """WSGI middleware in front of moto: fixes what the Rust SDK and moto disagree on."""
+
+    def __init__(self, app: WsgiApp):
+        self.app = app
+        self.cloudwatch = CloudWatchCbor()
+        self.lock = threading.Lock()
+
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        method = environ.get("REQUEST_METHOD", "GET")
+        cbor_call = CBOR_PATH.match(path)
+        if cbor_call and method == "POST":
+            status, payload = self.cloudwatch.handle(self.app, environ, cbor_call.group(1))
+            return respond(start_response, status, payload, {
+                "Content-Type": "application/cbor",
+                "smithy-protocol": "rpc-v2-cbor",
+            })
+        if path == "/_batchline/default-network" and method == "GET":
+            document = json.dumps(self.default_network()).encode()
+            return respond(start_response, 200, document, {"Content-Type": "application/json"})
+        if path == "/v1/describejobs" and method == "POST":
+            return self.describe_jobs(environ, start_response)
+        if path == "/v1/createcomputeenvironment" and method == "POST":
+            return self.create_compute_environment(environ, start_response)
+        return self.app(environ, start_response)
+
+    def forward(self, environ: dict, body: bytes) -> InnerResponse:
+        headers = {
+            name[5:].replace("_", "-").title(): value
+            for name, value in environ.items()
+            if name.startswith("HTTP_")
+        }
+        headers["Content-Type"] = environ.get("CONTENT_TYPE", "application/json")
+        headers.pop("Content-Length", None)
+        return call_app(self.app, environ["REQUEST_METHOD"], environ["PATH_INFO"], headers, body)
+
+    def describe_jobs(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        reply = self.forward(environ, read_body(environ))
+        payload = reply.body
+        if reply.status_code == 200:
+            document = json.loads(payload)
+            authorization = environ.get("HTTP_AUTHORIZATION", "")
+            document["jobs"] = [complete_job(job, authorization) for job in document.get("jobs", [])]
+            payload = json.dumps(document).encode()
+        return respond(start_response, reply.status_code, payload, dict(reply.headers))
+
+    def create_compute_environment(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        body = read_body(environ)
+        try:
+            request = json.loads(body or b"{}")
+        except ValueError:
+            request = None
+        if isinstance(request, dict) and not request.get("serviceRole"):
+            role_arn = self.batch_service_linked_role(environ.get("HTTP_AUTHORIZATION", ""))
+            if role_arn:
+                request["serviceRole"] = role_arn
+                body = json.dumps(request).encode()
+        reply = self.forward(environ, body)
+        return respond(start_response, reply.status_code, reply.body, dict(reply.headers))
+
+    def default_network(self) -> dict[str, Any]:
+        """The default VPC's id, subnet ids and default security group id, via EC2's Query API."""
+        headers = {
+            "Content-Type": "application/x-www-form-urlencoded",
+            "Authorization": DEFAULT_CREDENTIAL.format(service="ec2"),
+        }
+
+        def ec2(query: str) -> bytes:
+            return call_app(self.app, "POST", "/", headers, f"Version=2016-11-15&{query}".encode()).body
+
+        vpcs = ec2("Action=DescribeVpcs&Filter.1.Name=is-default&Filter.1.Value.1=true")
+        vpc = re.search(rb"<vpcId>([^<]+)</vpcId>", vpcs).group(1).decode()
+        subnets = ec2(f"Action=DescribeSubnets&Filter.1.Name=vpc-id&Filter.1.Value.1={vpc}")
+        groups = ec2(
+            f"Action=DescribeSecurityGroups&Filter.1.Name=vpc-id&Filter.1.Value.1={vpc}"
+            "&Filter.2.Name=group-name&Filter.2.Value.1=default"
+        )
+        return {
+            "vpc": vpc,
+            "subnets": sorted({m.decode() for m in re.findall(rb"<subnetId>([^<]+)</subnetId>", subnets)}),
+            "securityGroups": sorted({m.decode() for m in re.findall(rb"<groupId>([^<]+)</groupId>", groups)}),
+        }
+
+    def batch_service_linked_role(self, authorization: str) -> str | None:
+        """The ARN of AWS Batch's service-linked role, created on first use as AWS does."""
+        headers = {
+            "Content-Type": "application/x-www-form-urlencoded",
+            "Authorization": credential_scope_service(authorization, "iam"),
+        }
+        with self.lock:
+            created = call_app(
+                self.app, "POST", "/", headers,
+                b"Action=CreateServiceLinkedRole&Version=2010-05-08&AWSServiceName=batch.amazonaws.com",
+            )
+            found = re.search(rb"<Arn>([^<]+)</Arn>", created.body)
+            if found:
+                return found.group(1).decode()
+            listed = call_app(
+                self.app, "POST", "/", headers,
+                b"Action=ListRoles&Version=2010-05-08&PathPrefix=/aws-service-role/batch.amazonaws.com/",
+            )
+            found = re.search(rb"<Arn>([^<]+)</Arn>", listed.body)
+            return found.group(1).decode() if found else None
+
+
+def respond(start_response: Callable, status: int, payload: bytes, headers: dict[str, str]) -> list[bytes]:
+    skip = {"content-length", "transfer-encoding", "content-encoding"}
+    response_headers = [(k, v) for k, v in headers.items() if k.lower() not in skip]
+    response_headers.append(("Content-Length", str(len(payload))))
+    reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 500: "Internal Server Error"}.get(status, "Status")
+    start_response(f"{status} {reason}", response_headers)
+    return [payload]
+
+
+def exit_when_parent_dies(parent_pid: int, server: Any) -> None:
+    """Stops the server once the process that started it is gone (however it ended)."""
+
+    def watch() -> None:
+        while True:
+            try:
+                os.kill(parent_pid, 0)
+            except ProcessLookupError:
+                break
+            except PermissionError:
+                pass
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--parent-pid", type=int, help="exit when this process is gone")
+    parser.add_argument("--endpoint-file", help="also write the endpoint URL to this file")
+    args = parser.parse_args()
+
+    # Batch without Docker: submitted jobs are recorded (and finish at once) without running.
+    default_user_config["batch"]["use_docker"] = False
+
+    app = Adapter(DomainDispatcherApplication(create_backend_app))
+    server = make_server(args.host, args.port, app, threaded=True, request_handler=MotoRequestHandler)
+    endpoint = f"http://{args.host}:{server.server_address[1]}"
+    if args.endpoint_file:
+        with open(args.endpoint_file, "w", encoding="utf-8") as handle:
+            handle.write(endpoint + "\n")
+    print(endpoint, flush=True)
+    if args.parent_pid:
+        exit_when_parent_dies(args.parent_pid, server)
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    # Quiet: werkzeug's per-request log lines would drown test output; errors still show.
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

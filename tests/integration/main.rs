@@ -1,0 +1,3 @@
+//! Integration tests against the local AWS emulator.
+
+mod emulator;

@@ -1,0 +1,181 @@
+//! One local AWS emulator per test run: started on first use, gone when the test process ends.
+//!
+//! The emulator is moto in server mode behind the protocol adapter in
+//! `tests/emulator/server.py`, run from the repository's `.venv` (made by
+//! `scripts/setup`). It is started once per test process on a free loopback port and is
+//! told this process's id; it exits by itself within a second of this process ending,
+//! however it ends, so no emulator outlives a test run. When `AWS_ENDPOINT_URL` is already
+//! set (an emulator started by `scripts/emulator start`, or the local demo), that one is
+//! used instead and left running.
+//!
+//! Tests share the emulator and never reset it: each isolates itself with unique names
+//! ([`unique_name`]) and metric namespaces ([`unique_namespace`]).
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_sqs::config::Credentials;
+
+/// The region every test and the local run use.
+pub const REGION: &str = "us-east-1";
+/// moto's default account, which every ARN in the emulator carries.
+pub const ACCOUNT_ID: &str = "123456789012";
+
+static ENDPOINT: OnceLock<String> = OnceLock::new();
+
+/// The repository's root folder.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The emulator's endpoint URL, starting the emulator on first use.
+///
+/// Panics (failing the test that asked) when it cannot start, saying why: a test without
+/// its emulator can only fail.
+pub fn endpoint() -> &'static str {
+    ENDPOINT.get_or_init(|| match std::env::var("AWS_ENDPOINT_URL") {
+        Ok(url) if !url.is_empty() => url,
+        _ => start().unwrap_or_else(|why| panic!("the local AWS emulator did not start: {why}")),
+    })
+}
+
+fn start() -> Result<String, String> {
+    let root = repo_root();
+    let python = root.join(".venv/bin/python");
+    if !python.exists() {
+        return Err(format!(
+            "{} is missing: run scripts/setup (or scripts/test) first",
+            python.display()
+        ));
+    }
+    let log_dir = root.join("target");
+    std::fs::create_dir_all(&log_dir).map_err(|e| e.to_string())?;
+    let log = std::fs::File::create(log_dir.join("emulator.log")).map_err(|e| e.to_string())?;
+    let mut child = Command::new(&python)
+        .arg(root.join("tests/emulator/server.py"))
+        .arg("--parent-pid")
+        .arg(std::process::id().to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("cannot run {}: {e}", python.display()))?;
+    let stdout = child.stdout.take().ok_or("no stdout from the emulator")?;
+    let mut first_line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut first_line)
+        .map_err(|e| format!("reading the emulator's endpoint: {e}"))?;
+    let endpoint = first_line.trim().to_owned();
+    if !endpoint.starts_with("http://") {
+        let _ = child.kill();
+        return Err(format!("it printed {endpoint:?}; see target/emulator.log"));
+    }
+    wait_until_listening(&endpoint, Duration::from_secs(30))?;
+    // The child is deliberately not waited for: it watches this process and exits with it.
+    std::mem::forget(child);
+    Ok(endpoint)
+}
+
+fn wait_until_listening(endpoint: &str, timeout: Duration) -> Result<(), String> {
+    let address = endpoint.trim_start_matches("http://");
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(address).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(format!("nothing listens at {endpoint} after {timeout:?}"))
+}
+
+/// An SDK configuration pointed at the emulator, with test credentials.
+///
+/// Build one per test: SDK clients hold connection pools tied to the Tokio runtime that
+/// first used them, and every `#[tokio::test]` has a runtime of its own.
+pub async fn sdk_config() -> SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .endpoint_url(endpoint())
+        .region(Region::new(REGION))
+        .credentials_provider(Credentials::new(
+            "testing",
+            "testing",
+            None,
+            None,
+            "batchline-tests",
+        ))
+        .load()
+        .await
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A name no other test in this run, or in an earlier run against the same emulator,
+/// uses: `prefix`, then this process, a counter and a random part. Letters, digits and
+/// `-` only, so it is valid for every AWS resource the tests create.
+pub fn unique_name(prefix: &str) -> String {
+    let count = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!(
+        "{prefix}-{:x}-{count}-{:04x}",
+        std::process::id(),
+        fastrand::u16(..)
+    )
+}
+
+/// A CloudWatch namespace of the test's own, so metric sums are not shared between tests.
+pub fn unique_namespace(test: &str) -> String {
+    format!("BatchlineTest/{}", unique_name(test))
+}
+
+/// A function configuration for tests: its own table name and metric namespace.
+pub fn test_config(test: &str) -> batchline::Config {
+    batchline::Config {
+        table_name: unique_name(&format!("{test}-table")),
+        metric_namespace: unique_namespace(test),
+        price_overrides: Default::default(),
+    }
+}
+
+/// The emulator's default VPC: what the recipe finds with `aws ec2 describe-*`.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct DefaultNetwork {
+    pub vpc: String,
+    pub subnets: Vec<String>,
+    #[serde(rename = "securityGroups")]
+    pub security_groups: Vec<String>,
+}
+
+/// Reads the default VPC's subnets and security group from the emulator adapter's
+/// `/_batchline/default-network` (moto checks that they exist; their ids are random).
+pub fn default_network() -> DefaultNetwork {
+    static NETWORK: OnceLock<DefaultNetwork> = OnceLock::new();
+    NETWORK
+        .get_or_init(|| {
+            let body = http_get(endpoint(), "/_batchline/default-network")
+                .unwrap_or_else(|why| panic!("reading the emulator's default network: {why}"));
+            serde_json::from_str(&body)
+                .unwrap_or_else(|why| panic!("default network {body:?}: {why}"))
+        })
+        .clone()
+}
+
+/// A plain HTTP/1.0 GET on loopback; enough for the adapter's own JSON endpoints.
+fn http_get(endpoint: &str, path: &str) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let address = endpoint.trim_start_matches("http://").trim_end_matches('/');
+    let mut stream = std::net::TcpStream::connect(address).map_err(|e| e.to_string())?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .map_err(|e| e.to_string())?;
+    let (head, body) = response.split_once("\r\n\r\n").ok_or("no HTTP body")?;
+    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
+        return Err(head.lines().next().unwrap_or_default().to_owned());
+    }
+    Ok(body.to_owned())
+}

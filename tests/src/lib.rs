@@ -1,0 +1,5 @@
+//! Test support for Batchline: the local AWS emulator harness and the Batch event player.
+//!
+//! A library (not only tests) so the local end-to-end run can use the same pieces.
+
+pub mod emulator;
