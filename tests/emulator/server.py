@@ -16,6 +16,10 @@ moto's WSGI application makes the emulator behave as AWS does:
 * Batch CreateComputeEnvironment without ``serviceRole``: AWS falls back to the
   service-linked role; moto requires the field. The adapter creates the service-linked
   role for batch.amazonaws.com (as AWS does) and fills in its ARN.
+* Batch CancelJob and TerminateJob: moto without Docker has already finished every job
+  (SUCCEEDED) by the time anyone could stop it, so both would be no-ops. Locally a job has
+  not run until the Batch event player plays it, so the adapter applies them as AWS does to
+  a job that has not finished: the job becomes FAILED with the given reason.
 
 One addition for tests and the local run, which is not an AWS API:
 ``GET /_batchline/default-network`` answers ``{"vpc", "subnets", "securityGroups"}`` for
@@ -261,6 +265,8 @@ class Adapter:
             return respond(start_response, 200, document, {"Content-Type": "application/json"})
         if path == "/v1/describejobs" and method == "POST":
             return self.describe_jobs(environ, start_response)
+        if path in ("/v1/terminatejob", "/v1/canceljob") and method == "POST":
+            return self.stop_job(environ, start_response)
         if path == "/v1/createcomputeenvironment" and method == "POST":
             return self.create_compute_environment(environ, start_response)
         return self.app(environ, start_response)
@@ -284,6 +290,17 @@ class Adapter:
             document["jobs"] = [complete_job(job, authorization) for job in document.get("jobs", [])]
             payload = json.dumps(document).encode()
         return respond(start_response, reply.status_code, payload, dict(reply.headers))
+
+    def stop_job(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        body = read_body(environ)
+        reply = self.forward(environ, body)
+        if reply.status_code == 200:
+            request = json.loads(body or b"{}")
+            record = find_job(request.get("jobId", ""), environ.get("HTTP_AUTHORIZATION", ""))
+            if record is not None and record.status in ("SUCCEEDED", "SUBMITTED", "PENDING", "RUNNABLE"):
+                record.status = "FAILED"
+                record.job_stopped_reason = request.get("reason", "")
+        return respond(start_response, reply.status_code, reply.body, dict(reply.headers))
 
     def create_compute_environment(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         body = read_body(environ)

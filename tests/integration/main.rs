@@ -1,3 +1,4 @@
 //! Integration tests against the local AWS emulator.
 
 mod emulator;
+mod player;

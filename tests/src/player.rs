@@ -1,0 +1,866 @@
+//! The Batch event player: plays AWS Batch's runtime and EventBridge for jobs in the local emulator.
+//!
+//! moto's Batch (without Docker) marks a job SUCCEEDED the moment it is submitted and emits
+//! no events. The player stands in for what AWS does after SubmitJob: it finds the jobs in
+//! a queue (ListJobs, then DescribeJobs through the emulator adapter, which reports them as
+//! AWS does), decides each job's outcome by the rule below, and produces the "Batch Job
+//! State Change" events AWS would send — RUNNABLE, STARTING, RUNNING, then SUCCEEDED or
+//! FAILED — in EventBridge's envelope, with timestamps on a simulated clock that starts at
+//! the job's real `createdAt`.
+//!
+//! # The outcome rule
+//! For each job, the first of these that applies:
+//! 1. a [`Script`] the test gave for the job's id or name with [`Player::script`];
+//! 2. the job's parameters, then its tags (so a test or the demo can steer a job it submits
+//!    through Batchline's own functions):
+//!    - `play`: `succeed` (default), `oom` (always out of memory) or `exit:N` (exit code N);
+//!    - `play_needs_memory`: MiB the job needs; with less, it fails out of memory — the
+//!      way a real job does, so a resubmission at a larger size succeeds;
+//!    - `play_wait_seconds`: time in the queue, createdAt → startedAt (default 10);
+//!    - `play_run_seconds`: running time, startedAt → stoppedAt (default 30);
+//! 3. a job that was terminated or cancelled in the emulator (moto reports FAILED with a
+//!    reason) fails with that reason and never runs;
+//! 4. a job whose Batch `dependsOn` job failed fails with `Dependent Job failed`; one whose
+//!    dependencies succeeded starts only after they stopped.
+//!
+//! Out of memory is reported the way AWS does on Fargate: exit code 137 and reason
+//! `OutOfMemoryError: Container killed due to memory usage`, status reason `Essential
+//! container in task exited`. Array jobs produce events for the parent and for every child
+//! (`<parent id>:<index>`); the parent fails if any child fails.
+//!
+//! # Delivery
+//! [`Delivery`] takes the events and hands them on: as plain events or SQS batches for a
+//! handler called directly, into an SQS queue exactly as an EventBridge SQS target
+//! delivers them (so redelivered duplicates keep their `id`), or onto an EventBridge bus in
+//! the emulator with `PutEvents` (the bus assigns new ids), so a rule routes them as in
+//! production. Duplication and seeded shuffling make reliability tests short.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use aws_config::SdkConfig;
+use aws_sdk_batch::types::{JobDetail, KeyValuesPair};
+use aws_smithy_types::date_time::Format;
+use aws_smithy_types::DateTime;
+use batchline::Error;
+use serde_json::{json, Map, Value};
+
+/// What happens to a job when it runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Succeed,
+    /// Killed for exceeding its memory: exit code 137, as AWS reports it.
+    OutOfMemory,
+    /// The container exits with this (non-zero) code.
+    Exit(i32),
+}
+
+/// How a job plays out: its outcome and its simulated times.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Script {
+    pub outcome: Outcome,
+    /// createdAt → startedAt.
+    pub queue_wait: Duration,
+    /// startedAt → stoppedAt.
+    pub run_time: Duration,
+    /// With less memory than this (MiB) the job fails out of memory.
+    pub needs_memory_mib: Option<u64>,
+}
+
+impl Default for Script {
+    fn default() -> Self {
+        Script {
+            outcome: Outcome::Succeed,
+            queue_wait: Duration::from_secs(10),
+            run_time: Duration::from_secs(30),
+            needs_memory_mib: None,
+        }
+    }
+}
+
+impl Script {
+    pub fn succeed() -> Self {
+        Script::default()
+    }
+    pub fn out_of_memory() -> Self {
+        Script {
+            outcome: Outcome::OutOfMemory,
+            ..Script::default()
+        }
+    }
+    pub fn exit(code: i32) -> Self {
+        Script {
+            outcome: Outcome::Exit(code),
+            ..Script::default()
+        }
+    }
+    pub fn waiting(mut self, queue_wait: Duration) -> Self {
+        self.queue_wait = queue_wait;
+        self
+    }
+    pub fn running(mut self, run_time: Duration) -> Self {
+        self.run_time = run_time;
+        self
+    }
+    pub fn needing_memory(mut self, mib: u64) -> Self {
+        self.needs_memory_mib = Some(mib);
+        self
+    }
+
+    /// The script a job asks for in its parameters or tags (see the module docs).
+    pub fn from_job_settings(setting: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
+        let mut script = Script::default();
+        if let Some(play) = setting("play") {
+            script.outcome = match play.as_str() {
+                "succeed" => Outcome::Succeed,
+                "oom" => Outcome::OutOfMemory,
+                other => match other.strip_prefix("exit:").map(str::parse::<i32>) {
+                    Some(Ok(code)) if code != 0 => Outcome::Exit(code),
+                    _ => {
+                        return Err(format!(
+                            "play={other:?}: expected succeed, oom or exit:N (N not 0)"
+                        ))
+                    }
+                },
+            };
+        }
+        let number = |name: &str| -> Result<Option<u64>, String> {
+            setting(name)
+                .map(|value| {
+                    value
+                        .parse::<u64>()
+                        .map_err(|_| format!("{name}={value:?}: expected a whole number"))
+                })
+                .transpose()
+        };
+        if let Some(mib) = number("play_needs_memory")? {
+            script.needs_memory_mib = Some(mib);
+        }
+        if let Some(seconds) = number("play_wait_seconds")? {
+            script.queue_wait = Duration::from_secs(seconds);
+        }
+        if let Some(seconds) = number("play_run_seconds")? {
+            script.run_time = Duration::from_secs(seconds);
+        }
+        Ok(script)
+    }
+}
+
+/// One state-change event the player produced.
+#[derive(Debug, Clone)]
+pub struct StateChange {
+    pub job_id: String,
+    pub job_name: String,
+    pub status: &'static str,
+    /// When the transition happened, in epoch milliseconds (the event's `time`).
+    pub at_millis: i64,
+    /// The whole EventBridge event, as AWS sends it.
+    pub event: Value,
+}
+
+pub const OUT_OF_MEMORY_REASON: &str = "OutOfMemoryError: Container killed due to memory usage";
+pub const ESSENTIAL_CONTAINER_EXITED: &str = "Essential container in task exited";
+pub const DEPENDENT_JOB_FAILED: &str = "Dependent Job failed";
+
+/// Plays Batch for the jobs in the emulator. Remembers what it played, so each call plays
+/// only jobs it has not seen (for example the next stages a function just submitted).
+pub struct Player {
+    batch: aws_sdk_batch::Client,
+    region: String,
+    scripts: HashMap<String, Script>,
+    played: HashMap<String, PlayedJob>,
+}
+
+/// What the player remembers of a job it played, for jobs that depend on it.
+#[derive(Debug, Clone, Copy)]
+struct PlayedJob {
+    stopped_at: i64,
+    succeeded: bool,
+}
+
+impl Player {
+    pub fn new(sdk: &SdkConfig) -> Self {
+        Player {
+            batch: aws_sdk_batch::Client::new(sdk),
+            region: sdk
+                .region()
+                .map(|r| r.to_string())
+                .unwrap_or_else(|| "us-east-1".into()),
+            scripts: HashMap::new(),
+            played: HashMap::new(),
+        }
+    }
+
+    /// Sets how the job with this id or name plays out, over its parameters and tags.
+    pub fn script(&mut self, job_id_or_name: impl Into<String>, script: Script) -> &mut Self {
+        self.scripts.insert(job_id_or_name.into(), script);
+        self
+    }
+
+    /// Whether the player has played this job.
+    pub fn has_played(&self, job_id: &str) -> bool {
+        self.played.contains_key(job_id)
+    }
+
+    /// Plays every job in `queue` (name or ARN) that it has not played yet, and returns
+    /// their events ordered by time.
+    pub async fn play_queue(&mut self, queue: &str) -> Result<Vec<StateChange>, Error> {
+        let ids = self.job_ids_in(queue).await?;
+        let new: Vec<String> = ids
+            .into_iter()
+            .filter(|id| !self.played.contains_key(id))
+            .collect();
+        self.play_jobs(&new).await
+    }
+
+    /// Plays these jobs (ids), in the order they were created, and returns their events
+    /// ordered by time.
+    pub async fn play_jobs(&mut self, job_ids: &[String]) -> Result<Vec<StateChange>, Error> {
+        let mut jobs = Vec::with_capacity(job_ids.len());
+        for chunk in job_ids.chunks(100) {
+            let reply = self
+                .batch
+                .describe_jobs()
+                .set_jobs(Some(chunk.to_vec()))
+                .send()
+                .await
+                .map_err(|e| Error::aws("DescribeJobs", e))?;
+            jobs.extend(reply.jobs().iter().cloned());
+        }
+        jobs.sort_by_key(|job| {
+            (
+                job.created_at().unwrap_or_default(),
+                job.job_id().unwrap_or_default().to_owned(),
+            )
+        });
+
+        let mut changes = Vec::new();
+        for job in &jobs {
+            changes.extend(self.play_job(job)?);
+        }
+        changes.sort_by(|a, b| {
+            a.at_millis
+                .cmp(&b.at_millis)
+                .then(status_rank(a.status).cmp(&status_rank(b.status)))
+        });
+        Ok(changes)
+    }
+
+    /// Ids of every job in the queue, whatever its status. `AFTER_CREATED_AT` lists jobs in
+    /// all statuses on AWS; moto lists a queue's jobs for any filter it does not know.
+    async fn job_ids_in(&self, queue: &str) -> Result<Vec<String>, Error> {
+        let filter = KeyValuesPair::builder()
+            .name("AFTER_CREATED_AT")
+            .values("0")
+            .build();
+        let mut ids = Vec::new();
+        let mut token = None;
+        loop {
+            let reply = self
+                .batch
+                .list_jobs()
+                .job_queue(queue)
+                .filters(filter.clone())
+                .set_next_token(token)
+                .send()
+                .await
+                .map_err(|e| Error::aws("ListJobs", e))?;
+            // Array children (`parent:index`) are played with their parent.
+            ids.extend(
+                reply
+                    .job_summary_list()
+                    .iter()
+                    .filter_map(|s| s.job_id())
+                    .filter(|id| !id.contains(':'))
+                    .map(str::to_owned),
+            );
+            token = reply.next_token().map(str::to_owned);
+            if token.is_none() {
+                return Ok(ids);
+            }
+        }
+    }
+
+    fn script_for(&self, job: &JobDetail) -> Result<Script, Error> {
+        let id = job.job_id().unwrap_or_default();
+        let name = job.job_name().unwrap_or_default();
+        if let Some(script) = self.scripts.get(id).or_else(|| self.scripts.get(name)) {
+            return Ok(script.clone());
+        }
+        let setting = |key: &str| {
+            job.parameters()
+                .and_then(|p| p.get(key))
+                .or_else(|| job.tags().and_then(|t| t.get(key)))
+                .cloned()
+        };
+        Script::from_job_settings(setting)
+            .map_err(|why| Error::InvalidEvent(format!("job {id}: {why}")))
+    }
+
+    fn play_job(&mut self, job: &JobDetail) -> Result<Vec<StateChange>, Error> {
+        let id = job.job_id().unwrap_or_default().to_owned();
+        let mut script = self.script_for(job)?;
+        let base = JobFacts::from_detail(job, &self.region);
+        let created_at = base.created_at;
+
+        // Batch starts a job only after the jobs it depends on stopped; if one failed, the
+        // job fails without running.
+        let mut earliest_start = created_at;
+        let mut dependency_failed = false;
+        for dependency in job.depends_on().iter().filter_map(|d| d.job_id()) {
+            match self.played.get(dependency) {
+                Some(played) => {
+                    earliest_start = earliest_start.max(played.stopped_at);
+                    dependency_failed |= !played.succeeded;
+                }
+                None => {
+                    return Err(Error::InvalidEvent(format!(
+                        "job {id} depends on {dependency}, which was not played first"
+                    )))
+                }
+            }
+        }
+
+        let terminated = (job.status().map(|s| s.as_str()) == Some("FAILED")).then(|| {
+            job.status_reason()
+                .unwrap_or("Terminated by the user")
+                .to_owned()
+        });
+        let memory = base.memory_mib();
+        if let (Some(needed), Some(memory)) = (script.needs_memory_mib, memory) {
+            if memory < needed && script.outcome == Outcome::Succeed {
+                script.outcome = Outcome::OutOfMemory;
+            }
+        }
+
+        let mut timeline = Timeline::new(base);
+        let runnable_at = created_at + 1_000.min(duration_ms(script.queue_wait) / 4);
+        timeline.push("RUNNABLE", runnable_at, None);
+        let stopped_at;
+        let succeeded;
+        if let Some(reason) =
+            terminated.or_else(|| dependency_failed.then(|| DEPENDENT_JOB_FAILED.to_owned()))
+        {
+            stopped_at = runnable_at.max(earliest_start) + 1_000;
+            succeeded = false;
+            timeline.push("FAILED", stopped_at, Some(Stop { reason, exit: None }));
+        } else {
+            let started_at = earliest_start
+                .max(created_at + duration_ms(script.queue_wait))
+                .max(runnable_at + 2);
+            let starting_at = (started_at - 4_000).max(runnable_at + 1);
+            stopped_at = started_at + duration_ms(script.run_time);
+            timeline.push("STARTING", starting_at, None);
+            timeline.started_at = Some(started_at);
+            timeline.push("RUNNING", started_at, None);
+            let exit = match script.outcome {
+                Outcome::Succeed => ExitFacts {
+                    code: 0,
+                    reason: None,
+                },
+                Outcome::OutOfMemory => ExitFacts {
+                    code: 137,
+                    reason: Some(OUT_OF_MEMORY_REASON.to_owned()),
+                },
+                Outcome::Exit(code) => ExitFacts { code, reason: None },
+            };
+            succeeded = exit.code == 0;
+            let status = if succeeded { "SUCCEEDED" } else { "FAILED" };
+            timeline.push(
+                status,
+                stopped_at,
+                Some(Stop {
+                    reason: ESSENTIAL_CONTAINER_EXITED.to_owned(),
+                    exit: Some(exit),
+                }),
+            );
+        }
+
+        let mut changes = timeline.into_changes(job.array_properties().and_then(|a| a.size()));
+        if let Some(size) = job
+            .array_properties()
+            .and_then(|a| a.size())
+            .filter(|size| *size > 0)
+        {
+            changes = array_events(changes, size as usize, succeeded);
+        }
+        self.played.insert(
+            id,
+            PlayedJob {
+                stopped_at,
+                succeeded,
+            },
+        );
+        Ok(changes)
+    }
+}
+
+fn duration_ms(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX / 4)
+}
+
+fn status_rank(status: &str) -> u8 {
+    match status {
+        "RUNNABLE" => 0,
+        "STARTING" => 1,
+        "RUNNING" => 2,
+        _ => 3,
+    }
+}
+
+/// How a container stopped.
+#[derive(Debug, Clone)]
+struct ExitFacts {
+    code: i32,
+    reason: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+struct Stop {
+    reason: String,
+    exit: Option<ExitFacts>,
+}
+
+/// What the events of one job share: its description as DescribeJobs reports it.
+#[derive(Debug, Clone)]
+struct JobFacts {
+    region: String,
+    account: String,
+    job_id: String,
+    job_arn: String,
+    job_name: String,
+    job_queue: String,
+    job_definition: String,
+    created_at: i64,
+    parameters: Map<String, Value>,
+    tags: Map<String, Value>,
+    container: Map<String, Value>,
+    depends_on: Vec<Value>,
+    platform_capabilities: Vec<Value>,
+}
+
+impl JobFacts {
+    fn from_detail(job: &JobDetail, region: &str) -> Self {
+        let job_arn = job.job_arn().unwrap_or_default().to_owned();
+        let account = job_arn
+            .split(':')
+            .nth(4)
+            .unwrap_or(crate::emulator::ACCOUNT_ID)
+            .to_owned();
+        let strings = |map: Option<&HashMap<String, String>>| -> Map<String, Value> {
+            map.map(|m| m.iter().map(|(k, v)| (k.clone(), json!(v))).collect())
+                .unwrap_or_default()
+        };
+        let mut container = Map::new();
+        if let Some(detail) = job.container() {
+            if let Some(image) = detail.image() {
+                container.insert("image".into(), json!(image));
+            }
+            container.insert("command".into(), json!(detail.command()));
+            if let Some(role) = detail.job_role_arn() {
+                container.insert("jobRoleArn".into(), json!(role));
+            }
+            if let Some(role) = detail.execution_role_arn() {
+                container.insert("executionRoleArn".into(), json!(role));
+            }
+            container.insert("volumes".into(), json!([]));
+            let environment: Vec<Value> = detail
+                .environment()
+                .iter()
+                .map(|e| json!({"name": e.name(), "value": e.value()}))
+                .collect();
+            container.insert("environment".into(), json!(environment));
+            container.insert("mountPoints".into(), json!([]));
+            container.insert("ulimits".into(), json!([]));
+            let requirements: Vec<Value> = detail
+                .resource_requirements()
+                .iter()
+                .map(|r| json!({"value": r.value(), "type": r.r#type().map(|t| t.as_str())}))
+                .collect();
+            container.insert("resourceRequirements".into(), json!(requirements));
+            container.insert("secrets".into(), json!([]));
+            let public_ip = detail
+                .network_configuration()
+                .and_then(|n| n.assign_public_ip())
+                .map(|a| a.as_str().to_owned())
+                .unwrap_or_else(|| "DISABLED".to_owned());
+            container.insert(
+                "networkConfiguration".into(),
+                json!({"assignPublicIp": public_ip}),
+            );
+            container.insert(
+                "fargatePlatformConfiguration".into(),
+                json!({"platformVersion": "LATEST"}),
+            );
+        }
+        JobFacts {
+            region: region.to_owned(),
+            account,
+            job_id: job.job_id().unwrap_or_default().to_owned(),
+            job_arn,
+            job_name: job.job_name().unwrap_or_default().to_owned(),
+            job_queue: job.job_queue().unwrap_or_default().to_owned(),
+            job_definition: job.job_definition().unwrap_or_default().to_owned(),
+            created_at: job.created_at().unwrap_or_default(),
+            parameters: strings(job.parameters()),
+            tags: strings(job.tags()),
+            container,
+            depends_on: job
+                .depends_on()
+                .iter()
+                .map(|d| json!({"jobId": d.job_id(), "type": d.r#type().map(|t| t.as_str())}))
+                .collect(),
+            platform_capabilities: job
+                .platform_capabilities()
+                .iter()
+                .map(|p| json!(p.as_str()))
+                .collect(),
+        }
+    }
+
+    fn memory_mib(&self) -> Option<u64> {
+        self.container
+            .get("resourceRequirements")?
+            .as_array()?
+            .iter()
+            .find_map(|r| {
+                (r.get("type")?.as_str()? == "MEMORY")
+                    .then(|| r.get("value")?.as_str()?.parse().ok())
+                    .flatten()
+            })
+    }
+
+    /// A task id as ECS makes them (32 hex digits), stable for the job.
+    fn task_id(&self) -> String {
+        let mut hash: u128 = 0xcbf29ce484222325;
+        for byte in self.job_id.bytes() {
+            hash = (hash ^ byte as u128).wrapping_mul(0x0000000001000000000000000000013B);
+        }
+        format!("{hash:032x}")
+    }
+}
+
+/// The transitions of one job, turned into events at the end.
+struct Timeline {
+    facts: JobFacts,
+    started_at: Option<i64>,
+    steps: Vec<(&'static str, i64, Option<Stop>)>,
+}
+
+impl Timeline {
+    fn new(facts: JobFacts) -> Self {
+        Timeline {
+            facts,
+            started_at: None,
+            steps: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, status: &'static str, at: i64, stop: Option<Stop>) {
+        self.steps.push((status, at, stop));
+    }
+
+    fn into_changes(self, array_size: Option<i32>) -> Vec<StateChange> {
+        let facts = &self.facts;
+        let task_id = facts.task_id();
+        let definition_name = facts
+            .job_definition
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let log_stream = format!("{definition_name}/default/{task_id}");
+        let task_arn = format!(
+            "arn:aws:ecs:{}:{}:task/AWSBatch-batchline/{task_id}",
+            facts.region, facts.account
+        );
+        self.steps
+            .iter()
+            .map(|(status, at, stop)| {
+                let mut detail = Map::new();
+                detail.insert("jobArn".into(), json!(facts.job_arn));
+                detail.insert("jobName".into(), json!(facts.job_name));
+                detail.insert("jobId".into(), json!(facts.job_id));
+                detail.insert("jobQueue".into(), json!(facts.job_queue));
+                detail.insert("status".into(), json!(status));
+                detail.insert("attempts".into(), json!([]));
+                detail.insert("createdAt".into(), json!(facts.created_at));
+                detail.insert("retryStrategy".into(), json!({"attempts": 1, "evaluateOnExit": []}));
+                detail.insert("dependsOn".into(), json!(facts.depends_on));
+                detail.insert("jobDefinition".into(), json!(facts.job_definition));
+                detail.insert("parameters".into(), Value::Object(facts.parameters.clone()));
+                let mut container = facts.container.clone();
+                let ran = self.started_at.is_some() && *status != "RUNNABLE" && *status != "STARTING";
+                if ran {
+                    detail.insert("startedAt".into(), json!(self.started_at));
+                    container.insert("taskArn".into(), json!(task_arn));
+                    container.insert("logStreamName".into(), json!(log_stream));
+                    container.insert(
+                        "networkInterfaces".into(),
+                        json!([{"attachmentId": format!("{}-eni", &task_id[..8]), "privateIpv4Address": "10.0.1.23"}]),
+                    );
+                } else {
+                    container.insert("networkInterfaces".into(), json!([]));
+                }
+                if let Some(stop) = stop {
+                    detail.insert("stoppedAt".into(), json!(at));
+                    detail.insert("statusReason".into(), json!(stop.reason));
+                    if let (Some(exit), Some(started_at)) = (&stop.exit, self.started_at) {
+                        container.insert("exitCode".into(), json!(exit.code));
+                        let mut attempt_container = json!({
+                            "taskArn": task_arn,
+                            "exitCode": exit.code,
+                            "logStreamName": log_stream,
+                            "networkInterfaces": container["networkInterfaces"],
+                        });
+                        if let Some(reason) = &exit.reason {
+                            container.insert("reason".into(), json!(reason));
+                            attempt_container["reason"] = json!(reason);
+                        }
+                        detail.insert(
+                            "attempts".into(),
+                            json!([{
+                                "container": attempt_container,
+                                "startedAt": started_at,
+                                "stoppedAt": at,
+                                "statusReason": stop.reason,
+                            }]),
+                        );
+                    }
+                }
+                if array_size.is_none() {
+                    detail.insert("container".into(), Value::Object(container));
+                }
+                detail.insert("tags".into(), Value::Object(facts.tags.clone()));
+                detail.insert("propagateTags".into(), json!(false));
+                detail.insert("platformCapabilities".into(), json!(facts.platform_capabilities));
+                detail.insert("eksAttempts".into(), json!([]));
+                StateChange {
+                    job_id: facts.job_id.clone(),
+                    job_name: facts.job_name.clone(),
+                    status,
+                    at_millis: *at,
+                    event: envelope(&facts.region, &facts.account, *at, &facts.job_arn, Value::Object(detail)),
+                }
+            })
+            .collect()
+    }
+}
+
+/// An array job's events: the parent's own transitions (RUNNABLE, RUNNING, then the
+/// outcome once every child stopped) and each child's full sequence, `id:index`.
+fn array_events(parent: Vec<StateChange>, size: usize, succeeded: bool) -> Vec<StateChange> {
+    let mut out = Vec::with_capacity(parent.len() * (size + 1));
+    for change in &parent {
+        for index in 0..size {
+            let mut child = change.clone();
+            let child_id = format!("{}:{index}", change.job_id);
+            let detail = child.event["detail"]
+                .as_object_mut()
+                .expect("detail is an object");
+            let parent_arn = detail["jobArn"].as_str().unwrap_or_default().to_owned();
+            let child_arn = format!("{parent_arn}:{index}");
+            detail.insert("jobId".into(), json!(child_id));
+            detail.insert("jobArn".into(), json!(child_arn));
+            detail.insert("arrayProperties".into(), json!({"index": index}));
+            child.event["resources"] = json!([child_arn]);
+            child.event["id"] = json!(event_id());
+            child.job_id = child_id;
+            out.push(child);
+        }
+    }
+    let summary = |status: &str| {
+        let mut counts = json!({"STARTING": 0, "FAILED": 0, "RUNNING": 0, "SUCCEEDED": 0, "RUNNABLE": 0, "SUBMITTED": 0, "PENDING": 0});
+        counts[status] = json!(size);
+        counts
+    };
+    for change in parent.into_iter().filter(|c| c.status != "STARTING") {
+        let mut parent_change = change;
+        let detail = parent_change.event["detail"]
+            .as_object_mut()
+            .expect("detail is an object");
+        detail.insert(
+            "arrayProperties".into(),
+            json!({"size": size, "statusSummary": summary(parent_change.status)}),
+        );
+        // The parent reports no container or attempts of its own.
+        detail.insert("attempts".into(), json!([]));
+        if parent_change.status == "FAILED" && !succeeded {
+            detail.insert("statusReason".into(), json!("Array Child Job failed"));
+        }
+        out.push(parent_change);
+    }
+    out
+}
+
+/// EventBridge's envelope around a Batch event.
+fn envelope(region: &str, account: &str, at_millis: i64, job_arn: &str, detail: Value) -> Value {
+    json!({
+        "version": "0",
+        "id": event_id(),
+        "detail-type": "Batch Job State Change",
+        "source": "aws.batch",
+        "account": account,
+        "time": iso_time(at_millis),
+        "region": region,
+        "resources": [job_arn],
+        "detail": detail,
+    })
+}
+
+/// An EventBridge event id: a random UUID.
+pub fn event_id() -> String {
+    let (a, b) = (fastrand::u64(..), fastrand::u64(..));
+    format!(
+        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+        a >> 32,
+        (a >> 16) & 0xffff,
+        a & 0x0fff,
+        (b >> 48) & 0x3fff | 0x8000,
+        b & 0xffff_ffff_ffff
+    )
+}
+
+/// `2026-11-27T08:09:02Z`, as EventBridge writes `time` (whole seconds).
+pub fn iso_time(at_millis: i64) -> String {
+    DateTime::from_secs(at_millis.div_euclid(1000))
+        .fmt(Format::DateTime)
+        .unwrap_or_default()
+}
+
+/// Events on their way to a consumer: duplicated, shuffled, batched, delivered.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    events: Vec<Value>,
+}
+
+impl Delivery {
+    pub fn of(changes: &[StateChange]) -> Self {
+        Delivery {
+            events: changes.iter().map(|c| c.event.clone()).collect(),
+        }
+    }
+
+    /// Every event `times` times, each copy with the same EventBridge `id`, as an
+    /// at-least-once delivery repeats it.
+    pub fn repeated(mut self, times: usize) -> Self {
+        self.events = self
+            .events
+            .iter()
+            .flat_map(|e| std::iter::repeat_n(e.clone(), times))
+            .collect();
+        self
+    }
+
+    /// The events in an order drawn from `seed` (the same seed, the same order).
+    pub fn shuffled(mut self, seed: u64) -> Self {
+        fastrand::Rng::with_seed(seed).shuffle(&mut self.events);
+        self
+    }
+
+    pub fn events(&self) -> &[Value] {
+        &self.events
+    }
+
+    /// The events as the SQS event payloads Lambda hands a function, `batch_size` records
+    /// each, with the event JSON as each record's body (what an EventBridge SQS target sends).
+    pub fn sqs_batches(&self, queue_arn: &str, batch_size: usize) -> Vec<Value> {
+        self.events
+            .chunks(batch_size.max(1))
+            .map(|chunk| {
+                let records: Vec<Value> = chunk
+                    .iter()
+                    .map(|event| {
+                        let message_id = event_id();
+                        json!({
+                            "messageId": message_id,
+                            "receiptHandle": format!("receipt-{message_id}"),
+                            "body": event.to_string(),
+                            "attributes": {
+                                "ApproximateReceiveCount": "1",
+                                "SentTimestamp": "1700000000000",
+                                "SenderId": "AIDAIENQZJOLO23YVJ4VO",
+                                "ApproximateFirstReceiveTimestamp": "1700000000001"
+                            },
+                            "messageAttributes": {},
+                            "md5OfBody": "",
+                            "eventSource": "aws:sqs",
+                            "eventSourceARN": queue_arn,
+                            "awsRegion": queue_arn.split(':').nth(3).unwrap_or("us-east-1"),
+                        })
+                    })
+                    .collect();
+                json!({ "Records": records })
+            })
+            .collect()
+    }
+
+    /// Sends the events into an SQS queue as an EventBridge SQS target does (the body is
+    /// the event JSON), so duplicates keep their `id`.
+    pub async fn to_queue(&self, sqs: &aws_sdk_sqs::Client, queue_url: &str) -> Result<(), Error> {
+        for event in &self.events {
+            sqs.send_message()
+                .queue_url(queue_url)
+                .message_body(event.to_string())
+                .send()
+                .await
+                .map_err(|e| Error::aws("SendMessage", e))?;
+        }
+        Ok(())
+    }
+
+    /// Puts the events on an EventBridge bus in the emulator, as Batch does: source
+    /// `aws.batch`, the job ARN as the resource, the transition time as `Time`. The bus
+    /// assigns each event a new `id` (a repeated event is a new event there).
+    pub async fn to_event_bus(
+        &self,
+        events: &aws_sdk_eventbridge::Client,
+        bus: &str,
+    ) -> Result<(), Error> {
+        use aws_sdk_eventbridge::types::PutEventsRequestEntry;
+        for chunk in self.events.chunks(10) {
+            let entries = chunk
+                .iter()
+                .map(|event| {
+                    let time = event["time"].as_str().unwrap_or_default();
+                    let time = DateTime::from_str(time, Format::DateTime)
+                        .unwrap_or(DateTime::from_secs(0));
+                    PutEventsRequestEntry::builder()
+                        .event_bus_name(bus)
+                        .source("aws.batch")
+                        .detail_type("Batch Job State Change")
+                        .resources(event["resources"][0].as_str().unwrap_or_default())
+                        .time(time)
+                        .detail(event["detail"].to_string())
+                        .build()
+                })
+                .collect();
+            let reply = events
+                .put_events()
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .map_err(|e| Error::aws("PutEvents", e))?;
+            if reply.failed_entry_count() > 0 {
+                return Err(Error::InvalidEvent(format!(
+                    "PutEvents refused entries: {:?}",
+                    reply.entries()
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Ids of the jobs that reached a status, in order of their events.
+pub fn jobs_with_status(changes: &[StateChange], status: &str) -> Vec<String> {
+    let mut seen = HashSet::new();
+    changes
+        .iter()
+        .filter(|c| c.status == status && seen.insert(c.job_id.clone()))
+        .map(|c| c.job_id.clone())
+        .collect()
+}
