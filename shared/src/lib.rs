@@ -5,8 +5,11 @@
 //! result to a small AWS adapter.
 
 pub mod aws;
+pub mod batch_event;
 pub mod config;
 pub mod error;
+pub mod fargate;
+pub mod metrics;
 pub mod telemetry;
 
 pub use config::{Config, ConfigError};

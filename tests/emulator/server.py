@@ -7,6 +7,9 @@ moto's WSGI application makes the emulator behave as AWS does:
 * CloudWatch: the Rust SDK speaks Smithy RPC v2 CBOR, moto only the JSON protocol. CBOR
   requests (gzip bodies included) are translated to JSON, and replies back to CBOR, with
   timestamps as CBOR tag 1 and errors as ``{"__type", "message"}`` maps.
+* CloudWatch GetMetricStatistics: moto counts every metric whose dimensions include the
+  ones asked for; AWS only the metric with exactly those dimensions. The adapter narrows
+  moto's answer to the exact dimension set.
 * Batch DescribeJobs: moto reports ``container.vcpus`` of Fargate jobs as a float, which
   the Batch model (and so the Rust SDK) types as an integer, and leaves out what AWS
   reports for a Fargate job: ``resourceRequirements`` (with the job's overrides applied),
@@ -387,6 +390,26 @@ def exit_when_parent_dies(parent_pid: int, server: Any) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
+def exact_dimension_statistics() -> None:
+    """Makes moto's GetMetricStatistics match only the exact dimension set, as AWS does."""
+    from moto.cloudwatch.models import CloudWatchBackend
+
+    original = CloudWatchBackend.get_metric_statistics
+
+    def get_metric_statistics(self: Any, namespace: str, metric_name: str, start_time: Any, end_time: Any,
+                              period: int, stats: list, dimensions: list, unit: Any = None) -> list:
+        wanted = sorted((d["Name"], d["Value"]) for d in dimensions or [])
+        answer = original(self, namespace, metric_name, start_time, end_time, period, stats, dimensions, unit)
+        for statistics in answer:
+            statistics.metric_data = [
+                datum for datum in statistics.metric_data
+                if sorted((d.name, d.value) for d in datum.dimensions) == wanted
+            ]
+        return [statistics for statistics in answer if statistics.metric_data]
+
+    CloudWatchBackend.get_metric_statistics = get_metric_statistics
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
@@ -397,6 +420,7 @@ def main() -> None:
 
     # Batch without Docker: submitted jobs are recorded (and finish at once) without running.
     default_user_config["batch"]["use_docker"] = False
+    exact_dimension_statistics()
 
     app = Adapter(DomainDispatcherApplication(create_backend_app))
     server = make_server(args.host, args.port, app, threaded=True, request_handler=MotoRequestHandler)

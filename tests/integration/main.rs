@@ -1,4 +1,5 @@
 //! Integration tests against the local AWS emulator.
 
 mod emulator;
+mod job_events;
 mod player;

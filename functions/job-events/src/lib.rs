@@ -1,9 +1,37 @@
-//! `batchline-job-events`: Batch Job State Change events to CloudWatch metrics, dependent stages and resizing.
+//! `batchline-job-events`: Batch Job State Change events to CloudWatch metrics (dependent stages and resizing come with the pipelines work).
+//!
+//! Input is either one EventBridge event (a direct invocation) or an SQS batch of them
+//! (the production path: EventBridge rule → SQS → this function). For a batch, the answer
+//! is an SQS partial batch response: only the messages that could not be handled — a
+//! malformed body, an event another invocation is still counting, a failed AWS call — are
+//! listed in `batchItemFailures` and redelivered; the others are done. A direct event that
+//! cannot be handled is an invocation error, so Lambda's retries and dead-letter queue apply.
+//!
+//! Each event is counted once however often it is delivered: its EventBridge `id` is
+//! claimed in the table first ([`ledger`]), the metrics of all claimed events are packed
+//! into as few PutMetricData calls as the API allows ([`batchline::metrics`]), and events
+//! are marked done only after their call succeeded. A failed call releases its events'
+//! claims and reports their messages, so their redelivery counts them exactly once.
+
+pub mod ledger;
+pub mod publish;
+
+use std::collections::HashMap;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use aws_config::SdkConfig;
+use batchline::batch_event::JobStateChangeEvent;
+use batchline::metrics::{self, EventMetrics};
 use batchline::{Config, Error};
+use futures::stream::{self, StreamExt};
 use lambda_runtime::LambdaEvent;
-use serde_json::Value;
+use serde_json::{json, Value};
+use tracing::{info, warn};
+
+use ledger::{Claim, Ledger};
+
+/// How many ledger claims are in flight at once (a batch may hold thousands of messages).
+const CLAIM_CONCURRENCY: usize = 32;
 
 /// The AWS clients this function uses, built once per container.
 pub struct Clients {
@@ -20,14 +48,177 @@ impl Clients {
     }
 }
 
-/// Handles one invocation.
+/// One message to handle: its SQS message id (or `direct`) and what its body parsed to.
+struct Message {
+    id: String,
+    event: Result<JobStateChangeEvent, String>,
+}
+
+/// Handles one invocation: an SQS batch (answered with `batchItemFailures`) or one event.
 pub async fn handle(
     event: LambdaEvent<Value>,
-    _clients: &Clients,
-    _config: &Config,
+    clients: &Clients,
+    config: &Config,
 ) -> Result<Value, Error> {
+    let token = event.context.request_id.clone();
+    let payload = event.payload;
+    let now = now_ms();
+    if let Some(records) = payload.get("Records") {
+        let messages = sqs_messages(records)?;
+        let failed = process(messages, clients, config, &token, now).await;
+        let failures: Vec<Value> = failed
+            .iter()
+            .map(|id| json!({ "itemIdentifier": id }))
+            .collect();
+        return Ok(json!({ "batchItemFailures": failures }));
+    }
+    if payload.get("detail-type").is_some() {
+        let message = Message {
+            id: "direct".into(),
+            event: JobStateChangeEvent::from_value(payload).map_err(|e| e.to_string()),
+        };
+        if let Err(why) = &message.event {
+            return Err(Error::InvalidEvent(why.clone()));
+        }
+        let failed = process(vec![message], clients, config, &token, now).await;
+        return if failed.is_empty() {
+            Ok(json!({}))
+        } else {
+            Err(Error::Aws {
+                operation: "HandleEvent",
+                code: "Retry".into(),
+                message: "the event was not counted; retry it".into(),
+            })
+        };
+    }
     Err(Error::InvalidEvent(format!(
-        "job-events does not handle events yet (received {})",
-        batchline::event_kind(&event.payload)
+        "job-events takes a Batch Job State Change event or an SQS batch of them, not {}",
+        batchline::event_kind(&payload)
     )))
+}
+
+fn sqs_messages(records: &Value) -> Result<Vec<Message>, Error> {
+    let records = records
+        .as_array()
+        .ok_or_else(|| Error::InvalidEvent("`Records` is not a list".into()))?;
+    records
+        .iter()
+        .map(|record| {
+            let id = record
+                .get("messageId")
+                .and_then(Value::as_str)
+                .ok_or_else(|| Error::InvalidEvent("an SQS record has no messageId".into()))?;
+            let event = match record.get("body").and_then(Value::as_str) {
+                Some(body) => JobStateChangeEvent::from_json(body).map_err(|e| e.to_string()),
+                None => Err("the SQS record has no body".to_owned()),
+            };
+            Ok(Message {
+                id: id.to_owned(),
+                event,
+            })
+        })
+        .collect()
+}
+
+/// Counts the messages' events once each; returns the ids of messages to redeliver.
+async fn process(
+    messages: Vec<Message>,
+    clients: &Clients,
+    config: &Config,
+    token: &str,
+    now: i64,
+) -> Vec<String> {
+    let mut failed = Vec::new();
+    // Messages by event id: a duplicate within the batch shares its first copy's fate.
+    let mut by_event: HashMap<String, Vec<String>> = HashMap::new();
+    let mut events: Vec<JobStateChangeEvent> = Vec::new();
+    for message in messages {
+        match message.event {
+            Err(why) => {
+                warn!(message_id = %message.id, error = %why, "unusable message");
+                failed.push(message.id);
+            }
+            Ok(event) => {
+                let copies = by_event.entry(event.id.clone()).or_default();
+                if copies.is_empty() {
+                    events.push(event);
+                }
+                copies.push(message.id);
+            }
+        }
+    }
+
+    let ledger = Ledger {
+        dynamodb: &clients.dynamodb,
+        table: &config.table_name,
+        token,
+    };
+    let claims: Vec<Result<Claim, Error>> =
+        stream::iter(events.iter().map(|e| ledger.claim(&e.id, now)))
+            .buffered(CLAIM_CONCURRENCY)
+            .collect()
+            .await;
+    let mut claimed = Vec::new();
+    for (event, claim) in events.iter().zip(claims) {
+        match claim {
+            Ok(Claim::Claimed) => claimed.push(event),
+            Ok(Claim::AlreadyDone) => info!(event_id = %event.id, "already counted; acknowledged"),
+            Ok(Claim::InFlight) => {
+                info!(event_id = %event.id, "being counted by another invocation; will retry");
+                failed.extend(by_event[&event.id].iter().cloned());
+            }
+            Err(err) => {
+                warn!(event_id = %event.id, error = %err, "could not claim the event");
+                failed.extend(by_event[&event.id].iter().cloned());
+            }
+        }
+    }
+
+    let event_metrics: Vec<EventMetrics> = claimed
+        .iter()
+        .map(|event| metrics::from_event(event, &config.price_overrides, now))
+        .collect();
+    let calls = metrics::plan_calls(&event_metrics);
+    let mut unpublished = vec![false; claimed.len()];
+    for call in &calls {
+        if let Err(err) =
+            publish::put_metric_data(&clients.cloudwatch, &config.metric_namespace, &call.datums)
+                .await
+        {
+            warn!(error = %err, events = call.events.len(), "PutMetricData failed; the events will be retried");
+            for &index in &call.events {
+                unpublished[index] = true;
+            }
+        }
+    }
+    info!(
+        events = claimed.len(),
+        calls = calls.len(),
+        "metrics published"
+    );
+
+    let mut done = Vec::new();
+    for (event, unpublished) in claimed.iter().zip(unpublished) {
+        if unpublished {
+            if let Err(err) = ledger.release(&event.id).await {
+                warn!(event_id = %event.id, error = %err, "could not release the claim; the retry waits for it to go stale");
+            }
+            failed.extend(by_event[&event.id].iter().cloned());
+        } else {
+            done.push(event.id.as_str());
+        }
+    }
+    if let Err(err) = ledger.mark_done(&done, now).await {
+        // The metrics are out; what is lost is only the protection against a later
+        // redelivery of these events, which takes a crash-like coincidence to matter.
+        warn!(error = %err, "could not record events as counted");
+    }
+    failed
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
 }

@@ -1,0 +1,254 @@
+//! Fargate task sizes: the valid vCPU/memory pairs, validation of stated sizes and snapping of derived ones.
+//!
+//! Fargate accepts only these combinations (memory in MiB):
+//!
+//! | vCPU | memory |
+//! |---|---|
+//! | 0.25 | 512, 1024, 2048 |
+//! | 0.5 | 1024 to 4096, by 1024 |
+//! | 1 | 2048 to 8192, by 1024 |
+//! | 2 | 4096 to 16384, by 1024 |
+//! | 4 | 8192 to 30720, by 1024 |
+//! | 8 | 16384 to 61440, by 4096 |
+//! | 16 | 32768 to 122880, by 8192 |
+//!
+//! vCPU is kept in quarter units (`1` = 0.25 vCPU) so sizes compare exactly.
+
+use std::fmt;
+
+/// A vCPU count in quarters of a vCPU: 0.25 vCPU is `Quarters(1)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Quarters(pub u32);
+
+/// A Fargate task size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Size {
+    pub vcpu: Quarters,
+    pub memory_mib: u32,
+}
+
+/// (vCPU in quarters, first memory, last memory, step) for each vCPU value.
+const TABLE: [(u32, u32, u32, u32); 7] = [
+    (1, 512, 2048, 0), // 512, 1024, 2048: listed in `memory_choices`
+    (2, 1024, 4096, 1024),
+    (4, 2048, 8192, 1024),
+    (8, 4096, 16384, 1024),
+    (16, 8192, 30720, 1024),
+    (32, 16384, 61440, 4096),
+    (64, 32768, 122880, 8192),
+];
+
+fn memory_choices(vcpu_quarters: u32, first: u32, last: u32, step: u32) -> Vec<u32> {
+    if vcpu_quarters == 1 {
+        return vec![512, 1024, 2048];
+    }
+    (first..=last).step_by(step as usize).collect()
+}
+
+/// Every valid size, smallest vCPU first, then smallest memory.
+pub fn valid_sizes() -> Vec<Size> {
+    TABLE
+        .iter()
+        .flat_map(|&(vcpu, first, last, step)| {
+            memory_choices(vcpu, first, last, step)
+                .into_iter()
+                .map(move |memory_mib| Size {
+                    vcpu: Quarters(vcpu),
+                    memory_mib,
+                })
+        })
+        .collect()
+}
+
+/// The valid pairs in words, for error messages.
+pub fn valid_sizes_description() -> String {
+    TABLE
+        .iter()
+        .map(|&(vcpu, first, last, step)| {
+            let vcpu = format_vcpu(Quarters(vcpu));
+            if step == 0 {
+                format!("{vcpu} vCPU: 512, 1024 or 2048 MiB")
+            } else {
+                format!("{vcpu} vCPU: {first}-{last} MiB in steps of {step}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SizeError {
+    #[error("vCPU {0:?} is not a number Fargate accepts (0.25, 0.5, 1, 2, 4, 8 or 16)")]
+    BadVcpu(String),
+    #[error("memory {0:?} is not a whole number of MiB")]
+    BadMemory(String),
+    #[error(
+        "{vcpu} vCPU with {memory_mib} MiB is not a valid Fargate size; valid sizes are {}",
+        valid_sizes_description()
+    )]
+    InvalidPair { vcpu: String, memory_mib: u32 },
+    #[error("no Fargate size has {vcpu} vCPU and {memory_mib} MiB or more (the largest is 16 vCPU, 122880 MiB)")]
+    TooLarge { vcpu: String, memory_mib: u32 },
+}
+
+/// Parses a vCPU value as Batch carries it (`"0.25"`, `"1"`, `"2.0"`).
+pub fn parse_vcpu(text: &str) -> Result<Quarters, SizeError> {
+    let bad = || SizeError::BadVcpu(text.to_owned());
+    let value: f64 = text.trim().parse().map_err(|_| bad())?;
+    let quarters = value * 4.0;
+    if !quarters.is_finite() || quarters <= 0.0 || quarters.fract() != 0.0 || quarters > 64.0 {
+        return Err(bad());
+    }
+    Ok(Quarters(quarters as u32))
+}
+
+/// Parses memory in MiB (`"2048"`).
+pub fn parse_memory(text: &str) -> Result<u32, SizeError> {
+    text.trim()
+        .parse()
+        .map_err(|_| SizeError::BadMemory(text.to_owned()))
+}
+
+/// `0.25`, `0.5`, `1`, `16`: vCPU as Batch's `resourceRequirements` write it.
+pub fn format_vcpu(vcpu: Quarters) -> String {
+    match vcpu.0 % 4 {
+        0 => (vcpu.0 / 4).to_string(),
+        2 => format!("{}.5", vcpu.0 / 4),
+        _ => format!("{}", vcpu.0 as f64 / 4.0),
+    }
+}
+
+impl Size {
+    /// vCPU as a number (for cost).
+    pub fn vcpu_f64(&self) -> f64 {
+        self.vcpu.0 as f64 / 4.0
+    }
+
+    /// A size the caller stated: it must be one of the valid pairs.
+    pub fn exact(vcpu: Quarters, memory_mib: u32) -> Result<Size, SizeError> {
+        let size = Size { vcpu, memory_mib };
+        if valid_sizes().contains(&size) {
+            Ok(size)
+        } else {
+            Err(SizeError::InvalidPair {
+                vcpu: format_vcpu(vcpu),
+                memory_mib,
+            })
+        }
+    }
+
+    /// The smallest valid size with at least this vCPU and memory (for sizes derived from
+    /// a rule or an escalation, which may fall between the valid pairs).
+    pub fn snap(vcpu: Quarters, memory_mib: u32) -> Result<Size, SizeError> {
+        valid_sizes()
+            .into_iter()
+            .filter(|s| s.vcpu >= vcpu && s.memory_mib >= memory_mib)
+            .min_by_key(|s| (s.vcpu, s.memory_mib))
+            .ok_or(SizeError::TooLarge {
+                vcpu: format_vcpu(vcpu),
+                memory_mib,
+            })
+    }
+
+    /// The next larger size after running out of memory: more memory at the same vCPU
+    /// when there is a larger valid memory (doubling, snapped up), else the next vCPU.
+    pub fn next_for_memory(&self) -> Option<Size> {
+        let wanted = self.memory_mib.saturating_mul(2);
+        Size::snap(self.vcpu, wanted)
+            .ok()
+            .or_else(|| Size::snap(self.vcpu, self.memory_mib + 1).ok())
+    }
+}
+
+impl fmt::Display for Size {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} vCPU / {} MiB",
+            format_vcpu(self.vcpu),
+            self.memory_mib
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn size(vcpu: &str, memory: u32) -> Size {
+        Size {
+            vcpu: parse_vcpu(vcpu).unwrap(),
+            memory_mib: memory,
+        }
+    }
+
+    #[test]
+    fn the_valid_pairs_are_fargates() {
+        let sizes = valid_sizes();
+        assert!(sizes.contains(&size("0.25", 512)));
+        assert!(sizes.contains(&size("0.25", 2048)));
+        assert!(!sizes.contains(&size("0.25", 1536)));
+        assert!(sizes.contains(&size("0.5", 3072)));
+        assert!(sizes.contains(&size("4", 30720)));
+        assert!(!sizes.contains(&size("4", 31744)));
+        assert!(sizes.contains(&size("8", 20480)));
+        assert!(!sizes.contains(&size("8", 17408)));
+        assert!(sizes.contains(&size("16", 122880)));
+        assert!(!sizes.contains(&size("16", 36864)));
+        // 3 + 4 + 7 + 13 + 23 + 12 + 12
+        assert_eq!(sizes.len(), 74);
+    }
+
+    #[test]
+    fn stated_sizes_must_be_valid_and_the_error_lists_the_valid_ones() {
+        assert_eq!(Size::exact(Quarters(1), 512), Ok(size("0.25", 512)));
+        let err = Size::exact(Quarters(4), 1024).unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("1 vCPU with 1024 MiB"), "{message}");
+        assert!(
+            message.contains("1 vCPU: 2048-8192 MiB in steps of 1024"),
+            "{message}"
+        );
+        assert!(
+            message.contains("0.25 vCPU: 512, 1024 or 2048 MiB"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn derived_sizes_snap_up_to_the_smallest_valid_pair() {
+        assert_eq!(Size::snap(Quarters(1), 600), Ok(size("0.25", 1024)));
+        assert_eq!(Size::snap(Quarters(1), 3000), Ok(size("0.5", 3072)));
+        assert_eq!(Size::snap(Quarters(3), 100), Ok(size("1", 2048)));
+        assert_eq!(Size::snap(Quarters(32), 61441), Ok(size("16", 65536)));
+        assert!(matches!(
+            Size::snap(Quarters(64), 200_000),
+            Err(SizeError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn out_of_memory_escalation_doubles_memory_then_moves_up_a_vcpu_step() {
+        assert_eq!(
+            size("0.25", 512).next_for_memory(),
+            Some(size("0.25", 1024))
+        );
+        assert_eq!(
+            size("0.25", 2048).next_for_memory(),
+            Some(size("0.5", 4096))
+        );
+        assert_eq!(size("1", 8192).next_for_memory(), Some(size("2", 16384)));
+        assert_eq!(size("16", 122880).next_for_memory(), None);
+    }
+
+    #[test]
+    fn vcpu_text_round_trips() {
+        for text in ["0.25", "0.5", "1", "2", "4", "8", "16"] {
+            assert_eq!(format_vcpu(parse_vcpu(text).unwrap()), text);
+        }
+        assert_eq!(parse_vcpu("2.0"), Ok(Quarters(8)));
+        for bad in ["0", "-1", "0.3", "abc", "32", "NaN"] {
+            assert!(parse_vcpu(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,621 @@
+//! job-events against the emulator: metrics read back from CloudWatch, aggregation, duplicates, partial failures.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, SystemTime};
+
+use aws_sdk_cloudwatch::primitives::DateTime;
+use aws_sdk_cloudwatch::types::{Dimension, Statistic};
+use batchline::batch_event::JobStateChangeEvent;
+use batchline::Config;
+use batchline_job_events::{handle, Clients};
+use batchline_tests::batch_env::BatchEnvironment;
+use batchline_tests::calls::{CallLog, FailOperation};
+use batchline_tests::emulator::{sdk_config, test_config};
+use batchline_tests::invocation;
+use batchline_tests::player::{Delivery, Player, Script};
+use batchline_tests::table::create_table;
+use serde_json::{json, Value};
+
+const QUEUE_ARN: &str = "arn:aws:sqs:us-east-1:123456789012:batchline-job-events";
+
+const FIXTURES: [(&str, &str); 11] = [
+    (
+        "submitted",
+        include_str!("../fixtures/batch/submitted.json"),
+    ),
+    ("pending", include_str!("../fixtures/batch/pending.json")),
+    ("runnable", include_str!("../fixtures/batch/runnable.json")),
+    ("starting", include_str!("../fixtures/batch/starting.json")),
+    ("running", include_str!("../fixtures/batch/running.json")),
+    (
+        "succeeded-fargate",
+        include_str!("../fixtures/batch/succeeded-fargate.json"),
+    ),
+    (
+        "failed-exit-code",
+        include_str!("../fixtures/batch/failed-exit-code.json"),
+    ),
+    (
+        "failed-out-of-memory",
+        include_str!("../fixtures/batch/failed-out-of-memory.json"),
+    ),
+    (
+        "succeeded-task-properties",
+        include_str!("../fixtures/batch/succeeded-task-properties.json"),
+    ),
+    (
+        "array-parent-succeeded",
+        include_str!("../fixtures/batch/array-parent-succeeded.json"),
+    ),
+    (
+        "array-child-succeeded",
+        include_str!("../fixtures/batch/array-child-succeeded.json"),
+    ),
+];
+
+/// A config of the test's own (table, namespace), its table created, and clients.
+async fn setup(test: &str) -> (Config, Clients, aws_config::SdkConfig) {
+    let sdk = sdk_config().await;
+    let config = test_config(test);
+    create_table(&sdk, &config.table_name).await.unwrap();
+    (config, Clients::new(&sdk), sdk)
+}
+
+fn sqs_batch(events: &[Value]) -> Value {
+    let records: Vec<Value> = events
+        .iter()
+        .enumerate()
+        .map(|(i, event)| json!({"messageId": format!("m{i}"), "receiptHandle": format!("r{i}"), "body": event.to_string(),
+                                 "eventSource": "aws:sqs", "eventSourceARN": QUEUE_ARN, "awsRegion": "us-east-1"}))
+        .collect();
+    json!({ "Records": records })
+}
+
+fn failures(answer: &Value) -> Vec<String> {
+    answer["batchItemFailures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["itemIdentifier"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+type Dims = Vec<(String, String)>;
+
+/// Every (metric, exact dimension set) in the namespace, from ListMetrics.
+async fn listed(
+    cloudwatch: &aws_sdk_cloudwatch::Client,
+    namespace: &str,
+) -> BTreeSet<(String, Dims)> {
+    let reply = cloudwatch
+        .list_metrics()
+        .namespace(namespace)
+        .send()
+        .await
+        .unwrap();
+    reply
+        .metrics()
+        .iter()
+        .map(|m| {
+            let mut dims: Dims = m
+                .dimensions()
+                .iter()
+                .map(|d| (d.name().unwrap().to_owned(), d.value().unwrap().to_owned()))
+                .collect();
+            dims.sort();
+            (m.metric_name().unwrap().to_owned(), dims)
+        })
+        .collect()
+}
+
+/// (sum, sample count) of a metric with exactly these dimensions, around now.
+async fn stats(
+    cloudwatch: &aws_sdk_cloudwatch::Client,
+    namespace: &str,
+    metric: &str,
+    dims: &[(&str, &str)],
+) -> (f64, f64) {
+    let now = SystemTime::now();
+    let reply = cloudwatch
+        .get_metric_statistics()
+        .namespace(namespace)
+        .metric_name(metric)
+        .set_dimensions(Some(
+            dims.iter()
+                .map(|(n, v)| Dimension::builder().name(*n).value(*v).build())
+                .collect(),
+        ))
+        .start_time(DateTime::from(now - Duration::from_secs(3 * 3600)))
+        .end_time(DateTime::from(now + Duration::from_secs(3 * 3600)))
+        .period(86_400)
+        .statistics(Statistic::Sum)
+        .statistics(Statistic::SampleCount)
+        .send()
+        .await
+        .unwrap();
+    let sum = reply.datapoints().iter().filter_map(|d| d.sum()).sum();
+    let count = reply
+        .datapoints()
+        .iter()
+        .filter_map(|d| d.sample_count())
+        .sum();
+    (sum, count)
+}
+
+#[test]
+fn every_fixture_parses_and_round_trips() {
+    for (name, text) in FIXTURES {
+        let original: Value = serde_json::from_str(text).unwrap();
+        let event = JobStateChangeEvent::from_json(text).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(
+            serde_json::to_value(&event).unwrap(),
+            original,
+            "{name} round-trips"
+        );
+    }
+}
+
+#[test]
+fn fixtures_expose_sizes_exit_codes_and_array_roles() {
+    let event = |name: &str| {
+        JobStateChangeEvent::from_json(FIXTURES.iter().find(|(n, _)| *n == name).unwrap().1)
+            .unwrap()
+    };
+    let oom = event("failed-out-of-memory");
+    assert_eq!(
+        oom.detail.last_attempt_container().unwrap().exit_code,
+        Some(137)
+    );
+    assert_eq!(
+        oom.detail.status_reason.as_deref(),
+        Some("Essential container in task exited")
+    );
+    let tasks = event("succeeded-task-properties");
+    assert_eq!(
+        tasks.detail.size().unwrap().to_string(),
+        "2 vCPU / 4096 MiB"
+    );
+    assert_eq!(tasks.detail.cpu_architecture(), Some("ARM64"));
+    assert_eq!(
+        tasks
+            .detail
+            .last_attempt_container()
+            .unwrap()
+            .log_stream_name
+            .as_deref()
+            .map(|s| s.starts_with("batchline-multi/main/")),
+        Some(true)
+    );
+    assert!(event("array-parent-succeeded").detail.is_array_parent());
+    assert!(!event("array-child-succeeded").detail.is_array_parent());
+}
+
+/// The dimension sets a fixture's metrics go under.
+fn dimension_sets(tagged: bool, definition: &str) -> Vec<Dims> {
+    let d = |pairs: &[(&str, &str)]| -> Dims {
+        let mut v: Dims = pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        v.sort();
+        v
+    };
+    let mut sets = vec![
+        d(&[]),
+        d(&[("JobQueue", "batchline-default")]),
+        d(&[
+            ("JobQueue", "batchline-default"),
+            ("JobDefinition", definition),
+        ]),
+    ];
+    if tagged {
+        sets.push(d(&[("Pipeline", "orders")]));
+        sets.push(d(&[("Pipeline", "orders"), ("Stage", "extract")]));
+    }
+    sets
+}
+
+#[tokio::test]
+async fn each_fixture_publishes_the_expected_metrics_with_exact_dimensions_and_values() {
+    // Expected (metric → sum) for each fixture; every value is one sample per dimension set.
+    let fargate_cost = (1.0 * 0.04048 + 2.0 * 0.004445) * 96.0 / 3600.0;
+    let arm_cost = (2.0 * 0.03238 + 4.0 * 0.00356) * 96.0 / 3600.0;
+    let terminal = |count: &str, cost: f64| {
+        vec![
+            (count.to_owned(), 1.0),
+            ("QueueWaitTime".into(), 42_000.0),
+            ("RunTime".into(), 95_500.0),
+            ("TotalTime".into(), 137_500.0),
+            ("Attempts".into(), 1.0),
+            ("EstimatedCost".into(), cost),
+        ]
+    };
+    // (fixture, tagged with a pipeline and stage, job definition name, expected sums)
+    type Case<'a> = (&'a str, bool, &'a str, Vec<(String, f64)>);
+    let cases: Vec<Case> = vec![
+        (
+            "submitted",
+            true,
+            "batchline-process",
+            vec![("JobsSubmitted".into(), 1.0)],
+        ),
+        (
+            "pending",
+            true,
+            "batchline-process",
+            vec![("JobsPending".into(), 1.0)],
+        ),
+        (
+            "runnable",
+            true,
+            "batchline-process",
+            vec![("JobsRunnable".into(), 1.0)],
+        ),
+        (
+            "starting",
+            true,
+            "batchline-process",
+            vec![("JobsStarting".into(), 1.0)],
+        ),
+        (
+            "running",
+            true,
+            "batchline-process",
+            vec![("JobsRunning".into(), 1.0)],
+        ),
+        (
+            "succeeded-fargate",
+            true,
+            "batchline-process",
+            terminal("JobsSucceeded", fargate_cost),
+        ),
+        (
+            "failed-exit-code",
+            false,
+            "batchline-process",
+            terminal("JobsFailed", fargate_cost),
+        ),
+        (
+            "failed-out-of-memory",
+            true,
+            "batchline-process",
+            terminal("JobsFailed", fargate_cost),
+        ),
+        (
+            "succeeded-task-properties",
+            false,
+            "batchline-multi",
+            terminal("JobsSucceeded", arm_cost),
+        ),
+        ("array-parent-succeeded", false, "batchline-process", vec![]),
+        (
+            "array-child-succeeded",
+            false,
+            "batchline-process",
+            terminal("JobsSucceeded", fargate_cost),
+        ),
+    ];
+    for (name, tagged, definition, expected) in cases {
+        // GIVEN a namespace and table of this case's own
+        let (config, clients, _) = setup(&format!("fixture-{name}")).await;
+        let text = FIXTURES.iter().find(|(n, _)| *n == name).unwrap().1;
+
+        // WHEN the fixture arrives as a direct EventBridge invocation
+        let answer = handle(
+            invocation(serde_json::from_str(text).unwrap()),
+            &clients,
+            &config,
+        )
+        .await;
+        assert!(answer.is_ok(), "{name}: {answer:?}");
+
+        // THEN ListMetrics shows exactly these metrics under exactly these dimension sets
+        let sets = dimension_sets(tagged, definition);
+        let want: BTreeSet<(String, Dims)> = expected
+            .iter()
+            .flat_map(|(metric, _)| sets.iter().map(move |dims| (metric.clone(), dims.clone())))
+            .collect();
+        assert_eq!(
+            listed(&clients.cloudwatch, &config.metric_namespace).await,
+            want,
+            "{name}"
+        );
+
+        // AND each has the expected sum and one sample, under every set
+        for (metric, sum) in &expected {
+            for dims in &sets {
+                let dims: Vec<(&str, &str)> =
+                    dims.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+                let (got_sum, count) =
+                    stats(&clients.cloudwatch, &config.metric_namespace, metric, &dims).await;
+                assert!(
+                    (got_sum - sum).abs() < 1e-9,
+                    "{name} {metric} {dims:?}: sum {got_sum}, expected {sum}"
+                );
+                assert_eq!(count, 1.0, "{name} {metric} {dims:?}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_batch_of_500_events_is_one_put_metric_data_call() {
+    // GIVEN 500 distinct events (different ids, times and run lengths) in SQS batches
+    let (config, _, sdk) = setup("aggregate").await;
+    let log = CallLog::default();
+    let cloudwatch = aws_sdk_cloudwatch::Client::from_conf(
+        aws_sdk_cloudwatch::config::Builder::from(&sdk)
+            .interceptor(log.clone())
+            .build(),
+    );
+    let clients = Clients {
+        cloudwatch,
+        dynamodb: aws_sdk_dynamodb::Client::new(&sdk),
+    };
+    let template: Value = serde_json::from_str(FIXTURES[5].1).unwrap();
+    let events: Vec<Value> = (0..500)
+        .map(|i| {
+            let mut event = template.clone();
+            event["id"] = json!(format!("agg-{i}"));
+            event["detail"]["stoppedAt"] =
+                json!(template["detail"]["stoppedAt"].as_i64().unwrap() + i);
+            event
+        })
+        .collect();
+
+    // WHEN they arrive as one SQS batch
+    let answer = handle(invocation(sqs_batch(&events)), &clients, &config)
+        .await
+        .unwrap();
+
+    // THEN every message is done, with one PutMetricData call for them all
+    assert_eq!(failures(&answer), Vec::<String>::new());
+    assert_eq!(log.count("PutMetricData"), 1, "{:?}", log.all());
+    assert_eq!(
+        stats(
+            &clients.cloudwatch,
+            &config.metric_namespace,
+            "JobsSucceeded",
+            &[]
+        )
+        .await,
+        (500.0, 500.0)
+    );
+    let (run_time_sum, samples) = stats(
+        &clients.cloudwatch,
+        &config.metric_namespace,
+        "RunTime",
+        &[("JobQueue", "batchline-default")],
+    )
+    .await;
+    assert_eq!(samples, 500.0);
+    assert_eq!(
+        run_time_sum,
+        (0..500).map(|i| 95_500.0 + i as f64).sum::<f64>()
+    );
+}
+
+#[tokio::test]
+async fn the_same_event_in_two_invocations_is_counted_once() {
+    let (config, clients, _) = setup("dupe").await;
+    let event: Value = serde_json::from_str(FIXTURES[5].1).unwrap();
+
+    handle(invocation(event.clone()), &clients, &config)
+        .await
+        .unwrap();
+    let answer = handle(
+        invocation(sqs_batch(&[event.clone(), event])),
+        &clients,
+        &config,
+    )
+    .await
+    .unwrap();
+
+    assert_eq!(
+        failures(&answer),
+        Vec::<String>::new(),
+        "duplicates are acknowledged"
+    );
+    assert_eq!(
+        stats(
+            &clients.cloudwatch,
+            &config.metric_namespace,
+            "JobsSucceeded",
+            &[]
+        )
+        .await,
+        (1.0, 1.0)
+    );
+}
+
+#[tokio::test]
+async fn only_the_malformed_message_of_a_batch_is_reported_failed() {
+    let (config, clients, _) = setup("malformed").await;
+    let good: Value = serde_json::from_str(FIXTURES[2].1).unwrap();
+    let mut batch = sqs_batch(&[good]);
+    let records = batch["Records"].as_array_mut().unwrap();
+    records.push(json!({"messageId": "broken-json", "body": "{not json"}));
+    records.push(json!({"messageId": "wrong-kind", "body": json!({"id": "x", "detail-type": "Object Created", "source": "aws.s3", "detail": {}}).to_string()}));
+    records.push(json!({"messageId": "no-job-id", "body": json!({"id": "y", "detail-type": "Batch Job State Change", "source": "aws.batch", "detail": {"status": "RUNNING"}}).to_string()}));
+
+    let answer = handle(invocation(batch), &clients, &config).await.unwrap();
+
+    assert_eq!(
+        failures(&answer),
+        ["broken-json", "wrong-kind", "no-job-id"]
+    );
+    assert_eq!(
+        stats(
+            &clients.cloudwatch,
+            &config.metric_namespace,
+            "JobsRunnable",
+            &[]
+        )
+        .await,
+        (1.0, 1.0)
+    );
+}
+
+#[tokio::test]
+async fn a_failed_put_metric_data_leaves_the_messages_retryable_and_the_retry_counts_once() {
+    // GIVEN a CloudWatch client whose first PutMetricData fails
+    let (config, _, sdk) = setup("retry").await;
+    let failing = aws_sdk_cloudwatch::Client::from_conf(
+        aws_sdk_cloudwatch::config::Builder::from(&sdk)
+            .interceptor(FailOperation::new("PutMetricData", 1))
+            .build(),
+    );
+    let clients = Clients {
+        cloudwatch: failing,
+        dynamodb: aws_sdk_dynamodb::Client::new(&sdk),
+    };
+    let events: Vec<Value> = FIXTURES[2..6]
+        .iter()
+        .map(|(_, text)| serde_json::from_str(text).unwrap())
+        .collect();
+    let batch = sqs_batch(&events);
+
+    // WHEN the batch is handled, fails, and is redelivered
+    let first = handle(invocation(batch.clone()), &clients, &config)
+        .await
+        .unwrap();
+    assert_eq!(failures(&first), ["m0", "m1", "m2", "m3"]);
+    assert_eq!(
+        stats(
+            &clients.cloudwatch,
+            &config.metric_namespace,
+            "JobsRunnable",
+            &[]
+        )
+        .await,
+        (0.0, 0.0)
+    );
+    let second = handle(invocation(batch.clone()), &clients, &config)
+        .await
+        .unwrap();
+    let third = handle(invocation(batch), &clients, &config).await.unwrap();
+
+    // THEN the retry succeeds and every transition is counted exactly once
+    assert_eq!(failures(&second), Vec::<String>::new());
+    assert_eq!(failures(&third), Vec::<String>::new());
+    for metric in [
+        "JobsRunnable",
+        "JobsStarting",
+        "JobsRunning",
+        "JobsSucceeded",
+    ] {
+        assert_eq!(
+            stats(&clients.cloudwatch, &config.metric_namespace, metric, &[]).await,
+            (1.0, 1.0),
+            "{metric}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_direct_event_that_cannot_be_handled_is_an_invocation_error() {
+    let (config, clients, _) = setup("direct-errors").await;
+    let err = handle(
+        invocation(
+            json!({"detail-type": "Object Created", "source": "aws.s3", "id": "1", "detail": {}}),
+        ),
+        &clients,
+        &config,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.error_type(), "Batchline.InvalidEvent");
+    let err = handle(invocation(json!({"hello": "world"})), &clients, &config)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("unknown shape"), "{err}");
+    let err = handle(invocation(json!({"Records": "nope"})), &clients, &config)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("Records"), "{err}");
+}
+
+#[tokio::test]
+async fn played_jobs_delivered_twice_and_shuffled_through_sqs_batches_count_once_each() {
+    // GIVEN three jobs played by the event player: two succeed, one runs out of memory
+    let (config, clients, sdk) = setup("played").await;
+    let env = BatchEnvironment::create(&sdk, "je-played").await.unwrap();
+    let batch = aws_sdk_batch::Client::new(&sdk);
+    for name in ["a", "b", "c"] {
+        batch
+            .submit_job()
+            .job_name(name)
+            .job_queue(&env.queue_arn)
+            .job_definition(&env.job_definition_arn)
+            .send()
+            .await
+            .unwrap();
+    }
+    let mut player = Player::new(&sdk);
+    player.script("c", Script::out_of_memory());
+    let changes = player.play_queue(&env.queue_arn).await.unwrap();
+
+    // WHEN every event arrives twice, shuffled, in SQS batches of 10
+    for payload in Delivery::of(&changes)
+        .repeated(2)
+        .shuffled(11)
+        .sqs_batches(QUEUE_ARN, 10)
+    {
+        let answer = handle(invocation(payload), &clients, &config)
+            .await
+            .unwrap();
+        assert_eq!(failures(&answer), Vec::<String>::new());
+    }
+
+    // THEN each transition counts once, per queue and job definition
+    let dims = [
+        ("JobQueue", env.queue_name.as_str()),
+        ("JobDefinition", env.job_definition_name.as_str()),
+    ];
+    let mut got = BTreeMap::new();
+    for metric in [
+        "JobsRunnable",
+        "JobsStarting",
+        "JobsRunning",
+        "JobsSucceeded",
+        "JobsFailed",
+    ] {
+        got.insert(
+            metric,
+            stats(&clients.cloudwatch, &config.metric_namespace, metric, &dims)
+                .await
+                .0,
+        );
+    }
+    assert_eq!(
+        got,
+        BTreeMap::from([
+            ("JobsFailed", 1.0),
+            ("JobsRunnable", 3.0),
+            ("JobsRunning", 3.0),
+            ("JobsStarting", 3.0),
+            ("JobsSucceeded", 2.0)
+        ])
+    );
+    // The player's default script: 10 s in the queue, 30 s running, for all three.
+    assert_eq!(
+        stats(
+            &clients.cloudwatch,
+            &config.metric_namespace,
+            "QueueWaitTime",
+            &dims
+        )
+        .await,
+        (30_000.0, 3.0)
+    );
+    assert_eq!(
+        stats(
+            &clients.cloudwatch,
+            &config.metric_namespace,
+            "RunTime",
+            &dims
+        )
+        .await,
+        (90_000.0, 3.0)
+    );
+}

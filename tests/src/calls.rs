@@ -1,0 +1,96 @@
+//! SDK interceptors for tests: count the AWS calls a client makes, or make one operation fail.
+//!
+//! Attach with `aws_sdk_x::config::Builder::from(&sdk).interceptor(..)`. They act before
+//! a request is serialised, so a failed call never reaches the emulator.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::interceptors::context::BeforeSerializationInterceptorContextRef;
+use aws_smithy_runtime_api::client::interceptors::Intercept;
+use aws_smithy_runtime_api::client::orchestrator::Metadata;
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+use aws_smithy_types::config_bag::ConfigBag;
+
+fn operation(cfg: &ConfigBag) -> String {
+    cfg.load::<Metadata>()
+        .map(|m| m.name().to_owned())
+        .unwrap_or_default()
+}
+
+/// Counts calls by operation name (each call once, whatever its retries).
+#[derive(Debug, Clone, Default)]
+pub struct CallLog {
+    counts: Arc<Mutex<BTreeMap<String, usize>>>,
+}
+
+impl CallLog {
+    pub fn count(&self, operation: &str) -> usize {
+        self.counts
+            .lock()
+            .map(|c| c.get(operation).copied().unwrap_or_default())
+            .unwrap_or_default()
+    }
+    pub fn all(&self) -> BTreeMap<String, usize> {
+        self.counts.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+}
+
+impl Intercept for CallLog {
+    fn name(&self) -> &'static str {
+        "batchline-tests-call-log"
+    }
+
+    fn read_before_serialization(
+        &self,
+        _: &BeforeSerializationInterceptorContextRef<'_>,
+        _: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        if let Ok(mut counts) = self.counts.lock() {
+            *counts.entry(operation(cfg)).or_default() += 1;
+        }
+        Ok(())
+    }
+}
+
+/// Fails the next `times` calls of one operation, as a lost connection would.
+#[derive(Debug, Clone)]
+pub struct FailOperation {
+    operation: &'static str,
+    remaining: Arc<AtomicUsize>,
+}
+
+impl FailOperation {
+    pub fn new(operation: &'static str, times: usize) -> Self {
+        FailOperation {
+            operation,
+            remaining: Arc::new(AtomicUsize::new(times)),
+        }
+    }
+}
+
+impl Intercept for FailOperation {
+    fn name(&self) -> &'static str {
+        "batchline-tests-fail-operation"
+    }
+
+    fn read_before_serialization(
+        &self,
+        _: &BeforeSerializationInterceptorContextRef<'_>,
+        _: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        if operation(cfg) == self.operation
+            && self
+                .remaining
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+        {
+            return Err(format!("{} failed on purpose (test)", self.operation).into());
+        }
+        Ok(())
+    }
+}
