@@ -20,11 +20,32 @@ use std::fmt;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Quarters(pub u32);
 
-/// A Fargate task size.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// A Fargate task size. In JSON: `{"vcpu": "0.25", "memoryMib": 512}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "SizeJson", into = "SizeJson")]
 pub struct Size {
     pub vcpu: Quarters,
     pub memory_mib: u32,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SizeJson {
+    vcpu: String,
+    memory_mib: u32,
+}
+
+impl From<Size> for SizeJson {
+    fn from(size: Size) -> Self {
+        SizeJson { vcpu: format_vcpu(size.vcpu), memory_mib: size.memory_mib }
+    }
+}
+
+impl TryFrom<SizeJson> for Size {
+    type Error = SizeError;
+    fn try_from(json: SizeJson) -> Result<Self, SizeError> {
+        Ok(Size { vcpu: parse_vcpu(&json.vcpu)?, memory_mib: json.memory_mib })
+    }
 }
 
 /// (vCPU in quarters, first memory, last memory, step) for each vCPU value.

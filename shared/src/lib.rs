@@ -10,6 +10,7 @@ pub mod config;
 pub mod error;
 pub mod fargate;
 pub mod metrics;
+pub mod stack_config;
 pub mod telemetry;
 
 pub use config::{Config, ConfigError};

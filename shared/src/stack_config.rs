@@ -1,0 +1,826 @@
+//! The stack configuration document: the bootstrap custom resource's properties, parsed, validated and resolved.
+//!
+//! CloudFormation sends every property value as a string (numbers and booleans too) and
+//! always adds `ServiceToken` (and `ServiceTimeout` when set), so numbers and booleans are
+//! read from strings or native JSON alike, and lists from JSON lists or comma-separated
+//! strings. Unknown properties are refused with their path, so a typo fails `sam deploy`
+//! instead of being silently ignored. The schema, with defaults:
+//!
+//! ```yaml
+//! NamePrefix: batchline            # physical names are <NamePrefix>-<key>
+//! Network:                         # required
+//!   Subnets: [subnet-1, subnet-2]
+//!   SecurityGroups: [sg-1]
+//!   AssignPublicIp: "true"         # Fargate tasks in public subnets need it to pull images
+//! Roles:
+//!   ExecutionRoleName: <prefix>-execution
+//!   JobRoleName: <prefix>-job
+//!   InputBucket: ""                # the job role may read this bucket (s3:GetObject, s3:ListBucket)
+//! Repository:
+//!   Name: <prefix>-jobs
+//!   ScanOnPush: "true"
+//!   DeleteOnStackDelete: "false"   # kept by default: it holds your images
+//! ComputeEnvironments:             # default: {default: {Type: FARGATE, MaxVcpus: 256}}
+//!   default: {Type: FARGATE, MaxVcpus: "256"}
+//!   spot: {Type: FARGATE_SPOT, MaxVcpus: "256"}
+//! JobQueues:                       # default: {default: {Priority: 1, ComputeEnvironments: [default]}}
+//!   default: {Priority: "1", ComputeEnvironments: [default]}
+//! JobDefinitions:                  # default: {default: the recipe's job}
+//!   default:
+//!     Image: public.ecr.aws/docker/library/python:3.12-alpine
+//!     Vcpu: "0.25"
+//!     Memory: "512"
+//!     Command: [python3, -c, "..."]
+//!     Environment: {NAME: value}
+//!     Secrets: {NAME: arn-of-secret-or-parameter}
+//!     Architecture: X86_64         # or ARM64
+//!     RetryAttempts: "3"           # Batch retries Spot interruption, host loss and image pulls
+//!     TimeoutSeconds: "3600"
+//!     LogGroup: /aws/batch/job
+//!     Queue: default
+//! Pipelines: {...}                 # see the pipelines module
+//! Triggers:
+//!   S3:
+//!     <rule>: {Bucket: name, Prefix: "in/", Suffix: ".csv", JobDefinition: default | Pipeline: name,
+//!              MemoryPerInputByte: "4", Parameters: {..}}
+//!   Schedules:
+//!     <rule name>: {JobDefinition: default | Pipeline: name, Parameters: {..}}
+//! ```
+//!
+//! Keys (`default`, `spot`, ...) are 1–40 letters, digits, `-` or `_`; stages and triggers
+//! name queues and job definitions by key.
+
+use std::collections::BTreeMap;
+
+use serde::de::{self, Deserializer};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::fargate::{parse_memory, parse_vcpu, Size};
+
+pub const DEFAULT_KEY: &str = "default";
+pub const DEFAULT_IMAGE: &str = "public.ecr.aws/docker/library/python:3.12-alpine";
+pub const DEFAULT_LOG_GROUP: &str = "/aws/batch/job";
+pub const EXECUTION_POLICY_ARN: &str = "arn:aws:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy";
+
+/// The recipe's processing job: plain Python, so a fresh stack runs a job before any image is pushed.
+pub const DEFAULT_SCRIPT: &str = r#"import json, os, time
+job = os.environ.get("AWS_BATCH_JOB_ID", "local")
+print(f"batchline job {job} started")
+source = os.environ.get("INPUT_BUCKET"), os.environ.get("INPUT_KEY")
+if all(source):
+    print(f"input: s3://{source[0]}/{source[1]} ({os.environ.get('INPUT_SIZE', '?')} bytes)")
+for step in range(1, 6):
+    print(f"processing step {step}/5")
+    time.sleep(1)
+print(json.dumps({"status": "success", "job": job}))
+"#;
+
+// ----- reading CloudFormation's strings -------------------------------------------------
+
+fn de_string_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Form {
+        List(Vec<String>),
+        Text(String),
+    }
+    Ok(match Form::deserialize(deserializer).map_err(|_| de::Error::custom("expected a list of strings"))? {
+        Form::List(items) => items,
+        Form::Text(text) => text.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect(),
+    })
+}
+
+fn de_opt_string_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Vec<String>>, D::Error> {
+    de_string_list(deserializer).map(Some)
+}
+
+/// A number or a string holding one.
+fn de_opt_number<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {
+    let value = Value::deserialize(deserializer)?;
+    match &value {
+        Value::Number(n) => n.as_u64().map(Some).ok_or_else(|| de::Error::custom(format!("{n} is not a whole number"))),
+        Value::String(s) => {
+            s.trim().parse::<u64>().map(Some).map_err(|_| de::Error::custom(format!("{s:?} is not a whole number")))
+        }
+        _ => Err(de::Error::custom(format!("expected a whole number, got {value}"))),
+    }
+}
+
+/// `true`/`false` (any case), `ENABLED`/`DISABLED`, or a JSON boolean.
+fn de_opt_bool<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<bool>, D::Error> {
+    let value = Value::deserialize(deserializer)?;
+    match &value {
+        Value::Bool(b) => Ok(Some(*b)),
+        Value::String(s) => match s.trim().to_ascii_lowercase().as_str() {
+            "true" | "enabled" | "yes" => Ok(Some(true)),
+            "false" | "disabled" | "no" => Ok(Some(false)),
+            _ => Err(de::Error::custom(format!("{s:?} is not true or false"))),
+        },
+        _ => Err(de::Error::custom(format!("expected true or false, got {value}"))),
+    }
+}
+
+/// A string, or a number or boolean written as one (CloudFormation's way).
+fn de_opt_text<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    let value = Value::deserialize(deserializer)?;
+    match value {
+        Value::String(s) => Ok(Some(s)),
+        Value::Number(n) => Ok(Some(n.to_string())),
+        Value::Bool(b) => Ok(Some(b.to_string())),
+        other => Err(de::Error::custom(format!("expected a string, got {other}"))),
+    }
+}
+
+// ----- the document as written -----------------------------------------------------------
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "PascalCase")]
+pub struct Document {
+    #[serde(default)]
+    pub service_token: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_number")]
+    pub service_timeout: Option<u64>,
+    #[serde(default)]
+    pub name_prefix: Option<String>,
+    #[serde(default)]
+    pub network: Option<NetworkDoc>,
+    #[serde(default)]
+    pub roles: RolesDoc,
+    #[serde(default)]
+    pub repository: RepositoryDoc,
+    #[serde(default)]
+    pub compute_environments: Option<BTreeMap<String, ComputeEnvironmentDoc>>,
+    #[serde(default)]
+    pub job_queues: Option<BTreeMap<String, JobQueueDoc>>,
+    #[serde(default)]
+    pub job_definitions: Option<BTreeMap<String, JobDefinitionDoc>>,
+    #[serde(default)]
+    pub pipelines: Option<Value>,
+    #[serde(default)]
+    pub triggers: Option<TriggersDoc>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "PascalCase")]
+pub struct NetworkDoc {
+    #[serde(default, deserialize_with = "de_opt_string_list")]
+    pub subnets: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "de_opt_string_list")]
+    pub security_groups: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "de_opt_bool")]
+    pub assign_public_ip: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "PascalCase")]
+pub struct RolesDoc {
+    pub execution_role_name: Option<String>,
+    pub job_role_name: Option<String>,
+    pub input_bucket: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "PascalCase")]
+pub struct RepositoryDoc {
+    pub name: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_bool")]
+    pub scan_on_push: Option<bool>,
+    #[serde(default, deserialize_with = "de_opt_bool")]
+    pub delete_on_stack_delete: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "PascalCase")]
+pub struct ComputeEnvironmentDoc {
+    #[serde(rename = "Type")]
+    pub kind: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_number")]
+    pub max_vcpus: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "PascalCase")]
+pub struct JobQueueDoc {
+    #[serde(default, deserialize_with = "de_opt_number")]
+    pub priority: Option<u64>,
+    #[serde(default, deserialize_with = "de_opt_string_list")]
+    pub compute_environments: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "PascalCase")]
+pub struct JobDefinitionDoc {
+    pub image: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_text")]
+    pub vcpu: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_text")]
+    pub memory: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_string_list")]
+    pub command: Option<Vec<String>>,
+    #[serde(default)]
+    pub environment: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub secrets: Option<BTreeMap<String, String>>,
+    pub architecture: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_number")]
+    pub retry_attempts: Option<u64>,
+    #[serde(default, deserialize_with = "de_opt_number")]
+    pub timeout_seconds: Option<u64>,
+    pub log_group: Option<String>,
+    pub queue: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "PascalCase")]
+pub struct TriggersDoc {
+    #[serde(default, rename = "S3")]
+    pub s3: BTreeMap<String, S3TriggerDoc>,
+    #[serde(default)]
+    pub schedules: BTreeMap<String, ScheduleTriggerDoc>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "PascalCase")]
+pub struct S3TriggerDoc {
+    pub bucket: Option<String>,
+    pub prefix: Option<String>,
+    pub suffix: Option<String>,
+    pub job_definition: Option<String>,
+    pub pipeline: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_number")]
+    pub memory_per_input_byte: Option<u64>,
+    #[serde(default)]
+    pub parameters: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "PascalCase")]
+pub struct ScheduleTriggerDoc {
+    pub job_definition: Option<String>,
+    pub pipeline: Option<String>,
+    #[serde(default)]
+    pub parameters: Option<BTreeMap<String, String>>,
+}
+
+// ----- the resolved configuration --------------------------------------------------------
+
+/// The validated configuration with every default filled in and physical names chosen.
+/// Bootstrap adds ARNs once the resources exist and publishes it to the table, where
+/// submit and job-events read it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StackConfig {
+    pub name_prefix: String,
+    pub network: Network,
+    pub roles: Roles,
+    pub repository: Repository,
+    pub compute_environments: BTreeMap<String, ComputeEnvironment>,
+    pub job_queues: BTreeMap<String, JobQueue>,
+    pub job_definitions: BTreeMap<String, JobDefinition>,
+    /// The key of the queue jobs go to unless told otherwise.
+    pub default_queue: String,
+    #[serde(default)]
+    pub pipelines: Value,
+    pub triggers: Triggers,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Network {
+    pub subnets: Vec<String>,
+    pub security_groups: Vec<String>,
+    pub assign_public_ip: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Roles {
+    pub execution_role_name: String,
+    pub job_role_name: String,
+    pub input_bucket: Option<String>,
+    #[serde(default)]
+    pub execution_role_arn: Option<String>,
+    #[serde(default)]
+    pub job_role_arn: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Repository {
+    pub name: String,
+    pub scan_on_push: bool,
+    pub delete_on_stack_delete: bool,
+    #[serde(default)]
+    pub uri: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ComputeType {
+    Fargate,
+    FargateSpot,
+}
+
+impl ComputeType {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ComputeType::Fargate => "FARGATE",
+            ComputeType::FargateSpot => "FARGATE_SPOT",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ComputeEnvironment {
+    pub name: String,
+    pub kind: ComputeType,
+    pub max_vcpus: u32,
+    #[serde(default)]
+    pub arn: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobQueue {
+    pub name: String,
+    pub priority: u32,
+    /// Keys of compute environments, in order of preference.
+    pub compute_environments: Vec<String>,
+    #[serde(default)]
+    pub arn: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobDefinition {
+    pub name: String,
+    pub image: String,
+    pub size: Size,
+    pub command: Vec<String>,
+    pub environment: BTreeMap<String, String>,
+    pub secrets: BTreeMap<String, String>,
+    pub architecture: String,
+    pub retry_attempts: u32,
+    pub timeout_seconds: Option<u32>,
+    pub log_group: String,
+    /// Key of the queue its jobs go to.
+    pub queue: String,
+    /// The active revision's ARN, once registered.
+    #[serde(default)]
+    pub arn: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Triggers {
+    pub s3: BTreeMap<String, S3Trigger>,
+    pub schedules: BTreeMap<String, ScheduleTrigger>,
+}
+
+/// What a trigger starts: one job, or a pipeline run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Target {
+    JobDefinition(String),
+    Pipeline(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct S3Trigger {
+    pub bucket: Option<String>,
+    pub prefix: String,
+    pub suffix: String,
+    pub target: Target,
+    /// Memory of at least this many times the object's size (snapped up to a valid size).
+    pub memory_per_input_byte: Option<u32>,
+    pub parameters: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScheduleTrigger {
+    pub target: Target,
+    pub parameters: BTreeMap<String, String>,
+}
+
+// ----- validation -------------------------------------------------------------------------
+
+/// Everything wrong with a document, each problem with its path.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid stack configuration: {}", .problems.join("; "))]
+pub struct ConfigProblems {
+    pub problems: Vec<String>,
+}
+
+impl StackConfig {
+    /// Parses and validates the custom resource's properties.
+    pub fn from_properties(properties: &Value) -> Result<StackConfig, ConfigProblems> {
+        let document: Document = serde_path_to_error::deserialize(properties).map_err(|err| {
+            let path = err.path().to_string();
+            let inner = err.into_inner().to_string();
+            ConfigProblems { problems: vec![if path == "." { inner } else { format!("{path}: {inner}") }] }
+        })?;
+        resolve(document)
+    }
+
+    /// The queue a job definition's jobs go to.
+    pub fn queue_for(&self, job_definition: &JobDefinition) -> Option<&JobQueue> {
+        self.job_queues.get(&job_definition.queue)
+    }
+
+    /// The default queue.
+    pub fn default_job_queue(&self) -> Option<&JobQueue> {
+        self.job_queues.get(&self.default_queue)
+    }
+}
+
+fn valid_key(key: &str) -> bool {
+    (1..=40).contains(&key.len()) && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// Batch names: letters, digits, `-`, `_`, at most 128.
+fn valid_batch_name(name: &str) -> bool {
+    (1..=128).contains(&name.len()) && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// IAM role names: letters, digits and `+=,.@_-`, at most 64.
+fn valid_role_name(name: &str) -> bool {
+    (1..=64).contains(&name.len()) && name.chars().all(|c| c.is_ascii_alphanumeric() || "+=,.@_-".contains(c))
+}
+
+/// ECR repository names: lowercase letters, digits, `._-/` between them, 2–256.
+fn valid_repository_name(name: &str) -> bool {
+    (2..=256).contains(&name.len())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-/".contains(c))
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric())
+}
+
+fn resolve(doc: Document) -> Result<StackConfig, ConfigProblems> {
+    let mut problems = Vec::new();
+    let prefix = doc.name_prefix.clone().unwrap_or_else(|| "batchline".to_owned());
+    if !valid_batch_name(&prefix) || prefix.len() > 40 {
+        problems.push(format!("NamePrefix {prefix:?}: use 1-40 letters, digits, - or _"));
+    }
+    let name = |key: &str| format!("{prefix}-{key}");
+
+    let network = match &doc.network {
+        None => {
+            problems.push("Network is required: give Subnets and SecurityGroups (the README shows how to find the default VPC's)".into());
+            Network { subnets: vec![], security_groups: vec![], assign_public_ip: true }
+        }
+        Some(n) => {
+            let subnets = n.subnets.clone().unwrap_or_default();
+            let security_groups = n.security_groups.clone().unwrap_or_default();
+            if subnets.is_empty() {
+                problems.push("Network.Subnets: give at least one subnet id".into());
+            }
+            if security_groups.is_empty() {
+                problems.push("Network.SecurityGroups: give at least one security group id".into());
+            }
+            for id in &subnets {
+                if !id.starts_with("subnet-") {
+                    problems.push(format!("Network.Subnets: {id:?} is not a subnet id (subnet-...)"));
+                }
+            }
+            for id in &security_groups {
+                if !id.starts_with("sg-") {
+                    problems.push(format!("Network.SecurityGroups: {id:?} is not a security group id (sg-...)"));
+                }
+            }
+            Network { subnets, security_groups, assign_public_ip: n.assign_public_ip.unwrap_or(true) }
+        }
+    };
+
+    let roles = Roles {
+        execution_role_name: doc.roles.execution_role_name.clone().unwrap_or_else(|| name("execution")),
+        job_role_name: doc.roles.job_role_name.clone().unwrap_or_else(|| name("job")),
+        input_bucket: doc.roles.input_bucket.clone().filter(|b| !b.is_empty()),
+        execution_role_arn: None,
+        job_role_arn: None,
+    };
+    for (field, role) in [("ExecutionRoleName", &roles.execution_role_name), ("JobRoleName", &roles.job_role_name)] {
+        if !valid_role_name(role) {
+            problems.push(format!("Roles.{field} {role:?}: IAM role names are 1-64 letters, digits or +=,.@_-"));
+        }
+    }
+    let repository = Repository {
+        name: doc.repository.name.clone().unwrap_or_else(|| name("jobs").to_ascii_lowercase()),
+        scan_on_push: doc.repository.scan_on_push.unwrap_or(true),
+        delete_on_stack_delete: doc.repository.delete_on_stack_delete.unwrap_or(false),
+        uri: None,
+    };
+    if !valid_repository_name(&repository.name) {
+        problems.push(format!(
+            "Repository.Name {:?}: ECR names are 2-256 lowercase letters, digits and ._-/ (starting and ending with a letter or digit)",
+            repository.name
+        ));
+    }
+
+    let mut compute_environments = BTreeMap::new();
+    let ce_docs = doc.compute_environments.clone().unwrap_or_else(|| BTreeMap::from([(DEFAULT_KEY.to_owned(), Default::default())]));
+    if ce_docs.is_empty() {
+        problems.push("ComputeEnvironments: declare at least one".into());
+    }
+    for (key, ce) in &ce_docs {
+        let path = format!("ComputeEnvironments.{key}");
+        if !valid_key(key) {
+            problems.push(format!("{path}: keys are 1-40 letters, digits, - or _"));
+        }
+        let kind = match ce.kind.as_deref().unwrap_or("FARGATE") {
+            "FARGATE" => ComputeType::Fargate,
+            "FARGATE_SPOT" => ComputeType::FargateSpot,
+            other => {
+                problems.push(format!("{path}.Type {other:?}: use FARGATE or FARGATE_SPOT"));
+                ComputeType::Fargate
+            }
+        };
+        let max_vcpus = ce.max_vcpus.unwrap_or(256);
+        if !(1..=10_000).contains(&max_vcpus) {
+            problems.push(format!("{path}.MaxVcpus {max_vcpus}: use 1 to 10000"));
+        }
+        compute_environments.insert(key.clone(), ComputeEnvironment { name: name(key), kind, max_vcpus: max_vcpus as u32, arn: None });
+    }
+
+    let mut job_queues = BTreeMap::new();
+    let queue_docs = doc.job_queues.clone().unwrap_or_else(|| {
+        let first = ce_docs.keys().next().cloned().unwrap_or_else(|| DEFAULT_KEY.to_owned());
+        BTreeMap::from([(DEFAULT_KEY.to_owned(), JobQueueDoc { priority: Some(1), compute_environments: Some(vec![first]) })])
+    });
+    if queue_docs.is_empty() {
+        problems.push("JobQueues: declare at least one".into());
+    }
+    for (key, queue) in &queue_docs {
+        let path = format!("JobQueues.{key}");
+        if !valid_key(key) {
+            problems.push(format!("{path}: keys are 1-40 letters, digits, - or _"));
+        }
+        let order = queue.compute_environments.clone().unwrap_or_else(|| ce_docs.keys().take(1).cloned().collect());
+        if order.is_empty() || order.len() > 3 {
+            problems.push(format!("{path}.ComputeEnvironments: name 1 to 3 compute environments"));
+        }
+        for ce in &order {
+            if !ce_docs.contains_key(ce) {
+                problems.push(format!("{path}.ComputeEnvironments: {ce:?} is not a key of ComputeEnvironments"));
+            }
+        }
+        let priority = queue.priority.unwrap_or(1);
+        if priority > 1000 {
+            problems.push(format!("{path}.Priority {priority}: use 0 to 1000"));
+        }
+        job_queues.insert(
+            key.clone(),
+            JobQueue { name: name(key), priority: priority as u32, compute_environments: order, arn: None },
+        );
+    }
+    let default_queue = if job_queues.contains_key(DEFAULT_KEY) {
+        DEFAULT_KEY.to_owned()
+    } else {
+        // The highest priority queue (ties: the first key).
+        job_queues.iter().max_by(|a, b| a.1.priority.cmp(&b.1.priority).then(b.0.cmp(a.0))).map(|(k, _)| k.clone()).unwrap_or_default()
+    };
+
+    let mut job_definitions = BTreeMap::new();
+    let definition_docs =
+        doc.job_definitions.clone().unwrap_or_else(|| BTreeMap::from([(DEFAULT_KEY.to_owned(), JobDefinitionDoc::default())]));
+    if definition_docs.is_empty() {
+        problems.push("JobDefinitions: declare at least one".into());
+    }
+    for (key, definition) in &definition_docs {
+        let path = format!("JobDefinitions.{key}");
+        if !valid_key(key) {
+            problems.push(format!("{path}: keys are 1-40 letters, digits, - or _"));
+        }
+        let vcpu_text = definition.vcpu.clone().unwrap_or_else(|| "0.25".into());
+        let memory_text = definition.memory.clone().unwrap_or_else(|| "512".into());
+        let size = match (parse_vcpu(&vcpu_text), parse_memory(&memory_text)) {
+            (Ok(vcpu), Ok(memory)) => match Size::exact(vcpu, memory) {
+                Ok(size) => size,
+                Err(err) => {
+                    problems.push(format!("{path}: {err}"));
+                    Size { vcpu, memory_mib: memory }
+                }
+            },
+            (vcpu, memory) => {
+                for err in [vcpu.err(), memory.err()].into_iter().flatten() {
+                    problems.push(format!("{path}: {err}"));
+                }
+                Size { vcpu: crate::fargate::Quarters(1), memory_mib: 512 }
+            }
+        };
+        let architecture = definition.architecture.clone().unwrap_or_else(|| "X86_64".into()).to_ascii_uppercase();
+        if architecture != "X86_64" && architecture != "ARM64" {
+            problems.push(format!("{path}.Architecture {architecture:?}: use X86_64 or ARM64"));
+        }
+        let retry_attempts = definition.retry_attempts.unwrap_or(3);
+        if !(1..=10).contains(&retry_attempts) {
+            problems.push(format!("{path}.RetryAttempts {retry_attempts}: Batch allows 1 to 10"));
+        }
+        if let Some(timeout) = definition.timeout_seconds {
+            if timeout < 60 {
+                problems.push(format!("{path}.TimeoutSeconds {timeout}: Batch requires at least 60"));
+            }
+        }
+        let queue = definition.queue.clone().unwrap_or_else(|| default_queue.clone());
+        if !job_queues.contains_key(&queue) {
+            problems.push(format!("{path}.Queue: {queue:?} is not a key of JobQueues"));
+        }
+        let image = definition.image.clone().unwrap_or_else(|| DEFAULT_IMAGE.to_owned());
+        if image.trim().is_empty() {
+            problems.push(format!("{path}.Image: give an image"));
+        }
+        for name in definition.environment.iter().flatten().map(|(k, _)| k).chain(definition.secrets.iter().flatten().map(|(k, _)| k)) {
+            if name.starts_with("AWS_BATCH") {
+                problems.push(format!("{path}: environment variable {name:?}: names starting with AWS_BATCH are reserved"));
+            }
+        }
+        let command = definition.command.clone().unwrap_or_else(|| {
+            if definition.image.is_none() {
+                vec!["python3".into(), "-c".into(), DEFAULT_SCRIPT.into()]
+            } else {
+                vec![]
+            }
+        });
+        job_definitions.insert(
+            key.clone(),
+            JobDefinition {
+                name: name(key),
+                image,
+                size,
+                command,
+                environment: definition.environment.clone().unwrap_or_default(),
+                secrets: definition.secrets.clone().unwrap_or_default(),
+                architecture,
+                retry_attempts: retry_attempts as u32,
+                timeout_seconds: definition.timeout_seconds.map(|t| t as u32),
+                log_group: definition.log_group.clone().unwrap_or_else(|| DEFAULT_LOG_GROUP.to_owned()),
+                queue,
+                arn: None,
+            },
+        );
+    }
+
+    let triggers = resolve_triggers(doc.triggers.unwrap_or_default(), &job_definitions, &mut problems);
+
+    if problems.is_empty() {
+        Ok(StackConfig {
+            name_prefix: prefix,
+            network,
+            roles,
+            repository,
+            compute_environments,
+            job_queues,
+            job_definitions,
+            default_queue,
+            pipelines: doc.pipelines.unwrap_or(Value::Null),
+            triggers,
+        })
+    } else {
+        Err(ConfigProblems { problems })
+    }
+}
+
+fn target(path: &str, job_definition: &Option<String>, pipeline: &Option<String>, definitions: &BTreeMap<String, JobDefinition>, problems: &mut Vec<String>) -> Target {
+    match (job_definition, pipeline) {
+        (Some(definition), None) => {
+            if !definitions.contains_key(definition) {
+                problems.push(format!("{path}.JobDefinition: {definition:?} is not a key of JobDefinitions"));
+            }
+            Target::JobDefinition(definition.clone())
+        }
+        (None, Some(pipeline)) => Target::Pipeline(pipeline.clone()),
+        _ => {
+            problems.push(format!("{path}: give either JobDefinition or Pipeline"));
+            Target::JobDefinition(String::new())
+        }
+    }
+}
+
+fn resolve_triggers(doc: TriggersDoc, definitions: &BTreeMap<String, JobDefinition>, problems: &mut Vec<String>) -> Triggers {
+    let mut triggers = Triggers::default();
+    for (key, rule) in doc.s3 {
+        let path = format!("Triggers.S3.{key}");
+        if !valid_key(&key) {
+            problems.push(format!("{path}: keys are 1-40 letters, digits, - or _"));
+        }
+        let target = target(&path, &rule.job_definition, &rule.pipeline, definitions, problems);
+        if let Some(factor) = rule.memory_per_input_byte {
+            if !(1..=1000).contains(&factor) {
+                problems.push(format!("{path}.MemoryPerInputByte {factor}: use 1 to 1000"));
+            }
+        }
+        triggers.s3.insert(
+            key,
+            S3Trigger {
+                bucket: rule.bucket.filter(|b| !b.is_empty()),
+                prefix: rule.prefix.unwrap_or_default(),
+                suffix: rule.suffix.unwrap_or_default(),
+                target,
+                memory_per_input_byte: rule.memory_per_input_byte.map(|f| f as u32),
+                parameters: rule.parameters.unwrap_or_default(),
+            },
+        );
+    }
+    for (rule_name, rule) in doc.schedules {
+        let path = format!("Triggers.Schedules.{rule_name}");
+        if !(1..=64).contains(&rule_name.len()) || !rule_name.chars().all(|c| c.is_ascii_alphanumeric() || ".-_".contains(c)) {
+            problems.push(format!("{path}: EventBridge rule names are 1-64 letters, digits, . - or _"));
+        }
+        let target = target(&path, &rule.job_definition, &rule.pipeline, definitions, problems);
+        triggers.schedules.insert(rule_name, ScheduleTrigger { target, parameters: rule.parameters.unwrap_or_default() });
+    }
+    triggers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn network_only() -> Value {
+        json!({"ServiceToken": "arn:aws:lambda:us-east-1:123456789012:function:bootstrap",
+               "Network": {"Subnets": ["subnet-1", "subnet-2"], "SecurityGroups": ["sg-1"]}})
+    }
+
+    #[test]
+    fn only_the_network_gives_the_recipe() {
+        let config = StackConfig::from_properties(&network_only()).unwrap();
+        assert_eq!(config.compute_environments["default"], ComputeEnvironment { name: "batchline-default".into(), kind: ComputeType::Fargate, max_vcpus: 256, arn: None });
+        assert_eq!(config.job_queues["default"].priority, 1);
+        assert_eq!(config.job_queues["default"].compute_environments, ["default"]);
+        let definition = &config.job_definitions["default"];
+        assert_eq!(definition.size.to_string(), "0.25 vCPU / 512 MiB");
+        assert_eq!(definition.log_group, "/aws/batch/job");
+        assert_eq!(definition.image, DEFAULT_IMAGE);
+        assert_eq!(definition.command[0], "python3");
+        assert!(config.network.assign_public_ip);
+        assert!(config.repository.scan_on_push);
+        assert!(!config.repository.delete_on_stack_delete);
+        assert_eq!(config.roles.execution_role_name, "batchline-execution");
+        assert_eq!(config.default_queue, "default");
+    }
+
+    #[test]
+    fn values_are_read_from_cloudformation_strings() {
+        let properties = json!({
+            "ServiceToken": "x", "ServiceTimeout": "600", "NamePrefix": "demo",
+            "Network": {"Subnets": "subnet-1, subnet-2", "SecurityGroups": "sg-1", "AssignPublicIp": "false"},
+            "Repository": {"DeleteOnStackDelete": "true", "ScanOnPush": "false"},
+            "ComputeEnvironments": {"main": {"Type": "FARGATE", "MaxVcpus": "64"}, "spot": {"Type": "FARGATE_SPOT", "MaxVcpus": 32}},
+            "JobQueues": {"fast": {"Priority": "10", "ComputeEnvironments": ["main"]}, "cheap": {"Priority": "1", "ComputeEnvironments": "spot,main"}},
+            "JobDefinitions": {"big": {"Image": "repo/image:1", "Vcpu": "2", "Memory": "8192", "RetryAttempts": "2", "TimeoutSeconds": "900", "Queue": "cheap"}}
+        });
+        let config = StackConfig::from_properties(&properties).unwrap();
+        assert_eq!(config.network.subnets, ["subnet-1", "subnet-2"]);
+        assert!(!config.network.assign_public_ip);
+        assert!(config.repository.delete_on_stack_delete && !config.repository.scan_on_push);
+        assert_eq!(config.compute_environments["spot"].max_vcpus, 32);
+        assert_eq!(config.job_queues["cheap"].compute_environments, ["spot", "main"]);
+        assert_eq!(config.default_queue, "fast", "highest priority when no queue is called default");
+        let big = &config.job_definitions["big"];
+        assert_eq!((big.size.to_string().as_str(), big.retry_attempts, big.timeout_seconds), ("2 vCPU / 8192 MiB", 2, Some(900)));
+        assert_eq!(big.name, "demo-big");
+        assert!(big.command.is_empty(), "an image brings its own command");
+    }
+
+    #[test]
+    fn problems_are_named_with_their_path() {
+        let check = |properties: Value, expected: &str| {
+            let err = StackConfig::from_properties(&properties).unwrap_err().to_string();
+            assert!(err.contains(expected), "expected {expected:?} in {err}");
+        };
+        check(json!({"ServiceToken": "x"}), "Network is required");
+        let mut unknown = network_only();
+        unknown["JobDefinitions"] = json!({"default": {"Memroy": "1024"}});
+        check(unknown, "JobDefinitions.default.Memroy: unknown field `Memroy`, expected one of `Image`");
+        let mut bad_size = network_only();
+        bad_size["JobDefinitions"] = json!({"default": {"Vcpu": "1", "Memory": "1024"}});
+        check(bad_size, "JobDefinitions.default: 1 vCPU with 1024 MiB is not a valid Fargate size");
+        let mut bad_key = network_only();
+        bad_key["ComputeEnvironments"] = json!({"no spaces": {}});
+        check(bad_key, "ComputeEnvironments.no spaces: keys are");
+        let mut bad_queue = network_only();
+        bad_queue["JobQueues"] = json!({"default": {"ComputeEnvironments": ["missing"]}});
+        check(bad_queue, "\"missing\" is not a key of ComputeEnvironments");
+        let mut bad_number = network_only();
+        bad_number["ComputeEnvironments"] = json!({"default": {"MaxVcpus": "lots"}});
+        check(bad_number, "ComputeEnvironments.default.MaxVcpus: \"lots\" is not a whole number");
+        check(json!({"Network": {"Subnets": ["vpc-1"], "SecurityGroups": ["sg-1"]}}), "\"vpc-1\" is not a subnet id");
+        let mut bad_trigger = network_only();
+        bad_trigger["Triggers"] = json!({"S3": {"orders": {"Prefix": "in/", "JobDefinition": "nope"}}});
+        check(bad_trigger, "Triggers.S3.orders.JobDefinition: \"nope\" is not a key of JobDefinitions");
+        let mut bad_repo = network_only();
+        bad_repo["Repository"] = json!({"Name": "Has_Upper"});
+        check(bad_repo, "Repository.Name");
+    }
+
+    #[test]
+    fn the_resolved_config_round_trips_through_json() {
+        let config = StackConfig::from_properties(&network_only()).unwrap();
+        let text = serde_json::to_string(&config).unwrap();
+        assert_eq!(serde_json::from_str::<StackConfig>(&text).unwrap(), config);
+    }
+}
