@@ -19,6 +19,10 @@ pub enum Error {
     #[error("invalid event: {0}")]
     InvalidEvent(String),
 
+    /// Something did not happen in the time there was for it.
+    #[error("timed out: {0}")]
+    Timeout(String),
+
     /// An AWS call failed; `code` is AWS's error code when the service sent one.
     #[error("{operation} failed: {code}: {message}")]
     Aws {
@@ -76,6 +80,7 @@ impl Error {
         match self {
             Error::Config(_) => "Batchline.ConfigError",
             Error::InvalidEvent(_) => "Batchline.InvalidEvent",
+            Error::Timeout(_) => "Batchline.Timeout",
             Error::Aws { .. } => "Batchline.AwsError",
         }
     }

@@ -21,7 +21,9 @@ use std::fmt;
 pub struct Quarters(pub u32);
 
 /// A Fargate task size. In JSON: `{"vcpu": "0.25", "memoryMib": 512}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(try_from = "SizeJson", into = "SizeJson")]
 pub struct Size {
     pub vcpu: Quarters,
@@ -37,14 +39,20 @@ struct SizeJson {
 
 impl From<Size> for SizeJson {
     fn from(size: Size) -> Self {
-        SizeJson { vcpu: format_vcpu(size.vcpu), memory_mib: size.memory_mib }
+        SizeJson {
+            vcpu: format_vcpu(size.vcpu),
+            memory_mib: size.memory_mib,
+        }
     }
 }
 
 impl TryFrom<SizeJson> for Size {
     type Error = SizeError;
     fn try_from(json: SizeJson) -> Result<Self, SizeError> {
-        Ok(Size { vcpu: parse_vcpu(&json.vcpu)?, memory_mib: json.memory_mib })
+        Ok(Size {
+            vcpu: parse_vcpu(&json.vcpu)?,
+            memory_mib: json.memory_mib,
+        })
     }
 }
 

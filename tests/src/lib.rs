@@ -6,6 +6,7 @@ pub mod batch_env;
 pub mod calls;
 pub mod emulator;
 pub mod player;
+pub mod response_server;
 pub mod table;
 
 /// One Lambda invocation of `payload`, with a fresh request id, as the runtime hands it to a handler.

@@ -1,19 +1,48 @@
 //! `batchline-bootstrap`: the CloudFormation custom resource that provisions and tears down the Batch environment.
 //!
-//! Status: the foundation only. Provisioning is issue #4; until then every payload is
-//! classified and refused with an error that says what was received.
+//! The resource's properties are the stack configuration document
+//! ([`batchline::stack_config`]). Create and Update converge the environment on it and
+//! publish the resolved configuration (with ARNs) to the table; Delete tears it down.
+//!
+//! Whatever happens, CloudFormation gets exactly one answer at the ResponseURL — a custom
+//! resource that never answers hangs its stack for an hour. The work runs as its own task
+//! with a deadline [`ANSWER_MARGIN`] before the function's own; if it is still running
+//! then, or panics, or fails, the answer is FAILED with the reason. Invalid properties
+//! fail at once, before anything is created, so a Delete after a failed Create has
+//! nothing to do and succeeds. The physical resource id is `<NamePrefix>-environment`: it
+//! stays the same across updates, and a changed prefix makes CloudFormation replace the
+//! environment (create the new one, then delete the old).
+
+pub mod cfn;
+pub mod provision;
+
+use std::future::Future;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_config::SdkConfig;
+use batchline::stack_config::StackConfig;
 use batchline::{Config, Error};
+use cfn::{Request, Response, Status};
 use lambda_runtime::LambdaEvent;
-use serde_json::Value;
+use serde_json::{json, Map, Value};
+use tokio::time::Instant;
+use tracing::{error, info};
 
-/// The AWS clients this function uses, built once per container.
+/// Time kept back from the function's deadline to answer CloudFormation.
+pub const ANSWER_MARGIN: Duration = Duration::from_secs(15);
+/// Attempts to deliver the answer.
+pub const ANSWER_ATTEMPTS: u32 = 5;
+
+/// The AWS clients (and HTTP client, for the answer) this function uses, built once per container.
+#[derive(Clone)]
 pub struct Clients {
     pub batch: aws_sdk_batch::Client,
     pub dynamodb: aws_sdk_dynamodb::Client,
     pub ecr: aws_sdk_ecr::Client,
     pub iam: aws_sdk_iam::Client,
+    pub http: reqwest::Client,
+    /// The region the environment is built in (for log configuration).
+    pub region: String,
 }
 
 impl Clients {
@@ -23,18 +52,197 @@ impl Clients {
             dynamodb: aws_sdk_dynamodb::Client::new(sdk),
             ecr: aws_sdk_ecr::Client::new(sdk),
             iam: aws_sdk_iam::Client::new(sdk),
+            http: reqwest::Client::new(),
+            region: sdk
+                .region()
+                .map(|r| r.to_string())
+                .unwrap_or_else(|| "us-east-1".into()),
         }
     }
 }
 
-/// Handles one invocation.
+/// What the work decided; becomes the answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    pub status: Status,
+    pub reason: String,
+    pub physical_resource_id: String,
+    pub data: Map<String, Value>,
+}
+
+impl Outcome {
+    fn failed(reason: impl Into<String>, physical_resource_id: String) -> Self {
+        Outcome {
+            status: Status::Failed,
+            reason: reason.into(),
+            physical_resource_id,
+            data: Map::new(),
+        }
+    }
+}
+
+/// Handles one custom resource request: does the work, answers CloudFormation once.
 pub async fn handle(
     event: LambdaEvent<Value>,
-    _clients: &Clients,
-    _config: &Config,
+    clients: &Clients,
+    config: &Config,
 ) -> Result<Value, Error> {
-    Err(Error::InvalidEvent(format!(
-        "bootstrap does not handle requests yet (received {})",
-        batchline::event_kind(&event.payload)
-    )))
+    let request: Request = serde_json::from_value(event.payload.clone()).map_err(|e| {
+        // Without a ResponseURL there is no one to answer; say so loudly.
+        Error::InvalidEvent(format!(
+            "not a CloudFormation custom resource request ({e}): {}",
+            batchline::event_kind(&event.payload)
+        ))
+    })?;
+    info!(request_type = %request.request_type, logical_id = %request.logical_resource_id, "custom resource request");
+    let deadline = deadline_from(event.context.deadline);
+    let work = run(
+        request.clone(),
+        clients.clone(),
+        config.table_name.clone(),
+        deadline,
+    );
+    let response = answer_within(&request, deadline, work).await;
+    cfn::send(
+        &clients.http,
+        &request.response_url,
+        &response,
+        ANSWER_ATTEMPTS,
+    )
+    .await
+    .map_err(|e| {
+        error!(error = %e, "CloudFormation was not answered");
+        Error::Aws {
+            operation: "RespondToCloudFormation",
+            code: "Unanswered".into(),
+            message: e.to_string(),
+        }
+    })?;
+    Ok(json!({ "Status": response.status, "PhysicalResourceId": response.physical_resource_id }))
+}
+
+/// The instant `ANSWER_MARGIN` before the invocation's deadline (epoch milliseconds).
+pub fn deadline_from(deadline_ms: u64) -> Instant {
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default();
+    let left =
+        Duration::from_millis(deadline_ms.saturating_sub(now_ms)).saturating_sub(ANSWER_MARGIN);
+    Instant::now() + left
+}
+
+/// Runs `work` as its own task and turns whatever it does — finishes, fails, panics, or
+/// is still running at `deadline` — into the one answer for CloudFormation.
+pub async fn answer_within<F>(request: &Request, deadline: Instant, work: F) -> Response
+where
+    F: Future<Output = Outcome> + Send + 'static,
+{
+    let fallback_id = fallback_physical_id(request);
+    let mut task = tokio::spawn(work);
+    let outcome = match tokio::time::timeout_at(deadline, &mut task).await {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(join_error)) => {
+            let why = if join_error.is_panic() {
+                let panic = join_error.into_panic();
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                format!("bootstrap panicked: {message}")
+            } else {
+                "bootstrap's work was cancelled".to_owned()
+            };
+            error!(reason = %why, "work failed");
+            Outcome::failed(why, fallback_id)
+        }
+        Err(_) => {
+            task.abort();
+            error!("work still running at the deadline");
+            Outcome::failed(
+                "bootstrap did not finish before its deadline; see its logs. Retry the deployment (the work converges), or raise the function's timeout",
+                fallback_id,
+            )
+        }
+    };
+    Response::new(
+        request,
+        outcome.status,
+        outcome.reason,
+        outcome.physical_resource_id,
+        outcome.data,
+    )
+}
+
+/// The physical id when the properties say nothing usable: the one CloudFormation has, or
+/// one made from the logical id.
+fn fallback_physical_id(request: &Request) -> String {
+    request
+        .physical_resource_id
+        .clone()
+        .filter(|id| !id.is_empty())
+        .unwrap_or_else(|| format!("{}-unprovisioned", request.logical_resource_id))
+}
+
+/// `<NamePrefix>-environment`.
+pub fn physical_id(config: &StackConfig) -> String {
+    format!("{}-environment", config.name_prefix)
+}
+
+async fn run(request: Request, clients: Clients, table: String, deadline: Instant) -> Outcome {
+    let fallback_id = fallback_physical_id(&request);
+    match request.request_type.as_str() {
+        "Create" | "Update" => {
+            let config = match StackConfig::from_properties(&request.resource_properties) {
+                Ok(config) => config,
+                Err(problems) => return Outcome::failed(problems.to_string(), fallback_id),
+            };
+            let previous = request
+                .old_resource_properties
+                .as_ref()
+                .and_then(|old| StackConfig::from_properties(old).ok());
+            // A changed prefix is a replacement: the old environment is deleted by
+            // CloudFormation's Delete of the old physical id, not here.
+            let previous = previous.filter(|p| p.name_prefix == config.name_prefix);
+            let id = physical_id(&config);
+            match provision::converge(&clients, &table, config, previous.as_ref(), deadline).await {
+                Ok(resolved) => {
+                    let data = provision::outputs(&resolved)
+                        .into_iter()
+                        .map(|(k, v)| (k.to_owned(), Value::String(v)))
+                        .collect();
+                    Outcome {
+                        status: Status::Success,
+                        reason: "environment converged".into(),
+                        physical_resource_id: id,
+                        data,
+                    }
+                }
+                Err(err) => Outcome::failed(err.to_string(), id),
+            }
+        }
+        "Delete" => match StackConfig::from_properties(&request.resource_properties) {
+            // These properties never passed validation, so nothing was created from them.
+            Err(_) => Outcome {
+                status: Status::Success,
+                reason: "nothing to delete".into(),
+                physical_resource_id: fallback_id,
+                data: Map::new(),
+            },
+            Ok(config) => match provision::teardown(&clients, &table, &config, deadline).await {
+                Ok(()) => Outcome {
+                    status: Status::Success,
+                    reason: "environment deleted".into(),
+                    physical_resource_id: fallback_id,
+                    data: Map::new(),
+                },
+                Err(err) => Outcome::failed(err.to_string(), fallback_id),
+            },
+        },
+        other => Outcome::failed(
+            format!("unknown RequestType {other:?}: expected Create, Update or Delete"),
+            fallback_id,
+        ),
+    }
 }

@@ -1,0 +1,147 @@
+//! The CloudFormation custom resource protocol: the request bootstrap receives and the answer it PUTs to the ResponseURL.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use tracing::{info, warn};
+
+/// A custom resource request. Read leniently: only what bootstrap needs, and every field
+/// needed to answer is read even when others are missing, so a malformed request can
+/// still be answered.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Request {
+    #[serde(default)]
+    pub request_type: String,
+    #[serde(rename = "ResponseURL")]
+    pub response_url: String,
+    #[serde(default)]
+    pub stack_id: String,
+    #[serde(default)]
+    pub request_id: String,
+    #[serde(default)]
+    pub logical_resource_id: String,
+    #[serde(default)]
+    pub physical_resource_id: Option<String>,
+    #[serde(default)]
+    pub resource_type: Option<String>,
+    #[serde(default)]
+    pub resource_properties: Value,
+    #[serde(default)]
+    pub old_resource_properties: Option<Value>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Status {
+    Success,
+    Failed,
+}
+
+/// The answer CloudFormation waits for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Response {
+    pub status: Status,
+    pub reason: String,
+    pub physical_resource_id: String,
+    pub stack_id: String,
+    pub request_id: String,
+    pub logical_resource_id: String,
+    pub no_echo: bool,
+    pub data: Map<String, Value>,
+}
+
+/// CloudFormation refuses response bodies over 4,096 bytes; the reason is what gives.
+const MAX_BODY_BYTES: usize = 4096;
+
+impl Response {
+    pub fn new(
+        request: &Request,
+        status: Status,
+        reason: impl Into<String>,
+        physical_resource_id: String,
+        data: Map<String, Value>,
+    ) -> Self {
+        let mut response = Response {
+            status,
+            reason: reason.into(),
+            physical_resource_id,
+            stack_id: request.stack_id.clone(),
+            request_id: request.request_id.clone(),
+            logical_resource_id: request.logical_resource_id.clone(),
+            no_echo: false,
+            data,
+        };
+        response.fit();
+        response
+    }
+
+    /// Shortens the reason until the body fits CloudFormation's limit.
+    fn fit(&mut self) {
+        while serde_json::to_vec(self).map(|b| b.len()).unwrap_or(0) > MAX_BODY_BYTES
+            && self.reason.len() > 40
+        {
+            let keep = self.reason.len() * 3 / 4;
+            let cut = (0..=keep)
+                .rev()
+                .find(|i| self.reason.is_char_boundary(*i))
+                .unwrap_or(0);
+            self.reason.truncate(cut);
+            self.reason.push_str(" [...]");
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("could not deliver the answer to CloudFormation after {attempts} attempts: {last}")]
+pub struct SendError {
+    pub attempts: u32,
+    pub last: String,
+}
+
+/// PUTs the answer to the pre-signed ResponseURL: an empty content type (the URL is signed
+/// without one), retried with backoff on connection errors and 5xx answers.
+pub async fn send(
+    http: &reqwest::Client,
+    url: &str,
+    response: &Response,
+    attempts: u32,
+) -> Result<(), SendError> {
+    let body = serde_json::to_vec(response).map_err(|e| SendError {
+        attempts: 0,
+        last: e.to_string(),
+    })?;
+    let mut last = String::new();
+    for attempt in 1..=attempts {
+        let result = http
+            .put(url)
+            .header(reqwest::header::CONTENT_TYPE, "")
+            .header(reqwest::header::CONTENT_LENGTH, body.len())
+            .body(body.clone())
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await;
+        match result {
+            Ok(reply) if reply.status().is_success() => {
+                info!(status = ?response.status, attempt, "answered CloudFormation");
+                return Ok(());
+            }
+            Ok(reply) if reply.status().is_client_error() => {
+                // A 4xx will not change on retry (expired or malformed URL).
+                return Err(SendError {
+                    attempts: attempt,
+                    last: format!("HTTP {}", reply.status()),
+                });
+            }
+            Ok(reply) => last = format!("HTTP {}", reply.status()),
+            Err(err) => last = err.to_string(),
+        }
+        warn!(attempt, error = %last, "answering CloudFormation failed; retrying");
+        if attempt < attempts {
+            tokio::time::sleep(Duration::from_millis(200 * 2u64.pow(attempt - 1))).await;
+        }
+    }
+    Err(SendError { attempts, last })
+}
