@@ -7,10 +7,13 @@
 pub mod aws;
 pub mod batch_event;
 pub mod config;
+pub mod config_store;
 pub mod error;
 pub mod fargate;
+pub mod job_request;
 pub mod metrics;
 pub mod stack_config;
+pub mod submitter;
 pub mod telemetry;
 
 pub use config::{Config, ConfigError};
@@ -35,4 +38,12 @@ pub fn event_kind(payload: &serde_json::Value) -> String {
     } else {
         "a payload that is not a JSON object".to_owned()
     }
+}
+
+/// The current time in epoch milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
 }

@@ -1,6 +1,8 @@
 //! Integration tests against the local AWS emulator.
 
 mod bootstrap;
+mod common;
 mod emulator;
 mod job_events;
 mod player;
+mod submit;

@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use aws_smithy_runtime_api::box_error::BoxError;
-use aws_smithy_runtime_api::client::interceptors::context::BeforeSerializationInterceptorContextRef;
+use aws_smithy_runtime_api::client::interceptors::context::{
+    BeforeDeserializationInterceptorContextRef, BeforeSerializationInterceptorContextRef,
+};
 use aws_smithy_runtime_api::client::interceptors::Intercept;
 use aws_smithy_runtime_api::client::orchestrator::Metadata;
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
@@ -90,6 +92,46 @@ impl Intercept for FailOperation {
                 .is_ok()
         {
             return Err(format!("{} failed on purpose (test)", self.operation).into());
+        }
+        Ok(())
+    }
+}
+
+/// Lets the next `times` calls of one operation reach the service, then loses the answer:
+/// the call fails though the service did the work (a dropped connection after the request).
+#[derive(Debug, Clone)]
+pub struct LoseResponse {
+    operation: &'static str,
+    remaining: Arc<AtomicUsize>,
+}
+
+impl LoseResponse {
+    pub fn new(operation: &'static str, times: usize) -> Self {
+        LoseResponse {
+            operation,
+            remaining: Arc::new(AtomicUsize::new(times)),
+        }
+    }
+}
+
+impl Intercept for LoseResponse {
+    fn name(&self) -> &'static str {
+        "batchline-tests-lose-response"
+    }
+
+    fn read_before_deserialization(
+        &self,
+        _: &BeforeDeserializationInterceptorContextRef<'_>,
+        _: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        if operation(cfg) == self.operation
+            && self
+                .remaining
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+        {
+            return Err(format!("the answer to {} was lost (test)", self.operation).into());
         }
         Ok(())
     }

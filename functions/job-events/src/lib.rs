@@ -17,7 +17,6 @@ pub mod ledger;
 pub mod publish;
 
 use std::collections::HashMap;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use aws_config::SdkConfig;
 use batchline::batch_event::JobStateChangeEvent;
@@ -62,7 +61,7 @@ pub async fn handle(
 ) -> Result<Value, Error> {
     let token = event.context.request_id.clone();
     let payload = event.payload;
-    let now = now_ms();
+    let now = batchline::now_ms();
     if let Some(records) = payload.get("Records") {
         let messages = sqs_messages(records)?;
         let failed = process(messages, clients, config, &token, now).await;
@@ -214,11 +213,4 @@ async fn process(
         warn!(error = %err, "could not record events as counted");
     }
     failed
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
 }

@@ -1,0 +1,432 @@
+//! The HTTP API (API Gateway HTTP API, payload format 2.0): requests parsed, routed and answered as JSON.
+//!
+//! Every caller mistake is a 4xx with `{"error": {"code", "message"}}` naming the problem;
+//! only infrastructure failures become 5xx. Routes:
+//!
+//! | route | answer |
+//! |---|---|
+//! | `POST /jobs` | 202 `{jobId, jobName, jobQueue, status, duplicate}` |
+//! | `GET /jobs/{id}` | 200 the job: status, times, reason, size, log stream and console link |
+//! | `POST /pipelines/{name}/runs` | 202 `{runId, ...}` |
+//! | `GET /runs/{id}`, `GET /runs?pipeline=NAME`, `DELETE /runs/{id}` | the run(s); cancel |
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use batchline::fargate::{parse_memory, parse_vcpu, Size};
+use batchline::job_request::{check_user_tags, JobRequest, RequestError};
+use batchline::stack_config::StackConfig;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::plan::{self, Source, OWN_TAGS};
+
+/// An HTTP request as API Gateway hands it over.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpRequest {
+    pub method: String,
+    pub path: String,
+    /// Lowercase names.
+    pub headers: BTreeMap<String, String>,
+    pub query: BTreeMap<String, String>,
+    pub body: Vec<u8>,
+}
+
+/// A caller-facing error: status, stable code, message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: u16,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        ApiError::new(400, "BadRequest", message)
+    }
+    pub fn not_found(message: impl Into<String>) -> Self {
+        ApiError::new(404, "NotFound", message)
+    }
+}
+
+impl From<RequestError> for ApiError {
+    fn from(err: RequestError) -> Self {
+        match err {
+            RequestError::TooLarge { .. } => ApiError::new(413, "PayloadTooLarge", err.to_string()),
+            RequestError::Invalid(message) => ApiError::bad_request(message),
+        }
+    }
+}
+
+/// An API Gateway v2 response with a JSON body.
+pub fn response(status: u16, body: &Value) -> Value {
+    json!({
+        "statusCode": status,
+        "headers": {"content-type": "application/json"},
+        "body": body.to_string(),
+        "isBase64Encoded": false,
+    })
+}
+
+pub fn error_response(err: &ApiError) -> Value {
+    response(
+        err.status,
+        &json!({"error": {"code": err.code, "message": err.message}}),
+    )
+}
+
+/// Reads the request out of the API Gateway v2 payload (base64 bodies decoded).
+pub fn parse_http(event: &Value) -> Result<HttpRequest, ApiError> {
+    let text = |pointer: &str| event.pointer(pointer).and_then(Value::as_str);
+    let method = text("/requestContext/http/method").ok_or_else(|| {
+        ApiError::bad_request("not an HTTP API request: requestContext.http.method is missing")
+    })?;
+    let path = text("/rawPath")
+        .or_else(|| text("/requestContext/http/path"))
+        .unwrap_or("/");
+    let map = |pointer: &str| -> BTreeMap<String, String> {
+        event
+            .pointer(pointer)
+            .and_then(Value::as_object)
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| Some((k.to_ascii_lowercase(), v.as_str()?.to_owned())))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let headers = map("/headers");
+    let query: BTreeMap<String, String> = event
+        .pointer("/queryStringParameters")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default();
+    let raw = text("/body").unwrap_or_default();
+    let body = if event
+        .get("isBase64Encoded")
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+    {
+        base64::engine::general_purpose::STANDARD
+            .decode(raw)
+            .map_err(|e| ApiError::bad_request(format!("the body is not valid base64: {e}")))?
+    } else {
+        raw.as_bytes().to_vec()
+    };
+    Ok(HttpRequest {
+        method: method.to_ascii_uppercase(),
+        path: path.to_owned(),
+        headers,
+        query,
+        body,
+    })
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    SubmitJob,
+    GetJob(String),
+    StartRun(String),
+    GetRun(String),
+    ListRuns,
+    CancelRun(String),
+}
+
+pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
+    let parts: Vec<&str> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|p| !p.is_empty())
+        .collect();
+    let allowed = |methods: &str| {
+        ApiError::new(
+            405,
+            "MethodNotAllowed",
+            format!("{method} {path}: allowed methods are {methods}"),
+        )
+    };
+    match (parts.as_slice(), method) {
+        (["jobs"], "POST") => Ok(Route::SubmitJob),
+        (["jobs"], _) => Err(allowed("POST")),
+        (["jobs", id], "GET") => Ok(Route::GetJob(id.to_string())),
+        (["jobs", _], _) => Err(allowed("GET")),
+        (["pipelines", name, "runs"], "POST") => Ok(Route::StartRun(name.to_string())),
+        (["pipelines", _, "runs"], _) => Err(allowed("POST")),
+        (["runs"], "GET") => Ok(Route::ListRuns),
+        (["runs"], _) => Err(allowed("GET")),
+        (["runs", id], "GET") => Ok(Route::GetRun(id.to_string())),
+        (["runs", id], "DELETE") => Ok(Route::CancelRun(id.to_string())),
+        (["runs", _], _) => Err(allowed("GET, DELETE")),
+        _ => Err(ApiError::not_found(format!("no route {method} {path}"))),
+    }
+}
+
+/// A number written as a JSON number or a string.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Number {
+    Number(serde_json::Number),
+    Text(String),
+}
+
+impl Number {
+    fn text(&self) -> String {
+        match self {
+            Number::Number(n) => n.to_string(),
+            Number::Text(t) => t.clone(),
+        }
+    }
+}
+
+/// The body of `POST /jobs`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SubmitJobBody {
+    pub job_definition: Option<String>,
+    pub name: Option<String>,
+    #[serde(default)]
+    pub parameters: BTreeMap<String, String>,
+    #[serde(default)]
+    pub environment: BTreeMap<String, String>,
+    pub command: Option<Vec<String>>,
+    pub vcpu: Option<Number>,
+    pub memory: Option<Number>,
+    pub array_size: Option<u32>,
+    #[serde(default)]
+    pub depends_on: Vec<String>,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+}
+
+/// Parses a JSON body into `T`, naming the field at fault.
+pub fn parse_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
+    let text = if body.iter().all(u8::is_ascii_whitespace) {
+        b"{}".as_slice()
+    } else {
+        body
+    };
+    let mut deserializer = serde_json::Deserializer::from_slice(text);
+    serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            ApiError::bad_request(format!("the body is not valid JSON: {inner}"))
+        } else if path == "." {
+            ApiError::bad_request(format!("invalid body: {inner}"))
+        } else {
+            ApiError::bad_request(format!("{path}: {inner}"))
+        }
+    })
+}
+
+/// The idempotency key of an API request: the `Idempotency-Key` header, or else the
+/// request itself (so the same request twice is one job).
+pub fn idempotency_key(request: &HttpRequest, route: &str) -> Result<String, ApiError> {
+    match request.headers.get("idempotency-key") {
+        Some(key) if key.is_empty() || key.len() > 255 => Err(ApiError::bad_request(
+            "Idempotency-Key has 1 to 255 characters",
+        )),
+        Some(key) => Ok(format!("api:{route}:key:{key}")),
+        None => Ok(format!(
+            "api:{route}:body:{}",
+            batchline::job_request::digest(&String::from_utf8_lossy(&request.body), 40)
+        )),
+    }
+}
+
+/// `POST /jobs`: the job the body asks for, validated.
+pub fn plan_submit_job(
+    config: &StackConfig,
+    request: &HttpRequest,
+) -> Result<JobRequest, ApiError> {
+    let body: SubmitJobBody = parse_body(&request.body)?;
+    let key = body
+        .job_definition
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let definition = config.job_definitions.get(&key).ok_or_else(|| {
+        let known: Vec<&str> = config.job_definitions.keys().map(String::as_str).collect();
+        ApiError::bad_request(format!(
+            "jobDefinition {key:?} is not configured; configured: {}",
+            known.join(", ")
+        ))
+    })?;
+    let size = if body.vcpu.is_some() || body.memory.is_some() {
+        let vcpu = match &body.vcpu {
+            Some(v) => {
+                parse_vcpu(&v.text()).map_err(|e| ApiError::bad_request(format!("vcpu: {e}")))?
+            }
+            None => definition.size.vcpu,
+        };
+        let memory = match &body.memory {
+            Some(m) => parse_memory(&m.text())
+                .map_err(|e| ApiError::bad_request(format!("memory: {e}")))?,
+            None => definition.size.memory_mib,
+        };
+        Some(Size::exact(vcpu, memory).map_err(|e| ApiError::bad_request(e.to_string()))?)
+    } else {
+        None
+    };
+    check_user_tags(&body.tags, OWN_TAGS)?;
+    for id in &body.depends_on {
+        if id.is_empty() || id.len() > 128 {
+            return Err(ApiError::bad_request(format!(
+                "dependsOn: {id:?} is not a job id"
+            )));
+        }
+    }
+    let readable = format!(
+        "{}-api-{}",
+        config.name_prefix,
+        body.name.as_deref().unwrap_or(&key)
+    );
+    let source = Source {
+        trigger: "api",
+        readable,
+        idempotency_key: idempotency_key(request, "jobs")?,
+        parameters: body.parameters,
+        environment: body.environment,
+    };
+    let mut job =
+        plan::job(config, &key, source, size).map_err(|e| ApiError::new(409, "NotReady", e))?;
+    job.command = body.command;
+    job.array_size = body.array_size;
+    job.depends_on = body.depends_on;
+    job.tags.extend(body.tags);
+    job.validate()?;
+    Ok(job)
+}
+
+/// Epoch milliseconds as ISO 8601, for answers.
+pub fn iso(millis: Option<i64>) -> Value {
+    match millis {
+        Some(ms) => aws_smithy_types::DateTime::from_millis(ms)
+            .fmt(aws_smithy_types::date_time::Format::DateTime)
+            .map(Value::String)
+            .unwrap_or(Value::Null),
+        None => Value::Null,
+    }
+}
+
+/// The CloudWatch Logs console page of a log stream. The console escapes `%` in its
+/// fragment as `$25`, so each part is URL-encoded and then that.
+pub fn log_console_url(region: &str, group: &str, stream: &str) -> String {
+    let encode = |text: &str| -> String {
+        text.bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"-_.".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("$25{b:02X}")
+                }
+            })
+            .collect()
+    };
+    format!(
+        "https://{region}.console.aws.amazon.com/cloudwatch/home?region={region}#logsV2:log-groups/log-group/{}/log-events/{}",
+        encode(group),
+        encode(stream)
+    )
+}
+
+/// `GET /jobs/{id}`: a job as the API shows it.
+pub fn job_view(job: &aws_sdk_batch::types::JobDetail, region: &str) -> Value {
+    let container = job.container();
+    let requirement = |kind: &str| {
+        container
+            .map(|c| c.resource_requirements())
+            .unwrap_or_default()
+            .iter()
+            .find(|r| r.r#type().map(|t| t.as_str()) == Some(kind))
+            .and_then(|r| r.value())
+            .map(str::to_owned)
+    };
+    let log_stream = container
+        .and_then(|c| c.log_stream_name())
+        .map(str::to_owned);
+    let log_group = container
+        .and_then(|c| c.log_configuration())
+        .and_then(|l| l.options())
+        .and_then(|o| o.get("awslogs-group"))
+        .cloned()
+        .unwrap_or_else(|| batchline::stack_config::DEFAULT_LOG_GROUP.to_owned());
+    json!({
+        "jobId": job.job_id(),
+        "jobName": job.job_name(),
+        "status": job.status().map(|s| s.as_str()),
+        "statusReason": job.status_reason(),
+        "jobQueue": job.job_queue(),
+        "jobDefinition": job.job_definition(),
+        "createdAt": iso(job.created_at()),
+        "startedAt": iso(job.started_at()),
+        "stoppedAt": iso(job.stopped_at()),
+        "size": {"vcpu": requirement("VCPU"), "memoryMib": requirement("MEMORY").and_then(|m| m.parse::<u64>().ok())},
+        "attempts": job.attempts().len(),
+        "exitCode": container.and_then(|c| c.exit_code()),
+        "parameters": job.parameters(),
+        "tags": job.tags(),
+        "arraySize": job.array_properties().and_then(|a| a.size()),
+        "logStreamName": log_stream,
+        "logGroup": log_group,
+        "logUrl": log_stream.as_deref().map(|s| log_console_url(region, &log_group, s)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_and_their_errors() {
+        assert_eq!(route("POST", "/jobs"), Ok(Route::SubmitJob));
+        assert_eq!(route("GET", "/jobs/abc"), Ok(Route::GetJob("abc".into())));
+        assert_eq!(
+            route("POST", "/pipelines/nightly/runs"),
+            Ok(Route::StartRun("nightly".into()))
+        );
+        assert_eq!(route("GET", "/runs"), Ok(Route::ListRuns));
+        assert_eq!(
+            route("DELETE", "/runs/r1"),
+            Ok(Route::CancelRun("r1".into()))
+        );
+        assert_eq!(route("GET", "/jobs").unwrap_err().status, 405);
+        assert_eq!(route("GET", "/nothing").unwrap_err().status, 404);
+    }
+
+    #[test]
+    fn bodies_name_the_field_at_fault() {
+        let err =
+            parse_body::<SubmitJobBody>(br#"{"jobDefinition": "x", "memroy": 1}"#).unwrap_err();
+        assert!(err.message.contains("memroy"), "{err:?}");
+        let err = parse_body::<SubmitJobBody>(b"{not json").unwrap_err();
+        assert!(err.message.contains("not valid JSON"), "{err:?}");
+        let err = parse_body::<SubmitJobBody>(br#"{"arraySize": "many"}"#).unwrap_err();
+        assert!(err.message.starts_with("arraySize"), "{err:?}");
+        assert!(
+            parse_body::<SubmitJobBody>(b"").is_ok(),
+            "an empty body is an empty object"
+        );
+    }
+
+    #[test]
+    fn console_links_escape_like_the_console() {
+        let url = log_console_url("us-east-1", "/aws/batch/job", "default/default/abc");
+        assert!(
+            url.ends_with(
+                "log-group/$252Faws$252Fbatch$252Fjob/log-events/default$252Fdefault$252Fabc"
+            ),
+            "{url}"
+        );
+    }
+}

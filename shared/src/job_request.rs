@@ -1,0 +1,266 @@
+//! A job to submit, decided before any AWS call: deterministic name, tags, size and the SubmitJob payload limit.
+//!
+//! Every trigger (S3, schedule, API, a pipeline stage) turns into a [`JobRequest`] with an
+//! idempotency key. The job name is derived from that key, so a submission left unfinished
+//! by a crash can be found by name, and the same trigger always names the same job.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::fargate::Size;
+
+/// Batch's limits on job names and tags.
+pub const MAX_JOB_NAME: usize = 128;
+pub const MAX_TAGS: usize = 50;
+pub const MAX_TAG_KEY: usize = 128;
+pub const MAX_TAG_VALUE: usize = 256;
+/// SubmitJob's request payload limit (30 KiB).
+pub const MAX_SUBMIT_BYTES: usize = 30 * 1024;
+/// Array jobs have 2 to 10,000 children.
+pub const ARRAY_SIZES: std::ops::RangeInclusive<u32> = 2..=10_000;
+/// A job may depend on at most 20 others.
+pub const MAX_DEPENDENCIES: usize = 20;
+
+pub const RUN_TAG: &str = "batchline:run";
+pub const PIPELINE_TAG: &str = "batchline:pipeline";
+pub const STAGE_TAG: &str = "batchline:stage";
+pub const TRIGGER_TAG: &str = "batchline:trigger";
+/// Tags under this prefix are Batchline's; callers may not set them.
+pub const RESERVED_TAG_PREFIX: &str = "batchline:";
+
+/// Everything SubmitJob needs, plus the idempotency key it is claimed under.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobRequest {
+    pub idempotency_key: String,
+    pub job_name: String,
+    pub queue_arn: String,
+    pub job_definition_arn: String,
+    pub parameters: BTreeMap<String, String>,
+    pub environment: BTreeMap<String, String>,
+    pub command: Option<Vec<String>>,
+    /// A size other than the job definition's.
+    pub size: Option<Size>,
+    pub array_size: Option<u32>,
+    pub depends_on: Vec<String>,
+    pub tags: BTreeMap<String, String>,
+}
+
+/// A SHA-256 of `text`, hex, cut to `chars` characters.
+pub fn digest(text: &str, chars: usize) -> String {
+    let hash = Sha256::digest(text.as_bytes());
+    let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+    hex[..chars.min(hex.len())].to_owned()
+}
+
+/// A valid, deterministic Batch job name: `[A-Za-z0-9_-]`, starting with a letter or
+/// digit, at most 128 characters, ending in a hash of the idempotency key so different
+/// keys never share a name however the readable part is cut.
+pub fn job_name(readable: &str, idempotency_key: &str) -> String {
+    let suffix = digest(idempotency_key, 12);
+    let mut clean: String = readable
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    // Collapse runs of '-' left by replaced characters, for readability.
+    while clean.contains("--") {
+        clean = clean.replace("--", "-");
+    }
+    let clean = clean.trim_matches(|c| c == '-' || c == '_');
+    let room = MAX_JOB_NAME - suffix.len() - 1;
+    let mut readable: String = clean.chars().take(room).collect();
+    readable = readable.trim_end_matches(['-', '_']).to_owned();
+    if readable.is_empty() {
+        format!("job-{suffix}")
+    } else {
+        format!("{readable}-{suffix}")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the job request is {size} bytes; SubmitJob takes at most {MAX_SUBMIT_BYTES} (parameters, environment, command and tags together)")]
+    TooLarge { size: usize },
+}
+
+/// Checks caller-supplied tags: not Batchline's own, within Batch's limits with ours added.
+pub fn check_user_tags(tags: &BTreeMap<String, String>, ours: usize) -> Result<(), RequestError> {
+    for (key, value) in tags {
+        if key.starts_with(RESERVED_TAG_PREFIX) {
+            return Err(RequestError::Invalid(format!(
+                "tag {key:?}: tags starting with {RESERVED_TAG_PREFIX} are Batchline's own"
+            )));
+        }
+        if key.is_empty() || key.len() > MAX_TAG_KEY {
+            return Err(RequestError::Invalid(format!(
+                "tag {key:?}: keys have 1 to {MAX_TAG_KEY} characters"
+            )));
+        }
+        if value.len() > MAX_TAG_VALUE {
+            return Err(RequestError::Invalid(format!(
+                "tag {key:?}: values have at most {MAX_TAG_VALUE} characters"
+            )));
+        }
+        if key.starts_with("aws:") {
+            return Err(RequestError::Invalid(format!(
+                "tag {key:?}: the aws: prefix is reserved by AWS"
+            )));
+        }
+    }
+    if tags.len() + ours > MAX_TAGS {
+        return Err(RequestError::Invalid(format!(
+            "{} tags: at most {} besides Batchline's {ours}",
+            tags.len(),
+            MAX_TAGS - ours
+        )));
+    }
+    Ok(())
+}
+
+impl JobRequest {
+    /// Validates what Batch would refuse, so the caller hears it as a 4xx with a reason.
+    pub fn validate(&self) -> Result<(), RequestError> {
+        if let Some(size) = self.array_size {
+            if !ARRAY_SIZES.contains(&size) {
+                return Err(RequestError::Invalid(format!(
+                    "arraySize {size}: array jobs have 2 to 10000 children"
+                )));
+            }
+        }
+        if self.depends_on.len() > MAX_DEPENDENCIES {
+            return Err(RequestError::Invalid(format!(
+                "dependsOn: at most {MAX_DEPENDENCIES} jobs"
+            )));
+        }
+        for name in self.environment.keys() {
+            if name.is_empty() || name.starts_with("AWS_BATCH") {
+                return Err(RequestError::Invalid(format!(
+                    "environment {name:?}: names starting with AWS_BATCH are reserved"
+                )));
+            }
+        }
+        let size = self.payload_size();
+        if size > MAX_SUBMIT_BYTES {
+            return Err(RequestError::TooLarge { size });
+        }
+        Ok(())
+    }
+
+    /// The size of the SubmitJob request this becomes, as JSON on the wire.
+    pub fn payload_size(&self) -> usize {
+        let overrides = serde_json::json!({
+            "jobName": self.job_name, "jobQueue": self.queue_arn, "jobDefinition": self.job_definition_arn,
+            "parameters": self.parameters, "tags": self.tags, "dependsOn": self.depends_on,
+            "containerOverrides": {"environment": self.environment, "command": self.command},
+        });
+        overrides.to_string().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_names_are_sanitised_bounded_and_deterministic() {
+        let name = job_name(
+            "s3 orders/incoming/Q3 report (final).csv",
+            "s3:bucket:key:seq",
+        );
+        assert!(
+            name.starts_with("s3-orders-incoming-Q3-report-final-csv-"),
+            "{name}"
+        );
+        assert_eq!(
+            name,
+            job_name(
+                "s3 orders/incoming/Q3 report (final).csv",
+                "s3:bucket:key:seq"
+            )
+        );
+        assert_ne!(
+            name,
+            job_name(
+                "s3 orders/incoming/Q3 report (final).csv",
+                "s3:bucket:key:other"
+            )
+        );
+
+        let long = job_name(&"x".repeat(500), "k");
+        assert_eq!(long.len(), 128);
+        assert!(long
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+
+        let odd = job_name("--__ünïcødé__--", "k");
+        assert!(
+            odd.starts_with(|c: char| c.is_ascii_alphanumeric()),
+            "{odd}"
+        );
+        assert_eq!(job_name("///", "k"), format!("job-{}", digest("k", 12)));
+    }
+
+    #[test]
+    fn user_tags_may_not_be_batchlines_or_too_many() {
+        let tags = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert!(check_user_tags(&tags(&[("team", "data")]), 4).is_ok());
+        assert!(check_user_tags(&tags(&[("batchline:run", "x")]), 4)
+            .unwrap_err()
+            .to_string()
+            .contains("Batchline's own"));
+        let many: BTreeMap<String, String> =
+            (0..47).map(|i| (format!("t{i}"), String::new())).collect();
+        assert!(check_user_tags(&many, 4)
+            .unwrap_err()
+            .to_string()
+            .contains("at most 46"));
+        assert!(check_user_tags(&tags(&[("k", &"v".repeat(257))]), 4).is_err());
+    }
+
+    #[test]
+    fn oversized_requests_are_refused_before_batch_sees_them() {
+        let mut request = JobRequest {
+            idempotency_key: "k".into(),
+            job_name: "j".into(),
+            queue_arn: "q".into(),
+            job_definition_arn: "d".into(),
+            parameters: BTreeMap::new(),
+            environment: BTreeMap::new(),
+            command: None,
+            size: None,
+            array_size: None,
+            depends_on: vec![],
+            tags: BTreeMap::new(),
+        };
+        assert!(request.validate().is_ok());
+        request
+            .parameters
+            .insert("blob".into(), "x".repeat(31 * 1024));
+        assert!(matches!(
+            request.validate(),
+            Err(RequestError::TooLarge { .. })
+        ));
+        request.parameters.clear();
+        request.array_size = Some(1);
+        assert!(request
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("2 to 10000"));
+    }
+}

@@ -1,0 +1,96 @@
+//! Shared set-up for integration tests: a deployed Batchline environment of the test's own.
+
+use batchline::stack_config::StackConfig;
+use batchline_tests::emulator::{default_network, sdk_config, test_config, unique_name};
+use batchline_tests::invocation;
+use batchline_tests::player::event_id;
+use batchline_tests::response_server::ResponseServer;
+use batchline_tests::table::create_table;
+use serde_json::{json, Value};
+
+/// A table, a configuration and an environment provisioned by bootstrap from `extra`
+/// properties (merged over the network and a unique prefix).
+pub struct Deployed {
+    pub sdk: aws_config::SdkConfig,
+    pub config: batchline::Config,
+    pub stack: StackConfig,
+}
+
+impl Deployed {
+    pub async fn new(test: &str, extra: Value) -> Deployed {
+        let sdk = sdk_config().await;
+        let config = test_config(test);
+        create_table(&sdk, &config.table_name).await.unwrap();
+        let network = default_network();
+        let mut properties = json!({
+            "ServiceToken": "arn:aws:lambda:us-east-1:123456789012:function:batchline-bootstrap",
+            "NamePrefix": unique_name(&test.chars().take(12).collect::<String>()),
+            "Network": {"Subnets": network.subnets, "SecurityGroups": network.security_groups},
+        });
+        for (key, value) in extra.as_object().expect("extra properties are an object") {
+            properties[key] = value.clone();
+        }
+        let server = ResponseServer::start(0).await.unwrap();
+        let request = json!({
+            "RequestType": "Create", "ResponseURL": server.url, "StackId": "arn:aws:cloudformation:us-east-1:123456789012:stack/test/1",
+            "RequestId": event_id(), "ResourceType": "Custom::BatchlineEnvironment", "LogicalResourceId": "Environment",
+            "ResourceProperties": properties,
+        });
+        let clients = batchline_bootstrap::Clients::new(&sdk);
+        batchline_bootstrap::handle(invocation(request), &clients, &config)
+            .await
+            .unwrap();
+        let answer = server.accepted_answers().pop().expect("bootstrap answered");
+        assert_eq!(answer["Status"], "SUCCESS", "{answer}");
+        let stack =
+            batchline::config_store::load(&aws_sdk_dynamodb::Client::new(&sdk), &config.table_name)
+                .await
+                .unwrap();
+        Deployed { sdk, config, stack }
+    }
+
+    pub fn queue_arn(&self, key: &str) -> String {
+        self.stack.job_queues[key].arn.clone().unwrap()
+    }
+
+    pub fn definition_arn(&self, key: &str) -> String {
+        self.stack.job_definitions[key].arn.clone().unwrap()
+    }
+
+    /// Every job in a queue (any status), described.
+    pub async fn jobs_in(&self, queue_key: &str) -> Vec<aws_sdk_batch::types::JobDetail> {
+        let batch = aws_sdk_batch::Client::new(&self.sdk);
+        let listed = batch
+            .list_jobs()
+            .job_queue(self.queue_arn(queue_key))
+            .filters(
+                aws_sdk_batch::types::KeyValuesPair::builder()
+                    .name("AFTER_CREATED_AT")
+                    .values("0")
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+        let ids: Vec<String> = listed
+            .job_summary_list()
+            .iter()
+            .filter_map(|j| j.job_id())
+            .filter(|id| !id.contains(':'))
+            .map(str::to_owned)
+            .collect();
+        if ids.is_empty() {
+            return vec![];
+        }
+        let mut jobs = batch
+            .describe_jobs()
+            .set_jobs(Some(ids))
+            .send()
+            .await
+            .unwrap()
+            .jobs()
+            .to_vec();
+        jobs.sort_by_key(|j| j.created_at());
+        jobs
+    }
+}

@@ -1,0 +1,668 @@
+//! submit against the emulator: S3, schedule and API triggers become exactly one job each, with the right size, names and tags.
+
+use std::collections::HashMap;
+
+use aws_sdk_batch::operation::submit_job::SubmitJobOutput;
+use aws_sdk_dynamodb::types::AttributeValue;
+use aws_smithy_mocks::{mock, mock_client, RuleMode};
+use base64::Engine;
+use batchline::job_request::digest;
+use batchline::submitter::Submitter;
+use batchline_submit::{handle, Clients};
+use batchline_tests::calls::{CallLog, LoseResponse};
+use batchline_tests::invocation;
+use serde_json::{json, Value};
+
+use crate::common::Deployed;
+
+const OBJECT_CREATED: &str = include_str!("../fixtures/s3/object-created.json");
+const SCHEDULED: &str = include_str!("../fixtures/schedule/scheduled-event.json");
+const POST_JOBS: &str = include_str!("../fixtures/api/post-jobs.json");
+
+fn triggers() -> Value {
+    json!({
+        "JobDefinitions": {"default": {}, "report": {"Vcpu": "0.5", "Memory": "1024"}},
+        "Triggers": {
+            "S3": {"incoming": {"Bucket": "batchline-input", "Prefix": "incoming/", "Suffix": ".csv",
+                                "JobDefinition": "default", "MemoryPerInputByte": "4", "Parameters": {"mode": "full"}}},
+            "Schedules": {"batchline-nightly": {"JobDefinition": "report", "Parameters": {"window": "1d"}}}
+        }
+    })
+}
+
+fn object_event(key: &str, sequencer: &str) -> Value {
+    let mut event: Value = serde_json::from_str(OBJECT_CREATED).unwrap();
+    event["detail"]["object"]["key"] = json!(key);
+    event["detail"]["object"]["sequencer"] = json!(sequencer);
+    event
+}
+
+fn http(method: &str, path: &str, body: &str, headers: &[(&str, &str)]) -> Value {
+    let mut event: Value = serde_json::from_str(POST_JOBS).unwrap();
+    event["requestContext"]["http"]["method"] = json!(method);
+    event["requestContext"]["http"]["path"] = json!(path);
+    event["rawPath"] = json!(path);
+    event["routeKey"] = json!(format!("{method} {path}"));
+    event["body"] = json!(body);
+    for (name, value) in headers {
+        event["headers"][*name] = json!(value);
+    }
+    event
+}
+
+fn answer_body(answer: &Value) -> Value {
+    serde_json::from_str(answer["body"].as_str().unwrap()).unwrap()
+}
+
+fn env_of(job: &aws_sdk_batch::types::JobDetail) -> HashMap<String, String> {
+    job.container()
+        .unwrap()
+        .environment()
+        .iter()
+        .map(|e| (e.name().unwrap().to_owned(), e.value().unwrap().to_owned()))
+        .collect()
+}
+
+fn requirement(job: &aws_sdk_batch::types::JobDetail, kind: &str) -> Option<String> {
+    job.container()?
+        .resource_requirements()
+        .iter()
+        .find(|r| r.r#type().map(|t| t.as_str()) == Some(kind))?
+        .value()
+        .map(str::to_owned)
+}
+
+#[tokio::test]
+async fn an_s3_object_becomes_exactly_one_job_even_when_delivered_three_times_and_concurrently() {
+    // GIVEN an environment whose S3 rule sends incoming/*.csv to the default job definition
+    let env = Deployed::new("submit-s3", triggers()).await;
+    let clients = Clients::new(&env.sdk);
+    let event: Value = serde_json::from_str(OBJECT_CREATED).unwrap();
+
+    // WHEN the event arrives three times in a row, then three times at once
+    for _ in 0..3 {
+        handle(invocation(event.clone()), &clients, &env.config)
+            .await
+            .unwrap();
+    }
+    let concurrent = futures::future::join_all(
+        (0..3).map(|_| handle(invocation(event.clone()), &clients, &env.config)),
+    )
+    .await;
+    assert!(concurrent.iter().all(|r| r.is_ok()), "{concurrent:?}");
+
+    // THEN there is exactly one job, with the object as parameters and environment
+    let jobs = env.jobs_in("default").await;
+    assert_eq!(
+        jobs.len(),
+        1,
+        "{:?}",
+        jobs.iter().map(|j| j.job_name()).collect::<Vec<_>>()
+    );
+    let job = &jobs[0];
+    let key = "incoming/Q3 report été.csv";
+    let parameters = job.parameters().unwrap();
+    assert_eq!(parameters["inputBucket"], "batchline-input");
+    assert_eq!(
+        parameters["inputKey"], key,
+        "the URL-encoded key is decoded"
+    );
+    assert_eq!(parameters["inputSize"], "5242880");
+    assert_eq!(parameters["mode"], "full");
+    let environment = env_of(job);
+    assert_eq!(environment["INPUT_BUCKET"], "batchline-input");
+    assert_eq!(environment["INPUT_KEY"], key);
+    assert_eq!(environment["INPUT_SIZE"], "5242880");
+    // AND the name is sanitised and deterministic, and the tags tie it to its trigger
+    let name = job.job_name().unwrap();
+    assert!(
+        name.starts_with(&format!("{}-s3-incoming-Q3-report-", env.stack.name_prefix)),
+        "{name}"
+    );
+    assert!(
+        name.len() <= 128
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+        "{name}"
+    );
+    let tags = job.tags().unwrap();
+    assert_eq!(tags["batchline:trigger"], "s3");
+    assert_eq!(tags["batchline:stage"], "default");
+    assert_eq!(tags["batchline:pipeline"], "");
+    assert!(tags["batchline:run"].starts_with("job-"));
+    // AND 5 MiB × 4 = 20 MiB fits the definition's 512 MiB, so the size is the definition's
+    assert_eq!(requirement(job, "MEMORY").as_deref(), Some("512"));
+}
+
+#[tokio::test]
+async fn a_large_object_gets_memory_snapped_up_and_unmatched_objects_start_nothing() {
+    let env = Deployed::new("submit-size", triggers()).await;
+    let clients = Clients::new(&env.sdk);
+    let mut event = object_event("incoming/big.csv", "0001");
+    event["detail"]["object"]["size"] = json!(700u64 * 1024 * 1024);
+    handle(invocation(event), &clients, &env.config)
+        .await
+        .unwrap();
+
+    // 700 MiB × 4 = 2800 MiB: more than 0.25 vCPU allows, so 0.5 vCPU / 3072 MiB
+    let jobs = env.jobs_in("default").await;
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(requirement(&jobs[0], "VCPU").as_deref(), Some("0.5"));
+    assert_eq!(requirement(&jobs[0], "MEMORY").as_deref(), Some("3072"));
+
+    for (key, bucket) in [
+        ("incoming/notes.txt", "batchline-input"),
+        ("elsewhere/a.csv", "batchline-input"),
+        ("incoming/a.csv", "other-bucket"),
+    ] {
+        let mut event = object_event(key, "0002");
+        event["detail"]["bucket"]["name"] = json!(bucket);
+        let answer = handle(invocation(event), &clients, &env.config)
+            .await
+            .unwrap();
+        assert_eq!(
+            answer["started"],
+            json!([]),
+            "{key} in {bucket} matches no rule and is acknowledged"
+        );
+    }
+    assert_eq!(env.jobs_in("default").await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_scheduled_event_runs_the_configured_job_once() {
+    let env = Deployed::new("submit-sched", triggers()).await;
+    let clients = Clients::new(&env.sdk);
+    let event: Value = serde_json::from_str(SCHEDULED).unwrap();
+    handle(invocation(event.clone()), &clients, &env.config)
+        .await
+        .unwrap();
+    handle(invocation(event), &clients, &env.config)
+        .await
+        .unwrap();
+
+    let jobs = env.jobs_in("default").await;
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(
+        jobs[0].job_definition(),
+        Some(env.definition_arn("report").as_str())
+    );
+    assert_eq!(
+        jobs[0].parameters().unwrap()["scheduledTime"],
+        "2025-11-27T02:00:00Z"
+    );
+    assert_eq!(jobs[0].parameters().unwrap()["window"], "1d");
+    assert_eq!(jobs[0].tags().unwrap()["batchline:trigger"], "schedule");
+
+    let mut other: Value = serde_json::from_str(SCHEDULED).unwrap();
+    other["resources"] = json!(["arn:aws:events:us-east-1:123456789012:rule/not-configured"]);
+    assert_eq!(
+        handle(invocation(other), &clients, &env.config)
+            .await
+            .unwrap()["started"],
+        json!([])
+    );
+}
+
+#[tokio::test]
+async fn the_api_submits_a_job_returns_it_and_honours_the_idempotency_key() {
+    let env = Deployed::new("submit-api", triggers()).await;
+    let clients = Clients::new(&env.sdk);
+    let body = json!({"jobDefinition": "default", "name": "nightly export", "parameters": {"day": "2025-11-26"},
+                      "environment": {"MODE": "fast"}, "command": ["python3", "-c", "print(1)"], "vcpu": "1", "memory": 4096,
+                      "tags": {"team": "data"}})
+    .to_string();
+
+    // WHEN a job is posted with an Idempotency-Key
+    let answer = handle(
+        invocation(http(
+            "POST",
+            "/jobs",
+            &body,
+            &[("idempotency-key", "order-42")],
+        )),
+        &clients,
+        &env.config,
+    )
+    .await
+    .unwrap();
+    assert_eq!(answer["statusCode"], 202, "{answer}");
+    let accepted = answer_body(&answer);
+    let job_id = accepted["jobId"].as_str().unwrap().to_owned();
+    assert_eq!(accepted["duplicate"], false);
+
+    // THEN it exists with the asked size, environment, command and tags
+    let jobs = env.jobs_in("default").await;
+    assert_eq!(jobs.len(), 1);
+    let job = &jobs[0];
+    assert_eq!(job.job_id(), Some(job_id.as_str()));
+    assert_eq!(
+        (
+            requirement(job, "VCPU").as_deref(),
+            requirement(job, "MEMORY").as_deref()
+        ),
+        (Some("1"), Some("4096"))
+    );
+    assert_eq!(env_of(job)["MODE"], "fast");
+    assert_eq!(job.tags().unwrap()["team"], "data");
+    assert_eq!(job.tags().unwrap()["batchline:trigger"], "api");
+    assert!(job.job_name().unwrap().contains("-api-nightly-export-"));
+
+    // AND the same key again gives the same job; a different request under it is a conflict
+    let again = handle(
+        invocation(http(
+            "POST",
+            "/jobs",
+            &body,
+            &[("idempotency-key", "order-42")],
+        )),
+        &clients,
+        &env.config,
+    )
+    .await
+    .unwrap();
+    assert_eq!(again["statusCode"], 202);
+    assert_eq!(answer_body(&again)["jobId"], job_id.as_str());
+    assert_eq!(answer_body(&again)["duplicate"], true);
+    let other = json!({"jobDefinition": "default"}).to_string();
+    let conflict = handle(
+        invocation(http(
+            "POST",
+            "/jobs",
+            &other,
+            &[("idempotency-key", "order-42")],
+        )),
+        &clients,
+        &env.config,
+    )
+    .await
+    .unwrap();
+    assert_eq!(conflict["statusCode"], 409);
+    assert_eq!(
+        answer_body(&conflict)["error"]["code"],
+        "IdempotencyConflict"
+    );
+    assert_eq!(env.jobs_in("default").await.len(), 1);
+
+    // AND GET returns it with its state, size and log link
+    let got = handle(
+        invocation(http("GET", &format!("/jobs/{job_id}"), "", &[])),
+        &clients,
+        &env.config,
+    )
+    .await
+    .unwrap();
+    assert_eq!(got["statusCode"], 200, "{got}");
+    let view = answer_body(&got);
+    assert_eq!(view["jobId"], job_id.as_str());
+    assert_eq!(view["status"], "SUCCEEDED", "moto finishes jobs at once");
+    assert_eq!(view["size"], json!({"vcpu": "1", "memoryMib": 4096}));
+    assert!(view["createdAt"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(view["logGroup"], "/aws/batch/job");
+}
+
+#[tokio::test]
+async fn a_base64_body_without_a_key_is_idempotent_by_its_content() {
+    let env = Deployed::new("submit-b64", triggers()).await;
+    let clients = Clients::new(&env.sdk);
+    let body = json!({"jobDefinition": "report", "arraySize": 3}).to_string();
+    let mut request = http(
+        "POST",
+        "/jobs",
+        &base64::engine::general_purpose::STANDARD.encode(&body),
+        &[],
+    );
+    request["isBase64Encoded"] = json!(true);
+    let first = handle(invocation(request.clone()), &clients, &env.config)
+        .await
+        .unwrap();
+    let second = handle(invocation(request), &clients, &env.config)
+        .await
+        .unwrap();
+    assert_eq!(first["statusCode"], 202, "{first}");
+    assert_eq!(answer_body(&first)["jobId"], answer_body(&second)["jobId"]);
+    let jobs = env.jobs_in("default").await;
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].array_properties().and_then(|a| a.size()), Some(3));
+}
+
+#[tokio::test]
+async fn every_caller_mistake_is_a_4xx_naming_the_problem() {
+    let env = Deployed::new("submit-bad", triggers()).await;
+    let clients = Clients::new(&env.sdk);
+    let big = json!({"parameters": {"blob": "x".repeat(40 * 1024)}}).to_string();
+    let cases: Vec<(&str, &str, String, u16, &str)> = vec![
+        ("POST", "/jobs", "{not json".into(), 400, "not valid JSON"),
+        (
+            "POST",
+            "/jobs",
+            json!({"jobDefinition": "default", "memroy": 1}).to_string(),
+            400,
+            "memroy",
+        ),
+        (
+            "POST",
+            "/jobs",
+            json!({"vcpu": "1", "memory": "1024"}).to_string(),
+            400,
+            "1 vCPU: 2048-8192 MiB in steps of 1024",
+        ),
+        (
+            "POST",
+            "/jobs",
+            json!({"vcpu": "3"}).to_string(),
+            400,
+            "3 vCPU with 512 MiB is not a valid Fargate size",
+        ),
+        (
+            "POST",
+            "/jobs",
+            json!({"vcpu": "lots"}).to_string(),
+            400,
+            "vcpu: vCPU \"lots\" is not a number",
+        ),
+        (
+            "POST",
+            "/jobs",
+            json!({"jobDefinition": "nope"}).to_string(),
+            400,
+            "\"nope\" is not configured",
+        ),
+        (
+            "POST",
+            "/jobs",
+            json!({"arraySize": 1}).to_string(),
+            400,
+            "2 to 10000",
+        ),
+        (
+            "POST",
+            "/jobs",
+            json!({"tags": {"batchline:run": "x"}}).to_string(),
+            400,
+            "Batchline's own",
+        ),
+        (
+            "POST",
+            "/jobs",
+            json!({"environment": {"AWS_BATCH_JOB_ID": "x"}}).to_string(),
+            400,
+            "reserved",
+        ),
+        ("POST", "/jobs", big, 413, "at most 30720"),
+        (
+            "GET",
+            "/jobs/does-not-exist",
+            String::new(),
+            404,
+            "no job does-not-exist",
+        ),
+        (
+            "PUT",
+            "/jobs",
+            String::new(),
+            405,
+            "allowed methods are POST",
+        ),
+        (
+            "GET",
+            "/nowhere",
+            String::new(),
+            404,
+            "no route GET /nowhere",
+        ),
+    ];
+    for (method, path, body, status, message) in cases {
+        let answer = handle(
+            invocation(http(method, path, &body, &[])),
+            &clients,
+            &env.config,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            answer["statusCode"], status,
+            "{method} {path} {body:.80}: {answer}"
+        );
+        let error = &answer_body(&answer)["error"];
+        assert!(
+            error["message"].as_str().unwrap().contains(message),
+            "{message:?} in {error}"
+        );
+        assert!(error["code"].is_string());
+    }
+    assert!(
+        env.jobs_in("default").await.is_empty(),
+        "no mistake made a job"
+    );
+}
+
+#[tokio::test]
+async fn broken_event_shapes_are_clear_errors_not_panics() {
+    let env = Deployed::new("submit-shapes", triggers()).await;
+    let clients = Clients::new(&env.sdk);
+    let object = || -> Value { serde_json::from_str(OBJECT_CREATED).unwrap() };
+    let mut cases: Vec<(Value, &str)> = vec![
+        (json!(null), "not a JSON object"),
+        (json!([1, 2]), "not a JSON object"),
+        (
+            json!({"detail-type": "Object Created", "source": "aws.s3"}),
+            "no detail",
+        ),
+        (
+            json!({"detail-type": "Scheduled Event", "source": "aws.events", "resources": []}),
+            "resources[0]",
+        ),
+        (
+            json!({"detail-type": "Scheduled Event", "source": "aws.events", "resources": ["arn:aws:sns:x"]}),
+            "not an EventBridge rule ARN",
+        ),
+        (
+            json!({"detail-type": "Batch Job State Change", "source": "aws.batch"}),
+            "Batch Job State Change",
+        ),
+        (json!({"requestContext": {}}), ""),
+    ];
+    let mut no_key = object();
+    no_key["detail"]["object"]
+        .as_object_mut()
+        .unwrap()
+        .remove("key");
+    cases.push((no_key, "detail.object.key is missing"));
+    let mut bad_size = object();
+    bad_size["detail"]["object"]["size"] = json!("big");
+    cases.push((bad_size, "size"));
+    let mut bad_escape = object();
+    bad_escape["detail"]["object"]["key"] = json!("incoming/%zz.csv");
+    cases.push((bad_escape, "not a hex escape"));
+    for (event, message) in cases {
+        match handle(invocation(event.clone()), &clients, &env.config).await {
+            Err(err) => assert!(err.to_string().contains(message), "{message:?} in {err}"),
+            // An HTTP request without a method is answered 400, not an error.
+            Ok(answer) => assert_eq!(answer["statusCode"], 400, "{event}: {answer}"),
+        }
+    }
+    assert!(env.jobs_in("default").await.is_empty());
+}
+
+#[tokio::test]
+async fn a_crash_between_claim_and_submit_then_redelivery_makes_exactly_one_job() {
+    let env = Deployed::new("submit-crash", triggers()).await;
+    let clients = Clients::new(&env.sdk);
+    let event = object_event("incoming/crash.csv", "00AA");
+    // GIVEN the claim a crashed invocation left: PENDING, no job, claimed a while ago
+    let stack = &env.stack;
+    let planned = batchline_submit::triggers::plan_object(
+        stack,
+        &batchline_submit::triggers::parse_object_created(&event).unwrap(),
+        "x",
+    )
+    .unwrap();
+    let batchline_submit::plan::Planned::Job(request) = &planned[0] else {
+        panic!("a job")
+    };
+    let dynamodb = aws_sdk_dynamodb::Client::new(&env.sdk);
+    let claim = |claimed_at: i64| {
+        dynamodb
+            .put_item()
+            .table_name(&env.config.table_name)
+            .item(
+                "pk",
+                AttributeValue::S(format!("IDEM#{}", digest(&request.idempotency_key, 40))),
+            )
+            .item("sk", AttributeValue::S("CLAIM".into()))
+            .item("state", AttributeValue::S("PENDING".into()))
+            .item("job_name", AttributeValue::S(request.job_name.clone()))
+            .item(
+                "fingerprint",
+                AttributeValue::S(digest(&serde_json::to_string(request).unwrap(), 32)),
+            )
+            .item("claimed_at", AttributeValue::N(claimed_at.to_string()))
+            .send()
+    };
+    claim(batchline::now_ms()).await.unwrap();
+
+    // WHEN the event is redelivered while the claim is fresh, it is told to retry later
+    let err = handle(invocation(event.clone()), &clients, &env.config)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("under way"), "{err}");
+    assert!(env.jobs_in("default").await.is_empty());
+
+    // AND once the claim is stale, a redelivery takes it over and submits once
+    claim(batchline::now_ms() - 5 * 60_000).await.unwrap();
+    handle(invocation(event.clone()), &clients, &env.config)
+        .await
+        .unwrap();
+    handle(invocation(event), &clients, &env.config)
+        .await
+        .unwrap();
+    assert_eq!(env.jobs_in("default").await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_crash_after_submit_before_recording_is_recovered_by_name() {
+    let env = Deployed::new("submit-unrec", triggers()).await;
+    let clients = Clients::new(&env.sdk);
+    let event = object_event("incoming/unrecorded.csv", "00BB");
+    handle(invocation(event.clone()), &clients, &env.config)
+        .await
+        .unwrap();
+    // GIVEN the claim went back to PENDING (the job was made, the record never written)
+    let stack = &env.stack;
+    let planned = batchline_submit::triggers::plan_object(
+        stack,
+        &batchline_submit::triggers::parse_object_created(&event).unwrap(),
+        "x",
+    )
+    .unwrap();
+    let batchline_submit::plan::Planned::Job(request) = &planned[0] else {
+        panic!("a job")
+    };
+    aws_sdk_dynamodb::Client::new(&env.sdk)
+        .update_item()
+        .table_name(&env.config.table_name)
+        .key(
+            "pk",
+            AttributeValue::S(format!("IDEM#{}", digest(&request.idempotency_key, 40))),
+        )
+        .key("sk", AttributeValue::S("CLAIM".into()))
+        .update_expression("SET #s = :p REMOVE job_id")
+        .expression_attribute_names("#s", "state")
+        .expression_attribute_values(":p", AttributeValue::S("PENDING".into()))
+        .send()
+        .await
+        .unwrap();
+    // WHEN it is redelivered, the job is found by its name and not submitted again
+    let answer = handle(invocation(event), &clients, &env.config)
+        .await
+        .unwrap();
+    assert_eq!(answer["started"][0]["new"], false);
+    assert_eq!(env.jobs_in("default").await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_lost_submit_job_answer_still_makes_one_job() {
+    // GIVEN a Batch client whose first SubmitJob reaches Batch but loses the answer
+    let env = Deployed::new("submit-lost", triggers()).await;
+    let log = CallLog::default();
+    let batch = aws_sdk_batch::Client::from_conf(
+        aws_sdk_batch::config::Builder::from(&env.sdk)
+            .interceptor(LoseResponse::new("SubmitJob", 1))
+            .interceptor(log.clone())
+            .build(),
+    );
+    let mut clients = Clients::new(&env.sdk);
+    clients.batch = batch;
+
+    // WHEN an object arrives
+    let answer = handle(
+        invocation(object_event("incoming/lost.csv", "00CC")),
+        &clients,
+        &env.config,
+    )
+    .await
+    .unwrap();
+
+    // THEN the job made by the lost call is found by name, not submitted again
+    assert_eq!(env.jobs_in("default").await.len(), 1);
+    assert_eq!(log.count("SubmitJob"), 1, "{:?}", log.all());
+    assert_eq!(log.count("ListJobs"), 1);
+    assert_eq!(answer["started"][0]["new"], true);
+}
+
+#[tokio::test]
+async fn throttled_submit_job_is_retried_with_backoff() {
+    // GIVEN Batch answering SubmitJob with 429 twice (mocked: the emulator never throttles)
+    let env = Deployed::new("submit-throttle", triggers()).await;
+    let submit_rule = mock!(aws_sdk_batch::Client::submit_job)
+        .sequence()
+        .http_status(
+            429,
+            Some(r#"{"__type":"TooManyRequestsException","message":"Too Many Requests"}"#.into()),
+        )
+        .times(2)
+        .output(|| {
+            SubmitJobOutput::builder()
+                .job_id("job-after-throttling")
+                .job_name("n")
+                .job_arn("arn")
+                .build()
+        })
+        .build();
+    let list_rule = mock!(aws_sdk_batch::Client::list_jobs)
+        .then_output(|| aws_sdk_batch::operation::list_jobs::ListJobsOutput::builder().build());
+    let batch = mock_client!(
+        aws_sdk_batch,
+        RuleMode::MatchAny,
+        [&submit_rule, &list_rule]
+    );
+    let dynamodb = aws_sdk_dynamodb::Client::new(&env.sdk);
+    let submitter = Submitter {
+        batch: &batch,
+        dynamodb: &dynamodb,
+        table: &env.config.table_name,
+    };
+    let planned = batchline_submit::triggers::plan_object(
+        &env.stack,
+        &batchline_submit::triggers::parse_object_created(&object_event("incoming/t.csv", "1"))
+            .unwrap(),
+        "x",
+    )
+    .unwrap();
+    let batchline_submit::plan::Planned::Job(request) = &planned[0] else {
+        panic!("a job")
+    };
+
+    // WHEN submitted
+    let submitted = submitter
+        .submit(request, batchline::now_ms())
+        .await
+        .unwrap();
+
+    // THEN the third attempt made it, and throttling never needed a look-up by name
+    assert_eq!(submitted.job_id, "job-after-throttling");
+    assert_eq!(submit_rule.num_calls(), 3);
+    assert_eq!(list_rule.num_calls(), 0);
+}
