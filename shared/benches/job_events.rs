@@ -20,15 +20,10 @@ fn bodies(n: usize) -> Vec<String> {
             let mut event = template.clone();
             event["id"] = format!("bench-{i}").into();
             event["detail"]["status"] = statuses[i % 4].into();
-            event["detail"]["jobQueue"] =
-                format!("arn:aws:batch:us-east-1:123456789012:job-queue/q{}", i % 8).into();
-            event["detail"]["jobDefinition"] = format!(
-                "arn:aws:batch:us-east-1:123456789012:job-definition/d{}:1",
-                i % 5
-            )
-            .into();
-            event["detail"]["stoppedAt"] =
-                (event["detail"]["stoppedAt"].as_i64().unwrap_or(0) + i as i64).into();
+            event["detail"]["jobQueue"] = format!("arn:aws:batch:us-east-1:123456789012:job-queue/q{}", i % 8).into();
+            event["detail"]["jobDefinition"] =
+                format!("arn:aws:batch:us-east-1:123456789012:job-definition/d{}:1", i % 5).into();
+            event["detail"]["stoppedAt"] = (event["detail"]["stoppedAt"].as_i64().unwrap_or(0) + i as i64).into();
             event.to_string()
         })
         .collect()
@@ -36,10 +31,7 @@ fn bodies(n: usize) -> Vec<String> {
 
 fn main() {
     let now = 1_764_230_500_000;
-    println!(
-        "{:>8} | {:>14} | {:>14} | {:>22}",
-        "events", "events/s", "µs per event", "PutMetricData calls"
-    );
+    println!("{:>8} | {:>14} | {:>14} | {:>22}", "events", "events/s", "µs per event", "PutMetricData calls");
     for n in [10, 100, 1_000, 10_000] {
         let input = bodies(n);
         let rounds = (20_000 / n).max(3);

@@ -214,8 +214,7 @@ pub enum EventError {
 impl JobStateChangeEvent {
     /// Parses an event from JSON text (an SQS message body).
     pub fn from_json(text: &str) -> Result<Self, EventError> {
-        let value: Value =
-            serde_json::from_str(text).map_err(|e| EventError::NotJson(e.to_string()))?;
+        let value: Value = serde_json::from_str(text).map_err(|e| EventError::NotJson(e.to_string()))?;
         Self::from_value(value)
     }
 
@@ -224,9 +223,7 @@ impl JobStateChangeEvent {
         let detail_type = value.get("detail-type").and_then(Value::as_str);
         let source = value.get("source").and_then(Value::as_str);
         if detail_type != Some(DETAIL_TYPE) || source != Some(SOURCE) {
-            return Err(EventError::WrongKind(format!(
-                "detail-type {detail_type:?}, source {source:?}"
-            )));
+            return Err(EventError::WrongKind(format!("detail-type {detail_type:?}, source {source:?}")));
         }
         serde_json::from_value(value).map_err(|e| EventError::Malformed(e.to_string()))
     }
@@ -234,11 +231,7 @@ impl JobStateChangeEvent {
     /// The event's time in epoch milliseconds, if `time` is present and readable.
     pub fn time_millis(&self) -> Option<i64> {
         let time = self.time.as_deref()?;
-        let parsed = aws_smithy_types::DateTime::from_str(
-            time,
-            aws_smithy_types::date_time::Format::DateTime,
-        )
-        .ok()?;
+        let parsed = aws_smithy_types::DateTime::from_str(time, aws_smithy_types::date_time::Format::DateTime).ok()?;
         parsed.to_millis().ok()
     }
 }
@@ -246,9 +239,7 @@ impl JobStateChangeEvent {
 impl JobDetail {
     /// The queue's name (the last part of its ARN).
     pub fn queue_name(&self) -> Option<&str> {
-        self.job_queue
-            .as_deref()
-            .map(|arn| arn.rsplit('/').next().unwrap_or(arn))
+        self.job_queue.as_deref().map(|arn| arn.rsplit('/').next().unwrap_or(arn))
     }
 
     /// The job definition's name without its revision.
@@ -268,19 +259,13 @@ impl JobDetail {
 
     /// An array job's parent (it has a size, and no index).
     pub fn is_array_parent(&self) -> bool {
-        self.array_properties
-            .as_ref()
-            .is_some_and(|a| a.size.is_some() && a.index.is_none())
+        self.array_properties.as_ref().is_some_and(|a| a.size.is_some() && a.index.is_none())
     }
 
     /// Every container the job describes, whichever form the event uses.
     pub fn containers(&self) -> Vec<&Container> {
         let mut containers: Vec<&Container> = self.container.iter().collect();
-        if let Some(tasks) = self
-            .ecs_properties
-            .as_ref()
-            .and_then(|e| e.task_properties.as_ref())
-        {
+        if let Some(tasks) = self.ecs_properties.as_ref().and_then(|e| e.task_properties.as_ref()) {
             containers.extend(tasks.iter().flat_map(|t| t.containers.iter().flatten()));
         }
         containers
@@ -291,51 +276,35 @@ impl JobDetail {
     pub fn size(&self) -> Option<Size> {
         let mut quarters = 0;
         let mut memory = 0;
-        for requirement in self
-            .containers()
-            .into_iter()
-            .flat_map(|c| c.resource_requirements.iter().flatten())
-        {
+        for requirement in self.containers().into_iter().flat_map(|c| c.resource_requirements.iter().flatten()) {
             match requirement.kind.as_str() {
                 "VCPU" => quarters += parse_vcpu(&requirement.value).ok()?.0,
                 "MEMORY" => memory += parse_memory(&requirement.value).ok()?,
                 _ => {}
             }
         }
-        (quarters > 0 && memory > 0).then_some(Size {
-            vcpu: crate::fargate::Quarters(quarters),
-            memory_mib: memory,
-        })
+        (quarters > 0 && memory > 0).then_some(Size { vcpu: crate::fargate::Quarters(quarters), memory_mib: memory })
     }
 
     /// `X86_64` or `ARM64`, when the job says.
     pub fn cpu_architecture(&self) -> Option<&str> {
-        let from_container = self
-            .container
-            .as_ref()
-            .and_then(|c| c.runtime_platform.as_ref());
+        let from_container = self.container.as_ref().and_then(|c| c.runtime_platform.as_ref());
         let from_task = self
             .ecs_properties
             .as_ref()
             .and_then(|e| e.task_properties.as_ref())
             .and_then(|t| t.first())
             .and_then(|t| t.runtime_platform.as_ref());
-        from_container
-            .or(from_task)
-            .and_then(|p| p.cpu_architecture.as_deref())
+        from_container.or(from_task).and_then(|p| p.cpu_architecture.as_deref())
     }
 
     /// The last attempt's container: exit code and reason of the final run.
     pub fn last_attempt_container(&self) -> Option<&Container> {
         let attempt = self.attempts().last()?;
-        attempt.container.as_ref().or_else(|| {
-            attempt
-                .task_properties
-                .as_ref()?
-                .iter()
-                .flat_map(|t| t.containers.iter().flatten())
-                .next()
-        })
+        attempt
+            .container
+            .as_ref()
+            .or_else(|| attempt.task_properties.as_ref()?.iter().flat_map(|t| t.containers.iter().flatten()).next())
     }
 }
 
@@ -370,27 +339,21 @@ mod tests {
 
     #[test]
     fn other_events_and_broken_ones_say_what_they_are() {
-        let err =
-            JobStateChangeEvent::from_json(r#"{"detail-type":"Object Created","source":"aws.s3"}"#)
-                .unwrap_err();
+        let err = JobStateChangeEvent::from_json(r#"{"detail-type":"Object Created","source":"aws.s3"}"#).unwrap_err();
         assert!(matches!(err, EventError::WrongKind(_)), "{err}");
         let err = JobStateChangeEvent::from_json("{not json").unwrap_err();
         assert!(matches!(err, EventError::NotJson(_)), "{err}");
         let mut value = minimal("RUNNING");
         value["detail"]["createdAt"] = serde_json::json!("yesterday");
         let err = JobStateChangeEvent::from_value(value).unwrap_err();
-        assert!(
-            err.to_string().contains("createdAt") || err.to_string().contains("i64"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("createdAt") || err.to_string().contains("i64"), "{err}");
     }
 
     #[test]
     fn names_come_from_arns() {
         let mut value = minimal("RUNNING");
         value["detail"]["jobQueue"] = "arn:aws:batch:us-east-1:123456789012:job-queue/etl".into();
-        value["detail"]["jobDefinition"] =
-            "arn:aws:batch:us-east-1:123456789012:job-definition/extract:7".into();
+        value["detail"]["jobDefinition"] = "arn:aws:batch:us-east-1:123456789012:job-definition/extract:7".into();
         let event = JobStateChangeEvent::from_value(value).unwrap();
         assert_eq!(event.detail.queue_name(), Some("etl"));
         assert_eq!(event.detail.job_definition_name(), Some("extract"));

@@ -16,12 +16,7 @@ pub const PRICE_VCPU_HOUR_VAR: &str = "BATCHLINE_PRICE_VCPU_HOUR";
 pub const PRICE_GB_HOUR_VAR: &str = "BATCHLINE_PRICE_GB_HOUR";
 
 /// Every variable the functions read, for checks that the template sets exactly these.
-pub const ALL_VARS: [&str; 4] = [
-    TABLE_VAR,
-    METRIC_NAMESPACE_VAR,
-    PRICE_VCPU_HOUR_VAR,
-    PRICE_GB_HOUR_VAR,
-];
+pub const ALL_VARS: [&str; 4] = [TABLE_VAR, METRIC_NAMESPACE_VAR, PRICE_VCPU_HOUR_VAR, PRICE_GB_HOUR_VAR];
 
 pub const DEFAULT_METRIC_NAMESPACE: &str = "Batchline";
 
@@ -47,11 +42,7 @@ pub enum ConfigError {
     #[error("environment variable {name} is not set")]
     Missing { name: &'static str },
     #[error("environment variable {name}={value:?} is invalid: {reason}")]
-    Malformed {
-        name: &'static str,
-        value: String,
-        reason: String,
-    },
+    Malformed { name: &'static str, value: String, reason: String },
 }
 
 impl Config {
@@ -74,11 +65,7 @@ impl Config {
             vcpu_hour: parse_price(PRICE_VCPU_HOUR_VAR, lookup(PRICE_VCPU_HOUR_VAR))?,
             gb_hour: parse_price(PRICE_GB_HOUR_VAR, lookup(PRICE_GB_HOUR_VAR))?,
         };
-        Ok(Config {
-            table_name,
-            metric_namespace,
-            price_overrides,
-        })
+        Ok(Config { table_name, metric_namespace, price_overrides })
     }
 }
 
@@ -93,9 +80,7 @@ fn validate_namespace(value: String) -> Result<String, ConfigError> {
         return Err(malformed("a namespace has 1 to 255 characters"));
     }
     if value.starts_with("AWS/") {
-        return Err(malformed(
-            "namespaces starting with AWS/ are reserved for AWS",
-        ));
+        return Err(malformed("namespaces starting with AWS/ are reserved for AWS"));
     }
     let allowed = |c: char| c.is_ascii_alphanumeric() || ".-_/#: ".contains(c);
     if !value.chars().all(allowed) {
@@ -122,10 +107,7 @@ mod tests {
     use std::collections::HashMap;
 
     fn lookup(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let vars: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let vars: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         move |name| vars.get(name).cloned()
     }
 
@@ -155,32 +137,20 @@ mod tests {
         assert_eq!(config.price_overrides.vcpu_hour, Some(0.04048));
         assert_eq!(config.price_overrides.gb_hour, Some(0.004445));
 
-        let err = Config::from_lookup(lookup(&[(TABLE_VAR, "t"), (PRICE_GB_HOUR_VAR, "cheap")]))
-            .unwrap_err();
+        let err = Config::from_lookup(lookup(&[(TABLE_VAR, "t"), (PRICE_GB_HOUR_VAR, "cheap")])).unwrap_err();
         assert!(err.to_string().contains("BATCHLINE_PRICE_GB_HOUR"), "{err}");
-        let err = Config::from_lookup(lookup(&[(TABLE_VAR, "t"), (PRICE_VCPU_HOUR_VAR, "-1")]))
-            .unwrap_err();
-        assert!(
-            err.to_string().contains("BATCHLINE_PRICE_VCPU_HOUR"),
-            "{err}"
-        );
+        let err = Config::from_lookup(lookup(&[(TABLE_VAR, "t"), (PRICE_VCPU_HOUR_VAR, "-1")])).unwrap_err();
+        assert!(err.to_string().contains("BATCHLINE_PRICE_VCPU_HOUR"), "{err}");
     }
 
     #[test]
     fn reserved_or_malformed_namespaces_are_refused() {
         for bad in ["", "AWS/Batch", "bad*name"] {
-            let err = Config::from_lookup(lookup(&[(TABLE_VAR, "t"), (METRIC_NAMESPACE_VAR, bad)]))
-                .unwrap_err();
-            assert!(
-                err.to_string().contains(METRIC_NAMESPACE_VAR),
-                "{bad}: {err}"
-            );
+            let err = Config::from_lookup(lookup(&[(TABLE_VAR, "t"), (METRIC_NAMESPACE_VAR, bad)])).unwrap_err();
+            assert!(err.to_string().contains(METRIC_NAMESPACE_VAR), "{bad}: {err}");
         }
-        let config = Config::from_lookup(lookup(&[
-            (TABLE_VAR, "t"),
-            (METRIC_NAMESPACE_VAR, "Team/Batchline"),
-        ]))
-        .unwrap();
+        let config =
+            Config::from_lookup(lookup(&[(TABLE_VAR, "t"), (METRIC_NAMESPACE_VAR, "Team/Batchline")])).unwrap();
         assert_eq!(config.metric_namespace, "Team/Batchline");
     }
 }

@@ -23,11 +23,7 @@ pub struct ConfigCache {
 
 impl ConfigCache {
     /// The configuration, from the cache when fresh.
-    pub async fn get(
-        &self,
-        dynamodb: &aws_sdk_dynamodb::Client,
-        table: &str,
-    ) -> Result<Arc<StackConfig>, Error> {
+    pub async fn get(&self, dynamodb: &aws_sdk_dynamodb::Client, table: &str) -> Result<Arc<StackConfig>, Error> {
         if let Some((read_at, config)) = self.cached.read().await.as_ref() {
             if read_at.elapsed() < REFRESH_AFTER {
                 return Ok(config.clone());
@@ -49,20 +45,13 @@ pub async fn load(dynamodb: &aws_sdk_dynamodb::Client, table: &str) -> Result<St
         .send()
         .await
         .map_err(|e| Error::aws("GetItem", e))?;
-    let document = reply
-        .item()
-        .and_then(|item| item.get("document"))
-        .and_then(|d| d.as_s().ok())
-        .ok_or_else(|| {
-            Error::Config(crate::ConfigError::Malformed {
-                name: crate::config::TABLE_VAR,
-                value: table.to_owned(),
-                reason:
-                    "the table holds no stack configuration yet: has bootstrap run (sam deploy)?"
-                        .into(),
-            })
-        })?;
-    serde_json::from_str(document).map_err(|e| {
-        Error::InvalidEvent(format!("the stored stack configuration is unreadable: {e}"))
-    })
+    let document = reply.item().and_then(|item| item.get("document")).and_then(|d| d.as_s().ok()).ok_or_else(|| {
+        Error::Config(crate::ConfigError::Malformed {
+            name: crate::config::TABLE_VAR,
+            value: table.to_owned(),
+            reason: "the table holds no stack configuration yet: has bootstrap run (sam deploy)?".into(),
+        })
+    })?;
+    serde_json::from_str(document)
+        .map_err(|e| Error::InvalidEvent(format!("the stored stack configuration is unreadable: {e}")))
 }

@@ -25,11 +25,7 @@ pub enum Error {
 
     /// An AWS call failed; `code` is AWS's error code when the service sent one.
     #[error("{operation} failed: {code}: {message}")]
-    Aws {
-        operation: &'static str,
-        code: String,
-        message: String,
-    },
+    Aws { operation: &'static str, code: String, message: String },
 }
 
 /// Codes AWS uses when a caller is over a rate limit; worth retrying with backoff.
@@ -54,11 +50,7 @@ impl Error {
             // Not a service reply (timeout, connection refused, ...): the whole chain says why.
             None => DisplayErrorContext(&err).to_string(),
         };
-        Error::Aws {
-            operation,
-            code,
-            message,
-        }
+        Error::Aws { operation, code, message }
     }
 
     /// The AWS error code, for errors that came from AWS.
@@ -71,8 +63,7 @@ impl Error {
 
     /// Whether the error is AWS saying "slow down".
     pub fn is_throttling(&self) -> bool {
-        self.aws_code()
-            .is_some_and(|code| THROTTLING_CODES.contains(&code))
+        self.aws_code().is_some_and(|code| THROTTLING_CODES.contains(&code))
     }
 
     /// A stable name for the kind of error, as CloudWatch shows it in `errorType`.
@@ -88,10 +79,7 @@ impl Error {
 
 impl From<Error> for Diagnostic {
     fn from(err: Error) -> Self {
-        Diagnostic {
-            error_type: err.error_type().to_owned(),
-            error_message: err.to_string(),
-        }
+        Diagnostic { error_type: err.error_type().to_owned(), error_message: err.to_string() }
     }
 }
 
@@ -117,15 +105,9 @@ mod tests {
 
     #[test]
     fn aws_errors_keep_their_code_and_message() {
-        let meta = ErrorMetadata::builder()
-            .code("ThrottlingException")
-            .message("Rate exceeded")
-            .build();
+        let meta = ErrorMetadata::builder().code("ThrottlingException").message("Rate exceeded").build();
         let err = Error::aws("SubmitJob", FakeServiceError(meta));
-        assert_eq!(
-            err.to_string(),
-            "SubmitJob failed: ThrottlingException: Rate exceeded"
-        );
+        assert_eq!(err.to_string(), "SubmitJob failed: ThrottlingException: Rate exceeded");
         assert!(err.is_throttling());
 
         let diagnostic = Diagnostic::from(err);
@@ -135,10 +117,7 @@ mod tests {
 
     #[test]
     fn errors_without_service_metadata_explain_themselves() {
-        let err = Error::aws(
-            "PutItem",
-            FakeServiceError(ErrorMetadata::builder().build()),
-        );
+        let err = Error::aws("PutItem", FakeServiceError(ErrorMetadata::builder().build()));
         assert_eq!(err.aws_code(), Some("Unknown"));
         assert!(!err.is_throttling());
         assert!(err.to_string().contains("service error"));
@@ -146,9 +125,7 @@ mod tests {
 
     #[test]
     fn configuration_errors_become_config_diagnostics() {
-        let diagnostic = Diagnostic::from(Error::from(ConfigError::Missing {
-            name: "BATCHLINE_TABLE",
-        }));
+        let diagnostic = Diagnostic::from(Error::from(ConfigError::Missing { name: "BATCHLINE_TABLE" }));
         assert_eq!(diagnostic.error_type, "Batchline.ConfigError");
         assert!(diagnostic.error_message.contains("BATCHLINE_TABLE"));
     }

@@ -21,9 +21,7 @@ use std::fmt;
 pub struct Quarters(pub u32);
 
 /// A Fargate task size. In JSON: `{"vcpu": "0.25", "memoryMib": 512}`.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(try_from = "SizeJson", into = "SizeJson")]
 pub struct Size {
     pub vcpu: Quarters,
@@ -39,20 +37,14 @@ struct SizeJson {
 
 impl From<Size> for SizeJson {
     fn from(size: Size) -> Self {
-        SizeJson {
-            vcpu: format_vcpu(size.vcpu),
-            memory_mib: size.memory_mib,
-        }
+        SizeJson { vcpu: format_vcpu(size.vcpu), memory_mib: size.memory_mib }
     }
 }
 
 impl TryFrom<SizeJson> for Size {
     type Error = SizeError;
     fn try_from(json: SizeJson) -> Result<Self, SizeError> {
-        Ok(Size {
-            vcpu: parse_vcpu(&json.vcpu)?,
-            memory_mib: json.memory_mib,
-        })
+        Ok(Size { vcpu: parse_vcpu(&json.vcpu)?, memory_mib: json.memory_mib })
     }
 }
 
@@ -81,10 +73,7 @@ pub fn valid_sizes() -> Vec<Size> {
         .flat_map(|&(vcpu, first, last, step)| {
             memory_choices(vcpu, first, last, step)
                 .into_iter()
-                .map(move |memory_mib| Size {
-                    vcpu: Quarters(vcpu),
-                    memory_mib,
-                })
+                .map(move |memory_mib| Size { vcpu: Quarters(vcpu), memory_mib })
         })
         .collect()
 }
@@ -133,9 +122,7 @@ pub fn parse_vcpu(text: &str) -> Result<Quarters, SizeError> {
 
 /// Parses memory in MiB (`"2048"`).
 pub fn parse_memory(text: &str) -> Result<u32, SizeError> {
-    text.trim()
-        .parse()
-        .map_err(|_| SizeError::BadMemory(text.to_owned()))
+    text.trim().parse().map_err(|_| SizeError::BadMemory(text.to_owned()))
 }
 
 /// `0.25`, `0.5`, `1`, `16`: vCPU as Batch's `resourceRequirements` write it.
@@ -159,10 +146,7 @@ impl Size {
         if valid_sizes().contains(&size) {
             Ok(size)
         } else {
-            Err(SizeError::InvalidPair {
-                vcpu: format_vcpu(vcpu),
-                memory_mib,
-            })
+            Err(SizeError::InvalidPair { vcpu: format_vcpu(vcpu), memory_mib })
         }
     }
 
@@ -173,30 +157,20 @@ impl Size {
             .into_iter()
             .filter(|s| s.vcpu >= vcpu && s.memory_mib >= memory_mib)
             .min_by_key(|s| (s.vcpu, s.memory_mib))
-            .ok_or(SizeError::TooLarge {
-                vcpu: format_vcpu(vcpu),
-                memory_mib,
-            })
+            .ok_or(SizeError::TooLarge { vcpu: format_vcpu(vcpu), memory_mib })
     }
 
     /// The next larger size after running out of memory: more memory at the same vCPU
     /// when there is a larger valid memory (doubling, snapped up), else the next vCPU.
     pub fn next_for_memory(&self) -> Option<Size> {
         let wanted = self.memory_mib.saturating_mul(2);
-        Size::snap(self.vcpu, wanted)
-            .ok()
-            .or_else(|| Size::snap(self.vcpu, self.memory_mib + 1).ok())
+        Size::snap(self.vcpu, wanted).ok().or_else(|| Size::snap(self.vcpu, self.memory_mib + 1).ok())
     }
 }
 
 impl fmt::Display for Size {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} vCPU / {} MiB",
-            format_vcpu(self.vcpu),
-            self.memory_mib
-        )
+        write!(f, "{} vCPU / {} MiB", format_vcpu(self.vcpu), self.memory_mib)
     }
 }
 
@@ -205,10 +179,7 @@ mod tests {
     use super::*;
 
     fn size(vcpu: &str, memory: u32) -> Size {
-        Size {
-            vcpu: parse_vcpu(vcpu).unwrap(),
-            memory_mib: memory,
-        }
+        Size { vcpu: parse_vcpu(vcpu).unwrap(), memory_mib: memory }
     }
 
     #[test]
@@ -234,14 +205,8 @@ mod tests {
         let err = Size::exact(Quarters(4), 1024).unwrap_err();
         let message = err.to_string();
         assert!(message.contains("1 vCPU with 1024 MiB"), "{message}");
-        assert!(
-            message.contains("1 vCPU: 2048-8192 MiB in steps of 1024"),
-            "{message}"
-        );
-        assert!(
-            message.contains("0.25 vCPU: 512, 1024 or 2048 MiB"),
-            "{message}"
-        );
+        assert!(message.contains("1 vCPU: 2048-8192 MiB in steps of 1024"), "{message}");
+        assert!(message.contains("0.25 vCPU: 512, 1024 or 2048 MiB"), "{message}");
     }
 
     #[test]
@@ -250,22 +215,13 @@ mod tests {
         assert_eq!(Size::snap(Quarters(1), 3000), Ok(size("0.5", 3072)));
         assert_eq!(Size::snap(Quarters(3), 100), Ok(size("1", 2048)));
         assert_eq!(Size::snap(Quarters(32), 61441), Ok(size("16", 65536)));
-        assert!(matches!(
-            Size::snap(Quarters(64), 200_000),
-            Err(SizeError::TooLarge { .. })
-        ));
+        assert!(matches!(Size::snap(Quarters(64), 200_000), Err(SizeError::TooLarge { .. })));
     }
 
     #[test]
     fn out_of_memory_escalation_doubles_memory_then_moves_up_a_vcpu_step() {
-        assert_eq!(
-            size("0.25", 512).next_for_memory(),
-            Some(size("0.25", 1024))
-        );
-        assert_eq!(
-            size("0.25", 2048).next_for_memory(),
-            Some(size("0.5", 4096))
-        );
+        assert_eq!(size("0.25", 512).next_for_memory(), Some(size("0.25", 1024)));
+        assert_eq!(size("0.25", 2048).next_for_memory(), Some(size("0.5", 4096)));
         assert_eq!(size("1", 8192).next_for_memory(), Some(size("2", 16384)));
         assert_eq!(size("16", 122880).next_for_memory(), None);
     }

@@ -60,16 +60,8 @@ pub fn digest(text: &str, chars: usize) -> String {
 /// keys never share a name however the readable part is cut.
 pub fn job_name(readable: &str, idempotency_key: &str) -> String {
     let suffix = digest(idempotency_key, 12);
-    let mut clean: String = readable
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
+    let mut clean: String =
+        readable.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' }).collect();
     // Collapse runs of '-' left by replaced characters, for readability.
     while clean.contains("--") {
         clean = clean.replace("--", "-");
@@ -102,19 +94,13 @@ pub fn check_user_tags(tags: &BTreeMap<String, String>, ours: usize) -> Result<(
             )));
         }
         if key.is_empty() || key.len() > MAX_TAG_KEY {
-            return Err(RequestError::Invalid(format!(
-                "tag {key:?}: keys have 1 to {MAX_TAG_KEY} characters"
-            )));
+            return Err(RequestError::Invalid(format!("tag {key:?}: keys have 1 to {MAX_TAG_KEY} characters")));
         }
         if value.len() > MAX_TAG_VALUE {
-            return Err(RequestError::Invalid(format!(
-                "tag {key:?}: values have at most {MAX_TAG_VALUE} characters"
-            )));
+            return Err(RequestError::Invalid(format!("tag {key:?}: values have at most {MAX_TAG_VALUE} characters")));
         }
         if key.starts_with("aws:") {
-            return Err(RequestError::Invalid(format!(
-                "tag {key:?}: the aws: prefix is reserved by AWS"
-            )));
+            return Err(RequestError::Invalid(format!("tag {key:?}: the aws: prefix is reserved by AWS")));
         }
     }
     if tags.len() + ours > MAX_TAGS {
@@ -132,15 +118,11 @@ impl JobRequest {
     pub fn validate(&self) -> Result<(), RequestError> {
         if let Some(size) = self.array_size {
             if !ARRAY_SIZES.contains(&size) {
-                return Err(RequestError::Invalid(format!(
-                    "arraySize {size}: array jobs have 2 to 10000 children"
-                )));
+                return Err(RequestError::Invalid(format!("arraySize {size}: array jobs have 2 to 10000 children")));
             }
         }
         if self.depends_on.len() > MAX_DEPENDENCIES {
-            return Err(RequestError::Invalid(format!(
-                "dependsOn: at most {MAX_DEPENDENCIES} jobs"
-            )));
+            return Err(RequestError::Invalid(format!("dependsOn: at most {MAX_DEPENDENCIES} jobs")));
         }
         for name in self.environment.keys() {
             if name.is_empty() || name.starts_with("AWS_BATCH") {
@@ -173,62 +155,30 @@ mod tests {
 
     #[test]
     fn job_names_are_sanitised_bounded_and_deterministic() {
-        let name = job_name(
-            "s3 orders/incoming/Q3 report (final).csv",
-            "s3:bucket:key:seq",
-        );
-        assert!(
-            name.starts_with("s3-orders-incoming-Q3-report-final-csv-"),
-            "{name}"
-        );
-        assert_eq!(
-            name,
-            job_name(
-                "s3 orders/incoming/Q3 report (final).csv",
-                "s3:bucket:key:seq"
-            )
-        );
-        assert_ne!(
-            name,
-            job_name(
-                "s3 orders/incoming/Q3 report (final).csv",
-                "s3:bucket:key:other"
-            )
-        );
+        let name = job_name("s3 orders/incoming/Q3 report (final).csv", "s3:bucket:key:seq");
+        assert!(name.starts_with("s3-orders-incoming-Q3-report-final-csv-"), "{name}");
+        assert_eq!(name, job_name("s3 orders/incoming/Q3 report (final).csv", "s3:bucket:key:seq"));
+        assert_ne!(name, job_name("s3 orders/incoming/Q3 report (final).csv", "s3:bucket:key:other"));
 
         let long = job_name(&"x".repeat(500), "k");
         assert_eq!(long.len(), 128);
-        assert!(long
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+        assert!(long.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
 
         let odd = job_name("--__ünïcødé__--", "k");
-        assert!(
-            odd.starts_with(|c: char| c.is_ascii_alphanumeric()),
-            "{odd}"
-        );
+        assert!(odd.starts_with(|c: char| c.is_ascii_alphanumeric()), "{odd}");
         assert_eq!(job_name("///", "k"), format!("job-{}", digest("k", 12)));
     }
 
     #[test]
     fn user_tags_may_not_be_batchlines_or_too_many() {
-        let tags = |pairs: &[(&str, &str)]| {
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect()
-        };
+        let tags = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         assert!(check_user_tags(&tags(&[("team", "data")]), 4).is_ok());
         assert!(check_user_tags(&tags(&[("batchline:run", "x")]), 4)
             .unwrap_err()
             .to_string()
             .contains("Batchline's own"));
-        let many: BTreeMap<String, String> =
-            (0..47).map(|i| (format!("t{i}"), String::new())).collect();
-        assert!(check_user_tags(&many, 4)
-            .unwrap_err()
-            .to_string()
-            .contains("at most 46"));
+        let many: BTreeMap<String, String> = (0..47).map(|i| (format!("t{i}"), String::new())).collect();
+        assert!(check_user_tags(&many, 4).unwrap_err().to_string().contains("at most 46"));
         assert!(check_user_tags(&tags(&[("k", &"v".repeat(257))]), 4).is_err());
     }
 
@@ -248,19 +198,10 @@ mod tests {
             tags: BTreeMap::new(),
         };
         assert!(request.validate().is_ok());
-        request
-            .parameters
-            .insert("blob".into(), "x".repeat(31 * 1024));
-        assert!(matches!(
-            request.validate(),
-            Err(RequestError::TooLarge { .. })
-        ));
+        request.parameters.insert("blob".into(), "x".repeat(31 * 1024));
+        assert!(matches!(request.validate(), Err(RequestError::TooLarge { .. })));
         request.parameters.clear();
         request.array_size = Some(1);
-        assert!(request
-            .validate()
-            .unwrap_err()
-            .to_string()
-            .contains("2 to 10000"));
+        assert!(request.validate().unwrap_err().to_string().contains("2 to 10000"));
     }
 }

@@ -12,6 +12,8 @@ pub mod error;
 pub mod fargate;
 pub mod job_request;
 pub mod metrics;
+pub mod pipeline;
+pub mod runs;
 pub mod stack_config;
 pub mod submitter;
 pub mod telemetry;
@@ -42,8 +44,5 @@ pub fn event_kind(payload: &serde_json::Value) -> String {
 
 /// The current time in epoch milliseconds.
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or_default()
 }

@@ -87,24 +87,15 @@ pub struct Prices {
     pub gb_hour: f64,
 }
 
-pub const X86_64_PRICES: Prices = Prices {
-    vcpu_hour: 0.04048,
-    gb_hour: 0.004445,
-};
-pub const ARM64_PRICES: Prices = Prices {
-    vcpu_hour: 0.03238,
-    gb_hour: 0.00356,
-};
+pub const X86_64_PRICES: Prices = Prices { vcpu_hour: 0.04048, gb_hour: 0.004445 };
+pub const ARM64_PRICES: Prices = Prices { vcpu_hour: 0.03238, gb_hour: 0.00356 };
 
 impl Prices {
     /// The built-in rates for the job's architecture (x86_64 unless it says ARM64),
     /// replaced by any configured override.
     pub fn for_job(architecture: Option<&str>, overrides: &PriceOverrides) -> Prices {
-        let base = if architecture.is_some_and(|a| a.eq_ignore_ascii_case("ARM64")) {
-            ARM64_PRICES
-        } else {
-            X86_64_PRICES
-        };
+        let base =
+            if architecture.is_some_and(|a| a.eq_ignore_ascii_case("ARM64")) { ARM64_PRICES } else { X86_64_PRICES };
         Prices {
             vcpu_hour: overrides.vcpu_hour.unwrap_or(base.vcpu_hour),
             gb_hour: overrides.gb_hour.unwrap_or(base.gb_hour),
@@ -128,75 +119,37 @@ pub fn count_metric(status: &JobStatus) -> Option<&'static str> {
 
 /// What one event contributes (see the module docs); `now_ms` stands in for a missing or
 /// unacceptable time.
-pub fn from_event(
-    event: &JobStateChangeEvent,
-    overrides: &PriceOverrides,
-    now_ms: i64,
-) -> EventMetrics {
+pub fn from_event(event: &JobStateChangeEvent, overrides: &PriceOverrides, now_ms: i64) -> EventMetrics {
     let detail = &event.detail;
     let mut observations = Vec::new();
     if !detail.is_array_parent() {
         if let Some(metric) = count_metric(&detail.status) {
-            observations.push(Observation {
-                metric,
-                unit: Unit::Count,
-                value: 1.0,
-            });
+            observations.push(Observation { metric, unit: Unit::Count, value: 1.0 });
         }
         if detail.status.is_terminal() {
             observations.extend(terminal_observations(event, overrides));
         }
     }
-    let time = event
-        .time_millis()
-        .or(detail.stopped_at)
-        .or(detail.started_at)
-        .or(detail.created_at)
-        .unwrap_or(now_ms);
-    let time = if time < now_ms - OLDEST_ACCEPTED_MS || time > now_ms + NEWEST_ACCEPTED_MS {
-        now_ms
-    } else {
-        time
-    };
-    EventMetrics {
-        observations,
-        dimension_sets: dimension_sets(event),
-        minute_ms: time - time.rem_euclid(MINUTE_MS),
-    }
+    let time = event.time_millis().or(detail.stopped_at).or(detail.started_at).or(detail.created_at).unwrap_or(now_ms);
+    let time = if time < now_ms - OLDEST_ACCEPTED_MS || time > now_ms + NEWEST_ACCEPTED_MS { now_ms } else { time };
+    EventMetrics { observations, dimension_sets: dimension_sets(event), minute_ms: time - time.rem_euclid(MINUTE_MS) }
 }
 
-fn terminal_observations(
-    event: &JobStateChangeEvent,
-    overrides: &PriceOverrides,
-) -> Vec<Observation> {
+fn terminal_observations(event: &JobStateChangeEvent, overrides: &PriceOverrides) -> Vec<Observation> {
     let detail = &event.detail;
     let mut out = Vec::new();
     let millis = |metric, from: Option<i64>, to: Option<i64>| match (from, to) {
-        (Some(from), Some(to)) if to >= from => Some(Observation {
-            metric,
-            unit: Unit::Milliseconds,
-            value: (to - from) as f64,
-        }),
+        (Some(from), Some(to)) if to >= from => {
+            Some(Observation { metric, unit: Unit::Milliseconds, value: (to - from) as f64 })
+        }
         _ => None,
     };
-    out.extend(millis(
-        "QueueWaitTime",
-        detail.created_at,
-        detail.started_at,
-    ));
+    out.extend(millis("QueueWaitTime", detail.created_at, detail.started_at));
     out.extend(millis("RunTime", detail.started_at, detail.stopped_at));
     out.extend(millis("TotalTime", detail.created_at, detail.stopped_at));
-    out.push(Observation {
-        metric: "Attempts",
-        unit: Unit::Count,
-        value: detail.attempts().len() as f64,
-    });
+    out.push(Observation { metric: "Attempts", unit: Unit::Count, value: detail.attempts().len() as f64 });
     if let Some(cost) = estimated_cost(event, overrides) {
-        out.push(Observation {
-            metric: "EstimatedCost",
-            unit: Unit::None,
-            value: cost,
-        });
+        out.push(Observation { metric: "EstimatedCost", unit: Unit::None, value: cost });
     }
     out
 }
@@ -206,20 +159,14 @@ pub fn estimated_cost(event: &JobStateChangeEvent, overrides: &PriceOverrides) -
     let detail = &event.detail;
     let size = detail.size()?;
     let prices = Prices::for_job(detail.cpu_architecture(), overrides);
-    let mut runs: Vec<(i64, i64)> = detail
-        .attempts()
-        .iter()
-        .filter_map(|a| Some((a.started_at?, a.stopped_at?)))
-        .collect();
+    let mut runs: Vec<(i64, i64)> =
+        detail.attempts().iter().filter_map(|a| Some((a.started_at?, a.stopped_at?))).collect();
     if runs.is_empty() {
         runs.extend(detail.started_at.zip(detail.stopped_at));
     }
-    let billable_seconds: f64 = runs
-        .iter()
-        .map(|(start, stop)| (((stop - start).max(0) as f64) / 1000.0).ceil().max(60.0))
-        .sum();
-    let hourly =
-        size.vcpu_f64() * prices.vcpu_hour + (size.memory_mib as f64 / 1024.0) * prices.gb_hour;
+    let billable_seconds: f64 =
+        runs.iter().map(|(start, stop)| (((stop - start).max(0) as f64) / 1000.0).ceil().max(60.0)).sum();
+    let hourly = size.vcpu_f64() * prices.vcpu_hour + (size.memory_mib as f64 / 1024.0) * prices.gb_hour;
     Some(hourly * billable_seconds / 3600.0)
 }
 
@@ -230,19 +177,13 @@ fn dimension_sets(event: &JobStateChangeEvent) -> Vec<Dimensions> {
     if let Some(queue) = detail.queue_name().filter(valid) {
         sets.push(vec![("JobQueue", queue.to_owned())]);
         if let Some(definition) = detail.job_definition_name().filter(valid) {
-            sets.push(vec![
-                ("JobQueue", queue.to_owned()),
-                ("JobDefinition", definition.to_owned()),
-            ]);
+            sets.push(vec![("JobQueue", queue.to_owned()), ("JobDefinition", definition.to_owned())]);
         }
     }
     if let Some(pipeline) = detail.tag(PIPELINE_TAG).filter(valid) {
         sets.push(vec![("Pipeline", pipeline.to_owned())]);
         if let Some(stage) = detail.tag(STAGE_TAG).filter(valid) {
-            sets.push(vec![
-                ("Pipeline", pipeline.to_owned()),
-                ("Stage", stage.to_owned()),
-            ]);
+            sets.push(vec![("Pipeline", pipeline.to_owned()), ("Stage", stage.to_owned())]);
         }
     }
     sets
@@ -274,13 +215,7 @@ const VALUE_BYTES: usize = 24;
 const DATUM_OVERHEAD_BYTES: usize = 96;
 
 fn key_bytes(key: &DatumKey) -> usize {
-    DATUM_OVERHEAD_BYTES
-        + key.0.len()
-        + key
-            .1
-            .iter()
-            .map(|(n, v)| n.len() + v.len() + 16)
-            .sum::<usize>()
+    DATUM_OVERHEAD_BYTES + key.0.len() + key.1.iter().map(|(n, v)| n.len() + v.len() + 16).sum::<usize>()
 }
 
 /// The request size these datums are counted as against [`MAX_BYTES_PER_CALL`]: more
@@ -288,10 +223,7 @@ fn key_bytes(key: &DatumKey) -> usize {
 pub fn estimated_bytes(datums: &[Datum]) -> usize {
     datums
         .iter()
-        .map(|d| {
-            key_bytes(&(d.metric, d.dimensions.clone(), d.unit, d.timestamp_ms))
-                + d.values.len() * VALUE_BYTES
-        })
+        .map(|d| key_bytes(&(d.metric, d.dimensions.clone(), d.unit, d.timestamp_ms)) + d.values.len() * VALUE_BYTES)
         .sum()
 }
 
@@ -303,12 +235,7 @@ impl Pack {
         let mut bytes = 0;
         for dimensions in &metrics.dimension_sets {
             for observation in &metrics.observations {
-                let key = (
-                    observation.metric,
-                    dimensions.clone(),
-                    observation.unit,
-                    metrics.minute_ms,
-                );
+                let key = (observation.metric, dimensions.clone(), observation.unit, metrics.minute_ms);
                 match self.datums.get(&key) {
                     None => {
                         datums += 1;
@@ -332,12 +259,7 @@ impl Pack {
     fn add(&mut self, metrics: &EventMetrics) {
         for dimensions in &metrics.dimension_sets {
             for observation in &metrics.observations {
-                let key = (
-                    observation.metric,
-                    dimensions.clone(),
-                    observation.unit,
-                    metrics.minute_ms,
-                );
+                let key = (observation.metric, dimensions.clone(), observation.unit, metrics.minute_ms);
                 let key_size = key_bytes(&key);
                 let values = self.datums.entry(key).or_default();
                 let bits = observation.value.to_bits();
@@ -360,10 +282,8 @@ impl Pack {
     fn into_datums(self) -> Vec<Datum> {
         let mut out = Vec::with_capacity(self.datum_count);
         for ((metric, dimensions, unit, timestamp_ms), values) in self.datums {
-            let values: Vec<(f64, f64)> = values
-                .into_iter()
-                .map(|(bits, count)| (f64::from_bits(bits), count as f64))
-                .collect();
+            let values: Vec<(f64, f64)> =
+                values.into_iter().map(|(bits, count)| (f64::from_bits(bits), count as f64)).collect();
             for chunk in values.chunks(MAX_VALUES_PER_DATUM) {
                 out.push(Datum {
                     metric,
@@ -398,8 +318,7 @@ pub fn plan_calls(events: &[EventMetrics]) -> Vec<PlannedCall> {
         }
         let (datums, bytes) = pack.cost_of(metrics);
         if !pack.is_empty()
-            && (pack.datum_count + datums > MAX_DATUMS_PER_CALL
-                || pack.bytes + bytes > MAX_BYTES_PER_CALL)
+            && (pack.datum_count + datums > MAX_DATUMS_PER_CALL || pack.bytes + bytes > MAX_BYTES_PER_CALL)
         {
             calls.push(PlannedCall {
                 events: std::mem::take(&mut members),
@@ -410,10 +329,7 @@ pub fn plan_calls(events: &[EventMetrics]) -> Vec<PlannedCall> {
         members.push(index);
     }
     if !pack.is_empty() {
-        calls.push(PlannedCall {
-            events: members,
-            datums: pack.into_datums(),
-        });
+        calls.push(PlannedCall { events: members, datums: pack.into_datums() });
     }
     calls
 }
@@ -453,37 +369,19 @@ mod tests {
     }
 
     fn value_of(metrics: &EventMetrics, name: &str) -> Option<f64> {
-        metrics
-            .observations
-            .iter()
-            .find(|o| o.metric == name)
-            .map(|o| o.value)
+        metrics.observations.iter().find(|o| o.metric == name).map(|o| o.value)
     }
 
     #[test]
     fn a_transition_counts_once_under_every_bounded_dimension_set() {
-        let metrics = from_event(
-            &event("RUNNING", json!({})),
-            &PriceOverrides::default(),
-            NOW,
-        );
-        assert_eq!(
-            metrics.observations,
-            vec![Observation {
-                metric: "JobsRunning",
-                unit: Unit::Count,
-                value: 1.0
-            }]
-        );
+        let metrics = from_event(&event("RUNNING", json!({})), &PriceOverrides::default(), NOW);
+        assert_eq!(metrics.observations, vec![Observation { metric: "JobsRunning", unit: Unit::Count, value: 1.0 }]);
         assert_eq!(
             metrics.dimension_sets,
             vec![
                 vec![],
                 vec![("JobQueue", "etl".to_owned())],
-                vec![
-                    ("JobQueue", "etl".to_owned()),
-                    ("JobDefinition", "extract".to_owned())
-                ],
+                vec![("JobQueue", "etl".to_owned()), ("JobDefinition", "extract".to_owned())],
             ]
         );
     }
@@ -498,104 +396,67 @@ mod tests {
         assert_eq!(value_of(&metrics, "Attempts"), Some(1.0));
         // 30 s bills as the one-minute minimum: (1 vCPU × 0.04048 + 2 GB × 0.004445) / 60
         let cost = value_of(&metrics, "EstimatedCost").unwrap();
-        assert!(
-            (cost - (0.04048 + 2.0 * 0.004445) / 60.0).abs() < 1e-12,
-            "{cost}"
-        );
-        assert!(metrics.dimension_sets.contains(&vec![
-            ("Pipeline", "nightly".to_owned()),
-            ("Stage", "extract".to_owned())
-        ]));
+        assert!((cost - (0.04048 + 2.0 * 0.004445) / 60.0).abs() < 1e-12, "{cost}");
+        assert!(metrics
+            .dimension_sets
+            .contains(&vec![("Pipeline", "nightly".to_owned()), ("Stage", "extract".to_owned())]));
         assert_eq!(metrics.dimension_sets.len(), 5);
     }
 
     #[test]
     fn cost_follows_architecture_and_overrides() {
         let mut arm = succeeded();
-        arm.detail.container.as_mut().unwrap().runtime_platform =
-            Some(crate::batch_event::RuntimePlatform {
-                cpu_architecture: Some("ARM64".into()),
-                other: Default::default(),
-            });
+        arm.detail.container.as_mut().unwrap().runtime_platform = Some(crate::batch_event::RuntimePlatform {
+            cpu_architecture: Some("ARM64".into()),
+            other: Default::default(),
+        });
         let cost = estimated_cost(&arm, &PriceOverrides::default()).unwrap();
         assert!((cost - (0.03238 + 2.0 * 0.00356) / 60.0).abs() < 1e-12);
-        let overrides = PriceOverrides {
-            vcpu_hour: Some(1.0),
-            gb_hour: Some(0.0),
-        };
+        let overrides = PriceOverrides { vcpu_hour: Some(1.0), gb_hour: Some(0.0) };
         assert!((estimated_cost(&arm, &overrides).unwrap() - 1.0 / 60.0).abs() < 1e-12);
     }
 
     #[test]
     fn a_job_that_never_ran_has_no_run_time_and_array_parents_are_not_counted() {
-        let never = from_event(
-            &event("FAILED", json!({"stoppedAt": 1_800_000_005_000i64})),
-            &PriceOverrides::default(),
-            NOW,
-        );
+        let never =
+            from_event(&event("FAILED", json!({"stoppedAt": 1_800_000_005_000i64})), &PriceOverrides::default(), NOW);
         assert_eq!(value_of(&never, "RunTime"), None);
         assert_eq!(value_of(&never, "QueueWaitTime"), None);
         assert_eq!(value_of(&never, "TotalTime"), Some(5_000.0));
         assert_eq!(value_of(&never, "Attempts"), Some(0.0));
-        let parent = from_event(
-            &event("SUCCEEDED", json!({"arrayProperties": {"size": 3}})),
-            &PriceOverrides::default(),
-            NOW,
-        );
+        let parent =
+            from_event(&event("SUCCEEDED", json!({"arrayProperties": {"size": 3}})), &PriceOverrides::default(), NOW);
         assert!(parent.observations.is_empty());
-        let child = from_event(
-            &event("RUNNING", json!({"arrayProperties": {"index": 1}})),
-            &PriceOverrides::default(),
-            NOW,
-        );
+        let child =
+            from_event(&event("RUNNING", json!({"arrayProperties": {"index": 1}})), &PriceOverrides::default(), NOW);
         assert_eq!(value_of(&child, "JobsRunning"), Some(1.0));
     }
 
     #[test]
     fn times_are_minutes_and_unacceptable_times_become_now() {
-        let metrics = from_event(
-            &event("RUNNING", json!({})),
-            &PriceOverrides::default(),
-            NOW,
-        );
-        let event_time = aws_smithy_types::DateTime::from_str(
-            "2026-01-01T00:00:30Z",
-            aws_smithy_types::date_time::Format::DateTime,
-        )
-        .unwrap()
-        .to_millis()
-        .unwrap();
+        let metrics = from_event(&event("RUNNING", json!({})), &PriceOverrides::default(), NOW);
+        let event_time =
+            aws_smithy_types::DateTime::from_str("2026-01-01T00:00:30Z", aws_smithy_types::date_time::Format::DateTime)
+                .unwrap()
+                .to_millis()
+                .unwrap();
         // The fixture's time is far from NOW, so NOW (truncated) is used.
         assert_ne!(metrics.minute_ms, event_time - event_time % MINUTE_MS);
         assert_eq!(metrics.minute_ms, NOW - NOW % MINUTE_MS);
-        let near = from_event(
-            &event("RUNNING", json!({})),
-            &PriceOverrides::default(),
-            event_time + 5_000,
-        );
+        let near = from_event(&event("RUNNING", json!({})), &PriceOverrides::default(), event_time + 5_000);
         assert_eq!(near.minute_ms, event_time - 30_000);
     }
 
     #[test]
     fn many_events_pack_into_one_call_with_values_and_counts() {
-        let events: Vec<EventMetrics> = (0..500)
-            .map(|_| from_event(&succeeded(), &PriceOverrides::default(), 1_800_000_030_000))
-            .collect();
+        let events: Vec<EventMetrics> =
+            (0..500).map(|_| from_event(&succeeded(), &PriceOverrides::default(), 1_800_000_030_000)).collect();
         let calls = plan_calls(&events);
         assert_eq!(calls.len(), 1);
         assert_eq!(calls[0].events.len(), 500);
-        let succeeded_overall = calls[0]
-            .datums
-            .iter()
-            .find(|d| d.metric == "JobsSucceeded" && d.dimensions.is_empty())
-            .unwrap();
-        assert_eq!(
-            (
-                succeeded_overall.values.clone(),
-                succeeded_overall.counts.clone()
-            ),
-            (vec![1.0], vec![500.0])
-        );
+        let succeeded_overall =
+            calls[0].datums.iter().find(|d| d.metric == "JobsSucceeded" && d.dimensions.is_empty()).unwrap();
+        assert_eq!((succeeded_overall.values.clone(), succeeded_overall.counts.clone()), (vec![1.0], vec![500.0]));
         // 6 metrics × 5 dimension sets
         assert_eq!(calls[0].datums.len(), 30);
     }
@@ -606,8 +467,7 @@ mod tests {
             .map(|i| {
                 let mut e = succeeded();
                 e.detail.stopped_at = Some(1_800_000_050_000 + i);
-                e.detail.job_queue =
-                    Some(format!("arn:aws:batch:us-east-1:1:job-queue/q{}", i % 40));
+                e.detail.job_queue = Some(format!("arn:aws:batch:us-east-1:1:job-queue/q{}", i % 40));
                 from_event(&e, &PriceOverrides::default(), 1_800_000_030_000)
             })
             .collect();
@@ -615,9 +475,10 @@ mod tests {
         let mut seen = 0;
         for call in &calls {
             assert!(call.datums.len() <= MAX_DATUMS_PER_CALL);
-            assert!(call.datums.iter().all(
-                |d| d.values.len() <= MAX_VALUES_PER_DATUM && d.values.len() == d.counts.len()
-            ));
+            assert!(call
+                .datums
+                .iter()
+                .all(|d| d.values.len() <= MAX_VALUES_PER_DATUM && d.values.len() == d.counts.len()));
             seen += call.events.len();
             let total: f64 = call
                 .datums
@@ -625,11 +486,7 @@ mod tests {
                 .filter(|d| d.metric == "JobsSucceeded" && d.dimensions.is_empty())
                 .flat_map(|d| d.counts.clone())
                 .sum();
-            assert_eq!(
-                total,
-                call.events.len() as f64,
-                "each event's data stays within its call"
-            );
+            assert_eq!(total, call.events.len() as f64, "each event's data stays within its call");
         }
         assert_eq!(seen, 20_000);
         // Far fewer calls than events, and none wasted: every call but the last is close to

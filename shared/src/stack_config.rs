@@ -38,7 +38,7 @@
 //!     TimeoutSeconds: "3600"
 //!     LogGroup: /aws/batch/job
 //!     Queue: default
-//! Pipelines: {...}                 # see the pipelines module
+//! Pipelines: {...}                 # see the pipeline module
 //! Triggers:
 //!   S3:
 //!     <rule>: {Bucket: name, Prefix: "in/", Suffix: ".csv", JobDefinition: default | Pipeline: name,
@@ -57,12 +57,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::fargate::{parse_memory, parse_vcpu, Size};
+use crate::pipeline::{resolve_pipelines, Pipeline};
 
 pub const DEFAULT_KEY: &str = "default";
 pub const DEFAULT_IMAGE: &str = "public.ecr.aws/docker/library/python:3.12-alpine";
 pub const DEFAULT_LOG_GROUP: &str = "/aws/batch/job";
-pub const EXECUTION_POLICY_ARN: &str =
-    "arn:aws:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy";
+pub const EXECUTION_POLICY_ARN: &str = "arn:aws:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy";
 
 /// The recipe's processing job: plain Python, so a fresh stack runs a job before any image is pushed.
 pub const DEFAULT_SCRIPT: &str = r#"import json, os, time
@@ -86,24 +86,13 @@ fn de_string_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Stri
         List(Vec<String>),
         Text(String),
     }
-    Ok(
-        match Form::deserialize(deserializer)
-            .map_err(|_| de::Error::custom("expected a list of strings"))?
-        {
-            Form::List(items) => items,
-            Form::Text(text) => text
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-                .collect(),
-        },
-    )
+    Ok(match Form::deserialize(deserializer).map_err(|_| de::Error::custom("expected a list of strings"))? {
+        Form::List(items) => items,
+        Form::Text(text) => text.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect(),
+    })
 }
 
-fn de_opt_string_list<'de, D: Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Option<Vec<String>>, D::Error> {
+fn de_opt_string_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Vec<String>>, D::Error> {
     de_string_list(deserializer).map(Some)
 }
 
@@ -111,18 +100,11 @@ fn de_opt_string_list<'de, D: Deserializer<'de>>(
 fn de_opt_number<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {
     let value = Value::deserialize(deserializer)?;
     match &value {
-        Value::Number(n) => n
-            .as_u64()
-            .map(Some)
-            .ok_or_else(|| de::Error::custom(format!("{n} is not a whole number"))),
-        Value::String(s) => s
-            .trim()
-            .parse::<u64>()
-            .map(Some)
-            .map_err(|_| de::Error::custom(format!("{s:?} is not a whole number"))),
-        _ => Err(de::Error::custom(format!(
-            "expected a whole number, got {value}"
-        ))),
+        Value::Number(n) => n.as_u64().map(Some).ok_or_else(|| de::Error::custom(format!("{n} is not a whole number"))),
+        Value::String(s) => {
+            s.trim().parse::<u64>().map(Some).map_err(|_| de::Error::custom(format!("{s:?} is not a whole number")))
+        }
+        _ => Err(de::Error::custom(format!("expected a whole number, got {value}"))),
     }
 }
 
@@ -136,9 +118,7 @@ fn de_opt_bool<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<bool
             "false" | "disabled" | "no" => Ok(Some(false)),
             _ => Err(de::Error::custom(format!("{s:?} is not true or false"))),
         },
-        _ => Err(de::Error::custom(format!(
-            "expected true or false, got {value}"
-        ))),
+        _ => Err(de::Error::custom(format!("expected true or false, got {value}"))),
     }
 }
 
@@ -302,7 +282,7 @@ pub struct StackConfig {
     /// The key of the queue jobs go to unless told otherwise.
     pub default_queue: String,
     #[serde(default)]
-    pub pipelines: Value,
+    pub pipelines: BTreeMap<String, Pipeline>,
     pub triggers: Triggers,
 }
 
@@ -442,13 +422,7 @@ impl StackConfig {
         let document: Document = serde_path_to_error::deserialize(properties).map_err(|err| {
             let path = err.path().to_string();
             let inner = err.into_inner().to_string();
-            ConfigProblems {
-                problems: vec![if path == "." {
-                    inner
-                } else {
-                    format!("{path}: {inner}")
-                }],
-            }
+            ConfigProblems { problems: vec![if path == "." { inner } else { format!("{path}: {inner}") }] }
         })?;
         resolve(document)
     }
@@ -465,59 +439,42 @@ impl StackConfig {
 }
 
 fn valid_key(key: &str) -> bool {
-    (1..=40).contains(&key.len())
-        && key
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    (1..=40).contains(&key.len()) && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 /// Batch names: letters, digits, `-`, `_`, at most 128.
 fn valid_batch_name(name: &str) -> bool {
-    (1..=128).contains(&name.len())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    (1..=128).contains(&name.len()) && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 /// IAM role names: letters, digits and `+=,.@_-`, at most 64.
 fn valid_role_name(name: &str) -> bool {
-    (1..=64).contains(&name.len())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "+=,.@_-".contains(c))
+    (1..=64).contains(&name.len()) && name.chars().all(|c| c.is_ascii_alphanumeric() || "+=,.@_-".contains(c))
 }
 
 /// ECR repository names: lowercase letters, digits, `._-/` between them, 2–256.
 fn valid_repository_name(name: &str) -> bool {
     (2..=256).contains(&name.len())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-/".contains(c))
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-/".contains(c))
         && name.starts_with(|c: char| c.is_ascii_alphanumeric())
         && name.ends_with(|c: char| c.is_ascii_alphanumeric())
 }
 
 fn resolve(doc: Document) -> Result<StackConfig, ConfigProblems> {
     let mut problems = Vec::new();
-    let prefix = doc
-        .name_prefix
-        .clone()
-        .unwrap_or_else(|| "batchline".to_owned());
+    let prefix = doc.name_prefix.clone().unwrap_or_else(|| "batchline".to_owned());
     if !valid_batch_name(&prefix) || prefix.len() > 40 {
-        problems.push(format!(
-            "NamePrefix {prefix:?}: use 1-40 letters, digits, - or _"
-        ));
+        problems.push(format!("NamePrefix {prefix:?}: use 1-40 letters, digits, - or _"));
     }
     let name = |key: &str| format!("{prefix}-{key}");
 
     let network = match &doc.network {
         None => {
-            problems.push("Network is required: give Subnets and SecurityGroups (the README shows how to find the default VPC's)".into());
-            Network {
-                subnets: vec![],
-                security_groups: vec![],
-                assign_public_ip: true,
-            }
+            problems.push(
+                "Network is required: give Subnets and SecurityGroups (the README shows how to find the default VPC's)"
+                    .into(),
+            );
+            Network { subnets: vec![], security_groups: vec![], assign_public_ip: true }
         }
         Some(n) => {
             let subnets = n.subnets.clone().unwrap_or_default();
@@ -530,57 +487,32 @@ fn resolve(doc: Document) -> Result<StackConfig, ConfigProblems> {
             }
             for id in &subnets {
                 if !id.starts_with("subnet-") {
-                    problems.push(format!(
-                        "Network.Subnets: {id:?} is not a subnet id (subnet-...)"
-                    ));
+                    problems.push(format!("Network.Subnets: {id:?} is not a subnet id (subnet-...)"));
                 }
             }
             for id in &security_groups {
                 if !id.starts_with("sg-") {
-                    problems.push(format!(
-                        "Network.SecurityGroups: {id:?} is not a security group id (sg-...)"
-                    ));
+                    problems.push(format!("Network.SecurityGroups: {id:?} is not a security group id (sg-...)"));
                 }
             }
-            Network {
-                subnets,
-                security_groups,
-                assign_public_ip: n.assign_public_ip.unwrap_or(true),
-            }
+            Network { subnets, security_groups, assign_public_ip: n.assign_public_ip.unwrap_or(true) }
         }
     };
 
     let roles = Roles {
-        execution_role_name: doc
-            .roles
-            .execution_role_name
-            .clone()
-            .unwrap_or_else(|| name("execution")),
-        job_role_name: doc
-            .roles
-            .job_role_name
-            .clone()
-            .unwrap_or_else(|| name("job")),
+        execution_role_name: doc.roles.execution_role_name.clone().unwrap_or_else(|| name("execution")),
+        job_role_name: doc.roles.job_role_name.clone().unwrap_or_else(|| name("job")),
         input_bucket: doc.roles.input_bucket.clone().filter(|b| !b.is_empty()),
         execution_role_arn: None,
         job_role_arn: None,
     };
-    for (field, role) in [
-        ("ExecutionRoleName", &roles.execution_role_name),
-        ("JobRoleName", &roles.job_role_name),
-    ] {
+    for (field, role) in [("ExecutionRoleName", &roles.execution_role_name), ("JobRoleName", &roles.job_role_name)] {
         if !valid_role_name(role) {
-            problems.push(format!(
-                "Roles.{field} {role:?}: IAM role names are 1-64 letters, digits or +=,.@_-"
-            ));
+            problems.push(format!("Roles.{field} {role:?}: IAM role names are 1-64 letters, digits or +=,.@_-"));
         }
     }
     let repository = Repository {
-        name: doc
-            .repository
-            .name
-            .clone()
-            .unwrap_or_else(|| name("jobs").to_ascii_lowercase()),
+        name: doc.repository.name.clone().unwrap_or_else(|| name("jobs").to_ascii_lowercase()),
         scan_on_push: doc.repository.scan_on_push.unwrap_or(true),
         delete_on_stack_delete: doc.repository.delete_on_stack_delete.unwrap_or(false),
         uri: None,
@@ -609,9 +541,7 @@ fn resolve(doc: Document) -> Result<StackConfig, ConfigProblems> {
             "FARGATE" => ComputeType::Fargate,
             "FARGATE_SPOT" => ComputeType::FargateSpot,
             other => {
-                problems.push(format!(
-                    "{path}.Type {other:?}: use FARGATE or FARGATE_SPOT"
-                ));
+                problems.push(format!("{path}.Type {other:?}: use FARGATE or FARGATE_SPOT"));
                 ComputeType::Fargate
             }
         };
@@ -619,30 +549,16 @@ fn resolve(doc: Document) -> Result<StackConfig, ConfigProblems> {
         if !(1..=10_000).contains(&max_vcpus) {
             problems.push(format!("{path}.MaxVcpus {max_vcpus}: use 1 to 10000"));
         }
-        compute_environments.insert(
-            key.clone(),
-            ComputeEnvironment {
-                name: name(key),
-                kind,
-                max_vcpus: max_vcpus as u32,
-                arn: None,
-            },
-        );
+        compute_environments
+            .insert(key.clone(), ComputeEnvironment { name: name(key), kind, max_vcpus: max_vcpus as u32, arn: None });
     }
 
     let mut job_queues = BTreeMap::new();
     let queue_docs = doc.job_queues.clone().unwrap_or_else(|| {
-        let first = ce_docs
-            .keys()
-            .next()
-            .cloned()
-            .unwrap_or_else(|| DEFAULT_KEY.to_owned());
+        let first = ce_docs.keys().next().cloned().unwrap_or_else(|| DEFAULT_KEY.to_owned());
         BTreeMap::from([(
             DEFAULT_KEY.to_owned(),
-            JobQueueDoc {
-                priority: Some(1),
-                compute_environments: Some(vec![first]),
-            },
+            JobQueueDoc { priority: Some(1), compute_environments: Some(vec![first]) },
         )])
     });
     if queue_docs.is_empty() {
@@ -653,20 +569,13 @@ fn resolve(doc: Document) -> Result<StackConfig, ConfigProblems> {
         if !valid_key(key) {
             problems.push(format!("{path}: keys are 1-40 letters, digits, - or _"));
         }
-        let order = queue
-            .compute_environments
-            .clone()
-            .unwrap_or_else(|| ce_docs.keys().take(1).cloned().collect());
+        let order = queue.compute_environments.clone().unwrap_or_else(|| ce_docs.keys().take(1).cloned().collect());
         if order.is_empty() || order.len() > 3 {
-            problems.push(format!(
-                "{path}.ComputeEnvironments: name 1 to 3 compute environments"
-            ));
+            problems.push(format!("{path}.ComputeEnvironments: name 1 to 3 compute environments"));
         }
         for ce in &order {
             if !ce_docs.contains_key(ce) {
-                problems.push(format!(
-                    "{path}.ComputeEnvironments: {ce:?} is not a key of ComputeEnvironments"
-                ));
+                problems.push(format!("{path}.ComputeEnvironments: {ce:?} is not a key of ComputeEnvironments"));
             }
         }
         let priority = queue.priority.unwrap_or(1);
@@ -675,12 +584,7 @@ fn resolve(doc: Document) -> Result<StackConfig, ConfigProblems> {
         }
         job_queues.insert(
             key.clone(),
-            JobQueue {
-                name: name(key),
-                priority: priority as u32,
-                compute_environments: order,
-                arn: None,
-            },
+            JobQueue { name: name(key), priority: priority as u32, compute_environments: order, arn: None },
         );
     }
     let default_queue = if job_queues.contains_key(DEFAULT_KEY) {
@@ -714,56 +618,34 @@ fn resolve(doc: Document) -> Result<StackConfig, ConfigProblems> {
                 Ok(size) => size,
                 Err(err) => {
                     problems.push(format!("{path}: {err}"));
-                    Size {
-                        vcpu,
-                        memory_mib: memory,
-                    }
+                    Size { vcpu, memory_mib: memory }
                 }
             },
             (vcpu, memory) => {
                 for err in [vcpu.err(), memory.err()].into_iter().flatten() {
                     problems.push(format!("{path}: {err}"));
                 }
-                Size {
-                    vcpu: crate::fargate::Quarters(1),
-                    memory_mib: 512,
-                }
+                Size { vcpu: crate::fargate::Quarters(1), memory_mib: 512 }
             }
         };
-        let architecture = definition
-            .architecture
-            .clone()
-            .unwrap_or_else(|| "X86_64".into())
-            .to_ascii_uppercase();
+        let architecture = definition.architecture.clone().unwrap_or_else(|| "X86_64".into()).to_ascii_uppercase();
         if architecture != "X86_64" && architecture != "ARM64" {
-            problems.push(format!(
-                "{path}.Architecture {architecture:?}: use X86_64 or ARM64"
-            ));
+            problems.push(format!("{path}.Architecture {architecture:?}: use X86_64 or ARM64"));
         }
         let retry_attempts = definition.retry_attempts.unwrap_or(3);
         if !(1..=10).contains(&retry_attempts) {
-            problems.push(format!(
-                "{path}.RetryAttempts {retry_attempts}: Batch allows 1 to 10"
-            ));
+            problems.push(format!("{path}.RetryAttempts {retry_attempts}: Batch allows 1 to 10"));
         }
         if let Some(timeout) = definition.timeout_seconds {
             if timeout < 60 {
-                problems.push(format!(
-                    "{path}.TimeoutSeconds {timeout}: Batch requires at least 60"
-                ));
+                problems.push(format!("{path}.TimeoutSeconds {timeout}: Batch requires at least 60"));
             }
         }
-        let queue = definition
-            .queue
-            .clone()
-            .unwrap_or_else(|| default_queue.clone());
+        let queue = definition.queue.clone().unwrap_or_else(|| default_queue.clone());
         if !job_queues.contains_key(&queue) {
             problems.push(format!("{path}.Queue: {queue:?} is not a key of JobQueues"));
         }
-        let image = definition
-            .image
-            .clone()
-            .unwrap_or_else(|| DEFAULT_IMAGE.to_owned());
+        let image = definition.image.clone().unwrap_or_else(|| DEFAULT_IMAGE.to_owned());
         if image.trim().is_empty() {
             problems.push(format!("{path}.Image: give an image"));
         }
@@ -775,7 +657,8 @@ fn resolve(doc: Document) -> Result<StackConfig, ConfigProblems> {
             .chain(definition.secrets.iter().flatten().map(|(k, _)| k))
         {
             if name.starts_with("AWS_BATCH") {
-                problems.push(format!("{path}: environment variable {name:?}: names starting with AWS_BATCH are reserved"));
+                problems
+                    .push(format!("{path}: environment variable {name:?}: names starting with AWS_BATCH are reserved"));
             }
         }
         let command = definition.command.clone().unwrap_or_else(|| {
@@ -797,21 +680,17 @@ fn resolve(doc: Document) -> Result<StackConfig, ConfigProblems> {
                 architecture,
                 retry_attempts: retry_attempts as u32,
                 timeout_seconds: definition.timeout_seconds.map(|t| t as u32),
-                log_group: definition
-                    .log_group
-                    .clone()
-                    .unwrap_or_else(|| DEFAULT_LOG_GROUP.to_owned()),
+                log_group: definition.log_group.clone().unwrap_or_else(|| DEFAULT_LOG_GROUP.to_owned()),
                 queue,
                 arn: None,
             },
         );
     }
 
-    let triggers = resolve_triggers(
-        doc.triggers.unwrap_or_default(),
-        &job_definitions,
-        &mut problems,
-    );
+    let queue_keys = job_queues.keys().cloned().collect();
+    let pipelines =
+        resolve_pipelines(&doc.pipelines.unwrap_or(Value::Null), &job_definitions, &queue_keys, &mut problems);
+    let triggers = resolve_triggers(doc.triggers.unwrap_or_default(), &job_definitions, &pipelines, &mut problems);
 
     if problems.is_empty() {
         Ok(StackConfig {
@@ -823,7 +702,7 @@ fn resolve(doc: Document) -> Result<StackConfig, ConfigProblems> {
             job_queues,
             job_definitions,
             default_queue,
-            pipelines: doc.pipelines.unwrap_or(Value::Null),
+            pipelines,
             triggers,
         })
     } else {
@@ -836,18 +715,22 @@ fn target(
     job_definition: &Option<String>,
     pipeline: &Option<String>,
     definitions: &BTreeMap<String, JobDefinition>,
+    pipelines: &BTreeMap<String, Pipeline>,
     problems: &mut Vec<String>,
 ) -> Target {
     match (job_definition, pipeline) {
         (Some(definition), None) => {
             if !definitions.contains_key(definition) {
-                problems.push(format!(
-                    "{path}.JobDefinition: {definition:?} is not a key of JobDefinitions"
-                ));
+                problems.push(format!("{path}.JobDefinition: {definition:?} is not a key of JobDefinitions"));
             }
             Target::JobDefinition(definition.clone())
         }
-        (None, Some(pipeline)) => Target::Pipeline(pipeline.clone()),
+        (None, Some(pipeline)) => {
+            if !pipelines.contains_key(pipeline) {
+                problems.push(format!("{path}.Pipeline: {pipeline:?} is not a key of Pipelines"));
+            }
+            Target::Pipeline(pipeline.clone())
+        }
         _ => {
             problems.push(format!("{path}: give either JobDefinition or Pipeline"));
             Target::JobDefinition(String::new())
@@ -858,6 +741,7 @@ fn target(
 fn resolve_triggers(
     doc: TriggersDoc,
     definitions: &BTreeMap<String, JobDefinition>,
+    pipelines: &BTreeMap<String, Pipeline>,
     problems: &mut Vec<String>,
 ) -> Triggers {
     let mut triggers = Triggers::default();
@@ -866,13 +750,7 @@ fn resolve_triggers(
         if !valid_key(&key) {
             problems.push(format!("{path}: keys are 1-40 letters, digits, - or _"));
         }
-        let target = target(
-            &path,
-            &rule.job_definition,
-            &rule.pipeline,
-            definitions,
-            problems,
-        );
+        let target = target(&path, &rule.job_definition, &rule.pipeline, definitions, pipelines, problems);
         if let Some(factor) = rule.memory_per_input_byte {
             if !(1..=1000).contains(&factor) {
                 problems.push(format!("{path}.MemoryPerInputByte {factor}: use 1 to 1000"));
@@ -893,28 +771,14 @@ fn resolve_triggers(
     for (rule_name, rule) in doc.schedules {
         let path = format!("Triggers.Schedules.{rule_name}");
         if !(1..=64).contains(&rule_name.len())
-            || !rule_name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || ".-_".contains(c))
+            || !rule_name.chars().all(|c| c.is_ascii_alphanumeric() || ".-_".contains(c))
         {
-            problems.push(format!(
-                "{path}: EventBridge rule names are 1-64 letters, digits, . - or _"
-            ));
+            problems.push(format!("{path}: EventBridge rule names are 1-64 letters, digits, . - or _"));
         }
-        let target = target(
-            &path,
-            &rule.job_definition,
-            &rule.pipeline,
-            definitions,
-            problems,
-        );
-        triggers.schedules.insert(
-            rule_name,
-            ScheduleTrigger {
-                target,
-                parameters: rule.parameters.unwrap_or_default(),
-            },
-        );
+        let target = target(&path, &rule.job_definition, &rule.pipeline, definitions, pipelines, problems);
+        triggers
+            .schedules
+            .insert(rule_name, ScheduleTrigger { target, parameters: rule.parameters.unwrap_or_default() });
     }
     triggers
 }
@@ -942,10 +806,7 @@ mod tests {
             }
         );
         assert_eq!(config.job_queues["default"].priority, 1);
-        assert_eq!(
-            config.job_queues["default"].compute_environments,
-            ["default"]
-        );
+        assert_eq!(config.job_queues["default"].compute_environments, ["default"]);
         let definition = &config.job_definitions["default"];
         assert_eq!(definition.size.to_string(), "0.25 vCPU / 512 MiB");
         assert_eq!(definition.log_group, "/aws/batch/job");
@@ -973,21 +834,11 @@ mod tests {
         assert!(!config.network.assign_public_ip);
         assert!(config.repository.delete_on_stack_delete && !config.repository.scan_on_push);
         assert_eq!(config.compute_environments["spot"].max_vcpus, 32);
-        assert_eq!(
-            config.job_queues["cheap"].compute_environments,
-            ["spot", "main"]
-        );
-        assert_eq!(
-            config.default_queue, "fast",
-            "highest priority when no queue is called default"
-        );
+        assert_eq!(config.job_queues["cheap"].compute_environments, ["spot", "main"]);
+        assert_eq!(config.default_queue, "fast", "highest priority when no queue is called default");
         let big = &config.job_definitions["big"];
         assert_eq!(
-            (
-                big.size.to_string().as_str(),
-                big.retry_attempts,
-                big.timeout_seconds
-            ),
+            (big.size.to_string().as_str(), big.retry_attempts, big.timeout_seconds),
             ("2 vCPU / 8192 MiB", 2, Some(900))
         );
         assert_eq!(big.name, "demo-big");
@@ -997,24 +848,16 @@ mod tests {
     #[test]
     fn problems_are_named_with_their_path() {
         let check = |properties: Value, expected: &str| {
-            let err = StackConfig::from_properties(&properties)
-                .unwrap_err()
-                .to_string();
+            let err = StackConfig::from_properties(&properties).unwrap_err().to_string();
             assert!(err.contains(expected), "expected {expected:?} in {err}");
         };
         check(json!({"ServiceToken": "x"}), "Network is required");
         let mut unknown = network_only();
         unknown["JobDefinitions"] = json!({"default": {"Memroy": "1024"}});
-        check(
-            unknown,
-            "JobDefinitions.default.Memroy: unknown field `Memroy`, expected one of `Image`",
-        );
+        check(unknown, "JobDefinitions.default.Memroy: unknown field `Memroy`, expected one of `Image`");
         let mut bad_size = network_only();
         bad_size["JobDefinitions"] = json!({"default": {"Vcpu": "1", "Memory": "1024"}});
-        check(
-            bad_size,
-            "JobDefinitions.default: 1 vCPU with 1024 MiB is not a valid Fargate size",
-        );
+        check(bad_size, "JobDefinitions.default: 1 vCPU with 1024 MiB is not a valid Fargate size");
         let mut bad_key = network_only();
         bad_key["ComputeEnvironments"] = json!({"no spaces": {}});
         check(bad_key, "ComputeEnvironments.no spaces: keys are");
@@ -1023,21 +866,11 @@ mod tests {
         check(bad_queue, "\"missing\" is not a key of ComputeEnvironments");
         let mut bad_number = network_only();
         bad_number["ComputeEnvironments"] = json!({"default": {"MaxVcpus": "lots"}});
-        check(
-            bad_number,
-            "ComputeEnvironments.default.MaxVcpus: \"lots\" is not a whole number",
-        );
-        check(
-            json!({"Network": {"Subnets": ["vpc-1"], "SecurityGroups": ["sg-1"]}}),
-            "\"vpc-1\" is not a subnet id",
-        );
+        check(bad_number, "ComputeEnvironments.default.MaxVcpus: \"lots\" is not a whole number");
+        check(json!({"Network": {"Subnets": ["vpc-1"], "SecurityGroups": ["sg-1"]}}), "\"vpc-1\" is not a subnet id");
         let mut bad_trigger = network_only();
-        bad_trigger["Triggers"] =
-            json!({"S3": {"orders": {"Prefix": "in/", "JobDefinition": "nope"}}});
-        check(
-            bad_trigger,
-            "Triggers.S3.orders.JobDefinition: \"nope\" is not a key of JobDefinitions",
-        );
+        bad_trigger["Triggers"] = json!({"S3": {"orders": {"Prefix": "in/", "JobDefinition": "nope"}}});
+        check(bad_trigger, "Triggers.S3.orders.JobDefinition: \"nope\" is not a key of JobDefinitions");
         let mut bad_repo = network_only();
         bad_repo["Repository"] = json!({"Name": "Has_Upper"});
         check(bad_repo, "Repository.Name");

@@ -20,8 +20,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use aws_sdk_batch::types::{
-    ArrayProperties, ContainerOverrides, JobDependency, KeyValuePair, KeyValuesPair,
-    ResourceRequirement, ResourceType,
+    ArrayProperties, ContainerOverrides, JobDependency, KeyValuePair, KeyValuesPair, ResourceRequirement, ResourceType,
 };
 use aws_sdk_dynamodb::types::AttributeValue;
 use tracing::{info, warn};
@@ -71,11 +70,7 @@ fn fingerprint(request: &JobRequest) -> String {
 }
 
 impl Submitter<'_> {
-    pub async fn submit(
-        &self,
-        request: &JobRequest,
-        now_ms: i64,
-    ) -> Result<Submitted, SubmitError> {
+    pub async fn submit(&self, request: &JobRequest, now_ms: i64) -> Result<Submitted, SubmitError> {
         if !self.claim(request, now_ms).await? {
             let claim = self.read_claim(request).await?;
             let attribute = |name: &str| claim.get(name).and_then(|v| v.as_s().ok()).cloned();
@@ -83,29 +78,16 @@ impl Submitter<'_> {
                 return Err(SubmitError::Conflict(request.idempotency_key.clone()));
             }
             if let Some(job_id) = attribute("job_id") {
-                return Ok(Submitted {
-                    job_id,
-                    job_name: request.job_name.clone(),
-                    new: false,
-                });
+                return Ok(Submitted { job_id, job_name: request.job_name.clone(), new: false });
             }
             if let Some(job_id) = self.find_by_name(request).await? {
                 self.record(request, &job_id).await?;
                 info!(job_name = %request.job_name, job_id, "recovered a submission left unrecorded");
-                return Ok(Submitted {
-                    job_id,
-                    job_name: request.job_name.clone(),
-                    new: false,
-                });
+                return Ok(Submitted { job_id, job_name: request.job_name.clone(), new: false });
             }
-            let claimed_at = claim
-                .get("claimed_at")
-                .and_then(|v| v.as_n().ok())
-                .and_then(|n| n.parse::<i64>().ok())
-                .unwrap_or(0);
-            if now_ms - claimed_at < CLAIM_LEASE_MS
-                || !self.take_over(request, claimed_at, now_ms).await?
-            {
+            let claimed_at =
+                claim.get("claimed_at").and_then(|v| v.as_n().ok()).and_then(|n| n.parse::<i64>().ok()).unwrap_or(0);
+            if now_ms - claimed_at < CLAIM_LEASE_MS || !self.take_over(request, claimed_at, now_ms).await? {
                 return Err(SubmitError::InFlight(request.idempotency_key.clone()));
             }
             info!(job_name = %request.job_name, "took over an abandoned claim");
@@ -113,11 +95,7 @@ impl Submitter<'_> {
         let job_id = self.submit_job(request).await?;
         self.record(request, &job_id).await?;
         info!(job_name = %request.job_name, job_id, "job submitted");
-        Ok(Submitted {
-            job_id,
-            job_name: request.job_name.clone(),
-            new: true,
-        })
+        Ok(Submitted { job_id, job_name: request.job_name.clone(), new: true })
     }
 
     /// Claims the key; false when a claim exists.
@@ -129,18 +107,12 @@ impl Submitter<'_> {
             .item("pk", claim_key(request))
             .item("sk", AttributeValue::S("CLAIM".into()))
             .item("state", AttributeValue::S("PENDING".into()))
-            .item(
-                "idempotency_key",
-                AttributeValue::S(request.idempotency_key.clone()),
-            )
+            .item("idempotency_key", AttributeValue::S(request.idempotency_key.clone()))
             .item("job_name", AttributeValue::S(request.job_name.clone()))
             .item("queue", AttributeValue::S(request.queue_arn.clone()))
             .item("fingerprint", AttributeValue::S(fingerprint(request)))
             .item("claimed_at", AttributeValue::N(now_ms.to_string()))
-            .item(
-                "expires_at",
-                AttributeValue::N((now_ms / 1000 + CLAIM_SECONDS).to_string()),
-            )
+            .item("expires_at", AttributeValue::N((now_ms / 1000 + CLAIM_SECONDS).to_string()))
             .condition_expression("attribute_not_exists(pk)")
             .send()
             .await;
@@ -157,10 +129,7 @@ impl Submitter<'_> {
         }
     }
 
-    async fn read_claim(
-        &self,
-        request: &JobRequest,
-    ) -> Result<HashMap<String, AttributeValue>, Error> {
+    async fn read_claim(&self, request: &JobRequest) -> Result<HashMap<String, AttributeValue>, Error> {
         let reply = self
             .dynamodb
             .get_item()
@@ -175,12 +144,7 @@ impl Submitter<'_> {
     }
 
     /// Takes over a claim whose holder died; false if someone else just did.
-    async fn take_over(
-        &self,
-        request: &JobRequest,
-        claimed_at: i64,
-        now_ms: i64,
-    ) -> Result<bool, Error> {
+    async fn take_over(&self, request: &JobRequest, claimed_at: i64, now_ms: i64) -> Result<bool, Error> {
         let result = self
             .dynamodb
             .update_item()
@@ -230,12 +194,7 @@ impl Submitter<'_> {
             .batch
             .list_jobs()
             .job_queue(&request.queue_arn)
-            .filters(
-                KeyValuesPair::builder()
-                    .name("JOB_NAME")
-                    .values(&request.job_name)
-                    .build(),
-            )
+            .filters(KeyValuesPair::builder().name("JOB_NAME").values(&request.job_name).build())
             .send()
             .await
             .map_err(|e| Error::aws("ListJobs", e))?;
@@ -286,11 +245,7 @@ impl Submitter<'_> {
         if !request.environment.is_empty() {
             has_overrides = true;
             overrides = overrides.set_environment(Some(
-                request
-                    .environment
-                    .iter()
-                    .map(|(k, v)| KeyValuePair::builder().name(k).value(v).build())
-                    .collect(),
+                request.environment.iter().map(|(k, v)| KeyValuePair::builder().name(k).value(v).build()).collect(),
             ));
         }
         if let Some(command) = &request.command {
@@ -301,10 +256,7 @@ impl Submitter<'_> {
             has_overrides = true;
             overrides = overrides
                 .resource_requirements(
-                    ResourceRequirement::builder()
-                        .r#type(ResourceType::Vcpu)
-                        .value(format_vcpu(size.vcpu))
-                        .build(),
+                    ResourceRequirement::builder().r#type(ResourceType::Vcpu).value(format_vcpu(size.vcpu)).build(),
                 )
                 .resource_requirements(
                     ResourceRequirement::builder()
@@ -319,33 +271,13 @@ impl Submitter<'_> {
             .job_name(&request.job_name)
             .job_queue(&request.queue_arn)
             .job_definition(&request.job_definition_arn)
-            .set_parameters(Some(
-                request
-                    .parameters
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-            ))
-            .set_tags(Some(
-                request
-                    .tags
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-            ))
+            .set_parameters(Some(request.parameters.iter().map(|(k, v)| (k.clone(), v.clone())).collect()))
+            .set_tags(Some(request.tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect()))
             .propagate_tags(true)
             .set_depends_on(Some(
-                request
-                    .depends_on
-                    .iter()
-                    .map(|id| JobDependency::builder().job_id(id).build())
-                    .collect(),
+                request.depends_on.iter().map(|id| JobDependency::builder().job_id(id).build()).collect(),
             ))
-            .set_array_properties(
-                request
-                    .array_size
-                    .map(|n| ArrayProperties::builder().size(n as i32).build()),
-            )
+            .set_array_properties(request.array_size.map(|n| ArrayProperties::builder().size(n as i32).build()))
             .set_container_overrides(has_overrides.then(|| overrides.build()))
             .customize()
             // Our own loop retries, checking by name first: an SDK retry after a lost answer

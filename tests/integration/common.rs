@@ -37,15 +37,11 @@ impl Deployed {
             "ResourceProperties": properties,
         });
         let clients = batchline_bootstrap::Clients::new(&sdk);
-        batchline_bootstrap::handle(invocation(request), &clients, &config)
-            .await
-            .unwrap();
+        batchline_bootstrap::handle(invocation(request), &clients, &config).await.unwrap();
         let answer = server.accepted_answers().pop().expect("bootstrap answered");
         assert_eq!(answer["Status"], "SUCCESS", "{answer}");
         let stack =
-            batchline::config_store::load(&aws_sdk_dynamodb::Client::new(&sdk), &config.table_name)
-                .await
-                .unwrap();
+            batchline::config_store::load(&aws_sdk_dynamodb::Client::new(&sdk), &config.table_name).await.unwrap();
         Deployed { sdk, config, stack }
     }
 
@@ -63,12 +59,7 @@ impl Deployed {
         let listed = batch
             .list_jobs()
             .job_queue(self.queue_arn(queue_key))
-            .filters(
-                aws_sdk_batch::types::KeyValuesPair::builder()
-                    .name("AFTER_CREATED_AT")
-                    .values("0")
-                    .build(),
-            )
+            .filters(aws_sdk_batch::types::KeyValuesPair::builder().name("AFTER_CREATED_AT").values("0").build())
             .send()
             .await
             .unwrap();
@@ -82,14 +73,7 @@ impl Deployed {
         if ids.is_empty() {
             return vec![];
         }
-        let mut jobs = batch
-            .describe_jobs()
-            .set_jobs(Some(ids))
-            .send()
-            .await
-            .unwrap()
-            .jobs()
-            .to_vec();
+        let mut jobs = batch.describe_jobs().set_jobs(Some(ids)).send().await.unwrap().jobs().to_vec();
         jobs.sort_by_key(|j| j.created_at());
         jobs
     }

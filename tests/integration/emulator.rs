@@ -1,17 +1,15 @@
 //! Proof that the local emulator is real: the Rust SDK's own calls, through the adapter, into moto.
 
 use aws_sdk_batch::types::{
-    CeState, CeType, ComputeEnvironmentOrder, ComputeResource, ContainerProperties, CrType,
-    JobDefinitionType, JqState, PlatformCapability, ResourceRequirement, ResourceType,
+    CeState, CeType, ComputeEnvironmentOrder, ComputeResource, ContainerProperties, CrType, JobDefinitionType, JqState,
+    PlatformCapability, ResourceRequirement, ResourceType,
 };
 use aws_sdk_cloudwatch::primitives::DateTime;
 use aws_sdk_cloudwatch::types::{
-    Dimension, DimensionFilter, Metric, MetricDataQuery, MetricDatum, MetricStat, StandardUnit,
-    Statistic,
+    Dimension, DimensionFilter, Metric, MetricDataQuery, MetricDatum, MetricStat, StandardUnit, Statistic,
 };
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
-    ScalarAttributeType,
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
 };
 use batchline_tests::emulator::{default_network, sdk_config, unique_name, unique_namespace};
 use std::time::{Duration, SystemTime};
@@ -38,10 +36,7 @@ async fn sum_of(
     if let Some((name, value)) = dimension {
         request = request.dimensions(Dimension::builder().name(name).value(value).build());
     }
-    let reply = request
-        .send()
-        .await
-        .expect("GetMetricStatistics through the CBOR adapter");
+    let reply = request.send().await.expect("GetMetricStatistics through the CBOR adapter");
     let datapoints = reply.datapoints();
     let sum = datapoints.iter().filter_map(|d| d.sum()).sum();
     let count = datapoints.iter().filter_map(|d| d.sample_count()).sum();
@@ -60,12 +55,7 @@ async fn put_metric_data_small_and_gzipped_then_statistics_return_the_sums() {
         .put_metric_data()
         .namespace(&namespace)
         .metric_data(
-            MetricDatum::builder()
-                .metric_name("Small")
-                .value(3.0)
-                .unit(StandardUnit::Count)
-                .timestamp(when)
-                .build(),
+            MetricDatum::builder().metric_name("Small").value(3.0).unit(StandardUnit::Count).timestamp(when).build(),
         )
         .send()
         .await
@@ -76,10 +66,7 @@ async fn put_metric_data_small_and_gzipped_then_statistics_return_the_sums() {
             MetricDatum::builder()
                 .metric_name("Large")
                 .dimensions(
-                    Dimension::builder()
-                        .name("Queue")
-                        .value(format!("queue-with-a-long-name-{}", index % 3))
-                        .build(),
+                    Dimension::builder().name("Queue").value(format!("queue-with-a-long-name-{}", index % 3)).build(),
                 )
                 .value(2.0)
                 .unit(StandardUnit::Milliseconds)
@@ -90,18 +77,9 @@ async fn put_metric_data_small_and_gzipped_then_statistics_return_the_sums() {
     large.send().await.expect("gzipped PutMetricData");
 
     // THEN the sums and counts read back are the ones put
+    assert_eq!(sum_of(&cloudwatch, &namespace, "Small", None).await, (3.0, 1.0));
     assert_eq!(
-        sum_of(&cloudwatch, &namespace, "Small", None).await,
-        (3.0, 1.0)
-    );
-    assert_eq!(
-        sum_of(
-            &cloudwatch,
-            &namespace,
-            "Large",
-            Some(("Queue", "queue-with-a-long-name-1"))
-        )
-        .await,
+        sum_of(&cloudwatch, &namespace, "Large", Some(("Queue", "queue-with-a-long-name-1"))).await,
         (200.0, 100.0)
     );
 
@@ -151,12 +129,7 @@ async fn metric_timestamps_survive_the_round_trip_through_get_metric_data() {
                 .id("runtime")
                 .metric_stat(
                     MetricStat::builder()
-                        .metric(
-                            Metric::builder()
-                                .namespace(&namespace)
-                                .metric_name("RunTime")
-                                .build(),
-                        )
+                        .metric(Metric::builder().namespace(&namespace).metric_name("RunTime").build())
                         .period(60)
                         .stat("Sum")
                         .build(),
@@ -206,21 +179,10 @@ async fn a_fargate_environment_runs_a_tagged_job_readable_with_describe_jobs() {
         .send()
         .await
         .expect("CreateComputeEnvironment without serviceRole");
-    let described = batch
-        .describe_compute_environments()
-        .compute_environments(&name)
-        .send()
-        .await
-        .unwrap();
+    let described = batch.describe_compute_environments().compute_environments(&name).send().await.unwrap();
     let described = &described.compute_environments()[0];
     assert_eq!(described.status().map(|s| s.as_str()), Some("VALID"));
-    assert!(
-        described
-            .service_role()
-            .unwrap_or_default()
-            .contains("AWSServiceRoleFor"),
-        "{described:?}"
-    );
+    assert!(described.service_role().unwrap_or_default().contains("AWSServiceRoleFor"), "{described:?}");
 
     // AND a queue and a Fargate job definition
     let queue = batch
@@ -245,18 +207,8 @@ async fn a_fargate_environment_runs_a_tagged_job_readable_with_describe_jobs() {
         .container_properties(
             ContainerProperties::builder()
                 .image("public.ecr.aws/docker/library/python:3.12-alpine")
-                .resource_requirements(
-                    ResourceRequirement::builder()
-                        .r#type(ResourceType::Vcpu)
-                        .value("0.25")
-                        .build(),
-                )
-                .resource_requirements(
-                    ResourceRequirement::builder()
-                        .r#type(ResourceType::Memory)
-                        .value("512")
-                        .build(),
-                )
+                .resource_requirements(ResourceRequirement::builder().r#type(ResourceType::Vcpu).value("0.25").build())
+                .resource_requirements(ResourceRequirement::builder().r#type(ResourceType::Memory).value("512").build())
                 .build(),
         )
         .send()
@@ -275,28 +227,12 @@ async fn a_fargate_environment_runs_a_tagged_job_readable_with_describe_jobs() {
         .expect("SubmitJob");
 
     // THEN DescribeJobs (through the adapter's vcpus fix) returns it with its tags and size
-    let jobs = batch
-        .describe_jobs()
-        .jobs(submitted.job_id().unwrap())
-        .send()
-        .await
-        .expect("DescribeJobs parses");
+    let jobs = batch.describe_jobs().jobs(submitted.job_id().unwrap()).send().await.expect("DescribeJobs parses");
     let job = &jobs.jobs()[0];
     assert_eq!(job.job_name(), Some(name.as_str()));
-    assert_eq!(
-        job.tags()
-            .and_then(|t| t.get("batchline:run"))
-            .map(String::as_str),
-        Some("run-1")
-    );
-    let requirements = job
-        .container()
-        .map(|c| c.resource_requirements())
-        .unwrap_or_default();
-    assert!(
-        requirements.iter().any(|r| r.value() == Some("0.25")),
-        "{requirements:?}"
-    );
+    assert_eq!(job.tags().and_then(|t| t.get("batchline:run")).map(String::as_str), Some("run-1"));
+    let requirements = job.container().map(|c| c.resource_requirements()).unwrap_or_default();
+    assert!(requirements.iter().any(|r| r.value() == Some("0.25")), "{requirements:?}");
 }
 
 #[tokio::test]
@@ -304,31 +240,12 @@ async fn a_role_gets_the_managed_ecs_task_execution_policy() {
     let iam = aws_sdk_iam::Client::new(&sdk_config().await);
     let name = unique_name("exec-role");
     let trust = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"ecs-tasks.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#;
-    iam.create_role()
-        .role_name(&name)
-        .assume_role_policy_document(trust)
-        .send()
-        .await
-        .expect("CreateRole");
+    iam.create_role().role_name(&name).assume_role_policy_document(trust).send().await.expect("CreateRole");
     let policy = "arn:aws:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy";
-    iam.attach_role_policy()
-        .role_name(&name)
-        .policy_arn(policy)
-        .send()
-        .await
-        .expect("managed policies are loaded");
+    iam.attach_role_policy().role_name(&name).policy_arn(policy).send().await.expect("managed policies are loaded");
 
-    let attached = iam
-        .list_attached_role_policies()
-        .role_name(&name)
-        .send()
-        .await
-        .unwrap();
-    let arns: Vec<_> = attached
-        .attached_policies()
-        .iter()
-        .filter_map(|p| p.policy_arn())
-        .collect();
+    let attached = iam.list_attached_role_policies().role_name(&name).send().await.unwrap();
+    let arns: Vec<_> = attached.attached_policies().iter().filter_map(|p| p.policy_arn()).collect();
     assert_eq!(arns, [policy]);
 }
 
@@ -341,33 +258,13 @@ async fn a_conditional_put_is_refused_the_second_time() {
         .table_name(&table)
         .billing_mode(BillingMode::PayPerRequest)
         .attribute_definitions(
-            AttributeDefinition::builder()
-                .attribute_name("pk")
-                .attribute_type(ScalarAttributeType::S)
-                .build()
-                .unwrap(),
+            AttributeDefinition::builder().attribute_name("pk").attribute_type(ScalarAttributeType::S).build().unwrap(),
         )
         .attribute_definitions(
-            AttributeDefinition::builder()
-                .attribute_name("sk")
-                .attribute_type(ScalarAttributeType::S)
-                .build()
-                .unwrap(),
+            AttributeDefinition::builder().attribute_name("sk").attribute_type(ScalarAttributeType::S).build().unwrap(),
         )
-        .key_schema(
-            KeySchemaElement::builder()
-                .attribute_name("pk")
-                .key_type(KeyType::Hash)
-                .build()
-                .unwrap(),
-        )
-        .key_schema(
-            KeySchemaElement::builder()
-                .attribute_name("sk")
-                .key_type(KeyType::Range)
-                .build()
-                .unwrap(),
-        )
+        .key_schema(KeySchemaElement::builder().attribute_name("pk").key_type(KeyType::Hash).build().unwrap())
+        .key_schema(KeySchemaElement::builder().attribute_name("sk").key_type(KeyType::Range).build().unwrap())
         .send()
         .await
         .expect("CreateTable");
@@ -382,40 +279,17 @@ async fn a_conditional_put_is_refused_the_second_time() {
             .send()
     };
     claim().await.expect("the first claim wins");
-    let err = batchline::Error::aws(
-        "PutItem",
-        claim().await.expect_err("the second claim loses"),
-    );
+    let err = batchline::Error::aws("PutItem", claim().await.expect_err("the second claim loses"));
     assert_eq!(err.aws_code(), Some("ConditionalCheckFailedException"));
 }
 
 #[tokio::test]
 async fn sqs_messages_are_sent_and_received() {
     let sqs = aws_sdk_sqs::Client::new(&sdk_config().await);
-    let queue = sqs
-        .create_queue()
-        .queue_name(unique_name("buffer"))
-        .send()
-        .await
-        .expect("CreateQueue");
+    let queue = sqs.create_queue().queue_name(unique_name("buffer")).send().await.expect("CreateQueue");
     let url = queue.queue_url().unwrap();
-    sqs.send_message()
-        .queue_url(url)
-        .message_body("{\"hello\":1}")
-        .send()
-        .await
-        .expect("SendMessage");
-    let received = sqs
-        .receive_message()
-        .queue_url(url)
-        .wait_time_seconds(1)
-        .send()
-        .await
-        .expect("ReceiveMessage");
-    let bodies: Vec<_> = received
-        .messages()
-        .iter()
-        .filter_map(|m| m.body())
-        .collect();
+    sqs.send_message().queue_url(url).message_body("{\"hello\":1}").send().await.expect("SendMessage");
+    let received = sqs.receive_message().queue_url(url).wait_time_seconds(1).send().await.expect("ReceiveMessage");
+    let bodies: Vec<_> = received.messages().iter().filter_map(|m| m.body()).collect();
     assert_eq!(bodies, ["{\"hello\":1}"]);
 }

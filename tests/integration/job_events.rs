@@ -19,38 +19,17 @@ use serde_json::{json, Value};
 const QUEUE_ARN: &str = "arn:aws:sqs:us-east-1:123456789012:batchline-job-events";
 
 const FIXTURES: [(&str, &str); 11] = [
-    (
-        "submitted",
-        include_str!("../fixtures/batch/submitted.json"),
-    ),
+    ("submitted", include_str!("../fixtures/batch/submitted.json")),
     ("pending", include_str!("../fixtures/batch/pending.json")),
     ("runnable", include_str!("../fixtures/batch/runnable.json")),
     ("starting", include_str!("../fixtures/batch/starting.json")),
     ("running", include_str!("../fixtures/batch/running.json")),
-    (
-        "succeeded-fargate",
-        include_str!("../fixtures/batch/succeeded-fargate.json"),
-    ),
-    (
-        "failed-exit-code",
-        include_str!("../fixtures/batch/failed-exit-code.json"),
-    ),
-    (
-        "failed-out-of-memory",
-        include_str!("../fixtures/batch/failed-out-of-memory.json"),
-    ),
-    (
-        "succeeded-task-properties",
-        include_str!("../fixtures/batch/succeeded-task-properties.json"),
-    ),
-    (
-        "array-parent-succeeded",
-        include_str!("../fixtures/batch/array-parent-succeeded.json"),
-    ),
-    (
-        "array-child-succeeded",
-        include_str!("../fixtures/batch/array-child-succeeded.json"),
-    ),
+    ("succeeded-fargate", include_str!("../fixtures/batch/succeeded-fargate.json")),
+    ("failed-exit-code", include_str!("../fixtures/batch/failed-exit-code.json")),
+    ("failed-out-of-memory", include_str!("../fixtures/batch/failed-out-of-memory.json")),
+    ("succeeded-task-properties", include_str!("../fixtures/batch/succeeded-task-properties.json")),
+    ("array-parent-succeeded", include_str!("../fixtures/batch/array-parent-succeeded.json")),
+    ("array-child-succeeded", include_str!("../fixtures/batch/array-child-succeeded.json")),
 ];
 
 /// A config of the test's own (table, namespace), its table created, and clients.
@@ -65,8 +44,10 @@ fn sqs_batch(events: &[Value]) -> Value {
     let records: Vec<Value> = events
         .iter()
         .enumerate()
-        .map(|(i, event)| json!({"messageId": format!("m{i}"), "receiptHandle": format!("r{i}"), "body": event.to_string(),
-                                 "eventSource": "aws:sqs", "eventSourceARN": QUEUE_ARN, "awsRegion": "us-east-1"}))
+        .map(|(i, event)| {
+            json!({"messageId": format!("m{i}"), "receiptHandle": format!("r{i}"), "body": event.to_string(),
+                                 "eventSource": "aws:sqs", "eventSourceARN": QUEUE_ARN, "awsRegion": "us-east-1"})
+        })
         .collect();
     json!({ "Records": records })
 }
@@ -83,25 +64,14 @@ fn failures(answer: &Value) -> Vec<String> {
 type Dims = Vec<(String, String)>;
 
 /// Every (metric, exact dimension set) in the namespace, from ListMetrics.
-async fn listed(
-    cloudwatch: &aws_sdk_cloudwatch::Client,
-    namespace: &str,
-) -> BTreeSet<(String, Dims)> {
-    let reply = cloudwatch
-        .list_metrics()
-        .namespace(namespace)
-        .send()
-        .await
-        .unwrap();
+async fn listed(cloudwatch: &aws_sdk_cloudwatch::Client, namespace: &str) -> BTreeSet<(String, Dims)> {
+    let reply = cloudwatch.list_metrics().namespace(namespace).send().await.unwrap();
     reply
         .metrics()
         .iter()
         .map(|m| {
-            let mut dims: Dims = m
-                .dimensions()
-                .iter()
-                .map(|d| (d.name().unwrap().to_owned(), d.value().unwrap().to_owned()))
-                .collect();
+            let mut dims: Dims =
+                m.dimensions().iter().map(|d| (d.name().unwrap().to_owned(), d.value().unwrap().to_owned())).collect();
             dims.sort();
             (m.metric_name().unwrap().to_owned(), dims)
         })
@@ -120,11 +90,7 @@ async fn stats(
         .get_metric_statistics()
         .namespace(namespace)
         .metric_name(metric)
-        .set_dimensions(Some(
-            dims.iter()
-                .map(|(n, v)| Dimension::builder().name(*n).value(*v).build())
-                .collect(),
-        ))
+        .set_dimensions(Some(dims.iter().map(|(n, v)| Dimension::builder().name(*n).value(*v).build()).collect()))
         .start_time(DateTime::from(now - Duration::from_secs(3 * 3600)))
         .end_time(DateTime::from(now + Duration::from_secs(3 * 3600)))
         .period(86_400)
@@ -134,11 +100,7 @@ async fn stats(
         .await
         .unwrap();
     let sum = reply.datapoints().iter().filter_map(|d| d.sum()).sum();
-    let count = reply
-        .datapoints()
-        .iter()
-        .filter_map(|d| d.sample_count())
-        .sum();
+    let count = reply.datapoints().iter().filter_map(|d| d.sample_count()).sum();
     (sum, count)
 }
 
@@ -147,34 +109,19 @@ fn every_fixture_parses_and_round_trips() {
     for (name, text) in FIXTURES {
         let original: Value = serde_json::from_str(text).unwrap();
         let event = JobStateChangeEvent::from_json(text).unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert_eq!(
-            serde_json::to_value(&event).unwrap(),
-            original,
-            "{name} round-trips"
-        );
+        assert_eq!(serde_json::to_value(&event).unwrap(), original, "{name} round-trips");
     }
 }
 
 #[test]
 fn fixtures_expose_sizes_exit_codes_and_array_roles() {
-    let event = |name: &str| {
-        JobStateChangeEvent::from_json(FIXTURES.iter().find(|(n, _)| *n == name).unwrap().1)
-            .unwrap()
-    };
+    let event =
+        |name: &str| JobStateChangeEvent::from_json(FIXTURES.iter().find(|(n, _)| *n == name).unwrap().1).unwrap();
     let oom = event("failed-out-of-memory");
-    assert_eq!(
-        oom.detail.last_attempt_container().unwrap().exit_code,
-        Some(137)
-    );
-    assert_eq!(
-        oom.detail.status_reason.as_deref(),
-        Some("Essential container in task exited")
-    );
+    assert_eq!(oom.detail.last_attempt_container().unwrap().exit_code, Some(137));
+    assert_eq!(oom.detail.status_reason.as_deref(), Some("Essential container in task exited"));
     let tasks = event("succeeded-task-properties");
-    assert_eq!(
-        tasks.detail.size().unwrap().to_string(),
-        "2 vCPU / 4096 MiB"
-    );
+    assert_eq!(tasks.detail.size().unwrap().to_string(), "2 vCPU / 4096 MiB");
     assert_eq!(tasks.detail.cpu_architecture(), Some("ARM64"));
     assert_eq!(
         tasks
@@ -193,20 +140,14 @@ fn fixtures_expose_sizes_exit_codes_and_array_roles() {
 /// The dimension sets a fixture's metrics go under.
 fn dimension_sets(tagged: bool, definition: &str) -> Vec<Dims> {
     let d = |pairs: &[(&str, &str)]| -> Dims {
-        let mut v: Dims = pairs
-            .iter()
-            .map(|(a, b)| (a.to_string(), b.to_string()))
-            .collect();
+        let mut v: Dims = pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
         v.sort();
         v
     };
     let mut sets = vec![
         d(&[]),
         d(&[("JobQueue", "batchline-default")]),
-        d(&[
-            ("JobQueue", "batchline-default"),
-            ("JobDefinition", definition),
-        ]),
+        d(&[("JobQueue", "batchline-default"), ("JobDefinition", definition)]),
     ];
     if tagged {
         sets.push(d(&[("Pipeline", "orders")]));
@@ -233,67 +174,17 @@ async fn each_fixture_publishes_the_expected_metrics_with_exact_dimensions_and_v
     // (fixture, tagged with a pipeline and stage, job definition name, expected sums)
     type Case<'a> = (&'a str, bool, &'a str, Vec<(String, f64)>);
     let cases: Vec<Case> = vec![
-        (
-            "submitted",
-            true,
-            "batchline-process",
-            vec![("JobsSubmitted".into(), 1.0)],
-        ),
-        (
-            "pending",
-            true,
-            "batchline-process",
-            vec![("JobsPending".into(), 1.0)],
-        ),
-        (
-            "runnable",
-            true,
-            "batchline-process",
-            vec![("JobsRunnable".into(), 1.0)],
-        ),
-        (
-            "starting",
-            true,
-            "batchline-process",
-            vec![("JobsStarting".into(), 1.0)],
-        ),
-        (
-            "running",
-            true,
-            "batchline-process",
-            vec![("JobsRunning".into(), 1.0)],
-        ),
-        (
-            "succeeded-fargate",
-            true,
-            "batchline-process",
-            terminal("JobsSucceeded", fargate_cost),
-        ),
-        (
-            "failed-exit-code",
-            false,
-            "batchline-process",
-            terminal("JobsFailed", fargate_cost),
-        ),
-        (
-            "failed-out-of-memory",
-            true,
-            "batchline-process",
-            terminal("JobsFailed", fargate_cost),
-        ),
-        (
-            "succeeded-task-properties",
-            false,
-            "batchline-multi",
-            terminal("JobsSucceeded", arm_cost),
-        ),
+        ("submitted", true, "batchline-process", vec![("JobsSubmitted".into(), 1.0)]),
+        ("pending", true, "batchline-process", vec![("JobsPending".into(), 1.0)]),
+        ("runnable", true, "batchline-process", vec![("JobsRunnable".into(), 1.0)]),
+        ("starting", true, "batchline-process", vec![("JobsStarting".into(), 1.0)]),
+        ("running", true, "batchline-process", vec![("JobsRunning".into(), 1.0)]),
+        ("succeeded-fargate", true, "batchline-process", terminal("JobsSucceeded", fargate_cost)),
+        ("failed-exit-code", false, "batchline-process", terminal("JobsFailed", fargate_cost)),
+        ("failed-out-of-memory", true, "batchline-process", terminal("JobsFailed", fargate_cost)),
+        ("succeeded-task-properties", false, "batchline-multi", terminal("JobsSucceeded", arm_cost)),
         ("array-parent-succeeded", false, "batchline-process", vec![]),
-        (
-            "array-child-succeeded",
-            false,
-            "batchline-process",
-            terminal("JobsSucceeded", fargate_cost),
-        ),
+        ("array-child-succeeded", false, "batchline-process", terminal("JobsSucceeded", fargate_cost)),
     ];
     for (name, tagged, definition, expected) in cases {
         // GIVEN a namespace and table of this case's own
@@ -301,12 +192,7 @@ async fn each_fixture_publishes_the_expected_metrics_with_exact_dimensions_and_v
         let text = FIXTURES.iter().find(|(n, _)| *n == name).unwrap().1;
 
         // WHEN the fixture arrives as a direct EventBridge invocation
-        let answer = handle(
-            invocation(serde_json::from_str(text).unwrap()),
-            &clients,
-            &config,
-        )
-        .await;
+        let answer = handle(invocation(serde_json::from_str(text).unwrap()), &clients, &config).await;
         assert!(answer.is_ok(), "{name}: {answer:?}");
 
         // THEN ListMetrics shows exactly these metrics under exactly these dimension sets
@@ -315,23 +201,14 @@ async fn each_fixture_publishes_the_expected_metrics_with_exact_dimensions_and_v
             .iter()
             .flat_map(|(metric, _)| sets.iter().map(move |dims| (metric.clone(), dims.clone())))
             .collect();
-        assert_eq!(
-            listed(&clients.cloudwatch, &config.metric_namespace).await,
-            want,
-            "{name}"
-        );
+        assert_eq!(listed(&clients.cloudwatch, &config.metric_namespace).await, want, "{name}");
 
         // AND each has the expected sum and one sample, under every set
         for (metric, sum) in &expected {
             for dims in &sets {
-                let dims: Vec<(&str, &str)> =
-                    dims.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
-                let (got_sum, count) =
-                    stats(&clients.cloudwatch, &config.metric_namespace, metric, &dims).await;
-                assert!(
-                    (got_sum - sum).abs() < 1e-9,
-                    "{name} {metric} {dims:?}: sum {got_sum}, expected {sum}"
-                );
+                let dims: Vec<(&str, &str)> = dims.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+                let (got_sum, count) = stats(&clients.cloudwatch, &config.metric_namespace, metric, &dims).await;
+                assert!((got_sum - sum).abs() < 1e-9, "{name} {metric} {dims:?}: sum {got_sum}, expected {sum}");
                 assert_eq!(count, 1.0, "{name} {metric} {dims:?}");
             }
         }
@@ -344,55 +221,31 @@ async fn a_batch_of_500_events_is_one_put_metric_data_call() {
     let (config, _, sdk) = setup("aggregate").await;
     let log = CallLog::default();
     let cloudwatch = aws_sdk_cloudwatch::Client::from_conf(
-        aws_sdk_cloudwatch::config::Builder::from(&sdk)
-            .interceptor(log.clone())
-            .build(),
+        aws_sdk_cloudwatch::config::Builder::from(&sdk).interceptor(log.clone()).build(),
     );
-    let clients = Clients {
-        cloudwatch,
-        dynamodb: aws_sdk_dynamodb::Client::new(&sdk),
-    };
+    let mut clients = Clients::new(&sdk);
+    clients.cloudwatch = cloudwatch;
     let template: Value = serde_json::from_str(FIXTURES[5].1).unwrap();
     let events: Vec<Value> = (0..500)
         .map(|i| {
             let mut event = template.clone();
             event["id"] = json!(format!("agg-{i}"));
-            event["detail"]["stoppedAt"] =
-                json!(template["detail"]["stoppedAt"].as_i64().unwrap() + i);
+            event["detail"]["stoppedAt"] = json!(template["detail"]["stoppedAt"].as_i64().unwrap() + i);
             event
         })
         .collect();
 
     // WHEN they arrive as one SQS batch
-    let answer = handle(invocation(sqs_batch(&events)), &clients, &config)
-        .await
-        .unwrap();
+    let answer = handle(invocation(sqs_batch(&events)), &clients, &config).await.unwrap();
 
     // THEN every message is done, with one PutMetricData call for them all
     assert_eq!(failures(&answer), Vec::<String>::new());
     assert_eq!(log.count("PutMetricData"), 1, "{:?}", log.all());
-    assert_eq!(
-        stats(
-            &clients.cloudwatch,
-            &config.metric_namespace,
-            "JobsSucceeded",
-            &[]
-        )
-        .await,
-        (500.0, 500.0)
-    );
-    let (run_time_sum, samples) = stats(
-        &clients.cloudwatch,
-        &config.metric_namespace,
-        "RunTime",
-        &[("JobQueue", "batchline-default")],
-    )
-    .await;
+    assert_eq!(stats(&clients.cloudwatch, &config.metric_namespace, "JobsSucceeded", &[]).await, (500.0, 500.0));
+    let (run_time_sum, samples) =
+        stats(&clients.cloudwatch, &config.metric_namespace, "RunTime", &[("JobQueue", "batchline-default")]).await;
     assert_eq!(samples, 500.0);
-    assert_eq!(
-        run_time_sum,
-        (0..500).map(|i| 95_500.0 + i as f64).sum::<f64>()
-    );
+    assert_eq!(run_time_sum, (0..500).map(|i| 95_500.0 + i as f64).sum::<f64>());
 }
 
 #[tokio::test]
@@ -400,32 +253,11 @@ async fn the_same_event_in_two_invocations_is_counted_once() {
     let (config, clients, _) = setup("dupe").await;
     let event: Value = serde_json::from_str(FIXTURES[5].1).unwrap();
 
-    handle(invocation(event.clone()), &clients, &config)
-        .await
-        .unwrap();
-    let answer = handle(
-        invocation(sqs_batch(&[event.clone(), event])),
-        &clients,
-        &config,
-    )
-    .await
-    .unwrap();
+    handle(invocation(event.clone()), &clients, &config).await.unwrap();
+    let answer = handle(invocation(sqs_batch(&[event.clone(), event])), &clients, &config).await.unwrap();
 
-    assert_eq!(
-        failures(&answer),
-        Vec::<String>::new(),
-        "duplicates are acknowledged"
-    );
-    assert_eq!(
-        stats(
-            &clients.cloudwatch,
-            &config.metric_namespace,
-            "JobsSucceeded",
-            &[]
-        )
-        .await,
-        (1.0, 1.0)
-    );
+    assert_eq!(failures(&answer), Vec::<String>::new(), "duplicates are acknowledged");
+    assert_eq!(stats(&clients.cloudwatch, &config.metric_namespace, "JobsSucceeded", &[]).await, (1.0, 1.0));
 }
 
 #[tokio::test]
@@ -440,20 +272,8 @@ async fn only_the_malformed_message_of_a_batch_is_reported_failed() {
 
     let answer = handle(invocation(batch), &clients, &config).await.unwrap();
 
-    assert_eq!(
-        failures(&answer),
-        ["broken-json", "wrong-kind", "no-job-id"]
-    );
-    assert_eq!(
-        stats(
-            &clients.cloudwatch,
-            &config.metric_namespace,
-            "JobsRunnable",
-            &[]
-        )
-        .await,
-        (1.0, 1.0)
-    );
+    assert_eq!(failures(&answer), ["broken-json", "wrong-kind", "no-job-id"]);
+    assert_eq!(stats(&clients.cloudwatch, &config.metric_namespace, "JobsRunnable", &[]).await, (1.0, 1.0));
 }
 
 #[tokio::test]
@@ -461,54 +281,25 @@ async fn a_failed_put_metric_data_leaves_the_messages_retryable_and_the_retry_co
     // GIVEN a CloudWatch client whose first PutMetricData fails
     let (config, _, sdk) = setup("retry").await;
     let failing = aws_sdk_cloudwatch::Client::from_conf(
-        aws_sdk_cloudwatch::config::Builder::from(&sdk)
-            .interceptor(FailOperation::new("PutMetricData", 1))
-            .build(),
+        aws_sdk_cloudwatch::config::Builder::from(&sdk).interceptor(FailOperation::new("PutMetricData", 1)).build(),
     );
-    let clients = Clients {
-        cloudwatch: failing,
-        dynamodb: aws_sdk_dynamodb::Client::new(&sdk),
-    };
-    let events: Vec<Value> = FIXTURES[2..6]
-        .iter()
-        .map(|(_, text)| serde_json::from_str(text).unwrap())
-        .collect();
+    let mut clients = Clients::new(&sdk);
+    clients.cloudwatch = failing;
+    let events: Vec<Value> = FIXTURES[2..6].iter().map(|(_, text)| serde_json::from_str(text).unwrap()).collect();
     let batch = sqs_batch(&events);
 
     // WHEN the batch is handled, fails, and is redelivered
-    let first = handle(invocation(batch.clone()), &clients, &config)
-        .await
-        .unwrap();
+    let first = handle(invocation(batch.clone()), &clients, &config).await.unwrap();
     assert_eq!(failures(&first), ["m0", "m1", "m2", "m3"]);
-    assert_eq!(
-        stats(
-            &clients.cloudwatch,
-            &config.metric_namespace,
-            "JobsRunnable",
-            &[]
-        )
-        .await,
-        (0.0, 0.0)
-    );
-    let second = handle(invocation(batch.clone()), &clients, &config)
-        .await
-        .unwrap();
+    assert_eq!(stats(&clients.cloudwatch, &config.metric_namespace, "JobsRunnable", &[]).await, (0.0, 0.0));
+    let second = handle(invocation(batch.clone()), &clients, &config).await.unwrap();
     let third = handle(invocation(batch), &clients, &config).await.unwrap();
 
     // THEN the retry succeeds and every transition is counted exactly once
     assert_eq!(failures(&second), Vec::<String>::new());
     assert_eq!(failures(&third), Vec::<String>::new());
-    for metric in [
-        "JobsRunnable",
-        "JobsStarting",
-        "JobsRunning",
-        "JobsSucceeded",
-    ] {
-        assert_eq!(
-            stats(&clients.cloudwatch, &config.metric_namespace, metric, &[]).await,
-            (1.0, 1.0),
-            "{metric}"
-        );
+    for metric in ["JobsRunnable", "JobsStarting", "JobsRunning", "JobsSucceeded"] {
+        assert_eq!(stats(&clients.cloudwatch, &config.metric_namespace, metric, &[]).await, (1.0, 1.0), "{metric}");
     }
 }
 
@@ -516,22 +307,16 @@ async fn a_failed_put_metric_data_leaves_the_messages_retryable_and_the_retry_co
 async fn a_direct_event_that_cannot_be_handled_is_an_invocation_error() {
     let (config, clients, _) = setup("direct-errors").await;
     let err = handle(
-        invocation(
-            json!({"detail-type": "Object Created", "source": "aws.s3", "id": "1", "detail": {}}),
-        ),
+        invocation(json!({"detail-type": "Object Created", "source": "aws.s3", "id": "1", "detail": {}})),
         &clients,
         &config,
     )
     .await
     .unwrap_err();
     assert_eq!(err.error_type(), "Batchline.InvalidEvent");
-    let err = handle(invocation(json!({"hello": "world"})), &clients, &config)
-        .await
-        .unwrap_err();
+    let err = handle(invocation(json!({"hello": "world"})), &clients, &config).await.unwrap_err();
     assert!(err.to_string().contains("unknown shape"), "{err}");
-    let err = handle(invocation(json!({"Records": "nope"})), &clients, &config)
-        .await
-        .unwrap_err();
+    let err = handle(invocation(json!({"Records": "nope"})), &clients, &config).await.unwrap_err();
     assert!(err.to_string().contains("Records"), "{err}");
 }
 
@@ -556,36 +341,16 @@ async fn played_jobs_delivered_twice_and_shuffled_through_sqs_batches_count_once
     let changes = player.play_queue(&env.queue_arn).await.unwrap();
 
     // WHEN every event arrives twice, shuffled, in SQS batches of 10
-    for payload in Delivery::of(&changes)
-        .repeated(2)
-        .shuffled(11)
-        .sqs_batches(QUEUE_ARN, 10)
-    {
-        let answer = handle(invocation(payload), &clients, &config)
-            .await
-            .unwrap();
+    for payload in Delivery::of(&changes).repeated(2).shuffled(11).sqs_batches(QUEUE_ARN, 10) {
+        let answer = handle(invocation(payload), &clients, &config).await.unwrap();
         assert_eq!(failures(&answer), Vec::<String>::new());
     }
 
     // THEN each transition counts once, per queue and job definition
-    let dims = [
-        ("JobQueue", env.queue_name.as_str()),
-        ("JobDefinition", env.job_definition_name.as_str()),
-    ];
+    let dims = [("JobQueue", env.queue_name.as_str()), ("JobDefinition", env.job_definition_name.as_str())];
     let mut got = BTreeMap::new();
-    for metric in [
-        "JobsRunnable",
-        "JobsStarting",
-        "JobsRunning",
-        "JobsSucceeded",
-        "JobsFailed",
-    ] {
-        got.insert(
-            metric,
-            stats(&clients.cloudwatch, &config.metric_namespace, metric, &dims)
-                .await
-                .0,
-        );
+    for metric in ["JobsRunnable", "JobsStarting", "JobsRunning", "JobsSucceeded", "JobsFailed"] {
+        got.insert(metric, stats(&clients.cloudwatch, &config.metric_namespace, metric, &dims).await.0);
     }
     assert_eq!(
         got,
@@ -598,24 +363,6 @@ async fn played_jobs_delivered_twice_and_shuffled_through_sqs_batches_count_once
         ])
     );
     // The player's default script: 10 s in the queue, 30 s running, for all three.
-    assert_eq!(
-        stats(
-            &clients.cloudwatch,
-            &config.metric_namespace,
-            "QueueWaitTime",
-            &dims
-        )
-        .await,
-        (30_000.0, 3.0)
-    );
-    assert_eq!(
-        stats(
-            &clients.cloudwatch,
-            &config.metric_namespace,
-            "RunTime",
-            &dims
-        )
-        .await,
-        (90_000.0, 3.0)
-    );
+    assert_eq!(stats(&clients.cloudwatch, &config.metric_namespace, "QueueWaitTime", &dims).await, (30_000.0, 3.0));
+    assert_eq!(stats(&clients.cloudwatch, &config.metric_namespace, "RunTime", &dims).await, (90_000.0, 3.0));
 }

@@ -4,5 +4,6 @@ mod bootstrap;
 mod common;
 mod emulator;
 mod job_events;
+mod pipelines;
 mod player;
 mod submit;

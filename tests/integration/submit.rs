@@ -81,32 +81,20 @@ async fn an_s3_object_becomes_exactly_one_job_even_when_delivered_three_times_an
 
     // WHEN the event arrives three times in a row, then three times at once
     for _ in 0..3 {
-        handle(invocation(event.clone()), &clients, &env.config)
-            .await
-            .unwrap();
+        handle(invocation(event.clone()), &clients, &env.config).await.unwrap();
     }
-    let concurrent = futures::future::join_all(
-        (0..3).map(|_| handle(invocation(event.clone()), &clients, &env.config)),
-    )
-    .await;
+    let concurrent =
+        futures::future::join_all((0..3).map(|_| handle(invocation(event.clone()), &clients, &env.config))).await;
     assert!(concurrent.iter().all(|r| r.is_ok()), "{concurrent:?}");
 
     // THEN there is exactly one job, with the object as parameters and environment
     let jobs = env.jobs_in("default").await;
-    assert_eq!(
-        jobs.len(),
-        1,
-        "{:?}",
-        jobs.iter().map(|j| j.job_name()).collect::<Vec<_>>()
-    );
+    assert_eq!(jobs.len(), 1, "{:?}", jobs.iter().map(|j| j.job_name()).collect::<Vec<_>>());
     let job = &jobs[0];
     let key = "incoming/Q3 report été.csv";
     let parameters = job.parameters().unwrap();
     assert_eq!(parameters["inputBucket"], "batchline-input");
-    assert_eq!(
-        parameters["inputKey"], key,
-        "the URL-encoded key is decoded"
-    );
+    assert_eq!(parameters["inputKey"], key, "the URL-encoded key is decoded");
     assert_eq!(parameters["inputSize"], "5242880");
     assert_eq!(parameters["mode"], "full");
     let environment = env_of(job);
@@ -115,17 +103,8 @@ async fn an_s3_object_becomes_exactly_one_job_even_when_delivered_three_times_an
     assert_eq!(environment["INPUT_SIZE"], "5242880");
     // AND the name is sanitised and deterministic, and the tags tie it to its trigger
     let name = job.job_name().unwrap();
-    assert!(
-        name.starts_with(&format!("{}-s3-incoming-Q3-report-", env.stack.name_prefix)),
-        "{name}"
-    );
-    assert!(
-        name.len() <= 128
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
-        "{name}"
-    );
+    assert!(name.starts_with(&format!("{}-s3-incoming-Q3-report-", env.stack.name_prefix)), "{name}");
+    assert!(name.len() <= 128 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'), "{name}");
     let tags = job.tags().unwrap();
     assert_eq!(tags["batchline:trigger"], "s3");
     assert_eq!(tags["batchline:stage"], "default");
@@ -141,9 +120,7 @@ async fn a_large_object_gets_memory_snapped_up_and_unmatched_objects_start_nothi
     let clients = Clients::new(&env.sdk);
     let mut event = object_event("incoming/big.csv", "0001");
     event["detail"]["object"]["size"] = json!(700u64 * 1024 * 1024);
-    handle(invocation(event), &clients, &env.config)
-        .await
-        .unwrap();
+    handle(invocation(event), &clients, &env.config).await.unwrap();
 
     // 700 MiB × 4 = 2800 MiB: more than 0.25 vCPU allows, so 0.5 vCPU / 3072 MiB
     let jobs = env.jobs_in("default").await;
@@ -158,14 +135,8 @@ async fn a_large_object_gets_memory_snapped_up_and_unmatched_objects_start_nothi
     ] {
         let mut event = object_event(key, "0002");
         event["detail"]["bucket"]["name"] = json!(bucket);
-        let answer = handle(invocation(event), &clients, &env.config)
-            .await
-            .unwrap();
-        assert_eq!(
-            answer["started"],
-            json!([]),
-            "{key} in {bucket} matches no rule and is acknowledged"
-        );
+        let answer = handle(invocation(event), &clients, &env.config).await.unwrap();
+        assert_eq!(answer["started"], json!([]), "{key} in {bucket} matches no rule and is acknowledged");
     }
     assert_eq!(env.jobs_in("default").await.len(), 1);
 }
@@ -175,34 +146,19 @@ async fn a_scheduled_event_runs_the_configured_job_once() {
     let env = Deployed::new("submit-sched", triggers()).await;
     let clients = Clients::new(&env.sdk);
     let event: Value = serde_json::from_str(SCHEDULED).unwrap();
-    handle(invocation(event.clone()), &clients, &env.config)
-        .await
-        .unwrap();
-    handle(invocation(event), &clients, &env.config)
-        .await
-        .unwrap();
+    handle(invocation(event.clone()), &clients, &env.config).await.unwrap();
+    handle(invocation(event), &clients, &env.config).await.unwrap();
 
     let jobs = env.jobs_in("default").await;
     assert_eq!(jobs.len(), 1);
-    assert_eq!(
-        jobs[0].job_definition(),
-        Some(env.definition_arn("report").as_str())
-    );
-    assert_eq!(
-        jobs[0].parameters().unwrap()["scheduledTime"],
-        "2025-11-27T02:00:00Z"
-    );
+    assert_eq!(jobs[0].job_definition(), Some(env.definition_arn("report").as_str()));
+    assert_eq!(jobs[0].parameters().unwrap()["scheduledTime"], "2025-11-27T02:00:00Z");
     assert_eq!(jobs[0].parameters().unwrap()["window"], "1d");
     assert_eq!(jobs[0].tags().unwrap()["batchline:trigger"], "schedule");
 
     let mut other: Value = serde_json::from_str(SCHEDULED).unwrap();
     other["resources"] = json!(["arn:aws:events:us-east-1:123456789012:rule/not-configured"]);
-    assert_eq!(
-        handle(invocation(other), &clients, &env.config)
-            .await
-            .unwrap()["started"],
-        json!([])
-    );
+    assert_eq!(handle(invocation(other), &clients, &env.config).await.unwrap()["started"], json!([]));
 }
 
 #[tokio::test]
@@ -215,18 +171,10 @@ async fn the_api_submits_a_job_returns_it_and_honours_the_idempotency_key() {
     .to_string();
 
     // WHEN a job is posted with an Idempotency-Key
-    let answer = handle(
-        invocation(http(
-            "POST",
-            "/jobs",
-            &body,
-            &[("idempotency-key", "order-42")],
-        )),
-        &clients,
-        &env.config,
-    )
-    .await
-    .unwrap();
+    let answer =
+        handle(invocation(http("POST", "/jobs", &body, &[("idempotency-key", "order-42")])), &clients, &env.config)
+            .await
+            .unwrap();
     assert_eq!(answer["statusCode"], 202, "{answer}");
     let accepted = answer_body(&answer);
     let job_id = accepted["jobId"].as_str().unwrap().to_owned();
@@ -237,62 +185,32 @@ async fn the_api_submits_a_job_returns_it_and_honours_the_idempotency_key() {
     assert_eq!(jobs.len(), 1);
     let job = &jobs[0];
     assert_eq!(job.job_id(), Some(job_id.as_str()));
-    assert_eq!(
-        (
-            requirement(job, "VCPU").as_deref(),
-            requirement(job, "MEMORY").as_deref()
-        ),
-        (Some("1"), Some("4096"))
-    );
+    assert_eq!((requirement(job, "VCPU").as_deref(), requirement(job, "MEMORY").as_deref()), (Some("1"), Some("4096")));
     assert_eq!(env_of(job)["MODE"], "fast");
     assert_eq!(job.tags().unwrap()["team"], "data");
     assert_eq!(job.tags().unwrap()["batchline:trigger"], "api");
     assert!(job.job_name().unwrap().contains("-api-nightly-export-"));
 
     // AND the same key again gives the same job; a different request under it is a conflict
-    let again = handle(
-        invocation(http(
-            "POST",
-            "/jobs",
-            &body,
-            &[("idempotency-key", "order-42")],
-        )),
-        &clients,
-        &env.config,
-    )
-    .await
-    .unwrap();
+    let again =
+        handle(invocation(http("POST", "/jobs", &body, &[("idempotency-key", "order-42")])), &clients, &env.config)
+            .await
+            .unwrap();
     assert_eq!(again["statusCode"], 202);
     assert_eq!(answer_body(&again)["jobId"], job_id.as_str());
     assert_eq!(answer_body(&again)["duplicate"], true);
     let other = json!({"jobDefinition": "default"}).to_string();
-    let conflict = handle(
-        invocation(http(
-            "POST",
-            "/jobs",
-            &other,
-            &[("idempotency-key", "order-42")],
-        )),
-        &clients,
-        &env.config,
-    )
-    .await
-    .unwrap();
+    let conflict =
+        handle(invocation(http("POST", "/jobs", &other, &[("idempotency-key", "order-42")])), &clients, &env.config)
+            .await
+            .unwrap();
     assert_eq!(conflict["statusCode"], 409);
-    assert_eq!(
-        answer_body(&conflict)["error"]["code"],
-        "IdempotencyConflict"
-    );
+    assert_eq!(answer_body(&conflict)["error"]["code"], "IdempotencyConflict");
     assert_eq!(env.jobs_in("default").await.len(), 1);
 
     // AND GET returns it with its state, size and log link
-    let got = handle(
-        invocation(http("GET", &format!("/jobs/{job_id}"), "", &[])),
-        &clients,
-        &env.config,
-    )
-    .await
-    .unwrap();
+    let got =
+        handle(invocation(http("GET", &format!("/jobs/{job_id}"), "", &[])), &clients, &env.config).await.unwrap();
     assert_eq!(got["statusCode"], 200, "{got}");
     let view = answer_body(&got);
     assert_eq!(view["jobId"], job_id.as_str());
@@ -307,19 +225,10 @@ async fn a_base64_body_without_a_key_is_idempotent_by_its_content() {
     let env = Deployed::new("submit-b64", triggers()).await;
     let clients = Clients::new(&env.sdk);
     let body = json!({"jobDefinition": "report", "arraySize": 3}).to_string();
-    let mut request = http(
-        "POST",
-        "/jobs",
-        &base64::engine::general_purpose::STANDARD.encode(&body),
-        &[],
-    );
+    let mut request = http("POST", "/jobs", &base64::engine::general_purpose::STANDARD.encode(&body), &[]);
     request["isBase64Encoded"] = json!(true);
-    let first = handle(invocation(request.clone()), &clients, &env.config)
-        .await
-        .unwrap();
-    let second = handle(invocation(request), &clients, &env.config)
-        .await
-        .unwrap();
+    let first = handle(invocation(request.clone()), &clients, &env.config).await.unwrap();
+    let second = handle(invocation(request), &clients, &env.config).await.unwrap();
     assert_eq!(first["statusCode"], 202, "{first}");
     assert_eq!(answer_body(&first)["jobId"], answer_body(&second)["jobId"]);
     let jobs = env.jobs_in("default").await;
@@ -334,13 +243,7 @@ async fn every_caller_mistake_is_a_4xx_naming_the_problem() {
     let big = json!({"parameters": {"blob": "x".repeat(40 * 1024)}}).to_string();
     let cases: Vec<(&str, &str, String, u16, &str)> = vec![
         ("POST", "/jobs", "{not json".into(), 400, "not valid JSON"),
-        (
-            "POST",
-            "/jobs",
-            json!({"jobDefinition": "default", "memroy": 1}).to_string(),
-            400,
-            "memroy",
-        ),
+        ("POST", "/jobs", json!({"jobDefinition": "default", "memroy": 1}).to_string(), 400, "memroy"),
         (
             "POST",
             "/jobs",
@@ -348,94 +251,25 @@ async fn every_caller_mistake_is_a_4xx_naming_the_problem() {
             400,
             "1 vCPU: 2048-8192 MiB in steps of 1024",
         ),
-        (
-            "POST",
-            "/jobs",
-            json!({"vcpu": "3"}).to_string(),
-            400,
-            "3 vCPU with 512 MiB is not a valid Fargate size",
-        ),
-        (
-            "POST",
-            "/jobs",
-            json!({"vcpu": "lots"}).to_string(),
-            400,
-            "vcpu: vCPU \"lots\" is not a number",
-        ),
-        (
-            "POST",
-            "/jobs",
-            json!({"jobDefinition": "nope"}).to_string(),
-            400,
-            "\"nope\" is not configured",
-        ),
-        (
-            "POST",
-            "/jobs",
-            json!({"arraySize": 1}).to_string(),
-            400,
-            "2 to 10000",
-        ),
-        (
-            "POST",
-            "/jobs",
-            json!({"tags": {"batchline:run": "x"}}).to_string(),
-            400,
-            "Batchline's own",
-        ),
-        (
-            "POST",
-            "/jobs",
-            json!({"environment": {"AWS_BATCH_JOB_ID": "x"}}).to_string(),
-            400,
-            "reserved",
-        ),
+        ("POST", "/jobs", json!({"vcpu": "3"}).to_string(), 400, "3 vCPU with 512 MiB is not a valid Fargate size"),
+        ("POST", "/jobs", json!({"vcpu": "lots"}).to_string(), 400, "vcpu: vCPU \"lots\" is not a number"),
+        ("POST", "/jobs", json!({"jobDefinition": "nope"}).to_string(), 400, "\"nope\" is not configured"),
+        ("POST", "/jobs", json!({"arraySize": 1}).to_string(), 400, "2 to 10000"),
+        ("POST", "/jobs", json!({"tags": {"batchline:run": "x"}}).to_string(), 400, "Batchline's own"),
+        ("POST", "/jobs", json!({"environment": {"AWS_BATCH_JOB_ID": "x"}}).to_string(), 400, "reserved"),
         ("POST", "/jobs", big, 413, "at most 30720"),
-        (
-            "GET",
-            "/jobs/does-not-exist",
-            String::new(),
-            404,
-            "no job does-not-exist",
-        ),
-        (
-            "PUT",
-            "/jobs",
-            String::new(),
-            405,
-            "allowed methods are POST",
-        ),
-        (
-            "GET",
-            "/nowhere",
-            String::new(),
-            404,
-            "no route GET /nowhere",
-        ),
+        ("GET", "/jobs/does-not-exist", String::new(), 404, "no job does-not-exist"),
+        ("PUT", "/jobs", String::new(), 405, "allowed methods are POST"),
+        ("GET", "/nowhere", String::new(), 404, "no route GET /nowhere"),
     ];
     for (method, path, body, status, message) in cases {
-        let answer = handle(
-            invocation(http(method, path, &body, &[])),
-            &clients,
-            &env.config,
-        )
-        .await
-        .unwrap();
-        assert_eq!(
-            answer["statusCode"], status,
-            "{method} {path} {body:.80}: {answer}"
-        );
+        let answer = handle(invocation(http(method, path, &body, &[])), &clients, &env.config).await.unwrap();
+        assert_eq!(answer["statusCode"], status, "{method} {path} {body:.80}: {answer}");
         let error = &answer_body(&answer)["error"];
-        assert!(
-            error["message"].as_str().unwrap().contains(message),
-            "{message:?} in {error}"
-        );
+        assert!(error["message"].as_str().unwrap().contains(message), "{message:?} in {error}");
         assert!(error["code"].is_string());
     }
-    assert!(
-        env.jobs_in("default").await.is_empty(),
-        "no mistake made a job"
-    );
+    assert!(env.jobs_in("default").await.is_empty(), "no mistake made a job");
 }
 
 #[tokio::test]
@@ -446,29 +280,17 @@ async fn broken_event_shapes_are_clear_errors_not_panics() {
     let mut cases: Vec<(Value, &str)> = vec![
         (json!(null), "not a JSON object"),
         (json!([1, 2]), "not a JSON object"),
-        (
-            json!({"detail-type": "Object Created", "source": "aws.s3"}),
-            "no detail",
-        ),
-        (
-            json!({"detail-type": "Scheduled Event", "source": "aws.events", "resources": []}),
-            "resources[0]",
-        ),
+        (json!({"detail-type": "Object Created", "source": "aws.s3"}), "no detail"),
+        (json!({"detail-type": "Scheduled Event", "source": "aws.events", "resources": []}), "resources[0]"),
         (
             json!({"detail-type": "Scheduled Event", "source": "aws.events", "resources": ["arn:aws:sns:x"]}),
             "not an EventBridge rule ARN",
         ),
-        (
-            json!({"detail-type": "Batch Job State Change", "source": "aws.batch"}),
-            "Batch Job State Change",
-        ),
+        (json!({"detail-type": "Batch Job State Change", "source": "aws.batch"}), "Batch Job State Change"),
         (json!({"requestContext": {}}), ""),
     ];
     let mut no_key = object();
-    no_key["detail"]["object"]
-        .as_object_mut()
-        .unwrap()
-        .remove("key");
+    no_key["detail"]["object"].as_object_mut().unwrap().remove("key");
     cases.push((no_key, "detail.object.key is missing"));
     let mut bad_size = object();
     bad_size["detail"]["object"]["size"] = json!("big");
@@ -499,45 +321,31 @@ async fn a_crash_between_claim_and_submit_then_redelivery_makes_exactly_one_job(
         "x",
     )
     .unwrap();
-    let batchline_submit::plan::Planned::Job(request) = &planned[0] else {
-        panic!("a job")
-    };
+    let batchline_submit::plan::Planned::Job(request) = &planned[0] else { panic!("a job") };
     let dynamodb = aws_sdk_dynamodb::Client::new(&env.sdk);
     let claim = |claimed_at: i64| {
         dynamodb
             .put_item()
             .table_name(&env.config.table_name)
-            .item(
-                "pk",
-                AttributeValue::S(format!("IDEM#{}", digest(&request.idempotency_key, 40))),
-            )
+            .item("pk", AttributeValue::S(format!("IDEM#{}", digest(&request.idempotency_key, 40))))
             .item("sk", AttributeValue::S("CLAIM".into()))
             .item("state", AttributeValue::S("PENDING".into()))
             .item("job_name", AttributeValue::S(request.job_name.clone()))
-            .item(
-                "fingerprint",
-                AttributeValue::S(digest(&serde_json::to_string(request).unwrap(), 32)),
-            )
+            .item("fingerprint", AttributeValue::S(digest(&serde_json::to_string(request).unwrap(), 32)))
             .item("claimed_at", AttributeValue::N(claimed_at.to_string()))
             .send()
     };
     claim(batchline::now_ms()).await.unwrap();
 
     // WHEN the event is redelivered while the claim is fresh, it is told to retry later
-    let err = handle(invocation(event.clone()), &clients, &env.config)
-        .await
-        .unwrap_err();
+    let err = handle(invocation(event.clone()), &clients, &env.config).await.unwrap_err();
     assert!(err.to_string().contains("under way"), "{err}");
     assert!(env.jobs_in("default").await.is_empty());
 
     // AND once the claim is stale, a redelivery takes it over and submits once
     claim(batchline::now_ms() - 5 * 60_000).await.unwrap();
-    handle(invocation(event.clone()), &clients, &env.config)
-        .await
-        .unwrap();
-    handle(invocation(event), &clients, &env.config)
-        .await
-        .unwrap();
+    handle(invocation(event.clone()), &clients, &env.config).await.unwrap();
+    handle(invocation(event), &clients, &env.config).await.unwrap();
     assert_eq!(env.jobs_in("default").await.len(), 1);
 }
 
@@ -546,9 +354,7 @@ async fn a_crash_after_submit_before_recording_is_recovered_by_name() {
     let env = Deployed::new("submit-unrec", triggers()).await;
     let clients = Clients::new(&env.sdk);
     let event = object_event("incoming/unrecorded.csv", "00BB");
-    handle(invocation(event.clone()), &clients, &env.config)
-        .await
-        .unwrap();
+    handle(invocation(event.clone()), &clients, &env.config).await.unwrap();
     // GIVEN the claim went back to PENDING (the job was made, the record never written)
     let stack = &env.stack;
     let planned = batchline_submit::triggers::plan_object(
@@ -557,16 +363,11 @@ async fn a_crash_after_submit_before_recording_is_recovered_by_name() {
         "x",
     )
     .unwrap();
-    let batchline_submit::plan::Planned::Job(request) = &planned[0] else {
-        panic!("a job")
-    };
+    let batchline_submit::plan::Planned::Job(request) = &planned[0] else { panic!("a job") };
     aws_sdk_dynamodb::Client::new(&env.sdk)
         .update_item()
         .table_name(&env.config.table_name)
-        .key(
-            "pk",
-            AttributeValue::S(format!("IDEM#{}", digest(&request.idempotency_key, 40))),
-        )
+        .key("pk", AttributeValue::S(format!("IDEM#{}", digest(&request.idempotency_key, 40))))
         .key("sk", AttributeValue::S("CLAIM".into()))
         .update_expression("SET #s = :p REMOVE job_id")
         .expression_attribute_names("#s", "state")
@@ -575,9 +376,7 @@ async fn a_crash_after_submit_before_recording_is_recovered_by_name() {
         .await
         .unwrap();
     // WHEN it is redelivered, the job is found by its name and not submitted again
-    let answer = handle(invocation(event), &clients, &env.config)
-        .await
-        .unwrap();
+    let answer = handle(invocation(event), &clients, &env.config).await.unwrap();
     assert_eq!(answer["started"][0]["new"], false);
     assert_eq!(env.jobs_in("default").await.len(), 1);
 }
@@ -597,13 +396,7 @@ async fn a_lost_submit_job_answer_still_makes_one_job() {
     clients.batch = batch;
 
     // WHEN an object arrives
-    let answer = handle(
-        invocation(object_event("incoming/lost.csv", "00CC")),
-        &clients,
-        &env.config,
-    )
-    .await
-    .unwrap();
+    let answer = handle(invocation(object_event("incoming/lost.csv", "00CC")), &clients, &env.config).await.unwrap();
 
     // THEN the job made by the lost call is found by name, not submitted again
     assert_eq!(env.jobs_in("default").await.len(), 1);
@@ -618,48 +411,25 @@ async fn throttled_submit_job_is_retried_with_backoff() {
     let env = Deployed::new("submit-throttle", triggers()).await;
     let submit_rule = mock!(aws_sdk_batch::Client::submit_job)
         .sequence()
-        .http_status(
-            429,
-            Some(r#"{"__type":"TooManyRequestsException","message":"Too Many Requests"}"#.into()),
-        )
+        .http_status(429, Some(r#"{"__type":"TooManyRequestsException","message":"Too Many Requests"}"#.into()))
         .times(2)
-        .output(|| {
-            SubmitJobOutput::builder()
-                .job_id("job-after-throttling")
-                .job_name("n")
-                .job_arn("arn")
-                .build()
-        })
+        .output(|| SubmitJobOutput::builder().job_id("job-after-throttling").job_name("n").job_arn("arn").build())
         .build();
     let list_rule = mock!(aws_sdk_batch::Client::list_jobs)
         .then_output(|| aws_sdk_batch::operation::list_jobs::ListJobsOutput::builder().build());
-    let batch = mock_client!(
-        aws_sdk_batch,
-        RuleMode::MatchAny,
-        [&submit_rule, &list_rule]
-    );
+    let batch = mock_client!(aws_sdk_batch, RuleMode::MatchAny, [&submit_rule, &list_rule]);
     let dynamodb = aws_sdk_dynamodb::Client::new(&env.sdk);
-    let submitter = Submitter {
-        batch: &batch,
-        dynamodb: &dynamodb,
-        table: &env.config.table_name,
-    };
+    let submitter = Submitter { batch: &batch, dynamodb: &dynamodb, table: &env.config.table_name };
     let planned = batchline_submit::triggers::plan_object(
         &env.stack,
-        &batchline_submit::triggers::parse_object_created(&object_event("incoming/t.csv", "1"))
-            .unwrap(),
+        &batchline_submit::triggers::parse_object_created(&object_event("incoming/t.csv", "1")).unwrap(),
         "x",
     )
     .unwrap();
-    let batchline_submit::plan::Planned::Job(request) = &planned[0] else {
-        panic!("a job")
-    };
+    let batchline_submit::plan::Planned::Job(request) = &planned[0] else { panic!("a job") };
 
     // WHEN submitted
-    let submitted = submitter
-        .submit(request, batchline::now_ms())
-        .await
-        .unwrap();
+    let submitted = submitter.submit(request, batchline::now_ms()).await.unwrap();
 
     // THEN the third attempt made it, and throttling never needed a look-up by name
     assert_eq!(submitted.job_id, "job-after-throttling");

@@ -5,9 +5,8 @@
 
 use aws_config::SdkConfig;
 use aws_sdk_batch::types::{
-    AssignPublicIp, CeState, CeType, ComputeEnvironmentOrder, ComputeResource, ContainerProperties,
-    CrType, JobDefinitionType, JqState, NetworkConfiguration, PlatformCapability,
-    ResourceRequirement, ResourceType,
+    AssignPublicIp, CeState, CeType, ComputeEnvironmentOrder, ComputeResource, ContainerProperties, CrType,
+    JobDefinitionType, JqState, NetworkConfiguration, PlatformCapability, ResourceRequirement, ResourceType,
 };
 use batchline::Error;
 
@@ -47,20 +46,14 @@ impl BatchEnvironment {
             .send()
             .await
             .map_err(|e| Error::aws("CreateComputeEnvironment", e))?;
-        let compute_environment_arn = environment
-            .compute_environment_arn()
-            .unwrap_or_default()
-            .to_owned();
+        let compute_environment_arn = environment.compute_environment_arn().unwrap_or_default().to_owned();
         let queue = batch
             .create_job_queue()
             .job_queue_name(&name)
             .state(JqState::Enabled)
             .priority(1)
             .compute_environment_order(
-                ComputeEnvironmentOrder::builder()
-                    .order(1)
-                    .compute_environment(&compute_environment_arn)
-                    .build(),
+                ComputeEnvironmentOrder::builder().order(1).compute_environment(&compute_environment_arn).build(),
             )
             .send()
             .await
@@ -76,16 +69,11 @@ impl BatchEnvironment {
                     .command("python3")
                     .command("-c")
                     .command("print('hello from batchline')")
-                    .execution_role_arn(format!(
-                        "arn:aws:iam::{}:role/{name}-execution",
-                        crate::emulator::ACCOUNT_ID
-                    ))
+                    .execution_role_arn(format!("arn:aws:iam::{}:role/{name}-execution", crate::emulator::ACCOUNT_ID))
                     .resource_requirements(requirement(ResourceType::Vcpu, "0.25"))
                     .resource_requirements(requirement(ResourceType::Memory, "512"))
                     .network_configuration(
-                        NetworkConfiguration::builder()
-                            .assign_public_ip(AssignPublicIp::Enabled)
-                            .build(),
+                        NetworkConfiguration::builder().assign_public_ip(AssignPublicIp::Enabled).build(),
                     )
                     .build(),
             )
@@ -97,10 +85,7 @@ impl BatchEnvironment {
             queue_name: name.clone(),
             queue_arn: queue.job_queue_arn().unwrap_or_default().to_owned(),
             job_definition_name: name.clone(),
-            job_definition_arn: definition
-                .job_definition_arn()
-                .unwrap_or_default()
-                .to_owned(),
+            job_definition_arn: definition.job_definition_arn().unwrap_or_default().to_owned(),
             name,
         })
     }
@@ -108,8 +93,5 @@ impl BatchEnvironment {
 
 /// A Fargate resource requirement (`VCPU` or `MEMORY`).
 pub fn requirement(kind: ResourceType, value: &str) -> ResourceRequirement {
-    ResourceRequirement::builder()
-        .r#type(kind)
-        .value(value)
-        .build()
+    ResourceRequirement::builder().r#type(kind).value(value).build()
 }

@@ -17,9 +17,7 @@ use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::config_bag::ConfigBag;
 
 fn operation(cfg: &ConfigBag) -> String {
-    cfg.load::<Metadata>()
-        .map(|m| m.name().to_owned())
-        .unwrap_or_default()
+    cfg.load::<Metadata>().map(|m| m.name().to_owned()).unwrap_or_default()
 }
 
 /// Counts calls by operation name (each call once, whatever its retries).
@@ -30,10 +28,7 @@ pub struct CallLog {
 
 impl CallLog {
     pub fn count(&self, operation: &str) -> usize {
-        self.counts
-            .lock()
-            .map(|c| c.get(operation).copied().unwrap_or_default())
-            .unwrap_or_default()
+        self.counts.lock().map(|c| c.get(operation).copied().unwrap_or_default()).unwrap_or_default()
     }
     pub fn all(&self) -> BTreeMap<String, usize> {
         self.counts.lock().map(|c| c.clone()).unwrap_or_default()
@@ -67,10 +62,7 @@ pub struct FailOperation {
 
 impl FailOperation {
     pub fn new(operation: &'static str, times: usize) -> Self {
-        FailOperation {
-            operation,
-            remaining: Arc::new(AtomicUsize::new(times)),
-        }
+        FailOperation { operation, remaining: Arc::new(AtomicUsize::new(times)) }
     }
 }
 
@@ -86,10 +78,7 @@ impl Intercept for FailOperation {
         cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
         if operation(cfg) == self.operation
-            && self
-                .remaining
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                .is_ok()
+            && self.remaining.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
         {
             return Err(format!("{} failed on purpose (test)", self.operation).into());
         }
@@ -107,10 +96,7 @@ pub struct LoseResponse {
 
 impl LoseResponse {
     pub fn new(operation: &'static str, times: usize) -> Self {
-        LoseResponse {
-            operation,
-            remaining: Arc::new(AtomicUsize::new(times)),
-        }
+        LoseResponse { operation, remaining: Arc::new(AtomicUsize::new(times)) }
     }
 }
 
@@ -126,10 +112,7 @@ impl Intercept for LoseResponse {
         cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
         if operation(cfg) == self.operation
-            && self
-                .remaining
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                .is_ok()
+            && self.remaining.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
         {
             return Err(format!("the answer to {} was lost (test)", self.operation).into());
         }

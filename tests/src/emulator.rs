@@ -48,10 +48,7 @@ fn start() -> Result<String, String> {
     let root = repo_root();
     let python = root.join(".venv/bin/python");
     if !python.exists() {
-        return Err(format!(
-            "{} is missing: run scripts/setup (or scripts/test) first",
-            python.display()
-        ));
+        return Err(format!("{} is missing: run scripts/setup (or scripts/test) first", python.display()));
     }
     let log_dir = root.join("target");
     std::fs::create_dir_all(&log_dir).map_err(|e| e.to_string())?;
@@ -67,9 +64,7 @@ fn start() -> Result<String, String> {
         .map_err(|e| format!("cannot run {}: {e}", python.display()))?;
     let stdout = child.stdout.take().ok_or("no stdout from the emulator")?;
     let mut first_line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut first_line)
-        .map_err(|e| format!("reading the emulator's endpoint: {e}"))?;
+    BufReader::new(stdout).read_line(&mut first_line).map_err(|e| format!("reading the emulator's endpoint: {e}"))?;
     let endpoint = first_line.trim().to_owned();
     if !endpoint.starts_with("http://") {
         let _ = child.kill();
@@ -101,13 +96,7 @@ pub async fn sdk_config() -> SdkConfig {
     aws_config::defaults(BehaviorVersion::latest())
         .endpoint_url(endpoint())
         .region(Region::new(REGION))
-        .credentials_provider(Credentials::new(
-            "testing",
-            "testing",
-            None,
-            None,
-            "batchline-tests",
-        ))
+        .credentials_provider(Credentials::new("testing", "testing", None, None, "batchline-tests"))
         .load()
         .await
 }
@@ -119,11 +108,7 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 /// `-` only, so it is valid for every AWS resource the tests create.
 pub fn unique_name(prefix: &str) -> String {
     let count = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!(
-        "{prefix}-{:x}-{count}-{:04x}",
-        std::process::id(),
-        fastrand::u16(..)
-    )
+    format!("{prefix}-{:x}-{count}-{:04x}", std::process::id(), fastrand::u16(..))
 }
 
 /// A CloudWatch namespace of the test's own, so metric sums are not shared between tests.
@@ -157,8 +142,7 @@ pub fn default_network() -> DefaultNetwork {
         .get_or_init(|| {
             let body = http_get(endpoint(), "/_batchline/default-network")
                 .unwrap_or_else(|why| panic!("reading the emulator's default network: {why}"));
-            serde_json::from_str(&body)
-                .unwrap_or_else(|why| panic!("default network {body:?}: {why}"))
+            serde_json::from_str(&body).unwrap_or_else(|why| panic!("default network {body:?}: {why}"))
         })
         .clone()
 }
@@ -170,9 +154,7 @@ fn http_get(endpoint: &str, path: &str) -> Result<String, String> {
     let mut stream = std::net::TcpStream::connect(address).map_err(|e| e.to_string())?;
     write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").map_err(|e| e.to_string())?;
     let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .map_err(|e| e.to_string())?;
+    stream.read_to_string(&mut response).map_err(|e| e.to_string())?;
     let (head, body) = response.split_once("\r\n\r\n").ok_or("no HTTP body")?;
     if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
         return Err(head.lines().next().unwrap_or_default().to_owned());

@@ -83,16 +83,10 @@ impl Script {
         Script::default()
     }
     pub fn out_of_memory() -> Self {
-        Script {
-            outcome: Outcome::OutOfMemory,
-            ..Script::default()
-        }
+        Script { outcome: Outcome::OutOfMemory, ..Script::default() }
     }
     pub fn exit(code: i32) -> Self {
-        Script {
-            outcome: Outcome::Exit(code),
-            ..Script::default()
-        }
+        Script { outcome: Outcome::Exit(code), ..Script::default() }
     }
     pub fn waiting(mut self, queue_wait: Duration) -> Self {
         self.queue_wait = queue_wait;
@@ -116,21 +110,13 @@ impl Script {
                 "oom" => Outcome::OutOfMemory,
                 other => match other.strip_prefix("exit:").map(str::parse::<i32>) {
                     Some(Ok(code)) if code != 0 => Outcome::Exit(code),
-                    _ => {
-                        return Err(format!(
-                            "play={other:?}: expected succeed, oom or exit:N (N not 0)"
-                        ))
-                    }
+                    _ => return Err(format!("play={other:?}: expected succeed, oom or exit:N (N not 0)")),
                 },
             };
         }
         let number = |name: &str| -> Result<Option<u64>, String> {
             setting(name)
-                .map(|value| {
-                    value
-                        .parse::<u64>()
-                        .map_err(|_| format!("{name}={value:?}: expected a whole number"))
-                })
+                .map(|value| value.parse::<u64>().map_err(|_| format!("{name}={value:?}: expected a whole number")))
                 .transpose()
         };
         if let Some(mib) = number("play_needs_memory")? {
@@ -182,10 +168,7 @@ impl Player {
     pub fn new(sdk: &SdkConfig) -> Self {
         Player {
             batch: aws_sdk_batch::Client::new(sdk),
-            region: sdk
-                .region()
-                .map(|r| r.to_string())
-                .unwrap_or_else(|| "us-east-1".into()),
+            region: sdk.region().map(|r| r.to_string()).unwrap_or_else(|| "us-east-1".into()),
             scripts: HashMap::new(),
             played: HashMap::new(),
         }
@@ -206,10 +189,7 @@ impl Player {
     /// their events ordered by time.
     pub async fn play_queue(&mut self, queue: &str) -> Result<Vec<StateChange>, Error> {
         let ids = self.job_ids_in(queue).await?;
-        let new: Vec<String> = ids
-            .into_iter()
-            .filter(|id| !self.played.contains_key(id))
-            .collect();
+        let new: Vec<String> = ids.into_iter().filter(|id| !self.played.contains_key(id)).collect();
         self.play_jobs(&new).await
     }
 
@@ -227,32 +207,20 @@ impl Player {
                 .map_err(|e| Error::aws("DescribeJobs", e))?;
             jobs.extend(reply.jobs().iter().cloned());
         }
-        jobs.sort_by_key(|job| {
-            (
-                job.created_at().unwrap_or_default(),
-                job.job_id().unwrap_or_default().to_owned(),
-            )
-        });
+        jobs.sort_by_key(|job| (job.created_at().unwrap_or_default(), job.job_id().unwrap_or_default().to_owned()));
 
         let mut changes = Vec::new();
         for job in &jobs {
             changes.extend(self.play_job(job)?);
         }
-        changes.sort_by(|a, b| {
-            a.at_millis
-                .cmp(&b.at_millis)
-                .then(status_rank(a.status).cmp(&status_rank(b.status)))
-        });
+        changes.sort_by(|a, b| a.at_millis.cmp(&b.at_millis).then(status_rank(a.status).cmp(&status_rank(b.status))));
         Ok(changes)
     }
 
     /// Ids of every job in the queue, whatever its status. `AFTER_CREATED_AT` lists jobs in
     /// all statuses on AWS; moto lists a queue's jobs for any filter it does not know.
     async fn job_ids_in(&self, queue: &str) -> Result<Vec<String>, Error> {
-        let filter = KeyValuesPair::builder()
-            .name("AFTER_CREATED_AT")
-            .values("0")
-            .build();
+        let filter = KeyValuesPair::builder().name("AFTER_CREATED_AT").values("0").build();
         let mut ids = Vec::new();
         let mut token = None;
         loop {
@@ -288,13 +256,9 @@ impl Player {
             return Ok(script.clone());
         }
         let setting = |key: &str| {
-            job.parameters()
-                .and_then(|p| p.get(key))
-                .or_else(|| job.tags().and_then(|t| t.get(key)))
-                .cloned()
+            job.parameters().and_then(|p| p.get(key)).or_else(|| job.tags().and_then(|t| t.get(key))).cloned()
         };
-        Script::from_job_settings(setting)
-            .map_err(|why| Error::InvalidEvent(format!("job {id}: {why}")))
+        Script::from_job_settings(setting).map_err(|why| Error::InvalidEvent(format!("job {id}: {why}")))
     }
 
     fn play_job(&mut self, job: &JobDetail) -> Result<Vec<StateChange>, Error> {
@@ -321,11 +285,8 @@ impl Player {
             }
         }
 
-        let terminated = (job.status().map(|s| s.as_str()) == Some("FAILED")).then(|| {
-            job.status_reason()
-                .unwrap_or("Terminated by the user")
-                .to_owned()
-        });
+        let terminated = (job.status().map(|s| s.as_str()) == Some("FAILED"))
+            .then(|| job.status_reason().unwrap_or("Terminated by the user").to_owned());
         let memory = base.memory_mib();
         if let (Some(needed), Some(memory)) = (script.needs_memory_mib, memory) {
             if memory < needed && script.outcome == Outcome::Succeed {
@@ -338,30 +299,20 @@ impl Player {
         timeline.push("RUNNABLE", runnable_at, None);
         let stopped_at;
         let succeeded;
-        if let Some(reason) =
-            terminated.or_else(|| dependency_failed.then(|| DEPENDENT_JOB_FAILED.to_owned()))
-        {
+        if let Some(reason) = terminated.or_else(|| dependency_failed.then(|| DEPENDENT_JOB_FAILED.to_owned())) {
             stopped_at = runnable_at.max(earliest_start) + 1_000;
             succeeded = false;
             timeline.push("FAILED", stopped_at, Some(Stop { reason, exit: None }));
         } else {
-            let started_at = earliest_start
-                .max(created_at + duration_ms(script.queue_wait))
-                .max(runnable_at + 2);
+            let started_at = earliest_start.max(created_at + duration_ms(script.queue_wait)).max(runnable_at + 2);
             let starting_at = (started_at - 4_000).max(runnable_at + 1);
             stopped_at = started_at + duration_ms(script.run_time);
             timeline.push("STARTING", starting_at, None);
             timeline.started_at = Some(started_at);
             timeline.push("RUNNING", started_at, None);
             let exit = match script.outcome {
-                Outcome::Succeed => ExitFacts {
-                    code: 0,
-                    reason: None,
-                },
-                Outcome::OutOfMemory => ExitFacts {
-                    code: 137,
-                    reason: Some(OUT_OF_MEMORY_REASON.to_owned()),
-                },
+                Outcome::Succeed => ExitFacts { code: 0, reason: None },
+                Outcome::OutOfMemory => ExitFacts { code: 137, reason: Some(OUT_OF_MEMORY_REASON.to_owned()) },
                 Outcome::Exit(code) => ExitFacts { code, reason: None },
             };
             succeeded = exit.code == 0;
@@ -369,28 +320,15 @@ impl Player {
             timeline.push(
                 status,
                 stopped_at,
-                Some(Stop {
-                    reason: ESSENTIAL_CONTAINER_EXITED.to_owned(),
-                    exit: Some(exit),
-                }),
+                Some(Stop { reason: ESSENTIAL_CONTAINER_EXITED.to_owned(), exit: Some(exit) }),
             );
         }
 
         let mut changes = timeline.into_changes(job.array_properties().and_then(|a| a.size()));
-        if let Some(size) = job
-            .array_properties()
-            .and_then(|a| a.size())
-            .filter(|size| *size > 0)
-        {
+        if let Some(size) = job.array_properties().and_then(|a| a.size()).filter(|size| *size > 0) {
             changes = array_events(changes, size as usize, succeeded);
         }
-        self.played.insert(
-            id,
-            PlayedJob {
-                stopped_at,
-                succeeded,
-            },
-        );
+        self.played.insert(id, PlayedJob { stopped_at, succeeded });
         Ok(changes)
     }
 }
@@ -442,14 +380,9 @@ struct JobFacts {
 impl JobFacts {
     fn from_detail(job: &JobDetail, region: &str) -> Self {
         let job_arn = job.job_arn().unwrap_or_default().to_owned();
-        let account = job_arn
-            .split(':')
-            .nth(4)
-            .unwrap_or(crate::emulator::ACCOUNT_ID)
-            .to_owned();
+        let account = job_arn.split(':').nth(4).unwrap_or(crate::emulator::ACCOUNT_ID).to_owned();
         let strings = |map: Option<&HashMap<String, String>>| -> Map<String, Value> {
-            map.map(|m| m.iter().map(|(k, v)| (k.clone(), json!(v))).collect())
-                .unwrap_or_default()
+            map.map(|m| m.iter().map(|(k, v)| (k.clone(), json!(v))).collect()).unwrap_or_default()
         };
         let mut container = Map::new();
         if let Some(detail) = job.container() {
@@ -464,11 +397,8 @@ impl JobFacts {
                 container.insert("executionRoleArn".into(), json!(role));
             }
             container.insert("volumes".into(), json!([]));
-            let environment: Vec<Value> = detail
-                .environment()
-                .iter()
-                .map(|e| json!({"name": e.name(), "value": e.value()}))
-                .collect();
+            let environment: Vec<Value> =
+                detail.environment().iter().map(|e| json!({"name": e.name(), "value": e.value()})).collect();
             container.insert("environment".into(), json!(environment));
             container.insert("mountPoints".into(), json!([]));
             container.insert("ulimits".into(), json!([]));
@@ -484,14 +414,8 @@ impl JobFacts {
                 .and_then(|n| n.assign_public_ip())
                 .map(|a| a.as_str().to_owned())
                 .unwrap_or_else(|| "DISABLED".to_owned());
-            container.insert(
-                "networkConfiguration".into(),
-                json!({"assignPublicIp": public_ip}),
-            );
-            container.insert(
-                "fargatePlatformConfiguration".into(),
-                json!({"platformVersion": "LATEST"}),
-            );
+            container.insert("networkConfiguration".into(), json!({"assignPublicIp": public_ip}));
+            container.insert("fargatePlatformConfiguration".into(), json!({"platformVersion": "LATEST"}));
         }
         JobFacts {
             region: region.to_owned(),
@@ -510,24 +434,14 @@ impl JobFacts {
                 .iter()
                 .map(|d| json!({"jobId": d.job_id(), "type": d.r#type().map(|t| t.as_str())}))
                 .collect(),
-            platform_capabilities: job
-                .platform_capabilities()
-                .iter()
-                .map(|p| json!(p.as_str()))
-                .collect(),
+            platform_capabilities: job.platform_capabilities().iter().map(|p| json!(p.as_str())).collect(),
         }
     }
 
     fn memory_mib(&self) -> Option<u64> {
-        self.container
-            .get("resourceRequirements")?
-            .as_array()?
-            .iter()
-            .find_map(|r| {
-                (r.get("type")?.as_str()? == "MEMORY")
-                    .then(|| r.get("value")?.as_str()?.parse().ok())
-                    .flatten()
-            })
+        self.container.get("resourceRequirements")?.as_array()?.iter().find_map(|r| {
+            (r.get("type")?.as_str()? == "MEMORY").then(|| r.get("value")?.as_str()?.parse().ok()).flatten()
+        })
     }
 
     /// A task id as ECS makes them (32 hex digits), stable for the job.
@@ -549,11 +463,7 @@ struct Timeline {
 
 impl Timeline {
     fn new(facts: JobFacts) -> Self {
-        Timeline {
-            facts,
-            started_at: None,
-            steps: Vec::new(),
-        }
+        Timeline { facts, started_at: None, steps: Vec::new() }
     }
 
     fn push(&mut self, status: &'static str, at: i64, stop: Option<Stop>) {
@@ -573,10 +483,7 @@ impl Timeline {
             .unwrap_or_default()
             .to_owned();
         let log_stream = format!("{definition_name}/default/{task_id}");
-        let task_arn = format!(
-            "arn:aws:ecs:{}:{}:task/AWSBatch-batchline/{task_id}",
-            facts.region, facts.account
-        );
+        let task_arn = format!("arn:aws:ecs:{}:{}:task/AWSBatch-batchline/{task_id}", facts.region, facts.account);
         self.steps
             .iter()
             .map(|(status, at, stop)| {
@@ -658,9 +565,7 @@ fn array_events(parent: Vec<StateChange>, size: usize, succeeded: bool) -> Vec<S
         for index in 0..size {
             let mut child = change.clone();
             let child_id = format!("{}:{index}", change.job_id);
-            let detail = child.event["detail"]
-                .as_object_mut()
-                .expect("detail is an object");
+            let detail = child.event["detail"].as_object_mut().expect("detail is an object");
             let parent_arn = detail["jobArn"].as_str().unwrap_or_default().to_owned();
             let child_arn = format!("{parent_arn}:{index}");
             detail.insert("jobId".into(), json!(child_id));
@@ -679,13 +584,8 @@ fn array_events(parent: Vec<StateChange>, size: usize, succeeded: bool) -> Vec<S
     };
     for change in parent.into_iter().filter(|c| c.status != "STARTING") {
         let mut parent_change = change;
-        let detail = parent_change.event["detail"]
-            .as_object_mut()
-            .expect("detail is an object");
-        detail.insert(
-            "arrayProperties".into(),
-            json!({"size": size, "statusSummary": summary(parent_change.status)}),
-        );
+        let detail = parent_change.event["detail"].as_object_mut().expect("detail is an object");
+        detail.insert("arrayProperties".into(), json!({"size": size, "statusSummary": summary(parent_change.status)}));
         // The parent reports no container or attempts of its own.
         detail.insert("attempts".into(), json!([]));
         if parent_change.status == "FAILED" && !succeeded {
@@ -726,9 +626,7 @@ pub fn event_id() -> String {
 
 /// `2026-11-27T08:09:02Z`, as EventBridge writes `time` (whole seconds).
 pub fn iso_time(at_millis: i64) -> String {
-    DateTime::from_secs(at_millis.div_euclid(1000))
-        .fmt(Format::DateTime)
-        .unwrap_or_default()
+    DateTime::from_secs(at_millis.div_euclid(1000)).fmt(Format::DateTime).unwrap_or_default()
 }
 
 /// Events on their way to a consumer: duplicated, shuffled, batched, delivered.
@@ -739,19 +637,13 @@ pub struct Delivery {
 
 impl Delivery {
     pub fn of(changes: &[StateChange]) -> Self {
-        Delivery {
-            events: changes.iter().map(|c| c.event.clone()).collect(),
-        }
+        Delivery { events: changes.iter().map(|c| c.event.clone()).collect() }
     }
 
     /// Every event `times` times, each copy with the same EventBridge `id`, as an
     /// at-least-once delivery repeats it.
     pub fn repeated(mut self, times: usize) -> Self {
-        self.events = self
-            .events
-            .iter()
-            .flat_map(|e| std::iter::repeat_n(e.clone(), times))
-            .collect();
+        self.events = self.events.iter().flat_map(|e| std::iter::repeat_n(e.clone(), times)).collect();
         self
     }
 
@@ -815,19 +707,14 @@ impl Delivery {
     /// Puts the events on an EventBridge bus in the emulator, as Batch does: source
     /// `aws.batch`, the job ARN as the resource, the transition time as `Time`. The bus
     /// assigns each event a new `id` (a repeated event is a new event there).
-    pub async fn to_event_bus(
-        &self,
-        events: &aws_sdk_eventbridge::Client,
-        bus: &str,
-    ) -> Result<(), Error> {
+    pub async fn to_event_bus(&self, events: &aws_sdk_eventbridge::Client, bus: &str) -> Result<(), Error> {
         use aws_sdk_eventbridge::types::PutEventsRequestEntry;
         for chunk in self.events.chunks(10) {
             let entries = chunk
                 .iter()
                 .map(|event| {
                     let time = event["time"].as_str().unwrap_or_default();
-                    let time = DateTime::from_str(time, Format::DateTime)
-                        .unwrap_or(DateTime::from_secs(0));
+                    let time = DateTime::from_str(time, Format::DateTime).unwrap_or(DateTime::from_secs(0));
                     PutEventsRequestEntry::builder()
                         .event_bus_name(bus)
                         .source("aws.batch")
@@ -838,17 +725,10 @@ impl Delivery {
                         .build()
                 })
                 .collect();
-            let reply = events
-                .put_events()
-                .set_entries(Some(entries))
-                .send()
-                .await
-                .map_err(|e| Error::aws("PutEvents", e))?;
+            let reply =
+                events.put_events().set_entries(Some(entries)).send().await.map_err(|e| Error::aws("PutEvents", e))?;
             if reply.failed_entry_count() > 0 {
-                return Err(Error::InvalidEvent(format!(
-                    "PutEvents refused entries: {:?}",
-                    reply.entries()
-                )));
+                return Err(Error::InvalidEvent(format!("PutEvents refused entries: {:?}", reply.entries())));
             }
         }
         Ok(())
@@ -858,9 +738,5 @@ impl Delivery {
 /// Ids of the jobs that reached a status, in order of their events.
 pub fn jobs_with_status(changes: &[StateChange], status: &str) -> Vec<String> {
     let mut seen = HashSet::new();
-    changes
-        .iter()
-        .filter(|c| c.status == status && seen.insert(c.job_id.clone()))
-        .map(|c| c.job_id.clone())
-        .collect()
+    changes.iter().filter(|c| c.status == status && seen.insert(c.job_id.clone())).map(|c| c.job_id.clone()).collect()
 }

@@ -31,10 +31,7 @@ impl ResponseServer {
     /// Starts a server that refuses its first `refuse_first` requests with HTTP 500.
     pub async fn start(refuse_first: usize) -> std::io::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let url = format!(
-            "http://{}/cloudformation-response?X-Amz-Signature=local",
-            listener.local_addr()?
-        );
+        let url = format!("http://{}/cloudformation-response?X-Amz-Signature=local", listener.local_addr()?);
         let received: Arc<Mutex<Vec<Received>>> = Arc::default();
         let log = received.clone();
         tokio::spawn(async move {
@@ -50,12 +47,12 @@ impl ResponseServer {
                         log.push(request.clone());
                         request.accepted
                     };
-                    let status = if accepted {
-                        "200 OK"
-                    } else {
-                        "500 Internal Server Error"
-                    };
-                    let _ = stream.write_all(format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes()).await;
+                    let status = if accepted { "200 OK" } else { "500 Internal Server Error" };
+                    let _ = stream
+                        .write_all(
+                            format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes(),
+                        )
+                        .await;
                     let _ = stream.shutdown().await;
                 });
             }
@@ -69,11 +66,7 @@ impl ResponseServer {
 
     /// The answers it accepted, parsed.
     pub fn accepted_answers(&self) -> Vec<serde_json::Value> {
-        self.received()
-            .iter()
-            .filter(|r| r.accepted)
-            .filter_map(|r| serde_json::from_str(&r.body).ok())
-            .collect()
+        self.received().iter().filter(|r| r.accepted).filter_map(|r| serde_json::from_str(&r.body).ok()).collect()
     }
 }
 
@@ -114,11 +107,5 @@ async fn read_request(stream: &mut tokio::net::TcpStream) -> Option<Received> {
         buffer.extend_from_slice(&chunk[..read]);
     }
     let body = String::from_utf8_lossy(&buffer[head_end..]).to_string();
-    Some(Received {
-        method,
-        path,
-        content_type,
-        body,
-        accepted: false,
-    })
+    Some(Received { method, path, content_type, body, accepted: false })
 }

@@ -2,8 +2,7 @@
 
 use aws_config::SdkConfig;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
-    TimeToLiveSpecification,
+    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType, TimeToLiveSpecification,
 };
 use batchline::Error;
 
@@ -17,13 +16,8 @@ pub async fn create_table(sdk: &SdkConfig, name: &str) -> Result<(), Error> {
             .build()
             .map_err(build_error)
     };
-    let key = |name: &str, kind| {
-        KeySchemaElement::builder()
-            .attribute_name(name)
-            .key_type(kind)
-            .build()
-            .map_err(build_error)
-    };
+    let key =
+        |name: &str, kind| KeySchemaElement::builder().attribute_name(name).key_type(kind).build().map_err(build_error);
     dynamodb
         .create_table()
         .table_name(name)

@@ -80,14 +80,9 @@ impl Response {
 
     /// Shortens the reason until the body fits CloudFormation's limit.
     fn fit(&mut self) {
-        while serde_json::to_vec(self).map(|b| b.len()).unwrap_or(0) > MAX_BODY_BYTES
-            && self.reason.len() > 40
-        {
+        while serde_json::to_vec(self).map(|b| b.len()).unwrap_or(0) > MAX_BODY_BYTES && self.reason.len() > 40 {
             let keep = self.reason.len() * 3 / 4;
-            let cut = (0..=keep)
-                .rev()
-                .find(|i| self.reason.is_char_boundary(*i))
-                .unwrap_or(0);
+            let cut = (0..=keep).rev().find(|i| self.reason.is_char_boundary(*i)).unwrap_or(0);
             self.reason.truncate(cut);
             self.reason.push_str(" [...]");
         }
@@ -103,16 +98,8 @@ pub struct SendError {
 
 /// PUTs the answer to the pre-signed ResponseURL: an empty content type (the URL is signed
 /// without one), retried with backoff on connection errors and 5xx answers.
-pub async fn send(
-    http: &reqwest::Client,
-    url: &str,
-    response: &Response,
-    attempts: u32,
-) -> Result<(), SendError> {
-    let body = serde_json::to_vec(response).map_err(|e| SendError {
-        attempts: 0,
-        last: e.to_string(),
-    })?;
+pub async fn send(http: &reqwest::Client, url: &str, response: &Response, attempts: u32) -> Result<(), SendError> {
+    let body = serde_json::to_vec(response).map_err(|e| SendError { attempts: 0, last: e.to_string() })?;
     let mut last = String::new();
     for attempt in 1..=attempts {
         let result = http
@@ -130,10 +117,7 @@ pub async fn send(
             }
             Ok(reply) if reply.status().is_client_error() => {
                 // A 4xx will not change on retry (expired or malformed URL).
-                return Err(SendError {
-                    attempts: attempt,
-                    last: format!("HTTP {}", reply.status()),
-                });
+                return Err(SendError { attempts: attempt, last: format!("HTTP {}", reply.status()) });
             }
             Ok(reply) => last = format!("HTTP {}", reply.status()),
             Err(err) => last = err.to_string(),

@@ -53,10 +53,7 @@ impl Clients {
             ecr: aws_sdk_ecr::Client::new(sdk),
             iam: aws_sdk_iam::Client::new(sdk),
             http: reqwest::Client::new(),
-            region: sdk
-                .region()
-                .map(|r| r.to_string())
-                .unwrap_or_else(|| "us-east-1".into()),
+            region: sdk.region().map(|r| r.to_string()).unwrap_or_else(|| "us-east-1".into()),
         }
     }
 }
@@ -72,21 +69,12 @@ pub struct Outcome {
 
 impl Outcome {
     fn failed(reason: impl Into<String>, physical_resource_id: String) -> Self {
-        Outcome {
-            status: Status::Failed,
-            reason: reason.into(),
-            physical_resource_id,
-            data: Map::new(),
-        }
+        Outcome { status: Status::Failed, reason: reason.into(), physical_resource_id, data: Map::new() }
     }
 }
 
 /// Handles one custom resource request: does the work, answers CloudFormation once.
-pub async fn handle(
-    event: LambdaEvent<Value>,
-    clients: &Clients,
-    config: &Config,
-) -> Result<Value, Error> {
+pub async fn handle(event: LambdaEvent<Value>, clients: &Clients, config: &Config) -> Result<Value, Error> {
     let request: Request = serde_json::from_value(event.payload.clone()).map_err(|e| {
         // Without a ResponseURL there is no one to answer; say so loudly.
         Error::InvalidEvent(format!(
@@ -96,39 +84,19 @@ pub async fn handle(
     })?;
     info!(request_type = %request.request_type, logical_id = %request.logical_resource_id, "custom resource request");
     let deadline = deadline_from(event.context.deadline);
-    let work = run(
-        request.clone(),
-        clients.clone(),
-        config.table_name.clone(),
-        deadline,
-    );
+    let work = run(request.clone(), clients.clone(), config.table_name.clone(), deadline);
     let response = answer_within(&request, deadline, work).await;
-    cfn::send(
-        &clients.http,
-        &request.response_url,
-        &response,
-        ANSWER_ATTEMPTS,
-    )
-    .await
-    .map_err(|e| {
+    cfn::send(&clients.http, &request.response_url, &response, ANSWER_ATTEMPTS).await.map_err(|e| {
         error!(error = %e, "CloudFormation was not answered");
-        Error::Aws {
-            operation: "RespondToCloudFormation",
-            code: "Unanswered".into(),
-            message: e.to_string(),
-        }
+        Error::Aws { operation: "RespondToCloudFormation", code: "Unanswered".into(), message: e.to_string() }
     })?;
     Ok(json!({ "Status": response.status, "PhysicalResourceId": response.physical_resource_id }))
 }
 
 /// The instant `ANSWER_MARGIN` before the invocation's deadline (epoch milliseconds).
 pub fn deadline_from(deadline_ms: u64) -> Instant {
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or_default();
-    let left =
-        Duration::from_millis(deadline_ms.saturating_sub(now_ms)).saturating_sub(ANSWER_MARGIN);
+    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or_default();
+    let left = Duration::from_millis(deadline_ms.saturating_sub(now_ms)).saturating_sub(ANSWER_MARGIN);
     Instant::now() + left
 }
 
@@ -166,13 +134,7 @@ where
             )
         }
     };
-    Response::new(
-        request,
-        outcome.status,
-        outcome.reason,
-        outcome.physical_resource_id,
-        outcome.data,
-    )
+    Response::new(request, outcome.status, outcome.reason, outcome.physical_resource_id, outcome.data)
 }
 
 /// The physical id when the properties say nothing usable: the one CloudFormation has, or
@@ -198,10 +160,8 @@ async fn run(request: Request, clients: Clients, table: String, deadline: Instan
                 Ok(config) => config,
                 Err(problems) => return Outcome::failed(problems.to_string(), fallback_id),
             };
-            let previous = request
-                .old_resource_properties
-                .as_ref()
-                .and_then(|old| StackConfig::from_properties(old).ok());
+            let previous =
+                request.old_resource_properties.as_ref().and_then(|old| StackConfig::from_properties(old).ok());
             // A changed prefix is a replacement: the old environment is deleted by
             // CloudFormation's Delete of the old physical id, not here.
             let previous = previous.filter(|p| p.name_prefix == config.name_prefix);
@@ -240,9 +200,8 @@ async fn run(request: Request, clients: Clients, table: String, deadline: Instan
                 Err(err) => Outcome::failed(err.to_string(), fallback_id),
             },
         },
-        other => Outcome::failed(
-            format!("unknown RequestType {other:?}: expected Create, Update or Delete"),
-            fallback_id,
-        ),
+        other => {
+            Outcome::failed(format!("unknown RequestType {other:?}: expected Create, Update or Delete"), fallback_id)
+        }
     }
 }

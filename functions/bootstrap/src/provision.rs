@@ -13,11 +13,10 @@ use std::future::Future;
 use std::time::Duration;
 
 use aws_sdk_batch::types::{
-    AssignPublicIp, CeState, CeType, ComputeEnvironmentOrder, ComputeResource,
-    ComputeResourceUpdate, ContainerProperties, CrType, EvaluateOnExit,
-    FargatePlatformConfiguration, JobDefinitionType, JobStatus, JobTimeout, JqState, KeyValuePair,
-    LogConfiguration, LogDriver, NetworkConfiguration, PlatformCapability, ResourceRequirement,
-    ResourceType, RetryAction, RetryStrategy, RuntimePlatform, Secret,
+    AssignPublicIp, CeState, CeType, ComputeEnvironmentOrder, ComputeResource, ComputeResourceUpdate,
+    ContainerProperties, CrType, EvaluateOnExit, FargatePlatformConfiguration, JobDefinitionType, JobStatus,
+    JobTimeout, JqState, KeyValuePair, LogConfiguration, LogDriver, NetworkConfiguration, PlatformCapability,
+    ResourceRequirement, ResourceType, RetryAction, RetryStrategy, RuntimePlatform, Secret,
 };
 use aws_sdk_dynamodb::types::AttributeValue;
 use batchline::fargate::format_vcpu;
@@ -46,52 +45,24 @@ pub async fn converge(
     previous: Option<&StackConfig>,
     deadline: Instant,
 ) -> Result<StackConfig, Error> {
-    config.roles.execution_role_arn = Some(
-        ensure_role(
-            clients,
-            &config.roles.execution_role_name,
-            Some(EXECUTION_POLICY_ARN),
-        )
-        .await?,
-    );
+    config.roles.execution_role_arn =
+        Some(ensure_role(clients, &config.roles.execution_role_name, Some(EXECUTION_POLICY_ARN)).await?);
     let job_role_arn = ensure_role(clients, &config.roles.job_role_name, None).await?;
-    ensure_input_read_policy(
-        clients,
-        &config.roles.job_role_name,
-        config.roles.input_bucket.as_deref(),
-    )
-    .await?;
+    ensure_input_read_policy(clients, &config.roles.job_role_name, config.roles.input_bucket.as_deref()).await?;
     config.roles.job_role_arn = Some(job_role_arn);
     config.repository.uri = Some(ensure_repository(clients, &config).await?);
 
-    for key in config
-        .compute_environments
-        .keys()
-        .cloned()
-        .collect::<Vec<_>>()
-    {
+    for key in config.compute_environments.keys().cloned().collect::<Vec<_>>() {
         let arn = ensure_compute_environment(clients, &config, &key, deadline).await?;
-        config
-            .compute_environments
-            .get_mut(&key)
-            .expect("key from the map")
-            .arn = Some(arn);
+        config.compute_environments.get_mut(&key).expect("key from the map").arn = Some(arn);
     }
     for key in config.job_queues.keys().cloned().collect::<Vec<_>>() {
         let arn = ensure_job_queue(clients, &config, &key, deadline).await?;
-        config
-            .job_queues
-            .get_mut(&key)
-            .expect("key from the map")
-            .arn = Some(arn);
+        config.job_queues.get_mut(&key).expect("key from the map").arn = Some(arn);
     }
     for key in config.job_definitions.keys().cloned().collect::<Vec<_>>() {
         let arn = ensure_job_definition(clients, &config, &key).await?;
-        config
-            .job_definitions
-            .get_mut(&key)
-            .expect("key from the map")
-            .arn = Some(arn);
+        config.job_definitions.get_mut(&key).expect("key from the map").arn = Some(arn);
     }
 
     if let Some(previous) = previous {
@@ -102,12 +73,7 @@ pub async fn converge(
 }
 
 /// Deletes everything the configuration describes; what is already gone counts as done.
-pub async fn teardown(
-    clients: &Clients,
-    table: &str,
-    config: &StackConfig,
-    deadline: Instant,
-) -> Result<(), Error> {
+pub async fn teardown(clients: &Clients, table: &str, config: &StackConfig, deadline: Instant) -> Result<(), Error> {
     for queue in config.job_queues.values() {
         delete_job_queue(clients, &queue.name, deadline).await?;
     }
@@ -141,40 +107,17 @@ async fn remove_dropped(
     previous: &StackConfig,
     deadline: Instant,
 ) -> Result<(), Error> {
-    let kept_names = |names: Vec<&String>| {
-        names
-            .into_iter()
-            .cloned()
-            .collect::<std::collections::BTreeSet<String>>()
-    };
+    let kept_names = |names: Vec<&String>| names.into_iter().cloned().collect::<std::collections::BTreeSet<String>>();
     let queues = kept_names(config.job_queues.values().map(|q| &q.name).collect());
-    for queue in previous
-        .job_queues
-        .values()
-        .filter(|q| !queues.contains(&q.name))
-    {
+    for queue in previous.job_queues.values().filter(|q| !queues.contains(&q.name)) {
         delete_job_queue(clients, &queue.name, deadline).await?;
     }
-    let environments = kept_names(
-        config
-            .compute_environments
-            .values()
-            .map(|c| &c.name)
-            .collect(),
-    );
-    for environment in previous
-        .compute_environments
-        .values()
-        .filter(|c| !environments.contains(&c.name))
-    {
+    let environments = kept_names(config.compute_environments.values().map(|c| &c.name).collect());
+    for environment in previous.compute_environments.values().filter(|c| !environments.contains(&c.name)) {
         delete_compute_environment(clients, &environment.name, deadline).await?;
     }
     let definitions = kept_names(config.job_definitions.values().map(|d| &d.name).collect());
-    for definition in previous
-        .job_definitions
-        .values()
-        .filter(|d| !definitions.contains(&d.name))
-    {
+    for definition in previous.job_definitions.values().filter(|d| !definitions.contains(&d.name)) {
         deregister_job_definition(clients, &definition.name).await?;
     }
     Ok(())
@@ -198,11 +141,7 @@ async fn publish(clients: &Clients, table: &str, config: &StackConfig) -> Result
 
 // ----- IAM -------------------------------------------------------------------------------
 
-async fn ensure_role(
-    clients: &Clients,
-    name: &str,
-    managed_policy: Option<&str>,
-) -> Result<String, Error> {
+async fn ensure_role(clients: &Clients, name: &str, managed_policy: Option<&str>) -> Result<String, Error> {
     let arn = match clients.iam.get_role().role_name(name).send().await {
         Ok(found) => {
             clients
@@ -230,10 +169,7 @@ async fn ensure_role(
                 .await
                 .map_err(|e| Error::aws("CreateRole", e))?;
             info!(role = name, "role created");
-            created
-                .role()
-                .map(|r| r.arn().to_owned())
-                .unwrap_or_default()
+            created.role().map(|r| r.arn().to_owned()).unwrap_or_default()
         }
     };
     if let Some(policy) = managed_policy {
@@ -250,11 +186,7 @@ async fn ensure_role(
 }
 
 /// The job role may read the input bucket, when one is configured, and nothing else.
-async fn ensure_input_read_policy(
-    clients: &Clients,
-    role: &str,
-    bucket: Option<&str>,
-) -> Result<(), Error> {
+async fn ensure_input_read_policy(clients: &Clients, role: &str, bucket: Option<&str>) -> Result<(), Error> {
     match bucket {
         Some(bucket) => {
             let policy = serde_json::json!({
@@ -275,13 +207,7 @@ async fn ensure_input_read_policy(
                 .map_err(|e| Error::aws("PutRolePolicy", e))?;
         }
         None => {
-            if let Err(err) = clients
-                .iam
-                .delete_role_policy()
-                .role_name(role)
-                .policy_name(JOB_ROLE_POLICY)
-                .send()
-                .await
+            if let Err(err) = clients.iam.delete_role_policy().role_name(role).policy_name(JOB_ROLE_POLICY).send().await
             {
                 let err = Error::aws("DeleteRolePolicy", err);
                 if err.aws_code() != Some("NoSuchEntity") {
@@ -295,24 +221,14 @@ async fn ensure_input_read_policy(
 
 async fn delete_role(clients: &Clients, name: &str) -> Result<(), Error> {
     let not_found = |err: &Error| err.aws_code() == Some("NoSuchEntity");
-    let attached = match clients
-        .iam
-        .list_attached_role_policies()
-        .role_name(name)
-        .send()
-        .await
-    {
+    let attached = match clients.iam.list_attached_role_policies().role_name(name).send().await {
         Ok(attached) => attached,
         Err(err) => {
             let err = Error::aws("ListAttachedRolePolicies", err);
             return if not_found(&err) { Ok(()) } else { Err(err) };
         }
     };
-    for policy in attached
-        .attached_policies()
-        .iter()
-        .filter_map(|p| p.policy_arn())
-    {
+    for policy in attached.attached_policies().iter().filter_map(|p| p.policy_arn()) {
         clients
             .iam
             .detach_role_policy()
@@ -322,13 +238,8 @@ async fn delete_role(clients: &Clients, name: &str) -> Result<(), Error> {
             .await
             .map_err(|e| Error::aws("DetachRolePolicy", e))?;
     }
-    let inline = clients
-        .iam
-        .list_role_policies()
-        .role_name(name)
-        .send()
-        .await
-        .map_err(|e| Error::aws("ListRolePolicies", e))?;
+    let inline =
+        clients.iam.list_role_policies().role_name(name).send().await.map_err(|e| Error::aws("ListRolePolicies", e))?;
     for policy in inline.policy_names() {
         clients
             .iam
@@ -356,18 +267,10 @@ async fn delete_role(clients: &Clients, name: &str) -> Result<(), Error> {
 
 async fn ensure_repository(clients: &Clients, config: &StackConfig) -> Result<String, Error> {
     let repository = &config.repository;
-    match clients
-        .ecr
-        .describe_repositories()
-        .repository_names(&repository.name)
-        .send()
-        .await
-    {
+    match clients.ecr.describe_repositories().repository_names(&repository.name).send().await {
         Ok(found) => {
             let existing = found.repositories().first();
-            let scanning = existing
-                .and_then(|r| r.image_scanning_configuration())
-                .map(|c| c.scan_on_push());
+            let scanning = existing.and_then(|r| r.image_scanning_configuration()).map(|c| c.scan_on_push());
             if scanning != Some(repository.scan_on_push) {
                 clients
                     .ecr
@@ -382,10 +285,7 @@ async fn ensure_repository(clients: &Clients, config: &StackConfig) -> Result<St
                     .await
                     .map_err(|e| Error::aws("PutImageScanningConfiguration", e))?;
             }
-            Ok(existing
-                .and_then(|r| r.repository_uri())
-                .unwrap_or_default()
-                .to_owned())
+            Ok(existing.and_then(|r| r.repository_uri()).unwrap_or_default().to_owned())
         }
         Err(err) => {
             let err = Error::aws("DescribeRepositories", err);
@@ -412,24 +312,13 @@ async fn ensure_repository(clients: &Clients, config: &StackConfig) -> Result<St
                 .await
                 .map_err(|e| Error::aws("CreateRepository", e))?;
             info!(repository = %repository.name, "repository created");
-            Ok(created
-                .repository()
-                .and_then(|r| r.repository_uri())
-                .unwrap_or_default()
-                .to_owned())
+            Ok(created.repository().and_then(|r| r.repository_uri()).unwrap_or_default().to_owned())
         }
     }
 }
 
 async fn delete_repository(clients: &Clients, name: &str) -> Result<(), Error> {
-    match clients
-        .ecr
-        .delete_repository()
-        .repository_name(name)
-        .force(true)
-        .send()
-        .await
-    {
+    match clients.ecr.delete_repository().repository_name(name).force(true).send().await {
         Ok(_) => Ok(()),
         Err(err) => {
             let err = Error::aws("DeleteRepository", err);
@@ -456,9 +345,7 @@ where
             return Ok(());
         }
         if Instant::now() + pause >= deadline {
-            return Err(Error::Timeout(format!(
-                "{what} did not happen before the function's deadline"
-            )));
+            return Err(Error::Timeout(format!("{what} did not happen before the function's deadline")));
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_secs(10));
@@ -479,10 +366,7 @@ async fn describe_compute_environment(
     Ok(found
         .compute_environments()
         .iter()
-        .find(|c| {
-            c.compute_environment_name() == Some(name)
-                && c.status().map(|s| s.as_str()) != Some("DELETED")
-        })
+        .find(|c| c.compute_environment_name() == Some(name) && c.status().map(|s| s.as_str()) != Some("DELETED"))
         .cloned())
 }
 
@@ -519,18 +403,14 @@ async fn ensure_compute_environment(
                 .await
                 .map_err(|e| Error::aws("CreateComputeEnvironment", e))?;
             info!(compute_environment = %wanted.name, "compute environment created");
-            created
-                .compute_environment_arn()
-                .unwrap_or_default()
-                .to_owned()
+            created.compute_environment_arn().unwrap_or_default().to_owned()
         }
         Some(existing) => {
             let resources = existing.compute_resources();
             let same = existing.state().map(|s| s.as_str()) == Some("ENABLED")
                 && resources.and_then(|r| r.maxv_cpus()) == Some(wanted.max_vcpus as i32)
                 && resources.map(|r| r.subnets().to_vec()) == Some(network.subnets.clone())
-                && resources.map(|r| r.security_group_ids().to_vec())
-                    == Some(network.security_groups.clone());
+                && resources.map(|r| r.security_group_ids().to_vec()) == Some(network.security_groups.clone());
             if !same {
                 clients
                     .batch
@@ -549,39 +429,26 @@ async fn ensure_compute_environment(
                     .map_err(|e| Error::aws("UpdateComputeEnvironment", e))?;
                 info!(compute_environment = %wanted.name, "compute environment updated");
             }
-            existing
-                .compute_environment_arn()
-                .unwrap_or_default()
-                .to_owned()
+            existing.compute_environment_arn().unwrap_or_default().to_owned()
         }
     };
-    wait_until(
-        &format!("compute environment {} becoming VALID", wanted.name),
-        deadline,
-        || async {
-            let found = describe_compute_environment(clients, &wanted.name).await?;
-            match found.as_ref().and_then(|c| c.status()).map(|s| s.as_str()) {
-                Some("VALID") => Ok(true),
-                Some("INVALID") => Err(Error::Aws {
-                    operation: "CreateComputeEnvironment",
-                    code: "INVALID".into(),
-                    message: found
-                        .and_then(|c| c.status_reason().map(str::to_owned))
-                        .unwrap_or_default(),
-                }),
-                _ => Ok(false),
-            }
-        },
-    )
+    wait_until(&format!("compute environment {} becoming VALID", wanted.name), deadline, || async {
+        let found = describe_compute_environment(clients, &wanted.name).await?;
+        match found.as_ref().and_then(|c| c.status()).map(|s| s.as_str()) {
+            Some("VALID") => Ok(true),
+            Some("INVALID") => Err(Error::Aws {
+                operation: "CreateComputeEnvironment",
+                code: "INVALID".into(),
+                message: found.and_then(|c| c.status_reason().map(str::to_owned)).unwrap_or_default(),
+            }),
+            _ => Ok(false),
+        }
+    })
     .await?;
     Ok(arn)
 }
 
-async fn delete_compute_environment(
-    clients: &Clients,
-    name: &str,
-    deadline: Instant,
-) -> Result<(), Error> {
+async fn delete_compute_environment(clients: &Clients, name: &str, deadline: Instant) -> Result<(), Error> {
     let Some(existing) = describe_compute_environment(clients, name).await? else {
         return Ok(());
     };
@@ -595,17 +462,12 @@ async fn delete_compute_environment(
             .await
             .map_err(|e| Error::aws("UpdateComputeEnvironment", e))?;
     }
-    wait_until(
-        &format!("compute environment {name} becoming DISABLED"),
-        deadline,
-        || async {
-            let found = describe_compute_environment(clients, name).await?;
-            Ok(found.is_none_or(|c| {
-                c.state().map(|s| s.as_str()) == Some("DISABLED")
-                    && c.status().map(|s| s.as_str()) != Some("UPDATING")
-            }))
-        },
-    )
+    wait_until(&format!("compute environment {name} becoming DISABLED"), deadline, || async {
+        let found = describe_compute_environment(clients, name).await?;
+        Ok(found.is_none_or(|c| {
+            c.state().map(|s| s.as_str()) == Some("DISABLED") && c.status().map(|s| s.as_str()) != Some("UPDATING")
+        }))
+    })
     .await?;
     clients
         .batch
@@ -614,11 +476,9 @@ async fn delete_compute_environment(
         .send()
         .await
         .map_err(|e| Error::aws("DeleteComputeEnvironment", e))?;
-    wait_until(
-        &format!("compute environment {name} being deleted"),
-        deadline,
-        || async { Ok(describe_compute_environment(clients, name).await?.is_none()) },
-    )
+    wait_until(&format!("compute environment {name} being deleted"), deadline, || async {
+        Ok(describe_compute_environment(clients, name).await?.is_none())
+    })
     .await?;
     info!(compute_environment = name, "compute environment deleted");
     Ok(())
@@ -638,9 +498,7 @@ async fn describe_job_queue(
     Ok(found
         .job_queues()
         .iter()
-        .find(|q| {
-            q.job_queue_name() == Some(name) && q.status().map(|s| s.as_str()) != Some("DELETED")
-        })
+        .find(|q| q.job_queue_name() == Some(name) && q.status().map(|s| s.as_str()) != Some("DELETED"))
         .cloned())
 }
 
@@ -656,14 +514,8 @@ async fn ensure_job_queue(
         .iter()
         .enumerate()
         .map(|(index, ce)| {
-            let arn = config.compute_environments[ce]
-                .arn
-                .clone()
-                .unwrap_or_default();
-            ComputeEnvironmentOrder::builder()
-                .order(index as i32 + 1)
-                .compute_environment(arn)
-                .build()
+            let arn = config.compute_environments[ce].arn.clone().unwrap_or_default();
+            ComputeEnvironmentOrder::builder().order(index as i32 + 1).compute_environment(arn).build()
         })
         .collect();
     let arn = match describe_job_queue(clients, &wanted.name).await? {
@@ -683,15 +535,10 @@ async fn ensure_job_queue(
             created.job_queue_arn().unwrap_or_default().to_owned()
         }
         Some(existing) => {
-            let existing_order: Vec<(Option<i32>, Option<&str>)> = existing
-                .compute_environment_order()
-                .iter()
-                .map(|o| (o.order(), o.compute_environment()))
-                .collect();
-            let wanted_order: Vec<(Option<i32>, Option<&str>)> = order
-                .iter()
-                .map(|o| (o.order(), o.compute_environment()))
-                .collect();
+            let existing_order: Vec<(Option<i32>, Option<&str>)> =
+                existing.compute_environment_order().iter().map(|o| (o.order(), o.compute_environment())).collect();
+            let wanted_order: Vec<(Option<i32>, Option<&str>)> =
+                order.iter().map(|o| (o.order(), o.compute_environment())).collect();
             let same = existing.state().map(|s| s.as_str()) == Some("ENABLED")
                 && existing.priority() == Some(wanted.priority as i32)
                 && existing_order == wanted_order;
@@ -711,17 +558,10 @@ async fn ensure_job_queue(
             existing.job_queue_arn().unwrap_or_default().to_owned()
         }
     };
-    wait_until(
-        &format!("job queue {} becoming VALID", wanted.name),
-        deadline,
-        || async {
-            let found = describe_job_queue(clients, &wanted.name).await?;
-            Ok(found
-                .and_then(|q| q.status().map(|s| s.as_str().to_owned()))
-                .as_deref()
-                == Some("VALID"))
-        },
-    )
+    wait_until(&format!("job queue {} becoming VALID", wanted.name), deadline, || async {
+        let found = describe_job_queue(clients, &wanted.name).await?;
+        Ok(found.and_then(|q| q.status().map(|s| s.as_str().to_owned())).as_deref() == Some("VALID"))
+    })
     .await?;
     Ok(arn)
 }
@@ -731,13 +571,9 @@ async fn delete_job_queue(clients: &Clients, name: &str, deadline: Instant) -> R
     let Some(existing) = describe_job_queue(clients, name).await? else {
         return Ok(());
     };
-    for status in [
-        JobStatus::Submitted,
-        JobStatus::Pending,
-        JobStatus::Runnable,
-        JobStatus::Starting,
-        JobStatus::Running,
-    ] {
+    for status in
+        [JobStatus::Submitted, JobStatus::Pending, JobStatus::Runnable, JobStatus::Starting, JobStatus::Running]
+    {
         let mut token = None;
         loop {
             let page = clients
@@ -775,30 +611,17 @@ async fn delete_job_queue(clients: &Clients, name: &str, deadline: Instant) -> R
             .await
             .map_err(|e| Error::aws("UpdateJobQueue", e))?;
     }
-    wait_until(
-        &format!("job queue {name} becoming DISABLED"),
-        deadline,
-        || async {
-            let found = describe_job_queue(clients, name).await?;
-            Ok(found.is_none_or(|q| {
-                q.state().map(|s| s.as_str()) == Some("DISABLED")
-                    && q.status().map(|s| s.as_str()) != Some("UPDATING")
-            }))
-        },
-    )
+    wait_until(&format!("job queue {name} becoming DISABLED"), deadline, || async {
+        let found = describe_job_queue(clients, name).await?;
+        Ok(found.is_none_or(|q| {
+            q.state().map(|s| s.as_str()) == Some("DISABLED") && q.status().map(|s| s.as_str()) != Some("UPDATING")
+        }))
+    })
     .await?;
-    clients
-        .batch
-        .delete_job_queue()
-        .job_queue(name)
-        .send()
-        .await
-        .map_err(|e| Error::aws("DeleteJobQueue", e))?;
-    wait_until(
-        &format!("job queue {name} being deleted"),
-        deadline,
-        || async { Ok(describe_job_queue(clients, name).await?.is_none()) },
-    )
+    clients.batch.delete_job_queue().job_queue(name).send().await.map_err(|e| Error::aws("DeleteJobQueue", e))?;
+    wait_until(&format!("job queue {name} being deleted"), deadline, || async {
+        Ok(describe_job_queue(clients, name).await?.is_none())
+    })
     .await?;
     info!(job_queue = name, "job queue deleted");
     Ok(())
@@ -815,14 +638,8 @@ pub fn spec_hash(
 ) -> String {
     let mut unregistered = definition.clone();
     unregistered.arn = None;
-    let text = serde_json::json!([
-        unregistered,
-        execution_role_arn,
-        job_role_arn,
-        assign_public_ip,
-        region
-    ])
-    .to_string();
+    let text =
+        serde_json::json!([unregistered, execution_role_arn, job_role_arn, assign_public_ip, region]).to_string();
     let mut hash: u64 = 0xcbf29ce484222325;
     for byte in text.bytes() {
         hash = (hash ^ byte as u64).wrapping_mul(0x100000001b3);
@@ -830,10 +647,7 @@ pub fn spec_hash(
     format!("{hash:016x}")
 }
 
-async fn active_revisions(
-    clients: &Clients,
-    name: &str,
-) -> Result<Vec<aws_sdk_batch::types::JobDefinition>, Error> {
+async fn active_revisions(clients: &Clients, name: &str) -> Result<Vec<aws_sdk_batch::types::JobDefinition>, Error> {
     let mut revisions = Vec::new();
     let mut token = None;
     loop {
@@ -859,21 +673,11 @@ async fn active_revisions(
     }
 }
 
-async fn ensure_job_definition(
-    clients: &Clients,
-    config: &StackConfig,
-    key: &str,
-) -> Result<String, Error> {
+async fn ensure_job_definition(clients: &Clients, config: &StackConfig, key: &str) -> Result<String, Error> {
     let definition = &config.job_definitions[key];
     let execution_role = config.roles.execution_role_arn.clone().unwrap_or_default();
     let job_role = config.roles.job_role_arn.clone().unwrap_or_default();
-    let hash = spec_hash(
-        definition,
-        &execution_role,
-        &job_role,
-        config.network.assign_public_ip,
-        &clients.region,
-    );
+    let hash = spec_hash(definition, &execution_role, &job_role, config.network.assign_public_ip, &clients.region);
     let revisions = active_revisions(clients, &definition.name).await?;
     if let Some(latest) = revisions.iter().max_by_key(|d| d.revision()) {
         if latest.tags().and_then(|t| t.get(SPEC_TAG)) == Some(&hash) {
@@ -881,17 +685,8 @@ async fn ensure_job_definition(
         }
     }
 
-    let requirement = |kind, value: String| {
-        ResourceRequirement::builder()
-            .r#type(kind)
-            .value(value)
-            .build()
-    };
-    let public_ip = if config.network.assign_public_ip {
-        AssignPublicIp::Enabled
-    } else {
-        AssignPublicIp::Disabled
-    };
+    let requirement = |kind, value: String| ResourceRequirement::builder().r#type(kind).value(value).build();
+    let public_ip = if config.network.assign_public_ip { AssignPublicIp::Enabled } else { AssignPublicIp::Disabled };
     let log_configuration = LogConfiguration::builder()
         .log_driver(LogDriver::Awslogs)
         .options("awslogs-group", &definition.log_group)
@@ -903,38 +698,16 @@ async fn ensure_job_definition(
         .set_command((!definition.command.is_empty()).then(|| definition.command.clone()))
         .execution_role_arn(&execution_role)
         .job_role_arn(&job_role)
-        .resource_requirements(requirement(
-            ResourceType::Vcpu,
-            format_vcpu(definition.size.vcpu),
-        ))
-        .resource_requirements(requirement(
-            ResourceType::Memory,
-            definition.size.memory_mib.to_string(),
-        ))
+        .resource_requirements(requirement(ResourceType::Vcpu, format_vcpu(definition.size.vcpu)))
+        .resource_requirements(requirement(ResourceType::Memory, definition.size.memory_mib.to_string()))
         .set_environment(Some(
-            definition
-                .environment
-                .iter()
-                .map(|(k, v)| KeyValuePair::builder().name(k).value(v).build())
-                .collect(),
+            definition.environment.iter().map(|(k, v)| KeyValuePair::builder().name(k).value(v).build()).collect(),
         ))
         .set_secrets(Some(
-            definition
-                .secrets
-                .iter()
-                .map(|(k, v)| Secret::builder().name(k).value_from(v).build())
-                .collect(),
+            definition.secrets.iter().map(|(k, v)| Secret::builder().name(k).value_from(v).build()).collect(),
         ))
-        .network_configuration(
-            NetworkConfiguration::builder()
-                .assign_public_ip(public_ip)
-                .build(),
-        )
-        .fargate_platform_configuration(
-            FargatePlatformConfiguration::builder()
-                .platform_version("LATEST")
-                .build(),
-        )
+        .network_configuration(NetworkConfiguration::builder().assign_public_ip(public_ip).build())
+        .fargate_platform_configuration(FargatePlatformConfiguration::builder().platform_version("LATEST").build())
         .runtime_platform(
             RuntimePlatform::builder()
                 .cpu_architecture(&definition.architecture)
@@ -951,11 +724,9 @@ async fn ensure_job_definition(
         .platform_capabilities(PlatformCapability::Fargate)
         .container_properties(container)
         .retry_strategy(retry_strategy(definition.retry_attempts))
-        .set_timeout(definition.timeout_seconds.map(|t| {
-            JobTimeout::builder()
-                .attempt_duration_seconds(t as i32)
-                .build()
-        }))
+        .set_timeout(
+            definition.timeout_seconds.map(|t| JobTimeout::builder().attempt_duration_seconds(t as i32).build()),
+        )
         .propagate_tags(true)
         .tags(SPEC_TAG, &hash)
         .tags(STACK_TAG, &config.name_prefix)
@@ -963,10 +734,7 @@ async fn ensure_job_definition(
         .await
         .map_err(|e| Error::aws("RegisterJobDefinition", e))?;
     info!(job_definition = %definition.name, revision = registered.revision(), "job definition registered");
-    Ok(registered
-        .job_definition_arn()
-        .unwrap_or_default()
-        .to_owned())
+    Ok(registered.job_definition_arn().unwrap_or_default().to_owned())
 }
 
 /// Batch retries what is transient — a Spot task reclaimed, the host lost, an image pull
@@ -984,11 +752,7 @@ pub fn retry_strategy(attempts: u32) -> RetryStrategy {
         .attempts(attempts as i32)
         .set_evaluate_on_exit(Some(
             [
-                rule(
-                    Some("Your Spot Task was interrupted*"),
-                    None,
-                    RetryAction::Retry,
-                ),
+                rule(Some("Your Spot Task was interrupted*"), None, RetryAction::Retry),
                 rule(Some("Host EC2*"), None, RetryAction::Retry),
                 rule(None, Some("CannotPullContainerError*"), RetryAction::Retry),
                 rule(None, Some("*"), RetryAction::Exit),
@@ -1018,51 +782,14 @@ fn build_error(err: impl std::fmt::Display) -> Error {
 
 /// The outputs CloudFormation gets in `Data` (names fixed by the design, plus a few more).
 pub fn outputs(config: &StackConfig) -> BTreeMap<&'static str, String> {
-    let arns =
-        |items: Vec<Option<String>>| items.into_iter().flatten().collect::<Vec<_>>().join(",");
+    let arns = |items: Vec<Option<String>>| items.into_iter().flatten().collect::<Vec<_>>().join(",");
     BTreeMap::from([
-        (
-            "ExecutionRoleArn",
-            config.roles.execution_role_arn.clone().unwrap_or_default(),
-        ),
-        (
-            "JobRoleArn",
-            config.roles.job_role_arn.clone().unwrap_or_default(),
-        ),
-        (
-            "RepositoryUri",
-            config.repository.uri.clone().unwrap_or_default(),
-        ),
-        (
-            "JobQueueArn",
-            config
-                .default_job_queue()
-                .and_then(|q| q.arn.clone())
-                .unwrap_or_default(),
-        ),
-        (
-            "JobDefinitionArns",
-            arns(
-                config
-                    .job_definitions
-                    .values()
-                    .map(|d| d.arn.clone())
-                    .collect(),
-            ),
-        ),
-        (
-            "JobQueueArns",
-            arns(config.job_queues.values().map(|q| q.arn.clone()).collect()),
-        ),
-        (
-            "ComputeEnvironmentArns",
-            arns(
-                config
-                    .compute_environments
-                    .values()
-                    .map(|c| c.arn.clone())
-                    .collect(),
-            ),
-        ),
+        ("ExecutionRoleArn", config.roles.execution_role_arn.clone().unwrap_or_default()),
+        ("JobRoleArn", config.roles.job_role_arn.clone().unwrap_or_default()),
+        ("RepositoryUri", config.repository.uri.clone().unwrap_or_default()),
+        ("JobQueueArn", config.default_job_queue().and_then(|q| q.arn.clone()).unwrap_or_default()),
+        ("JobDefinitionArns", arns(config.job_definitions.values().map(|d| d.arn.clone()).collect())),
+        ("JobQueueArns", arns(config.job_queues.values().map(|q| q.arn.clone()).collect())),
+        ("ComputeEnvironmentArns", arns(config.compute_environments.values().map(|c| c.arn.clone()).collect())),
     ])
 }

@@ -50,19 +50,11 @@ impl Ledger<'_> {
             .item("state", AttributeValue::S("IN_PROGRESS".into()))
             .item("token", AttributeValue::S(self.token.into()))
             .item("claimed_at", AttributeValue::N(now_ms.to_string()))
-            .item(
-                "expires_at",
-                AttributeValue::N((now_ms / 1000 + REMEMBER_SECONDS).to_string()),
-            )
-            .condition_expression(
-                "attribute_not_exists(pk) OR (#state = :in_progress AND claimed_at < :stale)",
-            )
+            .item("expires_at", AttributeValue::N((now_ms / 1000 + REMEMBER_SECONDS).to_string()))
+            .condition_expression("attribute_not_exists(pk) OR (#state = :in_progress AND claimed_at < :stale)")
             .expression_attribute_names("#state", "state")
             .expression_attribute_values(":in_progress", AttributeValue::S("IN_PROGRESS".into()))
-            .expression_attribute_values(
-                ":stale",
-                AttributeValue::N((now_ms - STALE_CLAIM_MS).to_string()),
-            )
+            .expression_attribute_values(":stale", AttributeValue::N((now_ms - STALE_CLAIM_MS).to_string()))
             .send()
             .await;
         match result {
@@ -88,16 +80,8 @@ impl Ledger<'_> {
             .send()
             .await
             .map_err(|e| Error::aws("GetItem", e))?;
-        let state = item
-            .item()
-            .and_then(|i| i.get("state"))
-            .and_then(|s| s.as_s().ok())
-            .map(String::as_str);
-        Ok(if state == Some("DONE") {
-            Claim::AlreadyDone
-        } else {
-            Claim::InFlight
-        })
+        let state = item.item().and_then(|i| i.get("state")).and_then(|s| s.as_s().ok()).map(String::as_str);
+        Ok(if state == Some("DONE") { Claim::AlreadyDone } else { Claim::InFlight })
     }
 
     /// Gives a claim back (publishing failed), so a retry can claim the event again.
@@ -140,10 +124,7 @@ impl Ledger<'_> {
                         .item("sk", AttributeValue::S(SK.into()))
                         .item("state", AttributeValue::S("DONE".into()))
                         .item("token", AttributeValue::S(self.token.into()))
-                        .item(
-                            "expires_at",
-                            AttributeValue::N((now_ms / 1000 + REMEMBER_SECONDS).to_string()),
-                        )
+                        .item("expires_at", AttributeValue::N((now_ms / 1000 + REMEMBER_SECONDS).to_string()))
                         .build()
                         .map_err(|e| Error::InvalidEvent(format!("building a ledger item: {e}")))?;
                     Ok(WriteRequest::builder().put_request(put).build())
@@ -157,11 +138,7 @@ impl Ledger<'_> {
                     .send()
                     .await
                     .map_err(|e| Error::aws("BatchWriteItem", e))?;
-                requests = reply
-                    .unprocessed_items()
-                    .and_then(|u| u.get(self.table))
-                    .cloned()
-                    .unwrap_or_default();
+                requests = reply.unprocessed_items().and_then(|u| u.get(self.table)).cloned().unwrap_or_default();
                 if requests.is_empty() {
                     break;
                 }

@@ -16,6 +16,7 @@ use base64::Engine;
 use batchline::fargate::{parse_memory, parse_vcpu, Size};
 use batchline::job_request::{check_user_tags, JobRequest, RequestError};
 use batchline::stack_config::StackConfig;
+
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -42,11 +43,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-        }
+        ApiError { status, code, message: message.into() }
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
         ApiError::new(400, "BadRequest", message)
@@ -76,61 +73,37 @@ pub fn response(status: u16, body: &Value) -> Value {
 }
 
 pub fn error_response(err: &ApiError) -> Value {
-    response(
-        err.status,
-        &json!({"error": {"code": err.code, "message": err.message}}),
-    )
+    response(err.status, &json!({"error": {"code": err.code, "message": err.message}}))
 }
 
 /// Reads the request out of the API Gateway v2 payload (base64 bodies decoded).
 pub fn parse_http(event: &Value) -> Result<HttpRequest, ApiError> {
     let text = |pointer: &str| event.pointer(pointer).and_then(Value::as_str);
-    let method = text("/requestContext/http/method").ok_or_else(|| {
-        ApiError::bad_request("not an HTTP API request: requestContext.http.method is missing")
-    })?;
-    let path = text("/rawPath")
-        .or_else(|| text("/requestContext/http/path"))
-        .unwrap_or("/");
+    let method = text("/requestContext/http/method")
+        .ok_or_else(|| ApiError::bad_request("not an HTTP API request: requestContext.http.method is missing"))?;
+    let path = text("/rawPath").or_else(|| text("/requestContext/http/path")).unwrap_or("/");
     let map = |pointer: &str| -> BTreeMap<String, String> {
         event
             .pointer(pointer)
             .and_then(Value::as_object)
-            .map(|m| {
-                m.iter()
-                    .filter_map(|(k, v)| Some((k.to_ascii_lowercase(), v.as_str()?.to_owned())))
-                    .collect()
-            })
+            .map(|m| m.iter().filter_map(|(k, v)| Some((k.to_ascii_lowercase(), v.as_str()?.to_owned()))).collect())
             .unwrap_or_default()
     };
     let headers = map("/headers");
     let query: BTreeMap<String, String> = event
         .pointer("/queryStringParameters")
         .and_then(Value::as_object)
-        .map(|m| {
-            m.iter()
-                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
-                .collect()
-        })
+        .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned()))).collect())
         .unwrap_or_default();
     let raw = text("/body").unwrap_or_default();
-    let body = if event
-        .get("isBase64Encoded")
-        .and_then(Value::as_bool)
-        .unwrap_or(false)
-    {
+    let body = if event.get("isBase64Encoded").and_then(Value::as_bool).unwrap_or(false) {
         base64::engine::general_purpose::STANDARD
             .decode(raw)
             .map_err(|e| ApiError::bad_request(format!("the body is not valid base64: {e}")))?
     } else {
         raw.as_bytes().to_vec()
     };
-    Ok(HttpRequest {
-        method: method.to_ascii_uppercase(),
-        path: path.to_owned(),
-        headers,
-        query,
-        body,
-    })
+    Ok(HttpRequest { method: method.to_ascii_uppercase(), path: path.to_owned(), headers, query, body })
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,17 +117,9 @@ pub enum Route {
 }
 
 pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
-    let parts: Vec<&str> = path
-        .trim_matches('/')
-        .split('/')
-        .filter(|p| !p.is_empty())
-        .collect();
+    let parts: Vec<&str> = path.trim_matches('/').split('/').filter(|p| !p.is_empty()).collect();
     let allowed = |methods: &str| {
-        ApiError::new(
-            405,
-            "MethodNotAllowed",
-            format!("{method} {path}: allowed methods are {methods}"),
-        )
+        ApiError::new(405, "MethodNotAllowed", format!("{method} {path}: allowed methods are {methods}"))
     };
     match (parts.as_slice(), method) {
         (["jobs"], "POST") => Ok(Route::SubmitJob),
@@ -209,13 +174,70 @@ pub struct SubmitJobBody {
     pub tags: BTreeMap<String, String>,
 }
 
+/// The body of `POST /pipelines/{name}/runs`: what the run passes to every stage.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct StartRunBody {
+    #[serde(default)]
+    pub parameters: BTreeMap<String, String>,
+    #[serde(default)]
+    pub environment: BTreeMap<String, String>,
+}
+
+/// `GET /runs/{id}`: the run, each stage with its attempts, sizes and log links.
+pub fn run_view(run: &batchline::pipeline::Run, config: &StackConfig, region: &str, now_ms: i64) -> Value {
+    let stage_view = |name: &str, stage_run: &batchline::pipeline::StageRun| {
+        let declared = run.stage(name);
+        let log_group = declared
+            .and_then(|s| config.job_definitions.get(&s.job_definition))
+            .map(|d| d.log_group.clone())
+            .unwrap_or_else(|| batchline::stack_config::DEFAULT_LOG_GROUP.to_owned());
+        let attempts: Vec<Value> = stage_run
+            .attempts
+            .iter()
+            .map(|a| {
+                json!({
+                    "number": a.number,
+                    "jobId": a.job_id,
+                    "jobName": a.job_name,
+                    "size": a.size,
+                    "status": a.status,
+                    "reason": a.reason,
+                    "exitCode": a.exit_code,
+                    "startedAt": iso(a.started_at),
+                    "stoppedAt": iso(a.stopped_at),
+                    "logStreamName": a.log_stream,
+                    "logUrl": a.log_stream.as_deref().map(|s| log_console_url(region, &log_group, s)),
+                })
+            })
+            .collect();
+        json!({
+            "status": stage_run.status,
+            "jobDefinition": declared.map(|s| s.job_definition.clone()),
+            "after": declared.map(|s| s.after.clone()).unwrap_or_default(),
+            "attempts": attempts,
+        })
+    };
+    let stages: serde_json::Map<String, Value> =
+        run.stages.iter().map(|(name, s)| (name.clone(), stage_view(name, s))).collect();
+    json!({
+        "runId": run.run_id,
+        "pipeline": run.pipeline.name,
+        "status": run.status,
+        "reason": run.reason,
+        "trigger": run.trigger,
+        "createdAt": iso(Some(run.created_at)),
+        "endedAt": iso(run.ended_at),
+        "durationMs": run.duration_ms(now_ms),
+        "input": run.input,
+        "stages": stages,
+        "onFailure": run.on_failure.as_ref().map(|s| stage_view(batchline::pipeline::ON_FAILURE, s)),
+    })
+}
+
 /// Parses a JSON body into `T`, naming the field at fault.
 pub fn parse_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
-    let text = if body.iter().all(u8::is_ascii_whitespace) {
-        b"{}".as_slice()
-    } else {
-        body
-    };
+    let text = if body.iter().all(u8::is_ascii_whitespace) { b"{}".as_slice() } else { body };
     let mut deserializer = serde_json::Deserializer::from_slice(text);
     serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
         let path = err.path().to_string();
@@ -234,9 +256,9 @@ pub fn parse_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiErr
 /// request itself (so the same request twice is one job).
 pub fn idempotency_key(request: &HttpRequest, route: &str) -> Result<String, ApiError> {
     match request.headers.get("idempotency-key") {
-        Some(key) if key.is_empty() || key.len() > 255 => Err(ApiError::bad_request(
-            "Idempotency-Key has 1 to 255 characters",
-        )),
+        Some(key) if key.is_empty() || key.len() > 255 => {
+            Err(ApiError::bad_request("Idempotency-Key has 1 to 255 characters"))
+        }
         Some(key) => Ok(format!("api:{route}:key:{key}")),
         None => Ok(format!(
             "api:{route}:body:{}",
@@ -246,32 +268,20 @@ pub fn idempotency_key(request: &HttpRequest, route: &str) -> Result<String, Api
 }
 
 /// `POST /jobs`: the job the body asks for, validated.
-pub fn plan_submit_job(
-    config: &StackConfig,
-    request: &HttpRequest,
-) -> Result<JobRequest, ApiError> {
+pub fn plan_submit_job(config: &StackConfig, request: &HttpRequest) -> Result<JobRequest, ApiError> {
     let body: SubmitJobBody = parse_body(&request.body)?;
-    let key = body
-        .job_definition
-        .clone()
-        .unwrap_or_else(|| "default".into());
+    let key = body.job_definition.clone().unwrap_or_else(|| "default".into());
     let definition = config.job_definitions.get(&key).ok_or_else(|| {
         let known: Vec<&str> = config.job_definitions.keys().map(String::as_str).collect();
-        ApiError::bad_request(format!(
-            "jobDefinition {key:?} is not configured; configured: {}",
-            known.join(", ")
-        ))
+        ApiError::bad_request(format!("jobDefinition {key:?} is not configured; configured: {}", known.join(", ")))
     })?;
     let size = if body.vcpu.is_some() || body.memory.is_some() {
         let vcpu = match &body.vcpu {
-            Some(v) => {
-                parse_vcpu(&v.text()).map_err(|e| ApiError::bad_request(format!("vcpu: {e}")))?
-            }
+            Some(v) => parse_vcpu(&v.text()).map_err(|e| ApiError::bad_request(format!("vcpu: {e}")))?,
             None => definition.size.vcpu,
         };
         let memory = match &body.memory {
-            Some(m) => parse_memory(&m.text())
-                .map_err(|e| ApiError::bad_request(format!("memory: {e}")))?,
+            Some(m) => parse_memory(&m.text()).map_err(|e| ApiError::bad_request(format!("memory: {e}")))?,
             None => definition.size.memory_mib,
         };
         Some(Size::exact(vcpu, memory).map_err(|e| ApiError::bad_request(e.to_string()))?)
@@ -281,16 +291,10 @@ pub fn plan_submit_job(
     check_user_tags(&body.tags, OWN_TAGS)?;
     for id in &body.depends_on {
         if id.is_empty() || id.len() > 128 {
-            return Err(ApiError::bad_request(format!(
-                "dependsOn: {id:?} is not a job id"
-            )));
+            return Err(ApiError::bad_request(format!("dependsOn: {id:?} is not a job id")));
         }
     }
-    let readable = format!(
-        "{}-api-{}",
-        config.name_prefix,
-        body.name.as_deref().unwrap_or(&key)
-    );
+    let readable = format!("{}-api-{}", config.name_prefix, body.name.as_deref().unwrap_or(&key));
     let source = Source {
         trigger: "api",
         readable,
@@ -298,8 +302,7 @@ pub fn plan_submit_job(
         parameters: body.parameters,
         environment: body.environment,
     };
-    let mut job =
-        plan::job(config, &key, source, size).map_err(|e| ApiError::new(409, "NotReady", e))?;
+    let mut job = plan::job(config, &key, source, size).map_err(|e| ApiError::new(409, "NotReady", e))?;
     job.command = body.command;
     job.array_size = body.array_size;
     job.depends_on = body.depends_on;
@@ -352,9 +355,7 @@ pub fn job_view(job: &aws_sdk_batch::types::JobDetail, region: &str) -> Value {
             .and_then(|r| r.value())
             .map(str::to_owned)
     };
-    let log_stream = container
-        .and_then(|c| c.log_stream_name())
-        .map(str::to_owned);
+    let log_stream = container.and_then(|c| c.log_stream_name()).map(str::to_owned);
     let log_group = container
         .and_then(|c| c.log_configuration())
         .and_then(|l| l.options())
@@ -391,42 +392,27 @@ mod tests {
     fn routes_and_their_errors() {
         assert_eq!(route("POST", "/jobs"), Ok(Route::SubmitJob));
         assert_eq!(route("GET", "/jobs/abc"), Ok(Route::GetJob("abc".into())));
-        assert_eq!(
-            route("POST", "/pipelines/nightly/runs"),
-            Ok(Route::StartRun("nightly".into()))
-        );
+        assert_eq!(route("POST", "/pipelines/nightly/runs"), Ok(Route::StartRun("nightly".into())));
         assert_eq!(route("GET", "/runs"), Ok(Route::ListRuns));
-        assert_eq!(
-            route("DELETE", "/runs/r1"),
-            Ok(Route::CancelRun("r1".into()))
-        );
+        assert_eq!(route("DELETE", "/runs/r1"), Ok(Route::CancelRun("r1".into())));
         assert_eq!(route("GET", "/jobs").unwrap_err().status, 405);
         assert_eq!(route("GET", "/nothing").unwrap_err().status, 404);
     }
 
     #[test]
     fn bodies_name_the_field_at_fault() {
-        let err =
-            parse_body::<SubmitJobBody>(br#"{"jobDefinition": "x", "memroy": 1}"#).unwrap_err();
+        let err = parse_body::<SubmitJobBody>(br#"{"jobDefinition": "x", "memroy": 1}"#).unwrap_err();
         assert!(err.message.contains("memroy"), "{err:?}");
         let err = parse_body::<SubmitJobBody>(b"{not json").unwrap_err();
         assert!(err.message.contains("not valid JSON"), "{err:?}");
         let err = parse_body::<SubmitJobBody>(br#"{"arraySize": "many"}"#).unwrap_err();
         assert!(err.message.starts_with("arraySize"), "{err:?}");
-        assert!(
-            parse_body::<SubmitJobBody>(b"").is_ok(),
-            "an empty body is an empty object"
-        );
+        assert!(parse_body::<SubmitJobBody>(b"").is_ok(), "an empty body is an empty object");
     }
 
     #[test]
     fn console_links_escape_like_the_console() {
         let url = log_console_url("us-east-1", "/aws/batch/job", "default/default/abc");
-        assert!(
-            url.ends_with(
-                "log-group/$252Faws$252Fbatch$252Fjob/log-events/default$252Fdefault$252Fabc"
-            ),
-            "{url}"
-        );
+        assert!(url.ends_with("log-group/$252Faws$252Fbatch$252Fjob/log-events/default$252Fdefault$252Fabc"), "{url}");
     }
 }

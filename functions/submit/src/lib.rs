@@ -17,7 +17,8 @@ pub mod triggers;
 use aws_config::SdkConfig;
 use batchline::config_store::ConfigCache;
 use batchline::job_request::JobRequest;
-use batchline::stack_config::StackConfig;
+use batchline::pipeline::RunInput;
+use batchline::runs::RunServices;
 use batchline::submitter::{SubmitError, Submitted, Submitter};
 use batchline::{Config, Error};
 use lambda_runtime::LambdaEvent;
@@ -31,6 +32,8 @@ use plan::Planned;
 pub struct Clients {
     pub batch: aws_sdk_batch::Client,
     pub dynamodb: aws_sdk_dynamodb::Client,
+    pub cloudwatch: aws_sdk_cloudwatch::Client,
+    pub eventbridge: aws_sdk_eventbridge::Client,
     pub region: String,
     pub config: ConfigCache,
 }
@@ -40,39 +43,38 @@ impl Clients {
         Clients {
             batch: aws_sdk_batch::Client::new(sdk),
             dynamodb: aws_sdk_dynamodb::Client::new(sdk),
-            region: sdk
-                .region()
-                .map(|r| r.to_string())
-                .unwrap_or_else(|| "us-east-1".into()),
+            cloudwatch: aws_sdk_cloudwatch::Client::new(sdk),
+            eventbridge: aws_sdk_eventbridge::Client::new(sdk),
+            region: sdk.region().map(|r| r.to_string()).unwrap_or_else(|| "us-east-1".into()),
             config: ConfigCache::default(),
         }
     }
 
     fn submitter<'a>(&'a self, config: &'a Config) -> Submitter<'a> {
-        Submitter {
+        Submitter { batch: &self.batch, dynamodb: &self.dynamodb, table: &config.table_name }
+    }
+
+    /// Run handling with these clients.
+    pub fn runs<'a>(&'a self, config: &'a Config) -> RunServices<'a> {
+        RunServices {
             batch: &self.batch,
             dynamodb: &self.dynamodb,
+            cloudwatch: &self.cloudwatch,
+            eventbridge: &self.eventbridge,
             table: &config.table_name,
+            namespace: &config.metric_namespace,
+            configs: &self.config,
         }
     }
 }
 
 /// Handles one invocation: an HTTP API request, an S3 Object Created or a Scheduled Event.
-pub async fn handle(
-    event: LambdaEvent<Value>,
-    clients: &Clients,
-    config: &Config,
-) -> Result<Value, Error> {
+pub async fn handle(event: LambdaEvent<Value>, clients: &Clients, config: &Config) -> Result<Value, Error> {
     let payload = event.payload;
     if payload.get("requestContext").is_some() {
         return handle_http(&payload, clients, config).await;
     }
-    let text = |name: &str| {
-        payload
-            .get(name)
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-    };
+    let text = |name: &str| payload.get(name).and_then(Value::as_str).unwrap_or_default();
     match (text("detail-type"), text("source")) {
         ("Object Created", "aws.s3") => {
             let object = triggers::parse_object_created(&payload).map_err(Error::InvalidEvent)?;
@@ -81,17 +83,20 @@ pub async fn handle(
             if planned.is_empty() {
                 info!(bucket = %object.bucket, key = %object.key, "no S3 trigger matches the object; nothing to do");
             }
-            submit_all(planned, clients, config, &stack).await
+            submit_all(planned, clients, config).await
         }
         ("Scheduled Event", "aws.events") => {
             let rule = triggers::schedule_rule_name(&payload).map_err(Error::InvalidEvent)?;
             let stack = clients.config.get(&clients.dynamodb, &config.table_name).await?;
-            let time = payload.get("time").and_then(Value::as_str).ok_or_else(|| Error::InvalidEvent("the Scheduled Event has no time".into()))?;
+            let time = payload
+                .get("time")
+                .and_then(Value::as_str)
+                .ok_or_else(|| Error::InvalidEvent("the Scheduled Event has no time".into()))?;
             let planned = triggers::plan_schedule(&stack, &rule, time).map_err(Error::InvalidEvent)?;
             if planned.is_none() {
                 info!(rule, "no schedule trigger is configured for the rule; nothing to do");
             }
-            submit_all(planned.into_iter().collect(), clients, config, &stack).await
+            submit_all(planned.into_iter().collect(), clients, config).await
         }
         _ => Err(Error::InvalidEvent(format!(
             "submit takes S3 Object Created and Scheduled Event events from EventBridge and HTTP API requests, not {}",
@@ -100,12 +105,7 @@ pub async fn handle(
     }
 }
 
-async fn submit_all(
-    planned: Vec<Planned>,
-    clients: &Clients,
-    config: &Config,
-    stack: &StackConfig,
-) -> Result<Value, Error> {
+async fn submit_all(planned: Vec<Planned>, clients: &Clients, config: &Config) -> Result<Value, Error> {
     let mut started = Vec::new();
     for plan in planned {
         match plan {
@@ -113,34 +113,24 @@ async fn submit_all(
                 let submitted = submit_one(&request, clients, config).await?;
                 started.push(json!({"jobId": submitted.job_id, "jobName": submitted.job_name, "new": submitted.new}));
             }
-            Planned::Run { pipeline, .. } => {
-                let _ = stack;
-                return Err(Error::InvalidEvent(format!(
-                    "pipeline {pipeline:?}: pipelines are not supported by this version"
-                )));
+            Planned::Run { pipeline, source } => {
+                let input = RunInput { parameters: source.parameters, environment: source.environment };
+                let (run, new) = clients
+                    .runs(config)
+                    .start(&pipeline, source.trigger, &source.idempotency_key, input, batchline::now_ms())
+                    .await?;
+                started.push(json!({"runId": run.run_id, "pipeline": pipeline, "new": new}));
             }
         }
     }
     Ok(json!({ "started": started }))
 }
 
-async fn submit_one(
-    request: &JobRequest,
-    clients: &Clients,
-    config: &Config,
-) -> Result<Submitted, Error> {
-    match clients
-        .submitter(config)
-        .submit(request, batchline::now_ms())
-        .await
-    {
+async fn submit_one(request: &JobRequest, clients: &Clients, config: &Config) -> Result<Submitted, Error> {
+    match clients.submitter(config).submit(request, batchline::now_ms()).await {
         Ok(submitted) => Ok(submitted),
         Err(SubmitError::Aws(err)) => Err(err),
-        Err(other) => Err(Error::Aws {
-            operation: "SubmitJob",
-            code: "Retry".into(),
-            message: other.to_string(),
-        }),
+        Err(other) => Err(Error::Aws { operation: "SubmitJob", code: "Retry".into(), message: other.to_string() }),
     }
 }
 
@@ -183,18 +173,11 @@ impl From<Error> for Served {
 async fn serve(payload: &Value, clients: &Clients, config: &Config) -> Result<Value, Served> {
     let request = api::parse_http(payload)?;
     let route = api::route(&request.method, &request.path)?;
-    let stack = clients
-        .config
-        .get(&clients.dynamodb, &config.table_name)
-        .await?;
+    let stack = clients.config.get(&clients.dynamodb, &config.table_name).await?;
     match route {
         Route::SubmitJob => {
             let job = api::plan_submit_job(&stack, &request)?;
-            let submitted = match clients
-                .submitter(config)
-                .submit(&job, batchline::now_ms())
-                .await
-            {
+            let submitted = match clients.submitter(config).submit(&job, batchline::now_ms()).await {
                 Ok(submitted) => submitted,
                 Err(SubmitError::InFlight(_)) => {
                     return Err(ApiError::new(
@@ -213,9 +196,7 @@ async fn serve(payload: &Value, clients: &Clients, config: &Config) -> Result<Va
                     .into())
                 }
                 Err(SubmitError::Aws(err)) if err.aws_code() == Some("ClientException") => {
-                    return Err(
-                        ApiError::bad_request(format!("AWS Batch refused the job: {err}")).into(),
-                    )
+                    return Err(ApiError::bad_request(format!("AWS Batch refused the job: {err}")).into())
                 }
                 Err(SubmitError::Aws(err)) => return Err(err.into()),
             };
@@ -225,15 +206,9 @@ async fn serve(payload: &Value, clients: &Clients, config: &Config) -> Result<Va
             ))
         }
         Route::GetJob(id) => {
-            let reply = clients
-                .batch
-                .describe_jobs()
-                .jobs(&id)
-                .send()
-                .await
-                .map_err(|e| Error::aws("DescribeJobs", e))?;
-            let ours =
-                |queue: Option<&str>| stack.job_queues.values().any(|q| q.arn.as_deref() == queue);
+            let reply =
+                clients.batch.describe_jobs().jobs(&id).send().await.map_err(|e| Error::aws("DescribeJobs", e))?;
+            let ours = |queue: Option<&str>| stack.job_queues.values().any(|q| q.arn.as_deref() == queue);
             let job = reply
                 .jobs()
                 .iter()
@@ -241,14 +216,50 @@ async fn serve(payload: &Value, clients: &Clients, config: &Config) -> Result<Va
                 .ok_or_else(|| ApiError::not_found(format!("no job {id}")))?;
             Ok(api::response(200, &api::job_view(job, &clients.region)))
         }
-        Route::StartRun(name) | Route::GetRun(name) | Route::CancelRun(name) => {
-            Err(ApiError::not_found(format!(
-                "{name:?}: pipelines are not supported by this version"
+        Route::StartRun(name) => {
+            if !stack.pipelines.contains_key(&name) {
+                return Err(ApiError::not_found(format!("no pipeline {name:?}")).into());
+            }
+            let body: api::StartRunBody = api::parse_body(&request.body)?;
+            let key = api::idempotency_key(&request, &format!("pipelines/{name}"))?;
+            let input = RunInput { parameters: body.parameters, environment: body.environment };
+            let (run, new) = clients.runs(config).start(&name, "api", &key, input, batchline::now_ms()).await?;
+            Ok(api::response(
+                202,
+                &json!({"runId": run.run_id, "pipeline": name, "status": run.status, "duplicate": !new}),
             ))
-            .into())
+        }
+        Route::GetRun(id) => {
+            let (run, _) =
+                clients.runs(config).load(&id).await?.ok_or_else(|| ApiError::not_found(format!("no run {id}")))?;
+            Ok(api::response(200, &api::run_view(&run, &stack, &clients.region, batchline::now_ms())))
         }
         Route::ListRuns => {
-            Err(ApiError::not_found("pipelines are not supported by this version").into())
+            let pipeline = request.query.get("pipeline").ok_or_else(|| ApiError::bad_request("give ?pipeline=NAME"))?;
+            if !stack.pipelines.contains_key(pipeline) {
+                return Err(ApiError::not_found(format!("no pipeline {pipeline:?}")).into());
+            }
+            let limit = match request.query.get("limit").map(|l| l.parse::<i32>()) {
+                None => 20,
+                Some(Ok(limit)) if (1..=100).contains(&limit) => limit,
+                Some(_) => return Err(ApiError::bad_request("limit is a number from 1 to 100").into()),
+            };
+            let runs: Vec<Value> = clients
+                .runs(config)
+                .list(pipeline, limit)
+                .await?
+                .iter()
+                .map(|r| json!({"runId": r.run_id, "status": r.status, "createdAt": api::iso(Some(r.created_at))}))
+                .collect();
+            Ok(api::response(200, &json!({"pipeline": pipeline, "runs": runs})))
         }
+        Route::CancelRun(id) => match clients.runs(config).cancel(&id, batchline::now_ms()).await? {
+            None => Err(ApiError::not_found(format!("no run {id}")).into()),
+            Some(Err(why)) => Err(ApiError::new(409, "RunEnded", why).into()),
+            Some(Ok((run, terminated))) => Ok(api::response(
+                202,
+                &json!({"runId": run.run_id, "status": run.status, "terminatedJobs": terminated}),
+            )),
+        },
     }
 }

@@ -7,8 +7,5 @@ async fn main() -> Result<(), Error> {
     batchline::telemetry::init();
     let config = batchline::Config::from_env()?;
     let clients = batchline_submit::Clients::new(&batchline::aws::load_sdk_config().await);
-    run(service_fn(|event: LambdaEvent<serde_json::Value>| {
-        batchline_submit::handle(event, &clients, &config)
-    }))
-    .await
+    run(service_fn(|event: LambdaEvent<serde_json::Value>| batchline_submit::handle(event, &clients, &config))).await
 }

@@ -3,9 +3,7 @@
 use std::collections::BTreeMap;
 
 use batchline::fargate::Size;
-use batchline::job_request::{
-    digest, job_name, JobRequest, PIPELINE_TAG, RUN_TAG, STAGE_TAG, TRIGGER_TAG,
-};
+use batchline::job_request::{digest, job_name, JobRequest, PIPELINE_TAG, RUN_TAG, STAGE_TAG, TRIGGER_TAG};
 use batchline::stack_config::StackConfig;
 
 /// Where a submission comes from: what names it, what makes it unique, what it passes on.
@@ -31,33 +29,17 @@ pub enum Planned {
 pub const OWN_TAGS: usize = 4;
 
 /// A job of the job definition `key`, on that definition's queue.
-pub fn job(
-    config: &StackConfig,
-    key: &str,
-    source: Source,
-    size: Option<Size>,
-) -> Result<JobRequest, String> {
-    let definition = config
-        .job_definitions
-        .get(key)
-        .ok_or_else(|| format!("there is no job definition {key:?}"))?;
-    let definition_arn = definition.arn.clone().ok_or_else(|| {
-        format!("job definition {key:?} has not been registered (has bootstrap run?)")
-    })?;
-    let queue = config
-        .queue_for(definition)
-        .ok_or_else(|| format!("job definition {key:?} names no known queue"))?;
-    let queue_arn = queue.arn.clone().ok_or_else(|| {
-        format!(
-            "queue {:?} has not been created (has bootstrap run?)",
-            queue.name
-        )
-    })?;
+pub fn job(config: &StackConfig, key: &str, source: Source, size: Option<Size>) -> Result<JobRequest, String> {
+    let definition = config.job_definitions.get(key).ok_or_else(|| format!("there is no job definition {key:?}"))?;
+    let definition_arn = definition
+        .arn
+        .clone()
+        .ok_or_else(|| format!("job definition {key:?} has not been registered (has bootstrap run?)"))?;
+    let queue = config.queue_for(definition).ok_or_else(|| format!("job definition {key:?} names no known queue"))?;
+    let queue_arn =
+        queue.arn.clone().ok_or_else(|| format!("queue {:?} has not been created (has bootstrap run?)", queue.name))?;
     let tags = BTreeMap::from([
-        (
-            RUN_TAG.to_owned(),
-            format!("job-{}", digest(&source.idempotency_key, 12)),
-        ),
+        (RUN_TAG.to_owned(), format!("job-{}", digest(&source.idempotency_key, 12))),
         (PIPELINE_TAG.to_owned(), String::new()),
         (STAGE_TAG.to_owned(), key.to_owned()),
         (TRIGGER_TAG.to_owned(), source.trigger.to_owned()),

@@ -32,11 +32,11 @@ pub fn decode_key(encoded: &str) -> Result<String, String> {
         match bytes[index] {
             b'+' => out.push(b' '),
             b'%' => {
-                let hex = encoded.get(index + 1..index + 3).ok_or_else(|| {
-                    format!("key {encoded:?}: a % is not followed by two hex digits")
-                })?;
-                let byte = u8::from_str_radix(hex, 16)
-                    .map_err(|_| format!("key {encoded:?}: %{hex} is not a hex escape"))?;
+                let hex = encoded
+                    .get(index + 1..index + 3)
+                    .ok_or_else(|| format!("key {encoded:?}: a % is not followed by two hex digits"))?;
+                let byte =
+                    u8::from_str_radix(hex, 16).map_err(|_| format!("key {encoded:?}: %{hex} is not a hex escape"))?;
                 out.push(byte);
                 index += 2;
             }
@@ -49,26 +49,13 @@ pub fn decode_key(encoded: &str) -> Result<String, String> {
 
 pub fn parse_object_created(event: &Value) -> Result<ObjectCreated, String> {
     let detail = event.get("detail").ok_or("the event has no detail")?;
-    let bucket = detail
-        .pointer("/bucket/name")
-        .and_then(Value::as_str)
-        .ok_or("detail.bucket.name is missing")?;
-    let key = detail
-        .pointer("/object/key")
-        .and_then(Value::as_str)
-        .ok_or("detail.object.key is missing")?;
+    let bucket = detail.pointer("/bucket/name").and_then(Value::as_str).ok_or("detail.bucket.name is missing")?;
+    let key = detail.pointer("/object/key").and_then(Value::as_str).ok_or("detail.object.key is missing")?;
     let size = match detail.pointer("/object/size") {
         None | Some(Value::Null) => 0,
-        Some(size) => size
-            .as_u64()
-            .ok_or_else(|| format!("detail.object.size {size} is not a whole number"))?,
+        Some(size) => size.as_u64().ok_or_else(|| format!("detail.object.size {size} is not a whole number"))?,
     };
-    let text = |pointer: &str| {
-        detail
-            .pointer(pointer)
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-    };
+    let text = |pointer: &str| detail.pointer(pointer).and_then(Value::as_str).map(str::to_owned);
     Ok(ObjectCreated {
         bucket: bucket.to_owned(),
         key: decode_key(key)?,
@@ -79,26 +66,15 @@ pub fn parse_object_created(event: &Value) -> Result<ObjectCreated, String> {
 }
 
 /// The jobs an object starts: one per matching rule.
-pub fn plan_object(
-    config: &StackConfig,
-    object: &ObjectCreated,
-    event_id: &str,
-) -> Result<Vec<Planned>, String> {
+pub fn plan_object(config: &StackConfig, object: &ObjectCreated, event_id: &str) -> Result<Vec<Planned>, String> {
     let mut planned = Vec::new();
     for (rule_key, rule) in &config.triggers.s3 {
         let bucket_matches = rule.bucket.as_deref().is_none_or(|b| b == object.bucket);
-        if !bucket_matches
-            || !object.key.starts_with(&rule.prefix)
-            || !object.key.ends_with(&rule.suffix)
-        {
+        if !bucket_matches || !object.key.starts_with(&rule.prefix) || !object.key.ends_with(&rule.suffix) {
             continue;
         }
         // S3's sequencer orders writes of one key: the same object version has the same one.
-        let version = object
-            .sequencer
-            .clone()
-            .or_else(|| object.etag.clone())
-            .unwrap_or_else(|| event_id.to_owned());
+        let version = object.sequencer.clone().or_else(|| object.etag.clone()).unwrap_or_else(|| event_id.to_owned());
         let idempotency_key = format!("s3:{rule_key}:{}:{}:{version}", object.bucket, object.key);
         let mut parameters = rule.parameters.clone();
         parameters.insert("inputBucket".into(), object.bucket.clone());
@@ -129,10 +105,7 @@ pub fn plan_object(
                 };
                 Planned::Job(plan::job(config, key, source, size)?)
             }
-            Target::Pipeline(pipeline) => Planned::Run {
-                pipeline: pipeline.clone(),
-                source,
-            },
+            Target::Pipeline(pipeline) => Planned::Run { pipeline: pipeline.clone(), source },
         });
     }
     Ok(planned)
@@ -142,12 +115,9 @@ pub fn plan_object(
 /// definition's size: snapped up to the smallest valid Fargate size.
 pub fn sized_for_object(base: Size, factor: u32, object_bytes: u64) -> Result<Size, String> {
     let needed_mib = (object_bytes.saturating_mul(factor as u64)).div_ceil(1024 * 1024);
-    let memory = base
-        .memory_mib
-        .max(u32::try_from(needed_mib).unwrap_or(u32::MAX));
-    Size::snap(base.vcpu, memory).map_err(|e| {
-        format!("an object of {object_bytes} bytes needs more memory than Fargate has: {e}")
-    })
+    let memory = base.memory_mib.max(u32::try_from(needed_mib).unwrap_or(u32::MAX));
+    Size::snap(base.vcpu, memory)
+        .map_err(|e| format!("an object of {object_bytes} bytes needs more memory than Fargate has: {e}"))
 }
 
 /// The rule name of a "Scheduled Event": the last part of `resources[0]`
@@ -157,18 +127,13 @@ pub fn schedule_rule_name(event: &Value) -> Result<String, String> {
         .pointer("/resources/0")
         .and_then(Value::as_str)
         .ok_or("a Scheduled Event names its rule in resources[0]; it is missing")?;
-    let (_, path) = arn
-        .split_once(":rule/")
-        .ok_or_else(|| format!("resources[0] {arn:?} is not an EventBridge rule ARN"))?;
+    let (_, path) =
+        arn.split_once(":rule/").ok_or_else(|| format!("resources[0] {arn:?} is not an EventBridge rule ARN"))?;
     Ok(path.rsplit('/').next().unwrap_or(path).to_owned())
 }
 
 /// What a scheduled event starts, if its rule is configured.
-pub fn plan_schedule(
-    config: &StackConfig,
-    rule_name: &str,
-    time: &str,
-) -> Result<Option<Planned>, String> {
+pub fn plan_schedule(config: &StackConfig, rule_name: &str, time: &str) -> Result<Option<Planned>, String> {
     let Some(rule) = config.triggers.schedules.get(rule_name) else {
         return Ok(None);
     };
@@ -183,10 +148,7 @@ pub fn plan_schedule(
     };
     Ok(Some(match &rule.target {
         Target::JobDefinition(key) => Planned::Job(plan::job(config, key, source, None)?),
-        Target::Pipeline(pipeline) => Planned::Run {
-            pipeline: pipeline.clone(),
-            source,
-        },
+        Target::Pipeline(pipeline) => Planned::Run { pipeline: pipeline.clone(), source },
     }))
 }
 
@@ -196,45 +158,20 @@ mod tests {
 
     #[test]
     fn keys_are_decoded_as_aws_encodes_them() {
-        assert_eq!(
-            decode_key("incoming/my+file.csv").unwrap(),
-            "incoming/my file.csv"
-        );
+        assert_eq!(decode_key("incoming/my+file.csv").unwrap(), "incoming/my file.csv");
         assert_eq!(decode_key("a%2Bb%20c%3D%26.txt").unwrap(), "a+b c=&.txt");
-        assert_eq!(
-            decode_key("r%C3%A9sum%C3%A9+%E2%9C%93.pdf").unwrap(),
-            "résumé ✓.pdf"
-        );
-        assert!(decode_key("bad%zz")
-            .unwrap_err()
-            .contains("not a hex escape"));
+        assert_eq!(decode_key("r%C3%A9sum%C3%A9+%E2%9C%93.pdf").unwrap(), "résumé ✓.pdf");
+        assert!(decode_key("bad%zz").unwrap_err().contains("not a hex escape"));
         assert!(decode_key("cut%4").unwrap_err().contains("two hex digits"));
         assert!(decode_key("%ff%fe").unwrap_err().contains("UTF-8"));
     }
 
     #[test]
     fn object_size_snaps_memory_up() {
-        let base = Size {
-            vcpu: batchline::fargate::Quarters(1),
-            memory_mib: 512,
-        };
-        assert_eq!(
-            sized_for_object(base, 4, 10).unwrap(),
-            base,
-            "never below the definition"
-        );
-        assert_eq!(
-            sized_for_object(base, 4, 300 * 1024 * 1024)
-                .unwrap()
-                .to_string(),
-            "0.25 vCPU / 2048 MiB"
-        );
-        assert_eq!(
-            sized_for_object(base, 4, 1024 * 1024 * 1024)
-                .unwrap()
-                .to_string(),
-            "0.5 vCPU / 4096 MiB"
-        );
+        let base = Size { vcpu: batchline::fargate::Quarters(1), memory_mib: 512 };
+        assert_eq!(sized_for_object(base, 4, 10).unwrap(), base, "never below the definition");
+        assert_eq!(sized_for_object(base, 4, 300 * 1024 * 1024).unwrap().to_string(), "0.25 vCPU / 2048 MiB");
+        assert_eq!(sized_for_object(base, 4, 1024 * 1024 * 1024).unwrap().to_string(), "0.5 vCPU / 4096 MiB");
         assert!(sized_for_object(base, 4, 200 * 1024 * 1024 * 1024).is_err());
     }
 

@@ -1,0 +1,468 @@
+//! Pipelines against the emulator, with the Batch event player: DAG runs, duplicates, failures, resizing, cancel, completion, repair.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, SystemTime};
+
+use aws_sdk_cloudwatch::primitives::DateTime;
+use aws_sdk_cloudwatch::types::{Dimension, Statistic};
+use batchline_tests::emulator::{default_network, sdk_config, test_config, unique_name};
+use batchline_tests::invocation;
+use batchline_tests::player::{event_id, Delivery, Player, StateChange};
+use batchline_tests::response_server::ResponseServer;
+use batchline_tests::table::create_table;
+use serde_json::{json, Value};
+
+use crate::common::Deployed;
+
+const QUEUE_ARN: &str = "arn:aws:sqs:us-east-1:123456789012:batchline-job-events";
+
+fn pipelines() -> Value {
+    json!({
+        "JobDefinitions": {"default": {}, "report": {"Vcpu": "0.5", "Memory": "1024"}},
+        "Pipelines": {
+            "diamond": {"Stages": {
+                "a": {"JobDefinition": "default"},
+                "b": {"JobDefinition": "default", "After": ["a"]},
+                "c": {"JobDefinition": "default", "After": ["a"]},
+                "d": {"JobDefinition": "report", "After": ["b", "c"], "Parameters": {"format": "pdf"}}
+            }},
+            "hungry": {"MaxResizes": "2", "Stages": {
+                "load": {"JobDefinition": "default", "Parameters": {"play_needs_memory": "1024"}},
+                "summarise": {"JobDefinition": "default", "After": "load"}
+            }},
+            "greedy": {"MaxResizes": "1", "Stages": {
+                "load": {"JobDefinition": "default", "Parameters": {"play": "oom"}}
+            }},
+            "fragile": {"Stages": {
+                "first": {"JobDefinition": "default", "Parameters": {"play": "exit:3"}},
+                "second": {"JobDefinition": "default", "After": ["first"]}
+            }, "OnFailure": {"JobDefinition": "default", "Parameters": {"action": "cleanup"}}}
+        },
+        "Triggers": {"S3": {"drops": {"Prefix": "drops/", "Pipeline": "diamond"}}}
+    })
+}
+
+/// A deployed environment with both functions and the event player.
+struct Harness {
+    env: Deployed,
+    submit: batchline_submit::Clients,
+    job_events: batchline_job_events::Clients,
+    player: Player,
+}
+
+impl Harness {
+    async fn new(test: &str) -> Harness {
+        let env = Deployed::new(test, pipelines()).await;
+        Harness {
+            submit: batchline_submit::Clients::new(&env.sdk),
+            job_events: batchline_job_events::Clients::new(&env.sdk),
+            player: Player::new(&env.sdk),
+            env,
+        }
+    }
+
+    async fn api(&self, method: &str, path: &str, body: Value) -> (u16, Value) {
+        let (path, query) = path.split_once('?').unwrap_or((path, ""));
+        let query: serde_json::Map<String, Value> =
+            query.split('&').filter_map(|p| p.split_once('=')).map(|(k, v)| (k.to_owned(), json!(v))).collect();
+        let request = json!({
+            "version": "2.0", "rawPath": path, "headers": {"content-type": "application/json"},
+            "queryStringParameters": query,
+            "requestContext": {"http": {"method": method, "path": path}},
+            "body": if body.is_null() { String::new() } else { body.to_string() }, "isBase64Encoded": false
+        });
+        let answer = batchline_submit::handle(invocation(request), &self.submit, &self.env.config).await.unwrap();
+        (answer["statusCode"].as_u64().unwrap() as u16, serde_json::from_str(answer["body"].as_str().unwrap()).unwrap())
+    }
+
+    async fn start(&self, pipeline: &str) -> String {
+        let (status, body) = self
+            .api("POST", &format!("/pipelines/{pipeline}/runs"), json!({"parameters": {"day": "2025-11-26"}}))
+            .await;
+        assert_eq!(status, 202, "{body}");
+        body["runId"].as_str().unwrap().to_owned()
+    }
+
+    async fn run(&self, run_id: &str) -> Value {
+        let (status, body) = self.api("GET", &format!("/runs/{run_id}"), Value::Null).await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    /// Hands events to job-events as SQS batches of 10; every message must succeed.
+    async fn deliver(&self, events: &[Value]) {
+        for chunk in events.chunks(10) {
+            let records: Vec<Value> = chunk
+                .iter()
+                .map(|e| json!({"messageId": event_id(), "receiptHandle": "r", "body": e.to_string(), "eventSource": "aws:sqs", "eventSourceARN": QUEUE_ARN}))
+                .collect();
+            let answer = batchline_job_events::handle(
+                invocation(json!({"Records": records})),
+                &self.job_events,
+                &self.env.config,
+            )
+            .await
+            .unwrap();
+            assert_eq!(answer["batchItemFailures"], json!([]), "{answer}");
+        }
+    }
+
+    /// Plays the default queue and delivers what it produced (each event `times` times,
+    /// shuffled by `seed`), until no new job appears. Returns every change played.
+    async fn play_to_the_end(&mut self, times: usize, seed: u64) -> Vec<StateChange> {
+        let mut all = Vec::new();
+        for round in 0..20 {
+            let changes = self.player.play_queue(&self.env.queue_arn("default")).await.unwrap();
+            if changes.is_empty() {
+                return all;
+            }
+            let delivery = Delivery::of(&changes).repeated(times).shuffled(seed + round);
+            self.deliver(delivery.events()).await;
+            all.extend(changes);
+        }
+        panic!("the pipeline did not settle in 20 rounds");
+    }
+
+    async fn job_names(&self) -> Vec<String> {
+        self.env.jobs_in("default").await.iter().filter_map(|j| j.job_name().map(str::to_owned)).collect()
+    }
+}
+
+fn events_of(changes: &[StateChange], filter: impl Fn(&StateChange) -> bool) -> Vec<Value> {
+    changes.iter().filter(|c| filter(c)).map(|c| c.event.clone()).collect()
+}
+
+fn stage_of(change: &StateChange) -> String {
+    change.event["detail"]["tags"]["batchline:stage"].as_str().unwrap_or_default().to_owned()
+}
+
+#[tokio::test]
+async fn a_diamond_runs_d_only_after_both_b_and_c_succeeded_and_completes() {
+    let mut h = Harness::new("pl-diamond").await;
+    let run_id = h.start("diamond").await;
+
+    // a runs and succeeds → b and c are submitted
+    let a = h.player.play_queue(&h.env.queue_arn("default")).await.unwrap();
+    assert_eq!(a.iter().map(stage_of).collect::<BTreeSet<_>>(), BTreeSet::from(["a".to_owned()]));
+    h.deliver(&events_of(&a, |_| true)).await;
+    let bc = h.player.play_queue(&h.env.queue_arn("default")).await.unwrap();
+    assert_eq!(bc.iter().map(stage_of).collect::<BTreeSet<_>>(), BTreeSet::from(["b".to_owned(), "c".to_owned()]));
+
+    // During the run, GET shows a done, b and c under way, d pending
+    h.deliver(&events_of(&bc, |c| c.status != "SUCCEEDED")).await;
+    let during = h.run(&run_id).await;
+    assert_eq!(during["status"], "RUNNING");
+    assert_eq!(during["stages"]["a"]["status"], "SUCCEEDED");
+    assert_eq!(during["stages"]["b"]["status"], "RUNNING");
+    assert_eq!(during["stages"]["d"]["status"], "PENDING");
+    assert!(during["stages"]["a"]["attempts"][0]["logUrl"]
+        .as_str()
+        .unwrap()
+        .contains("log-group/$252Faws$252Fbatch$252Fjob"));
+
+    // c succeeds first: d still waits for b
+    h.deliver(&events_of(&bc, |c| c.status == "SUCCEEDED" && stage_of(c) == "c")).await;
+    assert_eq!(h.job_names().await.len(), 3, "d waits for b");
+    h.deliver(&events_of(&bc, |c| c.status == "SUCCEEDED" && stage_of(c) == "b")).await;
+    let names = h.job_names().await;
+    assert_eq!(names.len(), 4, "{names:?}");
+
+    // d runs at its job definition's size and the run ends SUCCEEDED
+    let d = h.play_to_the_end(1, 0).await;
+    assert_eq!(d.iter().map(stage_of).collect::<BTreeSet<_>>(), BTreeSet::from(["d".to_owned()]));
+    let after = h.run(&run_id).await;
+    assert_eq!(after["status"], "SUCCEEDED", "{after}");
+    assert_eq!(after["stages"]["d"]["attempts"][0]["size"], json!({"vcpu": "0.5", "memoryMib": 1024}));
+    assert!(after["endedAt"].is_string());
+    let jobs = h.env.jobs_in("default").await;
+    let d_job = jobs.iter().find(|j| j.tags().unwrap()["batchline:stage"] == "d").unwrap();
+    assert_eq!(d_job.parameters().unwrap()["format"], "pdf");
+    assert_eq!(d_job.parameters().unwrap()["day"], "2025-11-26", "the run's input reaches every stage");
+    assert_eq!(d_job.tags().unwrap()["batchline:run"], run_id.as_str());
+    assert_eq!(d_job.tags().unwrap()["batchline:pipeline"], "diamond");
+
+    // and the run is listed
+    let (status, listed) = h.api("GET", "/runs?pipeline=diamond", Value::Null).await;
+    assert_eq!(status, 200);
+    assert_eq!(listed["runs"][0]["runId"], run_id.as_str());
+    assert_eq!(listed["runs"][0]["status"], "SUCCEEDED");
+}
+
+#[tokio::test]
+async fn every_event_three_times_shuffled_makes_the_same_four_jobs() {
+    let mut h = Harness::new("pl-dupes").await;
+    let run_id = h.start("diamond").await;
+    // The same start request again is the same run
+    assert_eq!(h.start("diamond").await, run_id);
+    h.play_to_the_end(3, 42).await;
+    assert_eq!(h.job_names().await.len(), 4);
+    assert_eq!(h.run(&run_id).await["status"], "SUCCEEDED");
+}
+
+#[tokio::test]
+async fn an_s3_object_starts_a_pipeline_run_once() {
+    let mut h = Harness::new("pl-s3").await;
+    let mut event: Value = serde_json::from_str(include_str!("../fixtures/s3/object-created.json")).unwrap();
+    event["detail"]["object"]["key"] = json!("drops/day-1.json");
+    let first = batchline_submit::handle(invocation(event.clone()), &h.submit, &h.env.config).await.unwrap();
+    let again = batchline_submit::handle(invocation(event), &h.submit, &h.env.config).await.unwrap();
+    assert_eq!(first["started"][0]["runId"], again["started"][0]["runId"]);
+    assert_eq!(again["started"][0]["new"], false);
+    h.play_to_the_end(1, 0).await;
+    let run = h.run(first["started"][0]["runId"].as_str().unwrap()).await;
+    assert_eq!(run["status"], "SUCCEEDED");
+    assert_eq!(run["input"]["parameters"]["inputKey"], "drops/day-1.json");
+    assert_eq!(run["trigger"], "s3");
+    assert_eq!(h.job_names().await.len(), 4);
+}
+
+#[tokio::test]
+async fn out_of_memory_is_resubmitted_one_size_up_and_the_run_completes() {
+    let mut h = Harness::new("pl-oom").await;
+    let run_id = h.start("hungry").await;
+    h.play_to_the_end(2, 5).await;
+    let run = h.run(&run_id).await;
+    assert_eq!(run["status"], "SUCCEEDED", "{run}");
+    let attempts = run["stages"]["load"]["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{attempts:?}");
+    assert_eq!(attempts[0]["size"], json!({"vcpu": "0.25", "memoryMib": 512}));
+    assert_eq!(attempts[0]["status"], "FAILED");
+    assert_eq!(attempts[0]["exitCode"], 137);
+    assert!(attempts[0]["reason"].as_str().unwrap().starts_with("OutOfMemoryError"));
+    assert_eq!(attempts[1]["size"], json!({"vcpu": "0.25", "memoryMib": 1024}));
+    assert_eq!(attempts[1]["status"], "SUCCEEDED");
+    // The resubmitted job really is larger in Batch
+    let jobs = h.env.jobs_in("default").await;
+    assert_eq!(jobs.len(), 3, "load twice, summarise once");
+    let memory: Vec<String> = jobs
+        .iter()
+        .filter(|j| j.tags().unwrap()["batchline:stage"] == "load")
+        .map(|j| {
+            j.container()
+                .unwrap()
+                .resource_requirements()
+                .iter()
+                .find(|r| r.r#type().unwrap().as_str() == "MEMORY")
+                .unwrap()
+                .value()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(memory, ["512", "1024"]);
+}
+
+#[tokio::test]
+async fn repeated_out_of_memory_stops_at_the_resize_limit_and_fails_the_run() {
+    let mut h = Harness::new("pl-greedy").await;
+    let run_id = h.start("greedy").await;
+    h.play_to_the_end(2, 9).await;
+    let run = h.run(&run_id).await;
+    assert_eq!(run["status"], "FAILED");
+    assert!(run["reason"].as_str().unwrap().contains("ran out of memory 2 time(s); its resize limit is 1"), "{run}");
+    assert_eq!(
+        run["stages"]["load"]["attempts"].as_array().unwrap().len(),
+        2,
+        "MaxResizes 1: two attempts, never more"
+    );
+    assert_eq!(h.job_names().await.len(), 2);
+}
+
+#[tokio::test]
+async fn another_failure_fails_the_run_runs_on_failure_and_never_submits_downstream() {
+    let mut h = Harness::new("pl-fragile").await;
+    let run_id = h.start("fragile").await;
+    let changes = h.play_to_the_end(2, 3).await;
+    let run = h.run(&run_id).await;
+    assert_eq!(run["status"], "FAILED");
+    assert!(run["reason"].as_str().unwrap().contains("stage first failed"), "{run}");
+    assert_eq!(run["stages"]["first"]["attempts"].as_array().unwrap().len(), 1, "no resize for exit code 3");
+    assert_eq!(run["stages"]["second"]["status"], "SKIPPED");
+    assert_eq!(run["onFailure"]["status"], "SUCCEEDED");
+    let stages: BTreeSet<String> = changes.iter().map(stage_of).collect();
+    assert_eq!(stages, BTreeSet::from(["first".to_owned(), "on-failure".to_owned()]), "second was never submitted");
+    let jobs = h.env.jobs_in("default").await;
+    let cleanup = jobs.iter().find(|j| j.tags().unwrap()["batchline:stage"] == "on-failure").unwrap();
+    assert_eq!(cleanup.parameters().unwrap()["action"], "cleanup");
+}
+
+#[tokio::test]
+async fn cancel_terminates_the_jobs_and_late_events_change_nothing() {
+    let h = Harness::new("pl-cancel").await;
+    let run_id = h.start("diamond").await;
+    let mut player = Player::new(&h.env.sdk);
+    let a = player.play_queue(&h.env.queue_arn("default")).await.unwrap();
+    h.deliver(&events_of(&a, |c| c.status != "SUCCEEDED")).await;
+
+    let (status, body) = h.api("DELETE", &format!("/runs/{run_id}"), Value::Null).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["status"], "CANCELLED");
+    let a_job = a[0].job_id.clone();
+    assert_eq!(body["terminatedJobs"], json!([a_job]));
+    let batch = aws_sdk_batch::Client::new(&h.env.sdk);
+    let described = batch.describe_jobs().jobs(&a_job).send().await.unwrap();
+    assert_eq!(described.jobs()[0].status().unwrap().as_str(), "FAILED", "terminated in Batch");
+
+    // a's SUCCEEDED arrives late: nothing changes, nothing is submitted
+    h.deliver(&events_of(&a, |c| c.status == "SUCCEEDED")).await;
+    let run = h.run(&run_id).await;
+    assert_eq!(run["status"], "CANCELLED");
+    assert_eq!(run["stages"]["b"]["status"], "CANCELLED");
+    assert_eq!(h.job_names().await.len(), 1);
+    let (status, body) = h.api("DELETE", &format!("/runs/{run_id}"), Value::Null).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("RunEnded")));
+    assert!(run["onFailure"].is_null(), "a cancel is not a failure");
+}
+
+#[tokio::test]
+async fn the_completion_event_reaches_a_queue_subscribed_on_the_default_bus() {
+    let mut h = Harness::new("pl-done").await;
+    let sqs = aws_sdk_sqs::Client::new(&h.env.sdk);
+    let events = aws_sdk_eventbridge::Client::new(&h.env.sdk);
+    let queue_url =
+        sqs.create_queue().queue_name(unique_name("completed")).send().await.unwrap().queue_url().unwrap().to_owned();
+    let queue_arn = sqs
+        .get_queue_attributes()
+        .queue_url(&queue_url)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap()
+        .attributes()
+        .unwrap()[&aws_sdk_sqs::types::QueueAttributeName::QueueArn]
+        .clone();
+    let run_id = h.start("diamond").await;
+    let rule = unique_name("run-completed");
+    let pattern =
+        json!({"source": ["batchline"], "detail-type": ["Batchline Run Completed"], "detail": {"runId": [run_id]}});
+    events.put_rule().name(&rule).event_pattern(pattern.to_string()).send().await.unwrap();
+    events
+        .put_targets()
+        .rule(&rule)
+        .targets(aws_sdk_eventbridge::types::Target::builder().id("q").arn(queue_arn).build().unwrap())
+        .send()
+        .await
+        .unwrap();
+
+    h.play_to_the_end(1, 0).await;
+
+    let received = sqs
+        .receive_message()
+        .queue_url(&queue_url)
+        .wait_time_seconds(2)
+        .max_number_of_messages(10)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(received.messages().len(), 1, "exactly one completion event");
+    let event: Value = serde_json::from_str(received.messages()[0].body().unwrap()).unwrap();
+    assert_eq!(event["detail-type"], "Batchline Run Completed");
+    assert_eq!(event["detail"]["runId"], run_id.as_str());
+    assert_eq!(event["detail"]["pipeline"], "diamond");
+    assert_eq!(event["detail"]["outcome"], "SUCCEEDED");
+    assert!(event["detail"]["durationMs"].as_i64().unwrap() >= 0);
+    assert_eq!(event["detail"]["stages"]["d"]["status"], "SUCCEEDED");
+}
+
+#[tokio::test]
+async fn the_sweep_completes_a_run_whose_last_event_was_lost_and_run_metrics_read_back() {
+    let mut h = Harness::new("pl-sweep").await;
+    let run_id = h.start("hungry").await;
+    // Play everything, but withhold the last SUCCEEDED (summarise's)
+    let mut last_round = Vec::new();
+    for _ in 0..10 {
+        let changes = h.player.play_queue(&h.env.queue_arn("default")).await.unwrap();
+        if changes.is_empty() {
+            break;
+        }
+        let summarise = changes.iter().any(|c| stage_of(c) == "summarise");
+        h.deliver(&events_of(&changes, |c| !(summarise && c.status == "SUCCEEDED"))).await;
+        last_round = changes;
+    }
+    assert!(last_round.iter().any(|c| stage_of(c) == "summarise"));
+    assert_eq!(h.run(&run_id).await["status"], "RUNNING", "the lost event left the run open");
+
+    // The scheduled sweep finds summarise's job terminal in Batch and applies it
+    let sweep = json!({"version": "0", "id": event_id(), "detail-type": "Scheduled Event", "source": "aws.events",
+                       "time": "2025-11-27T08:15:00Z", "resources": ["arn:aws:events:us-east-1:123456789012:rule/batchline-sweep"], "detail": {}});
+    let report = batchline_job_events::handle(invocation(sweep.clone()), &h.job_events, &h.env.config).await.unwrap();
+    assert_eq!(report["sweep"]["transitionsApplied"], 1, "{report}");
+    let run = h.run(&run_id).await;
+    assert_eq!(run["status"], "SUCCEEDED");
+    // A second sweep finds nothing to do
+    let report = batchline_job_events::handle(invocation(sweep), &h.job_events, &h.env.config).await.unwrap();
+    assert_eq!(report["sweep"]["transitionsApplied"], 0);
+
+    // Run metrics: one started, one succeeded, its duration, per pipeline
+    let cloudwatch = aws_sdk_cloudwatch::Client::new(&h.env.sdk);
+    let stat = |metric: &'static str| {
+        let cloudwatch = cloudwatch.clone();
+        let namespace = h.env.config.metric_namespace.clone();
+        async move {
+            let now = SystemTime::now();
+            let reply = cloudwatch
+                .get_metric_statistics()
+                .namespace(namespace)
+                .metric_name(metric)
+                .dimensions(Dimension::builder().name("Pipeline").value("hungry").build())
+                .start_time(DateTime::from(now - Duration::from_secs(3600)))
+                .end_time(DateTime::from(now + Duration::from_secs(3600)))
+                .period(7200)
+                .statistics(Statistic::Sum)
+                .statistics(Statistic::SampleCount)
+                .send()
+                .await
+                .unwrap();
+            let sum: f64 = reply.datapoints().iter().filter_map(|d| d.sum()).sum();
+            let count: f64 = reply.datapoints().iter().filter_map(|d| d.sample_count()).sum();
+            (sum, count)
+        }
+    };
+    assert_eq!(stat("RunsStarted").await, (1.0, 1.0));
+    assert_eq!(stat("RunsSucceeded").await, (1.0, 1.0));
+    assert_eq!(stat("RunsFailed").await, (0.0, 0.0));
+    let (duration, samples) = stat("RunDuration").await;
+    assert_eq!(samples, 1.0);
+    assert!(duration >= 0.0);
+}
+
+#[tokio::test]
+async fn invalid_pipelines_fail_the_deployment_with_the_reason() {
+    let sdk = sdk_config().await;
+    let config = test_config("pl-invalid");
+    create_table(&sdk, &config.table_name).await.unwrap();
+    let clients = batchline_bootstrap::Clients::new(&sdk);
+    let network = default_network();
+    let many: serde_json::Map<String, Value> =
+        (0..21).map(|i| (format!("s{i}"), json!({"JobDefinition": "default"}))).collect();
+    let mut wide = many.clone();
+    wide.insert("last".into(), json!({"JobDefinition": "default", "After": many.keys().collect::<Vec<_>>()}));
+    let cases = [
+        (json!({"p": {"Stages": {"a": {"JobDefinition": "missing"}}}}), "\"missing\" is not a key of JobDefinitions"),
+        (
+            json!({"p": {"Stages": {"a": {"JobDefinition": "default", "After": "b"}, "b": {"JobDefinition": "default", "After": "a"}}}}),
+            "cycle",
+        ),
+        (
+            json!({"p": {"Stages": {"a": {"JobDefinition": "default", "After": "ghost"}}}}),
+            "there is no stage \"ghost\"",
+        ),
+        (
+            json!({"p": {"Stages": {"a": {"JobDefinition": "default", "Vcpu": "4", "Memory": "2048"}}}}),
+            "4 vCPU with 2048 MiB is not a valid Fargate size",
+        ),
+        (json!({"p": {"Stages": wide}}), "21 stages; at most 20"),
+    ];
+    for (pipelines, reason) in cases {
+        let server = ResponseServer::start(0).await.unwrap();
+        let properties = json!({"ServiceToken": "x", "NamePrefix": unique_name("pli"),
+                                "Network": {"Subnets": network.subnets, "SecurityGroups": network.security_groups},
+                                "Pipelines": pipelines});
+        let request = json!({"RequestType": "Create", "ResponseURL": server.url, "StackId": "s", "RequestId": event_id(),
+                             "LogicalResourceId": "Environment", "ResourceProperties": properties});
+        batchline_bootstrap::handle(invocation(request), &clients, &config).await.unwrap();
+        let answer = server.accepted_answers().pop().unwrap();
+        assert_eq!(answer["Status"], "FAILED");
+        assert!(answer["Reason"].as_str().unwrap().contains(reason), "{reason:?} in {answer}");
+    }
+}
