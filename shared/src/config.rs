@@ -4,8 +4,8 @@
 //! |---|---|
 //! | `BATCHLINE_TABLE` | the DynamoDB table (required) |
 //! | `BATCHLINE_METRIC_NAMESPACE` | CloudWatch namespace for custom metrics (default `Batchline`) |
-//! | `BATCHLINE_PRICE_VCPU_HOUR` | optional: USD per vCPU-hour for the cost metric |
-//! | `BATCHLINE_PRICE_GB_HOUR` | optional: USD per GB-hour of memory for the cost metric |
+//! | `BATCHLINE_PRICE_VCPU_HOUR` | optional (empty = unset): USD per vCPU-hour for the cost metric |
+//! | `BATCHLINE_PRICE_GB_HOUR` | optional (empty = unset): USD per GB-hour of memory for the cost metric |
 //!
 //! A missing or malformed variable fails at start-up with an error naming it, instead of
 //! failing every invocation later.
@@ -89,8 +89,9 @@ fn validate_namespace(value: String) -> Result<String, ConfigError> {
     Ok(value)
 }
 
+/// Empty means unset: the template passes an empty parameter when no override is wanted.
 fn parse_price(name: &'static str, value: Option<String>) -> Result<Option<f64>, ConfigError> {
-    let Some(value) = value else { return Ok(None) };
+    let Some(value) = value.filter(|v| !v.trim().is_empty()) else { return Ok(None) };
     match value.trim().parse::<f64>() {
         Ok(price) if price.is_finite() && price >= 0.0 => Ok(Some(price)),
         _ => Err(ConfigError::Malformed {
@@ -139,6 +140,8 @@ mod tests {
 
         let err = Config::from_lookup(lookup(&[(TABLE_VAR, "t"), (PRICE_GB_HOUR_VAR, "cheap")])).unwrap_err();
         assert!(err.to_string().contains("BATCHLINE_PRICE_GB_HOUR"), "{err}");
+        let unset = Config::from_lookup(lookup(&[(TABLE_VAR, "t"), (PRICE_VCPU_HOUR_VAR, "")])).unwrap();
+        assert_eq!(unset.price_overrides.vcpu_hour, None, "empty is unset");
         let err = Config::from_lookup(lookup(&[(TABLE_VAR, "t"), (PRICE_VCPU_HOUR_VAR, "-1")])).unwrap_err();
         assert!(err.to_string().contains("BATCHLINE_PRICE_VCPU_HOUR"), "{err}");
     }

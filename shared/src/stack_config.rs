@@ -45,6 +45,7 @@
 //!              MemoryPerInputByte: "4", Parameters: {..}}
 //!   Schedules:
 //!     <rule name>: {JobDefinition: default | Pipeline: name, Parameters: {..}}
+//!     <label>: {Rule: <rule name>, JobDefinition: default}   # when the name is computed
 //! ```
 //!
 //! Keys (`default`, `spot`, ...) are 1–40 letters, digits, `-` or `_`; stages and triggers
@@ -258,6 +259,9 @@ pub struct S3TriggerDoc {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "PascalCase")]
 pub struct ScheduleTriggerDoc {
+    /// The EventBridge rule's name, when it is not the key (a template can compute it:
+    /// keys must be literal).
+    pub rule: Option<String>,
     pub job_definition: Option<String>,
     pub pipeline: Option<String>,
     #[serde(default)]
@@ -768,8 +772,9 @@ fn resolve_triggers(
             },
         );
     }
-    for (rule_name, rule) in doc.schedules {
-        let path = format!("Triggers.Schedules.{rule_name}");
+    for (key, rule) in doc.schedules {
+        let path = format!("Triggers.Schedules.{key}");
+        let rule_name = rule.rule.clone().unwrap_or(key);
         if !(1..=64).contains(&rule_name.len())
             || !rule_name.chars().all(|c| c.is_ascii_alphanumeric() || ".-_".contains(c))
         {

@@ -7,3 +7,4 @@ mod job_events;
 mod pipelines;
 mod player;
 mod submit;
+mod template;

@@ -1,0 +1,224 @@
+//! Checks on template.yaml: least privilege, a dead-letter queue and an alarm on every asynchronous path, JSON logs, environment variables.
+
+use std::collections::BTreeSet;
+
+use serde_yaml::Value;
+
+const TEMPLATE: &str = include_str!("../../template.yaml");
+
+fn template() -> Value {
+    serde_yaml::from_str(TEMPLATE).expect("template.yaml parses")
+}
+
+/// A tagged value (`!Ref x`, `!GetAtt a.b`) as its tag and content.
+fn tagged(value: &Value) -> Option<(String, &Value)> {
+    match value {
+        Value::Tagged(tagged) => Some((tagged.tag.to_string(), &tagged.value)),
+        _ => None,
+    }
+}
+
+/// The logical id a `!GetAtt X.Arn` / `!Ref X` / `Fn::GetAtt: [X, Arn]` points at.
+fn target_of(value: &Value) -> Option<String> {
+    if let Some((tag, inner)) = tagged(value) {
+        return match (tag.as_str(), inner) {
+            ("!GetAtt", Value::String(text)) => text.split('.').next().map(str::to_owned),
+            ("!Ref", Value::String(text)) => Some(text.clone()),
+            _ => None,
+        };
+    }
+    value.get("Fn::GetAtt").and_then(|v| v.get(0)).and_then(Value::as_str).map(str::to_owned)
+}
+
+fn resources(template: &Value) -> Vec<(String, &Value)> {
+    template["Resources"].as_mapping().unwrap().iter().map(|(k, v)| (k.as_str().unwrap().to_owned(), v)).collect()
+}
+
+fn strings(value: &Value) -> Vec<String> {
+    match value {
+        Value::String(s) => vec![s.clone()],
+        Value::Sequence(items) => items.iter().flat_map(strings).collect(),
+        _ => vec![],
+    }
+}
+
+/// Actions whose IAM definition has no resource-level permissions, so `*` is the only
+/// resource they take (each is also scoped by a condition or is read-only).
+const NO_RESOURCE_LEVEL: [&str; 5] =
+    ["cloudwatch:PutMetricData", "batch:ListJobs", "batch:DescribeJobs", "batch:DescribeComputeEnvironments", "batch:DescribeJobQueues"];
+
+#[test]
+fn no_write_action_is_allowed_on_every_resource() {
+    let template = template();
+    let mut checked = 0;
+    for (name, resource) in resources(&template) {
+        let policies = resource["Properties"]["Policies"].as_sequence().cloned().unwrap_or_default();
+        for policy in policies {
+            for statement in policy["Statement"].as_sequence().cloned().unwrap_or_default() {
+                checked += 1;
+                if !strings(&statement["Resource"]).iter().any(|r| r == "*") {
+                    continue;
+                }
+                for action in strings(&statement["Action"]) {
+                    let verb = action.split(':').nth(1).unwrap_or_default();
+                    let read = ["Describe", "List", "Get"].iter().any(|p| verb.starts_with(p));
+                    let exempt = NO_RESOURCE_LEVEL.contains(&action.as_str()) || action == "batch:DescribeJobDefinitions";
+                    assert!(read || exempt, "{name}: {action} on Resource \"*\"");
+                    if action == "cloudwatch:PutMetricData" {
+                        assert!(!statement["Condition"].is_null(), "{name}: PutMetricData on * must be limited to the namespace");
+                    }
+                }
+            }
+        }
+    }
+    assert!(checked > 10, "the policies were read");
+}
+
+#[test]
+fn pass_role_is_only_in_bootstrap_for_its_own_roles_and_ecs_tasks() {
+    let template = template();
+    for (name, resource) in resources(&template) {
+        for policy in resource["Properties"]["Policies"].as_sequence().cloned().unwrap_or_default() {
+            for statement in policy["Statement"].as_sequence().cloned().unwrap_or_default() {
+                if strings(&statement["Action"]).iter().any(|a| a == "iam:PassRole") {
+                    assert_eq!(name, "BootstrapFunction");
+                    assert_eq!(statement["Condition"]["StringEquals"]["iam:PassedToService"].as_str(), Some("ecs-tasks.amazonaws.com"));
+                    let (_, resource) = tagged(&statement["Resource"]).expect("a !Sub'd role ARN");
+                    assert!(resource.as_str().unwrap().ends_with(":role/${AWS::StackName}-*"), "{resource:?}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn every_asynchronous_path_has_a_dead_letter_queue_with_an_alarm() {
+    let template = template();
+    let mut dead_letter_queues = BTreeSet::new();
+    let mut paths = 0;
+    for (name, resource) in resources(&template) {
+        let kind = resource["Type"].as_str().unwrap();
+        let properties = &resource["Properties"];
+        match kind {
+            "AWS::Serverless::Function" => {
+                paths += 1;
+                let dlq = target_of(&properties["DeadLetterQueue"]["TargetArn"]).unwrap_or_else(|| panic!("{name}: no DeadLetterQueue"));
+                dead_letter_queues.insert(dlq);
+                for (event_name, event) in properties["Events"].as_mapping().cloned().unwrap_or_default() {
+                    let event_kind = event["Type"].as_str().unwrap();
+                    if ["EventBridgeRule", "Schedule"].contains(&event_kind) {
+                        paths += 1;
+                        let dlq = target_of(&event["Properties"]["DeadLetterConfig"]["Arn"])
+                            .unwrap_or_else(|| panic!("{name}.{event_name:?}: no DeadLetterConfig"));
+                        assert!(!event["Properties"]["RetryPolicy"].is_null(), "{name}.{event_name:?}: no RetryPolicy");
+                        dead_letter_queues.insert(dlq);
+                    }
+                    if event_kind == "SQS" {
+                        paths += 1;
+                        let queue = target_of(&event["Properties"]["Queue"]).unwrap();
+                        let queue_resource = &template["Resources"][queue.as_str()];
+                        let dlq = target_of(&queue_resource["Properties"]["RedrivePolicy"]["deadLetterTargetArn"])
+                            .unwrap_or_else(|| panic!("{queue}: no redrive policy"));
+                        dead_letter_queues.insert(dlq);
+                        let responses = strings(&event["Properties"]["FunctionResponseTypes"]);
+                        assert_eq!(responses, ["ReportBatchItemFailures"], "{name}: partial batch responses");
+                    }
+                }
+            }
+            "AWS::Events::Rule" => {
+                for target in properties["Targets"].as_sequence().unwrap() {
+                    paths += 1;
+                    let dlq = target_of(&target["DeadLetterConfig"]["Arn"]).unwrap_or_else(|| panic!("{name}: target without DLQ"));
+                    dead_letter_queues.insert(dlq);
+                }
+            }
+            _ => {}
+        }
+    }
+    assert!(paths >= 8, "{paths} asynchronous paths found");
+    let alarmed: BTreeSet<String> = resources(&template)
+        .iter()
+        .filter(|(_, r)| r["Type"] == "AWS::CloudWatch::Alarm")
+        .flat_map(|(_, r)| r["Properties"]["Dimensions"].as_sequence().cloned().unwrap_or_default())
+        .filter_map(|d| target_of(&d["Value"]))
+        .collect();
+    for dlq in &dead_letter_queues {
+        assert!(alarmed.contains(dlq), "dead-letter queue {dlq} has no alarm");
+    }
+}
+
+#[test]
+fn every_function_logs_json_and_sets_exactly_the_variables_the_code_reads() {
+    let template = template();
+    let globals = &template["Globals"]["Function"];
+    let functions: Vec<(String, &Value)> =
+        resources(&template).into_iter().filter(|(_, r)| r["Type"] == "AWS::Serverless::Function").collect();
+    assert_eq!(functions.len(), 3);
+    for (name, function) in functions {
+        let properties = &function["Properties"];
+        let format = properties["LoggingConfig"]["LogFormat"].as_str().or(globals["LoggingConfig"]["LogFormat"].as_str());
+        assert_eq!(format, Some("JSON"), "{name}");
+        let mut variables: BTreeSet<String> = BTreeSet::new();
+        for source in [&globals["Environment"]["Variables"], &properties["Environment"]["Variables"]] {
+            if let Some(map) = source.as_mapping() {
+                variables.extend(map.keys().filter_map(|k| k.as_str().map(str::to_owned)));
+            }
+        }
+        let read: BTreeSet<String> = batchline::config::ALL_VARS.iter().map(|v| v.to_string()).collect();
+        assert_eq!(variables, read, "{name}: the template sets exactly what the code reads");
+        let binary = function["Metadata"]["BuildProperties"]["Binary"].as_str().unwrap();
+        assert!(binary.starts_with("batchline-"), "{name}: {binary}");
+        assert_eq!(function["Metadata"]["BuildMethod"].as_str(), Some("rust-cargolambda"));
+    }
+    assert_eq!(globals["Architectures"][0].as_str(), Some("arm64"));
+    assert_eq!(globals["Runtime"].as_str(), Some("provided.al2023"));
+}
+
+#[test]
+fn the_environment_properties_are_a_valid_stack_configuration() {
+    // The custom resource's properties, with the template's parameters as CloudFormation
+    // would resolve them, pass the same validation bootstrap runs at deploy time.
+    let template = template();
+    let properties = &template["Resources"]["Environment"]["Properties"];
+    let resolved = resolve_for_test(properties);
+    let config = batchline::stack_config::StackConfig::from_properties(&resolved).unwrap_or_else(|e| panic!("{e}"));
+    assert!(config.pipelines.contains_key("process"));
+    assert_eq!(config.triggers.schedules.keys().collect::<Vec<_>>(), ["teststack-schedule"]);
+    assert_eq!(template["Resources"]["Environment"]["Properties"]["ServiceTimeout"].as_u64(), Some(1200), "well under an hour");
+}
+
+/// Replaces intrinsic functions with plausible values, as CloudFormation would.
+fn resolve_for_test(value: &Value) -> serde_json::Value {
+    if let Some((tag, inner)) = tagged(value) {
+        return match tag.as_str() {
+            "!Ref" => match inner.as_str().unwrap_or_default() {
+                "AWS::StackName" => "teststack".into(),
+                "SubnetIds" => serde_json::json!(["subnet-1", "subnet-2"]),
+                "SecurityGroupIds" => serde_json::json!(["sg-1"]),
+                "InputPrefix" => "incoming/".into(),
+                "InputSuffix" => "".into(),
+                "AssignPublicIp" | "DeleteRepositoryOnStackDelete" => "true".into(),
+                other => format!("resolved-{other}").to_lowercase().into(),
+            },
+            "!Sub" => inner.as_str().unwrap_or_default().replace("${AWS::StackName}", "teststack").into(),
+            "!Join" => {
+                let parts = resolve_for_test(&inner[1]);
+                parts.as_array().map(|a| a.iter().filter_map(|p| p.as_str()).collect::<Vec<_>>().join(",")).unwrap_or_default().into()
+            }
+            "!GetAtt" => "arn:aws:lambda:us-east-1:123456789012:function:bootstrap".into(),
+            _ => serde_json::Value::Null,
+        };
+    }
+    match value {
+        Value::Mapping(map) => map
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str()?.to_owned(), resolve_for_test(v))))
+            .collect::<serde_json::Map<_, _>>()
+            .into(),
+        Value::Sequence(items) => items.iter().map(resolve_for_test).collect::<Vec<_>>().into(),
+        Value::String(s) => s.clone().into(),
+        Value::Number(n) => serde_json::to_value(n).unwrap_or_default(),
+        Value::Bool(b) => (*b).into(),
+        _ => serde_json::Value::Null,
+    }
+}
