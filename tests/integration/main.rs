@@ -2,6 +2,7 @@
 
 mod bootstrap;
 mod common;
+mod e2e;
 mod emulator;
 mod job_events;
 mod pipelines;

@@ -44,8 +44,13 @@ fn strings(value: &Value) -> Vec<String> {
 
 /// Actions whose IAM definition has no resource-level permissions, so `*` is the only
 /// resource they take (each is also scoped by a condition or is read-only).
-const NO_RESOURCE_LEVEL: [&str; 5] =
-    ["cloudwatch:PutMetricData", "batch:ListJobs", "batch:DescribeJobs", "batch:DescribeComputeEnvironments", "batch:DescribeJobQueues"];
+const NO_RESOURCE_LEVEL: [&str; 5] = [
+    "cloudwatch:PutMetricData",
+    "batch:ListJobs",
+    "batch:DescribeJobs",
+    "batch:DescribeComputeEnvironments",
+    "batch:DescribeJobQueues",
+];
 
 #[test]
 fn no_write_action_is_allowed_on_every_resource() {
@@ -62,10 +67,14 @@ fn no_write_action_is_allowed_on_every_resource() {
                 for action in strings(&statement["Action"]) {
                     let verb = action.split(':').nth(1).unwrap_or_default();
                     let read = ["Describe", "List", "Get"].iter().any(|p| verb.starts_with(p));
-                    let exempt = NO_RESOURCE_LEVEL.contains(&action.as_str()) || action == "batch:DescribeJobDefinitions";
+                    let exempt =
+                        NO_RESOURCE_LEVEL.contains(&action.as_str()) || action == "batch:DescribeJobDefinitions";
                     assert!(read || exempt, "{name}: {action} on Resource \"*\"");
                     if action == "cloudwatch:PutMetricData" {
-                        assert!(!statement["Condition"].is_null(), "{name}: PutMetricData on * must be limited to the namespace");
+                        assert!(
+                            !statement["Condition"].is_null(),
+                            "{name}: PutMetricData on * must be limited to the namespace"
+                        );
                     }
                 }
             }
@@ -82,7 +91,10 @@ fn pass_role_is_only_in_bootstrap_for_its_own_roles_and_ecs_tasks() {
             for statement in policy["Statement"].as_sequence().cloned().unwrap_or_default() {
                 if strings(&statement["Action"]).iter().any(|a| a == "iam:PassRole") {
                     assert_eq!(name, "BootstrapFunction");
-                    assert_eq!(statement["Condition"]["StringEquals"]["iam:PassedToService"].as_str(), Some("ecs-tasks.amazonaws.com"));
+                    assert_eq!(
+                        statement["Condition"]["StringEquals"]["iam:PassedToService"].as_str(),
+                        Some("ecs-tasks.amazonaws.com")
+                    );
                     let (_, resource) = tagged(&statement["Resource"]).expect("a !Sub'd role ARN");
                     assert!(resource.as_str().unwrap().ends_with(":role/${AWS::StackName}-*"), "{resource:?}");
                 }
@@ -102,7 +114,8 @@ fn every_asynchronous_path_has_a_dead_letter_queue_with_an_alarm() {
         match kind {
             "AWS::Serverless::Function" => {
                 paths += 1;
-                let dlq = target_of(&properties["DeadLetterQueue"]["TargetArn"]).unwrap_or_else(|| panic!("{name}: no DeadLetterQueue"));
+                let dlq = target_of(&properties["DeadLetterQueue"]["TargetArn"])
+                    .unwrap_or_else(|| panic!("{name}: no DeadLetterQueue"));
                 dead_letter_queues.insert(dlq);
                 for (event_name, event) in properties["Events"].as_mapping().cloned().unwrap_or_default() {
                     let event_kind = event["Type"].as_str().unwrap();
@@ -128,7 +141,8 @@ fn every_asynchronous_path_has_a_dead_letter_queue_with_an_alarm() {
             "AWS::Events::Rule" => {
                 for target in properties["Targets"].as_sequence().unwrap() {
                     paths += 1;
-                    let dlq = target_of(&target["DeadLetterConfig"]["Arn"]).unwrap_or_else(|| panic!("{name}: target without DLQ"));
+                    let dlq = target_of(&target["DeadLetterConfig"]["Arn"])
+                        .unwrap_or_else(|| panic!("{name}: target without DLQ"));
                     dead_letter_queues.insert(dlq);
                 }
             }
@@ -156,7 +170,8 @@ fn every_function_logs_json_and_sets_exactly_the_variables_the_code_reads() {
     assert_eq!(functions.len(), 3);
     for (name, function) in functions {
         let properties = &function["Properties"];
-        let format = properties["LoggingConfig"]["LogFormat"].as_str().or(globals["LoggingConfig"]["LogFormat"].as_str());
+        let format =
+            properties["LoggingConfig"]["LogFormat"].as_str().or(globals["LoggingConfig"]["LogFormat"].as_str());
         assert_eq!(format, Some("JSON"), "{name}");
         let mut variables: BTreeSet<String> = BTreeSet::new();
         for source in [&globals["Environment"]["Variables"], &properties["Environment"]["Variables"]] {
@@ -184,7 +199,11 @@ fn the_environment_properties_are_a_valid_stack_configuration() {
     let config = batchline::stack_config::StackConfig::from_properties(&resolved).unwrap_or_else(|e| panic!("{e}"));
     assert!(config.pipelines.contains_key("process"));
     assert_eq!(config.triggers.schedules.keys().collect::<Vec<_>>(), ["teststack-schedule"]);
-    assert_eq!(template["Resources"]["Environment"]["Properties"]["ServiceTimeout"].as_u64(), Some(1200), "well under an hour");
+    assert_eq!(
+        template["Resources"]["Environment"]["Properties"]["ServiceTimeout"].as_u64(),
+        Some(1200),
+        "well under an hour"
+    );
 }
 
 /// Replaces intrinsic functions with plausible values, as CloudFormation would.
@@ -203,7 +222,11 @@ fn resolve_for_test(value: &Value) -> serde_json::Value {
             "!Sub" => inner.as_str().unwrap_or_default().replace("${AWS::StackName}", "teststack").into(),
             "!Join" => {
                 let parts = resolve_for_test(&inner[1]);
-                parts.as_array().map(|a| a.iter().filter_map(|p| p.as_str()).collect::<Vec<_>>().join(",")).unwrap_or_default().into()
+                parts
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|p| p.as_str()).collect::<Vec<_>>().join(","))
+                    .unwrap_or_default()
+                    .into()
             }
             "!GetAtt" => "arn:aws:lambda:us-east-1:123456789012:function:bootstrap".into(),
             _ => serde_json::Value::Null,

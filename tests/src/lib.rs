@@ -4,7 +4,10 @@
 
 pub mod batch_env;
 pub mod calls;
+pub mod demo;
 pub mod emulator;
+pub mod http;
+pub mod local_lambda;
 pub mod player;
 pub mod response_server;
 pub mod table;

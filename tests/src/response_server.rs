@@ -1,13 +1,13 @@
 //! A local stand-in for CloudFormation's pre-signed ResponseURL: records every answer PUT to it.
 //!
 //! Listens on a free loopback port; can refuse its first requests with HTTP 500 to test
-//! retries. Each request is read whole (headers, then `Content-Length` bytes) and answered
-//! with `Connection: close`.
+//! retries.
 
 use std::sync::{Arc, Mutex};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
+
+use crate::http::{read_request, write_response};
 
 /// One request the server received.
 #[derive(Debug, Clone)]
@@ -38,22 +38,20 @@ impl ResponseServer {
             while let Ok((mut stream, _)) = listener.accept().await {
                 let log = log.clone();
                 tokio::spawn(async move {
-                    let Some(mut request) = read_request(&mut stream).await else {
-                        return;
-                    };
+                    let Some(request) = read_request(&mut stream).await else { return };
                     let accepted = {
                         let mut log = log.lock().expect("lock");
-                        request.accepted = log.len() >= refuse_first;
-                        log.push(request.clone());
-                        request.accepted
+                        let accepted = log.len() >= refuse_first;
+                        log.push(Received {
+                            method: request.method.clone(),
+                            path: request.path.clone(),
+                            content_type: request.header("content-type").map(str::to_owned),
+                            body: String::from_utf8_lossy(&request.body).to_string(),
+                            accepted,
+                        });
+                        accepted
                     };
-                    let status = if accepted { "200 OK" } else { "500 Internal Server Error" };
-                    let _ = stream
-                        .write_all(
-                            format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes(),
-                        )
-                        .await;
-                    let _ = stream.shutdown().await;
+                    write_response(&mut stream, if accepted { 200 } else { 500 }, &[], b"").await;
                 });
             }
         });
@@ -68,44 +66,4 @@ impl ResponseServer {
     pub fn accepted_answers(&self) -> Vec<serde_json::Value> {
         self.received().iter().filter(|r| r.accepted).filter_map(|r| serde_json::from_str(&r.body).ok()).collect()
     }
-}
-
-async fn read_request(stream: &mut tokio::net::TcpStream) -> Option<Received> {
-    let mut buffer = Vec::new();
-    let mut chunk = [0u8; 8192];
-    let head_end = loop {
-        let read = stream.read(&mut chunk).await.ok()?;
-        if read == 0 {
-            return None;
-        }
-        buffer.extend_from_slice(&chunk[..read]);
-        if let Some(position) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-            break position + 4;
-        }
-    };
-    let head = String::from_utf8_lossy(&buffer[..head_end]).to_string();
-    let mut lines = head.lines();
-    let mut first = lines.next()?.split_whitespace();
-    let method = first.next()?.to_owned();
-    let path = first.next()?.to_owned();
-    let mut content_length = 0;
-    let mut content_type = None;
-    for line in lines {
-        if let Some((name, value)) = line.split_once(':') {
-            match name.trim().to_ascii_lowercase().as_str() {
-                "content-length" => content_length = value.trim().parse().unwrap_or(0),
-                "content-type" => content_type = Some(value.trim().to_owned()),
-                _ => {}
-            }
-        }
-    }
-    while buffer.len() < head_end + content_length {
-        let read = stream.read(&mut chunk).await.ok()?;
-        if read == 0 {
-            break;
-        }
-        buffer.extend_from_slice(&chunk[..read]);
-    }
-    let body = String::from_utf8_lossy(&buffer[head_end..]).to_string();
-    Some(Received { method, path, content_type, body, accepted: false })
 }
