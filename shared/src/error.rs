@@ -77,6 +77,25 @@ impl Error {
     }
 }
 
+/// The outcome of a DynamoDB conditional write: `Ok(true)` written, `Ok(false)` its
+/// condition did not hold (someone else got there first), `Err` anything else.
+pub fn conditional_write<T, E>(operation: &'static str, result: Result<T, E>) -> Result<bool, Error>
+where
+    E: ProvideErrorMetadata + std::error::Error,
+{
+    match result {
+        Ok(_) => Ok(true),
+        Err(err) => {
+            let err = Error::aws(operation, err);
+            if err.aws_code() == Some("ConditionalCheckFailedException") {
+                Ok(false)
+            } else {
+                Err(err)
+            }
+        }
+    }
+}
+
 impl From<Error> for Diagnostic {
     fn from(err: Error) -> Self {
         Diagnostic { error_type: err.error_type().to_owned(), error_message: err.to_string() }

@@ -162,20 +162,11 @@ impl RunServices<'_> {
                 .condition_expression("version = :version")
                 .expression_attribute_values(":version", AttributeValue::N(version.to_string())),
         };
-        match request.send().await {
-            Ok(_) => {
-                self.write_index(run).await?;
-                Ok(true)
-            }
-            Err(err) => {
-                let err = Error::aws("PutItem", err);
-                if err.aws_code() == Some("ConditionalCheckFailedException") {
-                    Ok(false)
-                } else {
-                    Err(err)
-                }
-            }
+        let written = crate::error::conditional_write("PutItem", request.send().await)?;
+        if written {
+            self.write_index(run).await?;
         }
+        Ok(written)
     }
 
     async fn write_index(&self, run: &Run) -> Result<(), Error> {

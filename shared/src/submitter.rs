@@ -25,6 +25,7 @@ use aws_sdk_batch::types::{
 use aws_sdk_dynamodb::types::AttributeValue;
 use tracing::{info, warn};
 
+use crate::error::conditional_write;
 use crate::fargate::format_vcpu;
 use crate::job_request::{digest, JobRequest};
 use crate::Error;
@@ -116,17 +117,7 @@ impl Submitter<'_> {
             .condition_expression("attribute_not_exists(pk)")
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(err) => {
-                let err = Error::aws("PutItem", err);
-                if err.aws_code() == Some("ConditionalCheckFailedException") {
-                    Ok(false)
-                } else {
-                    Err(err)
-                }
-            }
-        }
+        conditional_write("PutItem", result)
     }
 
     async fn read_claim(&self, request: &JobRequest) -> Result<HashMap<String, AttributeValue>, Error> {
@@ -159,17 +150,7 @@ impl Submitter<'_> {
             .expression_attribute_values(":pending", AttributeValue::S("PENDING".into()))
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(err) => {
-                let err = Error::aws("UpdateItem", err);
-                if err.aws_code() == Some("ConditionalCheckFailedException") {
-                    Ok(false)
-                } else {
-                    Err(err)
-                }
-            }
-        }
+        conditional_write("UpdateItem", result)
     }
 
     async fn record(&self, request: &JobRequest, job_id: &str) -> Result<(), Error> {

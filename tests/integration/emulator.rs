@@ -1,9 +1,5 @@
 //! Proof that the local emulator is real: the Rust SDK's own calls, through the adapter, into moto.
 
-use aws_sdk_batch::types::{
-    CeState, CeType, ComputeEnvironmentOrder, ComputeResource, ContainerProperties, CrType, JobDefinitionType, JqState,
-    PlatformCapability, ResourceRequirement, ResourceType,
-};
 use aws_sdk_cloudwatch::primitives::DateTime;
 use aws_sdk_cloudwatch::types::{
     Dimension, DimensionFilter, Metric, MetricDataQuery, MetricDatum, MetricStat, StandardUnit, Statistic,
@@ -11,7 +7,8 @@ use aws_sdk_cloudwatch::types::{
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
 };
-use batchline_tests::emulator::{default_network, sdk_config, unique_name, unique_namespace};
+use batchline_tests::batch_env::BatchEnvironment;
+use batchline_tests::emulator::{sdk_config, unique_name, unique_namespace};
 use std::time::{Duration, SystemTime};
 
 fn now_minus(seconds: u64) -> DateTime {
@@ -159,68 +156,23 @@ async fn cloudwatch_errors_keep_their_aws_code() {
 
 #[tokio::test]
 async fn a_fargate_environment_runs_a_tagged_job_readable_with_describe_jobs() {
-    // GIVEN a FARGATE compute environment created without a service role, as on AWS
-    let batch = aws_sdk_batch::Client::new(&sdk_config().await);
-    let name = unique_name("proof");
-    let network = default_network();
-    let environment = batch
-        .create_compute_environment()
-        .compute_environment_name(&name)
-        .r#type(CeType::Managed)
-        .state(CeState::Enabled)
-        .compute_resources(
-            ComputeResource::builder()
-                .r#type(CrType::Fargate)
-                .maxv_cpus(256)
-                .set_subnets(Some(network.subnets.clone()))
-                .set_security_group_ids(Some(network.security_groups.clone()))
-                .build(),
-        )
-        .send()
-        .await
-        .expect("CreateComputeEnvironment without serviceRole");
+    // GIVEN a FARGATE compute environment created without a service role (as on AWS), a
+    // queue and a Fargate job definition
+    let sdk = sdk_config().await;
+    let batch = aws_sdk_batch::Client::new(&sdk);
+    let env = BatchEnvironment::create(&sdk, "proof").await.expect("the Batch environment");
+    let name = env.name.clone();
     let described = batch.describe_compute_environments().compute_environments(&name).send().await.unwrap();
     let described = &described.compute_environments()[0];
     assert_eq!(described.status().map(|s| s.as_str()), Some("VALID"));
     assert!(described.service_role().unwrap_or_default().contains("AWSServiceRoleFor"), "{described:?}");
 
-    // AND a queue and a Fargate job definition
-    let queue = batch
-        .create_job_queue()
-        .job_queue_name(&name)
-        .state(JqState::Enabled)
-        .priority(1)
-        .compute_environment_order(
-            ComputeEnvironmentOrder::builder()
-                .order(1)
-                .compute_environment(environment.compute_environment_arn().unwrap())
-                .build(),
-        )
-        .send()
-        .await
-        .expect("CreateJobQueue");
-    let definition = batch
-        .register_job_definition()
-        .job_definition_name(&name)
-        .r#type(JobDefinitionType::Container)
-        .platform_capabilities(PlatformCapability::Fargate)
-        .container_properties(
-            ContainerProperties::builder()
-                .image("public.ecr.aws/docker/library/python:3.12-alpine")
-                .resource_requirements(ResourceRequirement::builder().r#type(ResourceType::Vcpu).value("0.25").build())
-                .resource_requirements(ResourceRequirement::builder().r#type(ResourceType::Memory).value("512").build())
-                .build(),
-        )
-        .send()
-        .await
-        .expect("RegisterJobDefinition");
-
     // WHEN a job is submitted with tags
     let submitted = batch
         .submit_job()
         .job_name(&name)
-        .job_queue(queue.job_queue_arn().unwrap())
-        .job_definition(definition.job_definition_arn().unwrap())
+        .job_queue(&env.queue_arn)
+        .job_definition(&env.job_definition_arn)
         .tags("batchline:run", "run-1")
         .send()
         .await

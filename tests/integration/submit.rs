@@ -50,6 +50,15 @@ fn http(method: &str, path: &str, body: &str, headers: &[(&str, &str)]) -> Value
     event
 }
 
+/// The job submit plans for an object event (the first matching rule's).
+fn job_for(stack: &batchline::stack_config::StackConfig, event: &Value) -> batchline::job_request::JobRequest {
+    let object = batchline_submit::triggers::parse_object_created(event).unwrap();
+    match batchline_submit::triggers::plan_object(stack, &object, "x").unwrap().remove(0) {
+        batchline_submit::plan::Planned::Job(request) => request,
+        other => panic!("expected a job, got {other:?}"),
+    }
+}
+
 fn answer_body(answer: &Value) -> Value {
     serde_json::from_str(answer["body"].as_str().unwrap()).unwrap()
 }
@@ -315,13 +324,7 @@ async fn a_crash_between_claim_and_submit_then_redelivery_makes_exactly_one_job(
     let event = object_event("incoming/crash.csv", "00AA");
     // GIVEN the claim a crashed invocation left: PENDING, no job, claimed a while ago
     let stack = &env.stack;
-    let planned = batchline_submit::triggers::plan_object(
-        stack,
-        &batchline_submit::triggers::parse_object_created(&event).unwrap(),
-        "x",
-    )
-    .unwrap();
-    let batchline_submit::plan::Planned::Job(request) = &planned[0] else { panic!("a job") };
+    let request = &job_for(stack, &event);
     let dynamodb = aws_sdk_dynamodb::Client::new(&env.sdk);
     let claim = |claimed_at: i64| {
         dynamodb
@@ -357,13 +360,7 @@ async fn a_crash_after_submit_before_recording_is_recovered_by_name() {
     handle(invocation(event.clone()), &clients, &env.config).await.unwrap();
     // GIVEN the claim went back to PENDING (the job was made, the record never written)
     let stack = &env.stack;
-    let planned = batchline_submit::triggers::plan_object(
-        stack,
-        &batchline_submit::triggers::parse_object_created(&event).unwrap(),
-        "x",
-    )
-    .unwrap();
-    let batchline_submit::plan::Planned::Job(request) = &planned[0] else { panic!("a job") };
+    let request = &job_for(stack, &event);
     aws_sdk_dynamodb::Client::new(&env.sdk)
         .update_item()
         .table_name(&env.config.table_name)
@@ -420,13 +417,7 @@ async fn throttled_submit_job_is_retried_with_backoff() {
     let batch = mock_client!(aws_sdk_batch, RuleMode::MatchAny, [&submit_rule, &list_rule]);
     let dynamodb = aws_sdk_dynamodb::Client::new(&env.sdk);
     let submitter = Submitter { batch: &batch, dynamodb: &dynamodb, table: &env.config.table_name };
-    let planned = batchline_submit::triggers::plan_object(
-        &env.stack,
-        &batchline_submit::triggers::parse_object_created(&object_event("incoming/t.csv", "1")).unwrap(),
-        "x",
-    )
-    .unwrap();
-    let batchline_submit::plan::Planned::Job(request) = &planned[0] else { panic!("a job") };
+    let request = &job_for(&env.stack, &object_event("incoming/t.csv", "1"));
 
     // WHEN submitted
     let submitted = submitter.submit(request, batchline::now_ms()).await.unwrap();

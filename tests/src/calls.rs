@@ -53,16 +53,33 @@ impl Intercept for CallLog {
     }
 }
 
-/// Fails the next `times` calls of one operation, as a lost connection would.
+/// The next `times` calls of one operation: the shared countdown of the fault injectors.
 #[derive(Debug, Clone)]
-pub struct FailOperation {
+struct NextCalls {
     operation: &'static str,
     remaining: Arc<AtomicUsize>,
 }
 
+impl NextCalls {
+    fn new(operation: &'static str, times: usize) -> Self {
+        NextCalls { operation, remaining: Arc::new(AtomicUsize::new(times)) }
+    }
+
+    /// Whether this call is one of them (and counts it).
+    fn take(&self, cfg: &ConfigBag) -> bool {
+        operation(cfg) == self.operation
+            && self.remaining.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
+    }
+}
+
+/// Fails the next `times` calls of one operation before they are sent, as a lost
+/// connection would.
+#[derive(Debug, Clone)]
+pub struct FailOperation(NextCalls);
+
 impl FailOperation {
     pub fn new(operation: &'static str, times: usize) -> Self {
-        FailOperation { operation, remaining: Arc::new(AtomicUsize::new(times)) }
+        FailOperation(NextCalls::new(operation, times))
     }
 }
 
@@ -77,10 +94,8 @@ impl Intercept for FailOperation {
         _: &RuntimeComponents,
         cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
-        if operation(cfg) == self.operation
-            && self.remaining.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
-        {
-            return Err(format!("{} failed on purpose (test)", self.operation).into());
+        if self.0.take(cfg) {
+            return Err(format!("{} failed on purpose (test)", self.0.operation).into());
         }
         Ok(())
     }
@@ -89,14 +104,11 @@ impl Intercept for FailOperation {
 /// Lets the next `times` calls of one operation reach the service, then loses the answer:
 /// the call fails though the service did the work (a dropped connection after the request).
 #[derive(Debug, Clone)]
-pub struct LoseResponse {
-    operation: &'static str,
-    remaining: Arc<AtomicUsize>,
-}
+pub struct LoseResponse(NextCalls);
 
 impl LoseResponse {
     pub fn new(operation: &'static str, times: usize) -> Self {
-        LoseResponse { operation, remaining: Arc::new(AtomicUsize::new(times)) }
+        LoseResponse(NextCalls::new(operation, times))
     }
 }
 
@@ -111,10 +123,8 @@ impl Intercept for LoseResponse {
         _: &RuntimeComponents,
         cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
-        if operation(cfg) == self.operation
-            && self.remaining.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
-        {
-            return Err(format!("the answer to {} was lost (test)", self.operation).into());
+        if self.0.take(cfg) {
+            return Err(format!("the answer to {} was lost (test)", self.0.operation).into());
         }
         Ok(())
     }

@@ -8,6 +8,7 @@
 //! mid-way (Lambda runs 15 minutes at most) and may be taken over.
 
 use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
+use batchline::error::conditional_write;
 use batchline::Error;
 
 /// Older than any invocation can run: such a claim was left by a crash.
@@ -57,15 +58,10 @@ impl Ledger<'_> {
             .expression_attribute_values(":stale", AttributeValue::N((now_ms - STALE_CLAIM_MS).to_string()))
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(Claim::Claimed),
-            Err(err) => {
-                let err = Error::aws("PutItem", err);
-                if err.aws_code() != Some("ConditionalCheckFailedException") {
-                    return Err(err);
-                }
-                self.existing_state(event_id).await
-            }
+        if conditional_write("PutItem", result)? {
+            Ok(Claim::Claimed)
+        } else {
+            self.existing_state(event_id).await
         }
     }
 
@@ -99,18 +95,9 @@ impl Ledger<'_> {
             .expression_attribute_values(":in_progress", AttributeValue::S("IN_PROGRESS".into()))
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(err) => {
-                let err = Error::aws("DeleteItem", err);
-                // Not ours any more (taken over as stale): nothing to give back.
-                if err.aws_code() == Some("ConditionalCheckFailedException") {
-                    Ok(())
-                } else {
-                    Err(err)
-                }
-            }
-        }
+        // A failed condition means it is not ours any more (taken over as stale):
+        // nothing to give back.
+        conditional_write("DeleteItem", result).map(|_| ())
     }
 
     /// Records events as counted, 25 a request, retrying what DynamoDB leaves unprocessed.
