@@ -328,17 +328,15 @@ fn cloudformation_request(kind: &str, url: &str, properties: &Value, physical_id
     request
 }
 
-async fn send_to_bootstrap(
-    functions: &Functions,
+/// Sends bootstrap a CloudFormation request and returns the one answer it PUT to a local ResponseURL.
+pub async fn send_to_bootstrap(
+    bootstrap: &LocalLambda,
     kind: &str,
     properties: &Value,
     physical_id: Option<&str>,
 ) -> Result<Value, String> {
     let server = ResponseServer::start(0).await.map_err(|e| e.to_string())?;
-    ok(
-        functions.bootstrap.invoke(&cloudformation_request(kind, &server.url, properties, physical_id)).await?,
-        "bootstrap",
-    )?;
+    ok(bootstrap.invoke(&cloudformation_request(kind, &server.url, properties, physical_id)).await?, "bootstrap")?;
     let mut answers = server.accepted_answers();
     if answers.len() != 1 {
         return Err(format!("bootstrap answered CloudFormation {} times", answers.len()));
@@ -395,7 +393,7 @@ pub async fn run(say: &mut (dyn FnMut(String) + Send)) -> Result<Report, String>
 
     // 1. Provision through bootstrap, as CloudFormation would.
     let properties = properties(&prefix, &bucket);
-    let created = send_to_bootstrap(&functions, "Create", &properties, None).await?;
+    let created = send_to_bootstrap(&functions.bootstrap, "Create", &properties, None).await?;
     say(format!(
         "[1] bootstrap Create → {} ({}); queue {}",
         created["Status"].as_str().unwrap_or("?"),
@@ -504,7 +502,8 @@ pub async fn run(say: &mut (dyn FnMut(String) + Send)) -> Result<Report, String>
     let metrics = read_metrics(&sdk, &default_queue).await?;
 
     // 6. Tear down through bootstrap.
-    let deleted = send_to_bootstrap(&functions, "Delete", &properties, created["PhysicalResourceId"].as_str()).await?;
+    let deleted =
+        send_to_bootstrap(&functions.bootstrap, "Delete", &properties, created["PhysicalResourceId"].as_str()).await?;
     let left_after_delete = leftovers(&sdk, &prefix).await?;
     say(format!(
         "[6] bootstrap Delete → {}; left behind: {}",

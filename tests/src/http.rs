@@ -1,7 +1,7 @@
 //! Just enough HTTP/1.1 to serve local stand-ins for AWS endpoints (a ResponseURL, the Lambda APIs) on loopback.
 //!
-//! One request per connection: read the head and `Content-Length` bytes of body, answer
-//! with `Connection: close`. Clients (hyper, reqwest) reconnect as needed.
+//! Read the head and `Content-Length` bytes of body, answer; by default with
+//! `Connection: close` (clients reconnect as needed), or keeping the connection open.
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -60,6 +60,18 @@ pub async fn read_request(stream: &mut TcpStream) -> Option<Request> {
 
 /// Writes a whole response and closes the connection.
 pub async fn write_response(stream: &mut TcpStream, status: u16, headers: &[(&str, &str)], body: &[u8]) {
+    write_response_keeping(stream, status, headers, body, false).await;
+}
+
+/// Writes a whole response; with `keep_alive` the connection stays open for the next
+/// request (as AWS endpoints do), else it is closed.
+pub async fn write_response_keeping(
+    stream: &mut TcpStream,
+    status: u16,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    keep_alive: bool,
+) {
     let reason = match status {
         200 => "OK",
         202 => "Accepted",
@@ -67,12 +79,19 @@ pub async fn write_response(stream: &mut TcpStream, status: u16, headers: &[(&st
         500 => "Internal Server Error",
         _ => "Status",
     };
-    let mut head = format!("HTTP/1.1 {status} {reason}\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
+    let connection = if keep_alive { "keep-alive" } else { "close" };
+    let mut head =
+        format!("HTTP/1.1 {status} {reason}\r\nContent-Length: {}\r\nConnection: {connection}\r\n", body.len());
     for (name, value) in headers {
         head.push_str(&format!("{name}: {value}\r\n"));
     }
     head.push_str("\r\n");
-    let _ = stream.write_all(head.as_bytes()).await;
-    let _ = stream.write_all(body).await;
-    let _ = stream.shutdown().await;
+    // One write: a head and a body in two small writes would wait on Nagle and delayed ACKs.
+    let mut whole = head.into_bytes();
+    whole.extend_from_slice(body);
+    let _ = stream.set_nodelay(true);
+    let _ = stream.write_all(&whole).await;
+    if !keep_alive {
+        let _ = stream.shutdown().await;
+    }
 }

@@ -3,9 +3,11 @@
 //! A library (not only tests) so the local end-to-end run can use the same pieces.
 
 pub mod batch_env;
+pub mod bench;
 pub mod calls;
 pub mod demo;
 pub mod emulator;
+pub mod fixed_reply;
 pub mod http;
 pub mod local_lambda;
 pub mod player;

@@ -67,6 +67,20 @@ impl LocalLambda {
         timeout: Duration,
         log: Option<&Path>,
     ) -> std::io::Result<Self> {
+        Self::start_command(name, binary, &[], None, environment, timeout, log).await
+    }
+
+    /// Like [`LocalLambda::start`], for a runtime started with arguments in a folder (a
+    /// Python handler under `python -m awslambdaric module.handler`).
+    pub async fn start_command(
+        name: &str,
+        program: &Path,
+        args: &[&str],
+        folder: Option<&Path>,
+        environment: &[(String, String)],
+        timeout: Duration,
+        log: Option<&Path>,
+    ) -> std::io::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let address = listener.local_addr()?.to_string();
         let shared = Arc::new(Shared { timeout, ..Shared::default() });
@@ -87,7 +101,12 @@ impl LocalLambda {
             }
         });
         let started = Instant::now();
-        let child = Command::new(binary)
+        let mut command = Command::new(program);
+        command.args(args);
+        if let Some(folder) = folder {
+            command.current_dir(folder);
+        }
+        let child = command
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("AWS_LAMBDA_RUNTIME_API", &address)

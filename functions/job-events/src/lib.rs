@@ -33,7 +33,7 @@ use tracing::{info, warn};
 use ledger::{Claim, Ledger};
 
 /// How many ledger claims are in flight at once (a batch may hold thousands of messages).
-const CLAIM_CONCURRENCY: usize = 32;
+const CLAIM_CONCURRENCY: usize = 16;
 
 /// The AWS clients and the configuration cache, built once per container.
 pub struct Clients {
