@@ -4,8 +4,9 @@
 //! Rust release binaries, and the Python handlers in `bench/python` under the real Python
 //! runtime interface client (`awslambdaric`) — and is measured the same way:
 //! - init: process start → its first request for work, over [`COLD_STARTS`] cold starts;
-//! - per event: wall time and CPU time (user + system, from `/proc`) for 1,000 job-state
-//!   events in SQS batches of the template's size (100), and for 200 S3 events to submit —
+//! - per event: wall time and CPU time (user + system, from `/proc`) for 3,000 job-state
+//!   events in SQS batches of the template's size (read from template.yaml), and for 200
+//!   S3 events to submit —
 //!   once against the emulator, once against a fixed-reply endpoint ([`FixedReply`]) so the
 //!   handler's own cost shows;
 //! - peak resident memory (`VmHWM`) after the runs;
@@ -25,8 +26,17 @@ use crate::fixed_reply::FixedReply;
 use crate::local_lambda::{LocalLambda, Outcome};
 
 pub const COLD_STARTS: usize = 20;
-pub const JOB_EVENTS: usize = 1_000;
-pub const SQS_BATCH: usize = 100;
+pub const JOB_EVENTS: usize = 3_000;
+
+/// The SQS batch size template.yaml gives job-events' event source.
+pub fn sqs_batch_size() -> Result<usize, String> {
+    let text = std::fs::read_to_string(repo_root().join("template.yaml")).map_err(|e| e.to_string())?;
+    let template: serde_yaml::Value = serde_yaml::from_str(&text).map_err(|e| e.to_string())?;
+    template["Resources"]["JobEventsFunction"]["Properties"]["Events"]["JobStateChanges"]["Properties"]["BatchSize"]
+        .as_u64()
+        .map(|n| n as usize)
+        .ok_or_else(|| "template.yaml gives job-events no SQS BatchSize".to_owned())
+}
 pub const SUBMIT_EVENTS: usize = 200;
 
 /// How to start one implementation of a function.
@@ -183,9 +193,9 @@ fn check(outcome: Outcome, name: &str) -> Result<Value, String> {
     }
 }
 
-/// `count` distinct job-state events as SQS batches of [`SQS_BATCH`], like the template's
+/// `count` distinct job-state events as SQS batches of `batch` records, as the template's
 /// event source mapping delivers them.
-pub fn job_event_batches(count: usize, queue: &str, tag: &str) -> Vec<Value> {
+pub fn job_event_batches(count: usize, batch: usize, queue: &str, tag: &str) -> Vec<Value> {
     let template: Value =
         serde_json::from_str(include_str!("../fixtures/batch/succeeded-fargate.json")).unwrap_or_default();
     let statuses = ["RUNNABLE", "STARTING", "RUNNING", "SUCCEEDED"];
@@ -206,7 +216,7 @@ pub fn job_event_batches(count: usize, queue: &str, tag: &str) -> Vec<Value> {
         })
         .collect();
     events
-        .chunks(SQS_BATCH)
+        .chunks(batch.max(1))
         .map(|chunk| {
             let records: Vec<Value> = chunk
                 .iter()
@@ -283,7 +293,8 @@ pub async fn measure_pair(
         result.against_fixed_reply = fixed_run;
         result.peak_rss_kib = peak.max(fixed_peak);
         // The warm-up invocation is in the counts too; count its events.
-        let warm_events = if name.contains("job-events") { SQS_BATCH } else { 1 };
+        let warm_events =
+            (subject.payloads)("count-only").first().and_then(|p| p["Records"].as_array().map(Vec::len)).unwrap_or(1);
         let events = (subject.events + warm_events) as f64;
         result.calls_per_thousand =
             backends.fixed.counts().into_iter().map(|(op, n)| (op, n as f64 * 1000.0 / events)).collect();
@@ -338,13 +349,14 @@ pub async fn run_all(say: &mut (dyn FnMut(String) + Send)) -> Result<String, Str
         fixed,
         emulator_env: emulator_env.clone(),
     };
+    let batch = sqs_batch_size()?;
     let lambda_dir = repo_root().join("target/lambda");
     let python_zip = |module: &str| repo_root().join("target/bench").join(format!("{module}.zip"));
 
     let job_events = Subject {
         name: "batchline-job-events",
         implementations: [Implementation::rust("batchline-job-events"), Implementation::python("job_events")],
-        payloads: &|tag| job_event_batches(JOB_EVENTS, "bench-queue", tag),
+        payloads: &|tag| job_event_batches(JOB_EVENTS, batch, "bench-queue", tag),
         events: JOB_EVENTS,
         zips: [lambda_dir.join("batchline-job-events/bootstrap.zip"), python_zip("job_events")],
     };
@@ -359,7 +371,13 @@ pub async fn run_all(say: &mut (dyn FnMut(String) + Send)) -> Result<String, Str
     let submit = measure_pair(&submit, &backends, say).await?;
     send_to_bootstrap(&provisioner, "Delete", &properties, created["PhysicalResourceId"].as_str()).await?;
     provisioner.stop().await;
-    Ok(render(&job_events, &submit, bootstrap_init, zip_size(&lambda_dir.join("batchline-bootstrap/bootstrap.zip"))))
+    Ok(render(
+        &job_events,
+        &submit,
+        bootstrap_init,
+        zip_size(&lambda_dir.join("batchline-bootstrap/bootstrap.zip")),
+        batch,
+    ))
 }
 
 fn ratio(python: f64, rust: f64) -> String {
@@ -370,7 +388,13 @@ fn ratio(python: f64, rust: f64) -> String {
     }
 }
 
-fn render(job_events: &[Measured; 2], submit: &[Measured; 2], bootstrap_init: InitTimes, bootstrap_zip: u64) -> String {
+fn render(
+    job_events: &[Measured; 2],
+    submit: &[Measured; 2],
+    bootstrap_init: InitTimes,
+    bootstrap_zip: u64,
+    batch: usize,
+) -> String {
     let mut out = String::new();
     out.push_str("| measure | Rust | Python 3.11 + boto3 | Python ÷ Rust | goal |\n|---|---|---|---|---|\n");
     let mut row = |measure: String, rust: f64, python: f64, unit: &str, goal: &str| {
@@ -442,7 +466,7 @@ fn render(job_events: &[Measured; 2], submit: &[Measured; 2], bootstrap_init: In
         }
     }
     out.push_str(&format!(
-        "\n{JOB_EVENTS} job-state events in SQS batches of {SQS_BATCH}, {SUBMIT_EVENTS} S3 events to submit; host: {} cores. \
+        "\n{JOB_EVENTS} job-state events in SQS batches of {batch} (the template's BatchSize), {SUBMIT_EVENTS} S3 events to submit; host: {} cores. \
          Rust: release x86_64 binaries of this host; zips: arm64 as deployed.\n",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
     ));
