@@ -12,7 +12,7 @@ use batchline_tests::batch_env::BatchEnvironment;
 use batchline_tests::calls::{CallLog, FailOperation};
 use batchline_tests::emulator::{sdk_config, test_config};
 use batchline_tests::invocation;
-use batchline_tests::player::{Delivery, Player, Script};
+use batchline_tests::player::{sqs_record, Delivery, Player, Script};
 use batchline_tests::table::create_table;
 use serde_json::{json, Value};
 
@@ -44,10 +44,7 @@ fn sqs_batch(events: &[Value]) -> Value {
     let records: Vec<Value> = events
         .iter()
         .enumerate()
-        .map(|(i, event)| {
-            json!({"messageId": format!("m{i}"), "receiptHandle": format!("r{i}"), "body": event.to_string(),
-                                 "eventSource": "aws:sqs", "eventSourceARN": QUEUE_ARN, "awsRegion": "us-east-1"})
-        })
+        .map(|(i, event)| sqs_record(&format!("m{i}"), &event.to_string(), QUEUE_ARN))
         .collect();
     json!({ "Records": records })
 }

@@ -91,18 +91,9 @@ impl Harness {
 
     /// Hands events to job-events as SQS batches of 10; every message must succeed.
     async fn deliver(&self, events: &[Value]) {
-        for chunk in events.chunks(10) {
-            let records: Vec<Value> = chunk
-                .iter()
-                .map(|e| json!({"messageId": event_id(), "receiptHandle": "r", "body": e.to_string(), "eventSource": "aws:sqs", "eventSourceARN": QUEUE_ARN}))
-                .collect();
-            let answer = batchline_job_events::handle(
-                invocation(json!({"Records": records})),
-                &self.job_events,
-                &self.env.config,
-            )
-            .await
-            .unwrap();
+        for batch in Delivery::from_events(events.to_vec()).sqs_batches(QUEUE_ARN, 10) {
+            let answer =
+                batchline_job_events::handle(invocation(batch), &self.job_events, &self.env.config).await.unwrap();
             assert_eq!(answer["batchItemFailures"], json!([]), "{answer}");
         }
     }

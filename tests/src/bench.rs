@@ -215,18 +215,7 @@ pub fn job_event_batches(count: usize, batch: usize, queue: &str, tag: &str) -> 
             event
         })
         .collect();
-    events
-        .chunks(batch.max(1))
-        .map(|chunk| {
-            let records: Vec<Value> = chunk
-                .iter()
-                .map(|e| json!({"messageId": crate::player::event_id(), "receiptHandle": "r", "body": e.to_string(),
-                                "attributes": {"ApproximateReceiveCount": "1"}, "messageAttributes": {}, "eventSource": "aws:sqs",
-                                "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:bench", "awsRegion": "us-east-1"}))
-                .collect();
-            json!({"Records": records})
-        })
-        .collect()
+    crate::player::Delivery::from_events(events).sqs_batches("arn:aws:sqs:us-east-1:123456789012:bench", batch)
 }
 
 /// `count` S3 Object Created events for distinct objects under `incoming/`.

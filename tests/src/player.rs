@@ -657,34 +657,19 @@ impl Delivery {
         &self.events
     }
 
+    /// Events already in EventBridge's shape (from a fixture, say), to deliver the same way.
+    pub fn from_events(events: Vec<Value>) -> Self {
+        Delivery { events }
+    }
+
     /// The events as the SQS event payloads Lambda hands a function, `batch_size` records
     /// each, with the event JSON as each record's body (what an EventBridge SQS target sends).
     pub fn sqs_batches(&self, queue_arn: &str, batch_size: usize) -> Vec<Value> {
         self.events
             .chunks(batch_size.max(1))
             .map(|chunk| {
-                let records: Vec<Value> = chunk
-                    .iter()
-                    .map(|event| {
-                        let message_id = event_id();
-                        json!({
-                            "messageId": message_id,
-                            "receiptHandle": format!("receipt-{message_id}"),
-                            "body": event.to_string(),
-                            "attributes": {
-                                "ApproximateReceiveCount": "1",
-                                "SentTimestamp": "1700000000000",
-                                "SenderId": "AIDAIENQZJOLO23YVJ4VO",
-                                "ApproximateFirstReceiveTimestamp": "1700000000001"
-                            },
-                            "messageAttributes": {},
-                            "md5OfBody": "",
-                            "eventSource": "aws:sqs",
-                            "eventSourceARN": queue_arn,
-                            "awsRegion": queue_arn.split(':').nth(3).unwrap_or("us-east-1"),
-                        })
-                    })
-                    .collect();
+                let records: Vec<Value> =
+                    chunk.iter().map(|event| sqs_record(&event_id(), &event.to_string(), queue_arn)).collect();
                 json!({ "Records": records })
             })
             .collect()
@@ -733,6 +718,26 @@ impl Delivery {
         }
         Ok(())
     }
+}
+
+/// One SQS record as Lambda's SQS event source hands it to a function.
+pub fn sqs_record(message_id: &str, body: &str, queue_arn: &str) -> Value {
+    json!({
+        "messageId": message_id,
+        "receiptHandle": format!("receipt-{message_id}"),
+        "body": body,
+        "attributes": {
+            "ApproximateReceiveCount": "1",
+            "SentTimestamp": "1700000000000",
+            "SenderId": "AIDAIENQZJOLO23YVJ4VO",
+            "ApproximateFirstReceiveTimestamp": "1700000000001"
+        },
+        "messageAttributes": {},
+        "md5OfBody": "",
+        "eventSource": "aws:sqs",
+        "eventSourceARN": queue_arn,
+        "awsRegion": queue_arn.split(':').nth(3).unwrap_or("us-east-1"),
+    })
 }
 
 /// Ids of the jobs that reached a status, in order of their events.
