@@ -5,9 +5,9 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use batchline::batch_event::JobStateChangeEvent;
 use batchline::config::PriceOverrides;
-use batchline::metrics::{from_event, plan_calls};
+use batchline::model::batch_event::JobStateChangeEvent;
+use batchline::model::metrics::{from_event, plan_calls};
 
 const TEMPLATE: &str = include_str!("../../tests/fixtures/batch/succeeded-fargate.json");
 

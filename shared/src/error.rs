@@ -1,8 +1,9 @@
-//! The error type of the shared library, which keeps AWS error codes and maps to Lambda diagnostics.
+//! The library's error, one variant per cause, each known to be retryable or final, mapped to Lambda diagnostics.
 //!
-//! An AWS SDK error's `Display` says only "service error"; [`Error::aws`] keeps the
-//! operation, the AWS error code (e.g. `ThrottlingException`) and the message, so logs
-//! and the Lambda error report say what actually went wrong.
+//! Callers decide on the variant (or [`Error::is_retryable`]), never on a message. An AWS
+//! SDK error's `Display` says only "service error"; [`Error::aws`] keeps the operation,
+//! the AWS error code (e.g. `ThrottlingException`) and the message, so logs and the Lambda
+//! error report say what actually went wrong.
 
 use aws_smithy_types::error::display::DisplayErrorContext;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
@@ -12,12 +13,43 @@ use crate::config::ConfigError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// An environment variable is missing or malformed: the function cannot start.
     #[error("configuration: {0}")]
     Config(#[from] ConfigError),
+
+    /// The table holds no stack configuration yet: bootstrap has not run (the stack is
+    /// still being deployed).
+    #[error("the stack is not deployed yet: the table holds no stack configuration (has bootstrap run?)")]
+    NotDeployed,
 
     /// The payload is not an event this function handles, or is malformed.
     #[error("invalid event: {0}")]
     InvalidEvent(String),
+
+    /// An item in the table cannot be read (or written) as its kind.
+    #[error("stored item {item}: {reason}")]
+    Stored { item: String, reason: String },
+
+    /// A pipeline stage's job cannot be built from the current configuration (a deploy
+    /// removed its job definition or queue).
+    #[error("stage {stage} of run {run_id} cannot be submitted: {reason}")]
+    Unsubmittable { run_id: String, stage: String, reason: String },
+
+    /// Another invocation holds the work (a claim in flight): retry later.
+    #[error("{0}: another invocation has it under way; retry later")]
+    InFlight(String),
+
+    /// An idempotency key was used before for a different request.
+    #[error("idempotency key {0:?} was used before for a different request")]
+    IdempotencyConflict(String),
+
+    /// A conditional write kept losing to other writers.
+    #[error("{0} kept changing under us")]
+    Contention(String),
+
+    /// CloudFormation's ResponseURL would not take bootstrap's answer.
+    #[error("CloudFormation was not answered: {0}")]
+    Unanswered(String),
 
     /// Something did not happen in the time there was for it.
     #[error("timed out: {0}")]
@@ -37,6 +69,9 @@ const THROTTLING_CODES: [&str; 6] = [
     "ProvisionedThroughputExceededException",
     "SlowDown",
 ];
+
+/// Codes with which AWS refuses the request itself: the same request fails again.
+const CALLER_ERROR_CODES: [&str; 3] = ["ClientException", "ValidationException", "AccessDeniedException"];
 
 impl Error {
     /// Wraps an AWS SDK error, keeping its code and message.
@@ -66,11 +101,36 @@ impl Error {
         self.aws_code().is_some_and(|code| THROTTLING_CODES.contains(&code))
     }
 
+    /// Whether trying the same work again later can succeed: false for input that will
+    /// never be handled (it belongs in a dead-letter queue or a 4xx answer).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Config(_)
+            | Error::InvalidEvent(_)
+            | Error::Stored { .. }
+            | Error::Unsubmittable { .. }
+            | Error::IdempotencyConflict(_) => false,
+            Error::NotDeployed
+            | Error::InFlight(_)
+            | Error::Contention(_)
+            | Error::Unanswered(_)
+            | Error::Timeout(_) => true,
+            Error::Aws { code, .. } => !CALLER_ERROR_CODES.contains(&code.as_str()),
+        }
+    }
+
     /// A stable name for the kind of error, as CloudWatch shows it in `errorType`.
     pub fn error_type(&self) -> &'static str {
         match self {
             Error::Config(_) => "Batchline.ConfigError",
+            Error::NotDeployed => "Batchline.NotDeployed",
             Error::InvalidEvent(_) => "Batchline.InvalidEvent",
+            Error::Stored { .. } => "Batchline.StoredItem",
+            Error::Unsubmittable { .. } => "Batchline.Unsubmittable",
+            Error::InFlight(_) => "Batchline.InFlight",
+            Error::IdempotencyConflict(_) => "Batchline.IdempotencyConflict",
+            Error::Contention(_) => "Batchline.Contention",
+            Error::Unanswered(_) => "Batchline.Unanswered",
             Error::Timeout(_) => "Batchline.Timeout",
             Error::Aws { .. } => "Batchline.AwsError",
         }
@@ -140,6 +200,21 @@ mod tests {
         assert_eq!(err.aws_code(), Some("Unknown"));
         assert!(!err.is_throttling());
         assert!(err.to_string().contains("service error"));
+    }
+
+    #[test]
+    fn each_cause_says_whether_a_retry_can_help() {
+        assert!(Error::NotDeployed.is_retryable());
+        assert!(Error::InFlight("x".into()).is_retryable());
+        assert!(Error::Contention("run r".into()).is_retryable());
+        assert!(!Error::InvalidEvent("x".into()).is_retryable());
+        let unsubmittable = Error::Unsubmittable { run_id: "r".into(), stage: "s".into(), reason: "gone".into() };
+        assert!(!unsubmittable.is_retryable());
+        assert_eq!(Diagnostic::from(unsubmittable).error_type, "Batchline.Unsubmittable");
+        let refused = Error::Aws { operation: "SubmitJob", code: "ClientException".into(), message: "no".into() };
+        assert!(!refused.is_retryable());
+        let throttled = Error::Aws { operation: "SubmitJob", code: "ThrottlingException".into(), message: "".into() };
+        assert!(throttled.is_retryable());
     }
 
     #[test]

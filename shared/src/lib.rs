@@ -1,21 +1,23 @@
-//! Batchline's shared library: configuration, errors, AWS set-up and the domain every function uses.
+//! Batchline's shared library: the model, the store and the services every function is a thin adapter over.
 //!
-//! Domain decisions live here as pure functions with no AWS calls; the functions'
-//! handlers are thin layers that parse an event, call into this crate and hand the
-//! result to a small AWS adapter.
+//! Layers, each using only those above it:
+//!
+//! | module | what | talks to AWS |
+//! |---|---|---|
+//! | [`config`], [`error`], [`telemetry`], [`aws`] | environment, errors by cause, logging, the SDK configuration | no |
+//! | [`model`] | sizes, job requests, Batch events, metric planning, pipelines, the run state machine, the deployed configuration | no |
+//! | [`store`] | every table key and item codec, behind narrow traits (DynamoDB and in-memory) | DynamoDB |
+//! | [`services`] | the submitter, the run driver and the sweep, over the store and the Batch and announcer ports | through ports |
+//!
+//! The functions (`functions/*`) turn typed Lambda events into calls on [`services`] and
+//! answers; bootstrap also owns the parsing and validation of the CloudFormation document.
 
 pub mod aws;
-pub mod batch_event;
 pub mod config;
-pub mod config_store;
 pub mod error;
-pub mod fargate;
-pub mod job_request;
-pub mod metrics;
-pub mod pipeline;
-pub mod runs;
-pub mod stack_config;
-pub mod submitter;
+pub mod model;
+pub mod services;
+pub mod store;
 pub mod telemetry;
 
 pub use config::{Config, ConfigError};
@@ -40,6 +42,16 @@ pub fn event_kind(payload: &serde_json::Value) -> String {
     } else {
         "a payload that is not a JSON object".to_owned()
     }
+}
+
+/// Reads a payload as the typed event `T` (usually one of `aws_lambda_events`'), or says
+/// which field is wrong: `"<what>: <path>: <problem>"`.
+pub fn typed_payload<T: serde::de::DeserializeOwned>(payload: serde_json::Value, what: &str) -> Result<T, Error> {
+    serde_path_to_error::deserialize(payload).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        Error::InvalidEvent(if path == "." { format!("{what}: {inner}") } else { format!("{what}: {path}: {inner}") })
+    })
 }
 
 /// The current time in epoch milliseconds.

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use batchline::stack_config::StackConfig;
+use batchline::model::stack::StackConfig;
 use batchline_bootstrap::cfn::{Request, Status};
 use batchline_bootstrap::{answer_within, handle, Clients, Outcome};
 use batchline_tests::emulator::{default_network, sdk_config, test_config, unique_name};

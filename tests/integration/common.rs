@@ -1,6 +1,7 @@
 //! Shared set-up for integration tests: a deployed Batchline environment of the test's own.
 
-use batchline::stack_config::StackConfig;
+use batchline::model::stack::StackConfig;
+use batchline::store::{ConfigStore, DynamoStore};
 use batchline_tests::emulator::{default_network, sdk_config, test_config, unique_name};
 use batchline_tests::invocation;
 use batchline_tests::player::event_id;
@@ -40,8 +41,11 @@ impl Deployed {
         batchline_bootstrap::handle(invocation(request), &clients, &config).await.unwrap();
         let answer = server.accepted_answers().pop().expect("bootstrap answered");
         assert_eq!(answer["Status"], "SUCCESS", "{answer}");
-        let stack =
-            batchline::config_store::load(&aws_sdk_dynamodb::Client::new(&sdk), &config.table_name).await.unwrap();
+        let stack = DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), &config.table_name)
+            .load_config()
+            .await
+            .unwrap()
+            .unwrap();
         Deployed { sdk, config, stack }
     }
 

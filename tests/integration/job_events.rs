@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use aws_sdk_cloudwatch::primitives::DateTime;
 use aws_sdk_cloudwatch::types::{Dimension, Statistic};
-use batchline::batch_event::JobStateChangeEvent;
+use batchline::model::batch_event::JobStateChangeEvent;
 use batchline::Config;
 use batchline_job_events::{handle, Clients};
 use batchline_tests::batch_env::BatchEnvironment;
@@ -37,7 +37,8 @@ async fn setup(test: &str) -> (Config, Clients, aws_config::SdkConfig) {
     let sdk = sdk_config().await;
     let config = test_config(test);
     create_table(&sdk, &config.table_name).await.unwrap();
-    (config, Clients::new(&sdk), sdk)
+    let clients = Clients::new(&sdk, &config);
+    (config, clients, sdk)
 }
 
 fn sqs_batch(events: &[Value]) -> Value {
@@ -220,7 +221,7 @@ async fn a_batch_of_500_events_is_one_put_metric_data_call() {
     let cloudwatch = aws_sdk_cloudwatch::Client::from_conf(
         aws_sdk_cloudwatch::config::Builder::from(&sdk).interceptor(log.clone()).build(),
     );
-    let mut clients = Clients::new(&sdk);
+    let mut clients = Clients::new(&sdk, &config);
     clients.cloudwatch = cloudwatch;
     let template: Value = serde_json::from_str(FIXTURES[5].1).unwrap();
     let events: Vec<Value> = (0..500)
@@ -280,7 +281,7 @@ async fn a_failed_put_metric_data_leaves_the_messages_retryable_and_the_retry_co
     let failing = aws_sdk_cloudwatch::Client::from_conf(
         aws_sdk_cloudwatch::config::Builder::from(&sdk).interceptor(FailOperation::new("PutMetricData", 1)).build(),
     );
-    let mut clients = Clients::new(&sdk);
+    let mut clients = Clients::new(&sdk, &config);
     clients.cloudwatch = failing;
     let events: Vec<Value> = FIXTURES[2..6].iter().map(|(_, text)| serde_json::from_str(text).unwrap()).collect();
     let batch = sqs_batch(&events);

@@ -7,5 +7,6 @@ mod emulator;
 mod job_events;
 mod pipelines;
 mod player;
+mod store;
 mod submit;
 mod template;

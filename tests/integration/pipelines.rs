@@ -54,8 +54,8 @@ impl Harness {
     async fn new(test: &str) -> Harness {
         let env = Deployed::new(test, pipelines()).await;
         Harness {
-            submit: batchline_submit::Clients::new(&env.sdk),
-            job_events: batchline_job_events::Clients::new(&env.sdk),
+            submit: batchline_submit::Clients::new(&env.sdk, &env.config),
+            job_events: batchline_job_events::Clients::new(&env.sdk, &env.config),
             player: Player::new(&env.sdk),
             env,
         }
@@ -71,7 +71,7 @@ impl Harness {
             "requestContext": {"http": {"method": method, "path": path}},
             "body": if body.is_null() { String::new() } else { body.to_string() }, "isBase64Encoded": false
         });
-        let answer = batchline_submit::handle(invocation(request), &self.submit, &self.env.config).await.unwrap();
+        let answer = batchline_submit::handle(invocation(request), &self.submit).await.unwrap();
         (answer["statusCode"].as_u64().unwrap() as u16, serde_json::from_str(answer["body"].as_str().unwrap()).unwrap())
     }
 
@@ -195,8 +195,8 @@ async fn an_s3_object_starts_a_pipeline_run_once() {
     let mut h = Harness::new("pl-s3").await;
     let mut event: Value = serde_json::from_str(include_str!("../fixtures/s3/object-created.json")).unwrap();
     event["detail"]["object"]["key"] = json!("drops/day-1.json");
-    let first = batchline_submit::handle(invocation(event.clone()), &h.submit, &h.env.config).await.unwrap();
-    let again = batchline_submit::handle(invocation(event), &h.submit, &h.env.config).await.unwrap();
+    let first = batchline_submit::handle(invocation(event.clone()), &h.submit).await.unwrap();
+    let again = batchline_submit::handle(invocation(event), &h.submit).await.unwrap();
     assert_eq!(first["started"][0]["runId"], again["started"][0]["runId"]);
     assert_eq!(again["started"][0]["new"], false);
     h.play_to_the_end(1, 0).await;

@@ -6,8 +6,10 @@ use aws_sdk_batch::operation::submit_job::SubmitJobOutput;
 use aws_sdk_dynamodb::types::AttributeValue;
 use aws_smithy_mocks::{mock, mock_client, RuleMode};
 use base64::Engine;
-use batchline::job_request::digest;
-use batchline::submitter::Submitter;
+use batchline::model::job_request::digest;
+use batchline::services::batch::SdkBatch;
+use batchline::services::submitter::Submitter;
+use batchline::store::DynamoStore;
 use batchline_submit::{handle, Clients};
 use batchline_tests::calls::{CallLog, LoseResponse};
 use batchline_tests::invocation;
@@ -51,8 +53,10 @@ fn http(method: &str, path: &str, body: &str, headers: &[(&str, &str)]) -> Value
 }
 
 /// The job submit plans for an object event (the first matching rule's).
-fn job_for(stack: &batchline::stack_config::StackConfig, event: &Value) -> batchline::job_request::JobRequest {
-    let object = batchline_submit::triggers::parse_object_created(event).unwrap();
+fn job_for(stack: &batchline::model::stack::StackConfig, event: &Value) -> batchline::model::job_request::JobRequest {
+    let event: aws_lambda_events::eventbridge::EventBridgeEvent<batchline_submit::triggers::ObjectCreatedDetail> =
+        serde_json::from_value(event.clone()).unwrap();
+    let object = batchline_submit::triggers::object_created(&event.detail).unwrap();
     match batchline_submit::triggers::plan_object(stack, &object, "x").unwrap().remove(0) {
         batchline_submit::plan::Planned::Job(request) => request,
         other => panic!("expected a job, got {other:?}"),
@@ -85,15 +89,14 @@ fn requirement(job: &aws_sdk_batch::types::JobDetail, kind: &str) -> Option<Stri
 async fn an_s3_object_becomes_exactly_one_job_even_when_delivered_three_times_and_concurrently() {
     // GIVEN an environment whose S3 rule sends incoming/*.csv to the default job definition
     let env = Deployed::new("submit-s3", triggers()).await;
-    let clients = Clients::new(&env.sdk);
+    let clients = Clients::new(&env.sdk, &env.config);
     let event: Value = serde_json::from_str(OBJECT_CREATED).unwrap();
 
     // WHEN the event arrives three times in a row, then three times at once
     for _ in 0..3 {
-        handle(invocation(event.clone()), &clients, &env.config).await.unwrap();
+        handle(invocation(event.clone()), &clients).await.unwrap();
     }
-    let concurrent =
-        futures::future::join_all((0..3).map(|_| handle(invocation(event.clone()), &clients, &env.config))).await;
+    let concurrent = futures::future::join_all((0..3).map(|_| handle(invocation(event.clone()), &clients))).await;
     assert!(concurrent.iter().all(|r| r.is_ok()), "{concurrent:?}");
 
     // THEN there is exactly one job, with the object as parameters and environment
@@ -126,10 +129,10 @@ async fn an_s3_object_becomes_exactly_one_job_even_when_delivered_three_times_an
 #[tokio::test]
 async fn a_large_object_gets_memory_snapped_up_and_unmatched_objects_start_nothing() {
     let env = Deployed::new("submit-size", triggers()).await;
-    let clients = Clients::new(&env.sdk);
+    let clients = Clients::new(&env.sdk, &env.config);
     let mut event = object_event("incoming/big.csv", "0001");
     event["detail"]["object"]["size"] = json!(700u64 * 1024 * 1024);
-    handle(invocation(event), &clients, &env.config).await.unwrap();
+    handle(invocation(event), &clients).await.unwrap();
 
     // 700 MiB × 4 = 2800 MiB: more than 0.25 vCPU allows, so 0.5 vCPU / 3072 MiB
     let jobs = env.jobs_in("default").await;
@@ -144,7 +147,7 @@ async fn a_large_object_gets_memory_snapped_up_and_unmatched_objects_start_nothi
     ] {
         let mut event = object_event(key, "0002");
         event["detail"]["bucket"]["name"] = json!(bucket);
-        let answer = handle(invocation(event), &clients, &env.config).await.unwrap();
+        let answer = handle(invocation(event), &clients).await.unwrap();
         assert_eq!(answer["started"], json!([]), "{key} in {bucket} matches no rule and is acknowledged");
     }
     assert_eq!(env.jobs_in("default").await.len(), 1);
@@ -153,10 +156,10 @@ async fn a_large_object_gets_memory_snapped_up_and_unmatched_objects_start_nothi
 #[tokio::test]
 async fn a_scheduled_event_runs_the_configured_job_once() {
     let env = Deployed::new("submit-sched", triggers()).await;
-    let clients = Clients::new(&env.sdk);
+    let clients = Clients::new(&env.sdk, &env.config);
     let event: Value = serde_json::from_str(SCHEDULED).unwrap();
-    handle(invocation(event.clone()), &clients, &env.config).await.unwrap();
-    handle(invocation(event), &clients, &env.config).await.unwrap();
+    handle(invocation(event.clone()), &clients).await.unwrap();
+    handle(invocation(event), &clients).await.unwrap();
 
     let jobs = env.jobs_in("default").await;
     assert_eq!(jobs.len(), 1);
@@ -167,13 +170,13 @@ async fn a_scheduled_event_runs_the_configured_job_once() {
 
     let mut other: Value = serde_json::from_str(SCHEDULED).unwrap();
     other["resources"] = json!(["arn:aws:events:us-east-1:123456789012:rule/not-configured"]);
-    assert_eq!(handle(invocation(other), &clients, &env.config).await.unwrap()["started"], json!([]));
+    assert_eq!(handle(invocation(other), &clients).await.unwrap()["started"], json!([]));
 }
 
 #[tokio::test]
 async fn the_api_submits_a_job_returns_it_and_honours_the_idempotency_key() {
     let env = Deployed::new("submit-api", triggers()).await;
-    let clients = Clients::new(&env.sdk);
+    let clients = Clients::new(&env.sdk, &env.config);
     let body = json!({"jobDefinition": "default", "name": "nightly export", "parameters": {"day": "2025-11-26"},
                       "environment": {"MODE": "fast"}, "command": ["python3", "-c", "print(1)"], "vcpu": "1", "memory": 4096,
                       "tags": {"team": "data"}})
@@ -181,9 +184,7 @@ async fn the_api_submits_a_job_returns_it_and_honours_the_idempotency_key() {
 
     // WHEN a job is posted with an Idempotency-Key
     let answer =
-        handle(invocation(http("POST", "/jobs", &body, &[("idempotency-key", "order-42")])), &clients, &env.config)
-            .await
-            .unwrap();
+        handle(invocation(http("POST", "/jobs", &body, &[("idempotency-key", "order-42")])), &clients).await.unwrap();
     assert_eq!(answer["statusCode"], 202, "{answer}");
     let accepted = answer_body(&answer);
     let job_id = accepted["jobId"].as_str().unwrap().to_owned();
@@ -202,24 +203,19 @@ async fn the_api_submits_a_job_returns_it_and_honours_the_idempotency_key() {
 
     // AND the same key again gives the same job; a different request under it is a conflict
     let again =
-        handle(invocation(http("POST", "/jobs", &body, &[("idempotency-key", "order-42")])), &clients, &env.config)
-            .await
-            .unwrap();
+        handle(invocation(http("POST", "/jobs", &body, &[("idempotency-key", "order-42")])), &clients).await.unwrap();
     assert_eq!(again["statusCode"], 202);
     assert_eq!(answer_body(&again)["jobId"], job_id.as_str());
     assert_eq!(answer_body(&again)["duplicate"], true);
     let other = json!({"jobDefinition": "default"}).to_string();
     let conflict =
-        handle(invocation(http("POST", "/jobs", &other, &[("idempotency-key", "order-42")])), &clients, &env.config)
-            .await
-            .unwrap();
+        handle(invocation(http("POST", "/jobs", &other, &[("idempotency-key", "order-42")])), &clients).await.unwrap();
     assert_eq!(conflict["statusCode"], 409);
     assert_eq!(answer_body(&conflict)["error"]["code"], "IdempotencyConflict");
     assert_eq!(env.jobs_in("default").await.len(), 1);
 
     // AND GET returns it with its state, size and log link
-    let got =
-        handle(invocation(http("GET", &format!("/jobs/{job_id}"), "", &[])), &clients, &env.config).await.unwrap();
+    let got = handle(invocation(http("GET", &format!("/jobs/{job_id}"), "", &[])), &clients).await.unwrap();
     assert_eq!(got["statusCode"], 200, "{got}");
     let view = answer_body(&got);
     assert_eq!(view["jobId"], job_id.as_str());
@@ -232,12 +228,12 @@ async fn the_api_submits_a_job_returns_it_and_honours_the_idempotency_key() {
 #[tokio::test]
 async fn a_base64_body_without_a_key_is_idempotent_by_its_content() {
     let env = Deployed::new("submit-b64", triggers()).await;
-    let clients = Clients::new(&env.sdk);
+    let clients = Clients::new(&env.sdk, &env.config);
     let body = json!({"jobDefinition": "report", "arraySize": 3}).to_string();
     let mut request = http("POST", "/jobs", &base64::engine::general_purpose::STANDARD.encode(&body), &[]);
     request["isBase64Encoded"] = json!(true);
-    let first = handle(invocation(request.clone()), &clients, &env.config).await.unwrap();
-    let second = handle(invocation(request), &clients, &env.config).await.unwrap();
+    let first = handle(invocation(request.clone()), &clients).await.unwrap();
+    let second = handle(invocation(request), &clients).await.unwrap();
     assert_eq!(first["statusCode"], 202, "{first}");
     assert_eq!(answer_body(&first)["jobId"], answer_body(&second)["jobId"]);
     let jobs = env.jobs_in("default").await;
@@ -248,7 +244,7 @@ async fn a_base64_body_without_a_key_is_idempotent_by_its_content() {
 #[tokio::test]
 async fn every_caller_mistake_is_a_4xx_naming_the_problem() {
     let env = Deployed::new("submit-bad", triggers()).await;
-    let clients = Clients::new(&env.sdk);
+    let clients = Clients::new(&env.sdk, &env.config);
     let big = json!({"parameters": {"blob": "x".repeat(40 * 1024)}}).to_string();
     let cases: Vec<(&str, &str, String, u16, &str)> = vec![
         ("POST", "/jobs", "{not json".into(), 400, "not valid JSON"),
@@ -272,7 +268,7 @@ async fn every_caller_mistake_is_a_4xx_naming_the_problem() {
         ("GET", "/nowhere", String::new(), 404, "no route GET /nowhere"),
     ];
     for (method, path, body, status, message) in cases {
-        let answer = handle(invocation(http(method, path, &body, &[])), &clients, &env.config).await.unwrap();
+        let answer = handle(invocation(http(method, path, &body, &[])), &clients).await.unwrap();
         assert_eq!(answer["statusCode"], status, "{method} {path} {body:.80}: {answer}");
         let error = &answer_body(&answer)["error"];
         assert!(error["message"].as_str().unwrap().contains(message), "{message:?} in {error}");
@@ -284,15 +280,18 @@ async fn every_caller_mistake_is_a_4xx_naming_the_problem() {
 #[tokio::test]
 async fn broken_event_shapes_are_clear_errors_not_panics() {
     let env = Deployed::new("submit-shapes", triggers()).await;
-    let clients = Clients::new(&env.sdk);
+    let clients = Clients::new(&env.sdk, &env.config);
     let object = || -> Value { serde_json::from_str(OBJECT_CREATED).unwrap() };
     let mut cases: Vec<(Value, &str)> = vec![
         (json!(null), "not a JSON object"),
         (json!([1, 2]), "not a JSON object"),
-        (json!({"detail-type": "Object Created", "source": "aws.s3"}), "no detail"),
-        (json!({"detail-type": "Scheduled Event", "source": "aws.events", "resources": []}), "resources[0]"),
+        (json!({"detail-type": "Object Created", "source": "aws.s3"}), "missing field `detail`"),
         (
-            json!({"detail-type": "Scheduled Event", "source": "aws.events", "resources": ["arn:aws:sns:x"]}),
+            json!({"detail-type": "Scheduled Event", "source": "aws.events", "detail": {}, "resources": []}),
+            "resources[0]",
+        ),
+        (
+            json!({"detail-type": "Scheduled Event", "source": "aws.events", "detail": {}, "resources": ["arn:aws:sns:x"]}),
             "not an EventBridge rule ARN",
         ),
         (json!({"detail-type": "Batch Job State Change", "source": "aws.batch"}), "Batch Job State Change"),
@@ -300,15 +299,15 @@ async fn broken_event_shapes_are_clear_errors_not_panics() {
     ];
     let mut no_key = object();
     no_key["detail"]["object"].as_object_mut().unwrap().remove("key");
-    cases.push((no_key, "detail.object.key is missing"));
+    cases.push((no_key, "detail.object: missing field `key`"));
     let mut bad_size = object();
     bad_size["detail"]["object"]["size"] = json!("big");
-    cases.push((bad_size, "size"));
+    cases.push((bad_size, "detail.object.size: invalid type"));
     let mut bad_escape = object();
     bad_escape["detail"]["object"]["key"] = json!("incoming/%zz.csv");
     cases.push((bad_escape, "not a hex escape"));
     for (event, message) in cases {
-        match handle(invocation(event.clone()), &clients, &env.config).await {
+        match handle(invocation(event.clone()), &clients).await {
             Err(err) => assert!(err.to_string().contains(message), "{message:?} in {err}"),
             // An HTTP request without a method is answered 400, not an error.
             Ok(answer) => assert_eq!(answer["statusCode"], 400, "{event}: {answer}"),
@@ -320,7 +319,7 @@ async fn broken_event_shapes_are_clear_errors_not_panics() {
 #[tokio::test]
 async fn a_crash_between_claim_and_submit_then_redelivery_makes_exactly_one_job() {
     let env = Deployed::new("submit-crash", triggers()).await;
-    let clients = Clients::new(&env.sdk);
+    let clients = Clients::new(&env.sdk, &env.config);
     let event = object_event("incoming/crash.csv", "00AA");
     // GIVEN the claim a crashed invocation left: PENDING, no job, claimed a while ago
     let stack = &env.stack;
@@ -341,23 +340,23 @@ async fn a_crash_between_claim_and_submit_then_redelivery_makes_exactly_one_job(
     claim(batchline::now_ms()).await.unwrap();
 
     // WHEN the event is redelivered while the claim is fresh, it is told to retry later
-    let err = handle(invocation(event.clone()), &clients, &env.config).await.unwrap_err();
+    let err = handle(invocation(event.clone()), &clients).await.unwrap_err();
     assert!(err.to_string().contains("under way"), "{err}");
     assert!(env.jobs_in("default").await.is_empty());
 
     // AND once the claim is stale, a redelivery takes it over and submits once
     claim(batchline::now_ms() - 5 * 60_000).await.unwrap();
-    handle(invocation(event.clone()), &clients, &env.config).await.unwrap();
-    handle(invocation(event), &clients, &env.config).await.unwrap();
+    handle(invocation(event.clone()), &clients).await.unwrap();
+    handle(invocation(event), &clients).await.unwrap();
     assert_eq!(env.jobs_in("default").await.len(), 1);
 }
 
 #[tokio::test]
 async fn a_crash_after_submit_before_recording_is_recovered_by_name() {
     let env = Deployed::new("submit-unrec", triggers()).await;
-    let clients = Clients::new(&env.sdk);
+    let clients = Clients::new(&env.sdk, &env.config);
     let event = object_event("incoming/unrecorded.csv", "00BB");
-    handle(invocation(event.clone()), &clients, &env.config).await.unwrap();
+    handle(invocation(event.clone()), &clients).await.unwrap();
     // GIVEN the claim went back to PENDING (the job was made, the record never written)
     let stack = &env.stack;
     let request = &job_for(stack, &event);
@@ -373,7 +372,7 @@ async fn a_crash_after_submit_before_recording_is_recovered_by_name() {
         .await
         .unwrap();
     // WHEN it is redelivered, the job is found by its name and not submitted again
-    let answer = handle(invocation(event), &clients, &env.config).await.unwrap();
+    let answer = handle(invocation(event), &clients).await.unwrap();
     assert_eq!(answer["started"][0]["new"], false);
     assert_eq!(env.jobs_in("default").await.len(), 1);
 }
@@ -389,11 +388,11 @@ async fn a_lost_submit_job_answer_still_makes_one_job() {
             .interceptor(log.clone())
             .build(),
     );
-    let mut clients = Clients::new(&env.sdk);
-    clients.batch = batch;
+    let mut clients = Clients::new(&env.sdk, &env.config);
+    clients.ports.batch = batchline::services::batch::SdkBatch::new(batch);
 
     // WHEN an object arrives
-    let answer = handle(invocation(object_event("incoming/lost.csv", "00CC")), &clients, &env.config).await.unwrap();
+    let answer = handle(invocation(object_event("incoming/lost.csv", "00CC")), &clients).await.unwrap();
 
     // THEN the job made by the lost call is found by name, not submitted again
     assert_eq!(env.jobs_in("default").await.len(), 1);
@@ -415,8 +414,9 @@ async fn throttled_submit_job_is_retried_with_backoff() {
     let list_rule = mock!(aws_sdk_batch::Client::list_jobs)
         .then_output(|| aws_sdk_batch::operation::list_jobs::ListJobsOutput::builder().build());
     let batch = mock_client!(aws_sdk_batch, RuleMode::MatchAny, [&submit_rule, &list_rule]);
-    let dynamodb = aws_sdk_dynamodb::Client::new(&env.sdk);
-    let submitter = Submitter { batch: &batch, dynamodb: &dynamodb, table: &env.config.table_name };
+    let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&env.sdk), &env.config.table_name);
+    let batch = SdkBatch::new(batch);
+    let submitter = Submitter { batch: &batch, claims: &store };
     let request = &job_for(&env.stack, &object_event("incoming/t.csv", "1"));
 
     // WHEN submitted

@@ -196,7 +196,7 @@ fn the_environment_properties_are_a_valid_stack_configuration() {
     let template = template();
     let properties = &template["Resources"]["Environment"]["Properties"];
     let resolved = resolve_for_test(properties);
-    let config = batchline::stack_config::StackConfig::from_properties(&resolved).unwrap_or_else(|e| panic!("{e}"));
+    let config = batchline_bootstrap::declaration::declare(&resolved).unwrap_or_else(|e| panic!("{e}"));
     assert!(config.pipelines.contains_key("process"));
     assert_eq!(config.triggers.schedules.keys().collect::<Vec<_>>(), ["teststack-schedule"]);
     assert_eq!(

@@ -32,6 +32,52 @@ pub struct Request {
     pub old_resource_properties: Option<Value>,
 }
 
+impl Request {
+    /// Reads a request: as `aws_lambda_events`' typed request when it is one, else
+    /// leniently, so that a malformed request with a ResponseURL can still be answered
+    /// (FAILED, with what is wrong). `None` when there is no one to answer.
+    pub fn from_payload(payload: &Value) -> Option<Request> {
+        use aws_lambda_events::cloudformation::CloudFormationCustomResourceRequest as Typed;
+        match serde_json::from_value::<Typed>(payload.clone()) {
+            Ok(Typed::Create(r)) => Some(Request {
+                request_type: "Create".into(),
+                response_url: r.response_url,
+                stack_id: r.stack_id,
+                request_id: r.request_id,
+                logical_resource_id: r.logical_resource_id,
+                physical_resource_id: None,
+                resource_type: Some(r.resource_type),
+                resource_properties: r.resource_properties,
+                old_resource_properties: None,
+            }),
+            Ok(Typed::Update(r)) => Some(Request {
+                request_type: "Update".into(),
+                response_url: r.response_url,
+                stack_id: r.stack_id,
+                request_id: r.request_id,
+                logical_resource_id: r.logical_resource_id,
+                physical_resource_id: Some(r.physical_resource_id),
+                resource_type: Some(r.resource_type),
+                resource_properties: r.resource_properties,
+                old_resource_properties: Some(r.old_resource_properties),
+            }),
+            Ok(Typed::Delete(r)) => Some(Request {
+                request_type: "Delete".into(),
+                response_url: r.response_url,
+                stack_id: r.stack_id,
+                request_id: r.request_id,
+                logical_resource_id: r.logical_resource_id,
+                physical_resource_id: Some(r.physical_resource_id),
+                resource_type: Some(r.resource_type),
+                resource_properties: r.resource_properties,
+                old_resource_properties: None,
+            }),
+            Ok(_) => serde_json::from_value(payload.clone()).ok(),
+            Err(_) => serde_json::from_value(payload.clone()).ok(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Status {

@@ -1,7 +1,7 @@
 //! `batchline-bootstrap`: the CloudFormation custom resource that provisions and tears down the Batch environment.
 //!
 //! The resource's properties are the stack configuration document
-//! ([`batchline::stack_config`]). Create and Update converge the environment on it and
+//! ([`declaration`]). Create and Update converge the environment on it and
 //! publish the resolved configuration (with ARNs) to the table; Delete tears it down.
 //!
 //! Whatever happens, CloudFormation gets exactly one answer at the ResponseURL — a custom
@@ -14,13 +14,14 @@
 //! environment (create the new one, then delete the old).
 
 pub mod cfn;
+pub mod declaration;
 pub mod provision;
 
 use std::future::Future;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_config::SdkConfig;
-use batchline::stack_config::StackConfig;
+use batchline::model::stack::StackConfig;
 use batchline::{Config, Error};
 use cfn::{Request, Response, Status};
 use lambda_runtime::LambdaEvent;
@@ -75,10 +76,10 @@ impl Outcome {
 
 /// Handles one custom resource request: does the work, answers CloudFormation once.
 pub async fn handle(event: LambdaEvent<Value>, clients: &Clients, config: &Config) -> Result<Value, Error> {
-    let request: Request = serde_json::from_value(event.payload.clone()).map_err(|e| {
+    let request = Request::from_payload(&event.payload).ok_or_else(|| {
         // Without a ResponseURL there is no one to answer; say so loudly.
         Error::InvalidEvent(format!(
-            "not a CloudFormation custom resource request ({e}): {}",
+            "not a CloudFormation custom resource request (no ResponseURL): {}",
             batchline::event_kind(&event.payload)
         ))
     })?;
@@ -88,7 +89,7 @@ pub async fn handle(event: LambdaEvent<Value>, clients: &Clients, config: &Confi
     let response = answer_within(&request, deadline, work).await;
     cfn::send(&clients.http, &request.response_url, &response, ANSWER_ATTEMPTS).await.map_err(|e| {
         error!(error = %e, "CloudFormation was not answered");
-        Error::Aws { operation: "RespondToCloudFormation", code: "Unanswered".into(), message: e.to_string() }
+        Error::Unanswered(e.to_string())
     })?;
     Ok(json!({ "Status": response.status, "PhysicalResourceId": response.physical_resource_id }))
 }
@@ -156,12 +157,11 @@ async fn run(request: Request, clients: Clients, table: String, deadline: Instan
     let fallback_id = fallback_physical_id(&request);
     match request.request_type.as_str() {
         "Create" | "Update" => {
-            let config = match StackConfig::from_properties(&request.resource_properties) {
+            let config = match declaration::declare(&request.resource_properties) {
                 Ok(config) => config,
                 Err(problems) => return Outcome::failed(problems.to_string(), fallback_id),
             };
-            let previous =
-                request.old_resource_properties.as_ref().and_then(|old| StackConfig::from_properties(old).ok());
+            let previous = request.old_resource_properties.as_ref().and_then(|old| declaration::declare(old).ok());
             // A changed prefix is a replacement: the old environment is deleted by
             // CloudFormation's Delete of the old physical id, not here.
             let previous = previous.filter(|p| p.name_prefix == config.name_prefix);
@@ -182,7 +182,7 @@ async fn run(request: Request, clients: Clients, table: String, deadline: Instan
                 Err(err) => Outcome::failed(err.to_string(), id),
             }
         }
-        "Delete" => match StackConfig::from_properties(&request.resource_properties) {
+        "Delete" => match declaration::declare(&request.resource_properties) {
             // These properties never passed validation, so nothing was created from them.
             Err(_) => Outcome {
                 status: Status::Success,

@@ -18,18 +18,15 @@ use aws_sdk_batch::types::{
     JobTimeout, JqState, KeyValuePair, LogConfiguration, LogDriver, NetworkConfiguration, PlatformCapability,
     ResourceRequirement, ResourceType, RetryAction, RetryStrategy, RuntimePlatform, Secret,
 };
-use aws_sdk_dynamodb::types::AttributeValue;
-use batchline::fargate::format_vcpu;
-use batchline::stack_config::{ComputeType, JobDefinition, StackConfig, EXECUTION_POLICY_ARN};
+use batchline::model::fargate::format_vcpu;
+use batchline::model::stack::{ComputeType, JobDefinition, StackConfig, EXECUTION_POLICY_ARN};
+use batchline::store::{ConfigStore, DynamoStore};
 use batchline::Error;
 use tokio::time::Instant;
 use tracing::info;
 
 use crate::Clients;
 
-/// The table item holding the resolved configuration that submit and job-events read.
-pub const CONFIG_PK: &str = "CONFIG";
-pub const CONFIG_SK: &str = "CURRENT";
 pub const SPEC_TAG: &str = "batchline:spec";
 pub const STACK_TAG: &str = "batchline:stack";
 const JOB_ROLE_POLICY: &str = "batchline-input-read";
@@ -88,15 +85,7 @@ pub async fn teardown(clients: &Clients, table: &str, config: &StackConfig, dead
     }
     delete_role(clients, &config.roles.job_role_name).await?;
     delete_role(clients, &config.roles.execution_role_name).await?;
-    clients
-        .dynamodb
-        .delete_item()
-        .table_name(table)
-        .key("pk", AttributeValue::S(CONFIG_PK.into()))
-        .key("sk", AttributeValue::S(CONFIG_SK.into()))
-        .send()
-        .await
-        .map_err(|e| Error::aws("DeleteItem", e))?;
+    DynamoStore::new(clients.dynamodb.clone(), table).remove_config().await?;
     info!(prefix = %config.name_prefix, "environment torn down");
     Ok(())
 }
@@ -124,19 +113,7 @@ async fn remove_dropped(
 }
 
 async fn publish(clients: &Clients, table: &str, config: &StackConfig) -> Result<(), Error> {
-    let document = serde_json::to_string(config)
-        .map_err(|e| Error::InvalidEvent(format!("serialising the configuration: {e}")))?;
-    clients
-        .dynamodb
-        .put_item()
-        .table_name(table)
-        .item("pk", AttributeValue::S(CONFIG_PK.into()))
-        .item("sk", AttributeValue::S(CONFIG_SK.into()))
-        .item("document", AttributeValue::S(document))
-        .send()
-        .await
-        .map_err(|e| Error::aws("PutItem", e))?;
-    Ok(())
+    DynamoStore::new(clients.dynamodb.clone(), table).publish_config(config).await
 }
 
 // ----- IAM -------------------------------------------------------------------------------

@@ -9,7 +9,7 @@
 //!
 //! Each event is counted once however often it is delivered: its EventBridge `id` is
 //! claimed in the table first ([`ledger`]), the metrics of all claimed events are packed
-//! into as few PutMetricData calls as the API allows ([`batchline::metrics`]), and events
+//! into as few PutMetricData calls as the API allows ([`batchline::model::metrics`]), and events
 //! are marked done only after their call succeeded. A failed call releases its events'
 //! claims and reports their messages, so their redelivery counts them exactly once.
 
@@ -19,11 +19,12 @@ pub mod publish;
 use std::collections::HashMap;
 
 use aws_config::SdkConfig;
-use batchline::batch_event::{JobStateChangeEvent, JobStatus};
-use batchline::config_store::ConfigCache;
-use batchline::job_request::{PIPELINE_TAG, RUN_TAG, STAGE_TAG};
-use batchline::metrics::{self, EventMetrics};
-use batchline::runs::RunServices;
+use aws_lambda_events::eventbridge::EventBridgeEvent;
+use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
+use batchline::model::batch_event::{JobStateChangeEvent, JobStatus};
+use batchline::model::job_request::{PIPELINE_TAG, RUN_TAG, STAGE_TAG};
+use batchline::model::metrics::{self, EventMetrics};
+use batchline::services::ports::AwsPorts;
 use batchline::{Config, Error};
 use futures::stream::{self, StreamExt};
 use lambda_runtime::LambdaEvent;
@@ -35,37 +36,16 @@ use ledger::{Claim, Ledger};
 /// How many ledger claims are in flight at once (a batch may hold thousands of messages).
 const CLAIM_CONCURRENCY: usize = 16;
 
-/// The AWS clients and the configuration cache, built once per container.
+/// The AWS adapters and clients, built once per container.
 pub struct Clients {
+    pub ports: AwsPorts,
+    /// For the job metrics (run metrics go through the announcer port).
     pub cloudwatch: aws_sdk_cloudwatch::Client,
-    pub dynamodb: aws_sdk_dynamodb::Client,
-    pub batch: aws_sdk_batch::Client,
-    pub eventbridge: aws_sdk_eventbridge::Client,
-    pub config: ConfigCache,
 }
 
 impl Clients {
-    pub fn new(sdk: &SdkConfig) -> Self {
-        Clients {
-            cloudwatch: aws_sdk_cloudwatch::Client::new(sdk),
-            dynamodb: aws_sdk_dynamodb::Client::new(sdk),
-            batch: aws_sdk_batch::Client::new(sdk),
-            eventbridge: aws_sdk_eventbridge::Client::new(sdk),
-            config: ConfigCache::default(),
-        }
-    }
-
-    /// Run handling with these clients.
-    pub fn runs<'a>(&'a self, config: &'a Config) -> RunServices<'a> {
-        RunServices {
-            batch: &self.batch,
-            dynamodb: &self.dynamodb,
-            cloudwatch: &self.cloudwatch,
-            eventbridge: &self.eventbridge,
-            table: &config.table_name,
-            namespace: &config.metric_namespace,
-            configs: &self.config,
-        }
+    pub fn new(sdk: &SdkConfig, config: &Config) -> Self {
+        Clients { ports: AwsPorts::new(sdk, config), cloudwatch: aws_sdk_cloudwatch::Client::new(sdk) }
     }
 }
 
@@ -75,38 +55,39 @@ struct Message {
     event: Result<JobStateChangeEvent, String>,
 }
 
-/// Handles one invocation: an SQS batch (answered with `batchItemFailures`) or one event.
+/// Handles one invocation: an SQS batch (answered with `batchItemFailures`), one event,
+/// or the scheduled repair sweep.
 pub async fn handle(event: LambdaEvent<Value>, clients: &Clients, config: &Config) -> Result<Value, Error> {
     let token = event.context.request_id.clone();
     let payload = event.payload;
     let now = batchline::now_ms();
-    if let Some(records) = payload.get("Records") {
-        let messages = sqs_messages(records)?;
+    if payload.get("Records").is_some() {
+        let batch: SqsEvent = batchline::typed_payload(payload, "an SQS batch it cannot read")?;
+        let messages = sqs_messages(batch)?;
         let failed = process(messages, clients, config, &token, now).await;
-        let failures: Vec<Value> = failed.iter().map(|id| json!({ "itemIdentifier": id })).collect();
-        return Ok(json!({ "batchItemFailures": failures }));
+        let mut response = SqsBatchResponse::default();
+        response.batch_item_failures = failed
+            .into_iter()
+            .map(|id| {
+                let mut failure = BatchItemFailure::default();
+                failure.item_identifier = id;
+                failure
+            })
+            .collect();
+        return serde_json::to_value(response)
+            .map_err(|e| Error::InvalidEvent(format!("the answer cannot be written: {e}")));
     }
     if payload.get("detail-type").and_then(Value::as_str) == Some("Scheduled Event") {
-        let report = clients.runs(config).sweep(now).await?;
+        let _schedule: EventBridgeEvent<Value> = batchline::typed_payload(payload, "a Scheduled Event it cannot read")?;
+        let report = clients.ports.driver().sweep(now).await?;
         info!(runs = report.runs_checked, repaired = report.transitions_applied, "sweep done");
         return Ok(json!({ "sweep": report }));
     }
     if payload.get("detail-type").is_some() {
-        let message =
-            Message { id: "direct".into(), event: JobStateChangeEvent::from_value(payload).map_err(|e| e.to_string()) };
-        if let Err(why) = &message.event {
-            return Err(Error::InvalidEvent(why.clone()));
-        }
-        let failed = process(vec![message], clients, config, &token, now).await;
-        return if failed.is_empty() {
-            Ok(json!({}))
-        } else {
-            Err(Error::Aws {
-                operation: "HandleEvent",
-                code: "Retry".into(),
-                message: "the event was not counted; retry it".into(),
-            })
-        };
+        let event = JobStateChangeEvent::from_value(payload).map_err(|e| Error::InvalidEvent(e.to_string()))?;
+        let failed =
+            process(vec![Message { id: "direct".into(), event: Ok(event) }], clients, config, &token, now).await;
+        return if failed.is_empty() { Ok(json!({})) } else { Err(Error::InFlight("counting the event".into())) };
     }
     Err(Error::InvalidEvent(format!(
         "job-events takes a Batch Job State Change event or an SQS batch of them, not {}",
@@ -114,20 +95,17 @@ pub async fn handle(event: LambdaEvent<Value>, clients: &Clients, config: &Confi
     )))
 }
 
-fn sqs_messages(records: &Value) -> Result<Vec<Message>, Error> {
-    let records = records.as_array().ok_or_else(|| Error::InvalidEvent("`Records` is not a list".into()))?;
-    records
-        .iter()
+fn sqs_messages(batch: SqsEvent) -> Result<Vec<Message>, Error> {
+    batch
+        .records
+        .into_iter()
         .map(|record| {
-            let id = record
-                .get("messageId")
-                .and_then(Value::as_str)
-                .ok_or_else(|| Error::InvalidEvent("an SQS record has no messageId".into()))?;
-            let event = match record.get("body").and_then(Value::as_str) {
-                Some(body) => JobStateChangeEvent::from_json(body).map_err(|e| e.to_string()),
+            let id = record.message_id.ok_or_else(|| Error::InvalidEvent("an SQS record has no messageId".into()))?;
+            let event = match record.body {
+                Some(body) => JobStateChangeEvent::from_json(&body).map_err(|e| e.to_string()),
                 None => Err("the SQS record has no body".to_owned()),
             };
-            Ok(Message { id: id.to_owned(), event })
+            Ok(Message { id, event })
         })
         .collect()
 }
@@ -154,9 +132,9 @@ async fn process(messages: Vec<Message>, clients: &Clients, config: &Config, tok
         }
     }
 
-    failed.extend(advance_runs(&events, &by_event, clients, config, now).await);
+    failed.extend(advance_runs(&events, &by_event, clients, now).await);
 
-    let ledger = Ledger { dynamodb: &clients.dynamodb, table: &config.table_name, token };
+    let ledger = Ledger { store: clients.ports.store.as_ref(), token };
     let claims: Vec<Result<Claim, Error>> =
         stream::iter(events.iter().map(|e| ledger.claim(&e.id, now))).buffered(CLAIM_CONCURRENCY).collect().await;
     let mut claimed = Vec::new();
@@ -230,7 +208,6 @@ async fn advance_runs(
     events: &[JobStateChangeEvent],
     by_event: &HashMap<String, Vec<String>>,
     clients: &Clients,
-    config: &Config,
     now: i64,
 ) -> Vec<String> {
     let mut run_events: Vec<&JobStateChangeEvent> = events.iter().filter(|e| run_of(e).is_some()).collect();
@@ -238,7 +215,7 @@ async fn advance_runs(
         return vec![];
     }
     run_events.sort_by_key(|e| (e.time_millis().unwrap_or_default(), status_rank(&e.detail.status)));
-    let runs = clients.runs(config);
+    let runs = clients.ports.driver();
     let mut failed = Vec::new();
     for event in run_events {
         let Some((run_id, stage)) = run_of(event) else { continue };

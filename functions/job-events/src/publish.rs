@@ -2,7 +2,7 @@
 
 use aws_sdk_cloudwatch::primitives::DateTime;
 use aws_sdk_cloudwatch::types::{Dimension, MetricDatum, StandardUnit};
-use batchline::metrics::Datum;
+use batchline::model::metrics::Datum;
 use batchline::Error;
 
 /// Sends one planned call's datums.

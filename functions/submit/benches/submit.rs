@@ -6,9 +6,10 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use batchline::stack_config::StackConfig;
+use aws_lambda_events::eventbridge::EventBridgeEvent;
+use batchline::model::stack::StackConfig;
 use batchline_submit::plan::Planned;
-use batchline_submit::triggers::{parse_object_created, plan_object};
+use batchline_submit::triggers::{object_created, plan_object, ObjectCreatedDetail};
 
 fn config() -> StackConfig {
     let properties = serde_json::json!({
@@ -20,7 +21,7 @@ fn config() -> StackConfig {
             "other": {"Prefix": "archive/", "JobDefinition": "default"}
         }}
     });
-    let mut config = StackConfig::from_properties(&properties).expect("valid configuration");
+    let mut config = batchline_bootstrap::declaration::declare(&properties).expect("valid configuration");
     for (key, queue) in config.job_queues.iter_mut() {
         queue.arn = Some(format!("arn:aws:batch:us-east-1:123456789012:job-queue/batchline-{key}"));
     }
@@ -48,8 +49,8 @@ fn main() {
     let mut jobs = 0;
     for _ in 0..rounds {
         for body in &events {
-            let event: serde_json::Value = serde_json::from_str(body).expect("json");
-            let object = parse_object_created(&event).expect("an S3 event");
+            let event: EventBridgeEvent<ObjectCreatedDetail> = serde_json::from_str(body).expect("an S3 event");
+            let object = object_created(&event.detail).expect("a key that decodes");
             for planned in plan_object(&config, &object, "id").expect("planned") {
                 if let Planned::Job(request) = planned {
                     request.validate().expect("valid");

@@ -12,10 +12,13 @@
 
 use std::collections::BTreeMap;
 
+use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
+use aws_lambda_events::encodings::Body;
+use aws_lambda_events::http::header::{HeaderValue, CONTENT_TYPE};
 use base64::Engine;
-use batchline::fargate::{parse_memory, parse_vcpu, Size};
-use batchline::job_request::{check_user_tags, JobRequest, RequestError};
-use batchline::stack_config::StackConfig;
+use batchline::model::fargate::{Size, SizeError};
+use batchline::model::job_request::{check_user_tags, JobRequest, RequestError};
+use batchline::model::stack::StackConfig;
 
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -63,47 +66,38 @@ impl From<RequestError> for ApiError {
 }
 
 /// An API Gateway v2 response with a JSON body.
-pub fn response(status: u16, body: &Value) -> Value {
-    json!({
-        "statusCode": status,
-        "headers": {"content-type": "application/json"},
-        "body": body.to_string(),
-        "isBase64Encoded": false,
-    })
+pub fn response(status: u16, body: &Value) -> ApiGatewayV2httpResponse {
+    let mut response = ApiGatewayV2httpResponse::default();
+    response.status_code = i64::from(status);
+    response.headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.body = Some(Body::Text(body.to_string()));
+    response
 }
 
-pub fn error_response(err: &ApiError) -> Value {
+pub fn error_response(err: &ApiError) -> ApiGatewayV2httpResponse {
     response(err.status, &json!({"error": {"code": err.code, "message": err.message}}))
 }
 
 /// Reads the request out of the API Gateway v2 payload (base64 bodies decoded).
-pub fn parse_http(event: &Value) -> Result<HttpRequest, ApiError> {
-    let text = |pointer: &str| event.pointer(pointer).and_then(Value::as_str);
-    let method = text("/requestContext/http/method")
-        .ok_or_else(|| ApiError::bad_request("not an HTTP API request: requestContext.http.method is missing"))?;
-    let path = text("/rawPath").or_else(|| text("/requestContext/http/path")).unwrap_or("/");
-    let map = |pointer: &str| -> BTreeMap<String, String> {
-        event
-            .pointer(pointer)
-            .and_then(Value::as_object)
-            .map(|m| m.iter().filter_map(|(k, v)| Some((k.to_ascii_lowercase(), v.as_str()?.to_owned()))).collect())
-            .unwrap_or_default()
-    };
-    let headers = map("/headers");
-    let query: BTreeMap<String, String> = event
-        .pointer("/queryStringParameters")
-        .and_then(Value::as_object)
-        .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned()))).collect())
-        .unwrap_or_default();
-    let raw = text("/body").unwrap_or_default();
-    let body = if event.get("isBase64Encoded").and_then(Value::as_bool).unwrap_or(false) {
+pub fn parse_http(event: &ApiGatewayV2httpRequest) -> Result<HttpRequest, ApiError> {
+    let method = event.request_context.http.method.as_str().to_ascii_uppercase();
+    let path = event.raw_path.clone().or_else(|| event.request_context.http.path.clone()).unwrap_or_else(|| "/".into());
+    // HeaderMap names are lowercase already.
+    let headers = event
+        .headers
+        .iter()
+        .filter_map(|(name, value)| Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned())))
+        .collect();
+    let query = event.query_string_parameters.iter().map(|(name, value)| (name.to_owned(), value.to_owned())).collect();
+    let raw = event.body.as_deref().unwrap_or_default();
+    let body = if event.is_base64_encoded {
         base64::engine::general_purpose::STANDARD
             .decode(raw)
             .map_err(|e| ApiError::bad_request(format!("the body is not valid base64: {e}")))?
     } else {
         raw.as_bytes().to_vec()
     };
-    Ok(HttpRequest { method: method.to_ascii_uppercase(), path: path.to_owned(), headers, query, body })
+    Ok(HttpRequest { method, path, headers, query, body })
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -185,13 +179,13 @@ pub struct StartRunBody {
 }
 
 /// `GET /runs/{id}`: the run, each stage with its attempts, sizes and log links.
-pub fn run_view(run: &batchline::pipeline::Run, config: &StackConfig, region: &str, now_ms: i64) -> Value {
-    let stage_view = |name: &str, stage_run: &batchline::pipeline::StageRun| {
+pub fn run_view(run: &batchline::model::run::Run, config: &StackConfig, region: &str, now_ms: i64) -> Value {
+    let stage_view = |name: &str, stage_run: &batchline::model::run::StageRun| {
         let declared = run.stage(name);
         let log_group = declared
             .and_then(|s| config.job_definitions.get(&s.job_definition))
             .map(|d| d.log_group.clone())
-            .unwrap_or_else(|| batchline::stack_config::DEFAULT_LOG_GROUP.to_owned());
+            .unwrap_or_else(|| batchline::model::stack::DEFAULT_LOG_GROUP.to_owned());
         let attempts: Vec<Value> = stage_run
             .attempts
             .iter()
@@ -231,7 +225,7 @@ pub fn run_view(run: &batchline::pipeline::Run, config: &StackConfig, region: &s
         "durationMs": run.duration_ms(now_ms),
         "input": run.input,
         "stages": stages,
-        "onFailure": run.on_failure.as_ref().map(|s| stage_view(batchline::pipeline::ON_FAILURE, s)),
+        "onFailure": run.on_failure.as_ref().map(|s| stage_view(batchline::model::pipeline::ON_FAILURE, s)),
     })
 }
 
@@ -262,7 +256,7 @@ pub fn idempotency_key(request: &HttpRequest, route: &str) -> Result<String, Api
         Some(key) => Ok(format!("api:{route}:key:{key}")),
         None => Ok(format!(
             "api:{route}:body:{}",
-            batchline::job_request::digest(&String::from_utf8_lossy(&request.body), 40)
+            batchline::model::job_request::digest(&String::from_utf8_lossy(&request.body), 40)
         )),
     }
 }
@@ -276,15 +270,17 @@ pub fn plan_submit_job(config: &StackConfig, request: &HttpRequest) -> Result<Jo
         ApiError::bad_request(format!("jobDefinition {key:?} is not configured; configured: {}", known.join(", ")))
     })?;
     let size = if body.vcpu.is_some() || body.memory.is_some() {
-        let vcpu = match &body.vcpu {
-            Some(v) => parse_vcpu(&v.text()).map_err(|e| ApiError::bad_request(format!("vcpu: {e}")))?,
-            None => definition.size.vcpu,
-        };
-        let memory = match &body.memory {
-            Some(m) => parse_memory(&m.text()).map_err(|e| ApiError::bad_request(format!("memory: {e}")))?,
-            None => definition.size.memory_mib,
-        };
-        Some(Size::exact(vcpu, memory).map_err(|e| ApiError::bad_request(e.to_string()))?)
+        let (vcpu, memory) = (body.vcpu.as_ref().map(|v| v.text()), body.memory.as_ref().map(|m| m.text()));
+        let stated = Size::parse_stated(vcpu.as_deref(), memory.as_deref(), definition.size);
+        Some(stated.map_err(|errors| {
+            let message = match errors.first() {
+                Some(err @ SizeError::BadVcpu(_)) => format!("vcpu: {err}"),
+                Some(err @ SizeError::BadMemory(_)) => format!("memory: {err}"),
+                Some(err) => err.to_string(),
+                None => "invalid size".to_owned(),
+            };
+            ApiError::bad_request(message)
+        })?)
     } else {
         None
     };
@@ -361,7 +357,7 @@ pub fn job_view(job: &aws_sdk_batch::types::JobDetail, region: &str) -> Value {
         .and_then(|l| l.options())
         .and_then(|o| o.get("awslogs-group"))
         .cloned()
-        .unwrap_or_else(|| batchline::stack_config::DEFAULT_LOG_GROUP.to_owned());
+        .unwrap_or_else(|| batchline::model::stack::DEFAULT_LOG_GROUP.to_owned());
     json!({
         "jobId": job.job_id(),
         "jobName": job.job_name(),

@@ -1,8 +1,8 @@
 //! `batchline-submit`: turns S3 "Object Created" events, scheduled events and HTTP API calls into Batch jobs, exactly once.
 //!
 //! The configuration (triggers, queues, job definitions) is the one bootstrap published to
-//! the table, cached per container. Each trigger becomes a [`JobRequest`] with an
-//! idempotency key ([`triggers`], [`api`]); [`batchline::submitter`] claims the key and
+//! the table, cached per container. Each trigger becomes a `JobRequest` with an
+//! idempotency key ([`triggers`], [`api`]); [`batchline::services::submitter`] claims the key and
 //! submits the job once, however often the trigger is delivered.
 //!
 //! Errors: on the EventBridge path a malformed event, or a submission another delivery
@@ -15,11 +15,13 @@ pub mod plan;
 pub mod triggers;
 
 use aws_config::SdkConfig;
-use batchline::config_store::ConfigCache;
-use batchline::job_request::JobRequest;
-use batchline::pipeline::RunInput;
-use batchline::runs::RunServices;
-use batchline::submitter::{SubmitError, Submitted, Submitter};
+use aws_lambda_events::apigw::ApiGatewayV2httpRequest;
+use aws_lambda_events::eventbridge::EventBridgeEvent;
+use batchline::model::run::RunInput;
+use batchline::services::ports::AwsPorts;
+use batchline::services::runs::CancelOutcome;
+use batchline::services::submitter::SubmitError;
+use batchline::store::RunStore;
 use batchline::{Config, Error};
 use lambda_runtime::LambdaEvent;
 use serde_json::{json, Value};
@@ -27,76 +29,47 @@ use tracing::{info, warn};
 
 use api::{ApiError, Route};
 use plan::Planned;
+use triggers::ObjectCreatedDetail;
 
-/// The AWS clients and the configuration cache, built once per container.
+/// The AWS adapters and clients, built once per container.
 pub struct Clients {
+    pub ports: AwsPorts,
+    /// For `GET /jobs/{id}`, which shows the job as Batch describes it.
     pub batch: aws_sdk_batch::Client,
-    pub dynamodb: aws_sdk_dynamodb::Client,
-    pub cloudwatch: aws_sdk_cloudwatch::Client,
-    pub eventbridge: aws_sdk_eventbridge::Client,
     pub region: String,
-    pub config: ConfigCache,
 }
 
 impl Clients {
-    pub fn new(sdk: &SdkConfig) -> Self {
+    pub fn new(sdk: &SdkConfig, config: &Config) -> Self {
         Clients {
+            ports: AwsPorts::new(sdk, config),
             batch: aws_sdk_batch::Client::new(sdk),
-            dynamodb: aws_sdk_dynamodb::Client::new(sdk),
-            cloudwatch: aws_sdk_cloudwatch::Client::new(sdk),
-            eventbridge: aws_sdk_eventbridge::Client::new(sdk),
             region: sdk.region().map(|r| r.to_string()).unwrap_or_else(|| "us-east-1".into()),
-            config: ConfigCache::default(),
-        }
-    }
-
-    fn submitter<'a>(&'a self, config: &'a Config) -> Submitter<'a> {
-        Submitter { batch: &self.batch, dynamodb: &self.dynamodb, table: &config.table_name }
-    }
-
-    /// Run handling with these clients.
-    pub fn runs<'a>(&'a self, config: &'a Config) -> RunServices<'a> {
-        RunServices {
-            batch: &self.batch,
-            dynamodb: &self.dynamodb,
-            cloudwatch: &self.cloudwatch,
-            eventbridge: &self.eventbridge,
-            table: &config.table_name,
-            namespace: &config.metric_namespace,
-            configs: &self.config,
         }
     }
 }
 
-/// Handles one invocation: an HTTP API request, an S3 Object Created or a Scheduled Event.
-pub async fn handle(event: LambdaEvent<Value>, clients: &Clients, config: &Config) -> Result<Value, Error> {
-    let payload = event.payload;
+/// What an invocation brings, classified by the fields each source always sets.
+enum Incoming {
+    Http(Box<ApiGatewayV2httpRequest>),
+    ObjectCreated(EventBridgeEvent<ObjectCreatedDetail>),
+    Scheduled(EventBridgeEvent<Value>),
+}
+
+fn classify(payload: Value) -> Result<Result<Incoming, ApiError>, Error> {
     if payload.get("requestContext").is_some() {
-        return handle_http(&payload, clients, config).await;
+        return Ok(serde_json::from_value(payload)
+            .map(|r| Incoming::Http(Box::new(r)))
+            .map_err(|e| ApiError::bad_request(format!("not an HTTP API request: {e}"))));
     }
-    let text = |name: &str| payload.get(name).and_then(Value::as_str).unwrap_or_default();
-    match (text("detail-type"), text("source")) {
-        ("Object Created", "aws.s3") => {
-            let object = triggers::parse_object_created(&payload).map_err(Error::InvalidEvent)?;
-            let stack = clients.config.get(&clients.dynamodb, &config.table_name).await?;
-            let planned = triggers::plan_object(&stack, &object, text("id")).map_err(Error::InvalidEvent)?;
-            if planned.is_empty() {
-                info!(bucket = %object.bucket, key = %object.key, "no S3 trigger matches the object; nothing to do");
-            }
-            submit_all(planned, clients, config).await
-        }
+    let text = |name: &str| payload.get(name).and_then(Value::as_str).unwrap_or_default().to_owned();
+    match (text("detail-type").as_str(), text("source").as_str()) {
+        ("Object Created", "aws.s3") => Ok(Ok(Incoming::ObjectCreated(batchline::typed_payload(
+            payload,
+            "an S3 Object Created event it cannot read",
+        )?))),
         ("Scheduled Event", "aws.events") => {
-            let rule = triggers::schedule_rule_name(&payload).map_err(Error::InvalidEvent)?;
-            let stack = clients.config.get(&clients.dynamodb, &config.table_name).await?;
-            let time = payload
-                .get("time")
-                .and_then(Value::as_str)
-                .ok_or_else(|| Error::InvalidEvent("the Scheduled Event has no time".into()))?;
-            let planned = triggers::plan_schedule(&stack, &rule, time).map_err(Error::InvalidEvent)?;
-            if planned.is_none() {
-                info!(rule, "no schedule trigger is configured for the rule; nothing to do");
-            }
-            submit_all(planned.into_iter().collect(), clients, config).await
+            Ok(Ok(Incoming::Scheduled(batchline::typed_payload(payload, "a Scheduled Event it cannot read")?)))
         }
         _ => Err(Error::InvalidEvent(format!(
             "submit takes S3 Object Created and Scheduled Event events from EventBridge and HTTP API requests, not {}",
@@ -105,18 +78,53 @@ pub async fn handle(event: LambdaEvent<Value>, clients: &Clients, config: &Confi
     }
 }
 
-async fn submit_all(planned: Vec<Planned>, clients: &Clients, config: &Config) -> Result<Value, Error> {
+/// Handles one invocation: an HTTP API request, an S3 Object Created or a Scheduled Event.
+pub async fn handle(event: LambdaEvent<Value>, clients: &Clients) -> Result<Value, Error> {
+    let answer = match classify(event.payload)? {
+        Err(refused) => api::error_response(&refused),
+        Ok(Incoming::Http(request)) => handle_http(&request, clients).await?,
+        Ok(Incoming::ObjectCreated(event)) => {
+            let object = triggers::object_created(&event.detail).map_err(Error::InvalidEvent)?;
+            let stack = clients.ports.configs.get().await?;
+            let event_id = event.id.as_deref().unwrap_or_default();
+            let planned = triggers::plan_object(&stack, &object, event_id).map_err(Error::InvalidEvent)?;
+            if planned.is_empty() {
+                info!(bucket = %object.bucket, key = %object.key, "no S3 trigger matches the object; nothing to do");
+            }
+            return submit_all(planned, clients).await;
+        }
+        Ok(Incoming::Scheduled(event)) => {
+            let rule = triggers::schedule_rule_name(event.resources.as_deref().unwrap_or_default())
+                .map_err(Error::InvalidEvent)?;
+            let stack = clients.ports.configs.get().await?;
+            let time = event
+                .time
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+                .ok_or_else(|| Error::InvalidEvent("the Scheduled Event has no time".into()))?;
+            let planned = triggers::plan_schedule(&stack, &rule, &time).map_err(Error::InvalidEvent)?;
+            if planned.is_none() {
+                info!(rule, "no schedule trigger is configured for the rule; nothing to do");
+            }
+            return submit_all(planned.into_iter().collect(), clients).await;
+        }
+    };
+    serde_json::to_value(answer).map_err(|e| Error::InvalidEvent(format!("the answer cannot be written: {e}")))
+}
+
+async fn submit_all(planned: Vec<Planned>, clients: &Clients) -> Result<Value, Error> {
     let mut started = Vec::new();
     for plan in planned {
         match plan {
             Planned::Job(request) => {
-                let submitted = submit_one(&request, clients, config).await?;
+                let submitted =
+                    clients.ports.submitter().submit(&request, batchline::now_ms()).await.map_err(Error::from)?;
                 started.push(json!({"jobId": submitted.job_id, "jobName": submitted.job_name, "new": submitted.new}));
             }
             Planned::Run { pipeline, source } => {
                 let input = RunInput { parameters: source.parameters, environment: source.environment };
                 let (run, new) = clients
-                    .runs(config)
+                    .ports
+                    .driver()
                     .start(&pipeline, source.trigger, &source.idempotency_key, input, batchline::now_ms())
                     .await?;
                 started.push(json!({"runId": run.run_id, "pipeline": pipeline, "new": new}));
@@ -126,16 +134,11 @@ async fn submit_all(planned: Vec<Planned>, clients: &Clients, config: &Config) -
     Ok(json!({ "started": started }))
 }
 
-async fn submit_one(request: &JobRequest, clients: &Clients, config: &Config) -> Result<Submitted, Error> {
-    match clients.submitter(config).submit(request, batchline::now_ms()).await {
-        Ok(submitted) => Ok(submitted),
-        Err(SubmitError::Aws(err)) => Err(err),
-        Err(other) => Err(Error::Aws { operation: "SubmitJob", code: "Retry".into(), message: other.to_string() }),
-    }
-}
-
-async fn handle_http(payload: &Value, clients: &Clients, config: &Config) -> Result<Value, Error> {
-    match serve(payload, clients, config).await {
+async fn handle_http(
+    request: &ApiGatewayV2httpRequest,
+    clients: &Clients,
+) -> Result<aws_lambda_events::apigw::ApiGatewayV2httpResponse, Error> {
+    match serve(request, clients).await {
         Ok(answer) => Ok(answer),
         Err(Served::Caller(err)) => {
             info!(status = err.status, code = err.code, message = %err.message, "request refused");
@@ -164,20 +167,23 @@ impl From<Error> for Served {
     fn from(err: Error) -> Self {
         match err {
             // The table has no configuration yet: the stack is still being deployed.
-            Error::Config(e) => Served::Caller(ApiError::new(503, "NotReady", e.to_string())),
+            Error::NotDeployed => Served::Caller(ApiError::new(503, "NotReady", Error::NotDeployed.to_string())),
             other => Served::Infrastructure(other),
         }
     }
 }
 
-async fn serve(payload: &Value, clients: &Clients, config: &Config) -> Result<Value, Served> {
-    let request = api::parse_http(payload)?;
+async fn serve(
+    request: &ApiGatewayV2httpRequest,
+    clients: &Clients,
+) -> Result<aws_lambda_events::apigw::ApiGatewayV2httpResponse, Served> {
+    let request = api::parse_http(request)?;
     let route = api::route(&request.method, &request.path)?;
-    let stack = clients.config.get(&clients.dynamodb, &config.table_name).await?;
+    let stack = clients.ports.configs.get().await?;
     match route {
         Route::SubmitJob => {
             let job = api::plan_submit_job(&stack, &request)?;
-            let submitted = match clients.submitter(config).submit(&job, batchline::now_ms()).await {
+            let submitted = match clients.ports.submitter().submit(&job, batchline::now_ms()).await {
                 Ok(submitted) => submitted,
                 Err(SubmitError::InFlight(_)) => {
                     return Err(ApiError::new(
@@ -195,10 +201,10 @@ async fn serve(payload: &Value, clients: &Clients, config: &Config) -> Result<Va
                     )
                     .into())
                 }
-                Err(SubmitError::Aws(err)) if err.aws_code() == Some("ClientException") => {
+                Err(SubmitError::Failed(err)) if err.aws_code() == Some("ClientException") => {
                     return Err(ApiError::bad_request(format!("AWS Batch refused the job: {err}")).into())
                 }
-                Err(SubmitError::Aws(err)) => return Err(err.into()),
+                Err(SubmitError::Failed(err)) => return Err(err.into()),
             };
             Ok(api::response(
                 202,
@@ -223,15 +229,15 @@ async fn serve(payload: &Value, clients: &Clients, config: &Config) -> Result<Va
             let body: api::StartRunBody = api::parse_body(&request.body)?;
             let key = api::idempotency_key(&request, &format!("pipelines/{name}"))?;
             let input = RunInput { parameters: body.parameters, environment: body.environment };
-            let (run, new) = clients.runs(config).start(&name, "api", &key, input, batchline::now_ms()).await?;
+            let (run, new) = clients.ports.driver().start(&name, "api", &key, input, batchline::now_ms()).await?;
             Ok(api::response(
                 202,
                 &json!({"runId": run.run_id, "pipeline": name, "status": run.status, "duplicate": !new}),
             ))
         }
         Route::GetRun(id) => {
-            let (run, _) =
-                clients.runs(config).load(&id).await?.ok_or_else(|| ApiError::not_found(format!("no run {id}")))?;
+            let run =
+                clients.ports.driver().load(&id).await?.ok_or_else(|| ApiError::not_found(format!("no run {id}")))?.run;
             Ok(api::response(200, &api::run_view(&run, &stack, &clients.region, batchline::now_ms())))
         }
         Route::ListRuns => {
@@ -245,18 +251,19 @@ async fn serve(payload: &Value, clients: &Clients, config: &Config) -> Result<Va
                 Some(_) => return Err(ApiError::bad_request("limit is a number from 1 to 100").into()),
             };
             let runs: Vec<Value> = clients
-                .runs(config)
-                .list(pipeline, limit)
+                .ports
+                .store
+                .list_runs(pipeline, limit)
                 .await?
                 .iter()
                 .map(|r| json!({"runId": r.run_id, "status": r.status, "createdAt": api::iso(Some(r.created_at))}))
                 .collect();
             Ok(api::response(200, &json!({"pipeline": pipeline, "runs": runs})))
         }
-        Route::CancelRun(id) => match clients.runs(config).cancel(&id, batchline::now_ms()).await? {
-            None => Err(ApiError::not_found(format!("no run {id}")).into()),
-            Some(Err(why)) => Err(ApiError::new(409, "RunEnded", why).into()),
-            Some(Ok((run, terminated))) => Ok(api::response(
+        Route::CancelRun(id) => match clients.ports.driver().cancel(&id, batchline::now_ms()).await? {
+            CancelOutcome::NoSuchRun => Err(ApiError::not_found(format!("no run {id}")).into()),
+            CancelOutcome::AlreadyEnded(why) => Err(ApiError::new(409, "RunEnded", why).into()),
+            CancelOutcome::Cancelled { run, terminated } => Ok(api::response(
                 202,
                 &json!({"runId": run.run_id, "status": run.status, "terminatedJobs": terminated}),
             )),

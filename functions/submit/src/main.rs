@@ -8,6 +8,6 @@ use lambda_runtime::{run, service_fn, Error, LambdaEvent};
 async fn main() -> Result<(), Error> {
     batchline::telemetry::init();
     let config = batchline::Config::from_env()?;
-    let clients = batchline_submit::Clients::new(&batchline::aws::load_sdk_config().await);
-    run(service_fn(|event: LambdaEvent<serde_json::Value>| batchline_submit::handle(event, &clients, &config))).await
+    let clients = batchline_submit::Clients::new(&batchline::aws::load_sdk_config().await, &config);
+    run(service_fn(|event: LambdaEvent<serde_json::Value>| batchline_submit::handle(event, &clients))).await
 }

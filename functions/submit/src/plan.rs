@@ -2,9 +2,9 @@
 
 use std::collections::BTreeMap;
 
-use batchline::fargate::Size;
-use batchline::job_request::{digest, job_name, JobRequest, PIPELINE_TAG, RUN_TAG, STAGE_TAG, TRIGGER_TAG};
-use batchline::stack_config::StackConfig;
+use batchline::model::fargate::Size;
+use batchline::model::job_request::{digest, job_name, JobRequest, PIPELINE_TAG, RUN_TAG, STAGE_TAG, TRIGGER_TAG};
+use batchline::model::stack::StackConfig;
 
 /// Where a submission comes from: what names it, what makes it unique, what it passes on.
 #[derive(Debug, Clone, PartialEq)]

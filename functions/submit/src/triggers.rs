@@ -7,9 +7,9 @@
 
 use std::collections::BTreeMap;
 
-use batchline::fargate::Size;
-use batchline::stack_config::{StackConfig, Target};
-use serde_json::Value;
+use batchline::model::fargate::Size;
+use batchline::model::stack::{StackConfig, Target};
+use serde::{Deserialize, Serialize};
 
 use crate::plan::{self, Planned, Source};
 
@@ -47,21 +47,37 @@ pub fn decode_key(encoded: &str) -> Result<String, String> {
     String::from_utf8(out).map_err(|_| format!("key {encoded:?} does not decode to UTF-8"))
 }
 
-pub fn parse_object_created(event: &Value) -> Result<ObjectCreated, String> {
-    let detail = event.get("detail").ok_or("the event has no detail")?;
-    let bucket = detail.pointer("/bucket/name").and_then(Value::as_str).ok_or("detail.bucket.name is missing")?;
-    let key = detail.pointer("/object/key").and_then(Value::as_str).ok_or("detail.object.key is missing")?;
-    let size = match detail.pointer("/object/size") {
-        None | Some(Value::Null) => 0,
-        Some(size) => size.as_u64().ok_or_else(|| format!("detail.object.size {size} is not a whole number"))?,
-    };
-    let text = |pointer: &str| detail.pointer(pointer).and_then(Value::as_str).map(str::to_owned);
+/// The `detail` of an S3 "Object Created" event, as EventBridge delivers it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub struct ObjectCreatedDetail {
+    pub bucket: BucketDetail,
+    pub object: ObjectDetail,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub struct BucketDetail {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub struct ObjectDetail {
+    pub key: String,
+    #[serde(default)]
+    pub size: Option<u64>,
+    #[serde(default)]
+    pub etag: Option<String>,
+    #[serde(default)]
+    pub sequencer: Option<String>,
+}
+
+/// The object of an "Object Created" event, its key decoded.
+pub fn object_created(detail: &ObjectCreatedDetail) -> Result<ObjectCreated, String> {
     Ok(ObjectCreated {
-        bucket: bucket.to_owned(),
-        key: decode_key(key)?,
-        size,
-        etag: text("/object/etag"),
-        sequencer: text("/object/sequencer"),
+        bucket: detail.bucket.name.clone(),
+        key: decode_key(&detail.object.key)?,
+        size: detail.object.size.unwrap_or(0),
+        etag: detail.object.etag.clone(),
+        sequencer: detail.object.sequencer.clone(),
     })
 }
 
@@ -122,11 +138,8 @@ pub fn sized_for_object(base: Size, factor: u32, object_bytes: u64) -> Result<Si
 
 /// The rule name of a "Scheduled Event": the last part of `resources[0]`
 /// (`arn:aws:events:REGION:ACCOUNT:rule/[BUS/]NAME`).
-pub fn schedule_rule_name(event: &Value) -> Result<String, String> {
-    let arn = event
-        .pointer("/resources/0")
-        .and_then(Value::as_str)
-        .ok_or("a Scheduled Event names its rule in resources[0]; it is missing")?;
+pub fn schedule_rule_name(resources: &[String]) -> Result<String, String> {
+    let arn = resources.first().ok_or("a Scheduled Event names its rule in resources[0]; it is missing")?;
     let (_, path) =
         arn.split_once(":rule/").ok_or_else(|| format!("resources[0] {arn:?} is not an EventBridge rule ARN"))?;
     Ok(path.rsplit('/').next().unwrap_or(path).to_owned())
@@ -168,7 +181,7 @@ mod tests {
 
     #[test]
     fn object_size_snaps_memory_up() {
-        let base = Size { vcpu: batchline::fargate::Quarters(1), memory_mib: 512 };
+        let base = Size { vcpu: batchline::model::fargate::Quarters(1), memory_mib: 512 };
         assert_eq!(sized_for_object(base, 4, 10).unwrap(), base, "never below the definition");
         assert_eq!(sized_for_object(base, 4, 300 * 1024 * 1024).unwrap().to_string(), "0.25 vCPU / 2048 MiB");
         assert_eq!(sized_for_object(base, 4, 1024 * 1024 * 1024).unwrap().to_string(), "0.5 vCPU / 4096 MiB");
@@ -177,10 +190,9 @@ mod tests {
 
     #[test]
     fn schedule_rules_are_named_by_their_arn() {
-        let event = serde_json::json!({"resources": ["arn:aws:events:us-east-1:123456789012:rule/batchline-nightly"]});
-        assert_eq!(schedule_rule_name(&event).unwrap(), "batchline-nightly");
-        let on_bus = serde_json::json!({"resources": ["arn:aws:events:us-east-1:123456789012:rule/my-bus/nightly"]});
-        assert_eq!(schedule_rule_name(&on_bus).unwrap(), "nightly");
-        assert!(schedule_rule_name(&serde_json::json!({})).is_err());
+        let rule = |arn: &str| schedule_rule_name(&[arn.to_owned()]);
+        assert_eq!(rule("arn:aws:events:us-east-1:123456789012:rule/batchline-nightly").unwrap(), "batchline-nightly");
+        assert_eq!(rule("arn:aws:events:us-east-1:123456789012:rule/my-bus/nightly").unwrap(), "nightly");
+        assert!(schedule_rule_name(&[]).is_err());
     }
 }

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::fargate::Size;
+use crate::model::fargate::Size;
 
 /// Batch's limits on job names and tags.
 pub const MAX_JOB_NAME: usize = 128;

@@ -53,30 +53,19 @@
 
 use std::collections::BTreeMap;
 
+use batchline::model::fargate::{Quarters, Size};
+use batchline::model::pipeline::Pipeline;
+use batchline::model::stack::*;
 use serde::de::{self, Deserializer};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::Value;
 
-use crate::fargate::{parse_memory, parse_vcpu, Size};
-use crate::pipeline::{resolve_pipelines, Pipeline};
+mod pipelines;
 
-pub const DEFAULT_KEY: &str = "default";
-pub const DEFAULT_IMAGE: &str = "public.ecr.aws/docker/library/python:3.12-alpine";
-pub const DEFAULT_LOG_GROUP: &str = "/aws/batch/job";
-pub const EXECUTION_POLICY_ARN: &str = "arn:aws:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy";
+use pipelines::resolve_pipelines;
 
-/// The recipe's processing job: plain Python, so a fresh stack runs a job before any image is pushed.
-pub const DEFAULT_SCRIPT: &str = r#"import json, os, time
-job = os.environ.get("AWS_BATCH_JOB_ID", "local")
-print(f"batchline job {job} started")
-source = os.environ.get("INPUT_BUCKET"), os.environ.get("INPUT_KEY")
-if all(source):
-    print(f"input: s3://{source[0]}/{source[1]} ({os.environ.get('INPUT_SIZE', '?')} bytes)")
-for step in range(1, 6):
-    print(f"processing step {step}/5")
-    time.sleep(1)
-print(json.dumps({"status": "success", "job": job}))
-"#;
+/// The job definition size when the document gives none: the smallest Fargate size.
+const DEFAULT_SIZE: Size = Size { vcpu: Quarters(1), memory_mib: 512 };
 
 // ----- reading CloudFormation's strings -------------------------------------------------
 
@@ -93,7 +82,7 @@ fn de_string_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Stri
     })
 }
 
-fn de_opt_string_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Vec<String>>, D::Error> {
+pub(crate) fn de_opt_string_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Vec<String>>, D::Error> {
     de_string_list(deserializer).map(Some)
 }
 
@@ -124,7 +113,7 @@ fn de_opt_bool<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<bool
 }
 
 /// A string, or a number or boolean written as one (CloudFormation's way).
-fn de_opt_text<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+pub(crate) fn de_opt_text<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
     let value = Value::deserialize(deserializer)?;
     match value {
         Value::String(s) => Ok(Some(s)),
@@ -268,149 +257,6 @@ pub struct ScheduleTriggerDoc {
     pub parameters: Option<BTreeMap<String, String>>,
 }
 
-// ----- the resolved configuration --------------------------------------------------------
-
-/// The validated configuration with every default filled in and physical names chosen.
-/// Bootstrap adds ARNs once the resources exist and publishes it to the table, where
-/// submit and job-events read it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct StackConfig {
-    pub name_prefix: String,
-    pub network: Network,
-    pub roles: Roles,
-    pub repository: Repository,
-    pub compute_environments: BTreeMap<String, ComputeEnvironment>,
-    pub job_queues: BTreeMap<String, JobQueue>,
-    pub job_definitions: BTreeMap<String, JobDefinition>,
-    /// The key of the queue jobs go to unless told otherwise.
-    pub default_queue: String,
-    #[serde(default)]
-    pub pipelines: BTreeMap<String, Pipeline>,
-    pub triggers: Triggers,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Network {
-    pub subnets: Vec<String>,
-    pub security_groups: Vec<String>,
-    pub assign_public_ip: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Roles {
-    pub execution_role_name: String,
-    pub job_role_name: String,
-    pub input_bucket: Option<String>,
-    #[serde(default)]
-    pub execution_role_arn: Option<String>,
-    #[serde(default)]
-    pub job_role_arn: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Repository {
-    pub name: String,
-    pub scan_on_push: bool,
-    pub delete_on_stack_delete: bool,
-    #[serde(default)]
-    pub uri: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum ComputeType {
-    Fargate,
-    FargateSpot,
-}
-
-impl ComputeType {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            ComputeType::Fargate => "FARGATE",
-            ComputeType::FargateSpot => "FARGATE_SPOT",
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ComputeEnvironment {
-    pub name: String,
-    pub kind: ComputeType,
-    pub max_vcpus: u32,
-    #[serde(default)]
-    pub arn: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct JobQueue {
-    pub name: String,
-    pub priority: u32,
-    /// Keys of compute environments, in order of preference.
-    pub compute_environments: Vec<String>,
-    #[serde(default)]
-    pub arn: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct JobDefinition {
-    pub name: String,
-    pub image: String,
-    pub size: Size,
-    pub command: Vec<String>,
-    pub environment: BTreeMap<String, String>,
-    pub secrets: BTreeMap<String, String>,
-    pub architecture: String,
-    pub retry_attempts: u32,
-    pub timeout_seconds: Option<u32>,
-    pub log_group: String,
-    /// Key of the queue its jobs go to.
-    pub queue: String,
-    /// The active revision's ARN, once registered.
-    #[serde(default)]
-    pub arn: Option<String>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Triggers {
-    pub s3: BTreeMap<String, S3Trigger>,
-    pub schedules: BTreeMap<String, ScheduleTrigger>,
-}
-
-/// What a trigger starts: one job, or a pipeline run.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum Target {
-    JobDefinition(String),
-    Pipeline(String),
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct S3Trigger {
-    pub bucket: Option<String>,
-    pub prefix: String,
-    pub suffix: String,
-    pub target: Target,
-    /// Memory of at least this many times the object's size (snapped up to a valid size).
-    pub memory_per_input_byte: Option<u32>,
-    pub parameters: BTreeMap<String, String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ScheduleTrigger {
-    pub target: Target,
-    pub parameters: BTreeMap<String, String>,
-}
-
 // ----- validation -------------------------------------------------------------------------
 
 /// Everything wrong with a document, each problem with its path.
@@ -420,26 +266,14 @@ pub struct ConfigProblems {
     pub problems: Vec<String>,
 }
 
-impl StackConfig {
-    /// Parses and validates the custom resource's properties.
-    pub fn from_properties(properties: &Value) -> Result<StackConfig, ConfigProblems> {
-        let document: Document = serde_path_to_error::deserialize(properties).map_err(|err| {
-            let path = err.path().to_string();
-            let inner = err.into_inner().to_string();
-            ConfigProblems { problems: vec![if path == "." { inner } else { format!("{path}: {inner}") }] }
-        })?;
-        resolve(document)
-    }
-
-    /// The queue a job definition's jobs go to.
-    pub fn queue_for(&self, job_definition: &JobDefinition) -> Option<&JobQueue> {
-        self.job_queues.get(&job_definition.queue)
-    }
-
-    /// The default queue.
-    pub fn default_job_queue(&self) -> Option<&JobQueue> {
-        self.job_queues.get(&self.default_queue)
-    }
+/// Parses and validates the custom resource's properties.
+pub fn declare(properties: &Value) -> Result<StackConfig, ConfigProblems> {
+    let document: Document = serde_path_to_error::deserialize(properties).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner().to_string();
+        ConfigProblems { problems: vec![if path == "." { inner } else { format!("{path}: {inner}") }] }
+    })?;
+    resolve(document)
 }
 
 fn valid_key(key: &str) -> bool {
@@ -615,23 +449,11 @@ fn resolve(doc: Document) -> Result<StackConfig, ConfigProblems> {
         if !valid_key(key) {
             problems.push(format!("{path}: keys are 1-40 letters, digits, - or _"));
         }
-        let vcpu_text = definition.vcpu.clone().unwrap_or_else(|| "0.25".into());
-        let memory_text = definition.memory.clone().unwrap_or_else(|| "512".into());
-        let size = match (parse_vcpu(&vcpu_text), parse_memory(&memory_text)) {
-            (Ok(vcpu), Ok(memory)) => match Size::exact(vcpu, memory) {
-                Ok(size) => size,
-                Err(err) => {
-                    problems.push(format!("{path}: {err}"));
-                    Size { vcpu, memory_mib: memory }
-                }
-            },
-            (vcpu, memory) => {
-                for err in [vcpu.err(), memory.err()].into_iter().flatten() {
-                    problems.push(format!("{path}: {err}"));
-                }
-                Size { vcpu: crate::fargate::Quarters(1), memory_mib: 512 }
-            }
-        };
+        let stated = Size::parse_stated(definition.vcpu.as_deref(), definition.memory.as_deref(), DEFAULT_SIZE);
+        let size = stated.unwrap_or_else(|errors| {
+            problems.extend(errors.iter().map(|err| format!("{path}: {err}")));
+            DEFAULT_SIZE
+        });
         let architecture = definition.architecture.clone().unwrap_or_else(|| "X86_64".into()).to_ascii_uppercase();
         if architecture != "X86_64" && architecture != "ARM64" {
             problems.push(format!("{path}.Architecture {architecture:?}: use X86_64 or ARM64"));
@@ -800,7 +622,7 @@ mod tests {
 
     #[test]
     fn only_the_network_gives_the_recipe() {
-        let config = StackConfig::from_properties(&network_only()).unwrap();
+        let config = declare(&network_only()).unwrap();
         assert_eq!(
             config.compute_environments["default"],
             ComputeEnvironment {
@@ -834,7 +656,7 @@ mod tests {
             "JobQueues": {"fast": {"Priority": "10", "ComputeEnvironments": ["main"]}, "cheap": {"Priority": "1", "ComputeEnvironments": "spot,main"}},
             "JobDefinitions": {"big": {"Image": "repo/image:1", "Vcpu": "2", "Memory": "8192", "RetryAttempts": "2", "TimeoutSeconds": "900", "Queue": "cheap"}}
         });
-        let config = StackConfig::from_properties(&properties).unwrap();
+        let config = declare(&properties).unwrap();
         assert_eq!(config.network.subnets, ["subnet-1", "subnet-2"]);
         assert!(!config.network.assign_public_ip);
         assert!(config.repository.delete_on_stack_delete && !config.repository.scan_on_push);
@@ -853,7 +675,7 @@ mod tests {
     #[test]
     fn problems_are_named_with_their_path() {
         let check = |properties: Value, expected: &str| {
-            let err = StackConfig::from_properties(&properties).unwrap_err().to_string();
+            let err = declare(&properties).unwrap_err().to_string();
             assert!(err.contains(expected), "expected {expected:?} in {err}");
         };
         check(json!({"ServiceToken": "x"}), "Network is required");
@@ -883,7 +705,7 @@ mod tests {
 
     #[test]
     fn the_resolved_config_round_trips_through_json() {
-        let config = StackConfig::from_properties(&network_only()).unwrap();
+        let config = declare(&network_only()).unwrap();
         let text = serde_json::to_string(&config).unwrap();
         assert_eq!(serde_json::from_str::<StackConfig>(&text).unwrap(), config);
     }

@@ -28,8 +28,8 @@
 
 use std::collections::BTreeMap;
 
-use crate::batch_event::{JobStateChangeEvent, JobStatus};
 use crate::config::PriceOverrides;
+use crate::model::batch_event::{JobStateChangeEvent, JobStatus};
 
 /// PutMetricData's limits.
 pub const MAX_DATUMS_PER_CALL: usize = 1_000;
@@ -406,7 +406,7 @@ mod tests {
     #[test]
     fn cost_follows_architecture_and_overrides() {
         let mut arm = succeeded();
-        arm.detail.container.as_mut().unwrap().runtime_platform = Some(crate::batch_event::RuntimePlatform {
+        arm.detail.container.as_mut().unwrap().runtime_platform = Some(crate::model::batch_event::RuntimePlatform {
             cpu_architecture: Some("ARM64".into()),
             other: Default::default(),
         });

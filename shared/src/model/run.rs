@@ -1,24 +1,4 @@
-//! Pipelines and runs: declared DAGs of stages, validated at deploy time, and the pure state machine of a run.
-//!
-//! A pipeline is declared in the stack configuration under `Pipelines`:
-//!
-//! ```yaml
-//! Pipelines:
-//!   orders:
-//!     MaxResizes: "2"                  # out-of-memory resubmissions per stage (default 2)
-//!     Stages:
-//!       extract:   {JobDefinition: default}
-//!       transform: {JobDefinition: default, After: [extract], Memory: "1024"}
-//!       validate:  {JobDefinition: default, After: extract}
-//!       report:    {JobDefinition: report, After: [transform, validate], Parameters: {format: pdf}}
-//!     OnFailure:   {JobDefinition: default, Parameters: {action: cleanup}}
-//! ```
-//!
-//! Each stage names a job definition by key and optionally a size (`Vcpu`/`Memory`, a
-//! valid Fargate pair), parameters, a queue (by key) and the stages it runs `After`
-//! (at most 20). Validation refuses unknown job definitions and queues, unknown upstream
-//! stages, cycles, invalid sizes and pipelines without a first stage, so a bad pipeline
-//! fails `sam deploy` rather than a run.
+//! The run of a pipeline: a pure state machine from job state changes to stage transitions and submissions to make.
 //!
 //! A [`Run`] is one execution: a snapshot of the DAG, the run's input, and each stage's
 //! attempts. [`Run::apply`] takes a job state change and returns what changed and what
@@ -30,278 +10,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
-use crate::batch_event::{JobStateChangeEvent, JobStatus};
-use crate::fargate::{parse_memory, parse_vcpu, Size};
-use crate::stack_config::JobDefinition;
+use crate::model::batch_event::{JobStateChangeEvent, JobStatus};
+use crate::model::fargate::Size;
+use crate::model::pipeline::{attempt_key, Pipeline, Stage, ON_FAILURE};
 
-pub const MAX_UPSTREAMS: usize = 20;
-pub const DEFAULT_MAX_RESIZES: u32 = 2;
+/// How AWS reports a container killed for using too much memory.
 pub const OUT_OF_MEMORY_REASON: &str = "OutOfMemoryError: Container killed due to memory usage";
-
-// ----- declaration -------------------------------------------------------------------------
-
-fn de_opt_text<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
-    let value = Value::deserialize(deserializer)?;
-    match value {
-        Value::String(s) => Ok(Some(s)),
-        Value::Number(n) => Ok(Some(n.to_string())),
-        other => Err(serde::de::Error::custom(format!("expected a string, got {other}"))),
-    }
-}
-
-fn de_opt_list<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Vec<String>>, D::Error> {
-    let value = Value::deserialize(deserializer)?;
-    match value {
-        Value::String(s) => {
-            Ok(Some(s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()))
-        }
-        Value::Array(items) => items
-            .into_iter()
-            .map(|item| {
-                item.as_str().map(str::to_owned).ok_or_else(|| serde::de::Error::custom("expected stage names"))
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map(Some),
-        other => Err(serde::de::Error::custom(format!("expected a list of stage names, got {other}"))),
-    }
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "PascalCase")]
-pub struct PipelineDoc {
-    #[serde(default)]
-    pub stages: BTreeMap<String, StageDoc>,
-    #[serde(default)]
-    pub on_failure: Option<StageDoc>,
-    #[serde(default, deserialize_with = "de_opt_text")]
-    pub max_resizes: Option<String>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "PascalCase")]
-pub struct StageDoc {
-    pub job_definition: Option<String>,
-    #[serde(default, deserialize_with = "de_opt_text")]
-    pub vcpu: Option<String>,
-    #[serde(default, deserialize_with = "de_opt_text")]
-    pub memory: Option<String>,
-    #[serde(default)]
-    pub parameters: Option<BTreeMap<String, String>>,
-    pub queue: Option<String>,
-    #[serde(default, deserialize_with = "de_opt_list")]
-    pub after: Option<Vec<String>>,
-    #[serde(default, deserialize_with = "de_opt_text")]
-    pub max_resizes: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Pipeline {
-    pub name: String,
-    pub stages: BTreeMap<String, Stage>,
-    pub on_failure: Option<Stage>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Stage {
-    pub job_definition: String,
-    pub size: Size,
-    pub parameters: BTreeMap<String, String>,
-    /// Key of the queue; the job definition's when not given.
-    pub queue: String,
-    pub after: Vec<String>,
-    pub max_resizes: u32,
-}
-
-/// The name of the failure stage in a run's record.
-pub const ON_FAILURE: &str = "on-failure";
-
-/// Validates the `Pipelines` section against the job definitions and queues.
-pub fn resolve_pipelines(
-    doc: &Value,
-    definitions: &BTreeMap<String, JobDefinition>,
-    queues: &BTreeSet<String>,
-    problems: &mut Vec<String>,
-) -> BTreeMap<String, Pipeline> {
-    let mut pipelines = BTreeMap::new();
-    if doc.is_null() {
-        return pipelines;
-    }
-    let docs: BTreeMap<String, PipelineDoc> = match serde_path_to_error::deserialize(doc) {
-        Ok(docs) => docs,
-        Err(err) => {
-            problems.push(format!("Pipelines.{}: {}", err.path(), err.inner()));
-            return pipelines;
-        }
-    };
-    for (name, pipeline) in docs {
-        let path = format!("Pipelines.{name}");
-        if !(1..=40).contains(&name.len()) || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-            problems.push(format!("{path}: pipeline names are 1-40 letters, digits, - or _"));
-        }
-        let default_resizes = parse_resizes(&path, pipeline.max_resizes.as_deref(), DEFAULT_MAX_RESIZES, problems);
-        if pipeline.stages.is_empty() {
-            problems.push(format!("{path}.Stages: declare at least one stage"));
-        }
-        let mut stages = BTreeMap::new();
-        for (key, stage) in &pipeline.stages {
-            let stage_path = format!("{path}.Stages.{key}");
-            if key == ON_FAILURE
-                || !(1..=40).contains(&key.len())
-                || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-            {
-                problems
-                    .push(format!("{stage_path}: stage names are 1-40 letters, digits, - or _ (and not {ON_FAILURE})"));
-            }
-            if let Some(resolved) = resolve_stage(&stage_path, stage, default_resizes, definitions, queues, problems) {
-                stages.insert(key.clone(), resolved);
-            }
-        }
-        for (key, stage) in &stages {
-            if stage.after.len() > MAX_UPSTREAMS {
-                problems
-                    .push(format!("{path}.Stages.{key}.After: {} stages; at most {MAX_UPSTREAMS}", stage.after.len()));
-            }
-            for upstream in &stage.after {
-                if !pipeline.stages.contains_key(upstream) {
-                    problems.push(format!("{path}.Stages.{key}.After: there is no stage {upstream:?}"));
-                }
-                if upstream == key {
-                    problems.push(format!("{path}.Stages.{key}.After: a stage cannot run after itself"));
-                }
-            }
-        }
-        if let Some(cycle) = find_cycle(&stages) {
-            problems.push(format!("{path}: the stages form a cycle: {}", cycle.join(" -> ")));
-        }
-        if !stages.is_empty() && stages.values().all(|s| !s.after.is_empty()) {
-            problems.push(format!("{path}: no stage can start first (every stage runs after another)"));
-        }
-        let on_failure = pipeline.on_failure.as_ref().and_then(|stage| {
-            if stage.after.as_ref().is_some_and(|a| !a.is_empty()) {
-                problems.push(format!(
-                    "{path}.OnFailure.After: the failure stage runs when the run fails, after nothing else"
-                ));
-            }
-            resolve_stage(&format!("{path}.OnFailure"), stage, 0, definitions, queues, problems)
-        });
-        pipelines.insert(name.clone(), Pipeline { name, stages, on_failure });
-    }
-    pipelines
-}
-
-fn parse_resizes(path: &str, text: Option<&str>, default: u32, problems: &mut Vec<String>) -> u32 {
-    match text.map(|t| t.trim().parse::<u32>()) {
-        None => default,
-        Some(Ok(n)) if n <= 10 => n,
-        Some(_) => {
-            problems.push(format!("{path}.MaxResizes {:?}: use 0 to 10", text.unwrap_or_default()));
-            default
-        }
-    }
-}
-
-fn resolve_stage(
-    path: &str,
-    doc: &StageDoc,
-    default_resizes: u32,
-    definitions: &BTreeMap<String, JobDefinition>,
-    queues: &BTreeSet<String>,
-    problems: &mut Vec<String>,
-) -> Option<Stage> {
-    let Some(key) = &doc.job_definition else {
-        problems.push(format!("{path}.JobDefinition: every stage names a job definition"));
-        return None;
-    };
-    let Some(definition) = definitions.get(key) else {
-        problems.push(format!("{path}.JobDefinition: {key:?} is not a key of JobDefinitions"));
-        return None;
-    };
-    let vcpu = doc.vcpu.as_deref().map(parse_vcpu).transpose();
-    let memory = doc.memory.as_deref().map(parse_memory).transpose();
-    let size = match (vcpu, memory) {
-        (Ok(vcpu), Ok(memory)) => {
-            let (vcpu, memory) = (vcpu.unwrap_or(definition.size.vcpu), memory.unwrap_or(definition.size.memory_mib));
-            match Size::exact(vcpu, memory) {
-                Ok(size) => size,
-                Err(err) => {
-                    problems.push(format!("{path}: {err}"));
-                    definition.size
-                }
-            }
-        }
-        (vcpu, memory) => {
-            for err in [vcpu.err(), memory.err()].into_iter().flatten() {
-                problems.push(format!("{path}: {err}"));
-            }
-            definition.size
-        }
-    };
-    let queue = doc.queue.clone().unwrap_or_else(|| definition.queue.clone());
-    if !queues.contains(&queue) {
-        problems.push(format!("{path}.Queue: {queue:?} is not a key of JobQueues"));
-    }
-    Some(Stage {
-        job_definition: key.clone(),
-        size,
-        parameters: doc.parameters.clone().unwrap_or_default(),
-        queue,
-        after: doc.after.clone().unwrap_or_default(),
-        max_resizes: parse_resizes(path, doc.max_resizes.as_deref(), default_resizes, problems),
-    })
-}
-
-/// A cycle among the stages, as the path that closes it, if there is one.
-fn find_cycle(stages: &BTreeMap<String, Stage>) -> Option<Vec<String>> {
-    #[derive(Clone, Copy, PartialEq)]
-    enum Mark {
-        Visiting,
-        Done,
-    }
-    fn visit(
-        stage: &str,
-        stages: &BTreeMap<String, Stage>,
-        marks: &mut BTreeMap<String, Mark>,
-        path: &mut Vec<String>,
-    ) -> Option<Vec<String>> {
-        match marks.get(stage) {
-            Some(Mark::Done) => return None,
-            Some(Mark::Visiting) => {
-                let start = path.iter().position(|s| s == stage).unwrap_or(0);
-                let mut cycle = path[start..].to_vec();
-                cycle.push(stage.to_owned());
-                return Some(cycle);
-            }
-            None => {}
-        }
-        marks.insert(stage.to_owned(), Mark::Visiting);
-        path.push(stage.to_owned());
-        for upstream in stages.get(stage).map(|s| s.after.as_slice()).unwrap_or_default() {
-            if stages.contains_key(upstream) && upstream != stage {
-                if let Some(cycle) = visit(upstream, stages, marks, path) {
-                    return Some(cycle);
-                }
-            }
-        }
-        path.pop();
-        marks.insert(stage.to_owned(), Mark::Done);
-        None
-    }
-    let mut marks = BTreeMap::new();
-    for stage in stages.keys() {
-        if let Some(mut cycle) = visit(stage, stages, &mut marks, &mut Vec::new()) {
-            // Written in the order the stages run.
-            cycle.reverse();
-            return Some(cycle);
-        }
-    }
-    None
-}
-
-// ----- runs ----------------------------------------------------------------------------------
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -693,16 +408,13 @@ impl Run {
     }
 }
 
-/// The idempotency key of a stage attempt's submission.
-pub fn attempt_key(run_id: &str, stage: &str, attempt: u32) -> String {
-    format!("run:{run_id}:{stage}:{attempt}")
-}
-
 impl Attempt {
     /// An attempt to submit, named deterministically (so its job can be found by name).
     fn planned(run_id: &str, stage: &str, number: u32, size: Size) -> Attempt {
-        let job_name =
-            crate::job_request::job_name(&format!("{run_id}-{stage}-a{number}"), &attempt_key(run_id, stage, number));
+        let job_name = crate::model::job_request::job_name(
+            &format!("{run_id}-{stage}-a{number}"),
+            &attempt_key(run_id, stage, number),
+        );
         Attempt {
             number,
             size,
@@ -718,43 +430,38 @@ impl Attempt {
         }
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fargate::Quarters;
+    use crate::model::fargate::Quarters;
     use serde_json::json;
+    use serde_json::Value;
 
-    fn definitions() -> BTreeMap<String, JobDefinition> {
-        let config = crate::stack_config::StackConfig::from_properties(&json!({
-            "Network": {"Subnets": ["subnet-1"], "SecurityGroups": ["sg-1"]},
-            "JobDefinitions": {"default": {}, "big": {"Vcpu": "1", "Memory": "2048"}}
-        }))
-        .unwrap();
-        config.job_definitions
-    }
-
-    fn resolve(doc: Value) -> Result<BTreeMap<String, Pipeline>, Vec<String>> {
-        let mut problems = Vec::new();
-        let queues = BTreeSet::from(["default".to_owned()]);
-        let pipelines = resolve_pipelines(&doc, &definitions(), &queues, &mut problems);
-        if problems.is_empty() {
-            Ok(pipelines)
-        } else {
-            Err(problems)
+    fn stage(after: &[&str], size: Size, max_resizes: u32) -> Stage {
+        Stage {
+            job_definition: "default".into(),
+            size,
+            parameters: BTreeMap::new(),
+            queue: "default".into(),
+            after: after.iter().map(|s| s.to_string()).collect(),
+            max_resizes,
         }
     }
 
+    /// a → (b, c) → d, at most one resize per stage, with a failure stage.
     fn diamond() -> Pipeline {
-        resolve(json!({"d": {"MaxResizes": "1", "Stages": {
-            "a": {"JobDefinition": "default"},
-            "b": {"JobDefinition": "default", "After": ["a"]},
-            "c": {"JobDefinition": "default", "After": "a"},
-            "d": {"JobDefinition": "big", "After": ["b", "c"]}
-        }, "OnFailure": {"JobDefinition": "default"}}}))
-        .unwrap()
-        .remove("d")
-        .unwrap()
+        let small = Size { vcpu: Quarters(1), memory_mib: 512 };
+        let big = Size { vcpu: Quarters(4), memory_mib: 2048 };
+        Pipeline {
+            name: "d".into(),
+            stages: BTreeMap::from([
+                ("a".to_owned(), stage(&[], small, 1)),
+                ("b".to_owned(), stage(&["a"], small, 1)),
+                ("c".to_owned(), stage(&["a"], small, 1)),
+                ("d".to_owned(), stage(&["b", "c"], big, 1)),
+            ]),
+            on_failure: Some(stage(&[], small, 0)),
+        }
     }
 
     fn event(job_id: &str, status: &str, extra: Value) -> JobStateChangeEvent {
@@ -773,38 +480,6 @@ mod tests {
             assert!(run.record_submitted(stage, attempt.number, &id, attempt.job_name.as_deref().unwrap(), 0));
         }
         planned.into_iter().map(|(s, a)| format!("{s}-{}", a.number)).collect()
-    }
-
-    #[test]
-    fn invalid_declarations_say_what_is_wrong() {
-        let check = |doc: Value, expected: &str| {
-            let problems = resolve(doc).unwrap_err().join("; ");
-            assert!(problems.contains(expected), "{expected:?} in {problems}");
-        };
-        check(json!({"p": {"Stages": {"a": {"JobDefinition": "nope"}}}}), "\"nope\" is not a key of JobDefinitions");
-        check(
-            json!({"p": {"Stages": {"a": {"JobDefinition": "default", "After": ["b"]}, "b": {"JobDefinition": "default", "After": ["a"]}}}}),
-            "cycle: a -> b -> a",
-        );
-        check(
-            json!({"p": {"Stages": {"a": {"JobDefinition": "default"}, "b": {"JobDefinition": "default", "After": ["ghost"]}}}}),
-            "there is no stage \"ghost\"",
-        );
-        check(
-            json!({"p": {"Stages": {"a": {"JobDefinition": "default", "Vcpu": "2", "Memory": "512"}}}}),
-            "2 vCPU with 512 MiB is not a valid Fargate size",
-        );
-        let many: serde_json::Map<String, Value> =
-            (0..22).map(|i| (format!("s{i}"), json!({"JobDefinition": "default"}))).collect();
-        let mut stages = many.clone();
-        stages.insert("last".into(), json!({"JobDefinition": "default", "After": many.keys().collect::<Vec<_>>()}));
-        check(json!({"p": {"Stages": stages}}), "22 stages; at most 20");
-        check(json!({"p": {"Stages": {}}}), "declare at least one stage");
-        check(
-            json!({"p": {"Stages": {"a": {"JobDefinition": "default", "Queue": "missing"}}}}),
-            "\"missing\" is not a key of JobQueues",
-        );
-        check(json!({"p": {"Stages": {"a": {"Job": "default"}}}}), "unknown field `Job`");
     }
 
     #[test]

@@ -150,6 +150,19 @@ impl Size {
         }
     }
 
+    /// A size stated as text (a declaration, an API request): each of vCPU and memory
+    /// defaults to `default`'s, and the pair must be valid. Every problem is returned.
+    pub fn parse_stated(vcpu: Option<&str>, memory: Option<&str>, default: Size) -> Result<Size, Vec<SizeError>> {
+        let vcpu = vcpu.map(parse_vcpu).transpose();
+        let memory = memory.map(parse_memory).transpose();
+        match (vcpu, memory) {
+            (Ok(vcpu), Ok(memory)) => {
+                Size::exact(vcpu.unwrap_or(default.vcpu), memory.unwrap_or(default.memory_mib)).map_err(|e| vec![e])
+            }
+            (vcpu, memory) => Err([vcpu.err(), memory.err()].into_iter().flatten().collect()),
+        }
+    }
+
     /// The smallest valid size with at least this vCPU and memory (for sizes derived from
     /// a rule or an escalation, which may fall between the valid pairs).
     pub fn snap(vcpu: Quarters, memory_mib: u32) -> Result<Size, SizeError> {

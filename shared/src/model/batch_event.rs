@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::fargate::{parse_memory, parse_vcpu, Size};
+use crate::model::fargate::{parse_memory, parse_vcpu, Size};
 
 pub const DETAIL_TYPE: &str = "Batch Job State Change";
 pub const SOURCE: &str = "aws.batch";
@@ -283,7 +283,8 @@ impl JobDetail {
                 _ => {}
             }
         }
-        (quarters > 0 && memory > 0).then_some(Size { vcpu: crate::fargate::Quarters(quarters), memory_mib: memory })
+        (quarters > 0 && memory > 0)
+            .then_some(Size { vcpu: crate::model::fargate::Quarters(quarters), memory_mib: memory })
     }
 
     /// `X86_64` or `ARM64`, when the job says.

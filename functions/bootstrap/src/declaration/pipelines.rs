@@ -1,0 +1,281 @@
+//! The `Pipelines` section of the stack configuration: parsed, validated against the job definitions and queues, resolved.
+//!
+//! ```yaml
+//! Pipelines:
+//!   orders:
+//!     MaxResizes: "2"                  # out-of-memory resubmissions per stage (default 2)
+//!     Stages:
+//!       extract:   {JobDefinition: default}
+//!       transform: {JobDefinition: default, After: [extract], Memory: "1024"}
+//!       validate:  {JobDefinition: default, After: extract}
+//!       report:    {JobDefinition: report, After: [transform, validate], Parameters: {format: pdf}}
+//!     OnFailure:   {JobDefinition: default, Parameters: {action: cleanup}}
+//! ```
+//!
+//! Each stage names a job definition by key and optionally a size (`Vcpu`/`Memory`, a
+//! valid Fargate pair), parameters, a queue (by key) and the stages it runs `After`
+//! (at most 20). Validation refuses unknown job definitions and queues, unknown upstream
+//! stages, cycles, invalid sizes and pipelines without a first stage, so a bad pipeline
+//! fails `sam deploy` rather than a run.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use batchline::model::fargate::Size;
+use batchline::model::pipeline::{Pipeline, Stage, DEFAULT_MAX_RESIZES, MAX_UPSTREAMS, ON_FAILURE};
+use batchline::model::stack::JobDefinition;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{de_opt_string_list, de_opt_text};
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "PascalCase")]
+pub struct PipelineDoc {
+    #[serde(default)]
+    pub stages: BTreeMap<String, StageDoc>,
+    #[serde(default)]
+    pub on_failure: Option<StageDoc>,
+    #[serde(default, deserialize_with = "de_opt_text")]
+    pub max_resizes: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "PascalCase")]
+pub struct StageDoc {
+    pub job_definition: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_text")]
+    pub vcpu: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_text")]
+    pub memory: Option<String>,
+    #[serde(default)]
+    pub parameters: Option<BTreeMap<String, String>>,
+    pub queue: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_string_list")]
+    pub after: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "de_opt_text")]
+    pub max_resizes: Option<String>,
+}
+
+/// Validates the `Pipelines` section against the job definitions and queues.
+pub fn resolve_pipelines(
+    doc: &Value,
+    definitions: &BTreeMap<String, JobDefinition>,
+    queues: &BTreeSet<String>,
+    problems: &mut Vec<String>,
+) -> BTreeMap<String, Pipeline> {
+    let mut pipelines = BTreeMap::new();
+    if doc.is_null() {
+        return pipelines;
+    }
+    let docs: BTreeMap<String, PipelineDoc> = match serde_path_to_error::deserialize(doc) {
+        Ok(docs) => docs,
+        Err(err) => {
+            problems.push(format!("Pipelines.{}: {}", err.path(), err.inner()));
+            return pipelines;
+        }
+    };
+    for (name, pipeline) in docs {
+        let path = format!("Pipelines.{name}");
+        if !(1..=40).contains(&name.len()) || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            problems.push(format!("{path}: pipeline names are 1-40 letters, digits, - or _"));
+        }
+        let default_resizes = parse_resizes(&path, pipeline.max_resizes.as_deref(), DEFAULT_MAX_RESIZES, problems);
+        if pipeline.stages.is_empty() {
+            problems.push(format!("{path}.Stages: declare at least one stage"));
+        }
+        let mut stages = BTreeMap::new();
+        for (key, stage) in &pipeline.stages {
+            let stage_path = format!("{path}.Stages.{key}");
+            if key == ON_FAILURE
+                || !(1..=40).contains(&key.len())
+                || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                problems
+                    .push(format!("{stage_path}: stage names are 1-40 letters, digits, - or _ (and not {ON_FAILURE})"));
+            }
+            if let Some(resolved) = resolve_stage(&stage_path, stage, default_resizes, definitions, queues, problems) {
+                stages.insert(key.clone(), resolved);
+            }
+        }
+        for (key, stage) in &stages {
+            if stage.after.len() > MAX_UPSTREAMS {
+                problems
+                    .push(format!("{path}.Stages.{key}.After: {} stages; at most {MAX_UPSTREAMS}", stage.after.len()));
+            }
+            for upstream in &stage.after {
+                if !pipeline.stages.contains_key(upstream) {
+                    problems.push(format!("{path}.Stages.{key}.After: there is no stage {upstream:?}"));
+                }
+                if upstream == key {
+                    problems.push(format!("{path}.Stages.{key}.After: a stage cannot run after itself"));
+                }
+            }
+        }
+        if let Some(cycle) = find_cycle(&stages) {
+            problems.push(format!("{path}: the stages form a cycle: {}", cycle.join(" -> ")));
+        }
+        if !stages.is_empty() && stages.values().all(|s| !s.after.is_empty()) {
+            problems.push(format!("{path}: no stage can start first (every stage runs after another)"));
+        }
+        let on_failure = pipeline.on_failure.as_ref().and_then(|stage| {
+            if stage.after.as_ref().is_some_and(|a| !a.is_empty()) {
+                problems.push(format!(
+                    "{path}.OnFailure.After: the failure stage runs when the run fails, after nothing else"
+                ));
+            }
+            resolve_stage(&format!("{path}.OnFailure"), stage, 0, definitions, queues, problems)
+        });
+        pipelines.insert(name.clone(), Pipeline { name, stages, on_failure });
+    }
+    pipelines
+}
+
+fn parse_resizes(path: &str, text: Option<&str>, default: u32, problems: &mut Vec<String>) -> u32 {
+    match text.map(|t| t.trim().parse::<u32>()) {
+        None => default,
+        Some(Ok(n)) if n <= 10 => n,
+        Some(_) => {
+            problems.push(format!("{path}.MaxResizes {:?}: use 0 to 10", text.unwrap_or_default()));
+            default
+        }
+    }
+}
+
+fn resolve_stage(
+    path: &str,
+    doc: &StageDoc,
+    default_resizes: u32,
+    definitions: &BTreeMap<String, JobDefinition>,
+    queues: &BTreeSet<String>,
+    problems: &mut Vec<String>,
+) -> Option<Stage> {
+    let Some(key) = &doc.job_definition else {
+        problems.push(format!("{path}.JobDefinition: every stage names a job definition"));
+        return None;
+    };
+    let Some(definition) = definitions.get(key) else {
+        problems.push(format!("{path}.JobDefinition: {key:?} is not a key of JobDefinitions"));
+        return None;
+    };
+    let size =
+        Size::parse_stated(doc.vcpu.as_deref(), doc.memory.as_deref(), definition.size).unwrap_or_else(|errors| {
+            problems.extend(errors.iter().map(|err| format!("{path}: {err}")));
+            definition.size
+        });
+    let queue = doc.queue.clone().unwrap_or_else(|| definition.queue.clone());
+    if !queues.contains(&queue) {
+        problems.push(format!("{path}.Queue: {queue:?} is not a key of JobQueues"));
+    }
+    Some(Stage {
+        job_definition: key.clone(),
+        size,
+        parameters: doc.parameters.clone().unwrap_or_default(),
+        queue,
+        after: doc.after.clone().unwrap_or_default(),
+        max_resizes: parse_resizes(path, doc.max_resizes.as_deref(), default_resizes, problems),
+    })
+}
+
+/// A cycle among the stages, as the path that closes it, if there is one.
+fn find_cycle(stages: &BTreeMap<String, Stage>) -> Option<Vec<String>> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        Visiting,
+        Done,
+    }
+    fn visit(
+        stage: &str,
+        stages: &BTreeMap<String, Stage>,
+        marks: &mut BTreeMap<String, Mark>,
+        path: &mut Vec<String>,
+    ) -> Option<Vec<String>> {
+        match marks.get(stage) {
+            Some(Mark::Done) => return None,
+            Some(Mark::Visiting) => {
+                let start = path.iter().position(|s| s == stage).unwrap_or(0);
+                let mut cycle = path[start..].to_vec();
+                cycle.push(stage.to_owned());
+                return Some(cycle);
+            }
+            None => {}
+        }
+        marks.insert(stage.to_owned(), Mark::Visiting);
+        path.push(stage.to_owned());
+        for upstream in stages.get(stage).map(|s| s.after.as_slice()).unwrap_or_default() {
+            if stages.contains_key(upstream) && upstream != stage {
+                if let Some(cycle) = visit(upstream, stages, marks, path) {
+                    return Some(cycle);
+                }
+            }
+        }
+        path.pop();
+        marks.insert(stage.to_owned(), Mark::Done);
+        None
+    }
+    let mut marks = BTreeMap::new();
+    for stage in stages.keys() {
+        if let Some(mut cycle) = visit(stage, stages, &mut marks, &mut Vec::new()) {
+            // Written in the order the stages run.
+            cycle.reverse();
+            return Some(cycle);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn definitions() -> BTreeMap<String, JobDefinition> {
+        let config = super::super::declare(&json!({
+            "Network": {"Subnets": ["subnet-1"], "SecurityGroups": ["sg-1"]},
+            "JobDefinitions": {"default": {}, "big": {"Vcpu": "1", "Memory": "2048"}}
+        }))
+        .unwrap();
+        config.job_definitions
+    }
+
+    fn resolve(doc: Value) -> Result<BTreeMap<String, Pipeline>, Vec<String>> {
+        let mut problems = Vec::new();
+        let queues = BTreeSet::from(["default".to_owned()]);
+        let pipelines = resolve_pipelines(&doc, &definitions(), &queues, &mut problems);
+        if problems.is_empty() {
+            Ok(pipelines)
+        } else {
+            Err(problems)
+        }
+    }
+
+    #[test]
+    fn invalid_declarations_say_what_is_wrong() {
+        let check = |doc: Value, expected: &str| {
+            let problems = resolve(doc).unwrap_err().join("; ");
+            assert!(problems.contains(expected), "{expected:?} in {problems}");
+        };
+        check(json!({"p": {"Stages": {"a": {"JobDefinition": "nope"}}}}), "\"nope\" is not a key of JobDefinitions");
+        check(
+            json!({"p": {"Stages": {"a": {"JobDefinition": "default", "After": ["b"]}, "b": {"JobDefinition": "default", "After": ["a"]}}}}),
+            "cycle: a -> b -> a",
+        );
+        check(
+            json!({"p": {"Stages": {"a": {"JobDefinition": "default"}, "b": {"JobDefinition": "default", "After": ["ghost"]}}}}),
+            "there is no stage \"ghost\"",
+        );
+        check(
+            json!({"p": {"Stages": {"a": {"JobDefinition": "default", "Vcpu": "2", "Memory": "512"}}}}),
+            "2 vCPU with 512 MiB is not a valid Fargate size",
+        );
+        let many: serde_json::Map<String, Value> =
+            (0..22).map(|i| (format!("s{i}"), json!({"JobDefinition": "default"}))).collect();
+        let mut stages = many.clone();
+        stages.insert("last".into(), json!({"JobDefinition": "default", "After": many.keys().collect::<Vec<_>>()}));
+        check(json!({"p": {"Stages": stages}}), "22 stages; at most 20");
+        check(json!({"p": {"Stages": {}}}), "declare at least one stage");
+        check(
+            json!({"p": {"Stages": {"a": {"JobDefinition": "default", "Queue": "missing"}}}}),
+            "\"missing\" is not a key of JobQueues",
+        );
+        check(json!({"p": {"Stages": {"a": {"Job": "default"}}}}), "unknown field `Job`");
+    }
+}

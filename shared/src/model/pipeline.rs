@@ -1,0 +1,43 @@
+//! A pipeline as deployed: a named DAG of stages, each a job definition at a size, run after its upstream stages.
+//!
+//! Pipelines are declared in the stack configuration and validated by bootstrap (see
+//! `batchline-bootstrap`'s declaration module); this is the resolved shape that bootstrap
+//! publishes and every run snapshots.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::fargate::Size;
+
+/// A stage may run after at most this many others (Batch's limit on job dependencies).
+pub const MAX_UPSTREAMS: usize = 20;
+/// Out-of-memory resubmissions per stage when the pipeline does not say.
+pub const DEFAULT_MAX_RESIZES: u32 = 2;
+/// The name of the failure stage in a run's record.
+pub const ON_FAILURE: &str = "on-failure";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Pipeline {
+    pub name: String,
+    pub stages: BTreeMap<String, Stage>,
+    pub on_failure: Option<Stage>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Stage {
+    pub job_definition: String,
+    pub size: Size,
+    pub parameters: BTreeMap<String, String>,
+    /// Key of the queue; the job definition's when not given.
+    pub queue: String,
+    pub after: Vec<String>,
+    pub max_resizes: u32,
+}
+
+/// The idempotency key of a stage attempt's submission.
+pub fn attempt_key(run_id: &str, stage: &str, attempt: u32) -> String {
+    format!("run:{run_id}:{stage}:{attempt}")
+}

@@ -1,0 +1,184 @@
+//! The stack configuration as deployed: what bootstrap provisioned and published, read by every function.
+//!
+//! Bootstrap declares it from the custom resource's properties (its `declaration`
+//! module parses and validates the CloudFormation document), fills in each resource's
+//! ARN as it provisions it, and publishes it to the table; submit and job-events read it
+//! from there, cached per container.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::fargate::Size;
+use crate::model::pipeline::Pipeline;
+
+pub const DEFAULT_KEY: &str = "default";
+pub const DEFAULT_IMAGE: &str = "public.ecr.aws/docker/library/python:3.12-alpine";
+pub const DEFAULT_LOG_GROUP: &str = "/aws/batch/job";
+pub const EXECUTION_POLICY_ARN: &str = "arn:aws:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy";
+
+/// The recipe's processing job: plain Python, so a fresh stack runs a job before any image is pushed.
+pub const DEFAULT_SCRIPT: &str = r#"import json, os, time
+job = os.environ.get("AWS_BATCH_JOB_ID", "local")
+print(f"batchline job {job} started")
+source = os.environ.get("INPUT_BUCKET"), os.environ.get("INPUT_KEY")
+if all(source):
+    print(f"input: s3://{source[0]}/{source[1]} ({os.environ.get('INPUT_SIZE', '?')} bytes)")
+for step in range(1, 6):
+    print(f"processing step {step}/5")
+    time.sleep(1)
+print(json.dumps({"status": "success", "job": job}))
+"#;
+
+/// The validated configuration with every default filled in and physical names chosen.
+/// Bootstrap adds ARNs once the resources exist and publishes it to the table, where
+/// submit and job-events read it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StackConfig {
+    pub name_prefix: String,
+    pub network: Network,
+    pub roles: Roles,
+    pub repository: Repository,
+    pub compute_environments: BTreeMap<String, ComputeEnvironment>,
+    pub job_queues: BTreeMap<String, JobQueue>,
+    pub job_definitions: BTreeMap<String, JobDefinition>,
+    /// The key of the queue jobs go to unless told otherwise.
+    pub default_queue: String,
+    #[serde(default)]
+    pub pipelines: BTreeMap<String, Pipeline>,
+    pub triggers: Triggers,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Network {
+    pub subnets: Vec<String>,
+    pub security_groups: Vec<String>,
+    pub assign_public_ip: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Roles {
+    pub execution_role_name: String,
+    pub job_role_name: String,
+    pub input_bucket: Option<String>,
+    #[serde(default)]
+    pub execution_role_arn: Option<String>,
+    #[serde(default)]
+    pub job_role_arn: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Repository {
+    pub name: String,
+    pub scan_on_push: bool,
+    pub delete_on_stack_delete: bool,
+    #[serde(default)]
+    pub uri: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ComputeType {
+    Fargate,
+    FargateSpot,
+}
+
+impl ComputeType {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ComputeType::Fargate => "FARGATE",
+            ComputeType::FargateSpot => "FARGATE_SPOT",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ComputeEnvironment {
+    pub name: String,
+    pub kind: ComputeType,
+    pub max_vcpus: u32,
+    #[serde(default)]
+    pub arn: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobQueue {
+    pub name: String,
+    pub priority: u32,
+    /// Keys of compute environments, in order of preference.
+    pub compute_environments: Vec<String>,
+    #[serde(default)]
+    pub arn: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobDefinition {
+    pub name: String,
+    pub image: String,
+    pub size: Size,
+    pub command: Vec<String>,
+    pub environment: BTreeMap<String, String>,
+    pub secrets: BTreeMap<String, String>,
+    pub architecture: String,
+    pub retry_attempts: u32,
+    pub timeout_seconds: Option<u32>,
+    pub log_group: String,
+    /// Key of the queue its jobs go to.
+    pub queue: String,
+    /// The active revision's ARN, once registered.
+    #[serde(default)]
+    pub arn: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Triggers {
+    pub s3: BTreeMap<String, S3Trigger>,
+    pub schedules: BTreeMap<String, ScheduleTrigger>,
+}
+
+/// What a trigger starts: one job, or a pipeline run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Target {
+    JobDefinition(String),
+    Pipeline(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct S3Trigger {
+    pub bucket: Option<String>,
+    pub prefix: String,
+    pub suffix: String,
+    pub target: Target,
+    /// Memory of at least this many times the object's size (snapped up to a valid size).
+    pub memory_per_input_byte: Option<u32>,
+    pub parameters: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScheduleTrigger {
+    pub target: Target,
+    pub parameters: BTreeMap<String, String>,
+}
+
+impl StackConfig {
+    /// The queue a job definition's jobs go to.
+    pub fn queue_for(&self, job_definition: &JobDefinition) -> Option<&JobQueue> {
+        self.job_queues.get(&job_definition.queue)
+    }
+
+    /// The default queue.
+    pub fn default_job_queue(&self) -> Option<&JobQueue> {
+        self.job_queues.get(&self.default_queue)
+    }
+}

@@ -1,0 +1,133 @@
+//! The run announcer port: "Batchline Run Completed" on the default event bus and the run metrics, with the AWS adapter.
+
+use async_trait::async_trait;
+use aws_sdk_cloudwatch::types::{Dimension, MetricDatum, StandardUnit};
+use serde_json::{json, Value};
+use tracing::warn;
+
+use crate::model::pipeline::ON_FAILURE;
+use crate::model::run::{Run, RunStatus};
+use crate::Error;
+
+pub const COMPLETED_DETAIL_TYPE: &str = "Batchline Run Completed";
+pub const EVENT_SOURCE: &str = "batchline";
+
+/// A run metric: name, value, and whether it is a count (else milliseconds).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RunMetric {
+    pub name: &'static str,
+    pub value: f64,
+    pub unit: MetricUnit,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricUnit {
+    Count,
+    Milliseconds,
+}
+
+#[async_trait]
+pub trait RunAnnouncer: Send + Sync {
+    /// Sends the completion event of an ended run.
+    async fn completion(&self, detail: &Value, run_id: &str) -> Result<(), Error>;
+    /// Publishes run metrics per pipeline and overall; a failure is logged, not returned:
+    /// the run's state matters more than its metrics.
+    async fn run_metrics(&self, pipeline: &str, metrics: &[RunMetric]);
+}
+
+/// The completion event's detail.
+pub fn completion_detail(run: &Run, now_ms: i64) -> Value {
+    let stage = |status, attempts: usize| json!({"status": status, "attempts": attempts});
+    let stages: serde_json::Map<String, Value> = run
+        .stages
+        .iter()
+        .map(|(k, s)| (k.clone(), stage(s.status, s.attempts.len())))
+        .chain(run.on_failure.iter().map(|s| (ON_FAILURE.to_owned(), stage(s.status, s.attempts.len()))))
+        .collect();
+    json!({
+        "runId": run.run_id,
+        "pipeline": run.pipeline.name,
+        "outcome": run.status.as_str(),
+        "reason": run.reason,
+        "durationMs": run.duration_ms(now_ms),
+        "startedAt": run.created_at,
+        "endedAt": run.ended_at,
+        "trigger": run.trigger,
+        "stages": stages,
+    })
+}
+
+/// The metrics of an ended run: its outcome count and its duration.
+pub fn outcome_metrics(run: &Run, now_ms: i64) -> Vec<RunMetric> {
+    let outcome = match run.status {
+        RunStatus::Succeeded => "RunsSucceeded",
+        RunStatus::Failed => "RunsFailed",
+        RunStatus::Cancelled => "RunsCancelled",
+        RunStatus::Running => return vec![],
+    };
+    vec![
+        RunMetric { name: outcome, value: 1.0, unit: MetricUnit::Count },
+        RunMetric { name: "RunDuration", value: run.duration_ms(now_ms) as f64, unit: MetricUnit::Milliseconds },
+    ]
+}
+
+/// EventBridge and CloudWatch through the AWS SDK.
+pub struct AwsAnnouncer {
+    eventbridge: aws_sdk_eventbridge::Client,
+    cloudwatch: aws_sdk_cloudwatch::Client,
+    namespace: String,
+}
+
+impl AwsAnnouncer {
+    pub fn new(
+        eventbridge: aws_sdk_eventbridge::Client,
+        cloudwatch: aws_sdk_cloudwatch::Client,
+        namespace: impl Into<String>,
+    ) -> Self {
+        AwsAnnouncer { eventbridge, cloudwatch, namespace: namespace.into() }
+    }
+}
+
+#[async_trait]
+impl RunAnnouncer for AwsAnnouncer {
+    async fn completion(&self, detail: &Value, run_id: &str) -> Result<(), Error> {
+        let entry = aws_sdk_eventbridge::types::PutEventsRequestEntry::builder()
+            .source(EVENT_SOURCE)
+            .detail_type(COMPLETED_DETAIL_TYPE)
+            .detail(detail.to_string())
+            .resources(format!("batchline:run/{run_id}"))
+            .build();
+        let reply =
+            self.eventbridge.put_events().entries(entry).send().await.map_err(|e| Error::aws("PutEvents", e))?;
+        if reply.failed_entry_count() > 0 {
+            let why = reply.entries().first().and_then(|e| e.error_message()).unwrap_or("unknown").to_owned();
+            return Err(Error::Aws { operation: "PutEvents", code: "FailedEntry".into(), message: why });
+        }
+        Ok(())
+    }
+
+    async fn run_metrics(&self, pipeline: &str, metrics: &[RunMetric]) {
+        let mut data = Vec::new();
+        for metric in metrics {
+            let unit = match metric.unit {
+                MetricUnit::Count => StandardUnit::Count,
+                MetricUnit::Milliseconds => StandardUnit::Milliseconds,
+            };
+            for dimensions in [vec![], vec![Dimension::builder().name("Pipeline").value(pipeline).build()]] {
+                data.push(
+                    MetricDatum::builder()
+                        .metric_name(metric.name)
+                        .value(metric.value)
+                        .unit(unit.clone())
+                        .set_dimensions(Some(dimensions))
+                        .build(),
+                );
+            }
+        }
+        if let Err(err) =
+            self.cloudwatch.put_metric_data().namespace(&self.namespace).set_metric_data(Some(data)).send().await
+        {
+            warn!(error = %Error::aws("PutMetricData", err), "run metrics not published");
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! The Batch port: the four Batch calls the services make, behind a trait, with the SDK adapter.
+//!
+//! [`SdkBatch`] is the real one. Tests of the services use an in-memory Batch (in the
+//! `testing` feature) so claim take-over, run driving, cancel and the sweep can be
+//! interleaved step by step; the emulator tests cover the wire.
+
+use async_trait::async_trait;
+use aws_sdk_batch::types::{
+    ArrayProperties, ContainerOverrides, JobDependency, KeyValuePair, KeyValuesPair, ResourceRequirement, ResourceType,
+};
+use serde_json::{json, Value};
+
+use crate::model::batch_event::{self, JobStateChangeEvent};
+use crate::model::fargate::format_vcpu;
+use crate::model::job_request::JobRequest;
+use crate::Error;
+
+#[async_trait]
+pub trait BatchPort: Send + Sync {
+    /// One SubmitJob call, never retried by the SDK (a retry after a lost answer would
+    /// submit twice): the job id, or the error as AWS gave it.
+    async fn submit_job(&self, request: &JobRequest) -> Result<String, Error>;
+    /// The job named `name` in `queue`, if Batch has one.
+    async fn find_job(&self, queue: &str, name: &str) -> Result<Option<String>, Error>;
+    async fn terminate_job(&self, job_id: &str, reason: &str) -> Result<(), Error>;
+    /// The jobs as state-change events (what an event for their current state would say);
+    /// unknown ids are left out.
+    async fn describe_jobs(&self, job_ids: &[String]) -> Result<Vec<JobStateChangeEvent>, Error>;
+}
+
+/// Batch through the AWS SDK.
+#[derive(Clone, Debug)]
+pub struct SdkBatch {
+    client: aws_sdk_batch::Client,
+}
+
+impl SdkBatch {
+    pub fn new(client: aws_sdk_batch::Client) -> Self {
+        SdkBatch { client }
+    }
+}
+
+#[async_trait]
+impl BatchPort for SdkBatch {
+    async fn submit_job(&self, request: &JobRequest) -> Result<String, Error> {
+        let mut overrides = ContainerOverrides::builder();
+        let mut has_overrides = false;
+        if !request.environment.is_empty() {
+            has_overrides = true;
+            overrides = overrides.set_environment(Some(
+                request.environment.iter().map(|(k, v)| KeyValuePair::builder().name(k).value(v).build()).collect(),
+            ));
+        }
+        if let Some(command) = &request.command {
+            has_overrides = true;
+            overrides = overrides.set_command(Some(command.clone()));
+        }
+        if let Some(size) = request.size {
+            has_overrides = true;
+            overrides = overrides
+                .resource_requirements(
+                    ResourceRequirement::builder().r#type(ResourceType::Vcpu).value(format_vcpu(size.vcpu)).build(),
+                )
+                .resource_requirements(
+                    ResourceRequirement::builder()
+                        .r#type(ResourceType::Memory)
+                        .value(size.memory_mib.to_string())
+                        .build(),
+                );
+        }
+        let reply = self
+            .client
+            .submit_job()
+            .job_name(&request.job_name)
+            .job_queue(&request.queue_arn)
+            .job_definition(&request.job_definition_arn)
+            .set_parameters(Some(request.parameters.iter().map(|(k, v)| (k.clone(), v.clone())).collect()))
+            .set_tags(Some(request.tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect()))
+            .propagate_tags(true)
+            .set_depends_on(Some(
+                request.depends_on.iter().map(|id| JobDependency::builder().job_id(id).build()).collect(),
+            ))
+            .set_array_properties(request.array_size.map(|n| ArrayProperties::builder().size(n as i32).build()))
+            .set_container_overrides(has_overrides.then(|| overrides.build()))
+            .customize()
+            // The submitter retries, checking by name first: an SDK retry after a lost
+            // answer would submit the job twice.
+            .config_override(
+                aws_sdk_batch::config::Builder::default()
+                    .retry_config(aws_sdk_batch::config::retry::RetryConfig::disabled()),
+            )
+            .send()
+            .await
+            .map_err(|e| Error::aws("SubmitJob", e))?;
+        Ok(reply.job_id().unwrap_or_default().to_owned())
+    }
+
+    async fn find_job(&self, queue: &str, name: &str) -> Result<Option<String>, Error> {
+        let reply = self
+            .client
+            .list_jobs()
+            .job_queue(queue)
+            .filters(KeyValuesPair::builder().name("JOB_NAME").values(name).build())
+            .send()
+            .await
+            .map_err(|e| Error::aws("ListJobs", e))?;
+        Ok(reply
+            .job_summary_list()
+            .iter()
+            .find(|j| j.job_name() == Some(name))
+            .and_then(|j| j.job_id())
+            .map(str::to_owned))
+    }
+
+    async fn terminate_job(&self, job_id: &str, reason: &str) -> Result<(), Error> {
+        self.client
+            .terminate_job()
+            .job_id(job_id)
+            .reason(reason)
+            .send()
+            .await
+            .map_err(|e| Error::aws("TerminateJob", e))?;
+        Ok(())
+    }
+
+    async fn describe_jobs(&self, job_ids: &[String]) -> Result<Vec<JobStateChangeEvent>, Error> {
+        let described = self
+            .client
+            .describe_jobs()
+            .set_jobs(Some(job_ids.to_vec()))
+            .send()
+            .await
+            .map_err(|e| Error::aws("DescribeJobs", e))?;
+        described.jobs().iter().map(event_from_job).collect()
+    }
+}
+
+/// A job state change event made from DescribeJobs, for the sweep.
+pub fn event_from_job(job: &aws_sdk_batch::types::JobDetail) -> Result<JobStateChangeEvent, Error> {
+    let container = job.container();
+    let attempts: Vec<Value> = job
+        .attempts()
+        .iter()
+        .map(|a| {
+            json!({
+                "container": {"exitCode": a.container().and_then(|c| c.exit_code()), "reason": a.container().and_then(|c| c.reason()),
+                              "logStreamName": a.container().and_then(|c| c.log_stream_name())},
+                "startedAt": a.started_at(), "stoppedAt": a.stopped_at(), "statusReason": a.status_reason(),
+            })
+        })
+        .collect();
+    let mut detail = json!({
+        "jobId": job.job_id(),
+        "jobName": job.job_name(),
+        "jobArn": job.job_arn(),
+        "jobQueue": job.job_queue(),
+        "jobDefinition": job.job_definition(),
+        "status": job.status().map(|s| s.as_str()),
+        "statusReason": job.status_reason(),
+        "createdAt": job.created_at(),
+        "startedAt": job.started_at(),
+        "stoppedAt": job.stopped_at(),
+        "attempts": attempts,
+        "tags": job.tags(),
+        "container": {"exitCode": container.and_then(|c| c.exit_code()), "reason": container.and_then(|c| c.reason()),
+                      "logStreamName": container.and_then(|c| c.log_stream_name())},
+    });
+    strip_nulls(&mut detail);
+    let event = json!({
+        "version": "0",
+        "id": format!("sweep-{}-{}", job.job_id().unwrap_or_default(), job.status().map(|s| s.as_str()).unwrap_or_default()),
+        "detail-type": batch_event::DETAIL_TYPE,
+        "source": batch_event::SOURCE,
+        "detail": detail,
+    });
+    JobStateChangeEvent::from_value(event)
+        .map_err(|e| Error::InvalidEvent(format!("DescribeJobs gave a job that is not a job: {e}")))
+}
+
+fn strip_nulls(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            map.retain(|_, v| !v.is_null());
+            map.values_mut().for_each(strip_nulls);
+        }
+        Value::Array(items) => items.iter_mut().for_each(strip_nulls),
+        _ => {}
+    }
+}

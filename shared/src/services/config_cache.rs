@@ -1,0 +1,39 @@
+//! The stack configuration bootstrap published, cached per container.
+//!
+//! A container reads it on first use and again after [`REFRESH_AFTER`], so a `sam deploy`
+//! that changes pipelines or triggers reaches running functions within a minute without
+//! reading the table on every event.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::RwLock;
+
+use crate::model::stack::StackConfig;
+use crate::store::ConfigStore;
+use crate::Error;
+
+pub const REFRESH_AFTER: Duration = Duration::from_secs(60);
+
+pub struct ConfigCache {
+    store: Arc<dyn ConfigStore>,
+    cached: RwLock<Option<(Instant, Arc<StackConfig>)>>,
+}
+
+impl ConfigCache {
+    pub fn new(store: Arc<dyn ConfigStore>) -> Self {
+        ConfigCache { store, cached: RwLock::new(None) }
+    }
+
+    /// The configuration, from the cache when fresh; [`Error::NotDeployed`] before bootstrap has published one.
+    pub async fn get(&self) -> Result<Arc<StackConfig>, Error> {
+        if let Some((read_at, config)) = self.cached.read().await.as_ref() {
+            if read_at.elapsed() < REFRESH_AFTER {
+                return Ok(config.clone());
+            }
+        }
+        let config = Arc::new(self.store.load_config().await?.ok_or(Error::NotDeployed)?);
+        *self.cached.write().await = Some((Instant::now(), config.clone()));
+        Ok(config)
+    }
+}

@@ -1,0 +1,124 @@
+//! An in-memory Batch for the services' unit tests: jobs by name and queue, with scripted failures.
+//!
+//! Not a model of Batch's runtime (the Batch event player on the emulator is that); it
+//! holds just what the port's four calls touch, so tests can interleave handlers.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use serde_json::json;
+
+use crate::model::batch_event::JobStateChangeEvent;
+use crate::model::job_request::JobRequest;
+use crate::services::batch::BatchPort;
+use crate::Error;
+
+/// One job Batch holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemoryJob {
+    pub job_id: String,
+    pub request: JobRequest,
+    pub status: String,
+    pub terminated_because: Option<String>,
+}
+
+/// What the next SubmitJob call does instead of succeeding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubmitFault {
+    /// Refused with this AWS error code; no job made.
+    Refuse(String),
+    /// The job is made, but the answer is lost.
+    LoseAnswer,
+}
+
+#[derive(Default)]
+pub struct MemoryBatch {
+    jobs: Mutex<Vec<MemoryJob>>,
+    faults: Mutex<VecDeque<SubmitFault>>,
+}
+
+impl MemoryBatch {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Makes the next SubmitJob calls fail as given, in order.
+    pub fn inject(&self, faults: impl IntoIterator<Item = SubmitFault>) {
+        self.faults.lock().unwrap_or_else(|p| p.into_inner()).extend(faults);
+    }
+
+    pub fn jobs(&self) -> Vec<MemoryJob> {
+        self.jobs.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Sets a job's status, as Batch's runtime would move it.
+    pub fn set_status(&self, job_id: &str, status: &str) {
+        let mut jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(job) = jobs.iter_mut().find(|j| j.job_id == job_id) {
+            job.status = status.to_owned();
+        }
+    }
+
+    fn make(&self, request: &JobRequest) -> String {
+        let mut jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        let job_id = format!("job-{}", jobs.len() + 1);
+        jobs.push(MemoryJob {
+            job_id: job_id.clone(),
+            request: request.clone(),
+            status: "SUBMITTED".into(),
+            terminated_because: None,
+        });
+        job_id
+    }
+}
+
+fn aws(operation: &'static str, code: &str) -> Error {
+    Error::Aws { operation, code: code.to_owned(), message: "injected".into() }
+}
+
+#[async_trait]
+impl BatchPort for MemoryBatch {
+    async fn submit_job(&self, request: &JobRequest) -> Result<String, Error> {
+        let fault = self.faults.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
+        match fault {
+            None => Ok(self.make(request)),
+            Some(SubmitFault::Refuse(code)) => Err(aws("SubmitJob", &code)),
+            Some(SubmitFault::LoseAnswer) => {
+                self.make(request);
+                Err(aws("SubmitJob", "InternalServerError"))
+            }
+        }
+    }
+
+    async fn find_job(&self, queue: &str, name: &str) -> Result<Option<String>, Error> {
+        let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(jobs.iter().find(|j| j.request.queue_arn == queue && j.request.job_name == name).map(|j| j.job_id.clone()))
+    }
+
+    async fn terminate_job(&self, job_id: &str, reason: &str) -> Result<(), Error> {
+        let mut jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        let job = jobs.iter_mut().find(|j| j.job_id == job_id).ok_or_else(|| aws("TerminateJob", "ClientException"))?;
+        if !matches!(job.status.as_str(), "SUCCEEDED" | "FAILED") {
+            job.status = "FAILED".into();
+        }
+        job.terminated_because = Some(reason.to_owned());
+        Ok(())
+    }
+
+    async fn describe_jobs(&self, job_ids: &[String]) -> Result<Vec<JobStateChangeEvent>, Error> {
+        let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        jobs.iter()
+            .filter(|j| job_ids.contains(&j.job_id))
+            .map(|j| {
+                let event = json!({
+                    "id": format!("describe-{}-{}", j.job_id, j.status), "detail-type": "Batch Job State Change",
+                    "source": "aws.batch",
+                    "detail": {"jobId": j.job_id, "jobName": j.request.job_name, "status": j.status,
+                               "jobQueue": j.request.queue_arn, "tags": j.request.tags},
+                });
+                JobStateChangeEvent::from_value(event).map_err(|e| Error::InvalidEvent(e.to_string()))
+            })
+            .collect()
+    }
+}

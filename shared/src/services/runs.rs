@@ -1,0 +1,262 @@
+//! The run driver: starts runs, applies job state changes to them, submits what they plan and announces their end.
+//!
+//! A run record changes only by conditional writes on the version read (optimistic
+//! concurrency), retried from a fresh read on conflict, so concurrent events for one run
+//! never overwrite each other. The driver works on the record it is handed and the one
+//! its own writes produce; it reads the store again only when a write lost.
+//!
+//! [`RunDriver::drive`] does what a record says is still to do: submit planned stage
+//! attempts (exactly once each, through the [`Submitter`] with the key
+//! `run:<id>:<stage>:<n>`), and for an ended run, send the "Batchline Run Completed"
+//! event and the run metrics once. Every path that changes a run drives it afterwards,
+//! and the repair sweep ([`crate::services::sweep`]) drives every running run, so a crash
+//! between a write and a submission is repaired by the next event or sweep.
+
+use std::collections::BTreeMap;
+
+use tracing::info;
+
+use crate::model::batch_event::JobStateChangeEvent;
+use crate::model::job_request::{digest, job_name, JobRequest, PIPELINE_TAG, RUN_TAG, STAGE_TAG, TRIGGER_TAG};
+use crate::model::pipeline::attempt_key;
+use crate::model::run::{Applied, Attempt, Run, RunInput};
+use crate::model::stack::StackConfig;
+use crate::services::announce::{completion_detail, outcome_metrics, MetricUnit, RunAnnouncer, RunMetric};
+use crate::services::batch::BatchPort;
+use crate::services::config_cache::ConfigCache;
+use crate::services::submitter::Submitter;
+use crate::store::{ClaimStore, RunStore, VersionedRun};
+use crate::Error;
+
+const WRITE_ATTEMPTS: usize = 8;
+
+/// A run id: the pipeline's name and a hash of what started it, so a repeated trigger
+/// names the same run.
+pub fn run_id(pipeline: &str, idempotency_key: &str) -> String {
+    format!("{pipeline}-{}", digest(idempotency_key, 16))
+}
+
+/// The job for a planned stage attempt.
+pub fn stage_job(config: &StackConfig, run: &Run, stage: &str, attempt: &Attempt) -> Result<JobRequest, Error> {
+    let unsubmittable =
+        |reason: String| Error::Unsubmittable { run_id: run.run_id.clone(), stage: stage.to_owned(), reason };
+    let declared = run.stage(stage).ok_or_else(|| unsubmittable("the run has no such stage".into()))?;
+    let definition = config.job_definitions.get(&declared.job_definition).ok_or_else(|| {
+        unsubmittable(format!("job definition {:?} is no longer configured", declared.job_definition))
+    })?;
+    let definition_arn = definition
+        .arn
+        .clone()
+        .ok_or_else(|| unsubmittable(format!("job definition {:?} is not registered", declared.job_definition)))?;
+    let queue_arn = config
+        .job_queues
+        .get(&declared.queue)
+        .and_then(|q| q.arn.clone())
+        .ok_or_else(|| unsubmittable(format!("queue {:?} is no longer configured", declared.queue)))?;
+    let mut parameters = run.input.parameters.clone();
+    parameters.extend(declared.parameters.clone());
+    parameters.insert("runId".into(), run.run_id.clone());
+    parameters.insert("stage".into(), stage.to_owned());
+    let mut environment = run.input.environment.clone();
+    environment.insert("BATCHLINE_RUN_ID".into(), run.run_id.clone());
+    environment.insert("BATCHLINE_STAGE".into(), stage.to_owned());
+    environment.insert("BATCHLINE_ATTEMPT".into(), attempt.number.to_string());
+    let key = attempt_key(&run.run_id, stage, attempt.number);
+    Ok(JobRequest {
+        job_name: attempt.job_name.clone().unwrap_or_else(|| job_name(&run.run_id, &key)),
+        idempotency_key: key,
+        queue_arn,
+        job_definition_arn: definition_arn,
+        parameters,
+        environment,
+        command: None,
+        size: (attempt.size != definition.size).then_some(attempt.size),
+        array_size: None,
+        depends_on: vec![],
+        tags: BTreeMap::from([
+            (RUN_TAG.to_owned(), run.run_id.clone()),
+            (PIPELINE_TAG.to_owned(), run.pipeline.name.clone()),
+            (STAGE_TAG.to_owned(), stage.to_owned()),
+            (TRIGGER_TAG.to_owned(), run.trigger.clone()),
+        ]),
+    })
+}
+
+/// What a cancel request came to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CancelOutcome {
+    NoSuchRun,
+    /// The run had ended already; says how.
+    AlreadyEnded(String),
+    Cancelled {
+        run: Box<Run>,
+        terminated: Vec<String>,
+    },
+}
+
+/// Everything run handling needs, as ports.
+pub struct RunDriver<'a> {
+    pub runs: &'a dyn RunStore,
+    pub claims: &'a dyn ClaimStore,
+    pub batch: &'a dyn BatchPort,
+    pub announcer: &'a dyn RunAnnouncer,
+    /// The stack configuration, read only when a stage must be submitted.
+    pub configs: &'a ConfigCache,
+}
+
+impl RunDriver<'_> {
+    /// The run, as stored now.
+    pub async fn load(&self, run_id: &str) -> Result<Option<VersionedRun>, Error> {
+        self.runs.load_run(run_id).await
+    }
+
+    /// Changes the record with `change` and writes it, starting from `current` and reading
+    /// again only when another writer got there first. `change` returns false to write
+    /// nothing. `None` when the run has vanished (its retention ran out).
+    async fn update<F>(&self, mut current: VersionedRun, mut change: F) -> Result<Option<VersionedRun>, Error>
+    where
+        F: FnMut(&mut Run) -> bool,
+    {
+        for _ in 0..WRITE_ATTEMPTS {
+            let mut run = current.run.clone();
+            if !change(&mut run) {
+                return Ok(Some(current));
+            }
+            if let Some(version) = self.runs.save_run(&run, Some(current.version)).await? {
+                return Ok(Some(VersionedRun { run, version }));
+            }
+            match self.runs.load_run(&current.run.run_id).await? {
+                Some(fresh) => current = fresh,
+                None => return Ok(None),
+            }
+        }
+        Err(Error::Contention(format!("run {}", current.run.run_id)))
+    }
+
+    /// Starts a run of `pipeline` (once per idempotency key) and submits its first stages.
+    /// Returns the run and whether this call created it.
+    pub async fn start(
+        &self,
+        pipeline: &str,
+        trigger: &str,
+        idempotency_key: &str,
+        input: RunInput,
+        now_ms: i64,
+    ) -> Result<(Run, bool), Error> {
+        let config = self.configs.get().await?;
+        let declared = config
+            .pipelines
+            .get(pipeline)
+            .ok_or_else(|| Error::InvalidEvent(format!("there is no pipeline {pipeline:?}")))?;
+        let run = Run::start(run_id(pipeline, idempotency_key), declared, trigger, input, now_ms);
+        let (record, created) = match self.runs.save_run(&run, None).await? {
+            Some(version) => (VersionedRun { run, version }, true),
+            None => match self.runs.load_run(&run.run_id).await? {
+                Some(existing) => (existing, false),
+                None => return Err(Error::Contention(format!("run {}", run.run_id))),
+            },
+        };
+        if created {
+            info!(run_id = %record.run.run_id, pipeline, "run started");
+            let started = RunMetric { name: "RunsStarted", value: 1.0, unit: MetricUnit::Count };
+            self.announcer.run_metrics(&record.run.pipeline.name, &[started]).await;
+        }
+        let driven = self.drive(record, now_ms).await?;
+        Ok((driven.run, created))
+    }
+
+    /// Applies a job state change to its run, then drives the run.
+    pub async fn advance(
+        &self,
+        run_id: &str,
+        stage: &str,
+        event: &JobStateChangeEvent,
+        now_ms: i64,
+    ) -> Result<Applied, Error> {
+        let Some(current) = self.runs.load_run(run_id).await? else { return Ok(Applied::Unchanged("no such run")) };
+        self.apply(current, stage, event, now_ms).await
+    }
+
+    /// Applies a job state change to the run as read, then drives it.
+    pub async fn apply(
+        &self,
+        current: VersionedRun,
+        stage: &str,
+        event: &JobStateChangeEvent,
+        now_ms: i64,
+    ) -> Result<Applied, Error> {
+        let run_id = current.run.run_id.clone();
+        let mut outcome = Applied::Unchanged("no such run");
+        let updated = self
+            .update(current, |run| {
+                outcome = run.apply(stage, event, now_ms);
+                outcome == Applied::Changed
+            })
+            .await?;
+        if let Applied::Unchanged(why) = &outcome {
+            info!(run_id, stage, job_id = %event.detail.job_id, status = event.detail.status.as_str(), why, "event changes nothing in the run");
+        }
+        if let Some(updated) = updated {
+            self.drive(updated, now_ms).await?;
+        }
+        Ok(outcome)
+    }
+
+    /// Submits what the run has planned and announces its end, each once. Returns the
+    /// record as it stands afterwards.
+    pub async fn drive(&self, mut record: VersionedRun, now_ms: i64) -> Result<VersionedRun, Error> {
+        let submitter = Submitter { batch: self.batch, claims: self.claims };
+        for (stage, attempt) in record.run.to_submit() {
+            let config = self.configs.get().await?;
+            let request = stage_job(&config, &record.run, &stage, &attempt)?;
+            let submitted = submitter.submit(&request, now_ms).await?;
+            info!(run_id = %record.run.run_id, stage, attempt = attempt.number, job_id = %submitted.job_id, size = %attempt.size, "stage submitted");
+            let recorded = self
+                .update(record.clone(), |run| {
+                    run.record_submitted(&stage, attempt.number, &submitted.job_id, &submitted.job_name, now_ms)
+                })
+                .await?;
+            if let Some(recorded) = recorded {
+                record = recorded;
+            }
+        }
+        if record.run.status.is_terminal() && !record.run.completion_sent {
+            self.announce(&record.run, now_ms).await?;
+            let sent = self.update(record.clone(), |run| !std::mem::replace(&mut run.completion_sent, true)).await?;
+            if let Some(sent) = sent {
+                record = sent;
+            }
+        }
+        Ok(record)
+    }
+
+    /// Sends "Batchline Run Completed" and the run's metrics.
+    async fn announce(&self, run: &Run, now_ms: i64) -> Result<(), Error> {
+        self.announcer.completion(&completion_detail(run, now_ms), &run.run_id).await?;
+        info!(run_id = %run.run_id, outcome = run.status.as_str(), duration_ms = run.duration_ms(now_ms), "run completed");
+        self.announcer.run_metrics(&run.pipeline.name, &outcome_metrics(run, now_ms)).await;
+        Ok(())
+    }
+
+    /// Cancels a run: marks it CANCELLED, then terminates its jobs.
+    pub async fn cancel(&self, run_id: &str, now_ms: i64) -> Result<CancelOutcome, Error> {
+        let Some(current) = self.runs.load_run(run_id).await? else { return Ok(CancelOutcome::NoSuchRun) };
+        let mut outcome: Result<Vec<String>, String> = Ok(vec![]);
+        let updated = self
+            .update(current, |run| {
+                outcome = run.cancel(now_ms);
+                outcome.is_ok()
+            })
+            .await?;
+        let Some(updated) = updated else { return Ok(CancelOutcome::NoSuchRun) };
+        let terminated = match outcome {
+            Ok(jobs) => jobs,
+            Err(why) => return Ok(CancelOutcome::AlreadyEnded(why)),
+        };
+        for job in &terminated {
+            self.batch.terminate_job(job, &format!("Batchline run {run_id} cancelled")).await?;
+        }
+        let run = self.drive(updated, now_ms).await?.run;
+        Ok(CancelOutcome::Cancelled { run: Box::new(run), terminated })
+    }
+}

@@ -1,0 +1,350 @@
+//! Unit tests of the services on the in-memory store and Batch: claims, run driving with two handlers interleaved, cancel and the sweep.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use serde_json::{json, Value};
+
+use super::announce::{RunAnnouncer, RunMetric};
+use super::config_cache::ConfigCache;
+use super::memory_batch::{MemoryBatch, SubmitFault};
+use super::runs::{CancelOutcome, RunDriver};
+use super::submitter::{SubmitError, Submitter, CLAIM_LEASE_MS};
+use crate::model::batch_event::JobStateChangeEvent;
+use crate::model::fargate::{Quarters, Size};
+use crate::model::job_request::JobRequest;
+use crate::model::pipeline::{Pipeline, Stage};
+use crate::model::run::{Applied, RunInput, RunStatus, StageStatus};
+use crate::model::stack::*;
+use crate::store::{ClaimState, ClaimStore, ConfigStore, MemoryStore};
+
+const SMALL: Size = Size { vcpu: Quarters(1), memory_mib: 512 };
+
+fn stage(after: &[&str]) -> Stage {
+    Stage {
+        job_definition: "default".into(),
+        size: SMALL,
+        parameters: BTreeMap::new(),
+        queue: "default".into(),
+        after: after.iter().map(|s| s.to_string()).collect(),
+        max_resizes: 1,
+    }
+}
+
+/// A deployed configuration with one queue, one job definition and the diamond a → (b, c) → d.
+fn config() -> StackConfig {
+    let diamond = Pipeline {
+        name: "diamond".into(),
+        stages: BTreeMap::from([
+            ("a".to_owned(), stage(&[])),
+            ("b".to_owned(), stage(&["a"])),
+            ("c".to_owned(), stage(&["a"])),
+            ("d".to_owned(), stage(&["b", "c"])),
+        ]),
+        on_failure: None,
+    };
+    StackConfig {
+        name_prefix: "unit".into(),
+        network: Network {
+            subnets: vec!["subnet-1".into()],
+            security_groups: vec!["sg-1".into()],
+            assign_public_ip: true,
+        },
+        roles: Roles {
+            execution_role_name: "unit-execution".into(),
+            job_role_name: "unit-job".into(),
+            input_bucket: None,
+            execution_role_arn: Some("arn:role/execution".into()),
+            job_role_arn: Some("arn:role/job".into()),
+        },
+        repository: Repository {
+            name: "unit-jobs".into(),
+            scan_on_push: true,
+            delete_on_stack_delete: false,
+            uri: Some("uri".into()),
+        },
+        compute_environments: BTreeMap::from([(
+            "default".to_owned(),
+            ComputeEnvironment {
+                name: "unit-default".into(),
+                kind: ComputeType::Fargate,
+                max_vcpus: 256,
+                arn: Some("arn:ce".into()),
+            },
+        )]),
+        job_queues: BTreeMap::from([(
+            "default".to_owned(),
+            JobQueue {
+                name: "unit-default".into(),
+                priority: 1,
+                compute_environments: vec!["default".into()],
+                arn: Some("arn:queue".into()),
+            },
+        )]),
+        job_definitions: BTreeMap::from([(
+            "default".to_owned(),
+            JobDefinition {
+                name: "unit-default".into(),
+                image: DEFAULT_IMAGE.into(),
+                size: SMALL,
+                command: vec![],
+                environment: BTreeMap::new(),
+                secrets: BTreeMap::new(),
+                architecture: "X86_64".into(),
+                retry_attempts: 3,
+                timeout_seconds: None,
+                log_group: DEFAULT_LOG_GROUP.into(),
+                queue: "default".into(),
+                arn: Some("arn:definition:1".into()),
+            },
+        )]),
+        default_queue: "default".into(),
+        pipelines: BTreeMap::from([("diamond".to_owned(), diamond)]),
+        triggers: Triggers::default(),
+    }
+}
+
+/// Completion events and run metrics, recorded.
+#[derive(Default)]
+struct Announced {
+    completions: Mutex<Vec<Value>>,
+    metrics: Mutex<Vec<&'static str>>,
+}
+
+#[async_trait]
+impl RunAnnouncer for Announced {
+    async fn completion(&self, detail: &Value, _run_id: &str) -> Result<(), crate::Error> {
+        self.completions.lock().unwrap().push(detail.clone());
+        Ok(())
+    }
+    async fn run_metrics(&self, _pipeline: &str, metrics: &[RunMetric]) {
+        self.metrics.lock().unwrap().extend(metrics.iter().map(|m| m.name));
+    }
+}
+
+struct World {
+    store: Arc<MemoryStore>,
+    batch: MemoryBatch,
+    announced: Announced,
+    configs: ConfigCache,
+}
+
+impl World {
+    async fn new() -> World {
+        let store = Arc::new(MemoryStore::new());
+        store.publish_config(&config()).await.unwrap();
+        World {
+            configs: ConfigCache::new(store.clone()),
+            store,
+            batch: MemoryBatch::new(),
+            announced: Announced::default(),
+        }
+    }
+
+    fn driver(&self) -> RunDriver<'_> {
+        RunDriver {
+            runs: self.store.as_ref(),
+            claims: self.store.as_ref(),
+            batch: &self.batch,
+            announcer: &self.announced,
+            configs: &self.configs,
+        }
+    }
+
+    fn submitter(&self) -> Submitter<'_> {
+        Submitter { batch: &self.batch, claims: self.store.as_ref() }
+    }
+
+    /// The job of a stage's latest attempt.
+    fn job_of(&self, stage: &str) -> String {
+        let jobs = self.batch.jobs();
+        let job = jobs.iter().rev().find(|j| j.request.tags.get("batchline:stage").map(String::as_str) == Some(stage));
+        job.unwrap_or_else(|| panic!("no job for stage {stage}")).job_id.clone()
+    }
+
+    fn jobs_of(&self, stage: &str) -> usize {
+        self.batch
+            .jobs()
+            .iter()
+            .filter(|j| j.request.tags.get("batchline:stage").map(String::as_str) == Some(stage))
+            .count()
+    }
+
+    /// The state change Batch would send for the stage's job.
+    fn event(&self, stage: &str, status: &str) -> JobStateChangeEvent {
+        let job_id = self.job_of(stage);
+        self.batch.set_status(&job_id, status);
+        JobStateChangeEvent::from_value(json!({
+            "id": format!("{job_id}-{status}"), "detail-type": "Batch Job State Change", "source": "aws.batch",
+            "detail": {"jobId": job_id, "status": status}
+        }))
+        .unwrap()
+    }
+}
+
+fn request(key: &str) -> JobRequest {
+    JobRequest {
+        idempotency_key: key.into(),
+        job_name: format!("job-{key}"),
+        queue_arn: "arn:queue".into(),
+        job_definition_arn: "arn:definition:1".into(),
+        parameters: BTreeMap::new(),
+        environment: BTreeMap::new(),
+        command: None,
+        size: None,
+        array_size: None,
+        depends_on: vec![],
+        tags: BTreeMap::new(),
+    }
+}
+
+#[tokio::test]
+async fn store_contract_holds_for_the_memory_store() {
+    crate::store::contract::check_all(&MemoryStore::new(), "unit", &config()).await;
+}
+
+#[tokio::test]
+async fn a_repeated_request_submits_one_job_and_a_reused_key_is_a_conflict() {
+    let world = World::new().await;
+    let first = world.submitter().submit(&request("k1"), 1_000).await.unwrap();
+    let again = world.submitter().submit(&request("k1"), 2_000).await.unwrap();
+    assert!(first.new && !again.new);
+    assert_eq!(first.job_id, again.job_id);
+    assert_eq!(world.batch.jobs().len(), 1);
+
+    let mut other = request("k1");
+    other.parameters.insert("different".into(), "yes".into());
+    assert!(matches!(world.submitter().submit(&other, 3_000).await, Err(SubmitError::Conflict(_))));
+}
+
+#[tokio::test]
+async fn a_lost_submit_answer_is_recovered_by_name_without_a_second_job() {
+    let world = World::new().await;
+    world.batch.inject([SubmitFault::LoseAnswer]);
+    let submitted = world.submitter().submit(&request("k2"), 1_000).await.unwrap();
+    assert_eq!(world.batch.jobs().len(), 1, "looked up by name, not submitted again");
+    assert_eq!(submitted.job_id, world.batch.jobs()[0].job_id);
+    let claim = world.store.claim("k2").await.unwrap().unwrap();
+    assert_eq!((claim.state, claim.job_id), (ClaimState::Submitted, Some(submitted.job_id)));
+}
+
+#[tokio::test]
+async fn a_pending_claim_is_in_flight_within_its_lease_and_taken_over_after_it() {
+    let world = World::new().await;
+    // GIVEN a holder that claimed the key and died before SubmitJob
+    world.batch.inject([SubmitFault::Refuse("ClientException".into())]);
+    assert!(world.submitter().submit(&request("k3"), 1_000).await.is_err());
+    assert_eq!(world.store.claim("k3").await.unwrap().unwrap().state, ClaimState::Pending);
+    // WHEN another delivery comes within the lease, THEN it is told to retry
+    let early = world.submitter().submit(&request("k3"), 1_000 + CLAIM_LEASE_MS - 1).await;
+    assert!(matches!(early, Err(SubmitError::InFlight(_))));
+    assert!(world.batch.jobs().is_empty());
+    // WHEN one comes after the lease, THEN it takes the claim over and submits once
+    let late = world.submitter().submit(&request("k3"), 1_000 + CLAIM_LEASE_MS).await.unwrap();
+    assert!(late.new);
+    assert_eq!(world.batch.jobs().len(), 1);
+    // and the claim records it: a further delivery gets the same job
+    let after = world.submitter().submit(&request("k3"), 1_000 + 2 * CLAIM_LEASE_MS).await.unwrap();
+    assert_eq!((after.job_id, after.new), (late.job_id, false));
+}
+
+#[tokio::test]
+async fn two_handlers_applying_the_same_event_from_the_same_read_submit_each_next_stage_once() {
+    let world = World::new().await;
+    let driver = world.driver();
+    let (run, created) = driver.start("diamond", "api", "key-1", RunInput::default(), 1_000).await.unwrap();
+    assert!(created);
+    assert_eq!(world.jobs_of("a"), 1);
+    let succeeded = world.event("a", "SUCCEEDED");
+    // GIVEN two handlers that read the run at the same version
+    let read_by_first = driver.load(&run.run_id).await.unwrap().unwrap();
+    let read_by_second = driver.load(&run.run_id).await.unwrap().unwrap();
+    assert_eq!(read_by_first.version, read_by_second.version);
+    // WHEN both apply the event, one after the other, from their stale reads
+    assert_eq!(driver.apply(read_by_first, "a", &succeeded, 2_000).await.unwrap(), Applied::Changed);
+    assert!(matches!(driver.apply(read_by_second, "a", &succeeded, 2_001).await.unwrap(), Applied::Unchanged(_)));
+    // THEN b and c were submitted once each
+    assert_eq!((world.jobs_of("b"), world.jobs_of("c")), (1, 1));
+    let stored = driver.load(&run.run_id).await.unwrap().unwrap().run;
+    assert_eq!(stored.stages["b"].status, StageStatus::Submitted);
+}
+
+#[tokio::test]
+async fn fan_in_from_two_interleaved_handlers_submits_the_joining_stage_once_and_completes_once() {
+    let world = World::new().await;
+    let driver = world.driver();
+    let (run, _) = driver.start("diamond", "api", "key-2", RunInput::default(), 1_000).await.unwrap();
+    driver.advance(&run.run_id, "a", &world.event("a", "SUCCEEDED"), 2_000).await.unwrap();
+    let (b_done, c_done) = (world.event("b", "SUCCEEDED"), world.event("c", "SUCCEEDED"));
+    // Two handlers, one with b's event and one with c's, both read before either writes.
+    let first = driver.load(&run.run_id).await.unwrap().unwrap();
+    let second = driver.load(&run.run_id).await.unwrap().unwrap();
+    driver.apply(first, "b", &b_done, 3_000).await.unwrap();
+    assert_eq!(world.jobs_of("d"), 0, "d waits for c");
+    driver.apply(second, "c", &c_done, 3_001).await.unwrap();
+    assert_eq!(world.jobs_of("d"), 1, "the loser re-read, applied c and planned d once");
+    // Duplicates of every event change nothing.
+    for (stage, event) in [("b", &b_done), ("c", &c_done)] {
+        assert!(matches!(driver.advance(&run.run_id, stage, event, 3_500).await.unwrap(), Applied::Unchanged(_)));
+    }
+    assert_eq!(world.jobs_of("d"), 1);
+    let d_done = world.event("d", "SUCCEEDED");
+    driver.advance(&run.run_id, "d", &d_done, 4_000).await.unwrap();
+    driver.advance(&run.run_id, "d", &d_done, 4_001).await.unwrap();
+    let stored = driver.load(&run.run_id).await.unwrap().unwrap().run;
+    assert_eq!(stored.status, RunStatus::Succeeded);
+    assert!(stored.completion_sent);
+    let completions = world.announced.completions.lock().unwrap().clone();
+    assert_eq!(completions.len(), 1, "{completions:?}");
+    assert_eq!(completions[0]["outcome"], "SUCCEEDED");
+    let metrics = world.announced.metrics.lock().unwrap().clone();
+    assert_eq!(metrics, ["RunsStarted", "RunsSucceeded", "RunDuration"]);
+}
+
+#[tokio::test]
+async fn cancel_terminates_the_running_jobs_and_a_second_cancel_is_refused() {
+    let world = World::new().await;
+    let driver = world.driver();
+    let (run, _) = driver.start("diamond", "api", "key-3", RunInput::default(), 1_000).await.unwrap();
+    driver.advance(&run.run_id, "a", &world.event("a", "SUCCEEDED"), 2_000).await.unwrap();
+    let CancelOutcome::Cancelled { run: cancelled, terminated } = driver.cancel(&run.run_id, 3_000).await.unwrap()
+    else {
+        panic!("the run was running")
+    };
+    assert_eq!(cancelled.status, RunStatus::Cancelled);
+    let mut expected = vec![world.job_of("b"), world.job_of("c")];
+    expected.sort();
+    let mut terminated = terminated;
+    terminated.sort();
+    assert_eq!(terminated, expected);
+    assert!(world
+        .batch
+        .jobs()
+        .iter()
+        .filter(|j| terminated.contains(&j.job_id))
+        .all(|j| j.terminated_because.is_some()));
+    assert!(matches!(driver.cancel(&run.run_id, 4_000).await.unwrap(), CancelOutcome::AlreadyEnded(_)));
+    assert_eq!(driver.cancel("no-such-run", 4_000).await.unwrap(), CancelOutcome::NoSuchRun);
+    assert_eq!(world.announced.completions.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn the_sweep_applies_an_ended_job_whose_event_was_lost() {
+    let world = World::new().await;
+    let driver = world.driver();
+    let (run, _) = driver.start("diamond", "api", "key-4", RunInput::default(), 1_000).await.unwrap();
+    // a's job succeeds in Batch, but its event never arrives
+    world.batch.set_status(&world.job_of("a"), "SUCCEEDED");
+    let report = driver.sweep(5_000).await.unwrap();
+    assert_eq!((report.runs_checked, report.transitions_applied), (1, 1));
+    assert_eq!((world.jobs_of("b"), world.jobs_of("c")), (1, 1));
+    // A second sweep finds nothing more to do.
+    let again = driver.sweep(6_000).await.unwrap();
+    assert_eq!((again.runs_checked, again.transitions_applied), (1, 0));
+    assert_eq!(
+        driver.load(&run.run_id).await.unwrap().unwrap().version,
+        5,
+        "start, a submitted, a succeeded, b and c submitted: no write by the second sweep"
+    );
+}

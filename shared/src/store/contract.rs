@@ -1,0 +1,136 @@
+//! The store contract: what every implementation must do, conditional failures and version conflicts included.
+//!
+//! One suite, run against [`super::MemoryStore`] (unit tests) and [`super::DynamoStore`]
+//! on the emulator (integration tests), so the in-memory store that the service tests
+//! rely on behaves as the table does. Each check panics with what differed.
+
+use std::collections::BTreeMap;
+
+use super::{ClaimState, EventState, Store, SubmissionClaim};
+use crate::model::fargate::Size;
+use crate::model::pipeline::{Pipeline, Stage};
+use crate::model::run::{Run, RunInput, RunStatus};
+use crate::model::stack::StackConfig;
+
+/// Runs every check. `unique` keeps keys apart when the store is shared; `config` is any
+/// valid configuration (the suite publishes and removes it).
+pub async fn check_all(store: &dyn Store, unique: &str, config: &StackConfig) {
+    claims(store, unique).await;
+    events(store, unique).await;
+    runs(store, unique).await;
+    configuration(store, config).await;
+}
+
+pub async fn claims(store: &dyn Store, unique: &str) {
+    let key = format!("{unique}:claim");
+    let claim = SubmissionClaim {
+        idempotency_key: key.clone(),
+        job_name: "job-1".into(),
+        queue: "arn:queue".into(),
+        fingerprint: "f1".into(),
+        state: ClaimState::Pending,
+        job_id: None,
+        claimed_at: 1_000,
+    };
+    assert_eq!(store.claim(&key).await.unwrap(), None, "no claim before the first write");
+    assert!(store.create_claim(&claim).await.unwrap(), "the first claim is written");
+    let second = SubmissionClaim { fingerprint: "f2".into(), claimed_at: 2_000, ..claim.clone() };
+    assert!(!store.create_claim(&second).await.unwrap(), "a second claim of the key is refused");
+    assert_eq!(store.claim(&key).await.unwrap(), Some(claim.clone()), "the first claim stays as written");
+
+    assert!(!store.take_over_claim(&key, 999, 5_000).await.unwrap(), "take-over names the claim time it read");
+    assert!(store.take_over_claim(&key, 1_000, 5_000).await.unwrap(), "take-over of the claim as read");
+    assert!(!store.take_over_claim(&key, 1_000, 6_000).await.unwrap(), "a second take-over of the same read fails");
+    assert_eq!(store.claim(&key).await.unwrap().unwrap().claimed_at, 5_000);
+
+    store.record_claim_job(&key, "job-id-1").await.unwrap();
+    let recorded = store.claim(&key).await.unwrap().unwrap();
+    assert_eq!((recorded.state, recorded.job_id.as_deref()), (ClaimState::Submitted, Some("job-id-1")));
+    assert_eq!(recorded.fingerprint, "f1", "recording keeps the fingerprint");
+    assert!(!store.take_over_claim(&key, 5_000, 7_000).await.unwrap(), "a submitted claim is never taken over");
+}
+
+pub async fn events(store: &dyn Store, unique: &str) {
+    let id = format!("{unique}-event");
+    assert_eq!(store.event_state(&id).await.unwrap(), None);
+    assert!(store.claim_event(&id, "a", 1_000, 0).await.unwrap(), "the first claim wins");
+    assert!(!store.claim_event(&id, "b", 2_000, 500).await.unwrap(), "a live claim is not taken");
+    assert_eq!(store.event_state(&id).await.unwrap(), Some(EventState::InProgress));
+
+    store.release_event(&id, "b").await.unwrap();
+    assert_eq!(store.event_state(&id).await.unwrap(), Some(EventState::InProgress), "only the holder releases");
+    store.release_event(&id, "a").await.unwrap();
+    assert_eq!(store.event_state(&id).await.unwrap(), None, "the holder's release frees the event");
+
+    assert!(store.claim_event(&id, "b", 3_000, 0).await.unwrap(), "a released event is claimed again");
+    assert!(store.claim_event(&id, "c", 9_000, 3_001).await.unwrap(), "a stale claim is taken over");
+    store.release_event(&id, "b").await.unwrap();
+    assert_eq!(store.event_state(&id).await.unwrap(), Some(EventState::InProgress), "the old holder lost it");
+
+    store.mark_events_done(&[id.as_str()], "c", 10_000).await.unwrap();
+    assert_eq!(store.event_state(&id).await.unwrap(), Some(EventState::Done));
+    assert!(!store.claim_event(&id, "d", 99_000_000, i64::MAX).await.unwrap(), "a done event is never claimed");
+    store.release_event(&id, "c").await.unwrap();
+    assert_eq!(store.event_state(&id).await.unwrap(), Some(EventState::Done), "a done event is not released");
+
+    let many: Vec<String> = (0..30).map(|i| format!("{unique}-many-{i}")).collect();
+    let refs: Vec<&str> = many.iter().map(String::as_str).collect();
+    store.mark_events_done(&refs, "c", 10_000).await.unwrap();
+    assert_eq!(store.event_state(&many[29]).await.unwrap(), Some(EventState::Done), "more than 25 at once");
+}
+
+/// A one-stage run of `pipeline`, created at `created_at`.
+pub fn sample_run(run_id: &str, pipeline: &str, created_at: i64) -> Run {
+    let stage = Stage {
+        job_definition: "default".into(),
+        queue: "default".into(),
+        size: Size::exact(crate::model::fargate::Quarters(1), 512).expect("a valid size"),
+        parameters: BTreeMap::new(),
+        after: vec![],
+        max_resizes: 2,
+    };
+    let pipeline =
+        Pipeline { name: pipeline.into(), stages: BTreeMap::from([("only".to_owned(), stage)]), on_failure: None };
+    Run::start(run_id.into(), &pipeline, "test", RunInput::default(), created_at)
+}
+
+pub async fn runs(store: &dyn Store, unique: &str) {
+    let pipeline = format!("{unique}-pipeline");
+    let first = sample_run(&format!("{unique}-r1"), &pipeline, 1_000);
+    assert_eq!(store.load_run(&first.run_id).await.unwrap(), None);
+    assert_eq!(store.save_run(&first, None).await.unwrap(), Some(1), "a new run is version 1");
+    assert_eq!(store.save_run(&first, None).await.unwrap(), None, "a run is created once");
+    let loaded = store.load_run(&first.run_id).await.unwrap().unwrap();
+    assert_eq!((loaded.run, loaded.version), (first.clone(), 1));
+
+    let mut ended = first.clone();
+    ended.status = RunStatus::Succeeded;
+    assert_eq!(store.save_run(&ended, Some(1)).await.unwrap(), Some(2), "a write at the version read wins");
+    assert_eq!(store.save_run(&first, Some(1)).await.unwrap(), None, "a write at an old version loses");
+    assert_eq!(store.load_run(&first.run_id).await.unwrap().unwrap().run.status, RunStatus::Succeeded);
+
+    let second = sample_run(&format!("{unique}-r2"), &pipeline, 2_000);
+    let third = sample_run(&format!("{unique}-r3"), &pipeline, 3_000);
+    store.save_run(&third, None).await.unwrap();
+    store.save_run(&second, None).await.unwrap();
+    let listed = store.list_runs(&pipeline, 2).await.unwrap();
+    let ids: Vec<&str> = listed.iter().map(|s| s.run_id.as_str()).collect();
+    assert_eq!(ids, [third.run_id.as_str(), second.run_id.as_str()], "newest first, limited");
+    let all = store.list_runs(&pipeline, 10).await.unwrap();
+    let oldest = all.last().unwrap();
+    assert_eq!(
+        (oldest.run_id.as_str(), oldest.status.as_str(), oldest.created_at),
+        (first.run_id.as_str(), "SUCCEEDED", 1_000)
+    );
+    assert!(store.list_runs(&format!("{unique}-other"), 10).await.unwrap().is_empty());
+}
+
+pub async fn configuration(store: &dyn Store, config: &StackConfig) {
+    store.remove_config().await.unwrap();
+    assert_eq!(store.load_config().await.unwrap(), None);
+    store.publish_config(config).await.unwrap();
+    assert_eq!(store.load_config().await.unwrap().as_ref(), Some(config));
+    store.remove_config().await.unwrap();
+    assert_eq!(store.load_config().await.unwrap(), None, "removed");
+    store.remove_config().await.unwrap();
+}

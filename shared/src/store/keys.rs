@@ -1,0 +1,42 @@
+//! Every key of the single table, written once: partition `pk`, sort `sk`, by item kind.
+//!
+//! | item | `pk` | `sk` |
+//! |---|---|---|
+//! | the published configuration | `CONFIG` | `CURRENT` |
+//! | a submission claim | `IDEM#<40 hex of SHA-256(idempotency key)>` | `CLAIM` |
+//! | a counted event | `EVENT#<EventBridge id>` | `EVENT` |
+//! | a run | `RUN#<run id>` | `RUN` |
+//! | a run's index line | `PIPELINE#<pipeline>` | `RUN#<created at, 13 digits>#<run id>` |
+//!
+//! A new item kind is added here and in the README's table section, nowhere else.
+
+use crate::model::job_request::digest;
+
+pub const CONFIG_PK: &str = "CONFIG";
+pub const CONFIG_SK: &str = "CURRENT";
+pub const CLAIM_SK: &str = "CLAIM";
+pub const EVENT_SK: &str = "EVENT";
+pub const RUN_SK: &str = "RUN";
+/// The sort key prefix of index lines, for `begins_with`.
+pub const INDEX_SK_PREFIX: &str = "RUN#";
+
+pub fn claim_pk(idempotency_key: &str) -> String {
+    format!("IDEM#{}", digest(idempotency_key, 40))
+}
+
+pub fn event_pk(event_id: &str) -> String {
+    format!("EVENT#{event_id}")
+}
+
+pub fn run_pk(run_id: &str) -> String {
+    format!("RUN#{run_id}")
+}
+
+pub fn pipeline_pk(pipeline: &str) -> String {
+    format!("PIPELINE#{pipeline}")
+}
+
+/// Sorts a pipeline's runs by creation time.
+pub fn index_sk(created_at: i64, run_id: &str) -> String {
+    format!("{INDEX_SK_PREFIX}{created_at:013}#{run_id}")
+}

@@ -1,0 +1,137 @@
+//! The store: the one place that knows the table's keys and item shapes, behind narrow traits.
+//!
+//! Every item kind of the single table has its key functions in [`keys`] and its codec in
+//! [`dynamo`]; nothing else in the workspace writes `RUN#` or `EVENT#`. Each capability is
+//! a small trait, so a service asks only for what it uses:
+//!
+//! | trait | items | used by |
+//! |---|---|---|
+//! | [`ClaimStore`] | `IDEM#<hash>` / `CLAIM` | the submitter |
+//! | [`EventLedgerStore`] | `EVENT#<id>` / `EVENT` | job-events' ledger |
+//! | [`RunStore`] | `RUN#<id>` / `RUN`, `PIPELINE#<name>` / `RUN#<created>#<id>` | the run driver, the API |
+//! | [`ConfigStore`] | `CONFIG` / `CURRENT` | bootstrap (writes), the configuration cache (reads) |
+//!
+//! Two implementations: [`DynamoStore`] (the table) and [`MemoryStore`] (for unit tests
+//! that interleave handlers step by step). Both honour the same conditions, checked by
+//! one contract suite ([`contract`], run against each).
+
+pub mod dynamo;
+pub mod keys;
+pub mod memory;
+
+#[cfg(any(test, feature = "testing"))]
+pub mod contract;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::model::run::Run;
+use crate::model::stack::StackConfig;
+use crate::Error;
+
+pub use dynamo::DynamoStore;
+pub use memory::MemoryStore;
+
+/// How long a submission claim (and so the protection against duplicates) lasts.
+pub const CLAIM_SECONDS: i64 = 7 * 24 * 3600;
+/// How long an event id is remembered: longer than SQS keeps a message (14 days at most).
+pub const EVENT_SECONDS: i64 = 15 * 24 * 3600;
+/// How long run records are kept.
+pub const RUN_RETENTION_SECONDS: i64 = 90 * 24 * 3600;
+
+/// Where a submission stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ClaimState {
+    /// Claimed; SubmitJob is under way or was interrupted.
+    Pending,
+    /// The job exists; `job_id` names it.
+    Submitted,
+}
+
+/// A submission claim: who may call SubmitJob for one idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubmissionClaim {
+    pub idempotency_key: String,
+    pub job_name: String,
+    pub queue: String,
+    /// What the request itself was, so a reused key with other content is caught.
+    pub fingerprint: String,
+    pub state: ClaimState,
+    pub job_id: Option<String>,
+    pub claimed_at: i64,
+}
+
+/// Claims of idempotency keys before SubmitJob.
+#[async_trait]
+pub trait ClaimStore: Send + Sync {
+    /// Writes a new claim; false when the key is claimed already.
+    async fn create_claim(&self, claim: &SubmissionClaim) -> Result<bool, Error>;
+    /// The claim of a key, read consistently.
+    async fn claim(&self, idempotency_key: &str) -> Result<Option<SubmissionClaim>, Error>;
+    /// Moves a still-PENDING claim from `claimed_at == then` to `now`; false if it changed meanwhile.
+    async fn take_over_claim(&self, idempotency_key: &str, then: i64, now: i64) -> Result<bool, Error>;
+    /// Records the job the claim resulted in (state SUBMITTED).
+    async fn record_claim_job(&self, idempotency_key: &str, job_id: &str) -> Result<(), Error>;
+}
+
+/// Where counting one EventBridge event stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventState {
+    InProgress,
+    Done,
+}
+
+/// The ledger of counted events.
+#[async_trait]
+pub trait EventLedgerStore: Send + Sync {
+    /// Claims an event for `token`: succeeds when nobody has, or when the claim in
+    /// progress was taken before `stale_before` (its holder died). False otherwise.
+    async fn claim_event(&self, event_id: &str, token: &str, now_ms: i64, stale_before: i64) -> Result<bool, Error>;
+    /// How far counting the event got, if anyone claimed it.
+    async fn event_state(&self, event_id: &str) -> Result<Option<EventState>, Error>;
+    /// Deletes an in-progress claim held by `token`; a claim that is not (any more) ours is left alone.
+    async fn release_event(&self, event_id: &str, token: &str) -> Result<(), Error>;
+    /// Marks events as counted.
+    async fn mark_events_done(&self, event_ids: &[&str], token: &str, now_ms: i64) -> Result<(), Error>;
+}
+
+/// A run as read, with the version its next conditional write must name.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VersionedRun {
+    pub run: Run,
+    pub version: i64,
+}
+
+/// A line of the per-pipeline run index.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunSummary {
+    pub run_id: String,
+    pub status: String,
+    pub created_at: i64,
+}
+
+/// Run records and the per-pipeline index.
+#[async_trait]
+pub trait RunStore: Send + Sync {
+    /// The run, read consistently.
+    async fn load_run(&self, run_id: &str) -> Result<Option<VersionedRun>, Error>;
+    /// Writes the run if it is still at `expected` (`None`: only if it does not exist yet),
+    /// and then its index line. Returns the new version, or `None` when someone else wrote first.
+    async fn save_run(&self, run: &Run, expected: Option<i64>) -> Result<Option<i64>, Error>;
+    /// Recent runs of a pipeline, newest first.
+    async fn list_runs(&self, pipeline: &str, limit: i32) -> Result<Vec<RunSummary>, Error>;
+}
+
+/// The stack configuration bootstrap publishes.
+#[async_trait]
+pub trait ConfigStore: Send + Sync {
+    /// The published configuration, if bootstrap has published one.
+    async fn load_config(&self) -> Result<Option<StackConfig>, Error>;
+    async fn publish_config(&self, config: &StackConfig) -> Result<(), Error>;
+    async fn remove_config(&self) -> Result<(), Error>;
+}
+
+/// Everything the table holds.
+pub trait Store: ClaimStore + EventLedgerStore + RunStore + ConfigStore {}
+impl<T: ClaimStore + EventLedgerStore + RunStore + ConfigStore> Store for T {}

@@ -1,0 +1,113 @@
+//! The store on DynamoDB: the contract suite on the emulator, and items written by the previous release still read.
+
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use batchline::model::run::{RunStatus, StageStatus};
+use batchline::store::dynamo::{
+    claim_from_item, config_from_item, event_state_from_item, run_from_item, summary_from_item,
+};
+use batchline::store::{contract, ClaimState, DynamoStore, EventState};
+use batchline_tests::emulator::{sdk_config, test_config, unique_name};
+use batchline_tests::table::create_table;
+use serde_json::Value;
+
+/// An item as the fixture stores it: DynamoDB's JSON (`{"S": ..}` / `{"N": ..}`).
+fn item(fixture: &str) -> HashMap<String, AttributeValue> {
+    let value: Value = serde_json::from_str(fixture).unwrap();
+    value
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(name, typed)| {
+            let attribute = match (typed.get("S"), typed.get("N")) {
+                (Some(s), _) => AttributeValue::S(s.as_str().unwrap().to_owned()),
+                (_, Some(n)) => AttributeValue::N(n.as_str().unwrap().to_owned()),
+                _ => panic!("{name}: only S and N attributes are stored"),
+            };
+            (name.clone(), attribute)
+        })
+        .collect()
+}
+
+const CONFIG: &str = include_str!("../fixtures/stored/config.json");
+
+#[tokio::test]
+async fn the_dynamodb_store_keeps_the_store_contract() {
+    let sdk = sdk_config().await;
+    let config = test_config("store-contract");
+    create_table(&sdk, &config.table_name).await.unwrap();
+    let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), &config.table_name);
+    let stack = config_from_item(&item(CONFIG)).unwrap();
+    contract::check_all(&store, &unique_name("contract"), &stack).await;
+}
+
+#[test]
+fn items_written_by_the_previous_release_are_read() {
+    // Taken from a run of the release before the store module (tests/fixtures/stored/).
+    let stack = config_from_item(&item(CONFIG)).unwrap();
+    assert!(stack.pipelines.contains_key("diamond"));
+    assert!(stack.job_queues["default"].arn.as_deref().is_some_and(|arn| arn.contains(":job-queue/")));
+
+    let claim = claim_from_item(&item(include_str!("../fixtures/stored/claim-submitted.json"))).unwrap();
+    assert_eq!(claim.state, ClaimState::Submitted);
+    assert!(claim.job_id.is_some() && !claim.fingerprint.is_empty() && claim.claimed_at > 0);
+
+    let event = event_state_from_item(&item(include_str!("../fixtures/stored/event-done.json"))).unwrap();
+    assert_eq!(event, EventState::Done);
+
+    let succeeded = run_from_item(&item(include_str!("../fixtures/stored/run-succeeded.json"))).unwrap();
+    assert_eq!((succeeded.run.status, succeeded.version), (RunStatus::Succeeded, 14));
+    assert!(succeeded.run.completion_sent);
+    assert!(succeeded.run.stages.values().all(|s| s.status == StageStatus::Succeeded));
+
+    let failed = run_from_item(&item(include_str!("../fixtures/stored/run-failed.json"))).unwrap();
+    assert_eq!(failed.run.status, RunStatus::Failed);
+    assert_eq!(failed.run.on_failure.as_ref().map(|s| s.status), Some(StageStatus::Succeeded));
+
+    let running = run_from_item(&item(include_str!("../fixtures/stored/run-running.json"))).unwrap();
+    assert_eq!(running.run.status, RunStatus::Running);
+    assert!(running.run.to_submit().is_empty(), "its first stage was submitted");
+
+    let line = summary_from_item(&item(include_str!("../fixtures/stored/index-hungry.json")));
+    assert_eq!((line.run_id, line.status.as_str()), (running.run.run_id.clone(), "RUNNING"));
+}
+
+#[test]
+fn stored_items_round_trip_through_the_codecs_unchanged() {
+    use batchline::store::dynamo::{claim_item, config_item, index_item, run_item};
+    for fixture in
+        [include_str!("../fixtures/stored/run-succeeded.json"), include_str!("../fixtures/stored/run-running.json")]
+    {
+        let stored = item(fixture);
+        let read = run_from_item(&stored).unwrap();
+        let written = run_item(&read.run, read.version).unwrap();
+        assert_eq!(run_from_item(&written).unwrap(), read);
+        for name in ["pk", "sk", "pipeline", "status", "version", "expires_at"] {
+            assert_eq!(written.get(name), stored.get(name), "{name}");
+        }
+        let line = index_item(&read.run);
+        assert_eq!(line["pk"], AttributeValue::S(format!("PIPELINE#{}", read.run.pipeline.name)));
+    }
+    let stored = item(include_str!("../fixtures/stored/claim-submitted.json"));
+    let written = claim_item(&claim_from_item(&stored).unwrap());
+    for name in [
+        "pk",
+        "sk",
+        "state",
+        "idempotency_key",
+        "job_name",
+        "queue",
+        "fingerprint",
+        "claimed_at",
+        "job_id",
+        "expires_at",
+    ] {
+        assert_eq!(written.get(name), stored.get(name), "{name}");
+    }
+    let stored = item(CONFIG);
+    assert_eq!(
+        config_from_item(&config_item(&config_from_item(&stored).unwrap()).unwrap()).unwrap(),
+        config_from_item(&stored).unwrap()
+    );
+}
