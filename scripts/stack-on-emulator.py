@@ -37,7 +37,7 @@ def start_emulator() -> tuple[str, subprocess.Popen | None]:
         return os.environ["AWS_ENDPOINT_URL"], None
     log = open(ROOT / "target/stack-on-emulator.log", "w")
     server = subprocess.Popen(
-        [str(ROOT / ".venv/bin/python"), str(ROOT / "tests/emulator/server.py"), "--parent-pid", str(os.getpid())],
+        [str(ROOT / ".venv/bin/python"), str(ROOT / "devtools/emulator/server.py"), "--parent-pid", str(os.getpid())],
         stdout=subprocess.PIPE,
         stderr=log,
         text=True,

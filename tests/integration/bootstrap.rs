@@ -6,11 +6,11 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use batchline::model::stack::StackConfig;
 use batchline_bootstrap::cfn::{Request, Status};
 use batchline_bootstrap::{answer_within, handle, Clients, Outcome};
-use batchline_tests::emulator::{default_network, sdk_config, test_config, unique_name};
-use batchline_tests::invocation;
-use batchline_tests::player::event_id;
-use batchline_tests::response_server::ResponseServer;
-use batchline_tests::table::create_table;
+use batchline_testkit::emulator::{default_network, sdk_config, test_config, unique_name};
+use batchline_testkit::invocation;
+use batchline_testkit::player::event_id;
+use batchline_testkit::response_server::ResponseServer;
+use batchline_testkit::table::create_table;
 use serde_json::{json, Value};
 
 struct Harness {

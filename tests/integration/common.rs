@@ -2,11 +2,11 @@
 
 use batchline::model::stack::StackConfig;
 use batchline::store::{ConfigStore, DynamoStore};
-use batchline_tests::emulator::{default_network, sdk_config, test_config, unique_name};
-use batchline_tests::invocation;
-use batchline_tests::player::event_id;
-use batchline_tests::response_server::ResponseServer;
-use batchline_tests::table::create_table;
+use batchline_testkit::emulator::{default_network, sdk_config, test_config, unique_name};
+use batchline_testkit::invocation;
+use batchline_testkit::player::event_id;
+use batchline_testkit::response_server::ResponseServer;
+use batchline_testkit::table::create_table;
 use serde_json::{json, Value};
 
 /// A table, a configuration and an environment provisioned by bootstrap from `extra`

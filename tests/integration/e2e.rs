@@ -1,6 +1,6 @@
 //! The local end-to-end run as a test: the built binaries, the emulator, the event player, one pipeline run.
 
-use batchline_tests::demo;
+use batchline_demo as demo;
 
 #[tokio::test]
 async fn the_whole_stack_runs_a_pipeline_with_an_out_of_memory_resize_and_tears_down() {

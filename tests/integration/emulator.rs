@@ -7,8 +7,8 @@ use aws_sdk_cloudwatch::types::{
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
 };
-use batchline_tests::batch_env::BatchEnvironment;
-use batchline_tests::emulator::{sdk_config, unique_name, unique_namespace};
+use batchline_testkit::batch_env::BatchEnvironment;
+use batchline_testkit::emulator::{sdk_config, unique_name, unique_namespace};
 use std::time::{Duration, SystemTime};
 
 fn now_minus(seconds: u64) -> DateTime {

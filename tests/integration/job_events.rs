@@ -8,12 +8,12 @@ use aws_sdk_cloudwatch::types::{Dimension, Statistic};
 use batchline::model::batch_event::JobStateChangeEvent;
 use batchline::Config;
 use batchline_job_events::{handle, Clients};
-use batchline_tests::batch_env::BatchEnvironment;
-use batchline_tests::calls::{CallLog, FailOperation};
-use batchline_tests::emulator::{sdk_config, test_config};
-use batchline_tests::invocation;
-use batchline_tests::player::{sqs_record, Delivery, Player, Script};
-use batchline_tests::table::create_table;
+use batchline_testkit::batch_env::BatchEnvironment;
+use batchline_testkit::calls::{CallLog, FailOperation};
+use batchline_testkit::emulator::{sdk_config, test_config};
+use batchline_testkit::invocation;
+use batchline_testkit::player::{sqs_record, Delivery, Player, Script};
+use batchline_testkit::table::create_table;
 use serde_json::{json, Value};
 
 const QUEUE_ARN: &str = "arn:aws:sqs:us-east-1:123456789012:batchline-job-events";

@@ -5,11 +5,11 @@ use std::time::{Duration, SystemTime};
 
 use aws_sdk_cloudwatch::primitives::DateTime;
 use aws_sdk_cloudwatch::types::{Dimension, Statistic};
-use batchline_tests::emulator::{default_network, sdk_config, test_config, unique_name};
-use batchline_tests::invocation;
-use batchline_tests::player::{event_id, Delivery, Player, StateChange};
-use batchline_tests::response_server::ResponseServer;
-use batchline_tests::table::create_table;
+use batchline_testkit::emulator::{default_network, sdk_config, test_config, unique_name};
+use batchline_testkit::invocation;
+use batchline_testkit::player::{event_id, Delivery, Player, StateChange};
+use batchline_testkit::response_server::ResponseServer;
+use batchline_testkit::table::create_table;
 use serde_json::{json, Value};
 
 use crate::common::Deployed;

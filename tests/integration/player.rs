@@ -4,9 +4,9 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use aws_sdk_batch::types::{ArrayProperties, ContainerOverrides, JobDependency, ResourceType};
-use batchline_tests::batch_env::{requirement, BatchEnvironment};
-use batchline_tests::emulator::{sdk_config, unique_name};
-use batchline_tests::player::{Delivery, Player, Script, OUT_OF_MEMORY_REASON};
+use batchline_testkit::batch_env::{requirement, BatchEnvironment};
+use batchline_testkit::emulator::{sdk_config, unique_name};
+use batchline_testkit::player::{Delivery, Player, Script, OUT_OF_MEMORY_REASON};
 use serde_json::Value;
 
 async fn submit(batch: &aws_sdk_batch::Client, env: &BatchEnvironment, name: &str) -> String {

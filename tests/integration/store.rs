@@ -8,8 +8,8 @@ use batchline::store::dynamo::{
     claim_from_item, config_from_item, event_state_from_item, run_from_item, summary_from_item,
 };
 use batchline::store::{contract, ClaimState, DynamoStore, EventState};
-use batchline_tests::emulator::{sdk_config, test_config, unique_name};
-use batchline_tests::table::create_table;
+use batchline_testkit::emulator::{sdk_config, test_config, unique_name};
+use batchline_testkit::table::create_table;
 use serde_json::Value;
 
 /// An item as the fixture stores it: DynamoDB's JSON (`{"S": ..}` / `{"N": ..}`).

@@ -11,8 +11,8 @@ use batchline::services::batch::SdkBatch;
 use batchline::services::submitter::Submitter;
 use batchline::store::DynamoStore;
 use batchline_submit::{handle, Clients};
-use batchline_tests::calls::{CallLog, LoseResponse};
-use batchline_tests::invocation;
+use batchline_testkit::calls::{CallLog, LoseResponse};
+use batchline_testkit::invocation;
 use serde_json::{json, Value};
 
 use crate::common::Deployed;

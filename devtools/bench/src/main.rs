@@ -1,12 +1,15 @@
 //! `batchline-bench`: Rust functions beside Python + boto3 baselines; prints the table and writes target/bench/results.md.
 
+mod fixed_reply;
+mod measure;
+
 #[tokio::main]
 async fn main() {
     let started = std::time::Instant::now();
     let mut say = |line: String| println!("{:>6.1}s  {line}", started.elapsed().as_secs_f64());
-    match batchline_tests::bench::run_all(&mut say).await {
+    match measure::run_all(&mut say).await {
         Ok(table) => {
-            let path = batchline_tests::emulator::repo_root().join("target/bench/results.md");
+            let path = batchline_testkit::emulator::repo_root().join("target/bench/results.md");
             if let Err(why) = std::fs::write(&path, &table) {
                 eprintln!("could not write {}: {why}", path.display());
             }

@@ -1,13 +1,11 @@
-//! Test support for Batchline: the local AWS emulator harness, test Batch environments, the table, SDK call interceptors and the Batch event player.
+//! Batchline's test kit: the local AWS emulator harness, the Batch event player, the local Lambda runtime, test Batch environments, the table and SDK call interceptors.
 //!
-//! A library (not only tests) so the local end-to-end run can use the same pieces.
+//! A library of its own (not inside the tests) so the integration tests, the local demo
+//! (`devtools/demo`) and the benchmark (`devtools/bench`) use the same pieces.
 
 pub mod batch_env;
-pub mod bench;
 pub mod calls;
-pub mod demo;
 pub mod emulator;
-pub mod fixed_reply;
 pub mod http;
 pub mod local_lambda;
 pub mod player;

@@ -37,7 +37,7 @@ impl CallLog {
 
 impl Intercept for CallLog {
     fn name(&self) -> &'static str {
-        "batchline-tests-call-log"
+        "batchline-testkit-call-log"
     }
 
     fn read_before_serialization(
@@ -85,7 +85,7 @@ impl FailOperation {
 
 impl Intercept for FailOperation {
     fn name(&self) -> &'static str {
-        "batchline-tests-fail-operation"
+        "batchline-testkit-fail-operation"
     }
 
     fn read_before_serialization(
@@ -114,7 +114,7 @@ impl LoseResponse {
 
 impl Intercept for LoseResponse {
     fn name(&self) -> &'static str {
-        "batchline-tests-lose-response"
+        "batchline-testkit-lose-response"
     }
 
     fn read_before_deserialization(

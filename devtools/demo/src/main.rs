@@ -1,4 +1,4 @@
-//! `batchline-demo`: the whole stack on this machine, end to end, with a readable report (see `batchline_tests::demo`).
+//! `batchline-demo`: the whole stack on this machine, end to end, with a readable report (see the `batchline_demo` library).
 
 use std::io::Write;
 
@@ -9,9 +9,9 @@ async fn main() {
         println!("{:>6.1}s  {line}", started.elapsed().as_secs_f64());
         let _ = std::io::stdout().flush();
     };
-    match batchline_tests::demo::run(&mut say).await {
+    match batchline_demo::run(&mut say).await {
         Ok(report) => {
-            println!("{}", batchline_tests::demo::render(&report));
+            println!("{}", batchline_demo::render(&report));
             let ok = report.run["status"] == "SUCCEEDED" && report.left_after_delete.is_empty();
             println!(
                 "{}",

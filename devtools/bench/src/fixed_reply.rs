@@ -3,7 +3,7 @@
 //! Pointed at with `AWS_ENDPOINT_URL`, it lets a benchmark measure a handler's own cost
 //! (parsing, deciding, serialising, signing) without the emulator's. It speaks what
 //! Batchline's functions and their Python baselines call: DynamoDB (JSON: `PutItem`,
-//! `GetItem` — the stack configuration for `CONFIG` — `UpdateItem`, `DeleteItem`,
+//! `GetItem` — the stack configuration, for its item — `UpdateItem`, `DeleteItem`,
 //! `BatchWriteItem`), CloudWatch `PutMetricData` (Smithy RPC v2 CBOR from Rust, the JSON or
 //! Query protocol from boto3) and Batch `SubmitJob` (REST JSON). Every call is counted by
 //! `service:Operation`.
@@ -13,7 +13,10 @@ use std::sync::{Arc, Mutex};
 
 use tokio::net::TcpListener;
 
-use crate::http::{read_request, write_response_keeping, Request};
+use batchline::model::stack::StackConfig;
+use batchline::store::dynamo::config_item;
+use batchline::store::keys::CONFIG_PK;
+use batchline_testkit::http::{read_request, write_response_keeping, Request};
 
 #[derive(Clone)]
 pub struct FixedReply {
@@ -22,8 +25,9 @@ pub struct FixedReply {
 }
 
 impl FixedReply {
-    /// Starts the server; `config_document` is what `GetItem` of the CONFIG item returns.
-    pub async fn start(config_document: Option<String>) -> std::io::Result<FixedReply> {
+    /// Starts the server; `GetItem` of the configuration item returns `config`, as the store writes it.
+    pub async fn start(config: Option<StackConfig>) -> std::io::Result<FixedReply> {
+        let config_document = config.as_ref().map(config_item_json).transpose().map_err(std::io::Error::other)?;
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let endpoint = format!("http://{}", listener.local_addr()?);
         let counts: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
@@ -69,8 +73,8 @@ fn answer(request: &Request, config: Option<&str>) -> (String, &'static str, Vec
     let target = request.header("x-amz-target").unwrap_or_default();
     if let Some(operation) = target.strip_prefix("DynamoDB_20120810.") {
         let body = match operation {
-            "GetItem" if String::from_utf8_lossy(&request.body).contains("\"CONFIG\"") => match config {
-                Some(document) => serde_json::json!({"Item": {"pk": {"S": "CONFIG"}, "sk": {"S": "CURRENT"}, "document": {"S": document}}}).to_string(),
+            "GetItem" if String::from_utf8_lossy(&request.body).contains(&format!("\"{CONFIG_PK}\"")) => match config {
+                Some(item) => format!(r#"{{"Item": {item}}}"#),
                 None => "{}".to_owned(),
             },
             "BatchWriteItem" => r#"{"UnprocessedItems":{}}"#.to_owned(),
@@ -97,4 +101,17 @@ fn answer(request: &Request, config: Option<&str>) -> (String, &'static str, Vec
         return (format!("cloudwatch:{action}"), "text/xml", body.into_bytes());
     }
     (format!("unknown:{} {}", request.method, request.path), "application/json", b"{}".to_vec())
+}
+
+/// The configuration item in DynamoDB's JSON, made by the store's own codec.
+fn config_item_json(config: &StackConfig) -> Result<String, String> {
+    let item = config_item(config).map_err(|e| e.to_string())?;
+    let typed: serde_json::Map<String, serde_json::Value> = item
+        .iter()
+        .map(|(name, value)| match value.as_s() {
+            Ok(text) => Ok((name.clone(), serde_json::json!({ "S": text }))),
+            Err(_) => Err(format!("{name}: the configuration item holds only strings")),
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(serde_json::Value::Object(typed).to_string())
 }

@@ -1,7 +1,7 @@
 //! One local AWS emulator per test run: started on first use, gone when the test process ends.
 //!
 //! The emulator is moto in server mode behind the protocol adapter in
-//! `tests/emulator/server.py`, run from the repository's `.venv` (made by
+//! `devtools/emulator/server.py`, run from the repository's `.venv` (made by
 //! `scripts/setup`). It is started once per test process on a free loopback port and is
 //! told this process's id; it exits by itself within a second of this process ending,
 //! however it ends, so no emulator outlives a test run. When `AWS_ENDPOINT_URL` is already
@@ -30,7 +30,7 @@ static ENDPOINT: OnceLock<String> = OnceLock::new();
 
 /// The repository's root folder.
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 /// The emulator's endpoint URL, starting the emulator on first use.
@@ -54,7 +54,7 @@ fn start() -> Result<String, String> {
     std::fs::create_dir_all(&log_dir).map_err(|e| e.to_string())?;
     let log = std::fs::File::create(log_dir.join("emulator.log")).map_err(|e| e.to_string())?;
     let mut child = Command::new(&python)
-        .arg(root.join("tests/emulator/server.py"))
+        .arg(root.join("devtools/emulator/server.py"))
         .arg("--parent-pid")
         .arg(std::process::id().to_string())
         .stdin(Stdio::null())
@@ -96,7 +96,7 @@ pub async fn sdk_config() -> SdkConfig {
     aws_config::defaults(BehaviorVersion::latest())
         .endpoint_url(endpoint())
         .region(Region::new(REGION))
-        .credentials_provider(Credentials::new("testing", "testing", None, None, "batchline-tests"))
+        .credentials_provider(Credentials::new("testing", "testing", None, None, "batchline-testkit"))
         .load()
         .await
 }

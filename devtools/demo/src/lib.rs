@@ -30,10 +30,10 @@ use aws_sdk_cloudwatch::types::{Dimension, Statistic};
 use aws_sdk_s3::types::{EventBridgeConfiguration, NotificationConfiguration};
 use serde_json::{json, Value};
 
-use crate::emulator::{default_network, endpoint, repo_root, sdk_config, unique_name, REGION};
-use crate::local_lambda::{LocalLambda, Outcome};
-use crate::player::{Delivery, Player, StateChange};
-use crate::response_server::ResponseServer;
+use batchline_testkit::emulator::{default_network, endpoint, repo_root, sdk_config, unique_name, REGION};
+use batchline_testkit::local_lambda::{LocalLambda, Outcome};
+use batchline_testkit::player::{Delivery, Player, StateChange};
+use batchline_testkit::response_server::ResponseServer;
 
 /// The pipeline the demo runs: prepare → transform (needs 1 GiB, given 512 MiB) → report.
 pub const PIPELINE: &str = "process";
@@ -164,7 +164,7 @@ pub fn api_request(method: &str, path: &str, body: Option<&Value>) -> Value {
         "version": "2.0", "routeKey": format!("{method} {path}"), "rawPath": path, "rawQueryString": "",
         "headers": {"content-type": "application/json"},
         "requestContext": {"http": {"method": method, "path": path, "protocol": "HTTP/1.1", "sourceIp": "127.0.0.1"},
-                           "requestId": crate::player::event_id(), "stage": "$default"},
+                           "requestId": batchline_testkit::player::event_id(), "stage": "$default"},
         "body": body.map(|b| b.to_string()).unwrap_or_default(), "isBase64Encoded": false,
     })
 }
@@ -319,7 +319,7 @@ fn cloudformation_request(kind: &str, url: &str, properties: &Value, physical_id
     let mut request = json!({
         "RequestType": kind, "ResponseURL": url,
         "StackId": "arn:aws:cloudformation:us-east-1:123456789012:stack/batchline-local/00000000-0000-0000-0000-000000000000",
-        "RequestId": crate::player::event_id(), "ResourceType": "Custom::BatchlineEnvironment",
+        "RequestId": batchline_testkit::player::event_id(), "ResourceType": "Custom::BatchlineEnvironment",
         "LogicalResourceId": "Environment", "ResourceProperties": properties,
     });
     if let Some(id) = physical_id {
@@ -353,7 +353,7 @@ pub async fn run(say: &mut (dyn FnMut(String) + Send)) -> Result<Report, String>
     say(format!("local AWS at {} (moto + adapter); stack prefix {prefix}", endpoint()));
 
     // What template.yaml would create, in the emulator.
-    crate::table::create_table(&sdk, &table).await.map_err(|e| e.to_string())?;
+    batchline_testkit::table::create_table(&sdk, &table).await.map_err(|e| e.to_string())?;
     let s3 = aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(&sdk).force_path_style(true).build());
     s3.create_bucket()
         .bucket(&bucket)

@@ -1,7 +1,7 @@
 //! The benchmark: Batchline's Rust functions side by side with Python 3.11 + boto3 baselines doing the same work.
 //!
 //! Each function runs as a process under a local Lambda Runtime API ([`LocalLambda`]) — the
-//! Rust release binaries, and the Python handlers in `bench/python` under the real Python
+//! Rust release binaries, and the Python handlers in `devtools/bench/python` under the real Python
 //! runtime interface client (`awslambdaric`) — and is measured the same way:
 //! - init: process start → its first request for work, over [`COLD_STARTS`] cold starts;
 //! - per event: wall time and CPU time (user + system, from `/proc`) for 3,000 job-state
@@ -18,12 +18,13 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use batchline::store::{ConfigStore, DynamoStore};
 use serde_json::{json, Value};
 
-use crate::demo::send_to_bootstrap;
-use crate::emulator::{endpoint, repo_root, sdk_config, unique_name, REGION};
 use crate::fixed_reply::FixedReply;
-use crate::local_lambda::{LocalLambda, Outcome};
+use batchline_demo::send_to_bootstrap;
+use batchline_testkit::emulator::{endpoint, repo_root, sdk_config, unique_name, REGION};
+use batchline_testkit::local_lambda::{LocalLambda, Outcome};
 
 pub const COLD_STARTS: usize = 20;
 pub const JOB_EVENTS: usize = 3_000;
@@ -63,7 +64,7 @@ impl Implementation {
             label: "Python",
             program: repo_root().join(".venv-bench/bin/python"),
             args: vec!["-m".into(), "awslambdaric".into(), format!("{module}.handler")],
-            folder: Some(repo_root().join("bench/python")),
+            folder: Some(repo_root().join("devtools/bench/python")),
         }
     }
 
@@ -108,19 +109,24 @@ pub struct Measured {
     pub zip_bytes: u64,
 }
 
-fn environment(endpoint: &str, table: &str, namespace: &str) -> Vec<(String, String)> {
-    vec![
-        ("BATCHLINE_TABLE".into(), table.into()),
-        ("BATCHLINE_METRIC_NAMESPACE".into(), namespace.into()),
-        ("BATCHLINE_PRICE_VCPU_HOUR".into(), String::new()),
-        ("BATCHLINE_PRICE_GB_HOUR".into(), String::new()),
+/// The functions' environment as the template gives it (through the demo, so the two
+/// cannot drift), with the bench's own metric namespace and AWS endpoint.
+fn environment(endpoint: &str, table: &str, namespace: &str) -> Result<Vec<(String, String)>, String> {
+    let mut variables = batchline_demo::function_environment(&batchline_demo::template_variable_names()?, table)?;
+    for (name, value) in variables.iter_mut() {
+        if name == batchline::config::METRIC_NAMESPACE_VAR {
+            *value = namespace.to_owned();
+        }
+    }
+    variables.extend([
         ("AWS_REGION".into(), REGION.into()),
         ("AWS_DEFAULT_REGION".into(), REGION.into()),
         ("AWS_ENDPOINT_URL".into(), endpoint.into()),
         ("AWS_ACCESS_KEY_ID".into(), "testing".into()),
         ("AWS_SECRET_ACCESS_KEY".into(), "testing".into()),
         ("AWS_LAMBDA_LOG_LEVEL".into(), "WARN".into()),
-    ]
+    ]);
+    Ok(variables)
 }
 
 /// `(user + system CPU seconds, peak resident KiB)` of a process, from `/proc`.
@@ -197,14 +203,14 @@ fn check(outcome: Outcome, name: &str) -> Result<Value, String> {
 /// event source mapping delivers them.
 pub fn job_event_batches(count: usize, batch: usize, queue: &str, tag: &str) -> Vec<Value> {
     let template: Value =
-        serde_json::from_str(include_str!("../fixtures/batch/succeeded-fargate.json")).unwrap_or_default();
+        serde_json::from_str(include_str!("../../../tests/fixtures/batch/succeeded-fargate.json")).unwrap_or_default();
     let statuses = ["RUNNABLE", "STARTING", "RUNNING", "SUCCEEDED"];
     let now_ms = batchline::now_ms();
     let events: Vec<Value> = (0..count)
         .map(|i| {
             let mut event = template.clone();
             event["id"] = json!(format!("{tag}-{i}"));
-            event["time"] = json!(crate::player::iso_time(now_ms));
+            event["time"] = json!(batchline_testkit::player::iso_time(now_ms));
             let detail = &mut event["detail"];
             detail["status"] = json!(statuses[i % 4]);
             detail["jobQueue"] = json!(format!("arn:aws:batch:us-east-1:123456789012:job-queue/{queue}"));
@@ -215,12 +221,14 @@ pub fn job_event_batches(count: usize, batch: usize, queue: &str, tag: &str) -> 
             event
         })
         .collect();
-    crate::player::Delivery::from_events(events).sqs_batches("arn:aws:sqs:us-east-1:123456789012:bench", batch)
+    batchline_testkit::player::Delivery::from_events(events)
+        .sqs_batches("arn:aws:sqs:us-east-1:123456789012:bench", batch)
 }
 
 /// `count` S3 Object Created events for distinct objects under `incoming/`.
 pub fn object_events(count: usize, bucket: &str, tag: &str) -> Vec<Value> {
-    let template: Value = serde_json::from_str(include_str!("../fixtures/s3/object-created.json")).unwrap_or_default();
+    let template: Value =
+        serde_json::from_str(include_str!("../../../tests/fixtures/s3/object-created.json")).unwrap_or_default();
     (0..count)
         .map(|i| {
             let mut event = template.clone();
@@ -303,8 +311,8 @@ pub async fn run_all(say: &mut (dyn FnMut(String) + Send)) -> Result<String, Str
     let prefix = unique_name("bench");
     let table = format!("{prefix}-table");
     let namespace = format!("BatchlineBench/{prefix}");
-    crate::table::create_table(&sdk, &table).await.map_err(|e| e.to_string())?;
-    let emulator_env = environment(endpoint(), &table, &namespace);
+    batchline_testkit::table::create_table(&sdk, &table).await.map_err(|e| e.to_string())?;
+    let emulator_env = environment(endpoint(), &table, &namespace)?;
 
     // An environment for submit: bootstrap (the release binary) provisions it and publishes
     // the configuration; its S3 rule sends incoming/ objects of the bench bucket to a job.
@@ -313,28 +321,18 @@ pub async fn run_all(say: &mut (dyn FnMut(String) + Send)) -> Result<String, Str
     let bootstrap_init = init_times(&bootstrap, "batchline-bootstrap", &emulator_env).await?;
     say(format!("bootstrap Rust: init median {:.1} ms, p99 {:.1} ms", bootstrap_init.median_ms, bootstrap_init.p99_ms));
     let provisioner = bootstrap.start("batchline-bootstrap", &emulator_env).await?;
-    let mut properties = crate::demo::properties(&prefix, &bucket);
+    let mut properties = batchline_demo::properties(&prefix, &bucket);
     properties["Triggers"] =
         json!({"S3": {"input": {"Bucket": bucket, "Prefix": "incoming/", "JobDefinition": "default"}}});
     let created = send_to_bootstrap(&provisioner, "Create", &properties, None).await?;
     if created["Status"] != "SUCCESS" {
         return Err(format!("bootstrap: {created}"));
     }
-    let document = aws_sdk_dynamodb::Client::new(&sdk)
-        .get_item()
-        .table_name(&table)
-        .key("pk", aws_sdk_dynamodb::types::AttributeValue::S("CONFIG".into()))
-        .key("sk", aws_sdk_dynamodb::types::AttributeValue::S("CURRENT".into()))
-        .send()
-        .await
-        .map_err(|e| batchline::Error::aws("GetItem", e).to_string())?
-        .item()
-        .and_then(|i| i.get("document"))
-        .and_then(|d| d.as_s().ok())
-        .cloned();
-    let fixed = FixedReply::start(document).await.map_err(|e| e.to_string())?;
+    let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), &table);
+    let published = store.load_config().await.map_err(|e| e.to_string())?;
+    let fixed = FixedReply::start(published).await.map_err(|e| e.to_string())?;
     let backends = Backends {
-        fixed_env: environment(&fixed.endpoint, &table, &namespace),
+        fixed_env: environment(&fixed.endpoint, &table, &namespace)?,
         fixed,
         emulator_env: emulator_env.clone(),
     };
