@@ -184,8 +184,8 @@ async fn create_with_only_the_network_builds_the_recipes_environment() {
 
     // AND the resolved configuration, with ARNs, is published for the other functions
     let published = h.published().await.expect("published");
-    assert_eq!(published.job_queues["default"].arn.as_deref(), queue.job_queue_arn());
-    assert_eq!(published.job_definitions["default"].arn.as_deref(), definition.job_definition_arn());
+    assert_eq!(Some(published.job_queues["default"].arn.as_str()), queue.job_queue_arn());
+    assert_eq!(Some(published.job_definitions["default"].arn.as_str()), definition.job_definition_arn());
 }
 
 #[tokio::test]

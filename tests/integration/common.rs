@@ -50,11 +50,11 @@ impl Deployed {
     }
 
     pub fn queue_arn(&self, key: &str) -> String {
-        self.stack.job_queues[key].arn.clone().unwrap()
+        self.stack.job_queues[key].arn.clone()
     }
 
     pub fn definition_arn(&self, key: &str) -> String {
-        self.stack.job_definitions[key].arn.clone().unwrap()
+        self.stack.job_definitions[key].arn.clone()
     }
 
     /// Every job in a queue (any status), described.

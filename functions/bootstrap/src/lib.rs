@@ -21,9 +21,9 @@ use std::future::Future;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_config::SdkConfig;
-use batchline::model::stack::StackConfig;
 use batchline::{Config, Error};
 use cfn::{Request, Response, Status};
+use declaration::Declared;
 use lambda_runtime::LambdaEvent;
 use serde_json::{json, Map, Value};
 use tokio::time::Instant;
@@ -149,7 +149,7 @@ fn fallback_physical_id(request: &Request) -> String {
 }
 
 /// `<NamePrefix>-environment`.
-pub fn physical_id(config: &StackConfig) -> String {
+pub fn physical_id(config: &Declared) -> String {
     format!("{}-environment", config.name_prefix)
 }
 
@@ -166,7 +166,7 @@ async fn run(request: Request, clients: Clients, table: String, deadline: Instan
             // CloudFormation's Delete of the old physical id, not here.
             let previous = previous.filter(|p| p.name_prefix == config.name_prefix);
             let id = physical_id(&config);
-            match provision::converge(&clients, &table, config, previous.as_ref(), deadline).await {
+            match provision::converge(&clients, &table, &config, previous.as_ref(), deadline).await {
                 Ok(resolved) => {
                     let data = provision::outputs(&resolved)
                         .into_iter()

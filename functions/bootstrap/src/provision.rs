@@ -19,12 +19,16 @@ use aws_sdk_batch::types::{
     ResourceRequirement, ResourceType, RetryAction, RetryStrategy, RuntimePlatform, Secret,
 };
 use batchline::model::fargate::format_vcpu;
-use batchline::model::stack::{ComputeType, JobDefinition, StackConfig, EXECUTION_POLICY_ARN};
+use batchline::model::stack::{
+    ComputeEnvironment, ComputeType, JobDefinition, JobQueue, Network, Provisioned, ProvisionedRepository, Repository,
+    Roles, StackConfig, EXECUTION_POLICY_ARN,
+};
 use batchline::store::{ConfigStore, DynamoStore};
 use batchline::Error;
 use tokio::time::Instant;
 use tracing::info;
 
+use crate::declaration::Declared;
 use crate::Clients;
 
 pub const SPEC_TAG: &str = "batchline:spec";
@@ -33,44 +37,64 @@ const JOB_ROLE_POLICY: &str = "batchline-input-read";
 
 const ECS_TASKS_TRUST: &str = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"ecs-tasks.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#;
 
-/// Creates or updates everything in `config`, removes what `previous` had and `config`
-/// no longer has, and returns the configuration with every ARN filled in.
+/// Creates or updates everything `declared` names, removes what `previous` had and
+/// `declared` no longer has, publishes the result and returns it: the deployed
+/// configuration, every resource with its ARN.
 pub async fn converge(
     clients: &Clients,
     table: &str,
-    mut config: StackConfig,
-    previous: Option<&StackConfig>,
+    declared: &Declared,
+    previous: Option<&Declared>,
     deadline: Instant,
 ) -> Result<StackConfig, Error> {
-    config.roles.execution_role_arn =
-        Some(ensure_role(clients, &config.roles.execution_role_name, Some(EXECUTION_POLICY_ARN)).await?);
-    let job_role_arn = ensure_role(clients, &config.roles.job_role_name, None).await?;
-    ensure_input_read_policy(clients, &config.roles.job_role_name, config.roles.input_bucket.as_deref()).await?;
-    config.roles.job_role_arn = Some(job_role_arn);
-    config.repository.uri = Some(ensure_repository(clients, &config).await?);
+    let names = &declared.roles;
+    let execution_role_arn = ensure_role(clients, &names.execution_role_name, Some(EXECUTION_POLICY_ARN)).await?;
+    let job_role_arn = ensure_role(clients, &names.job_role_name, None).await?;
+    ensure_input_read_policy(clients, &names.job_role_name, names.input_bucket.as_deref()).await?;
+    let roles = Roles { names: names.clone(), execution_role_arn, job_role_arn };
+    let repository = ProvisionedRepository {
+        spec: declared.repository.clone(),
+        uri: ensure_repository(clients, &declared.repository, &declared.name_prefix).await?,
+    };
 
-    for key in config.compute_environments.keys().cloned().collect::<Vec<_>>() {
-        let arn = ensure_compute_environment(clients, &config, &key, deadline).await?;
-        config.compute_environments.get_mut(&key).expect("key from the map").arn = Some(arn);
+    let mut compute_environments = BTreeMap::new();
+    for (key, wanted) in &declared.compute_environments {
+        let arn =
+            ensure_compute_environment(clients, wanted, &declared.network, &declared.name_prefix, deadline).await?;
+        compute_environments.insert(key.clone(), Provisioned { spec: wanted.clone(), arn });
     }
-    for key in config.job_queues.keys().cloned().collect::<Vec<_>>() {
-        let arn = ensure_job_queue(clients, &config, &key, deadline).await?;
-        config.job_queues.get_mut(&key).expect("key from the map").arn = Some(arn);
+    let mut job_queues = BTreeMap::new();
+    for (key, wanted) in &declared.job_queues {
+        let arn = ensure_job_queue(clients, wanted, &compute_environments, &declared.name_prefix, deadline).await?;
+        job_queues.insert(key.clone(), Provisioned { spec: wanted.clone(), arn });
     }
-    for key in config.job_definitions.keys().cloned().collect::<Vec<_>>() {
-        let arn = ensure_job_definition(clients, &config, &key).await?;
-        config.job_definitions.get_mut(&key).expect("key from the map").arn = Some(arn);
+    let mut job_definitions = BTreeMap::new();
+    for (key, wanted) in &declared.job_definitions {
+        let arn = ensure_job_definition(clients, declared, &roles, wanted).await?;
+        job_definitions.insert(key.clone(), Provisioned { spec: wanted.clone(), arn });
     }
 
     if let Some(previous) = previous {
-        remove_dropped(clients, &config, previous, deadline).await?;
+        remove_dropped(clients, declared, previous, deadline).await?;
     }
+    let config = StackConfig {
+        name_prefix: declared.name_prefix.clone(),
+        network: declared.network.clone(),
+        roles,
+        repository,
+        compute_environments,
+        job_queues,
+        job_definitions,
+        default_queue: declared.default_queue.clone(),
+        pipelines: declared.pipelines.clone(),
+        triggers: declared.triggers.clone(),
+    };
     publish(clients, table, &config).await?;
     Ok(config)
 }
 
 /// Deletes everything the configuration describes; what is already gone counts as done.
-pub async fn teardown(clients: &Clients, table: &str, config: &StackConfig, deadline: Instant) -> Result<(), Error> {
+pub async fn teardown(clients: &Clients, table: &str, config: &Declared, deadline: Instant) -> Result<(), Error> {
     for queue in config.job_queues.values() {
         delete_job_queue(clients, &queue.name, deadline).await?;
     }
@@ -92,8 +116,8 @@ pub async fn teardown(clients: &Clients, table: &str, config: &StackConfig, dead
 
 async fn remove_dropped(
     clients: &Clients,
-    config: &StackConfig,
-    previous: &StackConfig,
+    config: &Declared,
+    previous: &Declared,
     deadline: Instant,
 ) -> Result<(), Error> {
     let kept_names = |names: Vec<&String>| names.into_iter().cloned().collect::<std::collections::BTreeSet<String>>();
@@ -242,8 +266,7 @@ async fn delete_role(clients: &Clients, name: &str) -> Result<(), Error> {
 
 // ----- ECR -------------------------------------------------------------------------------
 
-async fn ensure_repository(clients: &Clients, config: &StackConfig) -> Result<String, Error> {
-    let repository = &config.repository;
+async fn ensure_repository(clients: &Clients, repository: &Repository, stack: &str) -> Result<String, Error> {
     match clients.ecr.describe_repositories().repository_names(&repository.name).send().await {
         Ok(found) => {
             let existing = found.repositories().first();
@@ -278,13 +301,7 @@ async fn ensure_repository(clients: &Clients, config: &StackConfig) -> Result<St
                         .scan_on_push(repository.scan_on_push)
                         .build(),
                 )
-                .tags(
-                    aws_sdk_ecr::types::Tag::builder()
-                        .key(STACK_TAG)
-                        .value(&config.name_prefix)
-                        .build()
-                        .map_err(build_error)?,
-                )
+                .tags(aws_sdk_ecr::types::Tag::builder().key(STACK_TAG).value(stack).build().map_err(build_error)?)
                 .send()
                 .await
                 .map_err(|e| Error::aws("CreateRepository", e))?;
@@ -349,12 +366,11 @@ async fn describe_compute_environment(
 
 async fn ensure_compute_environment(
     clients: &Clients,
-    config: &StackConfig,
-    key: &str,
+    wanted: &ComputeEnvironment,
+    network: &Network,
+    stack: &str,
     deadline: Instant,
 ) -> Result<String, Error> {
-    let wanted = &config.compute_environments[key];
-    let network = &config.network;
     let arn = match describe_compute_environment(clients, &wanted.name).await? {
         None => {
             let kind = match wanted.kind {
@@ -375,7 +391,7 @@ async fn ensure_compute_environment(
                         .set_security_group_ids(Some(network.security_groups.clone()))
                         .build(),
                 )
-                .tags(STACK_TAG, &config.name_prefix)
+                .tags(STACK_TAG, stack)
                 .send()
                 .await
                 .map_err(|e| Error::aws("CreateComputeEnvironment", e))?;
@@ -481,17 +497,18 @@ async fn describe_job_queue(
 
 async fn ensure_job_queue(
     clients: &Clients,
-    config: &StackConfig,
-    key: &str,
+    wanted: &JobQueue,
+    compute_environments: &BTreeMap<String, Provisioned<ComputeEnvironment>>,
+    stack: &str,
     deadline: Instant,
 ) -> Result<String, Error> {
-    let wanted = &config.job_queues[key];
     let order: Vec<ComputeEnvironmentOrder> = wanted
         .compute_environments
         .iter()
         .enumerate()
         .map(|(index, ce)| {
-            let arn = config.compute_environments[ce].arn.clone().unwrap_or_default();
+            // Declaration checked every key; a missing one would be refused by Batch.
+            let arn = compute_environments.get(ce).map(|c| c.arn.clone()).unwrap_or_default();
             ComputeEnvironmentOrder::builder().order(index as i32 + 1).compute_environment(arn).build()
         })
         .collect();
@@ -504,7 +521,7 @@ async fn ensure_job_queue(
                 .state(JqState::Enabled)
                 .priority(wanted.priority as i32)
                 .set_compute_environment_order(Some(order))
-                .tags(STACK_TAG, &config.name_prefix)
+                .tags(STACK_TAG, stack)
                 .send()
                 .await
                 .map_err(|e| Error::aws("CreateJobQueue", e))?;
@@ -613,15 +630,34 @@ pub fn spec_hash(
     assign_public_ip: bool,
     region: &str,
 ) -> String {
-    let mut unregistered = definition.clone();
-    unregistered.arn = None;
-    let text =
-        serde_json::json!([unregistered, execution_role_arn, job_role_arn, assign_public_ip, region]).to_string();
+    // `"arn": null` as earlier releases hashed it (the declaration then carried an unset
+    // ARN), so an unchanged definition keeps its revision across the upgrade.
+    let mut unregistered = serde_json::to_value(definition).unwrap_or_default();
+    if let Some(fields) = unregistered.as_object_mut() {
+        fields.insert("arn".into(), serde_json::Value::Null);
+    }
+    let hashed = serde_json::json!([unregistered, execution_role_arn, job_role_arn, assign_public_ip, region]);
+    // Keys sorted: serde_json keeps insertion order when any crate in the build turns on
+    // its `preserve_order` feature, and the hash must not depend on what else is built.
+    let text = sorted_keys(hashed).to_string();
     let mut hash: u64 = 0xcbf29ce484222325;
     for byte in text.bytes() {
         hash = (hash ^ byte as u64).wrapping_mul(0x100000001b3);
     }
     format!("{hash:016x}")
+}
+
+/// The value with every object's keys in sorted order.
+fn sorted_keys(value: serde_json::Value) -> serde_json::Value {
+    match value {
+        serde_json::Value::Object(fields) => {
+            let sorted: BTreeMap<String, serde_json::Value> =
+                fields.into_iter().map(|(k, v)| (k, sorted_keys(v))).collect();
+            serde_json::Value::Object(sorted.into_iter().collect())
+        }
+        serde_json::Value::Array(items) => serde_json::Value::Array(items.into_iter().map(sorted_keys).collect()),
+        other => other,
+    }
 }
 
 async fn active_revisions(clients: &Clients, name: &str) -> Result<Vec<aws_sdk_batch::types::JobDefinition>, Error> {
@@ -650,11 +686,14 @@ async fn active_revisions(clients: &Clients, name: &str) -> Result<Vec<aws_sdk_b
     }
 }
 
-async fn ensure_job_definition(clients: &Clients, config: &StackConfig, key: &str) -> Result<String, Error> {
-    let definition = &config.job_definitions[key];
-    let execution_role = config.roles.execution_role_arn.clone().unwrap_or_default();
-    let job_role = config.roles.job_role_arn.clone().unwrap_or_default();
-    let hash = spec_hash(definition, &execution_role, &job_role, config.network.assign_public_ip, &clients.region);
+async fn ensure_job_definition(
+    clients: &Clients,
+    config: &Declared,
+    roles: &Roles,
+    definition: &JobDefinition,
+) -> Result<String, Error> {
+    let (execution_role, job_role) = (&roles.execution_role_arn, &roles.job_role_arn);
+    let hash = spec_hash(definition, execution_role, job_role, config.network.assign_public_ip, &clients.region);
     let revisions = active_revisions(clients, &definition.name).await?;
     if let Some(latest) = revisions.iter().max_by_key(|d| d.revision()) {
         if latest.tags().and_then(|t| t.get(SPEC_TAG)) == Some(&hash) {
@@ -673,8 +712,8 @@ async fn ensure_job_definition(clients: &Clients, config: &StackConfig, key: &st
     let container = ContainerProperties::builder()
         .image(&definition.image)
         .set_command((!definition.command.is_empty()).then(|| definition.command.clone()))
-        .execution_role_arn(&execution_role)
-        .job_role_arn(&job_role)
+        .execution_role_arn(execution_role)
+        .job_role_arn(job_role)
         .resource_requirements(requirement(ResourceType::Vcpu, format_vcpu(definition.size.vcpu)))
         .resource_requirements(requirement(ResourceType::Memory, definition.size.memory_mib.to_string()))
         .set_environment(Some(
@@ -759,14 +798,32 @@ fn build_error(err: impl std::fmt::Display) -> Error {
 
 /// The outputs CloudFormation gets in `Data` (names fixed by the design, plus a few more).
 pub fn outputs(config: &StackConfig) -> BTreeMap<&'static str, String> {
-    let arns = |items: Vec<Option<String>>| items.into_iter().flatten().collect::<Vec<_>>().join(",");
+    let arns = |items: Vec<&str>| items.join(",");
     BTreeMap::from([
-        ("ExecutionRoleArn", config.roles.execution_role_arn.clone().unwrap_or_default()),
-        ("JobRoleArn", config.roles.job_role_arn.clone().unwrap_or_default()),
-        ("RepositoryUri", config.repository.uri.clone().unwrap_or_default()),
-        ("JobQueueArn", config.default_job_queue().and_then(|q| q.arn.clone()).unwrap_or_default()),
-        ("JobDefinitionArns", arns(config.job_definitions.values().map(|d| d.arn.clone()).collect())),
-        ("JobQueueArns", arns(config.job_queues.values().map(|q| q.arn.clone()).collect())),
-        ("ComputeEnvironmentArns", arns(config.compute_environments.values().map(|c| c.arn.clone()).collect())),
+        ("ExecutionRoleArn", config.roles.execution_role_arn.clone()),
+        ("JobRoleArn", config.roles.job_role_arn.clone()),
+        ("RepositoryUri", config.repository.uri.clone()),
+        ("JobQueueArn", config.default_job_queue().map(|q| q.arn.clone()).unwrap_or_default()),
+        ("JobDefinitionArns", arns(config.job_definitions.values().map(|d| d.arn.as_str()).collect())),
+        ("JobQueueArns", arns(config.job_queues.values().map(|q| q.arn.as_str()).collect())),
+        ("ComputeEnvironmentArns", arns(config.compute_environments.values().map(|c| c.arn.as_str()).collect())),
     ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unchanged_job_definition_hashes_as_the_previous_release_did() {
+        // Values the release before the deployed/declared split printed for the same inputs
+        // in the function's own build (serde_json without `preserve_order`); now the same
+        // whatever the build's features.
+        let properties = serde_json::json!({"Network": {"Subnets": ["subnet-1"], "SecurityGroups": ["sg-1"]},
+            "JobDefinitions": {"default": {}, "big": {"Image": "repo/x:1", "Vcpu": "1", "Memory": "2048", "Environment": {"A": "1"}, "TimeoutSeconds": "600"}}});
+        let declared = crate::declaration::declare(&properties).unwrap();
+        let hash = |key: &str| spec_hash(&declared.job_definitions[key], "arn:exec", "arn:job", true, "us-east-1");
+        assert_eq!(hash("big"), "84dcf0b09ef318af");
+        assert_eq!(hash("default"), "cdc96cd299c74b9d");
+    }
 }

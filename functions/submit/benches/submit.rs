@@ -21,14 +21,8 @@ fn config() -> StackConfig {
             "other": {"Prefix": "archive/", "JobDefinition": "default"}
         }}
     });
-    let mut config = batchline_bootstrap::declaration::declare(&properties).expect("valid configuration");
-    for (key, queue) in config.job_queues.iter_mut() {
-        queue.arn = Some(format!("arn:aws:batch:us-east-1:123456789012:job-queue/batchline-{key}"));
-    }
-    for (key, definition) in config.job_definitions.iter_mut() {
-        definition.arn = Some(format!("arn:aws:batch:us-east-1:123456789012:job-definition/batchline-{key}:1"));
-    }
-    config
+    let declared = batchline_bootstrap::declaration::declare(&properties).expect("valid configuration");
+    declared.assume_provisioned(|kind, name| format!("arn:aws:batch:us-east-1:123456789012:{kind}/{name}"))
 }
 
 fn main() {

@@ -214,7 +214,7 @@ async fn serve(
         Route::GetJob(id) => {
             let reply =
                 clients.batch.describe_jobs().jobs(&id).send().await.map_err(|e| Error::aws("DescribeJobs", e))?;
-            let ours = |queue: Option<&str>| stack.job_queues.values().any(|q| q.arn.as_deref() == queue);
+            let ours = |queue: Option<&str>| stack.job_queues.values().any(|q| Some(q.arn.as_str()) == queue);
             let job = reply
                 .jobs()
                 .iter()

@@ -25,19 +25,18 @@ pub enum Planned {
     Run { pipeline: String, source: Source },
 }
 
-/// The tags Batchline puts on every job it submits.
+/// The tags Batchline puts on every job it submits (run, pipeline, stage, trigger): what
+/// is left of Batch's 50 for the caller's own.
 pub const OWN_TAGS: usize = 4;
 
 /// A job of the job definition `key`, on that definition's queue.
 pub fn job(config: &StackConfig, key: &str, source: Source, size: Option<Size>) -> Result<JobRequest, String> {
     let definition = config.job_definitions.get(key).ok_or_else(|| format!("there is no job definition {key:?}"))?;
-    let definition_arn = definition
-        .arn
-        .clone()
-        .ok_or_else(|| format!("job definition {key:?} has not been registered (has bootstrap run?)"))?;
     let queue = config.queue_for(definition).ok_or_else(|| format!("job definition {key:?} names no known queue"))?;
-    let queue_arn =
-        queue.arn.clone().ok_or_else(|| format!("queue {:?} has not been created (has bootstrap run?)", queue.name))?;
+    let (definition_arn, queue_arn) = (definition.arn.clone(), queue.arn.clone());
+    // A single job carries the same four tags as a stage's job, so every Batchline job can
+    // be told apart and counted alike: its own `job-<hash>` in place of a run id, and an
+    // empty pipeline, which job-events reads as "not part of a run".
     let tags = BTreeMap::from([
         (RUN_TAG.to_owned(), format!("job-{}", digest(&source.idempotency_key, 12))),
         (PIPELINE_TAG.to_owned(), String::new()),

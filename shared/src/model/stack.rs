@@ -1,11 +1,18 @@
 //! The stack configuration as deployed: what bootstrap provisioned and published, read by every function.
 //!
-//! Bootstrap declares it from the custom resource's properties (its `declaration`
-//! module parses and validates the CloudFormation document), fills in each resource's
-//! ARN as it provisions it, and publishes it to the table; submit and job-events read it
-//! from there, cached per container.
+//! Bootstrap declares the resources from the custom resource's properties (its
+//! `declaration` module parses and validates the CloudFormation document into the
+//! declared types here: [`ComputeEnvironment`], [`JobQueue`], [`JobDefinition`],
+//! [`RoleNames`], [`Repository`]), provisions each, and publishes the [`StackConfig`]:
+//! every resource [`Provisioned`], with its ARN, so no reader has to ask "has bootstrap
+//! run?". Submit and job-events read it from the table, cached per container.
+//!
+//! The JSON shape is the stored format: a provisioned resource is its declaration's
+//! fields plus `arn` (`uri` for the repository; `executionRoleArn` and `jobRoleArn` for
+//! the roles), as earlier releases wrote it.
 
 use std::collections::BTreeMap;
+use std::ops::Deref;
 
 use serde::{Deserialize, Serialize};
 
@@ -30,19 +37,18 @@ for step in range(1, 6):
 print(json.dumps({"status": "success", "job": job}))
 "#;
 
-/// The validated configuration with every default filled in and physical names chosen.
-/// Bootstrap adds ARNs once the resources exist and publishes it to the table, where
-/// submit and job-events read it.
+/// The deployed configuration: every default filled in, physical names chosen, every
+/// resource provisioned.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StackConfig {
     pub name_prefix: String,
     pub network: Network,
     pub roles: Roles,
-    pub repository: Repository,
-    pub compute_environments: BTreeMap<String, ComputeEnvironment>,
-    pub job_queues: BTreeMap<String, JobQueue>,
-    pub job_definitions: BTreeMap<String, JobDefinition>,
+    pub repository: ProvisionedRepository,
+    pub compute_environments: BTreeMap<String, Provisioned<ComputeEnvironment>>,
+    pub job_queues: BTreeMap<String, Provisioned<JobQueue>>,
+    pub job_definitions: BTreeMap<String, Provisioned<JobDefinition>>,
     /// The key of the queue jobs go to unless told otherwise.
     pub default_queue: String,
     #[serde(default)]
@@ -58,16 +64,53 @@ pub struct Network {
     pub assign_public_ip: bool,
 }
 
+/// A declared resource that exists: the declaration and the ARN bootstrap got for it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Provisioned<T> {
+    #[serde(flatten)]
+    pub spec: T,
+    pub arn: String,
+}
+
+impl<T> Deref for Provisioned<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.spec
+    }
+}
+
+/// The repository as provisioned: the declaration and the URI images are pushed to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProvisionedRepository {
+    #[serde(flatten)]
+    pub spec: Repository,
+    pub uri: String,
+}
+
+impl Deref for ProvisionedRepository {
+    type Target = Repository;
+    fn deref(&self) -> &Repository {
+        &self.spec
+    }
+}
+
+/// The roles as declared: their names, and the bucket the job role may read.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Roles {
+pub struct RoleNames {
     pub execution_role_name: String,
     pub job_role_name: String,
     pub input_bucket: Option<String>,
-    #[serde(default)]
-    pub execution_role_arn: Option<String>,
-    #[serde(default)]
-    pub job_role_arn: Option<String>,
+}
+
+/// The roles as provisioned.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Roles {
+    #[serde(flatten)]
+    pub names: RoleNames,
+    pub execution_role_arn: String,
+    pub job_role_arn: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -76,8 +119,6 @@ pub struct Repository {
     pub name: String,
     pub scan_on_push: bool,
     pub delete_on_stack_delete: bool,
-    #[serde(default)]
-    pub uri: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,8 +143,6 @@ pub struct ComputeEnvironment {
     pub name: String,
     pub kind: ComputeType,
     pub max_vcpus: u32,
-    #[serde(default)]
-    pub arn: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -113,8 +152,6 @@ pub struct JobQueue {
     pub priority: u32,
     /// Keys of compute environments, in order of preference.
     pub compute_environments: Vec<String>,
-    #[serde(default)]
-    pub arn: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -132,9 +169,6 @@ pub struct JobDefinition {
     pub log_group: String,
     /// Key of the queue its jobs go to.
     pub queue: String,
-    /// The active revision's ARN, once registered.
-    #[serde(default)]
-    pub arn: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -173,12 +207,12 @@ pub struct ScheduleTrigger {
 
 impl StackConfig {
     /// The queue a job definition's jobs go to.
-    pub fn queue_for(&self, job_definition: &JobDefinition) -> Option<&JobQueue> {
+    pub fn queue_for(&self, job_definition: &JobDefinition) -> Option<&Provisioned<JobQueue>> {
         self.job_queues.get(&job_definition.queue)
     }
 
     /// The default queue.
-    pub fn default_job_queue(&self) -> Option<&JobQueue> {
+    pub fn default_job_queue(&self) -> Option<&Provisioned<JobQueue>> {
         self.job_queues.get(&self.default_queue)
     }
 }

@@ -44,14 +44,11 @@ pub fn stage_job(config: &StackConfig, run: &Run, stage: &str, attempt: &Attempt
     let definition = config.job_definitions.get(&declared.job_definition).ok_or_else(|| {
         unsubmittable(format!("job definition {:?} is no longer configured", declared.job_definition))
     })?;
-    let definition_arn = definition
-        .arn
-        .clone()
-        .ok_or_else(|| unsubmittable(format!("job definition {:?} is not registered", declared.job_definition)))?;
+    let definition_arn = definition.arn.clone();
     let queue_arn = config
         .job_queues
         .get(&declared.queue)
-        .and_then(|q| q.arn.clone())
+        .map(|q| q.arn.clone())
         .ok_or_else(|| unsubmittable(format!("queue {:?} is no longer configured", declared.queue)))?;
     let mut parameters = run.input.parameters.clone();
     parameters.extend(declared.parameters.clone());

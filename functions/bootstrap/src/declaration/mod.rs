@@ -259,6 +259,63 @@ pub struct ScheduleTriggerDoc {
 
 // ----- validation -------------------------------------------------------------------------
 
+/// The validated document: every default filled in and physical names chosen, nothing
+/// provisioned yet. Provisioning it gives the deployed [`StackConfig`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Declared {
+    pub name_prefix: String,
+    pub network: Network,
+    pub roles: RoleNames,
+    pub repository: Repository,
+    pub compute_environments: BTreeMap<String, ComputeEnvironment>,
+    pub job_queues: BTreeMap<String, JobQueue>,
+    pub job_definitions: BTreeMap<String, JobDefinition>,
+    /// The key of the queue jobs go to unless told otherwise.
+    pub default_queue: String,
+    pub pipelines: BTreeMap<String, Pipeline>,
+    pub triggers: Triggers,
+}
+
+impl Declared {
+    /// The deployed configuration as if every resource existed, with the ARNs `arn`
+    /// gives (`arn(kind, physical name)`, kind being `role`, `repository`,
+    /// `compute-environment`, `job-queue` or `job-definition`). For benchmarks and
+    /// tests that need a configuration without provisioning one.
+    pub fn assume_provisioned(&self, arn: impl Fn(&str, &str) -> String) -> StackConfig {
+        StackConfig {
+            name_prefix: self.name_prefix.clone(),
+            network: self.network.clone(),
+            roles: Roles {
+                names: self.roles.clone(),
+                execution_role_arn: arn("role", &self.roles.execution_role_name),
+                job_role_arn: arn("role", &self.roles.job_role_name),
+            },
+            repository: ProvisionedRepository {
+                spec: self.repository.clone(),
+                uri: arn("repository", &self.repository.name),
+            },
+            compute_environments: self
+                .compute_environments
+                .iter()
+                .map(|(k, c)| (k.clone(), Provisioned { spec: c.clone(), arn: arn("compute-environment", &c.name) }))
+                .collect(),
+            job_queues: self
+                .job_queues
+                .iter()
+                .map(|(k, q)| (k.clone(), Provisioned { spec: q.clone(), arn: arn("job-queue", &q.name) }))
+                .collect(),
+            job_definitions: self
+                .job_definitions
+                .iter()
+                .map(|(k, d)| (k.clone(), Provisioned { spec: d.clone(), arn: arn("job-definition", &d.name) }))
+                .collect(),
+            default_queue: self.default_queue.clone(),
+            pipelines: self.pipelines.clone(),
+            triggers: self.triggers.clone(),
+        }
+    }
+}
+
 /// Everything wrong with a document, each problem with its path.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid stack configuration: {}", .problems.join("; "))]
@@ -267,7 +324,7 @@ pub struct ConfigProblems {
 }
 
 /// Parses and validates the custom resource's properties.
-pub fn declare(properties: &Value) -> Result<StackConfig, ConfigProblems> {
+pub fn declare(properties: &Value) -> Result<Declared, ConfigProblems> {
     let document: Document = serde_path_to_error::deserialize(properties).map_err(|err| {
         let path = err.path().to_string();
         let inner = err.into_inner().to_string();
@@ -298,7 +355,7 @@ fn valid_repository_name(name: &str) -> bool {
         && name.ends_with(|c: char| c.is_ascii_alphanumeric())
 }
 
-fn resolve(doc: Document) -> Result<StackConfig, ConfigProblems> {
+fn resolve(doc: Document) -> Result<Declared, ConfigProblems> {
     let mut problems = Vec::new();
     let prefix = doc.name_prefix.clone().unwrap_or_else(|| "batchline".to_owned());
     if !valid_batch_name(&prefix) || prefix.len() > 40 {
@@ -337,12 +394,10 @@ fn resolve(doc: Document) -> Result<StackConfig, ConfigProblems> {
         }
     };
 
-    let roles = Roles {
+    let roles = RoleNames {
         execution_role_name: doc.roles.execution_role_name.clone().unwrap_or_else(|| name("execution")),
         job_role_name: doc.roles.job_role_name.clone().unwrap_or_else(|| name("job")),
         input_bucket: doc.roles.input_bucket.clone().filter(|b| !b.is_empty()),
-        execution_role_arn: None,
-        job_role_arn: None,
     };
     for (field, role) in [("ExecutionRoleName", &roles.execution_role_name), ("JobRoleName", &roles.job_role_name)] {
         if !valid_role_name(role) {
@@ -353,7 +408,6 @@ fn resolve(doc: Document) -> Result<StackConfig, ConfigProblems> {
         name: doc.repository.name.clone().unwrap_or_else(|| name("jobs").to_ascii_lowercase()),
         scan_on_push: doc.repository.scan_on_push.unwrap_or(true),
         delete_on_stack_delete: doc.repository.delete_on_stack_delete.unwrap_or(false),
-        uri: None,
     };
     if !valid_repository_name(&repository.name) {
         problems.push(format!(
@@ -388,7 +442,7 @@ fn resolve(doc: Document) -> Result<StackConfig, ConfigProblems> {
             problems.push(format!("{path}.MaxVcpus {max_vcpus}: use 1 to 10000"));
         }
         compute_environments
-            .insert(key.clone(), ComputeEnvironment { name: name(key), kind, max_vcpus: max_vcpus as u32, arn: None });
+            .insert(key.clone(), ComputeEnvironment { name: name(key), kind, max_vcpus: max_vcpus as u32 });
     }
 
     let mut job_queues = BTreeMap::new();
@@ -420,10 +474,8 @@ fn resolve(doc: Document) -> Result<StackConfig, ConfigProblems> {
         if priority > 1000 {
             problems.push(format!("{path}.Priority {priority}: use 0 to 1000"));
         }
-        job_queues.insert(
-            key.clone(),
-            JobQueue { name: name(key), priority: priority as u32, compute_environments: order, arn: None },
-        );
+        job_queues
+            .insert(key.clone(), JobQueue { name: name(key), priority: priority as u32, compute_environments: order });
     }
     let default_queue = if job_queues.contains_key(DEFAULT_KEY) {
         DEFAULT_KEY.to_owned()
@@ -508,7 +560,6 @@ fn resolve(doc: Document) -> Result<StackConfig, ConfigProblems> {
                 timeout_seconds: definition.timeout_seconds.map(|t| t as u32),
                 log_group: definition.log_group.clone().unwrap_or_else(|| DEFAULT_LOG_GROUP.to_owned()),
                 queue,
-                arn: None,
             },
         );
     }
@@ -519,7 +570,7 @@ fn resolve(doc: Document) -> Result<StackConfig, ConfigProblems> {
     let triggers = resolve_triggers(doc.triggers.unwrap_or_default(), &job_definitions, &pipelines, &mut problems);
 
     if problems.is_empty() {
-        Ok(StackConfig {
+        Ok(Declared {
             name_prefix: prefix,
             network,
             roles,
@@ -625,12 +676,7 @@ mod tests {
         let config = declare(&network_only()).unwrap();
         assert_eq!(
             config.compute_environments["default"],
-            ComputeEnvironment {
-                name: "batchline-default".into(),
-                kind: ComputeType::Fargate,
-                max_vcpus: 256,
-                arn: None
-            }
+            ComputeEnvironment { name: "batchline-default".into(), kind: ComputeType::Fargate, max_vcpus: 256 }
         );
         assert_eq!(config.job_queues["default"].priority, 1);
         assert_eq!(config.job_queues["default"].compute_environments, ["default"]);
@@ -673,6 +719,14 @@ mod tests {
     }
 
     #[test]
+    fn the_deployed_config_round_trips_through_json() {
+        let config = declare(&network_only()).unwrap().assume_provisioned(|kind, name| format!("arn:{kind}/{name}"));
+        assert_eq!(config.job_queues["default"].arn, "arn:job-queue/batchline-default");
+        let text = serde_json::to_string(&config).unwrap();
+        assert_eq!(serde_json::from_str::<StackConfig>(&text).unwrap(), config);
+    }
+
+    #[test]
     fn problems_are_named_with_their_path() {
         let check = |properties: Value, expected: &str| {
             let err = declare(&properties).unwrap_err().to_string();
@@ -701,12 +755,5 @@ mod tests {
         let mut bad_repo = network_only();
         bad_repo["Repository"] = json!({"Name": "Has_Upper"});
         check(bad_repo, "Repository.Name");
-    }
-
-    #[test]
-    fn the_resolved_config_round_trips_through_json() {
-        let config = declare(&network_only()).unwrap();
-        let text = serde_json::to_string(&config).unwrap();
-        assert_eq!(serde_json::from_str::<StackConfig>(&text).unwrap(), config);
     }
 }
