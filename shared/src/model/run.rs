@@ -6,6 +6,9 @@
 //! than the stage's current one are ignored, and a stage is planned for submission once
 //! (its next attempt is written to the record before anything is submitted, so a crash
 //! leaves a record that says what is still to submit).
+//!
+//! Over 500 lines on purpose: one state machine (about 430 lines) and its tests; splitting
+//! the transitions apart would scatter the rules that must be read together.
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -26,7 +26,7 @@ use batchline::model::stack::JobDefinition;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{de_opt_string_list, de_opt_text};
+use super::values::{de_opt_string_list, de_opt_text};
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "PascalCase")]
 pub struct PipelineDoc {

@@ -1,12 +1,4 @@
-//! Provisioning and teardown: roles, repository, compute environments, queues and job definitions, converged to the configuration.
-//!
-//! Every step reads what exists first and changes only what differs, so Create, Update and
-//! a retried request all converge on the same state, and a job definition gets a new
-//! revision only when its registration would differ (a hash of it is kept in the tag
-//! `batchline:spec`). Teardown runs in the order AWS requires — jobs stopped, queues
-//! disabled then deleted, compute environments disabled then deleted, job definitions
-//! deregistered, the repository (only when configured) and the roles — and treats anything
-//! already gone as done.
+//! Batch: Fargate compute environments, job queues and job definitions, converged and torn down in the order AWS requires.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -19,313 +11,15 @@ use aws_sdk_batch::types::{
     ResourceRequirement, ResourceType, RetryAction, RetryStrategy, RuntimePlatform, Secret,
 };
 use batchline::model::fargate::format_vcpu;
-use batchline::model::stack::{
-    ComputeEnvironment, ComputeType, JobDefinition, JobQueue, Network, Provisioned, ProvisionedRepository, Repository,
-    Roles, StackConfig, EXECUTION_POLICY_ARN,
-};
-use batchline::store::{ConfigStore, DynamoStore};
-use batchline::Error;
+use batchline::model::stack::{ComputeEnvironment, ComputeType, JobDefinition, JobQueue, Network, Provisioned, Roles};
 use tokio::time::Instant;
+
+use super::{SPEC_TAG, STACK_TAG};
+use crate::declaration::Declared;
+use batchline::Error;
 use tracing::info;
 
-use crate::declaration::Declared;
 use crate::Clients;
-
-pub const SPEC_TAG: &str = "batchline:spec";
-pub const STACK_TAG: &str = "batchline:stack";
-const JOB_ROLE_POLICY: &str = "batchline-input-read";
-
-const ECS_TASKS_TRUST: &str = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"ecs-tasks.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#;
-
-/// Creates or updates everything `declared` names, removes what `previous` had and
-/// `declared` no longer has, publishes the result and returns it: the deployed
-/// configuration, every resource with its ARN.
-pub async fn converge(
-    clients: &Clients,
-    table: &str,
-    declared: &Declared,
-    previous: Option<&Declared>,
-    deadline: Instant,
-) -> Result<StackConfig, Error> {
-    let names = &declared.roles;
-    let execution_role_arn = ensure_role(clients, &names.execution_role_name, Some(EXECUTION_POLICY_ARN)).await?;
-    let job_role_arn = ensure_role(clients, &names.job_role_name, None).await?;
-    ensure_input_read_policy(clients, &names.job_role_name, names.input_bucket.as_deref()).await?;
-    let roles = Roles { names: names.clone(), execution_role_arn, job_role_arn };
-    let repository = ProvisionedRepository {
-        spec: declared.repository.clone(),
-        uri: ensure_repository(clients, &declared.repository, &declared.name_prefix).await?,
-    };
-
-    let mut compute_environments = BTreeMap::new();
-    for (key, wanted) in &declared.compute_environments {
-        let arn =
-            ensure_compute_environment(clients, wanted, &declared.network, &declared.name_prefix, deadline).await?;
-        compute_environments.insert(key.clone(), Provisioned { spec: wanted.clone(), arn });
-    }
-    let mut job_queues = BTreeMap::new();
-    for (key, wanted) in &declared.job_queues {
-        let arn = ensure_job_queue(clients, wanted, &compute_environments, &declared.name_prefix, deadline).await?;
-        job_queues.insert(key.clone(), Provisioned { spec: wanted.clone(), arn });
-    }
-    let mut job_definitions = BTreeMap::new();
-    for (key, wanted) in &declared.job_definitions {
-        let arn = ensure_job_definition(clients, declared, &roles, wanted).await?;
-        job_definitions.insert(key.clone(), Provisioned { spec: wanted.clone(), arn });
-    }
-
-    if let Some(previous) = previous {
-        remove_dropped(clients, declared, previous, deadline).await?;
-    }
-    let config = StackConfig {
-        name_prefix: declared.name_prefix.clone(),
-        network: declared.network.clone(),
-        roles,
-        repository,
-        compute_environments,
-        job_queues,
-        job_definitions,
-        default_queue: declared.default_queue.clone(),
-        pipelines: declared.pipelines.clone(),
-        triggers: declared.triggers.clone(),
-    };
-    publish(clients, table, &config).await?;
-    Ok(config)
-}
-
-/// Deletes everything the configuration describes; what is already gone counts as done.
-pub async fn teardown(clients: &Clients, table: &str, config: &Declared, deadline: Instant) -> Result<(), Error> {
-    for queue in config.job_queues.values() {
-        delete_job_queue(clients, &queue.name, deadline).await?;
-    }
-    for environment in config.compute_environments.values() {
-        delete_compute_environment(clients, &environment.name, deadline).await?;
-    }
-    for definition in config.job_definitions.values() {
-        deregister_job_definition(clients, &definition.name).await?;
-    }
-    if config.repository.delete_on_stack_delete {
-        delete_repository(clients, &config.repository.name).await?;
-    }
-    delete_role(clients, &config.roles.job_role_name).await?;
-    delete_role(clients, &config.roles.execution_role_name).await?;
-    DynamoStore::new(clients.dynamodb.clone(), table).remove_config().await?;
-    info!(prefix = %config.name_prefix, "environment torn down");
-    Ok(())
-}
-
-async fn remove_dropped(
-    clients: &Clients,
-    config: &Declared,
-    previous: &Declared,
-    deadline: Instant,
-) -> Result<(), Error> {
-    let kept_names = |names: Vec<&String>| names.into_iter().cloned().collect::<std::collections::BTreeSet<String>>();
-    let queues = kept_names(config.job_queues.values().map(|q| &q.name).collect());
-    for queue in previous.job_queues.values().filter(|q| !queues.contains(&q.name)) {
-        delete_job_queue(clients, &queue.name, deadline).await?;
-    }
-    let environments = kept_names(config.compute_environments.values().map(|c| &c.name).collect());
-    for environment in previous.compute_environments.values().filter(|c| !environments.contains(&c.name)) {
-        delete_compute_environment(clients, &environment.name, deadline).await?;
-    }
-    let definitions = kept_names(config.job_definitions.values().map(|d| &d.name).collect());
-    for definition in previous.job_definitions.values().filter(|d| !definitions.contains(&d.name)) {
-        deregister_job_definition(clients, &definition.name).await?;
-    }
-    Ok(())
-}
-
-async fn publish(clients: &Clients, table: &str, config: &StackConfig) -> Result<(), Error> {
-    DynamoStore::new(clients.dynamodb.clone(), table).publish_config(config).await
-}
-
-// ----- IAM -------------------------------------------------------------------------------
-
-async fn ensure_role(clients: &Clients, name: &str, managed_policy: Option<&str>) -> Result<String, Error> {
-    let arn = match clients.iam.get_role().role_name(name).send().await {
-        Ok(found) => {
-            clients
-                .iam
-                .update_assume_role_policy()
-                .role_name(name)
-                .policy_document(ECS_TASKS_TRUST)
-                .send()
-                .await
-                .map_err(|e| Error::aws("UpdateAssumeRolePolicy", e))?;
-            found.role().map(|r| r.arn().to_owned()).unwrap_or_default()
-        }
-        Err(err) => {
-            let err = Error::aws("GetRole", err);
-            if err.aws_code() != Some("NoSuchEntity") {
-                return Err(err);
-            }
-            let created = clients
-                .iam
-                .create_role()
-                .role_name(name)
-                .assume_role_policy_document(ECS_TASKS_TRUST)
-                .description("Batchline: assumed by ECS tasks of AWS Batch jobs")
-                .send()
-                .await
-                .map_err(|e| Error::aws("CreateRole", e))?;
-            info!(role = name, "role created");
-            created.role().map(|r| r.arn().to_owned()).unwrap_or_default()
-        }
-    };
-    if let Some(policy) = managed_policy {
-        clients
-            .iam
-            .attach_role_policy()
-            .role_name(name)
-            .policy_arn(policy)
-            .send()
-            .await
-            .map_err(|e| Error::aws("AttachRolePolicy", e))?;
-    }
-    Ok(arn)
-}
-
-/// The job role may read the input bucket, when one is configured, and nothing else.
-async fn ensure_input_read_policy(clients: &Clients, role: &str, bucket: Option<&str>) -> Result<(), Error> {
-    match bucket {
-        Some(bucket) => {
-            let policy = serde_json::json!({
-                "Version": "2012-10-17",
-                "Statement": [
-                    {"Effect": "Allow", "Action": "s3:GetObject", "Resource": format!("arn:aws:s3:::{bucket}/*")},
-                    {"Effect": "Allow", "Action": "s3:ListBucket", "Resource": format!("arn:aws:s3:::{bucket}")}
-                ]
-            });
-            clients
-                .iam
-                .put_role_policy()
-                .role_name(role)
-                .policy_name(JOB_ROLE_POLICY)
-                .policy_document(policy.to_string())
-                .send()
-                .await
-                .map_err(|e| Error::aws("PutRolePolicy", e))?;
-        }
-        None => {
-            if let Err(err) = clients.iam.delete_role_policy().role_name(role).policy_name(JOB_ROLE_POLICY).send().await
-            {
-                let err = Error::aws("DeleteRolePolicy", err);
-                if err.aws_code() != Some("NoSuchEntity") {
-                    return Err(err);
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-async fn delete_role(clients: &Clients, name: &str) -> Result<(), Error> {
-    let not_found = |err: &Error| err.aws_code() == Some("NoSuchEntity");
-    let attached = match clients.iam.list_attached_role_policies().role_name(name).send().await {
-        Ok(attached) => attached,
-        Err(err) => {
-            let err = Error::aws("ListAttachedRolePolicies", err);
-            return if not_found(&err) { Ok(()) } else { Err(err) };
-        }
-    };
-    for policy in attached.attached_policies().iter().filter_map(|p| p.policy_arn()) {
-        clients
-            .iam
-            .detach_role_policy()
-            .role_name(name)
-            .policy_arn(policy)
-            .send()
-            .await
-            .map_err(|e| Error::aws("DetachRolePolicy", e))?;
-    }
-    let inline =
-        clients.iam.list_role_policies().role_name(name).send().await.map_err(|e| Error::aws("ListRolePolicies", e))?;
-    for policy in inline.policy_names() {
-        clients
-            .iam
-            .delete_role_policy()
-            .role_name(name)
-            .policy_name(policy)
-            .send()
-            .await
-            .map_err(|e| Error::aws("DeleteRolePolicy", e))?;
-    }
-    match clients.iam.delete_role().role_name(name).send().await {
-        Ok(_) => Ok(()),
-        Err(err) => {
-            let err = Error::aws("DeleteRole", err);
-            if not_found(&err) {
-                Ok(())
-            } else {
-                Err(err)
-            }
-        }
-    }
-}
-
-// ----- ECR -------------------------------------------------------------------------------
-
-async fn ensure_repository(clients: &Clients, repository: &Repository, stack: &str) -> Result<String, Error> {
-    match clients.ecr.describe_repositories().repository_names(&repository.name).send().await {
-        Ok(found) => {
-            let existing = found.repositories().first();
-            let scanning = existing.and_then(|r| r.image_scanning_configuration()).map(|c| c.scan_on_push());
-            if scanning != Some(repository.scan_on_push) {
-                clients
-                    .ecr
-                    .put_image_scanning_configuration()
-                    .repository_name(&repository.name)
-                    .image_scanning_configuration(
-                        aws_sdk_ecr::types::ImageScanningConfiguration::builder()
-                            .scan_on_push(repository.scan_on_push)
-                            .build(),
-                    )
-                    .send()
-                    .await
-                    .map_err(|e| Error::aws("PutImageScanningConfiguration", e))?;
-            }
-            Ok(existing.and_then(|r| r.repository_uri()).unwrap_or_default().to_owned())
-        }
-        Err(err) => {
-            let err = Error::aws("DescribeRepositories", err);
-            if err.aws_code() != Some("RepositoryNotFoundException") {
-                return Err(err);
-            }
-            let created = clients
-                .ecr
-                .create_repository()
-                .repository_name(&repository.name)
-                .image_scanning_configuration(
-                    aws_sdk_ecr::types::ImageScanningConfiguration::builder()
-                        .scan_on_push(repository.scan_on_push)
-                        .build(),
-                )
-                .tags(aws_sdk_ecr::types::Tag::builder().key(STACK_TAG).value(stack).build().map_err(build_error)?)
-                .send()
-                .await
-                .map_err(|e| Error::aws("CreateRepository", e))?;
-            info!(repository = %repository.name, "repository created");
-            Ok(created.repository().and_then(|r| r.repository_uri()).unwrap_or_default().to_owned())
-        }
-    }
-}
-
-async fn delete_repository(clients: &Clients, name: &str) -> Result<(), Error> {
-    match clients.ecr.delete_repository().repository_name(name).force(true).send().await {
-        Ok(_) => Ok(()),
-        Err(err) => {
-            let err = Error::aws("DeleteRepository", err);
-            if err.aws_code() == Some("RepositoryNotFoundException") {
-                Ok(())
-            } else {
-                Err(err)
-            }
-        }
-    }
-}
-
-// ----- Batch -----------------------------------------------------------------------------
 
 /// Polls `check` until it says done, or fails at the deadline.
 async fn wait_until<F, Fut>(what: &str, deadline: Instant, mut check: F) -> Result<(), Error>
@@ -364,7 +58,7 @@ async fn describe_compute_environment(
         .cloned())
 }
 
-async fn ensure_compute_environment(
+pub(super) async fn ensure_compute_environment(
     clients: &Clients,
     wanted: &ComputeEnvironment,
     network: &Network,
@@ -441,7 +135,7 @@ async fn ensure_compute_environment(
     Ok(arn)
 }
 
-async fn delete_compute_environment(clients: &Clients, name: &str, deadline: Instant) -> Result<(), Error> {
+pub(super) async fn delete_compute_environment(clients: &Clients, name: &str, deadline: Instant) -> Result<(), Error> {
     let Some(existing) = describe_compute_environment(clients, name).await? else {
         return Ok(());
     };
@@ -495,7 +189,7 @@ async fn describe_job_queue(
         .cloned())
 }
 
-async fn ensure_job_queue(
+pub(super) async fn ensure_job_queue(
     clients: &Clients,
     wanted: &JobQueue,
     compute_environments: &BTreeMap<String, Provisioned<ComputeEnvironment>>,
@@ -561,7 +255,7 @@ async fn ensure_job_queue(
 }
 
 /// Stops the queue's unfinished jobs, disables the queue, then deletes it.
-async fn delete_job_queue(clients: &Clients, name: &str, deadline: Instant) -> Result<(), Error> {
+pub(super) async fn delete_job_queue(clients: &Clients, name: &str, deadline: Instant) -> Result<(), Error> {
     let Some(existing) = describe_job_queue(clients, name).await? else {
         return Ok(());
     };
@@ -686,7 +380,7 @@ async fn active_revisions(clients: &Clients, name: &str) -> Result<Vec<aws_sdk_b
     }
 }
 
-async fn ensure_job_definition(
+pub(super) async fn ensure_job_definition(
     clients: &Clients,
     config: &Declared,
     roles: &Roles,
@@ -779,7 +473,7 @@ pub fn retry_strategy(attempts: u32) -> RetryStrategy {
         .build()
 }
 
-async fn deregister_job_definition(clients: &Clients, name: &str) -> Result<(), Error> {
+pub(super) async fn deregister_job_definition(clients: &Clients, name: &str) -> Result<(), Error> {
     for revision in active_revisions(clients, name).await? {
         clients
             .batch
@@ -790,40 +484,4 @@ async fn deregister_job_definition(clients: &Clients, name: &str) -> Result<(), 
             .map_err(|e| Error::aws("DeregisterJobDefinition", e))?;
     }
     Ok(())
-}
-
-fn build_error(err: impl std::fmt::Display) -> Error {
-    Error::InvalidEvent(format!("building a request: {err}"))
-}
-
-/// The outputs CloudFormation gets in `Data` (names fixed by the design, plus a few more).
-pub fn outputs(config: &StackConfig) -> BTreeMap<&'static str, String> {
-    let arns = |items: Vec<&str>| items.join(",");
-    BTreeMap::from([
-        ("ExecutionRoleArn", config.roles.execution_role_arn.clone()),
-        ("JobRoleArn", config.roles.job_role_arn.clone()),
-        ("RepositoryUri", config.repository.uri.clone()),
-        ("JobQueueArn", config.default_job_queue().map(|q| q.arn.clone()).unwrap_or_default()),
-        ("JobDefinitionArns", arns(config.job_definitions.values().map(|d| d.arn.as_str()).collect())),
-        ("JobQueueArns", arns(config.job_queues.values().map(|q| q.arn.as_str()).collect())),
-        ("ComputeEnvironmentArns", arns(config.compute_environments.values().map(|c| c.arn.as_str()).collect())),
-    ])
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_unchanged_job_definition_hashes_as_the_previous_release_did() {
-        // Values the release before the deployed/declared split printed for the same inputs
-        // in the function's own build (serde_json without `preserve_order`); now the same
-        // whatever the build's features.
-        let properties = serde_json::json!({"Network": {"Subnets": ["subnet-1"], "SecurityGroups": ["sg-1"]},
-            "JobDefinitions": {"default": {}, "big": {"Image": "repo/x:1", "Vcpu": "1", "Memory": "2048", "Environment": {"A": "1"}, "TimeoutSeconds": "600"}}});
-        let declared = crate::declaration::declare(&properties).unwrap();
-        let hash = |key: &str| spec_hash(&declared.job_definitions[key], "arn:exec", "arn:job", true, "us-east-1");
-        assert_eq!(hash("big"), "84dcf0b09ef318af");
-        assert_eq!(hash("default"), "cdc96cd299c74b9d");
-    }
 }

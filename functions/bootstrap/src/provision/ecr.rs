@@ -1,0 +1,72 @@
+//! ECR: the repository job images are pushed to (scan on push; kept on delete unless configured).
+
+use batchline::model::stack::Repository;
+
+use super::{build_error, STACK_TAG};
+use batchline::Error;
+use tracing::info;
+
+use crate::Clients;
+
+pub(super) async fn ensure_repository(
+    clients: &Clients,
+    repository: &Repository,
+    stack: &str,
+) -> Result<String, Error> {
+    match clients.ecr.describe_repositories().repository_names(&repository.name).send().await {
+        Ok(found) => {
+            let existing = found.repositories().first();
+            let scanning = existing.and_then(|r| r.image_scanning_configuration()).map(|c| c.scan_on_push());
+            if scanning != Some(repository.scan_on_push) {
+                clients
+                    .ecr
+                    .put_image_scanning_configuration()
+                    .repository_name(&repository.name)
+                    .image_scanning_configuration(
+                        aws_sdk_ecr::types::ImageScanningConfiguration::builder()
+                            .scan_on_push(repository.scan_on_push)
+                            .build(),
+                    )
+                    .send()
+                    .await
+                    .map_err(|e| Error::aws("PutImageScanningConfiguration", e))?;
+            }
+            Ok(existing.and_then(|r| r.repository_uri()).unwrap_or_default().to_owned())
+        }
+        Err(err) => {
+            let err = Error::aws("DescribeRepositories", err);
+            if err.aws_code() != Some("RepositoryNotFoundException") {
+                return Err(err);
+            }
+            let created = clients
+                .ecr
+                .create_repository()
+                .repository_name(&repository.name)
+                .image_scanning_configuration(
+                    aws_sdk_ecr::types::ImageScanningConfiguration::builder()
+                        .scan_on_push(repository.scan_on_push)
+                        .build(),
+                )
+                .tags(aws_sdk_ecr::types::Tag::builder().key(STACK_TAG).value(stack).build().map_err(build_error)?)
+                .send()
+                .await
+                .map_err(|e| Error::aws("CreateRepository", e))?;
+            info!(repository = %repository.name, "repository created");
+            Ok(created.repository().and_then(|r| r.repository_uri()).unwrap_or_default().to_owned())
+        }
+    }
+}
+
+pub(super) async fn delete_repository(clients: &Clients, name: &str) -> Result<(), Error> {
+    match clients.ecr.delete_repository().repository_name(name).force(true).send().await {
+        Ok(_) => Ok(()),
+        Err(err) => {
+            let err = Error::aws("DeleteRepository", err);
+            if err.aws_code() == Some("RepositoryNotFoundException") {
+                Ok(())
+            } else {
+                Err(err)
+            }
+        }
+    }
+}

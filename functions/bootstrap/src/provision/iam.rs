@@ -1,0 +1,129 @@
+//! IAM: the task execution role and the job role, with the job role's read access to the input bucket.
+
+use super::{ECS_TASKS_TRUST, JOB_ROLE_POLICY};
+use batchline::Error;
+use tracing::info;
+
+use crate::Clients;
+
+pub(super) async fn ensure_role(clients: &Clients, name: &str, managed_policy: Option<&str>) -> Result<String, Error> {
+    let arn = match clients.iam.get_role().role_name(name).send().await {
+        Ok(found) => {
+            clients
+                .iam
+                .update_assume_role_policy()
+                .role_name(name)
+                .policy_document(ECS_TASKS_TRUST)
+                .send()
+                .await
+                .map_err(|e| Error::aws("UpdateAssumeRolePolicy", e))?;
+            found.role().map(|r| r.arn().to_owned()).unwrap_or_default()
+        }
+        Err(err) => {
+            let err = Error::aws("GetRole", err);
+            if err.aws_code() != Some("NoSuchEntity") {
+                return Err(err);
+            }
+            let created = clients
+                .iam
+                .create_role()
+                .role_name(name)
+                .assume_role_policy_document(ECS_TASKS_TRUST)
+                .description("Batchline: assumed by ECS tasks of AWS Batch jobs")
+                .send()
+                .await
+                .map_err(|e| Error::aws("CreateRole", e))?;
+            info!(role = name, "role created");
+            created.role().map(|r| r.arn().to_owned()).unwrap_or_default()
+        }
+    };
+    if let Some(policy) = managed_policy {
+        clients
+            .iam
+            .attach_role_policy()
+            .role_name(name)
+            .policy_arn(policy)
+            .send()
+            .await
+            .map_err(|e| Error::aws("AttachRolePolicy", e))?;
+    }
+    Ok(arn)
+}
+
+/// The job role may read the input bucket, when one is configured, and nothing else.
+pub(super) async fn ensure_input_read_policy(clients: &Clients, role: &str, bucket: Option<&str>) -> Result<(), Error> {
+    match bucket {
+        Some(bucket) => {
+            let policy = serde_json::json!({
+                "Version": "2012-10-17",
+                "Statement": [
+                    {"Effect": "Allow", "Action": "s3:GetObject", "Resource": format!("arn:aws:s3:::{bucket}/*")},
+                    {"Effect": "Allow", "Action": "s3:ListBucket", "Resource": format!("arn:aws:s3:::{bucket}")}
+                ]
+            });
+            clients
+                .iam
+                .put_role_policy()
+                .role_name(role)
+                .policy_name(JOB_ROLE_POLICY)
+                .policy_document(policy.to_string())
+                .send()
+                .await
+                .map_err(|e| Error::aws("PutRolePolicy", e))?;
+        }
+        None => {
+            if let Err(err) = clients.iam.delete_role_policy().role_name(role).policy_name(JOB_ROLE_POLICY).send().await
+            {
+                let err = Error::aws("DeleteRolePolicy", err);
+                if err.aws_code() != Some("NoSuchEntity") {
+                    return Err(err);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(super) async fn delete_role(clients: &Clients, name: &str) -> Result<(), Error> {
+    let not_found = |err: &Error| err.aws_code() == Some("NoSuchEntity");
+    let attached = match clients.iam.list_attached_role_policies().role_name(name).send().await {
+        Ok(attached) => attached,
+        Err(err) => {
+            let err = Error::aws("ListAttachedRolePolicies", err);
+            return if not_found(&err) { Ok(()) } else { Err(err) };
+        }
+    };
+    for policy in attached.attached_policies().iter().filter_map(|p| p.policy_arn()) {
+        clients
+            .iam
+            .detach_role_policy()
+            .role_name(name)
+            .policy_arn(policy)
+            .send()
+            .await
+            .map_err(|e| Error::aws("DetachRolePolicy", e))?;
+    }
+    let inline =
+        clients.iam.list_role_policies().role_name(name).send().await.map_err(|e| Error::aws("ListRolePolicies", e))?;
+    for policy in inline.policy_names() {
+        clients
+            .iam
+            .delete_role_policy()
+            .role_name(name)
+            .policy_name(policy)
+            .send()
+            .await
+            .map_err(|e| Error::aws("DeleteRolePolicy", e))?;
+    }
+    match clients.iam.delete_role().role_name(name).send().await {
+        Ok(_) => Ok(()),
+        Err(err) => {
+            let err = Error::aws("DeleteRole", err);
+            if not_found(&err) {
+                Ok(())
+            } else {
+                Err(err)
+            }
+        }
+    }
+}
