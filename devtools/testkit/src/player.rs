@@ -35,7 +35,7 @@
 //! the emulator with `PutEvents` (the bus assigns new ids), so a rule routes them as in
 //! production. Duplication and seeded shuffling make reliability tests short.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use aws_config::SdkConfig;
@@ -178,11 +178,6 @@ impl Player {
     pub fn script(&mut self, job_id_or_name: impl Into<String>, script: Script) -> &mut Self {
         self.scripts.insert(job_id_or_name.into(), script);
         self
-    }
-
-    /// Whether the player has played this job.
-    pub fn has_played(&self, job_id: &str) -> bool {
-        self.played.contains_key(job_id)
     }
 
     /// Plays every job in `queue` (name or ARN) that it has not played yet, and returns
@@ -738,10 +733,4 @@ pub fn sqs_record(message_id: &str, body: &str, queue_arn: &str) -> Value {
         "eventSourceARN": queue_arn,
         "awsRegion": queue_arn.split(':').nth(3).unwrap_or("us-east-1"),
     })
-}
-
-/// Ids of the jobs that reached a status, in order of their events.
-pub fn jobs_with_status(changes: &[StateChange], status: &str) -> Vec<String> {
-    let mut seen = HashSet::new();
-    changes.iter().filter(|c| c.status == status && seen.insert(c.job_id.clone())).map(|c| c.job_id.clone()).collect()
 }

@@ -33,6 +33,7 @@ use std::collections::BTreeMap;
 
 use crate::config::PriceOverrides;
 use crate::model::batch_event::{JobStateChangeEvent, JobStatus};
+use crate::model::job_request::{PIPELINE_TAG, STAGE_TAG};
 
 /// PutMetricData's limits.
 pub const MAX_DATUMS_PER_CALL: usize = 1_000;
@@ -43,10 +44,6 @@ pub const MAX_BYTES_PER_CALL: usize = 900_000;
 const MINUTE_MS: i64 = 60_000;
 const OLDEST_ACCEPTED_MS: i64 = 14 * 24 * 60 * MINUTE_MS - 10 * MINUTE_MS;
 const NEWEST_ACCEPTED_MS: i64 = 2 * 60 * MINUTE_MS - 10 * MINUTE_MS;
-
-pub const PIPELINE_TAG: &str = "batchline:pipeline";
-pub const STAGE_TAG: &str = "batchline:stage";
-pub const RUN_TAG: &str = "batchline:run";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Unit {

@@ -183,14 +183,6 @@ impl Run {
         }
     }
 
-    pub fn stage_run(&self, name: &str) -> Option<&StageRun> {
-        if name == ON_FAILURE {
-            self.on_failure.as_ref()
-        } else {
-            self.stages.get(name)
-        }
-    }
-
     fn stage_run_mut(&mut self, name: &str) -> Option<&mut StageRun> {
         if name == ON_FAILURE {
             self.on_failure.as_mut()
