@@ -4,6 +4,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use batchline::model::stack::StackConfig;
+use batchline::store::keys;
 use batchline_bootstrap::cfn::{Request, Status};
 use batchline_bootstrap::{answer_within, handle, Clients, Outcome};
 use batchline_testkit::emulator::{default_network, sdk_config, test_config, unique_name};
@@ -94,8 +95,8 @@ impl Harness {
         let item = aws_sdk_dynamodb::Client::new(&self.sdk)
             .get_item()
             .table_name(&self.config.table_name)
-            .key("pk", AttributeValue::S("CONFIG".into()))
-            .key("sk", AttributeValue::S("CURRENT".into()))
+            .key("pk", AttributeValue::S(keys::CONFIG_PK.into()))
+            .key("sk", AttributeValue::S(keys::CONFIG_SK.into()))
             .send()
             .await
             .unwrap();

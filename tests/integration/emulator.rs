@@ -225,7 +225,7 @@ async fn a_conditional_put_is_refused_the_second_time() {
         dynamodb
             .put_item()
             .table_name(&table)
-            .item("pk", AttributeValue::S("IDEM#key".into()))
+            .item("pk", AttributeValue::S(batchline::store::keys::claim_pk("key")))
             .item("sk", AttributeValue::S("CLAIM".into()))
             .condition_expression("attribute_not_exists(pk)")
             .send()

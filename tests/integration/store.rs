@@ -7,7 +7,7 @@ use batchline::model::run::{RunStatus, StageStatus};
 use batchline::store::dynamo::{
     claim_from_item, config_from_item, event_state_from_item, run_from_item, summary_from_item,
 };
-use batchline::store::{contract, ClaimState, DynamoStore, EventState};
+use batchline::store::{contract, keys, ClaimState, DynamoStore, EventState};
 use batchline_testkit::emulator::{sdk_config, test_config, unique_name};
 use batchline_testkit::table::create_table;
 use serde_json::Value;
@@ -87,7 +87,7 @@ fn stored_items_round_trip_through_the_codecs_unchanged() {
             assert_eq!(written.get(name), stored.get(name), "{name}");
         }
         let line = index_item(&read.run);
-        assert_eq!(line["pk"], AttributeValue::S(format!("PIPELINE#{}", read.run.pipeline.name)));
+        assert_eq!(line["pk"], AttributeValue::S(keys::pipeline_pk(&read.run.pipeline.name)));
     }
     let stored = item(include_str!("../fixtures/stored/claim-submitted.json"));
     let written = claim_item(&claim_from_item(&stored).unwrap());

@@ -9,7 +9,7 @@ use base64::Engine;
 use batchline::model::job_request::digest;
 use batchline::services::batch::SdkBatch;
 use batchline::services::submitter::Submitter;
-use batchline::store::DynamoStore;
+use batchline::store::{keys, DynamoStore};
 use batchline_submit::{handle, Clients};
 use batchline_testkit::calls::{CallLog, LoseResponse};
 use batchline_testkit::invocation;
@@ -329,7 +329,7 @@ async fn a_crash_between_claim_and_submit_then_redelivery_makes_exactly_one_job(
         dynamodb
             .put_item()
             .table_name(&env.config.table_name)
-            .item("pk", AttributeValue::S(format!("IDEM#{}", digest(&request.idempotency_key, 40))))
+            .item("pk", AttributeValue::S(keys::claim_pk(&request.idempotency_key)))
             .item("sk", AttributeValue::S("CLAIM".into()))
             .item("state", AttributeValue::S("PENDING".into()))
             .item("job_name", AttributeValue::S(request.job_name.clone()))
@@ -363,7 +363,7 @@ async fn a_crash_after_submit_before_recording_is_recovered_by_name() {
     aws_sdk_dynamodb::Client::new(&env.sdk)
         .update_item()
         .table_name(&env.config.table_name)
-        .key("pk", AttributeValue::S(format!("IDEM#{}", digest(&request.idempotency_key, 40))))
+        .key("pk", AttributeValue::S(keys::claim_pk(&request.idempotency_key)))
         .key("sk", AttributeValue::S("CLAIM".into()))
         .update_expression("SET #s = :p REMOVE job_id")
         .expression_attribute_names("#s", "state")
