@@ -43,6 +43,11 @@ pub enum Error {
     #[error("idempotency key {0:?} was used before for a different request")]
     IdempotencyConflict(String),
 
+    /// A claim this invocation held was taken over before it could record its work
+    /// (possible only if clocks disagree by more than the take-over margin).
+    #[error("the claim of {0:?} was taken over while this invocation held it")]
+    ClaimLost(String),
+
     /// A conditional write kept losing to other writers.
     #[error("{0} kept changing under us")]
     Contention(String),
@@ -109,7 +114,8 @@ impl Error {
             | Error::InvalidEvent(_)
             | Error::Stored { .. }
             | Error::Unsubmittable { .. }
-            | Error::IdempotencyConflict(_) => false,
+            | Error::IdempotencyConflict(_)
+            | Error::ClaimLost(_) => false,
             Error::NotDeployed
             | Error::InFlight(_)
             | Error::Contention(_)
@@ -129,6 +135,7 @@ impl Error {
             Error::Unsubmittable { .. } => "Batchline.Unsubmittable",
             Error::InFlight(_) => "Batchline.InFlight",
             Error::IdempotencyConflict(_) => "Batchline.IdempotencyConflict",
+            Error::ClaimLost(_) => "Batchline.ClaimLost",
             Error::Contention(_) => "Batchline.Contention",
             Error::Unanswered(_) => "Batchline.Unanswered",
             Error::Timeout(_) => "Batchline.Timeout",

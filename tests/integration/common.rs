@@ -15,6 +15,28 @@ pub struct Deployed {
     pub sdk: aws_config::SdkConfig,
     pub config: batchline::Config,
     pub stack: StackConfig,
+    /// The properties bootstrap was last given.
+    pub properties: Value,
+}
+
+/// Sends `request` (RequestType and properties) to bootstrap as CloudFormation would,
+/// checks it answered SUCCESS, and returns the configuration it published.
+async fn bootstrap(sdk: &aws_config::SdkConfig, config: &batchline::Config, mut request: Value) -> StackConfig {
+    let server = ResponseServer::start(0).await.unwrap();
+    for (key, value) in [
+        ("ResponseURL", json!(server.url)),
+        ("StackId", json!("arn:aws:cloudformation:us-east-1:123456789012:stack/test/1")),
+        ("RequestId", json!(event_id())),
+        ("ResourceType", json!("Custom::BatchlineEnvironment")),
+        ("LogicalResourceId", json!("Environment")),
+    ] {
+        request[key] = value;
+    }
+    let clients = batchline_bootstrap::Clients::new(sdk);
+    batchline_bootstrap::handle(invocation(request), &clients, config).await.unwrap();
+    let answer = server.accepted_answers().pop().expect("bootstrap answered");
+    assert_eq!(answer["Status"], "SUCCESS", "{answer}");
+    DynamoStore::new(aws_sdk_dynamodb::Client::new(sdk), &config.table_name).load_config().await.unwrap().unwrap()
 }
 
 impl Deployed {
@@ -31,22 +53,22 @@ impl Deployed {
         for (key, value) in extra.as_object().expect("extra properties are an object") {
             properties[key] = value.clone();
         }
-        let server = ResponseServer::start(0).await.unwrap();
-        let request = json!({
-            "RequestType": "Create", "ResponseURL": server.url, "StackId": "arn:aws:cloudformation:us-east-1:123456789012:stack/test/1",
-            "RequestId": event_id(), "ResourceType": "Custom::BatchlineEnvironment", "LogicalResourceId": "Environment",
-            "ResourceProperties": properties,
-        });
-        let clients = batchline_bootstrap::Clients::new(&sdk);
-        batchline_bootstrap::handle(invocation(request), &clients, &config).await.unwrap();
-        let answer = server.accepted_answers().pop().expect("bootstrap answered");
-        assert_eq!(answer["Status"], "SUCCESS", "{answer}");
-        let stack = DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), &config.table_name)
-            .load_config()
-            .await
-            .unwrap()
-            .unwrap();
-        Deployed { sdk, config, stack }
+        let request = json!({"RequestType": "Create", "ResourceProperties": properties});
+        let stack = bootstrap(&sdk, &config, request).await;
+        Deployed { sdk, config, stack, properties }
+    }
+
+    /// A redeploy: bootstrap's Update with `extra` merged over the current properties.
+    pub async fn update(&mut self, extra: Value) {
+        let mut properties = self.properties.clone();
+        for (key, value) in extra.as_object().expect("extra properties are an object") {
+            properties[key] = value.clone();
+        }
+        let physical_id = format!("{}-environment", self.stack.name_prefix);
+        let request = json!({"RequestType": "Update", "PhysicalResourceId": physical_id,
+                             "ResourceProperties": properties, "OldResourceProperties": self.properties});
+        self.stack = bootstrap(&self.sdk, &self.config, request).await;
+        self.properties = properties;
     }
 
     pub fn queue_arn(&self, key: &str) -> String {

@@ -9,7 +9,7 @@ use batchline::model::batch_event::JobStateChangeEvent;
 use batchline::Config;
 use batchline_job_events::{handle, Clients};
 use batchline_testkit::batch_env::BatchEnvironment;
-use batchline_testkit::calls::{CallLog, FailOperation};
+use batchline_testkit::calls::{CallLog, FailOperation, LoseResponse};
 use batchline_testkit::emulator::{sdk_config, test_config};
 use batchline_testkit::invocation;
 use batchline_testkit::player::{sqs_record, Delivery, Player, Script};
@@ -363,4 +363,55 @@ async fn played_jobs_delivered_twice_and_shuffled_through_sqs_batches_count_once
     // The player's default script: 10 s in the queue, 30 s running, for all three.
     assert_eq!(stats(&clients.cloudwatch, &config.metric_namespace, "QueueWaitTime", &dims).await, (30_000.0, 3.0));
     assert_eq!(stats(&clients.cloudwatch, &config.metric_namespace, "RunTime", &dims).await, (90_000.0, 3.0));
+}
+
+#[tokio::test]
+async fn a_lost_put_metric_data_reply_counts_its_events_one_extra_time_and_no_more() {
+    // GIVEN a CloudWatch client whose first PutMetricData takes effect but loses its reply
+    let (config, _, sdk) = setup("lost-put").await;
+    let log = CallLog::default();
+    let losing = aws_sdk_cloudwatch::Client::from_conf(
+        aws_sdk_cloudwatch::config::Builder::from(&sdk)
+            .interceptor(LoseResponse::new("PutMetricData", 1))
+            .interceptor(log.clone())
+            .build(),
+    );
+    let mut clients = Clients::new(&sdk, &config);
+    clients.cloudwatch = losing;
+    let events: Vec<Value> = FIXTURES[2..3].iter().map(|(_, text)| serde_json::from_str(text).unwrap()).collect();
+    let batch = sqs_batch(&events);
+
+    // WHEN the batch is handled: the call is sent once (no SDK retry), so the message is
+    // not acknowledged while its count is uncertain, and it is redelivered
+    let first = handle(invocation(batch.clone()), &clients, &config).await.unwrap();
+    assert_eq!(failures(&first), ["m0"]);
+    assert_eq!(log.count("PutMetricData"), 1, "the SDK does not resend it");
+    let second = handle(invocation(batch.clone()), &clients, &config).await.unwrap();
+    let third = handle(invocation(batch), &clients, &config).await.unwrap();
+
+    // THEN the one lost reply counted the event one extra time, and nothing else did
+    assert_eq!((failures(&second), failures(&third)), (vec![], vec![]));
+    assert_eq!(log.count("PutMetricData"), 2);
+    assert_eq!(stats(&clients.cloudwatch, &config.metric_namespace, "JobsRunnable", &[]).await, (2.0, 2.0));
+}
+
+#[tokio::test]
+async fn run_work_stops_before_the_deadline_and_what_is_left_is_redelivered() {
+    // GIVEN a run event delivered to an invocation with less time left than run work needs
+    let (config, clients, _) = setup("budget").await;
+    let mut event: Value = serde_json::from_str(FIXTURES[5].1).unwrap();
+    event["detail"]["tags"] = json!({"batchline:run": "some-run", "batchline:pipeline": "p", "batchline:stage": "s"});
+    let batch = sqs_batch(&[event]);
+    let mut late = invocation(batch.clone());
+    let deadline = batchline::now_ms() + batchline_job_events::RUN_WORK_MARGIN_MS - 1_000;
+    late.context.deadline = deadline as u64;
+
+    // WHEN it is handled, THEN the run work is left to the redelivery, the message failed
+    let answer = handle(late, &clients, &config).await.unwrap();
+    assert_eq!(failures(&answer), ["m0"]);
+
+    // AND with time enough, the same message goes through (its metrics counted once)
+    let answer = handle(invocation(batch), &clients, &config).await.unwrap();
+    assert_eq!(failures(&answer), Vec::<String>::new());
+    assert_eq!(stats(&clients.cloudwatch, &config.metric_namespace, "JobsSucceeded", &[]).await, (1.0, 1.0));
 }

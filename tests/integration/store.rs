@@ -5,9 +5,9 @@ use std::collections::HashMap;
 use aws_sdk_dynamodb::types::AttributeValue;
 use batchline::model::run::{RunStatus, StageStatus};
 use batchline::store::dynamo::{
-    claim_from_item, config_from_item, event_state_from_item, run_from_item, summary_from_item,
+    claim_from_item, config_from_item, event_claim_from_item, run_from_item, summary_from_item,
 };
-use batchline::store::{contract, keys, ClaimState, DynamoStore, EventState};
+use batchline::store::{contract, keys, ClaimState, DynamoStore, EventLedgerStore, EventState};
 use batchline_testkit::emulator::{sdk_config, test_config, unique_name};
 use batchline_testkit::table::create_table;
 use serde_json::Value;
@@ -51,10 +51,13 @@ fn items_written_by_the_previous_release_are_read() {
 
     let claim = claim_from_item(&item(include_str!("../fixtures/stored/claim-submitted.json"))).unwrap();
     assert_eq!(claim.state, ClaimState::Submitted);
-    assert!(claim.job_id.is_some() && !claim.fingerprint.is_empty() && claim.claimed_at > 0);
+    assert!(claim.job_id.is_some() && claim.claimed_at > 0);
+    // Its fingerprint covered deploy-resolved ARNs: read as absent (not compared); no holder.
+    assert_eq!((claim.fingerprint, claim.holder), (None, None));
 
-    let event = event_state_from_item(&item(include_str!("../fixtures/stored/event-done.json"))).unwrap();
-    assert_eq!(event, EventState::Done);
+    let event = event_claim_from_item(&item(include_str!("../fixtures/stored/event-done.json"))).unwrap();
+    assert_eq!(event.state, EventState::Done);
+    assert!(!event.token.is_empty());
 
     let succeeded = run_from_item(&item(include_str!("../fixtures/stored/run-succeeded.json"))).unwrap();
     assert_eq!((succeeded.run.status, succeeded.version), (RunStatus::Succeeded, 14));
@@ -98,7 +101,8 @@ fn stored_items_round_trip_through_the_codecs_unchanged() {
         "idempotency_key",
         "job_name",
         "queue",
-        "fingerprint",
+        // not "fingerprint": the previous release's covered deploy-resolved ARNs; it is
+        // read as absent and not written again
         "claimed_at",
         "job_id",
         "expires_at",
@@ -110,4 +114,32 @@ fn stored_items_round_trip_through_the_codecs_unchanged() {
         config_from_item(&config_item(&config_from_item(&stored).unwrap()).unwrap()).unwrap(),
         config_from_item(&stored).unwrap()
     );
+}
+
+#[tokio::test]
+async fn an_event_claim_from_the_previous_release_is_taken_over_only_once_stale() {
+    // GIVEN an IN_PROGRESS entry as the previous release wrote it: no holder deadline
+    let sdk = sdk_config().await;
+    let config = test_config("store-legacy");
+    create_table(&sdk, &config.table_name).await.unwrap();
+    let client = aws_sdk_dynamodb::Client::new(&sdk);
+    let id = unique_name("legacy-event");
+    client
+        .put_item()
+        .table_name(&config.table_name)
+        .item("pk", AttributeValue::S(keys::event_pk(&id)))
+        .item("sk", AttributeValue::S(keys::EVENT_SK.into()))
+        .item("state", AttributeValue::S("IN_PROGRESS".into()))
+        .item("token", AttributeValue::S("old-invocation".into()))
+        .item("claimed_at", AttributeValue::N("1000".into()))
+        .send()
+        .await
+        .unwrap();
+    let store = DynamoStore::new(client, &config.table_name);
+    let me = batchline::store::Holder { token: "me".into(), deadline_ms: 900_000 };
+    // WHEN claimed before its legacy staleness, THEN refused (whatever the deadline rule says)
+    assert!(!store.claim_event(&id, &me, 600_000, i64::MAX, 1_000).await.unwrap());
+    // AND once stale, taken over
+    assert!(store.claim_event(&id, &me, 600_000, 0, 1_001).await.unwrap());
+    assert_eq!(store.event_claim(&id).await.unwrap().map(|c| c.token), Some("me".to_owned()));
 }

@@ -8,8 +8,9 @@ use aws_smithy_mocks::{mock, mock_client, RuleMode};
 use base64::Engine;
 use batchline::model::job_request::digest;
 use batchline::services::batch::SdkBatch;
+use batchline::services::clock::SystemClock;
 use batchline::services::submitter::Submitter;
-use batchline::store::{keys, DynamoStore};
+use batchline::store::{keys, DynamoStore, Holder};
 use batchline_submit::{handle, Clients};
 use batchline_testkit::calls::{CallLog, LoseResponse};
 use batchline_testkit::invocation;
@@ -416,14 +417,41 @@ async fn throttled_submit_job_is_retried_with_backoff() {
     let batch = mock_client!(aws_sdk_batch, RuleMode::MatchAny, [&submit_rule, &list_rule]);
     let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&env.sdk), &env.config.table_name);
     let batch = SdkBatch::new(batch);
-    let submitter = Submitter { batch: &batch, claims: &store };
+    let holder = Holder { token: "throttled".into(), deadline_ms: batchline::now_ms() + 300_000 };
+    let submitter = Submitter { batch: &batch, claims: &store, clock: &SystemClock, holder: &holder };
     let request = &job_for(&env.stack, &object_event("incoming/t.csv", "1"));
 
     // WHEN submitted
-    let submitted = submitter.submit(request, batchline::now_ms()).await.unwrap();
+    let submitted = submitter.submit(request).await.unwrap();
 
     // THEN the third attempt made it, and throttling never needed a look-up by name
     assert_eq!(submitted.job_id, "job-after-throttling");
     assert_eq!(submit_rule.num_calls(), 3);
     assert_eq!(list_rule.num_calls(), 0);
+}
+
+#[tokio::test]
+async fn an_idempotency_key_retried_after_a_redeploy_returns_the_first_job() {
+    // GIVEN a job posted with an Idempotency-Key
+    let mut env = Deployed::new("submit-redeploy", triggers()).await;
+    let body = json!({"jobDefinition": "default", "parameters": {"day": "2025-11-27"}}).to_string();
+    let request = || invocation(http("POST", "/jobs", &body, &[("idempotency-key", "order-77")]));
+    let clients = Clients::new(&env.sdk, &env.config);
+    let first = handle(request(), &clients).await.unwrap();
+    assert_eq!(first["statusCode"], 202, "{first}");
+    let before = env.stack.job_definitions["default"].arn.clone();
+
+    // WHEN a deploy registers a new revision of its job definition, and the caller retries
+    let mut properties = triggers();
+    properties["JobDefinitions"]["default"]["Environment"] = json!({"DEPLOYED": "2"});
+    env.update(properties).await;
+    assert_ne!(env.stack.job_definitions["default"].arn, before, "a new revision");
+    let clients = Clients::new(&env.sdk, &env.config);
+    let again = handle(request(), &clients).await.unwrap();
+
+    // THEN the retry is the same request: the first job, not a conflict
+    assert_eq!(again["statusCode"], 202, "{again}");
+    assert_eq!(answer_body(&again)["jobId"], answer_body(&first)["jobId"]);
+    assert_eq!(answer_body(&again)["duplicate"], true);
+    assert_eq!(env.jobs_in("default").await.len(), 1);
 }

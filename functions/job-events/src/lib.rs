@@ -24,7 +24,8 @@ use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use batchline::model::batch_event::{JobStateChangeEvent, JobStatus};
 use batchline::model::job_request::{PIPELINE_TAG, RUN_TAG, STAGE_TAG};
 use batchline::model::metrics::{self, EventMetrics};
-use batchline::services::ports::AwsPorts;
+use batchline::services::ports::{invocation_holder, AwsPorts};
+use batchline::store::Holder;
 use batchline::{Config, Error};
 use futures::stream::{self, StreamExt};
 use lambda_runtime::LambdaEvent;
@@ -35,6 +36,12 @@ use ledger::{Claim, Ledger};
 
 /// How many ledger claims are in flight at once (a batch may hold thousands of messages).
 const CLAIM_CONCURRENCY: usize = 16;
+/// No run event is started with less than this left before the deadline: advancing a run
+/// may submit stages, and a submission with throttling backoff takes seconds. What is
+/// left is reported as batch item failures and redelivered.
+pub const RUN_WORK_MARGIN_MS: i64 = 30_000;
+/// Kept back at the end for answering (and for giving up on marking events counted).
+const ANSWER_MARGIN_MS: i64 = 5_000;
 
 /// The AWS adapters and clients, built once per container.
 pub struct Clients {
@@ -58,13 +65,13 @@ struct Message {
 /// Handles one invocation: an SQS batch (answered with `batchItemFailures`), one event,
 /// or the scheduled repair sweep.
 pub async fn handle(event: LambdaEvent<Value>, clients: &Clients, config: &Config) -> Result<Value, Error> {
-    let token = event.context.request_id.clone();
+    let holder = invocation_holder(&event.context);
     let payload = event.payload;
     let now = batchline::now_ms();
     if payload.get("Records").is_some() {
         let batch: SqsEvent = batchline::typed_payload(payload, "an SQS batch it cannot read")?;
         let messages = sqs_messages(batch)?;
-        let failed = process(messages, clients, config, &token, now).await;
+        let failed = process(messages, clients, config, &holder, now).await;
         let mut response = SqsBatchResponse::default();
         response.batch_item_failures = failed
             .into_iter()
@@ -79,14 +86,14 @@ pub async fn handle(event: LambdaEvent<Value>, clients: &Clients, config: &Confi
     }
     if payload.get("detail-type").and_then(Value::as_str) == Some("Scheduled Event") {
         let _schedule: EventBridgeEvent<Value> = batchline::typed_payload(payload, "a Scheduled Event it cannot read")?;
-        let report = clients.ports.driver().sweep(now).await?;
+        let report = clients.ports.driver(&holder).sweep(now).await?;
         info!(runs = report.runs_checked, repaired = report.transitions_applied, "sweep done");
         return Ok(json!({ "sweep": report }));
     }
     if payload.get("detail-type").is_some() {
         let event = JobStateChangeEvent::from_value(payload).map_err(|e| Error::InvalidEvent(e.to_string()))?;
         let failed =
-            process(vec![Message { id: "direct".into(), event: Ok(event) }], clients, config, &token, now).await;
+            process(vec![Message { id: "direct".into(), event: Ok(event) }], clients, config, &holder, now).await;
         return if failed.is_empty() { Ok(json!({})) } else { Err(Error::InFlight("counting the event".into())) };
     }
     Err(Error::InvalidEvent(format!(
@@ -111,7 +118,7 @@ fn sqs_messages(batch: SqsEvent) -> Result<Vec<Message>, Error> {
 }
 
 /// Counts the messages' events once each; returns the ids of messages to redeliver.
-async fn process(messages: Vec<Message>, clients: &Clients, config: &Config, token: &str, now: i64) -> Vec<String> {
+async fn process(messages: Vec<Message>, clients: &Clients, config: &Config, holder: &Holder, now: i64) -> Vec<String> {
     let mut failed = Vec::new();
     // Messages by event id: a duplicate within the batch shares its first copy's fate.
     let mut by_event: HashMap<String, Vec<String>> = HashMap::new();
@@ -132,11 +139,11 @@ async fn process(messages: Vec<Message>, clients: &Clients, config: &Config, tok
         }
     }
 
-    failed.extend(advance_runs(&events, &by_event, clients, now).await);
+    failed.extend(advance_runs(&events, &by_event, clients, holder, now).await);
 
-    let ledger = Ledger { store: clients.ports.store.as_ref(), token };
+    let ledger = Ledger { store: clients.ports.store.as_ref(), clock: &clients.ports.clock, holder };
     let claims: Vec<Result<Claim, Error>> =
-        stream::iter(events.iter().map(|e| ledger.claim(&e.id, now))).buffered(CLAIM_CONCURRENCY).collect().await;
+        stream::iter(events.iter().map(|e| ledger.claim(&e.id))).buffered(CLAIM_CONCURRENCY).collect().await;
     let mut claimed = Vec::new();
     for (event, claim) in events.iter().zip(claims) {
         match claim {
@@ -178,7 +185,7 @@ async fn process(messages: Vec<Message>, clients: &Clients, config: &Config, tok
             done.push(event.id.as_str());
         }
     }
-    if let Err(err) = ledger.mark_done(&done, now).await {
+    if let Err(err) = ledger.mark_done(&done, holder.deadline_ms - ANSWER_MARGIN_MS).await {
         // The metrics are out; what is lost is only the protection against a later
         // redelivery of these events, which takes a crash-like coincidence to matter.
         warn!(error = %err, "could not record events as counted");
@@ -208,6 +215,7 @@ async fn advance_runs(
     events: &[JobStateChangeEvent],
     by_event: &HashMap<String, Vec<String>>,
     clients: &Clients,
+    holder: &Holder,
     now: i64,
 ) -> Vec<String> {
     let mut run_events: Vec<&JobStateChangeEvent> = events.iter().filter(|e| run_of(e).is_some()).collect();
@@ -215,10 +223,17 @@ async fn advance_runs(
         return vec![];
     }
     run_events.sort_by_key(|e| (e.time_millis().unwrap_or_default(), status_rank(&e.detail.status)));
-    let runs = clients.ports.driver();
+    let runs = clients.ports.driver(holder);
     let mut failed = Vec::new();
+    let stop_at = holder.deadline_ms - RUN_WORK_MARGIN_MS;
     for event in run_events {
         let Some((run_id, stage)) = run_of(event) else { continue };
+        if batchline::now_ms() >= stop_at {
+            // Too little time left to submit stages safely: leave it to the redelivery.
+            info!(run_id, stage, event_id = %event.id, "out of time for run work; the message will be redelivered");
+            failed.extend(by_event[&event.id].iter().cloned());
+            continue;
+        }
         if let Err(err) = runs.advance(run_id, stage, event, now).await {
             warn!(run_id, stage, event_id = %event.id, error = %err, "run transition failed; the message will be retried");
             failed.extend(by_event[&event.id].iter().cloned());

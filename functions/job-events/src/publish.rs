@@ -1,4 +1,10 @@
-//! PutMetricData: planned datums as the CloudWatch API takes them.
+//! PutMetricData: planned datums as the CloudWatch API takes them, sent once per delivery.
+//!
+//! CloudWatch has no idempotency: a call whose reply is lost has counted its datums, and
+//! the events' redelivery counts them again. That is the one place Batchline's metrics are
+//! at-least-once (see the README's Guarantees). The SDK's own retries are off for this
+//! call so that they add no more: a failed call releases its events' claims and their
+//! messages are redelivered, which is the one retry.
 
 use aws_sdk_cloudwatch::primitives::DateTime;
 use aws_sdk_cloudwatch::types::{Dimension, MetricDatum, StandardUnit};
@@ -16,6 +22,11 @@ pub async fn put_metric_data(
         .put_metric_data()
         .namespace(namespace)
         .set_metric_data(Some(datums))
+        .customize()
+        .config_override(
+            aws_sdk_cloudwatch::config::Builder::default()
+                .retry_config(aws_sdk_cloudwatch::config::retry::RetryConfig::disabled()),
+        )
         .send()
         .await
         .map_err(|e| Error::aws("PutMetricData", e))?;

@@ -299,6 +299,8 @@ pub fn plan_submit_job(config: &StackConfig, request: &HttpRequest) -> Result<Jo
         environment: body.environment,
     };
     let mut job = plan::job(config, &key, source, size).map_err(|e| ApiError::new(409, "NotReady", e))?;
+    job.origin =
+        format!("api:jobs:{}", batchline::model::job_request::digest(&String::from_utf8_lossy(&request.body), 40));
     job.command = body.command;
     job.array_size = body.array_size;
     job.depends_on = body.depends_on;

@@ -18,10 +18,10 @@ use aws_config::SdkConfig;
 use aws_lambda_events::apigw::ApiGatewayV2httpRequest;
 use aws_lambda_events::eventbridge::EventBridgeEvent;
 use batchline::model::run::RunInput;
-use batchline::services::ports::AwsPorts;
+use batchline::services::ports::{invocation_holder, AwsPorts};
 use batchline::services::runs::CancelOutcome;
 use batchline::services::submitter::SubmitError;
-use batchline::store::RunStore;
+use batchline::store::{Holder, RunStore};
 use batchline::{Config, Error};
 use lambda_runtime::LambdaEvent;
 use serde_json::{json, Value};
@@ -80,9 +80,10 @@ fn classify(payload: Value) -> Result<Result<Incoming, ApiError>, Error> {
 
 /// Handles one invocation: an HTTP API request, an S3 Object Created or a Scheduled Event.
 pub async fn handle(event: LambdaEvent<Value>, clients: &Clients) -> Result<Value, Error> {
+    let holder = invocation_holder(&event.context);
     let answer = match classify(event.payload)? {
         Err(refused) => api::error_response(&refused),
-        Ok(Incoming::Http(request)) => handle_http(&request, clients).await?,
+        Ok(Incoming::Http(request)) => handle_http(&request, clients, &holder).await?,
         Ok(Incoming::ObjectCreated(event)) => {
             let object = triggers::object_created(&event.detail).map_err(Error::InvalidEvent)?;
             let stack = clients.ports.configs.get().await?;
@@ -91,7 +92,7 @@ pub async fn handle(event: LambdaEvent<Value>, clients: &Clients) -> Result<Valu
             if planned.is_empty() {
                 info!(bucket = %object.bucket, key = %object.key, "no S3 trigger matches the object; nothing to do");
             }
-            return submit_all(planned, clients).await;
+            return submit_all(planned, clients, &holder).await;
         }
         Ok(Incoming::Scheduled(event)) => {
             let rule = triggers::schedule_rule_name(event.resources.as_deref().unwrap_or_default())
@@ -105,26 +106,25 @@ pub async fn handle(event: LambdaEvent<Value>, clients: &Clients) -> Result<Valu
             if planned.is_none() {
                 info!(rule, "no schedule trigger is configured for the rule; nothing to do");
             }
-            return submit_all(planned.into_iter().collect(), clients).await;
+            return submit_all(planned.into_iter().collect(), clients, &holder).await;
         }
     };
     serde_json::to_value(answer).map_err(|e| Error::InvalidEvent(format!("the answer cannot be written: {e}")))
 }
 
-async fn submit_all(planned: Vec<Planned>, clients: &Clients) -> Result<Value, Error> {
+async fn submit_all(planned: Vec<Planned>, clients: &Clients, holder: &Holder) -> Result<Value, Error> {
     let mut started = Vec::new();
     for plan in planned {
         match plan {
             Planned::Job(request) => {
-                let submitted =
-                    clients.ports.submitter().submit(&request, batchline::now_ms()).await.map_err(Error::from)?;
+                let submitted = clients.ports.submitter(holder).submit(&request).await.map_err(Error::from)?;
                 started.push(json!({"jobId": submitted.job_id, "jobName": submitted.job_name, "new": submitted.new}));
             }
             Planned::Run { pipeline, source } => {
                 let input = RunInput { parameters: source.parameters, environment: source.environment };
                 let (run, new) = clients
                     .ports
-                    .driver()
+                    .driver(holder)
                     .start(&pipeline, source.trigger, &source.idempotency_key, input, batchline::now_ms())
                     .await?;
                 started.push(json!({"runId": run.run_id, "pipeline": pipeline, "new": new}));
@@ -137,8 +137,9 @@ async fn submit_all(planned: Vec<Planned>, clients: &Clients) -> Result<Value, E
 async fn handle_http(
     request: &ApiGatewayV2httpRequest,
     clients: &Clients,
+    holder: &Holder,
 ) -> Result<aws_lambda_events::apigw::ApiGatewayV2httpResponse, Error> {
-    match serve(request, clients).await {
+    match serve(request, clients, holder).await {
         Ok(answer) => Ok(answer),
         Err(Served::Caller(err)) => {
             info!(status = err.status, code = err.code, message = %err.message, "request refused");
@@ -176,6 +177,7 @@ impl From<Error> for Served {
 async fn serve(
     request: &ApiGatewayV2httpRequest,
     clients: &Clients,
+    holder: &Holder,
 ) -> Result<aws_lambda_events::apigw::ApiGatewayV2httpResponse, Served> {
     let request = api::parse_http(request)?;
     let route = api::route(&request.method, &request.path)?;
@@ -183,7 +185,7 @@ async fn serve(
     match route {
         Route::SubmitJob => {
             let job = api::plan_submit_job(&stack, &request)?;
-            let submitted = match clients.ports.submitter().submit(&job, batchline::now_ms()).await {
+            let submitted = match clients.ports.submitter(holder).submit(&job).await {
                 Ok(submitted) => submitted,
                 Err(SubmitError::InFlight(_)) => {
                     return Err(ApiError::new(
@@ -229,15 +231,20 @@ async fn serve(
             let body: api::StartRunBody = api::parse_body(&request.body)?;
             let key = api::idempotency_key(&request, &format!("pipelines/{name}"))?;
             let input = RunInput { parameters: body.parameters, environment: body.environment };
-            let (run, new) = clients.ports.driver().start(&name, "api", &key, input, batchline::now_ms()).await?;
+            let (run, new) = clients.ports.driver(holder).start(&name, "api", &key, input, batchline::now_ms()).await?;
             Ok(api::response(
                 202,
                 &json!({"runId": run.run_id, "pipeline": name, "status": run.status, "duplicate": !new}),
             ))
         }
         Route::GetRun(id) => {
-            let run =
-                clients.ports.driver().load(&id).await?.ok_or_else(|| ApiError::not_found(format!("no run {id}")))?.run;
+            let run = clients
+                .ports
+                .driver(holder)
+                .load(&id)
+                .await?
+                .ok_or_else(|| ApiError::not_found(format!("no run {id}")))?
+                .run;
             Ok(api::response(200, &api::run_view(&run, &stack, &clients.region, batchline::now_ms())))
         }
         Route::ListRuns => {
@@ -260,7 +267,7 @@ async fn serve(
                 .collect();
             Ok(api::response(200, &json!({"pipeline": pipeline, "runs": runs})))
         }
-        Route::CancelRun(id) => match clients.ports.driver().cancel(&id, batchline::now_ms()).await? {
+        Route::CancelRun(id) => match clients.ports.driver(holder).cancel(&id, batchline::now_ms()).await? {
             CancelOutcome::NoSuchRun => Err(ApiError::not_found(format!("no run {id}")).into()),
             CancelOutcome::AlreadyEnded(why) => Err(ApiError::new(409, "RunEnded", why).into()),
             CancelOutcome::Cancelled { run, terminated } => Ok(api::response(

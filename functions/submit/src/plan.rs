@@ -45,6 +45,8 @@ pub fn job(config: &StackConfig, key: &str, source: Source, size: Option<Size>) 
     ]);
     Ok(JobRequest {
         job_name: job_name(&source.readable, &source.idempotency_key),
+        // S3, schedule and stage keys are made of their input; the API sets its own.
+        origin: source.idempotency_key.clone(),
         idempotency_key: source.idempotency_key,
         queue_arn,
         job_definition_arn: definition_arn,

@@ -35,6 +35,11 @@ pub const RESERVED_TAG_PREFIX: &str = "batchline:";
 #[serde(rename_all = "camelCase")]
 pub struct JobRequest {
     pub idempotency_key: String,
+    /// What the caller sent, as it identifies the request whatever a deploy resolves it
+    /// to (the S3 object, the schedule tick, the stage attempt, the API body): a reused
+    /// idempotency key with another origin is a conflict.
+    #[serde(default)]
+    pub origin: String,
     pub job_name: String,
     pub queue_arn: String,
     pub job_definition_arn: String,
@@ -186,6 +191,7 @@ mod tests {
     fn oversized_requests_are_refused_before_batch_sees_them() {
         let mut request = JobRequest {
             idempotency_key: "k".into(),
+            origin: "k".into(),
             job_name: "j".into(),
             queue_arn: "q".into(),
             job_definition_arn: "d".into(),

@@ -173,7 +173,12 @@ pub fn estimated_cost(event: &JobStateChangeEvent, overrides: &PriceOverrides) -
 fn dimension_sets(event: &JobStateChangeEvent) -> Vec<Dimensions> {
     let detail = &event.detail;
     let mut sets = vec![Vec::new()];
-    let valid = |value: &&str| !value.is_empty() && value.len() <= 1024;
+    // CloudWatch refuses a whole call for one dimension value that is not 1-1024 ASCII
+    // characters without control characters; such a value (a tag set outside Batchline)
+    // drops its dimension set, never the call.
+    let valid = |value: &&str| {
+        !value.is_empty() && value.len() <= 1024 && value.chars().all(|c| c.is_ascii() && !c.is_ascii_control())
+    };
     if let Some(queue) = detail.queue_name().filter(valid) {
         sets.push(vec![("JobQueue", queue.to_owned())]);
         if let Some(definition) = detail.job_definition_name().filter(valid) {
@@ -401,6 +406,16 @@ mod tests {
             .dimension_sets
             .contains(&vec![("Pipeline", "nightly".to_owned()), ("Stage", "extract".to_owned())]));
         assert_eq!(metrics.dimension_sets.len(), 5);
+    }
+
+    #[test]
+    fn a_dimension_value_cloudwatch_would_refuse_drops_its_dimension_set_not_the_call() {
+        for bad in ["café", "tab\there", "\u{7f}"] {
+            let event = event("SUCCEEDED", json!({"tags": {"batchline:pipeline": bad, "batchline:stage": "extract"}}));
+            let sets = dimension_sets(&event);
+            assert!(sets.iter().all(|set| set.iter().all(|(name, _)| *name != "Pipeline")), "{bad:?}: {sets:?}");
+            assert!(sets.iter().any(|set| set.iter().any(|(name, _)| *name == "JobQueue")), "the rest stays");
+        }
     }
 
     #[test]

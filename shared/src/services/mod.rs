@@ -9,6 +9,7 @@
 
 pub mod announce;
 pub mod batch;
+pub mod clock;
 pub mod config_cache;
 pub mod ports;
 pub mod runs;

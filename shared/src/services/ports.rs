@@ -6,10 +6,11 @@ use aws_config::SdkConfig;
 
 use crate::services::announce::AwsAnnouncer;
 use crate::services::batch::SdkBatch;
+use crate::services::clock::SystemClock;
 use crate::services::config_cache::ConfigCache;
 use crate::services::runs::RunDriver;
 use crate::services::submitter::Submitter;
-use crate::store::DynamoStore;
+use crate::store::{DynamoStore, Holder};
 use crate::Config;
 
 pub struct AwsPorts {
@@ -17,6 +18,13 @@ pub struct AwsPorts {
     pub batch: SdkBatch,
     pub announcer: AwsAnnouncer,
     pub configs: ConfigCache,
+    pub clock: SystemClock,
+}
+
+/// Who an invocation is, as a claim holder: its request id, and its deadline (after which
+/// it cannot be running).
+pub fn invocation_holder(context: &lambda_runtime::Context) -> Holder {
+    Holder { token: context.request_id.clone(), deadline_ms: i64::try_from(context.deadline).unwrap_or(i64::MAX) }
 }
 
 impl AwsPorts {
@@ -31,20 +39,25 @@ impl AwsPorts {
                 aws_sdk_cloudwatch::Client::new(sdk),
                 &config.metric_namespace,
             ),
+            clock: SystemClock,
         }
     }
 
-    pub fn driver(&self) -> RunDriver<'_> {
+    /// The run driver, working for the invocation `holder`.
+    pub fn driver<'a>(&'a self, holder: &'a Holder) -> RunDriver<'a> {
         RunDriver {
             runs: self.store.as_ref(),
             claims: self.store.as_ref(),
             batch: &self.batch,
             announcer: &self.announcer,
             configs: &self.configs,
+            clock: &self.clock,
+            holder,
         }
     }
 
-    pub fn submitter(&self) -> Submitter<'_> {
-        Submitter { batch: &self.batch, claims: self.store.as_ref() }
+    /// The submitter, working for the invocation `holder`.
+    pub fn submitter<'a>(&'a self, holder: &'a Holder) -> Submitter<'a> {
+        Submitter { batch: &self.batch, claims: self.store.as_ref(), clock: &self.clock, holder }
     }
 }

@@ -23,9 +23,10 @@ use crate::model::run::{Applied, Attempt, Run, RunInput};
 use crate::model::stack::StackConfig;
 use crate::services::announce::{completion_detail, outcome_metrics, MetricUnit, RunAnnouncer, RunMetric};
 use crate::services::batch::BatchPort;
+use crate::services::clock::Clock;
 use crate::services::config_cache::ConfigCache;
 use crate::services::submitter::Submitter;
-use crate::store::{ClaimStore, RunStore, VersionedRun};
+use crate::store::{ClaimStore, Holder, RunStore, VersionedRun};
 use crate::Error;
 
 const WRITE_ATTEMPTS: usize = 8;
@@ -61,6 +62,7 @@ pub fn stage_job(config: &StackConfig, run: &Run, stage: &str, attempt: &Attempt
     let key = attempt_key(&run.run_id, stage, attempt.number);
     Ok(JobRequest {
         job_name: attempt.job_name.clone().unwrap_or_else(|| job_name(&run.run_id, &key)),
+        origin: key.clone(),
         idempotency_key: key,
         queue_arn,
         job_definition_arn: definition_arn,
@@ -99,6 +101,9 @@ pub struct RunDriver<'a> {
     pub announcer: &'a dyn RunAnnouncer,
     /// The stack configuration, read only when a stage must be submitted.
     pub configs: &'a ConfigCache,
+    pub clock: &'a dyn Clock,
+    /// The invocation this driver works for: it holds the claims of what it submits.
+    pub holder: &'a Holder,
 }
 
 impl RunDriver<'_> {
@@ -202,11 +207,11 @@ impl RunDriver<'_> {
     /// Submits what the run has planned and announces its end, each once. Returns the
     /// record as it stands afterwards.
     pub async fn drive(&self, mut record: VersionedRun, now_ms: i64) -> Result<VersionedRun, Error> {
-        let submitter = Submitter { batch: self.batch, claims: self.claims };
+        let submitter = Submitter { batch: self.batch, claims: self.claims, clock: self.clock, holder: self.holder };
         for (stage, attempt) in record.run.to_submit() {
             let config = self.configs.get().await?;
             let request = stage_job(&config, &record.run, &stage, &attempt)?;
-            let submitted = submitter.submit(&request, now_ms).await?;
+            let submitted = submitter.submit(&request).await?;
             info!(run_id = %record.run.run_id, stage, attempt = attempt.number, job_id = %submitted.job_id, size = %attempt.size, "stage submitted");
             let recorded = self
                 .update(record.clone(), |run| {

@@ -1,19 +1,25 @@
-//! Submitting a job exactly once: a claim in the store before SubmitJob, and the job's deterministic name to recover.
+//! Submitting a job exactly once: an owned claim in the store before SubmitJob, and the job's deterministic name to recover.
 //!
 //! SubmitJob has no idempotency token, EventBridge delivers at least once, and an SDK
 //! retry after a lost response could submit twice. So:
-//! 1. the request's idempotency key is claimed with a conditional write (state
-//!    `PENDING`, the job name and a fingerprint of the request);
+//! 1. the request's idempotency key is claimed with a conditional write: state `PENDING`,
+//!    the job name, a fingerprint of what the caller sent, the claim time (read from the
+//!    clock when the claim is written) and its holder — the invocation's request id and
+//!    its Lambda deadline;
 //! 2. SubmitJob is called with the SDK's own retries off. Throttling is retried here with
 //!    backoff (a throttled call created nothing); any other failure may have created the
 //!    job, so before trying again the job is looked up by its name;
-//! 3. the claim records the job id (state `SUBMITTED`).
+//! 3. the claim records the job id (state `SUBMITTED`), on condition that it is still
+//!    PENDING and still this holder's.
 //!
-//! A second delivery finds the claim: `SUBMITTED` gives the job already made; `PENDING`
-//! means a submission was interrupted or is under way — if the job exists by name it is
-//! recorded and returned; if not and the claim is older than [`CLAIM_LEASE_MS`], its
-//! holder died before SubmitJob and this delivery takes the claim over; otherwise the
-//! delivery is told to retry later. The same key with a different request is a conflict.
+//! A claim that already exists is read: another fingerprint is a conflict; a recorded job
+//! is the answer; the caller's own token means its own write took effect and only the
+//! reply was lost (it carries on as the holder). Anyone else's PENDING claim: if the job
+//! exists by name it is recorded and returned; otherwise the claim is taken over only
+//! once its holder cannot be running any more — after the holder's deadline plus
+//! [`TAKEOVER_MARGIN_MS`] (claims from earlier releases, without a holder, after
+//! [`CLAIM_LEASE_MS`] from their claim time) — and until then the delivery is told to
+//! retry later.
 
 use std::time::Duration;
 
@@ -21,11 +27,15 @@ use tracing::{info, warn};
 
 use crate::model::job_request::{digest, JobRequest};
 use crate::services::batch::BatchPort;
-use crate::store::{ClaimState, ClaimStore, SubmissionClaim};
+use crate::services::clock::Clock;
+use crate::store::{ClaimState, ClaimStore, Holder, SubmissionClaim};
 use crate::Error;
 
-/// How long a PENDING claim may be in the middle of SubmitJob before it counts as abandoned.
+/// How long a PENDING claim written by an earlier release (without a holder) may be in the
+/// middle of SubmitJob before it counts as abandoned.
 pub const CLAIM_LEASE_MS: i64 = 30_000;
+/// Time allowed, past a holder's deadline, for clocks that disagree.
+pub const TAKEOVER_MARGIN_MS: i64 = 10_000;
 const SUBMIT_ATTEMPTS: u32 = 6;
 
 /// The job a request resulted in.
@@ -57,53 +67,94 @@ impl From<SubmitError> for Error {
     }
 }
 
-/// Submits jobs through `batch`, claiming each key in `claims` first.
+/// Submits jobs through `batch`, claiming each key in `claims` first, on behalf of one
+/// invocation (`holder`).
 pub struct Submitter<'a> {
     pub batch: &'a dyn BatchPort,
     pub claims: &'a dyn ClaimStore,
+    pub clock: &'a dyn Clock,
+    pub holder: &'a Holder,
 }
 
-/// What identifies the request itself, so a reused key with other content is caught.
+/// What identifies the request as its caller sent it, so a reused key with other content
+/// is caught — and a retry after a deploy (which re-resolves ARNs) is not.
 pub fn fingerprint(request: &JobRequest) -> String {
-    digest(&serde_json::to_string(request).unwrap_or_default(), 32)
+    digest(&request.origin, 32)
+}
+
+/// Whether a claim's holder can no longer be running at `now`.
+pub fn abandoned(claim: &SubmissionClaim, now_ms: i64) -> bool {
+    match &claim.holder {
+        Some(holder) => now_ms > holder.deadline_ms + TAKEOVER_MARGIN_MS,
+        None => now_ms - claim.claimed_at >= CLAIM_LEASE_MS,
+    }
 }
 
 impl Submitter<'_> {
-    pub async fn submit(&self, request: &JobRequest, now_ms: i64) -> Result<Submitted, SubmitError> {
+    pub async fn submit(&self, request: &JobRequest) -> Result<Submitted, SubmitError> {
+        let key = &request.idempotency_key;
+        let now = self.clock.now_ms();
         let claim = SubmissionClaim {
-            idempotency_key: request.idempotency_key.clone(),
+            idempotency_key: key.clone(),
             job_name: request.job_name.clone(),
             queue: request.queue_arn.clone(),
-            fingerprint: fingerprint(request),
+            fingerprint: Some(fingerprint(request)),
             state: ClaimState::Pending,
             job_id: None,
-            claimed_at: now_ms,
+            claimed_at: now,
+            holder: Some(self.holder.clone()),
         };
         if !self.claims.create_claim(&claim).await? {
-            let existing = self.claims.claim(&request.idempotency_key).await?;
-            let existing = existing.unwrap_or_else(|| SubmissionClaim { fingerprint: String::new(), ..claim.clone() });
-            if existing.fingerprint != claim.fingerprint {
-                return Err(SubmitError::Conflict(request.idempotency_key.clone()));
+            let Some(existing) = self.claims.claim(key).await? else {
+                // Claimed a moment ago and gone already (expired): let a retry claim it anew.
+                return Err(SubmitError::InFlight(key.clone()));
+            };
+            if existing.fingerprint.as_ref().is_some_and(|theirs| Some(theirs) != claim.fingerprint.as_ref()) {
+                return Err(SubmitError::Conflict(key.clone()));
             }
             if let Some(job_id) = existing.job_id {
                 return Ok(Submitted { job_id, job_name: request.job_name.clone(), new: false });
             }
-            if let Some(job_id) = self.batch.find_job(&request.queue_arn, &request.job_name).await? {
-                self.claims.record_claim_job(&request.idempotency_key, &job_id).await?;
-                info!(job_name = %request.job_name, job_id, "recovered a submission left unrecorded");
-                return Ok(Submitted { job_id, job_name: request.job_name.clone(), new: false });
+            let ours = existing.holder.as_ref().is_some_and(|h| h.token == self.holder.token);
+            if ours {
+                // Our own claim: the write took effect and only its reply was lost.
+                info!(job_name = %request.job_name, "recognised our own claim");
+            } else {
+                if let Some(job_id) = self.batch.find_job(&request.queue_arn, &request.job_name).await? {
+                    self.record(request, &job_id, None).await?;
+                    info!(job_name = %request.job_name, job_id, "recovered a submission left unrecorded");
+                    return Ok(Submitted { job_id, job_name: request.job_name.clone(), new: false });
+                }
+                let now = self.clock.now_ms();
+                if !abandoned(&existing, now)
+                    || !self.claims.take_over_claim(key, existing.claimed_at, self.holder, now).await?
+                {
+                    return Err(SubmitError::InFlight(key.clone()));
+                }
+                info!(job_name = %request.job_name, "took over an abandoned claim");
             }
-            if now_ms - existing.claimed_at < CLAIM_LEASE_MS
-                || !self.claims.take_over_claim(&request.idempotency_key, existing.claimed_at, now_ms).await?
-            {
-                return Err(SubmitError::InFlight(request.idempotency_key.clone()));
-            }
-            info!(job_name = %request.job_name, "took over an abandoned claim");
         }
         let job_id = self.submit_job(request).await?;
-        self.claims.record_claim_job(&request.idempotency_key, &job_id).await?;
+        self.record(request, &job_id, Some(&self.holder.token)).await?;
         info!(job_name = %request.job_name, job_id, "job submitted");
         Ok(Submitted { job_id, job_name: request.job_name.clone(), new: true })
+    }
+
+    /// Records the job on the claim, as long as the claim is (still) ours to record.
+    async fn record(&self, request: &JobRequest, job_id: &str, holder: Option<&str>) -> Result<(), Error> {
+        let key = &request.idempotency_key;
+        if self.claims.record_claim_job(key, job_id, holder).await? {
+            return Ok(());
+        }
+        // Not recorded: already recorded with this job (our own earlier reply was lost),
+        // or the claim is no longer ours.
+        match self.claims.claim(key).await? {
+            Some(claim) if claim.job_id.as_deref() == Some(job_id) => Ok(()),
+            other => {
+                warn!(job_name = %request.job_name, job_id, claim = ?other, "the claim was lost while submitting");
+                Err(Error::ClaimLost(key.clone()))
+            }
+        }
     }
 
     async fn submit_job(&self, request: &JobRequest) -> Result<String, Error> {

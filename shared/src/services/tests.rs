@@ -7,17 +7,18 @@ use async_trait::async_trait;
 use serde_json::{json, Value};
 
 use super::announce::{RunAnnouncer, RunMetric};
+use super::clock::ManualClock;
 use super::config_cache::ConfigCache;
 use super::memory_batch::{MemoryBatch, SubmitFault};
 use super::runs::{CancelOutcome, RunDriver};
-use super::submitter::{SubmitError, Submitter, CLAIM_LEASE_MS};
+use super::submitter::{SubmitError, Submitter, CLAIM_LEASE_MS, TAKEOVER_MARGIN_MS};
 use crate::model::batch_event::JobStateChangeEvent;
 use crate::model::fargate::{Quarters, Size};
 use crate::model::job_request::JobRequest;
 use crate::model::pipeline::{Pipeline, Stage};
 use crate::model::run::{Applied, RunInput, RunStatus, StageStatus};
 use crate::model::stack::*;
-use crate::store::{ClaimState, ClaimStore, ConfigStore, MemoryStore};
+use crate::store::{ClaimState, ClaimStore, ConfigStore, Holder, MemoryStore, StoreFault, SubmissionClaim};
 
 const SMALL: Size = Size { vcpu: Quarters(1), memory_mib: 512 };
 
@@ -130,6 +131,14 @@ struct World {
     batch: MemoryBatch,
     announced: Announced,
     configs: ConfigCache,
+    clock: ManualClock,
+    /// The invocation the world's driver and submitter work for.
+    holder: Holder,
+}
+
+/// An invocation holding claims until `deadline_ms`.
+fn invocation(token: &str, deadline_ms: i64) -> Holder {
+    Holder { token: token.into(), deadline_ms }
 }
 
 impl World {
@@ -141,6 +150,8 @@ impl World {
             store,
             batch: MemoryBatch::new(),
             announced: Announced::default(),
+            clock: ManualClock::at(1_000),
+            holder: invocation("first", 301_000),
         }
     }
 
@@ -151,11 +162,17 @@ impl World {
             batch: &self.batch,
             announcer: &self.announced,
             configs: &self.configs,
+            clock: &self.clock,
+            holder: &self.holder,
         }
     }
 
     fn submitter(&self) -> Submitter<'_> {
-        Submitter { batch: &self.batch, claims: self.store.as_ref() }
+        self.submitter_for(&self.holder)
+    }
+
+    fn submitter_for<'a>(&'a self, holder: &'a Holder) -> Submitter<'a> {
+        Submitter { batch: &self.batch, claims: self.store.as_ref(), clock: &self.clock, holder }
     }
 
     /// The job of a stage's latest attempt.
@@ -188,6 +205,7 @@ impl World {
 fn request(key: &str) -> JobRequest {
     JobRequest {
         idempotency_key: key.into(),
+        origin: key.into(),
         job_name: format!("job-{key}"),
         queue_arn: "arn:queue".into(),
         job_definition_arn: "arn:definition:1".into(),
@@ -209,22 +227,58 @@ async fn store_contract_holds_for_the_memory_store() {
 #[tokio::test]
 async fn a_repeated_request_submits_one_job_and_a_reused_key_is_a_conflict() {
     let world = World::new().await;
-    let first = world.submitter().submit(&request("k1"), 1_000).await.unwrap();
-    let again = world.submitter().submit(&request("k1"), 2_000).await.unwrap();
+    let first = world.submitter().submit(&request("k1")).await.unwrap();
+    world.clock.set(2_000);
+    let again = world.submitter_for(&invocation("second", 302_000)).submit(&request("k1")).await.unwrap();
     assert!(first.new && !again.new);
     assert_eq!(first.job_id, again.job_id);
     assert_eq!(world.batch.jobs().len(), 1);
 
     let mut other = request("k1");
-    other.parameters.insert("different".into(), "yes".into());
-    assert!(matches!(world.submitter().submit(&other, 3_000).await, Err(SubmitError::Conflict(_))));
+    other.origin = "something else".into();
+    assert!(matches!(world.submitter().submit(&other).await, Err(SubmitError::Conflict(_))));
+}
+
+#[tokio::test]
+async fn a_retry_after_a_deploy_resolved_other_arns_is_the_same_request() {
+    // GIVEN a submission whose job definition ARN a deploy has since moved to a new revision
+    let world = World::new().await;
+    let first = world.submitter().submit(&request("k-deploy")).await.unwrap();
+    let mut after_deploy = request("k-deploy");
+    after_deploy.job_definition_arn = "arn:definition:2".into();
+    after_deploy.queue_arn = "arn:queue-recreated".into();
+    // WHEN the caller retries the same thing
+    let again = world.submitter_for(&invocation("retry", 400_000)).submit(&after_deploy).await.unwrap();
+    // THEN it is the same request: the first job, no conflict
+    assert_eq!((again.job_id, again.new), (first.job_id, false));
+}
+
+#[tokio::test]
+async fn a_claim_from_the_previous_release_without_fingerprint_or_holder_is_honoured() {
+    let world = World::new().await;
+    let legacy = SubmissionClaim {
+        idempotency_key: "k-legacy".into(),
+        job_name: "job-k-legacy".into(),
+        queue: "arn:queue".into(),
+        fingerprint: None,
+        state: ClaimState::Pending,
+        job_id: None,
+        claimed_at: 1_000,
+        holder: None,
+    };
+    world.store.create_claim(&legacy).await.unwrap();
+    world.clock.set(1_000 + CLAIM_LEASE_MS - 1);
+    assert!(matches!(world.submitter().submit(&request("k-legacy")).await, Err(SubmitError::InFlight(_))));
+    world.clock.set(1_000 + CLAIM_LEASE_MS);
+    assert!(world.submitter().submit(&request("k-legacy")).await.unwrap().new, "its 30 s lease is over");
+    assert_eq!(world.batch.jobs().len(), 1);
 }
 
 #[tokio::test]
 async fn a_lost_submit_answer_is_recovered_by_name_without_a_second_job() {
     let world = World::new().await;
     world.batch.inject([SubmitFault::LoseAnswer]);
-    let submitted = world.submitter().submit(&request("k2"), 1_000).await.unwrap();
+    let submitted = world.submitter().submit(&request("k2")).await.unwrap();
     assert_eq!(world.batch.jobs().len(), 1, "looked up by name, not submitted again");
     assert_eq!(submitted.job_id, world.batch.jobs()[0].job_id);
     let claim = world.store.claim("k2").await.unwrap().unwrap();
@@ -232,23 +286,76 @@ async fn a_lost_submit_answer_is_recovered_by_name_without_a_second_job() {
 }
 
 #[tokio::test]
-async fn a_pending_claim_is_in_flight_within_its_lease_and_taken_over_after_it() {
+async fn a_live_claim_is_not_taken_over_before_its_holders_deadline() {
+    // GIVEN an invocation that claimed the key at t=1 s and may run until t=301 s, and is
+    // still inside a slow SubmitJob (simulated: its claim is written, its job not yet made)
     let world = World::new().await;
-    // GIVEN a holder that claimed the key and died before SubmitJob
+    let slow = invocation("slow", 301_000);
     world.batch.inject([SubmitFault::Refuse("ClientException".into())]);
-    assert!(world.submitter().submit(&request("k3"), 1_000).await.is_err());
-    assert_eq!(world.store.claim("k3").await.unwrap().unwrap().state, ClaimState::Pending);
-    // WHEN another delivery comes within the lease, THEN it is told to retry
-    let early = world.submitter().submit(&request("k3"), 1_000 + CLAIM_LEASE_MS - 1).await;
-    assert!(matches!(early, Err(SubmitError::InFlight(_))));
+    assert!(world.submitter_for(&slow).submit(&request("k3")).await.is_err());
+    assert_eq!(world.store.claim("k3").await.unwrap().unwrap().holder, Some(slow.clone()));
+    // WHEN another delivery comes long after the old 30 s lease, but before the deadline
+    world.clock.set(200_000);
+    let other = invocation("other", 500_000);
+    let early = world.submitter_for(&other).submit(&request("k3")).await;
+    // THEN it is told to retry, and nothing is submitted
+    assert!(matches!(early, Err(SubmitError::InFlight(_))), "{early:?}");
+    world.clock.set(301_000 + TAKEOVER_MARGIN_MS);
+    assert!(matches!(world.submitter_for(&other).submit(&request("k3")).await, Err(SubmitError::InFlight(_))));
     assert!(world.batch.jobs().is_empty());
-    // WHEN one comes after the lease, THEN it takes the claim over and submits once
-    let late = world.submitter().submit(&request("k3"), 1_000 + CLAIM_LEASE_MS).await.unwrap();
+    // AND once the holder cannot be running any more, the claim is taken over, once
+    world.clock.set(301_000 + TAKEOVER_MARGIN_MS + 1);
+    let late = world.submitter_for(&other).submit(&request("k3")).await.unwrap();
     assert!(late.new);
     assert_eq!(world.batch.jobs().len(), 1);
-    // and the claim records it: a further delivery gets the same job
-    let after = world.submitter().submit(&request("k3"), 1_000 + 2 * CLAIM_LEASE_MS).await.unwrap();
+    let after = world.submitter_for(&invocation("third", 900_000)).submit(&request("k3")).await.unwrap();
     assert_eq!((after.job_id, after.new), (late.job_id, false));
+}
+
+#[tokio::test]
+async fn a_holder_whose_claim_was_taken_over_does_not_overwrite_it() {
+    // GIVEN a claim taken over from its holder (clocks disagreeing past the margin)
+    let world = World::new().await;
+    let first = invocation("first", 10_000);
+    let claim = SubmissionClaim {
+        idempotency_key: "k4".into(),
+        job_name: "job-k4".into(),
+        queue: "arn:queue".into(),
+        fingerprint: Some(super::submitter::fingerprint(&request("k4"))),
+        state: ClaimState::Pending,
+        job_id: None,
+        claimed_at: 1_000,
+        holder: Some(first.clone()),
+    };
+    world.store.create_claim(&claim).await.unwrap();
+    let second = invocation("second", 900_000);
+    assert!(world.store.take_over_claim("k4", 1_000, &second, 500_000).await.unwrap());
+    // WHEN the first holder records a job, THEN the write is refused and the claim keeps its owner
+    assert!(!world.store.record_claim_job("k4", "job-of-first", Some("first")).await.unwrap());
+    let now = world.store.claim("k4").await.unwrap().unwrap();
+    assert_eq!((now.state, now.holder), (ClaimState::Pending, Some(second)));
+}
+
+#[tokio::test]
+async fn our_own_claim_whose_reply_was_lost_is_recognised_by_its_token() {
+    // GIVEN the claim's write took effect, its reply was lost and the SDK's retry found the claim
+    let world = World::new().await;
+    world.store.inject("create_claim", StoreFault::LoseReplyRetried, 1);
+    // WHEN the same invocation goes on
+    let submitted = world.submitter().submit(&request("k5")).await.unwrap();
+    // THEN it knows the claim is its own and submits, once, at once
+    assert!(submitted.new);
+    assert_eq!(world.batch.jobs().len(), 1);
+    assert_eq!(world.store.claim("k5").await.unwrap().unwrap().job_id, Some(submitted.job_id));
+}
+
+#[tokio::test]
+async fn a_lost_reply_of_our_own_record_is_not_a_lost_claim() {
+    let world = World::new().await;
+    world.store.inject("record_claim_job", StoreFault::LoseReplyRetried, 1);
+    let submitted = world.submitter().submit(&request("k6")).await.unwrap();
+    assert!(submitted.new);
+    assert_eq!(world.store.claim("k6").await.unwrap().unwrap().job_id, Some(submitted.job_id));
 }
 
 #[tokio::test]

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{ClaimState, EventState, Store, SubmissionClaim};
+use super::{ClaimState, EventClaim, EventState, Holder, Store, SubmissionClaim};
 use crate::model::fargate::Size;
 use crate::model::pipeline::{Pipeline, Stage};
 use crate::model::run::{Run, RunInput, RunStatus};
@@ -21,62 +21,82 @@ pub async fn check_all(store: &dyn Store, unique: &str, config: &StackConfig) {
     configuration(store, config).await;
 }
 
+fn holder(token: &str, deadline_ms: i64) -> Holder {
+    Holder { token: token.into(), deadline_ms }
+}
+
 pub async fn claims(store: &dyn Store, unique: &str) {
     let key = format!("{unique}:claim");
     let claim = SubmissionClaim {
         idempotency_key: key.clone(),
         job_name: "job-1".into(),
         queue: "arn:queue".into(),
-        fingerprint: "f1".into(),
+        fingerprint: Some("f1".into()),
         state: ClaimState::Pending,
         job_id: None,
         claimed_at: 1_000,
+        holder: Some(holder("a", 301_000)),
     };
     assert_eq!(store.claim(&key).await.unwrap(), None, "no claim before the first write");
     assert!(store.create_claim(&claim).await.unwrap(), "the first claim is written");
-    let second = SubmissionClaim { fingerprint: "f2".into(), claimed_at: 2_000, ..claim.clone() };
+    let second = SubmissionClaim { fingerprint: Some("f2".into()), claimed_at: 2_000, ..claim.clone() };
     assert!(!store.create_claim(&second).await.unwrap(), "a second claim of the key is refused");
     assert_eq!(store.claim(&key).await.unwrap(), Some(claim.clone()), "the first claim stays as written");
 
-    assert!(!store.take_over_claim(&key, 999, 5_000).await.unwrap(), "take-over names the claim time it read");
-    assert!(store.take_over_claim(&key, 1_000, 5_000).await.unwrap(), "take-over of the claim as read");
-    assert!(!store.take_over_claim(&key, 1_000, 6_000).await.unwrap(), "a second take-over of the same read fails");
-    assert_eq!(store.claim(&key).await.unwrap().unwrap().claimed_at, 5_000);
+    let b = holder("b", 700_000);
+    assert!(!store.take_over_claim(&key, 999, &b, 500_000).await.unwrap(), "take-over names the claim time it read");
+    assert!(!store.record_claim_job(&key, "job-x", Some("b")).await.unwrap(), "only the holder records");
+    assert!(store.take_over_claim(&key, 1_000, &b, 500_000).await.unwrap(), "take-over of the claim as read");
+    assert!(!store.take_over_claim(&key, 1_000, &holder("c", 0), 600_000).await.unwrap(), "a second take-over fails");
+    let taken = store.claim(&key).await.unwrap().unwrap();
+    assert_eq!((taken.claimed_at, taken.holder), (500_000, Some(b.clone())));
+    assert!(!store.record_claim_job(&key, "job-a", Some("a")).await.unwrap(), "the old holder records nothing");
 
-    store.record_claim_job(&key, "job-id-1").await.unwrap();
+    assert!(store.record_claim_job(&key, "job-id-1", Some("b")).await.unwrap());
     let recorded = store.claim(&key).await.unwrap().unwrap();
     assert_eq!((recorded.state, recorded.job_id.as_deref()), (ClaimState::Submitted, Some("job-id-1")));
-    assert_eq!(recorded.fingerprint, "f1", "recording keeps the fingerprint");
-    assert!(!store.take_over_claim(&key, 5_000, 7_000).await.unwrap(), "a submitted claim is never taken over");
+    assert_eq!(recorded.fingerprint.as_deref(), Some("f1"), "recording keeps the fingerprint");
+    assert!(!store.record_claim_job(&key, "job-id-2", None).await.unwrap(), "a submitted claim is recorded once");
+    assert!(!store.take_over_claim(&key, 500_000, &holder("d", 0), 800_000).await.unwrap(), "never taken over");
+
+    let other = format!("{unique}:unheld");
+    let legacy = SubmissionClaim { idempotency_key: other.clone(), fingerprint: None, holder: None, ..claim.clone() };
+    assert!(store.create_claim(&legacy).await.unwrap());
+    assert_eq!(store.claim(&other).await.unwrap(), Some(legacy), "a claim without holder or fingerprint reads back");
+    assert!(store.record_claim_job(&other, "job-found", None).await.unwrap(), "anyone records a found job");
+    assert!(!store.record_claim_job(&format!("{unique}:missing"), "j", None).await.unwrap(), "no claim, no record");
 }
 
 pub async fn events(store: &dyn Store, unique: &str) {
     let id = format!("{unique}-event");
-    assert_eq!(store.event_state(&id).await.unwrap(), None);
-    assert!(store.claim_event(&id, "a", 1_000, 0).await.unwrap(), "the first claim wins");
-    assert!(!store.claim_event(&id, "b", 2_000, 500).await.unwrap(), "a live claim is not taken");
-    assert_eq!(store.event_state(&id).await.unwrap(), Some(EventState::InProgress));
+    let state = |claim: Option<EventClaim>| claim.map(|c| (c.state, c.token));
+    let (a, b, c) = (holder("a", 10_000), holder("b", 20_000), holder("c", 90_000));
+    assert_eq!(store.event_claim(&id).await.unwrap(), None);
+    assert!(store.claim_event(&id, &a, 1_000, 0, 0).await.unwrap(), "the first claim wins");
+    assert!(!store.claim_event(&id, &b, 2_000, 9_999, 0).await.unwrap(), "not before the holder's deadline");
+    assert_eq!(state(store.event_claim(&id).await.unwrap()), Some((EventState::InProgress, "a".into())));
 
     store.release_event(&id, "b").await.unwrap();
-    assert_eq!(store.event_state(&id).await.unwrap(), Some(EventState::InProgress), "only the holder releases");
+    assert_eq!(state(store.event_claim(&id).await.unwrap()), Some((EventState::InProgress, "a".into())));
     store.release_event(&id, "a").await.unwrap();
-    assert_eq!(store.event_state(&id).await.unwrap(), None, "the holder's release frees the event");
+    assert_eq!(store.event_claim(&id).await.unwrap(), None, "the holder's release frees the event");
 
-    assert!(store.claim_event(&id, "b", 3_000, 0).await.unwrap(), "a released event is claimed again");
-    assert!(store.claim_event(&id, "c", 9_000, 3_001).await.unwrap(), "a stale claim is taken over");
+    assert!(store.claim_event(&id, &b, 3_000, 0, 0).await.unwrap(), "a released event is claimed again");
+    assert!(store.claim_event(&id, &c, 30_000, 20_001, 0).await.unwrap(), "taken over after the holder's deadline");
     store.release_event(&id, "b").await.unwrap();
-    assert_eq!(store.event_state(&id).await.unwrap(), Some(EventState::InProgress), "the old holder lost it");
+    assert_eq!(state(store.event_claim(&id).await.unwrap()), Some((EventState::InProgress, "c".into())));
 
-    store.mark_events_done(&[id.as_str()], "c", 10_000).await.unwrap();
-    assert_eq!(store.event_state(&id).await.unwrap(), Some(EventState::Done));
-    assert!(!store.claim_event(&id, "d", 99_000_000, i64::MAX).await.unwrap(), "a done event is never claimed");
+    store.mark_events_done(&[id.as_str()], "c", 40_000).await.unwrap();
+    assert_eq!(store.event_claim(&id).await.unwrap().map(|c| c.state), Some(EventState::Done));
+    let late = holder("d", i64::MAX);
+    assert!(!store.claim_event(&id, &late, 99_000_000, i64::MAX, i64::MAX).await.unwrap(), "done is never claimed");
     store.release_event(&id, "c").await.unwrap();
-    assert_eq!(store.event_state(&id).await.unwrap(), Some(EventState::Done), "a done event is not released");
+    assert_eq!(store.event_claim(&id).await.unwrap().map(|c| c.state), Some(EventState::Done), "nor released");
 
     let many: Vec<String> = (0..30).map(|i| format!("{unique}-many-{i}")).collect();
     let refs: Vec<&str> = many.iter().map(String::as_str).collect();
     store.mark_events_done(&refs, "c", 10_000).await.unwrap();
-    assert_eq!(store.event_state(&many[29]).await.unwrap(), Some(EventState::Done), "more than 25 at once");
+    assert_eq!(store.event_claim(&many[29]).await.unwrap().map(|c| c.state), Some(EventState::Done), "more than 25");
 }
 
 /// A one-stage run of `pipeline`, created at `created_at`.

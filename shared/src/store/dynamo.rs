@@ -3,8 +3,13 @@
 //! Item shapes (attribute names are part of the stored format: items written by earlier
 //! releases stay readable, see the fixture tests):
 //! - claim: `state` (`PENDING`/`SUBMITTED`), `idempotency_key`, `job_name`, `queue`,
-//!   `fingerprint`, `claimed_at`, `job_id` once submitted, `expires_at`;
-//! - event: `state` (`IN_PROGRESS`/`DONE`), `token`, `claimed_at`, `expires_at`;
+//!   `input_fingerprint` (what the caller sent), `claimed_at`, `holder` and
+//!   `holder_deadline` (the holding invocation and its Lambda deadline), `job_id` once
+//!   submitted, `expires_at`. Claims from earlier releases carry a `fingerprint` of the
+//!   resolved request instead (not compared) and no holder (their lease is 30 s from
+//!   `claimed_at`);
+//! - event: `state` (`IN_PROGRESS`/`DONE`), `token`, `claimed_at`, `holder_deadline`,
+//!   `expires_at` (entries from earlier releases have no `holder_deadline`);
 //! - run: `document` (the [`Run`] as JSON), `pipeline`, `status`, `version`, `expires_at`;
 //! - index line: `run_id`, `status`, `created_at`, `expires_at`;
 //! - configuration: `document` (the [`StackConfig`] as JSON).
@@ -16,8 +21,8 @@ use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
 
 use super::keys::{self, CLAIM_SK, CONFIG_PK, CONFIG_SK, EVENT_SK, INDEX_SK_PREFIX, RUN_SK};
 use super::{
-    ClaimState, ClaimStore, ConfigStore, EventLedgerStore, EventState, RunStore, RunSummary, SubmissionClaim,
-    VersionedRun, CLAIM_SECONDS, EVENT_SECONDS, RUN_RETENTION_SECONDS,
+    ClaimState, ClaimStore, ConfigStore, EventClaim, EventLedgerStore, EventState, Holder, RunStore, RunSummary,
+    SubmissionClaim, VersionedRun, CLAIM_SECONDS, EVENT_SECONDS, RUN_RETENTION_SECONDS,
 };
 use crate::error::conditional_write;
 use crate::model::run::Run;
@@ -88,10 +93,16 @@ pub fn claim_item(claim: &SubmissionClaim) -> Item {
         ("idempotency_key".into(), s(claim.idempotency_key.clone())),
         ("job_name".into(), s(claim.job_name.clone())),
         ("queue".into(), s(claim.queue.clone())),
-        ("fingerprint".into(), s(claim.fingerprint.clone())),
         ("claimed_at".into(), n(claim.claimed_at)),
         ("expires_at".into(), n(claim.claimed_at / 1000 + CLAIM_SECONDS)),
     ]);
+    if let Some(fingerprint) = &claim.fingerprint {
+        item.insert("input_fingerprint".into(), s(fingerprint.clone()));
+    }
+    if let Some(holder) = &claim.holder {
+        item.insert("holder".into(), s(holder.token.clone()));
+        item.insert("holder_deadline".into(), n(holder.deadline_ms));
+    }
     if let Some(job_id) = &claim.job_id {
         item.insert("job_id".into(), s(job_id.clone()));
     }
@@ -118,20 +129,23 @@ pub fn claim_from_item(item: &Item) -> Result<SubmissionClaim, Error> {
         idempotency_key: text(item, "idempotency_key").unwrap_or_default(),
         job_name: text(item, "job_name").unwrap_or_default(),
         queue: text(item, "queue").unwrap_or_default(),
-        fingerprint: text(item, "fingerprint").unwrap_or_default(),
+        fingerprint: text(item, "input_fingerprint"),
         state,
         job_id,
         claimed_at: number(item, "claimed_at").unwrap_or(0),
+        holder: text(item, "holder")
+            .map(|token| Holder { token, deadline_ms: number(item, "holder_deadline").unwrap_or(0) }),
     })
 }
 
-/// Reads the state of an event item.
-pub fn event_state_from_item(item: &Item) -> Result<EventState, Error> {
-    match text(item, "state").as_deref() {
-        Some("DONE") => Ok(EventState::Done),
-        Some("IN_PROGRESS") => Ok(EventState::InProgress),
-        other => Err(unreadable(text(item, "pk").unwrap_or_default(), format!("event state {other:?}"))),
-    }
+/// Reads an event item.
+pub fn event_claim_from_item(item: &Item) -> Result<EventClaim, Error> {
+    let state = match text(item, "state").as_deref() {
+        Some("DONE") => EventState::Done,
+        Some("IN_PROGRESS") => EventState::InProgress,
+        other => return Err(unreadable(text(item, "pk").unwrap_or_default(), format!("event state {other:?}"))),
+    };
+    Ok(EventClaim { state, token: text(item, "token").unwrap_or_default() })
 }
 
 /// A run item at `version`.
@@ -210,26 +224,35 @@ impl ClaimStore for DynamoStore {
         self.get(keys::claim_pk(idempotency_key), CLAIM_SK).await?.as_ref().map(claim_from_item).transpose()
     }
 
-    async fn take_over_claim(&self, idempotency_key: &str, then: i64, now: i64) -> Result<bool, Error> {
+    async fn take_over_claim(
+        &self,
+        idempotency_key: &str,
+        then: i64,
+        holder: &Holder,
+        now: i64,
+    ) -> Result<bool, Error> {
         let result = self
             .client
             .update_item()
             .table_name(&self.table)
             .key("pk", s(keys::claim_pk(idempotency_key)))
             .key("sk", s(CLAIM_SK))
-            .update_expression("SET claimed_at = :now")
+            .update_expression("SET claimed_at = :now, holder = :holder, holder_deadline = :deadline")
             .condition_expression("claimed_at = :then AND #state = :pending")
             .expression_attribute_names("#state", "state")
             .expression_attribute_values(":now", n(now))
             .expression_attribute_values(":then", n(then))
+            .expression_attribute_values(":holder", s(holder.token.clone()))
+            .expression_attribute_values(":deadline", n(holder.deadline_ms))
             .expression_attribute_values(":pending", s("PENDING"))
             .send()
             .await;
         conditional_write("UpdateItem", result)
     }
 
-    async fn record_claim_job(&self, idempotency_key: &str, job_id: &str) -> Result<(), Error> {
-        self.client
+    async fn record_claim_job(&self, idempotency_key: &str, job_id: &str, holder: Option<&str>) -> Result<bool, Error> {
+        let request = self
+            .client
             .update_item()
             .table_name(&self.table)
             .key("pk", s(keys::claim_pk(idempotency_key)))
@@ -237,17 +260,28 @@ impl ClaimStore for DynamoStore {
             .update_expression("SET #state = :submitted, job_id = :job")
             .expression_attribute_names("#state", "state")
             .expression_attribute_values(":submitted", s("SUBMITTED"))
-            .expression_attribute_values(":job", s(job_id))
-            .send()
-            .await
-            .map_err(|e| Error::aws("UpdateItem", e))?;
-        Ok(())
+            .expression_attribute_values(":pending", s("PENDING"))
+            .expression_attribute_values(":job", s(job_id));
+        let request = match holder {
+            Some(token) => request
+                .condition_expression("#state = :pending AND holder = :holder")
+                .expression_attribute_values(":holder", s(token)),
+            None => request.condition_expression("#state = :pending"),
+        };
+        conditional_write("UpdateItem", request.send().await)
     }
 }
 
 #[async_trait]
 impl EventLedgerStore for DynamoStore {
-    async fn claim_event(&self, event_id: &str, token: &str, now_ms: i64, stale_before: i64) -> Result<bool, Error> {
+    async fn claim_event(
+        &self,
+        event_id: &str,
+        holder: &Holder,
+        now_ms: i64,
+        expired_before: i64,
+        legacy_stale_before: i64,
+    ) -> Result<bool, Error> {
         let result = self
             .client
             .put_item()
@@ -255,20 +289,25 @@ impl EventLedgerStore for DynamoStore {
             .item("pk", s(keys::event_pk(event_id)))
             .item("sk", s(EVENT_SK))
             .item("state", s("IN_PROGRESS"))
-            .item("token", s(token))
+            .item("token", s(holder.token.clone()))
             .item("claimed_at", n(now_ms))
+            .item("holder_deadline", n(holder.deadline_ms))
             .item("expires_at", n(now_ms / 1000 + EVENT_SECONDS))
-            .condition_expression("attribute_not_exists(pk) OR (#state = :in_progress AND claimed_at < :stale)")
+            .condition_expression(
+                "attribute_not_exists(pk) OR (#state = :in_progress AND holder_deadline < :expired) \
+                 OR (#state = :in_progress AND attribute_not_exists(holder_deadline) AND claimed_at < :stale)",
+            )
             .expression_attribute_names("#state", "state")
             .expression_attribute_values(":in_progress", s("IN_PROGRESS"))
-            .expression_attribute_values(":stale", n(stale_before))
+            .expression_attribute_values(":expired", n(expired_before))
+            .expression_attribute_values(":stale", n(legacy_stale_before))
             .send()
             .await;
         conditional_write("PutItem", result)
     }
 
-    async fn event_state(&self, event_id: &str) -> Result<Option<EventState>, Error> {
-        self.get(keys::event_pk(event_id), EVENT_SK).await?.as_ref().map(event_state_from_item).transpose()
+    async fn event_claim(&self, event_id: &str) -> Result<Option<EventClaim>, Error> {
+        self.get(keys::event_pk(event_id), EVENT_SK).await?.as_ref().map(event_claim_from_item).transpose()
     }
 
     async fn release_event(&self, event_id: &str, token: &str) -> Result<(), Error> {

@@ -1,36 +1,52 @@
-//! The store in memory: the same conditions as the table, for unit tests that interleave handlers.
+//! The store in memory: the same conditions as the table, for unit tests that interleave handlers, with injectable faults.
 //!
 //! Every operation takes the lock once, so each is atomic as a DynamoDB conditional write
 //! is; a test interleaves two handlers by running their steps in the order it chooses.
+//! [`MemoryStore::inject`] makes the next calls of one operation fail before they take
+//! effect, or take effect and lose their reply, as a DynamoDB call can.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
 
 use super::{
-    ClaimState, ClaimStore, ConfigStore, EventLedgerStore, EventState, RunStore, RunSummary, SubmissionClaim,
-    VersionedRun,
+    ClaimState, ClaimStore, ConfigStore, EventClaim, EventLedgerStore, EventState, Holder, RunStore, RunSummary,
+    SubmissionClaim, VersionedRun,
 };
 use crate::model::run::Run;
 use crate::model::stack::StackConfig;
 use crate::Error;
 
+/// What an injected fault does to one call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreFault {
+    /// Fails before taking effect.
+    Fail,
+    /// Takes effect, then the reply is lost (the caller sees an error).
+    LoseReply,
+    /// Takes effect, the reply is lost, and the SDK sends the same request again: the
+    /// caller sees the second call's answer (for a conditional write, "condition failed").
+    LoseReplyRetried,
+}
+
 #[derive(Debug, Clone)]
-struct EventClaim {
+struct EventEntry {
     state: EventState,
     token: String,
     claimed_at: i64,
+    deadline_ms: Option<i64>,
 }
 
 #[derive(Default)]
 struct Tables {
     claims: HashMap<String, SubmissionClaim>,
-    events: HashMap<String, EventClaim>,
+    events: HashMap<String, EventEntry>,
     runs: HashMap<String, VersionedRun>,
     /// Per pipeline: (created at, run id) → status.
     index: HashMap<String, BTreeMap<(i64, String), String>>,
     config: Option<StackConfig>,
+    faults: HashMap<&'static str, VecDeque<StoreFault>>,
 }
 
 /// An in-memory store.
@@ -39,9 +55,24 @@ pub struct MemoryStore {
     tables: Mutex<Tables>,
 }
 
+fn injected(operation: &'static str) -> Error {
+    Error::Aws { operation, code: "InternalServerError".into(), message: "injected fault".into() }
+}
+
 impl MemoryStore {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Makes the next `times` calls of `operation` (a trait method's name, e.g.
+    /// `"mark_events_done"`) go wrong as `fault` says.
+    pub fn inject(&self, operation: &'static str, fault: StoreFault, times: usize) {
+        self.with(|t| t.faults.entry(operation).or_default().extend(std::iter::repeat_n(fault, times)));
+    }
+
+    /// Every submission claim, for assertions.
+    pub fn claims(&self) -> Vec<SubmissionClaim> {
+        self.with(|t| t.claims.values().cloned().collect())
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Tables) -> T) -> T {
@@ -50,105 +81,145 @@ impl MemoryStore {
         f(&mut tables)
     }
 
-    /// Every submission claim, for assertions.
-    pub fn claims(&self) -> Vec<SubmissionClaim> {
-        self.with(|t| t.claims.values().cloned().collect())
+    /// Runs one operation under its injected fault, if any.
+    fn call<T>(&self, operation: &'static str, mut f: impl FnMut(&mut Tables) -> T) -> Result<T, Error> {
+        self.with(|t| {
+            let fault = t.faults.get_mut(operation).and_then(VecDeque::pop_front);
+            if fault == Some(StoreFault::Fail) {
+                return Err(injected(operation));
+            }
+            match fault {
+                Some(StoreFault::LoseReply) => {
+                    f(t);
+                    Err(injected(operation))
+                }
+                Some(StoreFault::LoseReplyRetried) => {
+                    f(t);
+                    Ok(f(t))
+                }
+                _ => Ok(f(t)),
+            }
+        })
     }
 }
 
 #[async_trait]
 impl ClaimStore for MemoryStore {
     async fn create_claim(&self, claim: &SubmissionClaim) -> Result<bool, Error> {
-        Ok(self.with(|t| {
+        self.call("create_claim", |t| {
             if t.claims.contains_key(&claim.idempotency_key) {
                 return false;
             }
             t.claims.insert(claim.idempotency_key.clone(), claim.clone());
             true
-        }))
+        })
     }
 
     async fn claim(&self, idempotency_key: &str) -> Result<Option<SubmissionClaim>, Error> {
-        Ok(self.with(|t| t.claims.get(idempotency_key).cloned()))
+        self.call("claim", |t| t.claims.get(idempotency_key).cloned())
     }
 
-    async fn take_over_claim(&self, idempotency_key: &str, then: i64, now: i64) -> Result<bool, Error> {
-        Ok(self.with(|t| match t.claims.get_mut(idempotency_key) {
+    async fn take_over_claim(
+        &self,
+        idempotency_key: &str,
+        then: i64,
+        holder: &Holder,
+        now: i64,
+    ) -> Result<bool, Error> {
+        self.call("take_over_claim", |t| match t.claims.get_mut(idempotency_key) {
             Some(claim) if claim.claimed_at == then && claim.state == ClaimState::Pending => {
                 claim.claimed_at = now;
+                claim.holder = Some(holder.clone());
                 true
             }
             _ => false,
-        }))
+        })
     }
 
-    async fn record_claim_job(&self, idempotency_key: &str, job_id: &str) -> Result<(), Error> {
-        // As DynamoDB's UpdateItem, this writes the item even when it is missing.
-        self.with(|t| {
-            let claim = t.claims.entry(idempotency_key.to_owned()).or_insert_with(|| SubmissionClaim {
-                idempotency_key: idempotency_key.to_owned(),
-                job_name: String::new(),
-                queue: String::new(),
-                fingerprint: String::new(),
-                state: ClaimState::Pending,
-                job_id: None,
-                claimed_at: 0,
-            });
-            claim.state = ClaimState::Submitted;
-            claim.job_id = Some(job_id.to_owned());
-        });
-        Ok(())
+    async fn record_claim_job(&self, idempotency_key: &str, job_id: &str, holder: Option<&str>) -> Result<bool, Error> {
+        self.call("record_claim_job", |t| match t.claims.get_mut(idempotency_key) {
+            Some(claim)
+                if claim.state == ClaimState::Pending
+                    && holder.is_none_or(|token| claim.holder.as_ref().is_some_and(|h| h.token == token)) =>
+            {
+                claim.state = ClaimState::Submitted;
+                claim.job_id = Some(job_id.to_owned());
+                true
+            }
+            _ => false,
+        })
     }
 }
 
 #[async_trait]
 impl EventLedgerStore for MemoryStore {
-    async fn claim_event(&self, event_id: &str, token: &str, now_ms: i64, stale_before: i64) -> Result<bool, Error> {
-        Ok(self.with(|t| {
+    async fn claim_event(
+        &self,
+        event_id: &str,
+        holder: &Holder,
+        now_ms: i64,
+        expired_before: i64,
+        legacy_stale_before: i64,
+    ) -> Result<bool, Error> {
+        self.call("claim_event", |t| {
             let free = match t.events.get(event_id) {
                 None => true,
-                Some(claim) => claim.state == EventState::InProgress && claim.claimed_at < stale_before,
+                Some(entry) if entry.state == EventState::InProgress => match entry.deadline_ms {
+                    Some(deadline) => deadline < expired_before,
+                    None => entry.claimed_at < legacy_stale_before,
+                },
+                Some(_) => false,
             };
             if free {
-                let claim = EventClaim { state: EventState::InProgress, token: token.to_owned(), claimed_at: now_ms };
-                t.events.insert(event_id.to_owned(), claim);
+                let entry = EventEntry {
+                    state: EventState::InProgress,
+                    token: holder.token.clone(),
+                    claimed_at: now_ms,
+                    deadline_ms: Some(holder.deadline_ms),
+                };
+                t.events.insert(event_id.to_owned(), entry);
             }
             free
-        }))
+        })
     }
 
-    async fn event_state(&self, event_id: &str) -> Result<Option<EventState>, Error> {
-        Ok(self.with(|t| t.events.get(event_id).map(|c| c.state)))
+    async fn event_claim(&self, event_id: &str) -> Result<Option<EventClaim>, Error> {
+        self.call("event_claim", |t| {
+            t.events.get(event_id).map(|e| EventClaim { state: e.state, token: e.token.clone() })
+        })
     }
 
     async fn release_event(&self, event_id: &str, token: &str) -> Result<(), Error> {
-        self.with(|t| {
-            if t.events.get(event_id).is_some_and(|c| c.token == token && c.state == EventState::InProgress) {
+        self.call("release_event", |t| {
+            if t.events.get(event_id).is_some_and(|e| e.token == token && e.state == EventState::InProgress) {
                 t.events.remove(event_id);
             }
-        });
-        Ok(())
+        })
     }
 
     async fn mark_events_done(&self, event_ids: &[&str], token: &str, now_ms: i64) -> Result<(), Error> {
-        self.with(|t| {
+        self.call("mark_events_done", |t| {
             for id in event_ids {
-                let claim = EventClaim { state: EventState::Done, token: token.to_owned(), claimed_at: now_ms };
-                t.events.insert((*id).to_owned(), claim);
+                let entry = EventEntry {
+                    state: EventState::Done,
+                    token: token.to_owned(),
+                    claimed_at: now_ms,
+                    deadline_ms: None,
+                };
+                t.events.insert((*id).to_owned(), entry);
             }
-        });
-        Ok(())
+        })
     }
 }
 
 #[async_trait]
 impl RunStore for MemoryStore {
     async fn load_run(&self, run_id: &str) -> Result<Option<VersionedRun>, Error> {
-        Ok(self.with(|t| t.runs.get(run_id).cloned()))
+        self.call("load_run", |t| t.runs.get(run_id).cloned())
     }
 
     async fn save_run(&self, run: &Run, expected: Option<i64>) -> Result<Option<i64>, Error> {
-        Ok(self.with(|t| {
+        self.call("save_run", |t| {
             let current = t.runs.get(&run.run_id).map(|r| r.version);
             let holds = match expected {
                 None => current.is_none(),
@@ -164,11 +235,11 @@ impl RunStore for MemoryStore {
                 .or_default()
                 .insert((run.created_at, run.run_id.clone()), run.status.as_str().to_owned());
             Some(version)
-        }))
+        })
     }
 
     async fn list_runs(&self, pipeline: &str, limit: i32) -> Result<Vec<RunSummary>, Error> {
-        Ok(self.with(|t| {
+        self.call("list_runs", |t| {
             t.index
                 .get(pipeline)
                 .into_iter()
@@ -180,23 +251,21 @@ impl RunStore for MemoryStore {
                     created_at: *created_at,
                 })
                 .collect()
-        }))
+        })
     }
 }
 
 #[async_trait]
 impl ConfigStore for MemoryStore {
     async fn load_config(&self) -> Result<Option<StackConfig>, Error> {
-        Ok(self.with(|t| t.config.clone()))
+        self.call("load_config", |t| t.config.clone())
     }
 
     async fn publish_config(&self, config: &StackConfig) -> Result<(), Error> {
-        self.with(|t| t.config = Some(config.clone()));
-        Ok(())
+        self.call("publish_config", |t| t.config = Some(config.clone()))
     }
 
     async fn remove_config(&self) -> Result<(), Error> {
-        self.with(|t| t.config = None);
-        Ok(())
+        self.call("remove_config", |t| t.config = None)
     }
 }

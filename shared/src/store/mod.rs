@@ -30,7 +30,7 @@ use crate::model::stack::StackConfig;
 use crate::Error;
 
 pub use dynamo::DynamoStore;
-pub use memory::MemoryStore;
+pub use memory::{MemoryStore, StoreFault};
 
 /// How long a submission claim (and so the protection against duplicates) lasts.
 pub const CLAIM_SECONDS: i64 = 7 * 24 * 3600;
@@ -49,17 +49,29 @@ pub enum ClaimState {
     Submitted,
 }
 
+/// Who holds a claim: an invocation (its request id) and the moment it can no longer be
+/// running (its Lambda deadline). Nobody takes a claim over before that moment has passed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    pub token: String,
+    pub deadline_ms: i64,
+}
+
 /// A submission claim: who may call SubmitJob for one idempotency key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubmissionClaim {
     pub idempotency_key: String,
     pub job_name: String,
     pub queue: String,
-    /// What the request itself was, so a reused key with other content is caught.
-    pub fingerprint: String,
+    /// What the caller sent, so a reused key with other content is caught. `None` on
+    /// claims written before fingerprints stopped covering deploy-resolved ARNs: those
+    /// are not compared.
+    pub fingerprint: Option<String>,
     pub state: ClaimState,
     pub job_id: Option<String>,
     pub claimed_at: i64,
+    /// `None` on claims written before claims named their holder.
+    pub holder: Option<Holder>,
 }
 
 /// Claims of idempotency keys before SubmitJob.
@@ -69,10 +81,14 @@ pub trait ClaimStore: Send + Sync {
     async fn create_claim(&self, claim: &SubmissionClaim) -> Result<bool, Error>;
     /// The claim of a key, read consistently.
     async fn claim(&self, idempotency_key: &str) -> Result<Option<SubmissionClaim>, Error>;
-    /// Moves a still-PENDING claim from `claimed_at == then` to `now`; false if it changed meanwhile.
-    async fn take_over_claim(&self, idempotency_key: &str, then: i64, now: i64) -> Result<bool, Error>;
-    /// Records the job the claim resulted in (state SUBMITTED).
-    async fn record_claim_job(&self, idempotency_key: &str, job_id: &str) -> Result<(), Error>;
+    /// Gives a still-PENDING claim, as read at `claimed_at == then`, to `holder` at `now`;
+    /// false if it changed meanwhile.
+    async fn take_over_claim(&self, idempotency_key: &str, then: i64, holder: &Holder, now: i64)
+        -> Result<bool, Error>;
+    /// Records the job the claim resulted in (state SUBMITTED), only while the claim is
+    /// PENDING and, when `holder` is given, still held by that token. False when the
+    /// condition failed (the caller reads the claim to see why).
+    async fn record_claim_job(&self, idempotency_key: &str, job_id: &str, holder: Option<&str>) -> Result<bool, Error>;
 }
 
 /// Where counting one EventBridge event stands.
@@ -82,14 +98,30 @@ pub enum EventState {
     Done,
 }
 
+/// An event's ledger entry: how far counting it got, and by whom.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventClaim {
+    pub state: EventState,
+    pub token: String,
+}
+
 /// The ledger of counted events.
 #[async_trait]
 pub trait EventLedgerStore: Send + Sync {
-    /// Claims an event for `token`: succeeds when nobody has, or when the claim in
-    /// progress was taken before `stale_before` (its holder died). False otherwise.
-    async fn claim_event(&self, event_id: &str, token: &str, now_ms: i64, stale_before: i64) -> Result<bool, Error>;
-    /// How far counting the event got, if anyone claimed it.
-    async fn event_state(&self, event_id: &str) -> Result<Option<EventState>, Error>;
+    /// Claims an event for `holder`: succeeds when nobody has, or when the claim in
+    /// progress belongs to an invocation that cannot be running any more — its deadline
+    /// is before `expired_before`, or (claims written before claims named a deadline) it
+    /// was taken before `legacy_stale_before`. False otherwise.
+    async fn claim_event(
+        &self,
+        event_id: &str,
+        holder: &Holder,
+        now_ms: i64,
+        expired_before: i64,
+        legacy_stale_before: i64,
+    ) -> Result<bool, Error>;
+    /// How far counting the event got, and by whom, if anyone claimed it.
+    async fn event_claim(&self, event_id: &str) -> Result<Option<EventClaim>, Error>;
     /// Deletes an in-progress claim held by `token`; a claim that is not (any more) ours is left alone.
     async fn release_event(&self, event_id: &str, token: &str) -> Result<(), Error>;
     /// Marks events as counted.
