@@ -62,11 +62,18 @@ impl Harness {
     }
 
     async fn api(&self, method: &str, path: &str, body: Value) -> (u16, Value) {
+        self.api_keyed(method, path, body, None).await
+    }
+
+    /// An API call, with an `Idempotency-Key` when `key` is given.
+    async fn api_keyed(&self, method: &str, path: &str, body: Value, key: Option<&str>) -> (u16, Value) {
         let (path, query) = path.split_once('?').unwrap_or((path, ""));
         let query: serde_json::Map<String, Value> =
             query.split('&').filter_map(|p| p.split_once('=')).map(|(k, v)| (k.to_owned(), json!(v))).collect();
         let request = json!({
-            "version": "2.0", "rawPath": path, "headers": {"content-type": "application/json"},
+            "version": "2.0", "rawPath": path,
+            "headers": if let Some(key) = key { json!({"content-type": "application/json", "idempotency-key": key}) }
+                       else { json!({"content-type": "application/json"}) },
             "queryStringParameters": query,
             "requestContext": {"http": {"method": method, "path": path}},
             "body": if body.is_null() { String::new() } else { body.to_string() }, "isBase64Encoded": false
@@ -76,9 +83,12 @@ impl Harness {
     }
 
     async fn start(&self, pipeline: &str) -> String {
-        let (status, body) = self
-            .api("POST", &format!("/pipelines/{pipeline}/runs"), json!({"parameters": {"day": "2025-11-26"}}))
-            .await;
+        self.start_keyed(pipeline, None).await
+    }
+
+    async fn start_keyed(&self, pipeline: &str, key: Option<&str>) -> String {
+        let body = json!({"parameters": {"day": "2025-11-26"}});
+        let (status, body) = self.api_keyed("POST", &format!("/pipelines/{pipeline}/runs"), body, key).await;
         assert_eq!(status, 202, "{body}");
         body["runId"].as_str().unwrap().to_owned()
     }
@@ -182,9 +192,9 @@ async fn a_diamond_runs_d_only_after_both_b_and_c_succeeded_and_completes() {
 #[tokio::test]
 async fn every_event_three_times_shuffled_makes_the_same_four_jobs() {
     let mut h = Harness::new("pl-dupes").await;
-    let run_id = h.start("diamond").await;
-    // The same start request again is the same run
-    assert_eq!(h.start("diamond").await, run_id);
+    let run_id = h.start_keyed("diamond", Some("nightly-2025-11-26")).await;
+    // The same start request again, with the same Idempotency-Key, is the same run
+    assert_eq!(h.start_keyed("diamond", Some("nightly-2025-11-26")).await, run_id);
     h.play_to_the_end(3, 42).await;
     assert_eq!(h.job_names().await.len(), 4);
     assert_eq!(h.run(&run_id).await["status"], "SUCCEEDED");
@@ -456,4 +466,28 @@ async fn invalid_pipelines_fail_the_deployment_with_the_reason() {
         assert_eq!(answer["Status"], "FAILED");
         assert!(answer["Reason"].as_str().unwrap().contains(reason), "{reason:?} in {answer}");
     }
+}
+
+#[tokio::test]
+async fn without_an_idempotency_key_every_start_is_a_new_run_even_after_a_cancel() {
+    let h = Harness::new("pl-nokey").await;
+    let first = h.start("diamond").await;
+    let second = h.start("diamond").await;
+    assert_ne!(first, second, "the same body without a key is new work");
+    let (status, _) = h.api("DELETE", &format!("/runs/{first}"), Value::Null).await;
+    assert_eq!(status, 202);
+    let third = h.start("diamond").await;
+    assert_ne!(third, first, "not the cancelled run again");
+    assert_eq!(h.run(&third).await["status"], "RUNNING");
+    // and with a key, a retry gets the run back with its current status
+    let keyed = h.start_keyed("diamond", Some("k-1")).await;
+    let (status, _) = h.api("DELETE", &format!("/runs/{keyed}"), Value::Null).await;
+    assert_eq!(status, 202);
+    let body = json!({"parameters": {"day": "2025-11-26"}});
+    let (status, again) = h.api_keyed("POST", "/pipelines/diamond/runs", body, Some("k-1")).await;
+    assert_eq!(
+        (status, again["runId"].as_str(), again["status"].as_str()),
+        (202, Some(keyed.as_str()), Some("CANCELLED"))
+    );
+    assert_eq!(again["duplicate"], true);
 }

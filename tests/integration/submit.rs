@@ -47,6 +47,8 @@ fn http(method: &str, path: &str, body: &str, headers: &[(&str, &str)]) -> Value
     event["rawPath"] = json!(path);
     event["routeKey"] = json!(format!("{method} {path}"));
     event["body"] = json!(body);
+    // API Gateway gives every request an id of its own.
+    event["requestContext"]["requestId"] = json!(batchline_testkit::player::event_id());
     for (name, value) in headers {
         event["headers"][*name] = json!(value);
     }
@@ -454,4 +456,57 @@ async fn an_idempotency_key_retried_after_a_redeploy_returns_the_first_job() {
     assert_eq!(answer_body(&again)["jobId"], answer_body(&first)["jobId"]);
     assert_eq!(answer_body(&again)["duplicate"], true);
     assert_eq!(env.jobs_in("default").await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_post_without_a_key_is_new_work_and_a_keyed_retry_gets_the_current_status() {
+    let env = Deployed::new("submit-newwork", triggers()).await;
+    let clients = Clients::new(&env.sdk, &env.config);
+    let body = json!({"jobDefinition": "default", "parameters": {"day": "2025-11-28"}}).to_string();
+
+    // WHEN the same body is posted twice without an Idempotency-Key, THEN two jobs
+    let first = handle(invocation(http("POST", "/jobs", &body, &[])), &clients).await.unwrap();
+    let second = handle(invocation(http("POST", "/jobs", &body, &[])), &clients).await.unwrap();
+    assert_ne!(answer_body(&first)["jobId"], answer_body(&second)["jobId"]);
+    assert_eq!(answer_body(&second)["duplicate"], false);
+    assert_eq!(env.jobs_in("default").await.len(), 2);
+
+    // AND a keyed retry gets the first answer with the job's current status (the emulator
+    // finishes jobs at once), not the status it had when first answered
+    let keyed = || invocation(http("POST", "/jobs", &body, &[("idempotency-key", "k-current")]));
+    let answer = handle(keyed(), &clients).await.unwrap();
+    assert_eq!(answer_body(&answer)["status"], "SUBMITTED");
+    let again = handle(keyed(), &clients).await.unwrap();
+    assert_eq!(answer_body(&again)["jobId"], answer_body(&answer)["jobId"]);
+    assert_eq!(
+        (answer_body(&again)["duplicate"].as_bool(), answer_body(&again)["status"].as_str()),
+        (Some(true), Some("SUCCEEDED"))
+    );
+}
+
+#[tokio::test]
+async fn an_idempotency_key_reused_after_its_24_hour_window_starts_new_work() {
+    let env = Deployed::new("submit-window", triggers()).await;
+    let clients = Clients::new(&env.sdk, &env.config);
+    let body = json!({"jobDefinition": "default"}).to_string();
+    let keyed = || invocation(http("POST", "/jobs", &body, &[("idempotency-key", "k-window")]));
+    let first = handle(keyed(), &clients).await.unwrap();
+    // GIVEN the key's first use was 25 hours ago
+    aws_sdk_dynamodb::Client::new(&env.sdk)
+        .update_item()
+        .table_name(&env.config.table_name)
+        .key("pk", AttributeValue::S(keys::claim_pk("api:jobs:key:k-window")))
+        .key("sk", AttributeValue::S(keys::CLAIM_SK.into()))
+        .update_expression("SET claimed_at = :then")
+        .expression_attribute_values(":then", AttributeValue::N((batchline::now_ms() - 25 * 3_600_000).to_string()))
+        .send()
+        .await
+        .unwrap();
+    // WHEN it is used again, THEN it is new work; and a retry of that is the same new job
+    let second = handle(keyed(), &clients).await.unwrap();
+    assert_ne!(answer_body(&second)["jobId"], answer_body(&first)["jobId"]);
+    assert_eq!(answer_body(&second)["duplicate"], false);
+    let third = handle(keyed(), &clients).await.unwrap();
+    assert_eq!(answer_body(&third)["jobId"], answer_body(&second)["jobId"]);
+    assert_eq!(env.jobs_in("default").await.len(), 2);
 }

@@ -28,6 +28,8 @@ use crate::plan::{self, Source, OWN_TAGS};
 /// An HTTP request as API Gateway hands it over.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HttpRequest {
+    /// API Gateway's id of this request (empty when it gave none).
+    pub request_id: String,
     pub method: String,
     pub path: String,
     /// Lowercase names.
@@ -97,7 +99,8 @@ pub fn parse_http(event: &ApiGatewayV2httpRequest) -> Result<HttpRequest, ApiErr
     } else {
         raw.as_bytes().to_vec()
     };
-    Ok(HttpRequest { method, path, headers, query, body })
+    let request_id = event.request_context.request_id.clone().unwrap_or_default();
+    Ok(HttpRequest { request_id, method, path, headers, query, body })
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -246,23 +249,51 @@ pub fn parse_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiErr
     })
 }
 
-/// The idempotency key of an API request: the `Idempotency-Key` header, or else the
-/// request itself (so the same request twice is one job).
-pub fn idempotency_key(request: &HttpRequest, route: &str) -> Result<String, ApiError> {
+/// How long an `Idempotency-Key` is honoured: a retry within it gets the first answer
+/// back; after it, the same key starts new work.
+pub const KEY_WINDOW_MS: i64 = 24 * 3600 * 1000;
+
+/// The idempotency key of an API request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiKey {
+    /// The caller's `Idempotency-Key`: retries within [`KEY_WINDOW_MS`] are one request.
+    Caller(String),
+    /// No key given: this request alone (every POST without a key is new work).
+    Request(String),
+}
+
+impl ApiKey {
+    /// The key of the `generation`th use of a caller's key (a new one each window).
+    pub fn generation(base: &str, generation: u32) -> String {
+        if generation <= 1 {
+            base.to_owned()
+        } else {
+            format!("{base}#{generation}")
+        }
+    }
+}
+
+/// The idempotency key of an API request: the `Idempotency-Key` header, or else this
+/// request's own id (`fallback_id` when API Gateway gave none).
+pub fn idempotency_key(request: &HttpRequest, route: &str, fallback_id: &str) -> Result<ApiKey, ApiError> {
     match request.headers.get("idempotency-key") {
         Some(key) if key.is_empty() || key.len() > 255 => {
             Err(ApiError::bad_request("Idempotency-Key has 1 to 255 characters"))
         }
-        Some(key) => Ok(format!("api:{route}:key:{key}")),
-        None => Ok(format!(
-            "api:{route}:body:{}",
-            batchline::model::job_request::digest(&String::from_utf8_lossy(&request.body), 40)
-        )),
+        Some(key) => Ok(ApiKey::Caller(format!("api:{route}:key:{key}"))),
+        None => {
+            let id = if request.request_id.is_empty() { fallback_id } else { &request.request_id };
+            Ok(ApiKey::Request(format!("api:{route}:request:{id}")))
+        }
     }
 }
 
-/// `POST /jobs`: the job the body asks for, validated.
-pub fn plan_submit_job(config: &StackConfig, request: &HttpRequest) -> Result<JobRequest, ApiError> {
+/// `POST /jobs`: the job the body asks for under `idempotency_key`, validated.
+pub fn plan_submit_job(
+    config: &StackConfig,
+    request: &HttpRequest,
+    idempotency_key: String,
+) -> Result<JobRequest, ApiError> {
     let body: SubmitJobBody = parse_body(&request.body)?;
     let key = body.job_definition.clone().unwrap_or_else(|| "default".into());
     let definition = config.job_definitions.get(&key).ok_or_else(|| {
@@ -294,7 +325,7 @@ pub fn plan_submit_job(config: &StackConfig, request: &HttpRequest) -> Result<Jo
     let source = Source {
         trigger: "api",
         readable,
-        idempotency_key: idempotency_key(request, "jobs")?,
+        idempotency_key,
         parameters: body.parameters,
         environment: body.environment,
     };

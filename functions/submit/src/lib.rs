@@ -19,15 +19,15 @@ use aws_lambda_events::apigw::ApiGatewayV2httpRequest;
 use aws_lambda_events::eventbridge::EventBridgeEvent;
 use batchline::model::run::RunInput;
 use batchline::services::ports::{invocation_holder, AwsPorts};
-use batchline::services::runs::CancelOutcome;
+use batchline::services::runs::{run_id, CancelOutcome};
 use batchline::services::submitter::SubmitError;
-use batchline::store::{Holder, RunStore};
+use batchline::store::{ClaimStore, Holder, RunStore};
 use batchline::{Config, Error};
 use lambda_runtime::LambdaEvent;
 use serde_json::{json, Value};
 use tracing::{info, warn};
 
-use api::{ApiError, Route};
+use api::{ApiError, ApiKey, Route};
 use plan::Planned;
 use triggers::ObjectCreatedDetail;
 
@@ -184,7 +184,14 @@ async fn serve(
     let stack = clients.ports.configs.get().await?;
     match route {
         Route::SubmitJob => {
-            let job = api::plan_submit_job(&stack, &request)?;
+            let key = match api::idempotency_key(&request, "jobs", &holder.token)? {
+                ApiKey::Request(key) => key,
+                ApiKey::Caller(base) => {
+                    let store = clients.ports.store.as_ref();
+                    live_key(&base, |key| async move { Ok(store.claim(&key).await?.map(|c| c.claimed_at)) }).await?
+                }
+            };
+            let job = api::plan_submit_job(&stack, &request, key)?;
             let submitted = match clients.ports.submitter(holder).submit(&job).await {
                 Ok(submitted) => submitted,
                 Err(SubmitError::InFlight(_)) => {
@@ -208,9 +215,11 @@ async fn serve(
                 }
                 Err(SubmitError::Failed(err)) => return Err(err.into()),
             };
+            let status =
+                if submitted.new { "SUBMITTED".to_owned() } else { current_status(clients, &submitted.job_id).await? };
             Ok(api::response(
                 202,
-                &json!({"jobId": submitted.job_id, "jobName": submitted.job_name, "jobQueue": job.queue_arn, "status": "SUBMITTED", "duplicate": !submitted.new}),
+                &json!({"jobId": submitted.job_id, "jobName": submitted.job_name, "jobQueue": job.queue_arn, "status": status, "duplicate": !submitted.new}),
             ))
         }
         Route::GetJob(id) => {
@@ -229,7 +238,17 @@ async fn serve(
                 return Err(ApiError::not_found(format!("no pipeline {name:?}")).into());
             }
             let body: api::StartRunBody = api::parse_body(&request.body)?;
-            let key = api::idempotency_key(&request, &format!("pipelines/{name}"))?;
+            let key = match api::idempotency_key(&request, &format!("pipelines/{name}"), &holder.token)? {
+                ApiKey::Request(key) => key,
+                ApiKey::Caller(base) => {
+                    let store = clients.ports.store.as_ref();
+                    let name = name.as_str();
+                    live_key(&base, |key| async move {
+                        Ok(store.load_run(&run_id(name, &key)).await?.map(|r| r.run.created_at))
+                    })
+                    .await?
+                }
+            };
             let input = RunInput { parameters: body.parameters, environment: body.environment };
             let (run, new) = clients.ports.driver(holder).start(&name, "api", &key, input, batchline::now_ms()).await?;
             Ok(api::response(
@@ -276,4 +295,34 @@ async fn serve(
             )),
         },
     }
+}
+
+/// The generation of a caller's idempotency key that is live now: the first whose first
+/// use (`first_use`, epoch ms, `None` if never used) is within the key window. A key
+/// reused after its window starts new work under its next generation.
+async fn live_key<F, Fut>(base: &str, first_use: F) -> Result<String, Error>
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Result<Option<i64>, Error>>,
+{
+    let now = batchline::now_ms();
+    let mut generation = 1;
+    loop {
+        let key = ApiKey::generation(base, generation);
+        match first_use(key.clone()).await? {
+            Some(at) if now - at >= api::KEY_WINDOW_MS => generation += 1,
+            _ => return Ok(key),
+        }
+    }
+}
+
+/// A job's status as Batch has it now (a duplicate request is answered with it).
+async fn current_status(clients: &Clients, job_id: &str) -> Result<String, Error> {
+    let reply = clients.batch.describe_jobs().jobs(job_id).send().await.map_err(|e| Error::aws("DescribeJobs", e))?;
+    Ok(reply
+        .jobs()
+        .first()
+        .and_then(|j| j.status())
+        .map(|s| s.as_str().to_owned())
+        .unwrap_or_else(|| "SUBMITTED".into()))
 }
