@@ -29,6 +29,16 @@ One addition for tests and the local run, which is not an AWS API:
 the emulator's default VPC (moto checks that subnets and security groups exist, and
 their ids are random), so callers need no EC2 client to find them.
 
+Fault injection, for tests, switchable at run time and scoped so that tests sharing the
+emulator are not affected. ``POST /_batchline/faults/SCOPE`` with
+``{"seed": N, "rules": {"dynamodb:PutItem": {"fail": 0.2, "lose": 0.1}, ...}}`` turns
+faults on for requests sent under the endpoint ``http://HOST:PORT/_faults/SCOPE`` (point
+an SDK configuration there); ``GET`` the same path answers how many calls of each
+operation were failed and lost, ``DELETE`` turns the scope off. Per operation (``service:
+Operation``, e.g. ``batch:SubmitJob``, ``cloudwatch:PutMetricData``; ``*`` for any), a
+seeded share of calls fails *before* reaching the emulator and a share is *lost after* it
+took effect; both answer HTTP 500, as AWS does for an internal error.
+
 Usage::
 
     python server.py [--port PORT] [--parent-pid PID]
@@ -43,6 +53,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import gzip
+import io
 import json
 import logging
 import os
@@ -245,6 +256,120 @@ def find_job(job_id: str, authorization: str) -> Any:
     return backend.get_job_by_id(job_id)
 
 
+BATCH_OPERATIONS = {
+    "submitjob": "SubmitJob", "terminatejob": "TerminateJob", "canceljob": "CancelJob",
+    "listjobs": "ListJobs", "describejobs": "DescribeJobs",
+}
+FAULT_SCOPE = re.compile(r"^/_faults/([A-Za-z0-9_.-]+)(/.*)?$")
+FAULT_ADMIN = re.compile(r"^/_batchline/faults/([A-Za-z0-9_.-]+)$")
+
+
+def operation_of(environ: dict, path: str) -> str:
+    """``service:Operation`` of a request, from its target header or REST path."""
+    target = environ.get("HTTP_X_AMZ_TARGET", "")
+    if target.startswith("DynamoDB_20120810."):
+        return "dynamodb:" + target.split(".", 1)[1]
+    if target.startswith("AWSEvents."):
+        return "events:" + target.split(".", 1)[1]
+    if target.startswith(CLOUDWATCH_TARGET_PREFIX + "."):
+        return "cloudwatch:" + target.split(".", 1)[1]
+    cbor_call = CBOR_PATH.match(path)
+    if cbor_call:
+        return "cloudwatch:" + cbor_call.group(1)
+    if path.startswith("/v1/"):
+        name = path[len("/v1/"):].strip("/")
+        return "batch:" + BATCH_OPERATIONS.get(name, name)
+    return "other:" + path
+
+
+class FaultScope:
+    """One scope's rules, its seeded random source, and what it did."""
+
+    def __init__(self, seed: int, rules: dict[str, dict[str, float]]):
+        import random
+
+        self.random = random.Random(seed)
+        self.rules = rules
+        self.counts: dict[str, dict[str, int]] = {}
+        self.lock = threading.Lock()
+
+    def decide(self, operation: str) -> str:
+        """``fail``, ``lose`` or ``pass`` for one call."""
+        rule = self.rules.get(operation) or self.rules.get("*")
+        with self.lock:
+            draw = self.random.random()
+            outcome = "pass"
+            if rule:
+                if draw < rule.get("fail", 0.0):
+                    outcome = "fail"
+                elif draw < rule.get("fail", 0.0) + rule.get("lose", 0.0):
+                    outcome = "lose"
+            counts = self.counts.setdefault(operation, {"calls": 0, "fail": 0, "lose": 0})
+            counts["calls"] += 1
+            if outcome != "pass":
+                counts[outcome] += 1
+            return outcome
+
+
+class Faults:
+    """WSGI middleware: injects the scoped faults tests ask for, in front of everything else."""
+
+    def __init__(self, app: WsgiApp):
+        self.app = app
+        self.scopes: dict[str, FaultScope] = {}
+
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        admin = FAULT_ADMIN.match(path)
+        if admin:
+            return self.admin(admin.group(1), environ, start_response)
+        scoped = FAULT_SCOPE.match(path)
+        if not scoped:
+            return self.app(environ, start_response)
+        # The request as if sent to the emulator itself (moto reads the raw URI too).
+        prefix = path[: len(path) - len(scoped.group(2) or "")]
+        environ = dict(environ, PATH_INFO=scoped.group(2) or "/")
+        for raw in ("REQUEST_URI", "RAW_URI"):
+            if environ.get(raw, "").startswith(prefix):
+                environ[raw] = environ[raw][len(prefix):] or "/"
+        scope = self.scopes.get(scoped.group(1))
+        operation = operation_of(environ, environ["PATH_INFO"])
+        outcome = scope.decide(operation) if scope else "pass"
+        if outcome == "pass":
+            return self.app(environ, start_response)
+        if outcome == "lose":
+            # The call takes effect; its reply never reaches the caller.
+            body = read_body(environ)
+            environ["wsgi.input"] = io.BytesIO(body)
+            environ["CONTENT_LENGTH"] = str(len(body))
+            list(self.app(environ, lambda *_args, **_kwargs: None))
+        return self.injected(operation, start_response)
+
+    def injected(self, operation: str, start_response: Callable) -> list[bytes]:
+        message = f"injected fault ({operation})"
+        if operation.startswith("cloudwatch:"):
+            return respond(start_response, 500, encode_error("InternalFailure", message), {
+                "Content-Type": "application/cbor", "smithy-protocol": "rpc-v2-cbor",
+            })
+        body = json.dumps({"__type": "InternalServerError", "message": message}).encode()
+        return respond(start_response, 500, body, {
+            "Content-Type": "application/x-amz-json-1.0", "x-amzn-ErrorType": "InternalServerError",
+        })
+
+    def admin(self, name: str, environ: dict, start_response: Callable) -> list[bytes]:
+        method = environ.get("REQUEST_METHOD", "GET")
+        if method == "POST":
+            document = json.loads(read_body(environ) or b"{}")
+            self.scopes[name] = FaultScope(int(document.get("seed", 0)), document.get("rules", {}))
+            return respond(start_response, 200, b"{}", {"Content-Type": "application/json"})
+        if method == "DELETE":
+            self.scopes.pop(name, None)
+            return respond(start_response, 200, b"{}", {"Content-Type": "application/json"})
+        scope = self.scopes.get(name)
+        counts = json.dumps(scope.counts if scope else {}).encode()
+        return respond(start_response, 200, counts, {"Content-Type": "application/json"})
+
+
 class Adapter:
     """WSGI middleware in front of moto: fixes what the Rust SDK and moto disagree on."""
 
@@ -422,7 +547,7 @@ def main() -> None:
     default_user_config["batch"]["use_docker"] = False
     exact_dimension_statistics()
 
-    app = Adapter(DomainDispatcherApplication(create_backend_app))
+    app = Faults(Adapter(DomainDispatcherApplication(create_backend_app)))
     server = make_server(args.host, args.port, app, threaded=True, request_handler=MotoRequestHandler)
     endpoint = f"http://{args.host}:{server.server_address[1]}"
     if args.endpoint_file:

@@ -245,3 +245,37 @@ async fn sqs_messages_are_sent_and_received() {
     let bodies: Vec<_> = received.messages().iter().filter_map(|m| m.body()).collect();
     assert_eq!(bodies, ["{\"hello\":1}"]);
 }
+
+#[tokio::test]
+async fn a_fault_scope_fails_calls_before_and_loses_replies_after_they_took_effect() {
+    use batchline_testkit::faults::{FaultScope, Rates};
+    let sdk = sdk_config().await;
+    let table = unique_name("faults");
+    batchline_testkit::table::create_table(&sdk, &table).await.unwrap();
+    let rules = std::collections::BTreeMap::from([
+        ("dynamodb:PutItem", Rates { fail: 0.0, lose: 1.0 }),
+        ("dynamodb:GetItem", Rates { fail: 1.0, lose: 0.0 }),
+    ]);
+    let scope = FaultScope::enable(&unique_name("scope"), 7, &rules).await.unwrap();
+    let faulty = aws_sdk_dynamodb::Client::from_conf(
+        aws_sdk_dynamodb::config::Builder::from(&scope.sdk_config().await)
+            .retry_config(aws_sdk_dynamodb::config::retry::RetryConfig::disabled())
+            .build(),
+    );
+    let key = |k: &str| AttributeValue::S(k.to_owned());
+    // A lost reply: the caller sees an error, the item exists
+    let put = faulty.put_item().table_name(&table).item("pk", key("a")).item("sk", key("b")).send().await;
+    assert!(put.is_err());
+    let clean = aws_sdk_dynamodb::Client::new(&sdk);
+    let read = clean.get_item().table_name(&table).key("pk", key("a")).key("sk", key("b")).send().await.unwrap();
+    assert!(read.item().is_some(), "the write took effect");
+    // A failure before: the caller sees an error (a 5xx), nothing happened
+    let err = faulty.get_item().table_name(&table).key("pk", key("a")).key("sk", key("b")).send().await.unwrap_err();
+    assert!(batchline::Error::aws("GetItem", err).to_string().contains("injected fault"));
+    // Other calls pass through the scope untouched, and the scope counted what it did
+    faulty.describe_table().table_name(&table).send().await.unwrap();
+    let counts = scope.counts().await.unwrap();
+    assert_eq!((counts["dynamodb:PutItem"]["lose"], counts["dynamodb:GetItem"]["fail"]), (1, 1));
+    scope.disable().await.unwrap();
+    faulty.get_item().table_name(&table).key("pk", key("a")).key("sk", key("b")).send().await.unwrap();
+}

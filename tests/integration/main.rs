@@ -1,6 +1,7 @@
 //! Integration tests against the local AWS emulator.
 
 mod bootstrap;
+mod chaos;
 mod common;
 mod e2e;
 mod emulator;

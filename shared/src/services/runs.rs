@@ -18,7 +18,7 @@ use tracing::info;
 
 use crate::model::batch_event::JobStateChangeEvent;
 use crate::model::job_request::{digest, job_name, JobRequest, PIPELINE_TAG, RUN_TAG, STAGE_TAG, TRIGGER_TAG};
-use crate::model::pipeline::attempt_key;
+use crate::model::pipeline::{attempt_key, ON_FAILURE};
 use crate::model::run::{Applied, Attempt, Run, RunInput};
 use crate::model::stack::StackConfig;
 use crate::services::announce::{completion_detail, outcome_metrics, MetricUnit, RunAnnouncer, RunMetric};
@@ -79,6 +79,12 @@ pub fn stage_job(config: &StackConfig, run: &Run, stage: &str, attempt: &Attempt
             (TRIGGER_TAG.to_owned(), run.trigger.clone()),
         ]),
     })
+}
+
+/// The current attempt of a stage (the failure stage included): its number and job.
+fn current_job(run: &Run, stage: &str) -> Option<(u32, Option<String>)> {
+    let stage_run = if stage == ON_FAILURE { run.on_failure.as_ref() } else { run.stages.get(stage) }?;
+    stage_run.current().map(|attempt| (attempt.number, attempt.job_id.clone()))
 }
 
 /// What a cancel request came to.
@@ -188,6 +194,7 @@ impl RunDriver<'_> {
         now_ms: i64,
     ) -> Result<Applied, Error> {
         let run_id = current.run.run_id.clone();
+        let before = current_job(&current.run, stage);
         let mut outcome = Applied::Unchanged("no such run");
         let updated = self
             .update(current, |run| {
@@ -199,6 +206,14 @@ impl RunDriver<'_> {
             info!(run_id, stage, job_id = %event.detail.job_id, status = event.detail.status.as_str(), why, "event changes nothing in the run");
         }
         if let Some(updated) = updated {
+            if let (Some((number, None)), Some((after, Some(job_id)))) = (before, current_job(&updated.run, stage)) {
+                if number == after {
+                    // The event named the job before its submitter recorded it (the
+                    // submitter failed after SubmitJob): record it on the claim too, so
+                    // no claim is left PENDING for a job that exists.
+                    self.claims.record_claim_job(&attempt_key(&run_id, stage, number), &job_id, None).await?;
+                }
+            }
             self.drive(updated, now_ms).await?;
         }
         Ok(outcome)

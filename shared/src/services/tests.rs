@@ -457,3 +457,27 @@ async fn the_sweep_applies_an_ended_job_whose_event_was_lost() {
         "start, a submitted, a succeeded, b and c submitted: no write by the second sweep"
     );
 }
+
+#[tokio::test]
+async fn an_event_that_names_a_stage_job_its_submitter_never_recorded_records_the_claim() {
+    // GIVEN a stage whose job was submitted but whose submitter failed to record it
+    let world = World::new().await;
+    world.store.inject("record_claim_job", StoreFault::Fail, 1);
+    let driver = world.driver();
+    assert!(driver.start("diamond", "api", "key-5", RunInput::default(), 1_000).await.is_err());
+    let run_id = super::runs::run_id("diamond", "key-5");
+    let key = crate::model::pipeline::attempt_key(&run_id, "a", 1);
+    assert_eq!(world.store.claim(&key).await.unwrap().unwrap().state, ClaimState::Pending);
+    // WHEN the job's first event arrives (it names the job by its planned name)
+    let job = world.batch.jobs().remove(0);
+    let event = JobStateChangeEvent::from_value(json!({
+        "id": "early", "detail-type": "Batch Job State Change", "source": "aws.batch",
+        "detail": {"jobId": job.job_id, "jobName": job.request.job_name, "status": "RUNNABLE"}
+    }))
+    .unwrap();
+    assert_eq!(driver.advance(&run_id, "a", &event, 2_000).await.unwrap(), Applied::Changed);
+    // THEN the claim is recorded with that job: nothing is left PENDING for it
+    let claim = world.store.claim(&key).await.unwrap().unwrap();
+    assert_eq!((claim.state, claim.job_id), (ClaimState::Submitted, Some(job.job_id)));
+    assert_eq!(world.batch.jobs().len(), 1);
+}
