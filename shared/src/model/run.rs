@@ -221,6 +221,26 @@ impl Run {
         true
     }
 
+    /// Fails a planned attempt that can never be submitted (its job definition or queue is
+    /// gone, or Batch refuses the job): the stage fails, and the run with it — its failure
+    /// stage then planned — unless the stage is the failure stage itself. False when the
+    /// attempt is no longer the planned one.
+    pub fn fail_unsubmittable(&mut self, stage: &str, attempt: u32, reason: &str, now_ms: i64) -> bool {
+        let Some(stage_run) = self.stage_run_mut(stage) else { return false };
+        if stage_run.status != StageStatus::Submitting {
+            return false;
+        }
+        let Some(current) = stage_run.attempts.last_mut().filter(|a| a.number == attempt) else { return false };
+        current.status = StageStatus::Failed;
+        current.reason = Some(format!("could not be submitted: {reason}"));
+        current.stopped_at = Some(now_ms);
+        stage_run.status = StageStatus::Failed;
+        if stage != ON_FAILURE && !self.status.is_terminal() {
+            self.end(RunStatus::Failed, Some(format!("stage {stage} could not be submitted: {reason}")), now_ms);
+        }
+        true
+    }
+
     /// Plans the first attempt of every pending stage whose upstream stages all succeeded.
     fn plan_ready_stages(&mut self) {
         if self.status != RunStatus::Running {

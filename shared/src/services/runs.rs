@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::model::batch_event::JobStateChangeEvent;
 use crate::model::job_request::{digest, job_name, JobRequest, PIPELINE_TAG, RUN_TAG, STAGE_TAG, TRIGGER_TAG};
@@ -79,6 +79,17 @@ pub fn stage_job(config: &StackConfig, run: &Run, stage: &str, attempt: &Attempt
             (TRIGGER_TAG.to_owned(), run.trigger.clone()),
         ]),
     })
+}
+
+/// Whether a submission failed for good: the stage's job cannot be built from the
+/// configuration any more, or Batch refuses it (a deregistered job definition, a queue
+/// gone). Anything else may work when tried again.
+fn never_submittable(err: &Error) -> bool {
+    match err {
+        Error::Unsubmittable { .. } => true,
+        Error::Aws { operation: "SubmitJob", code, .. } => code == "ClientException",
+        _ => false,
+    }
 }
 
 /// The current attempt of a stage (the failure stage included): its number and job.
@@ -223,18 +234,40 @@ impl RunDriver<'_> {
     /// record as it stands afterwards.
     pub async fn drive(&self, mut record: VersionedRun, now_ms: i64) -> Result<VersionedRun, Error> {
         let submitter = Submitter { batch: self.batch, claims: self.claims, clock: self.clock, holder: self.holder };
-        for (stage, attempt) in record.run.to_submit() {
-            let config = self.configs.get().await?;
-            let request = stage_job(&config, &record.run, &stage, &attempt)?;
-            let submitted = submitter.submit(&request).await?;
-            info!(run_id = %record.run.run_id, stage, attempt = attempt.number, job_id = %submitted.job_id, size = %attempt.size, "stage submitted");
-            let recorded = self
-                .update(record.clone(), |run| {
-                    run.record_submitted(&stage, attempt.number, &submitted.job_id, &submitted.job_name, now_ms)
-                })
-                .await?;
-            if let Some(recorded) = recorded {
-                record = recorded;
+        // A stage that can never be submitted fails the run and plans its failure stage:
+        // one more round submits that (and a failure stage that cannot be submitted either
+        // just fails).
+        for _ in 0..2 {
+            let planned = record.run.to_submit();
+            if planned.is_empty() {
+                break;
+            }
+            for (stage, attempt) in planned {
+                let config = self.configs.get().await?;
+                let submitted = match stage_job(&config, &record.run, &stage, &attempt) {
+                    Ok(request) => submitter.submit(&request).await.map_err(Error::from),
+                    Err(err) => Err(err),
+                };
+                let outcome = match submitted {
+                    Ok(submitted) => {
+                        info!(run_id = %record.run.run_id, stage, attempt = attempt.number, job_id = %submitted.job_id, size = %attempt.size, "stage submitted");
+                        Ok(submitted)
+                    }
+                    Err(err) if never_submittable(&err) => {
+                        warn!(run_id = %record.run.run_id, stage, attempt = attempt.number, error = %err, "stage can never be submitted; the run fails");
+                        Err(err.to_string())
+                    }
+                    Err(err) => return Err(err),
+                };
+                let updated = self
+                    .update(record.clone(), |run| match &outcome {
+                        Ok(s) => run.record_submitted(&stage, attempt.number, &s.job_id, &s.job_name, now_ms),
+                        Err(why) => run.fail_unsubmittable(&stage, attempt.number, why, now_ms),
+                    })
+                    .await?;
+                if let Some(updated) = updated {
+                    record = updated;
+                }
             }
         }
         if record.run.status.is_terminal() && !record.run.completion_sent {

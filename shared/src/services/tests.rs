@@ -45,6 +45,14 @@ fn config() -> StackConfig {
         ]),
         on_failure: None,
     };
+    // first → second (a job definition of its own, "report"), with a failure stage.
+    let mut report = stage(&["first"]);
+    report.job_definition = "report".into();
+    let fragile = Pipeline {
+        name: "fragile".into(),
+        stages: BTreeMap::from([("first".to_owned(), stage(&[])), ("second".to_owned(), report)]),
+        on_failure: Some(stage(&[])),
+    };
     StackConfig {
         name_prefix: "unit".into(),
         network: Network {
@@ -101,10 +109,32 @@ fn config() -> StackConfig {
                 },
                 arn: "arn:definition:1".into(),
             },
-        )]),
+        )])
+        .into_iter()
+        .chain(std::iter::once(("report".to_owned(), report_definition())))
+        .collect(),
         default_queue: "default".into(),
-        pipelines: BTreeMap::from([("diamond".to_owned(), diamond)]),
+        pipelines: BTreeMap::from([("diamond".to_owned(), diamond), ("fragile".to_owned(), fragile)]),
         triggers: Triggers::default(),
+    }
+}
+
+fn report_definition() -> Provisioned<JobDefinition> {
+    Provisioned {
+        spec: JobDefinition {
+            name: "unit-report".into(),
+            image: DEFAULT_IMAGE.into(),
+            size: SMALL,
+            command: vec![],
+            environment: BTreeMap::new(),
+            secrets: BTreeMap::new(),
+            architecture: "X86_64".into(),
+            retry_attempts: 3,
+            timeout_seconds: None,
+            log_group: DEFAULT_LOG_GROUP.into(),
+            queue: "default".into(),
+        },
+        arn: "arn:report:1".into(),
     }
 }
 
@@ -480,4 +510,62 @@ async fn an_event_that_names_a_stage_job_its_submitter_never_recorded_records_th
     let claim = world.store.claim(&key).await.unwrap().unwrap();
     assert_eq!((claim.state, claim.job_id), (ClaimState::Submitted, Some(job.job_id)));
     assert_eq!(world.batch.jobs().len(), 1);
+}
+
+#[tokio::test]
+async fn a_stage_whose_job_definition_a_deploy_removed_fails_the_run_with_the_reason_and_on_failure_runs() {
+    // GIVEN a run whose second stage's job definition a deploy has since removed
+    let mut world = World::new().await;
+    let (run, _) = world.driver().start("fragile", "api", "key-6", RunInput::default(), 1_000).await.unwrap();
+    let mut deployed = config();
+    deployed.job_definitions.remove("report");
+    world.store.publish_config(&deployed).await.unwrap();
+    world.configs = ConfigCache::new(world.store.clone());
+    // WHEN the first stage succeeds
+    let driver = world.driver();
+    let outcome = driver.advance(&run.run_id, "first", &world.event("first", "SUCCEEDED"), 2_000).await;
+    // THEN the run fails, saying why, its failure stage is submitted, and the event is done
+    assert_eq!(outcome.unwrap(), Applied::Changed);
+    let stored = driver.load(&run.run_id).await.unwrap().unwrap().run;
+    assert_eq!(stored.status, RunStatus::Failed);
+    let reason = stored.reason.clone().unwrap_or_default();
+    assert!(reason.contains("stage second could not be submitted") && reason.contains("\"report\""), "{reason}");
+    assert_eq!(stored.stages["second"].status, StageStatus::Failed);
+    assert_eq!(stored.on_failure.as_ref().map(|s| s.status), Some(StageStatus::Submitted));
+    assert_eq!(world.jobs_of("on-failure"), 1);
+}
+
+#[tokio::test]
+async fn a_stage_batch_refuses_fails_the_run_instead_of_retrying_forever() {
+    let world = World::new().await;
+    let driver = world.driver();
+    let (run, _) = driver.start("fragile", "api", "key-7", RunInput::default(), 1_000).await.unwrap();
+    world.batch.inject([SubmitFault::Refuse("ClientException".into())]);
+    driver.advance(&run.run_id, "first", &world.event("first", "SUCCEEDED"), 2_000).await.unwrap();
+    let stored = driver.load(&run.run_id).await.unwrap().unwrap().run;
+    assert_eq!(stored.status, RunStatus::Failed, "{stored:?}");
+    assert!(stored.reason.unwrap_or_default().contains("ClientException"));
+    assert_eq!(world.jobs_of("on-failure"), 1);
+}
+
+#[tokio::test]
+async fn one_run_the_sweep_cannot_repair_does_not_stop_it_repairing_the_others() {
+    // GIVEN two running runs, each with a job that ended in Batch without its event
+    let world = World::new().await;
+    let driver = world.driver();
+    let (older, _) = driver.start("diamond", "api", "key-8", RunInput::default(), 1_000).await.unwrap();
+    let (newer, _) = driver.start("diamond", "api", "key-9", RunInput::default(), 2_000).await.unwrap();
+    for job in world.batch.jobs() {
+        world.batch.set_status(&job.job_id, "SUCCEEDED");
+    }
+    // WHEN the sweep's read of the first run it visits (the newest) fails
+    world.store.inject("load_run", StoreFault::Fail, 1);
+    let report = driver.sweep(5_000).await.unwrap();
+    // THEN it goes on and repairs the other, and says what it could not do
+    assert_eq!((report.runs_checked, report.transitions_applied, report.runs_failed), (2, 1, 1));
+    let older = driver.load(&older.run_id).await.unwrap().unwrap().run;
+    let newer = driver.load(&newer.run_id).await.unwrap().unwrap().run;
+    assert_eq!((older.stages["a"].status, newer.stages["a"].status), (StageStatus::Succeeded, StageStatus::Submitted));
+    // AND the next sweep repairs the one it missed
+    assert_eq!(driver.sweep(6_000).await.unwrap().transitions_applied, 1);
 }

@@ -143,6 +143,8 @@ pub async fn runs(store: &dyn Store, unique: &str) {
         (first.run_id.as_str(), "SUCCEEDED", 1_000)
     );
     assert!(store.list_runs(&format!("{unique}-other"), 10).await.unwrap().is_empty());
+    let running: Vec<String> = store.running_runs(&pipeline).await.unwrap().into_iter().map(|r| r.run_id).collect();
+    assert_eq!(running, [third.run_id.clone(), second.run_id.clone()], "only the running ones, newest first");
 }
 
 pub async fn configuration(store: &dyn Store, config: &StackConfig) {

@@ -414,6 +414,33 @@ impl RunStore for DynamoStore {
             .map_err(|e| Error::aws("Query", e))?;
         Ok(reply.items().iter().map(summary_from_item).collect())
     }
+
+    async fn running_runs(&self, pipeline: &str) -> Result<Vec<RunSummary>, Error> {
+        let mut runs = Vec::new();
+        let mut start = None;
+        loop {
+            let reply = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk AND begins_with(sk, :runs)")
+                .filter_expression("#status = :running")
+                .expression_attribute_names("#status", "status")
+                .expression_attribute_values(":pk", s(keys::pipeline_pk(pipeline)))
+                .expression_attribute_values(":runs", s(INDEX_SK_PREFIX))
+                .expression_attribute_values(":running", s("RUNNING"))
+                .scan_index_forward(false)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| Error::aws("Query", e))?;
+            runs.extend(reply.items().iter().map(summary_from_item));
+            start = reply.last_evaluated_key().cloned();
+            if start.is_none() {
+                return Ok(runs);
+            }
+        }
+    }
 }
 
 #[async_trait]

@@ -253,6 +253,22 @@ impl RunStore for MemoryStore {
                 .collect()
         })
     }
+
+    async fn running_runs(&self, pipeline: &str) -> Result<Vec<RunSummary>, Error> {
+        self.call("running_runs", |t| {
+            t.index
+                .get(pipeline)
+                .into_iter()
+                .flat_map(|lines| lines.iter().rev())
+                .filter(|(_, status)| status.as_str() == "RUNNING")
+                .map(|((created_at, run_id), status)| RunSummary {
+                    run_id: run_id.clone(),
+                    status: status.clone(),
+                    created_at: *created_at,
+                })
+                .collect()
+        })
+    }
 }
 
 #[async_trait]
