@@ -134,6 +134,14 @@ pub struct Run {
     pub completion_sent: bool,
 }
 
+/// A job a cancel stops: by its id, or by its name when the run never recorded the id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobToStop {
+    pub stage: String,
+    pub job_id: Option<String>,
+    pub job_name: Option<String>,
+}
+
 /// What applying an event did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Applied {
@@ -384,24 +392,34 @@ impl Run {
         }
     }
 
-    /// Cancels a running run. Returns the job ids to terminate (submitted, not ended).
-    pub fn cancel(&mut self, now_ms: i64) -> Result<Vec<String>, String> {
-        if self.status.is_terminal() {
-            return Err(format!("run {} has already ended ({})", self.run_id, self.status.as_str()));
-        }
-        let mut to_terminate = Vec::new();
-        for stage_run in self.stages.values_mut() {
-            if matches!(stage_run.status, StageStatus::Submitted | StageStatus::Running) {
-                if let Some(attempt) = stage_run.attempts.last_mut() {
-                    to_terminate.extend(attempt.job_id.clone());
-                    attempt.status = StageStatus::Cancelled;
-                    attempt.reason = Some("run cancelled".into());
+    /// Cancels a running run, and returns every job it started that is to be stopped: the
+    /// current attempt of every stage the cancel stopped, by id, or — planned but not yet
+    /// recorded as submitted, so its job may exist — by its deterministic name. A run
+    /// already CANCELLED answers the same list again, so a retried cancel finishes what the
+    /// first began (stopping a job twice is harmless). A run that ended otherwise is an
+    /// error that says how it ended.
+    pub fn cancel(&mut self, now_ms: i64) -> Result<Vec<JobToStop>, String> {
+        match self.status {
+            RunStatus::Running => {
+                for stage_run in self.stages.values_mut() {
+                    if matches!(stage_run.status, StageStatus::Submitted | StageStatus::Running) {
+                        if let Some(attempt) = stage_run.attempts.last_mut() {
+                            attempt.status = StageStatus::Cancelled;
+                            attempt.reason = Some("run cancelled".into());
+                        }
+                        stage_run.status = StageStatus::Cancelled;
+                    }
                 }
-                stage_run.status = StageStatus::Cancelled;
+                self.end(RunStatus::Cancelled, Some("cancelled by request".into()), now_ms);
             }
+            RunStatus::Cancelled => {}
+            _ => return Err(format!("run {} has already ended ({})", self.run_id, self.status.as_str())),
         }
-        self.end(RunStatus::Cancelled, Some("cancelled by request".into()), now_ms);
-        Ok(to_terminate)
+        let stopped = self.stages.iter().filter_map(|(name, stage_run)| {
+            let attempt = stage_run.current().filter(|a| a.status == StageStatus::Cancelled)?;
+            Some(JobToStop { stage: name.clone(), job_id: attempt.job_id.clone(), job_name: attempt.job_name.clone() })
+        });
+        Ok(stopped.collect())
     }
 
     /// The run's duration so far, or in all if it ended.
@@ -570,11 +588,16 @@ mod tests {
         submit_all(&mut run);
         run.apply("a", &event("a-1", "SUCCEEDED", json!({})), 1);
         submit_all(&mut run);
-        assert_eq!(run.cancel(2).unwrap(), ["b-1", "c-1"]);
+        let stopped: Vec<Option<String>> = run.cancel(2).unwrap().into_iter().map(|j| j.job_id).collect();
+        assert_eq!(stopped, [Some("b-1".to_owned()), Some("c-1".to_owned())]);
         assert_eq!(run.status, RunStatus::Cancelled);
         assert_eq!(run.stages["d"].status, StageStatus::Cancelled);
         assert!(run.on_failure.is_none(), "a cancel is not a failure");
         assert!(matches!(run.apply("b", &event("b-1", "SUCCEEDED", json!({})), 3), Applied::Unchanged(_)));
-        assert!(run.cancel(4).is_err());
+        assert_eq!(run.cancel(4).unwrap().len(), 2, "a retried cancel stops the same jobs again");
+        let mut ended = Run::start("r6".into(), &diamond(), "api", RunInput::default(), 0);
+        submit_all(&mut ended);
+        ended.apply("a", &event("a-1", "FAILED", json!({"container": {"exitCode": 2}})), 1);
+        assert!(ended.cancel(2).is_err(), "a failed run is not cancelled");
     }
 }

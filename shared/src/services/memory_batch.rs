@@ -36,6 +36,7 @@ pub enum SubmitFault {
 pub struct MemoryBatch {
     jobs: Mutex<Vec<MemoryJob>>,
     faults: Mutex<VecDeque<SubmitFault>>,
+    failing_terminations: Mutex<usize>,
 }
 
 impl MemoryBatch {
@@ -46,6 +47,11 @@ impl MemoryBatch {
     /// Makes the next SubmitJob calls fail as given, in order.
     pub fn inject(&self, faults: impl IntoIterator<Item = SubmitFault>) {
         self.faults.lock().unwrap_or_else(|p| p.into_inner()).extend(faults);
+    }
+
+    /// Makes the next `times` TerminateJob calls fail (nothing terminated).
+    pub fn fail_terminations(&self, times: usize) {
+        *self.failing_terminations.lock().unwrap_or_else(|p| p.into_inner()) += times;
     }
 
     pub fn jobs(&self) -> Vec<MemoryJob> {
@@ -97,6 +103,13 @@ impl BatchPort for MemoryBatch {
     }
 
     async fn terminate_job(&self, job_id: &str, reason: &str) -> Result<(), Error> {
+        {
+            let mut failing = self.failing_terminations.lock().unwrap_or_else(|p| p.into_inner());
+            if *failing > 0 {
+                *failing -= 1;
+                return Err(aws("TerminateJob", "InternalServerError"));
+            }
+        }
         let mut jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
         let job = jobs.iter_mut().find(|j| j.job_id == job_id).ok_or_else(|| aws("TerminateJob", "ClientException"))?;
         if !matches!(job.status.as_str(), "SUCCEEDED" | "FAILED") {

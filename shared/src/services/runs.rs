@@ -19,7 +19,7 @@ use tracing::{info, warn};
 use crate::model::batch_event::JobStateChangeEvent;
 use crate::model::job_request::{digest, job_name, JobRequest, PIPELINE_TAG, RUN_TAG, STAGE_TAG, TRIGGER_TAG};
 use crate::model::pipeline::{attempt_key, ON_FAILURE};
-use crate::model::run::{Applied, Attempt, Run, RunInput};
+use crate::model::run::{Applied, Attempt, JobToStop, Run, RunInput, RunStatus, StageStatus};
 use crate::model::stack::StackConfig;
 use crate::services::announce::{completion_detail, outcome_metrics, MetricUnit, RunAnnouncer, RunMetric};
 use crate::services::batch::BatchPort;
@@ -92,10 +92,15 @@ fn never_submittable(err: &Error) -> bool {
     }
 }
 
-/// The current attempt of a stage (the failure stage included): its number and job.
-fn current_job(run: &Run, stage: &str) -> Option<(u32, Option<String>)> {
+/// The current attempt of a stage (the failure stage included).
+fn current_attempt<'r>(run: &'r Run, stage: &str) -> Option<&'r Attempt> {
     let stage_run = if stage == ON_FAILURE { run.on_failure.as_ref() } else { run.stages.get(stage) }?;
-    stage_run.current().map(|attempt| (attempt.number, attempt.job_id.clone()))
+    stage_run.current()
+}
+
+/// The current attempt of a stage: its number and job.
+fn current_job(run: &Run, stage: &str) -> Option<(u32, Option<String>)> {
+    current_attempt(run, stage).map(|attempt| (attempt.number, attempt.job_id.clone()))
 }
 
 /// What a cancel request came to.
@@ -268,6 +273,9 @@ impl RunDriver<'_> {
                 if let Some(updated) = updated {
                     record = updated;
                 }
+                if let Ok(submitted) = &outcome {
+                    self.stop_if_run_moved_on(&record.run, &stage, attempt.number, &submitted.job_id).await?;
+                }
             }
         }
         if record.run.status.is_terminal() && !record.run.completion_sent {
@@ -280,6 +288,21 @@ impl RunDriver<'_> {
         Ok(record)
     }
 
+    /// A job submitted for an attempt the run no longer wants — it was cancelled or ended
+    /// while the submission was under way — is terminated, so it is no orphan.
+    async fn stop_if_run_moved_on(&self, run: &Run, stage: &str, attempt: u32, job_id: &str) -> Result<(), Error> {
+        let Some(current) = current_attempt(run, stage) else { return Ok(()) };
+        let unwanted = current.number == attempt
+            && matches!(current.status, StageStatus::Cancelled | StageStatus::Skipped)
+            && current.job_id.is_none();
+        if unwanted {
+            info!(run_id = %run.run_id, stage, job_id, "the run ended while the stage was being submitted; stopping its job");
+            let reason = format!("Batchline run {} ended before the job was recorded", run.run_id);
+            self.batch.terminate_job(job_id, &reason).await?;
+        }
+        Ok(())
+    }
+
     /// Sends "Batchline Run Completed" and the run's metrics.
     async fn announce(&self, run: &Run, now_ms: i64) -> Result<(), Error> {
         self.announcer.completion(&completion_detail(run, now_ms), &run.run_id).await?;
@@ -288,25 +311,45 @@ impl RunDriver<'_> {
         Ok(())
     }
 
-    /// Cancels a run: marks it CANCELLED, then terminates its jobs.
+    /// Cancels a run: marks it CANCELLED, then terminates every job it started — those
+    /// recorded, and those planned but never recorded (found by their deterministic
+    /// name). A cancel of a CANCELLED run terminates them again, so a retry after a
+    /// failed TerminateJob finishes what the first began.
     pub async fn cancel(&self, run_id: &str, now_ms: i64) -> Result<CancelOutcome, Error> {
         let Some(current) = self.runs.load_run(run_id).await? else { return Ok(CancelOutcome::NoSuchRun) };
-        let mut outcome: Result<Vec<String>, String> = Ok(vec![]);
+        let mut outcome: Result<Vec<JobToStop>, String> = Ok(vec![]);
         let updated = self
             .update(current, |run| {
+                let was_running = run.status == RunStatus::Running;
                 outcome = run.cancel(now_ms);
-                outcome.is_ok()
+                outcome.is_ok() && was_running
             })
             .await?;
         let Some(updated) = updated else { return Ok(CancelOutcome::NoSuchRun) };
-        let terminated = match outcome {
+        let to_stop = match outcome {
             Ok(jobs) => jobs,
             Err(why) => return Ok(CancelOutcome::AlreadyEnded(why)),
         };
-        for job in &terminated {
-            self.batch.terminate_job(job, &format!("Batchline run {run_id} cancelled")).await?;
+        let reason = format!("Batchline run {run_id} cancelled");
+        let mut terminated = Vec::new();
+        for job in &to_stop {
+            if let Some(job_id) = self.find_stopped_job(&updated.run, job).await? {
+                self.batch.terminate_job(&job_id, &reason).await?;
+                terminated.push(job_id);
+            }
         }
         let run = self.drive(updated, now_ms).await?.run;
         Ok(CancelOutcome::Cancelled { run: Box::new(run), terminated })
+    }
+
+    /// The id of a job a cancel stops: recorded, or looked up by its name in its queue.
+    async fn find_stopped_job(&self, run: &Run, job: &JobToStop) -> Result<Option<String>, Error> {
+        if let Some(job_id) = &job.job_id {
+            return Ok(Some(job_id.clone()));
+        }
+        let (Some(name), Some(stage)) = (&job.job_name, run.stage(&job.stage)) else { return Ok(None) };
+        let config = self.configs.get().await?;
+        let Some(queue) = config.job_queues.get(&stage.queue) else { return Ok(None) };
+        self.batch.find_job(&queue.arn, name).await
     }
 }

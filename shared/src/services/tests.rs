@@ -18,7 +18,7 @@ use crate::model::job_request::JobRequest;
 use crate::model::pipeline::{Pipeline, Stage};
 use crate::model::run::{Applied, RunInput, RunStatus, StageStatus};
 use crate::model::stack::*;
-use crate::store::{ClaimState, ClaimStore, ConfigStore, Holder, MemoryStore, StoreFault, SubmissionClaim};
+use crate::store::{ClaimState, ClaimStore, ConfigStore, Holder, MemoryStore, RunStore, StoreFault, SubmissionClaim};
 
 const SMALL: Size = Size { vcpu: Quarters(1), memory_mib: 512 };
 
@@ -442,7 +442,7 @@ async fn fan_in_from_two_interleaved_handlers_submits_the_joining_stage_once_and
 }
 
 #[tokio::test]
-async fn cancel_terminates_the_running_jobs_and_a_second_cancel_is_refused() {
+async fn cancel_terminates_the_running_jobs_and_a_second_cancel_only_stops_them_again() {
     let world = World::new().await;
     let driver = world.driver();
     let (run, _) = driver.start("diamond", "api", "key-3", RunInput::default(), 1_000).await.unwrap();
@@ -463,9 +463,14 @@ async fn cancel_terminates_the_running_jobs_and_a_second_cancel_is_refused() {
         .iter()
         .filter(|j| terminated.contains(&j.job_id))
         .all(|j| j.terminated_because.is_some()));
-    assert!(matches!(driver.cancel(&run.run_id, 4_000).await.unwrap(), CancelOutcome::AlreadyEnded(_)));
+    let CancelOutcome::Cancelled { terminated: again, .. } = driver.cancel(&run.run_id, 4_000).await.unwrap() else {
+        panic!("a cancelled run answers a cancel again")
+    };
+    let mut again = again;
+    again.sort();
+    assert_eq!(again, expected);
     assert_eq!(driver.cancel("no-such-run", 4_000).await.unwrap(), CancelOutcome::NoSuchRun);
-    assert_eq!(world.announced.completions.lock().unwrap().len(), 1);
+    assert_eq!(world.announced.completions.lock().unwrap().len(), 1, "announced once");
 }
 
 #[tokio::test]
@@ -568,4 +573,64 @@ async fn one_run_the_sweep_cannot_repair_does_not_stop_it_repairing_the_others()
     assert_eq!((older.stages["a"].status, newer.stages["a"].status), (StageStatus::Succeeded, StageStatus::Submitted));
     // AND the next sweep repairs the one it missed
     assert_eq!(driver.sweep(6_000).await.unwrap().transitions_applied, 1);
+}
+
+#[tokio::test]
+async fn cancel_stops_a_stage_job_that_was_submitted_but_never_recorded() {
+    // GIVEN a stage whose job exists but whose submission was never recorded on the run
+    let world = World::new().await;
+    world.store.inject("record_claim_job", StoreFault::Fail, 1);
+    let driver = world.driver();
+    assert!(driver.start("diamond", "api", "key-10", RunInput::default(), 1_000).await.is_err());
+    let run_id = super::runs::run_id("diamond", "key-10");
+    let job = world.batch.jobs().remove(0);
+    // WHEN the run is cancelled
+    let CancelOutcome::Cancelled { terminated, .. } = driver.cancel(&run_id, 2_000).await.unwrap() else {
+        panic!("the run was running")
+    };
+    // THEN that job is found by its name and terminated
+    assert_eq!(terminated, std::slice::from_ref(&job.job_id));
+    assert!(world.batch.jobs()[0].terminated_because.is_some());
+}
+
+#[tokio::test]
+async fn a_retried_cancel_finishes_what_a_failed_terminate_left() {
+    let world = World::new().await;
+    let driver = world.driver();
+    let (run, _) = driver.start("diamond", "api", "key-11", RunInput::default(), 1_000).await.unwrap();
+    driver.advance(&run.run_id, "a", &world.event("a", "SUCCEEDED"), 2_000).await.unwrap();
+    // GIVEN a cancel whose first TerminateJob fails: the run is CANCELLED, b and c still run
+    world.batch.fail_terminations(1);
+    assert!(driver.cancel(&run.run_id, 3_000).await.is_err());
+    assert_eq!(driver.load(&run.run_id).await.unwrap().unwrap().run.status, RunStatus::Cancelled);
+    // WHEN the cancel is retried, THEN it terminates both
+    let CancelOutcome::Cancelled { terminated, .. } = driver.cancel(&run.run_id, 4_000).await.unwrap() else {
+        panic!("a cancelled run is cancelled again")
+    };
+    assert_eq!(terminated.len(), 2);
+    let stopped = world.batch.jobs().iter().filter(|j| j.terminated_because.is_some()).count();
+    assert_eq!(stopped, 2);
+}
+
+#[tokio::test]
+async fn a_submission_that_finishes_after_the_run_was_cancelled_is_stopped() {
+    // GIVEN a handler that read the run while a was still to be submitted
+    let world = World::new().await;
+    let driver = world.driver();
+    let run = crate::model::run::Run::start(
+        super::runs::run_id("diamond", "key-12"),
+        &config().pipelines["diamond"],
+        "api",
+        RunInput::default(),
+        1_000,
+    );
+    world.store.save_run(&run, None).await.unwrap();
+    let stale = driver.load(&run.run_id).await.unwrap().unwrap();
+    // WHEN the run is cancelled before that handler submits, and then it submits
+    driver.cancel(&run.run_id, 2_000).await.unwrap();
+    driver.drive(stale, 3_000).await.unwrap();
+    // THEN the job it made is terminated at once
+    let jobs = world.batch.jobs();
+    assert_eq!(jobs.len(), 1);
+    assert!(jobs[0].terminated_because.as_deref().unwrap_or_default().contains("ended before the job was recorded"));
 }
