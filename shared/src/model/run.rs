@@ -132,6 +132,18 @@ pub struct Run {
     /// Whether the "Batchline Run Completed" event went out.
     #[serde(default)]
     pub completion_sent: bool,
+    /// Who is sending it: the invocation that claimed the announcement, until its deadline.
+    #[serde(default)]
+    pub completion_claim: Option<CompletionClaim>,
+}
+
+/// The claim of a run's announcement: one invocation sends it, and nobody else until that
+/// invocation's deadline has passed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CompletionClaim {
+    pub token: String,
+    pub deadline_ms: i64,
 }
 
 /// A job a cancel stops: by its id, or by its name when the run never recorded the id.
@@ -177,6 +189,7 @@ impl Run {
             stages,
             on_failure: None,
             completion_sent: false,
+            completion_claim: None,
         };
         run.plan_ready_stages();
         run
@@ -420,6 +433,12 @@ impl Run {
             Some(JobToStop { stage: name.clone(), job_id: attempt.job_id.clone(), job_name: attempt.job_name.clone() })
         });
         Ok(stopped.collect())
+    }
+
+    /// Whether the run's outcome is final and every job it started has ended (its failure
+    /// stage included): the moment to announce it, once.
+    pub fn ready_to_announce(&self) -> bool {
+        self.status.is_terminal() && !self.completion_sent && self.to_submit().is_empty() && self.open_jobs().is_empty()
     }
 
     /// The run's duration so far, or in all if it ended.

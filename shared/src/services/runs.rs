@@ -19,17 +19,19 @@ use tracing::{info, warn};
 use crate::model::batch_event::JobStateChangeEvent;
 use crate::model::job_request::{digest, job_name, JobRequest, PIPELINE_TAG, RUN_TAG, STAGE_TAG, TRIGGER_TAG};
 use crate::model::pipeline::{attempt_key, ON_FAILURE};
-use crate::model::run::{Applied, Attempt, JobToStop, Run, RunInput, RunStatus, StageStatus};
+use crate::model::run::{Applied, Attempt, CompletionClaim, JobToStop, Run, RunInput, RunStatus, StageStatus};
 use crate::model::stack::StackConfig;
 use crate::services::announce::{completion_detail, outcome_metrics, MetricUnit, RunAnnouncer, RunMetric};
 use crate::services::batch::BatchPort;
 use crate::services::clock::Clock;
 use crate::services::config_cache::ConfigCache;
-use crate::services::submitter::Submitter;
+use crate::services::submitter::{Submitter, TAKEOVER_MARGIN_MS};
 use crate::store::{ClaimStore, Holder, RunStore, VersionedRun};
 use crate::Error;
 
 const WRITE_ATTEMPTS: usize = 8;
+/// Time kept back from the deadline when retrying a write that must not be left undone.
+const ANSWER_MARGIN_MS: i64 = 5_000;
 
 /// A run id: the pipeline's name and a hash of what started it, so a repeated trigger
 /// names the same run.
@@ -185,7 +187,7 @@ impl RunDriver<'_> {
             let started = RunMetric { name: "RunsStarted", value: 1.0, unit: MetricUnit::Count };
             self.announcer.run_metrics(&record.run.pipeline.name, &[started]).await;
         }
-        let driven = self.drive(record, now_ms).await?;
+        let driven = self.drive_or_current(record, now_ms).await?;
         Ok((driven.run, created))
     }
 
@@ -278,14 +280,80 @@ impl RunDriver<'_> {
                 }
             }
         }
-        if record.run.status.is_terminal() && !record.run.completion_sent {
-            self.announce(&record.run, now_ms).await?;
-            let sent = self.update(record.clone(), |run| !std::mem::replace(&mut run.completion_sent, true)).await?;
-            if let Some(sent) = sent {
-                record = sent;
-            }
+        if record.run.ready_to_announce() {
+            record = self.announce_once(record, now_ms).await?;
         }
         Ok(record)
+    }
+
+    /// Drives the run for a caller who only needs its state (the API): another
+    /// invocation announcing it is no error here — the run as stored is the answer.
+    async fn drive_or_current(&self, record: VersionedRun, now_ms: i64) -> Result<VersionedRun, Error> {
+        let run_id = record.run.run_id.clone();
+        match self.drive(record.clone(), now_ms).await {
+            Err(Error::InFlight(_)) => Ok(self.runs.load_run(&run_id).await?.unwrap_or(record)),
+            other => other,
+        }
+    }
+
+    /// Sends the run's completion (event and metrics) if this invocation wins the claim
+    /// on it: the claim is written first, conditionally on the version read, so two
+    /// drivers never both send it; a claim whose holder has passed its deadline (plus the
+    /// take-over margin) may be taken, so a crash before sending loses nothing. Only a
+    /// crash, or a lost reply, between sending and recording it sent can send it twice.
+    async fn announce_once(&self, record: VersionedRun, now_ms: i64) -> Result<VersionedRun, Error> {
+        let me = CompletionClaim { token: self.holder.token.clone(), deadline_ms: self.holder.deadline_ms };
+        let now = self.clock.now_ms();
+        let Some(record) = self
+            .update(record, |run| {
+                let free = match &run.completion_claim {
+                    None => true,
+                    Some(claim) if claim.token == me.token => false,
+                    Some(claim) => now > claim.deadline_ms + TAKEOVER_MARGIN_MS,
+                };
+                if !run.ready_to_announce() || !free {
+                    return false;
+                }
+                run.completion_claim = Some(me.clone());
+                true
+            })
+            .await?
+        else {
+            return Err(Error::Contention("a vanished run".into()));
+        };
+        if record.run.completion_sent {
+            return Ok(record);
+        }
+        if record.run.completion_claim.as_ref().is_some_and(|claim| claim.token != me.token) {
+            // Another invocation is announcing it; if it fails, the retry of this work
+            // (the event's redelivery, the sweep) takes over once its deadline has passed.
+            return Err(Error::InFlight(format!("the announcement of run {}", record.run.run_id)));
+        }
+        if let Err(err) = self.announce(&record.run, now_ms).await {
+            // Give the claim back, so the retry need not wait out this invocation's deadline.
+            let _ = self.update(record, |run| run.completion_claim.take_if(|c| c.token == me.token).is_some()).await;
+            return Err(err);
+        }
+        // It went out: record that, trying again while there is time — an unrecorded
+        // announcement is sent again once this claim expires.
+        let mut attempt: u32 = 0;
+        loop {
+            let marked = self
+                .update(record.clone(), |run| {
+                    run.completion_claim = None;
+                    !std::mem::replace(&mut run.completion_sent, true)
+                })
+                .await;
+            match marked {
+                Ok(sent) => return Ok(sent.unwrap_or(record)),
+                Err(err) if self.clock.now_ms() < self.holder.deadline_ms - ANSWER_MARGIN_MS => {
+                    warn!(run_id = %record.run.run_id, error = %err, attempt, "recording the completion as sent failed; trying again");
+                    tokio::time::sleep(std::time::Duration::from_millis((50u64 << attempt.min(5)).min(2_000))).await;
+                    attempt += 1;
+                }
+                Err(err) => return Err(err),
+            }
+        }
     }
 
     /// A job submitted for an attempt the run no longer wants — it was cancelled or ended
@@ -338,7 +406,7 @@ impl RunDriver<'_> {
                 terminated.push(job_id);
             }
         }
-        let run = self.drive(updated, now_ms).await?.run;
+        let run = self.drive_or_current(updated, now_ms).await?.run;
         Ok(CancelOutcome::Cancelled { run: Box::new(run), terminated })
     }
 

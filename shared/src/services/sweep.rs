@@ -1,7 +1,7 @@
 //! The repair sweep: finishes what lost events left undone in running runs.
 //!
-//! For every running run of every configured pipeline (all of them, page by page through
-//! the run index) it submits what the record has planned and applies the outcome of every
+//! For every run of every configured pipeline that is not done with — running, or ended
+//! but not yet announced (all of them, page by page through the run index) — it submits what the record has planned and applies the outcome of every
 //! stage job that ended in Batch without the record knowing (an event lost after all
 //! retries), as its event would have. A run that cannot be repaired is logged and counted
 //! and the sweep goes on; a stage that can never be submitted fails its run (see the run
@@ -25,13 +25,13 @@ pub struct SweepReport {
 }
 
 impl RunDriver<'_> {
-    /// Sweeps every running run of every configured pipeline. One run's failure is logged
+    /// Sweeps every run not done with, of every configured pipeline. One run's failure is logged
     /// and counted, never the end of the sweep: the others are still repaired.
     pub async fn sweep(&self, now_ms: i64) -> Result<SweepReport, Error> {
         let config = self.configs.get().await?;
         let mut report = SweepReport::default();
         for pipeline in config.pipelines.keys() {
-            for summary in self.runs.running_runs(pipeline).await? {
+            for summary in self.runs.open_runs(pipeline).await? {
                 report.runs_checked += 1;
                 match self.sweep_run(&summary.run_id, now_ms).await {
                     Ok(applied) => report.transitions_applied += applied,

@@ -634,3 +634,69 @@ async fn a_submission_that_finishes_after_the_run_was_cancelled_is_stopped() {
     assert_eq!(jobs.len(), 1);
     assert!(jobs[0].terminated_because.as_deref().unwrap_or_default().contains("ended before the job was recorded"));
 }
+
+/// A run of `pipeline` stored already CANCELLED (nothing started), its completion not sent.
+async fn ended_run(world: &World, key: &str) -> crate::store::VersionedRun {
+    let mut run = crate::model::run::Run::start(
+        super::runs::run_id("diamond", key),
+        &config().pipelines["diamond"],
+        "api",
+        RunInput::default(),
+        1_000,
+    );
+    run.cancel(1_500).unwrap();
+    world.store.save_run(&run, None).await.unwrap();
+    world.driver().load(&run.run_id).await.unwrap().unwrap()
+}
+
+#[tokio::test]
+async fn two_drivers_of_an_ended_run_announce_it_once() {
+    // GIVEN two handlers that both read the run ended and not yet announced
+    let world = World::new().await;
+    let read = ended_run(&world, "key-13").await;
+    let other = invocation("other", 301_000);
+    // WHEN both drive it, one after the other, from their reads
+    world.driver().drive(read.clone(), 2_000).await.unwrap();
+    let second = RunDriver { holder: &other, ..world.driver() };
+    second.drive(read, 2_001).await.unwrap();
+    // THEN the completion went out once
+    assert_eq!(world.announced.completions.lock().unwrap().len(), 1);
+    let metrics = world.announced.metrics.lock().unwrap().clone();
+    assert_eq!(metrics.iter().filter(|m| **m == "RunsCancelled").count(), 1);
+}
+
+#[tokio::test]
+async fn an_announcement_claimed_by_a_holder_that_died_is_sent_after_its_deadline() {
+    let world = World::new().await;
+    let mut read = ended_run(&world, "key-14").await;
+    // GIVEN a holder that claimed the announcement and died before sending it
+    let mut claimed = read.run.clone();
+    claimed.completion_claim = Some(crate::model::run::CompletionClaim { token: "dead".into(), deadline_ms: 5_000 });
+    read.version = world.store.save_run(&claimed, Some(read.version)).await.unwrap().unwrap();
+    read.run = claimed;
+    // WHEN another drives it before that deadline, THEN nothing is sent, and it is told to
+    // come back (so its event is redelivered until the announcement is done)
+    let early = world.driver().drive(read.clone(), 2_000).await;
+    assert!(matches!(early, Err(crate::Error::InFlight(_))), "{early:?}");
+    assert!(world.announced.completions.lock().unwrap().is_empty());
+    // AND after the deadline (and the margin), it is sent, once
+    world.clock.set(5_000 + TAKEOVER_MARGIN_MS + 1);
+    let read = world.driver().load(&read.run.run_id).await.unwrap().unwrap();
+    let after = world.driver().drive(read, 20_000).await.unwrap();
+    assert_eq!(world.announced.completions.lock().unwrap().len(), 1);
+    assert!(after.run.completion_sent && after.run.completion_claim.is_none());
+}
+
+#[tokio::test]
+async fn a_failed_run_is_announced_when_its_failure_stage_has_ended_with_the_final_state() {
+    let world = World::new().await;
+    let driver = world.driver();
+    let (run, _) = driver.start("fragile", "api", "key-15", RunInput::default(), 1_000).await.unwrap();
+    driver.advance(&run.run_id, "first", &world.event("first", "FAILED"), 2_000).await.unwrap();
+    assert!(world.announced.completions.lock().unwrap().is_empty(), "the failure stage is still to run");
+    driver.advance(&run.run_id, "on-failure", &world.event("on-failure", "SUCCEEDED"), 3_000).await.unwrap();
+    let completions = world.announced.completions.lock().unwrap().clone();
+    assert_eq!(completions.len(), 1);
+    assert_eq!(completions[0]["outcome"], "FAILED");
+    assert_eq!(completions[0]["stages"]["on-failure"]["status"], "SUCCEEDED");
+}

@@ -143,8 +143,13 @@ pub async fn runs(store: &dyn Store, unique: &str) {
         (first.run_id.as_str(), "SUCCEEDED", 1_000)
     );
     assert!(store.list_runs(&format!("{unique}-other"), 10).await.unwrap().is_empty());
-    let running: Vec<String> = store.running_runs(&pipeline).await.unwrap().into_iter().map(|r| r.run_id).collect();
-    assert_eq!(running, [third.run_id.clone(), second.run_id.clone()], "only the running ones, newest first");
+    let open: Vec<String> = store.open_runs(&pipeline).await.unwrap().into_iter().map(|r| r.run_id).collect();
+    assert_eq!(open, [third.run_id.clone(), second.run_id.clone(), first.run_id.clone()], "ended, not announced");
+    let mut announced = ended.clone();
+    announced.completion_sent = true;
+    assert_eq!(store.save_run(&announced, Some(2)).await.unwrap(), Some(3));
+    let open: Vec<String> = store.open_runs(&pipeline).await.unwrap().into_iter().map(|r| r.run_id).collect();
+    assert_eq!(open, [third.run_id.clone(), second.run_id.clone()], "running ones, newest first");
 }
 
 pub async fn configuration(store: &dyn Store, config: &StackConfig) {

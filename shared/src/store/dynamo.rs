@@ -11,7 +11,8 @@
 //! - event: `state` (`IN_PROGRESS`/`DONE`), `token`, `claimed_at`, `holder_deadline`,
 //!   `expires_at` (entries from earlier releases have no `holder_deadline`);
 //! - run: `document` (the [`Run`] as JSON), `pipeline`, `status`, `version`, `expires_at`;
-//! - index line: `run_id`, `status`, `created_at`, `expires_at`;
+//! - index line: `run_id`, `status`, `announced` (whether its completion went out; absent
+//!   on lines from earlier releases), `created_at`, `expires_at`;
 //! - configuration: `document` (the [`StackConfig`] as JSON).
 
 use std::collections::HashMap;
@@ -177,6 +178,7 @@ pub fn index_item(run: &Run) -> Item {
         ("sk".into(), s(keys::index_sk(run.created_at, &run.run_id))),
         ("run_id".into(), s(run.run_id.clone())),
         ("status".into(), s(run.status.as_str())),
+        ("announced".into(), AttributeValue::Bool(run.completion_sent)),
         ("created_at".into(), n(run.created_at)),
         ("expires_at".into(), n(run.created_at / 1000 + RUN_RETENTION_SECONDS)),
     ])
@@ -415,7 +417,7 @@ impl RunStore for DynamoStore {
         Ok(reply.items().iter().map(summary_from_item).collect())
     }
 
-    async fn running_runs(&self, pipeline: &str) -> Result<Vec<RunSummary>, Error> {
+    async fn open_runs(&self, pipeline: &str) -> Result<Vec<RunSummary>, Error> {
         let mut runs = Vec::new();
         let mut start = None;
         loop {
@@ -424,8 +426,11 @@ impl RunStore for DynamoStore {
                 .query()
                 .table_name(&self.table)
                 .key_condition_expression("pk = :pk AND begins_with(sk, :runs)")
-                .filter_expression("#status = :running")
+                // Index lines from earlier releases have no `announced`: they announced
+                // before recording it, so an ended one is done with.
+                .filter_expression("#status = :running OR announced = :false")
                 .expression_attribute_names("#status", "status")
+                .expression_attribute_values(":false", AttributeValue::Bool(false))
                 .expression_attribute_values(":pk", s(keys::pipeline_pk(pipeline)))
                 .expression_attribute_values(":runs", s(INDEX_SK_PREFIX))
                 .expression_attribute_values(":running", s("RUNNING"))

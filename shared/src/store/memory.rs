@@ -38,13 +38,15 @@ struct EventEntry {
     deadline_ms: Option<i64>,
 }
 
+/// One pipeline's run index: (created at, run id) → (status, announced).
+type PipelineIndex = BTreeMap<(i64, String), (String, bool)>;
+
 #[derive(Default)]
 struct Tables {
     claims: HashMap<String, SubmissionClaim>,
     events: HashMap<String, EventEntry>,
     runs: HashMap<String, VersionedRun>,
-    /// Per pipeline: (created at, run id) → status.
-    index: HashMap<String, BTreeMap<(i64, String), String>>,
+    index: HashMap<String, PipelineIndex>,
     config: Option<StackConfig>,
     faults: HashMap<&'static str, VecDeque<StoreFault>>,
 }
@@ -233,7 +235,7 @@ impl RunStore for MemoryStore {
             t.index
                 .entry(run.pipeline.name.clone())
                 .or_default()
-                .insert((run.created_at, run.run_id.clone()), run.status.as_str().to_owned());
+                .insert((run.created_at, run.run_id.clone()), (run.status.as_str().to_owned(), run.completion_sent));
             Some(version)
         })
     }
@@ -245,7 +247,7 @@ impl RunStore for MemoryStore {
                 .into_iter()
                 .flat_map(|lines| lines.iter().rev())
                 .take(limit.max(0) as usize)
-                .map(|((created_at, run_id), status)| RunSummary {
+                .map(|((created_at, run_id), (status, _))| RunSummary {
                     run_id: run_id.clone(),
                     status: status.clone(),
                     created_at: *created_at,
@@ -254,14 +256,14 @@ impl RunStore for MemoryStore {
         })
     }
 
-    async fn running_runs(&self, pipeline: &str) -> Result<Vec<RunSummary>, Error> {
-        self.call("running_runs", |t| {
+    async fn open_runs(&self, pipeline: &str) -> Result<Vec<RunSummary>, Error> {
+        self.call("open_runs", |t| {
             t.index
                 .get(pipeline)
                 .into_iter()
                 .flat_map(|lines| lines.iter().rev())
-                .filter(|(_, status)| status.as_str() == "RUNNING")
-                .map(|((created_at, run_id), status)| RunSummary {
+                .filter(|(_, (status, announced))| status.as_str() == "RUNNING" || !announced)
+                .map(|((created_at, run_id), (status, _))| RunSummary {
                     run_id: run_id.clone(),
                     status: status.clone(),
                     created_at: *created_at,

@@ -153,8 +153,9 @@ pub trait RunStore: Send + Sync {
     async fn save_run(&self, run: &Run, expected: Option<i64>) -> Result<Option<i64>, Error>;
     /// Recent runs of a pipeline, newest first.
     async fn list_runs(&self, pipeline: &str, limit: i32) -> Result<Vec<RunSummary>, Error>;
-    /// Every run of a pipeline its index lists as RUNNING, however many (read page by page).
-    async fn running_runs(&self, pipeline: &str) -> Result<Vec<RunSummary>, Error>;
+    /// Every run of a pipeline that is not done with, however many (read page by page):
+    /// RUNNING, or ended with its completion not yet announced.
+    async fn open_runs(&self, pipeline: &str) -> Result<Vec<RunSummary>, Error>;
 }
 
 /// The stack configuration bootstrap publishes.
