@@ -91,38 +91,21 @@ fn config() -> StackConfig {
                 arn: "arn:queue".into(),
             },
         )]),
-        job_definitions: BTreeMap::from([(
-            "default".to_owned(),
-            Provisioned {
-                spec: JobDefinition {
-                    name: "unit-default".into(),
-                    image: DEFAULT_IMAGE.into(),
-                    size: SMALL,
-                    command: vec![],
-                    environment: BTreeMap::new(),
-                    secrets: BTreeMap::new(),
-                    architecture: "X86_64".into(),
-                    retry_attempts: 3,
-                    timeout_seconds: None,
-                    log_group: DEFAULT_LOG_GROUP.into(),
-                    queue: "default".into(),
-                },
-                arn: "arn:definition:1".into(),
-            },
-        )])
-        .into_iter()
-        .chain(std::iter::once(("report".to_owned(), report_definition())))
-        .collect(),
+        job_definitions: BTreeMap::from([
+            ("default".to_owned(), definition("unit-default", "arn:definition:1")),
+            ("report".to_owned(), definition("unit-report", "arn:report:1")),
+        ]),
         default_queue: "default".into(),
         pipelines: BTreeMap::from([("diamond".to_owned(), diamond), ("fragile".to_owned(), fragile)]),
         triggers: Triggers::default(),
     }
 }
 
-fn report_definition() -> Provisioned<JobDefinition> {
+/// A registered job definition of the smallest size on the default queue.
+fn definition(name: &str, arn: &str) -> Provisioned<JobDefinition> {
     Provisioned {
         spec: JobDefinition {
-            name: "unit-report".into(),
+            name: name.into(),
             image: DEFAULT_IMAGE.into(),
             size: SMALL,
             command: vec![],
@@ -134,7 +117,7 @@ fn report_definition() -> Provisioned<JobDefinition> {
             log_group: DEFAULT_LOG_GROUP.into(),
             queue: "default".into(),
         },
-        arn: "arn:report:1".into(),
+        arn: arn.into(),
     }
 }
 
