@@ -493,3 +493,22 @@ async fn without_an_idempotency_key_every_start_is_a_new_run_even_after_a_cancel
     );
     assert_eq!(again["duplicate"], true);
 }
+
+#[tokio::test]
+async fn a_run_whose_stage_jobs_batch_would_refuse_is_refused_before_it_starts() {
+    let h = Harness::new("pl-check").await;
+    // Reserved environment names reach every stage: refused, naming the stage and the name
+    let body = json!({"environment": {"AWS_BATCH_JOB_ID": "mine"}});
+    let (status, answer) = h.api("POST", "/pipelines/diamond/runs", body).await;
+    assert_eq!(status, 400, "{answer}");
+    let message = answer["error"]["message"].as_str().unwrap();
+    assert!(message.starts_with("stage ") && message.contains("AWS_BATCH"), "{message}");
+    // Parameters beyond SubmitJob's 30 KiB: 413
+    let body = json!({"parameters": {"blob": "x".repeat(31 * 1024)}});
+    let (status, answer) = h.api("POST", "/pipelines/diamond/runs", body).await;
+    assert_eq!((status, answer["error"]["code"].as_str()), (413, Some("PayloadTooLarge")), "{answer}");
+    // And nothing was started
+    let (_, listed) = h.api("GET", "/runs?pipeline=diamond", Value::Null).await;
+    assert_eq!(listed["runs"], json!([]));
+    assert!(h.job_names().await.is_empty());
+}

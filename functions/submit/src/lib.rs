@@ -19,7 +19,7 @@ use aws_lambda_events::apigw::ApiGatewayV2httpRequest;
 use aws_lambda_events::eventbridge::EventBridgeEvent;
 use batchline::model::run::RunInput;
 use batchline::services::ports::{invocation_holder, AwsPorts};
-use batchline::services::runs::{run_id, CancelOutcome};
+use batchline::services::runs::{check_run, run_id, CancelOutcome};
 use batchline::services::submitter::SubmitError;
 use batchline::store::{ClaimStore, Holder, RunStore};
 use batchline::{Config, Error};
@@ -250,6 +250,10 @@ async fn serve(
                 }
             };
             let input = RunInput { parameters: body.parameters, environment: body.environment };
+            check_run(&stack, &stack.pipelines[&name], &run_id(&name, &key), &input).map_err(|(stage, err)| {
+                let refused = ApiError::from(err);
+                ApiError::new(refused.status, refused.code, format!("stage {stage}: {}", refused.message))
+            })?;
             let (run, new) = clients.ports.driver(holder).start(&name, "api", &key, input, batchline::now_ms()).await?;
             Ok(api::response(
                 202,

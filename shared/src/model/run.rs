@@ -462,7 +462,7 @@ impl Run {
 
 impl Attempt {
     /// An attempt to submit, named deterministically (so its job can be found by name).
-    fn planned(run_id: &str, stage: &str, number: u32, size: Size) -> Attempt {
+    pub fn planned(run_id: &str, stage: &str, number: u32, size: Size) -> Attempt {
         let job_name = crate::model::job_request::job_name(
             &format!("{run_id}-{stage}-a{number}"),
             &attempt_key(run_id, stage, number),

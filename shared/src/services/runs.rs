@@ -17,8 +17,10 @@ use std::collections::BTreeMap;
 use tracing::{info, warn};
 
 use crate::model::batch_event::JobStateChangeEvent;
-use crate::model::job_request::{digest, job_name, JobRequest, PIPELINE_TAG, RUN_TAG, STAGE_TAG, TRIGGER_TAG};
-use crate::model::pipeline::{attempt_key, ON_FAILURE};
+use crate::model::job_request::{
+    digest, job_name, JobRequest, RequestError, PIPELINE_TAG, RUN_TAG, STAGE_TAG, TRIGGER_TAG,
+};
+use crate::model::pipeline::{attempt_key, Pipeline, ON_FAILURE};
 use crate::model::run::{Applied, Attempt, CompletionClaim, JobToStop, Run, RunInput, RunStatus, StageStatus};
 use crate::model::stack::StackConfig;
 use crate::services::announce::{completion_detail, outcome_metrics, MetricUnit, RunAnnouncer, RunMetric};
@@ -103,6 +105,31 @@ fn current_attempt<'r>(run: &'r Run, stage: &str) -> Option<&'r Attempt> {
 /// The current attempt of a stage: its number and job.
 fn current_job(run: &Run, stage: &str) -> Option<(u32, Option<String>)> {
     current_attempt(run, stage).map(|attempt| (attempt.number, attempt.job_id.clone()))
+}
+
+/// Checks a run before it starts, as `POST /jobs` checks a job: every stage job the run
+/// would submit (its failure stage included), with the run's input, must be a valid
+/// SubmitJob request (no reserved `AWS_BATCH*` environment names, within SubmitJob's 30
+/// KiB). Otherwise such a run could never submit that stage. The first problem, with its
+/// stage.
+pub fn check_run(
+    config: &StackConfig,
+    pipeline: &Pipeline,
+    run_id: &str,
+    input: &RunInput,
+) -> Result<(), (String, RequestError)> {
+    let run = Run::start(run_id.to_owned(), pipeline, "api", input.clone(), 0);
+    let stages = pipeline.stages.iter().map(|(name, stage)| (name.as_str(), stage));
+    for (name, stage) in stages.chain(pipeline.on_failure.iter().map(|stage| (ON_FAILURE, stage))) {
+        let attempt = Attempt::planned(run_id, name, 1, stage.size);
+        let checked = match stage_job(config, &run, name, &attempt) {
+            Ok(request) => request.validate(),
+            // Not configured: refused at deploy time already, not the caller's to fix.
+            Err(_) => Ok(()),
+        };
+        checked.map_err(|err| (name.to_owned(), err))?;
+    }
+    Ok(())
 }
 
 /// What a cancel request came to.
