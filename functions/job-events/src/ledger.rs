@@ -12,9 +12,7 @@
 //! an event whose metrics are out but whose claim is still IN_PROGRESS would be counted
 //! again by a later duplicate once the claim expires.
 
-use std::time::Duration;
-
-use batchline::services::clock::Clock;
+use batchline::services::clock::{retry_pause, Clock};
 use batchline::services::submitter::TAKEOVER_MARGIN_MS;
 use batchline::store::{EventLedgerStore, EventState, Holder};
 use batchline::Error;
@@ -70,8 +68,7 @@ impl Ledger<'_> {
                 Ok(()) => return Ok(()),
                 Err(err) if self.clock.now_ms() < give_up_at => {
                     warn!(error = %err, attempt, "marking events counted failed; trying again");
-                    let pause = Duration::from_millis((50u64 << attempt.min(5)).min(2_000));
-                    tokio::time::sleep(pause).await;
+                    tokio::time::sleep(retry_pause(attempt)).await;
                     attempt += 1;
                 }
                 Err(err) => return Err(err),

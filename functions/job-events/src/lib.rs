@@ -24,6 +24,7 @@ use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use batchline::model::batch_event::{JobStateChangeEvent, JobStatus};
 use batchline::model::job_request::{PIPELINE_TAG, RUN_TAG, STAGE_TAG};
 use batchline::model::metrics::{self, EventMetrics};
+use batchline::services::clock::ANSWER_MARGIN_MS;
 use batchline::services::ports::{invocation_holder, AwsPorts};
 use batchline::store::Holder;
 use batchline::{Config, Error};
@@ -40,8 +41,6 @@ const CLAIM_CONCURRENCY: usize = 16;
 /// may submit stages, and a submission with throttling backoff takes seconds. What is
 /// left is reported as batch item failures and redelivered.
 pub const RUN_WORK_MARGIN_MS: i64 = 30_000;
-/// Kept back at the end for answering (and for giving up on marking events counted).
-const ANSWER_MARGIN_MS: i64 = 5_000;
 
 /// The AWS adapters and clients, built once per container.
 pub struct Clients {

@@ -1,6 +1,7 @@
 //! The clock the services read when they write a time that others act on (a claim's time), so tests can set it.
 
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
 
 pub trait Clock: Send + Sync {
     /// Now, in epoch milliseconds.
@@ -35,4 +36,13 @@ impl Clock for ManualClock {
     fn now_ms(&self) -> i64 {
         self.0.load(Ordering::SeqCst)
     }
+}
+
+/// Time an invocation keeps back from its deadline when it retries a write that must not
+/// be left undone (marking events counted, recording a run's completion sent).
+pub const ANSWER_MARGIN_MS: i64 = 5_000;
+
+/// The pause before retry number `attempt` of such a write: 50 ms doubling, at most 2 s.
+pub fn retry_pause(attempt: u32) -> Duration {
+    Duration::from_millis((50u64 << attempt.min(5)).min(2_000))
 }

@@ -25,15 +25,13 @@ use crate::model::run::{Applied, Attempt, CompletionClaim, JobToStop, Run, RunIn
 use crate::model::stack::StackConfig;
 use crate::services::announce::{completion_detail, outcome_metrics, MetricUnit, RunAnnouncer, RunMetric};
 use crate::services::batch::BatchPort;
-use crate::services::clock::Clock;
+use crate::services::clock::{retry_pause, Clock, ANSWER_MARGIN_MS};
 use crate::services::config_cache::ConfigCache;
 use crate::services::submitter::{Submitter, TAKEOVER_MARGIN_MS};
 use crate::store::{ClaimStore, Holder, RunStore, VersionedRun};
 use crate::Error;
 
 const WRITE_ATTEMPTS: usize = 8;
-/// Time kept back from the deadline when retrying a write that must not be left undone.
-const ANSWER_MARGIN_MS: i64 = 5_000;
 
 /// A run id: the pipeline's name and a hash of what started it, so a repeated trigger
 /// names the same run.
@@ -375,7 +373,7 @@ impl RunDriver<'_> {
                 Ok(sent) => return Ok(sent.unwrap_or(record)),
                 Err(err) if self.clock.now_ms() < self.holder.deadline_ms - ANSWER_MARGIN_MS => {
                     warn!(run_id = %record.run.run_id, error = %err, attempt, "recording the completion as sent failed; trying again");
-                    tokio::time::sleep(std::time::Duration::from_millis((50u64 << attempt.min(5)).min(2_000))).await;
+                    tokio::time::sleep(retry_pause(attempt)).await;
                     attempt += 1;
                 }
                 Err(err) => return Err(err),
