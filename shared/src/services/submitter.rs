@@ -13,9 +13,10 @@
 //!    PENDING and still this holder's.
 //!
 //! A claim that already exists is read: another fingerprint is a conflict; a recorded job
-//! is the answer; the caller's own token means its own write took effect and only the
-//! reply was lost (it carries on as the holder). Anyone else's PENDING claim: if the job
-//! exists by name it is recorded and returned; otherwise the claim is taken over only
+//! is the answer. A PENDING claim whose job exists by name (its holder's, or this
+//! invocation's own earlier SubmitJob whose record failed) gets that job recorded and
+//! returned. Otherwise the caller's own token means its own write took effect and only the
+//! reply was lost (it carries on as the holder); anyone else's claim is taken over only
 //! once its holder cannot be running any more — after the holder's deadline plus
 //! [`TAKEOVER_MARGIN_MS`] (claims from earlier releases, without a holder, after
 //! [`CLAIM_LEASE_MS`] from their claim time) — and until then the delivery is told to
@@ -115,16 +116,20 @@ impl Submitter<'_> {
             if let Some(job_id) = existing.job_id {
                 return Ok(Submitted { job_id, job_name: request.job_name.clone(), new: false });
             }
+            // A PENDING claim's job may exist already — made by its holder, or by this very
+            // invocation earlier (a SubmitJob whose record failed, then the same stage
+            // driven again by the next event of the batch) — so it is looked for first.
+            if let Some(job_id) = self.batch.find_job(&request.queue_arn, &request.job_name).await? {
+                self.record(request, &job_id, None).await?;
+                info!(job_name = %request.job_name, job_id, "recovered a submission left unrecorded");
+                return Ok(Submitted { job_id, job_name: request.job_name.clone(), new: false });
+            }
             let ours = existing.holder.as_ref().is_some_and(|h| h.token == self.holder.token);
             if ours {
-                // Our own claim: the write took effect and only its reply was lost.
+                // Our own claim, and no job yet: the write took effect and only its reply
+                // was lost, or our SubmitJob failed.
                 info!(job_name = %request.job_name, "recognised our own claim");
             } else {
-                if let Some(job_id) = self.batch.find_job(&request.queue_arn, &request.job_name).await? {
-                    self.record(request, &job_id, None).await?;
-                    info!(job_name = %request.job_name, job_id, "recovered a submission left unrecorded");
-                    return Ok(Submitted { job_id, job_name: request.job_name.clone(), new: false });
-                }
                 let now = self.clock.now_ms();
                 if !abandoned(&existing, now)
                     || !self.claims.take_over_claim(key, existing.claimed_at, self.holder, now).await?

@@ -363,6 +363,20 @@ async fn our_own_claim_whose_reply_was_lost_is_recognised_by_its_token() {
 }
 
 #[tokio::test]
+async fn the_same_invocation_submitting_again_after_its_record_failed_finds_its_job() {
+    // GIVEN an invocation whose SubmitJob succeeded but whose record of it failed
+    let world = World::new().await;
+    world.store.inject("record_claim_job", StoreFault::Fail, 1);
+    assert!(world.submitter().submit(&request("k7")).await.is_err());
+    // WHEN the same invocation submits the same request again (the next event of its batch)
+    let submitted = world.submitter().submit(&request("k7")).await.unwrap();
+    // THEN it finds the job it made: one job, recorded
+    assert!(!submitted.new);
+    assert_eq!(world.batch.jobs().len(), 1);
+    assert_eq!(world.store.claim("k7").await.unwrap().unwrap().job_id, Some(submitted.job_id));
+}
+
+#[tokio::test]
 async fn a_lost_reply_of_our_own_record_is_not_a_lost_claim() {
     let world = World::new().await;
     world.store.inject("record_claim_job", StoreFault::LoseReplyRetried, 1);
