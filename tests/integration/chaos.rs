@@ -1,13 +1,16 @@
 //! Exactly once under injected faults: the real handlers, redelivered as SQS and Lambda would, against an emulator that fails and loses calls.
 //!
 //! Each seed deploys an environment of its own, then drives S3 objects through submit
-//! (single jobs, and pipeline runs with fan-out, fan-in and an out-of-memory stage) and
-//! the played job-state events through job-events, with every DynamoDB call, SubmitJob and
+//! (single jobs; pipeline runs with fan-out, fan-in and an out-of-memory stage; runs
+//! cancelled through the API while they go; runs with a stage a deploy made impossible to
+//! submit) and the played job-state events through job-events, with every DynamoDB call, SubmitJob and
 //! TerminateJob failing ~20% of the time before taking effect and losing ~10% of replies
 //! after it, and ~30% of PutMetricData calls failing. Failed invocations and failed
 //! messages are delivered again, and ~10% of acknowledged ones too; some deliveries run two
 //! handlers on the same claim at once. Invocations get short deadlines, so claims left by
 //! failed holders are taken over within the test. The seed is in every failure message.
+//! Every run must end: the fan-out runs succeed, the impossible ones fail saying why (their
+//! failure stage run), the cancelled ones stop every job they started (no orphan).
 //!
 //! The repair sweep is not part of this drive: it reads jobs back with DescribeJobs, and
 //! the emulator reports every job SUCCEEDED whatever outcome the player played (an
@@ -32,6 +35,10 @@ const QUEUE_ARN: &str = "arn:aws:sqs:us-east-1:123456789012:batchline-job-events
 const OBJECT_CREATED: &str = include_str!("../fixtures/s3/object-created.json");
 const SINGLE_JOBS: usize = 6;
 const RUNS: usize = 3;
+/// Runs cancelled through the API as soon as they exist.
+const CANCELLED_RUNS: usize = 2;
+/// Runs whose second stage names a job definition a deploy removed.
+const BRITTLE_RUNS: usize = 2;
 /// How long the whole drive may take before the test gives up. A seed settles in about
 /// 2.5 minutes on a quiet 2-core machine; most of it is waiting out the deadlines of
 /// failed holders (33 s + 10 s), and CI runs it beside the other tests.
@@ -39,16 +46,28 @@ const GIVE_UP_AFTER: Duration = Duration::from_secs(420);
 
 fn configuration() -> Value {
     json!({
-        "JobDefinitions": {"default": {}},
-        "Pipelines": {"fan": {"Stages": {
-            "a": {"JobDefinition": "default"},
-            "b": {"JobDefinition": "default", "After": ["a"], "Parameters": {"play_needs_memory": "1024"}},
-            "c": {"JobDefinition": "default", "After": ["a"]},
-            "d": {"JobDefinition": "default", "After": ["b", "c"]}
-        }}},
+        "JobDefinitions": {"default": {}, "retired": {}},
+        "Pipelines": {
+            "fan": {"Stages": {
+                "a": {"JobDefinition": "default"},
+                "b": {"JobDefinition": "default", "After": ["a"], "Parameters": {"play_needs_memory": "1024"}},
+                "c": {"JobDefinition": "default", "After": ["a"]},
+                "d": {"JobDefinition": "default", "After": ["b", "c"]}
+            }},
+            "doomed": {"Stages": {
+                "a": {"JobDefinition": "default"},
+                "b": {"JobDefinition": "default", "After": ["a"]}
+            }},
+            "brittle": {"Stages": {
+                "first": {"JobDefinition": "default"},
+                "second": {"JobDefinition": "retired", "After": ["first"]}
+            }, "OnFailure": {"JobDefinition": "default"}}
+        },
         "Triggers": {"S3": {
             "jobs": {"Prefix": "jobs/", "JobDefinition": "default"},
-            "runs": {"Prefix": "runs/", "Pipeline": "fan"}
+            "runs": {"Prefix": "runs/", "Pipeline": "fan"},
+            "doomed": {"Prefix": "doomed/", "Pipeline": "doomed"},
+            "brittle": {"Prefix": "brittle/", "Pipeline": "brittle"}
         }}
     })
 }
@@ -79,7 +98,11 @@ struct Chaos {
     objects: Vec<Value>,
     /// SQS messages (id, body) not yet acknowledged by job-events.
     messages: Vec<(String, String)>,
-    expected_jobs: usize,
+    /// Jobs the player has played (each to its end), and how many changes of each status.
+    played: BTreeSet<String>,
+    played_statuses: BTreeMap<&'static str, usize>,
+    /// Cancelled runs, with the jobs played before their cancel went through.
+    cancelled: BTreeMap<String, BTreeSet<String>>,
 }
 
 impl Chaos {
@@ -152,19 +175,52 @@ impl Chaos {
             .await
             .unwrap_or_else(|e| self.fail(format!("playing: {e}")));
         let played = changes.len();
+        for change in &changes {
+            self.played.insert(change.job_id.clone());
+            *self.played_statuses.entry(change.status).or_default() += 1;
+        }
         for event in Delivery::of(&changes).events() {
             self.messages.push((event_id(), event.to_string()));
         }
         played
     }
 
+    /// Cancels every run of the doomed pipeline not cancelled yet, through the API (under
+    /// the same faults); one whose cancel failed is tried again next round.
+    async fn cancel_doomed(&mut self) {
+        let store = self.store();
+        let runs = batchline::store::RunStore::list_runs(&store, "doomed", 100).await.unwrap_or_default();
+        let pending: Vec<String> =
+            runs.into_iter().map(|r| r.run_id).filter(|id| !self.cancelled.contains_key(id)).collect();
+        for run_id in pending {
+            let request = json!({
+                "version": "2.0", "rawPath": format!("/runs/{run_id}"),
+                "requestContext": {"http": {"method": "DELETE", "path": format!("/runs/{run_id}")}},
+                "isBase64Encoded": false
+            });
+            let answer = batchline_submit::handle(invocation_for(request, 10), &self.submit).await;
+            let status = answer.as_ref().ok().and_then(|a| a["statusCode"].as_u64());
+            // 202: cancelled; 409: it ended before the cancel got through.
+            if matches!(status, Some(202) | Some(409)) {
+                self.cancelled.insert(run_id, self.played.clone());
+            }
+        }
+    }
+
+    fn store(&self) -> batchline::store::DynamoStore {
+        batchline::store::DynamoStore::new(aws_sdk_dynamodb::Client::new(&self.env.sdk), &self.env.config.table_name)
+    }
+
+    /// Whether every run exists and is done with: ended, every job of it ended, and
+    /// announced (the open-run list is empty).
     async fn runs_ended(&self) -> bool {
-        let store = batchline::store::DynamoStore::new(
-            aws_sdk_dynamodb::Client::new(&self.env.sdk),
-            &self.env.config.table_name,
-        );
-        let runs = batchline::store::RunStore::list_runs(&store, "fan", 100).await.unwrap_or_default();
-        runs.len() == RUNS && runs.iter().all(|r| r.status != "RUNNING")
+        use batchline::store::RunStore;
+        let store = self.store();
+        let mut ended = self.cancelled.len() == CANCELLED_RUNS;
+        for (pipeline, count) in [("fan", RUNS), ("doomed", CANCELLED_RUNS), ("brittle", BRITTLE_RUNS)] {
+            ended &= store.list_runs(pipeline, 100).await.map(|runs| runs.len() == count).unwrap_or(false);
+        }
+        ended && store.open_runs(None, 10).await.map(|open| open.items.is_empty()).unwrap_or(false)
     }
 }
 
@@ -172,9 +228,15 @@ async fn chaos(seed: u64) {
     // GIVEN an environment deployed without faults, then every function's calls through a
     // fault scope of this seed
     let env = Deployed::new(&format!("chaos-{seed}"), configuration()).await;
+    // A later deploy removed the job definition the brittle pipeline's second stage names.
+    let store = batchline::store::DynamoStore::new(aws_sdk_dynamodb::Client::new(&env.sdk), &env.config.table_name);
+    let mut deployed = batchline::store::ConfigStore::load_config(&store).await.unwrap().unwrap();
+    deployed.job_definitions.remove("retired");
+    batchline::store::ConfigStore::publish_config(&store, &deployed).await.unwrap();
     let dynamodb = Rates { fail: 0.2, lose: 0.1 };
     let rules = BTreeMap::from([
         ("dynamodb:PutItem", dynamodb),
+        ("dynamodb:TransactWriteItems", dynamodb),
         ("dynamodb:UpdateItem", dynamodb),
         ("dynamodb:GetItem", dynamodb),
         ("dynamodb:DeleteItem", dynamodb),
@@ -190,6 +252,8 @@ async fn chaos(seed: u64) {
     let faulty = scope.sdk_config().await;
     let mut objects: Vec<Value> = (0..SINGLE_JOBS).map(|i| object_event(&format!("jobs/object-{i}.csv"), i)).collect();
     objects.extend((0..RUNS).map(|i| object_event(&format!("runs/batch-{i}.json"), 100 + i)));
+    objects.extend((0..CANCELLED_RUNS).map(|i| object_event(&format!("doomed/batch-{i}.json"), 200 + i)));
+    objects.extend((0..BRITTLE_RUNS).map(|i| object_event(&format!("brittle/batch-{i}.json"), 300 + i)));
     let mut chaos = Chaos {
         seed,
         random: fastrand::Rng::with_seed(seed),
@@ -198,8 +262,9 @@ async fn chaos(seed: u64) {
         player: Player::new(&env.sdk),
         objects,
         messages: Vec::new(),
-        // Each run: a, b (out of memory, then resized), c, d.
-        expected_jobs: SINGLE_JOBS + RUNS * 5,
+        played: BTreeSet::new(),
+        played_statuses: BTreeMap::new(),
+        cancelled: BTreeMap::new(),
         env,
     };
 
@@ -207,6 +272,7 @@ async fn chaos(seed: u64) {
     let started = Instant::now();
     loop {
         chaos.deliver_objects().await;
+        chaos.cancel_doomed().await;
         let played = chaos.play().await;
         chaos.deliver_messages().await;
         if chaos.objects.is_empty() && chaos.messages.is_empty() && played == 0 && chaos.runs_ended().await {
@@ -237,24 +303,56 @@ async fn chaos(seed: u64) {
     let names: Vec<&str> = jobs.iter().filter_map(|j| j.job_name()).collect();
     let distinct: BTreeSet<&str> = names.iter().copied().collect();
     assert_eq!(distinct.len(), names.len(), "seed {seed}: a job name twice: {names:?}");
-    assert_eq!(jobs.len(), chaos.expected_jobs, "seed {seed}: {names:?}");
+    let run_of = |job: &aws_sdk_batch::types::JobDetail| {
+        job.tags().and_then(|t| t.get("batchline:run")).cloned().unwrap_or_default()
+    };
+    let not_doomed = jobs.iter().filter(|j| !chaos.cancelled.contains_key(&run_of(j))).count();
+    // Each fan run: a, b (out of memory, then resized), c, d; each brittle run: first and
+    // its failure stage.
+    assert_eq!(not_doomed, SINGLE_JOBS + RUNS * 5 + BRITTLE_RUNS * 2, "seed {seed}: {names:?}");
 
-    // AND every run ended as it should: succeeded, b resized once
-    let store =
-        batchline::store::DynamoStore::new(aws_sdk_dynamodb::Client::new(&chaos.env.sdk), &chaos.env.config.table_name);
+    // AND every run ended as it should: fan runs succeeded, b resized once
+    let store = chaos.store();
+    let load = |id: String| {
+        let store = store.clone();
+        async move { batchline::store::RunStore::load_run(&store, &id).await.unwrap().unwrap().run }
+    };
+    use batchline::model::run::{RunStatus, StageStatus};
     for summary in batchline::store::RunStore::list_runs(&store, "fan", 100).await.unwrap() {
-        let run = batchline::store::RunStore::load_run(&store, &summary.run_id).await.unwrap().unwrap().run;
-        assert_eq!(run.status, batchline::model::run::RunStatus::Succeeded, "seed {seed}: {run:?}");
+        let run = load(summary.run_id).await;
+        assert_eq!(run.status, RunStatus::Succeeded, "seed {seed}: {run:?}");
         assert_eq!(run.stages["b"].attempts.len(), 2, "seed {seed}: {run:?}");
         assert!(run.completion_sent, "seed {seed}");
     }
+    // AND the brittle runs failed saying why, and their failure stage ran
+    for summary in batchline::store::RunStore::list_runs(&store, "brittle", 100).await.unwrap() {
+        let run = load(summary.run_id).await;
+        assert_eq!(run.status, RunStatus::Failed, "seed {seed}: {run:?}");
+        assert!(run.reason.as_deref().unwrap_or_default().contains("could not be submitted"), "seed {seed}: {run:?}");
+        assert_eq!(run.on_failure.as_ref().map(|s| s.status), Some(StageStatus::Succeeded), "seed {seed}: {run:?}");
+        assert!(run.completion_sent, "seed {seed}");
+    }
+    // AND the cancelled runs stopped every job they started that had not ended: none is
+    // left running as an orphan
+    for (run_id, played_before_cancel) in &chaos.cancelled {
+        let run = load(run_id.clone()).await;
+        assert!(matches!(run.status, RunStatus::Cancelled | RunStatus::Succeeded), "seed {seed}: {run:?}");
+        assert!(run.completion_sent, "seed {seed}: {run:?}");
+        if run.status == RunStatus::Cancelled {
+            for job in jobs.iter().filter(|j| &run_of(j) == run_id) {
+                let id = job.job_id().unwrap_or_default();
+                let stopped = job.status_reason().is_some_and(|r| r.contains(run_id.as_str()));
+                assert!(played_before_cancel.contains(id) || stopped, "seed {seed}: orphan {job:?} of {run:?}");
+            }
+        }
+    }
 
-    // AND every job-state event was counted once (no PutMetricData reply was lost)
+    // AND every played job-state event was counted once (no PutMetricData reply was lost)
     let namespace = &chaos.env.config.metric_namespace;
-    let succeeded = (SINGLE_JOBS + RUNS * 4) as f64;
-    assert_eq!(metric_sum(&chaos.env.sdk, namespace, "JobsSucceeded").await, succeeded, "seed {seed}");
-    assert_eq!(metric_sum(&chaos.env.sdk, namespace, "JobsFailed").await, RUNS as f64, "seed {seed}");
-    assert_eq!(metric_sum(&chaos.env.sdk, namespace, "JobsRunnable").await, chaos.expected_jobs as f64, "seed {seed}");
+    for (metric, status) in [("JobsSucceeded", "SUCCEEDED"), ("JobsFailed", "FAILED"), ("JobsRunnable", "RUNNABLE")] {
+        let played = chaos.played_statuses.get(status).copied().unwrap_or(0) as f64;
+        assert_eq!(metric_sum(&chaos.env.sdk, namespace, metric).await, played, "seed {seed}: {metric}");
+    }
 
     // AND nothing is left claimed
     let items = aws_sdk_dynamodb::Client::new(&chaos.env.sdk)

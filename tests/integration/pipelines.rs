@@ -317,11 +317,10 @@ async fn cancel_terminates_the_jobs_and_late_events_change_nothing() {
     assert!(run["onFailure"].is_null(), "a cancel is not a failure");
 }
 
-#[tokio::test]
-async fn the_completion_event_reaches_a_queue_subscribed_on_the_default_bus() {
-    let mut h = Harness::new("pl-done").await;
-    let sqs = aws_sdk_sqs::Client::new(&h.env.sdk);
-    let events = aws_sdk_eventbridge::Client::new(&h.env.sdk);
+/// A queue that receives the "Batchline Run Completed" events of one run from the default bus.
+async fn completion_queue(sdk: &aws_config::SdkConfig, run_id: &str) -> String {
+    let sqs = aws_sdk_sqs::Client::new(sdk);
+    let events = aws_sdk_eventbridge::Client::new(sdk);
     let queue_url =
         sqs.create_queue().queue_name(unique_name("completed")).send().await.unwrap().queue_url().unwrap().to_owned();
     let queue_arn = sqs
@@ -334,7 +333,6 @@ async fn the_completion_event_reaches_a_queue_subscribed_on_the_default_bus() {
         .attributes()
         .unwrap()[&aws_sdk_sqs::types::QueueAttributeName::QueueArn]
         .clone();
-    let run_id = h.start("diamond").await;
     let rule = unique_name("run-completed");
     let pattern =
         json!({"source": ["batchline"], "detail-type": ["Batchline Run Completed"], "detail": {"runId": [run_id]}});
@@ -346,25 +344,134 @@ async fn the_completion_event_reaches_a_queue_subscribed_on_the_default_bus() {
         .send()
         .await
         .unwrap();
+    queue_url
+}
 
-    h.play_to_the_end(1, 0).await;
-
+/// Every completion event the queue holds.
+async fn completions(sdk: &aws_config::SdkConfig, queue_url: &str) -> Vec<Value> {
+    let sqs = aws_sdk_sqs::Client::new(sdk);
     let received = sqs
         .receive_message()
-        .queue_url(&queue_url)
+        .queue_url(queue_url)
         .wait_time_seconds(2)
         .max_number_of_messages(10)
         .send()
         .await
         .unwrap();
-    assert_eq!(received.messages().len(), 1, "exactly one completion event");
-    let event: Value = serde_json::from_str(received.messages()[0].body().unwrap()).unwrap();
+    received.messages().iter().map(|m| serde_json::from_str(m.body().unwrap()).unwrap()).collect()
+}
+
+fn sweep_event() -> Value {
+    json!({"version": "0", "id": event_id(), "detail-type": "Scheduled Event", "source": "aws.events",
+           "time": "2025-11-27T08:15:00Z", "resources": ["arn:aws:events:us-east-1:123456789012:rule/batchline-sweep"], "detail": {}})
+}
+
+#[tokio::test]
+async fn the_completion_event_reaches_a_queue_subscribed_on_the_default_bus() {
+    let mut h = Harness::new("pl-done").await;
+    let run_id = h.start("diamond").await;
+    let queue_url = completion_queue(&h.env.sdk, &run_id).await;
+
+    h.play_to_the_end(1, 0).await;
+
+    let received = completions(&h.env.sdk, &queue_url).await;
+    assert_eq!(received.len(), 1, "exactly one completion event");
+    let event = &received[0];
     assert_eq!(event["detail-type"], "Batchline Run Completed");
     assert_eq!(event["detail"]["runId"], run_id.as_str());
     assert_eq!(event["detail"]["pipeline"], "diamond");
     assert_eq!(event["detail"]["outcome"], "SUCCEEDED");
     assert!(event["detail"]["durationMs"].as_i64().unwrap() >= 0);
     assert_eq!(event["detail"]["stages"]["d"]["status"], "SUCCEEDED");
+}
+
+#[tokio::test]
+async fn the_final_event_handled_twice_at_once_and_a_sweep_beside_them_announce_the_run_once() {
+    // GIVEN a run whose last job has ended, its event not yet handled
+    let mut h = Harness::new("pl-once").await;
+    let run_id = h.start("hungry").await;
+    let queue_url = completion_queue(&h.env.sdk, &run_id).await;
+    let mut withheld = Vec::new();
+    for _ in 0..10 {
+        let changes = h.player.play_queue(&h.env.queue_arn("default")).await.unwrap();
+        if changes.is_empty() {
+            break;
+        }
+        let last = |c: &StateChange| stage_of(c) == "summarise" && c.status == "SUCCEEDED";
+        h.deliver(&events_of(&changes, |c| !last(c))).await;
+        withheld.extend(events_of(&changes, last));
+    }
+    assert_eq!(withheld.len(), 1);
+    // WHEN two invocations handle it at the same time (a duplicate delivery) and the
+    // sweep runs beside them
+    // (each delivery its own SQS message)
+    let batch = || Delivery::from_events(withheld.clone()).sqs_batches(QUEUE_ARN, 10).remove(0);
+    let (one, two, sweep) = tokio::join!(
+        batchline_job_events::handle(invocation(batch()), &h.job_events, &h.env.config),
+        batchline_job_events::handle(invocation(batch()), &h.job_events, &h.env.config),
+        batchline_job_events::handle(invocation(sweep_event()), &h.job_events, &h.env.config),
+    );
+    // THEN whichever failed is retried, as SQS and the schedule would
+    for outcome in [one, two] {
+        if outcome.as_ref().map(|a| a["batchItemFailures"] != json!([])).unwrap_or(true) {
+            h.deliver(&withheld).await;
+        }
+    }
+    if sweep.is_err() {
+        batchline_job_events::handle(invocation(sweep_event()), &h.job_events, &h.env.config).await.unwrap();
+    }
+    // AND the run was announced exactly once, as SUCCEEDED
+    assert_eq!(h.run(&run_id).await["status"], "SUCCEEDED");
+    let received = completions(&h.env.sdk, &queue_url).await;
+    assert_eq!(received.len(), 1, "{received:?}");
+    assert_eq!(received[0]["detail"]["outcome"], "SUCCEEDED");
+}
+
+#[tokio::test]
+async fn a_running_run_stored_by_the_previous_release_is_adopted_by_the_sweep() {
+    // GIVEN a running run and its index line, as the release before the open-run list stored them
+    let h = Harness::new("pl-adopt").await;
+    let dynamo = aws_sdk_dynamodb::Client::new(&h.env.sdk);
+    for fixture in
+        [include_str!("../fixtures/stored/run-running.json"), include_str!("../fixtures/stored/index-hungry.json")]
+    {
+        dynamo
+            .put_item()
+            .table_name(&h.env.config.table_name)
+            .set_item(Some(stored_item(fixture)))
+            .send()
+            .await
+            .unwrap();
+    }
+    // WHEN the sweep runs
+    let report = batchline_job_events::handle(invocation(sweep_event()), &h.job_events, &h.env.config).await.unwrap();
+    // THEN it adopted the run and visited it
+    assert_eq!(report["sweep"]["runsAdopted"], 1, "{report}");
+    assert_eq!(report["sweep"]["runsChecked"], 1, "{report}");
+    let listed = dynamo
+        .get_item()
+        .table_name(&h.env.config.table_name)
+        .key("pk", aws_sdk_dynamodb::types::AttributeValue::S("OPEN".into()))
+        .key("sk", aws_sdk_dynamodb::types::AttributeValue::S("RUN#1795854851853#hungry-f3407abfe8f3b3bc".into()))
+        .send()
+        .await
+        .unwrap();
+    assert!(listed.item().is_some(), "on the open-run list");
+    // AND a second sweep visits it from the list, adopting nothing more
+    let report = batchline_job_events::handle(invocation(sweep_event()), &h.job_events, &h.env.config).await.unwrap();
+    assert_eq!((report["sweep"]["runsAdopted"].as_u64(), report["sweep"]["runsChecked"].as_u64()), (Some(0), Some(1)));
+}
+
+/// An item as a fixture stores it: DynamoDB's JSON (`{"S": ..}` / `{"N": ..}`).
+fn stored_item(fixture: &str) -> std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue> {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    let value: Value = serde_json::from_str(fixture).unwrap();
+    let typed = |v: &Value| match (v.get("S"), v.get("N")) {
+        (Some(s), _) => AttributeValue::S(s.as_str().unwrap().to_owned()),
+        (_, Some(n)) => AttributeValue::N(n.as_str().unwrap().to_owned()),
+        _ => panic!("only S and N attributes are stored"),
+    };
+    value.as_object().unwrap().iter().map(|(name, v)| (name.clone(), typed(v))).collect()
 }
 
 #[tokio::test]
@@ -386,8 +493,7 @@ async fn the_sweep_completes_a_run_whose_last_event_was_lost_and_run_metrics_rea
     assert_eq!(h.run(&run_id).await["status"], "RUNNING", "the lost event left the run open");
 
     // The scheduled sweep finds summarise's job terminal in Batch and applies it
-    let sweep = json!({"version": "0", "id": event_id(), "detail-type": "Scheduled Event", "source": "aws.events",
-                       "time": "2025-11-27T08:15:00Z", "resources": ["arn:aws:events:us-east-1:123456789012:rule/batchline-sweep"], "detail": {}});
+    let sweep = sweep_event();
     let report = batchline_job_events::handle(invocation(sweep.clone()), &h.job_events, &h.env.config).await.unwrap();
     assert_eq!(report["sweep"]["transitionsApplied"], 1, "{report}");
     let run = h.run(&run_id).await;
@@ -501,8 +607,10 @@ async fn a_run_whose_stage_jobs_batch_would_refuse_is_refused_before_it_starts()
     let body = json!({"environment": {"AWS_BATCH_JOB_ID": "mine"}});
     let (status, answer) = h.api("POST", "/pipelines/diamond/runs", body).await;
     assert_eq!(status, 400, "{answer}");
-    let message = answer["error"]["message"].as_str().unwrap();
-    assert!(message.starts_with("stage ") && message.contains("AWS_BATCH"), "{message}");
+    let problems = answer["error"]["problems"].as_array().unwrap();
+    let stages: Vec<&str> = problems.iter().map(|p| p.as_str().unwrap().split(':').next().unwrap()).collect();
+    assert_eq!(stages, ["stage a", "stage b", "stage c", "stage d"], "every stage's problem at once: {answer}");
+    assert!(problems.iter().all(|p| p.as_str().unwrap().contains("AWS_BATCH")), "{answer}");
     // Parameters beyond SubmitJob's 30 KiB: 413
     let body = json!({"parameters": {"blob": "x".repeat(31 * 1024)}});
     let (status, answer) = h.api("POST", "/pipelines/diamond/runs", body).await;

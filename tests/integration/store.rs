@@ -7,7 +7,10 @@ use batchline::model::run::{RunStatus, StageStatus};
 use batchline::store::dynamo::{
     claim_from_item, config_from_item, event_claim_from_item, run_from_item, summary_from_item,
 };
-use batchline::store::{contract, keys, ClaimState, DynamoStore, EventLedgerStore, EventState};
+use std::time::Duration;
+
+use batchline::store::{contract, keys, ClaimState, DynamoStore, EventLedgerStore, EventState, RunStore};
+use batchline_testkit::calls::{FailOperation, PauseOperation};
 use batchline_testkit::emulator::{sdk_config, test_config, unique_name};
 use batchline_testkit::table::create_table;
 use serde_json::Value;
@@ -89,7 +92,7 @@ fn stored_items_round_trip_through_the_codecs_unchanged() {
         for name in ["pk", "sk", "pipeline", "status", "version", "expires_at"] {
             assert_eq!(written.get(name), stored.get(name), "{name}");
         }
-        let line = index_item(&read.run);
+        let line = index_item(&read.run, read.version);
         assert_eq!(line["pk"], AttributeValue::S(keys::pipeline_pk(&read.run.pipeline.name)));
     }
     let stored = item(include_str!("../fixtures/stored/claim-submitted.json"));
@@ -142,4 +145,65 @@ async fn an_event_claim_from_the_previous_release_is_taken_over_only_once_stale(
     // AND once stale, taken over
     assert!(store.claim_event(&id, &me, 600_000, 0, 1_001).await.unwrap());
     assert_eq!(store.event_claim(&id).await.unwrap().map(|c| c.token), Some("me".to_owned()));
+}
+
+/// A store on a fresh table, whose client carries `interceptor`.
+async fn store_with(
+    test: &str,
+    interceptor: impl aws_sdk_dynamodb::config::Intercept + 'static,
+) -> (DynamoStore, DynamoStore) {
+    let sdk = sdk_config().await;
+    let config = test_config(test);
+    create_table(&sdk, &config.table_name).await.unwrap();
+    let intercepted = aws_sdk_dynamodb::config::Builder::from(&sdk).interceptor(interceptor).build();
+    (
+        DynamoStore::new(aws_sdk_dynamodb::Client::from_conf(intercepted), &config.table_name),
+        DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), &config.table_name),
+    )
+}
+
+#[tokio::test]
+async fn a_run_is_written_with_its_index_and_open_lines_or_not_at_all() {
+    // GIVEN a client whose every write after its first one fails
+    for (operation, skip) in [("PutItem", 1), ("TransactWriteItems", 0)] {
+        let (faulty, store) = store_with("store-atomic", FailOperation::after(operation, skip, 10)).await;
+        let run = contract::sample_run(&unique_name("atomic"), "atomic", 1_000);
+        // WHEN a run is started through it
+        let written = faulty.save_run(&run, None).await;
+        // THEN either nothing was written, or the run is indexed and on the open-run list
+        let stored = store.load_run(&run.run_id).await.unwrap();
+        let listed = store.list_runs("atomic", 10).await.unwrap().iter().any(|l| l.run_id == run.run_id);
+        let open = store.open_runs(None, 10).await.unwrap().items.iter().any(|l| l.run_id == run.run_id);
+        assert_eq!(written.is_ok(), stored.is_some(), "{operation}: {written:?}");
+        assert_eq!(
+            (stored.is_some(), stored.is_some()),
+            (listed, open),
+            "{operation}: the run and its lines go together"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_writers_finishing_out_of_order_leave_the_index_as_the_record() {
+    // GIVEN a running run, and a writer A held back before its second DynamoDB write
+    let pause = PauseOperation::new("PutItem", 1);
+    let (a, b) = store_with("store-order", pause.clone()).await;
+    let run = contract::sample_run(&unique_name("order"), "order", 1_000);
+    b.save_run(&run, None).await.unwrap();
+    let mut progressed = run.clone();
+    progressed.stages.get_mut("only").unwrap().status = StageStatus::Running;
+    let writer_a = tokio::spawn(async move { a.save_run(&progressed, Some(1)).await });
+    let held = pause.holding(Duration::from_secs(2)).await;
+    // WHEN writer B ends the run meanwhile
+    let read = b.load_run(&run.run_id).await.unwrap().unwrap();
+    let mut ended = read.run.clone();
+    ended.status = RunStatus::Succeeded;
+    let b_wrote = b.save_run(&ended, Some(read.version)).await.unwrap();
+    pause.release();
+    let a_wrote = writer_a.await.unwrap().unwrap();
+    // THEN the index line says what the record says
+    let record = b.load_run(&run.run_id).await.unwrap().unwrap();
+    let line = b.list_runs("order", 10).await.unwrap().into_iter().find(|l| l.run_id == run.run_id).unwrap();
+    assert_eq!(line.status, record.run.status.as_str(), "held: {held}, A: {a_wrote:?}, B: {b_wrote:?}");
+    assert_eq!(record.run.status, RunStatus::Succeeded);
 }

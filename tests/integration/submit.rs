@@ -281,6 +281,26 @@ async fn every_caller_mistake_is_a_4xx_naming_the_problem() {
 }
 
 #[tokio::test]
+async fn every_problem_of_a_job_request_is_reported_at_once() {
+    let env = Deployed::new("submit-all", triggers()).await;
+    let clients = Clients::new(&env.sdk, &env.config);
+    let body = json!({
+        "vcpu": "lots", "memory": "much", "arraySize": 1,
+        "tags": {"batchline:run": "x"}, "environment": {"AWS_BATCH_JOB_ID": "x"}
+    });
+    let answer = handle(invocation(http("POST", "/jobs", &body.to_string(), &[])), &clients).await.unwrap();
+    assert_eq!(answer["statusCode"], 400, "{answer}");
+    let error = &answer_body(&answer)["error"];
+    let problems: Vec<&str> = error["problems"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+    for expected in ["vcpu: ", "memory: ", "Batchline's own", "2 to 10000", "AWS_BATCH"] {
+        assert!(problems.iter().any(|p| p.contains(expected)), "{expected:?} in {problems:?}");
+    }
+    assert_eq!(problems.len(), 5, "{problems:?}");
+    assert!(error["message"].as_str().unwrap().starts_with("5 problems: "), "{error}");
+    assert!(env.jobs_in("default").await.is_empty());
+}
+
+#[tokio::test]
 async fn broken_event_shapes_are_clear_errors_not_panics() {
     let env = Deployed::new("submit-shapes", triggers()).await;
     let clients = Clients::new(&env.sdk, &env.config);

@@ -1,11 +1,12 @@
-//! SDK interceptors for tests: count the AWS calls a client makes, or make one operation fail.
+//! SDK interceptors for tests: count the AWS calls a client makes, make one operation fail, or hold one back.
 //!
 //! Attach with `aws_sdk_x::config::Builder::from(&sdk).interceptor(..)`. They act before
 //! a request is serialised, so a failed call never reaches the emulator.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::interceptors::context::{
@@ -57,18 +58,22 @@ impl Intercept for CallLog {
 #[derive(Debug, Clone)]
 struct NextCalls {
     operation: &'static str,
+    /// Calls to let through first.
+    skip: Arc<AtomicUsize>,
     remaining: Arc<AtomicUsize>,
 }
 
 impl NextCalls {
-    fn new(operation: &'static str, times: usize) -> Self {
-        NextCalls { operation, remaining: Arc::new(AtomicUsize::new(times)) }
+    fn new(operation: &'static str, skip: usize, times: usize) -> Self {
+        NextCalls { operation, skip: Arc::new(AtomicUsize::new(skip)), remaining: Arc::new(AtomicUsize::new(times)) }
     }
 
     /// Whether this call is one of them (and counts it).
     fn take(&self, cfg: &ConfigBag) -> bool {
+        let countdown = |n: usize| n.checked_sub(1);
         operation(cfg) == self.operation
-            && self.remaining.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
+            && self.skip.fetch_update(Ordering::SeqCst, Ordering::SeqCst, countdown).is_err()
+            && self.remaining.fetch_update(Ordering::SeqCst, Ordering::SeqCst, countdown).is_ok()
     }
 }
 
@@ -79,7 +84,12 @@ pub struct FailOperation(NextCalls);
 
 impl FailOperation {
     pub fn new(operation: &'static str, times: usize) -> Self {
-        FailOperation(NextCalls::new(operation, times))
+        FailOperation(NextCalls::new(operation, 0, times))
+    }
+
+    /// Fails `times` calls after letting the first `skip` through.
+    pub fn after(operation: &'static str, skip: usize, times: usize) -> Self {
+        FailOperation(NextCalls::new(operation, skip, times))
     }
 }
 
@@ -108,7 +118,7 @@ pub struct LoseResponse(NextCalls);
 
 impl LoseResponse {
     pub fn new(operation: &'static str, times: usize) -> Self {
-        LoseResponse(NextCalls::new(operation, times))
+        LoseResponse(NextCalls::new(operation, 0, times))
     }
 }
 
@@ -125,6 +135,83 @@ impl Intercept for LoseResponse {
     ) -> Result<(), BoxError> {
         if self.0.take(cfg) {
             return Err(format!("the answer to {} was lost (test)", self.0.operation).into());
+        }
+        Ok(())
+    }
+}
+
+/// What a [`PauseOperation`] has seen.
+#[derive(Debug, Default, PartialEq, Eq, Clone, Copy)]
+enum Gate {
+    #[default]
+    Open,
+    /// A call is held back.
+    Holding,
+    Released,
+}
+
+/// Holds back one call of an operation — the one after the first `skip` — until the test
+/// releases it, so a test can let another writer act between two calls of one client.
+/// It blocks the calling thread: use it on a multi-threaded runtime, and drive the other
+/// writer from another task.
+#[derive(Debug, Clone)]
+pub struct PauseOperation {
+    operation: &'static str,
+    skip: Arc<AtomicUsize>,
+    gate: Arc<(Mutex<Gate>, Condvar)>,
+}
+
+impl PauseOperation {
+    pub fn new(operation: &'static str, skip: usize) -> Self {
+        PauseOperation { operation, skip: Arc::new(AtomicUsize::new(skip)), gate: Arc::default() }
+    }
+
+    /// Whether a call is being held back, waiting up to `wait` for one.
+    pub async fn holding(&self, wait: Duration) -> bool {
+        let until = std::time::Instant::now() + wait;
+        loop {
+            if self.gate.0.lock().map(|g| *g == Gate::Holding).unwrap_or(false) {
+                return true;
+            }
+            if std::time::Instant::now() >= until {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Lets the held call (and every later one) go.
+    pub fn release(&self) {
+        if let Ok(mut gate) = self.gate.0.lock() {
+            *gate = Gate::Released;
+        }
+        self.gate.1.notify_all();
+    }
+}
+
+impl Intercept for PauseOperation {
+    fn name(&self) -> &'static str {
+        "batchline-testkit-pause-operation"
+    }
+
+    fn read_before_serialization(
+        &self,
+        _: &BeforeSerializationInterceptorContextRef<'_>,
+        _: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        if operation(cfg) != self.operation
+            || self.skip.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
+        {
+            return Ok(());
+        }
+        let (lock, released) = &*self.gate;
+        let mut gate = lock.lock().map_err(|_| "the pause gate is poisoned")?;
+        if *gate == Gate::Open {
+            *gate = Gate::Holding;
+        }
+        while *gate == Gate::Holding {
+            gate = released.wait(gate).map_err(|_| "the pause gate is poisoned")?;
         }
         Ok(())
     }

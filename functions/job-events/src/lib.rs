@@ -85,8 +85,15 @@ pub async fn handle(event: LambdaEvent<Value>, clients: &Clients, config: &Confi
     }
     if payload.get("detail-type").and_then(Value::as_str) == Some("Scheduled Event") {
         let _schedule: EventBridgeEvent<Value> = batchline::typed_payload(payload, "a Scheduled Event it cannot read")?;
-        let report = clients.ports.driver(&holder).sweep(now).await?;
-        info!(runs = report.runs_checked, repaired = report.transitions_applied, "sweep done");
+        let report = clients.ports.driver(&holder).sweep().await?;
+        info!(
+            runs = report.runs_checked,
+            repaired = report.transitions_applied,
+            failed = report.runs_failed,
+            adopted = report.runs_adopted,
+            reached_end = report.reached_end,
+            "sweep done"
+        );
         return Ok(json!({ "sweep": report }));
     }
     if payload.get("detail-type").is_some() {

@@ -17,7 +17,7 @@ use aws_lambda_events::encodings::Body;
 use aws_lambda_events::http::header::{HeaderValue, CONTENT_TYPE};
 use base64::Engine;
 use batchline::model::fargate::{Size, SizeError};
-use batchline::model::job_request::{check_user_tags, JobRequest, RequestError};
+use batchline::model::job_request::{user_tag_problems, JobRequest, RequestError};
 use batchline::model::stack::StackConfig;
 
 use serde::Deserialize;
@@ -38,17 +38,38 @@ pub struct HttpRequest {
     pub body: Vec<u8>,
 }
 
-/// A caller-facing error: status, stable code, message.
+/// A caller-facing error: status, stable code, message — and, for a refused request, every
+/// problem found in it (the message joins them).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
     pub status: u16,
     pub code: &'static str,
     pub message: String,
+    pub problems: Vec<String>,
 }
 
 impl ApiError {
     pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into() }
+        ApiError { status, code, message: message.into(), problems: vec![] }
+    }
+
+    /// A request refused for every problem listed: 413 when its size is the only one, 400
+    /// otherwise.
+    pub fn refused(problems: Vec<(Option<String>, RequestError)>) -> Self {
+        let only_size = problems.iter().all(|(_, p)| matches!(p, RequestError::TooLarge { .. }));
+        let said: Vec<String> = problems
+            .iter()
+            .map(|(place, problem)| match place {
+                Some(place) => format!("{place}: {problem}"),
+                None => problem.to_string(),
+            })
+            .collect();
+        let (status, code) = if only_size { (413, "PayloadTooLarge") } else { (400, "BadRequest") };
+        let message = match said.as_slice() {
+            [one] => one.clone(),
+            many => format!("{} problems: {}", many.len(), many.join("; ")),
+        };
+        ApiError { status, code, message, problems: said }
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
         ApiError::new(400, "BadRequest", message)
@@ -58,12 +79,9 @@ impl ApiError {
     }
 }
 
-impl From<RequestError> for ApiError {
-    fn from(err: RequestError) -> Self {
-        match err {
-            RequestError::TooLarge { .. } => ApiError::new(413, "PayloadTooLarge", err.to_string()),
-            RequestError::Invalid(message) => ApiError::bad_request(message),
-        }
+impl From<Vec<RequestError>> for ApiError {
+    fn from(problems: Vec<RequestError>) -> Self {
+        ApiError::refused(problems.into_iter().map(|p| (None, p)).collect())
     }
 }
 
@@ -77,7 +95,11 @@ pub fn response(status: u16, body: &Value) -> ApiGatewayV2httpResponse {
 }
 
 pub fn error_response(err: &ApiError) -> ApiGatewayV2httpResponse {
-    response(err.status, &json!({"error": {"code": err.code, "message": err.message}}))
+    let mut error = json!({"code": err.code, "message": err.message});
+    if !err.problems.is_empty() {
+        error["problems"] = json!(err.problems);
+    }
+    response(err.status, &json!({ "error": error }))
 }
 
 /// Reads the request out of the API Gateway v2 payload (base64 bodies decoded).
@@ -300,25 +322,30 @@ pub fn plan_submit_job(
         let known: Vec<&str> = config.job_definitions.keys().map(String::as_str).collect();
         ApiError::bad_request(format!("jobDefinition {key:?} is not configured; configured: {}", known.join(", ")))
     })?;
+    // Every problem of the request is gathered, so the caller fixes them in one go.
+    let mut problems: Vec<RequestError> = Vec::new();
     let size = if body.vcpu.is_some() || body.memory.is_some() {
         let (vcpu, memory) = (body.vcpu.as_ref().map(|v| v.text()), body.memory.as_ref().map(|m| m.text()));
-        let stated = Size::parse_stated(vcpu.as_deref(), memory.as_deref(), definition.size);
-        Some(stated.map_err(|errors| {
-            let message = match errors.first() {
-                Some(err @ SizeError::BadVcpu(_)) => format!("vcpu: {err}"),
-                Some(err @ SizeError::BadMemory(_)) => format!("memory: {err}"),
-                Some(err) => err.to_string(),
-                None => "invalid size".to_owned(),
-            };
-            ApiError::bad_request(message)
-        })?)
+        match Size::parse_stated(vcpu.as_deref(), memory.as_deref(), definition.size) {
+            Ok(size) => Some(size),
+            Err(errors) => {
+                problems.extend(errors.iter().map(|err| {
+                    RequestError::Invalid(match err {
+                        SizeError::BadVcpu(_) => format!("vcpu: {err}"),
+                        SizeError::BadMemory(_) => format!("memory: {err}"),
+                        _ => err.to_string(),
+                    })
+                }));
+                None
+            }
+        }
     } else {
         None
     };
-    check_user_tags(&body.tags, OWN_TAGS)?;
+    problems.extend(user_tag_problems(&body.tags, OWN_TAGS));
     for id in &body.depends_on {
         if id.is_empty() || id.len() > 128 {
-            return Err(ApiError::bad_request(format!("dependsOn: {id:?} is not a job id")));
+            problems.push(RequestError::Invalid(format!("dependsOn: {id:?} is not a job id")));
         }
     }
     let readable = format!("{}-api-{}", config.name_prefix, body.name.as_deref().unwrap_or(&key));
@@ -336,8 +363,14 @@ pub fn plan_submit_job(
     job.array_size = body.array_size;
     job.depends_on = body.depends_on;
     job.tags.extend(body.tags);
-    job.validate()?;
-    Ok(job)
+    if let Err(found) = job.validate() {
+        problems.extend(found);
+    }
+    if problems.is_empty() {
+        Ok(job)
+    } else {
+        Err(problems.into())
+    }
 }
 
 /// Epoch milliseconds as ISO 8601, for answers.

@@ -250,9 +250,10 @@ async fn serve(
                 }
             };
             let input = RunInput { parameters: body.parameters, environment: body.environment };
-            check_run(&stack, &stack.pipelines[&name], &run_id(&name, &key), &input).map_err(|(stage, err)| {
-                let refused = ApiError::from(err);
-                ApiError::new(refused.status, refused.code, format!("stage {stage}: {}", refused.message))
+            check_run(&stack, &stack.pipelines[&name], &run_id(&name, &key), &input).map_err(|problems| {
+                ApiError::refused(
+                    problems.into_iter().map(|(stage, problem)| (Some(format!("stage {stage}")), problem)).collect(),
+                )
             })?;
             let (run, new) = clients.ports.driver(holder).start(&name, "api", &key, input, batchline::now_ms()).await?;
             Ok(api::response(

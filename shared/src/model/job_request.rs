@@ -90,57 +90,62 @@ pub enum RequestError {
     TooLarge { size: usize },
 }
 
-/// Checks caller-supplied tags: not Batchline's own, within Batch's limits with ours added.
-pub fn check_user_tags(tags: &BTreeMap<String, String>, ours: usize) -> Result<(), RequestError> {
+/// Every problem with caller-supplied tags: not Batchline's own, within Batch's limits
+/// with ours added.
+pub fn user_tag_problems(tags: &BTreeMap<String, String>, ours: usize) -> Vec<RequestError> {
+    let mut problems = Vec::new();
     for (key, value) in tags {
-        if key.starts_with(RESERVED_TAG_PREFIX) {
-            return Err(RequestError::Invalid(format!(
-                "tag {key:?}: tags starting with {RESERVED_TAG_PREFIX} are Batchline's own"
-            )));
-        }
-        if key.is_empty() || key.len() > MAX_TAG_KEY {
-            return Err(RequestError::Invalid(format!("tag {key:?}: keys have 1 to {MAX_TAG_KEY} characters")));
-        }
-        if value.len() > MAX_TAG_VALUE {
-            return Err(RequestError::Invalid(format!("tag {key:?}: values have at most {MAX_TAG_VALUE} characters")));
-        }
-        if key.starts_with("aws:") {
-            return Err(RequestError::Invalid(format!("tag {key:?}: the aws: prefix is reserved by AWS")));
-        }
+        let problem = if key.starts_with(RESERVED_TAG_PREFIX) {
+            format!("tag {key:?}: tags starting with {RESERVED_TAG_PREFIX} are Batchline's own")
+        } else if key.is_empty() || key.len() > MAX_TAG_KEY {
+            format!("tag {key:?}: keys have 1 to {MAX_TAG_KEY} characters")
+        } else if value.len() > MAX_TAG_VALUE {
+            format!("tag {key:?}: values have at most {MAX_TAG_VALUE} characters")
+        } else if key.starts_with("aws:") {
+            format!("tag {key:?}: the aws: prefix is reserved by AWS")
+        } else {
+            continue;
+        };
+        problems.push(RequestError::Invalid(problem));
     }
     if tags.len() + ours > MAX_TAGS {
-        return Err(RequestError::Invalid(format!(
-            "{} tags: at most {} besides Batchline's {ours}",
-            tags.len(),
+        let count = tags.len();
+        problems.push(RequestError::Invalid(format!(
+            "{count} tags: at most {} besides Batchline's {ours}",
             MAX_TAGS - ours
         )));
     }
-    Ok(())
+    problems
 }
 
 impl JobRequest {
-    /// Validates what Batch would refuse, so the caller hears it as a 4xx with a reason.
-    pub fn validate(&self) -> Result<(), RequestError> {
+    /// Every reason Batch would refuse this request, so the caller hears them all at once
+    /// as a 4xx (the one validator of `POST /jobs` and of a run's stages).
+    pub fn validate(&self) -> Result<(), Vec<RequestError>> {
+        let mut problems = Vec::new();
         if let Some(size) = self.array_size {
             if !ARRAY_SIZES.contains(&size) {
-                return Err(RequestError::Invalid(format!("arraySize {size}: array jobs have 2 to 10000 children")));
+                problems.push(RequestError::Invalid(format!("arraySize {size}: array jobs have 2 to 10000 children")));
             }
         }
         if self.depends_on.len() > MAX_DEPENDENCIES {
-            return Err(RequestError::Invalid(format!("dependsOn: at most {MAX_DEPENDENCIES} jobs")));
+            problems.push(RequestError::Invalid(format!("dependsOn: at most {MAX_DEPENDENCIES} jobs")));
         }
         for name in self.environment.keys() {
             if name.is_empty() || name.starts_with("AWS_BATCH") {
-                return Err(RequestError::Invalid(format!(
-                    "environment {name:?}: names starting with AWS_BATCH are reserved"
-                )));
+                let why = format!("environment {name:?}: names starting with AWS_BATCH are reserved");
+                problems.push(RequestError::Invalid(why));
             }
         }
         let size = self.payload_size();
         if size > MAX_SUBMIT_BYTES {
-            return Err(RequestError::TooLarge { size });
+            problems.push(RequestError::TooLarge { size });
         }
-        Ok(())
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
     }
 
     /// The size of the SubmitJob request this becomes, as JSON on the wire.
@@ -177,14 +182,13 @@ mod tests {
     #[test]
     fn user_tags_may_not_be_batchlines_or_too_many() {
         let tags = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        assert!(check_user_tags(&tags(&[("team", "data")]), 4).is_ok());
-        assert!(check_user_tags(&tags(&[("batchline:run", "x")]), 4)
-            .unwrap_err()
-            .to_string()
-            .contains("Batchline's own"));
+        assert!(user_tag_problems(&tags(&[("team", "data")]), 4).is_empty());
+        let problems = user_tag_problems(&tags(&[("batchline:run", "x"), ("aws:x", "y"), ("k", &"v".repeat(257))]), 4);
+        let said: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert_eq!(said.len(), 3, "every problem at once: {said:?}");
+        assert!(said[1].contains("Batchline's own"), "{said:?}");
         let many: BTreeMap<String, String> = (0..47).map(|i| (format!("t{i}"), String::new())).collect();
-        assert!(check_user_tags(&many, 4).unwrap_err().to_string().contains("at most 46"));
-        assert!(check_user_tags(&tags(&[("k", &"v".repeat(257))]), 4).is_err());
+        assert!(user_tag_problems(&many, 4)[0].to_string().contains("at most 46"));
     }
 
     #[test]
@@ -205,9 +209,13 @@ mod tests {
         };
         assert!(request.validate().is_ok());
         request.parameters.insert("blob".into(), "x".repeat(31 * 1024));
-        assert!(matches!(request.validate(), Err(RequestError::TooLarge { .. })));
+        assert!(matches!(request.validate().unwrap_err()[..], [RequestError::TooLarge { .. }]));
         request.parameters.clear();
         request.array_size = Some(1);
-        assert!(request.validate().unwrap_err().to_string().contains("2 to 10000"));
+        request.environment.insert("AWS_BATCH_X".into(), "1".into());
+        let problems = request.validate().unwrap_err();
+        assert_eq!(problems.len(), 2, "every problem at once: {problems:?}");
+        assert!(problems[0].to_string().contains("2 to 10000"));
+        assert!(problems[1].to_string().contains("AWS_BATCH"));
     }
 }

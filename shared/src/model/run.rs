@@ -169,6 +169,17 @@ pub fn is_out_of_memory(event: &JobStateChangeEvent) -> bool {
     container.and_then(|c| c.reason.as_deref()).is_some_and(|r| r.starts_with("OutOfMemoryError"))
 }
 
+/// Records how an attempt's job ended (SUCCEEDED or FAILED), as its event says.
+fn record_end(attempt: &mut Attempt, event: &JobStateChangeEvent, now_ms: i64) {
+    let detail = &event.detail;
+    let container = detail.last_attempt_container().or(detail.container.as_ref());
+    attempt.job_id.get_or_insert_with(|| detail.job_id.clone());
+    attempt.stopped_at = detail.stopped_at.or(Some(now_ms));
+    attempt.exit_code = container.and_then(|c| c.exit_code);
+    attempt.reason = container.and_then(|c| c.reason.clone()).or_else(|| detail.status_reason.clone());
+    attempt.status = if detail.status == JobStatus::Succeeded { StageStatus::Succeeded } else { StageStatus::Failed };
+}
+
 impl Run {
     /// A new run: its first stages planned for submission.
     pub fn start(run_id: String, pipeline: &Pipeline, trigger: &str, input: RunInput, now_ms: i64) -> Run {
@@ -291,9 +302,7 @@ impl Run {
     /// Applies a job state change of one of this run's stages.
     pub fn apply(&mut self, stage_name: &str, event: &JobStateChangeEvent, now_ms: i64) -> Applied {
         let detail = &event.detail;
-        if self.status.is_terminal() && stage_name != ON_FAILURE {
-            return Applied::Unchanged("the run has ended");
-        }
+        let ended = self.status.is_terminal() && stage_name != ON_FAILURE;
         let Some(max_resizes) = self.stage(stage_name).map(|s| s.max_resizes) else {
             return Applied::Unchanged("no such stage in this run");
         };
@@ -317,6 +326,17 @@ impl Run {
         if current.status.is_terminal() {
             return Applied::Unchanged("the attempt has already ended");
         }
+        if ended {
+            // The run failed while this stage's job went on (another branch failed): its
+            // end is recorded, so the run is announced once every job has ended, and
+            // nothing more is planned.
+            if !matches!(detail.status, JobStatus::Succeeded | JobStatus::Failed) {
+                return Applied::Unchanged("the run has ended");
+            }
+            record_end(current, event, now_ms);
+            stage_run.status = current.status;
+            return Applied::Changed;
+        }
         current.job_id.get_or_insert_with(|| detail.job_id.clone());
         let container = detail.last_attempt_container().or(detail.container.as_ref());
         if let Some(stream) = container.and_then(|c| c.log_stream_name.clone()) {
@@ -338,11 +358,8 @@ impl Run {
             stage_run.status = status;
             return Applied::Changed;
         }
-        current.stopped_at = detail.stopped_at.or(Some(now_ms));
-        current.exit_code = container.and_then(|c| c.exit_code);
-        current.reason = container.and_then(|c| c.reason.clone()).or_else(|| detail.status_reason.clone());
-        let succeeded = detail.status == JobStatus::Succeeded;
-        current.status = if succeeded { StageStatus::Succeeded } else { StageStatus::Failed };
+        record_end(current, event, now_ms);
+        let succeeded = current.status == StageStatus::Succeeded;
         let size = current.size;
         let reason = current.reason.clone();
         if stage_name == ON_FAILURE {
@@ -435,10 +452,28 @@ impl Run {
         Ok(stopped.collect())
     }
 
+    /// Attempts the run's failure skipped while they were being submitted: a job may exist
+    /// for each (a submission under way, or one whose submitter died after SubmitJob), to
+    /// be found by its deterministic name and stopped.
+    pub fn skipped_submissions(&self) -> Vec<JobToStop> {
+        let stages = self.stages.iter();
+        let skipped = stages.filter_map(|(name, stage_run)| {
+            let attempt = stage_run.current().filter(|a| a.status == StageStatus::Skipped && a.job_id.is_none())?;
+            Some(JobToStop { stage: name.clone(), job_id: None, job_name: Some(attempt.job_name.clone()?) })
+        });
+        skipped.collect()
+    }
+
     /// Whether the run's outcome is final and every job it started has ended (its failure
     /// stage included): the moment to announce it, once.
     pub fn ready_to_announce(&self) -> bool {
         self.status.is_terminal() && !self.completion_sent && self.to_submit().is_empty() && self.open_jobs().is_empty()
+    }
+
+    /// Whether nothing is left to do for the run: it ended and its completion went out.
+    /// Until then it is on the open-run list the sweep visits.
+    pub fn is_done_with(&self) -> bool {
+        self.status.is_terminal() && self.completion_sent
     }
 
     /// The run's duration so far, or in all if it ended.

@@ -18,23 +18,32 @@ impl Clock for SystemClock {
     }
 }
 
-/// A clock that says what it is told, for tests.
+/// A clock that says what it is told, for tests; it can also move on by a step at every
+/// reading, so work that watches the time sees it pass.
 #[derive(Debug, Default)]
-pub struct ManualClock(AtomicI64);
+pub struct ManualClock {
+    now: AtomicI64,
+    step: AtomicI64,
+}
 
 impl ManualClock {
     pub fn at(now_ms: i64) -> Self {
-        ManualClock(AtomicI64::new(now_ms))
+        ManualClock { now: AtomicI64::new(now_ms), step: AtomicI64::new(0) }
     }
 
     pub fn set(&self, now_ms: i64) {
-        self.0.store(now_ms, Ordering::SeqCst);
+        self.now.store(now_ms, Ordering::SeqCst);
+    }
+
+    /// Makes every reading move the clock on by `step_ms` (0: stands still).
+    pub fn step_per_reading(&self, step_ms: i64) {
+        self.step.store(step_ms, Ordering::SeqCst);
     }
 }
 
 impl Clock for ManualClock {
     fn now_ms(&self) -> i64 {
-        self.0.load(Ordering::SeqCst)
+        self.now.fetch_add(self.step.load(Ordering::SeqCst), Ordering::SeqCst)
     }
 }
 

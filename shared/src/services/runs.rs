@@ -9,7 +9,7 @@
 //! attempts (exactly once each, through the [`Submitter`] with the key
 //! `run:<id>:<stage>:<n>`), and for an ended run, send the "Batchline Run Completed"
 //! event and the run metrics once. Every path that changes a run drives it afterwards,
-//! and the repair sweep ([`crate::services::sweep`]) drives every running run, so a crash
+//! and the repair sweep ([`crate::services::sweep`]) drives every open run, so a crash
 //! between a write and a submission is repaired by the next event or sweep.
 
 use std::collections::BTreeMap;
@@ -105,29 +105,32 @@ fn current_job(run: &Run, stage: &str) -> Option<(u32, Option<String>)> {
     current_attempt(run, stage).map(|attempt| (attempt.number, attempt.job_id.clone()))
 }
 
-/// Checks a run before it starts, as `POST /jobs` checks a job: every stage job the run
-/// would submit (its failure stage included), with the run's input, must be a valid
+/// Checks a run before it starts with the validator `POST /jobs` uses: every stage job the
+/// run would submit (its failure stage included), with the run's input, must be a valid
 /// SubmitJob request (no reserved `AWS_BATCH*` environment names, within SubmitJob's 30
-/// KiB). Otherwise such a run could never submit that stage. The first problem, with its
-/// stage.
+/// KiB). Otherwise such a run could never submit that stage. Every problem, with its stage.
 pub fn check_run(
     config: &StackConfig,
     pipeline: &Pipeline,
     run_id: &str,
     input: &RunInput,
-) -> Result<(), (String, RequestError)> {
+) -> Result<(), Vec<(String, RequestError)>> {
     let run = Run::start(run_id.to_owned(), pipeline, "api", input.clone(), 0);
     let stages = pipeline.stages.iter().map(|(name, stage)| (name.as_str(), stage));
+    let mut problems = Vec::new();
     for (name, stage) in stages.chain(pipeline.on_failure.iter().map(|stage| (ON_FAILURE, stage))) {
         let attempt = Attempt::planned(run_id, name, 1, stage.size);
-        let checked = match stage_job(config, &run, name, &attempt) {
-            Ok(request) => request.validate(),
-            // Not configured: refused at deploy time already, not the caller's to fix.
-            Err(_) => Ok(()),
-        };
-        checked.map_err(|err| (name.to_owned(), err))?;
+        // A stage whose job cannot be built is not configured: refused at deploy time
+        // already, not the caller's to fix.
+        if let Ok(Err(found)) = stage_job(config, &run, name, &attempt).map(|request| request.validate()) {
+            problems.extend(found.into_iter().map(|problem| (name.to_owned(), problem)));
+        }
     }
-    Ok(())
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems)
+    }
 }
 
 /// What a cancel request came to.
@@ -239,9 +242,12 @@ impl RunDriver<'_> {
         let run_id = current.run.run_id.clone();
         let before = current_job(&current.run, stage);
         let mut outcome = Applied::Unchanged("no such run");
+        let mut failed_now = false;
         let updated = self
             .update(current, |run| {
+                let was_running = run.status == RunStatus::Running;
                 outcome = run.apply(stage, event, now_ms);
+                failed_now = was_running && run.status == RunStatus::Failed;
                 outcome == Applied::Changed
             })
             .await?;
@@ -256,6 +262,9 @@ impl RunDriver<'_> {
                     // no claim is left PENDING for a job that exists.
                     self.claims.record_claim_job(&attempt_key(&run_id, stage, number), &job_id, None).await?;
                 }
+            }
+            if failed_now {
+                self.stop_skipped_submissions(&updated.run).await?;
             }
             self.drive(updated, now_ms).await?;
         }
@@ -291,14 +300,23 @@ impl RunDriver<'_> {
                     }
                     Err(err) => return Err(err),
                 };
+                let mut failed_now = false;
                 let updated = self
                     .update(record.clone(), |run| match &outcome {
                         Ok(s) => run.record_submitted(&stage, attempt.number, &s.job_id, &s.job_name, now_ms),
-                        Err(why) => run.fail_unsubmittable(&stage, attempt.number, why, now_ms),
+                        Err(why) => {
+                            let was_running = run.status == RunStatus::Running;
+                            let changed = run.fail_unsubmittable(&stage, attempt.number, why, now_ms);
+                            failed_now = was_running && run.status == RunStatus::Failed;
+                            changed
+                        }
                     })
                     .await?;
                 if let Some(updated) = updated {
                     record = updated;
+                }
+                if failed_now {
+                    self.stop_skipped_submissions(&record.run).await?;
                 }
                 if let Ok(submitted) = &outcome {
                     self.stop_if_run_moved_on(&record.run, &stage, attempt.number, &submitted.job_id).await?;
@@ -392,6 +410,20 @@ impl RunDriver<'_> {
             info!(run_id = %run.run_id, stage, job_id, "the run ended while the stage was being submitted; stopping its job");
             let reason = format!("Batchline run {} ended before the job was recorded", run.run_id);
             self.batch.terminate_job(job_id, &reason).await?;
+        }
+        Ok(())
+    }
+
+    /// Stops the jobs of stages the run's failure skipped while they were being submitted
+    /// (found by name): a submitter still running stops its own job when it sees the run
+    /// moved on; this catches one that died after SubmitJob.
+    async fn stop_skipped_submissions(&self, run: &Run) -> Result<(), Error> {
+        let reason = format!("Batchline run {} failed before the job was recorded", run.run_id);
+        for job in run.skipped_submissions() {
+            if let Some(job_id) = self.find_stopped_job(run, &job).await? {
+                info!(run_id = %run.run_id, stage = job.stage, job_id, "the run failed while the stage was being submitted; stopping its job");
+                self.batch.terminate_job(&job_id, &reason).await?;
+            }
         }
         Ok(())
     }

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use serde_json::{json, Value};
 
 use super::announce::{RunAnnouncer, RunMetric};
-use super::clock::ManualClock;
+use super::clock::{Clock, ManualClock};
 use super::config_cache::ConfigCache;
 use super::memory_batch::{MemoryBatch, SubmitFault};
 use super::runs::{CancelOutcome, RunDriver};
@@ -477,11 +477,11 @@ async fn the_sweep_applies_an_ended_job_whose_event_was_lost() {
     let (run, _) = driver.start("diamond", "api", "key-4", RunInput::default(), 1_000).await.unwrap();
     // a's job succeeds in Batch, but its event never arrives
     world.batch.set_status(&world.job_of("a"), "SUCCEEDED");
-    let report = driver.sweep(5_000).await.unwrap();
-    assert_eq!((report.runs_checked, report.transitions_applied), (1, 1));
+    let report = driver.sweep().await.unwrap();
+    assert_eq!((report.runs_checked, report.transitions_applied, report.reached_end), (1, 1, true));
     assert_eq!((world.jobs_of("b"), world.jobs_of("c")), (1, 1));
     // A second sweep finds nothing more to do.
-    let again = driver.sweep(6_000).await.unwrap();
+    let again = driver.sweep().await.unwrap();
     assert_eq!((again.runs_checked, again.transitions_applied), (1, 0));
     assert_eq!(
         driver.load(&run.run_id).await.unwrap().unwrap().version,
@@ -560,16 +560,16 @@ async fn one_run_the_sweep_cannot_repair_does_not_stop_it_repairing_the_others()
     for job in world.batch.jobs() {
         world.batch.set_status(&job.job_id, "SUCCEEDED");
     }
-    // WHEN the sweep's read of the first run it visits (the newest) fails
+    // WHEN the sweep's read of the first run it visits (the oldest) fails
     world.store.inject("load_run", StoreFault::Fail, 1);
-    let report = driver.sweep(5_000).await.unwrap();
+    let report = driver.sweep().await.unwrap();
     // THEN it goes on and repairs the other, and says what it could not do
     assert_eq!((report.runs_checked, report.transitions_applied, report.runs_failed), (2, 1, 1));
     let older = driver.load(&older.run_id).await.unwrap().unwrap().run;
     let newer = driver.load(&newer.run_id).await.unwrap().unwrap().run;
-    assert_eq!((older.stages["a"].status, newer.stages["a"].status), (StageStatus::Succeeded, StageStatus::Submitted));
+    assert_eq!((older.stages["a"].status, newer.stages["a"].status), (StageStatus::Submitted, StageStatus::Succeeded));
     // AND the next sweep repairs the one it missed
-    assert_eq!(driver.sweep(6_000).await.unwrap().transitions_applied, 1);
+    assert_eq!(driver.sweep().await.unwrap().transitions_applied, 1);
 }
 
 #[tokio::test]
@@ -696,4 +696,154 @@ async fn a_failed_run_is_announced_when_its_failure_stage_has_ended_with_the_fin
     assert_eq!(completions.len(), 1);
     assert_eq!(completions[0]["outcome"], "FAILED");
     assert_eq!(completions[0]["stages"]["on-failure"]["status"], "SUCCEEDED");
+}
+
+/// Three running runs of the diamond, each with its first stage's job ended in Batch
+/// without its event.
+async fn runs_with_lost_events(world: &World, keys: &[&str]) -> Vec<String> {
+    let driver = world.driver();
+    let mut ids = Vec::new();
+    for (n, key) in keys.iter().enumerate() {
+        let (run, _) = driver.start("diamond", "api", key, RunInput::default(), 1_000 + n as i64).await.unwrap();
+        ids.push(run.run_id);
+    }
+    for job in world.batch.jobs() {
+        world.batch.set_status(&job.job_id, "SUCCEEDED");
+    }
+    ids
+}
+
+#[tokio::test]
+async fn a_sweep_out_of_time_keeps_its_place_and_the_next_goes_on_from_there() {
+    // GIVEN three runs to repair, and a sweep whose time runs out after the first (every
+    // reading of the clock moves it 10 s on; it stops 60 s before a deadline 75 s away)
+    let mut world = World::new().await;
+    runs_with_lost_events(&world, &["key-s1", "key-s2", "key-s3"]).await;
+    world.holder = invocation("short", 1_000 + super::sweep::SWEEP_MARGIN_MS + 15_000);
+    world.clock.set(1_000);
+    world.clock.step_per_reading(10_000);
+    // WHEN it sweeps
+    let first = world.driver().sweep().await.unwrap();
+    // THEN it stopped part-way, saying so, and kept its place
+    assert!(!first.reached_end, "{first:?}");
+    assert!((1..3).contains(&first.runs_checked), "{first:?}");
+    assert!(world.store.sweep_cursor().await.unwrap().after.is_some());
+    // WHEN the next sweep has all the time it needs
+    world.clock.step_per_reading(0);
+    world.holder = invocation("next", world.clock.now_ms() + 300_000);
+    let second = world.driver().sweep().await.unwrap();
+    // THEN it repaired the rest, each run once, and starts over next time
+    assert!(second.reached_end);
+    assert_eq!(first.runs_checked + second.runs_checked, 3, "{first:?} {second:?}");
+    assert_eq!(first.transitions_applied + second.transitions_applied, 3);
+    assert_eq!((world.jobs_of("b"), world.jobs_of("c")), (3, 3));
+    assert_eq!(world.store.sweep_cursor().await.unwrap().after, None);
+    assert_eq!(world.driver().sweep().await.unwrap().runs_checked, 3, "a new walk from the start");
+}
+
+#[tokio::test]
+async fn the_sweep_repairs_a_run_of_a_pipeline_removed_from_the_configuration() {
+    // GIVEN a running run of a pipeline a deploy has since removed (its job definitions stay)
+    let mut world = World::new().await;
+    let (run, _) = world.driver().start("fragile", "api", "key-r1", RunInput::default(), 1_000).await.unwrap();
+    let mut deployed = config();
+    deployed.pipelines.remove("fragile");
+    world.store.publish_config(&deployed).await.unwrap();
+    world.configs = ConfigCache::new(world.store.clone());
+    // AND its first stage ended without its event
+    world.batch.set_status(&world.job_of("first"), "SUCCEEDED");
+    // WHEN the sweep runs
+    let report = world.driver().sweep().await.unwrap();
+    // THEN it found the run and submitted the next stage
+    assert_eq!((report.runs_checked, report.transitions_applied), (1, 1));
+    let stored = world.driver().load(&run.run_id).await.unwrap().unwrap().run;
+    assert_eq!(stored.stages["second"].status, StageStatus::Submitted);
+}
+
+#[tokio::test]
+async fn open_runs_of_an_earlier_release_are_adopted_until_no_earlier_function_can_write() {
+    // GIVEN a running run and an ended, unannounced one, as an earlier release stored them
+    let mut world = World::new().await;
+    let pipeline = config().pipelines["diamond"].clone();
+    let running = crate::model::run::Run::start("diamond-old1".into(), &pipeline, "api", RunInput::default(), 500);
+    let mut ended = crate::model::run::Run::start("diamond-old2".into(), &pipeline, "api", RunInput::default(), 600);
+    ended.cancel(700).unwrap();
+    world.store.insert_legacy_run(&running, 1);
+    world.store.insert_legacy_run(&ended, 2);
+    assert!(world.store.open_run_ids().is_empty());
+    // WHEN this release's first sweep runs
+    let report = world.driver().sweep().await.unwrap();
+    // THEN it adopts both and finishes them: the first stage submitted, the end announced
+    assert_eq!((report.runs_adopted, report.runs_checked), (2, 2), "{report:?}");
+    assert_eq!(world.jobs_of("a"), 1);
+    assert_eq!(world.announced.completions.lock().unwrap().len(), 1);
+    assert_eq!(world.store.open_run_ids(), ["diamond-old1"], "the announced run is done with");
+    let cursor = world.store.sweep_cursor().await.unwrap();
+    assert!(!cursor.adoption.done, "an earlier release may still be writing");
+    // WHEN a sweep begins after the settling time
+    world.clock.set(1_000 + super::sweep::ADOPTION_SETTLE_MS);
+    world.holder = invocation("later", 1_000 + super::sweep::ADOPTION_SETTLE_MS + 300_000);
+    let report = world.driver().sweep().await.unwrap();
+    // THEN it adopts nothing twice, and adoption is over for good
+    assert_eq!((report.runs_adopted, report.runs_checked), (0, 1), "{report:?}");
+    assert!(world.store.sweep_cursor().await.unwrap().adoption.done);
+}
+
+#[tokio::test]
+async fn the_sweep_takes_lines_of_runs_done_with_or_gone_off_the_list() {
+    let world = World::new().await;
+    let ids = runs_with_lost_events(&world, &["key-g1", "key-g2"]).await;
+    world.store.expire_run(&ids[0]);
+    let report = world.driver().sweep().await.unwrap();
+    assert_eq!(report.runs_failed, 0);
+    assert_eq!(world.store.open_run_ids(), [ids[1].clone()]);
+}
+
+#[tokio::test]
+async fn a_failed_run_is_announced_once_its_other_branch_has_ended_and_not_before() {
+    // GIVEN the diamond with b and c running, and b failing
+    let world = World::new().await;
+    let driver = world.driver();
+    let (run, _) = driver.start("diamond", "api", "key-f1", RunInput::default(), 1_000).await.unwrap();
+    driver.advance(&run.run_id, "a", &world.event("a", "SUCCEEDED"), 2_000).await.unwrap();
+    driver.advance(&run.run_id, "c", &world.event("c", "RUNNING"), 2_500).await.unwrap();
+    driver.advance(&run.run_id, "b", &world.event("b", "FAILED"), 3_000).await.unwrap();
+    let stored = driver.load(&run.run_id).await.unwrap().unwrap().run;
+    assert_eq!(stored.status, RunStatus::Failed);
+    assert!(world.announced.completions.lock().unwrap().is_empty(), "c is still running");
+    // WHEN c ends
+    let applied = driver.advance(&run.run_id, "c", &world.event("c", "SUCCEEDED"), 4_000).await.unwrap();
+    // THEN its end is recorded and the run announced, once, as FAILED
+    assert_eq!(applied, Applied::Changed);
+    let stored = driver.load(&run.run_id).await.unwrap().unwrap().run;
+    assert_eq!((stored.status, stored.stages["c"].status), (RunStatus::Failed, StageStatus::Succeeded));
+    assert_eq!(stored.stages["d"].status, StageStatus::Skipped);
+    let completions = world.announced.completions.lock().unwrap().clone();
+    assert_eq!(completions.len(), 1);
+    assert_eq!(completions[0]["outcome"], "FAILED");
+}
+
+#[tokio::test]
+async fn a_stage_whose_submission_was_never_recorded_has_its_job_stopped_when_the_run_fails() {
+    // GIVEN the diamond after a: b submitted, and c's job made but its submitter dead
+    // before recording it on the run
+    let world = World::new().await;
+    let driver = world.driver();
+    let (run, _) = driver.start("diamond", "api", "key-f2", RunInput::default(), 1_000).await.unwrap();
+    driver.advance(&run.run_id, "a", &world.event("a", "SUCCEEDED"), 2_000).await.unwrap();
+    let c_job = world.job_of("c");
+    let read = driver.load(&run.run_id).await.unwrap().unwrap();
+    let mut unrecorded = read.run.clone();
+    let c = unrecorded.stages.get_mut("c").unwrap();
+    c.status = StageStatus::Submitting;
+    c.attempts[0].status = StageStatus::Submitting;
+    c.attempts[0].job_id = None;
+    world.store.save_run(&unrecorded, Some(read.version)).await.unwrap().unwrap();
+    // WHEN b fails and so the run
+    driver.advance(&run.run_id, "b", &world.event("b", "FAILED"), 3_000).await.unwrap();
+    // THEN c was skipped and its job, found by name, stopped: no orphan runs on
+    let stored = driver.load(&run.run_id).await.unwrap().unwrap().run;
+    assert_eq!((stored.status, stored.stages["c"].status), (RunStatus::Failed, StageStatus::Skipped));
+    let stopped = world.batch.jobs().into_iter().find(|j| j.job_id == c_job).unwrap();
+    assert!(stopped.terminated_because.is_some(), "{stopped:?}");
 }

@@ -6,14 +6,17 @@
 
 use std::collections::BTreeMap;
 
-use super::{ClaimState, EventClaim, EventState, Holder, Store, SubmissionClaim};
+use super::{
+    keys, Adoption, ClaimState, EventClaim, EventState, Holder, OpenRun, Page, Store, SubmissionClaim, SweepCursor,
+    VersionedRun,
+};
 use crate::model::fargate::Size;
 use crate::model::pipeline::{Pipeline, Stage};
 use crate::model::run::{Run, RunInput, RunStatus};
 use crate::model::stack::StackConfig;
 
-/// Runs every check. `unique` keeps keys apart when the store is shared; `config` is any
-/// valid configuration (the suite publishes and removes it).
+/// Runs every check on a store of its own (the open-run list is one per table); `unique`
+/// names the keys; `config` is any valid configuration (the suite publishes and removes it).
 pub async fn check_all(store: &dyn Store, unique: &str, config: &StackConfig) {
     claims(store, unique).await;
     events(store, unique).await;
@@ -143,13 +146,44 @@ pub async fn runs(store: &dyn Store, unique: &str) {
         (first.run_id.as_str(), "SUCCEEDED", 1_000)
     );
     assert!(store.list_runs(&format!("{unique}-other"), 10).await.unwrap().is_empty());
-    let open: Vec<String> = store.open_runs(&pipeline).await.unwrap().into_iter().map(|r| r.run_id).collect();
-    assert_eq!(open, [third.run_id.clone(), second.run_id.clone(), first.run_id.clone()], "ended, not announced");
+    let open_ids = |page: Page<OpenRun>| page.items.into_iter().map(|r| r.run_id).collect::<Vec<_>>();
+    let open = open_ids(store.open_runs(None, 10).await.unwrap());
+    assert_eq!(open, [first.run_id.clone(), second.run_id.clone(), third.run_id.clone()], "ended, not announced");
     let mut announced = ended.clone();
     announced.completion_sent = true;
     assert_eq!(store.save_run(&announced, Some(2)).await.unwrap(), Some(3));
-    let open: Vec<String> = store.open_runs(&pipeline).await.unwrap().into_iter().map(|r| r.run_id).collect();
-    assert_eq!(open, [third.run_id.clone(), second.run_id.clone()], "running ones, newest first");
+    let open = open_ids(store.open_runs(None, 10).await.unwrap());
+    assert_eq!(open, [second.run_id.clone(), third.run_id.clone()], "done with: off the list; oldest first");
+    let page = store.open_runs(None, 1).await.unwrap();
+    assert_eq!(page.items.len(), 1, "limited");
+    let rest = store.open_runs(page.next.as_deref(), 10).await.unwrap();
+    assert_eq!((open_ids(rest.clone()), rest.next), (vec![third.run_id.clone()], None), "the next page");
+    assert!(store.legacy_open_runs(&pipeline, None).await.unwrap().items.is_empty(), "every line has a version");
+
+    // reconciling a line: only at the version read; a run gone takes its line with it
+    let line = store.open_runs(None, 1).await.unwrap().items.remove(0);
+    let read = store.load_run(&second.run_id).await.unwrap().unwrap();
+    let stale = VersionedRun { run: read.run.clone(), version: read.version + 1 };
+    assert!(!store.reconcile_open_line(&line, Some(&stale)).await.unwrap(), "not at the version read");
+    assert!(!store.reconcile_open_line(&line, None).await.unwrap(), "the run still exists");
+    assert!(store.reconcile_open_line(&line, Some(&read)).await.unwrap());
+    assert_eq!(open_ids(store.open_runs(None, 10).await.unwrap()).len(), 2, "an open run stays listed");
+    let gone = OpenRun {
+        run_id: format!("{unique}-gone"),
+        created_at: 5,
+        position: keys::index_sk(5, &format!("{unique}-gone")),
+    };
+    assert!(store.reconcile_open_line(&gone, None).await.unwrap(), "a line of a run that is gone is removed");
+
+    // the sweep's cursor
+    assert_eq!(store.sweep_cursor().await.unwrap(), SweepCursor::default(), "none yet");
+    let cursor = SweepCursor {
+        after: Some(line.position.clone()),
+        adoption: Adoption { since_ms: Some(7), done: true, ..Adoption::default() },
+    };
+    store.save_sweep_cursor(&cursor).await.unwrap();
+    assert_eq!(store.sweep_cursor().await.unwrap(), cursor);
+    assert_eq!(open_ids(store.open_runs(None, 10).await.unwrap()).len(), 2, "the cursor is not an open run");
 }
 
 pub async fn configuration(store: &dyn Store, config: &StackConfig) {

@@ -12,18 +12,30 @@
 //!   `expires_at` (entries from earlier releases have no `holder_deadline`);
 //! - run: `document` (the [`Run`] as JSON), `pipeline`, `status`, `version`, `expires_at`;
 //! - index line: `run_id`, `status`, `announced` (whether its completion went out; absent
-//!   on lines from earlier releases), `created_at`, `expires_at`;
+//!   on lines from earlier releases), `version` (of the run it was written with; absent on
+//!   lines from earlier releases), `created_at`, `expires_at`;
+//! - open-run line: `run_id`, `pipeline`, `created_at`, `expires_at`;
+//! - the sweep's cursor: `document` (the [`SweepCursor`] as JSON).
+//!
+//! A run, its index line and its open-run line are written in one transaction, conditional
+//! on the run's version: the index can never show an older state than the record, and a
+//! run is never written without being listed.
 //! - configuration: `document` (the [`StackConfig`] as JSON).
 
 use std::collections::HashMap;
 
 use async_trait::async_trait;
-use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
+use aws_sdk_dynamodb::config::http::HttpResponse;
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::types::{
+    AttributeValue, ConditionCheck, Delete, Put, PutRequest, TransactWriteItem, WriteRequest,
+};
 
-use super::keys::{self, CLAIM_SK, CONFIG_PK, CONFIG_SK, EVENT_SK, INDEX_SK_PREFIX, RUN_SK};
+use super::keys::{self, CLAIM_SK, CONFIG_PK, CONFIG_SK, EVENT_SK, INDEX_SK_PREFIX, OPEN_PK, RUN_SK, SWEEP_SK};
 use super::{
-    ClaimState, ClaimStore, ConfigStore, EventClaim, EventLedgerStore, EventState, Holder, RunStore, RunSummary,
-    SubmissionClaim, VersionedRun, CLAIM_SECONDS, EVENT_SECONDS, RUN_RETENTION_SECONDS,
+    ClaimState, ClaimStore, ConfigStore, EventClaim, EventLedgerStore, EventState, Holder, OpenRun, Page, RunStore,
+    RunSummary, SubmissionClaim, SweepCursor, VersionedRun, CLAIM_SECONDS, EVENT_SECONDS, RUN_RETENTION_SECONDS,
 };
 use crate::error::conditional_write;
 use crate::model::run::Run;
@@ -171,17 +183,39 @@ pub fn run_from_item(item: &Item) -> Result<VersionedRun, Error> {
     Ok(VersionedRun { run, version: number(item, "version").unwrap_or(0) })
 }
 
-/// The index line of a run.
-pub fn index_item(run: &Run) -> Item {
+/// The index line of a run at `version`.
+pub fn index_item(run: &Run, version: i64) -> Item {
     Item::from([
         ("pk".into(), s(keys::pipeline_pk(&run.pipeline.name))),
         ("sk".into(), s(keys::index_sk(run.created_at, &run.run_id))),
         ("run_id".into(), s(run.run_id.clone())),
         ("status".into(), s(run.status.as_str())),
         ("announced".into(), AttributeValue::Bool(run.completion_sent)),
+        ("version".into(), n(version)),
         ("created_at".into(), n(run.created_at)),
         ("expires_at".into(), n(run.created_at / 1000 + RUN_RETENTION_SECONDS)),
     ])
+}
+
+/// The open-run line of a run.
+pub fn open_item(run: &Run) -> Item {
+    Item::from([
+        ("pk".into(), s(OPEN_PK)),
+        ("sk".into(), s(keys::index_sk(run.created_at, &run.run_id))),
+        ("run_id".into(), s(run.run_id.clone())),
+        ("pipeline".into(), s(run.pipeline.name.clone())),
+        ("created_at".into(), n(run.created_at)),
+        ("expires_at".into(), n(run.created_at / 1000 + RUN_RETENTION_SECONDS)),
+    ])
+}
+
+/// Reads an open-run line.
+pub fn open_run_from_item(item: &Item) -> OpenRun {
+    OpenRun {
+        run_id: text(item, "run_id").unwrap_or_default(),
+        created_at: number(item, "created_at").unwrap_or(0),
+        position: text(item, "sk").unwrap_or_default(),
+    }
 }
 
 /// Reads an index line.
@@ -204,6 +238,41 @@ pub fn config_from_item(item: &Item) -> Result<StackConfig, Error> {
     let document = text(item, "document").ok_or_else(|| unreadable(CONFIG_PK, "no document"))?;
     serde_json::from_str(&document)
         .map_err(|e| unreadable(CONFIG_PK, format!("the stack configuration is unreadable: {e}")))
+}
+
+/// The outcome of a transaction: `Ok(true)` written, `Ok(false)` one of its conditions did
+/// not hold (someone else wrote first), `Err` anything else — a transaction in conflict
+/// with another one in flight included, which is worth retrying.
+fn transaction_written<T>(result: Result<T, SdkError<TransactWriteItemsError, HttpResponse>>) -> Result<bool, Error> {
+    match result {
+        Ok(_) => Ok(true),
+        Err(err) => {
+            let condition_failed = matches!(
+                err.as_service_error(),
+                Some(TransactWriteItemsError::TransactionCanceledException(cancelled))
+                    if cancelled.cancellation_reasons().iter().any(|r| r.code() == Some("ConditionalCheckFailed"))
+            );
+            if condition_failed {
+                Ok(false)
+            } else {
+                Err(Error::aws("TransactWriteItems", err))
+            }
+        }
+    }
+}
+
+/// The write of a run's index line at `version`, for a transaction.
+fn index_write(
+    table: &str,
+    run: &Run,
+    version: i64,
+) -> Result<aws_sdk_dynamodb::types::builders::TransactWriteItemBuilder, Error> {
+    let put = Put::builder().table_name(table).set_item(Some(index_item(run, version)));
+    Ok(TransactWriteItem::builder().put(built(put.build())?))
+}
+
+fn built<T>(built: Result<T, aws_sdk_dynamodb::error::BuildError>) -> Result<T, Error> {
+    built.map_err(|e| Error::Stored { item: "a transaction".into(), reason: e.to_string() })
 }
 
 // ----- capabilities -------------------------------------------------------------------------
@@ -381,24 +450,32 @@ impl RunStore for DynamoStore {
 
     async fn save_run(&self, run: &Run, expected: Option<i64>) -> Result<Option<i64>, Error> {
         let version = expected.unwrap_or(0) + 1;
-        let request = self.client.put_item().table_name(&self.table).set_item(Some(run_item(run, version)?));
-        let request = match expected {
-            None => request.condition_expression("attribute_not_exists(pk)"),
+        let record = Put::builder().table_name(&self.table).set_item(Some(run_item(run, version)?));
+        let record = match expected {
+            None => record.condition_expression("attribute_not_exists(pk)"),
             Some(expected) => {
-                request.condition_expression("version = :version").expression_attribute_values(":version", n(expected))
+                record.condition_expression("version = :version").expression_attribute_values(":version", n(expected))
             }
         };
-        if !conditional_write("PutItem", request.send().await)? {
-            return Ok(None);
-        }
-        self.client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(index_item(run)))
+        let open_line = if run.is_done_with() {
+            let key = Delete::builder()
+                .table_name(&self.table)
+                .key("pk", s(OPEN_PK))
+                .key("sk", s(keys::index_sk(run.created_at, &run.run_id)));
+            TransactWriteItem::builder().delete(built(key.build())?)
+        } else {
+            let line = Put::builder().table_name(&self.table).set_item(Some(open_item(run)));
+            TransactWriteItem::builder().put(built(line.build())?)
+        };
+        let result = self
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().put(built(record.build())?).build())
+            .transact_items(index_write(&self.table, run, version)?.build())
+            .transact_items(open_line.build())
             .send()
-            .await
-            .map_err(|e| Error::aws("PutItem", e))?;
-        Ok(Some(version))
+            .await;
+        Ok(transaction_written(result)?.then_some(version))
     }
 
     async fn list_runs(&self, pipeline: &str, limit: i32) -> Result<Vec<RunSummary>, Error> {
@@ -417,34 +494,98 @@ impl RunStore for DynamoStore {
         Ok(reply.items().iter().map(summary_from_item).collect())
     }
 
-    async fn open_runs(&self, pipeline: &str) -> Result<Vec<RunSummary>, Error> {
-        let mut runs = Vec::new();
-        let mut start = None;
-        loop {
-            let reply = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("pk = :pk AND begins_with(sk, :runs)")
-                // Index lines from earlier releases have no `announced`: they announced
-                // before recording it, so an ended one is done with.
-                .filter_expression("#status = :running OR announced = :false")
-                .expression_attribute_names("#status", "status")
-                .expression_attribute_values(":false", AttributeValue::Bool(false))
-                .expression_attribute_values(":pk", s(keys::pipeline_pk(pipeline)))
-                .expression_attribute_values(":runs", s(INDEX_SK_PREFIX))
-                .expression_attribute_values(":running", s("RUNNING"))
-                .scan_index_forward(false)
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(|e| Error::aws("Query", e))?;
-            runs.extend(reply.items().iter().map(summary_from_item));
-            start = reply.last_evaluated_key().cloned();
-            if start.is_none() {
-                return Ok(runs);
+    async fn open_runs(&self, after: Option<&str>, limit: i32) -> Result<Page<OpenRun>, Error> {
+        let start = after.map(|position| Item::from([("pk".into(), s(OPEN_PK)), ("sk".into(), s(position))]));
+        let reply = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk AND begins_with(sk, :runs)")
+            .expression_attribute_values(":pk", s(OPEN_PK))
+            .expression_attribute_values(":runs", s(INDEX_SK_PREFIX))
+            .consistent_read(true)
+            .set_exclusive_start_key(start)
+            .limit(limit)
+            .send()
+            .await
+            .map_err(|e| Error::aws("Query", e))?;
+        let next = reply.last_evaluated_key().and_then(|key| text(key, "sk"));
+        Ok(Page { items: reply.items().iter().map(open_run_from_item).collect(), next })
+    }
+
+    async fn reconcile_open_line(&self, line: &OpenRun, run: Option<&VersionedRun>) -> Result<bool, Error> {
+        let record_key = |check: aws_sdk_dynamodb::types::builders::ConditionCheckBuilder| {
+            check.table_name(&self.table).key("pk", s(keys::run_pk(&line.run_id))).key("sk", s(RUN_SK))
+        };
+        let (check, changes) = match run {
+            Some(read) => {
+                let check = record_key(ConditionCheck::builder())
+                    .condition_expression("version = :version")
+                    .expression_attribute_values(":version", n(read.version));
+                let change = if read.run.is_done_with() {
+                    let key =
+                        Delete::builder().table_name(&self.table).key("pk", s(OPEN_PK)).key("sk", s(&line.position));
+                    TransactWriteItem::builder().delete(built(key.build())?)
+                } else {
+                    let put = Put::builder().table_name(&self.table).set_item(Some(open_item(&read.run)));
+                    TransactWriteItem::builder().put(built(put.build())?)
+                };
+                (check, vec![change, index_write(&self.table, &read.run, read.version)?])
             }
-        }
+            None => {
+                let check = record_key(ConditionCheck::builder()).condition_expression("attribute_not_exists(pk)");
+                let key = Delete::builder().table_name(&self.table).key("pk", s(OPEN_PK)).key("sk", s(&line.position));
+                (check, vec![TransactWriteItem::builder().delete(built(key.build())?)])
+            }
+        };
+        let check = TransactWriteItem::builder().condition_check(built(check.build())?).build();
+        let items = std::iter::once(check).chain(changes.into_iter().map(|change| change.build()));
+        let result = self.client.transact_write_items().set_transact_items(Some(items.collect())).send().await;
+        transaction_written(result)
+    }
+
+    async fn legacy_open_runs(&self, pipeline: &str, after: Option<&str>) -> Result<Page<RunSummary>, Error> {
+        let pk = keys::pipeline_pk(pipeline);
+        let start = after.map(|position| Item::from([("pk".into(), s(pk.clone())), ("sk".into(), s(position))]));
+        let reply = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk AND begins_with(sk, :runs)")
+            // Lines of the oldest releases have no `announced` either: they announced
+            // before recording it, so an ended one is done with.
+            .filter_expression("attribute_not_exists(version) AND (#status = :running OR announced = :false)")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":false", AttributeValue::Bool(false))
+            .expression_attribute_values(":pk", s(pk))
+            .expression_attribute_values(":runs", s(INDEX_SK_PREFIX))
+            .expression_attribute_values(":running", s("RUNNING"))
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .map_err(|e| Error::aws("Query", e))?;
+        let next = reply.last_evaluated_key().and_then(|key| text(key, "sk"));
+        Ok(Page { items: reply.items().iter().map(summary_from_item).collect(), next })
+    }
+
+    async fn sweep_cursor(&self) -> Result<SweepCursor, Error> {
+        let Some(item) = self.get(OPEN_PK.into(), SWEEP_SK).await? else { return Ok(SweepCursor::default()) };
+        let document = text(&item, "document").ok_or_else(|| unreadable("OPEN/SWEEP", "no document"))?;
+        serde_json::from_str(&document).map_err(|e| unreadable("OPEN/SWEEP", e.to_string()))
+    }
+
+    async fn save_sweep_cursor(&self, cursor: &SweepCursor) -> Result<(), Error> {
+        let document = serde_json::to_string(cursor).map_err(|e| unreadable("OPEN/SWEEP", e.to_string()))?;
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", s(OPEN_PK))
+            .item("sk", s(SWEEP_SK))
+            .item("document", s(document))
+            .send()
+            .await
+            .map_err(|e| Error::aws("PutItem", e))?;
+        Ok(())
     }
 }
 

@@ -7,6 +7,8 @@
 //! | a counted event | `EVENT#<EventBridge id>` | `EVENT` |
 //! | a run | `RUN#<run id>` | `RUN` |
 //! | a run's index line | `PIPELINE#<pipeline>` | `RUN#<created at, 13 digits>#<run id>` |
+//! | a run not done with, on the open-run list | `OPEN` | `RUN#<created at, 13 digits>#<run id>` |
+//! | the sweep's cursor | `OPEN` | `SWEEP` |
 //!
 //! A new item kind is added here and in the README's table section, nowhere else.
 
@@ -17,8 +19,11 @@ pub const CONFIG_SK: &str = "CURRENT";
 pub const CLAIM_SK: &str = "CLAIM";
 pub const EVENT_SK: &str = "EVENT";
 pub const RUN_SK: &str = "RUN";
-/// The sort key prefix of index lines, for `begins_with`.
+/// The sort key prefix of index and open-run lines, for `begins_with`.
 pub const INDEX_SK_PREFIX: &str = "RUN#";
+/// The one partition of the open-run list (and the sweep's cursor beside it).
+pub const OPEN_PK: &str = "OPEN";
+pub const SWEEP_SK: &str = "SWEEP";
 
 pub fn claim_pk(idempotency_key: &str) -> String {
     format!("IDEM#{}", digest(idempotency_key, 40))
@@ -36,7 +41,7 @@ pub fn pipeline_pk(pipeline: &str) -> String {
     format!("PIPELINE#{pipeline}")
 }
 
-/// Sorts a pipeline's runs by creation time.
+/// Sorts a pipeline's runs (and the open-run list) by creation time.
 pub fn index_sk(created_at: i64, run_id: &str) -> String {
     format!("{INDEX_SK_PREFIX}{created_at:013}#{run_id}")
 }

@@ -10,9 +10,10 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
+use super::keys::index_sk;
 use super::{
-    ClaimState, ClaimStore, ConfigStore, EventClaim, EventLedgerStore, EventState, Holder, RunStore, RunSummary,
-    SubmissionClaim, VersionedRun,
+    ClaimState, ClaimStore, ConfigStore, EventClaim, EventLedgerStore, EventState, Holder, OpenRun, Page, RunStore,
+    RunSummary, SubmissionClaim, SweepCursor, VersionedRun,
 };
 use crate::model::run::Run;
 use crate::model::stack::StackConfig;
@@ -38,8 +39,16 @@ struct EventEntry {
     deadline_ms: Option<i64>,
 }
 
-/// One pipeline's run index: (created at, run id) → (status, announced).
-type PipelineIndex = BTreeMap<(i64, String), (String, bool)>;
+/// A line of a pipeline's run index; `version` is `None` on lines of earlier releases.
+#[derive(Debug, Clone)]
+struct IndexLine {
+    status: String,
+    announced: bool,
+    version: Option<i64>,
+}
+
+/// One pipeline's run index: (created at, run id) → line.
+type PipelineIndex = BTreeMap<(i64, String), IndexLine>;
 
 #[derive(Default)]
 struct Tables {
@@ -47,6 +56,9 @@ struct Tables {
     events: HashMap<String, EventEntry>,
     runs: HashMap<String, VersionedRun>,
     index: HashMap<String, PipelineIndex>,
+    /// The open-run list, by position.
+    open: BTreeMap<String, OpenRun>,
+    sweep_cursor: SweepCursor,
     config: Option<StackConfig>,
     faults: HashMap<&'static str, VecDeque<StoreFault>>,
 }
@@ -70,6 +82,27 @@ impl MemoryStore {
     /// `"mark_events_done"`) go wrong as `fault` says.
     pub fn inject(&self, operation: &'static str, fault: StoreFault, times: usize) {
         self.with(|t| t.faults.entry(operation).or_default().extend(std::iter::repeat_n(fault, times)));
+    }
+
+    /// Stores a run as an earlier release did: the record and an index line without a
+    /// version, and no open-run line.
+    pub fn insert_legacy_run(&self, run: &Run, version: i64) {
+        self.with(|t| {
+            t.runs.insert(run.run_id.clone(), VersionedRun { run: run.clone(), version });
+            let line =
+                IndexLine { status: run.status.as_str().to_owned(), announced: run.completion_sent, version: None };
+            t.index.entry(run.pipeline.name.clone()).or_default().insert((run.created_at, run.run_id.clone()), line);
+        })
+    }
+
+    /// Removes a run record, as its retention running out does (its lines stay a while).
+    pub fn expire_run(&self, run_id: &str) {
+        self.with(|t| t.runs.remove(run_id));
+    }
+
+    /// The run ids on the open-run list, oldest first.
+    pub fn open_run_ids(&self) -> Vec<String> {
+        self.with(|t| t.open.values().map(|line| line.run_id.clone()).collect())
     }
 
     /// Every submission claim, for assertions.
@@ -232,10 +265,13 @@ impl RunStore for MemoryStore {
             }
             let version = expected.unwrap_or(0) + 1;
             t.runs.insert(run.run_id.clone(), VersionedRun { run: run.clone(), version });
-            t.index
-                .entry(run.pipeline.name.clone())
-                .or_default()
-                .insert((run.created_at, run.run_id.clone()), (run.status.as_str().to_owned(), run.completion_sent));
+            let line = IndexLine {
+                status: run.status.as_str().to_owned(),
+                announced: run.completion_sent,
+                version: Some(version),
+            };
+            t.index.entry(run.pipeline.name.clone()).or_default().insert((run.created_at, run.run_id.clone()), line);
+            set_open_line(t, run);
             Some(version)
         })
     }
@@ -247,29 +283,92 @@ impl RunStore for MemoryStore {
                 .into_iter()
                 .flat_map(|lines| lines.iter().rev())
                 .take(limit.max(0) as usize)
-                .map(|((created_at, run_id), (status, _))| RunSummary {
+                .map(|((created_at, run_id), line)| RunSummary {
                     run_id: run_id.clone(),
-                    status: status.clone(),
+                    status: line.status.clone(),
                     created_at: *created_at,
                 })
                 .collect()
         })
     }
 
-    async fn open_runs(&self, pipeline: &str) -> Result<Vec<RunSummary>, Error> {
+    async fn open_runs(&self, after: Option<&str>, limit: i32) -> Result<Page<OpenRun>, Error> {
         self.call("open_runs", |t| {
-            t.index
+            let from = after.unwrap_or_default().to_owned();
+            let mut lines = t.open.range(from..).filter(|(position, _)| Some(position.as_str()) != after);
+            let items: Vec<OpenRun> =
+                lines.by_ref().take(limit.max(1) as usize).map(|(_, line)| line.clone()).collect();
+            let next = items.last().map(|line| line.position.clone()).filter(|_| lines.next().is_some());
+            Page { items, next }
+        })
+    }
+
+    async fn reconcile_open_line(&self, line: &OpenRun, run: Option<&VersionedRun>) -> Result<bool, Error> {
+        self.call("reconcile_open_line", |t| {
+            let current = t.runs.get(&line.run_id).map(|r| r.version);
+            if current != run.map(|r| r.version) {
+                return false;
+            }
+            match run {
+                Some(read) => {
+                    set_open_line(t, &read.run);
+                    let run = &read.run;
+                    let line = IndexLine {
+                        status: run.status.as_str().to_owned(),
+                        announced: run.completion_sent,
+                        version: Some(read.version),
+                    };
+                    t.index
+                        .entry(run.pipeline.name.clone())
+                        .or_default()
+                        .insert((run.created_at, run.run_id.clone()), line);
+                }
+                None => {
+                    t.open.remove(&line.position);
+                }
+            }
+            true
+        })
+    }
+
+    async fn legacy_open_runs(&self, pipeline: &str, after: Option<&str>) -> Result<Page<RunSummary>, Error> {
+        self.call("legacy_open_runs", |t| {
+            let items = t
+                .index
                 .get(pipeline)
                 .into_iter()
-                .flat_map(|lines| lines.iter().rev())
-                .filter(|(_, (status, announced))| status.as_str() == "RUNNING" || !announced)
-                .map(|((created_at, run_id), (status, _))| RunSummary {
+                .flat_map(|lines| lines.iter())
+                .filter(|((created_at, run_id), _)| {
+                    after.is_none_or(|after| index_sk(*created_at, run_id).as_str() > after)
+                })
+                .filter(|(_, line)| line.version.is_none() && (line.status == "RUNNING" || !line.announced))
+                .map(|((created_at, run_id), line)| RunSummary {
                     run_id: run_id.clone(),
-                    status: status.clone(),
+                    status: line.status.clone(),
                     created_at: *created_at,
                 })
-                .collect()
+                .collect();
+            Page { items, next: None }
         })
+    }
+
+    async fn sweep_cursor(&self) -> Result<SweepCursor, Error> {
+        self.call("sweep_cursor", |t| t.sweep_cursor.clone())
+    }
+
+    async fn save_sweep_cursor(&self, cursor: &SweepCursor) -> Result<(), Error> {
+        self.call("save_sweep_cursor", |t| t.sweep_cursor = cursor.clone())
+    }
+}
+
+/// Lists a run on the open-run list while it is not done with, and takes it off after.
+fn set_open_line(t: &mut Tables, run: &Run) {
+    let position = index_sk(run.created_at, &run.run_id);
+    if run.is_done_with() {
+        t.open.remove(&position);
+    } else {
+        let line = OpenRun { run_id: run.run_id.clone(), created_at: run.created_at, position: position.clone() };
+        t.open.insert(position, line);
     }
 }
 

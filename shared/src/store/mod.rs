@@ -8,7 +8,7 @@
 //! |---|---|---|
 //! | [`ClaimStore`] | `IDEM#<hash>` / `CLAIM` | the submitter |
 //! | [`EventLedgerStore`] | `EVENT#<id>` / `EVENT` | job-events' ledger |
-//! | [`RunStore`] | `RUN#<id>` / `RUN`, `PIPELINE#<name>` / `RUN#<created>#<id>` | the run driver, the API |
+//! | [`RunStore`] | `RUN#<id>` / `RUN`, `PIPELINE#<name>` / `RUN#<created>#<id>`, `OPEN` / `RUN#<created>#<id>`, `OPEN` / `SWEEP` | the run driver, the sweep, the API |
 //! | [`ConfigStore`] | `CONFIG` / `CURRENT` | bootstrap (writes), the configuration cache (reads) |
 //!
 //! Two implementations: [`DynamoStore`] (the table) and [`MemoryStore`] (for unit tests
@@ -143,19 +143,85 @@ pub struct RunSummary {
     pub created_at: i64,
 }
 
-/// Run records and the per-pipeline index.
+/// A line of the open-run list: a run not done with (running, or ended and not yet
+/// announced), whatever its pipeline. `position` orders the list (oldest first) and is
+/// what a sweep's cursor names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenRun {
+    pub run_id: String,
+    pub created_at: i64,
+    pub position: String,
+}
+
+/// One page of a list, and where the next one starts (`None`: this was the last).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next: Option<String>,
+}
+
+/// How far the sweep got, kept between its invocations so a sweep that ran out of time
+/// resumes where it stopped.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SweepCursor {
+    /// The open-run list's position after which the next sweep goes on; `None`: from the start.
+    #[serde(default)]
+    pub after: Option<String>,
+    /// Adopting the open runs of earlier releases, which are not on the open-run list.
+    #[serde(default)]
+    pub adoption: Adoption,
+}
+
+/// Where adopting open runs written by earlier releases stands. Those runs have an index
+/// line without a `version` and no open-run line; the sweep walks the index of every
+/// configured pipeline and lists them, until a whole walk began late enough that no
+/// function of an earlier release could still have been writing.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Adoption {
+    /// When a sweep of this release first ran; `None` before that.
+    #[serde(default)]
+    pub since_ms: Option<i64>,
+    /// When the walk under way began.
+    #[serde(default)]
+    pub walk_started_ms: Option<i64>,
+    /// The pipeline the walk is in and the index position after which it goes on.
+    #[serde(default)]
+    pub pipeline: Option<String>,
+    #[serde(default)]
+    pub after: Option<String>,
+    /// Set once adoption has finished for good.
+    #[serde(default)]
+    pub done: bool,
+}
+
+/// Run records, the per-pipeline index and the open-run list.
 #[async_trait]
 pub trait RunStore: Send + Sync {
     /// The run, read consistently.
     async fn load_run(&self, run_id: &str) -> Result<Option<VersionedRun>, Error>;
     /// Writes the run if it is still at `expected` (`None`: only if it does not exist yet),
-    /// and then its index line. Returns the new version, or `None` when someone else wrote first.
+    /// together with its index line and its open-run line (written while the run is not
+    /// done with, deleted once it is) — all or nothing. Returns the new version, or `None`
+    /// when someone else wrote first.
     async fn save_run(&self, run: &Run, expected: Option<i64>) -> Result<Option<i64>, Error>;
     /// Recent runs of a pipeline, newest first.
     async fn list_runs(&self, pipeline: &str, limit: i32) -> Result<Vec<RunSummary>, Error>;
-    /// Every run of a pipeline that is not done with, however many (read page by page):
-    /// RUNNING, or ended with its completion not yet announced.
-    async fn open_runs(&self, pipeline: &str) -> Result<Vec<RunSummary>, Error>;
+    /// The open-run list, oldest first, from after `after`, at most `limit` lines.
+    async fn open_runs(&self, after: Option<&str>, limit: i32) -> Result<Page<OpenRun>, Error>;
+    /// Makes a run's lines match it if the run is still at the version read: its open-run
+    /// line (listed while not done with) and its index line (written at that version, so it
+    /// is no longer taken for an earlier release's). `None`: removes the open-run line of a
+    /// run that no longer exists. False when the run changed meanwhile (its own writes keep
+    /// its lines right).
+    async fn reconcile_open_line(&self, line: &OpenRun, run: Option<&VersionedRun>) -> Result<bool, Error>;
+    /// Index lines of `pipeline` written by earlier releases (no version) whose run is not
+    /// done with: a page of them, from after `after`.
+    async fn legacy_open_runs(&self, pipeline: &str, after: Option<&str>) -> Result<Page<RunSummary>, Error>;
+    /// The sweep's cursor.
+    async fn sweep_cursor(&self) -> Result<SweepCursor, Error>;
+    async fn save_sweep_cursor(&self, cursor: &SweepCursor) -> Result<(), Error>;
 }
 
 /// The stack configuration bootstrap publishes.
