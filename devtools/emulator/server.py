@@ -259,6 +259,8 @@ def find_job(job_id: str, authorization: str) -> Any:
 BATCH_OPERATIONS = {
     "submitjob": "SubmitJob", "terminatejob": "TerminateJob", "canceljob": "CancelJob",
     "listjobs": "ListJobs", "describejobs": "DescribeJobs",
+    "registerjobdefinition": "RegisterJobDefinition", "deregisterjobdefinition": "DeregisterJobDefinition",
+    "createjobqueue": "CreateJobQueue", "createcomputeenvironment": "CreateComputeEnvironment",
 }
 FAULT_SCOPE = re.compile(r"^/_faults/([A-Za-z0-9_.-]+)(/.*)?$")
 FAULT_ADMIN = re.compile(r"^/_batchline/faults/([A-Za-z0-9_.-]+)$")

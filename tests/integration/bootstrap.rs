@@ -212,7 +212,7 @@ async fn create_repeated_changes_nothing_and_update_registers_exactly_one_new_re
     assert_eq!(updated["Status"], "SUCCESS", "{updated}");
     assert_eq!(updated["PhysicalResourceId"], physical_id, "stable across updates");
     assert_eq!(h.revisions(&format!("{prefix}-default")).await, [1, 2]);
-    for same in ["ExecutionRoleArn", "JobRoleArn", "RepositoryUri", "JobQueueArn", "ComputeEnvironmentArns"] {
+    for same in ["ExecutionRoleArn", "JobRoleArn", "RepositoryUri", "JobQueueArn", "JobQueueArns"] {
         assert_eq!(updated["Data"][same], first["Data"][same], "{same}");
     }
     assert_ne!(updated["Data"]["JobDefinitionArns"], first["Data"]["JobDefinitionArns"]);
@@ -382,4 +382,206 @@ async fn a_payload_that_is_no_request_is_an_error_naming_it() {
     let h = harness("bs-noreq").await;
     let err = handle(invocation(json!({"detail-type": "Scheduled Event"})), &h.clients, &h.config).await.unwrap_err();
     assert!(err.to_string().contains("not a CloudFormation custom resource request"), "{err}");
+}
+
+/// The environment of `prefix`, sharing its role names with every other one of the test
+/// (`shared`), as two environments may.
+fn sharing_roles(prefix: &str, shared: &str) -> Value {
+    let mut properties = network_only(prefix);
+    properties["Roles"] =
+        json!({"ExecutionRoleName": format!("{shared}-execution"), "JobRoleName": format!("{shared}-job")});
+    properties
+}
+
+impl Harness {
+    async fn queue_status(&self, name: &str) -> Option<String> {
+        let queues = self.batch.describe_job_queues().job_queues(name).send().await.unwrap();
+        queues
+            .job_queues()
+            .iter()
+            .find(|q| q.status().map(|s| s.as_str()) != Some("DELETED"))
+            .map(|q| q.state().map(|s| s.as_str().to_owned()).unwrap_or_default())
+    }
+
+    async fn role_exists(&self, name: &str) -> bool {
+        self.iam.get_role().role_name(name).send().await.is_ok()
+    }
+
+    async fn owner(&self) -> Option<String> {
+        use batchline::store::ConfigStore;
+        let store =
+            batchline::store::DynamoStore::new(aws_sdk_dynamodb::Client::new(&self.sdk), &self.config.table_name);
+        store.load_published().await.unwrap().and_then(|p| p.owner)
+    }
+}
+
+#[tokio::test]
+async fn a_name_prefix_change_replaces_the_environment_and_deleting_the_old_spares_the_new() {
+    // GIVEN environment a, then an Update to prefix b (a replacement: a new physical id)
+    let h = harness("bs-replace").await;
+    let (a, b, shared) = (unique_name("bra"), unique_name("brb"), unique_name("brs"));
+    let (props_a, props_b) = (sharing_roles(&a, &shared), sharing_roles(&b, &shared));
+    let created = h.send("Create", &props_a, None, None).await;
+    let id_a = created["PhysicalResourceId"].as_str().unwrap().to_owned();
+    let updated = h.send("Update", &props_b, Some(&id_a), Some(&props_a)).await;
+    assert_eq!(updated["Status"], "SUCCESS", "{updated}");
+    let id_b = updated["PhysicalResourceId"].as_str().unwrap().to_owned();
+    assert_ne!(id_a, id_b, "a new physical id: CloudFormation replaces");
+    // WHEN CloudFormation deletes the old physical id with the old properties
+    let deleted = h.send("Delete", &props_a, Some(&id_a), None).await;
+    assert_eq!(deleted["Status"], "SUCCESS", "{deleted}");
+    // THEN the new environment is whole and published, the old one gone, shared roles kept
+    let published = h.published().await.expect("the new environment's configuration stays published");
+    assert_eq!(published.name_prefix, b);
+    assert_eq!(h.owner().await.as_deref(), Some(id_b.as_str()));
+    assert_eq!(h.queue_status(&format!("{b}-default")).await.as_deref(), Some("ENABLED"));
+    assert_eq!(h.queue_status(&format!("{a}-default")).await, None);
+    assert!(h.role_exists(&format!("{shared}-execution")).await && h.role_exists(&format!("{shared}-job")).await);
+    // AND the new environment takes work
+    let clients = batchline_submit::Clients::new(&h.sdk, &h.config);
+    let request = json!({"version": "2.0", "rawPath": "/jobs", "requestContext": {"http": {"method": "POST", "path": "/jobs"}},
+                         "body": "{}", "isBase64Encoded": false});
+    let answer = batchline_submit::handle(invocation(request), &clients).await.unwrap();
+    assert_eq!(answer["statusCode"], 202, "{answer}");
+}
+
+#[tokio::test]
+async fn a_rolled_back_prefix_change_deletes_the_new_environment_and_keeps_the_old() {
+    // GIVEN a, an Update to b, and the rollback's Update back to a (from id b)
+    let h = harness("bs-rollback").await;
+    let (a, b, shared) = (unique_name("bla"), unique_name("blb"), unique_name("bls"));
+    let (props_a, props_b) = (sharing_roles(&a, &shared), sharing_roles(&b, &shared));
+    let id_a = h.send("Create", &props_a, None, None).await["PhysicalResourceId"].as_str().unwrap().to_owned();
+    let id_b = h.send("Update", &props_b, Some(&id_a), Some(&props_a)).await["PhysicalResourceId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let back = h.send("Update", &props_a, Some(&id_b), Some(&props_b)).await;
+    assert_eq!((back["Status"].as_str(), back["PhysicalResourceId"].as_str()), (Some("SUCCESS"), Some(id_a.as_str())));
+    // WHEN the cleanup deletes the new physical id with the new properties
+    let deleted = h.send("Delete", &props_b, Some(&id_b), None).await;
+    assert_eq!(deleted["Status"], "SUCCESS", "{deleted}");
+    // THEN a is whole and published, b gone
+    assert_eq!(h.published().await.map(|c| c.name_prefix), Some(a.clone()));
+    assert_eq!(h.owner().await.as_deref(), Some(id_a.as_str()));
+    assert_eq!(h.queue_status(&format!("{a}-default")).await.as_deref(), Some("ENABLED"));
+    assert_eq!(h.queue_status(&format!("{b}-default")).await, None);
+    assert!(h.role_exists(&format!("{shared}-execution")).await);
+}
+
+#[tokio::test]
+async fn a_failed_prefix_change_removes_what_it_created_and_answers_with_the_old_id() {
+    // GIVEN environment a, and an Update to prefix b whose job definitions cannot be registered
+    let h = harness("bs-failed-change").await;
+    let (a, b, shared) = (unique_name("bfa"), unique_name("bfb"), unique_name("bfs"));
+    let (props_a, props_b) = (sharing_roles(&a, &shared), sharing_roles(&b, &shared));
+    let id_a = h.send("Create", &props_a, None, None).await["PhysicalResourceId"].as_str().unwrap().to_owned();
+    let rules = std::collections::BTreeMap::from([(
+        "batch:RegisterJobDefinition",
+        batchline_testkit::faults::Rates { fail: 1.0, lose: 0.0 },
+    )]);
+    let scope = batchline_testkit::faults::FaultScope::enable(&unique_name("bsfail"), 1, &rules).await.unwrap();
+    let failing = Harness { clients: Clients::new(&scope.sdk_config().await), ..harness("bs-failed-change-2").await };
+    let failing = Harness { config: h.config.clone(), ..failing };
+    // WHEN the Update fails part-way
+    let answer = failing.send("Update", &props_b, Some(&id_a), Some(&props_a)).await;
+    scope.disable().await.ok();
+    // THEN it answers FAILED with the old id, having removed b's queue and environment
+    assert_eq!(
+        (answer["Status"].as_str(), answer["PhysicalResourceId"].as_str()),
+        (Some("FAILED"), Some(id_a.as_str()))
+    );
+    assert!(answer["Reason"].as_str().unwrap().contains("was removed"), "{answer}");
+    assert_eq!(h.queue_status(&format!("{b}-default")).await, None);
+    let environments =
+        h.batch.describe_compute_environments().compute_environments(format!("{b}-default")).send().await.unwrap();
+    assert!(environments.compute_environments().iter().all(|c| c.status().map(|s| s.as_str()) == Some("DELETED")));
+    // AND a is untouched: published, its queue and the shared roles there
+    assert_eq!(h.owner().await.as_deref(), Some(id_a.as_str()));
+    assert_eq!(h.queue_status(&format!("{a}-default")).await.as_deref(), Some("ENABLED"));
+    assert!(h.role_exists(&format!("{shared}-execution")).await && h.role_exists(&format!("{shared}-job")).await);
+}
+
+#[tokio::test]
+async fn a_configuration_published_by_the_previous_release_is_removed_only_by_its_own_environment() {
+    // GIVEN environment a whose configuration item has no owner, as the previous release wrote it
+    let h = harness("bs-legacy-config").await;
+    let (a, other) = (unique_name("bga"), unique_name("bgo"));
+    let props_a = network_only(&a);
+    let id_a = h.send("Create", &props_a, None, None).await["PhysicalResourceId"].as_str().unwrap().to_owned();
+    aws_sdk_dynamodb::Client::new(&h.sdk)
+        .update_item()
+        .table_name(&h.config.table_name)
+        .key("pk", AttributeValue::S(keys::CONFIG_PK.into()))
+        .key("sk", AttributeValue::S(keys::CONFIG_SK.into()))
+        .update_expression("REMOVE #owner")
+        .expression_attribute_names("#owner", "owner")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(h.owner().await, None);
+    // WHEN another environment is deleted, THEN the configuration stays
+    let other_props = network_only(&other);
+    let deleted = h.send("Delete", &other_props, Some(&format!("{other}-environment")), None).await;
+    assert_eq!(deleted["Status"], "SUCCESS");
+    assert!(h.published().await.is_some(), "not the other environment's to remove");
+    // WHEN its own environment is deleted, THEN it goes
+    h.send("Delete", &props_a, Some(&id_a), None).await;
+    assert!(h.published().await.is_none());
+}
+
+/// The environment of `prefix` (padded to NamePrefix's 40 characters) with `count` job
+/// definitions whose keys have the 40 characters a key may have: the longest ARNs there are.
+fn with_definitions(prefix: &str, count: usize) -> Value {
+    let mut properties = network_only(&format!("{prefix:x<40}"));
+    let definitions: serde_json::Map<String, Value> =
+        (0..count).map(|i| (format!("{:x<40}", format!("d{i}-")), json!({}))).collect();
+    properties["JobDefinitions"] = Value::Object(definitions);
+    properties
+}
+
+#[tokio::test]
+async fn the_largest_configuration_the_document_allows_answers_within_cloudformations_4096_bytes() {
+    let h = harness("bs-largest").await;
+    let prefix = unique_name("bz");
+    // GIVEN the most job definitions with the longest names the size check lets through
+    let fits = |count: usize| {
+        let payload = request("Create", "http://unused", &with_definitions(&prefix, count), None, None);
+        let request = Request::from_payload(&payload).unwrap();
+        let declared = batchline_bootstrap::declaration::declare(&request.resource_properties).unwrap();
+        batchline_bootstrap::largest_answer(&request, &declared) <= 4096
+    };
+    let largest = (1..200).take_while(|n| fits(*n)).last().unwrap();
+    assert!(largest >= 10, "at least ten of the longest job definitions fit: {largest}");
+
+    // WHEN one more is asked for, THEN it is refused before anything is created
+    let refused = h.send("Create", &with_definitions(&prefix, largest + 1), None, None).await;
+    assert_eq!(refused["Status"], "FAILED", "{refused}");
+    assert!(refused["Reason"].as_str().unwrap().contains("over its 4096"), "{refused}");
+    assert_eq!(h.queue_status(&format!("{prefix:x<40}-default")).await, None);
+
+    // WHEN the largest is deployed
+    let server = ResponseServer::start(0).await.unwrap();
+    let payload = request("Create", &server.url, &with_definitions(&prefix, largest), None, None);
+    handle(invocation(payload), &h.clients, &h.config).await.unwrap();
+    // THEN CloudFormation's answer fits, and every Data key is whole and usable
+    let body = &server.received()[0].body;
+    assert!(body.len() <= 4096, "{} bytes", body.len());
+    let answer: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(answer["Status"], "SUCCESS", "{answer}");
+    let arns: Vec<&str> = answer["Data"]["JobDefinitionArns"].as_str().unwrap().split(',').collect();
+    assert_eq!(arns.len(), largest);
+    let described = h
+        .batch
+        .describe_job_definitions()
+        .set_job_definitions(Some(arns.iter().map(|a| a.to_string()).collect()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(described.job_definitions().len(), largest, "every ARN names a registered job definition");
+    let queue = answer["Data"]["JobQueueArns"].as_str().unwrap();
+    assert_eq!(queue, answer["Data"]["JobQueueArn"].as_str().unwrap());
+    for key in ["ExecutionRoleArn", "JobRoleArn", "RepositoryUri"] {
+        assert!(!answer["Data"][key].as_str().unwrap().is_empty(), "{key}");
+    }
 }

@@ -230,9 +230,10 @@ async fn chaos(seed: u64) {
     let env = Deployed::new(&format!("chaos-{seed}"), configuration()).await;
     // A later deploy removed the job definition the brittle pipeline's second stage names.
     let store = batchline::store::DynamoStore::new(aws_sdk_dynamodb::Client::new(&env.sdk), &env.config.table_name);
-    let mut deployed = batchline::store::ConfigStore::load_config(&store).await.unwrap().unwrap();
-    deployed.job_definitions.remove("retired");
-    batchline::store::ConfigStore::publish_config(&store, &deployed).await.unwrap();
+    let mut deployed = batchline::store::ConfigStore::load_published(&store).await.unwrap().unwrap();
+    deployed.config.job_definitions.remove("retired");
+    let owner = deployed.owner.unwrap_or_default();
+    batchline::store::ConfigStore::publish_config(&store, &deployed.config, &owner).await.unwrap();
     let dynamodb = Rates { fail: 0.2, lose: 0.1 };
     let rules = BTreeMap::from([
         ("dynamodb:PutItem", dynamodb),

@@ -114,7 +114,7 @@ fn stored_items_round_trip_through_the_codecs_unchanged() {
     }
     let stored = item(CONFIG);
     assert_eq!(
-        config_from_item(&config_item(&config_from_item(&stored).unwrap()).unwrap()).unwrap(),
+        config_from_item(&config_item(&config_from_item(&stored).unwrap(), "owner").unwrap()).unwrap(),
         config_from_item(&stored).unwrap()
     );
 }

@@ -105,7 +105,7 @@ fn answer(request: &Request, config: Option<&str>) -> (String, &'static str, Vec
 
 /// The configuration item in DynamoDB's JSON, made by the store's own codec.
 fn config_item_json(config: &StackConfig) -> Result<String, String> {
-    let item = config_item(config).map_err(|e| e.to_string())?;
+    let item = config_item(config, "bench-environment").map_err(|e| e.to_string())?;
     let typed: serde_json::Map<String, serde_json::Value> = item
         .iter()
         .map(|(name, value)| match value.as_s() {

@@ -100,7 +100,7 @@ pub struct Response {
 }
 
 /// CloudFormation refuses response bodies over 4,096 bytes; the reason is what gives.
-const MAX_BODY_BYTES: usize = 4096;
+pub const MAX_BODY_BYTES: usize = 4096;
 
 impl Response {
     pub fn new(

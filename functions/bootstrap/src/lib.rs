@@ -11,7 +11,10 @@
 //! fail at once, before anything is created, so a Delete after a failed Create has
 //! nothing to do and succeeds. The physical resource id is `<NamePrefix>-environment`: it
 //! stays the same across updates, and a changed prefix makes CloudFormation replace the
-//! environment (create the new one, then delete the old).
+//! environment (create the new one, then delete the old — see [`provision`] for how the
+//! two keep apart). An Update that changes the prefix and fails removes what it created
+//! of the new environment (sparing what the old one uses) and answers FAILED with the old
+//! id, so the rollback finds the old environment as it was and nothing of the new one.
 
 pub mod cfn;
 pub mod declaration;
@@ -153,6 +156,31 @@ pub fn physical_id(config: &Declared) -> String {
     format!("{}-environment", config.name_prefix)
 }
 
+/// The size of the answer CloudFormation would get once `config` is converged, at its
+/// largest: every ARN in this request's partition, region and account (from its StackId),
+/// job definition revisions of nine digits. CloudFormation refuses answers over 4,096
+/// bytes — and a truncated `JobQueueArns` would silently stop the Batch event rule from
+/// matching — so a configuration whose answer could exceed it is refused before anything
+/// is created.
+pub fn largest_answer(request: &Request, config: &Declared) -> usize {
+    let parts: Vec<&str> = request.stack_id.split(':').collect();
+    let part = |i: usize, default: &'static str| parts.get(i).copied().filter(|p| !p.is_empty()).unwrap_or(default);
+    let (partition, region, account) = (part(1, "aws-us-gov"), part(3, "ap-southeast-3"), part(4, "123456789012"));
+    let domain = if partition == "aws-cn" { "amazonaws.com.cn" } else { "amazonaws.com" };
+    let converged = config.assume_provisioned(|kind, name| match kind {
+        "role" => format!("arn:{partition}:iam::{account}:role/{name}"),
+        "repository" => format!("{account}.dkr.ecr.{region}.{domain}/{name}"),
+        "job-definition" => format!("arn:{partition}:batch:{region}:{account}:job-definition/{name}:999999999"),
+        _ => format!("arn:{partition}:batch:{region}:{account}:{kind}/{name}"),
+    });
+    let data = provision::outputs(&converged).into_iter().map(|(k, v)| (k.to_owned(), Value::String(v))).collect();
+    let answer = Response::new(request, Status::Success, CONVERGED, physical_id(config), data);
+    serde_json::to_vec(&answer).map(|body| body.len()).unwrap_or(usize::MAX)
+}
+
+/// The reason of a successful Create or Update.
+const CONVERGED: &str = "environment converged";
+
 async fn run(request: Request, clients: Clients, table: String, deadline: Instant) -> Outcome {
     let fallback_id = fallback_physical_id(&request);
     match request.request_type.as_str() {
@@ -164,22 +192,47 @@ async fn run(request: Request, clients: Clients, table: String, deadline: Instan
             let previous = request.old_resource_properties.as_ref().and_then(|old| declaration::declare(old).ok());
             // A changed prefix is a replacement: the old environment is deleted by
             // CloudFormation's Delete of the old physical id, not here.
-            let previous = previous.filter(|p| p.name_prefix == config.name_prefix);
+            let replaced = previous.as_ref().filter(|p| p.name_prefix != config.name_prefix);
+            let same_environment = previous.as_ref().filter(|p| p.name_prefix == config.name_prefix);
             let id = physical_id(&config);
-            match provision::converge(&clients, &table, &config, previous.as_ref(), deadline).await {
+            let largest = largest_answer(&request, &config);
+            if largest > cfn::MAX_BODY_BYTES {
+                let reason = format!(
+                    "invalid stack configuration: the answer to CloudFormation would be up to {largest} bytes, over its {} (JobDefinitionArns lists {} job definitions, JobQueueArns {} queues): use fewer of them, shorter keys or a shorter NamePrefix",
+                    cfn::MAX_BODY_BYTES,
+                    config.job_definitions.len(),
+                    config.job_queues.len()
+                );
+                return Outcome::failed(reason, fallback_id);
+            }
+            match provision::converge(&clients, &table, &config, same_environment, &id, deadline).await {
                 Ok(resolved) => {
                     let data = provision::outputs(&resolved)
                         .into_iter()
                         .map(|(k, v)| (k.to_owned(), Value::String(v)))
                         .collect();
-                    Outcome {
-                        status: Status::Success,
-                        reason: "environment converged".into(),
-                        physical_resource_id: id,
-                        data,
-                    }
+                    Outcome { status: Status::Success, reason: CONVERGED.into(), physical_resource_id: id, data }
                 }
-                Err(err) => Outcome::failed(err.to_string(), id),
+                Err(err) => match replaced {
+                    Some(old) => {
+                        let cleaned = provision::delete_resources(
+                            &clients,
+                            &config,
+                            &provision::InUse::by_declared(old),
+                            deadline,
+                        )
+                        .await;
+                        let reason = match cleaned {
+                            Ok(()) => format!("{err}; what was created under the new NamePrefix was removed"),
+                            Err(cleanup) => format!(
+                                "{err}; removing what was created under the new NamePrefix failed too ({cleanup}): delete the {}-* resources by hand",
+                                config.name_prefix
+                            ),
+                        };
+                        Outcome::failed(reason, fallback_id)
+                    }
+                    None => Outcome::failed(err.to_string(), id),
+                },
             }
         }
         "Delete" => match declaration::declare(&request.resource_properties) {
@@ -190,7 +243,7 @@ async fn run(request: Request, clients: Clients, table: String, deadline: Instan
                 physical_resource_id: fallback_id,
                 data: Map::new(),
             },
-            Ok(config) => match provision::teardown(&clients, &table, &config, deadline).await {
+            Ok(config) => match provision::teardown(&clients, &table, &config, &fallback_id, deadline).await {
                 Ok(()) => Outcome {
                     status: Status::Success,
                     reason: "environment deleted".into(),

@@ -157,7 +157,7 @@ fn invocation(token: &str, deadline_ms: i64) -> Holder {
 impl World {
     async fn new() -> World {
         let store = Arc::new(MemoryStore::new());
-        store.publish_config(&config()).await.unwrap();
+        store.publish_config(&config(), "unit-environment").await.unwrap();
         World {
             configs: ConfigCache::new(store.clone()),
             store,
@@ -521,7 +521,7 @@ async fn a_stage_whose_job_definition_a_deploy_removed_fails_the_run_with_the_re
     let (run, _) = world.driver().start("fragile", "api", "key-6", RunInput::default(), 1_000).await.unwrap();
     let mut deployed = config();
     deployed.job_definitions.remove("report");
-    world.store.publish_config(&deployed).await.unwrap();
+    world.store.publish_config(&deployed, "unit-environment").await.unwrap();
     world.configs = ConfigCache::new(world.store.clone());
     // WHEN the first stage succeeds
     let driver = world.driver();
@@ -748,7 +748,7 @@ async fn the_sweep_repairs_a_run_of_a_pipeline_removed_from_the_configuration() 
     let (run, _) = world.driver().start("fragile", "api", "key-r1", RunInput::default(), 1_000).await.unwrap();
     let mut deployed = config();
     deployed.pipelines.remove("fragile");
-    world.store.publish_config(&deployed).await.unwrap();
+    world.store.publish_config(&deployed, "unit-environment").await.unwrap();
     world.configs = ConfigCache::new(world.store.clone());
     // AND its first stage ended without its event
     world.batch.set_status(&world.job_of("first"), "SUCCEEDED");

@@ -187,11 +187,16 @@ pub async fn runs(store: &dyn Store, unique: &str) {
 }
 
 pub async fn configuration(store: &dyn Store, config: &StackConfig) {
-    store.remove_config().await.unwrap();
+    store.remove_config(Some("mine")).await.unwrap();
     assert_eq!(store.load_config().await.unwrap(), None);
-    store.publish_config(config).await.unwrap();
+    store.publish_config(config, "mine").await.unwrap();
     assert_eq!(store.load_config().await.unwrap().as_ref(), Some(config));
-    store.remove_config().await.unwrap();
+    let published = store.load_published().await.unwrap().unwrap();
+    assert_eq!((&published.config, published.owner.as_deref()), (config, Some("mine")));
+    assert!(!store.remove_config(Some("theirs")).await.unwrap(), "another environment's delete leaves it");
+    assert!(!store.remove_config(None).await.unwrap(), "it has an owner");
+    assert!(store.load_config().await.unwrap().is_some());
+    assert!(store.remove_config(Some("mine")).await.unwrap());
     assert_eq!(store.load_config().await.unwrap(), None, "removed");
-    store.remove_config().await.unwrap();
+    assert!(store.remove_config(Some("mine")).await.unwrap(), "gone is gone");
 }

@@ -20,7 +20,8 @@
 //! A run, its index line and its open-run line are written in one transaction, conditional
 //! on the run's version: the index can never show an older state than the record, and a
 //! run is never written without being listed.
-//! - configuration: `document` (the [`StackConfig`] as JSON).
+//! - configuration: `document` (the [`StackConfig`] as JSON), `owner` (the physical id of
+//!   the environment that published it; absent on items from earlier releases).
 
 use std::collections::HashMap;
 
@@ -34,8 +35,9 @@ use aws_sdk_dynamodb::types::{
 
 use super::keys::{self, CLAIM_SK, CONFIG_PK, CONFIG_SK, EVENT_SK, INDEX_SK_PREFIX, OPEN_PK, RUN_SK, SWEEP_SK};
 use super::{
-    ClaimState, ClaimStore, ConfigStore, EventClaim, EventLedgerStore, EventState, Holder, OpenRun, Page, RunStore,
-    RunSummary, SubmissionClaim, SweepCursor, VersionedRun, CLAIM_SECONDS, EVENT_SECONDS, RUN_RETENTION_SECONDS,
+    ClaimState, ClaimStore, ConfigStore, EventClaim, EventLedgerStore, EventState, Holder, OpenRun, Page, Published,
+    RunStore, RunSummary, SubmissionClaim, SweepCursor, VersionedRun, CLAIM_SECONDS, EVENT_SECONDS,
+    RUN_RETENTION_SECONDS,
 };
 use crate::error::conditional_write;
 use crate::model::run::Run;
@@ -227,10 +229,15 @@ pub fn summary_from_item(item: &Item) -> RunSummary {
     }
 }
 
-/// The configuration item.
-pub fn config_item(config: &StackConfig) -> Result<Item, Error> {
+/// The configuration item, published by the environment `owner`.
+pub fn config_item(config: &StackConfig, owner: &str) -> Result<Item, Error> {
     let document = serde_json::to_string(config).map_err(|e| unreadable(CONFIG_PK, e.to_string()))?;
-    Ok(Item::from([("pk".into(), s(CONFIG_PK)), ("sk".into(), s(CONFIG_SK)), ("document".into(), s(document))]))
+    Ok(Item::from([
+        ("pk".into(), s(CONFIG_PK)),
+        ("sk".into(), s(CONFIG_SK)),
+        ("document".into(), s(document)),
+        ("owner".into(), s(owner)),
+    ]))
 }
 
 /// Reads the configuration item.
@@ -595,26 +602,30 @@ impl ConfigStore for DynamoStore {
         self.get(CONFIG_PK.into(), CONFIG_SK).await?.as_ref().map(config_from_item).transpose()
     }
 
-    async fn publish_config(&self, config: &StackConfig) -> Result<(), Error> {
+    async fn load_published(&self) -> Result<Option<Published>, Error> {
+        let Some(item) = self.get(CONFIG_PK.into(), CONFIG_SK).await? else { return Ok(None) };
+        Ok(Some(Published { config: config_from_item(&item)?, owner: text(&item, "owner") }))
+    }
+
+    async fn publish_config(&self, config: &StackConfig, owner: &str) -> Result<(), Error> {
         self.client
             .put_item()
             .table_name(&self.table)
-            .set_item(Some(config_item(config)?))
+            .set_item(Some(config_item(config, owner)?))
             .send()
             .await
             .map_err(|e| Error::aws("PutItem", e))?;
         Ok(())
     }
 
-    async fn remove_config(&self) -> Result<(), Error> {
-        self.client
-            .delete_item()
-            .table_name(&self.table)
-            .key("pk", s(CONFIG_PK))
-            .key("sk", s(CONFIG_SK))
-            .send()
-            .await
-            .map_err(|e| Error::aws("DeleteItem", e))?;
-        Ok(())
+    async fn remove_config(&self, owner: Option<&str>) -> Result<bool, Error> {
+        let request = self.client.delete_item().table_name(&self.table).key("pk", s(CONFIG_PK)).key("sk", s(CONFIG_SK));
+        let request = match owner {
+            Some(owner) => request
+                .condition_expression("attribute_not_exists(pk) OR #owner = :owner")
+                .expression_attribute_values(":owner", s(owner)),
+            None => request.condition_expression("attribute_not_exists(#owner)"),
+        };
+        conditional_write("DeleteItem", request.expression_attribute_names("#owner", "owner").send().await)
     }
 }

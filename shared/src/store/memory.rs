@@ -12,8 +12,8 @@ use async_trait::async_trait;
 
 use super::keys::index_sk;
 use super::{
-    ClaimState, ClaimStore, ConfigStore, EventClaim, EventLedgerStore, EventState, Holder, OpenRun, Page, RunStore,
-    RunSummary, SubmissionClaim, SweepCursor, VersionedRun,
+    ClaimState, ClaimStore, ConfigStore, EventClaim, EventLedgerStore, EventState, Holder, OpenRun, Page, Published,
+    RunStore, RunSummary, SubmissionClaim, SweepCursor, VersionedRun,
 };
 use crate::model::run::Run;
 use crate::model::stack::StackConfig;
@@ -59,7 +59,7 @@ struct Tables {
     /// The open-run list, by position.
     open: BTreeMap<String, OpenRun>,
     sweep_cursor: SweepCursor,
-    config: Option<StackConfig>,
+    config: Option<Published>,
     faults: HashMap<&'static str, VecDeque<StoreFault>>,
 }
 
@@ -375,14 +375,26 @@ fn set_open_line(t: &mut Tables, run: &Run) {
 #[async_trait]
 impl ConfigStore for MemoryStore {
     async fn load_config(&self) -> Result<Option<StackConfig>, Error> {
-        self.call("load_config", |t| t.config.clone())
+        self.call("load_config", |t| t.config.as_ref().map(|p| p.config.clone()))
     }
 
-    async fn publish_config(&self, config: &StackConfig) -> Result<(), Error> {
-        self.call("publish_config", |t| t.config = Some(config.clone()))
+    async fn load_published(&self) -> Result<Option<Published>, Error> {
+        self.call("load_published", |t| t.config.clone())
     }
 
-    async fn remove_config(&self) -> Result<(), Error> {
-        self.call("remove_config", |t| t.config = None)
+    async fn publish_config(&self, config: &StackConfig, owner: &str) -> Result<(), Error> {
+        self.call("publish_config", |t| {
+            t.config = Some(Published { config: config.clone(), owner: Some(owner.to_owned()) })
+        })
+    }
+
+    async fn remove_config(&self, owner: Option<&str>) -> Result<bool, Error> {
+        self.call("remove_config", |t| {
+            let ours = t.config.as_ref().is_none_or(|published| published.owner.as_deref() == owner);
+            if ours {
+                t.config = None;
+            }
+            ours
+        })
     }
 }

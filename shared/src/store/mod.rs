@@ -9,7 +9,7 @@
 //! | [`ClaimStore`] | `IDEM#<hash>` / `CLAIM` | the submitter |
 //! | [`EventLedgerStore`] | `EVENT#<id>` / `EVENT` | job-events' ledger |
 //! | [`RunStore`] | `RUN#<id>` / `RUN`, `PIPELINE#<name>` / `RUN#<created>#<id>`, `OPEN` / `RUN#<created>#<id>`, `OPEN` / `SWEEP` | the run driver, the sweep, the API |
-//! | [`ConfigStore`] | `CONFIG` / `CURRENT` | bootstrap (writes), the configuration cache (reads) |
+//! | [`ConfigStore`] | `CONFIG` / `CURRENT` (with its owner) | bootstrap (writes), the configuration cache (reads) |
 //!
 //! Two implementations: [`DynamoStore`] (the table) and [`MemoryStore`] (for unit tests
 //! that interleave handlers step by step). Both honour the same conditions, checked by
@@ -224,13 +224,27 @@ pub trait RunStore: Send + Sync {
     async fn save_sweep_cursor(&self, cursor: &SweepCursor) -> Result<(), Error>;
 }
 
+/// The published configuration and the environment that published it: the custom
+/// resource's physical id (`None` on an item written by an earlier release).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Published {
+    pub config: StackConfig,
+    pub owner: Option<String>,
+}
+
 /// The stack configuration bootstrap publishes.
 #[async_trait]
 pub trait ConfigStore: Send + Sync {
     /// The published configuration, if bootstrap has published one.
     async fn load_config(&self) -> Result<Option<StackConfig>, Error>;
-    async fn publish_config(&self, config: &StackConfig) -> Result<(), Error>;
-    async fn remove_config(&self) -> Result<(), Error>;
+    /// The published configuration with its owner.
+    async fn load_published(&self) -> Result<Option<Published>, Error>;
+    /// Publishes the configuration of the environment `owner` (a physical id).
+    async fn publish_config(&self, config: &StackConfig, owner: &str) -> Result<(), Error>;
+    /// Removes the configuration only if `owner` published it (`None`: only if no owner is
+    /// recorded — an earlier release's item); true when it is gone. An environment being
+    /// deleted after a replacement never removes its successor's configuration.
+    async fn remove_config(&self, owner: Option<&str>) -> Result<bool, Error>;
 }
 
 /// Everything the table holds.

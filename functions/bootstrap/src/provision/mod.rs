@@ -7,11 +7,19 @@
 //! disabled then deleted, compute environments disabled then deleted, job definitions
 //! deregistered, the repository (only when configured) and the roles — and treats anything
 //! already gone as done.
+//!
+//! **Ownership.** The published configuration records the physical id of the environment
+//! that published it. A changed `NamePrefix` is a replacement: CloudFormation creates the
+//! new environment, then deletes the old physical id with the old properties (a rollback
+//! does the same the other way round). So a teardown leaves alone every resource the
+//! published configuration of *another* environment still uses (the two may share role or
+//! repository names) and removes the configuration only if its own id published it (an
+//! item of an earlier release, without an id, counts as its own when its prefix matches).
 
 use std::collections::BTreeMap;
 
 use batchline::model::stack::{Provisioned, ProvisionedRepository, Roles, StackConfig, EXECUTION_POLICY_ARN};
-use batchline::store::{ConfigStore, DynamoStore};
+use batchline::store::{ConfigStore, DynamoStore, Published};
 use batchline::Error;
 use tokio::time::Instant;
 use tracing::info;
@@ -38,13 +46,14 @@ const JOB_ROLE_POLICY: &str = "batchline-input-read";
 const ECS_TASKS_TRUST: &str = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"ecs-tasks.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#;
 
 /// Creates or updates everything `declared` names, removes what `previous` had and
-/// `declared` no longer has, publishes the result and returns it: the deployed
-/// configuration, every resource with its ARN.
+/// `declared` no longer has, publishes the result as the environment `owner` (its
+/// physical id) and returns it: the deployed configuration, every resource with its ARN.
 pub async fn converge(
     clients: &Clients,
     table: &str,
     declared: &Declared,
     previous: Option<&Declared>,
+    owner: &str,
     deadline: Instant,
 ) -> Result<StackConfig, Error> {
     let names = &declared.roles;
@@ -89,28 +98,102 @@ pub async fn converge(
         pipelines: declared.pipelines.clone(),
         triggers: declared.triggers.clone(),
     };
-    publish(clients, table, &config).await?;
+    DynamoStore::new(clients.dynamodb.clone(), table).publish_config(&config, owner).await?;
     Ok(config)
 }
 
-/// Deletes everything the configuration describes; what is already gone counts as done.
-pub async fn teardown(clients: &Clients, table: &str, config: &Declared, deadline: Instant) -> Result<(), Error> {
-    for queue in config.job_queues.values() {
+/// The physical names of what an environment uses, to leave alone.
+#[derive(Debug, Default)]
+pub struct InUse(std::collections::BTreeSet<String>);
+
+impl InUse {
+    /// Everything `declared` names.
+    pub fn by_declared(declared: &Declared) -> Self {
+        let mut names = std::collections::BTreeSet::new();
+        names.insert(declared.roles.execution_role_name.clone());
+        names.insert(declared.roles.job_role_name.clone());
+        names.insert(declared.repository.name.clone());
+        names.extend(declared.compute_environments.values().map(|c| c.name.clone()));
+        names.extend(declared.job_queues.values().map(|q| q.name.clone()));
+        names.extend(declared.job_definitions.values().map(|d| d.name.clone()));
+        InUse(names)
+    }
+
+    /// Everything a published configuration names.
+    pub fn by_published(config: &StackConfig) -> Self {
+        let mut names = std::collections::BTreeSet::new();
+        names.insert(config.roles.names.execution_role_name.clone());
+        names.insert(config.roles.names.job_role_name.clone());
+        names.insert(config.repository.spec.name.clone());
+        names.extend(config.compute_environments.values().map(|c| c.spec.name.clone()));
+        names.extend(config.job_queues.values().map(|q| q.spec.name.clone()));
+        names.extend(config.job_definitions.values().map(|d| d.spec.name.clone()));
+        InUse(names)
+    }
+
+    fn free(&self, name: &str) -> bool {
+        !self.0.contains(name)
+    }
+}
+
+/// Deletes the environment `physical_id` whose properties were `config`: everything they
+/// describe that another environment's published configuration does not use, and the
+/// published configuration if this environment published it. What is already gone counts
+/// as done.
+pub async fn teardown(
+    clients: &Clients,
+    table: &str,
+    config: &Declared,
+    physical_id: &str,
+    deadline: Instant,
+) -> Result<(), Error> {
+    let store = DynamoStore::new(clients.dynamodb.clone(), table);
+    let published = store.load_published().await?;
+    let ours = |published: &Published| match &published.owner {
+        Some(owner) => owner == physical_id,
+        None => published.config.name_prefix == config.name_prefix,
+    };
+    let in_use = match &published {
+        Some(published) if !ours(published) => {
+            info!(owner = ?published.owner, "another environment is published: leaving what it uses alone");
+            InUse::by_published(&published.config)
+        }
+        _ => InUse::default(),
+    };
+    delete_resources(clients, config, &in_use, deadline).await?;
+    if let Some(published) = published.filter(|p| ours(p)) {
+        if !store.remove_config(published.owner.as_deref()).await? {
+            info!("the configuration was republished meanwhile; left in place");
+        }
+    }
+    info!(prefix = %config.name_prefix, physical_id, "environment torn down");
+    Ok(())
+}
+
+/// Deletes what `config` describes, except what `in_use` names, in the order AWS requires.
+pub async fn delete_resources(
+    clients: &Clients,
+    config: &Declared,
+    in_use: &InUse,
+    deadline: Instant,
+) -> Result<(), Error> {
+    for queue in config.job_queues.values().filter(|q| in_use.free(&q.name)) {
         delete_job_queue(clients, &queue.name, deadline).await?;
     }
-    for environment in config.compute_environments.values() {
+    for environment in config.compute_environments.values().filter(|c| in_use.free(&c.name)) {
         delete_compute_environment(clients, &environment.name, deadline).await?;
     }
-    for definition in config.job_definitions.values() {
+    for definition in config.job_definitions.values().filter(|d| in_use.free(&d.name)) {
         deregister_job_definition(clients, &definition.name).await?;
     }
-    if config.repository.delete_on_stack_delete {
+    if config.repository.delete_on_stack_delete && in_use.free(&config.repository.name) {
         delete_repository(clients, &config.repository.name).await?;
     }
-    delete_role(clients, &config.roles.job_role_name).await?;
-    delete_role(clients, &config.roles.execution_role_name).await?;
-    DynamoStore::new(clients.dynamodb.clone(), table).remove_config().await?;
-    info!(prefix = %config.name_prefix, "environment torn down");
+    for role in [&config.roles.job_role_name, &config.roles.execution_role_name] {
+        if in_use.free(role) {
+            delete_role(clients, role).await?;
+        }
+    }
     Ok(())
 }
 
@@ -136,15 +219,14 @@ async fn remove_dropped(
     Ok(())
 }
 
-async fn publish(clients: &Clients, table: &str, config: &StackConfig) -> Result<(), Error> {
-    DynamoStore::new(clients.dynamodb.clone(), table).publish_config(config).await
-}
-
 fn build_error(err: impl std::fmt::Display) -> Error {
     Error::InvalidEvent(format!("building a request: {err}"))
 }
 
-/// The outputs CloudFormation gets in `Data` (names fixed by the design, plus a few more).
+/// The outputs CloudFormation gets in `Data`: the design's names, and `JobQueueArns`
+/// (the template's Batch event rule matches them). Every other ARN is in the published
+/// configuration; the whole answer must fit CloudFormation's 4,096 bytes (see
+/// [`crate::largest_answer`]).
 pub fn outputs(config: &StackConfig) -> BTreeMap<&'static str, String> {
     let arns = |items: Vec<&str>| items.join(",");
     BTreeMap::from([
@@ -154,7 +236,6 @@ pub fn outputs(config: &StackConfig) -> BTreeMap<&'static str, String> {
         ("JobQueueArn", config.default_job_queue().map(|q| q.arn.clone()).unwrap_or_default()),
         ("JobDefinitionArns", arns(config.job_definitions.values().map(|d| d.arn.as_str()).collect())),
         ("JobQueueArns", arns(config.job_queues.values().map(|q| q.arn.as_str()).collect())),
-        ("ComputeEnvironmentArns", arns(config.compute_environments.values().map(|c| c.arn.as_str()).collect())),
     ])
 }
 
