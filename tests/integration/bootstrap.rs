@@ -585,3 +585,40 @@ async fn the_largest_configuration_the_document_allows_answers_within_cloudforma
         assert!(!answer["Data"][key].as_str().unwrap().is_empty(), "{key}");
     }
 }
+
+#[tokio::test]
+async fn the_roles_carry_the_configured_permissions_boundary_created_or_found() {
+    let h = harness("bs-boundary").await;
+    let prefix = unique_name("bpb");
+    let policy = |name: String| {
+        let iam = h.iam.clone();
+        async move {
+            let document = json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:GetObject", "Resource": "*"}]});
+            let created =
+                iam.create_policy().policy_name(name).policy_document(document.to_string()).send().await.unwrap();
+            created.policy().unwrap().arn().unwrap().to_owned()
+        }
+    };
+    let boundary = |role: &aws_sdk_iam::types::Role| {
+        role.permissions_boundary().and_then(|b| b.permissions_boundary_arn()).map(str::to_owned)
+    };
+    // GIVEN a role of the stack that exists without a boundary (an earlier release made it)
+    h.iam
+        .create_role()
+        .role_name(format!("{prefix}-job"))
+        .assume_role_policy_document(r#"{"Version":"2012-10-17","Statement":[]}"#)
+        .send()
+        .await
+        .unwrap();
+    let first = policy(format!("{prefix}-boundary")).await;
+    let mut properties = network_only(&prefix);
+    properties["Roles"] = json!({"PermissionsBoundary": first});
+    // WHEN bootstrap creates the environment
+    let answer = h.send("Create", &properties, None, None).await;
+    assert_eq!(answer["Status"], "SUCCESS", "{answer}");
+    // THEN both roles — the one it created and the one it found — carry the boundary
+    for role in ["execution", "job"] {
+        let found = h.iam.get_role().role_name(format!("{prefix}-{role}")).send().await.unwrap();
+        assert_eq!(boundary(found.role().unwrap()).as_deref(), Some(first.as_str()), "{role}");
+    }
+}

@@ -530,3 +530,36 @@ async fn an_idempotency_key_reused_after_its_24_hour_window_starts_new_work() {
     assert_eq!(answer_body(&third)["jobId"], answer_body(&second)["jobId"]);
     assert_eq!(env.jobs_in("default").await.len(), 2);
 }
+
+#[tokio::test]
+async fn a_job_definition_closed_to_overrides_refuses_a_callers_command_and_environment() {
+    let configuration = json!({
+        "JobDefinitions": {"default": {}, "locked": {"AllowOverrides": "false", "Command": "echo,Ref::day"}},
+        "Pipelines": {"nightly": {"Stages": {"a": {"JobDefinition": "default"}, "b": {"JobDefinition": "locked", "After": "a"}}}}
+    });
+    let env = Deployed::new("submit-locked", configuration).await;
+    let clients = Clients::new(&env.sdk, &env.config);
+    let post = |path: &'static str, body: Value| {
+        let clients = &clients;
+        async move { handle(invocation(http("POST", path, &body.to_string(), &[])), clients).await.unwrap() }
+    };
+    for body in [
+        json!({"jobDefinition": "locked", "command": ["sh", "-c", "anything"]}),
+        json!({"jobDefinition": "locked", "environment": {"PATH": "/tmp"}}),
+    ] {
+        let answer = post("/jobs", body.clone()).await;
+        assert_eq!(answer["statusCode"], 403, "{body}: {answer}");
+        assert_eq!(answer_body(&answer)["error"]["code"], "OverridesNotAllowed");
+    }
+    let answer = post("/pipelines/nightly/runs", json!({"environment": {"A": "1"}})).await;
+    assert_eq!(answer["statusCode"], 403, "{answer}");
+    assert!(answer_body(&answer)["error"]["message"].as_str().unwrap().starts_with("stage b "), "{answer}");
+    assert!(env.jobs_in("default").await.is_empty(), "nothing was submitted");
+    // Parameters still reach it, and other job definitions keep taking overrides
+    assert_eq!(
+        post("/jobs", json!({"jobDefinition": "locked", "parameters": {"day": "monday"}})).await["statusCode"],
+        202
+    );
+    assert_eq!(post("/jobs", json!({"environment": {"A": "1"}})).await["statusCode"], 202);
+    assert_eq!(post("/pipelines/nightly/runs", json!({"parameters": {"day": "monday"}})).await["statusCode"], 202);
+}

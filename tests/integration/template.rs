@@ -103,6 +103,56 @@ fn pass_role_is_only_in_bootstrap_for_its_own_roles_and_ecs_tasks() {
     }
 }
 
+/// Every statement of bootstrap's policies.
+fn bootstrap_statements(template: &Value) -> Vec<Value> {
+    let (_, bootstrap) = resources(template).into_iter().find(|(name, _)| name == "BootstrapFunction").unwrap();
+    let policies = bootstrap["Properties"]["Policies"].as_sequence().cloned().unwrap_or_default();
+    policies.iter().flat_map(|p| p["Statement"].as_sequence().cloned().unwrap_or_default()).collect()
+}
+
+/// The statements of bootstrap's policies that allow `action`.
+fn allowing(statements: &[Value], action: &str) -> Vec<Value> {
+    statements.iter().filter(|s| strings(&s["Action"]).iter().any(|a| a == action)).cloned().collect()
+}
+
+#[test]
+fn bootstrap_can_give_its_roles_nothing_beyond_their_boundary_and_touches_only_its_repositories() {
+    let template = template();
+    let statements = bootstrap_statements(&template);
+    // Whatever bootstrap writes on a role, the role carries the template's boundary.
+    for action in ["iam:CreateRole", "iam:PutRolePolicy", "iam:PutRolePermissionsBoundary"] {
+        for statement in allowing(&statements, action) {
+            let boundary = &statement["Condition"]["StringEquals"]["iam:PermissionsBoundary"];
+            assert_eq!(target_of(boundary).as_deref(), Some("RoleBoundary"), "{action}: {statement:?}");
+        }
+        assert!(!allowing(&statements, action).is_empty(), "{action} is allowed somewhere");
+    }
+    assert!(allowing(&statements, "iam:DeleteRolePermissionsBoundary").is_empty(), "the boundary cannot be removed");
+    // Only the ECS task execution policy may be attached.
+    for statement in allowing(&statements, "iam:AttachRolePolicy") {
+        let (_, arn) = tagged(&statement["Condition"]["ArnEquals"]["iam:PolicyARN"]).expect("a !Sub'd policy ARN");
+        assert!(arn.as_str().unwrap().ends_with(":policy/service-role/AmazonECSTaskExecutionRolePolicy"), "{arn:?}");
+    }
+    // The environment passes the boundary to bootstrap.
+    let (_, environment) = resources(&template).into_iter().find(|(name, _)| name == "Environment").unwrap();
+    assert_eq!(target_of(&environment["Properties"]["Roles"]["PermissionsBoundary"]).as_deref(), Some("RoleBoundary"));
+    // Repositories: created only with this stack's tag, changed or deleted only when tagged so.
+    for statement in allowing(&statements, "ecr:CreateRepository") {
+        assert!(!statement["Condition"]["StringEquals"]["aws:RequestTag/batchline:stack"].is_null(), "{statement:?}");
+    }
+    for action in ["ecr:DeleteRepository", "ecr:PutImageScanningConfiguration"] {
+        for statement in allowing(&statements, action) {
+            let tag = &statement["Condition"]["StringEquals"]["aws:ResourceTag/batchline:stack"];
+            assert!(!tag.is_null(), "{action}: {statement:?}");
+        }
+    }
+    // Its table access is the configuration item's partition only.
+    for statement in allowing(&statements, "dynamodb:DeleteItem") {
+        let keys = &statement["Condition"]["ForAllValues:StringEquals"]["dynamodb:LeadingKeys"];
+        assert_eq!(strings(keys), ["CONFIG"], "{statement:?}");
+    }
+}
+
 #[test]
 fn every_asynchronous_path_has_a_dead_letter_queue_with_an_alarm() {
     let template = template();
@@ -217,6 +267,8 @@ fn resolve_for_test(value: &Value) -> serde_json::Value {
                 "InputPrefix" => "incoming/".into(),
                 "InputSuffix" => "".into(),
                 "AssignPublicIp" | "DeleteRepositoryOnStackDelete" => "true".into(),
+                // !Ref of a managed policy is its ARN.
+                "RoleBoundary" => "arn:aws:iam::123456789012:policy/teststack-RoleBoundary-1".into(),
                 other => format!("resolved-{other}").to_lowercase().into(),
             },
             "!Sub" => inner.as_str().unwrap_or_default().replace("${AWS::StackName}", "teststack").into(),

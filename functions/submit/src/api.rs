@@ -310,6 +310,16 @@ pub fn idempotency_key(request: &HttpRequest, route: &str, fallback_id: &str) ->
     }
 }
 
+/// A caller's command or environment for job definitions that take none (`AllowOverrides:
+/// "false"`): what the job runs is the operator's, not the caller's.
+pub fn overrides_refused(what: &str) -> ApiError {
+    ApiError::new(
+        403,
+        "OverridesNotAllowed",
+        format!("{what} takes no command or environment from callers (AllowOverrides is false); pass the parameters its command names instead"),
+    )
+}
+
 /// `POST /jobs`: the job the body asks for under `idempotency_key`, validated.
 pub fn plan_submit_job(
     config: &StackConfig,
@@ -322,6 +332,9 @@ pub fn plan_submit_job(
         let known: Vec<&str> = config.job_definitions.keys().map(String::as_str).collect();
         ApiError::bad_request(format!("jobDefinition {key:?} is not configured; configured: {}", known.join(", ")))
     })?;
+    if !definition.allow_overrides && (body.command.is_some() || !body.environment.is_empty()) {
+        return Err(overrides_refused(&format!("jobDefinition {key:?}")));
+    }
     // Every problem of the request is gathered, so the caller fixes them in one go.
     let mut problems: Vec<RequestError> = Vec::new();
     let size = if body.vcpu.is_some() || body.memory.is_some() {

@@ -250,6 +250,20 @@ async fn serve(
                 }
             };
             let input = RunInput { parameters: body.parameters, environment: body.environment };
+            if !input.environment.is_empty() {
+                let pipeline = &stack.pipelines[&name];
+                let stages = pipeline.stages.iter().map(|(k, s)| (k.as_str(), s));
+                let closed: Vec<String> = stages
+                    .chain(pipeline.on_failure.iter().map(|s| (batchline::model::pipeline::ON_FAILURE, s)))
+                    .filter(|(_, stage)| {
+                        stack.job_definitions.get(&stage.job_definition).is_some_and(|d| !d.allow_overrides)
+                    })
+                    .map(|(stage, _)| format!("stage {stage}"))
+                    .collect();
+                if !closed.is_empty() {
+                    return Err(api::overrides_refused(&closed.join(", ")).into());
+                }
+            }
             check_run(&stack, &stack.pipelines[&name], &run_id(&name, &key), &input).map_err(|problems| {
                 ApiError::refused(
                     problems.into_iter().map(|(stage, problem)| (Some(format!("stage {stage}")), problem)).collect(),

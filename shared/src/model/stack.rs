@@ -101,6 +101,10 @@ pub struct RoleNames {
     pub execution_role_name: String,
     pub job_role_name: String,
     pub input_bucket: Option<String>,
+    /// The managed policy that caps both roles (the template's `RoleBoundary`): whatever
+    /// bootstrap puts on them, they can do no more than it allows.
+    #[serde(default)]
+    pub permissions_boundary: Option<String>,
 }
 
 /// The roles as provisioned.
@@ -169,6 +173,14 @@ pub struct JobDefinition {
     pub log_group: String,
     /// Key of the queue its jobs go to.
     pub queue: String,
+    /// Whether API callers may override its command and environment. Off, a caller can
+    /// only fill the parameters the definition's command names (`Ref::name`).
+    #[serde(default = "allowed")]
+    pub allow_overrides: bool,
+}
+
+fn allowed() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -65,6 +65,7 @@ fn config() -> StackConfig {
                 execution_role_name: "unit-execution".into(),
                 job_role_name: "unit-job".into(),
                 input_bucket: None,
+                permissions_boundary: None,
             },
             execution_role_arn: "arn:role/execution".into(),
             job_role_arn: "arn:role/job".into(),
@@ -116,6 +117,7 @@ fn definition(name: &str, arn: &str) -> Provisioned<JobDefinition> {
             timeout_seconds: None,
             log_group: DEFAULT_LOG_GROUP.into(),
             queue: "default".into(),
+            allow_overrides: true,
         },
         arn: arn.into(),
     }

@@ -54,6 +54,7 @@ pub struct RolesDoc {
     pub execution_role_name: Option<String>,
     pub job_role_name: Option<String>,
     pub input_bucket: Option<String>,
+    pub permissions_boundary: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -105,6 +106,8 @@ pub struct JobDefinitionDoc {
     pub timeout_seconds: Option<u64>,
     pub log_group: Option<String>,
     pub queue: Option<String>,
+    #[serde(default, deserialize_with = "super::values::de_opt_bool")]
+    pub allow_overrides: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -160,6 +160,12 @@ fn valid_role_name(name: &str) -> bool {
     (1..=64).contains(&name.len()) && name.chars().all(|c| c.is_ascii_alphanumeric() || "+=,.@_-".contains(c))
 }
 
+/// S3 bucket names: 3-63 lowercase letters, digits, `.` and `-` (no wildcard).
+fn valid_bucket_name(name: &str) -> bool {
+    (3..=63).contains(&name.len())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || ".-".contains(c))
+}
+
 /// ECR repository names: lowercase letters, digits, `._-/` between them, 2–256.
 fn valid_repository_name(name: &str) -> bool {
     (2..=256).contains(&name.len())
@@ -211,11 +217,22 @@ fn resolve(doc: Document) -> Result<Declared, ConfigProblems> {
         execution_role_name: doc.roles.execution_role_name.clone().unwrap_or_else(|| name("execution")),
         job_role_name: doc.roles.job_role_name.clone().unwrap_or_else(|| name("job")),
         input_bucket: doc.roles.input_bucket.clone().filter(|b| !b.is_empty()),
+        permissions_boundary: doc.roles.permissions_boundary.clone().filter(|b| !b.is_empty()),
     };
     for (field, role) in [("ExecutionRoleName", &roles.execution_role_name), ("JobRoleName", &roles.job_role_name)] {
         if !valid_role_name(role) {
             problems.push(format!("Roles.{field} {role:?}: IAM role names are 1-64 letters, digits or +=,.@_-"));
         }
+    }
+    if let Some(bucket) = roles.input_bucket.as_deref().filter(|b| !valid_bucket_name(b)) {
+        problems.push(format!(
+            "Roles.InputBucket {bucket:?}: name one S3 bucket (3-63 lowercase letters, digits, . or -); the job role may read that bucket only"
+        ));
+    }
+    if let Some(boundary) =
+        roles.permissions_boundary.as_deref().filter(|b| !(b.starts_with("arn:") && b.contains(":policy/")))
+    {
+        problems.push(format!("Roles.PermissionsBoundary {boundary:?}: give the ARN of a managed policy"));
     }
     let repository = Repository {
         name: doc.repository.name.clone().unwrap_or_else(|| name("jobs").to_ascii_lowercase()),
@@ -227,6 +244,13 @@ fn resolve(doc: Document) -> Result<Declared, ConfigProblems> {
             "Repository.Name {:?}: ECR names are 2-256 lowercase letters, digits and ._-/ (starting and ending with a letter or digit)",
             repository.name
         ));
+    }
+    // Held to the stack's prefix, as bootstrap's permissions are: it may change and delete
+    // only repositories it created for this stack.
+    let own_prefix = format!("{}-", prefix.to_ascii_lowercase());
+    if !repository.name.starts_with(&own_prefix) {
+        problems
+            .push(format!("Repository.Name {:?}: must start with {own_prefix:?} (the NamePrefix)", repository.name));
     }
 
     let mut compute_environments = BTreeMap::new();
@@ -373,6 +397,7 @@ fn resolve(doc: Document) -> Result<Declared, ConfigProblems> {
                 timeout_seconds: definition.timeout_seconds.map(|t| t as u32),
                 log_group: definition.log_group.clone().unwrap_or_else(|| DEFAULT_LOG_GROUP.to_owned()),
                 queue,
+                allow_overrides: definition.allow_overrides.unwrap_or(true),
             },
         );
     }
@@ -494,5 +519,27 @@ mod tests {
         let mut bad_repo = network_only();
         bad_repo["Repository"] = json!({"Name": "Has_Upper"});
         check(bad_repo, "Repository.Name");
+    }
+
+    #[test]
+    fn what_the_roles_and_repository_may_reach_is_held_to_the_stack() {
+        let check = |properties: Value, expected: &str| {
+            let problems = declare(&properties).unwrap_err().problems.join("; ");
+            assert!(problems.contains(expected), "{expected:?} in {problems:?}");
+        };
+        let mut any_bucket = network_only();
+        any_bucket["Roles"] = json!({"InputBucket": "*"});
+        check(any_bucket, "Roles.InputBucket \"*\": name one S3 bucket");
+        let mut foreign_repository = network_only();
+        foreign_repository["Repository"] = json!({"Name": "someone-elses"});
+        check(foreign_repository, "must start with \"batchline-\"");
+        let mut not_a_policy = network_only();
+        not_a_policy["Roles"] = json!({"PermissionsBoundary": "AdministratorAccess"});
+        check(not_a_policy, "Roles.PermissionsBoundary");
+        let mut fine = network_only();
+        fine["Roles"] = json!({"InputBucket": "my-input", "PermissionsBoundary": "arn:aws:iam::123456789012:policy/b"});
+        fine["Repository"] = json!({"Name": "batchline-images/app"});
+        let declared = declare(&fine).unwrap();
+        assert_eq!(declared.roles.permissions_boundary.as_deref(), Some("arn:aws:iam::123456789012:policy/b"));
     }
 }

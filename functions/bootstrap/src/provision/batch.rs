@@ -329,6 +329,8 @@ pub fn spec_hash(
     let mut unregistered = serde_json::to_value(definition).unwrap_or_default();
     if let Some(fields) = unregistered.as_object_mut() {
         fields.insert("arn".into(), serde_json::Value::Null);
+        // Batchline's own rule, not part of the registration: changing it registers nothing.
+        fields.remove("allowOverrides");
     }
     let hashed = serde_json::json!([unregistered, execution_role_arn, job_role_arn, assign_public_ip, region]);
     // Keys sorted: serde_json keeps insertion order when any crate in the build turns on

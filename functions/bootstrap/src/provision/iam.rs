@@ -6,9 +6,28 @@ use tracing::info;
 
 use crate::Clients;
 
-pub(super) async fn ensure_role(clients: &Clients, name: &str, managed_policy: Option<&str>) -> Result<String, Error> {
+/// The role `name`, trusted by ECS tasks, under `boundary` when one is configured, with
+/// `managed_policy` attached.
+pub(super) async fn ensure_role(
+    clients: &Clients,
+    name: &str,
+    managed_policy: Option<&str>,
+    boundary: Option<&str>,
+) -> Result<String, Error> {
     let arn = match clients.iam.get_role().role_name(name).send().await {
         Ok(found) => {
+            let current =
+                found.role().and_then(|r| r.permissions_boundary()).and_then(|b| b.permissions_boundary_arn());
+            if let Some(boundary) = boundary.filter(|b| current != Some(*b)) {
+                clients
+                    .iam
+                    .put_role_permissions_boundary()
+                    .role_name(name)
+                    .permissions_boundary(boundary)
+                    .send()
+                    .await
+                    .map_err(|e| Error::aws("PutRolePermissionsBoundary", e))?;
+            }
             clients
                 .iam
                 .update_assume_role_policy()
@@ -30,6 +49,7 @@ pub(super) async fn ensure_role(clients: &Clients, name: &str, managed_policy: O
                 .role_name(name)
                 .assume_role_policy_document(ECS_TASKS_TRUST)
                 .description("Batchline: assumed by ECS tasks of AWS Batch jobs")
+                .set_permissions_boundary(boundary.map(str::to_owned))
                 .send()
                 .await
                 .map_err(|e| Error::aws("CreateRole", e))?;

@@ -57,8 +57,10 @@ pub async fn converge(
     deadline: Instant,
 ) -> Result<StackConfig, Error> {
     let names = &declared.roles;
-    let execution_role_arn = ensure_role(clients, &names.execution_role_name, Some(EXECUTION_POLICY_ARN)).await?;
-    let job_role_arn = ensure_role(clients, &names.job_role_name, None).await?;
+    let boundary = names.permissions_boundary.as_deref();
+    let execution_role_arn =
+        ensure_role(clients, &names.execution_role_name, Some(EXECUTION_POLICY_ARN), boundary).await?;
+    let job_role_arn = ensure_role(clients, &names.job_role_name, None, boundary).await?;
     ensure_input_read_policy(clients, &names.job_role_name, names.input_bucket.as_deref()).await?;
     let roles = Roles { names: names.clone(), execution_role_arn, job_role_arn };
     let repository = ProvisionedRepository {
