@@ -563,3 +563,26 @@ async fn a_job_definition_closed_to_overrides_refuses_a_callers_command_and_envi
     assert_eq!(post("/jobs", json!({"environment": {"A": "1"}})).await["statusCode"], 202);
     assert_eq!(post("/pipelines/nightly/runs", json!({"parameters": {"day": "monday"}})).await["statusCode"], 202);
 }
+
+#[tokio::test]
+async fn s3_events_queued_in_sqs_are_handled_each_alone_and_only_the_failed_come_again() {
+    let env = Deployed::new("submit-queued", triggers()).await;
+    let clients = Clients::new(&env.sdk, &env.config);
+    let queue = "arn:aws:sqs:us-east-1:123456789012:batchline-triggers";
+    let first = object_event("incoming/a.csv", "0001").to_string();
+    let second = object_event("incoming/b.csv", "0002").to_string();
+    let batch = json!({"Records": [
+        batchline_testkit::player::sqs_record("m1", &first, queue),
+        batchline_testkit::player::sqs_record("m2", "{not json", queue),
+        batchline_testkit::player::sqs_record("m3", &second, queue),
+    ]});
+    // WHEN the batch is handled
+    let answer = handle(invocation(batch.clone()), &clients).await.unwrap();
+    // THEN the good records made their jobs and only the broken one is reported
+    assert_eq!(answer["batchItemFailures"], json!([{"itemIdentifier": "m2"}]), "{answer}");
+    assert_eq!(env.jobs_in("default").await.len(), 2);
+    // AND the whole batch delivered again makes no second job
+    let again = handle(invocation(batch), &clients).await.unwrap();
+    assert_eq!(again["batchItemFailures"], json!([{"itemIdentifier": "m2"}]));
+    assert_eq!(env.jobs_in("default").await.len(), 2);
+}

@@ -154,6 +154,18 @@ fn bootstrap_can_give_its_roles_nothing_beyond_their_boundary_and_touches_only_i
 }
 
 #[test]
+fn s3_bursts_cannot_take_the_concurrency_api_callers_need() {
+    let template = template();
+    let (_, submit) = resources(&template).into_iter().find(|(name, _)| name == "SubmitFunction").unwrap();
+    let reserved = submit["Properties"]["ReservedConcurrentExecutions"].as_u64().unwrap();
+    let events = submit["Properties"]["Events"].as_mapping().unwrap();
+    let object_created = &events[&Value::from("ObjectCreated")];
+    assert_eq!(object_created["Type"].as_str(), Some("SQS"), "S3 events are queued");
+    let queued = object_created["Properties"]["ScalingConfig"]["MaximumConcurrency"].as_u64().unwrap();
+    assert!(queued + 2 < reserved + 1, "S3 batches take {queued} of {reserved}: the API keeps at least two");
+}
+
+#[test]
 fn every_asynchronous_path_has_a_dead_letter_queue_with_an_alarm() {
     let template = template();
     let mut dead_letter_queues = BTreeSet::new();

@@ -5,6 +5,13 @@
 //! idempotency key ([`triggers`], [`api`]); [`batchline::services::submitter`] claims the key and
 //! submits the job once, however often the trigger is delivered.
 //!
+//! S3 events arrive through an SQS queue (the template's `TriggerQueue`, at most two
+//! batches at once, so an S3 burst never takes the concurrency API callers need); each
+//! record's body is the EventBridge event, handled as if it came alone, and a record that
+//! fails is reported in `batchItemFailures` so only it comes again (and after five
+//! receives, the dead-letter queue keeps it). Events can also come directly from
+//! EventBridge (the schedule does).
+//!
 //! Errors: on the EventBridge path a malformed event, or a submission another delivery
 //! has under way, is an invocation error, so Lambda's retries and dead-letter queue keep
 //! it; an object or schedule no rule matches is acknowledged and logged. On the API path
@@ -17,6 +24,7 @@ pub mod triggers;
 use aws_config::SdkConfig;
 use aws_lambda_events::apigw::ApiGatewayV2httpRequest;
 use aws_lambda_events::eventbridge::EventBridgeEvent;
+use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use batchline::model::run::RunInput;
 use batchline::services::ports::{invocation_holder, AwsPorts};
 use batchline::services::runs::{check_run, run_id, CancelOutcome};
@@ -81,7 +89,41 @@ fn classify(payload: Value) -> Result<Result<Incoming, ApiError>, Error> {
 /// Handles one invocation: an HTTP API request, an S3 Object Created or a Scheduled Event.
 pub async fn handle(event: LambdaEvent<Value>, clients: &Clients) -> Result<Value, Error> {
     let holder = invocation_holder(&event.context);
-    let answer = match classify(event.payload)? {
+    if event.payload.get("Records").is_some() {
+        return handle_queued(event.payload, clients, &holder).await;
+    }
+    handle_one(event.payload, clients, &holder).await
+}
+
+/// An SQS batch of EventBridge events: each record handled alone; the failed ones reported.
+async fn handle_queued(payload: Value, clients: &Clients, holder: &Holder) -> Result<Value, Error> {
+    let batch: SqsEvent = batchline::typed_payload(payload, "an SQS batch it cannot read")?;
+    let mut response = SqsBatchResponse::default();
+    for record in batch.records {
+        let id = record.message_id.unwrap_or_default();
+        let event =
+            record.body.as_deref().ok_or_else(|| Error::InvalidEvent("the SQS record has no body".into())).and_then(
+                |body| {
+                    serde_json::from_str(body).map_err(|e| Error::InvalidEvent(format!("the body is not JSON: {e}")))
+                },
+            );
+        let outcome = match event {
+            Ok(event) => handle_one(event, clients, holder).await,
+            Err(err) => Err(err),
+        };
+        if let Err(err) = outcome {
+            warn!(message_id = %id, error = %err, "queued trigger failed; it will come again");
+            let mut failure = BatchItemFailure::default();
+            failure.item_identifier = id;
+            response.batch_item_failures.push(failure);
+        }
+    }
+    serde_json::to_value(response).map_err(|e| Error::InvalidEvent(format!("the answer cannot be written: {e}")))
+}
+
+async fn handle_one(payload: Value, clients: &Clients, holder: &Holder) -> Result<Value, Error> {
+    let holder = holder.clone();
+    let answer = match classify(payload)? {
         Err(refused) => api::error_response(&refused),
         Ok(Incoming::Http(request)) => handle_http(&request, clients, &holder).await?,
         Ok(Incoming::ObjectCreated(event)) => {
