@@ -259,7 +259,13 @@ async fn every_caller_mistake_is_a_4xx_naming_the_problem() {
             400,
             "1 vCPU: 2048-8192 MiB in steps of 1024",
         ),
-        ("POST", "/jobs", json!({"vcpu": "3"}).to_string(), 400, "3 vCPU with 512 MiB is not a valid Fargate size"),
+        (
+            "POST",
+            "/jobs",
+            json!({"vcpu": "3", "memory": "512"}).to_string(),
+            400,
+            "3 vCPU with 512 MiB is not a valid Fargate size",
+        ),
         ("POST", "/jobs", json!({"vcpu": "lots"}).to_string(), 400, "vcpu: vCPU \"lots\" is not a number"),
         ("POST", "/jobs", json!({"jobDefinition": "nope"}).to_string(), 400, "\"nope\" is not configured"),
         ("POST", "/jobs", json!({"arraySize": 1}).to_string(), 400, "2 to 10000"),
@@ -585,4 +591,24 @@ async fn s3_events_queued_in_sqs_are_handled_each_alone_and_only_the_failed_come
     let again = handle(invocation(batch), &clients).await.unwrap();
     assert_eq!(again["batchItemFailures"], json!([{"itemIdentifier": "m2"}]));
     assert_eq!(env.jobs_in("default").await.len(), 2);
+}
+
+#[tokio::test]
+async fn one_half_of_a_size_keeps_the_other_and_snaps_up_saying_so() {
+    let env = Deployed::new("submit-snap", triggers()).await;
+    let clients = Clients::new(&env.sdk, &env.config);
+    // (asked, the size it became, whether that differs from what was asked)
+    let cases = [
+        (json!({"memory": "3000"}), json!({"vcpu": "0.5", "memoryMib": 3072}), true),
+        (json!({"vcpu": "2"}), json!({"vcpu": "2", "memoryMib": 4096}), true),
+        (json!({"memory": "1024"}), json!({"vcpu": "0.25", "memoryMib": 1024}), false),
+        (json!({}), json!({"vcpu": "0.25", "memoryMib": 512}), false),
+    ];
+    for (asked, chosen, adjusted) in cases {
+        let answer = handle(invocation(http("POST", "/jobs", &asked.to_string(), &[])), &clients).await.unwrap();
+        assert_eq!(answer["statusCode"], 202, "{asked}: {answer}");
+        let body = answer_body(&answer);
+        assert_eq!(body["size"], chosen, "{asked}: {body}");
+        assert_eq!(body["sizeAdjusted"].as_bool().unwrap_or(false), adjusted, "{asked}: {body}");
+    }
 }

@@ -320,12 +320,22 @@ pub fn overrides_refused(what: &str) -> ApiError {
     )
 }
 
+/// What `POST /jobs` will submit, and the size it chose.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubmitPlan {
+    pub job: JobRequest,
+    /// The size the job runs at: asked for, snapped up, or the definition's.
+    pub size: Size,
+    /// Whether `size` differs from what the caller asked (one half given, snapped up).
+    pub size_adjusted: bool,
+}
+
 /// `POST /jobs`: the job the body asks for under `idempotency_key`, validated.
 pub fn plan_submit_job(
     config: &StackConfig,
     request: &HttpRequest,
     idempotency_key: String,
-) -> Result<JobRequest, ApiError> {
+) -> Result<SubmitPlan, ApiError> {
     let body: SubmitJobBody = parse_body(&request.body)?;
     let key = body.job_definition.clone().unwrap_or_else(|| "default".into());
     let definition = config.job_definitions.get(&key).ok_or_else(|| {
@@ -337,10 +347,14 @@ pub fn plan_submit_job(
     }
     // Every problem of the request is gathered, so the caller fixes them in one go.
     let mut problems: Vec<RequestError> = Vec::new();
+    let mut size_adjusted = false;
     let size = if body.vcpu.is_some() || body.memory.is_some() {
         let (vcpu, memory) = (body.vcpu.as_ref().map(|v| v.text()), body.memory.as_ref().map(|m| m.text()));
-        match Size::parse_stated(vcpu.as_deref(), memory.as_deref(), definition.size) {
-            Ok(size) => Some(size),
+        match Size::parse_requested(vcpu.as_deref(), memory.as_deref(), definition.size) {
+            Ok((size, adjusted)) => {
+                size_adjusted = adjusted;
+                Some(size)
+            }
             Err(errors) => {
                 problems.extend(errors.iter().map(|err| {
                     RequestError::Invalid(match err {
@@ -380,7 +394,8 @@ pub fn plan_submit_job(
         problems.extend(found);
     }
     if problems.is_empty() {
-        Ok(job)
+        let size = job.size.unwrap_or(definition.size);
+        Ok(SubmitPlan { job, size, size_adjusted })
     } else {
         Err(problems.into())
     }

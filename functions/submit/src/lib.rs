@@ -233,7 +233,8 @@ async fn serve(
                     live_key(&base, |key| async move { Ok(store.claim(&key).await?.map(|c| c.claimed_at)) }).await?
                 }
             };
-            let job = api::plan_submit_job(&stack, &request, key)?;
+            let plan = api::plan_submit_job(&stack, &request, key)?;
+            let job = plan.job;
             let submitted = match clients.ports.submitter(holder).submit(&job).await {
                 Ok(submitted) => submitted,
                 Err(SubmitError::InFlight(_)) => {
@@ -259,10 +260,13 @@ async fn serve(
             };
             let status =
                 if submitted.new { "SUBMITTED".to_owned() } else { current_status(clients, &submitted.job_id).await? };
-            Ok(api::response(
-                202,
-                &json!({"jobId": submitted.job_id, "jobName": submitted.job_name, "jobQueue": job.queue_arn, "status": status, "duplicate": !submitted.new}),
-            ))
+            let mut answer = json!({"jobId": submitted.job_id, "jobName": submitted.job_name, "jobQueue": job.queue_arn,
+                                    "status": status, "duplicate": !submitted.new, "size": plan.size});
+            if plan.size_adjusted {
+                // One half of the size was given: the answer says what it became.
+                answer["sizeAdjusted"] = json!(true);
+            }
+            Ok(api::response(202, &answer))
         }
         Route::GetJob(id) => {
             let reply =

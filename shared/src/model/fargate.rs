@@ -163,6 +163,30 @@ impl Size {
         }
     }
 
+    /// A size an API caller asked for: both halves given must be a valid pair (the error
+    /// lists the valid ones); one half alone keeps the other from `default` and snaps up
+    /// to the smallest valid size with at least both, as sizes derived from S3 objects do.
+    /// Returns the size and whether it differs from what was asked.
+    pub fn parse_requested(
+        vcpu: Option<&str>,
+        memory: Option<&str>,
+        default: Size,
+    ) -> Result<(Size, bool), Vec<SizeError>> {
+        if vcpu.is_some() && memory.is_some() {
+            return Size::parse_stated(vcpu, memory, default).map(|size| (size, false));
+        }
+        let parsed_vcpu = vcpu.map(parse_vcpu).transpose();
+        let parsed_memory = memory.map(parse_memory).transpose();
+        match (parsed_vcpu, parsed_memory) {
+            (Ok(v), Ok(m)) => {
+                let (vcpu, memory_mib) = (v.unwrap_or(default.vcpu), m.unwrap_or(default.memory_mib));
+                let size = Size::snap(vcpu, memory_mib).map_err(|e| vec![e])?;
+                Ok((size, size != Size { vcpu, memory_mib }))
+            }
+            (v, m) => Err([v.err(), m.err()].into_iter().flatten().collect()),
+        }
+    }
+
     /// The smallest valid size with at least this vCPU and memory (for sizes derived from
     /// a rule or an escalation, which may fall between the valid pairs).
     pub fn snap(vcpu: Quarters, memory_mib: u32) -> Result<Size, SizeError> {
@@ -193,6 +217,17 @@ mod tests {
 
     fn size(vcpu: &str, memory: u32) -> Size {
         Size { vcpu: parse_vcpu(vcpu).unwrap(), memory_mib: memory }
+    }
+
+    #[test]
+    fn a_requested_half_size_keeps_the_other_half_and_snaps_up() {
+        let default = size("0.25", 512);
+        assert_eq!(Size::parse_requested(None, Some("3000"), default), Ok((size("0.5", 3072), true)));
+        assert_eq!(Size::parse_requested(Some("2"), None, default), Ok((size("2", 4096), true)));
+        assert_eq!(Size::parse_requested(None, Some("1024"), default), Ok((size("0.25", 1024), false)));
+        assert!(Size::parse_requested(Some("3"), Some("512"), default).is_err(), "both given: exact");
+        assert!(Size::parse_requested(None, Some("lots"), default).is_err());
+        assert!(Size::parse_requested(None, Some("999999"), default).is_err(), "beyond the largest size");
     }
 
     #[test]
