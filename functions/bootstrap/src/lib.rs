@@ -24,6 +24,7 @@ use std::future::Future;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_config::SdkConfig;
+use batchline::model::stack::StackConfig;
 use batchline::{Config, Error};
 use cfn::{Request, Response, Status};
 use declaration::Declared;
@@ -173,9 +174,13 @@ pub fn largest_answer(request: &Request, config: &Declared) -> usize {
         "job-definition" => format!("arn:{partition}:batch:{region}:{account}:job-definition/{name}:999999999"),
         _ => format!("arn:{partition}:batch:{region}:{account}:{kind}/{name}"),
     });
-    let data = provision::outputs(&converged).into_iter().map(|(k, v)| (k.to_owned(), Value::String(v))).collect();
-    let answer = Response::new(request, Status::Success, CONVERGED, physical_id(config), data);
+    let answer = Response::new(request, Status::Success, CONVERGED, physical_id(config), answer_data(&converged));
     serde_json::to_vec(&answer).map(|body| body.len()).unwrap_or(usize::MAX)
+}
+
+/// The answer's `Data`: the outputs of a converged configuration.
+fn answer_data(config: &StackConfig) -> Map<String, Value> {
+    provision::outputs(config).into_iter().map(|(k, v)| (k.to_owned(), Value::String(v))).collect()
 }
 
 /// The reason of a successful Create or Update.
@@ -206,13 +211,12 @@ async fn run(request: Request, clients: Clients, table: String, deadline: Instan
                 return Outcome::failed(reason, fallback_id);
             }
             match provision::converge(&clients, &table, &config, same_environment, &id, deadline).await {
-                Ok(resolved) => {
-                    let data = provision::outputs(&resolved)
-                        .into_iter()
-                        .map(|(k, v)| (k.to_owned(), Value::String(v)))
-                        .collect();
-                    Outcome { status: Status::Success, reason: CONVERGED.into(), physical_resource_id: id, data }
-                }
+                Ok(resolved) => Outcome {
+                    status: Status::Success,
+                    reason: CONVERGED.into(),
+                    physical_resource_id: id,
+                    data: answer_data(&resolved),
+                },
                 Err(err) => match replaced {
                     Some(old) => {
                         let cleaned = provision::delete_resources(

@@ -18,6 +18,8 @@ use aws_lambda_events::http::header::{HeaderValue, CONTENT_TYPE};
 use base64::Engine;
 use batchline::model::fargate::{Size, SizeError};
 use batchline::model::job_request::{user_tag_problems, JobRequest, RequestError};
+use batchline::model::pipeline::{Pipeline, ON_FAILURE};
+use batchline::model::run::RunInput;
 use batchline::model::stack::StackConfig;
 
 use serde::Deserialize;
@@ -318,6 +320,25 @@ pub fn overrides_refused(what: &str) -> ApiError {
         "OverridesNotAllowed",
         format!("{what} takes no command or environment from callers (AllowOverrides is false); pass the parameters its command names instead"),
     )
+}
+
+/// `POST /pipelines/{name}/runs`: an environment reaches every stage, so a run that brings
+/// one is refused when any stage's job definition takes no overrides.
+pub fn check_run_overrides(config: &StackConfig, pipeline: &Pipeline, input: &RunInput) -> Result<(), ApiError> {
+    if input.environment.is_empty() {
+        return Ok(());
+    }
+    let stages = pipeline.stages.iter().map(|(k, s)| (k.as_str(), s));
+    let closed: Vec<String> = stages
+        .chain(pipeline.on_failure.iter().map(|s| (ON_FAILURE, s)))
+        .filter(|(_, stage)| config.job_definitions.get(&stage.job_definition).is_some_and(|d| !d.allow_overrides))
+        .map(|(stage, _)| format!("stage {stage}"))
+        .collect();
+    if closed.is_empty() {
+        Ok(())
+    } else {
+        Err(overrides_refused(&closed.join(", ")))
+    }
 }
 
 /// What `POST /jobs` will submit, and the size it chose.

@@ -122,10 +122,9 @@ async fn handle_queued(payload: Value, clients: &Clients, holder: &Holder) -> Re
 }
 
 async fn handle_one(payload: Value, clients: &Clients, holder: &Holder) -> Result<Value, Error> {
-    let holder = holder.clone();
     let answer = match classify(payload)? {
         Err(refused) => api::error_response(&refused),
-        Ok(Incoming::Http(request)) => handle_http(&request, clients, &holder).await?,
+        Ok(Incoming::Http(request)) => handle_http(&request, clients, holder).await?,
         Ok(Incoming::ObjectCreated(event)) => {
             let object = triggers::object_created(&event.detail).map_err(Error::InvalidEvent)?;
             let stack = clients.ports.configs.get().await?;
@@ -134,7 +133,7 @@ async fn handle_one(payload: Value, clients: &Clients, holder: &Holder) -> Resul
             if planned.is_empty() {
                 info!(bucket = %object.bucket, key = %object.key, "no S3 trigger matches the object; nothing to do");
             }
-            return submit_all(planned, clients, &holder).await;
+            return submit_all(planned, clients, holder).await;
         }
         Ok(Incoming::Scheduled(event)) => {
             let rule = triggers::schedule_rule_name(event.resources.as_deref().unwrap_or_default())
@@ -148,7 +147,7 @@ async fn handle_one(payload: Value, clients: &Clients, holder: &Holder) -> Resul
             if planned.is_none() {
                 info!(rule, "no schedule trigger is configured for the rule; nothing to do");
             }
-            return submit_all(planned.into_iter().collect(), clients, &holder).await;
+            return submit_all(planned.into_iter().collect(), clients, holder).await;
         }
     };
     serde_json::to_value(answer).map_err(|e| Error::InvalidEvent(format!("the answer cannot be written: {e}")))
@@ -296,20 +295,7 @@ async fn serve(
                 }
             };
             let input = RunInput { parameters: body.parameters, environment: body.environment };
-            if !input.environment.is_empty() {
-                let pipeline = &stack.pipelines[&name];
-                let stages = pipeline.stages.iter().map(|(k, s)| (k.as_str(), s));
-                let closed: Vec<String> = stages
-                    .chain(pipeline.on_failure.iter().map(|s| (batchline::model::pipeline::ON_FAILURE, s)))
-                    .filter(|(_, stage)| {
-                        stack.job_definitions.get(&stage.job_definition).is_some_and(|d| !d.allow_overrides)
-                    })
-                    .map(|(stage, _)| format!("stage {stage}"))
-                    .collect();
-                if !closed.is_empty() {
-                    return Err(api::overrides_refused(&closed.join(", ")).into());
-                }
-            }
+            api::check_run_overrides(&stack, &stack.pipelines[&name], &input)?;
             check_run(&stack, &stack.pipelines[&name], &run_id(&name, &key), &input).map_err(|problems| {
                 ApiError::refused(
                     problems.into_iter().map(|(stage, problem)| (Some(format!("stage {stage}")), problem)).collect(),

@@ -182,6 +182,12 @@ impl World {
         }
     }
 
+    /// Publishes `deployed` as a deploy would, and drops the cached configuration.
+    async fn redeploy(&mut self, deployed: &StackConfig) {
+        self.store.publish_config(deployed, "unit-environment").await.unwrap();
+        self.configs = ConfigCache::new(self.store.clone());
+    }
+
     fn submitter(&self) -> Submitter<'_> {
         self.submitter_for(&self.holder)
     }
@@ -523,8 +529,7 @@ async fn a_stage_whose_job_definition_a_deploy_removed_fails_the_run_with_the_re
     let (run, _) = world.driver().start("fragile", "api", "key-6", RunInput::default(), 1_000).await.unwrap();
     let mut deployed = config();
     deployed.job_definitions.remove("report");
-    world.store.publish_config(&deployed, "unit-environment").await.unwrap();
-    world.configs = ConfigCache::new(world.store.clone());
+    world.redeploy(&deployed).await;
     // WHEN the first stage succeeds
     let driver = world.driver();
     let outcome = driver.advance(&run.run_id, "first", &world.event("first", "SUCCEEDED"), 2_000).await;
@@ -750,8 +755,7 @@ async fn the_sweep_repairs_a_run_of_a_pipeline_removed_from_the_configuration() 
     let (run, _) = world.driver().start("fragile", "api", "key-r1", RunInput::default(), 1_000).await.unwrap();
     let mut deployed = config();
     deployed.pipelines.remove("fragile");
-    world.store.publish_config(&deployed, "unit-environment").await.unwrap();
-    world.configs = ConfigCache::new(world.store.clone());
+    world.redeploy(&deployed).await;
     // AND its first stage ended without its event
     world.batch.set_status(&world.job_of("first"), "SUCCEEDED");
     // WHEN the sweep runs

@@ -15,13 +15,13 @@
 //!   on lines from earlier releases), `version` (of the run it was written with; absent on
 //!   lines from earlier releases), `created_at`, `expires_at`;
 //! - open-run line: `run_id`, `pipeline`, `created_at`, `expires_at`;
-//! - the sweep's cursor: `document` (the [`SweepCursor`] as JSON).
+//! - the sweep's cursor: `document` (the [`SweepCursor`] as JSON);
+//! - configuration: `document` (the [`StackConfig`] as JSON), `owner` (the physical id of
+//!   the environment that published it; absent on items from earlier releases).
 //!
 //! A run, its index line and its open-run line are written in one transaction, conditional
 //! on the run's version: the index can never show an older state than the record, and a
 //! run is never written without being listed.
-//! - configuration: `document` (the [`StackConfig`] as JSON), `owner` (the physical id of
-//!   the environment that published it; absent on items from earlier releases).
 
 use std::collections::HashMap;
 
@@ -278,6 +278,24 @@ fn index_write(
     Ok(TransactWriteItem::builder().put(built(put.build())?))
 }
 
+/// The write that keeps a run's open-run line as the run is: put while the run is not done
+/// with, deleted once it is.
+fn open_line_write(
+    table: &str,
+    run: &Run,
+) -> Result<aws_sdk_dynamodb::types::builders::TransactWriteItemBuilder, Error> {
+    if run.is_done_with() {
+        let key = Delete::builder()
+            .table_name(table)
+            .key("pk", s(OPEN_PK))
+            .key("sk", s(keys::index_sk(run.created_at, &run.run_id)));
+        Ok(TransactWriteItem::builder().delete(built(key.build())?))
+    } else {
+        let line = Put::builder().table_name(table).set_item(Some(open_item(run)));
+        Ok(TransactWriteItem::builder().put(built(line.build())?))
+    }
+}
+
 fn built<T>(built: Result<T, aws_sdk_dynamodb::error::BuildError>) -> Result<T, Error> {
     built.map_err(|e| Error::Stored { item: "a transaction".into(), reason: e.to_string() })
 }
@@ -464,22 +482,12 @@ impl RunStore for DynamoStore {
                 record.condition_expression("version = :version").expression_attribute_values(":version", n(expected))
             }
         };
-        let open_line = if run.is_done_with() {
-            let key = Delete::builder()
-                .table_name(&self.table)
-                .key("pk", s(OPEN_PK))
-                .key("sk", s(keys::index_sk(run.created_at, &run.run_id)));
-            TransactWriteItem::builder().delete(built(key.build())?)
-        } else {
-            let line = Put::builder().table_name(&self.table).set_item(Some(open_item(run)));
-            TransactWriteItem::builder().put(built(line.build())?)
-        };
         let result = self
             .client
             .transact_write_items()
             .transact_items(TransactWriteItem::builder().put(built(record.build())?).build())
             .transact_items(index_write(&self.table, run, version)?.build())
-            .transact_items(open_line.build())
+            .transact_items(open_line_write(&self.table, run)?.build())
             .send()
             .await;
         Ok(transaction_written(result)?.then_some(version))
@@ -529,15 +537,9 @@ impl RunStore for DynamoStore {
                 let check = record_key(ConditionCheck::builder())
                     .condition_expression("version = :version")
                     .expression_attribute_values(":version", n(read.version));
-                let change = if read.run.is_done_with() {
-                    let key =
-                        Delete::builder().table_name(&self.table).key("pk", s(OPEN_PK)).key("sk", s(&line.position));
-                    TransactWriteItem::builder().delete(built(key.build())?)
-                } else {
-                    let put = Put::builder().table_name(&self.table).set_item(Some(open_item(&read.run)));
-                    TransactWriteItem::builder().put(built(put.build())?)
-                };
-                (check, vec![change, index_write(&self.table, &read.run, read.version)?])
+                let changes =
+                    vec![open_line_write(&self.table, &read.run)?, index_write(&self.table, &read.run, read.version)?];
+                (check, changes)
             }
             None => {
                 let check = record_key(ConditionCheck::builder()).condition_expression("attribute_not_exists(pk)");

@@ -89,9 +89,7 @@ impl MemoryStore {
     pub fn insert_legacy_run(&self, run: &Run, version: i64) {
         self.with(|t| {
             t.runs.insert(run.run_id.clone(), VersionedRun { run: run.clone(), version });
-            let line =
-                IndexLine { status: run.status.as_str().to_owned(), announced: run.completion_sent, version: None };
-            t.index.entry(run.pipeline.name.clone()).or_default().insert((run.created_at, run.run_id.clone()), line);
+            set_index_line(t, run, None);
         })
     }
 
@@ -265,12 +263,7 @@ impl RunStore for MemoryStore {
             }
             let version = expected.unwrap_or(0) + 1;
             t.runs.insert(run.run_id.clone(), VersionedRun { run: run.clone(), version });
-            let line = IndexLine {
-                status: run.status.as_str().to_owned(),
-                announced: run.completion_sent,
-                version: Some(version),
-            };
-            t.index.entry(run.pipeline.name.clone()).or_default().insert((run.created_at, run.run_id.clone()), line);
+            set_index_line(t, run, Some(version));
             set_open_line(t, run);
             Some(version)
         })
@@ -312,16 +305,7 @@ impl RunStore for MemoryStore {
             match run {
                 Some(read) => {
                     set_open_line(t, &read.run);
-                    let run = &read.run;
-                    let line = IndexLine {
-                        status: run.status.as_str().to_owned(),
-                        announced: run.completion_sent,
-                        version: Some(read.version),
-                    };
-                    t.index
-                        .entry(run.pipeline.name.clone())
-                        .or_default()
-                        .insert((run.created_at, run.run_id.clone()), line);
+                    set_index_line(t, &read.run, Some(read.version));
                 }
                 None => {
                     t.open.remove(&line.position);
@@ -359,6 +343,12 @@ impl RunStore for MemoryStore {
     async fn save_sweep_cursor(&self, cursor: &SweepCursor) -> Result<(), Error> {
         self.call("save_sweep_cursor", |t| t.sweep_cursor = cursor.clone())
     }
+}
+
+/// Writes a run's index line as of `version` (`None`: as an earlier release wrote it).
+fn set_index_line(t: &mut Tables, run: &Run, version: Option<i64>) {
+    let line = IndexLine { status: run.status.as_str().to_owned(), announced: run.completion_sent, version };
+    t.index.entry(run.pipeline.name.clone()).or_default().insert((run.created_at, run.run_id.clone()), line);
 }
 
 /// Lists a run on the open-run list while it is not done with, and takes it off after.

@@ -109,16 +109,9 @@ pub async fn converge(
 pub struct InUse(std::collections::BTreeSet<String>);
 
 impl InUse {
-    /// Everything `declared` names.
+    /// Everything `declared` names (the names are the same provisioned or not).
     pub fn by_declared(declared: &Declared) -> Self {
-        let mut names = std::collections::BTreeSet::new();
-        names.insert(declared.roles.execution_role_name.clone());
-        names.insert(declared.roles.job_role_name.clone());
-        names.insert(declared.repository.name.clone());
-        names.extend(declared.compute_environments.values().map(|c| c.name.clone()));
-        names.extend(declared.job_queues.values().map(|q| q.name.clone()));
-        names.extend(declared.job_definitions.values().map(|d| d.name.clone()));
-        InUse(names)
+        InUse::by_published(&declared.assume_provisioned(|_, _| String::new()))
     }
 
     /// Everything a published configuration names.
