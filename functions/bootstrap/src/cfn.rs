@@ -2,6 +2,11 @@
 
 use std::time::Duration;
 
+use aws_smithy_http_client::{tls, Connector};
+use aws_smithy_runtime_api::client::http::{HttpConnector, SharedHttpConnector};
+use aws_smithy_runtime_api::client::orchestrator::HttpRequest;
+use aws_smithy_runtime_api::http::StatusCode;
+use aws_smithy_types::body::SdkBody;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tracing::{info, warn};
@@ -142,31 +147,33 @@ pub struct SendError {
     pub last: String,
 }
 
+/// The HTTP connector the answer is PUT with: the AWS SDK's own (hyper 1, rustls with
+/// aws-lc), so the function carries one HTTP/TLS stack and is built with the same features
+/// as the other functions (a second client would make every deployment build compile the
+/// SDK twice).
+pub fn answer_connector() -> SharedHttpConnector {
+    SharedHttpConnector::new(
+        Connector::builder().tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::AwsLc)).build(),
+    )
+}
+
 /// PUTs the answer to the pre-signed ResponseURL: an empty content type (the URL is signed
 /// without one), retried with backoff on connection errors and 5xx answers.
-pub async fn send(http: &reqwest::Client, url: &str, response: &Response, attempts: u32) -> Result<(), SendError> {
+pub async fn send(http: &SharedHttpConnector, url: &str, response: &Response, attempts: u32) -> Result<(), SendError> {
     let body = serde_json::to_vec(response).map_err(|e| SendError { attempts: 0, last: e.to_string() })?;
     let mut last = String::new();
     for attempt in 1..=attempts {
-        let result = http
-            .put(url)
-            .header(reqwest::header::CONTENT_TYPE, "")
-            .header(reqwest::header::CONTENT_LENGTH, body.len())
-            .body(body.clone())
-            .timeout(Duration::from_secs(10))
-            .send()
-            .await;
-        match result {
-            Ok(reply) if reply.status().is_success() => {
+        match put_once(http, url, &body).await {
+            Ok(status) if status.is_success() => {
                 info!(status = ?response.status, attempt, "answered CloudFormation");
                 return Ok(());
             }
-            Ok(reply) if reply.status().is_client_error() => {
+            Ok(status) if status.is_client_error() => {
                 // A 4xx will not change on retry (expired or malformed URL).
-                return Err(SendError { attempts: attempt, last: format!("HTTP {}", reply.status()) });
+                return Err(SendError { attempts: attempt, last: format!("HTTP {}", status.as_u16()) });
             }
-            Ok(reply) => last = format!("HTTP {}", reply.status()),
-            Err(err) => last = err.to_string(),
+            Ok(status) => last = format!("HTTP {}", status.as_u16()),
+            Err(err) => last = err,
         }
         warn!(attempt, error = %last, "answering CloudFormation failed; retrying");
         if attempt < attempts {
@@ -174,4 +181,18 @@ pub async fn send(http: &reqwest::Client, url: &str, response: &Response, attemp
         }
     }
     Err(SendError { attempts, last })
+}
+
+/// One PUT of the answer, given 10 seconds; the status, or why there is none.
+async fn put_once(http: &SharedHttpConnector, url: &str, body: &[u8]) -> Result<StatusCode, String> {
+    let mut request = HttpRequest::new(SdkBody::from(body.to_vec()));
+    request.set_method("PUT").map_err(|e| e.to_string())?;
+    request.set_uri(url).map_err(|e| format!("invalid ResponseURL: {e}"))?;
+    request.headers_mut().insert("content-type", "");
+    request.headers_mut().insert("content-length", body.len().to_string());
+    match tokio::time::timeout(Duration::from_secs(10), http.call(request)).await {
+        Ok(Ok(reply)) => Ok(reply.status()),
+        Ok(Err(err)) => Err(aws_smithy_types::error::display::DisplayErrorContext(err).to_string()),
+        Err(_) => Err("no answer within 10 s".into()),
+    }
 }

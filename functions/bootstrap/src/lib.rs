@@ -45,7 +45,7 @@ pub struct Clients {
     pub dynamodb: aws_sdk_dynamodb::Client,
     pub ecr: aws_sdk_ecr::Client,
     pub iam: aws_sdk_iam::Client,
-    pub http: reqwest::Client,
+    pub http: aws_smithy_runtime_api::client::http::SharedHttpConnector,
     /// The region the environment is built in (for log configuration).
     pub region: String,
 }
@@ -57,7 +57,7 @@ impl Clients {
             dynamodb: aws_sdk_dynamodb::Client::new(sdk),
             ecr: aws_sdk_ecr::Client::new(sdk),
             iam: aws_sdk_iam::Client::new(sdk),
-            http: reqwest::Client::new(),
+            http: cfn::answer_connector(),
             region: sdk.region().map(|r| r.to_string()).unwrap_or_else(|| "us-east-1".into()),
         }
     }
