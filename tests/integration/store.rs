@@ -1,6 +1,6 @@
 //! The store on DynamoDB: the contract suite on the emulator, and items written by the previous release still read.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use batchline::model::run::{RunStatus, StageStatus};
@@ -9,8 +9,8 @@ use batchline::store::dynamo::{
 };
 use std::time::Duration;
 
-use batchline::store::{contract, keys, ClaimState, DynamoStore, EventLedgerStore, EventState, RunStore};
-use batchline_testkit::calls::{FailOperation, PauseOperation};
+use batchline::store::{contract, keys, ClaimState, DynamoStore, EventLedgerStore, EventState, RunStore, VersionedRun};
+use batchline_testkit::calls::{CallLog, FailOperation, PauseOperation};
 use batchline_testkit::emulator::{sdk_config, test_config, unique_name};
 use batchline_testkit::table::create_table;
 use serde_json::Value;
@@ -185,25 +185,53 @@ async fn a_run_is_written_with_its_index_and_open_lines_or_not_at_all() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_writers_finishing_out_of_order_leave_the_index_as_the_record() {
-    // GIVEN a running run, and a writer A held back before its second DynamoDB write
-    let pause = PauseOperation::new("PutItem", 1);
+    // GIVEN a running run, and a writer A held back before its write of a stage change
+    // (a record-only PutItem: the run's status does not change)
+    let pause = PauseOperation::new("PutItem", 0);
     let (a, b) = store_with("store-order", pause.clone()).await;
     let run = contract::sample_run(&unique_name("order"), "order", 1_000);
     b.save_run(&run, None).await.unwrap();
     let mut progressed = run.clone();
     progressed.stages.get_mut("only").unwrap().status = StageStatus::Running;
-    let writer_a = tokio::spawn(async move { a.save_run(&progressed, Some(1)).await });
+    let first = b.load_run(&run.run_id).await.unwrap().unwrap();
+    let writer_a = tokio::spawn(async move { a.save_run(&progressed, Some(&first)).await });
     let held = pause.holding(Duration::from_secs(2)).await;
+    assert!(held, "writer A was held back");
     // WHEN writer B ends the run meanwhile
     let read = b.load_run(&run.run_id).await.unwrap().unwrap();
     let mut ended = read.run.clone();
     ended.status = RunStatus::Succeeded;
-    let b_wrote = b.save_run(&ended, Some(read.version)).await.unwrap();
+    let b_wrote = b.save_run(&ended, Some(&read)).await.unwrap();
     pause.release();
     let a_wrote = writer_a.await.unwrap().unwrap();
     // THEN the index line says what the record says
     let record = b.load_run(&run.run_id).await.unwrap().unwrap();
     let line = b.list_runs("order", 10).await.unwrap().into_iter().find(|l| l.run_id == run.run_id).unwrap();
-    assert_eq!(line.status, record.run.status.as_str(), "held: {held}, A: {a_wrote:?}, B: {b_wrote:?}");
+    assert_eq!(line.status, record.run.status.as_str(), "A: {a_wrote:?}, B: {b_wrote:?}");
     assert_eq!(record.run.status, RunStatus::Succeeded);
+    assert_eq!(a_wrote, None, "A's write named a version B had replaced");
+}
+
+#[tokio::test]
+async fn a_run_change_that_keeps_its_status_is_one_record_write_and_lines_change_with_the_status() {
+    let calls = CallLog::default();
+    let (counted, store) = store_with("store-calls", calls.clone()).await;
+    let run = contract::sample_run(&unique_name("calls"), "calls", 1_000);
+    store.save_run(&run, None).await.unwrap();
+    let read = store.load_run(&run.run_id).await.unwrap().unwrap();
+    // WHEN a stage starts (the run stays RUNNING)
+    let mut progressed = read.run.clone();
+    progressed.stages.get_mut("only").unwrap().status = StageStatus::Running;
+    let version = counted.save_run(&progressed, Some(&read)).await.unwrap().unwrap();
+    // THEN the record alone is written, with one PutItem
+    assert_eq!(calls.all(), BTreeMap::from([("PutItem".to_owned(), 1)]), "a stage change");
+    assert_eq!(store.load_run(&run.run_id).await.unwrap().unwrap().run, progressed);
+    // WHEN the run ends, THEN record and lines go together in one transaction
+    let read = VersionedRun { run: progressed.clone(), version };
+    let mut ended = progressed;
+    ended.status = RunStatus::Succeeded;
+    counted.save_run(&ended, Some(&read)).await.unwrap().unwrap();
+    assert_eq!(calls.count("TransactWriteItems"), 1, "the status change: {:?}", calls.all());
+    let line = store.list_runs("calls", 10).await.unwrap().into_iter().find(|l| l.run_id == run.run_id).unwrap();
+    assert_eq!(line.status, "SUCCEEDED");
 }

@@ -176,7 +176,7 @@ impl RunDriver<'_> {
             if !change(&mut run) {
                 return Ok(Some(current));
             }
-            if let Some(version) = self.runs.save_run(&run, Some(current.version)).await? {
+            if let Some(version) = self.runs.save_run(&run, Some(&current)).await? {
                 return Ok(Some(VersionedRun { run, version }));
             }
             match self.runs.load_run(&current.run.run_id).await? {

@@ -676,7 +676,7 @@ async fn an_announcement_claimed_by_a_holder_that_died_is_sent_after_its_deadlin
     // GIVEN a holder that claimed the announcement and died before sending it
     let mut claimed = read.run.clone();
     claimed.completion_claim = Some(crate::model::run::CompletionClaim { token: "dead".into(), deadline_ms: 5_000 });
-    read.version = world.store.save_run(&claimed, Some(read.version)).await.unwrap().unwrap();
+    read.version = world.store.save_run(&claimed, Some(&read)).await.unwrap().unwrap();
     read.run = claimed;
     // WHEN another drives it before that deadline, THEN nothing is sent, and it is told to
     // come back (so its event is redelivered until the announcement is done)
@@ -844,7 +844,7 @@ async fn a_stage_whose_submission_was_never_recorded_has_its_job_stopped_when_th
     c.status = StageStatus::Submitting;
     c.attempts[0].status = StageStatus::Submitting;
     c.attempts[0].job_id = None;
-    world.store.save_run(&unrecorded, Some(read.version)).await.unwrap().unwrap();
+    world.store.save_run(&unrecorded, Some(&read)).await.unwrap().unwrap();
     // WHEN b fails and so the run
     driver.advance(&run.run_id, "b", &world.event("b", "FAILED"), 3_000).await.unwrap();
     // THEN c was skipped and its job, found by name, stopped: no orphan runs on

@@ -124,12 +124,12 @@ pub async fn runs(store: &dyn Store, unique: &str) {
     assert_eq!(store.save_run(&first, None).await.unwrap(), Some(1), "a new run is version 1");
     assert_eq!(store.save_run(&first, None).await.unwrap(), None, "a run is created once");
     let loaded = store.load_run(&first.run_id).await.unwrap().unwrap();
-    assert_eq!((loaded.run, loaded.version), (first.clone(), 1));
+    assert_eq!((loaded.run.clone(), loaded.version), (first.clone(), 1));
 
     let mut ended = first.clone();
     ended.status = RunStatus::Succeeded;
-    assert_eq!(store.save_run(&ended, Some(1)).await.unwrap(), Some(2), "a write at the version read wins");
-    assert_eq!(store.save_run(&first, Some(1)).await.unwrap(), None, "a write at an old version loses");
+    assert_eq!(store.save_run(&ended, Some(&loaded)).await.unwrap(), Some(2), "a write at the version read wins");
+    assert_eq!(store.save_run(&first, Some(&loaded)).await.unwrap(), None, "a write at an old version loses");
     assert_eq!(store.load_run(&first.run_id).await.unwrap().unwrap().run.status, RunStatus::Succeeded);
 
     let second = sample_run(&format!("{unique}-r2"), &pipeline, 2_000);
@@ -151,7 +151,8 @@ pub async fn runs(store: &dyn Store, unique: &str) {
     assert_eq!(open, [first.run_id.clone(), second.run_id.clone(), third.run_id.clone()], "ended, not announced");
     let mut announced = ended.clone();
     announced.completion_sent = true;
-    assert_eq!(store.save_run(&announced, Some(2)).await.unwrap(), Some(3));
+    let read = VersionedRun { run: ended.clone(), version: 2 };
+    assert_eq!(store.save_run(&announced, Some(&read)).await.unwrap(), Some(3));
     let open = open_ids(store.open_runs(None, 10).await.unwrap());
     assert_eq!(open, [second.run_id.clone(), third.run_id.clone()], "done with: off the list; oldest first");
     let page = store.open_runs(None, 1).await.unwrap();

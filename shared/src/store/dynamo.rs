@@ -12,16 +12,18 @@
 //!   `expires_at` (entries from earlier releases have no `holder_deadline`);
 //! - run: `document` (the [`Run`] as JSON), `pipeline`, `status`, `version`, `expires_at`;
 //! - index line: `run_id`, `status`, `announced` (whether its completion went out; absent
-//!   on lines from earlier releases), `version` (of the run it was written with; absent on
-//!   lines from earlier releases), `created_at`, `expires_at`;
+//!   on lines from earlier releases), `version` (of the run when the line last changed;
+//!   absent on lines from earlier releases), `created_at`, `expires_at`;
 //! - open-run line: `run_id`, `pipeline`, `created_at`, `expires_at`;
 //! - the sweep's cursor: `document` (the [`SweepCursor`] as JSON);
 //! - configuration: `document` (the [`StackConfig`] as JSON), `owner` (the physical id of
 //!   the environment that published it; absent on items from earlier releases).
 //!
 //! A run, its index line and its open-run line are written in one transaction, conditional
-//! on the run's version: the index can never show an older state than the record, and a
-//! run is never written without being listed.
+//! on the run's version, whenever what the lines show changes (its creation, its status,
+//! its announcement): the index can never show an older state than the record, and a run
+//! is never written without being listed. Any other change of a run (a stage started, an
+//! attempt recorded) is one conditional PutItem of the record alone.
 
 use std::collections::HashMap;
 
@@ -35,8 +37,8 @@ use aws_sdk_dynamodb::types::{
 
 use super::keys::{self, CLAIM_SK, CONFIG_PK, CONFIG_SK, EVENT_SK, INDEX_SK_PREFIX, OPEN_PK, RUN_SK, SWEEP_SK};
 use super::{
-    ClaimState, ClaimStore, ConfigStore, EventClaim, EventLedgerStore, EventState, Holder, OpenRun, Page, Published,
-    RunStore, RunSummary, SubmissionClaim, SweepCursor, VersionedRun, CLAIM_SECONDS, EVENT_SECONDS,
+    relists, ClaimState, ClaimStore, ConfigStore, EventClaim, EventLedgerStore, EventState, Holder, OpenRun, Page,
+    Published, RunStore, RunSummary, SubmissionClaim, SweepCursor, VersionedRun, CLAIM_SECONDS, EVENT_SECONDS,
     RUN_RETENTION_SECONDS,
 };
 use crate::error::conditional_write;
@@ -473,14 +475,28 @@ impl RunStore for DynamoStore {
         self.get(keys::run_pk(run_id), RUN_SK).await?.as_ref().map(run_from_item).transpose()
     }
 
-    async fn save_run(&self, run: &Run, expected: Option<i64>) -> Result<Option<i64>, Error> {
-        let version = expected.unwrap_or(0) + 1;
+    async fn save_run(&self, run: &Run, previous: Option<&VersionedRun>) -> Result<Option<i64>, Error> {
+        let version = previous.map_or(0, |read| read.version) + 1;
+        if let Some(read) = previous.filter(|read| !relists(&read.run, run)) {
+            // The lines show nothing this write changes: the record alone, one conditional
+            // PutItem (a transaction would write three items at twice the price each).
+            let result = self
+                .client
+                .put_item()
+                .table_name(&self.table)
+                .set_item(Some(run_item(run, version)?))
+                .condition_expression("version = :version")
+                .expression_attribute_values(":version", n(read.version))
+                .send()
+                .await;
+            return Ok(conditional_write("PutItem", result)?.then_some(version));
+        }
         let record = Put::builder().table_name(&self.table).set_item(Some(run_item(run, version)?));
-        let record = match expected {
+        let record = match previous {
             None => record.condition_expression("attribute_not_exists(pk)"),
-            Some(expected) => {
-                record.condition_expression("version = :version").expression_attribute_values(":version", n(expected))
-            }
+            Some(read) => record
+                .condition_expression("version = :version")
+                .expression_attribute_values(":version", n(read.version)),
         };
         let result = self
             .client

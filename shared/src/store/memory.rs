@@ -12,8 +12,8 @@ use async_trait::async_trait;
 
 use super::keys::index_sk;
 use super::{
-    ClaimState, ClaimStore, ConfigStore, EventClaim, EventLedgerStore, EventState, Holder, OpenRun, Page, Published,
-    RunStore, RunSummary, SubmissionClaim, SweepCursor, VersionedRun,
+    relists, ClaimState, ClaimStore, ConfigStore, EventClaim, EventLedgerStore, EventState, Holder, OpenRun, Page,
+    Published, RunStore, RunSummary, SubmissionClaim, SweepCursor, VersionedRun,
 };
 use crate::model::run::Run;
 use crate::model::stack::StackConfig;
@@ -251,20 +251,18 @@ impl RunStore for MemoryStore {
         self.call("load_run", |t| t.runs.get(run_id).cloned())
     }
 
-    async fn save_run(&self, run: &Run, expected: Option<i64>) -> Result<Option<i64>, Error> {
+    async fn save_run(&self, run: &Run, previous: Option<&VersionedRun>) -> Result<Option<i64>, Error> {
         self.call("save_run", |t| {
             let current = t.runs.get(&run.run_id).map(|r| r.version);
-            let holds = match expected {
-                None => current.is_none(),
-                Some(expected) => current == Some(expected),
-            };
-            if !holds {
+            if current != previous.map(|read| read.version) {
                 return None;
             }
-            let version = expected.unwrap_or(0) + 1;
+            let version = current.unwrap_or(0) + 1;
             t.runs.insert(run.run_id.clone(), VersionedRun { run: run.clone(), version });
-            set_index_line(t, run, Some(version));
-            set_open_line(t, run);
+            if previous.is_none_or(|read| relists(&read.run, run)) {
+                set_index_line(t, run, Some(version));
+                set_open_line(t, run);
+            }
             Some(version)
         })
     }

@@ -196,16 +196,23 @@ pub struct Adoption {
     pub done: bool,
 }
 
+/// Whether writing `run` over `previous` changes what its index line and open-run line
+/// show: its status, or whether its completion went out (which takes it off the open-run
+/// list). Only such writes touch the lines.
+pub fn relists(previous: &Run, run: &Run) -> bool {
+    (previous.status, previous.completion_sent) != (run.status, run.completion_sent)
+}
+
 /// Run records, the per-pipeline index and the open-run list.
 #[async_trait]
 pub trait RunStore: Send + Sync {
     /// The run, read consistently.
     async fn load_run(&self, run_id: &str) -> Result<Option<VersionedRun>, Error>;
-    /// Writes the run if it is still at `expected` (`None`: only if it does not exist yet),
-    /// together with its index line and its open-run line (written while the run is not
-    /// done with, deleted once it is) — all or nothing. Returns the new version, or `None`
-    /// when someone else wrote first.
-    async fn save_run(&self, run: &Run, expected: Option<i64>) -> Result<Option<i64>, Error>;
+    /// Writes the run if it is still as `previous` read it (`None`: only if it does not
+    /// exist yet), together with its index line and its open-run line (listed while the run
+    /// is not done with, deleted once it is) when what they show changes ([`relists`]) — all
+    /// or nothing. Returns the new version, or `None` when someone else wrote first.
+    async fn save_run(&self, run: &Run, previous: Option<&VersionedRun>) -> Result<Option<i64>, Error>;
     /// Recent runs of a pipeline, newest first.
     async fn list_runs(&self, pipeline: &str, limit: i32) -> Result<Vec<RunSummary>, Error>;
     /// The open-run list, oldest first, from after `after`, at most `limit` lines.
