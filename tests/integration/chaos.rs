@@ -30,7 +30,7 @@ use batchline_testkit::faults::{FaultScope, Rates};
 use batchline_testkit::player::{event_id, sqs_record, Delivery, Player};
 use serde_json::{json, Value};
 
-use crate::common::Deployed;
+use crate::common::{job_events_invocation, Deployed};
 
 const QUEUE_ARN: &str = "arn:aws:sqs:us-east-1:123456789012:batchline-job-events";
 const OBJECT_CREATED: &str = include_str!("../fixtures/s3/object-created.json");
@@ -147,7 +147,7 @@ impl Chaos {
                 // Long enough for run work (job-events keeps 30 s back), short enough that a
                 // failed holder's claims are taken over within the test.
                 let invocation = invocation_for(json!({ "Records": records }), 33);
-                batchline_job_events::handle(invocation, &self.job_events, &self.env.config)
+                batchline_job_events::handle(job_events_invocation(invocation), &self.job_events, &self.env.config)
             }))
             .await;
             for (chunk, answer) in pair.iter().zip(answers) {
@@ -215,7 +215,9 @@ impl Chaos {
                            "time": "2026-11-30T00:00:00Z", "resources": [], "detail": {}});
         // Room for its budget: it stops a minute before its deadline.
         let invocation = invocation_for(event, 120);
-        if let Err(err) = batchline_job_events::handle(invocation, &self.job_events, &self.env.config).await {
+        if let Err(err) =
+            batchline_job_events::handle(job_events_invocation(invocation), &self.job_events, &self.env.config).await
+        {
             eprintln!("chaos seed {}: sweep: {err}", self.seed);
         }
     }

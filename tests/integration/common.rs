@@ -104,3 +104,11 @@ impl Deployed {
         jobs
     }
 }
+
+/// The invocation as job-events takes it: its payload read as the Lambda runtime reads it.
+pub fn job_events_invocation(
+    event: lambda_runtime::LambdaEvent<Value>,
+) -> lambda_runtime::LambdaEvent<batchline_job_events::Payload> {
+    let payload = batchline_job_events::Payload::from_value(event.payload).expect("every JSON value is a payload");
+    lambda_runtime::LambdaEvent::new(payload, event.context)
+}

@@ -3,6 +3,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime};
 
+use crate::common::job_events_invocation;
 use aws_sdk_cloudwatch::primitives::DateTime;
 use aws_sdk_cloudwatch::types::{Dimension, Statistic};
 use batchline_testkit::emulator::{default_network, sdk_config, test_config, unique_name};
@@ -102,8 +103,13 @@ impl Harness {
     /// Hands events to job-events as SQS batches of 10; every message must succeed.
     async fn deliver(&self, events: &[Value]) {
         for batch in Delivery::from_events(events.to_vec()).sqs_batches(QUEUE_ARN, 10) {
-            let answer =
-                batchline_job_events::handle(invocation(batch), &self.job_events, &self.env.config).await.unwrap();
+            let answer = batchline_job_events::handle(
+                job_events_invocation(invocation(batch)),
+                &self.job_events,
+                &self.env.config,
+            )
+            .await
+            .unwrap();
             assert_eq!(answer["batchItemFailures"], json!([]), "{answer}");
         }
     }
@@ -407,9 +413,9 @@ async fn the_final_event_handled_twice_at_once_and_a_sweep_beside_them_announce_
     // (each delivery its own SQS message)
     let batch = || Delivery::from_events(withheld.clone()).sqs_batches(QUEUE_ARN, 10).remove(0);
     let (one, two, sweep) = tokio::join!(
-        batchline_job_events::handle(invocation(batch()), &h.job_events, &h.env.config),
-        batchline_job_events::handle(invocation(batch()), &h.job_events, &h.env.config),
-        batchline_job_events::handle(invocation(sweep_event()), &h.job_events, &h.env.config),
+        batchline_job_events::handle(job_events_invocation(invocation(batch())), &h.job_events, &h.env.config),
+        batchline_job_events::handle(job_events_invocation(invocation(batch())), &h.job_events, &h.env.config),
+        batchline_job_events::handle(job_events_invocation(invocation(sweep_event())), &h.job_events, &h.env.config),
     );
     // THEN whichever failed is retried, as SQS and the schedule would
     for outcome in [one, two] {
@@ -418,7 +424,9 @@ async fn the_final_event_handled_twice_at_once_and_a_sweep_beside_them_announce_
         }
     }
     if sweep.is_err() {
-        batchline_job_events::handle(invocation(sweep_event()), &h.job_events, &h.env.config).await.unwrap();
+        batchline_job_events::handle(job_events_invocation(invocation(sweep_event())), &h.job_events, &h.env.config)
+            .await
+            .unwrap();
     }
     // AND the run was announced exactly once, as SUCCEEDED
     assert_eq!(h.run(&run_id).await["status"], "SUCCEEDED");
@@ -444,7 +452,10 @@ async fn a_running_run_stored_by_the_previous_release_is_adopted_by_the_sweep() 
             .unwrap();
     }
     // WHEN the sweep runs
-    let report = batchline_job_events::handle(invocation(sweep_event()), &h.job_events, &h.env.config).await.unwrap();
+    let report =
+        batchline_job_events::handle(job_events_invocation(invocation(sweep_event())), &h.job_events, &h.env.config)
+            .await
+            .unwrap();
     // THEN it adopted the run and visited it
     assert_eq!(report["sweep"]["runsAdopted"], 1, "{report}");
     assert_eq!(report["sweep"]["runsChecked"], 1, "{report}");
@@ -458,7 +469,10 @@ async fn a_running_run_stored_by_the_previous_release_is_adopted_by_the_sweep() 
         .unwrap();
     assert!(listed.item().is_some(), "on the open-run list");
     // AND a second sweep visits it from the list, adopting nothing more
-    let report = batchline_job_events::handle(invocation(sweep_event()), &h.job_events, &h.env.config).await.unwrap();
+    let report =
+        batchline_job_events::handle(job_events_invocation(invocation(sweep_event())), &h.job_events, &h.env.config)
+            .await
+            .unwrap();
     assert_eq!((report["sweep"]["runsAdopted"].as_u64(), report["sweep"]["runsChecked"].as_u64()), (Some(0), Some(1)));
 }
 
@@ -494,12 +508,17 @@ async fn the_sweep_completes_a_run_whose_last_event_was_lost_and_run_metrics_rea
 
     // The scheduled sweep finds summarise's job terminal in Batch and applies it
     let sweep = sweep_event();
-    let report = batchline_job_events::handle(invocation(sweep.clone()), &h.job_events, &h.env.config).await.unwrap();
+    let report =
+        batchline_job_events::handle(job_events_invocation(invocation(sweep.clone())), &h.job_events, &h.env.config)
+            .await
+            .unwrap();
     assert_eq!(report["sweep"]["transitionsApplied"], 1, "{report}");
     let run = h.run(&run_id).await;
     assert_eq!(run["status"], "SUCCEEDED");
     // A second sweep finds nothing to do
-    let report = batchline_job_events::handle(invocation(sweep), &h.job_events, &h.env.config).await.unwrap();
+    let report = batchline_job_events::handle(job_events_invocation(invocation(sweep)), &h.job_events, &h.env.config)
+        .await
+        .unwrap();
     assert_eq!(report["sweep"]["transitionsApplied"], 0);
 
     // Run metrics: one started, one succeeded, its duration, per pipeline

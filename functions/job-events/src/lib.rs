@@ -1,7 +1,9 @@
 //! `batchline-job-events`: Batch Job State Change events to CloudWatch metrics, pipeline stage transitions and resizing.
 //!
 //! Input is either one EventBridge event (a direct invocation) or an SQS batch of them
-//! (the production path: EventBridge rule → SQS → this function). For a batch, the answer
+//! (the production path: EventBridge rule → SQS → this function). A batch is read in one
+//! pass, each record's body straight into the typed event ([`payload`]): 1,000 events are
+//! never held as a JSON tree. For a batch, the answer
 //! is an SQS partial batch response: only the messages that could not be handled — a
 //! malformed body, an event another invocation is still counting, a failed AWS call — are
 //! listed in `batchItemFailures` and redelivered; the others are done. A direct event that
@@ -14,13 +16,14 @@
 //! claims and reports their messages, so their redelivery counts them exactly once.
 
 pub mod ledger;
+pub mod payload;
 pub mod publish;
 
 use std::collections::HashMap;
 
 use aws_config::SdkConfig;
 use aws_lambda_events::eventbridge::EventBridgeEvent;
-use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
+use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse};
 use batchline::model::batch_event::{JobStateChangeEvent, JobStatus};
 use batchline::model::job_request::{PIPELINE_TAG, RUN_TAG, STAGE_TAG};
 use batchline::model::metrics::{self, EventMetrics};
@@ -34,6 +37,8 @@ use serde_json::{json, Value};
 use tracing::{info, warn};
 
 use ledger::{Claim, Ledger};
+pub use payload::Payload;
+use payload::QueuedEvent;
 
 /// How many ledger claims are in flight at once (a batch may hold thousands of messages).
 const CLAIM_CONCURRENCY: usize = 16;
@@ -63,26 +68,28 @@ struct Message {
 
 /// Handles one invocation: an SQS batch (answered with `batchItemFailures`), one event,
 /// or the scheduled repair sweep.
-pub async fn handle(event: LambdaEvent<Value>, clients: &Clients, config: &Config) -> Result<Value, Error> {
+pub async fn handle(event: LambdaEvent<Payload>, clients: &Clients, config: &Config) -> Result<Value, Error> {
     let holder = invocation_holder(&event.context);
-    let payload = event.payload;
     let now = batchline::now_ms();
-    if payload.get("Records").is_some() {
-        let batch: SqsEvent = batchline::typed_payload(payload, "an SQS batch it cannot read")?;
-        let messages = sqs_messages(batch)?;
-        let failed = process(messages, clients, config, &holder, now).await;
-        let mut response = SqsBatchResponse::default();
-        response.batch_item_failures = failed
-            .into_iter()
-            .map(|id| {
-                let mut failure = BatchItemFailure::default();
-                failure.item_identifier = id;
-                failure
-            })
-            .collect();
-        return serde_json::to_value(response)
-            .map_err(|e| Error::InvalidEvent(format!("the answer cannot be written: {e}")));
-    }
+    let payload = match event.payload {
+        Payload::Batch(records) => {
+            let records = records.map_err(|why| Error::InvalidEvent(format!("an SQS batch it cannot read: {why}")))?;
+            let messages = sqs_messages(records)?;
+            let failed = process(messages, clients, config, &holder, now).await;
+            let mut response = SqsBatchResponse::default();
+            response.batch_item_failures = failed
+                .into_iter()
+                .map(|id| {
+                    let mut failure = BatchItemFailure::default();
+                    failure.item_identifier = id;
+                    failure
+                })
+                .collect();
+            return serde_json::to_value(response)
+                .map_err(|e| Error::InvalidEvent(format!("the answer cannot be written: {e}")));
+        }
+        Payload::Other(payload) => payload,
+    };
     if payload.get("detail-type").and_then(Value::as_str) == Some("Scheduled Event") {
         let _schedule: EventBridgeEvent<Value> = batchline::typed_payload(payload, "a Scheduled Event it cannot read")?;
         let report = clients.ports.driver(&holder).sweep().await?;
@@ -108,17 +115,12 @@ pub async fn handle(event: LambdaEvent<Value>, clients: &Clients, config: &Confi
     )))
 }
 
-fn sqs_messages(batch: SqsEvent) -> Result<Vec<Message>, Error> {
-    batch
-        .records
+fn sqs_messages(records: Vec<QueuedEvent>) -> Result<Vec<Message>, Error> {
+    records
         .into_iter()
         .map(|record| {
             let id = record.message_id.ok_or_else(|| Error::InvalidEvent("an SQS record has no messageId".into()))?;
-            let event = match record.body {
-                Some(body) => JobStateChangeEvent::from_json(&body).map_err(|e| e.to_string()),
-                None => Err("the SQS record has no body".to_owned()),
-            };
-            Ok(Message { id, event })
+            Ok(Message { id, event: record.event })
         })
         .collect()
 }

@@ -9,6 +9,8 @@ async fn main() -> Result<(), Error> {
     batchline::telemetry::init();
     let config = batchline::Config::from_env()?;
     let clients = batchline_job_events::Clients::new(&batchline::aws::load_sdk_config().await, &config);
-    run(service_fn(|event: LambdaEvent<serde_json::Value>| batchline_job_events::handle(event, &clients, &config)))
-        .await
+    run(service_fn(|event: LambdaEvent<batchline_job_events::Payload>| {
+        batchline_job_events::handle(event, &clients, &config)
+    }))
+    .await
 }

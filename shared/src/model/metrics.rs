@@ -421,10 +421,8 @@ mod tests {
     #[test]
     fn cost_follows_architecture_and_overrides() {
         let mut arm = succeeded();
-        arm.detail.container.as_mut().unwrap().runtime_platform = Some(crate::model::batch_event::RuntimePlatform {
-            cpu_architecture: Some("ARM64".into()),
-            other: Default::default(),
-        });
+        arm.detail.container.as_mut().unwrap().runtime_platform =
+            Some(crate::model::batch_event::RuntimePlatform { cpu_architecture: Some("ARM64".into()) });
         let cost = estimated_cost(&arm, &PriceOverrides::default()).unwrap();
         assert!((cost - (0.03238 + 2.0 * 0.00356) / 60.0).abs() < 1e-12);
         let overrides = PriceOverrides { vcpu_hour: Some(1.0), gb_hour: Some(0.0) };
