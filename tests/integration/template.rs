@@ -165,6 +165,50 @@ fn s3_bursts_cannot_take_the_concurrency_api_callers_need() {
     assert!(queued + 2 < reserved + 1, "S3 batches take {queued} of {reserved}: the API keeps at least two");
 }
 
+/// The rule whose target is `queue`, and the event source of job-events reading it.
+fn lane<'t>(template: &'t Value, queue: &str) -> (&'t Value, &'t Value) {
+    let rule = resources(template)
+        .into_iter()
+        .find(|(_, r)| {
+            r["Type"] == "AWS::Events::Rule"
+                && r["Properties"]["Targets"]
+                    .as_sequence()
+                    .unwrap()
+                    .iter()
+                    .any(|t| target_of(&t["Arn"]).as_deref() == Some(queue))
+        })
+        .unwrap_or_else(|| panic!("no rule sends to {queue}"))
+        .1;
+    let events = template["Resources"]["JobEventsFunction"]["Properties"]["Events"].as_mapping().unwrap();
+    let source = events
+        .values()
+        .find(|e| e["Type"] == "SQS" && target_of(&e["Properties"]["Queue"]).as_deref() == Some(queue))
+        .unwrap_or_else(|| panic!("job-events does not read {queue}"));
+    (&rule["Properties"]["EventPattern"], &source["Properties"])
+}
+
+#[test]
+fn pipeline_job_events_take_the_lane_without_a_batching_window_and_no_event_takes_both() {
+    let template = template();
+    let (batched, batched_source) = lane(&template, "JobEventsQueue");
+    let (runs, runs_source) = lane(&template, "RunEventsQueue");
+    // The lanes split on the tag every stage job carries: exactly one of them matches an event.
+    let run_tag = batchline::model::job_request::RUN_TAG;
+    assert_eq!(batched["detail"]["tags"][run_tag], serde_yaml::from_str::<Value>("[{exists: false}]").unwrap());
+    assert_eq!(runs["detail"]["tags"][run_tag], serde_yaml::from_str::<Value>("[{exists: true}]").unwrap());
+    let without_tags = |pattern: &Value| {
+        let mut pattern = pattern.clone();
+        pattern["detail"].as_mapping_mut().unwrap().remove("tags");
+        pattern
+    };
+    assert_eq!(without_tags(batched), without_tags(runs), "the same events otherwise");
+    // Pipeline events are handled as they arrive; the others packed for PutMetricData.
+    assert!(runs_source["MaximumBatchingWindowInSeconds"].as_u64().unwrap_or(0) == 0, "{runs_source:?}");
+    assert!(runs_source["BatchSize"].as_u64().unwrap() <= 10);
+    assert_eq!(batched_source["BatchSize"].as_u64(), Some(1000));
+    assert_eq!(batched_source["MaximumBatchingWindowInSeconds"].as_u64(), Some(10));
+}
+
 #[test]
 fn every_asynchronous_path_has_a_dead_letter_queue_with_an_alarm() {
     let template = template();
