@@ -537,6 +537,26 @@ def exact_dimension_statistics() -> None:
     CloudWatchBackend.get_metric_statistics = get_metric_statistics
 
 
+def transformed_event_time_as_text() -> None:
+    """Writes the event's ``time`` as ISO 8601 text in an input transformer's ``<aws.events.event.json>``, as AWS does.
+
+    moto keeps an event's time as epoch seconds and turns it into text only when it sends
+    the event itself; an envelope built with an input transformer got the number. Events
+    sent without a transformer are left to moto, which converts them itself.
+    """
+    from moto.core.utils import iso_8601_datetime_without_milliseconds, utcfromtimestamp
+    from moto.events.utils import EventTemplateParser
+
+    original = EventTemplateParser.parse
+
+    def parse(input_template: str, input_paths_map: dict, event: dict) -> dict:
+        if input_template and "time" in event and not isinstance(event["time"], str):
+            event = dict(event, time=iso_8601_datetime_without_milliseconds(utcfromtimestamp(float(event["time"]))))
+        return original(input_template=input_template, input_paths_map=input_paths_map, event=event)
+
+    EventTemplateParser.parse = staticmethod(parse)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
@@ -548,6 +568,7 @@ def main() -> None:
     # Batch without Docker: submitted jobs are recorded (and finish at once) without running.
     default_user_config["batch"]["use_docker"] = False
     exact_dimension_statistics()
+    transformed_event_time_as_text()
 
     app = Faults(Adapter(DomainDispatcherApplication(create_backend_app)))
     server = make_server(args.host, args.port, app, threaded=True, request_handler=MotoRequestHandler)

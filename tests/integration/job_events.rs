@@ -419,3 +419,84 @@ async fn run_work_stops_before_the_deadline_and_what_is_left_is_redelivered() {
     assert_eq!(failures(&answer), Vec::<String>::new());
     assert_eq!(stats(&clients.cloudwatch, &config.metric_namespace, "JobsSucceeded", &[]).await, (1.0, 1.0));
 }
+
+/// Every message waiting in a queue (the emulator's delivery is synchronous).
+async fn drain(sqs: &aws_sdk_sqs::Client, url: &str) -> Vec<aws_sdk_sqs::types::Message> {
+    let mut messages = Vec::new();
+    loop {
+        let reply = sqs.receive_message().queue_url(url).max_number_of_messages(10).send().await.unwrap();
+        if reply.messages().is_empty() {
+            return messages;
+        }
+        messages.extend(reply.messages().iter().cloned());
+    }
+}
+
+#[tokio::test]
+async fn the_template_lanes_count_every_event_in_one_lane_and_advance_runs_in_the_other() {
+    // GIVEN the template's lanes wired on a bus of the test's own, and job-events whose
+    // table and CloudWatch calls are counted
+    let (config, mut clients, sdk) = setup("lanes").await;
+    let calls = CallLog::default();
+    let dynamo = aws_sdk_dynamodb::Client::from_conf(
+        aws_sdk_dynamodb::config::Builder::from(&sdk).interceptor(calls.clone()).build(),
+    );
+    clients.ports.store = std::sync::Arc::new(batchline::store::DynamoStore::new(dynamo, &config.table_name));
+    clients.cloudwatch = aws_sdk_cloudwatch::Client::from_conf(
+        aws_sdk_cloudwatch::config::Builder::from(&sdk).interceptor(calls.clone()).build(),
+    );
+    let mut plain: Value = serde_json::from_str(FIXTURES[5].1).unwrap();
+    plain["detail"]["tags"] = json!({"team": "data"});
+    let mut staged = plain.clone();
+    staged["detail"]["jobId"] = json!("a-stage-job");
+    staged["detail"]["tags"] = json!({"batchline:run": "lanes-run", "batchline:pipeline": "p", "batchline:stage": "s"});
+    let job_queue = plain["detail"]["jobQueue"].as_str().unwrap().to_owned();
+    let events = aws_sdk_eventbridge::Client::new(&sdk);
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let bus = batchline_testkit::emulator::unique_name("lanes");
+    events.create_event_bus().name(&bus).send().await.unwrap();
+    let mut wired = BTreeMap::new();
+    for (index, lane) in batchline_testkit::lanes::template_lanes(&[job_queue]).unwrap().into_iter().enumerate() {
+        let queue = lane.wire(&sqs, &events, &bus, &format!("{bus}-{index}")).await.unwrap();
+        wired.insert(lane.queue.clone(), queue);
+    }
+
+    // WHEN a job outside any run and a stage job of a run change state, as Batch announces it
+    Delivery::from_events(vec![plain.clone(), staged.clone()]).to_event_bus(&events, &bus).await.unwrap();
+
+    // THEN the metrics lane holds both events, the runs lane the stage job's, each in its envelope
+    let mut received = BTreeMap::new();
+    for (queue, lane) in &wired {
+        let messages = drain(&sqs, &lane.queue_url).await;
+        let bodies: BTreeSet<(String, String)> = messages
+            .iter()
+            .map(|m| {
+                let body: Value = serde_json::from_str(m.body().unwrap()).unwrap();
+                (
+                    body["lane"].as_str().unwrap().to_owned(),
+                    body["event"]["detail"]["jobId"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        received.insert(queue.clone(), (bodies, messages));
+    }
+    let pair = |lane: &str, job: &Value| (lane.to_owned(), job["detail"]["jobId"].as_str().unwrap().to_owned());
+    assert_eq!(received["JobEventsQueue"].0, BTreeSet::from([pair("metrics", &plain), pair("metrics", &staged)]));
+    assert_eq!(received["RunEventsQueue"].0, BTreeSet::from([pair("runs", &staged)]));
+
+    // WHEN job-events handles the runs lane's batch, THEN it reads the run and counts nothing
+    let batch_of = |messages: &[aws_sdk_sqs::types::Message], queue_arn: &str| {
+        let records: Vec<Value> =
+            messages.iter().map(|m| sqs_record(m.message_id().unwrap(), m.body().unwrap(), queue_arn)).collect();
+        json!({ "Records": records })
+    };
+    let runs = batch_of(&received["RunEventsQueue"].1, &wired["RunEventsQueue"].queue_arn);
+    assert_eq!(failures(&handle(invocation(runs), &clients, &config).await.unwrap()), Vec::<String>::new());
+    assert_eq!(calls.all(), BTreeMap::from([("GetItem".to_owned(), 1)]), "the run is read; no claim, no metrics");
+
+    // WHEN it handles the metrics lane's batch, THEN it counts both events once and reads no run
+    let metrics = batch_of(&received["JobEventsQueue"].1, &wired["JobEventsQueue"].queue_arn);
+    assert_eq!(failures(&handle(invocation(metrics), &clients, &config).await.unwrap()), Vec::<String>::new());
+    assert_eq!((calls.count("GetItem"), calls.count("PutMetricData")), (1, 1), "{:?}", calls.all());
+    assert_eq!(stats(&clients.cloudwatch, &config.metric_namespace, "JobsSucceeded", &[]).await, (2.0, 2.0));
+}

@@ -188,25 +188,34 @@ fn lane<'t>(template: &'t Value, queue: &str) -> (&'t Value, &'t Value) {
 }
 
 #[test]
-fn pipeline_job_events_take_the_lane_without_a_batching_window_and_no_event_takes_both() {
+fn every_event_reaches_the_metrics_lane_and_pipeline_events_also_the_lane_without_a_batching_window() {
     let template = template();
     let (batched, batched_source) = lane(&template, "JobEventsQueue");
     let (runs, runs_source) = lane(&template, "RunEventsQueue");
-    // The lanes split on the tag every stage job carries: exactly one of them matches an event.
+    // The metrics lane takes every event; the runs lane those with the tag every stage job carries.
     let run_tag = batchline::model::job_request::RUN_TAG;
-    assert_eq!(batched["detail"]["tags"][run_tag], serde_yaml::from_str::<Value>("[{exists: false}]").unwrap());
+    assert!(batched["detail"].get("tags").is_none(), "the metrics lane counts every event: {batched:?}");
     assert_eq!(runs["detail"]["tags"][run_tag], serde_yaml::from_str::<Value>("[{exists: true}]").unwrap());
-    let without_tags = |pattern: &Value| {
-        let mut pattern = pattern.clone();
-        pattern["detail"].as_mapping_mut().unwrap().remove("tags");
-        pattern
-    };
-    assert_eq!(without_tags(batched), without_tags(runs), "the same events otherwise");
-    // Pipeline events are handled as they arrive; the others packed for PutMetricData.
+    let mut runs_untagged = runs.clone();
+    runs_untagged["detail"].as_mapping_mut().unwrap().remove("tags");
+    assert_eq!(batched, &runs_untagged, "the same events otherwise");
+    // Pipeline events are handled as they arrive; all events packed for PutMetricData.
     assert!(runs_source["MaximumBatchingWindowInSeconds"].as_u64().unwrap_or(0) == 0, "{runs_source:?}");
     assert!(runs_source["BatchSize"].as_u64().unwrap() <= 10);
     assert_eq!(batched_source["BatchSize"].as_u64(), Some(1000));
     assert_eq!(batched_source["MaximumBatchingWindowInSeconds"].as_u64(), Some(10));
+    // Each lane's envelope names it, so job-events does only that lane's work (the routing
+    // and the work itself: tests/integration/job_events.rs, `the_template_lanes_...`).
+    let lanes = batchline_testkit::lanes::template_lanes(&[]).unwrap();
+    let envelopes: BTreeSet<_> =
+        lanes.iter().map(|l| (l.queue.as_str(), l.input_template.clone().unwrap_or_default())).collect();
+    assert_eq!(
+        envelopes,
+        BTreeSet::from([
+            ("JobEventsQueue", r#"{"lane": "metrics", "event": <aws.events.event.json>}"#.to_owned()),
+            ("RunEventsQueue", r#"{"lane": "runs", "event": <aws.events.event.json>}"#.to_owned()),
+        ])
+    );
 }
 
 #[test]

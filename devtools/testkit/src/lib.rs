@@ -8,6 +8,7 @@ pub mod calls;
 pub mod emulator;
 pub mod faults;
 pub mod http;
+pub mod lanes;
 pub mod local_lambda;
 pub mod player;
 pub mod response_server;

@@ -9,6 +9,9 @@
 //! listed in `batchItemFailures` and redelivered; the others are done. A direct event that
 //! cannot be handled is an invocation error, so Lambda's retries and dead-letter queue apply.
 //!
+//! Two lanes feed it ([`payload::Lane`]): from the metrics lane it only counts, from the
+//! runs lane it only advances runs; a bare event gets both.
+//!
 //! Each event is counted once however often it is delivered: its EventBridge `id` is
 //! claimed in the table first ([`ledger`]), the metrics of all claimed events are packed
 //! into as few PutMetricData calls as the API allows ([`batchline::model::metrics`]), and events
@@ -38,7 +41,7 @@ use tracing::{info, warn};
 
 use ledger::{Claim, Ledger};
 pub use payload::Payload;
-use payload::QueuedEvent;
+use payload::{LaneEvent, QueuedEvent};
 
 /// How many ledger claims are in flight at once (a batch may hold thousands of messages).
 const CLAIM_CONCURRENCY: usize = 16;
@@ -63,7 +66,7 @@ impl Clients {
 /// One message to handle: its SQS message id (or `direct`) and what its body parsed to.
 struct Message {
     id: String,
-    event: Result<JobStateChangeEvent, String>,
+    event: Result<LaneEvent, String>,
 }
 
 /// Handles one invocation: an SQS batch (answered with `batchItemFailures`), one event,
@@ -105,8 +108,14 @@ pub async fn handle(event: LambdaEvent<Payload>, clients: &Clients, config: &Con
     }
     if payload.get("detail-type").is_some() {
         let event = JobStateChangeEvent::from_value(payload).map_err(|e| Error::InvalidEvent(e.to_string()))?;
-        let failed =
-            process(vec![Message { id: "direct".into(), event: Ok(event) }], clients, config, &holder, now).await;
+        let failed = process(
+            vec![Message { id: "direct".into(), event: Ok(LaneEvent { lane: None, event }) }],
+            clients,
+            config,
+            &holder,
+            now,
+        )
+        .await;
         return if failed.is_empty() { Ok(json!({})) } else { Err(Error::InFlight("counting the event".into())) };
     }
     Err(Error::InvalidEvent(format!(
@@ -130,7 +139,7 @@ async fn process(messages: Vec<Message>, clients: &Clients, config: &Config, hol
     let mut failed = Vec::new();
     // Messages by event id: a duplicate within the batch shares its first copy's fate.
     let mut by_event: HashMap<String, Vec<String>> = HashMap::new();
-    let mut events: Vec<JobStateChangeEvent> = Vec::new();
+    let mut events: Vec<LaneEvent> = Vec::new();
     for message in messages {
         match message.event {
             Err(why) => {
@@ -138,7 +147,7 @@ async fn process(messages: Vec<Message>, clients: &Clients, config: &Config, hol
                 failed.push(message.id);
             }
             Ok(event) => {
-                let copies = by_event.entry(event.id.clone()).or_default();
+                let copies = by_event.entry(event.event.id.clone()).or_default();
                 if copies.is_empty() {
                     events.push(event);
                 }
@@ -147,13 +156,18 @@ async fn process(messages: Vec<Message>, clients: &Clients, config: &Config, hol
         }
     }
 
-    failed.extend(advance_runs(&events, &by_event, clients, holder, now).await);
+    let (for_runs, for_metrics): (Vec<_>, Vec<_>) = (
+        events.iter().filter(|e| e.advances_runs()).map(|e| &e.event).collect(),
+        events.iter().filter(|e| e.counts_metrics()).map(|e| &e.event).collect(),
+    );
+    failed.extend(advance_runs(&for_runs, &by_event, clients, holder, now).await);
+    let events = for_metrics;
 
     let ledger = Ledger { store: clients.ports.store.as_ref(), clock: &clients.ports.clock, holder };
     let claims: Vec<Result<Claim, Error>> =
         stream::iter(events.iter().map(|e| ledger.claim(&e.id))).buffered(CLAIM_CONCURRENCY).collect().await;
     let mut claimed = Vec::new();
-    for (event, claim) in events.iter().zip(claims) {
+    for (event, claim) in events.into_iter().zip(claims) {
         match claim {
             Ok(Claim::Claimed) => claimed.push(event),
             Ok(Claim::AlreadyDone) => info!(event_id = %event.id, "already counted; acknowledged"),
@@ -220,13 +234,13 @@ fn status_rank(status: &JobStatus) -> u8 {
 /// Applies the events of pipeline jobs to their runs, in the order they happened; returns
 /// the messages whose transition failed.
 async fn advance_runs(
-    events: &[JobStateChangeEvent],
+    events: &[&JobStateChangeEvent],
     by_event: &HashMap<String, Vec<String>>,
     clients: &Clients,
     holder: &Holder,
     now: i64,
 ) -> Vec<String> {
-    let mut run_events: Vec<&JobStateChangeEvent> = events.iter().filter(|e| run_of(e).is_some()).collect();
+    let mut run_events: Vec<&JobStateChangeEvent> = events.iter().copied().filter(|e| run_of(e).is_some()).collect();
     if run_events.is_empty() {
         return vec![];
     }

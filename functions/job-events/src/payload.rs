@@ -6,6 +6,10 @@
 //! payload is read, its text dropped at once, and the record's other attributes skipped.
 //! Parsing is lenient per record: a body that is not a Batch event fails that record alone
 //! (it is reported back for redelivery), not the batch.
+//!
+//! A body is either the Batch event itself or the event inside the envelope template.yaml's
+//! rules put around it, `{"lane": "metrics" | "runs", "event": ...}`, which says which of
+//! job-events' two jobs the message is for ([`Lane`]).
 
 use std::fmt;
 
@@ -23,23 +27,76 @@ pub enum Payload {
     Other(Value),
 }
 
+/// Which of job-events' jobs a message is for: every Batch event reaches the metrics lane
+/// (`JobEventsQueue`, batched to pack PutMetricData calls) and the events of pipeline jobs
+/// also reach the runs lane (`RunEventsQueue`, no batching window, so a stage's end
+/// submits the next stage at once). A bare event (a direct invocation, a hand-made batch,
+/// a rule from before the lanes) is for both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Lane {
+    /// Count the event in the metrics; leave its run alone.
+    Metrics,
+    /// Apply the event to its run; leave the counting to the metrics lane.
+    Runs,
+}
+
+/// What a message asks for: its event and, from its envelope, its lane.
+#[derive(Debug)]
+pub struct LaneEvent {
+    /// `None` for a bare event: both jobs.
+    pub lane: Option<Lane>,
+    pub event: JobStateChangeEvent,
+}
+
+impl LaneEvent {
+    /// Whether the event is counted here.
+    pub fn counts_metrics(&self) -> bool {
+        self.lane != Some(Lane::Runs)
+    }
+
+    /// Whether the event is applied to its run here.
+    pub fn advances_runs(&self) -> bool {
+        self.lane != Some(Lane::Metrics)
+    }
+}
+
+/// The body template.yaml's rules write: `{"lane": ..., "event": <the event>}`.
+#[derive(Deserialize)]
+struct Envelope {
+    lane: Lane,
+    event: JobStateChangeEvent,
+}
+
+impl LaneEvent {
+    /// Reads a message body: an envelope, else a bare event.
+    pub fn from_json(text: &str) -> Result<LaneEvent, String> {
+        // The envelope is what production delivers, so it is tried first; a bare event
+        // fails it at its first field and is then read as before.
+        if let Ok(envelope) = serde_json::from_str::<Envelope>(text) {
+            return Ok(LaneEvent { lane: Some(envelope.lane), event: envelope.event });
+        }
+        JobStateChangeEvent::from_json(text).map(|event| LaneEvent { lane: None, event }).map_err(|e| e.to_string())
+    }
+}
+
 /// One SQS record: its message id and its body, parsed.
 #[derive(Debug, Deserialize)]
 pub struct QueuedEvent {
     #[serde(rename = "messageId", default)]
     pub message_id: Option<String>,
     #[serde(rename = "body", default = "no_body", deserialize_with = "event_in_body")]
-    pub event: Result<JobStateChangeEvent, String>,
+    pub event: Result<LaneEvent, String>,
 }
 
-fn no_body() -> Result<JobStateChangeEvent, String> {
+fn no_body() -> Result<LaneEvent, String> {
     Err("the SQS record has no body".to_owned())
 }
 
-fn event_in_body<'de, D: Deserializer<'de>>(body: D) -> Result<Result<JobStateChangeEvent, String>, D::Error> {
+fn event_in_body<'de, D: Deserializer<'de>>(body: D) -> Result<Result<LaneEvent, String>, D::Error> {
     let text: Option<String> = Deserialize::deserialize(body)?;
     Ok(match text {
-        Some(text) => JobStateChangeEvent::from_json(&text).map_err(|e| e.to_string()),
+        Some(text) => LaneEvent::from_json(&text),
         None => no_body(),
     })
 }
@@ -183,9 +240,27 @@ mod tests {
         let Payload::Batch(Ok(records)) = serde_json::from_str(&text).unwrap() else { panic!("not a batch") };
         let ids: Vec<_> = records.iter().map(|r| r.message_id.as_deref().unwrap()).collect();
         assert_eq!(ids, ["a", "b", "c"]);
-        assert_eq!(records[0].event.as_ref().unwrap().detail.status.as_str(), "SUCCEEDED");
+        assert_eq!(records[0].event.as_ref().unwrap().event.detail.status.as_str(), "SUCCEEDED");
+        assert_eq!(records[0].event.as_ref().unwrap().lane, None, "a bare event is for both lanes");
         assert!(records[1].event.as_ref().unwrap_err().contains("not JSON"), "{:?}", records[1].event);
         assert_eq!(records[2].event.as_ref().unwrap_err(), "the SQS record has no body");
+    }
+
+    #[test]
+    fn an_envelope_names_the_lane_and_a_bad_lane_or_event_in_it_fails_the_record() {
+        let event: Value =
+            serde_json::from_str(include_str!("../../../tests/fixtures/batch/succeeded-fargate.json")).unwrap();
+        let read = |body: Value| LaneEvent::from_json(&body.to_string());
+        let runs = read(json!({"lane": "runs", "event": event})).unwrap();
+        assert_eq!((runs.lane, runs.advances_runs(), runs.counts_metrics()), (Some(Lane::Runs), true, false));
+        let metrics = read(json!({"event": event, "lane": "metrics"})).unwrap();
+        assert_eq!(
+            (metrics.lane, metrics.advances_runs(), metrics.counts_metrics()),
+            (Some(Lane::Metrics), false, true)
+        );
+        assert_eq!(metrics.event.id, event["id"].as_str().unwrap());
+        assert!(read(json!({"lane": "elsewhere", "event": event})).is_err());
+        assert!(read(json!({"lane": "runs", "event": {"detail-type": "Scheduled Event"}})).is_err());
     }
 
     #[test]

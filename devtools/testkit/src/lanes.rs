@@ -1,0 +1,144 @@
+//! job-events' event lanes as template.yaml declares them, wired on an EventBridge bus in the emulator.
+//!
+//! Each SQS event source of job-events is a lane: the rule that fills its queue (pattern
+//! and input transformer) and the BatchSize and batching window Lambda reads it with.
+//! Tests wire the lanes to see which events reach which queue in which envelope; the
+//! benchmark also plays Lambda's event sources on them. Both read them from the template,
+//! so what they check is what gets deployed.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::emulator::repo_root;
+
+/// One SQS event source of job-events.
+#[derive(Debug, Clone)]
+pub struct Lane {
+    /// The queue's logical id.
+    pub queue: String,
+    pub batch_size: usize,
+    pub window: Duration,
+    /// The EventBridge pattern of the rule that fills the queue.
+    pub pattern: Value,
+    /// The target's `InputTransformer.InputTemplate`, if it has one.
+    pub input_template: Option<String>,
+}
+
+/// The lanes template.yaml gives job-events, their rules matching `queue_arns`.
+pub fn template_lanes(queue_arns: &[String]) -> Result<Vec<Lane>, String> {
+    let text = std::fs::read_to_string(repo_root().join("template.yaml")).map_err(|e| e.to_string())?;
+    let template: serde_yaml::Value = serde_yaml::from_str(&text).map_err(|e| e.to_string())?;
+    let resources = template["Resources"].as_mapping().ok_or("template.yaml has no Resources")?;
+    let events = template["Resources"]["JobEventsFunction"]["Properties"]["Events"]
+        .as_mapping()
+        .ok_or("job-events has no Events")?;
+    let mut lanes = Vec::new();
+    for event in events.values().filter(|e| e["Type"].as_str() == Some("SQS")) {
+        let properties = &event["Properties"];
+        let queue = logical_id(&properties["Queue"]).ok_or("an SQS event without a queue")?;
+        let (rule, target) = resources
+            .values()
+            .filter(|r| r["Type"].as_str() == Some("AWS::Events::Rule"))
+            .find_map(|r| {
+                let targets = r["Properties"]["Targets"].as_sequence()?;
+                let target = targets.iter().find(|t| logical_id(&t["Arn"]).as_deref() == Some(&queue))?;
+                Some((r, target))
+            })
+            .ok_or_else(|| format!("no rule fills {queue}"))?;
+        let mut pattern: Value = serde_json::to_value(untagged(&rule["Properties"]["EventPattern"]))
+            .map_err(|e| format!("{queue}'s rule pattern: {e}"))?;
+        pattern["detail"]["jobQueue"] = json!(queue_arns);
+        lanes.push(Lane {
+            queue,
+            batch_size: properties["BatchSize"].as_u64().unwrap_or(10) as usize,
+            window: Duration::from_secs(properties["MaximumBatchingWindowInSeconds"].as_u64().unwrap_or(0)),
+            pattern,
+            input_template: target["InputTransformer"]["InputTemplate"].as_str().map(str::to_owned),
+        });
+    }
+    Ok(lanes)
+}
+
+/// A lane wired in the emulator: its queue and the rule that fills it.
+#[derive(Debug, Clone)]
+pub struct WiredLane {
+    pub lane: Lane,
+    pub queue_url: String,
+    pub queue_arn: String,
+}
+
+impl Lane {
+    /// Creates the lane's queue (named `name`) and its rule on `bus`, target transformer included.
+    pub async fn wire(
+        &self,
+        sqs: &aws_sdk_sqs::Client,
+        events: &aws_sdk_eventbridge::Client,
+        bus: &str,
+        name: &str,
+    ) -> Result<WiredLane, String> {
+        use aws_sdk_eventbridge::types::{InputTransformer, Target};
+        let queue_url = sqs
+            .create_queue()
+            .queue_name(name)
+            .send()
+            .await
+            .map_err(|e| batchline::Error::aws("CreateQueue", e).to_string())?
+            .queue_url()
+            .unwrap_or_default()
+            .to_owned();
+        let queue_arn = sqs
+            .get_queue_attributes()
+            .queue_url(&queue_url)
+            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .map_err(|e| batchline::Error::aws("GetQueueAttributes", e).to_string())?
+            .attributes()
+            .and_then(|a| a.get(&aws_sdk_sqs::types::QueueAttributeName::QueueArn).cloned())
+            .ok_or("a queue without an ARN")?;
+        events
+            .put_rule()
+            .name(name)
+            .event_bus_name(bus)
+            .event_pattern(self.pattern.to_string())
+            .send()
+            .await
+            .map_err(|e| batchline::Error::aws("PutRule", e).to_string())?;
+        let mut target = Target::builder().id("queue").arn(&queue_arn);
+        if let Some(template) = &self.input_template {
+            target = target.input_transformer(
+                InputTransformer::builder().input_template(template).build().map_err(|e| e.to_string())?,
+            );
+        }
+        events
+            .put_targets()
+            .rule(name)
+            .event_bus_name(bus)
+            .targets(target.build().map_err(|e| e.to_string())?)
+            .send()
+            .await
+            .map_err(|e| batchline::Error::aws("PutTargets", e).to_string())?;
+        Ok(WiredLane { lane: self.clone(), queue_url, queue_arn })
+    }
+}
+
+/// The logical id `!GetAtt X.Arn` names.
+fn logical_id(value: &serde_yaml::Value) -> Option<String> {
+    match value {
+        serde_yaml::Value::Tagged(tagged) => tagged.value.as_str()?.split('.').next().map(str::to_owned),
+        _ => None,
+    }
+}
+
+/// The value with its tags (`!Split ...`) dropped to their content, as JSON takes it.
+fn untagged(value: &serde_yaml::Value) -> serde_yaml::Value {
+    match value {
+        serde_yaml::Value::Tagged(tagged) => untagged(&tagged.value),
+        serde_yaml::Value::Mapping(map) => {
+            serde_yaml::Value::Mapping(map.iter().map(|(k, v)| (k.clone(), untagged(v))).collect())
+        }
+        serde_yaml::Value::Sequence(items) => serde_yaml::Value::Sequence(items.iter().map(untagged).collect()),
+        other => other.clone(),
+    }
+}
