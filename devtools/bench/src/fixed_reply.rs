@@ -7,6 +7,10 @@
 //! `BatchWriteItem`), CloudWatch `PutMetricData` (Smithy RPC v2 CBOR from Rust, the JSON or
 //! Query protocol from boto3) and Batch `SubmitJob` (REST JSON). Every call is counted by
 //! `service:Operation`.
+//!
+//! [`FixedReply::forwarding`] is the same counter in front of the emulator: every call is
+//! passed on and its real answer returned, so a benchmark can count the calls of work that
+//! needs real state (advancing a pipeline run).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -28,15 +32,26 @@ impl FixedReply {
     /// Starts the server; `GetItem` of the configuration item returns `config`, as the store writes it.
     pub async fn start(config: Option<StackConfig>) -> std::io::Result<FixedReply> {
         let config_document = config.as_ref().map(config_item_json).transpose().map_err(std::io::Error::other)?;
+        FixedReply::serve(Arc::new(config_document), None).await
+    }
+
+    /// Starts a counter that passes every call on to `upstream` and returns its answer.
+    pub async fn forwarding(upstream: &str) -> std::io::Result<FixedReply> {
+        let upstream = Upstream { client: reqwest::Client::new(), url: upstream.trim_end_matches('/').to_owned() };
+        FixedReply::serve(Arc::new(None), Some(Arc::new(upstream))).await
+    }
+
+    /// Accepts connections and answers each request, fixed or forwarded, counting it.
+    async fn serve(config: Arc<Option<String>>, upstream: Option<Arc<Upstream>>) -> std::io::Result<FixedReply> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let endpoint = format!("http://{}", listener.local_addr()?);
         let counts: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
         let log = counts.clone();
-        let config = Arc::new(config_document);
         tokio::spawn(async move {
             while let Ok((mut stream, _)) = listener.accept().await {
                 let log = log.clone();
                 let config = config.clone();
+                let upstream = upstream.clone();
                 // Connections are kept alive, as AWS's endpoints keep them.
                 tokio::spawn(async move {
                     while let Some(request) = read_request(&mut stream).await {
@@ -44,12 +59,22 @@ impl FixedReply {
                         if let Ok(mut counts) = log.lock() {
                             *counts.entry(operation).or_default() += 1;
                         }
-                        let headers = [
-                            ("Content-Type", content_type),
-                            ("x-amzn-RequestId", "fixed-reply"),
-                            ("smithy-protocol", "rpc-v2-cbor"),
-                        ];
-                        write_response_keeping(&mut stream, 200, &headers, &body, true).await;
+                        match upstream.as_deref() {
+                            Some(upstream) => {
+                                let (status, headers, body) = upstream.forward(&request).await;
+                                let headers: Vec<(&str, &str)> =
+                                    headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+                                write_response_keeping(&mut stream, status, &headers, &body, true).await;
+                            }
+                            None => {
+                                let headers = [
+                                    ("Content-Type", content_type),
+                                    ("x-amzn-RequestId", "fixed-reply"),
+                                    ("smithy-protocol", "rpc-v2-cbor"),
+                                ];
+                                write_response_keeping(&mut stream, 200, &headers, &body, true).await;
+                            }
+                        }
                     }
                 });
             }
@@ -65,6 +90,39 @@ impl FixedReply {
     pub fn reset(&self) {
         if let Ok(mut counts) = self.counts.lock() {
             counts.clear();
+        }
+    }
+}
+
+/// Where forwarded calls go.
+struct Upstream {
+    client: reqwest::Client,
+    url: String,
+}
+
+impl Upstream {
+    /// Passes a request on; the answer's status, headers (less the framing ones, which the
+    /// answer sets itself) and body.
+    async fn forward(&self, request: &Request) -> (u16, Vec<(String, String)>, Vec<u8>) {
+        let method = reqwest::Method::from_bytes(request.method.as_bytes()).unwrap_or(reqwest::Method::POST);
+        let mut call = self.client.request(method, format!("{}{}", self.url, request.path)).body(request.body.clone());
+        for (name, value) in &request.headers {
+            if !["host", "content-length", "connection"].contains(&name.as_str()) {
+                call = call.header(name, value);
+            }
+        }
+        match call.send().await {
+            Ok(reply) => {
+                let status = reply.status().as_u16();
+                let headers = reply
+                    .headers()
+                    .iter()
+                    .filter(|(name, _)| !["content-length", "connection", "transfer-encoding"].contains(&name.as_str()))
+                    .map(|(name, value)| (name.to_string(), value.to_str().unwrap_or_default().to_owned()))
+                    .collect();
+                (status, headers, reply.bytes().await.map(|b| b.to_vec()).unwrap_or_default())
+            }
+            Err(err) => (500, vec![], format!("forwarding failed: {err}").into_bytes()),
         }
     }
 }
@@ -99,6 +157,15 @@ fn answer(request: &Request, config: Option<&str>) -> (String, &'static str, Vec
             r#"<{action}Response xmlns="http://monitoring.amazonaws.com/doc/2010-08-01/"><ResponseMetadata><RequestId>fixed-reply</RequestId></ResponseMetadata></{action}Response>"#
         );
         return (format!("cloudwatch:{action}"), "text/xml", body.into_bytes());
+    }
+    if let Some((service, operation)) = target.split_once('.') {
+        // Other JSON-protocol services (EventBridge's `AWSEvents.PutEvents`, say).
+        return (format!("{}:{operation}", service.to_lowercase()), "application/json", b"{}".to_vec());
+    }
+    if let Some(operation) = request.path.strip_prefix("/v1/") {
+        // Batch's REST paths name the operation in lower case.
+        let operation = operation.split('?').next().unwrap_or_default();
+        return (format!("batch:{operation}"), "application/json", b"{}".to_vec());
     }
     (format!("unknown:{} {}", request.method, request.path), "application/json", b"{}".to_vec())
 }

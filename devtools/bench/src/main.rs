@@ -1,6 +1,7 @@
 //! `batchline-bench`: Rust functions beside Python + boto3 baselines; prints the table and writes target/bench/results.md.
 
 mod fixed_reply;
+mod lanes;
 mod measure;
 
 #[tokio::main]

@@ -22,6 +22,7 @@ use batchline::store::{ConfigStore, DynamoStore};
 use serde_json::{json, Value};
 
 use crate::fixed_reply::FixedReply;
+use crate::lanes::{self, Lane, LaneReport};
 use batchline_demo::send_to_bootstrap;
 use batchline_testkit::emulator::{endpoint, repo_root, sdk_config, unique_name, REGION};
 use batchline_testkit::local_lambda::{LocalLambda, Outcome};
@@ -39,6 +40,8 @@ pub fn sqs_batch_size() -> Result<usize, String> {
         .ok_or_else(|| "template.yaml gives job-events no SQS BatchSize".to_owned())
 }
 pub const SUBMIT_EVENTS: usize = 200;
+/// The pipeline the stage-to-stage measurement runs.
+pub const LANES_PIPELINE: &str = "chain";
 
 /// How to start one implementation of a function.
 #[derive(Debug, Clone)]
@@ -324,13 +327,14 @@ pub async fn run_all(say: &mut (dyn FnMut(String) + Send)) -> Result<String, Str
     let mut properties = batchline_demo::properties(&prefix, &bucket);
     properties["Triggers"] =
         json!({"S3": {"input": {"Bucket": bucket, "Prefix": "incoming/", "JobDefinition": "default"}}});
+    properties["Pipelines"][LANES_PIPELINE] = lanes::pipeline();
     let created = send_to_bootstrap(&provisioner, "Create", &properties, None).await?;
     if created["Status"] != "SUCCESS" {
         return Err(format!("bootstrap: {created}"));
     }
     let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), &table);
     let published = store.load_config().await.map_err(|e| e.to_string())?;
-    let fixed = FixedReply::start(published).await.map_err(|e| e.to_string())?;
+    let fixed = FixedReply::start(published.clone()).await.map_err(|e| e.to_string())?;
     let backends = Backends {
         fixed_env: environment(&fixed.endpoint, &table, &namespace)?,
         fixed,
@@ -347,7 +351,9 @@ pub async fn run_all(say: &mut (dyn FnMut(String) + Send)) -> Result<String, Str
         events: JOB_EVENTS,
         zips: [lambda_dir.join("batchline-job-events/bootstrap.zip"), python_zip("job_events")],
     };
-    let job_events = measure_pair(&job_events, &backends, say).await?;
+    // BENCH_ONLY=lanes measures the stage-to-stage latency alone (when working on it).
+    let only_lanes = std::env::var("BENCH_ONLY").is_ok_and(|v| v == "lanes");
+    let job_events = if only_lanes { Default::default() } else { measure_pair(&job_events, &backends, say).await? };
     let submit = Subject {
         name: "batchline-submit",
         implementations: [Implementation::rust("batchline-submit"), Implementation::python("submit")],
@@ -355,16 +361,58 @@ pub async fn run_all(say: &mut (dyn FnMut(String) + Send)) -> Result<String, Str
         events: SUBMIT_EVENTS,
         zips: [lambda_dir.join("batchline-submit/bootstrap.zip"), python_zip("submit")],
     };
-    let submit = measure_pair(&submit, &backends, say).await?;
+    let submit = if only_lanes { Default::default() } else { measure_pair(&submit, &backends, say).await? };
+
+    // Stage-to-stage latency: the previous single lane beside the template's lanes.
+    let queue_arn = published
+        .as_ref()
+        .and_then(|c| c.job_queues.values().next().map(|q| q.arn.clone()))
+        .ok_or("the configuration has no job queue")?;
+    let submitter = Implementation::rust("batchline-submit").start("batchline-submit", &emulator_env).await?;
+    submitter.wait_until_ready(Duration::from_secs(30)).await?;
+    let setup = lanes::Setup {
+        sdk: &sdk,
+        table: &table,
+        environment: &emulator_env,
+        submit: &submitter,
+        queue_arn: &queue_arn,
+        pipeline: LANES_PIPELINE,
+    };
+    let mut shapes = Vec::new();
+    let template_lanes = lanes::template_lanes(std::slice::from_ref(&queue_arn))?;
+    // The third shape shows what the shared emulator adds: with no other events, nothing
+    // else is queued in front of the runs lane's calls in its one Python process.
+    for (label, shape, background) in [
+        (
+            "one lane (previous template)",
+            vec![lanes::one_lane(std::slice::from_ref(&queue_arn))],
+            lanes::BACKGROUND_PER_SECOND,
+        ),
+        ("two lanes (template.yaml)", template_lanes.clone(), lanes::BACKGROUND_PER_SECOND),
+        ("two lanes, no other events", template_lanes, 0),
+    ] {
+        let report = lanes::measure(&setup, &label.replace([' ', ','], "-"), &shape, background).await?;
+        say(format!(
+            "{label}: stage-to-stage p50 {:.0} ms, p90 {:.0} ms, p99 {:.0} ms over {} transitions",
+            report.percentile(0.5),
+            report.percentile(0.9),
+            report.percentile(0.99),
+            report.samples_ms.len()
+        ));
+        shapes.push((label, shape, background, report));
+    }
+    submitter.stop().await;
     send_to_bootstrap(&provisioner, "Delete", &properties, created["PhysicalResourceId"].as_str()).await?;
     provisioner.stop().await;
-    Ok(render(
+    let mut report = render(
         &job_events,
         &submit,
         bootstrap_init,
         zip_size(&lambda_dir.join("batchline-bootstrap/bootstrap.zip")),
         batch,
-    ))
+    );
+    report.push_str(&render_lanes(&shapes));
+    Ok(report)
 }
 
 fn ratio(python: f64, rust: f64) -> String {
@@ -457,5 +505,47 @@ fn render(
          Rust: release x86_64 binaries of this host; zips: arm64 as deployed.\n",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
     ));
+    out
+}
+
+/// The stage-to-stage table: each shape's latency, and each lane's calls per event.
+fn render_lanes(shapes: &[(&str, Vec<Lane>, usize, LaneReport)]) -> String {
+    let mut out = format!(
+        "\nStage to stage: a stage's SUCCEEDED event put on the bus → the next stage's SubmitJob ({} runs of a {}-stage \
+         pipeline; local event sources with each lane's BatchSize and window):\n\n\
+         | shape | lanes (BatchSize, window) | other job events a second | p50 | p90 | p99 | transitions | PutMetricData per 1,000 job events |\n|---|---|---|---|---|---|---|---|\n",
+        lanes::RUNS,
+        lanes::STAGES,
+    );
+    for (label, lanes, background, report) in shapes {
+        let described: Vec<String> =
+            lanes.iter().map(|l| format!("{} ({}, {} s)", l.queue, l.batch_size, l.window.as_secs())).collect();
+        // Every job event reaches one lane that counts it (the only lane, or the metrics
+        // lane, which gets them all); pipeline events reach the runs lane a second time.
+        let events: usize = report.lanes.iter().map(|(_, events, _)| *events).max().unwrap_or(0);
+        let metric_calls: u64 = report
+            .lanes
+            .iter()
+            .map(|(_, _, counts)| counts.get("cloudwatch:PutMetricData").copied().unwrap_or(0))
+            .sum();
+        out.push_str(&format!(
+            "| {label} | {} | {background} | {:.0} ms | {:.0} ms | {:.0} ms | {} | {:.1} |\n",
+            described.join(" + "),
+            report.percentile(0.5),
+            report.percentile(0.9),
+            report.percentile(0.99),
+            report.samples_ms.len(),
+            metric_calls as f64 * 1000.0 / events.max(1) as f64
+        ));
+    }
+    out.push_str("\nAWS calls per event delivered, by lane (counted by a forwarder in front of the emulator):\n\n| shape | lane | events | operation | calls per event |\n|---|---|---|---|---|\n");
+    for (label, _, _, report) in shapes {
+        for (queue, events, counts) in &report.lanes {
+            for (operation, calls) in counts {
+                let per_event = if *events > 0 { *calls as f64 / *events as f64 } else { f64::NAN };
+                out.push_str(&format!("| {label} | {queue} | {events} | {operation} | {per_event:.3} |\n"));
+            }
+        }
+    }
     out
 }
