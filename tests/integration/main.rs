@@ -8,6 +8,7 @@ mod emulator;
 mod job_events;
 mod pipelines;
 mod player;
+mod sample_events;
 mod store;
 mod submit;
 mod template;

@@ -22,6 +22,8 @@
 //! polls SQS and invokes functions (an event source mapping) and EventBridge's Lambda
 //! target are played by [`Pump`], through the Invoke API.
 
+pub mod local_stack;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
@@ -346,8 +348,23 @@ pub async fn send_to_bootstrap(
 
 /// Runs the whole flow; `say` gets a line of progress at every step.
 pub async fn run(say: &mut (dyn FnMut(String) + Send)) -> Result<Report, String> {
+    run_with(say, Options::default()).await
+}
+
+/// How the demo runs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Leave the stack up at the end (no bootstrap Delete), to look at it afterwards.
+    pub keep: bool,
+}
+
+/// Like [`run`], with options.
+pub async fn run_with(say: &mut (dyn FnMut(String) + Send), options: Options) -> Result<Report, String> {
     let sdk = sdk_config().await;
     let prefix = unique_name("demo");
+    say("Batch is simulated here: no container runs. The Batch event player plays each job's state changes \
+         (and its out-of-memory failure) as Batch would announce them."
+        .to_owned());
     let table = format!("{prefix}-table");
     let bucket = format!("{prefix}-input");
     say(format!("local AWS at {} (moto + adapter); stack prefix {prefix}", endpoint()));
@@ -384,7 +401,10 @@ pub async fn run(say: &mut (dyn FnMut(String) + Send)) -> Result<Report, String>
     .await?;
     say(format!("created table {table}, bucket {bucket} (EventBridge notifications), queues and rules"));
 
-    let log_dir = repo_root().join("target/demo-logs").join(&prefix);
+    // One folder of logs per demo run; earlier runs' are removed so they do not pile up.
+    let logs = repo_root().join("target/demo-logs");
+    let _ = std::fs::remove_dir_all(&logs);
+    let log_dir = logs.join(&prefix);
     let functions = Functions::start(&table, &log_dir).await?;
     say(format!(
         "functions running as built binaries under a local Lambda Runtime API (logs in {})",
@@ -493,23 +513,31 @@ pub async fn run(say: &mut (dyn FnMut(String) + Send)) -> Result<Report, String>
         functions.stop().await;
         return Err("the object never started a run (is the S3 → EventBridge → SQS path working?)".into());
     }
-    say(format!("    run {run_id} ended {run_status} after {rounds} delivery rounds"));
+    say(format!("[4] run {run_id} ended {run_status} after {rounds} delivery rounds"));
 
     // 5. What happened.
+    say("[5] reading back the jobs from Batch, the run from the API, the metrics from CloudWatch".to_owned());
     let view = ok(functions.submit.invoke(&api_request("GET", &format!("/runs/{run_id}"), None)).await?, "GET /runs")?;
     let run: Value = serde_json::from_str(view["body"].as_str().unwrap_or("{}")).map_err(|e| e.to_string())?;
     let jobs = job_lines(&sdk, &default_queue, &played).await?;
     let metrics = read_metrics(&sdk, &default_queue).await?;
 
-    // 6. Tear down through bootstrap.
-    let deleted =
-        send_to_bootstrap(&functions.bootstrap, "Delete", &properties, created["PhysicalResourceId"].as_str()).await?;
-    let left_after_delete = leftovers(&sdk, &prefix).await?;
-    say(format!(
-        "[6] bootstrap Delete → {}; left behind: {}",
-        deleted["Status"].as_str().unwrap_or("?"),
-        if left_after_delete.is_empty() { "nothing".to_owned() } else { left_after_delete.join(", ") }
-    ));
+    // 6. Tear down through bootstrap, unless the stack is to stay up.
+    let (deleted, left_after_delete) = if options.keep {
+        say(format!("[6] kept: the stack {prefix} stays in the emulator at {} (table {table})", endpoint()));
+        (Value::Null, Vec::new())
+    } else {
+        let deleted =
+            send_to_bootstrap(&functions.bootstrap, "Delete", &properties, created["PhysicalResourceId"].as_str())
+                .await?;
+        let left_after_delete = leftovers(&sdk, &prefix).await?;
+        say(format!(
+            "[6] bootstrap Delete → {}; left behind: {}",
+            deleted["Status"].as_str().unwrap_or("?"),
+            if left_after_delete.is_empty() { "nothing".to_owned() } else { left_after_delete.join(", ") }
+        ));
+        (deleted, left_after_delete)
+    };
     functions.stop().await;
 
     Ok(Report {
@@ -687,7 +715,19 @@ pub fn render(report: &Report) -> String {
     }
     out.push_str("\nCloudWatch metrics (namespace Batchline, this stack's queue):\n");
     for (name, (sum, samples)) in &report.metrics {
-        out.push_str(&format!("  {name:<14} sum {sum:>12.6}   samples {samples}\n"));
+        let line = match name.as_str() {
+            // Times: what one job waited or ran, on average.
+            "QueueWaitTime" | "RunTime" => {
+                format!("average {:.1} s over {samples} jobs", sum / samples.max(1.0) / 1000.0)
+            }
+            "EstimatedCost" => format!("${sum:.6} in all, ${:.6} a job on average", sum / samples.max(1.0)),
+            _ => format!("{sum}"),
+        };
+        out.push_str(&format!("  {name:<14} {line}\n"));
+    }
+    if report.bootstrap_delete.is_null() {
+        out.push_str("\nTeardown: skipped (--keep); `scripts/emulator stop` ends the emulator and everything in it\n");
+        return out;
     }
     out.push_str(&format!(
         "\nTeardown: bootstrap Delete {}; {}\n",

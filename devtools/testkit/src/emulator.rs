@@ -30,7 +30,9 @@ static ENDPOINT: OnceLock<String> = OnceLock::new();
 
 /// The repository's root folder.
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    // Canonical, so the paths printed to people read /work/x/target, not .../testkit/../../target.
+    root.canonicalize().unwrap_or(root)
 }
 
 /// The emulator's endpoint URL, starting the emulator on first use.

@@ -1,0 +1,131 @@
+//! A local stack that outlives one command: the demo's configuration bootstrapped in the emulator under fixed names, and one function invoked with one event.
+//!
+//! `scripts/invoke FUNCTION EVENT.json` uses it to try a function the way `sam local
+//! invoke` would, but against the emulator instead of AWS: the first call makes the stack
+//! (the table, the input bucket `local-input`, and everything bootstrap provisions for the
+//! prefix `local`, e.g. the job queue `local-default`), later calls reuse it for as long as
+//! the emulator runs. The sample events in `events/` name these resources. The functions'
+//! environment is also written to `.local-stack/env` (one `NAME=value` a line), which is
+//! what `cargo lambda watch --env-file .local-stack/env` needs to serve a function against
+//! the same stack.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use batchline_testkit::emulator::{endpoint, repo_root, sdk_config, REGION};
+use batchline_testkit::local_lambda::{LocalLambda, Outcome};
+
+/// The names every local-stack resource starts with.
+pub const PREFIX: &str = "local";
+/// The input bucket the sample S3 events name.
+pub const BUCKET: &str = "local-input";
+
+/// The local stack's names and the environment its functions run with.
+#[derive(Debug, Clone)]
+pub struct LocalStack {
+    pub table: String,
+    /// `NAME=value` pairs: the template's variables, and the emulator's endpoint and credentials.
+    pub environment: Vec<(String, String)>,
+    /// Where the functions' logs go.
+    pub log_dir: PathBuf,
+}
+
+/// The directory the local stack keeps its files in.
+pub fn default_dir() -> PathBuf {
+    repo_root().join(".local-stack")
+}
+
+impl LocalStack {
+    /// The local stack in the emulator at `AWS_ENDPOINT_URL`: made unless its table already
+    /// holds a bootstrapped configuration. `say` hears what is being made.
+    pub async fn ensure(dir: &Path, say: &mut dyn FnMut(String)) -> Result<LocalStack, String> {
+        let sdk = sdk_config().await;
+        let table = format!("{PREFIX}-table");
+        let log_dir = dir.join("logs");
+        std::fs::create_dir_all(&log_dir).map_err(|e| format!("{}: {e}", log_dir.display()))?;
+        let stack = LocalStack { environment: environment(&table)?, table, log_dir };
+        let store = batchline::store::DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), &stack.table);
+        let bootstrapped = batchline::store::ConfigStore::load_config(&store).await.ok().flatten().is_some();
+        if !bootstrapped {
+            say(format!("making the local stack (prefix {PREFIX}) in the emulator at {}", endpoint()));
+            stack.make(&sdk).await?;
+        }
+        let lines: Vec<String> = stack.environment.iter().map(|(name, value)| format!("{name}={value}")).collect();
+        std::fs::write(dir.join("env"), lines.join("\n") + "\n").map_err(|e| e.to_string())?;
+        Ok(stack)
+    }
+
+    /// Creates the table and bucket when missing, and has bootstrap provision the demo's configuration.
+    async fn make(&self, sdk: &aws_config::SdkConfig) -> Result<(), String> {
+        let dynamodb = aws_sdk_dynamodb::Client::new(sdk);
+        if dynamodb.describe_table().table_name(&self.table).send().await.is_err() {
+            batchline_testkit::table::create_table(sdk, &self.table).await.map_err(|e| e.to_string())?;
+        }
+        let s3 = aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(sdk).force_path_style(true).build());
+        if s3.head_bucket().bucket(BUCKET).send().await.is_err() {
+            s3.create_bucket()
+                .bucket(BUCKET)
+                .send()
+                .await
+                .map_err(|e| batchline::Error::aws("CreateBucket", e).to_string())?;
+        }
+        let bootstrap = self.start("batchline-bootstrap").await?;
+        let answer = crate::send_to_bootstrap(&bootstrap, "Create", &crate::properties(PREFIX, BUCKET), None).await;
+        bootstrap.stop().await;
+        let answer = answer?;
+        if answer["Status"] != "SUCCESS" {
+            return Err(format!("bootstrap could not make the local stack: {}", answer["Reason"]));
+        }
+        Ok(())
+    }
+
+    /// Starts a function's built binary (`target/debug`) with the stack's environment.
+    pub async fn start(&self, function: &str) -> Result<LocalLambda, String> {
+        let log = self.log_dir.join(format!("{function}.log"));
+        let lambda = LocalLambda::start(
+            function,
+            &crate::binary(function)?,
+            &self.environment,
+            Duration::from_secs(900),
+            Some(&log),
+        )
+        .await
+        .map_err(|e| format!("starting {function}: {e}"))?;
+        lambda.wait_until_ready(Duration::from_secs(30)).await?;
+        Ok(lambda)
+    }
+
+    /// Invokes `function` (`submit`, `job-events` or `bootstrap`, with or without the
+    /// `batchline-` in front) once with `event`.
+    pub async fn invoke(&self, function: &str, event: &Value) -> Result<Outcome, String> {
+        let name = binary_name(function)?;
+        let lambda = self.start(&name).await?;
+        let outcome = lambda.invoke(event).await;
+        lambda.stop().await;
+        outcome
+    }
+}
+
+/// The binary of a function named as the user would name it.
+pub fn binary_name(function: &str) -> Result<String, String> {
+    let short = function.strip_prefix("batchline-").unwrap_or(function);
+    match short {
+        "submit" | "job-events" | "bootstrap" => Ok(format!("batchline-{short}")),
+        other => Err(format!("no function {other:?}: the functions are submit, job-events and bootstrap")),
+    }
+}
+
+/// What the template gives every function, with the local values, plus the emulator's endpoint.
+fn environment(table: &str) -> Result<Vec<(String, String)>, String> {
+    let mut environment = crate::function_environment(&crate::template_variable_names()?, table)?;
+    environment.extend([
+        ("AWS_REGION".to_owned(), REGION.to_owned()),
+        ("AWS_ENDPOINT_URL".to_owned(), endpoint().to_owned()),
+        ("AWS_ACCESS_KEY_ID".to_owned(), "testing".to_owned()),
+        ("AWS_SECRET_ACCESS_KEY".to_owned(), "testing".to_owned()),
+        ("AWS_LAMBDA_LOG_LEVEL".to_owned(), "INFO".to_owned()),
+    ]);
+    Ok(environment)
+}
