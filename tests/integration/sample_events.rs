@@ -1,15 +1,26 @@
-//! The sample events in `events/`: each one, sent the way `scripts/invoke` sends it, is handled by its function on the local stack.
+//! The sample events in `events/`, each sent the way `scripts/invoke` sends it to its function on the local stack; and README's "Write your own job" followed to the letter.
 
 use batchline_demo::local_stack::LocalStack;
 use batchline_testkit::emulator::{repo_root, unique_name};
 use batchline_testkit::local_lambda::Outcome;
 use serde_json::Value;
 
+/// The local stack both tests use (its names are fixed, so it is made once per test run).
+async fn local_stack() -> &'static (LocalStack, std::path::PathBuf) {
+    static STACK: tokio::sync::OnceCell<(LocalStack, std::path::PathBuf)> = tokio::sync::OnceCell::const_new();
+    STACK
+        .get_or_init(|| async {
+            let dir = repo_root().join("target/test-local-stack").join(unique_name("stack"));
+            (LocalStack::ensure(&dir, &mut |_| {}).await.unwrap(), dir)
+        })
+        .await
+}
+
 #[tokio::test]
 async fn every_sample_event_is_handled_by_its_function_on_the_local_stack() {
     // GIVEN the local stack, made on first use and reused after
-    let dir = repo_root().join("target/test-local-stack").join(unique_name("stack"));
-    let stack = LocalStack::ensure(&dir, &mut |_| {}).await.unwrap();
+    let (stack, dir) = local_stack().await;
+    let dir = dir.clone();
     let mut again = Vec::new();
     LocalStack::ensure(&dir, &mut |line| again.push(line)).await.unwrap();
     assert!(again.is_empty(), "reused: {again:?}");
@@ -71,5 +82,80 @@ async fn every_sample_event_is_handled_by_its_function_on_the_local_stack() {
             seen += 1;
         }
     }
-    assert_eq!(seen, 7, "every sample was sent");
+    assert_eq!(seen, 8, "every sample was sent");
+}
+
+/// The README's section "Write your own job", from its heading to the next one.
+fn guide() -> String {
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    let start = readme.find("## Write your own job").expect("the guide is in the README");
+    let end = readme[start + 3..].find("\n## ").map_or(readme.len(), |i| start + 3 + i);
+    readme[start..end].to_owned()
+}
+
+/// The first fenced block of `language` after `marker` in `text`.
+fn block_after(text: &str, marker: &str, language: &str) -> String {
+    let from = text.find(marker).unwrap_or_else(|| panic!("{marker:?} is not in the guide"));
+    let opening = format!("```{language}\n");
+    let start = from + text[from..].find(&opening).unwrap() + opening.len();
+    let end = start + text[start..].find("```").unwrap();
+    text[start..end].to_owned()
+}
+
+#[tokio::test]
+async fn the_write_your_own_job_guide_followed_to_the_letter_runs_its_example_job() {
+    let guide = guide();
+    // GIVEN the example job as the guide declares it, which is what the local stack deploys
+    let declared: Value = serde_json::to_value(
+        serde_yaml::from_str::<serde_yaml::Value>(&block_after(&guide, "**The worked example.**", "yaml")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(declared, serde_json::json!({ batchline_demo::WORDCOUNT: batchline_demo::wordcount_definition() }));
+    let (stack, _) = local_stack().await;
+
+    // WHEN the guide's command is run: scripts/invoke FUNCTION EVENT
+    let command = block_after(&guide, "Try it locally", "sh");
+    let words: Vec<&str> = command.split_whitespace().collect();
+    let ["scripts/invoke", function, event_file] = words.as_slice() else { panic!("the guide runs {command:?}") };
+    let event: Value = serde_json::from_str(&std::fs::read_to_string(repo_root().join(event_file)).unwrap()).unwrap();
+    let Outcome::Response(answer) = stack.invoke(function, &event).await.unwrap() else { panic!("{event_file}") };
+
+    // THEN submit answers as the guide says: 202, the job, the definition's size
+    assert_eq!(answer["statusCode"], 202, "{answer}");
+    let body: Value = serde_json::from_str(answer["body"].as_str().unwrap()).unwrap();
+    assert_eq!(body["size"], serde_json::json!({"vcpu": "0.25", "memoryMib": 512}), "{body}");
+    let job_id = body["jobId"].as_str().unwrap().to_owned();
+
+    // AND the job carries the parameters the command's Ref::s name, on the guide's definition
+    let sdk = batchline_testkit::emulator::sdk_config().await;
+    let batch = aws_sdk_batch::Client::new(&sdk);
+    let jobs = batch.describe_jobs().jobs(&job_id).send().await.unwrap();
+    let job = &jobs.jobs()[0];
+    let parameters = job.parameters().unwrap();
+    assert_eq!(parameters.get("inputBucket").map(String::as_str), Some(batchline_demo::local_stack::BUCKET));
+    assert_eq!(parameters.get("inputKey").map(String::as_str), Some("incoming/orders.csv"));
+    let definitions =
+        batch.describe_job_definitions().job_definitions(job.job_definition().unwrap()).send().await.unwrap();
+    let command = definitions.job_definitions()[0].container_properties().unwrap().command();
+    assert_eq!(&command[3..], ["Ref::inputBucket", "Ref::inputKey"], "{command:?}");
+
+    // AND played to its end, job-events counts it under its own definition's name
+    let mut player = batchline_testkit::player::Player::new(&sdk);
+    let changes = player.play_jobs(std::slice::from_ref(&job_id)).await.unwrap();
+    assert_eq!(changes.last().map(|c| c.status), Some("SUCCEEDED"));
+    let batch_of_events =
+        batchline_testkit::player::Delivery::of(&changes).sqs_batches("arn:aws:sqs:us-east-1:123456789012:local", 10);
+    for events in batch_of_events {
+        let Outcome::Response(answer) = stack.invoke("job-events", &events).await.unwrap() else {
+            panic!("job-events")
+        };
+        assert_eq!(answer["batchItemFailures"], serde_json::json!([]), "{answer}");
+    }
+    let cloudwatch = aws_sdk_cloudwatch::Client::new(&sdk);
+    let listed = cloudwatch.list_metrics().namespace("Batchline").metric_name("JobsSucceeded").send().await.unwrap();
+    let by_definition = listed.metrics().iter().any(|m| {
+        let name = format!("{}-{}", batchline_demo::local_stack::PREFIX, batchline_demo::WORDCOUNT);
+        m.dimensions().iter().any(|d| d.name() == Some("JobDefinition") && d.value() == Some(name.as_str()))
+    });
+    assert!(by_definition, "{:?}", listed.metrics());
 }

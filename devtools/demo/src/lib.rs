@@ -297,6 +297,26 @@ async fn rule(
     Ok(())
 }
 
+/// The worked example job of README's "Write your own job".
+pub const WORDCOUNT: &str = "wordcount";
+
+/// The example job's definition, exactly as the README's guide gives it: the object to
+/// read arrives as the Batch parameters `inputBucket` and `inputKey`, which Batch puts in
+/// place of `Ref::inputBucket` and `Ref::inputKey` in the command.
+pub fn wordcount_definition() -> Value {
+    json!({
+        "Image": "public.ecr.aws/docker/library/python:3.12-alpine",
+        "Vcpu": "0.25",
+        "Memory": "512",
+        "Command": ["python3", "-c", WORDCOUNT_SCRIPT, "Ref::inputBucket", "Ref::inputKey"]
+    })
+}
+
+/// The example's script (Python, standard library only): it says what it was given. A
+/// real job would read the object with boto3 from an image of its own.
+pub const WORDCOUNT_SCRIPT: &str = "import os, sys; bucket, key = sys.argv[1:3]; \
+print(f'counting words in s3://{bucket}/{key}; run {os.environ.get(\"BATCHLINE_RUN_ID\", \"-\")}')";
+
 /// The stack configuration the demo deploys (the custom resource's properties).
 pub fn properties(prefix: &str, bucket: &str) -> Value {
     let network = default_network();
@@ -307,7 +327,11 @@ pub fn properties(prefix: &str, bucket: &str) -> Value {
         "Network": {"Subnets": network.subnets.join(","), "SecurityGroups": network.security_groups.join(","), "AssignPublicIp": "true"},
         "Roles": {"InputBucket": bucket},
         "Repository": {"DeleteOnStackDelete": "true"},
-        "JobDefinitions": {"default": {"Vcpu": "0.25", "Memory": "512"}},
+        "JobDefinitions": {
+            "default": {"Vcpu": "0.25", "Memory": "512"},
+            // README, "Write your own job": its worked example, as the guide declares it.
+            WORDCOUNT: wordcount_definition()
+        },
         "Pipelines": {PIPELINE: {"MaxResizes": "2", "Stages": {
             "prepare": {"JobDefinition": "default", "Parameters": {"play_run_seconds": "20"}},
             "transform": {"JobDefinition": "default", "After": "prepare", "Parameters": {"play_needs_memory": "1024", "play_run_seconds": "45"}},

@@ -61,7 +61,11 @@ impl LocalStack {
     async fn make(&self, sdk: &aws_config::SdkConfig) -> Result<(), String> {
         let dynamodb = aws_sdk_dynamodb::Client::new(sdk);
         if dynamodb.describe_table().table_name(&self.table).send().await.is_err() {
-            batchline_testkit::table::create_table(sdk, &self.table).await.map_err(|e| e.to_string())?;
+            match batchline_testkit::table::create_table(sdk, &self.table).await {
+                // Another command made it meanwhile: the same table.
+                Err(e) if e.to_string().contains("ResourceInUseException") => {}
+                other => other.map_err(|e| e.to_string())?,
+            }
         }
         let s3 = aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(sdk).force_path_style(true).build());
         if s3.head_bucket().bucket(BUCKET).send().await.is_err() {
