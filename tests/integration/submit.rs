@@ -612,3 +612,24 @@ async fn one_half_of_a_size_keeps_the_other_and_snaps_up_saying_so() {
         assert_eq!(body["sizeAdjusted"].as_bool().unwrap_or(false), adjusted, "{asked}: {body}");
     }
 }
+
+#[tokio::test]
+async fn before_bootstrap_has_run_the_api_says_the_stack_is_not_deployed_yet() {
+    // GIVEN a table without a published configuration (bootstrap has not run yet)
+    let sdk = batchline_testkit::emulator::sdk_config().await;
+    let config = batchline_testkit::emulator::test_config("not-deployed");
+    batchline_testkit::table::create_table(&sdk, &config.table_name).await.unwrap();
+    let clients = Clients::new(&sdk, &config);
+
+    // WHEN a caller submits a job, THEN the answer says so in the caller's words: retry later
+    let body = json!({"jobDefinition": "default"}).to_string();
+    let answer = handle(invocation(http("POST", "/jobs", &body, &[])), &clients).await.unwrap();
+    assert_eq!(answer["statusCode"], 503, "{answer}");
+    let error = &answer_body(&answer)["error"];
+    assert_eq!(error["code"], "NotReady", "{error}");
+    let message = error["message"].as_str().unwrap();
+    assert!(message.contains("not deployed yet"), "{message}");
+    for internal in ["BATCHLINE_", "CONFIG", "pk", "table_name"] {
+        assert!(!message.contains(internal), "{internal:?} in {message:?}");
+    }
+}
