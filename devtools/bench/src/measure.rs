@@ -351,8 +351,10 @@ pub async fn run_all(say: &mut (dyn FnMut(String) + Send)) -> Result<String, Str
         events: JOB_EVENTS,
         zips: [lambda_dir.join("batchline-job-events/bootstrap.zip"), python_zip("job_events")],
     };
-    // BENCH_ONLY=lanes measures the stage-to-stage latency alone (when working on it).
+    // BENCH_ONLY=lanes measures the stage-to-stage latency alone, BENCH_ONLY=functions
+    // everything else (when working on one of them).
     let only_lanes = std::env::var("BENCH_ONLY").is_ok_and(|v| v == "lanes");
+    let skip_lanes = std::env::var("BENCH_ONLY").is_ok_and(|v| v == "functions");
     let job_events = if only_lanes { Default::default() } else { measure_pair(&job_events, &backends, say).await? };
     let submit = Subject {
         name: "batchline-submit",
@@ -390,7 +392,10 @@ pub async fn run_all(say: &mut (dyn FnMut(String) + Send)) -> Result<String, Str
         ),
         ("two lanes (template.yaml)", template_lanes.clone(), lanes::BACKGROUND_PER_SECOND),
         ("two lanes, no other events", template_lanes, 0),
-    ] {
+    ]
+    .into_iter()
+    .filter(|_| !skip_lanes)
+    {
         let report = lanes::measure(&setup, &label.replace([' ', ','], "-"), &shape, background).await?;
         say(format!(
             "{label}: stage-to-stage p50 {:.0} ms, p90 {:.0} ms, p99 {:.0} ms over {} transitions",
