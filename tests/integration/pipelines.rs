@@ -327,18 +327,8 @@ async fn cancel_terminates_the_jobs_and_late_events_change_nothing() {
 async fn completion_queue(sdk: &aws_config::SdkConfig, run_id: &str) -> String {
     let sqs = aws_sdk_sqs::Client::new(sdk);
     let events = aws_sdk_eventbridge::Client::new(sdk);
-    let queue_url =
-        sqs.create_queue().queue_name(unique_name("completed")).send().await.unwrap().queue_url().unwrap().to_owned();
-    let queue_arn = sqs
-        .get_queue_attributes()
-        .queue_url(&queue_url)
-        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .unwrap()
-        .attributes()
-        .unwrap()[&aws_sdk_sqs::types::QueueAttributeName::QueueArn]
-        .clone();
+    let (queue_url, queue_arn) =
+        batchline_testkit::lanes::create_queue(&sqs, &unique_name("completed"), None).await.unwrap();
     let rule = unique_name("run-completed");
     let pattern =
         json!({"source": ["batchline"], "detail-type": ["Batchline Run Completed"], "detail": {"runId": [run_id]}});

@@ -33,6 +33,7 @@ use aws_sdk_s3::types::{EventBridgeConfiguration, NotificationConfiguration};
 use serde_json::{json, Value};
 
 use batchline_testkit::emulator::{default_network, endpoint, repo_root, sdk_config, unique_name, REGION};
+use batchline_testkit::lanes::create_queue;
 use batchline_testkit::local_lambda::{LocalLambda, Outcome};
 use batchline_testkit::player::{Delivery, Player, StateChange};
 use batchline_testkit::response_server::ResponseServer;
@@ -115,16 +116,23 @@ pub struct Functions {
     pub job_events: LocalLambda,
 }
 
+/// The environment a function runs with locally: the template's variables with their local
+/// values, the emulator's endpoint and test credentials, and INFO logs.
+pub fn local_environment(table: &str) -> Result<Vec<(String, String)>, String> {
+    let mut environment = function_environment(&template_variable_names()?, table)?;
+    environment.extend([
+        ("AWS_REGION".to_owned(), REGION.to_owned()),
+        ("AWS_ENDPOINT_URL".to_owned(), endpoint().to_owned()),
+        ("AWS_ACCESS_KEY_ID".to_owned(), "testing".to_owned()),
+        ("AWS_SECRET_ACCESS_KEY".to_owned(), "testing".to_owned()),
+        ("AWS_LAMBDA_LOG_LEVEL".to_owned(), "INFO".to_owned()),
+    ]);
+    Ok(environment)
+}
+
 impl Functions {
     pub async fn start(table: &str, log_dir: &Path) -> Result<Functions, String> {
-        let mut environment = function_environment(&template_variable_names()?, table)?;
-        environment.extend([
-            ("AWS_REGION".to_owned(), REGION.to_owned()),
-            ("AWS_ENDPOINT_URL".to_owned(), endpoint().to_owned()),
-            ("AWS_ACCESS_KEY_ID".to_owned(), "testing".to_owned()),
-            ("AWS_SECRET_ACCESS_KEY".to_owned(), "testing".to_owned()),
-            ("AWS_LAMBDA_LOG_LEVEL".to_owned(), "INFO".to_owned()),
-        ]);
+        let environment = local_environment(table)?;
         std::fs::create_dir_all(log_dir).map_err(|e| e.to_string())?;
         let start = |name: &'static str, timeout: u64| {
             let environment = environment.clone();
@@ -246,30 +254,6 @@ impl Pump<'_> {
             .map_err(|e| batchline::Error::aws("DeleteMessage", e).to_string())?;
         Ok(())
     }
-}
-
-async fn queue(sqs: &aws_sdk_sqs::Client, name: &str, visibility: u32) -> Result<(String, String), String> {
-    let url = sqs
-        .create_queue()
-        .queue_name(name)
-        .attributes(aws_sdk_sqs::types::QueueAttributeName::VisibilityTimeout, visibility.to_string())
-        .send()
-        .await
-        .map_err(|e| batchline::Error::aws("CreateQueue", e).to_string())?
-        .queue_url()
-        .unwrap_or_default()
-        .to_owned();
-    let arn = sqs
-        .get_queue_attributes()
-        .queue_url(&url)
-        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .map_err(|e| batchline::Error::aws("GetQueueAttributes", e).to_string())?
-        .attributes()
-        .and_then(|a| a.get(&aws_sdk_sqs::types::QueueAttributeName::QueueArn).cloned())
-        .unwrap_or_default();
-    Ok((url, arn))
 }
 
 async fn rule(
@@ -413,8 +397,8 @@ pub async fn run_with(say: &mut (dyn FnMut(String) + Send), options: Options) ->
         .map_err(|e| batchline::Error::aws("PutBucketNotificationConfiguration", e).to_string())?;
     let sqs = aws_sdk_sqs::Client::new(&sdk);
     let events = aws_sdk_eventbridge::Client::new(&sdk);
-    let (s3_events_url, s3_events_arn) = queue(&sqs, &format!("{prefix}-s3-events"), 30).await?;
-    let (job_events_url, job_events_arn) = queue(&sqs, &format!("{prefix}-job-events"), 2).await?;
+    let (s3_events_url, s3_events_arn) = create_queue(&sqs, &format!("{prefix}-s3-events"), Some(30)).await?;
+    let (job_events_url, job_events_arn) = create_queue(&sqs, &format!("{prefix}-job-events"), Some(2)).await?;
     rule(
         &events,
         &format!("{prefix}-object-created"),

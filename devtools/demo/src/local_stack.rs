@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use batchline_testkit::emulator::{endpoint, repo_root, sdk_config, REGION};
+use batchline_testkit::emulator::{endpoint, repo_root, sdk_config};
 use batchline_testkit::local_lambda::{LocalLambda, Outcome};
 
 /// The names every local-stack resource starts with.
@@ -45,7 +45,7 @@ impl LocalStack {
         let table = format!("{PREFIX}-table");
         let log_dir = dir.join("logs");
         std::fs::create_dir_all(&log_dir).map_err(|e| format!("{}: {e}", log_dir.display()))?;
-        let stack = LocalStack { environment: environment(&table)?, table, log_dir };
+        let stack = LocalStack { environment: crate::local_environment(&table)?, table, log_dir };
         let store = batchline::store::DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), &stack.table);
         let bootstrapped = batchline::store::ConfigStore::load_config(&store).await.ok().flatten().is_some();
         if !bootstrapped {
@@ -119,17 +119,4 @@ pub fn binary_name(function: &str) -> Result<String, String> {
         "submit" | "job-events" | "bootstrap" => Ok(format!("batchline-{short}")),
         other => Err(format!("no function {other:?}: the functions are submit, job-events and bootstrap")),
     }
-}
-
-/// What the template gives every function, with the local values, plus the emulator's endpoint.
-fn environment(table: &str) -> Result<Vec<(String, String)>, String> {
-    let mut environment = crate::function_environment(&crate::template_variable_names()?, table)?;
-    environment.extend([
-        ("AWS_REGION".to_owned(), REGION.to_owned()),
-        ("AWS_ENDPOINT_URL".to_owned(), endpoint().to_owned()),
-        ("AWS_ACCESS_KEY_ID".to_owned(), "testing".to_owned()),
-        ("AWS_SECRET_ACCESS_KEY".to_owned(), "testing".to_owned()),
-        ("AWS_LAMBDA_LOG_LEVEL".to_owned(), "INFO".to_owned()),
-    ]);
-    Ok(environment)
 }

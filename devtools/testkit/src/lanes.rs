@@ -78,25 +78,7 @@ impl Lane {
         name: &str,
     ) -> Result<WiredLane, String> {
         use aws_sdk_eventbridge::types::{InputTransformer, Target};
-        let queue_url = sqs
-            .create_queue()
-            .queue_name(name)
-            .send()
-            .await
-            .map_err(|e| batchline::Error::aws("CreateQueue", e).to_string())?
-            .queue_url()
-            .unwrap_or_default()
-            .to_owned();
-        let queue_arn = sqs
-            .get_queue_attributes()
-            .queue_url(&queue_url)
-            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
-            .send()
-            .await
-            .map_err(|e| batchline::Error::aws("GetQueueAttributes", e).to_string())?
-            .attributes()
-            .and_then(|a| a.get(&aws_sdk_sqs::types::QueueAttributeName::QueueArn).cloned())
-            .ok_or("a queue without an ARN")?;
+        let (queue_url, queue_arn) = create_queue(sqs, name, None).await?;
         events
             .put_rule()
             .name(name)
@@ -121,6 +103,36 @@ impl Lane {
             .map_err(|e| batchline::Error::aws("PutTargets", e).to_string())?;
         Ok(WiredLane { lane: self.clone(), queue_url, queue_arn })
     }
+}
+
+/// Creates an SQS queue (with this visibility timeout in seconds, if given); its URL and ARN.
+pub async fn create_queue(
+    sqs: &aws_sdk_sqs::Client,
+    name: &str,
+    visibility_seconds: Option<u32>,
+) -> Result<(String, String), String> {
+    let mut request = sqs.create_queue().queue_name(name);
+    if let Some(seconds) = visibility_seconds {
+        request = request.attributes(aws_sdk_sqs::types::QueueAttributeName::VisibilityTimeout, seconds.to_string());
+    }
+    let url = request
+        .send()
+        .await
+        .map_err(|e| batchline::Error::aws("CreateQueue", e).to_string())?
+        .queue_url()
+        .unwrap_or_default()
+        .to_owned();
+    let arn = sqs
+        .get_queue_attributes()
+        .queue_url(&url)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .map_err(|e| batchline::Error::aws("GetQueueAttributes", e).to_string())?
+        .attributes()
+        .and_then(|a| a.get(&aws_sdk_sqs::types::QueueAttributeName::QueueArn).cloned())
+        .ok_or_else(|| format!("the queue {name} has no ARN"))?;
+    Ok((url, arn))
 }
 
 /// The logical id `!GetAtt X.Arn` names.
