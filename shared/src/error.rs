@@ -48,6 +48,11 @@ pub enum Error {
     #[error("the claim of {0:?} was taken over while this invocation held it")]
     ClaimLost(String),
 
+    /// A run stage's submission was withdrawn: the run gave the attempt up (cancelled or
+    /// failed) before a job was recorded, so it is never to be submitted.
+    #[error("the submission of {0:?} was withdrawn: its run gave the attempt up")]
+    Withdrawn(String),
+
     /// A conditional write kept losing to other writers.
     #[error("{0} kept changing under us")]
     Contention(String),
@@ -115,7 +120,8 @@ impl Error {
             | Error::Stored { .. }
             | Error::Unsubmittable { .. }
             | Error::IdempotencyConflict(_)
-            | Error::ClaimLost(_) => false,
+            | Error::ClaimLost(_)
+            | Error::Withdrawn(_) => false,
             Error::NotDeployed
             | Error::InFlight(_)
             | Error::Contention(_)
@@ -136,6 +142,7 @@ impl Error {
             Error::InFlight(_) => "Batchline.InFlight",
             Error::IdempotencyConflict(_) => "Batchline.IdempotencyConflict",
             Error::ClaimLost(_) => "Batchline.ClaimLost",
+            Error::Withdrawn(_) => "Batchline.Withdrawn",
             Error::Contention(_) => "Batchline.Contention",
             Error::Unanswered(_) => "Batchline.Unanswered",
             Error::Timeout(_) => "Batchline.Timeout",

@@ -403,7 +403,8 @@ async fn chaos(seed: u64) {
     for item in items.items() {
         let (pk, sk, state) = (text(item, "pk"), text(item, "sk"), text(item, "state"));
         if sk == keys::CLAIM_SK {
-            assert_eq!(state, "SUBMITTED", "seed {seed}: claim {pk} left {state}");
+            // WITHDRAWN: an attempt a cancelled or failed run gave up before its job existed.
+            assert!(matches!(state.as_str(), "SUBMITTED" | "WITHDRAWN"), "seed {seed}: claim {pk} left {state}");
         }
         if sk == keys::EVENT_SK {
             assert_eq!(state, "DONE", "seed {seed}: event {pk} left {state}");

@@ -244,7 +244,8 @@ async fn serve(
                     )
                     .into())
                 }
-                Err(SubmitError::Conflict(_)) => {
+                // (Withdrawn: only a run's stage keys are withdrawn, never an API key.)
+                Err(SubmitError::Conflict(_) | SubmitError::Withdrawn(_)) => {
                     return Err(ApiError::new(
                         409,
                         "IdempotencyConflict",

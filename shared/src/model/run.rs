@@ -464,6 +464,19 @@ impl Run {
         skipped.collect()
     }
 
+    /// Attempts the run gave up (cancelled, or skipped by its failure) before a job was
+    /// recorded for them: their submission claims are to be settled (see
+    /// `RunDriver::settle_withdrawn`), each as `(stage, attempt)`.
+    pub fn withdrawn_attempts(&self) -> Vec<(&str, &Attempt)> {
+        let stages = self.stages.iter().map(|(name, stage_run)| (name.as_str(), stage_run));
+        let given_up = stages.filter_map(|(name, stage_run)| {
+            let attempt = stage_run.current()?;
+            let withdrawn = matches!(attempt.status, StageStatus::Cancelled | StageStatus::Skipped);
+            (withdrawn && attempt.job_id.is_none()).then_some((name, attempt))
+        });
+        given_up.collect()
+    }
+
     /// Whether the run's outcome is final and every job it started has ended (its failure
     /// stage included): the moment to announce it, once.
     pub fn ready_to_announce(&self) -> bool {

@@ -8,7 +8,8 @@
 //! [`RunDriver::drive`] does what a record says is still to do: submit planned stage
 //! attempts (exactly once each, through the [`Submitter`] with the key
 //! `run:<id>:<stage>:<n>`), and for an ended run, send the "Batchline Run Completed"
-//! event and the run metrics once. Every path that changes a run drives it afterwards,
+//! event and the run metrics once — after settling the submission claims of attempts the
+//! run gave up before a job was recorded ([`RunDriver::settle_withdrawn`]). Every path that changes a run drives it afterwards,
 //! and the repair sweep ([`crate::services::sweep`]) drives every open run, so a crash
 //! between a write and a submission is repaired by the next event or sweep.
 
@@ -27,8 +28,8 @@ use crate::services::announce::{completion_detail, outcome_metrics, MetricUnit, 
 use crate::services::batch::BatchPort;
 use crate::services::clock::{retry_pause, Clock, ANSWER_MARGIN_MS};
 use crate::services::config_cache::ConfigCache;
-use crate::services::submitter::{Submitter, TAKEOVER_MARGIN_MS};
-use crate::store::{ClaimStore, Holder, RunStore, VersionedRun};
+use crate::services::submitter::{abandoned, Submitter, TAKEOVER_MARGIN_MS};
+use crate::store::{ClaimState, ClaimStore, Holder, RunStore, SubmissionClaim, VersionedRun};
 use crate::Error;
 
 const WRITE_ATTEMPTS: usize = 8;
@@ -289,6 +290,16 @@ impl RunDriver<'_> {
                     Ok(request) => submitter.submit(&request).await.map_err(Error::from),
                     Err(err) => Err(err),
                 };
+                if let Err(Error::Withdrawn(key)) = &submitted {
+                    // Our read is stale: the run gave this attempt up meanwhile. Go on from
+                    // the run as it is now.
+                    info!(run_id = %record.run.run_id, key, "the run withdrew the attempt; reading it again");
+                    match self.runs.load_run(&record.run.run_id).await? {
+                        Some(fresh) => record = fresh,
+                        None => return Err(Error::Contention("a vanished run".into())),
+                    }
+                    break;
+                }
                 let outcome = match submitted {
                     Ok(submitted) => {
                         info!(run_id = %record.run.run_id, stage, attempt = attempt.number, job_id = %submitted.job_id, size = %attempt.size, "stage submitted");
@@ -324,9 +335,76 @@ impl RunDriver<'_> {
             }
         }
         if record.run.ready_to_announce() {
+            self.settle_withdrawn(&record.run).await?;
             record = self.announce_once(record, now_ms).await?;
         }
         Ok(record)
+    }
+
+    /// Settles the submission claims of the attempts an ended run gave up before a job was
+    /// recorded, before it is announced: afterwards no claim of the run is left PENDING and
+    /// no late holder (a handler still driving from a read taken before the run ended) can
+    /// submit one. For each attempt's key:
+    /// - nobody claimed it: the claim is written WITHDRAWN, so nobody ever will;
+    /// - its job exists (recorded on the claim, or found by its name): the job is recorded
+    ///   and stopped (again, if its submitter stopped it already — harmless);
+    /// - PENDING without a job: withdrawn once its holder cannot be running any more; until
+    ///   then the run waits ([`Error::InFlight`]) and the retry of this work (the event's
+    ///   redelivery, the sweep) settles it. Nobody takes over a live holder's claim.
+    async fn settle_withdrawn(&self, run: &Run) -> Result<(), Error> {
+        let reason = format!("Batchline run {} ended before the job was recorded", run.run_id);
+        for (stage, attempt) in run.withdrawn_attempts() {
+            let key = attempt_key(&run.run_id, stage, attempt.number);
+            let Some(job_name) = attempt.job_name.clone() else { continue };
+            let queue = self.stage_queue(run, stage).await?;
+            let tombstone = SubmissionClaim {
+                idempotency_key: key.clone(),
+                job_name: job_name.clone(),
+                queue: queue.clone().unwrap_or_default(),
+                fingerprint: None,
+                state: ClaimState::Withdrawn,
+                job_id: None,
+                claimed_at: self.clock.now_ms(),
+                holder: Some(self.holder.clone()),
+            };
+            if self.claims.create_claim(&tombstone).await? {
+                continue;
+            }
+            let Some(claim) = self.claims.claim(&key).await? else { continue };
+            let job_id = match (claim.state, claim.job_id.clone()) {
+                (ClaimState::Withdrawn, _) => continue,
+                (_, Some(job_id)) => job_id,
+                (_, None) => {
+                    let found = match &queue {
+                        Some(queue) => self.batch.find_job(queue, &job_name).await?,
+                        None => None,
+                    };
+                    match found {
+                        Some(job_id) => {
+                            self.claims.record_claim_job(&key, &job_id, None).await?;
+                            job_id
+                        }
+                        None if abandoned(&claim, self.clock.now_ms())
+                            && self.claims.withdraw_claim(&key, claim.claimed_at).await? =>
+                        {
+                            info!(run_id = %run.run_id, stage, key, "withdrew the claim of an attempt the run gave up");
+                            continue;
+                        }
+                        None => return Err(Error::InFlight(format!("the submission of {key:?}"))),
+                    }
+                }
+            };
+            info!(run_id = %run.run_id, stage, job_id, "stopping the job of an attempt the run gave up");
+            self.batch.terminate_job(&job_id, &reason).await?;
+        }
+        Ok(())
+    }
+
+    /// The ARN of the queue a stage of the run submits to, if it is still configured.
+    async fn stage_queue(&self, run: &Run, stage: &str) -> Result<Option<String>, Error> {
+        let Some(declared) = run.stage(stage) else { return Ok(None) };
+        let config = self.configs.get().await?;
+        Ok(config.job_queues.get(&declared.queue).map(|queue| queue.arn.clone()))
     }
 
     /// Drives the run for a caller who only needs its state (the API): another
@@ -472,9 +550,8 @@ impl RunDriver<'_> {
         if let Some(job_id) = &job.job_id {
             return Ok(Some(job_id.clone()));
         }
-        let (Some(name), Some(stage)) = (&job.job_name, run.stage(&job.stage)) else { return Ok(None) };
-        let config = self.configs.get().await?;
-        let Some(queue) = config.job_queues.get(&stage.queue) else { return Ok(None) };
-        self.batch.find_job(&queue.arn, name).await
+        let Some(name) = &job.job_name else { return Ok(None) };
+        let Some(queue) = self.stage_queue(run, &job.stage).await? else { return Ok(None) };
+        self.batch.find_job(&queue, name).await
     }
 }

@@ -12,7 +12,8 @@
 //! 3. the claim records the job id (state `SUBMITTED`), on condition that it is still
 //!    PENDING and still this holder's.
 //!
-//! A claim that already exists is read: another fingerprint is a conflict; a recorded job
+//! A claim that already exists is read: a withdrawn one (its run gave the attempt up, see
+//! [`crate::services::runs`]) is refused; another fingerprint is a conflict; a recorded job
 //! is the answer. A PENDING claim whose job exists by name (its holder's, or this
 //! invocation's own earlier SubmitJob whose record failed) gets that job recorded and
 //! returned. Otherwise the caller's own token means its own write took effect and only the
@@ -54,6 +55,9 @@ pub enum SubmitError {
     InFlight(String),
     #[error("idempotency key {0:?} was used before for a different request")]
     Conflict(String),
+    /// The run gave the attempt up before a job was recorded: it is never to be submitted.
+    #[error("the submission of {0:?} was withdrawn by its run")]
+    Withdrawn(String),
     #[error(transparent)]
     Failed(#[from] Error),
 }
@@ -63,6 +67,7 @@ impl From<SubmitError> for Error {
         match err {
             SubmitError::InFlight(key) => Error::InFlight(format!("the submission of {key:?}")),
             SubmitError::Conflict(key) => Error::IdempotencyConflict(key),
+            SubmitError::Withdrawn(key) => Error::Withdrawn(key),
             SubmitError::Failed(err) => err,
         }
     }
@@ -110,6 +115,9 @@ impl Submitter<'_> {
                 // Claimed a moment ago and gone already (expired): let a retry claim it anew.
                 return Err(SubmitError::InFlight(key.clone()));
             };
+            if existing.state == ClaimState::Withdrawn {
+                return Err(SubmitError::Withdrawn(key.clone()));
+            }
             if existing.fingerprint.as_ref().is_some_and(|theirs| Some(theirs) != claim.fingerprint.as_ref()) {
                 return Err(SubmitError::Conflict(key.clone()));
             }

@@ -630,13 +630,29 @@ async fn a_submission_that_finishes_after_the_run_was_cancelled_is_stopped() {
     );
     world.store.save_run(&run, None).await.unwrap();
     let stale = driver.load(&run.run_id).await.unwrap().unwrap();
+    // AND had claimed a's key
+    let request = super::runs::stage_job(&config(), &run, "a", &run.stages["a"].attempts[0]).unwrap();
+    let claim = SubmissionClaim {
+        idempotency_key: request.idempotency_key.clone(),
+        job_name: request.job_name.clone(),
+        queue: request.queue_arn.clone(),
+        fingerprint: Some(super::submitter::fingerprint(&request)),
+        state: ClaimState::Pending,
+        job_id: None,
+        claimed_at: 1_000,
+        holder: Some(world.holder.clone()),
+    };
+    world.store.create_claim(&claim).await.unwrap();
     // WHEN the run is cancelled before that handler submits, and then it submits
-    driver.cancel(&run.run_id, 2_000).await.unwrap();
+    let other = invocation("canceller", 400_000);
+    RunDriver { holder: &other, ..world.driver() }.cancel(&run.run_id, 2_000).await.unwrap();
+    assert!(world.announced.completions.lock().unwrap().is_empty(), "a's holder may still submit");
     driver.drive(stale, 3_000).await.unwrap();
-    // THEN the job it made is terminated at once
+    // THEN the job it made is terminated at once, and the run announced
     let jobs = world.batch.jobs();
     assert_eq!(jobs.len(), 1);
     assert!(jobs[0].terminated_because.as_deref().unwrap_or_default().contains("ended before the job was recorded"));
+    assert_eq!(world.announced.completions.lock().unwrap().len(), 1);
 }
 
 /// A run of `pipeline` stored already CANCELLED (nothing started), its completion not sent.
@@ -852,4 +868,69 @@ async fn a_stage_whose_submission_was_never_recorded_has_its_job_stopped_when_th
     assert_eq!((stored.status, stored.stages["c"].status), (RunStatus::Failed, StageStatus::Skipped));
     let stopped = world.batch.jobs().into_iter().find(|j| j.job_id == c_job).unwrap();
     assert!(stopped.terminated_because.is_some(), "{stopped:?}");
+}
+
+#[tokio::test]
+async fn a_claim_whose_holder_died_before_submitting_is_withdrawn_once_its_cancelled_run_can_end() {
+    // GIVEN a run whose first stage was claimed by a holder that died before SubmitJob (the
+    // claim took effect, its reply was lost)
+    let world = World::new().await;
+    world.store.inject("create_claim", StoreFault::LoseReply, 1);
+    assert!(world.driver().start("diamond", "api", "key-w1", RunInput::default(), 1_000).await.is_err());
+    let run_id = super::runs::run_id("diamond", "key-w1");
+    let key = crate::model::pipeline::attempt_key(&run_id, "a", 1);
+    // WHEN another invocation cancels the run while that holder could still be running
+    let other = invocation("canceller", 400_000);
+    let canceller = RunDriver { holder: &other, ..world.driver() };
+    canceller.cancel(&run_id, 2_000).await.unwrap();
+    // THEN the claim is left alone and the run not yet announced: its holder may still submit
+    assert_eq!(world.store.claim(&key).await.unwrap().unwrap().state, ClaimState::Pending);
+    assert!(world.announced.completions.lock().unwrap().is_empty());
+    // AND once the holder's deadline has passed, the next drive (the sweep) withdraws the
+    // claim, so no key is left PENDING, and announces the run
+    world.clock.set(world.holder.deadline_ms + TAKEOVER_MARGIN_MS + 1);
+    canceller.sweep().await.unwrap();
+    assert_eq!(world.store.claim(&key).await.unwrap().unwrap().state, ClaimState::Withdrawn);
+    assert_eq!(world.announced.completions.lock().unwrap().len(), 1);
+    assert!(world.batch.jobs().is_empty());
+    // AND a holder still driving from a read taken before the cancel submits nothing
+    let stale = crate::model::run::Run::start(
+        run_id.clone(),
+        &config().pipelines["diamond"],
+        "api",
+        RunInput::default(),
+        1_000,
+    );
+    let late = invocation("late", 900_000);
+    let refused = world
+        .submitter_for(&late)
+        .submit(&super::runs::stage_job(&config(), &stale, "a", &stale.stages["a"].attempts[0]).unwrap())
+        .await;
+    assert!(matches!(refused, Err(SubmitError::Withdrawn(_))), "{refused:?}");
+    assert!(world.batch.jobs().is_empty());
+}
+
+#[tokio::test]
+async fn an_attempt_withdrawn_before_anyone_claimed_it_can_never_be_submitted() {
+    // GIVEN a handler that read the run while a was still to be submitted, and a cancel
+    // that went through before it claimed a
+    let world = World::new().await;
+    let run = crate::model::run::Run::start(
+        super::runs::run_id("diamond", "key-w2"),
+        &config().pipelines["diamond"],
+        "api",
+        RunInput::default(),
+        1_000,
+    );
+    world.store.save_run(&run, None).await.unwrap();
+    let stale = world.driver().load(&run.run_id).await.unwrap().unwrap();
+    let other = invocation("canceller", 400_000);
+    RunDriver { holder: &other, ..world.driver() }.cancel(&run.run_id, 2_000).await.unwrap();
+    // THEN the run is announced at once (nobody held a claim), and a's key is withdrawn
+    assert_eq!(world.announced.completions.lock().unwrap().len(), 1);
+    let key = crate::model::pipeline::attempt_key(&run.run_id, "a", 1);
+    assert_eq!(world.store.claim(&key).await.unwrap().unwrap().state, ClaimState::Withdrawn);
+    // WHEN the stale handler drives, THEN it submits nothing
+    world.driver().drive(stale, 3_000).await.unwrap();
+    assert!(world.batch.jobs().is_empty());
 }

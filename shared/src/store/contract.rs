@@ -68,6 +68,27 @@ pub async fn claims(store: &dyn Store, unique: &str) {
     assert_eq!(store.claim(&other).await.unwrap(), Some(legacy), "a claim without holder or fingerprint reads back");
     assert!(store.record_claim_job(&other, "job-found", None).await.unwrap(), "anyone records a found job");
     assert!(!store.record_claim_job(&format!("{unique}:missing"), "j", None).await.unwrap(), "no claim, no record");
+    assert!(!store.withdraw_claim(&other, 1_000).await.unwrap(), "a submitted claim is never withdrawn");
+
+    let given_up = format!("{unique}:withdrawn");
+    let pending = SubmissionClaim { idempotency_key: given_up.clone(), ..claim.clone() };
+    assert!(store.create_claim(&pending).await.unwrap());
+    assert!(!store.withdraw_claim(&given_up, 999).await.unwrap(), "withdrawal names the claim time it read");
+    assert!(store.withdraw_claim(&given_up, 1_000).await.unwrap(), "a pending claim as read is withdrawn");
+    assert_eq!(store.claim(&given_up).await.unwrap().map(|c| c.state), Some(ClaimState::Withdrawn));
+    assert!(!store.take_over_claim(&given_up, 1_000, &b, 900_000).await.unwrap(), "a withdrawn claim is never taken");
+    assert!(!store.record_claim_job(&given_up, "job-late", None).await.unwrap(), "nor recorded");
+    let tombstone = SubmissionClaim {
+        idempotency_key: format!("{unique}:tombstone"),
+        state: ClaimState::Withdrawn,
+        ..claim.clone()
+    };
+    assert!(store.create_claim(&tombstone).await.unwrap());
+    assert_eq!(
+        store.claim(&tombstone.idempotency_key).await.unwrap(),
+        Some(tombstone),
+        "a claim written withdrawn reads back"
+    );
 }
 
 pub async fn events(store: &dyn Store, unique: &str) {

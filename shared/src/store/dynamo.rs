@@ -2,7 +2,7 @@
 //!
 //! Item shapes (attribute names are part of the stored format: items written by earlier
 //! releases stay readable, see the fixture tests):
-//! - claim: `state` (`PENDING`/`SUBMITTED`), `idempotency_key`, `job_name`, `queue`,
+//! - claim: `state` (`PENDING`/`SUBMITTED`/`WITHDRAWN`), `idempotency_key`, `job_name`, `queue`,
 //!   `input_fingerprint` (what the caller sent), `claimed_at`, `holder` and
 //!   `holder_deadline` (the holding invocation and its Lambda deadline), `job_id` once
 //!   submitted, `expires_at`. Claims from earlier releases carry a `fingerprint` of the
@@ -130,6 +130,7 @@ fn claim_state_text(state: ClaimState) -> &'static str {
     match state {
         ClaimState::Pending => "PENDING",
         ClaimState::Submitted => "SUBMITTED",
+        ClaimState::Withdrawn => "WITHDRAWN",
     }
 }
 
@@ -140,6 +141,7 @@ pub fn claim_from_item(item: &Item) -> Result<SubmissionClaim, Error> {
     let state = match (text(item, "state").as_deref(), &job_id) {
         (_, Some(_)) | (Some("SUBMITTED"), _) => ClaimState::Submitted,
         (Some("PENDING"), None) => ClaimState::Pending,
+        (Some("WITHDRAWN"), None) => ClaimState::Withdrawn,
         (other, _) => return Err(unreadable(pk, format!("claim state {other:?}"))),
     };
     Ok(SubmissionClaim {
@@ -367,6 +369,24 @@ impl ClaimStore for DynamoStore {
             None => request.condition_expression("#state = :pending"),
         };
         conditional_write("UpdateItem", request.send().await)
+    }
+
+    async fn withdraw_claim(&self, idempotency_key: &str, then: i64) -> Result<bool, Error> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(keys::claim_pk(idempotency_key)))
+            .key("sk", s(CLAIM_SK))
+            .update_expression("SET #state = :withdrawn")
+            .condition_expression("claimed_at = :then AND #state = :pending AND attribute_not_exists(job_id)")
+            .expression_attribute_names("#state", "state")
+            .expression_attribute_values(":then", n(then))
+            .expression_attribute_values(":pending", s("PENDING"))
+            .expression_attribute_values(":withdrawn", s("WITHDRAWN"))
+            .send()
+            .await;
+        conditional_write("UpdateItem", result)
     }
 }
 

@@ -182,6 +182,16 @@ impl ClaimStore for MemoryStore {
             _ => false,
         })
     }
+
+    async fn withdraw_claim(&self, idempotency_key: &str, then: i64) -> Result<bool, Error> {
+        self.call("withdraw_claim", |t| match t.claims.get_mut(idempotency_key) {
+            Some(claim) if claim.claimed_at == then && claim.state == ClaimState::Pending => {
+                claim.state = ClaimState::Withdrawn;
+                true
+            }
+            _ => false,
+        })
+    }
 }
 
 #[async_trait]

@@ -47,6 +47,9 @@ pub enum ClaimState {
     Pending,
     /// The job exists; `job_id` names it.
     Submitted,
+    /// Never to be submitted: the run gave up the attempt (cancelled or failed) before a
+    /// job was recorded, and no job of it exists. A late holder finds the key taken.
+    Withdrawn,
 }
 
 /// Who holds a claim: an invocation (its request id) and the moment it can no longer be
@@ -89,6 +92,9 @@ pub trait ClaimStore: Send + Sync {
     /// PENDING and, when `holder` is given, still held by that token. False when the
     /// condition failed (the caller reads the claim to see why).
     async fn record_claim_job(&self, idempotency_key: &str, job_id: &str, holder: Option<&str>) -> Result<bool, Error>;
+    /// Withdraws a still-PENDING claim, as read at `claimed_at == then`, with no job (state
+    /// WITHDRAWN); false if it changed meanwhile.
+    async fn withdraw_claim(&self, idempotency_key: &str, then: i64) -> Result<bool, Error>;
 }
 
 /// Where counting one EventBridge event stands.
