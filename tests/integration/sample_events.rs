@@ -159,3 +159,45 @@ async fn the_write_your_own_job_guide_followed_to_the_letter_runs_its_example_jo
     });
     assert!(by_definition, "{:?}", listed.metrics());
 }
+
+#[tokio::test]
+async fn a_pipeline_stage_is_told_its_runs_data_folder_which_its_role_may_write() {
+    // GIVEN the local stack (input bucket local-input, run data under runs/ by default)
+    let (stack, _) = local_stack().await;
+    let sdk = batchline_testkit::emulator::sdk_config().await;
+    // WHEN a run is started and read back through the API
+    let start: Value =
+        serde_json::from_str(&std::fs::read_to_string(repo_root().join("events/submit/api-start-run.json")).unwrap())
+            .unwrap();
+    let Outcome::Response(started) = stack.invoke("submit", &start).await.unwrap() else { panic!("start") };
+    let run_id =
+        serde_json::from_str::<Value>(started["body"].as_str().unwrap()).unwrap()["runId"].as_str().unwrap().to_owned();
+    let path = format!("/runs/{run_id}");
+    let get = serde_json::json!({"version": "2.0", "rawPath": path, "isBase64Encoded": false,
+                                 "requestContext": {"http": {"method": "GET", "path": path}}});
+    let Outcome::Response(answer) = stack.invoke("submit", &get).await.unwrap() else { panic!("GET {path}") };
+    let run: Value = serde_json::from_str(answer["body"].as_str().unwrap()).unwrap();
+    // THEN the run names its folder, and its first stage's job carries it
+    let folder = format!("s3://{}/runs/{run_id}/", batchline_demo::local_stack::BUCKET);
+    assert_eq!(run["runData"], folder.as_str(), "{run}");
+    let job_id = run["stages"].as_object().unwrap().values().find_map(|s| s["attempts"][0]["jobId"].as_str()).unwrap();
+    let batch = aws_sdk_batch::Client::new(&sdk);
+    let jobs = batch.describe_jobs().jobs(job_id).send().await.unwrap();
+    let environment = jobs.jobs()[0].container().unwrap().environment();
+    let given = environment.iter().find(|v| v.name() == Some("BATCHLINE_RUN_DATA")).and_then(|v| v.value());
+    assert_eq!(given, Some(folder.as_str()), "{environment:?}");
+    // AND the job role may put objects there (and under no other prefix)
+    let role = format!("{}-job", batchline_demo::local_stack::PREFIX);
+    let policy = aws_sdk_iam::Client::new(&sdk)
+        .get_role_policy()
+        .role_name(&role)
+        .policy_name("batchline-input-read")
+        .send()
+        .await
+        .unwrap();
+    let document: Value = serde_json::from_str(&urlencoding::decode(policy.policy_document()).unwrap()).unwrap();
+    let writes: Vec<&Value> =
+        document["Statement"].as_array().unwrap().iter().filter(|s| s["Action"] == "s3:PutObject").collect();
+    let resource = format!("arn:aws:s3:::{}/runs/*", batchline_demo::local_stack::BUCKET);
+    assert_eq!(writes.iter().map(|s| &s["Resource"]).collect::<Vec<_>>(), [&Value::from(resource)], "{document}");
+}

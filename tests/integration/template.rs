@@ -330,6 +330,7 @@ fn resolve_for_test(value: &Value) -> serde_json::Value {
                 "SubnetIds" => serde_json::json!(["subnet-1", "subnet-2"]),
                 "SecurityGroupIds" => serde_json::json!(["sg-1"]),
                 "InputPrefix" => "incoming/".into(),
+                "RunDataPrefix" => "runs/".into(),
                 "InputSuffix" => "".into(),
                 "AssignPublicIp" | "DeleteRepositoryOnStackDelete" => "true".into(),
                 // !Ref of a managed policy is its ARN.
@@ -361,4 +362,32 @@ fn resolve_for_test(value: &Value) -> serde_json::Value {
         Value::Bool(b) => (*b).into(),
         _ => serde_json::Value::Null,
     }
+}
+
+#[test]
+fn the_role_boundary_lets_stages_write_run_data_only_under_its_folder_which_no_trigger_watches() {
+    let template = template();
+    let (_, boundary) = resources(&template).into_iter().find(|(name, _)| name == "RoleBoundary").unwrap();
+    let statements = boundary["Properties"]["PolicyDocument"]["Statement"].as_sequence().cloned().unwrap();
+    // Writes: PutObject only, only under the input bucket's run-data folder.
+    let writes: Vec<&Value> = statements
+        .iter()
+        .filter(|s| {
+            strings(&s["Action"])
+                .iter()
+                .any(|a| a.starts_with("s3:") && !a.starts_with("s3:Get") && !a.starts_with("s3:List"))
+        })
+        .collect();
+    assert_eq!(writes.len(), 1, "{writes:?}");
+    assert_eq!(strings(&writes[0]["Action"]), ["s3:PutObject"]);
+    let (_, resource) = tagged(&writes[0]["Resource"]).expect("a !Sub'd object ARN");
+    assert_eq!(resource.as_str(), Some("arn:${AWS::Partition}:s3:::${InputBucket}/${RunDataPrefix}*"));
+    // Listing the bucket is allowed by the boundary too (the job role's policy grants it).
+    assert!(statements.iter().any(|s| strings(&s["Action"]) == ["s3:ListBucket"]), "ListBucket in the boundary");
+    // The environment is given the same folder, and the default trigger prefix lies outside it.
+    let (_, environment) = resources(&template).into_iter().find(|(name, _)| name == "Environment").unwrap();
+    assert_eq!(target_of(&environment["Properties"]["Roles"]["RunDataPrefix"]).as_deref(), Some("RunDataPrefix"));
+    let default = |name: &str| template["Parameters"][name]["Default"].as_str().unwrap().to_owned();
+    let (folder, input) = (default("RunDataPrefix"), default("InputPrefix"));
+    assert!(!folder.starts_with(&input) && !input.starts_with(&folder), "{input:?} and {folder:?} overlap");
 }

@@ -251,6 +251,8 @@ pub fn run_view(run: &batchline::model::run::Run, config: &StackConfig, region: 
         "endedAt": iso(run.ended_at),
         "durationMs": run.duration_ms(now_ms),
         "input": run.input,
+        // Where its stages share data (BATCHLINE_RUN_DATA), when the stack has a folder for it.
+        "runData": config.roles.names.run_data_uri(&run.run_id),
         "stages": stages,
         "onFailure": run.on_failure.as_ref().map(|s| stage_view(batchline::model::pipeline::ON_FAILURE, s)),
     })

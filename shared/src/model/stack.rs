@@ -105,6 +105,19 @@ pub struct RoleNames {
     /// bootstrap puts on them, they can do no more than it allows.
     #[serde(default)]
     pub permissions_boundary: Option<String>,
+    /// Where in the input bucket a run's stages may write (`runs/`): the job role may put
+    /// objects under it, and every stage is told its run's folder there.
+    #[serde(default)]
+    pub run_data_prefix: Option<String>,
+}
+
+impl RoleNames {
+    /// The S3 folder of a run's data, `s3://<input bucket>/<run data prefix><run id>/`,
+    /// when the stack has both.
+    pub fn run_data_uri(&self, run_id: &str) -> Option<String> {
+        let (bucket, prefix) = (self.input_bucket.as_ref()?, self.run_data_prefix.as_ref()?);
+        Some(format!("s3://{bucket}/{prefix}{run_id}/"))
+    }
 }
 
 /// The roles as provisioned.

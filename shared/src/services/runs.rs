@@ -62,6 +62,9 @@ pub fn stage_job(config: &StackConfig, run: &Run, stage: &str, attempt: &Attempt
     environment.insert("BATCHLINE_RUN_ID".into(), run.run_id.clone());
     environment.insert("BATCHLINE_STAGE".into(), stage.to_owned());
     environment.insert("BATCHLINE_ATTEMPT".into(), attempt.number.to_string());
+    if let Some(folder) = config.roles.names.run_data_uri(&run.run_id) {
+        environment.insert("BATCHLINE_RUN_DATA".into(), folder);
+    }
     let key = attempt_key(&run.run_id, stage, attempt.number);
     Ok(JobRequest {
         job_name: attempt.job_name.clone().unwrap_or_else(|| job_name(&run.run_id, &key)),

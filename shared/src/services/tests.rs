@@ -66,6 +66,7 @@ fn config() -> StackConfig {
                 job_role_name: "unit-job".into(),
                 input_bucket: None,
                 permissions_boundary: None,
+                run_data_prefix: None,
             },
             execution_role_arn: "arn:role/execution".into(),
             job_role_arn: "arn:role/job".into(),
@@ -933,4 +934,24 @@ async fn an_attempt_withdrawn_before_anyone_claimed_it_can_never_be_submitted() 
     // WHEN the stale handler drives, THEN it submits nothing
     world.driver().drive(stale, 3_000).await.unwrap();
     assert!(world.batch.jobs().is_empty());
+}
+
+#[test]
+fn every_stage_is_told_its_runs_data_folder_when_the_stack_has_one() {
+    let mut stack = config();
+    let run = crate::model::run::Run::start(
+        "diamond-1a2b".into(),
+        &stack.pipelines["diamond"],
+        "api",
+        RunInput::default(),
+        1_000,
+    );
+    let attempt = &run.stages["a"].attempts[0];
+    let folder = |stack: &StackConfig| {
+        super::runs::stage_job(stack, &run, "a", attempt).unwrap().environment.get("BATCHLINE_RUN_DATA").cloned()
+    };
+    assert_eq!(folder(&stack), None, "no bucket, no folder");
+    stack.roles.names.input_bucket = Some("my-input".into());
+    stack.roles.names.run_data_prefix = Some("runs/".into());
+    assert_eq!(folder(&stack).as_deref(), Some("s3://my-input/runs/diamond-1a2b/"));
 }

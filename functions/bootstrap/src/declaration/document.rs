@@ -55,6 +55,7 @@ pub struct RolesDoc {
     pub job_role_name: Option<String>,
     pub input_bucket: Option<String>,
     pub permissions_boundary: Option<String>,
+    pub run_data_prefix: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

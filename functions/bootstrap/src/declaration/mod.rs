@@ -16,6 +16,9 @@
 //!   ExecutionRoleName: <prefix>-execution
 //!   JobRoleName: <prefix>-job
 //!   InputBucket: ""                # the job role may read this bucket (s3:GetObject, s3:ListBucket)
+//!   RunDataPrefix: runs/           # with a bucket: stages may write under it (s3:PutObject), each
+//!                                  # told its run's folder (BATCHLINE_RUN_DATA); "" for none. No S3
+//!                                  # trigger on the bucket may overlap it (its writes would trigger).
 //! Repository:
 //!   Name: <prefix>-jobs
 //!   ScanOnPush: "true"
@@ -166,6 +169,19 @@ fn valid_bucket_name(name: &str) -> bool {
         && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || ".-".contains(c))
 }
 
+/// Where stages write when the document names a bucket but no `RunDataPrefix`.
+pub const DEFAULT_RUN_DATA_PREFIX: &str = "runs/";
+
+/// A run-data folder: S3's safe key characters (no `*`, which IAM would read as a
+/// wildcard) in non-empty segments, each ending in `/`, at most 200 in all.
+fn valid_run_data_prefix(prefix: &str) -> bool {
+    (2..=200).contains(&prefix.len())
+        && prefix.ends_with('/')
+        && prefix.split_terminator('/').all(|segment| {
+            !segment.is_empty() && segment.chars().all(|c| c.is_ascii_alphanumeric() || "!-_.'()".contains(c))
+        })
+}
+
 /// ECR repository names: lowercase letters, digits, `._-/` between them, 2–256.
 fn valid_repository_name(name: &str) -> bool {
     (2..=256).contains(&name.len())
@@ -218,7 +234,24 @@ fn resolve(doc: Document) -> Result<Declared, ConfigProblems> {
         job_role_name: doc.roles.job_role_name.clone().unwrap_or_else(|| name("job")),
         input_bucket: doc.roles.input_bucket.clone().filter(|b| !b.is_empty()),
         permissions_boundary: doc.roles.permissions_boundary.clone().filter(|b| !b.is_empty()),
+        run_data_prefix: match doc.roles.run_data_prefix.as_deref() {
+            None if doc.roles.input_bucket.as_deref().is_some_and(|b| !b.is_empty()) => {
+                Some(DEFAULT_RUN_DATA_PREFIX.to_owned())
+            }
+            None | Some("") => None,
+            Some(prefix) => Some(prefix.to_owned()),
+        },
     };
+    if let Some(prefix) = &roles.run_data_prefix {
+        if roles.input_bucket.is_none() {
+            problems.push(format!("Roles.RunDataPrefix {prefix:?}: name the bucket too (Roles.InputBucket)"));
+        }
+        if !valid_run_data_prefix(prefix) {
+            problems.push(format!(
+                "Roles.RunDataPrefix {prefix:?}: give a folder like \"runs/\": letters, digits or !-_.'() in folders separated by single /, ending in /, at most 200"
+            ));
+        }
+    }
     for (field, role) in [("ExecutionRoleName", &roles.execution_role_name), ("JobRoleName", &roles.job_role_name)] {
         if !valid_role_name(role) {
             problems.push(format!("Roles.{field} {role:?}: IAM role names are 1-64 letters, digits or +=,.@_-"));
@@ -406,6 +439,17 @@ fn resolve(doc: Document) -> Result<Declared, ConfigProblems> {
     let pipelines =
         resolve_pipelines(&doc.pipelines.unwrap_or(Value::Null), &job_definitions, &queue_keys, &mut problems);
     let triggers = resolve_triggers(doc.triggers.unwrap_or_default(), &job_definitions, &pipelines, &mut problems);
+    if let (Some(bucket), Some(folder)) = (&roles.input_bucket, &roles.run_data_prefix) {
+        for (key, rule) in &triggers.s3 {
+            let same_bucket = rule.bucket.as_ref().is_none_or(|b| b == bucket);
+            if same_bucket && (folder.starts_with(&rule.prefix) || rule.prefix.starts_with(folder.as_str())) {
+                problems.push(format!(
+                    "Triggers.S3.{key}: prefix {:?} overlaps Roles.RunDataPrefix {folder:?}: what stages write there would start jobs again; give the trigger a prefix of its own (e.g. \"incoming/\")",
+                    rule.prefix
+                ));
+            }
+        }
+    }
 
     if problems.is_empty() {
         Ok(Declared {
@@ -541,5 +585,49 @@ mod tests {
         fine["Repository"] = json!({"Name": "batchline-images/app"});
         let declared = declare(&fine).unwrap();
         assert_eq!(declared.roles.permissions_boundary.as_deref(), Some("arn:aws:iam::123456789012:policy/b"));
+    }
+
+    #[test]
+    fn stages_may_write_under_the_run_data_folder_of_the_input_bucket_and_no_trigger_may_watch_it() {
+        let declared = |roles: Value, triggers: Value| {
+            let mut properties = network_only();
+            properties["Roles"] = roles;
+            properties["Triggers"] = triggers;
+            declare(&properties)
+        };
+        let in_folder =
+            json!({"S3": {"in": {"Bucket": "my-input", "Prefix": "incoming/", "JobDefinition": "default"}}});
+        // A bucket alone: stages write under runs/, and each is told its run's folder.
+        let roles = declared(json!({"InputBucket": "my-input"}), in_folder.clone()).unwrap().roles;
+        assert_eq!(roles.run_data_prefix.as_deref(), Some("runs/"));
+        assert_eq!(roles.run_data_uri("orders-1a2b").as_deref(), Some("s3://my-input/runs/orders-1a2b/"));
+        let policy = crate::provision::job_role_policy(&roles).unwrap();
+        let write = json!({"Effect": "Allow", "Action": "s3:PutObject", "Resource": "arn:aws:s3:::my-input/runs/*"});
+        assert!(policy["Statement"].as_array().unwrap().contains(&write), "{policy}");
+        // Another folder, or none ("" turns writing off); no bucket, nothing to write to.
+        let roles = declared(json!({"InputBucket": "my-input", "RunDataPrefix": "work/data/"}), in_folder.clone());
+        assert_eq!(roles.unwrap().roles.run_data_prefix.as_deref(), Some("work/data/"));
+        let roles = declared(json!({"InputBucket": "my-input", "RunDataPrefix": ""}), in_folder.clone()).unwrap().roles;
+        assert_eq!(roles.run_data_prefix, None);
+        assert!(!crate::provision::job_role_policy(&roles).unwrap().to_string().contains("PutObject"));
+        assert_eq!(declared(json!({}), json!({})).unwrap().roles.run_data_uri("r"), None);
+        // Refused: a folder without a bucket, a malformed folder, a trigger that would fire on
+        // what stages write (or whose objects stages could overwrite).
+        let problems = |roles: Value, triggers: Value| declared(roles, triggers).unwrap_err().problems.join("; ");
+        assert!(problems(json!({"RunDataPrefix": "runs/"}), json!({})).contains("name the bucket too"));
+        for bad in ["runs", "/runs/", "runs//x/", "run*/", "ru ns/"] {
+            let found = problems(json!({"InputBucket": "my-input", "RunDataPrefix": bad}), json!({}));
+            assert!(found.contains("Roles.RunDataPrefix"), "{bad:?}: {found}");
+        }
+        for (bucket, prefix) in [(json!("my-input"), ""), (json!(null), "runs/"), (json!("my-input"), "runs/orders/")] {
+            let watching = json!({"S3": {"loop": {"Bucket": bucket, "Prefix": prefix, "JobDefinition": "default"}}});
+            let found = problems(json!({"InputBucket": "my-input"}), watching);
+            assert!(
+                found.contains("Triggers.S3.loop: prefix") && found.contains("overlaps Roles.RunDataPrefix"),
+                "{found}"
+            );
+        }
+        let elsewhere = json!({"S3": {"other": {"Bucket": "other-bucket", "Prefix": "", "JobDefinition": "default"}}});
+        assert!(declared(json!({"InputBucket": "my-input"}), elsewhere).is_ok(), "another bucket's trigger is fine");
     }
 }

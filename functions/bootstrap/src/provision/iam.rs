@@ -1,7 +1,9 @@
-//! IAM: the task execution role and the job role, with the job role's read access to the input bucket.
+//! IAM: the task execution role and the job role, with the job role's access to the input bucket (read, and write under the run-data folder).
 
 use super::{ECS_TASKS_TRUST, JOB_ROLE_POLICY};
+use batchline::model::stack::RoleNames;
 use batchline::Error;
+use serde_json::{json, Value};
 use tracing::info;
 
 use crate::Clients;
@@ -70,17 +72,25 @@ pub(super) async fn ensure_role(
     Ok(arn)
 }
 
-/// The job role may read the input bucket, when one is configured, and nothing else.
-pub(super) async fn ensure_input_read_policy(clients: &Clients, role: &str, bucket: Option<&str>) -> Result<(), Error> {
-    match bucket {
-        Some(bucket) => {
-            let policy = serde_json::json!({
-                "Version": "2012-10-17",
-                "Statement": [
-                    {"Effect": "Allow", "Action": "s3:GetObject", "Resource": format!("arn:aws:s3:::{bucket}/*")},
-                    {"Effect": "Allow", "Action": "s3:ListBucket", "Resource": format!("arn:aws:s3:::{bucket}")}
-                ]
-            });
+/// The job role's own policy: read the input bucket, and write under its run-data folder;
+/// nothing else. `None` without an input bucket.
+pub fn job_role_policy(names: &RoleNames) -> Option<Value> {
+    let bucket = names.input_bucket.as_deref()?;
+    let mut statements = vec![
+        json!({"Effect": "Allow", "Action": "s3:GetObject", "Resource": format!("arn:aws:s3:::{bucket}/*")}),
+        json!({"Effect": "Allow", "Action": "s3:ListBucket", "Resource": format!("arn:aws:s3:::{bucket}")}),
+    ];
+    if let Some(folder) = &names.run_data_prefix {
+        statements.push(json!({"Effect": "Allow", "Action": "s3:PutObject", "Resource": format!("arn:aws:s3:::{bucket}/{folder}*")}));
+    }
+    Some(json!({"Version": "2012-10-17", "Statement": statements}))
+}
+
+/// Puts the job role's policy ([`job_role_policy`]) on it, or removes it when there is none.
+pub(super) async fn ensure_job_role_policy(clients: &Clients, names: &RoleNames) -> Result<(), Error> {
+    let role = &names.job_role_name;
+    match job_role_policy(names) {
+        Some(policy) => {
             clients
                 .iam
                 .put_role_policy()

@@ -37,10 +37,13 @@ use batch::{
 };
 pub use batch::{retry_strategy, spec_hash};
 use ecr::{delete_repository, ensure_repository};
-use iam::{delete_role, ensure_input_read_policy, ensure_role};
+pub use iam::job_role_policy;
+use iam::{delete_role, ensure_job_role_policy, ensure_role};
 
 pub const SPEC_TAG: &str = "batchline:spec";
 pub const STACK_TAG: &str = "batchline:stack";
+/// The job role's inline policy (named when it only read the input; kept, so an update
+/// replaces it instead of leaving the old one beside a new one).
 const JOB_ROLE_POLICY: &str = "batchline-input-read";
 
 const ECS_TASKS_TRUST: &str = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"ecs-tasks.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#;
@@ -61,7 +64,7 @@ pub async fn converge(
     let execution_role_arn =
         ensure_role(clients, &names.execution_role_name, Some(EXECUTION_POLICY_ARN), boundary).await?;
     let job_role_arn = ensure_role(clients, &names.job_role_name, None, boundary).await?;
-    ensure_input_read_policy(clients, &names.job_role_name, names.input_bucket.as_deref()).await?;
+    ensure_job_role_policy(clients, names).await?;
     let roles = Roles { names: names.clone(), execution_role_arn, job_role_arn };
     let repository = ProvisionedRepository {
         spec: declared.repository.clone(),
