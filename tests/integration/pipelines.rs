@@ -37,7 +37,19 @@ fn pipelines() -> Value {
             "fragile": {"Stages": {
                 "first": {"JobDefinition": "default", "Parameters": {"play": "exit:3"}},
                 "second": {"JobDefinition": "default", "After": ["first"]}
-            }, "OnFailure": {"JobDefinition": "default", "Parameters": {"action": "cleanup"}}}
+            }, "OnFailure": {"JobDefinition": "default", "Parameters": {"action": "cleanup"}}},
+            // Run control: b fails for good while c runs; c's stage has a timeout.
+            "branches": {"Stages": {
+                "a": {"JobDefinition": "default"},
+                "b": {"JobDefinition": "default", "After": ["a"], "Parameters": {"play": "exit:3"}},
+                "c": {"JobDefinition": "default", "After": ["a"], "TimeoutSeconds": "900"}
+            }, "OnFailure": {"JobDefinition": "default"}},
+            "finishing": {"OnStageFailure": "Finish", "Stages": {
+                "a": {"JobDefinition": "default"},
+                "b": {"JobDefinition": "default", "After": ["a"], "Parameters": {"play": "exit:3"}},
+                "c": {"JobDefinition": "default", "After": ["a"]}
+            }},
+            "limited": {"MaxRunSeconds": "60", "Stages": {"only": {"JobDefinition": "default"}}}
         },
         "Triggers": {"S3": {"drops": {"Prefix": "drops/", "Pipeline": "diamond"}}}
     })
@@ -628,4 +640,84 @@ async fn a_run_whose_stage_jobs_batch_would_refuse_is_refused_before_it_starts()
     let (_, listed) = h.api("GET", "/runs?pipeline=diamond", Value::Null).await;
     assert_eq!(listed["runs"], json!([]));
     assert!(h.job_names().await.is_empty());
+}
+
+impl Harness {
+    /// The job of a stage's first attempt, as `GET /runs/{id}` shows it.
+    async fn stage_job(&self, run_id: &str, stage: &str) -> String {
+        let run = self.run(run_id).await;
+        run["stages"][stage]["attempts"][0]["jobId"].as_str().unwrap_or_else(|| panic!("{stage}: {run}")).to_owned()
+    }
+
+    async fn describe(&self, job_id: &str) -> aws_sdk_batch::types::JobDetail {
+        let batch = aws_sdk_batch::Client::new(&self.env.sdk);
+        batch.describe_jobs().jobs(job_id).send().await.unwrap().jobs()[0].clone()
+    }
+
+    /// Starts `pipeline`, plays its first stage a to success, then b (which fails): returns
+    /// the run and c's job, submitted after a and not played.
+    async fn fail_b_while_c_runs(&mut self, pipeline: &str) -> (String, String) {
+        let run_id = self.start(pipeline).await;
+        let a = self.player.play_queue(&self.env.queue_arn("default")).await.unwrap();
+        self.deliver(&events_of(&a, |_| true)).await;
+        let (b, c) = (self.stage_job(&run_id, "b").await, self.stage_job(&run_id, "c").await);
+        let b = self.player.play_jobs(&[b]).await.unwrap();
+        self.deliver(&events_of(&b, |_| true)).await;
+        (run_id, c)
+    }
+}
+
+#[tokio::test]
+async fn a_stage_failing_for_good_terminates_the_other_branch_and_on_failure_runs_once() {
+    // GIVEN a run whose b fails for good while c is under way (c with a stage timeout)
+    let mut h = Harness::new("pl-failfast").await;
+    let (run_id, c) = h.fail_b_while_c_runs("branches").await;
+    let described = h.describe(&c).await;
+    assert_eq!(described.timeout().and_then(|t| t.attempt_duration_seconds()), Some(900), "the stage's timeout");
+    // THEN c was terminated in Batch, saying why
+    assert_eq!(described.status().map(|s| s.as_str()), Some("FAILED"), "{described:?}");
+    let reason = described.status_reason().unwrap_or_default();
+    assert!(reason.contains("stage b failed") && reason.contains("stopping its other jobs"), "{reason}");
+    // AND once c's end arrives, the run is FAILED for b, c failed with that reason, and the
+    // failure stage ran once
+    let rest = h.play_to_the_end(2, 11).await;
+    let run = h.run(&run_id).await;
+    assert_eq!(run["status"], "FAILED", "{run}");
+    assert!(run["reason"].as_str().unwrap().contains("stage b failed"), "{run}");
+    assert_eq!(run["stages"]["c"]["status"], "FAILED", "{run}");
+    assert!(run["stages"]["c"]["attempts"][0]["reason"].as_str().unwrap().contains("stopping its other jobs"), "{run}");
+    assert_eq!(run["onFailure"]["status"], "SUCCEEDED", "{run}");
+    let failure_stages = rest.iter().filter(|c| stage_of(c) == "on-failure" && c.status == "SUCCEEDED").count();
+    assert_eq!(failure_stages, 1);
+}
+
+#[tokio::test]
+async fn a_pipeline_that_says_finish_lets_the_other_branch_end_on_its_own() {
+    let mut h = Harness::new("pl-finish").await;
+    let (run_id, c) = h.fail_b_while_c_runs("finishing").await;
+    assert_eq!(h.describe(&c).await.status_reason(), None, "c was left alone");
+    h.play_to_the_end(1, 12).await;
+    let run = h.run(&run_id).await;
+    assert_eq!((run["status"].as_str(), run["stages"]["c"]["status"].as_str()), (Some("FAILED"), Some("SUCCEEDED")));
+}
+
+#[tokio::test]
+async fn a_run_past_its_max_run_seconds_fails_at_its_next_event_and_its_job_is_terminated() {
+    // GIVEN a run of a pipeline limited to 60 s, started (as its record says) two minutes ago
+    let mut h = Harness::new("pl-deadline").await;
+    let run_id = h.start("limited").await;
+    let store = batchline::store::DynamoStore::new(aws_sdk_dynamodb::Client::new(&h.env.sdk), &h.env.config.table_name);
+    let read = batchline::store::RunStore::load_run(&store, &run_id).await.unwrap().unwrap();
+    let mut old = read.run.clone();
+    old.created_at -= 120_000;
+    batchline::store::RunStore::save_run(&store, &old, Some(&read)).await.unwrap().unwrap();
+    // WHEN the first event of its job arrives
+    let changes = h.player.play_queue(&h.env.queue_arn("default")).await.unwrap();
+    h.deliver(&[changes[0].event.clone()]).await;
+    // THEN the run failed saying why, and the job is terminated in Batch
+    let run = h.run(&run_id).await;
+    assert_eq!(run["status"], "FAILED", "{run}");
+    assert_eq!(run["reason"], "the run took longer than its MaxRunSeconds (60 s)", "{run}");
+    let job = h.describe(&changes[0].job_id).await;
+    assert!(job.status_reason().unwrap_or_default().contains("MaxRunSeconds"), "{job:?}");
 }

@@ -57,5 +57,6 @@ pub fn job(config: &StackConfig, key: &str, source: Source, size: Option<Size>) 
         array_size: None,
         depends_on: vec![],
         tags,
+        timeout_seconds: None,
     })
 }

@@ -51,6 +51,9 @@ pub struct JobRequest {
     pub array_size: Option<u32>,
     pub depends_on: Vec<String>,
     pub tags: BTreeMap<String, String>,
+    /// Batch's attempt timeout, when not the job definition's.
+    #[serde(default)]
+    pub timeout_seconds: Option<u32>,
 }
 
 /// A SHA-256 of `text`, hex, cut to `chars` characters.
@@ -206,6 +209,7 @@ mod tests {
             array_size: None,
             depends_on: vec![],
             tags: BTreeMap::new(),
+            timeout_seconds: None,
         };
         assert!(request.validate().is_ok());
         request.parameters.insert("blob".into(), "x".repeat(31 * 1024));

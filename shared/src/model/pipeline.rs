@@ -23,6 +23,24 @@ pub struct Pipeline {
     pub name: String,
     pub stages: BTreeMap<String, Stage>,
     pub on_failure: Option<Stage>,
+    /// What a stage failing for good does to the run's other jobs still going.
+    #[serde(default)]
+    pub on_stage_failure: OnStageFailure,
+    /// The longest a run may take: past it, the run fails and its jobs are stopped.
+    #[serde(default)]
+    pub max_run_seconds: Option<u32>,
+}
+
+/// What happens to a run's other jobs when one of its stages fails for good. Either way
+/// nothing new is submitted (but the failure stage) and the run is FAILED.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum OnStageFailure {
+    /// Terminate them at once (fail fast): a failed run stops spending.
+    #[default]
+    Terminate,
+    /// Let them finish (Nextflow's `finish`), e.g. independent branches worth keeping.
+    Finish,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -35,6 +53,10 @@ pub struct Stage {
     pub queue: String,
     pub after: Vec<String>,
     pub max_resizes: u32,
+    /// Batch's attempt timeout for this stage's jobs (at least 60 s); the job definition's
+    /// when not given.
+    #[serde(default)]
+    pub timeout_seconds: Option<u32>,
 }
 
 /// The idempotency key of a stage attempt's submission.

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::batch_event::{JobStateChangeEvent, JobStatus};
 use crate::model::fargate::Size;
-use crate::model::pipeline::{attempt_key, Pipeline, Stage, ON_FAILURE};
+use crate::model::pipeline::{attempt_key, OnStageFailure, Pipeline, Stage, ON_FAILURE};
 
 /// How AWS reports a container killed for using too much memory.
 pub const OUT_OF_MEMORY_REASON: &str = "OutOfMemoryError: Container killed due to memory usage";
@@ -135,6 +135,10 @@ pub struct Run {
     /// Who is sending it: the invocation that claimed the announcement, until its deadline.
     #[serde(default)]
     pub completion_claim: Option<CompletionClaim>,
+    /// Whether the run's failure stops its other jobs (fail fast, or its deadline passed)
+    /// rather than letting them finish.
+    #[serde(default)]
+    pub stop_open_jobs: bool,
 }
 
 /// The claim of a run's announcement: one invocation sends it, and nobody else until that
@@ -201,6 +205,7 @@ impl Run {
             on_failure: None,
             completion_sent: false,
             completion_claim: None,
+            stop_open_jobs: false,
         };
         run.plan_ready_stages();
         run
@@ -397,6 +402,9 @@ impl Run {
     /// Ends the run: stages that never started are skipped (cancelled, for a cancel); on
     /// failure the failure stage is planned.
     fn end(&mut self, status: RunStatus, reason: Option<String>, now_ms: i64) {
+        if status == RunStatus::Failed && self.pipeline.on_stage_failure == OnStageFailure::Terminate {
+            self.stop_open_jobs = true;
+        }
         self.status = status;
         self.reason = reason;
         self.ended_at = Some(now_ms);
@@ -420,6 +428,33 @@ impl Run {
                 self.on_failure = Some(StageRun { status: StageStatus::Submitting, attempts: vec![attempt] });
             }
         }
+    }
+
+    /// Whether the run is still running past its pipeline's `MaxRunSeconds` at `now_ms`.
+    pub fn past_deadline(&self, now_ms: i64) -> bool {
+        let limit = self.pipeline.max_run_seconds.map(|seconds| seconds as i64 * 1000);
+        self.status == RunStatus::Running && limit.is_some_and(|limit| now_ms - self.created_at > limit)
+    }
+
+    /// Fails a run that is past its deadline: its jobs are to be stopped whatever the
+    /// pipeline's `OnStageFailure`, and its failure stage runs. False if it is not past it.
+    pub fn fail_past_deadline(&mut self, now_ms: i64) -> bool {
+        if !self.past_deadline(now_ms) {
+            return false;
+        }
+        let limit = self.pipeline.max_run_seconds.unwrap_or_default();
+        self.end(RunStatus::Failed, Some(format!("the run took longer than its MaxRunSeconds ({limit} s)")), now_ms);
+        self.stop_open_jobs = true;
+        true
+    }
+
+    /// The jobs a failed run stops, as `(stage, job id)`: every job of its stages still
+    /// going (not its failure stage's), when its failure stops them.
+    pub fn jobs_to_stop(&self) -> Vec<(String, String)> {
+        if self.status != RunStatus::Failed || !self.stop_open_jobs {
+            return vec![];
+        }
+        self.open_jobs().into_iter().filter(|(stage, _)| stage != ON_FAILURE).collect()
     }
 
     /// Cancels a running run, and returns every job it started that is to be stopped: the
@@ -545,6 +580,7 @@ mod tests {
             queue: "default".into(),
             after: after.iter().map(|s| s.to_string()).collect(),
             max_resizes,
+            timeout_seconds: None,
         }
     }
 
@@ -561,6 +597,8 @@ mod tests {
                 ("d".to_owned(), stage(&["b", "c"], big, 1)),
             ]),
             on_failure: Some(stage(&[], small, 0)),
+            on_stage_failure: OnStageFailure::Terminate,
+            max_run_seconds: None,
         }
     }
 

@@ -6,7 +6,8 @@
 
 use async_trait::async_trait;
 use aws_sdk_batch::types::{
-    ArrayProperties, ContainerOverrides, JobDependency, KeyValuePair, KeyValuesPair, ResourceRequirement, ResourceType,
+    ArrayProperties, ContainerOverrides, JobDependency, JobTimeout, KeyValuePair, KeyValuesPair, ResourceRequirement,
+    ResourceType,
 };
 use serde_json::{json, Value};
 
@@ -82,6 +83,9 @@ impl BatchPort for SdkBatch {
             ))
             .set_array_properties(request.array_size.map(|n| ArrayProperties::builder().size(n as i32).build()))
             .set_container_overrides(has_overrides.then(|| overrides.build()))
+            .set_timeout(
+                request.timeout_seconds.map(|s| JobTimeout::builder().attempt_duration_seconds(s as i32).build()),
+            )
             .customize()
             // The submitter retries, checking by name first: an SDK retry after a lost
             // answer would submit the job twice.

@@ -33,6 +33,8 @@ use crate::store::{ClaimState, ClaimStore, Holder, RunStore, SubmissionClaim, Ve
 use crate::Error;
 
 const WRITE_ATTEMPTS: usize = 8;
+/// How much of a reason TerminateJob is given (the status reason a job then shows).
+const STOP_REASON_CHARS: usize = 250;
 
 /// A run id: the pipeline's name and a hash of what started it, so a repeated trigger
 /// names the same run.
@@ -78,6 +80,7 @@ pub fn stage_job(config: &StackConfig, run: &Run, stage: &str, attempt: &Attempt
         size: (attempt.size != definition.size).then_some(attempt.size),
         array_size: None,
         depends_on: vec![],
+        timeout_seconds: declared.timeout_seconds,
         tags: BTreeMap::from([
             (RUN_TAG.to_owned(), run.run_id.clone()),
             (PIPELINE_TAG.to_owned(), run.pipeline.name.clone()),
@@ -171,7 +174,11 @@ impl RunDriver<'_> {
     /// Changes the record with `change` and writes it, starting from `current` and reading
     /// again only when another writer got there first. `change` returns false to write
     /// nothing. `None` when the run has vanished (its retention ran out).
-    async fn update<F>(&self, mut current: VersionedRun, mut change: F) -> Result<Option<VersionedRun>, Error>
+    pub(crate) async fn update<F>(
+        &self,
+        mut current: VersionedRun,
+        mut change: F,
+    ) -> Result<Option<VersionedRun>, Error>
     where
         F: FnMut(&mut Run) -> bool,
     {
@@ -250,9 +257,11 @@ impl RunDriver<'_> {
         let updated = self
             .update(current, |run| {
                 let was_running = run.status == RunStatus::Running;
+                // Every event of a run checks its deadline first.
+                let late = run.fail_past_deadline(now_ms);
                 outcome = run.apply(stage, event, now_ms);
                 failed_now = was_running && run.status == RunStatus::Failed;
-                outcome == Applied::Changed
+                late || outcome == Applied::Changed
             })
             .await?;
         if let Applied::Unchanged(why) = &outcome {
@@ -268,7 +277,7 @@ impl RunDriver<'_> {
                 }
             }
             if failed_now {
-                self.stop_skipped_submissions(&updated.run).await?;
+                self.stop_after_failure(&updated.run).await?;
             }
             self.drive(updated, now_ms).await?;
         }
@@ -330,7 +339,7 @@ impl RunDriver<'_> {
                     record = updated;
                 }
                 if failed_now {
-                    self.stop_skipped_submissions(&record.run).await?;
+                    self.stop_after_failure(&record.run).await?;
                 }
                 if let Ok(submitted) = &outcome {
                     self.stop_if_run_moved_on(&record.run, &stage, attempt.number, &submitted.job_id).await?;
@@ -495,16 +504,33 @@ impl RunDriver<'_> {
         Ok(())
     }
 
-    /// Stops the jobs of stages the run's failure skipped while they were being submitted
-    /// (found by name): a submitter still running stops its own job when it sees the run
-    /// moved on; this catches one that died after SubmitJob.
-    async fn stop_skipped_submissions(&self, run: &Run) -> Result<(), Error> {
+    /// What a run that has just failed stops: the jobs of stages its failure skipped while
+    /// they were being submitted (found by name — a submitter still running stops its own
+    /// job when it sees the run moved on; this catches one that died after SubmitJob), and,
+    /// when its failure stops the others ([`Run::jobs_to_stop`]: fail fast, or its deadline
+    /// passed), every job of it still going. A stop that fails here is tried again by the
+    /// sweep, which stops a failed run's jobs again until their ends are recorded.
+    pub(crate) async fn stop_after_failure(&self, run: &Run) -> Result<(), Error> {
         let reason = format!("Batchline run {} failed before the job was recorded", run.run_id);
         for job in run.skipped_submissions() {
             if let Some(job_id) = self.find_stopped_job(run, &job).await? {
                 info!(run_id = %run.run_id, stage = job.stage, job_id, "the run failed while the stage was being submitted; stopping its job");
                 self.batch.terminate_job(&job_id, &reason).await?;
             }
+        }
+        self.stop_open_jobs(run).await
+    }
+
+    /// Terminates the jobs a failed run stops ([`Run::jobs_to_stop`]), saying why.
+    pub(crate) async fn stop_open_jobs(&self, run: &Run) -> Result<(), Error> {
+        let why = run.reason.as_deref().unwrap_or("a stage failed");
+        let reason: String = format!("Batchline run {} failed ({why}); stopping its other jobs", run.run_id)
+            .chars()
+            .take(STOP_REASON_CHARS)
+            .collect();
+        for (stage, job_id) in run.jobs_to_stop() {
+            info!(run_id = %run.run_id, stage, job_id, "the run failed; stopping a job of it still going");
+            self.batch.terminate_job(&job_id, &reason).await?;
         }
         Ok(())
     }

@@ -4,7 +4,9 @@
 //! that is running or ended without its completion sent), oldest first. For each run it
 //! submits what the record has planned, applies the outcome of every stage job that ended
 //! in Batch without the record knowing (an event lost after all retries) as its event
-//! would have, and sends a completion still owed. A run that cannot be repaired is logged
+//! would have, and sends a completion still owed. It also fails a run past its
+//! `MaxRunSeconds` that no event has failed yet, and terminates again the jobs a failed run
+//! stops (fail fast) in case an earlier TerminateJob was lost. A run that cannot be repaired is logged
 //! and counted and the sweep goes on; a stage that can never be submitted fails its run
 //! (see the run driver).
 //!
@@ -113,7 +115,20 @@ impl RunDriver<'_> {
             self.runs.reconcile_open_line(line, Some(&record)).await?;
             return Ok(0);
         }
-        let run = self.drive(record, self.clock.now_ms()).await?.run;
+        let now = self.clock.now_ms();
+        let record = if record.run.past_deadline(now) {
+            // A run nothing happened in since its deadline passed: failed here, so the
+            // deadline's precision is the sweep's interval.
+            let Some(failed) = self.update(record, |run| run.fail_past_deadline(now)).await? else { return Ok(0) };
+            info!(run_id = %line.run_id, "the run passed its deadline; failed by the sweep");
+            self.stop_after_failure(&failed.run).await?;
+            failed
+        } else {
+            // A failed run's jobs whose stop was lost are stopped again.
+            self.stop_open_jobs(&record.run).await?;
+            record
+        };
+        let run = self.drive(record, now).await?.run;
         let open = run.open_jobs();
         if open.is_empty() {
             return Ok(0);

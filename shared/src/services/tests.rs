@@ -15,7 +15,7 @@ use super::submitter::{SubmitError, Submitter, CLAIM_LEASE_MS, TAKEOVER_MARGIN_M
 use crate::model::batch_event::JobStateChangeEvent;
 use crate::model::fargate::{Quarters, Size};
 use crate::model::job_request::JobRequest;
-use crate::model::pipeline::{Pipeline, Stage};
+use crate::model::pipeline::{OnStageFailure, Pipeline, Stage};
 use crate::model::run::{Applied, RunInput, RunStatus, StageStatus};
 use crate::model::stack::*;
 use crate::store::{ClaimState, ClaimStore, ConfigStore, Holder, MemoryStore, RunStore, StoreFault, SubmissionClaim};
@@ -30,6 +30,7 @@ fn stage(after: &[&str]) -> Stage {
         queue: "default".into(),
         after: after.iter().map(|s| s.to_string()).collect(),
         max_resizes: 1,
+        timeout_seconds: None,
     }
 }
 
@@ -44,6 +45,8 @@ fn config() -> StackConfig {
             ("d".to_owned(), stage(&["b", "c"])),
         ]),
         on_failure: None,
+        on_stage_failure: OnStageFailure::Terminate,
+        max_run_seconds: None,
     };
     // first → second (a job definition of its own, "report"), with a failure stage.
     let mut report = stage(&["first"]);
@@ -52,6 +55,8 @@ fn config() -> StackConfig {
         name: "fragile".into(),
         stages: BTreeMap::from([("first".to_owned(), stage(&[])), ("second".to_owned(), report)]),
         on_failure: Some(stage(&[])),
+        on_stage_failure: OnStageFailure::Terminate,
+        max_run_seconds: None,
     };
     StackConfig {
         name_prefix: "unit".into(),
@@ -238,6 +243,7 @@ fn request(key: &str) -> JobRequest {
         array_size: None,
         depends_on: vec![],
         tags: BTreeMap::new(),
+        timeout_seconds: None,
     }
 }
 
@@ -954,4 +960,93 @@ fn every_stage_is_told_its_runs_data_folder_when_the_stack_has_one() {
     stack.roles.names.input_bucket = Some("my-input".into());
     stack.roles.names.run_data_prefix = Some("runs/".into());
     assert_eq!(folder(&stack).as_deref(), Some("s3://my-input/runs/diamond-1a2b/"));
+}
+
+/// The configuration with the diamond changed by `change`.
+fn with_diamond(change: impl FnOnce(&mut Pipeline)) -> StackConfig {
+    let mut deployed = config();
+    change(deployed.pipelines.get_mut("diamond").unwrap());
+    deployed
+}
+
+#[tokio::test]
+async fn a_stage_failing_for_good_stops_the_runs_other_jobs_unless_the_pipeline_lets_them_finish() {
+    for policy in [OnStageFailure::Terminate, OnStageFailure::Finish] {
+        // GIVEN the diamond after a, with c running
+        let mut world = World::new().await;
+        world.redeploy(&with_diamond(|p| p.on_stage_failure = policy)).await;
+        let driver = world.driver();
+        let (run, _) = driver.start("diamond", "api", "key-ff", RunInput::default(), 1_000).await.unwrap();
+        driver.advance(&run.run_id, "a", &world.event("a", "SUCCEEDED"), 2_000).await.unwrap();
+        driver.advance(&run.run_id, "c", &world.event("c", "RUNNING"), 2_500).await.unwrap();
+        // WHEN b fails for good
+        driver.advance(&run.run_id, "b", &world.event("b", "FAILED"), 3_000).await.unwrap();
+        // THEN c's job is terminated, saying why — or, when the pipeline says Finish, left to end
+        let c = world.batch.jobs().into_iter().find(|j| j.job_id == world.job_of("c")).unwrap();
+        match policy {
+            OnStageFailure::Terminate => {
+                let reason = c.terminated_because.unwrap_or_default();
+                assert!(reason.contains("stage b failed") && reason.contains("stopping its other jobs"), "{reason}");
+            }
+            OnStageFailure::Finish => assert_eq!(c.terminated_because, None),
+        }
+        // AND either way the run is announced once c has ended, not before
+        assert!(world.announced.completions.lock().unwrap().is_empty(), "{policy:?}: c has not ended");
+        let end = if policy == OnStageFailure::Terminate { "FAILED" } else { "SUCCEEDED" };
+        driver.advance(&run.run_id, "c", &world.event("c", end), 4_000).await.unwrap();
+        assert_eq!(world.announced.completions.lock().unwrap().len(), 1, "{policy:?}");
+        assert_eq!(world.jobs_of("d"), 0, "{policy:?}: nothing new after the failure");
+    }
+}
+
+#[tokio::test]
+async fn a_run_past_its_max_run_seconds_fails_on_its_next_event_and_its_jobs_are_stopped() {
+    // GIVEN a diamond run limited to a minute, whose branches would otherwise finish
+    let mut world = World::new().await;
+    world
+        .redeploy(&with_diamond(|p| {
+            p.max_run_seconds = Some(60);
+            p.on_stage_failure = OnStageFailure::Finish;
+        }))
+        .await;
+    let driver = world.driver();
+    let (run, _) = driver.start("diamond", "api", "key-dl1", RunInput::default(), 1_000).await.unwrap();
+    driver.advance(&run.run_id, "a", &world.event("a", "RUNNING"), 30_000).await.unwrap();
+    assert_eq!(driver.load(&run.run_id).await.unwrap().unwrap().run.status, RunStatus::Running);
+    // WHEN an event of the run — one that changes nothing else — arrives after the minute
+    driver.advance(&run.run_id, "a", &world.event("a", "RUNNING"), 61_001 + 1).await.unwrap();
+    // THEN the run failed saying why, and a's job is terminated
+    let stored = driver.load(&run.run_id).await.unwrap().unwrap().run;
+    assert_eq!(stored.status, RunStatus::Failed);
+    assert_eq!(stored.reason.as_deref(), Some("the run took longer than its MaxRunSeconds (60 s)"));
+    let a = world.batch.jobs().into_iter().find(|j| j.job_id == world.job_of("a")).unwrap();
+    assert!(a.terminated_because.unwrap_or_default().contains("MaxRunSeconds"));
+}
+
+#[tokio::test]
+async fn the_sweep_fails_a_run_past_its_deadline_when_no_event_comes_and_stops_its_job() {
+    let mut world = World::new().await;
+    world.redeploy(&with_diamond(|p| p.max_run_seconds = Some(60))).await;
+    let (run, _) = world.driver().start("diamond", "api", "key-dl2", RunInput::default(), 1_000).await.unwrap();
+    // WHEN the sweep runs after the deadline, nothing having happened
+    world.clock.set(70_000);
+    world.driver().sweep().await.unwrap();
+    // THEN the run failed and a's job is terminated; the same sweep finds a ended in Batch
+    // (its event may never come) and announces the run, once
+    let stored = world.driver().load(&run.run_id).await.unwrap().unwrap().run;
+    assert_eq!(stored.status, RunStatus::Failed, "{stored:?}");
+    assert_eq!(stored.stages["a"].status, StageStatus::Failed, "{stored:?}");
+    let a = world.batch.jobs().into_iter().find(|j| j.job_id == world.job_of("a")).unwrap();
+    assert!(a.terminated_because.is_some());
+    assert_eq!(world.announced.completions.lock().unwrap().len(), 1);
+    world.driver().advance(&run.run_id, "a", &world.event("a", "FAILED"), 71_000).await.unwrap();
+    assert_eq!(world.announced.completions.lock().unwrap().len(), 1, "the late event changes nothing");
+}
+
+#[tokio::test]
+async fn a_stages_timeout_is_its_jobs_attempt_timeout() {
+    let mut world = World::new().await;
+    world.redeploy(&with_diamond(|p| p.stages.get_mut("a").unwrap().timeout_seconds = Some(600))).await;
+    world.driver().start("diamond", "api", "key-to", RunInput::default(), 1_000).await.unwrap();
+    assert_eq!(world.batch.jobs()[0].request.timeout_seconds, Some(600));
 }

@@ -132,9 +132,15 @@ pub fn sample_run(run_id: &str, pipeline: &str, created_at: i64) -> Run {
         parameters: BTreeMap::new(),
         after: vec![],
         max_resizes: 2,
+        timeout_seconds: None,
     };
-    let pipeline =
-        Pipeline { name: pipeline.into(), stages: BTreeMap::from([("only".to_owned(), stage)]), on_failure: None };
+    let pipeline = Pipeline {
+        name: pipeline.into(),
+        stages: BTreeMap::from([("only".to_owned(), stage)]),
+        on_failure: None,
+        on_stage_failure: Default::default(),
+        max_run_seconds: None,
+    };
     Run::start(run_id.into(), &pipeline, "test", RunInput::default(), created_at)
 }
 

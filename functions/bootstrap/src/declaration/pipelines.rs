@@ -10,7 +10,12 @@
 //!       validate:  {JobDefinition: default, After: extract}
 //!       report:    {JobDefinition: report, After: [transform, validate], Parameters: {format: pdf}}
 //!     OnFailure:   {JobDefinition: default, Parameters: {action: cleanup}}
+//!     OnStageFailure: Terminate        # a stage failed for good: stop the run's other jobs
+//!                                      # (default), or Finish: let them end on their own
+//!     MaxRunSeconds: "7200"            # past it the run fails and its jobs are stopped
 //! ```
+//!
+//! A stage may also say `TimeoutSeconds` (Batch's attempt timeout for its jobs, 60 or more).
 //!
 //! Each stage names a job definition by key and optionally a size (`Vcpu`/`Memory`, a
 //! valid Fargate pair), parameters, a queue (by key) and the stages it runs `After`
@@ -21,7 +26,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use batchline::model::fargate::Size;
-use batchline::model::pipeline::{Pipeline, Stage, DEFAULT_MAX_RESIZES, MAX_UPSTREAMS, ON_FAILURE};
+use batchline::model::pipeline::{OnStageFailure, Pipeline, Stage, DEFAULT_MAX_RESIZES, MAX_UPSTREAMS, ON_FAILURE};
 use batchline::model::stack::JobDefinition;
 use serde::Deserialize;
 use serde_json::Value;
@@ -36,6 +41,9 @@ pub struct PipelineDoc {
     pub on_failure: Option<StageDoc>,
     #[serde(default, deserialize_with = "de_opt_text")]
     pub max_resizes: Option<String>,
+    pub on_stage_failure: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_text")]
+    pub max_run_seconds: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -53,6 +61,8 @@ pub struct StageDoc {
     pub after: Option<Vec<String>>,
     #[serde(default, deserialize_with = "de_opt_text")]
     pub max_resizes: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_text")]
+    pub timeout_seconds: Option<String>,
 }
 
 /// Validates the `Pipelines` section against the job definitions and queues.
@@ -124,7 +134,17 @@ pub fn resolve_pipelines(
             }
             resolve_stage(&format!("{path}.OnFailure"), stage, 0, definitions, queues, problems)
         });
-        pipelines.insert(name.clone(), Pipeline { name, stages, on_failure });
+        let on_stage_failure = match pipeline.on_stage_failure.as_deref() {
+            None | Some("Terminate") => OnStageFailure::Terminate,
+            Some("Finish") => OnStageFailure::Finish,
+            Some(other) => {
+                problems.push(format!("{path}.OnStageFailure {other:?}: use Terminate (the default) or Finish"));
+                OnStageFailure::Terminate
+            }
+        };
+        let max_run_seconds =
+            parse_seconds(&format!("{path}.MaxRunSeconds"), pipeline.max_run_seconds.as_deref(), problems);
+        pipelines.insert(name.clone(), Pipeline { name, stages, on_failure, on_stage_failure, max_run_seconds });
     }
     pipelines
 }
@@ -139,6 +159,20 @@ fn parse_resizes(path: &str, text: Option<&str>, default: u32, problems: &mut Ve
         }
     }
 }
+
+/// A duration in whole seconds, from 60 (Batch's shortest attempt timeout) to 30 days.
+fn parse_seconds(path: &str, text: Option<&str>, problems: &mut Vec<String>) -> Option<u32> {
+    let text = text?;
+    match text.trim().parse::<u32>() {
+        Ok(seconds) if (60..=MAX_SECONDS).contains(&seconds) => Some(seconds),
+        _ => {
+            problems.push(format!("{path} {text:?}: give whole seconds from 60 to {MAX_SECONDS} (30 days)"));
+            None
+        }
+    }
+}
+
+const MAX_SECONDS: u32 = 30 * 24 * 3600;
 
 fn resolve_stage(
     path: &str,
@@ -172,6 +206,7 @@ fn resolve_stage(
         queue,
         after: doc.after.clone().unwrap_or_default(),
         max_resizes: parse_resizes(path, doc.max_resizes.as_deref(), default_resizes, problems),
+        timeout_seconds: parse_seconds(&format!("{path}.TimeoutSeconds"), doc.timeout_seconds.as_deref(), problems),
     })
 }
 
@@ -277,5 +312,32 @@ mod tests {
             "\"missing\" is not a key of JobQueues",
         );
         check(json!({"p": {"Stages": {"a": {"Job": "default"}}}}), "unknown field `Job`");
+        check(
+            json!({"p": {"OnStageFailure": "Continue", "Stages": {"a": {"JobDefinition": "default"}}}}),
+            "Pipelines.p.OnStageFailure \"Continue\": use Terminate (the default) or Finish",
+        );
+        check(
+            json!({"p": {"MaxRunSeconds": "59", "Stages": {"a": {"JobDefinition": "default"}}}}),
+            "Pipelines.p.MaxRunSeconds \"59\": give whole seconds from 60",
+        );
+        check(
+            json!({"p": {"Stages": {"a": {"JobDefinition": "default", "TimeoutSeconds": "soon"}}}}),
+            "Pipelines.p.Stages.a.TimeoutSeconds \"soon\"",
+        );
+    }
+
+    #[test]
+    fn run_control_is_declared_per_pipeline_and_stage() {
+        let pipelines = resolve(json!({
+            "strict": {"MaxRunSeconds": "3600", "Stages": {"a": {"JobDefinition": "default", "TimeoutSeconds": 600}}},
+            "lenient": {"OnStageFailure": "Finish", "Stages": {"a": {"JobDefinition": "default"}}}
+        }))
+        .unwrap();
+        let strict = &pipelines["strict"];
+        assert_eq!((strict.on_stage_failure, strict.max_run_seconds), (OnStageFailure::Terminate, Some(3600)));
+        assert_eq!(strict.stages["a"].timeout_seconds, Some(600));
+        let lenient = &pipelines["lenient"];
+        assert_eq!((lenient.on_stage_failure, lenient.max_run_seconds), (OnStageFailure::Finish, None));
+        assert_eq!(lenient.stages["a"].timeout_seconds, None);
     }
 }
