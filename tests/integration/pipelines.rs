@@ -49,7 +49,13 @@ fn pipelines() -> Value {
                 "b": {"JobDefinition": "default", "After": ["a"], "Parameters": {"play": "exit:3"}},
                 "c": {"JobDefinition": "default", "After": ["a"]}
             }},
-            "limited": {"MaxRunSeconds": "60", "Stages": {"only": {"JobDefinition": "default"}}}
+            "limited": {"MaxRunSeconds": "60", "Stages": {"only": {"JobDefinition": "default"}}},
+            // Its second stage needs 1 GiB and may not resize: it fails until redriven larger.
+            "flaky": {"MaxResizes": "0", "Stages": {
+                "first": {"JobDefinition": "default"},
+                "second": {"JobDefinition": "default", "After": "first", "Parameters": {"play_needs_memory": "1024"}},
+                "third": {"JobDefinition": "default", "After": "second"}
+            }}
         },
         "Triggers": {"S3": {"drops": {"Prefix": "drops/", "Pipeline": "diamond"}}}
     })
@@ -720,4 +726,52 @@ async fn a_run_past_its_max_run_seconds_fails_at_its_next_event_and_its_job_is_t
     assert_eq!(run["reason"], "the run took longer than its MaxRunSeconds (60 s)", "{run}");
     let job = h.describe(&changes[0].job_id).await;
     assert!(job.status_reason().unwrap_or_default().contains("MaxRunSeconds"), "{job:?}");
+}
+
+#[tokio::test]
+async fn a_run_failed_in_its_second_stage_is_redriven_larger_to_success_without_rerunning_the_first() {
+    // GIVEN a three-stage run that failed in its second stage (out of memory, no resizes)
+    let mut h = Harness::new("pl-redrive").await;
+    let run_id = h.start("flaky").await;
+    let queue_url = completion_queue(&h.env.sdk, &run_id).await;
+    h.play_to_the_end(1, 21).await;
+    let run = h.run(&run_id).await;
+    assert_eq!((run["status"].as_str(), run["stages"]["third"]["status"].as_str()), (Some("FAILED"), Some("SKIPPED")));
+
+    // WHEN it is redriven with a larger size for that stage (and the request retried)
+    let path = format!("/runs/{run_id}/redrive");
+    let body = json!({"sizes": {"second": {"memory": "2048"}}});
+    let (status, first) = h.api_keyed("POST", &path, body.clone(), Some("redrive-1")).await;
+    assert_eq!(status, 202, "{first}");
+    assert_eq!((first["redrive"].as_u64(), first["duplicate"].as_bool()), (Some(1), Some(false)), "{first}");
+    assert_eq!(first["stages"], json!(["second", "third"]));
+    let (status, again) = h.api_keyed("POST", &path, body.clone(), Some("redrive-1")).await;
+    assert_eq!((status, again["redrive"].as_u64(), again["duplicate"].as_bool()), (202, Some(1), Some(true)));
+    // AND another redrive while it runs is refused
+    let (status, refused) = h.api_keyed("POST", &path, Value::Null, Some("redrive-2")).await;
+    assert_eq!((status, refused["error"]["code"].as_str()), (409, Some("RunNotEnded")), "{refused}");
+    h.play_to_the_end(1, 22).await;
+
+    // THEN it succeeded: the second stage's new attempt (number 2) ran at 2 GiB, the first
+    // stage was not submitted again
+    let run = h.run(&run_id).await;
+    assert_eq!(run["status"], "SUCCEEDED", "{run}");
+    let attempts = run["stages"]["second"]["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{run}");
+    assert_eq!((attempts[1]["number"].as_u64(), attempts[1]["size"]["memoryMib"].as_u64()), (Some(2), Some(2048)));
+    assert_eq!(run["stages"]["first"]["attempts"].as_array().unwrap().len(), 1);
+    let jobs = h.env.jobs_in("default").await;
+    let stage_jobs = |stage: &str| jobs.iter().filter(|j| j.tags().unwrap()["batchline:stage"] == stage).count();
+    assert_eq!((stage_jobs("first"), stage_jobs("second"), stage_jobs("third")), (1, 2, 1));
+    // AND each generation was announced once, the redrive saying which it was
+    let announced = completions(&h.env.sdk, &queue_url).await;
+    let outcomes: Vec<(&str, u64)> = announced
+        .iter()
+        .map(|e| (e["detail"]["outcome"].as_str().unwrap(), e["detail"]["redrive"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(outcomes.len(), 2, "{announced:?}");
+    assert!(outcomes.contains(&("FAILED", 0)) && outcomes.contains(&("SUCCEEDED", 1)), "{outcomes:?}");
+    // AND a succeeded run is not redriven
+    let (status, refused) = h.api_keyed("POST", &path, Value::Null, Some("redrive-3")).await;
+    assert_eq!((status, refused["error"]["code"].as_str()), (409, Some("RunSucceeded")), "{refused}");
 }

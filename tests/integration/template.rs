@@ -391,3 +391,26 @@ fn the_role_boundary_lets_stages_write_run_data_only_under_its_folder_which_no_t
     let (folder, input) = (default("RunDataPrefix"), default("InputPrefix"));
     assert!(!folder.starts_with(&input) && !input.starts_with(&folder), "{input:?} and {folder:?} overlap");
 }
+
+#[test]
+fn the_templates_api_routes_are_the_routers() {
+    let template = template();
+    let (_, submit) = resources(&template).into_iter().find(|(name, _)| name == "SubmitFunction").unwrap();
+    let declared: BTreeSet<(String, String)> = submit["Properties"]["Events"]
+        .as_mapping()
+        .unwrap()
+        .values()
+        .filter(|event| event["Type"].as_str() == Some("HttpApi"))
+        .map(|event| {
+            let properties = &event["Properties"];
+            (properties["Method"].as_str().unwrap().to_owned(), properties["Path"].as_str().unwrap().to_owned())
+        })
+        .collect();
+    let routed: BTreeSet<(String, String)> =
+        batchline_submit::api::ROUTES.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect();
+    assert_eq!(declared, routed);
+    for (method, path) in &routed {
+        let concrete = path.replace("{id}", "r-1").replace("{name}", "nightly");
+        assert!(batchline_submit::api::route(method, &concrete).is_ok(), "{method} {path} is not routed");
+    }
+}

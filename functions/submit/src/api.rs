@@ -9,6 +9,7 @@
 //! | `GET /jobs/{id}` | 200 the job: status, times, reason, size, log stream and console link |
 //! | `POST /pipelines/{name}/runs` | 202 `{runId, ...}` |
 //! | `GET /runs/{id}`, `GET /runs?pipeline=NAME`, `DELETE /runs/{id}` | the run(s); cancel |
+//! | `POST /runs/{id}/redrive` | 202 `{runId, status, redrive, stages, duplicate}`: the run's next generation |
 
 use std::collections::BTreeMap;
 
@@ -135,7 +136,19 @@ pub enum Route {
     GetRun(String),
     ListRuns,
     CancelRun(String),
+    RedriveRun(String),
 }
+
+/// Every route, as the template declares it to API Gateway (a test holds the two equal).
+pub const ROUTES: [(&str, &str); 7] = [
+    ("POST", "/jobs"),
+    ("GET", "/jobs/{id}"),
+    ("POST", "/pipelines/{name}/runs"),
+    ("GET", "/runs"),
+    ("GET", "/runs/{id}"),
+    ("DELETE", "/runs/{id}"),
+    ("POST", "/runs/{id}/redrive"),
+];
 
 pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
     let parts: Vec<&str> = path.trim_matches('/').split('/').filter(|p| !p.is_empty()).collect();
@@ -154,6 +167,8 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
         (["runs", id], "GET") => Ok(Route::GetRun(id.to_string())),
         (["runs", id], "DELETE") => Ok(Route::CancelRun(id.to_string())),
         (["runs", _], _) => Err(allowed("GET, DELETE")),
+        (["runs", id, "redrive"], "POST") => Ok(Route::RedriveRun(id.to_string())),
+        (["runs", _, "redrive"], _) => Err(allowed("POST")),
         _ => Err(ApiError::not_found(format!("no route {method} {path}"))),
     }
 }
@@ -253,9 +268,63 @@ pub fn run_view(run: &batchline::model::run::Run, config: &StackConfig, region: 
         "input": run.input,
         // Where its stages share data (BATCHLINE_RUN_DATA), when the stack has a folder for it.
         "runData": config.roles.names.run_data_uri(&run.run_id),
+        // Its redrives: each started a generation; a stage's attempts go on across them.
+        "redrives": run.redrives.iter().enumerate().map(|(i, r)| json!({
+            "redrive": i + 1, "at": iso(Some(r.at)), "stages": r.stages
+        })).collect::<Vec<_>>(),
         "stages": stages,
         "onFailure": run.on_failure.as_ref().map(|s| stage_view(batchline::model::pipeline::ON_FAILURE, s)),
     })
+}
+
+/// The body of `POST /runs/{id}/redrive` (all optional).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RedriveBody {
+    /// A size for a stage's next attempt: `{"stage": {"vcpu": "1", "memory": "4096"}}`.
+    #[serde(default)]
+    pub sizes: BTreeMap<String, SizeBody>,
+}
+
+/// A size asked for: both halves, or one (the other kept, snapped up to a valid pair).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SizeBody {
+    pub vcpu: Option<Number>,
+    pub memory: Option<Number>,
+}
+
+/// The sizes a redrive asks for, each read as `POST /jobs` reads a size, with the stage's
+/// latest size as the half not given. Every problem at once.
+pub fn redrive_sizes(run: &batchline::model::run::Run, body: &RedriveBody) -> Result<BTreeMap<String, Size>, ApiError> {
+    let mut sizes = BTreeMap::new();
+    let mut problems = Vec::new();
+    for (stage, asked) in &body.sizes {
+        let place = Some(format!("sizes.{stage}"));
+        let (Some(stage_run), Some(declared)) = (run.stages.get(stage), run.stage(stage)) else {
+            problems.push((place, RequestError::Invalid(format!("run {} has no stage {stage:?}", run.run_id))));
+            continue;
+        };
+        let latest = stage_run.current().map_or(declared.size, |a| a.size);
+        let (vcpu, memory) = (asked.vcpu.as_ref().map(Number::text), asked.memory.as_ref().map(Number::text));
+        if vcpu.is_none() && memory.is_none() {
+            problems.push((place, RequestError::Invalid("give vcpu, memory or both".into())));
+            continue;
+        }
+        match Size::parse_requested(vcpu.as_deref(), memory.as_deref(), latest) {
+            Ok((size, _)) => {
+                sizes.insert(stage.clone(), size);
+            }
+            Err(errors) => {
+                problems.extend(errors.iter().map(|err| (place.clone(), RequestError::Invalid(err.to_string()))))
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(sizes)
+    } else {
+        Err(ApiError::refused(problems))
+    }
 }
 
 /// Parses a JSON body into `T`, naming the field at fault.
@@ -508,6 +577,8 @@ mod tests {
         assert_eq!(route("POST", "/pipelines/nightly/runs"), Ok(Route::StartRun("nightly".into())));
         assert_eq!(route("GET", "/runs"), Ok(Route::ListRuns));
         assert_eq!(route("DELETE", "/runs/r1"), Ok(Route::CancelRun("r1".into())));
+        assert_eq!(route("POST", "/runs/r1/redrive"), Ok(Route::RedriveRun("r1".into())));
+        assert_eq!(route("GET", "/runs/r1/redrive").unwrap_err().status, 405);
         assert_eq!(route("GET", "/jobs").unwrap_err().status, 405);
         assert_eq!(route("GET", "/nothing").unwrap_err().status, 404);
     }

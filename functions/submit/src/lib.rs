@@ -25,9 +25,10 @@ use aws_config::SdkConfig;
 use aws_lambda_events::apigw::ApiGatewayV2httpRequest;
 use aws_lambda_events::eventbridge::EventBridgeEvent;
 use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
+use batchline::model::run::RedriveRefused;
 use batchline::model::run::RunInput;
 use batchline::services::ports::{invocation_holder, AwsPorts};
-use batchline::services::runs::{check_run, run_id, CancelOutcome};
+use batchline::services::runs::{check_run, run_id, CancelOutcome, RedriveOutcome};
 use batchline::services::submitter::SubmitError;
 use batchline::store::{ClaimStore, Holder, RunStore};
 use batchline::{Config, Error};
@@ -346,6 +347,29 @@ async fn serve(
                 &json!({"runId": run.run_id, "status": run.status, "terminatedJobs": terminated}),
             )),
         },
+        Route::RedriveRun(id) => {
+            let body: api::RedriveBody = api::parse_body(&request.body)?;
+            let Some(read) = clients.ports.store.load_run(&id).await? else {
+                return Err(ApiError::not_found(format!("no run {id}")).into());
+            };
+            let sizes = api::redrive_sizes(&read.run, &body)?;
+            let key = match api::idempotency_key(&request, &format!("runs/{id}/redrive"), &holder.token)? {
+                ApiKey::Request(key) | ApiKey::Caller(key) => key,
+            };
+            let driver = clients.ports.driver(holder);
+            match driver.redrive(&id, &key, &sizes, batchline::now_ms()).await? {
+                RedriveOutcome::NoSuchRun => Err(ApiError::not_found(format!("no run {id}")).into()),
+                RedriveOutcome::Refused(refused @ RedriveRefused::Succeeded(_)) => {
+                    Err(ApiError::new(409, "RunSucceeded", refused.to_string()).into())
+                }
+                RedriveOutcome::Refused(refused) => Err(ApiError::new(409, "RunNotEnded", refused.to_string()).into()),
+                RedriveOutcome::Redriven { run, redriven } => Ok(api::response(
+                    202,
+                    &json!({"runId": run.run_id, "status": run.status, "redrive": redriven.generation,
+                            "stages": redriven.stages, "duplicate": redriven.duplicate}),
+                )),
+            }
+        }
     }
 }
 

@@ -97,6 +97,60 @@ pub struct Attempt {
 pub struct StageRun {
     pub status: StageStatus,
     pub attempts: Vec<Attempt>,
+    /// The number of the stage's first attempt in the run's current generation (a redrive
+    /// starts a new one): the out-of-memory resize limit counts from there.
+    #[serde(default = "first_attempt", skip_serializing_if = "is_first_attempt")]
+    pub generation_start: u32,
+    /// The size a redrive asked for the stage's next attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_size: Option<Size>,
+}
+
+fn first_attempt() -> u32 {
+    1
+}
+
+fn is_first_attempt(number: &u32) -> bool {
+    *number == 1
+}
+
+/// One redrive of a run: the request's idempotency key, when it started the run's next
+/// generation, and the stages it reran.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Redrive {
+    pub key: String,
+    pub at: i64,
+    pub stages: Vec<String>,
+}
+
+/// What a redrive request came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redriven {
+    /// The run's generation it started (1 for the first redrive).
+    pub generation: usize,
+    pub stages: Vec<String>,
+    /// True when the same request had started it already.
+    pub duplicate: bool,
+}
+
+/// Why a run cannot be redriven now.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RedriveRefused {
+    #[error("run {0} is still running; redrive it once it has ended")]
+    StillRunning(String),
+    #[error("run {0} succeeded: there is nothing to redrive")]
+    Succeeded(String),
+    #[error("run {0} has ended but its jobs are still stopping; redrive it once they have")]
+    StillEnding(String),
+    #[error("run {run} has no stage {stage:?}")]
+    NoSuchStage { run: String, stage: String },
+}
+
+impl StageRun {
+    fn new(status: StageStatus, attempts: Vec<Attempt>) -> StageRun {
+        StageRun { status, attempts, generation_start: 1, next_size: None }
+    }
 }
 
 impl StageRun {
@@ -139,6 +193,9 @@ pub struct Run {
     /// rather than letting them finish.
     #[serde(default)]
     pub stop_open_jobs: bool,
+    /// Its redrives, oldest first: each started a generation of the run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub redrives: Vec<Redrive>,
 }
 
 /// The claim of a run's announcement: one invocation sends it, and nobody else until that
@@ -187,11 +244,8 @@ fn record_end(attempt: &mut Attempt, event: &JobStateChangeEvent, now_ms: i64) {
 impl Run {
     /// A new run: its first stages planned for submission.
     pub fn start(run_id: String, pipeline: &Pipeline, trigger: &str, input: RunInput, now_ms: i64) -> Run {
-        let stages = pipeline
-            .stages
-            .keys()
-            .map(|key| (key.clone(), StageRun { status: StageStatus::Pending, attempts: vec![] }))
-            .collect();
+        let stages =
+            pipeline.stages.keys().map(|key| (key.clone(), StageRun::new(StageStatus::Pending, vec![]))).collect();
         let mut run = Run {
             run_id,
             pipeline: pipeline.clone(),
@@ -206,6 +260,7 @@ impl Run {
             completion_sent: false,
             completion_claim: None,
             stop_open_jobs: false,
+            redrives: vec![],
         };
         run.plan_ready_stages();
         run
@@ -296,10 +351,15 @@ impl Run {
             .map(|(key, _)| key.clone())
             .collect();
         for key in ready {
-            let attempt = Attempt::planned(&self.run_id, &key, 1, self.pipeline.stages[&key].size);
+            let declared = self.pipeline.stages[&key].size;
             if let Some(stage_run) = self.stages.get_mut(&key) {
+                // Attempt numbers go on across redrives, so no submission key is used twice;
+                // a redriven stage starts at the size it asked for, else its last one.
+                let number = stage_run.attempts.len() as u32 + 1;
+                let last = stage_run.current().map(|a| a.size);
+                let size = stage_run.next_size.take().or(last).unwrap_or(declared);
+                stage_run.attempts.push(Attempt::planned(&self.run_id, &key, number, size));
                 stage_run.status = StageStatus::Submitting;
-                stage_run.attempts.push(attempt);
             }
         }
     }
@@ -316,6 +376,8 @@ impl Run {
             return Applied::Unchanged("the stage has not started");
         };
         let attempts = stage_run.attempts.len() as u32;
+        // Attempts of this generation: a redrive gives a stage its resizes again.
+        let attempts_now = attempts + 1 - stage_run.generation_start.max(1);
         let Some(current) = stage_run.attempts.last_mut() else {
             return Applied::Unchanged("the stage has no attempt");
         };
@@ -382,7 +444,7 @@ impl Run {
         }
         // Failed: out of memory gets a larger size while the stage's limit allows.
         let out_of_memory = is_out_of_memory(event);
-        if out_of_memory && attempts <= max_resizes {
+        if out_of_memory && attempts_now <= max_resizes {
             if let Some(next) = size.next_for_memory() {
                 stage_run.status = StageStatus::Submitting;
                 stage_run.attempts.push(Attempt::planned(&run_id, stage_name, attempts + 1, next));
@@ -391,7 +453,7 @@ impl Run {
         }
         stage_run.status = StageStatus::Failed;
         let why = if out_of_memory {
-            format!("stage {stage_name} ran out of memory {attempts} time(s); its resize limit is {max_resizes}")
+            format!("stage {stage_name} ran out of memory {attempts_now} time(s); its resize limit is {max_resizes}")
         } else {
             format!("stage {stage_name} failed: {}", reason.unwrap_or_else(|| "no reason given".into()))
         };
@@ -424,8 +486,11 @@ impl Run {
         }
         if status == RunStatus::Failed {
             if let Some(stage) = &self.pipeline.on_failure {
-                let attempt = Attempt::planned(&self.run_id, ON_FAILURE, 1, stage.size);
-                self.on_failure = Some(StageRun { status: StageStatus::Submitting, attempts: vec![attempt] });
+                // A redriven run that fails again runs it again, as its next attempt.
+                let failure = self.on_failure.get_or_insert_with(|| StageRun::new(StageStatus::Pending, vec![]));
+                let number = failure.attempts.len() as u32 + 1;
+                failure.attempts.push(Attempt::planned(&self.run_id, ON_FAILURE, number, stage.size));
+                failure.status = StageStatus::Submitting;
             }
         }
     }
@@ -433,7 +498,7 @@ impl Run {
     /// Whether the run is still running past its pipeline's `MaxRunSeconds` at `now_ms`.
     pub fn past_deadline(&self, now_ms: i64) -> bool {
         let limit = self.pipeline.max_run_seconds.map(|seconds| seconds as i64 * 1000);
-        self.status == RunStatus::Running && limit.is_some_and(|limit| now_ms - self.created_at > limit)
+        self.status == RunStatus::Running && limit.is_some_and(|limit| now_ms - self.started_at() > limit)
     }
 
     /// Fails a run that is past its deadline: its jobs are to be stopped whatever the
@@ -524,9 +589,56 @@ impl Run {
         self.status.is_terminal() && self.completion_sent
     }
 
-    /// The run's duration so far, or in all if it ended.
+    /// When the run's current generation started: its creation, or its last redrive.
+    pub fn started_at(&self) -> i64 {
+        self.redrives.last().map_or(self.created_at, |redrive| redrive.at)
+    }
+
+    /// The current generation's duration so far, or in all if it ended.
     pub fn duration_ms(&self, now_ms: i64) -> i64 {
-        self.ended_at.unwrap_or(now_ms) - self.created_at
+        self.ended_at.unwrap_or(now_ms) - self.started_at()
+    }
+
+    /// Starts the run's next generation (a redrive), once per request key: its failed,
+    /// skipped and cancelled stages become pending again — succeeded ones are kept, their
+    /// outputs not recomputed — and those whose upstream stages all succeeded are planned
+    /// as new attempts (numbers go on; `sizes` gives a stage's next size). Only a FAILED or
+    /// CANCELLED run whose end has been announced (every job of it ended) is redriven; the
+    /// request that started the current generation gets that generation again.
+    pub fn redrive(
+        &mut self,
+        key: &str,
+        sizes: &BTreeMap<String, Size>,
+        now_ms: i64,
+    ) -> Result<Redriven, RedriveRefused> {
+        if let Some(last) = self.redrives.last().filter(|last| last.key == key) {
+            return Ok(Redriven { generation: self.redrives.len(), stages: last.stages.clone(), duplicate: true });
+        }
+        match self.status {
+            RunStatus::Running => return Err(RedriveRefused::StillRunning(self.run_id.clone())),
+            RunStatus::Succeeded => return Err(RedriveRefused::Succeeded(self.run_id.clone())),
+            _ if !self.completion_sent => return Err(RedriveRefused::StillEnding(self.run_id.clone())),
+            _ => {}
+        }
+        if let Some(stage) = sizes.keys().find(|stage| !self.stages.contains_key(*stage)) {
+            return Err(RedriveRefused::NoSuchStage { run: self.run_id.clone(), stage: stage.clone() });
+        }
+        let mut rerun = Vec::new();
+        for (name, stage_run) in self.stages.iter_mut().filter(|(_, s)| s.status != StageStatus::Succeeded) {
+            stage_run.status = StageStatus::Pending;
+            stage_run.generation_start = stage_run.attempts.len() as u32 + 1;
+            stage_run.next_size = sizes.get(name).copied();
+            rerun.push(name.clone());
+        }
+        self.status = RunStatus::Running;
+        self.ended_at = None;
+        self.reason = None;
+        self.completion_sent = false;
+        self.completion_claim = None;
+        self.stop_open_jobs = false;
+        self.redrives.push(Redrive { key: key.to_owned(), at: now_ms, stages: rerun.clone() });
+        self.plan_ready_stages();
+        Ok(Redriven { generation: self.redrives.len(), stages: rerun, duplicate: false })
     }
 
     /// Stages whose current attempt has a job that has not ended: what a repair sweep checks.
@@ -658,6 +770,49 @@ mod tests {
         run.apply(ON_FAILURE, &event("on-failure-1", "SUCCEEDED", json!({})), 3);
         assert_eq!(run.on_failure.as_ref().unwrap().status, StageStatus::Succeeded);
         assert_eq!(run.status, RunStatus::Failed, "the failure stage does not change the outcome");
+    }
+
+    #[test]
+    fn a_redrive_reruns_what_did_not_succeed_as_new_attempts_with_their_resizes_again() {
+        let oom = json!({"container": {"exitCode": 137, "reason": OUT_OF_MEMORY_REASON}});
+        let mut run = Run::start("r6".into(), &diamond(), "api", RunInput::default(), 0);
+        submit_all(&mut run);
+        run.apply("a", &event("a-1", "SUCCEEDED", json!({})), 1);
+        submit_all(&mut run);
+        run.apply("c", &event("c-1", "SUCCEEDED", json!({})), 2);
+        run.apply("b", &event("b-1", "FAILED", oom.clone()), 3);
+        submit_all(&mut run);
+        run.apply("b", &event("b-2", "FAILED", oom.clone()), 4);
+        submit_all(&mut run);
+        run.apply(ON_FAILURE, &event("on-failure-1", "SUCCEEDED", json!({})), 5);
+        // Refused until its end was announced, then redriven once per key
+        assert!(matches!(run.redrive("k1", &BTreeMap::new(), 6), Err(RedriveRefused::StillEnding(_))));
+        run.completion_sent = true;
+        let redriven = run.redrive("k1", &BTreeMap::new(), 7).unwrap();
+        assert_eq!((redriven.generation, redriven.stages.clone()), (1, vec!["b".to_owned(), "d".to_owned()]));
+        assert!(run.redrive("k1", &BTreeMap::new(), 8).unwrap().duplicate);
+        assert!(matches!(run.redrive("k2", &BTreeMap::new(), 8), Err(RedriveRefused::StillRunning(_))));
+        // b goes on from its last size as attempt 3, with its resize allowance again
+        assert_eq!(submit_all(&mut run), ["b-3"]);
+        assert_eq!(run.stages["b"].attempts[2].size.memory_mib, 1024);
+        assert_eq!(run.duration_ms(9), 2, "the generation's duration");
+        run.apply("b", &event("b-3", "FAILED", oom), 10);
+        assert_eq!(submit_all(&mut run), ["b-4"], "resized again");
+        run.apply("b", &event("b-4", "FAILED", json!({"container": {"exitCode": 1}})), 11);
+        // failing again runs the failure stage again, as its next attempt
+        assert_eq!(submit_all(&mut run), ["on-failure-2"]);
+        run.apply(ON_FAILURE, &event("on-failure-2", "SUCCEEDED", json!({})), 12);
+        run.completion_sent = true;
+        let sizes = BTreeMap::from([("b".to_owned(), Size { vcpu: Quarters(4), memory_mib: 8192 })]);
+        run.redrive("k3", &sizes, 13).unwrap();
+        assert_eq!(submit_all(&mut run), ["b-5"]);
+        assert_eq!(run.stages["b"].attempts[4].size.to_string(), "1 vCPU / 8192 MiB");
+        run.apply("b", &event("b-5", "SUCCEEDED", json!({})), 14);
+        assert_eq!(submit_all(&mut run), ["d-1"]);
+        run.apply("d", &event("d-1", "SUCCEEDED", json!({})), 15);
+        assert_eq!((run.status, run.stages["a"].attempts.len()), (RunStatus::Succeeded, 1));
+        run.completion_sent = true;
+        assert!(matches!(run.redrive("k4", &BTreeMap::new(), 16), Err(RedriveRefused::Succeeded(_))));
     }
 
     #[test]

@@ -50,7 +50,9 @@ pub fn completion_detail(run: &Run, now_ms: i64) -> Value {
         "outcome": run.status.as_str(),
         "reason": run.reason,
         "durationMs": run.duration_ms(now_ms),
-        "startedAt": run.created_at,
+        // The generation this announces: 0 for the run as started, n after its nth redrive.
+        "redrive": run.redrives.len(),
+        "startedAt": run.started_at(),
         "endedAt": run.ended_at,
         "trigger": run.trigger,
         "stages": stages,

@@ -18,11 +18,14 @@ use std::collections::BTreeMap;
 use tracing::{info, warn};
 
 use crate::model::batch_event::JobStateChangeEvent;
+use crate::model::fargate::Size;
 use crate::model::job_request::{
     digest, job_name, JobRequest, RequestError, PIPELINE_TAG, RUN_TAG, STAGE_TAG, TRIGGER_TAG,
 };
 use crate::model::pipeline::{attempt_key, Pipeline, ON_FAILURE};
-use crate::model::run::{Applied, Attempt, CompletionClaim, JobToStop, Run, RunInput, RunStatus, StageStatus};
+use crate::model::run::{
+    Applied, Attempt, CompletionClaim, JobToStop, RedriveRefused, Redriven, Run, RunInput, RunStatus, StageStatus,
+};
 use crate::model::stack::StackConfig;
 use crate::services::announce::{completion_detail, outcome_metrics, MetricUnit, RunAnnouncer, RunMetric};
 use crate::services::batch::BatchPort;
@@ -150,6 +153,14 @@ pub enum CancelOutcome {
         run: Box<Run>,
         terminated: Vec<String>,
     },
+}
+
+/// What a redrive request came to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RedriveOutcome {
+    NoSuchRun,
+    Refused(RedriveRefused),
+    Redriven { run: Box<Run>, redriven: Redriven },
 }
 
 /// Everything run handling needs, as ports.
@@ -572,6 +583,40 @@ impl RunDriver<'_> {
         }
         let run = self.drive_or_current(updated, now_ms).await?.run;
         Ok(CancelOutcome::Cancelled { run: Box::new(run), terminated })
+    }
+
+    /// Redrives an ended run (see [`Run::redrive`]): its next generation reruns the stages
+    /// that did not succeed, as new attempts, and is driven at once. The request's key
+    /// makes it idempotent: the same key gets the generation it started.
+    pub async fn redrive(
+        &self,
+        run_id: &str,
+        key: &str,
+        sizes: &BTreeMap<String, Size>,
+        now_ms: i64,
+    ) -> Result<RedriveOutcome, Error> {
+        let Some(current) = self.runs.load_run(run_id).await? else { return Ok(RedriveOutcome::NoSuchRun) };
+        let mut outcome = None;
+        let updated = self
+            .update(current, |run| {
+                let answer = run.redrive(key, sizes, now_ms);
+                let changed = matches!(&answer, Ok(redriven) if !redriven.duplicate);
+                outcome = Some(answer);
+                changed
+            })
+            .await?;
+        let (Some(updated), Some(outcome)) = (updated, outcome) else { return Ok(RedriveOutcome::NoSuchRun) };
+        let redriven = match outcome {
+            Ok(redriven) => redriven,
+            Err(refused) => return Ok(RedriveOutcome::Refused(refused)),
+        };
+        if !redriven.duplicate {
+            info!(run_id, generation = redriven.generation, stages = ?redriven.stages, "run redriven");
+            let metric = RunMetric { name: "RunsRedriven", value: 1.0, unit: MetricUnit::Count };
+            self.announcer.run_metrics(&updated.run.pipeline.name, &[metric]).await;
+        }
+        let run = self.drive_or_current(updated, now_ms).await?.run;
+        Ok(RedriveOutcome::Redriven { run: Box::new(run), redriven })
     }
 
     /// The id of a job a cancel stops: recorded, or looked up by its name in its queue.

@@ -177,7 +177,7 @@ pub fn run_item(run: &Run, version: i64) -> Result<Item, Error> {
         ("pipeline".into(), s(run.pipeline.name.clone())),
         ("status".into(), s(run.status.as_str())),
         ("version".into(), n(version)),
-        ("expires_at".into(), n(run.created_at / 1000 + RUN_RETENTION_SECONDS)),
+        ("expires_at".into(), n(run.started_at() / 1000 + RUN_RETENTION_SECONDS)),
     ]))
 }
 
@@ -199,7 +199,7 @@ pub fn index_item(run: &Run, version: i64) -> Item {
         ("announced".into(), AttributeValue::Bool(run.completion_sent)),
         ("version".into(), n(version)),
         ("created_at".into(), n(run.created_at)),
-        ("expires_at".into(), n(run.created_at / 1000 + RUN_RETENTION_SECONDS)),
+        ("expires_at".into(), n(run.started_at() / 1000 + RUN_RETENTION_SECONDS)),
     ])
 }
 
@@ -211,7 +211,7 @@ pub fn open_item(run: &Run) -> Item {
         ("run_id".into(), s(run.run_id.clone())),
         ("pipeline".into(), s(run.pipeline.name.clone())),
         ("created_at".into(), n(run.created_at)),
-        ("expires_at".into(), n(run.created_at / 1000 + RUN_RETENTION_SECONDS)),
+        ("expires_at".into(), n(run.started_at() / 1000 + RUN_RETENTION_SECONDS)),
     ])
 }
 
