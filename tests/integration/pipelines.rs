@@ -601,6 +601,26 @@ async fn invalid_pipelines_fail_the_deployment_with_the_reason() {
         assert_eq!(answer["Status"], "FAILED");
         assert!(answer["Reason"].as_str().unwrap().contains(reason), "{reason:?} in {answer}");
     }
+    // A stage larger than its queue can ever run: refused, and nothing is provisioned.
+    let server = ResponseServer::start(0).await.unwrap();
+    let prefix = unique_name("plc");
+    let properties = json!({"ServiceToken": "x", "NamePrefix": prefix,
+                            "Network": {"Subnets": network.subnets, "SecurityGroups": network.security_groups},
+                            "ComputeEnvironments": {"default": {"MaxVcpus": "1"}},
+                            "Pipelines": {"p": {"Stages": {"a": {"JobDefinition": "default", "Vcpu": "2", "Memory": "4096"}}}}});
+    let request = json!({"RequestType": "Create", "ResponseURL": server.url, "StackId": "s", "RequestId": event_id(),
+                         "LogicalResourceId": "Environment", "ResourceProperties": properties});
+    batchline_bootstrap::handle(invocation(request), &clients, &config).await.unwrap();
+    let answer = server.accepted_answers().pop().unwrap();
+    assert_eq!(answer["Status"], "FAILED");
+    let reason = answer["Reason"].as_str().unwrap();
+    assert!(
+        reason.contains("Pipelines.p.Stages.a: 2 vCPU / 4096 MiB is more than queue \"default\" can ever run"),
+        "{reason}"
+    );
+    let batch = aws_sdk_batch::Client::new(&sdk);
+    let environments = batch.describe_compute_environments().compute_environments(format!("{prefix}-default")).send();
+    assert!(environments.await.unwrap().compute_environments().is_empty(), "nothing was provisioned");
 }
 
 #[tokio::test]

@@ -57,6 +57,11 @@ pub struct Stage {
     /// when not given.
     #[serde(default)]
     pub timeout_seconds: Option<u32>,
+    /// The most vCPU its queue's compute environments can give one job (their largest
+    /// `MaxVcpus`): out-of-memory resizing never grows the stage past it. Unknown in
+    /// records of earlier releases.
+    #[serde(default)]
+    pub max_vcpus: Option<u32>,
 }
 
 /// The idempotency key of a stage attempt's submission.

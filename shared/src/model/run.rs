@@ -368,7 +368,7 @@ impl Run {
     pub fn apply(&mut self, stage_name: &str, event: &JobStateChangeEvent, now_ms: i64) -> Applied {
         let detail = &event.detail;
         let ended = self.status.is_terminal() && stage_name != ON_FAILURE;
-        let Some(max_resizes) = self.stage(stage_name).map(|s| s.max_resizes) else {
+        let Some((max_resizes, max_vcpus)) = self.stage(stage_name).map(|s| (s.max_resizes, s.max_vcpus)) else {
             return Applied::Unchanged("no such stage in this run");
         };
         let run_id = self.run_id.clone();
@@ -444,15 +444,22 @@ impl Run {
         }
         // Failed: out of memory gets a larger size while the stage's limit allows.
         let out_of_memory = is_out_of_memory(event);
-        if out_of_memory && attempts_now <= max_resizes {
-            if let Some(next) = size.next_for_memory() {
+        let next = size.next_for_memory();
+        let too_big = next.filter(|next| max_vcpus.is_some_and(|max| next.vcpu.0 > max * 4));
+        if out_of_memory && attempts_now <= max_resizes && too_big.is_none() {
+            if let Some(next) = next {
                 stage_run.status = StageStatus::Submitting;
                 stage_run.attempts.push(Attempt::planned(&run_id, stage_name, attempts + 1, next));
                 return Applied::Changed;
             }
         }
         stage_run.status = StageStatus::Failed;
-        let why = if out_of_memory {
+        let why = if let (true, Some(next)) = (out_of_memory && attempts_now <= max_resizes, too_big) {
+            format!(
+                "stage {stage_name} ran out of memory; its next size ({next}) is more than its queue can run ({} vCPU at most)",
+                max_vcpus.unwrap_or_default()
+            )
+        } else if out_of_memory {
             format!("stage {stage_name} ran out of memory {attempts_now} time(s); its resize limit is {max_resizes}")
         } else {
             format!("stage {stage_name} failed: {}", reason.unwrap_or_else(|| "no reason given".into()))
@@ -693,6 +700,7 @@ mod tests {
             after: after.iter().map(|s| s.to_string()).collect(),
             max_resizes,
             timeout_seconds: None,
+            max_vcpus: None,
         }
     }
 
@@ -770,6 +778,24 @@ mod tests {
         run.apply(ON_FAILURE, &event("on-failure-1", "SUCCEEDED", json!({})), 3);
         assert_eq!(run.on_failure.as_ref().unwrap().status, StageStatus::Succeeded);
         assert_eq!(run.status, RunStatus::Failed, "the failure stage does not change the outcome");
+    }
+
+    #[test]
+    fn out_of_memory_resizing_stops_at_what_the_stages_queue_can_run() {
+        let mut pipeline = diamond();
+        let a = pipeline.stages.get_mut("a").unwrap();
+        (a.size, a.max_vcpus, a.max_resizes) = (Size { vcpu: Quarters(4), memory_mib: 8192 }, Some(1), 3);
+        let mut run = Run::start("r7".into(), &pipeline, "api", RunInput::default(), 0);
+        submit_all(&mut run);
+        let oom = json!({"container": {"exitCode": 137, "reason": OUT_OF_MEMORY_REASON}});
+        run.apply("a", &event("a-1", "FAILED", oom), 1);
+        assert!(run.to_submit().iter().all(|(stage, _)| stage != "a"), "no 2 vCPU attempt on a 1 vCPU queue");
+        assert_eq!(run.status, RunStatus::Failed);
+        let reason = run.reason.clone().unwrap_or_default();
+        assert!(
+            reason.contains("its next size (2 vCPU / 16384 MiB) is more than its queue can run (1 vCPU at most)"),
+            "{reason}"
+        );
     }
 
     #[test]

@@ -31,6 +31,7 @@ fn stage(after: &[&str]) -> Stage {
         after: after.iter().map(|s| s.to_string()).collect(),
         max_resizes: 1,
         timeout_seconds: None,
+        max_vcpus: None,
     }
 }
 

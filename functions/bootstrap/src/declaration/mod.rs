@@ -190,6 +190,62 @@ fn valid_repository_name(name: &str) -> bool {
         && name.ends_with(|c: char| c.is_ascii_alphanumeric())
 }
 
+/// What a queue's compute environments can run: the most vCPU one job may have (their
+/// largest `MaxVcpus`), and whether any of them runs ARM64 (Fargate Spot is x86_64 only).
+struct Capacity {
+    max_vcpus: u32,
+    arm64: bool,
+}
+
+fn capacity(queue: &JobQueue, environments: &BTreeMap<String, ComputeEnvironment>) -> Capacity {
+    let members = queue.compute_environments.iter().filter_map(|key| environments.get(key));
+    members.fold(Capacity { max_vcpus: 0, arm64: false }, |found, ce| Capacity {
+        max_vcpus: found.max_vcpus.max(ce.max_vcpus),
+        arm64: found.arm64 || ce.kind == ComputeType::Fargate,
+    })
+}
+
+/// Refuses, at deploy time, job definitions and stages their queue can never run — a size
+/// above every one of its compute environments' `MaxVcpus`, or ARM64 on a queue of Fargate
+/// Spot only — since Batch would leave such a job RUNNABLE for ever; and tells every stage
+/// the most vCPU its queue can give, so out-of-memory resizing stops there.
+fn check_capacity(
+    environments: &BTreeMap<String, ComputeEnvironment>,
+    queues: &BTreeMap<String, JobQueue>,
+    definitions: &BTreeMap<String, JobDefinition>,
+    pipelines: &mut BTreeMap<String, Pipeline>,
+    problems: &mut Vec<String>,
+) {
+    let mut check = |path: &str, size: Size, architecture: &str, queue_key: &str| -> Option<u32> {
+        let queue = queues.get(queue_key)?;
+        let can = capacity(queue, environments);
+        if size.vcpu.0 > can.max_vcpus * 4 {
+            problems.push(format!(
+                "{path}: {size} is more than queue {queue_key:?} can ever run (its compute environments' largest MaxVcpus is {})",
+                can.max_vcpus
+            ));
+        }
+        if architecture == "ARM64" && !can.arm64 {
+            problems.push(format!(
+                "{path}: ARM64 jobs cannot run on queue {queue_key:?}: its compute environments are all FARGATE_SPOT, which runs x86_64 only"
+            ));
+        }
+        Some(can.max_vcpus)
+    };
+    for (key, definition) in definitions {
+        check(&format!("JobDefinitions.{key}"), definition.size, &definition.architecture, &definition.queue);
+    }
+    for (name, pipeline) in pipelines.iter_mut() {
+        let stages = pipeline.stages.iter_mut().map(|(key, stage)| (format!("Pipelines.{name}.Stages.{key}"), stage));
+        for (path, stage) in
+            stages.chain(pipeline.on_failure.iter_mut().map(|s| (format!("Pipelines.{name}.OnFailure"), s)))
+        {
+            let architecture = definitions.get(&stage.job_definition).map_or("X86_64", |d| d.architecture.as_str());
+            stage.max_vcpus = check(&path, stage.size, architecture, &stage.queue);
+        }
+    }
+}
+
 fn resolve(doc: Document) -> Result<Declared, ConfigProblems> {
     let mut problems = Vec::new();
     let prefix = doc.name_prefix.clone().unwrap_or_else(|| "batchline".to_owned());
@@ -436,8 +492,9 @@ fn resolve(doc: Document) -> Result<Declared, ConfigProblems> {
     }
 
     let queue_keys = job_queues.keys().cloned().collect();
-    let pipelines =
+    let mut pipelines =
         resolve_pipelines(&doc.pipelines.unwrap_or(Value::Null), &job_definitions, &queue_keys, &mut problems);
+    check_capacity(&compute_environments, &job_queues, &job_definitions, &mut pipelines, &mut problems);
     let triggers = resolve_triggers(doc.triggers.unwrap_or_default(), &job_definitions, &pipelines, &mut problems);
     if let (Some(bucket), Some(folder)) = (&roles.input_bucket, &roles.run_data_prefix) {
         for (key, rule) in &triggers.s3 {
@@ -585,6 +642,41 @@ mod tests {
         fine["Repository"] = json!({"Name": "batchline-images/app"});
         let declared = declare(&fine).unwrap();
         assert_eq!(declared.roles.permissions_boundary.as_deref(), Some("arn:aws:iam::123456789012:policy/b"));
+    }
+
+    #[test]
+    fn what_a_queue_can_never_run_is_refused_at_deploy_and_stages_know_their_queues_limit() {
+        let mut properties = network_only();
+        properties["ComputeEnvironments"] = json!({"small": {"MaxVcpus": "2"}, "spot": {"Type": "FARGATE_SPOT"}});
+        properties["JobQueues"] =
+            json!({"default": {"ComputeEnvironments": ["small"]}, "spot": {"ComputeEnvironments": ["spot"]}});
+        properties["JobDefinitions"] = json!({
+            "huge": {"Vcpu": "4", "Memory": "8192"},
+            "graviton": {"Architecture": "ARM64", "Queue": "spot"},
+            "fine": {"Vcpu": "2", "Memory": "4096"},
+            "arm": {"Architecture": "ARM64"}
+        });
+        properties["Pipelines"] = json!({"p": {"Stages": {
+            "a": {"JobDefinition": "fine"},
+            "b": {"JobDefinition": "arm", "Queue": "spot", "After": "a"},
+            "c": {"JobDefinition": "fine", "Vcpu": "4", "Memory": "8192", "After": "a"}
+        }}});
+        let problems = declare(&properties).unwrap_err().problems.join("\n");
+        for expected in [
+            "JobDefinitions.huge: 4 vCPU / 8192 MiB is more than queue \"default\" can ever run (its compute environments' largest MaxVcpus is 2)",
+            "JobDefinitions.graviton: ARM64 jobs cannot run on queue \"spot\"",
+            "Pipelines.p.Stages.b: ARM64 jobs cannot run on queue \"spot\"",
+            "Pipelines.p.Stages.c: 4 vCPU / 8192 MiB is more than queue \"default\"",
+        ] {
+            assert!(problems.contains(expected), "{expected:?} in\n{problems}");
+        }
+        assert!(!problems.contains("JobDefinitions.fine") && !problems.contains("JobDefinitions.arm"), "{problems}");
+        // A fit configuration: each stage knows its queue's limit.
+        properties["JobDefinitions"] = json!({"fine": {"Vcpu": "2", "Memory": "4096"}});
+        properties["Pipelines"] = json!({"p": {"Stages": {"a": {"JobDefinition": "fine"}}, "OnFailure": {"JobDefinition": "fine", "Queue": "spot"}}});
+        let pipelines = declare(&properties).unwrap().pipelines;
+        assert_eq!(pipelines["p"].stages["a"].max_vcpus, Some(2));
+        assert_eq!(pipelines["p"].on_failure.as_ref().unwrap().max_vcpus, Some(256));
     }
 
     #[test]

@@ -207,6 +207,8 @@ fn resolve_stage(
         after: doc.after.clone().unwrap_or_default(),
         max_resizes: parse_resizes(path, doc.max_resizes.as_deref(), default_resizes, problems),
         timeout_seconds: parse_seconds(&format!("{path}.TimeoutSeconds"), doc.timeout_seconds.as_deref(), problems),
+        // Known once the queues are: see `check_capacity`.
+        max_vcpus: None,
     })
 }
 
