@@ -795,3 +795,30 @@ async fn a_run_failed_in_its_second_stage_is_redriven_larger_to_success_without_
     let (status, refused) = h.api_keyed("POST", &path, Value::Null, Some("redrive-3")).await;
     assert_eq!((status, refused["error"]["code"].as_str()), (409, Some("RunSucceeded")), "{refused}");
 }
+
+#[tokio::test]
+async fn a_single_job_is_cancelled_through_the_api_and_a_stages_job_names_its_run() {
+    let h = Harness::new("pl-canceljob").await;
+    // GIVEN a single job submitted through the API
+    let (status, submitted) = h.api("POST", "/jobs", json!({"jobDefinition": "default"})).await;
+    assert_eq!(status, 202, "{submitted}");
+    let job_id = submitted["jobId"].as_str().unwrap().to_owned();
+    // WHEN it is cancelled, THEN Batch stops it, saying so; a retried cancel is answered alike
+    for _ in 0..2 {
+        let (status, answer) = h.api("DELETE", &format!("/jobs/{job_id}"), Value::Null).await;
+        assert_eq!((status, answer["terminated"].as_bool()), (202, Some(true)), "{answer}");
+    }
+    let stopped = h.describe(&job_id).await;
+    assert_eq!(stopped.status().map(|s| s.as_str()), Some("FAILED"));
+    assert_eq!(stopped.status_reason(), Some("cancelled through the Batchline API"));
+    // AND a job that is not the stack's is not found
+    let (status, _) = h.api("DELETE", "/jobs/00000000-0000-0000-0000-000000000000", Value::Null).await;
+    assert_eq!(status, 404);
+    // AND a pipeline stage's job is refused, naming its run
+    let run_id = h.start("diamond").await;
+    let a = h.stage_job(&run_id, "a").await;
+    let (status, refused) = h.api("DELETE", &format!("/jobs/{a}"), Value::Null).await;
+    assert_eq!((status, refused["error"]["code"].as_str()), (409, Some("PipelineJob")), "{refused}");
+    assert!(refused["error"]["message"].as_str().unwrap().contains(&format!("DELETE /runs/{run_id}")), "{refused}");
+    assert_ne!(h.describe(&a).await.status_reason(), Some("cancelled through the Batchline API"), "left alone");
+}

@@ -7,6 +7,7 @@
 //! |---|---|
 //! | `POST /jobs` | 202 `{jobId, jobName, jobQueue, status, duplicate}` |
 //! | `GET /jobs/{id}` | 200 the job: status, times, reason, size, log stream and console link |
+//! | `DELETE /jobs/{id}` | 202 `{jobId, status, terminated}`: a single job stopped (a stage's job: cancel its run); `status` as it was |
 //! | `POST /pipelines/{name}/runs` | 202 `{runId, ...}` |
 //! | `GET /runs/{id}`, `GET /runs?pipeline=NAME`, `DELETE /runs/{id}` | the run(s); cancel |
 //! | `POST /runs/{id}/redrive` | 202 `{runId, status, redrive, stages, duplicate}`: the run's next generation |
@@ -132,6 +133,7 @@ pub fn parse_http(event: &ApiGatewayV2httpRequest) -> Result<HttpRequest, ApiErr
 pub enum Route {
     SubmitJob,
     GetJob(String),
+    CancelJob(String),
     StartRun(String),
     GetRun(String),
     ListRuns,
@@ -140,9 +142,10 @@ pub enum Route {
 }
 
 /// Every route, as the template declares it to API Gateway (a test holds the two equal).
-pub const ROUTES: [(&str, &str); 7] = [
+pub const ROUTES: [(&str, &str); 8] = [
     ("POST", "/jobs"),
     ("GET", "/jobs/{id}"),
+    ("DELETE", "/jobs/{id}"),
     ("POST", "/pipelines/{name}/runs"),
     ("GET", "/runs"),
     ("GET", "/runs/{id}"),
@@ -159,7 +162,8 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
         (["jobs"], "POST") => Ok(Route::SubmitJob),
         (["jobs"], _) => Err(allowed("POST")),
         (["jobs", id], "GET") => Ok(Route::GetJob(id.to_string())),
-        (["jobs", _], _) => Err(allowed("GET")),
+        (["jobs", id], "DELETE") => Ok(Route::CancelJob(id.to_string())),
+        (["jobs", _], _) => Err(allowed("GET, DELETE")),
         (["pipelines", name, "runs"], "POST") => Ok(Route::StartRun(name.to_string())),
         (["pipelines", _, "runs"], _) => Err(allowed("POST")),
         (["runs"], "GET") => Ok(Route::ListRuns),
@@ -574,6 +578,7 @@ mod tests {
     fn routes_and_their_errors() {
         assert_eq!(route("POST", "/jobs"), Ok(Route::SubmitJob));
         assert_eq!(route("GET", "/jobs/abc"), Ok(Route::GetJob("abc".into())));
+        assert_eq!(route("DELETE", "/jobs/abc"), Ok(Route::CancelJob("abc".into())));
         assert_eq!(route("POST", "/pipelines/nightly/runs"), Ok(Route::StartRun("nightly".into())));
         assert_eq!(route("GET", "/runs"), Ok(Route::ListRuns));
         assert_eq!(route("DELETE", "/runs/r1"), Ok(Route::CancelRun("r1".into())));

@@ -25,8 +25,10 @@ use aws_config::SdkConfig;
 use aws_lambda_events::apigw::ApiGatewayV2httpRequest;
 use aws_lambda_events::eventbridge::EventBridgeEvent;
 use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
+use batchline::model::job_request::{PIPELINE_TAG, RUN_TAG, STAGE_TAG};
 use batchline::model::run::RedriveRefused;
 use batchline::model::run::RunInput;
+use batchline::services::batch::BatchPort;
 use batchline::services::ports::{invocation_holder, AwsPorts};
 use batchline::services::runs::{check_run, run_id, CancelOutcome, RedriveOutcome};
 use batchline::services::submitter::SubmitError;
@@ -270,15 +272,23 @@ async fn serve(
             Ok(api::response(202, &answer))
         }
         Route::GetJob(id) => {
-            let reply =
-                clients.batch.describe_jobs().jobs(&id).send().await.map_err(|e| Error::aws("DescribeJobs", e))?;
-            let ours = |queue: Option<&str>| stack.job_queues.values().any(|q| Some(q.arn.as_str()) == queue);
-            let job = reply
-                .jobs()
-                .iter()
-                .find(|j| j.job_id() == Some(id.as_str()) && ours(j.job_queue()))
-                .ok_or_else(|| ApiError::not_found(format!("no job {id}")))?;
-            Ok(api::response(200, &api::job_view(job, &clients.region)))
+            let job = our_job(clients, &stack, &id).await?;
+            Ok(api::response(200, &api::job_view(&job, &clients.region)))
+        }
+        Route::CancelJob(id) => {
+            let job = our_job(clients, &stack, &id).await?;
+            let tag = |name: &str| job.tags().and_then(|t| t.get(name)).filter(|v| !v.is_empty()).cloned();
+            if let (Some(run), Some(_)) = (tag(RUN_TAG), tag(PIPELINE_TAG)) {
+                let stage = tag(STAGE_TAG).unwrap_or_default();
+                let message =
+                    format!("job {id} is stage {stage} of run {run}: cancel the run instead (DELETE /runs/{run})");
+                return Err(ApiError::new(409, "PipelineJob", message).into());
+            }
+            // TerminateJob stops a job in any state before it ends and changes nothing after
+            // (a retried DELETE); the answer says the status it had.
+            let status = job.status().map(|s| s.as_str().to_owned()).unwrap_or_default();
+            clients.ports.batch.terminate_job(&id, "cancelled through the Batchline API").await?;
+            Ok(api::response(202, &json!({"jobId": id, "status": status, "terminated": true})))
         }
         Route::StartRun(name) => {
             if !stack.pipelines.contains_key(&name) {
@@ -371,6 +381,18 @@ async fn serve(
             }
         }
     }
+}
+
+/// A job in one of the stack's queues, as DescribeJobs has it; 404 for any other.
+async fn our_job(
+    clients: &Clients,
+    stack: &batchline::model::stack::StackConfig,
+    id: &str,
+) -> Result<aws_sdk_batch::types::JobDetail, Served> {
+    let reply = clients.batch.describe_jobs().jobs(id).send().await.map_err(|e| Error::aws("DescribeJobs", e))?;
+    let ours = |queue: Option<&str>| stack.job_queues.values().any(|q| Some(q.arn.as_str()) == queue);
+    let job = reply.jobs().iter().find(|j| j.job_id() == Some(id) && ours(j.job_queue()));
+    Ok(job.cloned().ok_or_else(|| ApiError::not_found(format!("no job {id}")))?)
 }
 
 /// The generation of a caller's idempotency key that is live now: the first whose first
