@@ -19,6 +19,9 @@ moto's WSGI application makes the emulator behave as AWS does:
 * Batch CreateComputeEnvironment without ``serviceRole``: AWS falls back to the
   service-linked role; moto requires the field. The adapter creates the service-linked
   role for batch.amazonaws.com (as AWS does) and fills in its ARN.
+* Batch SubmitJob's ``retryStrategy``: moto drops it. The adapter keeps it on moto's job
+  record, and DescribeJobs reports the job's retry strategy — its own, else its job
+  definition's — as AWS does (the Batch event player plays the retries it allows).
 * Batch CancelJob and TerminateJob: moto without Docker has already finished every job
   (SUCCEEDED) by the time anyone could stop it, so both would be no-ops. Locally a job has
   not run until the Batch event player plays it, so the adapter applies them as AWS does to
@@ -237,6 +240,9 @@ def complete_job(job: dict[str, Any], authorization: str) -> dict[str, Any]:
         requirements[override["type"]] = override["value"]
     if requirements:
         container["resourceRequirements"] = [{"type": k, "value": v} for k, v in requirements.items()]
+    strategy = getattr(record, "batchline_retry_strategy", None) or definition.retry_strategy
+    if strategy:
+        job["retryStrategy"] = strategy
     if fargate:
         container.pop("vcpus", None)
         container.pop("memory", None)
@@ -397,6 +403,8 @@ class Adapter:
             return self.describe_jobs(environ, start_response)
         if path in ("/v1/terminatejob", "/v1/canceljob") and method == "POST":
             return self.stop_job(environ, start_response)
+        if path == "/v1/submitjob" and method == "POST":
+            return self.submit_job(environ, start_response)
         if path == "/v1/createcomputeenvironment" and method == "POST":
             return self.create_compute_environment(environ, start_response)
         return self.app(environ, start_response)
@@ -420,6 +428,16 @@ class Adapter:
             document["jobs"] = [complete_job(job, authorization) for job in document.get("jobs", [])]
             payload = json.dumps(document).encode()
         return respond(start_response, reply.status_code, payload, dict(reply.headers))
+
+    def submit_job(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        body = read_body(environ)
+        reply = self.forward(environ, body)
+        if reply.status_code == 200:
+            strategy = json.loads(body or b"{}").get("retryStrategy")
+            record = find_job(json.loads(reply.body).get("jobId", ""), environ.get("HTTP_AUTHORIZATION", ""))
+            if record is not None and strategy:
+                record.batchline_retry_strategy = strategy
+        return respond(start_response, reply.status_code, reply.body, dict(reply.headers))
 
     def stop_job(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         body = read_body(environ)

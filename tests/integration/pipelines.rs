@@ -19,7 +19,9 @@ const QUEUE_ARN: &str = "arn:aws:sqs:us-east-1:123456789012:batchline-job-events
 
 fn pipelines() -> Value {
     json!({
-        "JobDefinitions": {"default": {}, "report": {"Vcpu": "0.5", "Memory": "1024"}},
+        "JobDefinitions": {"default": {}, "report": {"Vcpu": "0.5", "Memory": "1024"},
+                           // Batch retries exit code 3 (one more attempt), nothing else.
+                           "retrying": {"RetryAttempts": "2", "RetryOn": [{"ExitCode": "3", "Action": "Retry"}]}},
         "Pipelines": {
             "diamond": {"Stages": {
                 "a": {"JobDefinition": "default"},
@@ -50,6 +52,13 @@ fn pipelines() -> Value {
                 "c": {"JobDefinition": "default", "After": ["a"]}
             }},
             "limited": {"MaxRunSeconds": "60", "Stages": {"only": {"JobDefinition": "default"}}},
+            // The same rule, declared on the stage (so sent with SubmitJob).
+            "retried": {"Stages": {
+                "three": {"JobDefinition": "default", "RetryAttempts": "2", "RetryOn": [{"ExitCode": "3", "Action": "Retry"}],
+                          "Parameters": {"play": "exit:3"}},
+                "four": {"JobDefinition": "default", "RetryAttempts": "2", "RetryOn": [{"ExitCode": "3", "Action": "Retry"}],
+                         "Parameters": {"play": "exit:4"}}
+            }, "OnStageFailure": "Finish"},
             // Its second stage needs 1 GiB and may not resize: it fails until redriven larger.
             "flaky": {"MaxResizes": "0", "Stages": {
                 "first": {"JobDefinition": "default"},
@@ -821,4 +830,39 @@ async fn a_single_job_is_cancelled_through_the_api_and_a_stages_job_names_its_ru
     assert_eq!((status, refused["error"]["code"].as_str()), (409, Some("PipelineJob")), "{refused}");
     assert!(refused["error"]["message"].as_str().unwrap().contains(&format!("DELETE /runs/{run_id}")), "{refused}");
     assert_ne!(h.describe(&a).await.status_reason(), Some("cancelled through the Batchline API"), "left alone");
+}
+
+/// How many attempts Batch made of the job whose final event is in `changes`.
+fn batch_attempts(changes: &[StateChange], job_id: &str) -> usize {
+    let last = changes.iter().rfind(|c| c.job_id == job_id && matches!(c.status, "SUCCEEDED" | "FAILED")).unwrap();
+    last.event["detail"]["attempts"].as_array().unwrap().len()
+}
+
+#[tokio::test]
+async fn batch_retries_the_exits_a_job_definition_names_and_no_other() {
+    let mut h = Harness::new("pl-retry").await;
+    let submit = |exit: u32| json!({"jobDefinition": "retrying", "parameters": {"play": format!("exit:{exit}")}});
+    let (_, three) = h.api("POST", "/jobs", submit(3)).await;
+    let (_, four) = h.api("POST", "/jobs", submit(4)).await;
+    let (three, four) = (three["jobId"].as_str().unwrap().to_owned(), four["jobId"].as_str().unwrap().to_owned());
+    let retry = h.describe(&three).await.retry_strategy().cloned().unwrap();
+    let rules: Vec<(Option<&str>, Option<&str>)> =
+        retry.evaluate_on_exit().iter().map(|r| (r.on_exit_code(), r.on_reason())).collect();
+    assert_eq!(rules, [(None, Some("OutOfMemoryError*")), (Some("3"), None), (None, Some("*"))], "{retry:?}");
+    let changes = h.player.play_jobs(&[three.clone(), four.clone()]).await.unwrap();
+    assert_eq!((batch_attempts(&changes, &three), batch_attempts(&changes, &four)), (2, 1));
+    h.deliver(&events_of(&changes, |_| true)).await;
+}
+
+#[tokio::test]
+async fn a_stages_own_retry_rules_are_sent_with_its_jobs() {
+    let mut h = Harness::new("pl-retry-stage").await;
+    let run_id = h.start("retried").await;
+    let (three, four) = (h.stage_job(&run_id, "three").await, h.stage_job(&run_id, "four").await);
+    let changes = h.player.play_queue(&h.env.queue_arn("default")).await.unwrap();
+    assert_eq!((batch_attempts(&changes, &three), batch_attempts(&changes, &four)), (2, 1));
+    h.deliver(&events_of(&changes, |_| true)).await;
+    let run = h.run(&run_id).await;
+    assert_eq!(run["status"], "FAILED", "{run}");
+    assert_eq!(run["stages"]["three"]["attempts"][0]["exitCode"], 3, "{run}");
 }

@@ -23,6 +23,12 @@
 //! 4. a job whose Batch `dependsOn` job failed fails with `Dependent Job failed`; one whose
 //!    dependencies succeeded starts only after they stopped.
 //!
+//! A failed attempt is retried as Batch would: while the job's retry strategy (its own, else
+//! its job definition's, as DescribeJobs reports it) has attempts left and its
+//! `evaluateOnExit` rules say RETRY for that exit (the first rule that matches decides; an
+//! exit none matches is retried). Each attempt plays the same script, and the events carry
+//! the earlier attempts.
+//!
 //! Out of memory is reported the way AWS does on Fargate: exit code 137 and reason
 //! `OutOfMemoryError: Container killed due to memory usage`, status reason `Essential
 //! container in task exited`. Array jobs produce events for the parent and for every child
@@ -39,7 +45,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use aws_config::SdkConfig;
-use aws_sdk_batch::types::{JobDetail, KeyValuesPair};
+use aws_sdk_batch::types::{JobDetail, KeyValuesPair, RetryStrategy};
 use aws_smithy_types::date_time::Format;
 use aws_smithy_types::DateTime;
 use batchline::Error;
@@ -289,7 +295,9 @@ impl Player {
             }
         }
 
-        let mut timeline = Timeline::new(base);
+        let strategy = job.retry_strategy();
+        let attempts_allowed = strategy.and_then(|s| s.attempts()).unwrap_or(1).max(1);
+        let mut timeline = Timeline::new(base, retry_strategy_json(strategy));
         let runnable_at = created_at + 1_000.min(duration_ms(script.queue_wait) / 4);
         timeline.push("RUNNABLE", runnable_at, None);
         let stopped_at;
@@ -299,24 +307,37 @@ impl Player {
             succeeded = false;
             timeline.push("FAILED", stopped_at, Some(Stop { reason, exit: None }));
         } else {
-            let started_at = earliest_start.max(created_at + duration_ms(script.queue_wait)).max(runnable_at + 2);
-            let starting_at = (started_at - 4_000).max(runnable_at + 1);
-            stopped_at = started_at + duration_ms(script.run_time);
-            timeline.push("STARTING", starting_at, None);
-            timeline.started_at = Some(started_at);
-            timeline.push("RUNNING", started_at, None);
-            let exit = match script.outcome {
-                Outcome::Succeed => ExitFacts { code: 0, reason: None },
-                Outcome::OutOfMemory => ExitFacts { code: 137, reason: Some(OUT_OF_MEMORY_REASON.to_owned()) },
-                Outcome::Exit(code) => ExitFacts { code, reason: None },
-            };
-            succeeded = exit.code == 0;
-            let status = if succeeded { "SUCCEEDED" } else { "FAILED" };
-            timeline.push(
-                status,
-                stopped_at,
-                Some(Stop { reason: ESSENTIAL_CONTAINER_EXITED.to_owned(), exit: Some(exit) }),
-            );
+            // Every attempt plays the same script; Batch retries a failed one while its
+            // retry strategy allows (attempts left, and its rules say RETRY for this exit).
+            let mut ready_at = runnable_at;
+            let mut attempt = 1;
+            loop {
+                let waits_from = if attempt == 1 { created_at } else { ready_at };
+                let started_at = earliest_start.max(waits_from + duration_ms(script.queue_wait)).max(ready_at + 2);
+                let starting_at = (started_at - 4_000).max(ready_at + 1);
+                let stopped = started_at + duration_ms(script.run_time);
+                timeline.push("STARTING", starting_at, None);
+                timeline.started_at = Some(started_at);
+                timeline.push("RUNNING", started_at, None);
+                let exit = match script.outcome {
+                    Outcome::Succeed => ExitFacts { code: 0, reason: None },
+                    Outcome::OutOfMemory => ExitFacts { code: 137, reason: Some(OUT_OF_MEMORY_REASON.to_owned()) },
+                    Outcome::Exit(code) => ExitFacts { code, reason: None },
+                };
+                if exit.code != 0 && attempt < attempts_allowed && batch_retries(strategy, &exit) {
+                    timeline.retry(stopped, exit);
+                    ready_at = stopped + 1_000;
+                    timeline.push("RUNNABLE", ready_at, None);
+                    attempt += 1;
+                    continue;
+                }
+                stopped_at = stopped;
+                succeeded = exit.code == 0;
+                let status = if succeeded { "SUCCEEDED" } else { "FAILED" };
+                let stop = Stop { reason: ESSENTIAL_CONTAINER_EXITED.to_owned(), exit: Some(exit) };
+                timeline.push(status, stopped_at, Some(stop));
+                break;
+            }
         }
 
         let mut changes = timeline.into_changes(job.array_properties().and_then(|a| a.size()));
@@ -326,6 +347,51 @@ impl Player {
         self.played.insert(id, PlayedJob { stopped_at, succeeded });
         Ok(changes)
     }
+}
+
+/// Whether Batch retries an attempt that ended as `exit`: the first `evaluateOnExit` rule
+/// whose patterns all match decides; an exit no rule matches is retried.
+fn batch_retries(strategy: Option<&RetryStrategy>, exit: &ExitFacts) -> bool {
+    let matches = |pattern: Option<&str>, text: &str| match pattern {
+        None => true,
+        Some(pattern) => match pattern.strip_suffix('*') {
+            Some(prefix) => text.starts_with(prefix),
+            None => text == pattern,
+        },
+    };
+    let code = exit.code.to_string();
+    let reason = exit.reason.clone().unwrap_or_default();
+    let rules = strategy.map(|s| s.evaluate_on_exit()).unwrap_or_default();
+    let decided = rules.iter().find(|rule| {
+        matches(rule.on_exit_code(), &code)
+            && matches(rule.on_status_reason(), ESSENTIAL_CONTAINER_EXITED)
+            && matches(rule.on_reason(), &reason)
+    });
+    // Batch takes the action in any case (and moto keeps it lower-cased).
+    decided.is_none_or(|rule| rule.action().is_some_and(|a| a.as_str().eq_ignore_ascii_case("RETRY")))
+}
+
+/// A job's retry strategy as its events show it.
+fn retry_strategy_json(strategy: Option<&RetryStrategy>) -> Value {
+    let Some(strategy) = strategy else { return json!({"attempts": 1, "evaluateOnExit": []}) };
+    let rules: Vec<Value> = strategy
+        .evaluate_on_exit()
+        .iter()
+        .map(|rule| {
+            let mut value = json!({"action": rule.action().map(|a| a.as_str().to_ascii_lowercase())});
+            for (name, pattern) in [
+                ("onExitCode", rule.on_exit_code()),
+                ("onStatusReason", rule.on_status_reason()),
+                ("onReason", rule.on_reason()),
+            ] {
+                if let Some(pattern) = pattern {
+                    value[name] = json!(pattern);
+                }
+            }
+            value
+        })
+        .collect();
+    json!({"attempts": strategy.attempts().unwrap_or(1), "evaluateOnExit": rules})
 }
 
 fn duration_ms(duration: Duration) -> i64 {
@@ -452,17 +518,38 @@ impl JobFacts {
 /// The transitions of one job, turned into events at the end.
 struct Timeline {
     facts: JobFacts,
+    /// When the current attempt's container started.
     started_at: Option<i64>,
-    steps: Vec<(&'static str, i64, Option<Stop>)>,
+    /// Attempts that ended and were retried: (started, stopped, how).
+    retried: Vec<(i64, i64, ExitFacts)>,
+    retry_strategy: Value,
+    steps: Vec<Step>,
+}
+
+/// One transition, with the attempt it belongs to.
+struct Step {
+    status: &'static str,
+    at: i64,
+    stop: Option<Stop>,
+    started_at: Option<i64>,
+    retried: Vec<(i64, i64, ExitFacts)>,
 }
 
 impl Timeline {
-    fn new(facts: JobFacts) -> Self {
-        Timeline { facts, started_at: None, steps: Vec::new() }
+    fn new(facts: JobFacts, retry_strategy: Value) -> Self {
+        Timeline { facts, started_at: None, retried: Vec::new(), retry_strategy, steps: Vec::new() }
     }
 
     fn push(&mut self, status: &'static str, at: i64, stop: Option<Stop>) {
-        self.steps.push((status, at, stop));
+        let (started_at, retried) = (self.started_at, self.retried.clone());
+        self.steps.push(Step { status, at, stop, started_at, retried });
+    }
+
+    /// An attempt that ended as `exit` and that Batch retries: the job goes back to RUNNABLE.
+    fn retry(&mut self, stopped_at: i64, exit: ExitFacts) {
+        if let Some(started_at) = self.started_at.take() {
+            self.retried.push((started_at, stopped_at, exit));
+        }
     }
 
     fn into_changes(self, array_size: Option<i32>) -> Vec<StateChange> {
@@ -479,25 +566,39 @@ impl Timeline {
             .to_owned();
         let log_stream = format!("{definition_name}/default/{task_id}");
         let task_arn = format!("arn:aws:ecs:{}:{}:task/AWSBatch-batchline/{task_id}", facts.region, facts.account);
+        let attempt = |started_at: i64, stopped_at: i64, exit: &ExitFacts, status_reason: &str| {
+            let mut container = json!({
+                "taskArn": task_arn, "exitCode": exit.code, "logStreamName": log_stream,
+                "networkInterfaces": [{"attachmentId": format!("{}-eni", &task_id[..8]), "privateIpv4Address": "10.0.1.23"}],
+            });
+            if let Some(reason) = &exit.reason {
+                container["reason"] = json!(reason);
+            }
+            json!({"container": container, "startedAt": started_at, "stoppedAt": stopped_at, "statusReason": status_reason})
+        };
         self.steps
             .iter()
-            .map(|(status, at, stop)| {
+            .map(|Step { status, at, stop, started_at, retried }| {
+                let earlier: Vec<Value> = retried
+                    .iter()
+                    .map(|(start, end, exit)| attempt(*start, *end, exit, ESSENTIAL_CONTAINER_EXITED))
+                    .collect();
                 let mut detail = Map::new();
                 detail.insert("jobArn".into(), json!(facts.job_arn));
                 detail.insert("jobName".into(), json!(facts.job_name));
                 detail.insert("jobId".into(), json!(facts.job_id));
                 detail.insert("jobQueue".into(), json!(facts.job_queue));
                 detail.insert("status".into(), json!(status));
-                detail.insert("attempts".into(), json!([]));
+                detail.insert("attempts".into(), json!(earlier));
                 detail.insert("createdAt".into(), json!(facts.created_at));
-                detail.insert("retryStrategy".into(), json!({"attempts": 1, "evaluateOnExit": []}));
+                detail.insert("retryStrategy".into(), self.retry_strategy.clone());
                 detail.insert("dependsOn".into(), json!(facts.depends_on));
                 detail.insert("jobDefinition".into(), json!(facts.job_definition));
                 detail.insert("parameters".into(), Value::Object(facts.parameters.clone()));
                 let mut container = facts.container.clone();
-                let ran = self.started_at.is_some() && *status != "RUNNABLE" && *status != "STARTING";
+                let ran = started_at.is_some() && *status != "RUNNABLE" && *status != "STARTING";
                 if ran {
-                    detail.insert("startedAt".into(), json!(self.started_at));
+                    detail.insert("startedAt".into(), json!(started_at));
                     container.insert("taskArn".into(), json!(task_arn));
                     container.insert("logStreamName".into(), json!(log_stream));
                     container.insert(
@@ -510,27 +611,14 @@ impl Timeline {
                 if let Some(stop) = stop {
                     detail.insert("stoppedAt".into(), json!(at));
                     detail.insert("statusReason".into(), json!(stop.reason));
-                    if let (Some(exit), Some(started_at)) = (&stop.exit, self.started_at) {
+                    if let (Some(exit), Some(started_at)) = (&stop.exit, started_at) {
                         container.insert("exitCode".into(), json!(exit.code));
-                        let mut attempt_container = json!({
-                            "taskArn": task_arn,
-                            "exitCode": exit.code,
-                            "logStreamName": log_stream,
-                            "networkInterfaces": container["networkInterfaces"],
-                        });
                         if let Some(reason) = &exit.reason {
                             container.insert("reason".into(), json!(reason));
-                            attempt_container["reason"] = json!(reason);
                         }
-                        detail.insert(
-                            "attempts".into(),
-                            json!([{
-                                "container": attempt_container,
-                                "startedAt": started_at,
-                                "stoppedAt": at,
-                                "statusReason": stop.reason,
-                            }]),
-                        );
+                        let mut attempts = earlier.clone();
+                        attempts.push(attempt(*started_at, *at, exit, &stop.reason));
+                        detail.insert("attempts".into(), json!(attempts));
                     }
                 }
                 if array_size.is_none() {

@@ -58,5 +58,6 @@ pub fn job(config: &StackConfig, key: &str, source: Source, size: Option<Size>) 
         depends_on: vec![],
         tags,
         timeout_seconds: None,
+        retry: None,
     })
 }

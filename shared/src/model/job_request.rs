@@ -54,6 +54,9 @@ pub struct JobRequest {
     /// Batch's attempt timeout, when not the job definition's.
     #[serde(default)]
     pub timeout_seconds: Option<u32>,
+    /// Batch's retry strategy, when not the job definition's.
+    #[serde(default)]
+    pub retry: Option<crate::model::retry::RetryPolicy>,
 }
 
 /// A SHA-256 of `text`, hex, cut to `chars` characters.
@@ -210,6 +213,7 @@ mod tests {
             depends_on: vec![],
             tags: BTreeMap::new(),
             timeout_seconds: None,
+            retry: None,
         };
         assert!(request.validate().is_ok());
         request.parameters.insert("blob".into(), "x".repeat(31 * 1024));

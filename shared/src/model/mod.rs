@@ -1,7 +1,8 @@
 //! The model: Batchline's decisions as pure functions and data, with no AWS calls.
 //!
 //! `fargate` (sizes) ← `job_request` (names, tags, limits) ← `batch_event` (job state
-//! changes) ← `metrics` (what an event publishes); `pipeline` (the deployed DAG) ← `run`
+//! changes) ← `metrics` (what an event publishes); `retry` (Batch's retry rules) ←
+//! `pipeline` (the deployed DAG) ← `run`
 //! (the state machine of one run) and `stack` (the deployed configuration). Arrows point
 //! at what a module uses; nothing here imports `store` or `services`.
 
@@ -10,5 +11,6 @@ pub mod fargate;
 pub mod job_request;
 pub mod metrics;
 pub mod pipeline;
+pub mod retry;
 pub mod run;
 pub mod stack;

@@ -62,6 +62,9 @@ pub struct Stage {
     /// records of earlier releases.
     #[serde(default)]
     pub max_vcpus: Option<u32>,
+    /// The stage's own retry attempts and rules, instead of its job definition's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<crate::model::retry::RetryPolicy>,
 }
 
 /// The idempotency key of a stage attempt's submission.

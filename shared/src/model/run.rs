@@ -701,6 +701,7 @@ mod tests {
             max_resizes,
             timeout_seconds: None,
             max_vcpus: None,
+            retry: None,
         }
     }
 

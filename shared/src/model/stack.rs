@@ -182,6 +182,9 @@ pub struct JobDefinition {
     pub secrets: BTreeMap<String, String>,
     pub architecture: String,
     pub retry_attempts: u32,
+    /// Which exits Batch retries (the default when empty): see [`crate::model::retry`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retry_rules: Vec<crate::model::retry::RetryRule>,
     pub timeout_seconds: Option<u32>,
     pub log_group: String,
     /// Key of the queue its jobs go to.

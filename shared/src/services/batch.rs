@@ -6,10 +6,12 @@
 
 use async_trait::async_trait;
 use aws_sdk_batch::types::{
-    ArrayProperties, ContainerOverrides, JobDependency, JobTimeout, KeyValuePair, KeyValuesPair, ResourceRequirement,
-    ResourceType,
+    ArrayProperties, ContainerOverrides, EvaluateOnExit, JobDependency, JobTimeout, KeyValuePair, KeyValuesPair,
+    ResourceRequirement, ResourceType, RetryStrategy,
 };
 use serde_json::{json, Value};
+
+use crate::model::retry::{RetryAction, RetryPolicy};
 
 use crate::model::batch_event::{self, JobStateChangeEvent};
 use crate::model::fargate::format_vcpu;
@@ -86,6 +88,7 @@ impl BatchPort for SdkBatch {
             .set_timeout(
                 request.timeout_seconds.map(|s| JobTimeout::builder().attempt_duration_seconds(s as i32).build()),
             )
+            .set_retry_strategy(request.retry.as_ref().map(retry_strategy))
             .customize()
             // The submitter retries, checking by name first: an SDK retry after a lost
             // answer would submit the job twice.
@@ -190,4 +193,21 @@ fn strip_nulls(value: &mut Value) {
         Value::Array(items) => items.iter_mut().for_each(strip_nulls),
         _ => {}
     }
+}
+
+/// Batch's `retryStrategy` for a policy: its attempts, and the rules as
+/// [`RetryPolicy::evaluate_on_exit`] orders them.
+pub fn retry_strategy(policy: &RetryPolicy) -> RetryStrategy {
+    let rules = policy.evaluate_on_exit().into_iter().map(|rule| {
+        EvaluateOnExit::builder()
+            .set_on_exit_code(rule.on_exit_code)
+            .set_on_status_reason(rule.on_status_reason)
+            .set_on_reason(rule.on_reason)
+            .action(match rule.action {
+                RetryAction::Retry => aws_sdk_batch::types::RetryAction::Retry,
+                RetryAction::Exit => aws_sdk_batch::types::RetryAction::Exit,
+            })
+            .build()
+    });
+    RetryStrategy::builder().attempts(policy.attempts as i32).set_evaluate_on_exit(Some(rules.collect())).build()
 }

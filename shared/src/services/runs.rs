@@ -84,6 +84,7 @@ pub fn stage_job(config: &StackConfig, run: &Run, stage: &str, attempt: &Attempt
         array_size: None,
         depends_on: vec![],
         timeout_seconds: declared.timeout_seconds,
+        retry: declared.retry.clone(),
         tags: BTreeMap::from([
             (RUN_TAG.to_owned(), run.run_id.clone()),
             (PIPELINE_TAG.to_owned(), run.pipeline.name.clone()),

@@ -32,6 +32,7 @@ fn stage(after: &[&str]) -> Stage {
         max_resizes: 1,
         timeout_seconds: None,
         max_vcpus: None,
+        retry: None,
     }
 }
 
@@ -121,6 +122,7 @@ fn definition(name: &str, arn: &str) -> Provisioned<JobDefinition> {
             secrets: BTreeMap::new(),
             architecture: "X86_64".into(),
             retry_attempts: 3,
+            retry_rules: vec![],
             timeout_seconds: None,
             log_group: DEFAULT_LOG_GROUP.into(),
             queue: "default".into(),
@@ -245,6 +247,7 @@ fn request(key: &str) -> JobRequest {
         depends_on: vec![],
         tags: BTreeMap::new(),
         timeout_seconds: None,
+        retry: None,
     }
 }
 

@@ -134,6 +134,7 @@ pub fn sample_run(run_id: &str, pipeline: &str, created_at: i64) -> Run {
         max_resizes: 2,
         timeout_seconds: None,
         max_vcpus: None,
+        retry: None,
     };
     let pipeline = Pipeline {
         name: pipeline.into(),

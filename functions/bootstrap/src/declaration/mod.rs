@@ -38,6 +38,7 @@
 //!     Secrets: {NAME: arn-of-secret-or-parameter}
 //!     Architecture: X86_64         # or ARM64
 //!     RetryAttempts: "3"           # Batch retries Spot interruption, host loss and image pulls
+//!     RetryOn: [{ExitCode: "3", Action: Retry}]   # or these exits instead (see the retries module)
 //!     TimeoutSeconds: "3600"
 //!     LogGroup: /aws/batch/job
 //!     Queue: default
@@ -63,6 +64,7 @@ use serde_json::Value;
 
 mod document;
 mod pipelines;
+mod retries;
 mod triggers;
 mod values;
 
@@ -483,6 +485,11 @@ fn resolve(doc: Document) -> Result<Declared, ConfigProblems> {
                 secrets: definition.secrets.clone().unwrap_or_default(),
                 architecture,
                 retry_attempts: retry_attempts as u32,
+                retry_rules: retries::resolve_rules(
+                    &path,
+                    definition.retry_on.as_deref().unwrap_or_default(),
+                    &mut problems,
+                ),
                 timeout_seconds: definition.timeout_seconds.map(|t| t as u32),
                 log_group: definition.log_group.clone().unwrap_or_else(|| DEFAULT_LOG_GROUP.to_owned()),
                 queue,
@@ -642,6 +649,40 @@ mod tests {
         fine["Repository"] = json!({"Name": "batchline-images/app"});
         let declared = declare(&fine).unwrap();
         assert_eq!(declared.roles.permissions_boundary.as_deref(), Some("arn:aws:iam::123456789012:policy/b"));
+    }
+
+    #[test]
+    fn retry_rules_that_batch_would_refuse_or_could_not_fit_are_refused_at_deploy() {
+        let rule = json!({"ExitCode": "3", "Action": "Retry"});
+        let mut properties = network_only();
+        properties["JobDefinitions"] = json!({
+            "many": {"RetryOn": [rule, rule, rule, rule]},
+            "odd": {"RetryOn": [{"ExitCode": "3x", "Action": "Again"}, {"Action": "Exit"}, {"Reason": "semi;colon", "Action": "Exit"}]},
+            "fine": {"RetryAttempts": "2", "RetryOn": [rule, {"StatusReason": "Task failed to start*", "Action": "Retry"}]}
+        });
+        properties["Pipelines"] = json!({"p": {"Stages": {"a": {"JobDefinition": "fine", "RetryAttempts": "11"}}}});
+        let problems = declare(&properties).unwrap_err().problems.join("\n");
+        for expected in [
+            "JobDefinitions.many.RetryOn: 4 rules; at most 3",
+            "JobDefinitions.odd.RetryOn[0].Action \"Again\": use Retry or Exit",
+            "JobDefinitions.odd.RetryOn[1]: name ExitCode, StatusReason or Reason",
+            "JobDefinitions.odd.RetryOn[2].Reason \"semi;colon\"",
+            "Pipelines.p.Stages.a.RetryAttempts \"11\": Batch allows 1 to 10",
+        ] {
+            assert!(problems.contains(expected), "{expected:?} in\n{problems}");
+        }
+        assert!(!problems.contains("JobDefinitions.fine"), "{problems}");
+        // A stage's own rules, with its definition's attempts
+        properties["JobDefinitions"] = json!({"fine": {"RetryAttempts": "2", "RetryOn": [rule]}});
+        properties["Pipelines"] = json!({"p": {"Stages": {
+            "a": {"JobDefinition": "fine", "RetryOn": [{"ExitCode": "1*", "Action": "Retry"}]},
+            "b": {"JobDefinition": "fine", "After": "a"}
+        }}});
+        let declared = declare(&properties).unwrap();
+        let own = declared.pipelines["p"].stages["a"].retry.clone().unwrap();
+        assert_eq!((own.attempts, own.rules[0].on_exit_code.as_deref()), (2, Some("1*")));
+        assert_eq!(declared.pipelines["p"].stages["b"].retry, None, "the definition's, registered with it");
+        assert_eq!(declared.job_definitions["fine"].retry_rules[0].on_exit_code.as_deref(), Some("3"));
     }
 
     #[test]

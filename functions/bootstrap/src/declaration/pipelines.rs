@@ -15,7 +15,8 @@
 //!     MaxRunSeconds: "7200"            # past it the run fails and its jobs are stopped
 //! ```
 //!
-//! A stage may also say `TimeoutSeconds` (Batch's attempt timeout for its jobs, 60 or more).
+//! A stage may also say `TimeoutSeconds` (Batch's attempt timeout for its jobs, 60 or more),
+//! and `RetryAttempts` / `RetryOn` (see the retries module) instead of its job definition's.
 //!
 //! Each stage names a job definition by key and optionally a size (`Vcpu`/`Memory`, a
 //! valid Fargate pair), parameters, a queue (by key) and the stages it runs `After`
@@ -27,6 +28,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use batchline::model::fargate::Size;
 use batchline::model::pipeline::{OnStageFailure, Pipeline, Stage, DEFAULT_MAX_RESIZES, MAX_UPSTREAMS, ON_FAILURE};
+use batchline::model::retry::RetryPolicy;
 use batchline::model::stack::JobDefinition;
 use serde::Deserialize;
 use serde_json::Value;
@@ -63,6 +65,10 @@ pub struct StageDoc {
     pub max_resizes: Option<String>,
     #[serde(default, deserialize_with = "de_opt_text")]
     pub timeout_seconds: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_text")]
+    pub retry_attempts: Option<String>,
+    #[serde(default)]
+    pub retry_on: Option<Vec<super::retries::RetryRuleDoc>>,
 }
 
 /// Validates the `Pipelines` section against the job definitions and queues.
@@ -160,6 +166,35 @@ fn parse_resizes(path: &str, text: Option<&str>, default: u32, problems: &mut Ve
     }
 }
 
+/// A stage's own retry policy, when it declares `RetryAttempts` or `RetryOn` (what it does
+/// not declare is its job definition's).
+fn stage_retry(
+    path: &str,
+    doc: &StageDoc,
+    definition: &JobDefinition,
+    problems: &mut Vec<String>,
+) -> Option<RetryPolicy> {
+    if doc.retry_attempts.is_none() && doc.retry_on.is_none() {
+        return None;
+    }
+    let attempts = match doc.retry_attempts.as_deref().map(|t| t.trim().parse::<u32>()) {
+        None => definition.retry_attempts,
+        Some(Ok(n)) if (1..=10).contains(&n) => n,
+        Some(_) => {
+            problems.push(format!(
+                "{path}.RetryAttempts {:?}: Batch allows 1 to 10",
+                doc.retry_attempts.as_deref().unwrap_or_default()
+            ));
+            definition.retry_attempts
+        }
+    };
+    let rules = match &doc.retry_on {
+        Some(rules) => super::retries::resolve_rules(path, rules, problems),
+        None => definition.retry_rules.clone(),
+    };
+    Some(RetryPolicy { attempts, rules })
+}
+
 /// A duration in whole seconds, from 60 (Batch's shortest attempt timeout) to 30 days.
 fn parse_seconds(path: &str, text: Option<&str>, problems: &mut Vec<String>) -> Option<u32> {
     let text = text?;
@@ -209,6 +244,7 @@ fn resolve_stage(
         timeout_seconds: parse_seconds(&format!("{path}.TimeoutSeconds"), doc.timeout_seconds.as_deref(), problems),
         // Known once the queues are: see `check_capacity`.
         max_vcpus: None,
+        retry: stage_retry(path, doc, definition, problems),
     })
 }
 

@@ -6,12 +6,14 @@ use std::time::Duration;
 
 use aws_sdk_batch::types::{
     AssignPublicIp, CeState, CeType, ComputeEnvironmentOrder, ComputeResource, ComputeResourceUpdate,
-    ContainerProperties, CrType, EvaluateOnExit, FargatePlatformConfiguration, JobDefinitionType, JobStatus,
-    JobTimeout, JqState, KeyValuePair, LogConfiguration, LogDriver, NetworkConfiguration, PlatformCapability,
-    ResourceRequirement, ResourceType, RetryAction, RetryStrategy, RuntimePlatform, Secret,
+    ContainerProperties, CrType, FargatePlatformConfiguration, JobDefinitionType, JobStatus, JobTimeout, JqState,
+    KeyValuePair, LogConfiguration, LogDriver, NetworkConfiguration, PlatformCapability, ResourceRequirement,
+    ResourceType, RuntimePlatform, Secret,
 };
 use batchline::model::fargate::format_vcpu;
+use batchline::model::retry::RetryPolicy;
 use batchline::model::stack::{ComputeEnvironment, ComputeType, JobDefinition, JobQueue, Network, Provisioned, Roles};
+use batchline::services::batch::retry_strategy;
 use tokio::time::Instant;
 
 use super::{SPEC_TAG, STACK_TAG};
@@ -435,7 +437,10 @@ pub(super) async fn ensure_job_definition(
         .r#type(JobDefinitionType::Container)
         .platform_capabilities(PlatformCapability::Fargate)
         .container_properties(container)
-        .retry_strategy(retry_strategy(definition.retry_attempts))
+        .retry_strategy(retry_strategy(&RetryPolicy {
+            attempts: definition.retry_attempts,
+            rules: definition.retry_rules.clone(),
+        }))
         .set_timeout(
             definition.timeout_seconds.map(|t| JobTimeout::builder().attempt_duration_seconds(t as i32).build()),
         )
@@ -447,32 +452,6 @@ pub(super) async fn ensure_job_definition(
         .map_err(|e| Error::aws("RegisterJobDefinition", e))?;
     info!(job_definition = %definition.name, revision = registered.revision(), "job definition registered");
     Ok(registered.job_definition_arn().unwrap_or_default().to_owned())
-}
-
-/// Batch retries what is transient — a Spot task reclaimed, the host lost, an image pull
-/// failed — and nothing else: an out-of-memory kill or a non-zero exit goes to
-/// job-events, which resizes or fails the stage.
-pub fn retry_strategy(attempts: u32) -> RetryStrategy {
-    let rule = |status_reason: Option<&str>, reason: Option<&str>, action| {
-        EvaluateOnExit::builder()
-            .set_on_status_reason(status_reason.map(str::to_owned))
-            .set_on_reason(reason.map(str::to_owned))
-            .action(action)
-            .build()
-    };
-    RetryStrategy::builder()
-        .attempts(attempts as i32)
-        .set_evaluate_on_exit(Some(
-            [
-                rule(Some("Your Spot Task was interrupted*"), None, RetryAction::Retry),
-                rule(Some("Host EC2*"), None, RetryAction::Retry),
-                rule(None, Some("CannotPullContainerError*"), RetryAction::Retry),
-                rule(None, Some("*"), RetryAction::Exit),
-            ]
-            .into_iter()
-            .collect(),
-        ))
-        .build()
 }
 
 pub(super) async fn deregister_job_definition(clients: &Clients, name: &str) -> Result<(), Error> {

@@ -31,11 +31,11 @@ mod batch;
 mod ecr;
 mod iam;
 
+pub use batch::spec_hash;
 use batch::{
     delete_compute_environment, delete_job_queue, deregister_job_definition, ensure_compute_environment,
     ensure_job_definition, ensure_job_queue,
 };
-pub use batch::{retry_strategy, spec_hash};
 use ecr::{delete_repository, ensure_repository};
 pub use iam::job_role_policy;
 use iam::{delete_role, ensure_job_role_policy, ensure_role};
