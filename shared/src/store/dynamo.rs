@@ -60,6 +60,19 @@ impl DynamoStore {
         DynamoStore { client, table: table.into() }
     }
 
+    /// An UpdateItem of a claim item, `#state` naming its state.
+    fn claim_update(
+        &self,
+        idempotency_key: &str,
+    ) -> aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(keys::claim_pk(idempotency_key)))
+            .key("sk", s(CLAIM_SK))
+            .expression_attribute_names("#state", "state")
+    }
+
     pub fn table(&self) -> &str {
         &self.table
     }
@@ -332,14 +345,9 @@ impl ClaimStore for DynamoStore {
         now: i64,
     ) -> Result<bool, Error> {
         let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", s(keys::claim_pk(idempotency_key)))
-            .key("sk", s(CLAIM_SK))
+            .claim_update(idempotency_key)
             .update_expression("SET claimed_at = :now, holder = :holder, holder_deadline = :deadline")
             .condition_expression("claimed_at = :then AND #state = :pending")
-            .expression_attribute_names("#state", "state")
             .expression_attribute_values(":now", n(now))
             .expression_attribute_values(":then", n(then))
             .expression_attribute_values(":holder", s(holder.token.clone()))
@@ -352,13 +360,8 @@ impl ClaimStore for DynamoStore {
 
     async fn record_claim_job(&self, idempotency_key: &str, job_id: &str, holder: Option<&str>) -> Result<bool, Error> {
         let request = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", s(keys::claim_pk(idempotency_key)))
-            .key("sk", s(CLAIM_SK))
+            .claim_update(idempotency_key)
             .update_expression("SET #state = :submitted, job_id = :job")
-            .expression_attribute_names("#state", "state")
             .expression_attribute_values(":submitted", s("SUBMITTED"))
             .expression_attribute_values(":pending", s("PENDING"))
             .expression_attribute_values(":job", s(job_id));
@@ -373,14 +376,9 @@ impl ClaimStore for DynamoStore {
 
     async fn withdraw_claim(&self, idempotency_key: &str, then: i64) -> Result<bool, Error> {
         let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", s(keys::claim_pk(idempotency_key)))
-            .key("sk", s(CLAIM_SK))
+            .claim_update(idempotency_key)
             .update_expression("SET #state = :withdrawn")
             .condition_expression("claimed_at = :then AND #state = :pending AND attribute_not_exists(job_id)")
-            .expression_attribute_names("#state", "state")
             .expression_attribute_values(":then", n(then))
             .expression_attribute_values(":pending", s("PENDING"))
             .expression_attribute_values(":withdrawn", s("WITHDRAWN"))
