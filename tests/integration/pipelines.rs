@@ -21,7 +21,9 @@ fn pipelines() -> Value {
     json!({
         "JobDefinitions": {"default": {}, "report": {"Vcpu": "0.5", "Memory": "1024"},
                            // Batch retries exit code 3 (one more attempt), nothing else.
-                           "retrying": {"RetryAttempts": "2", "RetryOn": [{"ExitCode": "3", "Action": "Retry"}]}},
+                           "retrying": {"RetryAttempts": "2", "RetryOn": [{"ExitCode": "3", "Action": "Retry"}]},
+                           // Single jobs of it that run out of memory are resubmitted once, one size up.
+                           "growing": {"MaxResizes": "1"}},
         "Pipelines": {
             "diamond": {"Stages": {
                 "a": {"JobDefinition": "default"},
@@ -865,4 +867,53 @@ async fn a_stages_own_retry_rules_are_sent_with_its_jobs() {
     let run = h.run(&run_id).await;
     assert_eq!(run["status"], "FAILED", "{run}");
     assert_eq!(run["stages"]["three"]["attempts"][0]["exitCode"], 3, "{run}");
+}
+
+#[tokio::test]
+async fn a_single_job_that_ran_out_of_memory_is_resubmitted_one_size_up_once_and_named_by_the_first() {
+    // GIVEN a single job of a definition that allows one resize, which needs 1 GiB
+    let mut h = Harness::new("pl-resize").await;
+    let body = json!({"jobDefinition": "growing", "parameters": {"play_needs_memory": "1024"}, "environment": {"MODE": "full"}});
+    let (status, first) = h.api("POST", "/jobs", body).await;
+    assert_eq!(status, 202, "{first}");
+    let first = first["jobId"].as_str().unwrap().to_owned();
+    let changes = h.player.play_jobs(std::slice::from_ref(&first)).await.unwrap();
+    assert_eq!(changes.last().map(|c| c.status), Some("FAILED"));
+    // WHEN its events arrive, twice
+    h.deliver(&events_of(&changes, |_| true)).await;
+    h.deliver(&events_of(&changes, |_| true)).await;
+    // THEN one job follows it, one size up, with its parameters and environment
+    let jobs = h.env.jobs_in("default").await;
+    let followers: Vec<_> =
+        jobs.iter().filter(|j| j.tags().and_then(|t| t.get("batchline:original")) == Some(&first)).collect();
+    assert_eq!(followers.len(), 1, "{jobs:?}");
+    let next = followers[0];
+    let next_id = next.job_id().unwrap().to_owned();
+    let view = |status: u16, body: Value| {
+        assert_eq!(status, 200, "{body}");
+        body
+    };
+    let (status, shown) = h.api("GET", &format!("/jobs/{next_id}"), Value::Null).await;
+    let shown = view(status, shown);
+    assert_eq!(shown["size"]["memoryMib"], 1024, "{shown}");
+    assert_eq!(shown["resizedFrom"], first.as_str(), "{shown}");
+    assert_eq!(next.parameters().unwrap()["play_needs_memory"], "1024");
+    let environment = next.container().unwrap().environment();
+    assert!(environment.iter().any(|v| v.name() == Some("MODE") && v.value() == Some("full")), "{environment:?}");
+    assert_eq!(next.tags().unwrap()["batchline:resize"], "1");
+    // AND the first names it
+    let (status, shown) = h.api("GET", &format!("/jobs/{first}"), Value::Null).await;
+    assert_eq!(view(status, shown)["resizedTo"], next_id.as_str());
+    // AND played, it succeeds
+    let played = h.player.play_jobs(std::slice::from_ref(&next_id)).await.unwrap();
+    assert_eq!(played.last().map(|c| c.status), Some("SUCCEEDED"));
+    h.deliver(&events_of(&played, |_| true)).await;
+
+    // AND a job of a definition that allows no resize is left failed
+    let (_, plain) = h.api("POST", "/jobs", json!({"jobDefinition": "default", "parameters": {"play": "oom"}})).await;
+    let plain = plain["jobId"].as_str().unwrap().to_owned();
+    let changes = h.player.play_jobs(std::slice::from_ref(&plain)).await.unwrap();
+    h.deliver(&events_of(&changes, |_| true)).await;
+    let jobs = h.env.jobs_in("default").await;
+    assert!(!jobs.iter().any(|j| j.tags().and_then(|t| t.get("batchline:original")) == Some(&plain)), "{jobs:?}");
 }

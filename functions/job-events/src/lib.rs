@@ -30,8 +30,10 @@ use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse};
 use batchline::model::batch_event::{JobStateChangeEvent, JobStatus};
 use batchline::model::job_request::{PIPELINE_TAG, RUN_TAG, STAGE_TAG};
 use batchline::model::metrics::{self, EventMetrics};
+use batchline::model::run::is_out_of_memory;
 use batchline::services::clock::ANSWER_MARGIN_MS;
 use batchline::services::ports::{invocation_holder, AwsPorts};
+use batchline::services::resize::resize_single_job;
 use batchline::store::Holder;
 use batchline::{Config, Error};
 use futures::stream::{self, StreamExt};
@@ -231,6 +233,30 @@ fn status_rank(status: &JobStatus) -> u8 {
     }
 }
 
+/// Resubmits, one size up, the single jobs (not pipeline stages) that ran out of memory
+/// when their job definition allows (see `batchline::services::resize`); returns the
+/// messages whose resubmission failed.
+async fn resize_single_jobs(
+    events: &[&JobStateChangeEvent],
+    by_event: &HashMap<String, Vec<String>>,
+    clients: &Clients,
+    holder: &Holder,
+) -> Vec<String> {
+    let mut failed = Vec::new();
+    let killed = events.iter().filter(|e| run_of(e).is_none() && is_out_of_memory(e));
+    for event in killed {
+        let resized = match clients.ports.configs.get().await {
+            Ok(config) => resize_single_job(&clients.ports.submitter(holder), &config, event).await,
+            Err(err) => Err(err),
+        };
+        if let Err(err) = resized {
+            warn!(job_id = %event.detail.job_id, event_id = %event.id, error = %err, "resizing the job failed; the message will be retried");
+            failed.extend(by_event[&event.id].iter().cloned());
+        }
+    }
+    failed
+}
+
 /// Applies the events of pipeline jobs to their runs, in the order they happened; returns
 /// the messages whose transition failed.
 async fn advance_runs(
@@ -240,13 +266,13 @@ async fn advance_runs(
     holder: &Holder,
     now: i64,
 ) -> Vec<String> {
+    let mut failed = resize_single_jobs(events, by_event, clients, holder).await;
     let mut run_events: Vec<&JobStateChangeEvent> = events.iter().copied().filter(|e| run_of(e).is_some()).collect();
     if run_events.is_empty() {
-        return vec![];
+        return failed;
     }
     run_events.sort_by_key(|e| (e.time_millis().unwrap_or_default(), status_rank(&e.detail.status)));
     let runs = clients.ports.driver(holder);
-    let mut failed = Vec::new();
     let stop_at = holder.deadline_ms - RUN_WORK_MARGIN_MS;
     for event in run_events {
         let Some((run_id, stage)) = run_of(event) else { continue };

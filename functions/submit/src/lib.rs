@@ -30,6 +30,7 @@ use batchline::model::run::RedriveRefused;
 use batchline::model::run::RunInput;
 use batchline::services::batch::BatchPort;
 use batchline::services::ports::{invocation_holder, AwsPorts};
+use batchline::services::resize::{resize_key, ORIGINAL_TAG, RESIZE_TAG};
 use batchline::services::runs::{check_run, run_id, CancelOutcome, RedriveOutcome};
 use batchline::services::submitter::SubmitError;
 use batchline::store::{ClaimStore, Holder, RunStore};
@@ -273,7 +274,19 @@ async fn serve(
         }
         Route::GetJob(id) => {
             let job = our_job(clients, &stack, &id).await?;
-            Ok(api::response(200, &api::job_view(&job, &clients.region)))
+            let mut view = api::job_view(&job, &clients.region);
+            // A single job resized after running out of memory names the job that followed
+            // it (and a resized one the job it began as).
+            let tag = |name: &str| job.tags().and_then(|t| t.get(name)).cloned();
+            if let Some(original) = tag(ORIGINAL_TAG) {
+                view["resizedFrom"] = json!(original);
+            }
+            let resizes: u32 = tag(RESIZE_TAG).and_then(|n| n.parse().ok()).unwrap_or(0);
+            let key = resize_key(&tag(ORIGINAL_TAG).unwrap_or_else(|| id.clone()), resizes + 1);
+            if let Some(next) = clients.ports.store.claim(&key).await?.and_then(|claim| claim.job_id) {
+                view["resizedTo"] = json!(next);
+            }
+            Ok(api::response(200, &view))
         }
         Route::CancelJob(id) => {
             let job = our_job(clients, &stack, &id).await?;

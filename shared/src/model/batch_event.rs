@@ -128,6 +128,20 @@ pub struct Container {
     pub log_stream_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime_platform: Option<RuntimePlatform>,
+    /// What the container ran with (what a resubmission of the job repeats).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<Vec<NameValue>>,
+}
+
+/// An environment variable as Batch reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NameValue {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub value: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -185,6 +185,10 @@ pub struct JobDefinition {
     /// Which exits Batch retries (the default when empty): see [`crate::model::retry`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub retry_rules: Vec<crate::model::retry::RetryRule>,
+    /// How often a single job of this definition killed for lack of memory is submitted
+    /// again one size up (0: never). Pipeline stages resize by their pipeline's rule.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub max_resizes: u32,
     pub timeout_seconds: Option<u32>,
     pub log_group: String,
     /// Key of the queue its jobs go to.
@@ -197,6 +201,10 @@ pub struct JobDefinition {
 
 fn allowed() -> bool {
     true
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

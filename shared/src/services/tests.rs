@@ -123,6 +123,7 @@ fn definition(name: &str, arn: &str) -> Provisioned<JobDefinition> {
             architecture: "X86_64".into(),
             retry_attempts: 3,
             retry_rules: vec![],
+            max_resizes: 0,
             timeout_seconds: None,
             log_group: DEFAULT_LOG_GROUP.into(),
             queue: "default".into(),
@@ -1053,4 +1054,42 @@ async fn a_stages_timeout_is_its_jobs_attempt_timeout() {
     world.redeploy(&with_diamond(|p| p.stages.get_mut("a").unwrap().timeout_seconds = Some(600))).await;
     world.driver().start("diamond", "api", "key-to", RunInput::default(), 1_000).await.unwrap();
     assert_eq!(world.batch.jobs()[0].request.timeout_seconds, Some(600));
+}
+
+#[test]
+fn a_single_job_out_of_memory_is_planned_one_size_up_with_what_it_ran_until_its_definitions_limit() {
+    use super::resize::{plan_resize, Resize};
+    let mut stack = config();
+    stack.job_definitions.get_mut("default").unwrap().spec.max_resizes = 1;
+    let event = |tags: Value| {
+        JobStateChangeEvent::from_value(json!({
+            "id": "e1", "detail-type": "Batch Job State Change", "source": "aws.batch",
+            "detail": {"jobId": "job-1", "jobName": "nightly", "status": "FAILED", "jobQueue": "arn:queue",
+                       "jobDefinition": "arn:aws:batch:us-east-1:123456789012:job-definition/unit-default:1",
+                       "parameters": {"day": "monday"}, "tags": tags,
+                       "container": {"exitCode": 137, "reason": crate::model::run::OUT_OF_MEMORY_REASON,
+                                     "command": ["run", "Ref::day"],
+                                     "environment": [{"name": "MODE", "value": "full"}, {"name": "AWS_BATCH_JOB_ID", "value": "job-1"}],
+                                     "resourceRequirements": [{"type": "VCPU", "value": "0.25"}, {"type": "MEMORY", "value": "512"}]}}
+        }))
+        .unwrap()
+    };
+    let Resize::Submit(job) = plan_resize(&stack, &event(json!({"batchline:trigger": "api"}))) else {
+        panic!("resized")
+    };
+    assert_eq!(job.idempotency_key, "resize:job-1:1");
+    assert_eq!(job.size, Some(Size { vcpu: Quarters(1), memory_mib: 1024 }));
+    assert_eq!(
+        job.environment,
+        BTreeMap::from([("MODE".to_owned(), "full".to_owned())]),
+        "Batch's own variables left out"
+    );
+    assert_eq!(job.command.as_deref(), Some(&["run".to_owned(), "Ref::day".to_owned()][..]));
+    assert_eq!((job.tags["batchline:original"].as_str(), job.tags["batchline:resize"].as_str()), ("job-1", "1"));
+    assert!(job.validate().is_ok());
+    // At the definition's limit: refused, saying why; a pipeline stage's job: not this path's
+    let resized_once = event(json!({"batchline:original": "job-0", "batchline:resize": "1"}));
+    assert!(matches!(plan_resize(&stack, &resized_once), Resize::Refused(why) if why.contains("allows 1 resize(s)")));
+    let stage = event(json!({"batchline:pipeline": "diamond", "batchline:run": "r"}));
+    assert_eq!(plan_resize(&stack, &stage), Resize::NotApplicable);
 }

@@ -106,6 +106,8 @@ pub struct JobDefinitionDoc {
     #[serde(default)]
     pub retry_on: Option<Vec<super::retries::RetryRuleDoc>>,
     #[serde(default, deserialize_with = "super::values::de_opt_number")]
+    pub max_resizes: Option<u64>,
+    #[serde(default, deserialize_with = "super::values::de_opt_number")]
     pub timeout_seconds: Option<u64>,
     pub log_group: Option<String>,
     pub queue: Option<String>,

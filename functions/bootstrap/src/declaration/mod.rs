@@ -39,6 +39,7 @@
 //!     Architecture: X86_64         # or ARM64
 //!     RetryAttempts: "3"           # Batch retries Spot interruption, host loss and image pulls
 //!     RetryOn: [{ExitCode: "3", Action: Retry}]   # or these exits instead (see the retries module)
+//!     MaxResizes: "0"              # single jobs killed for lack of memory: resubmissions one size up
 //!     TimeoutSeconds: "3600"
 //!     LogGroup: /aws/batch/job
 //!     Queue: default
@@ -490,6 +491,14 @@ fn resolve(doc: Document) -> Result<Declared, ConfigProblems> {
                     definition.retry_on.as_deref().unwrap_or_default(),
                     &mut problems,
                 ),
+                max_resizes: match definition.max_resizes {
+                    None => 0,
+                    Some(n) if n <= 10 => n as u32,
+                    Some(n) => {
+                        problems.push(format!("{path}.MaxResizes {n}: use 0 to 10"));
+                        0
+                    }
+                },
                 timeout_seconds: definition.timeout_seconds.map(|t| t as u32),
                 log_group: definition.log_group.clone().unwrap_or_else(|| DEFAULT_LOG_GROUP.to_owned()),
                 queue,

@@ -1,0 +1,123 @@
+//! Out-of-memory resizing of single jobs: a job whose definition allows it (`MaxResizes`) is submitted again one size up, once per resize.
+//!
+//! Pipeline stages resize through their run (see [`crate::model::run`]); a single job has no
+//! record of its own, so everything the resubmission needs comes from the failed job's
+//! state-change event: its queue, job definition, parameters, command, environment
+//! (without the `AWS_BATCH_*` variables Batch adds), tags and size. The new job carries
+//! `batchline:original` (the first job's id) and `batchline:resize` (how many resizes it
+//! is), so a resize of a resize counts towards the same limit, and its submission key is
+//! `resize:<original id>:<n>` — claimed like every submission, so duplicated and
+//! redelivered events make one job. `GET /jobs/{id}` names the next job through that key.
+
+use std::collections::BTreeMap;
+
+use tracing::info;
+
+use crate::model::batch_event::{JobStateChangeEvent, JobStatus};
+use crate::model::job_request::{job_name, JobRequest, PIPELINE_TAG};
+use crate::model::run::is_out_of_memory;
+use crate::model::stack::StackConfig;
+use crate::services::submitter::{Submitted, Submitter};
+use crate::Error;
+
+/// The id of the first job of a chain of resizes.
+pub const ORIGINAL_TAG: &str = "batchline:original";
+/// How many times the job's original was resized to make it.
+pub const RESIZE_TAG: &str = "batchline:resize";
+
+/// The submission key of the `n`th resize of the job `original`.
+pub fn resize_key(original: &str, n: u32) -> String {
+    format!("resize:{original}:{n}")
+}
+
+/// What a single job's failure calls for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Resize {
+    /// Not a single job killed for lack of memory.
+    NotApplicable,
+    /// Killed for lack of memory, and not to be resized: says why.
+    Refused(String),
+    /// The job to submit.
+    Submit(Box<JobRequest>),
+}
+
+/// What to do with a single job's state change (pure).
+pub fn plan_resize(config: &StackConfig, event: &JobStateChangeEvent) -> Resize {
+    let detail = &event.detail;
+    let single = detail.tag(PIPELINE_TAG).is_none_or(str::is_empty);
+    if !single || detail.status != JobStatus::Failed || !is_out_of_memory(event) || detail.is_array_parent() {
+        return Resize::NotApplicable;
+    }
+    let name = detail.job_definition_name().unwrap_or_default();
+    let Some(definition) = config.job_definitions.values().find(|d| d.spec.name == name) else {
+        return Resize::Refused(format!("its job definition {name:?} is not this stack's"));
+    };
+    let done: u32 = detail.tag(RESIZE_TAG).and_then(|n| n.parse().ok()).unwrap_or(0);
+    let limit = definition.spec.max_resizes;
+    if done >= limit {
+        return Resize::Refused(format!("its job definition allows {limit} resize(s) and it has had {done}"));
+    }
+    let Some(size) = detail.size() else { return Resize::Refused("its event names no size".into()) };
+    let Some(next) = size.next_for_memory() else { return Resize::Refused(format!("{size} is the largest size")) };
+    let queue_arn = detail.job_queue.clone().unwrap_or_default();
+    let queue = config.job_queues.values().find(|q| q.arn == queue_arn);
+    let capacity = queue.map(|q| {
+        let members = q.spec.compute_environments.iter().filter_map(|key| config.compute_environments.get(key));
+        members.map(|ce| ce.spec.max_vcpus).max().unwrap_or(0)
+    });
+    if capacity.is_some_and(|max| next.vcpu.0 > max * 4) {
+        return Resize::Refused(format!("its next size ({next}) is more than its queue can run"));
+    }
+    let original = detail.tag(ORIGINAL_TAG).unwrap_or(&detail.job_id).to_owned();
+    let key = resize_key(&original, done + 1);
+    let container = detail.container.as_ref();
+    let environment: BTreeMap<String, String> = container
+        .and_then(|c| c.environment.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|v| Some((v.name.clone()?, v.value.clone().unwrap_or_default())))
+        .filter(|(name, _)| !name.starts_with("AWS_BATCH"))
+        .collect();
+    let mut tags = detail.tags.clone().unwrap_or_default();
+    tags.retain(|k, _| !k.starts_with("aws:"));
+    tags.insert(ORIGINAL_TAG.into(), original.clone());
+    tags.insert(RESIZE_TAG.into(), (done + 1).to_string());
+    let readable = format!("{}-r{}", detail.job_name.as_deref().unwrap_or("job"), done + 1);
+    Resize::Submit(Box::new(JobRequest {
+        job_name: job_name(&readable, &key),
+        origin: key.clone(),
+        idempotency_key: key,
+        queue_arn,
+        job_definition_arn: definition.arn.clone(),
+        parameters: detail.parameters.clone().unwrap_or_default(),
+        environment,
+        command: container.and_then(|c| c.command.clone()).filter(|c| !c.is_empty()),
+        size: Some(next),
+        array_size: None,
+        depends_on: vec![],
+        tags,
+        timeout_seconds: None,
+        retry: None,
+    }))
+}
+
+/// Resubmits a single job killed for lack of memory one size up, when its definition allows
+/// (exactly once per resize). `None` when nothing was to be done.
+pub async fn resize_single_job(
+    submitter: &Submitter<'_>,
+    config: &StackConfig,
+    event: &JobStateChangeEvent,
+) -> Result<Option<Submitted>, Error> {
+    match plan_resize(config, event) {
+        Resize::NotApplicable => Ok(None),
+        Resize::Refused(why) => {
+            info!(job_id = %event.detail.job_id, why, "the job ran out of memory and is not resized");
+            Ok(None)
+        }
+        Resize::Submit(request) => {
+            let submitted = submitter.submit(&request).await?;
+            info!(job_id = %event.detail.job_id, resized = %submitted.job_id, size = ?request.size, "out of memory: resubmitted one size up");
+            Ok(Some(submitted))
+        }
+    }
+}
