@@ -243,7 +243,9 @@ async fn resize_single_jobs(
     holder: &Holder,
 ) -> Vec<String> {
     let mut failed = Vec::new();
-    let killed = events.iter().filter(|e| run_of(e).is_none() && is_out_of_memory(e));
+    // Only jobs Batchline submitted (tagged with their run) are its to resize.
+    let ours = |e: &&&JobStateChangeEvent| e.detail.tag(RUN_TAG).is_some() && run_of(e).is_none();
+    let killed = events.iter().filter(ours).filter(|e| is_out_of_memory(e));
     for event in killed {
         let resized = match clients.ports.configs.get().await {
             Ok(config) => resize_single_job(&clients.ports.submitter(holder), &config, event).await,

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use tracing::info;
 
 use crate::model::batch_event::{JobStateChangeEvent, JobStatus};
-use crate::model::job_request::{job_name, JobRequest, PIPELINE_TAG};
+use crate::model::job_request::{job_name, JobRequest, PIPELINE_TAG, RUN_TAG};
 use crate::model::run::is_out_of_memory;
 use crate::model::stack::StackConfig;
 use crate::services::submitter::{Submitted, Submitter};
@@ -44,7 +44,8 @@ pub enum Resize {
 /// What to do with a single job's state change (pure).
 pub fn plan_resize(config: &StackConfig, event: &JobStateChangeEvent) -> Resize {
     let detail = &event.detail;
-    let single = detail.tag(PIPELINE_TAG).is_none_or(str::is_empty);
+    // Batchline's own single jobs: tagged with their run, in no pipeline.
+    let single = detail.tag(RUN_TAG).is_some() && detail.tag(PIPELINE_TAG).is_none_or(str::is_empty);
     if !single || detail.status != JobStatus::Failed || !is_out_of_memory(event) || detail.is_array_parent() {
         return Resize::NotApplicable;
     }

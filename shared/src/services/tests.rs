@@ -1074,7 +1074,9 @@ fn a_single_job_out_of_memory_is_planned_one_size_up_with_what_it_ran_until_its_
         }))
         .unwrap()
     };
-    let Resize::Submit(job) = plan_resize(&stack, &event(json!({"batchline:trigger": "api"}))) else {
+    let Resize::Submit(job) =
+        plan_resize(&stack, &event(json!({"batchline:run": "job-1a2b", "batchline:pipeline": ""})))
+    else {
         panic!("resized")
     };
     assert_eq!(job.idempotency_key, "resize:job-1:1");
@@ -1088,8 +1090,10 @@ fn a_single_job_out_of_memory_is_planned_one_size_up_with_what_it_ran_until_its_
     assert_eq!((job.tags["batchline:original"].as_str(), job.tags["batchline:resize"].as_str()), ("job-1", "1"));
     assert!(job.validate().is_ok());
     // At the definition's limit: refused, saying why; a pipeline stage's job: not this path's
-    let resized_once = event(json!({"batchline:original": "job-0", "batchline:resize": "1"}));
+    let resized_once =
+        event(json!({"batchline:run": "job-1a2b", "batchline:original": "job-0", "batchline:resize": "1"}));
     assert!(matches!(plan_resize(&stack, &resized_once), Resize::Refused(why) if why.contains("allows 1 resize(s)")));
     let stage = event(json!({"batchline:pipeline": "diamond", "batchline:run": "r"}));
     assert_eq!(plan_resize(&stack, &stage), Resize::NotApplicable);
+    assert_eq!(plan_resize(&stack, &event(json!({}))), Resize::NotApplicable, "not a job Batchline submitted");
 }
