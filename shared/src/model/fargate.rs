@@ -197,6 +197,12 @@ impl Size {
             .ok_or(SizeError::TooLarge { vcpu: format_vcpu(vcpu), memory_mib })
     }
 
+    /// Whether a job of this size can run where at most `max_vcpus` whole vCPUs are given
+    /// (a compute environment's `MaxVcpus`).
+    pub fn fits_vcpus(&self, max_vcpus: u32) -> bool {
+        self.vcpu.0 <= max_vcpus * 4
+    }
+
     /// The next larger size after running out of memory: more memory at the same vCPU
     /// when there is a larger valid memory (doubling, snapped up), else the next vCPU.
     pub fn next_for_memory(&self) -> Option<Size> {

@@ -445,7 +445,7 @@ impl Run {
         // Failed: out of memory gets a larger size while the stage's limit allows.
         let out_of_memory = is_out_of_memory(event);
         let next = size.next_for_memory();
-        let too_big = next.filter(|next| max_vcpus.is_some_and(|max| next.vcpu.0 > max * 4));
+        let too_big = next.filter(|next| max_vcpus.is_some_and(|max| !next.fits_vcpus(max)));
         if out_of_memory && attempts_now <= max_resizes && too_big.is_none() {
             if let Some(next) = next {
                 stage_run.status = StageStatus::Submitting;

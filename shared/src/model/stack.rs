@@ -171,6 +171,14 @@ pub struct JobQueue {
     pub compute_environments: Vec<String>,
 }
 
+impl JobQueue {
+    /// The most vCPU one job of this queue can be given: the largest `MaxVcpus` of its
+    /// compute environments (`environment` finds one by key); 0 with none.
+    pub fn max_vcpus<'a>(&self, environment: impl Fn(&str) -> Option<&'a ComputeEnvironment>) -> u32 {
+        self.compute_environments.iter().filter_map(|key| environment(key)).map(|ce| ce.max_vcpus).max().unwrap_or(0)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct JobDefinition {

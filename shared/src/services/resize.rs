@@ -62,11 +62,8 @@ pub fn plan_resize(config: &StackConfig, event: &JobStateChangeEvent) -> Resize 
     let Some(next) = size.next_for_memory() else { return Resize::Refused(format!("{size} is the largest size")) };
     let queue_arn = detail.job_queue.clone().unwrap_or_default();
     let queue = config.job_queues.values().find(|q| q.arn == queue_arn);
-    let capacity = queue.map(|q| {
-        let members = q.spec.compute_environments.iter().filter_map(|key| config.compute_environments.get(key));
-        members.map(|ce| ce.spec.max_vcpus).max().unwrap_or(0)
-    });
-    if capacity.is_some_and(|max| next.vcpu.0 > max * 4) {
+    let capacity = queue.map(|q| q.spec.max_vcpus(|key| config.compute_environments.get(key).map(|ce| &ce.spec)));
+    if capacity.is_some_and(|max| !next.fits_vcpus(max)) {
         return Resize::Refused(format!("its next size ({next}) is more than its queue can run"));
     }
     let original = detail.tag(ORIGINAL_TAG).unwrap_or(&detail.job_id).to_owned();

@@ -201,11 +201,11 @@ struct Capacity {
 }
 
 fn capacity(queue: &JobQueue, environments: &BTreeMap<String, ComputeEnvironment>) -> Capacity {
-    let members = queue.compute_environments.iter().filter_map(|key| environments.get(key));
-    members.fold(Capacity { max_vcpus: 0, arm64: false }, |found, ce| Capacity {
-        max_vcpus: found.max_vcpus.max(ce.max_vcpus),
-        arm64: found.arm64 || ce.kind == ComputeType::Fargate,
-    })
+    let mut members = queue.compute_environments.iter().filter_map(|key| environments.get(key));
+    Capacity {
+        max_vcpus: queue.max_vcpus(|key| environments.get(key)),
+        arm64: members.any(|ce| ce.kind == ComputeType::Fargate),
+    }
 }
 
 /// Refuses, at deploy time, job definitions and stages their queue can never run — a size
@@ -222,7 +222,7 @@ fn check_capacity(
     let mut check = |path: &str, size: Size, architecture: &str, queue_key: &str| -> Option<u32> {
         let queue = queues.get(queue_key)?;
         let can = capacity(queue, environments);
-        if size.vcpu.0 > can.max_vcpus * 4 {
+        if !size.fits_vcpus(can.max_vcpus) {
             problems.push(format!(
                 "{path}: {size} is more than queue {queue_key:?} can ever run (its compute environments' largest MaxVcpus is {})",
                 can.max_vcpus
