@@ -151,9 +151,7 @@ impl StageRun {
     fn new(status: StageStatus, attempts: Vec<Attempt>) -> StageRun {
         StageRun { status, attempts, generation_start: 1, next_size: None }
     }
-}
 
-impl StageRun {
     pub fn current(&self) -> Option<&Attempt> {
         self.attempts.last()
     }
@@ -442,19 +440,20 @@ impl Run {
             }
             return Applied::Changed;
         }
-        // Failed: out of memory gets a larger size while the stage's limit allows.
+        // Failed: out of memory gets a larger size while the stage's limit allows and its
+        // queue can run it.
         let out_of_memory = is_out_of_memory(event);
+        let may_resize = out_of_memory && attempts_now <= max_resizes;
         let next = size.next_for_memory();
-        let too_big = next.filter(|next| max_vcpus.is_some_and(|max| !next.fits_vcpus(max)));
-        if out_of_memory && attempts_now <= max_resizes && too_big.is_none() {
-            if let Some(next) = next {
-                stage_run.status = StageStatus::Submitting;
-                stage_run.attempts.push(Attempt::planned(&run_id, stage_name, attempts + 1, next));
-                return Applied::Changed;
-            }
+        let fits = |next: &Size| max_vcpus.is_none_or(|max| next.fits_vcpus(max));
+        if let Some(next) = next.filter(|next| may_resize && fits(next)) {
+            stage_run.status = StageStatus::Submitting;
+            stage_run.attempts.push(Attempt::planned(&run_id, stage_name, attempts + 1, next));
+            return Applied::Changed;
         }
         stage_run.status = StageStatus::Failed;
-        let why = if let (true, Some(next)) = (out_of_memory && attempts_now <= max_resizes, too_big) {
+        let why = if let Some(next) = next.filter(|_| may_resize) {
+            // Only a size the queue cannot run stops a resize that was allowed.
             format!(
                 "stage {stage_name} ran out of memory; its next size ({next}) is more than its queue can run ({} vCPU at most)",
                 max_vcpus.unwrap_or_default()
@@ -563,12 +562,12 @@ impl Run {
     /// for each (a submission under way, or one whose submitter died after SubmitJob), to
     /// be found by its deterministic name and stopped.
     pub fn skipped_submissions(&self) -> Vec<JobToStop> {
-        let stages = self.stages.iter();
-        let skipped = stages.filter_map(|(name, stage_run)| {
-            let attempt = stage_run.current().filter(|a| a.status == StageStatus::Skipped && a.job_id.is_none())?;
-            Some(JobToStop { stage: name.clone(), job_id: None, job_name: Some(attempt.job_name.clone()?) })
+        let given_up = self.withdrawn_attempts().into_iter();
+        let skipped = given_up.filter(|(_, attempt)| attempt.status == StageStatus::Skipped);
+        let named = skipped.filter_map(|(stage, attempt)| {
+            Some(JobToStop { stage: stage.to_owned(), job_id: None, job_name: Some(attempt.job_name.clone()?) })
         });
-        skipped.collect()
+        named.collect()
     }
 
     /// Attempts the run gave up (cancelled, or skipped by its failure) before a job was
