@@ -380,7 +380,7 @@ async fn serve(
                 ApiKey::Request(key) | ApiKey::Caller(key) => key,
             };
             let driver = clients.ports.driver(holder);
-            match driver.redrive(&id, &key, &sizes, batchline::now_ms()).await? {
+            match driver.redrive(read, &key, &sizes, batchline::now_ms()).await? {
                 RedriveOutcome::NoSuchRun => Err(ApiError::not_found(format!("no run {id}")).into()),
                 RedriveOutcome::Refused(refused @ RedriveRefused::Succeeded(_)) => {
                     Err(ApiError::new(409, "RunSucceeded", refused.to_string()).into())

@@ -586,17 +586,17 @@ impl RunDriver<'_> {
         Ok(CancelOutcome::Cancelled { run: Box::new(run), terminated })
     }
 
-    /// Redrives an ended run (see [`Run::redrive`]): its next generation reruns the stages
-    /// that did not succeed, as new attempts, and is driven at once. The request's key
-    /// makes it idempotent: the same key gets the generation it started.
+    /// Redrives an ended run, as read (see [`Run::redrive`]): its next generation reruns the
+    /// stages that did not succeed, as new attempts, and is driven at once. The request's
+    /// key makes it idempotent: the same key gets the generation it started.
     pub async fn redrive(
         &self,
-        run_id: &str,
+        current: VersionedRun,
         key: &str,
         sizes: &BTreeMap<String, Size>,
         now_ms: i64,
     ) -> Result<RedriveOutcome, Error> {
-        let Some(current) = self.runs.load_run(run_id).await? else { return Ok(RedriveOutcome::NoSuchRun) };
+        let run_id = current.run.run_id.clone();
         let mut outcome = None;
         let updated = self
             .update(current, |run| {
