@@ -298,6 +298,25 @@ pub struct SizeBody {
     pub memory: Option<Number>,
 }
 
+/// A size a caller asked for (see [`Size::parse_requested`]: one half alone keeps the other
+/// from `default` and snaps up), and whether it differs from what was asked; every problem,
+/// naming its field.
+fn requested_size(
+    vcpu: Option<&Number>,
+    memory: Option<&Number>,
+    default: Size,
+) -> Result<(Size, bool), Vec<RequestError>> {
+    let (vcpu, memory) = (vcpu.map(Number::text), memory.map(Number::text));
+    Size::parse_requested(vcpu.as_deref(), memory.as_deref(), default).map_err(|errors| {
+        let named = errors.iter().map(|err| match err {
+            SizeError::BadVcpu(_) => format!("vcpu: {err}"),
+            SizeError::BadMemory(_) => format!("memory: {err}"),
+            _ => err.to_string(),
+        });
+        named.map(RequestError::Invalid).collect()
+    })
+}
+
 /// The sizes a redrive asks for, each read as `POST /jobs` reads a size, with the stage's
 /// latest size as the half not given. Every problem at once.
 pub fn redrive_sizes(run: &batchline::model::run::Run, body: &RedriveBody) -> Result<BTreeMap<String, Size>, ApiError> {
@@ -310,18 +329,15 @@ pub fn redrive_sizes(run: &batchline::model::run::Run, body: &RedriveBody) -> Re
             continue;
         };
         let latest = stage_run.current().map_or(declared.size, |a| a.size);
-        let (vcpu, memory) = (asked.vcpu.as_ref().map(Number::text), asked.memory.as_ref().map(Number::text));
-        if vcpu.is_none() && memory.is_none() {
+        if asked.vcpu.is_none() && asked.memory.is_none() {
             problems.push((place, RequestError::Invalid("give vcpu, memory or both".into())));
             continue;
         }
-        match Size::parse_requested(vcpu.as_deref(), memory.as_deref(), latest) {
+        match requested_size(asked.vcpu.as_ref(), asked.memory.as_ref(), latest) {
             Ok((size, _)) => {
                 sizes.insert(stage.clone(), size);
             }
-            Err(errors) => {
-                problems.extend(errors.iter().map(|err| (place.clone(), RequestError::Invalid(err.to_string()))))
-            }
+            Err(errors) => problems.extend(errors.into_iter().map(|problem| (place.clone(), problem))),
         }
     }
     if problems.is_empty() {
@@ -445,20 +461,13 @@ pub fn plan_submit_job(
     let mut problems: Vec<RequestError> = Vec::new();
     let mut size_adjusted = false;
     let size = if body.vcpu.is_some() || body.memory.is_some() {
-        let (vcpu, memory) = (body.vcpu.as_ref().map(|v| v.text()), body.memory.as_ref().map(|m| m.text()));
-        match Size::parse_requested(vcpu.as_deref(), memory.as_deref(), definition.size) {
+        match requested_size(body.vcpu.as_ref(), body.memory.as_ref(), definition.size) {
             Ok((size, adjusted)) => {
                 size_adjusted = adjusted;
                 Some(size)
             }
             Err(errors) => {
-                problems.extend(errors.iter().map(|err| {
-                    RequestError::Invalid(match err {
-                        SizeError::BadVcpu(_) => format!("vcpu: {err}"),
-                        SizeError::BadMemory(_) => format!("memory: {err}"),
-                        _ => err.to_string(),
-                    })
-                }));
+                problems.extend(errors);
                 None
             }
         }
