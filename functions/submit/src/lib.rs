@@ -30,7 +30,7 @@ use batchline::model::run::RedriveRefused;
 use batchline::model::run::RunInput;
 use batchline::services::batch::BatchPort;
 use batchline::services::ports::{invocation_holder, AwsPorts};
-use batchline::services::resize::{resize_key, ORIGINAL_TAG, RESIZE_TAG};
+use batchline::services::resize::{chain_position, resize_key, ORIGINAL_TAG, RESIZE_TAG};
 use batchline::services::runs::{check_run, run_id, CancelOutcome, RedriveOutcome};
 use batchline::services::submitter::SubmitError;
 use batchline::store::{ClaimStore, Holder, RunStore};
@@ -281,8 +281,8 @@ async fn serve(
             if let Some(original) = tag(ORIGINAL_TAG) {
                 view["resizedFrom"] = json!(original);
             }
-            let resizes: u32 = tag(RESIZE_TAG).and_then(|n| n.parse().ok()).unwrap_or(0);
-            let key = resize_key(&tag(ORIGINAL_TAG).unwrap_or_else(|| id.clone()), resizes + 1);
+            let (original, resizes) = chain_position(&id, tag(ORIGINAL_TAG).as_deref(), tag(RESIZE_TAG).as_deref());
+            let key = resize_key(&original, resizes + 1);
             if let Some(next) = clients.ports.store.claim(&key).await?.and_then(|claim| claim.job_id) {
                 view["resizedTo"] = json!(next);
             }

@@ -30,6 +30,12 @@ pub fn resize_key(original: &str, n: u32) -> String {
     format!("resize:{original}:{n}")
 }
 
+/// Where a job stands in its chain of resizes, from its id and its two tags: the first
+/// job's id, and how many resizes made this one.
+pub fn chain_position(job_id: &str, original: Option<&str>, resizes: Option<&str>) -> (String, u32) {
+    (original.unwrap_or(job_id).to_owned(), resizes.and_then(|n| n.parse().ok()).unwrap_or(0))
+}
+
 /// What a single job's failure calls for.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Resize {
@@ -53,7 +59,7 @@ pub fn plan_resize(config: &StackConfig, event: &JobStateChangeEvent) -> Resize 
     let Some(definition) = config.job_definitions.values().find(|d| d.spec.name == name) else {
         return Resize::Refused(format!("its job definition {name:?} is not this stack's"));
     };
-    let done: u32 = detail.tag(RESIZE_TAG).and_then(|n| n.parse().ok()).unwrap_or(0);
+    let (original, done) = chain_position(&detail.job_id, detail.tag(ORIGINAL_TAG), detail.tag(RESIZE_TAG));
     let limit = definition.spec.max_resizes;
     if done >= limit {
         return Resize::Refused(format!("its job definition allows {limit} resize(s) and it has had {done}"));
@@ -66,7 +72,6 @@ pub fn plan_resize(config: &StackConfig, event: &JobStateChangeEvent) -> Resize 
     if capacity.is_some_and(|max| !next.fits_vcpus(max)) {
         return Resize::Refused(format!("its next size ({next}) is more than its queue can run"));
     }
-    let original = detail.tag(ORIGINAL_TAG).unwrap_or(&detail.job_id).to_owned();
     let key = resize_key(&original, done + 1);
     let container = detail.container.as_ref();
     let environment: BTreeMap<String, String> = container
