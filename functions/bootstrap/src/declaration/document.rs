@@ -105,8 +105,8 @@ pub struct JobDefinitionDoc {
     pub retry_attempts: Option<u64>,
     #[serde(default)]
     pub retry_on: Option<Vec<super::retries::RetryRuleDoc>>,
-    #[serde(default, deserialize_with = "super::values::de_opt_number")]
-    pub max_resizes: Option<u64>,
+    #[serde(default, deserialize_with = "super::values::de_opt_text")]
+    pub max_resizes: Option<String>,
     #[serde(default, deserialize_with = "super::values::de_opt_number")]
     pub timeout_seconds: Option<u64>,
     pub log_group: Option<String>,

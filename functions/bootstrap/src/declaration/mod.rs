@@ -70,7 +70,7 @@ mod triggers;
 mod values;
 
 use document::{Document, JobDefinitionDoc, JobQueueDoc};
-use pipelines::resolve_pipelines;
+use pipelines::{parse_resizes, resolve_pipelines};
 use triggers::resolve_triggers;
 
 /// The job definition size when the document gives none: the smallest Fargate size.
@@ -491,14 +491,7 @@ fn resolve(doc: Document) -> Result<Declared, ConfigProblems> {
                     definition.retry_on.as_deref().unwrap_or_default(),
                     &mut problems,
                 ),
-                max_resizes: match definition.max_resizes {
-                    None => 0,
-                    Some(n) if n <= 10 => n as u32,
-                    Some(n) => {
-                        problems.push(format!("{path}.MaxResizes {n}: use 0 to 10"));
-                        0
-                    }
-                },
+                max_resizes: parse_resizes(&path, definition.max_resizes.as_deref(), 0, &mut problems),
                 timeout_seconds: definition.timeout_seconds.map(|t| t as u32),
                 log_group: definition.log_group.clone().unwrap_or_else(|| DEFAULT_LOG_GROUP.to_owned()),
                 queue,

@@ -155,7 +155,8 @@ pub fn resolve_pipelines(
     pipelines
 }
 
-fn parse_resizes(path: &str, text: Option<&str>, default: u32, problems: &mut Vec<String>) -> u32 {
+/// `path.MaxResizes`: out-of-memory resubmissions, 0 to 10 (`default` when not given).
+pub(super) fn parse_resizes(path: &str, text: Option<&str>, default: u32, problems: &mut Vec<String>) -> u32 {
     match text.map(|t| t.trim().parse::<u32>()) {
         None => default,
         Some(Ok(n)) if n <= 10 => n,
