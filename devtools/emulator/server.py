@@ -19,6 +19,10 @@ moto's WSGI application makes the emulator behave as AWS does:
 * Batch CreateComputeEnvironment without ``serviceRole``: AWS falls back to the
   service-linked role; moto requires the field. The adapter creates the service-linked
   role for batch.amazonaws.com (as AWS does) and fills in its ARN.
+* DynamoDB: moto checks a condition and then writes without a lock, and the server is
+  threaded, so two conditional writes expecting the same version could both succeed.
+  DynamoDB applies each write atomically; the adapter serves DynamoDB requests one at a
+  time, so conditional writes are atomic here too.
 * Batch SubmitJob's ``retryStrategy``: moto drops it. The adapter keeps it on moto's job
   record, and DescribeJobs reports the job's retry strategy — its own, else its job
   definition's — as AWS does (the Batch event player plays the retries it allows).
@@ -385,6 +389,7 @@ class Adapter:
         self.app = app
         self.cloudwatch = CloudWatchCbor()
         self.lock = threading.Lock()
+        self.dynamodb = threading.Lock()
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
@@ -407,6 +412,10 @@ class Adapter:
             return self.submit_job(environ, start_response)
         if path == "/v1/createcomputeenvironment" and method == "POST":
             return self.create_compute_environment(environ, start_response)
+        if environ.get("HTTP_X_AMZ_TARGET", "").startswith("DynamoDB_20120810."):
+            # One DynamoDB request at a time (see the module docs).
+            with self.dynamodb:
+                return list(self.app(environ, start_response))
         return self.app(environ, start_response)
 
     def forward(self, environ: dict, body: bytes) -> InnerResponse:
