@@ -1097,3 +1097,23 @@ fn a_single_job_out_of_memory_is_planned_one_size_up_with_what_it_ran_until_its_
     assert_eq!(plan_resize(&stack, &stage), Resize::NotApplicable);
     assert_eq!(plan_resize(&stack, &event(json!({}))), Resize::NotApplicable, "not a job Batchline submitted");
 }
+
+#[tokio::test]
+async fn a_fail_fast_stop_that_failed_is_done_by_the_next_sweep() {
+    // GIVEN the diamond after a, c running, and the TerminateJob of fail fast failing once
+    let world = World::new().await;
+    let driver = world.driver();
+    let (run, _) = driver.start("diamond", "api", "key-ffs", RunInput::default(), 1_000).await.unwrap();
+    driver.advance(&run.run_id, "a", &world.event("a", "SUCCEEDED"), 2_000).await.unwrap();
+    driver.advance(&run.run_id, "c", &world.event("c", "RUNNING"), 2_500).await.unwrap();
+    world.batch.fail_terminations(1);
+    // WHEN b fails for good: the run is FAILED, but c's stop failed (the event is retried)
+    assert!(driver.advance(&run.run_id, "b", &world.event("b", "FAILED"), 3_000).await.is_err());
+    assert_eq!(driver.load(&run.run_id).await.unwrap().unwrap().run.status, RunStatus::Failed);
+    let c = world.job_of("c");
+    assert!(world.batch.jobs().iter().all(|j| j.terminated_because.is_none()), "nothing was stopped yet");
+    // THEN the sweep stops c
+    driver.sweep().await.unwrap();
+    let stopped = world.batch.jobs().into_iter().find(|j| j.job_id == c).unwrap();
+    assert!(stopped.terminated_because.unwrap_or_default().contains("stopping its other jobs"));
+}
