@@ -31,10 +31,14 @@ moto's WSGI application makes the emulator behave as AWS does:
   not run until the Batch event player plays it, so the adapter applies them as AWS does to
   a job that has not finished: the job becomes FAILED with the given reason.
 
-One addition for tests and the local run, which is not an AWS API:
+Two additions for tests and the local run, which are not AWS APIs:
 ``GET /_batchline/default-network`` answers ``{"vpc", "subnets", "securityGroups"}`` for
 the emulator's default VPC (moto checks that subnets and security groups exist, and
-their ids are random), so callers need no EC2 client to find them.
+their ids are random), so callers need no EC2 client to find them. ``POST
+/_batchline/batch/hold`` with ``{"jobId", "waitedSeconds", "region"}`` puts a job back in RUNNABLE,
+created that many seconds ago, and keeps it there until it is cancelled or terminated: a
+job that cannot start, for the stuck-job watch (the Batch event player plays only its
+RUNNABLE event).
 
 Fault injection, for tests, switchable at run time and scoped so that tests sharing the
 emulator are not affected. ``POST /_batchline/faults/SCOPE`` with
@@ -266,6 +270,14 @@ def find_job(job_id: str, authorization: str) -> Any:
     return backend.get_job_by_id(job_id)
 
 
+def find_any_job(job_id: str, region: str) -> Any:
+    """moto's record of a job in the default account (admin calls are not signed)."""
+    from moto.batch.models import batch_backends
+    from moto.core import DEFAULT_ACCOUNT_ID
+
+    return batch_backends[DEFAULT_ACCOUNT_ID][region].get_job_by_id(job_id)
+
+
 BATCH_OPERATIONS = {
     "submitjob": "SubmitJob", "terminatejob": "TerminateJob", "canceljob": "CancelJob",
     "listjobs": "ListJobs", "describejobs": "DescribeJobs",
@@ -404,6 +416,8 @@ class Adapter:
         if path == "/_batchline/default-network" and method == "GET":
             document = json.dumps(self.default_network()).encode()
             return respond(start_response, 200, document, {"Content-Type": "application/json"})
+        if path == "/_batchline/batch/hold" and method == "POST":
+            return self.hold_job(environ, start_response)
         if path == "/v1/describejobs" and method == "POST":
             return self.describe_jobs(environ, start_response)
         if path in ("/v1/terminatejob", "/v1/canceljob") and method == "POST":
@@ -458,6 +472,27 @@ class Adapter:
                 record.status = "FAILED"
                 record.job_stopped_reason = request.get("reason", "")
         return respond(start_response, reply.status_code, reply.body, dict(reply.headers))
+
+    def hold_job(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        """Puts a job back in RUNNABLE, created ``waitedSeconds`` ago, and keeps it there."""
+        request = json.loads(read_body(environ) or b"{}")
+        record = find_any_job(request.get("jobId", ""), request.get("region", "us-east-1"))
+        if record is None:
+            body = json.dumps({"message": f"no job {request.get('jobId')!r}"}).encode()
+            return respond(start_response, 404, body, {"Content-Type": "application/json"})
+        with self.lock:
+            # moto moves a job through its states as it is read; without a way out of
+            # RUNNABLE it stays there until stopped (CancelJob/TerminateJob make it FAILED).
+            record._transitions = [(a, b) for a, b in record._transitions if a != "RUNNABLE"]
+            record.status = "RUNNABLE"
+            waited = datetime.timedelta(seconds=float(request.get("waitedSeconds", 0)))
+            record.job_created_at = datetime.datetime.now() - waited
+            record.job_stopped = False
+            record.job_stopped_reason = None
+            record.exit_code = None
+            record.attempts = []
+            record.latest_attempt = None
+        return respond(start_response, 200, b"{}", {"Content-Type": "application/json"})
 
     def create_compute_environment(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         body = read_body(environ)

@@ -20,7 +20,9 @@
 //!    - `play_run_seconds`: running time, startedAt → stoppedAt (default 30);
 //! 3. a job that was terminated or cancelled in the emulator (moto reports FAILED with a
 //!    reason) fails with that reason and never runs;
-//! 4. a job whose Batch `dependsOn` job failed fails with `Dependent Job failed`; one whose
+//! 4. a job the emulator holds in RUNNABLE ([`Player::hold`]: one that cannot start) plays
+//!    its RUNNABLE event once and nothing more while it is held;
+//! 5. a job whose Batch `dependsOn` job failed fails with `Dependent Job failed`; one whose
 //!    dependencies succeeded starts only after they stopped.
 //!
 //! A failed attempt is retried as Batch would: while the job's retry strategy (its own, else
@@ -41,7 +43,7 @@
 //! the emulator with `PutEvents` (the bus assigns new ids), so a rule routes them as in
 //! production. Duplication and seeded shuffling make reliability tests short.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use aws_config::SdkConfig;
@@ -161,6 +163,8 @@ pub struct Player {
     region: String,
     scripts: HashMap<String, Script>,
     played: HashMap<String, PlayedJob>,
+    /// Jobs held in RUNNABLE whose RUNNABLE event was played.
+    held: HashSet<String>,
 }
 
 /// What the player remembers of a job it played, for jobs that depend on it.
@@ -177,6 +181,7 @@ impl Player {
             region: sdk.region().map(|r| r.to_string()).unwrap_or_else(|| "us-east-1".into()),
             scripts: HashMap::new(),
             played: HashMap::new(),
+            held: HashSet::new(),
         }
     }
 
@@ -262,11 +267,40 @@ impl Player {
         Script::from_job_settings(setting).map_err(|why| Error::InvalidEvent(format!("job {id}: {why}")))
     }
 
+    /// Holds a job in RUNNABLE in the emulator, as if it had waited `waited` there and
+    /// could not start: the player then plays only its RUNNABLE event, until the job is
+    /// cancelled or terminated (then it fails with that reason, as rule 3 says).
+    pub async fn hold(&mut self, job_id: &str, waited: Duration) -> Result<(), Error> {
+        let body = json!({"jobId": job_id, "waitedSeconds": waited.as_secs_f64(), "region": self.region});
+        let reply = reqwest::Client::new()
+            .post(format!("{}/_batchline/batch/hold", crate::emulator::endpoint()))
+            .body(body.to_string())
+            .send()
+            .await
+            .map_err(|e| Error::InvalidEvent(format!("holding job {job_id}: {e}")))?;
+        if !reply.status().is_success() {
+            return Err(Error::InvalidEvent(format!("holding job {job_id}: HTTP {}", reply.status())));
+        }
+        self.played.remove(job_id);
+        Ok(())
+    }
+
     fn play_job(&mut self, job: &JobDetail) -> Result<Vec<StateChange>, Error> {
         let id = job.job_id().unwrap_or_default().to_owned();
         let mut script = self.script_for(job)?;
         let base = JobFacts::from_detail(job, &self.region);
         let created_at = base.created_at;
+
+        // A job the emulator holds (see `hold`) becomes RUNNABLE and goes no further; it is
+        // announced once, and played again once it was stopped.
+        if job.status().map(|s| s.as_str()) == Some("RUNNABLE") {
+            if !self.held.insert(id) {
+                return Ok(vec![]);
+            }
+            let mut timeline = Timeline::new(base, retry_strategy_json(job.retry_strategy()));
+            timeline.push("RUNNABLE", created_at + 1_000, None);
+            return Ok(timeline.into_changes(None));
+        }
 
         // Batch starts a job only after the jobs it depends on stopped; if one failed, the
         // job fails without running.
