@@ -97,6 +97,15 @@ pub async fn handle(event: LambdaEvent<Payload>, clients: &Clients, config: &Con
     };
     if payload.get("detail-type").and_then(Value::as_str) == Some("Scheduled Event") {
         let _schedule: EventBridgeEvent<Value> = batchline::typed_payload(payload, "a Scheduled Event it cannot read")?;
+        // Queues first: a few calls, and independent of the runs (which may take the
+        // invocation's whole budget).
+        let queues = match clients.ports.configs.get().await {
+            Ok(stack) => clients.ports.stuck_watch().watch(&stack).await,
+            Err(err) => {
+                warn!(error = %err, "no configuration to watch queues by");
+                vec![]
+            }
+        };
         let report = clients.ports.driver(&holder).sweep().await?;
         info!(
             runs = report.runs_checked,
@@ -106,7 +115,7 @@ pub async fn handle(event: LambdaEvent<Payload>, clients: &Clients, config: &Con
             reached_end = report.reached_end,
             "sweep done"
         );
-        return Ok(json!({ "sweep": report }));
+        return Ok(json!({ "sweep": report, "queues": queues }));
     }
     if payload.get("detail-type").is_some() {
         let event = JobStateChangeEvent::from_value(payload).map_err(|e| Error::InvalidEvent(e.to_string()))?;

@@ -3,7 +3,8 @@
 //! `fargate` (sizes) ← `job_request` (names, tags, limits) ← `batch_event` (job state
 //! changes) ← `metrics` (what an event publishes); `retry` (Batch's retry rules) ←
 //! `pipeline` (the deployed DAG) ← `run`
-//! (the state machine of one run) and `stack` (the deployed configuration). Arrows point
+//! (the state machine of one run) and `stack` (the deployed configuration) ← `stuck` (jobs
+//! waiting past their queue's limit, diagnosed). Arrows point
 //! at what a module uses; nothing here imports `store` or `services`.
 
 pub mod batch_event;
@@ -14,3 +15,4 @@ pub mod pipeline;
 pub mod retry;
 pub mod run;
 pub mod stack;
+pub mod stuck;

@@ -169,6 +169,35 @@ pub struct JobQueue {
     pub priority: u32,
     /// Keys of compute environments, in order of preference.
     pub compute_environments: Vec<String>,
+    /// How long a job may wait in RUNNABLE before the sweep calls it stuck.
+    #[serde(default = "default_stuck_after")]
+    pub stuck_after_seconds: u32,
+    /// Which stuck jobs the sweep cancels.
+    #[serde(default)]
+    pub cancel_stuck_jobs: CancelStuckJobs,
+}
+
+/// The limit a queue has unless it declares one: half an hour, well past a Fargate
+/// task's usual start (under a minute) and a modest backlog's drain.
+pub const DEFAULT_STUCK_AFTER_SECONDS: u32 = 1800;
+
+fn default_stuck_after() -> u32 {
+    DEFAULT_STUCK_AFTER_SECONDS
+}
+
+/// Which jobs waiting in RUNNABLE past their queue's limit the sweep cancels (all of them
+/// are counted in the `StuckJobs` metric either way).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CancelStuckJobs {
+    /// None: they are reported only.
+    #[default]
+    Never,
+    /// Those with a cause that waiting cannot cure: a size above every compute
+    /// environment's `MaxVcpus`, an architecture none offers, a disabled or invalid queue
+    /// or compute environment (see `model::stuck`).
+    Diagnosed,
+    /// All of them, a backlog waiting for capacity too.
+    Always,
 }
 
 impl JobQueue {

@@ -1,4 +1,4 @@
-//! The run announcer port: "Batchline Run Completed" on the default event bus and the run metrics, with the AWS adapter.
+//! The run announcer port: "Batchline Run Completed" on the default event bus and the run metrics, with the AWS adapter (which also publishes the stuck-job watch's queue metrics).
 
 use async_trait::async_trait;
 use aws_sdk_cloudwatch::types::{Dimension, MetricDatum, StandardUnit};
@@ -7,6 +7,7 @@ use tracing::warn;
 
 use crate::model::pipeline::ON_FAILURE;
 use crate::model::run::{Run, RunStatus};
+use crate::services::stuck::{QueueMetrics, QueueReport};
 use crate::Error;
 
 pub const COMPLETED_DETAIL_TYPE: &str = "Batchline Run Completed";
@@ -130,6 +131,45 @@ impl RunAnnouncer for AwsAnnouncer {
             self.cloudwatch.put_metric_data().namespace(&self.namespace).set_metric_data(Some(data)).send().await
         {
             warn!(error = %Error::aws("PutMetricData", err), "run metrics not published");
+        }
+    }
+}
+
+#[async_trait]
+impl QueueMetrics for AwsAnnouncer {
+    async fn queue_metrics(&self, queues: &[QueueReport]) {
+        if queues.is_empty() {
+            return;
+        }
+        let datum = |name: &str, value: f64, unit: StandardUnit, queue: Option<&str>| {
+            MetricDatum::builder()
+                .metric_name(name)
+                .value(value)
+                .unit(unit)
+                .set_dimensions(Some(
+                    queue.map(|q| Dimension::builder().name("JobQueue").value(q).build()).into_iter().collect(),
+                ))
+                .build()
+        };
+        let mut data = Vec::new();
+        for queue in queues {
+            let name = Some(queue.queue.as_str());
+            data.push(datum(
+                "OldestRunnableSeconds",
+                queue.oldest_runnable_seconds as f64,
+                StandardUnit::Seconds,
+                name,
+            ));
+            data.push(datum("StuckJobs", queue.stuck as f64, StandardUnit::Count, name));
+        }
+        // The stack's figures: the longest wait and all stuck jobs (what the alarm watches).
+        let oldest = queues.iter().map(|q| q.oldest_runnable_seconds).max().unwrap_or(0);
+        data.push(datum("OldestRunnableSeconds", oldest as f64, StandardUnit::Seconds, None));
+        data.push(datum("StuckJobs", queues.iter().map(|q| q.stuck).sum::<usize>() as f64, StandardUnit::Count, None));
+        if let Err(err) =
+            self.cloudwatch.put_metric_data().namespace(&self.namespace).set_metric_data(Some(data)).send().await
+        {
+            warn!(error = %Error::aws("PutMetricData", err), "queue metrics not published");
         }
     }
 }

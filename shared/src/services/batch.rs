@@ -1,4 +1,4 @@
-//! The Batch port: the four Batch calls the services make, behind a trait, with the SDK adapter.
+//! The Batch port: the four Batch calls the services make, behind a trait, with the SDK adapter (which also reads queues for the stuck-job watch).
 //!
 //! [`SdkBatch`] is the real one. Tests of the services use an in-memory Batch (in the
 //! `testing` feature) so claim take-over, run driving, cancel and the sweep can be
@@ -16,6 +16,8 @@ use crate::model::retry::{RetryAction, RetryPolicy};
 use crate::model::batch_event::{self, JobStateChangeEvent};
 use crate::model::fargate::format_vcpu;
 use crate::model::job_request::JobRequest;
+use crate::model::stuck::{EnvironmentState, QueueState};
+use crate::services::stuck::QueueInspector;
 use crate::Error;
 
 #[async_trait]
@@ -142,6 +144,80 @@ impl BatchPort for SdkBatch {
     }
 }
 
+#[async_trait]
+impl QueueInspector for SdkBatch {
+    async fn runnable_jobs(&self, queue: &str) -> Result<Vec<(String, i64)>, Error> {
+        let mut jobs = Vec::new();
+        let mut token = None;
+        loop {
+            let page = self
+                .client
+                .list_jobs()
+                .job_queue(queue)
+                .job_status(aws_sdk_batch::types::JobStatus::Runnable)
+                .set_next_token(token)
+                .send()
+                .await
+                .map_err(|e| Error::aws("ListJobs", e))?;
+            jobs.extend(
+                page.job_summary_list()
+                    .iter()
+                    .filter_map(|job| Some((job.job_id()?.to_owned(), job.created_at().unwrap_or_default()))),
+            );
+            token = page.next_token().map(str::to_owned);
+            if token.is_none() {
+                return Ok(jobs);
+            }
+        }
+    }
+
+    async fn queue_state(&self, queue: &str) -> Result<Option<QueueState>, Error> {
+        let queues = self
+            .client
+            .describe_job_queues()
+            .job_queues(queue)
+            .send()
+            .await
+            .map_err(|e| Error::aws("DescribeJobQueues", e))?;
+        let Some(found) = queues.job_queues().iter().find(|q| q.job_queue_name() == Some(queue)) else {
+            return Ok(None);
+        };
+        let mut order: Vec<_> = found.compute_environment_order().to_vec();
+        order.sort_by_key(|o| o.order());
+        let arns: Vec<String> = order.iter().filter_map(|o| o.compute_environment().map(str::to_owned)).collect();
+        let described = self
+            .client
+            .describe_compute_environments()
+            .set_compute_environments(Some(arns.clone()))
+            .send()
+            .await
+            .map_err(|e| Error::aws("DescribeComputeEnvironments", e))?;
+        let environments = arns
+            .iter()
+            .filter_map(|arn| {
+                let ce =
+                    described.compute_environments().iter().find(|ce| ce.compute_environment_arn() == Some(arn))?;
+                let resources = ce.compute_resources();
+                Some(EnvironmentState {
+                    name: ce.compute_environment_name().unwrap_or(arn).to_owned(),
+                    enabled: ce.state().map(|s| s.as_str()) != Some("DISABLED"),
+                    status: ce.status().map(|s| s.as_str().to_owned()).unwrap_or_default(),
+                    status_reason: ce.status_reason().map(str::to_owned),
+                    spot: resources.and_then(|r| r.r#type()).map(|t| t.as_str()) == Some("FARGATE_SPOT"),
+                    max_vcpus: resources.and_then(|r| r.maxv_cpus()).and_then(|v| u32::try_from(v).ok()),
+                })
+            })
+            .collect();
+        Ok(Some(QueueState {
+            name: queue.to_owned(),
+            enabled: found.state().map(|s| s.as_str()) != Some("DISABLED"),
+            status: found.status().map(|s| s.as_str().to_owned()).unwrap_or_default(),
+            status_reason: found.status_reason().map(str::to_owned),
+            environments,
+        }))
+    }
+}
+
 /// A job state change event made from DescribeJobs, for the sweep.
 pub fn event_from_job(job: &aws_sdk_batch::types::JobDetail) -> Result<JobStateChangeEvent, Error> {
     let container = job.container();
@@ -170,7 +246,11 @@ pub fn event_from_job(job: &aws_sdk_batch::types::JobDetail) -> Result<JobStateC
         "attempts": attempts,
         "tags": job.tags(),
         "container": {"exitCode": container.and_then(|c| c.exit_code()), "reason": container.and_then(|c| c.reason()),
-                      "logStreamName": container.and_then(|c| c.log_stream_name())},
+                      "logStreamName": container.and_then(|c| c.log_stream_name()),
+                      "resourceRequirements": container.map(|c| c.resource_requirements().iter()
+                          .map(|r| json!({"type": r.r#type().map(|t| t.as_str()), "value": r.value()})).collect::<Vec<_>>()),
+                      "runtimePlatform": container.and_then(|c| c.runtime_platform())
+                          .map(|p| json!({"cpuArchitecture": p.cpu_architecture()}))},
     });
     strip_nulls(&mut detail);
     let event = json!({

@@ -9,6 +9,7 @@ use crate::services::batch::SdkBatch;
 use crate::services::clock::SystemClock;
 use crate::services::config_cache::ConfigCache;
 use crate::services::runs::RunDriver;
+use crate::services::stuck::StuckJobWatch;
 use crate::services::submitter::Submitter;
 use crate::store::{DynamoStore, Holder};
 use crate::Config;
@@ -54,6 +55,11 @@ impl AwsPorts {
             clock: &self.clock,
             holder,
         }
+    }
+
+    /// The stuck-job watch.
+    pub fn stuck_watch(&self) -> StuckJobWatch<'_> {
+        StuckJobWatch { inspector: &self.batch, batch: &self.batch, metrics: &self.announcer, clock: &self.clock }
     }
 
     /// The submitter, working for the invocation `holder`.

@@ -96,6 +96,8 @@ fn config() -> StackConfig {
                     name: "unit-default".into(),
                     priority: 1,
                     compute_environments: vec!["default".into()],
+                    stuck_after_seconds: DEFAULT_STUCK_AFTER_SECONDS,
+                    cancel_stuck_jobs: CancelStuckJobs::Never,
                 },
                 arn: "arn:queue".into(),
             },

@@ -84,6 +84,9 @@ pub struct JobQueueDoc {
     pub priority: Option<u64>,
     #[serde(default, deserialize_with = "super::values::de_opt_string_list")]
     pub compute_environments: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "super::values::de_opt_number")]
+    pub stuck_after_seconds: Option<u64>,
+    pub cancel_stuck_jobs: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

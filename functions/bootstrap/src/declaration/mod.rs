@@ -27,7 +27,11 @@
 //!   default: {Type: FARGATE, MaxVcpus: "256"}
 //!   spot: {Type: FARGATE_SPOT, MaxVcpus: "256"}
 //! JobQueues:                       # default: {default: {Priority: 1, ComputeEnvironments: [default]}}
-//!   default: {Priority: "1", ComputeEnvironments: [default]}
+//!   default:
+//!     Priority: "1"
+//!     ComputeEnvironments: [default]
+//!     StuckAfterSeconds: "1800"    # a job RUNNABLE longer is stuck: counted in StuckJobs (60 to 604800)
+//!     CancelStuckJobs: Never       # or Diagnosed (those that cannot start, see model::stuck) or Always
 //! JobDefinitions:                  # default: {default: the recipe's job}
 //!   default:
 //!     Image: public.ecr.aws/docker/library/python:3.12-alpine
@@ -75,6 +79,9 @@ use triggers::resolve_triggers;
 
 /// The job definition size when the document gives none: the smallest Fargate size.
 const DEFAULT_SIZE: Size = Size { vcpu: Quarters(1), memory_mib: 512 };
+/// What a queue's `StuckAfterSeconds` may be: a minute (a Fargate task can take that to
+/// start) to a week.
+const STUCK_AFTER_RANGE: std::ops::RangeInclusive<u64> = 60..=604_800;
 
 // ----- validation -------------------------------------------------------------------------
 
@@ -379,7 +386,7 @@ fn resolve(doc: Document) -> Result<Declared, ConfigProblems> {
         let first = ce_docs.keys().next().cloned().unwrap_or_else(|| DEFAULT_KEY.to_owned());
         BTreeMap::from([(
             DEFAULT_KEY.to_owned(),
-            JobQueueDoc { priority: Some(1), compute_environments: Some(vec![first]) },
+            JobQueueDoc { priority: Some(1), compute_environments: Some(vec![first]), ..JobQueueDoc::default() },
         )])
     });
     if queue_docs.is_empty() {
@@ -403,8 +410,30 @@ fn resolve(doc: Document) -> Result<Declared, ConfigProblems> {
         if priority > 1000 {
             problems.push(format!("{path}.Priority {priority}: use 0 to 1000"));
         }
-        job_queues
-            .insert(key.clone(), JobQueue { name: name(key), priority: priority as u32, compute_environments: order });
+        let stuck_after = queue.stuck_after_seconds.unwrap_or(u64::from(DEFAULT_STUCK_AFTER_SECONDS));
+        if !STUCK_AFTER_RANGE.contains(&stuck_after) {
+            problems.push(format!("{path}.StuckAfterSeconds {stuck_after}: use 60 to 604800 (a week)"));
+        }
+        let cancel_stuck_jobs = match queue.cancel_stuck_jobs.as_deref() {
+            None | Some("Never") => CancelStuckJobs::Never,
+            Some("Diagnosed") => CancelStuckJobs::Diagnosed,
+            Some("Always") => CancelStuckJobs::Always,
+            Some(other) => {
+                problems
+                    .push(format!("{path}.CancelStuckJobs {other:?}: use Never (the default), Diagnosed or Always"));
+                CancelStuckJobs::Never
+            }
+        };
+        job_queues.insert(
+            key.clone(),
+            JobQueue {
+                name: name(key),
+                priority: priority as u32,
+                compute_environments: order,
+                stuck_after_seconds: stuck_after.min(u64::from(u32::MAX)) as u32,
+                cancel_stuck_jobs,
+            },
+        );
     }
     let default_queue = if job_queues.contains_key(DEFAULT_KEY) {
         DEFAULT_KEY.to_owned()
@@ -590,6 +619,28 @@ mod tests {
         );
         assert_eq!(big.name, "demo-big");
         assert!(big.command.is_empty(), "an image brings its own command");
+    }
+
+    #[test]
+    fn queues_say_when_a_job_is_stuck_and_which_stuck_jobs_are_cancelled() {
+        let mut properties = network_only();
+        properties["JobQueues"] = json!({
+            "default": {},
+            "strict": {"StuckAfterSeconds": "600", "CancelStuckJobs": "Diagnosed"}
+        });
+        let config = declare(&properties).unwrap();
+        let default = &config.job_queues["default"];
+        assert_eq!((default.stuck_after_seconds, default.cancel_stuck_jobs), (1800, CancelStuckJobs::Never));
+        let strict = &config.job_queues["strict"];
+        assert_eq!((strict.stuck_after_seconds, strict.cancel_stuck_jobs), (600, CancelStuckJobs::Diagnosed));
+        for (queue, expected) in [
+            (json!({"StuckAfterSeconds": "30"}), "JobQueues.default.StuckAfterSeconds 30: use 60 to 604800"),
+            (json!({"CancelStuckJobs": "Sometimes"}), "JobQueues.default.CancelStuckJobs \"Sometimes\": use Never"),
+        ] {
+            properties["JobQueues"] = json!({"default": queue});
+            let err = declare(&properties).unwrap_err().to_string();
+            assert!(err.contains(expected), "expected {expected:?} in {err}");
+        }
     }
 
     #[test]

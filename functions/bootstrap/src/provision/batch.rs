@@ -6,13 +6,16 @@ use std::time::Duration;
 
 use aws_sdk_batch::types::{
     AssignPublicIp, CeState, CeType, ComputeEnvironmentOrder, ComputeResource, ComputeResourceUpdate,
-    ContainerProperties, CrType, FargatePlatformConfiguration, JobDefinitionType, JobStatus, JobTimeout, JqState,
-    KeyValuePair, LogConfiguration, LogDriver, NetworkConfiguration, PlatformCapability, ResourceRequirement,
-    ResourceType, RuntimePlatform, Secret,
+    ContainerProperties, CrType, FargatePlatformConfiguration, JobDefinitionType, JobStateTimeLimitAction,
+    JobStateTimeLimitActionsAction, JobStateTimeLimitActionsState, JobStatus, JobTimeout, JqState, KeyValuePair,
+    LogConfiguration, LogDriver, NetworkConfiguration, PlatformCapability, ResourceRequirement, ResourceType,
+    RuntimePlatform, Secret,
 };
 use batchline::model::fargate::format_vcpu;
 use batchline::model::retry::RetryPolicy;
-use batchline::model::stack::{ComputeEnvironment, ComputeType, JobDefinition, JobQueue, Network, Provisioned, Roles};
+use batchline::model::stack::{
+    CancelStuckJobs, ComputeEnvironment, ComputeType, JobDefinition, JobQueue, Network, Provisioned, Roles,
+};
 use batchline::services::batch::retry_strategy;
 use tokio::time::Instant;
 
@@ -191,6 +194,38 @@ async fn describe_job_queue(
         .cloned())
 }
 
+/// Batch's own limit on a blocked job at the head of the queue, for a queue that cancels
+/// stuck jobs: the misconfigurations Batch names (and, for `Always`, a lack of capacity)
+/// cancel such a job after the queue's `StuckAfterSeconds`. Batch takes 600 to 86,400 s;
+/// outside that the sweep's watch acts alone (see the README, "Stuck jobs").
+pub(crate) fn time_limit_actions(queue: &JobQueue) -> Vec<JobStateTimeLimitAction> {
+    if !(600..=86_400).contains(&queue.stuck_after_seconds) {
+        return vec![];
+    }
+    let mut reasons = match queue.cancel_stuck_jobs {
+        CancelStuckJobs::Never => return vec![],
+        CancelStuckJobs::Diagnosed | CancelStuckJobs::Always => vec![
+            "MISCONFIGURATION:COMPUTE_ENVIRONMENT_MAX_RESOURCE",
+            "MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT",
+            "MISCONFIGURATION:SERVICE_ROLE_PERMISSIONS",
+        ],
+    };
+    if queue.cancel_stuck_jobs == CancelStuckJobs::Always {
+        reasons.push("CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY");
+    }
+    reasons
+        .into_iter()
+        .map(|reason| {
+            JobStateTimeLimitAction::builder()
+                .reason(reason)
+                .state(JobStateTimeLimitActionsState::Runnable)
+                .max_time_seconds(queue.stuck_after_seconds as i32)
+                .action(JobStateTimeLimitActionsAction::Cancel)
+                .build()
+        })
+        .collect()
+}
+
 pub(super) async fn ensure_job_queue(
     clients: &Clients,
     wanted: &JobQueue,
@@ -208,6 +243,7 @@ pub(super) async fn ensure_job_queue(
             ComputeEnvironmentOrder::builder().order(index as i32 + 1).compute_environment(arn).build()
         })
         .collect();
+    let limits = time_limit_actions(wanted);
     let arn = match describe_job_queue(clients, &wanted.name).await? {
         None => {
             let created = clients
@@ -217,6 +253,7 @@ pub(super) async fn ensure_job_queue(
                 .state(JqState::Enabled)
                 .priority(wanted.priority as i32)
                 .set_compute_environment_order(Some(order))
+                .set_job_state_time_limit_actions(Some(limits))
                 .tags(STACK_TAG, stack)
                 .send()
                 .await
@@ -231,7 +268,8 @@ pub(super) async fn ensure_job_queue(
                 order.iter().map(|o| (o.order(), o.compute_environment())).collect();
             let same = existing.state().map(|s| s.as_str()) == Some("ENABLED")
                 && existing.priority() == Some(wanted.priority as i32)
-                && existing_order == wanted_order;
+                && existing_order == wanted_order
+                && existing.job_state_time_limit_actions() == limits.as_slice();
             if !same {
                 clients
                     .batch
@@ -240,6 +278,7 @@ pub(super) async fn ensure_job_queue(
                     .state(JqState::Enabled)
                     .priority(wanted.priority as i32)
                     .set_compute_environment_order(Some(order))
+                    .set_job_state_time_limit_actions(Some(limits))
                     .send()
                     .await
                     .map_err(|e| Error::aws("UpdateJobQueue", e))?;
@@ -465,4 +504,33 @@ pub(super) async fn deregister_job_definition(clients: &Clients, name: &str) -> 
             .map_err(|e| Error::aws("DeregisterJobDefinition", e))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queue(stuck_after_seconds: u32, cancel_stuck_jobs: CancelStuckJobs) -> JobQueue {
+        JobQueue { name: "q".into(), priority: 1, compute_environments: vec![], stuck_after_seconds, cancel_stuck_jobs }
+    }
+
+    #[test]
+    fn batch_cancels_blocked_jobs_only_for_queues_that_cancel_and_within_its_range() {
+        let reasons = |queue: &JobQueue| -> Vec<String> {
+            time_limit_actions(queue).iter().map(|a| a.reason().unwrap_or_default().to_owned()).collect()
+        };
+        assert!(reasons(&queue(1800, CancelStuckJobs::Never)).is_empty());
+        let diagnosed = time_limit_actions(&queue(1800, CancelStuckJobs::Diagnosed));
+        assert_eq!(diagnosed.len(), 3);
+        assert!(diagnosed.iter().all(|a| a.max_time_seconds() == Some(1800)
+            && a.action() == Some(&JobStateTimeLimitActionsAction::Cancel)
+            && a.state() == Some(&JobStateTimeLimitActionsState::Runnable)));
+        assert!(reasons(&queue(1800, CancelStuckJobs::Diagnosed)).iter().all(|r| r.starts_with("MISCONFIGURATION:")));
+        assert!(
+            reasons(&queue(1800, CancelStuckJobs::Always)).contains(&"CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY".into())
+        );
+        // Batch takes 600 to 86,400 s; outside, the sweep acts alone
+        assert!(reasons(&queue(300, CancelStuckJobs::Always)).is_empty());
+        assert!(reasons(&queue(100_000, CancelStuckJobs::Always)).is_empty());
+    }
 }
