@@ -82,7 +82,12 @@ struct Harness {
 
 impl Harness {
     async fn new(test: &str) -> Harness {
-        let env = Deployed::new(test, pipelines()).await;
+        Harness::with(test, pipelines()).await
+    }
+
+    /// A harness over a stack of these properties.
+    async fn with(test: &str, properties: Value) -> Harness {
+        let env = Deployed::new(test, properties).await;
         Harness {
             submit: batchline_submit::Clients::new(&env.sdk, &env.config),
             job_events: batchline_job_events::Clients::new(&env.sdk, &env.config),
@@ -916,4 +921,130 @@ async fn a_single_job_that_ran_out_of_memory_is_resubmitted_one_size_up_once_and
     h.deliver(&events_of(&changes, |_| true)).await;
     let jobs = h.env.jobs_in("default").await;
     assert!(!jobs.iter().any(|j| j.tags().and_then(|t| t.get("batchline:original")) == Some(&plain)), "{jobs:?}");
+}
+
+/// A sweep's answer.
+async fn sweep(h: &Harness) -> Value {
+    batchline_job_events::handle(job_events_invocation(invocation(sweep_event())), &h.job_events, &h.env.config)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn jobs_held_runnable_past_their_queues_limit_are_published_and_cancelled_with_why_they_cannot_start() {
+    // GIVEN a queue whose compute environment gives at most 4 vCPU, cancelling only stuck
+    // jobs with a known cause after 600 s, and one that cancels every stuck job after 60 s
+    let mut h = Harness::with(
+        "pl-stuck",
+        json!({
+            "ComputeEnvironments": {"small": {"Type": "FARGATE", "MaxVcpus": "4"}, "side": {"Type": "FARGATE"}},
+            "JobQueues": {
+                "default": {"ComputeEnvironments": "small", "StuckAfterSeconds": "600", "CancelStuckJobs": "Diagnosed"},
+                "side": {"ComputeEnvironments": "side", "StuckAfterSeconds": "60", "CancelStuckJobs": "Always"}
+            },
+            "JobDefinitions": {"default": {}, "elsewhere": {"Queue": "side"}},
+            "Pipelines": {"stalled": {"Stages": {"only": {"JobDefinition": "elsewhere"}}}}
+        }),
+    )
+    .await;
+    let submit = |body: Value| {
+        let h = &h;
+        async move {
+            let (status, answer) = h.api("POST", "/jobs", body).await;
+            assert_eq!(status, 202, "{answer}");
+            answer["jobId"].as_str().unwrap().to_owned()
+        }
+    };
+    // a job larger than its queue can ever run, a backlog job and a fresh one, all held
+    let huge = submit(json!({"jobDefinition": "default", "vcpu": "8", "memory": "16384"})).await;
+    let backlog = submit(json!({"jobDefinition": "default"})).await;
+    let fresh = submit(json!({"jobDefinition": "default"})).await;
+    for (job, waited) in [(&huge, 700), (&backlog, 700), (&fresh, 100)] {
+        h.player.hold(job, Duration::from_secs(waited)).await.unwrap();
+    }
+    // and a run whose stage waits on a queue whose only compute environment is disabled
+    let run_id = h.start("stalled").await;
+    let stage_job = h.stage_job(&run_id, "only").await;
+    h.player.hold(&stage_job, Duration::from_secs(120)).await.unwrap();
+    let batch = aws_sdk_batch::Client::new(&h.env.sdk);
+    let side = h.env.stack.compute_environments["side"].name.clone();
+    batch
+        .update_compute_environment()
+        .compute_environment(&side)
+        .state(aws_sdk_batch::types::CeState::Disabled)
+        .send()
+        .await
+        .unwrap();
+    let runnable = h.player.play_queue(&h.env.queue_arn("default")).await.unwrap();
+    assert_eq!(runnable.iter().map(|c| c.status).collect::<Vec<_>>(), ["RUNNABLE"; 3], "held jobs only wait");
+
+    // WHEN the sweep runs
+    let report = sweep(&h).await;
+
+    // THEN each queue's wait and stuck jobs are reported: two stuck in the default queue,
+    // of which only the diagnosed one is cancelled; the stage's job is cancelled too
+    let queues = report["queues"].as_array().unwrap();
+    let of = |key: &str| {
+        let name = &h.env.stack.job_queues[key].name;
+        queues.iter().find(|q| q["queue"] == json!(name)).unwrap_or_else(|| panic!("{report}")).clone()
+    };
+    let default = of("default");
+    assert_eq!((default["runnable"].as_u64(), default["stuck"].as_u64()), (Some(3), Some(2)), "{default}");
+    assert_eq!((default["diagnosed"].as_u64(), default["cancelled"].as_u64()), (Some(1), Some(1)), "{default}");
+    assert!(default["oldestRunnableSeconds"].as_u64().unwrap() >= 700, "{default}");
+    let side_queue = of("side");
+    assert_eq!((side_queue["stuck"].as_u64(), side_queue["cancelled"].as_u64()), (Some(1), Some(1)), "{side_queue}");
+
+    // AND Batch stopped the huge job, saying why it cannot start; the others still wait
+    let stopped = h.describe(&huge).await;
+    assert_eq!(stopped.status().map(|s| s.as_str()), Some("FAILED"));
+    let reason = stopped.status_reason().unwrap_or_default();
+    assert!(reason.starts_with("Batchline: RUNNABLE for 70"), "{reason}");
+    assert!(reason.contains("it needs 8 vCPU and the compute environments of job queue"), "{reason}");
+    assert!(reason.ends_with("allow at most 4 (MaxVcpus)"), "{reason}");
+    for waiting in [&backlog, &fresh] {
+        assert_eq!(h.describe(waiting).await.status().map(|s| s.as_str()), Some("RUNNABLE"));
+    }
+    let played = h.player.play_queue(&h.env.queue_arn("default")).await.unwrap();
+    assert!(played.iter().all(|c| c.job_id == huge), "only the cancelled job moves on");
+    assert_eq!(played.last().map(|c| c.status), Some("FAILED"));
+
+    // AND the stage's cancelled job fails its run with that reason
+    let changes = h.player.play_queue(&h.env.queue_arn("side")).await.unwrap();
+    h.deliver(&events_of(&changes, |_| true)).await;
+    let run = h.run(&run_id).await;
+    assert_eq!(run["status"], "FAILED", "{run}");
+    let why = run["reason"].as_str().unwrap_or_default();
+    assert!(
+        why.contains(&format!("no compute environment of job queue {}", h.env.stack.job_queues["side"].name)),
+        "{why}"
+    );
+    assert!(why.contains(&format!("{side}: DISABLED")), "{why}");
+
+    // AND the metrics say it: per queue, and for the stack (what the alarm watches)
+    let cloudwatch = aws_sdk_cloudwatch::Client::new(&h.env.sdk);
+    let maximum = |metric: &'static str, queue: Option<String>| {
+        let cloudwatch = cloudwatch.clone();
+        let namespace = h.env.config.metric_namespace.clone();
+        async move {
+            let now = SystemTime::now();
+            let reply = cloudwatch
+                .get_metric_statistics()
+                .namespace(namespace)
+                .metric_name(metric)
+                .set_dimensions(queue.map(|q| vec![Dimension::builder().name("JobQueue").value(q).build()]))
+                .start_time(DateTime::from(now - Duration::from_secs(3600)))
+                .end_time(DateTime::from(now + Duration::from_secs(3600)))
+                .period(7200)
+                .statistics(Statistic::Maximum)
+                .send()
+                .await
+                .unwrap();
+            reply.datapoints().iter().filter_map(|d| d.maximum()).fold(f64::NAN, f64::max)
+        }
+    };
+    let default_name = Some(h.env.stack.job_queues["default"].name.clone());
+    assert_eq!(maximum("StuckJobs", default_name.clone()).await, 2.0);
+    assert!(maximum("OldestRunnableSeconds", default_name).await >= 700.0);
+    assert_eq!(maximum("StuckJobs", None).await, 3.0, "the stack's total");
 }

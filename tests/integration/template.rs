@@ -414,3 +414,67 @@ fn the_templates_api_routes_are_the_routers() {
         assert!(batchline_submit::api::route(method, &concrete).is_ok(), "{method} {path} is not routed");
     }
 }
+
+/// The Batch operations the shared Batch adapter calls, read from its source
+/// (`.submit_job()` → `batch:SubmitJob`).
+fn batch_operations_in_the_shared_adapter() -> BTreeSet<String> {
+    let source = include_str!("../../shared/src/services/batch.rs");
+    let known = [
+        "submit_job",
+        "terminate_job",
+        "cancel_job",
+        "list_jobs",
+        "describe_jobs",
+        "describe_job_queues",
+        "describe_compute_environments",
+        "tag_resource",
+    ];
+    known
+        .iter()
+        .filter(|op| source.contains(&format!(".{op}()")))
+        .map(|op| {
+            let pascal: String = op.split('_').map(|word| word[..1].to_uppercase() + &word[1..]).collect();
+            format!("batch:{pascal}")
+        })
+        .collect()
+}
+
+#[test]
+fn job_events_may_make_every_batch_call_the_shared_adapter_makes() {
+    // job-events runs all of them: stages submitted, fail fast and deadlines (TerminateJob),
+    // the sweep (DescribeJobs) and the stuck-job watch (ListJobs, the queue reads).
+    let template = template();
+    let (_, function) = resources(&template).into_iter().find(|(name, _)| name == "JobEventsFunction").unwrap();
+    let policies = function["Properties"]["Policies"].as_sequence().cloned().unwrap_or_default();
+    let granted: BTreeSet<String> = policies
+        .iter()
+        .flat_map(|p| p["Statement"].as_sequence().cloned().unwrap_or_default())
+        .flat_map(|s| strings(&s["Action"]))
+        .collect();
+    let needed = batch_operations_in_the_shared_adapter();
+    assert!(needed.contains("batch:TerminateJob") && needed.contains("batch:DescribeJobQueues"), "{needed:?}");
+    let missing: Vec<&String> = needed.difference(&granted).collect();
+    assert!(missing.is_empty(), "job-events may not call {missing:?}");
+}
+
+#[test]
+fn an_alarm_watches_stuck_jobs_and_the_dashboard_shows_them() {
+    let template = template();
+    let alarms: Vec<&Value> = resources(&template)
+        .into_iter()
+        .filter(|(_, r)| r["Type"].as_str() == Some("AWS::CloudWatch::Alarm"))
+        .map(|(_, r)| r)
+        .filter(|r| r["Properties"]["MetricName"].as_str() == Some("StuckJobs"))
+        .collect();
+    assert_eq!(alarms.len(), 1);
+    let alarm = &alarms[0]["Properties"];
+    assert_eq!(alarm["Namespace"].as_str(), Some("Batchline"));
+    assert!(alarm.get("Dimensions").is_none(), "the stack's total, every queue");
+    assert_eq!(alarm["ComparisonOperator"].as_str(), Some("GreaterThanThreshold"));
+    assert_eq!(alarm["Threshold"].as_u64(), Some(0));
+    let (_, dashboard) = resources(&template).into_iter().find(|(name, _)| name == "Dashboard").unwrap();
+    let body = serde_yaml::to_string(&dashboard["Properties"]["DashboardBody"]).unwrap();
+    assert!(
+        body.contains(r#"["Batchline", "StuckJobs""#) && body.contains(r#"["Batchline", "OldestRunnableSeconds"]"#)
+    );
+}
