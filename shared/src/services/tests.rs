@@ -1119,3 +1119,38 @@ async fn a_fail_fast_stop_that_failed_is_done_by_the_next_sweep() {
     let stopped = world.batch.jobs().into_iter().find(|j| j.job_id == c).unwrap();
     assert!(stopped.terminated_because.unwrap_or_default().contains("stopping its other jobs"));
 }
+
+#[tokio::test]
+async fn two_redrives_from_the_same_read_start_one_generation() {
+    // GIVEN two handlers that both read the same ended and announced run
+    let world = World::new().await;
+    let ended = ended_run(&world, "key-rd1").await;
+    let run_id = ended.run.run_id.clone();
+    world.driver().drive(ended, 1_600).await.unwrap();
+    let read = world.driver().load(&run_id).await.unwrap().unwrap();
+    assert!(read.run.completion_sent);
+    let other = invocation("other", 301_000);
+    let second = RunDriver { holder: &other, ..world.driver() };
+    let no_sizes = BTreeMap::new();
+    // WHEN both redrive it with the same key, the second from its stale read
+    let first = world.driver().redrive(read.clone(), "redrive-1", &no_sizes, 2_000).await.unwrap();
+    let again = second.redrive(read.clone(), "redrive-1", &no_sizes, 2_001).await.unwrap();
+    // THEN both answer the same generation, started once: one RunsRedriven, one job for a
+    let generation = |outcome: &super::runs::RedriveOutcome| match outcome {
+        super::runs::RedriveOutcome::Redriven { redriven, .. } => (redriven.generation, redriven.duplicate),
+        super::runs::RedriveOutcome::Refused(why) => panic!("refused: {why}"),
+        super::runs::RedriveOutcome::NoSuchRun => panic!("no such run"),
+    };
+    assert_eq!(generation(&first), (1, false));
+    assert_eq!(generation(&again), (1, true));
+    assert_eq!(world.jobs_of("a"), 1);
+    let metrics = world.announced.metrics.lock().unwrap().clone();
+    assert_eq!(metrics.iter().filter(|m| **m == "RunsRedriven").count(), 1);
+    // AND a redrive with another key from that stale read finds the run running again
+    let refused = second.redrive(read, "redrive-2", &no_sizes, 2_002).await.unwrap();
+    assert!(
+        matches!(refused, super::runs::RedriveOutcome::Refused(crate::model::run::RedriveRefused::StillRunning(_))),
+        "a second generation before the first ended"
+    );
+    assert_eq!(world.jobs_of("a"), 1);
+}
