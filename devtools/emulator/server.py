@@ -38,7 +38,11 @@ their ids are random), so callers need no EC2 client to find them. ``POST
 /_batchline/batch/hold`` with ``{"jobId", "waitedSeconds", "region"}`` puts a job back in RUNNABLE,
 created that many seconds ago, and keeps it there until it is cancelled or terminated: a
 job that cannot start, for the stuck-job watch (the Batch event player plays only its
-RUNNABLE event).
+RUNNABLE event). ``POST /_batchline/batch/played`` with ``{"region", "jobs": [detail,
+...]}`` records how the player ended jobs (each a job state change event's ``detail``):
+from then on DescribeJobs reports the job's status, reason, times, attempts (their
+``taskArn`` naming the cluster its tasks ran on) and exit as played, ListJobs its status,
+and stopping it changes nothing — as AWS reports a job that ran.
 
 Fault injection, for tests, switchable at run time and scoped so that tests sharing the
 emulator are not affected. ``POST /_batchline/faults/SCOPE`` with
@@ -248,6 +252,15 @@ def complete_job(job: dict[str, Any], authorization: str) -> dict[str, Any]:
         requirements[override["type"]] = override["value"]
     if requirements:
         container["resourceRequirements"] = [{"type": k, "value": v} for k, v in requirements.items()]
+    played = getattr(record, "batchline_played", None)
+    if played:
+        # What the Batch event player played is what the job did (see the module docs).
+        for name in ("status", "statusReason", "startedAt", "stoppedAt", "attempts"):
+            if name in played:
+                job[name] = played[name]
+        for name in ("exitCode", "reason", "taskArn", "logStreamName"):
+            if name in played.get("container", {}):
+                container[name] = played["container"][name]
     strategy = getattr(record, "batchline_retry_strategy", None) or definition.retry_strategy
     if strategy:
         job["retryStrategy"] = strategy
@@ -418,6 +431,8 @@ class Adapter:
             return respond(start_response, 200, document, {"Content-Type": "application/json"})
         if path == "/_batchline/batch/hold" and method == "POST":
             return self.hold_job(environ, start_response)
+        if path == "/_batchline/batch/played" and method == "POST":
+            return self.played_jobs(environ, start_response)
         if path == "/v1/describejobs" and method == "POST":
             return self.describe_jobs(environ, start_response)
         if path in ("/v1/terminatejob", "/v1/canceljob") and method == "POST":
@@ -468,7 +483,8 @@ class Adapter:
         if reply.status_code == 200:
             request = json.loads(body or b"{}")
             record = find_job(request.get("jobId", ""), environ.get("HTTP_AUTHORIZATION", ""))
-            if record is not None and record.status in ("SUCCEEDED", "SUBMITTED", "PENDING", "RUNNABLE"):
+            played = getattr(record, "batchline_played", None) if record is not None else None
+            if record is not None and not played and record.status in ("SUCCEEDED", "SUBMITTED", "PENDING", "RUNNABLE"):
                 record.status = "FAILED"
                 record.job_stopped_reason = request.get("reason", "")
         return respond(start_response, reply.status_code, reply.body, dict(reply.headers))
@@ -481,6 +497,7 @@ class Adapter:
             body = json.dumps({"message": f"no job {request.get('jobId')!r}"}).encode()
             return respond(start_response, 404, body, {"Content-Type": "application/json"})
         with self.lock:
+            record.batchline_played = None
             # moto moves a job through its states as it is read; without a way out of
             # RUNNABLE it stays there until stopped (CancelJob/TerminateJob make it FAILED).
             record._transitions = [(a, b) for a, b in record._transitions if a != "RUNNABLE"]
@@ -492,6 +509,19 @@ class Adapter:
             record.exit_code = None
             record.attempts = []
             record.latest_attempt = None
+        return respond(start_response, 200, b"{}", {"Content-Type": "application/json"})
+
+    def played_jobs(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        """Records how the player ended jobs, so DescribeJobs and ListJobs report it."""
+        request = json.loads(read_body(environ) or b"{}")
+        with self.lock:
+            for detail in request.get("jobs", []):
+                record = find_any_job(detail.get("jobId", ""), request.get("region", "us-east-1"))
+                if record is None:
+                    continue
+                record.batchline_played = detail
+                record.status = detail.get("status", record.status)
+                record.job_stopped_reason = detail.get("statusReason")
         return respond(start_response, 200, b"{}", {"Content-Type": "application/json"})
 
     def create_compute_environment(self, environ: dict, start_response: Callable) -> Iterable[bytes]:

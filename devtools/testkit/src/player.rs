@@ -18,6 +18,9 @@
 //!      way a real job does, so a resubmission at a larger size succeeds;
 //!    - `play_wait_seconds`: time in the queue, createdAt → startedAt (default 10);
 //!    - `play_run_seconds`: running time, startedAt → stoppedAt (default 30);
+//!    - `play_on`: `FARGATE` or `FARGATE_SPOT`, the capacity its tasks run on: their
+//!      `taskArn` names the ECS cluster of the queue's first compute environment of that
+//!      type (the queue's first compute environment when not given), as on AWS;
 //! 3. a job that was terminated or cancelled in the emulator (moto reports FAILED with a
 //!    reason) fails with that reason and never runs;
 //! 4. a job the emulator holds in RUNNABLE ([`Player::hold`]: one that cannot start) plays
@@ -35,6 +38,9 @@
 //! `OutOfMemoryError: Container killed due to memory usage`, status reason `Essential
 //! container in task exited`. Array jobs produce events for the parent and for every child
 //! (`<parent id>:<index>`); the parent fails if any child fails.
+//!
+//! [`Player::settle`] records played jobs' ends in the emulator, so DescribeJobs reports
+//! them as AWS reports a job that ran (status, reason, times, attempts with their `taskArn`).
 //!
 //! # Delivery
 //! [`Delivery`] takes the events and hands them on: as plain events or SQS batches for a
@@ -73,6 +79,9 @@ pub struct Script {
     pub run_time: Duration,
     /// With less memory than this (MiB) the job fails out of memory.
     pub needs_memory_mib: Option<u64>,
+    /// The capacity its tasks run on (`FARGATE` or `FARGATE_SPOT`): the first compute
+    /// environment of that type in its queue; the queue's first when not given.
+    pub capacity: Option<String>,
 }
 
 impl Default for Script {
@@ -82,6 +91,7 @@ impl Default for Script {
             queue_wait: Duration::from_secs(10),
             run_time: Duration::from_secs(30),
             needs_memory_mib: None,
+            capacity: None,
         }
     }
 }
@@ -106,6 +116,12 @@ impl Script {
     }
     pub fn needing_memory(mut self, mib: u64) -> Self {
         self.needs_memory_mib = Some(mib);
+        self
+    }
+    /// Runs its tasks on the queue's first compute environment of this type
+    /// (`FARGATE` or `FARGATE_SPOT`).
+    pub fn on(mut self, capacity: &str) -> Self {
+        self.capacity = Some(capacity.to_owned());
         self
     }
 
@@ -136,6 +152,12 @@ impl Script {
         if let Some(seconds) = number("play_run_seconds")? {
             script.run_time = Duration::from_secs(seconds);
         }
+        if let Some(capacity) = setting("play_on") {
+            match capacity.as_str() {
+                "FARGATE" | "FARGATE_SPOT" => script.capacity = Some(capacity),
+                other => return Err(format!("play_on={other:?}: expected FARGATE or FARGATE_SPOT")),
+            }
+        }
         Ok(script)
     }
 }
@@ -165,6 +187,8 @@ pub struct Player {
     played: HashMap<String, PlayedJob>,
     /// Jobs held in RUNNABLE whose RUNNABLE event was played.
     held: HashSet<String>,
+    /// Per queue (ARN), its compute environments in order: type and ECS cluster name.
+    clusters: HashMap<String, Vec<(String, String)>>,
 }
 
 /// What the player remembers of a job it played, for jobs that depend on it.
@@ -182,6 +206,7 @@ impl Player {
             scripts: HashMap::new(),
             played: HashMap::new(),
             held: HashSet::new(),
+            clusters: HashMap::new(),
         }
     }
 
@@ -214,6 +239,12 @@ impl Player {
             jobs.extend(reply.jobs().iter().cloned());
         }
         jobs.sort_by_key(|job| (job.created_at().unwrap_or_default(), job.job_id().unwrap_or_default().to_owned()));
+        for queue in jobs.iter().filter_map(|job| job.job_queue()) {
+            if !self.clusters.contains_key(queue) {
+                let clusters = self.clusters_of(queue).await?;
+                self.clusters.insert(queue.to_owned(), clusters);
+            }
+        }
 
         let mut changes = Vec::new();
         for job in &jobs {
@@ -255,6 +286,75 @@ impl Player {
         }
     }
 
+    /// Tells the emulator that these played jobs ended as played, so Batch reports them as
+    /// they ran (DescribeJobs' attempts with their `taskArn`, times and exit; ListJobs'
+    /// status) and stopping them changes nothing. Not done by playing: a test may deliver
+    /// only part of what was played (a job still RUNNING for it), and terminate it.
+    pub async fn settle(&self, changes: &[StateChange]) -> Result<(), Error> {
+        let ended: Vec<&Value> =
+            changes.iter().filter(|c| matches!(c.status, "SUCCEEDED" | "FAILED")).map(|c| &c.event["detail"]).collect();
+        if ended.is_empty() {
+            return Ok(());
+        }
+        let body = json!({"region": self.region, "jobs": ended});
+        let reply = reqwest::Client::new()
+            .post(format!("{}/_batchline/batch/played", crate::emulator::endpoint()))
+            .body(body.to_string())
+            .send()
+            .await
+            .map_err(|e| Error::InvalidEvent(format!("recording played jobs: {e}")))?;
+        if !reply.status().is_success() {
+            return Err(Error::InvalidEvent(format!("recording played jobs: HTTP {}", reply.status())));
+        }
+        Ok(())
+    }
+
+    /// A queue's compute environments in order, as (type, ECS cluster name): where its
+    /// jobs' tasks run (a task's ARN names its cluster).
+    async fn clusters_of(&self, queue: &str) -> Result<Vec<(String, String)>, Error> {
+        let queues = self
+            .batch
+            .describe_job_queues()
+            .job_queues(queue)
+            .send()
+            .await
+            .map_err(|e| Error::aws("DescribeJobQueues", e))?;
+        let Some(found) = queues.job_queues().first() else { return Ok(vec![]) };
+        let mut order = found.compute_environment_order().to_vec();
+        order.sort_by_key(|o| o.order());
+        let arns: Vec<String> = order.iter().filter_map(|o| o.compute_environment().map(str::to_owned)).collect();
+        let described = self
+            .batch
+            .describe_compute_environments()
+            .set_compute_environments(Some(arns.clone()))
+            .send()
+            .await
+            .map_err(|e| Error::aws("DescribeComputeEnvironments", e))?;
+        Ok(arns
+            .iter()
+            .filter_map(|arn| {
+                let ce =
+                    described.compute_environments().iter().find(|ce| ce.compute_environment_arn() == Some(arn))?;
+                let kind = ce.compute_resources().and_then(|r| r.r#type()).map(|t| t.as_str().to_owned())?;
+                let cluster = ce.ecs_cluster_arn()?.rsplit_once("cluster/")?.1.to_owned();
+                Some((kind, cluster))
+            })
+            .collect())
+    }
+
+    /// The cluster a job's tasks run on: the first of its queue's compute environments of
+    /// the capacity the script asks for, else the first.
+    fn cluster_for(&self, job: &JobDetail, script: &Script) -> String {
+        let clusters = job.job_queue().and_then(|q| self.clusters.get(q)).map(Vec::as_slice).unwrap_or_default();
+        let wanted = script.capacity.as_deref();
+        clusters
+            .iter()
+            .find(|(kind, _)| wanted.is_none_or(|w| w == kind))
+            .or(clusters.first())
+            .map(|(_, cluster)| cluster.clone())
+            .unwrap_or_else(|| "AWSBatch-batchline".to_owned())
+    }
+
     fn script_for(&self, job: &JobDetail) -> Result<Script, Error> {
         let id = job.job_id().unwrap_or_default();
         let name = job.job_name().unwrap_or_default();
@@ -288,7 +388,7 @@ impl Player {
     fn play_job(&mut self, job: &JobDetail) -> Result<Vec<StateChange>, Error> {
         let id = job.job_id().unwrap_or_default().to_owned();
         let mut script = self.script_for(job)?;
-        let base = JobFacts::from_detail(job, &self.region);
+        let base = JobFacts::from_detail(job, &self.region, self.cluster_for(job, &script));
         let created_at = base.created_at;
 
         // A job the emulator holds (see `hold`) becomes RUNNABLE and goes no further; it is
@@ -470,10 +570,12 @@ struct JobFacts {
     container: Map<String, Value>,
     depends_on: Vec<Value>,
     platform_capabilities: Vec<Value>,
+    /// The ECS cluster its tasks run on.
+    cluster: String,
 }
 
 impl JobFacts {
-    fn from_detail(job: &JobDetail, region: &str) -> Self {
+    fn from_detail(job: &JobDetail, region: &str, cluster: String) -> Self {
         let job_arn = job.job_arn().unwrap_or_default().to_owned();
         let account = job_arn.split(':').nth(4).unwrap_or(crate::emulator::ACCOUNT_ID).to_owned();
         let strings = |map: Option<&HashMap<String, String>>| -> Map<String, Value> {
@@ -530,6 +632,7 @@ impl JobFacts {
                 .map(|d| json!({"jobId": d.job_id(), "type": d.r#type().map(|t| t.as_str())}))
                 .collect(),
             platform_capabilities: job.platform_capabilities().iter().map(|p| json!(p.as_str())).collect(),
+            cluster,
         }
     }
 
@@ -599,7 +702,7 @@ impl Timeline {
             .unwrap_or_default()
             .to_owned();
         let log_stream = format!("{definition_name}/default/{task_id}");
-        let task_arn = format!("arn:aws:ecs:{}:{}:task/AWSBatch-batchline/{task_id}", facts.region, facts.account);
+        let task_arn = format!("arn:aws:ecs:{}:{}:task/{}/{task_id}", facts.region, facts.account, facts.cluster);
         let attempt = |started_at: i64, stopped_at: i64, exit: &ExitFacts, status_reason: &str| {
             let mut container = json!({
                 "taskArn": task_arn, "exitCode": exit.code, "logStreamName": log_stream,
