@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use batchline::config::PriceOverrides;
 use batchline::model::batch_event::JobStateChangeEvent;
+use batchline::model::cost::Pricing;
 use batchline::model::metrics::{from_event, plan_calls};
 
 const TEMPLATE: &str = include_str!("../../tests/fixtures/batch/succeeded-fargate.json");
@@ -41,7 +42,7 @@ fn main() {
             let metrics: Vec<_> = input
                 .iter()
                 .filter_map(|body| JobStateChangeEvent::from_json(body).ok())
-                .map(|event| from_event(&event, &PriceOverrides::default(), now))
+                .map(|event| from_event(&event, &Pricing::on_demand(&PriceOverrides::default()), now))
                 .collect();
             calls = black_box(plan_calls(&metrics)).len();
         }

@@ -6,6 +6,7 @@
 //! | `BATCHLINE_METRIC_NAMESPACE` | CloudWatch namespace for custom metrics (default `Batchline`) |
 //! | `BATCHLINE_PRICE_VCPU_HOUR` | optional (empty = unset): USD per vCPU-hour for the cost metric |
 //! | `BATCHLINE_PRICE_GB_HOUR` | optional (empty = unset): USD per GB-hour of memory for the cost metric |
+//! | `BATCHLINE_PRICE_SPOT_VCPU_HOUR`, `BATCHLINE_PRICE_SPOT_GB_HOUR` | optional (empty = unset): the same for Fargate Spot |
 //!
 //! A missing or malformed variable fails at start-up with an error naming it, instead of
 //! failing every invocation later.
@@ -14,9 +15,18 @@ pub const TABLE_VAR: &str = "BATCHLINE_TABLE";
 pub const METRIC_NAMESPACE_VAR: &str = "BATCHLINE_METRIC_NAMESPACE";
 pub const PRICE_VCPU_HOUR_VAR: &str = "BATCHLINE_PRICE_VCPU_HOUR";
 pub const PRICE_GB_HOUR_VAR: &str = "BATCHLINE_PRICE_GB_HOUR";
+pub const PRICE_SPOT_VCPU_HOUR_VAR: &str = "BATCHLINE_PRICE_SPOT_VCPU_HOUR";
+pub const PRICE_SPOT_GB_HOUR_VAR: &str = "BATCHLINE_PRICE_SPOT_GB_HOUR";
 
 /// Every variable the functions read, for checks that the template sets exactly these.
-pub const ALL_VARS: [&str; 4] = [TABLE_VAR, METRIC_NAMESPACE_VAR, PRICE_VCPU_HOUR_VAR, PRICE_GB_HOUR_VAR];
+pub const ALL_VARS: [&str; 6] = [
+    TABLE_VAR,
+    METRIC_NAMESPACE_VAR,
+    PRICE_VCPU_HOUR_VAR,
+    PRICE_GB_HOUR_VAR,
+    PRICE_SPOT_VCPU_HOUR_VAR,
+    PRICE_SPOT_GB_HOUR_VAR,
+];
 
 pub const DEFAULT_METRIC_NAMESPACE: &str = "Batchline";
 
@@ -26,15 +36,19 @@ pub struct Config {
     pub table_name: String,
     /// The CloudWatch namespace of every custom metric.
     pub metric_namespace: String,
-    /// Fargate prices that replace the built-in on-demand rates, where set.
+    /// Fargate prices that replace the built-in rates, where set.
     pub price_overrides: PriceOverrides,
 }
 
 /// Prices (USD) for the cost metric; `None` keeps the built-in rate.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct PriceOverrides {
+    /// Fargate on-demand, both architectures.
     pub vcpu_hour: Option<f64>,
     pub gb_hour: Option<f64>,
+    /// Fargate Spot (x86_64 only).
+    pub spot_vcpu_hour: Option<f64>,
+    pub spot_gb_hour: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -64,6 +78,8 @@ impl Config {
         let price_overrides = PriceOverrides {
             vcpu_hour: parse_price(PRICE_VCPU_HOUR_VAR, lookup(PRICE_VCPU_HOUR_VAR))?,
             gb_hour: parse_price(PRICE_GB_HOUR_VAR, lookup(PRICE_GB_HOUR_VAR))?,
+            spot_vcpu_hour: parse_price(PRICE_SPOT_VCPU_HOUR_VAR, lookup(PRICE_SPOT_VCPU_HOUR_VAR))?,
+            spot_gb_hour: parse_price(PRICE_SPOT_GB_HOUR_VAR, lookup(PRICE_SPOT_GB_HOUR_VAR))?,
         };
         Ok(Config { table_name, metric_namespace, price_overrides })
     }

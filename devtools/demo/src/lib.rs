@@ -78,7 +78,11 @@ pub fn function_environment(template_names: &[String], table: &str) -> Result<Ve
             let value = match name.as_str() {
                 batchline::config::TABLE_VAR => table.to_owned(),
                 batchline::config::METRIC_NAMESPACE_VAR => batchline::config::DEFAULT_METRIC_NAMESPACE.to_owned(),
-                batchline::config::PRICE_VCPU_HOUR_VAR | batchline::config::PRICE_GB_HOUR_VAR => String::new(),
+                // Empty: the built-in rates.
+                batchline::config::PRICE_VCPU_HOUR_VAR
+                | batchline::config::PRICE_GB_HOUR_VAR
+                | batchline::config::PRICE_SPOT_VCPU_HOUR_VAR
+                | batchline::config::PRICE_SPOT_GB_HOUR_VAR => String::new(),
                 other => return Err(format!("template.yaml sets {other}, which the local run does not know")),
             };
             Ok((name.clone(), value))

@@ -28,6 +28,7 @@ use aws_config::SdkConfig;
 use aws_lambda_events::eventbridge::EventBridgeEvent;
 use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse};
 use batchline::model::batch_event::{JobStateChangeEvent, JobStatus};
+use batchline::model::cost::Pricing;
 use batchline::model::job_request::{PIPELINE_TAG, RUN_TAG, STAGE_TAG};
 use batchline::model::metrics::{self, EventMetrics};
 use batchline::model::run::is_out_of_memory;
@@ -193,8 +194,21 @@ async fn process(messages: Vec<Message>, clients: &Clients, config: &Config, hol
         }
     }
 
+    // Costs need the stack's clusters (which capacity each task ran on): read once per
+    // container, and only when an event has ended.
+    let pricing = if claimed.iter().any(|event| event.detail.status.is_terminal()) {
+        match clients.ports.configs.get().await {
+            Ok(stack) => Pricing::of(&stack, &config.price_overrides),
+            Err(err) => {
+                warn!(error = %err, "no configuration: costs are priced on-demand, as upper bounds");
+                Pricing::on_demand(&config.price_overrides)
+            }
+        }
+    } else {
+        Pricing::on_demand(&config.price_overrides)
+    };
     let event_metrics: Vec<EventMetrics> =
-        claimed.iter().map(|event| metrics::from_event(event, &config.price_overrides, now)).collect();
+        claimed.iter().map(|event| metrics::from_event(event, &pricing, now)).collect();
     let calls = metrics::plan_calls(&event_metrics);
     let mut unpublished = vec![false; claimed.len()];
     for call in &calls {

@@ -126,6 +126,10 @@ pub struct Container {
     pub reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_stream_name: Option<String>,
+    /// The ECS task it ran as: `arn:…:task/<cluster name>/<task id>` (the cluster says
+    /// which compute environment ran it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_arn: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime_platform: Option<RuntimePlatform>,
     /// What the container ran with (what a resubmission of the job repeats).

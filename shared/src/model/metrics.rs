@@ -7,8 +7,8 @@
 //!   `JobsSucceeded`, `JobsFailed`, and `JobsSubmitted`/`JobsPending` when Batch sends them);
 //! - on SUCCEEDED and FAILED: `QueueWaitTime` (startedAt − createdAt), `RunTime` (stoppedAt −
 //!   startedAt), `TotalTime` (stoppedAt − createdAt), all in milliseconds; `Attempts`; and
-//!   `EstimatedCost` in US dollars from the task's vCPU and memory and each attempt's
-//!   billable time (Fargate bills per second with a one-minute minimum). A job that never
+//!   `EstimatedCost` in US dollars, each attempt priced by the capacity it ran on (see
+//!   [`crate::model::cost`]). A job that never
 //!   started (cancelled, or its dependency failed) has no wait or run time.
 //!
 //! Each value goes out under bounded dimension sets — never a job id: none (stack-wide),
@@ -31,8 +31,8 @@
 
 use std::collections::BTreeMap;
 
-use crate::config::PriceOverrides;
 use crate::model::batch_event::{JobStateChangeEvent, JobStatus};
+use crate::model::cost::Pricing;
 use crate::model::job_request::{PIPELINE_TAG, STAGE_TAG};
 
 /// PutMetricData's limits.
@@ -80,29 +80,6 @@ pub struct EventMetrics {
     pub minute_ms: i64,
 }
 
-/// Fargate Linux on-demand rates (US East, N. Virginia), USD.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Prices {
-    pub vcpu_hour: f64,
-    pub gb_hour: f64,
-}
-
-pub const X86_64_PRICES: Prices = Prices { vcpu_hour: 0.04048, gb_hour: 0.004445 };
-pub const ARM64_PRICES: Prices = Prices { vcpu_hour: 0.03238, gb_hour: 0.00356 };
-
-impl Prices {
-    /// The built-in rates for the job's architecture (x86_64 unless it says ARM64),
-    /// replaced by any configured override.
-    pub fn for_job(architecture: Option<&str>, overrides: &PriceOverrides) -> Prices {
-        let base =
-            if architecture.is_some_and(|a| a.eq_ignore_ascii_case("ARM64")) { ARM64_PRICES } else { X86_64_PRICES };
-        Prices {
-            vcpu_hour: overrides.vcpu_hour.unwrap_or(base.vcpu_hour),
-            gb_hour: overrides.gb_hour.unwrap_or(base.gb_hour),
-        }
-    }
-}
-
 /// The metric name counting transitions into `status`, for the statuses Batch defines.
 pub fn count_metric(status: &JobStatus) -> Option<&'static str> {
     Some(match status {
@@ -119,7 +96,7 @@ pub fn count_metric(status: &JobStatus) -> Option<&'static str> {
 
 /// What one event contributes (see the module docs); `now_ms` stands in for a missing or
 /// unacceptable time.
-pub fn from_event(event: &JobStateChangeEvent, overrides: &PriceOverrides, now_ms: i64) -> EventMetrics {
+pub fn from_event(event: &JobStateChangeEvent, pricing: &Pricing, now_ms: i64) -> EventMetrics {
     let detail = &event.detail;
     let mut observations = Vec::new();
     if !detail.is_array_parent() {
@@ -127,7 +104,7 @@ pub fn from_event(event: &JobStateChangeEvent, overrides: &PriceOverrides, now_m
             observations.push(Observation { metric, unit: Unit::Count, value: 1.0 });
         }
         if detail.status.is_terminal() {
-            observations.extend(terminal_observations(event, overrides));
+            observations.extend(terminal_observations(event, pricing));
         }
     }
     let time = event.time_millis().or(detail.stopped_at).or(detail.started_at).or(detail.created_at).unwrap_or(now_ms);
@@ -135,7 +112,7 @@ pub fn from_event(event: &JobStateChangeEvent, overrides: &PriceOverrides, now_m
     EventMetrics { observations, dimension_sets: dimension_sets(event), minute_ms: time - time.rem_euclid(MINUTE_MS) }
 }
 
-fn terminal_observations(event: &JobStateChangeEvent, overrides: &PriceOverrides) -> Vec<Observation> {
+fn terminal_observations(event: &JobStateChangeEvent, pricing: &Pricing) -> Vec<Observation> {
     let detail = &event.detail;
     let mut out = Vec::new();
     let millis = |metric, from: Option<i64>, to: Option<i64>| match (from, to) {
@@ -148,26 +125,10 @@ fn terminal_observations(event: &JobStateChangeEvent, overrides: &PriceOverrides
     out.extend(millis("RunTime", detail.started_at, detail.stopped_at));
     out.extend(millis("TotalTime", detail.created_at, detail.stopped_at));
     out.push(Observation { metric: "Attempts", unit: Unit::Count, value: detail.attempts().len() as f64 });
-    if let Some(cost) = estimated_cost(event, overrides) {
-        out.push(Observation { metric: "EstimatedCost", unit: Unit::None, value: cost });
+    if let Some(cost) = pricing.price_job(detail) {
+        out.push(Observation { metric: "EstimatedCost", unit: Unit::None, value: cost.usd });
     }
     out
-}
-
-/// USD for the job's attempts: per attempt, vCPU and GB times the billable hours.
-pub fn estimated_cost(event: &JobStateChangeEvent, overrides: &PriceOverrides) -> Option<f64> {
-    let detail = &event.detail;
-    let size = detail.size()?;
-    let prices = Prices::for_job(detail.cpu_architecture(), overrides);
-    let mut runs: Vec<(i64, i64)> =
-        detail.attempts().iter().filter_map(|a| Some((a.started_at?, a.stopped_at?))).collect();
-    if runs.is_empty() {
-        runs.extend(detail.started_at.zip(detail.stopped_at));
-    }
-    let billable_seconds: f64 =
-        runs.iter().map(|(start, stop)| (((stop - start).max(0) as f64) / 1000.0).ceil().max(60.0)).sum();
-    let hourly = size.vcpu_f64() * prices.vcpu_hour + (size.memory_mib as f64 / 1024.0) * prices.gb_hour;
-    Some(hourly * billable_seconds / 3600.0)
 }
 
 fn dimension_sets(event: &JobStateChangeEvent) -> Vec<Dimensions> {
@@ -342,7 +303,14 @@ pub fn plan_calls(events: &[EventMetrics]) -> Vec<PlannedCall> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::PriceOverrides;
+    use crate::model::cost::{Clusters, Rates};
     use serde_json::json;
+
+    /// The built-in rates, no cluster known (so on-demand).
+    fn pricing() -> Pricing {
+        Pricing { clusters: Clusters::default(), rates: Rates::with(&PriceOverrides::default()) }
+    }
 
     const QUEUE: &str = "arn:aws:batch:us-east-1:123456789012:job-queue/etl";
     const DEFINITION: &str = "arn:aws:batch:us-east-1:123456789012:job-definition/extract:3";
@@ -379,7 +347,7 @@ mod tests {
 
     #[test]
     fn a_transition_counts_once_under_every_bounded_dimension_set() {
-        let metrics = from_event(&event("RUNNING", json!({})), &PriceOverrides::default(), NOW);
+        let metrics = from_event(&event("RUNNING", json!({})), &pricing(), NOW);
         assert_eq!(metrics.observations, vec![Observation { metric: "JobsRunning", unit: Unit::Count, value: 1.0 }]);
         assert_eq!(
             metrics.dimension_sets,
@@ -393,7 +361,7 @@ mod tests {
 
     #[test]
     fn a_terminal_state_adds_times_attempts_and_cost() {
-        let metrics = from_event(&succeeded(), &PriceOverrides::default(), NOW);
+        let metrics = from_event(&succeeded(), &pricing(), NOW);
         assert_eq!(value_of(&metrics, "JobsSucceeded"), Some(1.0));
         assert_eq!(value_of(&metrics, "QueueWaitTime"), Some(20_000.0));
         assert_eq!(value_of(&metrics, "RunTime"), Some(30_000.0));
@@ -423,31 +391,29 @@ mod tests {
         let mut arm = succeeded();
         arm.detail.container.as_mut().unwrap().runtime_platform =
             Some(crate::model::batch_event::RuntimePlatform { cpu_architecture: Some("ARM64".into()) });
-        let cost = estimated_cost(&arm, &PriceOverrides::default()).unwrap();
+        let cost = value_of(&from_event(&arm, &pricing(), NOW), "EstimatedCost").unwrap();
         assert!((cost - (0.03238 + 2.0 * 0.00356) / 60.0).abs() < 1e-12);
-        let overrides = PriceOverrides { vcpu_hour: Some(1.0), gb_hour: Some(0.0) };
-        assert!((estimated_cost(&arm, &overrides).unwrap() - 1.0 / 60.0).abs() < 1e-12);
+        let overrides = PriceOverrides { vcpu_hour: Some(1.0), gb_hour: Some(0.0), ..PriceOverrides::default() };
+        let priced = Pricing { clusters: Clusters::default(), rates: Rates::with(&overrides) };
+        assert!((value_of(&from_event(&arm, &priced, NOW), "EstimatedCost").unwrap() - 1.0 / 60.0).abs() < 1e-12);
     }
 
     #[test]
     fn a_job_that_never_ran_has_no_run_time_and_array_parents_are_not_counted() {
-        let never =
-            from_event(&event("FAILED", json!({"stoppedAt": 1_800_000_005_000i64})), &PriceOverrides::default(), NOW);
+        let never = from_event(&event("FAILED", json!({"stoppedAt": 1_800_000_005_000i64})), &pricing(), NOW);
         assert_eq!(value_of(&never, "RunTime"), None);
         assert_eq!(value_of(&never, "QueueWaitTime"), None);
         assert_eq!(value_of(&never, "TotalTime"), Some(5_000.0));
         assert_eq!(value_of(&never, "Attempts"), Some(0.0));
-        let parent =
-            from_event(&event("SUCCEEDED", json!({"arrayProperties": {"size": 3}})), &PriceOverrides::default(), NOW);
+        let parent = from_event(&event("SUCCEEDED", json!({"arrayProperties": {"size": 3}})), &pricing(), NOW);
         assert!(parent.observations.is_empty());
-        let child =
-            from_event(&event("RUNNING", json!({"arrayProperties": {"index": 1}})), &PriceOverrides::default(), NOW);
+        let child = from_event(&event("RUNNING", json!({"arrayProperties": {"index": 1}})), &pricing(), NOW);
         assert_eq!(value_of(&child, "JobsRunning"), Some(1.0));
     }
 
     #[test]
     fn times_are_minutes_and_unacceptable_times_become_now() {
-        let metrics = from_event(&event("RUNNING", json!({})), &PriceOverrides::default(), NOW);
+        let metrics = from_event(&event("RUNNING", json!({})), &pricing(), NOW);
         let event_time =
             aws_smithy_types::DateTime::from_str("2026-01-01T00:00:30Z", aws_smithy_types::date_time::Format::DateTime)
                 .unwrap()
@@ -456,14 +422,14 @@ mod tests {
         // The fixture's time is far from NOW, so NOW (truncated) is used.
         assert_ne!(metrics.minute_ms, event_time - event_time % MINUTE_MS);
         assert_eq!(metrics.minute_ms, NOW - NOW % MINUTE_MS);
-        let near = from_event(&event("RUNNING", json!({})), &PriceOverrides::default(), event_time + 5_000);
+        let near = from_event(&event("RUNNING", json!({})), &pricing(), event_time + 5_000);
         assert_eq!(near.minute_ms, event_time - 30_000);
     }
 
     #[test]
     fn many_events_pack_into_one_call_with_values_and_counts() {
         let events: Vec<EventMetrics> =
-            (0..500).map(|_| from_event(&succeeded(), &PriceOverrides::default(), 1_800_000_030_000)).collect();
+            (0..500).map(|_| from_event(&succeeded(), &pricing(), 1_800_000_030_000)).collect();
         let calls = plan_calls(&events);
         assert_eq!(calls.len(), 1);
         assert_eq!(calls[0].events.len(), 500);
@@ -481,7 +447,7 @@ mod tests {
                 let mut e = succeeded();
                 e.detail.stopped_at = Some(1_800_000_050_000 + i);
                 e.detail.job_queue = Some(format!("arn:aws:batch:us-east-1:1:job-queue/q{}", i % 40));
-                from_event(&e, &PriceOverrides::default(), 1_800_000_030_000)
+                from_event(&e, &pricing(), 1_800_000_030_000)
             })
             .collect();
         let calls = plan_calls(&events);

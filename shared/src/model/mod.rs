@@ -1,13 +1,14 @@
 //! The model: Batchline's decisions as pure functions and data, with no AWS calls.
 //!
 //! `fargate` (sizes) ← `job_request` (names, tags, limits) ← `batch_event` (job state
-//! changes) ← `metrics` (what an event publishes); `retry` (Batch's retry rules) ←
+//! changes) ← `cost` (what a job's tasks cost) ← `metrics` (what an event publishes); `retry` (Batch's retry rules) ←
 //! `pipeline` (the deployed DAG) ← `run`
 //! (the state machine of one run) and `stack` (the deployed configuration) ← `stuck` (jobs
 //! waiting past their queue's limit, diagnosed). Arrows point
 //! at what a module uses; nothing here imports `store` or `services`.
 
 pub mod batch_event;
+pub mod cost;
 pub mod fargate;
 pub mod job_request;
 pub mod metrics;

@@ -160,6 +160,10 @@ pub struct ComputeEnvironment {
     pub name: String,
     pub kind: ComputeType,
     pub max_vcpus: u32,
+    /// The ECS cluster Batch made for it (its tasks' ARNs name it): known once
+    /// provisioned; configurations of earlier releases lack it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ecs_cluster_arn: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -377,8 +377,10 @@ fn resolve(doc: Document) -> Result<Declared, ConfigProblems> {
         if !(1..=10_000).contains(&max_vcpus) {
             problems.push(format!("{path}.MaxVcpus {max_vcpus}: use 1 to 10000"));
         }
-        compute_environments
-            .insert(key.clone(), ComputeEnvironment { name: name(key), kind, max_vcpus: max_vcpus as u32 });
+        compute_environments.insert(
+            key.clone(),
+            ComputeEnvironment { name: name(key), kind, max_vcpus: max_vcpus as u32, ecs_cluster_arn: None },
+        );
     }
 
     let mut job_queues = BTreeMap::new();
@@ -579,7 +581,12 @@ mod tests {
         let config = declare(&network_only()).unwrap();
         assert_eq!(
             config.compute_environments["default"],
-            ComputeEnvironment { name: "batchline-default".into(), kind: ComputeType::Fargate, max_vcpus: 256 }
+            ComputeEnvironment {
+                name: "batchline-default".into(),
+                kind: ComputeType::Fargate,
+                max_vcpus: 256,
+                ecs_cluster_arn: None
+            }
         );
         assert_eq!(config.job_queues["default"].priority, 1);
         assert_eq!(config.job_queues["default"].compute_environments, ["default"]);

@@ -69,7 +69,7 @@ pub(super) async fn ensure_compute_environment(
     network: &Network,
     stack: &str,
     deadline: Instant,
-) -> Result<String, Error> {
+) -> Result<(String, Option<String>), Error> {
     let arn = match describe_compute_environment(clients, &wanted.name).await? {
         None => {
             let kind = match wanted.kind {
@@ -137,7 +137,10 @@ pub(super) async fn ensure_compute_environment(
         }
     })
     .await?;
-    Ok(arn)
+    // Its ECS cluster names the compute environment in its tasks' ARNs (cost by capacity).
+    let cluster =
+        describe_compute_environment(clients, &wanted.name).await?.and_then(|c| c.ecs_cluster_arn().map(str::to_owned));
+    Ok((arn, cluster))
 }
 
 pub(super) async fn delete_compute_environment(clients: &Clients, name: &str, deadline: Instant) -> Result<(), Error> {

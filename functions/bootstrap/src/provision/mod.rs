@@ -18,7 +18,9 @@
 
 use std::collections::BTreeMap;
 
-use batchline::model::stack::{Provisioned, ProvisionedRepository, Roles, StackConfig, EXECUTION_POLICY_ARN};
+use batchline::model::stack::{
+    ComputeEnvironment, Provisioned, ProvisionedRepository, Roles, StackConfig, EXECUTION_POLICY_ARN,
+};
 use batchline::store::{ConfigStore, DynamoStore, Published};
 use batchline::Error;
 use tokio::time::Instant;
@@ -73,9 +75,10 @@ pub async fn converge(
 
     let mut compute_environments = BTreeMap::new();
     for (key, wanted) in &declared.compute_environments {
-        let arn =
+        let (arn, ecs_cluster_arn) =
             ensure_compute_environment(clients, wanted, &declared.network, &declared.name_prefix, deadline).await?;
-        compute_environments.insert(key.clone(), Provisioned { spec: wanted.clone(), arn });
+        let spec = ComputeEnvironment { ecs_cluster_arn, ..wanted.clone() };
+        compute_environments.insert(key.clone(), Provisioned { spec, arn });
     }
     let mut job_queues = BTreeMap::new();
     for (key, wanted) in &declared.job_queues {
