@@ -1048,3 +1048,133 @@ async fn jobs_held_runnable_past_their_queues_limit_are_published_and_cancelled_
     assert!(maximum("OldestRunnableSeconds", default_name).await >= 700.0);
     assert_eq!(maximum("StuckJobs", None).await, 3.0, "the stack's total");
 }
+
+/// A stack whose default queue runs on Fargate first and Fargate Spot second.
+fn priced() -> Value {
+    json!({
+        "ComputeEnvironments": {"main": {"Type": "FARGATE"}, "spot": {"Type": "FARGATE_SPOT"}},
+        "JobQueues": {"default": {"ComputeEnvironments": "main,spot"}},
+        "JobDefinitions": {"default": {}},
+        "Pipelines": {
+            // load runs out of memory once (on Fargate); summarise runs on Spot.
+            "hungry": {"MaxResizes": "2", "Stages": {
+                "load": {"JobDefinition": "default", "Parameters": {"play_needs_memory": "1024"}},
+                "summarise": {"JobDefinition": "default", "After": "load", "Parameters": {"play_on": "FARGATE_SPOT"}}
+            }},
+            // An hour of load fits the budget at 512 MiB, not at 1024 MiB.
+            "capped": {"MaxResizes": "2", "MaxRunCostUsd": "0.013", "Stages": {
+                "load": {"JobDefinition": "default", "ExpectedSeconds": "3600", "Parameters": {"play_needs_memory": "1024"}}
+            }, "OnFailure": {"JobDefinition": "default"}}
+        }
+    })
+}
+
+/// USD for `seconds` of a task of `vcpu` and `gb` at these hourly rates.
+fn usd(vcpu: f64, gb: f64, rates: (f64, f64), seconds: f64) -> f64 {
+    (vcpu * rates.0 + gb * rates.1) * seconds / 3600.0
+}
+const ON_DEMAND: (f64, f64) = (0.04048, 0.004445);
+const SPOT: (f64, f64) = (0.012648, 0.001389);
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() < 1e-9
+}
+
+#[tokio::test]
+async fn a_spot_task_is_priced_at_spot_rates_and_an_on_demand_one_at_on_demand_rates() {
+    // GIVEN two single jobs, one played on the queue's Fargate Spot compute environment
+    let mut h = Harness::with("pl-spot", priced()).await;
+    let (_, plain) = h.api("POST", "/jobs", json!({"jobDefinition": "default"})).await;
+    let body = json!({"jobDefinition": "default", "parameters": {"play_on": "FARGATE_SPOT"}});
+    let (_, spot) = h.api("POST", "/jobs", body).await;
+    let changes = h.player.play_queue(&h.env.queue_arn("default")).await.unwrap();
+    h.player.settle(&changes).await.unwrap();
+    h.deliver(&events_of(&changes, |_| true)).await;
+    // WHEN each is read, THEN its one task (30 s, billed a minute) is priced by its capacity
+    let cost_of = |answer: &Value| {
+        let id = answer["jobId"].as_str().unwrap().to_owned();
+        let h = &h;
+        async move {
+            let (status, view) = h.api("GET", &format!("/jobs/{id}"), Value::Null).await;
+            assert_eq!(status, 200, "{view}");
+            view["cost"].clone()
+        }
+    };
+    let (plain, spot) = (cost_of(&plain).await, cost_of(&spot).await);
+    assert_eq!(plain["tasks"][0]["capacity"], "FARGATE", "{plain}");
+    assert_eq!(spot["tasks"][0]["capacity"], "FARGATE_SPOT", "{spot}");
+    assert_eq!((plain["upperBound"].as_bool(), spot["tasks"][0]["billableSeconds"].as_u64()), (Some(false), Some(60)));
+    assert!(close(plain["usd"].as_f64().unwrap(), usd(0.25, 0.5, ON_DEMAND, 60.0)), "{plain}");
+    assert!(close(spot["usd"].as_f64().unwrap(), usd(0.25, 0.5, SPOT, 60.0)), "{spot}");
+}
+
+#[tokio::test]
+async fn a_runs_cost_sums_every_attempt_once_and_is_the_same_in_the_api_the_event_and_the_metric() {
+    // GIVEN a run whose first stage runs out of memory once, every event delivered twice, shuffled
+    let mut h = Harness::with("pl-runcost", priced()).await;
+    let run_id = h.start("hungry").await;
+    let completed = completion_queue(&h.env.sdk, &run_id).await;
+    let played = h.play_to_the_end(2, 17).await;
+    // AND once more, all of it, later (a redelivery)
+    h.deliver(&events_of(&played, |_| true)).await;
+    // THEN the run's cost is both load attempts (512 then 1024 MiB, on Fargate) plus summarise (Spot)
+    let run = h.run(&run_id).await;
+    assert_eq!(run["status"], "SUCCEEDED", "{run}");
+    let load = usd(0.25, 0.5, ON_DEMAND, 60.0) + usd(0.25, 1.0, ON_DEMAND, 60.0);
+    let summarise = usd(0.25, 0.5, SPOT, 60.0);
+    let stage_cost = |stage: &str| run["stages"][stage]["costUsd"].as_f64().unwrap();
+    assert!(close(stage_cost("load"), load), "{run}");
+    assert!(close(stage_cost("summarise"), summarise), "{run}");
+    let total = run["costUsd"].as_f64().unwrap();
+    assert!(close(total, load + summarise), "{run}");
+    assert_eq!(run["costIsUpperBound"], false);
+    let attempts = run["stages"]["load"]["attempts"].as_array().unwrap();
+    assert!(close(attempts[0]["cost"]["usd"].as_f64().unwrap(), usd(0.25, 0.5, ON_DEMAND, 60.0)), "{attempts:?}");
+    // AND the completion event, sent once, carries the same figure
+    let announced = completions(&h.env.sdk, &completed).await;
+    assert_eq!(announced.len(), 1, "{announced:?}");
+    assert_eq!(announced[0]["detail"]["costUsd"].as_f64(), Some(total));
+    assert_eq!(announced[0]["detail"]["stages"]["load"]["costUsd"].as_f64(), Some(stage_cost("load")));
+    // AND so does the RunCost metric of the pipeline
+    let cloudwatch = aws_sdk_cloudwatch::Client::new(&h.env.sdk);
+    let now = SystemTime::now();
+    let reply = cloudwatch
+        .get_metric_statistics()
+        .namespace(&h.env.config.metric_namespace)
+        .metric_name("RunCost")
+        .dimensions(Dimension::builder().name("Pipeline").value("hungry").build())
+        .start_time(DateTime::from(now - Duration::from_secs(3600)))
+        .end_time(DateTime::from(now + Duration::from_secs(3600)))
+        .period(7200)
+        .statistics(Statistic::Sum)
+        .statistics(Statistic::SampleCount)
+        .send()
+        .await
+        .unwrap();
+    let sum: f64 = reply.datapoints().iter().filter_map(|d| d.sum()).sum();
+    let count: f64 = reply.datapoints().iter().filter_map(|d| d.sample_count()).sum();
+    assert_eq!(count, 1.0);
+    assert!(close(sum, total), "{sum} vs {total}");
+}
+
+#[tokio::test]
+async fn a_resize_that_would_pass_the_runs_budget_is_not_submitted_and_the_run_fails_saying_so() {
+    // GIVEN a run whose stage fits its budget at 512 MiB and runs out of memory
+    let mut h = Harness::with("pl-budget", priced()).await;
+    let run_id = h.start("capped").await;
+    h.play_to_the_end(1, 3).await;
+    // THEN the resize was not submitted: the run failed, naming the budget, the spend and the estimate
+    let run = h.run(&run_id).await;
+    assert_eq!(run["status"], "FAILED", "{run}");
+    let reason = run["reason"].as_str().unwrap();
+    assert!(reason.starts_with("the run would pass its MaxRunCostUsd of $0.01: spent $0.0002"), "{reason}");
+    assert!(reason.contains("next (load attempt 2 at 0.25 vCPU / 1024 MiB) estimated at $0.0146"), "{reason}");
+    let attempts = run["stages"]["load"]["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{attempts:?}");
+    assert_eq!(attempts[1]["jobId"], Value::Null, "never submitted");
+    assert_eq!(attempts[1]["status"], "SKIPPED");
+    // AND OnFailure ran regardless (it is exempt), and nothing else was submitted
+    assert_eq!(run["onFailure"]["status"], "SUCCEEDED", "{run}");
+    assert_eq!(h.job_names().await.len(), 2, "load once and on-failure");
+    assert!(close(run["costUsd"].as_f64().unwrap(), 2.0 * usd(0.25, 0.5, ON_DEMAND, 60.0)), "{run}");
+}

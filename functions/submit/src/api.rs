@@ -225,7 +225,14 @@ pub struct StartRunBody {
 }
 
 /// `GET /runs/{id}`: the run, each stage with its attempts, sizes and log links.
-pub fn run_view(run: &batchline::model::run::Run, config: &StackConfig, region: &str, now_ms: i64) -> Value {
+pub fn run_view(
+    run: &batchline::model::run::Run,
+    config: &StackConfig,
+    pricing: &batchline::model::cost::Pricing,
+    region: &str,
+    now_ms: i64,
+) -> Value {
+    let cost = run.cost(pricing);
     let stage_view = |name: &str, stage_run: &batchline::model::run::StageRun| {
         let declared = run.stage(name);
         let log_group = declared
@@ -248,6 +255,8 @@ pub fn run_view(run: &batchline::model::run::Run, config: &StackConfig, region: 
                     "stoppedAt": iso(a.stopped_at),
                     "logStreamName": a.log_stream,
                     "logUrl": a.log_stream.as_deref().map(|s| log_console_url(region, &log_group, s)),
+                    // Once its job ended: each task (Batch attempt) priced by its capacity.
+                    "cost": (!a.billed.is_empty()).then(|| a.cost(pricing)),
                 })
             })
             .collect();
@@ -256,6 +265,7 @@ pub fn run_view(run: &batchline::model::run::Run, config: &StackConfig, region: 
             "jobDefinition": declared.map(|s| s.job_definition.clone()),
             "after": declared.map(|s| s.after.clone()).unwrap_or_default(),
             "attempts": attempts,
+            "costUsd": cost.stages.get(name).map(|c| c.usd).unwrap_or_default(),
         })
     };
     let stages: serde_json::Map<String, Value> =
@@ -278,6 +288,11 @@ pub fn run_view(run: &batchline::model::run::Run, config: &StackConfig, region: 
         })).collect::<Vec<_>>(),
         "stages": stages,
         "onFailure": run.on_failure.as_ref().map(|s| stage_view(batchline::model::pipeline::ON_FAILURE, s)),
+        // What its ended attempts cost, retries and resizes included (the completion
+        // event and the RunCost metric carry the same figure).
+        "costUsd": cost.usd,
+        "costIsUpperBound": cost.upper_bound,
+        "maxRunCostUsd": run.pipeline.max_run_cost_usd,
     })
 }
 

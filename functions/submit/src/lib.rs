@@ -25,6 +25,7 @@ use aws_config::SdkConfig;
 use aws_lambda_events::apigw::ApiGatewayV2httpRequest;
 use aws_lambda_events::eventbridge::EventBridgeEvent;
 use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
+use batchline::model::cost::Pricing;
 use batchline::model::job_request::{PIPELINE_TAG, RUN_TAG, STAGE_TAG};
 use batchline::model::run::RedriveRefused;
 use batchline::model::run::RunInput;
@@ -275,6 +276,10 @@ async fn serve(
         Route::GetJob(id) => {
             let job = our_job(clients, &stack, &id).await?;
             let mut view = api::job_view(&job, &clients.region);
+            // What it cost, each Batch attempt priced by the capacity it ran on.
+            let pricing = Pricing::of(&stack, &clients.ports.prices);
+            let cost = batchline::services::batch::event_from_job(&job)?.detail;
+            view["cost"] = json!(pricing.price_job(&cost));
             // A single job resized after running out of memory names the job that followed
             // it (and a resized one the job it began as).
             let tag = |name: &str| job.tags().and_then(|t| t.get(name)).cloned();
@@ -340,7 +345,8 @@ async fn serve(
                 .await?
                 .ok_or_else(|| ApiError::not_found(format!("no run {id}")))?
                 .run;
-            Ok(api::response(200, &api::run_view(&run, &stack, &clients.region, batchline::now_ms())))
+            let pricing = Pricing::of(&stack, &clients.ports.prices);
+            Ok(api::response(200, &api::run_view(&run, &stack, &pricing, &clients.region, batchline::now_ms())))
         }
         Route::ListRuns => {
             let pipeline = request.query.get("pipeline").ok_or_else(|| ApiError::bad_request("give ?pipeline=NAME"))?;

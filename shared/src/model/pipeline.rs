@@ -29,6 +29,9 @@ pub struct Pipeline {
     /// The longest a run may take: past it, the run fails and its jobs are stopped.
     #[serde(default)]
     pub max_run_seconds: Option<u32>,
+    /// The most a run may cost (USD): a submission that would pass it fails the run instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_run_cost_usd: Option<f64>,
 }
 
 /// What happens to a run's other jobs when one of its stages fails for good. Either way
@@ -62,6 +65,9 @@ pub struct Stage {
     /// records of earlier releases.
     #[serde(default)]
     pub max_vcpus: Option<u32>,
+    /// How long its job is expected to run: what a cost budget plans with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_seconds: Option<u32>,
     /// The stage's own retry attempts and rules, instead of its job definition's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<crate::model::retry::RetryPolicy>,

@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::model::batch_event::{JobStateChangeEvent, JobStatus};
+use crate::model::cost::{billed_tasks, BilledTask, Cost, Pricing};
 use crate::model::fargate::Size;
 use crate::model::pipeline::{attempt_key, OnStageFailure, Pipeline, Stage, ON_FAILURE};
 
@@ -90,6 +91,33 @@ pub struct Attempt {
     pub started_at: Option<i64>,
     #[serde(default)]
     pub stopped_at: Option<i64>,
+    /// The tasks its job ran (one per Batch attempt), recorded when it ended: what it cost.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub billed: Vec<BilledTask>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub architecture: Option<String>,
+}
+
+impl Attempt {
+    /// What its job cost; nothing until it ended.
+    pub fn cost(&self, pricing: &Pricing) -> Cost {
+        pricing.price(self.size, self.architecture.as_deref(), &self.billed)
+    }
+
+    /// Seconds its job was billed for (all its tasks), once it ended.
+    fn billed_seconds(&self) -> Option<u64> {
+        (!self.billed.is_empty())
+            .then(|| self.billed.iter().map(|t| crate::model::cost::billable_seconds(t.started_at, t.stopped_at)).sum())
+    }
+}
+
+/// What a run cost so far: in all, and per stage (the failure stage as `on-failure`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunCost {
+    pub usd: f64,
+    pub upper_bound: bool,
+    pub stages: BTreeMap<String, Cost>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -237,6 +265,8 @@ fn record_end(attempt: &mut Attempt, event: &JobStateChangeEvent, now_ms: i64) {
     attempt.exit_code = container.and_then(|c| c.exit_code);
     attempt.reason = container.and_then(|c| c.reason.clone()).or_else(|| detail.status_reason.clone());
     attempt.status = if detail.status == JobStatus::Succeeded { StageStatus::Succeeded } else { StageStatus::Failed };
+    attempt.billed = billed_tasks(detail);
+    attempt.architecture = detail.cpu_architecture().map(str::to_owned);
 }
 
 impl Run {
@@ -501,6 +531,80 @@ impl Run {
         }
     }
 
+    /// What the run's ended attempts cost (a running job is priced once it ends).
+    pub fn cost(&self, pricing: &Pricing) -> RunCost {
+        let mut total = RunCost::default();
+        let stages =
+            self.stages.iter().map(|(k, s)| (k.as_str(), s)).chain(self.on_failure.iter().map(|s| (ON_FAILURE, s)));
+        for (name, stage_run) in stages {
+            let mut stage = Cost::default();
+            for attempt in &stage_run.attempts {
+                stage.add(&attempt.cost(pricing));
+            }
+            total.usd += stage.usd;
+            total.upper_bound |= stage.upper_bound;
+            total.stages.insert(name.to_owned(), stage);
+        }
+        total
+    }
+
+    /// What an attempt of `stage` at `size` is expected to cost: for the stage's
+    /// `ExpectedSeconds`, else its `TimeoutSeconds`, else the median of its attempts in this
+    /// run that ended, else Fargate's one-minute minimum — priced on-demand.
+    fn estimate(&self, stage: &str, size: Size, pricing: &Pricing) -> f64 {
+        let declared = self.stage(stage).and_then(|s| s.expected_seconds.or(s.timeout_seconds));
+        let seconds = declared.map(u64::from).or_else(|| {
+            let stage_run = if stage == ON_FAILURE { self.on_failure.as_ref() } else { self.stages.get(stage) }?;
+            let mut past: Vec<u64> = stage_run.attempts.iter().filter_map(Attempt::billed_seconds).collect();
+            past.sort_unstable();
+            past.get(past.len().checked_sub(1)? / 2).copied()
+        });
+        pricing.estimate(size, seconds.unwrap_or(0))
+    }
+
+    /// Why the submissions the run has planned may not go ahead, if they would take it past
+    /// its `MaxRunCostUsd`: what it spent, plus the estimates of its jobs still running and
+    /// of the planned ones. The failure stage is exempt: it never counts as planned.
+    pub fn over_budget(&self, pricing: &Pricing) -> Option<String> {
+        let budget = self.pipeline.max_run_cost_usd?;
+        if self.status != RunStatus::Running {
+            return None;
+        }
+        let planned: Vec<(String, Attempt)> =
+            self.to_submit().into_iter().filter(|(stage, _)| stage != ON_FAILURE).collect();
+        if planned.is_empty() {
+            return None;
+        }
+        let spent = self.cost(pricing).usd;
+        let running: f64 = self
+            .open_jobs()
+            .iter()
+            .filter_map(|(stage, _)| Some((stage, self.stages.get(stage)?.current()?)))
+            .map(|(stage, attempt)| self.estimate(stage, attempt.size, pricing))
+            .sum();
+        let next: f64 = planned.iter().map(|(stage, attempt)| self.estimate(stage, attempt.size, pricing)).sum();
+        if spent + running + next <= budget {
+            return None;
+        }
+        let what: Vec<String> =
+            planned.iter().map(|(stage, a)| format!("{stage} attempt {} at {}", a.number, a.size)).collect();
+        Some(format!(
+            "the run would pass its MaxRunCostUsd of ${budget:.2}: spent ${spent:.4}, running jobs estimated at \
+             ${running:.4}, next ({}) estimated at ${next:.4}",
+            what.join(", ")
+        ))
+    }
+
+    /// Fails a running run whose planned submissions would pass its budget: nothing more is
+    /// submitted but its failure stage. False if it is not running.
+    pub fn fail_over_budget(&mut self, reason: String, now_ms: i64) -> bool {
+        if self.status != RunStatus::Running {
+            return false;
+        }
+        self.end(RunStatus::Failed, Some(reason), now_ms);
+        true
+    }
+
     /// Whether the run is still running past its pipeline's `MaxRunSeconds` at `now_ms`.
     pub fn past_deadline(&self, now_ms: i64) -> bool {
         let limit = self.pipeline.max_run_seconds.map(|seconds| seconds as i64 * 1000);
@@ -680,6 +784,8 @@ impl Attempt {
             submitted_at: None,
             started_at: None,
             stopped_at: None,
+            billed: vec![],
+            architecture: None,
         }
     }
 }
@@ -699,6 +805,7 @@ mod tests {
             after: after.iter().map(|s| s.to_string()).collect(),
             max_resizes,
             timeout_seconds: None,
+            expected_seconds: None,
             max_vcpus: None,
             retry: None,
         }
@@ -719,6 +826,7 @@ mod tests {
             on_failure: Some(stage(&[], small, 0)),
             on_stage_failure: OnStageFailure::Terminate,
             max_run_seconds: None,
+            max_run_cost_usd: None,
         }
     }
 
@@ -738,6 +846,34 @@ mod tests {
             assert!(run.record_submitted(stage, attempt.number, &id, attempt.job_name.as_deref().unwrap(), 0));
         }
         planned.into_iter().map(|(s, a)| format!("{s}-{}", a.number)).collect()
+    }
+
+    #[test]
+    fn a_budget_plans_with_the_stages_past_attempts_and_never_stops_the_failure_stage() {
+        let pricing = Pricing::on_demand(&crate::config::PriceOverrides::default());
+        let mut pipeline = diamond();
+        pipeline.max_run_cost_usd = Some(0.004);
+        let mut run = Run::start("r9".into(), &pipeline, "api", RunInput::default(), 0);
+        // a's first attempt has no history: a minute of it fits
+        assert_eq!(run.over_budget(&pricing), None);
+        submit_all(&mut run);
+        // it ran ten minutes, then out of memory: $0.0021 spent (0.25 vCPU, 0.5 GB)
+        let ten_minutes = json!({"startedAt": 0, "stoppedAt": 600_000,
+                                 "container": {"exitCode": 137, "reason": OUT_OF_MEMORY_REASON}});
+        let oom = json!({"container": {"exitCode": 137, "reason": OUT_OF_MEMORY_REASON}, "attempts": [ten_minutes]});
+        run.apply("a", &event("a-1", "FAILED", oom.clone()), 1);
+        // duplicated, its end is recorded once
+        run.apply("a", &event("a-1", "FAILED", oom), 1);
+        assert!((run.cost(&pricing).usd - 0.0123425 / 6.0).abs() < 1e-9, "{:?}", run.cost(&pricing));
+        // the resize, estimated for the median of a's attempts (600 s) at 1 GB: $0.0024 more
+        let why = run.over_budget(&pricing).unwrap();
+        assert!(why.contains("spent $0.0021"), "{why}");
+        assert!(why.contains("next (a attempt 2 at 0.25 vCPU / 1024 MiB) estimated at $0.0024"), "{why}");
+        assert!(run.fail_over_budget(why, 2));
+        assert_eq!((run.status, run.stages["a"].status), (RunStatus::Failed, StageStatus::Skipped));
+        // the failure stage is planned and exempt
+        assert_eq!(run.over_budget(&pricing), None);
+        assert_eq!(submit_all(&mut run), ["on-failure-1"]);
     }
 
     #[test]

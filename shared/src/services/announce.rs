@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 use tracing::warn;
 
 use crate::model::pipeline::ON_FAILURE;
-use crate::model::run::{Run, RunStatus};
+use crate::model::run::{Run, RunCost, RunStatus};
 use crate::services::stuck::{QueueMetrics, QueueReport};
 use crate::Error;
 
@@ -25,6 +25,8 @@ pub struct RunMetric {
 pub enum MetricUnit {
     Count,
     Milliseconds,
+    /// US dollars (CloudWatch's unit `None`).
+    Usd,
 }
 
 #[async_trait]
@@ -37,13 +39,16 @@ pub trait RunAnnouncer: Send + Sync {
 }
 
 /// The completion event's detail.
-pub fn completion_detail(run: &Run, now_ms: i64) -> Value {
-    let stage = |status, attempts: usize| json!({"status": status, "attempts": attempts});
+pub fn completion_detail(run: &Run, now_ms: i64, cost: &RunCost) -> Value {
+    let stage = |name: &str, status, attempts: usize| {
+        let usd = cost.stages.get(name).map(|c| c.usd).unwrap_or_default();
+        json!({"status": status, "attempts": attempts, "costUsd": usd})
+    };
     let stages: serde_json::Map<String, Value> = run
         .stages
         .iter()
-        .map(|(k, s)| (k.clone(), stage(s.status, s.attempts.len())))
-        .chain(run.on_failure.iter().map(|s| (ON_FAILURE.to_owned(), stage(s.status, s.attempts.len()))))
+        .map(|(k, s)| (k.clone(), stage(k, s.status, s.attempts.len())))
+        .chain(run.on_failure.iter().map(|s| (ON_FAILURE.to_owned(), stage(ON_FAILURE, s.status, s.attempts.len()))))
         .collect();
     json!({
         "runId": run.run_id,
@@ -57,11 +62,14 @@ pub fn completion_detail(run: &Run, now_ms: i64) -> Value {
         "endedAt": run.ended_at,
         "trigger": run.trigger,
         "stages": stages,
+        // Every attempt of the run, retries and resizes included, once each.
+        "costUsd": cost.usd,
+        "costIsUpperBound": cost.upper_bound,
     })
 }
 
-/// The metrics of an ended run: its outcome count and its duration.
-pub fn outcome_metrics(run: &Run, now_ms: i64) -> Vec<RunMetric> {
+/// The metrics of an ended run: its outcome count, its duration and its cost.
+pub fn outcome_metrics(run: &Run, now_ms: i64, cost: &RunCost) -> Vec<RunMetric> {
     let outcome = match run.status {
         RunStatus::Succeeded => "RunsSucceeded",
         RunStatus::Failed => "RunsFailed",
@@ -71,6 +79,7 @@ pub fn outcome_metrics(run: &Run, now_ms: i64) -> Vec<RunMetric> {
     vec![
         RunMetric { name: outcome, value: 1.0, unit: MetricUnit::Count },
         RunMetric { name: "RunDuration", value: run.duration_ms(now_ms) as f64, unit: MetricUnit::Milliseconds },
+        RunMetric { name: "RunCost", value: cost.usd, unit: MetricUnit::Usd },
     ]
 }
 
@@ -115,6 +124,7 @@ impl RunAnnouncer for AwsAnnouncer {
             let unit = match metric.unit {
                 MetricUnit::Count => StandardUnit::Count,
                 MetricUnit::Milliseconds => StandardUnit::Milliseconds,
+                MetricUnit::Usd => StandardUnit::None,
             };
             for dimensions in [vec![], vec![Dimension::builder().name("Pipeline").value(pipeline).build()]] {
                 data.push(

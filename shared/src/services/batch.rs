@@ -227,7 +227,8 @@ pub fn event_from_job(job: &aws_sdk_batch::types::JobDetail) -> Result<JobStateC
         .map(|a| {
             json!({
                 "container": {"exitCode": a.container().and_then(|c| c.exit_code()), "reason": a.container().and_then(|c| c.reason()),
-                              "logStreamName": a.container().and_then(|c| c.log_stream_name())},
+                              "logStreamName": a.container().and_then(|c| c.log_stream_name()),
+                              "taskArn": a.container().and_then(|c| c.task_arn())},
                 "startedAt": a.started_at(), "stoppedAt": a.stopped_at(), "statusReason": a.status_reason(),
             })
         })
@@ -247,6 +248,7 @@ pub fn event_from_job(job: &aws_sdk_batch::types::JobDetail) -> Result<JobStateC
         "tags": job.tags(),
         "container": {"exitCode": container.and_then(|c| c.exit_code()), "reason": container.and_then(|c| c.reason()),
                       "logStreamName": container.and_then(|c| c.log_stream_name()),
+                      "taskArn": container.and_then(|c| c.task_arn()),
                       "resourceRequirements": container.map(|c| c.resource_requirements().iter()
                           .map(|r| json!({"type": r.r#type().map(|t| t.as_str()), "value": r.value()})).collect::<Vec<_>>()),
                       "runtimePlatform": container.and_then(|c| c.runtime_platform())

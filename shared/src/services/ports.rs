@@ -20,6 +20,7 @@ pub struct AwsPorts {
     pub announcer: AwsAnnouncer,
     pub configs: ConfigCache,
     pub clock: SystemClock,
+    pub prices: crate::config::PriceOverrides,
 }
 
 /// Who an invocation is, as a claim holder: its request id, and its deadline (after which
@@ -41,6 +42,7 @@ impl AwsPorts {
                 &config.metric_namespace,
             ),
             clock: SystemClock,
+            prices: config.price_overrides,
         }
     }
 
@@ -54,6 +56,7 @@ impl AwsPorts {
             configs: &self.configs,
             clock: &self.clock,
             holder,
+            prices: &self.prices,
         }
     }
 

@@ -17,7 +17,9 @@ use std::collections::BTreeMap;
 
 use tracing::{info, warn};
 
+use crate::config::PriceOverrides;
 use crate::model::batch_event::JobStateChangeEvent;
+use crate::model::cost::Pricing;
 use crate::model::fargate::Size;
 use crate::model::job_request::{
     digest, job_name, JobRequest, RequestError, PIPELINE_TAG, RUN_TAG, STAGE_TAG, TRIGGER_TAG,
@@ -175,9 +177,23 @@ pub struct RunDriver<'a> {
     pub clock: &'a dyn Clock,
     /// The invocation this driver works for: it holds the claims of what it submits.
     pub holder: &'a Holder,
+    /// The stack's price overrides (what runs' costs and budgets are priced with).
+    pub prices: &'a PriceOverrides,
 }
 
 impl RunDriver<'_> {
+    /// How the stack prices jobs; on-demand (an upper bound) if its configuration cannot
+    /// be read, since a cost is no reason to hold a run's state back.
+    async fn pricing(&self) -> Pricing {
+        match self.configs.get().await {
+            Ok(stack) => Pricing::of(&stack, self.prices),
+            Err(err) => {
+                warn!(error = %err, "no configuration: costs are priced on-demand, as upper bounds");
+                Pricing::on_demand(self.prices)
+            }
+        }
+    }
+
     /// The run, as stored now.
     pub async fn load(&self, run_id: &str) -> Result<Option<VersionedRun>, Error> {
         self.runs.load_run(run_id).await
@@ -303,10 +319,27 @@ impl RunDriver<'_> {
         // A stage that can never be submitted fails the run and plans its failure stage:
         // one more round submits that (and a failure stage that cannot be submitted either
         // just fails).
-        for _ in 0..2 {
+        // Rounds: a budget or a stage that can never be submitted may fail the run, and the
+        // next round submits its failure stage.
+        for _ in 0..3 {
             let planned = record.run.to_submit();
             if planned.is_empty() {
                 break;
+            }
+            let pricing = self.pricing().await;
+            if let Some(reason) = record.run.over_budget(&pricing) {
+                warn!(run_id = %record.run.run_id, reason, "the run's budget stops its next submissions; the run fails");
+                let updated = self
+                    .update(record.clone(), |run| match run.over_budget(&pricing) {
+                        Some(reason) => run.fail_over_budget(reason, now_ms),
+                        None => false,
+                    })
+                    .await?;
+                if let Some(updated) = updated {
+                    record = updated;
+                    self.stop_after_failure(&record.run).await?;
+                }
+                continue;
             }
             for (stage, attempt) in planned {
                 let config = self.configs.get().await?;
@@ -549,9 +582,10 @@ impl RunDriver<'_> {
 
     /// Sends "Batchline Run Completed" and the run's metrics.
     async fn announce(&self, run: &Run, now_ms: i64) -> Result<(), Error> {
-        self.announcer.completion(&completion_detail(run, now_ms), &run.run_id).await?;
-        info!(run_id = %run.run_id, outcome = run.status.as_str(), duration_ms = run.duration_ms(now_ms), "run completed");
-        self.announcer.run_metrics(&run.pipeline.name, &outcome_metrics(run, now_ms)).await;
+        let cost = run.cost(&self.pricing().await);
+        self.announcer.completion(&completion_detail(run, now_ms, &cost), &run.run_id).await?;
+        info!(run_id = %run.run_id, outcome = run.status.as_str(), duration_ms = run.duration_ms(now_ms), cost_usd = cost.usd, "run completed");
+        self.announcer.run_metrics(&run.pipeline.name, &outcome_metrics(run, now_ms, &cost)).await;
         Ok(())
     }
 

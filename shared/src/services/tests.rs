@@ -31,6 +31,7 @@ fn stage(after: &[&str]) -> Stage {
         after: after.iter().map(|s| s.to_string()).collect(),
         max_resizes: 1,
         timeout_seconds: None,
+        expected_seconds: None,
         max_vcpus: None,
         retry: None,
     }
@@ -49,6 +50,7 @@ fn config() -> StackConfig {
         on_failure: None,
         on_stage_failure: OnStageFailure::Terminate,
         max_run_seconds: None,
+        max_run_cost_usd: None,
     };
     // first → second (a job definition of its own, "report"), with a failure stage.
     let mut report = stage(&["first"]);
@@ -59,6 +61,7 @@ fn config() -> StackConfig {
         on_failure: Some(stage(&[])),
         on_stage_failure: OnStageFailure::Terminate,
         max_run_seconds: None,
+        max_run_cost_usd: None,
     };
     StackConfig {
         name_prefix: "unit".into(),
@@ -85,7 +88,12 @@ fn config() -> StackConfig {
         compute_environments: BTreeMap::from([(
             "default".to_owned(),
             Provisioned {
-                spec: ComputeEnvironment { name: "unit-default".into(), kind: ComputeType::Fargate, max_vcpus: 256 },
+                spec: ComputeEnvironment {
+                    name: "unit-default".into(),
+                    kind: ComputeType::Fargate,
+                    max_vcpus: 256,
+                    ecs_cluster_arn: None,
+                },
                 arn: "arn:ce".into(),
             },
         )]),
@@ -153,6 +161,9 @@ impl RunAnnouncer for Announced {
     }
 }
 
+const NO_PRICE_OVERRIDES: crate::config::PriceOverrides =
+    crate::config::PriceOverrides { vcpu_hour: None, gb_hour: None, spot_vcpu_hour: None, spot_gb_hour: None };
+
 struct World {
     store: Arc<MemoryStore>,
     batch: MemoryBatch,
@@ -191,6 +202,7 @@ impl World {
             configs: &self.configs,
             clock: &self.clock,
             holder: &self.holder,
+            prices: &NO_PRICE_OVERRIDES,
         }
     }
 
@@ -457,7 +469,7 @@ async fn fan_in_from_two_interleaved_handlers_submits_the_joining_stage_once_and
     assert_eq!(completions.len(), 1, "{completions:?}");
     assert_eq!(completions[0]["outcome"], "SUCCEEDED");
     let metrics = world.announced.metrics.lock().unwrap().clone();
-    assert_eq!(metrics, ["RunsStarted", "RunsSucceeded", "RunDuration"]);
+    assert_eq!(metrics, ["RunsStarted", "RunsSucceeded", "RunDuration", "RunCost"]);
 }
 
 #[tokio::test]

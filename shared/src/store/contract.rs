@@ -133,6 +133,7 @@ pub fn sample_run(run_id: &str, pipeline: &str, created_at: i64) -> Run {
         after: vec![],
         max_resizes: 2,
         timeout_seconds: None,
+        expected_seconds: None,
         max_vcpus: None,
         retry: None,
     };
@@ -142,6 +143,7 @@ pub fn sample_run(run_id: &str, pipeline: &str, created_at: i64) -> Run {
         on_failure: None,
         on_stage_failure: Default::default(),
         max_run_seconds: None,
+        max_run_cost_usd: None,
     };
     Run::start(run_id.into(), &pipeline, "test", RunInput::default(), created_at)
 }

@@ -13,9 +13,11 @@
 //!     OnStageFailure: Terminate        # a stage failed for good: stop the run's other jobs
 //!                                      # (default), or Finish: let them end on their own
 //!     MaxRunSeconds: "7200"            # past it the run fails and its jobs are stopped
+//!     MaxRunCostUsd: "25"              # a submission or resize that would pass it fails the run
 //! ```
 //!
 //! A stage may also say `TimeoutSeconds` (Batch's attempt timeout for its jobs, 60 or more),
+//! `ExpectedSeconds` (how long its job usually runs: what the budget plans with),
 //! and `RetryAttempts` / `RetryOn` (see the retries module) instead of its job definition's.
 //!
 //! Each stage names a job definition by key and optionally a size (`Vcpu`/`Memory`, a
@@ -46,6 +48,8 @@ pub struct PipelineDoc {
     pub on_stage_failure: Option<String>,
     #[serde(default, deserialize_with = "de_opt_text")]
     pub max_run_seconds: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_text")]
+    pub max_run_cost_usd: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -65,6 +69,8 @@ pub struct StageDoc {
     pub max_resizes: Option<String>,
     #[serde(default, deserialize_with = "de_opt_text")]
     pub timeout_seconds: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_text")]
+    pub expected_seconds: Option<String>,
     #[serde(default, deserialize_with = "de_opt_text")]
     pub retry_attempts: Option<String>,
     #[serde(default)]
@@ -150,7 +156,12 @@ pub fn resolve_pipelines(
         };
         let max_run_seconds =
             parse_seconds(&format!("{path}.MaxRunSeconds"), pipeline.max_run_seconds.as_deref(), problems);
-        pipelines.insert(name.clone(), Pipeline { name, stages, on_failure, on_stage_failure, max_run_seconds });
+        let max_run_cost_usd =
+            parse_budget(&format!("{path}.MaxRunCostUsd"), pipeline.max_run_cost_usd.as_deref(), problems);
+        pipelines.insert(
+            name.clone(),
+            Pipeline { name, stages, on_failure, on_stage_failure, max_run_seconds, max_run_cost_usd },
+        );
     }
     pipelines
 }
@@ -210,6 +221,30 @@ fn parse_seconds(path: &str, text: Option<&str>, problems: &mut Vec<String>) -> 
 
 const MAX_SECONDS: u32 = 30 * 24 * 3600;
 
+/// `path.ExpectedSeconds`: 1 s to 30 days.
+fn parse_expected(path: &str, text: Option<&str>, problems: &mut Vec<String>) -> Option<u32> {
+    let text = text?;
+    match text.trim().parse::<u32>() {
+        Ok(seconds) if (1..=MAX_SECONDS).contains(&seconds) => Some(seconds),
+        _ => {
+            problems.push(format!("{path} {text:?}: give whole seconds from 1 to {MAX_SECONDS} (30 days)"));
+            None
+        }
+    }
+}
+
+/// `path.MaxRunCostUsd`: US dollars, more than 0 and at most a million.
+fn parse_budget(path: &str, text: Option<&str>, problems: &mut Vec<String>) -> Option<f64> {
+    let text = text?;
+    match text.trim().parse::<f64>() {
+        Ok(usd) if usd.is_finite() && usd > 0.0 && usd <= 1_000_000.0 => Some(usd),
+        _ => {
+            problems.push(format!("{path} {text:?}: give US dollars, more than 0 and at most 1000000"));
+            None
+        }
+    }
+}
+
 fn resolve_stage(
     path: &str,
     doc: &StageDoc,
@@ -243,6 +278,7 @@ fn resolve_stage(
         after: doc.after.clone().unwrap_or_default(),
         max_resizes: parse_resizes(path, doc.max_resizes.as_deref(), default_resizes, problems),
         timeout_seconds: parse_seconds(&format!("{path}.TimeoutSeconds"), doc.timeout_seconds.as_deref(), problems),
+        expected_seconds: parse_expected(&format!("{path}.ExpectedSeconds"), doc.expected_seconds.as_deref(), problems),
         // Known once the queues are: see `check_capacity`.
         max_vcpus: None,
         retry: stage_retry(path, doc, definition, problems),
@@ -378,5 +414,29 @@ mod tests {
         let lenient = &pipelines["lenient"];
         assert_eq!((lenient.on_stage_failure, lenient.max_run_seconds), (OnStageFailure::Finish, None));
         assert_eq!(lenient.stages["a"].timeout_seconds, None);
+    }
+
+    #[test]
+    fn a_budget_and_expected_seconds_are_declared_and_checked() {
+        let pipelines = resolve(json!({
+            "capped": {"MaxRunCostUsd": "2.5", "Stages": {"a": {"JobDefinition": "default", "ExpectedSeconds": "30"}}}
+        }))
+        .unwrap();
+        assert_eq!(pipelines["capped"].max_run_cost_usd, Some(2.5));
+        assert_eq!(pipelines["capped"].stages["a"].expected_seconds, Some(30));
+        for (pipeline, expected) in [
+            (
+                json!({"MaxRunCostUsd": "0", "Stages": {"a": {"JobDefinition": "default"}}}),
+                "Pipelines.p.MaxRunCostUsd \"0\"",
+            ),
+            (json!({"MaxRunCostUsd": "lots", "Stages": {"a": {"JobDefinition": "default"}}}), "more than 0"),
+            (
+                json!({"Stages": {"a": {"JobDefinition": "default", "ExpectedSeconds": "0"}}}),
+                "Pipelines.p.Stages.a.ExpectedSeconds",
+            ),
+        ] {
+            let err = resolve(json!({"p": pipeline})).unwrap_err().join("; ");
+            assert!(err.contains(expected), "expected {expected:?} in {err}");
+        }
     }
 }
