@@ -169,6 +169,33 @@ impl Harness {
     }
 }
 
+/// A metric's figures over the last and next hour, with exactly these dimensions:
+/// (sum, sample count, maximum; NaN without data).
+async fn statistics(env: &Deployed, metric: &str, dimensions: &[(&str, &str)]) -> (f64, f64, f64) {
+    let cloudwatch = aws_sdk_cloudwatch::Client::new(&env.sdk);
+    let now = SystemTime::now();
+    let reply = cloudwatch
+        .get_metric_statistics()
+        .namespace(&env.config.metric_namespace)
+        .metric_name(metric)
+        .set_dimensions(Some(dimensions.iter().map(|(n, v)| Dimension::builder().name(*n).value(*v).build()).collect()))
+        .start_time(DateTime::from(now - Duration::from_secs(3600)))
+        .end_time(DateTime::from(now + Duration::from_secs(3600)))
+        .period(7200)
+        .statistics(Statistic::Sum)
+        .statistics(Statistic::SampleCount)
+        .statistics(Statistic::Maximum)
+        .send()
+        .await
+        .unwrap();
+    let points = reply.datapoints();
+    (
+        points.iter().filter_map(|d| d.sum()).sum(),
+        points.iter().filter_map(|d| d.sample_count()).sum(),
+        points.iter().filter_map(|d| d.maximum()).fold(f64::NAN, f64::max),
+    )
+}
+
 fn events_of(changes: &[StateChange], filter: impl Fn(&StateChange) -> bool) -> Vec<Value> {
     changes.iter().filter(|c| filter(c)).map(|c| c.event.clone()).collect()
 }
@@ -546,27 +573,10 @@ async fn the_sweep_completes_a_run_whose_last_event_was_lost_and_run_metrics_rea
     assert_eq!(report["sweep"]["transitionsApplied"], 0);
 
     // Run metrics: one started, one succeeded, its duration, per pipeline
-    let cloudwatch = aws_sdk_cloudwatch::Client::new(&h.env.sdk);
     let stat = |metric: &'static str| {
-        let cloudwatch = cloudwatch.clone();
-        let namespace = h.env.config.metric_namespace.clone();
+        let env = &h.env;
         async move {
-            let now = SystemTime::now();
-            let reply = cloudwatch
-                .get_metric_statistics()
-                .namespace(namespace)
-                .metric_name(metric)
-                .dimensions(Dimension::builder().name("Pipeline").value("hungry").build())
-                .start_time(DateTime::from(now - Duration::from_secs(3600)))
-                .end_time(DateTime::from(now + Duration::from_secs(3600)))
-                .period(7200)
-                .statistics(Statistic::Sum)
-                .statistics(Statistic::SampleCount)
-                .send()
-                .await
-                .unwrap();
-            let sum: f64 = reply.datapoints().iter().filter_map(|d| d.sum()).sum();
-            let count: f64 = reply.datapoints().iter().filter_map(|d| d.sample_count()).sum();
+            let (sum, count, _) = statistics(env, metric, &[("Pipeline", "hungry")]).await;
             (sum, count)
         }
     };
@@ -1022,31 +1032,11 @@ async fn jobs_held_runnable_past_their_queues_limit_are_published_and_cancelled_
     assert!(why.contains(&format!("{side}: DISABLED")), "{why}");
 
     // AND the metrics say it: per queue, and for the stack (what the alarm watches)
-    let cloudwatch = aws_sdk_cloudwatch::Client::new(&h.env.sdk);
-    let maximum = |metric: &'static str, queue: Option<String>| {
-        let cloudwatch = cloudwatch.clone();
-        let namespace = h.env.config.metric_namespace.clone();
-        async move {
-            let now = SystemTime::now();
-            let reply = cloudwatch
-                .get_metric_statistics()
-                .namespace(namespace)
-                .metric_name(metric)
-                .set_dimensions(queue.map(|q| vec![Dimension::builder().name("JobQueue").value(q).build()]))
-                .start_time(DateTime::from(now - Duration::from_secs(3600)))
-                .end_time(DateTime::from(now + Duration::from_secs(3600)))
-                .period(7200)
-                .statistics(Statistic::Maximum)
-                .send()
-                .await
-                .unwrap();
-            reply.datapoints().iter().filter_map(|d| d.maximum()).fold(f64::NAN, f64::max)
-        }
-    };
-    let default_name = Some(h.env.stack.job_queues["default"].name.clone());
-    assert_eq!(maximum("StuckJobs", default_name.clone()).await, 2.0);
-    assert!(maximum("OldestRunnableSeconds", default_name).await >= 700.0);
-    assert_eq!(maximum("StuckJobs", None).await, 3.0, "the stack's total");
+    let default_name = h.env.stack.job_queues["default"].name.clone();
+    let per_queue = [("JobQueue", default_name.as_str())];
+    assert_eq!(statistics(&h.env, "StuckJobs", &per_queue).await.2, 2.0);
+    assert!(statistics(&h.env, "OldestRunnableSeconds", &per_queue).await.2 >= 700.0);
+    assert_eq!(statistics(&h.env, "StuckJobs", &[]).await.2, 3.0, "the stack's total");
 }
 
 /// A stack whose default queue runs on Fargate first and Fargate Spot second.
@@ -1136,23 +1126,7 @@ async fn a_runs_cost_sums_every_attempt_once_and_is_the_same_in_the_api_the_even
     assert_eq!(announced[0]["detail"]["costUsd"].as_f64(), Some(total));
     assert_eq!(announced[0]["detail"]["stages"]["load"]["costUsd"].as_f64(), Some(stage_cost("load")));
     // AND so does the RunCost metric of the pipeline
-    let cloudwatch = aws_sdk_cloudwatch::Client::new(&h.env.sdk);
-    let now = SystemTime::now();
-    let reply = cloudwatch
-        .get_metric_statistics()
-        .namespace(&h.env.config.metric_namespace)
-        .metric_name("RunCost")
-        .dimensions(Dimension::builder().name("Pipeline").value("hungry").build())
-        .start_time(DateTime::from(now - Duration::from_secs(3600)))
-        .end_time(DateTime::from(now + Duration::from_secs(3600)))
-        .period(7200)
-        .statistics(Statistic::Sum)
-        .statistics(Statistic::SampleCount)
-        .send()
-        .await
-        .unwrap();
-    let sum: f64 = reply.datapoints().iter().filter_map(|d| d.sum()).sum();
-    let count: f64 = reply.datapoints().iter().filter_map(|d| d.sample_count()).sum();
+    let (sum, count, _) = statistics(&h.env, "RunCost", &[("Pipeline", "hungry")]).await;
     assert_eq!(count, 1.0);
     assert!(close(sum, total), "{sum} vs {total}");
 }
