@@ -1152,3 +1152,51 @@ async fn a_resize_that_would_pass_the_runs_budget_is_not_submitted_and_the_run_f
     assert_eq!(h.job_names().await.len(), 2, "load once and on-failure");
     assert!(close(run["costUsd"].as_f64().unwrap(), 2.0 * usd(0.25, 0.5, ON_DEMAND, 60.0)), "{run}");
 }
+
+#[tokio::test]
+async fn the_api_lists_jobs_and_runs_across_the_stack_and_summarises_it() {
+    // GIVEN two single jobs (one waiting, one cancelled) and runs of two pipelines
+    let mut h = Harness::new("pl-overview").await;
+    let (_, waiting) = h.api("POST", "/jobs", json!({"jobDefinition": "default"})).await;
+    let (_, cancelled) = h.api("POST", "/jobs", json!({"jobDefinition": "default"})).await;
+    let waiting = waiting["jobId"].as_str().unwrap().to_owned();
+    let cancelled = cancelled["jobId"].as_str().unwrap().to_owned();
+    h.player.hold(&waiting, Duration::from_secs(30)).await.unwrap();
+    h.api("DELETE", &format!("/jobs/{cancelled}"), Value::Null).await;
+    let first = h.start("diamond").await;
+    let second = h.start("fragile").await;
+
+    // WHEN the jobs are listed, THEN every job of the stack's queues is there, newest first
+    let (status, listed) = h.api("GET", "/jobs", Value::Null).await;
+    assert_eq!(status, 200, "{listed}");
+    let ids: Vec<&str> = listed["jobs"].as_array().unwrap().iter().map(|j| j["jobId"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 4, "two single jobs and two first stages: {listed}");
+    assert_eq!(ids[3], waiting, "oldest last");
+    // AND by status, and a status Batch does not know is refused
+    let (_, runnable) = h.api("GET", "/jobs?status=runnable", Value::Null).await;
+    assert_eq!(runnable["jobs"].as_array().unwrap().len(), 1, "{runnable}");
+    assert_eq!(runnable["jobs"][0]["jobId"], json!(waiting));
+    let (status, refused) = h.api("GET", "/jobs?status=DONE", Value::Null).await;
+    assert_eq!(status, 400, "{refused}");
+
+    // WHEN runs are listed without a pipeline, THEN both pipelines' runs come, newest first
+    let (_, runs) = h.api("GET", "/runs", Value::Null).await;
+    let listed: Vec<(&str, &str)> = runs["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["runId"].as_str().unwrap(), r["pipeline"].as_str().unwrap()))
+        .collect();
+    assert_eq!(listed, [(second.as_str(), "fragile"), (first.as_str(), "diamond")], "{runs}");
+
+    // WHEN the stack is summarised, THEN each queue counts what waits and works, and the
+    // cancelled job is a recent failure
+    let (status, summary) = h.api("GET", "/status", Value::Null).await;
+    assert_eq!(status, 200, "{summary}");
+    let default = summary["queues"].as_array().unwrap().iter().find(|q| q["key"] == "default").unwrap().clone();
+    assert_eq!((default["state"].as_str(), default["default"].as_bool()), (Some("ENABLED"), Some(true)), "{default}");
+    assert_eq!(default["jobs"]["RUNNABLE"], 1, "{default}");
+    assert_eq!(summary["recentFailures"][0]["jobId"], json!(cancelled), "{summary}");
+    assert_eq!(summary["recentFailures"][0]["statusReason"], "cancelled through the Batchline API");
+    assert_eq!(summary["openRuns"], 2, "{summary}");
+}

@@ -9,7 +9,9 @@
 //! | `GET /jobs/{id}` | 200 the job: status, times, reason, size, log stream and console link |
 //! | `DELETE /jobs/{id}` | 202 `{jobId, status, terminated}`: a single job stopped (a stage's job: cancel its run); `status` as it was |
 //! | `POST /pipelines/{name}/runs` | 202 `{runId, ...}` |
-//! | `GET /runs/{id}`, `GET /runs?pipeline=NAME`, `DELETE /runs/{id}` | the run(s); cancel |
+//! | `GET /jobs[?status=S]` | 200 `{jobs}`: the stack's jobs of the last 24 hours (or those in status S), newest first |
+//! | `GET /status` | 200 `{queues, recentFailures, openRuns}`: what the stack is doing now |
+//! | `GET /runs/{id}`, `GET /runs[?pipeline=NAME]`, `DELETE /runs/{id}` | the run(s), newest first (every pipeline's without `pipeline`); cancel |
 //! | `POST /runs/{id}/redrive` | 202 `{runId, status, redrive, stages, duplicate}`: the run's next generation |
 
 use std::collections::BTreeMap;
@@ -139,11 +141,15 @@ pub enum Route {
     ListRuns,
     CancelRun(String),
     RedriveRun(String),
+    ListJobs,
+    Status,
 }
 
 /// Every route, as the template declares it to API Gateway (a test holds the two equal).
-pub const ROUTES: [(&str, &str); 8] = [
+pub const ROUTES: [(&str, &str); 10] = [
     ("POST", "/jobs"),
+    ("GET", "/jobs"),
+    ("GET", "/status"),
     ("GET", "/jobs/{id}"),
     ("DELETE", "/jobs/{id}"),
     ("POST", "/pipelines/{name}/runs"),
@@ -160,7 +166,10 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
     };
     match (parts.as_slice(), method) {
         (["jobs"], "POST") => Ok(Route::SubmitJob),
-        (["jobs"], _) => Err(allowed("POST")),
+        (["jobs"], "GET") => Ok(Route::ListJobs),
+        (["jobs"], _) => Err(allowed("GET, POST")),
+        (["status"], "GET") => Ok(Route::Status),
+        (["status"], _) => Err(allowed("GET")),
         (["jobs", id], "GET") => Ok(Route::GetJob(id.to_string())),
         (["jobs", id], "DELETE") => Ok(Route::CancelJob(id.to_string())),
         (["jobs", _], _) => Err(allowed("GET, DELETE")),
@@ -608,7 +617,9 @@ mod tests {
         assert_eq!(route("DELETE", "/runs/r1"), Ok(Route::CancelRun("r1".into())));
         assert_eq!(route("POST", "/runs/r1/redrive"), Ok(Route::RedriveRun("r1".into())));
         assert_eq!(route("GET", "/runs/r1/redrive").unwrap_err().status, 405);
-        assert_eq!(route("GET", "/jobs").unwrap_err().status, 405);
+        assert_eq!(route("GET", "/jobs"), Ok(Route::ListJobs));
+        assert_eq!(route("GET", "/status"), Ok(Route::Status));
+        assert_eq!(route("PUT", "/jobs").unwrap_err().status, 405);
         assert_eq!(route("GET", "/nothing").unwrap_err().status, 404);
     }
 

@@ -18,6 +18,7 @@
 //! caller mistakes are 4xx answers and only infrastructure failures are invocation errors.
 
 pub mod api;
+pub mod overview;
 pub mod plan;
 pub mod triggers;
 
@@ -349,24 +350,55 @@ async fn serve(
             Ok(api::response(200, &api::run_view(&run, &stack, &pricing, &clients.region, batchline::now_ms())))
         }
         Route::ListRuns => {
-            let pipeline = request.query.get("pipeline").ok_or_else(|| ApiError::bad_request("give ?pipeline=NAME"))?;
-            if !stack.pipelines.contains_key(pipeline) {
-                return Err(ApiError::not_found(format!("no pipeline {pipeline:?}")).into());
-            }
             let limit = match request.query.get("limit").map(|l| l.parse::<i32>()) {
                 None => 20,
                 Some(Ok(limit)) if (1..=100).contains(&limit) => limit,
                 Some(_) => return Err(ApiError::bad_request("limit is a number from 1 to 100").into()),
             };
-            let runs: Vec<Value> = clients
-                .ports
-                .store
-                .list_runs(pipeline, limit)
-                .await?
-                .iter()
-                .map(|r| json!({"runId": r.run_id, "status": r.status, "createdAt": api::iso(Some(r.created_at))}))
-                .collect();
-            Ok(api::response(200, &json!({"pipeline": pipeline, "runs": runs})))
+            // One pipeline's runs, or every pipeline's merged: the newest `limit` in all.
+            let pipelines: Vec<&String> = match request.query.get("pipeline") {
+                Some(pipeline) if !stack.pipelines.contains_key(pipeline) => {
+                    return Err(ApiError::not_found(format!("no pipeline {pipeline:?}")).into())
+                }
+                Some(pipeline) => vec![pipeline],
+                None => stack.pipelines.keys().collect(),
+            };
+            let mut runs = Vec::new();
+            for pipeline in &pipelines {
+                for run in clients.ports.store.list_runs(pipeline, limit).await? {
+                    runs.push((
+                        run.created_at,
+                        json!({"runId": run.run_id, "pipeline": pipeline, "status": run.status,
+                                                       "createdAt": api::iso(Some(run.created_at))}),
+                    ));
+                }
+            }
+            runs.sort_by(|a, b| b.0.cmp(&a.0));
+            let runs: Vec<Value> = runs.into_iter().take(limit as usize).map(|(_, run)| run).collect();
+            let mut answer = json!({"runs": runs});
+            if let [pipeline] = pipelines.as_slice() {
+                answer["pipeline"] = json!(pipeline);
+            }
+            Ok(api::response(200, &answer))
+        }
+        Route::ListJobs => {
+            let status = request.query.get("status").map(|s| overview::parse_status(s)).transpose()?;
+            let jobs = overview::list_jobs(&clients.batch, &stack, status.as_ref(), batchline::now_ms()).await?;
+            Ok(api::response(200, &jobs))
+        }
+        Route::Status => {
+            // Runs not yet done with (the sweep's list), counted up to a thousand.
+            let mut open = 0;
+            let mut after: Option<String> = None;
+            loop {
+                let page = clients.ports.store.open_runs(after.as_deref(), 100).await?;
+                open += page.items.len();
+                match page.next {
+                    Some(next) if open < 1000 => after = Some(next),
+                    _ => break,
+                }
+            }
+            Ok(api::response(200, &overview::status(&clients.batch, &stack, open).await?))
         }
         Route::CancelRun(id) => match clients.ports.driver(holder).cancel(&id, batchline::now_ms()).await? {
             CancelOutcome::NoSuchRun => Err(ApiError::not_found(format!("no run {id}")).into()),
