@@ -373,7 +373,7 @@ async fn serve(
                     ));
                 }
             }
-            runs.sort_by(|a, b| b.0.cmp(&a.0));
+            runs.sort_by_key(|run| std::cmp::Reverse(run.0));
             let runs: Vec<Value> = runs.into_iter().take(limit as usize).map(|(_, run)| run).collect();
             let mut answer = json!({"runs": runs});
             if let [pipeline] = pipelines.as_slice() {

@@ -86,7 +86,7 @@ pub async fn list_jobs(
             jobs.push((job.created_at().unwrap_or_default(), line(&job, &queue.name)));
         }
     }
-    jobs.sort_by(|a, b| b.0.cmp(&a.0));
+    jobs.sort_by_key(|job| std::cmp::Reverse(job.0));
     let truncated = jobs.len() > MAX_LISTED;
     let jobs: Vec<Value> = jobs.into_iter().take(MAX_LISTED).map(|(_, job)| job).collect();
     Ok(json!({"jobs": jobs, "truncated": truncated}))
@@ -123,7 +123,7 @@ pub async fn status(batch: &aws_sdk_batch::Client, stack: &StackConfig, open_run
             "jobs": jobs,
         }));
     }
-    failures.sort_by(|a, b| b.0.cmp(&a.0));
+    failures.sort_by_key(|job| std::cmp::Reverse(job.0));
     let recent: Vec<Value> = failures.into_iter().take(RECENT_FAILURES).map(|(_, job)| job).collect();
     Ok(json!({"stack": stack.name_prefix, "queues": queues, "recentFailures": recent, "openRuns": open_runs}))
 }
