@@ -42,7 +42,11 @@ RUNNABLE event). ``POST /_batchline/batch/played`` with ``{"region", "jobs": [de
 ...]}`` records how the player ended jobs (each a job state change event's ``detail``):
 from then on DescribeJobs reports the job's status, reason, times, attempts (their
 ``taskArn`` naming the cluster its tasks ran on) and exit as played, ListJobs its status,
-and stopping it changes nothing — as AWS reports a job that ran.
+and stopping it changes nothing — as AWS reports a job that ran. ``POST
+/_batchline/batch/unplayed`` with ``{"queues": [ARN, ...]}`` makes jobs submitted to those
+queues from then on wait in RUNNABLE until they are played and settled (or stopped), instead
+of moto's immediate SUCCEEDED: what the long-running local stack uses, so a client polling a
+job sees it wait, then end as played.
 
 Fault injection, for tests, switchable at run time and scoped so that tests sharing the
 emulator are not affected. ``POST /_batchline/faults/SCOPE`` with
@@ -283,6 +287,21 @@ def find_job(job_id: str, authorization: str) -> Any:
     return backend.get_job_by_id(job_id)
 
 
+def keep_runnable(record: Any, waited_seconds: float) -> None:
+    """Puts a job in RUNNABLE, created ``waited_seconds`` ago, and keeps it there."""
+    record.batchline_played = None
+    # moto moves a job through its states as it is read; without a way out of RUNNABLE it
+    # stays there until stopped (CancelJob/TerminateJob make it FAILED) or played.
+    record._transitions = [(a, b) for a, b in record._transitions if a != "RUNNABLE"]
+    record.status = "RUNNABLE"
+    record.job_created_at = datetime.datetime.now() - datetime.timedelta(seconds=waited_seconds)
+    record.job_stopped = False
+    record.job_stopped_reason = None
+    record.exit_code = None
+    record.attempts = []
+    record.latest_attempt = None
+
+
 def find_any_job(job_id: str, region: str) -> Any:
     """moto's record of a job in the default account (admin calls are not signed)."""
     from moto.batch.models import batch_backends
@@ -415,6 +434,8 @@ class Adapter:
         self.cloudwatch = CloudWatchCbor()
         self.lock = threading.Lock()
         self.dynamodb = threading.Lock()
+        # Queues (ARNs) whose new jobs wait in RUNNABLE until the player plays them.
+        self.unplayed: set[str] = set()
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
@@ -433,6 +454,8 @@ class Adapter:
             return self.hold_job(environ, start_response)
         if path == "/_batchline/batch/played" and method == "POST":
             return self.played_jobs(environ, start_response)
+        if path == "/_batchline/batch/unplayed" and method == "POST":
+            return self.unplayed_queues(environ, start_response)
         if path == "/v1/describejobs" and method == "POST":
             return self.describe_jobs(environ, start_response)
         if path in ("/v1/terminatejob", "/v1/canceljob") and method == "POST":
@@ -475,6 +498,9 @@ class Adapter:
             record = find_job(json.loads(reply.body).get("jobId", ""), environ.get("HTTP_AUTHORIZATION", ""))
             if record is not None and strategy:
                 record.batchline_retry_strategy = strategy
+            if record is not None and record.job_queue.arn in self.unplayed:
+                with self.lock:
+                    keep_runnable(record, 0)
         return respond(start_response, reply.status_code, reply.body, dict(reply.headers))
 
     def stop_job(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
@@ -497,18 +523,14 @@ class Adapter:
             body = json.dumps({"message": f"no job {request.get('jobId')!r}"}).encode()
             return respond(start_response, 404, body, {"Content-Type": "application/json"})
         with self.lock:
-            record.batchline_played = None
-            # moto moves a job through its states as it is read; without a way out of
-            # RUNNABLE it stays there until stopped (CancelJob/TerminateJob make it FAILED).
-            record._transitions = [(a, b) for a, b in record._transitions if a != "RUNNABLE"]
-            record.status = "RUNNABLE"
-            waited = datetime.timedelta(seconds=float(request.get("waitedSeconds", 0)))
-            record.job_created_at = datetime.datetime.now() - waited
-            record.job_stopped = False
-            record.job_stopped_reason = None
-            record.exit_code = None
-            record.attempts = []
-            record.latest_attempt = None
+            keep_runnable(record, float(request.get("waitedSeconds", 0)))
+        return respond(start_response, 200, b"{}", {"Content-Type": "application/json"})
+
+    def unplayed_queues(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        """From now on, jobs submitted to these queues wait in RUNNABLE until played."""
+        request = json.loads(read_body(environ) or b"{}")
+        with self.lock:
+            self.unplayed.update(request.get("queues", []))
         return respond(start_response, 200, b"{}", {"Content-Type": "application/json"})
 
     def played_jobs(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
@@ -522,6 +544,11 @@ class Adapter:
                 record.batchline_played = detail
                 record.status = detail.get("status", record.status)
                 record.job_stopped_reason = detail.get("statusReason")
+                # ListJobs reads moto's own fields: its times too.
+                for field, name in (("job_started_at", "startedAt"), ("job_stopped_at", "stoppedAt")):
+                    if isinstance(detail.get(name), int):
+                        setattr(record, field, datetime.datetime.fromtimestamp(detail[name] / 1000))
+                record.job_stopped = "stoppedAt" in detail
         return respond(start_response, 200, b"{}", {"Content-Type": "application/json"})
 
     def create_compute_environment(self, environ: dict, start_response: Callable) -> Iterable[bytes]:

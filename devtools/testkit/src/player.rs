@@ -23,7 +23,7 @@
 //!      type (the queue's first compute environment when not given), as on AWS;
 //! 3. a job that was terminated or cancelled in the emulator (moto reports FAILED with a
 //!    reason) fails with that reason and never runs;
-//! 4. a job the emulator holds in RUNNABLE ([`Player::hold`]: one that cannot start) plays
+//! 4. a job this player holds in RUNNABLE ([`Player::hold`]: one that cannot start) plays
 //!    its RUNNABLE event once and nothing more while it is held;
 //! 5. a job whose Batch `dependsOn` job failed fails with `Dependent Job failed`; one whose
 //!    dependencies succeeded starts only after they stopped.
@@ -49,7 +49,7 @@
 //! the emulator with `PutEvents` (the bus assigns new ids), so a rule routes them as in
 //! production. Duplication and seeded shuffling make reliability tests short.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use aws_config::SdkConfig;
@@ -185,8 +185,8 @@ pub struct Player {
     region: String,
     scripts: HashMap<String, Script>,
     played: HashMap<String, PlayedJob>,
-    /// Jobs held in RUNNABLE whose RUNNABLE event was played.
-    held: HashSet<String>,
+    /// Jobs this player holds in RUNNABLE, and whether their RUNNABLE event was played.
+    held: HashMap<String, bool>,
     /// Per queue (ARN), its compute environments in order: type and ECS cluster name.
     clusters: HashMap<String, Vec<(String, String)>>,
 }
@@ -205,7 +205,7 @@ impl Player {
             region: sdk.region().map(|r| r.to_string()).unwrap_or_else(|| "us-east-1".into()),
             scripts: HashMap::new(),
             played: HashMap::new(),
-            held: HashSet::new(),
+            held: HashMap::new(),
             clusters: HashMap::new(),
         }
     }
@@ -284,6 +284,22 @@ impl Player {
                 return Ok(ids);
             }
         }
+    }
+
+    /// Makes jobs submitted to these queues (ARNs) from now on wait in RUNNABLE in the
+    /// emulator until played and settled, instead of moto's immediate SUCCEEDED: for a
+    /// player that plays continuously, so a client polling a job sees what it will see on AWS.
+    pub async fn leave_unplayed(&self, queues: &[String]) -> Result<(), Error> {
+        let reply = reqwest::Client::new()
+            .post(format!("{}/_batchline/batch/unplayed", crate::emulator::endpoint()))
+            .body(json!({"queues": queues}).to_string())
+            .send()
+            .await
+            .map_err(|e| Error::InvalidEvent(format!("leaving queues unplayed: {e}")))?;
+        if !reply.status().is_success() {
+            return Err(Error::InvalidEvent(format!("leaving queues unplayed: HTTP {}", reply.status())));
+        }
+        Ok(())
     }
 
     /// Tells the emulator that these played jobs ended as played, so Batch reports them as
@@ -382,6 +398,7 @@ impl Player {
             return Err(Error::InvalidEvent(format!("holding job {job_id}: HTTP {}", reply.status())));
         }
         self.played.remove(job_id);
+        self.held.insert(job_id.to_owned(), false);
         Ok(())
     }
 
@@ -391,16 +408,19 @@ impl Player {
         let base = JobFacts::from_detail(job, &self.region, self.cluster_for(job, &script));
         let created_at = base.created_at;
 
-        // A job the emulator holds (see `hold`) becomes RUNNABLE and goes no further; it is
-        // announced once, and played again once it was stopped.
+        // A job held (see `hold`) becomes RUNNABLE and goes no further; it is announced
+        // once, and played again once it was stopped.
         if job.status().map(|s| s.as_str()) == Some("RUNNABLE") {
-            if !self.held.insert(id) {
-                return Ok(vec![]);
+            if let Some(announced) = self.held.get_mut(&id) {
+                if std::mem::replace(announced, true) {
+                    return Ok(vec![]);
+                }
+                let mut timeline = Timeline::new(base, retry_strategy_json(job.retry_strategy()));
+                timeline.push("RUNNABLE", created_at + 1_000, None);
+                return Ok(timeline.into_changes(None));
             }
-            let mut timeline = Timeline::new(base, retry_strategy_json(job.retry_strategy()));
-            timeline.push("RUNNABLE", created_at + 1_000, None);
-            return Ok(timeline.into_changes(None));
         }
+        self.held.remove(&id);
 
         // Batch starts a job only after the jobs it depends on stopped; if one failed, the
         // job fails without running.
