@@ -1,0 +1,183 @@
+//! The API client: where the API is, SigV4-signed requests with the standard AWS credential chain, idempotency keys kept across retries, errors as one line.
+
+use std::time::{Duration, SystemTime};
+
+use aws_config::SdkConfig;
+use aws_credential_types::provider::ProvideCredentials;
+use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
+use aws_sigv4::sign::v4;
+use aws_smithy_runtime_api::client::identity::Identity;
+use serde_json::Value;
+
+/// The variable that names the API when neither `--endpoint` nor `--stack` does.
+pub const API_URL_VAR: &str = "BATCHLINE_API_URL";
+/// Attempts of one request (the first and two retries) when the API or the network fails.
+const ATTEMPTS: u32 = 3;
+
+/// What went wrong, as the command line shows it: one line, and the exit status.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(message: impl Into<String>) -> Self {
+        Failure { message: message.into() }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// Finds the API: `--endpoint`, else the stack's `ApiUrl` output (`--stack`), else
+/// `BATCHLINE_API_URL`.
+pub async fn find_api(endpoint: Option<&str>, stack: Option<&str>, sdk: &SdkConfig) -> Result<String, Failure> {
+    if let Some(url) = endpoint {
+        return Ok(url.trim_end_matches('/').to_owned());
+    }
+    if let Some(stack) = stack {
+        let cloudformation = aws_sdk_cloudformation::Client::new(sdk);
+        let described = cloudformation.describe_stacks().stack_name(stack).send().await.map_err(|e| {
+            Failure::new(format!("stack {stack}: {}", aws_sdk_cloudformation::error::DisplayErrorContext(e)))
+        })?;
+        let url = described
+            .stacks()
+            .first()
+            .and_then(|s| s.outputs().iter().find(|o| o.output_key() == Some("ApiUrl")))
+            .and_then(|o| o.output_value())
+            .ok_or_else(|| Failure::new(format!("stack {stack} has no ApiUrl output: is it a Batchline stack?")))?;
+        return Ok(url.trim_end_matches('/').to_owned());
+    }
+    match std::env::var(API_URL_VAR) {
+        Ok(url) if !url.trim().is_empty() => Ok(url.trim().trim_end_matches('/').to_owned()),
+        _ => Err(Failure::new(format!("where is the API? give --endpoint URL, --stack NAME or set {API_URL_VAR}"))),
+    }
+}
+
+/// Calls the API, signing every request for `execute-api`.
+pub struct Api {
+    base: String,
+    http: reqwest::Client,
+    sdk: SdkConfig,
+}
+
+impl Api {
+    pub fn new(base: String, sdk: SdkConfig) -> Self {
+        Api { base, http: reqwest::Client::new(), sdk }
+    }
+
+    pub async fn get(&self, path: &str) -> Result<Value, Failure> {
+        self.call("GET", path, None, None).await
+    }
+
+    /// A request that changes something: it carries a fresh `Idempotency-Key`, the same on
+    /// every retry, so a retried request never does the work twice.
+    pub async fn change(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value, Failure> {
+        let key = uuid::Uuid::new_v4().to_string();
+        self.call(method, path, body, Some(&key)).await
+    }
+
+    async fn call(&self, method: &str, path: &str, body: Option<&Value>, key: Option<&str>) -> Result<Value, Failure> {
+        let url = format!("{}{path}", self.base);
+        let body = body.map(Value::to_string).unwrap_or_default();
+        let mut last = Failure::new("no attempt made");
+        for attempt in 1..=ATTEMPTS {
+            if attempt > 1 {
+                tokio::time::sleep(Duration::from_millis(300 * u64::from(attempt))).await;
+            }
+            let mut headers = vec![("content-type".to_owned(), "application/json".to_owned())];
+            if let Some(key) = key {
+                headers.push(("idempotency-key".to_owned(), key.to_owned()));
+            }
+            headers.extend(self.signature(method, &url, &headers, body.as_bytes()).await?);
+            let mut request = self.http.request(method.parse().map_err(|_| Failure::new("bad method"))?, &url);
+            for (name, value) in &headers {
+                request = request.header(name, value);
+            }
+            let reply = match request.body(body.clone()).send().await {
+                Ok(reply) => reply,
+                Err(err) => {
+                    last = Failure::new(format!("{method} {url}: {err}"));
+                    continue;
+                }
+            };
+            let status = reply.status().as_u16();
+            let text = reply.text().await.unwrap_or_default();
+            let document: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            if status < 400 {
+                return Ok(document);
+            }
+            last = Failure::new(api_error(status, &document, &text));
+            // A caller's mistake will not mend by itself; a server's trouble may.
+            if status < 500 {
+                return Err(last);
+            }
+        }
+        Err(last)
+    }
+
+    /// The SigV4 headers for a request to API Gateway (`execute-api`), from the standard
+    /// credential chain (environment, profile, SSO, instance role...).
+    async fn signature(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(String, String)],
+        body: &[u8],
+    ) -> Result<Vec<(String, String)>, Failure> {
+        let provider = self
+            .sdk
+            .credentials_provider()
+            .ok_or_else(|| Failure::new("no AWS credentials: configure them as for the AWS CLI"))?;
+        let credentials =
+            provider.provide_credentials().await.map_err(|e| Failure::new(format!("no AWS credentials: {e}")))?;
+        let identity: Identity = credentials.into();
+        let region = self.sdk.region().map(|r| r.to_string()).unwrap_or_else(|| "us-east-1".to_owned());
+        let params = v4::SigningParams::builder()
+            .identity(&identity)
+            .region(&region)
+            .name("execute-api")
+            .time(SystemTime::now())
+            .settings(SigningSettings::default())
+            .build()
+            .map_err(|e| Failure::new(format!("signing: {e}")))?
+            .into();
+        let signable = SignableRequest::new(
+            method,
+            url,
+            headers.iter().map(|(n, v)| (n.as_str(), v.as_str())),
+            SignableBody::Bytes(body),
+        )
+        .map_err(|e| Failure::new(format!("signing: {e}")))?;
+        let (instructions, _) =
+            sign(signable, &params).map_err(|e| Failure::new(format!("signing: {e}")))?.into_parts();
+        Ok(instructions.headers().map(|(n, v)| (n.to_owned(), v.to_owned())).collect())
+    }
+}
+
+/// `HTTP 404 NotFound: no run x`: the API's error in one line.
+pub fn api_error(status: u16, document: &Value, text: &str) -> String {
+    let error = &document["error"];
+    match (error["code"].as_str(), error["message"].as_str()) {
+        (Some(code), Some(message)) => format!("HTTP {status} {code}: {message}"),
+        _ if text.trim().is_empty() => format!("HTTP {status}"),
+        _ => format!("HTTP {status}: {}", text.trim()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn an_api_error_is_one_line_with_its_status_and_code() {
+        let document = json!({"error": {"code": "NotFound", "message": "no run r1"}});
+        assert_eq!(api_error(404, &document, ""), "HTTP 404 NotFound: no run r1");
+        assert_eq!(api_error(502, &Value::Null, "Bad Gateway"), "HTTP 502: Bad Gateway");
+        assert_eq!(api_error(503, &Value::Null, ""), "HTTP 503");
+    }
+}

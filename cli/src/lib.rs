@@ -1,0 +1,421 @@
+//! `batchline`: Batchline from the command line — submit jobs, start, watch, cancel and redrive runs, read a job's logs, see what the stack is doing.
+//!
+//! Every command is a client of the stack's HTTP API (found from `--endpoint`, `--stack` or
+//! `BATCHLINE_API_URL`), signed with SigV4 from the standard AWS credential chain; only
+//! `logs` also reads CloudWatch Logs, straight from the job's log group with the caller's
+//! own credentials: the logs are the caller's to read under their IAM permissions, and
+//! passing them through the API would double their transfer and Lambda's 6 MB answer limit.
+//!
+//! Exit status: 0 when the command did what it says (a watched run or waited job
+//! SUCCEEDED), 1 for an error (the API's, shown as one line with its HTTP status), 2 when a
+//! watched run or waited job FAILED, 3 when a watched run was CANCELLED.
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::{json, Map, Value};
+
+pub mod client;
+pub mod render;
+
+use client::{Api, Failure};
+
+#[derive(Debug, Parser)]
+#[command(name = "batchline", version, about = "Run container batch jobs and pipelines on AWS Batch + Fargate.")]
+pub struct Cli {
+    /// The API's URL (else --stack, else BATCHLINE_API_URL).
+    #[arg(long, global = true)]
+    pub endpoint: Option<String>,
+    /// The CloudFormation stack whose ApiUrl output names the API.
+    #[arg(long, global = true)]
+    pub stack: Option<String>,
+    /// Tables for people (default) or the API's JSON for scripts.
+    #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Submit one job.
+    Submit(SubmitArgs),
+    /// Show, list or cancel jobs.
+    #[command(subcommand)]
+    Jobs(JobsCommand),
+    /// Start a run of a pipeline.
+    Run(RunArgs),
+    /// List, show, watch, cancel or redrive runs.
+    #[command(subcommand)]
+    Runs(RunsCommand),
+    /// Print a job's log (every attempt's), optionally following it until the job ends.
+    Logs {
+        job_id: String,
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// The stack's queues, what waits and works in them, and recent failures.
+    Status,
+}
+
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// The job definition's key (default: `default`).
+    pub job_definition: Option<String>,
+    /// A parameter its command names: k=v (repeatable).
+    #[arg(long = "param", value_name = "K=V")]
+    pub params: Vec<String>,
+    /// An environment variable: K=V (repeatable).
+    #[arg(long = "env", value_name = "K=V")]
+    pub env: Vec<String>,
+    #[arg(long)]
+    pub vcpu: Option<String>,
+    /// MiB.
+    #[arg(long)]
+    pub memory: Option<String>,
+    /// Wait until the job ends; the exit status says how.
+    #[arg(long)]
+    pub wait: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// The stack's jobs of the last 24 hours (or in one status), newest first.
+    List {
+        #[arg(long)]
+        status: Option<String>,
+    },
+    Show {
+        job_id: String,
+    },
+    Cancel {
+        job_id: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    pub pipeline: String,
+    #[arg(long = "param", value_name = "K=V")]
+    pub params: Vec<String>,
+    #[arg(long = "env", value_name = "K=V")]
+    pub env: Vec<String>,
+    /// Watch the run until it ends; the exit status says how.
+    #[arg(long)]
+    pub watch: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RunsCommand {
+    List {
+        #[arg(long)]
+        pipeline: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    Show {
+        run_id: String,
+    },
+    /// Redraw the run until it ends (polling its record, never Batch).
+    Watch {
+        run_id: String,
+    },
+    Cancel {
+        run_id: String,
+    },
+    /// Rerun a FAILED or CANCELLED run's failed, skipped and cancelled stages.
+    Redrive {
+        run_id: String,
+    },
+}
+
+/// How often `watch`, `--wait` and `--follow` poll.
+const POLL: Duration = Duration::from_secs(2);
+
+/// Runs the command line; returns the exit status.
+pub async fn main_with(cli: Cli) -> i32 {
+    match run(cli).await {
+        Ok(status) => status,
+        Err(failure) => {
+            eprintln!("error: {failure}");
+            1
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<i32, Failure> {
+    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let base = client::find_api(cli.endpoint.as_deref(), cli.stack.as_deref(), &sdk).await?;
+    let api = Api::new(base, sdk.clone());
+    let show = |document: &Value, human: fn(&Value) -> String| match cli.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(document).unwrap_or_default()),
+        Output::Table => print!("{}", human(document)),
+    };
+    match cli.command {
+        Command::Submit(args) => {
+            let mut body = json!({
+                "jobDefinition": args.job_definition.as_deref().unwrap_or("default"),
+                "parameters": pairs(&args.params)?,
+                "environment": pairs(&args.env)?,
+            });
+            if let Some(vcpu) = &args.vcpu {
+                body["vcpu"] = json!(vcpu);
+            }
+            if let Some(memory) = &args.memory {
+                body["memory"] = json!(memory);
+            }
+            let submitted = api.change("POST", "/jobs", Some(&body)).await?;
+            show(&submitted, |s| {
+                let again = if s["duplicate"] == true { " (already submitted: the same job)" } else { "" };
+                format!("submitted job {} ({}){again}\n", render_text(&s["jobId"]), render_text(&s["jobName"]))
+            });
+            if !args.wait {
+                return Ok(0);
+            }
+            let job_id = render_text(&submitted["jobId"]);
+            wait_for_job(&api, &job_id, cli.output).await
+        }
+        Command::Jobs(JobsCommand::List { status }) => {
+            let path = match status {
+                Some(status) => format!("/jobs?status={}", encode(&status)),
+                None => "/jobs".to_owned(),
+            };
+            show(&api.get(&path).await?, render::jobs);
+            Ok(0)
+        }
+        Command::Jobs(JobsCommand::Show { job_id }) => {
+            show(&api.get(&format!("/jobs/{}", encode(&job_id))).await?, render::job);
+            Ok(0)
+        }
+        Command::Jobs(JobsCommand::Cancel { job_id }) => {
+            let answer = api.change("DELETE", &format!("/jobs/{}", encode(&job_id)), None).await?;
+            show(&answer, |a| {
+                format!("job {} was {}; termination asked\n", render_text(&a["jobId"]), render_text(&a["status"]))
+            });
+            Ok(0)
+        }
+        Command::Run(args) => {
+            let body = json!({"parameters": pairs(&args.params)?, "environment": pairs(&args.env)?});
+            let started =
+                api.change("POST", &format!("/pipelines/{}/runs", encode(&args.pipeline)), Some(&body)).await?;
+            show(&started, |s| {
+                format!("started run {} of {}\n", render_text(&s["runId"]), render_text(&s["pipeline"]))
+            });
+            if !args.watch {
+                return Ok(0);
+            }
+            watch(&api, &render_text(&started["runId"]), cli.output).await
+        }
+        Command::Runs(RunsCommand::List { pipeline, limit }) => {
+            let mut path = format!("/runs?limit={limit}");
+            if let Some(pipeline) = pipeline {
+                path.push_str(&format!("&pipeline={}", encode(&pipeline)));
+            }
+            show(&api.get(&path).await?, render::runs);
+            Ok(0)
+        }
+        Command::Runs(RunsCommand::Show { run_id }) => {
+            show(&api.get(&format!("/runs/{}", encode(&run_id))).await?, render::run);
+            Ok(0)
+        }
+        Command::Runs(RunsCommand::Watch { run_id }) => watch(&api, &run_id, cli.output).await,
+        Command::Runs(RunsCommand::Cancel { run_id }) => {
+            let answer = api.change("DELETE", &format!("/runs/{}", encode(&run_id)), None).await?;
+            show(&answer, |a| {
+                let stopped = a["terminatedJobs"].as_array().map(Vec::len).unwrap_or_default();
+                format!("run {} {}; {stopped} job(s) stopped\n", render_text(&a["runId"]), render_text(&a["status"]))
+            });
+            Ok(0)
+        }
+        Command::Runs(RunsCommand::Redrive { run_id }) => {
+            let answer = api.change("POST", &format!("/runs/{}/redrive", encode(&run_id)), None).await?;
+            show(&answer, |a| {
+                let stages: Vec<String> =
+                    a["stages"].as_array().map(Vec::as_slice).unwrap_or_default().iter().map(render_text).collect();
+                format!(
+                    "run {} redriven (generation {}): {}\n",
+                    render_text(&a["runId"]),
+                    render_text(&a["redrive"]),
+                    stages.join(", ")
+                )
+            });
+            Ok(0)
+        }
+        Command::Logs { job_id, follow } => logs(&api, &sdk, &job_id, follow).await,
+        Command::Status => {
+            show(&api.get("/status").await?, render::status);
+            Ok(0)
+        }
+    }
+}
+
+fn render_text(value: &Value) -> String {
+    value.as_str().map(str::to_owned).unwrap_or_else(|| value.to_string())
+}
+
+/// `k=v` pairs as a JSON object.
+fn pairs(items: &[String]) -> Result<Map<String, Value>, Failure> {
+    items
+        .iter()
+        .map(|item| match item.split_once('=') {
+            Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), json!(value))),
+            _ => Err(Failure::new(format!("{item:?}: write KEY=VALUE"))),
+        })
+        .collect()
+}
+
+/// A path segment or query value, percent-encoded.
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+/// The exit status for how a run or job ended.
+pub fn exit_status(status: &str) -> Option<i32> {
+    match status {
+        "SUCCEEDED" => Some(0),
+        "FAILED" => Some(2),
+        "CANCELLED" => Some(3),
+        _ => None,
+    }
+}
+
+/// Polls the run's record until the run has ended, redrawing it on a terminal and printing
+/// each change otherwise.
+async fn watch(api: &Api, run_id: &str, output: Output) -> Result<i32, Failure> {
+    let path = format!("/runs/{}", encode(run_id));
+    let redraw = output == Output::Table && std::io::stdout().is_terminal();
+    let mut last = String::new();
+    loop {
+        let view = api.get(&path).await?;
+        let ended = exit_status(view["status"].as_str().unwrap_or_default());
+        let shown = render::run(&view);
+        if redraw {
+            println!("\x1b[2J\x1b[H{shown}watching every {}s (Ctrl-C stops watching, not the run)", POLL.as_secs());
+        } else if output == Output::Table && shown != last {
+            print!("{shown}");
+        }
+        last = shown;
+        if let Some(status) = ended {
+            if output == Output::Json {
+                println!("{}", serde_json::to_string_pretty(&view).unwrap_or_default());
+            }
+            return Ok(status);
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Polls a job until it ends, saying each status it reaches.
+async fn wait_for_job(api: &Api, job_id: &str, output: Output) -> Result<i32, Failure> {
+    let path = format!("/jobs/{}", encode(job_id));
+    let mut last = String::new();
+    loop {
+        let view = api.get(&path).await?;
+        let status = render_text(&view["status"]);
+        if status != last && output == Output::Table {
+            println!("job {job_id}: {status}");
+        }
+        if let Some(code) = exit_status(&status) {
+            if output == Output::Json {
+                println!("{}", serde_json::to_string_pretty(&view).unwrap_or_default());
+            }
+            return Ok(code);
+        }
+        last = status;
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Prints every attempt's log stream of the job, from CloudWatch Logs; with `follow`, goes
+/// on until the job has ended and its log is read to the end.
+async fn logs(api: &Api, sdk: &aws_config::SdkConfig, job_id: &str, follow: bool) -> Result<i32, Failure> {
+    let logs = aws_sdk_cloudwatchlogs::Client::new(sdk);
+    let path = format!("/jobs/{}", encode(job_id));
+    // Per stream, the token to go on from.
+    let mut positions: Vec<(String, Option<String>)> = Vec::new();
+    loop {
+        let view = api.get(&path).await?;
+        let group = render_text(&view["logGroup"]);
+        for stream in
+            view["logStreams"].as_array().map(Vec::as_slice).unwrap_or_default().iter().filter_map(Value::as_str)
+        {
+            if !positions.iter().any(|(s, _)| s == stream) {
+                positions.push((stream.to_owned(), None));
+            }
+        }
+        let ended = exit_status(view["status"].as_str().unwrap_or_default()).is_some();
+        for (stream, token) in positions.iter_mut() {
+            loop {
+                let page = logs
+                    .get_log_events()
+                    .log_group_name(&group)
+                    .log_stream_name(stream.as_str())
+                    .start_from_head(true)
+                    .set_next_token(token.clone())
+                    .send()
+                    .await;
+                let page = match page {
+                    Ok(page) => page,
+                    // A stream appears once the task has started writing to it.
+                    Err(err) if is_not_found(&err) => break,
+                    Err(err) => {
+                        return Err(Failure::new(format!(
+                            "reading {group} {stream}: {}",
+                            aws_sdk_cloudwatchlogs::error::DisplayErrorContext(err)
+                        )))
+                    }
+                };
+                for event in page.events() {
+                    println!("{}", event.message().unwrap_or_default().trim_end());
+                }
+                let next = page.next_forward_token().map(str::to_owned);
+                let done = next == *token;
+                *token = next;
+                if done || page.events().is_empty() {
+                    break;
+                }
+            }
+        }
+        if !follow || ended {
+            return Ok(0);
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+fn is_not_found<E: aws_sdk_cloudwatchlogs::error::ProvideErrorMetadata>(
+    err: &aws_sdk_cloudwatchlogs::error::SdkError<E>,
+) -> bool {
+    err.as_service_error().and_then(|e| e.code()) == Some("ResourceNotFoundException")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pairs_are_key_equals_value_and_anything_else_is_refused() {
+        let parsed = pairs(&["day=2026-11-30".into(), "empty=".into(), "eq=a=b".into()]).unwrap();
+        assert_eq!(Value::Object(parsed), json!({"day": "2026-11-30", "empty": "", "eq": "a=b"}));
+        assert_eq!(pairs(&["novalue".into()]).unwrap_err().message, "\"novalue\": write KEY=VALUE");
+        assert!(pairs(&["=v".into()]).is_err());
+    }
+
+    #[test]
+    fn how_a_run_ended_is_the_exit_status() {
+        assert_eq!(["SUCCEEDED", "FAILED", "CANCELLED", "RUNNING"].map(exit_status), [Some(0), Some(2), Some(3), None]);
+        assert_eq!(encode("a b/c"), "a%20b%2Fc");
+    }
+}

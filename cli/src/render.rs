@@ -1,0 +1,266 @@
+//! Human output: the API's answers as aligned tables and a run as a tree of its stages in DAG order.
+
+use std::collections::BTreeMap;
+
+use aws_smithy_types::date_time::Format;
+use aws_smithy_types::DateTime;
+use serde_json::Value;
+
+/// Columns padded to their widest cell; the header first.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if i < widths.len() {
+                widths[i] = widths[i].max(cell.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| if i + 1 == cells.len() { c.clone() } else { format!("{c:<width$}", width = widths[i]) })
+            .collect();
+        padded.join("  ").trim_end().to_owned()
+    };
+    let mut out = vec![line(header.iter().map(|h| h.to_string()).collect())];
+    out.extend(rows.iter().map(|row| line(row.clone())));
+    out.join("\n") + "\n"
+}
+
+fn text(value: &Value) -> String {
+    match value {
+        Value::Null => "-".to_owned(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn millis(iso: &Value) -> Option<i64> {
+    DateTime::from_str(iso.as_str()?, Format::DateTime).ok()?.to_millis().ok()
+}
+
+/// `1h 2m`, `3m 4s`, `5s`.
+pub fn duration(ms: i64) -> String {
+    let seconds = ms.max(0) / 1000;
+    match (seconds / 3600, seconds % 3600 / 60, seconds % 60) {
+        (0, 0, s) => format!("{s}s"),
+        (0, m, s) => format!("{m}m {s}s"),
+        (h, m, _) => format!("{h}h {m}m"),
+    }
+}
+
+/// `$0.0123`, or `-` with no figure.
+pub fn usd(value: &Value) -> String {
+    value.as_f64().map(|usd| format!("${usd:.4}")).unwrap_or_else(|| "-".to_owned())
+}
+
+fn size(value: &Value) -> String {
+    match (value["vcpu"].as_str(), value["memoryMib"].as_u64()) {
+        (Some(vcpu), Some(memory)) => format!("{vcpu} vCPU / {memory} MiB"),
+        _ => "-".to_owned(),
+    }
+}
+
+/// `GET /jobs/{id}`.
+pub fn job(view: &Value) -> String {
+    let mut lines = vec![
+        format!("job {} ({})", text(&view["jobId"]), text(&view["jobName"])),
+        format!("  status      {}", text(&view["status"])),
+    ];
+    if !view["statusReason"].is_null() {
+        lines.push(format!("  reason      {}", text(&view["statusReason"])));
+    }
+    lines.extend([
+        format!("  queue       {}", text(&view["jobQueue"]).rsplit('/').next().unwrap_or_default()),
+        format!("  size        {}", size(&view["size"])),
+        format!("  attempts    {}", text(&view["attempts"])),
+        format!("  created     {}", text(&view["createdAt"])),
+        format!("  started     {}", text(&view["startedAt"])),
+        format!("  stopped     {}", text(&view["stoppedAt"])),
+        format!("  exit code   {}", text(&view["exitCode"])),
+        format!("  cost        {}", usd(&view["cost"]["usd"])),
+        format!("  logs        {} {}", text(&view["logGroup"]), text(&view["logStreamName"])),
+    ]);
+    for (label, key) in [("resized to", "resizedTo"), ("resized from", "resizedFrom")] {
+        if !view[key].is_null() {
+            lines.push(format!("  {label:<11} {}", text(&view[key])));
+        }
+    }
+    lines.join("\n") + "\n"
+}
+
+/// `GET /jobs`.
+pub fn jobs(list: &Value) -> String {
+    let rows: Vec<Vec<String>> = list["jobs"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|j| {
+            vec![
+                text(&j["jobId"]),
+                text(&j["jobName"]),
+                text(&j["status"]),
+                text(&j["jobQueue"]),
+                text(&j["createdAt"]),
+            ]
+        })
+        .collect();
+    table(&["JOB", "NAME", "STATUS", "QUEUE", "CREATED"], &rows)
+}
+
+/// `GET /runs`.
+pub fn runs(list: &Value) -> String {
+    let rows: Vec<Vec<String>> = list["runs"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|r| vec![text(&r["runId"]), text(&r["pipeline"]), text(&r["status"]), text(&r["createdAt"])])
+        .collect();
+    table(&["RUN", "PIPELINE", "STATUS", "CREATED"], &rows)
+}
+
+/// The stages of a run in DAG order: by depth (a stage comes after every stage it runs
+/// after), then by name; with their depth.
+pub fn dag_order(stages: &serde_json::Map<String, Value>) -> Vec<(String, usize)> {
+    fn depth(name: &str, stages: &serde_json::Map<String, Value>, seen: &mut BTreeMap<String, usize>) -> usize {
+        if let Some(depth) = seen.get(name) {
+            return *depth;
+        }
+        seen.insert(name.to_owned(), 0); // a cycle (never deployed) ends here
+        let upstream = stages.get(name).and_then(|s| s["after"].as_array()).cloned().unwrap_or_default();
+        let depth = upstream.iter().filter_map(Value::as_str).map(|u| depth(u, stages, seen) + 1).max().unwrap_or(0);
+        seen.insert(name.to_owned(), depth);
+        depth
+    }
+    let mut seen = BTreeMap::new();
+    let mut order: Vec<(String, usize)> =
+        stages.keys().map(|name| (name.clone(), depth(name, stages, &mut seen))).collect();
+    order.sort_by(|a, b| a.1.cmp(&b.1).then(a.0.cmp(&b.0)));
+    order
+}
+
+/// `GET /runs/{id}`: the run, then its stages as a tree.
+pub fn run(view: &Value) -> String {
+    let mut out = format!(
+        "run {} ({}): {}  {}  {}\n",
+        text(&view["runId"]),
+        text(&view["pipeline"]),
+        text(&view["status"]),
+        view["durationMs"].as_i64().map(duration).unwrap_or_default(),
+        usd(&view["costUsd"]),
+    );
+    if !view["reason"].is_null() {
+        out.push_str(&format!("  reason: {}\n", text(&view["reason"])));
+    }
+    let empty = serde_json::Map::new();
+    let stages = view["stages"].as_object().unwrap_or(&empty);
+    let mut rows = Vec::new();
+    let mut stage_row = |name: String, depth: usize, stage: &Value| {
+        let attempts = stage["attempts"].as_array().map(Vec::as_slice).unwrap_or_default();
+        let last = attempts.last().cloned().unwrap_or(Value::Null);
+        let took = match (millis(&last["startedAt"]), millis(&last["stoppedAt"])) {
+            (Some(start), Some(stop)) => duration(stop - start),
+            _ => "-".to_owned(),
+        };
+        let branch = if depth == 0 { String::new() } else { format!("{}└ ", "  ".repeat(depth - 1)) };
+        rows.push(vec![
+            format!("{branch}{name}"),
+            text(&stage["status"]),
+            size(&last["size"]),
+            attempts.len().to_string(),
+            took,
+            usd(&stage["costUsd"]),
+        ]);
+    };
+    for (name, depth) in dag_order(stages) {
+        stage_row(name.clone(), depth, &stages[&name]);
+    }
+    if !view["onFailure"].is_null() {
+        stage_row("on-failure".to_owned(), 0, &view["onFailure"]);
+    }
+    out + &table(&["STAGE", "STATUS", "SIZE", "ATTEMPTS", "DURATION", "COST"], &rows)
+}
+
+/// `GET /status`.
+pub fn status(view: &Value) -> String {
+    let rows: Vec<Vec<String>> = view["queues"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|q| {
+            let default = if q["default"].as_bool() == Some(true) { " (default)" } else { "" };
+            let count = |status: &str| text(&q["jobs"][status]);
+            vec![
+                format!("{}{default}", text(&q["name"])),
+                text(&q["state"]),
+                count("SUBMITTED"),
+                count("PENDING"),
+                count("RUNNABLE"),
+                count("STARTING"),
+                count("RUNNING"),
+            ]
+        })
+        .collect();
+    let mut out = format!("stack {}: {} open run(s)\n", text(&view["stack"]), text(&view["openRuns"]));
+    out += &table(&["QUEUE", "STATE", "SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING"], &rows);
+    let failures = view["recentFailures"].as_array().map(Vec::as_slice).unwrap_or_default();
+    if failures.is_empty() {
+        out.push_str("no recent failures\n");
+    } else {
+        out.push_str("recent failures:\n");
+        let rows: Vec<Vec<String>> = failures
+            .iter()
+            .map(|j| vec![text(&j["jobId"]), text(&j["jobName"]), text(&j["stoppedAt"]), text(&j["statusReason"])])
+            .collect();
+        out += &table(&["JOB", "NAME", "STOPPED", "REASON"], &rows);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn stages_come_in_dag_order_with_their_depth() {
+        let stages = json!({
+            "report": {"after": ["transform", "validate"]},
+            "validate": {"after": ["extract"]},
+            "extract": {"after": []},
+            "transform": {"after": ["extract"]}
+        });
+        let order = dag_order(stages.as_object().unwrap());
+        assert_eq!(
+            order,
+            [("extract".into(), 0), ("transform".into(), 1), ("validate".into(), 1), ("report".into(), 2)]
+        );
+    }
+
+    #[test]
+    fn a_run_shows_as_a_tree_with_sizes_attempts_durations_and_cost() {
+        let view = json!({
+            "runId": "orders-1", "pipeline": "orders", "status": "SUCCEEDED", "durationMs": 75_000, "costUsd": 0.0012,
+            "stages": {
+                "extract": {"status": "SUCCEEDED", "after": [], "costUsd": 0.0002, "attempts": [
+                    {"size": {"vcpu": "0.25", "memoryMib": 512}, "startedAt": "2026-11-30T10:00:00Z", "stoppedAt": "2026-11-30T10:00:30Z"}]},
+                "load": {"status": "SUCCEEDED", "after": ["extract"], "costUsd": 0.001, "attempts": [
+                    {"size": {"vcpu": "0.25", "memoryMib": 512}}, {"size": {"vcpu": "0.25", "memoryMib": 1024},
+                     "startedAt": "2026-11-30T10:01:00Z", "stoppedAt": "2026-11-30T10:02:05Z"}]}
+            }
+        });
+        let shown = run(&view);
+        assert_eq!(
+            shown,
+            "run orders-1 (orders): SUCCEEDED  1m 15s  $0.0012\n\
+             STAGE    STATUS     SIZE                  ATTEMPTS  DURATION  COST\n\
+             extract  SUCCEEDED  0.25 vCPU / 512 MiB   1         30s       $0.0002\n\
+             └ load   SUCCEEDED  0.25 vCPU / 1024 MiB  2         1m 5s     $0.0010\n"
+        );
+    }
+}
