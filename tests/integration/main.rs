@@ -2,6 +2,7 @@
 
 mod bootstrap;
 mod chaos;
+mod cli;
 mod common;
 mod e2e;
 mod emulator;

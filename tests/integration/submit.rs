@@ -273,7 +273,7 @@ async fn every_caller_mistake_is_a_4xx_naming_the_problem() {
         ("POST", "/jobs", json!({"environment": {"AWS_BATCH_JOB_ID": "x"}}).to_string(), 400, "reserved"),
         ("POST", "/jobs", big, 413, "at most 30720"),
         ("GET", "/jobs/does-not-exist", String::new(), 404, "no job does-not-exist"),
-        ("PUT", "/jobs", String::new(), 405, "allowed methods are POST"),
+        ("PUT", "/jobs", String::new(), 405, "allowed methods are GET, POST"),
         ("GET", "/nowhere", String::new(), 404, "no route GET /nowhere"),
     ];
     for (method, path, body, status, message) in cases {

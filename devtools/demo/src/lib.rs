@@ -23,6 +23,7 @@
 //! target are played by [`Pump`], through the Invoke API.
 
 pub mod local_stack;
+pub mod serve;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

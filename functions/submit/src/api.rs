@@ -598,9 +598,26 @@ pub fn job_view(job: &aws_sdk_batch::types::JobDetail, region: &str) -> Value {
         "tags": job.tags(),
         "arraySize": job.array_properties().and_then(|a| a.size()),
         "logStreamName": log_stream,
+        // Every attempt's stream (a retried job wrote one per attempt), oldest first.
+        "logStreams": log_streams(job),
         "logGroup": log_group,
         "logUrl": log_stream.as_deref().map(|s| log_console_url(region, &log_group, s)),
     })
+}
+
+/// The log streams of a job's attempts, then its current one if it is not among them.
+fn log_streams(job: &aws_sdk_batch::types::JobDetail) -> Vec<String> {
+    let mut streams: Vec<String> = job
+        .attempts()
+        .iter()
+        .filter_map(|a| a.container().and_then(|c| c.log_stream_name()).map(str::to_owned))
+        .collect();
+    if let Some(current) = job.container().and_then(|c| c.log_stream_name()) {
+        if !streams.iter().any(|s| s == current) {
+            streams.push(current.to_owned());
+        }
+    }
+    streams
 }
 
 #[cfg(test)]

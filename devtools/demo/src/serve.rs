@@ -1,0 +1,238 @@
+//! The local stack, served: the HTTP API in front of the real submit binary, and Batch played continuously into the real job-events binary, with each job's log in CloudWatch Logs.
+//!
+//! [`LocalApi`] does what API Gateway does for the stack (`sam local start-api` without
+//! Docker): each HTTP request becomes an API Gateway v2 (payload 2.0) event, submit's
+//! binary (under the local Lambda Runtime API) handles it, and its answer becomes the HTTP
+//! response. IAM authorisation is API Gateway's: a request's SigV4 signature is not checked
+//! here.
+//!
+//! [`LocalBatch`] does what AWS Batch and EventBridge do after SubmitJob: every
+//! [`PLAY_EVERY`] it plays the jobs new in the stack's queues with the Batch event player
+//! (their events on its simulated clock, so a job "runs" in no time), settles them in the
+//! emulator (so Batch reports them as ended), writes each attempt's log lines to the job's
+//! log stream in the emulator's CloudWatch Logs, and hands the events to job-events as an
+//! SQS batch, which advances runs and counts metrics. Jobs a test or a user holds in
+//! RUNNABLE stay there.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use batchline_testkit::http::{read_request, write_response};
+use batchline_testkit::local_lambda::{LocalLambda, Outcome};
+use batchline_testkit::player::{event_id, Delivery, Player, StateChange};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// How often the local Batch looks for new jobs.
+pub const PLAY_EVERY: Duration = Duration::from_millis(500);
+
+/// The HTTP API, served on a loopback port until dropped.
+pub struct LocalApi {
+    pub url: String,
+    task: JoinHandle<()>,
+}
+
+impl LocalApi {
+    /// Serves the API on `address` (`127.0.0.1:0` picks a free port).
+    pub async fn serve(submit: Arc<LocalLambda>, address: &str) -> Result<LocalApi, String> {
+        let listener = TcpListener::bind(address).await.map_err(|e| format!("binding {address}: {e}"))?;
+        let url = format!("http://{}", listener.local_addr().map_err(|e| e.to_string())?);
+        let task = tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let submit = submit.clone();
+                tokio::spawn(async move {
+                    let Some(request) = read_request(&mut stream).await else { return };
+                    let (status, body) = answer(&submit, &request).await;
+                    write_response(&mut stream, status, &[("content-type", "application/json")], body.as_bytes()).await;
+                });
+            }
+        });
+        Ok(LocalApi { url, task })
+    }
+}
+
+impl Drop for LocalApi {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The API Gateway v2 event of an HTTP request.
+pub fn gateway_event(request: &batchline_testkit::http::Request) -> Value {
+    let (path, query) = request.path.split_once('?').unwrap_or((request.path.as_str(), ""));
+    let parameters: serde_json::Map<String, Value> =
+        query.split('&').filter_map(|pair| pair.split_once('=')).map(|(k, v)| (decode(k), json!(decode(v)))).collect();
+    let headers: serde_json::Map<String, Value> =
+        request.headers.iter().map(|(name, value)| (name.clone(), json!(value))).collect();
+    json!({
+        "version": "2.0", "routeKey": "$default", "rawPath": path, "rawQueryString": query,
+        "headers": headers, "queryStringParameters": parameters,
+        "requestContext": {"http": {"method": request.method, "path": path, "protocol": "HTTP/1.1", "sourceIp": "127.0.0.1"},
+                           "requestId": event_id(), "stage": "$default"},
+        "body": String::from_utf8_lossy(&request.body), "isBase64Encoded": false,
+    })
+}
+
+/// A percent-encoded query part, decoded (`+` is a space).
+fn decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%' && i + 3 <= bytes.len())
+            .then(|| std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|hex| u8::from_str_radix(hex, 16).ok()))
+            .flatten();
+        match (escaped, bytes[i]) {
+            (Some(byte), _) => {
+                out.push(byte);
+                i += 3;
+                continue;
+            }
+            (None, b'+') => out.push(b' '),
+            (None, other) => out.push(other),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn answer(submit: &LocalLambda, request: &batchline_testkit::http::Request) -> (u16, String) {
+    match submit.invoke(&gateway_event(request)).await {
+        Ok(Outcome::Response(response)) => {
+            let status = response["statusCode"].as_u64().unwrap_or(500) as u16;
+            (status, response["body"].as_str().unwrap_or_default().to_owned())
+        }
+        Ok(Outcome::Error(error)) => {
+            (500, json!({"error": {"code": "InternalError", "message": error.to_string()}}).to_string())
+        }
+        Err(err) => (502, json!({"error": {"code": "BadGateway", "message": err}}).to_string()),
+    }
+}
+
+/// Batch and EventBridge, played for the stack's queues until dropped.
+pub struct LocalBatch {
+    task: JoinHandle<()>,
+}
+
+impl LocalBatch {
+    /// Plays `queues` (ARNs) every [`PLAY_EVERY`] into `job_events`.
+    pub fn start(sdk: aws_config::SdkConfig, job_events: Arc<LocalLambda>, queues: Vec<String>) -> LocalBatch {
+        let task = tokio::spawn(async move {
+            let mut player = Player::new(&sdk);
+            // New jobs wait until played, as on AWS, instead of moto's instant SUCCEEDED.
+            if let Err(err) = player.leave_unplayed(&queues).await {
+                eprintln!("local batch: {err}");
+            }
+            let logs = aws_sdk_cloudwatchlogs::Client::new(&sdk);
+            let batch = aws_sdk_batch::Client::new(&sdk);
+            loop {
+                for queue in &queues {
+                    if let Err(err) = play_once(&mut player, &batch, &logs, &job_events, queue).await {
+                        eprintln!("local batch: {queue}: {err}");
+                    }
+                }
+                tokio::time::sleep(PLAY_EVERY).await;
+            }
+        });
+        LocalBatch { task }
+    }
+}
+
+impl Drop for LocalBatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn play_once(
+    player: &mut Player,
+    batch: &aws_sdk_batch::Client,
+    logs: &aws_sdk_cloudwatchlogs::Client,
+    job_events: &LocalLambda,
+    queue: &str,
+) -> Result<(), String> {
+    let changes = player.play_queue(queue).await.map_err(|e| e.to_string())?;
+    if changes.is_empty() {
+        return Ok(());
+    }
+    player.settle(&changes).await.map_err(|e| e.to_string())?;
+    for change in changes.iter().filter(|c| matches!(c.status, "SUCCEEDED" | "FAILED")) {
+        write_log(batch, logs, change).await?;
+    }
+    for payload in Delivery::of(&changes).sqs_batches("arn:aws:sqs:us-east-1:123456789012:local-job-events", 10) {
+        match job_events.invoke(&payload).await? {
+            Outcome::Response(_) => {}
+            Outcome::Error(error) => return Err(format!("job-events failed: {error}")),
+        }
+    }
+    Ok(())
+}
+
+/// Writes what the player played of each attempt of an ended job to its log stream: the
+/// lines a real container would have written are not known, so the log says what ran.
+async fn write_log(
+    batch: &aws_sdk_batch::Client,
+    logs: &aws_sdk_cloudwatchlogs::Client,
+    change: &StateChange,
+) -> Result<(), String> {
+    let detail = &change.event["detail"];
+    let described = batch.describe_jobs().jobs(&change.job_id).send().await.map_err(|e| e.to_string())?;
+    let group = described
+        .jobs()
+        .first()
+        .and_then(|j| j.container())
+        .and_then(|c| c.log_configuration())
+        .and_then(|l| l.options())
+        .and_then(|o| o.get("awslogs-group"))
+        .cloned()
+        .unwrap_or_else(|| batchline::model::stack::DEFAULT_LOG_GROUP.to_owned());
+    let _ = logs.create_log_group().log_group_name(&group).send().await;
+    for (number, attempt) in detail["attempts"].as_array().map(Vec::as_slice).unwrap_or_default().iter().enumerate() {
+        let Some(stream) = attempt["container"]["logStreamName"].as_str() else { continue };
+        let _ = logs.create_log_stream().log_group_name(&group).log_stream_name(stream).send().await;
+        let started = attempt["startedAt"].as_i64().unwrap_or_default();
+        let stopped = attempt["stoppedAt"].as_i64().unwrap_or(started);
+        let exit = &attempt["container"]["exitCode"];
+        let reason = attempt["container"]["reason"].as_str().unwrap_or("");
+        let lines = [
+            (started, format!("batchline job {} ({}) attempt {} started", change.job_id, change.job_name, number + 1)),
+            (stopped, format!("attempt {} exited with code {exit} {reason}", number + 1).trim_end().to_owned()),
+        ];
+        let events: Vec<aws_sdk_cloudwatchlogs::types::InputLogEvent> = lines
+            .into_iter()
+            .filter_map(|(at, message)| {
+                aws_sdk_cloudwatchlogs::types::InputLogEvent::builder().timestamp(at).message(message).build().ok()
+            })
+            .collect();
+        logs.put_log_events()
+            .log_group_name(&group)
+            .log_stream_name(stream)
+            .set_log_events(Some(events))
+            .send()
+            .await
+            .map_err(|e| batchline::Error::aws("PutLogEvents", e).to_string())?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_becomes_the_gateway_event_submit_reads() {
+        let request = batchline_testkit::http::Request {
+            method: "GET".into(),
+            path: "/runs?pipeline=orders&limit=5".into(),
+            headers: vec![("idempotency-key".into(), "k1".into())],
+            body: vec![],
+        };
+        let event = gateway_event(&request);
+        assert_eq!(event["rawPath"], "/runs");
+        assert_eq!(event["queryStringParameters"], json!({"pipeline": "orders", "limit": "5"}));
+        assert_eq!(event["requestContext"]["http"]["method"], "GET");
+        assert_eq!(event["headers"]["idempotency-key"], "k1");
+        assert_eq!(decode("a%20b%2Fc+d"), "a b/c d");
+    }
+}

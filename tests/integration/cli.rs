@@ -1,0 +1,156 @@
+//! The `batchline` command line, run as a process against a served local stack: the API in front of the real submit binary, Batch played into the real job-events binary.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use batchline_demo::serve::{LocalApi, LocalBatch};
+use batchline_testkit::emulator::{endpoint, repo_root, REGION};
+use batchline_testkit::local_lambda::LocalLambda;
+use serde_json::{json, Value};
+
+use crate::common::Deployed;
+
+fn properties() -> Value {
+    json!({
+        "JobQueues": {"default": {}, "side": {}},
+        "JobDefinitions": {"default": {}, "elsewhere": {"Queue": "side"}},
+        "Pipelines": {
+            "orders": {"Stages": {"extract": {"JobDefinition": "default"},
+                                  "load": {"JobDefinition": "default", "After": "extract"}}},
+            "broken": {"Stages": {"extract": {"JobDefinition": "default", "Parameters": {"play": "exit:3"}}}},
+            // Its queue is not played here: its run stays RUNNING until cancelled.
+            "parked": {"Stages": {"only": {"JobDefinition": "elsewhere"}}}
+        }
+    })
+}
+
+/// A deployed stack served as the local stack serves one: the API and the played default queue.
+struct Served {
+    env: Deployed,
+    api: LocalApi,
+    _batch: LocalBatch,
+}
+
+impl Served {
+    async fn new(test: &str) -> Served {
+        let env = Deployed::new(test, properties()).await;
+        let environment = batchline_demo::local_environment(&env.config.table_name).unwrap();
+        let logs = repo_root().join("target/cli-test-logs").join(test);
+        std::fs::create_dir_all(&logs).unwrap();
+        let start = |name: &'static str| {
+            let (environment, log) = (environment.clone(), logs.join(format!("{name}.log")));
+            async move {
+                let binary = batchline_demo::binary(name).unwrap();
+                let lambda =
+                    LocalLambda::start(name, &binary, &environment, Duration::from_secs(60), Some(&log)).await.unwrap();
+                lambda.wait_until_ready(Duration::from_secs(30)).await.unwrap();
+                Arc::new(lambda)
+            }
+        };
+        let api = LocalApi::serve(start("batchline-submit").await, "127.0.0.1:0").await.unwrap();
+        let batch =
+            LocalBatch::start(env.sdk.clone(), start("batchline-job-events").await, vec![env.queue_arn("default")]);
+        Served { env, api, _batch: batch }
+    }
+
+    /// Runs `batchline ARGS`: its exit status, stdout and stderr.
+    async fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let output = tokio::process::Command::new(batchline_demo::binary("batchline").unwrap())
+            .args(args)
+            .env("BATCHLINE_API_URL", &self.api.url)
+            .env("AWS_ENDPOINT_URL", endpoint())
+            .env("AWS_REGION", REGION)
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .output();
+        let output = tokio::time::timeout(Duration::from_secs(60), output).await.expect("the CLI ends").unwrap();
+        let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+        (output.status.code().unwrap_or(-1), text(&output.stdout), text(&output.stderr))
+    }
+
+    async fn json(&self, args: &[&str]) -> Value {
+        let mut all = vec!["--output", "json"];
+        all.extend_from_slice(args);
+        let (status, stdout, stderr) = self.cli(&all).await;
+        assert_eq!(status, 0, "{args:?}: {stderr}");
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{args:?}: {e}: {stdout}"))
+    }
+}
+
+#[tokio::test]
+async fn the_command_line_submits_waits_for_shows_and_reads_the_log_of_a_job() {
+    let served = Served::new("cli-jobs").await;
+    // WHEN a job is submitted and waited for, THEN the wait shows it go by and ends 0
+    let (status, stdout, stderr) = served.cli(&["submit", "default", "--param", "day=2026-11-30", "--wait"]).await;
+    assert_eq!(status, 0, "{stdout}{stderr}");
+    let job_id = stdout.split_whitespace().nth(2).unwrap().to_owned();
+    assert!(stdout.starts_with(&format!("submitted job {job_id} (")), "{stdout}");
+    assert!(stdout.contains(&format!("job {job_id}: SUCCEEDED")), "{stdout}");
+    // AND it shows with its cost, in a table and as JSON
+    let (_, shown, _) = served.cli(&["jobs", "show", &job_id]).await;
+    assert!(shown.contains("status      SUCCEEDED") && shown.contains("cost        $0.0002"), "{shown}");
+    let view = served.json(&["jobs", "show", &job_id]).await;
+    assert_eq!((view["status"].as_str(), view["parameters"]["day"].as_str()), (Some("SUCCEEDED"), Some("2026-11-30")));
+    // AND its log reads from CloudWatch Logs
+    let (status, log, stderr) = served.cli(&["logs", &job_id]).await;
+    assert_eq!(status, 0, "{stderr}");
+    assert!(log.contains(&format!("batchline job {job_id}")) && log.contains("attempt 1 exited with code 0"), "{log}");
+    // AND a job that fails ends its wait non-zero
+    let (status, stdout, _) = served.cli(&["submit", "--param", "play=exit:3", "--wait"]).await;
+    assert_eq!(status, 2, "{stdout}");
+    assert!(stdout.contains(": FAILED"), "{stdout}");
+    // AND jobs list shows both, newest first
+    let listed = served.json(&["jobs", "list"]).await;
+    assert_eq!(listed["jobs"].as_array().unwrap().len(), 2, "{listed}");
+    assert_eq!(listed["jobs"][1]["jobId"], json!(job_id));
+    // AND a bad request is one clear line and a non-zero exit
+    let (status, stdout, stderr) = served.cli(&["submit", "--vcpu", "3", "--memory", "1"]).await;
+    assert_eq!(status, 1, "{stdout}");
+    assert!(stderr.starts_with("error: HTTP 400 BadRequest: "), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    let (status, _, stderr) = served.cli(&["jobs", "show", "no-such-job"]).await;
+    assert_eq!((status, stderr.trim()), (1, "error: HTTP 404 NotFound: no job no-such-job"));
+}
+
+#[tokio::test]
+async fn the_command_line_starts_watches_lists_cancels_and_summarises_runs() {
+    let served = Served::new("cli-runs").await;
+    // WHEN a run is started and watched, THEN it ends SUCCEEDED with exit 0, stages in DAG order
+    let (status, stdout, stderr) = served.cli(&["run", "orders", "--param", "day=2026-11-30", "--watch"]).await;
+    assert_eq!(status, 0, "{stdout}{stderr}");
+    let run_id = stdout.split_whitespace().nth(2).unwrap().to_owned();
+    let last = stdout.rsplit("run ").next().unwrap();
+    assert!(last.starts_with(&format!("{run_id} (orders): SUCCEEDED")), "{stdout}");
+    let extract = last.find("\nextract ").expect("extract first");
+    let load = last.find("\n└ load ").expect("load under it");
+    assert!(extract < load, "{last}");
+    // AND one that fails ends its watch with 2
+    let (status, stdout, _) = served.cli(&["run", "broken", "--watch"]).await;
+    assert_eq!(status, 2, "{stdout}");
+    let broken = stdout.split_whitespace().nth(2).unwrap().to_owned();
+    // AND a run still running is cancelled
+    let started = served.json(&["run", "parked"]).await;
+    let parked = started["runId"].as_str().unwrap().to_owned();
+    let (status, stdout, stderr) = served.cli(&["runs", "cancel", &parked]).await;
+    assert_eq!(status, 0, "{stderr}");
+    assert_eq!(stdout.trim(), format!("run {parked} CANCELLED; 1 job(s) stopped"));
+    let (status, _, _) = served.cli(&["runs", "watch", &parked]).await;
+    assert_eq!(status, 3, "a cancelled run's watch ends with 3");
+    // AND runs list shows all three, newest first; one pipeline's on asking
+    let listed = served.json(&["runs", "list"]).await;
+    let ids: Vec<&str> = listed["runs"].as_array().unwrap().iter().map(|r| r["runId"].as_str().unwrap()).collect();
+    assert_eq!(ids, [parked.as_str(), broken.as_str(), run_id.as_str()], "{listed}");
+    let (_, table, _) = served.cli(&["runs", "list", "--pipeline", "orders"]).await;
+    assert_eq!(table.lines().count(), 2, "{table}");
+    assert!(table.starts_with("RUN ") && table.contains(&run_id), "{table}");
+    // AND a failed run is redriven (it fails again: its stage's exit is its parameters')
+    let (status, stdout, stderr) = served.cli(&["runs", "redrive", &broken]).await;
+    assert_eq!(status, 0, "{stderr}");
+    assert_eq!(stdout.trim(), format!("run {broken} redriven (generation 1): extract"));
+    // AND status summarises the stack's queues and its latest failures
+    let summary = served.json(&["status"]).await;
+    assert_eq!(summary["stack"], json!(served.env.stack.name_prefix));
+    assert_eq!(summary["queues"].as_array().unwrap().len(), 2, "{summary}");
+    let (_, shown, _) = served.cli(&["status"]).await;
+    assert!(shown.contains("recent failures:"), "{shown}");
+}
