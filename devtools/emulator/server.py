@@ -300,6 +300,8 @@ def keep_runnable(record: Any, waited_seconds: float) -> None:
     record.exit_code = None
     record.attempts = []
     record.latest_attempt = None
+    # A job that has not started has written no log yet.
+    record.log_stream_name = None
 
 
 def find_any_job(job_id: str, region: str) -> Any:

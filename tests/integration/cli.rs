@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use batchline_demo::serve::{LocalApi, LocalBatch};
-use batchline_testkit::emulator::{endpoint, repo_root, REGION};
+use batchline_testkit::emulator::{endpoint, repo_root, unique_name, REGION};
 use batchline_testkit::local_lambda::LocalLambda;
 use serde_json::{json, Value};
 
@@ -53,11 +53,20 @@ impl Served {
         Served { env, api, _batch: batch }
     }
 
-    /// Runs `batchline ARGS`: its exit status, stdout and stderr.
+    /// Runs `batchline ARGS` told where the API is: its exit status, stdout and stderr.
     async fn cli(&self, args: &[&str]) -> (i32, String, String) {
-        let output = tokio::process::Command::new(batchline_demo::binary("batchline").unwrap())
+        self.cli_told(args, Some(&self.api.url)).await
+    }
+
+    /// Runs `batchline ARGS`, with `BATCHLINE_API_URL` set to `url` (else not set).
+    async fn cli_told(&self, args: &[&str], url: Option<&str>) -> (i32, String, String) {
+        let mut command = tokio::process::Command::new(batchline_demo::binary("batchline").unwrap());
+        match url {
+            Some(url) => command.env("BATCHLINE_API_URL", url),
+            None => command.env_remove("BATCHLINE_API_URL"),
+        };
+        let output = command
             .args(args)
-            .env("BATCHLINE_API_URL", &self.api.url)
             .env("AWS_ENDPOINT_URL", endpoint())
             .env("AWS_REGION", REGION)
             .env("AWS_ACCESS_KEY_ID", "testing")
@@ -153,4 +162,33 @@ async fn the_command_line_starts_watches_lists_cancels_and_summarises_runs() {
     assert_eq!(summary["queues"].as_array().unwrap().len(), 2, "{summary}");
     let (_, shown, _) = served.cli(&["status"]).await;
     assert!(shown.contains("recent failures:"), "{shown}");
+}
+
+#[tokio::test]
+async fn the_command_line_finds_the_api_from_its_stack_and_follows_a_log_until_the_job_ends() {
+    let served = Served::new("cli-follow").await;
+    // GIVEN a CloudFormation stack whose ApiUrl output names the API (as Batchline's template's does)
+    let cloudformation = aws_sdk_cloudformation::Client::new(&served.env.sdk);
+    let stack = unique_name("cli-stack");
+    let template = json!({
+        "Resources": {"Queue": {"Type": "AWS::SQS::Queue", "Properties": {"QueueName": format!("{stack}-q")}}},
+        "Outputs": {"ApiUrl": {"Value": served.api.url}}
+    });
+    cloudformation.create_stack().stack_name(&stack).template_body(template.to_string()).send().await.unwrap();
+    // WHEN a job is submitted with only --stack to find the API
+    let (status, stdout, stderr) = served.cli_told(&["--stack", &stack, "submit"], None).await;
+    assert_eq!(status, 0, "{stdout}{stderr}");
+    let job_id = stdout.split_whitespace().nth(2).unwrap().to_owned();
+    // AND its log is followed at once, while it still waits to run
+    let (status, log, stderr) = served.cli(&["logs", "--follow", &job_id]).await;
+    // THEN the follow lasts until the job ended and prints its whole log
+    assert_eq!(status, 0, "{stderr}");
+    assert!(log.contains("attempt 1 started") && log.contains("attempt 1 exited with code 0"), "{log}");
+    // AND without any way to find the API, it says how to give one
+    let (status, _, stderr) = served.cli_told(&["status"], None).await;
+    assert_eq!(status, 1);
+    assert!(stderr.contains("give --endpoint URL, --stack NAME or set BATCHLINE_API_URL"), "{stderr}");
+    let (status, _, stderr) = served.cli_told(&["--stack", "no-such-stack", "status"], None).await;
+    assert_eq!(status, 1);
+    assert!(stderr.starts_with("error: stack no-such-stack: "), "{stderr}");
 }
