@@ -56,6 +56,8 @@ use aws_config::SdkConfig;
 use aws_sdk_batch::types::{JobDetail, KeyValuesPair, RetryStrategy};
 use aws_smithy_types::date_time::Format;
 use aws_smithy_types::DateTime;
+use batchline::services::batch::SdkBatch;
+use batchline::services::stuck::QueueInspector;
 use batchline::Error;
 use serde_json::{json, Map, Value};
 
@@ -290,16 +292,7 @@ impl Player {
     /// emulator until played and settled, instead of moto's immediate SUCCEEDED: for a
     /// player that plays continuously, so a client polling a job sees what it will see on AWS.
     pub async fn leave_unplayed(&self, queues: &[String]) -> Result<(), Error> {
-        let reply = reqwest::Client::new()
-            .post(format!("{}/_batchline/batch/unplayed", crate::emulator::endpoint()))
-            .body(json!({"queues": queues}).to_string())
-            .send()
-            .await
-            .map_err(|e| Error::InvalidEvent(format!("leaving queues unplayed: {e}")))?;
-        if !reply.status().is_success() {
-            return Err(Error::InvalidEvent(format!("leaving queues unplayed: HTTP {}", reply.status())));
-        }
-        Ok(())
+        emulator_admin("unplayed", &json!({"queues": queues}), "leaving queues unplayed").await
     }
 
     /// Tells the emulator that these played jobs ended as played, so Batch reports them as
@@ -313,47 +306,21 @@ impl Player {
             return Ok(());
         }
         let body = json!({"region": self.region, "jobs": ended});
-        let reply = reqwest::Client::new()
-            .post(format!("{}/_batchline/batch/played", crate::emulator::endpoint()))
-            .body(body.to_string())
-            .send()
-            .await
-            .map_err(|e| Error::InvalidEvent(format!("recording played jobs: {e}")))?;
-        if !reply.status().is_success() {
-            return Err(Error::InvalidEvent(format!("recording played jobs: HTTP {}", reply.status())));
-        }
-        Ok(())
+        emulator_admin("played", &body, "recording played jobs").await
     }
 
     /// A queue's compute environments in order, as (type, ECS cluster name): where its
-    /// jobs' tasks run (a task's ARN names its cluster).
+    /// jobs' tasks run (a task's ARN names its cluster). Read as the stuck-job watch reads
+    /// a queue.
     async fn clusters_of(&self, queue: &str) -> Result<Vec<(String, String)>, Error> {
-        let queues = self
-            .batch
-            .describe_job_queues()
-            .job_queues(queue)
-            .send()
-            .await
-            .map_err(|e| Error::aws("DescribeJobQueues", e))?;
-        let Some(found) = queues.job_queues().first() else { return Ok(vec![]) };
-        let mut order = found.compute_environment_order().to_vec();
-        order.sort_by_key(|o| o.order());
-        let arns: Vec<String> = order.iter().filter_map(|o| o.compute_environment().map(str::to_owned)).collect();
-        let described = self
-            .batch
-            .describe_compute_environments()
-            .set_compute_environments(Some(arns.clone()))
-            .send()
-            .await
-            .map_err(|e| Error::aws("DescribeComputeEnvironments", e))?;
-        Ok(arns
-            .iter()
-            .filter_map(|arn| {
-                let ce =
-                    described.compute_environments().iter().find(|ce| ce.compute_environment_arn() == Some(arn))?;
-                let kind = ce.compute_resources().and_then(|r| r.r#type()).map(|t| t.as_str().to_owned())?;
-                let cluster = ce.ecs_cluster_arn()?.rsplit_once("cluster/")?.1.to_owned();
-                Some((kind, cluster))
+        let state = SdkBatch::new(self.batch.clone()).queue_state(queue).await?;
+        Ok(state
+            .map(|state| state.environments)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|ce| {
+                let kind = if ce.spot { "FARGATE_SPOT" } else { "FARGATE" };
+                Some((kind.to_owned(), ce.ecs_cluster?))
             })
             .collect())
     }
@@ -388,15 +355,7 @@ impl Player {
     /// cancelled or terminated (then it fails with that reason, as rule 3 says).
     pub async fn hold(&mut self, job_id: &str, waited: Duration) -> Result<(), Error> {
         let body = json!({"jobId": job_id, "waitedSeconds": waited.as_secs_f64(), "region": self.region});
-        let reply = reqwest::Client::new()
-            .post(format!("{}/_batchline/batch/hold", crate::emulator::endpoint()))
-            .body(body.to_string())
-            .send()
-            .await
-            .map_err(|e| Error::InvalidEvent(format!("holding job {job_id}: {e}")))?;
-        if !reply.status().is_success() {
-            return Err(Error::InvalidEvent(format!("holding job {job_id}: HTTP {}", reply.status())));
-        }
+        emulator_admin("hold", &body, &format!("holding job {job_id}")).await?;
         self.played.remove(job_id);
         self.held.insert(job_id.to_owned(), false);
         Ok(())
@@ -501,6 +460,21 @@ impl Player {
         self.played.insert(id, PlayedJob { stopped_at, succeeded });
         Ok(changes)
     }
+}
+
+/// One of the emulator's Batch admin calls (`POST /_batchline/batch/NAME`, not an AWS
+/// API); `what` names it in an error.
+async fn emulator_admin(name: &str, body: &Value, what: &str) -> Result<(), Error> {
+    let reply = reqwest::Client::new()
+        .post(format!("{}/_batchline/batch/{name}", crate::emulator::endpoint()))
+        .body(body.to_string())
+        .send()
+        .await
+        .map_err(|e| Error::InvalidEvent(format!("{what}: {e}")))?;
+    if !reply.status().is_success() {
+        return Err(Error::InvalidEvent(format!("{what}: HTTP {}", reply.status())));
+    }
+    Ok(())
 }
 
 /// Whether Batch retries an attempt that ended as `exit`: the first `evaluateOnExit` rule

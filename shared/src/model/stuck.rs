@@ -54,6 +54,8 @@ pub struct EnvironmentState {
     /// Fargate Spot (x86_64 only) rather than Fargate.
     pub spot: bool,
     pub max_vcpus: Option<u32>,
+    /// The name of its ECS cluster (the one its tasks' ARNs name).
+    pub ecs_cluster: Option<String>,
 }
 
 impl EnvironmentState {
@@ -166,6 +168,7 @@ mod tests {
             status_reason: None,
             spot,
             max_vcpus: Some(max_vcpus),
+            ecs_cluster: None,
         }
     }
 

@@ -179,7 +179,11 @@ impl QueueInspector for SdkBatch {
             .send()
             .await
             .map_err(|e| Error::aws("DescribeJobQueues", e))?;
-        let Some(found) = queues.job_queues().iter().find(|q| q.job_queue_name() == Some(queue)) else {
+        // By name or ARN, as DescribeJobQueues takes it.
+        let named = |q: &&aws_sdk_batch::types::JobQueueDetail| {
+            q.job_queue_name() == Some(queue) || q.job_queue_arn() == Some(queue)
+        };
+        let Some(found) = queues.job_queues().iter().find(named) else {
             return Ok(None);
         };
         let mut order: Vec<_> = found.compute_environment_order().to_vec();
@@ -205,11 +209,15 @@ impl QueueInspector for SdkBatch {
                     status_reason: ce.status_reason().map(str::to_owned),
                     spot: resources.and_then(|r| r.r#type()).map(|t| t.as_str()) == Some("FARGATE_SPOT"),
                     max_vcpus: resources.and_then(|r| r.maxv_cpus()).and_then(|v| u32::try_from(v).ok()),
+                    ecs_cluster: ce
+                        .ecs_cluster_arn()
+                        .and_then(|a| a.rsplit_once("cluster/"))
+                        .map(|(_, n)| n.to_owned()),
                 })
             })
             .collect();
         Ok(Some(QueueState {
-            name: queue.to_owned(),
+            name: found.job_queue_name().unwrap_or(queue).to_owned(),
             enabled: found.state().map(|s| s.as_str()) != Some("DISABLED"),
             status: found.status().map(|s| s.as_str().to_owned()).unwrap_or_default(),
             status_reason: found.status_reason().map(str::to_owned),

@@ -32,7 +32,7 @@ const DESCRIBE_CHUNK: usize = 100;
 pub trait QueueInspector: Send + Sync {
     /// Every job waiting in RUNNABLE in the queue (its name): id and `createdAt` (ms).
     async fn runnable_jobs(&self, queue: &str) -> Result<Vec<(String, i64)>, Error>;
-    /// The queue's live state and its compute environments'; `None` when Batch has no such queue.
+    /// The queue's (name or ARN) live state and its compute environments'; `None` when Batch has no such queue.
     async fn queue_state(&self, queue: &str) -> Result<Option<QueueState>, Error>;
 }
 
