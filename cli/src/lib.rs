@@ -237,8 +237,7 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
         Command::Runs(RunsCommand::Redrive { run_id }) => {
             let answer = api.change("POST", &format!("/runs/{}/redrive", encode(&run_id)), None).await?;
             show(&answer, |a| {
-                let stages: Vec<String> =
-                    a["stages"].as_array().map(Vec::as_slice).unwrap_or_default().iter().map(render_text).collect();
+                let stages: Vec<String> = render::items(&a["stages"]).iter().map(render_text).collect();
                 format!(
                     "run {} redriven (generation {}): {}\n",
                     render_text(&a["runId"]),
@@ -348,9 +347,7 @@ async fn logs(api: &Api, sdk: &aws_config::SdkConfig, job_id: &str, follow: bool
     loop {
         let view = api.get(&path).await?;
         let group = render_text(&view["logGroup"]);
-        for stream in
-            view["logStreams"].as_array().map(Vec::as_slice).unwrap_or_default().iter().filter_map(Value::as_str)
-        {
+        for stream in render::items(&view["logStreams"]).iter().filter_map(Value::as_str) {
             if !positions.iter().any(|(s, _)| s == stream) {
                 positions.push((stream.to_owned(), None));
             }

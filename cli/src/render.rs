@@ -29,6 +29,11 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out.join("\n") + "\n"
 }
 
+/// The items of a JSON list; none when it is not one.
+pub fn items(value: &Value) -> &[Value] {
+    value.as_array().map(Vec::as_slice).unwrap_or_default()
+}
+
 fn text(value: &Value) -> String {
     match value {
         Value::Null => "-".to_owned(),
@@ -93,10 +98,7 @@ pub fn job(view: &Value) -> String {
 
 /// `GET /jobs`.
 pub fn jobs(list: &Value) -> String {
-    let rows: Vec<Vec<String>> = list["jobs"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
+    let rows: Vec<Vec<String>> = items(&list["jobs"])
         .iter()
         .map(|j| {
             vec![
@@ -113,10 +115,7 @@ pub fn jobs(list: &Value) -> String {
 
 /// `GET /runs`.
 pub fn runs(list: &Value) -> String {
-    let rows: Vec<Vec<String>> = list["runs"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
+    let rows: Vec<Vec<String>> = items(&list["runs"])
         .iter()
         .map(|r| vec![text(&r["runId"]), text(&r["pipeline"]), text(&r["status"]), text(&r["createdAt"])])
         .collect();
@@ -160,7 +159,7 @@ pub fn run(view: &Value) -> String {
     let stages = view["stages"].as_object().unwrap_or(&empty);
     let mut rows = Vec::new();
     let mut stage_row = |name: String, depth: usize, stage: &Value| {
-        let attempts = stage["attempts"].as_array().map(Vec::as_slice).unwrap_or_default();
+        let attempts = items(&stage["attempts"]);
         let last = attempts.last().cloned().unwrap_or(Value::Null);
         let took = match (millis(&last["startedAt"]), millis(&last["stoppedAt"])) {
             (Some(start), Some(stop)) => duration(stop - start),
@@ -187,10 +186,7 @@ pub fn run(view: &Value) -> String {
 
 /// `GET /status`.
 pub fn status(view: &Value) -> String {
-    let rows: Vec<Vec<String>> = view["queues"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
+    let rows: Vec<Vec<String>> = items(&view["queues"])
         .iter()
         .map(|q| {
             let default = if q["default"].as_bool() == Some(true) { " (default)" } else { "" };
@@ -208,7 +204,7 @@ pub fn status(view: &Value) -> String {
         .collect();
     let mut out = format!("stack {}: {} open run(s)\n", text(&view["stack"]), text(&view["openRuns"]));
     out += &table(&["QUEUE", "STATE", "SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING"], &rows);
-    let failures = view["recentFailures"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let failures = items(&view["recentFailures"]);
     if failures.is_empty() {
         out.push_str("no recent failures\n");
     } else {

@@ -197,13 +197,7 @@ async fn process(messages: Vec<Message>, clients: &Clients, config: &Config, hol
     // Costs need the stack's clusters (which capacity each task ran on): read once per
     // container, and only when an event has ended.
     let pricing = if claimed.iter().any(|event| event.detail.status.is_terminal()) {
-        match clients.ports.configs.get().await {
-            Ok(stack) => Pricing::of(&stack, &config.price_overrides),
-            Err(err) => {
-                warn!(error = %err, "no configuration: costs are priced on-demand, as upper bounds");
-                Pricing::on_demand(&config.price_overrides)
-            }
-        }
+        clients.ports.configs.pricing(&config.price_overrides).await
     } else {
         Pricing::on_demand(&config.price_overrides)
     };

@@ -8,7 +8,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::RwLock;
+use tracing::warn;
 
+use crate::config::PriceOverrides;
+use crate::model::cost::Pricing;
 use crate::model::stack::StackConfig;
 use crate::store::ConfigStore;
 use crate::Error;
@@ -35,5 +38,17 @@ impl ConfigCache {
         let config = Arc::new(self.store.load_config().await?.ok_or(Error::NotDeployed)?);
         *self.cached.write().await = Some((Instant::now(), config.clone()));
         Ok(config)
+    }
+
+    /// How the stack prices jobs (its clusters, these rates); on-demand, as an upper bound,
+    /// when its configuration cannot be read — a cost is no reason to hold work back.
+    pub async fn pricing(&self, overrides: &PriceOverrides) -> Pricing {
+        match self.get().await {
+            Ok(stack) => Pricing::of(&stack, overrides),
+            Err(err) => {
+                warn!(error = %err, "no configuration: costs are priced on-demand, as upper bounds");
+                Pricing::on_demand(overrides)
+            }
+        }
     }
 }

@@ -19,7 +19,6 @@ use tracing::{info, warn};
 
 use crate::config::PriceOverrides;
 use crate::model::batch_event::JobStateChangeEvent;
-use crate::model::cost::Pricing;
 use crate::model::fargate::Size;
 use crate::model::job_request::{
     digest, job_name, JobRequest, RequestError, PIPELINE_TAG, RUN_TAG, STAGE_TAG, TRIGGER_TAG,
@@ -182,18 +181,6 @@ pub struct RunDriver<'a> {
 }
 
 impl RunDriver<'_> {
-    /// How the stack prices jobs; on-demand (an upper bound) if its configuration cannot
-    /// be read, since a cost is no reason to hold a run's state back.
-    async fn pricing(&self) -> Pricing {
-        match self.configs.get().await {
-            Ok(stack) => Pricing::of(&stack, self.prices),
-            Err(err) => {
-                warn!(error = %err, "no configuration: costs are priced on-demand, as upper bounds");
-                Pricing::on_demand(self.prices)
-            }
-        }
-    }
-
     /// The run, as stored now.
     pub async fn load(&self, run_id: &str) -> Result<Option<VersionedRun>, Error> {
         self.runs.load_run(run_id).await
@@ -326,7 +313,7 @@ impl RunDriver<'_> {
             if planned.is_empty() {
                 break;
             }
-            let pricing = self.pricing().await;
+            let pricing = self.configs.pricing(self.prices).await;
             if let Some(reason) = record.run.over_budget(&pricing) {
                 warn!(run_id = %record.run.run_id, reason, "the run's budget stops its next submissions; the run fails");
                 let updated = self
@@ -582,7 +569,7 @@ impl RunDriver<'_> {
 
     /// Sends "Batchline Run Completed" and the run's metrics.
     async fn announce(&self, run: &Run, now_ms: i64) -> Result<(), Error> {
-        let cost = run.cost(&self.pricing().await);
+        let cost = run.cost(&self.configs.pricing(self.prices).await);
         self.announcer.completion(&completion_detail(run, now_ms, &cost), &run.run_id).await?;
         info!(run_id = %run.run_id, outcome = run.status.as_str(), duration_ms = run.duration_ms(now_ms), cost_usd = cost.usd, "run completed");
         self.announcer.run_metrics(&run.pipeline.name, &outcome_metrics(run, now_ms, &cost)).await;
