@@ -1,11 +1,9 @@
 //! The `batchline` command line, run as a process against a served local stack: the API in front of the real submit binary, Batch played into the real job-events binary.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use batchline_demo::serve::{LocalApi, LocalBatch};
+use batchline_demo::serve::{Launcher, Routing, ServedStack};
 use batchline_testkit::emulator::{endpoint, repo_root, unique_name, REGION};
-use batchline_testkit::local_lambda::LocalLambda;
 use serde_json::{json, Value};
 
 use crate::common::Deployed;
@@ -24,38 +22,27 @@ fn properties() -> Value {
     })
 }
 
-/// A deployed stack served as the local stack serves one: the API and the played default queue.
+/// A deployed stack served as the local stack serves one: the API, the played default
+/// queue and its events through the template's lanes.
 struct Served {
     env: Deployed,
-    api: LocalApi,
-    _batch: LocalBatch,
+    stack: ServedStack,
 }
 
 impl Served {
     async fn new(test: &str) -> Served {
         let env = Deployed::new(test, properties()).await;
-        let environment = batchline_demo::local_environment(&env.config.table_name).unwrap();
         let logs = repo_root().join("target/cli-test-logs").join(test);
-        std::fs::create_dir_all(&logs).unwrap();
-        let start = |name: &'static str| {
-            let (environment, log) = (environment.clone(), logs.join(format!("{name}.log")));
-            async move {
-                let binary = batchline_demo::binary(name).unwrap();
-                let lambda =
-                    LocalLambda::start(name, &binary, &environment, Duration::from_secs(60), Some(&log)).await.unwrap();
-                lambda.wait_until_ready(Duration::from_secs(30)).await.unwrap();
-                Arc::new(lambda)
-            }
-        };
-        let api = LocalApi::serve(start("batchline-submit").await, "127.0.0.1:0").await.unwrap();
-        let batch =
-            LocalBatch::start(env.sdk.clone(), start("batchline-job-events").await, vec![env.queue_arn("default")]);
-        Served { env, api, _batch: batch }
+        let launcher = Launcher::new(&env.config.table_name, &logs).unwrap();
+        let routing =
+            Routing { name: env.stack.name_prefix.clone(), job_queues: vec![env.queue_arn("default")], trigger: None };
+        let stack = ServedStack::start(&env.sdk, &launcher, routing, "127.0.0.1:0").await.unwrap();
+        Served { env, stack }
     }
 
     /// Runs `batchline ARGS` told where the API is: its exit status, stdout and stderr.
     async fn cli(&self, args: &[&str]) -> (i32, String, String) {
-        self.cli_told(args, Some(&self.api.url)).await
+        self.cli_told(args, Some(&self.stack.api.url)).await
     }
 
     /// Runs `batchline ARGS`, with `BATCHLINE_API_URL` set to `url` (else not set).
@@ -172,7 +159,7 @@ async fn the_command_line_finds_the_api_from_its_stack_and_follows_a_log_until_t
     let stack = unique_name("cli-stack");
     let template = json!({
         "Resources": {"Queue": {"Type": "AWS::SQS::Queue", "Properties": {"QueueName": format!("{stack}-q")}}},
-        "Outputs": {"ApiUrl": {"Value": served.api.url}}
+        "Outputs": {"ApiUrl": {"Value": served.stack.api.url}}
     });
     cloudformation.create_stack().stack_name(&stack).template_body(template.to_string()).send().await.unwrap();
     // WHEN a job is submitted with only --stack to find the API

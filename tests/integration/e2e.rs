@@ -22,7 +22,7 @@ async fn the_whole_stack_runs_a_pipeline_with_an_out_of_memory_resize_and_tears_
     let sizes: Vec<&str> = report.jobs.iter().map(|j| j.size.as_str()).collect();
     assert_eq!(sizes, ["0.25 vCPU / 512 MiB", "0.25 vCPU / 512 MiB", "0.25 vCPU / 1024 MiB", "0.25 vCPU / 512 MiB"]);
     assert_eq!(report.jobs[2].attempt, "2");
-    assert_eq!(report.jobs[1].states.last().map(String::as_str), Some("FAILED"));
+    assert_eq!(report.jobs[1].status, "FAILED");
     let transform = &report.run["stages"]["transform"]["attempts"];
     assert!(transform[0]["reason"].as_str().unwrap().starts_with("OutOfMemoryError"));
     assert_eq!(transform[1]["size"]["memoryMib"], 1024);

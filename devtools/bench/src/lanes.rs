@@ -2,7 +2,7 @@
 //!
 //! The path is the deployed one, played locally: events are put on an EventBridge bus in
 //! the emulator, rules with template.yaml's patterns route them to SQS queues, and a local
-//! event source per queue ([`EventSource`]) polls it and invokes its own job-events process
+//! event source per queue (the test kit's [`EventSource`]) polls it and invokes its own job-events process
 //! (the release binary) with the BatchSize and MaximumBatchingWindowInSeconds the template
 //! gives that queue — so a batching window costs here what it costs on AWS. Two shapes
 //! are measured side by side: one lane for every event (the previous template: 1,000 per
@@ -15,13 +15,14 @@
 //! gives the calls per event of each lane.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_config::SdkConfig;
 use batchline::store::{DynamoStore, RunStore};
 use batchline_testkit::emulator::{repo_root, unique_name};
+use batchline_testkit::event_source::EventSource;
 pub use batchline_testkit::lanes::{template_lanes, Lane};
 use batchline_testkit::local_lambda::{LocalLambda, Outcome};
 use batchline_testkit::player::{Delivery, Player, Script};
@@ -86,119 +87,6 @@ impl LaneReport {
     }
 }
 
-/// Polls one queue and invokes one job-events process with what it gets, as Lambda's SQS
-/// event source does: a batch goes out when it holds `batch_size` messages or the window
-/// since its first message has passed (at once, with no window).
-struct EventSource {
-    sqs: aws_sdk_sqs::Client,
-    url: String,
-    arn: String,
-    lane: Lane,
-    function: LocalLambda,
-    delivered: Arc<AtomicUsize>,
-}
-
-impl EventSource {
-    async fn run(self, stop: Arc<AtomicBool>) -> Result<LocalLambda, String> {
-        while !stop.load(Ordering::Relaxed) {
-            let mut batch: Vec<aws_sdk_sqs::types::Message> = Vec::new();
-            let mut first_at: Option<Instant> = None;
-            loop {
-                let left = first_at.map(|at| self.lane.window.saturating_sub(at.elapsed()));
-                if batch.len() >= self.lane.batch_size || left == Some(Duration::ZERO) {
-                    break;
-                }
-                if stop.load(Ordering::Relaxed) && batch.is_empty() {
-                    break;
-                }
-                // Long polling while nothing is waiting; within a window, only what is left of it.
-                let wait = left.map_or(1, |left| left.as_secs().min(1)) as i32;
-                let want = (self.lane.batch_size - batch.len()).min(10) as i32;
-                let reply = self
-                    .sqs
-                    .receive_message()
-                    .queue_url(&self.url)
-                    .max_number_of_messages(want)
-                    .wait_time_seconds(wait)
-                    .send()
-                    .await
-                    .map_err(|e| batchline::Error::aws("ReceiveMessage", e).to_string())?;
-                if reply.messages().is_empty() && wait == 0 {
-                    // The window's last second: poll briefly instead of long-polling past it.
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                if !reply.messages().is_empty() && first_at.is_none() {
-                    first_at = Some(Instant::now());
-                }
-                batch.extend(reply.messages().iter().cloned());
-            }
-            if batch.is_empty() {
-                continue;
-            }
-            self.deliver(&batch).await?;
-        }
-        Ok(self.function)
-    }
-
-    async fn deliver(&self, batch: &[aws_sdk_sqs::types::Message]) -> Result<(), String> {
-        if std::env::var("BENCH_DEBUG").is_ok() {
-            let runs: Vec<String> = batch
-                .iter()
-                .filter_map(|m| serde_json::from_str::<Value>(m.body().unwrap_or_default()).ok())
-                .filter(|e| !e["detail"]["jobId"].as_str().unwrap_or_default().starts_with("background-"))
-                .map(|e| format!("{}:{}", e["detail"]["jobId"], e["detail"]["status"]))
-                .collect();
-            eprintln!("{}: delivering {} messages; of runs: {runs:?}", self.lane.queue, batch.len());
-        }
-        let records: Vec<Value> = batch
-            .iter()
-            .map(|m| {
-                batchline_testkit::player::sqs_record(
-                    m.message_id().unwrap_or_default(),
-                    m.body().unwrap_or_default(),
-                    &self.arn,
-                )
-            })
-            .collect();
-        let answer = match self.function.invoke(&json!({ "Records": records })).await? {
-            Outcome::Response(answer) => answer,
-            Outcome::Error(error) => return Err(format!("job-events failed: {error}")),
-        };
-        let failed: Vec<&str> = answer["batchItemFailures"]
-            .as_array()
-            .map(|f| f.iter().filter_map(|i| i["itemIdentifier"].as_str()).collect())
-            .unwrap_or_default();
-        // As Lambda's event source does: the handled messages deleted ten to a call.
-        let handled: Vec<&aws_sdk_sqs::types::Message> =
-            batch.iter().filter(|m| !failed.contains(&m.message_id().unwrap_or_default())).collect();
-        for chunk in handled.chunks(10) {
-            let entries = chunk
-                .iter()
-                .enumerate()
-                .map(|(index, message)| {
-                    aws_sdk_sqs::types::DeleteMessageBatchRequestEntry::builder()
-                        .id(index.to_string())
-                        .receipt_handle(message.receipt_handle().unwrap_or_default())
-                        .build()
-                        .map_err(|e| e.to_string())
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            self.sqs
-                .delete_message_batch()
-                .queue_url(&self.url)
-                .set_entries(Some(entries))
-                .send()
-                .await
-                .map_err(|e| batchline::Error::aws("DeleteMessageBatch", e).to_string())?;
-        }
-        if !failed.is_empty() && std::env::var("BENCH_DEBUG").is_ok() {
-            eprintln!("{}: {} of {} messages failed: {answer}", self.lane.queue, failed.len(), batch.len());
-        }
-        self.delivered.fetch_add(batch.len() - failed.len(), Ordering::Relaxed);
-        Ok(())
-    }
-}
-
 /// What a shape's measurement needs from the environment the bench provisioned.
 pub struct Setup<'a> {
     pub sdk: &'a SdkConfig,
@@ -254,19 +142,12 @@ pub async fn measure(
         .map_err(|e| format!("starting job-events: {e}"))?;
         // Each lane has its own process, as each event source mapping has its own instances.
         function.wait_until_ready(Duration::from_secs(30)).await?;
-        let delivered = Arc::new(AtomicUsize::new(0));
-        counters.push((lane.queue.clone(), delivered.clone(), counter));
-        let source = EventSource {
-            sqs: sqs.clone(),
-            url: wired.queue_url,
-            arn: wired.queue_arn,
-            lane: lane.clone(),
-            function,
-            delivered,
-        };
+        let function = Arc::new(function);
+        let source = EventSource::new(sqs.clone(), wired, function.clone());
+        counters.push((lane.queue.clone(), source.delivered(), counter, function));
         let stop_all = stop.clone();
         sources.push(tokio::spawn(async move {
-            let outcome = source.run(stop_all.clone()).await;
+            let outcome = source.run(&stop_all).await;
             // A lane that stops delivering would stall the runs until their two-minute
             // limit; stop everything at once and say why.
             if let Err(error) = &outcome {
@@ -297,9 +178,11 @@ pub async fn measure(
     stop.store(true, Ordering::Relaxed);
     let _ = background.await;
     let mut report = LaneReport::default();
-    for (source, (queue, delivered, counter)) in sources.into_iter().zip(counters) {
-        let function = source.await.map_err(|e| e.to_string())??;
-        function.stop().await;
+    for (source, (queue, delivered, counter, function)) in sources.into_iter().zip(counters) {
+        source.await.map_err(|e| e.to_string())??;
+        if let Ok(function) = Arc::try_unwrap(function) {
+            function.stop().await;
+        }
         report.lanes.push((queue, delivered.load(Ordering::Relaxed), counter.counts()));
     }
     outcome?;

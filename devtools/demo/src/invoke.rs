@@ -34,6 +34,6 @@ async fn invoke(function: &str, event_file: &str) -> Result<Outcome, String> {
     let event: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{event_file} is not JSON: {e}"))?;
     let dir = default_dir();
     let stack = LocalStack::ensure(&dir, &mut |line| eprintln!("{line}")).await?;
-    eprintln!("invoking {function} with {event_file} (logs: {})", stack.log_dir.display());
+    eprintln!("invoking {function} with {event_file} (logs: {})", stack.launcher.log_dir.display());
     stack.invoke(function, &event).await
 }

@@ -1,32 +1,27 @@
-//! The local end-to-end run: the whole stack on one machine, driven through the real function binaries.
+//! The local end-to-end run: the whole stack on one machine, served as `scripts/local-stack` serves one, and driven as a client would drive it.
 //!
-//! What `template.yaml` deploys on AWS is set up here in the emulator — the table, the
-//! input bucket with EventBridge notifications, the EventBridge rules (S3 Object Created →
-//! an SQS queue for submit; this stack's Batch Job State Changes → the job-events queue),
-//! and the three functions, each its built binary under a [`LocalLambda`] with the
-//! environment variables the template gives it. Then:
+//! The demo makes what `template.yaml` deploys on AWS in the emulator — the table, the
+//! input bucket with EventBridge notifications — and then:
 //!
-//! 1. bootstrap gets a real CloudFormation Create request (a three-stage pipeline whose
-//!    middle stage needs more memory than it is given) and answers at a local ResponseURL;
-//! 2. an object is put into the bucket; its Object Created event goes through EventBridge
-//!    and SQS to submit, which starts a pipeline run;
-//! 3. the Batch event player plays Batch: its events go onto the EventBridge bus, the rule
-//!    routes them to the job-events queue, and they are delivered to job-events in SQS
-//!    batches (messages it reports failed stay in the queue), which publishes metrics and
-//!    submits the next stages;
-//! 4. the middle stage fails out of memory and is resubmitted larger;
-//! 5. the jobs, the run's stages and the metrics are read back;
-//! 6. bootstrap gets the Delete request and the environment is checked gone.
-//!
-//! The emulator's EventBridge cannot invoke Lambda functions, so the part of Lambda that
-//! polls SQS and invokes functions (an event source mapping) and EventBridge's Lambda
-//! target are played by [`Pump`], through the Invoke API.
+//! 1. bootstrap (its built binary under a local Lambda Runtime API) gets a real
+//!    CloudFormation Create request (a three-stage pipeline whose middle stage needs more
+//!    memory than it is given) and answers at a local ResponseURL;
+//! 2. the stack is served ([`serve::ServedStack`], the one engine the local stack and the
+//!    command line's tests use too): its HTTP API in front of submit, the template's rules
+//!    and SQS lanes into submit and job-events, Batch played;
+//! 3. from then on the demo is a client: it puts an object into the bucket (its Object
+//!    Created event takes the template's route: EventBridge → the trigger queue → submit,
+//!    which starts a run) and follows the run through the API, with the command line's
+//!    client (`batchline_cli::client`), as its stages go by — the middle one fails out of
+//!    memory and is resubmitted larger;
+//! 4. it reads the jobs back from Batch and the metrics from CloudWatch;
+//! 5. bootstrap gets the Delete request and the environment is checked gone.
 
 pub mod local_stack;
 pub mod serve;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use aws_sdk_cloudwatch::types::{Dimension, Statistic};
@@ -34,9 +29,7 @@ use aws_sdk_s3::types::{EventBridgeConfiguration, NotificationConfiguration};
 use serde_json::{json, Value};
 
 use batchline_testkit::emulator::{default_network, endpoint, repo_root, sdk_config, unique_name, REGION};
-use batchline_testkit::lanes::create_queue;
 use batchline_testkit::local_lambda::{LocalLambda, Outcome};
-use batchline_testkit::player::{Delivery, Player, StateChange};
 use batchline_testkit::response_server::ResponseServer;
 
 /// The pipeline the demo runs: prepare → transform (needs 1 GiB, given 512 MiB) → report.
@@ -56,7 +49,6 @@ pub struct Report {
     pub bootstrap_delete: Value,
     /// Queues and compute environments of the stack left after the Delete.
     pub left_after_delete: Vec<String>,
-    pub delivery_rounds: usize,
 }
 
 /// One Batch job of the run.
@@ -66,7 +58,8 @@ pub struct JobLine {
     pub stage: String,
     pub attempt: String,
     pub size: String,
-    pub states: Vec<String>,
+    /// As Batch reports it at the end.
+    pub status: String,
     pub created_at: i64,
 }
 
@@ -114,13 +107,6 @@ pub fn binary(name: &str) -> Result<PathBuf, String> {
     }
 }
 
-/// The three functions, running.
-pub struct Functions {
-    pub bootstrap: LocalLambda,
-    pub submit: LocalLambda,
-    pub job_events: LocalLambda,
-}
-
 /// The environment a function runs with locally: the template's variables with their local
 /// values, the emulator's endpoint and test credentials, and INFO logs.
 pub fn local_environment(table: &str) -> Result<Vec<(String, String)>, String> {
@@ -133,37 +119,6 @@ pub fn local_environment(table: &str) -> Result<Vec<(String, String)>, String> {
         ("AWS_LAMBDA_LOG_LEVEL".to_owned(), "INFO".to_owned()),
     ]);
     Ok(environment)
-}
-
-impl Functions {
-    pub async fn start(table: &str, log_dir: &Path) -> Result<Functions, String> {
-        let environment = local_environment(table)?;
-        std::fs::create_dir_all(log_dir).map_err(|e| e.to_string())?;
-        let start = |name: &'static str, timeout: u64| {
-            let environment = environment.clone();
-            async move {
-                let log = log_dir.join(format!("{name}.log"));
-                LocalLambda::start(name, &binary(name)?, &environment, Duration::from_secs(timeout), Some(&log))
-                    .await
-                    .map_err(|e| format!("starting {name}: {e}"))
-            }
-        };
-        let functions = Functions {
-            bootstrap: start("batchline-bootstrap", 900).await?,
-            submit: start("batchline-submit", 60).await?,
-            job_events: start("batchline-job-events", 60).await?,
-        };
-        for function in [&functions.bootstrap, &functions.submit, &functions.job_events] {
-            function.wait_until_ready(Duration::from_secs(30)).await?;
-        }
-        Ok(functions)
-    }
-
-    pub async fn stop(self) {
-        self.bootstrap.stop().await;
-        self.submit.stop().await;
-        self.job_events.stop().await;
-    }
 }
 
 fn ok(outcome: Outcome, what: &str) -> Result<Value, String> {
@@ -182,108 +137,6 @@ pub fn api_request(method: &str, path: &str, body: Option<&Value>) -> Value {
                            "requestId": batchline_testkit::player::event_id(), "stage": "$default"},
         "body": body.map(|b| b.to_string()).unwrap_or_default(), "isBase64Encoded": false,
     })
-}
-
-/// Plays the parts of Lambda and EventBridge the emulator cannot: polls the queues the
-/// rules deliver to and invokes the functions, as event source mappings and EventBridge's
-/// Lambda targets do.
-struct Pump<'a> {
-    sqs: aws_sdk_sqs::Client,
-    functions: &'a Functions,
-    s3_events_url: String,
-    job_events_url: String,
-    job_events_arn: String,
-}
-
-impl Pump<'_> {
-    /// Invokes submit with every S3 event waiting; returns submit's answers.
-    async fn s3_events(&self) -> Result<Vec<Value>, String> {
-        let mut answers = Vec::new();
-        let messages = self.receive(&self.s3_events_url).await?;
-        for message in messages {
-            let event: Value = serde_json::from_str(message.body().unwrap_or_default()).map_err(|e| e.to_string())?;
-            answers.push(ok(self.functions.submit.invoke(&event).await?, "submit")?);
-            self.delete(&self.s3_events_url, &message).await?;
-        }
-        Ok(answers)
-    }
-
-    /// Delivers waiting job state changes to job-events in one SQS batch; messages it
-    /// reports failed stay in the queue for redelivery. Returns how many were delivered.
-    async fn job_events(&self) -> Result<usize, String> {
-        let messages = self.receive(&self.job_events_url).await?;
-        if messages.is_empty() {
-            return Ok(0);
-        }
-        let records: Vec<Value> = messages
-            .iter()
-            .map(|m| {
-                json!({"messageId": m.message_id(), "receiptHandle": m.receipt_handle(), "body": m.body(),
-                       "attributes": {"ApproximateReceiveCount": "1"}, "messageAttributes": {}, "md5OfBody": m.md5_of_body(),
-                       "eventSource": "aws:sqs", "eventSourceARN": self.job_events_arn, "awsRegion": REGION})
-            })
-            .collect();
-        let answer = ok(self.functions.job_events.invoke(&json!({"Records": records})).await?, "job-events")?;
-        let failed: Vec<&str> = answer["batchItemFailures"]
-            .as_array()
-            .map(|f| f.iter().filter_map(|i| i["itemIdentifier"].as_str()).collect())
-            .unwrap_or_default();
-        for message in &messages {
-            if !failed.contains(&message.message_id().unwrap_or_default()) {
-                self.delete(&self.job_events_url, message).await?;
-            }
-        }
-        Ok(messages.len())
-    }
-
-    async fn receive(&self, url: &str) -> Result<Vec<aws_sdk_sqs::types::Message>, String> {
-        let reply = self
-            .sqs
-            .receive_message()
-            .queue_url(url)
-            .max_number_of_messages(10)
-            .wait_time_seconds(0)
-            .send()
-            .await
-            .map_err(|e| batchline::Error::aws("ReceiveMessage", e).to_string())?;
-        Ok(reply.messages().to_vec())
-    }
-
-    async fn delete(&self, url: &str, message: &aws_sdk_sqs::types::Message) -> Result<(), String> {
-        self.sqs
-            .delete_message()
-            .queue_url(url)
-            .receipt_handle(message.receipt_handle().unwrap_or_default())
-            .send()
-            .await
-            .map_err(|e| batchline::Error::aws("DeleteMessage", e).to_string())?;
-        Ok(())
-    }
-}
-
-async fn rule(
-    events: &aws_sdk_eventbridge::Client,
-    name: &str,
-    pattern: Value,
-    target_arn: &str,
-) -> Result<(), String> {
-    events
-        .put_rule()
-        .name(name)
-        .event_pattern(pattern.to_string())
-        .send()
-        .await
-        .map_err(|e| batchline::Error::aws("PutRule", e).to_string())?;
-    let target =
-        aws_sdk_eventbridge::types::Target::builder().id("queue").arn(target_arn).build().map_err(|e| e.to_string())?;
-    events
-        .put_targets()
-        .rule(name)
-        .targets(target)
-        .send()
-        .await
-        .map_err(|e| batchline::Error::aws("PutTargets", e).to_string())?;
-    Ok(())
 }
 
 /// The worked example job of README's "Write your own job".
@@ -326,7 +179,7 @@ pub fn properties(prefix: &str, bucket: &str) -> Value {
             "transform": {"JobDefinition": "default", "After": "prepare", "Parameters": {"play_needs_memory": "1024", "play_run_seconds": "45"}},
             "report": {"JobDefinition": "default", "After": "transform", "Parameters": {"play_run_seconds": "10"}}
         }}},
-        "Triggers": {"S3": {"input": {"Bucket": bucket, "Prefix": "incoming/", "Pipeline": PIPELINE}}}
+        "Triggers": {"S3": {"input": {"Bucket": bucket, "Prefix": INPUT_PREFIX, "Pipeline": PIPELINE}}}
     })
 }
 
@@ -384,49 +237,18 @@ pub async fn run_with(say: &mut (dyn FnMut(String) + Send), options: Options) ->
 
     // What template.yaml would create, in the emulator.
     batchline_testkit::table::create_table(&sdk, &table).await.map_err(|e| e.to_string())?;
-    let s3 = aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(&sdk).force_path_style(true).build());
-    s3.create_bucket()
-        .bucket(&bucket)
-        .send()
-        .await
-        .map_err(|e| batchline::Error::aws("CreateBucket", e).to_string())?;
-    s3.put_bucket_notification_configuration()
-        .bucket(&bucket)
-        .notification_configuration(
-            NotificationConfiguration::builder()
-                .event_bridge_configuration(EventBridgeConfiguration::builder().build())
-                .build(),
-        )
-        .send()
-        .await
-        .map_err(|e| batchline::Error::aws("PutBucketNotificationConfiguration", e).to_string())?;
-    let sqs = aws_sdk_sqs::Client::new(&sdk);
-    let events = aws_sdk_eventbridge::Client::new(&sdk);
-    let (s3_events_url, s3_events_arn) = create_queue(&sqs, &format!("{prefix}-s3-events"), Some(30)).await?;
-    let (job_events_url, job_events_arn) = create_queue(&sqs, &format!("{prefix}-job-events"), Some(2)).await?;
-    rule(
-        &events,
-        &format!("{prefix}-object-created"),
-        json!({"source": ["aws.s3"], "detail-type": ["Object Created"],
-               "detail": {"bucket": {"name": [bucket]}, "object": {"key": [{"prefix": "incoming/"}]}}}),
-        &s3_events_arn,
-    )
-    .await?;
-    say(format!("created table {table}, bucket {bucket} (EventBridge notifications), queues and rules"));
+    create_input_bucket(&sdk, &bucket).await?;
+    say(format!("created table {table} and bucket {bucket} (EventBridge notifications)"));
 
     // One folder of logs per demo run; earlier runs' are removed so they do not pile up.
     let logs = repo_root().join("target/demo-logs");
     let _ = std::fs::remove_dir_all(&logs);
-    let log_dir = logs.join(&prefix);
-    let functions = Functions::start(&table, &log_dir).await?;
-    say(format!(
-        "functions running as built binaries under a local Lambda Runtime API (logs in {})",
-        log_dir.display()
-    ));
+    let launcher = serve::Launcher::new(&table, &logs.join(&prefix))?;
 
     // 1. Provision through bootstrap, as CloudFormation would.
+    let bootstrap = launcher.start("batchline-bootstrap", "batchline-bootstrap").await?;
     let properties = properties(&prefix, &bucket);
-    let created = send_to_bootstrap(&functions.bootstrap, "Create", &properties, None).await?;
+    let created = send_to_bootstrap(&bootstrap, "Create", &properties, None).await?;
     say(format!(
         "[1] bootstrap Create → {} ({}); queue {}",
         created["Status"].as_str().unwrap_or("?"),
@@ -434,115 +256,68 @@ pub async fn run_with(say: &mut (dyn FnMut(String) + Send), options: Options) ->
         created["Data"]["JobQueueArn"].as_str().unwrap_or("?")
     ));
     if created["Status"] != "SUCCESS" {
-        functions.stop().await;
+        bootstrap.stop().await;
         return Err(format!("bootstrap failed: {}", created["Reason"]));
     }
-    let queue_arns: Vec<String> =
+    let job_queues: Vec<String> =
         created["Data"]["JobQueueArns"].as_str().unwrap_or_default().split(',').map(str::to_owned).collect();
     let default_queue = created["Data"]["JobQueueArn"].as_str().unwrap_or_default().to_owned();
-    rule(
-        &events,
-        &format!("{prefix}-batch-state"),
-        json!({"source": ["aws.batch"], "detail-type": ["Batch Job State Change"], "detail": {"jobQueue": queue_arns}}),
-        &job_events_arn,
-    )
-    .await?;
+
+    // The stack served, as `scripts/local-stack` serves one; from here on the demo is its client.
+    let routing =
+        serve::Routing { name: prefix.clone(), job_queues, trigger: Some((bucket.clone(), INPUT_PREFIX.to_owned())) };
+    let served = serve::ServedStack::start(&sdk, &launcher, routing, "127.0.0.1:0").await?;
+    say(format!(
+        "served: the API at {} (submit's binary), the template's rules and SQS lanes into submit and job-events, \
+         Batch played (logs in {})",
+        served.api.url,
+        launcher.log_dir.display()
+    ));
+    let api = batchline_cli::client::Api::new(served.api.url.clone(), sdk.clone());
 
     // 2. An object arrives.
-    let key = "incoming/orders-2025-11-27.csv";
+    let key = format!("{INPUT_PREFIX}orders-2025-11-27.csv");
+    let s3 = s3_client(&sdk);
     s3.put_object()
         .bucket(&bucket)
-        .key(key)
+        .key(&key)
         .body(aws_sdk_s3::primitives::ByteStream::from(b"order,amount\n1,20.00\n2,13.50\n".to_vec()))
         .send()
         .await
         .map_err(|e| batchline::Error::aws("PutObject", e).to_string())?;
     say(format!("[2] put s3://{bucket}/{key}"));
 
-    // 3-4. Play Batch until the run ends.
-    let pump = Pump { sqs: sqs.clone(), functions: &functions, s3_events_url, job_events_url, job_events_arn };
-    let mut player = Player::new(&sdk);
-    let mut run_id = String::new();
-    let mut played: Vec<StateChange> = Vec::new();
-    let mut rounds = 0;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut run_status = String::new();
-    while Instant::now() < deadline {
-        rounds += 1;
-        for answer in pump.s3_events().await? {
-            for started in answer["started"].as_array().cloned().unwrap_or_default() {
-                run_id = started["runId"].as_str().unwrap_or_default().to_owned();
-                say(format!(
-                    "    submit: object event → pipeline {} run {run_id}",
-                    started["pipeline"].as_str().unwrap_or("?")
-                ));
-            }
+    // 3-4. Watch the run through the API until it ends.
+    let outcome = watch_run(&api, say).await;
+    let (run_id, run) = match outcome {
+        Ok(found) => found,
+        Err(why) => {
+            drop(served);
+            bootstrap.stop().await;
+            return Err(why);
         }
-        let changes = player.play_queue(&default_queue).await.map_err(|e| e.to_string())?;
-        for change in &changes {
-            if change.status == "RUNNABLE" || change.status == "SUCCEEDED" || change.status == "FAILED" {
-                let detail = &change.event["detail"];
-                let memory = detail["container"]["resourceRequirements"]
-                    .as_array()
-                    .and_then(|r| r.iter().find(|r| r["type"] == "MEMORY"))
-                    .and_then(|r| r["value"].as_str())
-                    .unwrap_or("?");
-                let reason = detail["container"]["reason"].as_str().map(|r| format!(" ({r})")).unwrap_or_default();
-                say(format!(
-                    "[3] batch: {:<10} {:<9} {} MiB{reason}",
-                    detail["tags"]["batchline:stage"].as_str().unwrap_or("?"),
-                    change.status,
-                    memory
-                ));
-            }
-        }
-        if !changes.is_empty() {
-            Delivery::of(&changes).to_event_bus(&events, "default").await.map_err(|e| e.to_string())?;
-            played.extend(changes);
-        }
-        let mut delivered = 0;
-        loop {
-            let count = pump.job_events().await?;
-            delivered += count;
-            if count == 0 {
-                break;
-            }
-        }
-        if delivered > 0 {
-            say(format!("    job-events: {delivered} state changes delivered from SQS"));
-        }
-        if !run_id.is_empty() {
-            let view =
-                ok(functions.submit.invoke(&api_request("GET", &format!("/runs/{run_id}"), None)).await?, "GET /runs")?;
-            let run: Value = serde_json::from_str(view["body"].as_str().unwrap_or("{}")).unwrap_or_default();
-            run_status = run["status"].as_str().unwrap_or_default().to_owned();
-            if run_status != "RUNNING" && delivered == 0 {
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    if run_id.is_empty() {
-        functions.stop().await;
-        return Err("the object never started a run (is the S3 → EventBridge → SQS path working?)".into());
-    }
-    say(format!("[4] run {run_id} ended {run_status} after {rounds} delivery rounds"));
+    };
+    let run_status = run["status"].as_str().unwrap_or("?").to_owned();
+    say(format!("[4] run {run_id} ended {run_status}"));
 
     // 5. What happened.
-    say("[5] reading back the jobs from Batch, the run from the API, the metrics from CloudWatch".to_owned());
-    let view = ok(functions.submit.invoke(&api_request("GET", &format!("/runs/{run_id}"), None)).await?, "GET /runs")?;
-    let run: Value = serde_json::from_str(view["body"].as_str().unwrap_or("{}")).map_err(|e| e.to_string())?;
-    let jobs = job_lines(&sdk, &default_queue, &played).await?;
-    let metrics = read_metrics(&sdk, &default_queue).await?;
+    say("[5] reading back the jobs from Batch and the metrics from CloudWatch (the metrics lane batches up to 10 s)"
+        .to_owned());
+    let jobs = job_lines(&sdk, &default_queue).await?;
+    let ended_attempts = run["stages"]
+        .as_object()
+        .map(|stages| stages.values().flat_map(|s| s["attempts"].as_array().cloned().unwrap_or_default()).count())
+        .unwrap_or_default();
+    let metrics = counted_metrics(&sdk, &default_queue, ended_attempts as f64).await?;
+    drop(served);
 
-    // 6. Tear down through bootstrap, unless the stack is to stay up.
+    // 6. Tear down, as CloudFormation would on stack delete.
     let (deleted, left_after_delete) = if options.keep {
         say(format!("[6] kept: the stack {prefix} stays in the emulator at {} (table {table})", endpoint()));
         (Value::Null, Vec::new())
     } else {
         let deleted =
-            send_to_bootstrap(&functions.bootstrap, "Delete", &properties, created["PhysicalResourceId"].as_str())
-                .await?;
+            send_to_bootstrap(&bootstrap, "Delete", &properties, created["PhysicalResourceId"].as_str()).await?;
         let left_after_delete = leftovers(&sdk, &prefix).await?;
         say(format!(
             "[6] bootstrap Delete → {}; left behind: {}",
@@ -551,7 +326,7 @@ pub async fn run_with(say: &mut (dyn FnMut(String) + Send), options: Options) ->
         ));
         (deleted, left_after_delete)
     };
-    functions.stop().await;
+    bootstrap.stop().await;
 
     Ok(Report {
         prefix,
@@ -562,11 +337,119 @@ pub async fn run_with(say: &mut (dyn FnMut(String) + Send), options: Options) ->
         metrics,
         bootstrap_delete: deleted,
         left_after_delete,
-        delivery_rounds: rounds,
     })
 }
 
-async fn job_lines(sdk: &aws_config::SdkConfig, queue: &str, played: &[StateChange]) -> Result<Vec<JobLine>, String> {
+/// Where the demo's object goes: its S3 trigger's prefix.
+pub const INPUT_PREFIX: &str = "incoming/";
+
+/// An S3 client for the emulator (path-style addressing).
+fn s3_client(sdk: &aws_config::SdkConfig) -> aws_sdk_s3::Client {
+    aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(sdk).force_path_style(true).build())
+}
+
+/// Creates the input bucket with EventBridge notifications, as template.yaml's bucket has
+/// them (unless it exists already).
+pub async fn create_input_bucket(sdk: &aws_config::SdkConfig, bucket: &str) -> Result<(), String> {
+    let s3 = s3_client(sdk);
+    if s3.head_bucket().bucket(bucket).send().await.is_err() {
+        s3.create_bucket()
+            .bucket(bucket)
+            .send()
+            .await
+            .map_err(|e| batchline::Error::aws("CreateBucket", e).to_string())?;
+    }
+    s3.put_bucket_notification_configuration()
+        .bucket(bucket)
+        .notification_configuration(
+            NotificationConfiguration::builder()
+                .event_bridge_configuration(EventBridgeConfiguration::builder().build())
+                .build(),
+        )
+        .send()
+        .await
+        .map_err(|e| batchline::Error::aws("PutBucketNotificationConfiguration", e).to_string())?;
+    Ok(())
+}
+
+/// Waits (as a client: `GET /runs`) for the object's run to start, then follows it
+/// (`GET /runs/{id}`) until it ends, telling `say` each attempt's changes. The run's id and
+/// its last view.
+async fn watch_run(
+    api: &batchline_cli::client::Api,
+    say: &mut (dyn FnMut(String) + Send),
+) -> Result<(String, Value), String> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let run_id = loop {
+        let listed = api.get(&format!("/runs?pipeline={PIPELINE}")).await.map_err(|e| e.to_string())?;
+        if let Some(id) = listed["runs"].as_array().and_then(|runs| runs.first()).and_then(|r| r["runId"].as_str()) {
+            break id.to_owned();
+        }
+        if Instant::now() > deadline {
+            return Err("the object never started a run (is the S3 → EventBridge → SQS → submit path working?)".into());
+        }
+        tokio::time::sleep(WATCH_EVERY).await;
+    };
+    say(format!("    submit: the object's event (EventBridge → SQS) started pipeline {PIPELINE} run {run_id}"));
+    let mut seen: BTreeMap<(String, u64), String> = BTreeMap::new();
+    loop {
+        let run = api.get(&format!("/runs/{run_id}")).await.map_err(|e| e.to_string())?;
+        let mut changed = Vec::new();
+        for (stage, view) in run["stages"].as_object().cloned().unwrap_or_default() {
+            for attempt in view["attempts"].as_array().cloned().unwrap_or_default() {
+                let number = attempt["number"].as_u64().unwrap_or_default();
+                let status = attempt["status"].as_str().unwrap_or("?").to_owned();
+                if seen.get(&(stage.clone(), number)) != Some(&status) {
+                    seen.insert((stage.clone(), number), status.clone());
+                    changed.push((stage.clone(), number, status, attempt));
+                }
+            }
+        }
+        // What ended first, then what it started (the stages come alphabetically).
+        changed.sort_by_key(|(_, _, status, _)| !matches!(status.as_str(), "SUCCEEDED" | "FAILED"));
+        for (stage, number, status, attempt) in changed {
+            let reason = match (status.as_str(), attempt["reason"].as_str()) {
+                ("FAILED", Some(reason)) => format!(" ({reason})"),
+                _ => String::new(),
+            };
+            say(format!(
+                "[3] {stage:<10} attempt {number} at {} vCPU / {} MiB: {status}{reason}",
+                attempt["size"]["vcpu"].as_str().unwrap_or("?"),
+                attempt["size"]["memoryMib"]
+            ));
+        }
+        if run["status"] != "RUNNING" {
+            return Ok((run_id, run));
+        }
+        if Instant::now() > deadline {
+            return Err(format!("run {run_id} still RUNNING after two minutes: {run}"));
+        }
+        tokio::time::sleep(WATCH_EVERY).await;
+    }
+}
+
+/// How often the demo asks the API how its run is doing.
+const WATCH_EVERY: Duration = Duration::from_millis(500);
+
+/// The queue's metrics once they count `ended` jobs (succeeded or failed), or after 30 s:
+/// the metrics lane delivers in batches up to its 10-second window after the run's lane.
+async fn counted_metrics(
+    sdk: &aws_config::SdkConfig,
+    queue_arn: &str,
+    ended: f64,
+) -> Result<BTreeMap<String, (f64, f64)>, String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let metrics = read_metrics(sdk, queue_arn).await?;
+        let counted = ["JobsSucceeded", "JobsFailed"].iter().map(|m| metrics.get(*m).map_or(0.0, |v| v.0)).sum::<f64>();
+        if counted >= ended || Instant::now() > deadline {
+            return Ok(metrics);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+async fn job_lines(sdk: &aws_config::SdkConfig, queue: &str) -> Result<Vec<JobLine>, String> {
     let batch = aws_sdk_batch::Client::new(sdk);
     let listed = batch
         .list_jobs()
@@ -612,7 +495,7 @@ async fn job_lines(sdk: &aws_config::SdkConfig, queue: &str, played: &[StateChan
                     .unwrap_or("1")
                     .to_owned(),
                 size: format!("{} vCPU / {} MiB", requirement("VCPU"), requirement("MEMORY")),
-                states: played.iter().filter(|c| c.job_id == id).map(|c| c.status.to_owned()).collect(),
+                status: job.status().map(|s| s.as_str().to_owned()).unwrap_or_default(),
                 created_at: job.created_at().unwrap_or_default(),
                 job_id: id,
             }
@@ -724,7 +607,7 @@ pub fn render(report: &Report) -> String {
     }
     out.push_str("\nBatch jobs:\n");
     for job in &report.jobs {
-        out.push_str(&format!("  {:<10} {:<22} {}\n", job.stage, job.size, job.states.join(" → ")));
+        out.push_str(&format!("  {:<10} {:<22} {}\n", job.stage, job.size, job.status));
     }
     out.push_str("\nCloudWatch metrics (namespace Batchline, this stack's queue):\n");
     for (name, (sum, samples)) in &report.metrics {

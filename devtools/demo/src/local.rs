@@ -1,10 +1,8 @@
-//! `batchline-local [--port N]`: the local stack, served until stopped — its HTTP API on a loopback port and Batch played continuously (see `batchline_demo::serve`), for the `batchline` command line.
-
-use std::sync::Arc;
+//! `batchline-local [--port N]`: the local stack, served until stopped — its HTTP API on a loopback port and Batch played continuously its events on the template's rules and lanes (see `batchline_demo::serve`), for the `batchline` command line.
 
 use batchline::store::ConfigStore;
-use batchline_demo::local_stack::{default_dir, LocalStack};
-use batchline_demo::serve::{LocalApi, LocalBatch};
+use batchline_demo::local_stack::{default_dir, LocalStack, BUCKET, PREFIX};
+use batchline_demo::serve::{Routing, ServedStack};
 use batchline_testkit::emulator::sdk_config;
 
 /// The port the API is served on unless `--port` says otherwise.
@@ -35,13 +33,21 @@ async fn serve(port: u16) -> Result<(), String> {
     let store = batchline::store::DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), &stack.table);
     let config = store.load_config().await.map_err(|e| e.to_string())?.ok_or("the local stack has no configuration")?;
     let queues: Vec<String> = config.job_queues.values().map(|q| q.arn.clone()).collect();
-    let submit = Arc::new(stack.start("batchline-submit").await?);
-    let job_events = Arc::new(stack.start("batchline-job-events").await?);
-    let api = LocalApi::serve(submit, &format!("127.0.0.1:{port}")).await?;
-    let _batch = LocalBatch::start(sdk, job_events, queues);
-    println!("Batchline's API (local stack {}): {}", batchline_demo::local_stack::PREFIX, api.url);
+    let routing = Routing {
+        name: PREFIX.to_owned(),
+        job_queues: queues,
+        trigger: Some((BUCKET.to_owned(), batchline_demo::INPUT_PREFIX.to_owned())),
+    };
+    let served = ServedStack::start(&sdk, &stack.launcher, routing, &format!("127.0.0.1:{port}")).await?;
+    let api = &served.api;
+    println!("Batchline's API (local stack {PREFIX}): {}", api.url);
     println!("  export BATCHLINE_API_URL={}", api.url);
     println!("  pipelines: {}", config.pipelines.keys().cloned().collect::<Vec<_>>().join(", "));
+    println!(
+        "  objects put under s3://{BUCKET}/{} start the {} pipeline",
+        batchline_demo::INPUT_PREFIX,
+        batchline_demo::PIPELINE
+    );
     println!("  Batch is played: every job runs in no time and succeeds unless its parameters say otherwise");
     println!("  (play=exit:N, play=oom, ...; see the README's Batch event player). Ctrl-C stops it.");
     std::future::pending::<()>().await;

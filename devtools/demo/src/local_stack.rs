@@ -2,7 +2,7 @@
 //!
 //! `scripts/invoke FUNCTION EVENT.json` uses it to try a function the way `sam local
 //! invoke` would, but against the emulator instead of AWS: the first call makes the stack
-//! (the table, the input bucket `local-input`, and everything bootstrap provisions for the
+//! (the table, the input bucket `local-input` with EventBridge notifications, and everything bootstrap provisions for the
 //! prefix `local`, e.g. the job queue `local-default`), later calls reuse it for as long as
 //! the emulator runs. The sample events in `events/` name these resources. The functions'
 //! environment is also written to `.local-stack/env` (one `NAME=value` a line), which is
@@ -10,26 +10,24 @@
 //! the same stack.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde_json::Value;
 
 use batchline_testkit::emulator::{endpoint, repo_root, sdk_config};
 use batchline_testkit::local_lambda::{LocalLambda, Outcome};
 
+use crate::serve::Launcher;
+
 /// The names every local-stack resource starts with.
 pub const PREFIX: &str = "local";
 /// The input bucket the sample S3 events name.
 pub const BUCKET: &str = "local-input";
 
-/// The local stack's names and the environment its functions run with.
+/// The local stack's names, and how its functions are started (their environment, where they log).
 #[derive(Debug, Clone)]
 pub struct LocalStack {
     pub table: String,
-    /// `NAME=value` pairs: the template's variables, and the emulator's endpoint and credentials.
-    pub environment: Vec<(String, String)>,
-    /// Where the functions' logs go.
-    pub log_dir: PathBuf,
+    pub launcher: Launcher,
 }
 
 /// The directory the local stack keeps its files in.
@@ -43,16 +41,15 @@ impl LocalStack {
     pub async fn ensure(dir: &Path, say: &mut dyn FnMut(String)) -> Result<LocalStack, String> {
         let sdk = sdk_config().await;
         let table = format!("{PREFIX}-table");
-        let log_dir = dir.join("logs");
-        std::fs::create_dir_all(&log_dir).map_err(|e| format!("{}: {e}", log_dir.display()))?;
-        let stack = LocalStack { environment: crate::local_environment(&table)?, table, log_dir };
+        let stack = LocalStack { launcher: Launcher::new(&table, &dir.join("logs"))?, table };
         let store = batchline::store::DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), &stack.table);
         let bootstrapped = batchline::store::ConfigStore::load_config(&store).await.ok().flatten().is_some();
         if !bootstrapped {
             say(format!("making the local stack (prefix {PREFIX}) in the emulator at {}", endpoint()));
             stack.make(&sdk).await?;
         }
-        let lines: Vec<String> = stack.environment.iter().map(|(name, value)| format!("{name}={value}")).collect();
+        let lines: Vec<String> =
+            stack.launcher.environment.iter().map(|(name, value)| format!("{name}={value}")).collect();
         std::fs::write(dir.join("env"), lines.join("\n") + "\n").map_err(|e| e.to_string())?;
         Ok(stack)
     }
@@ -67,14 +64,7 @@ impl LocalStack {
                 other => other.map_err(|e| e.to_string())?,
             }
         }
-        let s3 = aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(sdk).force_path_style(true).build());
-        if s3.head_bucket().bucket(BUCKET).send().await.is_err() {
-            s3.create_bucket()
-                .bucket(BUCKET)
-                .send()
-                .await
-                .map_err(|e| batchline::Error::aws("CreateBucket", e).to_string())?;
-        }
+        crate::create_input_bucket(sdk, BUCKET).await?;
         let bootstrap = self.start("batchline-bootstrap").await?;
         let answer = crate::send_to_bootstrap(&bootstrap, "Create", &crate::properties(PREFIX, BUCKET), None).await;
         bootstrap.stop().await;
@@ -87,18 +77,7 @@ impl LocalStack {
 
     /// Starts a function's built binary (`target/debug`) with the stack's environment.
     pub async fn start(&self, function: &str) -> Result<LocalLambda, String> {
-        let log = self.log_dir.join(format!("{function}.log"));
-        let lambda = LocalLambda::start(
-            function,
-            &crate::binary(function)?,
-            &self.environment,
-            Duration::from_secs(900),
-            Some(&log),
-        )
-        .await
-        .map_err(|e| format!("starting {function}: {e}"))?;
-        lambda.wait_until_ready(Duration::from_secs(30)).await?;
-        Ok(lambda)
+        self.launcher.start(function, function).await
     }
 
     /// Invokes `function` (`submit`, `job-events` or `bootstrap`, with or without the

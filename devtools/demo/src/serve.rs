@@ -1,4 +1,4 @@
-//! The local stack, served: the HTTP API in front of the real submit binary, and Batch played continuously into the real job-events binary, with each job's log in CloudWatch Logs.
+//! The local stack, served: the HTTP API in front of the real submit binary, Batch played continuously, its events routed by the template's rules and lanes to the real job-events binary, and each job's log in CloudWatch Logs.
 //!
 //! [`LocalApi`] does what API Gateway does for the stack (`sam local start-api` without
 //! Docker): each HTTP request becomes an API Gateway v2 (payload 2.0) event, submit's
@@ -6,18 +6,27 @@
 //! response. IAM authorisation is API Gateway's: a request's SigV4 signature is not checked
 //! here.
 //!
-//! [`LocalBatch`] does what AWS Batch and EventBridge do after SubmitJob: every
-//! [`PLAY_EVERY`] it plays the jobs new in the stack's queues with the Batch event player
-//! (their events on its simulated clock, so a job "runs" in no time), settles them in the
-//! emulator (so Batch reports them as ended), writes each attempt's log lines to the job's
-//! log stream in the emulator's CloudWatch Logs, and hands the events to job-events as an
-//! SQS batch, which advances runs and counts metrics. Jobs a test or a user holds in
-//! RUNNABLE stay there.
+//! [`LocalEvents`] does what AWS Batch, EventBridge and Lambda's event sources do after
+//! SubmitJob: every [`PLAY_EVERY`] it plays the jobs new in the stack's queues with the
+//! Batch event player (their events on its simulated clock, so a job "runs" in no time),
+//! settles them in the emulator (so Batch reports them as ended), writes each attempt's log
+//! lines to the job's log stream in the emulator's CloudWatch Logs, and puts the events on
+//! the default bus, where template.yaml's rules route them to job-events' queues; S3's
+//! Object Created events take the template's route to submit the same way. Jobs a test or
+//! a user holds in RUNNABLE stay there.
+//!
+//! `scripts/local-stack` serves these for the `local` stack; the demo serves them for a
+//! stack of its own and is then only a client (the API, S3, CloudWatch); the command
+//! line's tests serve them for theirs.
 
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use batchline_testkit::event_source::EventSource;
 use batchline_testkit::http::{read_request, write_response};
+use batchline_testkit::lanes::{template_lanes, trigger_lane, Lane};
 use batchline_testkit::local_lambda::{LocalLambda, Outcome};
 use batchline_testkit::player::{event_id, Delivery, Player, StateChange};
 use serde_json::{json, Value};
@@ -110,15 +119,123 @@ async fn answer(submit: &LocalLambda, request: &batchline_testkit::http::Request
     }
 }
 
-/// Batch and EventBridge, played for the stack's queues until dropped.
-pub struct LocalBatch {
-    task: JoinHandle<()>,
+/// A stack served: its API and its events, until dropped.
+pub struct ServedStack {
+    pub api: LocalApi,
+    _events: LocalEvents,
 }
 
-impl LocalBatch {
-    /// Plays `queues` (ARNs) every [`PLAY_EVERY`] into `job_events`.
-    pub fn start(sdk: aws_config::SdkConfig, job_events: Arc<LocalLambda>, queues: Vec<String>) -> LocalBatch {
-        let task = tokio::spawn(async move {
+impl ServedStack {
+    /// Serves the API on `address` (`127.0.0.1:0` picks a free port) in front of a submit
+    /// process of its own, and plays the stack's events as `routing` says.
+    pub async fn start(
+        sdk: &aws_config::SdkConfig,
+        launcher: &Launcher,
+        routing: Routing,
+        address: &str,
+    ) -> Result<ServedStack, String> {
+        let submit = Arc::new(launcher.start("batchline-submit", "batchline-submit-api").await?);
+        let api = LocalApi::serve(submit, address).await?;
+        let events = LocalEvents::start(sdk, launcher, routing).await?;
+        Ok(ServedStack { api, _events: events })
+    }
+}
+
+/// Starts the functions' built binaries (`target/debug`) with one stack's environment,
+/// each logging to a file of its own.
+#[derive(Debug, Clone)]
+pub struct Launcher {
+    /// `NAME=value` pairs: the template's variables, and the emulator's endpoint and credentials.
+    pub environment: Vec<(String, String)>,
+    pub log_dir: PathBuf,
+}
+
+impl Launcher {
+    /// The launcher of the stack whose table is `table`, logging under `log_dir`.
+    pub fn new(table: &str, log_dir: &Path) -> Result<Launcher, String> {
+        std::fs::create_dir_all(log_dir).map_err(|e| format!("{}: {e}", log_dir.display()))?;
+        Ok(Launcher { environment: crate::local_environment(table)?, log_dir: log_dir.to_owned() })
+    }
+
+    /// Starts `binary` (its log: `<label>.log`) and waits until it asks for work.
+    pub async fn start(&self, binary: &str, label: &str) -> Result<LocalLambda, String> {
+        let log = self.log_dir.join(format!("{label}.log"));
+        let lambda =
+            LocalLambda::start(binary, &crate::binary(binary)?, &self.environment, timeout_of(binary), Some(&log))
+                .await
+                .map_err(|e| format!("starting {binary}: {e}"))?;
+        lambda.wait_until_ready(Duration::from_secs(30)).await?;
+        Ok(lambda)
+    }
+}
+
+/// The function's timeout in template.yaml (the deadline its invocations get).
+fn timeout_of(binary: &str) -> Duration {
+    Duration::from_secs(match binary {
+        "batchline-bootstrap" => 900,
+        "batchline-job-events" => 300,
+        _ => 60,
+    })
+}
+
+/// What [`LocalEvents`] plays for a stack.
+#[derive(Debug, Clone)]
+pub struct Routing {
+    /// Names the lanes' queues and rules: `<name>-<the queue's logical id>`.
+    pub name: String,
+    /// The job queues (ARNs) whose jobs Batch plays; job-events' lanes take their events.
+    pub job_queues: Vec<String>,
+    /// The input bucket and prefix whose Object Created events reach submit, if any.
+    pub trigger: Option<(String, String)>,
+}
+
+/// Batch, EventBridge and Lambda's SQS event sources, played for a stack until dropped.
+///
+/// The lanes are template.yaml's (see `batchline_testkit::lanes`): its rules on the
+/// default bus route the Batch events the player puts there to job-events' two queues, and
+/// S3's Object Created events (which the emulator's S3 puts there itself) to submit's
+/// trigger queue; each queue has its own event source and function process, reading it
+/// with the template's BatchSize and batching window. A function that fails a whole batch
+/// leaves it in the queue for redelivery, as Lambda does.
+pub struct LocalEvents {
+    stop: Arc<AtomicBool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl LocalEvents {
+    /// Wires the lanes, starts a function process per lane, and plays the queues every [`PLAY_EVERY`].
+    pub async fn start(
+        sdk: &aws_config::SdkConfig,
+        launcher: &Launcher,
+        routing: Routing,
+    ) -> Result<LocalEvents, String> {
+        let sqs = aws_sdk_sqs::Client::new(sdk);
+        let events = aws_sdk_eventbridge::Client::new(sdk);
+        let mut lanes: Vec<(Lane, &str)> =
+            template_lanes(&routing.job_queues)?.into_iter().map(|lane| (lane, "batchline-job-events")).collect();
+        if let Some((bucket, prefix)) = &routing.trigger {
+            lanes.push((trigger_lane(bucket, prefix)?, "batchline-submit"));
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        for (lane, binary) in lanes {
+            let name = format!("{}-{}", routing.name, lane.queue);
+            let wired = lane.wire(&sqs, &events, "default", &name).await?;
+            let function = Arc::new(launcher.start(binary, &format!("{binary}-{}", lane.queue)).await?);
+            let source = EventSource::new(sqs.clone(), wired, function);
+            let stop = stop.clone();
+            tasks.push(tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    if let Err(err) = source.run(&stop).await {
+                        // What Lambda does with a failed batch: it comes back later.
+                        eprintln!("local events: {name}: {err}");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }));
+        }
+        let (sdk, queues, stop_playing) = (sdk.clone(), routing.job_queues, stop.clone());
+        tasks.push(tokio::spawn(async move {
             let mut player = Player::new(&sdk);
             // New jobs wait until played, as on AWS, instead of moto's instant SUCCEEDED.
             if let Err(err) = player.leave_unplayed(&queues).await {
@@ -126,30 +243,37 @@ impl LocalBatch {
             }
             let logs = aws_sdk_cloudwatchlogs::Client::new(&sdk);
             let batch = aws_sdk_batch::Client::new(&sdk);
-            loop {
+            let events = aws_sdk_eventbridge::Client::new(&sdk);
+            while !stop_playing.load(Ordering::Relaxed) {
                 for queue in &queues {
-                    if let Err(err) = play_once(&mut player, &batch, &logs, &job_events, queue).await {
+                    if let Err(err) = play_once(&mut player, &batch, &logs, &events, queue).await {
                         eprintln!("local batch: {queue}: {err}");
                     }
                 }
                 tokio::time::sleep(PLAY_EVERY).await;
             }
-        });
-        LocalBatch { task }
+        }));
+        Ok(LocalEvents { stop, tasks })
     }
 }
 
-impl Drop for LocalBatch {
+impl Drop for LocalEvents {
     fn drop(&mut self) {
-        self.task.abort();
+        self.stop.store(true, Ordering::Relaxed);
+        for task in &self.tasks {
+            task.abort();
+        }
     }
 }
 
+/// Plays what is new in `queue`: the jobs settled as Batch reports them, each ended
+/// attempt's log written, the events put on the default bus (the template's rules take
+/// them from there).
 async fn play_once(
     player: &mut Player,
     batch: &aws_sdk_batch::Client,
     logs: &aws_sdk_cloudwatchlogs::Client,
-    job_events: &LocalLambda,
+    events: &aws_sdk_eventbridge::Client,
     queue: &str,
 ) -> Result<(), String> {
     let changes = player.play_queue(queue).await.map_err(|e| e.to_string())?;
@@ -160,13 +284,7 @@ async fn play_once(
     for change in changes.iter().filter(|c| matches!(c.status, "SUCCEEDED" | "FAILED")) {
         write_log(batch, logs, change).await?;
     }
-    for payload in Delivery::of(&changes).sqs_batches("arn:aws:sqs:us-east-1:123456789012:local-job-events", 10) {
-        match job_events.invoke(&payload).await? {
-            Outcome::Response(_) => {}
-            Outcome::Error(error) => return Err(format!("job-events failed: {error}")),
-        }
-    }
-    Ok(())
+    Delivery::of(&changes).to_event_bus(events, "default").await.map_err(|e| e.to_string())
 }
 
 /// Writes what the player played of each attempt of an ended job to its log stream: the

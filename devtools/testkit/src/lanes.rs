@@ -1,10 +1,12 @@
-//! job-events' event lanes as template.yaml declares them, wired on an EventBridge bus in the emulator.
+//! The functions' SQS event lanes as template.yaml declares them, wired on an EventBridge bus in the emulator.
 //!
-//! Each SQS event source of job-events is a lane: the rule that fills its queue (pattern
+//! Each SQS event source of a function is a lane: the rule that fills its queue (pattern
 //! and input transformer) and the BatchSize and batching window Lambda reads it with.
-//! Tests wire the lanes to see which events reach which queue in which envelope; the
-//! benchmark also plays Lambda's event sources on them. Both read them from the template,
-//! so what they check is what gets deployed.
+//! job-events has two (every job state change; the changes of jobs in runs), submit one
+//! (objects created under the input prefix). Tests wire the lanes to see which events
+//! reach which queue in which envelope; the local stack and the benchmark also play
+//! Lambda's event sources on them ([`crate::event_source`]). All read them from the
+//! template, so what they check and play is what gets deployed.
 
 use std::time::Duration;
 
@@ -27,12 +29,30 @@ pub struct Lane {
 
 /// The lanes template.yaml gives job-events, their rules matching `queue_arns`.
 pub fn template_lanes(queue_arns: &[String]) -> Result<Vec<Lane>, String> {
+    function_lanes("JobEventsFunction", &|pattern| pattern["detail"]["jobQueue"] = json!(queue_arns))
+}
+
+/// The lane template.yaml gives submit for objects created in `bucket` under `prefix`.
+pub fn trigger_lane(bucket: &str, prefix: &str) -> Result<Lane, String> {
+    let lanes = function_lanes("SubmitFunction", &|pattern| {
+        pattern["detail"]["bucket"]["name"] = json!([bucket]);
+        pattern["detail"]["object"]["key"] = json!([{ "prefix": prefix }]);
+    })?;
+    match <[Lane; 1]>::try_from(lanes) {
+        Ok([lane]) => Ok(lane),
+        Err(lanes) => Err(format!("submit has {} SQS event sources in template.yaml, not one", lanes.len())),
+    }
+}
+
+/// The SQS lanes of the function whose logical id is `function`, each rule's pattern given the stack's own
+/// values by `fill` (the template's `!Ref`s have none here).
+fn function_lanes(function: &str, fill: &dyn Fn(&mut Value)) -> Result<Vec<Lane>, String> {
     let text = std::fs::read_to_string(repo_root().join("template.yaml")).map_err(|e| e.to_string())?;
     let template: serde_yaml::Value = serde_yaml::from_str(&text).map_err(|e| e.to_string())?;
     let resources = template["Resources"].as_mapping().ok_or("template.yaml has no Resources")?;
-    let events = template["Resources"]["JobEventsFunction"]["Properties"]["Events"]
+    let events = template["Resources"][function]["Properties"]["Events"]
         .as_mapping()
-        .ok_or("job-events has no Events")?;
+        .ok_or_else(|| format!("{function} has no Events"))?;
     let mut lanes = Vec::new();
     for event in events.values().filter(|e| e["Type"].as_str() == Some("SQS")) {
         let properties = &event["Properties"];
@@ -48,7 +68,7 @@ pub fn template_lanes(queue_arns: &[String]) -> Result<Vec<Lane>, String> {
             .ok_or_else(|| format!("no rule fills {queue}"))?;
         let mut pattern: Value = serde_json::to_value(untagged(&rule["Properties"]["EventPattern"]))
             .map_err(|e| format!("{queue}'s rule pattern: {e}"))?;
-        pattern["detail"]["jobQueue"] = json!(queue_arns);
+        fill(&mut pattern);
         lanes.push(Lane {
             queue,
             batch_size: properties["BatchSize"].as_u64().unwrap_or(10) as usize,

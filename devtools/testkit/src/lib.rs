@@ -6,6 +6,7 @@
 pub mod batch_env;
 pub mod calls;
 pub mod emulator;
+pub mod event_source;
 pub mod faults;
 pub mod http;
 pub mod lanes;
