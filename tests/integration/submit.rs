@@ -633,3 +633,32 @@ async fn before_bootstrap_has_run_the_api_says_the_stack_is_not_deployed_yet() {
         assert!(!message.contains(internal), "{internal:?} in {message:?}");
     }
 }
+
+#[tokio::test]
+async fn a_size_its_queue_can_never_run_is_refused_before_anything_is_submitted() {
+    // GIVEN a queue whose compute environment gives one job at most 2 vCPU
+    let properties = json!({
+        "ComputeEnvironments": {"default": {"MaxVcpus": "2"}},
+        "JobDefinitions": {"default": {}}
+    });
+    let env = Deployed::new("submit-capacity", properties).await;
+    let clients = Clients::new(&env.sdk, &env.config);
+    let post = |body: Value| {
+        let clients = &clients;
+        async move { handle(invocation(http("POST", "/jobs", &body.to_string(), &[])), clients).await.unwrap() }
+    };
+    // WHEN a caller asks for 4 vCPU, THEN the answer says why at once and no job waits for ever
+    let answer = post(json!({"vcpu": "4", "memory": "8192"})).await;
+    assert_eq!(answer["statusCode"], 400, "{answer}");
+    let message = answer_body(&answer)["error"]["message"].as_str().unwrap().to_owned();
+    assert!(
+        message.contains(
+            "vcpu: 4 vCPU / 8192 MiB is more than job queue \"default\" can run: its compute environments allow at most 2 vCPU (MaxVcpus)"
+        ),
+        "{message}"
+    );
+    assert!(env.jobs_in("default").await.is_empty(), "nothing was submitted");
+    // AND the most the queue can run is taken
+    assert_eq!(post(json!({"vcpu": "2", "memory": "4096"})).await["statusCode"], 202);
+    assert_eq!(env.jobs_in("default").await.len(), 1);
+}

@@ -358,6 +358,13 @@ pub fn redrive_sizes(run: &batchline::model::run::Run, body: &RedriveBody) -> Re
             continue;
         }
         match requested_size(asked.vcpu.as_ref(), asked.memory.as_ref(), latest) {
+            Ok((size, _)) if declared.max_vcpus.is_some_and(|max| !size.fits_vcpus(max)) => problems.push((
+                place,
+                RequestError::Invalid(format!(
+                    "vcpu: {size} is more than the stage's job queue can run: its compute environments allow at most {} vCPU (MaxVcpus)",
+                    declared.max_vcpus.unwrap_or_default()
+                )),
+            )),
             Ok((size, _)) => {
                 sizes.insert(stage.clone(), size);
             }
@@ -522,6 +529,15 @@ pub fn plan_submit_job(
     if let Err(found) = job.validate() {
         problems.extend(found);
     }
+    // A size no compute environment of the queue can give would wait in RUNNABLE for ever.
+    if let (Some(size), Some(queue)) = (size, config.queue_for(definition)) {
+        if let Some(max) = config.queue_capacity(queue).filter(|max| !size.fits_vcpus(*max)) {
+            problems.push(RequestError::Invalid(format!(
+                "vcpu: {size} is more than job queue {:?} can run: its compute environments allow at most {max} vCPU (MaxVcpus)",
+                definition.queue
+            )));
+        }
+    }
     if problems.is_empty() {
         let size = job.size.unwrap_or(definition.size);
         Ok(SubmitPlan { job, size, size_adjusted })
@@ -655,5 +671,27 @@ mod tests {
     fn console_links_escape_like_the_console() {
         let url = log_console_url("us-east-1", "/aws/batch/job", "default/default/abc");
         assert!(url.ends_with("log-group/$252Faws$252Fbatch$252Fjob/log-events/default$252Fdefault$252Fabc"), "{url}");
+    }
+
+    #[test]
+    fn a_redrive_size_the_stages_queue_can_never_run_is_refused() {
+        let pipeline: batchline::model::pipeline::Pipeline = serde_json::from_value(json!({
+            "name": "p", "onFailure": null,
+            "stages": {"only": {"jobDefinition": "default", "size": {"vcpu": "0.25", "memoryMib": 512}, "parameters": {},
+                                "queue": "default", "after": [], "maxResizes": 0, "maxVcpus": 2}}
+        }))
+        .unwrap();
+        let run = batchline::model::run::Run::start("p-1".into(), &pipeline, "api", Default::default(), 0);
+        let body = |vcpu: &str, memory: &str| -> RedriveBody {
+            serde_json::from_value(json!({"sizes": {"only": {"vcpu": vcpu, "memory": memory}}})).unwrap()
+        };
+        let refused = redrive_sizes(&run, &body("4", "8192")).unwrap_err();
+        assert_eq!(refused.status, 400);
+        assert_eq!(
+            refused.message,
+            "sizes.only: vcpu: 4 vCPU / 8192 MiB is more than the stage's job queue can run: its compute environments \
+             allow at most 2 vCPU (MaxVcpus)"
+        );
+        assert_eq!(redrive_sizes(&run, &body("2", "4096")).unwrap()["only"].to_string(), "2 vCPU / 4096 MiB");
     }
 }

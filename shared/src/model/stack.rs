@@ -292,4 +292,10 @@ impl StackConfig {
     pub fn default_job_queue(&self) -> Option<&Provisioned<JobQueue>> {
         self.job_queues.get(&self.default_queue)
     }
+
+    /// The most vCPU one job of `queue` can be given (see [`JobQueue::max_vcpus`]); `None`
+    /// when none of its compute environments is known here.
+    pub fn queue_capacity(&self, queue: &Provisioned<JobQueue>) -> Option<u32> {
+        Some(queue.spec.max_vcpus(|key| self.compute_environments.get(key).map(|ce| &ce.spec))).filter(|max| *max > 0)
+    }
 }

@@ -68,7 +68,7 @@ pub fn plan_resize(config: &StackConfig, event: &JobStateChangeEvent) -> Resize 
     let Some(next) = size.next_for_memory() else { return Resize::Refused(format!("{size} is the largest size")) };
     let queue_arn = detail.job_queue.clone().unwrap_or_default();
     let queue = config.job_queues.values().find(|q| q.arn == queue_arn);
-    let capacity = queue.map(|q| q.spec.max_vcpus(|key| config.compute_environments.get(key).map(|ce| &ce.spec)));
+    let capacity = queue.and_then(|q| config.queue_capacity(q));
     if capacity.is_some_and(|max| !next.fits_vcpus(max)) {
         return Resize::Refused(format!("its next size ({next}) is more than its queue can run"));
     }
