@@ -965,8 +965,30 @@ async fn jobs_held_runnable_past_their_queues_limit_are_published_and_cancelled_
             answer["jobId"].as_str().unwrap().to_owned()
         }
     };
-    // a job larger than its queue can ever run, a backlog job and a fresh one, all held
-    let huge = submit(json!({"jobDefinition": "default", "vcpu": "8", "memory": "16384"})).await;
+    // a job larger than its queue can ever run (the API refuses such a size, so it comes
+    // straight from Batch's API, as from a tool beside Batchline or from before the compute
+    // environment shrank), a backlog job and a fresh one, all held
+    let batch = aws_sdk_batch::Client::new(&h.env.sdk);
+    let requirement = |kind: aws_sdk_batch::types::ResourceType, value: &str| {
+        aws_sdk_batch::types::ResourceRequirement::builder().r#type(kind).value(value).build()
+    };
+    let huge = batch
+        .submit_job()
+        .job_name("huge")
+        .job_queue(h.env.queue_arn("default"))
+        .job_definition(h.env.definition_arn("default"))
+        .container_overrides(
+            aws_sdk_batch::types::ContainerOverrides::builder()
+                .resource_requirements(requirement(aws_sdk_batch::types::ResourceType::Vcpu, "8"))
+                .resource_requirements(requirement(aws_sdk_batch::types::ResourceType::Memory, "16384"))
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .job_id()
+        .unwrap()
+        .to_owned();
     let backlog = submit(json!({"jobDefinition": "default"})).await;
     let fresh = submit(json!({"jobDefinition": "default"})).await;
     for (job, waited) in [(&huge, 700), (&backlog, 700), (&fresh, 100)] {
@@ -976,7 +998,6 @@ async fn jobs_held_runnable_past_their_queues_limit_are_published_and_cancelled_
     let run_id = h.start("stalled").await;
     let stage_job = h.stage_job(&run_id, "only").await;
     h.player.hold(&stage_job, Duration::from_secs(120)).await.unwrap();
-    let batch = aws_sdk_batch::Client::new(&h.env.sdk);
     let side = h.env.stack.compute_environments["side"].name.clone();
     batch
         .update_compute_environment()
@@ -1050,6 +1071,14 @@ fn priced() -> Value {
             "hungry": {"MaxResizes": "2", "Stages": {
                 "load": {"JobDefinition": "default", "Parameters": {"play_needs_memory": "1024"}},
                 "summarise": {"JobDefinition": "default", "After": "load", "Parameters": {"play_on": "FARGATE_SPOT"}}
+            }},
+            // Two branches whose second stages fit the budget one at a time, not both.
+            "forked": {"MaxRunCostUsd": "0.02", "Stages": {
+                "a": {"JobDefinition": "default", "ExpectedSeconds": "60"},
+                "b": {"JobDefinition": "default", "After": "a", "ExpectedSeconds": "60"},
+                "c": {"JobDefinition": "default", "After": "a", "ExpectedSeconds": "60"},
+                "d": {"JobDefinition": "default", "After": "b", "ExpectedSeconds": "3600"},
+                "e": {"JobDefinition": "default", "After": "c", "ExpectedSeconds": "3600"}
             }},
             // An hour of load fits the budget at 512 MiB, not at 1024 MiB.
             "capped": {"MaxResizes": "2", "MaxRunCostUsd": "0.013", "Stages": {
@@ -1151,6 +1180,68 @@ async fn a_resize_that_would_pass_the_runs_budget_is_not_submitted_and_the_run_f
     assert_eq!(run["onFailure"]["status"], "SUCCEEDED", "{run}");
     assert_eq!(h.job_names().await.len(), 2, "load once and on-failure");
     assert!(close(run["costUsd"].as_f64().unwrap(), 2.0 * usd(0.25, 0.5, ON_DEMAND, 60.0)), "{run}");
+}
+
+#[tokio::test]
+async fn two_branches_ending_at_once_cannot_both_spend_a_budget_that_holds_one_of_them() {
+    // GIVEN a run whose stages b and c have both ended, their events not yet handled: after
+    // b comes d, after c comes e, an hour each; the budget ($0.02) holds one hour, not two
+    let mut h = Harness::with("pl-budget-race", priced()).await;
+    let run_id = h.start("forked").await;
+    let mut withheld = Vec::new();
+    for _ in 0..10 {
+        let changes = h.player.play_queue(&h.env.queue_arn("default")).await.unwrap();
+        if changes.is_empty() {
+            break;
+        }
+        let branch_end = |c: &StateChange| matches!(stage_of(c).as_str(), "b" | "c") && c.status == "SUCCEEDED";
+        h.deliver(&events_of(&changes, |c| !branch_end(c))).await;
+        withheld.extend(events_of(&changes, branch_end));
+    }
+    assert_eq!(withheld.len(), 2, "b's and c's ends");
+    // WHEN two invocations handle the two ends at the same time, each from the same run record
+    let batch = |event: &Value| Delivery::from_events(vec![event.clone()]).sqs_batches(QUEUE_ARN, 10).remove(0);
+    let (one, two) = tokio::join!(
+        batchline_job_events::handle(
+            job_events_invocation(invocation(batch(&withheld[0]))),
+            &h.job_events,
+            &h.env.config
+        ),
+        batchline_job_events::handle(
+            job_events_invocation(invocation(batch(&withheld[1]))),
+            &h.job_events,
+            &h.env.config
+        ),
+    );
+    // (whichever lost a race is delivered again, as SQS would)
+    for (outcome, event) in [(one, &withheld[0]), (two, &withheld[1])] {
+        if outcome.as_ref().map(|a| a["batchItemFailures"] != json!([])).unwrap_or(true) {
+            h.deliver(std::slice::from_ref(event)).await;
+        }
+    }
+    h.play_to_the_end(1, 41).await;
+    // THEN d and e were not both submitted (one of them, or neither when one invocation saw
+    // both branches end and planned the two at once), and the run failed naming its budget
+    let run = h.run(&run_id).await;
+    let submitted: Vec<&str> = ["d", "e"]
+        .into_iter()
+        .filter(|stage| {
+            run["stages"][*stage]["attempts"].as_array().is_some_and(|a| a.iter().any(|a| a["jobId"].is_string()))
+        })
+        .collect();
+    assert!(submitted.len() <= 1, "{run}");
+    assert_eq!(run["status"], "FAILED", "{run}");
+    assert!(run["reason"].as_str().unwrap().starts_with("the run would pass its MaxRunCostUsd of $0.02"), "{run}");
+    // AND a job submitted by the invocation that lost the race (not in the run record) was
+    // stopped by Batchline, so no more than the budget holds runs
+    let jobs = h.env.jobs_in("default").await;
+    let branch_jobs: Vec<_> =
+        jobs.iter().filter(|j| matches!(j.tags().unwrap()["batchline:stage"].as_str(), "d" | "e")).collect();
+    let stopped = |j: &&aws_sdk_batch::types::JobDetail| {
+        j.status_reason().is_some_and(|r| r.ends_with("before the job was recorded"))
+    };
+    let left: Vec<_> = branch_jobs.iter().filter(|j| !stopped(j)).collect();
+    assert_eq!(left.len(), submitted.len(), "{branch_jobs:?}");
 }
 
 #[tokio::test]
