@@ -39,24 +39,13 @@ async fn jobs_of(
     status: Option<&JobStatus>,
     since_ms: i64,
 ) -> Result<Vec<JobSummary>, Error> {
-    let mut jobs = Vec::new();
-    let mut token = None;
-    loop {
-        let request = batch.list_jobs().job_queue(queue).set_next_token(token);
-        // Batch takes a status or filters, not both; the filter lists every status.
-        let request = match status {
-            Some(status) => request.job_status(status.clone()),
-            None => {
-                request.filters(KeyValuesPair::builder().name("AFTER_CREATED_AT").values(since_ms.to_string()).build())
-            }
-        };
-        let page = request.send().await.map_err(|e| Error::aws("ListJobs", e))?;
-        jobs.extend(page.job_summary_list().iter().cloned());
-        token = page.next_token().map(str::to_owned);
-        if token.is_none() {
-            return Ok(jobs);
-        }
-    }
+    let request = batch.list_jobs().job_queue(queue);
+    // Batch takes a status or filters, not both; the filter lists every status.
+    let request = match status {
+        Some(status) => request.job_status(status.clone()),
+        None => request.filters(KeyValuesPair::builder().name("AFTER_CREATED_AT").values(since_ms.to_string()).build()),
+    };
+    request.into_paginator().items().send().try_collect().await.map_err(|e| Error::aws("ListJobs", e))
 }
 
 fn line(job: &JobSummary, queue: &str) -> Value {

@@ -147,28 +147,13 @@ impl BatchPort for SdkBatch {
 #[async_trait]
 impl QueueInspector for SdkBatch {
     async fn runnable_jobs(&self, queue: &str) -> Result<Vec<(String, i64)>, Error> {
-        let mut jobs = Vec::new();
-        let mut token = None;
-        loop {
-            let page = self
-                .client
-                .list_jobs()
-                .job_queue(queue)
-                .job_status(aws_sdk_batch::types::JobStatus::Runnable)
-                .set_next_token(token)
-                .send()
-                .await
-                .map_err(|e| Error::aws("ListJobs", e))?;
-            jobs.extend(
-                page.job_summary_list()
-                    .iter()
-                    .filter_map(|job| Some((job.job_id()?.to_owned(), job.created_at().unwrap_or_default()))),
-            );
-            token = page.next_token().map(str::to_owned);
-            if token.is_none() {
-                return Ok(jobs);
-            }
-        }
+        let request = self.client.list_jobs().job_queue(queue).job_status(aws_sdk_batch::types::JobStatus::Runnable);
+        let jobs =
+            request.into_paginator().items().send().try_collect().await.map_err(|e| Error::aws("ListJobs", e))?;
+        Ok(jobs
+            .iter()
+            .filter_map(|job| Some((job.job_id()?.to_owned(), job.created_at().unwrap_or_default())))
+            .collect())
     }
 
     async fn queue_state(&self, queue: &str) -> Result<Option<QueueState>, Error> {

@@ -306,31 +306,18 @@ pub(super) async fn delete_job_queue(clients: &Clients, name: &str, deadline: In
     for status in
         [JobStatus::Submitted, JobStatus::Pending, JobStatus::Runnable, JobStatus::Starting, JobStatus::Running]
     {
-        let mut token = None;
-        loop {
-            let page = clients
+        let request = clients.batch.list_jobs().job_queue(name).job_status(status);
+        let jobs =
+            request.into_paginator().items().send().try_collect().await.map_err(|e| Error::aws("ListJobs", e))?;
+        for job in jobs.iter().filter_map(|j| j.job_id()) {
+            clients
                 .batch
-                .list_jobs()
-                .job_queue(name)
-                .job_status(status.clone())
-                .set_next_token(token)
+                .terminate_job()
+                .job_id(job)
+                .reason("Batchline environment deleted")
                 .send()
                 .await
-                .map_err(|e| Error::aws("ListJobs", e))?;
-            for job in page.job_summary_list().iter().filter_map(|j| j.job_id()) {
-                clients
-                    .batch
-                    .terminate_job()
-                    .job_id(job)
-                    .reason("Batchline environment deleted")
-                    .send()
-                    .await
-                    .map_err(|e| Error::aws("TerminateJob", e))?;
-            }
-            token = page.next_token().map(str::to_owned);
-            if token.is_none() {
-                break;
-            }
+                .map_err(|e| Error::aws("TerminateJob", e))?;
         }
     }
     if existing.state().map(|s| s.as_str()) != Some("DISABLED") {
