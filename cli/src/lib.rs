@@ -174,12 +174,12 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
             let submitted = api.change("POST", "/jobs", Some(&body)).await?;
             show(&submitted, |s| {
                 let again = if s["duplicate"] == true { " (already submitted: the same job)" } else { "" };
-                format!("submitted job {} ({}){again}\n", render_text(&s["jobId"]), render_text(&s["jobName"]))
+                format!("submitted job {} ({}){again}\n", render::text(&s["jobId"]), render::text(&s["jobName"]))
             });
             if !args.wait {
                 return Ok(0);
             }
-            let job_id = render_text(&submitted["jobId"]);
+            let job_id = render::text(&submitted["jobId"]);
             wait_for_job(&api, &job_id, cli.output).await
         }
         Command::Jobs(JobsCommand::List { status }) => {
@@ -197,7 +197,7 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
         Command::Jobs(JobsCommand::Cancel { job_id }) => {
             let answer = api.change("DELETE", &format!("/jobs/{}", encode(&job_id)), None).await?;
             show(&answer, |a| {
-                format!("job {} was {}; termination asked\n", render_text(&a["jobId"]), render_text(&a["status"]))
+                format!("job {} was {}; termination asked\n", render::text(&a["jobId"]), render::text(&a["status"]))
             });
             Ok(0)
         }
@@ -206,12 +206,12 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
             let started =
                 api.change("POST", &format!("/pipelines/{}/runs", encode(&args.pipeline)), Some(&body)).await?;
             show(&started, |s| {
-                format!("started run {} of {}\n", render_text(&s["runId"]), render_text(&s["pipeline"]))
+                format!("started run {} of {}\n", render::text(&s["runId"]), render::text(&s["pipeline"]))
             });
             if !args.watch {
                 return Ok(0);
             }
-            watch(&api, &render_text(&started["runId"]), cli.output).await
+            watch(&api, &render::text(&started["runId"]), cli.output).await
         }
         Command::Runs(RunsCommand::List { pipeline, limit }) => {
             let mut path = format!("/runs?limit={limit}");
@@ -230,18 +230,18 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
             let answer = api.change("DELETE", &format!("/runs/{}", encode(&run_id)), None).await?;
             show(&answer, |a| {
                 let stopped = a["terminatedJobs"].as_array().map(Vec::len).unwrap_or_default();
-                format!("run {} {}; {stopped} job(s) stopped\n", render_text(&a["runId"]), render_text(&a["status"]))
+                format!("run {} {}; {stopped} job(s) stopped\n", render::text(&a["runId"]), render::text(&a["status"]))
             });
             Ok(0)
         }
         Command::Runs(RunsCommand::Redrive { run_id }) => {
             let answer = api.change("POST", &format!("/runs/{}/redrive", encode(&run_id)), None).await?;
             show(&answer, |a| {
-                let stages: Vec<String> = render::items(&a["stages"]).iter().map(render_text).collect();
+                let stages: Vec<String> = render::items(&a["stages"]).iter().map(render::text).collect();
                 format!(
                     "run {} redriven (generation {}): {}\n",
-                    render_text(&a["runId"]),
-                    render_text(&a["redrive"]),
+                    render::text(&a["runId"]),
+                    render::text(&a["redrive"]),
                     stages.join(", ")
                 )
             });
@@ -253,10 +253,6 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
             Ok(0)
         }
     }
-}
-
-fn render_text(value: &Value) -> String {
-    value.as_str().map(str::to_owned).unwrap_or_else(|| value.to_string())
 }
 
 /// `k=v` pairs as a JSON object.
@@ -322,7 +318,7 @@ async fn wait_for_job(api: &Api, job_id: &str, output: Output) -> Result<i32, Fa
     let mut last = String::new();
     loop {
         let view = api.get(&path).await?;
-        let status = render_text(&view["status"]);
+        let status = render::text(&view["status"]);
         if status != last && output == Output::Table {
             println!("job {job_id}: {status}");
         }
@@ -346,7 +342,7 @@ async fn logs(api: &Api, sdk: &aws_config::SdkConfig, job_id: &str, follow: bool
     let mut positions: Vec<(String, Option<String>)> = Vec::new();
     loop {
         let view = api.get(&path).await?;
-        let group = render_text(&view["logGroup"]);
+        let group = render::text(&view["logGroup"]);
         for stream in render::items(&view["logStreams"]).iter().filter_map(Value::as_str) {
             if !positions.iter().any(|(s, _)| s == stream) {
                 positions.push((stream.to_owned(), None));
