@@ -47,6 +47,9 @@ impl LocalStack {
         if !bootstrapped {
             say(format!("making the local stack (prefix {PREFIX}) in the emulator at {}", endpoint()));
             stack.make(&sdk).await?;
+        } else {
+            // A stack made before its bucket sent events to EventBridge gets them now.
+            crate::create_input_bucket(&sdk, BUCKET).await?;
         }
         let lines: Vec<String> =
             stack.launcher.environment.iter().map(|(name, value)| format!("{name}={value}")).collect();
