@@ -164,6 +164,21 @@ impl Harness {
         panic!("the pipeline did not settle in 20 rounds");
     }
 
+    /// Plays the default queue until it settles, delivering every event but those
+    /// `withhold` picks; returns those, not yet handled.
+    async fn play_withholding(&mut self, withhold: impl Fn(&StateChange) -> bool) -> Vec<Value> {
+        let mut withheld = Vec::new();
+        for _ in 0..10 {
+            let changes = self.player.play_queue(&self.env.queue_arn("default")).await.unwrap();
+            if changes.is_empty() {
+                break;
+            }
+            self.deliver(&events_of(&changes, |c| !withhold(c))).await;
+            withheld.extend(events_of(&changes, &withhold));
+        }
+        withheld
+    }
+
     async fn job_names(&self) -> Vec<String> {
         self.env.jobs_in("default").await.iter().filter_map(|j| j.job_name().map(str::to_owned)).collect()
     }
@@ -448,16 +463,7 @@ async fn the_final_event_handled_twice_at_once_and_a_sweep_beside_them_announce_
     let mut h = Harness::new("pl-once").await;
     let run_id = h.start("hungry").await;
     let queue_url = completion_queue(&h.env.sdk, &run_id).await;
-    let mut withheld = Vec::new();
-    for _ in 0..10 {
-        let changes = h.player.play_queue(&h.env.queue_arn("default")).await.unwrap();
-        if changes.is_empty() {
-            break;
-        }
-        let last = |c: &StateChange| stage_of(c) == "summarise" && c.status == "SUCCEEDED";
-        h.deliver(&events_of(&changes, |c| !last(c))).await;
-        withheld.extend(events_of(&changes, last));
-    }
+    let withheld = h.play_withholding(|c| stage_of(c) == "summarise" && c.status == "SUCCEEDED").await;
     assert_eq!(withheld.len(), 1);
     // WHEN two invocations handle it at the same time (a duplicate delivery) and the
     // sweep runs beside them
@@ -1188,16 +1194,7 @@ async fn two_branches_ending_at_once_cannot_both_spend_a_budget_that_holds_one_o
     // b comes d, after c comes e, an hour each; the budget ($0.02) holds one hour, not two
     let mut h = Harness::with("pl-budget-race", priced()).await;
     let run_id = h.start("forked").await;
-    let mut withheld = Vec::new();
-    for _ in 0..10 {
-        let changes = h.player.play_queue(&h.env.queue_arn("default")).await.unwrap();
-        if changes.is_empty() {
-            break;
-        }
-        let branch_end = |c: &StateChange| matches!(stage_of(c).as_str(), "b" | "c") && c.status == "SUCCEEDED";
-        h.deliver(&events_of(&changes, |c| !branch_end(c))).await;
-        withheld.extend(events_of(&changes, branch_end));
-    }
+    let withheld = h.play_withholding(|c| matches!(stage_of(c).as_str(), "b" | "c") && c.status == "SUCCEEDED").await;
     assert_eq!(withheld.len(), 2, "b's and c's ends");
     // WHEN two invocations handle the two ends at the same time, each from the same run record
     let batch = |event: &Value| Delivery::from_events(vec![event.clone()]).sqs_batches(QUEUE_ARN, 10).remove(0);

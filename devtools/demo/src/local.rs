@@ -1,4 +1,4 @@
-//! `batchline-local [--port N]`: the local stack, served until stopped — its HTTP API on a loopback port and Batch played continuously its events on the template's rules and lanes (see `batchline_demo::serve`), for the `batchline` command line.
+//! `batchline-local [--port N]`: the local stack, served until stopped — its HTTP API on a loopback port, and Batch played continuously with its events on the template's rules and lanes (see `batchline_demo::serve`), for the `batchline` command line.
 
 use batchline::store::ConfigStore;
 use batchline_demo::local_stack::{default_dir, LocalStack, BUCKET, PREFIX};

@@ -341,6 +341,15 @@ fn requested_size(
     })
 }
 
+/// The problem with `size` when `queue` (described for the caller) gives one job at most
+/// `max_vcpus`, if that is known and not enough.
+fn beyond_capacity(size: Size, max_vcpus: Option<u32>, queue: &str) -> Option<RequestError> {
+    let max = max_vcpus.filter(|max| !size.fits_vcpus(*max))?;
+    Some(RequestError::Invalid(format!(
+        "vcpu: {size} is more than {queue} can run: its compute environments allow at most {max} vCPU (MaxVcpus)"
+    )))
+}
+
 /// The sizes a redrive asks for, each read as `POST /jobs` reads a size, with the stage's
 /// latest size as the half not given. Every problem at once.
 pub fn redrive_sizes(run: &batchline::model::run::Run, body: &RedriveBody) -> Result<BTreeMap<String, Size>, ApiError> {
@@ -358,16 +367,12 @@ pub fn redrive_sizes(run: &batchline::model::run::Run, body: &RedriveBody) -> Re
             continue;
         }
         match requested_size(asked.vcpu.as_ref(), asked.memory.as_ref(), latest) {
-            Ok((size, _)) if declared.max_vcpus.is_some_and(|max| !size.fits_vcpus(max)) => problems.push((
-                place,
-                RequestError::Invalid(format!(
-                    "vcpu: {size} is more than the stage's job queue can run: its compute environments allow at most {} vCPU (MaxVcpus)",
-                    declared.max_vcpus.unwrap_or_default()
-                )),
-            )),
-            Ok((size, _)) => {
-                sizes.insert(stage.clone(), size);
-            }
+            Ok((size, _)) => match beyond_capacity(size, declared.max_vcpus, "the stage's job queue") {
+                Some(too_large) => problems.push((place, too_large)),
+                None => {
+                    sizes.insert(stage.clone(), size);
+                }
+            },
             Err(errors) => problems.extend(errors.into_iter().map(|problem| (place.clone(), problem))),
         }
     }
@@ -531,12 +536,8 @@ pub fn plan_submit_job(
     }
     // A size no compute environment of the queue can give would wait in RUNNABLE for ever.
     if let (Some(size), Some(queue)) = (size, config.queue_for(definition)) {
-        if let Some(max) = config.queue_capacity(queue).filter(|max| !size.fits_vcpus(*max)) {
-            problems.push(RequestError::Invalid(format!(
-                "vcpu: {size} is more than job queue {:?} can run: its compute environments allow at most {max} vCPU (MaxVcpus)",
-                definition.queue
-            )));
-        }
+        let capacity = config.queue_capacity(queue);
+        problems.extend(beyond_capacity(size, capacity, &format!("job queue {:?}", definition.queue)));
     }
     if problems.is_empty() {
         let size = job.size.unwrap_or(definition.size);
