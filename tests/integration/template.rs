@@ -202,7 +202,7 @@ fn every_event_reaches_the_metrics_lane_and_pipeline_events_also_the_lane_withou
     // Pipeline events are handled as they arrive; all events packed for PutMetricData.
     assert!(runs_source["MaximumBatchingWindowInSeconds"].as_u64().unwrap_or(0) == 0, "{runs_source:?}");
     assert!(runs_source["BatchSize"].as_u64().unwrap() <= 10);
-    assert_eq!(batched_source["BatchSize"].as_u64(), Some(1000));
+    assert_eq!(batched_source["BatchSize"].as_u64(), Some(250));
     assert_eq!(batched_source["MaximumBatchingWindowInSeconds"].as_u64(), Some(10));
     // Each lane's envelope names it, so job-events does only that lane's work (the routing
     // and the work itself: tests/integration/job_events.rs, `the_template_lanes_...`).
