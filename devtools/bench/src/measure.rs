@@ -22,7 +22,7 @@ use batchline::store::{ConfigStore, DynamoStore};
 use serde_json::{json, Value};
 
 use crate::fixed_reply::FixedReply;
-use crate::lanes::{self, Lane, LaneReport};
+use crate::lanes::{self, LaneReport, Shape};
 use batchline_demo::send_to_bootstrap;
 use batchline_testkit::emulator::{endpoint, repo_root, sdk_config, unique_name, REGION};
 use batchline_testkit::local_lambda::{LocalLambda, Outcome};
@@ -382,29 +382,39 @@ pub async fn run_all(say: &mut (dyn FnMut(String) + Send)) -> Result<String, Str
     };
     let mut shapes = Vec::new();
     let template_lanes = lanes::template_lanes(std::slice::from_ref(&queue_arn))?;
-    // The third shape shows what the shared emulator adds: with no other events, nothing
+    // The last shape shows what the shared emulator adds: with no other events, nothing
     // else is queued in front of the runs lane's calls in its one Python process.
-    for (label, shape, background) in [
-        (
-            "one lane (previous template)",
-            vec![lanes::one_lane(std::slice::from_ref(&queue_arn))],
-            lanes::BACKGROUND_PER_SECOND,
-        ),
-        ("two lanes (template.yaml)", template_lanes.clone(), lanes::BACKGROUND_PER_SECOND),
-        ("two lanes, no other events", template_lanes, 0),
-    ]
-    .into_iter()
-    .filter(|_| !skip_lanes)
-    {
-        let report = lanes::measure(&setup, &label.replace([' ', ','], "-"), &shape, background).await?;
+    let measured = [
+        Shape {
+            label: "one lane (previous template)",
+            lanes: vec![lanes::one_lane(std::slice::from_ref(&queue_arn))],
+            runs: lanes::RUNS_ONE_LANE,
+            background_per_second: lanes::BACKGROUND_PER_SECOND,
+        },
+        Shape {
+            label: "two lanes (template.yaml)",
+            lanes: template_lanes.clone(),
+            runs: lanes::RUNS,
+            background_per_second: lanes::BACKGROUND_PER_SECOND,
+        },
+        Shape {
+            label: "two lanes, no other events",
+            lanes: template_lanes,
+            runs: lanes::RUNS,
+            background_per_second: 0,
+        },
+    ];
+    for shape in measured.into_iter().filter(|_| !skip_lanes) {
+        let report = lanes::measure(&setup, &shape).await?;
         say(format!(
-            "{label}: stage-to-stage p50 {:.0} ms, p90 {:.0} ms, p99 {:.0} ms over {} transitions",
+            "{}: stage-to-stage p50 {:.0} ms, p90 {:.0} ms, p99 {:.0} ms over {} transitions",
+            shape.label,
             report.percentile(0.5),
             report.percentile(0.9),
             report.percentile(0.99),
             report.samples_ms.len()
         ));
-        shapes.push((label, shape, background, report));
+        shapes.push(MeasuredShape { shape, report });
     }
     submitter.stop().await;
     send_to_bootstrap(&provisioner, "Delete", &properties, created["PhysicalResourceId"].as_str()).await?;
@@ -513,16 +523,22 @@ fn render(
     out
 }
 
+/// One stage-to-stage shape and what it measured.
+struct MeasuredShape {
+    shape: Shape,
+    report: LaneReport,
+}
+
 /// The stage-to-stage table: each shape's latency, and each lane's calls per event.
-fn render_lanes(shapes: &[(&str, Vec<Lane>, usize, LaneReport)]) -> String {
+fn render_lanes(shapes: &[MeasuredShape]) -> String {
     let mut out = format!(
-        "\nStage to stage: a stage's SUCCEEDED event put on the bus → the next stage's SubmitJob ({} runs of a {}-stage \
-         pipeline; local event sources with each lane's BatchSize and window):\n\n\
+        "\nStage to stage: a stage's SUCCEEDED event put on the bus → the next stage's SubmitJob (runs of a {}-stage \
+         pipeline, {} transitions each; local event sources with each lane's BatchSize and window):\n\n\
          | shape | lanes (BatchSize, window) | other job events a second | p50 | p90 | p99 | transitions | PutMetricData per 1,000 job events |\n|---|---|---|---|---|---|---|---|\n",
-        lanes::RUNS,
         lanes::STAGES,
+        lanes::STAGES - 1,
     );
-    for (label, lanes, background, report) in shapes {
+    for MeasuredShape { shape: Shape { label, lanes, background_per_second, .. }, report } in shapes {
         let described: Vec<String> =
             lanes.iter().map(|l| format!("{} ({}, {} s)", l.queue, l.batch_size, l.window.as_secs())).collect();
         // Every job event reaches one lane that counts it (the only lane, or the metrics
@@ -534,7 +550,7 @@ fn render_lanes(shapes: &[(&str, Vec<Lane>, usize, LaneReport)]) -> String {
             .map(|(_, _, counts)| counts.get("cloudwatch:PutMetricData").copied().unwrap_or(0))
             .sum();
         out.push_str(&format!(
-            "| {label} | {} | {background} | {:.0} ms | {:.0} ms | {:.0} ms | {} | {:.1} |\n",
+            "| {label} | {} | {background_per_second} | {:.0} ms | {:.0} ms | {:.0} ms | {} | {:.1} |\n",
             described.join(" + "),
             report.percentile(0.5),
             report.percentile(0.9),
@@ -544,7 +560,7 @@ fn render_lanes(shapes: &[(&str, Vec<Lane>, usize, LaneReport)]) -> String {
         ));
     }
     out.push_str("\nAWS calls per event delivered, by lane (counted by a forwarder in front of the emulator):\n\n| shape | lane | events | operation | calls per event |\n|---|---|---|---|---|\n");
-    for (label, _, _, report) in shapes {
+    for MeasuredShape { shape: Shape { label, .. }, report } in shapes {
         for (queue, events, counts) in &report.lanes {
             for (operation, calls) in counts {
                 let per_event = if *events > 0 { *calls as f64 / *events as f64 } else { f64::NAN };
