@@ -4,9 +4,10 @@
 //! the emulator, rules with template.yaml's patterns route them to SQS queues, and a local
 //! event source per queue (the test kit's [`EventSource`]) polls it and invokes its own job-events process
 //! (the release binary) with the BatchSize and MaximumBatchingWindowInSeconds the template
-//! gives that queue — so a batching window costs here what it costs on AWS. Two shapes
+//! gives that queue — so a batching window costs here what it costs on AWS. Three shapes
 //! are measured side by side: one lane for every event (the previous template: 1,000 per
-//! batch, 10-second window) and the template's lanes.
+//! batch, 10-second window), the template's lanes, and the template's lanes with no other
+//! job events (what the shared emulator adds).
 //!
 //! A sample is the time from just before the SUCCEEDED event of stage *k* is put on the bus
 //! to the `createdAt` the emulator gives stage *k + 1*'s job at SubmitJob (both clocks are
