@@ -6,28 +6,13 @@ use serde_json::{json, Value};
 use tracing::warn;
 
 use crate::model::pipeline::ON_FAILURE;
+pub use crate::model::run::{MetricUnit, RunMetric};
 use crate::model::run::{Run, RunCost, RunStatus};
 use crate::services::stuck::{QueueMetrics, QueueReport};
 use crate::Error;
 
 pub const COMPLETED_DETAIL_TYPE: &str = "Batchline Run Completed";
 pub const EVENT_SOURCE: &str = "batchline";
-
-/// A run metric: name, value, and whether it is a count (else milliseconds).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RunMetric {
-    pub name: &'static str,
-    pub value: f64,
-    pub unit: MetricUnit,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MetricUnit {
-    Count,
-    Milliseconds,
-    /// US dollars (CloudWatch's unit `None`).
-    Usd,
-}
 
 #[async_trait]
 pub trait RunAnnouncer: Send + Sync {

@@ -4,9 +4,10 @@
 //! that is running or ended without its completion sent), oldest first. For each run it
 //! submits what the record has planned, applies the outcome of every stage job that ended
 //! in Batch without the record knowing (an event lost after all retries) as its event
-//! would have, and sends a completion still owed. It also fails a run past its
-//! `MaxRunSeconds` that no event has failed yet, and terminates again the jobs a failed run
-//! stops (fail fast) in case an earlier TerminateJob was lost. A run that cannot be repaired is logged
+//! would have, and sends a completion still owed. Its visit is one input to the run model
+//! ([`SweepVisit`]): it fails a run past its `MaxRunSeconds` that no event has failed yet,
+//! and terminates again the jobs a failed run stops (fail fast) in case an earlier
+//! TerminateJob was lost. A run that cannot be repaired is logged
 //! and counted and the sweep goes on; a stage that can never be submitted fails its run
 //! (see the run driver).
 //!
@@ -25,8 +26,8 @@
 use tracing::{info, warn};
 
 use crate::model::batch_event::JobStatus;
-use crate::model::run::Applied;
-use crate::services::runs::RunDriver;
+use crate::model::run::{Applied, RunStatus, SweepVisit};
+use crate::services::runs::{Executed, RunDriver};
 use crate::store::keys::index_sk;
 use crate::store::{Adoption, OpenRun, SweepCursor};
 use crate::Error;
@@ -116,19 +117,14 @@ impl RunDriver<'_> {
             return Ok(0);
         }
         let now = self.clock.now_ms();
-        let record = if record.run.past_deadline(now) {
+        let was_running = record.run.status == RunStatus::Running;
+        let Some((record, step)) = self.write(record, &SweepVisit, now).await? else { return Ok(0) };
+        if was_running && record.run.status == RunStatus::Failed {
             // A run nothing happened in since its deadline passed: failed here, so the
             // deadline's precision is the sweep's interval.
-            let Some(failed) = self.update(record, |run| run.fail_past_deadline(now)).await? else { return Ok(0) };
             info!(run_id = %line.run_id, "the run passed its deadline; failed by the sweep");
-            self.stop_after_failure(&failed.run).await?;
-            failed
-        } else {
-            // A failed run's jobs whose stop was lost are stopped again.
-            self.stop_open_jobs(&record.run).await?;
-            record
-        };
-        let run = self.drive(record, now).await?.run;
+        }
+        let run = self.execute(record, step.effects, now, &mut Executed::default()).await?.run;
         let open = run.open_jobs();
         if open.is_empty() {
             return Ok(0);

@@ -1,0 +1,108 @@
+//! Budgets and deadlines: what a run cost, what its next submissions are estimated at, and when it has run too long.
+
+use super::{Attempt, Context, Run, RunCost, RunStatus};
+use crate::model::cost::{Cost, Pricing};
+use crate::model::fargate::Size;
+use crate::model::pipeline::ON_FAILURE;
+
+impl Run {
+    /// What the run's ended attempts cost (a running job is priced once it ends).
+    pub fn cost(&self, pricing: &Pricing) -> RunCost {
+        let mut total = RunCost::default();
+        let stages =
+            self.stages.iter().map(|(k, s)| (k.as_str(), s)).chain(self.on_failure.iter().map(|s| (ON_FAILURE, s)));
+        for (name, stage_run) in stages {
+            let mut stage = Cost::default();
+            for attempt in &stage_run.attempts {
+                stage.add(&attempt.cost(pricing));
+            }
+            total.usd += stage.usd;
+            total.upper_bound |= stage.upper_bound;
+            total.stages.insert(name.to_owned(), stage);
+        }
+        total
+    }
+
+    /// What an attempt of `stage` at `size` is expected to cost: for the stage's
+    /// `ExpectedSeconds`, else its `TimeoutSeconds`, else the median of its attempts in this
+    /// run that ended, else Fargate's one-minute minimum — priced on-demand.
+    fn estimate(&self, stage: &str, size: Size, pricing: &Pricing) -> f64 {
+        let declared = self.stage(stage).and_then(|s| s.expected_seconds.or(s.timeout_seconds));
+        let seconds = declared.map(u64::from).or_else(|| {
+            let stage_run = if stage == ON_FAILURE { self.on_failure.as_ref() } else { self.stages.get(stage) }?;
+            let mut past: Vec<u64> = stage_run.attempts.iter().filter_map(Attempt::billed_seconds).collect();
+            past.sort_unstable();
+            past.get(past.len().checked_sub(1)? / 2).copied()
+        });
+        pricing.estimate(size, seconds.unwrap_or(0))
+    }
+
+    /// Why the submissions the run has planned may not go ahead, if they would take it past
+    /// its `MaxRunCostUsd`: what it spent, plus the estimates of its jobs still running and
+    /// of the planned ones. The failure stage is exempt: it never counts as planned.
+    pub fn over_budget(&self, pricing: &Pricing) -> Option<String> {
+        let budget = self.pipeline.max_run_cost_usd?;
+        if self.status != RunStatus::Running {
+            return None;
+        }
+        let planned: Vec<(String, Attempt)> =
+            self.to_submit().into_iter().filter(|(stage, _)| stage != ON_FAILURE).collect();
+        if planned.is_empty() {
+            return None;
+        }
+        let spent = self.cost(pricing).usd;
+        let running: f64 = self
+            .open_jobs()
+            .iter()
+            .filter_map(|(stage, _)| Some((stage, self.stages.get(stage)?.current()?)))
+            .map(|(stage, attempt)| self.estimate(stage, attempt.size, pricing))
+            .sum();
+        let next: f64 = planned.iter().map(|(stage, attempt)| self.estimate(stage, attempt.size, pricing)).sum();
+        if spent + running + next <= budget {
+            return None;
+        }
+        let what: Vec<String> =
+            planned.iter().map(|(stage, a)| format!("{stage} attempt {} at {}", a.number, a.size)).collect();
+        Some(format!(
+            "the run would pass its MaxRunCostUsd of ${budget:.2}: spent ${spent:.4}, running jobs estimated at \
+             ${running:.4}, next ({}) estimated at ${next:.4}",
+            what.join(", ")
+        ))
+    }
+
+    /// Fails a running run whose planned submissions would pass its budget: nothing more is
+    /// submitted but its failure stage. False if it is not running.
+    pub fn fail_over_budget(&mut self, reason: String, now_ms: i64) -> bool {
+        if self.status != RunStatus::Running {
+            return false;
+        }
+        self.end(RunStatus::Failed, Some(reason), now_ms);
+        true
+    }
+
+    /// Fails the run if what it has planned would pass its budget; true if it did.
+    pub(super) fn enforce_budget(&mut self, ctx: &Context) -> bool {
+        match self.over_budget(ctx.pricing) {
+            Some(reason) => self.fail_over_budget(reason, ctx.now_ms),
+            None => false,
+        }
+    }
+
+    /// Whether the run is still running past its pipeline's `MaxRunSeconds` at `now_ms`.
+    pub fn past_deadline(&self, now_ms: i64) -> bool {
+        let limit = self.pipeline.max_run_seconds.map(|seconds| seconds as i64 * 1000);
+        self.status == RunStatus::Running && limit.is_some_and(|limit| now_ms - self.started_at() > limit)
+    }
+
+    /// Fails a run that is past its deadline: its jobs are to be stopped whatever the
+    /// pipeline's `OnStageFailure`, and its failure stage runs. False if it is not past it.
+    pub fn fail_past_deadline(&mut self, now_ms: i64) -> bool {
+        if !self.past_deadline(now_ms) {
+            return false;
+        }
+        let limit = self.pipeline.max_run_seconds.unwrap_or_default();
+        self.end(RunStatus::Failed, Some(format!("the run took longer than its MaxRunSeconds ({limit} s)")), now_ms);
+        self.stop_open_jobs = true;
+        true
+    }
+}

@@ -1,0 +1,314 @@
+//! Inputs and effects: the one way into a run ([`Run::handle`]) and what it asks to be done.
+//!
+//! An input is a type implementing [`Input`]: it changes the run and answers (a job state
+//! change answers [`Applied`], a cancel whether it was accepted, a redrive the generation it
+//! started). [`Run::handle`] then adds what holds whatever the input was, in this order:
+//! 1. the input's own effects (a cancel's stops, a redrive's metric, ...);
+//! 2. the budget: planned submissions that would pass `MaxRunCostUsd` fail the run;
+//! 3. if the run failed just now, the stops its failure calls for ([`Run::failure_stops`]);
+//! 4. what the record owes ([`Run::owed`]): its planned attempts submitted, or — once it
+//!    ended and every job of it has — the claims it gave up settled and its end announced.
+//!
+//! Effects of kinds 1–3 happen once, on the transition that calls for them (a retry of
+//! a stop is the sweep's, [`SweepVisit`]); those of kind 4 are read off the state, so
+//! every input repeats them until they are done, and each is idempotent where it is
+//! carried out (a submission's claim, the completion's claim). The driver executes them
+//! in order; when it feeds a submission's outcome back, the new step's list replaces what
+//! was left of the old one, which could only be kind 4, read off a state now past.
+
+use std::collections::BTreeMap;
+
+use super::{Applied, Attempt, RedriveRefused, Redriven, Run, RunStatus, StageStatus};
+use crate::model::batch_event::JobStateChangeEvent;
+use crate::model::cost::Pricing;
+use crate::model::fargate::Size;
+
+/// How much of a reason TerminateJob is given (the status reason a job then shows).
+const STOP_REASON_CHARS: usize = 250;
+
+/// What the model is told beside an input: the time, and how the stack prices jobs (what
+/// budgets are judged with).
+#[derive(Debug, Clone, Copy)]
+pub struct Context<'a> {
+    pub now_ms: i64,
+    pub pricing: &'a Pricing,
+}
+
+/// A job of the run to stop: by its id, or by its deterministic name when the run never
+/// recorded the id (its submitter may have died after SubmitJob).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobRef {
+    Id(String),
+    Name(String),
+}
+
+/// A run metric: name, value, and its unit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RunMetric {
+    pub name: &'static str,
+    pub value: f64,
+    pub unit: MetricUnit,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricUnit {
+    Count,
+    Milliseconds,
+    /// US dollars (CloudWatch's unit `None`).
+    Usd,
+}
+
+/// Something the run asks to be done: data, carried out by the run driver.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Submit this planned attempt of `stage` exactly once, under the key
+    /// `run:<id>:<stage>:<n>`; its outcome comes back as [`Submitted`] or [`Unsubmittable`].
+    Submit { stage: String, attempt: Attempt },
+    /// Stop (TerminateJob) a job of the run, with `reason` as its status reason.
+    Stop { stage: String, job: JobRef, reason: String },
+    /// Record on an attempt's submission claim the job an event named before its submitter
+    /// recorded it, so no claim is left PENDING for a job that exists.
+    RecordJob { stage: String, attempt: u32, job_id: String },
+    /// Settle the submission claim of an attempt the run gave up before a job was recorded:
+    /// withdraw it, or stop the job that was submitted under it.
+    Withdraw { stage: String, attempt: Attempt },
+    /// Send "Batchline Run Completed" and the run's outcome metrics, once per generation.
+    Announce,
+    /// Publish these run metrics.
+    Publish(Vec<RunMetric>),
+}
+
+/// What an input did: whether the record changed (and must be written), the input's
+/// answer, and the effects to carry out, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step<A> {
+    pub changed: bool,
+    pub answer: A,
+    pub effects: Vec<Effect>,
+}
+
+impl<A> Step<A> {
+    fn new(changed: bool, answer: A, effects: Vec<Effect>) -> Step<A> {
+        Step { changed, answer, effects }
+    }
+}
+
+/// Something that happens to a run. [`Input::take`] applies it alone; [`Run::handle`] is how
+/// it is applied with the rules that hold for every input.
+pub trait Input {
+    type Answer;
+    fn take(&self, run: &mut Run, ctx: &Context) -> Step<Self::Answer>;
+}
+
+impl Run {
+    /// Applies an input: the new state is `self`, the rest is the returned [`Step`] (see
+    /// the module docs for the order of its effects).
+    pub fn handle<I: Input>(&mut self, input: &I, ctx: &Context) -> Step<I::Answer> {
+        let was_running = self.status == RunStatus::Running;
+        let mut step = input.take(self, ctx);
+        step.changed |= self.enforce_budget(ctx);
+        if was_running && self.status == RunStatus::Failed {
+            step.effects.extend(self.failure_stops());
+        }
+        step.effects.extend(self.owed());
+        step
+    }
+
+    /// What the run owes whatever happens: its planned attempts submitted; once it has
+    /// ended and every job of it has, the claims of the attempts it gave up settled, then
+    /// its end announced.
+    pub fn owed(&self) -> Vec<Effect> {
+        let submit: Vec<Effect> =
+            self.to_submit().into_iter().map(|(stage, attempt)| Effect::Submit { stage, attempt }).collect();
+        if !submit.is_empty() || !self.ready_to_announce() {
+            return submit;
+        }
+        let withdraw = self.withdrawn_attempts().into_iter();
+        let mut effects: Vec<Effect> = withdraw
+            .map(|(stage, attempt)| Effect::Withdraw { stage: stage.to_owned(), attempt: attempt.clone() })
+            .collect();
+        effects.push(Effect::Announce);
+        effects
+    }
+
+    /// What a run that has just failed stops: the jobs of stages its failure skipped while
+    /// they were being submitted (by name: a submitter still running stops its own job when
+    /// it sees the run moved on; this catches one that died after SubmitJob), then, when its
+    /// failure stops the others (fail fast, or its deadline passed), every job of it still
+    /// going.
+    pub fn failure_stops(&self) -> Vec<Effect> {
+        let reason = format!("Batchline run {} failed before the job was recorded", self.run_id);
+        let skipped = self.skipped_submissions().into_iter().filter_map(|job| {
+            let name = job.job_name?;
+            Some(Effect::Stop { stage: job.stage, job: JobRef::Name(name), reason: reason.clone() })
+        });
+        skipped.chain(self.open_job_stops()).collect()
+    }
+
+    /// The stops of every job a failed run stops that is still going ([`Run::jobs_to_stop`]),
+    /// saying why.
+    pub fn open_job_stops(&self) -> Vec<Effect> {
+        let why = self.reason.as_deref().unwrap_or("a stage failed");
+        let reason: String = format!("Batchline run {} failed ({why}); stopping its other jobs", self.run_id)
+            .chars()
+            .take(STOP_REASON_CHARS)
+            .collect();
+        let jobs = self.jobs_to_stop().into_iter();
+        jobs.map(|(stage, job_id)| Effect::Stop { stage, job: JobRef::Id(job_id), reason: reason.clone() }).collect()
+    }
+}
+
+/// Batch says a job of the run changed state. The run's deadline is judged first.
+pub struct JobChanged<'a> {
+    pub stage: &'a str,
+    pub event: &'a JobStateChangeEvent,
+}
+
+impl Input for JobChanged<'_> {
+    type Answer = Applied;
+
+    fn take(&self, run: &mut Run, ctx: &Context) -> Step<Applied> {
+        let late = run.fail_past_deadline(ctx.now_ms);
+        let unrecorded = run.current_attempt(self.stage).filter(|a| a.job_id.is_none()).map(|a| a.number);
+        let applied = run.apply(self.stage, self.event, ctx.now_ms);
+        let mut effects = Vec::new();
+        if let (Some(number), Some(now)) = (unrecorded, run.current_attempt(self.stage)) {
+            // The event named the job before its submitter recorded it (the submitter
+            // failed after SubmitJob).
+            if let (true, Some(job_id)) = (now.number == number && applied == Applied::Changed, &now.job_id) {
+                effects.push(Effect::RecordJob {
+                    stage: self.stage.to_owned(),
+                    attempt: number,
+                    job_id: job_id.clone(),
+                });
+            }
+        }
+        Step::new(late || applied == Applied::Changed, applied, effects)
+    }
+}
+
+/// The repair sweep's visit: the deadline is judged by the clock (a run nothing happened
+/// in since it passed), and the jobs a failed run stops are stopped again, in case an
+/// earlier stop was lost.
+pub struct SweepVisit;
+
+impl Input for SweepVisit {
+    type Answer = ();
+
+    fn take(&self, run: &mut Run, ctx: &Context) -> Step<()> {
+        let late = run.fail_past_deadline(ctx.now_ms);
+        // Failed just now: `handle` adds the failure's stops.
+        let again = if late { vec![] } else { run.open_job_stops() };
+        Step::new(late, (), again)
+    }
+}
+
+/// Nothing new: only what the record owes (after a read of the record, say).
+pub struct Resume;
+
+impl Input for Resume {
+    type Answer = ();
+
+    fn take(&self, _run: &mut Run, _ctx: &Context) -> Step<()> {
+        Step::new(false, (), vec![])
+    }
+}
+
+/// The run's record was just created: it counts as started.
+pub struct Created;
+
+impl Input for Created {
+    type Answer = ();
+
+    fn take(&self, _run: &mut Run, _ctx: &Context) -> Step<()> {
+        let started = RunMetric { name: "RunsStarted", value: 1.0, unit: MetricUnit::Count };
+        Step::new(false, (), vec![Effect::Publish(vec![started])])
+    }
+}
+
+/// A user cancels the run. Answers why not, for a run that ended otherwise.
+pub struct CancelRequested;
+
+impl Input for CancelRequested {
+    type Answer = Result<(), String>;
+
+    fn take(&self, run: &mut Run, ctx: &Context) -> Step<Result<(), String>> {
+        let was_running = run.status == RunStatus::Running;
+        let jobs = match run.cancel(ctx.now_ms) {
+            Ok(jobs) => jobs,
+            Err(why) => return Step::new(false, Err(why), vec![]),
+        };
+        let reason = format!("Batchline run {} cancelled", run.run_id);
+        let stops = jobs.into_iter().filter_map(|job| {
+            let job_ref = job.job_id.map(JobRef::Id).or(job.job_name.map(JobRef::Name))?;
+            Some(Effect::Stop { stage: job.stage, job: job_ref, reason: reason.clone() })
+        });
+        Step::new(was_running, Ok(()), stops.collect())
+    }
+}
+
+/// A user redrives the run (see [`Run::redrive`]) with the request's idempotency key and
+/// the sizes it asks for.
+pub struct RedriveRequested<'a> {
+    pub key: &'a str,
+    pub sizes: &'a BTreeMap<String, Size>,
+}
+
+impl Input for RedriveRequested<'_> {
+    type Answer = Result<Redriven, RedriveRefused>;
+
+    fn take(&self, run: &mut Run, ctx: &Context) -> Step<Self::Answer> {
+        match run.redrive(self.key, self.sizes, ctx.now_ms) {
+            Ok(redriven) if redriven.duplicate => Step::new(false, Ok(redriven), vec![]),
+            Ok(redriven) => {
+                let metric = RunMetric { name: "RunsRedriven", value: 1.0, unit: MetricUnit::Count };
+                Step::new(true, Ok(redriven), vec![Effect::Publish(vec![metric])])
+            }
+            Err(refused) => Step::new(false, Err(refused), vec![]),
+        }
+    }
+}
+
+/// A planned attempt was submitted as this job.
+pub struct Submitted<'a> {
+    pub stage: &'a str,
+    pub attempt: u32,
+    pub job_id: &'a str,
+    pub job_name: &'a str,
+}
+
+impl Input for Submitted<'_> {
+    type Answer = ();
+
+    fn take(&self, run: &mut Run, ctx: &Context) -> Step<()> {
+        if run.record_submitted(self.stage, self.attempt, self.job_id, self.job_name, ctx.now_ms) {
+            return Step::new(true, (), vec![]);
+        }
+        // The run gave the attempt up (cancelled, or failed) while it was being submitted:
+        // its job is stopped, so it is no orphan.
+        let given_up = run.current_attempt(self.stage).is_some_and(|current| {
+            current.number == self.attempt
+                && matches!(current.status, StageStatus::Cancelled | StageStatus::Skipped)
+                && current.job_id.is_none()
+        });
+        let reason = format!("Batchline run {} ended before the job was recorded", run.run_id);
+        let stop = Effect::Stop { stage: self.stage.to_owned(), job: JobRef::Id(self.job_id.to_owned()), reason };
+        Step::new(false, (), if given_up { vec![stop] } else { vec![] })
+    }
+}
+
+/// A planned attempt can never be submitted (its job definition or queue is gone, or Batch
+/// refuses the job): the stage fails, and the run with it (see [`Run::fail_unsubmittable`]).
+pub struct Unsubmittable<'a> {
+    pub stage: &'a str,
+    pub attempt: u32,
+    pub reason: &'a str,
+}
+
+impl Input for Unsubmittable<'_> {
+    type Answer = ();
+
+    fn take(&self, run: &mut Run, ctx: &Context) -> Step<()> {
+        Step::new(run.fail_unsubmittable(self.stage, self.attempt, self.reason, ctx.now_ms), (), vec![])
+    }
+}

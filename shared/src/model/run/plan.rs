@@ -1,0 +1,123 @@
+//! Planning what to submit: stages whose upstreams succeeded get their next attempt, recorded before anything is submitted; how a run ends.
+
+use std::collections::BTreeSet;
+
+use super::{Attempt, Run, RunStatus, StageRun, StageStatus};
+use crate::model::pipeline::{OnStageFailure, ON_FAILURE};
+
+impl Run {
+    /// Every stage (the failure stage included) whose current attempt is planned but not
+    /// yet submitted: what the driver must submit.
+    pub fn to_submit(&self) -> Vec<(String, Attempt)> {
+        let mut out: Vec<(String, Attempt)> = self
+            .stages
+            .iter()
+            .filter(|(_, s)| s.status == StageStatus::Submitting)
+            .filter_map(|(k, s)| Some((k.clone(), s.current()?.clone())))
+            .collect();
+        if let Some(failure) = self.on_failure.as_ref().filter(|s| s.status == StageStatus::Submitting) {
+            out.extend(failure.current().map(|a| (ON_FAILURE.to_owned(), a.clone())));
+        }
+        out
+    }
+
+    /// Records that a planned attempt was submitted as `job_id`.
+    pub fn record_submitted(&mut self, stage: &str, attempt: u32, job_id: &str, job_name: &str, now_ms: i64) -> bool {
+        let Some(stage_run) = self.stage_run_mut(stage) else { return false };
+        if stage_run.status != StageStatus::Submitting {
+            return false;
+        }
+        let Some(current) = stage_run.attempts.last_mut().filter(|a| a.number == attempt) else { return false };
+        current.job_id = Some(job_id.to_owned());
+        current.job_name = Some(job_name.to_owned());
+        current.status = StageStatus::Submitted;
+        current.submitted_at = Some(now_ms);
+        stage_run.status = StageStatus::Submitted;
+        true
+    }
+
+    /// Fails a planned attempt that can never be submitted (its job definition or queue is
+    /// gone, or Batch refuses the job): the stage fails, and the run with it — its failure
+    /// stage then planned — unless the stage is the failure stage itself. False when the
+    /// attempt is no longer the planned one.
+    pub fn fail_unsubmittable(&mut self, stage: &str, attempt: u32, reason: &str, now_ms: i64) -> bool {
+        let Some(stage_run) = self.stage_run_mut(stage) else { return false };
+        if stage_run.status != StageStatus::Submitting {
+            return false;
+        }
+        let Some(current) = stage_run.attempts.last_mut().filter(|a| a.number == attempt) else { return false };
+        current.status = StageStatus::Failed;
+        current.reason = Some(format!("could not be submitted: {reason}"));
+        current.stopped_at = Some(now_ms);
+        stage_run.status = StageStatus::Failed;
+        if stage != ON_FAILURE && !self.status.is_terminal() {
+            self.end(RunStatus::Failed, Some(format!("stage {stage} could not be submitted: {reason}")), now_ms);
+        }
+        true
+    }
+
+    /// Plans the first attempt of every pending stage whose upstream stages all succeeded.
+    pub(super) fn plan_ready_stages(&mut self) {
+        if self.status != RunStatus::Running {
+            return;
+        }
+        let succeeded: BTreeSet<String> =
+            self.stages.iter().filter(|(_, s)| s.status == StageStatus::Succeeded).map(|(k, _)| k.clone()).collect();
+        let ready: Vec<String> = self
+            .pipeline
+            .stages
+            .iter()
+            .filter(|(key, stage)| {
+                self.stages.get(*key).is_some_and(|s| s.status == StageStatus::Pending)
+                    && stage.after.iter().all(|u| succeeded.contains(u))
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in ready {
+            let declared = self.pipeline.stages[&key].size;
+            if let Some(stage_run) = self.stages.get_mut(&key) {
+                // Attempt numbers go on across redrives, so no submission key is used twice;
+                // a redriven stage starts at the size it asked for, else its last one.
+                let number = stage_run.attempts.len() as u32 + 1;
+                let last = stage_run.current().map(|a| a.size);
+                let size = stage_run.next_size.take().or(last).unwrap_or(declared);
+                stage_run.attempts.push(Attempt::planned(&self.run_id, &key, number, size));
+                stage_run.status = StageStatus::Submitting;
+            }
+        }
+    }
+
+    /// Ends the run: stages that never started are skipped (cancelled, for a cancel); on
+    /// failure the failure stage is planned.
+    pub(super) fn end(&mut self, status: RunStatus, reason: Option<String>, now_ms: i64) {
+        if status == RunStatus::Failed && self.pipeline.on_stage_failure == OnStageFailure::Terminate {
+            self.stop_open_jobs = true;
+        }
+        self.status = status;
+        self.reason = reason;
+        self.ended_at = Some(now_ms);
+        let unstarted = if status == RunStatus::Cancelled { StageStatus::Cancelled } else { StageStatus::Skipped };
+        for stage_run in self.stages.values_mut() {
+            match stage_run.status {
+                StageStatus::Pending => stage_run.status = unstarted,
+                // Planned but never submitted: nothing to stop.
+                StageStatus::Submitting => {
+                    stage_run.status = unstarted;
+                    if let Some(attempt) = stage_run.attempts.last_mut() {
+                        attempt.status = unstarted;
+                    }
+                }
+                _ => {}
+            }
+        }
+        if status == RunStatus::Failed {
+            if let Some(stage) = &self.pipeline.on_failure {
+                // A redriven run that fails again runs it again, as its next attempt.
+                let failure = self.on_failure.get_or_insert_with(|| StageRun::new(StageStatus::Pending, vec![]));
+                let number = failure.attempts.len() as u32 + 1;
+                failure.attempts.push(Attempt::planned(&self.run_id, ON_FAILURE, number, stage.size));
+                failure.status = StageStatus::Submitting;
+            }
+        }
+    }
+}

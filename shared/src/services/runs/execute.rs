@@ -1,0 +1,235 @@
+//! Carrying out a run's effects: each kind of effect is done in one place here.
+//!
+//! [`RunDriver::execute`] takes the effects of one step in order. A submission's outcome
+//! (made, refused for good, or withdrawn meanwhile) goes back into the run model as one
+//! more input, written at once; that step's effects replace the rest of the list, which
+//! could only be what the older state owed (see `model::run::effects`).
+
+use std::collections::VecDeque;
+
+use tracing::{info, warn};
+
+use super::jobs::{never_submittable, stage_job};
+use super::RunDriver;
+use crate::model::pipeline::attempt_key;
+use crate::model::run::{Attempt, CompletionClaim, Effect, JobRef, Resume, Run, Submitted, Unsubmittable};
+use crate::services::announce::{completion_detail, outcome_metrics};
+use crate::services::clock::{retry_pause, ANSWER_MARGIN_MS};
+use crate::services::submitter::{abandoned, Submitter, TAKEOVER_MARGIN_MS};
+use crate::store::{ClaimState, SubmissionClaim, VersionedRun};
+use crate::Error;
+
+/// What executing effects did that a caller reports: the jobs its stops terminated.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Executed {
+    pub stopped: Vec<String>,
+}
+
+impl RunDriver<'_> {
+    /// Carries out `effects` in order, starting from `record`; returns the record as it
+    /// stands afterwards. The first error ends the list: what was owed is owed again at
+    /// the next input (the event's redelivery, the sweep).
+    pub(crate) async fn execute(
+        &self,
+        mut record: VersionedRun,
+        effects: Vec<Effect>,
+        now_ms: i64,
+        done: &mut Executed,
+    ) -> Result<VersionedRun, Error> {
+        let mut queue = VecDeque::from(effects);
+        while let Some(effect) = queue.pop_front() {
+            match effect {
+                Effect::Submit { stage, attempt } => {
+                    let (after, next) = self.submit(record, &stage, &attempt, now_ms).await?;
+                    record = after;
+                    queue = next.into();
+                }
+                Effect::Stop { stage, job, reason } => {
+                    if let Some(job_id) = self.stop(&record.run, &stage, &job, &reason).await? {
+                        done.stopped.push(job_id);
+                    }
+                }
+                Effect::RecordJob { stage, attempt, job_id } => {
+                    let key = attempt_key(&record.run.run_id, &stage, attempt);
+                    self.claims.record_claim_job(&key, &job_id, None).await?;
+                }
+                Effect::Withdraw { stage, attempt } => self.withdraw(&record.run, &stage, &attempt).await?,
+                Effect::Announce => record = self.announce_once(record, now_ms).await?,
+                Effect::Publish(metrics) => self.announcer.run_metrics(&record.run.pipeline.name, &metrics).await,
+            }
+        }
+        Ok(record)
+    }
+
+    /// Submits a planned attempt (exactly once, by its key) and puts the outcome to the run:
+    /// returns the record after that write and the effects of its step.
+    async fn submit(
+        &self,
+        record: VersionedRun,
+        stage: &str,
+        attempt: &Attempt,
+        now_ms: i64,
+    ) -> Result<(VersionedRun, Vec<Effect>), Error> {
+        let submitter = Submitter { batch: self.batch, claims: self.claims, clock: self.clock, holder: self.holder };
+        let config = self.configs.get().await?;
+        let submitted = match stage_job(&config, &record.run, stage, attempt) {
+            Ok(request) => submitter.submit(&request).await.map_err(Error::from),
+            Err(err) => Err(err),
+        };
+        let run_id = record.run.run_id.clone();
+        let (number, size) = (attempt.number, attempt.size);
+        let written = match submitted {
+            Ok(job) => {
+                info!(run_id, stage, attempt = number, job_id = %job.job_id, %size, "stage submitted");
+                let input = Submitted { stage, attempt: number, job_id: &job.job_id, job_name: &job.job_name };
+                self.write(record.clone(), &input, now_ms).await?.map(|(after, step)| (after, step.effects))
+            }
+            Err(Error::Withdrawn(key)) => {
+                // Our read is stale: the run gave this attempt up meanwhile. Go on from the
+                // run as it is now.
+                info!(run_id, key, "the run withdrew the attempt; reading it again");
+                let fresh = self.runs.load_run(&run_id).await?.ok_or(Error::Contention("a vanished run".into()))?;
+                self.write(fresh, &Resume, now_ms).await?.map(|(after, step)| (after, step.effects))
+            }
+            Err(err) if never_submittable(&err) => {
+                warn!(run_id, stage, attempt = number, error = %err, "stage can never be submitted; the run fails");
+                let reason = err.to_string();
+                let input = Unsubmittable { stage, attempt: number, reason: &reason };
+                self.write(record.clone(), &input, now_ms).await?.map(|(after, step)| (after, step.effects))
+            }
+            Err(err) => return Err(err),
+        };
+        // A vanished run has nothing more to do.
+        Ok(written.unwrap_or((record, vec![])))
+    }
+
+    /// Terminates a job of the run (found by its name in its stage's queue when the run
+    /// never recorded its id); returns its id, or `None` when no such job exists.
+    async fn stop(&self, run: &Run, stage: &str, job: &JobRef, reason: &str) -> Result<Option<String>, Error> {
+        let job_id = match job {
+            JobRef::Id(job_id) => job_id.clone(),
+            JobRef::Name(name) => {
+                let Some(queue) = self.stage_queue(run, stage).await? else { return Ok(None) };
+                let Some(job_id) = self.batch.find_job(&queue, name).await? else { return Ok(None) };
+                job_id
+            }
+        };
+        info!(run_id = %run.run_id, stage, job_id, reason, "stopping a job of the run");
+        self.batch.terminate_job(&job_id, reason).await?;
+        Ok(Some(job_id))
+    }
+
+    /// Settles the submission claim of an attempt the ended run gave up before a job was
+    /// recorded, before it is announced: afterwards no claim of the run is left PENDING and
+    /// no late holder (a handler still driving from a read taken before the run ended) can
+    /// submit one.
+    /// - nobody claimed it: the claim is written WITHDRAWN, so nobody ever will;
+    /// - its job exists (recorded on the claim, or found by its name): the job is recorded
+    ///   and stopped (again, if its submitter stopped it already — harmless);
+    /// - PENDING without a job: withdrawn once its holder cannot be running any more; until
+    ///   then the run waits ([`Error::InFlight`]) and the retry of this work (the event's
+    ///   redelivery, the sweep) settles it. Nobody takes over a live holder's claim.
+    async fn withdraw(&self, run: &Run, stage: &str, attempt: &Attempt) -> Result<(), Error> {
+        let key = attempt_key(&run.run_id, stage, attempt.number);
+        let Some(job_name) = attempt.job_name.clone() else { return Ok(()) };
+        let queue = self.stage_queue(run, stage).await?;
+        let tombstone = SubmissionClaim {
+            idempotency_key: key.clone(),
+            job_name: job_name.clone(),
+            queue: queue.clone().unwrap_or_default(),
+            fingerprint: None,
+            state: ClaimState::Withdrawn,
+            job_id: None,
+            claimed_at: self.clock.now_ms(),
+            holder: Some(self.holder.clone()),
+        };
+        if self.claims.create_claim(&tombstone).await? {
+            return Ok(());
+        }
+        let Some(claim) = self.claims.claim(&key).await? else { return Ok(()) };
+        let job_id = match (claim.state, claim.job_id.clone()) {
+            (ClaimState::Withdrawn, _) => return Ok(()),
+            (_, Some(job_id)) => job_id,
+            (_, None) => {
+                let found = match &queue {
+                    Some(queue) => self.batch.find_job(queue, &job_name).await?,
+                    None => None,
+                };
+                let Some(job_id) = found else {
+                    if abandoned(&claim, self.clock.now_ms())
+                        && self.claims.withdraw_claim(&key, claim.claimed_at).await?
+                    {
+                        info!(run_id = %run.run_id, stage, key, "withdrew the claim of an attempt the run gave up");
+                        return Ok(());
+                    }
+                    return Err(Error::InFlight(format!("the submission of {key:?}")));
+                };
+                self.claims.record_claim_job(&key, &job_id, None).await?;
+                job_id
+            }
+        };
+        info!(run_id = %run.run_id, stage, job_id, "stopping the job of an attempt the run gave up");
+        let reason = format!("Batchline run {} ended before the job was recorded", run.run_id);
+        self.batch.terminate_job(&job_id, &reason).await
+    }
+
+    /// The ARN of the queue a stage of the run submits to, if it is still configured.
+    async fn stage_queue(&self, run: &Run, stage: &str) -> Result<Option<String>, Error> {
+        let Some(declared) = run.stage(stage) else { return Ok(None) };
+        let config = self.configs.get().await?;
+        Ok(config.job_queues.get(&declared.queue).map(|queue| queue.arn.clone()))
+    }
+
+    /// Sends the run's completion (event and metrics) if this invocation wins the claim
+    /// on it ([`Run::claim_completion`]): the claim is written first, conditionally on the
+    /// version read, so two drivers never both send it; a claim whose holder has passed its
+    /// deadline (plus the take-over margin) may be taken, so a crash before sending loses
+    /// nothing. Only a crash, or a lost reply, between sending and recording it sent can
+    /// send it twice.
+    async fn announce_once(&self, record: VersionedRun, now_ms: i64) -> Result<VersionedRun, Error> {
+        let me = CompletionClaim { token: self.holder.token.clone(), deadline_ms: self.holder.deadline_ms };
+        let now = self.clock.now_ms();
+        let claimed = self.update(record, |run| (run.claim_completion(&me, now, TAKEOVER_MARGIN_MS), ())).await?;
+        let Some((record, ())) = claimed else { return Err(Error::Contention("a vanished run".into())) };
+        if record.run.completion_sent {
+            return Ok(record);
+        }
+        if record.run.completion_claim.as_ref().is_some_and(|claim| claim.token != me.token) {
+            // Another invocation is announcing it; if it fails, the retry of this work
+            // (the event's redelivery, the sweep) takes over once its deadline has passed.
+            return Err(Error::InFlight(format!("the announcement of run {}", record.run.run_id)));
+        }
+        if let Err(err) = self.announce(&record.run, now_ms).await {
+            // Give the claim back, so the retry need not wait out this invocation's deadline.
+            let _ = self.update(record, |run| (run.release_completion(&me.token), ())).await;
+            return Err(err);
+        }
+        self.record_announced(record).await
+    }
+
+    /// Records that the completion went out, trying again while there is time: an
+    /// unrecorded announcement is sent again once this invocation's claim expires.
+    async fn record_announced(&self, record: VersionedRun) -> Result<VersionedRun, Error> {
+        let mut attempt: u32 = 0;
+        loop {
+            match self.update(record.clone(), |run| (run.mark_completion_sent(), ())).await {
+                Ok(sent) => return Ok(sent.map_or(record, |(sent, ())| sent)),
+                Err(err) if self.clock.now_ms() < self.holder.deadline_ms - ANSWER_MARGIN_MS => {
+                    warn!(run_id = %record.run.run_id, error = %err, attempt, "recording the completion as sent failed; trying again");
+                    tokio::time::sleep(retry_pause(attempt)).await;
+                    attempt += 1;
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    /// Sends "Batchline Run Completed" and the run's metrics.
+    async fn announce(&self, run: &Run, now_ms: i64) -> Result<(), Error> {
+        let cost = run.cost(&self.configs.pricing(self.prices).await);
+        self.announcer.completion(&completion_detail(run, now_ms, &cost), &run.run_id).await?;
+        info!(run_id = %run.run_id, outcome = run.status.as_str(), duration_ms = run.duration_ms(now_ms), cost_usd = cost.usd, "run completed");
+        self.announcer.run_metrics(&run.pipeline.name, &outcome_metrics(run, now_ms, &cost)).await;
+        Ok(())
+    }
+}
