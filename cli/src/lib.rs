@@ -87,10 +87,13 @@ pub struct SubmitArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum JobsCommand {
-    /// The stack's jobs of the last 24 hours (or in one status), newest first.
+    /// The stack's jobs of the last 24 hours (or in one status), a page at a time.
     List {
         #[arg(long)]
         status: Option<String>,
+        /// Where to go on from: the cursor a previous page printed.
+        #[arg(long)]
+        next: Option<String>,
     },
     Show {
         job_id: String,
@@ -182,11 +185,12 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
             let job_id = render::text(&submitted["jobId"]);
             wait_for_job(&api, &job_id, cli.output).await
         }
-        Command::Jobs(JobsCommand::List { status }) => {
-            let path = match status {
-                Some(status) => format!("/jobs?status={}", encode(&status)),
-                None => "/jobs".to_owned(),
-            };
+        Command::Jobs(JobsCommand::List { status, next }) => {
+            let query: Vec<String> = [("status", status), ("next", next)]
+                .into_iter()
+                .filter_map(|(name, value)| Some(format!("{name}={}", encode(&value?))))
+                .collect();
+            let path = if query.is_empty() { "/jobs".to_owned() } else { format!("/jobs?{}", query.join("&")) };
             show(&api.get(&path).await?, render::jobs);
             Ok(0)
         }

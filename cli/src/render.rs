@@ -111,7 +111,11 @@ pub fn jobs(list: &Value) -> String {
             ]
         })
         .collect();
-    table(&["JOB", "NAME", "STATUS", "QUEUE", "CREATED"], &rows)
+    let mut out = table(&["JOB", "NAME", "STATUS", "QUEUE", "CREATED"], &rows);
+    if let Some(next) = list["next"].as_str() {
+        out.push_str(&format!("more: batchline jobs list --next {next}\n"));
+    }
+    out
 }
 
 /// `GET /runs`.

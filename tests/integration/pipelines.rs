@@ -386,16 +386,18 @@ async fn cancel_terminates_the_jobs_and_late_events_change_nothing() {
     let described = batch.describe_jobs().jobs(&a_job).send().await.unwrap();
     assert_eq!(described.jobs()[0].status().unwrap().as_str(), "FAILED", "terminated in Batch");
 
-    // a's SUCCEEDED arrives late: nothing changes, nothing is submitted
+    // a's SUCCEEDED arrives late: a ended before its stop reached it, which is recorded (and
+    // its time counted); nothing is submitted and the run stays CANCELLED
     h.deliver(&events_of(&a, |c| c.status == "SUCCEEDED")).await;
     let run = h.run(&run_id).await;
     assert_eq!(run["status"], "CANCELLED");
+    assert_eq!(run["stages"]["a"]["status"], "SUCCEEDED");
     assert_eq!(run["stages"]["b"]["status"], "CANCELLED");
     assert_eq!(h.job_names().await.len(), 1);
-    // a retried cancel finishes what the first began (here: nothing left but to stop a again)
+    // a retried cancel finishes what the first began: here every job has ended already
     let (status, body) = h.api("DELETE", &format!("/runs/{run_id}"), Value::Null).await;
     assert_eq!((status, body["status"].as_str()), (202, Some("CANCELLED")), "{body}");
-    assert_eq!(body["terminatedJobs"], json!([a_job]));
+    assert_eq!(body["terminatedJobs"], json!([]));
     assert!(run["onFailure"].is_null(), "a cancel is not a failure");
 }
 
@@ -677,6 +679,10 @@ async fn without_an_idempotency_key_every_start_is_a_new_run_even_after_a_cancel
         (202, Some(keyed.as_str()), Some("CANCELLED"))
     );
     assert_eq!(again["duplicate"], true);
+    // the same key with another body is another request: refused, as for POST /jobs
+    let other = json!({"parameters": {"day": "2025-11-27"}});
+    let (status, refused) = h.api_keyed("POST", "/pipelines/diamond/runs", other, Some("k-1")).await;
+    assert_eq!((status, refused["error"]["code"].as_str()), (409, Some("IdempotencyConflict")), "{refused}");
 }
 
 #[tokio::test]

@@ -662,3 +662,48 @@ async fn a_size_its_queue_can_never_run_is_refused_before_anything_is_submitted(
     assert_eq!(post(json!({"vcpu": "2", "memory": "4096"})).await["statusCode"], 202);
     assert_eq!(env.jobs_in("default").await.len(), 1);
 }
+
+#[tokio::test]
+async fn listing_jobs_reads_a_bounded_number_of_pages_and_goes_on_from_its_cursor() {
+    // GIVEN a queue Batch lists 10 jobs a page for, with 50 pages (mocked: the emulator
+    // answers ListJobs in one page)
+    let env = Deployed::new("submit-pages", triggers()).await;
+    let summary = |i: usize| {
+        aws_sdk_batch::types::JobSummary::builder()
+            .job_id(format!("job-{i}"))
+            .job_name(format!("n-{i}"))
+            .created_at(i as i64)
+            .build()
+    };
+    let page = move |n: usize| {
+        let output = aws_sdk_batch::operation::list_jobs::ListJobsOutput::builder()
+            .set_job_summary_list(Some((n * 10..n * 10 + 10).map(summary).collect()));
+        if n < 49 {
+            output.next_token(format!("page-{}", n + 1)).build()
+        } else {
+            output.build()
+        }
+    };
+    let mut pages = mock!(aws_sdk_batch::Client::list_jobs).sequence();
+    for n in 0..50 {
+        pages = pages.output(move || page(n));
+    }
+    let rule = pages.build();
+    let batch = mock_client!(aws_sdk_batch, RuleMode::Sequential, [&rule]);
+    let mut stack = env.stack.clone();
+    stack.job_queues.retain(|key, _| key == "default");
+    // WHEN the jobs are listed
+    let from = batchline_submit::overview::Position::default();
+    let first = batchline_submit::overview::list_jobs(&batch, &stack, None, from, 0).await.unwrap();
+    // THEN three pages were read, not fifty, and the answer says where to go on
+    assert_eq!(rule.num_calls(), 3);
+    assert_eq!(first["jobs"].as_array().unwrap().len(), 30);
+    assert_eq!(first["jobs"][0]["jobId"], "job-29", "newest first");
+    let next = first["next"].as_str().expect("a cursor");
+    // AND the cursor goes on from the fourth page
+    let from = batchline_submit::overview::read_cursor(next, &stack).unwrap();
+    assert_eq!(from.token.as_deref(), Some("page-3"));
+    let second = batchline_submit::overview::list_jobs(&batch, &stack, None, from, 0).await.unwrap();
+    assert_eq!(second["jobs"][0]["jobId"], "job-59");
+    assert!(batchline_submit::overview::read_cursor("not-a-cursor", &stack).is_err());
+}

@@ -191,6 +191,9 @@ pub struct Player {
     held: HashMap<String, bool>,
     /// Per queue (ARN), its compute environments in order: type and ECS cluster name.
     clusters: HashMap<String, Vec<(String, String)>>,
+    /// Per job definition (ARN), the tags Batch propagates to its jobs (none without
+    /// `propagateTags`): moto does not, so the player adds them to the events, as Batch does.
+    definition_tags: HashMap<String, HashMap<String, String>>,
 }
 
 /// What the player remembers of a job it played, for jobs that depend on it.
@@ -209,6 +212,7 @@ impl Player {
             played: HashMap::new(),
             held: HashMap::new(),
             clusters: HashMap::new(),
+            definition_tags: HashMap::new(),
         }
     }
 
@@ -247,6 +251,12 @@ impl Player {
                 self.clusters.insert(queue.to_owned(), clusters);
             }
         }
+        for definition in jobs.iter().filter_map(|job| job.job_definition()) {
+            if !self.definition_tags.contains_key(definition) {
+                let tags = self.propagated_tags(definition).await?;
+                self.definition_tags.insert(definition.to_owned(), tags);
+            }
+        }
 
         let mut changes = Vec::new();
         for job in &jobs {
@@ -254,6 +264,19 @@ impl Player {
         }
         changes.sort_by(|a, b| a.at_millis.cmp(&b.at_millis).then(status_rank(a.status).cmp(&status_rank(b.status))));
         Ok(changes)
+    }
+
+    /// The tags a job definition (ARN) gives its jobs: its own, when it propagates them.
+    async fn propagated_tags(&self, definition: &str) -> Result<HashMap<String, String>, Error> {
+        let reply = self
+            .batch
+            .describe_job_definitions()
+            .job_definitions(definition)
+            .send()
+            .await
+            .map_err(|e| Error::aws("DescribeJobDefinitions", e))?;
+        let found = reply.job_definitions().first().filter(|d| d.propagate_tags() == Some(true));
+        Ok(found.and_then(|d| d.tags()).cloned().unwrap_or_default())
     }
 
     /// Ids of every job in the queue, whatever its status. `AFTER_CREATED_AT` lists jobs in
@@ -364,7 +387,13 @@ impl Player {
     fn play_job(&mut self, job: &JobDetail) -> Result<Vec<StateChange>, Error> {
         let id = job.job_id().unwrap_or_default().to_owned();
         let mut script = self.script_for(job)?;
-        let base = JobFacts::from_detail(job, &self.region, self.cluster_for(job, &script));
+        let mut base = JobFacts::from_detail(job, &self.region, self.cluster_for(job, &script));
+        // The tags Batch adds to a job's events: its definition's, and the job's own ARN.
+        let propagated = job.job_definition().and_then(|d| self.definition_tags.get(d)).into_iter().flatten();
+        for (key, value) in propagated {
+            base.tags.entry(key.clone()).or_insert_with(|| json!(value));
+        }
+        base.tags.insert("resourceArn".into(), json!(base.job_arn));
         let created_at = base.created_at;
 
         // A job held (see `hold`) becomes RUNNABLE and goes no further; it is announced

@@ -52,6 +52,8 @@ const CLAIM_CONCURRENCY: usize = 16;
 /// may submit stages, and a submission with throttling backoff takes seconds. What is
 /// left is reported as batch item failures and redelivered.
 pub const RUN_WORK_MARGIN_MS: i64 = 30_000;
+/// The stuck-job watch gets at most 1/this of a sweep invocation's time; the sweep keeps the rest.
+pub const STUCK_WATCH_SHARE: i64 = 4;
 
 /// The AWS adapters and clients, built once per container.
 pub struct Clients {
@@ -98,10 +100,12 @@ pub async fn handle(event: LambdaEvent<Payload>, clients: &Clients, config: &Con
     };
     if payload.get("detail-type").and_then(Value::as_str) == Some("Scheduled Event") {
         let _schedule: EventBridgeEvent<Value> = batchline::typed_payload(payload, "a Scheduled Event it cannot read")?;
-        // Queues first: a few calls, and independent of the runs (which may take the
-        // invocation's whole budget).
+        // Queues first, within a quarter of the invocation's time: the sweep of the runs
+        // (which repairs what events lost) keeps the rest.
+        let now = batchline::now_ms();
+        let watch_until = now + (holder.deadline_ms - now).max(0) / STUCK_WATCH_SHARE;
         let queues = match clients.ports.configs.get().await {
-            Ok(stack) => clients.ports.stuck_watch().watch(&stack).await,
+            Ok(stack) => clients.ports.stuck_watch().watch(&stack, watch_until).await,
             Err(err) => {
                 warn!(error = %err, "no configuration to watch queues by");
                 vec![]

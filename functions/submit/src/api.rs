@@ -159,6 +159,21 @@ pub const ROUTES: [(&str, &str); 10] = [
     ("POST", "/runs/{id}/redrive"),
 ];
 
+/// The longest run or job id the API looks up. Batchline's run ids are a pipeline name and
+/// 16 hex digits, Batch's job ids 36 characters; a longer one names nothing, and past
+/// DynamoDB's 2,048-byte key (or Batch's limits) its lookup would fail rather than find
+/// nothing.
+pub const MAX_ID_CHARS: usize = 256;
+
+/// An id from a route's path, or a 404 naming the limit when it is too long to be one.
+fn path_id(kind: &str, id: &str) -> Result<String, ApiError> {
+    if id.chars().count() <= MAX_ID_CHARS {
+        return Ok(id.to_owned());
+    }
+    let start: String = id.chars().take(32).collect();
+    Err(ApiError::not_found(format!("no {kind} {start}…: {kind} ids are at most {MAX_ID_CHARS} characters")))
+}
+
 pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
     let parts: Vec<&str> = path.trim_matches('/').split('/').filter(|p| !p.is_empty()).collect();
     let allowed = |methods: &str| {
@@ -170,17 +185,17 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
         (["jobs"], _) => Err(allowed("GET, POST")),
         (["status"], "GET") => Ok(Route::Status),
         (["status"], _) => Err(allowed("GET")),
-        (["jobs", id], "GET") => Ok(Route::GetJob(id.to_string())),
-        (["jobs", id], "DELETE") => Ok(Route::CancelJob(id.to_string())),
+        (["jobs", id], "GET") => Ok(Route::GetJob(path_id("job", id)?)),
+        (["jobs", id], "DELETE") => Ok(Route::CancelJob(path_id("job", id)?)),
         (["jobs", _], _) => Err(allowed("GET, DELETE")),
         (["pipelines", name, "runs"], "POST") => Ok(Route::StartRun(name.to_string())),
         (["pipelines", _, "runs"], _) => Err(allowed("POST")),
         (["runs"], "GET") => Ok(Route::ListRuns),
         (["runs"], _) => Err(allowed("GET")),
-        (["runs", id], "GET") => Ok(Route::GetRun(id.to_string())),
-        (["runs", id], "DELETE") => Ok(Route::CancelRun(id.to_string())),
+        (["runs", id], "GET") => Ok(Route::GetRun(path_id("run", id)?)),
+        (["runs", id], "DELETE") => Ok(Route::CancelRun(path_id("run", id)?)),
         (["runs", _], _) => Err(allowed("GET, DELETE")),
-        (["runs", id, "redrive"], "POST") => Ok(Route::RedriveRun(id.to_string())),
+        (["runs", id, "redrive"], "POST") => Ok(Route::RedriveRun(path_id("run", id)?)),
         (["runs", _, "redrive"], _) => Err(allowed("POST")),
         _ => Err(ApiError::not_found(format!("no route {method} {path}"))),
     }
@@ -400,9 +415,7 @@ pub fn parse_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiErr
     })
 }
 
-/// How long an `Idempotency-Key` is honoured: a retry within it gets the first answer
-/// back; after it, the same key starts new work.
-pub const KEY_WINDOW_MS: i64 = 24 * 3600 * 1000;
+pub use batchline::model::job_request::KEY_WINDOW_MS;
 
 /// The idempotency key of an API request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -653,6 +666,21 @@ mod tests {
         assert_eq!(route("GET", "/runs/r1/redrive").unwrap_err().status, 405);
         assert_eq!(route("GET", "/jobs"), Ok(Route::ListJobs));
         assert_eq!(route("GET", "/status"), Ok(Route::Status));
+        // an id longer than any run or job id is a 404 naming the limit, before any lookup
+        let long = "r".repeat(3_000);
+        for (method, path) in [
+            ("GET", format!("/runs/{long}")),
+            ("DELETE", format!("/runs/{long}")),
+            ("POST", format!("/runs/{long}/redrive")),
+            ("GET", format!("/jobs/{long}")),
+            ("DELETE", format!("/jobs/{long}")),
+        ] {
+            let refused = route(method, &path).unwrap_err();
+            assert_eq!(refused.status, 404, "{method} {path}");
+            assert!(refused.message.contains("ids are at most 256 characters"), "{}", refused.message);
+            assert!(refused.message.len() < 200, "the id is not echoed whole");
+        }
+        assert_eq!(route("GET", &format!("/runs/{}", "r".repeat(256))), Ok(Route::GetRun("r".repeat(256))));
         assert_eq!(route("PUT", "/jobs").unwrap_err().status, 405);
         assert_eq!(route("GET", "/nothing").unwrap_err().status, 404);
     }

@@ -279,8 +279,12 @@ async fn serve(
             let mut view = api::job_view(&job, &clients.region);
             // What it cost, each Batch attempt priced by the capacity it ran on.
             let pricing = Pricing::of(&stack, &clients.ports.prices);
-            let cost = batchline::services::batch::event_from_job(&job)?.detail;
-            view["cost"] = json!(pricing.price_job(&cost));
+            let detail = batchline::services::batch::event_from_job(&job)?.detail;
+            view["cost"] = json!(pricing.price_job(&detail));
+            if detail.is_array_parent() {
+                view["costNote"] =
+                    json!("an array job's cost is its children's: each child (GET /jobs/{id}:{index}) shows its own");
+            }
             // A single job resized after running out of memory names the job that followed
             // it (and a resized one the job it began as).
             let tag = |name: &str| job.tags().and_then(|t| t.get(name)).cloned();
@@ -332,7 +336,18 @@ async fn serve(
                     problems.into_iter().map(|(stage, problem)| (Some(format!("stage {stage}")), problem)).collect(),
                 )
             })?;
-            let (run, new) = clients.ports.driver(holder).start(&name, "api", &key, input, batchline::now_ms()).await?;
+            let (run, new) =
+                clients.ports.driver(holder).start(&name, "api", &key, input.clone(), batchline::now_ms()).await?;
+            if !new && run.input != input {
+                // The key's first request started the run: a different body under it is
+                // another request, refused as for `POST /jobs`.
+                return Err(ApiError::new(
+                    409,
+                    "IdempotencyConflict",
+                    "this Idempotency-Key was used for a different request",
+                )
+                .into());
+            }
             Ok(api::response(
                 202,
                 &json!({"runId": run.run_id, "pipeline": name, "status": run.status, "duplicate": !new}),
@@ -383,7 +398,9 @@ async fn serve(
         }
         Route::ListJobs => {
             let status = request.query.get("status").map(|s| overview::parse_status(s)).transpose()?;
-            let jobs = overview::list_jobs(&clients.batch, &stack, status.as_ref(), batchline::now_ms()).await?;
+            let from = request.query.get("next").map(|next| overview::read_cursor(next, &stack)).transpose()?;
+            let from = from.unwrap_or_default();
+            let jobs = overview::list_jobs(&clients.batch, &stack, status.as_ref(), from, batchline::now_ms()).await?;
             Ok(api::response(200, &jobs))
         }
         Route::Status => {
@@ -422,6 +439,9 @@ async fn serve(
                 RedriveOutcome::NoSuchRun => Err(ApiError::not_found(format!("no run {id}")).into()),
                 RedriveOutcome::Refused(refused @ RedriveRefused::Succeeded(_)) => {
                     Err(ApiError::new(409, "RunSucceeded", refused.to_string()).into())
+                }
+                RedriveOutcome::Refused(refused @ RedriveRefused::KeyReused(_)) => {
+                    Err(ApiError::new(409, "IdempotencyConflict", refused.to_string()).into())
                 }
                 RedriveOutcome::Refused(refused) => Err(ApiError::new(409, "RunNotEnded", refused.to_string()).into()),
                 RedriveOutcome::Redriven { run, redriven } => Ok(api::response(

@@ -111,6 +111,18 @@ pub struct JobDetail {
     pub array_properties: Option<ArrayProperties>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub platform_capabilities: Option<Vec<String>>,
+    /// The jobs it waits for (Batch's `dependsOn`); it becomes RUNNABLE once they end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub depends_on: Option<Vec<JobDependency>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobDependency {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -219,8 +219,14 @@ impl Pricing {
         cost
     }
 
-    /// The price of a job as its event or description reports it; `None` without a size.
+    /// The price of a job as its event or description reports it; `None` without a size,
+    /// and for an array job's parent: its children ran the tasks (each priced by its own
+    /// event or description), and the parent's own start and stop span them all, so
+    /// pricing it as one task would be wrong by about the array's size.
     pub fn price_job(&self, detail: &JobDetail) -> Option<Cost> {
+        if detail.is_array_parent() {
+            return None;
+        }
         Some(self.price(detail.size()?, detail.cpu_architecture(), &billed_tasks(detail)))
     }
 
@@ -257,6 +263,22 @@ mod tests {
 
     fn task(cluster: Option<&str>, seconds: i64) -> BilledTask {
         BilledTask { cluster: cluster.map(str::to_owned), started_at: 1_000, stopped_at: 1_000 + seconds * 1000 }
+    }
+
+    #[test]
+    fn an_array_parent_is_not_priced_as_one_task_its_children_are() {
+        let job = |array: serde_json::Value| {
+            let value = serde_json::json!({"id": "e", "detail-type": "Batch Job State Change", "source": "aws.batch",
+                "detail": {"jobId": "p", "status": "SUCCEEDED", "startedAt": 0, "stoppedAt": 3_600_000,
+                           "arrayProperties": array,
+                           "container": {"resourceRequirements": [{"type": "VCPU", "value": "1"}, {"type": "MEMORY", "value": "2048"}]}}});
+            crate::model::batch_event::JobStateChangeEvent::from_value(value).unwrap().detail
+        };
+        let pricing = pricing();
+        // a 1,000-child array's parent spans an hour: not one task for an hour
+        assert_eq!(pricing.price_job(&job(serde_json::json!({"size": 1000}))), None);
+        let child = pricing.price_job(&job(serde_json::json!({"index": 7}))).unwrap();
+        assert!(child.usd > 0.0);
     }
 
     #[test]

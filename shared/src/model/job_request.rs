@@ -20,6 +20,9 @@ pub const MAX_TAG_VALUE: usize = 256;
 pub const MAX_SUBMIT_BYTES: usize = 30 * 1024;
 /// Array jobs have 2 to 10,000 children.
 pub const ARRAY_SIZES: std::ops::RangeInclusive<u32> = 2..=10_000;
+/// How long an idempotency key is honoured (for every mutating API route): a retry within
+/// it gets the first answer back; after it, the same key starts new work.
+pub const KEY_WINDOW_MS: i64 = 24 * 3600 * 1000;
 /// A job may depend on at most 20 others.
 pub const MAX_DEPENDENCIES: usize = 20;
 
@@ -27,6 +30,14 @@ pub const RUN_TAG: &str = "batchline:run";
 pub const PIPELINE_TAG: &str = "batchline:pipeline";
 pub const STAGE_TAG: &str = "batchline:stage";
 pub const TRIGGER_TAG: &str = "batchline:trigger";
+/// The tags of every job definition bootstrap registers: a hash of its spec and the stack.
+pub const SPEC_TAG: &str = "batchline:spec";
+pub const STACK_TAG: &str = "batchline:stack";
+/// Tags a job gets beside its own: its job definition's (bootstrap registers every one with
+/// `propagateTags`, so Batch copies them to each job and counts them in its 50).
+pub const DEFINITION_TAGS: [&str; 2] = [SPEC_TAG, STACK_TAG];
+/// The tag Batch adds to a job's state-change events: the job's own ARN. Not a tag to copy.
+pub const RESOURCE_ARN_TAG: &str = "resourceArn";
 /// Tags under this prefix are Batchline's; callers may not set them.
 pub const RESERVED_TAG_PREFIX: &str = "batchline:";
 
@@ -114,11 +125,12 @@ pub fn user_tag_problems(tags: &BTreeMap<String, String>, ours: usize) -> Vec<Re
         };
         problems.push(RequestError::Invalid(problem));
     }
-    if tags.len() + ours > MAX_TAGS {
-        let count = tags.len();
+    let besides = ours + DEFINITION_TAGS.len();
+    if tags.len() + besides > MAX_TAGS {
+        let (count, definition) = (tags.len(), DEFINITION_TAGS.len());
         problems.push(RequestError::Invalid(format!(
-            "{count} tags: at most {} besides Batchline's {ours}",
-            MAX_TAGS - ours
+            "{count} tags: at most {} besides Batchline's {ours} and its job definition's {definition} (Batch fails a job with more than {MAX_TAGS})",
+            MAX_TAGS.saturating_sub(besides)
         )));
     }
     problems
@@ -133,6 +145,14 @@ impl JobRequest {
             if !ARRAY_SIZES.contains(&size) {
                 problems.push(RequestError::Invalid(format!("arraySize {size}: array jobs have 2 to 10000 children")));
             }
+        }
+        if self.tags.len() + DEFINITION_TAGS.len() > MAX_TAGS {
+            let count = self.tags.len();
+            let why = format!(
+                "{count} tags: with its job definition's {} a job has more than {MAX_TAGS}",
+                DEFINITION_TAGS.len()
+            );
+            problems.push(RequestError::Invalid(why));
         }
         if self.depends_on.len() > MAX_DEPENDENCIES {
             problems.push(RequestError::Invalid(format!("dependsOn: at most {MAX_DEPENDENCIES} jobs")));
@@ -193,8 +213,11 @@ mod tests {
         let said: Vec<String> = problems.iter().map(ToString::to_string).collect();
         assert_eq!(said.len(), 3, "every problem at once: {said:?}");
         assert!(said[1].contains("Batchline's own"), "{said:?}");
-        let many: BTreeMap<String, String> = (0..47).map(|i| (format!("t{i}"), String::new())).collect();
-        assert!(user_tag_problems(&many, 4)[0].to_string().contains("at most 46"));
+        // Batch counts the job definition's propagated tags too: 4 + 2 of 50 are taken
+        let many: BTreeMap<String, String> = (0..45).map(|i| (format!("t{i}"), String::new())).collect();
+        assert!(user_tag_problems(&many, 4)[0].to_string().contains("at most 44"));
+        let fitting: BTreeMap<String, String> = (0..44).map(|i| (format!("t{i}"), String::new())).collect();
+        assert!(user_tag_problems(&fitting, 4).is_empty());
     }
 
     #[test]

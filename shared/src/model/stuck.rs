@@ -1,10 +1,11 @@
 //! Stuck jobs, decided: whether a job waiting in RUNNABLE is past its queue's limit, why it cannot start where that can be known, and whether the sweep cancels it.
 //!
-//! A job is *stuck* when it has waited in its queue longer than the queue's
-//! `StuckAfterSeconds`. The wait is counted from the job's `createdAt`: Batch reports no
-//! "RUNNABLE since", and Batchline submits no job with Batch `dependsOn` (its stages are
-//! submitted once their inputs exist), so for its jobs the two differ by the seconds
-//! SUBMITTED → RUNNABLE takes. A stuck job is not always a broken one: a deep backlog on a
+//! A job is *stuck* when it has waited in RUNNABLE longer than the queue's
+//! `StuckAfterSeconds`. Batch reports no "RUNNABLE since", so the wait is counted from
+//! [`runnable_since`]: a job's `createdAt` (SUBMITTED → RUNNABLE takes seconds), or, for a
+//! job with `dependsOn` (which Batch keeps PENDING until its dependencies end), the latest
+//! `stoppedAt` among its dependencies — a job that waited hours for its dependency is not
+//! stuck the moment it becomes RUNNABLE. A stuck job is not always a broken one: a deep backlog on a
 //! busy queue waits too. So a *diagnosis* names a cause that waiting cannot cure, read from
 //! the queue's and its compute environments' live state, in this order:
 //!
@@ -25,7 +26,8 @@ use crate::model::stack::CancelStuckJobs;
 pub struct WaitingJob {
     pub job_id: String,
     pub job_name: String,
-    pub created_at_ms: i64,
+    /// When it became RUNNABLE, as far as Batch lets one know ([`runnable_since`]).
+    pub runnable_since_ms: i64,
     /// What it asks for, when Batch says.
     pub size: Option<Size>,
     /// `X86_64` or `ARM64`, when the job says.
@@ -72,10 +74,20 @@ impl EnvironmentState {
     }
 }
 
-/// Whole seconds a job created at `created_at_ms` has waited by `now_ms` (0 for a clock
-/// behind its `createdAt`).
-pub fn seconds_waited(created_at_ms: i64, now_ms: i64) -> u64 {
-    u64::try_from(now_ms.saturating_sub(created_at_ms) / 1000).unwrap_or(0)
+/// Whole seconds a job waiting since `since_ms` has waited by `now_ms` (0 for a clock
+/// behind it).
+pub fn seconds_waited(since_ms: i64, now_ms: i64) -> u64 {
+    u64::try_from(now_ms.saturating_sub(since_ms) / 1000).unwrap_or(0)
+}
+
+/// When a RUNNABLE job became RUNNABLE: its creation, or — with dependencies — when the
+/// last of them ended (`dependency_ends`, each dependency's `stoppedAt`); its creation
+/// again when an end is unknown (Batch no longer has the dependency), as for any job.
+pub fn runnable_since(created_at_ms: i64, dependency_ends: &[Option<i64>]) -> i64 {
+    if dependency_ends.iter().any(Option::is_none) {
+        return created_at_ms;
+    }
+    dependency_ends.iter().flatten().copied().fold(created_at_ms, i64::max)
 }
 
 /// Whether a job that has waited this long is past the queue's limit.
@@ -149,11 +161,19 @@ mod tests {
     use super::*;
     use crate::model::fargate::Quarters;
 
+    #[test]
+    fn a_dependent_job_waits_from_when_its_last_dependency_ended() {
+        assert_eq!(runnable_since(1_000, &[]), 1_000, "no dependencies: its creation");
+        assert_eq!(runnable_since(1_000, &[Some(7_200_000), Some(5_000)]), 7_200_000, "the last end");
+        assert_eq!(runnable_since(1_000, &[Some(7_200_000), None]), 1_000, "an end unknown: its creation");
+        assert_eq!(runnable_since(9_000, &[Some(5_000)]), 9_000, "never before its creation");
+    }
+
     fn job(vcpu_quarters: u32, architecture: Option<&str>) -> WaitingJob {
         WaitingJob {
             job_id: "j1".into(),
             job_name: "stuck".into(),
-            created_at_ms: 0,
+            runnable_since_ms: 0,
             size: Some(Size { vcpu: Quarters(vcpu_quarters), memory_mib: 2048 * vcpu_quarters / 4 }),
             architecture: architecture.map(str::to_owned),
             status_reason: None,

@@ -64,7 +64,9 @@ pub fn outcome_metrics(run: &Run, now_ms: i64, cost: &RunCost) -> Vec<RunMetric>
     vec![
         RunMetric { name: outcome, value: 1.0, unit: MetricUnit::Count },
         RunMetric { name: "RunDuration", value: run.duration_ms(now_ms) as f64, unit: MetricUnit::Milliseconds },
-        RunMetric { name: "RunCost", value: cost.usd, unit: MetricUnit::Usd },
+        // What this generation added: a redriven run's earlier generations published theirs,
+        // and the dashboard sums the metric.
+        RunMetric { name: "RunCost", value: (cost.usd - run.announced_cost_usd).max(0.0), unit: MetricUnit::Usd },
     ]
 }
 

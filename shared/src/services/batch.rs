@@ -239,6 +239,9 @@ pub fn event_from_job(job: &aws_sdk_batch::types::JobDetail) -> Result<JobStateC
         "stoppedAt": job.stopped_at(),
         "attempts": attempts,
         "tags": job.tags(),
+        "dependsOn": job.depends_on().iter()
+            .map(|d| json!({"jobId": d.job_id(), "type": d.r#type().map(|t| t.as_str())}))
+            .collect::<Vec<Value>>(),
         "container": {"exitCode": container.and_then(|c| c.exit_code()), "reason": container.and_then(|c| c.reason()),
                       "logStreamName": container.and_then(|c| c.log_stream_name()),
                       "taskArn": container.and_then(|c| c.task_arn()),

@@ -21,6 +21,9 @@ pub struct MemoryJob {
     pub request: JobRequest,
     pub status: String,
     pub terminated_because: Option<String>,
+    /// When it was created and when it stopped (epoch ms), as DescribeJobs says; set by tests.
+    pub created_at: Option<i64>,
+    pub stopped_at: Option<i64>,
 }
 
 /// What the next SubmitJob call does instead of succeeding.
@@ -58,6 +61,14 @@ impl MemoryBatch {
         self.jobs.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// Sets when a job was created and when it stopped, as DescribeJobs will say.
+    pub fn set_times(&self, job_id: &str, created_at: Option<i64>, stopped_at: Option<i64>) {
+        let mut jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(job) = jobs.iter_mut().find(|j| j.job_id == job_id) {
+            (job.created_at, job.stopped_at) = (created_at, stopped_at);
+        }
+    }
+
     /// Sets a job's status, as Batch's runtime would move it.
     pub fn set_status(&self, job_id: &str, status: &str) {
         let mut jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
@@ -74,6 +85,8 @@ impl MemoryBatch {
             request: request.clone(),
             status: "SUBMITTED".into(),
             terminated_because: None,
+            created_at: None,
+            stopped_at: None,
         });
         job_id
     }
@@ -128,7 +141,9 @@ impl BatchPort for MemoryBatch {
                     "id": format!("describe-{}-{}", j.job_id, j.status), "detail-type": "Batch Job State Change",
                     "source": "aws.batch",
                     "detail": {"jobId": j.job_id, "jobName": j.request.job_name, "status": j.status,
-                               "jobQueue": j.request.queue_arn, "tags": j.request.tags},
+                               "jobQueue": j.request.queue_arn, "tags": j.request.tags,
+                               "createdAt": j.created_at, "stoppedAt": j.stopped_at,
+                               "dependsOn": j.request.depends_on.iter().map(|id| json!({"jobId": id})).collect::<Vec<_>>()},
                 });
                 JobStateChangeEvent::from_value(event).map_err(|e| Error::InvalidEvent(e.to_string()))
             })

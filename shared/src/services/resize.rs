@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use tracing::info;
 
 use crate::model::batch_event::{JobStateChangeEvent, JobStatus};
-use crate::model::job_request::{job_name, JobRequest, PIPELINE_TAG, RUN_TAG};
+use crate::model::job_request::{job_name, JobRequest, DEFINITION_TAGS, PIPELINE_TAG, RESOURCE_ARN_TAG, RUN_TAG};
 use crate::model::run::is_out_of_memory;
 use crate::model::stack::StackConfig;
 use crate::services::submitter::{Submitted, Submitter};
@@ -81,12 +81,14 @@ pub fn plan_resize(config: &StackConfig, event: &JobStateChangeEvent) -> Resize 
         .filter_map(|v| Some((v.name.clone()?, v.value.clone().unwrap_or_default())))
         .filter(|(name, _)| !name.starts_with("AWS_BATCH"))
         .collect();
+    // The job's own tags only: not AWS's, not the one Batch adds to events, not those its
+    // job definition propagates (the new job gets those again from it).
     let mut tags = detail.tags.clone().unwrap_or_default();
-    tags.retain(|k, _| !k.starts_with("aws:"));
+    tags.retain(|k, _| !k.starts_with("aws:") && k != RESOURCE_ARN_TAG && !DEFINITION_TAGS.contains(&k.as_str()));
     tags.insert(ORIGINAL_TAG.into(), original.clone());
     tags.insert(RESIZE_TAG.into(), (done + 1).to_string());
     let readable = format!("{}-r{}", detail.job_name.as_deref().unwrap_or("job"), done + 1);
-    Resize::Submit(Box::new(JobRequest {
+    let request = JobRequest {
         job_name: job_name(&readable, &key),
         origin: key.clone(),
         idempotency_key: key,
@@ -101,7 +103,16 @@ pub fn plan_resize(config: &StackConfig, event: &JobStateChangeEvent) -> Resize 
         tags,
         timeout_seconds: None,
         retry: None,
-    }))
+    };
+    // Refused here, with why, rather than by SubmitJob on every redelivery until the
+    // message dead-letters.
+    match request.validate() {
+        Ok(()) => Resize::Submit(Box::new(request)),
+        Err(problems) => {
+            let problems: Vec<String> = problems.iter().map(ToString::to_string).collect();
+            Resize::Refused(format!("its resized job would be refused: {}", problems.join("; ")))
+        }
+    }
 }
 
 /// Resubmits a single job killed for lack of memory one size up, when its definition allows

@@ -26,7 +26,7 @@
 use tracing::{info, warn};
 
 use crate::model::batch_event::JobStatus;
-use crate::model::run::{Applied, RunStatus, SweepVisit};
+use crate::model::run::{Applied, Effect, Run, RunStatus, SweepVisit};
 use crate::services::runs::{Executed, RunDriver};
 use crate::store::keys::index_sk;
 use crate::store::{Adoption, OpenRun, SweepCursor};
@@ -104,9 +104,11 @@ impl RunDriver<'_> {
         }
     }
 
-    /// Drives one listed run and applies the outcome of every stage job that ended in Batch
-    /// without the record knowing. Takes the line off the list if the run is done with or
-    /// gone. Returns how many transitions it applied.
+    /// Repairs one listed run: first applies the end of every stage job that ended in Batch
+    /// without the record knowing (with Batch's times, so the deadline is judged by when
+    /// jobs ended, not by when the sweep found out), then visits it ([`SweepVisit`]: its
+    /// deadline, stops to repeat, what it owes). Takes the line off the list if the run is
+    /// done with or gone. Returns how many transitions it applied.
     async fn sweep_run(&self, line: &OpenRun) -> Result<usize, Error> {
         let Some(record) = self.runs.load_run(&line.run_id).await? else {
             self.runs.reconcile_open_line(line, None).await?;
@@ -116,15 +118,32 @@ impl RunDriver<'_> {
             self.runs.reconcile_open_line(line, Some(&record)).await?;
             return Ok(0);
         }
+        let applied = self.apply_missed_ends(&record.run).await?;
+        let record = match applied {
+            0 => record,
+            _ => match self.runs.load_run(&line.run_id).await? {
+                Some(fresh) => fresh,
+                None => return Ok(applied),
+            },
+        };
         let now = self.clock.now_ms();
         let was_running = record.run.status == RunStatus::Running;
-        let Some((record, step)) = self.write(record, &SweepVisit, now).await? else { return Ok(0) };
+        let Some((record, step)) = self.write(record, &SweepVisit, now).await? else { return Ok(applied) };
         if was_running && record.run.status == RunStatus::Failed {
             // A run nothing happened in since its deadline passed: failed here, so the
             // deadline's precision is the sweep's interval.
             info!(run_id = %line.run_id, "the run passed its deadline; failed by the sweep");
         }
+        let stopping = step.effects.iter().any(|effect| matches!(effect, Effect::Stop { .. }));
         let run = self.execute(record, step.effects, now, &mut Executed::default()).await?.run;
+        // A job the visit stopped may have ended already: its end is applied now rather
+        // than at the next sweep, should its event never come.
+        Ok(applied + if stopping { self.apply_missed_ends(&run).await? } else { 0 })
+    }
+
+    /// Applies the end of every open job of the run that Batch reports ended (its event
+    /// was lost after all retries), as its event would have. Returns how many changed it.
+    async fn apply_missed_ends(&self, run: &Run) -> Result<usize, Error> {
         let open = run.open_jobs();
         if open.is_empty() {
             return Ok(0);

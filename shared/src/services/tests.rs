@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use serde_json::{json, Value};
 
 use super::announce::{RunAnnouncer, RunMetric};
+use super::batch::BatchPort;
 use super::clock::{Clock, ManualClock};
 use super::config_cache::ConfigCache;
 use super::memory_batch::{MemoryBatch, SubmitFault};
@@ -148,6 +149,8 @@ fn definition(name: &str, arn: &str) -> Provisioned<JobDefinition> {
 struct Announced {
     completions: Mutex<Vec<Value>>,
     metrics: Mutex<Vec<&'static str>>,
+    /// Every metric with its value, in the order published.
+    values: Mutex<Vec<(&'static str, f64)>>,
 }
 
 #[async_trait]
@@ -158,6 +161,7 @@ impl RunAnnouncer for Announced {
     }
     async fn run_metrics(&self, _pipeline: &str, metrics: &[RunMetric]) {
         self.metrics.lock().unwrap().extend(metrics.iter().map(|m| m.name));
+        self.values.lock().unwrap().extend(metrics.iter().map(|m| (m.name, m.value)));
     }
 }
 
@@ -501,7 +505,15 @@ async fn cancel_terminates_the_running_jobs_and_a_second_cancel_only_stops_them_
     again.sort();
     assert_eq!(again, expected);
     assert_eq!(driver.cancel("no-such-run", 4_000).await.unwrap(), CancelOutcome::NoSuchRun);
-    assert_eq!(world.announced.completions.lock().unwrap().len(), 1, "announced once");
+    // The run is announced once its jobs have ended, not while they are stopping
+    assert!(world.announced.completions.lock().unwrap().is_empty(), "its jobs are still stopping");
+    driver.advance(&run.run_id, "b", &world.event("b", "FAILED"), 5_000).await.unwrap();
+    assert!(world.announced.completions.lock().unwrap().is_empty(), "c is still stopping");
+    driver.advance(&run.run_id, "c", &world.event("c", "FAILED"), 5_001).await.unwrap();
+    let completions = world.announced.completions.lock().unwrap().clone();
+    assert_eq!(completions.len(), 1, "announced once");
+    assert_eq!(completions[0]["outcome"], "CANCELLED");
+    assert_eq!(completions[0]["stages"]["b"]["status"], "CANCELLED");
 }
 
 #[tokio::test]
@@ -633,6 +645,9 @@ async fn a_retried_cancel_finishes_what_a_failed_terminate_left() {
     world.batch.fail_terminations(1);
     assert!(driver.cancel(&run.run_id, 3_000).await.is_err());
     assert_eq!(driver.load(&run.run_id).await.unwrap().unwrap().run.status, RunStatus::Cancelled);
+    // AND the stop that failed did not keep the other from being tried
+    let stopped = world.batch.jobs().iter().filter(|j| j.terminated_because.is_some()).count();
+    assert_eq!(stopped, 1, "the other job was stopped already");
     // WHEN the cancel is retried, THEN it terminates both
     let CancelOutcome::Cancelled { terminated, .. } = driver.cancel(&run.run_id, 4_000).await.unwrap() else {
         panic!("a cancelled run is cancelled again")
@@ -1110,6 +1125,18 @@ fn a_single_job_out_of_memory_is_planned_one_size_up_with_what_it_ran_until_its_
     let stage = event(json!({"batchline:pipeline": "diamond", "batchline:run": "r"}));
     assert_eq!(plan_resize(&stack, &stage), Resize::NotApplicable);
     assert_eq!(plan_resize(&stack, &event(json!({}))), Resize::NotApplicable, "not a job Batchline submitted");
+    // The tags Batch adds (the event's resourceArn, the definition's propagated ones) are not
+    // copied; too many of the job's own are refused here, saying why, not by SubmitJob
+    let mut tagged = json!({"batchline:run": "job-1a2b", "resourceArn": "arn:aws:batch:job/job-1",
+                            "batchline:spec": "abc", "batchline:stack": "unit"});
+    let Resize::Submit(job) = plan_resize(&stack, &event(tagged.clone())) else { panic!("resized") };
+    let copied: Vec<&str> = job.tags.keys().map(String::as_str).collect();
+    assert_eq!(copied, ["batchline:original", "batchline:resize", "batchline:run"]);
+    for i in 0..46 {
+        tagged[format!("t{i}")] = json!("v");
+    }
+    let refused = plan_resize(&stack, &event(tagged));
+    assert!(matches!(&refused, Resize::Refused(why) if why.contains("tags")), "{refused:?}");
 }
 
 #[tokio::test]
@@ -1165,4 +1192,239 @@ async fn two_redrives_from_the_same_read_start_one_generation() {
         "a second generation before the first ended"
     );
     assert_eq!(world.jobs_of("a"), 1);
+}
+
+/// The end Batch reports for a stage's job, with the times it ran (epoch ms).
+fn ended(world: &World, stage: &str, status: &str, started_at: i64, stopped_at: i64) -> JobStateChangeEvent {
+    let mut event = world.event(stage, status);
+    event.detail.started_at = Some(started_at);
+    event.detail.stopped_at = Some(stopped_at);
+    event
+}
+
+#[tokio::test]
+async fn a_cancelled_run_is_announced_and_redriven_only_once_its_jobs_ended_and_their_time_counts() {
+    // GIVEN a run whose b and c run an hour before a cancel stops them
+    let world = World::new().await;
+    let driver = world.driver();
+    let (run, _) = driver.start("diamond", "api", "key-cr1", RunInput::default(), 1_000).await.unwrap();
+    driver.advance(&run.run_id, "a", &world.event("a", "SUCCEEDED"), 2_000).await.unwrap();
+    driver.cancel(&run.run_id, 3_600_000).await.unwrap();
+    // WHEN it is redriven while its jobs are still stopping, THEN that is refused
+    let read = driver.load(&run.run_id).await.unwrap().unwrap();
+    let early = driver.redrive(read, "redrive-1", &BTreeMap::new(), 3_600_001).await.unwrap();
+    assert!(
+        matches!(early, super::runs::RedriveOutcome::Refused(crate::model::run::RedriveRefused::StillEnding(_))),
+        "{early:?}"
+    );
+    // WHEN Batch reports both stopped jobs' ends
+    for stage in ["b", "c"] {
+        driver.advance(&run.run_id, stage, &ended(&world, stage, "FAILED", 2_000, 3_602_000), 3_603_000).await.unwrap();
+    }
+    // THEN the run is announced with the hour both ran, and can be redriven
+    let completions = world.announced.completions.lock().unwrap().clone();
+    assert_eq!(completions.len(), 1);
+    assert!(completions[0]["costUsd"].as_f64().unwrap_or_default() > 0.01, "{}", completions[0]);
+    assert!(completions[0]["stages"]["c"]["costUsd"].as_f64().unwrap_or_default() > 0.0);
+    let read = driver.load(&run.run_id).await.unwrap().unwrap();
+    let redriven = driver.redrive(read, "redrive-1", &BTreeMap::new(), 3_604_000).await.unwrap();
+    assert!(matches!(redriven, super::runs::RedriveOutcome::Redriven { .. }), "{redriven:?}");
+}
+
+#[tokio::test]
+async fn a_stage_that_can_never_be_submitted_keeps_its_sibling_from_being_submitted() {
+    // GIVEN a run whose a succeeded, and Batch refusing the next job for good
+    let world = World::new().await;
+    let driver = world.driver();
+    let (run, _) = driver.start("diamond", "api", "key-sib", RunInput::default(), 1_000).await.unwrap();
+    world.batch.inject([SubmitFault::Refuse("ClientException".into())]);
+    // WHEN a's end plans b and c, and b is refused
+    driver.advance(&run.run_id, "a", &world.event("a", "SUCCEEDED"), 2_000).await.unwrap();
+    // THEN the run failed and c was never submitted: nothing new after a run failed
+    let stored = driver.load(&run.run_id).await.unwrap().unwrap().run;
+    assert_eq!(stored.status, RunStatus::Failed, "{stored:?}");
+    assert_eq!((world.jobs_of("b"), world.jobs_of("c")), (0, 0));
+    assert_eq!(stored.stages["c"].status, StageStatus::Skipped);
+}
+
+#[tokio::test]
+async fn a_last_end_delivered_after_the_deadline_is_judged_by_when_the_job_ended() {
+    // GIVEN a one-hour run whose last stage ended at 50 minutes
+    let mut world = World::new().await;
+    world.redeploy(&with_diamond(|p| p.max_run_seconds = Some(3_600))).await;
+    let driver = world.driver();
+    let (run, _) = driver.start("diamond", "api", "key-late", RunInput::default(), 0).await.unwrap();
+    driver.advance(&run.run_id, "a", &world.event("a", "SUCCEEDED"), 1_000).await.unwrap();
+    driver.advance(&run.run_id, "b", &world.event("b", "SUCCEEDED"), 2_000).await.unwrap();
+    driver.advance(&run.run_id, "c", &world.event("c", "SUCCEEDED"), 3_000).await.unwrap();
+    // WHEN its event is delivered at 90 minutes (a redelivery after the visibility timeout)
+    let late = ended(&world, "d", "SUCCEEDED", 4_000, 3_000_000);
+    driver.advance(&run.run_id, "d", &late, 5_400_000).await.unwrap();
+    // THEN the run succeeded, ending when its job did
+    let stored = driver.load(&run.run_id).await.unwrap().unwrap().run;
+    assert_eq!((stored.status, stored.ended_at), (RunStatus::Succeeded, Some(3_000_000)), "{stored:?}");
+}
+
+#[tokio::test]
+async fn a_last_end_the_sweep_finds_after_the_deadline_is_judged_by_when_the_job_ended() {
+    // GIVEN a one-hour run whose last stage ended in Batch at 50 minutes, its event lost
+    let mut world = World::new().await;
+    world.redeploy(&with_diamond(|p| p.max_run_seconds = Some(3_600))).await;
+    let driver = world.driver();
+    let (run, _) = driver.start("diamond", "api", "key-late2", RunInput::default(), 0).await.unwrap();
+    driver.advance(&run.run_id, "a", &world.event("a", "SUCCEEDED"), 1_000).await.unwrap();
+    driver.advance(&run.run_id, "b", &world.event("b", "SUCCEEDED"), 2_000).await.unwrap();
+    driver.advance(&run.run_id, "c", &world.event("c", "SUCCEEDED"), 3_000).await.unwrap();
+    world.batch.set_status(&world.job_of("d"), "SUCCEEDED");
+    // WHEN the sweep finds it at 90 minutes
+    world.clock.set(5_400_000);
+    let sweeper = invocation("sweeper", 6_000_000);
+    RunDriver { holder: &sweeper, ..world.driver() }.sweep().await.unwrap();
+    // THEN the run succeeded
+    let stored = driver.load(&run.run_id).await.unwrap().unwrap().run;
+    assert_eq!(stored.status, RunStatus::Succeeded, "{stored:?}");
+}
+
+#[tokio::test]
+async fn a_failed_run_whose_jobs_go_on_is_stopped_by_its_deadline_or_by_a_user() {
+    for by_user in [false, true] {
+        // GIVEN a run that lets its jobs finish after a failure; b failed while c goes on
+        let mut world = World::new().await;
+        world
+            .redeploy(&with_diamond(|p| {
+                p.on_stage_failure = OnStageFailure::Finish;
+                p.max_run_seconds = Some(3_600);
+            }))
+            .await;
+        let driver = world.driver();
+        let key = format!("key-end-{by_user}");
+        let (run, _) = driver.start("diamond", "api", &key, RunInput::default(), 0).await.unwrap();
+        driver.advance(&run.run_id, "a", &world.event("a", "SUCCEEDED"), 1_000).await.unwrap();
+        driver.advance(&run.run_id, "b", &world.event("b", "FAILED"), 2_000).await.unwrap();
+        let c = world.job_of("c");
+        assert!(world.batch.jobs().iter().all(|j| j.terminated_because.is_none()), "c is left to finish");
+        if by_user {
+            // WHEN a user stops the failed run, THEN c is stopped and the run stays FAILED
+            let outcome = driver.cancel(&run.run_id, 10_000).await.unwrap();
+            let CancelOutcome::Cancelled { run: stopped, terminated } = outcome else { panic!("{outcome:?}") };
+            assert_eq!((stopped.status, terminated), (RunStatus::Failed, vec![c.clone()]));
+        } else {
+            // WHEN c is still going past the deadline, THEN the sweep stops it
+            world.clock.set(3_700_000);
+            let sweeper = invocation("sweeper", 4_000_000);
+            RunDriver { holder: &sweeper, ..world.driver() }.sweep().await.unwrap();
+        }
+        let job = world.batch.jobs().into_iter().find(|j| j.job_id == c).unwrap();
+        assert!(job.terminated_because.is_some(), "by user: {by_user}");
+        // AND once c's end is reported the run is announced
+        driver.advance(&run.run_id, "c", &world.event("c", "FAILED"), 3_800_000).await.unwrap();
+        assert_eq!(world.announced.completions.lock().unwrap().len(), 1, "by user: {by_user}");
+    }
+}
+
+#[tokio::test]
+async fn each_generation_of_a_redriven_run_publishes_the_cost_it_added() {
+    // GIVEN a run whose b failed after an hour (c and d never ran)
+    let world = World::new().await;
+    let driver = world.driver();
+    let (run, _) = driver.start("diamond", "api", "key-cost", RunInput::default(), 0).await.unwrap();
+    driver.advance(&run.run_id, "a", &ended(&world, "a", "SUCCEEDED", 0, 60_000), 60_000).await.unwrap();
+    driver.advance(&run.run_id, "c", &ended(&world, "c", "SUCCEEDED", 60_000, 120_000), 120_000).await.unwrap();
+    driver.advance(&run.run_id, "b", &ended(&world, "b", "FAILED", 60_000, 3_660_000), 3_660_000).await.unwrap();
+    let first = driver.load(&run.run_id).await.unwrap().unwrap();
+    // WHEN it is redriven and its second generation succeeds
+    driver.redrive(first, "redrive-1", &BTreeMap::new(), 3_700_000).await.unwrap();
+    driver.advance(&run.run_id, "b", &ended(&world, "b", "SUCCEEDED", 3_700_000, 3_760_000), 3_760_000).await.unwrap();
+    driver.advance(&run.run_id, "d", &ended(&world, "d", "SUCCEEDED", 3_760_000, 3_820_000), 3_820_000).await.unwrap();
+    // THEN each generation's RunCost is what it added: together, the run's cost, once
+    let costs: Vec<f64> =
+        world.announced.values.lock().unwrap().iter().filter(|(name, _)| *name == "RunCost").map(|(_, v)| *v).collect();
+    let completions = world.announced.completions.lock().unwrap().clone();
+    let total = completions.last().unwrap()["costUsd"].as_f64().unwrap();
+    assert_eq!(costs.len(), 2, "{costs:?}");
+    assert!((costs[0] - completions[0]["costUsd"].as_f64().unwrap()).abs() < 1e-12, "{costs:?}");
+    assert!((costs[0] + costs[1] - total).abs() < 1e-12, "{costs:?} vs {total}");
+    assert!(costs[1] < costs[0], "the second generation ran two minutes, the first an hour and more: {costs:?}");
+}
+
+/// The queue's RUNNABLE jobs as the watch lists them (from the in-memory Batch), and a
+/// queue whose state is not known (no diagnosis).
+struct ListedRunnable<'a>(&'a MemoryBatch);
+
+#[async_trait]
+impl super::stuck::QueueInspector for ListedRunnable<'_> {
+    async fn runnable_jobs(&self, _queue: &str) -> Result<Vec<(String, i64)>, crate::Error> {
+        let jobs = self.0.jobs().into_iter().filter(|j| j.status == "RUNNABLE");
+        Ok(jobs.map(|j| (j.job_id, j.created_at.unwrap_or_default())).collect())
+    }
+    async fn queue_state(&self, _queue: &str) -> Result<Option<crate::model::stuck::QueueState>, crate::Error> {
+        Ok(None)
+    }
+}
+
+struct NoQueueMetrics;
+
+#[async_trait]
+impl super::stuck::QueueMetrics for NoQueueMetrics {
+    async fn queue_metrics(&self, _queues: &[super::stuck::QueueReport]) {}
+}
+
+#[tokio::test]
+async fn a_job_that_waited_for_its_dependency_is_stuck_only_counting_from_when_that_ended() {
+    // GIVEN a queue that cancels every job RUNNABLE over 10 minutes, and two jobs created two
+    // hours ago: one that depends on a job that ended a minute ago, one with no dependency
+    let world = World::new().await;
+    let mut stack = config();
+    let queue = &mut stack.job_queues.get_mut("default").unwrap().spec;
+    (queue.stuck_after_seconds, queue.cancel_stuck_jobs) = (600, CancelStuckJobs::Always);
+    let hours_ago = 0;
+    let now = 2 * 3_600_000;
+    let dependency = world.batch.submit_job(&request("dep")).await.unwrap();
+    world.batch.set_status(&dependency, "SUCCEEDED");
+    world.batch.set_times(&dependency, Some(hours_ago), Some(now - 60_000));
+    let dependent =
+        world.batch.submit_job(&JobRequest { depends_on: vec![dependency.clone()], ..request("after") }).await.unwrap();
+    let alone = world.batch.submit_job(&request("alone")).await.unwrap();
+    for job in [&dependent, &alone] {
+        world.batch.set_status(job, "RUNNABLE");
+        world.batch.set_times(job, Some(hours_ago), None);
+    }
+    // WHEN the watch runs
+    world.clock.set(now);
+    let watch = super::stuck::StuckJobWatch {
+        inspector: &ListedRunnable(&world.batch),
+        batch: &world.batch,
+        metrics: &NoQueueMetrics,
+        clock: &world.clock,
+    };
+    let reports = watch.watch(&stack, now + 60_000).await;
+    // THEN only the job that has waited two hours in RUNNABLE is stuck and cancelled
+    assert_eq!((reports[0].runnable, reports[0].stuck, reports[0].cancelled), (2, 1, 1), "{reports:?}");
+    assert_eq!(reports[0].oldest_runnable_seconds, 7_200);
+    let cancelled: Vec<String> =
+        world.batch.jobs().into_iter().filter(|j| j.terminated_because.is_some()).map(|j| j.job_id).collect();
+    assert_eq!(cancelled, [alone]);
+}
+
+#[tokio::test]
+async fn the_stuck_job_watch_starts_nothing_once_its_share_of_the_invocation_is_spent() {
+    // GIVEN a queue with a job stuck two hours, and a watch whose time is up
+    let world = World::new().await;
+    let mut stack = config();
+    stack.job_queues.get_mut("default").unwrap().spec.cancel_stuck_jobs = CancelStuckJobs::Always;
+    let stuck = world.batch.submit_job(&request("stuck")).await.unwrap();
+    world.batch.set_status(&stuck, "RUNNABLE");
+    world.batch.set_times(&stuck, Some(0), None);
+    world.clock.set(7_200_000);
+    let watch = super::stuck::StuckJobWatch {
+        inspector: &ListedRunnable(&world.batch),
+        batch: &world.batch,
+        metrics: &NoQueueMetrics,
+        clock: &world.clock,
+    };
+    // WHEN it is asked to stop at once, THEN it watches nothing (the sweep gets the time)
+    assert!(watch.watch(&stack, 7_200_000).await.is_empty());
+    assert!(world.batch.jobs()[0].terminated_because.is_none());
+    // AND with time left it cancels the stuck job
+    assert_eq!(watch.watch(&stack, 7_260_000).await[0].cancelled, 1);
 }

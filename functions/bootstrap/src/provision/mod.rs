@@ -42,8 +42,7 @@ use ecr::{delete_repository, ensure_repository};
 pub use iam::job_role_policy;
 use iam::{delete_role, ensure_job_role_policy, ensure_role};
 
-pub const SPEC_TAG: &str = "batchline:spec";
-pub const STACK_TAG: &str = "batchline:stack";
+pub use batchline::model::job_request::{SPEC_TAG, STACK_TAG};
 /// The job role's inline policy (named when it only read the input; kept, so an update
 /// replaces it instead of leaving the old one beside a new one).
 const JOB_ROLE_POLICY: &str = "batchline-input-read";

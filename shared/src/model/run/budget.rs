@@ -94,15 +94,35 @@ impl Run {
         self.status == RunStatus::Running && limit.is_some_and(|limit| now_ms - self.started_at() > limit)
     }
 
-    /// Fails a run that is past its deadline: its jobs are to be stopped whatever the
-    /// pipeline's `OnStageFailure`, and its failure stage runs. False if it is not past it.
+    /// Judges the run's `MaxRunSeconds` at `now_ms`; true if it changed the run.
+    /// - A RUNNING run past it fails: its jobs are to be stopped whatever the pipeline's
+    ///   `OnStageFailure`, and its failure stage runs.
+    /// - A FAILED run is held to it too, so every run can end: its stages' jobs still going
+    ///   past it are stopped (under `OnStageFailure: Finish` they were left to finish), and
+    ///   its failure stage's job gets `MaxRunSeconds` again, counted from the run's failure.
     pub fn fail_past_deadline(&mut self, now_ms: i64) -> bool {
-        if !self.past_deadline(now_ms) {
+        if self.past_deadline(now_ms) {
+            let limit = self.pipeline.max_run_seconds.unwrap_or_default();
+            let reason = format!("the run took longer than its MaxRunSeconds ({limit} s)");
+            self.end(RunStatus::Failed, Some(reason), now_ms);
+            self.stop_open_jobs = true;
+            return true;
+        }
+        let Some(limit) = self.pipeline.max_run_seconds.map(|seconds| seconds as i64 * 1000) else { return false };
+        if self.status != RunStatus::Failed {
             return false;
         }
-        let limit = self.pipeline.max_run_seconds.unwrap_or_default();
-        self.end(RunStatus::Failed, Some(format!("the run took longer than its MaxRunSeconds ({limit} s)")), now_ms);
-        self.stop_open_jobs = true;
-        true
+        let open = self.open_jobs();
+        let mut changed = false;
+        if !self.stop_open_jobs && now_ms - self.started_at() > limit && open.iter().any(|(s, _)| s != ON_FAILURE) {
+            self.stop_open_jobs = true;
+            changed = true;
+        }
+        let failure_overdue = self.ended_at.is_some_and(|ended| now_ms - ended > limit);
+        if !self.stop_everything && failure_overdue && open.iter().any(|(s, _)| s == ON_FAILURE) {
+            self.stop_everything = true;
+            changed = true;
+        }
+        changed
     }
 }

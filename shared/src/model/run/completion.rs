@@ -28,9 +28,15 @@ impl Run {
         self.completion_claim.take_if(|claim| claim.token == token).is_some()
     }
 
-    /// Records that the completion went out; true if it was not recorded yet.
-    pub fn mark_completion_sent(&mut self) -> bool {
+    /// Records that the completion went out, having published the run's cost as
+    /// `cost_usd` in all; true if it was not recorded yet.
+    pub fn mark_completion_sent(&mut self, cost_usd: f64) -> bool {
         self.completion_claim = None;
-        !std::mem::replace(&mut self.completion_sent, true)
+        if self.completion_sent {
+            return false;
+        }
+        self.completion_sent = true;
+        self.announced_cost_usd = cost_usd;
+        true
     }
 }

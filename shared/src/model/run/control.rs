@@ -4,36 +4,47 @@ use std::collections::BTreeMap;
 
 use super::{JobToStop, Redrive, RedriveRefused, Redriven, Run, RunStatus, StageStatus};
 use crate::model::fargate::Size;
+use crate::model::job_request::KEY_WINDOW_MS;
 
 impl Run {
     /// Cancels a running run, and returns every job it started that is to be stopped: the
-    /// current attempt of every stage the cancel stopped, by id, or — planned but not yet
-    /// recorded as submitted, so its job may exist — by its deterministic name. A run
-    /// already CANCELLED answers the same list again, so a retried cancel finishes what the
-    /// first began (stopping a job twice is harmless). A run that ended otherwise is an
-    /// error that says how it ended.
+    /// job of every stage still going, by id, or — planned but not yet recorded as
+    /// submitted, so its job may exist — by its deterministic name. A cancelled attempt
+    /// whose job was going stays open until Batch reports its end (so its billed time is
+    /// counted, and the run is announced, and may be redriven, only once every job of it
+    /// has ended); its stage shows CANCELLED at once. A run already CANCELLED answers the
+    /// jobs still going again, so a retried cancel finishes what the first began (stopping a
+    /// job twice is harmless). A FAILED run whose jobs go on (`OnStageFailure: Finish`, or
+    /// its failure stage) stays FAILED and has them all stopped. A run with nothing left to
+    /// stop is an error that says how it ended.
     pub fn cancel(&mut self, now_ms: i64) -> Result<Vec<JobToStop>, String> {
         match self.status {
             RunStatus::Running => {
                 for stage_run in self.stages.values_mut() {
                     if matches!(stage_run.status, StageStatus::Submitted | StageStatus::Running) {
-                        if let Some(attempt) = stage_run.attempts.last_mut() {
-                            attempt.status = StageStatus::Cancelled;
-                            attempt.reason = Some("run cancelled".into());
-                        }
                         stage_run.status = StageStatus::Cancelled;
                     }
                 }
                 self.end(RunStatus::Cancelled, Some("cancelled by request".into()), now_ms);
             }
             RunStatus::Cancelled => {}
+            RunStatus::Failed if !self.open_jobs().is_empty() => self.stop_everything = true,
             _ => return Err(format!("run {} has already ended ({})", self.run_id, self.status.as_str())),
         }
-        let stopped = self.stages.iter().filter_map(|(name, stage_run)| {
-            let attempt = stage_run.current().filter(|a| a.status == StageStatus::Cancelled)?;
-            Some(JobToStop { stage: name.clone(), job_id: attempt.job_id.clone(), job_name: attempt.job_name.clone() })
+        let going = self.jobs_to_stop().into_iter().map(|(stage, job_id)| JobToStop {
+            stage,
+            job_id: Some(job_id),
+            job_name: None,
         });
-        Ok(stopped.collect())
+        let unrecorded = self.withdrawn_attempts().into_iter().filter(|(_, a)| a.status == StageStatus::Cancelled);
+        let named = unrecorded.map(|(stage, attempt)| JobToStop {
+            stage: stage.to_owned(),
+            job_id: None,
+            job_name: attempt.job_name.clone(),
+        });
+        let mut stopped: Vec<JobToStop> = going.chain(named).collect();
+        stopped.sort_by(|a, b| a.stage.cmp(&b.stage));
+        Ok(stopped)
     }
 
     /// Starts the run's next generation (a redrive), once per request key: its failed,
@@ -48,8 +59,15 @@ impl Run {
         sizes: &BTreeMap<String, Size>,
         now_ms: i64,
     ) -> Result<Redriven, RedriveRefused> {
-        if let Some(last) = self.redrives.last().filter(|last| last.key == key) {
-            return Ok(Redriven { generation: self.redrives.len(), stages: last.stages.clone(), duplicate: true });
+        // The same key within its window is the same request: the generation it started,
+        // whichever that was (a later redrive may have followed), or a conflict if the
+        // request differs. An older use of the key does not count: it starts new work.
+        let live = |r: &Redrive| r.key == key && now_ms - r.at < KEY_WINDOW_MS;
+        if let Some((index, first)) = self.redrives.iter().enumerate().rev().find(|(_, r)| live(r)) {
+            if first.sizes != *sizes {
+                return Err(RedriveRefused::KeyReused(self.run_id.clone()));
+            }
+            return Ok(Redriven { generation: index + 1, stages: first.stages.clone(), duplicate: true });
         }
         match self.status {
             RunStatus::Running => return Err(RedriveRefused::StillRunning(self.run_id.clone())),
@@ -73,7 +91,8 @@ impl Run {
         self.completion_sent = false;
         self.completion_claim = None;
         self.stop_open_jobs = false;
-        self.redrives.push(Redrive { key: key.to_owned(), at: now_ms, stages: rerun.clone() });
+        self.stop_everything = false;
+        self.redrives.push(Redrive { key: key.to_owned(), at: now_ms, stages: rerun.clone(), sizes: sizes.clone() });
         self.plan_ready_stages();
         Ok(Redriven { generation: self.redrives.len(), stages: rerun, duplicate: false })
     }

@@ -145,16 +145,24 @@ impl Run {
         skipped.chain(self.open_job_stops()).collect()
     }
 
-    /// The stops of every job a failed run stops that is still going ([`Run::jobs_to_stop`]),
+    /// The stops of every job the run stops that is still going ([`Run::jobs_to_stop`]),
     /// saying why.
     pub fn open_job_stops(&self) -> Vec<Effect> {
-        let why = self.reason.as_deref().unwrap_or("a stage failed");
-        let reason: String = format!("Batchline run {} failed ({why}); stopping its other jobs", self.run_id)
-            .chars()
-            .take(STOP_REASON_CHARS)
-            .collect();
+        let reason = self.stop_reason();
         let jobs = self.jobs_to_stop().into_iter();
         jobs.map(|(stage, job_id)| Effect::Stop { stage, job: JobRef::Id(job_id), reason: reason.clone() }).collect()
+    }
+
+    /// Why the run stops its jobs, as their status reason will say.
+    fn stop_reason(&self) -> String {
+        let reason = match self.status {
+            RunStatus::Cancelled => format!("Batchline run {} cancelled", self.run_id),
+            _ => {
+                let why = self.reason.as_deref().unwrap_or("a stage failed");
+                format!("Batchline run {} failed ({why}); stopping its other jobs", self.run_id)
+            }
+        };
+        reason.chars().take(STOP_REASON_CHARS).collect()
     }
 }
 
@@ -168,9 +176,12 @@ impl Input for JobChanged<'_> {
     type Answer = Applied;
 
     fn take(&self, run: &mut Run, ctx: &Context) -> Step<Applied> {
-        let late = run.fail_past_deadline(ctx.now_ms);
+        let was_failed = run.status == RunStatus::Failed;
         let unrecorded = run.current_attempt(self.stage).filter(|a| a.job_id.is_none()).map(|a| a.number);
         let applied = run.apply(self.stage, self.event, ctx.now_ms);
+        // What Batch says happened is applied first and the deadline judged after it, so a
+        // job that ended in time is not failed for its event's late delivery.
+        let late = run.fail_past_deadline(ctx.now_ms);
         let mut effects = Vec::new();
         if let (Some(number), Some(now)) = (unrecorded, run.current_attempt(self.stage)) {
             // The event named the job before its submitter recorded it (the submitter
@@ -182,6 +193,10 @@ impl Input for JobChanged<'_> {
                     job_id: job_id.clone(),
                 });
             }
+        }
+        if late && was_failed {
+            // A failed run's deadline stops what is left of it.
+            effects.extend(run.open_job_stops());
         }
         Step::new(late || applied == Applied::Changed, applied, effects)
     }
@@ -196,9 +211,10 @@ impl Input for SweepVisit {
     type Answer = ();
 
     fn take(&self, run: &mut Run, ctx: &Context) -> Step<()> {
+        let was_running = run.status == RunStatus::Running;
         let late = run.fail_past_deadline(ctx.now_ms);
         // Failed just now: `handle` adds the failure's stops.
-        let again = if late { vec![] } else { run.open_job_stops() };
+        let again = if late && was_running { vec![] } else { run.open_job_stops() };
         Step::new(late, (), again)
     }
 }
@@ -233,17 +249,17 @@ impl Input for CancelRequested {
     type Answer = Result<(), String>;
 
     fn take(&self, run: &mut Run, ctx: &Context) -> Step<Result<(), String>> {
-        let was_running = run.status == RunStatus::Running;
+        let before = (run.status, run.stop_everything);
         let jobs = match run.cancel(ctx.now_ms) {
             Ok(jobs) => jobs,
             Err(why) => return Step::new(false, Err(why), vec![]),
         };
-        let reason = format!("Batchline run {} cancelled", run.run_id);
+        let reason = run.stop_reason();
         let stops = jobs.into_iter().filter_map(|job| {
             let job_ref = job.job_id.map(JobRef::Id).or(job.job_name.map(JobRef::Name))?;
             Some(Effect::Stop { stage: job.stage, job: job_ref, reason: reason.clone() })
         });
-        Step::new(was_running, Ok(()), stops.collect())
+        Step::new(before != (run.status, run.stop_everything), Ok(()), stops.collect())
     }
 }
 

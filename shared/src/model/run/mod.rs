@@ -175,6 +175,10 @@ fn is_first_attempt(number: &u32) -> bool {
     *number == 1
 }
 
+fn is_zero(usd: &f64) -> bool {
+    *usd == 0.0
+}
+
 /// One redrive of a run: the request's idempotency key, when it started the run's next
 /// generation, and the stages it reran.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -183,6 +187,9 @@ pub struct Redrive {
     pub key: String,
     pub at: i64,
     pub stages: Vec<String>,
+    /// The sizes the request asked for: the same key with other sizes is another request.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sizes: BTreeMap<String, Size>,
 }
 
 /// What a redrive request came to.
@@ -206,6 +213,10 @@ pub enum RedriveRefused {
     StillEnding(String),
     #[error("run {run} has no stage {stage:?}")]
     NoSuchStage { run: String, stage: String },
+    #[error(
+        "run {0} was redriven under this idempotency key with other sizes: this key was used for a different request"
+    )]
+    KeyReused(String),
 }
 
 impl StageRun {
@@ -252,6 +263,14 @@ pub struct Run {
     /// rather than letting them finish.
     #[serde(default)]
     pub stop_open_jobs: bool,
+    /// Whether every job of the failed run is stopped, its failure stage's included: a user
+    /// asked to stop it, or the failure stage passed its own deadline.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stop_everything: bool,
+    /// What the announcements of its earlier generations published as their `RunCost`, in
+    /// all: each generation publishes only what it added.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub announced_cost_usd: f64,
     /// Its redrives, oldest first: each started a generation of the run.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub redrives: Vec<Redrive>,
@@ -302,6 +321,8 @@ impl Run {
             completion_sent: false,
             completion_claim: None,
             stop_open_jobs: false,
+            stop_everything: false,
+            announced_cost_usd: 0.0,
             redrives: vec![],
         };
         run.plan_ready_stages();

@@ -47,6 +47,12 @@ impl Attempt {
     }
 }
 
+/// When a run that a job's end ends has ended: when the job stopped, as Batch says (a
+/// late delivery does not lengthen the run), never later than now.
+fn ended_at(event: &JobStateChangeEvent, now_ms: i64) -> i64 {
+    event.detail.stopped_at.map_or(now_ms, |stopped| stopped.min(now_ms))
+}
+
 /// Moves an attempt (and its stage) on to the status a progress event says, never back:
 /// Batch may deliver RUNNABLE after RUNNING.
 fn record_progress(stage_run: &mut StageRun, status: &JobStatus) -> Applied {
@@ -93,6 +99,10 @@ impl Run {
                 return Applied::Unchanged("the run has ended");
             }
             record_end(current, event, now_ms);
+            if stage_run.status == StageStatus::Cancelled && current.status == StageStatus::Failed {
+                // Stopped by the run's cancel: the attempt ends CANCELLED, billed as Batch says.
+                current.status = StageStatus::Cancelled;
+            }
             stage_run.status = current.status;
             return Applied::Changed;
         }
@@ -116,7 +126,7 @@ impl Run {
         if succeeded {
             stage_run.status = StageStatus::Succeeded;
             if self.stages.values().all(|s| s.status == StageStatus::Succeeded) {
-                self.end(RunStatus::Succeeded, None, now_ms);
+                self.end(RunStatus::Succeeded, None, ended_at(event, now_ms));
             } else {
                 self.plan_ready_stages();
             }
@@ -159,6 +169,6 @@ impl Run {
         } else {
             format!("stage {stage_name} failed: {}", reason.unwrap_or_else(|| "no reason given".into()))
         };
-        self.end(RunStatus::Failed, Some(why), now_ms);
+        self.end(RunStatus::Failed, Some(why), ended_at(event, now_ms));
     }
 }

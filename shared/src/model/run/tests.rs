@@ -224,10 +224,52 @@ fn another_failure_fails_the_run_at_once_and_cancel_stops_what_runs() {
     assert_eq!(run.status, RunStatus::Cancelled);
     assert_eq!(run.stages["d"].status, StageStatus::Cancelled);
     assert!(run.on_failure.is_none(), "a cancel is not a failure");
-    assert!(matches!(run.apply("b", &event("b-1", "SUCCEEDED", json!({})), 3), Applied::Unchanged(_)));
-    assert_eq!(run.cancel(4).unwrap().len(), 2, "a retried cancel stops the same jobs again");
+    // a cancelled job stays open until Batch reports its end, which is recorded
+    assert!(!run.ready_to_announce(), "its jobs are still stopping");
+    assert_eq!(run.apply("b", &event("b-1", "SUCCEEDED", json!({})), 3), Applied::Changed);
+    assert_eq!(run.stages["b"].status, StageStatus::Succeeded, "it ended before the stop reached it");
+    assert_eq!(run.cancel(4).unwrap().len(), 1, "a retried cancel stops the job still going again");
+    let stopped = json!({"statusReason": "Batchline run r4 cancelled", "startedAt": 0, "stoppedAt": 120_000});
+    assert_eq!(run.apply("c", &event("c-1", "FAILED", stopped), 5), Applied::Changed);
+    assert_eq!(
+        (run.stages["c"].status, run.stages["c"].attempts[0].status),
+        (StageStatus::Cancelled, StageStatus::Cancelled)
+    );
+    let pricing = Pricing::on_demand(&crate::config::PriceOverrides::default());
+    assert!(run.cost(&pricing).stages["c"].usd > 0.0, "the cancelled job's billed time is counted");
+    assert!(run.ready_to_announce());
     let mut ended = Run::start("r6".into(), &diamond(), "api", RunInput::default(), 0);
     submit_all(&mut ended);
     ended.apply("a", &event("a-1", "FAILED", json!({"container": {"exitCode": 2}})), 1);
-    assert!(ended.cancel(2).is_err(), "a failed run is not cancelled");
+    assert!(ended.cancel(2).is_err(), "a failed run with nothing going has nothing to stop");
+}
+
+#[test]
+fn a_redrive_key_is_one_request_within_its_window_and_new_work_after_it() {
+    let fail_and_announce = |run: &mut Run, stage: &str, job: &str, at: i64| {
+        run.apply(stage, &event(job, "FAILED", json!({"container": {"exitCode": 2}})), at);
+        submit_all(run);
+        let failure = run.on_failure.as_ref().unwrap().current().unwrap().number;
+        run.apply(ON_FAILURE, &event(&format!("on-failure-{failure}"), "SUCCEEDED", json!({})), at);
+        run.completion_sent = true;
+    };
+    let mut run = Run::start("r8".into(), &diamond(), "api", RunInput::default(), 0);
+    submit_all(&mut run);
+    fail_and_announce(&mut run, "a", "a-1", 1);
+    let bigger = BTreeMap::from([("a".to_owned(), Size { vcpu: Quarters(4), memory_mib: 8192 })]);
+    assert_eq!(run.redrive("k1", &bigger, 1_000).unwrap().generation, 1);
+    // the same key with other sizes is another request
+    assert_eq!(run.redrive("k1", &BTreeMap::new(), 2_000), Err(RedriveRefused::KeyReused("r8".into())));
+    submit_all(&mut run);
+    fail_and_announce(&mut run, "a", "a-2", 3_000);
+    assert_eq!(run.redrive("k2", &BTreeMap::new(), 4_000).unwrap().generation, 2);
+    // a retry of the first request after a second one gets the first's generation back
+    let again = run.redrive("k1", &bigger, 5_000).unwrap();
+    assert_eq!((again.generation, again.duplicate), (1, true));
+    submit_all(&mut run);
+    fail_and_announce(&mut run, "a", "a-3", 6_000);
+    // past the key's window, the same key starts new work
+    let day_later = 1_000 + crate::model::job_request::KEY_WINDOW_MS;
+    let later = run.redrive("k1", &bigger, day_later).unwrap();
+    assert_eq!((later.generation, later.duplicate), (3, false));
 }

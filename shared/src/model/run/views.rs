@@ -10,13 +10,18 @@ impl Run {
         stage_run.current()
     }
 
-    /// The jobs a failed run stops, as `(stage, job id)`: every job of its stages still
-    /// going (not its failure stage's), when its failure stops them.
+    /// The jobs the run stops, as `(stage, job id)`, while they go on: a CANCELLED run's, all
+    /// of them; a FAILED run's, its stages' jobs when its failure stops them (fail fast, or
+    /// its deadline passed), and its failure stage's too once a user stopped the run or the
+    /// failure stage's own deadline passed.
     pub fn jobs_to_stop(&self) -> Vec<(String, String)> {
-        if self.status != RunStatus::Failed || !self.stop_open_jobs {
-            return vec![];
+        let open = self.open_jobs().into_iter();
+        match self.status {
+            RunStatus::Cancelled => open.collect(),
+            RunStatus::Failed if self.stop_everything => open.collect(),
+            RunStatus::Failed if self.stop_open_jobs => open.filter(|(stage, _)| stage != ON_FAILURE).collect(),
+            _ => vec![],
         }
-        self.open_jobs().into_iter().filter(|(stage, _)| stage != ON_FAILURE).collect()
     }
 
     /// Attempts the run's failure skipped while they were being submitted: a job may exist

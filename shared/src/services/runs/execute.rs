@@ -37,6 +37,10 @@ impl RunDriver<'_> {
         done: &mut Executed,
     ) -> Result<VersionedRun, Error> {
         let mut queue = VecDeque::from(effects);
+        // A stop that fails does not keep the others from being tried; the first such
+        // error is returned once the rest are done (the sweep, or a retried cancel, stops
+        // that job again).
+        let mut failed_stop = None;
         while let Some(effect) = queue.pop_front() {
             match effect {
                 Effect::Submit { stage, attempt } => {
@@ -44,11 +48,13 @@ impl RunDriver<'_> {
                     record = after;
                     queue = next.into();
                 }
-                Effect::Stop { stage, job, reason } => {
-                    if let Some(job_id) = self.stop(&record.run, &stage, &job, &reason).await? {
-                        done.stopped.push(job_id);
+                Effect::Stop { stage, job, reason } => match self.stop(&record.run, &stage, &job, &reason).await {
+                    Ok(stopped) => done.stopped.extend(stopped),
+                    Err(err) => {
+                        warn!(run_id = %record.run.run_id, stage, error = %err, "stopping a job of the run failed; going on with the others");
+                        failed_stop.get_or_insert(err);
                     }
-                }
+                },
                 Effect::RecordJob { stage, attempt, job_id } => {
                     let key = attempt_key(&record.run.run_id, &stage, attempt);
                     self.claims.record_claim_job(&key, &job_id, None).await?;
@@ -58,7 +64,10 @@ impl RunDriver<'_> {
                 Effect::Publish(metrics) => self.announcer.run_metrics(&record.run.pipeline.name, &metrics).await,
             }
         }
-        Ok(record)
+        match failed_stop {
+            Some(err) => Err(err),
+            None => Ok(record),
+        }
     }
 
     /// Submits a planned attempt (exactly once, by its key) and puts the outcome to the run:
@@ -199,20 +208,23 @@ impl RunDriver<'_> {
             // (the event's redelivery, the sweep) takes over once its deadline has passed.
             return Err(Error::InFlight(format!("the announcement of run {}", record.run.run_id)));
         }
-        if let Err(err) = self.announce(&record.run, now_ms).await {
-            // Give the claim back, so the retry need not wait out this invocation's deadline.
-            let _ = self.update(record, |run| (run.release_completion(&me.token), ())).await;
-            return Err(err);
-        }
-        self.record_announced(record).await
+        let cost_usd = match self.announce(&record.run, now_ms).await {
+            Ok(cost_usd) => cost_usd,
+            Err(err) => {
+                // Give the claim back, so the retry need not wait out this invocation's deadline.
+                let _ = self.update(record, |run| (run.release_completion(&me.token), ())).await;
+                return Err(err);
+            }
+        };
+        self.record_announced(record, cost_usd).await
     }
 
     /// Records that the completion went out, trying again while there is time: an
     /// unrecorded announcement is sent again once this invocation's claim expires.
-    async fn record_announced(&self, record: VersionedRun) -> Result<VersionedRun, Error> {
+    async fn record_announced(&self, record: VersionedRun, cost_usd: f64) -> Result<VersionedRun, Error> {
         let mut attempt: u32 = 0;
         loop {
-            match self.update(record.clone(), |run| (run.mark_completion_sent(), ())).await {
+            match self.update(record.clone(), |run| (run.mark_completion_sent(cost_usd), ())).await {
                 Ok(sent) => return Ok(sent.map_or(record, |(sent, ())| sent)),
                 Err(err) if self.clock.now_ms() < self.holder.deadline_ms - ANSWER_MARGIN_MS => {
                     warn!(run_id = %record.run.run_id, error = %err, attempt, "recording the completion as sent failed; trying again");
@@ -224,12 +236,12 @@ impl RunDriver<'_> {
         }
     }
 
-    /// Sends "Batchline Run Completed" and the run's metrics.
-    async fn announce(&self, run: &Run, now_ms: i64) -> Result<(), Error> {
+    /// Sends "Batchline Run Completed" and the run's metrics; returns the run's cost in all.
+    async fn announce(&self, run: &Run, now_ms: i64) -> Result<f64, Error> {
         let cost = run.cost(&self.configs.pricing(self.prices).await);
         self.announcer.completion(&completion_detail(run, now_ms, &cost), &run.run_id).await?;
         info!(run_id = %run.run_id, outcome = run.status.as_str(), duration_ms = run.duration_ms(now_ms), cost_usd = cost.usd, "run completed");
         self.announcer.run_metrics(&run.pipeline.name, &outcome_metrics(run, now_ms, &cost)).await;
-        Ok(())
+        Ok(cost.usd)
     }
 }
