@@ -518,16 +518,7 @@ async fn an_idempotency_key_reused_after_its_24_hour_window_starts_new_work() {
     let keyed = || invocation(http("POST", "/jobs", &body, &[("idempotency-key", "k-window")]));
     let first = handle(keyed(), &clients).await.unwrap();
     // GIVEN the key's first use was 25 hours ago
-    aws_sdk_dynamodb::Client::new(&env.sdk)
-        .update_item()
-        .table_name(&env.config.table_name)
-        .key("pk", AttributeValue::S(keys::claim_pk("api:jobs:key:k-window")))
-        .key("sk", AttributeValue::S(keys::CLAIM_SK.into()))
-        .update_expression("SET claimed_at = :then")
-        .expression_attribute_values(":then", AttributeValue::N((batchline::now_ms() - 25 * 3_600_000).to_string()))
-        .send()
-        .await
-        .unwrap();
+    backdate_first_use(&env, "api:jobs:key:k-window", 25).await;
     // WHEN it is used again, THEN it is new work; and a retry of that is the same new job
     let second = handle(keyed(), &clients).await.unwrap();
     assert_ne!(answer_body(&second)["jobId"], answer_body(&first)["jobId"]);
@@ -535,6 +526,39 @@ async fn an_idempotency_key_reused_after_its_24_hour_window_starts_new_work() {
     let third = handle(keyed(), &clients).await.unwrap();
     assert_eq!(answer_body(&third)["jobId"], answer_body(&second)["jobId"]);
     assert_eq!(env.jobs_in("default").await.len(), 2);
+    // AND once DynamoDB's TTL has removed the first generation's claim (7 days), a retry
+    // within the second's window is still that job, not new work
+    aws_sdk_dynamodb::Client::new(&env.sdk)
+        .delete_item()
+        .table_name(&env.config.table_name)
+        .key("pk", AttributeValue::S(keys::claim_pk("api:jobs:key:k-window")))
+        .key("sk", AttributeValue::S(keys::CLAIM_SK.into()))
+        .send()
+        .await
+        .unwrap();
+    let fourth = handle(keyed(), &clients).await.unwrap();
+    assert_eq!(answer_body(&fourth)["jobId"], answer_body(&second)["jobId"]);
+    assert_eq!(env.jobs_in("default").await.len(), 2);
+}
+
+/// Moves the first use of a caller's key `hours` into the past: its first generation's claim
+/// and the key's generation record.
+async fn backdate_first_use(env: &Deployed, base: &str, hours: i64) {
+    let dynamodb = aws_sdk_dynamodb::Client::new(&env.sdk);
+    let then = AttributeValue::N((batchline::now_ms() - hours * 3_600_000).to_string());
+    for (sk, field) in [(keys::CLAIM_SK, "claimed_at"), (keys::GENERATION_SK, "first_use")] {
+        dynamodb
+            .update_item()
+            .table_name(&env.config.table_name)
+            .key("pk", AttributeValue::S(keys::claim_pk(base)))
+            .key("sk", AttributeValue::S(sk.into()))
+            .update_expression("SET #field = :then")
+            .expression_attribute_names("#field", field)
+            .expression_attribute_values(":then", then.clone())
+            .send()
+            .await
+            .unwrap();
+    }
 }
 
 #[tokio::test]

@@ -329,6 +329,21 @@ pub struct RedriveBody {
     pub sizes: BTreeMap<String, SizeBody>,
 }
 
+impl RedriveBody {
+    /// What the caller asked for, as written (before any size is filled in or snapped up):
+    /// the same key with another request is a conflict, and a retry of the same is not,
+    /// whatever the run's sizes have become since.
+    pub fn fingerprint(&self) -> String {
+        let half = |n: &Option<Number>| n.as_ref().map(Number::text).unwrap_or_default();
+        let sizes: Vec<String> = self
+            .sizes
+            .iter()
+            .map(|(stage, size)| format!("{stage}={}/{}", half(&size.vcpu), half(&size.memory)))
+            .collect();
+        batchline::model::job_request::digest(&sizes.join(";"), 16)
+    }
+}
+
 /// A size asked for: both halves, or one (the other kept, snapped up to a valid pair).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]

@@ -35,7 +35,7 @@ use batchline::services::ports::{invocation_holder, AwsPorts};
 use batchline::services::resize::{chain_position, resize_key, ORIGINAL_TAG, RESIZE_TAG};
 use batchline::services::runs::{check_run, run_id, CancelOutcome, RedriveOutcome};
 use batchline::services::submitter::SubmitError;
-use batchline::store::{ClaimStore, Holder, RunStore};
+use batchline::store::{ClaimStore, Holder, KeyGeneration, RunStore};
 use batchline::{Config, Error};
 use lambda_runtime::LambdaEvent;
 use serde_json::{json, Value};
@@ -235,7 +235,8 @@ async fn serve(
                 ApiKey::Request(key) => key,
                 ApiKey::Caller(base) => {
                     let store = clients.ports.store.as_ref();
-                    live_key(&base, |key| async move { Ok(store.claim(&key).await?.map(|c| c.claimed_at)) }).await?
+                    live_key(store, &base, |key| async move { Ok(store.claim(&key).await?.map(|c| c.claimed_at)) })
+                        .await?
                 }
             };
             let plan = api::plan_submit_job(&stack, &request, key)?;
@@ -323,7 +324,7 @@ async fn serve(
                 ApiKey::Caller(base) => {
                     let store = clients.ports.store.as_ref();
                     let name = name.as_str();
-                    live_key(&base, |key| async move {
+                    live_key(store, &base, |key| async move {
                         Ok(store.load_run(&run_id(name, &key)).await?.map(|r| r.run.created_at))
                     })
                     .await?
@@ -435,7 +436,8 @@ async fn serve(
                 ApiKey::Request(key) | ApiKey::Caller(key) => key,
             };
             let driver = clients.ports.driver(holder);
-            match driver.redrive(read, &key, &sizes, batchline::now_ms()).await? {
+            let fingerprint = body.fingerprint();
+            match driver.redrive_request(read, &key, &sizes, Some(&fingerprint), batchline::now_ms()).await? {
                 RedriveOutcome::NoSuchRun => Err(ApiError::not_found(format!("no run {id}")).into()),
                 RedriveOutcome::Refused(refused @ RedriveRefused::Succeeded(_)) => {
                     Err(ApiError::new(409, "RunSucceeded", refused.to_string()).into())
@@ -466,21 +468,49 @@ async fn our_job(
     Ok(job.cloned().ok_or_else(|| ApiError::not_found(format!("no job {id}")))?)
 }
 
-/// The generation of a caller's idempotency key that is live now: the first whose first
-/// use (`first_use`, epoch ms, `None` if never used) is within the key window. A key
-/// reused after its window starts new work under its next generation.
-async fn live_key<F, Fut>(base: &str, first_use: F) -> Result<String, Error>
+/// The generation of a caller's idempotency key that is live now. The key's generation
+/// record says which ([`KeyGeneration`]): within its window, that one; past it, the next,
+/// recorded conditionally so that two requests at once agree. A key without a record (its
+/// first use, or last used before this release) is walked from its first generation: the
+/// first whose first use (`first_use`, epoch ms, `None` if never used) is within the
+/// window, or unused. The record outlives the key's claims and runs, so an older
+/// generation whose items DynamoDB's TTL removed never looks unused again.
+async fn live_key<F, Fut>(store: &dyn ClaimStore, base: &str, first_use: F) -> Result<String, Error>
 where
     F: Fn(String) -> Fut,
     Fut: std::future::Future<Output = Result<Option<i64>, Error>>,
 {
     let now = batchline::now_ms();
+    for _ in 0..KEY_GENERATION_WRITES {
+        let current = store.key_generation(base).await?;
+        let next = match current {
+            Some(live) if now - live.first_use_ms < api::KEY_WINDOW_MS => {
+                return Ok(ApiKey::generation(base, live.generation))
+            }
+            Some(live) => KeyGeneration { generation: live.generation + 1, first_use_ms: now },
+            None => first_live_generation(base, &first_use, now).await?,
+        };
+        if store.set_key_generation(base, current.as_ref(), &next).await? {
+            return Ok(ApiKey::generation(base, next.generation));
+        }
+    }
+    Err(Error::Contention(format!("the generation of idempotency key {base:?}")))
+}
+
+/// How often a key's generation record is read again after another request moved it.
+const KEY_GENERATION_WRITES: usize = 8;
+
+/// A key's live generation found from its items alone (see [`live_key`]).
+async fn first_live_generation<F, Fut>(base: &str, first_use: &F, now: i64) -> Result<KeyGeneration, Error>
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Result<Option<i64>, Error>>,
+{
     let mut generation = 1;
     loop {
-        let key = ApiKey::generation(base, generation);
-        match first_use(key.clone()).await? {
+        match first_use(ApiKey::generation(base, generation)).await? {
             Some(at) if now - at >= api::KEY_WINDOW_MS => generation += 1,
-            _ => return Ok(key),
+            at => return Ok(KeyGeneration { generation, first_use_ms: at.unwrap_or(now) }),
         }
     }
 }

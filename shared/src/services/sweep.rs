@@ -130,9 +130,10 @@ impl RunDriver<'_> {
         let was_running = record.run.status == RunStatus::Running;
         let Some((record, step)) = self.write(record, &SweepVisit, now).await? else { return Ok(applied) };
         if was_running && record.run.status == RunStatus::Failed {
-            // A run nothing happened in since its deadline passed: failed here, so the
-            // deadline's precision is the sweep's interval.
-            info!(run_id = %line.run_id, "the run passed its deadline; failed by the sweep");
+            // A run nothing happened in since its deadline passed is failed here, so the
+            // deadline's precision is the sweep's interval (its budget can fail it too).
+            let reason = record.run.reason.as_deref().unwrap_or_default();
+            info!(run_id = %line.run_id, reason, "the sweep's visit failed the run");
         }
         let stopping = step.effects.iter().any(|effect| matches!(effect, Effect::Stop { .. }));
         let run = self.execute(record, step.effects, now, &mut Executed::default()).await?.run;

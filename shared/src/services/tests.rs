@@ -689,10 +689,15 @@ async fn a_submission_that_finishes_after_the_run_was_cancelled_is_stopped() {
     RunDriver { holder: &other, ..world.driver() }.cancel(&run.run_id, 2_000).await.unwrap();
     assert!(world.announced.completions.lock().unwrap().is_empty(), "a's holder may still submit");
     driver.drive(stale, 3_000).await.unwrap();
-    // THEN the job it made is terminated at once, and the run announced
+    // THEN the job it made is terminated at once, and recorded: the run waits for its end
     let jobs = world.batch.jobs();
     assert_eq!(jobs.len(), 1);
     assert!(jobs[0].terminated_because.as_deref().unwrap_or_default().contains("ended before the job was recorded"));
+    let stored = driver.load(&run.run_id).await.unwrap().unwrap().run;
+    assert_eq!(stored.stages["a"].attempts[0].job_id.as_deref(), Some(jobs[0].job_id.as_str()));
+    assert!(world.announced.completions.lock().unwrap().is_empty(), "its job is still stopping");
+    // AND once Batch reports that job's end, the run is announced, once
+    driver.advance(&run.run_id, "a", &world.event("a", "FAILED"), 4_000).await.unwrap();
     assert_eq!(world.announced.completions.lock().unwrap().len(), 1);
 }
 

@@ -7,8 +7,8 @@
 use std::collections::BTreeMap;
 
 use super::{
-    keys, Adoption, ClaimState, EventClaim, EventState, Holder, OpenRun, Page, Store, SubmissionClaim, SweepCursor,
-    VersionedRun,
+    keys, Adoption, ClaimState, EventClaim, EventState, Holder, KeyGeneration, OpenRun, Page, Store, SubmissionClaim,
+    SweepCursor, VersionedRun,
 };
 use crate::model::fargate::Size;
 use crate::model::pipeline::{Pipeline, Stage};
@@ -19,6 +19,7 @@ use crate::model::stack::StackConfig;
 /// names the keys; `config` is any valid configuration (the suite publishes and removes it).
 pub async fn check_all(store: &dyn Store, unique: &str, config: &StackConfig) {
     claims(store, unique).await;
+    key_generations(store, unique).await;
     events(store, unique).await;
     runs(store, unique).await;
     configuration(store, config).await;
@@ -89,6 +90,20 @@ pub async fn claims(store: &dyn Store, unique: &str) {
         Some(tombstone),
         "a claim written withdrawn reads back"
     );
+}
+
+/// A key's live generation moves only from the generation its writer read.
+pub async fn key_generations(store: &dyn Store, unique: &str) {
+    let base = format!("{unique}:key");
+    let first = KeyGeneration { generation: 1, first_use_ms: 1_000 };
+    let second = KeyGeneration { generation: 2, first_use_ms: 90_000_000 };
+    assert_eq!(store.key_generation(&base).await.unwrap(), None);
+    assert!(store.set_key_generation(&base, None, &first).await.unwrap());
+    assert!(!store.set_key_generation(&base, None, &second).await.unwrap(), "it has one already");
+    assert_eq!(store.key_generation(&base).await.unwrap(), Some(first));
+    assert!(store.set_key_generation(&base, Some(&first), &second).await.unwrap());
+    assert!(!store.set_key_generation(&base, Some(&first), &second).await.unwrap(), "moved on already");
+    assert_eq!(store.key_generation(&base).await.unwrap(), Some(second));
 }
 
 pub async fn events(store: &dyn Store, unique: &str) {

@@ -8,6 +8,7 @@
 //!   submitted, `expires_at`. Claims from earlier releases carry a `fingerprint` of the
 //!   resolved request instead (not compared) and no holder (their lease is 30 s from
 //!   `claimed_at`);
+//! - a key's live generation: `generation`, `first_use`, `expires_at`;
 //! - event: `state` (`IN_PROGRESS`/`DONE`), `token`, `claimed_at`, `holder_deadline`,
 //!   `expires_at` (entries from earlier releases have no `holder_deadline`);
 //! - run: `document` (the [`Run`] as JSON), `pipeline`, `status`, `version`, `expires_at`;
@@ -35,11 +36,13 @@ use aws_sdk_dynamodb::types::{
     AttributeValue, ConditionCheck, Delete, Put, PutRequest, TransactWriteItem, WriteRequest,
 };
 
-use super::keys::{self, CLAIM_SK, CONFIG_PK, CONFIG_SK, EVENT_SK, INDEX_SK_PREFIX, OPEN_PK, RUN_SK, SWEEP_SK};
+use super::keys::{
+    self, CLAIM_SK, CONFIG_PK, CONFIG_SK, EVENT_SK, GENERATION_SK, INDEX_SK_PREFIX, OPEN_PK, RUN_SK, SWEEP_SK,
+};
 use super::{
-    relists, ClaimState, ClaimStore, ConfigStore, EventClaim, EventLedgerStore, EventState, Holder, OpenRun, Page,
-    Published, RunStore, RunSummary, SubmissionClaim, SweepCursor, VersionedRun, CLAIM_SECONDS, EVENT_SECONDS,
-    RUN_RETENTION_SECONDS,
+    relists, ClaimState, ClaimStore, ConfigStore, EventClaim, EventLedgerStore, EventState, Holder, KeyGeneration,
+    OpenRun, Page, Published, RunStore, RunSummary, SubmissionClaim, SweepCursor, VersionedRun, CLAIM_SECONDS,
+    EVENT_SECONDS, RUN_RETENTION_SECONDS,
 };
 use crate::error::conditional_write;
 use crate::model::run::Run;
@@ -321,6 +324,43 @@ fn built<T>(built: Result<T, aws_sdk_dynamodb::error::BuildError>) -> Result<T, 
 
 #[async_trait]
 impl ClaimStore for DynamoStore {
+    async fn key_generation(&self, base: &str) -> Result<Option<KeyGeneration>, Error> {
+        let Some(item) = self.get(keys::claim_pk(base), GENERATION_SK).await? else { return Ok(None) };
+        let field = |name: &str| {
+            number(&item, name)
+                .ok_or_else(|| Error::Stored { item: format!("generation of {base:?}"), reason: format!("no {name}") })
+        };
+        Ok(Some(KeyGeneration {
+            generation: u32::try_from(field("generation")?).unwrap_or(1),
+            first_use_ms: field("first_use")?,
+        }))
+    }
+
+    async fn set_key_generation(
+        &self,
+        base: &str,
+        current: Option<&KeyGeneration>,
+        next: &KeyGeneration,
+    ) -> Result<bool, Error> {
+        let request = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", s(keys::claim_pk(base)))
+            .item("sk", s(GENERATION_SK))
+            .item("generation", n(i64::from(next.generation)))
+            .item("first_use", n(next.first_use_ms))
+            .item("expires_at", n(next.first_use_ms / 1000 + RUN_RETENTION_SECONDS));
+        let request = match current {
+            None => request.condition_expression("attribute_not_exists(pk)"),
+            Some(current) => request
+                .condition_expression("generation = :generation AND first_use = :first_use")
+                .expression_attribute_values(":generation", n(i64::from(current.generation)))
+                .expression_attribute_values(":first_use", n(current.first_use_ms)),
+        };
+        conditional_write("PutItem", request.send().await)
+    }
+
     async fn create_claim(&self, claim: &SubmissionClaim) -> Result<bool, Error> {
         let result = self
             .client

@@ -4,6 +4,7 @@
 //! |---|---|---|
 //! | the published configuration | `CONFIG` | `CURRENT` |
 //! | a submission claim | `IDEM#<40 hex of SHA-256(idempotency key)>` | `CLAIM` |
+//! | a caller's idempotency key's live generation | `IDEM#<40 hex of SHA-256(the key's first generation)>` | `GENERATION` |
 //! | a counted event | `EVENT#<EventBridge id>` | `EVENT` |
 //! | a run | `RUN#<run id>` | `RUN` |
 //! | a run's index line | `PIPELINE#<pipeline>` | `RUN#<created at, 13 digits>#<run id>` |
@@ -17,6 +18,7 @@ use crate::model::job_request::digest;
 pub const CONFIG_PK: &str = "CONFIG";
 pub const CONFIG_SK: &str = "CURRENT";
 pub const CLAIM_SK: &str = "CLAIM";
+pub const GENERATION_SK: &str = "GENERATION";
 pub const EVENT_SK: &str = "EVENT";
 pub const RUN_SK: &str = "RUN";
 /// The sort key prefix of index and open-run lines, for `begins_with`.

@@ -12,8 +12,8 @@ use async_trait::async_trait;
 
 use super::keys::index_sk;
 use super::{
-    relists, ClaimState, ClaimStore, ConfigStore, EventClaim, EventLedgerStore, EventState, Holder, OpenRun, Page,
-    Published, RunStore, RunSummary, SubmissionClaim, SweepCursor, VersionedRun,
+    relists, ClaimState, ClaimStore, ConfigStore, EventClaim, EventLedgerStore, EventState, Holder, KeyGeneration,
+    OpenRun, Page, Published, RunStore, RunSummary, SubmissionClaim, SweepCursor, VersionedRun,
 };
 use crate::model::run::Run;
 use crate::model::stack::StackConfig;
@@ -53,6 +53,7 @@ type PipelineIndex = BTreeMap<(i64, String), IndexLine>;
 #[derive(Default)]
 struct Tables {
     claims: HashMap<String, SubmissionClaim>,
+    key_generations: HashMap<String, KeyGeneration>,
     events: HashMap<String, EventEntry>,
     runs: HashMap<String, VersionedRun>,
     index: HashMap<String, PipelineIndex>,
@@ -138,6 +139,25 @@ impl MemoryStore {
 
 #[async_trait]
 impl ClaimStore for MemoryStore {
+    async fn key_generation(&self, base: &str) -> Result<Option<KeyGeneration>, Error> {
+        self.call("key_generation", |t| t.key_generations.get(base).copied())
+    }
+
+    async fn set_key_generation(
+        &self,
+        base: &str,
+        current: Option<&KeyGeneration>,
+        next: &KeyGeneration,
+    ) -> Result<bool, Error> {
+        self.call("set_key_generation", |t| {
+            if t.key_generations.get(base) != current {
+                return false;
+            }
+            t.key_generations.insert(base.to_owned(), *next);
+            true
+        })
+    }
+
     async fn create_claim(&self, claim: &SubmissionClaim) -> Result<bool, Error> {
         self.call("create_claim", |t| {
             if t.claims.contains_key(&claim.idempotency_key) {

@@ -95,6 +95,27 @@ pub trait ClaimStore: Send + Sync {
     /// Withdraws a still-PENDING claim, as read at `claimed_at == then`, with no job (state
     /// WITHDRAWN); false if it changed meanwhile.
     async fn withdraw_claim(&self, idempotency_key: &str, then: i64) -> Result<bool, Error>;
+    /// The live generation of a caller's idempotency key (`base`: its first generation's
+    /// key), read consistently; `None` when none is recorded.
+    async fn key_generation(&self, base: &str) -> Result<Option<KeyGeneration>, Error>;
+    /// Moves a key to `next`, only if it is still at `current` (`None`: none recorded);
+    /// false when another writer moved it first.
+    async fn set_key_generation(
+        &self,
+        base: &str,
+        current: Option<&KeyGeneration>,
+        next: &KeyGeneration,
+    ) -> Result<bool, Error>;
+}
+
+/// Which generation of a caller's idempotency key is live: a key reused after its window
+/// starts new work under its next generation, and this record says which that is, so
+/// the key's older items expiring (DynamoDB's TTL) never make an older generation look
+/// unused. Kept [`RUN_RETENTION_SECONDS`] after its first use, longer than any item of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyGeneration {
+    pub generation: u32,
+    pub first_use_ms: i64,
 }
 
 /// Where counting one EventBridge event stands.

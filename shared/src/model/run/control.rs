@@ -12,11 +12,15 @@ impl Run {
     /// submitted, so its job may exist — by its deterministic name. A cancelled attempt
     /// whose job was going stays open until Batch reports its end (so its billed time is
     /// counted, and the run is announced, and may be redriven, only once every job of it
-    /// has ended); its stage shows CANCELLED at once. A run already CANCELLED answers the
+    /// has ended); its stage shows CANCELLED at once. A job found later for an attempt
+    /// given up before it was recorded is recorded then ([`JobFound`](super::JobFound)),
+    /// and waited for likewise. A run already CANCELLED answers the
     /// jobs still going again, so a retried cancel finishes what the first began (stopping a
     /// job twice is harmless). A FAILED run whose jobs go on (`OnStageFailure: Finish`, or
-    /// its failure stage) stays FAILED and has them all stopped. A run with nothing left to
-    /// stop is an error that says how it ended.
+    /// its failure stage) stays FAILED and has them all stopped (a failure stage not yet
+    /// submitted is skipped). A run that SUCCEEDED, or FAILED with nothing going, is an
+    /// error that says how it ended; a CANCELLED one answers what is still going (perhaps
+    /// nothing).
     pub fn cancel(&mut self, now_ms: i64) -> Result<Vec<JobToStop>, String> {
         match self.status {
             RunStatus::Running => {
@@ -28,10 +32,20 @@ impl Run {
                 self.end(RunStatus::Cancelled, Some("cancelled by request".into()), now_ms);
             }
             RunStatus::Cancelled => {}
-            RunStatus::Failed if !self.open_jobs().is_empty() => self.stop_everything = true,
+            RunStatus::Failed if !self.open_jobs().is_empty() => {
+                self.stop_everything = true;
+                // Its failure stage, planned but not submitted yet, is not submitted.
+                if let Some(failure) = self.on_failure.as_mut().filter(|f| f.status == StageStatus::Submitting) {
+                    failure.status = StageStatus::Skipped;
+                    if let Some(attempt) = failure.attempts.last_mut() {
+                        attempt.status = StageStatus::Skipped;
+                    }
+                }
+            }
             _ => return Err(format!("run {} has already ended ({})", self.run_id, self.status.as_str())),
         }
         let going = self.jobs_to_stop().into_iter().map(|(stage, job_id)| JobToStop {
+            attempt: self.current_attempt(&stage).map_or(0, |a| a.number),
             stage,
             job_id: Some(job_id),
             job_name: None,
@@ -39,6 +53,7 @@ impl Run {
         let unrecorded = self.withdrawn_attempts().into_iter().filter(|(_, a)| a.status == StageStatus::Cancelled);
         let named = unrecorded.map(|(stage, attempt)| JobToStop {
             stage: stage.to_owned(),
+            attempt: attempt.number,
             job_id: None,
             job_name: attempt.job_name.clone(),
         });
@@ -59,12 +74,28 @@ impl Run {
         sizes: &BTreeMap<String, Size>,
         now_ms: i64,
     ) -> Result<Redriven, RedriveRefused> {
+        self.redrive_request(key, sizes, None, now_ms)
+    }
+
+    /// [`Run::redrive`], with a fingerprint of the request as its caller wrote it (see
+    /// [`Redrive::request`]).
+    pub fn redrive_request(
+        &mut self,
+        key: &str,
+        sizes: &BTreeMap<String, Size>,
+        request: Option<&str>,
+        now_ms: i64,
+    ) -> Result<Redriven, RedriveRefused> {
         // The same key within its window is the same request: the generation it started,
         // whichever that was (a later redrive may have followed), or a conflict if the
         // request differs. An older use of the key does not count: it starts new work.
         let live = |r: &Redrive| r.key == key && now_ms - r.at < KEY_WINDOW_MS;
         if let Some((index, first)) = self.redrives.iter().enumerate().rev().find(|(_, r)| live(r)) {
-            if first.sizes != *sizes {
+            let same = match (first.request.as_deref(), request) {
+                (Some(first), Some(request)) => first == request,
+                _ => first.sizes == *sizes,
+            };
+            if !same {
                 return Err(RedriveRefused::KeyReused(self.run_id.clone()));
             }
             return Ok(Redriven { generation: index + 1, stages: first.stages.clone(), duplicate: true });
@@ -92,7 +123,14 @@ impl Run {
         self.completion_claim = None;
         self.stop_open_jobs = false;
         self.stop_everything = false;
-        self.redrives.push(Redrive { key: key.to_owned(), at: now_ms, stages: rerun.clone(), sizes: sizes.clone() });
+        let request = request.map(str::to_owned);
+        self.redrives.push(Redrive {
+            key: key.to_owned(),
+            at: now_ms,
+            stages: rerun.clone(),
+            sizes: sizes.clone(),
+            request,
+        });
         self.plan_ready_stages();
         Ok(Redriven { generation: self.redrives.len(), stages: rerun, duplicate: false })
     }

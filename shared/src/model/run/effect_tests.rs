@@ -42,6 +42,10 @@ enum Act {
     Unsubmittable(&'static str, u32),
     /// The completion went out (the announce effect was carried out).
     Announced,
+    /// A job ended as Batch says, at this time (ms): stage, job id, status, `stoppedAt`.
+    EndedAt(&'static str, &'static str, &'static str, i64),
+    /// The driver found a job (`<stage>-<n>`) for an attempt the run gave up.
+    Found(&'static str, u32),
 }
 
 struct Case {
@@ -90,6 +94,11 @@ fn with_deadline() -> Pipeline {
     Pipeline { max_run_seconds: Some(60), ..diamond() }
 }
 
+/// The diamond with a 60-second `MaxRunSeconds` that lets its jobs finish after a failure.
+fn finishing_with_deadline() -> Pipeline {
+    Pipeline { on_stage_failure: OnStageFailure::Finish, ..with_deadline() }
+}
+
 /// The diamond with a budget below one minute of its first stage.
 fn with_tiny_budget() -> Pipeline {
     Pipeline { max_run_cost_usd: Some(0.0001), ..diamond() }
@@ -136,7 +145,7 @@ fn act(run: &mut Run, act: Act, now_ms: i64) -> Vec<Effect> {
             changed(run, stage, event("job-x", name, status, json!({})))
         }
         Act::Cancel => run.handle(&effects::CancelRequested, &ctx).effects,
-        Act::Redrive(key) => run.handle(&effects::RedriveRequested { key, sizes: &sizes }, &ctx).effects,
+        Act::Redrive(key) => run.handle(&effects::RedriveRequested { key, sizes: &sizes, request: None }, &ctx).effects,
         Act::Sweep => run.handle(&effects::SweepVisit, &ctx).effects,
         Act::Resume => run.handle(&effects::Resume, &ctx).effects,
         Act::Created => run.handle(&effects::Created, &ctx).effects,
@@ -151,6 +160,13 @@ fn act(run: &mut Run, act: Act, now_ms: i64) -> Vec<Effect> {
         Act::Announced => {
             run.completion_sent = true;
             vec![]
+        }
+        Act::EndedAt(stage, job_id, status, stopped_at) => {
+            changed(run, stage, event(job_id, None, status, json!({"startedAt": 0, "stoppedAt": stopped_at})))
+        }
+        Act::Found(stage, attempt) => {
+            let job_id = format!("{stage}-{attempt}");
+            run.handle(&effects::JobFound { stage, attempt, job_id: &job_id }, &ctx).effects
         }
     }
 }
@@ -171,7 +187,7 @@ fn render(effect: &Effect) -> String {
     match effect {
         Effect::Submit { stage, attempt } => format!("submit {stage}#{}", attempt.number),
         Effect::Stop { job: JobRef::Id(id), reason, .. } => format!("stop {id} ({})", cause(reason)),
-        Effect::Stop { stage, job: JobRef::Name(_), reason } => format!("stop {stage} by name ({})", cause(reason)),
+        Effect::Stop { stage, job: JobRef::Name { .. }, reason } => format!("stop {stage} by name ({})", cause(reason)),
         Effect::RecordJob { stage, attempt, job_id } => format!("record {stage}#{attempt} {job_id}"),
         Effect::Withdraw { stage, attempt } => format!("withdraw {stage}#{}", attempt.number),
         Effect::Announce => "announce".to_owned(),
@@ -242,8 +258,17 @@ const CASES: &[Case] = &[
     Case { name: "a duplicated cancel stops the same jobs again", pipeline: diamond, given: &[SubmitAll, Event("a", "a-1", "SUCCEEDED"), SubmitAll, Cancel], when: Cancel, now: GIVEN_AT, then: &["stop b-1 (cancelled)", "stop c-1 (cancelled)"] },
     Case { name: "a cancelled run is announced once the last job it stopped has ended", pipeline: diamond, given: &[SubmitAll, Event("a", "a-1", "SUCCEEDED"), SubmitAll, Cancel, Event("b", "b-1", "FAILED")], when: Event("c", "c-1", "FAILED"), now: GIVEN_AT, then: &["announce"] },
     Case { name: "a cancel stops by name the jobs being submitted", pipeline: diamond, given: &[SubmitAll, Event("a", "a-1", "SUCCEEDED")], when: Cancel, now: GIVEN_AT, then: &["stop b by name (cancelled)", "stop c by name (cancelled)", "withdraw b#1", "withdraw c#1", "announce"] },
-    Case { name: "a submission that finishes after the cancel stops its own job", pipeline: diamond, given: &[SubmitAll, Event("a", "a-1", "SUCCEEDED"), Cancel], when: Submitted("b", 1), now: GIVEN_AT, then: &["stop b-1 (unrecorded)", "withdraw b#1", "withdraw c#1", "announce"] },
+    Case { name: "a submission that finishes after the cancel stops its own job", pipeline: diamond, given: &[SubmitAll, Event("a", "a-1", "SUCCEEDED"), Cancel], when: Submitted("b", 1), now: GIVEN_AT, then: &["stop b-1 (unrecorded)"] },
     Case { name: "a stage that cannot be submitted fails the run; the sibling being submitted is stopped by name", pipeline: diamond, given: &[SubmitAll, Event("a", "a-1", "SUCCEEDED")], when: Unsubmittable("b", 1), now: GIVEN_AT, then: &["stop c by name (unrecorded)", "submit on-failure#1"] },
+    Case { name: "a user's stop of a failed run stops what goes on and skips its failure stage", pipeline: diamond, given: &[SubmitAll, Event("a", "a-1", "SUCCEEDED"), SubmitAll, Event("b", "b-1", "FAILED")], when: Cancel, now: GIVEN_AT, then: &["stop c-1 (failed)"] },
+    Case { name: "once what a user stopped has ended, the skipped failure stage's claim is settled and the run announced", pipeline: diamond, given: &[SubmitAll, Event("a", "a-1", "SUCCEEDED"), SubmitAll, Event("b", "b-1", "FAILED"), Cancel], when: Event("c", "c-1", "FAILED"), now: GIVEN_AT, then: &["withdraw on-failure#1", "announce"] },
+    Case { name: "the sweep stops a cancelled run's jobs again", pipeline: diamond, given: &[SubmitAll, Event("a", "a-1", "SUCCEEDED"), SubmitAll, Cancel], when: Sweep, now: GIVEN_AT, then: &["stop b-1 (cancelled)", "stop c-1 (cancelled)"] },
+    Case { name: "a failed run's job still going past the deadline is stopped; its failure stage gets its own time", pipeline: finishing_with_deadline, given: &[SubmitAll, Event("a", "a-1", "SUCCEEDED"), SubmitAll, Event("b", "b-1", "FAILED"), SubmitAll], when: Sweep, now: 60_500, then: &["stop c-1 (failed)"] },
+    Case { name: "a failed run's failure stage past its own deadline is stopped too", pipeline: finishing_with_deadline, given: &[SubmitAll, Event("a", "a-1", "SUCCEEDED"), SubmitAll, Event("b", "b-1", "FAILED"), SubmitAll], when: Sweep, now: 61_500, then: &["stop c-1 (failed)", "stop on-failure-1 (failed)"] },
+    Case { name: "a last job that ended in time, delivered late, ends the run well", pipeline: with_deadline, given: AT_THE_LAST_STAGE, when: EndedAt("d", "d-1", "SUCCEEDED", 30_000), now: 90_000, then: &["announce"] },
+    Case { name: "a last job that ended past the deadline fails the run", pipeline: with_deadline, given: AT_THE_LAST_STAGE, when: EndedAt("d", "d-1", "SUCCEEDED", 70_000), now: 90_000, then: &["submit on-failure#1"] },
+    Case { name: "a job found for a cancelled attempt is waited for before the run is announced", pipeline: diamond, given: &[SubmitAll, Event("a", "a-1", "SUCCEEDED"), Cancel], when: Found("b", 1), now: GIVEN_AT, then: &[] },
+    Case { name: "a job found twice is recorded once", pipeline: diamond, given: &[SubmitAll, Event("a", "a-1", "SUCCEEDED"), Cancel, Found("b", 1)], when: Found("b", 1), now: GIVEN_AT, then: &[] },
     // RecordJob
     Case { name: "an event that names the job before its submission was recorded records it on the claim", pipeline: diamond, given: &[], when: ByName("a", "RUNNING"), now: GIVEN_AT, then: &["record a#1 job-x"] },
     Case { name: "a duplicated early event records nothing again", pipeline: diamond, given: &[ByName("a", "RUNNING")], when: ByName("a", "RUNNING"), now: GIVEN_AT, then: &[] },

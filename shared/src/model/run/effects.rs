@@ -34,12 +34,13 @@ pub struct Context<'a> {
     pub pricing: &'a Pricing,
 }
 
-/// A job of the run to stop: by its id, or by its deterministic name when the run never
-/// recorded the id (its submitter may have died after SubmitJob).
+/// A job of the run to stop: by its id, or by its attempt's deterministic name when the run
+/// never recorded the id (its submitter may have died after SubmitJob); a job found by name
+/// comes back as [`JobFound`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JobRef {
     Id(String),
-    Name(String),
+    Name { name: String, attempt: u32 },
 }
 
 /// A run metric: name, value, and its unit.
@@ -62,7 +63,8 @@ pub enum MetricUnit {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
     /// Submit this planned attempt of `stage` exactly once, under the key
-    /// `run:<id>:<stage>:<n>`; its outcome comes back as [`Submitted`] or [`Unsubmittable`].
+    /// `run:<id>:<stage>:<n>`; its outcome comes back as [`Submitted`] or [`Unsubmittable`]
+    /// (or, when the run withdrew the attempt meanwhile, as [`Resume`] on a fresh read).
     Submit { stage: String, attempt: Attempt },
     /// Stop (TerminateJob) a job of the run, with `reason` as its status reason.
     Stop { stage: String, job: JobRef, reason: String },
@@ -70,12 +72,22 @@ pub enum Effect {
     /// recorded it, so no claim is left PENDING for a job that exists.
     RecordJob { stage: String, attempt: u32, job_id: String },
     /// Settle the submission claim of an attempt the run gave up before a job was recorded:
-    /// withdraw it, or stop the job that was submitted under it.
+    /// withdraw it, or stop the job that was submitted under it (which comes back as
+    /// [`JobFound`]).
     Withdraw { stage: String, attempt: Attempt },
     /// Send "Batchline Run Completed" and the run's outcome metrics, once per generation.
     Announce,
     /// Publish these run metrics.
     Publish(Vec<RunMetric>),
+}
+
+impl Effect {
+    /// Whether the effect is read off the run's state ([`Run::owed`]) rather than caused
+    /// by one transition: such effects are worked out again from every newer state, so a
+    /// step's list replaces the ones of an older step that were not carried out yet.
+    pub fn is_owed(&self) -> bool {
+        matches!(self, Effect::Submit { .. } | Effect::Withdraw { .. } | Effect::Announce)
+    }
 }
 
 /// What an input did: whether the record changed (and must be written), the input's
@@ -139,8 +151,8 @@ impl Run {
     pub fn failure_stops(&self) -> Vec<Effect> {
         let reason = format!("Batchline run {} failed before the job was recorded", self.run_id);
         let skipped = self.skipped_submissions().into_iter().filter_map(|job| {
-            let name = job.job_name?;
-            Some(Effect::Stop { stage: job.stage, job: JobRef::Name(name), reason: reason.clone() })
+            let job_ref = JobRef::Name { name: job.job_name?, attempt: job.attempt };
+            Some(Effect::Stop { stage: job.stage, job: job_ref, reason: reason.clone() })
         });
         skipped.chain(self.open_job_stops()).collect()
     }
@@ -166,7 +178,8 @@ impl Run {
     }
 }
 
-/// Batch says a job of the run changed state. The run's deadline is judged first.
+/// Batch says a job of the run changed state. The run's deadline is judged at the job's
+/// end (as Batch reports it) and at delivery, around applying it.
 pub struct JobChanged<'a> {
     pub stage: &'a str,
     pub event: &'a JobStateChangeEvent,
@@ -178,10 +191,14 @@ impl Input for JobChanged<'_> {
     fn take(&self, run: &mut Run, ctx: &Context) -> Step<Applied> {
         let was_failed = run.status == RunStatus::Failed;
         let unrecorded = run.current_attempt(self.stage).filter(|a| a.job_id.is_none()).map(|a| a.number);
+        // The deadline is judged by what Batch says happened: at the job's end, as it
+        // reports it, before the end is applied (a job that ended past the deadline does
+        // not end the run well), then at the time of delivery for what is left to run (a
+        // job that ended in time is not failed for its event's late delivery).
+        let ended_at = self.event.detail.stopped_at.filter(|_| self.event.detail.status.is_terminal());
+        let late_at_end = ended_at.is_some_and(|at| run.fail_past_deadline(at.min(ctx.now_ms)));
         let applied = run.apply(self.stage, self.event, ctx.now_ms);
-        // What Batch says happened is applied first and the deadline judged after it, so a
-        // job that ended in time is not failed for its event's late delivery.
-        let late = run.fail_past_deadline(ctx.now_ms);
+        let late = run.fail_past_deadline(ctx.now_ms) || late_at_end;
         let mut effects = Vec::new();
         if let (Some(number), Some(now)) = (unrecorded, run.current_attempt(self.stage)) {
             // The event named the job before its submitter recorded it (the submitter
@@ -256,7 +273,8 @@ impl Input for CancelRequested {
         };
         let reason = run.stop_reason();
         let stops = jobs.into_iter().filter_map(|job| {
-            let job_ref = job.job_id.map(JobRef::Id).or(job.job_name.map(JobRef::Name))?;
+            let attempt = job.attempt;
+            let job_ref = job.job_id.map(JobRef::Id).or(job.job_name.map(|name| JobRef::Name { name, attempt }))?;
             Some(Effect::Stop { stage: job.stage, job: job_ref, reason: reason.clone() })
         });
         Step::new(before != (run.status, run.stop_everything), Ok(()), stops.collect())
@@ -268,13 +286,15 @@ impl Input for CancelRequested {
 pub struct RedriveRequested<'a> {
     pub key: &'a str,
     pub sizes: &'a BTreeMap<String, Size>,
+    /// A fingerprint of the request as written, when the caller has one.
+    pub request: Option<&'a str>,
 }
 
 impl Input for RedriveRequested<'_> {
     type Answer = Result<Redriven, RedriveRefused>;
 
     fn take(&self, run: &mut Run, ctx: &Context) -> Step<Self::Answer> {
-        match run.redrive(self.key, self.sizes, ctx.now_ms) {
+        match run.redrive_request(self.key, self.sizes, self.request, ctx.now_ms) {
             Ok(redriven) if redriven.duplicate => Step::new(false, Ok(redriven), vec![]),
             Ok(redriven) => {
                 let metric = RunMetric { name: "RunsRedriven", value: 1.0, unit: MetricUnit::Count };
@@ -301,15 +321,39 @@ impl Input for Submitted<'_> {
             return Step::new(true, (), vec![]);
         }
         // The run gave the attempt up (cancelled, or failed) while it was being submitted:
-        // its job is stopped, so it is no orphan.
-        let given_up = run.current_attempt(self.stage).is_some_and(|current| {
-            current.number == self.attempt
-                && matches!(current.status, StageStatus::Cancelled | StageStatus::Skipped)
-                && current.job_id.is_none()
-        });
+        // its job is recorded, so the run waits for its end, and stopped, so it is no orphan.
+        let found = JobFound { stage: self.stage, attempt: self.attempt, job_id: self.job_id }.take(run, ctx);
         let reason = format!("Batchline run {} ended before the job was recorded", run.run_id);
         let stop = Effect::Stop { stage: self.stage.to_owned(), job: JobRef::Id(self.job_id.to_owned()), reason };
-        Step::new(false, (), if given_up { vec![stop] } else { vec![] })
+        Step::new(found.changed, (), if found.changed { vec![stop] } else { vec![] })
+    }
+}
+
+/// A job exists for an attempt the run gave up before recording one (a submission that
+/// finished after the run ended; or one found by its name, or on its claim, when the
+/// driver stopped it): it is recorded, and the attempt is open again until Batch reports
+/// the job's end — so its time is counted and the run is announced, and may be redriven,
+/// only once it has ended.
+pub struct JobFound<'a> {
+    pub stage: &'a str,
+    pub attempt: u32,
+    pub job_id: &'a str,
+}
+
+impl Input for JobFound<'_> {
+    type Answer = ();
+
+    fn take(&self, run: &mut Run, _ctx: &Context) -> Step<()> {
+        let Some(stage_run) = run.stage_run_mut(self.stage) else { return Step::new(false, (), vec![]) };
+        let Some(current) = stage_run.attempts.last_mut() else { return Step::new(false, (), vec![]) };
+        let given_up = current.number == self.attempt
+            && matches!(current.status, StageStatus::Cancelled | StageStatus::Skipped)
+            && current.job_id.is_none();
+        if given_up {
+            current.job_id = Some(self.job_id.to_owned());
+            current.status = StageStatus::Submitted;
+        }
+        Step::new(given_up, (), vec![])
     }
 }
 

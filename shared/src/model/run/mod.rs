@@ -11,8 +11,8 @@
 //! executes the effects in order, and feeds an effect's outcome that can change the run (a
 //! submission made, or refused) back in as one more input.
 //!
-//! The rules never go back: terminal states are final, events for an attempt other than
-//! the stage's current one are ignored, and a stage is planned for submission once (its
+//! The rules never go back: terminal states are final (only a redrive starts a run's next
+//! generation), events for an attempt other than the stage's current one are ignored, and a stage is planned for submission once (its
 //! next attempt is written to the record before anything is submitted, so a crash leaves a
 //! record that says what is still to submit).
 //!
@@ -42,8 +42,8 @@ pub mod plan;
 pub mod views;
 
 pub use effects::{
-    CancelRequested, Context, Created, Effect, Input, JobChanged, JobRef, MetricUnit, RedriveRequested, Resume,
-    RunMetric, Step, Submitted, SweepVisit, Unsubmittable,
+    CancelRequested, Context, Created, Effect, Input, JobChanged, JobFound, JobRef, MetricUnit, RedriveRequested,
+    Resume, RunMetric, Step, Submitted, SweepVisit, Unsubmittable,
 };
 pub use outcomes::is_out_of_memory;
 
@@ -187,9 +187,14 @@ pub struct Redrive {
     pub key: String,
     pub at: i64,
     pub stages: Vec<String>,
-    /// The sizes the request asked for: the same key with other sizes is another request.
+    /// The sizes it gave: the same key with other sizes is another request.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub sizes: BTreeMap<String, Size>,
+    /// A fingerprint of the request as its caller wrote it, when the caller gave one (the
+    /// API does): compared instead of the sizes, which a request that gives half a size
+    /// resolves against a run that may have changed since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<String>,
 }
 
 /// What a redrive request came to.
@@ -289,6 +294,8 @@ pub struct CompletionClaim {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobToStop {
     pub stage: String,
+    /// The attempt whose job it is.
+    pub attempt: u32,
     pub job_id: Option<String>,
     pub job_name: Option<String>,
 }

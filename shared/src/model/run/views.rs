@@ -31,16 +31,18 @@ impl Run {
         let given_up = self.withdrawn_attempts().into_iter();
         let skipped = given_up.filter(|(_, attempt)| attempt.status == StageStatus::Skipped);
         let named = skipped.filter_map(|(stage, attempt)| {
-            Some(JobToStop { stage: stage.to_owned(), job_id: None, job_name: Some(attempt.job_name.clone()?) })
+            let job_name = Some(attempt.job_name.clone()?);
+            Some(JobToStop { stage: stage.to_owned(), attempt: attempt.number, job_id: None, job_name })
         });
         named.collect()
     }
 
-    /// Attempts the run gave up (cancelled, or skipped by its failure) before a job was
-    /// recorded for them: their submission claims are to be settled (see
-    /// `RunDriver::settle_withdrawn`), each as `(stage, attempt)`.
+    /// Attempts the run gave up (cancelled, or skipped by its failure or a user's stop)
+    /// before a job was recorded for them: their submission claims are to be settled (the
+    /// driver's `Withdraw` effect), each as `(stage, attempt)`.
     pub fn withdrawn_attempts(&self) -> Vec<(&str, &Attempt)> {
         let stages = self.stages.iter().map(|(name, stage_run)| (name.as_str(), stage_run));
+        let stages = stages.chain(self.on_failure.iter().map(|stage_run| (ON_FAILURE, stage_run)));
         let given_up = stages.filter_map(|(name, stage_run)| {
             let attempt = stage_run.current()?;
             let withdrawn = matches!(attempt.status, StageStatus::Cancelled | StageStatus::Skipped);

@@ -1,9 +1,10 @@
 //! Carrying out a run's effects: each kind of effect is done in one place here.
 //!
-//! [`RunDriver::execute`] takes the effects of one step in order. A submission's outcome
-//! (made, refused for good, or withdrawn meanwhile) goes back into the run model as one
-//! more input, written at once; that step's effects replace the rest of the list, which
-//! could only be what the older state owed (see `model::run::effects`).
+//! [`RunDriver::execute`] takes the effects of one step in order. An outcome that changes
+//! the run — a submission made, refused for good, or withdrawn meanwhile; a job found for
+//! an attempt the run gave up — goes back into the run model as one more input, written at
+//! once; that step's effects join the list and replace what the older state owed (see
+//! `model::run::effects`).
 
 use std::collections::VecDeque;
 
@@ -12,73 +13,134 @@ use tracing::{info, warn};
 use super::jobs::{never_submittable, stage_job};
 use super::RunDriver;
 use crate::model::pipeline::attempt_key;
-use crate::model::run::{Attempt, CompletionClaim, Effect, JobRef, Resume, Run, Submitted, Unsubmittable};
+use crate::model::run::{
+    Attempt, CompletionClaim, Effect, Input, JobFound, JobRef, Resume, Run, Submitted, Unsubmittable,
+};
 use crate::services::announce::{completion_detail, outcome_metrics};
 use crate::services::clock::{retry_pause, ANSWER_MARGIN_MS};
 use crate::services::submitter::{abandoned, Submitter, TAKEOVER_MARGIN_MS};
 use crate::store::{ClaimState, SubmissionClaim, VersionedRun};
 use crate::Error;
 
-/// What executing effects did that a caller reports: the jobs its stops terminated.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// What executing effects did that a caller reports: the jobs its stops terminated, and
+/// the first stop that failed.
+#[derive(Debug, Default)]
 pub struct Executed {
     pub stopped: Vec<String>,
+    pub failed_stop: Option<Error>,
 }
 
 impl RunDriver<'_> {
     /// Carries out `effects` in order, starting from `record`; returns the record as it
-    /// stands afterwards. The first error ends the list: what was owed is owed again at
-    /// the next input (the event's redelivery, the sweep).
+    /// stands afterwards. An effect whose outcome changes the run (a submission made or
+    /// refused, a job found for an attempt given up) is put to the model as one more input
+    /// and written; that step's effects join the list, replacing those read off the older
+    /// state ([`Effect::is_owed`]). A stop that fails does not keep the rest from being
+    /// done: its error is returned at the end, before any other (the sweep, or a retried
+    /// cancel, stops that job again). Any other error ends the list: what was owed is owed
+    /// again at the next input (the event's redelivery, the sweep).
     pub(crate) async fn execute(
         &self,
-        mut record: VersionedRun,
+        record: VersionedRun,
         effects: Vec<Effect>,
         now_ms: i64,
         done: &mut Executed,
     ) -> Result<VersionedRun, Error> {
-        let mut queue = VecDeque::from(effects);
-        // A stop that fails does not keep the others from being tried; the first such
-        // error is returned once the rest are done (the sweep, or a retried cancel, stops
-        // that job again).
-        let mut failed_stop = None;
+        let result = self.carry_out(record, VecDeque::from(effects), now_ms, done).await;
+        match done.failed_stop.take() {
+            Some(err) => Err(err),
+            None => result,
+        }
+    }
+
+    /// Carries out the queue's effects, each kind in one place.
+    async fn carry_out(
+        &self,
+        mut record: VersionedRun,
+        mut queue: VecDeque<Effect>,
+        now_ms: i64,
+        done: &mut Executed,
+    ) -> Result<VersionedRun, Error> {
         while let Some(effect) = queue.pop_front() {
-            match effect {
-                Effect::Submit { stage, attempt } => {
-                    let (after, next) = self.submit(record, &stage, &attempt, now_ms).await?;
-                    record = after;
-                    queue = next.into();
-                }
+            let fed_back = match effect {
+                Effect::Submit { stage, attempt } => self.submit(record.clone(), &stage, &attempt, now_ms).await?,
                 Effect::Stop { stage, job, reason } => match self.stop(&record.run, &stage, &job, &reason).await {
-                    Ok(stopped) => done.stopped.extend(stopped),
+                    Ok(Some(job_id)) => {
+                        done.stopped.push(job_id.clone());
+                        match job {
+                            JobRef::Name { attempt, .. } => {
+                                self.found(&record, &stage, attempt, &job_id, now_ms).await?
+                            }
+                            JobRef::Id(_) => None,
+                        }
+                    }
+                    Ok(None) => None,
                     Err(err) => {
                         warn!(run_id = %record.run.run_id, stage, error = %err, "stopping a job of the run failed; going on with the others");
-                        failed_stop.get_or_insert(err);
+                        done.failed_stop.get_or_insert(err);
+                        None
                     }
                 },
                 Effect::RecordJob { stage, attempt, job_id } => {
                     let key = attempt_key(&record.run.run_id, &stage, attempt);
                     self.claims.record_claim_job(&key, &job_id, None).await?;
+                    None
                 }
-                Effect::Withdraw { stage, attempt } => self.withdraw(&record.run, &stage, &attempt).await?,
-                Effect::Announce => record = self.announce_once(record, now_ms).await?,
-                Effect::Publish(metrics) => self.announcer.run_metrics(&record.run.pipeline.name, &metrics).await,
+                Effect::Withdraw { stage, attempt } => match self.withdraw(&record.run, &stage, &attempt).await? {
+                    Some(job_id) => self.found(&record, &stage, attempt.number, &job_id, now_ms).await?,
+                    None => None,
+                },
+                Effect::Announce => {
+                    record = self.announce_once(record, now_ms).await?;
+                    None
+                }
+                Effect::Publish(metrics) => {
+                    self.announcer.run_metrics(&record.run.pipeline.name, &metrics).await;
+                    None
+                }
+            };
+            if let Some((after, effects)) = fed_back {
+                record = after;
+                queue.retain(|effect| !effect.is_owed());
+                queue.extend(effects);
             }
         }
-        match failed_stop {
-            Some(err) => Err(err),
-            None => Ok(record),
-        }
+        Ok(record)
+    }
+
+    /// Puts an input to the run and returns the record after its write and the step's
+    /// effects; `None` when the run has vanished.
+    async fn feed<I: Input<Answer = ()>>(
+        &self,
+        record: VersionedRun,
+        input: &I,
+        now_ms: i64,
+    ) -> Result<Option<(VersionedRun, Vec<Effect>)>, Error> {
+        Ok(self.write(record, input, now_ms).await?.map(|(after, step)| (after, step.effects)))
+    }
+
+    /// Records a job found for an attempt the run gave up (see [`JobFound`]).
+    async fn found(
+        &self,
+        record: &VersionedRun,
+        stage: &str,
+        attempt: u32,
+        job_id: &str,
+        now_ms: i64,
+    ) -> Result<Option<(VersionedRun, Vec<Effect>)>, Error> {
+        self.feed(record.clone(), &JobFound { stage, attempt, job_id }, now_ms).await
     }
 
     /// Submits a planned attempt (exactly once, by its key) and puts the outcome to the run:
-    /// returns the record after that write and the effects of its step.
+    /// returns the record after that write and the effects of its step (`None`: the run
+    /// has vanished).
     async fn submit(
         &self,
         record: VersionedRun,
         stage: &str,
         attempt: &Attempt,
         now_ms: i64,
-    ) -> Result<(VersionedRun, Vec<Effect>), Error> {
+    ) -> Result<Option<(VersionedRun, Vec<Effect>)>, Error> {
         let submitter = Submitter { batch: self.batch, claims: self.claims, clock: self.clock, holder: self.holder };
         let config = self.configs.get().await?;
         let submitted = match stage_job(&config, &record.run, stage, attempt) {
@@ -87,29 +149,26 @@ impl RunDriver<'_> {
         };
         let run_id = record.run.run_id.clone();
         let (number, size) = (attempt.number, attempt.size);
-        let written = match submitted {
+        match submitted {
             Ok(job) => {
                 info!(run_id, stage, attempt = number, job_id = %job.job_id, %size, "stage submitted");
                 let input = Submitted { stage, attempt: number, job_id: &job.job_id, job_name: &job.job_name };
-                self.write(record.clone(), &input, now_ms).await?.map(|(after, step)| (after, step.effects))
+                self.feed(record, &input, now_ms).await
             }
             Err(Error::Withdrawn(key)) => {
                 // Our read is stale: the run gave this attempt up meanwhile. Go on from the
                 // run as it is now.
                 info!(run_id, key, "the run withdrew the attempt; reading it again");
                 let fresh = self.runs.load_run(&run_id).await?.ok_or(Error::Contention("a vanished run".into()))?;
-                self.write(fresh, &Resume, now_ms).await?.map(|(after, step)| (after, step.effects))
+                self.feed(fresh, &Resume, now_ms).await
             }
             Err(err) if never_submittable(&err) => {
                 warn!(run_id, stage, attempt = number, error = %err, "stage can never be submitted; the run fails");
                 let reason = err.to_string();
-                let input = Unsubmittable { stage, attempt: number, reason: &reason };
-                self.write(record.clone(), &input, now_ms).await?.map(|(after, step)| (after, step.effects))
+                self.feed(record, &Unsubmittable { stage, attempt: number, reason: &reason }, now_ms).await
             }
-            Err(err) => return Err(err),
-        };
-        // A vanished run has nothing more to do.
-        Ok(written.unwrap_or((record, vec![])))
+            Err(err) => Err(err),
+        }
     }
 
     /// Terminates a job of the run (found by its name in its stage's queue when the run
@@ -117,7 +176,7 @@ impl RunDriver<'_> {
     async fn stop(&self, run: &Run, stage: &str, job: &JobRef, reason: &str) -> Result<Option<String>, Error> {
         let job_id = match job {
             JobRef::Id(job_id) => job_id.clone(),
-            JobRef::Name(name) => {
+            JobRef::Name { name, .. } => {
                 let Some(queue) = self.stage_queue(run, stage).await? else { return Ok(None) };
                 let Some(job_id) = self.batch.find_job(&queue, name).await? else { return Ok(None) };
                 job_id
@@ -134,13 +193,14 @@ impl RunDriver<'_> {
     /// submit one.
     /// - nobody claimed it: the claim is written WITHDRAWN, so nobody ever will;
     /// - its job exists (recorded on the claim, or found by its name): the job is recorded
-    ///   and stopped (again, if its submitter stopped it already — harmless);
+    ///   on the claim and stopped (again, if its submitter stopped it already — harmless),
+    ///   and returned, to be recorded on the run ([`JobFound`]), which then waits for its end;
     /// - PENDING without a job: withdrawn once its holder cannot be running any more; until
     ///   then the run waits ([`Error::InFlight`]) and the retry of this work (the event's
     ///   redelivery, the sweep) settles it. Nobody takes over a live holder's claim.
-    async fn withdraw(&self, run: &Run, stage: &str, attempt: &Attempt) -> Result<(), Error> {
+    async fn withdraw(&self, run: &Run, stage: &str, attempt: &Attempt) -> Result<Option<String>, Error> {
         let key = attempt_key(&run.run_id, stage, attempt.number);
-        let Some(job_name) = attempt.job_name.clone() else { return Ok(()) };
+        let Some(job_name) = attempt.job_name.clone() else { return Ok(None) };
         let queue = self.stage_queue(run, stage).await?;
         let tombstone = SubmissionClaim {
             idempotency_key: key.clone(),
@@ -153,11 +213,11 @@ impl RunDriver<'_> {
             holder: Some(self.holder.clone()),
         };
         if self.claims.create_claim(&tombstone).await? {
-            return Ok(());
+            return Ok(None);
         }
-        let Some(claim) = self.claims.claim(&key).await? else { return Ok(()) };
+        let Some(claim) = self.claims.claim(&key).await? else { return Ok(None) };
         let job_id = match (claim.state, claim.job_id.clone()) {
-            (ClaimState::Withdrawn, _) => return Ok(()),
+            (ClaimState::Withdrawn, _) => return Ok(None),
             (_, Some(job_id)) => job_id,
             (_, None) => {
                 let found = match &queue {
@@ -169,7 +229,7 @@ impl RunDriver<'_> {
                         && self.claims.withdraw_claim(&key, claim.claimed_at).await?
                     {
                         info!(run_id = %run.run_id, stage, key, "withdrew the claim of an attempt the run gave up");
-                        return Ok(());
+                        return Ok(None);
                     }
                     return Err(Error::InFlight(format!("the submission of {key:?}")));
                 };
@@ -179,7 +239,8 @@ impl RunDriver<'_> {
         };
         info!(run_id = %run.run_id, stage, job_id, "stopping the job of an attempt the run gave up");
         let reason = format!("Batchline run {} ended before the job was recorded", run.run_id);
-        self.batch.terminate_job(&job_id, &reason).await
+        self.batch.terminate_job(&job_id, &reason).await?;
+        Ok(Some(job_id))
     }
 
     /// The ARN of the queue a stage of the run submits to, if it is still configured.

@@ -235,10 +235,11 @@ impl RunDriver<'_> {
         }
     }
 
-    /// Cancels a run: marks it CANCELLED, then terminates every job it started — those
-    /// recorded, and those planned but never recorded (found by their deterministic
-    /// name). A cancel of a CANCELLED run terminates them again, so a retry after a
-    /// failed TerminateJob finishes what the first began.
+    /// Cancels a run (see [`Run::cancel`]): a running one is marked CANCELLED, then every
+    /// job of it still going is terminated — those recorded, and those planned but never
+    /// recorded (found by their deterministic name); a FAILED one stays FAILED and its jobs
+    /// still going are terminated. A cancel of a CANCELLED run terminates what is still
+    /// going again, so a retry after a failed TerminateJob finishes what the first began.
     pub async fn cancel(&self, run_id: &str, now_ms: i64) -> Result<CancelOutcome, Error> {
         let Some(current) = self.runs.load_run(run_id).await? else { return Ok(CancelOutcome::NoSuchRun) };
         let Some((record, step)) = self.write(current, &CancelRequested, now_ms).await? else {
@@ -262,8 +263,22 @@ impl RunDriver<'_> {
         sizes: &BTreeMap<String, Size>,
         now_ms: i64,
     ) -> Result<RedriveOutcome, Error> {
+        self.redrive_request(current, key, sizes, None, now_ms).await
+    }
+
+    /// [`RunDriver::redrive`], with a fingerprint of the request as its caller wrote it (see
+    /// [`crate::model::run::Redrive::request`]).
+    pub async fn redrive_request(
+        &self,
+        current: VersionedRun,
+        key: &str,
+        sizes: &BTreeMap<String, Size>,
+        request: Option<&str>,
+        now_ms: i64,
+    ) -> Result<RedriveOutcome, Error> {
         let run_id = current.run.run_id.clone();
-        let Some((record, step)) = self.write(current, &RedriveRequested { key, sizes }, now_ms).await? else {
+        let input = RedriveRequested { key, sizes, request };
+        let Some((record, step)) = self.write(current, &input, now_ms).await? else {
             return Ok(RedriveOutcome::NoSuchRun);
         };
         let redriven = match step.answer {
