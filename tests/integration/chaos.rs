@@ -10,7 +10,8 @@
 //! handlers on the same claim at once. Invocations get short deadlines, so claims left by
 //! failed holders are taken over within the test. The seed is in every failure message.
 //! Every run must end: the fan-out runs succeed, the impossible ones fail saying why (their
-//! failure stage run), the cancelled ones stop every job they started (no orphan).
+//! failure stage run), the cancelled ones stop every job they started (no orphan), and are
+//! then redriven through the API under the same faults, once each, to success.
 //!
 //! The repair sweep runs only when all is quiet (every job played, every message handled)
 //! and a run is still not done with — an announcement whose sender failed, a cancel's
@@ -104,6 +105,12 @@ struct Chaos {
     played_statuses: BTreeMap<&'static str, usize>,
     /// Cancelled runs, with the jobs played before their cancel went through.
     cancelled: BTreeMap<String, BTreeSet<String>>,
+    /// Cancelled runs redriven once they were done with (or found to have succeeded before
+    /// the cancel), with the run's jobs that existed when the redrive was first asked for:
+    /// its first generation's.
+    redriven: BTreeMap<String, BTreeSet<String>>,
+    /// The first generation's jobs of runs whose redrive is asked for, not yet answered.
+    first_generations: BTreeMap<String, BTreeSet<String>>,
 }
 
 impl Chaos {
@@ -208,6 +215,43 @@ impl Chaos {
         }
     }
 
+    /// Redrives, through the API under the same faults and with one Idempotency-Key each,
+    /// every cancelled run once it is done with (its jobs ended, its end announced); a
+    /// redrive whose answer did not come back is asked again with the same key next round.
+    async fn redrive_cancelled(&mut self) {
+        use batchline::model::run::RunStatus;
+        let pending: Vec<String> =
+            self.cancelled.keys().filter(|id| !self.redriven.contains_key(*id)).cloned().collect();
+        for run_id in pending {
+            let Ok(Some(read)) = batchline::store::RunStore::load_run(&self.store(), &run_id).await else { continue };
+            if read.run.status == RunStatus::Succeeded {
+                // It ended before the cancel got through: nothing to redrive.
+                self.redriven.insert(run_id, BTreeSet::new());
+                continue;
+            }
+            if !read.run.is_done_with() && read.run.redrives.is_empty() {
+                continue;
+            }
+            let path = format!("/runs/{run_id}/redrive");
+            let request = json!({
+                "version": "2.0", "rawPath": path, "headers": {"idempotency-key": format!("again-{run_id}")},
+                "requestContext": {"http": {"method": "POST", "path": path}}, "isBase64Encoded": false
+            });
+            if !self.first_generations.contains_key(&run_id) {
+                // Before the first request: no job of the next generation can exist yet.
+                let jobs = self.env.jobs_in("default").await;
+                let of_run = jobs.iter().filter(|j| j.tags().and_then(|t| t.get("batchline:run")) == Some(&run_id));
+                let first_generation = of_run.filter_map(|j| j.job_id().map(str::to_owned)).collect();
+                self.first_generations.insert(run_id.clone(), first_generation);
+            }
+            let answer = batchline_submit::handle(invocation_for(request, 10), &self.submit).await;
+            if answer.as_ref().ok().and_then(|a| a["statusCode"].as_u64()) == Some(202) {
+                let first_generation = self.first_generations.remove(&run_id).unwrap_or_default();
+                self.redriven.insert(run_id, first_generation);
+            }
+        }
+    }
+
     /// The scheduled repair sweep, through the faulty clients; a failed one is simply
     /// tried again on a later round, as the schedule would.
     async fn sweep(&self) {
@@ -231,7 +275,7 @@ impl Chaos {
     async fn runs_ended(&self) -> bool {
         use batchline::store::RunStore;
         let store = self.store();
-        let mut ended = self.cancelled.len() == CANCELLED_RUNS;
+        let mut ended = self.cancelled.len() == CANCELLED_RUNS && self.redriven.len() == CANCELLED_RUNS;
         for (pipeline, count) in [("fan", RUNS), ("doomed", CANCELLED_RUNS), ("brittle", BRITTLE_RUNS)] {
             ended &= store.list_runs(pipeline, 100).await.map(|runs| runs.len() == count).unwrap_or(false);
         }
@@ -281,6 +325,8 @@ async fn chaos(seed: u64) {
         played: BTreeSet::new(),
         played_statuses: BTreeMap::new(),
         cancelled: BTreeMap::new(),
+        redriven: BTreeMap::new(),
+        first_generations: BTreeMap::new(),
         env,
     };
 
@@ -290,6 +336,7 @@ async fn chaos(seed: u64) {
         let nothing_pending = chaos.objects.is_empty() && chaos.messages.is_empty();
         chaos.deliver_objects().await;
         chaos.cancel_doomed().await;
+        chaos.redrive_cancelled().await;
         let played = chaos.play().await;
         chaos.deliver_messages().await;
         let quiet = nothing_pending && played == 0;
@@ -343,6 +390,7 @@ async fn chaos(seed: u64) {
         job.tags().and_then(|t| t.get("batchline:run")).cloned().unwrap_or_default()
     };
     let not_doomed = jobs.iter().filter(|j| !chaos.cancelled.contains_key(&run_of(j))).count();
+    // (a redriven doomed run's second generation made its jobs too: counted below)
     // Each fan run: a, b (out of memory, then resized), c, d; each brittle run: first and
     // its failure stage.
     assert_eq!(not_doomed, SINGLE_JOBS + RUNS * 5 + BRITTLE_RUNS * 2, "seed {seed}: {names:?}");
@@ -368,18 +416,27 @@ async fn chaos(seed: u64) {
         assert_eq!(run.on_failure.as_ref().map(|s| s.status), Some(StageStatus::Succeeded), "seed {seed}: {run:?}");
         assert!(run.completion_sent, "seed {seed}");
     }
-    // AND the cancelled runs stopped every job they started that had not ended: none is
-    // left running as an orphan
+    // AND the cancelled runs stopped every job they started that had not ended (none is
+    // left running as an orphan); each was redriven once it was done with — one generation
+    // however often the redrive was asked under faults — and that generation succeeded
     for (run_id, played_before_cancel) in &chaos.cancelled {
         let run = load(run_id.clone()).await;
-        assert!(matches!(run.status, RunStatus::Cancelled | RunStatus::Succeeded), "seed {seed}: {run:?}");
+        assert_eq!(run.status, RunStatus::Succeeded, "seed {seed}: {run:?}");
         assert!(run.completion_sent, "seed {seed}: {run:?}");
-        if run.status == RunStatus::Cancelled {
-            for job in jobs.iter().filter(|j| &run_of(j) == run_id) {
-                let id = job.job_id().unwrap_or_default();
-                let stopped = job.status_reason().is_some_and(|r| r.contains(run_id.as_str()));
-                assert!(played_before_cancel.contains(id) || stopped, "seed {seed}: orphan {job:?} of {run:?}");
-            }
+        let first_generation = &chaos.redriven[run_id];
+        if first_generation.is_empty() {
+            continue; // it had succeeded before its cancel got through
+        }
+        assert_eq!(run.redrives.len(), 1, "seed {seed}: {run:?}");
+        for job in jobs.iter().filter(|j| first_generation.contains(j.job_id().unwrap_or_default())) {
+            let id = job.job_id().unwrap_or_default();
+            let stopped = job.status_reason().is_some_and(|r| r.contains(run_id.as_str()));
+            assert!(played_before_cancel.contains(id) || stopped, "seed {seed}: orphan {job:?} of {run:?}");
+        }
+        // every job of the first generation had ended, as the record says, before the second began
+        let attempts = run.stages.values().flat_map(|s| s.attempts.iter());
+        for attempt in attempts.filter(|a| a.job_id.as_ref().is_some_and(|id| first_generation.contains(id))) {
+            assert!(attempt.status.is_terminal() && attempt.stopped_at.is_some(), "seed {seed}: {run:?}");
         }
     }
 

@@ -35,12 +35,11 @@ pub struct Context<'a> {
 }
 
 /// A job of the run to stop: by its id, or by its attempt's deterministic name when the run
-/// never recorded the id (its submitter may have died after SubmitJob); a job found by name
-/// comes back as [`JobFound`].
+/// never recorded the id (its submitter may have died after SubmitJob).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JobRef {
     Id(String),
-    Name { name: String, attempt: u32 },
+    Name(String),
 }
 
 /// A run metric: name, value, and its unit.
@@ -66,8 +65,9 @@ pub enum Effect {
     /// `run:<id>:<stage>:<n>`; its outcome comes back as [`Submitted`] or [`Unsubmittable`]
     /// (or, when the run withdrew the attempt meanwhile, as [`Resume`] on a fresh read).
     Submit { stage: String, attempt: Attempt },
-    /// Stop (TerminateJob) a job of the run, with `reason` as its status reason.
-    Stop { stage: String, job: JobRef, reason: String },
+    /// Stop (TerminateJob) the job of an attempt of the run, with `reason` as its status
+    /// reason; once stopped, a job the run had not recorded comes back as [`JobFound`].
+    Stop { stage: String, attempt: u32, job: JobRef, reason: String },
     /// Record on an attempt's submission claim the job an event named before its submitter
     /// recorded it, so no claim is left PENDING for a job that exists.
     RecordJob { stage: String, attempt: u32, job_id: String },
@@ -151,8 +151,8 @@ impl Run {
     pub fn failure_stops(&self) -> Vec<Effect> {
         let reason = format!("Batchline run {} failed before the job was recorded", self.run_id);
         let skipped = self.skipped_submissions().into_iter().filter_map(|job| {
-            let job_ref = JobRef::Name { name: job.job_name?, attempt: job.attempt };
-            Some(Effect::Stop { stage: job.stage, job: job_ref, reason: reason.clone() })
+            let job_ref = JobRef::Name(job.job_name?);
+            Some(Effect::Stop { stage: job.stage, attempt: job.attempt, job: job_ref, reason: reason.clone() })
         });
         skipped.chain(self.open_job_stops()).collect()
     }
@@ -162,7 +162,11 @@ impl Run {
     pub fn open_job_stops(&self) -> Vec<Effect> {
         let reason = self.stop_reason();
         let jobs = self.jobs_to_stop().into_iter();
-        jobs.map(|(stage, job_id)| Effect::Stop { stage, job: JobRef::Id(job_id), reason: reason.clone() }).collect()
+        let stop = |(stage, job_id): (String, String)| {
+            let attempt = self.current_attempt(&stage).map_or(0, |a| a.number);
+            Effect::Stop { stage, attempt, job: JobRef::Id(job_id), reason: reason.clone() }
+        };
+        jobs.map(stop).collect()
     }
 
     /// Why the run stops its jobs, as their status reason will say.
@@ -273,9 +277,8 @@ impl Input for CancelRequested {
         };
         let reason = run.stop_reason();
         let stops = jobs.into_iter().filter_map(|job| {
-            let attempt = job.attempt;
-            let job_ref = job.job_id.map(JobRef::Id).or(job.job_name.map(|name| JobRef::Name { name, attempt }))?;
-            Some(Effect::Stop { stage: job.stage, job: job_ref, reason: reason.clone() })
+            let job_ref = job.job_id.map(JobRef::Id).or(job.job_name.map(JobRef::Name))?;
+            Some(Effect::Stop { stage: job.stage, attempt: job.attempt, job: job_ref, reason: reason.clone() })
         });
         Step::new(before != (run.status, run.stop_everything), Ok(()), stops.collect())
     }
@@ -321,11 +324,17 @@ impl Input for Submitted<'_> {
             return Step::new(true, (), vec![]);
         }
         // The run gave the attempt up (cancelled, or failed) while it was being submitted:
-        // its job is recorded, so the run waits for its end, and stopped, so it is no orphan.
-        let found = JobFound { stage: self.stage, attempt: self.attempt, job_id: self.job_id }.take(run, ctx);
+        // its job is stopped, so it is no orphan, and once stopped recorded ([`JobFound`]),
+        // so the run waits for its end. Should the stop fail, the attempt's claim still
+        // names the job, and settling it before the announcement stops it again.
+        let given_up = run.current_attempt(self.stage).is_some_and(|current| {
+            current.number == self.attempt
+                && matches!(current.status, StageStatus::Cancelled | StageStatus::Skipped)
+                && current.job_id.is_none()
+        });
         let reason = format!("Batchline run {} ended before the job was recorded", run.run_id);
-        let stop = Effect::Stop { stage: self.stage.to_owned(), job: JobRef::Id(self.job_id.to_owned()), reason };
-        Step::new(found.changed, (), if found.changed { vec![stop] } else { vec![] })
+        let (stage, attempt, job) = (self.stage.to_owned(), self.attempt, JobRef::Id(self.job_id.to_owned()));
+        Step::new(false, (), if given_up { vec![Effect::Stop { stage, attempt, job, reason }] } else { vec![] })
     }
 }
 

@@ -64,23 +64,21 @@ impl RunDriver<'_> {
         while let Some(effect) = queue.pop_front() {
             let fed_back = match effect {
                 Effect::Submit { stage, attempt } => self.submit(record.clone(), &stage, &attempt, now_ms).await?,
-                Effect::Stop { stage, job, reason } => match self.stop(&record.run, &stage, &job, &reason).await {
-                    Ok(Some(job_id)) => {
-                        done.stopped.push(job_id.clone());
-                        match job {
-                            JobRef::Name { attempt, .. } => {
-                                self.found(&record, &stage, attempt, &job_id, now_ms).await?
-                            }
-                            JobRef::Id(_) => None,
+                Effect::Stop { stage, attempt, job, reason } => {
+                    match self.stop(&record.run, &stage, &job, &reason).await {
+                        Ok(Some(job_id)) => {
+                            // A job the run had not recorded is recorded now (a no-op otherwise).
+                            done.stopped.push(job_id.clone());
+                            self.found(&record, &stage, attempt, &job_id, now_ms).await?
+                        }
+                        Ok(None) => None,
+                        Err(err) => {
+                            warn!(run_id = %record.run.run_id, stage, error = %err, "stopping a job of the run failed; going on with the others");
+                            done.failed_stop.get_or_insert(err);
+                            None
                         }
                     }
-                    Ok(None) => None,
-                    Err(err) => {
-                        warn!(run_id = %record.run.run_id, stage, error = %err, "stopping a job of the run failed; going on with the others");
-                        done.failed_stop.get_or_insert(err);
-                        None
-                    }
-                },
+                }
                 Effect::RecordJob { stage, attempt, job_id } => {
                     let key = attempt_key(&record.run.run_id, &stage, attempt);
                     self.claims.record_claim_job(&key, &job_id, None).await?;
@@ -176,7 +174,7 @@ impl RunDriver<'_> {
     async fn stop(&self, run: &Run, stage: &str, job: &JobRef, reason: &str) -> Result<Option<String>, Error> {
         let job_id = match job {
             JobRef::Id(job_id) => job_id.clone(),
-            JobRef::Name { name, .. } => {
+            JobRef::Name(name) => {
                 let Some(queue) = self.stage_queue(run, stage).await? else { return Ok(None) };
                 let Some(job_id) = self.batch.find_job(&queue, name).await? else { return Ok(None) };
                 job_id
