@@ -327,11 +327,7 @@ impl Input for Submitted<'_> {
         // its job is stopped, so it is no orphan, and once stopped recorded ([`JobFound`]),
         // so the run waits for its end. Should the stop fail, the attempt's claim still
         // names the job, and settling it before the announcement stops it again.
-        let given_up = run.current_attempt(self.stage).is_some_and(|current| {
-            current.number == self.attempt
-                && matches!(current.status, StageStatus::Cancelled | StageStatus::Skipped)
-                && current.job_id.is_none()
-        });
+        let given_up = run.gave_up(self.stage, self.attempt);
         let reason = format!("Batchline run {} ended before the job was recorded", run.run_id);
         let (stage, attempt, job) = (self.stage.to_owned(), self.attempt, JobRef::Id(self.job_id.to_owned()));
         Step::new(false, (), if given_up { vec![Effect::Stop { stage, attempt, job, reason }] } else { vec![] })
@@ -353,16 +349,14 @@ impl Input for JobFound<'_> {
     type Answer = ();
 
     fn take(&self, run: &mut Run, _ctx: &Context) -> Step<()> {
-        let Some(stage_run) = run.stage_run_mut(self.stage) else { return Step::new(false, (), vec![]) };
-        let Some(current) = stage_run.attempts.last_mut() else { return Step::new(false, (), vec![]) };
-        let given_up = current.number == self.attempt
-            && matches!(current.status, StageStatus::Cancelled | StageStatus::Skipped)
-            && current.job_id.is_none();
-        if given_up {
-            current.job_id = Some(self.job_id.to_owned());
-            current.status = StageStatus::Submitted;
+        if !run.gave_up(self.stage, self.attempt) {
+            return Step::new(false, (), vec![]);
         }
-        Step::new(given_up, (), vec![])
+        let current = run.stage_run_mut(self.stage).and_then(|stage_run| stage_run.attempts.last_mut());
+        let Some(current) = current else { return Step::new(false, (), vec![]) };
+        current.job_id = Some(self.job_id.to_owned());
+        current.status = StageStatus::Submitted;
+        Step::new(true, (), vec![])
     }
 }
 

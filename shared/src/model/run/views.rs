@@ -10,6 +10,16 @@ impl Run {
         stage_run.current()
     }
 
+    /// Whether the run gave `attempt` of `stage` up (cancelled it, or skipped it when it
+    /// failed) before a job was recorded for it.
+    pub fn gave_up(&self, stage: &str, attempt: u32) -> bool {
+        self.current_attempt(stage).is_some_and(|current| {
+            current.number == attempt
+                && matches!(current.status, StageStatus::Cancelled | StageStatus::Skipped)
+                && current.job_id.is_none()
+        })
+    }
+
     /// The jobs the run stops, as `(stage, job id)`, while they go on: a CANCELLED run's, all
     /// of them; a FAILED run's, its stages' jobs when its failure stops them (fail fast, or
     /// its deadline passed), and its failure stage's too once a user stopped the run or the
