@@ -57,19 +57,9 @@ struct Case {
     then: &'static [&'static str],
 }
 
+/// A stage of the small size, resized at most once.
 fn stage(after: &[&str]) -> Stage {
-    Stage {
-        job_definition: "default".into(),
-        size: Size { vcpu: Quarters(1), memory_mib: 512 },
-        parameters: BTreeMap::new(),
-        queue: "default".into(),
-        after: after.iter().map(|s| s.to_string()).collect(),
-        max_resizes: 1,
-        timeout_seconds: None,
-        expected_seconds: None,
-        max_vcpus: None,
-        retry: None,
-    }
+    super::tests::stage(after, Size { vcpu: Quarters(1), memory_mib: 512 }, 1)
 }
 
 /// a → (b, c) → d, fail fast, with a failure stage.

@@ -169,6 +169,12 @@ impl Run {
         jobs.map(stop).collect()
     }
 
+    /// Why the run stops a job submitted for an attempt it had given up, as the job's
+    /// status reason will say.
+    pub fn late_job_reason(&self) -> String {
+        format!("Batchline run {} ended before the job was recorded", self.run_id)
+    }
+
     /// Why the run stops its jobs, as their status reason will say.
     fn stop_reason(&self) -> String {
         let reason = match self.status {
@@ -328,7 +334,7 @@ impl Input for Submitted<'_> {
         // so the run waits for its end. Should the stop fail, the attempt's claim still
         // names the job, and settling it before the announcement stops it again.
         let given_up = run.gave_up(self.stage, self.attempt);
-        let reason = format!("Batchline run {} ended before the job was recorded", run.run_id);
+        let reason = run.late_job_reason();
         let (stage, attempt, job) = (self.stage.to_owned(), self.attempt, JobRef::Id(self.job_id.to_owned()));
         Step::new(false, (), if given_up { vec![Effect::Stop { stage, attempt, job, reason }] } else { vec![] })
     }

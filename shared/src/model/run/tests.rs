@@ -5,7 +5,7 @@ use crate::model::fargate::Quarters;
 use serde_json::json;
 use serde_json::Value;
 
-fn stage(after: &[&str], size: Size, max_resizes: u32) -> Stage {
+pub(super) fn stage(after: &[&str], size: Size, max_resizes: u32) -> Stage {
     Stage {
         job_definition: "default".into(),
         size,

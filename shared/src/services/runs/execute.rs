@@ -67,9 +67,13 @@ impl RunDriver<'_> {
                 Effect::Stop { stage, attempt, job, reason } => {
                     match self.stop(&record.run, &stage, &job, &reason).await {
                         Ok(Some(job_id)) => {
-                            // A job the run had not recorded is recorded now (a no-op otherwise).
                             done.stopped.push(job_id.clone());
-                            self.found(&record, &stage, attempt, &job_id, now_ms).await?
+                            // A job of an attempt the run gave up is recorded now.
+                            if record.run.gave_up(&stage, attempt) {
+                                self.found(&record, &stage, attempt, &job_id, now_ms).await?
+                            } else {
+                                None
+                            }
                         }
                         Ok(None) => None,
                         Err(err) => {
@@ -236,8 +240,7 @@ impl RunDriver<'_> {
             }
         };
         info!(run_id = %run.run_id, stage, job_id, "stopping the job of an attempt the run gave up");
-        let reason = format!("Batchline run {} ended before the job was recorded", run.run_id);
-        self.batch.terminate_job(&job_id, &reason).await?;
+        self.batch.terminate_job(&job_id, &run.late_job_reason()).await?;
         Ok(Some(job_id))
     }
 

@@ -196,11 +196,21 @@ impl RunDriver<'_> {
     /// Carries out what the record owes (submissions planned, an announcement due),
     /// without any new input. Returns the record as it stands afterwards.
     pub async fn drive(&self, record: VersionedRun, now_ms: i64) -> Result<VersionedRun, Error> {
+        let (record, effects) = self.put(record, &Resume, now_ms).await?;
+        self.execute(record, effects, now_ms, &mut Executed::default()).await
+    }
+
+    /// Writes an input with nothing to answer; an error when the run has vanished.
+    async fn put<I: Input<Answer = ()>>(
+        &self,
+        record: VersionedRun,
+        input: &I,
+        now_ms: i64,
+    ) -> Result<(VersionedRun, Vec<crate::model::run::Effect>), Error> {
         let run_id = record.run.run_id.clone();
-        let Some((record, step)) = self.write(record, &Resume, now_ms).await? else {
-            return Err(Error::Contention(format!("run {run_id} vanished")));
-        };
-        self.execute(record, step.effects, now_ms, &mut Executed::default()).await
+        let written = self.write(record, input, now_ms).await?;
+        let (record, step) = written.ok_or_else(|| Error::Contention(format!("run {run_id} vanished")))?;
+        Ok((record, step.effects))
     }
 
     /// Puts an input with nothing to answer to the run and carries out its effects, for a
@@ -212,11 +222,8 @@ impl RunDriver<'_> {
         input: &I,
         now_ms: i64,
     ) -> Result<VersionedRun, Error> {
-        let run_id = record.run.run_id.clone();
-        let Some((record, step)) = self.write(record, input, now_ms).await? else {
-            return Err(Error::Contention(format!("run {run_id} vanished")));
-        };
-        self.execute_or_current(record, step.effects, now_ms, &mut Executed::default()).await
+        let (record, effects) = self.put(record, input, now_ms).await?;
+        self.execute_or_current(record, effects, now_ms, &mut Executed::default()).await
     }
 
     /// Executes effects; if another invocation is announcing the run ([`Error::InFlight`]),
