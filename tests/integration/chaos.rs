@@ -12,6 +12,10 @@
 //! Every run must end: the fan-out runs succeed, the impossible ones fail saying why (their
 //! failure stage run), the cancelled ones stop every job they started (no orphan), and are
 //! then redriven through the API under the same faults, once each, to success.
+//! The events of the runs of a pipeline with a one-minute `MaxRunSeconds` are held back
+//! until that minute has passed, then delivered under the same faults: each such run ends
+//! as its job's end says (in time: succeeded; past the deadline: failed saying why), never
+//! as the late delivery would.
 //!
 //! The repair sweep runs only when all is quiet (every job played, every message handled)
 //! and a run is still not done with — an announcement whose sender failed, a cancel's
@@ -41,6 +45,10 @@ const RUNS: usize = 3;
 const CANCELLED_RUNS: usize = 2;
 /// Runs whose second stage names a job definition a deploy removed.
 const BRITTLE_RUNS: usize = 2;
+/// Runs of a pipeline with a one-minute deadline, all of whose events are delivered late.
+const TIMELY_RUNS: usize = 2;
+/// The timely pipeline's `MaxRunSeconds`, in milliseconds.
+const TIMELY_DEADLINE_MS: i64 = 60_000;
 /// How long the whole drive may take before the test gives up. A seed settles in about
 /// 3.5 minutes on a quiet 2-core machine, the three side by side; most of it is waiting out
 /// the deadlines of failed holders (33 s + 10 s). A loaded machine takes longer.
@@ -63,13 +71,15 @@ fn configuration() -> Value {
             "brittle": {"Stages": {
                 "first": {"JobDefinition": "default"},
                 "second": {"JobDefinition": "retired", "After": ["first"]}
-            }, "OnFailure": {"JobDefinition": "default"}}
+            }, "OnFailure": {"JobDefinition": "default"}},
+            "timely": {"MaxRunSeconds": "60", "Stages": {"only": {"JobDefinition": "default"}}}
         },
         "Triggers": {"S3": {
             "jobs": {"Prefix": "jobs/", "JobDefinition": "default"},
             "runs": {"Prefix": "runs/", "Pipeline": "fan"},
             "doomed": {"Prefix": "doomed/", "Pipeline": "doomed"},
-            "brittle": {"Prefix": "brittle/", "Pipeline": "brittle"}
+            "brittle": {"Prefix": "brittle/", "Pipeline": "brittle"},
+            "timely": {"Prefix": "timely/", "Pipeline": "timely"}
         }}
     })
 }
@@ -111,6 +121,11 @@ struct Chaos {
     redriven: BTreeMap<String, BTreeSet<String>>,
     /// The first generation's jobs of runs whose redrive is asked for, not yet answered.
     first_generations: BTreeMap<String, BTreeSet<String>>,
+    /// Events of the timely pipeline's jobs held back, with when they may be delivered:
+    /// a deadline's length after they were played, so past their run's deadline.
+    held: Vec<(Instant, String)>,
+    /// When each timely job ended, as its played end says (job id → `stoppedAt`).
+    timely_ends: BTreeMap<String, i64>,
 }
 
 impl Chaos {
@@ -187,10 +202,28 @@ impl Chaos {
             self.played.insert(change.job_id.clone());
             *self.played_statuses.entry(change.status).or_default() += 1;
         }
+        let release_at = Instant::now() + Duration::from_millis(TIMELY_DEADLINE_MS as u64 + 2_000);
         for event in Delivery::of(&changes).events() {
-            self.messages.push((event_id(), event.to_string()));
+            if event["detail"]["tags"]["batchline:pipeline"] == "timely" {
+                if let (Some(job_id), Some(stopped_at)) =
+                    (event["detail"]["jobId"].as_str(), event["detail"]["stoppedAt"].as_i64())
+                {
+                    self.timely_ends.insert(job_id.to_owned(), stopped_at);
+                }
+                self.held.push((release_at, event.to_string()));
+            } else {
+                self.messages.push((event_id(), event.to_string()));
+            }
         }
         played
+    }
+
+    /// Puts the held events whose time has come among the messages to deliver.
+    fn release_held(&mut self) {
+        let now = Instant::now();
+        let (due, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.held).into_iter().partition(|(at, _)| *at <= now);
+        self.held = kept;
+        self.messages.extend(due.into_iter().map(|(_, body)| (event_id(), body)));
     }
 
     /// Cancels every run of the doomed pipeline not cancelled yet, through the API (under
@@ -276,7 +309,8 @@ impl Chaos {
         use batchline::store::RunStore;
         let store = self.store();
         let mut ended = self.cancelled.len() == CANCELLED_RUNS && self.redriven.len() == CANCELLED_RUNS;
-        for (pipeline, count) in [("fan", RUNS), ("doomed", CANCELLED_RUNS), ("brittle", BRITTLE_RUNS)] {
+        let runs = [("fan", RUNS), ("doomed", CANCELLED_RUNS), ("brittle", BRITTLE_RUNS), ("timely", TIMELY_RUNS)];
+        for (pipeline, count) in runs {
             ended &= store.list_runs(pipeline, 100).await.map(|runs| runs.len() == count).unwrap_or(false);
         }
         ended && store.open_runs(None, 10).await.map(|open| open.items.is_empty()).unwrap_or(false)
@@ -314,6 +348,7 @@ async fn chaos(seed: u64) {
     objects.extend((0..RUNS).map(|i| object_event(&format!("runs/batch-{i}.json"), 100 + i)));
     objects.extend((0..CANCELLED_RUNS).map(|i| object_event(&format!("doomed/batch-{i}.json"), 200 + i)));
     objects.extend((0..BRITTLE_RUNS).map(|i| object_event(&format!("brittle/batch-{i}.json"), 300 + i)));
+    objects.extend((0..TIMELY_RUNS).map(|i| object_event(&format!("timely/batch-{i}.json"), 400 + i)));
     let mut chaos = Chaos {
         seed,
         random: fastrand::Rng::with_seed(seed),
@@ -327,13 +362,17 @@ async fn chaos(seed: u64) {
         cancelled: BTreeMap::new(),
         redriven: BTreeMap::new(),
         first_generations: BTreeMap::new(),
+        held: Vec::new(),
+        timely_ends: BTreeMap::new(),
         env,
     };
 
     // WHEN everything is delivered, redelivered and played until it settles
     let started = Instant::now();
     loop {
-        let nothing_pending = chaos.objects.is_empty() && chaos.messages.is_empty();
+        chaos.release_held();
+        // Held events count as pending: the sweep must not find their jobs' ends first.
+        let nothing_pending = chaos.objects.is_empty() && chaos.messages.is_empty() && chaos.held.is_empty();
         chaos.deliver_objects().await;
         chaos.cancel_doomed().await;
         chaos.redrive_cancelled().await;
@@ -393,7 +432,8 @@ async fn chaos(seed: u64) {
     // (a redriven doomed run's second generation made its jobs too: counted below)
     // Each fan run: a, b (out of memory, then resized), c, d; each brittle run: first and
     // its failure stage.
-    assert_eq!(not_doomed, SINGLE_JOBS + RUNS * 5 + BRITTLE_RUNS * 2, "seed {seed}: {names:?}");
+    // Each timely run: its one job.
+    assert_eq!(not_doomed, SINGLE_JOBS + RUNS * 5 + BRITTLE_RUNS * 2 + TIMELY_RUNS, "seed {seed}: {names:?}");
 
     // AND every run ended as it should: fan runs succeeded, b resized once
     let store = chaos.store();
@@ -415,6 +455,22 @@ async fn chaos(seed: u64) {
         assert!(run.reason.as_deref().unwrap_or_default().contains("could not be submitted"), "seed {seed}: {run:?}");
         assert_eq!(run.on_failure.as_ref().map(|s| s.status), Some(StageStatus::Succeeded), "seed {seed}: {run:?}");
         assert!(run.completion_sent, "seed {seed}");
+    }
+    // AND each timely run, all of whose events came after its deadline, ended as its job's
+    // end says: succeeded if the job ended within the minute, failed saying why if not
+    for summary in batchline::store::RunStore::list_runs(&store, "timely", 100).await.unwrap() {
+        let run = load(summary.run_id).await;
+        let job_id = run.stages["only"].attempts.last().and_then(|a| a.job_id.clone()).unwrap_or_default();
+        let Some(ended_at) = chaos.timely_ends.get(&job_id) else { chaos.fail(format!("no end played for {run:?}")) };
+        let in_time = ended_at - run.started_at() <= TIMELY_DEADLINE_MS;
+        if in_time {
+            assert_eq!(run.status, RunStatus::Succeeded, "seed {seed}: ended in time, delivered late: {run:?}");
+        } else {
+            assert_eq!(run.status, RunStatus::Failed, "seed {seed}: ended past the deadline: {run:?}");
+            assert!(run.reason.as_deref().unwrap_or_default().contains("MaxRunSeconds"), "seed {seed}: {run:?}");
+        }
+        assert!(run.completion_sent, "seed {seed}: {run:?}");
+        eprintln!("chaos seed {seed}: timely run {} ended in time: {in_time}", run.run_id);
     }
     // AND the cancelled runs stopped every job they started that had not ended (none is
     // left running as an orphan); each was redriven once it was done with — one generation

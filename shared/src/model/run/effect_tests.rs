@@ -44,6 +44,8 @@ enum Act {
     Announced,
     /// A job ended as Batch says, at this time (ms): stage, job id, status, `stoppedAt`.
     EndedAt(&'static str, &'static str, &'static str, i64),
+    /// A job's progress as Batch says, at this time (ms, the event's `time`): stage, job id, status.
+    ProgressAt(&'static str, &'static str, &'static str, i64),
     /// The driver found a job (`<stage>-<n>`) for an attempt the run gave up.
     Found(&'static str, u32),
 }
@@ -154,6 +156,12 @@ fn act(run: &mut Run, act: Act, now_ms: i64) -> Vec<Effect> {
         Act::EndedAt(stage, job_id, status, stopped_at) => {
             changed(run, stage, event(job_id, None, status, json!({"startedAt": 0, "stoppedAt": stopped_at})))
         }
+        Act::ProgressAt(stage, job_id, status, at) => {
+            let mut event = event(job_id, None, status, json!({}));
+            event.time =
+                aws_smithy_types::DateTime::from_millis(at).fmt(aws_smithy_types::date_time::Format::DateTime).ok();
+            changed(run, stage, event)
+        }
         Act::Found(stage, attempt) => {
             let job_id = format!("{stage}-{attempt}");
             run.handle(&effects::JobFound { stage, attempt, job_id: &job_id }, &ctx).effects
@@ -257,6 +265,8 @@ const CASES: &[Case] = &[
     Case { name: "a failed run's failure stage past its own deadline is stopped too", pipeline: finishing_with_deadline, given: &[SubmitAll, Event("a", "a-1", "SUCCEEDED"), SubmitAll, Event("b", "b-1", "FAILED"), SubmitAll], when: Sweep, now: 61_500, then: &["stop c-1 (failed)", "stop on-failure-1 (failed)"] },
     Case { name: "a last job that ended in time, delivered late, ends the run well", pipeline: with_deadline, given: AT_THE_LAST_STAGE, when: EndedAt("d", "d-1", "SUCCEEDED", 30_000), now: 90_000, then: &["announce"] },
     Case { name: "a last job that ended past the deadline fails the run", pipeline: with_deadline, given: AT_THE_LAST_STAGE, when: EndedAt("d", "d-1", "SUCCEEDED", 70_000), now: 90_000, then: &["submit on-failure#1"] },
+    Case { name: "a progress event delivered past the deadline, of a change in time, fails nothing", pipeline: with_deadline, given: FANNED_OUT, when: ProgressAt("c", "c-1", "RUNNING", 30_000), now: 90_000, then: &[] },
+    Case { name: "a progress event of a change past the deadline fails the run", pipeline: with_deadline, given: FANNED_OUT, when: ProgressAt("c", "c-1", "RUNNING", 70_000), now: 90_000, then: &["stop b-1 (failed)", "stop c-1 (failed)", "submit on-failure#1"] },
     Case { name: "a job found for a cancelled attempt is waited for before the run is announced", pipeline: diamond, given: &[SubmitAll, Event("a", "a-1", "SUCCEEDED"), Cancel], when: Found("b", 1), now: GIVEN_AT, then: &[] },
     Case { name: "a job found twice is recorded once", pipeline: diamond, given: &[SubmitAll, Event("a", "a-1", "SUCCEEDED"), Cancel, Found("b", 1)], when: Found("b", 1), now: GIVEN_AT, then: &[] },
     // RecordJob

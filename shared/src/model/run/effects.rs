@@ -188,11 +188,21 @@ impl Run {
     }
 }
 
-/// Batch says a job of the run changed state. The run's deadline is judged at the job's
-/// end (as Batch reports it) and at delivery, around applying it.
+/// Batch says a job of the run changed state. The run's deadline is judged at the moment
+/// the event reports, not at its delivery: an end at the job's `stoppedAt`, any other
+/// change at the event's `time` (at delivery only for an event that carries neither).
 pub struct JobChanged<'a> {
     pub stage: &'a str,
     pub event: &'a JobStateChangeEvent,
+}
+
+impl JobChanged<'_> {
+    /// When the change happened, as Batch reports it; never later than `now_ms`.
+    fn reported_at(&self, now_ms: i64) -> i64 {
+        let detail = &self.event.detail;
+        let ended_at = detail.stopped_at.filter(|_| detail.status.is_terminal());
+        ended_at.or_else(|| self.event.time_millis()).map_or(now_ms, |at| at.min(now_ms))
+    }
 }
 
 impl Input for JobChanged<'_> {
@@ -201,14 +211,18 @@ impl Input for JobChanged<'_> {
     fn take(&self, run: &mut Run, ctx: &Context) -> Step<Applied> {
         let was_failed = run.status == RunStatus::Failed;
         let unrecorded = run.current_attempt(self.stage).filter(|a| a.job_id.is_none()).map(|a| a.number);
-        // The deadline is judged by what Batch says happened: at the job's end, as it
-        // reports it, before the end is applied (a job that ended past the deadline does
-        // not end the run well), then at the time of delivery for what is left to run (a
-        // job that ended in time is not failed for its event's late delivery).
-        let ended_at = self.event.detail.stopped_at.filter(|_| self.event.detail.status.is_terminal());
+        // Judged by what Batch says happened and when: at a job's end before the end is
+        // applied (a job that ended past the deadline does not end the run well; an end of
+        // unknown time is given the benefit of the doubt), and after any change for what is
+        // left to run. Not at delivery: a late-delivered event of a run whose jobs all
+        // ended in time does not fail it (its last end may still be in flight); a run
+        // really past its deadline is failed by an event that says so or by the sweep,
+        // which asks Batch first.
+        let detail = &self.event.detail;
+        let ended_at = detail.stopped_at.filter(|_| detail.status.is_terminal());
         let late_at_end = ended_at.is_some_and(|at| run.fail_past_deadline(at.min(ctx.now_ms)));
         let applied = run.apply(self.stage, self.event, ctx.now_ms);
-        let late = run.fail_past_deadline(ctx.now_ms) || late_at_end;
+        let late = run.fail_past_deadline(self.reported_at(ctx.now_ms)) || late_at_end;
         let mut effects = Vec::new();
         if let (Some(number), Some(now)) = (unrecorded, run.current_attempt(self.stage)) {
             // The event named the job before its submitter recorded it (the submitter
