@@ -158,10 +158,17 @@ impl Api {
     }
 }
 
-/// `HTTP 404 NotFound: no run x`: the API's error in one line.
+/// `HTTP 404 NotFound: no run x`: the API's error in one line — or, for a request refused
+/// for several problems, a line saying how many and then each problem on its own line.
 pub fn api_error(status: u16, document: &Value, text: &str) -> String {
     let error = &document["error"];
+    let problems: Vec<&str> =
+        error["problems"].as_array().map(|p| p.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
     match (error["code"].as_str(), error["message"].as_str()) {
+        (Some(code), Some(_)) if problems.len() > 1 => {
+            let lines: Vec<String> = problems.iter().map(|p| format!("  - {p}")).collect();
+            format!("HTTP {status} {code}: {} problems:\n{}", problems.len(), lines.join("\n"))
+        }
         (Some(code), Some(message)) => format!("HTTP {status} {code}: {message}"),
         _ if text.trim().is_empty() => format!("HTTP {status}"),
         _ => format!("HTTP {status}: {}", text.trim()),
@@ -179,5 +186,15 @@ mod tests {
         assert_eq!(api_error(404, &document, ""), "HTTP 404 NotFound: no run r1");
         assert_eq!(api_error(502, &Value::Null, "Bad Gateway"), "HTTP 502: Bad Gateway");
         assert_eq!(api_error(503, &Value::Null, ""), "HTTP 503");
+    }
+
+    #[test]
+    fn a_refusal_for_several_problems_puts_each_on_its_own_line() {
+        let document = json!({"error": {"code": "BadRequest", "message": "2 problems: vcpu: x; colour: unknown field",
+                                        "problems": ["vcpu: x", "colour: unknown field"]}});
+        assert_eq!(
+            api_error(400, &document, ""),
+            "HTTP 400 BadRequest: 2 problems:\n  - vcpu: x\n  - colour: unknown field"
+        );
     }
 }

@@ -713,21 +713,21 @@ async fn listing_jobs_reads_a_bounded_number_of_pages_and_goes_on_from_its_curso
         pages = pages.output(move || page(n));
     }
     let rule = pages.build();
-    let batch = mock_client!(aws_sdk_batch, RuleMode::Sequential, [&rule]);
+    let batch = batchline::services::batch::SdkBatch::new(mock_client!(aws_sdk_batch, RuleMode::Sequential, [&rule]));
     let mut stack = env.stack.clone();
     stack.job_queues.retain(|key, _| key == "default");
     // WHEN the jobs are listed
-    let from = batchline_submit::overview::Position::default();
-    let first = batchline_submit::overview::list_jobs(&batch, &stack, None, from, 0).await.unwrap();
+    let from = batchline_submit::api::jobs::Position::default();
+    let first = batchline_submit::api::jobs::list_jobs(&batch, &stack, None, from, 0).await.unwrap();
     // THEN three pages were read, not fifty, and the answer says where to go on
     assert_eq!(rule.num_calls(), 3);
     assert_eq!(first["jobs"].as_array().unwrap().len(), 30);
     assert_eq!(first["jobs"][0]["jobId"], "job-29", "newest first");
     let next = first["next"].as_str().expect("a cursor");
     // AND the cursor goes on from the fourth page
-    let from = batchline_submit::overview::read_cursor(next, &stack).unwrap();
+    let from = batchline_submit::api::jobs::read_cursor(next, &stack).unwrap();
     assert_eq!(from.token.as_deref(), Some("page-3"));
-    let second = batchline_submit::overview::list_jobs(&batch, &stack, None, from, 0).await.unwrap();
+    let second = batchline_submit::api::jobs::list_jobs(&batch, &stack, None, from, 0).await.unwrap();
     assert_eq!(second["jobs"][0]["jobId"], "job-59");
-    assert!(batchline_submit::overview::read_cursor("not-a-cursor", &stack).is_err());
+    assert!(batchline_submit::api::jobs::read_cursor("not-a-cursor", &stack).is_err());
 }

@@ -407,7 +407,7 @@ fn the_templates_api_routes_are_the_routers() {
         })
         .collect();
     let routed: BTreeSet<(String, String)> =
-        batchline_submit::api::ROUTES.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect();
+        batchline_submit::api::ROUTES.iter().map(|r| (r.method.to_string(), r.path.to_string())).collect();
     assert_eq!(declared, routed);
     for (method, path) in &routed {
         let concrete = path.replace("{id}", "r-1").replace("{name}", "nightly");

@@ -99,10 +99,13 @@ pub fn job_name(readable: &str, idempotency_key: &str) -> String {
     }
 }
 
+/// Why Batch would refuse a job request (or Batchline refuses it first).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RequestError {
-    #[error("{0}")]
-    Invalid(String),
+    /// A field's value: `path` is the field's JSON path in the request (`vcpu`, `tags.k`,
+    /// `dependsOn`), `message` says what is wrong, naming the field as a reader meets it.
+    #[error("{message}")]
+    Invalid { path: String, message: String },
     #[error("the job request is {size} bytes; SubmitJob takes at most {MAX_SUBMIT_BYTES} (parameters, environment, command and tags together)")]
     TooLarge { size: usize },
 }
@@ -123,17 +126,31 @@ pub fn user_tag_problems(tags: &BTreeMap<String, String>, ours: usize) -> Vec<Re
         } else {
             continue;
         };
-        problems.push(RequestError::Invalid(problem));
+        problems.push(RequestError::invalid(format!("tags.{key}"), problem));
     }
     let besides = ours + DEFINITION_TAGS.len();
     if tags.len() + besides > MAX_TAGS {
         let (count, definition) = (tags.len(), DEFINITION_TAGS.len());
-        problems.push(RequestError::Invalid(format!(
+        problems.push(RequestError::invalid("tags", format!(
             "{count} tags: at most {} besides Batchline's {ours} and its job definition's {definition} (Batch fails a job with more than {MAX_TAGS})",
             MAX_TAGS.saturating_sub(besides)
         )));
     }
     problems
+}
+
+impl RequestError {
+    pub fn invalid(path: impl Into<String>, message: impl Into<String>) -> Self {
+        RequestError::Invalid { path: path.into(), message: message.into() }
+    }
+
+    /// The JSON path of the field at fault; empty for the request as a whole.
+    pub fn path(&self) -> &str {
+        match self {
+            RequestError::Invalid { path, .. } => path,
+            RequestError::TooLarge { .. } => "",
+        }
+    }
 }
 
 impl JobRequest {
@@ -143,7 +160,10 @@ impl JobRequest {
         let mut problems = Vec::new();
         if let Some(size) = self.array_size {
             if !ARRAY_SIZES.contains(&size) {
-                problems.push(RequestError::Invalid(format!("arraySize {size}: array jobs have 2 to 10000 children")));
+                problems.push(RequestError::invalid(
+                    "arraySize",
+                    format!("arraySize {size}: array jobs have 2 to 10000 children"),
+                ));
             }
         }
         if self.tags.len() + DEFINITION_TAGS.len() > MAX_TAGS {
@@ -152,15 +172,15 @@ impl JobRequest {
                 "{count} tags: with its job definition's {} a job has more than {MAX_TAGS}",
                 DEFINITION_TAGS.len()
             );
-            problems.push(RequestError::Invalid(why));
+            problems.push(RequestError::invalid("tags", why));
         }
         if self.depends_on.len() > MAX_DEPENDENCIES {
-            problems.push(RequestError::Invalid(format!("dependsOn: at most {MAX_DEPENDENCIES} jobs")));
+            problems.push(RequestError::invalid("dependsOn", format!("dependsOn: at most {MAX_DEPENDENCIES} jobs")));
         }
         for name in self.environment.keys() {
             if name.is_empty() || name.starts_with("AWS_BATCH") {
                 let why = format!("environment {name:?}: names starting with AWS_BATCH are reserved");
-                problems.push(RequestError::Invalid(why));
+                problems.push(RequestError::invalid(format!("environment.{name}"), why));
             }
         }
         let size = self.payload_size();

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use crate::model::retry::{RetryAction, RetryPolicy};
 
-use crate::model::batch_event::{self, JobStateChangeEvent};
+use crate::model::batch_event::{self, JobDetail, JobStateChangeEvent, JobStatus};
 use crate::model::fargate::format_vcpu;
 use crate::model::job_request::JobRequest;
 use crate::model::stuck::{EnvironmentState, QueueState};
@@ -31,6 +31,32 @@ pub trait BatchPort: Send + Sync {
     /// The jobs as state-change events (what an event for their current state would say);
     /// unknown ids are left out.
     async fn describe_jobs(&self, job_ids: &[String]) -> Result<Vec<JobStateChangeEvent>, Error>;
+    /// One page of a queue's jobs (ListJobs): at most `max` (1 to 1,000), newest first as
+    /// Batch lists them, and the token of the next page. Summaries: ids, names, status and
+    /// its reason, times and the exit code.
+    async fn list_jobs(
+        &self,
+        queue: &str,
+        listing: &JobListing,
+        token: Option<String>,
+        max: usize,
+    ) -> Result<JobPage, Error>;
+}
+
+/// Which of a queue's jobs ListJobs lists: Batch takes a status or a filter, not both.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobListing {
+    /// The jobs in one status.
+    InStatus(JobStatus),
+    /// The jobs created since this time (epoch ms), in every status.
+    CreatedSince(i64),
+}
+
+/// A page of ListJobs.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct JobPage {
+    pub jobs: Vec<JobDetail>,
+    pub next: Option<String>,
 }
 
 /// Batch through the AWS SDK.
@@ -142,6 +168,46 @@ impl BatchPort for SdkBatch {
             .map_err(|e| Error::aws("DescribeJobs", e))?;
         described.jobs().iter().map(event_from_job).collect()
     }
+
+    async fn list_jobs(
+        &self,
+        queue: &str,
+        listing: &JobListing,
+        token: Option<String>,
+        max: usize,
+    ) -> Result<JobPage, Error> {
+        let request =
+            self.client.list_jobs().job_queue(queue).max_results(max.clamp(1, 1000) as i32).set_next_token(token);
+        let request = match listing {
+            JobListing::InStatus(status) => request.job_status(aws_sdk_batch::types::JobStatus::from(status.as_str())),
+            JobListing::CreatedSince(since_ms) => {
+                request.filters(KeyValuesPair::builder().name("AFTER_CREATED_AT").values(since_ms.to_string()).build())
+            }
+        };
+        let page = request.send().await.map_err(|e| Error::aws("ListJobs", e))?;
+        let jobs = page.job_summary_list().iter().map(summary_detail).collect::<Result<_, _>>()?;
+        Ok(JobPage { jobs, next: page.next_token().map(str::to_owned) })
+    }
+}
+
+/// A ListJobs summary as the model's job detail (what a summary has of it).
+fn summary_detail(job: &aws_sdk_batch::types::JobSummary) -> Result<JobDetail, Error> {
+    let mut detail = json!({
+        "jobId": job.job_id(),
+        "jobName": job.job_name(),
+        "jobArn": job.job_arn(),
+        // (Batch always says; a summary without one is kept, its status unknown.)
+        "status": job.status().map_or("UNKNOWN", |s| s.as_str()),
+        "statusReason": job.status_reason(),
+        "createdAt": job.created_at(),
+        "startedAt": job.started_at(),
+        "stoppedAt": job.stopped_at(),
+        "container": {"exitCode": job.container().and_then(|c| c.exit_code()), "reason": job.container().and_then(|c| c.reason())},
+        "arrayProperties": job.array_properties().map(|a| json!({"size": a.size(), "index": a.index()})),
+    });
+    strip_nulls(&mut detail);
+    serde_json::from_value(detail)
+        .map_err(|e| Error::InvalidEvent(format!("ListJobs gave a job that is not a job: {e}")))
 }
 
 #[async_trait]
@@ -248,7 +314,11 @@ pub fn event_from_job(job: &aws_sdk_batch::types::JobDetail) -> Result<JobStateC
                       "resourceRequirements": container.map(|c| c.resource_requirements().iter()
                           .map(|r| json!({"type": r.r#type().map(|t| t.as_str()), "value": r.value()})).collect::<Vec<_>>()),
                       "runtimePlatform": container.and_then(|c| c.runtime_platform())
-                          .map(|p| json!({"cpuArchitecture": p.cpu_architecture()}))},
+                          .map(|p| json!({"cpuArchitecture": p.cpu_architecture()})),
+                      "logConfiguration": container.and_then(|c| c.log_configuration())
+                          .map(|l| json!({"logDriver": l.log_driver().map(|d| d.as_str()), "options": l.options()}))},
+        "parameters": job.parameters(),
+        "arrayProperties": job.array_properties().map(|a| json!({"size": a.size(), "index": a.index()})),
     });
     strip_nulls(&mut detail);
     let event = json!({

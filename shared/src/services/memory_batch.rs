@@ -11,7 +11,9 @@ use serde_json::json;
 
 use crate::model::batch_event::JobStateChangeEvent;
 use crate::model::job_request::JobRequest;
-use crate::services::batch::BatchPort;
+use crate::model::stuck::QueueState;
+use crate::services::batch::{BatchPort, JobListing, JobPage};
+use crate::services::stuck::QueueInspector;
 use crate::Error;
 
 /// One job Batch holds.
@@ -40,6 +42,7 @@ pub struct MemoryBatch {
     jobs: Mutex<Vec<MemoryJob>>,
     faults: Mutex<VecDeque<SubmitFault>>,
     failing_terminations: Mutex<usize>,
+    queues: Mutex<Vec<QueueState>>,
 }
 
 impl MemoryBatch {
@@ -67,6 +70,13 @@ impl MemoryBatch {
         if let Some(job) = jobs.iter_mut().find(|j| j.job_id == job_id) {
             (job.created_at, job.stopped_at) = (created_at, stopped_at);
         }
+    }
+
+    /// Sets a queue's state, as DescribeJobQueues will say (by its name).
+    pub fn set_queue(&self, state: QueueState) {
+        let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        queues.retain(|q| q.name != state.name);
+        queues.push(state);
     }
 
     /// Sets a job's status, as Batch's runtime would move it.
@@ -141,12 +151,67 @@ impl BatchPort for MemoryBatch {
                     "id": format!("describe-{}-{}", j.job_id, j.status), "detail-type": "Batch Job State Change",
                     "source": "aws.batch",
                     "detail": {"jobId": j.job_id, "jobName": j.request.job_name, "status": j.status,
-                               "jobQueue": j.request.queue_arn, "tags": j.request.tags,
+                               "jobQueue": j.request.queue_arn, "jobDefinition": j.request.job_definition_arn,
+                               "tags": j.request.tags, "parameters": j.request.parameters,
                                "createdAt": j.created_at, "stoppedAt": j.stopped_at,
+                               "arrayProperties": j.request.array_size.map(|size| json!({"size": size})),
                                "dependsOn": j.request.depends_on.iter().map(|id| json!({"jobId": id})).collect::<Vec<_>>()},
                 });
                 JobStateChangeEvent::from_value(event).map_err(|e| Error::InvalidEvent(e.to_string()))
             })
             .collect()
+    }
+
+    /// Newest first (by `createdAt`, then the latest made); the token is the place of the
+    /// next page's first job.
+    async fn list_jobs(
+        &self,
+        queue: &str,
+        listing: &JobListing,
+        token: Option<String>,
+        max: usize,
+    ) -> Result<JobPage, Error> {
+        let mut jobs: Vec<(usize, MemoryJob)> = self.jobs().into_iter().enumerate().collect();
+        jobs.retain(|(_, j)| {
+            in_queue(j, queue)
+                && match listing {
+                    JobListing::InStatus(status) => j.status == status.as_str(),
+                    JobListing::CreatedSince(since) => j.created_at.unwrap_or_default() >= *since,
+                }
+        });
+        jobs.sort_by_key(|(made, j)| std::cmp::Reverse((j.created_at, *made)));
+        let start: usize =
+            token.map(|t| t.parse().map_err(|_| aws("ListJobs", "ClientException"))).transpose()?.unwrap_or(0);
+        let end = (start + max.clamp(1, 1000)).min(jobs.len());
+        let page = jobs.get(start..end).unwrap_or_default();
+        let details = page
+            .iter()
+            .map(|(_, j)| {
+                serde_json::from_value(json!({"jobId": j.job_id, "jobName": j.request.job_name, "status": j.status,
+                                              "statusReason": j.terminated_because, "createdAt": j.created_at,
+                                              "stoppedAt": j.stopped_at}))
+                .map_err(|e| Error::InvalidEvent(e.to_string()))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(JobPage { jobs: details, next: (end < jobs.len()).then(|| end.to_string()) })
+    }
+}
+
+/// A queue is named by its name or ARN; a job's queue is the ARN it was submitted to.
+fn in_queue(job: &MemoryJob, queue: &str) -> bool {
+    job.request.queue_arn == queue || job.request.queue_arn.ends_with(&format!("/{queue}"))
+}
+
+#[async_trait]
+impl QueueInspector for MemoryBatch {
+    async fn runnable_jobs(&self, queue: &str) -> Result<Vec<(String, i64)>, Error> {
+        let jobs = self.jobs();
+        let runnable = jobs.iter().filter(|j| in_queue(j, queue) && j.status == "RUNNABLE");
+        Ok(runnable.map(|j| (j.job_id.clone(), j.created_at.unwrap_or_default())).collect())
+    }
+
+    async fn queue_state(&self, queue: &str) -> Result<Option<QueueState>, Error> {
+        let queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(queues.iter().find(|q| q.name == queue || queue.ends_with(&format!("/{}", q.name))).cloned())
     }
 }

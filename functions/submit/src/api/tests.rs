@@ -1,0 +1,197 @@
+//! The API's unit tests: bodies with every problem reported, and the read routes on the in-memory Batch.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use batchline::model::stack::StackConfig;
+use batchline::model::stuck::QueueState;
+use batchline::services::batch::BatchPort;
+use batchline::services::memory_batch::MemoryBatch;
+use serde_json::{json, Value};
+
+use super::body::parse_body;
+use super::http::{error_response, ApiError, HttpRequest};
+use super::jobs::{self, job_view, list_jobs, log_console_url, plan_submit_job, read_cursor, Position, SubmitJobBody};
+use super::{pipelines, runs};
+
+/// A stack with two job definitions on the default queue and a two-stage pipeline.
+fn stack() -> StackConfig {
+    let properties = json!({
+        "Network": {"Subnets": ["subnet-1"], "SecurityGroups": ["sg-1"]},
+        "JobDefinitions": {"default": {}, "report": {"Vcpu": "1", "Memory": "2048"}},
+        "Pipelines": {"two": {"Stages": {"first": {"JobDefinition": "default"},
+                                          "second": {"JobDefinition": "report", "After": ["first"]}}}}
+    });
+    let declared = batchline_bootstrap::declaration::declare(&properties).expect("a valid configuration");
+    declared.assume_provisioned(|kind, name| format!("arn:aws:batch:us-east-1:123456789012:{kind}/{name}"))
+}
+
+fn post(body: &Value) -> HttpRequest {
+    HttpRequest {
+        request_id: "r-1".into(),
+        method: "POST".into(),
+        path: "/jobs".into(),
+        headers: BTreeMap::new(),
+        query: BTreeMap::new(),
+        body: body.to_string().into_bytes(),
+    }
+}
+
+/// The paths of a refusal's details, and that the answer carries them.
+fn paths(refused: &ApiError) -> BTreeSet<String> {
+    assert_eq!(refused.status, 400, "{refused:?}");
+    let answer = error_response(refused);
+    let Some(aws_lambda_events::encodings::Body::Text(text)) = answer.body else { panic!("a JSON answer") };
+    let answer: Value = serde_json::from_str(&text).unwrap();
+    let details = answer["error"]["details"].as_array().expect("details").clone();
+    assert_eq!(answer["error"]["problems"].as_array().map(Vec::len), Some(details.len()), "{answer}");
+    details.iter().map(|d| d["path"].as_str().unwrap().to_owned()).collect()
+}
+
+fn set(paths: &[&str]) -> BTreeSet<String> {
+    paths.iter().map(|p| p.to_string()).collect()
+}
+
+#[test]
+fn bodies_name_the_field_at_fault() {
+    let err = parse_body::<SubmitJobBody>(br#"{"jobDefinition": "x", "memroy": 1}"#).unwrap_err();
+    assert!(err.message.contains("memroy"), "{err:?}");
+    let err = parse_body::<SubmitJobBody>(b"{not json").unwrap_err();
+    assert!(err.message.contains("not valid JSON"), "{err:?}");
+    let err = parse_body::<SubmitJobBody>(br#"{"arraySize": "many"}"#).unwrap_err();
+    assert!(err.message.starts_with("arraySize"), "{err:?}");
+    assert!(parse_body::<SubmitJobBody>(b"").is_ok(), "an empty body is an empty object");
+}
+
+#[test]
+fn a_job_body_with_four_wrong_fields_is_refused_once_naming_all_four() {
+    // a wrong type, an unknown field, an invalid size, a bad array size
+    let body = json!({"name": 5, "colour": "red", "vcpu": "0.3", "arraySize": 1});
+    let refused = plan_submit_job(&stack(), &post(&body), "k".into()).unwrap_err();
+    assert_eq!(paths(&refused), set(&["name", "colour", "vcpu", "arraySize"]), "{refused:?}");
+    assert!(refused.message.starts_with("4 problems: "), "{}", refused.message);
+    // and wrong types deeper in: a tag's value, a command's word
+    let body = json!({"tags": {"team": 7}, "command": ["echo", false], "dependsOn": "job-1"});
+    let refused = plan_submit_job(&stack(), &post(&body), "k".into()).unwrap_err();
+    assert_eq!(paths(&refused), set(&["tags.team", "command[1]", "dependsOn"]), "{refused:?}");
+}
+
+#[test]
+fn a_run_body_with_four_wrong_fields_is_refused_once_naming_all_four() {
+    let stack = stack();
+    let body = json!({"parameters": {"day": 3}, "colour": "red",
+                      "environment": {"AWS_BATCH_X": "1", "MODE": true}});
+    let read = super::body::read_body(body.to_string().as_bytes()).unwrap();
+    let refused = pipelines::run_input(&stack, &stack.pipelines["two"], "two-1", read).unwrap_err();
+    let want = set(&["parameters.day", "colour", "environment.MODE", "environment.AWS_BATCH_X"]);
+    assert_eq!(paths(&refused), want, "{refused:?}");
+}
+
+#[test]
+fn a_redrive_body_with_four_wrong_fields_is_refused_once_naming_all_four() {
+    let stack = stack();
+    let run = batchline::model::run::Run::start("two-1".into(), &stack.pipelines["two"], "api", Default::default(), 0);
+    let body = json!({"sizes": {"first": {"vcpu": true}, "second": {"vcpu": "0.3"}, "third": {"vcpu": "1"}},
+                      "colour": "red"});
+    let read = super::body::read_body(body.to_string().as_bytes()).unwrap();
+    let refused = runs::redrive_of(&run, read).unwrap_err();
+    let want = set(&["sizes.first.vcpu", "colour", "sizes.second.vcpu", "sizes.third"]);
+    assert_eq!(paths(&refused), want, "{refused:?}");
+}
+
+#[test]
+fn console_links_escape_like_the_console() {
+    let url = log_console_url("us-east-1", "/aws/batch/job", "default/default/abc");
+    assert!(url.ends_with("log-group/$252Faws$252Fbatch$252Fjob/log-events/default$252Fdefault$252Fabc"), "{url}");
+}
+
+/// `count` jobs of the default job definition in Batch, created a second apart (the last newest).
+async fn submitted(batch: &MemoryBatch, stack: &StackConfig, count: usize, now: i64) -> Vec<String> {
+    let mut ids = Vec::new();
+    for i in 0..count {
+        let plan = plan_submit_job(stack, &post(&json!({"name": format!("j{i}")})), format!("k{i}")).unwrap();
+        let id = batch.submit_job(&plan.job).await.unwrap();
+        batch.set_times(&id, Some(now - 3_600_000 + i as i64 * 1000), None);
+        ids.push(id);
+    }
+    ids
+}
+
+#[tokio::test]
+async fn jobs_are_listed_a_page_at_a_time_newest_first_with_a_cursor() {
+    // GIVEN 150 jobs in the stack's queue, created in the last hour, and one two days old
+    let (batch, stack, now) = (MemoryBatch::new(), stack(), 10_000_000_000);
+    let ids = submitted(&batch, &stack, 151, now).await;
+    batch.set_times(&ids[0], Some(now - 48 * 3_600_000), None);
+    // WHEN they are listed
+    let first = list_jobs(&batch, &stack, None, Position::default(), now).await.unwrap();
+    // THEN the newest hundred come first, and a cursor to the rest
+    let listed = first["jobs"].as_array().unwrap();
+    assert_eq!((listed.len(), listed[0]["jobId"].as_str()), (100, Some(ids[150].as_str())));
+    assert_eq!(first["truncated"], true);
+    let from = read_cursor(first["next"].as_str().unwrap(), &stack).unwrap();
+    let second = list_jobs(&batch, &stack, None, from, now).await.unwrap();
+    // AND the rest of the last day's follow (not the two-day-old one), with no cursor
+    assert_eq!(second["jobs"].as_array().unwrap().len(), 50);
+    assert_eq!((second["truncated"].clone(), second["next"].clone()), (json!(false), Value::Null));
+    // AND in one status: only those
+    batch.set_status(&ids[7], "FAILED");
+    let failed = jobs::parse_status("failed").unwrap();
+    let listed = list_jobs(&batch, &stack, Some(&failed), Position::default(), now).await.unwrap();
+    assert_eq!(listed["jobs"].as_array().unwrap().len(), 1);
+    assert_eq!(listed["jobs"][0]["jobId"], ids[7].as_str());
+    assert!(jobs::parse_status("sleeping").is_err());
+}
+
+#[tokio::test]
+async fn the_status_counts_each_queues_jobs_and_shows_the_latest_failures() {
+    // GIVEN a queue with jobs in several statuses, its state known to Batch
+    let (batch, stack, now) = (MemoryBatch::new(), stack(), 10_000_000_000);
+    let ids = submitted(&batch, &stack, 9, now).await;
+    for (id, status) in ids.iter().zip(["RUNNABLE", "RUNNABLE", "RUNNING", "FAILED", "FAILED", "SUCCEEDED"]) {
+        batch.set_status(id, status);
+    }
+    let queue = &stack.job_queues[&stack.default_queue];
+    batch.set_queue(QueueState {
+        name: queue.name.clone(),
+        enabled: true,
+        status: "VALID".into(),
+        status_reason: None,
+        environments: vec![],
+    });
+    // WHEN the status is read
+    let status = super::status::status(&batch, &batch, &stack, 2).await.unwrap();
+    // THEN each status is counted, the queue's state shown, the failures listed
+    let shown = &status["queues"][0];
+    assert_eq!(shown["jobs"], json!({"SUBMITTED": 3, "PENDING": 0, "RUNNABLE": 2, "STARTING": 0, "RUNNING": 1}));
+    assert_eq!((shown["state"].as_str(), shown["status"].as_str()), (Some("ENABLED"), Some("VALID")));
+    assert_eq!(shown["countsCapped"], json!([]));
+    let failures: BTreeSet<&str> =
+        status["recentFailures"].as_array().unwrap().iter().filter_map(|f| f["jobId"].as_str()).collect();
+    assert_eq!(failures, BTreeSet::from([ids[3].as_str(), ids[4].as_str()]));
+    assert_eq!(status["openRuns"], 2);
+}
+
+#[tokio::test]
+async fn a_job_is_shown_as_batch_describes_it_and_only_from_the_stacks_queues() {
+    let (batch, stack) = (MemoryBatch::new(), stack());
+    let plan = plan_submit_job(
+        &stack,
+        &post(&json!({"jobDefinition": "report", "parameters": {"day": "1"},
+                                                       "tags": {"team": "data"}, "arraySize": 3})),
+        "k".into(),
+    )
+    .unwrap();
+    let id = batch.submit_job(&plan.job).await.unwrap();
+    let detail = batch.describe_jobs(std::slice::from_ref(&id)).await.unwrap().remove(0).detail;
+    let view = job_view(&detail, "us-east-1");
+    assert_eq!(view["jobId"], id.as_str());
+    assert_eq!(view["jobDefinition"], plan.job.job_definition_arn.as_str());
+    assert_eq!((view["parameters"]["day"].as_str(), view["tags"]["team"].as_str()), (Some("1"), Some("data")));
+    assert_eq!(view["arraySize"], 3);
+    // a job in another queue is none of the stack's
+    let mut elsewhere = plan.job.clone();
+    elsewhere.queue_arn = "arn:aws:batch:us-east-1:123456789012:job-queue/someone-else".into();
+    let other = batch.submit_job(&elsewhere).await.unwrap();
+    assert!(jobs::our_job(&batch, &stack, &id).await.is_ok());
+    assert!(jobs::our_job(&batch, &stack, &other).await.is_err(), "another queue's job is a 404");
+}
