@@ -61,6 +61,17 @@ impl Clients {
             region: sdk.region().map(|r| r.to_string()).unwrap_or_else(|| "us-east-1".into()),
         }
     }
+
+    /// The clients [`provision`] needs, lent to it.
+    pub fn provisioning(&self) -> provision::Aws<'_> {
+        provision::Aws {
+            batch: &self.batch,
+            dynamodb: &self.dynamodb,
+            ecr: &self.ecr,
+            iam: &self.iam,
+            region: &self.region,
+        }
+    }
 }
 
 /// What the work decided; becomes the answer.
@@ -188,77 +199,91 @@ const CONVERGED: &str = "environment converged";
 
 async fn run(request: Request, clients: Clients, table: String, deadline: Instant) -> Outcome {
     let fallback_id = fallback_physical_id(&request);
+    let aws = clients.provisioning();
     match request.request_type.as_str() {
-        "Create" | "Update" => {
-            let config = match declaration::declare(&request.resource_properties) {
-                Ok(config) => config,
-                Err(problems) => return Outcome::failed(problems.to_string(), fallback_id),
-            };
-            let previous = request.old_resource_properties.as_ref().and_then(|old| declaration::declare(old).ok());
-            // A changed prefix is a replacement: the old environment is deleted by
-            // CloudFormation's Delete of the old physical id, not here.
-            let replaced = previous.as_ref().filter(|p| p.name_prefix != config.name_prefix);
-            let same_environment = previous.as_ref().filter(|p| p.name_prefix == config.name_prefix);
-            let id = physical_id(&config);
-            let largest = largest_answer(&request, &config);
-            if largest > cfn::MAX_BODY_BYTES {
-                let reason = format!(
-                    "invalid stack configuration: the answer to CloudFormation would be up to {largest} bytes, over its {} (JobDefinitionArns lists {} job definitions, JobQueueArns {} queues): use fewer of them, shorter keys or a shorter NamePrefix",
-                    cfn::MAX_BODY_BYTES,
-                    config.job_definitions.len(),
-                    config.job_queues.len()
-                );
-                return Outcome::failed(reason, fallback_id);
-            }
-            match provision::converge(&clients, &table, &config, same_environment, &id, deadline).await {
-                Ok(resolved) => Outcome {
-                    status: Status::Success,
-                    reason: CONVERGED.into(),
-                    physical_resource_id: id,
-                    data: answer_data(&resolved),
-                },
-                Err(err) => match replaced {
-                    Some(old) => {
-                        let cleaned = provision::delete_resources(
-                            &clients,
-                            &config,
-                            &provision::InUse::by_declared(old),
-                            deadline,
-                        )
-                        .await;
-                        let reason = match cleaned {
-                            Ok(()) => format!("{err}; what was created under the new NamePrefix was removed"),
-                            Err(cleanup) => format!(
-                                "{err}; removing what was created under the new NamePrefix failed too ({cleanup}): delete the {}-* resources by hand",
-                                config.name_prefix
-                            ),
-                        };
-                        Outcome::failed(reason, fallback_id)
-                    }
-                    None => Outcome::failed(err.to_string(), id),
-                },
-            }
-        }
-        "Delete" => match declaration::declare(&request.resource_properties) {
-            // These properties never passed validation, so nothing was created from them.
-            Err(_) => Outcome {
-                status: Status::Success,
-                reason: "nothing to delete".into(),
-                physical_resource_id: fallback_id,
-                data: Map::new(),
-            },
-            Ok(config) => match provision::teardown(&clients, &table, &config, &fallback_id, deadline).await {
-                Ok(()) => Outcome {
-                    status: Status::Success,
-                    reason: "environment deleted".into(),
-                    physical_resource_id: fallback_id,
-                    data: Map::new(),
-                },
-                Err(err) => Outcome::failed(err.to_string(), fallback_id),
-            },
-        },
+        "Create" | "Update" => create_or_update(&request, aws, &table, deadline, fallback_id).await,
+        "Delete" => delete(&request, aws, &table, deadline, fallback_id).await,
         other => {
             Outcome::failed(format!("unknown RequestType {other:?}: expected Create, Update or Delete"), fallback_id)
         }
+    }
+}
+
+async fn create_or_update(
+    request: &Request,
+    aws: provision::Aws<'_>,
+    table: &str,
+    deadline: Instant,
+    fallback_id: String,
+) -> Outcome {
+    let config = match declaration::declare(&request.resource_properties) {
+        Ok(config) => config,
+        Err(problems) => return Outcome::failed(problems.to_string(), fallback_id),
+    };
+    let previous = request.old_resource_properties.as_ref().and_then(|old| declaration::declare(old).ok());
+    // A changed prefix is a replacement: the old environment is deleted by
+    // CloudFormation's Delete of the old physical id, not here.
+    let replaced = previous.as_ref().filter(|p| p.name_prefix != config.name_prefix);
+    let same_environment = previous.as_ref().filter(|p| p.name_prefix == config.name_prefix);
+    let id = physical_id(&config);
+    let largest = largest_answer(request, &config);
+    if largest > cfn::MAX_BODY_BYTES {
+        let reason = format!(
+            "invalid stack configuration: the answer to CloudFormation would be up to {largest} bytes, over its {} (JobDefinitionArns lists {} job definitions, JobQueueArns {} queues): use fewer of them, shorter keys or a shorter NamePrefix",
+            cfn::MAX_BODY_BYTES,
+            config.job_definitions.len(),
+            config.job_queues.len()
+        );
+        return Outcome::failed(reason, fallback_id);
+    }
+    match provision::converge(aws, table, &config, same_environment, &id, deadline).await {
+        Ok(resolved) => Outcome {
+            status: Status::Success,
+            reason: CONVERGED.into(),
+            physical_resource_id: id,
+            data: answer_data(&resolved),
+        },
+        Err(err) => match replaced {
+            Some(old) => {
+                let cleaned =
+                    provision::delete_resources(aws, &config, &provision::InUse::by_declared(old), deadline).await;
+                let reason = match cleaned {
+                    Ok(()) => format!("{err}; what was created under the new NamePrefix was removed"),
+                    Err(cleanup) => format!(
+                        "{err}; removing what was created under the new NamePrefix failed too ({cleanup}): delete the {}-* resources by hand",
+                        config.name_prefix
+                    ),
+                };
+                Outcome::failed(reason, fallback_id)
+            }
+            None => Outcome::failed(err.to_string(), id),
+        },
+    }
+}
+
+async fn delete(
+    request: &Request,
+    aws: provision::Aws<'_>,
+    table: &str,
+    deadline: Instant,
+    fallback_id: String,
+) -> Outcome {
+    match declaration::declare(&request.resource_properties) {
+        // These properties never passed validation, so nothing was created from them.
+        Err(_) => Outcome {
+            status: Status::Success,
+            reason: "nothing to delete".into(),
+            physical_resource_id: fallback_id,
+            data: Map::new(),
+        },
+        Ok(config) => match provision::teardown(aws, table, &config, &fallback_id, deadline).await {
+            Ok(()) => Outcome {
+                status: Status::Success,
+                reason: "environment deleted".into(),
+                physical_resource_id: fallback_id,
+                data: Map::new(),
+            },
+            Err(err) => Outcome::failed(err.to_string(), fallback_id),
+        },
     }
 }

@@ -62,28 +62,33 @@
 
 use std::collections::BTreeMap;
 
-use batchline::model::fargate::{Quarters, Size};
 use batchline::model::pipeline::Pipeline;
-use batchline::model::stack::*;
+use batchline::model::stack::{
+    ComputeEnvironment, JobDefinition, JobQueue, Network, Provisioned, ProvisionedRepository, Repository, RoleNames,
+    Roles, StackConfig, Triggers,
+};
 use serde_json::Value;
 
+mod compute;
 mod document;
+mod job_definitions;
+mod network;
 mod pipelines;
+mod repository;
 mod retries;
+mod roles;
 mod triggers;
 mod values;
 
-use document::{Document, JobDefinitionDoc, JobQueueDoc};
-use pipelines::{parse_resizes, resolve_pipelines};
-use triggers::resolve_triggers;
-
-/// The job definition size when the document gives none: the smallest Fargate size.
-const DEFAULT_SIZE: Size = Size { vcpu: Quarters(1), memory_mib: 512 };
-/// What a queue's `StuckAfterSeconds` may be: a minute (a Fargate task can take that to
-/// start) to a week.
-const STUCK_AFTER_RANGE: std::ops::RangeInclusive<u64> = 60..=604_800;
-
-// ----- validation -------------------------------------------------------------------------
+use compute::{check_capacity, default_queue, resolve_compute_environments, resolve_job_queues};
+use document::Document;
+use job_definitions::resolve_job_definitions;
+use network::resolve_network;
+use pipelines::resolve_pipelines;
+use repository::resolve_repository;
+use roles::resolve_roles;
+pub use roles::DEFAULT_RUN_DATA_PREFIX;
+use triggers::{check_run_data_overlap, resolve_triggers};
 
 /// The validated document: every default filled in and physical names chosen, nothing
 /// provisioned yet. Provisioning it gives the deployed [`StackConfig`].
@@ -159,416 +164,62 @@ pub fn declare(properties: &Value) -> Result<Declared, ConfigProblems> {
     resolve(document)
 }
 
-fn valid_key(key: &str) -> bool {
-    (1..=40).contains(&key.len()) && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-}
-
 /// Batch names: letters, digits, `-`, `_`, at most 128.
 fn valid_batch_name(name: &str) -> bool {
     (1..=128).contains(&name.len()) && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
-/// IAM role names: letters, digits and `+=,.@_-`, at most 64.
-fn valid_role_name(name: &str) -> bool {
-    (1..=64).contains(&name.len()) && name.chars().all(|c| c.is_ascii_alphanumeric() || "+=,.@_-".contains(c))
+/// The physical name of the entry `key`: `<NamePrefix>-<key>`, so that stacks with
+/// different prefixes can share an account.
+fn physical_name(prefix: &str, key: &str) -> String {
+    format!("{prefix}-{key}")
 }
 
-/// S3 bucket names: 3-63 lowercase letters, digits, `.` and `-` (no wildcard).
-fn valid_bucket_name(name: &str) -> bool {
-    (3..=63).contains(&name.len())
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || ".-".contains(c))
-}
-
-/// Where stages write when the document names a bucket but no `RunDataPrefix`.
-pub const DEFAULT_RUN_DATA_PREFIX: &str = "runs/";
-
-/// A run-data folder: S3's safe key characters (no `*`, which IAM would read as a
-/// wildcard) in non-empty segments, each ending in `/`, at most 200 in all.
-fn valid_run_data_prefix(prefix: &str) -> bool {
-    (2..=200).contains(&prefix.len())
-        && prefix.ends_with('/')
-        && prefix.split_terminator('/').all(|segment| {
-            !segment.is_empty() && segment.chars().all(|c| c.is_ascii_alphanumeric() || "!-_.'()".contains(c))
-        })
-}
-
-/// ECR repository names: lowercase letters, digits, `._-/` between them, 2–256.
-fn valid_repository_name(name: &str) -> bool {
-    (2..=256).contains(&name.len())
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-/".contains(c))
-        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && name.ends_with(|c: char| c.is_ascii_alphanumeric())
-}
-
-/// What a queue's compute environments can run: the most vCPU one job may have (their
-/// largest `MaxVcpus`), and whether any of them runs ARM64 (Fargate Spot is x86_64 only).
-struct Capacity {
-    max_vcpus: u32,
-    arm64: bool,
-}
-
-fn capacity(queue: &JobQueue, environments: &BTreeMap<String, ComputeEnvironment>) -> Capacity {
-    let mut members = queue.compute_environments.iter().filter_map(|key| environments.get(key));
-    Capacity {
-        max_vcpus: queue.max_vcpus(|key| environments.get(key)),
-        arm64: members.any(|ce| ce.kind == ComputeType::Fargate),
-    }
-}
-
-/// Refuses, at deploy time, job definitions and stages their queue can never run — a size
-/// above every one of its compute environments' `MaxVcpus`, or ARM64 on a queue of Fargate
-/// Spot only — since Batch would leave such a job RUNNABLE for ever; and tells every stage
-/// the most vCPU its queue can give, so out-of-memory resizing stops there.
-fn check_capacity(
-    environments: &BTreeMap<String, ComputeEnvironment>,
-    queues: &BTreeMap<String, JobQueue>,
-    definitions: &BTreeMap<String, JobDefinition>,
-    pipelines: &mut BTreeMap<String, Pipeline>,
-    problems: &mut Vec<String>,
-) {
-    let mut check = |path: &str, size: Size, architecture: &str, queue_key: &str| -> Option<u32> {
-        let queue = queues.get(queue_key)?;
-        let can = capacity(queue, environments);
-        if !size.fits_vcpus(can.max_vcpus) {
-            problems.push(format!(
-                "{path}: {size} is more than queue {queue_key:?} can ever run (its compute environments' largest MaxVcpus is {})",
-                can.max_vcpus
-            ));
-        }
-        if architecture == "ARM64" && !can.arm64 {
-            problems.push(format!(
-                "{path}: ARM64 jobs cannot run on queue {queue_key:?}: its compute environments are all FARGATE_SPOT, which runs x86_64 only"
-            ));
-        }
-        Some(can.max_vcpus)
-    };
-    for (key, definition) in definitions {
-        check(&format!("JobDefinitions.{key}"), definition.size, &definition.architecture, &definition.queue);
-    }
-    for (name, pipeline) in pipelines.iter_mut() {
-        let stages = pipeline.stages.iter_mut().map(|(key, stage)| (format!("Pipelines.{name}.Stages.{key}"), stage));
-        for (path, stage) in
-            stages.chain(pipeline.on_failure.iter_mut().map(|s| (format!("Pipelines.{name}.OnFailure"), s)))
-        {
-            let architecture = definitions.get(&stage.job_definition).map_or("X86_64", |d| d.architecture.as_str());
-            stage.max_vcpus = check(&path, stage.size, architecture, &stage.queue);
-        }
-    }
-}
-
+/// Resolves the sections in the order their problems are reported; each later section is
+/// checked against those it names (queues against compute environments, job definitions
+/// against queues, and so on).
 fn resolve(doc: Document) -> Result<Declared, ConfigProblems> {
     let mut problems = Vec::new();
     let prefix = doc.name_prefix.clone().unwrap_or_else(|| "batchline".to_owned());
     if !valid_batch_name(&prefix) || prefix.len() > 40 {
         problems.push(format!("NamePrefix {prefix:?}: use 1-40 letters, digits, - or _"));
     }
-    let name = |key: &str| format!("{prefix}-{key}");
-
-    let network = match &doc.network {
-        None => {
-            problems.push(
-                "Network is required: give Subnets and SecurityGroups (the README shows how to find the default VPC's)"
-                    .into(),
-            );
-            Network { subnets: vec![], security_groups: vec![], assign_public_ip: true }
-        }
-        Some(n) => {
-            let subnets = n.subnets.clone().unwrap_or_default();
-            let security_groups = n.security_groups.clone().unwrap_or_default();
-            if subnets.is_empty() {
-                problems.push("Network.Subnets: give at least one subnet id".into());
-            }
-            if security_groups.is_empty() {
-                problems.push("Network.SecurityGroups: give at least one security group id".into());
-            }
-            for id in &subnets {
-                if !id.starts_with("subnet-") {
-                    problems.push(format!("Network.Subnets: {id:?} is not a subnet id (subnet-...)"));
-                }
-            }
-            for id in &security_groups {
-                if !id.starts_with("sg-") {
-                    problems.push(format!("Network.SecurityGroups: {id:?} is not a security group id (sg-...)"));
-                }
-            }
-            Network { subnets, security_groups, assign_public_ip: n.assign_public_ip.unwrap_or(true) }
-        }
-    };
-
-    let roles = RoleNames {
-        execution_role_name: doc.roles.execution_role_name.clone().unwrap_or_else(|| name("execution")),
-        job_role_name: doc.roles.job_role_name.clone().unwrap_or_else(|| name("job")),
-        input_bucket: doc.roles.input_bucket.clone().filter(|b| !b.is_empty()),
-        permissions_boundary: doc.roles.permissions_boundary.clone().filter(|b| !b.is_empty()),
-        run_data_prefix: match doc.roles.run_data_prefix.as_deref() {
-            None if doc.roles.input_bucket.as_deref().is_some_and(|b| !b.is_empty()) => {
-                Some(DEFAULT_RUN_DATA_PREFIX.to_owned())
-            }
-            None | Some("") => None,
-            Some(prefix) => Some(prefix.to_owned()),
-        },
-    };
-    if let Some(prefix) = &roles.run_data_prefix {
-        if roles.input_bucket.is_none() {
-            problems.push(format!("Roles.RunDataPrefix {prefix:?}: name the bucket too (Roles.InputBucket)"));
-        }
-        if !valid_run_data_prefix(prefix) {
-            problems.push(format!(
-                "Roles.RunDataPrefix {prefix:?}: give a folder like \"runs/\": letters, digits or !-_.'() in folders separated by single /, ending in /, at most 200"
-            ));
-        }
-    }
-    for (field, role) in [("ExecutionRoleName", &roles.execution_role_name), ("JobRoleName", &roles.job_role_name)] {
-        if !valid_role_name(role) {
-            problems.push(format!("Roles.{field} {role:?}: IAM role names are 1-64 letters, digits or +=,.@_-"));
-        }
-    }
-    if let Some(bucket) = roles.input_bucket.as_deref().filter(|b| !valid_bucket_name(b)) {
-        problems.push(format!(
-            "Roles.InputBucket {bucket:?}: name one S3 bucket (3-63 lowercase letters, digits, . or -); the job role may read that bucket only"
-        ));
-    }
-    if let Some(boundary) =
-        roles.permissions_boundary.as_deref().filter(|b| !(b.starts_with("arn:") && b.contains(":policy/")))
-    {
-        problems.push(format!("Roles.PermissionsBoundary {boundary:?}: give the ARN of a managed policy"));
-    }
-    let repository = Repository {
-        name: doc.repository.name.clone().unwrap_or_else(|| name("jobs").to_ascii_lowercase()),
-        scan_on_push: doc.repository.scan_on_push.unwrap_or(true),
-        delete_on_stack_delete: doc.repository.delete_on_stack_delete.unwrap_or(false),
-    };
-    if !valid_repository_name(&repository.name) {
-        problems.push(format!(
-            "Repository.Name {:?}: ECR names are 2-256 lowercase letters, digits and ._-/ (starting and ending with a letter or digit)",
-            repository.name
-        ));
-    }
-    // Held to the stack's prefix, as bootstrap's permissions are: it may change and delete
-    // only repositories it created for this stack.
-    let own_prefix = format!("{}-", prefix.to_ascii_lowercase());
-    if !repository.name.starts_with(&own_prefix) {
-        problems
-            .push(format!("Repository.Name {:?}: must start with {own_prefix:?} (the NamePrefix)", repository.name));
-    }
-
-    let mut compute_environments = BTreeMap::new();
-    let ce_docs = doc
-        .compute_environments
-        .clone()
-        .unwrap_or_else(|| BTreeMap::from([(DEFAULT_KEY.to_owned(), Default::default())]));
-    if ce_docs.is_empty() {
-        problems.push("ComputeEnvironments: declare at least one".into());
-    }
-    for (key, ce) in &ce_docs {
-        let path = format!("ComputeEnvironments.{key}");
-        if !valid_key(key) {
-            problems.push(format!("{path}: keys are 1-40 letters, digits, - or _"));
-        }
-        let kind = match ce.kind.as_deref().unwrap_or("FARGATE") {
-            "FARGATE" => ComputeType::Fargate,
-            "FARGATE_SPOT" => ComputeType::FargateSpot,
-            other => {
-                problems.push(format!("{path}.Type {other:?}: use FARGATE or FARGATE_SPOT"));
-                ComputeType::Fargate
-            }
-        };
-        let max_vcpus = ce.max_vcpus.unwrap_or(256);
-        if !(1..=10_000).contains(&max_vcpus) {
-            problems.push(format!("{path}.MaxVcpus {max_vcpus}: use 1 to 10000"));
-        }
-        compute_environments.insert(
-            key.clone(),
-            ComputeEnvironment { name: name(key), kind, max_vcpus: max_vcpus as u32, ecs_cluster_arn: None },
-        );
-    }
-
-    let mut job_queues = BTreeMap::new();
-    let queue_docs = doc.job_queues.clone().unwrap_or_else(|| {
-        let first = ce_docs.keys().next().cloned().unwrap_or_else(|| DEFAULT_KEY.to_owned());
-        BTreeMap::from([(
-            DEFAULT_KEY.to_owned(),
-            JobQueueDoc { priority: Some(1), compute_environments: Some(vec![first]), ..JobQueueDoc::default() },
-        )])
-    });
-    if queue_docs.is_empty() {
-        problems.push("JobQueues: declare at least one".into());
-    }
-    for (key, queue) in &queue_docs {
-        let path = format!("JobQueues.{key}");
-        if !valid_key(key) {
-            problems.push(format!("{path}: keys are 1-40 letters, digits, - or _"));
-        }
-        let order = queue.compute_environments.clone().unwrap_or_else(|| ce_docs.keys().take(1).cloned().collect());
-        if order.is_empty() || order.len() > 3 {
-            problems.push(format!("{path}.ComputeEnvironments: name 1 to 3 compute environments"));
-        }
-        for ce in &order {
-            if !ce_docs.contains_key(ce) {
-                problems.push(format!("{path}.ComputeEnvironments: {ce:?} is not a key of ComputeEnvironments"));
-            }
-        }
-        let priority = queue.priority.unwrap_or(1);
-        if priority > 1000 {
-            problems.push(format!("{path}.Priority {priority}: use 0 to 1000"));
-        }
-        let stuck_after = queue.stuck_after_seconds.unwrap_or(u64::from(DEFAULT_STUCK_AFTER_SECONDS));
-        if !STUCK_AFTER_RANGE.contains(&stuck_after) {
-            problems.push(format!("{path}.StuckAfterSeconds {stuck_after}: use 60 to 604800 (a week)"));
-        }
-        let cancel_stuck_jobs = match queue.cancel_stuck_jobs.as_deref() {
-            None | Some("Never") => CancelStuckJobs::Never,
-            Some("Diagnosed") => CancelStuckJobs::Diagnosed,
-            Some("Always") => CancelStuckJobs::Always,
-            Some(other) => {
-                problems
-                    .push(format!("{path}.CancelStuckJobs {other:?}: use Never (the default), Diagnosed or Always"));
-                CancelStuckJobs::Never
-            }
-        };
-        job_queues.insert(
-            key.clone(),
-            JobQueue {
-                name: name(key),
-                priority: priority as u32,
-                compute_environments: order,
-                stuck_after_seconds: stuck_after.min(u64::from(u32::MAX)) as u32,
-                cancel_stuck_jobs,
-            },
-        );
-    }
-    let default_queue = if job_queues.contains_key(DEFAULT_KEY) {
-        DEFAULT_KEY.to_owned()
-    } else {
-        // The highest priority queue (ties: the first key).
-        job_queues
-            .iter()
-            .max_by(|a, b| a.1.priority.cmp(&b.1.priority).then(b.0.cmp(a.0)))
-            .map(|(k, _)| k.clone())
-            .unwrap_or_default()
-    };
-
-    let mut job_definitions = BTreeMap::new();
-    let definition_docs = doc
-        .job_definitions
-        .clone()
-        .unwrap_or_else(|| BTreeMap::from([(DEFAULT_KEY.to_owned(), JobDefinitionDoc::default())]));
-    if definition_docs.is_empty() {
-        problems.push("JobDefinitions: declare at least one".into());
-    }
-    for (key, definition) in &definition_docs {
-        let path = format!("JobDefinitions.{key}");
-        if !valid_key(key) {
-            problems.push(format!("{path}: keys are 1-40 letters, digits, - or _"));
-        }
-        let stated = Size::parse_stated(definition.vcpu.as_deref(), definition.memory.as_deref(), DEFAULT_SIZE);
-        let size = stated.unwrap_or_else(|errors| {
-            problems.extend(errors.iter().map(|err| format!("{path}: {err}")));
-            DEFAULT_SIZE
-        });
-        let architecture = definition.architecture.clone().unwrap_or_else(|| "X86_64".into()).to_ascii_uppercase();
-        if architecture != "X86_64" && architecture != "ARM64" {
-            problems.push(format!("{path}.Architecture {architecture:?}: use X86_64 or ARM64"));
-        }
-        let retry_attempts = definition.retry_attempts.unwrap_or(3);
-        if !(1..=10).contains(&retry_attempts) {
-            problems.push(format!("{path}.RetryAttempts {retry_attempts}: Batch allows 1 to 10"));
-        }
-        if let Some(timeout) = definition.timeout_seconds {
-            if timeout < 60 {
-                problems.push(format!("{path}.TimeoutSeconds {timeout}: Batch requires at least 60"));
-            }
-        }
-        let queue = definition.queue.clone().unwrap_or_else(|| default_queue.clone());
-        if !job_queues.contains_key(&queue) {
-            problems.push(format!("{path}.Queue: {queue:?} is not a key of JobQueues"));
-        }
-        let image = definition.image.clone().unwrap_or_else(|| DEFAULT_IMAGE.to_owned());
-        if image.trim().is_empty() {
-            problems.push(format!("{path}.Image: give an image"));
-        }
-        for name in definition
-            .environment
-            .iter()
-            .flatten()
-            .map(|(k, _)| k)
-            .chain(definition.secrets.iter().flatten().map(|(k, _)| k))
-        {
-            if name.starts_with("AWS_BATCH") {
-                problems
-                    .push(format!("{path}: environment variable {name:?}: names starting with AWS_BATCH are reserved"));
-            }
-        }
-        let command = definition.command.clone().unwrap_or_else(|| {
-            if definition.image.is_none() {
-                vec!["python3".into(), "-c".into(), DEFAULT_SCRIPT.into()]
-            } else {
-                vec![]
-            }
-        });
-        job_definitions.insert(
-            key.clone(),
-            JobDefinition {
-                name: name(key),
-                image,
-                size,
-                command,
-                environment: definition.environment.clone().unwrap_or_default(),
-                secrets: definition.secrets.clone().unwrap_or_default(),
-                architecture,
-                retry_attempts: retry_attempts as u32,
-                retry_rules: retries::resolve_rules(
-                    &path,
-                    definition.retry_on.as_deref().unwrap_or_default(),
-                    &mut problems,
-                ),
-                max_resizes: parse_resizes(&path, definition.max_resizes.as_deref(), 0, &mut problems),
-                timeout_seconds: definition.timeout_seconds.map(|t| t as u32),
-                log_group: definition.log_group.clone().unwrap_or_else(|| DEFAULT_LOG_GROUP.to_owned()),
-                queue,
-                allow_overrides: definition.allow_overrides.unwrap_or(true),
-            },
-        );
-    }
-
+    let network = resolve_network(doc.network.as_ref(), &mut problems);
+    let roles = resolve_roles(&doc.roles, &prefix, &mut problems);
+    let repository = resolve_repository(&doc.repository, &prefix, &mut problems);
+    let compute_environments = resolve_compute_environments(doc.compute_environments.as_ref(), &prefix, &mut problems);
+    let job_queues = resolve_job_queues(doc.job_queues.as_ref(), &compute_environments, &prefix, &mut problems);
+    let default_queue = default_queue(&job_queues);
+    let job_definitions =
+        resolve_job_definitions(doc.job_definitions.as_ref(), &job_queues, &default_queue, &prefix, &mut problems);
     let queue_keys = job_queues.keys().cloned().collect();
     let mut pipelines =
         resolve_pipelines(&doc.pipelines.unwrap_or(Value::Null), &job_definitions, &queue_keys, &mut problems);
     check_capacity(&compute_environments, &job_queues, &job_definitions, &mut pipelines, &mut problems);
     let triggers = resolve_triggers(doc.triggers.unwrap_or_default(), &job_definitions, &pipelines, &mut problems);
-    if let (Some(bucket), Some(folder)) = (&roles.input_bucket, &roles.run_data_prefix) {
-        for (key, rule) in &triggers.s3 {
-            let same_bucket = rule.bucket.as_ref().is_none_or(|b| b == bucket);
-            if same_bucket && (folder.starts_with(&rule.prefix) || rule.prefix.starts_with(folder.as_str())) {
-                problems.push(format!(
-                    "Triggers.S3.{key}: prefix {:?} overlaps Roles.RunDataPrefix {folder:?}: what stages write there would start jobs again; give the trigger a prefix of its own (e.g. \"incoming/\")",
-                    rule.prefix
-                ));
-            }
-        }
-    }
+    check_run_data_overlap(&triggers, &roles, &mut problems);
 
-    if problems.is_empty() {
-        Ok(Declared {
-            name_prefix: prefix,
-            network,
-            roles,
-            repository,
-            compute_environments,
-            job_queues,
-            job_definitions,
-            default_queue,
-            pipelines,
-            triggers,
-        })
-    } else {
-        Err(ConfigProblems { problems })
+    if !problems.is_empty() {
+        return Err(ConfigProblems { problems });
     }
+    Ok(Declared {
+        name_prefix: prefix,
+        network,
+        roles,
+        repository,
+        compute_environments,
+        job_queues,
+        job_definitions,
+        default_queue,
+        pipelines,
+        triggers,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use batchline::model::stack::{CancelStuckJobs, ComputeType, DEFAULT_IMAGE};
     use serde_json::json;
 
     fn network_only() -> Value {

@@ -36,6 +36,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::values::{de_opt_string_list, de_opt_text};
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "PascalCase")]
 pub struct PipelineDoc {
@@ -96,74 +97,91 @@ pub fn resolve_pipelines(
         }
     };
     for (name, pipeline) in docs {
-        let path = format!("Pipelines.{name}");
-        if !(1..=40).contains(&name.len()) || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-            problems.push(format!("{path}: pipeline names are 1-40 letters, digits, - or _"));
-        }
-        let default_resizes = parse_resizes(&path, pipeline.max_resizes.as_deref(), DEFAULT_MAX_RESIZES, problems);
-        if pipeline.stages.is_empty() {
-            problems.push(format!("{path}.Stages: declare at least one stage"));
-        }
-        let mut stages = BTreeMap::new();
-        for (key, stage) in &pipeline.stages {
-            let stage_path = format!("{path}.Stages.{key}");
-            if key == ON_FAILURE
-                || !(1..=40).contains(&key.len())
-                || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-            {
-                problems
-                    .push(format!("{stage_path}: stage names are 1-40 letters, digits, - or _ (and not {ON_FAILURE})"));
-            }
-            if let Some(resolved) = resolve_stage(&stage_path, stage, default_resizes, definitions, queues, problems) {
-                stages.insert(key.clone(), resolved);
-            }
-        }
-        for (key, stage) in &stages {
-            if stage.after.len() > MAX_UPSTREAMS {
-                problems
-                    .push(format!("{path}.Stages.{key}.After: {} stages; at most {MAX_UPSTREAMS}", stage.after.len()));
-            }
-            for upstream in &stage.after {
-                if !pipeline.stages.contains_key(upstream) {
-                    problems.push(format!("{path}.Stages.{key}.After: there is no stage {upstream:?}"));
-                }
-                if upstream == key {
-                    problems.push(format!("{path}.Stages.{key}.After: a stage cannot run after itself"));
-                }
-            }
-        }
-        if let Some(cycle) = find_cycle(&stages) {
-            problems.push(format!("{path}: the stages form a cycle: {}", cycle.join(" -> ")));
-        }
-        if !stages.is_empty() && stages.values().all(|s| !s.after.is_empty()) {
-            problems.push(format!("{path}: no stage can start first (every stage runs after another)"));
-        }
-        let on_failure = pipeline.on_failure.as_ref().and_then(|stage| {
-            if stage.after.as_ref().is_some_and(|a| !a.is_empty()) {
-                problems.push(format!(
-                    "{path}.OnFailure.After: the failure stage runs when the run fails, after nothing else"
-                ));
-            }
-            resolve_stage(&format!("{path}.OnFailure"), stage, 0, definitions, queues, problems)
-        });
-        let on_stage_failure = match pipeline.on_stage_failure.as_deref() {
-            None | Some("Terminate") => OnStageFailure::Terminate,
-            Some("Finish") => OnStageFailure::Finish,
-            Some(other) => {
-                problems.push(format!("{path}.OnStageFailure {other:?}: use Terminate (the default) or Finish"));
-                OnStageFailure::Terminate
-            }
-        };
-        let max_run_seconds =
-            parse_seconds(&format!("{path}.MaxRunSeconds"), pipeline.max_run_seconds.as_deref(), problems);
-        let max_run_cost_usd =
-            parse_budget(&format!("{path}.MaxRunCostUsd"), pipeline.max_run_cost_usd.as_deref(), problems);
-        pipelines.insert(
-            name.clone(),
-            Pipeline { name, stages, on_failure, on_stage_failure, max_run_seconds, max_run_cost_usd },
-        );
+        pipelines.insert(name.clone(), resolve_pipeline(name, &pipeline, definitions, queues, problems));
     }
     pipelines
+}
+
+fn resolve_pipeline(
+    name: String,
+    pipeline: &PipelineDoc,
+    definitions: &BTreeMap<String, JobDefinition>,
+    queues: &BTreeSet<String>,
+    problems: &mut Vec<String>,
+) -> Pipeline {
+    let path = format!("Pipelines.{name}");
+    if !(1..=40).contains(&name.len()) || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        problems.push(format!("{path}: pipeline names are 1-40 letters, digits, - or _"));
+    }
+    let stages = resolve_stages(&path, pipeline, definitions, queues, problems);
+    let on_failure = pipeline.on_failure.as_ref().and_then(|stage| {
+        if stage.after.as_ref().is_some_and(|a| !a.is_empty()) {
+            problems
+                .push(format!("{path}.OnFailure.After: the failure stage runs when the run fails, after nothing else"));
+        }
+        resolve_stage(&format!("{path}.OnFailure"), stage, 0, definitions, queues, problems)
+    });
+    let on_stage_failure = match pipeline.on_stage_failure.as_deref() {
+        None | Some("Terminate") => OnStageFailure::Terminate,
+        Some("Finish") => OnStageFailure::Finish,
+        Some(other) => {
+            problems.push(format!("{path}.OnStageFailure {other:?}: use Terminate (the default) or Finish"));
+            OnStageFailure::Terminate
+        }
+    };
+    let max_run_seconds =
+        parse_seconds(&format!("{path}.MaxRunSeconds"), pipeline.max_run_seconds.as_deref(), problems);
+    let max_run_cost_usd =
+        parse_budget(&format!("{path}.MaxRunCostUsd"), pipeline.max_run_cost_usd.as_deref(), problems);
+    Pipeline { name, stages, on_failure, on_stage_failure, max_run_seconds, max_run_cost_usd }
+}
+
+/// The pipeline's stages, and what keeps them from forming a graph a run can walk:
+/// unknown upstreams, cycles, no stage to start with.
+fn resolve_stages(
+    path: &str,
+    pipeline: &PipelineDoc,
+    definitions: &BTreeMap<String, JobDefinition>,
+    queues: &BTreeSet<String>,
+    problems: &mut Vec<String>,
+) -> BTreeMap<String, Stage> {
+    let default_resizes = parse_resizes(path, pipeline.max_resizes.as_deref(), DEFAULT_MAX_RESIZES, problems);
+    if pipeline.stages.is_empty() {
+        problems.push(format!("{path}.Stages: declare at least one stage"));
+    }
+    let mut stages = BTreeMap::new();
+    for (key, stage) in &pipeline.stages {
+        let stage_path = format!("{path}.Stages.{key}");
+        if key == ON_FAILURE
+            || !(1..=40).contains(&key.len())
+            || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            problems.push(format!("{stage_path}: stage names are 1-40 letters, digits, - or _ (and not {ON_FAILURE})"));
+        }
+        if let Some(resolved) = resolve_stage(&stage_path, stage, default_resizes, definitions, queues, problems) {
+            stages.insert(key.clone(), resolved);
+        }
+    }
+    for (key, stage) in &stages {
+        if stage.after.len() > MAX_UPSTREAMS {
+            problems.push(format!("{path}.Stages.{key}.After: {} stages; at most {MAX_UPSTREAMS}", stage.after.len()));
+        }
+        for upstream in &stage.after {
+            if !pipeline.stages.contains_key(upstream) {
+                problems.push(format!("{path}.Stages.{key}.After: there is no stage {upstream:?}"));
+            }
+            if upstream == key {
+                problems.push(format!("{path}.Stages.{key}.After: a stage cannot run after itself"));
+            }
+        }
+    }
+    if let Some(cycle) = find_cycle(&stages) {
+        problems.push(format!("{path}: the stages form a cycle: {}", cycle.join(" -> ")));
+    }
+    if !stages.is_empty() && stages.values().all(|s| !s.after.is_empty()) {
+        problems.push(format!("{path}: no stage can start first (every stage runs after another)"));
+    }
+    stages
 }
 
 /// `path.MaxResizes`: out-of-memory resubmissions, 0 to 10 (`default` when not given).

@@ -1,12 +1,12 @@
-//! The `Triggers` section: S3 rules and named schedules, each starting a job definition or a pipeline.
+//! The `Triggers` section: S3 rules and named schedules, each starting a job definition or a pipeline, kept off the folder stages write to.
 
 use std::collections::BTreeMap;
 
 use batchline::model::pipeline::Pipeline;
-use batchline::model::stack::{JobDefinition, S3Trigger, ScheduleTrigger, Target, Triggers};
+use batchline::model::stack::{JobDefinition, RoleNames, S3Trigger, ScheduleTrigger, Target, Triggers};
 
 use super::document::TriggersDoc;
-use super::valid_key;
+use super::values::valid_key;
 
 fn target(
     path: &str,
@@ -80,4 +80,22 @@ pub(super) fn resolve_triggers(
             .insert(rule_name, ScheduleTrigger { target, parameters: rule.parameters.unwrap_or_default() });
     }
     triggers
+}
+
+/// Refuses S3 triggers watching the input bucket's run-data folder (or a folder inside
+/// it, or around it): what stages write there would start jobs again, and stages could
+/// overwrite what such a trigger watches.
+pub(super) fn check_run_data_overlap(triggers: &Triggers, roles: &RoleNames, problems: &mut Vec<String>) {
+    let (Some(bucket), Some(folder)) = (&roles.input_bucket, &roles.run_data_prefix) else {
+        return;
+    };
+    for (key, rule) in &triggers.s3 {
+        let same_bucket = rule.bucket.as_ref().is_none_or(|b| b == bucket);
+        if same_bucket && (folder.starts_with(&rule.prefix) || rule.prefix.starts_with(folder.as_str())) {
+            problems.push(format!(
+                "Triggers.S3.{key}: prefix {:?} overlaps Roles.RunDataPrefix {folder:?}: what stages write there would start jobs again; give the trigger a prefix of its own (e.g. \"incoming/\")",
+                rule.prefix
+            ));
+        }
+    }
 }

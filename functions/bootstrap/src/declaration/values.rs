@@ -1,8 +1,14 @@
-//! Reading CloudFormation's strings: numbers, booleans and lists arrive as text (or natively, from other tools).
+//! Reading CloudFormation's strings (numbers, booleans and lists arrive as text, or natively from other tools), and the keys every section names its entries by.
 
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 use serde_json::Value;
+
+/// An entry's key (`default`, `spot`, ...): stages and triggers name queues and job
+/// definitions by it, and physical names are built from it.
+pub(super) fn valid_key(key: &str) -> bool {
+    (1..=40).contains(&key.len()) && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
 
 pub(super) fn de_string_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]

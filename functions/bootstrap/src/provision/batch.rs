@@ -17,14 +17,12 @@ use batchline::model::stack::{
     CancelStuckJobs, ComputeEnvironment, ComputeType, JobDefinition, JobQueue, Network, Provisioned, Roles,
 };
 use batchline::services::batch::retry_strategy;
+use batchline::Error;
 use tokio::time::Instant;
+use tracing::info;
 
 use super::{SPEC_TAG, STACK_TAG};
 use crate::declaration::Declared;
-use batchline::Error;
-use tracing::info;
-
-use crate::Clients;
 
 /// Polls `check` until it says done, or fails at the deadline.
 async fn wait_until<F, Fut>(what: &str, deadline: Instant, mut check: F) -> Result<(), Error>
@@ -46,11 +44,10 @@ where
 }
 
 async fn describe_compute_environment(
-    clients: &Clients,
+    batch: &aws_sdk_batch::Client,
     name: &str,
 ) -> Result<Option<aws_sdk_batch::types::ComputeEnvironmentDetail>, Error> {
-    let found = clients
-        .batch
+    let found = batch
         .describe_compute_environments()
         .compute_environments(name)
         .send()
@@ -63,40 +60,48 @@ async fn describe_compute_environment(
         .cloned())
 }
 
+async fn create_environment(
+    batch: &aws_sdk_batch::Client,
+    wanted: &ComputeEnvironment,
+    network: &Network,
+    stack: &str,
+) -> Result<String, Error> {
+    let kind = match wanted.kind {
+        ComputeType::Fargate => CrType::Fargate,
+        ComputeType::FargateSpot => CrType::FargateSpot,
+    };
+    let created = batch
+        .create_compute_environment()
+        .compute_environment_name(&wanted.name)
+        .r#type(CeType::Managed)
+        .state(CeState::Enabled)
+        .compute_resources(
+            ComputeResource::builder()
+                .r#type(kind)
+                .maxv_cpus(wanted.max_vcpus as i32)
+                .set_subnets(Some(network.subnets.clone()))
+                .set_security_group_ids(Some(network.security_groups.clone()))
+                .build(),
+        )
+        .tags(STACK_TAG, stack)
+        .send()
+        .await
+        .map_err(|e| Error::aws("CreateComputeEnvironment", e))?;
+    info!(compute_environment = %wanted.name, "compute environment created");
+    Ok(created.compute_environment_arn().unwrap_or_default().to_owned())
+}
+
+/// Creates or updates the compute environment and waits until Batch calls it VALID; its
+/// ARN and its ECS cluster's.
 pub(super) async fn ensure_compute_environment(
-    clients: &Clients,
+    batch: &aws_sdk_batch::Client,
     wanted: &ComputeEnvironment,
     network: &Network,
     stack: &str,
     deadline: Instant,
 ) -> Result<(String, Option<String>), Error> {
-    let arn = match describe_compute_environment(clients, &wanted.name).await? {
-        None => {
-            let kind = match wanted.kind {
-                ComputeType::Fargate => CrType::Fargate,
-                ComputeType::FargateSpot => CrType::FargateSpot,
-            };
-            let created = clients
-                .batch
-                .create_compute_environment()
-                .compute_environment_name(&wanted.name)
-                .r#type(CeType::Managed)
-                .state(CeState::Enabled)
-                .compute_resources(
-                    ComputeResource::builder()
-                        .r#type(kind)
-                        .maxv_cpus(wanted.max_vcpus as i32)
-                        .set_subnets(Some(network.subnets.clone()))
-                        .set_security_group_ids(Some(network.security_groups.clone()))
-                        .build(),
-                )
-                .tags(STACK_TAG, stack)
-                .send()
-                .await
-                .map_err(|e| Error::aws("CreateComputeEnvironment", e))?;
-            info!(compute_environment = %wanted.name, "compute environment created");
-            created.compute_environment_arn().unwrap_or_default().to_owned()
-        }
+    let arn = match describe_compute_environment(batch, &wanted.name).await? {
+        None => create_environment(batch, wanted, network, stack).await?,
         Some(existing) => {
             let resources = existing.compute_resources();
             let same = existing.state().map(|s| s.as_str()) == Some("ENABLED")
@@ -104,8 +109,7 @@ pub(super) async fn ensure_compute_environment(
                 && resources.map(|r| r.subnets().to_vec()) == Some(network.subnets.clone())
                 && resources.map(|r| r.security_group_ids().to_vec()) == Some(network.security_groups.clone());
             if !same {
-                clients
-                    .batch
+                batch
                     .update_compute_environment()
                     .compute_environment(&wanted.name)
                     .state(CeState::Enabled)
@@ -125,7 +129,7 @@ pub(super) async fn ensure_compute_environment(
         }
     };
     wait_until(&format!("compute environment {} becoming VALID", wanted.name), deadline, || async {
-        let found = describe_compute_environment(clients, &wanted.name).await?;
+        let found = describe_compute_environment(batch, &wanted.name).await?;
         match found.as_ref().and_then(|c| c.status()).map(|s| s.as_str()) {
             Some("VALID") => Ok(true),
             Some("INVALID") => Err(Error::Aws {
@@ -139,17 +143,20 @@ pub(super) async fn ensure_compute_environment(
     .await?;
     // Its ECS cluster names the compute environment in its tasks' ARNs (cost by capacity).
     let cluster =
-        describe_compute_environment(clients, &wanted.name).await?.and_then(|c| c.ecs_cluster_arn().map(str::to_owned));
+        describe_compute_environment(batch, &wanted.name).await?.and_then(|c| c.ecs_cluster_arn().map(str::to_owned));
     Ok((arn, cluster))
 }
 
-pub(super) async fn delete_compute_environment(clients: &Clients, name: &str, deadline: Instant) -> Result<(), Error> {
-    let Some(existing) = describe_compute_environment(clients, name).await? else {
+pub(super) async fn delete_compute_environment(
+    batch: &aws_sdk_batch::Client,
+    name: &str,
+    deadline: Instant,
+) -> Result<(), Error> {
+    let Some(existing) = describe_compute_environment(batch, name).await? else {
         return Ok(());
     };
     if existing.state().map(|s| s.as_str()) != Some("DISABLED") {
-        clients
-            .batch
+        batch
             .update_compute_environment()
             .compute_environment(name)
             .state(CeState::Disabled)
@@ -158,21 +165,20 @@ pub(super) async fn delete_compute_environment(clients: &Clients, name: &str, de
             .map_err(|e| Error::aws("UpdateComputeEnvironment", e))?;
     }
     wait_until(&format!("compute environment {name} becoming DISABLED"), deadline, || async {
-        let found = describe_compute_environment(clients, name).await?;
+        let found = describe_compute_environment(batch, name).await?;
         Ok(found.is_none_or(|c| {
             c.state().map(|s| s.as_str()) == Some("DISABLED") && c.status().map(|s| s.as_str()) != Some("UPDATING")
         }))
     })
     .await?;
-    clients
-        .batch
+    batch
         .delete_compute_environment()
         .compute_environment(name)
         .send()
         .await
         .map_err(|e| Error::aws("DeleteComputeEnvironment", e))?;
     wait_until(&format!("compute environment {name} being deleted"), deadline, || async {
-        Ok(describe_compute_environment(clients, name).await?.is_none())
+        Ok(describe_compute_environment(batch, name).await?.is_none())
     })
     .await?;
     info!(compute_environment = name, "compute environment deleted");
@@ -180,16 +186,11 @@ pub(super) async fn delete_compute_environment(clients: &Clients, name: &str, de
 }
 
 async fn describe_job_queue(
-    clients: &Clients,
+    batch: &aws_sdk_batch::Client,
     name: &str,
 ) -> Result<Option<aws_sdk_batch::types::JobQueueDetail>, Error> {
-    let found = clients
-        .batch
-        .describe_job_queues()
-        .job_queues(name)
-        .send()
-        .await
-        .map_err(|e| Error::aws("DescribeJobQueues", e))?;
+    let found =
+        batch.describe_job_queues().job_queues(name).send().await.map_err(|e| Error::aws("DescribeJobQueues", e))?;
     Ok(found
         .job_queues()
         .iter()
@@ -230,7 +231,7 @@ pub(crate) fn time_limit_actions(queue: &JobQueue) -> Vec<JobStateTimeLimitActio
 }
 
 pub(super) async fn ensure_job_queue(
-    clients: &Clients,
+    batch: &aws_sdk_batch::Client,
     wanted: &JobQueue,
     compute_environments: &BTreeMap<String, Provisioned<ComputeEnvironment>>,
     stack: &str,
@@ -247,10 +248,9 @@ pub(super) async fn ensure_job_queue(
         })
         .collect();
     let limits = time_limit_actions(wanted);
-    let arn = match describe_job_queue(clients, &wanted.name).await? {
+    let arn = match describe_job_queue(batch, &wanted.name).await? {
         None => {
-            let created = clients
-                .batch
+            let created = batch
                 .create_job_queue()
                 .job_queue_name(&wanted.name)
                 .state(JqState::Enabled)
@@ -274,8 +274,7 @@ pub(super) async fn ensure_job_queue(
                 && existing_order == wanted_order
                 && existing.job_state_time_limit_actions() == limits.as_slice();
             if !same {
-                clients
-                    .batch
+                batch
                     .update_job_queue()
                     .job_queue(&wanted.name)
                     .state(JqState::Enabled)
@@ -291,7 +290,7 @@ pub(super) async fn ensure_job_queue(
         }
     };
     wait_until(&format!("job queue {} becoming VALID", wanted.name), deadline, || async {
-        let found = describe_job_queue(clients, &wanted.name).await?;
+        let found = describe_job_queue(batch, &wanted.name).await?;
         Ok(found.and_then(|q| q.status().map(|s| s.as_str().to_owned())).as_deref() == Some("VALID"))
     })
     .await?;
@@ -299,19 +298,22 @@ pub(super) async fn ensure_job_queue(
 }
 
 /// Stops the queue's unfinished jobs, disables the queue, then deletes it.
-pub(super) async fn delete_job_queue(clients: &Clients, name: &str, deadline: Instant) -> Result<(), Error> {
-    let Some(existing) = describe_job_queue(clients, name).await? else {
+pub(super) async fn delete_job_queue(
+    batch: &aws_sdk_batch::Client,
+    name: &str,
+    deadline: Instant,
+) -> Result<(), Error> {
+    let Some(existing) = describe_job_queue(batch, name).await? else {
         return Ok(());
     };
     for status in
         [JobStatus::Submitted, JobStatus::Pending, JobStatus::Runnable, JobStatus::Starting, JobStatus::Running]
     {
-        let request = clients.batch.list_jobs().job_queue(name).job_status(status);
+        let request = batch.list_jobs().job_queue(name).job_status(status);
         let jobs =
             request.into_paginator().items().send().try_collect().await.map_err(|e| Error::aws("ListJobs", e))?;
         for job in jobs.iter().filter_map(|j| j.job_id()) {
-            clients
-                .batch
+            batch
                 .terminate_job()
                 .job_id(job)
                 .reason("Batchline environment deleted")
@@ -321,8 +323,7 @@ pub(super) async fn delete_job_queue(clients: &Clients, name: &str, deadline: In
         }
     }
     if existing.state().map(|s| s.as_str()) != Some("DISABLED") {
-        clients
-            .batch
+        batch
             .update_job_queue()
             .job_queue(name)
             .state(JqState::Disabled)
@@ -331,15 +332,15 @@ pub(super) async fn delete_job_queue(clients: &Clients, name: &str, deadline: In
             .map_err(|e| Error::aws("UpdateJobQueue", e))?;
     }
     wait_until(&format!("job queue {name} becoming DISABLED"), deadline, || async {
-        let found = describe_job_queue(clients, name).await?;
+        let found = describe_job_queue(batch, name).await?;
         Ok(found.is_none_or(|q| {
             q.state().map(|s| s.as_str()) == Some("DISABLED") && q.status().map(|s| s.as_str()) != Some("UPDATING")
         }))
     })
     .await?;
-    clients.batch.delete_job_queue().job_queue(name).send().await.map_err(|e| Error::aws("DeleteJobQueue", e))?;
+    batch.delete_job_queue().job_queue(name).send().await.map_err(|e| Error::aws("DeleteJobQueue", e))?;
     wait_until(&format!("job queue {name} being deleted"), deadline, || async {
-        Ok(describe_job_queue(clients, name).await?.is_none())
+        Ok(describe_job_queue(batch, name).await?.is_none())
     })
     .await?;
     info!(job_queue = name, "job queue deleted");
@@ -387,12 +388,14 @@ fn sorted_keys(value: serde_json::Value) -> serde_json::Value {
     }
 }
 
-async fn active_revisions(clients: &Clients, name: &str) -> Result<Vec<aws_sdk_batch::types::JobDefinition>, Error> {
+async fn active_revisions(
+    batch: &aws_sdk_batch::Client,
+    name: &str,
+) -> Result<Vec<aws_sdk_batch::types::JobDefinition>, Error> {
     let mut revisions = Vec::new();
     let mut token = None;
     loop {
-        let page = clients
-            .batch
+        let page = batch
             .describe_job_definitions()
             .job_definition_name(name)
             .status("ACTIVE")
@@ -413,15 +416,18 @@ async fn active_revisions(clients: &Clients, name: &str) -> Result<Vec<aws_sdk_b
     }
 }
 
+/// Registers a revision of `definition` unless its latest already carries this spec hash.
+/// `region` is where its logs go (and is hashed, so a move to another region registers anew).
 pub(super) async fn ensure_job_definition(
-    clients: &Clients,
+    batch: &aws_sdk_batch::Client,
+    region: &str,
     config: &Declared,
     roles: &Roles,
     definition: &JobDefinition,
 ) -> Result<String, Error> {
     let (execution_role, job_role) = (&roles.execution_role_arn, &roles.job_role_arn);
-    let hash = spec_hash(definition, execution_role, job_role, config.network.assign_public_ip, &clients.region);
-    let revisions = active_revisions(clients, &definition.name).await?;
+    let hash = spec_hash(definition, execution_role, job_role, config.network.assign_public_ip, region);
+    let revisions = active_revisions(batch, &definition.name).await?;
     if let Some(latest) = revisions.iter().max_by_key(|d| d.revision()) {
         if latest.tags().and_then(|t| t.get(SPEC_TAG)) == Some(&hash) {
             return Ok(latest.job_definition_arn().unwrap_or_default().to_owned());
@@ -433,7 +439,7 @@ pub(super) async fn ensure_job_definition(
     let log_configuration = LogConfiguration::builder()
         .log_driver(LogDriver::Awslogs)
         .options("awslogs-group", &definition.log_group)
-        .options("awslogs-region", &clients.region)
+        .options("awslogs-region", region)
         .options("awslogs-stream-prefix", &config.name_prefix)
         .build();
     let container = ContainerProperties::builder()
@@ -459,8 +465,7 @@ pub(super) async fn ensure_job_definition(
         )
         .log_configuration(log_configuration)
         .build();
-    let registered = clients
-        .batch
+    let registered = batch
         .register_job_definition()
         .job_definition_name(&definition.name)
         .r#type(JobDefinitionType::Container)
@@ -483,10 +488,9 @@ pub(super) async fn ensure_job_definition(
     Ok(registered.job_definition_arn().unwrap_or_default().to_owned())
 }
 
-pub(super) async fn deregister_job_definition(clients: &Clients, name: &str) -> Result<(), Error> {
-    for revision in active_revisions(clients, name).await? {
-        clients
-            .batch
+pub(super) async fn deregister_job_definition(batch: &aws_sdk_batch::Client, name: &str) -> Result<(), Error> {
+    for revision in active_revisions(batch, name).await? {
+        batch
             .deregister_job_definition()
             .job_definition(revision.job_definition_arn().unwrap_or_default())
             .send()

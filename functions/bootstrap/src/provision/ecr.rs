@@ -1,26 +1,22 @@
 //! ECR: the repository job images are pushed to (scan on push; kept on delete unless configured).
 
 use batchline::model::stack::Repository;
-
-use super::{build_error, STACK_TAG};
 use batchline::Error;
 use tracing::info;
 
-use crate::Clients;
+use super::{build_error, STACK_TAG};
 
 pub(super) async fn ensure_repository(
-    clients: &Clients,
+    ecr: &aws_sdk_ecr::Client,
     repository: &Repository,
     stack: &str,
 ) -> Result<String, Error> {
-    match clients.ecr.describe_repositories().repository_names(&repository.name).send().await {
+    match ecr.describe_repositories().repository_names(&repository.name).send().await {
         Ok(found) => {
             let existing = found.repositories().first();
             let scanning = existing.and_then(|r| r.image_scanning_configuration()).map(|c| c.scan_on_push());
             if scanning != Some(repository.scan_on_push) {
-                clients
-                    .ecr
-                    .put_image_scanning_configuration()
+                ecr.put_image_scanning_configuration()
                     .repository_name(&repository.name)
                     .image_scanning_configuration(
                         aws_sdk_ecr::types::ImageScanningConfiguration::builder()
@@ -38,8 +34,7 @@ pub(super) async fn ensure_repository(
             if err.aws_code() != Some("RepositoryNotFoundException") {
                 return Err(err);
             }
-            let created = clients
-                .ecr
+            let created = ecr
                 .create_repository()
                 .repository_name(&repository.name)
                 .image_scanning_configuration(
@@ -57,8 +52,8 @@ pub(super) async fn ensure_repository(
     }
 }
 
-pub(super) async fn delete_repository(clients: &Clients, name: &str) -> Result<(), Error> {
-    match clients.ecr.delete_repository().repository_name(name).force(true).send().await {
+pub(super) async fn delete_repository(ecr: &aws_sdk_ecr::Client, name: &str) -> Result<(), Error> {
+    match ecr.delete_repository().repository_name(name).force(true).send().await {
         Ok(_) => Ok(()),
         Err(err) => {
             let err = Error::aws("DeleteRepository", err);

@@ -1,38 +1,33 @@
 //! IAM: the task execution role and the job role, with the job role's access to the input bucket (read, and write under the run-data folder).
 
-use super::{ECS_TASKS_TRUST, JOB_ROLE_POLICY};
 use batchline::model::stack::RoleNames;
 use batchline::Error;
 use serde_json::{json, Value};
 use tracing::info;
 
-use crate::Clients;
+use super::{ECS_TASKS_TRUST, JOB_ROLE_POLICY};
 
 /// The role `name`, trusted by ECS tasks, under `boundary` when one is configured, with
 /// `managed_policy` attached.
 pub(super) async fn ensure_role(
-    clients: &Clients,
+    iam: &aws_sdk_iam::Client,
     name: &str,
     managed_policy: Option<&str>,
     boundary: Option<&str>,
 ) -> Result<String, Error> {
-    let arn = match clients.iam.get_role().role_name(name).send().await {
+    let arn = match iam.get_role().role_name(name).send().await {
         Ok(found) => {
             let current =
                 found.role().and_then(|r| r.permissions_boundary()).and_then(|b| b.permissions_boundary_arn());
             if let Some(boundary) = boundary.filter(|b| current != Some(*b)) {
-                clients
-                    .iam
-                    .put_role_permissions_boundary()
+                iam.put_role_permissions_boundary()
                     .role_name(name)
                     .permissions_boundary(boundary)
                     .send()
                     .await
                     .map_err(|e| Error::aws("PutRolePermissionsBoundary", e))?;
             }
-            clients
-                .iam
-                .update_assume_role_policy()
+            iam.update_assume_role_policy()
                 .role_name(name)
                 .policy_document(ECS_TASKS_TRUST)
                 .send()
@@ -45,8 +40,7 @@ pub(super) async fn ensure_role(
             if err.aws_code() != Some("NoSuchEntity") {
                 return Err(err);
             }
-            let created = clients
-                .iam
+            let created = iam
                 .create_role()
                 .role_name(name)
                 .assume_role_policy_document(ECS_TASKS_TRUST)
@@ -60,9 +54,7 @@ pub(super) async fn ensure_role(
         }
     };
     if let Some(policy) = managed_policy {
-        clients
-            .iam
-            .attach_role_policy()
+        iam.attach_role_policy()
             .role_name(name)
             .policy_arn(policy)
             .send()
@@ -87,13 +79,11 @@ pub fn job_role_policy(names: &RoleNames) -> Option<Value> {
 }
 
 /// Puts the job role's policy ([`job_role_policy`]) on it, or removes it when there is none.
-pub(super) async fn ensure_job_role_policy(clients: &Clients, names: &RoleNames) -> Result<(), Error> {
+pub(super) async fn ensure_job_role_policy(iam: &aws_sdk_iam::Client, names: &RoleNames) -> Result<(), Error> {
     let role = &names.job_role_name;
     match job_role_policy(names) {
         Some(policy) => {
-            clients
-                .iam
-                .put_role_policy()
+            iam.put_role_policy()
                 .role_name(role)
                 .policy_name(JOB_ROLE_POLICY)
                 .policy_document(policy.to_string())
@@ -102,8 +92,7 @@ pub(super) async fn ensure_job_role_policy(clients: &Clients, names: &RoleNames)
                 .map_err(|e| Error::aws("PutRolePolicy", e))?;
         }
         None => {
-            if let Err(err) = clients.iam.delete_role_policy().role_name(role).policy_name(JOB_ROLE_POLICY).send().await
-            {
+            if let Err(err) = iam.delete_role_policy().role_name(role).policy_name(JOB_ROLE_POLICY).send().await {
                 let err = Error::aws("DeleteRolePolicy", err);
                 if err.aws_code() != Some("NoSuchEntity") {
                     return Err(err);
@@ -114,9 +103,9 @@ pub(super) async fn ensure_job_role_policy(clients: &Clients, names: &RoleNames)
     Ok(())
 }
 
-pub(super) async fn delete_role(clients: &Clients, name: &str) -> Result<(), Error> {
+pub(super) async fn delete_role(iam: &aws_sdk_iam::Client, name: &str) -> Result<(), Error> {
     let not_found = |err: &Error| err.aws_code() == Some("NoSuchEntity");
-    let attached = match clients.iam.list_attached_role_policies().role_name(name).send().await {
+    let attached = match iam.list_attached_role_policies().role_name(name).send().await {
         Ok(attached) => attached,
         Err(err) => {
             let err = Error::aws("ListAttachedRolePolicies", err);
@@ -124,9 +113,7 @@ pub(super) async fn delete_role(clients: &Clients, name: &str) -> Result<(), Err
         }
     };
     for policy in attached.attached_policies().iter().filter_map(|p| p.policy_arn()) {
-        clients
-            .iam
-            .detach_role_policy()
+        iam.detach_role_policy()
             .role_name(name)
             .policy_arn(policy)
             .send()
@@ -134,18 +121,16 @@ pub(super) async fn delete_role(clients: &Clients, name: &str) -> Result<(), Err
             .map_err(|e| Error::aws("DetachRolePolicy", e))?;
     }
     let inline =
-        clients.iam.list_role_policies().role_name(name).send().await.map_err(|e| Error::aws("ListRolePolicies", e))?;
+        iam.list_role_policies().role_name(name).send().await.map_err(|e| Error::aws("ListRolePolicies", e))?;
     for policy in inline.policy_names() {
-        clients
-            .iam
-            .delete_role_policy()
+        iam.delete_role_policy()
             .role_name(name)
             .policy_name(policy)
             .send()
             .await
             .map_err(|e| Error::aws("DeleteRolePolicy", e))?;
     }
-    match clients.iam.delete_role().role_name(name).send().await {
+    match iam.delete_role().role_name(name).send().await {
         Ok(_) => Ok(()),
         Err(err) => {
             let err = Error::aws("DeleteRole", err);

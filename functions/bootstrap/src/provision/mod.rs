@@ -27,7 +27,6 @@ use tokio::time::Instant;
 use tracing::info;
 
 use crate::declaration::Declared;
-use crate::Clients;
 
 mod batch;
 mod ecr;
@@ -49,11 +48,23 @@ const JOB_ROLE_POLICY: &str = "batchline-input-read";
 
 const ECS_TASKS_TRUST: &str = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"ecs-tasks.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#;
 
+/// The AWS clients provisioning uses, lent by whoever holds them (the function builds
+/// its own once per container), so this module depends on no caller's set of clients.
+#[derive(Clone, Copy)]
+pub struct Aws<'a> {
+    pub batch: &'a aws_sdk_batch::Client,
+    pub dynamodb: &'a aws_sdk_dynamodb::Client,
+    pub ecr: &'a aws_sdk_ecr::Client,
+    pub iam: &'a aws_sdk_iam::Client,
+    /// The region the environment is built in (job definitions' logs go there).
+    pub region: &'a str,
+}
+
 /// Creates or updates everything `declared` names, removes what `previous` had and
 /// `declared` no longer has, publishes the result as the environment `owner` (its
 /// physical id) and returns it: the deployed configuration, every resource with its ARN.
 pub async fn converge(
-    clients: &Clients,
+    aws: Aws<'_>,
     table: &str,
     declared: &Declared,
     previous: Option<&Declared>,
@@ -63,35 +74,35 @@ pub async fn converge(
     let names = &declared.roles;
     let boundary = names.permissions_boundary.as_deref();
     let execution_role_arn =
-        ensure_role(clients, &names.execution_role_name, Some(EXECUTION_POLICY_ARN), boundary).await?;
-    let job_role_arn = ensure_role(clients, &names.job_role_name, None, boundary).await?;
-    ensure_job_role_policy(clients, names).await?;
+        ensure_role(aws.iam, &names.execution_role_name, Some(EXECUTION_POLICY_ARN), boundary).await?;
+    let job_role_arn = ensure_role(aws.iam, &names.job_role_name, None, boundary).await?;
+    ensure_job_role_policy(aws.iam, names).await?;
     let roles = Roles { names: names.clone(), execution_role_arn, job_role_arn };
     let repository = ProvisionedRepository {
         spec: declared.repository.clone(),
-        uri: ensure_repository(clients, &declared.repository, &declared.name_prefix).await?,
+        uri: ensure_repository(aws.ecr, &declared.repository, &declared.name_prefix).await?,
     };
 
     let mut compute_environments = BTreeMap::new();
     for (key, wanted) in &declared.compute_environments {
         let (arn, ecs_cluster_arn) =
-            ensure_compute_environment(clients, wanted, &declared.network, &declared.name_prefix, deadline).await?;
+            ensure_compute_environment(aws.batch, wanted, &declared.network, &declared.name_prefix, deadline).await?;
         let spec = ComputeEnvironment { ecs_cluster_arn, ..wanted.clone() };
         compute_environments.insert(key.clone(), Provisioned { spec, arn });
     }
     let mut job_queues = BTreeMap::new();
     for (key, wanted) in &declared.job_queues {
-        let arn = ensure_job_queue(clients, wanted, &compute_environments, &declared.name_prefix, deadline).await?;
+        let arn = ensure_job_queue(aws.batch, wanted, &compute_environments, &declared.name_prefix, deadline).await?;
         job_queues.insert(key.clone(), Provisioned { spec: wanted.clone(), arn });
     }
     let mut job_definitions = BTreeMap::new();
     for (key, wanted) in &declared.job_definitions {
-        let arn = ensure_job_definition(clients, declared, &roles, wanted).await?;
+        let arn = ensure_job_definition(aws.batch, aws.region, declared, &roles, wanted).await?;
         job_definitions.insert(key.clone(), Provisioned { spec: wanted.clone(), arn });
     }
 
     if let Some(previous) = previous {
-        remove_dropped(clients, declared, previous, deadline).await?;
+        remove_dropped(aws, declared, previous, deadline).await?;
     }
     let config = StackConfig {
         name_prefix: declared.name_prefix.clone(),
@@ -105,7 +116,7 @@ pub async fn converge(
         pipelines: declared.pipelines.clone(),
         triggers: declared.triggers.clone(),
     };
-    DynamoStore::new(clients.dynamodb.clone(), table).publish_config(&config, owner).await?;
+    DynamoStore::new(aws.dynamodb.clone(), table).publish_config(&config, owner).await?;
     Ok(config)
 }
 
@@ -141,13 +152,13 @@ impl InUse {
 /// published configuration if this environment published it. What is already gone counts
 /// as done.
 pub async fn teardown(
-    clients: &Clients,
+    aws: Aws<'_>,
     table: &str,
     config: &Declared,
     physical_id: &str,
     deadline: Instant,
 ) -> Result<(), Error> {
-    let store = DynamoStore::new(clients.dynamodb.clone(), table);
+    let store = DynamoStore::new(aws.dynamodb.clone(), table);
     let published = store.load_published().await?;
     let ours = |published: &Published| match &published.owner {
         Some(owner) => owner == physical_id,
@@ -160,7 +171,7 @@ pub async fn teardown(
         }
         _ => InUse::default(),
     };
-    delete_resources(clients, config, &in_use, deadline).await?;
+    delete_resources(aws, config, &in_use, deadline).await?;
     if let Some(published) = published.filter(|p| ours(p)) {
         if !store.remove_config(published.owner.as_deref()).await? {
             info!("the configuration was republished meanwhile; left in place");
@@ -171,50 +182,40 @@ pub async fn teardown(
 }
 
 /// Deletes what `config` describes, except what `in_use` names, in the order AWS requires.
-pub async fn delete_resources(
-    clients: &Clients,
-    config: &Declared,
-    in_use: &InUse,
-    deadline: Instant,
-) -> Result<(), Error> {
+pub async fn delete_resources(aws: Aws<'_>, config: &Declared, in_use: &InUse, deadline: Instant) -> Result<(), Error> {
     for queue in config.job_queues.values().filter(|q| in_use.free(&q.name)) {
-        delete_job_queue(clients, &queue.name, deadline).await?;
+        delete_job_queue(aws.batch, &queue.name, deadline).await?;
     }
     for environment in config.compute_environments.values().filter(|c| in_use.free(&c.name)) {
-        delete_compute_environment(clients, &environment.name, deadline).await?;
+        delete_compute_environment(aws.batch, &environment.name, deadline).await?;
     }
     for definition in config.job_definitions.values().filter(|d| in_use.free(&d.name)) {
-        deregister_job_definition(clients, &definition.name).await?;
+        deregister_job_definition(aws.batch, &definition.name).await?;
     }
     if config.repository.delete_on_stack_delete && in_use.free(&config.repository.name) {
-        delete_repository(clients, &config.repository.name).await?;
+        delete_repository(aws.ecr, &config.repository.name).await?;
     }
     for role in [&config.roles.job_role_name, &config.roles.execution_role_name] {
         if in_use.free(role) {
-            delete_role(clients, role).await?;
+            delete_role(aws.iam, role).await?;
         }
     }
     Ok(())
 }
 
-async fn remove_dropped(
-    clients: &Clients,
-    config: &Declared,
-    previous: &Declared,
-    deadline: Instant,
-) -> Result<(), Error> {
+async fn remove_dropped(aws: Aws<'_>, config: &Declared, previous: &Declared, deadline: Instant) -> Result<(), Error> {
     let kept_names = |names: Vec<&String>| names.into_iter().cloned().collect::<std::collections::BTreeSet<String>>();
     let queues = kept_names(config.job_queues.values().map(|q| &q.name).collect());
     for queue in previous.job_queues.values().filter(|q| !queues.contains(&q.name)) {
-        delete_job_queue(clients, &queue.name, deadline).await?;
+        delete_job_queue(aws.batch, &queue.name, deadline).await?;
     }
     let environments = kept_names(config.compute_environments.values().map(|c| &c.name).collect());
     for environment in previous.compute_environments.values().filter(|c| !environments.contains(&c.name)) {
-        delete_compute_environment(clients, &environment.name, deadline).await?;
+        delete_compute_environment(aws.batch, &environment.name, deadline).await?;
     }
     let definitions = kept_names(config.job_definitions.values().map(|d| &d.name).collect());
     for definition in previous.job_definitions.values().filter(|d| !definitions.contains(&d.name)) {
-        deregister_job_definition(clients, &definition.name).await?;
+        deregister_job_definition(aws.batch, &definition.name).await?;
     }
     Ok(())
 }
