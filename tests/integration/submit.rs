@@ -6,9 +6,9 @@ use aws_sdk_batch::operation::submit_job::SubmitJobOutput;
 use aws_sdk_dynamodb::types::AttributeValue;
 use aws_smithy_mocks::{mock, mock_client, RuleMode};
 use base64::Engine;
+use batchline::adapters::batch::SdkBatch;
+use batchline::adapters::clock::SystemClock;
 use batchline::model::job_request::digest;
-use batchline::services::batch::SdkBatch;
-use batchline::services::clock::SystemClock;
 use batchline::services::submitter::Submitter;
 use batchline::store::{keys, DynamoStore, Holder};
 use batchline_submit::{handle, Clients};
@@ -418,7 +418,7 @@ async fn a_lost_submit_job_answer_still_makes_one_job() {
             .build(),
     );
     let mut clients = Clients::new(&env.sdk, &env.config);
-    clients.ports.batch = batchline::services::batch::SdkBatch::new(batch);
+    clients.ports.batch = SdkBatch::new(batch);
 
     // WHEN an object arrives
     let answer = handle(invocation(object_event("incoming/lost.csv", "00CC")), &clients).await.unwrap();
@@ -713,7 +713,7 @@ async fn listing_jobs_reads_a_bounded_number_of_pages_and_goes_on_from_its_curso
         pages = pages.output(move || page(n));
     }
     let rule = pages.build();
-    let batch = batchline::services::batch::SdkBatch::new(mock_client!(aws_sdk_batch, RuleMode::Sequential, [&rule]));
+    let batch = SdkBatch::new(mock_client!(aws_sdk_batch, RuleMode::Sequential, [&rule]));
     let mut stack = env.stack.clone();
     stack.job_queues.retain(|key, _| key == "default");
     // WHEN the jobs are listed

@@ -418,7 +418,7 @@ fn the_templates_api_routes_are_the_routers() {
 /// The Batch operations the shared Batch adapter calls, read from its source
 /// (`.submit_job()` → `batch:SubmitJob`).
 fn batch_operations_in_the_shared_adapter() -> BTreeSet<String> {
-    let source = include_str!("../../shared/src/services/batch.rs");
+    let source = include_str!("../../shared/src/adapters/batch.rs");
     let known = [
         "submit_job",
         "terminate_job",

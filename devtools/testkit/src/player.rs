@@ -56,8 +56,8 @@ use aws_config::SdkConfig;
 use aws_sdk_batch::types::{JobDetail, KeyValuesPair, RetryStrategy};
 use aws_smithy_types::date_time::Format;
 use aws_smithy_types::DateTime;
-use batchline::services::batch::SdkBatch;
-use batchline::services::stuck::QueueInspector;
+use batchline::adapters::batch::SdkBatch;
+use batchline::services::ports::QueueInspector;
 use batchline::Error;
 use serde_json::{json, Map, Value};
 

@@ -12,7 +12,8 @@
 //! an event whose metrics are out but whose claim is still IN_PROGRESS would be counted
 //! again by a later duplicate once the claim expires.
 
-use batchline::services::clock::{retry_pause, Clock};
+use batchline::services::clock::retry_pause;
+use batchline::services::ports::Clock;
 use batchline::services::submitter::TAKEOVER_MARGIN_MS;
 use batchline::store::{EventLedgerStore, EventState, Holder};
 use batchline::Error;

@@ -20,6 +20,7 @@
 
 use crate::model::fargate::{format_vcpu, Size};
 use crate::model::stack::CancelStuckJobs;
+use serde::Serialize;
 
 /// A job waiting in RUNNABLE, as the sweep sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -268,4 +269,18 @@ mod tests {
             "Batchline: RUNNABLE for 2000 s, past job queue q's limit of 1800 s; it cannot start: its job queue q is DISABLED"
         );
     }
+}
+
+/// What the watch found in one queue.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueReport {
+    /// The queue's physical name.
+    pub queue: String,
+    pub runnable: usize,
+    pub oldest_runnable_seconds: u64,
+    pub stuck: usize,
+    /// Stuck jobs with a cause waiting cannot cure.
+    pub diagnosed: usize,
+    pub cancelled: usize,
 }

@@ -12,8 +12,7 @@ use serde_json::json;
 use crate::model::batch_event::JobStateChangeEvent;
 use crate::model::job_request::JobRequest;
 use crate::model::stuck::QueueState;
-use crate::services::batch::{BatchPort, JobListing, JobPage};
-use crate::services::stuck::QueueInspector;
+use crate::services::ports::{BatchPort, JobListing, JobPage, QueueInspector};
 use crate::Error;
 
 /// One job Batch holds.
@@ -194,6 +193,12 @@ impl BatchPort for MemoryBatch {
             })
             .collect::<Result<_, _>>()?;
         Ok(JobPage { jobs: details, next: (end < jobs.len()).then(|| end.to_string()) })
+    }
+
+    async fn job_queues(&self, names: &[String]) -> Result<Vec<QueueState>, Error> {
+        let queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        let named = queues.iter().filter(|q| names.contains(&q.name));
+        Ok(named.map(|q| QueueState { environments: vec![], ..q.clone() }).collect())
     }
 }
 

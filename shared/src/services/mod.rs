@@ -1,14 +1,14 @@
-//! Services: the submitter and the run driver, over the model and the store, talking to AWS through narrow ports.
+//! Services: the submitter, the run driver, the sweep, the stuck-job watch and single-job resizing, over the model and the store, reaching the rest of AWS through the ports.
 //!
-//! `batch` (the Batch port) and `announce` (completion events and run metrics) are the
-//! ports with their AWS adapters; `config_cache` reads the published configuration;
-//! `submitter` submits one job exactly once; `runs` drives pipeline runs and `sweep`
-//! repairs them; `stuck` watches queues for jobs that cannot start; `resize` resubmits single jobs that ran out of memory; `ports` builds the AWS adapters of them all once per container.
-//! Each takes its ports as trait objects, so tests swap in the in-memory
-//! store and Batch.
+//! [`ports`] holds every trait through which the services reach Batch, the announcer and
+//! the clock (the table's are the store's traits); `config_cache` reads the published
+//! stack configuration; `submitter` submits one job exactly once; `runs` drives pipeline
+//! runs and `sweep` repairs them; `stuck` watches queues for jobs that cannot start;
+//! `resize` resubmits single jobs that ran out of memory; `announce` says what an ended run
+//! announces. Each takes its ports as trait objects, so tests swap in the in-memory store
+//! and Batch (the `testing` feature); the AWS adapters are in [`crate::adapters`].
 
 pub mod announce;
-pub mod batch;
 pub mod clock;
 pub mod config_cache;
 pub mod ports;

@@ -1,72 +1,88 @@
-//! The AWS adapters of every port, built once per container: what submit and job-events share.
+//! The services' ports: every trait through which they reach the world outside the table — Batch, the announcer of runs and metrics, the clock.
+//!
+//! The AWS adapters are in [`crate::adapters`], the in-memory Batch for tests in
+//! [`crate::services::memory_batch`] (the `testing` feature), the wiring of the real ones
+//! in [`crate::wiring`]. The table's ports are the store's traits ([`crate::store`]).
 
-use std::sync::Arc;
+use async_trait::async_trait;
+use serde_json::Value;
 
-use aws_config::SdkConfig;
+use crate::model::batch_event::{JobDetail, JobStateChangeEvent, JobStatus};
+use crate::model::job_request::JobRequest;
+use crate::model::run::RunMetric;
+use crate::model::stuck::{QueueReport, QueueState};
+use crate::Error;
 
-use crate::services::announce::AwsAnnouncer;
-use crate::services::batch::SdkBatch;
-use crate::services::clock::SystemClock;
-use crate::services::config_cache::ConfigCache;
-use crate::services::runs::RunDriver;
-use crate::services::stuck::StuckJobWatch;
-use crate::services::submitter::Submitter;
-use crate::store::{DynamoStore, Holder};
-use crate::Config;
-
-pub struct AwsPorts {
-    pub store: Arc<DynamoStore>,
-    pub batch: SdkBatch,
-    pub announcer: AwsAnnouncer,
-    pub configs: ConfigCache,
-    pub clock: SystemClock,
-    pub prices: crate::config::PriceOverrides,
+/// What the services read of time (a claim's time, a deadline), so tests can set it.
+pub trait Clock: Send + Sync {
+    /// Now, in epoch milliseconds.
+    fn now_ms(&self) -> i64;
 }
 
-/// Who an invocation is, as a claim holder: its request id, and its deadline (after which
-/// it cannot be running).
-pub fn invocation_holder(context: &lambda_runtime::Context) -> Holder {
-    Holder { token: context.request_id.clone(), deadline_ms: i64::try_from(context.deadline).unwrap_or(i64::MAX) }
+#[async_trait]
+pub trait BatchPort: Send + Sync {
+    /// One SubmitJob call, never retried by the SDK (a retry after a lost answer would
+    /// submit twice): the job id, or the error as AWS gave it.
+    async fn submit_job(&self, request: &JobRequest) -> Result<String, Error>;
+    /// The job named `name` in `queue`, if Batch has one.
+    async fn find_job(&self, queue: &str, name: &str) -> Result<Option<String>, Error>;
+    async fn terminate_job(&self, job_id: &str, reason: &str) -> Result<(), Error>;
+    /// The jobs as state-change events (what an event for their current state would say);
+    /// unknown ids are left out.
+    async fn describe_jobs(&self, job_ids: &[String]) -> Result<Vec<JobStateChangeEvent>, Error>;
+    /// One page of a queue's jobs (ListJobs): at most `max` (1 to 1,000), newest first as
+    /// Batch lists them, and the token of the next page. Summaries: ids, names, status and
+    /// its reason, times and the exit code.
+    async fn list_jobs(
+        &self,
+        queue: &str,
+        listing: &JobListing,
+        token: Option<String>,
+        max: usize,
+    ) -> Result<JobPage, Error>;
+    /// The queues (names) Batch has, each's state and status alone — one DescribeJobQueues
+    /// call, its compute environments left out (the stuck-job watch's
+    /// [`QueueInspector::queue_state`] reads them too).
+    async fn job_queues(&self, names: &[String]) -> Result<Vec<QueueState>, Error>;
 }
 
-impl AwsPorts {
-    pub fn new(sdk: &SdkConfig, config: &Config) -> Self {
-        let store = Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(sdk), &config.table_name));
-        AwsPorts {
-            configs: ConfigCache::new(store.clone()),
-            store,
-            batch: SdkBatch::new(aws_sdk_batch::Client::new(sdk)),
-            announcer: AwsAnnouncer::new(
-                aws_sdk_eventbridge::Client::new(sdk),
-                aws_sdk_cloudwatch::Client::new(sdk),
-                &config.metric_namespace,
-            ),
-            clock: SystemClock,
-            prices: config.price_overrides,
-        }
-    }
+/// Which of a queue's jobs ListJobs lists: Batch takes a status or a filter, not both.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobListing {
+    /// The jobs in one status.
+    InStatus(JobStatus),
+    /// The jobs created since this time (epoch ms), in every status.
+    CreatedSince(i64),
+}
 
-    /// The run driver, working for the invocation `holder`.
-    pub fn driver<'a>(&'a self, holder: &'a Holder) -> RunDriver<'a> {
-        RunDriver {
-            runs: self.store.as_ref(),
-            claims: self.store.as_ref(),
-            batch: &self.batch,
-            announcer: &self.announcer,
-            configs: &self.configs,
-            clock: &self.clock,
-            holder,
-            prices: &self.prices,
-        }
-    }
+/// A page of ListJobs.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct JobPage {
+    pub jobs: Vec<JobDetail>,
+    pub next: Option<String>,
+}
 
-    /// The stuck-job watch.
-    pub fn stuck_watch(&self) -> StuckJobWatch<'_> {
-        StuckJobWatch { inspector: &self.batch, batch: &self.batch, metrics: &self.announcer, clock: &self.clock }
-    }
+/// What the watch reads of a queue beyond the Batch port's calls.
+#[async_trait]
+pub trait QueueInspector: Send + Sync {
+    /// Every job waiting in RUNNABLE in the queue (its name): id and `createdAt` (ms).
+    async fn runnable_jobs(&self, queue: &str) -> Result<Vec<(String, i64)>, Error>;
+    /// The queue's (name or ARN) live state and its compute environments'; `None` when Batch has no such queue.
+    async fn queue_state(&self, queue: &str) -> Result<Option<QueueState>, Error>;
+}
 
-    /// The submitter, working for the invocation `holder`.
-    pub fn submitter<'a>(&'a self, holder: &'a Holder) -> Submitter<'a> {
-        Submitter { batch: &self.batch, claims: self.store.as_ref(), clock: &self.clock, holder }
-    }
+/// Where the watch's figures go.
+#[async_trait]
+pub trait QueueMetrics: Send + Sync {
+    /// Publishes the queues' figures; a failure is logged, not returned.
+    async fn queue_metrics(&self, queues: &[QueueReport]);
+}
+
+#[async_trait]
+pub trait RunAnnouncer: Send + Sync {
+    /// Sends the completion event of an ended run.
+    async fn completion(&self, detail: &Value, run_id: &str) -> Result<(), Error>;
+    /// Publishes run metrics per pipeline and overall; a failure is logged, not returned:
+    /// the run's state matters more than its metrics.
+    async fn run_metrics(&self, pipeline: &str, metrics: &[RunMetric]);
 }

@@ -13,54 +13,21 @@
 //! metrics of the queues it could read are published. Two sweeps at once are harmless:
 //! terminating a job twice is a no-op.
 
-use async_trait::async_trait;
 use futures::StreamExt;
-use serde::Serialize;
 use tracing::warn;
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::model::batch_event::{JobDetail, JobStatus};
 use crate::model::stack::{JobQueue, StackConfig};
-use crate::model::stuck::{self, QueueState, WaitingJob};
-use crate::services::batch::BatchPort;
-use crate::services::clock::Clock;
+use crate::model::stuck::{self, QueueReport, QueueState, WaitingJob};
+use crate::services::ports::{BatchPort, Clock, QueueInspector, QueueMetrics};
 use crate::Error;
 
 /// DescribeJobs takes at most this many ids a call.
 const DESCRIBE_CHUNK: usize = 100;
 /// How many stuck jobs are cancelled at once (TerminateJob calls in flight).
 const CANCEL_AT_ONCE: usize = 10;
-
-/// What the watch reads of a queue beyond the Batch port's calls.
-#[async_trait]
-pub trait QueueInspector: Send + Sync {
-    /// Every job waiting in RUNNABLE in the queue (its name): id and `createdAt` (ms).
-    async fn runnable_jobs(&self, queue: &str) -> Result<Vec<(String, i64)>, Error>;
-    /// The queue's (name or ARN) live state and its compute environments'; `None` when Batch has no such queue.
-    async fn queue_state(&self, queue: &str) -> Result<Option<QueueState>, Error>;
-}
-
-/// Where the watch's figures go.
-#[async_trait]
-pub trait QueueMetrics: Send + Sync {
-    /// Publishes the queues' figures; a failure is logged, not returned.
-    async fn queue_metrics(&self, queues: &[QueueReport]);
-}
-
-/// What the watch found in one queue.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct QueueReport {
-    /// The queue's physical name.
-    pub queue: String,
-    pub runnable: usize,
-    pub oldest_runnable_seconds: u64,
-    pub stuck: usize,
-    /// Stuck jobs with a cause waiting cannot cure.
-    pub diagnosed: usize,
-    pub cancelled: usize,
-}
 
 pub struct StuckJobWatch<'a> {
     pub inspector: &'a dyn QueueInspector,

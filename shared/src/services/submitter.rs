@@ -28,8 +28,7 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 use crate::model::job_request::{digest, JobRequest};
-use crate::services::batch::BatchPort;
-use crate::services::clock::Clock;
+use crate::services::ports::{BatchPort, Clock};
 use crate::store::{ClaimState, ClaimStore, Holder, SubmissionClaim};
 use crate::Error;
 

@@ -6,11 +6,11 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use serde_json::{json, Value};
 
-use super::announce::{RunAnnouncer, RunMetric};
-use super::batch::BatchPort;
-use super::clock::{Clock, ManualClock};
+use super::announce::RunMetric;
+use super::clock::ManualClock;
 use super::config_cache::ConfigCache;
 use super::memory_batch::{MemoryBatch, SubmitFault};
+use super::ports::{BatchPort, Clock, QueueInspector, QueueMetrics, RunAnnouncer};
 use super::runs::{CancelOutcome, RunDriver};
 use super::submitter::{SubmitError, Submitter, CLAIM_LEASE_MS, TAKEOVER_MARGIN_MS};
 use crate::model::batch_event::JobStateChangeEvent;
@@ -1357,7 +1357,7 @@ async fn each_generation_of_a_redriven_run_publishes_the_cost_it_added() {
 struct ListedRunnable<'a>(&'a MemoryBatch);
 
 #[async_trait]
-impl super::stuck::QueueInspector for ListedRunnable<'_> {
+impl QueueInspector for ListedRunnable<'_> {
     async fn runnable_jobs(&self, _queue: &str) -> Result<Vec<(String, i64)>, crate::Error> {
         let jobs = self.0.jobs().into_iter().filter(|j| j.status == "RUNNABLE");
         Ok(jobs.map(|j| (j.job_id, j.created_at.unwrap_or_default())).collect())
@@ -1370,8 +1370,8 @@ impl super::stuck::QueueInspector for ListedRunnable<'_> {
 struct NoQueueMetrics;
 
 #[async_trait]
-impl super::stuck::QueueMetrics for NoQueueMetrics {
-    async fn queue_metrics(&self, _queues: &[super::stuck::QueueReport]) {}
+impl QueueMetrics for NoQueueMetrics {
+    async fn queue_metrics(&self, _queues: &[crate::model::stuck::QueueReport]) {}
 }
 
 #[tokio::test]

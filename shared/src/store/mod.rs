@@ -17,6 +17,7 @@
 
 pub mod dynamo;
 pub mod keys;
+#[cfg(any(test, feature = "testing"))]
 pub mod memory;
 
 #[cfg(any(test, feature = "testing"))]
@@ -30,6 +31,7 @@ use crate::model::stack::StackConfig;
 use crate::Error;
 
 pub use dynamo::DynamoStore;
+#[cfg(any(test, feature = "testing"))]
 pub use memory::{MemoryStore, StoreFault};
 
 /// How long a submission claim (and so the protection against duplicates) lasts.

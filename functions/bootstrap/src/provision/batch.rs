@@ -11,12 +11,12 @@ use aws_sdk_batch::types::{
     LogConfiguration, LogDriver, NetworkConfiguration, PlatformCapability, ResourceRequirement, ResourceType,
     RuntimePlatform, Secret,
 };
+use batchline::adapters::batch::retry_strategy;
 use batchline::model::fargate::format_vcpu;
 use batchline::model::retry::RetryPolicy;
 use batchline::model::stack::{
     CancelStuckJobs, ComputeEnvironment, ComputeType, JobDefinition, JobQueue, Network, Provisioned, Roles,
 };
-use batchline::services::batch::retry_strategy;
 use batchline::Error;
 use tokio::time::Instant;
 use tracing::info;

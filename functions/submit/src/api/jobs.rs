@@ -16,7 +16,7 @@ use batchline::model::cost::Pricing;
 use batchline::model::fargate::Size;
 use batchline::model::job_request::{user_tag_problems, JobRequest, RequestError, PIPELINE_TAG, RUN_TAG, STAGE_TAG};
 use batchline::model::stack::StackConfig;
-use batchline::services::batch::{BatchPort, JobListing};
+use batchline::services::ports::{BatchPort, JobListing};
 use batchline::services::resize::{chain_position, resize_key, ORIGINAL_TAG, RESIZE_TAG};
 use batchline::services::submitter::SubmitError;
 use batchline::store::ClaimStore;

@@ -8,8 +8,7 @@
 
 use batchline::model::batch_event::JobStatus;
 use batchline::model::stack::StackConfig;
-use batchline::services::batch::{BatchPort, JobListing};
-use batchline::services::stuck::QueueInspector;
+use batchline::services::ports::{BatchPort, JobListing};
 use batchline::store::RunStore;
 use batchline::Error;
 use serde_json::{json, Value};
@@ -32,7 +31,7 @@ const RECENT_FAILURES: usize = 5;
 pub async fn get(call: &Call<'_>) -> Answer {
     let ports = &call.clients.ports;
     let open = count_open_runs(ports.store.as_ref()).await?;
-    Ok(response(200, &status(&ports.batch, &ports.batch, call.stack, open).await?))
+    Ok(response(200, &status(&ports.batch, call.stack, open).await?))
 }
 
 /// Runs not yet done with (the sweep's list), counted up to about [`MAX_OPEN_RUNS`].
@@ -67,16 +66,13 @@ async fn count_jobs(batch: &dyn BatchPort, queue: &str, status: &JobStatus) -> R
 
 /// Per queue its state and how many jobs wait or work in each status, and the latest
 /// failures across the queues.
-pub async fn status(
-    batch: &dyn BatchPort,
-    queues_of: &dyn QueueInspector,
-    stack: &StackConfig,
-    open_runs: usize,
-) -> Result<Value, Error> {
+pub async fn status(batch: &dyn BatchPort, stack: &StackConfig, open_runs: usize) -> Result<Value, Error> {
+    let names: Vec<String> = stack.job_queues.values().map(|q| q.name.clone()).collect();
+    let described = batch.job_queues(&names).await?;
     let mut queues = Vec::new();
     let mut failures: Vec<(i64, Value)> = Vec::new();
     for (key, queue) in &stack.job_queues {
-        let found = queues_of.queue_state(&queue.name).await?;
+        let found = described.iter().find(|q| q.name == queue.name);
         let mut jobs = serde_json::Map::new();
         let mut capped = Vec::new();
         for status in &ACTIVE {
@@ -96,8 +92,8 @@ pub async fn status(
             "key": key,
             "name": queue.name,
             "default": *key == stack.default_queue,
-            "state": found.as_ref().map(|q| if q.enabled { "ENABLED" } else { "DISABLED" }),
-            "status": found.as_ref().map(|q| q.status.clone()),
+            "state": found.map(|q| if q.enabled { "ENABLED" } else { "DISABLED" }),
+            "status": found.map(|q| q.status.clone()),
             "jobs": jobs,
             // Statuses whose count stopped at the cap: at least that many.
             "countsCapped": capped,

@@ -4,8 +4,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use batchline::model::stack::StackConfig;
 use batchline::model::stuck::QueueState;
-use batchline::services::batch::BatchPort;
 use batchline::services::memory_batch::MemoryBatch;
+use batchline::services::ports::BatchPort;
 use serde_json::{json, Value};
 
 use super::body::parse_body;
@@ -159,7 +159,7 @@ async fn the_status_counts_each_queues_jobs_and_shows_the_latest_failures() {
         environments: vec![],
     });
     // WHEN the status is read
-    let status = super::status::status(&batch, &batch, &stack, 2).await.unwrap();
+    let status = super::status::status(&batch, &stack, 2).await.unwrap();
     // THEN each status is counted, the queue's state shown, the failures listed
     let shown = &status["queues"][0];
     assert_eq!(shown["jobs"], json!({"SUBMITTED": 3, "PENDING": 0, "RUNNABLE": 2, "STARTING": 0, "RUNNING": 1}));

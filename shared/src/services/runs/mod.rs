@@ -28,10 +28,8 @@ use crate::model::run::{
     Applied, CancelRequested, Context, Created, Input, JobChanged, RedriveRefused, RedriveRequested, Redriven, Resume,
     Run, RunInput, RunStatus, Step,
 };
-use crate::services::announce::RunAnnouncer;
-use crate::services::batch::BatchPort;
-use crate::services::clock::Clock;
 use crate::services::config_cache::ConfigCache;
+use crate::services::ports::{BatchPort, Clock, RunAnnouncer};
 use crate::store::{ClaimStore, Holder, RunStore, VersionedRun};
 use crate::Error;
 

@@ -1,8 +1,4 @@
-//! The Batch port: the four Batch calls the services make, behind a trait, with the SDK adapter (which also reads queues for the stuck-job watch).
-//!
-//! [`SdkBatch`] is the real one. Tests of the services use an in-memory Batch (in the
-//! `testing` feature) so claim take-over, run driving, cancel and the sweep can be
-//! interleaved step by step; the emulator tests cover the wire.
+//! Batch through the AWS SDK: the adapter of the Batch port and of the stuck-job watch's queue reads, and the conversions between Batch's types and the model's.
 
 use async_trait::async_trait;
 use aws_sdk_batch::types::{
@@ -13,51 +9,12 @@ use serde_json::{json, Value};
 
 use crate::model::retry::{RetryAction, RetryPolicy};
 
-use crate::model::batch_event::{self, JobDetail, JobStateChangeEvent, JobStatus};
+use crate::model::batch_event::{self, JobDetail, JobStateChangeEvent};
 use crate::model::fargate::format_vcpu;
 use crate::model::job_request::JobRequest;
 use crate::model::stuck::{EnvironmentState, QueueState};
-use crate::services::stuck::QueueInspector;
+use crate::services::ports::{BatchPort, JobListing, JobPage, QueueInspector};
 use crate::Error;
-
-#[async_trait]
-pub trait BatchPort: Send + Sync {
-    /// One SubmitJob call, never retried by the SDK (a retry after a lost answer would
-    /// submit twice): the job id, or the error as AWS gave it.
-    async fn submit_job(&self, request: &JobRequest) -> Result<String, Error>;
-    /// The job named `name` in `queue`, if Batch has one.
-    async fn find_job(&self, queue: &str, name: &str) -> Result<Option<String>, Error>;
-    async fn terminate_job(&self, job_id: &str, reason: &str) -> Result<(), Error>;
-    /// The jobs as state-change events (what an event for their current state would say);
-    /// unknown ids are left out.
-    async fn describe_jobs(&self, job_ids: &[String]) -> Result<Vec<JobStateChangeEvent>, Error>;
-    /// One page of a queue's jobs (ListJobs): at most `max` (1 to 1,000), newest first as
-    /// Batch lists them, and the token of the next page. Summaries: ids, names, status and
-    /// its reason, times and the exit code.
-    async fn list_jobs(
-        &self,
-        queue: &str,
-        listing: &JobListing,
-        token: Option<String>,
-        max: usize,
-    ) -> Result<JobPage, Error>;
-}
-
-/// Which of a queue's jobs ListJobs lists: Batch takes a status or a filter, not both.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum JobListing {
-    /// The jobs in one status.
-    InStatus(JobStatus),
-    /// The jobs created since this time (epoch ms), in every status.
-    CreatedSince(i64),
-}
-
-/// A page of ListJobs.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct JobPage {
-    pub jobs: Vec<JobDetail>,
-    pub next: Option<String>,
-}
 
 /// Batch through the AWS SDK.
 #[derive(Clone, Debug)]
@@ -188,6 +145,28 @@ impl BatchPort for SdkBatch {
         let jobs = page.job_summary_list().iter().map(summary_detail).collect::<Result<_, _>>()?;
         Ok(JobPage { jobs, next: page.next_token().map(str::to_owned) })
     }
+
+    async fn job_queues(&self, names: &[String]) -> Result<Vec<QueueState>, Error> {
+        let described = self
+            .client
+            .describe_job_queues()
+            .set_job_queues(Some(names.to_vec()))
+            .send()
+            .await
+            .map_err(|e| Error::aws("DescribeJobQueues", e))?;
+        Ok(described.job_queues().iter().map(|q| queue_alone(q, "")).collect())
+    }
+}
+
+/// A described queue's state and status, its compute environments left out.
+fn queue_alone(found: &aws_sdk_batch::types::JobQueueDetail, asked: &str) -> QueueState {
+    QueueState {
+        name: found.job_queue_name().unwrap_or(asked).to_owned(),
+        enabled: found.state().map(|s| s.as_str()) != Some("DISABLED"),
+        status: found.status().map(|s| s.as_str().to_owned()).unwrap_or_default(),
+        status_reason: found.status_reason().map(str::to_owned),
+        environments: vec![],
+    }
 }
 
 /// A ListJobs summary as the model's job detail (what a summary has of it).
@@ -267,13 +246,7 @@ impl QueueInspector for SdkBatch {
                 })
             })
             .collect();
-        Ok(Some(QueueState {
-            name: found.job_queue_name().unwrap_or(queue).to_owned(),
-            enabled: found.state().map(|s| s.as_str()) != Some("DISABLED"),
-            status: found.status().map(|s| s.as_str().to_owned()).unwrap_or_default(),
-            status_reason: found.status_reason().map(str::to_owned),
-            environments,
-        }))
+        Ok(Some(QueueState { environments, ..queue_alone(found, queue) }))
     }
 }
 

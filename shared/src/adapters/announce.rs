@@ -1,0 +1,113 @@
+//! EventBridge and CloudWatch through the AWS SDK: the adapter of the run announcer (completion events, run metrics) and of the stuck-job watch's queue metrics.
+
+use async_trait::async_trait;
+use aws_sdk_cloudwatch::types::{Dimension, MetricDatum, StandardUnit};
+use serde_json::Value;
+use tracing::warn;
+
+use crate::model::run::{MetricUnit, RunMetric};
+use crate::model::stuck::QueueReport;
+use crate::services::announce::{COMPLETED_DETAIL_TYPE, EVENT_SOURCE};
+use crate::services::ports::{QueueMetrics, RunAnnouncer};
+use crate::Error;
+
+/// EventBridge and CloudWatch through the AWS SDK.
+pub struct AwsAnnouncer {
+    eventbridge: aws_sdk_eventbridge::Client,
+    cloudwatch: aws_sdk_cloudwatch::Client,
+    namespace: String,
+}
+
+impl AwsAnnouncer {
+    pub fn new(
+        eventbridge: aws_sdk_eventbridge::Client,
+        cloudwatch: aws_sdk_cloudwatch::Client,
+        namespace: impl Into<String>,
+    ) -> Self {
+        AwsAnnouncer { eventbridge, cloudwatch, namespace: namespace.into() }
+    }
+}
+
+#[async_trait]
+impl RunAnnouncer for AwsAnnouncer {
+    async fn completion(&self, detail: &Value, run_id: &str) -> Result<(), Error> {
+        let entry = aws_sdk_eventbridge::types::PutEventsRequestEntry::builder()
+            .source(EVENT_SOURCE)
+            .detail_type(COMPLETED_DETAIL_TYPE)
+            .detail(detail.to_string())
+            .resources(format!("batchline:run/{run_id}"))
+            .build();
+        let reply =
+            self.eventbridge.put_events().entries(entry).send().await.map_err(|e| Error::aws("PutEvents", e))?;
+        if reply.failed_entry_count() > 0 {
+            let why = reply.entries().first().and_then(|e| e.error_message()).unwrap_or("unknown").to_owned();
+            return Err(Error::Aws { operation: "PutEvents", code: "FailedEntry".into(), message: why });
+        }
+        Ok(())
+    }
+
+    async fn run_metrics(&self, pipeline: &str, metrics: &[RunMetric]) {
+        let mut data = Vec::new();
+        for metric in metrics {
+            let unit = match metric.unit {
+                MetricUnit::Count => StandardUnit::Count,
+                MetricUnit::Milliseconds => StandardUnit::Milliseconds,
+                MetricUnit::Usd => StandardUnit::None,
+            };
+            for dimensions in [vec![], vec![Dimension::builder().name("Pipeline").value(pipeline).build()]] {
+                data.push(
+                    MetricDatum::builder()
+                        .metric_name(metric.name)
+                        .value(metric.value)
+                        .unit(unit.clone())
+                        .set_dimensions(Some(dimensions))
+                        .build(),
+                );
+            }
+        }
+        if let Err(err) =
+            self.cloudwatch.put_metric_data().namespace(&self.namespace).set_metric_data(Some(data)).send().await
+        {
+            warn!(error = %Error::aws("PutMetricData", err), "run metrics not published");
+        }
+    }
+}
+
+#[async_trait]
+impl QueueMetrics for AwsAnnouncer {
+    async fn queue_metrics(&self, queues: &[QueueReport]) {
+        if queues.is_empty() {
+            return;
+        }
+        let datum = |name: &str, value: f64, unit: StandardUnit, queue: Option<&str>| {
+            MetricDatum::builder()
+                .metric_name(name)
+                .value(value)
+                .unit(unit)
+                .set_dimensions(Some(
+                    queue.map(|q| Dimension::builder().name("JobQueue").value(q).build()).into_iter().collect(),
+                ))
+                .build()
+        };
+        let mut data = Vec::new();
+        for queue in queues {
+            let name = Some(queue.queue.as_str());
+            data.push(datum(
+                "OldestRunnableSeconds",
+                queue.oldest_runnable_seconds as f64,
+                StandardUnit::Seconds,
+                name,
+            ));
+            data.push(datum("StuckJobs", queue.stuck as f64, StandardUnit::Count, name));
+        }
+        // The stack's figures: the longest wait and all stuck jobs (what the alarm watches).
+        let oldest = queues.iter().map(|q| q.oldest_runnable_seconds).max().unwrap_or(0);
+        data.push(datum("OldestRunnableSeconds", oldest as f64, StandardUnit::Seconds, None));
+        data.push(datum("StuckJobs", queues.iter().map(|q| q.stuck).sum::<usize>() as f64, StandardUnit::Count, None));
+        if let Err(err) =
+            self.cloudwatch.put_metric_data().namespace(&self.namespace).set_metric_data(Some(data)).send().await
+        {
+            warn!(error = %Error::aws("PutMetricData", err), "queue metrics not published");
+        }
+    }
+}
