@@ -157,106 +157,121 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
     let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     let base = client::find_api(cli.endpoint.as_deref(), cli.stack.as_deref(), &sdk).await?;
     let api = Api::new(base, sdk.clone());
-    let show = |document: &Value, human: fn(&Value) -> String| match cli.output {
+    let output = cli.output;
+    match cli.command {
+        Command::Submit(args) => submit(&api, args, output).await,
+        Command::Jobs(command) => jobs(&api, command, output).await,
+        Command::Run(args) => start_run(&api, args, output).await,
+        Command::Runs(command) => runs(&api, command, output).await,
+        Command::Logs { job_id, follow } => logs(&api, &sdk, &job_id, follow).await,
+        Command::Status => {
+            show(output, &api.get("/status").await?, render::status);
+            Ok(0)
+        }
+    }
+}
+
+/// Prints an answer as the output format asks: the document, or the human rendering.
+fn show(output: Output, document: &Value, human: fn(&Value) -> String) {
+    match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(document).unwrap_or_default()),
         Output::Table => print!("{}", human(document)),
-    };
-    match cli.command {
-        Command::Submit(args) => {
-            let mut body = json!({
-                "jobDefinition": args.job_definition.as_deref().unwrap_or("default"),
-                "parameters": pairs(&args.params)?,
-                "environment": pairs(&args.env)?,
-            });
-            if let Some(vcpu) = &args.vcpu {
-                body["vcpu"] = json!(vcpu);
-            }
-            if let Some(memory) = &args.memory {
-                body["memory"] = json!(memory);
-            }
-            let submitted = api.change("POST", "/jobs", Some(&body)).await?;
-            show(&submitted, |s| {
-                let again = if s["duplicate"] == true { " (already submitted: the same job)" } else { "" };
-                format!("submitted job {} ({}){again}\n", render::text(&s["jobId"]), render::text(&s["jobName"]))
-            });
-            if !args.wait {
-                return Ok(0);
-            }
-            let job_id = render::text(&submitted["jobId"]);
-            wait_for_job(&api, &job_id, cli.output).await
-        }
-        Command::Jobs(JobsCommand::List { status, next }) => {
+    }
+}
+
+/// `batchline submit`: one job, and with `--wait` its end.
+async fn submit(api: &Api, args: SubmitArgs, output: Output) -> Result<i32, Failure> {
+    let mut body = json!({
+        "jobDefinition": args.job_definition.as_deref().unwrap_or("default"),
+        "parameters": pairs(&args.params)?,
+        "environment": pairs(&args.env)?,
+    });
+    if let Some(vcpu) = &args.vcpu {
+        body["vcpu"] = json!(vcpu);
+    }
+    if let Some(memory) = &args.memory {
+        body["memory"] = json!(memory);
+    }
+    let submitted = api.change("POST", "/jobs", Some(&body)).await?;
+    show(output, &submitted, |s| {
+        let again = if s["duplicate"] == true { " (already submitted: the same job)" } else { "" };
+        format!("submitted job {} ({}){again}\n", render::text(&s["jobId"]), render::text(&s["jobName"]))
+    });
+    if !args.wait {
+        return Ok(0);
+    }
+    let job_id = render::text(&submitted["jobId"]);
+    wait_for_job(api, &job_id, output).await
+}
+
+/// `batchline jobs list|show|cancel`.
+async fn jobs(api: &Api, command: JobsCommand, output: Output) -> Result<i32, Failure> {
+    match command {
+        JobsCommand::List { status, next } => {
             let query: Vec<String> = [("status", status), ("next", next)]
                 .into_iter()
                 .filter_map(|(name, value)| Some(format!("{name}={}", encode(&value?))))
                 .collect();
             let path = if query.is_empty() { "/jobs".to_owned() } else { format!("/jobs?{}", query.join("&")) };
-            show(&api.get(&path).await?, render::jobs);
-            Ok(0)
+            show(output, &api.get(&path).await?, render::jobs);
         }
-        Command::Jobs(JobsCommand::Show { job_id }) => {
-            show(&api.get(&format!("/jobs/{}", encode(&job_id))).await?, render::job);
-            Ok(0)
+        JobsCommand::Show { job_id } => {
+            show(output, &api.get(&format!("/jobs/{}", encode(&job_id))).await?, render::job);
         }
-        Command::Jobs(JobsCommand::Cancel { job_id }) => {
+        JobsCommand::Cancel { job_id } => {
             let answer = api.change("DELETE", &format!("/jobs/{}", encode(&job_id)), None).await?;
-            show(&answer, |a| {
+            show(output, &answer, |a| {
                 format!("job {} was {}; termination asked\n", render::text(&a["jobId"]), render::text(&a["status"]))
             });
-            Ok(0)
         }
-        Command::Run(args) => {
-            let body = json!({"parameters": pairs(&args.params)?, "environment": pairs(&args.env)?});
-            let started =
-                api.change("POST", &format!("/pipelines/{}/runs", encode(&args.pipeline)), Some(&body)).await?;
-            show(&started, |s| {
-                format!("started run {} of {}\n", render::text(&s["runId"]), render::text(&s["pipeline"]))
-            });
-            if !args.watch {
-                return Ok(0);
-            }
-            watch(&api, &render::text(&started["runId"]), cli.output).await
-        }
-        Command::Runs(RunsCommand::List { pipeline, limit }) => {
+    }
+    Ok(0)
+}
+
+/// `batchline run`: a pipeline's run, and with `--watch` its progress to the end.
+async fn start_run(api: &Api, args: RunArgs, output: Output) -> Result<i32, Failure> {
+    let body = json!({"parameters": pairs(&args.params)?, "environment": pairs(&args.env)?});
+    let started = api.change("POST", &format!("/pipelines/{}/runs", encode(&args.pipeline)), Some(&body)).await?;
+    show(output, &started, |s| {
+        format!("started run {} of {}\n", render::text(&s["runId"]), render::text(&s["pipeline"]))
+    });
+    if !args.watch {
+        return Ok(0);
+    }
+    watch(api, &render::text(&started["runId"]), output).await
+}
+
+/// `batchline runs list|show|watch|cancel|redrive`.
+async fn runs(api: &Api, command: RunsCommand, output: Output) -> Result<i32, Failure> {
+    match command {
+        RunsCommand::List { pipeline, limit } => {
             let mut path = format!("/runs?limit={limit}");
             if let Some(pipeline) = pipeline {
                 path.push_str(&format!("&pipeline={}", encode(&pipeline)));
             }
-            show(&api.get(&path).await?, render::runs);
-            Ok(0)
+            show(output, &api.get(&path).await?, render::runs);
         }
-        Command::Runs(RunsCommand::Show { run_id }) => {
-            show(&api.get(&format!("/runs/{}", encode(&run_id))).await?, render::run);
-            Ok(0)
+        RunsCommand::Show { run_id } => {
+            show(output, &api.get(&format!("/runs/{}", encode(&run_id))).await?, render::run);
         }
-        Command::Runs(RunsCommand::Watch { run_id }) => watch(&api, &run_id, cli.output).await,
-        Command::Runs(RunsCommand::Cancel { run_id }) => {
+        RunsCommand::Watch { run_id } => return watch(api, &run_id, output).await,
+        RunsCommand::Cancel { run_id } => {
             let answer = api.change("DELETE", &format!("/runs/{}", encode(&run_id)), None).await?;
-            show(&answer, |a| {
+            show(output, &answer, |a| {
                 let stopped = a["terminatedJobs"].as_array().map(Vec::len).unwrap_or_default();
                 format!("run {} {}; {stopped} job(s) stopped\n", render::text(&a["runId"]), render::text(&a["status"]))
             });
-            Ok(0)
         }
-        Command::Runs(RunsCommand::Redrive { run_id }) => {
+        RunsCommand::Redrive { run_id } => {
             let answer = api.change("POST", &format!("/runs/{}/redrive", encode(&run_id)), None).await?;
-            show(&answer, |a| {
+            show(output, &answer, |a| {
                 let stages: Vec<String> = render::items(&a["stages"]).iter().map(render::text).collect();
-                format!(
-                    "run {} redriven (generation {}): {}\n",
-                    render::text(&a["runId"]),
-                    render::text(&a["redrive"]),
-                    stages.join(", ")
-                )
+                let (run, generation) = (render::text(&a["runId"]), render::text(&a["redrive"]));
+                format!("run {run} redriven (generation {generation}): {}\n", stages.join(", "))
             });
-            Ok(0)
-        }
-        Command::Logs { job_id, follow } => logs(&api, &sdk, &job_id, follow).await,
-        Command::Status => {
-            show(&api.get("/status").await?, render::status);
-            Ok(0)
         }
     }
+    Ok(0)
 }
 
 /// `k=v` pairs as a JSON object.

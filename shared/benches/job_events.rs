@@ -5,10 +5,10 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use batchline::config::PriceOverrides;
 use batchline::model::batch_event::JobStateChangeEvent;
 use batchline::model::cost::Pricing;
 use batchline::model::metrics::{from_event, plan_calls};
+use batchline::settings::PriceOverrides;
 
 const TEMPLATE: &str = include_str!("../../tests/fixtures/batch/succeeded-fargate.json");
 

@@ -9,13 +9,13 @@ use aws_smithy_types::error::display::DisplayErrorContext;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use lambda_runtime::Diagnostic;
 
-use crate::config::ConfigError;
+use crate::settings::SettingsError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// An environment variable is missing or malformed: the function cannot start.
     #[error("configuration: {0}")]
-    Config(#[from] ConfigError),
+    Settings(#[from] SettingsError),
 
     /// The table holds no stack configuration yet: bootstrap has not run (the stack is
     /// still being deployed).
@@ -115,7 +115,7 @@ impl Error {
     /// never be handled (it belongs in a dead-letter queue or a 4xx answer).
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Config(_)
+            Error::Settings(_)
             | Error::InvalidEvent(_)
             | Error::Stored { .. }
             | Error::Unsubmittable { .. }
@@ -134,7 +134,8 @@ impl Error {
     /// A stable name for the kind of error, as CloudWatch shows it in `errorType`.
     pub fn error_type(&self) -> &'static str {
         match self {
-            Error::Config(_) => "Batchline.ConfigError",
+            // (The error type keeps its first name: alarms and log queries may match it.)
+            Error::Settings(_) => "Batchline.ConfigError",
             Error::NotDeployed => "Batchline.NotDeployed",
             Error::InvalidEvent(_) => "Batchline.InvalidEvent",
             Error::Stored { .. } => "Batchline.StoredItem",
@@ -233,7 +234,7 @@ mod tests {
 
     #[test]
     fn configuration_errors_become_config_diagnostics() {
-        let diagnostic = Diagnostic::from(Error::from(ConfigError::Missing { name: "BATCHLINE_TABLE" }));
+        let diagnostic = Diagnostic::from(Error::from(SettingsError::Missing { name: "BATCHLINE_TABLE" }));
         assert_eq!(diagnostic.error_type, "Batchline.ConfigError");
         assert!(diagnostic.error_message.contains("BATCHLINE_TABLE"));
     }

@@ -4,14 +4,14 @@
 //!
 //! | module | what | talks to AWS |
 //! |---|---|---|
-//! | [`config`], [`error`], [`telemetry`], [`aws`] | environment, errors by cause, logging, the SDK configuration | no |
+//! | [`settings`], [`error`], [`telemetry`], [`aws`] | environment, errors by cause, logging, the SDK configuration | no |
 //! | [`model`] | sizes, job requests, Batch events, metric planning, pipelines, the run state machine, the deployed configuration | no |
 //! | [`store`] | every table key and item codec, behind narrow traits (DynamoDB and in-memory) | DynamoDB |
 //! | [`services`] | the submitter, the run driver, the sweep and the stuck-job watch, over the store and the ports ([`services::ports`]: Batch, the announcer, the clock) | through ports |
 //! | [`adapters`] | the ports' AWS adapters (Batch, EventBridge and CloudWatch) and the system clock | yes |
 //! | [`wiring`] | the adapters and services built once per container, what submit and job-events share | builds clients |
 //!
-//! In-memory doubles of the store and of Batch ([`store::memory`], [`services::memory_batch`])
+//! In-memory doubles of the store and of Batch (`store::memory`, `services::memory_batch`)
 //! and the store's contract suite are compiled only for tests (the `testing` feature), never
 //! into a function.
 //!
@@ -20,16 +20,16 @@
 
 pub mod adapters;
 pub mod aws;
-pub mod config;
 pub mod error;
 pub mod model;
 pub mod services;
+pub mod settings;
 pub mod store;
 pub mod telemetry;
 pub mod wiring;
 
-pub use config::{Config, ConfigError};
 pub use error::Error;
+pub use settings::{Settings, SettingsError};
 
 /// Names the shape of an incoming payload for error messages, without echoing its content.
 ///

@@ -12,7 +12,7 @@ use crate::services::runs::RunDriver;
 use crate::services::stuck::StuckJobWatch;
 use crate::services::submitter::Submitter;
 use crate::store::{DynamoStore, Holder};
-use crate::Config;
+use crate::Settings;
 
 pub struct AwsPorts {
     pub store: Arc<DynamoStore>,
@@ -20,7 +20,7 @@ pub struct AwsPorts {
     pub announcer: AwsAnnouncer,
     pub configs: ConfigCache,
     pub clock: SystemClock,
-    pub prices: crate::config::PriceOverrides,
+    pub prices: crate::settings::PriceOverrides,
 }
 
 /// Who an invocation is, as a claim holder: its request id, and its deadline (after which
@@ -30,8 +30,8 @@ pub fn invocation_holder(context: &lambda_runtime::Context) -> Holder {
 }
 
 impl AwsPorts {
-    pub fn new(sdk: &SdkConfig, config: &Config) -> Self {
-        let store = Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(sdk), &config.table_name));
+    pub fn new(sdk: &SdkConfig, settings: &Settings) -> Self {
+        let store = Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(sdk), &settings.table_name));
         AwsPorts {
             configs: ConfigCache::new(store.clone()),
             store,
@@ -39,10 +39,10 @@ impl AwsPorts {
             announcer: AwsAnnouncer::new(
                 aws_sdk_eventbridge::Client::new(sdk),
                 aws_sdk_cloudwatch::Client::new(sdk),
-                &config.metric_namespace,
+                &settings.metric_namespace,
             ),
             clock: SystemClock,
-            prices: config.price_overrides,
+            prices: settings.price_overrides,
         }
     }
 

@@ -7,7 +7,7 @@ use batchline::model::stack::StackConfig;
 use batchline::store::keys;
 use batchline_bootstrap::cfn::{Request, Status};
 use batchline_bootstrap::{answer_within, handle, Clients, Outcome};
-use batchline_testkit::emulator::{default_network, sdk_config, test_config, unique_name};
+use batchline_testkit::emulator::{default_network, sdk_config, test_settings, unique_name};
 use batchline_testkit::invocation;
 use batchline_testkit::player::event_id;
 use batchline_testkit::response_server::ResponseServer;
@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 
 struct Harness {
     clients: Clients,
-    config: batchline::Config,
+    settings: batchline::Settings,
     sdk: aws_config::SdkConfig,
     batch: aws_sdk_batch::Client,
     iam: aws_sdk_iam::Client,
@@ -25,11 +25,11 @@ struct Harness {
 
 async fn harness(test: &str) -> Harness {
     let sdk = sdk_config().await;
-    let config = test_config(test);
-    create_table(&sdk, &config.table_name).await.unwrap();
+    let settings = test_settings(test);
+    create_table(&sdk, &settings.table_name).await.unwrap();
     Harness {
         clients: Clients::new(&sdk),
-        config,
+        settings,
         batch: aws_sdk_batch::Client::new(&sdk),
         iam: aws_sdk_iam::Client::new(&sdk),
         ecr: aws_sdk_ecr::Client::new(&sdk),
@@ -72,7 +72,7 @@ impl Harness {
     async fn send(&self, kind: &str, properties: &Value, physical_id: Option<&str>, old: Option<&Value>) -> Value {
         let server = ResponseServer::start(0).await.unwrap();
         let result =
-            handle(invocation(request(kind, &server.url, properties, physical_id, old)), &self.clients, &self.config)
+            handle(invocation(request(kind, &server.url, properties, physical_id, old)), &self.clients, &self.settings)
                 .await;
         assert!(result.is_ok(), "{result:?}");
         let answers = server.accepted_answers();
@@ -94,7 +94,7 @@ impl Harness {
     async fn published(&self) -> Option<StackConfig> {
         let item = aws_sdk_dynamodb::Client::new(&self.sdk)
             .get_item()
-            .table_name(&self.config.table_name)
+            .table_name(&self.settings.table_name)
             .key("pk", AttributeValue::S(keys::CONFIG_PK.into()))
             .key("sk", AttributeValue::S(keys::CONFIG_SK.into()))
             .send()
@@ -322,7 +322,7 @@ async fn a_response_url_failing_twice_gets_exactly_one_accepted_answer() {
     let h = harness("bs-retry").await;
     let server = ResponseServer::start(2).await.unwrap();
     let properties = json!({"ServiceToken": "x"});
-    handle(invocation(request("Create", &server.url, &properties, None, None)), &h.clients, &h.config).await.unwrap();
+    handle(invocation(request("Create", &server.url, &properties, None, None)), &h.clients, &h.settings).await.unwrap();
     let received = server.received();
     assert_eq!(received.len(), 3);
     assert_eq!(received.iter().filter(|r| r.accepted).count(), 1);
@@ -380,7 +380,7 @@ async fn work_still_running_at_the_deadline_is_answered_failed_before_it() {
 #[tokio::test]
 async fn a_payload_that_is_no_request_is_an_error_naming_it() {
     let h = harness("bs-noreq").await;
-    let err = handle(invocation(json!({"detail-type": "Scheduled Event"})), &h.clients, &h.config).await.unwrap_err();
+    let err = handle(invocation(json!({"detail-type": "Scheduled Event"})), &h.clients, &h.settings).await.unwrap_err();
     assert!(err.to_string().contains("not a CloudFormation custom resource request"), "{err}");
 }
 
@@ -410,7 +410,7 @@ impl Harness {
     async fn owner(&self) -> Option<String> {
         use batchline::store::ConfigStore;
         let store =
-            batchline::store::DynamoStore::new(aws_sdk_dynamodb::Client::new(&self.sdk), &self.config.table_name);
+            batchline::store::DynamoStore::new(aws_sdk_dynamodb::Client::new(&self.sdk), &self.settings.table_name);
         store.load_published().await.unwrap().and_then(|p| p.owner)
     }
 }
@@ -438,7 +438,7 @@ async fn a_name_prefix_change_replaces_the_environment_and_deleting_the_old_spar
     assert_eq!(h.queue_status(&format!("{a}-default")).await, None);
     assert!(h.role_exists(&format!("{shared}-execution")).await && h.role_exists(&format!("{shared}-job")).await);
     // AND the new environment takes work
-    let clients = batchline_submit::Clients::new(&h.sdk, &h.config);
+    let clients = batchline_submit::Clients::new(&h.sdk, &h.settings);
     let request = json!({"version": "2.0", "rawPath": "/jobs", "requestContext": {"http": {"method": "POST", "path": "/jobs"}},
                          "body": "{}", "isBase64Encoded": false});
     let answer = batchline_submit::handle(invocation(request), &clients).await.unwrap();
@@ -482,7 +482,7 @@ async fn a_failed_prefix_change_removes_what_it_created_and_answers_with_the_old
     )]);
     let scope = batchline_testkit::faults::FaultScope::enable(&unique_name("bsfail"), 1, &rules).await.unwrap();
     let failing = Harness { clients: Clients::new(&scope.sdk_config().await), ..harness("bs-failed-change-2").await };
-    let failing = Harness { config: h.config.clone(), ..failing };
+    let failing = Harness { settings: h.settings.clone(), ..failing };
     // WHEN the Update fails part-way
     let answer = failing.send("Update", &props_b, Some(&id_a), Some(&props_a)).await;
     scope.disable().await.ok();
@@ -511,7 +511,7 @@ async fn a_configuration_published_by_the_previous_release_is_removed_only_by_it
     let id_a = h.send("Create", &props_a, None, None).await["PhysicalResourceId"].as_str().unwrap().to_owned();
     aws_sdk_dynamodb::Client::new(&h.sdk)
         .update_item()
-        .table_name(&h.config.table_name)
+        .table_name(&h.settings.table_name)
         .key("pk", AttributeValue::S(keys::CONFIG_PK.into()))
         .key("sk", AttributeValue::S(keys::CONFIG_SK.into()))
         .update_expression("REMOVE #owner")
@@ -563,7 +563,7 @@ async fn the_largest_configuration_the_document_allows_answers_within_cloudforma
     // WHEN the largest is deployed
     let server = ResponseServer::start(0).await.unwrap();
     let payload = request("Create", &server.url, &with_definitions(&prefix, largest), None, None);
-    handle(invocation(payload), &h.clients, &h.config).await.unwrap();
+    handle(invocation(payload), &h.clients, &h.settings).await.unwrap();
     // THEN CloudFormation's answer fits, and every Data key is whole and usable
     let body = &server.received()[0].body;
     assert!(body.len() <= 4096, "{} bytes", body.len());

@@ -169,7 +169,7 @@ impl Chaos {
                 // Long enough for run work (job-events keeps 30 s back), short enough that a
                 // failed holder's claims are taken over within the test.
                 let invocation = invocation_for(json!({ "Records": records }), 33);
-                batchline_job_events::handle(job_events_invocation(invocation), &self.job_events, &self.env.config)
+                batchline_job_events::handle(job_events_invocation(invocation), &self.job_events, &self.env.settings)
             }))
             .await;
             for (chunk, answer) in pair.iter().zip(answers) {
@@ -293,14 +293,14 @@ impl Chaos {
         // Room for its budget: it stops a minute before its deadline.
         let invocation = invocation_for(event, 120);
         if let Err(err) =
-            batchline_job_events::handle(job_events_invocation(invocation), &self.job_events, &self.env.config).await
+            batchline_job_events::handle(job_events_invocation(invocation), &self.job_events, &self.env.settings).await
         {
             eprintln!("chaos seed {}: sweep: {err}", self.seed);
         }
     }
 
     fn store(&self) -> batchline::store::DynamoStore {
-        batchline::store::DynamoStore::new(aws_sdk_dynamodb::Client::new(&self.env.sdk), &self.env.config.table_name)
+        batchline::store::DynamoStore::new(aws_sdk_dynamodb::Client::new(&self.env.sdk), &self.env.settings.table_name)
     }
 
     /// Whether every run exists and is done with: ended, every job of it ended, and
@@ -322,7 +322,7 @@ async fn chaos(seed: u64) {
     // fault scope of this seed
     let env = Deployed::new(&format!("chaos-{seed}"), configuration()).await;
     // A later deploy removed the job definition the brittle pipeline's second stage names.
-    let store = batchline::store::DynamoStore::new(aws_sdk_dynamodb::Client::new(&env.sdk), &env.config.table_name);
+    let store = batchline::store::DynamoStore::new(aws_sdk_dynamodb::Client::new(&env.sdk), &env.settings.table_name);
     let mut deployed = batchline::store::ConfigStore::load_published(&store).await.unwrap().unwrap();
     deployed.config.job_definitions.remove("retired");
     let owner = deployed.owner.unwrap_or_default();
@@ -352,8 +352,8 @@ async fn chaos(seed: u64) {
     let mut chaos = Chaos {
         seed,
         random: fastrand::Rng::with_seed(seed),
-        submit: batchline_submit::Clients::new(&faulty, &env.config),
-        job_events: batchline_job_events::Clients::new(&faulty, &env.config),
+        submit: batchline_submit::Clients::new(&faulty, &env.settings),
+        job_events: batchline_job_events::Clients::new(&faulty, &env.settings),
         player: Player::new(&env.sdk),
         objects,
         messages: Vec::new(),
@@ -497,7 +497,7 @@ async fn chaos(seed: u64) {
     }
 
     // AND every played job-state event was counted once (no PutMetricData reply was lost)
-    let namespace = &chaos.env.config.metric_namespace;
+    let namespace = &chaos.env.settings.metric_namespace;
     for (metric, status) in [("JobsSucceeded", "SUCCEEDED"), ("JobsFailed", "FAILED"), ("JobsRunnable", "RUNNABLE")] {
         let played = chaos.played_statuses.get(status).copied().unwrap_or(0) as f64;
         assert_eq!(metric_sum(&chaos.env.sdk, namespace, metric).await, played, "seed {seed}: {metric}");
@@ -506,7 +506,7 @@ async fn chaos(seed: u64) {
     // AND nothing is left claimed
     let items = aws_sdk_dynamodb::Client::new(&chaos.env.sdk)
         .scan()
-        .table_name(&chaos.env.config.table_name)
+        .table_name(&chaos.env.settings.table_name)
         .send()
         .await
         .unwrap();

@@ -33,7 +33,7 @@ impl Served {
     async fn new(test: &str) -> Served {
         let env = Deployed::new(test, properties()).await;
         let logs = repo_root().join("target/cli-test-logs").join(test);
-        let launcher = Launcher::new(&env.config.table_name, &logs).unwrap();
+        let launcher = Launcher::new(&env.settings.table_name, &logs).unwrap();
         let routing =
             Routing { name: env.stack.name_prefix.clone(), job_queues: vec![env.queue_arn("default")], trigger: None };
         let stack = ServedStack::start(&env.sdk, &launcher, routing, "127.0.0.1:0").await.unwrap();

@@ -2,7 +2,7 @@
 
 use batchline::model::stack::StackConfig;
 use batchline::store::{ConfigStore, DynamoStore};
-use batchline_testkit::emulator::{default_network, sdk_config, test_config, unique_name};
+use batchline_testkit::emulator::{default_network, sdk_config, test_settings, unique_name};
 use batchline_testkit::invocation;
 use batchline_testkit::player::event_id;
 use batchline_testkit::response_server::ResponseServer;
@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 /// properties (merged over the network and a unique prefix).
 pub struct Deployed {
     pub sdk: aws_config::SdkConfig,
-    pub config: batchline::Config,
+    pub settings: batchline::Settings,
     pub stack: StackConfig,
     /// The properties bootstrap was last given.
     pub properties: Value,
@@ -21,7 +21,7 @@ pub struct Deployed {
 
 /// Sends `request` (RequestType and properties) to bootstrap as CloudFormation would,
 /// checks it answered SUCCESS, and returns the configuration it published.
-async fn bootstrap(sdk: &aws_config::SdkConfig, config: &batchline::Config, mut request: Value) -> StackConfig {
+async fn bootstrap(sdk: &aws_config::SdkConfig, config: &batchline::Settings, mut request: Value) -> StackConfig {
     let server = ResponseServer::start(0).await.unwrap();
     for (key, value) in [
         ("ResponseURL", json!(server.url)),
@@ -42,8 +42,8 @@ async fn bootstrap(sdk: &aws_config::SdkConfig, config: &batchline::Config, mut 
 impl Deployed {
     pub async fn new(test: &str, extra: Value) -> Deployed {
         let sdk = sdk_config().await;
-        let config = test_config(test);
-        create_table(&sdk, &config.table_name).await.unwrap();
+        let settings = test_settings(test);
+        create_table(&sdk, &settings.table_name).await.unwrap();
         let network = default_network();
         let mut properties = json!({
             "ServiceToken": "arn:aws:lambda:us-east-1:123456789012:function:batchline-bootstrap",
@@ -54,8 +54,8 @@ impl Deployed {
             properties[key] = value.clone();
         }
         let request = json!({"RequestType": "Create", "ResourceProperties": properties});
-        let stack = bootstrap(&sdk, &config, request).await;
-        Deployed { sdk, config, stack, properties }
+        let stack = bootstrap(&sdk, &settings, request).await;
+        Deployed { sdk, settings, stack, properties }
     }
 
     /// A redeploy: bootstrap's Update with `extra` merged over the current properties.
@@ -67,7 +67,7 @@ impl Deployed {
         let physical_id = format!("{}-environment", self.stack.name_prefix);
         let request = json!({"RequestType": "Update", "PhysicalResourceId": physical_id,
                              "ResourceProperties": properties, "OldResourceProperties": self.properties});
-        self.stack = bootstrap(&self.sdk, &self.config, request).await;
+        self.stack = bootstrap(&self.sdk, &self.settings, request).await;
         self.properties = properties;
     }
 

@@ -6,11 +6,11 @@ use std::time::{Duration, SystemTime};
 use aws_sdk_cloudwatch::primitives::DateTime;
 use aws_sdk_cloudwatch::types::{Dimension, Statistic};
 use batchline::model::batch_event::JobStateChangeEvent;
-use batchline::Config;
+use batchline::Settings;
 use batchline_job_events::{handle, Clients};
 use batchline_testkit::batch_env::BatchEnvironment;
 use batchline_testkit::calls::{CallLog, FailOperation, LoseResponse};
-use batchline_testkit::emulator::{sdk_config, test_config};
+use batchline_testkit::emulator::{sdk_config, test_settings};
 use batchline_testkit::player::{sqs_record, Delivery, Player, Script};
 use batchline_testkit::table::create_table;
 use serde_json::{json, Value};
@@ -37,12 +37,12 @@ const FIXTURES: [(&str, &str); 11] = [
 ];
 
 /// A config of the test's own (table, namespace), its table created, and clients.
-async fn setup(test: &str) -> (Config, Clients, aws_config::SdkConfig) {
+async fn setup(test: &str) -> (Settings, Clients, aws_config::SdkConfig) {
     let sdk = sdk_config().await;
-    let config = test_config(test);
-    create_table(&sdk, &config.table_name).await.unwrap();
-    let clients = Clients::new(&sdk, &config);
-    (config, clients, sdk)
+    let settings = test_settings(test);
+    create_table(&sdk, &settings.table_name).await.unwrap();
+    let clients = Clients::new(&sdk, &settings);
+    (settings, clients, sdk)
 }
 
 fn sqs_batch(events: &[Value]) -> Value {

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 use crate::common::job_events_invocation;
 use aws_sdk_cloudwatch::primitives::DateTime;
 use aws_sdk_cloudwatch::types::{Dimension, Statistic};
-use batchline_testkit::emulator::{default_network, sdk_config, test_config, unique_name};
+use batchline_testkit::emulator::{default_network, sdk_config, test_settings, unique_name};
 use batchline_testkit::invocation;
 use batchline_testkit::player::{event_id, Delivery, Player, StateChange};
 use batchline_testkit::response_server::ResponseServer;
@@ -89,8 +89,8 @@ impl Harness {
     async fn with(test: &str, properties: Value) -> Harness {
         let env = Deployed::new(test, properties).await;
         Harness {
-            submit: batchline_submit::Clients::new(&env.sdk, &env.config),
-            job_events: batchline_job_events::Clients::new(&env.sdk, &env.config),
+            submit: batchline_submit::Clients::new(&env.sdk, &env.settings),
+            job_events: batchline_job_events::Clients::new(&env.sdk, &env.settings),
             player: Player::new(&env.sdk),
             env,
         }
@@ -140,7 +140,7 @@ impl Harness {
             let answer = batchline_job_events::handle(
                 job_events_invocation(invocation(batch)),
                 &self.job_events,
-                &self.env.config,
+                &self.env.settings,
             )
             .await
             .unwrap();
@@ -191,7 +191,7 @@ async fn statistics(env: &Deployed, metric: &str, dimensions: &[(&str, &str)]) -
     let now = SystemTime::now();
     let reply = cloudwatch
         .get_metric_statistics()
-        .namespace(&env.config.metric_namespace)
+        .namespace(&env.settings.metric_namespace)
         .metric_name(metric)
         .set_dimensions(Some(dimensions.iter().map(|(n, v)| Dimension::builder().name(*n).value(*v).build()).collect()))
         .start_time(DateTime::from(now - Duration::from_secs(3600)))
@@ -472,9 +472,9 @@ async fn the_final_event_handled_twice_at_once_and_a_sweep_beside_them_announce_
     // (each delivery its own SQS message)
     let batch = || Delivery::from_events(withheld.clone()).sqs_batches(QUEUE_ARN, 10).remove(0);
     let (one, two, sweep) = tokio::join!(
-        batchline_job_events::handle(job_events_invocation(invocation(batch())), &h.job_events, &h.env.config),
-        batchline_job_events::handle(job_events_invocation(invocation(batch())), &h.job_events, &h.env.config),
-        batchline_job_events::handle(job_events_invocation(invocation(sweep_event())), &h.job_events, &h.env.config),
+        batchline_job_events::handle(job_events_invocation(invocation(batch())), &h.job_events, &h.env.settings),
+        batchline_job_events::handle(job_events_invocation(invocation(batch())), &h.job_events, &h.env.settings),
+        batchline_job_events::handle(job_events_invocation(invocation(sweep_event())), &h.job_events, &h.env.settings),
     );
     // THEN whichever failed is retried, as SQS and the schedule would
     for outcome in [one, two] {
@@ -483,7 +483,7 @@ async fn the_final_event_handled_twice_at_once_and_a_sweep_beside_them_announce_
         }
     }
     if sweep.is_err() {
-        batchline_job_events::handle(job_events_invocation(invocation(sweep_event())), &h.job_events, &h.env.config)
+        batchline_job_events::handle(job_events_invocation(invocation(sweep_event())), &h.job_events, &h.env.settings)
             .await
             .unwrap();
     }
@@ -504,7 +504,7 @@ async fn a_running_run_stored_by_the_previous_release_is_adopted_by_the_sweep() 
     {
         dynamo
             .put_item()
-            .table_name(&h.env.config.table_name)
+            .table_name(&h.env.settings.table_name)
             .set_item(Some(stored_item(fixture)))
             .send()
             .await
@@ -512,7 +512,7 @@ async fn a_running_run_stored_by_the_previous_release_is_adopted_by_the_sweep() 
     }
     // WHEN the sweep runs
     let report =
-        batchline_job_events::handle(job_events_invocation(invocation(sweep_event())), &h.job_events, &h.env.config)
+        batchline_job_events::handle(job_events_invocation(invocation(sweep_event())), &h.job_events, &h.env.settings)
             .await
             .unwrap();
     // THEN it adopted the run and visited it
@@ -520,7 +520,7 @@ async fn a_running_run_stored_by_the_previous_release_is_adopted_by_the_sweep() 
     assert_eq!(report["sweep"]["runsChecked"], 1, "{report}");
     let listed = dynamo
         .get_item()
-        .table_name(&h.env.config.table_name)
+        .table_name(&h.env.settings.table_name)
         .key("pk", aws_sdk_dynamodb::types::AttributeValue::S("OPEN".into()))
         .key("sk", aws_sdk_dynamodb::types::AttributeValue::S("RUN#1795854851853#hungry-f3407abfe8f3b3bc".into()))
         .send()
@@ -529,7 +529,7 @@ async fn a_running_run_stored_by_the_previous_release_is_adopted_by_the_sweep() 
     assert!(listed.item().is_some(), "on the open-run list");
     // AND a second sweep visits it from the list, adopting nothing more
     let report =
-        batchline_job_events::handle(job_events_invocation(invocation(sweep_event())), &h.job_events, &h.env.config)
+        batchline_job_events::handle(job_events_invocation(invocation(sweep_event())), &h.job_events, &h.env.settings)
             .await
             .unwrap();
     assert_eq!((report["sweep"]["runsAdopted"].as_u64(), report["sweep"]["runsChecked"].as_u64()), (Some(0), Some(1)));
@@ -568,14 +568,14 @@ async fn the_sweep_completes_a_run_whose_last_event_was_lost_and_run_metrics_rea
     // The scheduled sweep finds summarise's job terminal in Batch and applies it
     let sweep = sweep_event();
     let report =
-        batchline_job_events::handle(job_events_invocation(invocation(sweep.clone())), &h.job_events, &h.env.config)
+        batchline_job_events::handle(job_events_invocation(invocation(sweep.clone())), &h.job_events, &h.env.settings)
             .await
             .unwrap();
     assert_eq!(report["sweep"]["transitionsApplied"], 1, "{report}");
     let run = h.run(&run_id).await;
     assert_eq!(run["status"], "SUCCEEDED");
     // A second sweep finds nothing to do
-    let report = batchline_job_events::handle(job_events_invocation(invocation(sweep)), &h.job_events, &h.env.config)
+    let report = batchline_job_events::handle(job_events_invocation(invocation(sweep)), &h.job_events, &h.env.settings)
         .await
         .unwrap();
     assert_eq!(report["sweep"]["transitionsApplied"], 0);
@@ -599,8 +599,8 @@ async fn the_sweep_completes_a_run_whose_last_event_was_lost_and_run_metrics_rea
 #[tokio::test]
 async fn invalid_pipelines_fail_the_deployment_with_the_reason() {
     let sdk = sdk_config().await;
-    let config = test_config("pl-invalid");
-    create_table(&sdk, &config.table_name).await.unwrap();
+    let settings = test_settings("pl-invalid");
+    create_table(&sdk, &settings.table_name).await.unwrap();
     let clients = batchline_bootstrap::Clients::new(&sdk);
     let network = default_network();
     let many: serde_json::Map<String, Value> =
@@ -630,7 +630,7 @@ async fn invalid_pipelines_fail_the_deployment_with_the_reason() {
                                 "Pipelines": pipelines});
         let request = json!({"RequestType": "Create", "ResponseURL": server.url, "StackId": "s", "RequestId": event_id(),
                              "LogicalResourceId": "Environment", "ResourceProperties": properties});
-        batchline_bootstrap::handle(invocation(request), &clients, &config).await.unwrap();
+        batchline_bootstrap::handle(invocation(request), &clients, &settings).await.unwrap();
         let answer = server.accepted_answers().pop().unwrap();
         assert_eq!(answer["Status"], "FAILED");
         assert!(answer["Reason"].as_str().unwrap().contains(reason), "{reason:?} in {answer}");
@@ -644,7 +644,7 @@ async fn invalid_pipelines_fail_the_deployment_with_the_reason() {
                             "Pipelines": {"p": {"Stages": {"a": {"JobDefinition": "default", "Vcpu": "2", "Memory": "4096"}}}}});
     let request = json!({"RequestType": "Create", "ResponseURL": server.url, "StackId": "s", "RequestId": event_id(),
                          "LogicalResourceId": "Environment", "ResourceProperties": properties});
-    batchline_bootstrap::handle(invocation(request), &clients, &config).await.unwrap();
+    batchline_bootstrap::handle(invocation(request), &clients, &settings).await.unwrap();
     let answer = server.accepted_answers().pop().unwrap();
     assert_eq!(answer["Status"], "FAILED");
     let reason = answer["Reason"].as_str().unwrap();
@@ -770,7 +770,8 @@ async fn a_run_past_its_max_run_seconds_fails_at_its_next_event_and_its_job_is_t
     // GIVEN a run of a pipeline limited to 60 s, started (as its record says) two minutes ago
     let mut h = Harness::new("pl-deadline").await;
     let run_id = h.start("limited").await;
-    let store = batchline::store::DynamoStore::new(aws_sdk_dynamodb::Client::new(&h.env.sdk), &h.env.config.table_name);
+    let store =
+        batchline::store::DynamoStore::new(aws_sdk_dynamodb::Client::new(&h.env.sdk), &h.env.settings.table_name);
     let read = batchline::store::RunStore::load_run(&store, &run_id).await.unwrap().unwrap();
     let mut old = read.run.clone();
     old.created_at -= 120_000;
@@ -947,7 +948,7 @@ async fn a_single_job_that_ran_out_of_memory_is_resubmitted_one_size_up_once_and
 
 /// A sweep's answer.
 async fn sweep(h: &Harness) -> Value {
-    batchline_job_events::handle(job_events_invocation(invocation(sweep_event())), &h.job_events, &h.env.config)
+    batchline_job_events::handle(job_events_invocation(invocation(sweep_event())), &h.job_events, &h.env.settings)
         .await
         .unwrap()
 }
@@ -1208,12 +1209,12 @@ async fn two_branches_ending_at_once_cannot_both_spend_a_budget_that_holds_one_o
         batchline_job_events::handle(
             job_events_invocation(invocation(batch(&withheld[0]))),
             &h.job_events,
-            &h.env.config
+            &h.env.settings
         ),
         batchline_job_events::handle(
             job_events_invocation(invocation(batch(&withheld[1]))),
             &h.job_events,
-            &h.env.config
+            &h.env.settings
         ),
     );
     // (whichever lost a race is delivered again, as SQS would)

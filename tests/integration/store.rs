@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use batchline::store::{contract, keys, ClaimState, DynamoStore, EventLedgerStore, EventState, RunStore, VersionedRun};
 use batchline_testkit::calls::{CallLog, FailOperation, PauseOperation};
-use batchline_testkit::emulator::{sdk_config, test_config, unique_name};
+use batchline_testkit::emulator::{sdk_config, test_settings, unique_name};
 use batchline_testkit::table::create_table;
 use serde_json::Value;
 
@@ -38,9 +38,9 @@ const CONFIG: &str = include_str!("../fixtures/stored/config.json");
 #[tokio::test]
 async fn the_dynamodb_store_keeps_the_store_contract() {
     let sdk = sdk_config().await;
-    let config = test_config("store-contract");
-    create_table(&sdk, &config.table_name).await.unwrap();
-    let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), &config.table_name);
+    let settings = test_settings("store-contract");
+    create_table(&sdk, &settings.table_name).await.unwrap();
+    let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), &settings.table_name);
     let stack = config_from_item(&item(CONFIG)).unwrap();
     contract::check_all(&store, &unique_name("contract"), &stack).await;
 }
@@ -123,13 +123,13 @@ fn stored_items_round_trip_through_the_codecs_unchanged() {
 async fn an_event_claim_from_the_previous_release_is_taken_over_only_once_stale() {
     // GIVEN an IN_PROGRESS entry as the previous release wrote it: no holder deadline
     let sdk = sdk_config().await;
-    let config = test_config("store-legacy");
-    create_table(&sdk, &config.table_name).await.unwrap();
+    let settings = test_settings("store-legacy");
+    create_table(&sdk, &settings.table_name).await.unwrap();
     let client = aws_sdk_dynamodb::Client::new(&sdk);
     let id = unique_name("legacy-event");
     client
         .put_item()
-        .table_name(&config.table_name)
+        .table_name(&settings.table_name)
         .item("pk", AttributeValue::S(keys::event_pk(&id)))
         .item("sk", AttributeValue::S(keys::EVENT_SK.into()))
         .item("state", AttributeValue::S("IN_PROGRESS".into()))
@@ -138,7 +138,7 @@ async fn an_event_claim_from_the_previous_release_is_taken_over_only_once_stale(
         .send()
         .await
         .unwrap();
-    let store = DynamoStore::new(client, &config.table_name);
+    let store = DynamoStore::new(client, &settings.table_name);
     let me = batchline::store::Holder { token: "me".into(), deadline_ms: 900_000 };
     // WHEN claimed before its legacy staleness, THEN refused (whatever the deadline rule says)
     assert!(!store.claim_event(&id, &me, 600_000, i64::MAX, 1_000).await.unwrap());
@@ -153,12 +153,12 @@ async fn store_with(
     interceptor: impl aws_sdk_dynamodb::config::Intercept + 'static,
 ) -> (DynamoStore, DynamoStore) {
     let sdk = sdk_config().await;
-    let config = test_config(test);
-    create_table(&sdk, &config.table_name).await.unwrap();
+    let settings = test_settings(test);
+    create_table(&sdk, &settings.table_name).await.unwrap();
     let intercepted = aws_sdk_dynamodb::config::Builder::from(&sdk).interceptor(interceptor).build();
     (
-        DynamoStore::new(aws_sdk_dynamodb::Client::from_conf(intercepted), &config.table_name),
-        DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), &config.table_name),
+        DynamoStore::new(aws_sdk_dynamodb::Client::from_conf(intercepted), &settings.table_name),
+        DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), &settings.table_name),
     )
 }
 

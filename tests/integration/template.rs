@@ -294,7 +294,7 @@ fn every_function_logs_json_and_sets_exactly_the_variables_the_code_reads() {
                 variables.extend(map.keys().filter_map(|k| k.as_str().map(str::to_owned)));
             }
         }
-        let read: BTreeSet<String> = batchline::config::ALL_VARS.iter().map(|v| v.to_string()).collect();
+        let read: BTreeSet<String> = batchline::settings::ALL_VARS.iter().map(|v| v.to_string()).collect();
         assert_eq!(variables, read, "{name}: the template sets exactly what the code reads");
         let binary = function["Metadata"]["BuildProperties"]["Binary"].as_str().unwrap();
         assert!(binary.starts_with("batchline-"), "{name}: {binary}");

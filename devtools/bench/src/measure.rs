@@ -117,7 +117,7 @@ pub struct Measured {
 fn environment(endpoint: &str, table: &str, namespace: &str) -> Result<Vec<(String, String)>, String> {
     let mut variables = batchline_demo::function_environment(&batchline_demo::template_variable_names()?, table)?;
     for (name, value) in variables.iter_mut() {
-        if name == batchline::config::METRIC_NAMESPACE_VAR {
+        if name == batchline::settings::METRIC_NAMESPACE_VAR {
             *value = namespace.to_owned();
         }
     }

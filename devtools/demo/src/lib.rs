@@ -70,13 +70,13 @@ pub fn function_environment(template_names: &[String], table: &str) -> Result<Ve
         .iter()
         .map(|name| {
             let value = match name.as_str() {
-                batchline::config::TABLE_VAR => table.to_owned(),
-                batchline::config::METRIC_NAMESPACE_VAR => batchline::config::DEFAULT_METRIC_NAMESPACE.to_owned(),
+                batchline::settings::TABLE_VAR => table.to_owned(),
+                batchline::settings::METRIC_NAMESPACE_VAR => batchline::settings::DEFAULT_METRIC_NAMESPACE.to_owned(),
                 // Empty: the built-in rates.
-                batchline::config::PRICE_VCPU_HOUR_VAR
-                | batchline::config::PRICE_GB_HOUR_VAR
-                | batchline::config::PRICE_SPOT_VCPU_HOUR_VAR
-                | batchline::config::PRICE_SPOT_GB_HOUR_VAR => String::new(),
+                batchline::settings::PRICE_VCPU_HOUR_VAR
+                | batchline::settings::PRICE_GB_HOUR_VAR
+                | batchline::settings::PRICE_SPOT_VCPU_HOUR_VAR
+                | batchline::settings::PRICE_SPOT_GB_HOUR_VAR => String::new(),
                 other => return Err(format!("template.yaml sets {other}, which the local run does not know")),
             };
             Ok((name.clone(), value))
@@ -515,7 +515,7 @@ async fn read_metrics(sdk: &aws_config::SdkConfig, queue_arn: &str) -> Result<BT
     {
         let reply = cloudwatch
             .get_metric_statistics()
-            .namespace(batchline::config::DEFAULT_METRIC_NAMESPACE)
+            .namespace(batchline::settings::DEFAULT_METRIC_NAMESPACE)
             .metric_name(name)
             .dimensions(Dimension::builder().name("JobQueue").value(queue).build())
             .start_time(aws_sdk_cloudwatch::primitives::DateTime::from(now - Duration::from_secs(3 * 3600)))

@@ -119,8 +119,8 @@ pub fn unique_namespace(test: &str) -> String {
 }
 
 /// A function configuration for tests: its own table name and metric namespace.
-pub fn test_config(test: &str) -> batchline::Config {
-    batchline::Config {
+pub fn test_settings(test: &str) -> batchline::Settings {
+    batchline::Settings {
         table_name: unique_name(&format!("{test}-table")),
         metric_namespace: unique_namespace(test),
         price_overrides: Default::default(),

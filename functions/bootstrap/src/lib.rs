@@ -25,7 +25,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_config::SdkConfig;
 use batchline::model::stack::StackConfig;
-use batchline::{Config, Error};
+use batchline::{Error, Settings};
 use cfn::{Request, Response, Status};
 use declaration::Declared;
 use lambda_runtime::LambdaEvent;
@@ -90,7 +90,7 @@ impl Outcome {
 }
 
 /// Handles one custom resource request: does the work, answers CloudFormation once.
-pub async fn handle(event: LambdaEvent<Value>, clients: &Clients, config: &Config) -> Result<Value, Error> {
+pub async fn handle(event: LambdaEvent<Value>, clients: &Clients, settings: &Settings) -> Result<Value, Error> {
     let request = Request::from_payload(&event.payload).ok_or_else(|| {
         // Without a ResponseURL there is no one to answer; say so loudly.
         Error::InvalidEvent(format!(
@@ -100,7 +100,7 @@ pub async fn handle(event: LambdaEvent<Value>, clients: &Clients, config: &Confi
     })?;
     info!(request_type = %request.request_type, logical_id = %request.logical_resource_id, "custom resource request");
     let deadline = deadline_from(event.context.deadline);
-    let work = run(request.clone(), clients.clone(), config.table_name.clone(), deadline);
+    let work = run(request.clone(), clients.clone(), settings.table_name.clone(), deadline);
     let response = answer_within(&request, deadline, work).await;
     cfn::send(&clients.http, &request.response_url, &response, ANSWER_ATTEMPTS).await.map_err(|e| {
         error!(error = %e, "CloudFormation was not answered");

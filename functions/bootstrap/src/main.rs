@@ -7,7 +7,8 @@ use lambda_runtime::{run, service_fn, Error, LambdaEvent};
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     batchline::telemetry::init();
-    let config = batchline::Config::from_env()?;
+    let settings = batchline::Settings::from_env()?;
     let clients = batchline_bootstrap::Clients::new(&batchline::aws::load_sdk_config().await);
-    run(service_fn(|event: LambdaEvent<serde_json::Value>| batchline_bootstrap::handle(event, &clients, &config))).await
+    run(service_fn(|event: LambdaEvent<serde_json::Value>| batchline_bootstrap::handle(event, &clients, &settings)))
+        .await
 }

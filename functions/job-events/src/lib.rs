@@ -36,7 +36,7 @@ use batchline::services::clock::ANSWER_MARGIN_MS;
 use batchline::services::resize::resize_single_job;
 use batchline::store::Holder;
 use batchline::wiring::{invocation_holder, AwsPorts};
-use batchline::{Config, Error};
+use batchline::{Error, Settings};
 use futures::stream::{self, StreamExt};
 use lambda_runtime::LambdaEvent;
 use serde_json::{json, Value};
@@ -63,8 +63,8 @@ pub struct Clients {
 }
 
 impl Clients {
-    pub fn new(sdk: &SdkConfig, config: &Config) -> Self {
-        Clients { ports: AwsPorts::new(sdk, config), cloudwatch: aws_sdk_cloudwatch::Client::new(sdk) }
+    pub fn new(sdk: &SdkConfig, settings: &Settings) -> Self {
+        Clients { ports: AwsPorts::new(sdk, settings), cloudwatch: aws_sdk_cloudwatch::Client::new(sdk) }
     }
 }
 
@@ -76,14 +76,14 @@ struct Message {
 
 /// Handles one invocation: an SQS batch (answered with `batchItemFailures`), one event,
 /// or the scheduled repair sweep.
-pub async fn handle(event: LambdaEvent<Payload>, clients: &Clients, config: &Config) -> Result<Value, Error> {
+pub async fn handle(event: LambdaEvent<Payload>, clients: &Clients, settings: &Settings) -> Result<Value, Error> {
     let holder = invocation_holder(&event.context);
     let now = batchline::now_ms();
     let payload = match event.payload {
         Payload::Batch(records) => {
             let records = records.map_err(|why| Error::InvalidEvent(format!("an SQS batch it cannot read: {why}")))?;
             let messages = sqs_messages(records)?;
-            let failed = process(messages, clients, config, &holder, now).await;
+            let failed = process(messages, clients, settings, &holder, now).await;
             let mut response = SqsBatchResponse::default();
             response.batch_item_failures = failed
                 .into_iter()
@@ -127,7 +127,7 @@ pub async fn handle(event: LambdaEvent<Payload>, clients: &Clients, config: &Con
         let failed = process(
             vec![Message { id: "direct".into(), event: Ok(LaneEvent { lane: None, event }) }],
             clients,
-            config,
+            settings,
             &holder,
             now,
         )
@@ -150,20 +150,39 @@ fn sqs_messages(records: Vec<QueuedEvent>) -> Result<Vec<Message>, Error> {
         .collect()
 }
 
-/// Counts the messages' events once each; returns the ids of messages to redeliver.
-async fn process(messages: Vec<Message>, clients: &Clients, config: &Config, holder: &Holder, now: i64) -> Vec<String> {
-    let mut failed = Vec::new();
-    // Messages by event id: a duplicate within the batch shares its first copy's fate.
-    let mut by_event: HashMap<String, Vec<String>> = HashMap::new();
-    let mut events: Vec<LaneEvent> = Vec::new();
+/// Messages by event id: a duplicate within the batch shares its first copy's fate.
+type Copies = HashMap<String, Vec<String>>;
+
+/// Advances runs by the messages' events and counts their metrics once each; returns the
+/// ids of messages to redeliver.
+async fn process(
+    messages: Vec<Message>,
+    clients: &Clients,
+    settings: &Settings,
+    holder: &Holder,
+    now: i64,
+) -> Vec<String> {
+    let (events, by_event, mut failed) = distinct_events(messages);
+    let (for_runs, for_metrics): (Vec<_>, Vec<_>) = (
+        events.iter().filter(|e| e.advances_runs()).map(|e| &e.event).collect(),
+        events.iter().filter(|e| e.counts_metrics()).map(|e| &e.event).collect(),
+    );
+    failed.extend(advance_runs(&for_runs, &by_event, clients, holder, now).await);
+    failed.extend(count_metrics(for_metrics, &by_event, clients, settings, holder, now).await);
+    failed
+}
+
+/// The distinct events of the messages, each's copies, and the unusable messages.
+fn distinct_events(messages: Vec<Message>) -> (Vec<LaneEvent>, Copies, Vec<String>) {
+    let (mut events, mut by_event, mut unusable) = (Vec::new(), Copies::new(), Vec::new());
     for message in messages {
         match message.event {
             Err(why) => {
                 warn!(message_id = %message.id, error = %why, "unusable message");
-                failed.push(message.id);
+                unusable.push(message.id);
             }
             Ok(event) => {
-                let copies = by_event.entry(event.event.id.clone()).or_default();
+                let copies: &mut Vec<String> = by_event.entry(event.event.id.clone()).or_default();
                 if copies.is_empty() {
                     events.push(event);
                 }
@@ -171,46 +190,36 @@ async fn process(messages: Vec<Message>, clients: &Clients, config: &Config, hol
             }
         }
     }
+    (events, by_event, unusable)
+}
 
-    let (for_runs, for_metrics): (Vec<_>, Vec<_>) = (
-        events.iter().filter(|e| e.advances_runs()).map(|e| &e.event).collect(),
-        events.iter().filter(|e| e.counts_metrics()).map(|e| &e.event).collect(),
-    );
-    failed.extend(advance_runs(&for_runs, &by_event, clients, holder, now).await);
-    let events = for_metrics;
-
+/// Publishes the events' metrics, each event once (the ledger's claim); returns the ids
+/// of messages to redeliver: events another invocation is counting, or whose metrics or
+/// claim failed.
+async fn count_metrics(
+    events: Vec<&JobStateChangeEvent>,
+    by_event: &Copies,
+    clients: &Clients,
+    settings: &Settings,
+    holder: &Holder,
+    now: i64,
+) -> Vec<String> {
     let ledger = Ledger { store: clients.ports.store.as_ref(), clock: &clients.ports.clock, holder };
-    let claims: Vec<Result<Claim, Error>> =
-        stream::iter(events.iter().map(|e| ledger.claim(&e.id))).buffered(CLAIM_CONCURRENCY).collect().await;
-    let mut claimed = Vec::new();
-    for (event, claim) in events.into_iter().zip(claims) {
-        match claim {
-            Ok(Claim::Claimed) => claimed.push(event),
-            Ok(Claim::AlreadyDone) => info!(event_id = %event.id, "already counted; acknowledged"),
-            Ok(Claim::InFlight) => {
-                info!(event_id = %event.id, "being counted by another invocation; will retry");
-                failed.extend(by_event[&event.id].iter().cloned());
-            }
-            Err(err) => {
-                warn!(event_id = %event.id, error = %err, "could not claim the event");
-                failed.extend(by_event[&event.id].iter().cloned());
-            }
-        }
-    }
-
+    let (claimed, mut failed) = claim_events(&ledger, events, by_event).await;
     // Costs need the stack's clusters (which capacity each task ran on): read once per
     // container, and only when an event has ended.
     let pricing = if claimed.iter().any(|event| event.detail.status.is_terminal()) {
-        clients.ports.configs.pricing(&config.price_overrides).await
+        clients.ports.configs.pricing(&settings.price_overrides).await
     } else {
-        Pricing::on_demand(&config.price_overrides)
+        Pricing::on_demand(&settings.price_overrides)
     };
     let event_metrics: Vec<EventMetrics> =
         claimed.iter().map(|event| metrics::from_event(event, &pricing, now)).collect();
     let calls = metrics::plan_calls(&event_metrics);
     let mut unpublished = vec![false; claimed.len()];
     for call in &calls {
-        if let Err(err) = publish::put_metric_data(&clients.cloudwatch, &config.metric_namespace, &call.datums).await {
+        if let Err(err) = publish::put_metric_data(&clients.cloudwatch, &settings.metric_namespace, &call.datums).await
+        {
             warn!(error = %err, events = call.events.len(), "PutMetricData failed; the events will be retried");
             for &index in &call.events {
                 unpublished[index] = true;
@@ -236,6 +245,33 @@ async fn process(messages: Vec<Message>, clients: &Clients, config: &Config, hol
         warn!(error = %err, "could not record events as counted");
     }
     failed
+}
+
+/// Claims each event in the ledger: the claimed ones, and the messages to redeliver (of
+/// events another invocation is counting, or whose claim failed).
+async fn claim_events<'e>(
+    ledger: &Ledger<'_>,
+    events: Vec<&'e JobStateChangeEvent>,
+    by_event: &Copies,
+) -> (Vec<&'e JobStateChangeEvent>, Vec<String>) {
+    let claims: Vec<Result<Claim, Error>> =
+        stream::iter(events.iter().map(|e| ledger.claim(&e.id))).buffered(CLAIM_CONCURRENCY).collect().await;
+    let (mut claimed, mut failed) = (Vec::new(), Vec::new());
+    for (event, claim) in events.into_iter().zip(claims) {
+        match claim {
+            Ok(Claim::Claimed) => claimed.push(event),
+            Ok(Claim::AlreadyDone) => info!(event_id = %event.id, "already counted; acknowledged"),
+            Ok(Claim::InFlight) => {
+                info!(event_id = %event.id, "being counted by another invocation; will retry");
+                failed.extend(by_event[&event.id].iter().cloned());
+            }
+            Err(err) => {
+                warn!(event_id = %event.id, error = %err, "could not claim the event");
+                failed.extend(by_event[&event.id].iter().cloned());
+            }
+        }
+    }
+    (claimed, failed)
 }
 
 /// The run and stage a job belongs to, from its tags.

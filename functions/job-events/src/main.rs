@@ -7,10 +7,10 @@ use lambda_runtime::{run, service_fn, Error, LambdaEvent};
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     batchline::telemetry::init();
-    let config = batchline::Config::from_env()?;
-    let clients = batchline_job_events::Clients::new(&batchline::aws::load_sdk_config().await, &config);
+    let settings = batchline::Settings::from_env()?;
+    let clients = batchline_job_events::Clients::new(&batchline::aws::load_sdk_config().await, &settings);
     run(service_fn(|event: LambdaEvent<batchline_job_events::Payload>| {
-        batchline_job_events::handle(event, &clients, &config)
+        batchline_job_events::handle(event, &clients, &settings)
     }))
     .await
 }

@@ -28,7 +28,7 @@ use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use batchline::model::run::RunInput;
 use batchline::store::Holder;
 use batchline::wiring::{invocation_holder, AwsPorts};
-use batchline::{Config, Error};
+use batchline::{Error, Settings};
 use lambda_runtime::LambdaEvent;
 use serde_json::{json, Value};
 use tracing::{info, warn};
@@ -45,9 +45,9 @@ pub struct Clients {
 }
 
 impl Clients {
-    pub fn new(sdk: &SdkConfig, config: &Config) -> Self {
+    pub fn new(sdk: &SdkConfig, settings: &Settings) -> Self {
         Clients {
-            ports: AwsPorts::new(sdk, config),
+            ports: AwsPorts::new(sdk, settings),
             region: sdk.region().map(|r| r.to_string()).unwrap_or_else(|| "us-east-1".into()),
         }
     }

@@ -7,7 +7,7 @@ use lambda_runtime::{run, service_fn, Error, LambdaEvent};
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     batchline::telemetry::init();
-    let config = batchline::Config::from_env()?;
-    let clients = batchline_submit::Clients::new(&batchline::aws::load_sdk_config().await, &config);
+    let settings = batchline::Settings::from_env()?;
+    let clients = batchline_submit::Clients::new(&batchline::aws::load_sdk_config().await, &settings);
     run(service_fn(|event: LambdaEvent<serde_json::Value>| batchline_submit::handle(event, &clients))).await
 }

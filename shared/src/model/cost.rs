@@ -22,10 +22,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::PriceOverrides;
 use crate::model::batch_event::JobDetail;
 use crate::model::fargate::Size;
 use crate::model::stack::{ComputeType, StackConfig};
+use crate::settings::PriceOverrides;
 
 /// USD per vCPU-hour and per GB-hour.
 #[derive(Debug, Clone, Copy, PartialEq)]

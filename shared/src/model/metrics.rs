@@ -303,8 +303,8 @@ pub fn plan_calls(events: &[EventMetrics]) -> Vec<PlannedCall> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::PriceOverrides;
     use crate::model::cost::{Clusters, Rates};
+    use crate::settings::PriceOverrides;
     use serde_json::json;
 
     /// The built-in rates, no cluster known (so on-demand).

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::RwLock;
 use tracing::warn;
 
-use crate::config::PriceOverrides;
 use crate::model::cost::Pricing;
 use crate::model::stack::StackConfig;
+use crate::settings::PriceOverrides;
 use crate::store::ConfigStore;
 use crate::Error;
 

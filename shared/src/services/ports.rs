@@ -1,7 +1,7 @@
 //! The services' ports: every trait through which they reach the world outside the table — Batch, the announcer of runs and metrics, the clock.
 //!
 //! The AWS adapters are in [`crate::adapters`], the in-memory Batch for tests in
-//! [`crate::services::memory_batch`] (the `testing` feature), the wiring of the real ones
+//! `services::memory_batch` (the `testing` feature), the wiring of the real ones
 //! in [`crate::wiring`]. The table's ports are the store's traits ([`crate::store`]).
 
 use async_trait::async_trait;

@@ -165,8 +165,8 @@ impl RunAnnouncer for Announced {
     }
 }
 
-const NO_PRICE_OVERRIDES: crate::config::PriceOverrides =
-    crate::config::PriceOverrides { vcpu_hour: None, gb_hour: None, spot_vcpu_hour: None, spot_gb_hour: None };
+const NO_PRICE_OVERRIDES: crate::settings::PriceOverrides =
+    crate::settings::PriceOverrides { vcpu_hour: None, gb_hour: None, spot_vcpu_hour: None, spot_gb_hour: None };
 
 struct World {
     store: Arc<MemoryStore>,

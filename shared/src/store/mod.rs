@@ -11,9 +11,9 @@
 //! | [`RunStore`] | `RUN#<id>` / `RUN`, `PIPELINE#<name>` / `RUN#<created>#<id>`, `OPEN` / `RUN#<created>#<id>`, `OPEN` / `SWEEP` | the run driver, the sweep, the API |
 //! | [`ConfigStore`] | `CONFIG` / `CURRENT` (with its owner) | bootstrap (writes), the configuration cache (reads) |
 //!
-//! Two implementations: [`DynamoStore`] (the table) and [`MemoryStore`] (for unit tests
+//! Two implementations: [`DynamoStore`] (the table) and `MemoryStore` (tests only, the `testing` feature; for unit tests
 //! that interleave handlers step by step). Both honour the same conditions, checked by
-//! one contract suite ([`contract`], run against each).
+//! one contract suite (`contract`, run against each).
 
 pub mod dynamo;
 pub mod keys;

@@ -25,9 +25,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::body::{read_body, with_value_problems, Number};
+use super::call::Call;
 use super::http::{iso, response, Answer, ApiError, HttpRequest, Problem, Served};
 use super::keys::{idempotency_key, request_key};
-use super::router::Call;
 use super::sizes::{beyond_capacity, requested_size};
 use crate::plan::{self, Source, OWN_TAGS};
 

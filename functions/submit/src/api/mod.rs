@@ -16,6 +16,7 @@
 //! | `GET /status` | [`status`] | 200 `{stack, queues, recentFailures, openRuns}`: what the stack is doing now |
 
 pub mod body;
+pub mod call;
 pub mod http;
 pub mod jobs;
 pub mod keys;
@@ -34,8 +35,8 @@ pub use http::{error_response, ApiError};
 pub use router::{route, ROUTES};
 
 use crate::Clients;
+use call::Call;
 use http::Served;
-use router::Call;
 
 /// Serves one HTTP request: a caller's mistake is answered (4xx, logged as refused), ours
 /// is the invocation's error (API Gateway answers 500, the log says why).

@@ -11,10 +11,10 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::body::{read_body, with_value_problems};
+use super::call::Call;
 use super::http::{only_size, response, Answer, ApiError, Problem};
 use super::jobs::overrides_refused;
 use super::keys::{idempotency_key, request_key};
-use super::router::Call;
 
 /// The body of `POST /pipelines/{name}/runs`: what the run passes to every stage.
 #[derive(Debug, Clone, Default, Deserialize)]

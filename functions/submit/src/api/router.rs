@@ -5,24 +5,11 @@
 //! A path's `{id}` or `{name}` is the route's parameter; an `{id}` longer than any run or
 //! job id is a 404 naming the limit, before anything is looked up.
 
-use batchline::model::stack::StackConfig;
-use batchline::store::Holder;
 use futures::future::BoxFuture;
 
-use super::http::{Answer, ApiError, HttpRequest};
+use super::call::Call;
+use super::http::{Answer, ApiError};
 use super::{jobs, pipelines, runs, status};
-use crate::Clients;
-
-/// What a handler is given.
-pub struct Call<'a> {
-    pub request: &'a HttpRequest,
-    /// The path's `{id}` or `{name}` (empty for a route without one).
-    pub param: String,
-    pub clients: &'a Clients,
-    /// The invocation serving the request.
-    pub holder: &'a Holder,
-    pub stack: &'a StackConfig,
-}
 
 pub type Handler = for<'a> fn(&'a Call<'a>) -> BoxFuture<'a, Answer>;
 

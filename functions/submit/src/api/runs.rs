@@ -13,10 +13,10 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::body::{read_body, with_value_problems, Number};
+use super::call::Call;
 use super::http::{iso, response, Answer, ApiError, Problem};
 use super::jobs::log_console_url;
 use super::keys::{idempotency_key, ApiKey};
-use super::router::Call;
 use super::sizes::{beyond_capacity, requested_size};
 
 /// `GET /runs/{id}`: 200 the run.

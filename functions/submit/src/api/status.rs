@@ -13,9 +13,9 @@ use batchline::store::RunStore;
 use batchline::Error;
 use serde_json::{json, Value};
 
+use super::call::Call;
 use super::http::{response, Answer};
 use super::jobs::line;
-use super::router::Call;
 
 /// The most jobs `GET /status` counts in one status of one queue (a page of 1,000 a call).
 pub const MAX_COUNTED: usize = 5_000;

@@ -11,11 +11,11 @@ use serde_json::json;
 
 use super::effects::{self, Context, Effect, JobRef};
 use super::{Run, RunInput, OUT_OF_MEMORY_REASON};
-use crate::config::PriceOverrides;
 use crate::model::batch_event::JobStateChangeEvent;
 use crate::model::cost::Pricing;
 use crate::model::fargate::{Quarters, Size};
 use crate::model::pipeline::{OnStageFailure, Pipeline, Stage, ON_FAILURE};
+use crate::settings::PriceOverrides;
 
 /// The time every GIVEN input happens at; a case's WHEN input happens at its `now`.
 const GIVEN_AT: i64 = 1_000;

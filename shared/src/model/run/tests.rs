@@ -59,7 +59,7 @@ fn submit_all(run: &mut Run) -> Vec<String> {
 
 #[test]
 fn a_budget_plans_with_the_stages_past_attempts_and_never_stops_the_failure_stage() {
-    let pricing = Pricing::on_demand(&crate::config::PriceOverrides::default());
+    let pricing = Pricing::on_demand(&crate::settings::PriceOverrides::default());
     let mut pipeline = diamond();
     pipeline.max_run_cost_usd = Some(0.004);
     let mut run = Run::start("r9".into(), &pipeline, "api", RunInput::default(), 0);
@@ -235,7 +235,7 @@ fn another_failure_fails_the_run_at_once_and_cancel_stops_what_runs() {
         (run.stages["c"].status, run.stages["c"].attempts[0].status),
         (StageStatus::Cancelled, StageStatus::Cancelled)
     );
-    let pricing = Pricing::on_demand(&crate::config::PriceOverrides::default());
+    let pricing = Pricing::on_demand(&crate::settings::PriceOverrides::default());
     assert!(run.cost(&pricing).stages["c"].usd > 0.0, "the cancelled job's billed time is counted");
     assert!(run.ready_to_announce());
     let mut ended = Run::start("r6".into(), &diamond(), "api", RunInput::default(), 0);

@@ -21,7 +21,6 @@ use std::collections::BTreeMap;
 
 use tracing::{info, warn};
 
-use crate::config::PriceOverrides;
 use crate::model::batch_event::JobStateChangeEvent;
 use crate::model::fargate::Size;
 use crate::model::run::{
@@ -30,6 +29,7 @@ use crate::model::run::{
 };
 use crate::services::config_cache::ConfigCache;
 use crate::services::ports::{BatchPort, Clock, RunAnnouncer};
+use crate::settings::PriceOverrides;
 use crate::store::{ClaimStore, Holder, RunStore, VersionedRun};
 use crate::Error;
 

@@ -1,4 +1,4 @@
-//! Function configuration read from the environment variables the design fixes.
+//! A function's settings, read from the environment variables the design fixes (the stack configuration is another thing: the document bootstrap publishes, [`crate::model::stack::StackConfig`]).
 //!
 //! | variable | meaning |
 //! |---|---|
@@ -31,7 +31,7 @@ pub const ALL_VARS: [&str; 6] = [
 pub const DEFAULT_METRIC_NAMESPACE: &str = "Batchline";
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct Config {
+pub struct Settings {
     /// The DynamoDB table holding configuration, claims, event marks and runs.
     pub table_name: String,
     /// The CloudWatch namespace of every custom metric.
@@ -52,25 +52,25 @@ pub struct PriceOverrides {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ConfigError {
+pub enum SettingsError {
     #[error("environment variable {name} is not set")]
     Missing { name: &'static str },
     #[error("environment variable {name}={value:?} is invalid: {reason}")]
     Malformed { name: &'static str, value: String, reason: String },
 }
 
-impl Config {
+impl Settings {
     /// Reads the configuration from the process environment.
-    pub fn from_env() -> Result<Self, ConfigError> {
+    pub fn from_env() -> Result<Self, SettingsError> {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
 
     /// Reads the configuration through `lookup`, so tests need not touch the process
     /// environment (which is shared by tests running in parallel).
-    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, SettingsError> {
         let table_name = lookup(TABLE_VAR)
             .filter(|value| !value.trim().is_empty())
-            .ok_or(ConfigError::Missing { name: TABLE_VAR })?;
+            .ok_or(SettingsError::Missing { name: TABLE_VAR })?;
         let metric_namespace = match lookup(METRIC_NAMESPACE_VAR) {
             None => DEFAULT_METRIC_NAMESPACE.to_owned(),
             Some(value) => validate_namespace(value)?,
@@ -81,13 +81,13 @@ impl Config {
             spot_vcpu_hour: parse_price(PRICE_SPOT_VCPU_HOUR_VAR, lookup(PRICE_SPOT_VCPU_HOUR_VAR))?,
             spot_gb_hour: parse_price(PRICE_SPOT_GB_HOUR_VAR, lookup(PRICE_SPOT_GB_HOUR_VAR))?,
         };
-        Ok(Config { table_name, metric_namespace, price_overrides })
+        Ok(Settings { table_name, metric_namespace, price_overrides })
     }
 }
 
 /// CloudWatch namespaces: 1–255 characters, and `AWS/` is reserved for AWS's own.
-fn validate_namespace(value: String) -> Result<String, ConfigError> {
-    let malformed = |reason: &str| ConfigError::Malformed {
+fn validate_namespace(value: String) -> Result<String, SettingsError> {
+    let malformed = |reason: &str| SettingsError::Malformed {
         name: METRIC_NAMESPACE_VAR,
         value: value.clone(),
         reason: reason.to_owned(),
@@ -106,11 +106,11 @@ fn validate_namespace(value: String) -> Result<String, ConfigError> {
 }
 
 /// Empty means unset: the template passes an empty parameter when no override is wanted.
-fn parse_price(name: &'static str, value: Option<String>) -> Result<Option<f64>, ConfigError> {
+fn parse_price(name: &'static str, value: Option<String>) -> Result<Option<f64>, SettingsError> {
     let Some(value) = value.filter(|v| !v.trim().is_empty()) else { return Ok(None) };
     match value.trim().parse::<f64>() {
         Ok(price) if price.is_finite() && price >= 0.0 => Ok(Some(price)),
-        _ => Err(ConfigError::Malformed {
+        _ => Err(SettingsError::Malformed {
             name,
             value,
             reason: "expected a non-negative number of US dollars".to_owned(),
@@ -130,46 +130,46 @@ mod tests {
 
     #[test]
     fn reads_the_table_and_defaults_the_namespace() {
-        let config = Config::from_lookup(lookup(&[(TABLE_VAR, "batchline")])).unwrap();
-        assert_eq!(config.table_name, "batchline");
-        assert_eq!(config.metric_namespace, "Batchline");
-        assert_eq!(config.price_overrides, PriceOverrides::default());
+        let settings = Settings::from_lookup(lookup(&[(TABLE_VAR, "batchline")])).unwrap();
+        assert_eq!(settings.table_name, "batchline");
+        assert_eq!(settings.metric_namespace, "Batchline");
+        assert_eq!(settings.price_overrides, PriceOverrides::default());
     }
 
     #[test]
     fn a_missing_table_is_an_error_naming_the_variable() {
-        let err = Config::from_lookup(lookup(&[])).unwrap_err();
-        assert_eq!(err, ConfigError::Missing { name: TABLE_VAR });
+        let err = Settings::from_lookup(lookup(&[])).unwrap_err();
+        assert_eq!(err, SettingsError::Missing { name: TABLE_VAR });
         assert!(err.to_string().contains("BATCHLINE_TABLE"));
     }
 
     #[test]
     fn price_overrides_are_parsed_and_malformed_ones_named() {
-        let config = Config::from_lookup(lookup(&[
+        let settings = Settings::from_lookup(lookup(&[
             (TABLE_VAR, "t"),
             (PRICE_VCPU_HOUR_VAR, "0.04048"),
             (PRICE_GB_HOUR_VAR, "0.004445"),
         ]))
         .unwrap();
-        assert_eq!(config.price_overrides.vcpu_hour, Some(0.04048));
-        assert_eq!(config.price_overrides.gb_hour, Some(0.004445));
+        assert_eq!(settings.price_overrides.vcpu_hour, Some(0.04048));
+        assert_eq!(settings.price_overrides.gb_hour, Some(0.004445));
 
-        let err = Config::from_lookup(lookup(&[(TABLE_VAR, "t"), (PRICE_GB_HOUR_VAR, "cheap")])).unwrap_err();
+        let err = Settings::from_lookup(lookup(&[(TABLE_VAR, "t"), (PRICE_GB_HOUR_VAR, "cheap")])).unwrap_err();
         assert!(err.to_string().contains("BATCHLINE_PRICE_GB_HOUR"), "{err}");
-        let unset = Config::from_lookup(lookup(&[(TABLE_VAR, "t"), (PRICE_VCPU_HOUR_VAR, "")])).unwrap();
+        let unset = Settings::from_lookup(lookup(&[(TABLE_VAR, "t"), (PRICE_VCPU_HOUR_VAR, "")])).unwrap();
         assert_eq!(unset.price_overrides.vcpu_hour, None, "empty is unset");
-        let err = Config::from_lookup(lookup(&[(TABLE_VAR, "t"), (PRICE_VCPU_HOUR_VAR, "-1")])).unwrap_err();
+        let err = Settings::from_lookup(lookup(&[(TABLE_VAR, "t"), (PRICE_VCPU_HOUR_VAR, "-1")])).unwrap_err();
         assert!(err.to_string().contains("BATCHLINE_PRICE_VCPU_HOUR"), "{err}");
     }
 
     #[test]
     fn reserved_or_malformed_namespaces_are_refused() {
         for bad in ["", "AWS/Batch", "bad*name"] {
-            let err = Config::from_lookup(lookup(&[(TABLE_VAR, "t"), (METRIC_NAMESPACE_VAR, bad)])).unwrap_err();
+            let err = Settings::from_lookup(lookup(&[(TABLE_VAR, "t"), (METRIC_NAMESPACE_VAR, bad)])).unwrap_err();
             assert!(err.to_string().contains(METRIC_NAMESPACE_VAR), "{bad}: {err}");
         }
         let config =
-            Config::from_lookup(lookup(&[(TABLE_VAR, "t"), (METRIC_NAMESPACE_VAR, "Team/Batchline")])).unwrap();
+            Settings::from_lookup(lookup(&[(TABLE_VAR, "t"), (METRIC_NAMESPACE_VAR, "Team/Batchline")])).unwrap();
         assert_eq!(config.metric_namespace, "Team/Batchline");
     }
 }
