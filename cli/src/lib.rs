@@ -57,7 +57,9 @@ pub enum Command {
     Runs(RunsCommand),
     /// Print a job's log (every attempt's), optionally following it until the job ends.
     Logs {
+        /// The job's id.
         job_id: String,
+        /// Go on printing until the job has ended.
         #[arg(long, short)]
         follow: bool,
     },
@@ -75,9 +77,11 @@ pub struct SubmitArgs {
     /// An environment variable: K=V (repeatable).
     #[arg(long = "env", value_name = "K=V")]
     pub env: Vec<String>,
+    /// vCPUs: with --memory a valid Fargate pair; alone, the job definition's memory is kept
+    /// and the size snapped up to a valid one.
     #[arg(long)]
     pub vcpu: Option<String>,
-    /// MiB.
+    /// Memory in MiB, paired as for --vcpu.
     #[arg(long)]
     pub memory: Option<String>,
     /// Wait until the job ends; the exit status says how.
@@ -89,25 +93,33 @@ pub struct SubmitArgs {
 pub enum JobsCommand {
     /// The stack's jobs of the last 24 hours (or in one status), a page at a time.
     List {
+        /// Only the jobs in this Batch status (RUNNING, FAILED, ...).
         #[arg(long)]
         status: Option<String>,
         /// Where to go on from: the cursor a previous page printed.
         #[arg(long)]
         next: Option<String>,
     },
+    /// One job: its status, size, attempts, exit code, logs and cost.
     Show {
+        /// The job's id.
         job_id: String,
     },
+    /// Stop one job (a pipeline stage's job is stopped by cancelling its run).
     Cancel {
+        /// The job's id.
         job_id: String,
     },
 }
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
+    /// The pipeline's name.
     pub pipeline: String,
+    /// A parameter of the run: k=v (repeatable).
     #[arg(long = "param", value_name = "K=V")]
     pub params: Vec<String>,
+    /// An environment variable for the run's jobs: K=V (repeatable).
     #[arg(long = "env", value_name = "K=V")]
     pub env: Vec<String>,
     /// Watch the run until it ends; the exit status says how.
@@ -117,24 +129,33 @@ pub struct RunArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum RunsCommand {
+    /// Recent runs, newest first (every pipeline's, or one's).
     List {
+        /// Only this pipeline's runs.
         #[arg(long)]
         pipeline: Option<String>,
+        /// At most this many runs.
         #[arg(long, default_value_t = 20)]
         limit: u32,
     },
+    /// One run: its stages as a tree with status, size, attempts, duration and cost.
     Show {
+        /// The run's id.
         run_id: String,
     },
     /// Redraw the run until it ends (polling its record, never Batch).
     Watch {
+        /// The run's id.
         run_id: String,
     },
+    /// Cancel a run: stop every job it started that is still going.
     Cancel {
+        /// The run's id.
         run_id: String,
     },
     /// Rerun a FAILED or CANCELLED run's failed, skipped and cancelled stages.
     Redrive {
+        /// The run's id.
         run_id: String,
     },
 }

@@ -1,4 +1,4 @@
-//! The sample events in `events/`, each sent the way `scripts/invoke` sends it to its function on the local stack; and README's "Write your own job" followed to the letter.
+//! The sample events in `events/`, each sent the way `scripts/invoke` sends it to its function on the local stack; and the book's "Write your own job" followed to the letter.
 
 use batchline_demo::local_stack::LocalStack;
 use batchline_testkit::emulator::{repo_root, unique_name};
@@ -85,12 +85,9 @@ async fn every_sample_event_is_handled_by_its_function_on_the_local_stack() {
     assert_eq!(seen, 8, "every sample was sent");
 }
 
-/// The README's section "Write your own job", from its heading to the next one.
+/// The book's guide page "Write your own job".
 fn guide() -> String {
-    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
-    let start = readme.find("## Write your own job").expect("the guide is in the README");
-    let end = readme[start + 3..].find("\n## ").map_or(readme.len(), |i| start + 3 + i);
-    readme[start..end].to_owned()
+    std::fs::read_to_string(repo_root().join("docs/src/guide/your-first-job.md")).expect("the guide is in the book")
 }
 
 /// The first fenced block of `language` after `marker` in `text`.

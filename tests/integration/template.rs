@@ -415,6 +415,61 @@ fn the_templates_api_routes_are_the_routers() {
     }
 }
 
+/// The routes the HTTP API reference documents: each `METHOD /path` in code in the first
+/// column of its request table (several to a cell, any query string dropped). Panics on a
+/// row that documents none, so a malformed route cannot slip out of the comparison.
+fn documented_routes(page: &str) -> BTreeSet<(String, String)> {
+    const METHODS: [&str; 7] = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
+    let first_cell = |row: &str| row.trim_start_matches('|').split('|').next().unwrap_or_default().trim().to_owned();
+    let is_separator = |row: &str| row.chars().all(|c| "|-: ".contains(c));
+    let rows: Vec<&str> = page.lines().map(str::trim).collect();
+    let mut routes = BTreeSet::new();
+    let mut in_request_table = false;
+    for (i, row) in rows.iter().enumerate() {
+        if !row.starts_with('|') {
+            in_request_table = false;
+        } else if rows.get(i + 1).is_some_and(|next| next.starts_with('|') && is_separator(next)) {
+            in_request_table = first_cell(row) == "request"; // a table's header
+        } else if in_request_table && !is_separator(row) {
+            let cell = first_cell(row);
+            let found: Vec<(String, String)> = (cell.split('`').skip(1).step_by(2))
+                .filter_map(|code| {
+                    let (method, path) = code.split_once(' ')?;
+                    let path = path.split('?').next().unwrap_or_default();
+                    (METHODS.contains(&method) && path.starts_with('/') && !path.contains(' '))
+                        .then(|| (method.to_owned(), path.to_owned()))
+                })
+                .collect();
+            assert!(!found.is_empty(), "the HTTP API reference's row {cell:?} documents no `METHOD /path`");
+            routes.extend(found);
+        }
+    }
+    routes
+}
+
+#[test]
+fn the_http_api_reference_documents_exactly_the_routers_routes() {
+    let page_path = "docs/src/reference/http-api.md";
+    let page = std::fs::read_to_string(batchline_testkit::emulator::repo_root().join(page_path))
+        .unwrap_or_else(|e| panic!("reading {page_path}: {e}"));
+    let sample = "| request | answer |\n|---|---|\n| `GET /a?x=N&y=2`, `DELETE /a/{id}` `{\"body\"}` | `GET /not/a/request` |\n\n\
+                  | code | meaning |\n|---|---|\n| `GET /other` | another table |\n";
+    let pairs = |routes: &[(&str, &str)]| routes.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect();
+    assert_eq!(documented_routes(sample), pairs(&[("GET", "/a"), ("DELETE", "/a/{id}")]));
+    let documented = documented_routes(&page);
+    let routed: BTreeSet<(String, String)> =
+        batchline_submit::api::ROUTES.iter().map(|r| (r.method.to_string(), r.path.to_string())).collect();
+    let show = |routes: Vec<&(String, String)>| routes.iter().map(|(m, p)| format!("{m} {p}")).collect::<Vec<_>>();
+    let undocumented = show(routed.difference(&documented).collect());
+    let unrouted = show(documented.difference(&routed).collect());
+    assert!(
+        undocumented.is_empty() && unrouted.is_empty(),
+        "{page_path} and the router (batchline_submit::api::ROUTES) disagree: routed but not documented \
+         {undocumented:?}; documented but not routed {unrouted:?} (a path's parameters must be named as the \
+         router names them, e.g. {{id}})"
+    );
+}
+
 /// The Batch operations the shared Batch adapter calls, read from its source
 /// (`.submit_job()` → `batch:SubmitJob`).
 fn batch_operations_in_the_shared_adapter() -> BTreeSet<String> {

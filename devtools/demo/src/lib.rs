@@ -139,10 +139,10 @@ pub fn api_request(method: &str, path: &str, body: Option<&Value>) -> Value {
     })
 }
 
-/// The worked example job of README's "Write your own job".
+/// The worked example job of the book's "Write your own job" (docs/src/guide/your-first-job.md).
 pub const WORDCOUNT: &str = "wordcount";
 
-/// The example job's definition, exactly as the README's guide gives it: the object to
+/// The example job's definition, exactly as the book's guide gives it: the object to
 /// read arrives as the Batch parameters `inputBucket` and `inputKey`, which Batch puts in
 /// place of `Ref::inputBucket` and `Ref::inputKey` in the command.
 pub fn wordcount_definition() -> Value {
@@ -171,7 +171,7 @@ pub fn properties(prefix: &str, bucket: &str) -> Value {
         "Repository": {"DeleteOnStackDelete": "true"},
         "JobDefinitions": {
             "default": {"Vcpu": "0.25", "Memory": "512"},
-            // README, "Write your own job": its worked example, as the guide declares it.
+            // The book, "Write your own job": its worked example, as the guide declares it.
             WORDCOUNT: wordcount_definition()
         },
         "Pipelines": {PIPELINE: {"MaxResizes": "2", "Stages": {

@@ -49,7 +49,7 @@ async fn serve(port: u16) -> Result<(), String> {
         batchline_demo::PIPELINE
     );
     println!("  Batch is played: every job runs in no time and succeeds unless its parameters say otherwise");
-    println!("  (play=exit:N, play=oom, ...; see the README's Batch event player). Ctrl-C stops it.");
+    println!("  (play=exit:N, play=oom, ...; see the book's Batch event player page). Ctrl-C stops it.");
     std::future::pending::<()>().await;
     Ok(())
 }

@@ -2,7 +2,7 @@
 //!
 //! CloudWatch has no idempotency: a call whose reply is lost has counted its datums, and
 //! the events' redelivery counts them again. That is the one place Batchline's metrics are
-//! at-least-once (see the README's Guarantees). The SDK's own retries are off for this
+//! at-least-once (see the book's Guarantees, docs/src/explanations/guarantees.md). The SDK's own retries are off for this
 //! call so that they add no more: a failed call releases its events' claims and their
 //! messages are redelivered, which is the one retry.
 

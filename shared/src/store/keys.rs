@@ -11,7 +11,7 @@
 //! | a run not done with, on the open-run list | `OPEN` | `RUN#<created at, 13 digits>#<run id>` |
 //! | the sweep's cursor | `OPEN` | `SWEEP` |
 //!
-//! A new item kind is added here and in the README's table section, nowhere else.
+//! A new item kind is added here and in the book's table reference (docs/src/reference/table.md), nowhere else.
 
 use crate::model::job_request::digest;
 

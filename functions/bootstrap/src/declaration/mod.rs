@@ -1,64 +1,17 @@
 //! The stack configuration document: the bootstrap custom resource's properties, parsed, validated and resolved.
 //!
+//! Its keys, defaults and limits are documented once, in the stack configuration reference,
+//! `docs/src/reference/stack-configuration.md`, whose example uses every key and which
+//! `tests/reference.rs` holds to [`declare`]: it fails when the reference names a key
+//! bootstrap refuses or leaves out one it accepts. A new key is documented there.
+//!
 //! CloudFormation sends every property value as a string (numbers and booleans too) and
 //! always adds `ServiceToken` (and `ServiceTimeout` when set), so numbers and booleans are
 //! read from strings or native JSON alike, and lists from JSON lists or comma-separated
 //! strings. Unknown properties are refused with their path, so a typo fails `sam deploy`
-//! instead of being silently ignored. The schema, with defaults:
-//!
-//! ```yaml
-//! NamePrefix: batchline            # physical names are <NamePrefix>-<key>
-//! Network:                         # required
-//!   Subnets: [subnet-1, subnet-2]
-//!   SecurityGroups: [sg-1]
-//!   AssignPublicIp: "true"         # Fargate tasks in public subnets need it to pull images
-//! Roles:
-//!   ExecutionRoleName: <prefix>-execution
-//!   JobRoleName: <prefix>-job
-//!   InputBucket: ""                # the job role may read this bucket (s3:GetObject, s3:ListBucket)
-//!   RunDataPrefix: runs/           # with a bucket: stages may write under it (s3:PutObject), each
-//!                                  # told its run's folder (BATCHLINE_RUN_DATA); "" for none. No S3
-//!                                  # trigger on the bucket may overlap it (its writes would trigger).
-//! Repository:
-//!   Name: <prefix>-jobs
-//!   ScanOnPush: "true"
-//!   DeleteOnStackDelete: "false"   # kept by default: it holds your images
-//! ComputeEnvironments:             # default: {default: {Type: FARGATE, MaxVcpus: 256}}
-//!   default: {Type: FARGATE, MaxVcpus: "256"}
-//!   spot: {Type: FARGATE_SPOT, MaxVcpus: "256"}
-//! JobQueues:                       # default: {default: {Priority: 1, ComputeEnvironments: [default]}}
-//!   default:
-//!     Priority: "1"
-//!     ComputeEnvironments: [default]
-//!     StuckAfterSeconds: "1800"    # a job RUNNABLE longer is stuck: counted in StuckJobs (60 to 604800)
-//!     CancelStuckJobs: Never       # or Diagnosed (those that cannot start, see model::stuck) or Always
-//! JobDefinitions:                  # default: {default: the recipe's job}
-//!   default:
-//!     Image: public.ecr.aws/docker/library/python:3.12-alpine
-//!     Vcpu: "0.25"
-//!     Memory: "512"
-//!     Command: [python3, -c, "..."]
-//!     Environment: {NAME: value}
-//!     Secrets: {NAME: arn-of-secret-or-parameter}
-//!     Architecture: X86_64         # or ARM64
-//!     RetryAttempts: "3"           # Batch retries Spot interruption, host loss and image pulls
-//!     RetryOn: [{ExitCode: "3", Action: Retry}]   # or these exits instead (see the retries module)
-//!     MaxResizes: "0"              # single jobs killed for lack of memory: resubmissions one size up
-//!     TimeoutSeconds: "3600"
-//!     LogGroup: /aws/batch/job
-//!     Queue: default
-//! Pipelines: {...}                 # see the pipeline module
-//! Triggers:
-//!   S3:
-//!     <rule>: {Bucket: name, Prefix: "in/", Suffix: ".csv", JobDefinition: default | Pipeline: name,
-//!              MemoryPerInputByte: "4", Parameters: {..}}
-//!   Schedules:
-//!     <rule name>: {JobDefinition: default | Pipeline: name, Parameters: {..}}
-//!     <label>: {Rule: <rule name>, JobDefinition: default}   # when the name is computed
-//! ```
-//!
-//! Keys (`default`, `spot`, ...) are 1–40 letters, digits, `-` or `_`; stages and triggers
-//! name queues and job definitions by key.
+//! instead of being silently ignored. Each section has its module, which fills in its
+//! defaults and returns every problem it finds with its path; entries are named by their
+//! keys, by which stages and triggers name queues and job definitions.
 
 use std::collections::BTreeMap;
 

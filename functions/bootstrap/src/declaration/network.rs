@@ -9,7 +9,7 @@ use super::document::NetworkDoc;
 pub(super) fn resolve_network(doc: Option<&NetworkDoc>, problems: &mut Vec<String>) -> Network {
     let Some(n) = doc else {
         problems.push(
-            "Network is required: give Subnets and SecurityGroups (the README shows how to find the default VPC's)"
+            "Network is required: give Subnets and SecurityGroups (the book's Deploy to AWS page shows how to find the default VPC's)"
                 .into(),
         );
         return Network { subnets: vec![], security_groups: vec![], assign_public_ip: true };

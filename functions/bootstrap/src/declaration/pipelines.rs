@@ -1,30 +1,13 @@
 //! The `Pipelines` section of the stack configuration: parsed, validated against the job definitions and queues, resolved.
 //!
-//! ```yaml
-//! Pipelines:
-//!   orders:
-//!     MaxResizes: "2"                  # out-of-memory resubmissions per stage (default 2)
-//!     Stages:
-//!       extract:   {JobDefinition: default}
-//!       transform: {JobDefinition: default, After: [extract], Memory: "1024"}
-//!       validate:  {JobDefinition: default, After: extract}
-//!       report:    {JobDefinition: report, After: [transform, validate], Parameters: {format: pdf}}
-//!     OnFailure:   {JobDefinition: default, Parameters: {action: cleanup}}
-//!     OnStageFailure: Terminate        # a stage failed for good: stop the run's other jobs
-//!                                      # (default), or Finish: let them end on their own
-//!     MaxRunSeconds: "7200"            # past it the run fails and its jobs are stopped
-//!     MaxRunCostUsd: "25"              # a submission or resize that would pass it fails the run
-//! ```
+//! Its keys (a pipeline's and a stage's), defaults and limits are in the stack
+//! configuration reference, `docs/src/reference/stack-configuration.md`.
 //!
-//! A stage may also say `TimeoutSeconds` (Batch's attempt timeout for its jobs, 60 or more),
-//! `ExpectedSeconds` (how long its job usually runs: what the budget plans with),
-//! and `RetryAttempts` / `RetryOn` (see the retries module) instead of its job definition's.
-//!
-//! Each stage names a job definition by key and optionally a size (`Vcpu`/`Memory`, a
-//! valid Fargate pair), parameters, a queue (by key) and the stages it runs `After`
-//! (at most 20). Validation refuses unknown job definitions and queues, unknown upstream
-//! stages, cycles, invalid sizes and pipelines without a first stage, so a bad pipeline
-//! fails `sam deploy` rather than a run.
+//! Each stage names a job definition and a queue (its definition's unless it names one) by
+//! key; what a stage does not declare (size, timeout, retries) is its job definition's.
+//! Validation refuses unknown job definitions and queues, unknown upstream stages, cycles,
+//! invalid sizes and pipelines without a first stage, so a bad pipeline fails `sam deploy`
+//! rather than a run.
 
 use std::collections::{BTreeMap, BTreeSet};
 

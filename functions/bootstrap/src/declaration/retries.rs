@@ -1,19 +1,10 @@
 //! `RetryOn`: which exits Batch retries, declared per job definition or per stage, checked against what Batch takes.
 //!
-//! ```yaml
-//! RetryAttempts: "3"
-//! RetryOn:                                   # at most 3 rules, tried in order
-//!   - {ExitCode: "3", Action: Retry}         # exit code 3 is worth another attempt
-//!   - {StatusReason: "Task failed to start*", Action: Retry}
-//!   - {Reason: "CannotPullContainerError*", Action: Retry}
-//! ```
-//!
-//! A rule names at least one of `ExitCode` (digits, optionally ending in `*`),
-//! `StatusReason` and `Reason` (letters, digits, `.`, `:` and spaces, optionally ending in
-//! `*`), and an `Action`, `Retry` or `Exit`. Batchline adds an out-of-memory `Exit` before
-//! them and a catch-all `Exit` after (see `batchline::model::retry`), so an exit no rule
-//! names is not retried; without `RetryOn`, a reclaimed Spot task, a lost host and a
-//! failed image pull are.
+//! A rule's keys and the patterns they take are in the stack configuration reference,
+//! `docs/src/reference/stack-configuration.md`. Batchline adds an out-of-memory `Exit`
+//! before the rules and a catch-all `Exit` after (see `batchline::model::retry`), so an
+//! exit no rule names is not retried; without `RetryOn`, a reclaimed Spot task, a lost host
+//! and a failed image pull are.
 
 use batchline::model::retry::{valid_exit_code_pattern, valid_reason_pattern, RetryAction, RetryRule, MAX_USER_RULES};
 use serde::Deserialize;

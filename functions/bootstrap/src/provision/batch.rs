@@ -201,7 +201,7 @@ async fn describe_job_queue(
 /// Batch's own limit on a blocked job at the head of the queue, for a queue that cancels
 /// stuck jobs: the misconfigurations Batch names (and, for `Always`, a lack of capacity)
 /// cancel such a job after the queue's `StuckAfterSeconds`. Batch takes 600 to 86,400 s;
-/// outside that the sweep's watch acts alone (see the README, "Stuck jobs").
+/// outside that the sweep's watch acts alone (see the book, docs/src/operations/stuck-jobs.md).
 pub(crate) fn time_limit_actions(queue: &JobQueue) -> Vec<JobStateTimeLimitAction> {
     if !(600..=86_400).contains(&queue.stuck_after_seconds) {
         return vec![];
