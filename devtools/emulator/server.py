@@ -48,6 +48,9 @@ queues from then on wait in RUNNABLE until they are played and settled (or stopp
 of moto's immediate SUCCEEDED: what the long-running local stack uses, so a client polling a
 job sees it wait, then end as played.
 
+IAM, for tests: calls signed ``iam.<principal>.<stack>`` are evaluated against the
+template's policies for that stack and refused as AWS would (``devtools/iam/enforce.py``).
+
 Fault injection, for tests, switchable at run time and scoped so that tests sharing the
 emulator are not affected. ``POST /_batchline/faults/SCOPE`` with
 ``{"seed": N, "rules": {"dynamodb:PutItem": {"fail": 0.2, "lose": 0.1}, ...}}`` turns
@@ -78,8 +81,10 @@ import logging
 import os
 import re
 import signal
+import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
 # Read by moto when it builds the IAM backend: AWS managed policies such as
@@ -691,7 +696,11 @@ def main() -> None:
     exact_dimension_statistics()
     transformed_event_time_as_text()
 
-    app = Faults(Adapter(DomainDispatcherApplication(create_backend_app)))
+    # IAM for the functions' principals (devtools/iam): after the faults, in front of the adapter.
+    sys.path.append(str(Path(__file__).resolve().parent.parent / "iam"))
+    from enforce import IamEnforcement
+
+    app = Faults(IamEnforcement(Adapter(DomainDispatcherApplication(create_backend_app)), respond, read_body))
     server = make_server(args.host, args.port, app, threaded=True, request_handler=MotoRequestHandler)
     endpoint = f"http://{args.host}:{server.server_address[1]}"
     if args.endpoint_file:

@@ -31,6 +31,7 @@ use aws_sdk_cloudwatch::primitives::DateTime;
 use aws_sdk_cloudwatch::types::Statistic;
 use aws_sdk_dynamodb::types::AttributeValue;
 use batchline::store::keys;
+use batchline_testkit::emulator::{signing_as, Principal};
 use batchline_testkit::faults::{FaultScope, Rates};
 use batchline_testkit::player::{event_id, sqs_record, Delivery, Player};
 use serde_json::{json, Value};
@@ -352,8 +353,11 @@ async fn chaos(seed: u64) {
     let mut chaos = Chaos {
         seed,
         random: fastrand::Rng::with_seed(seed),
-        submit: batchline_submit::Clients::new(&faulty, &env.settings),
-        job_events: batchline_job_events::Clients::new(&faulty, &env.settings),
+        submit: batchline_submit::Clients::new(&signing_as(&faulty, Principal::Submit, &env.name), &env.settings),
+        job_events: batchline_job_events::Clients::new(
+            &signing_as(&faulty, Principal::JobEvents, &env.name),
+            &env.settings,
+        ),
         player: Player::new(&env.sdk),
         objects,
         messages: Vec::new(),

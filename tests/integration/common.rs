@@ -2,7 +2,9 @@
 
 use batchline::model::stack::StackConfig;
 use batchline::store::{ConfigStore, DynamoStore};
-use batchline_testkit::emulator::{default_network, sdk_config, test_settings, unique_name};
+use batchline_testkit::emulator::{
+    default_network, register_iam_stack, sdk_config, signing_as, test_settings, unique_name, Principal,
+};
 use batchline_testkit::invocation;
 use batchline_testkit::player::event_id;
 use batchline_testkit::response_server::ResponseServer;
@@ -17,6 +19,9 @@ pub struct Deployed {
     pub stack: StackConfig,
     /// The properties bootstrap was last given.
     pub properties: Value,
+    /// The stack's name (its `NamePrefix`, as the template sets it): the emulator evaluates
+    /// the functions' calls against the template's policies for it.
+    pub name: String,
 }
 
 /// Sends `request` (RequestType and properties) to bootstrap as CloudFormation would,
@@ -41,21 +46,40 @@ async fn bootstrap(sdk: &aws_config::SdkConfig, config: &batchline::Settings, mu
 
 impl Deployed {
     pub async fn new(test: &str, extra: Value) -> Deployed {
+        Deployed::with_template(test, extra, None).await
+    }
+
+    /// [`Deployed::new`], its functions held to the policies of `template` (a fixture)
+    /// rather than `template.yaml`'s.
+    pub async fn with_template(test: &str, extra: Value, template: Option<&std::path::Path>) -> Deployed {
         let sdk = sdk_config().await;
         let settings = test_settings(test);
         create_table(&sdk, &settings.table_name).await.unwrap();
         let network = default_network();
+        let name = unique_name(&test.chars().take(12).collect::<String>());
         let mut properties = json!({
             "ServiceToken": "arn:aws:lambda:us-east-1:123456789012:function:batchline-bootstrap",
-            "NamePrefix": unique_name(&test.chars().take(12).collect::<String>()),
+            "NamePrefix": name,
             "Network": {"Subnets": network.subnets, "SecurityGroups": network.security_groups},
         });
         for (key, value) in extra.as_object().expect("extra properties are an object") {
             properties[key] = value.clone();
         }
+        // As the template gives it: bootstrap's roles are created under the stack's RoleBoundary.
+        let boundary = format!("arn:aws:iam::123456789012:policy/{name}-RoleBoundary");
+        if properties["Roles"].get("PermissionsBoundary").is_none() {
+            properties["Roles"]["PermissionsBoundary"] = json!(boundary);
+        }
+        register(&name, &settings, &properties, template);
         let request = json!({"RequestType": "Create", "ResourceProperties": properties});
-        let stack = bootstrap(&sdk, &settings, request).await;
-        Deployed { sdk, settings, stack, properties }
+        let stack = bootstrap(&signing_as(&sdk, Principal::Bootstrap, &name), &settings, request).await;
+        Deployed { sdk, settings, stack, properties, name }
+    }
+
+    /// The SDK configuration `principal` of this stack signs with: what it may do is what
+    /// the template's policies allow it.
+    pub fn sdk_as(&self, principal: Principal) -> aws_config::SdkConfig {
+        signing_as(&self.sdk, principal, &self.name)
     }
 
     /// A redeploy: bootstrap's Update with `extra` merged over the current properties.
@@ -67,8 +91,23 @@ impl Deployed {
         let physical_id = format!("{}-environment", self.stack.name_prefix);
         let request = json!({"RequestType": "Update", "PhysicalResourceId": physical_id,
                              "ResourceProperties": properties, "OldResourceProperties": self.properties});
-        self.stack = bootstrap(&self.sdk, &self.settings, request).await;
+        self.stack = bootstrap(&self.sdk_as(Principal::Bootstrap), &self.settings, request).await;
         self.properties = properties;
+    }
+
+    /// bootstrap's Delete, as CloudFormation sends it when the stack is deleted; its answer.
+    pub async fn delete(&self) -> Value {
+        let server = ResponseServer::start(0).await.unwrap();
+        let physical_id = format!("{}-environment", self.stack.name_prefix);
+        let request = json!({
+            "RequestType": "Delete", "ResponseURL": server.url, "PhysicalResourceId": physical_id,
+            "ResourceProperties": self.properties,
+            "StackId": "arn:aws:cloudformation:us-east-1:123456789012:stack/test/1", "RequestId": event_id(),
+            "ResourceType": "Custom::BatchlineEnvironment", "LogicalResourceId": "Environment",
+        });
+        let clients = batchline_bootstrap::Clients::new(&self.sdk_as(Principal::Bootstrap));
+        batchline_bootstrap::handle(invocation(request), &clients, &self.settings).await.unwrap();
+        server.accepted_answers().pop().expect("bootstrap answered")
     }
 
     pub fn queue_arn(&self, key: &str) -> String {
@@ -111,4 +150,60 @@ pub fn job_events_invocation(
 ) -> lambda_runtime::LambdaEvent<batchline_job_events::Payload> {
     let payload = batchline_job_events::Payload::from_value(event.payload).expect("every JSON value is a payload");
     lambda_runtime::LambdaEvent::new(payload, event.context)
+}
+
+/// Registers the stack `name` with the emulator's IAM evaluation: the template's policies
+/// (`template.yaml`'s, or a fixture's), resolved with this test's table, metric namespace,
+/// input bucket and network.
+pub fn register(name: &str, settings: &batchline::Settings, properties: &Value, template: Option<&std::path::Path>) {
+    register_expecting(name, settings, properties, template, false)
+}
+
+/// [`register`], for a stack whose calls are meant to be denied.
+pub fn register_expecting(
+    name: &str,
+    settings: &batchline::Settings,
+    properties: &Value,
+    template: Option<&std::path::Path>,
+    expect_denials: bool,
+) {
+    let table = &settings.table_name;
+    let mut physical = json!({
+        "Table": table,
+        "Table.Arn": format!("arn:aws:dynamodb:us-east-1:123456789012:table/{table}"),
+    });
+    if let Some(bucket) = properties["Roles"]["InputBucket"].as_str().filter(|b| !b.is_empty()) {
+        physical["InputBucket"] = json!(bucket);
+    }
+    if let Some(role) = properties["Roles"]["JobRoleName"].as_str() {
+        physical["JobRoleName"] = json!(role);
+    }
+    let network = default_network();
+    let stack = json!({
+        "name": name,
+        "parameters": {"SubnetIds": network.subnets, "SecurityGroupIds": network.security_groups,
+                       "MetricNamespace": settings.metric_namespace},
+        "physical": physical,
+    });
+    register_iam_stack(&stack, template, expect_denials)
+        .unwrap_or_else(|why| panic!("registering {name} for IAM evaluation: {why}"));
+}
+
+/// `template.yaml` with `from` replaced by `to` (which must occur once), written under
+/// `target/iam-fixtures/`: a template with one mistake in its policies, to show the IAM
+/// evaluation refuses what it no longer allows.
+pub fn fixture_template(name: &str, from: &str, to: &str) -> std::path::PathBuf {
+    let root = batchline_testkit::emulator::repo_root();
+    let template = std::fs::read_to_string(root.join("template.yaml")).unwrap();
+    assert_eq!(template.matches(from).count(), 1, "{from:?} occurs once in template.yaml");
+    let dir = root.join("target/iam-fixtures");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{name}.yaml"));
+    std::fs::write(&path, template.replace(from, to)).unwrap();
+    path
+}
+
+/// The requests the emulator's IAM evaluation denied to the stack `name`.
+pub fn denials_of(name: &str) -> Vec<Value> {
+    batchline_testkit::emulator::iam_denials().into_iter().filter(|d| d["stack"] == name).collect()
 }

@@ -10,7 +10,7 @@ use batchline::Settings;
 use batchline_job_events::{handle, Clients};
 use batchline_testkit::batch_env::BatchEnvironment;
 use batchline_testkit::calls::{CallLog, FailOperation, LoseResponse};
-use batchline_testkit::emulator::{sdk_config, test_settings};
+use batchline_testkit::emulator::{sdk_config, signing_as, test_settings, unique_name, Principal};
 use batchline_testkit::player::{sqs_record, Delivery, Player, Script};
 use batchline_testkit::table::create_table;
 use serde_json::{json, Value};
@@ -36,13 +36,19 @@ const FIXTURES: [(&str, &str); 11] = [
     ("array-child-succeeded", include_str!("../fixtures/batch/array-child-succeeded.json")),
 ];
 
-/// A config of the test's own (table, namespace), its table created, and clients.
-async fn setup(test: &str) -> (Settings, Clients, aws_config::SdkConfig) {
+/// A config of the test's own (table, namespace), its table created, job-events' clients
+/// (signing as its role, evaluated against the template's policies), the test's own SDK
+/// configuration and the one job-events signs with.
+async fn setup(test: &str) -> (Settings, Clients, aws_config::SdkConfig, aws_config::SdkConfig) {
     let sdk = sdk_config().await;
     let settings = test_settings(test);
     create_table(&sdk, &settings.table_name).await.unwrap();
-    let clients = Clients::new(&sdk, &settings);
-    (settings, clients, sdk)
+    // A stack of the test's own, its calls evaluated against job-events' policies.
+    let name = unique_name(&test.chars().take(12).collect::<String>());
+    crate::common::register(&name, &settings, &serde_json::json!({}), None);
+    let signed = signing_as(&sdk, Principal::JobEvents, &name);
+    let clients = Clients::new(&signed, &settings);
+    (settings, clients, sdk, signed)
 }
 
 fn sqs_batch(events: &[Value]) -> Value {
@@ -65,9 +71,16 @@ fn failures(answer: &Value) -> Vec<String> {
 
 type Dims = Vec<(String, String)>;
 
+/// `cloudwatch` as the test itself reads with: job-events' own role may publish metrics,
+/// not read them.
+fn reader(cloudwatch: &aws_sdk_cloudwatch::Client) -> aws_sdk_cloudwatch::Client {
+    let credentials = aws_sdk_cloudwatch::config::Credentials::new("testing", "testing", None, None, "test");
+    aws_sdk_cloudwatch::Client::from_conf(cloudwatch.config().to_builder().credentials_provider(credentials).build())
+}
+
 /// Every (metric, exact dimension set) in the namespace, from ListMetrics.
 async fn listed(cloudwatch: &aws_sdk_cloudwatch::Client, namespace: &str) -> BTreeSet<(String, Dims)> {
-    let reply = cloudwatch.list_metrics().namespace(namespace).send().await.unwrap();
+    let reply = reader(cloudwatch).list_metrics().namespace(namespace).send().await.unwrap();
     reply
         .metrics()
         .iter()
@@ -88,7 +101,7 @@ async fn stats(
     dims: &[(&str, &str)],
 ) -> (f64, f64) {
     let now = SystemTime::now();
-    let reply = cloudwatch
+    let reply = reader(cloudwatch)
         .get_metric_statistics()
         .namespace(namespace)
         .metric_name(metric)
@@ -190,7 +203,7 @@ async fn each_fixture_publishes_the_expected_metrics_with_exact_dimensions_and_v
     ];
     for (name, tagged, definition, expected) in cases {
         // GIVEN a namespace and table of this case's own
-        let (config, clients, _) = setup(&format!("fixture-{name}")).await;
+        let (config, clients, _, _) = setup(&format!("fixture-{name}")).await;
         let text = FIXTURES.iter().find(|(n, _)| *n == name).unwrap().1;
 
         // WHEN the fixture arrives as a direct EventBridge invocation
@@ -220,12 +233,12 @@ async fn each_fixture_publishes_the_expected_metrics_with_exact_dimensions_and_v
 #[tokio::test]
 async fn a_batch_of_500_events_is_one_put_metric_data_call() {
     // GIVEN 500 distinct events (different ids, times and run lengths) in SQS batches
-    let (config, _, sdk) = setup("aggregate").await;
+    let (config, _, _, signed) = setup("aggregate").await;
     let log = CallLog::default();
     let cloudwatch = aws_sdk_cloudwatch::Client::from_conf(
-        aws_sdk_cloudwatch::config::Builder::from(&sdk).interceptor(log.clone()).build(),
+        aws_sdk_cloudwatch::config::Builder::from(&signed).interceptor(log.clone()).build(),
     );
-    let mut clients = Clients::new(&sdk, &config);
+    let mut clients = Clients::new(&signed, &config);
     clients.cloudwatch = cloudwatch;
     let template: Value = serde_json::from_str(FIXTURES[5].1).unwrap();
     let events: Vec<Value> = (0..500)
@@ -252,7 +265,7 @@ async fn a_batch_of_500_events_is_one_put_metric_data_call() {
 
 #[tokio::test]
 async fn the_same_event_in_two_invocations_is_counted_once() {
-    let (config, clients, _) = setup("dupe").await;
+    let (config, clients, _, _) = setup("dupe").await;
     let event: Value = serde_json::from_str(FIXTURES[5].1).unwrap();
 
     handle(invocation(event.clone()), &clients, &config).await.unwrap();
@@ -264,7 +277,7 @@ async fn the_same_event_in_two_invocations_is_counted_once() {
 
 #[tokio::test]
 async fn only_the_malformed_message_of_a_batch_is_reported_failed() {
-    let (config, clients, _) = setup("malformed").await;
+    let (config, clients, _, _) = setup("malformed").await;
     let good: Value = serde_json::from_str(FIXTURES[2].1).unwrap();
     let mut batch = sqs_batch(&[good]);
     let records = batch["Records"].as_array_mut().unwrap();
@@ -281,11 +294,11 @@ async fn only_the_malformed_message_of_a_batch_is_reported_failed() {
 #[tokio::test]
 async fn a_failed_put_metric_data_leaves_the_messages_retryable_and_the_retry_counts_once() {
     // GIVEN a CloudWatch client whose first PutMetricData fails
-    let (config, _, sdk) = setup("retry").await;
+    let (config, _, _, signed) = setup("retry").await;
     let failing = aws_sdk_cloudwatch::Client::from_conf(
-        aws_sdk_cloudwatch::config::Builder::from(&sdk).interceptor(FailOperation::new("PutMetricData", 1)).build(),
+        aws_sdk_cloudwatch::config::Builder::from(&signed).interceptor(FailOperation::new("PutMetricData", 1)).build(),
     );
-    let mut clients = Clients::new(&sdk, &config);
+    let mut clients = Clients::new(&signed, &config);
     clients.cloudwatch = failing;
     let events: Vec<Value> = FIXTURES[2..6].iter().map(|(_, text)| serde_json::from_str(text).unwrap()).collect();
     let batch = sqs_batch(&events);
@@ -307,7 +320,7 @@ async fn a_failed_put_metric_data_leaves_the_messages_retryable_and_the_retry_co
 
 #[tokio::test]
 async fn a_direct_event_that_cannot_be_handled_is_an_invocation_error() {
-    let (config, clients, _) = setup("direct-errors").await;
+    let (config, clients, _, _) = setup("direct-errors").await;
     let err = handle(
         invocation(json!({"detail-type": "Object Created", "source": "aws.s3", "id": "1", "detail": {}})),
         &clients,
@@ -325,7 +338,7 @@ async fn a_direct_event_that_cannot_be_handled_is_an_invocation_error() {
 #[tokio::test]
 async fn played_jobs_delivered_twice_and_shuffled_through_sqs_batches_count_once_each() {
     // GIVEN three jobs played by the event player: two succeed, one runs out of memory
-    let (config, clients, sdk) = setup("played").await;
+    let (config, clients, sdk, _) = setup("played").await;
     let env = BatchEnvironment::create(&sdk, "je-played").await.unwrap();
     let batch = aws_sdk_batch::Client::new(&sdk);
     for name in ["a", "b", "c"] {
@@ -372,15 +385,15 @@ async fn played_jobs_delivered_twice_and_shuffled_through_sqs_batches_count_once
 #[tokio::test]
 async fn a_lost_put_metric_data_reply_counts_its_events_one_extra_time_and_no_more() {
     // GIVEN a CloudWatch client whose first PutMetricData takes effect but loses its reply
-    let (config, _, sdk) = setup("lost-put").await;
+    let (config, _, _, signed) = setup("lost-put").await;
     let log = CallLog::default();
     let losing = aws_sdk_cloudwatch::Client::from_conf(
-        aws_sdk_cloudwatch::config::Builder::from(&sdk)
+        aws_sdk_cloudwatch::config::Builder::from(&signed)
             .interceptor(LoseResponse::new("PutMetricData", 1))
             .interceptor(log.clone())
             .build(),
     );
-    let mut clients = Clients::new(&sdk, &config);
+    let mut clients = Clients::new(&signed, &config);
     clients.cloudwatch = losing;
     let events: Vec<Value> = FIXTURES[2..3].iter().map(|(_, text)| serde_json::from_str(text).unwrap()).collect();
     let batch = sqs_batch(&events);
@@ -402,7 +415,7 @@ async fn a_lost_put_metric_data_reply_counts_its_events_one_extra_time_and_no_mo
 #[tokio::test]
 async fn run_work_stops_before_the_deadline_and_what_is_left_is_redelivered() {
     // GIVEN a run event delivered to an invocation with less time left than run work needs
-    let (config, clients, _) = setup("budget").await;
+    let (config, clients, _, _) = setup("budget").await;
     let mut event: Value = serde_json::from_str(FIXTURES[5].1).unwrap();
     event["detail"]["tags"] = json!({"batchline:run": "some-run", "batchline:pipeline": "p", "batchline:stage": "s"});
     let batch = sqs_batch(&[event]);
@@ -436,14 +449,14 @@ async fn drain(sqs: &aws_sdk_sqs::Client, url: &str) -> Vec<aws_sdk_sqs::types::
 async fn the_template_lanes_count_every_event_in_one_lane_and_advance_runs_in_the_other() {
     // GIVEN the template's lanes wired on a bus of the test's own, and job-events whose
     // table and CloudWatch calls are counted
-    let (config, mut clients, sdk) = setup("lanes").await;
+    let (config, mut clients, sdk, signed) = setup("lanes").await;
     let calls = CallLog::default();
     let dynamo = aws_sdk_dynamodb::Client::from_conf(
-        aws_sdk_dynamodb::config::Builder::from(&sdk).interceptor(calls.clone()).build(),
+        aws_sdk_dynamodb::config::Builder::from(&signed).interceptor(calls.clone()).build(),
     );
     clients.ports.store = std::sync::Arc::new(batchline::store::DynamoStore::new(dynamo, &config.table_name));
     clients.cloudwatch = aws_sdk_cloudwatch::Client::from_conf(
-        aws_sdk_cloudwatch::config::Builder::from(&sdk).interceptor(calls.clone()).build(),
+        aws_sdk_cloudwatch::config::Builder::from(&signed).interceptor(calls.clone()).build(),
     );
     let mut plain: Value = serde_json::from_str(FIXTURES[5].1).unwrap();
     plain["detail"]["tags"] = json!({"team": "data"});

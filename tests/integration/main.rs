@@ -6,6 +6,7 @@ mod cli;
 mod common;
 mod e2e;
 mod emulator;
+mod iam;
 mod job_events;
 mod pipelines;
 mod player;

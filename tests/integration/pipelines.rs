@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 use crate::common::job_events_invocation;
 use aws_sdk_cloudwatch::primitives::DateTime;
 use aws_sdk_cloudwatch::types::{Dimension, Statistic};
-use batchline_testkit::emulator::{default_network, sdk_config, test_settings, unique_name};
+use batchline_testkit::emulator::{default_network, sdk_config, test_settings, unique_name, Principal};
 use batchline_testkit::invocation;
 use batchline_testkit::player::{event_id, Delivery, Player, StateChange};
 use batchline_testkit::response_server::ResponseServer;
@@ -87,10 +87,15 @@ impl Harness {
 
     /// A harness over a stack of these properties.
     async fn with(test: &str, properties: Value) -> Harness {
-        let env = Deployed::new(test, properties).await;
+        Harness::with_template(test, properties, None).await
+    }
+
+    /// A harness whose functions are held to `template`'s policies (a fixture).
+    async fn with_template(test: &str, properties: Value, template: Option<&std::path::Path>) -> Harness {
+        let env = Deployed::with_template(test, properties, template).await;
         Harness {
-            submit: batchline_submit::Clients::new(&env.sdk, &env.settings),
-            job_events: batchline_job_events::Clients::new(&env.sdk, &env.settings),
+            submit: batchline_submit::Clients::new(&env.sdk_as(Principal::Submit), &env.settings),
+            job_events: batchline_job_events::Clients::new(&env.sdk_as(Principal::JobEvents), &env.settings),
             player: Player::new(&env.sdk),
             env,
         }
@@ -145,6 +150,14 @@ impl Harness {
             .await
             .unwrap();
             assert_eq!(answer["batchItemFailures"], json!([]), "{answer}");
+        }
+    }
+
+    /// Hands events to job-events as SQS batches of 10, whatever it answers.
+    async fn deliver_allowing_failures(&self, events: &[Value]) {
+        for batch in Delivery::from_events(events.to_vec()).sqs_batches(QUEUE_ARN, 10) {
+            let invocation = job_events_invocation(invocation(batch));
+            let _ = batchline_job_events::handle(invocation, &self.job_events, &self.env.settings).await;
         }
     }
 
@@ -1296,4 +1309,63 @@ async fn the_api_lists_jobs_and_runs_across_the_stack_and_summarises_it() {
     assert_eq!(summary["recentFailures"][0]["jobId"], json!(cancelled), "{summary}");
     assert_eq!(summary["recentFailures"][0]["statusReason"], "cancelled through the Batchline API");
     assert_eq!(summary["openRuns"], 2, "{summary}");
+}
+
+#[tokio::test]
+async fn under_a_template_whose_job_events_may_not_terminate_jobs_the_fail_fast_stop_is_denied_naming_it() {
+    // GIVEN job-events held to a template whose StopJobs statement lost batch:TerminateJob
+    let fixture = crate::common::fixture_template(
+        "no-terminate",
+        "            - Sid: StopJobs\n              Effect: Allow\n              Action: batch:TerminateJob\n",
+        "            - Sid: StopJobs\n              Effect: Allow\n              Action: batch:DescribeJobs\n",
+    );
+    let mut h = Harness::with_template("iam-noterm", pipelines(), Some(&fixture)).await;
+    // WHEN b fails for good while c runs (the fail-fast test's scenario)
+    let run_id = h.start("branches").await;
+    let a = h.player.play_queue(&h.env.queue_arn("default")).await.unwrap();
+    h.deliver(&events_of(&a, |_| true)).await;
+    let (b, c) = (h.stage_job(&run_id, "b").await, h.stage_job(&run_id, "c").await);
+    let b = h.player.play_jobs(&[b]).await.unwrap();
+    h.deliver_allowing_failures(&events_of(&b, |_| true)).await;
+    // THEN c is not terminated — the fail-fast test's promise is broken...
+    let reason = h.describe(&c).await.status_reason().unwrap_or_default().to_owned();
+    assert!(!reason.contains("stopping its other jobs"), "{reason}");
+    // AND the evaluation names the principal, the action and the job it was denied on
+    let denials = crate::common::denials_of(&h.env.name);
+    assert!(
+        denials.iter().any(|d| d["principal"] == "job-events"
+            && d["action"] == "batch:TerminateJob"
+            && d["resource"].as_str().is_some_and(|r| r.ends_with(&format!("job/{c}")))),
+        "{denials:?}"
+    );
+}
+
+#[tokio::test]
+async fn under_a_template_narrowing_job_events_table_keys_runs_cannot_advance_and_the_denial_names_the_key() {
+    // GIVEN job-events' table access narrowed to the event ledger's items (EVENT#...)
+    let items = "              Action: [dynamodb:GetItem, dynamodb:PutItem, dynamodb:UpdateItem, dynamodb:DeleteItem, \
+                 dynamodb:ConditionCheckItem, dynamodb:Query, dynamodb:BatchWriteItem]\n              \
+                 Resource: !GetAtt Table.Arn\n";
+    let narrowed = format!(
+        "{items}              Condition:\n                \
+                            ForAllValues:StringLike: {{dynamodb:LeadingKeys: [\"EVENT#*\"]}}\n"
+    );
+    let fixture = crate::common::fixture_template("ledger-keys-only", items, &narrowed);
+    let h = Harness::with_template("iam-keys", pipelines(), Some(&fixture)).await;
+    let run_id = h.start("diamond").await;
+    // WHEN its first stage's job ends and job-events is told
+    let mut player = Player::new(&h.env.sdk);
+    let a = player.play_queue(&h.env.queue_arn("default")).await.unwrap();
+    h.deliver_allowing_failures(&events_of(&a, |_| true)).await;
+    // THEN the run did not advance: nothing after a was submitted
+    let run = h.run(&run_id).await;
+    assert!(run["stages"]["b"]["attempts"].as_array().is_none_or(Vec::is_empty), "{run}");
+    // AND the evaluation names job-events, the table and the run's key it may not touch
+    let denials = crate::common::denials_of(&h.env.name);
+    assert!(
+        denials.iter().any(|d| d["principal"] == "job-events"
+            && d["action"].as_str().is_some_and(|a| a.starts_with("dynamodb:"))
+            && d["context"]["dynamodb:LeadingKeys"].to_string().contains(&format!("RUN#{run_id}"))),
+        "{denials:?}"
+    );
 }

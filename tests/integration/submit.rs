@@ -13,6 +13,7 @@ use batchline::services::submitter::Submitter;
 use batchline::store::{keys, DynamoStore, Holder};
 use batchline_submit::{handle, Clients};
 use batchline_testkit::calls::{CallLog, LoseResponse};
+use batchline_testkit::emulator::Principal;
 use batchline_testkit::invocation;
 use serde_json::{json, Value};
 
@@ -92,7 +93,7 @@ fn requirement(job: &aws_sdk_batch::types::JobDetail, kind: &str) -> Option<Stri
 async fn an_s3_object_becomes_exactly_one_job_even_when_delivered_three_times_and_concurrently() {
     // GIVEN an environment whose S3 rule sends incoming/*.csv to the default job definition
     let env = Deployed::new("submit-s3", triggers()).await;
-    let clients = Clients::new(&env.sdk, &env.settings);
+    let clients = Clients::new(&env.sdk_as(Principal::Submit), &env.settings);
     let event: Value = serde_json::from_str(OBJECT_CREATED).unwrap();
 
     // WHEN the event arrives three times in a row, then three times at once
@@ -132,7 +133,7 @@ async fn an_s3_object_becomes_exactly_one_job_even_when_delivered_three_times_an
 #[tokio::test]
 async fn a_large_object_gets_memory_snapped_up_and_unmatched_objects_start_nothing() {
     let env = Deployed::new("submit-size", triggers()).await;
-    let clients = Clients::new(&env.sdk, &env.settings);
+    let clients = Clients::new(&env.sdk_as(Principal::Submit), &env.settings);
     let mut event = object_event("incoming/big.csv", "0001");
     event["detail"]["object"]["size"] = json!(700u64 * 1024 * 1024);
     handle(invocation(event), &clients).await.unwrap();
@@ -159,7 +160,7 @@ async fn a_large_object_gets_memory_snapped_up_and_unmatched_objects_start_nothi
 #[tokio::test]
 async fn a_scheduled_event_runs_the_configured_job_once() {
     let env = Deployed::new("submit-sched", triggers()).await;
-    let clients = Clients::new(&env.sdk, &env.settings);
+    let clients = Clients::new(&env.sdk_as(Principal::Submit), &env.settings);
     let event: Value = serde_json::from_str(SCHEDULED).unwrap();
     handle(invocation(event.clone()), &clients).await.unwrap();
     handle(invocation(event), &clients).await.unwrap();
@@ -179,7 +180,7 @@ async fn a_scheduled_event_runs_the_configured_job_once() {
 #[tokio::test]
 async fn the_api_submits_a_job_returns_it_and_honours_the_idempotency_key() {
     let env = Deployed::new("submit-api", triggers()).await;
-    let clients = Clients::new(&env.sdk, &env.settings);
+    let clients = Clients::new(&env.sdk_as(Principal::Submit), &env.settings);
     let body = json!({"jobDefinition": "default", "name": "nightly export", "parameters": {"day": "2025-11-26"},
                       "environment": {"MODE": "fast"}, "command": ["python3", "-c", "print(1)"], "vcpu": "1", "memory": 4096,
                       "tags": {"team": "data"}})
@@ -231,7 +232,7 @@ async fn the_api_submits_a_job_returns_it_and_honours_the_idempotency_key() {
 #[tokio::test]
 async fn a_base64_body_without_a_key_is_idempotent_by_its_content() {
     let env = Deployed::new("submit-b64", triggers()).await;
-    let clients = Clients::new(&env.sdk, &env.settings);
+    let clients = Clients::new(&env.sdk_as(Principal::Submit), &env.settings);
     let body = json!({"jobDefinition": "report", "arraySize": 3}).to_string();
     let mut request = http("POST", "/jobs", &base64::engine::general_purpose::STANDARD.encode(&body), &[]);
     request["isBase64Encoded"] = json!(true);
@@ -247,7 +248,7 @@ async fn a_base64_body_without_a_key_is_idempotent_by_its_content() {
 #[tokio::test]
 async fn every_caller_mistake_is_a_4xx_naming_the_problem() {
     let env = Deployed::new("submit-bad", triggers()).await;
-    let clients = Clients::new(&env.sdk, &env.settings);
+    let clients = Clients::new(&env.sdk_as(Principal::Submit), &env.settings);
     let big = json!({"parameters": {"blob": "x".repeat(40 * 1024)}}).to_string();
     let cases: Vec<(&str, &str, String, u16, &str)> = vec![
         ("POST", "/jobs", "{not json".into(), 400, "not valid JSON"),
@@ -289,7 +290,7 @@ async fn every_caller_mistake_is_a_4xx_naming_the_problem() {
 #[tokio::test]
 async fn every_problem_of_a_job_request_is_reported_at_once() {
     let env = Deployed::new("submit-all", triggers()).await;
-    let clients = Clients::new(&env.sdk, &env.settings);
+    let clients = Clients::new(&env.sdk_as(Principal::Submit), &env.settings);
     let body = json!({
         "vcpu": "lots", "memory": "much", "arraySize": 1,
         "tags": {"batchline:run": "x"}, "environment": {"AWS_BATCH_JOB_ID": "x"}
@@ -309,7 +310,7 @@ async fn every_problem_of_a_job_request_is_reported_at_once() {
 #[tokio::test]
 async fn broken_event_shapes_are_clear_errors_not_panics() {
     let env = Deployed::new("submit-shapes", triggers()).await;
-    let clients = Clients::new(&env.sdk, &env.settings);
+    let clients = Clients::new(&env.sdk_as(Principal::Submit), &env.settings);
     let object = || -> Value { serde_json::from_str(OBJECT_CREATED).unwrap() };
     let mut cases: Vec<(Value, &str)> = vec![
         (json!(null), "not a JSON object"),
@@ -348,7 +349,7 @@ async fn broken_event_shapes_are_clear_errors_not_panics() {
 #[tokio::test]
 async fn a_crash_between_claim_and_submit_then_redelivery_makes_exactly_one_job() {
     let env = Deployed::new("submit-crash", triggers()).await;
-    let clients = Clients::new(&env.sdk, &env.settings);
+    let clients = Clients::new(&env.sdk_as(Principal::Submit), &env.settings);
     let event = object_event("incoming/crash.csv", "00AA");
     // GIVEN the claim a crashed invocation left: PENDING, no job, claimed a while ago
     let stack = &env.stack;
@@ -383,7 +384,7 @@ async fn a_crash_between_claim_and_submit_then_redelivery_makes_exactly_one_job(
 #[tokio::test]
 async fn a_crash_after_submit_before_recording_is_recovered_by_name() {
     let env = Deployed::new("submit-unrec", triggers()).await;
-    let clients = Clients::new(&env.sdk, &env.settings);
+    let clients = Clients::new(&env.sdk_as(Principal::Submit), &env.settings);
     let event = object_event("incoming/unrecorded.csv", "00BB");
     handle(invocation(event.clone()), &clients).await.unwrap();
     // GIVEN the claim went back to PENDING (the job was made, the record never written)
@@ -417,7 +418,7 @@ async fn a_lost_submit_job_answer_still_makes_one_job() {
             .interceptor(log.clone())
             .build(),
     );
-    let mut clients = Clients::new(&env.sdk, &env.settings);
+    let mut clients = Clients::new(&env.sdk_as(Principal::Submit), &env.settings);
     clients.ports.batch = SdkBatch::new(batch);
 
     // WHEN an object arrives
@@ -464,7 +465,7 @@ async fn an_idempotency_key_retried_after_a_redeploy_returns_the_first_job() {
     let mut env = Deployed::new("submit-redeploy", triggers()).await;
     let body = json!({"jobDefinition": "default", "parameters": {"day": "2025-11-27"}}).to_string();
     let request = || invocation(http("POST", "/jobs", &body, &[("idempotency-key", "order-77")]));
-    let clients = Clients::new(&env.sdk, &env.settings);
+    let clients = Clients::new(&env.sdk_as(Principal::Submit), &env.settings);
     let first = handle(request(), &clients).await.unwrap();
     assert_eq!(first["statusCode"], 202, "{first}");
     let before = env.stack.job_definitions["default"].arn.clone();
@@ -474,7 +475,7 @@ async fn an_idempotency_key_retried_after_a_redeploy_returns_the_first_job() {
     properties["JobDefinitions"]["default"]["Environment"] = json!({"DEPLOYED": "2"});
     env.update(properties).await;
     assert_ne!(env.stack.job_definitions["default"].arn, before, "a new revision");
-    let clients = Clients::new(&env.sdk, &env.settings);
+    let clients = Clients::new(&env.sdk_as(Principal::Submit), &env.settings);
     let again = handle(request(), &clients).await.unwrap();
 
     // THEN the retry is the same request: the first job, not a conflict
@@ -487,7 +488,7 @@ async fn an_idempotency_key_retried_after_a_redeploy_returns_the_first_job() {
 #[tokio::test]
 async fn a_post_without_a_key_is_new_work_and_a_keyed_retry_gets_the_current_status() {
     let env = Deployed::new("submit-newwork", triggers()).await;
-    let clients = Clients::new(&env.sdk, &env.settings);
+    let clients = Clients::new(&env.sdk_as(Principal::Submit), &env.settings);
     let body = json!({"jobDefinition": "default", "parameters": {"day": "2025-11-28"}}).to_string();
 
     // WHEN the same body is posted twice without an Idempotency-Key, THEN two jobs
@@ -513,7 +514,7 @@ async fn a_post_without_a_key_is_new_work_and_a_keyed_retry_gets_the_current_sta
 #[tokio::test]
 async fn an_idempotency_key_reused_after_its_24_hour_window_starts_new_work() {
     let env = Deployed::new("submit-window", triggers()).await;
-    let clients = Clients::new(&env.sdk, &env.settings);
+    let clients = Clients::new(&env.sdk_as(Principal::Submit), &env.settings);
     let body = json!({"jobDefinition": "default"}).to_string();
     let keyed = || invocation(http("POST", "/jobs", &body, &[("idempotency-key", "k-window")]));
     let first = handle(keyed(), &clients).await.unwrap();
@@ -568,7 +569,7 @@ async fn a_job_definition_closed_to_overrides_refuses_a_callers_command_and_envi
         "Pipelines": {"nightly": {"Stages": {"a": {"JobDefinition": "default"}, "b": {"JobDefinition": "locked", "After": "a"}}}}
     });
     let env = Deployed::new("submit-locked", configuration).await;
-    let clients = Clients::new(&env.sdk, &env.settings);
+    let clients = Clients::new(&env.sdk_as(Principal::Submit), &env.settings);
     let post = |path: &'static str, body: Value| {
         let clients = &clients;
         async move { handle(invocation(http("POST", path, &body.to_string(), &[])), clients).await.unwrap() }
@@ -597,7 +598,7 @@ async fn a_job_definition_closed_to_overrides_refuses_a_callers_command_and_envi
 #[tokio::test]
 async fn s3_events_queued_in_sqs_are_handled_each_alone_and_only_the_failed_come_again() {
     let env = Deployed::new("submit-queued", triggers()).await;
-    let clients = Clients::new(&env.sdk, &env.settings);
+    let clients = Clients::new(&env.sdk_as(Principal::Submit), &env.settings);
     let queue = "arn:aws:sqs:us-east-1:123456789012:batchline-triggers";
     let first = object_event("incoming/a.csv", "0001").to_string();
     let second = object_event("incoming/b.csv", "0002").to_string();
@@ -620,7 +621,7 @@ async fn s3_events_queued_in_sqs_are_handled_each_alone_and_only_the_failed_come
 #[tokio::test]
 async fn one_half_of_a_size_keeps_the_other_and_snaps_up_saying_so() {
     let env = Deployed::new("submit-snap", triggers()).await;
-    let clients = Clients::new(&env.sdk, &env.settings);
+    let clients = Clients::new(&env.sdk_as(Principal::Submit), &env.settings);
     // (asked, the size it became, whether that differs from what was asked)
     let cases = [
         (json!({"memory": "3000"}), json!({"vcpu": "0.5", "memoryMib": 3072}), true),
@@ -666,7 +667,7 @@ async fn a_size_its_queue_can_never_run_is_refused_before_anything_is_submitted(
         "JobDefinitions": {"default": {}}
     });
     let env = Deployed::new("submit-capacity", properties).await;
-    let clients = Clients::new(&env.sdk, &env.settings);
+    let clients = Clients::new(&env.sdk_as(Principal::Submit), &env.settings);
     let post = |body: Value| {
         let clients = &clients;
         async move { handle(invocation(http("POST", "/jobs", &body.to_string(), &[])), clients).await.unwrap() }

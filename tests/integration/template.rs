@@ -523,13 +523,17 @@ fn an_alarm_watches_stuck_jobs_and_the_dashboard_shows_them() {
         .collect();
     assert_eq!(alarms.len(), 1);
     let alarm = &alarms[0]["Properties"];
-    assert_eq!(alarm["Namespace"].as_str(), Some("Batchline"));
+    // Batchline's namespace: the MetricNamespace parameter, Batchline unless the stack says otherwise
+    let namespace = tagged(&alarm["Namespace"]).map(|(tag, value)| (tag, value.as_str().map(str::to_owned)));
+    assert_eq!(namespace, Some(("!Ref".to_owned(), Some("MetricNamespace".to_owned()))));
+    assert_eq!(template["Parameters"]["MetricNamespace"]["Default"].as_str(), Some("Batchline"));
     assert!(alarm.get("Dimensions").is_none(), "the stack's total, every queue");
     assert_eq!(alarm["ComparisonOperator"].as_str(), Some("GreaterThanThreshold"));
     assert_eq!(alarm["Threshold"].as_u64(), Some(0));
     let (_, dashboard) = resources(&template).into_iter().find(|(name, _)| name == "Dashboard").unwrap();
     let body = serde_yaml::to_string(&dashboard["Properties"]["DashboardBody"]).unwrap();
     assert!(
-        body.contains(r#"["Batchline", "StuckJobs""#) && body.contains(r#"["Batchline", "OldestRunnableSeconds"]"#)
+        body.contains(r#"["${MetricNamespace}", "StuckJobs""#)
+            && body.contains(r#"["${MetricNamespace}", "OldestRunnableSeconds"]"#)
     );
 }

@@ -55,7 +55,11 @@ fn start() -> Result<String, String> {
     let log_dir = root.join("target");
     std::fs::create_dir_all(&log_dir).map_err(|e| e.to_string())?;
     let log = std::fs::File::create(log_dir.join("emulator.log")).map_err(|e| e.to_string())?;
+    // Every request the IAM evaluation judged, for the unused-grants report (scripts/iam-report).
+    let iam_log = log_dir.join("iam-requests.jsonl");
+    std::fs::File::create(&iam_log).map_err(|e| e.to_string())?;
     let mut child = Command::new(&python)
+        .env("BATCHLINE_IAM_LOG", &iam_log)
         .arg(root.join("devtools/emulator/server.py"))
         .arg("--parent-pid")
         .arg(std::process::id().to_string())
@@ -105,6 +109,77 @@ pub async fn sdk_config() -> SdkConfig {
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
+/// A principal of the template whose calls the emulator evaluates against its IAM
+/// policies (devtools/iam): a function's execution role, or the job role of a stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Principal {
+    Submit,
+    JobEvents,
+    Bootstrap,
+    JobRole,
+}
+
+impl Principal {
+    pub fn name(self) -> &'static str {
+        match self {
+            Principal::Submit => "submit",
+            Principal::JobEvents => "job-events",
+            Principal::Bootstrap => "bootstrap",
+            Principal::JobRole => "job-role",
+        }
+    }
+}
+
+/// `sdk` signing as `principal` of the stack `stack` (registered with
+/// [`register_iam_stack`]): the emulator then allows only what the template's policies
+/// for that stack allow, and answers anything else AccessDenied, as AWS would.
+pub fn signing_as(sdk: &SdkConfig, principal: Principal, stack: &str) -> SdkConfig {
+    let key = format!("iam.{}.{stack}", principal.name());
+    sdk.to_builder()
+        .credentials_provider(aws_sdk_sqs::config::SharedCredentialsProvider::new(Credentials::new(
+            key,
+            "testing",
+            None,
+            None,
+            "batchline-iam",
+        )))
+        .build()
+}
+
+/// Registers a stack with the emulator's IAM evaluation: its name, parameter values and
+/// physical names (see devtools/iam/policies.py, `Stack`), and the template its policies
+/// come from (`template.yaml` when `None`). A stack that is to be denied (a fixture
+/// template, a mistaken deploy) says so (`expect_denials`): the run's check of unexpected
+/// denials leaves its out.
+pub fn register_iam_stack(
+    stack: &serde_json::Value,
+    template: Option<&std::path::Path>,
+    expect_denials: bool,
+) -> Result<(), String> {
+    let name = stack["name"].as_str().ok_or("a stack has a name")?;
+    let mut body = serde_json::json!({ "stack": stack, "expectDenials": expect_denials || template.is_some() });
+    if let Some(template) = template {
+        body["template"] = serde_json::json!(template);
+    }
+    http_call(endpoint(), "POST", &format!("/_batchline/iam/stacks/{name}"), &body.to_string()).map(|_| ())
+}
+
+/// What the emulator's IAM evaluation says of a request that is not made (a stage's
+/// container's, say): `{"allowed", "by", "why"}`.
+pub fn iam_check(stack: &str, principal: Principal, action: &str, resource: &str) -> serde_json::Value {
+    let asked =
+        serde_json::json!({"stack": stack, "principal": principal.name(), "action": action, "resource": resource});
+    let answer = http_call(endpoint(), "POST", "/_batchline/iam/check", &asked.to_string())
+        .unwrap_or_else(|why| panic!("the IAM evaluation did not answer: {why}"));
+    serde_json::from_str(&answer).unwrap_or_else(|why| panic!("IAM evaluation answer {answer:?}: {why}"))
+}
+
+/// Every request the emulator's IAM evaluation denied in this run.
+pub fn iam_denials() -> Vec<serde_json::Value> {
+    let body = http_get(endpoint(), "/_batchline/iam/denials").unwrap_or_else(|why| panic!("IAM denials: {why}"));
+    serde_json::from_str(&body).unwrap_or_default()
+}
+
 /// A name no other test in this run, or in an earlier run against the same emulator,
 /// uses: `prefix`, then this process, a counter and a random part. Letters, digits and
 /// `-` only, so it is valid for every AWS resource the tests create.
@@ -151,10 +226,20 @@ pub fn default_network() -> DefaultNetwork {
 
 /// A plain HTTP/1.0 GET on loopback; enough for the adapter's own JSON endpoints.
 fn http_get(endpoint: &str, path: &str) -> Result<String, String> {
+    http_call(endpoint, "GET", path, "")
+}
+
+/// A plain HTTP/1.0 request with a JSON body on loopback, for the adapter's endpoints.
+pub fn http_call(endpoint: &str, method: &str, path: &str, body: &str) -> Result<String, String> {
     use std::io::{Read, Write};
     let address = endpoint.trim_start_matches("http://").trim_end_matches('/');
     let mut stream = std::net::TcpStream::connect(address).map_err(|e| e.to_string())?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").map_err(|e| e.to_string())?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.0\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .map_err(|e| e.to_string())?;
     let mut response = String::new();
     stream.read_to_string(&mut response).map_err(|e| e.to_string())?;
     let (head, body) = response.split_once("\r\n\r\n").ok_or("no HTTP body")?;

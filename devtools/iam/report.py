@@ -1,0 +1,107 @@
+"""After a test run: the IAM evaluation's verdicts (target/iam-requests.jsonl), checked and summed up.
+
+* Every denial of a stack not registered to be denied fails the run (exit 1), named:
+  principal, action, resource, why. (The function that was refused usually fails its test
+  too; this also catches a refusal a function only logged, such as a metric it could not
+  publish.)
+* Unused grants: per principal, the actions its policies in `template.yaml` grant that no
+  evaluated request used — each is to be removed, or kept with a reason: a
+  `# kept: <reason>` comment on the statement's Sid line in the template.
+
+Usage: python report.py [--denials-only] [TARGET_DIR]
+(prints the report and writes TARGET_DIR/iam-report.md; `--denials-only` for a run of part
+of the suite, whose unused grants say nothing)
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+import sys
+from pathlib import Path
+
+import policies
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+def granted(template: Path) -> dict[str, list[tuple[str, str]]]:
+    """Per function principal, (action pattern, statement) pairs its policies grant."""
+    found = policies.principal_policies(template, policies.Stack(name="report"))
+    out: dict[str, list[tuple[str, str]]] = {}
+    for principal in policies.FUNCTIONS:
+        pairs = []
+        for inline in found[principal]["identity"]:
+            statements = inline["policy"].get("Statement", [])
+            for index, statement in enumerate(statements if isinstance(statements, list) else [statements]):
+                if statement.get("Effect") != "Allow":
+                    continue
+                actions = statement.get("Action", [])
+                for action in [actions] if isinstance(actions, str) else actions:
+                    pairs.append((action, f"{inline['name']}#{statement.get('Sid', index)}"))
+        out[principal] = pairs
+    return out
+
+
+def kept_reasons(template: Path) -> dict[str, str]:
+    """Why a grant no test uses stays, from the template's comments: `Sid: X  # kept: why`
+    (every action of the statement) or `Sid: X  # kept ACTION: why` (one) on a statement's
+    Sid line, or `# kept for NAME: why` for a statement SAM generates (NAME its policy's
+    name, such as DeadLetterQueuePolicy). Statement (or statement|action) → why."""
+    reasons = {}
+    for line in template.read_text().splitlines():
+        on_sid = re.search(r"Sid:\s*(\w+)\s*#\s*kept( [\w:*]+)?:\s*(.+)$", line)
+        if on_sid:
+            action = (on_sid.group(2) or "").strip()
+            reasons[f"{on_sid.group(1)}|{action}" if action else on_sid.group(1)] = on_sid.group(3).strip()
+        named = re.search(r"#\s*kept for (\w+):\s*(.+)$", line)
+        if named:
+            reasons[named.group(1)] = named.group(2).strip()
+    return reasons
+
+
+def main() -> int:
+    arguments = [a for a in sys.argv[1:] if a != "--denials-only"]
+    denials_only = len(arguments) < len(sys.argv) - 1
+    target = Path(arguments[0]) if arguments else ROOT / "target"
+    log = target / "iam-requests.jsonl"
+    if not log.exists():
+        print(f"iam-report: {log} does not exist (no integration test ran)")
+        return 0
+    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    unexpected = [r for r in records if not r["allowed"] and not r.get("fixture")]
+    used: dict[str, set[str]] = {}
+    for record in records:
+        if record["allowed"] and not record.get("fixture"):
+            used.setdefault(record["principal"], set()).add(record["action"])
+    template = ROOT / "template.yaml"
+    reasons = kept_reasons(template)
+    lines = [f"# IAM evaluation: {len(records)} requests, {len(unexpected)} unexpected denials", ""]
+    for record in unexpected:
+        lines.append(f"- DENIED {record['principal']} ({record['stack']}): {record['action']} on {record['resource']} "
+                     f"{json.dumps(record.get('context', {}))}: {record['why']}")
+    unexplained = 0
+    lines += ["", "| principal | granted, never used | statement | kept because |", "|---|---|---|---|"]
+    for principal, pairs in granted(template).items():
+        for action, statement in pairs:
+            if any(fnmatch.fnmatchcase(used_action, action) for used_action in used.get(principal, ())):
+                continue
+            policy, sid = statement.split("#", 1)
+            reason = reasons.get(f"{sid}|{action}") or reasons.get(sid) or reasons.get(policy, "")
+            unexplained += 0 if reason else 1
+            lines.append(f"| {principal} | `{action}` | {statement} | {reason or '**no reason given**'} |")
+    text = "\n".join(lines) + "\n"
+    (target / "iam-report.md").write_text(text)
+    print(text)
+    if unexpected:
+        print(f"iam-report: {len(unexpected)} request(s) denied (above)", file=sys.stderr)
+        return 1
+    if unexplained and not denials_only:
+        print(f"iam-report: {unexplained} grant(s) no test used and no `# kept:` reason explains (above)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

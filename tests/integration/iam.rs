@@ -1,0 +1,99 @@
+//! The template's IAM policies, evaluated: what bootstrap may create, and what a stage's container may do as the job role.
+//!
+//! Every function's calls in the integration tests are evaluated against the template's
+//! policies by the emulator (devtools/iam) and refused as AWS would refuse them; these tests
+//! show it bites where no function call of the suite would go.
+
+use batchline_testkit::emulator::{iam_check, sdk_config, signing_as, test_settings, Principal};
+use batchline_testkit::response_server::ResponseServer;
+use batchline_testkit::table::create_table;
+use serde_json::json;
+
+use crate::common::{denials_of, register_expecting, Deployed};
+
+#[tokio::test]
+async fn a_stage_may_read_the_input_bucket_and_write_its_run_data_folder_as_the_job_role_and_nothing_else() {
+    // GIVEN a stack with an input bucket (and the default run-data folder, runs/), its job
+    // role made by bootstrap under the template's RoleBoundary
+    let env = Deployed::new("iam-jobrole", json!({"Roles": {"InputBucket": "iam-jobrole-input"}})).await;
+    let check = |action: &str, resource: &str| iam_check(&env.name, Principal::JobRole, action, resource);
+    // THEN reading the bucket's objects is allowed
+    let read = check("s3:GetObject", "arn:aws:s3:::iam-jobrole-input/incoming/orders.csv");
+    assert_eq!(read["allowed"], true, "{read}");
+    // AND writing under a run's folder is allowed
+    let write = check("s3:PutObject", "arn:aws:s3:::iam-jobrole-input/runs/pipeline-1/stage/result.json");
+    assert_eq!(write["allowed"], true, "{write}");
+    // AND writing anywhere else in the bucket, or to another bucket, is denied
+    for elsewhere in ["arn:aws:s3:::iam-jobrole-input/incoming/forged.csv", "arn:aws:s3:::another-bucket/runs/x"] {
+        let denied = check("s3:PutObject", elsewhere);
+        assert_eq!(denied["allowed"], false, "{elsewhere}: {denied}");
+    }
+}
+
+#[tokio::test]
+async fn bootstrap_creating_its_roles_without_the_stacks_boundary_is_denied_and_the_deploy_fails_naming_it() {
+    // GIVEN a stack whose Environment forgot to pass the RoleBoundary (no PermissionsBoundary)
+    let sdk = sdk_config().await;
+    let settings = test_settings("iam-noboundary");
+    create_table(&sdk, &settings.table_name).await.unwrap();
+    let name = batchline_testkit::emulator::unique_name("iam-nobound");
+    let network = batchline_testkit::emulator::default_network();
+    let properties = json!({
+        "ServiceToken": "arn:aws:lambda:us-east-1:123456789012:function:batchline-bootstrap",
+        "NamePrefix": name,
+        "Network": {"Subnets": network.subnets, "SecurityGroups": network.security_groups},
+    });
+    register_expecting(&name, &settings, &properties, None, true);
+    // WHEN CloudFormation sends bootstrap the Create
+    let server = ResponseServer::start(0).await.unwrap();
+    let request = json!({
+        "RequestType": "Create", "ResponseURL": server.url, "ResourceProperties": properties,
+        "StackId": "arn:aws:cloudformation:us-east-1:123456789012:stack/test/1", "RequestId": "r-1",
+        "ResourceType": "Custom::BatchlineEnvironment", "LogicalResourceId": "Environment",
+    });
+    let clients = batchline_bootstrap::Clients::new(&signing_as(&sdk, Principal::Bootstrap, &name));
+    batchline_bootstrap::handle(batchline_testkit::invocation(request), &clients, &settings).await.unwrap();
+    // THEN it answered FAILED, saying why
+    let answer = server.accepted_answers().pop().expect("bootstrap answered");
+    assert_eq!(answer["Status"], "FAILED", "{answer}");
+    assert!(answer["Reason"].as_str().unwrap_or_default().contains("iam:CreateRole"), "{answer}");
+    // AND the evaluation denied bootstrap's CreateRole, its boundary missing
+    let denials = denials_of(&name);
+    assert!(denials.iter().any(|d| d["principal"] == "bootstrap" && d["action"] == "iam:CreateRole"), "{denials:?}");
+}
+
+#[tokio::test]
+async fn bootstrap_creates_changes_and_deletes_a_stack_within_the_templates_policies() {
+    // GIVEN a stack with two queues, two job definitions and an input bucket
+    let mut env = Deployed::new(
+        "iam-lifecycle",
+        json!({
+            "Roles": {"InputBucket": "iam-lifecycle-input"},
+            "Repository": {"DeleteOnStackDelete": "true"},
+            "ComputeEnvironments": {"default": {"Type": "FARGATE"}, "spot": {"Type": "FARGATE_SPOT"}},
+            "JobQueues": {"default": {"ComputeEnvironments": ["default"]}, "economy": {"ComputeEnvironments": ["spot"]}},
+            "JobDefinitions": {"default": {}, "report": {"Queue": "economy"}}
+        }),
+    )
+    .await;
+    // WHEN an update changes a definition, its repository's scanning and a queue's priority,
+    // and drops the other queue, its compute environment and job definition
+    env.update(json!({
+        "Repository": {"DeleteOnStackDelete": "true", "ScanOnPush": "false"},
+        "ComputeEnvironments": {"default": {"Type": "FARGATE", "MaxVcpus": "128"}},
+        "JobQueues": {"default": {"ComputeEnvironments": ["default"], "Priority": "5"}},
+        "JobDefinitions": {"default": {"Memory": "1024"}}
+    }))
+    .await;
+    // AND a job is still waiting when the stack is deleted
+    let player = batchline_testkit::player::Player::new(&env.sdk);
+    player.leave_unplayed(&[env.queue_arn("default")]).await.unwrap();
+    let submit = batchline_submit::Clients::new(&env.sdk_as(Principal::Submit), &env.settings);
+    let request = batchline_demo::api_request("POST", "/jobs", Some(&json!({"jobDefinition": "default"})));
+    let answer = batchline_submit::handle(batchline_testkit::invocation(request), &submit).await.unwrap();
+    assert_eq!(answer["statusCode"], 202, "{answer}");
+    let answer = env.delete().await;
+    // THEN every step succeeded, and nothing bootstrap asked for was denied
+    assert_eq!(answer["Status"], "SUCCESS", "{answer}");
+    assert_eq!(denials_of(&env.name), Vec::<serde_json::Value>::new());
+}
