@@ -33,7 +33,13 @@ impl Served {
     async fn new(test: &str) -> Served {
         let env = Deployed::new(test, properties()).await;
         let logs = repo_root().join("target/cli-test-logs").join(test);
-        let launcher = Launcher::new(&env.settings.table_name, &logs).unwrap();
+        let mut launcher = Launcher::new(&env.settings.table_name, &logs).unwrap().signing_as_roles_of(&env.name);
+        // The stack's namespace, as its registration with the IAM evaluation says.
+        for (name, value) in launcher.environment.iter_mut() {
+            if name == batchline::settings::METRIC_NAMESPACE_VAR {
+                *value = env.settings.metric_namespace.clone();
+            }
+        }
         let routing =
             Routing { name: env.stack.name_prefix.clone(), job_queues: vec![env.queue_arn("default")], trigger: None };
         let stack = ServedStack::start(&env.sdk, &launcher, routing, "127.0.0.1:0").await.unwrap();

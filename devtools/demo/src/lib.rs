@@ -160,6 +160,19 @@ pub const WORDCOUNT_SCRIPT: &str = "import os, sys; bucket, key = sys.argv[1:3];
 print(f'counting words in s3://{bucket}/{key}; run {os.environ.get(\"BATCHLINE_RUN_ID\", \"-\")}')";
 
 /// The stack configuration the demo deploys (the custom resource's properties).
+/// Registers the stack `prefix` with the emulator's IAM evaluation (devtools/iam): the
+/// template's policies resolved with its table and input bucket.
+pub fn register_stack(prefix: &str, table: &str, bucket: &str) -> Result<(), String> {
+    let network = default_network();
+    let stack = json!({
+        "name": prefix,
+        "parameters": {"SubnetIds": network.subnets, "SecurityGroupIds": network.security_groups},
+        "physical": {"Table": table, "Table.Arn": format!("arn:aws:dynamodb:us-east-1:123456789012:table/{table}"),
+                     "InputBucket": bucket},
+    });
+    batchline_testkit::emulator::register_iam_stack(&stack, None, false)
+}
+
 pub fn properties(prefix: &str, bucket: &str) -> Value {
     let network = default_network();
     json!({
@@ -167,7 +180,8 @@ pub fn properties(prefix: &str, bucket: &str) -> Value {
         "ServiceTimeout": "1200",
         "NamePrefix": prefix,
         "Network": {"Subnets": network.subnets.join(","), "SecurityGroups": network.security_groups.join(","), "AssignPublicIp": "true"},
-        "Roles": {"InputBucket": bucket},
+        // As the template passes it: bootstrap creates its roles under the stack's RoleBoundary.
+        "Roles": {"InputBucket": bucket, "PermissionsBoundary": format!("arn:aws:iam::123456789012:policy/{prefix}-RoleBoundary")},
         "Repository": {"DeleteOnStackDelete": "true"},
         "JobDefinitions": {
             "default": {"Vcpu": "0.25", "Memory": "512"},
@@ -243,7 +257,10 @@ pub async fn run_with(say: &mut (dyn FnMut(String) + Send), options: Options) ->
     // One folder of logs per demo run; earlier runs' are removed so they do not pile up.
     let logs = repo_root().join("target/demo-logs");
     let _ = std::fs::remove_dir_all(&logs);
-    let launcher = serve::Launcher::new(&table, &logs.join(&prefix))?;
+    // The functions sign as their roles of this stack: the emulator holds them to the
+    // template's IAM policies.
+    register_stack(&prefix, &table, &bucket)?;
+    let launcher = serve::Launcher::new(&table, &logs.join(&prefix))?.signing_as_roles_of(&prefix);
 
     // 1. Provision through bootstrap, as CloudFormation would.
     let bootstrap = launcher.start("batchline-bootstrap", "batchline-bootstrap").await?;

@@ -148,22 +148,37 @@ pub struct Launcher {
     /// `NAME=value` pairs: the template's variables, and the emulator's endpoint and credentials.
     pub environment: Vec<(String, String)>,
     pub log_dir: PathBuf,
+    /// The stack registered with the emulator's IAM evaluation, when the functions are to
+    /// sign as their own roles of it (each its own access key id) rather than as `testing`.
+    pub iam_stack: Option<String>,
 }
 
 impl Launcher {
     /// The launcher of the stack whose table is `table`, logging under `log_dir`.
     pub fn new(table: &str, log_dir: &Path) -> Result<Launcher, String> {
         std::fs::create_dir_all(log_dir).map_err(|e| format!("{}: {e}", log_dir.display()))?;
-        Ok(Launcher { environment: crate::local_environment(table)?, log_dir: log_dir.to_owned() })
+        Ok(Launcher { environment: crate::local_environment(table)?, log_dir: log_dir.to_owned(), iam_stack: None })
+    }
+
+    /// The same, each function signing as its role of `stack` (registered with the
+    /// emulator's IAM evaluation): what it may do is what the template's policies allow.
+    pub fn signing_as_roles_of(mut self, stack: &str) -> Launcher {
+        self.iam_stack = Some(stack.to_owned());
+        self
     }
 
     /// Starts `binary` (its log: `<label>.log`) and waits until it asks for work.
     pub async fn start(&self, binary: &str, label: &str) -> Result<LocalLambda, String> {
         let log = self.log_dir.join(format!("{label}.log"));
-        let lambda =
-            LocalLambda::start(binary, &crate::binary(binary)?, &self.environment, timeout_of(binary), Some(&log))
-                .await
-                .map_err(|e| format!("starting {binary}: {e}"))?;
+        let mut environment = self.environment.clone();
+        if let Some(stack) = &self.iam_stack {
+            let principal = binary.trim_start_matches("batchline-");
+            environment.retain(|(name, _)| name != "AWS_ACCESS_KEY_ID");
+            environment.push(("AWS_ACCESS_KEY_ID".to_owned(), format!("iam.{principal}.{stack}")));
+        }
+        let lambda = LocalLambda::start(binary, &crate::binary(binary)?, &environment, timeout_of(binary), Some(&log))
+            .await
+            .map_err(|e| format!("starting {binary}: {e}"))?;
         lambda.wait_until_ready(Duration::from_secs(30)).await?;
         Ok(lambda)
     }
