@@ -116,9 +116,9 @@ pub fn plan_submit_job(
         read_problems.push(Problem::new("jobDefinition", message));
         return Err(ApiError::refused(read_problems, false));
     };
-    let overrides = body.command.is_some() || !body.environment.is_empty();
-    if read_problems.is_empty() && !definition.allow_overrides && overrides {
-        return Err(overrides_refused(&format!("jobDefinition {key:?}")));
+    let overridden = overridden_fields(&body);
+    if read_problems.is_empty() && !definition.allow_overrides && !overridden.is_empty() {
+        return Err(overrides_refused(&format!("jobDefinition {key:?}"), &overridden));
     }
     let mut problems: Vec<RequestError> = Vec::new();
     let mut size_adjusted = false;
@@ -179,13 +179,33 @@ pub fn plan_submit_job(
     Ok(SubmitPlan { job, size, size_adjusted })
 }
 
-/// A caller's command or environment for job definitions that take none (`AllowOverrides:
-/// "false"`): what the job runs is the operator's, not the caller's.
-pub fn overrides_refused(what: &str) -> ApiError {
+/// What a body sets that a locked job definition (`AllowOverrides: "false"`) decides
+/// itself: what runs (command, environment), how large (vcpu, memory), how wide (arraySize)
+/// and after what (dependsOn).
+fn overridden_fields(body: &SubmitJobBody) -> Vec<&'static str> {
+    let set = [
+        ("command", body.command.is_some()),
+        ("environment", !body.environment.is_empty()),
+        ("vcpu", body.vcpu.is_some()),
+        ("memory", body.memory.is_some()),
+        ("arraySize", body.array_size.is_some()),
+        ("dependsOn", !body.depends_on.is_empty()),
+    ];
+    set.into_iter().filter(|(_, given)| *given).map(|(field, _)| field).collect()
+}
+
+/// What callers set for job definitions that take nothing from them (`AllowOverrides:
+/// "false"`): what the job runs, its size and its fan-out are the operator's, not the
+/// caller's; `fields` names what was given.
+pub fn overrides_refused(what: &str, fields: &[&str]) -> ApiError {
     ApiError::new(
         403,
         "OverridesNotAllowed",
-        format!("{what} takes no command or environment from callers (AllowOverrides is false); pass the parameters its command names instead"),
+        format!(
+            "{what} takes no {} from callers (AllowOverrides is false): its command, environment, size, array size and \
+             dependencies are the job definition's; pass the parameters its command names instead",
+            fields.join(", ")
+        ),
     )
 }
 

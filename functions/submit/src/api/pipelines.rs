@@ -90,6 +90,6 @@ pub fn check_run_overrides(config: &StackConfig, pipeline: &Pipeline, input: &Ru
     if closed.is_empty() {
         Ok(())
     } else {
-        Err(overrides_refused(&closed.join(", ")))
+        Err(overrides_refused(&closed.join(", "), &["environment"]))
     }
 }

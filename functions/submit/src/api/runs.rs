@@ -83,6 +83,7 @@ pub async fn redrive(call: &Call<'_>) -> Answer {
         return Err(ApiError::not_found(format!("no run {id}")).into());
     };
     let (body, sizes) = redrive_of(&read.run, body_problems)?;
+    check_redrive_overrides(call.stack, &read.run, &sizes)?;
     let key = match idempotency_key(call.request, &format!("runs/{id}/redrive"), &call.holder.token)? {
         ApiKey::Request(key) | ApiKey::Caller(key) => key,
     };
@@ -160,7 +161,9 @@ pub fn run_view(
         "createdAt": iso(Some(run.created_at)),
         "endedAt": iso(run.ended_at),
         "durationMs": run.duration_ms(now_ms),
-        "input": run.input,
+        // Parameters as given; of the environment only the names: its values may be secrets
+        // (secrets belong in a job definition's `Secrets`), and read routes are not write routes.
+        "input": {"parameters": run.input.parameters, "environment": run.input.environment.keys().collect::<Vec<_>>()},
         // Where its stages share data (BATCHLINE_RUN_DATA), when the stack has a folder for it.
         "runData": config.roles.names.run_data_uri(&run.run_id),
         // Its redrives: each started a generation; a stage's attempts go on across them.
@@ -207,6 +210,28 @@ impl RedriveBody {
 pub struct SizeBody {
     pub vcpu: Option<Number>,
     pub memory: Option<Number>,
+}
+
+/// A redrive may not size a stage whose job definition takes nothing from callers
+/// (`AllowOverrides: "false"`): its size is the definition's (and its own resizes).
+pub fn check_redrive_overrides(
+    stack: &StackConfig,
+    run: &batchline::model::run::Run,
+    sizes: &BTreeMap<String, Size>,
+) -> Result<(), ApiError> {
+    let locked: Vec<String> = sizes
+        .keys()
+        .filter(|stage| {
+            let definition = run.stage(stage).and_then(|s| stack.job_definitions.get(&s.job_definition));
+            definition.is_some_and(|d| !d.allow_overrides)
+        })
+        .map(|stage| format!("stage {stage}"))
+        .collect();
+    if locked.is_empty() {
+        Ok(())
+    } else {
+        Err(super::jobs::overrides_refused(&locked.join(", "), &["vcpu", "memory"]))
+    }
 }
 
 /// What a redrive body asks of `run` (the body and its sizes), or every problem of it:

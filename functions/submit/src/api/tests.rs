@@ -15,9 +15,14 @@ use super::{pipelines, runs};
 
 /// A stack with two job definitions on the default queue and a two-stage pipeline.
 fn stack() -> StackConfig {
+    stack_with_report(json!({"Vcpu": "1", "Memory": "2048"}))
+}
+
+/// [`stack`], its `report` job definition declared as given.
+fn stack_with_report(report: Value) -> StackConfig {
     let properties = json!({
         "Network": {"Subnets": ["subnet-1"], "SecurityGroups": ["sg-1"]},
-        "JobDefinitions": {"default": {}, "report": {"Vcpu": "1", "Memory": "2048"}},
+        "JobDefinitions": {"default": {}, "report": report},
         "Pipelines": {"two": {"Stages": {"first": {"JobDefinition": "default"},
                                           "second": {"JobDefinition": "report", "After": ["first"]}}}}
     });
@@ -194,4 +199,53 @@ async fn a_job_is_shown_as_batch_describes_it_and_only_from_the_stacks_queues() 
     let other = batch.submit_job(&elsewhere).await.unwrap();
     assert!(jobs::our_job(&batch, &stack, &id).await.is_ok());
     assert!(jobs::our_job(&batch, &stack, &other).await.is_err(), "another queue's job is a 404");
+}
+
+#[test]
+fn a_locked_job_definition_takes_no_size_array_size_or_dependency_from_callers() {
+    // GIVEN a job definition that takes nothing from callers
+    let stack = stack_with_report(json!({"Vcpu": "1", "Memory": "2048", "AllowOverrides": "false"}));
+    // WHEN a caller asks it for a size, an array or a dependency (each alone)
+    for body in [
+        json!({"jobDefinition": "report", "arraySize": 10000}),
+        json!({"jobDefinition": "report", "vcpu": "4"}),
+        json!({"jobDefinition": "report", "memory": "8192"}),
+        json!({"jobDefinition": "report", "dependsOn": ["job-1"]}),
+    ] {
+        // THEN it is refused, naming what was given
+        let refused = plan_submit_job(&stack, &post(&body), "k".into()).unwrap_err();
+        assert_eq!((refused.status, refused.code), (403, "OverridesNotAllowed"), "{body}");
+        let field = body.as_object().unwrap().keys().find(|k| *k != "jobDefinition").unwrap().clone();
+        assert!(refused.message.contains(&format!("takes no {field}")), "{}", refused.message);
+    }
+    // AND its parameters still pass
+    assert!(plan_submit_job(
+        &stack,
+        &post(&json!({"jobDefinition": "report", "parameters": {"day": "1"}})),
+        "k".into()
+    )
+    .is_ok());
+    // AND a redrive may not size a stage of it
+    let run = batchline::model::run::Run::start("two-1".into(), &stack.pipelines["two"], "api", Default::default(), 0);
+    let read = super::body::read_body(json!({"sizes": {"second": {"vcpu": "2"}}}).to_string().as_bytes()).unwrap();
+    let (_, sizes) = runs::redrive_of(&run, read).unwrap();
+    let refused = runs::check_redrive_overrides(&stack, &run, &sizes).unwrap_err();
+    assert_eq!(refused.status, 403, "{refused:?}");
+    let read = super::body::read_body(json!({"sizes": {"first": {"vcpu": "2"}}}).to_string().as_bytes()).unwrap();
+    let (_, sizes) = runs::redrive_of(&run, read).unwrap();
+    assert!(runs::check_redrive_overrides(&stack, &run, &sizes).is_ok(), "default takes overrides");
+}
+
+#[test]
+fn a_runs_view_shows_its_environments_names_never_their_values() {
+    let stack = stack();
+    let input = batchline::model::run::RunInput {
+        parameters: BTreeMap::from([("day".to_owned(), "1".to_owned())]),
+        environment: BTreeMap::from([("DB_PASSWORD".to_owned(), "s3cr3t".to_owned())]),
+    };
+    let run = batchline::model::run::Run::start("two-1".into(), &stack.pipelines["two"], "api", input, 0);
+    let pricing = batchline::model::cost::Pricing::on_demand(&Default::default());
+    let view = runs::run_view(&run, &stack, &pricing, "us-east-1", 0);
+    assert_eq!(view["input"], json!({"parameters": {"day": "1"}, "environment": ["DB_PASSWORD"]}));
+    assert!(!view.to_string().contains("s3cr3t"), "{view}");
 }
