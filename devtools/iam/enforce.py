@@ -129,12 +129,20 @@ class IamEnforcement:
         return service, form.pop("Action", environ.get("REQUEST_METHOD", "")), form
 
     def evaluate(self, principal: str, stack_id: str, action: str, resource: str, context: dict,
-                 probe: bool = False) -> dict[str, Any]:
+                 probe: bool = False, identity: list | None = None) -> dict[str, Any]:
+        """The verdict on one request by `principal` of the stack (or, with `identity`, by
+        another principal of the account holding those policies), the resource's own
+        policy (a queue's) included."""
         stack = self.stacks[stack_id]
-        message = {"op": "check", "key": f"{stack_id}/{principal}",
-                   "principal": f"arn:aws:iam::{stack.account}:role/{stack_id}-{principal}",
-                   "action": action, "resource": resource, "account": stack.account, "context": context}
-        if principal == "job-role":
+        # A service (`events.amazonaws.com`) is its own principal; anyone else a role of the stack.
+        arn = principal if principal.endswith(".amazonaws.com") else f"arn:aws:iam::{stack.account}:role/{stack_id}-{principal}"
+        message = {"op": "check", "key": f"{stack_id}/{principal}", "principal": arn,
+                   "action": action, "resource": resource, "account": stack.account, "context": context,
+                   "resourcePolicy": self.cache[stack_id].get("resources", {}).get(resource)}
+        if identity is not None:
+            self.evaluator.ask({"op": "policies", "key": f"{stack_id}/{principal}", "identity": identity,
+                                "boundary": None})
+        elif principal == "job-role":
             self.load_job_role(stack_id)
         verdict = self.evaluator.ask(message)
         if verdict.get("error"):
@@ -244,7 +252,7 @@ class IamEnforcement:
             if path == "/_batchline/iam/check" and method == "POST":
                 asked = json.loads(self.read_body(environ))
                 return ok(self.evaluate(asked["principal"], asked["stack"], asked["action"], asked["resource"],
-                                        asked.get("context", {}), probe=True))
+                                        asked.get("context", {}), probe=True, identity=asked.get("identity")))
             if path == "/_batchline/iam/denials" and method == "GET":
                 with self.lock:
                     return ok(list(self.denials))

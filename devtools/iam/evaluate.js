@@ -6,7 +6,8 @@
 //   {"op": "policies", "key": K, "identity": [{name, policy}], "boundary": policy|null}
 //       -> {"ok": true}: the policies of principal K (a function of one stack, say)
 //   {"op": "check", "key": K, "principal": ARN, "action": "dynamodb:GetItem",
-//    "resource": ARN or "*", "account": "123456789012", "context": {"dynamodb:LeadingKeys": [...]}}
+//    "resource": ARN or "*", "account": "123456789012", "context": {"dynamodb:LeadingKeys": [...]},
+//    "identity": [...] (instead of K's, for another principal), "resourcePolicy": {...} (the resource's)}
 //       -> {"allowed": true|false, "decision": "Allowed"|"ImplicitlyDenied"|"ExplicitlyDenied",
 //           "by": "Policy#Sid" or "", "why": "...", "ignoredContextKeys": [...]}
 // A request the simulator refuses as malformed (an unknown action, a resource of the wrong
@@ -33,7 +34,8 @@ async function check(request) {
       resource: { resource: request.resource, accountId: request.account },
       contextVariables: request.context || {},
     },
-    identityPolicies: known.identity,
+    identityPolicies: request.identity || known.identity,
+    resourcePolicy: request.resourcePolicy || undefined,
     permissionBoundaryPolicies: known.boundary ? [{ name: 'RoleBoundary', policy: known.boundary }] : undefined,
     serviceControlPolicies: [],
     resourceControlPolicies: [],

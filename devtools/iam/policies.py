@@ -174,6 +174,22 @@ def principal_policies(template_path: Path, stack: Stack) -> dict[str, dict[str,
         boundary = resolver.resolve(resources["RoleBoundary"]["Properties"]["PolicyDocument"])
         check_resolved(boundary, "RoleBoundary")
         out["boundary"] = {"policy": boundary}
+    out["resources"] = resource_policies(resources, resolver)
+    return out
+
+
+def resource_policies(resources: dict[str, Any], resolver: Resolver) -> dict[str, Any]:
+    """The queues' resource policies (`AWS::SQS::QueuePolicy`), by queue ARN."""
+    out: dict[str, Any] = {}
+    for logical, resource in resources.items():
+        if resource.get("Type") != "AWS::SQS::QueuePolicy":
+            continue
+        policy = resolver.resolve(resource["Properties"]["PolicyDocument"])
+        check_resolved(policy, logical)
+        for queue in resource["Properties"].get("Queues", []):
+            name = queue.get("Ref") if isinstance(queue, dict) else None
+            if name:
+                out[resolver.resolve({"Fn::GetAtt": [name, "Arn"]})] = policy
     return out
 
 

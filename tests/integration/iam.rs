@@ -4,7 +4,7 @@
 //! policies by the emulator (devtools/iam) and refused as AWS would refuse them; these tests
 //! show it bites where no function call of the suite would go.
 
-use batchline_testkit::emulator::{iam_check, sdk_config, signing_as, test_settings, Principal};
+use batchline_testkit::emulator::{iam_check, iam_check_other, sdk_config, signing_as, test_settings, Principal};
 use batchline_testkit::response_server::ResponseServer;
 use batchline_testkit::table::create_table;
 use serde_json::json;
@@ -96,4 +96,45 @@ async fn bootstrap_creates_changes_and_deletes_a_stack_within_the_templates_poli
     // THEN every step succeeded, and nothing bootstrap asked for was denied
     assert_eq!(answer["Status"], "SUCCESS", "{answer}");
     assert_eq!(denials_of(&env.name), Vec::<serde_json::Value>::new());
+}
+
+#[tokio::test]
+async fn only_each_queues_rule_may_send_to_it_not_a_principal_allowed_sqs_on_everything() {
+    // GIVEN a stack, and another principal of the account allowed sqs:SendMessage on every queue
+    let env = Deployed::new("iam-queues", json!({})).await;
+    let anything = json!([{"name": "SendAnywhere", "policy": {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": "sqs:SendMessage", "Resource": "*"}]}}]);
+    let queue = |logical: &str| format!("arn:aws:sqs:us-east-1:123456789012:{}-{logical}", env.name);
+    let rule = |logical: &str| format!("arn:aws:events:us-east-1:123456789012:rule/{}-{logical}", env.name);
+    for (logical, its_rule) in [
+        ("TriggerQueue", "ObjectCreatedRule"),
+        ("RunEventsQueue", "RunStateChangeRule"),
+        ("JobEventsQueue", "BatchStateChangeRule"),
+    ] {
+        // WHEN it sends a forged event to the queue
+        let forged =
+            iam_check_other(&env.name, "intruder", anything.clone(), "sqs:SendMessage", &queue(logical), json!({}));
+        // THEN the queue's policy denies it
+        assert_eq!(forged["allowed"], false, "{logical}: {forged}");
+        // AND the queue's own rule still delivers
+        let delivered = iam_check_other(
+            &env.name,
+            "events.amazonaws.com",
+            json!([]),
+            "sqs:SendMessage",
+            &queue(logical),
+            json!({"aws:SourceArn": rule(its_rule), "aws:SourceAccount": "123456789012"}),
+        );
+        assert_eq!(delivered["allowed"], true, "{logical}: {delivered}");
+        // AND another rule of the account does not
+        let other = iam_check_other(
+            &env.name,
+            "events.amazonaws.com",
+            json!([]),
+            "sqs:SendMessage",
+            &queue(logical),
+            json!({"aws:SourceArn": rule("SomeoneElsesRule"), "aws:SourceAccount": "123456789012"}),
+        );
+        assert_eq!(other["allowed"], false, "{logical}: {other}");
+    }
 }

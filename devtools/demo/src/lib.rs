@@ -448,8 +448,10 @@ async fn watch_run(
 /// How often the demo asks the API how its run is doing.
 const WATCH_EVERY: Duration = Duration::from_millis(500);
 
-/// The queue's metrics once they count `ended` jobs (succeeded or failed), or after 30 s:
-/// the metrics lane delivers in batches up to its 10-second window after the run's lane.
+/// The queue's metrics once they count `ended` jobs (succeeded or failed) and as many
+/// RUNNABLE transitions, or after 30 s: the metrics lane delivers in batches up to its
+/// 10-second window after the run's lane, and a batch whose metrics failed comes again
+/// later (so a job's RUNNABLE may be counted after its end).
 async fn counted_metrics(
     sdk: &aws_config::SdkConfig,
     queue_arn: &str,
@@ -459,7 +461,8 @@ async fn counted_metrics(
     loop {
         let metrics = read_metrics(sdk, queue_arn).await?;
         let counted = ["JobsSucceeded", "JobsFailed"].iter().map(|m| metrics.get(*m).map_or(0.0, |v| v.0)).sum::<f64>();
-        if counted >= ended || Instant::now() > deadline {
+        let runnable = metrics.get("JobsRunnable").map_or(0.0, |v| v.0);
+        if (counted >= ended && runnable >= ended) || Instant::now() > deadline {
             return Ok(metrics);
         }
         tokio::time::sleep(Duration::from_secs(1)).await;

@@ -174,6 +174,26 @@ pub fn iam_check(stack: &str, principal: Principal, action: &str, resource: &str
     serde_json::from_str(&answer).unwrap_or_else(|why| panic!("IAM evaluation answer {answer:?}: {why}"))
 }
 
+/// What the emulator's IAM evaluation says of `action` on `resource` by another
+/// principal of the account (`principal`, an IAM role name, or a service such as
+/// `events.amazonaws.com`) holding the identity policies `identity`, with the request's
+/// condition keys `context`: the resource's own policy (a queue's) from the stack's template
+/// counts too. `{"allowed", "by", "why"}`.
+pub fn iam_check_other(
+    stack: &str,
+    principal: &str,
+    identity: serde_json::Value,
+    action: &str,
+    resource: &str,
+    context: serde_json::Value,
+) -> serde_json::Value {
+    let asked = serde_json::json!({"stack": stack, "principal": principal, "identity": identity, "action": action,
+                                   "resource": resource, "context": context});
+    let answer = http_call(endpoint(), "POST", "/_batchline/iam/check", &asked.to_string())
+        .unwrap_or_else(|why| panic!("the IAM evaluation did not answer: {why}"));
+    serde_json::from_str(&answer).unwrap_or_else(|why| panic!("IAM evaluation answer {answer:?}: {why}"))
+}
+
 /// Every request the emulator's IAM evaluation denied in this run.
 pub fn iam_denials() -> Vec<serde_json::Value> {
     let body = http_get(endpoint(), "/_batchline/iam/denials").unwrap_or_else(|why| panic!("IAM denials: {why}"));
