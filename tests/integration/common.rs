@@ -3,7 +3,7 @@
 use batchline::model::stack::StackConfig;
 use batchline::store::{ConfigStore, DynamoStore};
 use batchline_testkit::emulator::{
-    default_network, register_iam_stack, sdk_config, signing_as, test_settings, unique_name, Principal,
+    default_network, iam_stack, register_iam_stack, sdk_config, signing_as, test_settings, unique_name, Principal,
 };
 use batchline_testkit::invocation;
 use batchline_testkit::player::event_id;
@@ -26,7 +26,15 @@ pub struct Deployed {
 
 /// Sends `request` (RequestType and properties) to bootstrap as CloudFormation would,
 /// checks it answered SUCCESS, and returns the configuration it published.
-async fn bootstrap(sdk: &aws_config::SdkConfig, config: &batchline::Settings, mut request: Value) -> StackConfig {
+async fn bootstrap(sdk: &aws_config::SdkConfig, config: &batchline::Settings, request: Value) -> StackConfig {
+    let answer = bootstrap_answer(sdk, config, request).await;
+    assert_eq!(answer["Status"], "SUCCESS", "{answer}");
+    DynamoStore::new(aws_sdk_dynamodb::Client::new(sdk), &config.table_name).load_config().await.unwrap().unwrap()
+}
+
+/// Sends `request` (RequestType, properties, a physical id) to bootstrap as CloudFormation
+/// would, its clients signing with `sdk`, and returns its answer.
+pub async fn bootstrap_answer(sdk: &aws_config::SdkConfig, config: &batchline::Settings, mut request: Value) -> Value {
     let server = ResponseServer::start(0).await.unwrap();
     for (key, value) in [
         ("ResponseURL", json!(server.url)),
@@ -39,9 +47,7 @@ async fn bootstrap(sdk: &aws_config::SdkConfig, config: &batchline::Settings, mu
     }
     let clients = batchline_bootstrap::Clients::new(sdk);
     batchline_bootstrap::handle(invocation(request), &clients, config).await.unwrap();
-    let answer = server.accepted_answers().pop().expect("bootstrap answered");
-    assert_eq!(answer["Status"], "SUCCESS", "{answer}");
-    DynamoStore::new(aws_sdk_dynamodb::Client::new(sdk), &config.table_name).load_config().await.unwrap().unwrap()
+    server.accepted_answers().pop().expect("bootstrap answered")
 }
 
 impl Deployed {
@@ -97,17 +103,10 @@ impl Deployed {
 
     /// bootstrap's Delete, as CloudFormation sends it when the stack is deleted; its answer.
     pub async fn delete(&self) -> Value {
-        let server = ResponseServer::start(0).await.unwrap();
         let physical_id = format!("{}-environment", self.stack.name_prefix);
-        let request = json!({
-            "RequestType": "Delete", "ResponseURL": server.url, "PhysicalResourceId": physical_id,
-            "ResourceProperties": self.properties,
-            "StackId": "arn:aws:cloudformation:us-east-1:123456789012:stack/test/1", "RequestId": event_id(),
-            "ResourceType": "Custom::BatchlineEnvironment", "LogicalResourceId": "Environment",
-        });
-        let clients = batchline_bootstrap::Clients::new(&self.sdk_as(Principal::Bootstrap));
-        batchline_bootstrap::handle(invocation(request), &clients, &self.settings).await.unwrap();
-        server.accepted_answers().pop().expect("bootstrap answered")
+        let request = json!({"RequestType": "Delete", "PhysicalResourceId": physical_id,
+                             "ResourceProperties": self.properties});
+        bootstrap_answer(&self.sdk_as(Principal::Bootstrap), &self.settings, request).await
     }
 
     pub fn queue_arn(&self, key: &str) -> String {
@@ -167,24 +166,11 @@ pub fn register_expecting(
     template: Option<&std::path::Path>,
     expect_denials: bool,
 ) {
-    let table = &settings.table_name;
-    let mut physical = json!({
-        "Table": table,
-        "Table.Arn": format!("arn:aws:dynamodb:us-east-1:123456789012:table/{table}"),
-    });
-    if let Some(bucket) = properties["Roles"]["InputBucket"].as_str().filter(|b| !b.is_empty()) {
-        physical["InputBucket"] = json!(bucket);
-    }
+    let bucket = properties["Roles"]["InputBucket"].as_str().filter(|b| !b.is_empty());
+    let mut stack = iam_stack(name, &settings.table_name, Some(&settings.metric_namespace), bucket);
     if let Some(role) = properties["Roles"]["JobRoleName"].as_str() {
-        physical["JobRoleName"] = json!(role);
+        stack["physical"]["JobRoleName"] = json!(role);
     }
-    let network = default_network();
-    let stack = json!({
-        "name": name,
-        "parameters": {"SubnetIds": network.subnets, "SecurityGroupIds": network.security_groups,
-                       "MetricNamespace": settings.metric_namespace},
-        "physical": physical,
-    });
     register_iam_stack(&stack, template, expect_denials)
         .unwrap_or_else(|why| panic!("registering {name} for IAM evaluation: {why}"));
 }

@@ -5,11 +5,10 @@
 //! show it bites where no function call of the suite would go.
 
 use batchline_testkit::emulator::{iam_check, iam_check_other, sdk_config, signing_as, test_settings, Principal};
-use batchline_testkit::response_server::ResponseServer;
 use batchline_testkit::table::create_table;
 use serde_json::json;
 
-use crate::common::{denials_of, register_expecting, Deployed};
+use crate::common::{bootstrap_answer, denials_of, register_expecting, Deployed};
 
 #[tokio::test]
 async fn a_stage_may_read_the_input_bucket_and_write_its_run_data_folder_as_the_job_role_and_nothing_else() {
@@ -45,16 +44,9 @@ async fn bootstrap_creating_its_roles_without_the_stacks_boundary_is_denied_and_
     });
     register_expecting(&name, &settings, &properties, None, true);
     // WHEN CloudFormation sends bootstrap the Create
-    let server = ResponseServer::start(0).await.unwrap();
-    let request = json!({
-        "RequestType": "Create", "ResponseURL": server.url, "ResourceProperties": properties,
-        "StackId": "arn:aws:cloudformation:us-east-1:123456789012:stack/test/1", "RequestId": "r-1",
-        "ResourceType": "Custom::BatchlineEnvironment", "LogicalResourceId": "Environment",
-    });
-    let clients = batchline_bootstrap::Clients::new(&signing_as(&sdk, Principal::Bootstrap, &name));
-    batchline_bootstrap::handle(batchline_testkit::invocation(request), &clients, &settings).await.unwrap();
+    let request = json!({"RequestType": "Create", "ResourceProperties": properties});
+    let answer = bootstrap_answer(&signing_as(&sdk, Principal::Bootstrap, &name), &settings, request).await;
     // THEN it answered FAILED, saying why
-    let answer = server.accepted_answers().pop().expect("bootstrap answered");
     assert_eq!(answer["Status"], "FAILED", "{answer}");
     assert!(answer["Reason"].as_str().unwrap_or_default().contains("iam:CreateRole"), "{answer}");
     // AND the evaluation denied bootstrap's CreateRole, its boundary missing

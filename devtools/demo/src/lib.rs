@@ -163,13 +163,7 @@ print(f'counting words in s3://{bucket}/{key}; run {os.environ.get(\"BATCHLINE_R
 /// Registers the stack `prefix` with the emulator's IAM evaluation (devtools/iam): the
 /// template's policies resolved with its table and input bucket.
 pub fn register_stack(prefix: &str, table: &str, bucket: &str) -> Result<(), String> {
-    let network = default_network();
-    let stack = json!({
-        "name": prefix,
-        "parameters": {"SubnetIds": network.subnets, "SecurityGroupIds": network.security_groups},
-        "physical": {"Table": table, "Table.Arn": format!("arn:aws:dynamodb:us-east-1:123456789012:table/{table}"),
-                     "InputBucket": bucket},
-    });
+    let stack = batchline_testkit::emulator::iam_stack(prefix, table, None, Some(bucket));
     batchline_testkit::emulator::register_iam_stack(&stack, None, false)
 }
 

@@ -167,11 +167,7 @@ pub fn register_iam_stack(
 /// What the emulator's IAM evaluation says of a request that is not made (a stage's
 /// container's, say): `{"allowed", "by", "why"}`.
 pub fn iam_check(stack: &str, principal: Principal, action: &str, resource: &str) -> serde_json::Value {
-    let asked =
-        serde_json::json!({"stack": stack, "principal": principal.name(), "action": action, "resource": resource});
-    let answer = http_call(endpoint(), "POST", "/_batchline/iam/check", &asked.to_string())
-        .unwrap_or_else(|why| panic!("the IAM evaluation did not answer: {why}"));
-    serde_json::from_str(&answer).unwrap_or_else(|why| panic!("IAM evaluation answer {answer:?}: {why}"))
+    ask_iam(&serde_json::json!({"stack": stack, "principal": principal.name(), "action": action, "resource": resource}))
 }
 
 /// What the emulator's IAM evaluation says of `action` on `resource` by another
@@ -187,11 +183,39 @@ pub fn iam_check_other(
     resource: &str,
     context: serde_json::Value,
 ) -> serde_json::Value {
-    let asked = serde_json::json!({"stack": stack, "principal": principal, "identity": identity, "action": action,
-                                   "resource": resource, "context": context});
+    ask_iam(&serde_json::json!({"stack": stack, "principal": principal, "identity": identity, "action": action,
+                                "resource": resource, "context": context}))
+}
+
+/// The IAM evaluation's verdict on a request nobody makes (`/_batchline/iam/check`).
+fn ask_iam(asked: &serde_json::Value) -> serde_json::Value {
     let answer = http_call(endpoint(), "POST", "/_batchline/iam/check", &asked.to_string())
         .unwrap_or_else(|why| panic!("the IAM evaluation did not answer: {why}"));
     serde_json::from_str(&answer).unwrap_or_else(|why| panic!("IAM evaluation answer {answer:?}: {why}"))
+}
+
+/// A stack as the IAM evaluation is told of it (devtools/iam/policies.py, `Stack`): its
+/// name, the emulator's network, its metric namespace (the template's default when
+/// `None`), and the physical names of its table and input bucket.
+pub fn iam_stack(
+    name: &str,
+    table: &str,
+    metric_namespace: Option<&str>,
+    input_bucket: Option<&str>,
+) -> serde_json::Value {
+    let network = default_network();
+    let mut stack = serde_json::json!({
+        "name": name,
+        "parameters": {"SubnetIds": network.subnets, "SecurityGroupIds": network.security_groups},
+        "physical": {"Table": table, "Table.Arn": format!("arn:aws:dynamodb:{REGION}:123456789012:table/{table}")},
+    });
+    if let Some(namespace) = metric_namespace {
+        stack["parameters"]["MetricNamespace"] = serde_json::json!(namespace);
+    }
+    if let Some(bucket) = input_bucket {
+        stack["physical"]["InputBucket"] = serde_json::json!(bucket);
+    }
+    stack
 }
 
 /// Every request the emulator's IAM evaluation denied in this run.
