@@ -104,6 +104,7 @@ class IamEnforcement:
         service, operation, params = self.call_of(environ, path, scope, body)
         stack = self.stacks[stack_id]
         for request in iam_requests(service, operation, params, region, stack.account):
+            self.add_role_path(request, stack.account)
             self.add_current_boundary(request, stack.account)
             self.add_resource_tags(request, stack.account, region)
             verdict = self.evaluate(principal, stack_id, request.action, request.resource, request.context)
@@ -182,6 +183,20 @@ class IamEnforcement:
             boundary = boundary.get("PermissionsBoundaryArn")
         if boundary:
             request.context["iam:PermissionsBoundary"] = boundary
+
+    def add_role_path(self, request: Any, account: str) -> None:
+        """A role's ARN carries its path (`role/batchline/<stack>/<name>`), which only a
+        CreateRole names: for any other call on an existing role, the resource is the
+        role's real ARN, as AWS authorises it."""
+        if not request.action.startswith("iam:") or request.action == "iam:CreateRole" or ":role/" not in request.resource:
+            return
+        from moto.iam.models import iam_backends
+
+        try:
+            role = iam_backends[account]["global"].get_role(request.resource.rsplit("/", 1)[-1])
+        except Exception:  # noqa: BLE001 (no such role: AWS authorises the name as given)
+            return
+        request.resource = role.arn
 
     def add_resource_tags(self, request: Any, account: str, region: str) -> None:
         """`aws:ResourceTag/<key>`: AWS supplies the tags of the existing resource a request

@@ -120,7 +120,10 @@ def _iam(operation: str, params: dict[str, Any], region: str, account: str) -> l
     role = params.get("RoleName")
     if not role:
         return [IamRequest(action, "*")]
-    resource = f"arn:aws:iam::{account}:role/{params.get('Path', '/').strip('/') + '/' if params.get('Path', '/') != '/' else ''}{role}"
+    # A role's ARN carries its path: CreateRole names it; for any other call the adapter
+    # puts in the existing role's (enforce.add_role_path).
+    path = params.get("Path", "/")
+    resource = f"arn:aws:iam::{account}:role{path}{role}"
     context: dict[str, Any] = {}
     if "PermissionsBoundary" in params:
         context["iam:PermissionsBoundary"] = params["PermissionsBoundary"]
@@ -136,9 +139,9 @@ def _ecr(operation: str, params: dict[str, Any], region: str, account: str) -> l
         return [IamRequest(action, "*")]
     repository = _arn("ecr", region, account, f"repository/{name}")
     if operation == "CreateRepository" and params.get("tags"):
-        # Tags given on creation are also authorised as ecr:TagResource.
-        tags = _request_tags({tag["Key"]: tag["Value"] for tag in params["tags"]})
-        return [IamRequest(action, repository, tags), IamRequest("ecr:TagResource", repository, tags)]
+        # ECR authorises tags given on creation on ecr:CreateRepository itself, with the
+        # request's tags (its user guide, "Using Tag-Based Access Control").
+        return [IamRequest(action, repository, _request_tags({tag["Key"]: tag["Value"] for tag in params["tags"]}))]
     return [IamRequest(action, repository)]
 
 

@@ -7,52 +7,77 @@ use batchline::model::stack::StackConfig;
 use batchline::store::keys;
 use batchline_bootstrap::cfn::{Request, Status};
 use batchline_bootstrap::{answer_within, handle, Clients, Outcome};
-use batchline_testkit::emulator::{default_network, sdk_config, test_settings, unique_name};
+use batchline_testkit::emulator::{
+    default_network, iam_check, sdk_config, signing_as, stack_id, test_settings, unique_name, Principal,
+};
+
+use crate::common::register_expecting;
 use batchline_testkit::invocation;
 use batchline_testkit::player::event_id;
 use batchline_testkit::response_server::ResponseServer;
 use batchline_testkit::table::create_table;
 use serde_json::{json, Value};
 
+/// A CloudFormation stack of the test's own, whose environments bootstrap builds signing
+/// as the stack's bootstrap function: every call it makes is evaluated against the
+/// template's policy for it (devtools/iam).
+#[derive(Clone)]
 struct Harness {
     clients: Clients,
     settings: batchline::Settings,
+    /// The emulator, unsigned: what the test itself looks at.
     sdk: aws_config::SdkConfig,
     batch: aws_sdk_batch::Client,
     iam: aws_sdk_iam::Client,
     ecr: aws_sdk_ecr::Client,
+    /// The stack's name: environments are named under it (`<stack>-<tag>`), as bootstrap's
+    /// policy requires.
+    stack: String,
 }
 
 async fn harness(test: &str) -> Harness {
+    harness_with(test, false).await
+}
+
+/// [`harness`], for a test whose calls are meant to be denied.
+async fn harness_expecting_denials(test: &str) -> Harness {
+    harness_with(test, true).await
+}
+
+async fn harness_with(test: &str, expect_denials: bool) -> Harness {
     let sdk = sdk_config().await;
     let settings = test_settings(test);
     create_table(&sdk, &settings.table_name).await.unwrap();
+    let stack = unique_name("bs");
+    register_expecting(&stack, &settings, &json!({}), None, expect_denials);
     Harness {
-        clients: Clients::new(&sdk),
+        clients: Clients::new(&signing_as(&sdk, Principal::Bootstrap, &stack)),
         settings,
         batch: aws_sdk_batch::Client::new(&sdk),
         iam: aws_sdk_iam::Client::new(&sdk),
         ecr: aws_sdk_ecr::Client::new(&sdk),
         sdk,
+        stack,
     }
 }
 
-/// Only the network, as CloudFormation sends it (strings, ServiceToken), and a prefix of the test's own.
-fn network_only(prefix: &str) -> Value {
-    let network = default_network();
-    json!({
-        "ServiceToken": "arn:aws:lambda:us-east-1:123456789012:function:batchline-bootstrap",
-        "ServiceTimeout": "600",
-        "NamePrefix": prefix,
-        "Network": {"Subnets": network.subnets.join(","), "SecurityGroups": network.security_groups, "AssignPublicIp": "true"}
-    })
+/// The stack's RoleBoundary, as the template names it.
+fn role_boundary(stack: &str) -> String {
+    format!("arn:aws:iam::123456789012:policy/{stack}-RoleBoundary")
 }
 
-fn request(kind: &str, url: &str, properties: &Value, physical_id: Option<&str>, old: Option<&Value>) -> Value {
+fn request(
+    kind: &str,
+    url: &str,
+    stack: &str,
+    properties: &Value,
+    physical_id: Option<&str>,
+    old: Option<&Value>,
+) -> Value {
     let mut request = json!({
         "RequestType": kind,
         "ResponseURL": url,
-        "StackId": "arn:aws:cloudformation:us-east-1:123456789012:stack/batchline/6f1e4c10-0000-0000-0000-000000000000",
+        "StackId": stack_id(stack),
         "RequestId": event_id(),
         "ResourceType": "Custom::BatchlineEnvironment",
         "LogicalResourceId": "Environment",
@@ -68,12 +93,35 @@ fn request(kind: &str, url: &str, properties: &Value, physical_id: Option<&str>,
 }
 
 impl Harness {
+    /// A NamePrefix of the stack's: its name, a dash and `tag`.
+    fn prefix(&self, tag: &str) -> String {
+        format!("{}-{tag}", self.stack)
+    }
+
+    /// Only the network, as CloudFormation sends it (strings, ServiceToken), the prefix,
+    /// and the boundary the template passes.
+    fn network_only(&self, prefix: &str) -> Value {
+        let network = default_network();
+        json!({
+            "ServiceToken": "arn:aws:lambda:us-east-1:123456789012:function:batchline-bootstrap",
+            "ServiceTimeout": "600",
+            "NamePrefix": prefix,
+            "Network": {"Subnets": network.subnets.join(","), "SecurityGroups": network.security_groups, "AssignPublicIp": "true"},
+            "Roles": {"PermissionsBoundary": role_boundary(&self.stack)}
+        })
+    }
+}
+
+impl Harness {
     /// Sends one request to bootstrap and returns the single answer CloudFormation accepted.
     async fn send(&self, kind: &str, properties: &Value, physical_id: Option<&str>, old: Option<&Value>) -> Value {
         let server = ResponseServer::start(0).await.unwrap();
-        let result =
-            handle(invocation(request(kind, &server.url, properties, physical_id, old)), &self.clients, &self.settings)
-                .await;
+        let result = handle(
+            invocation(request(kind, &server.url, &self.stack, properties, physical_id, old)),
+            &self.clients,
+            &self.settings,
+        )
+        .await;
         assert!(result.is_ok(), "{result:?}");
         let answers = server.accepted_answers();
         assert_eq!(answers.len(), 1, "exactly one answer: {:?}", server.received());
@@ -109,10 +157,10 @@ impl Harness {
 async fn create_with_only_the_network_builds_the_recipes_environment() {
     // GIVEN only the network, as CloudFormation sends it
     let h = harness("bs-create").await;
-    let prefix = unique_name("bsc");
+    let prefix = h.prefix("c");
 
     // WHEN bootstrap handles Create
-    let answer = h.send("Create", &network_only(&prefix), None, None).await;
+    let answer = h.send("Create", &h.network_only(&prefix), None, None).await;
 
     // THEN it answers SUCCESS with the outputs
     assert_eq!(answer["Status"], "SUCCESS", "{answer}");
@@ -192,8 +240,8 @@ async fn create_with_only_the_network_builds_the_recipes_environment() {
 #[tokio::test]
 async fn create_repeated_changes_nothing_and_update_registers_exactly_one_new_revision() {
     let h = harness("bs-converge").await;
-    let prefix = unique_name("bsu");
-    let properties = network_only(&prefix);
+    let prefix = h.prefix("u");
+    let properties = h.network_only(&prefix);
     let first = h.send("Create", &properties, None, None).await;
     assert_eq!(first["Status"], "SUCCESS", "{first}");
 
@@ -228,8 +276,8 @@ async fn delete_removes_everything_twice_over_and_keeps_the_repository_unless_to
     let h = harness("bs-delete").await;
     for delete_repository in [false, true] {
         // GIVEN an environment
-        let prefix = unique_name("bsd");
-        let mut properties = network_only(&prefix);
+        let prefix = h.prefix(&format!("d{}", u8::from(delete_repository)));
+        let mut properties = h.network_only(&prefix);
         properties["Repository"] = json!({"DeleteOnStackDelete": delete_repository.to_string()});
         let created = h.send("Create", &properties, None, None).await;
         assert_eq!(created["Status"], "SUCCESS", "{created}");
@@ -270,12 +318,12 @@ async fn delete_removes_everything_twice_over_and_keeps_the_repository_unless_to
 #[tokio::test]
 async fn invalid_properties_fail_at_once_and_the_delete_after_succeeds() {
     let h = harness("bs-invalid").await;
-    let prefix = unique_name("bsi");
+    let prefix = h.prefix("i");
     let cases: Vec<(Value, &str)> = vec![
         (json!({"ServiceToken": "x"}), "Network is required"),
         (
             {
-                let mut p = network_only(&prefix);
+                let mut p = h.network_only(&prefix);
                 p["JobDefinitions"] = json!({"default": {"Vcpu": "1", "Memory": "1024"}});
                 p
             },
@@ -283,7 +331,7 @@ async fn invalid_properties_fail_at_once_and_the_delete_after_succeeds() {
         ),
         (
             {
-                let mut p = network_only(&prefix);
+                let mut p = h.network_only(&prefix);
                 p["Unknown"] = json!("x");
                 p
             },
@@ -291,7 +339,7 @@ async fn invalid_properties_fail_at_once_and_the_delete_after_succeeds() {
         ),
         (
             {
-                let mut p = network_only(&prefix);
+                let mut p = h.network_only(&prefix);
                 p["JobQueues"] = json!({"bad name!": {}});
                 p
             },
@@ -322,7 +370,9 @@ async fn a_response_url_failing_twice_gets_exactly_one_accepted_answer() {
     let h = harness("bs-retry").await;
     let server = ResponseServer::start(2).await.unwrap();
     let properties = json!({"ServiceToken": "x"});
-    handle(invocation(request("Create", &server.url, &properties, None, None)), &h.clients, &h.settings).await.unwrap();
+    handle(invocation(request("Create", &server.url, &h.stack, &properties, None, None)), &h.clients, &h.settings)
+        .await
+        .unwrap();
     let received = server.received();
     assert_eq!(received.len(), 3);
     assert_eq!(received.iter().filter(|r| r.accepted).count(), 1);
@@ -331,7 +381,7 @@ async fn a_response_url_failing_twice_gets_exactly_one_accepted_answer() {
 }
 
 fn bare_request(url: &str) -> Request {
-    serde_json::from_value(request("Create", url, &json!({}), None, None)).unwrap()
+    serde_json::from_value(request("Create", url, "batchline", &json!({}), None, None)).unwrap()
 }
 
 #[tokio::test]
@@ -386,11 +436,13 @@ async fn a_payload_that_is_no_request_is_an_error_naming_it() {
 
 /// The environment of `prefix`, sharing its role names with every other one of the test
 /// (`shared`), as two environments may.
-fn sharing_roles(prefix: &str, shared: &str) -> Value {
-    let mut properties = network_only(prefix);
-    properties["Roles"] =
-        json!({"ExecutionRoleName": format!("{shared}-execution"), "JobRoleName": format!("{shared}-job")});
-    properties
+impl Harness {
+    fn sharing_roles(&self, prefix: &str, shared: &str) -> Value {
+        let mut properties = self.network_only(prefix);
+        properties["Roles"]["ExecutionRoleName"] = json!(format!("{shared}-execution"));
+        properties["Roles"]["JobRoleName"] = json!(format!("{shared}-job"));
+        properties
+    }
 }
 
 impl Harness {
@@ -419,8 +471,8 @@ impl Harness {
 async fn a_name_prefix_change_replaces_the_environment_and_deleting_the_old_spares_the_new() {
     // GIVEN environment a, then an Update to prefix b (a replacement: a new physical id)
     let h = harness("bs-replace").await;
-    let (a, b, shared) = (unique_name("bra"), unique_name("brb"), unique_name("brs"));
-    let (props_a, props_b) = (sharing_roles(&a, &shared), sharing_roles(&b, &shared));
+    let (a, b, shared) = (h.prefix("a"), h.prefix("b"), unique_name("brs"));
+    let (props_a, props_b) = (h.sharing_roles(&a, &shared), h.sharing_roles(&b, &shared));
     let created = h.send("Create", &props_a, None, None).await;
     let id_a = created["PhysicalResourceId"].as_str().unwrap().to_owned();
     let updated = h.send("Update", &props_b, Some(&id_a), Some(&props_a)).await;
@@ -449,8 +501,8 @@ async fn a_name_prefix_change_replaces_the_environment_and_deleting_the_old_spar
 async fn a_rolled_back_prefix_change_deletes_the_new_environment_and_keeps_the_old() {
     // GIVEN a, an Update to b, and the rollback's Update back to a (from id b)
     let h = harness("bs-rollback").await;
-    let (a, b, shared) = (unique_name("bla"), unique_name("blb"), unique_name("bls"));
-    let (props_a, props_b) = (sharing_roles(&a, &shared), sharing_roles(&b, &shared));
+    let (a, b, shared) = (h.prefix("a"), h.prefix("b"), unique_name("bls"));
+    let (props_a, props_b) = (h.sharing_roles(&a, &shared), h.sharing_roles(&b, &shared));
     let id_a = h.send("Create", &props_a, None, None).await["PhysicalResourceId"].as_str().unwrap().to_owned();
     let id_b = h.send("Update", &props_b, Some(&id_a), Some(&props_a)).await["PhysicalResourceId"]
         .as_str()
@@ -473,16 +525,16 @@ async fn a_rolled_back_prefix_change_deletes_the_new_environment_and_keeps_the_o
 async fn a_failed_prefix_change_removes_what_it_created_and_answers_with_the_old_id() {
     // GIVEN environment a, and an Update to prefix b whose job definitions cannot be registered
     let h = harness("bs-failed-change").await;
-    let (a, b, shared) = (unique_name("bfa"), unique_name("bfb"), unique_name("bfs"));
-    let (props_a, props_b) = (sharing_roles(&a, &shared), sharing_roles(&b, &shared));
+    let (a, b, shared) = (h.prefix("a"), h.prefix("b"), unique_name("bfs"));
+    let (props_a, props_b) = (h.sharing_roles(&a, &shared), h.sharing_roles(&b, &shared));
     let id_a = h.send("Create", &props_a, None, None).await["PhysicalResourceId"].as_str().unwrap().to_owned();
     let rules = std::collections::BTreeMap::from([(
         "batch:RegisterJobDefinition",
         batchline_testkit::faults::Rates { fail: 1.0, lose: 0.0 },
     )]);
     let scope = batchline_testkit::faults::FaultScope::enable(&unique_name("bsfail"), 1, &rules).await.unwrap();
-    let failing = Harness { clients: Clients::new(&scope.sdk_config().await), ..harness("bs-failed-change-2").await };
-    let failing = Harness { settings: h.settings.clone(), ..failing };
+    let faulty = signing_as(&scope.sdk_config().await, Principal::Bootstrap, &h.stack);
+    let failing = Harness { clients: Clients::new(&faulty), ..h.clone() };
     // WHEN the Update fails part-way
     let answer = failing.send("Update", &props_b, Some(&id_a), Some(&props_a)).await;
     scope.disable().await.ok();
@@ -506,8 +558,8 @@ async fn a_failed_prefix_change_removes_what_it_created_and_answers_with_the_old
 async fn a_configuration_published_by_the_previous_release_is_removed_only_by_its_own_environment() {
     // GIVEN environment a whose configuration item has no owner, as the previous release wrote it
     let h = harness("bs-legacy-config").await;
-    let (a, other) = (unique_name("bga"), unique_name("bgo"));
-    let props_a = network_only(&a);
+    let (a, other) = (h.prefix("a"), h.prefix("o"));
+    let props_a = h.network_only(&a);
     let id_a = h.send("Create", &props_a, None, None).await["PhysicalResourceId"].as_str().unwrap().to_owned();
     aws_sdk_dynamodb::Client::new(&h.sdk)
         .update_item()
@@ -521,7 +573,7 @@ async fn a_configuration_published_by_the_previous_release_is_removed_only_by_it
         .unwrap();
     assert_eq!(h.owner().await, None);
     // WHEN another environment is deleted, THEN the configuration stays
-    let other_props = network_only(&other);
+    let other_props = h.network_only(&other);
     let deleted = h.send("Delete", &other_props, Some(&format!("{other}-environment")), None).await;
     assert_eq!(deleted["Status"], "SUCCESS");
     assert!(h.published().await.is_some(), "not the other environment's to remove");
@@ -532,21 +584,23 @@ async fn a_configuration_published_by_the_previous_release_is_removed_only_by_it
 
 /// The environment of `prefix` (padded to NamePrefix's 40 characters) with `count` job
 /// definitions whose keys have the 40 characters a key may have: the longest ARNs there are.
-fn with_definitions(prefix: &str, count: usize) -> Value {
-    let mut properties = network_only(&format!("{prefix:x<40}"));
-    let definitions: serde_json::Map<String, Value> =
-        (0..count).map(|i| (format!("{:x<40}", format!("d{i}-")), json!({}))).collect();
-    properties["JobDefinitions"] = Value::Object(definitions);
-    properties
+impl Harness {
+    fn with_definitions(&self, prefix: &str, count: usize) -> Value {
+        let mut properties = self.network_only(&format!("{prefix:x<40}"));
+        let definitions: serde_json::Map<String, Value> =
+            (0..count).map(|i| (format!("{:x<40}", format!("d{i}-")), json!({}))).collect();
+        properties["JobDefinitions"] = Value::Object(definitions);
+        properties
+    }
 }
 
 #[tokio::test]
 async fn the_largest_configuration_the_document_allows_answers_within_cloudformations_4096_bytes() {
     let h = harness("bs-largest").await;
-    let prefix = unique_name("bz");
+    let prefix = h.prefix("z");
     // GIVEN the most job definitions with the longest names the size check lets through
     let fits = |count: usize| {
-        let payload = request("Create", "http://unused", &with_definitions(&prefix, count), None, None);
+        let payload = request("Create", "http://unused", &h.stack, &h.with_definitions(&prefix, count), None, None);
         let request = Request::from_payload(&payload).unwrap();
         let declared = batchline_bootstrap::declaration::declare(&request.resource_properties).unwrap();
         batchline_bootstrap::largest_answer(&request, &declared) <= 4096
@@ -555,14 +609,14 @@ async fn the_largest_configuration_the_document_allows_answers_within_cloudforma
     assert!(largest >= 10, "at least ten of the longest job definitions fit: {largest}");
 
     // WHEN one more is asked for, THEN it is refused before anything is created
-    let refused = h.send("Create", &with_definitions(&prefix, largest + 1), None, None).await;
+    let refused = h.send("Create", &h.with_definitions(&prefix, largest + 1), None, None).await;
     assert_eq!(refused["Status"], "FAILED", "{refused}");
     assert!(refused["Reason"].as_str().unwrap().contains("over its 4096"), "{refused}");
     assert_eq!(h.queue_status(&format!("{prefix:x<40}-default")).await, None);
 
     // WHEN the largest is deployed
     let server = ResponseServer::start(0).await.unwrap();
-    let payload = request("Create", &server.url, &with_definitions(&prefix, largest), None, None);
+    let payload = request("Create", &server.url, &h.stack, &h.with_definitions(&prefix, largest), None, None);
     handle(invocation(payload), &h.clients, &h.settings).await.unwrap();
     // THEN CloudFormation's answer fits, and every Data key is whole and usable
     let body = &server.received()[0].body;
@@ -587,38 +641,64 @@ async fn the_largest_configuration_the_document_allows_answers_within_cloudforma
 }
 
 #[tokio::test]
-async fn the_roles_carry_the_configured_permissions_boundary_created_or_found() {
+async fn the_roles_carry_the_stacks_boundary_created_or_found_under_its_path() {
     let h = harness("bs-boundary").await;
-    let prefix = unique_name("bpb");
-    let policy = |name: String| {
-        let iam = h.iam.clone();
-        async move {
-            let document = json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:GetObject", "Resource": "*"}]});
-            let created =
-                iam.create_policy().policy_name(name).policy_document(document.to_string()).send().await.unwrap();
-            created.policy().unwrap().arn().unwrap().to_owned()
-        }
-    };
-    let boundary = |role: &aws_sdk_iam::types::Role| {
-        role.permissions_boundary().and_then(|b| b.permissions_boundary_arn()).map(str::to_owned)
-    };
-    // GIVEN a role of the stack that exists without a boundary (an earlier release made it)
+    let prefix = h.prefix("p");
+    // GIVEN a role of the stack, under its path, that exists without a boundary (made by hand)
     h.iam
         .create_role()
         .role_name(format!("{prefix}-job"))
+        .path(format!("/batchline/{}/", h.stack))
         .assume_role_policy_document(r#"{"Version":"2012-10-17","Statement":[]}"#)
         .send()
         .await
         .unwrap();
-    let first = policy(format!("{prefix}-boundary")).await;
-    let mut properties = network_only(&prefix);
-    properties["Roles"] = json!({"PermissionsBoundary": first});
     // WHEN bootstrap creates the environment
-    let answer = h.send("Create", &properties, None, None).await;
+    let answer = h.send("Create", &h.network_only(&prefix), None, None).await;
     assert_eq!(answer["Status"], "SUCCESS", "{answer}");
-    // THEN both roles — the one it created and the one it found — carry the boundary
+    // THEN both roles — the one it created and the one it found — are the stack's, under
+    // its path, with RoleBoundary
     for role in ["execution", "job"] {
         let found = h.iam.get_role().role_name(format!("{prefix}-{role}")).send().await.unwrap();
-        assert_eq!(boundary(found.role().unwrap()).as_deref(), Some(first.as_str()), "{role}");
+        let found = found.role().unwrap();
+        assert_eq!(found.path(), format!("/batchline/{}/", h.stack), "{role}");
+        let boundary = found.permissions_boundary().and_then(|b| b.permissions_boundary_arn());
+        assert_eq!(boundary, Some(role_boundary(&h.stack).as_str()), "{role}");
     }
+}
+
+#[tokio::test]
+async fn a_role_outside_the_stacks_path_is_never_taken_over_even_named_by_a_forged_request() {
+    // GIVEN the stack's own Lambda role, as SAM names it (<stack>-<Function>Role-<suffix>),
+    // outside Batchline's path, trusted by Lambda only
+    let h = harness_expecting_denials("bs-hijack").await;
+    let victim = format!("{}-BootstrapFunctionRole-Q1W2E3", h.stack);
+    let lambda_trust = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"lambda.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#;
+    h.iam.create_role().role_name(&victim).assume_role_policy_document(lambda_trust).send().await.unwrap();
+    // WHEN a request to bootstrap names it as the job role
+    let mut properties = h.network_only(&h.prefix("h"));
+    properties["Roles"]["JobRoleName"] = json!(victim);
+    let answer = h.send("Create", &properties, None, None).await;
+    // THEN bootstrap refuses, naming the role and the path it keeps to
+    assert_eq!(answer["Status"], "FAILED", "{answer}");
+    let path = format!("/batchline/{}/", h.stack);
+    assert!(answer["Reason"].as_str().unwrap().contains(&format!("role {victim} exists outside {path}")), "{answer}");
+    // AND the role is as it was: trusted by Lambda only, without a boundary
+    let found = h.iam.get_role().role_name(&victim).send().await.unwrap();
+    let found = found.role().unwrap();
+    let trust = urlencoding::decode(found.assume_role_policy_document().unwrap_or_default()).unwrap().into_owned();
+    assert!(trust.contains("lambda.amazonaws.com") && !trust.contains("ecs-tasks"), "{trust}");
+    assert!(found.permissions_boundary().is_none());
+    // AND bootstrap's policy itself denies every change to it (the code's check is not the only one)
+    let victim_arn = found.arn();
+    for action in
+        ["iam:GetRole", "iam:UpdateAssumeRolePolicy", "iam:DeleteRolePolicy", "iam:DeleteRole", "iam:PassRole"]
+    {
+        let verdict = iam_check(&h.stack, Principal::Bootstrap, action, victim_arn);
+        assert_eq!(verdict["allowed"], false, "{action}: {verdict}");
+    }
+    // AND a Delete naming it leaves it alone
+    let deleted = h.send("Delete", &properties, Some(&format!("{}-environment", h.prefix("h"))), None).await;
+    assert_eq!(deleted["Status"], "SUCCESS", "{deleted}");
+    assert!(h.role_exists(&victim).await, "not Batchline's to delete");
 }

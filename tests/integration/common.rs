@@ -3,7 +3,8 @@
 use batchline::model::stack::StackConfig;
 use batchline::store::{ConfigStore, DynamoStore};
 use batchline_testkit::emulator::{
-    default_network, iam_stack, register_iam_stack, sdk_config, signing_as, test_settings, unique_name, Principal,
+    default_network, iam_stack, register_iam_stack, sdk_config, signing_as, stack_id, test_settings, unique_name,
+    Principal,
 };
 use batchline_testkit::invocation;
 use batchline_testkit::player::event_id;
@@ -38,7 +39,8 @@ pub async fn bootstrap_answer(sdk: &aws_config::SdkConfig, config: &batchline::S
     let server = ResponseServer::start(0).await.unwrap();
     for (key, value) in [
         ("ResponseURL", json!(server.url)),
-        ("StackId", json!("arn:aws:cloudformation:us-east-1:123456789012:stack/test/1")),
+        // The stack is named as its prefix, as the template sets NamePrefix.
+        ("StackId", json!(stack_id(request["ResourceProperties"]["NamePrefix"].as_str().unwrap_or("test")))),
         ("RequestId", json!(event_id())),
         ("ResourceType", json!("Custom::BatchlineEnvironment")),
         ("LogicalResourceId", json!("Environment")),

@@ -4,11 +4,13 @@
 //! policies by the emulator (devtools/iam) and refused as AWS would refuse them; these tests
 //! show it bites where no function call of the suite would go.
 
-use batchline_testkit::emulator::{iam_check, iam_check_other, sdk_config, signing_as, test_settings, Principal};
+use batchline_testkit::emulator::{
+    iam_check, iam_check_other, iam_check_with, sdk_config, signing_as, test_settings, unique_name, Principal,
+};
 use batchline_testkit::table::create_table;
 use serde_json::json;
 
-use crate::common::{bootstrap_answer, denials_of, register_expecting, Deployed};
+use crate::common::{bootstrap_answer, denials_of, register, register_expecting, Deployed};
 
 #[tokio::test]
 async fn a_stage_may_read_the_input_bucket_and_write_its_run_data_folder_as_the_job_role_and_nothing_else() {
@@ -129,4 +131,29 @@ async fn only_each_queues_rule_may_send_to_it_not_a_principal_allowed_sqs_on_eve
         );
         assert_eq!(other["allowed"], false, "{logical}: {other}");
     }
+}
+
+#[tokio::test]
+async fn bootstrap_tags_a_repository_as_its_own_only_by_creating_it_so_it_cannot_adopt_and_delete_another() {
+    // GIVEN a stack, and a repository of the account that is not the stack's
+    let settings = test_settings("iam-retag");
+    let name = unique_name("iam-retag");
+    register(&name, &settings, &json!({}), None);
+    let others = "arn:aws:ecr:us-east-1:123456789012:repository/someone-elses-images";
+    let own_tag = json!({"aws:RequestTag/batchline:stack": name, "aws:TagKeys": ["batchline:stack"]});
+    // THEN bootstrap may not tag it as the stack's (which would let it delete it)
+    let retag = iam_check_with(&name, Principal::Bootstrap, "ecr:TagResource", others, own_tag.clone());
+    assert_eq!(retag["allowed"], false, "{retag}");
+    // AND may not delete it untagged, nor tagged as another stack's
+    let delete = iam_check(&name, Principal::Bootstrap, "ecr:DeleteRepository", others);
+    assert_eq!(delete["allowed"], false, "{delete}");
+    let theirs = json!({"aws:ResourceTag/batchline:stack": format!("{name}-other")});
+    let delete = iam_check_with(&name, Principal::Bootstrap, "ecr:DeleteRepository", others, theirs);
+    assert_eq!(delete["allowed"], false, "{delete}");
+    // AND may create a repository tagged as the stack's, and not otherwise
+    let own = format!("arn:aws:ecr:us-east-1:123456789012:repository/{name}-jobs");
+    let create = iam_check_with(&name, Principal::Bootstrap, "ecr:CreateRepository", &own, own_tag);
+    assert_eq!(create["allowed"], true, "{create}");
+    let untagged = iam_check(&name, Principal::Bootstrap, "ecr:CreateRepository", &own);
+    assert_eq!(untagged["allowed"], false, "{untagged}");
 }

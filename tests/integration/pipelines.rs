@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 use crate::common::job_events_invocation;
 use aws_sdk_cloudwatch::primitives::DateTime;
 use aws_sdk_cloudwatch::types::{Dimension, Statistic};
-use batchline_testkit::emulator::{default_network, sdk_config, test_settings, unique_name, Principal};
+use batchline_testkit::emulator::{default_network, sdk_config, stack_id, test_settings, unique_name, Principal};
 use batchline_testkit::invocation;
 use batchline_testkit::player::{event_id, Delivery, Player, StateChange};
 use batchline_testkit::response_server::ResponseServer;
@@ -641,7 +641,7 @@ async fn invalid_pipelines_fail_the_deployment_with_the_reason() {
         let properties = json!({"ServiceToken": "x", "NamePrefix": unique_name("pli"),
                                 "Network": {"Subnets": network.subnets, "SecurityGroups": network.security_groups},
                                 "Pipelines": pipelines});
-        let request = json!({"RequestType": "Create", "ResponseURL": server.url, "StackId": "s", "RequestId": event_id(),
+        let request = json!({"RequestType": "Create", "ResponseURL": server.url, "StackId": stack_id("s"), "RequestId": event_id(),
                              "LogicalResourceId": "Environment", "ResourceProperties": properties});
         batchline_bootstrap::handle(invocation(request), &clients, &settings).await.unwrap();
         let answer = server.accepted_answers().pop().unwrap();
@@ -655,7 +655,7 @@ async fn invalid_pipelines_fail_the_deployment_with_the_reason() {
                             "Network": {"Subnets": network.subnets, "SecurityGroups": network.security_groups},
                             "ComputeEnvironments": {"default": {"MaxVcpus": "1"}},
                             "Pipelines": {"p": {"Stages": {"a": {"JobDefinition": "default", "Vcpu": "2", "Memory": "4096"}}}}});
-    let request = json!({"RequestType": "Create", "ResponseURL": server.url, "StackId": "s", "RequestId": event_id(),
+    let request = json!({"RequestType": "Create", "ResponseURL": server.url, "StackId": stack_id("s"), "RequestId": event_id(),
                          "LogicalResourceId": "Environment", "ResourceProperties": properties});
     batchline_bootstrap::handle(invocation(request), &clients, &settings).await.unwrap();
     let answer = server.accepted_answers().pop().unwrap();

@@ -194,7 +194,8 @@ pub fn properties(prefix: &str, bucket: &str) -> Value {
 fn cloudformation_request(kind: &str, url: &str, properties: &Value, physical_id: Option<&str>) -> Value {
     let mut request = json!({
         "RequestType": kind, "ResponseURL": url,
-        "StackId": "arn:aws:cloudformation:us-east-1:123456789012:stack/batchline-local/00000000-0000-0000-0000-000000000000",
+        // The stack is named as its prefix, as the template sets NamePrefix.
+        "StackId": batchline_testkit::emulator::stack_id(properties["NamePrefix"].as_str().unwrap_or_default()),
         "RequestId": batchline_testkit::player::event_id(), "ResourceType": "Custom::BatchlineEnvironment",
         "LogicalResourceId": "Environment", "ResourceProperties": properties,
     });

@@ -167,7 +167,19 @@ pub fn register_iam_stack(
 /// What the emulator's IAM evaluation says of a request that is not made (a stage's
 /// container's, say): `{"allowed", "by", "why"}`.
 pub fn iam_check(stack: &str, principal: Principal, action: &str, resource: &str) -> serde_json::Value {
-    ask_iam(&serde_json::json!({"stack": stack, "principal": principal.name(), "action": action, "resource": resource}))
+    iam_check_with(stack, principal, action, resource, serde_json::json!({}))
+}
+
+/// [`iam_check`], with the condition keys AWS would supply with the request (`context`).
+pub fn iam_check_with(
+    stack: &str,
+    principal: Principal,
+    action: &str,
+    resource: &str,
+    context: serde_json::Value,
+) -> serde_json::Value {
+    ask_iam(&serde_json::json!({"stack": stack, "principal": principal.name(), "action": action,
+                                "resource": resource, "context": context}))
 }
 
 /// What the emulator's IAM evaluation says of `action` on `resource` by another
@@ -216,6 +228,12 @@ pub fn iam_stack(
         stack["physical"]["InputBucket"] = serde_json::json!(bucket);
     }
     stack
+}
+
+/// The StackId CloudFormation sends for the stack `name`; bootstrap builds under the
+/// stack's name (its roles' IAM path, its repository's tag), as its policy requires.
+pub fn stack_id(name: &str) -> String {
+    format!("arn:aws:cloudformation:{REGION}:123456789012:stack/{name}/6f1e4c10-0000-0000-0000-000000000000")
 }
 
 /// Every request the emulator's IAM evaluation denied in this run.

@@ -38,6 +38,19 @@ pub struct Request {
 }
 
 impl Request {
+    /// The CloudFormation stack's name, from its StackId
+    /// (`arn:aws:cloudformation:<region>:<account>:stack/<name>/<guid>`). The template's
+    /// policies let bootstrap touch only what carries this name, so the environment is
+    /// built under it. `None` when the StackId is no stack's ARN.
+    pub fn stack_name(&self) -> Option<&str> {
+        let resource = self.stack_id.split(':').nth(5)?;
+        let mut parts = resource.split('/');
+        match (parts.next(), parts.next()) {
+            (Some("stack"), Some(name)) if !name.is_empty() => Some(name),
+            _ => None,
+        }
+    }
+
     /// Reads a request: as `aws_lambda_events`' typed request when it is one, else
     /// leniently, so that a malformed request with a ResponseURL can still be answered
     /// (FAILED, with what is wrong). `None` when there is no one to answer.
@@ -194,5 +207,27 @@ async fn put_once(http: &SharedHttpConnector, url: &str, body: &[u8]) -> Result<
         Ok(Ok(reply)) => Ok(reply.status()),
         Ok(Err(err)) => Err(aws_smithy_types::error::display::DisplayErrorContext(err).to_string()),
         Err(_) => Err("no answer within 10 s".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_stack_id(stack_id: &str) -> Request {
+        let payload = serde_json::json!({"RequestType": "Create", "ResponseURL": "http://x", "StackId": stack_id});
+        Request::from_payload(&payload).unwrap()
+    }
+
+    #[test]
+    fn the_stack_name_is_read_from_the_stack_id_and_nothing_else_passes_for_one() {
+        let arn =
+            "arn:aws:cloudformation:eu-west-1:123456789012:stack/orders-prod/6f1e4c10-aaaa-bbbb-cccc-000000000000";
+        assert_eq!(with_stack_id(arn).stack_name(), Some("orders-prod"));
+        for not_a_stack in
+            ["", "s", "arn:aws:cloudformation:eu-west-1:123456789012:stack//x", "arn:aws:s3:::bucket/key"]
+        {
+            assert_eq!(with_stack_id(not_a_stack).stack_name(), None, "{not_a_stack:?}");
+        }
     }
 }

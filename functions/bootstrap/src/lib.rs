@@ -62,14 +62,15 @@ impl Clients {
         }
     }
 
-    /// The clients [`provision`] needs, lent to it.
-    pub fn provisioning(&self) -> provision::Aws<'_> {
+    /// The clients [`provision`] needs, lent to it, building in the CloudFormation stack `stack`.
+    pub fn provisioning<'a>(&'a self, stack: &'a str) -> provision::Aws<'a> {
         provision::Aws {
             batch: &self.batch,
             dynamodb: &self.dynamodb,
             ecr: &self.ecr,
             iam: &self.iam,
             region: &self.region,
+            stack,
         }
     }
 }
@@ -199,7 +200,23 @@ const CONVERGED: &str = "environment converged";
 
 async fn run(request: Request, clients: Clients, table: String, deadline: Instant) -> Outcome {
     let fallback_id = fallback_physical_id(&request);
-    let aws = clients.provisioning();
+    let Some(stack) = request.stack_name() else {
+        let why = format!(
+            "StackId {:?} is no CloudFormation stack's ARN: bootstrap builds only inside a stack",
+            request.stack_id
+        );
+        // Nothing was ever built for such a request, so there is nothing to delete.
+        return match request.request_type.as_str() {
+            "Delete" => Outcome {
+                status: Status::Success,
+                reason: "nothing to delete".into(),
+                physical_resource_id: fallback_id,
+                data: Map::new(),
+            },
+            _ => Outcome::failed(why, fallback_id),
+        };
+    };
+    let aws = clients.provisioning(stack);
     match request.request_type.as_str() {
         "Create" | "Update" => create_or_update(&request, aws, &table, deadline, fallback_id).await,
         "Delete" => delete(&request, aws, &table, deadline, fallback_id).await,

@@ -52,7 +52,15 @@ pub(super) async fn ensure_repository(
     }
 }
 
+/// Deletes the repository `name`, images and all; one already gone is done. Looked up
+/// first: bootstrap may delete only repositories tagged as its stack's, and a repository
+/// that no longer exists has no tags, so AWS would refuse the delete rather than say
+/// "not found".
 pub(super) async fn delete_repository(ecr: &aws_sdk_ecr::Client, name: &str) -> Result<(), Error> {
+    if let Err(err) = ecr.describe_repositories().repository_names(name).send().await {
+        let err = Error::aws("DescribeRepositories", err);
+        return if err.aws_code() == Some("RepositoryNotFoundException") { Ok(()) } else { Err(err) };
+    }
     match ecr.delete_repository().repository_name(name).force(true).send().await {
         Ok(_) => Ok(()),
         Err(err) => {

@@ -1,24 +1,53 @@
 //! IAM: the task execution role and the job role, with the job role's access to the input bucket (read, and write under the run-data folder).
 
+use aws_sdk_iam::types::Role;
 use batchline::model::stack::RoleNames;
 use batchline::Error;
 use serde_json::{json, Value};
-use tracing::info;
+use tracing::{info, warn};
 
 use super::{ECS_TASKS_TRUST, JOB_ROLE_POLICY};
 
-/// The role `name`, trusted by ECS tasks, under `boundary` when one is configured, with
-/// `managed_policy` attached.
+/// The role `name` under `path`, trusted by ECS tasks, under `boundary` when one is
+/// configured, with `managed_policy` attached.
+///
+/// Created first and looked up only if it exists: a role's ARN carries its path, and a
+/// role of that name elsewhere (the stack's own Lambda roles, another stack's) is refused
+/// here — and by bootstrap's policy, which reaches `path` only — never taken over.
 pub(super) async fn ensure_role(
     iam: &aws_sdk_iam::Client,
     name: &str,
+    path: &str,
     managed_policy: Option<&str>,
     boundary: Option<&str>,
 ) -> Result<String, Error> {
-    let arn = match iam.get_role().role_name(name).send().await {
-        Ok(found) => {
-            let current =
-                found.role().and_then(|r| r.permissions_boundary()).and_then(|b| b.permissions_boundary_arn());
+    let created = iam
+        .create_role()
+        .role_name(name)
+        .path(path)
+        .assume_role_policy_document(ECS_TASKS_TRUST)
+        .description("Batchline: assumed by ECS tasks of AWS Batch jobs")
+        .set_permissions_boundary(boundary.map(str::to_owned))
+        .send()
+        .await;
+    let arn = match created {
+        Ok(created) => {
+            info!(role = name, path, "role created");
+            created.role().map(|r| r.arn().to_owned()).unwrap_or_default()
+        }
+        Err(err) => {
+            let err = Error::aws("CreateRole", err);
+            if err.aws_code() != Some("EntityAlreadyExists") {
+                return Err(err);
+            }
+            let found = own_role(iam, name, path).await?.ok_or_else(|| Error::Aws {
+                operation: "CreateRole",
+                code: "EntityAlreadyExists".into(),
+                message: format!(
+                    "role {name} exists outside {path}: Batchline uses only roles it created under its stack's path; name another role in Roles, or delete this one if an earlier release of Batchline made it"
+                ),
+            })?;
+            let current = found.permissions_boundary().and_then(|b| b.permissions_boundary_arn());
             if let Some(boundary) = boundary.filter(|b| current != Some(*b)) {
                 iam.put_role_permissions_boundary()
                     .role_name(name)
@@ -33,24 +62,7 @@ pub(super) async fn ensure_role(
                 .send()
                 .await
                 .map_err(|e| Error::aws("UpdateAssumeRolePolicy", e))?;
-            found.role().map(|r| r.arn().to_owned()).unwrap_or_default()
-        }
-        Err(err) => {
-            let err = Error::aws("GetRole", err);
-            if err.aws_code() != Some("NoSuchEntity") {
-                return Err(err);
-            }
-            let created = iam
-                .create_role()
-                .role_name(name)
-                .assume_role_policy_document(ECS_TASKS_TRUST)
-                .description("Batchline: assumed by ECS tasks of AWS Batch jobs")
-                .set_permissions_boundary(boundary.map(str::to_owned))
-                .send()
-                .await
-                .map_err(|e| Error::aws("CreateRole", e))?;
-            info!(role = name, "role created");
-            created.role().map(|r| r.arn().to_owned()).unwrap_or_default()
+            found.arn().to_owned()
         }
     };
     if let Some(policy) = managed_policy {
@@ -103,8 +115,34 @@ pub(super) async fn ensure_job_role_policy(iam: &aws_sdk_iam::Client, names: &Ro
     Ok(())
 }
 
-pub(super) async fn delete_role(iam: &aws_sdk_iam::Client, name: &str) -> Result<(), Error> {
+/// The role `name` if it exists under `path`; `None` if it exists elsewhere (bootstrap's
+/// policy denies reading roles outside its path, so a denial means the same).
+async fn own_role(iam: &aws_sdk_iam::Client, name: &str, path: &str) -> Result<Option<Role>, Error> {
+    match iam.get_role().role_name(name).send().await {
+        Ok(found) => Ok(found.role().filter(|r| r.path() == path).cloned()),
+        Err(err) => {
+            let err = Error::aws("GetRole", err);
+            match err.aws_code() {
+                Some("AccessDenied") => Ok(None),
+                _ => Err(err),
+            }
+        }
+    }
+}
+
+/// Deletes the role `name` if it is one of the stack's (under `path`); a role of that name
+/// elsewhere is not Batchline's to delete, and one already gone is done.
+pub(super) async fn delete_role(iam: &aws_sdk_iam::Client, name: &str, path: &str) -> Result<(), Error> {
     let not_found = |err: &Error| err.aws_code() == Some("NoSuchEntity");
+    match own_role(iam, name, path).await {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            warn!(role = name, path, "a role of this name exists outside the stack's path: left alone");
+            return Ok(());
+        }
+        Err(err) if not_found(&err) => return Ok(()),
+        Err(err) => return Err(err),
+    }
     let attached = match iam.list_attached_role_policies().role_name(name).send().await {
         Ok(attached) => attached,
         Err(err) => {

@@ -58,6 +58,17 @@ pub struct Aws<'a> {
     pub iam: &'a aws_sdk_iam::Client,
     /// The region the environment is built in (job definitions' logs go there).
     pub region: &'a str,
+    /// The CloudFormation stack the environment belongs to: its roles live under
+    /// [`role_path`], its repository is tagged with it — what the template's policies
+    /// let bootstrap touch.
+    pub stack: &'a str,
+}
+
+/// The IAM path of a stack's roles, `/batchline/<stack>/`. bootstrap's policy reaches
+/// roles under it only, so no configuration can point it at a role it did not make (the
+/// stack's own Lambda roles, or another stack's).
+pub fn role_path(stack: &str) -> String {
+    format!("/batchline/{stack}/")
 }
 
 /// Creates or updates everything `declared` names, removes what `previous` had and
@@ -73,14 +84,15 @@ pub async fn converge(
 ) -> Result<StackConfig, Error> {
     let names = &declared.roles;
     let boundary = names.permissions_boundary.as_deref();
+    let path = role_path(aws.stack);
     let execution_role_arn =
-        ensure_role(aws.iam, &names.execution_role_name, Some(EXECUTION_POLICY_ARN), boundary).await?;
-    let job_role_arn = ensure_role(aws.iam, &names.job_role_name, None, boundary).await?;
+        ensure_role(aws.iam, &names.execution_role_name, &path, Some(EXECUTION_POLICY_ARN), boundary).await?;
+    let job_role_arn = ensure_role(aws.iam, &names.job_role_name, &path, None, boundary).await?;
     ensure_job_role_policy(aws.iam, names).await?;
     let roles = Roles { names: names.clone(), execution_role_arn, job_role_arn };
     let repository = ProvisionedRepository {
         spec: declared.repository.clone(),
-        uri: ensure_repository(aws.ecr, &declared.repository, &declared.name_prefix).await?,
+        uri: ensure_repository(aws.ecr, &declared.repository, aws.stack).await?,
     };
 
     let mut compute_environments = BTreeMap::new();
@@ -197,7 +209,7 @@ pub async fn delete_resources(aws: Aws<'_>, config: &Declared, in_use: &InUse, d
     }
     for role in [&config.roles.job_role_name, &config.roles.execution_role_name] {
         if in_use.free(role) {
-            delete_role(aws.iam, role).await?;
+            delete_role(aws.iam, role, &role_path(aws.stack)).await?;
         }
     }
     Ok(())
