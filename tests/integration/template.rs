@@ -96,7 +96,10 @@ fn pass_role_is_only_in_bootstrap_for_its_own_roles_and_ecs_tasks() {
                         Some("ecs-tasks.amazonaws.com")
                     );
                     let (_, resource) = tagged(&statement["Resource"]).expect("a !Sub'd role ARN");
-                    assert!(resource.as_str().unwrap().ends_with(":role/${AWS::StackName}-*"), "{resource:?}");
+                    assert!(
+                        resource.as_str().unwrap().ends_with(":role/batchline/${AWS::StackName}/*"),
+                        "{resource:?}"
+                    );
                 }
             }
         }

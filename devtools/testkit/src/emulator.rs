@@ -117,6 +117,9 @@ pub enum Principal {
     JobEvents,
     Bootstrap,
     JobRole,
+    /// The task execution role bootstrap makes: ECS pulls the image, writes the logs and
+    /// reads the job definition's secrets with it.
+    ExecutionRole,
 }
 
 impl Principal {
@@ -126,6 +129,7 @@ impl Principal {
             Principal::JobEvents => "job-events",
             Principal::Bootstrap => "bootstrap",
             Principal::JobRole => "job-role",
+            Principal::ExecutionRole => "execution-role",
         }
     }
 }

@@ -233,7 +233,9 @@ async fn create_or_update(
     deadline: Instant,
     fallback_id: String,
 ) -> Outcome {
-    let config = match declaration::declare(&request.resource_properties) {
+    let config = match declaration::declare(&request.resource_properties)
+        .and_then(|config| declaration::check_in_stack(&config, aws.stack).map(|()| config))
+    {
         Ok(config) => config,
         Err(problems) => return Outcome::failed(problems.to_string(), fallback_id),
     };

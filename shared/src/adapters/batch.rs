@@ -284,6 +284,10 @@ pub fn event_from_job(job: &aws_sdk_batch::types::JobDetail) -> Result<JobStateC
         "container": {"exitCode": container.and_then(|c| c.exit_code()), "reason": container.and_then(|c| c.reason()),
                       "logStreamName": container.and_then(|c| c.log_stream_name()),
                       "taskArn": container.and_then(|c| c.task_arn()),
+                      // What the job ran with, for a resize that resubmits it as Batch knows it.
+                      "command": container.map(|c| c.command()),
+                      "environment": container.map(|c| c.environment().iter()
+                          .map(|v| json!({"name": v.name(), "value": v.value()})).collect::<Vec<_>>()),
                       "resourceRequirements": container.map(|c| c.resource_requirements().iter()
                           .map(|r| json!({"type": r.r#type().map(|t| t.as_str()), "value": r.value()})).collect::<Vec<_>>()),
                       "runtimePlatform": container.and_then(|c| c.runtime_platform())

@@ -1,9 +1,11 @@
 //! Out-of-memory resizing of single jobs: a job whose definition allows it (`MaxResizes`) is submitted again one size up, once per resize.
 //!
 //! Pipeline stages resize through their run (see [`crate::model::run`]); a single job has no
-//! record of its own, so everything the resubmission needs comes from the failed job's
-//! state-change event: its queue, job definition, parameters, command, environment
-//! (without the `AWS_BATCH_*` variables Batch adds), tags and size. The new job carries
+//! record of its own, so everything the resubmission needs comes from the failed job as
+//! Batch describes it — never from the event that reported it, which anyone allowed to
+//! send to the queue could have written: its status and reason, queue, job definition,
+//! parameters, command, environment (without the `AWS_BATCH_*` variables Batch adds), tags
+//! and size. Its queue and job definition must be the stack's. The new job carries
 //! `batchline:original` (the first job's id) and `batchline:resize` (how many resizes it
 //! is), so a resize of a resize counts towards the same limit, and its submission key is
 //! `resize:<original id>:<n>` — claimed like every submission, so duplicated and
@@ -67,8 +69,10 @@ pub fn plan_resize(config: &StackConfig, event: &JobStateChangeEvent) -> Resize 
     let Some(size) = detail.size() else { return Resize::Refused("its event names no size".into()) };
     let Some(next) = size.next_for_memory() else { return Resize::Refused(format!("{size} is the largest size")) };
     let queue_arn = detail.job_queue.clone().unwrap_or_default();
-    let queue = config.job_queues.values().find(|q| q.arn == queue_arn);
-    let capacity = queue.and_then(|q| config.queue_capacity(q));
+    let Some(queue) = config.job_queues.values().find(|q| q.arn == queue_arn) else {
+        return Resize::Refused(format!("its queue {queue_arn:?} is not this stack's"));
+    };
+    let capacity = config.queue_capacity(queue);
     if capacity.is_some_and(|max| !next.fits_vcpus(max)) {
         return Resize::Refused(format!("its next size ({next}) is more than its queue can run"));
     }
@@ -116,13 +120,22 @@ pub fn plan_resize(config: &StackConfig, event: &JobStateChangeEvent) -> Resize 
 }
 
 /// Resubmits a single job killed for lack of memory one size up, when its definition allows
-/// (exactly once per resize). `None` when nothing was to be done.
+/// (exactly once per resize). `None` when nothing was to be done. The event only says which
+/// job to look at: what is resubmitted is the job as Batch describes it.
 pub async fn resize_single_job(
     submitter: &Submitter<'_>,
     config: &StackConfig,
     event: &JobStateChangeEvent,
 ) -> Result<Option<Submitted>, Error> {
-    match plan_resize(config, event) {
+    if plan_resize(config, event) == Resize::NotApplicable {
+        return Ok(None);
+    }
+    let described = submitter.batch.describe_jobs(std::slice::from_ref(&event.detail.job_id)).await?;
+    let Some(job) = described.into_iter().find(|j| j.detail.job_id == event.detail.job_id) else {
+        info!(job_id = %event.detail.job_id, "out of memory, says an event, of a job Batch does not know: not resized");
+        return Ok(None);
+    };
+    match plan_resize(config, &job) {
         Resize::NotApplicable => Ok(None),
         Resize::Refused(why) => {
             info!(job_id = %event.detail.job_id, why, "the job ran out of memory and is not resized");

@@ -1127,6 +1127,10 @@ fn a_single_job_out_of_memory_is_planned_one_size_up_with_what_it_ran_until_its_
     let resized_once =
         event(json!({"batchline:run": "job-1a2b", "batchline:original": "job-0", "batchline:resize": "1"}));
     assert!(matches!(plan_resize(&stack, &resized_once), Resize::Refused(why) if why.contains("allows 1 resize(s)")));
+    // A queue that is not the stack's (an event could name any): refused
+    let mut elsewhere = event(json!({"batchline:run": "job-1a2b"}));
+    elsewhere.detail.job_queue = Some("arn:aws:batch:us-east-1:123456789012:job-queue/someone-elses".into());
+    assert!(matches!(plan_resize(&stack, &elsewhere), Resize::Refused(why) if why.contains("is not this stack's")));
     let stage = event(json!({"batchline:pipeline": "diamond", "batchline:run": "r"}));
     assert_eq!(plan_resize(&stack, &stage), Resize::NotApplicable);
     assert_eq!(plan_resize(&stack, &event(json!({}))), Resize::NotApplicable, "not a job Batchline submitted");

@@ -2,11 +2,13 @@
 
 use aws_sdk_iam::types::Role;
 use batchline::model::stack::RoleNames;
+
+use crate::declaration::SecretSource;
 use batchline::Error;
 use serde_json::{json, Value};
-use tracing::{info, warn};
+use tracing::info;
 
-use super::{ECS_TASKS_TRUST, JOB_ROLE_POLICY};
+use super::ECS_TASKS_TRUST;
 
 /// The role `name` under `path`, trusted by ECS tasks, under `boundary` when one is
 /// configured, with `managed_policy` attached.
@@ -44,7 +46,7 @@ pub(super) async fn ensure_role(
                 operation: "CreateRole",
                 code: "EntityAlreadyExists".into(),
                 message: format!(
-                    "role {name} exists outside {path}: Batchline uses only roles it created under its stack's path; name another role in Roles, or delete this one if an earlier release of Batchline made it"
+                    "role {name} exists outside {path}: Batchline uses only roles under its stack's path; name another role in Roles, or delete this one if an earlier release of Batchline made it"
                 ),
             })?;
             let current = found.permissions_boundary().and_then(|b| b.permissions_boundary_arn());
@@ -90,21 +92,46 @@ pub fn job_role_policy(names: &RoleNames) -> Option<Value> {
     Some(json!({"Version": "2012-10-17", "Statement": statements}))
 }
 
-/// Puts the job role's policy ([`job_role_policy`]) on it, or removes it when there is none.
-pub(super) async fn ensure_job_role_policy(iam: &aws_sdk_iam::Client, names: &RoleNames) -> Result<(), Error> {
-    let role = &names.job_role_name;
-    match job_role_policy(names) {
+/// The execution role's own policy: read exactly the secrets the job definitions name (ECS
+/// reads them with this role as a job starts; `AmazonECSTaskExecutionRolePolicy` has no
+/// secret read). `None` when they name none.
+pub fn execution_role_policy(secrets: &[SecretSource]) -> Option<Value> {
+    let resources = |parameters: bool| -> Vec<String> {
+        secrets
+            .iter()
+            .filter(|s| matches!(s, SecretSource::Parameter { .. }) == parameters)
+            .flat_map(SecretSource::resources)
+            .collect()
+    };
+    let statements: Vec<Value> =
+        [("secretsmanager:GetSecretValue", resources(false)), ("ssm:GetParameters", resources(true))]
+            .into_iter()
+            .filter(|(_, resources)| !resources.is_empty())
+            .map(|(action, resources)| json!({"Effect": "Allow", "Action": action, "Resource": resources}))
+            .collect();
+    (!statements.is_empty()).then(|| json!({"Version": "2012-10-17", "Statement": statements}))
+}
+
+/// Puts `policy` on the role as its inline policy `name`, or removes that policy when
+/// there is none.
+pub(super) async fn ensure_inline_policy(
+    iam: &aws_sdk_iam::Client,
+    role: &str,
+    name: &str,
+    policy: Option<Value>,
+) -> Result<(), Error> {
+    match policy {
         Some(policy) => {
             iam.put_role_policy()
                 .role_name(role)
-                .policy_name(JOB_ROLE_POLICY)
+                .policy_name(name)
                 .policy_document(policy.to_string())
                 .send()
                 .await
                 .map_err(|e| Error::aws("PutRolePolicy", e))?;
         }
         None => {
-            if let Err(err) = iam.delete_role_policy().role_name(role).policy_name(JOB_ROLE_POLICY).send().await {
+            if let Err(err) = iam.delete_role_policy().role_name(role).policy_name(name).send().await {
                 let err = Error::aws("DeleteRolePolicy", err);
                 if err.aws_code() != Some("NoSuchEntity") {
                     return Err(err);
@@ -115,34 +142,28 @@ pub(super) async fn ensure_job_role_policy(iam: &aws_sdk_iam::Client, names: &Ro
     Ok(())
 }
 
-/// The role `name` if it exists under `path`; `None` if it exists elsewhere (bootstrap's
-/// policy denies reading roles outside its path, so a denial means the same).
+/// The role `name` if it exists under `path`. Found by listing the path (bootstrap may read
+/// no role outside it, and IAM authorises a read by name on the name's path-less ARN), so a
+/// role of that name elsewhere, or none, is `None` alike.
 async fn own_role(iam: &aws_sdk_iam::Client, name: &str, path: &str) -> Result<Option<Role>, Error> {
-    match iam.get_role().role_name(name).send().await {
-        Ok(found) => Ok(found.role().filter(|r| r.path() == path).cloned()),
-        Err(err) => {
-            let err = Error::aws("GetRole", err);
-            match err.aws_code() {
-                Some("AccessDenied") => Ok(None),
-                _ => Err(err),
-            }
+    let mut pages = iam.list_roles().path_prefix(path).into_paginator().send();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| Error::aws("ListRoles", e))?;
+        if let Some(role) = page.roles().iter().find(|r| r.role_name() == name && r.path() == path) {
+            return Ok(Some(role.clone()));
         }
     }
+    Ok(None)
 }
 
 /// Deletes the role `name` if it is one of the stack's (under `path`); a role of that name
 /// elsewhere is not Batchline's to delete, and one already gone is done.
 pub(super) async fn delete_role(iam: &aws_sdk_iam::Client, name: &str, path: &str) -> Result<(), Error> {
-    let not_found = |err: &Error| err.aws_code() == Some("NoSuchEntity");
-    match own_role(iam, name, path).await {
-        Ok(Some(_)) => {}
-        Ok(None) => {
-            warn!(role = name, path, "a role of this name exists outside the stack's path: left alone");
-            return Ok(());
-        }
-        Err(err) if not_found(&err) => return Ok(()),
-        Err(err) => return Err(err),
+    if own_role(iam, name, path).await?.is_none() {
+        info!(role = name, path, "no such role under the stack's path: nothing to delete");
+        return Ok(());
     }
+    let not_found = |err: &Error| err.aws_code() == Some("NoSuchEntity");
     let attached = match iam.list_attached_role_policies().role_name(name).send().await {
         Ok(attached) => attached,
         Err(err) => {

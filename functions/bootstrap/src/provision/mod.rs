@@ -26,7 +26,7 @@ use batchline::Error;
 use tokio::time::Instant;
 use tracing::info;
 
-use crate::declaration::Declared;
+use crate::declaration::{Declared, SecretSource};
 
 mod batch;
 mod ecr;
@@ -38,13 +38,15 @@ use batch::{
     ensure_job_definition, ensure_job_queue,
 };
 use ecr::{delete_repository, ensure_repository};
-pub use iam::job_role_policy;
-use iam::{delete_role, ensure_job_role_policy, ensure_role};
+use iam::{delete_role, ensure_inline_policy, ensure_role};
+pub use iam::{execution_role_policy, job_role_policy};
 
 pub use batchline::model::job_request::{SPEC_TAG, STACK_TAG};
 /// The job role's inline policy (named when it only read the input; kept, so an update
 /// replaces it instead of leaving the old one beside a new one).
 const JOB_ROLE_POLICY: &str = "batchline-input-read";
+/// The execution role's inline policy: the job definitions' secrets.
+const EXECUTION_ROLE_POLICY: &str = "batchline-job-secrets";
 
 const ECS_TASKS_TRUST: &str = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"ecs-tasks.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#;
 
@@ -88,7 +90,15 @@ pub async fn converge(
     let execution_role_arn =
         ensure_role(aws.iam, &names.execution_role_name, &path, Some(EXECUTION_POLICY_ARN), boundary).await?;
     let job_role_arn = ensure_role(aws.iam, &names.job_role_name, &path, None, boundary).await?;
-    ensure_job_role_policy(aws.iam, names).await?;
+    ensure_inline_policy(aws.iam, &names.job_role_name, JOB_ROLE_POLICY, job_role_policy(names)).await?;
+    let secrets: Vec<SecretSource> = declared
+        .job_definitions
+        .values()
+        .flat_map(|d| d.secrets.values())
+        .filter_map(|s| SecretSource::parse(s))
+        .collect();
+    ensure_inline_policy(aws.iam, &names.execution_role_name, EXECUTION_ROLE_POLICY, execution_role_policy(&secrets))
+        .await?;
     let roles = Roles { names: names.clone(), execution_role_arn, job_role_arn };
     let repository = ProvisionedRepository {
         spec: declared.repository.clone(),
