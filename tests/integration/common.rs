@@ -195,3 +195,37 @@ pub fn fixture_template(name: &str, from: &str, to: &str) -> std::path::PathBuf 
 pub fn denials_of(name: &str) -> Vec<Value> {
     batchline_testkit::emulator::iam_denials().into_iter().filter(|d| d["stack"] == name).collect()
 }
+
+/// (sum, sample count) of a metric with exactly these dimensions, around now.
+pub async fn stats(
+    cloudwatch: &aws_sdk_cloudwatch::Client,
+    namespace: &str,
+    metric: &str,
+    dims: &[(&str, &str)],
+) -> (f64, f64) {
+    use aws_sdk_cloudwatch::primitives::DateTime;
+    use aws_sdk_cloudwatch::types::{Dimension, Statistic};
+    use std::time::{Duration, SystemTime};
+    // Read as the test, not as the function the client signs for.
+    let credentials = aws_sdk_cloudwatch::config::Credentials::new("testing", "testing", None, None, "test");
+    let reader = aws_sdk_cloudwatch::Client::from_conf(
+        cloudwatch.config().to_builder().credentials_provider(credentials).build(),
+    );
+    let now = SystemTime::now();
+    let reply = reader
+        .get_metric_statistics()
+        .namespace(namespace)
+        .metric_name(metric)
+        .set_dimensions(Some(dims.iter().map(|(n, v)| Dimension::builder().name(*n).value(*v).build()).collect()))
+        .start_time(DateTime::from(now - Duration::from_secs(3 * 3600)))
+        .end_time(DateTime::from(now + Duration::from_secs(3 * 3600)))
+        .period(86_400)
+        .statistics(Statistic::Sum)
+        .statistics(Statistic::SampleCount)
+        .send()
+        .await
+        .unwrap();
+    let sum = reply.datapoints().iter().filter_map(|d| d.sum()).sum();
+    let count = reply.datapoints().iter().filter_map(|d| d.sample_count()).sum();
+    (sum, count)
+}

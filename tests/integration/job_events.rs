@@ -1,10 +1,7 @@
 //! job-events against the emulator: metrics read back from CloudWatch, aggregation, duplicates, partial failures.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, SystemTime};
 
-use aws_sdk_cloudwatch::primitives::DateTime;
-use aws_sdk_cloudwatch::types::{Dimension, Statistic};
 use batchline::model::batch_event::JobStateChangeEvent;
 use batchline::Settings;
 use batchline_job_events::{handle, Clients};
@@ -14,6 +11,8 @@ use batchline_testkit::emulator::{sdk_config, signing_as, test_settings, unique_
 use batchline_testkit::player::{sqs_record, Delivery, Player, Script};
 use batchline_testkit::table::create_table;
 use serde_json::{json, Value};
+
+use crate::common::stats;
 
 /// An invocation of job-events, its payload read as the runtime reads it.
 fn invocation(payload: Value) -> lambda_runtime::LambdaEvent<batchline_job_events::Payload> {
@@ -91,32 +90,6 @@ async fn listed(cloudwatch: &aws_sdk_cloudwatch::Client, namespace: &str) -> BTr
             (m.metric_name().unwrap().to_owned(), dims)
         })
         .collect()
-}
-
-/// (sum, sample count) of a metric with exactly these dimensions, around now.
-async fn stats(
-    cloudwatch: &aws_sdk_cloudwatch::Client,
-    namespace: &str,
-    metric: &str,
-    dims: &[(&str, &str)],
-) -> (f64, f64) {
-    let now = SystemTime::now();
-    let reply = reader(cloudwatch)
-        .get_metric_statistics()
-        .namespace(namespace)
-        .metric_name(metric)
-        .set_dimensions(Some(dims.iter().map(|(n, v)| Dimension::builder().name(*n).value(*v).build()).collect()))
-        .start_time(DateTime::from(now - Duration::from_secs(3 * 3600)))
-        .end_time(DateTime::from(now + Duration::from_secs(3 * 3600)))
-        .period(86_400)
-        .statistics(Statistic::Sum)
-        .statistics(Statistic::SampleCount)
-        .send()
-        .await
-        .unwrap();
-    let sum = reply.datapoints().iter().filter_map(|d| d.sum()).sum();
-    let count = reply.datapoints().iter().filter_map(|d| d.sample_count()).sum();
-    (sum, count)
 }
 
 #[test]

@@ -61,8 +61,8 @@ fn job_for(stack: &batchline::model::stack::StackConfig, event: &Value) -> batch
     let event: aws_lambda_events::eventbridge::EventBridgeEvent<batchline_submit::triggers::ObjectCreatedDetail> =
         serde_json::from_value(event.clone()).unwrap();
     let object = batchline_submit::triggers::object_created(&event.detail).unwrap();
-    match batchline_submit::triggers::plan_object(stack, &object, "x").unwrap().remove(0) {
-        batchline_submit::plan::Planned::Job(request) => request,
+    match batchline_submit::triggers::plan_object(stack, &object, "x").remove(0).planned {
+        Ok(batchline_submit::plan::Planned::Job(request)) => request,
         other => panic!("expected a job, got {other:?}"),
     }
 }
@@ -227,6 +227,42 @@ async fn the_api_submits_a_job_returns_it_and_honours_the_idempotency_key() {
     assert_eq!(view["size"], json!({"vcpu": "1", "memoryMib": 4096}));
     assert!(view["createdAt"].as_str().unwrap().ends_with('Z'));
     assert_eq!(view["logGroup"], "/aws/batch/job");
+}
+
+#[tokio::test]
+async fn an_idempotency_key_is_its_callers_alone_and_means_exactly_what_was_sent() {
+    let env = Deployed::new("submit-keyscope", triggers()).await;
+    let clients = Clients::new(&env.sdk_as(Principal::Submit), &env.settings);
+    let body = json!({"jobDefinition": "default"}).to_string();
+    let post = |caller: &str, key: &str| {
+        let mut event = http("POST", "/jobs", &body, &[("idempotency-key", key)]);
+        event["requestContext"]["authorizer"]["iam"]["userArn"] = json!(caller);
+        let clients = &clients;
+        async move { handle(invocation(event), clients).await.unwrap() }
+    };
+    let job_of = |answer: &Value| answer_body(answer)["jobId"].as_str().unwrap().to_owned();
+    // GIVEN a job posted by a role's session under a key
+    let alice = "arn:aws:sts::123456789012:assumed-role/ops/alice";
+    let first = post(alice, "nightly-2026-12-06").await;
+    assert_eq!(first["statusCode"], 202, "{first}");
+    // WHEN the same role retries with refreshed credentials (a new session name), THEN it is the same job
+    let retried =
+        post("arn:aws:sts::123456789012:assumed-role/ops/botocore-session-1765000000", "nightly-2026-12-06").await;
+    assert_eq!((job_of(&retried), answer_body(&retried)["duplicate"].clone()), (job_of(&first), json!(true)));
+    // WHEN another principal uses the same key, THEN it is its own request: a job of its own
+    let other = post("arn:aws:iam::123456789012:user/mallory", "nightly-2026-12-06").await;
+    assert_eq!((other["statusCode"].clone(), answer_body(&other)["duplicate"].clone()), (json!(202), json!(false)));
+    assert_ne!(job_of(&other), job_of(&first));
+    // WHEN a literal key reads like a later window of another ("#2"), THEN it is a key of its own
+    let literal = post(alice, "nightly-2026-12-06#2").await;
+    assert_eq!(answer_body(&literal)["duplicate"], false, "{literal}");
+    assert_ne!(job_of(&literal), job_of(&first));
+    assert_eq!(env.jobs_in("default").await.len(), 3);
+    // AND a key that is not visible ASCII is refused, not dropped (which would make a retry new work)
+    let refused = post(alice, "naïve-key").await;
+    assert_eq!(refused["statusCode"], 400, "{refused}");
+    assert!(answer_body(&refused)["error"]["message"].as_str().unwrap().contains("visible ASCII"), "{refused}");
+    assert_eq!(env.jobs_in("default").await.len(), 3);
 }
 
 #[tokio::test]
@@ -519,7 +555,7 @@ async fn an_idempotency_key_reused_after_its_24_hour_window_starts_new_work() {
     let keyed = || invocation(http("POST", "/jobs", &body, &[("idempotency-key", "k-window")]));
     let first = handle(keyed(), &clients).await.unwrap();
     // GIVEN the key's first use was 25 hours ago
-    backdate_first_use(&env, "api:jobs:key:k-window", 25).await;
+    backdate_first_use(&env, "api:jobs:caller:arn:aws:iam::123456789012:user/ops:key:k-window", 25).await;
     // WHEN it is used again, THEN it is new work; and a retry of that is the same new job
     let second = handle(keyed(), &clients).await.unwrap();
     assert_ne!(answer_body(&second)["jobId"], answer_body(&first)["jobId"]);
@@ -532,7 +568,7 @@ async fn an_idempotency_key_reused_after_its_24_hour_window_starts_new_work() {
     aws_sdk_dynamodb::Client::new(&env.sdk)
         .delete_item()
         .table_name(&env.settings.table_name)
-        .key("pk", AttributeValue::S(keys::claim_pk("api:jobs:key:k-window")))
+        .key("pk", AttributeValue::S(keys::claim_pk("api:jobs:caller:arn:aws:iam::123456789012:user/ops:key:k-window")))
         .key("sk", AttributeValue::S(keys::CLAIM_SK.into()))
         .send()
         .await
@@ -686,6 +722,38 @@ async fn a_size_its_queue_can_never_run_is_refused_before_anything_is_submitted(
     // AND the most the queue can run is taken
     assert_eq!(post(json!({"vcpu": "2", "memory": "4096"})).await["statusCode"], 202);
     assert_eq!(env.jobs_in("default").await.len(), 1);
+}
+
+#[tokio::test]
+async fn one_s3_rule_refusing_an_object_leaves_the_others_to_start_and_is_counted_not_retried() {
+    // GIVEN two rules for the same objects, on a queue that gives a job at most 1 vCPU: one
+    // sizes the job by the object, the other does not
+    let properties = json!({
+        "ComputeEnvironments": {"default": {"MaxVcpus": "1"}},
+        "JobDefinitions": {"default": {}},
+        "Triggers": {"S3": {
+            "sized": {"Bucket": "batchline-input", "Prefix": "incoming/", "JobDefinition": "default", "MemoryPerInputByte": "4"},
+            "plain": {"Bucket": "batchline-input", "Prefix": "incoming/", "JobDefinition": "default"}
+        }}
+    });
+    let env = Deployed::new("submit-rules", properties).await;
+    let clients = Clients::new(&env.sdk_as(Principal::Submit), &env.settings);
+    // WHEN an object arrives that would need 12 GiB (3 GiB × 4): 2 vCPU at least, more than the queue runs
+    let mut event = object_event("incoming/huge.csv", "0001");
+    event["detail"]["object"]["size"] = json!(3u64 * 1024 * 1024 * 1024);
+    let answer = handle(invocation(event), &clients).await.unwrap();
+    // THEN the other rule's job starts and the event is handled (a refusal is not retried)
+    assert_eq!(answer["started"].as_array().map(Vec::len), Some(1), "{answer}");
+    let jobs = env.jobs_in("default").await;
+    assert_eq!(jobs.len(), 1, "no job that could never start");
+    assert_eq!(jobs[0].tags().unwrap()["batchline:stage"], "default");
+    assert_eq!(requirement(&jobs[0], "MEMORY").as_deref(), Some("512"), "the plain rule's job");
+    // AND the refusal is counted, per rule and for the stack
+    let cloudwatch = aws_sdk_cloudwatch::Client::new(&env.sdk);
+    let namespace = &env.settings.metric_namespace;
+    let refused = crate::common::stats(&cloudwatch, namespace, "TriggersRefused", &[("Trigger", "sized")]).await;
+    assert_eq!(refused.0, 1.0);
+    assert_eq!(crate::common::stats(&cloudwatch, namespace, "TriggersRefused", &[]).await.0, 1.0);
 }
 
 #[tokio::test]

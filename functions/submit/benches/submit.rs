@@ -45,8 +45,8 @@ fn main() {
         for body in &events {
             let event: EventBridgeEvent<ObjectCreatedDetail> = serde_json::from_str(body).expect("an S3 event");
             let object = object_created(&event.detail).expect("a key that decodes");
-            for planned in plan_object(&config, &object, "id").expect("planned") {
-                if let Planned::Job(request) = planned {
+            for outcome in plan_object(&config, &object, "id") {
+                if let Planned::Job(request) = outcome.planned.expect("planned") {
                     request.validate().expect("valid");
                     jobs += black_box(request).job_name.len().min(1);
                 }

@@ -26,12 +26,13 @@ use aws_lambda_events::apigw::ApiGatewayV2httpRequest;
 use aws_lambda_events::eventbridge::EventBridgeEvent;
 use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use batchline::model::run::RunInput;
+use batchline::services::ports::TriggerMetrics;
 use batchline::store::Holder;
 use batchline::wiring::{invocation_holder, AwsPorts};
 use batchline::{Error, Settings};
 use lambda_runtime::LambdaEvent;
 use serde_json::{json, Value};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use api::ApiError;
 use plan::Planned;
@@ -125,9 +126,22 @@ async fn handle_one(payload: Value, clients: &Clients, holder: &Holder) -> Resul
             let object = triggers::object_created(&event.detail).map_err(Error::InvalidEvent)?;
             let stack = clients.ports.configs.get().await?;
             let event_id = event.id.as_deref().unwrap_or_default();
-            let planned = triggers::plan_object(&stack, &object, event_id).map_err(Error::InvalidEvent)?;
-            if planned.is_empty() {
+            let outcomes = triggers::plan_object(&stack, &object, event_id);
+            if outcomes.is_empty() {
                 info!(bucket = %object.bucket, key = %object.key, "no S3 trigger matches the object; nothing to do");
+            }
+            let (mut planned, mut refused) = (Vec::new(), Vec::new());
+            for outcome in outcomes {
+                match outcome.planned {
+                    Ok(plan) => planned.push(plan),
+                    Err(why) => {
+                        error!(rule = %outcome.rule, bucket = %object.bucket, key = %object.key, why, "the S3 trigger refused the object");
+                        refused.push(outcome.rule);
+                    }
+                }
+            }
+            if !refused.is_empty() {
+                clients.ports.announcer.triggers_refused(&refused).await;
             }
             return submit_all(planned, clients, holder).await;
         }

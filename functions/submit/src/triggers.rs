@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use batchline::model::fargate::Size;
-use batchline::model::stack::{StackConfig, Target};
+use batchline::model::stack::{S3Trigger, StackConfig, Target};
 use serde::{Deserialize, Serialize};
 
 use crate::plan::{self, Planned, Source};
@@ -81,50 +81,81 @@ pub fn object_created(detail: &ObjectCreatedDetail) -> Result<ObjectCreated, Str
     })
 }
 
-/// The jobs an object starts: one per matching rule.
-pub fn plan_object(config: &StackConfig, object: &ObjectCreated, event_id: &str) -> Result<Vec<Planned>, String> {
-    let mut planned = Vec::new();
-    for (rule_key, rule) in &config.triggers.s3 {
-        let bucket_matches = rule.bucket.as_deref().is_none_or(|b| b == object.bucket);
-        if !bucket_matches || !object.key.starts_with(&rule.prefix) || !object.key.ends_with(&rule.suffix) {
-            continue;
-        }
-        // S3's sequencer orders writes of one key: the same object version has the same one.
-        let version = object.sequencer.clone().or_else(|| object.etag.clone()).unwrap_or_else(|| event_id.to_owned());
-        let idempotency_key = format!("s3:{rule_key}:{}:{}:{version}", object.bucket, object.key);
-        let mut parameters = rule.parameters.clone();
-        parameters.insert("inputBucket".into(), object.bucket.clone());
-        parameters.insert("inputKey".into(), object.key.clone());
-        parameters.insert("inputSize".into(), object.size.to_string());
-        let environment = BTreeMap::from([
-            ("INPUT_BUCKET".to_owned(), object.bucket.clone()),
-            ("INPUT_KEY".to_owned(), object.key.clone()),
-            ("INPUT_SIZE".to_owned(), object.size.to_string()),
-        ]);
-        let basename = object.key.rsplit('/').next().unwrap_or(&object.key);
-        let source = Source {
-            trigger: "s3",
-            readable: format!("{}-s3-{rule_key}-{basename}", config.name_prefix),
-            idempotency_key,
-            parameters,
-            environment,
-        };
-        planned.push(match &rule.target {
-            Target::JobDefinition(key) => {
-                let definition = config
-                    .job_definitions
-                    .get(key)
-                    .ok_or_else(|| format!("Triggers.S3.{rule_key}: no job definition {key:?}"))?;
-                let size = match rule.memory_per_input_byte {
-                    Some(factor) => Some(sized_for_object(definition.size, factor, object.size)?),
-                    None => None,
-                };
-                Planned::Job(plan::job(config, key, source, size)?)
+/// What one S3 rule made of an object: the job or run it starts, or why it refuses it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuleOutcome {
+    pub rule: String,
+    pub planned: Result<Planned, String>,
+}
+
+/// What each matching rule makes of an object. One rule's refusal (a size no queue can
+/// run, say) leaves the others to start theirs: rules are independent, and a refusal is
+/// permanent, so it is reported rather than retried.
+pub fn plan_object(config: &StackConfig, object: &ObjectCreated, event_id: &str) -> Vec<RuleOutcome> {
+    config
+        .triggers
+        .s3
+        .iter()
+        .filter(|(_, rule)| {
+            rule.bucket.as_deref().is_none_or(|b| b == object.bucket)
+                && object.key.starts_with(&rule.prefix)
+                && object.key.ends_with(&rule.suffix)
+        })
+        .map(|(key, rule)| RuleOutcome { rule: key.clone(), planned: plan_rule(config, key, rule, object, event_id) })
+        .collect()
+}
+
+/// What the rule `rule_key` starts for an object it matches.
+fn plan_rule(
+    config: &StackConfig,
+    rule_key: &str,
+    rule: &S3Trigger,
+    object: &ObjectCreated,
+    event_id: &str,
+) -> Result<Planned, String> {
+    // S3's sequencer orders writes of one key: the same object version has the same one.
+    let version = object.sequencer.clone().or_else(|| object.etag.clone()).unwrap_or_else(|| event_id.to_owned());
+    let idempotency_key = format!("s3:{rule_key}:{}:{}:{version}", object.bucket, object.key);
+    let mut parameters = rule.parameters.clone();
+    parameters.insert("inputBucket".into(), object.bucket.clone());
+    parameters.insert("inputKey".into(), object.key.clone());
+    parameters.insert("inputSize".into(), object.size.to_string());
+    let environment = BTreeMap::from([
+        ("INPUT_BUCKET".to_owned(), object.bucket.clone()),
+        ("INPUT_KEY".to_owned(), object.key.clone()),
+        ("INPUT_SIZE".to_owned(), object.size.to_string()),
+    ]);
+    let basename = object.key.rsplit('/').next().unwrap_or(&object.key);
+    let source = Source {
+        trigger: "s3",
+        readable: format!("{}-s3-{rule_key}-{basename}", config.name_prefix),
+        idempotency_key,
+        parameters,
+        environment,
+    };
+    match &rule.target {
+        Target::JobDefinition(key) => {
+            let definition = config
+                .job_definitions
+                .get(key)
+                .ok_or_else(|| format!("Triggers.S3.{rule_key}: no job definition {key:?}"))?;
+            let size = match rule.memory_per_input_byte {
+                Some(factor) => Some(sized_for_object(definition.size, factor, object.size)?),
+                None => None,
+            };
+            let job = plan::job(config, key, source, size)?;
+            // The check the API makes: a job its queue can never run would wait RUNNABLE for ever.
+            let capacity = config.queue_for(definition).and_then(|q| config.queue_capacity(q));
+            match (job.size, capacity) {
+                (Some(size), Some(max)) if !size.fits_vcpus(max) => Err(format!(
+                    "an object of {} bytes needs {size}, more than the job queue of {key:?} can ever run ({max} vCPU)",
+                    object.size
+                )),
+                _ => Ok(Planned::Job(job)),
             }
-            Target::Pipeline(pipeline) => Planned::Run { pipeline: pipeline.clone(), source },
-        });
+        }
+        Target::Pipeline(pipeline) => Ok(Planned::Run { pipeline: pipeline.clone(), source }),
     }
-    Ok(planned)
 }
 
 /// At least `factor` times the object's size in memory, and never less than the job

@@ -1,4 +1,4 @@
-//! EventBridge and CloudWatch through the AWS SDK: the adapter of the run announcer (completion events, run metrics) and of the stuck-job watch's queue metrics.
+//! EventBridge and CloudWatch through the AWS SDK: the adapter of the run announcer (completion events, run metrics), of the stuck-job watch's queue metrics and of the triggers' refusals.
 
 use async_trait::async_trait;
 use aws_sdk_cloudwatch::types::{Dimension, MetricDatum, StandardUnit};
@@ -8,7 +8,7 @@ use tracing::warn;
 use crate::model::run::{MetricUnit, RunMetric};
 use crate::model::stuck::QueueReport;
 use crate::services::announce::{COMPLETED_DETAIL_TYPE, EVENT_SOURCE};
-use crate::services::ports::{QueueMetrics, RunAnnouncer};
+use crate::services::ports::{QueueMetrics, RunAnnouncer, TriggerMetrics};
 use crate::Error;
 
 /// EventBridge and CloudWatch through the AWS SDK.
@@ -108,6 +108,28 @@ impl QueueMetrics for AwsAnnouncer {
             self.cloudwatch.put_metric_data().namespace(&self.namespace).set_metric_data(Some(data)).send().await
         {
             warn!(error = %Error::aws("PutMetricData", err), "queue metrics not published");
+        }
+    }
+}
+
+#[async_trait]
+impl TriggerMetrics for AwsAnnouncer {
+    async fn triggers_refused(&self, rules: &[String]) {
+        let datum = |dimensions: Vec<Dimension>| {
+            MetricDatum::builder()
+                .metric_name("TriggersRefused")
+                .value(1.0)
+                .unit(StandardUnit::Count)
+                .set_dimensions(Some(dimensions))
+                .build()
+        };
+        let mut data: Vec<MetricDatum> =
+            rules.iter().map(|rule| datum(vec![Dimension::builder().name("Trigger").value(rule).build()])).collect();
+        data.extend(rules.iter().map(|_| datum(vec![])));
+        if let Err(err) =
+            self.cloudwatch.put_metric_data().namespace(&self.namespace).set_metric_data(Some(data)).send().await
+        {
+            warn!(error = %Error::aws("PutMetricData", err), "refused triggers not counted");
         }
     }
 }

@@ -78,6 +78,14 @@ pub trait QueueMetrics: Send + Sync {
     async fn queue_metrics(&self, queues: &[QueueReport]);
 }
 
+/// Where a trigger's refusals are counted.
+#[async_trait]
+pub trait TriggerMetrics: Send + Sync {
+    /// Counts one refused object for each S3 rule named (`TriggersRefused`, per `Trigger`
+    /// and overall); a failure is logged, not returned.
+    async fn triggers_refused(&self, rules: &[String]);
+}
+
 #[async_trait]
 pub trait RunAnnouncer: Send + Sync {
     /// Sends the completion event of an ended run.

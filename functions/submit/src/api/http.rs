@@ -21,6 +21,9 @@ pub struct HttpRequest {
     pub headers: BTreeMap<String, String>,
     pub query: BTreeMap<String, String>,
     pub body: Vec<u8>,
+    /// Who is calling, as API Gateway's authorizer established it ([`caller_of`]); `None`
+    /// when the API has no authorizer (a local stack).
+    pub caller: Option<String>,
 }
 
 /// One thing wrong with a request: where (a JSON path into the body, empty for the body
@@ -157,6 +160,11 @@ pub fn error_response(err: &ApiError) -> ApiGatewayV2httpResponse {
 pub fn parse_http(event: &ApiGatewayV2httpRequest) -> Result<HttpRequest, ApiError> {
     let method = event.request_context.http.method.as_str().to_ascii_uppercase();
     let path = event.raw_path.clone().or_else(|| event.request_context.http.path.clone()).unwrap_or_else(|| "/".into());
+    // An Idempotency-Key that is not visible ASCII is a mistake to say, not a header to
+    // drop (which would make a keyed retry new work).
+    if event.headers.get("idempotency-key").is_some_and(|v| v.to_str().is_err()) {
+        return Err(ApiError::bad_request("Idempotency-Key has 1 to 255 visible ASCII characters"));
+    }
     // HeaderMap names are lowercase already.
     let headers = event
         .headers
@@ -173,7 +181,26 @@ pub fn parse_http(event: &ApiGatewayV2httpRequest) -> Result<HttpRequest, ApiErr
         raw.as_bytes().to_vec()
     };
     let request_id = event.request_context.request_id.clone().unwrap_or_default();
-    Ok(HttpRequest { request_id, method, path, headers, query, body })
+    let caller = caller_of(event);
+    Ok(HttpRequest { request_id, method, path, headers, query, body, caller })
+}
+
+/// The calling principal as the authorizer established it: an IAM caller's ARN (an assumed
+/// role's, without the session name: every session of a role is the same principal, and
+/// credentials refreshed mid-retry get a new session name), or a JWT's issuer and subject.
+pub fn caller_of(event: &ApiGatewayV2httpRequest) -> Option<String> {
+    let authorizer = event.request_context.authorizer.as_ref()?;
+    if let Some(arn) = authorizer.iam.as_ref().and_then(|iam| iam.user_arn.as_deref()).filter(|a| !a.is_empty()) {
+        return Some(match arn.split_once(":assumed-role/") {
+            Some((account, role_and_session)) => {
+                let role = role_and_session.split('/').next().unwrap_or(role_and_session);
+                format!("{account}:assumed-role/{role}")
+            }
+            None => arn.to_owned(),
+        });
+    }
+    let claims = &authorizer.jwt.as_ref()?.claims;
+    Some(format!("jwt:{}:{}", claims.get("iss")?, claims.get("sub")?))
 }
 
 /// Epoch milliseconds as ISO 8601, for answers.

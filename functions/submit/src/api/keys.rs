@@ -1,4 +1,4 @@
-//! Idempotency keys of API requests: the caller's `Idempotency-Key` (one request within its window) or the request's own id.
+//! Idempotency keys of API requests: the caller's `Idempotency-Key` (one request within its window, the caller's alone) or the request's own id.
 //!
 //! A caller's key is one request for [`KEY_WINDOW_MS`] from its first use; used again
 //! after that, it is new work under the key's next *generation* (`<key>#2`, `#3`, ...).
@@ -37,18 +37,32 @@ impl ApiKey {
     }
 }
 
-/// The idempotency key of an API request: the `Idempotency-Key` header, or else this
-/// request's own id (`fallback_id` when API Gateway gave none).
+/// The idempotency key of an API request: the `Idempotency-Key` header, the caller's own
+/// (see [`caller_key`]), or else this request's own id (`fallback_id` when API Gateway gave
+/// none).
 pub fn idempotency_key(request: &HttpRequest, route: &str, fallback_id: &str) -> Result<ApiKey, ApiError> {
     match request.headers.get("idempotency-key") {
         Some(key) if key.is_empty() || key.len() > 255 => {
-            Err(ApiError::bad_request("Idempotency-Key has 1 to 255 characters"))
+            Err(ApiError::bad_request("Idempotency-Key has 1 to 255 visible ASCII characters"))
         }
-        Some(key) => Ok(ApiKey::Caller(format!("api:{route}:key:{key}"))),
+        Some(key) => Ok(ApiKey::Caller(caller_key(route, request.caller.as_deref(), key))),
         None => {
             let id = if request.request_id.is_empty() { fallback_id } else { &request.request_id };
             Ok(ApiKey::Request(format!("api:{route}:request:{id}")))
         }
+    }
+}
+
+/// A caller's key as stored: scoped to the route and to the calling principal, so a key
+/// one caller used — guessed or not — is never another's; and with `%` and `#` escaped, so
+/// a literal key (`foo#2`) never reads as a later generation of another (`foo`, see
+/// [`ApiKey::generation`]). A key of no principal (an API without an authorizer, as
+/// locally) is scoped to the route only, as before.
+pub fn caller_key(route: &str, caller: Option<&str>, key: &str) -> String {
+    let key = key.replace('%', "%25").replace('#', "%23");
+    match caller {
+        Some(caller) => format!("api:{route}:caller:{caller}:key:{key}"),
+        None => format!("api:{route}:key:{key}"),
     }
 }
 

@@ -38,6 +38,7 @@ fn post(body: &Value) -> HttpRequest {
         headers: BTreeMap::new(),
         query: BTreeMap::new(),
         body: body.to_string().into_bytes(),
+        caller: None,
     }
 }
 
@@ -248,4 +249,41 @@ fn a_runs_view_shows_its_environments_names_never_their_values() {
     let view = runs::run_view(&run, &stack, &pricing, "us-east-1", 0);
     assert_eq!(view["input"], json!({"parameters": {"day": "1"}, "environment": ["DB_PASSWORD"]}));
     assert!(!view.to_string().contains("s3cr3t"), "{view}");
+}
+
+#[test]
+fn a_callers_key_is_scoped_to_the_principal_and_never_reads_as_another_keys_generation() {
+    use super::keys::{caller_key, ApiKey};
+    let ops = Some("arn:aws:iam::123456789012:user/ops");
+    assert_eq!(caller_key("jobs", None, "order-42"), "api:jobs:key:order-42", "no authorizer: as before");
+    assert_ne!(
+        caller_key("jobs", ops, "order-42"),
+        caller_key("jobs", Some("arn:aws:iam::123456789012:user/x"), "order-42")
+    );
+    // The second window of "foo" and the literal key "foo#2" are two keys
+    assert_ne!(ApiKey::generation(&caller_key("jobs", ops, "foo"), 2), caller_key("jobs", ops, "foo#2"));
+    assert_ne!(caller_key("jobs", ops, "a%23"), caller_key("jobs", ops, "a#"), "the escape is escaped too");
+}
+
+#[test]
+fn the_caller_is_the_authorizers_principal_and_a_roles_sessions_are_one() {
+    use super::http::caller_of;
+    let with = |authorizer: Value| {
+        let mut event: Value =
+            serde_json::from_str(include_str!("../../../../tests/fixtures/api/post-jobs.json")).unwrap();
+        event["requestContext"]["authorizer"] = authorizer;
+        caller_of(&serde_json::from_value(event).unwrap())
+    };
+    let role = |session: &str| {
+        with(json!({"iam": {"userArn": format!("arn:aws:sts::123456789012:assumed-role/ops/{session}")}}))
+    };
+    assert_eq!(role("alice"), Some("arn:aws:sts::123456789012:assumed-role/ops".to_owned()));
+    assert_eq!(role("alice"), role("botocore-session-1"));
+    assert_eq!(
+        with(json!({"iam": {"userArn": "arn:aws:iam::123456789012:user/ops"}})).as_deref(),
+        Some("arn:aws:iam::123456789012:user/ops")
+    );
+    let jwt = with(json!({"jwt": {"claims": {"iss": "https://idp.example", "sub": "u-1"}, "scopes": null}}));
+    assert_eq!(jwt.as_deref(), Some("jwt:https://idp.example:u-1"));
+    assert_eq!(with(Value::Null), None);
 }
