@@ -7,7 +7,9 @@
 //! the emulator runs. The sample events in `events/` name these resources. The functions'
 //! environment is also written to `.local-stack/env` (one `NAME=value` a line), which is
 //! what `cargo lambda watch --env-file .local-stack/env` needs to serve a function against
-//! the same stack.
+//! the same stack. The functions the local stack starts sign as their roles of the stack
+//! `local`, so the emulator holds their calls to the template's policies; a function served
+//! by `cargo lambda watch` from that file signs as `testing`, unevaluated.
 
 use std::path::{Path, PathBuf};
 
@@ -41,7 +43,12 @@ impl LocalStack {
     pub async fn ensure(dir: &Path, say: &mut dyn FnMut(String)) -> Result<LocalStack, String> {
         let sdk = sdk_config().await;
         let table = format!("{PREFIX}-table");
-        let stack = LocalStack { launcher: Launcher::new(&table, &dir.join("logs"))?, table };
+        // Its functions sign as their roles: the emulator evaluates their calls against
+        // the template's policies, as AWS would (the registration is the emulator's, so it
+        // is made again whenever the stack is used).
+        crate::register_stack(PREFIX, &table, BUCKET)?;
+        let launcher = Launcher::new(&table, &dir.join("logs"))?.signing_as_roles_of(PREFIX);
+        let stack = LocalStack { launcher, table };
         let store = batchline::store::DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), &stack.table);
         let bootstrapped = batchline::store::ConfigStore::load_config(&store).await.ok().flatten().is_some();
         if !bootstrapped {
