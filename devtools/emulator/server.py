@@ -30,6 +30,12 @@ moto's WSGI application makes the emulator behave as AWS does:
   (SUCCEEDED) by the time anyone could stop it, so both would be no-ops. Locally a job has
   not run until the Batch event player plays it, so the adapter applies them as AWS does to
   a job that has not finished: the job becomes FAILED with the given reason.
+* Batch ListJobs by ``arrayJobId``: moto lists an array's children in one unpaged answer,
+  without ``arrayProperties.index`` or ``container.reason``. The adapter answers it as AWS
+  does: in index order, in pages (``maxResults``, ``nextToken``), ``jobStatus`` filtering,
+  each child with its index, status, times, exit code and reason as played. (A queue's
+  listing is still moto's, unpaged. moto also starts a thread per child at SubmitJob, so
+  an array of thousands is slow to submit locally.)
 
 Two additions for tests and the local run, which are not AWS APIs:
 ``GET /_batchline/default-network`` answers ``{"vpc", "subnets", "securityGroups"}`` for
@@ -281,6 +287,21 @@ def complete_job(job: dict[str, Any], authorization: str) -> dict[str, Any]:
     return job
 
 
+def child_summary(child: Any) -> dict[str, Any]:
+    """One array child as ListJobs summarises it on AWS (what the player played, else moto's)."""
+    summary = child.describe_short()
+    played = getattr(child, "batchline_played", None) or {}
+    for name in ("status", "statusReason", "startedAt", "stoppedAt"):
+        if name in played:
+            summary[name] = played[name]
+    container = {name: played["container"][name] for name in ("exitCode", "reason")
+                 if name in played.get("container", {})}
+    if container:
+        summary["container"] = container
+    summary["arrayProperties"] = {"index": child.array_properties.get("index", 0)}
+    return summary
+
+
 def find_job(job_id: str, authorization: str) -> Any:
     """moto's record of a job, in the account and region the request was signed for."""
     from moto.batch.models import batch_backends
@@ -465,6 +486,8 @@ class Adapter:
             return self.unplayed_queues(environ, start_response)
         if path == "/v1/describejobs" and method == "POST":
             return self.describe_jobs(environ, start_response)
+        if path == "/v1/listjobs" and method == "POST":
+            return self.list_jobs(environ, start_response)
         if path in ("/v1/terminatejob", "/v1/canceljob") and method == "POST":
             return self.stop_job(environ, start_response)
         if path == "/v1/submitjob" and method == "POST":
@@ -496,6 +519,31 @@ class Adapter:
             document["jobs"] = [complete_job(job, authorization) for job in document.get("jobs", [])]
             payload = json.dumps(document).encode()
         return respond(start_response, reply.status_code, payload, dict(reply.headers))
+
+    def list_jobs(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        body = read_body(environ)
+        if json.loads(body or b"{}").get("arrayJobId"):
+            return self.list_array_children(environ, body, start_response)
+        reply = self.forward(environ, body)
+        return respond(start_response, reply.status_code, reply.body, dict(reply.headers))
+
+    def list_array_children(self, environ: dict, body: bytes, start_response: Callable) -> Iterable[bytes]:
+        """ListJobs by ``arrayJobId`` as AWS answers it: the children in index order with
+        their ``arrayProperties.index``, status, times, exit code and reason (as played),
+        ``jobStatus`` filtering them, in pages of ``maxResults`` (100 by default, at most
+        1,000) continued by ``nextToken``. moto lists them unpaged, without index or reason."""
+        request = json.loads(body or b"{}")
+        parent = find_job(request.get("arrayJobId", ""), environ.get("HTTP_AUTHORIZATION", ""))
+        children = sorted(getattr(parent, "_child_jobs", None) or [], key=lambda c: c.array_properties.get("index", 0))
+        summaries = [child_summary(child) for child in children]
+        if request.get("jobStatus"):
+            summaries = [summary for summary in summaries if summary["status"] == request["jobStatus"]]
+        start = int(request.get("nextToken") or 0)
+        size = max(1, min(int(request.get("maxResults") or 100), 1000))
+        document: dict[str, Any] = {"jobSummaryList": summaries[start:start + size]}
+        if start + size < len(summaries):
+            document["nextToken"] = str(start + size)
+        return respond(start_response, 200, json.dumps(document).encode(), {"Content-Type": "application/json"})
 
     def submit_job(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         body = read_body(environ)

@@ -269,6 +269,88 @@ async fn an_array_job_plays_its_parent_and_every_child() {
 }
 
 #[tokio::test]
+async fn each_array_child_plays_its_own_outcome_and_batch_lists_the_children_as_aws_does() {
+    // GIVEN an array of 250 children, child 3 exiting 2 and child 7 out of memory (set as a
+    // job steered through Batchline would be: a parameter), played without tags on children
+    let sdk = sdk_config().await;
+    let env = BatchEnvironment::create(&sdk, "play-children").await.unwrap();
+    let batch = aws_sdk_batch::Client::new(&sdk);
+    let parent = batch
+        .submit_job()
+        .job_name("map")
+        .job_queue(&env.queue_arn)
+        .job_definition(&env.job_definition_arn)
+        .array_properties(ArrayProperties::builder().size(250).build())
+        .parameters("play_children", "3=exit:2, 7=oom")
+        .tags("batchline:stage", "resize")
+        .send()
+        .await
+        .unwrap()
+        .job_id()
+        .unwrap()
+        .to_owned();
+    let mut player = Player::new(&sdk);
+    player.untagged_children(true);
+    let changes = player.play_queue(&env.queue_arn).await.unwrap();
+    let end = |job: &str| changes.iter().rev().find(|c| c.job_id == job).unwrap().event["detail"].clone();
+
+    // THEN each child ends as its index says, without the parent's tags
+    for (index, status, exit, reason) in
+        [(0, "SUCCEEDED", 0, None), (3, "FAILED", 2, None), (7, "FAILED", 137, Some(OUT_OF_MEMORY_REASON))]
+    {
+        let detail = end(&format!("{parent}:{index}"));
+        assert_eq!(
+            (detail["status"].as_str(), detail["container"]["exitCode"].as_i64()),
+            (Some(status), Some(exit)),
+            "{index}"
+        );
+        assert_eq!(detail["container"]["reason"].as_str(), reason, "{index}");
+        assert_eq!(detail["arrayProperties"]["index"], index);
+        assert!(detail["tags"].as_object().is_none_or(|t| t.is_empty()), "{detail}");
+    }
+    // AND the parent ends after its last child, FAILED, counting them
+    let last_child = changes.iter().filter(|c| c.job_id.contains(':')).map(|c| c.at_millis).max().unwrap();
+    let done = changes.iter().rev().find(|c| c.job_id == parent).unwrap();
+    assert!(done.at_millis > last_child);
+    assert_eq!(done.status, "FAILED");
+    assert_eq!(done.event["detail"]["statusReason"], "Array Child Job failed");
+    let summary = &done.event["detail"]["arrayProperties"]["statusSummary"];
+    assert_eq!((summary["SUCCEEDED"].as_i64(), summary["FAILED"].as_i64()), (Some(248), Some(2)));
+    assert_eq!(done.event["detail"]["tags"]["batchline:stage"], "resize", "the parent keeps its tags");
+
+    // WHEN the ends are settled, THEN ListJobs by arrayJobId lists the children in pages of
+    // at most maxResults, in index order, each with its index
+    player.settle(&changes).await.unwrap();
+    let mut listed = Vec::new();
+    let mut token = None;
+    loop {
+        let page = batch.list_jobs().array_job_id(&parent).max_results(100).set_next_token(token).send().await.unwrap();
+        assert!(page.job_summary_list().len() <= 100);
+        listed.extend(page.job_summary_list().iter().map(|j| j.array_properties().and_then(|a| a.index()).unwrap()));
+        token = page.next_token().map(str::to_owned);
+        if token.is_none() {
+            break;
+        }
+    }
+    assert_eq!(listed, (0..250).collect::<Vec<i32>>());
+    // AND by status FAILED exactly the failed children, with exit code and reason
+    let failed = batch.list_jobs().array_job_id(&parent).job_status("FAILED".into()).send().await.unwrap();
+    let failed: Vec<(i32, Option<i32>, Option<String>)> = failed
+        .job_summary_list()
+        .iter()
+        .map(|j| {
+            let container = j.container();
+            (
+                j.array_properties().and_then(|a| a.index()).unwrap(),
+                container.and_then(|c| c.exit_code()),
+                container.and_then(|c| c.reason()).map(str::to_owned),
+            )
+        })
+        .collect();
+    assert_eq!(failed, [(3, Some(2), None), (7, Some(137), Some(OUT_OF_MEMORY_REASON.to_owned()))]);
+}
+
+#[tokio::test]
 async fn events_reach_sqs_through_an_eventbridge_rule_for_the_queue() {
     // GIVEN a rule on a bus that sends this queue's Batch events to an SQS queue
     let sdk = sdk_config().await;

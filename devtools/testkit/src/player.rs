@@ -18,6 +18,7 @@
 //!      way a real job does, so a resubmission at a larger size succeeds;
 //!    - `play_wait_seconds`: time in the queue, createdAt → startedAt (default 10);
 //!    - `play_run_seconds`: running time, startedAt → stoppedAt (default 30);
+//!    - `play_children`: an array's children whose outcome differs (`3=exit:2,7=oom`);
 //!    - `play_on`: `FARGATE` or `FARGATE_SPOT`, the capacity its tasks run on: their
 //!      `taskArn` names the ECS cluster of the queue's first compute environment of that
 //!      type (the queue's first compute environment when not given), as on AWS;
@@ -36,8 +37,12 @@
 //!
 //! Out of memory is reported the way AWS does on Fargate: exit code 137 and reason
 //! `OutOfMemoryError: Container killed due to memory usage`, status reason `Essential
-//! container in task exited`. Array jobs produce events for the parent and for every child
-//! (`<parent id>:<index>`); the parent fails if any child fails.
+//! container in task exited`. Array jobs produce events for every child (`<parent id>:<index>`,
+//! `arrayProperties.index`), each child playing its own outcome — the script's `children`,
+//! or the `play_children` setting (`3=exit:2,7=oom`), else the job's — and the parent's: it
+//! goes RUNNABLE and RUNNING with them and ends after its last child, FAILED (`Array Child
+//! Job failed`) if any child failed, its `arrayProperties.statusSummary` counting them.
+//! Children's events carry the parent's tags unless [`Player::untagged_children`].
 //!
 //! [`Player::settle`] records played jobs' ends in the emulator, so DescribeJobs reports
 //! them as AWS reports a job that ran (status, reason, times, attempts with their `taskArn`).
@@ -49,7 +54,7 @@
 //! the emulator with `PutEvents` (the bus assigns new ids), so a rule routes them as in
 //! production. Duplication and seeded shuffling make reliability tests short.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use aws_config::SdkConfig;
@@ -71,6 +76,20 @@ pub enum Outcome {
     Exit(i32),
 }
 
+impl Outcome {
+    /// `succeed`, `oom` or `exit:N` (N not 0).
+    pub fn parse(text: &str) -> Result<Outcome, String> {
+        match text {
+            "succeed" => Ok(Outcome::Succeed),
+            "oom" => Ok(Outcome::OutOfMemory),
+            other => match other.strip_prefix("exit:").map(str::parse::<i32>) {
+                Some(Ok(code)) if code != 0 => Ok(Outcome::Exit(code)),
+                _ => Err(format!("{other:?}: expected succeed, oom or exit:N (N not 0)")),
+            },
+        }
+    }
+}
+
 /// How a job plays out: its outcome and its simulated times.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Script {
@@ -84,6 +103,8 @@ pub struct Script {
     /// The capacity its tasks run on (`FARGATE` or `FARGATE_SPOT`): the first compute
     /// environment of that type in its queue; the queue's first when not given.
     pub capacity: Option<String>,
+    /// An array job's children whose outcome differs from `outcome`, by index.
+    pub children: BTreeMap<usize, Outcome>,
 }
 
 impl Default for Script {
@@ -94,6 +115,7 @@ impl Default for Script {
             run_time: Duration::from_secs(30),
             needs_memory_mib: None,
             capacity: None,
+            children: BTreeMap::new(),
         }
     }
 }
@@ -127,18 +149,26 @@ impl Script {
         self
     }
 
+    /// The array child `index` plays `outcome` (the others the script's own).
+    pub fn child(mut self, index: usize, outcome: Outcome) -> Self {
+        self.children.insert(index, outcome);
+        self
+    }
+
     /// The script a job asks for in its parameters or tags (see the module docs).
     pub fn from_job_settings(setting: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
         let mut script = Script::default();
         if let Some(play) = setting("play") {
-            script.outcome = match play.as_str() {
-                "succeed" => Outcome::Succeed,
-                "oom" => Outcome::OutOfMemory,
-                other => match other.strip_prefix("exit:").map(str::parse::<i32>) {
-                    Some(Ok(code)) if code != 0 => Outcome::Exit(code),
-                    _ => return Err(format!("play={other:?}: expected succeed, oom or exit:N (N not 0)")),
-                },
-            };
+            script.outcome = Outcome::parse(&play).map_err(|why| format!("play={why}"))?;
+        }
+        // `play_children`: `INDEX=OUTCOME` pairs, comma-separated (`3=exit:2,7=oom`).
+        for pair in setting("play_children").iter().flat_map(|v| v.split(',')).filter(|p| !p.trim().is_empty()) {
+            let parsed = pair.split_once('=').and_then(|(index, outcome)| {
+                Some((index.trim().parse::<usize>().ok()?, Outcome::parse(outcome.trim()).ok()?))
+            });
+            let (index, outcome) = parsed
+                .ok_or_else(|| format!("play_children={pair:?}: expected INDEX=succeed|oom|exit:N, comma-separated"))?;
+            script.children.insert(index, outcome);
         }
         let number = |name: &str| -> Result<Option<u64>, String> {
             setting(name)
@@ -194,6 +224,9 @@ pub struct Player {
     /// Per job definition (ARN), the tags Batch propagates to its jobs (none without
     /// `propagateTags`): moto does not, so the player adds them to the events, as Batch does.
     definition_tags: HashMap<String, HashMap<String, String>>,
+    /// Whether array children's events go without the parent's tags (AWS's documentation
+    /// does not say whether they carry them: Batchline handles both).
+    untagged_children: bool,
 }
 
 /// What the player remembers of a job it played, for jobs that depend on it.
@@ -213,7 +246,14 @@ impl Player {
             held: HashMap::new(),
             clusters: HashMap::new(),
             definition_tags: HashMap::new(),
+            untagged_children: false,
         }
+    }
+
+    /// Plays array children's events without their parent's tags (with them by default).
+    pub fn untagged_children(&mut self, untagged: bool) -> &mut Self {
+        self.untagged_children = untagged;
+        self
     }
 
     /// Sets how the job with this id or name plays out, over its parameters and tags.
@@ -432,62 +472,149 @@ impl Player {
             .then(|| job.status_reason().unwrap_or("Terminated by the user").to_owned());
         let memory = base.memory_mib();
         if let (Some(needed), Some(memory)) = (script.needs_memory_mib, memory) {
-            if memory < needed && script.outcome == Outcome::Succeed {
-                script.outcome = Outcome::OutOfMemory;
+            if memory < needed {
+                let outcomes = std::iter::once(&mut script.outcome).chain(script.children.values_mut());
+                outcomes.filter(|o| **o == Outcome::Succeed).for_each(|o| *o = Outcome::OutOfMemory);
             }
         }
 
         let strategy = job.retry_strategy();
-        let attempts_allowed = strategy.and_then(|s| s.attempts()).unwrap_or(1).max(1);
-        let mut timeline = Timeline::new(base, retry_strategy_json(strategy));
         let runnable_at = created_at + 1_000.min(duration_ms(script.queue_wait) / 4);
-        timeline.push("RUNNABLE", runnable_at, None);
-        let stopped_at;
-        let succeeded;
-        if let Some(reason) = terminated.or_else(|| dependency_failed.then(|| DEPENDENT_JOB_FAILED.to_owned())) {
-            stopped_at = runnable_at.max(earliest_start) + 1_000;
-            succeeded = false;
-            timeline.push("FAILED", stopped_at, Some(Stop { reason, exit: None }));
-        } else {
-            // Every attempt plays the same script; Batch retries a failed one while its
-            // retry strategy allows (attempts left, and its rules say RETRY for this exit).
-            let mut ready_at = runnable_at;
-            let mut attempt = 1;
-            loop {
-                let waits_from = if attempt == 1 { created_at } else { ready_at };
-                let started_at = earliest_start.max(waits_from + duration_ms(script.queue_wait)).max(ready_at + 2);
-                let starting_at = (started_at - 4_000).max(ready_at + 1);
-                let stopped = started_at + duration_ms(script.run_time);
-                timeline.push("STARTING", starting_at, None);
-                timeline.started_at = Some(started_at);
-                timeline.push("RUNNING", started_at, None);
-                let exit = match script.outcome {
-                    Outcome::Succeed => ExitFacts { code: 0, reason: None },
-                    Outcome::OutOfMemory => ExitFacts { code: 137, reason: Some(OUT_OF_MEMORY_REASON.to_owned()) },
-                    Outcome::Exit(code) => ExitFacts { code, reason: None },
-                };
-                if exit.code != 0 && attempt < attempts_allowed && batch_retries(strategy, &exit) {
-                    timeline.retry(stopped, exit);
-                    ready_at = stopped + 1_000;
-                    timeline.push("RUNNABLE", ready_at, None);
-                    attempt += 1;
-                    continue;
-                }
-                stopped_at = stopped;
-                succeeded = exit.code == 0;
-                let status = if succeeded { "SUCCEEDED" } else { "FAILED" };
-                let stop = Stop { reason: ESSENTIAL_CONTAINER_EXITED.to_owned(), exit: Some(exit) };
-                timeline.push(status, stopped_at, Some(stop));
-                break;
+        let stopped = terminated.or_else(|| dependency_failed.then(|| DEPENDENT_JOB_FAILED.to_owned()));
+        let array_size = job.array_properties().and_then(|a| a.size()).filter(|size| *size > 0);
+        let (changes, stopped_at, succeeded) = match (stopped, array_size) {
+            (Some(reason), _) => {
+                let mut timeline = Timeline::new(base, retry_strategy_json(strategy));
+                timeline.push("RUNNABLE", runnable_at, None);
+                let stopped_at = runnable_at.max(earliest_start) + 1_000;
+                timeline.push("FAILED", stopped_at, Some(Stop { reason, exit: None }));
+                (timeline.into_changes(array_size), stopped_at, false)
             }
-        }
-
-        let mut changes = timeline.into_changes(job.array_properties().and_then(|a| a.size()));
-        if let Some(size) = job.array_properties().and_then(|a| a.size()).filter(|size| *size > 0) {
-            changes = array_events(changes, size as usize, succeeded);
-        }
+            (None, None) => {
+                let mut timeline = Timeline::new(base, retry_strategy_json(strategy));
+                timeline.push("RUNNABLE", runnable_at, None);
+                let (stopped_at, succeeded) =
+                    play_attempts(&mut timeline, &script, &script.outcome, strategy, earliest_start);
+                (timeline.into_changes(None), stopped_at, succeeded)
+            }
+            (None, Some(size)) => self.play_array(base, &script, strategy, size as usize, earliest_start),
+        };
         self.played.insert(id, PlayedJob { stopped_at, succeeded });
         Ok(changes)
+    }
+
+    /// An array job: every child plays its own outcome (its index's in the script, else
+    /// the script's) as a job of its own, `<parent>:<index>` with `arrayProperties.index`
+    /// (without the parent's tags when [`Player::untagged_children`] says so); the parent
+    /// goes RUNNABLE and RUNNING with them, and ends after its last child: SUCCEEDED if
+    /// every child did, else FAILED, its `statusSummary` counting them.
+    fn play_array(
+        &self,
+        base: JobFacts,
+        script: &Script,
+        strategy: Option<&RetryStrategy>,
+        size: usize,
+        earliest_start: i64,
+    ) -> (Vec<StateChange>, i64, bool) {
+        let runnable_at = base.created_at + 1_000.min(duration_ms(script.queue_wait) / 4);
+        let (mut changes, mut failed, mut first_start, mut last_stop) = (Vec::new(), 0, i64::MAX, runnable_at);
+        for index in 0..size {
+            let mut facts = base.clone();
+            facts.job_id = format!("{}:{index}", base.job_id);
+            facts.job_arn = format!("{}:{index}", base.job_arn);
+            if self.untagged_children {
+                facts.tags.clear();
+            } else {
+                facts.tags.insert("resourceArn".into(), json!(facts.job_arn));
+            }
+            let outcome = script.children.get(&index).unwrap_or(&script.outcome);
+            let mut timeline = Timeline::new(facts, retry_strategy_json(strategy));
+            timeline.push("RUNNABLE", runnable_at, None);
+            let (stopped_at, succeeded) = play_attempts(&mut timeline, script, outcome, strategy, earliest_start);
+            failed += usize::from(!succeeded);
+            last_stop = last_stop.max(stopped_at);
+            for mut change in timeline.into_changes(None) {
+                if change.status == "RUNNING" {
+                    first_start = first_start.min(change.at_millis);
+                }
+                change.event["detail"]["arrayProperties"] = json!({"index": index});
+                changes.push(change);
+            }
+        }
+        let succeeded = failed == 0;
+        let parent_stop = last_stop + 1_000;
+        let mut parent = Timeline::new(base, retry_strategy_json(strategy));
+        parent.push("RUNNABLE", runnable_at, None);
+        parent.push("RUNNING", first_start.min(parent_stop), None);
+        let (status, reason) = if succeeded { ("SUCCEEDED", "") } else { ("FAILED", "Array Child Job failed") };
+        parent.push(status, parent_stop, Some(Stop { reason: reason.to_owned(), exit: None }));
+        for mut change in parent.into_changes(Some(size as i32)) {
+            let summary = match change.status {
+                "RUNNABLE" => status_summary(&[("RUNNABLE", size)]),
+                "RUNNING" => status_summary(&[("RUNNING", size)]),
+                _ => status_summary(&[("SUCCEEDED", size - failed), ("FAILED", failed)]),
+            };
+            let detail = &mut change.event["detail"];
+            detail["arrayProperties"] = json!({"size": size, "statusSummary": summary});
+            // The parent reports no container or attempts of its own.
+            detail["attempts"] = json!([]);
+            if succeeded {
+                detail.as_object_mut().expect("detail is an object").remove("statusReason");
+            }
+            changes.push(change);
+        }
+        (changes, parent_stop, succeeded)
+    }
+}
+
+/// An array's `statusSummary`: every status, with these counts.
+fn status_summary(counts: &[(&str, usize)]) -> Value {
+    let mut summary =
+        json!({"STARTING": 0, "FAILED": 0, "RUNNING": 0, "SUCCEEDED": 0, "RUNNABLE": 0, "SUBMITTED": 0, "PENDING": 0});
+    for (status, count) in counts {
+        summary[*status] = json!(count);
+    }
+    summary
+}
+
+/// Plays a job's attempts of `outcome` onto `timeline` (which is RUNNABLE), retrying as
+/// Batch would: while its retry strategy has attempts left and its rules say RETRY for the
+/// exit. Returns when it stopped and whether it succeeded.
+fn play_attempts(
+    timeline: &mut Timeline,
+    script: &Script,
+    outcome: &Outcome,
+    strategy: Option<&RetryStrategy>,
+    earliest_start: i64,
+) -> (i64, bool) {
+    let attempts_allowed = strategy.and_then(|s| s.attempts()).unwrap_or(1).max(1);
+    let created_at = timeline.facts.created_at;
+    let mut ready_at = timeline.steps.last().map(|s| s.at).unwrap_or(created_at);
+    let mut attempt = 1;
+    loop {
+        let waits_from = if attempt == 1 { created_at } else { ready_at };
+        let started_at = earliest_start.max(waits_from + duration_ms(script.queue_wait)).max(ready_at + 2);
+        let starting_at = (started_at - 4_000).max(ready_at + 1);
+        let stopped = started_at + duration_ms(script.run_time);
+        timeline.push("STARTING", starting_at, None);
+        timeline.started_at = Some(started_at);
+        timeline.push("RUNNING", started_at, None);
+        let exit = match outcome {
+            Outcome::Succeed => ExitFacts { code: 0, reason: None },
+            Outcome::OutOfMemory => ExitFacts { code: 137, reason: Some(OUT_OF_MEMORY_REASON.to_owned()) },
+            Outcome::Exit(code) => ExitFacts { code: *code, reason: None },
+        };
+        if exit.code != 0 && attempt < attempts_allowed && batch_retries(strategy, &exit) {
+            timeline.retry(stopped, exit);
+            ready_at = stopped + 1_000;
+            timeline.push("RUNNABLE", ready_at, None);
+            attempt += 1;
+            continue;
+        }
+        let succeeded = exit.code == 0;
+        let status = if succeeded { "SUCCEEDED" } else { "FAILED" };
+        timeline.push(status, stopped, Some(Stop { reason: ESSENTIAL_CONTAINER_EXITED.to_owned(), exit: Some(exit) }));
+        return (stopped, succeeded);
     }
 }
 
@@ -798,45 +925,6 @@ impl Timeline {
             })
             .collect()
     }
-}
-
-/// An array job's events: the parent's own transitions (RUNNABLE, RUNNING, then the
-/// outcome once every child stopped) and each child's full sequence, `id:index`.
-fn array_events(parent: Vec<StateChange>, size: usize, succeeded: bool) -> Vec<StateChange> {
-    let mut out = Vec::with_capacity(parent.len() * (size + 1));
-    for change in &parent {
-        for index in 0..size {
-            let mut child = change.clone();
-            let child_id = format!("{}:{index}", change.job_id);
-            let detail = child.event["detail"].as_object_mut().expect("detail is an object");
-            let parent_arn = detail["jobArn"].as_str().unwrap_or_default().to_owned();
-            let child_arn = format!("{parent_arn}:{index}");
-            detail.insert("jobId".into(), json!(child_id));
-            detail.insert("jobArn".into(), json!(child_arn));
-            detail.insert("arrayProperties".into(), json!({"index": index}));
-            child.event["resources"] = json!([child_arn]);
-            child.event["id"] = json!(event_id());
-            child.job_id = child_id;
-            out.push(child);
-        }
-    }
-    let summary = |status: &str| {
-        let mut counts = json!({"STARTING": 0, "FAILED": 0, "RUNNING": 0, "SUCCEEDED": 0, "RUNNABLE": 0, "SUBMITTED": 0, "PENDING": 0});
-        counts[status] = json!(size);
-        counts
-    };
-    for change in parent.into_iter().filter(|c| c.status != "STARTING") {
-        let mut parent_change = change;
-        let detail = parent_change.event["detail"].as_object_mut().expect("detail is an object");
-        detail.insert("arrayProperties".into(), json!({"size": size, "statusSummary": summary(parent_change.status)}));
-        // The parent reports no container or attempts of its own.
-        detail.insert("attempts".into(), json!([]));
-        if parent_change.status == "FAILED" && !succeeded {
-            detail.insert("statusReason".into(), json!("Array Child Job failed"));
-        }
-        out.push(parent_change);
-    }
-    out
 }
 
 /// EventBridge's envelope around a Batch event.
