@@ -4,13 +4,15 @@
 //! changes) ← `cost` (what a job's tasks cost) ← `metrics` (what an event publishes); `retry` (Batch's retry rules) ←
 //! `pipeline` (the deployed DAG) ← `run`
 //! (the state machine of one run) and `stack` (the deployed configuration) ← `stuck` (jobs
-//! waiting past their queue's limit, diagnosed). Arrows point
+//! waiting past their queue's limit, diagnosed); `map` (map stages' items, children and
+//! arrays) uses nothing else. Arrows point
 //! at what a module uses; nothing here imports `store` or `services`.
 
 pub mod batch_event;
 pub mod cost;
 pub mod fargate;
 pub mod job_request;
+pub mod map;
 pub mod metrics;
 pub mod pipeline;
 pub mod retry;
