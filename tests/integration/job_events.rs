@@ -419,6 +419,46 @@ async fn drain(sqs: &aws_sdk_sqs::Client, url: &str) -> Vec<aws_sdk_sqs::types::
 }
 
 #[tokio::test]
+async fn an_array_childs_metrics_count_under_its_parents_pipeline_and_stage_with_or_without_tags_on_its_events() {
+    // GIVEN two arrays of three children of a pipeline's stages; the first's children's events
+    // carry the parent's tags, the second's come without them
+    let (config, clients, sdk, _) = setup("children").await;
+    let env = BatchEnvironment::create(&sdk, "je-children").await.unwrap();
+    let batch = aws_sdk_batch::Client::new(&sdk);
+    let mut player = Player::new(&sdk);
+    for (stage, untagged) in [("resize", false), ("crop", true)] {
+        batch
+            .submit_job()
+            .job_name(stage)
+            .job_queue(&env.queue_arn)
+            .job_definition(&env.job_definition_arn)
+            .array_properties(aws_sdk_batch::types::ArrayProperties::builder().size(3).build())
+            .tags("batchline:run", "thumbnails-r1")
+            .tags("batchline:pipeline", "thumbnails")
+            .tags("batchline:stage", stage)
+            .send()
+            .await
+            .unwrap();
+        player.untagged_children(untagged);
+        let changes = player.play_queue(&env.queue_arn).await.unwrap();
+        // WHEN the metrics lane gets every event, twice
+        let lane = |change: &batchline_testkit::player::StateChange| json!({"lane": "metrics", "event": change.event});
+        let events: Vec<Value> = changes.iter().map(lane).collect();
+        for payload in Delivery::from_events(events).repeated(2).sqs_batches(QUEUE_ARN, 10) {
+            let answer = handle(invocation(payload), &clients, &config).await.unwrap();
+            assert_eq!(failures(&answer), Vec::<String>::new());
+        }
+    }
+    // THEN each stage counts its three children (not the parent), once each, whether or not
+    // their events carried its tags
+    for stage in ["resize", "crop"] {
+        let dims = [("Pipeline", "thumbnails"), ("Stage", stage)];
+        let succeeded = stats(&clients.cloudwatch, &config.metric_namespace, "JobsSucceeded", &dims).await;
+        assert_eq!(succeeded.0, 3.0, "{stage}");
+    }
+}
+
+#[tokio::test]
 async fn the_template_lanes_count_every_event_in_one_lane_and_advance_runs_in_the_other() {
     // GIVEN the template's lanes wired on a bus of the test's own, and job-events whose
     // table and CloudWatch calls are counted
@@ -436,6 +476,12 @@ async fn the_template_lanes_count_every_event_in_one_lane_and_advance_runs_in_th
     let mut staged = plain.clone();
     staged["detail"]["jobId"] = json!("a-stage-job");
     staged["detail"]["tags"] = json!({"batchline:run": "lanes-run", "batchline:pipeline": "p", "batchline:stage": "s"});
+    let mut child = staged.clone();
+    child["detail"]["jobId"] = json!("an-array:3");
+    child["detail"]["arrayProperties"] = json!({"index": 3});
+    let mut parent = staged.clone();
+    parent["detail"]["jobId"] = json!("an-array");
+    parent["detail"]["arrayProperties"] = json!({"size": 4, "statusSummary": {"SUCCEEDED": 4}});
     let job_queue = plain["detail"]["jobQueue"].as_str().unwrap().to_owned();
     let events = aws_sdk_eventbridge::Client::new(&sdk);
     let sqs = aws_sdk_sqs::Client::new(&sdk);
@@ -448,9 +494,12 @@ async fn the_template_lanes_count_every_event_in_one_lane_and_advance_runs_in_th
     }
 
     // WHEN a job outside any run and a stage job of a run change state, as Batch announces it
-    Delivery::from_events(vec![plain.clone(), staged.clone()]).to_event_bus(&events, &bus).await.unwrap();
+    // (and an array of the run: a child and the parent)
+    let sent = vec![plain.clone(), staged.clone(), child.clone(), parent.clone()];
+    Delivery::from_events(sent).to_event_bus(&events, &bus).await.unwrap();
 
-    // THEN the metrics lane holds both events, the runs lane the stage job's, each in its envelope
+    // THEN the metrics lane holds every event, the runs lane the stage job's and the array
+    // parent's — never a child's — each in its envelope
     let mut received = BTreeMap::new();
     for (queue, lane) in &wired {
         let messages = drain(&sqs, &lane.queue_url).await;
@@ -467,8 +516,9 @@ async fn the_template_lanes_count_every_event_in_one_lane_and_advance_runs_in_th
         received.insert(queue.clone(), (bodies, messages));
     }
     let pair = |lane: &str, job: &Value| (lane.to_owned(), job["detail"]["jobId"].as_str().unwrap().to_owned());
-    assert_eq!(received["JobEventsQueue"].0, BTreeSet::from([pair("metrics", &plain), pair("metrics", &staged)]));
-    assert_eq!(received["RunEventsQueue"].0, BTreeSet::from([pair("runs", &staged)]));
+    let everything = [&plain, &staged, &child, &parent].map(|e| pair("metrics", e));
+    assert_eq!(received["JobEventsQueue"].0, BTreeSet::from(everything));
+    assert_eq!(received["RunEventsQueue"].0, BTreeSet::from([pair("runs", &staged), pair("runs", &parent)]));
 
     // WHEN job-events handles the runs lane's batch, THEN it reads the run and counts nothing
     let batch_of = |messages: &[aws_sdk_sqs::types::Message], queue_arn: &str| {
@@ -478,11 +528,13 @@ async fn the_template_lanes_count_every_event_in_one_lane_and_advance_runs_in_th
     };
     let runs = batch_of(&received["RunEventsQueue"].1, &wired["RunEventsQueue"].queue_arn);
     assert_eq!(failures(&handle(invocation(runs), &clients, &config).await.unwrap()), Vec::<String>::new());
-    assert_eq!(calls.all(), BTreeMap::from([("GetItem".to_owned(), 1)]), "the run is read; no claim, no metrics");
+    let read = BTreeMap::from([("GetItem".to_owned(), 2)]);
+    assert_eq!(calls.all(), read, "the run is read for each of its two events; no claim, no metrics");
 
-    // WHEN it handles the metrics lane's batch, THEN it counts both events once and reads no run
+    // WHEN it handles the metrics lane's batch, THEN it counts each event once and reads no run
     let metrics = batch_of(&received["JobEventsQueue"].1, &wired["JobEventsQueue"].queue_arn);
     assert_eq!(failures(&handle(invocation(metrics), &clients, &config).await.unwrap()), Vec::<String>::new());
-    assert_eq!((calls.count("GetItem"), calls.count("PutMetricData")), (1, 1), "{:?}", calls.all());
-    assert_eq!(stats(&clients.cloudwatch, &config.metric_namespace, "JobsSucceeded", &[]).await, (2.0, 2.0));
+    assert_eq!((calls.count("GetItem"), calls.count("PutMetricData")), (2, 1), "no more reads: {:?}", calls.all());
+    // (the parent is not a job of its own: its children are counted)
+    assert_eq!(stats(&clients.cloudwatch, &config.metric_namespace, "JobsSucceeded", &[]).await, (3.0, 3.0));
 }

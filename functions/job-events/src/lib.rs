@@ -18,6 +18,7 @@
 //! are marked done only after their call succeeded. A failed call releases its events'
 //! claims and reports their messages, so their redelivery counts them exactly once.
 
+pub mod children;
 pub mod ledger;
 pub mod payload;
 pub mod publish;
@@ -60,11 +61,17 @@ pub struct Clients {
     pub ports: AwsPorts,
     /// For the job metrics (run metrics go through the announcer port).
     pub cloudwatch: aws_sdk_cloudwatch::Client,
+    /// Array parents' tags, for children whose events come without them.
+    pub parent_tags: children::ParentTags,
 }
 
 impl Clients {
     pub fn new(sdk: &SdkConfig, settings: &Settings) -> Self {
-        Clients { ports: AwsPorts::new(sdk, settings), cloudwatch: aws_sdk_cloudwatch::Client::new(sdk) }
+        Clients {
+            ports: AwsPorts::new(sdk, settings),
+            cloudwatch: aws_sdk_cloudwatch::Client::new(sdk),
+            parent_tags: children::ParentTags::default(),
+        }
     }
 }
 
@@ -204,8 +211,17 @@ async fn count_metrics(
     holder: &Holder,
     now: i64,
 ) -> Vec<String> {
+    // Untagged array children get their parent's tags before anything is claimed: if Batch
+    // cannot be asked, the events come again rather than being counted without them.
+    let tagged = match clients.parent_tags.tag_children(&events, &clients.ports.batch).await {
+        Ok(tagged) => tagged,
+        Err(err) => {
+            warn!(error = %err, "array parents' tags could not be read; the events will be retried");
+            return events.iter().flat_map(|e| by_event[&e.id].iter().cloned()).collect();
+        }
+    };
     let ledger = Ledger { store: clients.ports.store.as_ref(), clock: &clients.ports.clock, holder };
-    let (claimed, mut failed) = claim_events(&ledger, events, by_event).await;
+    let (claimed, mut failed) = claim_events(&ledger, tagged.iter().collect(), by_event).await;
     // Costs need the stack's clusters (which capacity each task ran on): read once per
     // container, and only when an event has ended.
     let pricing = if claimed.iter().any(|event| event.detail.status.is_terminal()) {

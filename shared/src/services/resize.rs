@@ -54,7 +54,10 @@ pub fn plan_resize(config: &StackConfig, event: &JobStateChangeEvent) -> Resize 
     let detail = &event.detail;
     // Batchline's own single jobs: tagged with their run, in no pipeline.
     let single = detail.tag(RUN_TAG).is_some() && detail.tag(PIPELINE_TAG).is_none_or(str::is_empty);
-    if !single || detail.status != JobStatus::Failed || !is_out_of_memory(event) || detail.is_array_parent() {
+    // An array's parent or child is not a single job: a child resubmitted alone would lose
+    // its index (per-child resizing belongs to map stages).
+    let in_array = detail.array_properties.as_ref().is_some_and(|a| a.index.is_some() || a.size.is_some());
+    if !single || detail.status != JobStatus::Failed || !is_out_of_memory(event) || in_array {
         return Resize::NotApplicable;
     }
     let name = detail.job_definition_name().unwrap_or_default();

@@ -1131,6 +1131,10 @@ fn a_single_job_out_of_memory_is_planned_one_size_up_with_what_it_ran_until_its_
     let mut elsewhere = event(json!({"batchline:run": "job-1a2b"}));
     elsewhere.detail.job_queue = Some("arn:aws:batch:us-east-1:123456789012:job-queue/someone-elses".into());
     assert!(matches!(plan_resize(&stack, &elsewhere), Resize::Refused(why) if why.contains("is not this stack's")));
+    // An array's child is no single job: resubmitted alone it would lose its index
+    let mut child = event(json!({"batchline:run": "job-1a2b"}));
+    child.detail.array_properties = Some(crate::model::batch_event::ArrayProperties { size: None, index: Some(4) });
+    assert_eq!(plan_resize(&stack, &child), Resize::NotApplicable);
     let stage = event(json!({"batchline:pipeline": "diamond", "batchline:run": "r"}));
     assert_eq!(plan_resize(&stack, &stage), Resize::NotApplicable);
     assert_eq!(plan_resize(&stack, &event(json!({}))), Resize::NotApplicable, "not a job Batchline submitted");
