@@ -24,6 +24,13 @@ async fn a_stage_may_read_the_input_bucket_and_write_its_run_data_folder_as_the_
     // AND writing under a run's folder is allowed
     let write = check("s3:PutObject", "arn:aws:s3:::iam-jobrole-input/runs/pipeline-1/stage/result.json");
     assert_eq!(write["allowed"], true, "{write}");
+    // AND Batchline's own files of a stage are read, never written nor deleted
+    let own = "arn:aws:s3:::iam-jobrole-input/runs/pipeline-1/stage/_batchline/items-0.jsonl";
+    assert_eq!(check("s3:GetObject", own)["allowed"], true);
+    for action in ["s3:PutObject", "s3:DeleteObject"] {
+        let denied = check(action, own);
+        assert_eq!(denied["allowed"], false, "{action}: {denied}");
+    }
     // AND writing anywhere else in the bucket, or to another bucket, is denied
     for elsewhere in ["arn:aws:s3:::iam-jobrole-input/incoming/forged.csv", "arn:aws:s3:::another-bucket/runs/x"] {
         let denied = check("s3:PutObject", elsewhere);

@@ -372,9 +372,10 @@ fn the_role_boundary_lets_stages_write_run_data_only_under_its_folder_which_no_t
     let template = template();
     let (_, boundary) = resources(&template).into_iter().find(|(name, _)| name == "RoleBoundary").unwrap();
     let statements = boundary["Properties"]["PolicyDocument"]["Statement"].as_sequence().cloned().unwrap();
-    // Writes: PutObject only, only under the input bucket's run-data folder.
+    // Writes: PutObject only, only under the input bucket's run-data folder (Denies aside).
     let writes: Vec<&Value> = statements
         .iter()
+        .filter(|s| s["Effect"] == "Allow")
         .filter(|s| {
             strings(&s["Action"])
                 .iter()

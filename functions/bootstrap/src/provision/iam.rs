@@ -78,8 +78,9 @@ pub(super) async fn ensure_role(
     Ok(arn)
 }
 
-/// The job role's own policy: read the input bucket, and write under its run-data folder;
-/// nothing else. `None` without an input bucket.
+/// The job role's own policy: read the input bucket, and write under its run-data folder
+/// except Batchline's own files there (`*/_batchline/*`); nothing else. `None` without an
+/// input bucket.
 pub fn job_role_policy(names: &RoleNames) -> Option<Value> {
     let bucket = names.input_bucket.as_deref()?;
     let mut statements = vec![
@@ -88,6 +89,10 @@ pub fn job_role_policy(names: &RoleNames) -> Option<Value> {
     ];
     if let Some(folder) = &names.run_data_prefix {
         statements.push(json!({"Effect": "Allow", "Action": "s3:PutObject", "Resource": format!("arn:aws:s3:::{bucket}/{folder}*")}));
+        // Batchline's own files of a stage (`<stage>/_batchline/`: a map's item lists and
+        // results) are read, never written, by its jobs.
+        statements.push(json!({"Effect": "Deny", "Action": ["s3:PutObject", "s3:DeleteObject"],
+                               "Resource": format!("arn:aws:s3:::{bucket}/{folder}*/_batchline/*")}));
     }
     Some(json!({"Version": "2012-10-17", "Statement": statements}))
 }
