@@ -125,20 +125,49 @@ class Resolver:
 
         resolvers = {"Fn::GetAtt": get_att, "Ref": ref}
         self._validator = CfnTemplateValidator({}).extend(fn_resolvers=resolvers)({}, context=context, cfn=template)
+        self._conditions = cloudformation.get("Conditions", {})
 
     def resolve(self, value: Any) -> Any:
         if isinstance(value, dict) and len(value) == 1:
             (name,) = value
+            if name == "Fn::If":
+                # cfn-lint offers both branches; CloudFormation takes the one the condition picks.
+                condition, when_true, when_false = value[name]
+                return self.resolve(when_true if self.holds(condition) else when_false)
             if name == "Ref" or name.startswith("Fn::"):
                 found = [resolved for resolved, _, error in self._validator.resolve_value(value) if not error]
                 if not found:
                     raise Unresolved(f"the stack gives no value for {json.dumps(value)}")
-                return found[0]
+                # A branch of Fn::If comes back as written: resolve what it holds too.
+                return found[0] if found[0] == value else self.resolve(found[0])
         if isinstance(value, dict):
             return {key: self.resolve(item) for key, item in value.items()}
         if isinstance(value, list):
             return [self.resolve(item) for item in value]
         return value
+
+
+    def holds(self, condition: str) -> bool:
+        """Whether the template's condition `condition` holds for the stack."""
+        expression = self._conditions.get(condition)
+        if expression is None:
+            raise Unresolved(f"the template has no condition {condition!r}")
+        return self._evaluate(expression)
+
+    def _evaluate(self, expression: Any) -> bool:
+        ((name, args),) = expression.items()
+        if name == "Fn::Equals":
+            left, right = (self.resolve(arg) for arg in args)
+            return str(left) == str(right)
+        if name == "Fn::Not":
+            return not self._evaluate(args[0])
+        if name == "Fn::And":
+            return all(self._evaluate(arg) for arg in args)
+        if name == "Fn::Or":
+            return any(self._evaluate(arg) for arg in args)
+        if name == "Condition":
+            return self.holds(args)
+        raise Unresolved(f"a condition function the resolver does not know: {name}")
 
 
 def check_resolved(policy: Any, where: str) -> None:

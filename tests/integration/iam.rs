@@ -141,6 +141,38 @@ async fn only_each_queues_rule_may_send_to_it_not_a_principal_allowed_sqs_on_eve
 }
 
 #[tokio::test]
+async fn the_operators_replay_role_may_move_dead_letters_back_to_the_queues_and_no_one_else() {
+    // GIVEN a stack deployed naming a replay role (QueueReplayRoleArn), and two principals of
+    // the account allowed sqs:SendMessage on every queue: that role and another
+    let settings = test_settings("iam-replay");
+    let name = unique_name("iam-replay");
+    let replay = format!("arn:aws:iam::123456789012:role/{name}-replay");
+    let mut stack = batchline_testkit::emulator::iam_stack(&name, &settings.table_name, None, None);
+    stack["parameters"]["QueueReplayRoleArn"] = json!(replay);
+    batchline_testkit::emulator::register_iam_stack(&stack, None, false).unwrap();
+    let anything = json!([{"name": "SendAnywhere", "policy": {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": "sqs:SendMessage", "Resource": "*"}]}}]);
+    for logical in ["TriggerQueue", "RunEventsQueue", "JobEventsQueue"] {
+        let queue = format!("arn:aws:sqs:us-east-1:123456789012:{name}-{logical}");
+        let send = |principal: &str| {
+            let arn = format!("arn:aws:iam::123456789012:role/{name}-{principal}");
+            iam_check_other(
+                &name,
+                principal,
+                anything.clone(),
+                "sqs:SendMessage",
+                &queue,
+                json!({"aws:PrincipalArn": arn}),
+            )
+        };
+        // THEN the replay role's move task may send to the queue
+        assert_eq!(send("replay")["allowed"], true, "{logical}: {}", send("replay"));
+        // AND anyone else is still denied
+        assert_eq!(send("intruder")["allowed"], false, "{logical}");
+    }
+}
+
+#[tokio::test]
 async fn bootstrap_tags_a_repository_as_its_own_only_by_creating_it_so_it_cannot_adopt_and_delete_another() {
     // GIVEN a stack, and a repository of the account that is not the stack's
     let settings = test_settings("iam-retag");

@@ -191,17 +191,22 @@ fn lane<'t>(template: &'t Value, queue: &str) -> (&'t Value, &'t Value) {
 }
 
 #[test]
-fn every_event_reaches_the_metrics_lane_and_pipeline_events_also_the_lane_without_a_batching_window() {
+fn every_event_reaches_the_metrics_lane_and_pipeline_events_but_array_children_also_the_lane_without_a_batching_window()
+{
     let template = template();
     let (batched, batched_source) = lane(&template, "JobEventsQueue");
     let (runs, runs_source) = lane(&template, "RunEventsQueue");
-    // The metrics lane takes every event; the runs lane those with the tag every stage job carries.
+    // The metrics lane takes every event; the runs lane those with the tag every stage job
+    // carries, except an array's children (a run follows an array by its parent's events).
     let run_tag = batchline::model::job_request::RUN_TAG;
     assert!(batched["detail"].get("tags").is_none(), "the metrics lane counts every event: {batched:?}");
     assert_eq!(runs["detail"]["tags"][run_tag], serde_yaml::from_str::<Value>("[{exists: true}]").unwrap());
-    let mut runs_untagged = runs.clone();
-    runs_untagged["detail"].as_mapping_mut().unwrap().remove("tags");
-    assert_eq!(batched, &runs_untagged, "the same events otherwise");
+    let no_child = serde_yaml::from_str::<Value>("{index: [{exists: false}]}").unwrap();
+    assert_eq!(runs["detail"]["arrayProperties"], no_child);
+    let mut runs_otherwise = runs.clone();
+    runs_otherwise["detail"].as_mapping_mut().unwrap().remove("tags");
+    runs_otherwise["detail"].as_mapping_mut().unwrap().remove("arrayProperties");
+    assert_eq!(batched, &runs_otherwise, "the same events otherwise");
     // Pipeline events are handled as they arrive; all events packed for PutMetricData.
     assert!(runs_source["MaximumBatchingWindowInSeconds"].as_u64().unwrap_or(0) == 0, "{runs_source:?}");
     assert!(runs_source["BatchSize"].as_u64().unwrap() <= 10);

@@ -38,6 +38,13 @@ pub struct Request {
 }
 
 impl Request {
+    /// Where the stack is: its name (see [`Request::stack_name`]), `region`, and the account
+    /// its StackId names.
+    pub fn place<'a>(&'a self, name: &'a str, region: &'a str) -> crate::declaration::StackPlace<'a> {
+        let account = self.stack_id.split(':').nth(4).unwrap_or_default();
+        crate::declaration::StackPlace { name, region, account }
+    }
+
     /// The CloudFormation stack's name, from its StackId
     /// (`arn:aws:cloudformation:<region>:<account>:stack/<name>/<guid>`). The template's
     /// policies let bootstrap touch only what carries this name, so the environment is

@@ -234,7 +234,7 @@ async fn create_or_update(
     fallback_id: String,
 ) -> Outcome {
     let config = match declaration::declare(&request.resource_properties)
-        .and_then(|config| declaration::check_in_stack(&config, aws.stack).map(|()| config))
+        .and_then(|config| declaration::check_in_stack(&config, request.place(aws.stack, aws.region)).map(|()| config))
     {
         Ok(config) => config,
         Err(problems) => return Outcome::failed(problems.to_string(), fallback_id),

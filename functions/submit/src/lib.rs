@@ -140,10 +140,12 @@ async fn handle_one(payload: Value, clients: &Clients, holder: &Holder) -> Resul
                     }
                 }
             }
+            let started = submit_all(planned, clients, holder).await?;
+            // Counted once the message is done with: a retried message would count them again.
             if !refused.is_empty() {
                 clients.ports.announcer.triggers_refused(&refused).await;
             }
-            return submit_all(planned, clients, holder).await;
+            return Ok(started);
         }
         Ok(Incoming::Scheduled(event)) => {
             let rule = triggers::schedule_rule_name(event.resources.as_deref().unwrap_or_default())

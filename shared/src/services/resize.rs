@@ -138,7 +138,19 @@ pub async fn resize_single_job(
         info!(job_id = %event.detail.job_id, "out of memory, says an event, of a job Batch does not know: not resized");
         return Ok(None);
     };
-    match plan_resize(config, &job) {
+    if !job.detail.status.is_terminal() {
+        // Batch's description has not caught up with its own event: the message comes again.
+        return Err(Error::Aws {
+            operation: "DescribeJobs",
+            code: "NotYetEnded".into(),
+            message: format!("job {} is {:?} in Batch, ended in its event", job.detail.job_id, job.detail.status),
+        });
+    }
+    let planned = plan_resize(config, &job);
+    if planned == Resize::NotApplicable {
+        info!(job_id = %event.detail.job_id, status = ?job.detail.status, "out of memory, says an event; not as Batch describes the job: not resized");
+    }
+    match planned {
         Resize::NotApplicable => Ok(None),
         Resize::Refused(why) => {
             info!(job_id = %event.detail.job_id, why, "the job ran out of memory and is not resized");

@@ -42,7 +42,7 @@ use pipelines::resolve_pipelines;
 use repository::resolve_repository;
 use roles::resolve_roles;
 pub use roles::DEFAULT_RUN_DATA_PREFIX;
-pub use stack_scope::{check_in_stack, SecretSource};
+pub use stack_scope::{check_in_stack, SecretSource, StackPlace};
 use triggers::{check_run_data_overlap, resolve_triggers};
 
 /// The validated document: every default filled in and physical names chosen, nothing

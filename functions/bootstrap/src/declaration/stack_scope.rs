@@ -10,22 +10,32 @@
 use super::{ConfigProblems, Declared};
 use batchline::model::stack::DEFAULT_LOG_GROUP;
 
+/// The CloudFormation stack a configuration is deployed in: its name, region and account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StackPlace<'a> {
+    pub name: &'a str,
+    pub region: &'a str,
+    pub account: &'a str,
+}
+
 /// Every problem with what `declared`'s job definitions would have the stack's roles
 /// read (secrets) or write (log groups) outside what the boundary of `stack` allows.
-pub fn check_in_stack(declared: &Declared, stack: &str) -> Result<(), ConfigProblems> {
+pub fn check_in_stack(declared: &Declared, stack: StackPlace) -> Result<(), ConfigProblems> {
     let mut problems = Vec::new();
+    let name = stack.name;
     for (key, definition) in &declared.job_definitions {
         for (variable, source) in &definition.secrets {
             if SecretSource::parse(source).filter(|s| s.is_the_stacks(stack)).is_none() {
                 problems.push(format!(
-                    "JobDefinitions.{key}.Secrets.{variable}: {source:?} is not a secret of this stack: give the ARN of a Secrets Manager secret named {stack}/... or of an SSM parameter under /{stack}/ (RoleBoundary lets the stack's roles read only those)"
+                    "JobDefinitions.{key}.Secrets.{variable}: {source:?} is not a secret of this stack: give the ARN of a Secrets Manager secret named {name}/... or of an SSM parameter under /{name}/, in {} and account {} (RoleBoundary lets the stack's roles read only those)",
+                    stack.region, stack.account
                 ));
             }
         }
         let group = &definition.log_group;
-        if group != DEFAULT_LOG_GROUP && !group.starts_with(&format!("/batchline/{stack}/")) {
+        if group != DEFAULT_LOG_GROUP && !group.starts_with(&format!("/batchline/{name}/")) {
             problems.push(format!(
-                "JobDefinitions.{key}.LogGroup {group:?}: use {DEFAULT_LOG_GROUP} or a log group under /batchline/{stack}/ (RoleBoundary lets jobs write only to those)"
+                "JobDefinitions.{key}.LogGroup {group:?}: use {DEFAULT_LOG_GROUP} or a log group under /batchline/{name}/ (RoleBoundary lets jobs write only to those)"
             ));
         }
     }
@@ -62,11 +72,15 @@ impl SecretSource {
         }
     }
 
-    fn is_the_stacks(&self, stack: &str) -> bool {
-        let name = match self {
-            SecretSource::Secret { name, .. } | SecretSource::Parameter { name, .. } => name,
+    fn is_the_stacks(&self, stack: StackPlace) -> bool {
+        let (name, arn) = match self {
+            SecretSource::Secret { name, arn } | SecretSource::Parameter { name, arn } => (name, arn),
         };
-        name.strip_prefix(stack).and_then(|rest| rest.strip_prefix('/')).is_some_and(|rest| !rest.is_empty())
+        let parts: Vec<&str> = arn.split(':').collect();
+        let (region, account) = (parts.get(3).copied(), parts.get(4).copied());
+        let named =
+            name.strip_prefix(stack.name).and_then(|rest| rest.strip_prefix('/')).is_some_and(|r| !r.is_empty());
+        named && region == Some(stack.region) && account == Some(stack.account)
     }
 
     /// The IAM resources reading it is authorised on: a secret's ARN as given and, when it
@@ -83,6 +97,8 @@ impl SecretSource {
 mod tests {
     use super::*;
 
+    const ORDERS: StackPlace = StackPlace { name: "orders", region: "us-east-1", account: "123456789012" };
+
     fn with_definition(definition: serde_json::Value) -> Declared {
         let properties = serde_json::json!({"Network": {"Subnets": ["subnet-1"], "SecurityGroups": ["sg-1"]},
                                             "JobDefinitions": {"default": definition}});
@@ -95,15 +111,28 @@ mod tests {
             "Secrets": {"DB": "arn:aws:secretsmanager:us-east-1:123456789012:secret:orders/db:password::",
                         "TOKEN": "arn:aws:ssm:us-east-1:123456789012:parameter/orders/api/token"},
             "LogGroup": "/batchline/orders/jobs"}));
-        assert_eq!(check_in_stack(&ours, "orders"), Ok(()));
+        assert_eq!(check_in_stack(&ours, ORDERS), Ok(()));
         let theirs = with_definition(serde_json::json!({
             "Secrets": {"DB": "arn:aws:secretsmanager:us-east-1:123456789012:secret:ordersx/db",
                         "TOKEN": "/orders/api/token", "ROOT": "arn:aws:ssm:us-east-1:123456789012:parameter/orders"},
             "LogGroup": "/aws/lambda/anything"}));
-        let problems = check_in_stack(&theirs, "orders").unwrap_err().problems;
+        let problems = check_in_stack(&theirs, ORDERS).unwrap_err().problems;
         assert_eq!(problems.len(), 4, "{problems:?}");
         for named in ["Secrets.DB", "Secrets.TOKEN", "Secrets.ROOT", "LogGroup \"/aws/lambda/anything\""] {
             assert!(problems.iter().any(|p| p.contains(named)), "{named} in {problems:?}");
+        }
+    }
+
+    #[test]
+    fn a_secret_of_the_stacks_name_in_another_region_or_account_is_not_the_stacks() {
+        for elsewhere in [
+            "arn:aws:secretsmanager:eu-west-1:123456789012:secret:orders/db",
+            "arn:aws:secretsmanager:us-east-1:210987654321:secret:orders/db",
+            "arn:aws:ssm:eu-west-1:123456789012:parameter/orders/token",
+        ] {
+            let declared = with_definition(serde_json::json!({"Secrets": {"DB": elsewhere}}));
+            let problems = check_in_stack(&declared, ORDERS).unwrap_err().problems;
+            assert!(problems[0].contains("in us-east-1 and account 123456789012"), "{problems:?}");
         }
     }
 

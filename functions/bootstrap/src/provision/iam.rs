@@ -42,12 +42,19 @@ pub(super) async fn ensure_role(
             if err.aws_code() != Some("EntityAlreadyExists") {
                 return Err(err);
             }
-            let found = own_role(iam, name, path).await?.ok_or_else(|| Error::Aws {
+            own_role(iam, name, path).await?.ok_or_else(|| Error::Aws {
                 operation: "CreateRole",
                 code: "EntityAlreadyExists".into(),
                 message: format!(
                     "role {name} exists outside {path}: Batchline uses only roles under its stack's path; name another role in Roles, or delete this one if an earlier release of Batchline made it"
                 ),
+            })?;
+            // ListRoles leaves the boundary out; the role is under the path, so it may be read.
+            let found = iam.get_role().role_name(name).send().await.map_err(|e| Error::aws("GetRole", e))?;
+            let found = found.role().ok_or_else(|| Error::Aws {
+                operation: "GetRole",
+                code: "NoRole".into(),
+                message: format!("GetRole of {name} answered no role"),
             })?;
             let current = found.permissions_boundary().and_then(|b| b.permissions_boundary_arn());
             if let Some(boundary) = boundary.filter(|b| current != Some(*b)) {
@@ -147,9 +154,11 @@ pub(super) async fn ensure_inline_policy(
     Ok(())
 }
 
-/// The role `name` if it exists under `path`. Found by listing the path (bootstrap may read
-/// no role outside it, and IAM authorises a read by name on the name's path-less ARN), so a
-/// role of that name elsewhere, or none, is `None` alike.
+/// The role `name` if it exists under `path` (as ListRoles shows it: without its boundary).
+/// Found by listing the path rather than reading the name: a role that does not exist has no
+/// path, so IAM authorises a read of a missing name on its path-less ARN — outside
+/// bootstrap's reach, an AccessDenied rather than "no such role". Listing tells "gone" from
+/// "elsewhere" without that; a role of that name elsewhere, or none, is `None` alike.
 async fn own_role(iam: &aws_sdk_iam::Client, name: &str, path: &str) -> Result<Option<Role>, Error> {
     let mut pages = iam.list_roles().path_prefix(path).into_paginator().send();
     while let Some(page) = pages.next().await {
