@@ -546,3 +546,49 @@ fn an_alarm_watches_stuck_jobs_and_the_dashboard_shows_them() {
             && body.contains(r#"["${MetricNamespace}", "OldestRunnableSeconds"]"#)
     );
 }
+
+#[test]
+fn alerts_arrive_alarms_and_blocked_queues_may_use_the_alert_topics_key_and_publish_to_it() {
+    let template = template();
+    let resource = |name: &str| resources(&template).into_iter().find(|(n, _)| n == name).unwrap().1.clone();
+    // The topic is encrypted with the stack's own key, not the AWS-managed alias/aws/sns one
+    // (whose policy no alarm or rule can use).
+    let topic = resource("AlertTopic");
+    assert_eq!(target_of(&topic["Properties"]["KmsMasterKeyId"]).as_deref(), Some("AlertKey"));
+    let key = resource("AlertKey");
+    let statements = key["Properties"]["KeyPolicy"]["Statement"].as_sequence().unwrap().clone();
+    let for_service = |service: &str| {
+        statements.iter().find(|s| s["Principal"]["Service"] == service).cloned().unwrap_or_else(|| panic!("{service}"))
+    };
+    for service in ["cloudwatch.amazonaws.com", "events.amazonaws.com"] {
+        let statement = for_service(service);
+        assert_eq!(strings(&statement["Action"]), ["kms:Decrypt", "kms:GenerateDataKey*"], "{service}");
+    }
+    // (EventBridge's KMS requests carry no source keys: a condition would drop every alert.)
+    assert!(for_service("events.amazonaws.com").get("Condition").is_none());
+    assert_eq!(key["Properties"]["EnableKeyRotation"], true);
+    // Both services may publish to the topic; EventBridge only for the blocked-queue rule.
+    let policy = resource("AlertTopicPolicy");
+    let published = policy["Properties"]["PolicyDocument"]["Statement"].as_sequence().unwrap().clone();
+    let publisher = |service: &str| published.iter().find(|s| s["Principal"]["Service"] == service).cloned().unwrap();
+    assert_eq!(strings(&publisher("cloudwatch.amazonaws.com")["Action"]), ["sns:Publish"]);
+    let events = publisher("events.amazonaws.com");
+    assert_eq!(target_of(&events["Condition"]["ArnEquals"]["aws:SourceArn"]).as_deref(), Some("QueueBlockedRule"));
+    // Every alarm alerts through the topic
+    for (name, alarm) in resources(&template).into_iter().filter(|(_, r)| r["Type"] == "AWS::CloudWatch::Alarm") {
+        let actions = alarm["Properties"]["AlarmActions"].as_sequence().unwrap();
+        assert!(actions.iter().all(|a| target_of(a).as_deref() == Some("AlertTopic")), "{name}");
+    }
+    // AND Batch's blocked-queue events of the stack's queues go to it, naming queue, job and reason
+    let rule = resource("QueueBlockedRule");
+    let pattern = &rule["Properties"]["EventPattern"];
+    assert_eq!(strings(&pattern["detail-type"]), ["Batch Job Queue Blocked"]);
+    let (_, split) = tagged(&pattern["detail"]["jobQueue"]).expect("!Split of the queue ARNs");
+    assert_eq!(target_of(&split[1]).as_deref(), Some("Environment"));
+    let target = &rule["Properties"]["Targets"][0];
+    assert_eq!(target_of(&target["Arn"]).as_deref(), Some("AlertTopic"));
+    let message = target["InputTransformer"]["InputTemplate"].as_str().unwrap();
+    for field in ["<queue>", "<job>", "<reason>"] {
+        assert!(message.contains(field), "{field} in {message}");
+    }
+}
