@@ -32,7 +32,8 @@ moto's WSGI application makes the emulator behave as AWS does:
   a job that has not finished: the job becomes FAILED with the given reason.
 * Batch ListJobs by ``arrayJobId``: moto lists an array's children in one unpaged answer,
   without ``arrayProperties.index`` or ``container.reason``. The adapter answers it as AWS
-  does: in index order, in pages (``maxResults``, ``nextToken``), ``jobStatus`` filtering,
+  does: in index order, in pages (``maxResults``, ``nextToken``), ``jobStatus`` filtering (RUNNING
+  only without one),
   each child with its index, status, times, exit code and reason as played. (A queue's
   listing is still moto's, unpaged. moto also starts a thread per child at SubmitJob, so
   an array of thousands is slow to submit locally.)
@@ -530,14 +531,16 @@ class Adapter:
     def list_array_children(self, environ: dict, body: bytes, start_response: Callable) -> Iterable[bytes]:
         """ListJobs by ``arrayJobId`` as AWS answers it: the children in index order with
         their ``arrayProperties.index``, status, times, exit code and reason (as played),
-        ``jobStatus`` filtering them, in pages of ``maxResults`` (100 by default, at most
+        ``jobStatus`` filtering them (RUNNING when neither it nor ``filters`` is given), in pages of ``maxResults`` (100 by default, at most
         1,000) continued by ``nextToken``. moto lists them unpaged, without index or reason."""
         request = json.loads(body or b"{}")
         parent = find_job(request.get("arrayJobId", ""), environ.get("HTTP_AUTHORIZATION", ""))
         children = sorted(getattr(parent, "_child_jobs", None) or [], key=lambda c: c.array_properties.get("index", 0))
         summaries = [child_summary(child) for child in children]
-        if request.get("jobStatus"):
-            summaries = [summary for summary in summaries if summary["status"] == request["jobStatus"]]
+        # As AWS: without a status (or filters) only RUNNING children are listed.
+        status = request.get("jobStatus") or (None if request.get("filters") else "RUNNING")
+        if status:
+            summaries = [summary for summary in summaries if summary["status"] == status]
         start = int(request.get("nextToken") or 0)
         size = max(1, min(int(request.get("maxResults") or 100), 1000))
         document: dict[str, Any] = {"jobSummaryList": summaries[start:start + size]}
@@ -564,10 +567,12 @@ class Adapter:
         if reply.status_code == 200:
             request = json.loads(body or b"{}")
             record = find_job(request.get("jobId", ""), environ.get("HTTP_AUTHORIZATION", ""))
-            played = getattr(record, "batchline_played", None) if record is not None else None
-            if record is not None and not played and record.status in ("SUCCEEDED", "SUBMITTED", "PENDING", "RUNNABLE"):
-                record.status = "FAILED"
-                record.job_stopped_reason = request.get("reason", "")
+            # Stopping an array's parent stops its children too, as on AWS.
+            for job in [record, *(getattr(record, "_child_jobs", None) or [])] if record is not None else []:
+                played = getattr(job, "batchline_played", None)
+                if not played and job.status in ("SUCCEEDED", "SUBMITTED", "PENDING", "RUNNABLE"):
+                    job.status = "FAILED"
+                    job.job_stopped_reason = request.get("reason", "")
         return respond(start_response, reply.status_code, reply.body, dict(reply.headers))
 
     def hold_job(self, environ: dict, start_response: Callable) -> Iterable[bytes]:

@@ -459,6 +459,52 @@ async fn an_array_childs_metrics_count_under_its_parents_pipeline_and_stage_with
 }
 
 #[tokio::test]
+async fn when_batch_cannot_name_a_childs_parent_only_the_untagged_children_wait_for_another_try() {
+    // GIVEN an array whose children's events come without tags, a plain job beside it, and a
+    // Batch client whose first DescribeJobs fails
+    let (config, mut clients, sdk, signed) = setup("children-retry").await;
+    let env = BatchEnvironment::create(&sdk, "je-children-retry").await.unwrap();
+    let batch = aws_sdk_batch::Client::new(&sdk);
+    let submit = |name: &'static str, size: Option<i32>| {
+        let request = batch
+            .submit_job()
+            .job_name(name)
+            .job_queue(&env.queue_arn)
+            .job_definition(&env.job_definition_arn)
+            .set_array_properties(size.map(|n| aws_sdk_batch::types::ArrayProperties::builder().size(n).build()))
+            .tags("batchline:run", "blur-r1")
+            .tags("batchline:pipeline", "thumbnails")
+            .tags("batchline:stage", name);
+        async move { request.send().await.unwrap() }
+    };
+    submit("blur", Some(2)).await;
+    submit("plain", None).await;
+    let mut player = Player::new(&sdk);
+    player.untagged_children(true);
+    let changes = player.play_queue(&env.queue_arn).await.unwrap();
+    let failing = aws_sdk_batch::Client::from_conf(
+        aws_sdk_batch::config::Builder::from(&signed).interceptor(FailOperation::new("DescribeJobs", 1)).build(),
+    );
+    clients.ports.batch = batchline::adapters::batch::SdkBatch::new(failing);
+    let events: Vec<Value> = changes.iter().map(|c| json!({"lane": "metrics", "event": c.event})).collect();
+    // WHEN the batch is handled: THEN only the children's messages come back
+    let first = handle(invocation(sqs_batch(&events)), &clients, &config).await.unwrap();
+    let children: Vec<String> = (0..events.len())
+        .filter(|&i| events[i]["event"]["detail"]["arrayProperties"]["index"].is_number())
+        .map(|i| format!("m{i}"))
+        .collect();
+    assert_eq!(failures(&first), children);
+    let plain = [("Pipeline", "thumbnails"), ("Stage", "plain")];
+    assert_eq!(stats(&clients.cloudwatch, &config.metric_namespace, "JobsSucceeded", &plain).await.0, 1.0);
+    // AND redelivered, they count under their parent's stage, each once
+    let again = handle(invocation(sqs_batch(&events)), &clients, &config).await.unwrap();
+    assert_eq!(failures(&again), Vec::<String>::new());
+    let blur = [("Pipeline", "thumbnails"), ("Stage", "blur")];
+    assert_eq!(stats(&clients.cloudwatch, &config.metric_namespace, "JobsSucceeded", &blur).await.0, 2.0);
+    assert_eq!(stats(&clients.cloudwatch, &config.metric_namespace, "JobsSucceeded", &plain).await.0, 1.0);
+}
+
+#[tokio::test]
 async fn the_template_lanes_count_every_event_in_one_lane_and_advance_runs_in_the_other() {
     // GIVEN the template's lanes wired on a bus of the test's own, and job-events whose
     // table and CloudWatch calls are counted

@@ -318,13 +318,14 @@ async fn each_array_child_plays_its_own_outcome_and_batch_lists_the_children_as_
     assert_eq!((summary["SUCCEEDED"].as_i64(), summary["FAILED"].as_i64()), (Some(248), Some(2)));
     assert_eq!(done.event["detail"]["tags"]["batchline:stage"], "resize", "the parent keeps its tags");
 
-    // WHEN the ends are settled, THEN ListJobs by arrayJobId lists the children in pages of
-    // at most maxResults, in index order, each with its index
+    // WHEN the ends are settled, THEN ListJobs by arrayJobId and status lists the children in
+    // pages of at most maxResults, in index order, each with its index
     player.settle(&changes).await.unwrap();
     let mut listed = Vec::new();
     let mut token = None;
     loop {
-        let page = batch.list_jobs().array_job_id(&parent).max_results(100).set_next_token(token).send().await.unwrap();
+        let request = batch.list_jobs().array_job_id(&parent).job_status("SUCCEEDED".into()).max_results(100);
+        let page = request.set_next_token(token).send().await.unwrap();
         assert!(page.job_summary_list().len() <= 100);
         listed.extend(page.job_summary_list().iter().map(|j| j.array_properties().and_then(|a| a.index()).unwrap()));
         token = page.next_token().map(str::to_owned);
@@ -332,7 +333,10 @@ async fn each_array_child_plays_its_own_outcome_and_batch_lists_the_children_as_
             break;
         }
     }
-    assert_eq!(listed, (0..250).collect::<Vec<i32>>());
+    assert_eq!(listed, (0..250).filter(|i| ![3, 7].contains(i)).collect::<Vec<i32>>());
+    // (without a status, AWS lists the RUNNING children only: none here)
+    let running = batch.list_jobs().array_job_id(&parent).send().await.unwrap();
+    assert!(running.job_summary_list().is_empty());
     // AND by status FAILED exactly the failed children, with exit code and reason
     let failed = batch.list_jobs().array_job_id(&parent).job_status("FAILED".into()).send().await.unwrap();
     let failed: Vec<(i32, Option<i32>, Option<String>)> = failed
@@ -348,6 +352,36 @@ async fn each_array_child_plays_its_own_outcome_and_batch_lists_the_children_as_
         })
         .collect();
     assert_eq!(failed, [(3, Some(2), None), (7, Some(137), Some(OUT_OF_MEMORY_REASON.to_owned()))]);
+}
+
+#[tokio::test]
+async fn a_terminated_array_fails_every_child_and_its_parent_counts_them() {
+    let sdk = sdk_config().await;
+    let env = BatchEnvironment::create(&sdk, "play-stopped-array").await.unwrap();
+    let batch = aws_sdk_batch::Client::new(&sdk);
+    let parent = batch
+        .submit_job()
+        .job_name("stopped")
+        .job_queue(&env.queue_arn)
+        .job_definition(&env.job_definition_arn)
+        .array_properties(ArrayProperties::builder().size(3).build())
+        .send()
+        .await
+        .unwrap()
+        .job_id()
+        .unwrap()
+        .to_owned();
+    batch.terminate_job().job_id(&parent).reason("stopped by a test").send().await.unwrap();
+    let changes = Player::new(&sdk).play_queue(&env.queue_arn).await.unwrap();
+    for index in 0..3 {
+        let child = changes.iter().rev().find(|c| c.job_id == format!("{parent}:{index}")).expect("each child plays");
+        assert_eq!(child.status, "FAILED");
+        assert_eq!(child.event["detail"]["arrayProperties"]["index"], index);
+    }
+    let done = changes.iter().rev().find(|c| c.job_id == parent).unwrap();
+    assert_eq!(done.status, "FAILED");
+    assert_eq!(done.event["detail"]["arrayProperties"]["statusSummary"]["FAILED"], 3);
+    assert!(done.event["detail"].get("container").is_none(), "a parent reports no container of its own");
 }
 
 #[tokio::test]

@@ -483,12 +483,16 @@ impl Player {
         let stopped = terminated.or_else(|| dependency_failed.then(|| DEPENDENT_JOB_FAILED.to_owned()));
         let array_size = job.array_properties().and_then(|a| a.size()).filter(|size| *size > 0);
         let (changes, stopped_at, succeeded) = match (stopped, array_size) {
-            (Some(reason), _) => {
+            (Some(reason), None) => {
                 let mut timeline = Timeline::new(base, retry_strategy_json(strategy));
                 timeline.push("RUNNABLE", runnable_at, None);
                 let stopped_at = runnable_at.max(earliest_start) + 1_000;
                 timeline.push("FAILED", stopped_at, Some(Stop { reason, exit: None }));
-                (timeline.into_changes(array_size), stopped_at, false)
+                (timeline.into_changes(None), stopped_at, false)
+            }
+            (Some(reason), Some(size)) => {
+                let stopped_at = runnable_at.max(earliest_start) + 1_000;
+                (self.stopped_array(base, strategy, size as usize, &reason, runnable_at, stopped_at), stopped_at, false)
             }
             (None, None) => {
                 let mut timeline = Timeline::new(base, retry_strategy_json(strategy));
@@ -564,6 +568,52 @@ impl Player {
             changes.push(change);
         }
         (changes, parent_stop, succeeded)
+    }
+}
+
+impl Player {
+    /// An array stopped before it ran (terminated, or a dependency failed): every child
+    /// goes RUNNABLE then FAILED with `reason`, and so does the parent, counting them.
+    fn stopped_array(
+        &self,
+        base: JobFacts,
+        strategy: Option<&RetryStrategy>,
+        size: usize,
+        reason: &str,
+        runnable_at: i64,
+        stopped_at: i64,
+    ) -> Vec<StateChange> {
+        let mut changes = Vec::new();
+        for index in 0..size {
+            let mut facts = base.clone();
+            facts.job_id = format!("{}:{index}", base.job_id);
+            facts.job_arn = format!("{}:{index}", base.job_arn);
+            if self.untagged_children {
+                facts.tags.clear();
+            } else {
+                facts.tags.insert("resourceArn".into(), json!(facts.job_arn));
+            }
+            let mut timeline = Timeline::new(facts, retry_strategy_json(strategy));
+            timeline.push("RUNNABLE", runnable_at, None);
+            timeline.push("FAILED", stopped_at, Some(Stop { reason: reason.to_owned(), exit: None }));
+            for mut change in timeline.into_changes(None) {
+                change.event["detail"]["arrayProperties"] = json!({"index": index});
+                changes.push(change);
+            }
+        }
+        let mut parent = Timeline::new(base, retry_strategy_json(strategy));
+        parent.push("RUNNABLE", runnable_at, None);
+        parent.push("FAILED", stopped_at + 1, Some(Stop { reason: reason.to_owned(), exit: None }));
+        for mut change in parent.into_changes(Some(size as i32)) {
+            let summary = match change.status {
+                "RUNNABLE" => status_summary(&[("RUNNABLE", size)]),
+                _ => status_summary(&[("FAILED", size)]),
+            };
+            change.event["detail"]["arrayProperties"] = json!({"size": size, "statusSummary": summary});
+            change.event["detail"]["attempts"] = json!([]);
+            changes.push(change);
+        }
+        changes
     }
 }
 

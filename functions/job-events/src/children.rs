@@ -25,6 +25,11 @@ type Tags = BTreeMap<String, String>;
 #[derive(Debug, Default)]
 pub struct ParentTags(Mutex<HashMap<String, Tags>>);
 
+/// Whether the event is an array child's that came without Batchline's tags.
+pub fn needs_parent_tags(event: &JobStateChangeEvent) -> bool {
+    untagged_childs_parent(event).is_some()
+}
+
 /// The parent of an array child's event that came without Batchline's tags.
 fn untagged_childs_parent(event: &JobStateChangeEvent) -> Option<&str> {
     let detail = &event.detail;
@@ -53,7 +58,9 @@ impl ParentTags {
             unknown
         };
         if !unknown.is_empty() {
-            let mut found = HashMap::new();
+            // A parent Batch no longer describes is remembered without tags, so it is not
+            // asked for again with every batch of its children.
+            let mut found: HashMap<String, Tags> = unknown.iter().map(|p| (p.clone(), Tags::new())).collect();
             for chunk in unknown.chunks(100) {
                 for parent in batch.describe_jobs(chunk).await? {
                     found.insert(parent.detail.job_id.clone(), parent.detail.tags.unwrap_or_default());

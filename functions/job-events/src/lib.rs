@@ -213,15 +213,20 @@ async fn count_metrics(
 ) -> Vec<String> {
     // Untagged array children get their parent's tags before anything is claimed: if Batch
     // cannot be asked, the events come again rather than being counted without them.
-    let tagged = match clients.parent_tags.tag_children(&events, &clients.ports.batch).await {
-        Ok(tagged) => tagged,
+    let (tagged, mut failed) = match clients.parent_tags.tag_children(&events, &clients.ports.batch).await {
+        Ok(tagged) => (tagged, Vec::new()),
         Err(err) => {
-            warn!(error = %err, "array parents' tags could not be read; the events will be retried");
-            return events.iter().flat_map(|e| by_event[&e.id].iter().cloned()).collect();
+            // Only the children that needed their parent's tags wait for another try.
+            warn!(error = %err, "array parents' tags could not be read; those children's events will be retried");
+            let (waiting, rest): (Vec<&JobStateChangeEvent>, Vec<&JobStateChangeEvent>) =
+                events.iter().copied().partition(|e| children::needs_parent_tags(e));
+            let failed = waiting.iter().flat_map(|e| by_event[&e.id].iter().cloned()).collect();
+            (rest.into_iter().cloned().collect(), failed)
         }
     };
     let ledger = Ledger { store: clients.ports.store.as_ref(), clock: &clients.ports.clock, holder };
-    let (claimed, mut failed) = claim_events(&ledger, tagged.iter().collect(), by_event).await;
+    let (claimed, claim_failed) = claim_events(&ledger, tagged.iter().collect(), by_event).await;
+    failed.extend(claim_failed);
     // Costs need the stack's clusters (which capacity each task ran on): read once per
     // container, and only when an event has ended.
     let pricing = if claimed.iter().any(|event| event.detail.status.is_terminal()) {
@@ -291,8 +296,14 @@ async fn claim_events<'e>(
 }
 
 /// The run and stage a job belongs to, from its tags.
+/// The run and stage of a stage job's event. An array's child is none (whichever way its
+/// event came: the runs lane's rule leaves children out, a bare event does not): a run
+/// follows an array by its parent's events.
 fn run_of(event: &JobStateChangeEvent) -> Option<(&str, &str)> {
     let detail = &event.detail;
+    if detail.array_properties.as_ref().is_some_and(|a| a.index.is_some()) {
+        return None;
+    }
     let run = detail.tag(RUN_TAG).filter(|r| !r.is_empty())?;
     detail.tag(PIPELINE_TAG).filter(|p| !p.is_empty())?;
     Some((run, detail.tag(STAGE_TAG)?))

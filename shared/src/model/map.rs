@@ -307,7 +307,10 @@ pub fn item_list(children: &[ChildLine]) -> String {
 }
 
 /// How a map of `children` is split into array jobs: consecutive runs of children, each at
-/// most Batch's limit and `max_concurrency`.
+/// most Batch's limit and `max_concurrency`. Batch's arrays have 2 to 10,000 children, so a
+/// run of one child (a map of one, the last of an uneven split, or every run with
+/// `MaxConcurrency: 1`) is submitted as a plain job: its item list holds that child's line
+/// alone, the line 0 a plain job reads.
 pub fn arrays(children: usize, max_concurrency: Option<u32>) -> Vec<std::ops::Range<usize>> {
     let size = max_concurrency.map_or(MAX_ARRAY_CHILDREN, |n| (n as usize).clamp(1, MAX_ARRAY_CHILDREN));
     (0..children).step_by(size).map(|start| start..(start + size).min(children)).collect()
