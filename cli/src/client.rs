@@ -57,16 +57,59 @@ pub async fn find_api(endpoint: Option<&str>, stack: Option<&str>, sdk: &SdkConf
     }
 }
 
+/// How long a request may take: to connect, and then for the answer (`None`: no limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    pub connect: Option<Duration>,
+    pub read: Option<Duration>,
+}
+
+impl Timeouts {
+    /// From `--cli-connect-timeout` and `--cli-read-timeout` (seconds, 0 for no limit, as
+    /// the AWS CLI reads them).
+    pub fn from_seconds(connect: u64, read: u64) -> Self {
+        let limit = |seconds: u64| (seconds > 0).then(|| Duration::from_secs(seconds));
+        Timeouts { connect: limit(connect), read: limit(read) }
+    }
+}
+
 /// Calls the API, signing every request for `execute-api`.
 pub struct Api {
     base: String,
     http: reqwest::Client,
     sdk: SdkConfig,
+    timeouts: Timeouts,
 }
 
 impl Api {
-    pub fn new(base: String, sdk: SdkConfig) -> Self {
-        Api { base, http: reqwest::Client::new(), sdk }
+    pub fn new(base: String, sdk: SdkConfig, timeouts: Timeouts) -> Result<Self, Failure> {
+        let mut http = reqwest::Client::builder();
+        if let Some(connect) = timeouts.connect {
+            http = http.connect_timeout(connect);
+        }
+        if let Some(read) = timeouts.read {
+            http = http.read_timeout(read);
+        }
+        let http = http.build().map_err(|e| Failure::new(format!("the HTTP client cannot start: {e}")))?;
+        Ok(Api { base, http, sdk, timeouts })
+    }
+
+    /// The one line that says why a request got no answer, and what to do.
+    fn unanswered(&self, method: &str, url: &str, err: &reqwest::Error) -> Failure {
+        let seconds = |limit: Option<Duration>| limit.map_or(0, |d| d.as_secs());
+        if err.is_connect() && err.is_timeout() {
+            let limit = seconds(self.timeouts.connect);
+            return Failure::new(format!(
+                "{method} {url}: no connection within {limit} s (--cli-connect-timeout): is the endpoint right and reachable?"
+            ));
+        }
+        if err.is_timeout() {
+            let limit = seconds(self.timeouts.read);
+            return Failure::new(format!(
+                "{method} {url}: no answer within {limit} s (--cli-read-timeout): is this Batchline's API? raise the limit if it is just slow"
+            ));
+        }
+        Failure::new(format!("{method} {url}: {err}"))
     }
 
     pub async fn get(&self, path: &str) -> Result<Value, Failure> {
@@ -99,8 +142,10 @@ impl Api {
             }
             let reply = match request.body(body.clone()).send().await {
                 Ok(reply) => reply,
+                // A timeout is said at once: retrying would wait as long again.
+                Err(err) if err.is_timeout() => return Err(self.unanswered(method, &url, &err)),
                 Err(err) => {
-                    last = Failure::new(format!("{method} {url}: {err}"));
+                    last = self.unanswered(method, &url, &err);
                     continue;
                 }
             };

@@ -33,6 +33,12 @@ pub struct Cli {
     /// Tables for people (default) or the API's JSON for scripts.
     #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
     pub output: Output,
+    /// Seconds to wait for a connection to the API (0: no limit), as the AWS CLI's option.
+    #[arg(long, global = true, value_name = "SECONDS", default_value_t = 10)]
+    pub cli_connect_timeout: u64,
+    /// Seconds to wait for the API's answer to a request (0: no limit), as the AWS CLI's option.
+    #[arg(long, global = true, value_name = "SECONDS", default_value_t = 60)]
+    pub cli_read_timeout: u64,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -175,9 +181,18 @@ pub async fn main_with(cli: Cli) -> i32 {
 }
 
 async fn run(cli: Cli) -> Result<i32, Failure> {
-    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let timeouts = client::Timeouts::from_seconds(cli.cli_connect_timeout, cli.cli_read_timeout);
+    // The same limits for the AWS calls the command line makes itself (the stack's outputs, logs).
+    let mut limits = aws_config::timeout::TimeoutConfig::builder();
+    if let Some(connect) = timeouts.connect {
+        limits = limits.connect_timeout(connect);
+    }
+    if let Some(read) = timeouts.read {
+        limits = limits.read_timeout(read);
+    }
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest()).timeout_config(limits.build()).load().await;
     let base = client::find_api(cli.endpoint.as_deref(), cli.stack.as_deref(), &sdk).await?;
-    let api = Api::new(base, sdk.clone());
+    let api = Api::new(base, sdk.clone(), timeouts)?;
     let output = cli.output;
     match cli.command {
         Command::Submit(args) => submit(&api, args, output).await,

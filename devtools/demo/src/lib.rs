@@ -285,7 +285,10 @@ pub async fn run_with(say: &mut (dyn FnMut(String) + Send), options: Options) ->
         served.api.url,
         launcher.log_dir.display()
     ));
-    let api = batchline_cli::client::Api::new(served.api.url.clone(), sdk.clone());
+    // The command line's default limits (--cli-connect-timeout 10, --cli-read-timeout 60).
+    let timeouts = batchline_cli::client::Timeouts::from_seconds(10, 60);
+    let api =
+        batchline_cli::client::Api::new(served.api.url.clone(), sdk.clone(), timeouts).map_err(|e| e.to_string())?;
 
     // 2. An object arrives.
     let key = format!("{INPUT_PREFIX}orders-2025-11-27.csv");
