@@ -12,6 +12,23 @@ use serde_json::json;
 
 use crate::common::{bootstrap_answer, denials_of, register, register_expecting, Deployed};
 
+/// A stack of the test's own, not deployed yet: the emulator's SDK configuration, its
+/// settings and table, its name, and the properties CloudFormation would send bootstrap
+/// with only the network (a test adds what it is about, `Roles` included, before deploying).
+async fn undeployed(test: &str) -> (aws_config::SdkConfig, batchline::Settings, String, serde_json::Value) {
+    let sdk = sdk_config().await;
+    let settings = test_settings(test);
+    create_table(&sdk, &settings.table_name).await.unwrap();
+    let name = unique_name(test);
+    let network = batchline_testkit::emulator::default_network();
+    let properties = json!({
+        "ServiceToken": "arn:aws:lambda:us-east-1:123456789012:function:batchline-bootstrap",
+        "NamePrefix": name,
+        "Network": {"Subnets": network.subnets, "SecurityGroups": network.security_groups},
+    });
+    (sdk, settings, name, properties)
+}
+
 #[tokio::test]
 async fn a_stage_may_read_the_input_bucket_and_write_its_run_data_folder_as_the_job_role_and_nothing_else() {
     // GIVEN a stack with an input bucket (and the default run-data folder, runs/), its job
@@ -41,16 +58,7 @@ async fn a_stage_may_read_the_input_bucket_and_write_its_run_data_folder_as_the_
 #[tokio::test]
 async fn bootstrap_creating_its_roles_without_the_stacks_boundary_is_denied_and_the_deploy_fails_naming_it() {
     // GIVEN a stack whose Environment forgot to pass the RoleBoundary (no PermissionsBoundary)
-    let sdk = sdk_config().await;
-    let settings = test_settings("iam-noboundary");
-    create_table(&sdk, &settings.table_name).await.unwrap();
-    let name = batchline_testkit::emulator::unique_name("iam-nobound");
-    let network = batchline_testkit::emulator::default_network();
-    let properties = json!({
-        "ServiceToken": "arn:aws:lambda:us-east-1:123456789012:function:batchline-bootstrap",
-        "NamePrefix": name,
-        "Network": {"Subnets": network.subnets, "SecurityGroups": network.security_groups},
-    });
+    let (sdk, settings, name, properties) = undeployed("iam-nobound").await;
     register_expecting(&name, &settings, &properties, None, true);
     // WHEN CloudFormation sends bootstrap the Create
     let request = json!({"RequestType": "Create", "ResourceProperties": properties});
@@ -200,19 +208,11 @@ async fn bootstrap_tags_a_repository_as_its_own_only_by_creating_it_so_it_cannot
 #[tokio::test]
 async fn the_execution_role_reads_exactly_the_secrets_the_job_definitions_name_and_only_the_stacks() {
     // GIVEN a stack whose job definition takes a secret named after the stack
-    let sdk = sdk_config().await;
-    let settings = test_settings("iam-secrets");
-    create_table(&sdk, &settings.table_name).await.unwrap();
-    let name = unique_name("iam-secrets");
+    let (sdk, settings, name, mut properties) = undeployed("iam-secrets").await;
     let secret = format!("arn:aws:secretsmanager:us-east-1:123456789012:secret:{name}/db");
-    let network = batchline_testkit::emulator::default_network();
-    let mut properties = json!({
-        "ServiceToken": "arn:aws:lambda:us-east-1:123456789012:function:batchline-bootstrap",
-        "NamePrefix": name,
-        "Network": {"Subnets": network.subnets, "SecurityGroups": network.security_groups},
-        "Roles": {"PermissionsBoundary": format!("arn:aws:iam::123456789012:policy/{name}-RoleBoundary")},
-        "JobDefinitions": {"default": {"Secrets": {"DB_PASSWORD": format!("{secret}:password::")}}},
-    });
+    properties["Roles"] =
+        json!({"PermissionsBoundary": format!("arn:aws:iam::123456789012:policy/{name}-RoleBoundary")});
+    properties["JobDefinitions"] = json!({"default": {"Secrets": {"DB_PASSWORD": format!("{secret}:password::")}}});
     register(&name, &settings, &properties, None);
     let bootstrap = signing_as(&sdk, Principal::Bootstrap, &name);
     let request = json!({"RequestType": "Create", "ResourceProperties": properties});

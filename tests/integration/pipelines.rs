@@ -105,6 +105,13 @@ impl Harness {
         self.api_keyed(method, path, body, None).await
     }
 
+    /// `POST /jobs` with `body`, which must be accepted: the job's id.
+    async fn post_job(&self, body: Value) -> String {
+        let (status, answer) = self.api("POST", "/jobs", body).await;
+        assert_eq!(status, 202, "{answer}");
+        answer["jobId"].as_str().unwrap().to_owned()
+    }
+
     /// An API call, with an `Idempotency-Key` when `key` is given.
     async fn api_keyed(&self, method: &str, path: &str, body: Value, key: Option<&str>) -> (u16, Value) {
         let (path, query) = path.split_once('?').unwrap_or((path, ""));
@@ -964,16 +971,8 @@ async fn a_single_job_that_ran_out_of_memory_is_resubmitted_one_size_up_once_and
 async fn a_forged_out_of_memory_event_resubmits_the_job_as_batch_describes_it_or_nothing() {
     // GIVEN a single job that really ran out of memory, and one that succeeded
     let mut h = Harness::new("pl-forged").await;
-    let submit = |body: Value| {
-        let h = &h;
-        async move {
-            let (status, answer) = h.api("POST", "/jobs", body).await;
-            assert_eq!(status, 202, "{answer}");
-            answer["jobId"].as_str().unwrap().to_owned()
-        }
-    };
-    let killed = submit(json!({"jobDefinition": "growing", "parameters": {"play_needs_memory": "1024"}, "environment": {"MODE": "full"}})).await;
-    let fine = submit(json!({"jobDefinition": "growing", "environment": {"MODE": "full"}})).await;
+    let killed = h.post_job(json!({"jobDefinition": "growing", "parameters": {"play_needs_memory": "1024"}, "environment": {"MODE": "full"}})).await;
+    let fine = h.post_job(json!({"jobDefinition": "growing", "environment": {"MODE": "full"}})).await;
     let changes = h.player.play_jobs(&[killed.clone(), fine.clone()]).await.unwrap();
     h.player.settle(&changes).await.unwrap(); // as Batch then describes them
     let failed = changes.iter().find(|c| c.status == "FAILED").expect("the first ran out of memory").event.clone();
@@ -1032,14 +1031,6 @@ async fn jobs_held_runnable_past_their_queues_limit_are_published_and_cancelled_
         }),
     )
     .await;
-    let submit = |body: Value| {
-        let h = &h;
-        async move {
-            let (status, answer) = h.api("POST", "/jobs", body).await;
-            assert_eq!(status, 202, "{answer}");
-            answer["jobId"].as_str().unwrap().to_owned()
-        }
-    };
     // a job larger than its queue can ever run (the API refuses such a size, so it comes
     // straight from Batch's API, as from a tool beside Batchline or from before the compute
     // environment shrank), a backlog job and a fresh one, all held
@@ -1064,8 +1055,8 @@ async fn jobs_held_runnable_past_their_queues_limit_are_published_and_cancelled_
         .job_id()
         .unwrap()
         .to_owned();
-    let backlog = submit(json!({"jobDefinition": "default"})).await;
-    let fresh = submit(json!({"jobDefinition": "default"})).await;
+    let backlog = h.post_job(json!({"jobDefinition": "default"})).await;
+    let fresh = h.post_job(json!({"jobDefinition": "default"})).await;
     for (job, waited) in [(&huge, 700), (&backlog, 700), (&fresh, 100)] {
         h.player.hold(job, Duration::from_secs(waited)).await.unwrap();
     }

@@ -9,6 +9,28 @@ use batchline_testkit::emulator::{sdk_config, unique_name};
 use batchline_testkit::player::{Delivery, Player, Script, OUT_OF_MEMORY_REASON};
 use serde_json::Value;
 
+/// Submits an array job of `size` children with these parameters (and the stage tag
+/// `resize`, which the parent's events keep); its id.
+async fn submit_array(
+    batch: &aws_sdk_batch::Client,
+    env: &BatchEnvironment,
+    name: &str,
+    size: i32,
+    parameters: &[(&str, &str)],
+) -> String {
+    let mut request = batch
+        .submit_job()
+        .job_name(name)
+        .job_queue(&env.queue_arn)
+        .job_definition(&env.job_definition_arn)
+        .array_properties(ArrayProperties::builder().size(size).build())
+        .tags("batchline:stage", "resize");
+    for (key, value) in parameters {
+        request = request.parameters(*key, *value);
+    }
+    request.send().await.expect("SubmitJob").job_id().expect("a job id").to_owned()
+}
+
 async fn submit(batch: &aws_sdk_batch::Client, env: &BatchEnvironment, name: &str) -> String {
     batch
         .submit_job()
@@ -235,18 +257,7 @@ async fn an_array_job_plays_its_parent_and_every_child() {
     let sdk = sdk_config().await;
     let env = BatchEnvironment::create(&sdk, "play-array").await.unwrap();
     let batch = aws_sdk_batch::Client::new(&sdk);
-    let parent = batch
-        .submit_job()
-        .job_name("fan-out")
-        .job_queue(&env.queue_arn)
-        .job_definition(&env.job_definition_arn)
-        .array_properties(ArrayProperties::builder().size(3).build())
-        .send()
-        .await
-        .unwrap()
-        .job_id()
-        .unwrap()
-        .to_owned();
+    let parent = submit_array(&batch, &env, "fan-out", 3, &[]).await;
 
     let changes = Player::new(&sdk).play_queue(&env.queue_arn).await.unwrap();
 
@@ -275,20 +286,7 @@ async fn each_array_child_plays_its_own_outcome_and_batch_lists_the_children_as_
     let sdk = sdk_config().await;
     let env = BatchEnvironment::create(&sdk, "play-children").await.unwrap();
     let batch = aws_sdk_batch::Client::new(&sdk);
-    let parent = batch
-        .submit_job()
-        .job_name("map")
-        .job_queue(&env.queue_arn)
-        .job_definition(&env.job_definition_arn)
-        .array_properties(ArrayProperties::builder().size(250).build())
-        .parameters("play_children", "3=exit:2, 7=oom")
-        .tags("batchline:stage", "resize")
-        .send()
-        .await
-        .unwrap()
-        .job_id()
-        .unwrap()
-        .to_owned();
+    let parent = submit_array(&batch, &env, "map", 250, &[("play_children", "3=exit:2, 7=oom")]).await;
     let mut player = Player::new(&sdk);
     player.untagged_children(true);
     let changes = player.play_queue(&env.queue_arn).await.unwrap();
@@ -359,18 +357,7 @@ async fn a_terminated_array_fails_every_child_and_its_parent_counts_them() {
     let sdk = sdk_config().await;
     let env = BatchEnvironment::create(&sdk, "play-stopped-array").await.unwrap();
     let batch = aws_sdk_batch::Client::new(&sdk);
-    let parent = batch
-        .submit_job()
-        .job_name("stopped")
-        .job_queue(&env.queue_arn)
-        .job_definition(&env.job_definition_arn)
-        .array_properties(ArrayProperties::builder().size(3).build())
-        .send()
-        .await
-        .unwrap()
-        .job_id()
-        .unwrap()
-        .to_owned();
+    let parent = submit_array(&batch, &env, "stopped", 3, &[]).await;
     batch.terminate_job().job_id(&parent).reason("stopped by a test").send().await.unwrap();
     let changes = Player::new(&sdk).play_queue(&env.queue_arn).await.unwrap();
     for index in 0..3 {

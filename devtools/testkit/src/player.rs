@@ -523,14 +523,7 @@ impl Player {
         let runnable_at = base.created_at + 1_000.min(duration_ms(script.queue_wait) / 4);
         let (mut changes, mut failed, mut first_start, mut last_stop) = (Vec::new(), 0, i64::MAX, runnable_at);
         for index in 0..size {
-            let mut facts = base.clone();
-            facts.job_id = format!("{}:{index}", base.job_id);
-            facts.job_arn = format!("{}:{index}", base.job_arn);
-            if self.untagged_children {
-                facts.tags.clear();
-            } else {
-                facts.tags.insert("resourceArn".into(), json!(facts.job_arn));
-            }
+            let facts = self.child_facts(&base, index);
             let outcome = script.children.get(&index).unwrap_or(&script.outcome);
             let mut timeline = Timeline::new(facts, retry_strategy_json(strategy));
             timeline.push("RUNNABLE", runnable_at, None);
@@ -552,26 +545,29 @@ impl Player {
         parent.push("RUNNING", first_start.min(parent_stop), None);
         let (status, reason) = if succeeded { ("SUCCEEDED", "") } else { ("FAILED", "Array Child Job failed") };
         parent.push(status, parent_stop, Some(Stop { reason: reason.to_owned(), exit: None }));
-        for mut change in parent.into_changes(Some(size as i32)) {
-            let summary = match change.status {
-                "RUNNABLE" => status_summary(&[("RUNNABLE", size)]),
-                "RUNNING" => status_summary(&[("RUNNING", size)]),
-                _ => status_summary(&[("SUCCEEDED", size - failed), ("FAILED", failed)]),
-            };
-            let detail = &mut change.event["detail"];
-            detail["arrayProperties"] = json!({"size": size, "statusSummary": summary});
-            // The parent reports no container or attempts of its own.
-            detail["attempts"] = json!([]);
+        for mut change in parent_changes(parent, size, &[("SUCCEEDED", size - failed), ("FAILED", failed)]) {
             if succeeded {
-                detail.as_object_mut().expect("detail is an object").remove("statusReason");
+                change.event["detail"].as_object_mut().expect("detail is an object").remove("statusReason");
             }
             changes.push(change);
         }
         (changes, parent_stop, succeeded)
     }
-}
 
-impl Player {
+    /// Child `index` of the array `base` describes: `<parent>:<index>`, with the parent's
+    /// tags (and its own ARN as `resourceArn`) unless children are played untagged.
+    fn child_facts(&self, base: &JobFacts, index: usize) -> JobFacts {
+        let mut facts = base.clone();
+        facts.job_id = format!("{}:{index}", base.job_id);
+        facts.job_arn = format!("{}:{index}", base.job_arn);
+        if self.untagged_children {
+            facts.tags.clear();
+        } else {
+            facts.tags.insert("resourceArn".into(), json!(facts.job_arn));
+        }
+        facts
+    }
+
     /// An array stopped before it ran (terminated, or a dependency failed): every child
     /// goes RUNNABLE then FAILED with `reason`, and so does the parent, counting them.
     fn stopped_array(
@@ -585,14 +581,7 @@ impl Player {
     ) -> Vec<StateChange> {
         let mut changes = Vec::new();
         for index in 0..size {
-            let mut facts = base.clone();
-            facts.job_id = format!("{}:{index}", base.job_id);
-            facts.job_arn = format!("{}:{index}", base.job_arn);
-            if self.untagged_children {
-                facts.tags.clear();
-            } else {
-                facts.tags.insert("resourceArn".into(), json!(facts.job_arn));
-            }
+            let facts = self.child_facts(&base, index);
             let mut timeline = Timeline::new(facts, retry_strategy_json(strategy));
             timeline.push("RUNNABLE", runnable_at, None);
             timeline.push("FAILED", stopped_at, Some(Stop { reason: reason.to_owned(), exit: None }));
@@ -604,17 +593,26 @@ impl Player {
         let mut parent = Timeline::new(base, retry_strategy_json(strategy));
         parent.push("RUNNABLE", runnable_at, None);
         parent.push("FAILED", stopped_at + 1, Some(Stop { reason: reason.to_owned(), exit: None }));
-        for mut change in parent.into_changes(Some(size as i32)) {
-            let summary = match change.status {
-                "RUNNABLE" => status_summary(&[("RUNNABLE", size)]),
-                _ => status_summary(&[("FAILED", size)]),
-            };
-            change.event["detail"]["arrayProperties"] = json!({"size": size, "statusSummary": summary});
-            change.event["detail"]["attempts"] = json!([]);
-            changes.push(change);
-        }
+        changes.extend(parent_changes(parent, size, &[("FAILED", size)]));
         changes
     }
+}
+
+/// An array parent's events: no container or attempts of its own, and an
+/// `arrayProperties.statusSummary` with every child RUNNABLE or RUNNING while it is, and
+/// counted as `ended` once it ended.
+fn parent_changes(parent: Timeline, size: usize, ended: &[(&str, usize)]) -> Vec<StateChange> {
+    let mut changes = parent.into_changes(Some(size as i32));
+    for change in &mut changes {
+        let summary = match change.status {
+            status @ ("RUNNABLE" | "RUNNING") => status_summary(&[(status, size)]),
+            _ => status_summary(ended),
+        };
+        let detail = &mut change.event["detail"];
+        detail["arrayProperties"] = json!({"size": size, "statusSummary": summary});
+        detail["attempts"] = json!([]);
+    }
+    changes
 }
 
 /// An array's `statusSummary`: every status, with these counts.

@@ -7,6 +7,7 @@
 //! and kept per container ([`ParentTags`]), so the cost is one call per array per container,
 //! not per child.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
@@ -40,11 +41,13 @@ fn untagged_childs_parent(event: &JobStateChangeEvent) -> Option<&str> {
 impl ParentTags {
     /// The events as the metrics should count them: an untagged child with its parent's
     /// tags (the job's own tags win where both have one).
-    pub async fn tag_children(
+    /// Only those children are copied; every other event is lent back as it came (the
+    /// metrics lane's batches are up to 250 events, nearly all of them not children).
+    pub async fn tag_children<'e>(
         &self,
-        events: &[&JobStateChangeEvent],
+        events: &[&'e JobStateChangeEvent],
         batch: &dyn BatchPort,
-    ) -> Result<Vec<JobStateChangeEvent>, Error> {
+    ) -> Result<Vec<Cow<'e, JobStateChangeEvent>>, Error> {
         let unknown: Vec<String> = {
             let known = self.0.lock().expect("the parent tags' lock is never poisoned");
             let mut unknown: Vec<String> = events
@@ -75,15 +78,15 @@ impl ParentTags {
         let known = self.0.lock().expect("the parent tags' lock is never poisoned");
         Ok(events
             .iter()
-            .map(|event| {
-                let mut event = (*event).clone();
-                if let Some(tags) = untagged_childs_parent(&event).and_then(|p| known.get(p)) {
-                    let own = event.detail.tags.take().unwrap_or_default();
+            .map(|&event| match untagged_childs_parent(event).and_then(|p| known.get(p)) {
+                Some(tags) => {
+                    let mut event = event.clone();
                     let mut merged = tags.clone();
-                    merged.extend(own);
+                    merged.extend(event.detail.tags.take().unwrap_or_default());
                     event.detail.tags = Some(merged);
+                    Cow::Owned(event)
                 }
-                event
+                None => Cow::Borrowed(event),
             })
             .collect())
     }

@@ -221,11 +221,11 @@ async fn count_metrics(
             let (waiting, rest): (Vec<&JobStateChangeEvent>, Vec<&JobStateChangeEvent>) =
                 events.iter().copied().partition(|e| children::needs_parent_tags(e));
             let failed = waiting.iter().flat_map(|e| by_event[&e.id].iter().cloned()).collect();
-            (rest.into_iter().cloned().collect(), failed)
+            (rest.into_iter().map(std::borrow::Cow::Borrowed).collect(), failed)
         }
     };
     let ledger = Ledger { store: clients.ports.store.as_ref(), clock: &clients.ports.clock, holder };
-    let (claimed, claim_failed) = claim_events(&ledger, tagged.iter().collect(), by_event).await;
+    let (claimed, claim_failed) = claim_events(&ledger, tagged.iter().map(AsRef::as_ref).collect(), by_event).await;
     failed.extend(claim_failed);
     // Costs need the stack's clusters (which capacity each task ran on): read once per
     // container, and only when an event has ended.
