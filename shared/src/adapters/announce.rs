@@ -5,6 +5,7 @@ use aws_sdk_cloudwatch::types::{Dimension, MetricDatum, StandardUnit};
 use serde_json::Value;
 use tracing::warn;
 
+use crate::model::map::{MapWork, MAP_WORK_DETAIL_TYPE};
 use crate::model::run::{MetricUnit, RunMetric};
 use crate::model::stuck::QueueReport;
 use crate::services::announce::{COMPLETED_DETAIL_TYPE, EVENT_SOURCE};
@@ -28,14 +29,14 @@ impl AwsAnnouncer {
     }
 }
 
-#[async_trait]
-impl RunAnnouncer for AwsAnnouncer {
-    async fn completion(&self, detail: &Value, run_id: &str) -> Result<(), Error> {
+impl AwsAnnouncer {
+    /// Puts one Batchline event on the default bus, about `resource`.
+    async fn put_event(&self, detail_type: &str, detail: String, resource: String) -> Result<(), Error> {
         let entry = aws_sdk_eventbridge::types::PutEventsRequestEntry::builder()
             .source(EVENT_SOURCE)
-            .detail_type(COMPLETED_DETAIL_TYPE)
-            .detail(detail.to_string())
-            .resources(format!("batchline:run/{run_id}"))
+            .detail_type(detail_type)
+            .detail(detail)
+            .resources(resource)
             .build();
         let reply =
             self.eventbridge.put_events().entries(entry).send().await.map_err(|e| Error::aws("PutEvents", e))?;
@@ -44,6 +45,18 @@ impl RunAnnouncer for AwsAnnouncer {
             return Err(Error::Aws { operation: "PutEvents", code: "FailedEntry".into(), message: why });
         }
         Ok(())
+    }
+}
+
+#[async_trait]
+impl RunAnnouncer for AwsAnnouncer {
+    async fn completion(&self, detail: &Value, run_id: &str) -> Result<(), Error> {
+        self.put_event(COMPLETED_DETAIL_TYPE, detail.to_string(), format!("batchline:run/{run_id}")).await
+    }
+
+    async fn map_work(&self, work: &MapWork) -> Result<(), Error> {
+        let detail = serde_json::to_string(work).map_err(|e| Error::InvalidEvent(e.to_string()))?;
+        self.put_event(MAP_WORK_DETAIL_TYPE, detail, format!("batchline:run/{}", work.run_id)).await
     }
 
     async fn run_metrics(&self, pipeline: &str, metrics: &[RunMetric]) {

@@ -225,6 +225,9 @@ pub struct ArrayProperties {
     pub size: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub index: Option<i64>,
+    /// An array parent's children by status (`SUCCEEDED`, `FAILED`, `RUNNING`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_summary: Option<std::collections::BTreeMap<String, i64>>,
 }
 
 /// Why a payload is not a Batch Job State Change event.

@@ -335,6 +335,50 @@ pub fn judge(children: usize, failed: usize, tolerance: Tolerance) -> MapEnd {
     }
 }
 
+/// The detail type of the events that ask the map worker for a map's S3 work.
+pub const MAP_WORK_DETAIL_TYPE: &str = "Batchline Map Work";
+
+/// What the map worker is asked to do for a map attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum MapAction {
+    /// List the items, write every array's item list, answer how many children there are.
+    Expand,
+    /// List the failed children, write `results.jsonl`, answer the failures.
+    Close,
+}
+
+/// A request for a map attempt's S3 work: the detail of a "Batchline Map Work" event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MapWork {
+    pub action: MapAction,
+    pub run_id: String,
+    pub stage: String,
+    pub attempt: u32,
+}
+
+/// Where Batchline keeps a map stage's own files: `<runData><stage>/_batchline/`, which
+/// the job role may read and never write.
+pub fn batchline_folder(run_data: &str, stage: &str) -> String {
+    format!("{run_data}{stage}/_batchline/")
+}
+
+/// The item list of array `array` of a map attempt (JSON Lines of [`ChildLine`]).
+pub fn item_list_uri(run_data: &str, stage: &str, attempt: u32, array: usize) -> String {
+    format!("{}a{attempt}/array-{array}.jsonl", batchline_folder(run_data, stage))
+}
+
+/// A map's results, written when it ends: one line per child, `index`, `status`, `items`.
+pub fn results_uri(run_data: &str, stage: &str) -> String {
+    format!("{}results.jsonl", batchline_folder(run_data, stage))
+}
+
+/// Every failed child of a map, when there are more than a run's record lists.
+pub fn failed_items_uri(run_data: &str, stage: &str) -> String {
+    format!("{}failed.jsonl", batchline_folder(run_data, stage))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

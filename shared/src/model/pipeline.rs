@@ -71,6 +71,10 @@ pub struct Stage {
     /// The stage's own retry attempts and rules, instead of its job definition's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<crate::model::retry::RetryPolicy>,
+    /// A map stage's items and limits: the stage runs one child per `ItemsPerChild` items
+    /// (see `model::map`) instead of one job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub map: Option<crate::model::map::MapSpec>,
 }
 
 /// The idempotency key of a stage attempt's submission.

@@ -93,4 +93,7 @@ pub trait RunAnnouncer: Send + Sync {
     /// Publishes run metrics per pipeline and overall; a failure is logged, not returned:
     /// the run's state matters more than its metrics.
     async fn run_metrics(&self, pipeline: &str, metrics: &[RunMetric]);
+    /// Asks the map worker for a map attempt's S3 work ("Batchline Map Work"); the worker
+    /// answers the run itself. Asked again until answered: the worker does it once.
+    async fn map_work(&self, work: &crate::model::map::MapWork) -> Result<(), Error>;
 }

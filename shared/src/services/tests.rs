@@ -35,6 +35,7 @@ fn stage(after: &[&str]) -> Stage {
         expected_seconds: None,
         max_vcpus: None,
         retry: None,
+        map: None,
     }
 }
 
@@ -151,6 +152,8 @@ struct Announced {
     metrics: Mutex<Vec<&'static str>>,
     /// Every metric with its value, in the order published.
     values: Mutex<Vec<(&'static str, f64)>>,
+    /// The map work asked for, in order.
+    map_work: Mutex<Vec<crate::model::map::MapWork>>,
 }
 
 #[async_trait]
@@ -162,6 +165,10 @@ impl RunAnnouncer for Announced {
     async fn run_metrics(&self, _pipeline: &str, metrics: &[RunMetric]) {
         self.metrics.lock().unwrap().extend(metrics.iter().map(|m| m.name));
         self.values.lock().unwrap().extend(metrics.iter().map(|m| (m.name, m.value)));
+    }
+    async fn map_work(&self, work: &crate::model::map::MapWork) -> Result<(), crate::Error> {
+        self.map_work.lock().unwrap().push(work.clone());
+        Ok(())
     }
 }
 
@@ -1133,7 +1140,8 @@ fn a_single_job_out_of_memory_is_planned_one_size_up_with_what_it_ran_until_its_
     assert!(matches!(plan_resize(&stack, &elsewhere), Resize::Refused(why) if why.contains("is not this stack's")));
     // An array's child is no single job: resubmitted alone it would lose its index
     let mut child = event(json!({"batchline:run": "job-1a2b"}));
-    child.detail.array_properties = Some(crate::model::batch_event::ArrayProperties { size: None, index: Some(4) });
+    child.detail.array_properties =
+        Some(crate::model::batch_event::ArrayProperties { size: None, index: Some(4), status_summary: None });
     assert_eq!(plan_resize(&stack, &child), Resize::NotApplicable);
     let stage = event(json!({"batchline:pipeline": "diamond", "batchline:run": "r"}));
     assert_eq!(plan_resize(&stack, &stage), Resize::NotApplicable);
@@ -1440,4 +1448,114 @@ async fn the_stuck_job_watch_starts_nothing_once_its_share_of_the_invocation_is_
     assert!(world.batch.jobs()[0].terminated_because.is_none());
     // AND with time left it cancels the stuck job
     assert_eq!(watch.watch(&stack, 7_260_000).await[0].cancelled, 1);
+}
+
+/// The configuration with the pipeline `mapped`: `files`, a map over a prefix tolerating
+/// one failed child, then `report`; with an input bucket and a run-data folder.
+fn with_map() -> StackConfig {
+    use crate::model::map::{MapSource, MapSpec, Tolerance};
+    let mut deployed = config();
+    deployed.roles.names.input_bucket = Some("in".into());
+    deployed.roles.names.run_data_prefix = Some("runs/".into());
+    let mut files = stage(&[]);
+    files.map = Some(MapSpec {
+        source: MapSource::Prefix { uri: "s3://in/photos/".into(), suffix: String::new() },
+        items_per_child: 1,
+        tolerated_failures: Tolerance::Count(1),
+        max_concurrency: None,
+    });
+    let mapped = Pipeline {
+        name: "mapped".into(),
+        stages: BTreeMap::from([("files".to_owned(), files), ("report".to_owned(), stage(&["files"]))]),
+        on_failure: None,
+        on_stage_failure: OnStageFailure::Terminate,
+        max_run_seconds: None,
+        max_run_cost_usd: None,
+    };
+    deployed.pipelines.insert("mapped".into(), mapped);
+    deployed
+}
+
+/// The end of an array parent, its children counted as Batch counts them.
+fn array_ended(job_id: &str, size: usize, failed: usize) -> JobStateChangeEvent {
+    let status = if failed == 0 { "SUCCEEDED" } else { "FAILED" };
+    JobStateChangeEvent::from_value(json!({
+        "id": format!("{job_id}-{status}"), "detail-type": "Batch Job State Change", "source": "aws.batch",
+        "detail": {"jobId": job_id, "status": status, "stoppedAt": 3_000,
+                   "arrayProperties": {"size": size, "statusSummary": {"SUCCEEDED": size - failed, "FAILED": failed}}}
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_map_stage_asks_for_its_items_submits_each_array_once_and_plans_the_next_stage_after_its_close() {
+    use crate::model::map::{MapAction, MapWork};
+    use crate::model::run::map::{FailedChild, MapClosed, MapExpanded};
+    let mut world = World::new().await;
+    world.redeploy(&with_map()).await;
+    let driver = world.driver();
+    let (run, _) = driver.start("mapped", "api", "key-map", RunInput::default(), 1_000).await.unwrap();
+    let work = |action| MapWork { action, run_id: run.run_id.clone(), stage: "files".into(), attempt: 1 };
+    // THEN the map worker is asked for its items, and nothing is submitted yet
+    assert_eq!(*world.announced.map_work.lock().unwrap(), [work(MapAction::Expand)]);
+    assert!(world.batch.jobs().is_empty());
+
+    // WHEN the worker answers 12,000 children, and its answer is delivered twice
+    let expanded = MapExpanded { stage: "files", attempt: 1, children: Ok(12_000) };
+    assert!(driver.answer_map_work(&run.run_id, &expanded, 2_000).await.unwrap());
+    assert!(!driver.answer_map_work(&run.run_id, &expanded, 2_000).await.unwrap(), "answered once");
+    // THEN two arrays are submitted, once each, each told its item list and the map's size
+    let jobs = world.batch.jobs();
+    let shape: Vec<(Option<u32>, &str, &str, &str)> = jobs
+        .iter()
+        .map(|j| {
+            let env = &j.request.environment;
+            (
+                j.request.array_size,
+                j.request.idempotency_key.as_str(),
+                env["BATCHLINE_ITEMS"].as_str(),
+                env["BATCHLINE_MAP_SIZE"].as_str(),
+            )
+        })
+        .collect();
+    let folder = format!("s3://in/runs/{}/files/_batchline/a1", run.run_id);
+    assert_eq!(
+        shape,
+        [
+            (
+                Some(10_000),
+                format!("run:{}:files:1:array:0", run.run_id).as_str(),
+                format!("{folder}/array-0.jsonl").as_str(),
+                "12000"
+            ),
+            (
+                Some(2_000),
+                format!("run:{}:files:1:array:1", run.run_id).as_str(),
+                format!("{folder}/array-1.jsonl").as_str(),
+                "12000"
+            ),
+        ]
+    );
+
+    // WHEN both parents end, the second with one failed child (a duplicate of its end too)
+    let (first, second) = (jobs[0].job_id.clone(), jobs[1].job_id.clone());
+    driver.advance(&run.run_id, "files", &array_ended(&first, 10_000, 0), 3_000).await.unwrap();
+    assert_eq!(world.announced.map_work.lock().unwrap().len(), 1, "not closed while an array goes on");
+    for _ in 0..2 {
+        driver.advance(&run.run_id, "files", &array_ended(&second, 2_000, 1), 3_500).await.unwrap();
+    }
+    // THEN the worker is asked to close the map (again on the duplicate: it closes once)
+    assert_eq!(world.announced.map_work.lock().unwrap().last(), Some(&work(MapAction::Close)));
+    assert_eq!(world.jobs_of("report"), 0, "the stage after waits for the close");
+
+    // WHEN it answers, twice
+    let failed =
+        FailedChild { index: 10_500, items: vec![json!("s3://in/photos/x.jpg")], exit_code: Some(1), reason: None };
+    let closed = MapClosed { stage: "files", attempt: 1, failed_items: vec![failed], failed_items_uri: None };
+    assert!(driver.answer_map_work(&run.run_id, &closed, 4_000).await.unwrap());
+    assert!(!driver.answer_map_work(&run.run_id, &closed, 4_000).await.unwrap());
+    // THEN the stage after it is submitted once: one failure is within the tolerance
+    assert_eq!(world.jobs_of("report"), 1);
+    let stored = world.store.load_run(&run.run_id).await.unwrap().unwrap().run;
+    assert_eq!(stored.stages["files"].status, crate::model::run::StageStatus::Succeeded);
 }

@@ -151,6 +151,7 @@ pub fn sample_run(run_id: &str, pipeline: &str, created_at: i64) -> Run {
         expected_seconds: None,
         max_vcpus: None,
         retry: None,
+        map: None,
     };
     let pipeline = Pipeline {
         name: pipeline.into(),

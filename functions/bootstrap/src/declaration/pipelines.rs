@@ -283,6 +283,7 @@ fn resolve_stage(
         // Known once the queues are: see `check_capacity`.
         max_vcpus: None,
         retry: stage_retry(path, doc, definition, problems),
+        map: None,
     })
 }
 

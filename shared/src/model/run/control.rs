@@ -57,7 +57,14 @@ impl Run {
             job_id: None,
             job_name: attempt.job_name.clone(),
         });
-        let mut stopped: Vec<JobToStop> = going.chain(named).collect();
+        // A map's arrays planned but not recorded as submitted may exist too.
+        let arrays = self.withdrawn_arrays().into_iter().map(|(stage, attempt, _, job_name)| JobToStop {
+            stage,
+            attempt,
+            job_id: None,
+            job_name: Some(job_name),
+        });
+        let mut stopped: Vec<JobToStop> = going.chain(named).chain(arrays).collect();
         stopped.sort_by(|a, b| a.stage.cmp(&b.stage));
         Ok(stopped)
     }

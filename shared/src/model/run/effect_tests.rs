@@ -170,7 +170,7 @@ fn act(run: &mut Run, act: Act, now_ms: i64) -> Vec<Effect> {
 }
 
 /// An effect as a short line.
-fn render(effect: &Effect) -> String {
+pub(super) fn render(effect: &Effect) -> String {
     let cause = |reason: &str| {
         if reason.ends_with("cancelled") {
             "cancelled"
@@ -192,6 +192,10 @@ fn render(effect: &Effect) -> String {
         Effect::Publish(metrics) => {
             format!("publish {}", metrics.iter().map(|m| m.name).collect::<Vec<_>>().join(", "))
         }
+        Effect::ExpandMap { stage, attempt } => format!("expand {stage}#{attempt}"),
+        Effect::SubmitArray { stage, attempt, array } => format!("submit {stage}#{} array {array}", attempt.number),
+        Effect::WithdrawArray { stage, attempt, array, .. } => format!("withdraw {stage}#{attempt} array {array}"),
+        Effect::CloseMap { stage, attempt } => format!("close {stage}#{attempt}"),
     }
 }
 

@@ -79,6 +79,21 @@ pub enum Effect {
     Announce,
     /// Publish these run metrics.
     Publish(Vec<RunMetric>),
+    /// Have the map worker list the items of a map attempt and write its arrays' item
+    /// lists; it answers [`MapExpanded`](super::map::MapExpanded).
+    ExpandMap { stage: String, attempt: u32 },
+    /// Submit array `array` of a map attempt exactly once, under the key
+    /// `run:<id>:<stage>:<n>:array:<k>`; its outcome comes back as
+    /// [`ArraySubmitted`](super::map::ArraySubmitted) or
+    /// [`ArrayUnsubmittable`](super::map::ArrayUnsubmittable).
+    SubmitArray { stage: String, attempt: Attempt, array: usize },
+    /// Settle the submission claim of an array the run gave up before a job was recorded
+    /// (as [`Effect::Withdraw`] does for an attempt); a job found comes back as
+    /// [`ArrayFound`](super::map::ArrayFound).
+    WithdrawArray { stage: String, attempt: u32, array: usize, job_name: String },
+    /// Have the map worker list a map attempt's failed children and write its results;
+    /// it answers [`MapClosed`](super::map::MapClosed).
+    CloseMap { stage: String, attempt: u32 },
 }
 
 impl Effect {
@@ -86,7 +101,16 @@ impl Effect {
     /// by one transition: such effects are worked out again from every newer state, so a
     /// step's list replaces the ones of an older step that were not carried out yet.
     pub fn is_owed(&self) -> bool {
-        matches!(self, Effect::Submit { .. } | Effect::Withdraw { .. } | Effect::Announce)
+        matches!(
+            self,
+            Effect::Submit { .. }
+                | Effect::Withdraw { .. }
+                | Effect::Announce
+                | Effect::ExpandMap { .. }
+                | Effect::SubmitArray { .. }
+                | Effect::WithdrawArray { .. }
+                | Effect::CloseMap { .. }
+        )
     }
 }
 
@@ -126,19 +150,31 @@ impl Run {
         step
     }
 
-    /// What the run owes whatever happens: its planned attempts submitted; once it has
-    /// ended and every job of it has, the claims of the attempts it gave up settled, then
-    /// its end announced.
+    /// What the run owes whatever happens: its planned attempts submitted, its maps
+    /// expanded, their arrays submitted and their ends closed; once it has ended and every
+    /// job of it has, the claims of the attempts and arrays it gave up settled, then its
+    /// end announced.
     pub fn owed(&self) -> Vec<Effect> {
-        let submit: Vec<Effect> =
-            self.to_submit().into_iter().map(|(stage, attempt)| Effect::Submit { stage, attempt }).collect();
-        if !submit.is_empty() || !self.ready_to_announce() {
-            return submit;
+        let submit = self.to_submit().into_iter().map(|(stage, attempt)| Effect::Submit { stage, attempt });
+        let expand = self.maps_to_expand().into_iter().map(|(stage, attempt)| Effect::ExpandMap { stage, attempt });
+        let arrays = self.arrays_to_submit().into_iter();
+        let arrays = arrays.map(|(stage, attempt, array)| Effect::SubmitArray { stage, attempt, array });
+        let close = self.maps_to_close().into_iter().map(|(stage, attempt)| Effect::CloseMap { stage, attempt });
+        let work: Vec<Effect> = submit.chain(expand).chain(arrays).chain(close).collect();
+        if !work.is_empty() || !self.ready_to_announce() {
+            return work;
         }
         let withdraw = self.withdrawn_attempts().into_iter();
         let mut effects: Vec<Effect> = withdraw
             .map(|(stage, attempt)| Effect::Withdraw { stage: stage.to_owned(), attempt: attempt.clone() })
             .collect();
+        let arrays = self.withdrawn_arrays().into_iter();
+        effects.extend(arrays.map(|(stage, attempt, array, job_name)| Effect::WithdrawArray {
+            stage,
+            attempt,
+            array,
+            job_name,
+        }));
         effects.push(Effect::Announce);
         effects
     }

@@ -37,6 +37,7 @@ pub mod budget;
 pub mod completion;
 pub mod control;
 pub mod effects;
+pub mod map;
 pub mod outcomes;
 pub mod plan;
 pub mod views;
@@ -45,10 +46,13 @@ pub use effects::{
     CancelRequested, Context, Created, Effect, Input, JobChanged, JobFound, JobRef, MetricUnit, RedriveRequested,
     Resume, RunMetric, Step, Submitted, SweepVisit, Unsubmittable,
 };
+pub use map::{ArrayRun, FailedChild, MapProgress};
 pub use outcomes::is_out_of_memory;
 
 #[cfg(test)]
 mod effect_tests;
+#[cfg(test)]
+mod map_tests;
 #[cfg(test)]
 mod tests;
 
@@ -129,6 +133,9 @@ pub struct Attempt {
     pub billed: Vec<BilledTask>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub architecture: Option<String>,
+    /// A map stage's attempt: its children's arrays, instead of one job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub map: Option<MapProgress>,
 }
 
 impl Attempt {
@@ -375,6 +382,7 @@ impl Attempt {
             stopped_at: None,
             billed: vec![],
             architecture: None,
+            map: None,
         }
     }
 }

@@ -84,6 +84,9 @@ impl Run {
         let Some(current) = stage_run.attempts.last_mut() else {
             return Applied::Unchanged("the stage has no attempt");
         };
+        if current.map.is_some() {
+            return self.apply_to_map(stage_name, event, now_ms);
+        }
         if !current.is_job_of(event) {
             return Applied::Unchanged("the event is for another attempt");
         }
@@ -125,11 +128,7 @@ impl Run {
         }
         if succeeded {
             stage_run.status = StageStatus::Succeeded;
-            if self.stages.values().all(|s| s.status == StageStatus::Succeeded) {
-                self.end(RunStatus::Succeeded, None, ended_at(event, now_ms));
-            } else {
-                self.plan_ready_stages();
-            }
+            self.stage_succeeded(ended_at(event, now_ms));
             return Applied::Changed;
         }
         self.resize_or_fail(stage_name, event, now_ms);

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 
-use super::{Attempt, Run, RunStatus, StageRun, StageStatus};
+use super::{Attempt, MapProgress, Run, RunStatus, StageRun, StageStatus};
 use crate::model::pipeline::{OnStageFailure, ON_FAILURE};
 
 impl Run {
@@ -14,6 +14,7 @@ impl Run {
             .iter()
             .filter(|(_, s)| s.status == StageStatus::Submitting)
             .filter_map(|(k, s)| Some((k.clone(), s.current()?.clone())))
+            .filter(|(_, attempt)| attempt.map.is_none())
             .collect();
         if let Some(failure) = self.on_failure.as_ref().filter(|s| s.status == StageStatus::Submitting) {
             out.extend(failure.current().map(|a| (ON_FAILURE.to_owned(), a.clone())));
@@ -81,9 +82,25 @@ impl Run {
                 let number = stage_run.attempts.len() as u32 + 1;
                 let last = stage_run.current().map(|a| a.size);
                 let size = stage_run.next_size.take().or(last).unwrap_or(declared);
-                stage_run.attempts.push(Attempt::planned(&self.run_id, &key, number, size));
+                let mut attempt = Attempt::planned(&self.run_id, &key, number, size);
+                if self.pipeline.stages[&key].map.is_some() {
+                    // A map attempt has no job of its own: its arrays are its jobs.
+                    attempt.job_name = None;
+                    attempt.map = Some(MapProgress::default());
+                }
+                stage_run.attempts.push(attempt);
                 stage_run.status = StageStatus::Submitting;
             }
+        }
+    }
+
+    /// After a stage succeeded (at `at`): the run succeeds if every stage has, or the
+    /// stages it unblocks are planned.
+    pub(super) fn stage_succeeded(&mut self, at: i64) {
+        if self.stages.values().all(|s| s.status == StageStatus::Succeeded) {
+            self.end(RunStatus::Succeeded, None, at);
+        } else {
+            self.plan_ready_stages();
         }
     }
 
@@ -97,6 +114,7 @@ impl Run {
         self.reason = reason;
         self.ended_at = Some(now_ms);
         let unstarted = if status == RunStatus::Cancelled { StageStatus::Cancelled } else { StageStatus::Skipped };
+        self.settle_maps(unstarted, now_ms);
         for stage_run in self.stages.values_mut() {
             match stage_run.status {
                 StageStatus::Pending => stage_run.status = unstarted,

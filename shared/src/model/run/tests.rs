@@ -17,6 +17,7 @@ pub(super) fn stage(after: &[&str], size: Size, max_resizes: u32) -> Stage {
         expected_seconds: None,
         max_vcpus: None,
         retry: None,
+        map: None,
     }
 }
 

@@ -15,6 +15,7 @@ impl Run {
     pub fn gave_up(&self, stage: &str, attempt: u32) -> bool {
         self.current_attempt(stage).is_some_and(|current| {
             current.number == attempt
+                && current.map.is_none()
                 && matches!(current.status, StageStatus::Cancelled | StageStatus::Skipped)
                 && current.job_id.is_none()
         })
@@ -55,8 +56,9 @@ impl Run {
         let stages = stages.chain(self.on_failure.iter().map(|stage_run| (ON_FAILURE, stage_run)));
         let given_up = stages.filter_map(|(name, stage_run)| {
             let attempt = stage_run.current()?;
+            // A map attempt has no job of its own: its arrays are withdrawn one by one.
             let withdrawn = matches!(attempt.status, StageStatus::Cancelled | StageStatus::Skipped);
-            (withdrawn && attempt.job_id.is_none()).then_some((name, attempt))
+            (withdrawn && attempt.job_id.is_none() && attempt.map.is_none()).then_some((name, attempt))
         });
         given_up.collect()
     }
@@ -83,7 +85,8 @@ impl Run {
         self.ended_at.unwrap_or(now_ms) - self.started_at()
     }
 
-    /// Stages whose current attempt has a job that has not ended: what a repair sweep checks.
+    /// Stages whose current attempt has a job that has not ended (a map attempt, each of
+    /// its arrays submitted and not ended): what a repair sweep checks.
     pub fn open_jobs(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();
         let stages =
@@ -93,6 +96,7 @@ impl Run {
                 out.push((name.to_owned(), job));
             }
         }
+        out.extend(self.open_arrays());
         out
     }
 }

@@ -10,9 +10,11 @@ use std::collections::VecDeque;
 
 use tracing::{info, warn};
 
-use super::jobs::{never_submittable, stage_job};
+use super::jobs::{array_job, never_submittable, stage_job};
 use super::RunDriver;
+use crate::model::map::{MapAction, MapWork};
 use crate::model::pipeline::attempt_key;
+use crate::model::run::map::{array_key, ArrayFound, ArraySubmitted, ArrayUnsubmittable};
 use crate::model::run::{
     Attempt, CompletionClaim, Effect, Input, JobFound, JobRef, Resume, Run, Submitted, Unsubmittable,
 };
@@ -100,6 +102,27 @@ impl RunDriver<'_> {
                     self.announcer.run_metrics(&record.run.pipeline.name, &metrics).await;
                     None
                 }
+                Effect::ExpandMap { stage, attempt } => {
+                    self.ask_map_worker(&record.run, MapAction::Expand, stage, attempt).await?;
+                    None
+                }
+                Effect::CloseMap { stage, attempt } => {
+                    self.ask_map_worker(&record.run, MapAction::Close, stage, attempt).await?;
+                    None
+                }
+                Effect::SubmitArray { stage, attempt, array } => {
+                    self.submit_array(record.clone(), &stage, &attempt, array, now_ms).await?
+                }
+                Effect::WithdrawArray { stage, attempt, array, job_name } => {
+                    let key = array_key(&record.run.run_id, &stage, attempt, array);
+                    match self.withdraw_claim(&record.run, &stage, &key, &job_name).await? {
+                        Some(job_id) => {
+                            let found = ArrayFound { stage: &stage, attempt, array, job_id: &job_id };
+                            self.feed(record.clone(), &found, now_ms).await?
+                        }
+                        None => None,
+                    }
+                }
             };
             if let Some((after, effects)) = fed_back {
                 record = after;
@@ -173,6 +196,51 @@ impl RunDriver<'_> {
         }
     }
 
+    /// Asks the map worker for a map attempt's S3 work.
+    async fn ask_map_worker(&self, run: &Run, action: MapAction, stage: String, attempt: u32) -> Result<(), Error> {
+        info!(run_id = %run.run_id, stage, attempt, ?action, "asking the map worker");
+        let work = MapWork { action, run_id: run.run_id.clone(), stage, attempt };
+        self.announcer.map_work(&work).await
+    }
+
+    /// Submits array `array` of a planned map attempt (exactly once, by its key) and puts
+    /// the outcome to the run, as [`RunDriver::submit`] does for an attempt.
+    async fn submit_array(
+        &self,
+        record: VersionedRun,
+        stage: &str,
+        attempt: &Attempt,
+        array: usize,
+        now_ms: i64,
+    ) -> Result<Option<(VersionedRun, Vec<Effect>)>, Error> {
+        let submitter = Submitter { batch: self.batch, claims: self.claims, clock: self.clock, holder: self.holder };
+        let config = self.configs.get().await?;
+        let submitted = match array_job(&config, &record.run, stage, attempt, array) {
+            Ok(request) => submitter.submit(&request).await.map_err(Error::from),
+            Err(err) => Err(err),
+        };
+        let run_id = record.run.run_id.clone();
+        let number = attempt.number;
+        match submitted {
+            Ok(job) => {
+                info!(run_id, stage, attempt = number, array, job_id = %job.job_id, "map array submitted");
+                self.feed(record, &ArraySubmitted { stage, attempt: number, array, job_id: &job.job_id }, now_ms).await
+            }
+            Err(Error::Withdrawn(key)) => {
+                info!(run_id, key, "the run withdrew the array; reading it again");
+                let fresh = self.runs.load_run(&run_id).await?.ok_or(Error::Contention("a vanished run".into()))?;
+                self.feed(fresh, &Resume, now_ms).await
+            }
+            Err(err) if never_submittable(&err) => {
+                warn!(run_id, stage, attempt = number, array, error = %err, "a map array can never be submitted; the run fails");
+                let reason = err.to_string();
+                let input = ArrayUnsubmittable { stage, attempt: number, array, reason: &reason };
+                self.feed(record, &input, now_ms).await
+            }
+            Err(err) => Err(err),
+        }
+    }
+
     /// Terminates a job of the run (found by its name in its stage's queue when the run
     /// never recorded its id); returns its id, or `None` when no such job exists.
     async fn stop(&self, run: &Run, stage: &str, job: &JobRef, reason: &str) -> Result<Option<String>, Error> {
@@ -202,7 +270,14 @@ impl RunDriver<'_> {
     ///   redelivery, the sweep) settles it. Nobody takes over a live holder's claim.
     async fn withdraw(&self, run: &Run, stage: &str, attempt: &Attempt) -> Result<Option<String>, Error> {
         let key = attempt_key(&run.run_id, stage, attempt.number);
-        let Some(job_name) = attempt.job_name.clone() else { return Ok(None) };
+        let Some(job_name) = attempt.job_name.as_deref() else { return Ok(None) };
+        self.withdraw_claim(run, stage, &key, job_name).await
+    }
+
+    /// Settles the submission claim `key` of a job named `job_name` that the run gave up
+    /// (see [`RunDriver::withdraw`]).
+    async fn withdraw_claim(&self, run: &Run, stage: &str, key: &str, job_name: &str) -> Result<Option<String>, Error> {
+        let (key, job_name) = (key.to_owned(), job_name.to_owned());
         let queue = self.stage_queue(run, stage).await?;
         let tombstone = SubmissionClaim {
             idempotency_key: key.clone(),

@@ -34,7 +34,7 @@ use crate::store::{ClaimStore, Holder, RunStore, VersionedRun};
 use crate::Error;
 
 pub use execute::Executed;
-pub use jobs::{check_run, run_id, stage_job};
+pub use jobs::{array_job, check_run, run_id, stage_job};
 
 const WRITE_ATTEMPTS: usize = 8;
 
@@ -187,6 +187,22 @@ impl RunDriver<'_> {
         if let Applied::Unchanged(why) = &step.answer {
             info!(run_id, stage, job_id = %event.detail.job_id, status = event.detail.status.as_str(), why, "event changes nothing in the run");
         }
+        self.execute(record, step.effects, now_ms, &mut Executed::default()).await?;
+        Ok(step.answer)
+    }
+
+    /// Puts the map worker's answer (a map expanded or closed) to the run, then carries out
+    /// what it calls for (the arrays submitted, the stages after the map planned and
+    /// submitted). Returns whether the answer was the one the run awaited: `false` for a
+    /// repeated answer, or one for an attempt the run gave up.
+    pub async fn answer_map_work<I: Input<Answer = bool>>(
+        &self,
+        run_id: &str,
+        answer: &I,
+        now_ms: i64,
+    ) -> Result<bool, Error> {
+        let Some(current) = self.runs.load_run(run_id).await? else { return Ok(false) };
+        let Some((record, step)) = self.write(current, answer, now_ms).await? else { return Ok(false) };
         self.execute(record, step.effects, now_ms, &mut Executed::default()).await?;
         Ok(step.answer)
     }

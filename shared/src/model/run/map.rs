@@ -1,0 +1,608 @@
+//! Map attempts: a map stage's children run as Batch array jobs, and the run records a handful of facts per array, never one per child.
+//!
+//! A map attempt ([`Attempt::map`]) goes through four steps, each an effect the run owes
+//! until its answer comes back (so a crash anywhere is repaired by the next input):
+//! 1. **Expand.** Planned, its children unknown: the run owes [`Effect::ExpandMap`]. The
+//!    map worker lists the items (S3 work, outside the run driver), writes each array's
+//!    item list, and answers [`MapExpanded`] with the number of children, or why there
+//!    can be none. The first answer is the one kept: a second expansion of the same attempt
+//!    changes nothing. A map without items succeeds there and then, with no children.
+//! 2. **Submit.** Its arrays ([`crate::model::map::arrays`]) are owed as
+//!    [`Effect::SubmitArray`]: all at once, or with `MaxConcurrency` one at a time, the
+//!    next once the one before has ended. Each is submitted exactly once, under the key
+//!    `run:<id>:<stage>:<n>:array:<k>`; the outcome comes back as [`ArraySubmitted`] or
+//!    [`ArrayUnsubmittable`].
+//! 3. **Fan in.** Batch reports an array's end on its parent, after its last child, with
+//!    the children counted in `arrayProperties.statusSummary`: the counts are recorded on
+//!    the array. Child events never reach a run (the runs lane leaves them out), so
+//!    thousands of children never fight over the run's version.
+//! 4. **Close.** Once no array is going and none is left to submit — or its failures have
+//!    passed `ToleratedFailures`, when the rest are not submitted — the run owes
+//!    [`Effect::CloseMap`]: the worker lists the failed children and writes
+//!    `results.jsonl`, answering [`MapClosed`]. The map is then judged: within its
+//!    tolerance the stage SUCCEEDS (with `failed > 0` perhaps) and the stages after it
+//!    are planned; past it the stage fails, and the run with it.
+//!
+//! A map stage is not resized when children run out of memory (its children count as
+//! failed); its cost is its children's, priced by their own events in the metrics lane,
+//! not in the run's record.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::effects::{Effect, Input, Step};
+use super::{Applied, Attempt, Context, Run, RunStatus, StageRun, StageStatus};
+use crate::model::batch_event::{JobStateChangeEvent, JobStatus};
+use crate::model::map::{arrays, judge, MapEnd, MapSpec, MAX_MAP_CHILDREN};
+use crate::model::pipeline::attempt_key;
+
+/// The most failed children a run's record lists; the rest are in the map's results.
+pub const MAX_LISTED_FAILURES: usize = 100;
+
+/// A map attempt's progress: its children's number, and its arrays.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MapProgress {
+    /// How many children the map has; unknown until its items are listed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub children: Option<usize>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub arrays: Vec<ArrayRun>,
+    /// Whether its results were written and the map judged.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub closed: bool,
+    /// Its failed children, at most [`MAX_LISTED_FAILURES`], as the close found them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed_items: Vec<FailedChild>,
+    /// Where every failed child is listed, when there are more than the record lists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_items_uri: Option<String>,
+}
+
+/// One array job of a map: a run of consecutive children, and how it went.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ArrayRun {
+    /// The map index of its first child.
+    pub first: usize,
+    pub size: usize,
+    pub job_name: String,
+    #[serde(default)]
+    pub job_id: Option<String>,
+    pub status: StageStatus,
+    #[serde(default)]
+    pub succeeded: usize,
+    #[serde(default)]
+    pub failed: usize,
+    #[serde(default)]
+    pub submitted_at: Option<i64>,
+    #[serde(default)]
+    pub started_at: Option<i64>,
+    #[serde(default)]
+    pub stopped_at: Option<i64>,
+}
+
+/// A child that failed: its place in the map, its items, and how it ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FailedChild {
+    pub index: usize,
+    pub items: Vec<Value>,
+    #[serde(default)]
+    pub exit_code: Option<i64>,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// The idempotency key of an array's submission.
+pub fn array_key(run_id: &str, stage: &str, attempt: u32, array: usize) -> String {
+    format!("{}:array:{array}", attempt_key(run_id, stage, attempt))
+}
+
+impl ArrayRun {
+    fn planned(run_id: &str, stage: &str, attempt: u32, array: usize, children: std::ops::Range<usize>) -> ArrayRun {
+        let key = array_key(run_id, stage, attempt, array);
+        ArrayRun {
+            first: children.start,
+            size: children.len(),
+            job_name: crate::model::job_request::job_name(&format!("{run_id}-{stage}-a{attempt}-{array}"), &key),
+            job_id: None,
+            status: StageStatus::Submitting,
+            succeeded: 0,
+            failed: 0,
+            submitted_at: None,
+            started_at: None,
+            stopped_at: None,
+        }
+    }
+
+    /// Whether an event is about this array's parent (or plain job): by its id, or —
+    /// submitted but not yet recorded — by its name. A child's event is never its (the
+    /// children carry the parent's name).
+    fn is_job_of(&self, event: &JobStateChangeEvent) -> bool {
+        let detail = &event.detail;
+        if detail.array_properties.as_ref().is_some_and(|a| a.index.is_some()) {
+            return false;
+        }
+        match &self.job_id {
+            Some(job_id) => *job_id == detail.job_id,
+            None => detail.job_name.as_deref() == Some(self.job_name.as_str()),
+        }
+    }
+
+    /// Submitted and not ended.
+    pub fn is_open(&self) -> bool {
+        self.job_id.is_some() && !self.status.is_terminal()
+    }
+
+    /// Records how the array ended: its children counted from the parent's `statusSummary`.
+    /// A SUCCEEDED parent's children all succeeded; of a FAILED one's, those not counted
+    /// SUCCEEDED failed (a stopped array's children that never ran included). A plain job
+    /// (an array of one) counts as its own child.
+    fn record_end(&mut self, event: &JobStateChangeEvent, now_ms: i64) {
+        let detail = &event.detail;
+        let succeeded = if detail.status == JobStatus::Succeeded {
+            self.size
+        } else {
+            let summary = detail.array_properties.as_ref().and_then(|a| a.status_summary.as_ref());
+            let counted = summary.and_then(|s| s.get("SUCCEEDED")).copied().unwrap_or(0);
+            usize::try_from(counted).unwrap_or(0).min(self.size)
+        };
+        self.succeeded = succeeded;
+        self.failed = self.size - succeeded;
+        self.status = if detail.status == JobStatus::Succeeded { StageStatus::Succeeded } else { StageStatus::Failed };
+        self.stopped_at = detail.stopped_at.or(Some(now_ms));
+    }
+}
+
+impl MapProgress {
+    pub fn succeeded(&self) -> usize {
+        self.arrays.iter().map(|a| a.succeeded).sum()
+    }
+
+    pub fn failed(&self) -> usize {
+        self.arrays.iter().map(|a| a.failed).sum()
+    }
+
+    /// Whether any array is submitted and has not ended.
+    pub fn is_open(&self) -> bool {
+        self.arrays.iter().any(ArrayRun::is_open)
+    }
+
+    /// Whether its failures already pass what `spec` tolerates.
+    fn past_tolerance(&self, spec: &MapSpec) -> bool {
+        let children = self.children.unwrap_or(0);
+        self.failed() > spec.tolerated_failures.allowed(children)
+    }
+
+    /// The arrays to submit now: every planned one, or with `MaxConcurrency` the first
+    /// planned one once no other is going. None once its failures passed the tolerance.
+    fn to_submit(&self, spec: &MapSpec) -> Vec<usize> {
+        if self.closed || self.past_tolerance(spec) {
+            return vec![];
+        }
+        let planned = self.arrays.iter().enumerate().filter(|(_, a)| a.status == StageStatus::Submitting);
+        let planned = planned.map(|(k, _)| k);
+        match spec.max_concurrency {
+            Some(_) if self.is_open() => vec![],
+            Some(_) => planned.take(1).collect(),
+            None => planned.collect(),
+        }
+    }
+
+    /// Whether every child has run (or the rest will not), so the map can be closed.
+    fn is_ready_to_close(&self, spec: &MapSpec) -> bool {
+        let waiting = self.arrays.iter().any(|a| a.status == StageStatus::Submitting);
+        self.children.is_some_and(|n| n > 0)
+            && !self.closed
+            && !self.is_open()
+            && (!waiting || self.past_tolerance(spec))
+    }
+
+    /// The planned arrays never submitted become `status` (the run gave them up).
+    fn give_up_planned(&mut self, status: StageStatus) {
+        for array in self.arrays.iter_mut().filter(|a| a.status == StageStatus::Submitting) {
+            array.status = status;
+        }
+    }
+
+    /// When its last array stopped.
+    fn stopped_at(&self) -> Option<i64> {
+        self.arrays.iter().filter_map(|a| a.stopped_at).max()
+    }
+}
+
+/// A map stage's current attempt, its map and its spec, found by stage name and number.
+struct MapAt<'r> {
+    stage_run: &'r mut StageRun,
+    spec: MapSpec,
+}
+
+impl MapAt<'_> {
+    fn attempt(&mut self) -> &mut Attempt {
+        self.stage_run.attempts.last_mut().expect("a map stage found has an attempt")
+    }
+
+    fn map(&mut self) -> &mut MapProgress {
+        self.attempt().map.as_mut().expect("a map attempt has a map")
+    }
+}
+
+impl Run {
+    /// Every stage with its run, the failure stage last.
+    fn stage_runs(&self) -> impl Iterator<Item = (&str, &StageRun)> {
+        let stages = self.stages.iter().map(|(name, stage_run)| (name.as_str(), stage_run));
+        stages.chain(self.on_failure.iter().map(|stage_run| (crate::model::pipeline::ON_FAILURE, stage_run)))
+    }
+
+    /// The current map attempts of stages still going, with their specs.
+    fn going_maps(&self) -> impl Iterator<Item = (&str, &Attempt, &MapProgress, &MapSpec)> {
+        let running = self.status == RunStatus::Running;
+        self.stage_runs().filter(move |(_, s)| running && !s.status.is_terminal()).filter_map(|(name, stage_run)| {
+            let attempt = stage_run.current()?;
+            Some((name, attempt, attempt.map.as_ref()?, self.stage(name)?.map.as_ref()?))
+        })
+    }
+
+    /// Map attempts whose items are still to be listed: `(stage, attempt number)`.
+    pub fn maps_to_expand(&self) -> Vec<(String, u32)> {
+        let unexpanded =
+            self.going_maps().filter(|(_, a, map, _)| a.status == StageStatus::Submitting && map.children.is_none());
+        unexpanded.map(|(stage, attempt, _, _)| (stage.to_owned(), attempt.number)).collect()
+    }
+
+    /// The arrays to submit now: `(stage, attempt, array)`.
+    pub fn arrays_to_submit(&self) -> Vec<(String, Attempt, usize)> {
+        let mut out = Vec::new();
+        for (stage, attempt, map, spec) in self.going_maps() {
+            out.extend(map.to_submit(spec).into_iter().map(|k| (stage.to_owned(), attempt.clone(), k)));
+        }
+        out
+    }
+
+    /// Map attempts to close (every child ran, or the rest will not): `(stage, attempt number)`.
+    pub fn maps_to_close(&self) -> Vec<(String, u32)> {
+        let ready = self.going_maps().filter(|(_, _, map, spec)| map.is_ready_to_close(spec));
+        ready.map(|(stage, attempt, _, _)| (stage.to_owned(), attempt.number)).collect()
+    }
+
+    /// Arrays the run gave up before a job was recorded for them, whose submission claims
+    /// are to be settled: `(stage, attempt number, array, job name)`.
+    pub fn withdrawn_arrays(&self) -> Vec<(String, u32, usize, String)> {
+        let mut out = Vec::new();
+        for (stage, stage_run) in self.stage_runs() {
+            let Some((attempt, map)) = stage_run.current().and_then(|a| Some((a, a.map.as_ref()?))) else { continue };
+            let given_up = map.arrays.iter().enumerate().filter(|(_, a)| {
+                matches!(a.status, StageStatus::Cancelled | StageStatus::Skipped) && a.job_id.is_none()
+            });
+            out.extend(given_up.map(|(k, a)| (stage.to_owned(), attempt.number, k, a.job_name.clone())));
+        }
+        out
+    }
+
+    /// The open arrays of every map attempt: `(stage, job id)`.
+    pub(super) fn open_arrays(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for (stage, stage_run) in self.stage_runs() {
+            let Some(map) = stage_run.current().and_then(|a| a.map.as_ref()) else { continue };
+            let open = map.arrays.iter().filter(|a| a.is_open()).filter_map(|a| a.job_id.clone());
+            out.extend(open.map(|job_id| (stage.to_owned(), job_id)));
+        }
+        out
+    }
+
+    /// The current attempt of `stage` when it is the map attempt numbered `attempt`.
+    fn map_at(&mut self, stage: &str, attempt: u32) -> Option<MapAt<'_>> {
+        let spec = self.stage(stage)?.map.clone()?;
+        let stage_run = self.stage_run_mut(stage)?;
+        let current = stage_run.current()?;
+        (current.number == attempt && current.map.is_some()).then_some(MapAt { stage_run, spec })
+    }
+
+    /// Ends a map attempt: the attempt and its stage become `status`, saying `reason`.
+    fn end_map_attempt(at: &mut MapAt, status: StageStatus, reason: Option<String>, now_ms: i64) {
+        let stopped_at = at.map().stopped_at().unwrap_or(now_ms);
+        let attempt = at.attempt();
+        attempt.status = status;
+        attempt.reason = reason;
+        attempt.stopped_at = Some(stopped_at);
+        at.stage_run.status = status;
+    }
+
+    /// Records the outcome of a map's expansion (see [`MapExpanded`]). False when the
+    /// attempt is not the one awaiting expansion (expanded already, or given up).
+    fn record_expansion(&mut self, stage: &str, attempt: u32, children: &Result<usize, String>, now_ms: i64) -> bool {
+        let run_id = self.run_id.clone();
+        let running = self.status == RunStatus::Running;
+        let Some(mut at) = self.map_at(stage, attempt) else { return false };
+        if !running || at.stage_run.status != StageStatus::Submitting || at.map().children.is_some() {
+            return false;
+        }
+        let failure = match children {
+            Err(why) => Some(why.clone()),
+            Ok(n) if *n > MAX_MAP_CHILDREN => {
+                Some(format!("the map has {n} children, more than the {MAX_MAP_CHILDREN} a map may have"))
+            }
+            Ok(_) => None,
+        };
+        if let Some(why) = failure {
+            Self::end_map_attempt(&mut at, StageStatus::Failed, Some(why.clone()), now_ms);
+            self.end(RunStatus::Failed, Some(format!("stage {stage}: {why}")), now_ms);
+            return true;
+        }
+        let n = *children.as_ref().unwrap_or(&0);
+        let max_concurrency = at.spec.max_concurrency;
+        let map = at.map();
+        map.children = Some(n);
+        map.arrays = arrays(n, max_concurrency)
+            .into_iter()
+            .enumerate()
+            .map(|(k, range)| ArrayRun::planned(&run_id, stage, attempt, k, range))
+            .collect();
+        if n == 0 {
+            map.closed = true;
+            let reason = Some("the map had no items: no children ran".to_owned());
+            Self::end_map_attempt(&mut at, StageStatus::Succeeded, reason, now_ms);
+            self.stage_succeeded(now_ms);
+        }
+        true
+    }
+
+    /// Records an array's submission; false when it is not the planned array of the
+    /// current attempt any more. An array the run gave up meanwhile is recorded too (so the
+    /// run waits for its end), and its job is to be stopped: `Some(true)` says so.
+    fn record_array_submitted(
+        &mut self,
+        stage: &str,
+        attempt: u32,
+        array: usize,
+        job_id: &str,
+        now_ms: i64,
+    ) -> Option<bool> {
+        let mut at = self.map_at(stage, attempt)?;
+        let planned_stage = at.stage_run.status == StageStatus::Submitting;
+        let slot = at.map().arrays.get_mut(array)?;
+        if slot.job_id.is_some() {
+            return None;
+        }
+        let given_up = matches!(slot.status, StageStatus::Cancelled | StageStatus::Skipped);
+        if slot.status != StageStatus::Submitting && !given_up {
+            return None;
+        }
+        slot.job_id = Some(job_id.to_owned());
+        slot.submitted_at = Some(now_ms);
+        slot.status = StageStatus::Submitted;
+        if !given_up {
+            let attempt = at.attempt();
+            attempt.submitted_at.get_or_insert(now_ms);
+            if planned_stage {
+                attempt.status = StageStatus::Submitted;
+                at.stage_run.status = StageStatus::Submitted;
+            }
+        }
+        Some(given_up)
+    }
+
+    /// Applies a Batch state change of one of a map attempt's arrays: progress moves the
+    /// stage on, an end records the array's counts. What the map then owes (the next
+    /// array, its close) is read off the state ([`Run::owed`](super::Run::owed)). Once the
+    /// run has ended, the map's stage ends with its last array.
+    pub(super) fn apply_to_map(&mut self, stage: &str, event: &JobStateChangeEvent, now_ms: i64) -> Applied {
+        let run_ended = self.status.is_terminal() && stage != crate::model::pipeline::ON_FAILURE;
+        let Some(number) = self.current_attempt(stage).map(|a| a.number) else {
+            return Applied::Unchanged("the stage has no attempt");
+        };
+        let Some(mut at) = self.map_at(stage, number) else { return Applied::Unchanged("the stage is not a map") };
+        let Some(k) = at.map().arrays.iter().position(|a| a.is_job_of(event)) else {
+            return Applied::Unchanged("the event is for another attempt");
+        };
+        let stage_status = at.stage_run.status;
+        let array = &mut at.map().arrays[k];
+        if array.status.is_terminal() {
+            return Applied::Unchanged("the array has already ended");
+        }
+        let detail = &event.detail;
+        array.job_id.get_or_insert_with(|| detail.job_id.clone());
+        array.started_at = detail.started_at.or(array.started_at);
+        if !detail.status.is_terminal() {
+            let status = match detail.status {
+                JobStatus::Starting | JobStatus::Running => StageStatus::Running,
+                _ => StageStatus::Submitted,
+            };
+            if run_ended || array.status == status || array.status == StageStatus::Running {
+                return Applied::Unchanged("no progress");
+            }
+            array.status = status;
+            let starts_stage = matches!(stage_status, StageStatus::Submitting | StageStatus::Submitted);
+            if status == StageStatus::Running && starts_stage {
+                at.attempt().status = StageStatus::Running;
+                at.stage_run.status = StageStatus::Running;
+            }
+            return Applied::Changed;
+        }
+        array.record_end(event, now_ms);
+        if run_ended && !at.map().is_open() {
+            // The run ended while the array went on: the stage ends with its last array,
+            // as the run's cancel left it, or as its children went.
+            let tolerance = at.spec.tolerated_failures;
+            let map = at.map();
+            let never_ran = map.arrays.iter().any(|a| a.status == StageStatus::Skipped);
+            let within = matches!(judge(map.children.unwrap_or(0), map.failed(), tolerance), MapEnd::Succeeded { .. });
+            let status = match stage_status {
+                StageStatus::Cancelled => StageStatus::Cancelled,
+                _ if within && !never_ran => StageStatus::Succeeded,
+                _ => StageStatus::Failed,
+            };
+            Self::end_map_attempt(&mut at, status, None, now_ms);
+        }
+        Applied::Changed
+    }
+
+    /// Records a map's close (see [`MapClosed`]) and judges it against its tolerance: the
+    /// stage succeeds and the stages after it are planned, or it fails the run. False when
+    /// the attempt is not the one awaiting its close.
+    fn record_close(&mut self, closed: &MapClosed, now_ms: i64) -> bool {
+        let stage = closed.stage;
+        if self.status != RunStatus::Running {
+            return false;
+        }
+        let Some(mut at) = self.map_at(stage, closed.attempt) else { return false };
+        let spec = at.spec.clone();
+        if at.stage_run.status.is_terminal() || !at.map().is_ready_to_close(&spec) {
+            return false;
+        }
+        let map = at.map();
+        map.closed = true;
+        map.failed_items = closed.failed_items.iter().take(MAX_LISTED_FAILURES).cloned().collect();
+        map.failed_items_uri = closed.failed_items_uri.clone();
+        map.give_up_planned(StageStatus::Skipped);
+        let children = map.children.unwrap_or(0);
+        let not_run: usize = map.arrays.iter().filter(|a| a.status == StageStatus::Skipped).map(|a| a.size).sum();
+        match judge(children, map.failed() + not_run, spec.tolerated_failures) {
+            MapEnd::Succeeded { failed } => {
+                let reason =
+                    (failed > 0).then(|| format!("{failed} of {children} children failed, within ToleratedFailures"));
+                Self::end_map_attempt(&mut at, StageStatus::Succeeded, reason, now_ms);
+                self.stage_succeeded(now_ms);
+            }
+            MapEnd::Failed { failed, allowed } => {
+                let skipped = if not_run > 0 { format!(" ({not_run} never ran)") } else { String::new() };
+                let why =
+                    format!("{failed} of {children} children failed{skipped}; ToleratedFailures allows {allowed}");
+                Self::end_map_attempt(&mut at, StageStatus::Failed, Some(why.clone()), now_ms);
+                self.end(RunStatus::Failed, Some(format!("stage {stage}: {why}")), now_ms);
+            }
+        }
+        true
+    }
+
+    /// When the run ends: every map attempt's arrays not yet submitted become `unstarted`,
+    /// and a map with nothing going ends with its stage.
+    pub(super) fn settle_maps(&mut self, unstarted: StageStatus, now_ms: i64) {
+        let names: Vec<String> = self.stage_runs().map(|(name, _)| name.to_owned()).collect();
+        for stage in names {
+            let Some(number) = self.current_attempt(&stage).filter(|a| a.map.is_some()).map(|a| a.number) else {
+                continue;
+            };
+            let Some(mut at) = self.map_at(&stage, number) else { continue };
+            at.map().give_up_planned(unstarted);
+            let stage_status = at.stage_run.status;
+            if !at.map().is_open() && !at.attempt().status.is_terminal() {
+                let status = if stage_status.is_terminal() { stage_status } else { unstarted };
+                Self::end_map_attempt(&mut at, status, None, now_ms);
+            }
+        }
+    }
+}
+
+/// The map worker listed a map attempt's items and wrote its arrays' item lists: it has
+/// `children` children, or none can be had (`Err`: why, which fails the stage).
+pub struct MapExpanded<'a> {
+    pub stage: &'a str,
+    pub attempt: u32,
+    pub children: Result<usize, String>,
+}
+
+impl Input for MapExpanded<'_> {
+    type Answer = bool;
+
+    fn take(&self, run: &mut Run, ctx: &Context) -> Step<bool> {
+        let changed = run.record_expansion(self.stage, self.attempt, &self.children, ctx.now_ms);
+        Step { changed, answer: changed, effects: vec![] }
+    }
+}
+
+/// An array of a map attempt was submitted as this job.
+pub struct ArraySubmitted<'a> {
+    pub stage: &'a str,
+    pub attempt: u32,
+    pub array: usize,
+    pub job_id: &'a str,
+}
+
+impl Input for ArraySubmitted<'_> {
+    type Answer = ();
+
+    fn take(&self, run: &mut Run, ctx: &Context) -> Step<()> {
+        let Some(given_up) = run.record_array_submitted(self.stage, self.attempt, self.array, self.job_id, ctx.now_ms)
+        else {
+            return Step { changed: false, answer: (), effects: vec![] };
+        };
+        // The run gave the array up while it was being submitted: its job is stopped, and
+        // recorded, so the run waits for its end.
+        let stop = given_up.then(|| Effect::Stop {
+            stage: self.stage.to_owned(),
+            attempt: self.attempt,
+            job: super::JobRef::Id(self.job_id.to_owned()),
+            reason: run.late_job_reason(),
+        });
+        Step { changed: true, answer: (), effects: stop.into_iter().collect() }
+    }
+}
+
+/// An array the run gave up before recording a job turned out to have one (found by its
+/// name when its claim was settled, and stopped): recorded, so the run waits for its end.
+pub struct ArrayFound<'a> {
+    pub stage: &'a str,
+    pub attempt: u32,
+    pub array: usize,
+    pub job_id: &'a str,
+}
+
+impl Input for ArrayFound<'_> {
+    type Answer = ();
+
+    fn take(&self, run: &mut Run, ctx: &Context) -> Step<()> {
+        let changed =
+            run.record_array_submitted(self.stage, self.attempt, self.array, self.job_id, ctx.now_ms) == Some(true);
+        Step { changed, answer: (), effects: vec![] }
+    }
+}
+
+/// An array of a map attempt can never be submitted (its job definition or queue is gone,
+/// or Batch refuses it): the stage fails, and the run with it.
+pub struct ArrayUnsubmittable<'a> {
+    pub stage: &'a str,
+    pub attempt: u32,
+    pub array: usize,
+    pub reason: &'a str,
+}
+
+impl Input for ArrayUnsubmittable<'_> {
+    type Answer = ();
+
+    fn take(&self, run: &mut Run, ctx: &Context) -> Step<()> {
+        let running = run.status == RunStatus::Running;
+        let Some(mut at) = run.map_at(self.stage, self.attempt) else {
+            return Step { changed: false, answer: (), effects: vec![] };
+        };
+        let planned = at.map().arrays.get(self.array).is_some_and(|a| a.status == StageStatus::Submitting);
+        if !running || !planned || at.stage_run.status.is_terminal() {
+            return Step { changed: false, answer: (), effects: vec![] };
+        }
+        at.map().arrays[self.array].status = StageStatus::Failed;
+        let why = format!("could not be submitted: {}", self.reason);
+        Run::end_map_attempt(&mut at, StageStatus::Failed, Some(why), ctx.now_ms);
+        let reason = format!("stage {} could not be submitted: {}", self.stage, self.reason);
+        run.end(RunStatus::Failed, Some(reason), ctx.now_ms);
+        Step { changed: true, answer: (), effects: vec![] }
+    }
+}
+
+/// The map worker wrote a map attempt's results: its failed children (the first
+/// [`MAX_LISTED_FAILURES`] of them), and where they are all listed.
+pub struct MapClosed<'a> {
+    pub stage: &'a str,
+    pub attempt: u32,
+    pub failed_items: Vec<FailedChild>,
+    pub failed_items_uri: Option<String>,
+}
+
+impl Input for MapClosed<'_> {
+    type Answer = bool;
+
+    fn take(&self, run: &mut Run, ctx: &Context) -> Step<bool> {
+        let changed = run.record_close(self, ctx.now_ms);
+        Step { changed, answer: changed, effects: vec![] }
+    }
+}

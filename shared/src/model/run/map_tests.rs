@@ -1,0 +1,223 @@
+//! Map attempts through the run model: expansion, arrays, fan-in on the parent, the close, and the edges (duplicates, reordering, tolerance, concurrency, cancel).
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Value};
+
+use super::effect_tests::render;
+use super::effects::{CancelRequested, Context, Input, JobChanged, Resume};
+use super::map::{ArraySubmitted, FailedChild, MapClosed, MapExpanded};
+use super::{Run, RunInput, RunStatus, StageStatus};
+use crate::model::batch_event::JobStateChangeEvent;
+use crate::model::cost::Pricing;
+use crate::model::fargate::{Quarters, Size};
+use crate::model::map::{MapSource, MapSpec, Tolerance};
+use crate::model::pipeline::{OnStageFailure, Pipeline};
+use crate::settings::PriceOverrides;
+
+/// `files` (a map over a prefix, tolerating `tolerated` failures, `max_concurrency`
+/// children at once) → `report`, with a failure stage.
+fn mapped(tolerated: u32, max_concurrency: Option<u32>) -> Pipeline {
+    let size = Size { vcpu: Quarters(1), memory_mib: 512 };
+    let mut files = super::tests::stage(&[], size, 2);
+    files.map = Some(MapSpec {
+        source: MapSource::Prefix { uri: "s3://in/{inputPrefix}".into(), suffix: ".jpg".into() },
+        items_per_child: 1,
+        tolerated_failures: Tolerance::Count(tolerated),
+        max_concurrency,
+    });
+    Pipeline {
+        name: "thumbnails".into(),
+        stages: BTreeMap::from([
+            ("files".to_owned(), files),
+            ("report".to_owned(), super::tests::stage(&["files"], size, 0)),
+        ]),
+        on_failure: Some(super::tests::stage(&[], size, 0)),
+        on_stage_failure: OnStageFailure::Terminate,
+        max_run_seconds: None,
+        max_run_cost_usd: None,
+    }
+}
+
+/// Puts an input to the run; returns whether it changed the record and its effects, rendered.
+fn put<I: Input>(run: &mut Run, input: &I) -> (bool, Vec<String>) {
+    let pricing = Pricing::on_demand(&PriceOverrides::default());
+    let step = run.handle(input, &Context { now_ms: 5_000, pricing: &pricing });
+    (step.changed, step.effects.iter().map(render).collect())
+}
+
+/// A Batch event of an array parent (or plain job), `extra` merged into its detail.
+fn parent(job_id: &str, status: &str, extra: Value) -> JobStateChangeEvent {
+    let mut value = json!({"id": format!("{job_id}-{status}"), "detail-type": "Batch Job State Change",
+                           "source": "aws.batch", "time": "1970-01-01T00:00:04Z",
+                           "detail": {"jobId": job_id, "jobName": "named-elsewhere", "status": status,
+                                      "stoppedAt": 4_000}});
+    for (k, v) in extra.as_object().unwrap() {
+        value["detail"][k] = v.clone();
+    }
+    JobStateChangeEvent::from_value(value).unwrap()
+}
+
+/// An array parent's end, its children counted.
+fn array_end(job_id: &str, size: usize, failed: usize) -> JobStateChangeEvent {
+    let status = if failed == 0 { "SUCCEEDED" } else { "FAILED" };
+    let summary = json!({"SUCCEEDED": size - failed, "FAILED": failed});
+    parent(job_id, status, json!({"arrayProperties": {"size": size, "statusSummary": summary}}))
+}
+
+fn changed(run: &mut Run, job: &JobStateChangeEvent) -> (bool, Vec<String>) {
+    put(run, &JobChanged { stage: "files", event: job })
+}
+
+fn started(pipeline: &Pipeline) -> Run {
+    Run::start("run-1".into(), pipeline, "api", RunInput::default(), 1_000)
+}
+
+fn failed_child(index: usize) -> FailedChild {
+    FailedChild { index, items: vec![json!(format!("s3://in/{index}.jpg"))], exit_code: Some(2), reason: None }
+}
+
+#[test]
+fn a_map_is_expanded_submitted_as_arrays_fanned_in_on_its_parents_closed_and_then_the_next_stage_planned_once() {
+    let mut run = started(&mapped(2, None));
+    assert_eq!(put(&mut run, &Resume).1, ["expand files#1"], "its items are listed first");
+    assert_eq!(run.stages["files"].status, StageStatus::Submitting);
+
+    let expanded = MapExpanded { stage: "files", attempt: 1, children: Ok(12_000) };
+    assert_eq!(
+        put(&mut run, &expanded),
+        (true, vec!["submit files#1 array 0".into(), "submit files#1 array 1".into()])
+    );
+    let map = run.stages["files"].current().unwrap().map.clone().unwrap();
+    assert_eq!(map.arrays.iter().map(|a| (a.first, a.size)).collect::<Vec<_>>(), [(0, 10_000), (10_000, 2_000)]);
+    let again = MapExpanded { stage: "files", attempt: 1, children: Ok(7) };
+    assert!(!put(&mut run, &again).0, "the first expansion is the one kept");
+
+    let first = ArraySubmitted { stage: "files", attempt: 1, array: 0, job_id: "p0" };
+    assert_eq!(put(&mut run, &first), (true, vec!["submit files#1 array 1".into()]), "still owed");
+    let second = ArraySubmitted { stage: "files", attempt: 1, array: 1, job_id: "p1" };
+    assert_eq!(put(&mut run, &second), (true, vec![]));
+    assert_eq!(run.stages["files"].status, StageStatus::Submitted);
+    assert_eq!(run.open_jobs(), [("files".to_owned(), "p0".to_owned()), ("files".to_owned(), "p1".to_owned())]);
+    assert_eq!(changed(&mut run, &parent("p0", "RUNNING", json!({}))), (true, vec![]));
+    assert_eq!(run.stages["files"].status, StageStatus::Running);
+
+    // A child's event is never its parent's (the runs lane leaves them out; should one come).
+    let child = parent("p1:3", "FAILED", json!({"arrayProperties": {"index": 3, "size": 2_000}}));
+    assert!(!changed(&mut run, &child).0);
+    assert_eq!(changed(&mut run, &array_end("p0", 10_000, 0)), (true, vec![]), "p1 is still going");
+    assert!(!changed(&mut run, &parent("p0", "RUNNING", json!({}))).0, "progress after an end");
+    assert_eq!(changed(&mut run, &array_end("p1", 2_000, 2)), (true, vec!["close files#1".into()]));
+    assert!(!changed(&mut run, &array_end("p1", 2_000, 2)).0, "a duplicated end");
+    assert_eq!(put(&mut run, &Resume).1, ["close files#1"], "owed until the close is answered");
+
+    let closed = MapClosed {
+        stage: "files",
+        attempt: 1,
+        failed_items: vec![failed_child(10_003), failed_child(10_007)],
+        failed_items_uri: None,
+    };
+    assert_eq!(put(&mut run, &closed), (true, vec!["submit report#1".into()]));
+    let attempt = run.stages["files"].current().unwrap().clone();
+    assert_eq!(attempt.status, StageStatus::Succeeded);
+    assert_eq!(attempt.reason.as_deref(), Some("2 of 12000 children failed, within ToleratedFailures"));
+    let map = attempt.map.unwrap();
+    assert_eq!((map.succeeded(), map.failed(), map.failed_items.len()), (11_998, 2, 2));
+    assert_eq!(put(&mut run, &closed), (false, vec!["submit report#1".into()]), "closed once");
+    assert_eq!(run.status, RunStatus::Running);
+}
+
+#[test]
+fn failures_past_the_tolerance_fail_the_stage_and_the_run_at_the_close() {
+    let mut run = started(&mapped(2, None));
+    put(&mut run, &MapExpanded { stage: "files", attempt: 1, children: Ok(250) });
+    put(&mut run, &ArraySubmitted { stage: "files", attempt: 1, array: 0, job_id: "p0" });
+    assert_eq!(changed(&mut run, &array_end("p0", 250, 3)).1, ["close files#1"]);
+    let failed_items = (0..3).map(failed_child).collect();
+    let (_, effects) = put(&mut run, &MapClosed { stage: "files", attempt: 1, failed_items, failed_items_uri: None });
+    assert_eq!(effects, ["submit on-failure#1"]);
+    assert_eq!(run.status, RunStatus::Failed);
+    assert_eq!(run.reason.as_deref(), Some("stage files: 3 of 250 children failed; ToleratedFailures allows 2"));
+    assert_eq!(run.stages["report"].status, StageStatus::Skipped);
+}
+
+#[test]
+fn a_map_without_items_succeeds_at_once_and_says_so() {
+    let mut run = started(&mapped(0, None));
+    let (changed, effects) = put(&mut run, &MapExpanded { stage: "files", attempt: 1, children: Ok(0) });
+    assert_eq!((changed, effects), (true, vec!["submit report#1".to_owned()]));
+    let attempt = run.stages["files"].current().unwrap();
+    assert_eq!(attempt.status, StageStatus::Succeeded);
+    assert_eq!(attempt.reason.as_deref(), Some("the map had no items: no children ran"));
+}
+
+#[test]
+fn a_map_whose_items_cannot_be_listed_fails_the_run_saying_why() {
+    let mut run = started(&mapped(0, None));
+    let why = "{inputPrefix} names no run parameter (there are: runId)".to_owned();
+    put(&mut run, &MapExpanded { stage: "files", attempt: 1, children: Err(why.clone()) });
+    assert_eq!(run.status, RunStatus::Failed);
+    assert_eq!(run.reason, Some(format!("stage files: {why}")));
+    let too_many = MapExpanded { stage: "files", attempt: 1, children: Ok(100_001) };
+    let mut run = started(&mapped(0, None));
+    put(&mut run, &too_many);
+    assert!(run.reason.unwrap().contains("more than the 100000 a map may have"));
+}
+
+#[test]
+fn max_concurrency_submits_one_array_at_a_time_and_none_once_the_failures_passed_the_tolerance() {
+    let mut run = started(&mapped(1, Some(500)));
+    let (_, effects) = put(&mut run, &MapExpanded { stage: "files", attempt: 1, children: Ok(1_200) });
+    assert_eq!(effects, ["submit files#1 array 0"], "the next array waits for this one's end");
+    put(&mut run, &ArraySubmitted { stage: "files", attempt: 1, array: 0, job_id: "p0" });
+    assert_eq!(put(&mut run, &Resume).1, Vec::<String>::new());
+    assert_eq!(changed(&mut run, &array_end("p0", 500, 1)).1, ["submit files#1 array 1"]);
+    put(&mut run, &ArraySubmitted { stage: "files", attempt: 1, array: 1, job_id: "p1" });
+    // One more failure passes the tolerance of one: the last array is never submitted.
+    assert_eq!(changed(&mut run, &array_end("p1", 500, 1)).1, ["close files#1"]);
+    put(&mut run, &MapClosed { stage: "files", attempt: 1, failed_items: vec![], failed_items_uri: None });
+    assert_eq!(run.status, RunStatus::Failed);
+    assert_eq!(
+        run.reason.as_deref(),
+        Some("stage files: 202 of 1200 children failed (200 never ran); ToleratedFailures allows 1")
+    );
+    let last = &run.stages["files"].current().unwrap().map.as_ref().unwrap().arrays[2];
+    assert_eq!((last.status, last.job_id.as_deref()), (StageStatus::Skipped, None));
+}
+
+#[test]
+fn an_array_reported_before_its_submission_was_recorded_is_found_by_its_name_and_recorded_once() {
+    let mut run = started(&mapped(0, None));
+    put(&mut run, &MapExpanded { stage: "files", attempt: 1, children: Ok(3) });
+    let name = run.stages["files"].current().unwrap().map.as_ref().unwrap().arrays[0].job_name.clone();
+    let early = parent("p0", "RUNNING", json!({"jobName": name}));
+    assert!(changed(&mut run, &early).0);
+    assert_eq!(run.open_jobs(), [("files".to_owned(), "p0".to_owned())]);
+    let late = ArraySubmitted { stage: "files", attempt: 1, array: 0, job_id: "p0" };
+    assert!(!put(&mut run, &late).0, "the submission's outcome arrives after its event");
+    assert_eq!(changed(&mut run, &array_end("p0", 3, 0)).1, ["close files#1"]);
+}
+
+#[test]
+fn a_cancelled_map_stops_its_open_arrays_and_ends_cancelled_with_the_last_of_them() {
+    let mut run = started(&mapped(0, Some(2)));
+    put(&mut run, &MapExpanded { stage: "files", attempt: 1, children: Ok(5) });
+    put(&mut run, &ArraySubmitted { stage: "files", attempt: 1, array: 0, job_id: "p0" });
+    let (_, effects) = put(&mut run, &CancelRequested);
+    assert_eq!(
+        effects,
+        ["stop p0 (cancelled)", "stop files by name (cancelled)", "stop files by name (cancelled)"],
+        "the open array by id; those never recorded by name"
+    );
+    assert_eq!(run.status, RunStatus::Cancelled);
+    assert_eq!(run.stages["files"].status, StageStatus::Cancelled);
+    assert!(put(&mut run, &Resume).1.is_empty(), "not announced while p0 goes on");
+    let (_, effects) = changed(&mut run, &array_end("p0", 2, 2));
+    assert_eq!(
+        effects,
+        ["withdraw files#1 array 1", "withdraw files#1 array 2", "announce"],
+        "the arrays never submitted have their claims settled, then the run is announced"
+    );
+    let attempt = run.stages["files"].current().unwrap();
+    assert_eq!(attempt.status, StageStatus::Cancelled);
+}
