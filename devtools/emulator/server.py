@@ -238,9 +238,14 @@ def encode_error(code: str, message: str) -> bytes:
 
 
 def read_body(environ: dict) -> bytes:
+    """A request's body. One without Content-Length has none unless it is chunked: reading
+    on would wait for the client to close a connection it keeps open (an S3 GET)."""
     length = int(environ.get("CONTENT_LENGTH") or 0)
     stream = environ["wsgi.input"]
-    return stream.read(length) if length else stream.read()
+    if length:
+        return stream.read(length)
+    chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
+    return stream.read() if chunked or environ.get("wsgi.input_terminated") else b""
 
 
 # Container properties AWS reports in DescribeJobs that moto leaves out.

@@ -52,6 +52,22 @@ def batch_operations() -> dict[str, str]:
     return {spec["http"]["requestUri"].strip("/").removeprefix("v1/"): name for name, spec in model["operations"].items()}
 
 
+def s3_call(method: str, path: str, query: str) -> tuple[str, dict[str, Any]]:
+    """A path-style S3 request as the IAM action it needs and its bucket, key and prefix
+    (ListObjectsV2 needs s3:ListBucket; HEAD needs s3:GetObject)."""
+    bucket, _, key = urllib.parse.unquote(path.lstrip("/")).partition("/")
+    params: dict[str, Any] = {"Bucket": bucket}
+    if key:
+        params["Key"] = key
+        action = {"GET": "GetObject", "HEAD": "GetObject", "PUT": "PutObject", "DELETE": "DeleteObject"}
+        return action.get(method, method), params
+    listing = dict(urllib.parse.parse_qsl(query))
+    if "prefix" in listing:
+        params["Prefix"] = listing["prefix"]
+    action = {"GET": "ListBucket", "HEAD": "ListBucket", "PUT": "CreateBucket", "DELETE": "DeleteBucket"}
+    return action.get(method, method), params
+
+
 class Evaluator:
     """One evaluate.js process, asked one request at a time."""
 
@@ -126,6 +142,8 @@ class IamEnforcement:
         if scope == "batch":
             name = path[len("/v1/"):].strip("/")
             return service, self.batch_operations.get(name, name), json.loads(body or b"{}")
+        if scope == "s3":
+            return (service, *s3_call(environ.get("REQUEST_METHOD", "GET"), path, environ.get("QUERY_STRING", "")))
         form = dict(urllib.parse.parse_qsl(body.decode() if body else environ.get("QUERY_STRING", "")))
         return service, form.pop("Action", environ.get("REQUEST_METHOD", "")), form
 

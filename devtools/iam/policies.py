@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 # The principals whose calls are evaluated, by the function's logical id in the template.
-FUNCTIONS = {"submit": "SubmitFunction", "job-events": "JobEventsFunction", "bootstrap": "BootstrapFunction"}
+FUNCTIONS = {"submit": "SubmitFunction", "job-events": "JobEventsFunction", "bootstrap": "BootstrapFunction",
+             "map": "MapFunction"}
 
 
 @dataclass

@@ -8,6 +8,7 @@ mod e2e;
 mod emulator;
 mod iam;
 mod job_events;
+mod maps;
 mod pipelines;
 mod player;
 mod sample_events;

@@ -290,7 +290,7 @@ fn every_function_logs_json_and_sets_exactly_the_variables_the_code_reads() {
     let globals = &template["Globals"]["Function"];
     let functions: Vec<(String, &Value)> =
         resources(&template).into_iter().filter(|(_, r)| r["Type"] == "AWS::Serverless::Function").collect();
-    assert_eq!(functions.len(), 3);
+    assert_eq!(functions.len(), 4);
     for (name, function) in functions {
         let properties = &function["Properties"];
         let format =

@@ -115,6 +115,8 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 pub enum Principal {
     Submit,
     JobEvents,
+    /// The map worker (`batchline-map`).
+    Map,
     Bootstrap,
     JobRole,
     /// The task execution role bootstrap makes: ECS pulls the image, writes the logs and
@@ -127,6 +129,7 @@ impl Principal {
         match self {
             Principal::Submit => "submit",
             Principal::JobEvents => "job-events",
+            Principal::Map => "map",
             Principal::Bootstrap => "bootstrap",
             Principal::JobRole => "job-role",
             Principal::ExecutionRole => "execution-role",

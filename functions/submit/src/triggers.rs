@@ -154,7 +154,13 @@ fn plan_rule(
                 _ => Ok(Planned::Job(job)),
             }
         }
-        Target::Pipeline(pipeline) => Ok(Planned::Run { pipeline: pipeline.clone(), source }),
+        Target::Pipeline(pipeline) => {
+            // A run's maps may cover the object's folder (`{inputPrefix}`: the key up to its last /).
+            let mut source = source;
+            let folder = object.key.rfind('/').map_or("", |end| &object.key[..=end]);
+            source.parameters.insert("inputPrefix".into(), folder.to_owned());
+            Ok(Planned::Run { pipeline: pipeline.clone(), source })
+        }
     }
 }
 
@@ -192,7 +198,14 @@ pub fn plan_schedule(config: &StackConfig, rule_name: &str, time: &str) -> Resul
     };
     Ok(Some(match &rule.target {
         Target::JobDefinition(key) => Planned::Job(plan::job(config, key, source, None)?),
-        Target::Pipeline(pipeline) => Planned::Run { pipeline: pipeline.clone(), source },
+        Target::Pipeline(pipeline) => {
+            // A run's maps may name the day (`{scheduledDate}`, UTC YYYY-MM-DD).
+            let mut source = source;
+            if let Some(date) = time.get(..10).filter(|d| d.as_bytes().get(4) == Some(&b'-')) {
+                source.parameters.insert("scheduledDate".into(), date.to_owned());
+            }
+            Planned::Run { pipeline: pipeline.clone(), source }
+        }
     }))
 }
 

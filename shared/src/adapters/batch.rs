@@ -182,7 +182,8 @@ fn summary_detail(job: &aws_sdk_batch::types::JobSummary) -> Result<JobDetail, E
         "startedAt": job.started_at(),
         "stoppedAt": job.stopped_at(),
         "container": {"exitCode": job.container().and_then(|c| c.exit_code()), "reason": job.container().and_then(|c| c.reason())},
-        "arrayProperties": job.array_properties().map(|a| json!({"size": a.size(), "index": a.index()})),
+        "arrayProperties": job.array_properties().map(|a| json!({"size": a.size(), "index": a.index(),
+                                                                  "statusSummary": a.status_summary()})),
     });
     strip_nulls(&mut detail);
     serde_json::from_value(detail)
@@ -295,7 +296,8 @@ pub fn event_from_job(job: &aws_sdk_batch::types::JobDetail) -> Result<JobStateC
                       "logConfiguration": container.and_then(|c| c.log_configuration())
                           .map(|l| json!({"logDriver": l.log_driver().map(|d| d.as_str()), "options": l.options()}))},
         "parameters": job.parameters(),
-        "arrayProperties": job.array_properties().map(|a| json!({"size": a.size(), "index": a.index()})),
+        "arrayProperties": job.array_properties().map(|a| json!({"size": a.size(), "index": a.index(),
+                                                                  "statusSummary": a.status_summary()})),
     });
     strip_nulls(&mut detail);
     let event = json!({

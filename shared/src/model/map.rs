@@ -171,8 +171,10 @@ impl MapSpec {
 fn checked_uri(key: &str, uri: &str, problems: &mut Vec<String>) -> String {
     if let Err(why) = placeholders(uri) {
         problems.push(format!("{key}: {why}"));
+    } else if uri.starts_with("{runData}") {
+        // The run's data folder is an S3 URI already (what an earlier stage wrote).
     } else if !uri.starts_with("s3://") || uri["s3://".len()..].split('/').next().is_none_or(str::is_empty) {
-        problems.push(format!("{key} {uri:?}: give an S3 URI, s3://bucket/key"));
+        problems.push(format!("{key} {uri:?}: give an S3 URI, s3://bucket/key (or one under {{runData}})"));
     }
     uri.to_owned()
 }
@@ -352,6 +354,8 @@ pub enum MapAction {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MapWork {
+    /// The stack whose run it is (its `NamePrefix`): the stack's rule takes only its own.
+    pub stack: String,
     pub action: MapAction,
     pub run_id: String,
     pub stage: String,
@@ -364,9 +368,11 @@ pub fn batchline_folder(run_data: &str, stage: &str) -> String {
     format!("{run_data}{stage}/_batchline/")
 }
 
-/// The item list of array `array` of a map attempt (JSON Lines of [`ChildLine`]).
-pub fn item_list_uri(run_data: &str, stage: &str, attempt: u32, array: usize) -> String {
-    format!("{}a{attempt}/array-{array}.jsonl", batchline_folder(run_data, stage))
+/// The folder of one expansion's item lists (`array-<k>.jsonl`, JSON Lines of
+/// [`ChildLine`]) for attempt `attempt`: `token` tells expansions apart, so one racing
+/// another never overwrites the lists the run kept.
+pub fn item_lists_folder(run_data: &str, stage: &str, attempt: u32, token: &str) -> String {
+    format!("{}a{attempt}-{token}/", batchline_folder(run_data, stage))
 }
 
 /// A map's results, written when it ends: one line per child, `index`, `status`, `items`.

@@ -1495,13 +1495,20 @@ async fn a_map_stage_asks_for_its_items_submits_each_array_once_and_plans_the_ne
     world.redeploy(&with_map()).await;
     let driver = world.driver();
     let (run, _) = driver.start("mapped", "api", "key-map", RunInput::default(), 1_000).await.unwrap();
-    let work = |action| MapWork { action, run_id: run.run_id.clone(), stage: "files".into(), attempt: 1 };
+    let work = |action| MapWork {
+        stack: "unit".into(),
+        action,
+        run_id: run.run_id.clone(),
+        stage: "files".into(),
+        attempt: 1,
+    };
     // THEN the map worker is asked for its items, and nothing is submitted yet
     assert_eq!(*world.announced.map_work.lock().unwrap(), [work(MapAction::Expand)]);
     assert!(world.batch.jobs().is_empty());
 
     // WHEN the worker answers 12,000 children, and its answer is delivered twice
-    let expanded = MapExpanded { stage: "files", attempt: 1, children: Ok(12_000) };
+    let folder = format!("s3://in/runs/{}/files/_batchline/a1-t0k3n/", run.run_id);
+    let expanded = MapExpanded { stage: "files", attempt: 1, children: Ok(12_000), lists: folder.clone() };
     assert!(driver.answer_map_work(&run.run_id, &expanded, 2_000).await.unwrap());
     assert!(!driver.answer_map_work(&run.run_id, &expanded, 2_000).await.unwrap(), "answered once");
     // THEN two arrays are submitted, once each, each told its item list and the map's size
@@ -1518,7 +1525,7 @@ async fn a_map_stage_asks_for_its_items_submits_each_array_once_and_plans_the_ne
             )
         })
         .collect();
-    let folder = format!("s3://in/runs/{}/files/_batchline/a1", run.run_id);
+    let folder = folder.trim_end_matches('/');
     assert_eq!(
         shape,
         [

@@ -25,6 +25,7 @@ use serde_json::Value;
 mod compute;
 mod document;
 mod job_definitions;
+pub mod maps;
 mod network;
 mod pipelines;
 mod repository;
@@ -153,6 +154,7 @@ fn resolve(doc: Document) -> Result<Declared, ConfigProblems> {
     check_capacity(&compute_environments, &job_queues, &job_definitions, &mut pipelines, &mut problems);
     let triggers = resolve_triggers(doc.triggers.unwrap_or_default(), &job_definitions, &pipelines, &mut problems);
     check_run_data_overlap(&triggers, &roles, &mut problems);
+    maps::check_maps(&pipelines, &roles, &triggers, &mut problems);
 
     if !problems.is_empty() {
         return Err(ConfigProblems { problems });
@@ -180,6 +182,51 @@ mod tests {
     fn network_only() -> Value {
         json!({"ServiceToken": "arn:aws:lambda:us-east-1:123456789012:function:bootstrap",
                "Network": {"Subnets": ["subnet-1", "subnet-2"], "SecurityGroups": ["sg-1"]}})
+    }
+
+    /// The network, an input bucket, and `pipelines` started by `triggers`.
+    fn with_maps(pipelines: Value, triggers: Value) -> Value {
+        let mut properties = network_only();
+        properties["Roles"] = json!({"InputBucket": "input"});
+        properties["Pipelines"] = pipelines;
+        properties["Triggers"] = triggers;
+        properties
+    }
+
+    #[test]
+    fn a_map_stage_is_declared_with_its_block_and_refused_where_it_could_never_run() {
+        let pipelines = json!({"thumbnails": {"Stages": {
+            "resize": {"JobDefinition": "default", "Map": {"Prefix": "s3://{inputBucket}/{inputPrefix}", "Suffix": ".jpg",
+                                                       "ToleratedFailures": "5%", "MaxConcurrency": 500}},
+            "report": {"JobDefinition": "default", "After": "resize"}}}});
+        let triggers =
+            json!({"S3": {"photos": {"Prefix": "incoming/", "Suffix": "_SUCCESS", "Pipeline": "thumbnails"}}});
+        let config = declare(&with_maps(pipelines, triggers)).unwrap();
+        let map = config.pipelines["thumbnails"].stages["resize"].map.clone().unwrap();
+        assert_eq!((map.max_concurrency, map.items_per_child), (Some(500), 1));
+
+        let refused = |pipelines: Value, triggers: Value, roles: Value| {
+            let mut properties = with_maps(pipelines, triggers);
+            properties["Roles"] = roles;
+            declare(&properties).unwrap_err().problems.join("\n")
+        };
+        let in_bucket = json!({"InputBucket": "input"});
+        let other_bucket = json!({"p": {"Stages": {"m": {"JobDefinition": "default", "Map": {"Manifest": "s3://elsewhere/list.txt"}}}}});
+        assert!(refused(other_bucket, json!({}), in_bucket.clone())
+            .contains("\"elsewhere\" is not Roles.InputBucket (input)"));
+        let no_bucket = json!({"p": {"Stages": {"m": {"JobDefinition": "default", "Map": {"Items": "files"}}}}});
+        assert!(refused(no_bucket, json!({}), json!({})).contains("needs Roles.InputBucket and Roles.RunDataPrefix"));
+        let unknown =
+            json!({"p": {"Stages": {"m": {"JobDefinition": "default", "Map": {"Prefix": "s3://input/{day}/"}}}}});
+        let scheduled = json!({"Schedules": {"nightly": {"Rule": "r", "Pipeline": "p"}}});
+        let why = refused(unknown, scheduled, in_bucket.clone());
+        assert!(why.contains("runs started by Triggers.Schedules.r have no {day}"), "{why}");
+        assert!(why.contains("runData, runId, scheduledDate, scheduledTime"), "{why}");
+        let wrong = json!({"p": {"Stages": {"m": {"JobDefinition": "default", "Map": {"Prefix": "s3://input/x", "Items": "files", "Colour": "red"}}}}});
+        assert!(refused(wrong, json!({}), in_bucket.clone()).contains("Colour"), "unknown keys are named");
+        let failure_map = json!({"p": {"Stages": {"m": {"JobDefinition": "default"}},
+                                       "OnFailure": {"JobDefinition": "default", "Map": {"Items": "files"}}}});
+        assert!(refused(failure_map, json!({}), in_bucket).contains("the failure stage is one job, never a map"));
     }
 
     #[test]

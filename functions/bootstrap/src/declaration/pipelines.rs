@@ -12,6 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use batchline::model::fargate::Size;
+use batchline::model::map::{MapBlock, MapSpec};
 use batchline::model::pipeline::{OnStageFailure, Pipeline, Stage, DEFAULT_MAX_RESIZES, MAX_UPSTREAMS, ON_FAILURE};
 use batchline::model::retry::RetryPolicy;
 use batchline::model::stack::JobDefinition;
@@ -59,6 +60,45 @@ pub struct StageDoc {
     pub retry_attempts: Option<String>,
     #[serde(default)]
     pub retry_on: Option<Vec<super::retries::RetryRuleDoc>>,
+    #[serde(default)]
+    pub map: Option<MapDoc>,
+}
+
+/// A stage's `Map` block (see `batchline::model::map`): where its items come from, and its
+/// limits.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "PascalCase")]
+pub struct MapDoc {
+    pub prefix: Option<String>,
+    pub suffix: Option<String>,
+    pub manifest: Option<String>,
+    pub items: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_text")]
+    pub items_per_child: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_text")]
+    pub tolerated_failures: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_text")]
+    pub max_concurrency: Option<String>,
+}
+
+/// A `Map` block checked, its problems under `path.Map`.
+fn resolve_map(path: &str, doc: &MapDoc, problems: &mut Vec<String>) -> Option<MapSpec> {
+    let block = MapBlock {
+        prefix: doc.prefix.as_deref(),
+        suffix: doc.suffix.as_deref(),
+        manifest: doc.manifest.as_deref(),
+        items: doc.items.as_deref(),
+        items_per_child: doc.items_per_child.as_deref(),
+        tolerated_failures: doc.tolerated_failures.as_deref(),
+        max_concurrency: doc.max_concurrency.as_deref(),
+    };
+    match MapSpec::from_block(&block) {
+        Ok(spec) => Some(spec),
+        Err(found) => {
+            problems.extend(found.into_iter().map(|problem| format!("{path}.Map: {problem}")));
+            None
+        }
+    }
 }
 
 /// Validates the `Pipelines` section against the job definitions and queues.
@@ -101,6 +141,9 @@ fn resolve_pipeline(
         if stage.after.as_ref().is_some_and(|a| !a.is_empty()) {
             problems
                 .push(format!("{path}.OnFailure.After: the failure stage runs when the run fails, after nothing else"));
+        }
+        if stage.map.is_some() {
+            problems.push(format!("{path}.OnFailure.Map: the failure stage is one job, never a map"));
         }
         resolve_stage(&format!("{path}.OnFailure"), stage, 0, definitions, queues, problems)
     });
@@ -283,7 +326,7 @@ fn resolve_stage(
         // Known once the queues are: see `check_capacity`.
         max_vcpus: None,
         retry: stage_retry(path, doc, definition, problems),
-        map: None,
+        map: doc.map.as_ref().and_then(|map| resolve_map(path, map, problems)),
     })
 }
 

@@ -65,14 +65,35 @@ pub fn run_input(
         check_run_overrides(stack, pipeline, &input)?;
     }
     let found = check_run(stack, pipeline, run_id, &input).err().unwrap_or_default();
-    let too_large = problems.is_empty() && only_size(&found.iter().map(|(_, p)| p).collect::<Vec<_>>());
+    let unfilled = map_placeholder_problems(pipeline, &input);
+    let too_large =
+        problems.is_empty() && unfilled.is_empty() && only_size(&found.iter().map(|(_, p)| p).collect::<Vec<_>>());
     let values = found.iter().map(|(stage, p)| Problem::from_request(Some(&format!("stage {stage}")), None, p));
+    let values = values.chain(unfilled);
     let problems = with_value_problems(problems, values);
     if problems.is_empty() {
         Ok(input)
     } else {
         Err(ApiError::refused(problems, too_large))
     }
+}
+
+/// The `{name}`s of the pipeline's maps that the run would have no value for (its
+/// parameters, `runId` and `runData` are what a run started here has), one problem each.
+fn map_placeholder_problems(pipeline: &Pipeline, input: &RunInput) -> Vec<Problem> {
+    let known = |name: &str| input.parameters.contains_key(name) || ["runId", "runData"].contains(&name);
+    let maps = pipeline.stages.iter().filter_map(|(stage, s)| Some((stage, s.map.as_ref()?)));
+    let unknown = maps.flat_map(|(stage, map)| {
+        map.placeholders().into_iter().filter(|name| !known(name)).map(move |name| (stage.clone(), name))
+    });
+    unknown
+        .map(|(stage, name)| {
+            Problem::new(
+                format!("parameters.{name}"),
+                format!("stage {stage} maps over {{{name}}}: give the run a parameter {name:?}"),
+            )
+        })
+        .collect()
 }
 
 /// An environment reaches every stage, so a run that brings one is refused when any

@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 use batchline::model::cost::Pricing;
 use batchline::model::fargate::Size;
 use batchline::model::job_request::RequestError;
-use batchline::model::run::RedriveRefused;
+use batchline::model::run::{MapProgress, RedriveRefused, StageStatus};
 use batchline::model::stack::StackConfig;
+use batchline::services::ports::BatchPort;
 use batchline::services::runs::{CancelOutcome, RedriveOutcome};
 use batchline::store::RunStore;
 use serde::Deserialize;
@@ -25,7 +26,70 @@ pub async fn get(call: &Call<'_>) -> Answer {
     let read = call.clients.ports.driver(call.holder).load(id).await?;
     let run = read.ok_or_else(|| ApiError::not_found(format!("no run {id}")))?.run;
     let pricing = Pricing::of(call.stack, &call.clients.ports.prices);
-    Ok(response(200, &run_view(&run, call.stack, &pricing, &call.clients.region, batchline::now_ms())))
+    let mut view = run_view(&run, call.stack, &pricing, &call.clients.region, batchline::now_ms());
+    add_live_map_counts(&mut view, &run, call).await;
+    Ok(response(200, &view))
+}
+
+/// A map stage's `running` and `waiting` as Batch counts its arrays' children now (their
+/// parents' `statusSummary`, one DescribeJobs call); if Batch cannot say, the view keeps
+/// what the record says (an array's children all running, or all waiting).
+async fn add_live_map_counts(view: &mut Value, run: &batchline::model::run::Run, call: &Call<'_>) {
+    let maps = run.stages.iter().filter_map(|(name, s)| Some((name, s.current()?.map.as_ref()?)));
+    let maps: Vec<(&String, &MapProgress)> = maps.collect();
+    let open: Vec<String> = maps
+        .iter()
+        .flat_map(|(_, m)| m.arrays.iter().filter(|a| a.is_open()).filter_map(|a| a.job_id.clone()))
+        .collect();
+    if open.is_empty() {
+        return;
+    }
+    let described = match call.clients.ports.batch.describe_jobs(&open).await {
+        Ok(described) => described,
+        Err(err) => {
+            tracing::warn!(run_id = %run.run_id, error = %err, "Batch could not say how the map's children go");
+            return;
+        }
+    };
+    let live: BTreeMap<String, BTreeMap<String, i64>> = described
+        .into_iter()
+        .filter_map(|e| Some((e.detail.job_id.clone(), e.detail.array_properties?.status_summary?)))
+        .collect();
+    for (name, map) in maps {
+        view["stages"][name.as_str()]["map"] = map_view(map, &live);
+    }
+}
+
+/// A map stage's progress: its children, how many succeeded and failed (as recorded when
+/// each array ended), how many run and wait now (from `live`, its open arrays' Batch
+/// `statusSummary` by parent id, where given; children of arrays not yet submitted wait),
+/// and its failed children as its close listed them.
+pub fn map_view(map: &MapProgress, live: &BTreeMap<String, BTreeMap<String, i64>>) -> Value {
+    let (mut running, mut waiting) = (0usize, 0usize);
+    for array in map.arrays.iter().filter(|a| !a.status.is_terminal()) {
+        let summary = array.job_id.as_ref().and_then(|id| live.get(id));
+        match summary {
+            Some(summary) => {
+                let count = |statuses: &[&str]| -> usize {
+                    statuses.iter().filter_map(|s| summary.get(*s)).map(|n| usize::try_from(*n).unwrap_or(0)).sum()
+                };
+                running += count(&["RUNNING"]);
+                waiting += count(&["SUBMITTED", "PENDING", "RUNNABLE", "STARTING"]);
+            }
+            None if array.status == StageStatus::Running => running += array.size,
+            None => waiting += array.size,
+        }
+    }
+    json!({
+        "children": map.children,
+        "arrays": map.arrays.len(),
+        "succeeded": map.succeeded(),
+        "failed": map.failed(),
+        "running": running,
+        "waiting": waiting,
+        "failedItems": map.failed_items,
+        "failedItemsUri": map.failed_items_uri,
+    })
 }
 
 /// `GET /runs[?pipeline=NAME][&limit=N]`: 200 `{runs}`, newest first — one pipeline's, or
@@ -148,6 +212,7 @@ pub fn run_view(
             "after": declared.map(|s| s.after.clone()).unwrap_or_default(),
             "attempts": attempts,
             "costUsd": cost.stages.get(name).map(|c| c.usd).unwrap_or_default(),
+            "map": stage_run.current().and_then(|a| a.map.as_ref()).map(|m| map_view(m, &BTreeMap::new())),
         })
     };
     let stages: serde_json::Map<String, Value> =

@@ -30,14 +30,16 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::effects::{Effect, Input, Step};
-use super::{Applied, Attempt, Context, Run, RunStatus, StageRun, StageStatus};
+use super::{Applied, Attempt, Run, RunStatus, StageRun, StageStatus};
 use crate::model::batch_event::{JobStateChangeEvent, JobStatus};
 use crate::model::map::{arrays, judge, MapEnd, MapSpec, MAX_MAP_CHILDREN};
 use crate::model::pipeline::attempt_key;
 
 /// The most failed children a run's record lists; the rest are in the map's results.
 pub const MAX_LISTED_FAILURES: usize = 100;
+
+mod inputs;
+pub use inputs::{ArrayFound, ArraySubmitted, ArrayUnsubmittable, MapClosed, MapExpanded};
 
 /// A map attempt's progress: its children's number, and its arrays.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -57,6 +59,11 @@ pub struct MapProgress {
     /// Where every failed child is listed, when there are more than the record lists.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failed_items_uri: Option<String>,
+    /// The folder (an S3 URI ending in `/`) of its arrays' item lists, `array-<k>.jsonl`:
+    /// the expansion's own, so a second expansion racing the first never overwrites the
+    /// lists the first one's arrays read.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub lists: String,
 }
 
 /// One array job of a map: a run of consecutive children, and how it went.
@@ -156,6 +163,11 @@ impl ArrayRun {
 }
 
 impl MapProgress {
+    /// The S3 URI of array `array`'s item list.
+    pub fn item_list(&self, array: usize) -> String {
+        format!("{}array-{array}.jsonl", self.lists)
+    }
+
     pub fn succeeded(&self) -> usize {
         self.arrays.iter().map(|a| a.succeeded).sum()
     }
@@ -213,17 +225,17 @@ impl MapProgress {
 }
 
 /// A map stage's current attempt, its map and its spec, found by stage name and number.
-struct MapAt<'r> {
-    stage_run: &'r mut StageRun,
-    spec: MapSpec,
+pub(super) struct MapAt<'r> {
+    pub(super) stage_run: &'r mut StageRun,
+    pub(super) spec: MapSpec,
 }
 
 impl MapAt<'_> {
-    fn attempt(&mut self) -> &mut Attempt {
+    pub(super) fn attempt(&mut self) -> &mut Attempt {
         self.stage_run.attempts.last_mut().expect("a map stage found has an attempt")
     }
 
-    fn map(&mut self) -> &mut MapProgress {
+    pub(super) fn map(&mut self) -> &mut MapProgress {
         self.attempt().map.as_mut().expect("a map attempt has a map")
     }
 }
@@ -292,7 +304,7 @@ impl Run {
     }
 
     /// The current attempt of `stage` when it is the map attempt numbered `attempt`.
-    fn map_at(&mut self, stage: &str, attempt: u32) -> Option<MapAt<'_>> {
+    pub(super) fn map_at(&mut self, stage: &str, attempt: u32) -> Option<MapAt<'_>> {
         let spec = self.stage(stage)?.map.clone()?;
         let stage_run = self.stage_run_mut(stage)?;
         let current = stage_run.current()?;
@@ -300,7 +312,7 @@ impl Run {
     }
 
     /// Ends a map attempt: the attempt and its stage become `status`, saying `reason`.
-    fn end_map_attempt(at: &mut MapAt, status: StageStatus, reason: Option<String>, now_ms: i64) {
+    pub(super) fn end_map_attempt(at: &mut MapAt, status: StageStatus, reason: Option<String>, now_ms: i64) {
         let stopped_at = at.map().stopped_at().unwrap_or(now_ms);
         let attempt = at.attempt();
         attempt.status = status;
@@ -311,7 +323,8 @@ impl Run {
 
     /// Records the outcome of a map's expansion (see [`MapExpanded`]). False when the
     /// attempt is not the one awaiting expansion (expanded already, or given up).
-    fn record_expansion(&mut self, stage: &str, attempt: u32, children: &Result<usize, String>, now_ms: i64) -> bool {
+    pub(super) fn record_expansion(&mut self, expanded: &MapExpanded, now_ms: i64) -> bool {
+        let (stage, attempt, children) = (expanded.stage, expanded.attempt, &expanded.children);
         let run_id = self.run_id.clone();
         let running = self.status == RunStatus::Running;
         let Some(mut at) = self.map_at(stage, attempt) else { return false };
@@ -334,6 +347,7 @@ impl Run {
         let max_concurrency = at.spec.max_concurrency;
         let map = at.map();
         map.children = Some(n);
+        map.lists = expanded.lists.clone();
         map.arrays = arrays(n, max_concurrency)
             .into_iter()
             .enumerate()
@@ -351,7 +365,7 @@ impl Run {
     /// Records an array's submission; false when it is not the planned array of the
     /// current attempt any more. An array the run gave up meanwhile is recorded too (so the
     /// run waits for its end), and its job is to be stopped: `Some(true)` says so.
-    fn record_array_submitted(
+    pub(super) fn record_array_submitted(
         &mut self,
         stage: &str,
         attempt: u32,
@@ -441,7 +455,7 @@ impl Run {
     /// Records a map's close (see [`MapClosed`]) and judges it against its tolerance: the
     /// stage succeeds and the stages after it are planned, or it fails the run. False when
     /// the attempt is not the one awaiting its close.
-    fn record_close(&mut self, closed: &MapClosed, now_ms: i64) -> bool {
+    pub(super) fn record_close(&mut self, closed: &MapClosed, now_ms: i64) -> bool {
         let stage = closed.stage;
         if self.status != RunStatus::Running {
             return false;
@@ -492,117 +506,5 @@ impl Run {
                 Self::end_map_attempt(&mut at, status, None, now_ms);
             }
         }
-    }
-}
-
-/// The map worker listed a map attempt's items and wrote its arrays' item lists: it has
-/// `children` children, or none can be had (`Err`: why, which fails the stage).
-pub struct MapExpanded<'a> {
-    pub stage: &'a str,
-    pub attempt: u32,
-    pub children: Result<usize, String>,
-}
-
-impl Input for MapExpanded<'_> {
-    type Answer = bool;
-
-    fn take(&self, run: &mut Run, ctx: &Context) -> Step<bool> {
-        let changed = run.record_expansion(self.stage, self.attempt, &self.children, ctx.now_ms);
-        Step { changed, answer: changed, effects: vec![] }
-    }
-}
-
-/// An array of a map attempt was submitted as this job.
-pub struct ArraySubmitted<'a> {
-    pub stage: &'a str,
-    pub attempt: u32,
-    pub array: usize,
-    pub job_id: &'a str,
-}
-
-impl Input for ArraySubmitted<'_> {
-    type Answer = ();
-
-    fn take(&self, run: &mut Run, ctx: &Context) -> Step<()> {
-        let Some(given_up) = run.record_array_submitted(self.stage, self.attempt, self.array, self.job_id, ctx.now_ms)
-        else {
-            return Step { changed: false, answer: (), effects: vec![] };
-        };
-        // The run gave the array up while it was being submitted: its job is stopped, and
-        // recorded, so the run waits for its end.
-        let stop = given_up.then(|| Effect::Stop {
-            stage: self.stage.to_owned(),
-            attempt: self.attempt,
-            job: super::JobRef::Id(self.job_id.to_owned()),
-            reason: run.late_job_reason(),
-        });
-        Step { changed: true, answer: (), effects: stop.into_iter().collect() }
-    }
-}
-
-/// An array the run gave up before recording a job turned out to have one (found by its
-/// name when its claim was settled, and stopped): recorded, so the run waits for its end.
-pub struct ArrayFound<'a> {
-    pub stage: &'a str,
-    pub attempt: u32,
-    pub array: usize,
-    pub job_id: &'a str,
-}
-
-impl Input for ArrayFound<'_> {
-    type Answer = ();
-
-    fn take(&self, run: &mut Run, ctx: &Context) -> Step<()> {
-        let changed =
-            run.record_array_submitted(self.stage, self.attempt, self.array, self.job_id, ctx.now_ms) == Some(true);
-        Step { changed, answer: (), effects: vec![] }
-    }
-}
-
-/// An array of a map attempt can never be submitted (its job definition or queue is gone,
-/// or Batch refuses it): the stage fails, and the run with it.
-pub struct ArrayUnsubmittable<'a> {
-    pub stage: &'a str,
-    pub attempt: u32,
-    pub array: usize,
-    pub reason: &'a str,
-}
-
-impl Input for ArrayUnsubmittable<'_> {
-    type Answer = ();
-
-    fn take(&self, run: &mut Run, ctx: &Context) -> Step<()> {
-        let running = run.status == RunStatus::Running;
-        let Some(mut at) = run.map_at(self.stage, self.attempt) else {
-            return Step { changed: false, answer: (), effects: vec![] };
-        };
-        let planned = at.map().arrays.get(self.array).is_some_and(|a| a.status == StageStatus::Submitting);
-        if !running || !planned || at.stage_run.status.is_terminal() {
-            return Step { changed: false, answer: (), effects: vec![] };
-        }
-        at.map().arrays[self.array].status = StageStatus::Failed;
-        let why = format!("could not be submitted: {}", self.reason);
-        Run::end_map_attempt(&mut at, StageStatus::Failed, Some(why), ctx.now_ms);
-        let reason = format!("stage {} could not be submitted: {}", self.stage, self.reason);
-        run.end(RunStatus::Failed, Some(reason), ctx.now_ms);
-        Step { changed: true, answer: (), effects: vec![] }
-    }
-}
-
-/// The map worker wrote a map attempt's results: its failed children (the first
-/// [`MAX_LISTED_FAILURES`] of them), and where they are all listed.
-pub struct MapClosed<'a> {
-    pub stage: &'a str,
-    pub attempt: u32,
-    pub failed_items: Vec<FailedChild>,
-    pub failed_items_uri: Option<String>,
-}
-
-impl Input for MapClosed<'_> {
-    type Answer = bool;
-
-    fn take(&self, run: &mut Run, ctx: &Context) -> Step<bool> {
-        let changed = run.record_close(self, ctx.now_ms);
-        Step { changed, answer: changed, effects: vec![] }
     }
 }

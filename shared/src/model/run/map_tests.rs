@@ -15,6 +15,9 @@ use crate::model::map::{MapSource, MapSpec, Tolerance};
 use crate::model::pipeline::{OnStageFailure, Pipeline};
 use crate::settings::PriceOverrides;
 
+/// Where the tests' expansions wrote their item lists.
+const LISTS: &str = "s3://in/runs/run-1/files/_batchline/a1-t0k3n/";
+
 /// `files` (a map over a prefix, tolerating `tolerated` failures, `max_concurrency`
 /// children at once) → `report`, with a failure stage.
 fn mapped(tolerated: u32, max_concurrency: Option<u32>) -> Pipeline {
@@ -83,14 +86,14 @@ fn a_map_is_expanded_submitted_as_arrays_fanned_in_on_its_parents_closed_and_the
     assert_eq!(put(&mut run, &Resume).1, ["expand files#1"], "its items are listed first");
     assert_eq!(run.stages["files"].status, StageStatus::Submitting);
 
-    let expanded = MapExpanded { stage: "files", attempt: 1, children: Ok(12_000) };
+    let expanded = MapExpanded { stage: "files", attempt: 1, children: Ok(12_000), lists: LISTS.into() };
     assert_eq!(
         put(&mut run, &expanded),
         (true, vec!["submit files#1 array 0".into(), "submit files#1 array 1".into()])
     );
     let map = run.stages["files"].current().unwrap().map.clone().unwrap();
     assert_eq!(map.arrays.iter().map(|a| (a.first, a.size)).collect::<Vec<_>>(), [(0, 10_000), (10_000, 2_000)]);
-    let again = MapExpanded { stage: "files", attempt: 1, children: Ok(7) };
+    let again = MapExpanded { stage: "files", attempt: 1, children: Ok(7), lists: LISTS.into() };
     assert!(!put(&mut run, &again).0, "the first expansion is the one kept");
 
     let first = ArraySubmitted { stage: "files", attempt: 1, array: 0, job_id: "p0" };
@@ -130,7 +133,7 @@ fn a_map_is_expanded_submitted_as_arrays_fanned_in_on_its_parents_closed_and_the
 #[test]
 fn failures_past_the_tolerance_fail_the_stage_and_the_run_at_the_close() {
     let mut run = started(&mapped(2, None));
-    put(&mut run, &MapExpanded { stage: "files", attempt: 1, children: Ok(250) });
+    put(&mut run, &MapExpanded { stage: "files", attempt: 1, children: Ok(250), lists: LISTS.into() });
     put(&mut run, &ArraySubmitted { stage: "files", attempt: 1, array: 0, job_id: "p0" });
     assert_eq!(changed(&mut run, &array_end("p0", 250, 3)).1, ["close files#1"]);
     let failed_items = (0..3).map(failed_child).collect();
@@ -144,7 +147,8 @@ fn failures_past_the_tolerance_fail_the_stage_and_the_run_at_the_close() {
 #[test]
 fn a_map_without_items_succeeds_at_once_and_says_so() {
     let mut run = started(&mapped(0, None));
-    let (changed, effects) = put(&mut run, &MapExpanded { stage: "files", attempt: 1, children: Ok(0) });
+    let (changed, effects) =
+        put(&mut run, &MapExpanded { stage: "files", attempt: 1, children: Ok(0), lists: LISTS.into() });
     assert_eq!((changed, effects), (true, vec!["submit report#1".to_owned()]));
     let attempt = run.stages["files"].current().unwrap();
     assert_eq!(attempt.status, StageStatus::Succeeded);
@@ -155,10 +159,10 @@ fn a_map_without_items_succeeds_at_once_and_says_so() {
 fn a_map_whose_items_cannot_be_listed_fails_the_run_saying_why() {
     let mut run = started(&mapped(0, None));
     let why = "{inputPrefix} names no run parameter (there are: runId)".to_owned();
-    put(&mut run, &MapExpanded { stage: "files", attempt: 1, children: Err(why.clone()) });
+    put(&mut run, &MapExpanded { stage: "files", attempt: 1, children: Err(why.clone()), lists: LISTS.into() });
     assert_eq!(run.status, RunStatus::Failed);
     assert_eq!(run.reason, Some(format!("stage files: {why}")));
-    let too_many = MapExpanded { stage: "files", attempt: 1, children: Ok(100_001) };
+    let too_many = MapExpanded { stage: "files", attempt: 1, children: Ok(100_001), lists: LISTS.into() };
     let mut run = started(&mapped(0, None));
     put(&mut run, &too_many);
     assert!(run.reason.unwrap().contains("more than the 100000 a map may have"));
@@ -167,7 +171,8 @@ fn a_map_whose_items_cannot_be_listed_fails_the_run_saying_why() {
 #[test]
 fn max_concurrency_submits_one_array_at_a_time_and_none_once_the_failures_passed_the_tolerance() {
     let mut run = started(&mapped(1, Some(500)));
-    let (_, effects) = put(&mut run, &MapExpanded { stage: "files", attempt: 1, children: Ok(1_200) });
+    let (_, effects) =
+        put(&mut run, &MapExpanded { stage: "files", attempt: 1, children: Ok(1_200), lists: LISTS.into() });
     assert_eq!(effects, ["submit files#1 array 0"], "the next array waits for this one's end");
     put(&mut run, &ArraySubmitted { stage: "files", attempt: 1, array: 0, job_id: "p0" });
     assert_eq!(put(&mut run, &Resume).1, Vec::<String>::new());
@@ -188,7 +193,7 @@ fn max_concurrency_submits_one_array_at_a_time_and_none_once_the_failures_passed
 #[test]
 fn an_array_reported_before_its_submission_was_recorded_is_found_by_its_name_and_recorded_once() {
     let mut run = started(&mapped(0, None));
-    put(&mut run, &MapExpanded { stage: "files", attempt: 1, children: Ok(3) });
+    put(&mut run, &MapExpanded { stage: "files", attempt: 1, children: Ok(3), lists: LISTS.into() });
     let name = run.stages["files"].current().unwrap().map.as_ref().unwrap().arrays[0].job_name.clone();
     let early = parent("p0", "RUNNING", json!({"jobName": name}));
     assert!(changed(&mut run, &early).0);
@@ -201,7 +206,7 @@ fn an_array_reported_before_its_submission_was_recorded_is_found_by_its_name_and
 #[test]
 fn a_cancelled_map_stops_its_open_arrays_and_ends_cancelled_with_the_last_of_them() {
     let mut run = started(&mapped(0, Some(2)));
-    put(&mut run, &MapExpanded { stage: "files", attempt: 1, children: Ok(5) });
+    put(&mut run, &MapExpanded { stage: "files", attempt: 1, children: Ok(5), lists: LISTS.into() });
     put(&mut run, &ArraySubmitted { stage: "files", attempt: 1, array: 0, job_id: "p0" });
     let (_, effects) = put(&mut run, &CancelRequested);
     assert_eq!(

@@ -199,7 +199,8 @@ impl RunDriver<'_> {
     /// Asks the map worker for a map attempt's S3 work.
     async fn ask_map_worker(&self, run: &Run, action: MapAction, stage: String, attempt: u32) -> Result<(), Error> {
         info!(run_id = %run.run_id, stage, attempt, ?action, "asking the map worker");
-        let work = MapWork { action, run_id: run.run_id.clone(), stage, attempt };
+        let stack = self.configs.get().await?.name_prefix.clone();
+        let work = MapWork { stack, action, run_id: run.run_id.clone(), stage, attempt };
         self.announcer.map_work(&work).await
     }
 

@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use crate::model::job_request::{
     digest, job_name, JobRequest, RequestError, PIPELINE_TAG, RUN_TAG, STAGE_TAG, TRIGGER_TAG,
 };
-use crate::model::map::item_list_uri;
 use crate::model::pipeline::{attempt_key, Pipeline, ON_FAILURE};
 use crate::model::run::map::array_key;
 use crate::model::run::{Attempt, Run, RunInput};
@@ -82,17 +81,16 @@ pub fn array_job(
         |reason: String| Error::Unsubmittable { run_id: run.run_id.clone(), stage: stage.to_owned(), reason };
     let map = attempt.map.as_ref().ok_or_else(|| unsubmittable("the attempt is not a map's".into()))?;
     let slot = map.arrays.get(array).ok_or_else(|| unsubmittable(format!("the map has no array {array}")))?;
-    let run_data =
-        config.roles.names.run_data_uri(&run.run_id).ok_or_else(|| {
-            unsubmittable("a map stage needs the configuration's InputBucket and RunDataPrefix".into())
-        })?;
+    if map.lists.is_empty() {
+        return Err(unsubmittable("the map's item lists were never written".into()));
+    }
     let mut request = stage_job(config, run, stage, attempt)?;
     let key = array_key(&run.run_id, stage, attempt.number, array);
     request.job_name = slot.job_name.clone();
     request.origin = key.clone();
     request.idempotency_key = key;
     request.array_size = (slot.size > 1).then_some(slot.size as u32);
-    request.environment.insert("BATCHLINE_ITEMS".into(), item_list_uri(&run_data, stage, attempt.number, array));
+    request.environment.insert("BATCHLINE_ITEMS".into(), map.item_list(array));
     request.environment.insert("BATCHLINE_MAP_SIZE".into(), map.children.unwrap_or(0).to_string());
     Ok(request)
 }

@@ -1,0 +1,119 @@
+//! Closing a map: its children's outcomes read from Batch (only the failed ones are listed), `results.jsonl` written beside the item lists, and the failed children handed to the run.
+//!
+//! `results.jsonl` has one line per child in index order: `{"index", "status", "items"}`,
+//! `status` being `SUCCEEDED`, `FAILED`, or `NOT_RUN` (its array was never submitted: the
+//! map had already failed past its tolerance). The run's record lists at most
+//! [`MAX_LISTED_FAILURES`] failed children and 8 KB of them; when there are more, every
+//! one is in `failed.jsonl` and the record points at it.
+
+use std::collections::BTreeMap;
+
+use batchline::model::map::{failed_items_uri, results_uri, ChildLine, S3Location};
+use batchline::model::run::map::MAX_LISTED_FAILURES;
+use batchline::model::run::{FailedChild, MapProgress, StageStatus};
+use batchline::model::stack::StackConfig;
+use batchline::Error;
+use serde_json::json;
+
+use crate::children::{ArrayChildren, ChildEnd};
+use crate::expand::MAX_MANIFEST_BYTES;
+use crate::objects::Objects;
+use crate::Outcome;
+
+/// The most bytes of failed children a run's record holds.
+pub const MAX_LISTED_FAILURE_BYTES: usize = 8 * 1024;
+
+/// What a close found: the failed children the run lists, and where all are.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Closing {
+    pub failed_items: Vec<FailedChild>,
+    pub failed_items_uri: Option<String>,
+}
+
+/// Reads how `map`'s children ended and writes its results under `run_id`'s folder for
+/// `stage`. `Ok(Err(why))`: its item lists are gone, so no results can be written.
+pub async fn close(
+    objects: &dyn Objects,
+    batch: &dyn ArrayChildren,
+    config: &StackConfig,
+    run_id: &str,
+    stage: &str,
+    map: &MapProgress,
+) -> Outcome<Closing> {
+    let Some(run_data) = config.roles.names.run_data_uri(run_id) else {
+        return Ok(Err("a map stage needs the configuration's InputBucket and RunDataPrefix".into()));
+    };
+    let mut results = String::new();
+    let mut failed = Vec::new();
+    for (k, array) in map.arrays.iter().enumerate() {
+        let list = S3Location::parse(&map.item_list(k)).map_err(Error::InvalidEvent)?;
+        let lines = match objects.read(&list, MAX_MANIFEST_BYTES).await {
+            Ok(text) => text,
+            Err(Error::Aws { code, .. }) if code == "NoSuchKey" => {
+                return Ok(Err(format!("the item list {} is gone: the map's results cannot be written", list.uri())))
+            }
+            Err(err) => return Err(err),
+        };
+        let ends: BTreeMap<usize, ChildEnd> = match (&array.job_id, array.failed) {
+            (Some(parent), 1..) if array.size > 1 => batch.failed(parent).await?,
+            (Some(job), 1..) => BTreeMap::from([(0, batch.plain(job).await?)]),
+            _ => BTreeMap::new(),
+        };
+        let never_ran = array.job_id.is_none() || array.status == StageStatus::Skipped;
+        for (i, text) in lines.lines().filter(|l| !l.is_empty()).enumerate() {
+            let line: ChildLine =
+                serde_json::from_str(text).map_err(|e| Error::InvalidEvent(format!("{}: {e}", list.uri())))?;
+            let status = match ends.get(&i) {
+                _ if never_ran => "NOT_RUN",
+                Some(end) => {
+                    let (exit_code, reason) = (end.exit_code, end.reason.clone());
+                    failed.push(FailedChild { index: line.index, items: line.items.clone(), exit_code, reason });
+                    "FAILED"
+                }
+                None => "SUCCEEDED",
+            };
+            results.push_str(&json!({"index": line.index, "status": status, "items": line.items}).to_string());
+            results.push('\n');
+        }
+    }
+    let at = |uri: String| S3Location::parse(&uri).map_err(Error::InvalidEvent);
+    objects.write(&at(results_uri(&run_data, stage))?, results).await?;
+    let listed = listed(&failed);
+    let failed_items_uri = if listed < failed.len() {
+        let uri = failed_items_uri(&run_data, stage);
+        let all: String = failed.iter().map(|f| format!("{}\n", json!(f))).collect();
+        objects.write(&at(uri.clone())?, all).await?;
+        Some(uri)
+    } else {
+        None
+    };
+    failed.truncate(listed);
+    Ok(Ok(Closing { failed_items: failed, failed_items_uri }))
+}
+
+/// How many of the failed children the run's record lists: at most
+/// [`MAX_LISTED_FAILURES`], within [`MAX_LISTED_FAILURE_BYTES`].
+fn listed(failed: &[FailedChild]) -> usize {
+    let mut bytes = 0;
+    let within = failed.iter().take(MAX_LISTED_FAILURES).take_while(|f| {
+        bytes += json!(f).to_string().len();
+        bytes <= MAX_LISTED_FAILURE_BYTES
+    });
+    within.count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_record_lists_at_most_a_hundred_failed_children_and_eight_kilobytes_of_them() {
+        let child =
+            |index, item: &str| FailedChild { index, items: vec![json!(item)], exit_code: Some(1), reason: None };
+        let small: Vec<FailedChild> = (0..150).map(|i| child(i, "s3://b/k")).collect();
+        assert_eq!(listed(&small), MAX_LISTED_FAILURES);
+        let large: Vec<FailedChild> = (0..50).map(|i| child(i, &"x".repeat(500))).collect();
+        assert_eq!(listed(&large), 14, "8 KB of ~560-byte lines");
+        assert_eq!(listed(&small[..3]), 3);
+    }
+}

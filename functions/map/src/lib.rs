@@ -1,0 +1,154 @@
+//! `batchline-map`: the map worker — the S3 work of map stages, done outside the run driver and the API's 30 seconds.
+//!
+//! The run engine asks for it with a "Batchline Map Work" event (`ExpandMap`, `CloseMap`
+//! effects, put on the default bus by whichever function drives the run); a rule sends
+//! those to this function's queue. For each message it loads the run, does the work only
+//! if the run still awaits it — an expansion ([`expand`]: list the items, write the item
+//! lists) or a close ([`close`]: read the failed children, write `results.jsonl`) — and
+//! answers the run through the run driver, which records the answer once (conditionally
+//! on the version it read) and carries out what follows: the arrays submitted, the next
+//! stages planned and submitted, the run announced.
+//!
+//! Why a fourth function: the S3 client would not fit the other functions' zip goals, and
+//! the work may take longer than the API allows. Exactly once however often it is asked:
+//! work the run no longer awaits is dropped; two workers racing both write (each its own
+//! item lists), and the run keeps the first answer. What resumes work that failed or ran
+//! out of time is the message itself: it was not deleted, so SQS delivers it again after
+//! its visibility timeout, and after five tries it goes to the dead-letter queue (whose
+//! alarm says so) while the run stays where it was, to be redriven or cancelled.
+
+pub mod children;
+pub mod close;
+pub mod expand;
+pub mod objects;
+
+use aws_config::SdkConfig;
+use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
+use batchline::model::job_request::digest;
+use batchline::model::map::{MapAction, MapWork};
+use batchline::model::run::map::{MapClosed, MapExpanded};
+use batchline::services::ports::Clock;
+use batchline::store::Holder;
+use batchline::wiring::{invocation_holder, AwsPorts};
+use batchline::{Error, Settings};
+use lambda_runtime::LambdaEvent;
+use tracing::{info, warn};
+
+use children::{ArrayChildren, SdkArrayChildren};
+use objects::{Objects, S3Objects};
+
+/// What a piece of work came to: done (`Ok(Ok)`), impossible for good (`Ok(Err(why))`,
+/// which fails the stage), or worth another try (`Err`).
+pub type Outcome<T> = Result<Result<T, String>, Error>;
+
+/// The AWS adapters, built once per container.
+pub struct Clients {
+    pub ports: AwsPorts,
+    pub objects: Box<dyn Objects>,
+    pub children: Box<dyn ArrayChildren>,
+}
+
+impl Clients {
+    pub fn new(sdk: &SdkConfig, settings: &Settings) -> Self {
+        Clients {
+            ports: AwsPorts::new(sdk, settings),
+            objects: Box::new(S3Objects::new(s3_client(sdk))),
+            children: Box::new(SdkArrayChildren::new(aws_sdk_batch::Client::new(sdk))),
+        }
+    }
+}
+
+/// The S3 client: addressing buckets by path when an endpoint is given (an emulator's, which
+/// has no per-bucket host names), by host name on AWS.
+pub fn s3_client(sdk: &SdkConfig) -> aws_sdk_s3::Client {
+    let config = aws_sdk_s3::config::Builder::from(sdk).force_path_style(sdk.endpoint_url().is_some()).build();
+    aws_sdk_s3::Client::from_conf(config)
+}
+
+/// Handles an SQS batch of "Batchline Map Work" events: the messages whose work failed, or
+/// that are not such events, are reported for redelivery (and, in the end, the
+/// dead-letter queue); the rest are done.
+pub async fn handle(
+    event: LambdaEvent<SqsEvent>,
+    clients: &Clients,
+    _settings: &Settings,
+) -> Result<SqsBatchResponse, lambda_runtime::Error> {
+    let holder = invocation_holder(&event.context);
+    // Tells this invocation's item lists apart from another's (see `expand`).
+    let token = digest(&event.context.request_id, 12);
+    let mut response = SqsBatchResponse::default();
+    for message in &event.payload.records {
+        let id = message.message_id.clone().unwrap_or_default();
+        let done = match work_of(message) {
+            Ok(work) => do_work(clients, &holder, &token, &work).await,
+            Err(why) => Err(Error::InvalidEvent(why)),
+        };
+        if let Err(err) = done {
+            warn!(message_id = id, error = %err, "map work not done; it comes back");
+            let mut failure = BatchItemFailure::default();
+            failure.item_identifier = id;
+            response.batch_item_failures.push(failure);
+        }
+    }
+    Ok(response)
+}
+
+/// The work a message asks for: its body is the EventBridge event, the work its detail.
+pub fn work_of(message: &SqsMessage) -> Result<MapWork, String> {
+    let body = message.body.as_deref().ok_or("a message without a body")?;
+    let event: serde_json::Value = serde_json::from_str(body).map_err(|e| format!("not JSON: {e}"))?;
+    serde_json::from_value(event["detail"].clone()).map_err(|e| format!("not a Batchline Map Work event: {e}"))
+}
+
+/// Does one piece of map work if the run still awaits it, and answers the run.
+pub async fn do_work(clients: &Clients, holder: &Holder, token: &str, work: &MapWork) -> Result<(), Error> {
+    let driver = clients.ports.driver(holder);
+    let Some(record) = driver.load(&work.run_id).await? else {
+        info!(run_id = work.run_id, "the run is gone; nothing to do");
+        return Ok(());
+    };
+    let run = &record.run;
+    let this = (work.stage.clone(), work.attempt);
+    let config = clients.ports.configs.get().await?;
+    let answered = match work.action {
+        MapAction::Expand => {
+            if !run.maps_to_expand().contains(&this) {
+                info!(run_id = run.run_id, stage = work.stage, "the map is expanded already, or given up");
+                return Ok(());
+            }
+            let expanded =
+                expand::expand(clients.objects.as_ref(), &config, run, &work.stage, work.attempt, token).await?;
+            let (children, lists) = match expanded {
+                Ok(expansion) => (Ok(expansion.children), expansion.lists),
+                Err(why) => (Err(why), String::new()),
+            };
+            info!(run_id = run.run_id, stage = work.stage, attempt = work.attempt, ?children, "map expanded");
+            let answer = MapExpanded { stage: &work.stage, attempt: work.attempt, children, lists };
+            driver.answer_map_work(&run.run_id, &answer, clients.ports.clock.now_ms()).await?
+        }
+        MapAction::Close => {
+            let map = run.current_attempt(&work.stage).and_then(|a| a.map.clone());
+            let Some(map) = map.filter(|_| run.maps_to_close().contains(&this)) else {
+                info!(run_id = run.run_id, stage = work.stage, "the map is closed already, or given up");
+                return Ok(());
+            };
+            let objects = clients.objects.as_ref();
+            let closing = close::close(objects, clients.children.as_ref(), &config, &run.run_id, &work.stage, &map);
+            let (failed_items, failed_items_uri) = match closing.await? {
+                Ok(closing) => (closing.failed_items, closing.failed_items_uri),
+                // Without results the map is still judged by its counts.
+                Err(why) => {
+                    warn!(run_id = run.run_id, stage = work.stage, why, "the map's results could not be written");
+                    (vec![], None)
+                }
+            };
+            info!(run_id = run.run_id, stage = work.stage, failed = map.failed(), "map closed");
+            let answer = MapClosed { stage: &work.stage, attempt: work.attempt, failed_items, failed_items_uri };
+            driver.answer_map_work(&run.run_id, &answer, clients.ports.clock.now_ms()).await?
+        }
+    };
+    if !answered {
+        info!(run_id = run.run_id, stage = work.stage, "another worker answered first");
+    }
+    Ok(())
+}

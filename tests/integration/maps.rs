@@ -1,0 +1,388 @@
+//! Map stages against the emulator: the real functions (submit's API, job-events, the map worker), the template's map lane on the default bus, S3 and Batch arrays played child by child.
+//!
+//! The run's job events are handed to job-events as the runs lane would deliver them:
+//! every event but the array children's (the lane's pattern leaves them out; that pattern
+//! is checked in `template.rs` and `job_events.rs`).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use batchline_testkit::emulator::{sdk_config, unique_name, Principal};
+use batchline_testkit::invocation;
+use batchline_testkit::lanes::{map_lane, WiredLane};
+use batchline_testkit::player::{Delivery, Player, StateChange};
+use serde_json::{json, Value};
+
+use crate::common::{job_events_invocation, Deployed};
+
+const QUEUE_ARN: &str = "arn:aws:sqs:us-east-1:123456789012:batchline-job-events";
+
+fn pipelines() -> Value {
+    json!({
+        "JobDefinitions": {"default": {}},
+        "Pipelines": {
+            "thumbnails": {"Stages": {
+                "resize": {"JobDefinition": "default",
+                           "Map": {"Prefix": "s3://{inputBucket}/{inputPrefix}", "Suffix": ".jpg"}},
+                "report": {"JobDefinition": "default", "After": "resize"}
+            }},
+            "listed": {"Stages": {
+                "each": {"JobDefinition": "default", "Map": {"Manifest": "s3://{inputBucket}/lists/{list}", "ItemsPerChild": "10"}},
+                "report": {"JobDefinition": "default", "After": "each"}
+            }},
+            "tolerant": {"Stages": {
+                "each": {"JobDefinition": "default", "Map": {"Items": "files", "ToleratedFailures": "2", "MaxConcurrency": "4"},
+                         "Parameters": {"play_children": "3=exit:2,7=exit:1"}},
+                "report": {"JobDefinition": "default", "After": "each"}
+            }},
+            "intolerant": {"Stages": {
+                "each": {"JobDefinition": "default", "Map": {"Items": "files", "ToleratedFailures": "2"},
+                         "Parameters": {"play_children": "1=exit:2,2=exit:2,5=oom"}},
+                "report": {"JobDefinition": "default", "After": "each"}
+            }},
+            "chained": {"Stages": {
+                "produce": {"JobDefinition": "default"},
+                "each": {"JobDefinition": "default", "After": "produce", "Map": {"Prefix": "{runData}produce/"}},
+                "report": {"JobDefinition": "default", "After": "each"}
+            }}
+        }
+    })
+}
+
+/// A stack with map pipelines, its input bucket, the functions, the map lane and the player.
+struct Harness {
+    env: Deployed,
+    bucket: String,
+    s3: aws_sdk_s3::Client,
+    sqs: aws_sdk_sqs::Client,
+    map_lane: WiredLane,
+    submit: batchline_submit::Clients,
+    job_events: batchline_job_events::Clients,
+    map: batchline_map::Clients,
+    player: Player,
+}
+
+impl Harness {
+    async fn new(test: &str) -> Harness {
+        let sdk = sdk_config().await;
+        let s3 = batchline_map::s3_client(&sdk);
+        let bucket = unique_name(&format!("{test}-in")).to_lowercase();
+        s3.create_bucket().bucket(&bucket).send().await.unwrap();
+        let mut properties = pipelines();
+        properties["Roles"] = json!({"InputBucket": bucket});
+        let env = Deployed::new(test, properties).await;
+        let sqs = aws_sdk_sqs::Client::new(&env.sdk);
+        let events = aws_sdk_eventbridge::Client::new(&env.sdk);
+        let map_lane =
+            map_lane(&env.name).unwrap().wire(&sqs, &events, "default", &format!("{}-map", env.name)).await.unwrap();
+        let map = batchline_map::Clients::new(&env.sdk_as(Principal::Map), &env.settings);
+        Harness {
+            submit: batchline_submit::Clients::new(&env.sdk_as(Principal::Submit), &env.settings),
+            job_events: batchline_job_events::Clients::new(&env.sdk_as(Principal::JobEvents), &env.settings),
+            map,
+            player: Player::new(&env.sdk),
+            env,
+            bucket,
+            s3,
+            sqs,
+            map_lane,
+        }
+    }
+
+    async fn put(&self, key: &str, body: &str) {
+        self.s3.put_object().bucket(&self.bucket).key(key).body(body.as_bytes().to_vec().into()).send().await.unwrap();
+    }
+
+    async fn read(&self, uri: &str) -> String {
+        let (bucket, key) = uri.strip_prefix("s3://").unwrap().split_once('/').unwrap();
+        let object = self.s3.get_object().bucket(bucket).key(key).send().await.unwrap();
+        String::from_utf8(object.body.collect().await.unwrap().to_vec()).unwrap()
+    }
+
+    async fn api(&self, method: &str, path: &str, body: Value) -> (u16, Value) {
+        let request = json!({
+            "version": "2.0", "rawPath": path, "headers": {"content-type": "application/json"},
+            "requestContext": {"http": {"method": method, "path": path}},
+            "body": if body.is_null() { String::new() } else { body.to_string() }, "isBase64Encoded": false
+        });
+        let answer = batchline_submit::handle(invocation(request), &self.submit).await.unwrap();
+        (answer["statusCode"].as_u64().unwrap() as u16, serde_json::from_str(answer["body"].as_str().unwrap()).unwrap())
+    }
+
+    async fn start(&self, pipeline: &str, parameters: Value) -> String {
+        let (status, body) =
+            self.api("POST", &format!("/pipelines/{pipeline}/runs"), json!({"parameters": parameters})).await;
+        assert_eq!(status, 202, "{body}");
+        body["runId"].as_str().unwrap().to_owned()
+    }
+
+    async fn run(&self, run_id: &str) -> Value {
+        let (status, body) = self.api("GET", &format!("/runs/{run_id}"), Value::Null).await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    /// Hands the map lane's messages to the map worker until the queue is empty; how many
+    /// pieces of work it did.
+    async fn work_maps(&self) -> usize {
+        let mut done = 0;
+        loop {
+            let received = self
+                .sqs
+                .receive_message()
+                .queue_url(&self.map_lane.queue_url)
+                .max_number_of_messages(10)
+                .send()
+                .await
+                .unwrap();
+            let messages = received.messages();
+            if messages.is_empty() {
+                return done;
+            }
+            for message in messages {
+                let record = batchline_testkit::player::sqs_record(
+                    message.message_id().unwrap(),
+                    message.body().unwrap(),
+                    &self.map_lane.queue_arn,
+                );
+                let event: aws_lambda_events::sqs::SqsEvent =
+                    serde_json::from_value(json!({"Records": [record]})).unwrap();
+                let call = invocation(json!({}));
+                let answer = batchline_map::handle(
+                    lambda_runtime::LambdaEvent::new(event, call.context),
+                    &self.map,
+                    &self.env.settings,
+                )
+                .await
+                .unwrap();
+                assert!(answer.batch_item_failures.is_empty(), "the map worker failed its work");
+                self.sqs
+                    .delete_message()
+                    .queue_url(&self.map_lane.queue_url)
+                    .receipt_handle(message.receipt_handle().unwrap())
+                    .send()
+                    .await
+                    .unwrap();
+                done += 1;
+            }
+        }
+    }
+
+    /// Hands the run's job events to job-events as the runs lane would (children left
+    /// out), each `times` times, shuffled.
+    async fn deliver(&self, changes: &[StateChange], times: usize) {
+        let parents: Vec<StateChange> =
+            changes.iter().filter(|c| c.event["detail"]["arrayProperties"]["index"].is_null()).cloned().collect();
+        let delivery = Delivery::of(&parents).repeated(times).shuffled(7);
+        for batch in delivery.sqs_batches(QUEUE_ARN, 10) {
+            let answer = batchline_job_events::handle(
+                job_events_invocation(invocation(batch)),
+                &self.job_events,
+                &self.env.settings,
+            )
+            .await
+            .unwrap();
+            assert_eq!(answer["batchItemFailures"], json!([]), "{answer}");
+        }
+    }
+
+    /// Works the maps and plays the queue until nothing new happens: every job played,
+    /// settled in the emulator, and its events delivered (`times` times each).
+    async fn play_to_the_end(&mut self, times: usize) -> Vec<StateChange> {
+        let mut all = Vec::new();
+        for _ in 0..20 {
+            let worked = self.work_maps().await;
+            let changes = self.player.play_queue(&self.env.queue_arn("default")).await.unwrap();
+            if worked == 0 && changes.is_empty() {
+                return all;
+            }
+            self.player.settle(&changes).await.unwrap();
+            self.deliver(&changes, times).await;
+            all.extend(changes);
+        }
+        panic!("the run did not settle in 20 rounds");
+    }
+
+    /// The run's jobs in Batch (parents and plain jobs), oldest first.
+    async fn jobs(&self) -> Vec<aws_sdk_batch::types::JobDetail> {
+        self.env.jobs_in("default").await
+    }
+}
+
+/// The items of child `index` as a child finds them: line `AWS_BATCH_JOB_ARRAY_INDEX` of the
+/// list its job's `BATCHLINE_ITEMS` names (line 0 for a plain job) — the book's example job,
+/// step by step.
+async fn items_of_child(h: &Harness, job: &aws_sdk_batch::types::JobDetail, array_index: usize) -> (usize, Vec<Value>) {
+    let environment = job.container().unwrap().environment();
+    let items_uri = environment.iter().find(|v| v.name() == Some("BATCHLINE_ITEMS")).unwrap().value().unwrap();
+    let list = h.read(items_uri).await;
+    let line: Value = serde_json::from_str(list.lines().nth(array_index).unwrap()).unwrap();
+    (line["index"].as_u64().unwrap() as usize, line["items"].as_array().unwrap().clone())
+}
+
+fn environment_of(job: &aws_sdk_batch::types::JobDetail, name: &str) -> Option<String> {
+    let environment = job.container()?.environment();
+    environment.iter().find(|v| v.name() == Some(name)).and_then(|v| v.value()).map(str::to_owned)
+}
+
+#[tokio::test]
+async fn a_map_over_250_objects_gives_every_object_to_exactly_one_child_and_runs_the_next_stage_once() {
+    let mut h = Harness::new("map-prefix").await;
+    for i in 0..250 {
+        h.put(&format!("photos/2026-12-06/img-{i:03}.jpg"), "jpeg").await;
+    }
+    // Not items: another suffix, the marker, another folder.
+    h.put("photos/2026-12-06/notes.txt", "x").await;
+    h.put("photos/2026-12-06/_SUCCESS", "").await;
+    h.put("photos/2026-12-07/img-000.jpg", "jpeg").await;
+    let run_id = h.start("thumbnails", json!({"inputBucket": h.bucket, "inputPrefix": "photos/2026-12-06/"})).await;
+    assert!(h.jobs().await.is_empty(), "nothing is submitted before the items are listed");
+
+    // The map worker lists the prefix once and the array is submitted, once.
+    assert_eq!(h.work_maps().await, 1);
+    assert_eq!(h.work_maps().await, 0);
+    let jobs = h.jobs().await;
+    assert_eq!(jobs.len(), 1, "one array job");
+    let array = &jobs[0];
+    assert_eq!(array.array_properties().and_then(|a| a.size()), Some(250));
+    assert_eq!(environment_of(array, "BATCHLINE_MAP_SIZE").as_deref(), Some("250"));
+    let mut seen = BTreeSet::new();
+    for child in 0..250 {
+        let (index, items) = items_of_child(&h, array, child).await;
+        assert_eq!(index, child, "one array: its children's map indexes are their array indexes");
+        assert_eq!(items.len(), 1);
+        assert!(seen.insert(items[0].as_str().unwrap().to_owned()), "an object given twice");
+    }
+    let expected: BTreeSet<String> =
+        (0..250).map(|i| format!("s3://{}/photos/2026-12-06/img-{i:03}.jpg", h.bucket)).collect();
+    assert_eq!(seen, expected, "exactly the objects the prefix holds with the suffix");
+
+    // Played to the end, each parent event delivered twice, shuffled.
+    let changes = h.play_to_the_end(2).await;
+    assert!(changes.iter().filter(|c| !c.event["detail"]["arrayProperties"]["index"].is_null()).count() >= 250);
+    let run = h.run(&run_id).await;
+    assert_eq!(run["status"], "SUCCEEDED", "{run}");
+    let map = &run["stages"]["resize"]["map"];
+    assert_eq!(
+        (map["children"].clone(), map["succeeded"].clone(), map["failed"].clone()),
+        (json!(250), json!(250), json!(0))
+    );
+    let reports: Vec<_> =
+        h.jobs().await.into_iter().filter(|j| j.tags().unwrap()["batchline:stage"] == "report").collect();
+    assert_eq!(reports.len(), 1, "the stage after the map ran once");
+    let results = h.read(&format!("{}resize/_batchline/results.jsonl", run["runData"].as_str().unwrap())).await;
+    assert_eq!(results.lines().count(), 250);
+    assert!(results.lines().all(|l| serde_json::from_str::<Value>(l).unwrap()["status"] == "SUCCEEDED"));
+}
+
+#[tokio::test]
+async fn failures_within_the_tolerance_succeed_listing_each_and_past_it_fail_the_run() {
+    let mut h = Harness::new("map-tolerance").await;
+    let files: Vec<String> = (0..10).map(|i| format!("file-{i}")).collect();
+    let files = serde_json::to_string(&files).unwrap();
+
+    // Two children fail, two are tolerated; MaxConcurrency 4: arrays of 4, 4 and 2, one at a time.
+    let run_id = h.start("tolerant", json!({"files": files})).await;
+    h.work_maps().await;
+    assert_eq!(h.jobs().await.len(), 1, "MaxConcurrency 4: one array of four, the next once it has ended");
+    let changes = h.play_to_the_end(2).await;
+    let run = h.run(&run_id).await;
+    assert_eq!(run["status"], "SUCCEEDED", "{run}");
+    let map = &run["stages"]["each"]["map"];
+    assert_eq!(
+        (map["children"].clone(), map["arrays"].clone(), map["failed"].clone()),
+        (json!(10), json!(3), json!(2))
+    );
+    let failed: BTreeMap<u64, (Value, Value)> = map["failedItems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["index"].as_u64().unwrap(), (f["items"].clone(), f["exitCode"].clone())))
+        .collect();
+    assert_eq!(
+        failed,
+        BTreeMap::from([(3, (json!(["file-3"]), json!(2))), (7, (json!(["file-7"]), json!(2)))]),
+        "each failed child with its items and exit code (the player's play_children go by array index: \
+         child 3 of the first two arrays of four, map indexes 3 and 7, exit 2)"
+    );
+    let parents: Vec<_> =
+        h.jobs().await.into_iter().filter(|j| j.tags().unwrap()["batchline:stage"] == "each").collect();
+    assert_eq!(
+        parents.iter().map(|j| j.array_properties().and_then(|a| a.size())).collect::<Vec<_>>(),
+        [Some(4), Some(4), Some(2)]
+    );
+    let reports = h.jobs().await.into_iter().filter(|j| j.tags().unwrap()["batchline:stage"] == "report").count();
+    assert_eq!(reports, 1);
+    let results = h.read(&format!("{}each/_batchline/results.jsonl", run["runData"].as_str().unwrap())).await;
+    let statuses: Vec<(u64, String)> = results
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .map(|l| (l["index"].as_u64().unwrap(), l["status"].as_str().unwrap().to_owned()))
+        .collect();
+    let expected: Vec<(u64, String)> =
+        (0..10).map(|i| (i, if i == 3 || i == 7 { "FAILED" } else { "SUCCEEDED" }.to_owned())).collect();
+    assert_eq!(statuses, expected);
+    assert!(!changes.is_empty());
+
+    // Three failures, two tolerated: the run fails, and the stage after never runs.
+    let failing = h.start("intolerant", json!({"files": files})).await;
+    h.play_to_the_end(1).await;
+    let run = h.run(&failing).await;
+    assert_eq!(run["status"], "FAILED", "{run}");
+    assert_eq!(run["reason"], "stage each: 3 of 10 children failed; ToleratedFailures allows 2");
+    assert_eq!(run["stages"]["report"]["status"], "SKIPPED");
+}
+
+#[tokio::test]
+async fn a_manifest_gives_ten_items_a_child_and_an_empty_one_no_children() {
+    let mut h = Harness::new("map-manifest").await;
+    let lines: Vec<String> = (0..25).map(|i| format!("row-{i}")).collect();
+    h.put("lists/today.txt", &lines.join("\n")).await;
+    h.put("lists/empty.txt", "").await;
+
+    let run_id = h.start("listed", json!({"inputBucket": h.bucket, "list": "today.txt"})).await;
+    h.work_maps().await;
+    let array = h.jobs().await.remove(0);
+    assert_eq!(array.array_properties().and_then(|a| a.size()), Some(3), "25 items, 10 a child");
+    assert_eq!(items_of_child(&h, &array, 2).await, (2, (20..25).map(|i| json!(format!("row-{i}"))).collect()));
+    h.play_to_the_end(1).await;
+    assert_eq!(h.run(&run_id).await["status"], "SUCCEEDED");
+
+    // No items: the stage succeeds at once, saying so, and the next one runs.
+    let empty = h.start("listed", json!({"inputBucket": h.bucket, "list": "empty.txt"})).await;
+    h.play_to_the_end(1).await;
+    let run = h.run(&empty).await;
+    assert_eq!(run["status"], "SUCCEEDED", "{run}");
+    assert_eq!(run["stages"]["each"]["map"]["children"], 0);
+    assert_eq!(run["stages"]["each"]["attempts"][0]["reason"], "the map had no items: no children ran");
+
+    // A manifest that is not there fails the stage, naming it.
+    let missing = h.start("listed", json!({"inputBucket": h.bucket, "list": "nope.txt"})).await;
+    h.play_to_the_end(1).await;
+    let run = h.run(&missing).await;
+    assert_eq!(run["status"], "FAILED");
+    assert!(run["reason"].as_str().unwrap().contains("NoSuchKey"), "{run}");
+    // A placeholder the run has no parameter for is refused when the run is started.
+    let (status, body) =
+        h.api("POST", "/pipelines/listed/runs", json!({"parameters": {"inputBucket": h.bucket}})).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("stage each maps over {list}"), "{body}");
+}
+
+#[tokio::test]
+async fn a_map_covers_what_an_earlier_stage_wrote_to_the_runs_data_folder() {
+    let mut h = Harness::new("map-rundata").await;
+    let run_id = h.start("chained", json!({})).await;
+    let run_data = h.run(&run_id).await["runData"].as_str().unwrap().to_owned();
+    // produce writes three outputs, as a stage writes under $BATCHLINE_RUN_DATA<stage>/.
+    let folder = run_data.strip_prefix(&format!("s3://{}/", h.bucket)).unwrap().to_owned();
+    for part in ["a", "b", "c"] {
+        h.put(&format!("{folder}produce/{part}.csv"), part).await;
+    }
+    h.play_to_the_end(1).await;
+    let run = h.run(&run_id).await;
+    assert_eq!(run["status"], "SUCCEEDED", "{run}");
+    assert_eq!(run["stages"]["each"]["map"]["children"], 3);
+    let array = h.jobs().await.into_iter().find(|j| j.tags().unwrap()["batchline:stage"] == "each").unwrap();
+    let (_, items) = items_of_child(&h, &array, 1).await;
+    assert_eq!(items, [json!(format!("{run_data}produce/b.csv"))]);
+}
