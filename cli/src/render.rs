@@ -186,7 +186,40 @@ pub fn run(view: &Value) -> String {
     if !view["onFailure"].is_null() {
         stage_row("on-failure".to_owned(), 0, &view["onFailure"]);
     }
-    out + &table(&["STAGE", "STATUS", "SIZE", "ATTEMPTS", "DURATION", "COST"], &rows)
+    out += &table(&["STAGE", "STATUS", "SIZE", "ATTEMPTS", "DURATION", "COST"], &rows);
+    for (name, _) in dag_order(stages) {
+        out.push_str(&map_line(&name, &stages[&name]["map"]));
+    }
+    out
+}
+
+/// A map stage's children: `map NAME: a succeeded / b failed / c running / d waiting of N`,
+/// then its failed children as listed (nothing for a stage that is no map).
+fn map_line(name: &str, map: &Value) -> String {
+    if !map.is_object() {
+        return String::new();
+    }
+    let children = map["children"].as_u64().map_or("?".to_owned(), |n| n.to_string());
+    let mut line = format!(
+        "map {name}: {} succeeded / {} failed / {} running / {} waiting of {children}\n",
+        text(&map["succeeded"]),
+        text(&map["failed"]),
+        text(&map["running"]),
+        text(&map["waiting"]),
+    );
+    for failed in items(&map["failedItems"]) {
+        let why = failed["reason"].as_str().map(|r| format!(": {r}")).unwrap_or_default();
+        line.push_str(&format!(
+            "  child {} failed (exit {}){why}: {}\n",
+            text(&failed["index"]),
+            text(&failed["exitCode"]),
+            failed["items"]
+        ));
+    }
+    if let Some(uri) = map["failedItemsUri"].as_str() {
+        line.push_str(&format!("  every failed child: {uri}\n"));
+    }
+    line
 }
 
 /// `GET /status`.
@@ -263,5 +296,18 @@ mod tests {
              extract  SUCCEEDED  0.25 vCPU / 512 MiB   1         30s       $0.0002\n\
              └ load   SUCCEEDED  0.25 vCPU / 1024 MiB  2         1m 5s     $0.0010\n"
         );
+    }
+
+    #[test]
+    fn a_map_stage_shows_its_children_by_state_and_its_failed_ones() {
+        let map = json!({"children": 250, "succeeded": 240, "failed": 2, "running": 5, "waiting": 3,
+                         "failedItems": [{"index": 17, "items": ["s3://b/17.jpg"], "exitCode": 2, "reason": null}],
+                         "failedItemsUri": null});
+        assert_eq!(
+            map_line("resize", &map),
+            "map resize: 240 succeeded / 2 failed / 5 running / 3 waiting of 250\n  \
+             child 17 failed (exit 2): [\"s3://b/17.jpg\"]\n"
+        );
+        assert_eq!(map_line("plain", &Value::Null), "");
     }
 }

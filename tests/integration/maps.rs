@@ -39,6 +39,10 @@ fn pipelines() -> Value {
                          "Parameters": {"play_children": "1=exit:2,2=exit:2,5=oom"}},
                 "report": {"JobDefinition": "default", "After": "each"}
             }},
+            // A map of one child is a plain job: its failure is read with DescribeJobs.
+            "lonely": {"Stages": {
+                "each": {"JobDefinition": "default", "Map": {"Items": "files"}, "Parameters": {"play": "exit:4"}}
+            }},
             "chained": {"Stages": {
                 "produce": {"JobDefinition": "default"},
                 "each": {"JobDefinition": "default", "After": "produce", "Map": {"Prefix": "{runData}produce/"}},
@@ -330,6 +334,19 @@ async fn failures_within_the_tolerance_succeed_listing_each_and_past_it_fail_the
     assert_eq!(run["status"], "FAILED", "{run}");
     assert_eq!(run["reason"], "stage each: 3 of 10 children failed; ToleratedFailures allows 2");
     assert_eq!(run["stages"]["report"]["status"], "SKIPPED");
+
+    // One item: a plain job, not an array; its failure listed as a child's.
+    let single = h.start("lonely", json!({"files": "[\"only\"]"})).await;
+    h.play_to_the_end(1).await;
+    let run = h.run(&single).await;
+    assert_eq!(run["status"], "FAILED", "{run}");
+    let job = h.jobs().await.into_iter().find(|j| j.tags().unwrap()["batchline:run"] == single).unwrap();
+    assert_eq!(job.array_properties().and_then(|a| a.size()), None, "a plain job");
+    let failed = &run["stages"]["each"]["map"]["failedItems"];
+    assert_eq!(
+        (failed[0]["index"].clone(), failed[0]["items"].clone(), failed[0]["exitCode"].clone()),
+        (json!(0), json!(["only"]), json!(4))
+    );
 }
 
 #[tokio::test]

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use batchline::model::map::{failed_items_uri, results_uri, ChildLine, S3Location};
+use batchline::model::map::{failed_items_uri, results_uri, ChildLine, S3Location, MAX_LIST_BYTES};
 use batchline::model::run::map::MAX_LISTED_FAILURES;
 use batchline::model::run::{FailedChild, MapProgress, StageStatus};
 use batchline::model::stack::StackConfig;
@@ -16,22 +16,24 @@ use batchline::Error;
 use serde_json::json;
 
 use crate::children::{ArrayChildren, ChildEnd};
-use crate::expand::MAX_MANIFEST_BYTES;
 use crate::objects::Objects;
 use crate::Outcome;
 
 /// The most bytes of failed children a run's record holds.
 pub const MAX_LISTED_FAILURE_BYTES: usize = 8 * 1024;
 
-/// What a close found: the failed children the run lists, and where all are.
+/// What a close found: the failed children the run lists, and what to write: the results
+/// (URI and JSON Lines) and, when the run lists only some failed children, all of them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Closing {
     pub failed_items: Vec<FailedChild>,
-    pub failed_items_uri: Option<String>,
+    pub results: (String, String),
+    pub every_failure: Option<(String, String)>,
 }
 
-/// Reads how `map`'s children ended and writes its results under `run_id`'s folder for
-/// `stage`. `Ok(Err(why))`: its item lists are gone, so no results can be written.
+/// Reads how `map`'s children ended and makes its results for `run_id`'s folder of
+/// `stage` ([`Closing::write`] writes them). `Ok(Err(why))`: its item lists are gone, so no
+/// results can be made.
 pub async fn close(
     objects: &dyn Objects,
     batch: &dyn ArrayChildren,
@@ -47,7 +49,7 @@ pub async fn close(
     let mut failed = Vec::new();
     for (k, array) in map.arrays.iter().enumerate() {
         let list = S3Location::parse(&map.item_list(k)).map_err(Error::InvalidEvent)?;
-        let lines = match objects.read(&list, MAX_MANIFEST_BYTES).await {
+        let lines = match objects.read(&list, MAX_LIST_BYTES).await {
             Ok(text) => text,
             Err(Error::Aws { code, .. }) if code == "NoSuchKey" => {
                 return Ok(Err(format!("the item list {} is gone: the map's results cannot be written", list.uri())))
@@ -76,19 +78,30 @@ pub async fn close(
             results.push('\n');
         }
     }
-    let at = |uri: String| S3Location::parse(&uri).map_err(Error::InvalidEvent);
-    objects.write(&at(results_uri(&run_data, stage))?, results).await?;
     let listed = listed(&failed);
-    let failed_items_uri = if listed < failed.len() {
-        let uri = failed_items_uri(&run_data, stage);
+    let every_failure = (listed < failed.len()).then(|| {
         let all: String = failed.iter().map(|f| format!("{}\n", json!(f))).collect();
-        objects.write(&at(uri.clone())?, all).await?;
-        Some(uri)
-    } else {
-        None
-    };
+        (failed_items_uri(&run_data, stage), all)
+    });
     failed.truncate(listed);
-    Ok(Ok(Closing { failed_items: failed, failed_items_uri }))
+    let results = (results_uri(&run_data, stage), results);
+    Ok(Ok(Closing { failed_items: failed, results, every_failure }))
+}
+
+impl Closing {
+    /// Writes the results (and every failed child, when the run lists only some), and
+    /// returns where every failed child is listed, if it was written.
+    pub async fn write(&self, objects: &dyn Objects) -> Result<Option<String>, Error> {
+        let at = |uri: &str| S3Location::parse(uri).map_err(Error::InvalidEvent);
+        objects.write(&at(&self.results.0)?, self.results.1.clone()).await?;
+        match &self.every_failure {
+            Some((uri, all)) => {
+                objects.write(&at(uri)?, all.clone()).await?;
+                Ok(Some(uri.clone()))
+            }
+            None => Ok(None),
+        }
+    }
 }
 
 /// How many of the failed children the run's record lists: at most

@@ -8,8 +8,8 @@
 use std::collections::BTreeMap;
 
 use batchline::model::map::{
-    arrays, children, fill, inline_items, item_list, item_lists_folder, manifest_items, MapSource, MapSpec, S3Location,
-    MAX_MAP_CHILDREN,
+    arrays, children, fill, inline_items, item_list, item_lists_folder, manifest_items, results_uri, too_large,
+    MapSource, MapSpec, S3Location, MAX_LIST_BYTES, MAX_MAP_CHILDREN, MAX_MAP_ITEMS,
 };
 use batchline::model::run::Run;
 use batchline::model::stack::StackConfig;
@@ -18,9 +18,6 @@ use serde_json::Value;
 
 use crate::objects::Objects;
 use crate::Outcome;
-
-/// The largest manifest read (a million lines of 64-byte keys).
-pub const MAX_MANIFEST_BYTES: u64 = 64 * 1024 * 1024;
 
 /// What an expansion wrote: the number of children, and the folder of the item lists.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,11 +49,13 @@ pub async fn expand(
         Err(why) => return Ok(Err(why)),
     };
     let lines = children(items, spec.items_per_child);
-    if lines.len() > MAX_MAP_CHILDREN {
-        return Ok(Err(format!(
-            "the map has {} children, more than the {MAX_MAP_CHILDREN} a map may have",
-            lines.len()
-        )));
+    if let Some(why) = too_large(lines.len(), spec.max_concurrency) {
+        return Ok(Err(why));
+    }
+    if lines.is_empty() {
+        // No children: the map has ended, and its (empty) results are what a next stage reads.
+        let results = S3Location::parse(&results_uri(&run_data, stage)).map_err(Error::InvalidEvent)?;
+        objects.write(&results, String::new()).await?;
     }
     let lists = item_lists_folder(&run_data, stage, attempt, token);
     for (k, range) in arrays(lines.len(), spec.max_concurrency).into_iter().enumerate() {
@@ -81,7 +80,7 @@ async fn items(
     spec: &MapSpec,
     values: &BTreeMap<String, String>,
 ) -> Outcome<Vec<Value>> {
-    let limit = MAX_MAP_CHILDREN * spec.items_per_child as usize;
+    let limit = (MAX_MAP_CHILDREN * spec.items_per_child as usize).min(MAX_MAP_ITEMS);
     let located = |uri: &str| -> Result<S3Location, String> {
         let location = S3Location::parse(&fill(uri, values)?)?;
         match config.roles.names.input_bucket.as_deref() {
@@ -112,7 +111,7 @@ async fn items(
                 Ok(at) => at,
                 Err(why) => return Ok(Err(why)),
             };
-            let text = match objects.read(&at, MAX_MANIFEST_BYTES).await {
+            let text = match objects.read(&at, MAX_LIST_BYTES).await {
                 Ok(text) => text,
                 Err(err) => return permanent_or_retry(err),
             };

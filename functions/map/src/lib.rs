@@ -135,7 +135,18 @@ pub async fn do_work(clients: &Clients, holder: &Holder, token: &str, work: &Map
             let objects = clients.objects.as_ref();
             let closing = close::close(objects, clients.children.as_ref(), &config, &run.run_id, &work.stage, &map);
             let (failed_items, failed_items_uri) = match closing.await? {
-                Ok(closing) => (closing.failed_items, closing.failed_items_uri),
+                Ok(closing) => {
+                    // The results' place is the stage's, not the attempt's: written only while
+                    // the run still awaits this close, so a slow duplicate of an earlier
+                    // attempt's close does not overwrite a redriven attempt's results.
+                    let still = driver.load(&work.run_id).await?;
+                    if !still.is_some_and(|r| r.run.maps_to_close().contains(&this)) {
+                        info!(run_id = run.run_id, stage = work.stage, "the map was closed meanwhile");
+                        return Ok(());
+                    }
+                    let uri = closing.write(objects).await?;
+                    (closing.failed_items, uri)
+                }
                 // Without results the map is still judged by its counts.
                 Err(why) => {
                     warn!(run_id = run.run_id, stage = work.stage, why, "the map's results could not be written");

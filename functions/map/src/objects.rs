@@ -69,7 +69,12 @@ impl Objects for S3Objects {
         if length > max_bytes {
             return Err(Error::InvalidEvent(format!("{} holds {length} bytes, over the {max_bytes} read", at.uri())));
         }
-        let bytes = object.body.collect().await.map_err(|e| Error::InvalidEvent(format!("{}: {e}", at.uri())))?;
+        // A body cut off on the way is worth another try, not a reason to fail the stage.
+        let bytes = object.body.collect().await.map_err(|e| Error::Aws {
+            operation: "GetObject",
+            code: "BodyNotRead".into(),
+            message: format!("{}: {e}", at.uri()),
+        })?;
         String::from_utf8(bytes.to_vec()).map_err(|_| Error::InvalidEvent(format!("{} is not UTF-8 text", at.uri())))
     }
 

@@ -20,6 +20,14 @@ use serde_json::Value;
 pub const MAX_ARRAY_CHILDREN: usize = 10_000;
 /// The largest map accepted: ten arrays of Batch's largest.
 pub const MAX_MAP_CHILDREN: usize = 10 * MAX_ARRAY_CHILDREN;
+/// The most array jobs one map is cut into: a run records a few facts per array, and its
+/// record is one DynamoDB item (400 KB).
+pub const MAX_MAP_ARRAYS: usize = 100;
+/// The most items a map lists (a thousand ListObjectsV2 pages): what one map worker
+/// invocation holds and writes within its time.
+pub const MAX_MAP_ITEMS: usize = 1_000_000;
+/// The largest item list or manifest read.
+pub const MAX_LIST_BYTES: u64 = 256 * 1024 * 1024;
 /// The most items one child may be given.
 pub const MAX_ITEMS_PER_CHILD: u32 = 1_000;
 /// The largest `Items` run parameter (a JSON list); beyond it, a manifest.
@@ -316,6 +324,22 @@ pub fn item_list(children: &[ChildLine]) -> String {
 pub fn arrays(children: usize, max_concurrency: Option<u32>) -> Vec<std::ops::Range<usize>> {
     let size = max_concurrency.map_or(MAX_ARRAY_CHILDREN, |n| (n as usize).clamp(1, MAX_ARRAY_CHILDREN));
     (0..children).step_by(size).map(|start| start..(start + size).min(children)).collect()
+}
+
+/// Why a map of `children` children (cut by `max_concurrency`) is too large to run, if it is.
+pub fn too_large(children: usize, max_concurrency: Option<u32>) -> Option<String> {
+    let arrays = arrays(children, max_concurrency).len();
+    if children > MAX_MAP_CHILDREN {
+        Some(format!("the map has {children} children, more than the {MAX_MAP_CHILDREN} a map may have"))
+    } else if arrays > MAX_MAP_ARRAYS {
+        let at_least = children.div_ceil(MAX_MAP_ARRAYS);
+        Some(format!(
+            "the map's {children} children make {arrays} arrays with MaxConcurrency {}, more than the {MAX_MAP_ARRAYS} a map may have: give MaxConcurrency {at_least} or more",
+            max_concurrency.unwrap_or_default()
+        ))
+    } else {
+        None
+    }
 }
 
 /// How a map ended, judged when every child did.

@@ -4,22 +4,28 @@ use serde_json::{json, Value};
 
 use crate::model::pipeline::ON_FAILURE;
 pub use crate::model::run::{MetricUnit, RunMetric};
-use crate::model::run::{Run, RunCost, RunStatus};
+use crate::model::run::{Run, RunCost, RunStatus, StageRun};
 
 pub const COMPLETED_DETAIL_TYPE: &str = "Batchline Run Completed";
 pub const EVENT_SOURCE: &str = "batchline";
 
 /// The completion event's detail.
 pub fn completion_detail(run: &Run, now_ms: i64, cost: &RunCost) -> Value {
-    let stage = |name: &str, status, attempts: usize| {
+    let stage = |name: &str, stage_run: &StageRun| {
         let usd = cost.stages.get(name).map(|c| c.usd).unwrap_or_default();
-        json!({"status": status, "attempts": attempts, "costUsd": usd})
+        let mut detail = json!({"status": stage_run.status, "attempts": stage_run.attempts.len(), "costUsd": usd});
+        // A map stage: its children's counts, and where its failed children are all listed.
+        if let Some(map) = stage_run.current().and_then(|a| a.map.as_ref()) {
+            detail["map"] = json!({"children": map.children, "succeeded": map.succeeded(), "failed": map.failed(),
+                                   "failedItemsUri": map.failed_items_uri});
+        }
+        detail
     };
     let stages: serde_json::Map<String, Value> = run
         .stages
         .iter()
-        .map(|(k, s)| (k.clone(), stage(k, s.status, s.attempts.len())))
-        .chain(run.on_failure.iter().map(|s| (ON_FAILURE.to_owned(), stage(ON_FAILURE, s.status, s.attempts.len()))))
+        .map(|(k, s)| (k.clone(), stage(k, s)))
+        .chain(run.on_failure.iter().map(|s| (ON_FAILURE.to_owned(), stage(ON_FAILURE, s))))
         .collect();
     json!({
         "runId": run.run_id,

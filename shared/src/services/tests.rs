@@ -1565,4 +1565,13 @@ async fn a_map_stage_asks_for_its_items_submits_each_array_once_and_plans_the_ne
     assert_eq!(world.jobs_of("report"), 1);
     let stored = world.store.load_run(&run.run_id).await.unwrap().unwrap().run;
     assert_eq!(stored.stages["files"].status, crate::model::run::StageStatus::Succeeded);
+
+    // AND once the run ends, its completion event carries the map's counts
+    driver.advance(&run.run_id, "report", &world.event("report", "SUCCEEDED"), 5_000).await.unwrap();
+    let completions = world.announced.completions.lock().unwrap().clone();
+    assert_eq!(completions.len(), 1);
+    assert_eq!(
+        completions[0]["stages"]["files"]["map"],
+        json!({"children": 12_000, "succeeded": 11_999, "failed": 1, "failedItemsUri": null})
+    );
 }

@@ -32,7 +32,7 @@ use serde_json::Value;
 
 use super::{Applied, Attempt, Run, RunStatus, StageRun, StageStatus};
 use crate::model::batch_event::{JobStateChangeEvent, JobStatus};
-use crate::model::map::{arrays, judge, MapEnd, MapSpec, MAX_MAP_CHILDREN};
+use crate::model::map::{arrays, judge, too_large, MapEnd, MapSpec};
 use crate::model::pipeline::attempt_key;
 
 /// The most failed children a run's record lists; the rest are in the map's results.
@@ -273,8 +273,16 @@ impl Run {
     }
 
     /// Map attempts to close (every child ran, or the rest will not): `(stage, attempt number)`.
+    ///
+    /// A run that ended meanwhile (another stage failed, and its map went on) still closes
+    /// a map whose children ran, so its results are written and its stage says how it went;
+    /// a cancelled map stage is not closed.
     pub fn maps_to_close(&self) -> Vec<(String, u32)> {
-        let ready = self.going_maps().filter(|(_, _, map, spec)| map.is_ready_to_close(spec));
+        let awaiting = self.stage_runs().filter(|(_, s)| !s.status.is_terminal()).filter_map(|(name, stage_run)| {
+            let attempt = stage_run.current()?;
+            Some((name, attempt, attempt.map.as_ref()?, self.stage(name)?.map.as_ref()?))
+        });
+        let ready = awaiting.filter(|(_, _, map, spec)| map.is_ready_to_close(spec));
         ready.map(|(stage, attempt, _, _)| (stage.to_owned(), attempt.number)).collect()
     }
 
@@ -287,7 +295,12 @@ impl Run {
             let given_up = map.arrays.iter().enumerate().filter(|(_, a)| {
                 matches!(a.status, StageStatus::Cancelled | StageStatus::Skipped) && a.job_id.is_none()
             });
-            out.extend(given_up.map(|(k, a)| (stage.to_owned(), attempt.number, k, a.job_name.clone())));
+            // Only an array the run ever asked to submit may have a job: with MaxConcurrency,
+            // the first one given up (the rest waited for it); without, any of them.
+            let one_at_a_time =
+                self.stage(stage).and_then(|s| s.map.as_ref()).is_some_and(|m| m.max_concurrency.is_some());
+            let asked = given_up.take(if one_at_a_time { 1 } else { usize::MAX });
+            out.extend(asked.map(|(k, a)| (stage.to_owned(), attempt.number, k, a.job_name.clone())));
         }
         out
     }
@@ -331,12 +344,10 @@ impl Run {
         if !running || at.stage_run.status != StageStatus::Submitting || at.map().children.is_some() {
             return false;
         }
+        let max_concurrency = at.spec.max_concurrency;
         let failure = match children {
             Err(why) => Some(why.clone()),
-            Ok(n) if *n > MAX_MAP_CHILDREN => {
-                Some(format!("the map has {n} children, more than the {MAX_MAP_CHILDREN} a map may have"))
-            }
-            Ok(_) => None,
+            Ok(n) => too_large(*n, max_concurrency),
         };
         if let Some(why) = failure {
             Self::end_map_attempt(&mut at, StageStatus::Failed, Some(why.clone()), now_ms);
@@ -344,7 +355,6 @@ impl Run {
             return true;
         }
         let n = *children.as_ref().unwrap_or(&0);
-        let max_concurrency = at.spec.max_concurrency;
         let map = at.map();
         map.children = Some(n);
         map.lists = expanded.lists.clone();
@@ -435,20 +445,13 @@ impl Run {
             return Applied::Changed;
         }
         array.record_end(event, now_ms);
-        if run_ended && !at.map().is_open() {
-            // The run ended while the array went on: the stage ends with its last array,
-            // as the run's cancel left it, or as its children went.
-            let tolerance = at.spec.tolerated_failures;
-            let map = at.map();
-            let never_ran = map.arrays.iter().any(|a| a.status == StageStatus::Skipped);
-            let within = matches!(judge(map.children.unwrap_or(0), map.failed(), tolerance), MapEnd::Succeeded { .. });
-            let status = match stage_status {
-                StageStatus::Cancelled => StageStatus::Cancelled,
-                _ if within && !never_ran => StageStatus::Succeeded,
-                _ => StageStatus::Failed,
-            };
-            Self::end_map_attempt(&mut at, status, None, now_ms);
+        if run_ended && !at.map().is_open() && stage_status.is_terminal() {
+            // The run ended and gave the stage its status (cancelled, or failed by an array
+            // that could not be submitted): the attempt ends with its last array, as its stage.
+            let reason = at.attempt().reason.clone();
+            Self::end_map_attempt(&mut at, stage_status, reason, now_ms);
         }
+        // Otherwise a map whose children ran is closed, run ended or not (`maps_to_close`).
         Applied::Changed
     }
 
@@ -457,9 +460,7 @@ impl Run {
     /// the attempt is not the one awaiting its close.
     pub(super) fn record_close(&mut self, closed: &MapClosed, now_ms: i64) -> bool {
         let stage = closed.stage;
-        if self.status != RunStatus::Running {
-            return false;
-        }
+        let running = self.status == RunStatus::Running;
         let Some(mut at) = self.map_at(stage, closed.attempt) else { return false };
         let spec = at.spec.clone();
         if at.stage_run.status.is_terminal() || !at.map().is_ready_to_close(&spec) {
@@ -471,20 +472,25 @@ impl Run {
         map.failed_items_uri = closed.failed_items_uri.clone();
         map.give_up_planned(StageStatus::Skipped);
         let children = map.children.unwrap_or(0);
-        let not_run: usize = map.arrays.iter().filter(|a| a.status == StageStatus::Skipped).map(|a| a.size).sum();
+        let never_ran = |a: &&ArrayRun| matches!(a.status, StageStatus::Skipped | StageStatus::Cancelled);
+        let not_run: usize = map.arrays.iter().filter(never_ran).map(|a| a.size).sum();
         match judge(children, map.failed() + not_run, spec.tolerated_failures) {
             MapEnd::Succeeded { failed } => {
                 let reason =
                     (failed > 0).then(|| format!("{failed} of {children} children failed, within ToleratedFailures"));
                 Self::end_map_attempt(&mut at, StageStatus::Succeeded, reason, now_ms);
-                self.stage_succeeded(now_ms);
+                if running {
+                    self.stage_succeeded(now_ms);
+                }
             }
             MapEnd::Failed { failed, allowed } => {
                 let skipped = if not_run > 0 { format!(" ({not_run} never ran)") } else { String::new() };
                 let why =
                     format!("{failed} of {children} children failed{skipped}; ToleratedFailures allows {allowed}");
                 Self::end_map_attempt(&mut at, StageStatus::Failed, Some(why.clone()), now_ms);
-                self.end(RunStatus::Failed, Some(format!("stage {stage}: {why}")), now_ms);
+                if running {
+                    self.end(RunStatus::Failed, Some(format!("stage {stage}: {why}")), now_ms);
+                }
             }
         }
         true
@@ -501,7 +507,12 @@ impl Run {
             let Some(mut at) = self.map_at(&stage, number) else { continue };
             at.map().give_up_planned(unstarted);
             let stage_status = at.stage_run.status;
-            if !at.map().is_open() && !at.attempt().status.is_terminal() {
+            let map = at.map();
+            // A map none of whose children ever ran ends here; one whose children ran, once
+            // nothing of it is going, is closed (`maps_to_close`), unless it was cancelled.
+            let never_ran = map.children.is_none() || map.arrays.iter().all(|a| a.job_id.is_none());
+            let done = !map.is_open() && (never_ran || stage_status.is_terminal());
+            if done && !at.attempt().status.is_terminal() {
                 let status = if stage_status.is_terminal() { stage_status } else { unstarted };
                 Self::end_map_attempt(&mut at, status, None, now_ms);
             }

@@ -211,8 +211,8 @@ fn a_cancelled_map_stops_its_open_arrays_and_ends_cancelled_with_the_last_of_the
     let (_, effects) = put(&mut run, &CancelRequested);
     assert_eq!(
         effects,
-        ["stop p0 (cancelled)", "stop files by name (cancelled)", "stop files by name (cancelled)"],
-        "the open array by id; those never recorded by name"
+        ["stop p0 (cancelled)", "stop files by name (cancelled)"],
+        "the open array by id; by name the one the run may have asked to submit (the next waited for it)"
     );
     assert_eq!(run.status, RunStatus::Cancelled);
     assert_eq!(run.stages["files"].status, StageStatus::Cancelled);
@@ -220,9 +220,58 @@ fn a_cancelled_map_stops_its_open_arrays_and_ends_cancelled_with_the_last_of_the
     let (_, effects) = changed(&mut run, &array_end("p0", 2, 2));
     assert_eq!(
         effects,
-        ["withdraw files#1 array 1", "withdraw files#1 array 2", "announce"],
-        "the arrays never submitted have their claims settled, then the run is announced"
+        ["withdraw files#1 array 1", "announce"],
+        "the array the run may have asked to submit has its claim settled, then the run is announced"
     );
     let attempt = run.stages["files"].current().unwrap();
     assert_eq!(attempt.status, StageStatus::Cancelled);
+}
+
+#[test]
+fn a_map_whose_run_failed_elsewhere_is_closed_once_its_arrays_end_and_only_then_announced() {
+    let mut pipeline = mapped(0, None);
+    pipeline.on_failure = None;
+    pipeline.on_stage_failure = OnStageFailure::Finish;
+    pipeline.stages.insert("other".into(), super::tests::stage(&[], Size { vcpu: Quarters(1), memory_mib: 512 }, 0));
+    let mut run = started(&pipeline);
+    put(&mut run, &MapExpanded { stage: "files", attempt: 1, children: Ok(3), lists: LISTS.into() });
+    put(&mut run, &ArraySubmitted { stage: "files", attempt: 1, array: 0, job_id: "p0" });
+    let other = run.to_submit().into_iter().find(|(s, _)| s == "other").unwrap().1;
+    run.record_submitted("other", other.number, "o1", other.job_name.as_deref().unwrap(), 1_000);
+    put(&mut run, &JobChanged { stage: "other", event: &parent("o1", "FAILED", json!({})) });
+    assert_eq!(run.status, RunStatus::Failed);
+    assert!(put(&mut run, &Resume).1.is_empty(), "the map goes on (Finish): nothing announced yet");
+    // Its array ends: it is closed (results written), then judged, then the run announced.
+    assert_eq!(changed(&mut run, &array_end("p0", 3, 0)).1, ["close files#1"]);
+    let closed = MapClosed { stage: "files", attempt: 1, failed_items: vec![], failed_items_uri: None };
+    assert_eq!(put(&mut run, &closed), (true, vec!["announce".to_owned()]));
+    assert_eq!(run.stages["files"].status, StageStatus::Succeeded);
+    assert_eq!(run.stages["report"].status, StageStatus::Skipped, "nothing planned after the run ended");
+}
+
+#[test]
+fn a_map_failed_by_an_array_batch_refused_stays_failed_when_its_other_arrays_end() {
+    let mut pipeline = mapped(0, None);
+    pipeline.on_failure = None;
+    pipeline.on_stage_failure = OnStageFailure::Finish;
+    let mut run = started(&pipeline);
+    put(&mut run, &MapExpanded { stage: "files", attempt: 1, children: Ok(12_000), lists: LISTS.into() });
+    put(&mut run, &ArraySubmitted { stage: "files", attempt: 1, array: 0, job_id: "p0" });
+    let refused = super::map::ArrayUnsubmittable { stage: "files", attempt: 1, array: 1, reason: "ClientException" };
+    put(&mut run, &refused);
+    assert_eq!(run.status, RunStatus::Failed);
+    changed(&mut run, &array_end("p0", 10_000, 0));
+    let attempt = run.stages["files"].current().unwrap();
+    assert_eq!((run.stages["files"].status, attempt.status), (StageStatus::Failed, StageStatus::Failed));
+    assert!(attempt.reason.as_deref().unwrap().contains("ClientException"), "{:?}", attempt.reason);
+    assert!(run.maps_to_close().is_empty(), "a failed stage is not closed");
+}
+
+#[test]
+fn a_map_cut_into_more_arrays_than_a_run_records_fails_saying_what_max_concurrency_would_do() {
+    let mut run = started(&mapped(0, Some(10)));
+    put(&mut run, &MapExpanded { stage: "files", attempt: 1, children: Ok(1_500), lists: LISTS.into() });
+    assert_eq!(run.status, RunStatus::Failed);
+    let why = run.reason.unwrap();
+    assert!(why.contains("make 150 arrays") && why.contains("give MaxConcurrency 15 or more"), "{why}");
 }

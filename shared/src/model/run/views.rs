@@ -66,7 +66,11 @@ impl Run {
     /// Whether the run's outcome is final and every job it started has ended (its failure
     /// stage included): the moment to announce it, once.
     pub fn ready_to_announce(&self) -> bool {
-        self.status.is_terminal() && !self.completion_sent && self.to_submit().is_empty() && self.open_jobs().is_empty()
+        self.status.is_terminal()
+            && !self.completion_sent
+            && self.to_submit().is_empty()
+            && self.open_jobs().is_empty()
+            && self.maps_to_close().is_empty()
     }
 
     /// Whether nothing is left to do for the run: it ended and its completion went out.
