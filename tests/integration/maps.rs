@@ -5,6 +5,7 @@
 //! is checked in `template.rs` and `job_events.rs`).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use batchline_testkit::emulator::{sdk_config, unique_name, Principal};
 use batchline_testkit::invocation;
@@ -42,6 +43,12 @@ fn pipelines() -> Value {
             // A map of one child is a plain job: its failure is read with DescribeJobs.
             "lonely": {"Stages": {
                 "each": {"JobDefinition": "default", "Map": {"Items": "files"}, "Parameters": {"play": "exit:4"}}
+            }},
+            // 12,000 children: two arrays (10,000 and 2,000); child 17 of each fails.
+            "wide": {"Stages": {
+                "each": {"JobDefinition": "default", "Map": {"Manifest": "s3://{inputBucket}/lists/{list}", "ToleratedFailures": "2"},
+                         "Parameters": {"play_children": "17=exit:3"}},
+                "report": {"JobDefinition": "default", "After": "each"}
             }},
             "chained": {"Stages": {
                 "produce": {"JobDefinition": "default"},
@@ -128,6 +135,12 @@ impl Harness {
     /// Hands the map lane's messages to the map worker until the queue is empty; how many
     /// pieces of work it did.
     async fn work_maps(&self) -> usize {
+        self.work_maps_with(Duration::from_secs(300), 1).await
+    }
+
+    /// [`Self::work_maps`], each invocation given `time` before its deadline, and each
+    /// message handed over `copies` times (as SQS may deliver it).
+    async fn work_maps_with(&self, time: Duration, copies: usize) -> usize {
         let mut done = 0;
         loop {
             let received = self
@@ -148,17 +161,21 @@ impl Harness {
                     message.body().unwrap(),
                     &self.map_lane.queue_arn,
                 );
-                let event: aws_lambda_events::sqs::SqsEvent =
-                    serde_json::from_value(json!({"Records": [record]})).unwrap();
-                let call = invocation(json!({}));
-                let answer = batchline_map::handle(
-                    lambda_runtime::LambdaEvent::new(event, call.context),
-                    &self.map,
-                    &self.env.settings,
-                )
-                .await
-                .unwrap();
-                assert!(answer.batch_item_failures.is_empty(), "the map worker failed its work");
+                for _ in 0..copies {
+                    let event: aws_lambda_events::sqs::SqsEvent =
+                        serde_json::from_value(json!({"Records": [record.clone()]})).unwrap();
+                    let mut context = invocation(json!({})).context;
+                    context.deadline =
+                        (SystemTime::now() + time).duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
+                    let answer = batchline_map::handle(
+                        lambda_runtime::LambdaEvent::new(event, context),
+                        &self.map,
+                        &self.env.settings,
+                    )
+                    .await
+                    .unwrap();
+                    assert!(answer.batch_item_failures.is_empty(), "the map worker failed its work");
+                }
                 self.sqs
                     .delete_message()
                     .queue_url(&self.map_lane.queue_url)
@@ -187,6 +204,37 @@ impl Harness {
             .unwrap();
             assert_eq!(answer["batchItemFailures"], json!([]), "{answer}");
         }
+    }
+
+    /// Hands a delivery of job events to job-events as the runs lane would (in its envelope),
+    /// array children included as if its rule let them through, `per_call` to an invocation.
+    async fn deliver_to_runs_lane(&self, delivery: &Delivery, per_call: usize) {
+        for chunk in delivery.events().chunks(per_call) {
+            let records: Vec<Value> = chunk
+                .iter()
+                .map(|event| {
+                    let body = json!({"lane": "runs", "event": event}).to_string();
+                    batchline_testkit::player::sqs_record(&batchline_testkit::player::event_id(), &body, QUEUE_ARN)
+                })
+                .collect();
+            let answer = batchline_job_events::handle(
+                job_events_invocation(invocation(json!({ "Records": records }))),
+                &self.job_events,
+                &self.env.settings,
+            )
+            .await
+            .unwrap();
+            assert_eq!(answer["batchItemFailures"], json!([]), "{answer}");
+        }
+    }
+
+    /// The run as the table holds it, with its version (how often it was written).
+    async fn stored(&self, run_id: &str) -> batchline::store::VersionedRun {
+        let store = batchline::store::DynamoStore::new(
+            aws_sdk_dynamodb::Client::new(&self.env.sdk),
+            &self.env.settings.table_name,
+        );
+        batchline::store::RunStore::load_run(&store, run_id).await.unwrap().unwrap()
     }
 
     /// Works the maps and plays the queue until nothing new happens: every job played,
@@ -276,6 +324,37 @@ async fn a_map_over_250_objects_gives_every_object_to_exactly_one_child_and_runs
     let results = h.read(&format!("{}resize/_batchline/results.jsonl", run["runData"].as_str().unwrap())).await;
     assert_eq!(results.lines().count(), 250);
     assert!(results.lines().all(|l| serde_json::from_str::<Value>(l).unwrap()["status"] == "SUCCEEDED"));
+}
+
+#[tokio::test]
+async fn a_listing_out_of_time_goes_on_in_the_next_invocation_from_where_it_stopped() {
+    let mut h = Harness::new("map-resume").await;
+    for i in 0..250 {
+        h.put(&format!("photos/day/img-{i:03}.jpg"), "jpeg").await;
+    }
+    // Pages of 100 keys, and each invocation within its reserve after the first page: every
+    // invocation lists one page, keeps what it has and sends itself the rest. Each message
+    // is handed over twice (SQS's at-least-once), so two listings go on side by side.
+    let objects = batchline_map::objects::S3Objects::new(batchline_map::s3_client(&h.env.sdk_as(Principal::Map)));
+    h.map.objects = Box::new(objects.with_page_size(100));
+    let run_id = h.start("thumbnails", json!({"inputBucket": h.bucket, "inputPrefix": "photos/day/"})).await;
+    let reserve = Duration::from_millis(batchline_map::expand::RESERVE_MS as u64);
+    let worked = h.work_maps_with(reserve, 2).await;
+    assert_eq!(worked, 1 + 2 + 4, "one message, then each copy's continuation: two, then four");
+
+    let jobs = h.jobs().await;
+    assert_eq!(jobs.len(), 1, "the arrays are submitted once, by the first listing to answer");
+    let array = &jobs[0];
+    assert_eq!(array.array_properties().and_then(|a| a.size()), Some(250));
+    let mut seen = BTreeSet::new();
+    for child in 0..250 {
+        let (_, items) = items_of_child(&h, array, child).await;
+        seen.insert(items[0].as_str().unwrap().to_owned());
+    }
+    let expected: BTreeSet<String> = (0..250).map(|i| format!("s3://{}/photos/day/img-{i:03}.jpg", h.bucket)).collect();
+    assert_eq!(seen, expected, "every object once, across the three pieces of the listing");
+    h.play_to_the_end(1).await;
+    assert_eq!(h.run(&run_id).await["status"], "SUCCEEDED");
 }
 
 #[tokio::test]
@@ -402,4 +481,55 @@ async fn a_map_covers_what_an_earlier_stage_wrote_to_the_runs_data_folder() {
     let array = h.jobs().await.into_iter().find(|j| j.tags().unwrap()["batchline:stage"] == "each").unwrap();
     let (_, items) = items_of_child(&h, &array, 1).await;
     assert_eq!(items, [json!(format!("{run_data}produce/b.csv"))]);
+}
+
+#[tokio::test]
+async fn a_map_of_12000_items_is_two_arrays_and_its_children_never_write_the_run() {
+    let mut h = Harness::new("map-wide").await;
+    let lines: Vec<String> = (0..12_000).map(|i| format!("row-{i}")).collect();
+    h.put("lists/wide.txt", &lines.join("\n")).await;
+    let run_id = h.start("wide", json!({"inputBucket": h.bucket, "list": "wide.txt"})).await;
+
+    // Checked at SubmitJob: one expansion, two arrays, every child told the whole map's size.
+    assert_eq!(h.work_maps().await, 1);
+    let arrays = h.jobs().await;
+    let sizes: Vec<Option<i32>> = arrays.iter().map(|j| j.array_properties().and_then(|a| a.size())).collect();
+    assert_eq!(sizes, [Some(10_000), Some(2_000)]);
+    for array in &arrays {
+        assert_eq!(environment_of(array, "BATCHLINE_MAP_SIZE").as_deref(), Some("12000"));
+    }
+    assert_eq!(items_of_child(&h, &arrays[0], 9_999).await, (9_999, vec![json!("row-9999")]));
+    assert_eq!(items_of_child(&h, &arrays[1], 0).await, (10_000, vec![json!("row-10000")]));
+    assert_eq!(items_of_child(&h, &arrays[1], 1_999).await, (11_999, vec![json!("row-11999")]));
+    let written = h.stored(&run_id).await.version;
+
+    // The children's ends fed to the runs lane's handler directly, twice and shuffled, as if
+    // the lane's rule let them through: none is applied to the run. (Counting them is the
+    // metrics lane's, tested in job_events.rs; 12,000 children's events there take the
+    // emulator many minutes. Their earlier events are 48,000 more of the same.)
+    let changes = h.player.play_queue(&h.env.queue_arn("default")).await.unwrap();
+    h.player.settle(&changes).await.unwrap();
+    let (children, parents): (Vec<StateChange>, Vec<StateChange>) =
+        changes.into_iter().partition(|c| !c.event["detail"]["arrayProperties"]["index"].is_null());
+    let ends: Vec<StateChange> = children.into_iter().filter(|c| matches!(c.status, "SUCCEEDED" | "FAILED")).collect();
+    assert_eq!(ends.len(), 12_000);
+    h.deliver_to_runs_lane(&Delivery::of(&ends).repeated(2).shuffled(12), 1_000).await;
+    assert_eq!(h.stored(&run_id).await.version, written, "no child event wrote the run");
+
+    // The parents' ends fan in: closed by the map worker, within the tolerance, the next stage once.
+    h.deliver(&parents, 2).await;
+    h.play_to_the_end(1).await;
+    let run = h.run(&run_id).await;
+    assert_eq!(run["status"], "SUCCEEDED", "{run}");
+    let map = &run["stages"]["each"]["map"];
+    assert_eq!(
+        (map["children"].clone(), map["succeeded"].clone(), map["failed"].clone()),
+        (json!(12_000), json!(11_998), json!(2))
+    );
+    let failed: Vec<u64> =
+        map["failedItems"].as_array().unwrap().iter().map(|f| f["index"].as_u64().unwrap()).collect();
+    assert_eq!(failed, [17, 10_017]);
+    let reports = h.jobs().await.into_iter().filter(|j| j.tags().unwrap()["batchline:stage"] == "report").count();
+    assert_eq!(reports, 1);
+    assert!(h.stored(&run_id).await.version - written < 50, "the run is written per array and stage, not per child");
 }

@@ -548,6 +548,33 @@ fn an_alarm_watches_stuck_jobs_and_the_dashboard_shows_them() {
 }
 
 #[test]
+fn the_dashboard_is_json_and_counts_each_stages_jobs_a_map_stages_children_each() {
+    let template = template();
+    let (_, dashboard) = resources(&template).into_iter().find(|(name, _)| name == "Dashboard").unwrap();
+    let (tag, body) = tagged(&dashboard["Properties"]["DashboardBody"]).unwrap();
+    assert_eq!(tag, "!Sub");
+    let body = body.as_str().unwrap().replace("${MetricNamespace}", "Batchline").replace("${AWS::Region}", "us-east-1");
+    let body: serde_json::Value = serde_json::from_str(&body).expect("the dashboard body is JSON once substituted");
+    let widget = body["widgets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["properties"]["title"].as_str().is_some_and(|t| t.starts_with("Jobs by pipeline stage")))
+        .expect("a widget of jobs by pipeline stage");
+    let searched: Vec<String> = widget["properties"]["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|line| line[0]["expression"].as_str().unwrap().to_owned())
+        .collect();
+    // The metrics lane counts a map's children with their pipeline and stage (tagged or not).
+    for metric in ["JobsSucceeded", "JobsFailed", "JobsRunning", "JobsRunnable"] {
+        let expected = format!(r#"SEARCH('{{Batchline,Pipeline,Stage}} MetricName="{metric}"', 'Sum', 300)"#);
+        assert!(searched.contains(&expected), "{expected} in {searched:?}");
+    }
+}
+
+#[test]
 fn alerts_arrive_alarms_and_blocked_queues_may_use_the_alert_topics_key_and_publish_to_it() {
     let template = template();
     let resource = |name: &str| resources(&template).into_iter().find(|(n, _)| n == name).unwrap().1.clone();

@@ -118,6 +118,18 @@ pub struct Shape {
     pub background_per_second: usize,
 }
 
+/// A new EventBridge bus (its name starts with `prefix`), for one measurement's lanes.
+pub async fn new_bus(events: &aws_sdk_eventbridge::Client, prefix: &str) -> Result<String, String> {
+    let bus = unique_name(prefix);
+    events
+        .create_event_bus()
+        .name(&bus)
+        .send()
+        .await
+        .map_err(|e| batchline::Error::aws("CreateEventBus", e).to_string())?;
+    Ok(bus)
+}
+
 /// Measures one shape: its lanes wired on a bus of their own, the background stream
 /// running, `shape.runs` runs of the pipeline played stage by stage.
 pub async fn measure(setup: &Setup<'_>, shape: &Shape) -> Result<LaneReport, String> {
@@ -125,13 +137,7 @@ pub async fn measure(setup: &Setup<'_>, shape: &Shape) -> Result<LaneReport, Str
     let label = label.replace([' ', ','], "-");
     let events = aws_sdk_eventbridge::Client::new(setup.sdk);
     let sqs = aws_sdk_sqs::Client::new(setup.sdk);
-    let bus = unique_name("bench-lanes");
-    events
-        .create_event_bus()
-        .name(&bus)
-        .send()
-        .await
-        .map_err(|e| batchline::Error::aws("CreateEventBus", e).to_string())?;
+    let bus = new_bus(&events, "bench-lanes").await?;
     let stop = Arc::new(AtomicBool::new(false));
     let mut sources = Vec::new();
     let mut counters = Vec::new();

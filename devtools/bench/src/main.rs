@@ -2,6 +2,7 @@
 
 mod fixed_reply;
 mod lanes;
+mod maps;
 mod measure;
 
 #[tokio::main]

@@ -23,6 +23,7 @@ use serde_json::{json, Value};
 
 use crate::fixed_reply::FixedReply;
 use crate::lanes::{self, LaneReport, Shape};
+use crate::maps;
 use batchline_demo::send_to_bootstrap;
 use batchline_testkit::emulator::{endpoint, repo_root, sdk_config, unique_name, REGION};
 use batchline_testkit::local_lambda::{LocalLambda, Outcome};
@@ -328,6 +329,8 @@ pub async fn run_all(say: &mut (dyn FnMut(String) + Send)) -> Result<String, Str
     properties["Triggers"] =
         json!({"S3": {"input": {"Bucket": bucket, "Prefix": "incoming/", "JobDefinition": "default"}}});
     properties["Pipelines"][LANES_PIPELINE] = lanes::pipeline();
+    properties["Pipelines"][maps::MAP_PIPELINE] = maps::pipeline(&bucket);
+    properties["Roles"]["RunDataPrefix"] = json!("runs/");
     let created = send_to_bootstrap(&provisioner, "Create", &properties, None).await?;
     if created["Status"] != "SUCCESS" {
         return Err(format!("bootstrap: {created}"));
@@ -351,10 +354,12 @@ pub async fn run_all(say: &mut (dyn FnMut(String) + Send)) -> Result<String, Str
         events: JOB_EVENTS,
         zips: [lambda_dir.join("batchline-job-events/bootstrap.zip"), python_zip("job_events")],
     };
-    // BENCH_ONLY=lanes measures the stage-to-stage latency alone, BENCH_ONLY=functions
-    // everything else (when working on one of them).
-    let only_lanes = std::env::var("BENCH_ONLY").is_ok_and(|v| v == "lanes");
-    let skip_lanes = std::env::var("BENCH_ONLY").is_ok_and(|v| v == "functions");
+    // BENCH_ONLY=lanes measures the stage-to-stage latency alone, BENCH_ONLY=maps a map
+    // stage's calls alone, BENCH_ONLY=functions everything else (when working on one of them).
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let only_lanes = only == "lanes" || only == "maps";
+    let skip_lanes = only == "functions" || only == "maps";
+    let skip_maps = only == "functions" || only == "lanes";
     let job_events = if only_lanes { Default::default() } else { measure_pair(&job_events, &backends, say).await? };
     let submit = Subject {
         name: "batchline-submit",
@@ -379,6 +384,16 @@ pub async fn run_all(say: &mut (dyn FnMut(String) + Send)) -> Result<String, Str
         submit: &submitter,
         queue_arn: &queue_arn,
         pipeline: LANES_PIPELINE,
+    };
+    let map_report = if skip_maps {
+        None
+    } else {
+        let report = maps::measure(&sdk, &table, &emulator_env, &prefix, &bucket, &queue_arn).await?;
+        say(format!(
+            "map of {} children: {} job events, ended in {:.0} s",
+            report.children, report.job_events, report.seconds
+        ));
+        Some(report)
     };
     let mut shapes = Vec::new();
     let template_lanes = lanes::template_lanes(std::slice::from_ref(&queue_arn))?;
@@ -427,6 +442,9 @@ pub async fn run_all(say: &mut (dyn FnMut(String) + Send)) -> Result<String, Str
         batch,
     );
     report.push_str(&render_lanes(&shapes));
+    if let Some(map_report) = &map_report {
+        report.push_str(&maps::render(map_report));
+    }
     Ok(report)
 }
 

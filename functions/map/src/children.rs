@@ -49,14 +49,16 @@ impl ArrayChildren for SdkArrayChildren {
                 .await
                 .map_err(|e| Error::aws("ListJobs", e))?;
             for child in page.job_summary_list() {
-                let Some(index) = child.array_properties().and_then(|a| a.index()) else { continue };
+                // A child without an index (or a negative one) is no child of this array.
+                let index = child.array_properties().and_then(|a| a.index()).and_then(|i| usize::try_from(i).ok());
+                let Some(index) = index else { continue };
                 let container = child.container();
                 let reason = container.and_then(|c| c.reason()).or(child.status_reason());
                 let end = ChildEnd {
                     exit_code: container.and_then(|c| c.exit_code()).map(i64::from),
                     reason: reason.map(str::to_owned),
                 };
-                failed.insert(usize::try_from(index).unwrap_or_default(), end);
+                failed.insert(index, end);
             }
             token = page.next_token().map(str::to_owned);
             if token.is_none() {

@@ -27,7 +27,7 @@ use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMe
 use batchline::model::job_request::digest;
 use batchline::model::map::{MapAction, MapWork};
 use batchline::model::run::map::{MapClosed, MapExpanded};
-use batchline::services::ports::Clock;
+use batchline::services::ports::{Clock, RunAnnouncer};
 use batchline::store::Holder;
 use batchline::wiring::{invocation_holder, AwsPorts};
 use batchline::{Error, Settings};
@@ -35,6 +35,7 @@ use lambda_runtime::LambdaEvent;
 use tracing::{info, warn};
 
 use children::{ArrayChildren, SdkArrayChildren};
+use expand::{Budget, Expanded, Piece};
 use objects::{Objects, S3Objects};
 
 /// What a piece of work came to: done (`Ok(Ok)`), impossible for good (`Ok(Err(why))`,
@@ -116,10 +117,17 @@ pub async fn do_work(clients: &Clients, holder: &Holder, token: &str, work: &Map
                 info!(run_id = run.run_id, stage = work.stage, "the map is expanded already, or given up");
                 return Ok(());
             }
-            let expanded =
-                expand::expand(clients.objects.as_ref(), &config, run, &work.stage, work.attempt, token).await?;
+            let piece = Piece { stage: &work.stage, attempt: work.attempt, token, resume: work.resume.as_deref() };
+            let budget = Budget { deadline_ms: holder.deadline_ms, clock: &clients.ports.clock };
+            let expanded = expand::expand(clients.objects.as_ref(), &config, run, &piece, &budget).await?;
             let (children, lists) = match expanded {
-                Ok(expansion) => (Ok(expansion.children), expansion.lists),
+                Ok(Expanded::Done(expansion)) => (Ok(expansion.children), expansion.lists),
+                Ok(Expanded::Unfinished { listing }) => {
+                    // Goes on in another invocation, through this worker's own queue.
+                    info!(run_id = run.run_id, stage = work.stage, listing, "out of time listing; resuming");
+                    let next = MapWork { resume: Some(listing), ..work.clone() };
+                    return clients.ports.announcer.map_work(&next).await;
+                }
                 Err(why) => (Err(why), String::new()),
             };
             info!(run_id = run.run_id, stage = work.stage, attempt = work.attempt, ?children, "map expanded");

@@ -8,52 +8,57 @@ use batchline::Error;
 /// The S3 calls of a map's expansion and close.
 #[async_trait]
 pub trait Objects: Send + Sync {
-    /// The keys under `prefix` in `bucket` that end with `suffix`, in ListObjectsV2 order
-    /// (UTF-8 binary order); more than `limit` is [`Error::InvalidEvent`] saying so.
-    async fn keys(&self, bucket: &str, prefix: &str, suffix: &str, limit: usize) -> Result<Vec<String>, Error>;
+    /// One page of the keys under `prefix` in `bucket`, in ListObjectsV2 order (UTF-8 binary
+    /// order), from just after the key `after` (from the start without one).
+    async fn keys_page(&self, bucket: &str, prefix: &str, after: Option<&str>) -> Result<KeysPage, Error>;
     /// An object's text; one larger than `max_bytes`, or not UTF-8, is [`Error::InvalidEvent`].
     async fn read(&self, at: &S3Location, max_bytes: u64) -> Result<String, Error>;
     async fn write(&self, at: &S3Location, body: String) -> Result<(), Error>;
 }
 
+/// A page of keys, and whether more follow it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeysPage {
+    pub keys: Vec<String>,
+    pub more: bool,
+}
+
 /// S3 through the SDK.
 pub struct S3Objects {
     client: aws_sdk_s3::Client,
+    page_size: i32,
 }
 
 impl S3Objects {
     pub fn new(client: aws_sdk_s3::Client) -> S3Objects {
-        S3Objects { client }
+        // S3's own page size, and its largest.
+        S3Objects { client, page_size: 1_000 }
+    }
+
+    /// Pages of `size` keys (tests list a few hundred objects in several pages).
+    pub fn with_page_size(mut self, size: i32) -> S3Objects {
+        self.page_size = size;
+        self
     }
 }
 
 #[async_trait]
 impl Objects for S3Objects {
-    async fn keys(&self, bucket: &str, prefix: &str, suffix: &str, limit: usize) -> Result<Vec<String>, Error> {
-        let mut keys = Vec::new();
-        let mut token = None;
-        loop {
-            let page = self
-                .client
-                .list_objects_v2()
-                .bucket(bucket)
-                .prefix(prefix)
-                .set_continuation_token(token)
-                .send()
-                .await
-                .map_err(|e| Error::aws("ListObjectsV2", e))?;
-            let found = page.contents().iter().filter_map(|object| object.key());
-            keys.extend(found.filter(|key| key.ends_with(suffix)).map(str::to_owned));
-            if keys.len() > limit {
-                return Err(Error::InvalidEvent(format!(
-                    "s3://{bucket}/{prefix} holds more than {limit} items, more than a map may have"
-                )));
-            }
-            token = page.next_continuation_token().map(str::to_owned);
-            if token.is_none() {
-                return Ok(keys);
-            }
-        }
+    async fn keys_page(&self, bucket: &str, prefix: &str, after: Option<&str>) -> Result<KeysPage, Error> {
+        // StartAfter, not a continuation token: a listing resumed by another invocation
+        // goes on from the last key it kept, whatever became of the token.
+        let page = self
+            .client
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix(prefix)
+            .set_start_after(after.map(str::to_owned))
+            .max_keys(self.page_size)
+            .send()
+            .await
+            .map_err(|e| Error::aws("ListObjectsV2", e))?;
+        let keys = page.contents().iter().filter_map(|object| object.key()).map(str::to_owned).collect();
+        Ok(KeysPage { keys, more: page.is_truncated() == Some(true) })
     }
 
     async fn read(&self, at: &S3Location, max_bytes: u64) -> Result<String, Error> {

@@ -384,6 +384,10 @@ pub struct MapWork {
     pub run_id: String,
     pub stage: String,
     pub attempt: u32,
+    /// An expansion the worker could not finish in one invocation: where its listing so far
+    /// is kept (an S3 URI), to go on from. Absent in the work the run engine asks for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume: Option<String>,
 }
 
 /// Where Batchline keeps a map stage's own files: `<runData><stage>/_batchline/`, which

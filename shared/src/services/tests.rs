@@ -1501,6 +1501,7 @@ async fn a_map_stage_asks_for_its_items_submits_each_array_once_and_plans_the_ne
         run_id: run.run_id.clone(),
         stage: "files".into(),
         attempt: 1,
+        resume: None,
     };
     // THEN the map worker is asked for its items, and nothing is submitted yet
     assert_eq!(*world.announced.map_work.lock().unwrap(), [work(MapAction::Expand)]);

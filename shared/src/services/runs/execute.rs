@@ -200,7 +200,7 @@ impl RunDriver<'_> {
     async fn ask_map_worker(&self, run: &Run, action: MapAction, stage: String, attempt: u32) -> Result<(), Error> {
         info!(run_id = %run.run_id, stage, attempt, ?action, "asking the map worker");
         let stack = self.configs.get().await?.name_prefix.clone();
-        let work = MapWork { stack, action, run_id: run.run_id.clone(), stage, attempt };
+        let work = MapWork { stack, action, run_id: run.run_id.clone(), stage, attempt, resume: None };
         self.announcer.map_work(&work).await
     }
 
