@@ -429,6 +429,47 @@ async fn failures_within_the_tolerance_succeed_listing_each_and_past_it_fail_the
 }
 
 #[tokio::test]
+async fn a_cancelled_map_leaves_no_child_running_and_submits_no_further_array() {
+    let mut h = Harness::new("map-cancel").await;
+    let files: Vec<String> = (0..10).map(|i| format!("file-{i}")).collect();
+    // MaxConcurrency 4: one array of four runs, two more wait their turn.
+    let run_id = h.start("tolerant", json!({"files": serde_json::to_string(&files).unwrap()})).await;
+    h.work_maps().await;
+    let arrays = h.jobs().await;
+    assert_eq!(arrays.len(), 1);
+    let (status, body) = h.api("DELETE", &format!("/runs/{run_id}"), Value::Null).await;
+    assert_eq!(status, 202, "{body}");
+
+    // What Batch then reports: the parent and each child stopped.
+    let changes = h.play_to_the_end(2).await;
+    let run = h.run(&run_id).await;
+    assert_eq!(run["status"], "CANCELLED", "{run}");
+    let parent = arrays[0].job_id().unwrap();
+    let children: Vec<&StateChange> = changes
+        .iter()
+        .filter(|c| c.event["detail"]["jobId"].as_str().is_some_and(|id| id.starts_with(&format!("{parent}:"))))
+        .collect();
+    let ends: BTreeMap<u64, &str> = children
+        .iter()
+        .filter(|c| matches!(c.status, "SUCCEEDED" | "FAILED"))
+        .map(|c| (c.event["detail"]["arrayProperties"]["index"].as_u64().unwrap(), c.status))
+        .collect();
+    assert_eq!(ends, (0..4).map(|i| (i, "FAILED")).collect(), "every child stopped");
+    assert!(children.iter().all(|c| c.status != "RUNNING"), "no child ran");
+    use aws_sdk_batch::types::JobStatus;
+    let batch = aws_sdk_batch::Client::new(&h.env.sdk);
+    for status in
+        [JobStatus::Submitted, JobStatus::Pending, JobStatus::Runnable, JobStatus::Starting, JobStatus::Running]
+    {
+        let listed = batch.list_jobs().array_job_id(parent).job_status(status.clone()).send().await.unwrap();
+        assert!(listed.job_summary_list().is_empty(), "Batch lists a child still {status:?}");
+    }
+    let failed = batch.list_jobs().array_job_id(parent).job_status(JobStatus::Failed).send().await.unwrap();
+    assert_eq!(failed.job_summary_list().len(), 4);
+    assert_eq!(h.jobs().await.len(), 1, "no further array was submitted");
+}
+
+#[tokio::test]
 async fn a_manifest_gives_ten_items_a_child_and_an_empty_one_no_children() {
     let mut h = Harness::new("map-manifest").await;
     let lines: Vec<String> = (0..25).map(|i| format!("row-{i}")).collect();
