@@ -1,9 +1,18 @@
 //! Budgets and deadlines: what a run cost, what its next submissions are estimated at, and when it has run too long.
 
-use super::{Attempt, Context, Run, RunCost, RunStatus};
+use super::{Attempt, Context, Run, RunCost, RunStatus, StageStatus};
 use crate::model::cost::{Cost, Pricing};
 use crate::model::fargate::Size;
 use crate::model::pipeline::ON_FAILURE;
+
+/// Map children's estimated cost, by whether their array has ended.
+#[derive(Debug, Default)]
+struct ChildrenEstimate {
+    ended: f64,
+    running: f64,
+    planned: f64,
+    planned_arrays: Vec<String>,
+}
 
 impl Run {
     /// What the run's ended attempts cost (a running job is priced once it ends).
@@ -40,6 +49,13 @@ impl Run {
     /// Why the submissions the run has planned may not go ahead, if they would take it past
     /// its `MaxRunCostUsd`: what it spent, plus the estimates of its jobs still running and
     /// of the planned ones. The failure stage is exempt: it never counts as planned.
+    ///
+    /// A map counts each child as a job of its stage at the attempt's size: all its arrays
+    /// not yet submitted are planned (children × estimate: the whole map is priced once its
+    /// items are listed, before its first array goes, and again before each next one), its
+    /// open arrays' children are running, and its ended arrays' children are spent at
+    /// their estimate (their real cost is their own events', counted in the metrics lane,
+    /// not in the run's record).
     pub fn over_budget(&self, pricing: &Pricing) -> Option<String> {
         let budget = self.pipeline.max_run_cost_usd?;
         if self.status != RunStatus::Running {
@@ -47,27 +63,55 @@ impl Run {
         }
         let planned: Vec<(String, Attempt)> =
             self.to_submit().into_iter().filter(|(stage, _)| stage != ON_FAILURE).collect();
-        if planned.is_empty() {
+        if planned.is_empty() && self.arrays_to_submit().is_empty() {
             return None;
         }
-        let spent = self.cost(pricing).usd;
+        let children = self.map_children_estimate(pricing);
+        let spent = self.cost(pricing).usd + children.ended;
         let running: f64 = self
             .open_jobs()
             .iter()
             .filter_map(|(stage, _)| Some((stage, self.stages.get(stage)?.current()?)))
+            .filter(|(_, attempt)| attempt.map.is_none())
             .map(|(stage, attempt)| self.estimate(stage, attempt.size, pricing))
-            .sum();
-        let next: f64 = planned.iter().map(|(stage, attempt)| self.estimate(stage, attempt.size, pricing)).sum();
+            .sum::<f64>()
+            + children.running;
+        let next = planned.iter().map(|(stage, attempt)| self.estimate(stage, attempt.size, pricing)).sum::<f64>()
+            + children.planned;
         if spent + running + next <= budget {
             return None;
         }
-        let what: Vec<String> =
+        let mut what: Vec<String> =
             planned.iter().map(|(stage, a)| format!("{stage} attempt {} at {}", a.number, a.size)).collect();
+        what.extend(children.planned_arrays);
         Some(format!(
             "the run would pass its MaxRunCostUsd of ${budget:.2}: spent ${spent:.4}, running jobs estimated at \
              ${running:.4}, next ({}) estimated at ${next:.4}",
             what.join(", ")
         ))
+    }
+
+    /// The estimated cost of the children of the current map attempts: of ended arrays,
+    /// of arrays still going, and of the arrays still to be submitted (of a stage still
+    /// going), all of them, so a map is priced whole before its first array goes.
+    fn map_children_estimate(&self, pricing: &Pricing) -> ChildrenEstimate {
+        let mut out = ChildrenEstimate::default();
+        for (stage, stage_run) in self.stage_runs() {
+            let Some(attempt) = stage_run.current() else { continue };
+            let Some(map) = attempt.map.as_ref() else { continue };
+            let each = self.estimate(stage, attempt.size, pricing);
+            for (k, array) in map.arrays.iter().enumerate() {
+                if array.is_open() {
+                    out.running += array.size as f64 * each;
+                } else if array.status.is_terminal() && array.job_id.is_some() {
+                    out.ended += (array.succeeded + array.failed) as f64 * each;
+                } else if array.status == StageStatus::Submitting && !stage_run.status.is_terminal() {
+                    out.planned += array.size as f64 * each;
+                    out.planned_arrays.push(format!("{stage} array {k} of {} children at {}", array.size, attempt.size));
+                }
+            }
+        }
+        out
     }
 
     /// Fails a running run whose planned submissions would pass its budget: nothing more is

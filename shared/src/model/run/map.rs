@@ -25,7 +25,8 @@
 //!
 //! A map stage is not resized when children run out of memory (its children count as
 //! failed); its cost is its children's, priced by their own events in the metrics lane,
-//! not in the run's record.
+//! not in the run's record. For `MaxRunCostUsd` a map counts its children at the stage's
+//! estimate ([`Run::over_budget`]).
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -242,7 +243,7 @@ impl MapAt<'_> {
 
 impl Run {
     /// Every stage with its run, the failure stage last.
-    fn stage_runs(&self) -> impl Iterator<Item = (&str, &StageRun)> {
+    pub(super) fn stage_runs(&self) -> impl Iterator<Item = (&str, &StageRun)> {
         let stages = self.stages.iter().map(|(name, stage_run)| (name.as_str(), stage_run));
         stages.chain(self.on_failure.iter().map(|stage_run| (crate::model::pipeline::ON_FAILURE, stage_run)))
     }

@@ -275,3 +275,41 @@ fn a_map_cut_into_more_arrays_than_a_run_records_fails_saying_what_max_concurren
     let why = run.reason.unwrap();
     assert!(why.contains("make 150 arrays") && why.contains("give MaxConcurrency 15 or more"), "{why}");
 }
+
+#[test]
+fn a_map_is_priced_as_its_children_before_any_array_is_submitted() {
+    // 0.25 vCPU and 512 MiB for 600 s: about $0.00206 a child, on demand.
+    let mut pipeline = mapped(0, Some(400));
+    pipeline.stages.get_mut("files").unwrap().expected_seconds = Some(600);
+    pipeline.max_run_cost_usd = Some(1.5);
+
+    // 1,000 children (about $2.06) pass $1.50: the run fails before submitting an array.
+    let mut run = started(&pipeline);
+    put(&mut run, &Resume);
+    let expanded = MapExpanded { stage: "files", attempt: 1, children: Ok(1_000), lists: LISTS.into() };
+    let (_, effects) = put(&mut run, &expanded);
+    assert_eq!(run.status, RunStatus::Failed);
+    assert_eq!(effects, ["submit on-failure#1"], "no array, no close: the map never ran");
+    assert_eq!(run.stages["files"].status, StageStatus::Skipped);
+    let reason = run.reason.clone().unwrap();
+    assert!(reason.contains("MaxRunCostUsd of $1.50") && reason.contains("files array 2 of 200 children"), "{reason}");
+
+    // 600 children, 400 at once (about $1.24 in all): the first array goes, and the second
+    // once the first has ended (its 400 children spent at their estimate).
+    let mut run = started(&pipeline);
+    put(&mut run, &Resume);
+    let expanded = MapExpanded { stage: "files", attempt: 1, children: Ok(600), lists: LISTS.into() };
+    assert_eq!(put(&mut run, &expanded).1, ["submit files#1 array 0"]);
+    put(&mut run, &ArraySubmitted { stage: "files", attempt: 1, array: 0, job_id: "p0" });
+    assert_eq!(changed(&mut run, &array_end("p0", 400, 0)).1, ["submit files#1 array 1"]);
+    assert_eq!(run.status, RunStatus::Running);
+
+    // With $1.00 the whole map would pass it: the run fails before its first array.
+    pipeline.max_run_cost_usd = Some(1.0);
+    let mut run = started(&pipeline);
+    put(&mut run, &Resume);
+    let (_, effects) = put(&mut run, &expanded);
+    assert_eq!(run.status, RunStatus::Failed, "{effects:?}");
+    assert!(effects.iter().all(|e| !e.contains("array")), "{effects:?}");
+    assert!(run.reason.as_deref().unwrap().contains("files array 1 of 200 children"));
+}
