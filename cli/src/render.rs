@@ -200,8 +200,13 @@ fn map_line(name: &str, map: &Value) -> String {
         return String::new();
     }
     let children = map["children"].as_u64().map_or("?".to_owned(), |n| n.to_string());
+    // Resized children ran out of memory and were run again one size up (counted once more).
+    let resized = match map["resized"].as_u64() {
+        Some(n) if n > 0 => format!(" ({n} resized)"),
+        _ => String::new(),
+    };
     let mut line = format!(
-        "map {name}: {} succeeded / {} failed / {} running / {} waiting of {children}\n",
+        "map {name}: {} succeeded / {} failed / {} running / {} waiting of {children}{resized}\n",
         text(&map["succeeded"]),
         text(&map["failed"]),
         text(&map["running"]),
@@ -309,5 +314,7 @@ mod tests {
              child 17 failed (exit 2): [\"s3://b/17.jpg\"]\n"
         );
         assert_eq!(map_line("plain", &Value::Null), "");
+        let resized = json!({"children": 4, "succeeded": 4, "failed": 0, "resized": 2, "running": 0, "waiting": 0});
+        assert_eq!(map_line("r", &resized), "map r: 4 succeeded / 0 failed / 0 running / 0 waiting of 4 (2 resized)\n");
     }
 }

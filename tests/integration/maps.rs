@@ -37,7 +37,19 @@ fn pipelines() -> Value {
             }},
             "intolerant": {"Stages": {
                 "each": {"JobDefinition": "default", "Map": {"Items": "files", "ToleratedFailures": "2"},
-                         "Parameters": {"play_children": "1=exit:2,2=exit:2,5=oom"}},
+                         "Parameters": {"play_children": "1=exit:2,2=exit:2,5=exit:3"}},
+                "report": {"JobDefinition": "default", "After": "each"}
+            }},
+            // Children 3, 17 and 42 run out of memory once (MaxResizes 1: resubmitted once).
+            "resizing": {"Stages": {
+                "each": {"JobDefinition": "default", "Map": {"Prefix": "s3://{inputBucket}/{inputPrefix}"}, "MaxResizes": "1",
+                         "Parameters": {"play_children": "3=oom,17=oom,42=oom"}},
+                "report": {"JobDefinition": "default", "After": "each"}
+            }},
+            // Children 0, 1 and 5 out of memory; resubmitted (array indexes 0, 1, 2), 0 and 1 again.
+            "stubborn": {"Stages": {
+                "each": {"JobDefinition": "default", "Map": {"Items": "files", "ToleratedFailures": "1"}, "MaxResizes": "1",
+                         "Parameters": {"play_children": "0=oom,1=oom,5=oom"}},
                 "report": {"JobDefinition": "default", "After": "each"}
             }},
             // A map of one child is a plain job: its failure is read with DescribeJobs.
@@ -467,6 +479,59 @@ async fn a_cancelled_map_leaves_no_child_running_and_submits_no_further_array() 
     let failed = batch.list_jobs().array_job_id(parent).job_status(JobStatus::Failed).send().await.unwrap();
     assert_eq!(failed.job_summary_list().len(), 4);
     assert_eq!(h.jobs().await.len(), 1, "no further array was submitted");
+}
+
+#[tokio::test]
+async fn children_out_of_memory_run_again_one_size_up_as_one_array_of_just_them() {
+    let mut h = Harness::new("map-resize").await;
+    for i in 0..250 {
+        h.put(&format!("in/img-{i:03}.jpg"), "jpeg").await;
+    }
+    let run_id = h.start("resizing", json!({"inputBucket": h.bucket, "inputPrefix": "in/"})).await;
+    h.play_to_the_end(2).await;
+    let run = h.run(&run_id).await;
+    assert_eq!(run["status"], "SUCCEEDED", "{run}");
+    let map = &run["stages"]["each"]["map"];
+    assert_eq!(
+        (map["succeeded"].clone(), map["failed"].clone(), map["resized"].clone(), map["arrays"].clone()),
+        (json!(250), json!(0), json!(3), json!(2))
+    );
+    let arrays: Vec<_> =
+        h.jobs().await.into_iter().filter(|j| j.tags().unwrap()["batchline:stage"] == "each").collect();
+    assert_eq!(arrays.len(), 2, "the map's array and one resubmission");
+    let again = &arrays[1];
+    assert_eq!(again.array_properties().and_then(|a| a.size()), Some(3), "exactly the three");
+    let memory = |job: &aws_sdk_batch::types::JobDetail| {
+        let requirements = job.container().unwrap().resource_requirements();
+        let memory = requirements.iter().find(|r| r.r#type().map(|t| t.as_str()) == Some("MEMORY"));
+        memory.and_then(|r| r.value()).map(str::parse::<u64>).unwrap().unwrap()
+    };
+    assert!(memory(again) > memory(&arrays[0]), "one size up: {} MiB after {}", memory(again), memory(&arrays[0]));
+    let mut indexes = Vec::new();
+    for child in 0..3 {
+        let (index, items) = items_of_child(&h, again, child).await;
+        assert_eq!(items, [json!(format!("s3://{}/in/img-{index:03}.jpg", h.bucket))]);
+        indexes.push(index);
+    }
+    assert_eq!(indexes, [3, 17, 42], "each line keeps its child's map index");
+    let reports = h.jobs().await.into_iter().filter(|j| j.tags().unwrap()["batchline:stage"] == "report").count();
+    assert_eq!(reports, 1, "the fan-in waited for the resubmission, and ran once");
+    let results = h.read(&format!("{}each/_batchline/results.jsonl", run["runData"].as_str().unwrap())).await;
+    assert_eq!(results.lines().count(), 250);
+    assert!(results.lines().all(|l| serde_json::from_str::<Value>(l).unwrap()["status"] == "SUCCEEDED"));
+
+    // Still out of memory at the stage's limit: failed for good, judged against the tolerance.
+    let files: Vec<String> = (0..10).map(|i| format!("file-{i}")).collect();
+    let stubborn = h.start("stubborn", json!({"files": serde_json::to_string(&files).unwrap()})).await;
+    h.play_to_the_end(1).await;
+    let run = h.run(&stubborn).await;
+    assert_eq!(run["status"], "FAILED", "{run}");
+    assert_eq!(run["reason"], "stage each: 2 of 10 children failed; ToleratedFailures allows 1");
+    let map = &run["stages"]["each"]["map"];
+    let failed: Vec<(Value, Value)> =
+        map["failedItems"].as_array().unwrap().iter().map(|f| (f["index"].clone(), f["items"].clone())).collect();
+    assert_eq!(failed, [(json!(0), json!(["file-0"])), (json!(1), json!(["file-1"]))]);
+    assert_eq!((map["resized"].clone(), map["succeeded"].clone()), (json!(3), json!(8)));
 }
 
 #[tokio::test]

@@ -354,11 +354,11 @@ pub async fn run_all(say: &mut (dyn FnMut(String) + Send)) -> Result<String, Str
         events: JOB_EVENTS,
         zips: [lambda_dir.join("batchline-job-events/bootstrap.zip"), python_zip("job_events")],
     };
-    // BENCH_ONLY=lanes measures the stage-to-stage latency alone, BENCH_ONLY=maps a map
+    // BENCH_ONLY=lanes measures the stage-to-stage latency alone, BENCH_ONLY=map a map
     // stage's calls alone, BENCH_ONLY=functions everything else (when working on one of them).
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
-    let only_lanes = only == "lanes" || only == "maps";
-    let skip_lanes = only == "functions" || only == "maps";
+    let only_lanes = only == "lanes" || only == "map";
+    let skip_lanes = only == "functions" || only == "map";
     let skip_maps = only == "functions" || only == "lanes";
     let job_events = if only_lanes { Default::default() } else { measure_pair(&job_events, &backends, say).await? };
     let submit = Subject {

@@ -2,7 +2,8 @@
 //!
 //! `results.jsonl` has one line per child in index order: `{"index", "status", "items"}`,
 //! `status` being `SUCCEEDED`, `FAILED`, or `NOT_RUN` (its array was never submitted: the
-//! map had already failed past its tolerance). The run's record lists at most
+//! map had already failed past its tolerance). A child that ran out of memory and was
+//! resubmitted one size up ends as its last run did. The run's record lists at most
 //! [`MAX_LISTED_FAILURES`] failed children and 8 KB of them; when there are more, every
 //! one is in `failed.jsonl` and the record points at it.
 
@@ -45,8 +46,8 @@ pub async fn close(
     let Some(run_data) = config.roles.names.run_data_uri(run_id) else {
         return Ok(Err("a map stage needs the configuration's InputBucket and RunDataPrefix".into()));
     };
-    let mut results = String::new();
-    let mut failed = Vec::new();
+    // By map index: a child resubmitted one size up ends as its last array says.
+    let mut ended: BTreeMap<usize, (&'static str, Vec<serde_json::Value>, Option<ChildEnd>)> = BTreeMap::new();
     for (k, array) in map.arrays.iter().enumerate() {
         let list = S3Location::parse(&map.item_list(k)).map_err(Error::InvalidEvent)?;
         let lines = match objects.read(&list, MAX_LIST_BYTES).await {
@@ -65,17 +66,21 @@ pub async fn close(
         for (i, text) in lines.lines().filter(|l| !l.is_empty()).enumerate() {
             let line: ChildLine =
                 serde_json::from_str(text).map_err(|e| Error::InvalidEvent(format!("{}: {e}", list.uri())))?;
-            let status = match ends.get(&i) {
-                _ if never_ran => "NOT_RUN",
-                Some(end) => {
-                    let (exit_code, reason) = (end.exit_code, end.reason.clone());
-                    failed.push(FailedChild { index: line.index, items: line.items.clone(), exit_code, reason });
-                    "FAILED"
-                }
-                None => "SUCCEEDED",
+            let end = match ends.get(&i) {
+                _ if never_ran => ("NOT_RUN", None),
+                Some(end) => ("FAILED", Some(end.clone())),
+                None => ("SUCCEEDED", None),
             };
-            results.push_str(&json!({"index": line.index, "status": status, "items": line.items}).to_string());
-            results.push('\n');
+            ended.insert(line.index, (end.0, line.items, end.1));
+        }
+    }
+    let mut results = String::new();
+    let mut failed = Vec::new();
+    for (index, (status, items, end)) in ended {
+        results.push_str(&json!({"index": index, "status": status, "items": items}).to_string());
+        results.push('\n');
+        if let Some(end) = end {
+            failed.push(FailedChild { index, items, exit_code: end.exit_code, reason: end.reason });
         }
     }
     let listed = listed(&failed);

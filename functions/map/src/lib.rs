@@ -17,6 +17,7 @@
 //! its visibility timeout, and after five tries it goes to the dead-letter queue (whose
 //! alarm says so) while the run stays where it was, to be redriven or cancelled.
 
+pub mod check;
 pub mod children;
 pub mod close;
 pub mod expand;
@@ -26,7 +27,7 @@ use aws_config::SdkConfig;
 use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
 use batchline::model::job_request::digest;
 use batchline::model::map::{MapAction, MapWork};
-use batchline::model::run::map::{MapClosed, MapExpanded};
+use batchline::model::run::map::{ArrayChecked, MapClosed, MapExpanded};
 use batchline::services::ports::{Clock, RunAnnouncer};
 use batchline::store::Holder;
 use batchline::wiring::{invocation_holder, AwsPorts};
@@ -132,6 +133,31 @@ pub async fn do_work(clients: &Clients, holder: &Holder, token: &str, work: &Map
             };
             info!(run_id = run.run_id, stage = work.stage, attempt = work.attempt, ?children, "map expanded");
             let answer = MapExpanded { stage: &work.stage, attempt: work.attempt, children, lists };
+            driver.answer_map_work(&run.run_id, &answer, clients.ports.clock.now_ms()).await?
+        }
+        MapAction::Check => {
+            let Some(k) = work.array else { return Err(Error::InvalidEvent("a check names no array".into())) };
+            let map = run.current_attempt(&work.stage).and_then(|a| a.map.clone());
+            let Some(map) = map.filter(|_| run.arrays_to_check().contains(&(work.stage.clone(), work.attempt, k)))
+            else {
+                info!(run_id = run.run_id, stage = work.stage, array = k, "the array is checked already, or given up");
+                return Ok(());
+            };
+            let checked = check::check(clients.objects.as_ref(), clients.children.as_ref(), &map, k).await?;
+            info!(
+                run_id = run.run_id,
+                stage = work.stage,
+                array = k,
+                out_of_memory = checked.out_of_memory,
+                "array checked"
+            );
+            let answer = ArrayChecked {
+                stage: &work.stage,
+                attempt: work.attempt,
+                array: k,
+                out_of_memory: checked.out_of_memory,
+                list: checked.list,
+            };
             driver.answer_map_work(&run.run_id, &answer, clients.ports.clock.now_ms()).await?
         }
         MapAction::Close => {

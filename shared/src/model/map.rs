@@ -372,6 +372,9 @@ pub enum MapAction {
     Expand,
     /// List the failed children, write `results.jsonl`, answer the failures.
     Close,
+    /// Read which of an ended array's failed children ran out of memory, write their item
+    /// list, answer how many.
+    Check,
 }
 
 /// A request for a map attempt's S3 work: the detail of a "Batchline Map Work" event.
@@ -388,6 +391,9 @@ pub struct MapWork {
     /// is kept (an S3 URI), to go on from. Absent in the work the run engine asks for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resume: Option<String>,
+    /// The array a `check` is about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub array: Option<usize>,
 }
 
 /// Where Batchline keeps a map stage's own files: `<runData><stage>/_batchline/`, which

@@ -1490,7 +1490,7 @@ fn array_ended(job_id: &str, size: usize, failed: usize) -> JobStateChangeEvent 
 #[tokio::test]
 async fn a_map_stage_asks_for_its_items_submits_each_array_once_and_plans_the_next_stage_after_its_close() {
     use crate::model::map::{MapAction, MapWork};
-    use crate::model::run::map::{FailedChild, MapClosed, MapExpanded};
+    use crate::model::run::map::{ArrayChecked, FailedChild, MapClosed, MapExpanded};
     let mut world = World::new().await;
     world.redeploy(&with_map()).await;
     let driver = world.driver();
@@ -1502,6 +1502,7 @@ async fn a_map_stage_asks_for_its_items_submits_each_array_once_and_plans_the_ne
         stage: "files".into(),
         attempt: 1,
         resume: None,
+        array: None,
     };
     // THEN the map worker is asked for its items, and nothing is submitted yet
     assert_eq!(*world.announced.map_work.lock().unwrap(), [work(MapAction::Expand)]);
@@ -1552,7 +1553,13 @@ async fn a_map_stage_asks_for_its_items_submits_each_array_once_and_plans_the_ne
     for _ in 0..2 {
         driver.advance(&run.run_id, "files", &array_ended(&second, 2_000, 1), 3_500).await.unwrap();
     }
-    // THEN the worker is asked to close the map (again on the duplicate: it closes once)
+    // THEN the worker is asked which failed child ran out of memory (the stage may resize)
+    let check = MapWork { array: Some(1), ..work(MapAction::Check) };
+    assert_eq!(world.announced.map_work.lock().unwrap().last(), Some(&check));
+    // WHEN none did, THEN it is asked to close the map (again on a duplicate: it closes once)
+    let checked = ArrayChecked { stage: "files", attempt: 1, array: 1, out_of_memory: 0, list: String::new() };
+    assert!(driver.answer_map_work(&run.run_id, &checked, 3_600).await.unwrap());
+    assert!(!driver.answer_map_work(&run.run_id, &checked, 3_600).await.unwrap());
     assert_eq!(world.announced.map_work.lock().unwrap().last(), Some(&work(MapAction::Close)));
     assert_eq!(world.jobs_of("report"), 0, "the stage after waits for the close");
 

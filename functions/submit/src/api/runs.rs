@@ -85,6 +85,7 @@ pub fn map_view(map: &MapProgress, live: &BTreeMap<String, BTreeMap<String, i64>
         "arrays": map.arrays.len(),
         "succeeded": map.succeeded(),
         "failed": map.failed(),
+        "resized": map.resized(),
         "running": running,
         "waiting": waiting,
         "failedItems": map.failed_items,

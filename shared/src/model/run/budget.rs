@@ -107,7 +107,8 @@ impl Run {
                     out.ended += (array.succeeded + array.failed) as f64 * each;
                 } else if array.status == StageStatus::Submitting && !stage_run.status.is_terminal() {
                     out.planned += array.size as f64 * each;
-                    out.planned_arrays.push(format!("{stage} array {k} of {} children at {}", array.size, attempt.size));
+                    out.planned_arrays
+                        .push(format!("{stage} array {k} of {} children at {}", array.size, attempt.size));
                 }
             }
         }

@@ -196,6 +196,7 @@ pub(super) fn render(effect: &Effect) -> String {
         Effect::SubmitArray { stage, attempt, array } => format!("submit {stage}#{} array {array}", attempt.number),
         Effect::WithdrawArray { stage, attempt, array, .. } => format!("withdraw {stage}#{attempt} array {array}"),
         Effect::CloseMap { stage, attempt } => format!("close {stage}#{attempt}"),
+        Effect::CheckArray { stage, attempt, array } => format!("check {stage}#{attempt} array {array}"),
     }
 }
 

@@ -94,6 +94,9 @@ pub enum Effect {
     /// Have the map worker list a map attempt's failed children and write its results;
     /// it answers [`MapClosed`](super::map::MapClosed).
     CloseMap { stage: String, attempt: u32 },
+    /// Ask the map worker which of an ended array's failed children ran out of memory, and
+    /// for their item list (answered with `ArrayChecked`).
+    CheckArray { stage: String, attempt: u32, array: usize },
 }
 
 impl Effect {
@@ -110,6 +113,7 @@ impl Effect {
                 | Effect::SubmitArray { .. }
                 | Effect::WithdrawArray { .. }
                 | Effect::CloseMap { .. }
+                | Effect::CheckArray { .. }
         )
     }
 }
@@ -151,7 +155,8 @@ impl Run {
     }
 
     /// What the run owes whatever happens: its planned attempts submitted, its maps
-    /// expanded, their arrays submitted and their ends closed; once it has ended and every
+    /// expanded, their arrays submitted, ended arrays' failures checked for children out of
+    /// memory, and their ends closed; once it has ended and every
     /// job of it has, the claims of the attempts and arrays it gave up settled, then its
     /// end announced.
     pub fn owed(&self) -> Vec<Effect> {
@@ -160,7 +165,9 @@ impl Run {
         let arrays = self.arrays_to_submit().into_iter();
         let arrays = arrays.map(|(stage, attempt, array)| Effect::SubmitArray { stage, attempt, array });
         let close = self.maps_to_close().into_iter().map(|(stage, attempt)| Effect::CloseMap { stage, attempt });
-        let work: Vec<Effect> = submit.chain(expand).chain(arrays).chain(close).collect();
+        let check = self.arrays_to_check().into_iter();
+        let check = check.map(|(stage, attempt, array)| Effect::CheckArray { stage, attempt, array });
+        let work: Vec<Effect> = submit.chain(expand).chain(arrays).chain(check).chain(close).collect();
         if !work.is_empty() || !self.ready_to_announce() {
             return work;
         }

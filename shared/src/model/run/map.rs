@@ -23,9 +23,13 @@
 //!    tolerance the stage SUCCEEDS (with `failed > 0` perhaps) and the stages after it
 //!    are planned; past it the stage fails, and the run with it.
 //!
-//! A map stage is not resized when children run out of memory (its children count as
-//! failed); its cost is its children's, priced by their own events in the metrics lane,
-//! not in the run's record. For `MaxRunCostUsd` a map counts its children at the stage's
+//! **Children out of memory.** An array that ends with failed children, while the stage
+//! may still resize (its `MaxResizes`, counted per child, and a next size its queue runs),
+//! owes [`Effect::CheckArray`]: the worker reads which children ran out of memory and
+//! writes their lines to a list of their own, answering [`ArrayChecked`]; they become a
+//! new array ([`Resubmission`]) one size up, submitted like the others, and the map is
+//! not judged or closed until it ends. A map's cost is its children's, priced by their own
+//! events in the metrics lane, not in the run's record. For `MaxRunCostUsd` a map counts its children at the stage's
 //! estimate ([`Run::over_budget`]).
 
 use serde::{Deserialize, Serialize};
@@ -33,6 +37,7 @@ use serde_json::Value;
 
 use super::{Applied, Attempt, Run, RunStatus, StageRun, StageStatus};
 use crate::model::batch_event::{JobStateChangeEvent, JobStatus};
+use crate::model::fargate::Size;
 use crate::model::map::{arrays, judge, too_large, MapEnd, MapSpec};
 use crate::model::pipeline::attempt_key;
 
@@ -40,7 +45,7 @@ use crate::model::pipeline::attempt_key;
 pub const MAX_LISTED_FAILURES: usize = 100;
 
 mod inputs;
-pub use inputs::{ArrayFound, ArraySubmitted, ArrayUnsubmittable, MapClosed, MapExpanded};
+pub use inputs::{ArrayChecked, ArrayFound, ArraySubmitted, ArrayUnsubmittable, MapClosed, MapExpanded};
 
 /// A map attempt's progress: its children's number, and its arrays.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -88,6 +93,33 @@ pub struct ArrayRun {
     pub started_at: Option<i64>,
     #[serde(default)]
     pub stopped_at: Option<i64>,
+    /// A resubmission: children of an earlier array that ran out of memory, one size up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resubmits: Option<Resubmission>,
+    /// Ended with failed children the stage may resize: which of them ran out of memory is
+    /// being read ([`Effect::CheckArray`](super::effects::Effect::CheckArray)).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub awaiting_check: bool,
+    /// How many of its failed children ran out of memory and were resubmitted.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub resized: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+/// What an array that resubmits children runs: its own size, its own item list (the
+/// children's lines, each keeping its map index), and how many times they were resized.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Resubmission {
+    /// The array whose children it runs again.
+    pub of: usize,
+    pub size: Size,
+    pub list: String,
+    /// 1 for children resized once, 2 for twice, ...
+    pub step: u32,
 }
 
 /// A child that failed: its place in the map, its items, and how it ended.
@@ -121,6 +153,9 @@ impl ArrayRun {
             submitted_at: None,
             started_at: None,
             stopped_at: None,
+            resubmits: None,
+            awaiting_check: false,
+            resized: 0,
         }
     }
 
@@ -166,26 +201,39 @@ impl ArrayRun {
 impl MapProgress {
     /// The S3 URI of array `array`'s item list.
     pub fn item_list(&self, array: usize) -> String {
-        format!("{}array-{array}.jsonl", self.lists)
+        match self.arrays.get(array).and_then(|a| a.resubmits.as_ref()) {
+            Some(resubmission) => resubmission.list.clone(),
+            None => format!("{}array-{array}.jsonl", self.lists),
+        }
     }
 
     pub fn succeeded(&self) -> usize {
         self.arrays.iter().map(|a| a.succeeded).sum()
     }
 
+    /// Children that failed for good: not those resubmitted one size up.
     pub fn failed(&self) -> usize {
-        self.arrays.iter().map(|a| a.failed).sum()
+        self.arrays.iter().map(|a| a.failed - a.resized.min(a.failed)).sum()
     }
 
-    /// Whether any array is submitted and has not ended.
+    /// Children that ran out of memory and were resubmitted one size up (once per time).
+    pub fn resized(&self) -> usize {
+        self.arrays.iter().map(|a| a.resized).sum()
+    }
+
+    /// Whether any array is submitted and has not ended, or has ended and awaits the
+    /// check of its failed children.
     pub fn is_open(&self) -> bool {
-        self.arrays.iter().any(ArrayRun::is_open)
+        self.arrays.iter().any(|a| a.is_open() || a.awaiting_check)
     }
 
-    /// Whether its failures already pass what `spec` tolerates.
+    /// Whether its failures already pass what `spec` tolerates (an array awaiting its
+    /// check counts none yet: some may be resized).
     fn past_tolerance(&self, spec: &MapSpec) -> bool {
         let children = self.children.unwrap_or(0);
-        self.failed() > spec.tolerated_failures.allowed(children)
+        let settled = self.arrays.iter().filter(|a| !a.awaiting_check);
+        let failed: usize = settled.map(|a| a.failed - a.resized.min(a.failed)).sum();
+        failed > spec.tolerated_failures.allowed(children)
     }
 
     /// The arrays to submit now: every planned one, or with `MaxConcurrency` the first
@@ -223,6 +271,21 @@ impl MapProgress {
     fn stopped_at(&self) -> Option<i64> {
         self.arrays.iter().filter_map(|a| a.stopped_at).max()
     }
+}
+
+/// What a stage allows when its jobs run out of memory.
+#[derive(Debug, Clone, Copy)]
+struct ResizeRule {
+    max_resizes: u32,
+    max_vcpus: Option<u32>,
+}
+
+/// The size children at `size`, resized `step` times already, are resubmitted at when they
+/// run out of memory: none past the stage's `MaxResizes`, at the largest size, or past what
+/// its queue can run.
+fn resize_of(rule: ResizeRule, step: u32, size: Size) -> Option<Size> {
+    let next = size.next_for_memory()?;
+    (step < rule.max_resizes && rule.max_vcpus.is_none_or(|max| next.fits_vcpus(max))).then_some(next)
 }
 
 /// A map stage's current attempt, its map and its spec, found by stage name and number.
@@ -285,6 +348,48 @@ impl Run {
         });
         let ready = awaiting.filter(|(_, _, map, spec)| map.is_ready_to_close(spec));
         ready.map(|(stage, attempt, _, _)| (stage.to_owned(), attempt.number)).collect()
+    }
+
+    /// Ended arrays whose failed children are to be checked for running out of memory:
+    /// `(stage, attempt number, array)`.
+    pub fn arrays_to_check(&self) -> Vec<(String, u32, usize)> {
+        let mut out = Vec::new();
+        for (stage, stage_run) in self.stage_runs() {
+            let Some((attempt, map)) = stage_run.current().and_then(|a| Some((a, a.map.as_ref()?))) else { continue };
+            let awaiting = map.arrays.iter().enumerate().filter(|(_, a)| a.awaiting_check);
+            out.extend(awaiting.map(|(k, _)| (stage.to_owned(), attempt.number, k)));
+        }
+        out
+    }
+
+    /// The stage's out-of-memory resizing: its `MaxResizes` and the most vCPU its queue runs.
+    fn resize_rule(&self, stage: &str) -> ResizeRule {
+        let stage = self.stage(stage);
+        ResizeRule { max_resizes: stage.map_or(0, |s| s.max_resizes), max_vcpus: stage.and_then(|s| s.max_vcpus) }
+    }
+
+    /// Records which of an array's failed children ran out of memory (see
+    /// [`ArrayChecked`]): they are resubmitted as a new array one size up. False when the
+    /// array does not await its check.
+    pub(super) fn record_check(&mut self, checked: &ArrayChecked, _now_ms: i64) -> bool {
+        let (stage, attempt, k) = (checked.stage, checked.attempt, checked.array);
+        let run_id = self.run_id.clone();
+        let rule = self.resize_rule(stage);
+        let running = self.status == RunStatus::Running;
+        let Some(mut at) = self.map_at(stage, attempt) else { return false };
+        let attempt_size = at.attempt().size;
+        let map = at.map();
+        let Some(array) = map.arrays.get_mut(k).filter(|a| a.awaiting_check && running) else { return false };
+        array.awaiting_check = false;
+        let out_of_memory = checked.out_of_memory.min(array.failed);
+        let (step, size) = array.resubmits.as_ref().map_or((0, attempt_size), |r| (r.step, r.size));
+        let Some(next) = resize_of(rule, step, size).filter(|_| out_of_memory > 0) else { return true };
+        array.resized = out_of_memory;
+        let number = map.arrays.len();
+        let mut resubmission = ArrayRun::planned(&run_id, stage, attempt, number, 0..out_of_memory);
+        resubmission.resubmits = Some(Resubmission { of: k, size: next, list: checked.list.clone(), step: step + 1 });
+        map.arrays.push(resubmission);
+        true
     }
 
     /// Arrays the run gave up before a job was recorded for them, whose submission claims
@@ -417,6 +522,7 @@ impl Run {
         let Some(number) = self.current_attempt(stage).map(|a| a.number) else {
             return Applied::Unchanged("the stage has no attempt");
         };
+        let rule = self.resize_rule(stage);
         let Some(mut at) = self.map_at(stage, number) else { return Applied::Unchanged("the stage is not a map") };
         let Some(k) = at.map().arrays.iter().position(|a| a.is_job_of(event)) else {
             return Applied::Unchanged("the event is for another attempt");
@@ -446,6 +552,12 @@ impl Run {
             return Applied::Changed;
         }
         array.record_end(event, now_ms);
+        let (failed, current) = (array.failed, array.resubmits.as_ref().map(|r| (r.step, r.size)));
+        let attempt_size = at.attempt().size;
+        let (step, size) = current.unwrap_or((0, attempt_size));
+        if failed > 0 && !run_ended && resize_of(rule, step, size).is_some() {
+            at.map().arrays[k].awaiting_check = true;
+        }
         if run_ended && !at.map().is_open() && stage_status.is_terminal() {
             // The run ended and gave the stage its status (cancelled, or failed by an array
             // that could not be submitted): the attempt ends with its last array, as its stage.
@@ -507,6 +619,10 @@ impl Run {
             };
             let Some(mut at) = self.map_at(&stage, number) else { continue };
             at.map().give_up_planned(unstarted);
+            // Nothing is resubmitted for a run that ended: its failed children stay failed.
+            for array in &mut at.map().arrays {
+                array.awaiting_check = false;
+            }
             let stage_status = at.stage_run.status;
             let map = at.map();
             // A map none of whose children ever ran ends here; one whose children ran, once

@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 
 use super::effect_tests::render;
 use super::effects::{CancelRequested, Context, Input, JobChanged, Resume};
-use super::map::{ArraySubmitted, FailedChild, MapClosed, MapExpanded};
+use super::map::{ArrayChecked, ArraySubmitted, FailedChild, MapClosed, MapExpanded};
 use super::{Run, RunInput, RunStatus, StageStatus};
 use crate::model::batch_event::JobStateChangeEvent;
 use crate::model::cost::Pricing;
@@ -22,7 +22,8 @@ const LISTS: &str = "s3://in/runs/run-1/files/_batchline/a1-t0k3n/";
 /// children at once) → `report`, with a failure stage.
 fn mapped(tolerated: u32, max_concurrency: Option<u32>) -> Pipeline {
     let size = Size { vcpu: Quarters(1), memory_mib: 512 };
-    let mut files = super::tests::stage(&[], size, 2);
+    // No resizing (MaxResizes 0): the tests that resize say so.
+    let mut files = super::tests::stage(&[], size, 0);
     files.map = Some(MapSpec {
         source: MapSource::Prefix { uri: "s3://in/{inputPrefix}".into(), suffix: ".jpg".into() },
         items_per_child: 1,
@@ -312,4 +313,65 @@ fn a_map_is_priced_as_its_children_before_any_array_is_submitted() {
     assert_eq!(run.status, RunStatus::Failed, "{effects:?}");
     assert!(effects.iter().all(|e| !e.contains("array")), "{effects:?}");
     assert!(run.reason.as_deref().unwrap().contains("files array 1 of 200 children"));
+}
+
+#[test]
+fn children_out_of_memory_are_resubmitted_one_size_up_as_often_as_the_stage_allows_and_then_count_as_failed() {
+    let mut pipeline = mapped(1, None);
+    pipeline.stages.get_mut("files").unwrap().max_resizes = 2;
+    let mut run = started(&pipeline);
+    let size = run.stages["files"].current().unwrap().size;
+    put(&mut run, &Resume);
+    put(&mut run, &MapExpanded { stage: "files", attempt: 1, children: Ok(250), lists: LISTS.into() });
+    put(&mut run, &ArraySubmitted { stage: "files", attempt: 1, array: 0, job_id: "p0" });
+
+    // THEN an array with failed children is checked before anything is judged or closed
+    assert_eq!(changed(&mut run, &array_end("p0", 250, 3)).1, ["check files#1 array 0"]);
+    assert_eq!(put(&mut run, &Resume).1, ["check files#1 array 0"], "owed until answered");
+    let list = |k: usize| format!("{LISTS}resize-of-{k}.jsonl");
+    let checked = ArrayChecked { stage: "files", attempt: 1, array: 0, out_of_memory: 3, list: list(0) };
+    assert_eq!(put(&mut run, &checked), (true, vec!["submit files#1 array 1".into()]));
+    assert!(!put(&mut run, &checked).0, "an array is checked once");
+    let map = run.stages["files"].current().unwrap().map.clone().unwrap();
+    let resubmission = map.arrays[1].resubmits.clone().unwrap();
+    assert_eq!((map.arrays[1].size, resubmission.of, resubmission.step), (3, 0, 1));
+    assert_eq!(resubmission.size, size.next_for_memory().unwrap());
+    assert_eq!((map.succeeded(), map.failed(), map.resized()), (247, 0, 3));
+    assert_eq!(map.item_list(1), list(0));
+
+    // Two of the three out of memory again: resized once more (MaxResizes 2), then no more.
+    put(&mut run, &ArraySubmitted { stage: "files", attempt: 1, array: 1, job_id: "p1" });
+    assert_eq!(changed(&mut run, &array_end("p1", 3, 2)).1, ["check files#1 array 1"]);
+    let again = ArrayChecked { stage: "files", attempt: 1, array: 1, out_of_memory: 2, list: list(1) };
+    assert_eq!(put(&mut run, &again).1, ["submit files#1 array 2"]);
+    put(&mut run, &ArraySubmitted { stage: "files", attempt: 1, array: 2, job_id: "p2" });
+    assert_eq!(changed(&mut run, &array_end("p2", 2, 2)).1, ["close files#1"], "at the limit: failed for good");
+    let map = run.stages["files"].current().unwrap().map.clone().unwrap();
+    assert_eq!((map.succeeded(), map.failed(), map.resized()), (248, 2, 5));
+
+    // Judged at the close: two failures, one tolerated.
+    let closed = MapClosed {
+        stage: "files",
+        attempt: 1,
+        failed_items: vec![failed_child(3), failed_child(17)],
+        failed_items_uri: None,
+    };
+    put(&mut run, &closed);
+    assert_eq!(run.status, RunStatus::Failed);
+    assert_eq!(run.reason.as_deref(), Some("stage files: 2 of 250 children failed; ToleratedFailures allows 1"));
+}
+
+#[test]
+fn failed_children_none_of_them_out_of_memory_are_judged_as_before() {
+    let mut pipeline = mapped(2, None);
+    pipeline.stages.get_mut("files").unwrap().max_resizes = 1;
+    let mut run = started(&pipeline);
+    put(&mut run, &Resume);
+    put(&mut run, &MapExpanded { stage: "files", attempt: 1, children: Ok(10), lists: LISTS.into() });
+    put(&mut run, &ArraySubmitted { stage: "files", attempt: 1, array: 0, job_id: "p0" });
+    assert_eq!(changed(&mut run, &array_end("p0", 10, 2)).1, ["check files#1 array 0"]);
+    let checked = ArrayChecked { stage: "files", attempt: 1, array: 0, out_of_memory: 0, list: String::new() };
+    assert_eq!(put(&mut run, &checked).1, ["close files#1"]);
+    let map = run.stages["files"].current().unwrap().map.clone().unwrap();
+    assert_eq!((map.arrays.len(), map.failed(), map.resized()), (1, 2, 0));
 }

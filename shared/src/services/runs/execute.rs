@@ -103,11 +103,15 @@ impl RunDriver<'_> {
                     None
                 }
                 Effect::ExpandMap { stage, attempt } => {
-                    self.ask_map_worker(&record.run, MapAction::Expand, stage, attempt).await?;
+                    self.ask_map_worker(&record.run, MapAction::Expand, stage, attempt, None).await?;
                     None
                 }
                 Effect::CloseMap { stage, attempt } => {
-                    self.ask_map_worker(&record.run, MapAction::Close, stage, attempt).await?;
+                    self.ask_map_worker(&record.run, MapAction::Close, stage, attempt, None).await?;
+                    None
+                }
+                Effect::CheckArray { stage, attempt, array } => {
+                    self.ask_map_worker(&record.run, MapAction::Check, stage, attempt, Some(array)).await?;
                     None
                 }
                 Effect::SubmitArray { stage, attempt, array } => {
@@ -197,10 +201,17 @@ impl RunDriver<'_> {
     }
 
     /// Asks the map worker for a map attempt's S3 work.
-    async fn ask_map_worker(&self, run: &Run, action: MapAction, stage: String, attempt: u32) -> Result<(), Error> {
-        info!(run_id = %run.run_id, stage, attempt, ?action, "asking the map worker");
+    async fn ask_map_worker(
+        &self,
+        run: &Run,
+        action: MapAction,
+        stage: String,
+        attempt: u32,
+        array: Option<usize>,
+    ) -> Result<(), Error> {
+        info!(run_id = %run.run_id, stage, attempt, ?array, ?action, "asking the map worker");
         let stack = self.configs.get().await?.name_prefix.clone();
-        let work = MapWork { stack, action, run_id: run.run_id.clone(), stage, attempt, resume: None };
+        let work = MapWork { stack, action, run_id: run.run_id.clone(), stage, attempt, resume: None, array };
         self.announcer.map_work(&work).await
     }
 

@@ -90,6 +90,10 @@ pub fn array_job(
     request.origin = key.clone();
     request.idempotency_key = key;
     request.array_size = (slot.size > 1).then_some(slot.size as u32);
+    if let Some(resubmission) = &slot.resubmits {
+        // Children resubmitted one size up: that size, whatever the attempt's.
+        request.size = Some(resubmission.size);
+    }
     request.environment.insert("BATCHLINE_ITEMS".into(), map.item_list(array));
     request.environment.insert("BATCHLINE_MAP_SIZE".into(), map.children.unwrap_or(0).to_string());
     Ok(request)

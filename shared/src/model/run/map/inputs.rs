@@ -117,3 +117,23 @@ impl Input for MapClosed<'_> {
         Step { changed, answer: changed, effects: vec![] }
     }
 }
+
+/// The map worker read which of an ended array's failed children ran out of memory:
+/// `out_of_memory` of them, whose lines (each keeping its map index) it wrote to `list`.
+/// They are resubmitted there as one array (one child: a plain job) one size up.
+pub struct ArrayChecked<'a> {
+    pub stage: &'a str,
+    pub attempt: u32,
+    pub array: usize,
+    pub out_of_memory: usize,
+    pub list: String,
+}
+
+impl Input for ArrayChecked<'_> {
+    type Answer = bool;
+
+    fn take(&self, run: &mut Run, ctx: &Context) -> Step<bool> {
+        let changed = run.record_check(self, ctx.now_ms);
+        Step { changed, answer: changed, effects: vec![] }
+    }
+}

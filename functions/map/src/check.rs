@@ -1,0 +1,62 @@
+//! Checking an ended array's failed children: which ran out of memory (Batch's reason), and their item list for the array that resubmits them one size up.
+//!
+//! The list (`resize-of-<k>.jsonl` beside the map's other lists) holds the children's
+//! lines as they were, each keeping its map `index`; line `i` is the work of the new
+//! array's child `i`. An array is checked once its end is recorded and its failures cannot
+//! change, so two workers checking it at once write the same list.
+
+use batchline::model::map::{S3Location, MAX_LIST_BYTES};
+use batchline::model::run::MapProgress;
+use batchline::Error;
+
+use crate::children::ArrayChildren;
+use crate::objects::Objects;
+
+/// What the check found: how many children ran out of memory, and where their list is
+/// (empty when none did).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checked {
+    pub out_of_memory: usize,
+    pub list: String,
+}
+
+/// Whether Batch's reason for a child's end is that it ran out of memory.
+fn out_of_memory(reason: Option<&str>) -> bool {
+    reason.is_some_and(|r| r.starts_with("OutOfMemoryError"))
+}
+
+/// Checks array `array` of `map`.
+pub async fn check(
+    objects: &dyn Objects,
+    batch: &dyn ArrayChildren,
+    map: &MapProgress,
+    array: usize,
+) -> Result<Checked, Error> {
+    let slot = map.arrays.get(array).ok_or_else(|| Error::InvalidEvent(format!("the map has no array {array}")))?;
+    let job = slot.job_id.as_deref().ok_or_else(|| Error::InvalidEvent(format!("array {array} has no job")))?;
+    let ends = if slot.size > 1 { batch.failed(job).await? } else { [(0, batch.plain(job).await?)].into() };
+    let indexes: Vec<usize> =
+        ends.iter().filter(|(_, end)| out_of_memory(end.reason.as_deref())).map(|(i, _)| *i).collect();
+    if indexes.is_empty() {
+        return Ok(Checked { out_of_memory: 0, list: String::new() });
+    }
+    let at = |uri: &str| S3Location::parse(uri).map_err(Error::InvalidEvent);
+    let text = objects.read(&at(&map.item_list(array))?, MAX_LIST_BYTES).await?;
+    let lines: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+    let picked: String = indexes.iter().filter_map(|i| lines.get(*i)).map(|line| format!("{line}\n")).collect();
+    let list = format!("{}resize-of-{array}.jsonl", map.lists);
+    objects.write(&at(&list)?, picked.clone()).await?;
+    Ok(Checked { out_of_memory: picked.lines().count(), list })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_batchs_out_of_memory_reason_counts() {
+        assert!(out_of_memory(Some("OutOfMemoryError: Container killed due to memory usage")));
+        assert!(!out_of_memory(Some("Essential container in task exited")));
+        assert!(!out_of_memory(None));
+    }
+}
