@@ -1,13 +1,15 @@
 //! Checking an ended array's failed children: which ran out of memory (Batch's reason), and their item list for the array that resubmits them one size up.
 //!
-//! The list (`resize-of-<k>.jsonl` beside the map's other lists) holds the children's
-//! lines as they were, each keeping its map `index`; line `i` is the work of the new
-//! array's child `i`. An array is checked once its end is recorded and its failures cannot
-//! change, so two workers checking it at once write the same list.
+//! The list (`resize-of-<k>-<token>.jsonl` beside the map's other lists) holds the
+//! children's lines as they were, each keeping its map `index`; line `i` is the work of the
+//! new array's child `i`. Two workers checking the same array write a list each, and the
+//! run keeps the first answer, with its list.
 
 use batchline::model::map::{S3Location, MAX_LIST_BYTES};
 use batchline::model::run::MapProgress;
 use batchline::Error;
+
+use tracing::warn;
 
 use crate::children::ArrayChildren;
 use crate::objects::Objects;
@@ -25,12 +27,36 @@ fn out_of_memory(reason: Option<&str>) -> bool {
     reason.is_some_and(|r| r.starts_with("OutOfMemoryError"))
 }
 
-/// Checks array `array` of `map`.
+/// Checks array `array` of `map`; `token` tells this invocation's list apart from another's.
+/// What cannot be read for good (no such array or job, its item list gone) is answered as
+/// no child out of memory, so the map goes on to its close rather than waiting for ever;
+/// the children then count as failed.
 pub async fn check(
     objects: &dyn Objects,
     batch: &dyn ArrayChildren,
     map: &MapProgress,
     array: usize,
+    token: &str,
+) -> Result<Checked, Error> {
+    match read_and_write(objects, batch, map, array, token).await {
+        Err(Error::InvalidEvent(why)) => {
+            warn!(array, why, "the array cannot be checked; its failed children count as failed");
+            Ok(Checked { out_of_memory: 0, list: String::new() })
+        }
+        Err(Error::Aws { code, message, .. }) if code == "NoSuchKey" => {
+            warn!(array, message, "the array's item list is gone; its failed children count as failed");
+            Ok(Checked { out_of_memory: 0, list: String::new() })
+        }
+        other => other,
+    }
+}
+
+async fn read_and_write(
+    objects: &dyn Objects,
+    batch: &dyn ArrayChildren,
+    map: &MapProgress,
+    array: usize,
+    token: &str,
 ) -> Result<Checked, Error> {
     let slot = map.arrays.get(array).ok_or_else(|| Error::InvalidEvent(format!("the map has no array {array}")))?;
     let job = slot.job_id.as_deref().ok_or_else(|| Error::InvalidEvent(format!("array {array} has no job")))?;
@@ -42,9 +68,10 @@ pub async fn check(
     }
     let at = |uri: &str| S3Location::parse(uri).map_err(Error::InvalidEvent);
     let text = objects.read(&at(&map.item_list(array))?, MAX_LIST_BYTES).await?;
-    let lines: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.is_empty()).take(slot.size).collect();
     let picked: String = indexes.iter().filter_map(|i| lines.get(*i)).map(|line| format!("{line}\n")).collect();
-    let list = format!("{}resize-of-{array}.jsonl", map.lists);
+    // This invocation's own list: a second check racing this one never overwrites it.
+    let list = format!("{}resize-of-{array}-{token}.jsonl", map.lists);
     objects.write(&at(&list)?, picked.clone()).await?;
     Ok(Checked { out_of_memory: picked.lines().count(), list })
 }

@@ -63,7 +63,8 @@ pub async fn close(
             _ => BTreeMap::new(),
         };
         let never_ran = array.job_id.is_none() || array.status == StageStatus::Skipped;
-        for (i, text) in lines.lines().filter(|l| !l.is_empty()).enumerate() {
+        // An array's children are its list's first `size` lines.
+        for (i, text) in lines.lines().filter(|l| !l.is_empty()).take(array.size).enumerate() {
             let line: ChildLine =
                 serde_json::from_str(text).map_err(|e| Error::InvalidEvent(format!("{}: {e}", list.uri())))?;
             let end = match ends.get(&i) {

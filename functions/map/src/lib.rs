@@ -143,7 +143,7 @@ pub async fn do_work(clients: &Clients, holder: &Holder, token: &str, work: &Map
                 info!(run_id = run.run_id, stage = work.stage, array = k, "the array is checked already, or given up");
                 return Ok(());
             };
-            let checked = check::check(clients.objects.as_ref(), clients.children.as_ref(), &map, k).await?;
+            let checked = check::check(clients.objects.as_ref(), clients.children.as_ref(), &map, k, token).await?;
             info!(
                 run_id = run.run_id,
                 stage = work.stage,

@@ -23,6 +23,9 @@ pub const MAX_MAP_CHILDREN: usize = 10 * MAX_ARRAY_CHILDREN;
 /// The most array jobs one map is cut into: a run records a few facts per array, and its
 /// record is one DynamoDB item (400 KB).
 pub const MAX_MAP_ARRAYS: usize = 100;
+/// The most arrays of resubmitted children (out of memory, one size up) a map's record
+/// holds beyond its own: past them, children out of memory count as failed.
+pub const MAX_RESUBMITTED_ARRAYS: usize = 100;
 /// The most items a map lists (a thousand ListObjectsV2 pages): what one map worker
 /// invocation holds and writes within its time.
 pub const MAX_MAP_ITEMS: usize = 1_000_000;

@@ -99,16 +99,17 @@ impl Run {
         for (stage, stage_run) in self.stage_runs() {
             let Some(attempt) = stage_run.current() else { continue };
             let Some(map) = attempt.map.as_ref() else { continue };
-            let each = self.estimate(stage, attempt.size, pricing);
             for (k, array) in map.arrays.iter().enumerate() {
+                // Resubmitted children run at their own, larger size.
+                let size = array.resubmits.as_ref().map_or(attempt.size, |r| r.size);
+                let each = self.estimate(stage, size, pricing);
                 if array.is_open() {
                     out.running += array.size as f64 * each;
                 } else if array.status.is_terminal() && array.job_id.is_some() {
                     out.ended += (array.succeeded + array.failed) as f64 * each;
                 } else if array.status == StageStatus::Submitting && !stage_run.status.is_terminal() {
                     out.planned += array.size as f64 * each;
-                    out.planned_arrays
-                        .push(format!("{stage} array {k} of {} children at {}", array.size, attempt.size));
+                    out.planned_arrays.push(format!("{stage} array {k} of {} children at {size}", array.size));
                 }
             }
         }

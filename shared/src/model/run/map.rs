@@ -38,7 +38,7 @@ use serde_json::Value;
 use super::{Applied, Attempt, Run, RunStatus, StageRun, StageStatus};
 use crate::model::batch_event::{JobStateChangeEvent, JobStatus};
 use crate::model::fargate::Size;
-use crate::model::map::{arrays, judge, too_large, MapEnd, MapSpec};
+use crate::model::map::{arrays, judge, too_large, MapEnd, MapSpec, MAX_MAP_ARRAYS, MAX_RESUBMITTED_ARRAYS};
 use crate::model::pipeline::attempt_key;
 
 /// The most failed children a run's record lists; the rest are in the map's results.
@@ -378,13 +378,20 @@ impl Run {
         let running = self.status == RunStatus::Running;
         let Some(mut at) = self.map_at(stage, attempt) else { return false };
         let attempt_size = at.attempt().size;
+        let spec = at.spec.clone();
         let map = at.map();
+        let room = map.arrays.len() < MAX_MAP_ARRAYS + MAX_RESUBMITTED_ARRAYS;
         let Some(array) = map.arrays.get_mut(k).filter(|a| a.awaiting_check && running) else { return false };
         array.awaiting_check = false;
         let out_of_memory = checked.out_of_memory.min(array.failed);
         let (step, size) = array.resubmits.as_ref().map_or((0, attempt_size), |r| (r.step, r.size));
-        let Some(next) = resize_of(rule, step, size).filter(|_| out_of_memory > 0) else { return true };
+        let Some(next) = resize_of(rule, step, size).filter(|_| out_of_memory > 0 && room) else { return true };
         array.resized = out_of_memory;
+        if map.past_tolerance(&spec) {
+            // Its other failures already fail the map: resizing cannot save it.
+            map.arrays[k].resized = 0;
+            return true;
+        }
         let number = map.arrays.len();
         let mut resubmission = ArrayRun::planned(&run_id, stage, attempt, number, 0..out_of_memory);
         resubmission.resubmits = Some(Resubmission { of: k, size: next, list: checked.list.clone(), step: step + 1 });

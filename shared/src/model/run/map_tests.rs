@@ -375,3 +375,19 @@ fn failed_children_none_of_them_out_of_memory_are_judged_as_before() {
     let map = run.stages["files"].current().unwrap().map.clone().unwrap();
     assert_eq!((map.arrays.len(), map.failed(), map.resized()), (1, 2, 0));
 }
+
+#[test]
+fn children_out_of_memory_are_not_resubmitted_when_the_other_failures_already_fail_the_map() {
+    let mut pipeline = mapped(1, None);
+    pipeline.stages.get_mut("files").unwrap().max_resizes = 2;
+    let mut run = started(&pipeline);
+    put(&mut run, &Resume);
+    put(&mut run, &MapExpanded { stage: "files", attempt: 1, children: Ok(10), lists: LISTS.into() });
+    put(&mut run, &ArraySubmitted { stage: "files", attempt: 1, array: 0, job_id: "p0" });
+    assert_eq!(changed(&mut run, &array_end("p0", 10, 3)).1, ["check files#1 array 0"]);
+    // One of the three ran out of memory; the other two already pass a tolerance of one.
+    let checked = ArrayChecked { stage: "files", attempt: 1, array: 0, out_of_memory: 1, list: "s3://x".into() };
+    assert_eq!(put(&mut run, &checked).1, ["close files#1"]);
+    let map = run.stages["files"].current().unwrap().map.clone().unwrap();
+    assert_eq!((map.arrays.len(), map.failed(), map.resized()), (1, 3, 0));
+}
