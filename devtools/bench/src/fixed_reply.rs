@@ -167,6 +167,11 @@ fn answer(request: &Request, config: Option<&str>) -> (String, &'static str, Vec
         let operation = operation.split('?').next().unwrap_or_default();
         return (format!("batch:{operation}"), "application/json", b"{}".to_vec());
     }
+    if let Some(operation) = request.path.split("x-id=").nth(1) {
+        // S3's REST calls name the operation in the query (`?x-id=GetObject`).
+        let operation = operation.split('&').next().unwrap_or_default();
+        return (format!("s3:{operation}"), "application/xml", vec![]);
+    }
     (format!("unknown:{} {}", request.method, request.path), "application/json", b"{}".to_vec())
 }
 
