@@ -28,6 +28,7 @@ use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMe
 use batchline::model::job_request::digest;
 use batchline::model::map::{MapAction, MapWork};
 use batchline::model::run::map::{ArrayChecked, MapClosed, MapExpanded};
+use batchline::model::run::Run;
 use batchline::services::ports::{Clock, RunAnnouncer};
 use batchline::store::Holder;
 use batchline::wiring::{invocation_holder, AwsPorts};
@@ -135,31 +136,7 @@ pub async fn do_work(clients: &Clients, holder: &Holder, token: &str, work: &Map
             let answer = MapExpanded { stage: &work.stage, attempt: work.attempt, children, lists };
             driver.answer_map_work(&run.run_id, &answer, clients.ports.clock.now_ms()).await?
         }
-        MapAction::Check => {
-            let Some(k) = work.array else { return Err(Error::InvalidEvent("a check names no array".into())) };
-            let map = run.current_attempt(&work.stage).and_then(|a| a.map.clone());
-            let Some(map) = map.filter(|_| run.arrays_to_check().contains(&(work.stage.clone(), work.attempt, k)))
-            else {
-                info!(run_id = run.run_id, stage = work.stage, array = k, "the array is checked already, or given up");
-                return Ok(());
-            };
-            let checked = check::check(clients.objects.as_ref(), clients.children.as_ref(), &map, k, token).await?;
-            info!(
-                run_id = run.run_id,
-                stage = work.stage,
-                array = k,
-                out_of_memory = checked.out_of_memory,
-                "array checked"
-            );
-            let answer = ArrayChecked {
-                stage: &work.stage,
-                attempt: work.attempt,
-                array: k,
-                out_of_memory: checked.out_of_memory,
-                list: checked.list,
-            };
-            driver.answer_map_work(&run.run_id, &answer, clients.ports.clock.now_ms()).await?
-        }
+        MapAction::Check => check_array(clients, holder, run, token, work).await?,
         MapAction::Close => {
             let map = run.current_attempt(&work.stage).and_then(|a| a.map.clone());
             let Some(map) = map.filter(|_| run.maps_to_close().contains(&this)) else {
@@ -196,4 +173,31 @@ pub async fn do_work(clients: &Clients, holder: &Holder, token: &str, work: &Map
         info!(run_id = run.run_id, stage = work.stage, "another worker answered first");
     }
     Ok(())
+}
+
+/// Checks an ended array's failed children for those out of memory, if the run still
+/// awaits it, and answers the run; whether the answer was recorded (or none was owed).
+async fn check_array(
+    clients: &Clients,
+    holder: &Holder,
+    run: &Run,
+    token: &str,
+    work: &MapWork,
+) -> Result<bool, Error> {
+    let Some(k) = work.array else { return Err(Error::InvalidEvent("a check names no array".into())) };
+    let map = run.current_attempt(&work.stage).and_then(|a| a.map.clone());
+    let Some(map) = map.filter(|_| run.arrays_to_check().contains(&(work.stage.clone(), work.attempt, k))) else {
+        info!(run_id = run.run_id, stage = work.stage, array = k, "the array is checked already, or given up");
+        return Ok(true);
+    };
+    let checked = check::check(clients.objects.as_ref(), clients.children.as_ref(), &map, k, token).await?;
+    info!(run_id = run.run_id, stage = work.stage, array = k, out_of_memory = checked.out_of_memory, "array checked");
+    let answer = ArrayChecked {
+        stage: &work.stage,
+        attempt: work.attempt,
+        array: k,
+        out_of_memory: checked.out_of_memory,
+        list: checked.list,
+    };
+    clients.ports.driver(holder).answer_map_work(&run.run_id, &answer, clients.ports.clock.now_ms()).await
 }
