@@ -6,12 +6,12 @@
 //! run keeps the first answer, with its list.
 
 use batchline::model::map::{S3Location, MAX_LIST_BYTES};
-use batchline::model::run::MapProgress;
+use batchline::model::run::{is_out_of_memory_reason, MapProgress};
 use batchline::Error;
 
 use tracing::warn;
 
-use crate::children::ArrayChildren;
+use crate::children::{failed_children, ArrayChildren};
 use crate::objects::Objects;
 
 /// What the check found: how many children ran out of memory, and where their list is
@@ -20,11 +20,6 @@ use crate::objects::Objects;
 pub struct Checked {
     pub out_of_memory: usize,
     pub list: String,
-}
-
-/// Whether Batch's reason for a child's end is that it ran out of memory.
-fn out_of_memory(reason: Option<&str>) -> bool {
-    reason.is_some_and(|r| r.starts_with("OutOfMemoryError"))
 }
 
 /// Checks array `array` of `map`; `token` tells this invocation's list apart from another's.
@@ -60,9 +55,9 @@ async fn read_and_write(
 ) -> Result<Checked, Error> {
     let slot = map.arrays.get(array).ok_or_else(|| Error::InvalidEvent(format!("the map has no array {array}")))?;
     let job = slot.job_id.as_deref().ok_or_else(|| Error::InvalidEvent(format!("array {array} has no job")))?;
-    let ends = if slot.size > 1 { batch.failed(job).await? } else { [(0, batch.plain(job).await?)].into() };
+    let ends = failed_children(batch, job, slot.size).await?;
     let indexes: Vec<usize> =
-        ends.iter().filter(|(_, end)| out_of_memory(end.reason.as_deref())).map(|(i, _)| *i).collect();
+        ends.iter().filter(|(_, end)| is_out_of_memory_reason(end.reason.as_deref())).map(|(i, _)| *i).collect();
     if indexes.is_empty() {
         return Ok(Checked { out_of_memory: 0, list: String::new() });
     }
@@ -82,8 +77,8 @@ mod tests {
 
     #[test]
     fn only_batchs_out_of_memory_reason_counts() {
-        assert!(out_of_memory(Some("OutOfMemoryError: Container killed due to memory usage")));
-        assert!(!out_of_memory(Some("Essential container in task exited")));
-        assert!(!out_of_memory(None));
+        assert!(is_out_of_memory_reason(Some("OutOfMemoryError: Container killed due to memory usage")));
+        assert!(!is_out_of_memory_reason(Some("Essential container in task exited")));
+        assert!(!is_out_of_memory_reason(None));
     }
 }

@@ -21,6 +21,20 @@ pub trait ArrayChildren: Send + Sync {
     async fn plain(&self, job_id: &str) -> Result<ChildEnd, Error>;
 }
 
+/// The failed children of an array job of `size` children, by index: listed for an array,
+/// read with DescribeJobs for a plain job (a map's array of one child, index 0).
+pub async fn failed_children(
+    batch: &dyn ArrayChildren,
+    job: &str,
+    size: usize,
+) -> Result<BTreeMap<usize, ChildEnd>, Error> {
+    if size > 1 {
+        batch.failed(job).await
+    } else {
+        Ok(BTreeMap::from([(0, batch.plain(job).await?)]))
+    }
+}
+
 /// Batch through the SDK.
 pub struct SdkArrayChildren {
     client: aws_sdk_batch::Client,

@@ -16,7 +16,7 @@ use batchline::model::stack::StackConfig;
 use batchline::Error;
 use serde_json::json;
 
-use crate::children::{ArrayChildren, ChildEnd};
+use crate::children::{failed_children, ArrayChildren, ChildEnd};
 use crate::objects::Objects;
 use crate::Outcome;
 
@@ -58,8 +58,7 @@ pub async fn close(
             Err(err) => return Err(err),
         };
         let ends: BTreeMap<usize, ChildEnd> = match (&array.job_id, array.failed) {
-            (Some(parent), 1..) if array.size > 1 => batch.failed(parent).await?,
-            (Some(job), 1..) => BTreeMap::from([(0, batch.plain(job).await?)]),
+            (Some(job), 1..) => failed_children(batch, job, array.size).await?,
             _ => BTreeMap::new(),
         };
         let never_ran = array.job_id.is_none() || array.status == StageStatus::Skipped;

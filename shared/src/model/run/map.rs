@@ -162,6 +162,11 @@ impl ArrayRun {
         }
     }
 
+    /// Its failed children that were not resubmitted one size up.
+    fn failed_for_good(&self) -> usize {
+        self.failed - self.resized.min(self.failed)
+    }
+
     /// Submitted and not ended.
     pub fn is_open(&self) -> bool {
         self.job_id.is_some() && !self.status.is_terminal()
@@ -202,7 +207,7 @@ impl MapProgress {
 
     /// Children that failed for good: not those resubmitted one size up.
     pub fn failed(&self) -> usize {
-        self.arrays.iter().map(|a| a.failed - a.resized.min(a.failed)).sum()
+        self.arrays.iter().map(ArrayRun::failed_for_good).sum()
     }
 
     /// Children that ran out of memory and were resubmitted one size up (once per time).
@@ -221,7 +226,7 @@ impl MapProgress {
     fn past_tolerance(&self, spec: &MapSpec) -> bool {
         let children = self.children.unwrap_or(0);
         let settled = self.arrays.iter().filter(|a| !a.awaiting_check);
-        let failed: usize = settled.map(|a| a.failed - a.resized.min(a.failed)).sum();
+        let failed: usize = settled.map(ArrayRun::failed_for_good).sum();
         failed > spec.tolerated_failures.allowed(children)
     }
 

@@ -47,7 +47,7 @@ pub use effects::{
     Resume, RunMetric, Step, Submitted, SweepVisit, Unsubmittable,
 };
 pub use map::{ArrayRun, FailedChild, MapProgress};
-pub use outcomes::is_out_of_memory;
+pub use outcomes::{is_out_of_memory, is_out_of_memory_reason};
 
 #[cfg(test)]
 mod effect_tests;

@@ -9,7 +9,12 @@ use crate::model::pipeline::ON_FAILURE;
 /// Whether a failed job ran out of memory, as AWS reports it.
 pub fn is_out_of_memory(event: &JobStateChangeEvent) -> bool {
     let container = event.detail.last_attempt_container().or(event.detail.container.as_ref());
-    container.and_then(|c| c.reason.as_deref()).is_some_and(|r| r.starts_with("OutOfMemoryError"))
+    is_out_of_memory_reason(container.and_then(|c| c.reason.as_deref()))
+}
+
+/// Whether Batch's reason for a container's end says it ran out of memory.
+pub fn is_out_of_memory_reason(reason: Option<&str>) -> bool {
+    reason.is_some_and(|r| r.starts_with("OutOfMemoryError"))
 }
 
 /// Records how an attempt's job ended (SUCCEEDED or FAILED), as its event says.
