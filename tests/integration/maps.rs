@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use batchline_testkit::emulator::{sdk_config, unique_name, Principal};
 use batchline_testkit::invocation;
 use batchline_testkit::lanes::{map_lane, WiredLane};
-use batchline_testkit::player::{Delivery, Player, StateChange};
+use batchline_testkit::player::{Delivery, Player, Script, StateChange};
 use serde_json::{json, Value};
 
 use crate::common::{job_events_invocation, Deployed};
@@ -283,6 +283,13 @@ async fn items_of_child(h: &Harness, job: &aws_sdk_batch::types::JobDetail, arra
     (line["index"].as_u64().unwrap() as usize, line["items"].as_array().unwrap().clone())
 }
 
+/// The MiB of memory a job was submitted with.
+fn memory(job: &aws_sdk_batch::types::JobDetail) -> u64 {
+    let requirements = job.container().unwrap().resource_requirements();
+    let memory = requirements.iter().find(|r| r.r#type().map(|t| t.as_str()) == Some("MEMORY"));
+    memory.and_then(|r| r.value()).map(str::parse::<u64>).unwrap().unwrap()
+}
+
 fn environment_of(job: &aws_sdk_batch::types::JobDetail, name: &str) -> Option<String> {
     let environment = job.container()?.environment();
     environment.iter().find(|v| v.name() == Some(name)).and_then(|v| v.value()).map(str::to_owned)
@@ -482,7 +489,7 @@ async fn a_cancelled_map_leaves_no_child_running_and_submits_no_further_array() 
 }
 
 #[tokio::test]
-async fn children_out_of_memory_run_again_one_size_up_as_one_array_of_just_them() {
+async fn children_out_of_memory_run_again_one_size_up_as_one_array_of_just_them_and_a_redrive_runs_only_the_failed() {
     let mut h = Harness::new("map-resize").await;
     for i in 0..250 {
         h.put(&format!("in/img-{i:03}.jpg"), "jpeg").await;
@@ -501,11 +508,6 @@ async fn children_out_of_memory_run_again_one_size_up_as_one_array_of_just_them(
     assert_eq!(arrays.len(), 2, "the map's array and one resubmission");
     let again = &arrays[1];
     assert_eq!(again.array_properties().and_then(|a| a.size()), Some(3), "exactly the three");
-    let memory = |job: &aws_sdk_batch::types::JobDetail| {
-        let requirements = job.container().unwrap().resource_requirements();
-        let memory = requirements.iter().find(|r| r.r#type().map(|t| t.as_str()) == Some("MEMORY"));
-        memory.and_then(|r| r.value()).map(str::parse::<u64>).unwrap().unwrap()
-    };
     assert!(memory(again) > memory(&arrays[0]), "one size up: {} MiB after {}", memory(again), memory(&arrays[0]));
     let mut indexes = Vec::new();
     for child in 0..3 {
@@ -532,6 +534,43 @@ async fn children_out_of_memory_run_again_one_size_up_as_one_array_of_just_them(
         map["failedItems"].as_array().unwrap().iter().map(|f| (f["index"].clone(), f["items"].clone())).collect();
     assert_eq!(failed, [(json!(0), json!(["file-0"])), (json!(1), json!(["file-1"]))]);
     assert_eq!((map["resized"].clone(), map["succeeded"].clone()), (json!(3), json!(8)));
+
+    // Redriven: exactly the two failed children run again, as one array at the size they
+    // last ran at, their lines keeping indexes 0 and 1; this time they succeed.
+    let before = h.jobs().await.len();
+    let (status, body) = h.api("POST", &format!("/runs/{stubborn}/redrive"), json!({})).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(h.work_maps().await, 1, "the redrive's expansion");
+    let jobs = h.jobs().await;
+    let again: Vec<_> = jobs[before..].iter().collect();
+    assert_eq!(again.len(), 1, "one array for the two failed children");
+    assert_eq!(again[0].array_properties().and_then(|a| a.size()), Some(2));
+    let resized_earlier =
+        jobs[..before].iter().filter(|j| j.array_properties().and_then(|a| a.size()) == Some(3)).last();
+    assert_eq!(memory(again[0]), memory(resized_earlier.unwrap()), "at the size they last ran at");
+    let mut lines = Vec::new();
+    for child in 0..2 {
+        lines.push(items_of_child(&h, again[0], child).await);
+    }
+    assert_eq!(lines, [(0, vec![json!("file-0")]), (1, vec![json!("file-1")])]);
+    assert_eq!(environment_of(again[0], "BATCHLINE_MAP_SIZE").as_deref(), Some("10"), "the whole map's size");
+    h.player.script(again[0].job_id().unwrap(), Script::default());
+    h.play_to_the_end(2).await;
+    let run = h.run(&stubborn).await;
+    assert_eq!(run["status"], "SUCCEEDED", "{run}");
+    let map = &run["stages"]["each"]["map"];
+    assert_eq!(
+        (map["children"].clone(), map["succeeded"].clone(), map["failed"].clone()),
+        (json!(2), json!(2), json!(0))
+    );
+    assert_eq!(map["redriveOf"], json!({"attempt": 1, "mapChildren": 10}));
+    let results = h.read(&format!("{}each/_batchline/results.jsonl", run["runData"].as_str().unwrap())).await;
+    let statuses: Vec<(u64, String)> = results
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .map(|l| (l["index"].as_u64().unwrap(), l["status"].as_str().unwrap().to_owned()))
+        .collect();
+    assert_eq!(statuses, (0..10).map(|i| (i, "SUCCEEDED".to_owned())).collect::<Vec<_>>(), "the whole map's results");
 }
 
 #[tokio::test]

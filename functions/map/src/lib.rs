@@ -22,12 +22,13 @@ pub mod children;
 pub mod close;
 pub mod expand;
 pub mod objects;
+pub mod redrive;
 
 use aws_config::SdkConfig;
 use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
 use batchline::model::job_request::digest;
 use batchline::model::map::{MapAction, MapWork};
-use batchline::model::run::map::{ArrayChecked, MapClosed, MapExpanded};
+use batchline::model::run::map::{ArrayChecked, MapClosed, MapExpanded, RedriveExpanded};
 use batchline::model::run::Run;
 use batchline::services::ports::{Clock, RunAnnouncer};
 use batchline::store::Holder;
@@ -112,39 +113,28 @@ pub async fn do_work(clients: &Clients, holder: &Holder, token: &str, work: &Map
     };
     let run = &record.run;
     let this = (work.stage.clone(), work.attempt);
-    let config = clients.ports.configs.get().await?;
     let answered = match work.action {
-        MapAction::Expand => {
-            if !run.maps_to_expand().contains(&this) {
-                info!(run_id = run.run_id, stage = work.stage, "the map is expanded already, or given up");
-                return Ok(());
-            }
-            let piece = Piece { stage: &work.stage, attempt: work.attempt, token, resume: work.resume.as_deref() };
-            let budget = Budget { deadline_ms: holder.deadline_ms, clock: &clients.ports.clock };
-            let expanded = expand::expand(clients.objects.as_ref(), &config, run, &piece, &budget).await?;
-            let (children, lists) = match expanded {
-                Ok(Expanded::Done(expansion)) => (Ok(expansion.children), expansion.lists),
-                Ok(Expanded::Unfinished { listing }) => {
-                    // Goes on in another invocation, through this worker's own queue.
-                    info!(run_id = run.run_id, stage = work.stage, listing, "out of time listing; resuming");
-                    let next = MapWork { resume: Some(listing), ..work.clone() };
-                    return clients.ports.announcer.map_work(&next).await;
-                }
-                Err(why) => (Err(why), String::new()),
-            };
-            info!(run_id = run.run_id, stage = work.stage, attempt = work.attempt, ?children, "map expanded");
-            let answer = MapExpanded { stage: &work.stage, attempt: work.attempt, children, lists };
-            driver.answer_map_work(&run.run_id, &answer, clients.ports.clock.now_ms()).await?
-        }
+        MapAction::Expand => match expand_map(clients, holder, run, token, work).await? {
+            Some(answered) => answered,
+            None => return Ok(()),
+        },
         MapAction::Check => check_array(clients, holder, run, token, work).await?,
         MapAction::Close => {
-            let map = run.current_attempt(&work.stage).and_then(|a| a.map.clone());
-            let Some(map) = map.filter(|_| run.maps_to_close().contains(&this)) else {
+            let current = run.current_attempt(&work.stage).and_then(|a| Some((a.map.clone()?, a.size)));
+            let Some((map, attempt_size)) = current.filter(|_| run.maps_to_close().contains(&this)) else {
                 info!(run_id = run.run_id, stage = work.stage, "the map is closed already, or given up");
                 return Ok(());
             };
             let objects = clients.objects.as_ref();
-            let closing = close::close(objects, clients.children.as_ref(), &config, &run.run_id, &work.stage, &map);
+            let config = clients.ports.configs.get().await?;
+            let closing = close::close(
+                objects,
+                clients.children.as_ref(),
+                &config,
+                &run.run_id,
+                &work.stage,
+                (&map, attempt_size),
+            );
             let (failed_items, failed_items_uri) = match closing.await? {
                 Ok(closing) => {
                     // The results' place is the stage's, not the attempt's: written only while
@@ -173,6 +163,53 @@ pub async fn do_work(clients: &Clients, holder: &Holder, token: &str, work: &Map
         info!(run_id = run.run_id, stage = work.stage, "another worker answered first");
     }
     Ok(())
+}
+
+/// Expands a map attempt if the run still awaits it — its items listed, or a redrive's
+/// children read from the map's results — and answers the run: whether the answer was
+/// recorded, or `None` when there is nothing to answer yet (the listing goes on in another
+/// invocation) or any more.
+async fn expand_map(
+    clients: &Clients,
+    holder: &Holder,
+    run: &Run,
+    token: &str,
+    work: &MapWork,
+) -> Result<Option<bool>, Error> {
+    if !run.maps_to_expand().contains(&(work.stage.clone(), work.attempt)) {
+        info!(run_id = run.run_id, stage = work.stage, "the map is expanded already, or given up");
+        return Ok(None);
+    }
+    let config = clients.ports.configs.get().await?;
+    let driver = clients.ports.driver(holder);
+    let now = || clients.ports.clock.now_ms();
+    let piece = Piece { stage: &work.stage, attempt: work.attempt, token, resume: work.resume.as_deref() };
+    let redriven = run.current_attempt(&work.stage).and_then(|a| a.map.as_ref()).is_some_and(|m| m.redrive.is_some());
+    if redriven {
+        let (groups, lists) = match redrive::expand_redrive(clients.objects.as_ref(), &config, run, &piece).await? {
+            Ok(written) => (Ok(written.groups), written.lists),
+            Err(why) => (Err(why), String::new()),
+        };
+        info!(run_id = run.run_id, stage = work.stage, attempt = work.attempt, ?groups, "redriven map expanded");
+        let answer = RedriveExpanded { stage: &work.stage, attempt: work.attempt, groups, lists };
+        return driver.answer_map_work(&run.run_id, &answer, now()).await.map(Some);
+    }
+    let budget = Budget { deadline_ms: holder.deadline_ms, clock: &clients.ports.clock };
+    let expanded = expand::expand(clients.objects.as_ref(), &config, run, &piece, &budget).await?;
+    let (children, lists) = match expanded {
+        Ok(Expanded::Done(expansion)) => (Ok(expansion.children), expansion.lists),
+        Ok(Expanded::Unfinished { listing }) => {
+            // Goes on in another invocation, through this worker's own queue.
+            info!(run_id = run.run_id, stage = work.stage, listing, "out of time listing; resuming");
+            let next = MapWork { resume: Some(listing), ..work.clone() };
+            clients.ports.announcer.map_work(&next).await?;
+            return Ok(None);
+        }
+        Err(why) => (Err(why), String::new()),
+    };
+    info!(run_id = run.run_id, stage = work.stage, attempt = work.attempt, ?children, "map expanded");
+    let answer = MapExpanded { stage: &work.stage, attempt: work.attempt, children, lists };
+    driver.answer_map_work(&run.run_id, &answer, now()).await.map(Some)
 }
 
 /// Checks an ended array's failed children for those out of memory, if the run still

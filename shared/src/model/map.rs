@@ -292,6 +292,18 @@ pub struct ChildLine {
     pub items: Vec<Value>,
 }
 
+/// One child's line in a map's results (`results.jsonl`): its place, how it ended
+/// (`SUCCEEDED`, `FAILED`, or `NOT_RUN`), its items, and the size it last ran at (or
+/// would have: results written before sizes were kept have none).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChildResult {
+    pub index: usize,
+    pub status: String,
+    pub items: Vec<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<crate::model::fargate::Size>,
+}
+
 /// How many children `items` make, `per_child` each (the last may have fewer).
 pub fn child_count(items: usize, per_child: u32) -> usize {
     items.div_ceil(per_child.max(1) as usize)
@@ -412,7 +424,7 @@ pub fn item_lists_folder(run_data: &str, stage: &str, attempt: u32, token: &str)
     format!("{}a{attempt}-{token}/", batchline_folder(run_data, stage))
 }
 
-/// A map's results, written when it ends: one line per child, `index`, `status`, `items`.
+/// A map's results, written when it ends: one [`ChildResult`] line per child, in index order.
 pub fn results_uri(run_data: &str, stage: &str) -> String {
     format!("{}results.jsonl", batchline_folder(run_data, stage))
 }

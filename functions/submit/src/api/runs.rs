@@ -80,7 +80,7 @@ pub fn map_view(map: &MapProgress, live: &BTreeMap<String, BTreeMap<String, i64>
             None => waiting += array.size,
         }
     }
-    json!({
+    let mut view = json!({
         "children": map.children,
         "arrays": map.arrays.len(),
         "succeeded": map.succeeded(),
@@ -90,7 +90,12 @@ pub fn map_view(map: &MapProgress, live: &BTreeMap<String, BTreeMap<String, i64>
         "waiting": waiting,
         "failedItems": map.failed_items,
         "failedItemsUri": map.failed_items_uri,
-    })
+    });
+    if let Some(redrive) = &map.redrive {
+        // A redrive's attempt runs only some of the map's children: which attempt's, of how many.
+        view["redriveOf"] = json!({"attempt": redrive.of, "mapChildren": redrive.map_children});
+    }
+    view
 }
 
 /// `GET /runs[?pipeline=NAME][&limit=N]`: 200 `{runs}`, newest first — one pipeline's, or

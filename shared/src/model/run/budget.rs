@@ -101,7 +101,7 @@ impl Run {
             let Some(map) = attempt.map.as_ref() else { continue };
             for (k, array) in map.arrays.iter().enumerate() {
                 // Resubmitted children run at their own, larger size.
-                let size = array.resubmits.as_ref().map_or(attempt.size, |r| r.size);
+                let size = array.child_size(attempt.size);
                 let each = self.estimate(stage, size, pricing);
                 if array.is_open() {
                     out.running += array.size as f64 * each;

@@ -37,15 +37,18 @@ use serde_json::Value;
 
 use super::{Applied, Attempt, Run, RunStatus, StageRun, StageStatus};
 use crate::model::batch_event::{JobStateChangeEvent, JobStatus};
-use crate::model::map::{arrays, judge, too_large, MapEnd, MapSpec};
+use crate::model::fargate::Size;
+use crate::model::map::{judge, MapEnd, MapSpec};
 use crate::model::pipeline::attempt_key;
 
 /// The most failed children a run's record lists; the rest are in the map's results.
 pub const MAX_LISTED_FAILURES: usize = 100;
 
 mod inputs;
+mod redrive;
 mod resize;
 pub use inputs::{ArrayChecked, ArrayFound, ArraySubmitted, ArrayUnsubmittable, MapClosed, MapExpanded};
+pub use redrive::{ChildrenAt, MapRedrive, RedriveExpanded};
 use resize::resize_of;
 pub use resize::Resubmission;
 
@@ -72,6 +75,9 @@ pub struct MapProgress {
     /// lists the first one's arrays read.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub lists: String,
+    /// A redrive's attempt: it runs only the earlier attempt's unsuccessful children.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redrive: Option<MapRedrive>,
 }
 
 /// One array job of a map: a run of consecutive children, and how it went.
@@ -105,6 +111,9 @@ pub struct ArrayRun {
     /// How many of its failed children ran out of memory and were resubmitted.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub resized: usize,
+    /// The size its children run at when not the attempt's: a redrive's, at their last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runs_at: Option<Size>,
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -145,7 +154,13 @@ impl ArrayRun {
             resubmits: None,
             awaiting_check: false,
             resized: 0,
+            runs_at: None,
         }
+    }
+
+    /// The size its children run at, in an attempt at `attempt_size`.
+    pub fn child_size(&self, attempt_size: Size) -> Size {
+        self.resubmits.as_ref().map(|r| r.size).or(self.runs_at).unwrap_or(attempt_size)
     }
 
     /// Whether an event is about this array's parent (or plain job): by its id, or —
@@ -201,6 +216,11 @@ impl MapProgress {
         }
     }
 
+    /// How many children the map has in all: a redrive's attempt runs only some of them.
+    pub fn map_children(&self) -> usize {
+        self.redrive.as_ref().map_or(self.children.unwrap_or(0), |r| r.map_children)
+    }
+
     pub fn succeeded(&self) -> usize {
         self.arrays.iter().map(|a| a.succeeded).sum()
     }
@@ -224,7 +244,7 @@ impl MapProgress {
     /// Whether its failures already pass what `spec` tolerates (an array awaiting its
     /// check counts none yet: some may be resized).
     fn past_tolerance(&self, spec: &MapSpec) -> bool {
-        let children = self.children.unwrap_or(0);
+        let children = self.map_children();
         let settled = self.arrays.iter().filter(|a| !a.awaiting_check);
         let failed: usize = settled.map(ArrayRun::failed_for_good).sum();
         failed > spec.tolerated_failures.allowed(children)
@@ -377,44 +397,6 @@ impl Run {
         at.stage_run.status = status;
     }
 
-    /// Records the outcome of a map's expansion (see [`MapExpanded`]). False when the
-    /// attempt is not the one awaiting expansion (expanded already, or given up).
-    pub(super) fn record_expansion(&mut self, expanded: &MapExpanded, now_ms: i64) -> bool {
-        let (stage, attempt, children) = (expanded.stage, expanded.attempt, &expanded.children);
-        let run_id = self.run_id.clone();
-        let running = self.status == RunStatus::Running;
-        let Some(mut at) = self.map_at(stage, attempt) else { return false };
-        if !running || at.stage_run.status != StageStatus::Submitting || at.map().children.is_some() {
-            return false;
-        }
-        let max_concurrency = at.spec.max_concurrency;
-        let failure = match children {
-            Err(why) => Some(why.clone()),
-            Ok(n) => too_large(*n, max_concurrency),
-        };
-        if let Some(why) = failure {
-            Self::end_map_attempt(&mut at, StageStatus::Failed, Some(why.clone()), now_ms);
-            self.end(RunStatus::Failed, Some(format!("stage {stage}: {why}")), now_ms);
-            return true;
-        }
-        let n = *children.as_ref().unwrap_or(&0);
-        let map = at.map();
-        map.children = Some(n);
-        map.lists = expanded.lists.clone();
-        map.arrays = arrays(n, max_concurrency)
-            .into_iter()
-            .enumerate()
-            .map(|(k, range)| ArrayRun::planned(&run_id, stage, attempt, k, range))
-            .collect();
-        if n == 0 {
-            map.closed = true;
-            let reason = Some("the map had no items: no children ran".to_owned());
-            Self::end_map_attempt(&mut at, StageStatus::Succeeded, reason, now_ms);
-            self.stage_succeeded(now_ms);
-        }
-        true
-    }
-
     /// Records an array's submission; false when it is not the planned array of the
     /// current attempt any more. An array the run gave up meanwhile is recorded too (so the
     /// run waits for its end), and its job is to be stopped: `Some(true)` says so.
@@ -489,9 +471,9 @@ impl Run {
             return Applied::Changed;
         }
         array.record_end(event, now_ms);
-        let (failed, current) = (array.failed, array.resubmits.as_ref().map(|r| (r.step, r.size)));
+        let (failed, step) = (array.failed, array.resubmits.as_ref().map_or(0, |r| r.step));
         let attempt_size = at.attempt().size;
-        let (step, size) = current.unwrap_or((0, attempt_size));
+        let size = at.map().arrays[k].child_size(attempt_size);
         if failed > 0 && !run_ended && resize_of(rule, step, size).is_some() {
             at.map().arrays[k].awaiting_check = true;
         }
@@ -521,7 +503,7 @@ impl Run {
         map.failed_items = closed.failed_items.iter().take(MAX_LISTED_FAILURES).cloned().collect();
         map.failed_items_uri = closed.failed_items_uri.clone();
         map.give_up_planned(StageStatus::Skipped);
-        let children = map.children.unwrap_or(0);
+        let children = map.map_children();
         let never_ran = |a: &&ArrayRun| matches!(a.status, StageStatus::Skipped | StageStatus::Cancelled);
         let not_run: usize = map.arrays.iter().filter(never_ran).map(|a| a.size).sum();
         match judge(children, map.failed() + not_run, spec.tolerated_failures) {

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use serde_json::{json, Value};
 
 use super::effect_tests::render;
-use super::effects::{CancelRequested, Context, Input, JobChanged, Resume};
-use super::map::{ArrayChecked, ArraySubmitted, FailedChild, MapClosed, MapExpanded};
+use super::effects::{CancelRequested, Context, Input, JobChanged, RedriveRequested, Resume};
+use super::map::{ArrayChecked, ArraySubmitted, ChildrenAt, FailedChild, MapClosed, MapExpanded, RedriveExpanded};
 use super::{Run, RunInput, RunStatus, StageStatus};
 use crate::model::batch_event::JobStateChangeEvent;
 use crate::model::cost::Pricing;
@@ -390,4 +390,82 @@ fn children_out_of_memory_are_not_resubmitted_when_the_other_failures_already_fa
     assert_eq!(put(&mut run, &checked).1, ["close files#1"]);
     let map = run.stages["files"].current().unwrap().map.clone().unwrap();
     assert_eq!((map.arrays.len(), map.failed(), map.resized()), (1, 3, 0));
+}
+
+#[test]
+fn a_redriven_map_runs_only_its_unsuccessful_children_each_at_its_size_and_is_judged_whole() {
+    let mut pipeline = mapped(1, None);
+    pipeline.on_failure = None;
+    let mut run = started(&pipeline);
+    put(&mut run, &Resume);
+    put(&mut run, &MapExpanded { stage: "files", attempt: 1, children: Ok(10), lists: LISTS.into() });
+    put(&mut run, &ArraySubmitted { stage: "files", attempt: 1, array: 0, job_id: "p0" });
+    changed(&mut run, &array_end("p0", 10, 3));
+    let failed_items = vec![failed_child(3), failed_child(5), failed_child(7)];
+    assert_eq!(
+        put(&mut run, &MapClosed { stage: "files", attempt: 1, failed_items, failed_items_uri: None }).1,
+        ["announce"]
+    );
+    assert_eq!(run.status, RunStatus::Failed);
+    run.completion_sent = true;
+
+    let (_, effects) = put(&mut run, &RedriveRequested { key: "k1", sizes: &BTreeMap::new(), request: None });
+    assert_eq!(effects, ["publish RunsRedriven", "expand files#2"]);
+    let attempt = run.stages["files"].current().unwrap();
+    let redrive = attempt.map.as_ref().unwrap().redrive.clone().unwrap();
+    assert_eq!((redrive.of, redrive.map_children, redrive.size), (1, 10, None));
+
+    // The worker found two of them at the attempt's size and one at a larger (resized) one.
+    let (small, large) = (attempt.size, Size { vcpu: Quarters(2), memory_mib: 4096 });
+    let groups = Ok(vec![ChildrenAt { size: small, children: 2 }, ChildrenAt { size: large, children: 1 }]);
+    let expanded = RedriveExpanded { stage: "files", attempt: 2, groups, lists: LISTS.into() };
+    assert_eq!(put(&mut run, &expanded).1, ["submit files#2 array 0", "submit files#2 array 1"]);
+    let map = run.stages["files"].current().unwrap().map.clone().unwrap();
+    let arrays: Vec<_> = map.arrays.iter().map(|a| (a.size, a.child_size(small))).collect();
+    assert_eq!(arrays, [(2, small), (1, large)]);
+    assert_eq!((map.children, map.map_children()), (Some(3), 10));
+
+    put(&mut run, &ArraySubmitted { stage: "files", attempt: 2, array: 0, job_id: "q0" });
+    put(&mut run, &ArraySubmitted { stage: "files", attempt: 2, array: 1, job_id: "q1" });
+    changed(&mut run, &array_end("q0", 2, 0));
+    // One still fails: one failure of ten is within the tolerance of one, judged on the whole map.
+    assert_eq!(changed(&mut run, &array_end("q1", 1, 1)).1, ["close files#2"]);
+    let closed = MapClosed { stage: "files", attempt: 2, failed_items: vec![failed_child(7)], failed_items_uri: None };
+    assert_eq!(put(&mut run, &closed).1, ["submit report#1"]);
+    assert_eq!(run.stages["files"].status, StageStatus::Succeeded);
+    let reason = run.stages["files"].current().unwrap().reason.clone();
+    assert_eq!(reason.as_deref(), Some("1 of 10 children failed, within ToleratedFailures"));
+}
+
+#[test]
+fn a_redrive_asking_a_size_runs_every_child_at_it_and_a_map_never_closed_is_run_whole() {
+    let mut pipeline = mapped(0, None);
+    pipeline.on_failure = None;
+    let mut run = started(&pipeline);
+    put(&mut run, &Resume);
+    put(&mut run, &MapExpanded { stage: "files", attempt: 1, children: Ok(4), lists: LISTS.into() });
+    put(&mut run, &ArraySubmitted { stage: "files", attempt: 1, array: 0, job_id: "p0" });
+    changed(&mut run, &array_end("p0", 4, 1));
+    put(
+        &mut run,
+        &MapClosed { stage: "files", attempt: 1, failed_items: vec![failed_child(0)], failed_items_uri: None },
+    );
+    run.completion_sent = true;
+    let asked = Size { vcpu: Quarters(4), memory_mib: 8192 };
+    let sizes = BTreeMap::from([("files".to_owned(), asked)]);
+    put(&mut run, &RedriveRequested { key: "k1", sizes: &sizes, request: None });
+    let attempt = run.stages["files"].current().unwrap();
+    assert_eq!(attempt.size, asked);
+    assert_eq!(attempt.map.as_ref().unwrap().redrive.as_ref().map(|r| r.size), Some(Some(asked)));
+
+    // Cancelled before its children ran: nothing was closed, so a redrive lists the map again.
+    let mut run = started(&pipeline);
+    put(&mut run, &Resume);
+    put(&mut run, &CancelRequested);
+    run.completion_sent = true;
+    assert_eq!(
+        put(&mut run, &RedriveRequested { key: "k1", sizes: &BTreeMap::new(), request: None }).1.last().unwrap(),
+        "expand files#2"
+    );
+    assert_eq!(run.stages["files"].current().unwrap().map.as_ref().unwrap().redrive, None);
 }

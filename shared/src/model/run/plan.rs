@@ -2,6 +2,7 @@
 
 use std::collections::BTreeSet;
 
+use super::map::MapRedrive;
 use super::{Attempt, MapProgress, Run, RunStatus, StageRun, StageStatus};
 use crate::model::pipeline::{OnStageFailure, ON_FAILURE};
 
@@ -81,12 +82,15 @@ impl Run {
                 // a redriven stage starts at the size it asked for, else its last one.
                 let number = stage_run.attempts.len() as u32 + 1;
                 let last = stage_run.current().map(|a| a.size);
-                let size = stage_run.next_size.take().or(last).unwrap_or(declared);
+                let asked = stage_run.next_size.take();
+                let size = asked.or(last).unwrap_or(declared);
                 let mut attempt = Attempt::planned(&self.run_id, &key, number, size);
                 if self.pipeline.stages[&key].map.is_some() {
-                    // A map attempt has no job of its own: its arrays are its jobs.
+                    // A map attempt has no job of its own: its arrays are its jobs. Redriven
+                    // after a closed attempt, it runs only that one's unsuccessful children.
                     attempt.job_name = None;
-                    attempt.map = Some(MapProgress::default());
+                    let redrive = stage_run.current().and_then(|previous| MapRedrive::of_attempt(previous, asked));
+                    attempt.map = Some(MapProgress { redrive, ..MapProgress::default() });
                 }
                 stage_run.attempts.push(attempt);
                 stage_run.status = StageStatus::Submitting;

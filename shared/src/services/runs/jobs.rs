@@ -90,12 +90,10 @@ pub fn array_job(
     request.origin = key.clone();
     request.idempotency_key = key;
     request.array_size = (slot.size > 1).then_some(slot.size as u32);
-    if let Some(resubmission) = &slot.resubmits {
-        // Children resubmitted one size up: that size, whatever the attempt's.
-        request.size = Some(resubmission.size);
-    }
+    // Children resubmitted one size up, or redriven at their last: that size, whatever the attempt's.
+    request.size = Some(slot.child_size(attempt.size));
     request.environment.insert("BATCHLINE_ITEMS".into(), map.item_list(array));
-    request.environment.insert("BATCHLINE_MAP_SIZE".into(), map.children.unwrap_or(0).to_string());
+    request.environment.insert("BATCHLINE_MAP_SIZE".into(), map.map_children().to_string());
     Ok(request)
 }
 

@@ -2,7 +2,9 @@
 
 use super::super::effects::{Effect, Input, Step};
 use super::super::{Context, JobRef, Run, RunStatus, StageStatus};
-use super::FailedChild;
+use super::{ArrayRun, FailedChild};
+use crate::model::fargate::Size;
+use crate::model::map::{arrays, too_large, MAX_MAP_ARRAYS};
 
 /// The map worker listed a map attempt's items and wrote its arrays' item lists under
 /// `lists`: it has `children` children, or none can be had (`Err`: why, which fails the
@@ -18,7 +20,8 @@ impl Input for MapExpanded<'_> {
     type Answer = bool;
 
     fn take(&self, run: &mut Run, ctx: &Context) -> Step<bool> {
-        let changed = run.record_expansion(self, ctx.now_ms);
+        let groups = self.children.clone().map(|n| vec![(None, n)]);
+        let changed = run.record_children(self.stage, self.attempt, groups, &self.lists, ctx.now_ms);
         Step { changed, answer: changed, effects: vec![] }
     }
 }
@@ -135,5 +138,68 @@ impl Input for ArrayChecked<'_> {
     fn take(&self, run: &mut Run, ctx: &Context) -> Step<bool> {
         let changed = run.record_check(self, ctx.now_ms);
         Step { changed, answer: changed, effects: vec![] }
+    }
+}
+
+impl Run {
+    /// Records the children a map attempt's expansion found (see [`MapExpanded`],
+    /// [`RedriveExpanded`]): runs of children, each at its own size or the attempt's
+    /// (`None`), or why there can be none. False when the attempt is not the one awaiting
+    /// expansion (expanded already, or given up).
+    pub(super) fn record_children(
+        &mut self,
+        stage: &str,
+        attempt: u32,
+        groups: Result<Vec<(Option<Size>, usize)>, String>,
+        lists: &str,
+        now_ms: i64,
+    ) -> bool {
+        let run_id = self.run_id.clone();
+        let running = self.status == RunStatus::Running;
+        let Some(mut at) = self.map_at(stage, attempt) else { return false };
+        if !running || at.stage_run.status != StageStatus::Submitting || at.map().children.is_some() {
+            return false;
+        }
+        let max_concurrency = at.spec.max_concurrency;
+        let n: usize = groups.as_ref().map_or(0, |groups| groups.iter().map(|(_, n)| n).sum());
+        // Each run of children at one size is cut into arrays of its own.
+        let mut planned: Vec<(Option<Size>, usize)> = Vec::new();
+        for (size, children) in groups.as_ref().map_or(&[][..], Vec::as_slice) {
+            planned.extend(arrays(*children, max_concurrency).into_iter().map(|r| (*size, r.len())));
+        }
+        let failure = match &groups {
+            Err(why) => Some(why.clone()),
+            Ok(_) => too_large(n, max_concurrency).or_else(|| {
+                (planned.len() > MAX_MAP_ARRAYS).then(|| {
+                    format!("its {n} children at their sizes make {} arrays, more than a map may have", planned.len())
+                })
+            }),
+        };
+        if let Some(why) = failure {
+            Self::end_map_attempt(&mut at, StageStatus::Failed, Some(why.clone()), now_ms);
+            self.end(RunStatus::Failed, Some(format!("stage {stage}: {why}")), now_ms);
+            return true;
+        }
+        let map = at.map();
+        map.children = Some(n);
+        map.lists = lists.to_owned();
+        let mut first = 0;
+        for (k, (size, len)) in planned.into_iter().enumerate() {
+            let mut array = ArrayRun::planned(&run_id, stage, attempt, k, first..first + len);
+            array.runs_at = size;
+            map.arrays.push(array);
+            first += len;
+        }
+        if n == 0 {
+            map.closed = true;
+            let reason = match map.redrive {
+                Some(_) => "every child of the map had succeeded: none ran again",
+                None => "the map had no items: no children ran",
+            };
+            let reason = Some(reason.to_owned());
+            Self::end_map_attempt(&mut at, StageStatus::Succeeded, reason, now_ms);
+            self.stage_succeeded(now_ms);
+        }
+        true
     }
 }

@@ -70,7 +70,7 @@ impl Run {
         let Some(array) = map.arrays.get_mut(k).filter(|a| a.awaiting_check && running) else { return false };
         array.awaiting_check = false;
         let out_of_memory = checked.out_of_memory.min(array.failed);
-        let (step, size) = array.resubmits.as_ref().map_or((0, attempt_size), |r| (r.step, r.size));
+        let (step, size) = (array.resubmits.as_ref().map_or(0, |r| r.step), array.child_size(attempt_size));
         let Some(next) = resize_of(rule, step, size).filter(|_| out_of_memory > 0 && room) else { return true };
         array.resized = out_of_memory;
         if map.past_tolerance(&spec) {
