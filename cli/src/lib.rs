@@ -159,10 +159,15 @@ pub enum RunsCommand {
         /// The run's id.
         run_id: String,
     },
-    /// Rerun a FAILED or CANCELLED run's failed, skipped and cancelled stages.
+    /// Rerun a FAILED or CANCELLED run's failed, skipped and cancelled stages (of a map
+    /// stage, only the children that did not succeed).
     Redrive {
         /// The run's id.
         run_id: String,
+        /// A stage's size for the redrive, as STAGE=VCPU/MEMORY (e.g. each=2/4096), repeatable;
+        /// other stages keep their last size (a map's children, each its own).
+        #[arg(long = "size", value_name = "STAGE=VCPU/MEMORY")]
+        sizes: Vec<String>,
     },
 }
 
@@ -298,8 +303,9 @@ async fn runs(api: &Api, command: RunsCommand, output: Output) -> Result<i32, Fa
                 format!("run {} {}; {stopped} job(s) stopped\n", render::text(&a["runId"]), render::text(&a["status"]))
             });
         }
-        RunsCommand::Redrive { run_id } => {
-            let answer = api.change("POST", &format!("/runs/{}/redrive", encode(&run_id)), None).await?;
+        RunsCommand::Redrive { run_id, sizes } => {
+            let body = (!sizes.is_empty()).then(|| stage_sizes(&sizes)).transpose()?.map(|s| json!({"sizes": s}));
+            let answer = api.change("POST", &format!("/runs/{}/redrive", encode(&run_id)), body.as_ref()).await?;
             show(output, &answer, |a| {
                 let stages: Vec<String> = render::items(&a["stages"]).iter().map(render::text).collect();
                 let (run, generation) = (render::text(&a["runId"]), render::text(&a["redrive"]));
@@ -317,6 +323,22 @@ fn pairs(items: &[String]) -> Result<Map<String, Value>, Failure> {
         .map(|item| match item.split_once('=') {
             Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), json!(value))),
             _ => Err(Failure::new(format!("{item:?}: write KEY=VALUE"))),
+        })
+        .collect()
+}
+
+/// `STAGE=VCPU/MEMORY` pairs as the redrive's `sizes`: `{"STAGE": {"vcpu", "memory"}}`.
+fn stage_sizes(items: &[String]) -> Result<Map<String, Value>, Failure> {
+    items
+        .iter()
+        .map(|item| {
+            let parsed = item.split_once('=').and_then(|(stage, size)| Some((stage, size.split_once('/')?)));
+            match parsed {
+                Some((stage, (vcpu, memory))) if !stage.is_empty() && !vcpu.is_empty() && !memory.is_empty() => {
+                    Ok((stage.to_owned(), json!({"vcpu": vcpu, "memory": memory})))
+                }
+                _ => Err(Failure::new(format!("--size {item:?}: write STAGE=VCPU/MEMORY, e.g. each=2/4096"))),
+            }
         })
         .collect()
 }

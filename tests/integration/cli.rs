@@ -145,10 +145,18 @@ async fn the_command_line_starts_watches_lists_cancels_and_summarises_runs() {
     let (_, table, _) = served.cli(&["runs", "list", "--pipeline", "orders"]).await;
     assert_eq!(table.lines().count(), 2, "{table}");
     assert!(table.starts_with("RUN ") && table.contains(&run_id), "{table}");
-    // AND a failed run is redriven (it fails again: its stage's exit is its parameters')
-    let (status, stdout, stderr) = served.cli(&["runs", "redrive", &broken]).await;
+    // AND a failed run is redriven at the size asked for its stage (it fails again: its
+    // stage's exit is its parameters'); a size written wrong is refused before any request
+    let (status, _, stderr) = served.cli(&["runs", "redrive", &broken, "--size", "extract=1"]).await;
+    assert_eq!(
+        (status, stderr.trim()),
+        (1, "error: --size \"extract=1\": write STAGE=VCPU/MEMORY, e.g. each=2/4096")
+    );
+    let (status, stdout, stderr) = served.cli(&["runs", "redrive", &broken, "--size", "extract=1/4096"]).await;
     assert_eq!(status, 0, "{stderr}");
     assert_eq!(stdout.trim(), format!("run {broken} redriven (generation 1): extract"));
+    let shown = served.json(&["runs", "show", &broken]).await;
+    assert_eq!(shown["stages"]["extract"]["attempts"][1]["size"], json!({"vcpu": "1", "memoryMib": 4096}), "{shown}");
     // AND status summarises the stack's queues and its latest failures
     let summary = served.json(&["status"]).await;
     assert_eq!(summary["stack"], json!(served.env.stack.name_prefix));
