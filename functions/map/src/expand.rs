@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 
 use batchline::model::map::{
     arrays, children, fill, inline_items, item_list, item_lists_folder, manifest_items, results_uri, too_large,
-    MapSource, MapSpec, S3Location, MAX_LIST_BYTES, MAX_MAP_CHILDREN, MAX_MAP_ITEMS,
+    ChildLine, MapSource, MapSpec, S3Location, MAX_LIST_BYTES, MAX_MAP_CHILDREN, MAX_MAP_ITEMS,
 };
 use batchline::model::run::Run;
 use batchline::model::stack::StackConfig;
@@ -114,11 +114,28 @@ pub async fn expand(
         let results = S3Location::parse(&results_uri(&run_data, stage)).map_err(Error::InvalidEvent)?;
         objects.write(&results, String::new()).await?;
     }
-    for (k, range) in arrays(lines.len(), spec.max_concurrency).into_iter().enumerate() {
-        let at = S3Location::parse(&format!("{lists}array-{k}.jsonl")).map_err(Error::InvalidEvent)?;
-        objects.write(&at, item_list(&lines[range])).await?;
-    }
+    write_item_lists(objects, &lists, [lines.as_slice()], spec.max_concurrency).await?;
     Ok(Ok(Expanded::Done(Expansion { children: lines.len(), lists })))
+}
+
+/// Writes the item lists of runs of children under `lists`: each run cut into arrays of its
+/// own (`max_concurrency` children at most, else Batch's largest), numbered
+/// `array-<k>.jsonl` across the runs in order — as the run plans the arrays.
+pub async fn write_item_lists<'a>(
+    objects: &dyn Objects,
+    lists: &str,
+    runs: impl IntoIterator<Item = &'a [ChildLine]>,
+    max_concurrency: Option<u32>,
+) -> Result<(), Error> {
+    let mut k = 0;
+    for children in runs {
+        for range in arrays(children.len(), max_concurrency) {
+            let at = S3Location::parse(&format!("{lists}array-{k}.jsonl")).map_err(Error::InvalidEvent)?;
+            objects.write(&at, item_list(&children[range])).await?;
+            k += 1;
+        }
+    }
+    Ok(())
 }
 
 /// What a map's `{name}` placeholders take: the run's parameters, `runId` and `runData`.

@@ -7,14 +7,14 @@
 //! of [`ChildrenAt`] (see [`batchline::model::run::map::RedriveExpanded`]).
 
 use batchline::model::fargate::Size;
-use batchline::model::map::{arrays, item_list, item_lists_folder, results_uri, ChildLine, ChildResult, S3Location};
+use batchline::model::map::{item_lists_folder, results_uri, ChildLine, ChildResult, S3Location};
 use batchline::model::run::map::ChildrenAt;
 use batchline::model::run::Run;
 use batchline::model::stack::StackConfig;
 use batchline::Error;
 
 use crate::close::read_if_there;
-use crate::expand::Piece;
+use crate::expand::{write_item_lists, Piece};
 use crate::objects::Objects;
 use crate::Outcome;
 
@@ -66,14 +66,8 @@ pub async fn expand_redrive(
         }
     }
     let lists = item_lists_folder(&run_data, stage, attempt.number, piece.token);
-    let mut k = 0;
-    for (_, children) in &groups {
-        for range in arrays(children.len(), spec.max_concurrency) {
-            let at = S3Location::parse(&format!("{lists}array-{k}.jsonl")).map_err(Error::InvalidEvent)?;
-            objects.write(&at, item_list(&children[range])).await?;
-            k += 1;
-        }
-    }
+    write_item_lists(objects, &lists, groups.iter().map(|(_, children)| children.as_slice()), spec.max_concurrency)
+        .await?;
     let groups = groups.iter().map(|(size, children)| ChildrenAt { size: *size, children: children.len() }).collect();
     Ok(Ok(RedriveLists { groups, lists }))
 }
