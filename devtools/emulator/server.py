@@ -30,6 +30,10 @@ moto's WSGI application makes the emulator behave as AWS does:
   (SUCCEEDED) by the time anyone could stop it, so both would be no-ops. Locally a job has
   not run until the Batch event player plays it, so the adapter applies them as AWS does to
   a job that has not finished: the job becomes FAILED with the given reason.
+* Batch DescribeJobs' ``container.environment``: moto appends to one list an array's
+  parent and children share, once per description, so a child of a large array came back
+  with thousands of variables. Each job now reports its own: its submission's, then its
+  job definition's (see ``unshared_job_environment``).
 * Batch ListJobs by ``arrayJobId``: moto lists an array's children in one unpaged answer,
   without ``arrayProperties.index`` or ``container.reason``. The adapter answers it as AWS
   does: in index order, in pages (``maxResults``, ``nextToken``), ``jobStatus`` filtering (RUNNING
@@ -721,6 +725,32 @@ def exact_dimension_statistics() -> None:
     CloudWatchBackend.get_metric_statistics = get_metric_statistics
 
 
+def unshared_job_environment() -> None:
+    """Gives each Batch job its own environment in DescribeJobs, as AWS reports it.
+
+    moto's job (``Job._get_container_property("environment")``) appends the job
+    definition's variables and ``AWS_BATCH_JOB_ID`` to the submission's environment list
+    in place, and every child of an array shares its parent's list: each description of
+    any of them appended one more entry to all of them, so a child of a 10,000-child array
+    came back with ten thousand variables and more (about 1 MB each). Each job now gets a
+    fresh list: its submission's variables, then the definition's it does not set. Like
+    AWS, it does not report ``AWS_BATCH_JOB_ID`` (Batch sets it in the container).
+    """
+    from moto.batch.models import Job
+
+    original = Job._get_container_property
+
+    def get_container_property(self: Any, name: str, default: Any) -> Any:
+        if name != "environment":
+            return original(self, name, default)
+        own = [dict(e) for e in (self.container_overrides or {}).get("environment", [])]
+        named = {e.get("name") for e in own}
+        defined = (self.job_definition.container_properties or {}).get("environment", [])
+        return own + [dict(e) for e in defined if e.get("name") not in named]
+
+    Job._get_container_property = get_container_property
+
+
 def transformed_event_time_as_text() -> None:
     """Writes the event's ``time`` as ISO 8601 text in an input transformer's ``<aws.events.event.json>``, as AWS does.
 
@@ -753,6 +783,7 @@ def main() -> None:
     default_user_config["batch"]["use_docker"] = False
     exact_dimension_statistics()
     transformed_event_time_as_text()
+    unshared_job_environment()
 
     # IAM for the functions' principals (devtools/iam): after the faults, in front of the adapter.
     sys.path.append(str(Path(__file__).resolve().parent.parent / "iam"))
