@@ -341,6 +341,17 @@ async fn a_map_over_250_objects_gives_every_object_to_exactly_one_child_and_runs
     let reports: Vec<_> =
         h.jobs().await.into_iter().filter(|j| j.tags().unwrap()["batchline:stage"] == "report").collect();
     assert_eq!(reports.len(), 1, "the stage after the map ran once");
+    // The run's cost counts every child's task (30 s each, billed at Fargate's one-minute minimum).
+    let cost = &run["stages"]["resize"]["attempts"][0]["cost"];
+    let billed: Vec<(Value, Value)> = cost["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["billableSeconds"].clone(), t["capacity"].clone()))
+        .collect();
+    assert_eq!(billed, [(json!(250 * 60), json!("FARGATE"))], "{cost}");
+    let stage_cost = run["stages"]["resize"]["costUsd"].as_f64().unwrap();
+    assert!(stage_cost > 0.0 && (stage_cost - cost["usd"].as_f64().unwrap()).abs() < 1e-9, "{run}");
     let results = h.read(&format!("{}resize/_batchline/results.jsonl", run["runData"].as_str().unwrap())).await;
     assert_eq!(results.lines().count(), 250);
     assert!(results.lines().all(|l| serde_json::from_str::<Value>(l).unwrap()["status"] == "SUCCEEDED"));

@@ -17,6 +17,7 @@
 //! its visibility timeout, and after five tries it goes to the dead-letter queue (whose
 //! alarm says so) while the run stays where it was, to be redriven or cancelled.
 
+pub mod billing;
 pub mod check;
 pub mod children;
 pub mod close;
@@ -154,8 +155,11 @@ pub async fn do_work(clients: &Clients, holder: &Holder, token: &str, work: &Map
                     (vec![], None)
                 }
             };
+            // What its children cost: their tasks, summed per array, for the run's cost.
+            let billed = billing::children_billed(&clients.ports.batch, &map).await?;
             info!(run_id = run.run_id, stage = work.stage, failed = map.failed(), "map closed");
-            let answer = MapClosed { stage: &work.stage, attempt: work.attempt, failed_items, failed_items_uri };
+            let answer =
+                MapClosed { stage: &work.stage, attempt: work.attempt, failed_items, failed_items_uri, billed };
             driver.answer_map_work(&run.run_id, &answer, clients.ports.clock.now_ms()).await?
         }
     };

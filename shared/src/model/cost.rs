@@ -94,6 +94,40 @@ pub struct BilledTask {
     pub stopped_at: i64,
 }
 
+/// Many tasks' billed time, summed by the cluster they ran on and their CPU architecture:
+/// what a map records of its children (a handful of facts per array, never one per child).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BilledSum {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub architecture: Option<String>,
+    pub tasks: u64,
+    /// Billable seconds: each task's own, its one-minute minimum included, summed.
+    pub seconds: u64,
+}
+
+/// Adds a job's tasks to `sums`, by cluster and architecture.
+pub fn add_billed(sums: &mut Vec<BilledSum>, architecture: Option<&str>, tasks: &[BilledTask]) {
+    for task in tasks {
+        let seconds = billable_seconds(task.started_at, task.stopped_at);
+        let same = |s: &&mut BilledSum| s.cluster == task.cluster && s.architecture.as_deref() == architecture;
+        match sums.iter_mut().find(same) {
+            Some(sum) => {
+                sum.tasks += 1;
+                sum.seconds += seconds;
+            }
+            None => sums.push(BilledSum {
+                cluster: task.cluster.clone(),
+                architecture: architecture.map(str::to_owned),
+                tasks: 1,
+                seconds,
+            }),
+        }
+    }
+}
+
 /// The tasks a job ran, from its event or description: each attempt that started and
 /// stopped (a job without attempts listed, its own start and stop).
 pub fn billed_tasks(detail: &JobDetail) -> Vec<BilledTask> {
@@ -215,6 +249,19 @@ impl Pricing {
             cost.usd += usd;
             cost.upper_bound |= capacity == Capacity::Unknown;
             cost.tasks.push(TaskCost { usd, billable_seconds: seconds, capacity });
+        }
+        cost
+    }
+
+    /// The price of summed tasks (a map's children) at `size`: one entry per sum.
+    pub fn price_sums(&self, size: Size, sums: &[BilledSum]) -> Cost {
+        let mut cost = Cost::default();
+        for sum in sums {
+            let capacity = self.clusters.capacity(sum.cluster.as_deref());
+            let usd = price_seconds(size, sum.seconds, self.rates.for_task(capacity, sum.architecture.as_deref()));
+            cost.usd += usd;
+            cost.upper_bound |= capacity == Capacity::Unknown;
+            cost.tasks.push(TaskCost { usd, billable_seconds: sum.seconds, capacity });
         }
         cost
     }

@@ -1566,7 +1566,8 @@ async fn a_map_stage_asks_for_its_items_submits_each_array_once_and_plans_the_ne
     // WHEN it answers, twice
     let failed =
         FailedChild { index: 10_500, items: vec![json!("s3://in/photos/x.jpg")], exit_code: Some(1), reason: None };
-    let closed = MapClosed { stage: "files", attempt: 1, failed_items: vec![failed], failed_items_uri: None };
+    let closed =
+        MapClosed { stage: "files", attempt: 1, failed_items: vec![failed], failed_items_uri: None, billed: vec![] };
     assert!(driver.answer_map_work(&run.run_id, &closed, 4_000).await.unwrap());
     assert!(!driver.answer_map_work(&run.run_id, &closed, 4_000).await.unwrap());
     // THEN the stage after it is submitted once: one failure is within the tolerance

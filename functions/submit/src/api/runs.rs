@@ -207,8 +207,9 @@ pub fn run_view(
                     "stoppedAt": iso(a.stopped_at),
                     "logStreamName": a.log_stream,
                     "logUrl": a.log_stream.as_deref().map(|s| log_console_url(region, &log_group, s)),
-                    // Once its job ended: each task (Batch attempt) priced by its capacity.
-                    "cost": (!a.billed.is_empty()).then(|| a.cost(pricing)),
+                    // Once its job ended: each task (Batch attempt) priced by its capacity; a
+                    // map's children summed per array and capacity, once the map was closed.
+                    "cost": a.is_billed().then(|| a.cost(pricing)),
                 })
             })
             .collect();

@@ -53,9 +53,9 @@ impl Run {
     /// A map counts each child as a job of its stage at the attempt's size: all its arrays
     /// not yet submitted are planned (children × estimate: the whole map is priced once its
     /// items are listed, before its first array goes, and again before each next one), its
-    /// open arrays' children are running, and its ended arrays' children are spent at
-    /// their estimate (their real cost is their own events', counted in the metrics lane,
-    /// not in the run's record).
+    /// open arrays' children are running, and its ended arrays' children are spent: at
+    /// their estimate until the map is closed, then at what they cost (their tasks, summed
+    /// by the close).
     pub fn over_budget(&self, pricing: &Pricing) -> Option<String> {
         let budget = self.pipeline.max_run_cost_usd?;
         if self.status != RunStatus::Running {
@@ -105,7 +105,8 @@ impl Run {
                 let each = self.estimate(stage, size, pricing);
                 if array.is_open() {
                     out.running += array.size as f64 * each;
-                } else if array.status.is_terminal() && array.job_id.is_some() {
+                } else if array.status.is_terminal() && array.job_id.is_some() && array.billed.is_empty() {
+                    // Ended, not yet closed: once closed, its children's real cost is spent.
                     out.ended += (array.succeeded + array.failed) as f64 * each;
                 } else if array.status == StageStatus::Submitting && !stage_run.status.is_terminal() {
                     out.planned += array.size as f64 * each;

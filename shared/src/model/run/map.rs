@@ -37,6 +37,7 @@ use serde_json::Value;
 
 use super::{Applied, Attempt, Run, RunStatus, StageRun, StageStatus};
 use crate::model::batch_event::{JobStateChangeEvent, JobStatus};
+use crate::model::cost::BilledSum;
 use crate::model::fargate::Size;
 use crate::model::map::{judge, MapEnd, MapSpec};
 use crate::model::pipeline::attempt_key;
@@ -114,6 +115,10 @@ pub struct ArrayRun {
     /// The size its children run at when not the attempt's: a redrive's, at their last.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runs_at: Option<Size>,
+    /// Its children's tasks (every attempt of each), summed when the map was closed: what
+    /// they cost.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub billed: Vec<BilledSum>,
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -155,6 +160,7 @@ impl ArrayRun {
             awaiting_check: false,
             resized: 0,
             runs_at: None,
+            billed: Vec::new(),
         }
     }
 
@@ -502,6 +508,9 @@ impl Run {
         map.closed = true;
         map.failed_items = closed.failed_items.iter().take(MAX_LISTED_FAILURES).cloned().collect();
         map.failed_items_uri = closed.failed_items_uri.clone();
+        for (array, billed) in map.arrays.iter_mut().zip(&closed.billed) {
+            array.billed = billed.clone();
+        }
         map.give_up_planned(StageStatus::Skipped);
         let children = map.map_children();
         let never_ran = |a: &&ArrayRun| matches!(a.status, StageStatus::Skipped | StageStatus::Cancelled);

@@ -9,7 +9,7 @@ use super::effects::{CancelRequested, Context, Input, JobChanged, RedriveRequest
 use super::map::{ArrayChecked, ArraySubmitted, ChildrenAt, FailedChild, MapClosed, MapExpanded, RedriveExpanded};
 use super::{Run, RunInput, RunStatus, StageStatus};
 use crate::model::batch_event::JobStateChangeEvent;
-use crate::model::cost::Pricing;
+use crate::model::cost::{BilledSum, Pricing};
 use crate::model::fargate::{Quarters, Size};
 use crate::model::map::{MapSource, MapSpec, Tolerance};
 use crate::model::pipeline::{OnStageFailure, Pipeline};
@@ -120,6 +120,7 @@ fn a_map_is_expanded_submitted_as_arrays_fanned_in_on_its_parents_closed_and_the
         attempt: 1,
         failed_items: vec![failed_child(10_003), failed_child(10_007)],
         failed_items_uri: None,
+        billed: vec![],
     };
     assert_eq!(put(&mut run, &closed), (true, vec!["submit report#1".into()]));
     let attempt = run.stages["files"].current().unwrap().clone();
@@ -138,7 +139,8 @@ fn failures_past_the_tolerance_fail_the_stage_and_the_run_at_the_close() {
     put(&mut run, &ArraySubmitted { stage: "files", attempt: 1, array: 0, job_id: "p0" });
     assert_eq!(changed(&mut run, &array_end("p0", 250, 3)).1, ["close files#1"]);
     let failed_items = (0..3).map(failed_child).collect();
-    let (_, effects) = put(&mut run, &MapClosed { stage: "files", attempt: 1, failed_items, failed_items_uri: None });
+    let (_, effects) =
+        put(&mut run, &MapClosed { stage: "files", attempt: 1, failed_items, failed_items_uri: None, billed: vec![] });
     assert_eq!(effects, ["submit on-failure#1"]);
     assert_eq!(run.status, RunStatus::Failed);
     assert_eq!(run.reason.as_deref(), Some("stage files: 3 of 250 children failed; ToleratedFailures allows 2"));
@@ -181,7 +183,10 @@ fn max_concurrency_submits_one_array_at_a_time_and_none_once_the_failures_passed
     put(&mut run, &ArraySubmitted { stage: "files", attempt: 1, array: 1, job_id: "p1" });
     // One more failure passes the tolerance of one: the last array is never submitted.
     assert_eq!(changed(&mut run, &array_end("p1", 500, 1)).1, ["close files#1"]);
-    put(&mut run, &MapClosed { stage: "files", attempt: 1, failed_items: vec![], failed_items_uri: None });
+    put(
+        &mut run,
+        &MapClosed { stage: "files", attempt: 1, failed_items: vec![], failed_items_uri: None, billed: vec![] },
+    );
     assert_eq!(run.status, RunStatus::Failed);
     assert_eq!(
         run.reason.as_deref(),
@@ -244,7 +249,7 @@ fn a_map_whose_run_failed_elsewhere_is_closed_once_its_arrays_end_and_only_then_
     assert!(put(&mut run, &Resume).1.is_empty(), "the map goes on (Finish): nothing announced yet");
     // Its array ends: it is closed (results written), then judged, then the run announced.
     assert_eq!(changed(&mut run, &array_end("p0", 3, 0)).1, ["close files#1"]);
-    let closed = MapClosed { stage: "files", attempt: 1, failed_items: vec![], failed_items_uri: None };
+    let closed = MapClosed { stage: "files", attempt: 1, failed_items: vec![], failed_items_uri: None, billed: vec![] };
     assert_eq!(put(&mut run, &closed), (true, vec!["announce".to_owned()]));
     assert_eq!(run.stages["files"].status, StageStatus::Succeeded);
     assert_eq!(run.stages["report"].status, StageStatus::Skipped, "nothing planned after the run ended");
@@ -355,6 +360,7 @@ fn children_out_of_memory_are_resubmitted_one_size_up_as_often_as_the_stage_allo
         attempt: 1,
         failed_items: vec![failed_child(3), failed_child(17)],
         failed_items_uri: None,
+        billed: vec![],
     };
     put(&mut run, &closed);
     assert_eq!(run.status, RunStatus::Failed);
@@ -403,7 +409,8 @@ fn a_redriven_map_runs_only_its_unsuccessful_children_each_at_its_size_and_is_ju
     changed(&mut run, &array_end("p0", 10, 3));
     let failed_items = vec![failed_child(3), failed_child(5), failed_child(7)];
     assert_eq!(
-        put(&mut run, &MapClosed { stage: "files", attempt: 1, failed_items, failed_items_uri: None }).1,
+        put(&mut run, &MapClosed { stage: "files", attempt: 1, failed_items, failed_items_uri: None, billed: vec![] })
+            .1,
         ["announce"]
     );
     assert_eq!(run.status, RunStatus::Failed);
@@ -430,7 +437,13 @@ fn a_redriven_map_runs_only_its_unsuccessful_children_each_at_its_size_and_is_ju
     changed(&mut run, &array_end("q0", 2, 0));
     // One still fails: one failure of ten is within the tolerance of one, judged on the whole map.
     assert_eq!(changed(&mut run, &array_end("q1", 1, 1)).1, ["close files#2"]);
-    let closed = MapClosed { stage: "files", attempt: 2, failed_items: vec![failed_child(7)], failed_items_uri: None };
+    let closed = MapClosed {
+        stage: "files",
+        attempt: 2,
+        failed_items: vec![failed_child(7)],
+        failed_items_uri: None,
+        billed: vec![],
+    };
     assert_eq!(put(&mut run, &closed).1, ["submit report#1"]);
     assert_eq!(run.stages["files"].status, StageStatus::Succeeded);
     let reason = run.stages["files"].current().unwrap().reason.clone();
@@ -448,7 +461,13 @@ fn a_redrive_asking_a_size_runs_every_child_at_it_and_a_map_never_closed_is_run_
     changed(&mut run, &array_end("p0", 4, 1));
     put(
         &mut run,
-        &MapClosed { stage: "files", attempt: 1, failed_items: vec![failed_child(0)], failed_items_uri: None },
+        &MapClosed {
+            stage: "files",
+            attempt: 1,
+            failed_items: vec![failed_child(0)],
+            failed_items_uri: None,
+            billed: vec![],
+        },
     );
     run.completion_sent = true;
     let asked = Size { vcpu: Quarters(4), memory_mib: 8192 };
@@ -468,4 +487,24 @@ fn a_redrive_asking_a_size_runs_every_child_at_it_and_a_map_never_closed_is_run_
         "expand files#2"
     );
     assert_eq!(run.stages["files"].current().unwrap().map.as_ref().unwrap().redrive, None);
+}
+
+#[test]
+fn a_closed_maps_children_count_in_the_runs_cost_at_the_size_they_ran_at() {
+    let mut run = started(&mapped(0, None));
+    put(&mut run, &Resume);
+    put(&mut run, &MapExpanded { stage: "files", attempt: 1, children: Ok(3), lists: LISTS.into() });
+    put(&mut run, &ArraySubmitted { stage: "files", attempt: 1, array: 0, job_id: "p0" });
+    changed(&mut run, &array_end("p0", 3, 0));
+    let pricing = Pricing::on_demand(&PriceOverrides::default());
+    assert_eq!(run.cost(&pricing).usd, 0.0, "nothing is known of the children before the close");
+    // Three children, one retried: four tasks of a minute each.
+    let billed = vec![vec![BilledSum { cluster: None, architecture: None, tasks: 4, seconds: 240 }]];
+    let closed = MapClosed { stage: "files", attempt: 1, failed_items: vec![], failed_items_uri: None, billed };
+    put(&mut run, &closed);
+    let size = run.stages["files"].current().unwrap().size;
+    let one_minute = pricing.estimate(size, 60);
+    let cost = run.cost(&pricing);
+    assert!((cost.usd - 4.0 * one_minute).abs() < 1e-12, "{} against {}", cost.usd, 4.0 * one_minute);
+    assert_eq!(cost.stages["files"].tasks.iter().map(|t| t.billable_seconds).sum::<u64>(), 240);
 }

@@ -139,9 +139,20 @@ pub struct Attempt {
 }
 
 impl Attempt {
-    /// What its job cost; nothing until it ended.
+    /// What its job cost — a map attempt's, its children's, summed per array when the map
+    /// was closed; nothing until it ended.
     pub fn cost(&self, pricing: &Pricing) -> Cost {
-        pricing.price(self.size, self.architecture.as_deref(), &self.billed)
+        let mut cost = pricing.price(self.size, self.architecture.as_deref(), &self.billed);
+        for array in self.map.iter().flat_map(|map| &map.arrays) {
+            cost.add(&pricing.price_sums(array.child_size(self.size), &array.billed));
+        }
+        cost
+    }
+
+    /// Whether it has a cost to show: its job ended, or its map was closed with its
+    /// children's tasks.
+    pub fn is_billed(&self) -> bool {
+        !self.billed.is_empty() || self.map.iter().flat_map(|map| &map.arrays).any(|a| !a.billed.is_empty())
     }
 
     /// Seconds its job was billed for (all its tasks), once it ended.

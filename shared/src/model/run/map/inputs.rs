@@ -3,6 +3,7 @@
 use super::super::effects::{Effect, Input, Step};
 use super::super::{Context, JobRef, Run, RunStatus, StageStatus};
 use super::{ArrayRun, FailedChild};
+use crate::model::cost::BilledSum;
 use crate::model::fargate::Size;
 use crate::model::map::{arrays, too_large, MAX_MAP_ARRAYS};
 
@@ -110,6 +111,8 @@ pub struct MapClosed<'a> {
     pub attempt: u32,
     pub failed_items: Vec<FailedChild>,
     pub failed_items_uri: Option<String>,
+    /// Each array's children's tasks, summed, in the order of the map's arrays.
+    pub billed: Vec<Vec<BilledSum>>,
 }
 
 impl Input for MapClosed<'_> {
