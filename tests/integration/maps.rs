@@ -685,6 +685,14 @@ async fn a_map_of_12000_items_is_two_arrays_and_its_children_never_write_the_run
     let failed: Vec<u64> =
         map["failedItems"].as_array().unwrap().iter().map(|f| f["index"].as_u64().unwrap()).collect();
     assert_eq!(failed, [17, 10_017]);
+    // Every child's task is in the run's cost, read 100 children a DescribeJobs call at the close.
+    let billed: u64 = run["stages"]["each"]["attempts"][0]["cost"]["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["billableSeconds"].as_u64().unwrap())
+        .sum();
+    assert_eq!(billed, 12_000 * 60, "{}", run["stages"]["each"]["attempts"][0]["cost"]);
     let reports = h.jobs().await.into_iter().filter(|j| j.tags().unwrap()["batchline:stage"] == "report").count();
     assert_eq!(reports, 1);
     let stored = h.stored(&run_id).await;
