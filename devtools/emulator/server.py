@@ -23,6 +23,13 @@ moto's WSGI application makes the emulator behave as AWS does:
   threaded, so two conditional writes expecting the same version could both succeed.
   DynamoDB applies each write atomically; the adapter serves DynamoDB requests one at a
   time, so conditional writes are atomic here too.
+* DynamoDB TransactWriteItems: moto backs up a whole table (a deep copy) for every item a
+  transaction writes, so a transaction's cost grew with the table (a 100-item transaction
+  on a table of a few thousand items took seconds). The adapter backs up only the items
+  the transaction names and puts them back if it is cancelled (see
+  ``transactions_back_up_their_items``); what a transaction does is unchanged. moto also
+  parses a condition expression again for every item it is checked on; the adapter keeps
+  the parsed conditions of the last thousand (expression, names, values) it saw.
 * Batch SubmitJob's ``retryStrategy``: moto drops it. The adapter keeps it on moto's job
   record, and DescribeJobs reports the job's retry strategy — its own, else its job
   definition's — as AWS does (the Batch event player plays the retries it allows).
@@ -751,6 +758,94 @@ def unshared_job_environment() -> None:
     Job._get_container_property = get_container_property
 
 
+def transactions_back_up_their_items() -> None:
+    """Makes a DynamoDB transaction back up only the items it names, not their tables.
+
+    moto's ``transact_write_items`` deep-copies the table once per item before it starts,
+    and on a cancelled transaction puts the copies back. Here the table is not copied (the
+    copy returns the table itself, so moto's rollback changes nothing), and the wrapper
+    saves each named item before the transaction and, if it fails, writes back the saved
+    items and deletes the ones that did not exist.
+    """
+    import copy
+
+    from moto.dynamodb import models
+    from moto.dynamodb.models.table import Table
+
+    class TablesNotCopied:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(copy, name)
+
+        @staticmethod
+        def deepcopy(value: Any, memo: Any = None) -> Any:
+            return value if isinstance(value, Table) else copy.deepcopy(value, memo)
+
+    models.copy = TablesNotCopied()
+    original = models.DynamoDBBackend.transact_write_items
+
+    def named_items(backend: Any, transact_items: list) -> list:
+        saved = []
+        for entry in transact_items:
+            for kind, op in entry.items():
+                table = backend.tables.get(op.get("TableName"))
+                if table is None:
+                    continue
+                if kind == "Put":
+                    attrs = op.get("Item", {})
+                    names = [table.hash_key_attr] + ([table.range_key_attr] if table.range_key_attr else [])
+                    if not all(name in attrs for name in names):
+                        continue
+                    key = {name: attrs[name] for name in names}
+                else:
+                    key = op.get("Key", {})
+                try:
+                    current = backend.get_item(op["TableName"], key)
+                except Exception:  # noqa: BLE001 (a malformed key: moto's own checks answer it)
+                    continue
+                saved.append((op["TableName"], key, current.to_json()["Attributes"] if current else None))
+        return saved
+
+    def transact_write_items(self: Any, transact_items: list) -> None:
+        saved = named_items(self, transact_items)
+        try:
+            original(self, transact_items)
+        except Exception:
+            for table_name, key, attrs in reversed(saved):
+                if attrs is None:
+                    self.delete_item(table_name, key)
+                else:
+                    self.put_item(table_name, attrs)
+            raise
+
+    models.DynamoDBBackend.transact_write_items = transact_write_items
+
+    # A parsed condition is only read when it is evaluated against an item, so one parse
+    # serves every request that names the same expression, names and values (moto parses a
+    # transaction's conditions twice per item: to validate the request, then to check it).
+    from moto.dynamodb.comparisons import ConditionExpressionParser
+
+    parse = ConditionExpressionParser.parse
+    parsed: dict[str, tuple[Any, dict[str, Any]]] = {}
+    parsed_lock = threading.Lock()
+
+    def parse_once(self: Any) -> Any:
+        key = json.dumps([self.condition_expression, self.expression_attribute_names,
+                          self.expression_attribute_values], sort_keys=True, default=str)
+        with parsed_lock:
+            known = parsed.get(key)
+        if known is not None:
+            self.__dict__.update(copy.copy(known[1]))
+            return known[0]
+        result = parse(self)
+        with parsed_lock:
+            if len(parsed) >= 1000:
+                parsed.clear()
+            parsed[key] = (result, copy.copy(self.__dict__))
+        return result
+
+    ConditionExpressionParser.parse = parse_once
+
+
 def transformed_event_time_as_text() -> None:
     """Writes the event's ``time`` as ISO 8601 text in an input transformer's ``<aws.events.event.json>``, as AWS does.
 
@@ -784,6 +879,7 @@ def main() -> None:
     exact_dimension_statistics()
     transformed_event_time_as_text()
     unshared_job_environment()
+    transactions_back_up_their_items()
 
     # IAM for the functions' principals (devtools/iam): after the faults, in front of the adapter.
     sys.path.append(str(Path(__file__).resolve().parent.parent / "iam"))

@@ -16,6 +16,12 @@ action, resource and why, and is kept: ``GET /_batchline/iam/denials`` lists the
 (principal, action, resource, decision, the statement that allowed it), for the
 unused-grants report. ``POST /_batchline/iam/check`` evaluates a request without making
 it (what a stage's container would ask, as the job role).
+
+A function's verdicts are remembered: a request like one evaluated before — same principal,
+action, resource, resource policy, the same context key names, and the same values of the
+keys some condition of those policies names — gets the same verdict without asking the
+simulator again (it is still logged). The ledger's hundred-item transactions would
+otherwise be a hundred evaluations, each differing only in a key no condition reads.
 """
 
 from __future__ import annotations
@@ -68,6 +74,20 @@ def s3_call(method: str, path: str, query: str) -> tuple[str, dict[str, Any]]:
     return action.get(method, method), params
 
 
+def condition_keys(documents: list[Any]) -> set[str]:
+    """The condition keys (lower case, as IAM compares them) any statement of the policy
+    documents names."""
+    keys: set[str] = set()
+    for document in documents:
+        if not isinstance(document, dict):
+            continue
+        statements = document.get("Statement", [])
+        for statement in statements if isinstance(statements, list) else [statements]:
+            for operands in (statement.get("Condition") or {}).values():
+                keys.update(name.lower() for name in operands)
+    return keys
+
+
 class Evaluator:
     """One evaluate.js process, asked one request at a time."""
 
@@ -102,6 +122,9 @@ class IamEnforcement:
         self.fixtures: set[str] = set()
         self.cache: dict[str, dict[str, Any]] = {}
         self.denials: list[dict[str, Any]] = []
+        # Per stack, verdicts by `verdict_key`; per (stack, function), the condition keys its policies name.
+        self.verdicts: dict[str, dict[str, dict[str, Any]]] = {}
+        self.condition_keys: dict[tuple[str, str], set[str]] = {}
         self.lock = threading.Lock()
         log = os.environ.get("BATCHLINE_IAM_LOG")
         self.log = open(log, "a", encoding="utf-8") if log else None  # noqa: SIM115 (for the server's life)
@@ -163,7 +186,15 @@ class IamEnforcement:
                                 "boundary": None})
         elif principal in self.BOOTSTRAP_ROLES:
             self.load_bootstrap_role(stack_id, principal)
-        verdict = self.evaluator.ask(message)
+        remembered = identity is None and not probe and principal not in self.BOOTSTRAP_ROLES
+        key = self.verdict_key(stack_id, principal, message) if remembered else None
+        remembered_verdicts = self.verdicts.setdefault(stack_id, {})
+        verdict = remembered_verdicts.get(key) if key else None
+        if verdict is None:
+            verdict = self.evaluator.ask(message)
+            if key:
+                with self.lock:
+                    remembered_verdicts[key] = verdict
         if verdict.get("error"):
             verdict = {"allowed": False, "why": f"the simulator refused the request: {verdict['error']}"}
         if verdict.get("ignoredContextKeys"):
@@ -180,6 +211,15 @@ class IamEnforcement:
                 self.log.write(json.dumps(record) + "\n")
                 self.log.flush()
         return verdict
+
+    def verdict_key(self, stack_id: str, principal: str, message: dict[str, Any]) -> str:
+        """What a verdict on `message` depends on: all of it but the values of context keys
+        no condition of the principal's policies (or the resource's) names."""
+        named = self.condition_keys.get((stack_id, principal), set()) | condition_keys([message["resourcePolicy"]])
+        context = message["context"]
+        read = {name: value for name, value in context.items() if name.lower() in named}
+        return json.dumps([principal, message["action"], message["resource"], message["resourcePolicy"],
+                           sorted(context), read], sort_keys=True, default=str)
 
     # The role actions for which AWS supplies `iam:PermissionsBoundary`: the boundary the
     # request sets, or else the role's current one.
@@ -255,6 +295,11 @@ class IamEnforcement:
             self.evaluator.ask({"op": "policies", "key": f"{stack_id}/{principal}",
                                 "identity": found[principal]["identity"], "boundary": None})
         self.cache[stack_id] = found
+        with self.lock:
+            for principal in policies.FUNCTIONS:
+                self.condition_keys[(stack_id, principal)] = condition_keys(
+                    [named["policy"] for named in found[principal]["identity"]])
+            self.verdicts[stack_id] = {}
         self.stacks[stack_id] = stack
         if document.get("template") or document.get("expectDenials"):
             self.fixtures.add(stack_id)
