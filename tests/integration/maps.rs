@@ -13,7 +13,7 @@ use batchline_testkit::lanes::{map_lane, WiredLane};
 use batchline_testkit::player::{Delivery, Player, Script, StateChange};
 use serde_json::{json, Value};
 
-use crate::common::{job_events_invocation, Deployed};
+use crate::common::{job_events_invocation, stats, Deployed};
 
 const QUEUE_ARN: &str = "arn:aws:sqs:us-east-1:123456789012:batchline-job-events";
 
@@ -660,17 +660,35 @@ async fn a_map_of_12000_items_is_two_arrays_and_its_children_never_write_the_run
     let written = h.stored(&run_id).await.version;
 
     // The children's ends fed to the runs lane's handler directly, twice and shuffled, as if
-    // the lane's rule let them through: none is applied to the run. (Counting them is the
-    // metrics lane's, tested in job_events.rs; 12,000 children's events there take the
-    // emulator many minutes. Their earlier events are 48,000 more of the same.)
+    // the lane's rule let them through: none is applied to the run. (Their earlier events
+    // would be 36,000 more of the same.)
     let changes = h.player.play_queue(&h.env.queue_arn("default")).await.unwrap();
     h.player.settle(&changes).await.unwrap();
     let (children, parents): (Vec<StateChange>, Vec<StateChange>) =
         changes.into_iter().partition(|c| !c.event["detail"]["arrayProperties"]["index"].is_null());
-    let ends: Vec<StateChange> = children.into_iter().filter(|c| matches!(c.status, "SUCCEEDED" | "FAILED")).collect();
+    let ends: Vec<StateChange> =
+        children.iter().filter(|c| matches!(c.status, "SUCCEEDED" | "FAILED")).cloned().collect();
     assert_eq!(ends.len(), 12_000);
     h.deliver_to_lane("runs", &Delivery::of(&ends).repeated(2).shuffled(12), 1_000).await;
     assert_eq!(h.stored(&run_id).await.version, written, "no child event wrote the run");
+
+    // Every child's every event through the metrics lane's handler, 250 to an invocation
+    // (the template's batch), a tenth of them delivered twice, shuffled: each counted once.
+    let twice = [children.clone(), children[..children.len() / 10].to_vec()].concat();
+    let started = std::time::Instant::now();
+    h.deliver_to_lane("metrics", &Delivery::of(&twice).shuffled(13), 250).await;
+    eprintln!("{} child events through the metrics lane in {:?}", twice.len(), started.elapsed());
+    let stage = [("Pipeline", "wide"), ("Stage", "each")];
+    for status in ["RUNNABLE", "STARTING", "RUNNING", "SUCCEEDED", "FAILED"] {
+        let played = children.iter().filter(|c| c.status == status).count() as f64;
+        let metric = format!("Jobs{}{}", &status[..1], status[1..].to_lowercase());
+        let (sum, _) = stats(&h.job_events.cloudwatch, &h.env.settings.metric_namespace, &metric, &stage).await;
+        assert_eq!(sum, played, "{metric}");
+    }
+    let succeeded = stats(&h.job_events.cloudwatch, &h.env.settings.metric_namespace, "JobsSucceeded", &stage).await;
+    let failed = stats(&h.job_events.cloudwatch, &h.env.settings.metric_namespace, "JobsFailed", &stage).await;
+    assert_eq!((succeeded.0, failed.0), (11_998.0, 2.0));
+    assert_eq!(h.stored(&run_id).await.version, written, "nor did the metrics lane");
 
     // The parents' ends fan in: closed by the map worker, within the tolerance, the next stage once.
     h.deliver(&parents, 2).await;

@@ -35,7 +35,7 @@ use batchline::model::metrics::{self, EventMetrics};
 use batchline::model::run::is_out_of_memory;
 use batchline::services::clock::ANSWER_MARGIN_MS;
 use batchline::services::resize::resize_single_job;
-use batchline::store::Holder;
+use batchline::store::{Holder, EVENT_CLAIMS_AT_ONCE};
 use batchline::wiring::{invocation_holder, AwsPorts};
 use batchline::{Error, Settings};
 use futures::stream::{self, StreamExt};
@@ -47,8 +47,8 @@ use ledger::{Claim, Ledger};
 pub use payload::Payload;
 use payload::{LaneEvent, QueuedEvent};
 
-/// How many ledger claims are in flight at once (a batch may hold thousands of messages).
-const CLAIM_CONCURRENCY: usize = 16;
+/// How many ledger claim calls (each of up to a hundred events) are in flight at once.
+const CLAIM_CONCURRENCY: usize = 4;
 /// No run event is started with less than this left before the deadline: advancing a run
 /// may submit stages, and a submission with throttling backoff takes seconds. What is
 /// left is reported as batch item failures and redelivered.
@@ -275,20 +275,32 @@ async fn claim_events<'e>(
     events: Vec<&'e JobStateChangeEvent>,
     by_event: &Copies,
 ) -> (Vec<&'e JobStateChangeEvent>, Vec<String>) {
-    let claims: Vec<Result<Claim, Error>> =
-        stream::iter(events.iter().map(|e| ledger.claim(&e.id))).buffered(CLAIM_CONCURRENCY).collect().await;
+    let chunks: Vec<&[&JobStateChangeEvent]> = events.chunks(EVENT_CLAIMS_AT_ONCE).collect();
+    let claims: Vec<Result<Vec<Claim>, Error>> = stream::iter(chunks.iter().map(|chunk| {
+        let ids: Vec<&str> = chunk.iter().map(|e| e.id.as_str()).collect();
+        async move { ledger.claim_all(&ids).await }
+    }))
+    .buffered(CLAIM_CONCURRENCY)
+    .collect()
+    .await;
     let (mut claimed, mut failed) = (Vec::new(), Vec::new());
-    for (event, claim) in events.into_iter().zip(claims) {
-        match claim {
-            Ok(Claim::Claimed) => claimed.push(event),
-            Ok(Claim::AlreadyDone) => info!(event_id = %event.id, "already counted; acknowledged"),
-            Ok(Claim::InFlight) => {
-                info!(event_id = %event.id, "being counted by another invocation; will retry");
-                failed.extend(by_event[&event.id].iter().cloned());
-            }
+    for (chunk, claims) in chunks.into_iter().zip(claims) {
+        let claims = match claims {
+            Ok(claims) => claims,
             Err(err) => {
-                warn!(event_id = %event.id, error = %err, "could not claim the event");
-                failed.extend(by_event[&event.id].iter().cloned());
+                warn!(events = chunk.len(), error = %err, "could not claim the events; they will be retried");
+                failed.extend(chunk.iter().flat_map(|e| by_event[&e.id].iter().cloned()));
+                continue;
+            }
+        };
+        for (&event, claim) in chunk.iter().zip(claims) {
+            match claim {
+                Claim::Claimed => claimed.push(event),
+                Claim::AlreadyDone => info!(event_id = %event.id, "already counted; acknowledged"),
+                Claim::InFlight => {
+                    info!(event_id = %event.id, "being counted by another invocation; will retry");
+                    failed.extend(by_event[&event.id].iter().cloned());
+                }
             }
         }
     }

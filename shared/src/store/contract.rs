@@ -7,8 +7,8 @@
 use std::collections::BTreeMap;
 
 use super::{
-    keys, Adoption, ClaimState, EventClaim, EventState, Holder, KeyGeneration, OpenRun, Page, Store, SubmissionClaim,
-    SweepCursor, VersionedRun,
+    keys, Adoption, ClaimState, EventClaim, EventClaimFound, EventState, Holder, KeyGeneration, OpenRun, Page, Store,
+    SubmissionClaim, SweepCursor, VersionedRun, EVENT_CLAIMS_AT_ONCE,
 };
 use crate::model::fargate::Size;
 use crate::model::pipeline::{Pipeline, Stage};
@@ -136,6 +136,35 @@ pub async fn events(store: &dyn Store, unique: &str) {
     let refs: Vec<&str> = many.iter().map(String::as_str).collect();
     store.mark_events_done(&refs, "c", 10_000).await.unwrap();
     assert_eq!(store.event_claim(&many[29]).await.unwrap().map(|c| c.state), Some(EventState::Done), "more than 25");
+    batch_claims(store, unique).await;
+}
+
+/// Claiming a hundred events at once: each as claiming it alone would, whatever holds the others.
+async fn batch_claims(store: &dyn Store, unique: &str) {
+    let ids: Vec<String> = (0..EVENT_CLAIMS_AT_ONCE).map(|i| format!("{unique}-batch-{i}")).collect();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let (a, b, c) = (holder("a", 10_000), holder("b", 20_000), holder("c", 90_000));
+    // Event 0 counted, 1 held by `a` (running until 10,000), 2 held by `b` (running until 20,000).
+    store.mark_events_done(&refs[..1], "x", 1_000).await.unwrap();
+    assert!(store.claim_event(refs[1], &a, 1_000, 0, 0).await.unwrap());
+    assert!(store.claim_event(refs[2], &b, 1_000, 0, 0).await.unwrap());
+
+    // `c` at 15,000 (only `a`'s deadline has passed): everything but 0 and 2 is its own.
+    let found = store.claim_events(&refs, &c, 15_000, 15_000, 0).await.unwrap();
+    assert_eq!(found.len(), EVENT_CLAIMS_AT_ONCE);
+    assert_eq!(found[0], EventClaimFound::Held(Some(EventClaim { state: EventState::Done, token: "x".into() })));
+    assert_eq!(found[1], EventClaimFound::Claimed, "taken over after its holder's deadline");
+    assert_eq!(found[2], EventClaimFound::Held(Some(EventClaim { state: EventState::InProgress, token: "b".into() })));
+    assert!(found[3..].iter().all(|f| *f == EventClaimFound::Claimed), "{found:?}");
+    for id in [refs[1], refs[3], refs[99]] {
+        assert_eq!(store.event_claim(id).await.unwrap().map(|c| c.token), Some("c".into()), "{id}");
+    }
+    assert_eq!(store.event_claim(refs[2]).await.unwrap().map(|c| c.token), Some("b".into()));
+
+    // Claimed again by `c` (a reply it lost): found held by its own entry, nothing overwritten.
+    let again = store.claim_events(&refs[3..5], &c, 16_000, 15_000, 0).await.unwrap();
+    let own = EventClaimFound::Held(Some(EventClaim { state: EventState::InProgress, token: "c".into() }));
+    assert_eq!(again, [own.clone(), own]);
 }
 
 /// A one-stage run of `pipeline`, created at `created_at`.

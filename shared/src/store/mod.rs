@@ -134,6 +134,18 @@ pub struct EventClaim {
     pub token: String,
 }
 
+/// What claiming an event in a batch found: it is the claimer's now, or held by the entry
+/// found (none if the entry went between the write and the read).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventClaimFound {
+    Claimed,
+    Held(Option<EventClaim>),
+}
+
+/// The most events one [`EventLedgerStore::claim_events`] call takes: a DynamoDB
+/// transaction's limit.
+pub const EVENT_CLAIMS_AT_ONCE: usize = 100;
+
 /// The ledger of counted events.
 #[async_trait]
 pub trait EventLedgerStore: Send + Sync {
@@ -149,6 +161,27 @@ pub trait EventLedgerStore: Send + Sync {
         expired_before: i64,
         legacy_stale_before: i64,
     ) -> Result<bool, Error>;
+    /// Claims at most [`EVENT_CLAIMS_AT_ONCE`] distinct events for `holder`, each as
+    /// [`Self::claim_event`] does, and says for each whether it is now `holder`'s or whose
+    /// entry holds it. An error claims none of them.
+    async fn claim_events(
+        &self,
+        event_ids: &[&str],
+        holder: &Holder,
+        now_ms: i64,
+        expired_before: i64,
+        legacy_stale_before: i64,
+    ) -> Result<Vec<EventClaimFound>, Error> {
+        let mut found = Vec::with_capacity(event_ids.len());
+        for id in event_ids {
+            found.push(if self.claim_event(id, holder, now_ms, expired_before, legacy_stale_before).await? {
+                EventClaimFound::Claimed
+            } else {
+                EventClaimFound::Held(self.event_claim(id).await?)
+            });
+        }
+        Ok(found)
+    }
     /// How far counting the event got, and by whom, if anyone claimed it.
     async fn event_claim(&self, event_id: &str) -> Result<Option<EventClaim>, Error>;
     /// Deletes an in-progress claim held by `token`; a claim that is not (any more) ours is left alone.

@@ -1,18 +1,13 @@
-//! Submission claims, key generations and the event ledger on the table: conditional writes on a holder's deadline.
-
-use async_trait::async_trait;
-use aws_sdk_dynamodb::types::{PutRequest, WriteRequest};
+//! Submission claims and key generations on the table: conditional writes on a holder's deadline.
 
 use crate::error::conditional_write;
-use crate::store::keys::{self, CLAIM_SK, EVENT_SK, GENERATION_SK};
-use crate::store::{
-    ClaimStore, EventClaim, EventLedgerStore, Holder, KeyGeneration, SubmissionClaim, EVENT_SECONDS,
-    RUN_RETENTION_SECONDS,
-};
+use crate::store::keys::{self, CLAIM_SK, GENERATION_SK};
+use crate::store::{ClaimStore, Holder, KeyGeneration, SubmissionClaim, RUN_RETENTION_SECONDS};
 use crate::Error;
+use async_trait::async_trait;
 
-use super::items::{claim_from_item, claim_item, event_claim_from_item};
-use super::{n, number, s, unreadable, DynamoStore};
+use super::items::{claim_from_item, claim_item};
+use super::{n, number, s, DynamoStore};
 
 #[async_trait]
 impl ClaimStore for DynamoStore {
@@ -117,104 +112,5 @@ impl ClaimStore for DynamoStore {
             .send()
             .await;
         conditional_write("UpdateItem", result)
-    }
-}
-
-#[async_trait]
-impl EventLedgerStore for DynamoStore {
-    async fn claim_event(
-        &self,
-        event_id: &str,
-        holder: &Holder,
-        now_ms: i64,
-        expired_before: i64,
-        legacy_stale_before: i64,
-    ) -> Result<bool, Error> {
-        let result = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .item("pk", s(keys::event_pk(event_id)))
-            .item("sk", s(EVENT_SK))
-            .item("state", s("IN_PROGRESS"))
-            .item("token", s(holder.token.clone()))
-            .item("claimed_at", n(now_ms))
-            .item("holder_deadline", n(holder.deadline_ms))
-            .item("expires_at", n(now_ms / 1000 + EVENT_SECONDS))
-            .condition_expression(
-                "attribute_not_exists(pk) OR (#state = :in_progress AND holder_deadline < :expired) \
-                 OR (#state = :in_progress AND attribute_not_exists(holder_deadline) AND claimed_at < :stale)",
-            )
-            .expression_attribute_names("#state", "state")
-            .expression_attribute_values(":in_progress", s("IN_PROGRESS"))
-            .expression_attribute_values(":expired", n(expired_before))
-            .expression_attribute_values(":stale", n(legacy_stale_before))
-            .send()
-            .await;
-        conditional_write("PutItem", result)
-    }
-
-    async fn event_claim(&self, event_id: &str) -> Result<Option<EventClaim>, Error> {
-        self.get(keys::event_pk(event_id), EVENT_SK).await?.as_ref().map(event_claim_from_item).transpose()
-    }
-
-    async fn release_event(&self, event_id: &str, token: &str) -> Result<(), Error> {
-        let result = self
-            .client
-            .delete_item()
-            .table_name(&self.table)
-            .key("pk", s(keys::event_pk(event_id)))
-            .key("sk", s(EVENT_SK))
-            .condition_expression("#token = :token AND #state = :in_progress")
-            .expression_attribute_names("#token", "token")
-            .expression_attribute_names("#state", "state")
-            .expression_attribute_values(":token", s(token))
-            .expression_attribute_values(":in_progress", s("IN_PROGRESS"))
-            .send()
-            .await;
-        // A failed condition means it is not ours any more (taken over as stale):
-        // nothing to give back.
-        conditional_write("DeleteItem", result).map(|_| ())
-    }
-
-    async fn mark_events_done(&self, event_ids: &[&str], token: &str, now_ms: i64) -> Result<(), Error> {
-        for chunk in event_ids.chunks(25) {
-            let mut requests: Vec<WriteRequest> = chunk
-                .iter()
-                .map(|id| {
-                    let put = PutRequest::builder()
-                        .item("pk", s(keys::event_pk(id)))
-                        .item("sk", s(EVENT_SK))
-                        .item("state", s("DONE"))
-                        .item("token", s(token))
-                        .item("expires_at", n(now_ms / 1000 + EVENT_SECONDS))
-                        .build()
-                        .map_err(|e| unreadable(keys::event_pk(id), e.to_string()))?;
-                    Ok(WriteRequest::builder().put_request(put).build())
-                })
-                .collect::<Result<_, Error>>()?;
-            for attempt in 0..5 {
-                let reply = self
-                    .client
-                    .batch_write_item()
-                    .request_items(&self.table, requests.clone())
-                    .send()
-                    .await
-                    .map_err(|e| Error::aws("BatchWriteItem", e))?;
-                requests = reply.unprocessed_items().and_then(|u| u.get(&self.table)).cloned().unwrap_or_default();
-                if requests.is_empty() {
-                    break;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(50 << attempt)).await;
-            }
-            if !requests.is_empty() {
-                return Err(Error::Aws {
-                    operation: "BatchWriteItem",
-                    code: "UnprocessedItems".into(),
-                    message: format!("{} ledger items left unprocessed", requests.len()),
-                });
-            }
-        }
-        Ok(())
     }
 }

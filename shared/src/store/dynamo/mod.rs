@@ -39,6 +39,7 @@ use crate::Error;
 
 mod claims;
 mod items;
+mod ledger;
 mod runs;
 
 pub use items::{
