@@ -3,9 +3,11 @@
 //! Each seed deploys an environment of its own, then drives S3 objects through submit
 //! (single jobs; pipeline runs with fan-out, fan-in and an out-of-memory stage; runs
 //! cancelled through the API while they go; runs with a stage a deploy made impossible to
-//! submit) and the played job-state events through job-events, with every DynamoDB call, SubmitJob and
-//! TerminateJob failing ~20% of the time before taking effect and losing ~10% of replies
-//! after it, and ~30% of PutMetricData calls failing. Failed invocations and failed
+//! submit; runs of a map stage, started through the API, whose map work goes through the
+//! map worker from its lane, one child out of memory and one failing within the tolerance)
+//! and the played job-state events through job-events, with every DynamoDB call, SubmitJob,
+//! TerminateJob, ListJobs and DescribeJobs failing ~20% of the time before taking effect and
+//! losing ~10% of replies after it, and ~30% of PutMetricData calls failing. Failed invocations and failed
 //! messages are delivered again, and ~10% of acknowledged ones too; some deliveries run two
 //! handlers on the same claim at once. Invocations get short deadlines, so claims left by
 //! failed holders are taken over within the test. The seed is in every failure message.
@@ -33,6 +35,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use batchline::store::keys;
 use batchline_testkit::emulator::{signing_as, Principal};
 use batchline_testkit::faults::{FaultScope, Rates};
+use batchline_testkit::lanes::{map_lane, WiredLane};
 use batchline_testkit::player::{event_id, sqs_record, Delivery, Player};
 use serde_json::{json, Value};
 
@@ -48,6 +51,11 @@ const CANCELLED_RUNS: usize = 2;
 const BRITTLE_RUNS: usize = 2;
 /// Runs of a pipeline with a one-minute deadline, all of whose events are delivered late.
 const TIMELY_RUNS: usize = 2;
+/// Runs of the mapped pipeline, started through the API.
+const MAPPED_RUNS: usize = 2;
+/// Children of each mapped run's map: child 2 runs out of memory once (resized), child 5
+/// fails (tolerated).
+const MAP_CHILDREN: usize = 8;
 /// The timely pipeline's `MaxRunSeconds`, in milliseconds.
 const TIMELY_DEADLINE_MS: i64 = 60_000;
 /// How long the whole drive may take before the test gives up. A seed settles in about
@@ -73,11 +81,16 @@ fn configuration() -> Value {
                 "first": {"JobDefinition": "default"},
                 "second": {"JobDefinition": "retired", "After": ["first"]}
             }, "OnFailure": {"JobDefinition": "default"}},
-            "timely": {"MaxRunSeconds": "60", "Stages": {"only": {"JobDefinition": "default"}}}
+            "timely": {"MaxRunSeconds": "60", "Stages": {"only": {"JobDefinition": "default"}}},
+            "mapped": {"Stages": {
+                "each": {"JobDefinition": "default", "Map": {"Items": "files", "ToleratedFailures": "1"}, "MaxResizes": "1",
+                         "Parameters": {"play_children": "2=oom,5=exit:3"}},
+                "report": {"JobDefinition": "default", "After": "each"}
+            }}
         },
         "Triggers": {"S3": {
             "jobs": {"Prefix": "jobs/", "JobDefinition": "default"},
-            "runs": {"Prefix": "runs/", "Pipeline": "fan"},
+            "runs": {"Prefix": "fan/", "Pipeline": "fan"},
             "doomed": {"Prefix": "doomed/", "Pipeline": "doomed"},
             "brittle": {"Prefix": "brittle/", "Pipeline": "brittle"},
             "timely": {"Prefix": "timely/", "Pipeline": "timely"}
@@ -106,12 +119,19 @@ struct Chaos {
     env: Deployed,
     submit: batchline_submit::Clients,
     job_events: batchline_job_events::Clients,
+    map: batchline_map::Clients,
+    /// The map lane's queue, and an SQS client that is not under faults to read it.
+    map_lane: WiredLane,
+    sqs: aws_sdk_sqs::Client,
+    /// Mapped runs whose start request was answered 202, by index.
+    mapped_started: BTreeSet<usize>,
     player: Player,
     /// S3 events not yet acknowledged by submit.
     objects: Vec<Value>,
     /// SQS messages (id, body) not yet acknowledged by job-events.
     messages: Vec<(String, String)>,
-    /// Jobs the player has played (each to its end), and how many changes of each status.
+    /// Jobs the player has played (each to its end), and how many changes of each status
+    /// (array parents left out).
     played: BTreeSet<String>,
     played_statuses: BTreeMap<&'static str, usize>,
     /// Cancelled runs, with the jobs played before their cancel went through.
@@ -198,10 +218,16 @@ impl Chaos {
             .play_queue(&self.env.queue_arn("default"))
             .await
             .unwrap_or_else(|e| self.fail(format!("playing: {e}")));
+        // Batch reports the played ends (a map worker lists an array's failed children).
+        self.player.settle(&changes).await.unwrap_or_else(|e| self.fail(format!("settling: {e}")));
         let played = changes.len();
         for change in &changes {
             self.played.insert(change.job_id.clone());
-            *self.played_statuses.entry(change.status).or_default() += 1;
+            // An array's parent is not counted in the metrics: its children are the work.
+            let properties = &change.event["detail"]["arrayProperties"];
+            if properties["size"].is_null() || !properties["index"].is_null() {
+                *self.played_statuses.entry(change.status).or_default() += 1;
+            }
         }
         let release_at = Instant::now() + Duration::from_millis(TIMELY_DEADLINE_MS as u64 + 2_000);
         for event in Delivery::of(&changes).events() {
@@ -225,6 +251,93 @@ impl Chaos {
         let (due, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.held).into_iter().partition(|(at, _)| *at <= now);
         self.held = kept;
         self.messages.extend(due.into_iter().map(|(_, body)| (event_id(), body)));
+    }
+
+    /// Starts each mapped run through the API (under the same faults) with an
+    /// Idempotency-Key of its own, asking again next round until one answer says 202.
+    async fn start_mapped(&mut self) {
+        let pending: Vec<usize> = (0..MAPPED_RUNS).filter(|i| !self.mapped_started.contains(i)).collect();
+        for index in pending {
+            let files: Vec<String> = (0..MAP_CHILDREN).map(|i| format!("file-{i}")).collect();
+            let body = json!({"parameters": {"files": serde_json::to_string(&files).unwrap()}});
+            let request = json!({
+                "version": "2.0", "rawPath": "/pipelines/mapped/runs",
+                "headers": {"idempotency-key": format!("mapped-{index}"), "content-type": "application/json"},
+                "requestContext": {"http": {"method": "POST", "path": "/pipelines/mapped/runs"}},
+                "body": body.to_string(), "isBase64Encoded": false
+            });
+            let answer = batchline_submit::handle(invocation_for(request, 10), &self.submit).await;
+            if answer.as_ref().ok().and_then(|a| a["statusCode"].as_u64()) == Some(202) {
+                self.mapped_started.insert(index);
+            }
+        }
+    }
+
+    /// The map worker: every message on the map lane's queue, one to an invocation (some
+    /// two at once); a failed one is made visible again for the next round, and ~10% of the
+    /// done ones too (SQS delivers at least once).
+    async fn work_maps(&mut self) {
+        loop {
+            let Ok(received) =
+                self.sqs.receive_message().queue_url(&self.map_lane.queue_url).max_number_of_messages(10).send().await
+            else {
+                return;
+            };
+            if received.messages().is_empty() {
+                return;
+            }
+            for message in received.messages() {
+                let record = sqs_record(
+                    message.message_id().unwrap_or_default(),
+                    message.body().unwrap_or_default(),
+                    &self.map_lane.queue_arn,
+                );
+                let handlers = if self.random.f64() < 0.2 { 2 } else { 1 };
+                let answers = futures::future::join_all((0..handlers).map(|_| {
+                    let event: aws_lambda_events::sqs::SqsEvent =
+                        serde_json::from_value(json!({"Records": [record.clone()]})).unwrap();
+                    let invocation = invocation_for(json!({}), 33);
+                    batchline_map::handle(
+                        lambda_runtime::LambdaEvent::new(event, invocation.context),
+                        &self.map,
+                        &self.env.settings,
+                    )
+                }))
+                .await;
+                let failed = !answers.iter().all(|a| a.as_ref().is_ok_and(|r| r.batch_item_failures.is_empty()));
+                let receipt = message.receipt_handle().unwrap_or_default();
+                let queue = &self.map_lane.queue_url;
+                if failed || self.random.f64() < 0.1 {
+                    let again = self.sqs.change_message_visibility().queue_url(queue).receipt_handle(receipt);
+                    again.visibility_timeout(0).send().await.ok();
+                } else {
+                    self.sqs.delete_message().queue_url(queue).receipt_handle(receipt).send().await.ok();
+                }
+            }
+            // What was made visible again waits for the next round.
+            if received.messages().len() < 10 {
+                return;
+            }
+        }
+    }
+
+    /// Messages on the map lane's queue, visible or not (an unknown count is one).
+    async fn map_work_waiting(&self) -> usize {
+        use aws_sdk_sqs::types::QueueAttributeName;
+        let attributes = self
+            .sqs
+            .get_queue_attributes()
+            .queue_url(&self.map_lane.queue_url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .send()
+            .await;
+        let Ok(attributes) = attributes else { return 1 };
+        let count = |name| {
+            attributes.attributes().and_then(|a| a.get(&name)).and_then(|v| v.parse::<usize>().ok()).unwrap_or(0)
+        };
+        count(QueueAttributeName::ApproximateNumberOfMessages)
+            + count(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
     }
 
     /// Cancels every run of the doomed pipeline not cancelled yet, through the API (under
@@ -310,7 +423,13 @@ impl Chaos {
         use batchline::store::RunStore;
         let store = self.store();
         let mut ended = self.cancelled.len() == CANCELLED_RUNS && self.redriven.len() == CANCELLED_RUNS;
-        let runs = [("fan", RUNS), ("doomed", CANCELLED_RUNS), ("brittle", BRITTLE_RUNS), ("timely", TIMELY_RUNS)];
+        let runs = [
+            ("fan", RUNS),
+            ("doomed", CANCELLED_RUNS),
+            ("brittle", BRITTLE_RUNS),
+            ("timely", TIMELY_RUNS),
+            ("mapped", MAPPED_RUNS),
+        ];
         for (pipeline, count) in runs {
             ended &= store.list_runs(pipeline, 100).await.map(|runs| runs.len() == count).unwrap_or(false);
         }
@@ -318,10 +437,29 @@ impl Chaos {
     }
 }
 
+/// The map worker's clients, under the faults of `faulty` (S3 has none). Its S3 client's
+/// endpoint ends with a slash: the SDK appends a path-style bucket to the endpoint's path
+/// as it is (`/_faults/<scope>` + `bucket` would name another bucket).
+fn map_worker(faulty: &aws_config::SdkConfig, env: &Deployed) -> batchline_map::Clients {
+    let sdk = signing_as(faulty, Principal::Map, &env.name);
+    let endpoint = format!("{}/", sdk.endpoint_url().unwrap_or_default().trim_end_matches('/'));
+    let s3 = batchline_map::s3_client(&sdk.to_builder().endpoint_url(endpoint).build());
+    batchline_map::Clients {
+        objects: Box::new(batchline_map::objects::S3Objects::new(s3)),
+        ..batchline_map::Clients::new(&sdk, &env.settings)
+    }
+}
+
 async fn chaos(seed: u64) {
     // GIVEN an environment deployed without faults, then every function's calls through a
     // fault scope of this seed
-    let env = Deployed::new(&format!("chaos-{seed}"), configuration()).await;
+    // (the map stage's item lists and results go under the input bucket)
+    let bucket = batchline_testkit::emulator::unique_name(&format!("chaos-{seed}-in")).to_lowercase();
+    let s3 = batchline_map::s3_client(&batchline_testkit::emulator::sdk_config().await);
+    s3.create_bucket().bucket(&bucket).send().await.unwrap_or_else(|e| panic!("chaos seed {seed}: {e}"));
+    let mut configuration = configuration();
+    configuration["Roles"] = json!({"InputBucket": bucket});
+    let env = Deployed::new(&format!("chaos-{seed}"), configuration).await;
     // A later deploy removed the job definition the brittle pipeline's second stage names.
     let store = batchline::store::DynamoStore::new(aws_sdk_dynamodb::Client::new(&env.sdk), &env.settings.table_name);
     let mut deployed = batchline::store::ConfigStore::load_published(&store).await.unwrap().unwrap();
@@ -339,14 +477,23 @@ async fn chaos(seed: u64) {
         ("dynamodb:Query", dynamodb),
         ("batch:SubmitJob", Rates { fail: 0.2, lose: 0.1 }),
         ("batch:TerminateJob", Rates { fail: 0.2, lose: 0.1 }),
+        ("batch:ListJobs", Rates { fail: 0.2, lose: 0.1 }),
+        ("batch:DescribeJobs", Rates { fail: 0.2, lose: 0.1 }),
         ("cloudwatch:PutMetricData", Rates { fail: 0.3, lose: 0.0 }),
     ]);
     let scope = FaultScope::enable(&batchline_testkit::emulator::unique_name(&format!("chaos{seed}")), seed, &rules)
         .await
         .unwrap_or_else(|e| panic!("chaos seed {seed}: {e}"));
     let faulty = scope.sdk_config().await;
+    let sqs = aws_sdk_sqs::Client::new(&env.sdk);
+    let events = aws_sdk_eventbridge::Client::new(&env.sdk);
+    let map_lane = map_lane(&env.name)
+        .unwrap()
+        .wire(&sqs, &events, "default", &format!("{}-map", env.name))
+        .await
+        .unwrap_or_else(|e| panic!("chaos seed {seed}: the map lane: {e}"));
     let mut objects: Vec<Value> = (0..SINGLE_JOBS).map(|i| object_event(&format!("jobs/object-{i}.csv"), i)).collect();
-    objects.extend((0..RUNS).map(|i| object_event(&format!("runs/batch-{i}.json"), 100 + i)));
+    objects.extend((0..RUNS).map(|i| object_event(&format!("fan/batch-{i}.json"), 100 + i)));
     objects.extend((0..CANCELLED_RUNS).map(|i| object_event(&format!("doomed/batch-{i}.json"), 200 + i)));
     objects.extend((0..BRITTLE_RUNS).map(|i| object_event(&format!("brittle/batch-{i}.json"), 300 + i)));
     objects.extend((0..TIMELY_RUNS).map(|i| object_event(&format!("timely/batch-{i}.json"), 400 + i)));
@@ -358,6 +505,10 @@ async fn chaos(seed: u64) {
             &signing_as(&faulty, Principal::JobEvents, &env.name),
             &env.settings,
         ),
+        map: map_worker(&faulty, &env),
+        map_lane,
+        sqs,
+        mapped_started: BTreeSet::new(),
         player: Player::new(&env.sdk),
         objects,
         messages: Vec::new(),
@@ -380,9 +531,11 @@ async fn chaos(seed: u64) {
         chaos.deliver_objects().await;
         chaos.cancel_doomed().await;
         chaos.redrive_cancelled().await;
+        chaos.start_mapped().await;
+        chaos.work_maps().await;
         let played = chaos.play().await;
         chaos.deliver_messages().await;
-        let quiet = nothing_pending && played == 0;
+        let quiet = nothing_pending && played == 0 && chaos.map_work_waiting().await == 0;
         if quiet && chaos.runs_ended().await {
             break;
         }
@@ -412,8 +565,10 @@ async fn chaos(seed: u64) {
                 runs.push(batchline::store::RunStore::load_run(&store, &line.run_id).await.ok().flatten());
             }
             let cancelled = chaos.cancelled.len();
+            let map_work = chaos.map_work_waiting().await;
             chaos.fail(format!(
-                "did not settle in {GIVE_UP_AFTER:?}: objects {objects:?}, messages {pending:?}, {cancelled} cancelled, open runs {runs:?}"
+                "did not settle in {GIVE_UP_AFTER:?}: objects {objects:?}, messages {pending:?}, {map_work} map work \
+                 messages, {cancelled} cancelled, open runs {runs:?}"
             ));
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -424,7 +579,29 @@ async fn chaos(seed: u64) {
         counts.values().map(|c| c.get("fail").copied().unwrap_or(0) + c.get("lose").copied().unwrap_or(0)).sum();
     assert!(injected > 20, "seed {seed}: the faults were injected ({counts:?})");
 
-    // THEN every object made its job or run, and nothing was submitted twice
+    // THEN each mapped run succeeded once: its children counted exactly (one resized, one
+    // failed within the tolerance), its report submitted once
+    use batchline::model::run::{RunStatus, StageStatus};
+    let store = chaos.store();
+    let load = |id: String| {
+        let store = store.clone();
+        async move { batchline::store::RunStore::load_run(&store, &id).await.unwrap().unwrap().run }
+    };
+    let mapped = batchline::store::RunStore::list_runs(&store, "mapped", 100).await.unwrap();
+    assert_eq!(mapped.len(), MAPPED_RUNS, "seed {seed}: one run per idempotency key");
+    for summary in mapped {
+        let run = load(summary.run_id).await;
+        assert_eq!(run.status, RunStatus::Succeeded, "seed {seed}: {run:?}");
+        assert!(run.completion_sent, "seed {seed}: {run:?}");
+        let attempts = &run.stages["each"].attempts;
+        assert_eq!(attempts.len(), 1, "seed {seed}: {run:?}");
+        let Some(map) = &attempts[0].map else { chaos.fail(format!("no map progress: {run:?}")) };
+        let counts = (map.children, map.succeeded(), map.failed(), map.resized());
+        assert_eq!(counts, (Some(MAP_CHILDREN), MAP_CHILDREN - 1, 1, 1), "seed {seed}: {map:?}");
+        assert_eq!(run.stages["report"].attempts.len(), 1, "seed {seed}: {run:?}");
+    }
+
+    // AND every object made its job or run, and nothing was submitted twice
     let jobs = chaos.env.jobs_in("default").await;
     let names: Vec<&str> = jobs.iter().filter_map(|j| j.job_name()).collect();
     let distinct: BTreeSet<&str> = names.iter().copied().collect();
@@ -436,16 +613,15 @@ async fn chaos(seed: u64) {
     // (a redriven doomed run's second generation made its jobs too: counted below)
     // Each fan run: a, b (out of memory, then resized), c, d; each brittle run: first and
     // its failure stage.
-    // Each timely run: its one job.
-    assert_eq!(not_doomed, SINGLE_JOBS + RUNS * 5 + BRITTLE_RUNS * 2 + TIMELY_RUNS, "seed {seed}: {names:?}");
+    // Each timely run: its one job. Each mapped run: its array, the resubmission of its
+    // child out of memory (a plain job), and its report.
+    assert_eq!(
+        not_doomed,
+        SINGLE_JOBS + RUNS * 5 + BRITTLE_RUNS * 2 + TIMELY_RUNS + MAPPED_RUNS * 3,
+        "seed {seed}: {names:?}"
+    );
 
     // AND every run ended as it should: fan runs succeeded, b resized once
-    let store = chaos.store();
-    let load = |id: String| {
-        let store = store.clone();
-        async move { batchline::store::RunStore::load_run(&store, &id).await.unwrap().unwrap().run }
-    };
-    use batchline::model::run::{RunStatus, StageStatus};
     for summary in batchline::store::RunStore::list_runs(&store, "fan", 100).await.unwrap() {
         let run = load(summary.run_id).await;
         assert_eq!(run.status, RunStatus::Succeeded, "seed {seed}: {run:?}");
