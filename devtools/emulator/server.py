@@ -49,6 +49,14 @@ moto's WSGI application makes the emulator behave as AWS does:
   listing is still moto's, unpaged. moto also starts a thread per child at SubmitJob, so
   an array of thousands is slow to submit locally.)
 
+* SQS SendMessage: moto counts every message of the queue for each send (see
+  ``sends_without_counting_the_queue``), so a send cost grew with the queue's backlog;
+  the adapter skips the count while sending. What a send does is unchanged.
+
+* EventBridge delivery: moto parses each input path's JSONPath again for every event it
+  delivers, building a parser each time; the adapter keeps the parsed paths (see
+  ``input_paths_parsed_once``).
+
 Two additions for tests and the local run, which are not AWS APIs:
 ``GET /_batchline/default-network`` answers ``{"vpc", "subnets", "securityGroups"}`` for
 the emulator's default VPC (moto checks that subnets and security groups exist, and
@@ -866,6 +874,72 @@ def transformed_event_time_as_text() -> None:
     EventTemplateParser.parse = staticmethod(parse)
 
 
+def input_paths_parsed_once() -> None:
+    """Parses each JSONPath of an event's delivery once, not once per delivered event.
+
+    moto's EventBridge builds what it delivers to a target through jsonpath_ng's ``parse``
+    for every input path (its default ones included), and ``parse`` builds a whole parser
+    each time it is called: seven tenths of the emulator's time went there while a bus
+    carried a map's child events. The parsed paths are kept; what is delivered is unchanged.
+    """
+    import functools
+
+    import jsonpath_ng.ext
+
+    jsonpath_ng.ext.parse = functools.lru_cache(maxsize=1024)(jsonpath_ng.ext.parse)
+
+
+def sends_without_counting_the_queue() -> None:
+    """Sends to an SQS queue without walking its messages, as AWS does.
+
+    moto's SendMessage (and SendMessageBatch, and EventBridge's delivery to a queue) reads
+    ``queue.attributes`` only for ``ContentBasedDeduplication``, but that property counts
+    the queue's messages three times over (visible, delayed, in flight), each message's
+    state worked out through datetime arithmetic: a send to a queue of 40,000 waiting
+    messages took tens of milliseconds, so a lane that fell behind slowed every event put
+    on the bus. While a send is under way the property answers only what a send reads
+    (the deduplication setting of a FIFO queue); everywhere else it is moto's. A receive
+    read the same attributes once per message received, for the retention period alone: it
+    reads that period itself. A message's
+    ``visible`` and ``delayed`` also read the clock once, without datetime arithmetic.
+    """
+    import threading
+    import time
+
+    from moto.sqs.models import Message, Queue, SQSBackend
+
+    sending = threading.local()
+    counted = Queue.attributes.fget
+
+    def attributes(self: Any) -> dict[str, Any]:
+        if getattr(sending, "active", False):
+            return {"ContentBasedDeduplication": getattr(self, "content_based_deduplication", None)} if self.fifo_queue else {}
+        return counted(self)
+
+    def without_counting(send: Callable) -> Callable:
+        def wrapped(self: Any, *args: Any, **kwargs: Any) -> Any:
+            sending.active = True
+            try:
+                return send(self, *args, **kwargs)
+            finally:
+                sending.active = False
+
+        return wrapped
+
+    def retained(self: Any, queue_name: str, message: Any) -> bool:
+        # moto reads the retention period through every attribute, counts included, once
+        # per message received.
+        period = int(self.get_queue(queue_name).message_retention_period)
+        return period + message.sent_timestamp / 1000 > time.time()
+
+    Queue.attributes = property(attributes)
+    SQSBackend.is_message_valid_based_on_retention_period = retained
+    SQSBackend.send_message = without_counting(SQSBackend.send_message)
+    SQSBackend.send_message_batch = without_counting(SQSBackend.send_message_batch)
+    Message.visible = property(lambda self: time.time() * 1000.0 > self.visible_at)
+    Message.delayed = property(lambda self: time.time() * 1000.0 < self.delayed_until)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
@@ -880,6 +954,8 @@ def main() -> None:
     transformed_event_time_as_text()
     unshared_job_environment()
     transactions_back_up_their_items()
+    sends_without_counting_the_queue()
+    input_paths_parsed_once()
 
     # IAM for the functions' principals (devtools/iam): after the faults, in front of the adapter.
     sys.path.append(str(Path(__file__).resolve().parent.parent / "iam"))
