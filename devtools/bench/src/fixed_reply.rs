@@ -13,6 +13,7 @@
 //! needs real state (advancing a pipeline run).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::net::TcpListener;
@@ -26,6 +27,8 @@ use batchline_testkit::http::{read_request, write_response_keeping, Request};
 pub struct FixedReply {
     pub endpoint: String,
     counts: Arc<Mutex<BTreeMap<String, u64>>>,
+    /// DynamoDB write units of the calls so far, from their items ([`crate::write_units`]).
+    write_units: Arc<AtomicU64>,
 }
 
 impl FixedReply {
@@ -46,16 +49,20 @@ impl FixedReply {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let endpoint = format!("http://{}", listener.local_addr()?);
         let counts: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
-        let log = counts.clone();
+        let write_units: Arc<AtomicU64> = Arc::default();
+        let (log, units) = (counts.clone(), write_units.clone());
         tokio::spawn(async move {
             while let Ok((mut stream, _)) = listener.accept().await {
-                let log = log.clone();
+                let (log, units) = (log.clone(), units.clone());
                 let config = config.clone();
                 let upstream = upstream.clone();
                 // Connections are kept alive, as AWS's endpoints keep them.
                 tokio::spawn(async move {
                     while let Some(request) = read_request(&mut stream).await {
                         let (operation, content_type, body) = answer(&request, config.as_ref().as_deref());
+                        if let Some(dynamodb) = operation.strip_prefix("dynamodb:") {
+                            units.fetch_add(crate::write_units::of_call(dynamodb, &request.body), Ordering::Relaxed);
+                        }
                         if let Ok(mut counts) = log.lock() {
                             *counts.entry(operation).or_default() += 1;
                         }
@@ -79,7 +86,7 @@ impl FixedReply {
                 });
             }
         });
-        Ok(FixedReply { endpoint, counts })
+        Ok(FixedReply { endpoint, counts, write_units })
     }
 
     /// Calls so far, by `service:Operation`.
@@ -87,10 +94,16 @@ impl FixedReply {
         self.counts.lock().map(|c| c.clone()).unwrap_or_default()
     }
 
+    /// DynamoDB write units so far.
+    pub fn write_units(&self) -> u64 {
+        self.write_units.load(Ordering::Relaxed)
+    }
+
     pub fn reset(&self) {
         if let Ok(mut counts) = self.counts.lock() {
             counts.clear();
         }
+        self.write_units.store(0, Ordering::Relaxed);
     }
 }
 

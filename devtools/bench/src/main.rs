@@ -4,6 +4,7 @@ mod fixed_reply;
 mod lanes;
 mod maps;
 mod measure;
+mod write_units;
 
 #[tokio::main]
 async fn main() {

@@ -1,14 +1,17 @@
 //! What a map stage costs per 1,000 children: each function's AWS calls, by operation, for one map run from its start to its end through the template's lanes.
 //!
-//! A run of a pipeline whose one stage maps over a manifest of [`CHILDREN`] lines (one
-//! array job) is started through submit's API (the release binary). The map worker (the
-//! release binary) takes its work from the template's map lane on the default bus;
-//! job-events (one release process per lane, as in [`crate::lanes`]) takes the played job
-//! events, every child's included, from the template's two job-event lanes on a bus of
-//! their own. Each process's calls go through a counting forwarder. What grows with a map
-//! is its children's events (the player plays four or five per child), which only the
-//! metrics lane receives; the rest is per array or per run, and shows here divided by the
-//! map's size.
+//! A run of a pipeline whose one stage maps over the [`children`] objects under a prefix
+//! (10,000 unless `BENCH_MAP_CHILDREN` says otherwise: one array job) is started through
+//! submit's API (the release binary). The map worker (the release binary) takes its work
+//! from the template's map lane on the default bus; job-events (one release process per
+//! lane, as in [`crate::lanes`]) takes the played job events, every child's included, from
+//! the template's two job-event lanes on a bus of their own. Each process's calls go
+//! through a counting forwarder, which also prices its DynamoDB writes in write units
+//! ([`crate::write_units`]). What grows with a map is its children's events (the player
+//! plays four or five per child), which only the metrics lane receives; the rest is per
+//! array or per run, and shows here divided by the map's size. The time from the API's
+//! answer to the array listed in Batch is the expansion's: the listing of the objects, the
+//! item list written, the array submitted.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -22,23 +25,40 @@ use batchline_testkit::event_source::EventSource;
 use batchline_testkit::lanes::{map_lane, template_lanes};
 use batchline_testkit::local_lambda::{LocalLambda, Outcome};
 use batchline_testkit::player::{Delivery, Player};
+use futures::StreamExt;
 use serde_json::{json, Value};
 
 use crate::fixed_reply::FixedReply;
 
-/// Children of the measured map (one array). Every child's events go through the
-/// emulator's bus and the metrics lane, which take it a few dozen events a second: 2,000
-/// children took over twenty minutes. What is paid per run or per array (the expansion,
-/// the SubmitJob, the close) shows here divided by 250, four times its share at 1,000.
-pub const CHILDREN: usize = 250;
+/// Children of the measured map unless `BENCH_MAP_CHILDREN` says otherwise: one array.
+pub const CHILDREN: usize = 10_000;
 /// The pipeline the benchmark's stack declares for it.
 pub const MAP_PIPELINE: &str = "bench-map";
-/// Where the manifest is, under the stack's input bucket.
-const MANIFEST_KEY: &str = "bench-map/items.txt";
+/// Where the map's objects are, under the stack's input bucket.
+const ITEMS_PREFIX: &str = "bench-map/items/";
 
-/// The pipeline: one map stage over the manifest.
+/// How many children the measured map has.
+pub fn children() -> usize {
+    std::env::var("BENCH_MAP_CHILDREN").ok().and_then(|n| n.parse().ok()).unwrap_or(CHILDREN)
+}
+
+/// The pipeline: one map stage over the objects under the prefix.
 pub fn pipeline(bucket: &str) -> Value {
-    json!({"Stages": {"each": {"JobDefinition": "default", "Map": {"Manifest": format!("s3://{bucket}/{MANIFEST_KEY}")}}}})
+    json!({"Stages": {"each": {"JobDefinition": "default", "Map": {"Prefix": format!("s3://{bucket}/{ITEMS_PREFIX}")}}}})
+}
+
+/// One process's share of a map's run.
+#[derive(Debug, Default)]
+pub struct ProcessCalls {
+    /// The function and its lane.
+    pub label: String,
+    /// Messages it handled, and invocations (batches) it took.
+    pub messages: usize,
+    pub invocations: usize,
+    /// Calls by `service:Operation`.
+    pub calls: BTreeMap<String, u64>,
+    /// DynamoDB write units of its writes.
+    pub write_units: u64,
 }
 
 /// The calls of one map's run, per process.
@@ -47,9 +67,11 @@ pub struct MapReport {
     pub children: usize,
     /// Job events played (parents' and children's).
     pub job_events: usize,
-    /// Per process (function and lane), messages delivered and calls by operation.
-    pub processes: Vec<(String, usize, BTreeMap<String, u64>)>,
+    pub processes: Vec<ProcessCalls>,
+    /// From the run's start to its end (every event through the metrics lane).
     pub seconds: f64,
+    /// From the run's start to its array listed in Batch: the expansion.
+    pub expansion_seconds: f64,
 }
 
 /// A process of a function whose calls are counted.
@@ -58,6 +80,7 @@ struct Counted {
     counter: FixedReply,
     function: Arc<LocalLambda>,
     delivered: Arc<AtomicUsize>,
+    invocations: Arc<AtomicUsize>,
 }
 
 async fn counted(label: &str, binary: &str, environment: &[(String, String)]) -> Result<Counted, String> {
@@ -71,10 +94,11 @@ async fn counted(label: &str, binary: &str, environment: &[(String, String)]) ->
         .await
         .map_err(|e| format!("starting {binary}: {e}"))?;
     function.wait_until_ready(Duration::from_secs(30)).await?;
-    Ok(Counted { label: label.to_owned(), counter, function: Arc::new(function), delivered: Arc::default() })
+    let (delivered, invocations) = (Arc::default(), Arc::default());
+    Ok(Counted { label: label.to_owned(), counter, function: Arc::new(function), delivered, invocations })
 }
 
-/// Runs one map of [`CHILDREN`] children to its end and counts every call on the way.
+/// Runs one map of [`children`] children to its end and counts every call on the way.
 /// `stack` is the stack's `NamePrefix`, `queue_arn` its default job queue.
 pub async fn measure(
     sdk: &SdkConfig,
@@ -84,17 +108,21 @@ pub async fn measure(
     bucket: &str,
     queue_arn: &str,
 ) -> Result<MapReport, String> {
+    let children = children();
     let s3 = aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(sdk).force_path_style(true).build());
     let _ = s3.create_bucket().bucket(bucket).send().await; // there already, or made now
-    let manifest: Vec<String> = (0..CHILDREN).map(|i| format!("item-{i}")).collect();
-    let body = aws_sdk_s3::primitives::ByteStream::from(manifest.join("\n").into_bytes());
-    s3.put_object()
-        .bucket(bucket)
-        .key(MANIFEST_KEY)
-        .body(body)
-        .send()
-        .await
-        .map_err(|e| batchline::Error::aws("PutObject", e).to_string())?;
+    let puts = (0..children).map(|i| {
+        let s3 = s3.clone();
+        async move {
+            let body = aws_sdk_s3::primitives::ByteStream::from(format!("item {i}").into_bytes());
+            let key = format!("{ITEMS_PREFIX}item-{i:05}.txt");
+            s3.put_object().bucket(bucket).key(key).body(body).send().await.map(|_| ())
+        }
+    });
+    let put: Vec<_> = futures::stream::iter(puts).buffer_unordered(16).collect().await;
+    if let Some(Err(err)) = put.into_iter().find(Result::is_err) {
+        return Err(batchline::Error::aws("PutObject", err).to_string());
+    }
 
     let sqs = aws_sdk_sqs::Client::new(sdk);
     let events = aws_sdk_eventbridge::Client::new(sdk);
@@ -111,13 +139,15 @@ pub async fn measure(
         let lane = lane.wire(&sqs, &events, &on_bus, &unique_name("bench-maps-lane")).await?;
         let process = counted(&label, binary, environment).await?;
         let source = EventSource::new(sqs.clone(), lane, process.function.clone());
-        let delivered = source.delivered();
+        let (delivered, invocations) = (source.delivered(), source.invocations());
         let stop = stop.clone();
         sources.push(tokio::spawn(async move { source.run(&stop).await }));
-        processes.push(Counted { delivered, ..process });
+        processes.push(Counted { delivered, invocations, ..process });
     }
     let submit = counted("submit (API)", "batchline-submit", environment).await?;
 
+    let batch = aws_sdk_batch::Client::new(sdk);
+    let jobs_before = parent_jobs(&batch, queue_arn).await?;
     let started = Instant::now();
     let request = batchline_demo::api_request("POST", &format!("/pipelines/{MAP_PIPELINE}/runs"), Some(&json!({})));
     let answer = match submit.function.invoke(&request).await? {
@@ -127,13 +157,24 @@ pub async fn measure(
     let body: Value = serde_json::from_str(answer["body"].as_str().unwrap_or_default()).unwrap_or_default();
     let run_id = body["runId"].as_str().ok_or_else(|| format!("no run started: {answer}"))?.to_owned();
 
+    // The expansion: until the array is listed in Batch (one more job than before the start).
+    let expansion_seconds = loop {
+        if started.elapsed() > Duration::from_secs(300) {
+            return Err("the map's array was not submitted in 5 minutes".to_owned());
+        }
+        if parent_jobs(&batch, queue_arn).await? > jobs_before {
+            break started.elapsed().as_secs_f64();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
     // Play what is submitted, put its events on the lanes' bus, until the run has ended.
     let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(sdk), table);
     let mut player = Player::new(sdk);
     let mut job_events = 0;
     let outcome = loop {
-        if started.elapsed() > Duration::from_secs(900) {
-            break Err("the map's run did not end in 15 minutes".to_owned());
+        if started.elapsed() > Duration::from_secs(3_600) {
+            break Err("the map's run did not end in an hour".to_owned());
         }
         let changes = player.play_queue(queue_arn).await.map_err(|e| e.to_string())?;
         if !changes.is_empty() {
@@ -155,7 +196,7 @@ pub async fn measure(
     let metrics_lane = processes.iter().find(|p| p.label.contains("JobEventsQueue")).map(|p| p.delivered.clone());
     let waiting_since = Instant::now();
     while metrics_lane.as_ref().is_some_and(|d| d.load(Ordering::Relaxed) < job_events)
-        && waiting_since.elapsed() < Duration::from_secs(900)
+        && waiting_since.elapsed() < Duration::from_secs(3_600)
     {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -165,11 +206,16 @@ pub async fn measure(
         source.await.map_err(|e| e.to_string())??;
     }
     outcome?;
-    let mut report = MapReport { children: CHILDREN, job_events, seconds, ..MapReport::default() };
+    let mut report = MapReport { children, job_events, seconds, expansion_seconds, ..MapReport::default() };
     processes.push(submit);
     for process in processes {
-        let delivered = process.delivered.load(Ordering::Relaxed);
-        report.processes.push((process.label, delivered, process.counter.counts()));
+        report.processes.push(ProcessCalls {
+            label: process.label,
+            messages: process.delivered.load(Ordering::Relaxed),
+            invocations: process.invocations.load(Ordering::Relaxed),
+            calls: process.counter.counts(),
+            write_units: process.counter.write_units(),
+        });
         if let Ok(function) = Arc::try_unwrap(process.function) {
             function.stop().await;
         }
@@ -177,25 +223,82 @@ pub async fn measure(
     Ok(report)
 }
 
-/// The report's section: calls per 1,000 children, by process and operation.
+/// Jobs in the queue, children of arrays left out.
+async fn parent_jobs(batch: &aws_sdk_batch::Client, queue_arn: &str) -> Result<usize, String> {
+    let listed = batch
+        .list_jobs()
+        .job_queue(queue_arn)
+        .filters(aws_sdk_batch::types::KeyValuesPair::builder().name("AFTER_CREATED_AT").values("0").build())
+        .send()
+        .await
+        .map_err(|e| batchline::Error::aws("ListJobs", e).to_string())?;
+    Ok(listed.job_summary_list().iter().filter(|j| j.job_id().is_some_and(|id| !id.contains(':'))).count())
+}
+
+/// The report's section: the goals' figures per 1,000 children, then every call by process and operation.
 pub fn render(report: &MapReport) -> String {
     let per_thousand = |n: f64| n * 1_000.0 / report.children.max(1) as f64;
+    let calls = |operations: &[&str]| -> f64 {
+        let all = report.processes.iter().flat_map(|p| p.calls.iter());
+        per_thousand(all.filter(|(op, _)| operations.contains(&op.as_str())).map(|(_, n)| *n as f64).sum())
+    };
+    let lane = |queue: &str| -> f64 {
+        per_thousand(report.processes.iter().filter(|p| p.label.contains(queue)).map(|p| p.invocations as f64).sum())
+    };
+    let write_units = per_thousand(report.processes.iter().map(|p| p.write_units as f64).sum());
     let mut out = format!(
-        "\nA map stage, per 1,000 children (one run over a manifest of {} lines, one array; {} job events played, \
-         {:.1} per child; {:.0} s on the emulator):\n\n| process | messages | operation | calls per 1,000 children |\n|---|---|---|---|\n",
+        "\nA map stage, per 1,000 children (one run over {} objects under a prefix, one array; {} job events \
+         played, {:.1} per child; {:.0} s on the emulator; start to array submitted {:.1} s):\n\n\
+         | per 1,000 children | |\n|---|---|\n",
         report.children,
         report.job_events,
         report.job_events as f64 / report.children.max(1) as f64,
-        report.seconds
+        report.seconds,
+        report.expansion_seconds,
+    );
+    let rows = [
+        ("SubmitJob calls", calls(&["batch:SubmitJob", "batch:submitjob"])),
+        ("table reads (GetItem, Query)", calls(&["dynamodb:GetItem", "dynamodb:Query", "dynamodb:BatchGetItem"])),
+        (
+            "table writes (calls)",
+            calls(&[
+                "dynamodb:PutItem",
+                "dynamodb:UpdateItem",
+                "dynamodb:DeleteItem",
+                "dynamodb:BatchWriteItem",
+                "dynamodb:TransactWriteItems",
+            ]),
+        ),
+        ("table write units", write_units),
+        ("runs-lane invocations", lane("RunEventsQueue")),
+        ("metrics-lane invocations", lane("JobEventsQueue")),
+        ("PutMetricData calls", calls(&["cloudwatch:PutMetricData"])),
+    ];
+    for (name, value) in rows {
+        out.push_str(&format!("| {name} | {value:.1} |\n"));
+    }
+    out.push_str(
+        "\n| process | messages | invocations | operation | calls per 1,000 children |\n|---|---|---|---|---|\n",
     );
     let mut total = 0.0;
-    for (label, delivered, counts) in &report.processes {
-        for (k, (operation, calls)) in counts.iter().enumerate() {
-            let messages = if k == 0 { format!("{:.1}", per_thousand(*delivered as f64)) } else { String::new() };
-            out.push_str(&format!("| {label} | {messages} | {operation} | {:.1} |\n", per_thousand(*calls as f64)));
+    for process in &report.processes {
+        for (k, (operation, calls)) in process.calls.iter().enumerate() {
+            let (messages, invocations) = if k == 0 {
+                (
+                    format!("{:.1}", per_thousand(process.messages as f64)),
+                    format!("{:.1}", per_thousand(process.invocations as f64)),
+                )
+            } else {
+                Default::default()
+            };
+            out.push_str(&format!(
+                "| {} | {messages} | {invocations} | {operation} | {:.1} |\n",
+                process.label,
+                per_thousand(*calls as f64)
+            ));
             total += per_thousand(*calls as f64);
         }
     }
-    out.push_str(&format!("| all | | every call | {total:.1} |\n"));
+    out.push_str(&format!("| all | | | every call | {total:.1} |\n"));
     out
 }

@@ -23,11 +23,17 @@ pub struct EventSource {
     lane: WiredLane,
     function: Arc<LocalLambda>,
     delivered: Arc<AtomicUsize>,
+    invocations: Arc<AtomicUsize>,
 }
 
 impl EventSource {
     pub fn new(sqs: aws_sdk_sqs::Client, lane: WiredLane, function: Arc<LocalLambda>) -> EventSource {
-        EventSource { sqs, lane, function, delivered: Arc::new(AtomicUsize::new(0)) }
+        EventSource { sqs, lane, function, delivered: Arc::default(), invocations: Arc::default() }
+    }
+
+    /// How many times the function has been invoked so far (one batch each).
+    pub fn invocations(&self) -> Arc<AtomicUsize> {
+        self.invocations.clone()
     }
 
     /// How many messages the function has handled so far (its failures left out).
@@ -89,6 +95,7 @@ impl EventSource {
                 )
             })
             .collect();
+        self.invocations.fetch_add(1, Ordering::Relaxed);
         let answer = match self.function.invoke(&json!({ "Records": records })).await? {
             Outcome::Response(answer) => answer,
             Outcome::Error(error) => return Err(format!("{} failed: {error}", self.lane.lane.queue)),
