@@ -105,6 +105,10 @@ pub enum JobsCommand {
         /// Where to go on from: the cursor a previous page printed.
         #[arg(long)]
         next: Option<String>,
+        /// Instead: the jobs (and array indexes) that ran this object of a coalescing
+        /// trigger (s3://bucket/key), resubmissions included.
+        #[arg(long, conflicts_with_all = ["status", "next"])]
+        object: Option<String>,
     },
     /// One job: its status, size, attempts, exit code, logs and cost.
     Show {
@@ -248,7 +252,10 @@ async fn submit(api: &Api, args: SubmitArgs, output: Output) -> Result<i32, Fail
 /// `batchline jobs list|show|cancel`.
 async fn jobs(api: &Api, command: JobsCommand, output: Output) -> Result<i32, Failure> {
     match command {
-        JobsCommand::List { status, next } => {
+        JobsCommand::List { object: Some(object), .. } => {
+            show(output, &api.get(&format!("/jobs?object={}", encode(&object))).await?, render::object_jobs);
+        }
+        JobsCommand::List { status, next, object: None } => {
             let query: Vec<String> = [("status", status), ("next", next)]
                 .into_iter()
                 .filter_map(|(name, value)| Some(format!("{name}={}", encode(&value?))))

@@ -118,6 +118,29 @@ pub fn jobs(list: &Value) -> String {
     out
 }
 
+/// `GET /jobs?object=`: the jobs that ran an object, resubmissions marked.
+pub fn object_jobs(list: &Value) -> String {
+    let rows: Vec<Vec<String>> = items(&list["jobs"])
+        .iter()
+        .map(|j| {
+            let index = match (&j["arrayIndex"], j["resubmission"].as_bool()) {
+                (Value::Number(n), _) => n.to_string(),
+                (_, Some(true)) => "resubmitted".to_owned(),
+                _ => "-".to_owned(),
+            };
+            vec![
+                text(&j["jobId"]),
+                index,
+                text(&j["status"]),
+                text(&j["runId"]),
+                text(&j["trigger"]),
+                text(&j["window"]),
+            ]
+        })
+        .collect();
+    table(&["JOB", "INDEX", "STATUS", "RUN", "TRIGGER", "WINDOW"], &rows)
+}
+
 /// `GET /runs`.
 pub fn runs(list: &Value) -> String {
     let rows: Vec<Vec<String>> = items(&list["runs"])

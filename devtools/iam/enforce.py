@@ -176,8 +176,18 @@ class IamEnforcement:
         another principal of the account holding those policies), the resource's own
         policy (a queue's) included."""
         stack = self.stacks[stack_id]
-        # A service (`events.amazonaws.com`) is its own principal; anyone else a role of the stack.
-        arn = principal if principal.endswith(".amazonaws.com") else f"arn:aws:iam::{stack.account}:role/{stack_id}-{principal}"
+        # A service (`events.amazonaws.com`) is its own principal; a function its execution
+        # role, named as the template's `<Function>Role.Arn` resolves (a queue's policy names
+        # it); anyone else a role of the stack.
+        if principal.endswith(".amazonaws.com"):
+            arn = principal
+        elif principal in policies.FUNCTIONS:
+            arn = f"arn:aws:iam::{stack.account}:role/{stack_id}-{policies.FUNCTIONS[principal]}Role"
+        else:
+            arn = f"arn:aws:iam::{stack.account}:role/{stack_id}-{principal}"
+        if not principal.endswith(".amazonaws.com"):
+            # AWS puts the caller's ARN in every request's context (a queue's policy reads it).
+            context = {"aws:PrincipalArn": arn, **context}
         message = {"op": "check", "key": f"{stack_id}/{principal}", "principal": arn,
                    "action": action, "resource": resource, "account": stack.account, "context": context,
                    "resourcePolicy": self.cache[stack_id].get("resources", {}).get(resource)}

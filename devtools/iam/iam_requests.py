@@ -171,8 +171,20 @@ def _s3(operation: str, params: dict[str, Any], region: str, account: str) -> li
     return [IamRequest(f"s3:{operation}", "*")]
 
 
+def _sqs(operation: str, params: dict[str, Any], region: str, account: str) -> list[IamRequest]:
+    # The queue is named by its URL (…/<account>/<name>), or by name to GetQueueUrl.
+    if operation == "GetQueueUrl":
+        owner = params.get("QueueOwnerAWSAccountId") or account
+        return [IamRequest("sqs:GetQueueUrl", _arn("sqs", region, owner, params.get("QueueName", "")))]
+    url = params.get("QueueUrl", "")
+    if url:
+        owner, name = url.rstrip("/").split("/")[-2:]
+        return [IamRequest(f"sqs:{operation}", _arn("sqs", region, owner, name))]
+    return [IamRequest(f"sqs:{operation}", "*")]
+
+
 SERVICES = {"dynamodb": _dynamodb, "batch": _batch, "iam": _iam, "ecr": _ecr, "events": _events,
-            "cloudwatch": _cloudwatch, "s3": _s3}
+            "cloudwatch": _cloudwatch, "s3": _s3, "sqs": _sqs}
 
 
 def iam_requests(service: str, operation: str, params: dict[str, Any], region: str, account: str) -> list[IamRequest]:

@@ -119,6 +119,8 @@ async fn only_each_queues_rule_may_send_to_it_not_a_principal_allowed_sqs_on_eve
         ("TriggerQueue", "ObjectCreatedRule"),
         ("RunEventsQueue", "RunStateChangeRule"),
         ("JobEventsQueue", "BatchStateChangeRule"),
+        ("MapWorkQueue", "MapWorkRule"),
+        ("CoalesceQueue", "CoalesceRule"),
     ] {
         // WHEN it sends a forged event to the queue
         let forged =
@@ -146,6 +148,11 @@ async fn only_each_queues_rule_may_send_to_it_not_a_principal_allowed_sqs_on_eve
         );
         assert_eq!(other["allowed"], false, "{logical}: {other}");
     }
+    // AND the coalesce lane also takes the windows' closes from the map worker, and from
+    // no other function
+    let close = |principal| iam_check(&env.name, principal, "sqs:SendMessage", &queue("CoalesceQueue"));
+    assert_eq!(close(Principal::Map)["allowed"], true, "{}", close(Principal::Map));
+    assert_eq!(close(Principal::Submit)["allowed"], false, "{}", close(Principal::Submit));
 }
 
 #[tokio::test]
@@ -160,7 +167,7 @@ async fn the_operators_replay_role_may_move_dead_letters_back_to_the_queues_and_
     batchline_testkit::emulator::register_iam_stack(&stack, None, false).unwrap();
     let anything = json!([{"name": "SendAnywhere", "policy": {"Version": "2012-10-17", "Statement": [
         {"Effect": "Allow", "Action": "sqs:SendMessage", "Resource": "*"}]}}]);
-    for logical in ["TriggerQueue", "RunEventsQueue", "JobEventsQueue"] {
+    for logical in ["TriggerQueue", "RunEventsQueue", "JobEventsQueue", "MapWorkQueue", "CoalesceQueue"] {
         let queue = format!("arn:aws:sqs:us-east-1:123456789012:{name}-{logical}");
         let send = |principal: &str| {
             let arn = format!("arn:aws:iam::123456789012:role/{name}-{principal}");

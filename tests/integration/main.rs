@@ -3,6 +3,7 @@
 mod bootstrap;
 mod chaos;
 mod cli;
+mod coalesce;
 mod common;
 mod e2e;
 mod emulator;

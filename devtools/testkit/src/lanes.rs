@@ -3,7 +3,8 @@
 //! Each SQS event source of a function is a lane: the rule that fills its queue (pattern
 //! and input transformer) and the BatchSize and batching window Lambda reads it with.
 //! job-events has two (every job state change; the changes of jobs in runs), submit one
-//! (objects created under the input prefix), the map worker one (its stack's map work). Tests wire the lanes to see which events
+//! (objects created under the input prefix), the map worker two (its stack's map work, and
+//! its coalesced objects). Tests wire the lanes to see which events
 //! reach which queue in which envelope; the local stack and the benchmark also play
 //! Lambda's event sources on them ([`crate::event_source`]). All read them from the
 //! template, so what they check and play is what gets deployed.
@@ -47,11 +48,21 @@ pub fn trigger_lane(bucket: &str, prefix: &str) -> Result<Lane, String> {
 /// The lane template.yaml gives the map worker for the map work of the stack `stack`
 /// (its configuration's `NamePrefix`).
 pub fn map_lane(stack: &str) -> Result<Lane, String> {
+    map_worker_lane("MapWorkQueue", stack)
+}
+
+/// The lane template.yaml gives the map worker for the coalesced objects of the stack
+/// `stack` (and the windows' closes, which the map worker sends to its queue itself).
+pub fn coalesce_lane(stack: &str) -> Result<Lane, String> {
+    map_worker_lane("CoalesceQueue", stack)
+}
+
+fn map_worker_lane(queue: &str, stack: &str) -> Result<Lane, String> {
     let lanes = function_lanes("MapFunction", &|pattern| pattern["detail"]["stack"] = json!([stack]))?;
-    match <[Lane; 1]>::try_from(lanes) {
-        Ok([lane]) => Ok(lane),
-        Err(lanes) => Err(format!("the map worker has {} SQS event sources in template.yaml, not one", lanes.len())),
-    }
+    lanes
+        .into_iter()
+        .find(|lane| lane.queue == queue)
+        .ok_or_else(|| format!("the map worker has no SQS event source on {queue} in template.yaml"))
 }
 
 /// The SQS lanes of the function whose logical id is `function`, each rule's pattern given the stack's own

@@ -24,11 +24,13 @@ pub mod close;
 pub mod expand;
 pub mod objects;
 pub mod redrive;
+pub mod window;
 
 use aws_config::SdkConfig;
 use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
+use batchline::model::coalesce::CoalesceMessage;
 use batchline::model::job_request::digest;
-use batchline::model::map::{MapAction, MapWork};
+use batchline::model::map::{MapAction, MapWork, MAP_WORK_DETAIL_TYPE};
 use batchline::model::run::map::{ArrayChecked, MapClosed, MapExpanded, RedriveExpanded};
 use batchline::model::run::Run;
 use batchline::services::ports::{Clock, RunAnnouncer};
@@ -41,6 +43,7 @@ use tracing::{info, warn};
 use children::{ArrayChildren, SdkArrayChildren};
 use expand::{Budget, Expanded, Piece};
 use objects::{Objects, S3Objects};
+use window::{CloseLater, SqsCloseLater};
 
 /// What a piece of work came to: done (`Ok(Ok)`), impossible for good (`Ok(Err(why))`,
 /// which fails the stage), or worth another try (`Err`).
@@ -51,6 +54,8 @@ pub struct Clients {
     pub ports: AwsPorts,
     pub objects: Box<dyn Objects>,
     pub children: Box<dyn ArrayChildren>,
+    /// Where a coalescing window's delayed close is sent.
+    pub closer: Box<dyn CloseLater>,
 }
 
 impl Clients {
@@ -59,6 +64,7 @@ impl Clients {
             ports: AwsPorts::new(sdk, settings),
             objects: Box::new(S3Objects::new(s3_client(sdk))),
             children: Box::new(SdkArrayChildren::new(aws_sdk_batch::Client::new(sdk))),
+            closer: Box::new(SqsCloseLater::new(aws_sdk_sqs::Client::new(sdk))),
         }
     }
 }
@@ -82,20 +88,50 @@ pub async fn handle(
     // Tells this invocation's item lists apart from another's (see `expand`).
     let token = digest(&event.context.request_id, 12);
     let mut response = SqsBatchResponse::default();
+    let mut failed = Vec::new();
+    // The coalesce lane's messages, worked together (a batch's objects, trigger by trigger).
+    let mut coalesce_lane: Option<(String, Vec<_>)> = None;
     for message in &event.payload.records {
         let id = message.message_id.clone().unwrap_or_default();
-        let done = match work_of(message) {
-            Ok(work) => do_work(clients, &holder, &token, &work).await,
+        let done = match lane_message(message) {
+            Ok(Lane::MapWork(work)) => do_work(clients, &holder, &token, &work).await,
+            Ok(Lane::Coalesce(coalesce)) => {
+                let queue = message.event_source_arn.clone().unwrap_or_default();
+                coalesce_lane.get_or_insert_with(|| (queue, Vec::new())).1.push((id.clone(), coalesce));
+                Ok(())
+            }
             Err(why) => Err(Error::InvalidEvent(why)),
         };
         if let Err(err) = done {
             warn!(message_id = id, error = %err, "map work not done; it comes back");
-            let mut failure = BatchItemFailure::default();
-            failure.item_identifier = id;
-            response.batch_item_failures.push(failure);
+            failed.push(id);
         }
     }
+    if let Some((queue, messages)) = coalesce_lane {
+        failed.extend(window::work_messages(clients, &holder, &token, &queue, messages).await);
+    }
+    for id in failed {
+        let mut failure = BatchItemFailure::default();
+        failure.item_identifier = id;
+        response.batch_item_failures.push(failure);
+    }
     Ok(response)
+}
+
+/// What a message of either lane asks for.
+pub enum Lane {
+    MapWork(MapWork),
+    Coalesce(CoalesceMessage),
+}
+
+/// Reads a message of the map lane ("Batchline Map Work") or of the coalesce lane.
+pub fn lane_message(message: &SqsMessage) -> Result<Lane, String> {
+    let body = message.body.as_deref().ok_or("a message without a body")?;
+    let event: serde_json::Value = serde_json::from_str(body).map_err(|e| format!("not JSON: {e}"))?;
+    if event.get("detail-type").and_then(|d| d.as_str()) == Some(MAP_WORK_DETAIL_TYPE) {
+        return work_of(message).map(Lane::MapWork);
+    }
+    CoalesceMessage::parse(body).map(Lane::Coalesce)
 }
 
 /// The work a message asks for: its body is the EventBridge event, the work its detail.

@@ -12,6 +12,10 @@
 //! receives, the dead-letter queue keeps it). Events can also come directly from
 //! EventBridge (the schedule does).
 //!
+//! An object a coalescing trigger matches (`Coalesce`) starts nothing here: it is sent on to
+//! the coalesce lane (a "Batchline Coalesce Object" event), where the map worker puts it in
+//! its trigger's window (see `batchline::model::coalesce`).
+//!
 //! Errors: on the EventBridge path a malformed event, or a submission another delivery
 //! has under way, is an invocation error, so Lambda's retries and dead-letter queue keep
 //! it; an object or schedule no rule matches is acknowledged and logged. On the API path
@@ -26,7 +30,7 @@ use aws_lambda_events::apigw::ApiGatewayV2httpRequest;
 use aws_lambda_events::eventbridge::EventBridgeEvent;
 use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use batchline::model::run::RunInput;
-use batchline::services::ports::TriggerMetrics;
+use batchline::services::ports::{CoalesceLane, TriggerMetrics};
 use batchline::store::Holder;
 use batchline::wiring::{invocation_holder, AwsPorts};
 use batchline::{Error, Settings};
@@ -167,6 +171,7 @@ async fn handle_one(payload: Value, clients: &Clients, holder: &Holder) -> Resul
 
 async fn submit_all(planned: Vec<Planned>, clients: &Clients, holder: &Holder) -> Result<Value, Error> {
     let mut started = Vec::new();
+    let mut coalesced = Vec::new();
     for plan in planned {
         match plan {
             Planned::Job(request) => {
@@ -182,7 +187,14 @@ async fn submit_all(planned: Vec<Planned>, clients: &Clients, holder: &Holder) -
                     .await?;
                 started.push(json!({"runId": run.run_id, "pipeline": pipeline, "new": new}));
             }
+            Planned::Coalesce(object) => {
+                started.push(json!({"coalesce": object.trigger}));
+                coalesced.push(object);
+            }
         }
+    }
+    if !coalesced.is_empty() {
+        clients.ports.announcer.forward(&coalesced).await?;
     }
     Ok(json!({ "started": started }))
 }

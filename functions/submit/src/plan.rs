@@ -22,7 +22,12 @@ pub struct Source {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Planned {
     Job(JobRequest),
-    Run { pipeline: String, source: Source },
+    Run {
+        pipeline: String,
+        source: Source,
+    },
+    /// An object for a coalescing trigger's window: sent to the coalesce lane.
+    Coalesce(batchline::model::coalesce::CoalescedObject),
 }
 
 /// The tags Batchline puts on every job it submits (run, pipeline, stage, trigger): what

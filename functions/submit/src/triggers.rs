@@ -7,7 +7,8 @@
 
 use std::collections::BTreeMap;
 
-use batchline::model::fargate::Size;
+use batchline::model::coalesce::{listable_key, CoalescedObject};
+pub use batchline::model::fargate::sized_for_object;
 use batchline::model::stack::{S3Trigger, StackConfig, Target};
 use serde::{Deserialize, Serialize};
 
@@ -115,6 +116,9 @@ fn plan_rule(
 ) -> Result<Planned, String> {
     // S3's sequencer orders writes of one key: the same object version has the same one.
     let version = object.sequencer.clone().or_else(|| object.etag.clone()).unwrap_or_else(|| event_id.to_owned());
+    if rule.coalesce.is_some() {
+        return coalesced(config, rule_key, rule, object, version);
+    }
     let idempotency_key = format!("s3:{rule_key}:{}:{}:{version}", object.bucket, object.key);
     let mut parameters = rule.parameters.clone();
     parameters.insert("inputBucket".into(), object.bucket.clone());
@@ -164,13 +168,42 @@ fn plan_rule(
     }
 }
 
-/// At least `factor` times the object's size in memory, and never less than the job
-/// definition's size: snapped up to the smallest valid Fargate size.
-pub fn sized_for_object(base: Size, factor: u32, object_bytes: u64) -> Result<Size, String> {
-    let needed_mib = (object_bytes.saturating_mul(factor as u64)).div_ceil(1024 * 1024);
-    let memory = base.memory_mib.max(u32::try_from(needed_mib).unwrap_or(u32::MAX));
-    Size::snap(base.vcpu, memory)
-        .map_err(|e| format!("an object of {object_bytes} bytes needs more memory than Fargate has: {e}"))
+/// An object for a coalescing rule's window, refused as a job of its own would be: an
+/// object whose size needs more than the queue can run (with `MemoryPerInputByte`) would
+/// make its whole window's array unrunnable. A key with a line break cannot be a line of
+/// the window's list.
+fn coalesced(
+    config: &StackConfig,
+    rule_key: &str,
+    rule: &S3Trigger,
+    object: &ObjectCreated,
+    version: String,
+) -> Result<Planned, String> {
+    if !listable_key(&object.key) {
+        return Err("a key with a line break cannot be a line of a window's list".to_owned());
+    }
+    if let (Target::JobDefinition(key), Some(factor)) = (&rule.target, rule.memory_per_input_byte) {
+        let definition = config
+            .job_definitions
+            .get(key)
+            .ok_or_else(|| format!("Triggers.S3.{rule_key}: no job definition {key:?}"))?;
+        let size = sized_for_object(definition.size, factor, object.size)?;
+        let capacity = config.queue_for(definition).and_then(|q| config.queue_capacity(q));
+        if capacity.is_some_and(|max| !size.fits_vcpus(max)) {
+            return Err(format!(
+                "an object of {} bytes needs {size}, more than the job queue of {key:?} can ever run",
+                object.size
+            ));
+        }
+    }
+    Ok(Planned::Coalesce(CoalescedObject {
+        stack: config.name_prefix.clone(),
+        trigger: rule_key.to_owned(),
+        bucket: object.bucket.clone(),
+        key: object.key.clone(),
+        version,
+        size: object.size,
+    }))
 }
 
 /// The rule name of a "Scheduled Event": the last part of `resources[0]`
@@ -225,7 +258,7 @@ mod tests {
 
     #[test]
     fn object_size_snaps_memory_up() {
-        let base = Size { vcpu: batchline::model::fargate::Quarters(1), memory_mib: 512 };
+        let base = batchline::model::fargate::Size { vcpu: batchline::model::fargate::Quarters(1), memory_mib: 512 };
         assert_eq!(sized_for_object(base, 4, 10).unwrap(), base, "never below the definition");
         assert_eq!(sized_for_object(base, 4, 300 * 1024 * 1024).unwrap().to_string(), "0.25 vCPU / 2048 MiB");
         assert_eq!(sized_for_object(base, 4, 1024 * 1024 * 1024).unwrap().to_string(), "0.5 vCPU / 4096 MiB");

@@ -1,15 +1,16 @@
-//! EventBridge and CloudWatch through the AWS SDK: the adapter of the run announcer (completion events, run metrics), of the stuck-job watch's queue metrics and of the triggers' refusals.
+//! EventBridge and CloudWatch through the AWS SDK: the adapter of the run announcer (completion events, run metrics), of the stuck-job watch's queue metrics, of the triggers' refusals and closed windows, and of the coalesce lane.
 
 use async_trait::async_trait;
 use aws_sdk_cloudwatch::types::{Dimension, MetricDatum, StandardUnit};
 use serde_json::Value;
 use tracing::warn;
 
+use crate::model::coalesce::{CoalescedObject, COALESCE_DETAIL_TYPE};
 use crate::model::map::{MapWork, MAP_WORK_DETAIL_TYPE};
 use crate::model::run::{MetricUnit, RunMetric};
 use crate::model::stuck::QueueReport;
 use crate::services::announce::{COMPLETED_DETAIL_TYPE, EVENT_SOURCE};
-use crate::services::ports::{QueueMetrics, RunAnnouncer, TriggerMetrics};
+use crate::services::ports::{CoalesceLane, QueueMetrics, RunAnnouncer, TriggerMetrics};
 use crate::Error;
 
 /// EventBridge and CloudWatch through the AWS SDK.
@@ -144,5 +145,59 @@ impl TriggerMetrics for AwsAnnouncer {
         {
             warn!(error = %Error::aws("PutMetricData", err), "refused triggers not counted");
         }
+    }
+
+    async fn window_closed(&self, trigger: &str, objects: usize, arrays: usize) {
+        let mut data = Vec::new();
+        for dimensions in [vec![], vec![Dimension::builder().name("Trigger").value(trigger).build()]] {
+            for (name, value) in [("WindowsClosed", 1), ("ObjectsCoalesced", objects), ("CoalescedArrays", arrays)] {
+                data.push(
+                    MetricDatum::builder()
+                        .metric_name(name)
+                        .value(value as f64)
+                        .unit(StandardUnit::Count)
+                        .set_dimensions(Some(dimensions.clone()))
+                        .build(),
+                );
+            }
+        }
+        if let Err(err) =
+            self.cloudwatch.put_metric_data().namespace(&self.namespace).set_metric_data(Some(data)).send().await
+        {
+            warn!(error = %Error::aws("PutMetricData", err), trigger, "a closed window not counted");
+        }
+    }
+}
+
+#[async_trait]
+impl CoalesceLane for AwsAnnouncer {
+    async fn forward(&self, objects: &[CoalescedObject]) -> Result<(), Error> {
+        // PutEvents takes ten entries a call.
+        for ten in objects.chunks(10) {
+            let mut entries = Vec::with_capacity(ten.len());
+            for object in ten {
+                let detail = serde_json::to_string(object).map_err(|e| Error::InvalidEvent(e.to_string()))?;
+                entries.push(
+                    aws_sdk_eventbridge::types::PutEventsRequestEntry::builder()
+                        .source(EVENT_SOURCE)
+                        .detail_type(COALESCE_DETAIL_TYPE)
+                        .detail(detail)
+                        .resources(format!("arn:aws:s3:::{}/{}", object.bucket, object.key))
+                        .build(),
+                );
+            }
+            let reply = self
+                .eventbridge
+                .put_events()
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .map_err(|e| Error::aws("PutEvents", e))?;
+            if reply.failed_entry_count() > 0 {
+                let failed = reply.entries().iter().find_map(|e| e.error_message()).unwrap_or("unknown").to_owned();
+                return Err(Error::Aws { operation: "PutEvents", code: "FailedEntry".into(), message: failed });
+            }
+        }
+        Ok(())
     }
 }

@@ -217,6 +217,15 @@ impl fmt::Display for Size {
     }
 }
 
+/// At least `factor` times the object's size in memory, and never less than the job
+/// definition's size: snapped up to the smallest valid Fargate size.
+pub fn sized_for_object(base: Size, factor: u32, object_bytes: u64) -> Result<Size, String> {
+    let needed_mib = (object_bytes.saturating_mul(factor as u64)).div_ceil(1024 * 1024);
+    let memory = base.memory_mib.max(u32::try_from(needed_mib).unwrap_or(u32::MAX));
+    Size::snap(base.vcpu, memory)
+        .map_err(|e| format!("an object of {object_bytes} bytes needs more memory than Fargate has: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -184,6 +184,9 @@ fn checked_uri(key: &str, uri: &str, problems: &mut Vec<String>) -> String {
         problems.push(format!("{key}: {why}"));
     } else if uri.starts_with("{runData}") {
         // The run's data folder is an S3 URI already (what an earlier stage wrote).
+    } else if placeholders(uri).is_ok_and(|names| names.len() == 1 && uri == format!("{{{}}}", names[0])) {
+        // A parameter holding a whole S3 URI (a coalescing trigger's `{objects}`): checked
+        // when the map is expanded, as every filled URI is.
     } else if !uri.starts_with("s3://") || uri["s3://".len()..].split('/').next().is_none_or(str::is_empty) {
         problems.push(format!("{key} {uri:?}: give an S3 URI, s3://bucket/key (or one under {{runData}})"));
     }

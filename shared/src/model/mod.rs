@@ -9,6 +9,7 @@
 //! at what a module uses; nothing here imports `store` or `services`.
 
 pub mod batch_event;
+pub mod coalesce;
 pub mod cost;
 pub mod fargate;
 pub mod job_request;

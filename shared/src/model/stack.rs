@@ -273,6 +273,19 @@ pub struct S3Trigger {
     /// Memory of at least this many times the object's size (snapped up to a valid size).
     pub memory_per_input_byte: Option<u32>,
     pub parameters: BTreeMap<String, String>,
+    /// Objects matched within a window go together: one run (one array) per window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coalesce: Option<Coalesce>,
+}
+
+/// An S3 trigger's `Coalesce` block, resolved (see `model::coalesce`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Coalesce {
+    pub window_seconds: u32,
+    pub max_objects: u32,
+    /// Objects per child of the window's array (1 unless the trigger says).
+    pub items_per_child: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

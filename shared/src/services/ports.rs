@@ -84,6 +84,18 @@ pub trait TriggerMetrics: Send + Sync {
     /// Counts one refused object for each S3 rule named (`TriggersRefused`, per `Trigger`
     /// and overall); a failure is logged, not returned.
     async fn triggers_refused(&self, rules: &[String]);
+    /// Counts a coalescing trigger's closed window (`WindowsClosed`), the objects it ran
+    /// (`ObjectsCoalesced`) and the array jobs it submits (`CoalescedArrays`), per `Trigger`
+    /// and overall; a failure is logged, not returned.
+    async fn window_closed(&self, trigger: &str, objects: usize, arrays: usize);
+}
+
+/// Where submit sends the objects a coalescing trigger matched (the coalesce lane).
+#[async_trait]
+pub trait CoalesceLane: Send + Sync {
+    /// Sends every object, ten to a call; an error means some may not have been sent (the
+    /// caller's message comes again, and a window takes an object once).
+    async fn forward(&self, objects: &[crate::model::coalesce::CoalescedObject]) -> Result<(), Error>;
 }
 
 #[async_trait]

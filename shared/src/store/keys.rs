@@ -10,6 +10,9 @@
 //! | a run's index line | `PIPELINE#<pipeline>` | `RUN#<created at, 13 digits>#<run id>` |
 //! | a run not done with, on the open-run list | `OPEN` | `RUN#<created at, 13 digits>#<run id>` |
 //! | the sweep's cursor | `OPEN` | `SWEEP` |
+//! | a coalescing trigger's window | `COALESCE#<trigger>` | `WINDOW#<window, 10 digits>` |
+//! | a chunk of a window's objects | `COALESCE#<trigger>` | `CHUNK#<window, 10 digits>#<token>` |
+//! | an object's claim by a window | `OBJECT#<40 hex of SHA-256(bucket, key)>` | `<trigger>#<version>` |
 //!
 //! A new item kind is added here and in the book's table reference (docs/src/reference/table.md), nowhere else.
 
@@ -46,4 +49,34 @@ pub fn pipeline_pk(pipeline: &str) -> String {
 /// Sorts a pipeline's runs (and the open-run list) by creation time.
 pub fn index_sk(created_at: i64, run_id: &str) -> String {
     format!("{INDEX_SK_PREFIX}{created_at:013}#{run_id}")
+}
+
+/// The sort key prefix of a trigger's window heads, for `begins_with`.
+pub const WINDOW_SK_PREFIX: &str = "WINDOW#";
+
+pub fn coalesce_pk(trigger: &str) -> String {
+    format!("COALESCE#{trigger}")
+}
+
+/// Sorts a trigger's windows by number.
+pub fn window_sk(window: u64) -> String {
+    format!("{WINDOW_SK_PREFIX}{window:010}")
+}
+
+/// The sort key prefix of a window's chunks.
+pub fn chunks_sk_prefix(window: u64) -> String {
+    format!("CHUNK#{window:010}#")
+}
+
+pub fn chunk_sk(window: u64, token: &str) -> String {
+    format!("{}{token}", chunks_sk_prefix(window))
+}
+
+/// One partition per object key, whatever its version and trigger.
+pub fn object_pk(bucket: &str, key: &str) -> String {
+    format!("OBJECT#{}", digest(&format!("{bucket}\n{key}"), 40))
+}
+
+pub fn object_sk(trigger: &str, version: &str) -> String {
+    format!("{trigger}#{version}")
 }

@@ -9,6 +9,7 @@
 //! | [`ClaimStore`] | `IDEM#<hash>` / `CLAIM` | the submitter |
 //! | [`EventLedgerStore`] | `EVENT#<id>` / `EVENT` | job-events' ledger |
 //! | [`RunStore`] | `RUN#<id>` / `RUN`, `PIPELINE#<name>` / `RUN#<created>#<id>`, `OPEN` / `RUN#<created>#<id>`, `OPEN` / `SWEEP` | the run driver, the sweep, the API |
+//! | [`WindowStore`] | `COALESCE#<trigger>` / `WINDOW#<n>` and `CHUNK#<n>#<token>`, `OBJECT#<hash>` / `<trigger>#<version>` | the map worker (coalesced triggers), the API |
 //! | [`ConfigStore`] | `CONFIG` / `CURRENT` (with its owner) | bootstrap (writes), the configuration cache (reads) |
 //!
 //! Two implementations: [`DynamoStore`] (the table) and `MemoryStore` (tests only, the `testing` feature; for unit tests
@@ -26,6 +27,7 @@ pub mod contract;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+use crate::model::coalesce::CoalescedObject;
 use crate::model::run::Run;
 use crate::model::stack::StackConfig;
 use crate::Error;
@@ -291,6 +293,90 @@ pub trait RunStore: Send + Sync {
     /// The sweep's cursor.
     async fn sweep_cursor(&self) -> Result<SweepCursor, Error>;
     async fn save_sweep_cursor(&self, cursor: &SweepCursor) -> Result<(), Error>;
+}
+
+/// A coalescing trigger's window as its head item says (see `model::coalesce`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowHead {
+    pub trigger: String,
+    /// Numbered from 1 per trigger, each after the last.
+    pub window: u64,
+    /// Open to appends until sealed.
+    pub open: bool,
+    pub opened_at: i64,
+    /// When the window stops taking objects (`opened_at` + `WindowSeconds`).
+    pub close_at: i64,
+    /// Objects appended (deliveries, duplicates included).
+    pub count: u32,
+    /// The run the window started, once closed and started.
+    pub run_id: Option<String>,
+}
+
+/// An object's claim by a window: what makes it one line of one list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectClaim {
+    pub trigger: String,
+    pub version: String,
+    pub window: u64,
+    pub run_id: String,
+    /// Its line in the window's list (its map index, with one item per child).
+    pub position: usize,
+}
+
+/// What an append found: done, or why not (the caller reads the head again and decides).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    Appended,
+    /// Sealed, full, past its close, or appended to by someone else since it was read.
+    NotAsRead,
+}
+
+/// Coalescing windows: heads, chunks of object lines, and the objects' claims.
+#[async_trait]
+pub trait WindowStore: Send + Sync {
+    /// The trigger's newest window, read consistently.
+    async fn latest_window(&self, trigger: &str) -> Result<Option<WindowHead>, Error>;
+    /// One window's head, read consistently.
+    async fn window(&self, trigger: &str, window: u64) -> Result<Option<WindowHead>, Error>;
+    /// Opens `head` (which must not exist yet) with `objects` as its first chunk, named
+    /// `chunk`; `NotAsRead` when someone opened it first.
+    async fn open_window(
+        &self,
+        head: &WindowHead,
+        chunk: &str,
+        objects: &[CoalescedObject],
+        expires_at: i64,
+    ) -> Result<Appended, Error>;
+    /// Appends `objects` as chunk `chunk` to the window as `read`: only while it is open,
+    /// before its close, its count still as read and the objects fit under `max_objects`.
+    /// A chunk of that name already there (a reply lost, the write done) is `Appended`.
+    async fn append_to_window(
+        &self,
+        read: &WindowHead,
+        chunk: &str,
+        objects: &[CoalescedObject],
+        now_ms: i64,
+        max_objects: u32,
+        expires_at: i64,
+    ) -> Result<Appended, Error>;
+    /// Seals a window: no append succeeds after it. Sealing a sealed window is no change.
+    async fn seal_window(&self, trigger: &str, window: u64) -> Result<(), Error>;
+    /// Every object appended to a window (deliveries as appended, duplicates included).
+    async fn window_objects(&self, trigger: &str, window: u64) -> Result<Vec<CoalescedObject>, Error>;
+    /// Claims an object for a window's run at `position`: false when another window has it.
+    /// Claiming it again for the same window (a redone close, a moved position) succeeds.
+    async fn claim_object(
+        &self,
+        object: &CoalescedObject,
+        window: u64,
+        run_id: &str,
+        position: usize,
+        expires_at: i64,
+    ) -> Result<bool, Error>;
+    /// Records the run a closed window started.
+    async fn record_window_run(&self, trigger: &str, window: u64, run_id: &str) -> Result<(), Error>;
+    /// Every claim of the object at `bucket`/`key` (any trigger, any version).
+    async fn object_claims(&self, bucket: &str, key: &str) -> Result<Vec<ObjectClaim>, Error>;
 }
 
 /// The published configuration and the environment that published it: the custom

@@ -139,6 +139,19 @@ pub struct S3TriggerDoc {
     pub memory_per_input_byte: Option<u64>,
     #[serde(default)]
     pub parameters: Option<BTreeMap<String, String>>,
+    pub coalesce: Option<CoalesceDoc>,
+}
+
+/// An S3 trigger's `Coalesce` block: numbers as CloudFormation sends them, strings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "PascalCase")]
+pub struct CoalesceDoc {
+    #[serde(default, deserialize_with = "super::values::de_opt_text")]
+    pub window_seconds: Option<String>,
+    #[serde(default, deserialize_with = "super::values::de_opt_text")]
+    pub max_objects: Option<String>,
+    #[serde(default, deserialize_with = "super::values::de_opt_text")]
+    pub items_per_child: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

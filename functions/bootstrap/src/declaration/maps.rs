@@ -15,6 +15,8 @@ use batchline::model::stack::{RoleNames, Target, Triggers};
 pub const RUN_NAMES: [&str; 2] = ["runId", "runData"];
 /// The parameters an S3 trigger gives a run, beside its own.
 pub const S3_NAMES: [&str; 4] = ["inputBucket", "inputKey", "inputSize", "inputPrefix"];
+/// The parameters a coalescing S3 trigger gives a window's run, beside its own.
+pub const COALESCE_NAMES: [&str; 1] = [batchline::model::coalesce::OBJECTS_PARAMETER];
 /// The parameters a schedule gives a run, beside its own.
 pub const SCHEDULE_NAMES: [&str; 2] = ["scheduledTime", "scheduledDate"];
 
@@ -65,7 +67,10 @@ fn starters(pipeline: &str, triggers: &Triggers) -> Vec<(String, BTreeSet<String
         own.keys().cloned().chain(given.iter().chain(RUN_NAMES.iter()).map(|n| (*n).to_owned())).collect()
     };
     let s3 = triggers.s3.iter().filter(|(_, t)| starts(&t.target));
-    let s3 = s3.map(|(key, t)| (format!("Triggers.S3.{key}"), names(&t.parameters, &S3_NAMES)));
+    let s3 = s3.map(|(key, t)| {
+        let given: &[&str] = if t.coalesce.is_some() { &COALESCE_NAMES } else { &S3_NAMES };
+        (format!("Triggers.S3.{key}"), names(&t.parameters, given))
+    });
     let schedules = triggers.schedules.iter().filter(|(_, t)| starts(&t.target));
     let schedules =
         schedules.map(|(key, t)| (format!("Triggers.Schedules.{key}"), names(&t.parameters, &SCHEDULE_NAMES)));

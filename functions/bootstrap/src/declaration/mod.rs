@@ -44,7 +44,7 @@ use repository::resolve_repository;
 use roles::resolve_roles;
 pub use roles::DEFAULT_RUN_DATA_PREFIX;
 pub use stack_scope::{check_in_stack, SecretSource, StackPlace};
-use triggers::{check_run_data_overlap, resolve_triggers};
+use triggers::{check_coalesce, check_run_data_overlap, resolve_triggers};
 
 /// The validated document: every default filled in and physical names chosen, nothing
 /// provisioned yet. Provisioning it gives the deployed [`StackConfig`].
@@ -154,6 +154,7 @@ fn resolve(doc: Document) -> Result<Declared, ConfigProblems> {
     check_capacity(&compute_environments, &job_queues, &job_definitions, &mut pipelines, &mut problems);
     let triggers = resolve_triggers(doc.triggers.unwrap_or_default(), &job_definitions, &pipelines, &mut problems);
     check_run_data_overlap(&triggers, &roles, &mut problems);
+    check_coalesce(&triggers, &job_definitions, &roles, &mut problems);
     maps::check_maps(&pipelines, &roles, &triggers, &mut problems);
 
     if !problems.is_empty() {
@@ -227,6 +228,59 @@ mod tests {
         let failure_map = json!({"p": {"Stages": {"m": {"JobDefinition": "default"}},
                                        "OnFailure": {"JobDefinition": "default", "Map": {"Items": "files"}}}});
         assert!(refused(failure_map, json!({}), in_bucket).contains("the failure stage is one job, never a map"));
+    }
+
+    #[test]
+    fn a_coalescing_trigger_is_declared_with_its_window_and_refused_where_its_windows_could_not_run() {
+        let pipelines =
+            json!({"batches": {"Stages": {"each": {"JobDefinition": "default", "Map": {"Manifest": "{objects}"}}}}});
+        let triggers = json!({"S3": {
+            "photos": {"Prefix": "photos/", "JobDefinition": "default", "Coalesce": {"WindowSeconds": "60"}},
+            "days": {"Prefix": "days/", "Pipeline": "batches", "Coalesce": {"WindowSeconds": 900, "MaxObjects": "2", "ItemsPerChild": "10"}}}});
+        let config = declare(&with_maps(pipelines.clone(), triggers)).unwrap();
+        let photos = config.triggers.s3["photos"].coalesce.unwrap();
+        assert_eq!((photos.window_seconds, photos.max_objects, photos.items_per_child), (60, 10_000, 1));
+        let days = config.triggers.s3["days"].coalesce.unwrap();
+        assert_eq!((days.window_seconds, days.max_objects, days.items_per_child), (900, 2, 10));
+
+        let refused = |triggers: Value, roles: Value| {
+            let mut properties = with_maps(pipelines.clone(), triggers);
+            properties["Roles"] = roles;
+            properties["JobDefinitions"] = json!({"default": {}, "legacy": {"Command": ["convert", "Ref::inputKey"]}});
+            declare(&properties).unwrap_err().problems.join("\n")
+        };
+        let in_bucket = json!({"InputBucket": "input"});
+        let coalescing =
+            |coalesce: Value| json!({"S3": {"t": {"Prefix": "in/", "JobDefinition": "default", "Coalesce": coalesce}}});
+        for (coalesce, named) in [
+            (json!({}), "Coalesce.WindowSeconds: give a whole number from 1 to 900 (required)"),
+            (json!({"WindowSeconds": "901"}), "WindowSeconds"),
+            (json!({"WindowSeconds": "5", "MaxObjects": "1"}), "MaxObjects: give a whole number from 2 to 10000"),
+            (json!({"WindowSeconds": "5", "MaxObjects": "10001"}), "MaxObjects"),
+            (json!({"WindowSeconds": "5", "ItemsPerChild": "0"}), "ItemsPerChild"),
+            (json!({"WindowSeconds": "5", "Window": "5"}), "Window"),
+        ] {
+            let why = refused(coalescing(coalesce), in_bucket.clone());
+            assert!(why.contains(named), "{named}: {why}");
+        }
+        let why = refused(coalescing(json!({"WindowSeconds": "5"})), json!({}));
+        assert!(why.contains("coalescing needs Roles.InputBucket and Roles.RunDataPrefix"), "{why}");
+        let input_ref =
+            json!({"S3": {"t": {"Prefix": "in/", "JobDefinition": "legacy", "Coalesce": {"WindowSeconds": "5"}}}});
+        let why = refused(input_ref, in_bucket.clone());
+        assert!(why.contains("names Ref::input*, which a coalesced child does not have"), "{why}");
+        // A pipeline's runs started by a coalescing trigger have {objects}, not {inputKey}.
+        let by_key = json!({"batches": {"Stages": {"each": {"JobDefinition": "default", "Map": {"Prefix": "s3://input/{inputPrefix}"}}}}});
+        let mut properties = with_maps(
+            by_key,
+            json!({"S3": {"t": {"Prefix": "in/", "Pipeline": "batches", "Coalesce": {"WindowSeconds": "5"}}}}),
+        );
+        properties["Roles"] = in_bucket;
+        let why = declare(&properties).unwrap_err().problems.join("\n");
+        assert!(
+            why.contains("runs started by Triggers.S3.t have no {inputPrefix}") && why.contains("objects"),
+            "{why}"
+        );
     }
 
     #[test]

@@ -2,10 +2,12 @@
 
 use std::collections::BTreeMap;
 
+use batchline::model::coalesce::{Coalesce, MAX_OBJECTS, WINDOW_SECONDS};
+use batchline::model::map::MAX_ITEMS_PER_CHILD;
 use batchline::model::pipeline::Pipeline;
 use batchline::model::stack::{JobDefinition, RoleNames, S3Trigger, ScheduleTrigger, Target, Triggers};
 
-use super::document::TriggersDoc;
+use super::document::{CoalesceDoc, TriggersDoc};
 use super::values::valid_key;
 
 fn target(
@@ -63,6 +65,7 @@ pub(super) fn resolve_triggers(
                 target,
                 memory_per_input_byte: rule.memory_per_input_byte.map(|f| f as u32),
                 parameters: rule.parameters.unwrap_or_default(),
+                coalesce: rule.coalesce.as_ref().map(|doc| resolve_coalesce(&path, doc, problems)),
             },
         );
     }
@@ -80,6 +83,57 @@ pub(super) fn resolve_triggers(
             .insert(rule_name, ScheduleTrigger { target, parameters: rule.parameters.unwrap_or_default() });
     }
     triggers
+}
+
+/// A `Coalesce` block: `WindowSeconds` (1-900) is required; `MaxObjects` (2-10000) is
+/// 10000 and `ItemsPerChild` 1 unless given.
+fn resolve_coalesce(path: &str, doc: &CoalesceDoc, problems: &mut Vec<String>) -> Coalesce {
+    let mut number = |name: &str, text: Option<&str>, range: std::ops::RangeInclusive<u32>, default: Option<u32>| match (
+        text.map(|t| t.trim().parse::<u32>()),
+        default,
+    ) {
+        (Some(Ok(n)), _) if range.contains(&n) => n,
+        (None, Some(default)) => default,
+        _ => {
+            let (low, high) = (range.start(), range.end());
+            let required = if default.is_none() { " (required)" } else { "" };
+            problems.push(format!("{path}.Coalesce.{name}: give a whole number from {low} to {high}{required}"));
+            *low
+        }
+    };
+    Coalesce {
+        window_seconds: number("WindowSeconds", doc.window_seconds.as_deref(), WINDOW_SECONDS, None),
+        max_objects: number("MaxObjects", doc.max_objects.as_deref(), MAX_OBJECTS, Some(*MAX_OBJECTS.end())),
+        items_per_child: number("ItemsPerChild", doc.items_per_child.as_deref(), 1..=MAX_ITEMS_PER_CHILD, Some(1)),
+    }
+}
+
+/// Refuses coalescing where a window's run could not work: without the input bucket and
+/// run-data folder (the window's list is written there), or for a job definition whose
+/// command takes the object from `Ref::input*` parameters (a coalesced child has none: its
+/// items say which objects are its own).
+pub(super) fn check_coalesce(
+    triggers: &Triggers,
+    definitions: &BTreeMap<String, JobDefinition>,
+    roles: &RoleNames,
+    problems: &mut Vec<String>,
+) {
+    for (key, rule) in triggers.s3.iter().filter(|(_, rule)| rule.coalesce.is_some()) {
+        let path = format!("Triggers.S3.{key}.Coalesce");
+        if roles.input_bucket.is_none() || roles.run_data_prefix.is_none() {
+            problems.push(format!(
+                "{path}: coalescing needs Roles.InputBucket and Roles.RunDataPrefix (each window's list is written there)"
+            ));
+        }
+        if let Target::JobDefinition(definition) = &rule.target {
+            let named = definitions.get(definition).map(|d| d.command.iter().any(|arg| arg.contains("Ref::input")));
+            if named == Some(true) {
+                problems.push(format!(
+                    "{path}: the command of job definition {definition:?} names Ref::input*, which a coalesced child does not have: read the objects from BATCHLINE_ITEMS instead"
+                ));
+            }
+        }
+    }
 }
 
 /// Refuses S3 triggers watching the input bucket's run-data folder (or a folder inside

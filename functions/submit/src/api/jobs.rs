@@ -12,14 +12,16 @@ use std::collections::BTreeMap;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use batchline::model::batch_event::{JobDetail, JobStatus};
+use batchline::model::coalesce::jobs_of_object;
 use batchline::model::cost::Pricing;
 use batchline::model::fargate::Size;
 use batchline::model::job_request::{user_tag_problems, JobRequest, RequestError, PIPELINE_TAG, RUN_TAG, STAGE_TAG};
+use batchline::model::map::S3Location;
 use batchline::model::stack::StackConfig;
 use batchline::services::ports::{BatchPort, JobListing};
 use batchline::services::resize::{chain_position, resize_key, ORIGINAL_TAG, RESIZE_TAG};
 use batchline::services::submitter::SubmitError;
-use batchline::store::ClaimStore;
+use batchline::store::{ClaimStore, RunStore, WindowStore};
 use batchline::Error;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -339,13 +341,38 @@ pub fn log_console_url(region: &str, group: &str, stream: &str) -> String {
     )
 }
 
-/// `GET /jobs[?status=S][&next=C]`: 200 `{jobs, truncated, next}`.
+/// `GET /jobs[?status=S][&next=C]`: 200 `{jobs, truncated, next}`; `GET
+/// /jobs?object=s3://bucket/key`: the jobs that ran an object of a coalescing trigger.
 pub async fn list(call: &Call<'_>) -> Answer {
     let query = &call.request.query;
+    if let Some(object) = query.get("object") {
+        return object_jobs(call, object).await;
+    }
     let status = query.get("status").map(|s| parse_status(s)).transpose()?;
     let from = query.get("next").map(|next| read_cursor(next, call.stack)).transpose()?.unwrap_or_default();
     let jobs = list_jobs(&call.clients.ports.batch, call.stack, status.as_ref(), from, batchline::now_ms()).await?;
     Ok(response(200, &jobs))
+}
+
+/// `GET /jobs?object=s3://bucket/key`: 200 `{object, jobs: [...]}`, every job (and array
+/// index) of every window that took the object — each version of it, for each coalescing
+/// trigger — resubmissions included. An object of a trigger that does not coalesce is not
+/// recorded here (its job carries it in its `inputKey` parameter): the list is empty.
+async fn object_jobs(call: &Call<'_>, object: &str) -> Answer {
+    let at = S3Location::parse(object).map_err(|why| ApiError::bad_request(format!("object: {why}")))?;
+    let store = call.clients.ports.store.as_ref();
+    let mut jobs = Vec::new();
+    for claim in store.object_claims(&at.bucket, &at.key).await? {
+        let Some(record) = store.load_run(&claim.run_id).await? else { continue };
+        for job in jobs_of_object(&record.run, claim.position) {
+            let mut line = serde_json::to_value(&job).unwrap_or_default();
+            line["trigger"] = json!(claim.trigger);
+            line["version"] = json!(claim.version);
+            line["window"] = json!(claim.window);
+            jobs.push(line);
+        }
+    }
+    Ok(response(200, &json!({"object": object, "jobs": jobs})))
 }
 
 /// The status a caller asked for, as Batch names it.

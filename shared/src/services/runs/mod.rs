@@ -143,6 +143,21 @@ impl RunDriver<'_> {
             .pipelines
             .get(pipeline)
             .ok_or_else(|| Error::InvalidEvent(format!("there is no pipeline {pipeline:?}")))?;
+        self.start_pipeline(declared, trigger, idempotency_key, input, now_ms).await
+    }
+
+    /// Starts a run of `declared` (once per idempotency key) and submits its first stages:
+    /// [`RunDriver::start`] for a pipeline the caller has in hand rather than by name (a
+    /// coalescing trigger's window pipeline, which the configuration does not list).
+    pub async fn start_pipeline(
+        &self,
+        declared: &crate::model::pipeline::Pipeline,
+        trigger: &str,
+        idempotency_key: &str,
+        input: RunInput,
+        now_ms: i64,
+    ) -> Result<(Run, bool), Error> {
+        let pipeline = declared.name.as_str();
         let run = Run::start(run_id(pipeline, idempotency_key), declared, trigger, input, now_ms);
         let (record, created) = match self.runs.save_run(&run, None).await? {
             Some(version) => (VersionedRun { run, version }, true),

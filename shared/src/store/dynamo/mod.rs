@@ -17,6 +17,7 @@
 //!   absent on lines from earlier releases), `created_at`, `expires_at`;
 //! - open-run line: `run_id`, `pipeline`, `created_at`, `expires_at`;
 //! - the sweep's cursor: `document` (the `SweepCursor` as JSON);
+//! - coalescing windows and object claims: see the `windows` module;
 //! - configuration: `document` (the `StackConfig` as JSON), `owner` (the physical id of
 //!   the environment that published it; absent on items from earlier releases).
 //!
@@ -41,11 +42,13 @@ mod claims;
 mod items;
 mod ledger;
 mod runs;
+mod windows;
 
 pub use items::{
     claim_from_item, claim_item, config_from_item, config_item, event_claim_from_item, index_item, open_item,
     open_run_from_item, run_from_item, run_item, summary_from_item,
 };
+pub use windows::{chunk_entry, CHUNK_BYTES};
 
 type Item = HashMap<String, AttributeValue>;
 
