@@ -172,8 +172,14 @@ fn answer(request: &Request, config: Option<&str>) -> (String, &'static str, Vec
         return (format!("cloudwatch:{action}"), "text/xml", body.into_bytes());
     }
     if let Some((service, operation)) = target.split_once('.') {
-        // Other JSON-protocol services (EventBridge's `AWSEvents.PutEvents`, say).
-        return (format!("{}:{operation}", service.to_lowercase()), "application/json", b"{}".to_vec());
+        // Other JSON-protocol services (EventBridge's `AWSEvents.PutEvents`, SQS's
+        // `AmazonSQS.SendMessage`), named by their IAM prefix.
+        let service = match service {
+            "AWSEvents" => "events".to_owned(),
+            "AmazonSQS" => "sqs".to_owned(),
+            other => other.to_lowercase(),
+        };
+        return (format!("{service}:{operation}"), "application/json", b"{}".to_vec());
     }
     if let Some(operation) = request.path.strip_prefix("/v1/") {
         // Batch's REST paths name the operation in lower case.
@@ -184,6 +190,9 @@ fn answer(request: &Request, config: Option<&str>) -> (String, &'static str, Vec
         // S3's REST calls name the operation in the query (`?x-id=GetObject`).
         let operation = operation.split('&').next().unwrap_or_default();
         return (format!("s3:{operation}"), "application/xml", vec![]);
+    }
+    if request.path.contains("list-type=2") {
+        return ("s3:ListObjectsV2".to_owned(), "application/xml", vec![]);
     }
     (format!("unknown:{} {}", request.method, request.path), "application/json", b"{}".to_vec())
 }
