@@ -1,5 +1,6 @@
 //! `batchline-bench`: Rust functions beside Python + boto3 baselines; prints the table and writes target/bench/results.md.
 
+mod burst;
 mod fixed_reply;
 mod lanes;
 mod maps;

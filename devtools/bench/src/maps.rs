@@ -75,20 +75,27 @@ pub struct MapReport {
 }
 
 /// A process of a function whose calls are counted.
-struct Counted {
-    label: String,
-    counter: FixedReply,
-    function: Arc<LocalLambda>,
-    delivered: Arc<AtomicUsize>,
-    invocations: Arc<AtomicUsize>,
+pub(crate) struct Counted {
+    pub(crate) label: String,
+    pub(crate) counter: FixedReply,
+    pub(crate) function: Arc<LocalLambda>,
+    pub(crate) delivered: Arc<AtomicUsize>,
+    pub(crate) invocations: Arc<AtomicUsize>,
 }
 
-async fn counted(label: &str, binary: &str, environment: &[(String, String)]) -> Result<Counted, String> {
+/// A release binary started as a local function, its calls through a counting forwarder,
+/// its output in `target/bench/<log>.log`.
+pub(crate) async fn counted(
+    label: &str,
+    log: &str,
+    binary: &str,
+    environment: &[(String, String)],
+) -> Result<Counted, String> {
     let counter = FixedReply::forwarding(endpoint()).await.map_err(|e| e.to_string())?;
     let mut environment = environment.to_vec();
     environment.retain(|(name, _)| name != "AWS_ENDPOINT_URL");
     environment.push(("AWS_ENDPOINT_URL".into(), counter.endpoint.clone()));
-    let log = repo_root().join("target/bench").join(format!("maps-{label}.log"));
+    let log = repo_root().join("target/bench").join(format!("{log}.log"));
     let program = repo_root().join("target/release").join(binary);
     let function = LocalLambda::start(binary, &program, &environment, Duration::from_secs(900), Some(&log))
         .await
@@ -137,14 +144,14 @@ pub async fn measure(
     for (label, binary, lane, on_bus) in wired {
         let label = format!("{label} ({})", lane.queue);
         let lane = lane.wire(&sqs, &events, &on_bus, &unique_name("bench-maps-lane")).await?;
-        let process = counted(&label, binary, environment).await?;
+        let process = counted(&label, &format!("maps-{label}"), binary, environment).await?;
         let source = EventSource::new(sqs.clone(), lane, process.function.clone());
         let (delivered, invocations) = (source.delivered(), source.invocations());
         let stop = stop.clone();
         sources.push(tokio::spawn(async move { source.run(&stop).await }));
         processes.push(Counted { delivered, invocations, ..process });
     }
-    let submit = counted("submit (API)", "batchline-submit", environment).await?;
+    let submit = counted("submit (API)", "maps-submit (API)", "batchline-submit", environment).await?;
 
     let batch = aws_sdk_batch::Client::new(sdk);
     let jobs_before = parent_jobs(&batch, queue_arn).await?;

@@ -23,7 +23,7 @@ use serde_json::{json, Value};
 
 use crate::fixed_reply::FixedReply;
 use crate::lanes::{self, LaneReport, Shape};
-use crate::maps;
+use crate::{burst, maps};
 use batchline_demo::send_to_bootstrap;
 use batchline_testkit::emulator::{endpoint, repo_root, sdk_config, unique_name, REGION};
 use batchline_testkit::local_lambda::{LocalLambda, Outcome};
@@ -326,8 +326,10 @@ pub async fn run_all(say: &mut (dyn FnMut(String) + Send)) -> Result<String, Str
     say(format!("bootstrap Rust: init median {:.1} ms, p99 {:.1} ms", bootstrap_init.median_ms, bootstrap_init.p99_ms));
     let provisioner = bootstrap.start("batchline-bootstrap", &emulator_env).await?;
     let mut properties = batchline_demo::properties(&prefix, &bucket);
-    properties["Triggers"] =
-        json!({"S3": {"input": {"Bucket": bucket, "Prefix": "incoming/", "JobDefinition": "default"}}});
+    properties["Triggers"] = json!({"S3": {
+        "input": {"Bucket": bucket, "Prefix": "incoming/", "JobDefinition": "default"},
+        "burst": burst::trigger(&bucket)
+    }});
     properties["Pipelines"][LANES_PIPELINE] = lanes::pipeline();
     properties["Pipelines"][maps::MAP_PIPELINE] = maps::pipeline(&bucket);
     properties["Roles"]["RunDataPrefix"] = json!("runs/");
@@ -355,11 +357,12 @@ pub async fn run_all(say: &mut (dyn FnMut(String) + Send)) -> Result<String, Str
         zips: [lambda_dir.join("batchline-job-events/bootstrap.zip"), python_zip("job_events")],
     };
     // BENCH_ONLY=lanes measures the stage-to-stage latency alone, BENCH_ONLY=map a map
-    // stage's calls alone, BENCH_ONLY=functions everything else (when working on one of them).
+    // stage's calls alone, BENCH_ONLY=burst an S3 burst's with and without coalescing, BENCH_ONLY=functions everything else (when working on one of them).
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
-    let only_lanes = only == "lanes" || only == "map";
-    let skip_lanes = only == "functions" || only == "map";
-    let skip_maps = only == "functions" || only == "lanes";
+    let only_lanes = only == "lanes" || only == "map" || only == "burst";
+    let skip_lanes = only == "functions" || only == "map" || only == "burst";
+    let skip_maps = only == "functions" || only == "lanes" || only == "burst";
+    let skip_burst = only == "functions" || only == "lanes" || only == "map";
     let job_events = if only_lanes { Default::default() } else { measure_pair(&job_events, &backends, say).await? };
     let submit = Subject {
         name: "batchline-submit",
@@ -392,6 +395,16 @@ pub async fn run_all(say: &mut (dyn FnMut(String) + Send)) -> Result<String, Str
         say(format!(
             "map of {} children: {} job events, ended in {:.0} s",
             report.children, report.job_events, report.seconds
+        ));
+        Some(report)
+    };
+    let burst_report = if skip_burst {
+        None
+    } else {
+        let report = burst::measure(&sdk, &emulator_env, &prefix, &bucket, &queue_arn).await?;
+        say(format!(
+            "burst: {} objects one job each, {} coalesced into {} jobs, {:.1} s from the last object to its array",
+            report.without.objects, report.with.objects, report.with.jobs, report.with.seconds_after_last
         ));
         Some(report)
     };
@@ -444,6 +457,9 @@ pub async fn run_all(say: &mut (dyn FnMut(String) + Send)) -> Result<String, Str
     report.push_str(&render_lanes(&shapes));
     if let Some(map_report) = &map_report {
         report.push_str(&maps::render(map_report));
+    }
+    if let Some(burst_report) = &burst_report {
+        report.push_str(&burst::render(burst_report));
     }
     Ok(report)
 }
