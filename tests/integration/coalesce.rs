@@ -536,3 +536,49 @@ async fn a_close_that_crashed_after_claiming_its_objects_is_redone_into_the_same
     let (_, run) = h.api("GET", &format!("/runs/{}", heads[0].run_id.as_deref().unwrap())).await;
     assert_eq!(run["status"], "SUCCEEDED", "{run}");
 }
+
+#[tokio::test]
+async fn a_duplicate_in_a_later_window_gives_its_line_to_another_object_and_the_api_follows_it() {
+    let mut h = Harness::new("coalesce-moved").await;
+    // GIVEN an object run in a first window
+    let first = h.object_event("incoming/a-first.jpg", "0001");
+    h.trigger(std::slice::from_ref(&first)).await;
+    h.coalesce_until_all_closed(1).await;
+    // WHEN it is delivered again beside three new objects, in a second window (sorted first
+    // there, so its line 0 goes to the last of the others)
+    let mut second: Vec<Value> =
+        ["incoming/b.jpg", "incoming/c.jpg", "incoming/d.jpg"].iter().map(|k| h.object_event(k, "0002")).collect();
+    second.push(first);
+    h.trigger(&second).await;
+    let started = Instant::now();
+    let heads = loop {
+        let heads = h.windows().await;
+        if heads.len() == 2 && heads.iter().all(|h| h.run_id.is_some()) {
+            break heads;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "{heads:?}");
+        let messages = h.receive(100).await;
+        if messages.is_empty() {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        } else {
+            h.work(&messages).await;
+        }
+    };
+    h.play_to_the_end().await;
+    // THEN the second window's array runs the three new objects, d on line 0
+    let run = heads[1].run_id.clone().unwrap();
+    let jobs = h.jobs().await;
+    let array = jobs.iter().find(|j| environment_of(j, "BATCHLINE_RUN_ID").as_deref() == Some(run.as_str())).unwrap();
+    let lines = h.items_of(array).await;
+    let uri = |key: &str| format!("s3://{}/{key}", h.bucket);
+    assert_eq!(
+        lines,
+        vec![(0, vec![uri("incoming/d.jpg")]), (1, vec![uri("incoming/b.jpg")]), (2, vec![uri("incoming/c.jpg")])]
+    );
+    // AND the API names the index that ran the moved object, and the first window's job for the duplicate
+    let (_, answer) = h.api("GET", &format!("/jobs?object={}", uri("incoming/d.jpg"))).await;
+    assert_eq!(answer["jobs"][0]["arrayIndex"], 0, "{answer}");
+    let (_, answer) = h.api("GET", &format!("/jobs?object={}", uri("incoming/a-first.jpg"))).await;
+    assert_eq!(answer["jobs"].as_array().unwrap().len(), 1, "{answer}");
+    assert_eq!(answer["jobs"][0]["window"], 1, "{answer}");
+}

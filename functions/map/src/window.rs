@@ -12,14 +12,17 @@
 //! append fills to `MaxObjects` is closed at once.
 //!
 //! **Closing** seals the window (no append gets in after), reads its objects, drops repeated
-//! deliveries, and claims each object for the window (`OBJECT#` items; an object another
-//! window claimed first stays there, its place here taken by one from the end). Only then
+//! deliveries, and claims each object for the window's run (`OBJECT#` items; an object
+//! another window claimed first stays there, its place here taken by one from the end; the
+//! window's run id, which holds the moment it opened, names it, so a window number used
+//! again after its items expired is another window). Only then
 //! is the list written — the same bytes however often the close is redone, since the
 //! claims it rests on are settled — and the run started, once per window
 //! (`coalesce:<trigger>:<window>` is its idempotency key). A close that fails comes again
 //! (its message is not deleted); a close for a window that is already running is dropped.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use batchline::model::coalesce::{
@@ -212,7 +215,11 @@ async fn append(
                     close_window(clients, holder, trigger, window).await?;
                 }
             }
-            Appended::NotAsRead => tries += 1,
+            Appended::NotAsRead => {
+                // Someone else appended, opened or sealed first: a short, growing pause, then again.
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(10 * u64::from(tries.min(20)))).await;
+            }
         }
     }
     Ok(())
@@ -259,8 +266,12 @@ pub async fn close_window(clients: &Clients, holder: &Holder, trigger: &str, win
     let config = clients.ports.configs.get().await?;
     let mut pipeline = window_pipeline(&config, trigger).map_err(Error::InvalidEvent)?;
     store.seal_window(trigger, window).await?;
-    let objects = candidates(store.window_objects(trigger, window).await?);
-    let key = window_run_key(trigger, window);
+    let head = store
+        .window(trigger, window)
+        .await?
+        .ok_or_else(|| Error::InvalidEvent(format!("window {window} of trigger {trigger:?} is gone")))?;
+    let objects = candidates(store.window_objects(&head).await?);
+    let key = window_run_key(trigger, window, head.opened_at);
     let run = run_id(&pipeline.name, &key);
     let run_data = config
         .roles
@@ -285,7 +296,7 @@ pub async fn close_window(clients: &Clients, holder: &Holder, trigger: &str, win
     }
     let placed = positions(objects.len(), &dropped);
     for &(rank, position) in placed.iter().filter(|(rank, position)| rank != position) {
-        if !store.claim_object(&objects[rank], window, &run, position, expires_at).await? {
+        if !store.place_object(&objects[rank], &run, position).await? {
             return Err(Error::Contention(format!("object {} of window {window}", objects[rank].uri())));
         }
     }

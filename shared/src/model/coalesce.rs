@@ -113,8 +113,10 @@ pub fn window_pipeline_name(trigger: &str) -> String {
 }
 
 /// The idempotency key of a window's run: one run per window, however often it is closed.
-pub fn window_run_key(trigger: &str, window: u64) -> String {
-    format!("coalesce:{trigger}:{window}")
+/// The moment it opened is part of it: a window number used again after its items expired
+/// (90 days) is another window, with another run.
+pub fn window_run_key(trigger: &str, window: u64, opened_at: i64) -> String {
+    format!("coalesce:{trigger}:{window}:{opened_at}")
 }
 
 /// The pipeline a window of trigger `key` runs: the trigger's own pipeline, or — for a job

@@ -11,7 +11,7 @@
 //! | a run not done with, on the open-run list | `OPEN` | `RUN#<created at, 13 digits>#<run id>` |
 //! | the sweep's cursor | `OPEN` | `SWEEP` |
 //! | a coalescing trigger's window | `COALESCE#<trigger>` | `WINDOW#<window, 10 digits>` |
-//! | a chunk of a window's objects | `COALESCE#<trigger>` | `CHUNK#<window, 10 digits>#<token>` |
+//! | a chunk of a window's objects | `COALESCE#<trigger>` | `CHUNK#<window, 10 digits>#<opened at, 13 digits>#<token>` |
 //! | an object's claim by a window | `OBJECT#<40 hex of SHA-256(bucket, key)>` | `<trigger>#<version>` |
 //!
 //! A new item kind is added here and in the book's table reference (docs/src/reference/table.md), nowhere else.
@@ -63,13 +63,14 @@ pub fn window_sk(window: u64) -> String {
     format!("{WINDOW_SK_PREFIX}{window:010}")
 }
 
-/// The sort key prefix of a window's chunks.
-pub fn chunks_sk_prefix(window: u64) -> String {
-    format!("CHUNK#{window:010}#")
+/// The sort key prefix of a window's chunks: the window's number and the moment it opened,
+/// so that a number used again (after its items expired) never reads another window's chunks.
+pub fn chunks_sk_prefix(window: u64, opened_at: i64) -> String {
+    format!("CHUNK#{window:010}#{opened_at:013}#")
 }
 
-pub fn chunk_sk(window: u64, token: &str) -> String {
-    format!("{}{token}", chunks_sk_prefix(window))
+pub fn chunk_sk(window: u64, opened_at: i64, token: &str) -> String {
+    format!("{}{token}", chunks_sk_prefix(window, opened_at))
 }
 
 /// One partition per object key, whatever its version and trigger.

@@ -362,17 +362,22 @@ pub trait WindowStore: Send + Sync {
     /// Seals a window: no append succeeds after it. Sealing a sealed window is no change.
     async fn seal_window(&self, trigger: &str, window: u64) -> Result<(), Error>;
     /// Every object appended to a window (deliveries as appended, duplicates included).
-    async fn window_objects(&self, trigger: &str, window: u64) -> Result<Vec<CoalescedObject>, Error>;
-    /// Claims an object for a window's run at `position`: false when another window has it.
-    /// Claiming it again for the same window (a redone close, a moved position) succeeds.
+    async fn window_objects(&self, head: &WindowHead) -> Result<Vec<CoalescedObject>, Error>;
+    /// Claims an object for a window's run (`run_id` names the window once and for all),
+    /// at `rank` unless the claim already has a place: false when another window has it.
+    /// Claiming it again for the same run (a redone close, another closer) succeeds and
+    /// leaves its place alone.
     async fn claim_object(
         &self,
         object: &CoalescedObject,
         window: u64,
         run_id: &str,
-        position: usize,
+        rank: usize,
         expires_at: i64,
     ) -> Result<bool, Error>;
+    /// Moves a claimed object to its line `position` in the run's list (an object before
+    /// it was claimed by another window). False when the claim is not the run's.
+    async fn place_object(&self, object: &CoalescedObject, run_id: &str, position: usize) -> Result<bool, Error>;
     /// Records the run a closed window started.
     async fn record_window_run(&self, trigger: &str, window: u64, run_id: &str) -> Result<(), Error>;
     /// Every claim of the object at `bucket`/`key` (any trigger, any version).

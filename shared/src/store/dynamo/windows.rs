@@ -3,10 +3,12 @@
 //! Item shapes:
 //! - head (`COALESCE#<trigger>` / `WINDOW#<n>`): `status` (`OPEN`/`SEALED`), `opened_at`,
 //!   `close_at`, `count`, `run_id` once started, `expires_at`;
-//! - chunk (`COALESCE#<trigger>` / `CHUNK#<n>#<token>`): `entries`, JSON Lines of
+//! - chunk (`COALESCE#<trigger>` / `CHUNK#<n>#<opened at>#<token>`): `entries`, JSON Lines of
 //!   `[bucket, key, version, size]`, `expires_at`;
 //! - object claim (`OBJECT#<hash>` / `<trigger>#<version>`): `trigger`, `version`, `window`,
-//!   `run_id`, `position`, `expires_at`.
+//!   `run_id` (which names the window once and for all: a number can come again after its
+//!   items expired), `position` (written once by the first claim, moved only by
+//!   `place_object`, so two closers of one window never undo each other), `expires_at`.
 //!
 //! An append is one transaction of two writes whatever the number of objects in the chunk
 //! (a chunk is at most [`CHUNK_BYTES`]): the head's count, conditional on the window still
@@ -18,11 +20,15 @@ use aws_sdk_dynamodb::types::{Put, TransactWriteItem, Update};
 
 use crate::error::conditional_write;
 use crate::model::coalesce::CoalescedObject;
+use crate::services::clock::retry_pause;
 use crate::store::keys::{self, WINDOW_SK_PREFIX};
 use crate::store::{Appended, ObjectClaim, WindowHead, WindowStore};
 use crate::Error;
 
 use super::{n, number, s, text, unreadable, DynamoStore, Item};
+
+/// How often a seal is tried again while it conflicts with an append in flight.
+const SEAL_TRIES: u32 = 8;
 
 /// The most a chunk's entries may take: well under DynamoDB's 400 KB an item.
 pub const CHUNK_BYTES: usize = 350 * 1024;
@@ -61,11 +67,11 @@ fn chunk_objects(trigger: &str, item: &Item) -> Result<Vec<CoalescedObject>, Err
         .collect()
 }
 
-fn chunk_item(trigger: &str, window: u64, chunk: &str, objects: &[CoalescedObject], expires_at: i64) -> Item {
+fn chunk_item(head: &WindowHead, chunk: &str, objects: &[CoalescedObject], expires_at: i64) -> Item {
     let entries: Vec<String> = objects.iter().map(chunk_entry).collect();
     Item::from([
-        ("pk".to_owned(), s(keys::coalesce_pk(trigger))),
-        ("sk".to_owned(), s(keys::chunk_sk(window, chunk))),
+        ("pk".to_owned(), s(keys::coalesce_pk(&head.trigger))),
+        ("sk".to_owned(), s(keys::chunk_sk(head.window, head.opened_at, chunk))),
         ("entries".to_owned(), s(entries.join("\n"))),
         ("expires_at".to_owned(), n(expires_at)),
     ])
@@ -88,6 +94,8 @@ fn cancelled_append(
     match codes.as_slice() {
         [_, Some("ConditionalCheckFailed")] => Ok(Appended::Appended),
         [Some("ConditionalCheckFailed"), _] => Ok(Appended::NotAsRead),
+        // Another append, or the seal, on the same head at the same moment: read it again.
+        [Some("TransactionConflict"), _] | [_, Some("TransactionConflict")] => Ok(Appended::NotAsRead),
         _ => Err(Error::aws("TransactWriteItems", err)),
     }
 }
@@ -134,7 +142,7 @@ impl WindowStore for DynamoStore {
         ]);
         let new = "attribute_not_exists(pk)";
         let head_put = Put::builder().table_name(&self.table).set_item(Some(head_item)).condition_expression(new);
-        let chunk_item = chunk_item(&head.trigger, head.window, chunk, objects, expires_at);
+        let chunk_item = chunk_item(head, chunk, objects, expires_at);
         let chunk_put = Put::builder().table_name(&self.table).set_item(Some(chunk_item)).condition_expression(new);
         let result = self
             .client
@@ -173,7 +181,7 @@ impl WindowStore for DynamoStore {
             .expression_attribute_values(":open", s("OPEN"))
             .expression_attribute_values(":seen", n(read.count as i64))
             .expression_attribute_values(":now", n(now_ms));
-        let chunk_item = chunk_item(&read.trigger, read.window, chunk, objects, expires_at);
+        let chunk_item = chunk_item(read, chunk, objects, expires_at);
         let chunk_put = Put::builder()
             .table_name(&self.table)
             .set_item(Some(chunk_item))
@@ -192,25 +200,36 @@ impl WindowStore for DynamoStore {
     }
 
     async fn seal_window(&self, trigger: &str, window: u64) -> Result<(), Error> {
-        let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", s(keys::coalesce_pk(trigger)))
-            .key("sk", s(keys::window_sk(window)))
-            .update_expression("SET #status = :sealed")
-            .condition_expression("attribute_exists(pk)")
-            .expression_attribute_names("#status", "status")
-            .expression_attribute_values(":sealed", s("SEALED"))
-            .send()
-            .await;
-        if !conditional_write("UpdateItem", result)? {
-            return Err(unreadable(keys::coalesce_pk(trigger), format!("window {window} was never opened")));
+        // A seal racing an append's transaction on the head is refused as a conflict: again.
+        for tries in 0.. {
+            let result = self
+                .client
+                .update_item()
+                .table_name(&self.table)
+                .key("pk", s(keys::coalesce_pk(trigger)))
+                .key("sk", s(keys::window_sk(window)))
+                .update_expression("SET #status = :sealed")
+                .condition_expression("attribute_exists(pk)")
+                .expression_attribute_names("#status", "status")
+                .expression_attribute_values(":sealed", s("SEALED"))
+                .send()
+                .await;
+            match conditional_write("UpdateItem", result) {
+                Ok(true) => return Ok(()),
+                Ok(false) => {
+                    return Err(unreadable(keys::coalesce_pk(trigger), format!("window {window} was never opened")))
+                }
+                Err(err) if err.aws_code() == Some("TransactionConflictException") && tries < SEAL_TRIES => {
+                    tokio::time::sleep(retry_pause(tries)).await;
+                }
+                Err(err) => return Err(err),
+            }
         }
-        Ok(())
+        unreachable!("the loop returns")
     }
 
-    async fn window_objects(&self, trigger: &str, window: u64) -> Result<Vec<CoalescedObject>, Error> {
+    async fn window_objects(&self, head: &WindowHead) -> Result<Vec<CoalescedObject>, Error> {
+        let trigger = head.trigger.as_str();
         let mut objects = Vec::new();
         let mut start = None;
         loop {
@@ -220,7 +239,7 @@ impl WindowStore for DynamoStore {
                 .table_name(&self.table)
                 .key_condition_expression("pk = :pk AND begins_with(sk, :chunks)")
                 .expression_attribute_values(":pk", s(keys::coalesce_pk(trigger)))
-                .expression_attribute_values(":chunks", s(keys::chunks_sk_prefix(window)))
+                .expression_attribute_values(":chunks", s(keys::chunks_sk_prefix(head.window, head.opened_at)))
                 .consistent_read(true)
                 .set_exclusive_start_key(start)
                 .send()
@@ -241,30 +260,53 @@ impl WindowStore for DynamoStore {
         object: &CoalescedObject,
         window: u64,
         run_id: &str,
-        position: usize,
+        rank: usize,
         expires_at: i64,
     ) -> Result<bool, Error> {
-        let item = Item::from([
-            ("pk".to_owned(), s(keys::object_pk(&object.bucket, &object.key))),
-            ("sk".to_owned(), s(keys::object_sk(&object.trigger, &object.version))),
-            ("trigger".to_owned(), s(object.trigger.clone())),
-            ("version".to_owned(), s(object.version.clone())),
-            ("window".to_owned(), n(window as i64)),
-            ("run_id".to_owned(), s(run_id)),
-            ("position".to_owned(), n(position as i64)),
-            ("expires_at".to_owned(), n(expires_at)),
-        ]);
         let result = self
             .client
-            .put_item()
+            .update_item()
             .table_name(&self.table)
-            .set_item(Some(item))
-            .condition_expression("attribute_not_exists(pk) OR #window = :window")
+            .key("pk", s(keys::object_pk(&object.bucket, &object.key)))
+            .key("sk", s(keys::object_sk(&object.trigger, &object.version)))
+            .update_expression(
+                "SET #trigger = :trigger, #version = :version, #window = :window, #run = :run, \
+                 #expires = :expires, #position = if_not_exists(#position, :rank)",
+            )
+            .condition_expression("attribute_not_exists(pk) OR #run = :run")
+            .expression_attribute_names("#trigger", "trigger")
+            .expression_attribute_names("#version", "version")
             .expression_attribute_names("#window", "window")
+            .expression_attribute_names("#run", "run_id")
+            .expression_attribute_names("#expires", "expires_at")
+            .expression_attribute_names("#position", "position")
+            .expression_attribute_values(":trigger", s(object.trigger.clone()))
+            .expression_attribute_values(":version", s(object.version.clone()))
             .expression_attribute_values(":window", n(window as i64))
+            .expression_attribute_values(":run", s(run_id))
+            .expression_attribute_values(":expires", n(expires_at))
+            .expression_attribute_values(":rank", n(rank as i64))
             .send()
             .await;
-        conditional_write("PutItem", result)
+        conditional_write("UpdateItem", result)
+    }
+
+    async fn place_object(&self, object: &CoalescedObject, run_id: &str, position: usize) -> Result<bool, Error> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(keys::object_pk(&object.bucket, &object.key)))
+            .key("sk", s(keys::object_sk(&object.trigger, &object.version)))
+            .update_expression("SET #position = :position")
+            .condition_expression("#run = :run")
+            .expression_attribute_names("#position", "position")
+            .expression_attribute_names("#run", "run_id")
+            .expression_attribute_values(":position", n(position as i64))
+            .expression_attribute_values(":run", s(run_id))
+            .send()
+            .await;
+        conditional_write("UpdateItem", result)
     }
 
     async fn record_window_run(&self, trigger: &str, window: u64, run_id: &str) -> Result<(), Error> {
