@@ -144,16 +144,7 @@ async fn take(
     let jobs = outcome?;
     let mut taken = Taken { objects: count, seconds_after_last, jobs, ..Taken::default() };
     for process in processes {
-        taken.processes.push(ProcessCalls {
-            label: process.label,
-            messages: process.delivered.load(Ordering::Relaxed),
-            invocations: process.invocations.load(Ordering::Relaxed),
-            calls: process.counter.counts(),
-            write_units: process.counter.write_units(),
-        });
-        if let Ok(function) = Arc::try_unwrap(process.function) {
-            function.stop().await;
-        }
+        taken.processes.push(process.finish().await);
     }
     Ok(taken)
 }

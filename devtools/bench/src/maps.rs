@@ -83,6 +83,23 @@ pub(crate) struct Counted {
     pub(crate) invocations: Arc<AtomicUsize>,
 }
 
+impl Counted {
+    /// What the process did, its function stopped.
+    pub(crate) async fn finish(self) -> ProcessCalls {
+        let calls = ProcessCalls {
+            label: self.label,
+            messages: self.delivered.load(Ordering::Relaxed),
+            invocations: self.invocations.load(Ordering::Relaxed),
+            calls: self.counter.counts(),
+            write_units: self.counter.write_units(),
+        };
+        if let Ok(function) = Arc::try_unwrap(self.function) {
+            function.stop().await;
+        }
+        calls
+    }
+}
+
 /// A release binary started as a local function, its calls through a counting forwarder,
 /// its output in `target/bench/<log>.log`.
 pub(crate) async fn counted(
@@ -216,16 +233,7 @@ pub async fn measure(
     let mut report = MapReport { children, job_events, seconds, expansion_seconds, ..MapReport::default() };
     processes.push(submit);
     for process in processes {
-        report.processes.push(ProcessCalls {
-            label: process.label,
-            messages: process.delivered.load(Ordering::Relaxed),
-            invocations: process.invocations.load(Ordering::Relaxed),
-            calls: process.counter.counts(),
-            write_units: process.counter.write_units(),
-        });
-        if let Ok(function) = Arc::try_unwrap(process.function) {
-            function.stop().await;
-        }
+        report.processes.push(process.finish().await);
     }
     Ok(report)
 }

@@ -100,6 +100,28 @@ fn cancelled_append(
     }
 }
 
+impl DynamoStore {
+    /// Writes a chunk with its window head's write (the head opened, or its count raised),
+    /// in one transaction: the head first, as [`cancelled_append`] reads the reasons.
+    async fn append_chunk(
+        &self,
+        head_write: TransactWriteItem,
+        chunk_put: aws_sdk_dynamodb::types::builders::PutBuilder,
+    ) -> Result<Appended, Error> {
+        let result = self
+            .client
+            .transact_write_items()
+            .transact_items(head_write)
+            .transact_items(TransactWriteItem::builder().put(transaction_part(chunk_put.build())?).build())
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(Appended::Appended),
+            Err(err) => cancelled_append(err),
+        }
+    }
+}
+
 #[async_trait]
 impl WindowStore for DynamoStore {
     async fn latest_window(&self, trigger: &str) -> Result<Option<WindowHead>, Error> {
@@ -144,17 +166,8 @@ impl WindowStore for DynamoStore {
         let head_put = Put::builder().table_name(&self.table).set_item(Some(head_item)).condition_expression(new);
         let chunk_item = chunk_item(head, chunk, objects, expires_at);
         let chunk_put = Put::builder().table_name(&self.table).set_item(Some(chunk_item)).condition_expression(new);
-        let result = self
-            .client
-            .transact_write_items()
-            .transact_items(TransactWriteItem::builder().put(transaction_part(head_put.build())?).build())
-            .transact_items(TransactWriteItem::builder().put(transaction_part(chunk_put.build())?).build())
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(Appended::Appended),
-            Err(err) => cancelled_append(err),
-        }
+        let head_write = TransactWriteItem::builder().put(transaction_part(head_put.build())?).build();
+        self.append_chunk(head_write, chunk_put).await
     }
 
     async fn append_to_window(
@@ -186,17 +199,8 @@ impl WindowStore for DynamoStore {
             .table_name(&self.table)
             .set_item(Some(chunk_item))
             .condition_expression("attribute_not_exists(pk)");
-        let result = self
-            .client
-            .transact_write_items()
-            .transact_items(TransactWriteItem::builder().update(transaction_part(head.build())?).build())
-            .transact_items(TransactWriteItem::builder().put(transaction_part(chunk_put.build())?).build())
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(Appended::Appended),
-            Err(err) => cancelled_append(err),
-        }
+        let head_write = TransactWriteItem::builder().update(transaction_part(head.build())?).build();
+        self.append_chunk(head_write, chunk_put).await
     }
 
     async fn seal_window(&self, trigger: &str, window: u64) -> Result<(), Error> {
