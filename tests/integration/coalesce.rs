@@ -582,3 +582,53 @@ async fn a_duplicate_in_a_later_window_gives_its_line_to_another_object_and_the_
     assert_eq!(answer["jobs"].as_array().unwrap().len(), 1, "{answer}");
     assert_eq!(answer["jobs"][0]["window"], 1, "{answer}");
 }
+
+#[tokio::test]
+async fn a_batchs_objects_go_ten_to_a_put_events_call_and_a_failed_call_fails_only_the_records_it_carried() {
+    let mut h = Harness::new("coalesce-forward").await;
+    // GIVEN a trigger-lane batch of nine objects of the coalescing rule and one no rule takes
+    let mut events: Vec<Value> =
+        (0..9).map(|i| h.object_event(&format!("incoming/f-{i}.jpg"), &format!("{i:04}"))).collect();
+    events.push(h.object_event("elsewhere/nobody.txt", "0100"));
+    let queue = "arn:aws:sqs:us-east-1:123456789012:batchline-triggers";
+    let ids: Vec<String> = (0..events.len()).map(|i| format!("message-{i}")).collect();
+    let batch = json!({ "Records": events.iter().zip(&ids).map(|(e, id)| {
+        batchline_testkit::player::sqs_record(id, &e.to_string(), queue)
+    }).collect::<Vec<_>>() });
+    async fn through(name: &str, fail: f64) -> batchline_testkit::faults::FaultScope {
+        let rules = BTreeMap::from([("events:PutEvents", batchline_testkit::faults::Rates { fail, lose: 0.0 })]);
+        batchline_testkit::faults::FaultScope::enable(&unique_name(name), 7, &rules).await.unwrap()
+    }
+
+    // WHEN EventBridge refuses every PutEvents call
+    let refusing = through("forward-refused", 1.0).await;
+    let clients = batchline_submit::Clients::new(
+        &batchline_testkit::emulator::signing_as(&refusing.sdk_config().await, Principal::Submit, &h.env.name),
+        &h.env.settings,
+    );
+    let answer = batchline_submit::handle(invocation(batch.clone()), &clients).await.unwrap();
+    // THEN one call carried the nine objects, and only their nine records come again
+    let failed: BTreeSet<&str> =
+        answer["batchItemFailures"].as_array().unwrap().iter().filter_map(|f| f["itemIdentifier"].as_str()).collect();
+    assert_eq!(failed, ids[..9].iter().map(String::as_str).collect::<BTreeSet<_>>(), "{answer}");
+    // (the SDK's standard retries try the one call three times)
+    assert_eq!(refusing.counts().await.unwrap()["events:PutEvents"]["calls"], 3);
+    refusing.disable().await.unwrap();
+
+    // WHEN the batch comes again and EventBridge takes it
+    let taking = through("forward-taken", 0.0).await;
+    let clients = batchline_submit::Clients::new(
+        &batchline_testkit::emulator::signing_as(&taking.sdk_config().await, Principal::Submit, &h.env.name),
+        &h.env.settings,
+    );
+    let answer = batchline_submit::handle(invocation(batch), &clients).await.unwrap();
+    assert_eq!(answer["batchItemFailures"], json!([]), "{answer}");
+    assert_eq!(taking.counts().await.unwrap()["events:PutEvents"]["calls"], 1, "nine objects, one call");
+    taking.disable().await.unwrap();
+    // THEN the window runs the nine objects in one array
+    h.coalesce_until_all_closed(1).await;
+    h.play_to_the_end().await;
+    let jobs = h.jobs().await;
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].array_properties().and_then(|a| a.size()), Some(9));
+}

@@ -235,3 +235,81 @@ async fn a_run_change_that_keeps_its_status_is_one_record_write_and_lines_change
     let line = store.list_runs("calls", 10).await.unwrap().into_iter().find(|l| l.run_id == run.run_id).unwrap();
     assert_eq!(line.status, "SUCCEEDED");
 }
+
+/// DynamoDB refusing a write as a conflict with another transaction in flight (mocked: the
+/// emulator serialises its transactions, so two never collide).
+mod window_conflicts {
+    use aws_smithy_mocks::{mock, mock_client, RuleMode};
+    use batchline::model::coalesce::CoalescedObject;
+    use batchline::store::{Appended, DynamoStore, WindowHead, WindowStore};
+
+    fn cancelled(codes: [&str; 2]) -> String {
+        let reasons: Vec<serde_json::Value> = codes.iter().map(|c| serde_json::json!({"Code": c})).collect();
+        serde_json::json!({
+            "__type": "com.amazonaws.dynamodb.v20120810#TransactionCanceledException",
+            "Message": "Transaction cancelled",
+            "CancellationReasons": reasons
+        })
+        .to_string()
+    }
+
+    fn head() -> WindowHead {
+        WindowHead {
+            trigger: "photos".into(),
+            window: 3,
+            open: true,
+            opened_at: 1_000,
+            close_at: i64::MAX,
+            count: 5,
+            run_id: None,
+        }
+    }
+
+    fn object() -> CoalescedObject {
+        CoalescedObject {
+            stack: "s".into(),
+            trigger: "photos".into(),
+            bucket: "b".into(),
+            key: "k".into(),
+            version: "v".into(),
+            size: 1,
+        }
+    }
+
+    async fn append_cancelled_as(codes: [&str; 2]) -> Result<Appended, batchline::Error> {
+        let rule = mock!(aws_sdk_dynamodb::Client::transact_write_items)
+            .sequence()
+            .http_status(400, Some(cancelled(codes)))
+            .build();
+        let client = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&rule]);
+        DynamoStore::new(client, "t").append_to_window(&head(), "c1", &[object()], 2_000, 100, 0).await
+    }
+
+    #[tokio::test]
+    async fn an_append_colliding_with_another_on_its_head_reads_the_head_again_instead_of_failing() {
+        // another append or the seal holds the head: read it again (NotAsRead), not an error
+        // that would send the batch back after the queue's 900 s visibility timeout
+        assert!(matches!(append_cancelled_as(["TransactionConflict", "None"]).await, Ok(Appended::NotAsRead)));
+        assert!(matches!(append_cancelled_as(["None", "TransactionConflict"]).await, Ok(Appended::NotAsRead)));
+        // the head moved on: read it again; the chunk is there already (a lost reply): done
+        assert!(matches!(append_cancelled_as(["ConditionalCheckFailed", "None"]).await, Ok(Appended::NotAsRead)));
+        assert!(matches!(append_cancelled_as(["None", "ConditionalCheckFailed"]).await, Ok(Appended::Appended)));
+        // anything else is an error
+        assert!(append_cancelled_as(["ThrottlingError", "None"]).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_seal_colliding_with_an_append_is_tried_again_until_it_goes_through() {
+        let conflict =
+            r#"{"__type":"com.amazonaws.dynamodb.v20120810#TransactionConflictException","Message":"conflict"}"#;
+        let rule = mock!(aws_sdk_dynamodb::Client::update_item)
+            .sequence()
+            .http_status(400, Some(conflict.to_owned()))
+            .times(2)
+            .output(|| aws_sdk_dynamodb::operation::update_item::UpdateItemOutput::builder().build())
+            .build();
+        let client = mock_client!(aws_sdk_dynamodb, RuleMode::Sequential, [&rule]);
+        DynamoStore::new(client, "t").seal_window("photos", 3).await.unwrap();
+        assert_eq!(rule.num_calls(), 3, "two conflicts, then sealed");
+    }
+}

@@ -14,7 +14,8 @@
 //!
 //! An object a coalescing trigger matches (`Coalesce`) starts nothing here: it is sent on to
 //! the coalesce lane (a "Batchline Coalesce Object" event), where the map worker puts it in
-//! its trigger's window (see `batchline::model::coalesce`).
+//! its trigger's window (see `batchline::model::coalesce`). A queued batch's objects are
+//! forwarded together at its end, ten to a PutEvents call.
 //!
 //! Errors: on the EventBridge path a malformed event, or a submission another delivery
 //! has under way, is an invocation error, so Lambda's retries and dead-letter queue keep
@@ -29,6 +30,7 @@ use aws_config::SdkConfig;
 use aws_lambda_events::apigw::ApiGatewayV2httpRequest;
 use aws_lambda_events::eventbridge::EventBridgeEvent;
 use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
+use batchline::model::coalesce::CoalescedObject;
 use batchline::model::run::RunInput;
 use batchline::services::ports::{CoalesceLane, TriggerMetrics};
 use batchline::store::Holder;
@@ -93,13 +95,44 @@ pub async fn handle(event: LambdaEvent<Value>, clients: &Clients) -> Result<Valu
     if event.payload.get("Records").is_some() {
         return handle_queued(event.payload, clients, &holder).await;
     }
-    handle_one(event.payload, clients, &holder).await
+    let handled = handle_one(event.payload, clients, &holder).await?;
+    if !handled.coalesced.is_empty() {
+        clients.ports.announcer.forward(&handled.coalesced).await?;
+    }
+    handled.done(clients).await;
+    Ok(handled.answer)
+}
+
+/// What handling one event came to: its answer, the objects it leaves to the coalesce lane
+/// (forwarded by the caller, a batch's together), and the rules that refused its object
+/// (counted once the event is done with: a retried one would count them again).
+#[derive(Default)]
+struct Handled {
+    answer: Value,
+    coalesced: Vec<CoalescedObject>,
+    refused: Vec<String>,
+}
+
+impl Handled {
+    fn answer(answer: Value) -> Handled {
+        Handled { answer, ..Handled::default() }
+    }
+
+    async fn done(&self, clients: &Clients) {
+        if !self.refused.is_empty() {
+            clients.ports.announcer.triggers_refused(&self.refused).await;
+        }
+    }
 }
 
 /// An SQS batch of EventBridge events: each record handled alone; the failed ones reported.
+/// The batch's objects for the coalesce lane go together, ten to a PutEvents call, so a
+/// burst costs a tenth of a call per object; a call that fails fails only the records whose
+/// objects it carried (forwarding again is harmless: a window keeps an object once).
 async fn handle_queued(payload: Value, clients: &Clients, holder: &Holder) -> Result<Value, Error> {
     let batch: SqsEvent = batchline::typed_payload(payload, "an SQS batch it cannot read")?;
-    let mut response = SqsBatchResponse::default();
+    let mut failed: Vec<String> = Vec::new();
+    let mut handled_ok: Vec<(String, Handled)> = Vec::new();
     for record in batch.records {
         let id = record.message_id.unwrap_or_default();
         let event =
@@ -112,17 +145,41 @@ async fn handle_queued(payload: Value, clients: &Clients, holder: &Holder) -> Re
             Ok(event) => handle_one(event, clients, holder).await,
             Err(err) => Err(err),
         };
-        if let Err(err) = outcome {
-            warn!(message_id = %id, error = %err, "queued trigger failed; it will come again");
-            let mut failure = BatchItemFailure::default();
-            failure.item_identifier = id;
-            response.batch_item_failures.push(failure);
+        match outcome {
+            Ok(handled) => handled_ok.push((id, handled)),
+            Err(err) => {
+                warn!(message_id = %id, error = %err, "queued trigger failed; it will come again");
+                failed.push(id);
+            }
         }
+    }
+    let owned: Vec<(&str, &CoalescedObject)> =
+        handled_ok.iter().flat_map(|(id, h)| h.coalesced.iter().map(move |o| (id.as_str(), o))).collect();
+    let mut not_forwarded: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+    for ten in owned.chunks(10) {
+        let objects: Vec<CoalescedObject> = ten.iter().map(|(_, o)| (*o).clone()).collect();
+        if let Err(err) = clients.ports.announcer.forward(&objects).await {
+            warn!(error = %err, objects = objects.len(), "objects not forwarded to the coalesce lane; they will come again");
+            not_forwarded.extend(ten.iter().map(|(id, _)| (*id).to_owned()));
+        }
+    }
+    for (id, handled) in &handled_ok {
+        if not_forwarded.contains(id) {
+            failed.push(id.clone());
+        } else {
+            handled.done(clients).await;
+        }
+    }
+    let mut response = SqsBatchResponse::default();
+    for id in failed {
+        let mut failure = BatchItemFailure::default();
+        failure.item_identifier = id;
+        response.batch_item_failures.push(failure);
     }
     serde_json::to_value(response).map_err(|e| Error::InvalidEvent(format!("the answer cannot be written: {e}")))
 }
 
-async fn handle_one(payload: Value, clients: &Clients, holder: &Holder) -> Result<Value, Error> {
+async fn handle_one(payload: Value, clients: &Clients, holder: &Holder) -> Result<Handled, Error> {
     let answer = match classify(payload)? {
         Err(refused) => api::error_response(&refused),
         Ok(Incoming::Http(request)) => api::serve(&request, clients, holder).await?,
@@ -144,12 +201,9 @@ async fn handle_one(payload: Value, clients: &Clients, holder: &Holder) -> Resul
                     }
                 }
             }
-            let started = submit_all(planned, clients, holder).await?;
-            // Counted once the message is done with: a retried message would count them again.
-            if !refused.is_empty() {
-                clients.ports.announcer.triggers_refused(&refused).await;
-            }
-            return Ok(started);
+            let mut handled = submit_all(planned, clients, holder).await?;
+            handled.refused = refused;
+            return Ok(handled);
         }
         Ok(Incoming::Scheduled(event)) => {
             let rule = triggers::schedule_rule_name(event.resources.as_deref().unwrap_or_default())
@@ -166,10 +220,13 @@ async fn handle_one(payload: Value, clients: &Clients, holder: &Holder) -> Resul
             return submit_all(planned.into_iter().collect(), clients, holder).await;
         }
     };
-    serde_json::to_value(answer).map_err(|e| Error::InvalidEvent(format!("the answer cannot be written: {e}")))
+    serde_json::to_value(answer)
+        .map(Handled::answer)
+        .map_err(|e| Error::InvalidEvent(format!("the answer cannot be written: {e}")))
 }
 
-async fn submit_all(planned: Vec<Planned>, clients: &Clients, holder: &Holder) -> Result<Value, Error> {
+/// Submits the planned jobs and runs; objects for the coalesce lane are left to the caller.
+async fn submit_all(planned: Vec<Planned>, clients: &Clients, holder: &Holder) -> Result<Handled, Error> {
     let mut started = Vec::new();
     let mut coalesced = Vec::new();
     for plan in planned {
@@ -193,8 +250,5 @@ async fn submit_all(planned: Vec<Planned>, clients: &Clients, holder: &Holder) -
             }
         }
     }
-    if !coalesced.is_empty() {
-        clients.ports.announcer.forward(&coalesced).await?;
-    }
-    Ok(json!({ "started": started }))
+    Ok(Handled { answer: json!({ "started": started }), coalesced, refused: Vec::new() })
 }
