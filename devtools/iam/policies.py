@@ -79,7 +79,8 @@ def default_physical(cloudformation: dict[str, Any], stack: Stack) -> dict[str, 
     forms = {
         "AWS::SQS::Queue": lambda n: (f"https://sqs.{region}.amazonaws.com/{account}/{n}", arn("sqs", n)),
         "AWS::DynamoDB::Table": lambda n: (n, arn("dynamodb", f"table/{n}")),
-        "AWS::S3::Bucket": lambda n: (n, f"arn:{partition}:s3:::{n}"),
+        # CloudFormation names a bucket in lower case (S3 takes no other).
+        "AWS::S3::Bucket": lambda n: (n.lower(), f"arn:{partition}:s3:::{n.lower()}"),
         "AWS::SNS::Topic": lambda n: (arn("sns", n), arn("sns", n)),
         "AWS::IAM::ManagedPolicy": lambda n: (f"arn:{partition}:iam::{account}:policy/{n}",) * 2,
         "AWS::IAM::Role": lambda n: (n, f"arn:{partition}:iam::{account}:role/{n}"),
@@ -223,11 +224,45 @@ def resource_policies(resources: dict[str, Any], resolver: Resolver) -> dict[str
     return out
 
 
+def with_parameter_defaults(cloudformation: dict[str, Any], stack: Stack) -> Stack:
+    """`stack` with every parameter it does not give at the template's default, as
+    CloudFormation takes them (a list parameter's default split at its commas)."""
+    parameters = dict(stack.parameters)
+    for name, declared in cloudformation.get("Parameters", {}).items():
+        if name in parameters or "Default" not in declared:
+            continue
+        default = declared["Default"]
+        parameters[name] = default.split(",") if declared.get("Type", "").startswith("List<") else default
+    return Stack(name=stack.name, account=stack.account, region=stack.region, parameters=parameters,
+                 physical=stack.physical)
+
+
+def resource_properties(template_path: Path, logical_id: str, stack: Stack) -> dict[str, Any]:
+    """The properties of the template's resource `logical_id` as CloudFormation would send
+    them for `stack` (the custom resource's are what bootstrap receives), its parameters at
+    their defaults unless the stack gives them."""
+    cloudformation = translate(load_template(template_path), stack)
+    stack = with_parameter_defaults(cloudformation, stack)
+    resource = cloudformation["Resources"].get(logical_id)
+    if resource is None:
+        raise Unresolved(f"the template has no resource {logical_id}")
+    return Resolver(cloudformation, stack).resolve(resource.get("Properties", {}))
+
+
 def main() -> None:
-    """`python policies.py TEMPLATE STACK.json`: prints the principals' policies as JSON."""
-    template, stack_file = Path(sys.argv[1]), Path(sys.argv[2])
+    """`python policies.py TEMPLATE STACK.json`: prints the principals' policies as JSON;
+    `python policies.py --properties LOGICAL_ID TEMPLATE STACK.json`: that resource's
+    properties, resolved for the stack."""
+    arguments = sys.argv[1:]
+    logical_id = None
+    if arguments[:1] == ["--properties"]:
+        logical_id, arguments = arguments[1], arguments[2:]
+    template, stack_file = Path(arguments[0]), Path(arguments[1])
     stack = Stack(**json.loads(stack_file.read_text()))
-    json.dump(principal_policies(template, stack), sys.stdout, indent=1)
+    if logical_id:
+        json.dump(resource_properties(template, logical_id, stack), sys.stdout, indent=1)
+    else:
+        json.dump(principal_policies(template, stack), sys.stdout, indent=1)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@
   `# kept: <reason>` comment on the statement's Sid line in the template.
 
 Usage: python report.py [--denials-only] [TARGET_DIR]
+       python report.py --kept-table   (the book's table of kept grants, from the template)
 (prints the report and writes TARGET_DIR/iam-report.md; `--denials-only` for a run of part
 of the suite, whose unused grants say nothing)
 """
@@ -46,22 +47,55 @@ def granted(template: Path) -> dict[str, list[tuple[str, str]]]:
 
 def kept_reasons(template: Path) -> dict[str, str]:
     """Why a grant no test uses stays, from the template's comments: `Sid: X  # kept: why`
-    (every action of the statement) or `Sid: X  # kept ACTION: why` (one) on a statement's
-    Sid line, or `# kept for NAME: why` for a statement SAM generates (NAME its policy's
-    name, such as DeadLetterQueuePolicy). Statement (or statement|action) → why."""
+    (every action of the statement) or `Sid: X  # kept ACTION[,ACTION]: why` (those) on a
+    statement's Sid line, or `# kept for NAME: why` for a statement SAM generates (NAME its
+    policy's name, such as DeadLetterQueuePolicy). A reason holds for the resource (the
+    function) whose block it is written in, never for another's statement of the same Sid.
+    `resource|statement[|action]` → why."""
     reasons = {}
+    resource = ""
     for line in template.read_text().splitlines():
-        on_sid = re.search(r"Sid:\s*(\w+)\s*#\s*kept( [\w:*]+)?:\s*(.+)$", line)
+        top = re.match(r"^  (\w+):\s*$", line)
+        if top:
+            resource = top.group(1)
+        on_sid = re.search(r"Sid:\s*(\w+)\s*#\s*kept( [\w:*,]+)?:\s*(.+)$", line)
         if on_sid:
-            action = (on_sid.group(2) or "").strip()
-            reasons[f"{on_sid.group(1)}|{action}" if action else on_sid.group(1)] = on_sid.group(3).strip()
+            actions = [a for a in (on_sid.group(2) or "").strip().split(",") if a]
+            for action in actions or [""]:
+                key = f"{resource}|{on_sid.group(1)}" + (f"|{action}" if action else "")
+                reasons[key] = on_sid.group(3).strip()
         named = re.search(r"#\s*kept for (\w+):\s*(.+)$", line)
         if named:
-            reasons[named.group(1)] = named.group(2).strip()
+            reasons[f"{resource}|{named.group(1)}"] = named.group(2).strip()
     return reasons
 
 
+def kept_table(template: Path) -> str:
+    """The book's table of the grants kept with a reason (docs/src/explanations/kept-grants.md):
+    per principal and statement, the actions the template's `# kept` comments keep, and why."""
+    reasons = kept_reasons(template)
+    rows: dict[tuple[str, str, str], list[str]] = {}
+    for principal, pairs in granted(template).items():
+        function = policies.FUNCTIONS[principal]
+        for action, statement in pairs:
+            policy, sid = statement.split("#", 1)
+            reason = (reasons.get(f"{function}|{sid}|{action}") or reasons.get(f"{function}|{sid}")
+                      or reasons.get(f"{function}|{policy}"))
+            if reason:
+                name = policy if sid.isdigit() else sid
+                rows.setdefault((principal, name, reason), []).append(f"`{action}`")
+    lines = ["<!-- Written by `devtools/iam/report.py --kept-table` from template.yaml's `# kept` comments;",
+             "     tests/integration/template.rs checks it (BATCHLINE_BLESS=1 rewrites it). -->",
+             "| principal | statement | grant | why |", "|---|---|---|---|"]
+    for (principal, name, reason), actions in rows.items():
+        lines.append(f"| {principal} | {name} | {', '.join(actions)} | {reason} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> int:
+    if sys.argv[1:] == ["--kept-table"]:
+        sys.stdout.write(kept_table(ROOT / "template.yaml"))
+        return 0
     arguments = [a for a in sys.argv[1:] if a != "--denials-only"]
     denials_only = len(arguments) < len(sys.argv) - 1
     target = Path(arguments[0]) if arguments else ROOT / "target"
@@ -88,7 +122,9 @@ def main() -> int:
             if any(fnmatch.fnmatchcase(used_action, action) for used_action in used.get(principal, ())):
                 continue
             policy, sid = statement.split("#", 1)
-            reason = reasons.get(f"{sid}|{action}") or reasons.get(sid) or reasons.get(policy, "")
+            function = policies.FUNCTIONS[principal]
+            reason = (reasons.get(f"{function}|{sid}|{action}") or reasons.get(f"{function}|{sid}")
+                      or reasons.get(f"{function}|{policy}", ""))
             unexplained += 0 if reason else 1
             lines.append(f"| {principal} | `{action}` | {statement} | {reason or '**no reason given**'} |")
     text = "\n".join(lines) + "\n"

@@ -481,7 +481,7 @@ async fn a_name_prefix_change_replaces_the_environment_and_deleting_the_old_spar
     assert_eq!(h.queue_status(&format!("{a}-default")).await, None);
     assert!(h.role_exists(&format!("{shared}-execution")).await && h.role_exists(&format!("{shared}-job")).await);
     // AND the new environment takes work
-    let clients = batchline_submit::Clients::new(&h.sdk, &h.settings);
+    let clients = batchline_submit::Clients::new(&signing_as(&h.sdk, Principal::Submit, &h.stack), &h.settings);
     let request = json!({"version": "2.0", "rawPath": "/jobs", "requestContext": {"http": {"method": "POST", "path": "/jobs"}},
                          "body": "{}", "isBase64Encoded": false});
     let answer = batchline_submit::handle(invocation(request), &clients).await.unwrap();

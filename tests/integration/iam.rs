@@ -5,12 +5,13 @@
 //! show it bites where no function call of the suite would go.
 
 use batchline_testkit::emulator::{
-    iam_check, iam_check_other, iam_check_with, sdk_config, signing_as, test_settings, unique_name, Principal,
+    iam_check, iam_check_other, iam_check_with, sdk_config, signing_as, template_properties, test_settings,
+    unique_name, Principal,
 };
 use batchline_testkit::table::create_table;
 use serde_json::json;
 
-use crate::common::{bootstrap_answer, denials_of, register, register_expecting, Deployed};
+use crate::common::{bootstrap_answer, denials_of, fixture_template, register, register_expecting, Deployed};
 
 /// A stack of the test's own, not deployed yet: the emulator's SDK configuration, its
 /// settings and table, its name, and the properties CloudFormation would send bootstrap
@@ -57,18 +58,26 @@ async fn a_stage_may_read_the_input_bucket_and_write_its_run_data_folder_as_the_
 
 #[tokio::test]
 async fn bootstrap_creating_its_roles_without_the_stacks_boundary_is_denied_and_the_deploy_fails_naming_it() {
-    // GIVEN a stack whose Environment forgot to pass the RoleBoundary (no PermissionsBoundary)
-    let (sdk, settings, name, properties) = undeployed("iam-nobound").await;
-    register_expecting(&name, &settings, &properties, None, true);
+    // GIVEN a template whose Environment forgot to pass the RoleBoundary, and the properties
+    // CloudFormation would send bootstrap from it (read through the template resolver)
+    let (sdk, settings, name, _) = undeployed("iam-nobound").await;
+    let template = fixture_template("no-boundary", "        PermissionsBoundary: !Ref RoleBoundary\n", "");
+    let network = batchline_testkit::emulator::default_network();
+    let stack = json!({"name": name, "parameters": {"SubnetIds": network.subnets, "SecurityGroupIds": network.security_groups}});
+    let properties = template_properties(&template, "Environment", &stack).unwrap_or_else(|e| panic!("{e}"));
+    assert!(properties["Roles"].get("PermissionsBoundary").is_none(), "{properties}");
+    register_expecting(&name, &settings, &properties, Some(&template), true);
     // WHEN CloudFormation sends bootstrap the Create
     let request = json!({"RequestType": "Create", "ResourceProperties": properties});
     let answer = bootstrap_answer(&signing_as(&sdk, Principal::Bootstrap, &name), &settings, request).await;
     // THEN it answered FAILED, saying why
     assert_eq!(answer["Status"], "FAILED", "{answer}");
     assert!(answer["Reason"].as_str().unwrap_or_default().contains("iam:CreateRole"), "{answer}");
-    // AND the evaluation denied bootstrap's CreateRole, its boundary missing
+    // AND the evaluation denied bootstrap's CreateRole, whose request carried no boundary
     let denials = denials_of(&name);
-    assert!(denials.iter().any(|d| d["principal"] == "bootstrap" && d["action"] == "iam:CreateRole"), "{denials:?}");
+    let create = denials.iter().find(|d| d["principal"] == "bootstrap" && d["action"] == "iam:CreateRole");
+    let create = create.unwrap_or_else(|| panic!("no CreateRole denied: {denials:?}"));
+    assert!(create["context"].get("iam:PermissionsBoundary").is_none(), "{create}");
 }
 
 #[tokio::test]

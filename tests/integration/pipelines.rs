@@ -621,7 +621,11 @@ async fn invalid_pipelines_fail_the_deployment_with_the_reason() {
     let sdk = sdk_config().await;
     let settings = test_settings("pl-invalid");
     create_table(&sdk, &settings.table_name).await.unwrap();
-    let clients = batchline_bootstrap::Clients::new(&sdk);
+    // Signed as the bootstrap of a stack of its own, whose environments are named under it.
+    let stack = unique_name("pli");
+    crate::common::register(&stack, &settings, &json!({}), None);
+    let clients =
+        batchline_bootstrap::Clients::new(&batchline_testkit::emulator::signing_as(&sdk, Principal::Bootstrap, &stack));
     let network = default_network();
     let many: serde_json::Map<String, Value> =
         (0..21).map(|i| (format!("s{i}"), json!({"JobDefinition": "default"}))).collect();
@@ -645,10 +649,10 @@ async fn invalid_pipelines_fail_the_deployment_with_the_reason() {
     ];
     for (pipelines, reason) in cases {
         let server = ResponseServer::start(0).await.unwrap();
-        let properties = json!({"ServiceToken": "x", "NamePrefix": unique_name("pli"),
+        let properties = json!({"ServiceToken": "x", "NamePrefix": format!("{stack}-p"),
                                 "Network": {"Subnets": network.subnets, "SecurityGroups": network.security_groups},
                                 "Pipelines": pipelines});
-        let request = json!({"RequestType": "Create", "ResponseURL": server.url, "StackId": stack_id("s"), "RequestId": event_id(),
+        let request = json!({"RequestType": "Create", "ResponseURL": server.url, "StackId": stack_id(&stack), "RequestId": event_id(),
                              "LogicalResourceId": "Environment", "ResourceProperties": properties});
         batchline_bootstrap::handle(invocation(request), &clients, &settings).await.unwrap();
         let answer = server.accepted_answers().pop().unwrap();
@@ -657,12 +661,12 @@ async fn invalid_pipelines_fail_the_deployment_with_the_reason() {
     }
     // A stage larger than its queue can ever run: refused, and nothing is provisioned.
     let server = ResponseServer::start(0).await.unwrap();
-    let prefix = unique_name("plc");
+    let prefix = format!("{stack}-c");
     let properties = json!({"ServiceToken": "x", "NamePrefix": prefix,
                             "Network": {"Subnets": network.subnets, "SecurityGroups": network.security_groups},
                             "ComputeEnvironments": {"default": {"MaxVcpus": "1"}},
                             "Pipelines": {"p": {"Stages": {"a": {"JobDefinition": "default", "Vcpu": "2", "Memory": "4096"}}}}});
-    let request = json!({"RequestType": "Create", "ResponseURL": server.url, "StackId": stack_id("s"), "RequestId": event_id(),
+    let request = json!({"RequestType": "Create", "ResponseURL": server.url, "StackId": stack_id(&stack), "RequestId": event_id(),
                          "LogicalResourceId": "Environment", "ResourceProperties": properties});
     batchline_bootstrap::handle(invocation(request), &clients, &settings).await.unwrap();
     let answer = server.accepted_answers().pop().unwrap();

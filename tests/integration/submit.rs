@@ -680,7 +680,9 @@ async fn before_bootstrap_has_run_the_api_says_the_stack_is_not_deployed_yet() {
     let sdk = batchline_testkit::emulator::sdk_config().await;
     let settings = batchline_testkit::emulator::test_settings("not-deployed");
     batchline_testkit::table::create_table(&sdk, &settings.table_name).await.unwrap();
-    let clients = Clients::new(&sdk, &settings);
+    let stack = batchline_testkit::emulator::unique_name("not-deployed");
+    crate::common::register(&stack, &settings, &json!({}), None);
+    let clients = Clients::new(&batchline_testkit::emulator::signing_as(&sdk, Principal::Submit, &stack), &settings);
 
     // WHEN a caller submits a job, THEN the answer says so in the caller's words: retry later
     let body = json!({"jobDefinition": "default"}).to_string();

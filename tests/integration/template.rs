@@ -314,62 +314,21 @@ fn every_function_logs_json_and_sets_exactly_the_variables_the_code_reads() {
 
 #[test]
 fn the_environment_properties_are_a_valid_stack_configuration() {
-    // The custom resource's properties, with the template's parameters as CloudFormation
-    // would resolve them, pass the same validation bootstrap runs at deploy time.
-    let template = template();
-    let properties = &template["Resources"]["Environment"]["Properties"];
-    let resolved = resolve_for_test(properties);
+    // The custom resource's properties, resolved as CloudFormation would for a stack with the
+    // template's parameter defaults (by the one template resolver, devtools/iam/policies.py),
+    // pass the same validation bootstrap runs at deploy time.
+    let stack = serde_json::json!({"name": "teststack",
+                                   "parameters": {"SubnetIds": ["subnet-1", "subnet-2"], "SecurityGroupIds": ["sg-1"]}});
+    let template_path = batchline_testkit::emulator::repo_root().join("template.yaml");
+    let resolved = batchline_testkit::emulator::template_properties(&template_path, "Environment", &stack)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(resolved["NamePrefix"], "teststack");
+    assert_eq!(resolved["Network"]["Subnets"], "subnet-1,subnet-2");
     let config = batchline_bootstrap::declaration::declare(&resolved).unwrap_or_else(|e| panic!("{e}"));
     assert!(config.pipelines.contains_key("process"));
     assert_eq!(config.triggers.schedules.keys().collect::<Vec<_>>(), ["teststack-schedule"]);
-    assert_eq!(
-        template["Resources"]["Environment"]["Properties"]["ServiceTimeout"].as_u64(),
-        Some(1200),
-        "well under an hour"
-    );
-}
-
-/// Replaces intrinsic functions with plausible values, as CloudFormation would.
-fn resolve_for_test(value: &Value) -> serde_json::Value {
-    if let Some((tag, inner)) = tagged(value) {
-        return match tag.as_str() {
-            "!Ref" => match inner.as_str().unwrap_or_default() {
-                "AWS::StackName" => "teststack".into(),
-                "SubnetIds" => serde_json::json!(["subnet-1", "subnet-2"]),
-                "SecurityGroupIds" => serde_json::json!(["sg-1"]),
-                "InputPrefix" => "incoming/".into(),
-                "RunDataPrefix" => "runs/".into(),
-                "InputSuffix" => "".into(),
-                "AssignPublicIp" | "DeleteRepositoryOnStackDelete" => "true".into(),
-                // !Ref of a managed policy is its ARN.
-                "RoleBoundary" => "arn:aws:iam::123456789012:policy/teststack-RoleBoundary-1".into(),
-                other => format!("resolved-{other}").to_lowercase().into(),
-            },
-            "!Sub" => inner.as_str().unwrap_or_default().replace("${AWS::StackName}", "teststack").into(),
-            "!Join" => {
-                let parts = resolve_for_test(&inner[1]);
-                parts
-                    .as_array()
-                    .map(|a| a.iter().filter_map(|p| p.as_str()).collect::<Vec<_>>().join(","))
-                    .unwrap_or_default()
-                    .into()
-            }
-            "!GetAtt" => "arn:aws:lambda:us-east-1:123456789012:function:bootstrap".into(),
-            _ => serde_json::Value::Null,
-        };
-    }
-    match value {
-        Value::Mapping(map) => map
-            .iter()
-            .filter_map(|(k, v)| Some((k.as_str()?.to_owned(), resolve_for_test(v))))
-            .collect::<serde_json::Map<_, _>>()
-            .into(),
-        Value::Sequence(items) => items.iter().map(resolve_for_test).collect::<Vec<_>>().into(),
-        Value::String(s) => s.clone().into(),
-        Value::Number(n) => serde_json::to_value(n).unwrap_or_default(),
-        Value::Bool(b) => (*b).into(),
-        _ => serde_json::Value::Null,
-    }
+    assert_eq!(config.roles.input_bucket.as_deref(), Some("teststack-inputbucket"));
+    assert_eq!(resolved["ServiceTimeout"].as_u64(), Some(1200), "well under an hour");
 }
 
 #[test]
@@ -618,4 +577,29 @@ fn alerts_arrive_alarms_and_blocked_queues_may_use_the_alert_topics_key_and_publ
     for field in ["<queue>", "<job>", "<reason>"] {
         assert!(message.contains(field), "{field} in {message}");
     }
+}
+
+#[test]
+fn the_books_kept_grants_are_the_templates_kept_comments() {
+    // The book's table of grants kept though no test uses them is written from the
+    // template's `# kept` comments: a reason changed, added or removed there shows here.
+    let root = batchline_testkit::emulator::repo_root();
+    let output = std::process::Command::new(root.join(".venv/bin/python"))
+        .arg(root.join("devtools/iam/report.py"))
+        .arg("--kept-table")
+        .output()
+        .expect("the IAM report runs (scripts/setup makes .venv)");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let generated = String::from_utf8(output.stdout).unwrap();
+    let page = root.join("docs/src/explanations/kept-grants.md");
+    if std::env::var("BATCHLINE_BLESS").is_ok_and(|v| v == "1") {
+        std::fs::write(&page, &generated).unwrap();
+    }
+    let committed = std::fs::read_to_string(&page).unwrap_or_default();
+    assert!(
+        committed == generated,
+        "{} differs from the template's `# kept` comments; regenerate it with \
+         BATCHLINE_BLESS=1 cargo test -p batchline-tests --test integration the_books_kept_grants",
+        page.display()
+    );
 }

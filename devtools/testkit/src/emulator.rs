@@ -35,6 +35,33 @@ pub fn repo_root() -> PathBuf {
     root.canonicalize().unwrap_or(root)
 }
 
+/// The properties of `template`'s resource `logical_id` as CloudFormation would send them
+/// for `stack` (`{"name", "parameters", "physical"}`, parameters not given at their
+/// defaults), read through the project's one template resolver (`devtools/iam/policies.py`).
+pub fn template_properties(
+    template: &std::path::Path,
+    logical_id: &str,
+    stack: &serde_json::Value,
+) -> Result<serde_json::Value, String> {
+    let root = repo_root();
+    let dir = root.join("target/resolved");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let stack_file = dir.join(format!("{}-{logical_id}.json", unique_name("stack")));
+    std::fs::write(&stack_file, stack.to_string()).map_err(|e| e.to_string())?;
+    let output = Command::new(root.join(".venv/bin/python"))
+        .arg(root.join("devtools/iam/policies.py"))
+        .args(["--properties", logical_id])
+        .arg(template)
+        .arg(&stack_file)
+        .output()
+        .map_err(|e| format!("cannot run the template resolver: {e}"))?;
+    std::fs::remove_file(&stack_file).ok();
+    if !output.status.success() {
+        return Err(format!("the template resolver failed: {}", String::from_utf8_lossy(&output.stderr)));
+    }
+    serde_json::from_slice(&output.stdout).map_err(|e| format!("the template resolver's answer: {e}"))
+}
+
 /// The emulator's endpoint URL, starting the emulator on first use.
 ///
 /// Panics (failing the test that asked) when it cannot start, saying why: a test without
@@ -55,7 +82,8 @@ fn start() -> Result<String, String> {
     let log_dir = root.join("target");
     std::fs::create_dir_all(&log_dir).map_err(|e| e.to_string())?;
     let log = std::fs::File::create(log_dir.join("emulator.log")).map_err(|e| e.to_string())?;
-    // Every request the IAM evaluation judged, for the unused-grants report (scripts/iam-report).
+    // Every request the IAM evaluation judged, for the unused-grants report (devtools/iam/report.py,
+    // run by scripts/test).
     let iam_log = log_dir.join("iam-requests.jsonl");
     std::fs::File::create(&iam_log).map_err(|e| e.to_string())?;
     let mut child = Command::new(&python)
