@@ -187,7 +187,9 @@ class IamEnforcement:
             arn = f"arn:aws:iam::{stack.account}:role/{stack_id}-{principal}"
         if not principal.endswith(".amazonaws.com"):
             # AWS puts the caller's ARN in every request's context (a queue's policy reads it).
-            context = {"aws:PrincipalArn": arn, **context}
+            context = {"aws:PrincipalArn": arn, "aws:PrincipalIsAWSService": "false", **context}
+        else:
+            context = {"aws:PrincipalIsAWSService": "true", **context}
         message = {"op": "check", "key": f"{stack_id}/{principal}", "principal": arn,
                    "action": action, "resource": resource, "account": stack.account, "context": context,
                    "resourcePolicy": self.cache[stack_id].get("resources", {}).get(resource)}

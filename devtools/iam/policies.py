@@ -108,6 +108,7 @@ class Resolver:
         from cfnlint.jsonschema import CfnTemplateValidator, _resolvers_cfn
         from cfnlint.template import Template
 
+        self.region, self.account = stack.region, stack.account
         values = {"AWS::AccountId": stack.account, "AWS::StackName": stack.name, **stack.parameters}
         values.update(default_physical(cloudformation, stack))
         values.update(stack.physical)
@@ -210,9 +211,16 @@ def principal_policies(template_path: Path, stack: Stack) -> dict[str, dict[str,
 
 
 def resource_policies(resources: dict[str, Any], resolver: Resolver) -> dict[str, Any]:
-    """The queues' resource policies (`AWS::SQS::QueuePolicy`), by queue ARN."""
+    """The resource policies of the stack's queues (`AWS::SQS::QueuePolicy`) and event buses
+    (`AWS::Events::EventBus` with a `Policy`), by the queue's or bus's ARN."""
     out: dict[str, Any] = {}
     for logical, resource in resources.items():
+        if resource.get("Type") == "AWS::Events::EventBus" and "Policy" in resource.get("Properties", {}):
+            policy = resolver.resolve(resource["Properties"]["Policy"])
+            check_resolved(policy, logical)
+            name = resolver.resolve(resource["Properties"]["Name"])
+            out[f"arn:aws:events:{resolver.region}:{resolver.account}:event-bus/{name}"] = policy
+            continue
         if resource.get("Type") != "AWS::SQS::QueuePolicy":
             continue
         policy = resolver.resolve(resource["Properties"]["PolicyDocument"])

@@ -632,3 +632,36 @@ async fn a_batchs_objects_go_ten_to_a_put_events_call_and_a_failed_call_fails_on
     assert_eq!(jobs.len(), 1);
     assert_eq!(jobs[0].array_properties().and_then(|a| a.size()), Some(9));
 }
+
+#[tokio::test]
+async fn an_object_its_rule_does_not_take_is_left_out_of_its_window() {
+    let mut h = Harness::new("coalesce-foreign").await;
+    // GIVEN an object forwarded by submit, and beside it on the lane two messages of the same
+    // shape that submit would never send: a key outside the rule's prefix, another bucket
+    h.trigger(&[h.object_event("incoming/ok.jpg", "0001")]).await;
+    let forwarded = h.receive(10).await;
+    assert_eq!(forwarded.len(), 1);
+    let body: Value = serde_json::from_str(forwarded[0].body().unwrap()).unwrap();
+    for (field, value) in [("key", "secret/payroll.csv"), ("bucket", "someone-elses-bucket")] {
+        let mut forged = body.clone();
+        forged["detail"][field] = json!(value);
+        h.sqs
+            .send_message()
+            .queue_url(&h.coalesce_lane.queue_url)
+            .message_body(forged.to_string())
+            .send()
+            .await
+            .unwrap();
+    }
+    let mut batch = forwarded;
+    batch.extend(h.receive(10).await);
+    assert_eq!(batch.len(), 3);
+    // WHEN the map worker takes them in one batch, and the window closes
+    h.work(&batch).await;
+    h.coalesce_until_all_closed(1).await;
+    h.play_to_the_end().await;
+    // THEN the window ran the one object its rule takes
+    let jobs = h.jobs().await;
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(h.items_of(&jobs[0]).await, vec![(0, vec![format!("s3://{}/incoming/ok.jpg", h.bucket)])]);
+}

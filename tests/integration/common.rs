@@ -79,6 +79,9 @@ impl Deployed {
             properties["Roles"]["PermissionsBoundary"] = json!(boundary);
         }
         register(&name, &settings, &properties, template);
+        // The stack's own bus, which its template makes (the functions hand each other work on it).
+        let lane_bus = batchline::services::announce::lane_bus(&name);
+        batchline_testkit::lanes::ensure_bus(&aws_sdk_eventbridge::Client::new(&sdk), &lane_bus).await.unwrap();
         let request = json!({"RequestType": "Create", "ResourceProperties": properties});
         let stack = bootstrap(&signing_as(&sdk, Principal::Bootstrap, &name), &settings, request).await;
         Deployed { sdk, settings, stack, properties, name }

@@ -165,6 +165,77 @@ async fn only_each_queues_rule_may_send_to_it_not_a_principal_allowed_sqs_on_eve
 }
 
 #[tokio::test]
+async fn only_the_stacks_functions_may_put_work_on_its_lane_bus_not_a_principal_allowed_events_on_everything() {
+    // GIVEN a stack, and another principal of the account allowed events:PutEvents on every bus
+    let env = Deployed::new("iam-lanebus", json!({})).await;
+    let anything = json!([{"name": "PutAnywhere", "policy": {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": "events:PutEvents", "Resource": "*"}]}}]);
+    let bus = |name: &str| format!("arn:aws:events:us-east-1:123456789012:event-bus/{name}");
+    let lanes = bus(&batchline::services::announce::lane_bus(&env.name));
+    // WHEN it puts map work or a coalesced object on the stack's lane bus
+    let forged = iam_check_other(&env.name, "intruder", anything.clone(), "events:PutEvents", &lanes, json!({}));
+    // THEN the bus's policy denies it (on the default bus, any such principal could: the
+    // lanes' rules match what an event says, not who put it)
+    assert_eq!(forged["allowed"], false, "{forged}");
+    let elsewhere = iam_check_other(&env.name, "intruder", anything, "events:PutEvents", &bus("default"), json!({}));
+    assert_eq!(elsewhere["allowed"], true, "{elsewhere}");
+    // AND the functions that hand each other work may, bootstrap (which hands none) may not
+    for principal in [Principal::Submit, Principal::JobEvents, Principal::Map] {
+        let put = iam_check(&env.name, principal, "events:PutEvents", &lanes);
+        assert_eq!(put["allowed"], true, "{principal:?}: {put}");
+    }
+    let put = iam_check(&env.name, Principal::Bootstrap, "events:PutEvents", &lanes);
+    assert_eq!(put["allowed"], false, "{put}");
+}
+
+#[tokio::test]
+async fn only_bootstrap_may_write_the_published_configuration_the_functions_trust() {
+    // GIVEN a stack
+    let env = Deployed::new("iam-config", json!({})).await;
+    let table = format!("arn:aws:dynamodb:us-east-1:123456789012:table/{}", env.settings.table_name);
+    let write = |principal, action: &str, key: &str| {
+        iam_check_with(&env.name, principal, action, &table, json!({"dynamodb:LeadingKeys": [key]}))
+    };
+    for principal in [Principal::Submit, Principal::JobEvents, Principal::Map] {
+        // THEN no function may write, change or delete the CONFIG item
+        for action in ["dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"] {
+            let verdict = write(principal, action, "CONFIG");
+            assert_eq!(verdict["allowed"], false, "{principal:?} {action}: {verdict}");
+        }
+        // AND each still writes its own items (a run's, say)
+        let verdict = write(principal, "dynamodb:PutItem", "RUN#r-1");
+        assert_eq!(verdict["allowed"], true, "{principal:?}: {verdict}");
+    }
+    // AND bootstrap, which publishes it, may
+    let verdict = write(Principal::Bootstrap, "dynamodb:PutItem", "CONFIG");
+    assert_eq!(verdict["allowed"], true, "{verdict}");
+}
+
+#[tokio::test]
+async fn nobody_may_plant_a_message_on_a_lanes_dead_letter_queue_for_the_replay_to_carry_in() {
+    // GIVEN a stack naming a replay role, which moves a lane's dead letters back to its queue,
+    // and a principal of the account allowed sqs:SendMessage on every queue
+    let settings = test_settings("iam-dlq");
+    let name = unique_name("iam-dlq");
+    let mut stack = batchline_testkit::emulator::iam_stack(&name, &settings.table_name, None, None);
+    stack["parameters"]["QueueReplayRoleArn"] = json!(format!("arn:aws:iam::123456789012:role/{name}-replay"));
+    batchline_testkit::emulator::register_iam_stack(&stack, None, false).unwrap();
+    let anything = json!([{"name": "SendAnywhere", "policy": {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": "sqs:SendMessage", "Resource": "*"}]}}]);
+    for logical in
+        ["TriggerDeadLetterQueue", "JobEventsDeadLetterQueue", "MapWorkDeadLetterQueue", "CoalesceDeadLetterQueue"]
+    {
+        let queue = format!("arn:aws:sqs:us-east-1:123456789012:{name}-{logical}");
+        // WHEN it, or even the replay role, sends to a lane's dead-letter queue
+        for principal in ["intruder", "replay"] {
+            let planted = iam_check_other(&name, principal, anything.clone(), "sqs:SendMessage", &queue, json!({}));
+            // THEN the queue's policy denies it: only SQS itself moves a message there
+            assert_eq!(planted["allowed"], false, "{logical} by {principal}: {planted}");
+        }
+    }
+}
+
+#[tokio::test]
 async fn the_operators_replay_role_may_move_dead_letters_back_to_the_queues_and_no_one_else() {
     // GIVEN a stack deployed naming a replay role (QueueReplayRoleArn), and two principals of
     // the account allowed sqs:SendMessage on every queue: that role and another

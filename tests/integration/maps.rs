@@ -389,6 +389,40 @@ async fn a_listing_out_of_time_goes_on_in_the_next_invocation_from_where_it_stop
 }
 
 #[tokio::test]
+async fn a_listing_to_resume_that_is_not_the_attempts_own_is_not_read_and_the_prefix_is_listed_anew() {
+    let mut h = Harness::new("map-forged-resume").await;
+    for i in 0..5 {
+        h.put(&format!("photos/day/img-{i}.jpg"), "jpeg").await;
+    }
+    // GIVEN a listing somewhere else in the bucket that names an object of its own choosing
+    // and says the listing is past every real key
+    h.put("elsewhere/listing.json", r#"{"after": "photos/day/zzz", "keys": ["photos/day/planted.jpg"]}"#).await;
+    let run_id = h.start("thumbnails", json!({"inputBucket": h.bucket, "inputPrefix": "photos/day/"})).await;
+    // WHEN the map work comes to the worker naming that file as the listing to resume
+    let received =
+        h.sqs.receive_message().queue_url(&h.map_lane.queue_url).max_number_of_messages(10).send().await.unwrap();
+    let [message] = received.messages() else { panic!("one map work message: {received:?}") };
+    let mut forged: Value = serde_json::from_str(message.body().unwrap()).unwrap();
+    forged["detail"]["resume"] = json!(format!("s3://{}/elsewhere/listing.json", h.bucket));
+    let queue = &h.map_lane.queue_url;
+    h.sqs.send_message().queue_url(queue).message_body(forged.to_string()).send().await.unwrap();
+    h.sqs.delete_message().queue_url(queue).receipt_handle(message.receipt_handle().unwrap()).send().await.unwrap();
+    h.work_maps().await;
+    // THEN the prefix was listed anew: the five objects, not the planted one
+    let jobs = h.jobs().await;
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].array_properties().and_then(|a| a.size()), Some(5));
+    let mut seen = BTreeSet::new();
+    for child in 0..5 {
+        let (_, items) = items_of_child(&h, &jobs[0], child).await;
+        seen.insert(items[0].as_str().unwrap().to_owned());
+    }
+    assert!(!seen.iter().any(|s| s.contains("planted")), "{seen:?}");
+    h.play_to_the_end(1).await;
+    assert_eq!(h.run(&run_id).await["status"], "SUCCEEDED");
+}
+
+#[tokio::test]
 async fn failures_within_the_tolerance_succeed_listing_each_and_past_it_fail_the_run() {
     let mut h = Harness::new("map-tolerance").await;
     let files: Vec<String> = (0..10).map(|i| format!("file-{i}")).collect();

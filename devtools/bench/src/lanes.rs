@@ -75,6 +75,7 @@ pub fn one_lane(queue_arns: &[String]) -> Lane {
         window: Duration::from_secs(10),
         pattern: json!({"source": ["aws.batch"], "detail-type": ["Batch Job State Change"], "detail": {"jobQueue": queue_arns}}),
         input_template: None,
+        bus: None,
     }
 }
 

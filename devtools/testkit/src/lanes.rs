@@ -26,16 +26,19 @@ pub struct Lane {
     pub pattern: Value,
     /// The target's `InputTransformer.InputTemplate`, if it has one.
     pub input_template: Option<String>,
+    /// The bus of the stack's own the rule is on (`<stack>-lanes`, the template's `LaneBus`),
+    /// or `None` for a rule on the bus AWS's events come to (the caller names it).
+    pub bus: Option<String>,
 }
 
 /// The lanes template.yaml gives job-events, their rules matching `queue_arns`.
 pub fn template_lanes(queue_arns: &[String]) -> Result<Vec<Lane>, String> {
-    function_lanes("JobEventsFunction", &|pattern| pattern["detail"]["jobQueue"] = json!(queue_arns))
+    function_lanes("JobEventsFunction", None, &|pattern| pattern["detail"]["jobQueue"] = json!(queue_arns))
 }
 
 /// The lane template.yaml gives submit for objects created in `bucket` under `prefix`.
 pub fn trigger_lane(bucket: &str, prefix: &str) -> Result<Lane, String> {
-    let lanes = function_lanes("SubmitFunction", &|pattern| {
+    let lanes = function_lanes("SubmitFunction", None, &|pattern| {
         pattern["detail"]["bucket"]["name"] = json!([bucket]);
         pattern["detail"]["object"]["key"] = json!([{ "prefix": prefix }]);
     })?;
@@ -58,7 +61,7 @@ pub fn coalesce_lane(stack: &str) -> Result<Lane, String> {
 }
 
 fn map_worker_lane(queue: &str, stack: &str) -> Result<Lane, String> {
-    let lanes = function_lanes("MapFunction", &|pattern| pattern["detail"]["stack"] = json!([stack]))?;
+    let lanes = function_lanes("MapFunction", Some(stack), &|pattern| pattern["detail"]["stack"] = json!([stack]))?;
     lanes
         .into_iter()
         .find(|lane| lane.queue == queue)
@@ -66,8 +69,9 @@ fn map_worker_lane(queue: &str, stack: &str) -> Result<Lane, String> {
 }
 
 /// The SQS lanes of the function whose logical id is `function`, each rule's pattern given the stack's own
-/// values by `fill` (the template's `!Ref`s have none here).
-fn function_lanes(function: &str, fill: &dyn Fn(&mut Value)) -> Result<Vec<Lane>, String> {
+/// values by `fill` (the template's `!Ref`s have none here), a rule on the stack's own bus
+/// put on `stack`'s.
+fn function_lanes(function: &str, stack: Option<&str>, fill: &dyn Fn(&mut Value)) -> Result<Vec<Lane>, String> {
     let text = std::fs::read_to_string(repo_root().join("template.yaml")).map_err(|e| e.to_string())?;
     let template: serde_yaml::Value = serde_yaml::from_str(&text).map_err(|e| e.to_string())?;
     let resources = template["Resources"].as_mapping().ok_or("template.yaml has no Resources")?;
@@ -90,7 +94,13 @@ fn function_lanes(function: &str, fill: &dyn Fn(&mut Value)) -> Result<Vec<Lane>
         let mut pattern: Value = serde_json::to_value(untagged(&rule["Properties"]["EventPattern"]))
             .map_err(|e| format!("{queue}'s rule pattern: {e}"))?;
         fill(&mut pattern);
+        let bus = match (logical_id(&rule["Properties"]["EventBusName"]).as_deref(), stack) {
+            (None, _) => None,
+            (Some("LaneBus"), Some(stack)) => Some(batchline::services::announce::lane_bus(stack)),
+            (Some(other), _) => return Err(format!("{queue}'s rule is on {other}, a bus the lanes do not know")),
+        };
         lanes.push(Lane {
+            bus,
             queue,
             batch_size: properties["BatchSize"].as_u64().unwrap_or(10) as usize,
             window: Duration::from_secs(properties["MaximumBatchingWindowInSeconds"].as_u64().unwrap_or(0)),
@@ -110,7 +120,8 @@ pub struct WiredLane {
 }
 
 impl Lane {
-    /// Creates the lane's queue (named `name`) and its rule on `bus`, target transformer included.
+    /// Creates the lane's queue (named `name`) and its rule on `bus` (on the stack's own bus,
+    /// made if missing, for a rule the template puts there), target transformer included.
     pub async fn wire(
         &self,
         sqs: &aws_sdk_sqs::Client,
@@ -119,6 +130,13 @@ impl Lane {
         name: &str,
     ) -> Result<WiredLane, String> {
         use aws_sdk_eventbridge::types::{InputTransformer, Target};
+        let bus = match &self.bus {
+            Some(own) => {
+                ensure_bus(events, own).await?;
+                own.as_str()
+            }
+            None => bus,
+        };
         let (queue_url, queue_arn) = create_queue(sqs, name, None).await?;
         events
             .put_rule()
@@ -143,6 +161,26 @@ impl Lane {
             .await
             .map_err(|e| batchline::Error::aws("PutTargets", e).to_string())?;
         Ok(WiredLane { lane: self.clone(), queue_url, queue_arn })
+    }
+}
+
+/// Makes the event bus `name` unless it is there (the stack's own bus, which the template
+/// makes: the tests' stacks have no CloudFormation to make it).
+pub async fn ensure_bus(events: &aws_sdk_eventbridge::Client, name: &str) -> Result<(), String> {
+    if events.describe_event_bus().name(name).send().await.is_ok() {
+        return Ok(());
+    }
+    match events.create_event_bus().name(name).send().await {
+        Ok(_) => Ok(()),
+        Err(err) => {
+            let err = batchline::Error::aws("CreateEventBus", err);
+            // Made by another test at the same moment.
+            if err.aws_code() == Some("ResourceAlreadyExistsException") {
+                Ok(())
+            } else {
+                Err(err.to_string())
+            }
+        }
     }
 }
 

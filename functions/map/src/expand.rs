@@ -99,8 +99,18 @@ pub async fn expand(
         return Ok(Err("a map stage needs the configuration's InputBucket and RunDataPrefix".into()));
     };
     let lists = item_lists_folder(&run_data, stage, attempt, piece.token);
+    // A listing to resume is one this attempt's expansion kept in its own folder; any other
+    // file (a message not of the worker's) is not read: the listing starts anew.
+    let own = item_lists_folder(&run_data, stage, attempt, "").trim_end_matches('/').to_owned();
+    let resume = piece.resume.filter(|uri| {
+        let kept = uri.starts_with(&own) && uri.ends_with("/listing.json");
+        if !kept {
+            tracing::warn!(resume = uri, "a listing to resume that is not this attempt's own: listed anew");
+        }
+        kept
+    });
     let source = Source { objects, config, values: placeholder_values(run, &run_data), lists: &lists };
-    let items = match source.items(&spec, piece.resume, budget).await? {
+    let items = match source.items(&spec, resume, budget).await? {
         Ok(Items::All(items)) => items,
         Ok(Items::Unfinished { listing }) => return Ok(Ok(Expanded::Unfinished { listing })),
         Err(why) => return Ok(Err(why)),

@@ -1,7 +1,8 @@
 //! `batchline-map`: the map worker — the S3 work of map stages, done outside the run driver and the API's 30 seconds.
 //!
 //! The run engine asks for it with a "Batchline Map Work" event (`ExpandMap`, `CloseMap`
-//! effects, put on the default bus by whichever function drives the run); a rule sends
+//! effects, put on the stack's own bus, `<stack>-lanes`, by whichever function drives the
+//! run; only the stack's functions may put events there); a rule sends
 //! those to this function's queue. For each message it loads the run, does the work only
 //! if the run still awaits it — an expansion ([`expand`]: list the items, write the item
 //! lists) or a close ([`close`]: read the failed children, write `results.jsonl`) — and

@@ -32,7 +32,7 @@ use batchline::model::coalesce::{
 use batchline::model::fargate::sized_for_object;
 use batchline::model::map::S3Location;
 use batchline::model::run::RunInput;
-use batchline::model::stack::{StackConfig, Target};
+use batchline::model::stack::{S3Trigger, StackConfig, Target};
 use batchline::services::ports::{Clock, TriggerMetrics};
 use batchline::services::runs::run_id;
 use batchline::store::dynamo::CHUNK_BYTES;
@@ -146,6 +146,25 @@ pub async fn work_messages(
     failed
 }
 
+/// The objects of a batch its rule takes, each once. Deliveries of one object in one batch
+/// collapse here; across batches, at the close. An object the rule does not take (only submit
+/// forwards objects, and only those its rules match: a rule changed since, or a message not
+/// of submit's) is left out, for good.
+fn taken(objects: Vec<CoalescedObject>, rule: Option<&S3Trigger>, stack: &str, trigger: &str) -> Vec<CoalescedObject> {
+    let mut seen = BTreeSet::new();
+    objects
+        .into_iter()
+        .filter(|o| {
+            let taken = rule.is_some_and(|r| r.matches(&o.bucket, &o.key)) && o.stack == stack;
+            if !taken {
+                warn!(trigger, bucket = %o.bucket, key = %o.key, "an object the rule does not take: left out");
+            }
+            taken
+        })
+        .filter(|o| seen.insert((o.bucket.clone(), o.key.clone(), o.version.clone())))
+        .collect()
+}
+
 /// Appends a trigger's objects to its windows, opening and closing them as they fill.
 async fn append(
     clients: &Clients,
@@ -156,14 +175,12 @@ async fn append(
     objects: Vec<CoalescedObject>,
 ) -> Result<(), Error> {
     let config = clients.ports.configs.get().await?;
-    let coalesce = config.triggers.s3.get(trigger).and_then(|t| t.coalesce).ok_or_else(|| {
+    let rule = config.triggers.s3.get(trigger);
+    let coalesce = rule.and_then(|t| t.coalesce).ok_or_else(|| {
         Error::InvalidEvent(format!("the S3 trigger {trigger:?} does not coalesce (any more): its objects wait"))
     })?;
     let store = clients.ports.store.as_ref();
-    // Deliveries of one object in one batch collapse here; across batches, at the close.
-    let mut seen = BTreeSet::new();
-    let mut rest: Vec<CoalescedObject> =
-        objects.into_iter().filter(|o| seen.insert((o.bucket.clone(), o.key.clone(), o.version.clone()))).collect();
+    let mut rest = taken(objects, rule, &config.name_prefix, trigger);
     let (mut tries, mut piece) = (0, 0);
     while !rest.is_empty() {
         if tries == APPEND_TRIES {

@@ -97,11 +97,7 @@ pub fn plan_object(config: &StackConfig, object: &ObjectCreated, event_id: &str)
         .triggers
         .s3
         .iter()
-        .filter(|(_, rule)| {
-            rule.bucket.as_deref().is_none_or(|b| b == object.bucket)
-                && object.key.starts_with(&rule.prefix)
-                && object.key.ends_with(&rule.suffix)
-        })
+        .filter(|(_, rule)| rule.matches(&object.bucket, &object.key))
         .map(|(key, rule)| RuleOutcome { rule: key.clone(), planned: plan_rule(config, key, rule, object, event_id) })
         .collect()
 }

@@ -9,7 +9,7 @@ use crate::model::coalesce::{CoalescedObject, COALESCE_DETAIL_TYPE};
 use crate::model::map::{MapWork, MAP_WORK_DETAIL_TYPE};
 use crate::model::run::{MetricUnit, RunMetric};
 use crate::model::stuck::QueueReport;
-use crate::services::announce::{COMPLETED_DETAIL_TYPE, EVENT_SOURCE};
+use crate::services::announce::{lane_bus, COMPLETED_DETAIL_TYPE, EVENT_SOURCE};
 use crate::services::ports::{CoalesceLane, QueueMetrics, RunAnnouncer, TriggerMetrics};
 use crate::Error;
 
@@ -31,9 +31,16 @@ impl AwsAnnouncer {
 }
 
 impl AwsAnnouncer {
-    /// Puts one Batchline event on the default bus, about `resource`.
-    async fn put_event(&self, detail_type: &str, detail: String, resource: String) -> Result<(), Error> {
+    /// Puts one Batchline event on `bus` (the default bus when `None`), about `resource`.
+    async fn put_event(
+        &self,
+        bus: Option<String>,
+        detail_type: &str,
+        detail: String,
+        resource: String,
+    ) -> Result<(), Error> {
         let entry = aws_sdk_eventbridge::types::PutEventsRequestEntry::builder()
+            .set_event_bus_name(bus)
             .source(EVENT_SOURCE)
             .detail_type(detail_type)
             .detail(detail)
@@ -52,12 +59,13 @@ impl AwsAnnouncer {
 #[async_trait]
 impl RunAnnouncer for AwsAnnouncer {
     async fn completion(&self, detail: &Value, run_id: &str) -> Result<(), Error> {
-        self.put_event(COMPLETED_DETAIL_TYPE, detail.to_string(), format!("batchline:run/{run_id}")).await
+        self.put_event(None, COMPLETED_DETAIL_TYPE, detail.to_string(), format!("batchline:run/{run_id}")).await
     }
 
     async fn map_work(&self, work: &MapWork) -> Result<(), Error> {
         let detail = serde_json::to_string(work).map_err(|e| Error::InvalidEvent(e.to_string()))?;
-        self.put_event(MAP_WORK_DETAIL_TYPE, detail, format!("batchline:run/{}", work.run_id)).await
+        let bus = Some(lane_bus(&work.stack));
+        self.put_event(bus, MAP_WORK_DETAIL_TYPE, detail, format!("batchline:run/{}", work.run_id)).await
     }
 
     async fn run_metrics(&self, pipeline: &str, metrics: &[RunMetric]) {
@@ -179,6 +187,7 @@ impl CoalesceLane for AwsAnnouncer {
                 let detail = serde_json::to_string(object).map_err(|e| Error::InvalidEvent(e.to_string()))?;
                 entries.push(
                     aws_sdk_eventbridge::types::PutEventsRequestEntry::builder()
+                        .event_bus_name(lane_bus(&object.stack))
                         .source(EVENT_SOURCE)
                         .detail_type(COALESCE_DETAIL_TYPE)
                         .detail(detail)

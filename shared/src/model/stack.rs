@@ -278,6 +278,16 @@ pub struct S3Trigger {
     pub coalesce: Option<Coalesce>,
 }
 
+impl S3Trigger {
+    /// Whether the rule takes an object of `bucket` at `key` (its bucket, if it names one, its
+    /// key prefix and suffix).
+    pub fn matches(&self, bucket: &str, key: &str) -> bool {
+        self.bucket.as_deref().is_none_or(|b| b == bucket)
+            && key.starts_with(&self.prefix)
+            && key.ends_with(&self.suffix)
+    }
+}
+
 /// An S3 trigger's `Coalesce` block, resolved (see `model::coalesce`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -9,6 +9,15 @@ use crate::model::run::{Run, RunCost, RunStatus, StageRun};
 pub const COMPLETED_DETAIL_TYPE: &str = "Batchline Run Completed";
 pub const EVENT_SOURCE: &str = "batchline";
 
+/// The stack's own event bus, for the work its functions hand each other (map work, coalesced
+/// objects): `<NamePrefix>-lanes`, the template's `LaneBus` (the template ties `NamePrefix` to
+/// the stack's name). Its policy lets only the stack's functions put events on it, so nobody
+/// else in the account can forge that work, as anyone allowed `events:PutEvents` could on the
+/// default bus. Completion events stay on the default bus, for users to subscribe to.
+pub fn lane_bus(name_prefix: &str) -> String {
+    format!("{name_prefix}-lanes")
+}
+
 /// The completion event's detail.
 pub fn completion_detail(run: &Run, now_ms: i64, cost: &RunCost) -> Value {
     let stage = |name: &str, stage_run: &StageRun| {
