@@ -4,7 +4,9 @@
 //! (single jobs; pipeline runs with fan-out, fan-in and an out-of-memory stage; runs
 //! cancelled through the API while they go; runs with a stage a deploy made impossible to
 //! submit; runs of a map stage, started through the API, whose map work goes through the
-//! map worker from its lane, one child out of memory and one failing within the tolerance)
+//! map worker from its lane, one child out of memory and one failing within the tolerance;
+//! objects of a coalescing rule, forwarded by submit to the coalesce lane, where the map
+//! worker appends them to windows of five and closes each into one run of one array)
 //! and the played job-state events through job-events, with every DynamoDB call, SubmitJob,
 //! TerminateJob, ListJobs and DescribeJobs failing ~20% of the time before taking effect and
 //! losing ~10% of replies after it, and ~30% of PutMetricData calls failing. Failed invocations and failed
@@ -35,7 +37,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use batchline::store::keys;
 use batchline_testkit::emulator::{signing_as, Principal};
 use batchline_testkit::faults::{FaultScope, Rates};
-use batchline_testkit::lanes::{map_lane, WiredLane};
+use batchline_testkit::lanes::{coalesce_lane, map_lane, WiredLane};
 use batchline_testkit::player::{event_id, sqs_record, Delivery, Player};
 use serde_json::{json, Value};
 
@@ -56,6 +58,8 @@ const MAPPED_RUNS: usize = 2;
 /// Children of each mapped run's map: child 2 runs out of memory once (resized), child 5
 /// fails (tolerated).
 const MAP_CHILDREN: usize = 8;
+/// Objects of the coalescing rule `burst` (windows of at most five, two seconds long).
+const COALESCED_OBJECTS: usize = 12;
 /// The timely pipeline's `MaxRunSeconds`, in milliseconds.
 const TIMELY_DEADLINE_MS: i64 = 60_000;
 /// How long the whole drive may take before the test gives up. A seed settles in about
@@ -93,7 +97,9 @@ fn configuration() -> Value {
             "runs": {"Prefix": "fan/", "Pipeline": "fan"},
             "doomed": {"Prefix": "doomed/", "Pipeline": "doomed"},
             "brittle": {"Prefix": "brittle/", "Pipeline": "brittle"},
-            "timely": {"Prefix": "timely/", "Pipeline": "timely"}
+            "timely": {"Prefix": "timely/", "Pipeline": "timely"},
+            "burst": {"Prefix": "burst/", "JobDefinition": "default",
+                      "Coalesce": {"WindowSeconds": "2", "MaxObjects": "5"}}
         }}
     })
 }
@@ -104,6 +110,12 @@ fn object_event(key: &str, sequencer: usize) -> Value {
     event["detail"]["object"]["key"] = json!(key);
     event["detail"]["object"]["sequencer"] = json!(format!("{sequencer:018X}"));
     event
+}
+
+/// The bucket the object events name (the fixture's).
+fn object_bucket() -> String {
+    let event: Value = serde_json::from_str(OBJECT_CREATED).unwrap();
+    event["detail"]["bucket"]["name"].as_str().unwrap().to_owned()
 }
 
 /// An invocation that can run for `seconds` (its Lambda deadline).
@@ -120,8 +132,10 @@ struct Chaos {
     submit: batchline_submit::Clients,
     job_events: batchline_job_events::Clients,
     map: batchline_map::Clients,
-    /// The map lane's queue, and an SQS client that is not under faults to read it.
+    /// The map lane's and the coalesce lane's queues, and an SQS client that is not under
+    /// faults to read them.
     map_lane: WiredLane,
+    coalesce_lane: WiredLane,
     sqs: aws_sdk_sqs::Client,
     /// Mapped runs whose start request was answered 202, by index.
     mapped_started: BTreeSet<usize>,
@@ -321,23 +335,94 @@ impl Chaos {
         }
     }
 
-    /// Messages on the map lane's queue, visible or not (an unknown count is one).
+    /// The coalesce lane: what its queue holds now, in batches of up to ten handed to the map
+    /// worker (some batches to two at once); a failed batch is made visible again for the next
+    /// round, and ~10% of the done ones too.
+    async fn work_coalesced(&mut self) {
+        let queue = self.coalesce_lane.queue_url.clone();
+        let Ok(received) = self.sqs.receive_message().queue_url(&queue).max_number_of_messages(10).send().await else {
+            return;
+        };
+        let messages = received.messages();
+        if messages.is_empty() {
+            return;
+        }
+        let records: Vec<Value> = messages
+            .iter()
+            .map(|m| {
+                let (id, body) = (m.message_id().unwrap_or_default(), m.body().unwrap_or_default());
+                sqs_record(id, body, &self.coalesce_lane.queue_arn)
+            })
+            .collect();
+        let handlers = if self.random.f64() < 0.2 { 2 } else { 1 };
+        let answers = futures::future::join_all((0..handlers).map(|_| {
+            let event: aws_lambda_events::sqs::SqsEvent =
+                serde_json::from_value(json!({ "Records": records.clone() })).unwrap();
+            let invocation = invocation_for(json!({}), 33);
+            batchline_map::handle(
+                lambda_runtime::LambdaEvent::new(event, invocation.context),
+                &self.map,
+                &self.env.settings,
+            )
+        }))
+        .await;
+        let failed: BTreeSet<String> = answers
+            .iter()
+            .flat_map(|answer| match answer {
+                Ok(response) => response.batch_item_failures.iter().map(|f| f.item_identifier.clone()).collect(),
+                Err(_) => messages.iter().filter_map(|m| m.message_id().map(str::to_owned)).collect::<Vec<_>>(),
+            })
+            .collect();
+        for message in messages {
+            let receipt = message.receipt_handle().unwrap_or_default();
+            if failed.contains(message.message_id().unwrap_or_default()) || self.random.f64() < 0.1 {
+                let again = self.sqs.change_message_visibility().queue_url(&queue).receipt_handle(receipt);
+                again.visibility_timeout(0).send().await.ok();
+            } else {
+                self.sqs.delete_message().queue_url(&queue).receipt_handle(receipt).send().await.ok();
+            }
+        }
+    }
+
+    /// Messages on the map and coalesce lanes' queues, visible, in flight or delayed (a
+    /// window's close waits delayed; an unknown count is one).
     async fn map_work_waiting(&self) -> usize {
         use aws_sdk_sqs::types::QueueAttributeName;
-        let attributes = self
-            .sqs
-            .get_queue_attributes()
-            .queue_url(&self.map_lane.queue_url)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
-            .send()
-            .await;
-        let Ok(attributes) = attributes else { return 1 };
-        let count = |name| {
-            attributes.attributes().and_then(|a| a.get(&name)).and_then(|v| v.parse::<usize>().ok()).unwrap_or(0)
-        };
-        count(QueueAttributeName::ApproximateNumberOfMessages)
-            + count(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+        let mut waiting = 0;
+        for queue in [&self.map_lane.queue_url, &self.coalesce_lane.queue_url] {
+            let attributes = self
+                .sqs
+                .get_queue_attributes()
+                .queue_url(queue)
+                .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+                .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+                .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
+                .send()
+                .await;
+            let Ok(attributes) = attributes else { return 1 };
+            let count = |name| {
+                attributes.attributes().and_then(|a| a.get(&name)).and_then(|v| v.parse::<usize>().ok()).unwrap_or(0)
+            };
+            waiting += count(QueueAttributeName::ApproximateNumberOfMessages)
+                + count(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+                + count(QueueAttributeName::ApproximateNumberOfMessagesDelayed);
+        }
+        waiting
+    }
+
+    /// The coalescing rule's windows, as the table holds them (none if it cannot be read).
+    async fn windows(&self) -> Vec<batchline::store::WindowHead> {
+        use batchline::store::WindowStore;
+        let store = self.store();
+        let Ok(Some(latest)) = store.latest_window("burst").await else { return Vec::new() };
+        let mut heads = Vec::new();
+        for n in 1..=latest.window {
+            match store.window("burst", n).await {
+                Ok(Some(head)) => heads.push(head),
+                _ => return Vec::new(),
+            }
+        }
+        heads
     }
 
     /// Cancels every run of the doomed pipeline not cancelled yet, through the API (under
@@ -433,6 +518,10 @@ impl Chaos {
         for (pipeline, count) in runs {
             ended &= store.list_runs(pipeline, 100).await.map(|runs| runs.len() == count).unwrap_or(false);
         }
+        // Every coalesced object in a window, and every window closed into its run.
+        let windows = self.windows().await;
+        let appended: usize = windows.iter().map(|w| w.count as usize).sum();
+        ended &= appended >= COALESCED_OBJECTS && windows.iter().all(|w| w.run_id.is_some());
         ended && store.open_runs(None, 10).await.map(|open| open.items.is_empty()).unwrap_or(false)
     }
 }
@@ -492,11 +581,18 @@ async fn chaos(seed: u64) {
         .wire(&sqs, &events, "default", &format!("{}-map", env.name))
         .await
         .unwrap_or_else(|e| panic!("chaos seed {seed}: the map lane: {e}"));
+    // Named as CloudFormation names the stack's queue: the map worker may send its closes there.
+    let coalesce_lane = coalesce_lane(&env.name)
+        .unwrap()
+        .wire(&sqs, &events, "default", &format!("{}-CoalesceQueue", env.name))
+        .await
+        .unwrap_or_else(|e| panic!("chaos seed {seed}: the coalesce lane: {e}"));
     let mut objects: Vec<Value> = (0..SINGLE_JOBS).map(|i| object_event(&format!("jobs/object-{i}.csv"), i)).collect();
     objects.extend((0..RUNS).map(|i| object_event(&format!("fan/batch-{i}.json"), 100 + i)));
     objects.extend((0..CANCELLED_RUNS).map(|i| object_event(&format!("doomed/batch-{i}.json"), 200 + i)));
     objects.extend((0..BRITTLE_RUNS).map(|i| object_event(&format!("brittle/batch-{i}.json"), 300 + i)));
     objects.extend((0..TIMELY_RUNS).map(|i| object_event(&format!("timely/batch-{i}.json"), 400 + i)));
+    objects.extend((0..COALESCED_OBJECTS).map(|i| object_event(&format!("burst/object-{i:02}.dat"), 500 + i)));
     let mut chaos = Chaos {
         seed,
         random: fastrand::Rng::with_seed(seed),
@@ -507,6 +603,7 @@ async fn chaos(seed: u64) {
         ),
         map: map_worker(&faulty, &env),
         map_lane,
+        coalesce_lane,
         sqs,
         mapped_started: BTreeSet::new(),
         player: Player::new(&env.sdk),
@@ -532,6 +629,7 @@ async fn chaos(seed: u64) {
         chaos.cancel_doomed().await;
         chaos.redrive_cancelled().await;
         chaos.start_mapped().await;
+        chaos.work_coalesced().await;
         chaos.work_maps().await;
         let played = chaos.play().await;
         chaos.deliver_messages().await;
@@ -609,7 +707,11 @@ async fn chaos(seed: u64) {
     let run_of = |job: &aws_sdk_batch::types::JobDetail| {
         job.tags().and_then(|t| t.get("batchline:run")).cloned().unwrap_or_default()
     };
-    let not_doomed = jobs.iter().filter(|j| !chaos.cancelled.contains_key(&run_of(j))).count();
+    let pipeline_of = |job: &aws_sdk_batch::types::JobDetail| {
+        job.tags().and_then(|t| t.get("batchline:pipeline")).cloned().unwrap_or_default()
+    };
+    let (coalesced, others): (Vec<_>, Vec<_>) = jobs.iter().partition(|j| pipeline_of(j) == "s3.burst");
+    let not_doomed = others.iter().filter(|j| !chaos.cancelled.contains_key(&run_of(j))).count();
     // (a redriven doomed run's second generation made its jobs too: counted below)
     // Each fan run: a, b (out of memory, then resized), c, d; each brittle run: first and
     // its failure stage.
@@ -620,6 +722,35 @@ async fn chaos(seed: u64) {
         SINGLE_JOBS + RUNS * 5 + BRITTLE_RUNS * 2 + TIMELY_RUNS + MAPPED_RUNS * 3,
         "seed {seed}: {names:?}"
     );
+
+    // AND each coalesced object ran on exactly one line of one window's array, whose run
+    // succeeded once: one array job per window
+    let windows = chaos.windows().await;
+    let window_runs: BTreeSet<String> =
+        windows.iter().filter_map(|w| w.run_id.clone()).filter(|r| !r.is_empty()).collect();
+    assert_eq!(coalesced.len(), window_runs.len(), "seed {seed}: one job per window {windows:?}");
+    let mut lines: BTreeMap<String, usize> = BTreeMap::new();
+    for job in &coalesced {
+        let environment = job.container().map(|c| c.environment()).unwrap_or_default();
+        let list = environment.iter().find(|v| v.name() == Some("BATCHLINE_ITEMS")).and_then(|v| v.value());
+        let Some(list) = list else { chaos.fail(format!("no BATCHLINE_ITEMS: {job:?}")) };
+        let (bucket, key) = list.strip_prefix("s3://").and_then(|l| l.split_once('/')).unwrap();
+        let text = s3.get_object().bucket(bucket).key(key).send().await.unwrap().body.collect().await.unwrap();
+        for line in String::from_utf8(text.to_vec()).unwrap().lines() {
+            let line: Value = serde_json::from_str(line).unwrap();
+            for item in line["items"].as_array().unwrap() {
+                *lines.entry(item.as_str().unwrap().to_owned()).or_default() += 1;
+            }
+        }
+    }
+    let expected: BTreeSet<String> =
+        (0..COALESCED_OBJECTS).map(|i| format!("s3://{}/burst/object-{i:02}.dat", object_bucket())).collect();
+    assert_eq!(lines.keys().cloned().collect::<BTreeSet<_>>(), expected, "seed {seed}");
+    assert!(lines.values().all(|n| *n == 1), "seed {seed}: an object on two lines: {lines:?}");
+    for run_id in &window_runs {
+        let run = load(run_id.clone()).await;
+        assert_eq!(run.status, RunStatus::Succeeded, "seed {seed}: {run:?}");
+    }
 
     // AND every run ended as it should: fan runs succeeded, b resized once
     for summary in batchline::store::RunStore::list_runs(&store, "fan", 100).await.unwrap() {
