@@ -665,3 +665,77 @@ async fn an_object_its_rule_does_not_take_is_left_out_of_its_window() {
     assert_eq!(jobs.len(), 1);
     assert_eq!(h.items_of(&jobs[0]).await, vec![(0, vec![format!("s3://{}/incoming/ok.jpg", h.bucket)])]);
 }
+
+#[tokio::test]
+async fn objects_dropped_in_the_bucket_reach_one_array_through_the_binaries_on_the_templates_lanes_in_time() {
+    // GIVEN a stack with a coalescing rule (WindowSeconds 2), served as the local stack serves
+    // one: S3's events on the default bus, the submit and map worker binaries on the
+    // template's trigger, coalesce and map lanes, Batch played into the job-events binary
+    let sdk = sdk_config().await;
+    let bucket = unique_name("coalesce-bin-in").to_lowercase();
+    batchline_demo::create_input_bucket(&sdk, &bucket).await.unwrap();
+    let env = Deployed::new("coalesce-bin", configuration(&bucket)).await;
+    let logs = batchline_testkit::emulator::repo_root().join("target/coalesce-test-logs");
+    let mut launcher =
+        batchline_demo::serve::Launcher::new(&env.settings.table_name, &logs).unwrap().signing_as_roles_of(&env.name);
+    for (name, value) in launcher.environment.iter_mut() {
+        if name == batchline::settings::METRIC_NAMESPACE_VAR {
+            *value = env.settings.metric_namespace.clone();
+        }
+    }
+    let routing = batchline_demo::serve::Routing {
+        name: env.name.clone(),
+        job_queues: vec![env.queue_arn("default")],
+        trigger: Some((bucket.clone(), "incoming/".to_owned())),
+    };
+    let events = batchline_demo::serve::LocalEvents::start(&env.sdk, &launcher, routing).await.unwrap();
+
+    // WHEN 30 objects are put in the bucket
+    let s3 = batchline_map::s3_client(&sdk);
+    for i in 0..30 {
+        let key = format!("incoming/bin-{i:02}.jpg");
+        s3.put_object().bucket(&bucket).key(&key).body(b"jpeg".to_vec().into()).send().await.unwrap();
+    }
+
+    // THEN one window took them, and its run ran one array of 30, each object on one line
+    let store = batchline::store::DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), &env.settings.table_name);
+    let started = Instant::now();
+    let (head, run) = loop {
+        use batchline::store::WindowStore;
+        assert!(started.elapsed() < Duration::from_secs(180), "no run ended within 3 minutes");
+        let head = store.latest_window("photos").await.unwrap();
+        if let Some(run_id) = head.as_ref().and_then(|h| h.run_id.clone()) {
+            let read = batchline::store::RunStore::load_run(&store, &run_id).await.unwrap().unwrap();
+            if read.run.status.is_terminal() {
+                break (head.unwrap(), read.run);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    drop(events);
+    assert_eq!(run.status, batchline::model::run::RunStatus::Succeeded, "{run:?}");
+    assert_eq!((head.window, head.count), (1, 30), "{head:?}");
+    let batch = aws_sdk_batch::Client::new(&sdk);
+    let map = run.stages["objects"].attempts[0].map.as_ref().expect("a map attempt");
+    let job_id = map.arrays[0].job_id.clone().expect("the array's job");
+    let described = batch.describe_jobs().jobs(&job_id).send().await.unwrap();
+    let array = &described.jobs()[0];
+    assert_eq!(array.array_properties().and_then(|a| a.size()), Some(30));
+    let list = environment_of(array, "BATCHLINE_ITEMS").unwrap();
+    let (list_bucket, key) = list.strip_prefix("s3://").unwrap().split_once('/').unwrap();
+    let text = s3.get_object().bucket(list_bucket).key(key).send().await.unwrap().body.collect().await.unwrap();
+    let items: Vec<String> = String::from_utf8(text.to_vec())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["items"][0].as_str().unwrap().to_owned())
+        .collect();
+    let expected: BTreeSet<String> = (0..30).map(|i| format!("s3://{bucket}/incoming/bin-{i:02}.jpg")).collect();
+    assert_eq!(items.len(), 30);
+    assert_eq!(items.into_iter().collect::<BTreeSet<_>>(), expected);
+    // AND the array was submitted after the window's end, and within the lateness the book
+    // gives (the lanes' batching, the close, the expansion) plus the emulator's slack
+    let submitted_after_open = array.created_at().unwrap() - head.opened_at;
+    eprintln!("the window's array was submitted {submitted_after_open} ms after its first object arrived");
+    assert!(submitted_after_open >= 2_000, "submitted {submitted_after_open} ms after the window opened");
+    assert!(submitted_after_open <= 2_000 + 30_000, "submitted {submitted_after_open} ms after the window opened");
+}

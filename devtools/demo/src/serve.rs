@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use batchline_testkit::event_source::EventSource;
 use batchline_testkit::http::{read_request, write_response};
-use batchline_testkit::lanes::{map_lane, template_lanes, trigger_lane, Lane};
+use batchline_testkit::lanes::{coalesce_lane, map_lane, template_lanes, trigger_lane, Lane};
 use batchline_testkit::local_lambda::{LocalLambda, Outcome};
 use batchline_testkit::player::{event_id, Delivery, Player, StateChange};
 use serde_json::{json, Value};
@@ -232,8 +232,10 @@ impl LocalEvents {
         if let Some((bucket, prefix)) = &routing.trigger {
             lanes.push((trigger_lane(bucket, prefix)?, "batchline-submit"));
         }
-        // Map stages' S3 work, which the run driver asks for on the default bus.
+        // Map stages' S3 work, which the run driver asks for, and the objects of coalescing
+        // rules, which submit forwards: both on the stack's own bus.
         lanes.push((map_lane(&routing.name)?, "batchline-map"));
+        lanes.push((coalesce_lane(&routing.name)?, "batchline-map"));
         let stop = Arc::new(AtomicBool::new(false));
         let mut tasks = Vec::new();
         for (lane, binary) in lanes {
