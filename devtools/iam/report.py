@@ -5,7 +5,7 @@
   too; this also catches a refusal a function only logged, such as a metric it could not
   publish.)
 * Unused grants: per principal, the actions its policies in `template.yaml` grant that no
-  evaluated request used — each is to be removed, or kept with a reason: a
+  evaluated request used through that statement — each is to be removed, or kept with a reason: a
   `# kept: <reason>` comment on the statement's Sid line in the template.
 
 Usage: python report.py [--denials-only] [TARGET_DIR]
@@ -105,10 +105,12 @@ def main() -> int:
         return 0
     records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
     unexpected = [r for r in records if not r["allowed"] and not r.get("fixture")]
-    used: dict[str, set[str]] = {}
+    # A grant is used when a request was allowed by its own statement: another statement
+    # granting the same action (on another resource) does not make it used.
+    used: dict[str, set[tuple[str, str]]] = {}
     for record in records:
         if record["allowed"] and not record.get("fixture"):
-            used.setdefault(record["principal"], set()).add(record["action"])
+            used.setdefault(record["principal"], set()).add((record["action"], record.get("by", "")))
     template = ROOT / "template.yaml"
     reasons = kept_reasons(template)
     lines = [f"# IAM evaluation: {len(records)} requests, {len(unexpected)} unexpected denials", ""]
@@ -119,7 +121,8 @@ def main() -> int:
     lines += ["", "| principal | granted, never used | statement | kept because |", "|---|---|---|---|"]
     for principal, pairs in granted(template).items():
         for action, statement in pairs:
-            if any(fnmatch.fnmatchcase(used_action, action) for used_action in used.get(principal, ())):
+            if any(by == statement and fnmatch.fnmatchcase(used_action, action)
+                   for used_action, by in used.get(principal, ())):
                 continue
             policy, sid = statement.split("#", 1)
             function = policies.FUNCTIONS[principal]

@@ -634,15 +634,18 @@ async fn a_batchs_objects_go_ten_to_a_put_events_call_and_a_failed_call_fails_on
 }
 
 #[tokio::test]
-async fn an_object_its_rule_does_not_take_is_left_out_of_its_window() {
+async fn an_object_its_rule_does_not_take_stays_out_of_its_window_and_comes_again_and_another_stacks_is_dropped() {
     let mut h = Harness::new("coalesce-foreign").await;
-    // GIVEN an object forwarded by submit, and beside it on the lane two messages of the same
-    // shape that submit would never send: a key outside the rule's prefix, another bucket
+    // GIVEN an object forwarded by submit, and beside it on the lane messages of the same
+    // shape that submit would never send: a key outside the rule's prefix, another bucket,
+    // another stack's object
     h.trigger(&[h.object_event("incoming/ok.jpg", "0001")]).await;
     let forwarded = h.receive(10).await;
     assert_eq!(forwarded.len(), 1);
     let body: Value = serde_json::from_str(forwarded[0].body().unwrap()).unwrap();
-    for (field, value) in [("key", "secret/payroll.csv"), ("bucket", "someone-elses-bucket")] {
+    for (field, value) in
+        [("key", "secret/payroll.csv"), ("bucket", "someone-elses-bucket"), ("stack", "another-stack")]
+    {
         let mut forged = body.clone();
         forged["detail"][field] = json!(value);
         h.sqs
@@ -655,12 +658,37 @@ async fn an_object_its_rule_does_not_take_is_left_out_of_its_window() {
     }
     let mut batch = forwarded;
     batch.extend(h.receive(10).await);
-    assert_eq!(batch.len(), 3);
-    // WHEN the map worker takes them in one batch, and the window closes
-    h.work(&batch).await;
+    assert_eq!(batch.len(), 4);
+    // WHEN the map worker takes them in one batch
+    let records: Vec<Value> = batch
+        .iter()
+        .map(|m| {
+            let (id, body) = (m.message_id().unwrap(), m.body().unwrap());
+            batchline_testkit::player::sqs_record(id, body, &h.coalesce_lane.queue_arn)
+        })
+        .collect();
+    let event: aws_lambda_events::sqs::SqsEvent = serde_json::from_value(json!({ "Records": records })).unwrap();
+    let mut context = invocation(json!({})).context;
+    context.deadline = (batchline::now_ms() + 300_000) as u64;
+    let answer =
+        batchline_map::handle(lambda_runtime::LambdaEvent::new(event, context), &h.map, &h.env.settings).await.unwrap();
+    // THEN this stack's two objects its rule does not take come again (after five tries, the
+    // dead-letter queue); the other stack's is dropped; the rule's own is appended
+    let failed: BTreeSet<&str> = answer.batch_item_failures.iter().map(|f| f.item_identifier.as_str()).collect();
+    let not_taken: BTreeSet<&str> = batch
+        .iter()
+        .filter(|m| ["secret/payroll.csv", "someone-elses-bucket"].iter().any(|f| m.body().unwrap().contains(f)))
+        .map(|m| m.message_id().unwrap())
+        .collect();
+    assert_eq!(not_taken.len(), 2);
+    assert_eq!(failed, not_taken);
+    for message in &batch {
+        let receipt = message.receipt_handle().unwrap();
+        h.sqs.delete_message().queue_url(&h.coalesce_lane.queue_url).receipt_handle(receipt).send().await.unwrap();
+    }
+    // AND the window runs the one object its rule takes
     h.coalesce_until_all_closed(1).await;
     h.play_to_the_end().await;
-    // THEN the window ran the one object its rule takes
     let jobs = h.jobs().await;
     assert_eq!(jobs.len(), 1);
     assert_eq!(h.items_of(&jobs[0]).await, vec![(0, vec![format!("s3://{}/incoming/ok.jpg", h.bucket)])]);

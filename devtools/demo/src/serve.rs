@@ -300,10 +300,12 @@ async fn play_once(
     if changes.is_empty() {
         return Ok(());
     }
-    player.settle(&changes).await.map_err(|e| e.to_string())?;
+    // A job's log is written before Batch reports its end, as a container's is: a reader who
+    // sees the job ended (`batchline logs --follow`) then finds the whole log.
     for change in changes.iter().filter(|c| matches!(c.status, "SUCCEEDED" | "FAILED")) {
         write_log(batch, logs, change).await?;
     }
+    player.settle(&changes).await.map_err(|e| e.to_string())?;
     Delivery::of(&changes).to_event_bus(events, "default").await.map_err(|e| e.to_string())
 }
 

@@ -32,7 +32,7 @@ use batchline::model::coalesce::{
 use batchline::model::fargate::sized_for_object;
 use batchline::model::map::S3Location;
 use batchline::model::run::RunInput;
-use batchline::model::stack::{S3Trigger, StackConfig, Target};
+use batchline::model::stack::{StackConfig, Target};
 use batchline::services::ports::{Clock, TriggerMetrics};
 use batchline::services::runs::run_id;
 use batchline::store::dynamo::CHUNK_BYTES;
@@ -130,6 +130,20 @@ pub async fn work_messages(
         }
     }
     for (piece, (trigger, messages)) in by_trigger.into_iter().enumerate() {
+        let messages = match sort_out(clients, &trigger, messages).await {
+            Ok((taken, refused)) => {
+                failed.extend(refused);
+                taken
+            }
+            Err((err, ids)) => {
+                warn!(trigger, error = %err, "objects not sorted out; they come again");
+                failed.extend(ids);
+                continue;
+            }
+        };
+        if messages.is_empty() {
+            continue;
+        }
         let objects: Vec<CoalescedObject> = messages.iter().map(|(_, o)| o.clone()).collect();
         let chunk_token = format!("{token}-{piece}");
         if let Err(err) = append(clients, holder, &chunk_token, queue_arn, &trigger, objects).await {
@@ -146,23 +160,37 @@ pub async fn work_messages(
     failed
 }
 
-/// The objects of a batch its rule takes, each once. Deliveries of one object in one batch
-/// collapse here; across batches, at the close. An object the rule does not take (only submit
-/// forwards objects, and only those its rules match: a rule changed since, or a message not
-/// of submit's) is left out, for good.
-fn taken(objects: Vec<CoalescedObject>, rule: Option<&S3Trigger>, stack: &str, trigger: &str) -> Vec<CoalescedObject> {
-    let mut seen = BTreeSet::new();
-    objects
-        .into_iter()
-        .filter(|o| {
-            let taken = rule.is_some_and(|r| r.matches(&o.bucket, &o.key)) && o.stack == stack;
-            if !taken {
-                warn!(trigger, bucket = %o.bucket, key = %o.key, "an object the rule does not take: left out");
-            }
-            taken
-        })
-        .filter(|o| seen.insert((o.bucket.clone(), o.key.clone(), o.version.clone())))
-        .collect()
+/// The messages whose objects `trigger`'s rule takes, and the ids of those whose objects it
+/// does not. Only submit forwards objects, and only those its rules match, so a mismatch is
+/// a rule a deploy changed (this worker's configuration may be a minute old: it is read anew)
+/// or a message not of submit's. An object of another stack is not this stack's to keep:
+/// left out. One of this stack's the rule still does not take comes again, and after five
+/// tries waits in the dead-letter queue (its alarm fires): never dropped silently.
+async fn sort_out(
+    clients: &Clients,
+    trigger: &str,
+    messages: Vec<(String, CoalescedObject)>,
+) -> Result<(Vec<(String, CoalescedObject)>, Vec<String>), (Error, Vec<String>)> {
+    let ids = |messages: &[(String, CoalescedObject)]| messages.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>();
+    let mut config = clients.ports.configs.get().await.map_err(|e| (e, ids(&messages)))?;
+    let takes = |config: &StackConfig, object: &CoalescedObject| {
+        config.triggers.s3.get(trigger).is_some_and(|r| r.matches(&object.bucket, &object.key))
+    };
+    if messages.iter().any(|(_, o)| o.stack == config.name_prefix && !takes(&config, o)) {
+        config = clients.ports.configs.fresh().await.map_err(|e| (e, ids(&messages)))?;
+    }
+    let (mut taken, mut refused) = (Vec::new(), Vec::new());
+    for (id, object) in messages {
+        if object.stack != config.name_prefix {
+            warn!(trigger, stack = object.stack, key = %object.key, "an object of another stack: left out");
+        } else if takes(&config, &object) {
+            taken.push((id, object));
+        } else {
+            warn!(trigger, bucket = %object.bucket, key = %object.key, "an object the rule does not take: it comes again");
+            refused.push(id);
+        }
+    }
+    Ok((taken, refused))
 }
 
 /// Appends a trigger's objects to its windows, opening and closing them as they fill.
@@ -175,12 +203,14 @@ async fn append(
     objects: Vec<CoalescedObject>,
 ) -> Result<(), Error> {
     let config = clients.ports.configs.get().await?;
-    let rule = config.triggers.s3.get(trigger);
-    let coalesce = rule.and_then(|t| t.coalesce).ok_or_else(|| {
+    let coalesce = config.triggers.s3.get(trigger).and_then(|t| t.coalesce).ok_or_else(|| {
         Error::InvalidEvent(format!("the S3 trigger {trigger:?} does not coalesce (any more): its objects wait"))
     })?;
     let store = clients.ports.store.as_ref();
-    let mut rest = taken(objects, rule, &config.name_prefix, trigger);
+    // Deliveries of one object in one batch collapse here; across batches, at the close.
+    let mut seen = BTreeSet::new();
+    let mut rest: Vec<CoalescedObject> =
+        objects.into_iter().filter(|o| seen.insert((o.bucket.clone(), o.key.clone(), o.version.clone()))).collect();
     let (mut tries, mut piece) = (0, 0);
     while !rest.is_empty() {
         if tries == APPEND_TRIES {

@@ -40,6 +40,14 @@ impl ConfigCache {
         Ok(config)
     }
 
+    /// The configuration read anew from the table (and cached): for a decision a stale one
+    /// (up to [`REFRESH_AFTER`] old) must not make, such as refusing work after a deploy.
+    pub async fn fresh(&self) -> Result<Arc<StackConfig>, Error> {
+        let config = Arc::new(self.store.load_config().await?.ok_or(Error::NotDeployed)?);
+        *self.cached.write().await = Some((Instant::now(), config.clone()));
+        Ok(config)
+    }
+
     /// How the stack prices jobs (its clusters, these rates); on-demand, as an upper bound,
     /// when its configuration cannot be read — a cost is no reason to hold work back.
     pub async fn pricing(&self, overrides: &PriceOverrides) -> Pricing {
