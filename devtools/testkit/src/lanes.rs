@@ -94,10 +94,17 @@ fn function_lanes(function: &str, stack: Option<&str>, fill: &dyn Fn(&mut Value)
         let mut pattern: Value = serde_json::to_value(untagged(&rule["Properties"]["EventPattern"]))
             .map_err(|e| format!("{queue}'s rule pattern: {e}"))?;
         fill(&mut pattern);
-        let bus = match (logical_id(&rule["Properties"]["EventBusName"]).as_deref(), stack) {
+        let bus = match (sub_text(&rule["Properties"]["EventBusName"]), stack) {
             (None, _) => None,
-            (Some("LaneBus"), Some(stack)) => Some(batchline::services::announce::lane_bus(stack)),
-            (Some(other), _) => return Err(format!("{queue}'s rule is on {other}, a bus the lanes do not know")),
+            (Some(name), Some(stack)) => {
+                // The template names the stack's bus; the functions derive the same name.
+                let named = name.replace("${AWS::StackName}", stack);
+                if named != batchline::services::announce::lane_bus(stack) {
+                    return Err(format!("{queue}'s rule is on {name}, not the bus the functions put work on"));
+                }
+                Some(named)
+            }
+            (Some(name), None) => return Err(format!("{queue}'s rule is on {name}, a bus the lanes do not know")),
         };
         lanes.push(Lane {
             bus,
@@ -212,6 +219,15 @@ pub async fn create_queue(
         .and_then(|a| a.get(&aws_sdk_sqs::types::QueueAttributeName::QueueArn).cloned())
         .ok_or_else(|| format!("the queue {name} has no ARN"))?;
     Ok((url, arn))
+}
+
+/// The text of a `!Sub "..."` (or a plain string), unresolved.
+fn sub_text(value: &serde_yaml::Value) -> Option<String> {
+    match value {
+        serde_yaml::Value::Tagged(tagged) if tagged.tag == "!Sub" => tagged.value.as_str().map(str::to_owned),
+        serde_yaml::Value::String(text) => Some(text.clone()),
+        _ => None,
+    }
 }
 
 /// The logical id `!GetAtt X.Arn` names.
