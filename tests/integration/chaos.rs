@@ -291,9 +291,10 @@ impl Chaos {
     /// two at once); a failed one is made visible again for the next round, and ~10% of the
     /// done ones too (SQS delivers at least once).
     async fn work_maps(&mut self) {
+        let lane = self.map_lane.clone();
         loop {
             let Ok(received) =
-                self.sqs.receive_message().queue_url(&self.map_lane.queue_url).max_number_of_messages(10).send().await
+                self.sqs.receive_message().queue_url(&lane.queue_url).max_number_of_messages(10).send().await
             else {
                 return;
             };
@@ -301,32 +302,7 @@ impl Chaos {
                 return;
             }
             for message in received.messages() {
-                let record = sqs_record(
-                    message.message_id().unwrap_or_default(),
-                    message.body().unwrap_or_default(),
-                    &self.map_lane.queue_arn,
-                );
-                let handlers = if self.random.f64() < 0.2 { 2 } else { 1 };
-                let answers = futures::future::join_all((0..handlers).map(|_| {
-                    let event: aws_lambda_events::sqs::SqsEvent =
-                        serde_json::from_value(json!({"Records": [record.clone()]})).unwrap();
-                    let invocation = invocation_for(json!({}), 33);
-                    batchline_map::handle(
-                        lambda_runtime::LambdaEvent::new(event, invocation.context),
-                        &self.map,
-                        &self.env.settings,
-                    )
-                }))
-                .await;
-                let failed = !answers.iter().all(|a| a.as_ref().is_ok_and(|r| r.batch_item_failures.is_empty()));
-                let receipt = message.receipt_handle().unwrap_or_default();
-                let queue = &self.map_lane.queue_url;
-                if failed || self.random.f64() < 0.1 {
-                    let again = self.sqs.change_message_visibility().queue_url(queue).receipt_handle(receipt);
-                    again.visibility_timeout(0).send().await.ok();
-                } else {
-                    self.sqs.delete_message().queue_url(queue).receipt_handle(receipt).send().await.ok();
-                }
+                self.hand_to_the_map_worker(&lane, std::slice::from_ref(message)).await;
             }
             // What was made visible again waits for the next round.
             if received.messages().len() < 10 {
@@ -339,20 +315,24 @@ impl Chaos {
     /// worker (some batches to two at once); a failed batch is made visible again for the next
     /// round, and ~10% of the done ones too.
     async fn work_coalesced(&mut self) {
-        let queue = self.coalesce_lane.queue_url.clone();
-        let Ok(received) = self.sqs.receive_message().queue_url(&queue).max_number_of_messages(10).send().await else {
+        let lane = self.coalesce_lane.clone();
+        let Ok(received) =
+            self.sqs.receive_message().queue_url(&lane.queue_url).max_number_of_messages(10).send().await
+        else {
             return;
         };
-        let messages = received.messages();
-        if messages.is_empty() {
-            return;
+        if !received.messages().is_empty() {
+            self.hand_to_the_map_worker(&lane, received.messages()).await;
         }
+    }
+
+    /// Hands `messages` of `lane` to the map worker as one batch (~20% of the time to two
+    /// handlers at once); deletes those it did, but makes the failed ones, and ~10% of the
+    /// others, visible again.
+    async fn hand_to_the_map_worker(&mut self, lane: &WiredLane, messages: &[aws_sdk_sqs::types::Message]) {
         let records: Vec<Value> = messages
             .iter()
-            .map(|m| {
-                let (id, body) = (m.message_id().unwrap_or_default(), m.body().unwrap_or_default());
-                sqs_record(id, body, &self.coalesce_lane.queue_arn)
-            })
+            .map(|m| sqs_record(m.message_id().unwrap_or_default(), m.body().unwrap_or_default(), &lane.queue_arn))
             .collect();
         let handlers = if self.random.f64() < 0.2 { 2 } else { 1 };
         let answers = futures::future::join_all((0..handlers).map(|_| {
@@ -376,10 +356,10 @@ impl Chaos {
         for message in messages {
             let receipt = message.receipt_handle().unwrap_or_default();
             if failed.contains(message.message_id().unwrap_or_default()) || self.random.f64() < 0.1 {
-                let again = self.sqs.change_message_visibility().queue_url(&queue).receipt_handle(receipt);
+                let again = self.sqs.change_message_visibility().queue_url(&lane.queue_url).receipt_handle(receipt);
                 again.visibility_timeout(0).send().await.ok();
             } else {
-                self.sqs.delete_message().queue_url(&queue).receipt_handle(receipt).send().await.ok();
+                self.sqs.delete_message().queue_url(&lane.queue_url).receipt_handle(receipt).send().await.ok();
             }
         }
     }
@@ -828,7 +808,10 @@ async fn chaos(seed: u64) {
         let (pk, sk, state) = (text(item, "pk"), text(item, "sk"), text(item, "state"));
         if sk == keys::CLAIM_SK {
             // WITHDRAWN: an attempt a cancelled or failed run gave up before its job existed.
-            assert!(matches!(state.as_str(), "SUBMITTED" | "WITHDRAWN"), "seed {seed}: claim {pk} left {state}");
+            assert!(
+                matches!(state.as_str(), "SUBMITTED" | "WITHDRAWN"),
+                "seed {seed}: claim {pk} left {state}: {item:?}"
+            );
         }
         if sk == keys::EVENT_SK {
             assert_eq!(state, "DONE", "seed {seed}: event {pk} left {state}");

@@ -162,13 +162,24 @@ impl Harness {
     /// Drains the coalesce lane into the map worker until there are windows and every one
     /// is closed (the closes come when SQS lets them), `parallel` batches at a time.
     async fn coalesce_until_all_closed(&self, parallel: usize) -> Vec<batchline::store::WindowHead> {
+        self.coalesce_until_closed(parallel, 1, Duration::from_secs(120)).await
+    }
+
+    /// [`Harness::coalesce_until_all_closed`], until there are at least `windows` windows,
+    /// every one closed, within `limit`.
+    async fn coalesce_until_closed(
+        &self,
+        parallel: usize,
+        windows: usize,
+        limit: Duration,
+    ) -> Vec<batchline::store::WindowHead> {
         let started = Instant::now();
         loop {
             let heads = self.windows().await;
-            if !heads.is_empty() && heads.iter().all(|h| h.run_id.is_some()) {
+            if heads.len() >= windows && heads.iter().all(|h| h.run_id.is_some()) {
                 return heads;
             }
-            assert!(started.elapsed() < Duration::from_secs(120), "windows still open after 2 minutes: {heads:?}");
+            assert!(started.elapsed() < limit, "windows still open after {limit:?}: {heads:?}");
             let messages = self.receive(1000).await;
             if messages.is_empty() {
                 tokio::time::sleep(Duration::from_millis(300)).await;
@@ -399,21 +410,9 @@ async fn an_object_alone_is_a_plain_job_when_its_window_closes_and_a_redelivery_
     // AND the same object delivered again (a late duplicate) lands in a new window, whose
     // close finds it claimed by the first and starts nothing
     h.trigger(std::slice::from_ref(&event)).await;
-    let started = Instant::now();
-    loop {
-        let heads = h.windows().await;
-        if heads.len() == 2 && heads.iter().all(|h| h.run_id.is_some()) {
-            assert_eq!(heads[1].run_id.as_deref(), Some(""), "the second window started no run");
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(60), "{heads:?}");
-        let messages = h.receive(100).await;
-        if messages.is_empty() {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        } else {
-            h.work(&messages).await;
-        }
-    }
+    let heads = h.coalesce_until_closed(1, 2, Duration::from_secs(60)).await;
+    assert_eq!(heads.len(), 2, "{heads:?}");
+    assert_eq!(heads[1].run_id.as_deref(), Some(""), "the second window started no run");
     h.play_to_the_end().await;
     assert_eq!(h.jobs().await.len(), 1, "still one job");
 }
@@ -550,20 +549,8 @@ async fn a_duplicate_in_a_later_window_gives_its_line_to_another_object_and_the_
         ["incoming/b.jpg", "incoming/c.jpg", "incoming/d.jpg"].iter().map(|k| h.object_event(k, "0002")).collect();
     second.push(first);
     h.trigger(&second).await;
-    let started = Instant::now();
-    let heads = loop {
-        let heads = h.windows().await;
-        if heads.len() == 2 && heads.iter().all(|h| h.run_id.is_some()) {
-            break heads;
-        }
-        assert!(started.elapsed() < Duration::from_secs(60), "{heads:?}");
-        let messages = h.receive(100).await;
-        if messages.is_empty() {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        } else {
-            h.work(&messages).await;
-        }
-    };
+    let heads = h.coalesce_until_closed(1, 2, Duration::from_secs(60)).await;
+    assert_eq!(heads.len(), 2, "{heads:?}");
     h.play_to_the_end().await;
     // THEN the second window's array runs the three new objects, d on line 0
     let run = heads[1].run_id.clone().unwrap();

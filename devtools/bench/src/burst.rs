@@ -11,17 +11,14 @@
 //! object's event put on the bus to its window's array listed in Batch; the children are
 //! not played (what they cost is a map's, measured in [`crate::maps`]).
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use batchline_testkit::emulator::unique_name;
-use batchline_testkit::event_source::EventSource;
-use batchline_testkit::lanes::{coalesce_lane, map_lane, trigger_lane, Lane};
+use batchline_testkit::lanes::{coalesce_lane, map_lane, trigger_lane};
 use futures::StreamExt;
 use serde_json::{json, Value};
 
-use crate::maps::{counted, Counted, ProcessCalls};
+use crate::maps::{LaneToServe, ProcessCalls, ServedLanes};
 use crate::measure::object_events;
 
 /// Where the coalescing rule's objects are, and how long its windows are.
@@ -88,33 +85,36 @@ async fn take(
 ) -> Result<Taken, String> {
     let (count, prefix, tag) =
         if coalesced { (objects(), BURST_PREFIX, "coalesced") } else { (plain_objects(), "incoming/", "plain") };
-    let sqs = aws_sdk_sqs::Client::new(sdk);
     let events = aws_sdk_eventbridge::Client::new(sdk);
     let bus = crate::lanes::new_bus(&events, &format!("bench-burst-{tag}")).await?;
-    let mut wired: Vec<(&str, &str, Lane, String)> =
-        vec![("submit", "batchline-submit", trigger_lane(bucket, prefix)?, bus.clone())];
+    let queue = || unique_name("bench-burst-lane");
+    let mut lanes = vec![LaneToServe {
+        label: "submit",
+        binary: "batchline-submit",
+        lane: trigger_lane(bucket, prefix)?,
+        bus: bus.clone(),
+        queue: queue(),
+    }];
     if coalesced {
-        wired.push(("map-worker", "batchline-map", coalesce_lane(stack)?, "default".to_owned()));
-        wired.push(("map-worker", "batchline-map", map_lane(stack)?, "default".to_owned()));
-    }
-    let stop = Arc::new(AtomicBool::new(false));
-    let (mut processes, mut sources) = (Vec::new(), Vec::new());
-    for (label, binary, lane, on_bus) in wired {
-        let label = format!("{label} ({})", lane.queue);
         // The coalesce lane's queue goes by the name the IAM evaluation gives the stack's.
-        let name = if lane.queue == "CoalesceQueue" {
-            format!("{stack}-CoalesceQueue")
-        } else {
-            unique_name("bench-burst-lane")
-        };
-        let lane = lane.wire(&sqs, &events, &on_bus, &name).await?;
-        let process = counted(&label, &format!("burst-{tag}-{label}"), binary, environment).await?;
-        let source = EventSource::new(sqs.clone(), lane, process.function.clone());
-        let (delivered, invocations) = (source.delivered(), source.invocations());
-        let stop = stop.clone();
-        sources.push(tokio::spawn(async move { source.run(&stop).await }));
-        processes.push(Counted { delivered, invocations, ..process });
+        let coalesce = coalesce_lane(stack)?;
+        let (default, named) = ("default".to_owned(), format!("{stack}-CoalesceQueue"));
+        lanes.push(LaneToServe {
+            label: "map-worker",
+            binary: "batchline-map",
+            lane: coalesce,
+            bus: default.clone(),
+            queue: named,
+        });
+        lanes.push(LaneToServe {
+            label: "map-worker",
+            binary: "batchline-map",
+            lane: map_lane(stack)?,
+            bus: default,
+            queue: queue(),
+        });
     }
+    let served = ServedLanes::start(sdk, lanes, &format!("burst-{tag}"), environment).await?;
 
     let batch = aws_sdk_batch::Client::new(sdk);
     let (jobs_before, children_before) = listed(&batch, queue_arn).await?;
@@ -137,10 +137,7 @@ async fn take(
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     let seconds_after_last = last_put.elapsed().as_secs_f64();
-    stop.store(true, Ordering::Relaxed);
-    for source in sources {
-        source.await.map_err(|e| e.to_string())??;
-    }
+    let processes = served.stop().await?;
     let jobs = outcome?;
     let mut taken = Taken { objects: count, seconds_after_last, jobs, ..Taken::default() };
     for process in processes {

@@ -22,7 +22,7 @@ use aws_config::SdkConfig;
 use batchline::store::{DynamoStore, RunStore};
 use batchline_testkit::emulator::{endpoint, repo_root, unique_name};
 use batchline_testkit::event_source::EventSource;
-use batchline_testkit::lanes::{map_lane, template_lanes};
+use batchline_testkit::lanes::{map_lane, template_lanes, Lane};
 use batchline_testkit::local_lambda::{LocalLambda, Outcome};
 use batchline_testkit::player::{Delivery, Player};
 use futures::StreamExt;
@@ -122,6 +122,60 @@ pub(crate) async fn counted(
     Ok(Counted { label: label.to_owned(), counter, function: Arc::new(function), delivered, invocations })
 }
 
+/// One lane a benchmark serves: the function (its label and release binary), the template's
+/// lane, the bus its rule goes on, and its queue's name.
+pub(crate) struct LaneToServe {
+    pub(crate) label: &'static str,
+    pub(crate) binary: &'static str,
+    pub(crate) lane: Lane,
+    pub(crate) bus: String,
+    pub(crate) queue: String,
+}
+
+/// A counted process per lane, each fed by an event source of its own, until stopped.
+pub(crate) struct ServedLanes {
+    pub(crate) processes: Vec<Counted>,
+    sources: Vec<tokio::task::JoinHandle<Result<(), String>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl ServedLanes {
+    /// Wires each lane and starts its process (its log `target/bench/<log>-<label>.log`) and
+    /// event source.
+    pub(crate) async fn start(
+        sdk: &SdkConfig,
+        lanes: Vec<LaneToServe>,
+        log: &str,
+        environment: &[(String, String)],
+    ) -> Result<ServedLanes, String> {
+        let sqs = aws_sdk_sqs::Client::new(sdk);
+        let events = aws_sdk_eventbridge::Client::new(sdk);
+        let stop = Arc::new(AtomicBool::new(false));
+        let (mut processes, mut sources) = (Vec::new(), Vec::new());
+        for LaneToServe { label, binary, lane, bus, queue } in lanes {
+            let label = format!("{label} ({})", lane.queue);
+            let lane = lane.wire(&sqs, &events, &bus, &queue).await?;
+            let process = counted(&label, &format!("{log}-{label}"), binary, environment).await?;
+            let source = EventSource::new(sqs.clone(), lane, process.function.clone());
+            let (delivered, invocations) = (source.delivered(), source.invocations());
+            let stop = stop.clone();
+            sources.push(tokio::spawn(async move { source.run(&stop).await }));
+            processes.push(Counted { delivered, invocations, ..process });
+        }
+        Ok(ServedLanes { processes, sources, stop })
+    }
+
+    /// Stops the event sources (each ends its batch in hand); the processes, still to be
+    /// finished.
+    pub(crate) async fn stop(self) -> Result<Vec<Counted>, String> {
+        self.stop.store(true, Ordering::Relaxed);
+        for source in self.sources {
+            source.await.map_err(|e| e.to_string())??;
+        }
+        Ok(self.processes)
+    }
+}
+
 /// Runs one map of [`children`] children to its end and counts every call on the way.
 /// `stack` is the stack's `NamePrefix`, `queue_arn` its default job queue.
 pub async fn measure(
@@ -148,26 +202,26 @@ pub async fn measure(
         return Err(batchline::Error::aws("PutObject", err).to_string());
     }
 
-    let sqs = aws_sdk_sqs::Client::new(sdk);
     let events = aws_sdk_eventbridge::Client::new(sdk);
     let bus = crate::lanes::new_bus(&events, "bench-maps").await?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut processes = Vec::new();
-    let mut sources = Vec::new();
-    let mut wired = vec![("map-worker", "batchline-map", map_lane(stack)?, "default".to_owned())];
+    let queue = || unique_name("bench-maps-lane");
+    let mut lanes = vec![LaneToServe {
+        label: "map-worker",
+        binary: "batchline-map",
+        lane: map_lane(stack)?,
+        bus: "default".to_owned(),
+        queue: queue(),
+    }];
     for lane in template_lanes(&[queue_arn.to_owned()])? {
-        wired.push(("job-events", "batchline-job-events", lane, bus.clone()));
+        lanes.push(LaneToServe {
+            label: "job-events",
+            binary: "batchline-job-events",
+            lane,
+            bus: bus.clone(),
+            queue: queue(),
+        });
     }
-    for (label, binary, lane, on_bus) in wired {
-        let label = format!("{label} ({})", lane.queue);
-        let lane = lane.wire(&sqs, &events, &on_bus, &unique_name("bench-maps-lane")).await?;
-        let process = counted(&label, &format!("maps-{label}"), binary, environment).await?;
-        let source = EventSource::new(sqs.clone(), lane, process.function.clone());
-        let (delivered, invocations) = (source.delivered(), source.invocations());
-        let stop = stop.clone();
-        sources.push(tokio::spawn(async move { source.run(&stop).await }));
-        processes.push(Counted { delivered, invocations, ..process });
-    }
+    let served = ServedLanes::start(sdk, lanes, "maps", environment).await?;
     let submit = counted("submit (API)", "maps-submit (API)", "batchline-submit", environment).await?;
 
     let batch = aws_sdk_batch::Client::new(sdk);
@@ -217,7 +271,8 @@ pub async fn measure(
     };
     // The run ends once its parents' events pass the runs lane; the metrics lane, which
     // takes every event, may still be behind: wait until it has delivered them all.
-    let metrics_lane = processes.iter().find(|p| p.label.contains("JobEventsQueue")).map(|p| p.delivered.clone());
+    let metrics_lane =
+        served.processes.iter().find(|p| p.label.contains("JobEventsQueue")).map(|p| p.delivered.clone());
     let waiting_since = Instant::now();
     while metrics_lane.as_ref().is_some_and(|d| d.load(Ordering::Relaxed) < job_events)
         && waiting_since.elapsed() < Duration::from_secs(3_600)
@@ -225,10 +280,7 @@ pub async fn measure(
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let seconds = started.elapsed().as_secs_f64();
-    stop.store(true, Ordering::Relaxed);
-    for source in sources {
-        source.await.map_err(|e| e.to_string())??;
-    }
+    let mut processes = served.stop().await?;
     outcome?;
     let mut report = MapReport { children, job_events, seconds, expansion_seconds, ..MapReport::default() };
     processes.push(submit);

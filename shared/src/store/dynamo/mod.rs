@@ -81,6 +81,15 @@ impl DynamoStore {
         &self.table
     }
 
+    /// An UpdateItem of the item `pk`/`sk` of the table, for the caller to say what it sets.
+    fn update(
+        &self,
+        pk: String,
+        sk: &str,
+    ) -> aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder {
+        self.client.update_item().table_name(&self.table).key("pk", s(pk)).key("sk", s(sk))
+    }
+
     async fn get(&self, pk: String, sk: &str) -> Result<Option<Item>, Error> {
         let reply = self
             .client

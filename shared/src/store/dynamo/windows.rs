@@ -207,11 +207,7 @@ impl WindowStore for DynamoStore {
         // A seal racing an append's transaction on the head is refused as a conflict: again.
         for tries in 0.. {
             let result = self
-                .client
-                .update_item()
-                .table_name(&self.table)
-                .key("pk", s(keys::coalesce_pk(trigger)))
-                .key("sk", s(keys::window_sk(window)))
+                .update(keys::coalesce_pk(trigger), &keys::window_sk(window))
                 .update_expression("SET #status = :sealed")
                 .condition_expression("attribute_exists(pk)")
                 .expression_attribute_names("#status", "status")
@@ -268,11 +264,7 @@ impl WindowStore for DynamoStore {
         expires_at: i64,
     ) -> Result<bool, Error> {
         let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", s(keys::object_pk(&object.bucket, &object.key)))
-            .key("sk", s(keys::object_sk(&object.trigger, &object.version)))
+            .update(keys::object_pk(&object.bucket, &object.key), &keys::object_sk(&object.trigger, &object.version))
             .update_expression(
                 "SET #trigger = :trigger, #version = :version, #window = :window, #run = :run, \
                  #expires = :expires, #position = if_not_exists(#position, :rank)",
@@ -297,11 +289,7 @@ impl WindowStore for DynamoStore {
 
     async fn place_object(&self, object: &CoalescedObject, run_id: &str, position: usize) -> Result<bool, Error> {
         let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", s(keys::object_pk(&object.bucket, &object.key)))
-            .key("sk", s(keys::object_sk(&object.trigger, &object.version)))
+            .update(keys::object_pk(&object.bucket, &object.key), &keys::object_sk(&object.trigger, &object.version))
             .update_expression("SET #position = :position")
             .condition_expression("#run = :run")
             .expression_attribute_names("#position", "position")
@@ -314,11 +302,7 @@ impl WindowStore for DynamoStore {
     }
 
     async fn record_window_run(&self, trigger: &str, window: u64, run_id: &str) -> Result<(), Error> {
-        self.client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", s(keys::coalesce_pk(trigger)))
-            .key("sk", s(keys::window_sk(window)))
+        self.update(keys::coalesce_pk(trigger), &keys::window_sk(window))
             .update_expression("SET run_id = :run")
             .expression_attribute_values(":run", s(run_id))
             .send()
