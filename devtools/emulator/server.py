@@ -74,6 +74,14 @@ queues from then on wait in RUNNABLE until they are played and settled (or stopp
 of moto's immediate SUCCEEDED: what the long-running local stack uses, so a client polling a
 job sees it wait, then end as played.
 
+The stack's functions as native binaries (``local_functions.py``): ``POST
+/_batchline/lambda/runtimes`` with ``{"functions": {"BootstrapFunction": BINARY}, "log":
+FILE}`` registers which binary runs a function (by its logical id in a stack, or its name).
+The Invoke API, EventBridge rules' Lambda targets and CloudFormation custom resources then
+run that binary under a local Lambda Runtime API. Custom resources get a ResponseURL
+``/_batchline/cloudformation/answers/TOKEN`` served here, and the Create, Update, Delete,
+cleanup and rollbacks CloudFormation would send (see that module's docs).
+
 IAM, for tests: calls signed ``iam.<principal>.<stack>`` are evaluated against the
 template's policies for that stack and refused as AWS would (``devtools/iam/enforce.py``).
 
@@ -110,6 +118,7 @@ import signal
 import sys
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -130,7 +139,10 @@ from moto.moto_server.werkzeug_app import (  # noqa: E402
 from werkzeug.serving import make_server  # noqa: E402
 from werkzeug.test import EnvironBuilder, run_wsgi_app  # noqa: E402
 
+import local_functions  # noqa: E402  (beside this file)
+
 CLOUDWATCH_TARGET_PREFIX = "GraniteServiceVersion20100801"
+INVOCATION_PATH = re.compile(r"^/2015-03-31/functions/([^/]+)/invocations$")
 CBOR_PATH = re.compile(r"^/service/GraniteServiceVersion20100801/operation/(\w+)$")
 DEFAULT_CREDENTIAL = (
     "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/{service}/aws4_request, "
@@ -179,6 +191,12 @@ def credential_scope_service(authorization: str, service: str) -> str:
         f"AWS4-HMAC-SHA256 Credential={key}/{date}/{region}/{service}/aws4_request, "
         "SignedHeaders=host, Signature=0"
     )
+
+
+def credential_scope_region(authorization: str) -> str:
+    """The region a request was signed for (us-east-1 when unsigned)."""
+    match = re.search(r"Credential=[^/]+/\d+/([^/]+)/", authorization or "")
+    return match.group(1) if match else "us-east-1"
 
 
 class CloudWatchCbor:
@@ -509,6 +527,17 @@ class Adapter:
             return self.played_jobs(environ, start_response)
         if path == "/_batchline/batch/unplayed" and method == "POST":
             return self.unplayed_queues(environ, start_response)
+        if path.startswith("/_batchline/cloudformation/answers/") and method == "PUT":
+            taken = local_functions.take_answer(path.rsplit("/", 1)[1], read_body(environ))
+            return respond(start_response, 200 if taken else 404, b"", {})
+        if path == "/_batchline/lambda/runtimes" and method == "POST":
+            local_functions.register_runtimes(json.loads(read_body(environ) or b"{}"))
+            return respond(start_response, 200, b"{}", {"Content-Type": "application/json"})
+        invocation = INVOCATION_PATH.match(path)
+        if invocation and method == "POST":
+            answered = self.invoke_locally(environ, invocation.group(1), start_response)
+            if answered is not None:
+                return answered
         if path == "/v1/describejobs" and method == "POST":
             return self.describe_jobs(environ, start_response)
         if path == "/v1/listjobs" and method == "POST":
@@ -598,6 +627,24 @@ class Adapter:
                     job.status = "FAILED"
                     job.job_stopped_reason = request.get("reason", "")
         return respond(start_response, reply.status_code, reply.body, dict(reply.headers))
+
+    def invoke_locally(self, environ: dict, name: str, start_response: Callable) -> Iterable[bytes] | None:
+        """Lambda Invoke of a function with a registered binary (``local_functions``); None for
+        any other function, which moto answers."""
+        from moto.awslambda.utils import get_backend as get_lambda_backend
+
+        region = credential_scope_region(environ.get("HTTP_AUTHORIZATION", ""))
+        try:
+            function = get_lambda_backend("123456789012", region).get_function(urllib.parse.unquote(name))
+        except Exception:  # noqa: BLE001 — unknown to moto: moto answers its own error
+            return None
+        if local_functions.runtime_for(function, "123456789012", region) is None:
+            return None
+        outcome = local_functions.invoke_function(function, "123456789012", region, read_body(environ))
+        headers = {"Content-Type": "application/json", "X-Amz-Executed-Version": "$LATEST"}
+        if outcome.error:
+            headers["X-Amz-Function-Error"] = "Unhandled"
+        return respond(start_response, 200, json.dumps(outcome.payload).encode(), headers)
 
     def hold_job(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         """Puts a job back in RUNNABLE, created ``waitedSeconds`` ago, and keeps it there."""
@@ -964,6 +1011,7 @@ def main() -> None:
     app = Faults(IamEnforcement(Adapter(DomainDispatcherApplication(create_backend_app)), respond, read_body))
     server = make_server(args.host, args.port, app, threaded=True, request_handler=MotoRequestHandler)
     endpoint = f"http://{args.host}:{server.server_address[1]}"
+    local_functions.install(endpoint)
     if args.endpoint_file:
         with open(args.endpoint_file, "w", encoding="utf-8") as handle:
             handle.write(endpoint + "\n")

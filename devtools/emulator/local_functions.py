@@ -1,0 +1,508 @@
+"""The stack's functions run as their native binaries: custom resources, Invoke, EventBridge targets.
+
+moto runs a Lambda function only in Docker. Here a function whose binary is registered runs
+under a local Lambda Runtime API instead, for the three ways the stack's functions are
+called: CloudFormation's custom resource requests, the Invoke API, and EventBridge rules
+with a Lambda target (moto raised NotImplementedError for those, failing the PutEvents;
+now a registered function is invoked asynchronously, as EventBridge does, and an
+unregistered one is skipped with a log line).
+
+moto's CloudFormation (5.2.5) handles a ``Custom::`` resource on Create only: it invokes the
+function through Docker on a thread, with a ResponseURL on ``host.docker.internal``,
+resolves ``!GetAtt`` on the resource before the answer arrives (to nothing), ignores a
+FAILED answer (the stack stays CREATE_IN_PROGRESS) and sends no Update or Delete. This
+module replaces that, so that a stack's custom resource (Batchline's ``Environment``, run
+by the bootstrap function) is exercised as ``sam deploy`` exercises it:
+
+* **Invoke**: the function behind the ServiceToken runs as its real native binary under a
+  local Lambda Runtime API (``lambda_runtime.py``), with the function's own environment
+  variables as the stack resolved them, the emulator as its endpoint and its timeout. Which
+  binary runs a function is registered with ``POST /_batchline/lambda/runtimes``
+  ``{"functions": {"BootstrapFunction": "/path/to/binary"}, "log": "/path/to/log"}``, keyed
+  by the function's logical id in the stack (or its name). The Invoke API
+  (``POST /2015-03-31/functions/NAME/invocations``) of a registered function runs the
+  same way, so a test can call the stack's functions as Lambda would.
+* **Answer**: the ResponseURL is ``{endpoint}/_batchline/cloudformation/answers/TOKEN``, a
+  PUT the adapter takes; the stack waits for it (up to the resource's ``ServiceTimeout``,
+  else the function's timeout) before going on, so ``!GetAtt`` resolves to the answer's
+  ``Data``. Properties are sent as strings, as CloudFormation sends them.
+* **FAILED on Create** rolls the stack back: the resource is CREATE_FAILED with
+  CloudFormation's reason text, then every resource created so far is deleted in reverse
+  order of creation — the failed custom resource first, sent a Delete with the physical id
+  its answer gave — and the stack ends ROLLBACK_COMPLETE (ROLLBACK_FAILED if a Delete
+  failed).
+* **Update** (UpdateStack) sends a changed custom resource an Update with its old and new
+  properties, then updates the resources that refer to it (a rule whose pattern holds its
+  ``Data``). An answer with a new physical id is a replacement: once every resource is
+  updated (UPDATE_COMPLETE_CLEANUP_IN_PROGRESS) the old id is sent a Delete. A FAILED
+  Update rolls back (UPDATE_ROLLBACK_IN_PROGRESS): every custom resource the update
+  changed, the failed one included, is sent an Update back to its old properties, and the
+  stack keeps its old template (UPDATE_ROLLBACK_COMPLETE). moto cannot undo changes to
+  other resource types, so a failed update that also changed those leaves them changed.
+* **Delete** (DeleteStack, and rollbacks) deletes resources in reverse order of creation
+  (moto's order was arbitrary, retried until it stuck), so a custom resource is deleted
+  while its function still exists; a custom resource is sent a Delete, and a FAILED one
+  leaves the stack DELETE_FAILED.
+
+Every custom resource request is an event of the stack (``DescribeStackEvents``), with
+the status and reason CloudFormation would give.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+from moto.cloudformation import cloudformation_backends
+from moto.cloudformation import models as cfn_models
+from moto.cloudformation import parsing
+from moto.cloudformation.custom_model import CustomModel
+from moto.events import models as events_models
+from moto.utilities.arns import parse_arn
+
+import lambda_runtime
+
+# Registered with POST /_batchline/lambda/runtimes: logical id (or function name) → binary.
+RUNTIMES: dict[str, Path] = {}
+RUNTIME_LOG: list[Path] = []
+# ResponseURL token → the answer PUT there (absent until it arrives).
+ANSWERS: dict[str, dict[str, Any]] = {}
+ANSWERED = threading.Condition()
+ENDPOINT: list[str] = []
+
+
+class CustomResourceFailed(Exception):
+    """A custom resource answered FAILED (or never answered)."""
+
+    def __init__(self, resource: CustomModel, request_type: str, reason: str):
+        super().__init__(reason)
+        self.resource = resource
+        self.request_type = request_type
+        self.reason = reason
+        # Custom resources this stack update had changed before this one failed.
+        self.updated: list[tuple[CustomModel, CustomModel]] = []
+
+
+def register_runtimes(document: dict[str, Any]) -> None:
+    for key, binary in document.get("functions", {}).items():
+        RUNTIMES[key] = Path(binary)
+    if document.get("log"):
+        RUNTIME_LOG[:] = [Path(document["log"])]
+
+
+def take_answer(token: str, body: bytes) -> bool:
+    """Keeps the answer PUT to a ResponseURL; false for a token nobody waits on."""
+    with ANSWERED:
+        if token not in ANSWERS or ANSWERS[token]:
+            return False
+        try:
+            ANSWERS[token] = json.loads(body)
+        except ValueError:
+            ANSWERS[token] = {"Status": "FAILED", "Reason": f"the answer was not JSON: {body[:200]!r}"}
+        ANSWERED.notify_all()
+        return True
+
+
+def runtime_for(function: Any, account_id: str, region_name: str, stack: Any = None) -> Path | None:
+    """The binary registered for a function: by its logical id in a stack (``stack`` first:
+    one being deleted is in no list), else by its name."""
+    stacks = list(cloudformation_backends[account_id][region_name].stacks.values())
+    for stack in ([stack] if stack else []) + stacks:
+        for logical_id, resource in stack.resource_map._parsed_resources.items():
+            if getattr(resource, "function_name", None) == function.function_name and logical_id in RUNTIMES:
+                return RUNTIMES[logical_id]
+    return RUNTIMES.get(function.function_name)
+
+
+def invoke_function(function: Any, account_id: str, region_name: str, payload: bytes,
+                    stack: Any = None) -> lambda_runtime.Outcome:
+    """Runs one invocation of a moto Lambda function as its registered binary."""
+    binary = runtime_for(function, account_id, region_name, stack)
+    if binary is None:
+        return lambda_runtime.Outcome({"errorType": "ResourceNotReady",
+                                       "errorMessage": f"no binary is registered for {function.function_name} "
+                                                       "(POST /_batchline/lambda/runtimes)"}, error=True)
+    environment = {
+        **{k: str(v) for k, v in (function.environment_vars or {}).items()},
+        "AWS_ENDPOINT_URL": ENDPOINT[0],
+        "AWS_REGION": region_name,
+        "AWS_DEFAULT_REGION": region_name,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+    }
+    return lambda_runtime.invoke(
+        binary,
+        function_name=function.function_name,
+        function_arn=function.function_arn,
+        payload=payload,
+        environment=environment,
+        timeout=float(function.timeout),
+        memory_mb=int(function.memory_size),
+        log=RUNTIME_LOG[0] if RUNTIME_LOG else None,
+    )
+
+
+def as_strings(value: Any) -> Any:
+    """Properties as CloudFormation sends them to a custom resource: scalars as strings."""
+    if isinstance(value, dict):
+        return {k: as_strings(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [as_strings(v) for v in value]
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return ""
+    return str(value)
+
+
+def send(resource: CustomModel, request_type: str, properties: dict[str, Any],
+         old_properties: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Sends the custom resource one request and waits for the answer at its ResponseURL."""
+    from moto.awslambda.utils import get_backend as get_lambda_backend
+
+    token = uuid.uuid4().hex
+    request = {
+        "RequestType": request_type,
+        "ServiceToken": properties["ServiceToken"],
+        "ResponseURL": f"{ENDPOINT[0]}/_batchline/cloudformation/answers/{token}",
+        "StackId": resource.stack_id,
+        "RequestId": str(uuid.uuid4()),
+        "LogicalResourceId": resource.logical_id,
+        "ResourceType": resource.resource_type,
+        "ResourceProperties": properties,
+    }
+    if request_type != "Create":
+        request["PhysicalResourceId"] = resource.physical_resource_id
+    if old_properties is not None:
+        request["OldResourceProperties"] = old_properties
+    account_id = resource.stack_id.split(":")[4]
+    function = get_lambda_backend(account_id, resource.region_name).get_function(properties["ServiceToken"])
+    wait = float(properties.get("ServiceTimeout") or function.timeout)
+    with ANSWERED:
+        ANSWERS[token] = {}
+    try:
+        # CloudFormation invokes asynchronously and waits for the ResponseURL; the answer
+        # may arrive before the function returns, which is when the wait begins here.
+        outcome = invoke_function(function, account_id, resource.region_name, json.dumps(request).encode(),
+                                  resource.stack)
+        with ANSWERED:
+            ANSWERED.wait_for(lambda: bool(ANSWERS[token]), timeout=0 if outcome.error else wait)
+            answer = ANSWERS[token]
+    finally:
+        with ANSWERED:
+            ANSWERS.pop(token, None)
+    if not answer:
+        # AWS would retry the invoke twice and then wait out ServiceTimeout: the same end, later.
+        said = outcome.payload.get("errorMessage") if isinstance(outcome.payload, dict) else outcome.payload
+        return {"Status": "FAILED", "Reason": f"the function ended without answering the ResponseURL ({said})"}
+    return answer
+
+
+def _failure_reason(answer: dict[str, Any]) -> str:
+    return f"Received response status [FAILED] from custom resource. Message returned: {answer.get('Reason', '')}"
+
+
+def _event(resource: CustomModel, status: str, reason: str | None = None) -> None:
+    stack = resource.stack
+    stack.events.append(cfn_models.Event(
+        stack_id=stack.stack_id, stack_name=stack.name, logical_resource_id=resource.logical_id,
+        physical_resource_id=resource.physical_resource_id, resource_type=resource.resource_type,
+        resource_status=status, resource_status_reason=reason, resource_properties=None,
+    ))
+
+
+def _model(stack: Any, logical_id: str, resource_type: str, physical_id: str,
+           properties: dict[str, Any]) -> CustomModel:
+    """A custom resource of ``stack`` (held, not looked up: a stack being deleted is in no list)."""
+    model = CustomModel(stack.region_name, str(uuid.uuid4()), logical_id, physical_id)
+    model.stack = stack
+    model.stack_id = stack.stack_id
+    model.resource_type = resource_type
+    model.properties = properties
+    return model
+
+
+def create_custom_resource(cls: Any, resource_name: str, cloudformation_json: dict[str, Any], account_id: str,
+                           region_name: str, **kwargs: Any) -> CustomModel:
+    properties = as_strings(cloudformation_json["Properties"])
+    stack = cloudformation_backends[account_id][region_name].get_stack(kwargs["StackId"])
+    resource = _model(stack, kwargs["LogicalId"], kwargs["ResourceType"], "", properties)
+    _event(resource, "CREATE_IN_PROGRESS")
+    answer = send(resource, "Create", properties)
+    resource.resource_name = answer.get("PhysicalResourceId") or resource.logical_id
+    if answer.get("Status") != "SUCCESS":
+        failure = CustomResourceFailed(resource, "Create", _failure_reason(answer))
+        _event(resource, "CREATE_FAILED", failure.reason)
+        raise failure
+    resource.set_data(answer.get("Data") or {})
+    stack.add_custom_resource(resource)
+    _event(resource, "CREATE_COMPLETE")
+    return resource
+
+
+def update_custom_resource(cls: Any, original_resource: CustomModel, new_resource_name: str,
+                           cloudformation_json: dict[str, Any], account_id: str, region_name: str) -> CustomModel:
+    properties = as_strings(cloudformation_json["Properties"])
+    _event(original_resource, "UPDATE_IN_PROGRESS")
+    answer = send(original_resource, "Update", properties, original_resource.properties)
+    if answer.get("Status") != "SUCCESS":
+        failure = CustomResourceFailed(original_resource, "Update", _failure_reason(answer))
+        _event(original_resource, "UPDATE_FAILED", failure.reason)
+        failure.new_properties = properties
+        raise failure
+    physical_id = answer.get("PhysicalResourceId") or original_resource.physical_resource_id
+    updated = _model(original_resource.stack, original_resource.logical_id, original_resource.resource_type,
+                     physical_id, properties)
+    updated.set_data(answer.get("Data") or {})
+    updated.replaced = original_resource if physical_id != original_resource.physical_resource_id else None
+    updated.stack.add_custom_resource(updated)
+    _event(updated, "UPDATE_COMPLETE")
+    return updated
+
+
+def delete_custom_resource(self: CustomModel, account_id: str, region_name: str) -> None:
+    _event(self, "DELETE_IN_PROGRESS")
+    answer = send(self, "Delete", self.properties)
+    if answer.get("Status") != "SUCCESS":
+        failure = CustomResourceFailed(self, "Delete", _failure_reason(answer))
+        _event(self, "DELETE_FAILED", failure.reason)
+        raise failure
+    _event(self, "DELETE_COMPLETE")
+
+
+def _references(node: Any) -> set[str]:
+    """Logical ids a template fragment refers to (Ref, GetAtt, Sub)."""
+    found: set[str] = set()
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "Ref" and isinstance(value, str):
+                found.add(value)
+            elif key == "Fn::GetAtt":
+                found.add(value[0] if isinstance(value, list) else str(value).split(".")[0])
+            elif key == "Fn::Sub":
+                text = value[0] if isinstance(value, list) else value
+                found.update(part.split("}")[0].split(".")[0] for part in str(text).split("${")[1:])
+            found |= _references(value)
+    elif isinstance(node, list):
+        for item in node:
+            found |= _references(item)
+    return found
+
+
+def _delete_in_reverse_creation_order(self: Any) -> None:
+    """ResourceMap.delete: resources last created are deleted first (see the module docs)."""
+    created = [name for name in reversed(list(self._parsed_resources)) if name in self._resource_json_map]
+    remaining = [name for name in created if self._resource_json_map[name].get("DeletionPolicy") != "Retain"]
+    last_exception: Exception | None = None
+    while remaining:
+        left = len(remaining)
+        for name in list(remaining):
+            resource = self._parsed_resources.get(name)
+            try:
+                if resource is not None and not isinstance(resource, str):
+                    self._delete_resource(resource, self._resource_json_map[name])
+                self._parsed_resources.pop(name, None)
+            except CustomResourceFailed:
+                raise
+            except Exception as error:  # a dependency still in place: try again in the next pass
+                last_exception = error
+            else:
+                remaining.remove(name)
+        if len(remaining) == left:
+            raise last_exception  # type: ignore[misc]
+
+
+def _update_resource_map(self: Any, template: dict[str, Any], parameters: dict[str, Any] | None = None) -> list:
+    """ResourceMap.update, with custom resources first and their dependents updated after them.
+
+    Returns the custom resources an Update replaced (new physical id), for the cleanup.
+    """
+    changes = self.build_resource_diff(template, parameters)
+    new = template["Resources"]
+    custom = [n for n in changes["Modify"] if new[n]["Type"].startswith("Custom::")]
+    for name in custom:
+        for other, resource in new.items():
+            if other in self._resource_json_map and other not in changes["Modify"] and name in _references(resource):
+                changes["Modify"].append(other)
+    modify = custom + [n for n in changes["Modify"] if n not in custom]
+
+    for name in changes["Remove"]:
+        if name in self._parsed_resources:
+            self._delete_resource(self._parsed_resources.pop(name), self._resource_json_map[name])
+    self._template = template
+    if parameters:
+        self.input_parameters = parameters
+    self.load_mapping()
+    self.load_parameters()
+    self.load_conditions()
+    self._resource_json_map = template["Resources"]
+    for name in changes["Add"]:
+        _ = self[name]
+    updated: list[tuple[CustomModel, CustomModel]] = []
+    for name in modify:
+        original = self._parsed_resources.get(name)
+        try:
+            changed = parsing.parse_and_update_resource(name, self._resource_json_map[name], self,
+                                                        account_id=self._account_id, region_name=self._region_name)
+        except CustomResourceFailed as failure:
+            failure.updated = updated
+            raise
+        self._parsed_resources[name] = changed
+        if isinstance(changed, CustomModel):
+            updated.append((original, changed))
+    return [changed.replaced for _, changed in updated if getattr(changed, "replaced", None)]
+
+
+def _create_resources(self: Any) -> None:
+    """Stack.create_resources, rolled back when a custom resource answers FAILED."""
+    self.status = "CREATE_IN_PROGRESS"
+    try:
+        self.resource_map.create(self.template_dict)
+    except CustomResourceFailed as failure:
+        self.status = "ROLLBACK_IN_PROGRESS"
+        self._add_stack_event("ROLLBACK_IN_PROGRESS", resource_status_reason=(
+            f"The following resource(s) failed to create: [{failure.resource.logical_id}]. Rollback requested by user."))
+        try:
+            # CloudFormation sends the failed resource a Delete with the id its answer gave.
+            delete_custom_resource(failure.resource, "", "")
+            self.resource_map.delete()
+        except Exception as error:  # noqa: BLE001 — any failure to delete is ROLLBACK_FAILED
+            self.status = "ROLLBACK_FAILED"
+            self._add_stack_event("ROLLBACK_FAILED", resource_status_reason=str(error))
+            return
+        # A rolled-back stack has no resources or outputs (moto would create them anew,
+        # lazily, on the next DescribeStacks).
+        self.resource_map._resource_json_map = {}
+        self.output_map = parsing.OutputMap(self.resource_map, {"Outputs": {}}, self.stack_id)
+        self.status = "ROLLBACK_COMPLETE"
+        self._add_stack_event("ROLLBACK_COMPLETE")
+        return
+    self.description = self.template_dict.get("Description")
+    self.mark_creation_complete()
+
+
+def _update(self: Any, template: str, role_arn: str | None = None, parameters: dict[str, Any] | None = None,
+            tags: dict[str, str] | None = None) -> None:
+    """Stack.update, with the cleanup of replaced custom resources and the rollback of a FAILED one."""
+    self.status = "UPDATE_IN_PROGRESS"
+    self._add_stack_event("UPDATE_IN_PROGRESS", resource_status_reason="User Initiated")
+    resource_map = self.resource_map
+    saved = (self.template, self.template_dict, resource_map._template, resource_map._resource_json_map,
+             copy.copy(resource_map.input_parameters), dict(resource_map._parsed_resources))
+    self.template = template
+    self._parse_template()
+    try:
+        replaced = _update_resource_map(resource_map, self.template_dict, parameters)
+    except CustomResourceFailed as failure:
+        self.status = "UPDATE_ROLLBACK_IN_PROGRESS"
+        self._add_stack_event("UPDATE_ROLLBACK_IN_PROGRESS", resource_status_reason=(
+            f"The following resource(s) failed to update: [{failure.resource.logical_id}]."))
+        (self.template, self.template_dict, resource_map._template, resource_map._resource_json_map,
+         resource_map.input_parameters, parsed) = saved
+        resource_map._parsed_resources = parsed
+        resource_map.load_mapping()
+        resource_map.load_parameters()
+        resource_map.load_conditions()
+        # Every custom resource the update changed, the failed one included, goes back to
+        # its old properties: an Update with the old as new and the new as old.
+        back = [(original, changed) for original, changed in failure.updated]
+        back.append((failure.resource, None))
+        try:
+            for original, changed in reversed(back):
+                current = changed or original
+                old_properties = original.properties
+                new_properties = changed.properties if changed else failure.new_properties
+                _event(current, "UPDATE_IN_PROGRESS")
+                answer = send(current, "Update", old_properties, new_properties)
+                if answer.get("Status") != "SUCCESS":
+                    _event(current, "UPDATE_FAILED", _failure_reason(answer))
+                    raise CustomResourceFailed(current, "Update", _failure_reason(answer))
+                original.set_data(answer.get("Data") or {})
+                _event(original, "UPDATE_COMPLETE")
+                if changed and changed.physical_resource_id != original.physical_resource_id:
+                    # The rollback's new resource is the old one again: the replacement is cleaned up.
+                    delete_custom_resource(changed, "", "")
+        except CustomResourceFailed as error:
+            self.status = "UPDATE_ROLLBACK_FAILED"
+            self._add_stack_event("UPDATE_ROLLBACK_FAILED", resource_status_reason=error.reason)
+            return
+        self.output_map = self._create_output_map()
+        self.status = "UPDATE_ROLLBACK_COMPLETE"
+        self._add_stack_event("UPDATE_ROLLBACK_COMPLETE")
+        return
+    self.output_map = self._create_output_map()
+    if replaced:
+        self.status = "UPDATE_COMPLETE_CLEANUP_IN_PROGRESS"
+        self._add_stack_event("UPDATE_COMPLETE_CLEANUP_IN_PROGRESS")
+        for old in replaced:
+            try:
+                delete_custom_resource(old, "", "")
+            except CustomResourceFailed:
+                pass  # CloudFormation records the old resource DELETE_FAILED; the update stands
+    self.status = "UPDATE_COMPLETE"
+    self._add_stack_event("UPDATE_COMPLETE")
+    self.role_arn = role_arn
+    if parameters:
+        self.parameters = parameters
+    if tags is not None:
+        self.tags = tags
+
+
+def _delete(self: Any) -> None:
+    """Stack.delete, ending DELETE_FAILED when a custom resource refuses its Delete."""
+    self.status = "DELETE_IN_PROGRESS"
+    self._add_stack_event("DELETE_IN_PROGRESS", resource_status_reason="User Initiated")
+    try:
+        self.resource_map.delete()
+    except CustomResourceFailed as failure:
+        self.status = "DELETE_FAILED"
+        self._add_stack_event("DELETE_FAILED", resource_status_reason=(
+            f"The following resource(s) failed to delete: [{failure.resource.logical_id}]."))
+        return
+    self._add_stack_event("DELETE_COMPLETE")
+    self.status = "DELETE_COMPLETE"
+
+
+def _send_to_targets(original: Any) -> Any:
+    """Rule.send_to_targets, with Lambda targets invoked here (see the module docs)."""
+
+    def send_to_targets(self: Any, original_event: dict[str, Any], transform_input: bool = True) -> None:
+        lambdas = [t for t in self.targets if parse_arn(t["Arn"]).service == "lambda"]
+        if not lambdas:
+            return original(self, original_event, transform_input)
+        others = copy.copy(self)
+        others.targets = [t for t in self.targets if t not in lambdas]
+        original(others, original_event, transform_input)
+        if not self.event_pattern.matches_event(original_event):
+            return
+        from moto.awslambda.utils import get_backend as get_lambda_backend
+
+        for target in lambdas:
+            arn = parse_arn(target["Arn"])
+            function = get_lambda_backend(arn.account, arn.region).get_function(target["Arn"])
+            if runtime_for(function, arn.account, arn.region) is None:
+                logging.getLogger(__name__).warning("no binary registered for %s: event not delivered", target["Arn"])
+                continue
+            payload = json.dumps(original_event, default=str).encode()
+            threading.Thread(target=invoke_function, args=(function, arn.account, arn.region, payload),
+                             daemon=True).start()
+
+    return send_to_targets
+
+
+def install(endpoint: str) -> None:
+    """Patches moto's CloudFormation as the module docs say; ``endpoint`` is the emulator's own."""
+    ENDPOINT[:] = [endpoint]
+    CustomModel.create_from_cloudformation_json = classmethod(create_custom_resource)
+    CustomModel.update_from_cloudformation_json = classmethod(update_custom_resource)
+    CustomModel.delete = delete_custom_resource
+    parsing.ResourceMap.delete = _delete_in_reverse_creation_order
+    cfn_models.Stack.create_resources = _create_resources
+    cfn_models.Stack.update = _update
+    cfn_models.Stack.delete = _delete
+    events_models.Rule.send_to_targets = _send_to_targets(events_models.Rule.send_to_targets)
