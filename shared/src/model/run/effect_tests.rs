@@ -187,6 +187,9 @@ pub(super) fn render(effect: &Effect) -> String {
         Effect::Stop { job: JobRef::Id(id), reason, .. } => format!("stop {id} ({})", cause(reason)),
         Effect::Stop { stage, job: JobRef::Name(_), reason, .. } => format!("stop {stage} by name ({})", cause(reason)),
         Effect::RecordJob { stage, attempt, job_id } => format!("record {stage}#{attempt} {job_id}"),
+        Effect::RecordArrayJob { stage, attempt, array, job_id } => {
+            format!("record {stage}#{attempt} array {array} {job_id}")
+        }
         Effect::Withdraw { stage, attempt } => format!("withdraw {stage}#{}", attempt.number),
         Effect::Announce => "announce".to_owned(),
         Effect::Publish(metrics) => {
@@ -278,6 +281,8 @@ const CASES: &[Case] = &[
     Case { name: "an event that names the job before its submission was recorded records it on the claim", pipeline: diamond, given: &[], when: ByName("a", "RUNNING"), now: GIVEN_AT, then: &["record a#1 job-x"] },
     Case { name: "a duplicated early event records nothing again", pipeline: diamond, given: &[ByName("a", "RUNNING")], when: ByName("a", "RUNNING"), now: GIVEN_AT, then: &[] },
     Case { name: "an early end that overtakes RUNNING records the job and submits what it unblocks", pipeline: diamond, given: &[], when: ByName("a", "SUCCEEDED"), now: GIVEN_AT, then: &["record a#1 job-x", "submit b#1", "submit c#1"] },
+    Case { name: "a job learnt from an event is recorded on its claim again before the run is announced", pipeline: diamond, given: &[ByName("a", "SUCCEEDED"), SubmitAll, Event("b", "b-1", "SUCCEEDED"), Event("c", "c-1", "SUCCEEDED"), SubmitAll], when: Event("d", "d-1", "SUCCEEDED"), now: GIVEN_AT, then: &["record a#1 job-x", "announce"] },
+    Case { name: "a job found and stopped for a cancelled attempt is recorded on its claim before the run is announced", pipeline: diamond, given: &[SubmitAll, Event("a", "a-1", "SUCCEEDED"), Cancel, Found("b", 1)], when: Event("b", "b-1", "FAILED"), now: GIVEN_AT, then: &["record b#1 b-1", "withdraw c#1", "announce"] },
     // Withdraw and Announce
     Case { name: "an ended run settles the attempts it gave up, then announces", pipeline: diamond, given: UNSUBMITTABLE, when: Event(ON_FAILURE, "on-failure-1", "SUCCEEDED"), now: GIVEN_AT, then: &["withdraw c#1", "announce"] },
     Case { name: "a duplicated last event repeats what is still owed", pipeline: diamond, given: &[SubmitAll, Event("a", "a-1", "SUCCEEDED"), Unsubmittable("b", 1), SubmitAll, Event(ON_FAILURE, "on-failure-1", "SUCCEEDED")], when: Event(ON_FAILURE, "on-failure-1", "SUCCEEDED"), now: GIVEN_AT, then: &["withdraw c#1", "announce"] },

@@ -69,8 +69,14 @@ pub enum Effect {
     /// reason; once stopped, a job the run had not recorded comes back as [`JobFound`].
     Stop { stage: String, attempt: u32, job: JobRef, reason: String },
     /// Record on an attempt's submission claim the job an event named before its submitter
-    /// recorded it, so no claim is left PENDING for a job that exists.
+    /// recorded it, so no claim is left PENDING for a job that exists: once when the event
+    /// names it, and again (owed) before the run is announced, for every attempt whose job
+    /// was learnt from Batch — a one-off effect is lost when its call fails and the retried
+    /// input finds the job already known.
     RecordJob { stage: String, attempt: u32, job_id: String },
+    /// [`Effect::RecordJob`] for an array of a map attempt, under its key
+    /// `run:<id>:<stage>:<n>:array:<k>`.
+    RecordArrayJob { stage: String, attempt: u32, array: usize, job_id: String },
     /// Settle the submission claim of an attempt the run gave up before a job was recorded:
     /// withdraw it, or stop the job that was submitted under it (which comes back as
     /// [`JobFound`]).
@@ -107,6 +113,8 @@ impl Effect {
         matches!(
             self,
             Effect::Submit { .. }
+                | Effect::RecordJob { .. }
+                | Effect::RecordArrayJob { .. }
                 | Effect::Withdraw { .. }
                 | Effect::Announce
                 | Effect::ExpandMap { .. }
@@ -171,10 +179,11 @@ impl Run {
         if !work.is_empty() || !self.ready_to_announce() {
             return work;
         }
+        let mut effects = self.unsettled_claims();
         let withdraw = self.withdrawn_attempts().into_iter();
-        let mut effects: Vec<Effect> = withdraw
-            .map(|(stage, attempt)| Effect::Withdraw { stage: stage.to_owned(), attempt: attempt.clone() })
-            .collect();
+        effects.extend(
+            withdraw.map(|(stage, attempt)| Effect::Withdraw { stage: stage.to_owned(), attempt: attempt.clone() }),
+        );
         let arrays = self.withdrawn_arrays().into_iter();
         effects.extend(arrays.map(|(stage, attempt, array, job_name)| Effect::WithdrawArray {
             stage,
@@ -183,6 +192,35 @@ impl Run {
             job_name,
         }));
         effects.push(Effect::Announce);
+        effects
+    }
+
+    /// The claims of the jobs the run learnt from Batch rather than from their submitters
+    /// (every attempt, and every array of a map attempt): recorded before the run is
+    /// announced, so none is left PENDING. A claim already recorded is left as it is.
+    pub fn unsettled_claims(&self) -> Vec<Effect> {
+        let stages = self.stages.iter().map(|(name, stage_run)| (name.as_str(), stage_run));
+        let failure = self.on_failure.iter().map(|stage_run| (crate::model::pipeline::ON_FAILURE, stage_run));
+        let stages = stages.chain(failure);
+        let mut effects = Vec::new();
+        for (stage, stage_run) in stages {
+            for attempt in &stage_run.attempts {
+                if let (true, Some(job_id)) = (attempt.claim_unsettled, &attempt.job_id) {
+                    let (stage, job_id) = (stage.to_owned(), job_id.clone());
+                    effects.push(Effect::RecordJob { stage, attempt: attempt.number, job_id });
+                }
+                let arrays = attempt.map.iter().flat_map(|map| map.arrays.iter().enumerate());
+                for (array, run) in arrays.filter(|(_, run)| run.claim_unsettled) {
+                    let Some(job_id) = run.job_id.clone() else { continue };
+                    effects.push(Effect::RecordArrayJob {
+                        stage: stage.to_owned(),
+                        attempt: attempt.number,
+                        array,
+                        job_id,
+                    });
+                }
+            }
+        }
         effects
     }
 
@@ -418,6 +456,7 @@ impl Input for JobFound<'_> {
         let current = run.stage_run_mut(self.stage).and_then(|stage_run| stage_run.attempts.last_mut());
         let Some(current) = current else { return Step::new(false, (), vec![]) };
         current.job_id = Some(self.job_id.to_owned());
+        current.claim_unsettled = true;
         current.status = StageStatus::Submitted;
         Step::new(true, (), vec![])
     }

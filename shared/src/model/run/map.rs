@@ -115,6 +115,10 @@ pub struct ArrayRun {
     /// The size its children run at when not the attempt's: a redrive's, at their last.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runs_at: Option<Size>,
+    /// Its job id came from an event, not from its submitter: its claim is settled before
+    /// the run is announced (see [`Attempt::claim_unsettled`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub claim_unsettled: bool,
     /// Its children's tasks (every attempt of each), summed when the map was closed: what
     /// they cost.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -160,6 +164,7 @@ impl ArrayRun {
             awaiting_check: false,
             resized: 0,
             runs_at: None,
+            claim_unsettled: false,
             billed: Vec::new(),
         }
     }
@@ -458,7 +463,10 @@ impl Run {
             return Applied::Unchanged("the array has already ended");
         }
         let detail = &event.detail;
-        array.job_id.get_or_insert_with(|| detail.job_id.clone());
+        if array.job_id.is_none() {
+            array.job_id = Some(detail.job_id.clone());
+            array.claim_unsettled = true;
+        }
         array.started_at = detail.started_at.or(array.started_at);
         if !detail.status.is_terminal() {
             let status = match detail.status {

@@ -207,6 +207,9 @@ fn an_array_reported_before_its_submission_was_recorded_is_found_by_its_name_and
     let late = ArraySubmitted { stage: "files", attempt: 1, array: 0, job_id: "p0" };
     assert!(!put(&mut run, &late).0, "the submission's outcome arrives after its event");
     assert_eq!(changed(&mut run, &array_end("p0", 3, 0)).1, ["close files#1"]);
+    // Its claim (which its submitter may never have recorded) is settled before the run is announced.
+    let unsettled: Vec<String> = run.unsettled_claims().iter().map(render).collect();
+    assert_eq!(unsettled, ["record files#1 array 0 p0"]);
 }
 
 #[test]

@@ -136,6 +136,11 @@ pub struct Attempt {
     /// A map stage's attempt: its children's arrays, instead of one job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub map: Option<MapProgress>,
+    /// Its job id came from Batch (an event, or a job found by its name), not from its
+    /// submitter: the submission claim may still be PENDING, and is settled before the run
+    /// is announced ([`Effect::RecordJob`](effects::Effect::RecordJob)).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub claim_unsettled: bool,
 }
 
 impl Attempt {
@@ -394,6 +399,7 @@ impl Attempt {
             billed: vec![],
             architecture: None,
             map: None,
+            claim_unsettled: false,
         }
     }
 }

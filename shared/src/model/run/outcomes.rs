@@ -21,7 +21,7 @@ pub fn is_out_of_memory_reason(reason: Option<&str>) -> bool {
 fn record_end(attempt: &mut Attempt, event: &JobStateChangeEvent, now_ms: i64) {
     let detail = &event.detail;
     let container = detail.last_attempt_container().or(detail.container.as_ref());
-    attempt.job_id.get_or_insert_with(|| detail.job_id.clone());
+    attempt.learn_job(&detail.job_id);
     attempt.stopped_at = detail.stopped_at.or(Some(now_ms));
     attempt.exit_code = container.and_then(|c| c.exit_code);
     attempt.reason = container.and_then(|c| c.reason.clone()).or_else(|| detail.status_reason.clone());
@@ -31,6 +31,15 @@ fn record_end(attempt: &mut Attempt, event: &JobStateChangeEvent, now_ms: i64) {
 }
 
 impl Attempt {
+    /// Records the job id Batch named for it, unless its submitter recorded one: a job
+    /// learnt this way leaves its submission claim to be settled.
+    pub(super) fn learn_job(&mut self, job_id: &str) {
+        if self.job_id.is_none() {
+            self.job_id = Some(job_id.to_owned());
+            self.claim_unsettled = true;
+        }
+    }
+
     /// Whether a job state change is about this attempt's job: by its id, or — submitted
     /// but not yet recorded (the event outran the record) — by its deterministic name.
     fn is_job_of(&self, event: &JobStateChangeEvent) -> bool {
@@ -43,7 +52,7 @@ impl Attempt {
     /// Records what any event of its job says: the job's id, log stream and start.
     fn record_seen(&mut self, event: &JobStateChangeEvent) {
         let detail = &event.detail;
-        self.job_id.get_or_insert_with(|| detail.job_id.clone());
+        self.learn_job(&detail.job_id);
         let container = detail.last_attempt_container().or(detail.container.as_ref());
         if let Some(stream) = container.and_then(|c| c.log_stream_name.clone()) {
             self.log_stream = Some(stream);

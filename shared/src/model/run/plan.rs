@@ -31,6 +31,8 @@ impl Run {
         }
         let Some(current) = stage_run.attempts.last_mut().filter(|a| a.number == attempt) else { return false };
         current.job_id = Some(job_id.to_owned());
+        // Its submitter recorded it on the claim before saying so.
+        current.claim_unsettled = false;
         current.job_name = Some(job_name.to_owned());
         current.status = StageStatus::Submitted;
         current.submitted_at = Some(now_ms);

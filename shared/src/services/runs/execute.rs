@@ -90,6 +90,11 @@ impl RunDriver<'_> {
                     self.claims.record_claim_job(&key, &job_id, None).await?;
                     None
                 }
+                Effect::RecordArrayJob { stage, attempt, array, job_id } => {
+                    let key = array_key(&record.run.run_id, &stage, attempt, array);
+                    self.claims.record_claim_job(&key, &job_id, None).await?;
+                    None
+                }
                 Effect::Withdraw { stage, attempt } => match self.withdraw(&record.run, &stage, &attempt).await? {
                     Some(job_id) => self.found(&record, &stage, attempt.number, &job_id, now_ms).await?,
                     None => None,
