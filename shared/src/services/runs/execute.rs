@@ -67,33 +67,13 @@ impl RunDriver<'_> {
             let fed_back = match effect {
                 Effect::Submit { stage, attempt } => self.submit(record.clone(), &stage, &attempt, now_ms).await?,
                 Effect::Stop { stage, attempt, job, reason } => {
-                    match self.stop(&record.run, &stage, &job, &reason).await {
-                        Ok(Some(job_id)) => {
-                            done.stopped.push(job_id.clone());
-                            // A job of an attempt the run gave up is recorded now.
-                            if record.run.gave_up(&stage, attempt) {
-                                self.found(&record, &stage, attempt, &job_id, now_ms).await?
-                            } else {
-                                None
-                            }
-                        }
-                        Ok(None) => None,
-                        Err(err) => {
-                            warn!(run_id = %record.run.run_id, stage, error = %err, "stopping a job of the run failed; going on with the others");
-                            done.failed_stop.get_or_insert(err);
-                            None
-                        }
-                    }
+                    self.stop_and_record(&record, (&stage, attempt), &job, &reason, now_ms, done).await?
                 }
                 Effect::RecordJob { stage, attempt, job_id } => {
-                    let key = attempt_key(&record.run.run_id, &stage, attempt);
-                    self.claims.record_claim_job(&key, &job_id, None).await?;
-                    None
+                    self.record_found(&attempt_key(&record.run.run_id, &stage, attempt), &job_id).await?
                 }
                 Effect::RecordArrayJob { stage, attempt, array, job_id } => {
-                    let key = array_key(&record.run.run_id, &stage, attempt, array);
-                    self.claims.record_claim_job(&key, &job_id, None).await?;
-                    None
+                    self.record_found(&array_key(&record.run.run_id, &stage, attempt, array), &job_id).await?
                 }
                 Effect::Withdraw { stage, attempt } => match self.withdraw(&record.run, &stage, &attempt).await? {
                     Some(job_id) => self.found(&record, &stage, attempt.number, &job_id, now_ms).await?,
@@ -163,6 +143,41 @@ impl RunDriver<'_> {
         now_ms: i64,
     ) -> Result<Option<(VersionedRun, Vec<Effect>)>, Error> {
         self.feed(record.clone(), &JobFound { stage, attempt, job_id }, now_ms).await
+    }
+
+    /// Carries out [`Effect::Stop`]: a job stopped of an attempt the run gave up is recorded
+    /// on the run ([`JobFound`]); a failed stop is remembered and the others go on.
+    async fn stop_and_record(
+        &self,
+        record: &VersionedRun,
+        (stage, attempt): (&str, u32),
+        job: &JobRef,
+        reason: &str,
+        now_ms: i64,
+        done: &mut Executed,
+    ) -> Result<Option<(VersionedRun, Vec<Effect>)>, Error> {
+        match self.stop(&record.run, stage, job, reason).await {
+            Ok(Some(job_id)) => {
+                done.stopped.push(job_id.clone());
+                if record.run.gave_up(stage, attempt) {
+                    return self.found(record, stage, attempt, &job_id, now_ms).await;
+                }
+                Ok(None)
+            }
+            Ok(None) => Ok(None),
+            Err(err) => {
+                warn!(run_id = %record.run.run_id, stage, error = %err, "stopping a job of the run failed; going on with the others");
+                done.failed_stop.get_or_insert(err);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Records on the submission claim `key` a job the run learnt from Batch (a claim
+    /// already recorded, or withdrawn, is left as it is); nothing to feed back.
+    async fn record_found(&self, key: &str, job_id: &str) -> Result<Option<(VersionedRun, Vec<Effect>)>, Error> {
+        self.claims.record_claim_job(key, job_id, None).await?;
+        Ok(None)
     }
 
     /// Submits a planned attempt (exactly once, by its key) and puts the outcome to the run:
