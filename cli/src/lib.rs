@@ -53,9 +53,8 @@ pub enum Output {
 pub enum Command {
     /// Submit one job.
     Submit(SubmitArgs),
-    /// Show, list or cancel jobs.
-    #[command(subcommand)]
-    Jobs(JobsCommand),
+    /// Show, list or cancel jobs (`jobs` alone lists them).
+    Jobs(JobsArgs),
     /// Start a run of a pipeline.
     Run(RunArgs),
     /// List, show, watch, cancel or redrive runs.
@@ -95,7 +94,26 @@ pub struct SubmitArgs {
     pub wait: bool,
 }
 
-#[derive(Debug, Subcommand)]
+/// `batchline jobs [--object S3_URI] [COMMAND]`.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct JobsArgs {
+    /// The jobs (and array indexes) that ran this object of a coalescing trigger
+    /// (s3://bucket/key), as `jobs list --object` lists them.
+    #[arg(long)]
+    pub object: Option<String>,
+    #[command(subcommand)]
+    pub command: Option<JobsCommand>,
+}
+
+impl JobsArgs {
+    /// The command meant: `jobs` alone (or with `--object`) is `jobs list`.
+    pub fn command(self) -> JobsCommand {
+        self.command.unwrap_or(JobsCommand::List { status: None, next: None, object: self.object })
+    }
+}
+
+#[derive(Debug, PartialEq, Subcommand)]
 pub enum JobsCommand {
     /// The stack's jobs of the last 24 hours (or in one status), a page at a time.
     List {
@@ -205,7 +223,7 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
     let output = cli.output;
     match cli.command {
         Command::Submit(args) => submit(&api, args, output).await,
-        Command::Jobs(command) => jobs(&api, command, output).await,
+        Command::Jobs(args) => jobs(&api, args.command(), output).await,
         Command::Run(args) => start_run(&api, args, output).await,
         Command::Runs(command) => runs(&api, command, output).await,
         Command::Logs { job_id, follow } => logs(&api, &sdk, &job_id, follow).await,
@@ -488,6 +506,21 @@ mod tests {
         assert_eq!(Value::Object(parsed), json!({"day": "2026-11-30", "empty": "", "eq": "a=b"}));
         assert_eq!(pairs(&["novalue".into()]).unwrap_err().message, "\"novalue\": write KEY=VALUE");
         assert!(pairs(&["=v".into()]).is_err());
+    }
+
+    #[test]
+    fn jobs_alone_or_with_an_object_is_jobs_list() {
+        use clap::Parser;
+        let meant = |args: &[&str]| match Cli::try_parse_from(args).unwrap().command {
+            Command::Jobs(jobs) => jobs.command(),
+            other => panic!("{other:?}"),
+        };
+        let object = Some("s3://in/a.csv".to_owned());
+        let listed = JobsCommand::List { status: None, next: None, object: object.clone() };
+        assert_eq!(meant(&["batchline", "jobs", "--object", "s3://in/a.csv"]), listed);
+        assert_eq!(meant(&["batchline", "jobs", "list", "--object", "s3://in/a.csv"]), listed);
+        assert_eq!(meant(&["batchline", "jobs"]), JobsCommand::List { status: None, next: None, object: None });
+        assert!(Cli::try_parse_from(["batchline", "jobs", "--object", "x", "show", "id"]).is_err());
     }
 
     #[test]
