@@ -9,6 +9,7 @@ mod e2e;
 mod emulator;
 mod iam;
 mod job_events;
+mod local_stack;
 mod maps;
 mod pipelines;
 mod player;

@@ -1,19 +1,36 @@
 //! The sample events in `events/`, each sent the way `scripts/invoke` sends it to its function on the local stack; and the book's "Write your own job" followed to the letter.
 
-use batchline_demo::local_stack::LocalStack;
+use batchline_demo::configuration::Source;
+use batchline_demo::local_stack::{LocalStack, PREFIX};
 use batchline_testkit::emulator::{repo_root, unique_name};
 use batchline_testkit::local_lambda::Outcome;
 use serde_json::Value;
 
-/// The local stack both tests use (its names are fixed, so it is made once per test run).
+/// The local stack the tests use, from the checkout's `template.yaml` with the book's
+/// "Write your own job" followed: its worked example added to the `Environment`'s job
+/// definitions (its names are fixed, so it is made once per test run).
 async fn local_stack() -> &'static (LocalStack, std::path::PathBuf) {
     static STACK: tokio::sync::OnceCell<(LocalStack, std::path::PathBuf)> = tokio::sync::OnceCell::const_new();
     STACK
         .get_or_init(|| async {
             let dir = repo_root().join("target/test-local-stack").join(unique_name("stack"));
-            (LocalStack::ensure(&dir, &mut |_| {}).await.unwrap(), dir)
+            std::fs::create_dir_all(&dir).unwrap();
+            let template = dir.join("template.yaml");
+            std::fs::write(&template, template_with_the_worked_example()).unwrap();
+            let source = Source::Template { path: template, overrides: Vec::new() };
+            (LocalStack::ensure_from(&dir, PREFIX, &source, &mut |_| {}).await.unwrap(), dir)
         })
         .await
+}
+
+/// `template.yaml` with the guide's worked example declared beside `default`, as the guide says.
+fn template_with_the_worked_example() -> String {
+    let text = std::fs::read_to_string(repo_root().join("template.yaml")).unwrap();
+    let block = block_after(&guide(), "**The worked example.**", "yaml");
+    let anchor = "      JobDefinitions:\n";
+    let at = text.find(anchor).expect("the template declares JobDefinitions") + anchor.len();
+    let indented: String = block.lines().map(|line| format!("        {line}\n")).collect();
+    format!("{}{indented}{}", &text[..at], &text[at..])
 }
 
 #[tokio::test]
@@ -22,14 +39,14 @@ async fn every_sample_event_is_handled_by_its_function_on_the_local_stack() {
     let (stack, dir) = local_stack().await;
     let dir = dir.clone();
     let mut again = Vec::new();
-    LocalStack::ensure(&dir, &mut |line| again.push(line)).await.unwrap();
-    assert!(again.is_empty(), "reused: {again:?}");
+    let source = Source::Template { path: dir.join("template.yaml"), overrides: Vec::new() };
+    LocalStack::ensure_from(&dir, PREFIX, &source, &mut |line| again.push(line)).await.unwrap();
+    assert!(again.len() == 1 && again[0].contains("is reused"), "reused: {again:?}");
     let env = std::fs::read_to_string(dir.join("env")).unwrap();
     assert!(env.lines().any(|l| l == format!("BATCHLINE_TABLE={}", stack.table)), "{env}");
 
     // WHEN each sample event is sent to its function, THEN it is handled
     let mut seen = 0;
-    let mut started_by_api: Option<String> = None;
     for function in ["submit", "job-events"] {
         let mut files: Vec<_> = std::fs::read_dir(repo_root().join("events").join(function))
             .unwrap()
@@ -59,22 +76,23 @@ async fn every_sample_event_is_handled_by_its_function_on_the_local_stack() {
                 }
                 "api-start-run.json" => {
                     let body: Value = serde_json::from_str(answer["body"].as_str().unwrap()).unwrap();
-                    started_by_api = Some(body["runId"].as_str().unwrap().to_owned());
+                    assert!(body["runId"].is_string(), "{body}");
                 }
                 "sqs-s3-object-created.json" => {
-                    let list = serde_json::from_str(
-                        &std::fs::read_to_string(file.with_file_name("api-list-runs.json")).unwrap(),
-                    )
-                    .unwrap();
-                    let Outcome::Response(listed) = stack.invoke(function, &list).await.unwrap() else {
-                        panic!("GET /runs")
-                    };
-                    // The object started a run of its own, beside the one the API started.
-                    let body: Value = serde_json::from_str(listed["body"].as_str().unwrap()).unwrap();
-                    let runs: Vec<&str> =
-                        body["runs"].as_array().unwrap().iter().map(|r| r["runId"].as_str().unwrap()).collect();
-                    let by_api = started_by_api.as_deref().expect("api-start-run.json went first");
-                    assert!(runs.contains(&by_api) && runs.len() >= 2, "{body}");
+                    // The template's S3 trigger starts one job of `default` for the object.
+                    let sdk = batchline_testkit::emulator::sdk_config().await;
+                    let batch = aws_sdk_batch::Client::new(&sdk);
+                    let queue = format!("{PREFIX}-default");
+                    let listed =
+                        batch.list_jobs().job_queue(&queue).job_status("SUCCEEDED".into()).send().await.unwrap();
+                    let ids: Vec<String> =
+                        listed.job_summary_list().iter().filter_map(|j| j.job_id().map(str::to_owned)).collect();
+                    let described = batch.describe_jobs().set_jobs(Some(ids)).send().await.unwrap();
+                    let for_the_object = described.jobs().iter().any(|job| {
+                        job.parameters().and_then(|p| p.get("inputKey")).map(String::as_str)
+                            == Some("incoming/orders-2026-11-30.csv")
+                    });
+                    assert!(for_the_object, "no job of {queue} ran the object: {described:?}");
                 }
                 "sweep.json" => assert!(answer["sweep"].is_object(), "{answer}"),
                 _ => {}
@@ -107,7 +125,13 @@ async fn the_write_your_own_job_guide_followed_to_the_letter_runs_its_example_jo
         serde_yaml::from_str::<serde_yaml::Value>(&block_after(&guide, "**The worked example.**", "yaml")).unwrap(),
     )
     .unwrap();
-    assert_eq!(declared, serde_json::json!({ batchline_demo::WORDCOUNT: batchline_demo::wordcount_definition() }));
+    let demo = batchline_demo::properties("demo", "demo-input").unwrap();
+    assert_eq!(declared, serde_json::json!({ batchline_demo::WORDCOUNT: demo["JobDefinitions"]["wordcount"] }));
+    assert_eq!(
+        local_stack().await.0.properties["JobDefinitions"][batchline_demo::WORDCOUNT],
+        declared[batchline_demo::WORDCOUNT],
+        "the local stack runs the template with the guide's block added"
+    );
     let (stack, _) = local_stack().await;
 
     // WHEN the guide's command is run: scripts/invoke FUNCTION EVENT

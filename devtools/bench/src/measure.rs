@@ -325,7 +325,7 @@ pub async fn run_all(say: &mut (dyn FnMut(String) + Send)) -> Result<String, Str
     let bootstrap_init = init_times(&bootstrap, "batchline-bootstrap", &emulator_env).await?;
     say(format!("bootstrap Rust: init median {:.1} ms, p99 {:.1} ms", bootstrap_init.median_ms, bootstrap_init.p99_ms));
     let provisioner = bootstrap.start("batchline-bootstrap", &emulator_env).await?;
-    let mut properties = batchline_demo::properties(&prefix, &bucket);
+    let mut properties = batchline_demo::properties(&prefix, &bucket)?;
     properties["Triggers"] = json!({"S3": {
         "input": {"Bucket": bucket, "Prefix": "incoming/", "JobDefinition": "default"},
         "burst": burst::trigger(&bucket)

@@ -17,6 +17,7 @@
 //! 4. it reads the jobs back from Batch and the metrics from CloudWatch;
 //! 5. bootstrap gets the Delete request and the environment is checked gone.
 
+pub mod configuration;
 pub mod local_stack;
 pub mod serve;
 
@@ -28,7 +29,7 @@ use aws_sdk_cloudwatch::types::{Dimension, Statistic};
 use aws_sdk_s3::types::{EventBridgeConfiguration, NotificationConfiguration};
 use serde_json::{json, Value};
 
-use batchline_testkit::emulator::{default_network, endpoint, repo_root, sdk_config, unique_name, REGION};
+use batchline_testkit::emulator::{endpoint, repo_root, sdk_config, unique_name, REGION};
 use batchline_testkit::local_lambda::{LocalLambda, Outcome};
 use batchline_testkit::response_server::ResponseServer;
 
@@ -139,27 +140,10 @@ pub fn api_request(method: &str, path: &str, body: Option<&Value>) -> Value {
     })
 }
 
-/// The worked example job of the book's "Write your own job" (docs/src/guide/your-first-job.md).
+/// The worked example job of the book's "Write your own job" (docs/src/guide/your-first-job.md),
+/// which the demo's configuration declares as the guide does.
 pub const WORDCOUNT: &str = "wordcount";
 
-/// The example job's definition, exactly as the book's guide gives it: the object to
-/// read arrives as the Batch parameters `inputBucket` and `inputKey`, which Batch puts in
-/// place of `Ref::inputBucket` and `Ref::inputKey` in the command.
-pub fn wordcount_definition() -> Value {
-    json!({
-        "Image": "public.ecr.aws/docker/library/python:3.12-alpine",
-        "Vcpu": "0.25",
-        "Memory": "512",
-        "Command": ["python3", "-c", WORDCOUNT_SCRIPT, "Ref::inputBucket", "Ref::inputKey"]
-    })
-}
-
-/// The example's script (Python, standard library only): it says what it was given. A
-/// real job would read the object with boto3 from an image of its own.
-pub const WORDCOUNT_SCRIPT: &str = "import os, sys; bucket, key = sys.argv[1:3]; \
-print(f'counting words in s3://{bucket}/{key}; run {os.environ.get(\"BATCHLINE_RUN_ID\", \"-\")}')";
-
-/// The stack configuration the demo deploys (the custom resource's properties).
 /// Registers the stack `prefix` with the emulator's IAM evaluation (devtools/iam): the
 /// template's policies resolved with its table and input bucket.
 pub fn register_stack(prefix: &str, table: &str, bucket: &str) -> Result<(), String> {
@@ -167,31 +151,19 @@ pub fn register_stack(prefix: &str, table: &str, bucket: &str) -> Result<(), Str
     batchline_testkit::emulator::register_iam_stack(&stack, None, false)
 }
 
-pub fn properties(prefix: &str, bucket: &str) -> Value {
-    let network = default_network();
-    json!({
-        "ServiceToken": "arn:aws:lambda:us-east-1:123456789012:function:batchline-bootstrap",
-        "ServiceTimeout": "1200",
-        "NamePrefix": prefix,
-        "Network": {"Subnets": network.subnets.join(","), "SecurityGroups": network.security_groups.join(","), "AssignPublicIp": "true"},
-        // As the template passes it: bootstrap creates its roles under the stack's RoleBoundary.
-        "Roles": {"InputBucket": bucket, "PermissionsBoundary": format!("arn:aws:iam::123456789012:policy/{prefix}-RoleBoundary")},
-        "Repository": {"DeleteOnStackDelete": "true"},
-        "JobDefinitions": {
-            "default": {"Vcpu": "0.25", "Memory": "512"},
-            // The book, "Write your own job": its worked example, as the guide declares it.
-            WORDCOUNT: wordcount_definition()
-        },
-        "Pipelines": {PIPELINE: {"MaxResizes": "2", "Stages": {
-            "prepare": {"JobDefinition": "default", "Parameters": {"play_run_seconds": "20"}},
-            "transform": {"JobDefinition": "default", "After": "prepare", "Parameters": {"play_needs_memory": "1024", "play_run_seconds": "45"}},
-            "report": {"JobDefinition": "default", "After": "transform", "Parameters": {"play_run_seconds": "10"}}
-        }}},
-        "Triggers": {"S3": {"input": {"Bucket": bucket, "Prefix": INPUT_PREFIX, "Pipeline": PIPELINE}}}
-    })
+/// The stack configuration the demo deploys (the custom resource's properties): its file
+/// beside it ([`configuration::demo_file`]) with the local stand-ins for `prefix` and `bucket`.
+pub fn properties(prefix: &str, bucket: &str) -> Result<Value, String> {
+    configuration::resolve(&configuration::Source::File(configuration::demo_file()), prefix, bucket)
 }
 
-fn cloudformation_request(kind: &str, url: &str, properties: &Value, physical_id: Option<&str>) -> Value {
+fn cloudformation_request(
+    kind: &str,
+    url: &str,
+    properties: &Value,
+    physical_id: Option<&str>,
+    old: Option<&Value>,
+) -> Value {
     let mut request = json!({
         "RequestType": kind, "ResponseURL": url,
         // The stack is named as its prefix, as the template sets NamePrefix.
@@ -201,6 +173,9 @@ fn cloudformation_request(kind: &str, url: &str, properties: &Value, physical_id
     });
     if let Some(id) = physical_id {
         request["PhysicalResourceId"] = json!(id);
+    }
+    if let Some(old) = old {
+        request["OldResourceProperties"] = old.clone();
     }
     request
 }
@@ -212,8 +187,20 @@ pub async fn send_to_bootstrap(
     properties: &Value,
     physical_id: Option<&str>,
 ) -> Result<Value, String> {
+    send_to_bootstrap_with_old(bootstrap, kind, properties, physical_id, None).await
+}
+
+/// [`send_to_bootstrap`], with an Update's old properties.
+pub async fn send_to_bootstrap_with_old(
+    bootstrap: &LocalLambda,
+    kind: &str,
+    properties: &Value,
+    physical_id: Option<&str>,
+    old: Option<&Value>,
+) -> Result<Value, String> {
     let server = ResponseServer::start(0).await.map_err(|e| e.to_string())?;
-    ok(bootstrap.invoke(&cloudformation_request(kind, &server.url, properties, physical_id)).await?, "bootstrap")?;
+    let request = cloudformation_request(kind, &server.url, properties, physical_id, old);
+    ok(bootstrap.invoke(&request).await?, "bootstrap")?;
     let mut answers = server.accepted_answers();
     if answers.len() != 1 {
         return Err(format!("bootstrap answered CloudFormation {} times", answers.len()));
@@ -259,7 +246,7 @@ pub async fn run_with(say: &mut (dyn FnMut(String) + Send), options: Options) ->
 
     // 1. Provision through bootstrap, as CloudFormation would.
     let bootstrap = launcher.start("batchline-bootstrap", "batchline-bootstrap").await?;
-    let properties = properties(&prefix, &bucket);
+    let properties = properties(&prefix, &bucket)?;
     let created = send_to_bootstrap(&bootstrap, "Create", &properties, None).await?;
     say(format!(
         "[1] bootstrap Create → {} ({}); queue {}",

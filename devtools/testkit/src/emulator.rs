@@ -28,11 +28,29 @@ pub const ACCOUNT_ID: &str = "123456789012";
 
 static ENDPOINT: OnceLock<String> = OnceLock::new();
 
-/// The repository's root folder.
+/// The repository's root folder, found at run time: `BATCHLINE_REPO` when set, else the
+/// nearest folder above the running binary (`target/debug/...`) that holds `template.yaml`
+/// and `Cargo.toml`, so a checkout copied or moved elsewhere runs its own files, binaries
+/// and emulator. Only a binary outside any checkout falls back to where it was compiled.
 pub fn repo_root() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    // Canonical, so the paths printed to people read /work/x/target, not .../testkit/../../target.
-    root.canonicalize().unwrap_or(root)
+    static ROOT: OnceLock<PathBuf> = OnceLock::new();
+    ROOT.get_or_init(|| {
+        let root = std::env::var_os("BATCHLINE_REPO")
+            .map(PathBuf::from)
+            .or_else(|| std::env::current_exe().ok().and_then(|exe| checkout_above(&exe)))
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.."));
+        // Canonical, so the paths printed to people read /work/x/target, not .../testkit/../../target.
+        root.canonicalize().unwrap_or(root)
+    })
+    .clone()
+}
+
+/// The nearest folder above `path` that is a checkout (holds `template.yaml` and `Cargo.toml`).
+pub fn checkout_above(path: &std::path::Path) -> Option<PathBuf> {
+    path.ancestors()
+        .skip(1)
+        .find(|dir| dir.join("template.yaml").is_file() && dir.join("Cargo.toml").is_file())
+        .map(std::path::Path::to_path_buf)
 }
 
 /// The properties of `template`'s resource `logical_id` as CloudFormation would send them
