@@ -196,8 +196,8 @@ mod tests {
         assert_eq!(
             changes(&old, &new),
             [
-                "added job definition extra",
                 "changed job definition default",
+                "added job definition extra",
                 "removed job definition old",
                 "added pipeline q",
                 "changed Repository"
