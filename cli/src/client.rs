@@ -32,11 +32,11 @@ impl std::fmt::Display for Failure {
     }
 }
 
-/// Finds the API: `--endpoint`, else the stack's `ApiUrl` output (`--stack`), else
-/// `BATCHLINE_API_URL`.
+/// Finds the API: `--endpoint-url`, else the stack's `ApiUrl` output (`--stack`), else
+/// `BATCHLINE_API_URL`; a URL without `http://` or `https://` is refused saying so.
 pub async fn find_api(endpoint: Option<&str>, stack: Option<&str>, sdk: &SdkConfig) -> Result<String, Failure> {
     if let Some(url) = endpoint {
-        return Ok(url.trim_end_matches('/').to_owned());
+        return with_scheme(url, "--endpoint-url");
     }
     if let Some(stack) = stack {
         let cloudformation = aws_sdk_cloudformation::Client::new(sdk);
@@ -49,11 +49,102 @@ pub async fn find_api(endpoint: Option<&str>, stack: Option<&str>, sdk: &SdkConf
             .and_then(|s| s.outputs().iter().find(|o| o.output_key() == Some("ApiUrl")))
             .and_then(|o| o.output_value())
             .ok_or_else(|| Failure::new(format!("stack {stack} has no ApiUrl output: is it a Batchline stack?")))?;
-        return Ok(url.trim_end_matches('/').to_owned());
+        return with_scheme(url, &format!("stack {stack}'s ApiUrl"));
     }
     match std::env::var(API_URL_VAR) {
-        Ok(url) if !url.trim().is_empty() => Ok(url.trim().trim_end_matches('/').to_owned()),
-        _ => Err(Failure::new(format!("where is the API? give --endpoint URL, --stack NAME or set {API_URL_VAR}"))),
+        Ok(url) if !url.trim().is_empty() => with_scheme(url.trim(), API_URL_VAR),
+        _ => Err(Failure::new(format!("where is the API? give --endpoint-url URL, --stack NAME or set {API_URL_VAR}"))),
+    }
+}
+
+/// `url` without a trailing slash, if it names its scheme; else the one line that says
+/// what to write (`from`: where the URL came from).
+pub fn with_scheme(url: &str, from: &str) -> Result<String, Failure> {
+    if url.starts_with("http://") || url.starts_with("https://") {
+        return Ok(url.trim_end_matches('/').to_owned());
+    }
+    Err(Failure::new(format!(
+        "{from} {url:?} has no scheme: write http://{url} (the local stack) or https://{url} (API Gateway)"
+    )))
+}
+
+/// The causes under an error, innermost last, as one string.
+fn causes(err: &dyn std::error::Error) -> String {
+    let mut said = Vec::new();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        said.push(cause.to_string());
+        source = cause.source();
+    }
+    said.join(": ")
+}
+
+/// The one line for a request that got no answer other than a timeout: what happened and
+/// what to do.
+pub fn connection_failure(method: &str, url: &str, err: &reqwest::Error) -> Failure {
+    let cause = causes(err);
+    let lower = cause.to_lowercase();
+    if url.starts_with("https://") && (lower.contains("invalidcontenttype") || lower.contains("corrupt message")) {
+        let plain = url.replacen("https://", "http://", 1);
+        return Failure::new(format!("{url} answered plain HTTP, not TLS: use {plain}"));
+    }
+    if lower.contains("certificate") {
+        return Failure::new(format!(
+            "{method} {url}: TLS refused the server's certificate ({cause}): is the host right?"
+        ));
+    }
+    if lower.contains("connection refused") {
+        return Failure::new(format!(
+            "{method} {url}: nothing listens there (connection refused): is the URL right, and the stack served (scripts/local-stack locally)?"
+        ));
+    }
+    if lower.contains("dns") || lower.contains("lookup") || lower.contains("name or service not known") {
+        return Failure::new(format!("{method} {url}: its host cannot be found ({cause}): is the URL right?"));
+    }
+    let cause = if cause.is_empty() { err.to_string() } else { cause };
+    Failure::new(format!("{method} {url}: no answer ({cause})"))
+}
+
+/// Where credentials were looked for, for the line that says none were found.
+pub fn credentials_missing(profile: Option<&str>, cause: &str) -> Failure {
+    let profile = match (profile, std::env::var("AWS_PROFILE").ok().filter(|p| !p.is_empty())) {
+        (Some(flag), _) => format!("--profile {flag}"),
+        (None, Some(variable)) => format!("AWS_PROFILE={variable}"),
+        (None, None) => "the default profile (AWS_PROFILE unset)".to_owned(),
+    };
+    Failure::new(format!(
+        "no credentials: looked at {profile}, the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), \
+         ~/.aws/credentials and ~/.aws/config ({cause}); run `aws configure`, or export AWS_ACCESS_KEY_ID \
+         and AWS_SECRET_ACCESS_KEY (locally any values do, e.g. testing)"
+    ))
+}
+
+/// The one line for a CloudWatch Logs call that failed while reading a job's log.
+pub fn logs_error<E>(group: &str, stream: &str, err: &aws_sdk_cloudwatchlogs::error::SdkError<E>) -> String
+where
+    E: aws_sdk_cloudwatchlogs::error::ProvideErrorMetadata + std::error::Error + 'static,
+{
+    use aws_sdk_cloudwatchlogs::error::SdkError;
+    let at = format!("reading the log {group} {stream} from CloudWatch Logs");
+    let local = "; trying Batchline locally? export the AWS_ENDPOINT_URL scripts/local-stack prints";
+    match err {
+        SdkError::ServiceError(service) => {
+            let e = service.err();
+            let code = e.code().unwrap_or("an error");
+            let hint = match code {
+                "UnrecognizedClientException" | "InvalidClientTokenId" | "InvalidSignatureException" => local,
+                "AccessDeniedException" => "; your IAM identity may not read this log group",
+                _ => "",
+            };
+            format!("{at}: {code}: {}{hint}", e.message().unwrap_or_default())
+        }
+        SdkError::TimeoutError(_) => format!("{at}: no answer in time (--cli-connect-timeout, --cli-read-timeout)"),
+        SdkError::DispatchFailure(failure) => {
+            let endpoint = std::env::var("AWS_ENDPOINT_URL").unwrap_or_else(|_| "AWS".to_owned());
+            let cause = failure.as_connector_error().map(|c| format!("{c}: {}", causes(c))).unwrap_or_default();
+            format!("{at}: no connection to {endpoint} ({cause}){local}")
+        }
+        other => format!("{at}: {other}{local}"),
     }
 }
 
@@ -79,6 +170,8 @@ pub struct Api {
     http: reqwest::Client,
     sdk: SdkConfig,
     timeouts: Timeouts,
+    /// `--profile`, to name where credentials were looked for when none are found.
+    pub profile: Option<String>,
 }
 
 impl Api {
@@ -91,7 +184,7 @@ impl Api {
             http = http.read_timeout(read);
         }
         let http = http.build().map_err(|e| Failure::new(format!("the HTTP client cannot start: {e}")))?;
-        Ok(Api { base, http, sdk, timeouts })
+        Ok(Api { base, http, sdk, timeouts, profile: None })
     }
 
     /// The one line that says why a request got no answer, and what to do.
@@ -109,7 +202,7 @@ impl Api {
                 "{method} {url}: no answer within {limit} s (--cli-read-timeout): is this Batchline's API? raise the limit if it is just slow"
             ));
         }
-        Failure::new(format!("{method} {url}: {err}"))
+        connection_failure(method, url, err)
     }
 
     pub async fn get(&self, path: &str) -> Result<Value, Failure> {
@@ -173,12 +266,11 @@ impl Api {
         headers: &[(String, String)],
         body: &[u8],
     ) -> Result<Vec<(String, String)>, Failure> {
-        let provider = self
-            .sdk
-            .credentials_provider()
-            .ok_or_else(|| Failure::new("no AWS credentials: configure them as for the AWS CLI"))?;
+        let profile = self.profile.as_deref();
+        let provider =
+            self.sdk.credentials_provider().ok_or_else(|| credentials_missing(profile, "no credential provider"))?;
         let credentials =
-            provider.provide_credentials().await.map_err(|e| Failure::new(format!("no AWS credentials: {e}")))?;
+            provider.provide_credentials().await.map_err(|e| credentials_missing(profile, &e.to_string()))?;
         let identity: Identity = credentials.into();
         let region = self.sdk.region().map(|r| r.to_string()).unwrap_or_else(|| "us-east-1".to_owned());
         let params = v4::SigningParams::builder()

@@ -1,38 +1,79 @@
 //! `batchline`: Batchline from the command line — submit jobs, start, watch, cancel and redrive runs, read a job's logs, see what the stack is doing.
 //!
-//! Every command is a client of the stack's HTTP API (found from `--endpoint`, `--stack` or
-//! `BATCHLINE_API_URL`), signed with SigV4 from the standard AWS credential chain; only
-//! `logs` also reads CloudWatch Logs, straight from the job's log group with the caller's
-//! own credentials: the logs are the caller's to read under their IAM permissions, and
-//! passing them through the API would double their transfer and Lambda's 6 MB answer limit.
+//! Every command is a client of the stack's HTTP API (found from `--endpoint-url`, `--stack`
+//! or `BATCHLINE_API_URL`), signed with SigV4 from the standard AWS credential chain
+//! (`--profile`, `--region` as the AWS CLI takes them); only `logs` also reads CloudWatch
+//! Logs, straight from the job's log group with the caller's own credentials: the logs are
+//! the caller's to read under their IAM permissions, and passing them through the API would
+//! double their transfer and Lambda's 6 MB answer limit.
 //!
-//! Exit status: 0 when the command did what it says (a watched run or waited job
-//! SUCCEEDED), 1 for an error (the API's, shown as one line with its HTTP status), 2 when a
-//! watched run or waited job FAILED, 3 when a watched run was CANCELLED.
-
-use std::io::IsTerminal;
-use std::time::Duration;
+//! Exit status ([`EXIT_STATUS_HELP`], also in `--help`): 0 success, 1 an error, 2 a usage
+//! error, 3 a watched run or waited job ended FAILED, 4 CANCELLED, 130 interrupted.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::{json, Map, Value};
 
 pub mod client;
+pub mod follow;
 pub mod render;
 
 use client::{Api, Failure};
+pub use follow::interrupted;
+use follow::{logs, wait_for_job, watch};
+
+/// What the exit status says, as `--help` and the reference list it.
+pub const EXIT_STATUS_HELP: &str = "\
+Exit status:
+  0    the command did what it says (a watched run or waited job SUCCEEDED)
+  1    an error: the network, the credentials, or the API refused (one line on stderr)
+  2    a usage error (an unknown command or option, a missing argument)
+  3    the watched run or waited job ended FAILED
+  4    the watched run or waited job ended CANCELLED
+  130  interrupted (Ctrl-C) while watching, waiting or following; the run or job goes on,
+       and the last line says how to watch it again
+
+Environment:
+  BATCHLINE_API_URL      the API's URL when neither --endpoint-url nor --stack is given
+  AWS_PROFILE            the profile to take credentials and region from (--profile)
+  AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN
+                         credentials, as for the AWS CLI (else the profile, SSO, a role)
+  AWS_REGION, AWS_DEFAULT_REGION
+                         the region (--region; else the profile's)
+  AWS_ENDPOINT_URL       where the AWS calls the command line makes itself go (logs,
+                         --stack): the local emulator's URL when trying Batchline locally";
+
+/// The exit status of a command interrupted while it watched, waited or followed (Ctrl-C).
+pub const EXIT_INTERRUPTED: i32 = 130;
 
 #[derive(Debug, Parser)]
-#[command(name = "batchline", version, about = "Run container batch jobs and pipelines on AWS Batch + Fargate.")]
+#[command(
+    name = "batchline",
+    version,
+    about = "Run container batch jobs and pipelines on AWS Batch + Fargate.",
+    after_help = EXIT_STATUS_HELP
+)]
 pub struct Cli {
-    /// The API's URL (else --stack, else BATCHLINE_API_URL).
-    #[arg(long, global = true)]
-    pub endpoint: Option<String>,
+    /// The API's URL (else --stack, else BATCHLINE_API_URL); `--endpoint` is the old name.
+    #[arg(long = "endpoint-url", visible_alias = "endpoint", global = true, value_name = "URL")]
+    pub endpoint_url: Option<String>,
     /// The CloudFormation stack whose ApiUrl output names the API.
     #[arg(long, global = true)]
     pub stack: Option<String>,
-    /// Tables for people (default) or the API's JSON for scripts.
+    /// The AWS profile to use, as the AWS CLI's option (else AWS_PROFILE, else the default).
+    #[arg(long, global = true)]
+    pub profile: Option<String>,
+    /// The AWS region to sign for and call, as the AWS CLI's option (else AWS_REGION, else the
+    /// profile's).
+    #[arg(long, global = true)]
+    pub region: Option<String>,
+    /// Tables for people (default) or the API's JSON for scripts, one document a line (JSON
+    /// Lines: a watch or a wait writes one line at each change).
     #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
     pub output: Output,
+    /// Watching appends each change as plain lines even on a terminal, instead of redrawing
+    /// the run's block in place.
+    #[arg(long, global = true)]
+    pub no_redraw: bool,
     /// Seconds to wait for a connection to the API (0: no limit), as the AWS CLI's option.
     #[arg(long, global = true, value_name = "SECONDS", default_value_t = 10)]
     pub cli_connect_timeout: u64,
@@ -60,16 +101,34 @@ pub enum Command {
     /// List, show, watch, cancel or redrive runs.
     #[command(subcommand)]
     Runs(RunsCommand),
-    /// Print a job's log (every attempt's), optionally following it until the job ends.
-    Logs {
-        /// The job's id.
-        job_id: String,
-        /// Go on printing until the job has ended.
-        #[arg(long, short)]
-        follow: bool,
+    /// Print a job's log (every attempt's), or a run stage's (`logs RUN STAGE`), optionally
+    /// following it until the job ends.
+    Logs(LogsArgs),
+    /// Print a completion script for a shell: `batchline completions bash > /etc/bash_completion.d/batchline`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
     },
     /// The stack's queues, what waits and works in them, and recent failures.
     Status,
+}
+
+/// `batchline logs JOB_ID | RUN_ID STAGE [--attempt N] [--index N] [--follow]`.
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// A job's id; or a run's id followed by one of its stages.
+    #[arg(required = true, num_args = 1..=2, value_names = ["JOB_ID | RUN_ID", "STAGE"])]
+    pub target: Vec<String>,
+    /// Of a run's stage: this attempt (1, 2, ...; default the last).
+    #[arg(long)]
+    pub attempt: Option<u32>,
+    /// Of a map stage: this child (its index in the map), instead of the stage's first array.
+    #[arg(long)]
+    pub index: Option<u64>,
+    /// Go on printing until the job has ended.
+    #[arg(long, short)]
+    pub follow: bool,
 }
 
 #[derive(Debug, Args)]
@@ -92,6 +151,10 @@ pub struct SubmitArgs {
     /// Wait until the job ends; the exit status says how.
     #[arg(long)]
     pub wait: bool,
+    /// Refuse a size that is not a valid Fargate size as given, instead of having the API
+    /// adjust it to the nearest one (and saying so).
+    #[arg(long)]
+    pub exact_size: bool,
 }
 
 /// `batchline jobs [--object S3_URI] [COMMAND]`.
@@ -190,11 +253,11 @@ pub enum RunsCommand {
         /// other stages keep their last size (a map's children, each its own).
         #[arg(long = "size", value_name = "STAGE=VCPU/MEMORY")]
         sizes: Vec<String>,
+        /// Watch the redriven run until it ends; the exit status says how.
+        #[arg(long)]
+        watch: bool,
     },
 }
-
-/// How often `watch`, `--wait` and `--follow` poll.
-const POLL: Duration = Duration::from_secs(2);
 
 /// Runs the command line; returns the exit status.
 pub async fn main_with(cli: Cli) -> i32 {
@@ -208,6 +271,11 @@ pub async fn main_with(cli: Cli) -> i32 {
 }
 
 async fn run(cli: Cli) -> Result<i32, Failure> {
+    if let Command::Completions { shell } = &cli.command {
+        use clap::CommandFactory;
+        clap_complete::generate(*shell, &mut Cli::command(), "batchline", &mut std::io::stdout());
+        return Ok(0);
+    }
     let timeouts = client::Timeouts::from_seconds(cli.cli_connect_timeout, cli.cli_read_timeout);
     // The same limits for the AWS calls the command line makes itself (the stack's outputs, logs).
     let mut limits = aws_config::timeout::TimeoutConfig::builder();
@@ -217,16 +285,26 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
     if let Some(read) = timeouts.read {
         limits = limits.read_timeout(read);
     }
-    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest()).timeout_config(limits.build()).load().await;
-    let base = client::find_api(cli.endpoint.as_deref(), cli.stack.as_deref(), &sdk).await?;
-    let api = Api::new(base, sdk.clone(), timeouts)?;
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest()).timeout_config(limits.build());
+    if let Some(profile) = &cli.profile {
+        loader = loader.profile_name(profile);
+    }
+    if let Some(region) = &cli.region {
+        loader = loader.region(aws_config::Region::new(region.clone()));
+    }
+    let sdk = loader.load().await;
+    let base = client::find_api(cli.endpoint_url.as_deref(), cli.stack.as_deref(), &sdk).await?;
+    let mut api = Api::new(base, sdk.clone(), timeouts)?;
+    api.profile = cli.profile.clone();
     let output = cli.output;
+    let no_redraw = cli.no_redraw;
     match cli.command {
         Command::Submit(args) => submit(&api, args, output).await,
         Command::Jobs(args) => jobs(&api, args.command(), output).await,
-        Command::Run(args) => start_run(&api, args, output).await,
-        Command::Runs(command) => runs(&api, command, output).await,
-        Command::Logs { job_id, follow } => logs(&api, &sdk, &job_id, follow).await,
+        Command::Run(args) => start_run(&api, args, output, no_redraw).await,
+        Command::Runs(command) => runs(&api, command, output, no_redraw).await,
+        Command::Logs(args) => logs(&api, &sdk, args, output).await,
+        Command::Completions { .. } => Ok(0), // printed above, before any API is looked for
         Command::Status => {
             show(output, &api.get("/status").await?, render::status);
             Ok(0)
@@ -237,7 +315,8 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
 /// Prints an answer as the output format asks: the document, or the human rendering.
 fn show(output: Output, document: &Value, human: fn(&Value) -> String) {
     match output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(document).unwrap_or_default()),
+        // One line: a command's documents are JSON Lines, also where it goes on (--wait, --watch).
+        Output::Json => println!("{}", serde_json::to_string(document).unwrap_or_default()),
         Output::Table => print!("{}", human(document)),
     }
 }
@@ -255,10 +334,21 @@ async fn submit(api: &Api, args: SubmitArgs, output: Output) -> Result<i32, Fail
     if let Some(memory) = &args.memory {
         body["memory"] = json!(memory);
     }
+    if args.exact_size {
+        body["exactSize"] = json!(true);
+    }
     let submitted = api.change("POST", "/jobs", Some(&body)).await?;
     show(output, &submitted, |s| {
         let again = if s["duplicate"] == true { " (already submitted: the same job)" } else { "" };
-        format!("submitted job {} ({}){again}\n", render::text(&s["jobId"]), render::text(&s["jobName"]))
+        let mut said =
+            format!("submitted job {} ({}){again}\n", render::text(&s["jobId"]), render::text(&s["jobName"]));
+        if s["sizeAdjusted"] == true {
+            said.push_str(&format!(
+                "size adjusted to {}, the nearest valid Fargate size (--exact-size refuses instead)\n",
+                render::size(&s["size"])
+            ));
+        }
+        said
     });
     if !args.wait {
         return Ok(0);
@@ -295,7 +385,7 @@ async fn jobs(api: &Api, command: JobsCommand, output: Output) -> Result<i32, Fa
 }
 
 /// `batchline run`: a pipeline's run, and with `--watch` its progress to the end.
-async fn start_run(api: &Api, args: RunArgs, output: Output) -> Result<i32, Failure> {
+async fn start_run(api: &Api, args: RunArgs, output: Output, no_redraw: bool) -> Result<i32, Failure> {
     let body = json!({"parameters": pairs(&args.params)?, "environment": pairs(&args.env)?});
     let started = api.change("POST", &format!("/pipelines/{}/runs", encode(&args.pipeline)), Some(&body)).await?;
     show(output, &started, |s| {
@@ -304,11 +394,11 @@ async fn start_run(api: &Api, args: RunArgs, output: Output) -> Result<i32, Fail
     if !args.watch {
         return Ok(0);
     }
-    watch(api, &render::text(&started["runId"]), output).await
+    watch(api, &render::text(&started["runId"]), output, no_redraw).await
 }
 
 /// `batchline runs list|show|watch|cancel|redrive`.
-async fn runs(api: &Api, command: RunsCommand, output: Output) -> Result<i32, Failure> {
+async fn runs(api: &Api, command: RunsCommand, output: Output, no_redraw: bool) -> Result<i32, Failure> {
     match command {
         RunsCommand::List { pipeline, limit } => {
             let mut path = format!("/runs?limit={limit}");
@@ -318,9 +408,9 @@ async fn runs(api: &Api, command: RunsCommand, output: Output) -> Result<i32, Fa
             show(output, &api.get(&path).await?, render::runs);
         }
         RunsCommand::Show { run_id } => {
-            show(output, &api.get(&format!("/runs/{}", encode(&run_id))).await?, render::run);
+            show(output, &api.get(&format!("/runs/{}", encode(&run_id))).await?, render::run_in_full);
         }
-        RunsCommand::Watch { run_id } => return watch(api, &run_id, output).await,
+        RunsCommand::Watch { run_id } => return watch(api, &run_id, output, no_redraw).await,
         RunsCommand::Cancel { run_id } => {
             let answer = api.change("DELETE", &format!("/runs/{}", encode(&run_id)), None).await?;
             show(output, &answer, |a| {
@@ -328,7 +418,7 @@ async fn runs(api: &Api, command: RunsCommand, output: Output) -> Result<i32, Fa
                 format!("run {} {}; {stopped} job(s) stopped\n", render::text(&a["runId"]), render::text(&a["status"]))
             });
         }
-        RunsCommand::Redrive { run_id, sizes } => {
+        RunsCommand::Redrive { run_id, sizes, watch: and_watch } => {
             let body = (!sizes.is_empty()).then(|| stage_sizes(&sizes)).transpose()?.map(|s| json!({"sizes": s}));
             let answer = api.change("POST", &format!("/runs/{}/redrive", encode(&run_id)), body.as_ref()).await?;
             show(output, &answer, |a| {
@@ -336,6 +426,9 @@ async fn runs(api: &Api, command: RunsCommand, output: Output) -> Result<i32, Fa
                 let (run, generation) = (render::text(&a["runId"]), render::text(&a["redrive"]));
                 format!("run {run} redriven (generation {generation}): {}\n", stages.join(", "))
             });
+            if and_watch {
+                return watch(api, &run_id, output, no_redraw).await;
+            }
         }
     }
     Ok(0)
@@ -369,7 +462,7 @@ fn stage_sizes(items: &[String]) -> Result<Map<String, Value>, Failure> {
 }
 
 /// A path segment or query value, percent-encoded.
-fn encode(text: &str) -> String {
+pub(crate) fn encode(text: &str) -> String {
     text.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
@@ -378,122 +471,14 @@ fn encode(text: &str) -> String {
         .collect()
 }
 
-/// The exit status for how a run or job ended.
+/// The exit status for how a run or job ended (see [`EXIT_STATUS_HELP`]).
 pub fn exit_status(status: &str) -> Option<i32> {
     match status {
         "SUCCEEDED" => Some(0),
-        "FAILED" => Some(2),
-        "CANCELLED" => Some(3),
+        "FAILED" => Some(3),
+        "CANCELLED" => Some(4),
         _ => None,
     }
-}
-
-/// Polls the run's record until the run has ended, redrawing it on a terminal and printing
-/// each change otherwise.
-async fn watch(api: &Api, run_id: &str, output: Output) -> Result<i32, Failure> {
-    let path = format!("/runs/{}", encode(run_id));
-    let redraw = output == Output::Table && std::io::stdout().is_terminal();
-    let mut last = String::new();
-    loop {
-        let view = api.get(&path).await?;
-        let ended = exit_status(view["status"].as_str().unwrap_or_default());
-        let shown = render::run(&view);
-        if redraw {
-            println!("\x1b[2J\x1b[H{shown}watching every {}s (Ctrl-C stops watching, not the run)", POLL.as_secs());
-        } else if output == Output::Table && shown != last {
-            print!("{shown}");
-        }
-        last = shown;
-        if let Some(status) = ended {
-            if output == Output::Json {
-                println!("{}", serde_json::to_string_pretty(&view).unwrap_or_default());
-            }
-            return Ok(status);
-        }
-        tokio::time::sleep(POLL).await;
-    }
-}
-
-/// Polls a job until it ends, saying each status it reaches.
-async fn wait_for_job(api: &Api, job_id: &str, output: Output) -> Result<i32, Failure> {
-    let path = format!("/jobs/{}", encode(job_id));
-    let mut last = String::new();
-    loop {
-        let view = api.get(&path).await?;
-        let status = render::text(&view["status"]);
-        if status != last && output == Output::Table {
-            println!("job {job_id}: {status}");
-        }
-        if let Some(code) = exit_status(&status) {
-            if output == Output::Json {
-                println!("{}", serde_json::to_string_pretty(&view).unwrap_or_default());
-            }
-            return Ok(code);
-        }
-        last = status;
-        tokio::time::sleep(POLL).await;
-    }
-}
-
-/// Prints every attempt's log stream of the job, from CloudWatch Logs; with `follow`, goes
-/// on until the job has ended and its log is read to the end.
-async fn logs(api: &Api, sdk: &aws_config::SdkConfig, job_id: &str, follow: bool) -> Result<i32, Failure> {
-    let logs = aws_sdk_cloudwatchlogs::Client::new(sdk);
-    let path = format!("/jobs/{}", encode(job_id));
-    // Per stream, the token to go on from.
-    let mut positions: Vec<(String, Option<String>)> = Vec::new();
-    loop {
-        let view = api.get(&path).await?;
-        let group = render::text(&view["logGroup"]);
-        for stream in render::items(&view["logStreams"]).iter().filter_map(Value::as_str) {
-            if !positions.iter().any(|(s, _)| s == stream) {
-                positions.push((stream.to_owned(), None));
-            }
-        }
-        let ended = exit_status(view["status"].as_str().unwrap_or_default()).is_some();
-        for (stream, token) in positions.iter_mut() {
-            loop {
-                let page = logs
-                    .get_log_events()
-                    .log_group_name(&group)
-                    .log_stream_name(stream.as_str())
-                    .start_from_head(true)
-                    .set_next_token(token.clone())
-                    .send()
-                    .await;
-                let page = match page {
-                    Ok(page) => page,
-                    // A stream appears once the task has started writing to it.
-                    Err(err) if is_not_found(&err) => break,
-                    Err(err) => {
-                        return Err(Failure::new(format!(
-                            "reading {group} {stream}: {}",
-                            aws_sdk_cloudwatchlogs::error::DisplayErrorContext(err)
-                        )))
-                    }
-                };
-                for event in page.events() {
-                    println!("{}", event.message().unwrap_or_default().trim_end());
-                }
-                let next = page.next_forward_token().map(str::to_owned);
-                let done = next == *token;
-                *token = next;
-                if done || page.events().is_empty() {
-                    break;
-                }
-            }
-        }
-        if !follow || ended {
-            return Ok(0);
-        }
-        tokio::time::sleep(POLL).await;
-    }
-}
-
-fn is_not_found<E: aws_sdk_cloudwatchlogs::error::ProvideErrorMetadata>(
-    err: &aws_sdk_cloudwatchlogs::error::SdkError<E>,
-) -> bool {
-    err.as_service_error().and_then(|e| e.code()) == Some("ResourceNotFoundException")
 }
 
 #[cfg(test)]
@@ -525,7 +510,7 @@ mod tests {
 
     #[test]
     fn how_a_run_ended_is_the_exit_status() {
-        assert_eq!(["SUCCEEDED", "FAILED", "CANCELLED", "RUNNING"].map(exit_status), [Some(0), Some(2), Some(3), None]);
+        assert_eq!(["SUCCEEDED", "FAILED", "CANCELLED", "RUNNING"].map(exit_status), [Some(0), Some(3), Some(4), None]);
         assert_eq!(encode("a b/c"), "a%20b%2Fc");
     }
 }

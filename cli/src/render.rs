@@ -62,7 +62,8 @@ pub fn usd(value: &Value) -> String {
     value.as_f64().map(|usd| format!("${usd:.4}")).unwrap_or_else(|| "-".to_owned())
 }
 
-fn size(value: &Value) -> String {
+/// `0.25 vCPU / 512 MiB` from the API's `{vcpu, memoryMib}`, or `-`.
+pub fn size(value: &Value) -> String {
     match (value["vcpu"].as_str(), value["memoryMib"].as_u64()) {
         (Some(vcpu), Some(memory)) => format!("{vcpu} vCPU / {memory} MiB"),
         _ => "-".to_owned(),
@@ -170,6 +171,47 @@ pub fn dag_order(stages: &serde_json::Map<String, Value>) -> Vec<(String, usize)
     order
 }
 
+/// The stages of a run as a tree, in display order: `(name, label)`, the label drawn with
+/// its branch. A stage hangs under the last (in DAG order) of the stages it runs after;
+/// one that runs after several (a fan-in) says which. Siblings are `├ ` but the last, `└ `.
+pub fn stage_tree(stages: &serde_json::Map<String, Value>) -> Vec<(String, String)> {
+    let order: Vec<String> = dag_order(stages).into_iter().map(|(name, _)| name).collect();
+    let position = |name: &str| order.iter().position(|n| n == name);
+    let after = |name: &str| -> Vec<String> {
+        let listed = stages.get(name).and_then(|s| s["after"].as_array()).cloned().unwrap_or_default();
+        listed.iter().filter_map(Value::as_str).map(str::to_owned).collect()
+    };
+    let mut children: BTreeMap<Option<String>, Vec<String>> = BTreeMap::new();
+    for name in &order {
+        let parent = after(name).into_iter().filter(|up| position(up).is_some()).max_by_key(|up| position(up));
+        children.entry(parent).or_default().push(name.clone());
+    }
+    fn walk(
+        parent: Option<String>,
+        indent: &str,
+        children: &BTreeMap<Option<String>, Vec<String>>,
+        after: &dyn Fn(&str) -> Vec<String>,
+        out: &mut Vec<(String, String)>,
+    ) {
+        let Some(kids) = children.get(&parent) else { return };
+        for (i, name) in kids.iter().enumerate() {
+            let last = i + 1 == kids.len();
+            let (branch, below) = match (&parent, last) {
+                (None, _) => ("", ""),
+                (Some(_), false) => ("├ ", "│ "),
+                (Some(_), true) => ("└ ", "  "),
+            };
+            let upstream = after(name);
+            let fan_in = if upstream.len() > 1 { format!(" (after {})", upstream.join(", ")) } else { String::new() };
+            out.push((name.clone(), format!("{indent}{branch}{name}{fan_in}")));
+            walk(Some(name.clone()), &format!("{indent}{below}"), children, after, out);
+        }
+    }
+    let mut out = Vec::new();
+    walk(None, "", &children, &after, &mut out);
+    out
+}
+
 /// `GET /runs/{id}`: the run, then its stages as a tree.
 pub fn run(view: &Value) -> String {
     let mut out = format!(
@@ -186,16 +228,15 @@ pub fn run(view: &Value) -> String {
     let empty = serde_json::Map::new();
     let stages = view["stages"].as_object().unwrap_or(&empty);
     let mut rows = Vec::new();
-    let mut stage_row = |name: String, depth: usize, stage: &Value| {
+    let mut stage_row = |label: String, stage: &Value| {
         let attempts = items(&stage["attempts"]);
         let last = attempts.last().cloned().unwrap_or(Value::Null);
         let took = match (millis(&last["startedAt"]), millis(&last["stoppedAt"])) {
             (Some(start), Some(stop)) => duration(stop - start),
             _ => "-".to_owned(),
         };
-        let branch = if depth == 0 { String::new() } else { format!("{}└ ", "  ".repeat(depth - 1)) };
         rows.push(vec![
-            format!("{branch}{name}"),
+            label,
             text(&stage["status"]),
             size(&last["size"]),
             attempts.len().to_string(),
@@ -203,15 +244,69 @@ pub fn run(view: &Value) -> String {
             usd(&stage["costUsd"]),
         ]);
     };
-    for (name, depth) in dag_order(stages) {
-        stage_row(name.clone(), depth, &stages[&name]);
+    for (name, label) in stage_tree(stages) {
+        stage_row(label, &stages[&name]);
     }
     if !view["onFailure"].is_null() {
-        stage_row("on-failure".to_owned(), 0, &view["onFailure"]);
+        stage_row("on-failure".to_owned(), &view["onFailure"]);
     }
     out += &table(&["STAGE", "STATUS", "SIZE", "ATTEMPTS", "DURATION", "COST"], &rows);
     for (name, _) in dag_order(stages) {
         out.push_str(&map_line(&name, &stages[&name]["map"]));
+    }
+    out
+}
+
+/// `runs show`: the run as [`run`] draws it, then every stage's attempts in DAG order — job
+/// id, size, status, exit code and reason — and a map stage's array jobs with their counts
+/// (its children's logs: `batchline logs RUN STAGE --index N`).
+pub fn run_in_full(view: &Value) -> String {
+    let mut out = run(view);
+    let empty = serde_json::Map::new();
+    let stages = view["stages"].as_object().unwrap_or(&empty);
+    let mut named: Vec<(String, &Value)> =
+        dag_order(stages).into_iter().map(|(n, _)| (n.clone(), &stages[&n])).collect();
+    if !view["onFailure"].is_null() {
+        named.push(("on-failure".to_owned(), &view["onFailure"]));
+    }
+    let mut rows = Vec::new();
+    for (name, stage) in &named {
+        for attempt in items(&stage["attempts"]) {
+            let job = match attempt["jobId"].as_str() {
+                Some(id) => id.to_owned(),
+                None if stage["map"].is_object() => "(map: its arrays below)".to_owned(),
+                None => "-".to_owned(),
+            };
+            rows.push(vec![
+                name.clone(),
+                text(&attempt["number"]),
+                job,
+                size(&attempt["size"]),
+                text(&attempt["status"]),
+                attempt["exitCode"].as_i64().map_or("-".to_owned(), |c| c.to_string()),
+                attempt["reason"].as_str().unwrap_or("-").to_owned(),
+            ]);
+        }
+    }
+    out.push('\n');
+    out += &table(&["STAGE", "ATTEMPT", "JOB", "SIZE", "STATUS", "EXIT", "REASON"], &rows);
+    for (name, stage) in &named {
+        let arrays = items(&stage["map"]["arrayJobs"]);
+        if arrays.is_empty() {
+            continue;
+        }
+        out.push_str(&format!("map {name}: {} array job(s)\n", arrays.len()));
+        for array in arrays {
+            let first = array["first"].as_u64().unwrap_or(0);
+            let last = first + array["size"].as_u64().unwrap_or(1).saturating_sub(1);
+            out.push_str(&format!(
+                "  children {first}-{last}: {} {} ({} succeeded, {} failed)\n",
+                array["jobId"].as_str().unwrap_or("(not submitted)"),
+                text(&array["status"]),
+                text(&array["succeeded"]),
+                text(&array["failed"]),
+            ));
+        }
     }
     out
 }
@@ -281,6 +376,15 @@ pub fn status(view: &Value) -> String {
             .collect();
         out += &table(&["JOB", "NAME", "STOPPED", "REASON"], &rows);
     }
+    let recovered = items(&view["recovered"]);
+    if !recovered.is_empty() {
+        out.push_str("failed, then recovered (resized or attempted again):\n");
+        let rows: Vec<Vec<String>> = recovered
+            .iter()
+            .map(|j| vec![text(&j["jobId"]), text(&j["jobName"]), text(&j["statusReason"]), text(&j["recoveredBy"])])
+            .collect();
+        out += &table(&["JOB", "NAME", "REASON", "TAKEN OVER BY"], &rows);
+    }
     out
 }
 
@@ -301,6 +405,43 @@ mod tests {
         assert_eq!(
             order,
             [("extract".into(), 0), ("transform".into(), 1), ("validate".into(), 1), ("report".into(), 2)]
+        );
+    }
+
+    #[test]
+    fn fan_out_draws_siblings_and_fan_in_hangs_under_its_last_upstream_naming_all() {
+        let stages = json!({
+            "a": {"after": []}, "b": {"after": ["a"]}, "c": {"after": ["a"]},
+            "d": {"after": ["b", "c"]}, "e": {"after": ["d"]}, "f": {"after": ["b"]}
+        });
+        let labels: Vec<String> = stage_tree(stages.as_object().unwrap()).into_iter().map(|(_, label)| label).collect();
+        assert_eq!(labels, ["a", "├ b", "│ └ f", "└ c", "  └ d (after b, c)", "    └ e"]);
+    }
+
+    #[test]
+    fn a_run_in_full_lists_every_attempt_and_a_maps_arrays() {
+        let view = json!({
+            "runId": "r", "pipeline": "p", "status": "FAILED", "stages": {
+                "load": {"status": "FAILED", "after": [], "attempts": [
+                    {"number": 1, "jobId": "j-1", "size": {"vcpu": "0.25", "memoryMib": 512}, "status": "FAILED",
+                     "exitCode": 137, "reason": "OutOfMemoryError: Container killed"},
+                    {"number": 2, "jobId": "j-2", "size": {"vcpu": "0.25", "memoryMib": 1024}, "status": "FAILED",
+                     "exitCode": 3, "reason": null}]},
+                "each": {"status": "SKIPPED", "after": ["load"], "attempts": [], "map": {"children": 3,
+                    "arrayJobs": [{"jobId": "arr-1", "first": 0, "size": 3, "status": "SUCCEEDED", "succeeded": 3, "failed": 0}]}}
+            }
+        });
+        let shown = run_in_full(&view);
+        assert!(
+            shown.contains(
+                "load   1        j-1  0.25 vCPU / 512 MiB   FAILED  137   OutOfMemoryError: Container killed"
+            ),
+            "{shown}"
+        );
+        assert!(shown.contains("load   2        j-2  0.25 vCPU / 1024 MiB  FAILED  3     -"), "{shown}");
+        assert!(
+            shown.contains("map each: 1 array job(s)\n  children 0-2: arr-1 SUCCEEDED (3 succeeded, 0 failed)"),
+            "{shown}"
         );
     }
 

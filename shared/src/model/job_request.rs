@@ -153,6 +153,32 @@ impl RequestError {
     }
 }
 
+/// The parameter names a command asks Batch for (`Ref::name`, anywhere in an argument):
+/// a job of it needs each of them, or Batch leaves the placeholder in the command.
+pub fn referenced_parameters(command: &[String]) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    for argument in command {
+        for (at, _) in argument.match_indices("Ref::") {
+            let rest = &argument[at + "Ref::".len()..];
+            let name: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+            if !name.is_empty() {
+                names.insert(name);
+            }
+        }
+    }
+    names
+}
+
+/// The names of `wanted` that `given` lacks, as `Ref::a, Ref::b`, or `None` when none is missing.
+pub fn missing_parameters<'a>(
+    wanted: &std::collections::BTreeSet<String>,
+    given: impl IntoIterator<Item = &'a String>,
+) -> Option<String> {
+    let given: std::collections::BTreeSet<&String> = given.into_iter().collect();
+    let missing: Vec<String> = wanted.iter().filter(|n| !given.contains(n)).map(|n| format!("Ref::{n}")).collect();
+    (!missing.is_empty()).then(|| missing.join(", "))
+}
+
 impl JobRequest {
     /// Every reason Batch would refuse this request, so the caller hears them all at once
     /// as a 4xx (the one validator of `POST /jobs` and of a run's stages).
@@ -207,6 +233,17 @@ impl JobRequest {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_parameters_a_command_names_are_read_from_every_ref() {
+        let command: Vec<String> =
+            ["convert", "Ref::inputKey", "--out=s3://Ref::bucket/Ref::key.png", "Ref::"].map(str::to_owned).to_vec();
+        let wanted = referenced_parameters(&command);
+        assert_eq!(wanted.iter().map(String::as_str).collect::<Vec<_>>(), ["bucket", "inputKey", "key"]);
+        let given = ["inputKey".to_owned()];
+        assert_eq!(missing_parameters(&wanted, &given).as_deref(), Some("Ref::bucket, Ref::key"));
+        assert_eq!(missing_parameters(&referenced_parameters(&[]), &given), None);
+    }
     use super::*;
 
     #[test]

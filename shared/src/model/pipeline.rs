@@ -34,6 +34,23 @@ pub struct Pipeline {
     pub max_run_cost_usd: Option<f64>,
 }
 
+impl Pipeline {
+    /// How many stages deep `stage` is: 0 for one that runs after none, else one more than
+    /// the deepest stage it runs after. Sorting by it (then by name) is the DAG order people
+    /// read a pipeline in.
+    pub fn depth(&self, stage: &str) -> usize {
+        fn depth(pipeline: &Pipeline, stage: &str, seen: usize) -> usize {
+            let Some(declared) = pipeline.stages.get(stage) else { return 0 };
+            // A cycle is never deployed (bootstrap refuses it); stop at the stage count anyway.
+            if seen > pipeline.stages.len() {
+                return seen;
+            }
+            declared.after.iter().map(|up| depth(pipeline, up, seen + 1) + 1).max().unwrap_or(0)
+        }
+        depth(self, stage, 0)
+    }
+}
+
 /// What happens to a run's other jobs when one of its stages fails for good. Either way
 /// nothing new is submitted (but the failure stage) and the run is FAILED.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

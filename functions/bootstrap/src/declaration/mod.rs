@@ -44,7 +44,7 @@ use repository::resolve_repository;
 use roles::resolve_roles;
 pub use roles::DEFAULT_RUN_DATA_PREFIX;
 pub use stack_scope::{check_in_stack, SecretSource, StackPlace};
-use triggers::{check_coalesce, check_run_data_overlap, resolve_triggers};
+use triggers::{check_coalesce, check_parameters, check_run_data_overlap, resolve_triggers};
 
 /// The validated document: every default filled in and physical names chosen, nothing
 /// provisioned yet. Provisioning it gives the deployed [`StackConfig`].
@@ -155,6 +155,7 @@ fn resolve(doc: Document) -> Result<Declared, ConfigProblems> {
     let triggers = resolve_triggers(doc.triggers.unwrap_or_default(), &job_definitions, &pipelines, &mut problems);
     check_run_data_overlap(&triggers, &roles, &mut problems);
     check_coalesce(&triggers, &job_definitions, &roles, &mut problems);
+    check_parameters(&triggers, &job_definitions, &mut problems);
     maps::check_maps(&pipelines, &roles, &triggers, &mut problems);
 
     if !problems.is_empty() {
@@ -280,6 +281,25 @@ mod tests {
         assert!(
             why.contains("runs started by Triggers.S3.t have no {inputPrefix}") && why.contains("objects"),
             "{why}"
+        );
+    }
+
+    #[test]
+    fn a_trigger_whose_events_never_supply_a_parameter_its_jobs_command_names_is_refused() {
+        let mut properties = network_only();
+        properties["JobDefinitions"] =
+            json!({"default": {}, "convert": {"Command": ["convert", "Ref::inputKey", "--width=Ref::width"]}});
+        properties["Triggers"] = json!({
+            "S3": {"in": {"Prefix": "in/", "JobDefinition": "convert", "Parameters": {"width": "100"}}},
+            "Schedules": {"nightly": {"JobDefinition": "convert", "Parameters": {"width": "100"}}}
+        });
+        let why = declare(&properties).unwrap_err().problems;
+        assert_eq!(why.len(), 1, "{why:?}");
+        assert!(
+            why[0].starts_with(
+                "Triggers.Schedules.nightly: the command of job definition \"convert\" names Ref::inputKey,"
+            ),
+            "{why:?}"
         );
     }
 

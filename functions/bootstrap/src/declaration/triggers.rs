@@ -108,6 +108,36 @@ fn resolve_coalesce(path: &str, doc: &CoalesceDoc, problems: &mut Vec<String>) -
     }
 }
 
+/// Refuses a trigger of a job definition whose command names a parameter (`Ref::name`) its
+/// events never supply: an S3 rule gives `inputBucket`, `inputKey` and `inputSize`, a
+/// schedule `scheduledTime`, each its own `Parameters` (a coalesced rule is checked by
+/// [`check_coalesce`]). Its jobs would otherwise run with the placeholder in their command.
+pub(super) fn check_parameters(
+    triggers: &Triggers,
+    definitions: &BTreeMap<String, JobDefinition>,
+    problems: &mut Vec<String>,
+) {
+    use batchline::model::job_request::{missing_parameters, referenced_parameters};
+    let s3 = triggers.s3.iter().filter(|(_, rule)| rule.coalesce.is_none()).map(|(key, rule)| {
+        let given: Vec<String> = ["inputBucket", "inputKey", "inputSize"].map(str::to_owned).to_vec();
+        (format!("Triggers.S3.{key}"), &rule.target, &rule.parameters, given)
+    });
+    let schedules = triggers.schedules.iter().map(|(rule_name, rule)| {
+        (format!("Triggers.Schedules.{rule_name}"), &rule.target, &rule.parameters, vec!["scheduledTime".to_owned()])
+    });
+    for (path, target, parameters, supplied) in s3.chain(schedules) {
+        let Target::JobDefinition(key) = target else { continue };
+        let Some(definition) = definitions.get(key) else { continue };
+        let wanted = referenced_parameters(&definition.command);
+        if let Some(missing) = missing_parameters(&wanted, parameters.keys().chain(supplied.iter())) {
+            problems.push(format!(
+                "{path}: the command of job definition {key:?} names {missing}, which this trigger's events never supply (it gives {}): add them to its Parameters or change the command",
+                parameters.keys().chain(supplied.iter()).cloned().collect::<Vec<_>>().join(", ")
+            ));
+        }
+    }
+}
+
 /// Refuses coalescing where a window's run could not work: without the input bucket and
 /// run-data folder (the window's list is written there), or for a job definition whose
 /// command takes the object from `Ref::input*` parameters (a coalesced child has none: its

@@ -57,6 +57,9 @@ pub struct SubmitJobBody {
     pub depends_on: Vec<String>,
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
+    /// Refuse a size that is not a valid Fargate size as given, instead of adjusting it.
+    #[serde(default)]
+    pub exact_size: bool,
 }
 
 /// `POST /jobs`: 202 `{jobId, jobName, jobQueue, status, duplicate, size}`.
@@ -123,21 +126,7 @@ pub fn plan_submit_job(
         return Err(overrides_refused(&format!("jobDefinition {key:?}"), &overridden));
     }
     let mut problems: Vec<RequestError> = Vec::new();
-    let mut size_adjusted = false;
-    let size = if body.vcpu.is_some() || body.memory.is_some() {
-        match requested_size(body.vcpu.as_ref(), body.memory.as_ref(), definition.size) {
-            Ok((size, adjusted)) => {
-                size_adjusted = adjusted;
-                Some(size)
-            }
-            Err(errors) => {
-                problems.extend(errors);
-                None
-            }
-        }
-    } else {
-        None
-    };
+    let (size, size_adjusted) = body_size(&body, definition.size, &mut problems);
     problems.extend(user_tag_problems(&body.tags, OWN_TAGS));
     for (index, id) in body.depends_on.iter().enumerate() {
         if id.is_empty() || id.len() > 128 {
@@ -165,6 +154,7 @@ pub fn plan_submit_job(
     if let Err(found) = job.validate() {
         problems.extend(found);
     }
+    problems.extend(missing_parameters(&job, &key, &definition.command));
     // A size no compute environment of the queue can give would wait in RUNNABLE for ever.
     if let (Some(size), Some(queue)) = (size, config.queue_for(definition)) {
         let capacity = config.queue_capacity(queue);
@@ -179,6 +169,44 @@ pub fn plan_submit_job(
     }
     let size = job.size.unwrap_or(definition.size);
     Ok(SubmitPlan { job, size, size_adjusted })
+}
+
+/// The size a body asks for (`None`: the definition's), and whether it was adjusted to a
+/// valid Fargate size; with `exactSize`, an adjustment is a problem instead.
+fn body_size(body: &SubmitJobBody, definition: Size, problems: &mut Vec<RequestError>) -> (Option<Size>, bool) {
+    if body.vcpu.is_none() && body.memory.is_none() {
+        return (None, false);
+    }
+    match requested_size(body.vcpu.as_ref(), body.memory.as_ref(), definition) {
+        Ok((size, true)) if body.exact_size => {
+            problems.push(RequestError::invalid(
+                "vcpu",
+                format!(
+                    "the size asked for is not a valid Fargate size as given; the nearest is {size} (exactSize refuses instead of adjusting)"
+                ),
+            ));
+            (None, false)
+        }
+        Ok((size, adjusted)) => (Some(size), adjusted),
+        Err(errors) => {
+            problems.extend(errors);
+            (None, false)
+        }
+    }
+}
+
+/// A `Ref::name` of the job's command (its own, else the definition's) that nobody gives:
+/// Batch would run it with the placeholder in place, so it is refused, naming each.
+fn missing_parameters(job: &JobRequest, key: &str, definition_command: &[String]) -> Option<RequestError> {
+    let command = job.command.as_deref().unwrap_or(definition_command);
+    let wanted = batchline::model::job_request::referenced_parameters(command);
+    let missing = batchline::model::job_request::missing_parameters(&wanted, job.parameters.keys())?;
+    Some(RequestError::invalid(
+        "parameters",
+        format!(
+            "the command of jobDefinition {key:?} names {missing}, which neither the request's parameters nor the job definition give: add them to \"parameters\""
+        ),
+    ))
 }
 
 /// What a body sets that a locked job definition (`AllowOverrides: "false"`) decides
@@ -248,7 +276,9 @@ pub async fn cancel(call: &Call<'_>) -> Answer {
     let tag = |name: &str| job.tags.as_ref().and_then(|t| t.get(name)).filter(|v| !v.is_empty()).cloned();
     if let (Some(run), Some(_)) = (tag(RUN_TAG), tag(PIPELINE_TAG)) {
         let stage = tag(STAGE_TAG).unwrap_or_default();
-        let message = format!("job {id} is stage {stage} of run {run}: cancel the run instead (DELETE /runs/{run})");
+        let message = format!(
+            "job {id} is stage {stage} of run {run}: cancel the run instead: batchline runs cancel {run} (DELETE /runs/{run})"
+        );
         return Err(ApiError::new(409, "PipelineJob", message).into());
     }
     call.clients.ports.batch.terminate_job(id, "cancelled through the Batchline API").await?;

@@ -90,6 +90,11 @@ pub fn map_view(map: &MapProgress, live: &BTreeMap<String, BTreeMap<String, i64>
         "waiting": waiting,
         "failedItems": map.failed_items,
         "failedItemsUri": map.failed_items_uri,
+        // Its array jobs (not its children): a child's job is `<jobId>:<index - first>`.
+        "arrayJobs": map.arrays.iter().map(|a| json!({
+            "jobId": a.job_id, "first": a.first, "size": a.size, "status": a.status,
+            "succeeded": a.succeeded, "failed": a.failed,
+        })).collect::<Vec<_>>(),
     });
     if let Some(redrive) = &map.redrive {
         // A redrive's attempt runs only some of the map's children: which attempt's, of how many.

@@ -4,12 +4,18 @@
 //! of calls however many jobs Batch keeps, so a busy stack answers within API Gateway's
 //! 30 s: at most [`MAX_COUNTED`] jobs a status and queue are counted (`countsCapped` names
 //! the statuses that reached it), one page of failures is read, and open runs are counted
-//! up to [`MAX_OPEN_RUNS`].
+//! up to [`MAX_OPEN_RUNS`]. Of the latest failures, those another job took over from — a
+//! pipeline stage attempted again (resized or retried), a single job resized after running
+//! out of memory — are listed apart as recovered, with what took over: they are not what
+//! an operator has to look at.
 
 use batchline::model::batch_event::JobStatus;
+use batchline::model::job_request::{RUN_TAG, STAGE_TAG};
+use batchline::model::run::StageStatus;
 use batchline::model::stack::StackConfig;
 use batchline::services::ports::{BatchPort, JobListing};
-use batchline::store::RunStore;
+use batchline::services::resize::{chain_position, resize_key, ORIGINAL_TAG, RESIZE_TAG};
+use batchline::store::{RunStore, Store};
 use batchline::Error;
 use serde_json::{json, Value};
 
@@ -27,11 +33,45 @@ const ACTIVE: [JobStatus; 5] =
 /// How many of the latest failures `GET /status` shows.
 const RECENT_FAILURES: usize = 5;
 
-/// `GET /status`: 200 `{stack, queues, recentFailures, openRuns}`.
+/// `GET /status`: 200 `{stack, queues, recentFailures, recovered, openRuns}`.
 pub async fn get(call: &Call<'_>) -> Answer {
     let ports = &call.clients.ports;
     let open = count_open_runs(ports.store.as_ref()).await?;
-    Ok(response(200, &status(&ports.batch, call.stack, open).await?))
+    Ok(response(200, &status(&ports.batch, ports.store.as_ref(), call.stack, open).await?))
+}
+
+/// How many of the newest failures are looked at for whether another job took over.
+const FAILURES_EXAMINED: usize = 50;
+
+/// What took over from a failed job, if anything did: a later attempt of its pipeline
+/// stage that has not failed (`attempt N of STAGE: STATUS`), or the job its resize
+/// submitted (`resized to job ID`).
+async fn recovered_by(
+    job: &batchline::model::batch_event::JobDetail,
+    store: &dyn Store,
+    runs: &mut std::collections::BTreeMap<String, Option<batchline::model::run::Run>>,
+) -> Result<Option<String>, Error> {
+    let tag = |name: &str| job.tags.as_ref().and_then(|t| t.get(name)).filter(|v| !v.is_empty()).cloned();
+    if let (Some(run_id), Some(stage)) = (tag(RUN_TAG), tag(STAGE_TAG)) {
+        if !runs.contains_key(&run_id) {
+            let run = store.load_run(&run_id).await?.map(|read| read.run);
+            runs.insert(run_id.clone(), run);
+        }
+        let Some(Some(run)) = runs.get(&run_id) else { return Ok(None) };
+        let Some(stage_run) = run.stage_run(&stage) else { return Ok(None) };
+        let ours = stage_run.attempts.iter().position(|a| a.job_id.as_deref() == Some(job.job_id.as_str()));
+        let later = ours.and_then(|at| stage_run.attempts.get(at + 1..)).and_then(|rest| rest.last());
+        return Ok(later.filter(|a| a.status != StageStatus::Failed).map(|a| {
+            format!(
+                "attempt {} of {stage}: {}",
+                a.number,
+                serde_json::to_value(a.status).unwrap_or_default().as_str().unwrap_or("?")
+            )
+        }));
+    }
+    let (original, resizes) = chain_position(&job.job_id, tag(ORIGINAL_TAG).as_deref(), tag(RESIZE_TAG).as_deref());
+    let next = store.claim(&resize_key(&original, resizes + 1)).await?.and_then(|claim| claim.job_id);
+    Ok(next.map(|id| format!("resized to job {id}")))
 }
 
 /// Runs not yet done with (the sweep's list), counted up to about [`MAX_OPEN_RUNS`].
@@ -66,7 +106,12 @@ async fn count_jobs(batch: &dyn BatchPort, queue: &str, status: &JobStatus) -> R
 
 /// Per queue its state and how many jobs wait or work in each status, and the latest
 /// failures across the queues.
-pub async fn status(batch: &dyn BatchPort, stack: &StackConfig, open_runs: usize) -> Result<Value, Error> {
+pub async fn status(
+    batch: &dyn BatchPort,
+    store: &dyn Store,
+    stack: &StackConfig,
+    open_runs: usize,
+) -> Result<Value, Error> {
     let names: Vec<String> = stack.job_queues.values().map(|q| q.name.clone()).collect();
     let described = batch.job_queues(&names).await?;
     let mut queues = Vec::new();
@@ -100,6 +145,28 @@ pub async fn status(batch: &dyn BatchPort, stack: &StackConfig, open_runs: usize
         }));
     }
     failures.sort_by_key(|job| std::cmp::Reverse(job.0));
-    let recent: Vec<Value> = failures.into_iter().take(RECENT_FAILURES).map(|(_, job)| job).collect();
-    Ok(json!({"stack": stack.name_prefix, "queues": queues, "recentFailures": recent, "openRuns": open_runs}))
+    failures.truncate(FAILURES_EXAMINED);
+    // Their tags say which run or resize chain they belong to: one DescribeJobs call.
+    let ids: Vec<String> = failures.iter().filter_map(|(_, job)| job["jobId"].as_str().map(str::to_owned)).collect();
+    let described = if ids.is_empty() { Vec::new() } else { batch.describe_jobs(&ids).await? };
+    let (mut recent, mut recovered) = (Vec::new(), Vec::new());
+    let mut runs = std::collections::BTreeMap::new();
+    for (_, mut line) in failures {
+        let detail = described.iter().map(|e| &e.detail).find(|d| Some(d.job_id.as_str()) == line["jobId"].as_str());
+        let by = match detail {
+            Some(detail) => recovered_by(detail, store, &mut runs).await?,
+            None => None,
+        };
+        match by {
+            Some(by) if recovered.len() < RECENT_FAILURES => {
+                line["recoveredBy"] = json!(by);
+                recovered.push(line);
+            }
+            Some(_) => {}
+            None if recent.len() < RECENT_FAILURES => recent.push(line),
+            None => {}
+        }
+    }
+    Ok(json!({"stack": stack.name_prefix, "queues": queues, "recentFailures": recent, "recovered": recovered,
+              "openRuns": open_runs}))
 }

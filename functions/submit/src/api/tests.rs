@@ -82,6 +82,30 @@ fn a_job_body_with_four_wrong_fields_is_refused_once_naming_all_four() {
 }
 
 #[test]
+fn a_job_whose_command_names_a_parameter_nobody_gives_is_refused_naming_each() {
+    let stack = stack_with_report(json!({"Command": ["report", "Ref::day", "Ref::region"]}));
+    let body = json!({"jobDefinition": "report", "parameters": {"day": "2026-12-07"}});
+    let refused = plan_submit_job(&stack, &post(&body), "k".into()).unwrap_err();
+    assert_eq!(paths(&refused), set(&["parameters"]), "{refused:?}");
+    assert!(refused.message.contains("names Ref::region, which neither"), "{}", refused.message);
+    let given = json!({"jobDefinition": "report", "parameters": {"day": "2026-12-07", "region": "eu"}});
+    assert!(plan_submit_job(&stack, &post(&given), "k".into()).is_ok());
+    // A command of the request's own is judged instead of the definition's.
+    let own = json!({"jobDefinition": "report", "command": ["echo", "Ref::who"]});
+    assert!(plan_submit_job(&stack, &post(&own), "k".into()).unwrap_err().message.contains("Ref::who"));
+}
+
+#[test]
+fn an_exact_size_is_refused_rather_than_adjusted() {
+    // 3 vCPU alone would become 4 vCPU
+    let adjusted = plan_submit_job(&stack(), &post(&json!({"vcpu": 3})), "k".into()).unwrap();
+    assert!(adjusted.size_adjusted);
+    let refused = plan_submit_job(&stack(), &post(&json!({"vcpu": 3, "exactSize": true})), "k".into()).unwrap_err();
+    assert_eq!(paths(&refused), set(&["vcpu"]), "{refused:?}");
+    assert!(refused.message.contains("not a valid Fargate size as given"), "{}", refused.message);
+}
+
+#[test]
 fn a_run_body_with_four_wrong_fields_is_refused_once_naming_all_four() {
     let stack = stack();
     let body = json!({"parameters": {"day": 3}, "colour": "red",
@@ -165,7 +189,8 @@ async fn the_status_counts_each_queues_jobs_and_shows_the_latest_failures() {
         environments: vec![],
     });
     // WHEN the status is read
-    let status = super::status::status(&batch, &stack, 2).await.unwrap();
+    let store = batchline::store::memory::MemoryStore::default();
+    let status = super::status::status(&batch, &store, &stack, 2).await.unwrap();
     // THEN each status is counted, the queue's state shown, the failures listed
     let shown = &status["queues"][0];
     assert_eq!(shown["jobs"], json!({"SUBMITTED": 3, "PENDING": 0, "RUNNABLE": 2, "STARTING": 0, "RUNNING": 1}));

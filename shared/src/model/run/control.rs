@@ -123,6 +123,8 @@ impl Run {
             stage_run.next_size = sizes.get(name).copied();
             rerun.push(name.clone());
         }
+        // In DAG order, as people read the pipeline (names sort the stages of one depth).
+        rerun.sort_by_key(|name| self.pipeline.depth(name));
         self.status = RunStatus::Running;
         self.ended_at = None;
         self.reason = None;

@@ -233,11 +233,13 @@ pub struct Redriven {
 /// Why a run cannot be redriven now.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RedriveRefused {
-    #[error("run {0} is still running; redrive it once it has ended")]
+    #[error("run {0} is still running; redrive it once it has ended (batchline runs watch {0} waits for that)")]
     StillRunning(String),
-    #[error("run {0} succeeded: there is nothing to redrive")]
+    #[error("run {0} succeeded: there is nothing to redrive (start a new one: batchline run PIPELINE)")]
     Succeeded(String),
-    #[error("run {0} has ended but its jobs are still stopping; redrive it once they have")]
+    #[error(
+        "run {0} has ended but its jobs are still stopping; redrive it once they have (batchline runs watch {0} waits for that)"
+    )]
     StillEnding(String),
     #[error("run {run} has no stage {stage:?}")]
     NoSuchStage { run: String, stage: String },
@@ -365,6 +367,15 @@ impl Run {
             self.pipeline.on_failure.as_ref()
         } else {
             self.pipeline.stages.get(name)
+        }
+    }
+
+    /// How a stage of this run went (the failure stage included).
+    pub fn stage_run(&self, name: &str) -> Option<&StageRun> {
+        if name == ON_FAILURE {
+            self.on_failure.as_ref()
+        } else {
+            self.stages.get(name)
         }
     }
 

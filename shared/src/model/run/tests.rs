@@ -274,3 +274,28 @@ fn a_redrive_key_is_one_request_within_its_window_and_new_work_after_it() {
     let later = run.redrive("k1", &bigger, day_later).unwrap();
     assert_eq!((later.generation, later.duplicate), (3, false));
 }
+
+#[test]
+fn a_redrive_names_its_stages_in_dag_order_not_by_name() {
+    // z runs first and fails; a (after z) and m (after a) are skipped
+    let small = Size { vcpu: Quarters(1), memory_mib: 512 };
+    let pipeline = Pipeline {
+        name: "p".into(),
+        stages: BTreeMap::from([
+            ("z".to_owned(), stage(&[], small, 0)),
+            ("a".to_owned(), stage(&["z"], small, 0)),
+            ("m".to_owned(), stage(&["a"], small, 0)),
+        ]),
+        on_failure: None,
+        on_stage_failure: OnStageFailure::Terminate,
+        max_run_seconds: None,
+        max_run_cost_usd: None,
+    };
+    assert_eq!(["z", "a", "m"].map(|s| pipeline.depth(s)), [0, 1, 2]);
+    let mut run = Run::start("r9".into(), &pipeline, "api", RunInput::default(), 0);
+    submit_all(&mut run);
+    run.apply("z", &event("z-1", "FAILED", json!({"container": {"exitCode": 1}})), 1);
+    run.completion_sent = true;
+    let redriven = run.redrive("k1", &BTreeMap::new(), 2).unwrap();
+    assert_eq!(redriven.stages, ["z", "a", "m"]);
+}
