@@ -4,7 +4,7 @@ Run with the SAM virtual environment's Python (scripts/check-template does) afte
 and a native `cargo build --bins`. moto's CloudFormation does not apply the SAM transform,
 so it is applied here with AWS's own translator (samtranslator, with managed policies read
 from the emulator's IAM), as CloudFormation does on AWS. The custom resource (`Environment`)
-runs for real: the emulator (devtools/emulator/custom_resources.py) invokes the bootstrap
+runs for real: the emulator (devtools/emulator/local_functions.py) invokes the bootstrap
 function as its native binary, waits for its answer at the ResponseURL and honours FAILED.
 
 The stack's life, each step checked and printed:
@@ -50,6 +50,8 @@ STACK = "batchline-ci"
 # The functions the stack's life invokes, as native binaries (cargo build --bins).
 BINARIES = {"BootstrapFunction": "batchline-bootstrap", "SubmitFunction": "batchline-submit"}
 CAPABILITIES = ["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM", "CAPABILITY_AUTO_EXPAND"]
+# The rules whose patterns hold bootstrap's queue ARNs (set by fixture() from the template).
+QUEUE_RULES: list[str] = []
 def start_emulator() -> tuple[str, subprocess.Popen | None]:
     if os.environ.get("AWS_ENDPOINT_URL"):
         return os.environ["AWS_ENDPOINT_URL"], None
@@ -101,6 +103,7 @@ class Life:
             status = self.cloudformation.describe_stacks(StackName=stack)["Stacks"][0]["StackStatus"]
             if not status.endswith("IN_PROGRESS") or time.time() > deadline:
                 return status
+            time.sleep(0.5)
 
     def events_of(self, stack: str, since: int) -> list[dict[str, Any]]:
         """The stack's events from the `since`-th on, oldest first, each printed."""
@@ -145,10 +148,15 @@ class Life:
         return left
 
     def rule_queues(self, stack: str) -> list[str]:
-        """The queue ARNs the Batch event rule's pattern matches."""
-        rule = self.resources(stack)["BatchStateChangeRule"]["PhysicalResourceId"]
-        pattern = json.loads(self.events.describe_rule(Name=rule)["EventPattern"])
-        return sorted(pattern["detail"]["jobQueue"])
+        """The queue ARNs the Batch event rules' patterns match: the same list in every rule
+        whose pattern holds the Environment's `JobQueueArns` (else a mismatch is returned)."""
+        resources = self.resources(stack)
+        seen = []
+        for logical in QUEUE_RULES:
+            rule = resources[logical]["PhysicalResourceId"]
+            pattern = json.loads(self.events.describe_rule(Name=rule)["EventPattern"])
+            seen.append(sorted(pattern["detail"]["jobQueue"]))
+        return seen[0] if all(s == seen[0] for s in seen) else [f"rules differ: {seen}"]
 
     def definition(self, name: str) -> tuple[int, str]:
         active = self.batch.describe_job_definitions(jobDefinitionName=name, status="ACTIVE")["jobDefinitions"]
@@ -171,6 +179,9 @@ class Life:
 def fixture(template: dict[str, Any]) -> dict[str, Any]:
     """The packaged template with a NamePrefix parameter (the real one ties it to the stack's name)."""
     fixed = copy.deepcopy(template)
+    QUEUE_RULES[:] = sorted(name for name, resource in template["Resources"].items()
+                            if resource["Type"] == "AWS::Events::Rule"
+                            and "Environment" in json.dumps(resource["Properties"].get("EventPattern", {})))
     fixed.setdefault("Parameters", {})["NamePrefix"] = {"Type": "String", "Default": STACK}
     fixed["Resources"]["Environment"]["Properties"]["NamePrefix"] = {"Ref": "NamePrefix"}
     return fixed
@@ -206,7 +217,7 @@ def live(life: Life, template: dict[str, Any]) -> None:
     config = life.published(table)
     check(config is not None and config["namePrefix"] == STACK, "bootstrap published the configuration")
     queue_arns = sorted(q["arn"] for q in config["jobQueues"].values())
-    check(life.rule_queues(STACK) == queue_arns, f"the Batch event rule matches bootstrap's queues {queue_arns}")
+    check(life.rule_queues(STACK) == queue_arns, f"the Batch event rules ({', '.join(QUEUE_RULES)}) match bootstrap's queues {queue_arns}")
     submitted = life.submit_through_the_api(STACK)
     job = life.batch.describe_jobs(jobs=[submitted["jobId"]])["jobs"][0]
     check(job["jobQueue"] == config["jobQueues"]["default"]["arn"],
@@ -252,7 +263,7 @@ def live(life: Life, template: dict[str, Any]) -> None:
     check(life.left_of(STACK) == [], f"nothing of the old prefix {STACK} is left")
     queue_arns = sorted(life.queues(renamed).values())
     check(len(queue_arns) == 2 and life.rule_queues(STACK) == queue_arns,
-          f"the Batch event rule was updated to the new queues {queue_arns}")
+          f"the Batch event rules ({', '.join(QUEUE_RULES)}) were updated to the new queues {queue_arns}")
     check(life.published(table)["namePrefix"] == renamed, "the published configuration names the new prefix")
 
     print("\n--- 4. update refused by bootstrap (an invalid Fargate size): rolled back")
@@ -272,6 +283,8 @@ def live(life: Life, template: dict[str, Any]) -> None:
           "the rollback sent the Environment an Update back to its old properties")
     check(life.definition(f"{renamed}-default")[1] == before[1], f"job definition {renamed}-default is as before")
     check(life.resources(STACK)["Environment"]["PhysicalResourceId"] == new_id, "the Environment keeps its id")
+    check(life.published(table)["namePrefix"] == renamed and life.rule_queues(STACK) == queue_arns,
+          "the published configuration and the rules are as before the refused update")
 
     print(f"\n--- 5. delete {STACK}")
     stack_id = life.cloudformation.describe_stacks(StackName=STACK)["Stacks"][0]["StackId"]

@@ -122,38 +122,26 @@ async fn stage_job(
     let view = api.get(&format!("/runs/{}", encode(run_id))).await?;
     let found = if stage == "on-failure" { &view["onFailure"] } else { &view["stages"][stage] };
     if found.is_null() {
-        let names: Vec<String> = view["stages"].as_object().map(|s| s.keys().cloned().collect()).unwrap_or_default();
+        let mut names: Vec<String> = view["stages"]
+            .as_object()
+            .map(|s| render::dag_order(s).into_iter().map(|(n, _)| n).collect())
+            .unwrap_or_default();
+        if !view["onFailure"].is_null() {
+            names.push("on-failure".to_owned());
+        }
         return Err(Failure::new(format!("run {run_id} has no stage {stage:?}: its stages are {}", names.join(", "))));
     }
     let map = &found["map"];
+    if map.is_object() && attempt.is_some() {
+        return Err(Failure::new(format!(
+            "{stage} is a map stage: its children's logs are read with --index N, not --attempt"
+        )));
+    }
+    if !map.is_object() && index.is_some() {
+        return Err(Failure::new(format!("{stage} is not a map stage: --index names a map's child; use --attempt N")));
+    }
     if map.is_object() {
-        let Some(index) = index else {
-            let children = text(&map["children"]);
-            return Err(Failure::new(format!(
-                "{stage} is a map stage of {children} children: name one with --index N (0 to {children} - 1)"
-            )));
-        };
-        let arrays = render::items(&map["arrayJobs"]);
-        let holding = arrays.iter().find(|a| {
-            let first = a["first"].as_u64().unwrap_or(0);
-            (first..first + a["size"].as_u64().unwrap_or(0)).contains(&index)
-        });
-        let Some(array) = holding else {
-            return Err(Failure::new(format!(
-                "{stage} has no child {index} (its children: {})",
-                text(&map["children"])
-            )));
-        };
-        let Some(parent) = array["jobId"].as_str() else {
-            return Err(Failure::new(format!("child {index} of {stage} has not been submitted yet")));
-        };
-        let first = array["first"].as_u64().unwrap_or(0);
-        // An array of one child is a plain job.
-        return Ok(if array["size"].as_u64() == Some(1) {
-            parent.to_owned()
-        } else {
-            format!("{parent}:{}", index - first)
-        });
+        return map_child_job(run_id, stage, map, index);
     }
     let attempts = render::items(&found["attempts"]);
     let chosen = match attempt {
@@ -171,6 +159,38 @@ async fn stage_job(
             text(&chosen["status"])
         ))
     })
+}
+
+/// The job of child `index` of a map stage (`map`: its view): its array's job
+/// (`<array job id>:<index in the array>`, or the job itself for an array of one).
+fn map_child_job(run_id: &str, stage: &str, map: &Value, index: Option<u64>) -> Result<String, Failure> {
+    if map["redriveOf"].is_object() {
+        return Err(Failure::new(format!(
+            "{stage}'s current attempt is a redrive of some of its children, numbered anew: `batchline runs show {run_id}` lists its array jobs; read one with `batchline logs JOB_ID`"
+        )));
+    }
+    let Some(index) = index else {
+        let children = text(&map["children"]);
+        return Err(Failure::new(format!(
+            "{stage} is a map stage of {children} children: name one with --index N (0 to {children} - 1)"
+        )));
+    };
+    // The arrays that run the map's children in its own numbering (a resubmission's
+    // children are numbered anew: `runs show` lists them).
+    let arrays = render::items(&map["arrayJobs"]);
+    let holding = arrays.iter().filter(|a| a["resubmission"] != true).find(|a| {
+        let first = a["first"].as_u64().unwrap_or(0);
+        (first..first + a["size"].as_u64().unwrap_or(0)).contains(&index)
+    });
+    let Some(array) = holding else {
+        return Err(Failure::new(format!("{stage} has no child {index} (its children: {})", text(&map["children"]))));
+    };
+    let Some(parent) = array["jobId"].as_str() else {
+        return Err(Failure::new(format!("child {index} of {stage} has not been submitted yet")));
+    };
+    let first = array["first"].as_u64().unwrap_or(0);
+    // An array of one child is a plain job.
+    Ok(if array["size"].as_u64() == Some(1) { parent.to_owned() } else { format!("{parent}:{}", index - first) })
 }
 
 fn text(value: &Value) -> String {

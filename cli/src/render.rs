@@ -172,19 +172,33 @@ pub fn dag_order(stages: &serde_json::Map<String, Value>) -> Vec<(String, usize)
 }
 
 /// The stages of a run as a tree, in display order: `(name, label)`, the label drawn with
-/// its branch. A stage hangs under the last (in DAG order) of the stages it runs after;
-/// one that runs after several (a fan-in) says which. Siblings are `├ ` but the last, `└ `.
+/// its branch. Stages are placed in DAG order, each as the last child of whichever of the
+/// stages it runs after is shown last so far; so every stage is shown after all it runs
+/// after (a new child lands after its parent's subtree and never moves what is shown). One
+/// that runs after several (a fan-in) says which. Siblings are `├ ` but the last, `└ `.
 pub fn stage_tree(stages: &serde_json::Map<String, Value>) -> Vec<(String, String)> {
     let order: Vec<String> = dag_order(stages).into_iter().map(|(name, _)| name).collect();
-    let position = |name: &str| order.iter().position(|n| n == name);
     let after = |name: &str| -> Vec<String> {
         let listed = stages.get(name).and_then(|s| s["after"].as_array()).cloned().unwrap_or_default();
         listed.iter().filter_map(Value::as_str).map(str::to_owned).collect()
     };
     let mut children: BTreeMap<Option<String>, Vec<String>> = BTreeMap::new();
     for name in &order {
+        let shown = depth_first(&children);
+        let position = |up: &String| shown.iter().position(|s| s == up);
         let parent = after(name).into_iter().filter(|up| position(up).is_some()).max_by_key(|up| position(up));
         children.entry(parent).or_default().push(name.clone());
+    }
+    fn depth_first(children: &BTreeMap<Option<String>, Vec<String>>) -> Vec<String> {
+        fn visit(node: Option<&String>, children: &BTreeMap<Option<String>, Vec<String>>, out: &mut Vec<String>) {
+            for kid in children.get(&node.cloned()).into_iter().flatten() {
+                out.push(kid.clone());
+                visit(Some(kid), children, out);
+            }
+        }
+        let mut out = Vec::new();
+        visit(None, children, &mut out);
+        out
     }
     fn walk(
         parent: Option<String>,
@@ -298,9 +312,13 @@ pub fn run_in_full(view: &Value) -> String {
         out.push_str(&format!("map {name}: {} array job(s)\n", arrays.len()));
         for array in arrays {
             let first = array["first"].as_u64().unwrap_or(0);
-            let last = first + array["size"].as_u64().unwrap_or(1).saturating_sub(1);
+            let size = array["size"].as_u64().unwrap_or(1);
+            let children = match array["resubmission"] == true {
+                true => format!("{size} resubmitted one size up"),
+                false => format!("children {first}-{}", first + size.saturating_sub(1)),
+            };
             out.push_str(&format!(
-                "  children {first}-{last}: {} {} ({} succeeded, {} failed)\n",
+                "  {children}: {} {} ({} succeeded, {} failed)\n",
                 array["jobId"].as_str().unwrap_or("(not submitted)"),
                 text(&array["status"]),
                 text(&array["succeeded"]),
@@ -416,6 +434,19 @@ mod tests {
         });
         let labels: Vec<String> = stage_tree(stages.as_object().unwrap()).into_iter().map(|(_, label)| label).collect();
         assert_eq!(labels, ["a", "├ b", "│ └ f", "└ c", "  └ d (after b, c)", "    └ e"]);
+        // A fan-in across two roots, and one whose upstream is deep in an earlier branch:
+        // each is shown after everything it runs after.
+        let stages = json!({
+            "a": {"after": []}, "b": {"after": ["a"]}, "x": {"after": []}, "d": {"after": ["b", "x"]},
+            "e": {"after": ["b"]}, "f": {"after": ["a"]}, "g": {"after": ["e", "f"]}
+        });
+        let order: Vec<String> = stage_tree(stages.as_object().unwrap()).into_iter().map(|(n, _)| n).collect();
+        for (name, stage) in stages.as_object().unwrap() {
+            let at = order.iter().position(|n| n == name).unwrap();
+            for up in stage["after"].as_array().unwrap().iter().filter_map(Value::as_str) {
+                assert!(order.iter().position(|n| n == up).unwrap() < at, "{up} before {name}: {order:?}");
+            }
+        }
     }
 
     #[test]

@@ -132,7 +132,16 @@ def invoke(
         **environment,
     }
     output = open(log, "a") if log else subprocess.DEVNULL
-    process = subprocess.Popen([str(binary)], env=variables, stdin=subprocess.DEVNULL, stdout=output, stderr=output)
+    try:
+        process = subprocess.Popen([str(binary)], env=variables, stdin=subprocess.DEVNULL, stdout=output,
+                                   stderr=output)
+    except OSError as error:
+        server.shutdown()
+        server.server_close()
+        if log:
+            output.close()  # type: ignore[union-attr]
+        return Outcome({"errorType": "Runtime.InvalidEntrypoint",
+                        "errorMessage": f"{binary} cannot run ({error}): build it with cargo build --bins"}, error=True)
     try:
         server.work.put((str(uuid.uuid4()), payload))
         deadline = time.monotonic() + timeout

@@ -37,8 +37,12 @@ by the bootstrap function) is exercised as ``sam deploy`` exercises it:
   updated (UPDATE_COMPLETE_CLEANUP_IN_PROGRESS) the old id is sent a Delete. A FAILED
   Update rolls back (UPDATE_ROLLBACK_IN_PROGRESS): every custom resource the update
   changed, the failed one included, is sent an Update back to its old properties, and the
-  stack keeps its old template (UPDATE_ROLLBACK_COMPLETE). moto cannot undo changes to
-  other resource types, so a failed update that also changed those leaves them changed.
+  stack keeps its old template (UPDATE_ROLLBACK_COMPLETE); resources the update added are
+  deleted, and resources it removes are deleted only in the cleanup, once it stands. moto
+  cannot undo changes to other resource types, so a failed update that also changed those
+  leaves them changed.
+* Any other failure (a resource moto cannot create, a function with no binary) rolls back
+  or fails the stack as well, with the error as its reason: no stack is left IN_PROGRESS.
 * **Delete** (DeleteStack, and rollbacks) deletes resources in reverse order of creation
   (moto's order was arbitrary, retried until it stuck), so a custom resource is deleted
   while its function still exists; a custom resource is sent a Delete, and a FAILED one
@@ -84,8 +88,8 @@ class CustomResourceFailed(Exception):
         self.resource = resource
         self.request_type = request_type
         self.reason = reason
-        # Custom resources this stack update had changed before this one failed.
-        self.updated: list[tuple[CustomModel, CustomModel]] = []
+        # The properties a failed Update asked for (what its rollback sends as the old ones).
+        self.new_properties: dict[str, Any] = {}
 
 
 def register_runtimes(document: dict[str, Any]) -> None:
@@ -113,7 +117,8 @@ def runtime_for(function: Any, account_id: str, region_name: str, stack: Any = N
     one being deleted is in no list), else by its name."""
     stacks = list(cloudformation_backends[account_id][region_name].stacks.values())
     for stack in ([stack] if stack else []) + stacks:
-        for logical_id, resource in stack.resource_map._parsed_resources.items():
+        # A snapshot: another thread may be creating this stack's resources meanwhile.
+        for logical_id, resource in list(stack.resource_map._parsed_resources.items()):
             if getattr(resource, "function_name", None) == function.function_name and logical_id in RUNTIMES:
                 return RUNTIMES[logical_id]
     return RUNTIMES.get(function.function_name)
@@ -317,10 +322,13 @@ def _delete_in_reverse_creation_order(self: Any) -> None:
             raise last_exception  # type: ignore[misc]
 
 
-def _update_resource_map(self: Any, template: dict[str, Any], parameters: dict[str, Any] | None = None) -> list:
-    """ResourceMap.update, with custom resources first and their dependents updated after them.
-
-    Returns the custom resources an Update replaced (new physical id), for the cleanup.
+def _update_resource_map(self: Any, template: dict[str, Any], parameters: dict[str, Any] | None,
+                         progress: dict[str, list]) -> None:
+    """ResourceMap.update, as CloudFormation orders it: resources added, then changed ones —
+    custom resources first, then the resources that refer to them — and removed ones left
+    for the cleanup. `progress` records what was done (`added`, `updated` custom resources as
+    (before, after), `removed` as (resource, its json), `replaced` custom resources), for
+    the cleanup or a rollback.
     """
     changes = self.build_resource_diff(template, parameters)
     new = template["Resources"]
@@ -330,10 +338,10 @@ def _update_resource_map(self: Any, template: dict[str, Any], parameters: dict[s
             if other in self._resource_json_map and other not in changes["Modify"] and name in _references(resource):
                 changes["Modify"].append(other)
     modify = custom + [n for n in changes["Modify"] if n not in custom]
-
+    progress["removed"] = [(self._parsed_resources[n], self._resource_json_map[n])
+                           for n in changes["Remove"] if n in self._parsed_resources]
     for name in changes["Remove"]:
-        if name in self._parsed_resources:
-            self._delete_resource(self._parsed_resources.pop(name), self._resource_json_map[name])
+        self._parsed_resources.pop(name, None)
     self._template = template
     if parameters:
         self.input_parameters = parameters
@@ -343,37 +351,36 @@ def _update_resource_map(self: Any, template: dict[str, Any], parameters: dict[s
     self._resource_json_map = template["Resources"]
     for name in changes["Add"]:
         _ = self[name]
-    updated: list[tuple[CustomModel, CustomModel]] = []
+        progress["added"].append(name)
     for name in modify:
         original = self._parsed_resources.get(name)
-        try:
-            changed = parsing.parse_and_update_resource(name, self._resource_json_map[name], self,
-                                                        account_id=self._account_id, region_name=self._region_name)
-        except CustomResourceFailed as failure:
-            failure.updated = updated
-            raise
+        changed = parsing.parse_and_update_resource(name, self._resource_json_map[name], self,
+                                                    account_id=self._account_id, region_name=self._region_name)
         self._parsed_resources[name] = changed
         if isinstance(changed, CustomModel):
-            updated.append((original, changed))
-    return [changed.replaced for _, changed in updated if getattr(changed, "replaced", None)]
+            progress["updated"].append((original, changed))
+            if getattr(changed, "replaced", None):
+                progress["replaced"].append(changed.replaced)
 
 
 def _create_resources(self: Any) -> None:
-    """Stack.create_resources, rolled back when a custom resource answers FAILED."""
+    """Stack.create_resources, rolled back when a resource fails (a custom one answering FAILED)."""
     self.status = "CREATE_IN_PROGRESS"
     try:
         self.resource_map.create(self.template_dict)
-    except CustomResourceFailed as failure:
+    except Exception as error:  # noqa: BLE001 — whatever fails, the stack rolls back, as on AWS
+        failed = error.resource.logical_id if isinstance(error, CustomResourceFailed) else "a resource"
         self.status = "ROLLBACK_IN_PROGRESS"
         self._add_stack_event("ROLLBACK_IN_PROGRESS", resource_status_reason=(
-            f"The following resource(s) failed to create: [{failure.resource.logical_id}]. Rollback requested by user."))
+            f"The following resource(s) failed to create: [{failed}] ({error}). Rollback requested by user."))
         try:
-            # CloudFormation sends the failed resource a Delete with the id its answer gave.
-            delete_custom_resource(failure.resource, "", "")
+            if isinstance(error, CustomResourceFailed):
+                # CloudFormation sends the failed resource a Delete with the id its answer gave.
+                delete_custom_resource(error.resource, "", "")
             self.resource_map.delete()
-        except Exception as error:  # noqa: BLE001 — any failure to delete is ROLLBACK_FAILED
+        except Exception as undone:  # noqa: BLE001 — any failure to delete is ROLLBACK_FAILED
             self.status = "ROLLBACK_FAILED"
-            self._add_stack_event("ROLLBACK_FAILED", resource_status_reason=str(error))
+            self._add_stack_event("ROLLBACK_FAILED", resource_status_reason=str(undone))
             return
         # A rolled-back stack has no resources or outputs (moto would create them anew,
         # lazily, on the next DescribeStacks).
@@ -386,64 +393,84 @@ def _create_resources(self: Any) -> None:
     self.mark_creation_complete()
 
 
-def _update(self: Any, template: str, role_arn: str | None = None, parameters: dict[str, Any] | None = None,
-            tags: dict[str, str] | None = None) -> None:
-    """Stack.update, with the cleanup of replaced custom resources and the rollback of a FAILED one."""
-    self.status = "UPDATE_IN_PROGRESS"
-    self._add_stack_event("UPDATE_IN_PROGRESS", resource_status_reason="User Initiated")
+def _roll_back_update(self: Any, error: Exception, saved: tuple, progress: dict[str, list]) -> None:
+    """A failed update undone as CloudFormation undoes one: the resources it added deleted,
+    the template and parameters as they were, and every custom resource it changed (the
+    failed one included) sent an Update back to its old properties. Other resource types it
+    changed stay changed (moto cannot undo them)."""
     resource_map = self.resource_map
-    saved = (self.template, self.template_dict, resource_map._template, resource_map._resource_json_map,
-             copy.copy(resource_map.input_parameters), dict(resource_map._parsed_resources))
-    self.template = template
-    self._parse_template()
+    failed = error.resource.logical_id if isinstance(error, CustomResourceFailed) else "a resource"
+    self.status = "UPDATE_ROLLBACK_IN_PROGRESS"
+    self._add_stack_event("UPDATE_ROLLBACK_IN_PROGRESS", resource_status_reason=(
+        f"The following resource(s) failed to update: [{failed}] ({error})."))
+    back = list(progress["updated"])
+    if isinstance(error, CustomResourceFailed) and error.request_type == "Update":
+        back.append((error.resource, None))
     try:
-        replaced = _update_resource_map(resource_map, self.template_dict, parameters)
-    except CustomResourceFailed as failure:
-        self.status = "UPDATE_ROLLBACK_IN_PROGRESS"
-        self._add_stack_event("UPDATE_ROLLBACK_IN_PROGRESS", resource_status_reason=(
-            f"The following resource(s) failed to update: [{failure.resource.logical_id}]."))
+        for name in reversed(progress["added"]):
+            added = resource_map._parsed_resources.pop(name, None)
+            if added is not None and not isinstance(added, str):
+                resource_map._delete_resource(added, resource_map._resource_json_map[name])
         (self.template, self.template_dict, resource_map._template, resource_map._resource_json_map,
          resource_map.input_parameters, parsed) = saved
         resource_map._parsed_resources = parsed
         resource_map.load_mapping()
         resource_map.load_parameters()
         resource_map.load_conditions()
-        # Every custom resource the update changed, the failed one included, goes back to
-        # its old properties: an Update with the old as new and the new as old.
-        back = [(original, changed) for original, changed in failure.updated]
-        back.append((failure.resource, None))
-        try:
-            for original, changed in reversed(back):
-                current = changed or original
-                old_properties = original.properties
-                new_properties = changed.properties if changed else failure.new_properties
-                _event(current, "UPDATE_IN_PROGRESS")
-                answer = send(current, "Update", old_properties, new_properties)
-                if answer.get("Status") != "SUCCESS":
-                    _event(current, "UPDATE_FAILED", _failure_reason(answer))
-                    raise CustomResourceFailed(current, "Update", _failure_reason(answer))
-                original.set_data(answer.get("Data") or {})
-                _event(original, "UPDATE_COMPLETE")
-                if changed and changed.physical_resource_id != original.physical_resource_id:
-                    # The rollback's new resource is the old one again: the replacement is cleaned up.
-                    delete_custom_resource(changed, "", "")
-        except CustomResourceFailed as error:
-            self.status = "UPDATE_ROLLBACK_FAILED"
-            self._add_stack_event("UPDATE_ROLLBACK_FAILED", resource_status_reason=error.reason)
-            return
-        self.output_map = self._create_output_map()
-        self.status = "UPDATE_ROLLBACK_COMPLETE"
-        self._add_stack_event("UPDATE_ROLLBACK_COMPLETE")
+        for original, changed in reversed(back):
+            current = changed or original
+            new_properties = changed.properties if changed else error.new_properties
+            _event(current, "UPDATE_IN_PROGRESS")
+            answer = send(current, "Update", original.properties, new_properties)
+            if answer.get("Status") != "SUCCESS":
+                _event(current, "UPDATE_FAILED", _failure_reason(answer))
+                raise CustomResourceFailed(current, "Update", _failure_reason(answer))
+            original.set_data(answer.get("Data") or {})
+            _event(original, "UPDATE_COMPLETE")
+            if changed and changed.physical_resource_id != original.physical_resource_id:
+                # The rollback's resource is the old one again: the replacement is cleaned up.
+                delete_custom_resource(changed, "", "")
+    except Exception as undone:  # noqa: BLE001 — any failure to undo is UPDATE_ROLLBACK_FAILED
+        self.status = "UPDATE_ROLLBACK_FAILED"
+        self._add_stack_event("UPDATE_ROLLBACK_FAILED", resource_status_reason=str(undone))
         return
     self.output_map = self._create_output_map()
-    if replaced:
+    self.status = "UPDATE_ROLLBACK_COMPLETE"
+    self._add_stack_event("UPDATE_ROLLBACK_COMPLETE")
+
+
+def _update(self: Any, template: str, role_arn: str | None = None, parameters: dict[str, Any] | None = None,
+            tags: dict[str, str] | None = None) -> None:
+    """Stack.update: the cleanup of removed and replaced resources after it, the rollback of a failed one."""
+    self.status = "UPDATE_IN_PROGRESS"
+    self._add_stack_event("UPDATE_IN_PROGRESS", resource_status_reason="User Initiated")
+    resource_map = self.resource_map
+    saved = (self.template, self.template_dict, resource_map._template, resource_map._resource_json_map,
+             copy.copy(resource_map.input_parameters), dict(resource_map._parsed_resources))
+    progress: dict[str, list] = {"added": [], "updated": [], "removed": [], "replaced": []}
+    self.template = template
+    self._parse_template()
+    try:
+        _update_resource_map(resource_map, self.template_dict, parameters, progress)
+    except Exception as error:  # noqa: BLE001 — whatever fails, the update rolls back, as on AWS
+        _roll_back_update(self, error, saved, progress)
+        return
+    self.output_map = self._create_output_map()
+    if progress["replaced"] or progress["removed"]:
+        # Removed resources, and the old ones of replaced custom resources, go once the
+        # update stands; a failure here is recorded (DELETE_FAILED) but the update stands.
         self.status = "UPDATE_COMPLETE_CLEANUP_IN_PROGRESS"
         self._add_stack_event("UPDATE_COMPLETE_CLEANUP_IN_PROGRESS")
-        for old in replaced:
+        for old in progress["replaced"]:
             try:
                 delete_custom_resource(old, "", "")
             except CustomResourceFailed:
-                pass  # CloudFormation records the old resource DELETE_FAILED; the update stands
+                pass
+        for resource, resource_json in progress["removed"]:
+            try:
+                resource_map._delete_resource(resource, resource_json)
+            except Exception:  # noqa: BLE001 — as CloudFormation: the update stands
+                pass
     self.status = "UPDATE_COMPLETE"
     self._add_stack_event("UPDATE_COMPLETE")
     self.role_arn = role_arn
@@ -459,10 +486,11 @@ def _delete(self: Any) -> None:
     self._add_stack_event("DELETE_IN_PROGRESS", resource_status_reason="User Initiated")
     try:
         self.resource_map.delete()
-    except CustomResourceFailed as failure:
+    except Exception as error:  # noqa: BLE001 — whatever fails, the stack is DELETE_FAILED, as on AWS
+        failed = error.resource.logical_id if isinstance(error, CustomResourceFailed) else "a resource"
         self.status = "DELETE_FAILED"
         self._add_stack_event("DELETE_FAILED", resource_status_reason=(
-            f"The following resource(s) failed to delete: [{failure.resource.logical_id}]."))
+            f"The following resource(s) failed to delete: [{failed}] ({error})."))
         return
     self._add_stack_event("DELETE_COMPLETE")
     self.status = "DELETE_COMPLETE"

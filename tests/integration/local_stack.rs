@@ -18,10 +18,19 @@ struct Served {
 /// Starts `binary` (a `batchline-local`) with `args` against the test's emulator and waits
 /// for its banner's first line, which names the API.
 async fn serve(binary: &Path, args: &[&str]) -> Served {
-    let mut child = Command::new(binary)
+    serve_with(binary, args, Some(endpoint())).await
+}
+
+/// [`serve`], against the emulator at `emulator`, or (`None`) one it starts itself.
+async fn serve_with(binary: &Path, args: &[&str], emulator: Option<&str>) -> Served {
+    let mut command = Command::new(binary);
+    match emulator {
+        Some(url) => command.env("AWS_ENDPOINT_URL", url),
+        None => command.env_remove("AWS_ENDPOINT_URL"),
+    };
+    let mut child = command
         .args(args)
         .args(["--port", "0"])
-        .env("AWS_ENDPOINT_URL", endpoint())
         .env("AWS_REGION", REGION)
         .env("AWS_ACCESS_KEY_ID", "testing")
         .env("AWS_SECRET_ACCESS_KEY", "testing")
@@ -110,7 +119,10 @@ async fn your_own_template_runs_locally_and_a_changed_pipeline_is_applied_as_an_
     // THEN it runs the user's stages at the user's sizes
     assert_eq!(status, 0, "{out}");
     assert!(out.contains("resize") && out.contains("0.5 vCPU / 1024 MiB") && out.contains("publish"), "{out}");
-    assert!(!out.contains("check"), "{out}");
+    let stage_rows = |out: &str, stage: &str| {
+        out.lines().filter(|l| l.trim_start_matches(['├', '└', '│', ' ']).starts_with(&format!("{stage} "))).count()
+    };
+    assert_eq!(stage_rows(&out, "check"), 0, "{out}");
     served.stop().await;
 
     // WHEN the pipeline is changed (a third stage) and the stack started again
@@ -123,13 +135,14 @@ async fn your_own_template_runs_locally_and_a_changed_pipeline_is_applied_as_an_
     let served = serve(&binary, &args).await;
     // THEN the change is applied through an Update, and printed
     let said = served.said.join("\n");
-    assert!(said.contains(&format!("updating the local stack {name} from")), "{said}");
-    assert!(said.contains("  changed pipeline mine"), "{said}");
-    assert!(said.contains("updated the local stack") && !said.contains("added") && !said.contains("removed"), "{said}");
+    let from = served.said.iter().position(|l| l.starts_with(&format!("updating the local stack {name} from")));
+    let to = served.said.iter().position(|l| l.starts_with("updated the local stack"));
+    let (Some(from), Some(to)) = (from, to) else { panic!("an Update, said: {said}") };
+    assert_eq!(served.said[from + 1..to], ["  changed pipeline mine"], "{said}");
     // AND the next run runs the new stage
     let (status, out) = cli(&served.url, &["run", "mine", "--watch"]).await;
     assert_eq!(status, 0, "{out}");
-    assert!(out.contains("check"), "{out}");
+    assert!(stage_rows(&out, "check") >= 1, "{out}");
     served.stop().await;
 
     // AND started again unchanged, it says the stack is reused
@@ -159,17 +172,39 @@ fn running_programs() -> Vec<PathBuf> {
     entries.flatten().filter_map(|e| std::fs::read_link(e.path().join("exe")).ok()).collect()
 }
 
+/// The command line of each running process, its arguments joined by spaces.
+fn running_commands() -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return vec![] };
+    let read = |e: std::fs::DirEntry| std::fs::read(e.path().join("cmdline")).ok();
+    entries.flatten().filter_map(read).map(|b| String::from_utf8_lossy(&b).replace('\0', " ")).collect()
+}
+
 #[tokio::test]
 async fn a_checkout_copied_elsewhere_serves_its_own_stack_with_its_own_files_and_binaries() {
-    // GIVEN a copy of the checkout in another folder: its template, resolver, emulator
-    // adapter and built binaries (the Python environment is shared, as a tool)
+    // GIVEN a copy of the checkout in another folder: its template, the emulator and its IAM
+    // evaluation, the template resolver and the built binaries (the Python environment and
+    // the evaluator's node modules are shared, as tools)
     let root = repo_root();
     let copy = root.join("target/test-local-stack").join(unique_name("copy")).join("checkout");
-    for file in ["Cargo.toml", "template.yaml", "devtools/iam/policies.py", "devtools/demo/stack.yaml"] {
+    let files = [
+        "Cargo.toml",
+        "template.yaml",
+        "devtools/demo/stack.yaml",
+        "devtools/emulator/server.py",
+        "devtools/emulator/local_functions.py",
+        "devtools/emulator/lambda_runtime.py",
+        "devtools/iam/policies.py",
+        "devtools/iam/enforce.py",
+        "devtools/iam/iam_requests.py",
+        "devtools/iam/evaluate.js",
+        "devtools/iam/package.json",
+    ];
+    for file in files {
         std::fs::create_dir_all(copy.join(file).parent().unwrap()).unwrap();
         std::fs::copy(root.join(file), copy.join(file)).unwrap();
     }
     std::os::unix::fs::symlink(root.join(".venv"), copy.join(".venv")).unwrap();
+    std::os::unix::fs::symlink(root.join("devtools/iam/node_modules"), copy.join("devtools/iam/node_modules")).unwrap();
     std::fs::create_dir_all(copy.join("target/debug")).unwrap();
     for binary in
         ["batchline-local", "batchline-submit", "batchline-job-events", "batchline-map", "batchline-bootstrap"]
@@ -182,11 +217,15 @@ async fn a_checkout_copied_elsewhere_serves_its_own_stack_with_its_own_files_and
     }
     let original_state = listing(&root.join(".local-stack"));
 
-    // WHEN the copy's local stack is started
+    // WHEN the copy's local stack is started, with no emulator given
     let name = unique_name("copy");
-    let served = serve(&copy.join("target/debug/batchline-local"), &["--stack-name", &name]).await;
+    let served = serve_with(&copy.join("target/debug/batchline-local"), &["--stack-name", &name], None).await;
 
-    // THEN it keeps its files in the copy, and runs the copy's binaries
+    // THEN it runs an emulator of its own, from the copy's files
+    let server = copy.join("devtools/emulator/server.py");
+    let emulators: Vec<String> = running_commands().into_iter().filter(|c| c.contains("server.py")).collect();
+    assert!(emulators.iter().any(|c| c.contains(server.to_str().unwrap())), "{emulators:?}");
+    // AND it keeps its files in the copy, and runs the copy's binaries
     let state = copy.join(".local-stack").join(&name);
     assert!(state.join("applied.json").is_file() && state.join("env").is_file(), "{:?}", listing(&state));
     assert!(state.join("logs").is_dir(), "{:?}", listing(&state));

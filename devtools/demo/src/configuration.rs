@@ -53,6 +53,12 @@ pub fn boundary_arn(name: &str) -> String {
     format!("arn:aws:iam::{ACCOUNT_ID}:policy/{name}-RoleBoundary")
 }
 
+/// `--parameter-overrides` as `sam deploy` takes them: `Key=Value` arguments, or several
+/// separated by spaces in one argument.
+pub fn parse_overrides(arguments: &[String]) -> Result<Vec<(String, String)>, String> {
+    arguments.iter().flat_map(|argument| argument.split_whitespace()).map(parse_override).collect()
+}
+
 /// A `Key=Value` of `--parameter-overrides`.
 pub fn parse_override(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
@@ -217,5 +223,7 @@ mod tests {
         assert_eq!(parse_override("InputPrefix=in/=x"), Ok(("InputPrefix".into(), "in/=x".into())));
         assert!(parse_override("=x").is_err());
         assert!(parse_override("InputPrefix").is_err());
+        let given = parse_overrides(&["A=1 B=2".to_owned(), "C=3".to_owned()]).unwrap();
+        assert_eq!(given, [("A".into(), "1".into()), ("B".into(), "2".into()), ("C".into(), "3".into())]);
     }
 }

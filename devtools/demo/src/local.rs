@@ -6,7 +6,7 @@ use clap::Parser;
 
 use batchline::model::stack::Target;
 use batchline::store::ConfigStore;
-use batchline_demo::configuration::{parse_override, Source};
+use batchline_demo::configuration::{parse_overrides, Source};
 use batchline_demo::local_stack::{default_dir, LocalStack, PREFIX};
 use batchline_demo::serve::{Routing, ServedStack};
 use batchline_testkit::emulator::{endpoint, repo_root, sdk_config, REGION};
@@ -28,9 +28,10 @@ struct Args {
     /// The SAM template whose `Environment` resource is the configuration.
     #[arg(long, value_name = "FILE", conflicts_with = "config")]
     template: Option<PathBuf>,
-    /// Template parameters, as `sam deploy --parameter-overrides` takes them (Key=Value ...).
-    #[arg(long, value_name = "KEY=VALUE", num_args = 1.., value_parser = parse_override, conflicts_with = "config")]
-    parameter_overrides: Vec<(String, String)>,
+    /// Template parameters, as `sam deploy --parameter-overrides` takes them (Key=Value ...,
+    /// or all in one quoted argument separated by spaces).
+    #[arg(long, value_name = "KEY=VALUE", num_args = 1.., conflicts_with = "config")]
+    parameter_overrides: Vec<String>,
     /// A file (YAML or JSON) of the `Environment` resource's properties, instead of a template
     /// (the demo's is devtools/demo/stack.yaml).
     #[arg(long, value_name = "FILE")]
@@ -61,7 +62,7 @@ async fn serve(args: Args) -> Result<(), String> {
         (Some(file), _) => Source::File(absolute(file)?),
         (None, template) => Source::Template {
             path: absolute(&template.clone().unwrap_or_else(|| repo_root().join("template.yaml")))?,
-            overrides: args.parameter_overrides.clone(),
+            overrides: parse_overrides(&args.parameter_overrides)?,
         },
     };
     let dir = match &args.state_dir {

@@ -160,8 +160,16 @@ impl LocalStack {
         let old = if old.is_null() { &self.properties } else { old };
         let answer = self.send_to_bootstrap("Update", Some(physical_id), Some(old)).await?;
         if answer["Status"] != "SUCCESS" {
+            // CloudFormation's rollback: an Update back to the old properties (the new as old).
+            let back = LocalStack { properties: old.clone(), ..self.clone() };
+            let undone = back.send_to_bootstrap("Update", Some(physical_id), Some(&self.properties)).await?;
+            let kept = if undone["Status"] == "SUCCESS" {
+                "the stack keeps the one it had"
+            } else {
+                "and rolling back failed too"
+            };
             return Err(format!(
-                "bootstrap refused the changed configuration (the stack keeps the one it had): {}",
+                "bootstrap refused the changed configuration ({kept}): {}",
                 answer["Reason"].as_str().unwrap_or_default()
             ));
         }

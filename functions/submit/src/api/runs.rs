@@ -94,6 +94,8 @@ pub fn map_view(map: &MapProgress, live: &BTreeMap<String, BTreeMap<String, i64>
         "arrayJobs": map.arrays.iter().map(|a| json!({
             "jobId": a.job_id, "first": a.first, "size": a.size, "status": a.status,
             "succeeded": a.succeeded, "failed": a.failed,
+            // Children of earlier arrays run again one size up: numbered from 0 in this array.
+            "resubmission": a.resubmits.is_some(),
         })).collect::<Vec<_>>(),
     });
     if let Some(redrive) = &map.redrive {

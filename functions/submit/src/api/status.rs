@@ -10,7 +10,7 @@
 //! an operator has to look at.
 
 use batchline::model::batch_event::JobStatus;
-use batchline::model::job_request::{RUN_TAG, STAGE_TAG};
+use batchline::model::job_request::{PIPELINE_TAG, RUN_TAG, STAGE_TAG};
 use batchline::model::run::StageStatus;
 use batchline::model::stack::StackConfig;
 use batchline::services::ports::{BatchPort, JobListing};
@@ -46,13 +46,14 @@ const FAILURES_EXAMINED: usize = 50;
 /// What took over from a failed job, if anything did: a later attempt of its pipeline
 /// stage that has not failed (`attempt N of STAGE: STATUS`), or the job its resize
 /// submitted (`resized to job ID`).
-async fn recovered_by(
+pub(super) async fn recovered_by(
     job: &batchline::model::batch_event::JobDetail,
     store: &dyn Store,
     runs: &mut std::collections::BTreeMap<String, Option<batchline::model::run::Run>>,
 ) -> Result<Option<String>, Error> {
     let tag = |name: &str| job.tags.as_ref().and_then(|t| t.get(name)).filter(|v| !v.is_empty()).cloned();
-    if let (Some(run_id), Some(stage)) = (tag(RUN_TAG), tag(STAGE_TAG)) {
+    // Every job carries a run tag; only a pipeline's stage jobs carry the pipeline's.
+    if let (Some(run_id), Some(_), Some(stage)) = (tag(RUN_TAG), tag(PIPELINE_TAG), tag(STAGE_TAG)) {
         if !runs.contains_key(&run_id) {
             let run = store.load_run(&run_id).await?.map(|read| read.run);
             runs.insert(run_id.clone(), run);
@@ -61,7 +62,9 @@ async fn recovered_by(
         let Some(stage_run) = run.stage_run(&stage) else { return Ok(None) };
         let ours = stage_run.attempts.iter().position(|a| a.job_id.as_deref() == Some(job.job_id.as_str()));
         let later = ours.and_then(|at| stage_run.attempts.get(at + 1..)).and_then(|rest| rest.last());
-        return Ok(later.filter(|a| a.status != StageStatus::Failed).map(|a| {
+        let took_over =
+            |a: &&batchline::model::run::Attempt| !matches!(a.status, StageStatus::Failed | StageStatus::Cancelled);
+        return Ok(later.filter(took_over).map(|a| {
             format!(
                 "attempt {} of {stage}: {}",
                 a.number,

@@ -312,3 +312,64 @@ fn the_caller_is_the_authorizers_principal_and_a_roles_sessions_are_one() {
     assert_eq!(jwt.as_deref(), Some("jwt:https://idp.example:u-1"));
     assert_eq!(with(Value::Null), None);
 }
+
+#[tokio::test]
+async fn a_failure_another_job_took_over_from_is_told_apart_from_one_nothing_did() {
+    use batchline::model::job_request::{PIPELINE_TAG, RUN_TAG, STAGE_TAG};
+    use batchline::services::resize::{resize_key, ORIGINAL_TAG, RESIZE_TAG};
+    use batchline::store::memory::MemoryStore;
+    use batchline::store::{ClaimState, ClaimStore, RunStore, SubmissionClaim};
+    let store = MemoryStore::default();
+    let failed = |id: &str, tags: Value| {
+        let event = json!({"id": "e", "detail-type": "Batch Job State Change", "source": "aws.batch",
+                           "detail": {"jobId": id, "jobName": id, "status": "FAILED", "tags": tags}});
+        batchline::model::batch_event::JobStateChangeEvent::from_value(event).unwrap().detail
+    };
+    let mut runs = BTreeMap::new();
+    // A single job (every job has a run tag; only a stage's has a pipeline's): recovered
+    // once its resize's claim names the job that followed it.
+    let single = failed("j-1", json!({RUN_TAG: "job-abc", STAGE_TAG: "default"}));
+    assert_eq!(super::status::recovered_by(&single, &store, &mut runs).await.unwrap(), None);
+    let claim = SubmissionClaim {
+        idempotency_key: resize_key("j-1", 1),
+        job_name: "j-2".into(),
+        queue: "q".into(),
+        fingerprint: None,
+        state: ClaimState::Submitted,
+        job_id: Some("j-2".into()),
+        claimed_at: 0,
+        holder: None,
+    };
+    assert!(store.create_claim(&claim).await.unwrap());
+    let found = super::status::recovered_by(&single, &store, &mut runs).await.unwrap();
+    assert_eq!(found.as_deref(), Some("resized to job j-2"));
+    let resized =
+        failed("j-2", json!({RUN_TAG: "job-abc", STAGE_TAG: "default", ORIGINAL_TAG: "j-1", RESIZE_TAG: "1"}));
+    assert_eq!(super::status::recovered_by(&resized, &store, &mut runs).await.unwrap(), None, "the last of the chain");
+
+    // A stage's job: recovered while a later attempt of its stage has not failed.
+    let stack = stack();
+    let mut run =
+        batchline::model::run::Run::start("two-1".into(), &stack.pipelines["two"], "api", Default::default(), 0);
+    let planned = run.to_submit();
+    let (stage, attempt) = &planned[0];
+    assert!(run.record_submitted(stage, attempt.number, "s-1", attempt.job_name.as_deref().unwrap(), 0));
+    store.save_run(&run, None).await.unwrap();
+    let stage_job = failed("s-1", json!({RUN_TAG: "two-1", PIPELINE_TAG: "two", STAGE_TAG: stage}));
+    assert_eq!(super::status::recovered_by(&stage_job, &store, &mut BTreeMap::new()).await.unwrap(), None);
+    // It runs out of memory and its next attempt is submitted one size up: taken over.
+    let oom = json!({"id": "e2", "detail-type": "Batch Job State Change", "source": "aws.batch",
+                     "detail": {"jobId": "s-1", "jobName": attempt.job_name, "status": "FAILED",
+                                "container": {"exitCode": 137, "reason": batchline::model::run::OUT_OF_MEMORY_REASON}}});
+    let event = batchline::model::batch_event::JobStateChangeEvent::from_value(oom).unwrap();
+    let pricing = batchline::model::cost::Pricing::on_demand(&Default::default());
+    let context = batchline::model::run::Context { now_ms: 1, pricing: &pricing };
+    run.handle(&batchline::model::run::JobChanged { stage, event: &event }, &context);
+    let next = run.to_submit();
+    let (_, second) = next.iter().find(|(s, _)| s == stage).expect("a resized attempt");
+    assert!(run.record_submitted(stage, second.number, "s-2", second.job_name.as_deref().unwrap(), 2));
+    let previous = store.load_run("two-1").await.unwrap();
+    store.save_run(&run, previous.as_ref()).await.unwrap();
+    let found = super::status::recovered_by(&stage_job, &store, &mut BTreeMap::new()).await.unwrap();
+    assert_eq!(found, Some(format!("attempt 2 of {stage}: SUBMITTED")));
+}

@@ -238,7 +238,7 @@ pub enum RedriveRefused {
     #[error("run {0} succeeded: there is nothing to redrive (start a new one: batchline run PIPELINE)")]
     Succeeded(String),
     #[error(
-        "run {0} has ended but its jobs are still stopping; redrive it once they have (batchline runs watch {0} waits for that)"
+        "run {0} has ended but its jobs are still stopping; redrive it once they have (in a moment: batchline runs show {0} lists them)"
     )]
     StillEnding(String),
     #[error("run {run} has no stage {stage:?}")]
