@@ -18,11 +18,18 @@ const ATTEMPTS: u32 = 3;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Failure {
     pub message: String,
+    /// 1 for an error; 2 for a usage error (a value written wrong), as clap's.
+    pub exit: i32,
 }
 
 impl Failure {
     pub fn new(message: impl Into<String>) -> Self {
-        Failure { message: message.into() }
+        Failure { message: message.into(), exit: 1 }
+    }
+
+    /// A value of an option written wrong: a usage error (exit status 2), as clap's own.
+    pub fn usage(message: impl Into<String>) -> Self {
+        Failure { message: message.into(), exit: 2 }
     }
 }
 

@@ -26,7 +26,8 @@ pub const EXIT_STATUS_HELP: &str = "\
 Exit status:
   0    the command did what it says (a watched run or waited job SUCCEEDED)
   1    an error: the network, the credentials, or the API refused (one line on stderr)
-  2    a usage error (an unknown command or option, a missing argument)
+  2    a usage error (an unknown command or option, a missing argument, a value written
+       wrong such as --param without =)
   3    the watched run or waited job ended FAILED
   4    the watched run or waited job ended CANCELLED
   130  interrupted (Ctrl-C) while watching, waiting or following; the run or job goes on,
@@ -265,7 +266,7 @@ pub async fn main_with(cli: Cli) -> i32 {
         Ok(status) => status,
         Err(failure) => {
             eprintln!("error: {failure}");
-            1
+            failure.exit
         }
     }
 }
@@ -440,7 +441,7 @@ fn pairs(items: &[String]) -> Result<Map<String, Value>, Failure> {
         .iter()
         .map(|item| match item.split_once('=') {
             Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), json!(value))),
-            _ => Err(Failure::new(format!("{item:?}: write KEY=VALUE"))),
+            _ => Err(Failure::usage(format!("{item:?}: write KEY=VALUE"))),
         })
         .collect()
 }
@@ -455,7 +456,7 @@ fn stage_sizes(items: &[String]) -> Result<Map<String, Value>, Failure> {
                 Some((stage, (vcpu, memory))) if !stage.is_empty() && !vcpu.is_empty() && !memory.is_empty() => {
                     Ok((stage.to_owned(), json!({"vcpu": vcpu, "memory": memory})))
                 }
-                _ => Err(Failure::new(format!("--size {item:?}: write STAGE=VCPU/MEMORY, e.g. each=2/4096"))),
+                _ => Err(Failure::usage(format!("--size {item:?}: write STAGE=VCPU/MEMORY, e.g. each=2/4096"))),
             }
         })
         .collect()

@@ -363,6 +363,12 @@ fn map_line(name: &str, map: &Value) -> String {
     line
 }
 
+/// Why a failed job ended: its container's reason where Batch gives one (out of memory,
+/// say), else the task's.
+fn reason(job: &Value) -> String {
+    job["containerReason"].as_str().map_or_else(|| text(&job["statusReason"]), str::to_owned)
+}
+
 /// `GET /status`.
 pub fn status(view: &Value) -> String {
     let rows: Vec<Vec<String>> = items(&view["queues"])
@@ -390,7 +396,7 @@ pub fn status(view: &Value) -> String {
         out.push_str("recent failures:\n");
         let rows: Vec<Vec<String>> = failures
             .iter()
-            .map(|j| vec![text(&j["jobId"]), text(&j["jobName"]), text(&j["stoppedAt"]), text(&j["statusReason"])])
+            .map(|j| vec![text(&j["jobId"]), text(&j["jobName"]), text(&j["stoppedAt"]), reason(j)])
             .collect();
         out += &table(&["JOB", "NAME", "STOPPED", "REASON"], &rows);
     }
@@ -399,7 +405,7 @@ pub fn status(view: &Value) -> String {
         out.push_str("failed, then recovered (resized or attempted again):\n");
         let rows: Vec<Vec<String>> = recovered
             .iter()
-            .map(|j| vec![text(&j["jobId"]), text(&j["jobName"]), text(&j["statusReason"]), text(&j["recoveredBy"])])
+            .map(|j| vec![text(&j["jobId"]), text(&j["jobName"]), reason(j), text(&j["recoveredBy"])])
             .collect();
         out += &table(&["JOB", "NAME", "REASON", "TAKEN OVER BY"], &rows);
     }

@@ -153,7 +153,7 @@ async fn the_command_line_starts_watches_lists_cancels_and_summarises_runs() {
     // AND a failed run is redriven at the size asked for its stage (it fails again: its
     // stage's exit is its parameters'); a size written wrong is refused before any request
     let (status, _, stderr) = served.cli(&["runs", "redrive", &broken, "--size", "extract=1"]).await;
-    assert_eq!((status, stderr.trim()), (1, "error: --size \"extract=1\": write STAGE=VCPU/MEMORY, e.g. each=2/4096"));
+    assert_eq!((status, stderr.trim()), (2, "error: --size \"extract=1\": write STAGE=VCPU/MEMORY, e.g. each=2/4096"));
     let (status, stdout, stderr) = served.cli(&["runs", "redrive", &broken, "--size", "extract=1/4096"]).await;
     assert_eq!(status, 0, "{stderr}");
     assert_eq!(stdout.trim(), format!("run {broken} redriven (generation 1): extract"));

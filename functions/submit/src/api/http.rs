@@ -99,7 +99,11 @@ impl ApiError {
 
     /// 409: the same Idempotency-Key came with another request.
     pub fn key_reused() -> Self {
-        ApiError::new(409, "IdempotencyConflict", "this Idempotency-Key was used for a different request")
+        ApiError::new(
+            409,
+            "IdempotencyConflict",
+            "this Idempotency-Key was used for a different request: send this one under a new key (the batchline command makes one per command)",
+        )
     }
 }
 

@@ -143,7 +143,9 @@ pub async fn cancel(call: &Call<'_>) -> Answer {
     let id = &call.param;
     match call.clients.ports.driver(call.holder).cancel(id, batchline::now_ms()).await? {
         CancelOutcome::NoSuchRun => Err(ApiError::not_found(format!("no run {id}")).into()),
-        CancelOutcome::AlreadyEnded(why) => Err(ApiError::new(409, "RunEnded", why).into()),
+        CancelOutcome::AlreadyEnded(why) => {
+            Err(ApiError::new(409, "RunEnded", format!("{why} (to run it again: batchline runs redrive {id})")).into())
+        }
         CancelOutcome::Cancelled { run, terminated } => {
             Ok(response(202, &json!({"runId": run.run_id, "status": run.status, "terminatedJobs": terminated})))
         }

@@ -160,6 +160,11 @@ pub async fn status(
             Some(detail) => recovered_by(detail, store, &mut runs).await?,
             None => None,
         };
+        // Why its container ended, where Batch says (out of memory, say), beside the task's reason.
+        let container = detail.and_then(|d| d.last_attempt_container().or(d.container.as_ref()));
+        if let Some(reason) = container.and_then(|c| c.reason.clone()) {
+            line["containerReason"] = json!(reason);
+        }
         match by {
             Some(by) if recovered.len() < RECENT_FAILURES => {
                 line["recoveredBy"] = json!(by);
