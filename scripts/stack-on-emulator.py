@@ -114,6 +114,18 @@ class Life:
             print(f"    {e['ResourceStatus']:<36} {e['LogicalResourceId']}{reason}"[:400])
         return events
 
+    def update(self, stack: str, parameters: list[dict[str, str]], template: dict[str, Any] | None = None
+               ) -> tuple[str, list[dict[str, Any]]]:
+        """UpdateStack (with `template`, else the previous one), waited for: the status the
+        stack ends in, and the events the update added (each printed)."""
+        seen = self.event_count(stack)
+        body = {"TemplateBody": json.dumps(template)} if template else {"UsePreviousTemplate": True}
+        self.cloudformation.update_stack(StackName=stack, Parameters=parameters, Capabilities=CAPABILITIES, **body)
+        status = self.wait(stack)
+        events = self.events_of(stack, seen)
+        print(f"  stack {stack}: {status}")
+        return status, events
+
     def event_count(self, stack: str) -> int:
         return len(self.cloudformation.describe_stack_events(StackName=stack)["StackEvents"])
 
@@ -231,28 +243,18 @@ def live(life: Life, template: dict[str, Any]) -> None:
           "the job's state change event reached the job-events queue through the template's rule")
 
     print("\n--- 2. update: a changed job definition")
-    seen = life.event_count(STACK)
     before = life.definition(f"{STACK}-default")
     template = with_environment(template, lambda p: p["JobDefinitions"]["default"].update(Vcpu="0.5", Memory="1024"))
-    life.cloudformation.update_stack(StackName=STACK, TemplateBody=json.dumps(template), Parameters=parameters,
-                                     Capabilities=CAPABILITIES)
-    status = life.wait(STACK)
-    life.events_of(STACK, seen)
-    print(f"  stack {STACK}: {status}")
+    status, _ = life.update(STACK, parameters, template)
     check(status == "UPDATE_COMPLETE", "the stack is UPDATE_COMPLETE")
     after = life.definition(f"{STACK}-default")
     check(after == (before[0] + 1, "0.5"), f"job definition {STACK}-default: revision {before[0]} → {after[0]}, 0.5 vCPU")
 
     print("\n--- 3. update: a changed NamePrefix (a replacement)")
     renamed = f"{STACK}-b"
-    seen = life.event_count(STACK)
     old_id = life.resources(STACK)["Environment"]["PhysicalResourceId"]
     renamed_parameters = parameters + [{"ParameterKey": "NamePrefix", "ParameterValue": renamed}]
-    life.cloudformation.update_stack(StackName=STACK, UsePreviousTemplate=True, Parameters=renamed_parameters,
-                                     Capabilities=CAPABILITIES)
-    status = life.wait(STACK)
-    events = life.events_of(STACK, seen)
-    print(f"  stack {STACK}: {status}")
+    status, events = life.update(STACK, renamed_parameters)
     check(status == "UPDATE_COMPLETE", "the stack is UPDATE_COMPLETE")
     new_id = life.resources(STACK)["Environment"]["PhysicalResourceId"]
     check(new_id != old_id, f"the Environment was replaced: {old_id} → {new_id}")
@@ -267,14 +269,9 @@ def live(life: Life, template: dict[str, Any]) -> None:
     check(life.published(table)["namePrefix"] == renamed, "the published configuration names the new prefix")
 
     print("\n--- 4. update refused by bootstrap (an invalid Fargate size): rolled back")
-    seen = life.event_count(STACK)
     before = life.definition(f"{renamed}-default")
     refused = with_environment(template, lambda p: p["JobDefinitions"]["default"].update(Vcpu="1", Memory="1024"))
-    life.cloudformation.update_stack(StackName=STACK, TemplateBody=json.dumps(refused), Parameters=renamed_parameters,
-                                     Capabilities=CAPABILITIES)
-    status = life.wait(STACK)
-    events = life.events_of(STACK, seen)
-    print(f"  stack {STACK}: {status}")
+    status, events = life.update(STACK, renamed_parameters, refused)
     check(status == "UPDATE_ROLLBACK_COMPLETE", "the stack is UPDATE_ROLLBACK_COMPLETE")
     failed = [e for e in events if e["ResourceStatus"] == "UPDATE_FAILED"]
     check(bool(failed) and "not a valid Fargate size" in failed[0].get("ResourceStatusReason", ""),

@@ -6,7 +6,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::client::{self, Api, Failure};
-use crate::{encode, exit_status, render, LogsArgs, Output};
+use crate::render::{self, text};
+use crate::{encode, exit_status, LogsArgs, Output};
 
 /// How often `watch`, `--wait` and `--follow` poll.
 const POLL: Duration = Duration::from_secs(2);
@@ -191,10 +192,6 @@ fn map_child_job(run_id: &str, stage: &str, map: &Value, index: Option<u64>) -> 
     let first = array["first"].as_u64().unwrap_or(0);
     // An array of one child is a plain job.
     Ok(if array["size"].as_u64() == Some(1) { parent.to_owned() } else { format!("{parent}:{}", index - first) })
-}
-
-fn text(value: &Value) -> String {
-    render::text(value)
 }
 
 /// Prints every attempt's log stream of the job, from CloudWatch Logs (with `--output

@@ -8,12 +8,14 @@ use batchline::store::keys;
 use batchline_bootstrap::cfn::{Request, Status};
 use batchline_bootstrap::{answer_within, handle, Clients, Outcome};
 use batchline_testkit::emulator::{
-    default_network, iam_check, sdk_config, signing_as, stack_id, test_settings, unique_name, Principal,
+    default_network, iam_check, sdk_config, signing_as, test_settings, unique_name, Principal,
 };
 
 use crate::common::register;
 use batchline_testkit::invocation;
-use batchline_testkit::player::event_id;
+// The request CloudFormation sends, and the stack's RoleBoundary, as the local stack makes them.
+use batchline_demo::cloudformation_request as request;
+use batchline_demo::configuration::boundary_arn as role_boundary;
 use batchline_testkit::response_server::ResponseServer;
 use batchline_testkit::table::create_table;
 use serde_json::{json, Value};
@@ -50,37 +52,6 @@ async fn harness(test: &str) -> Harness {
         sdk,
         stack,
     }
-}
-
-/// The stack's RoleBoundary, as the template names it.
-fn role_boundary(stack: &str) -> String {
-    format!("arn:aws:iam::123456789012:policy/{stack}-RoleBoundary")
-}
-
-fn request(
-    kind: &str,
-    url: &str,
-    stack: &str,
-    properties: &Value,
-    physical_id: Option<&str>,
-    old: Option<&Value>,
-) -> Value {
-    let mut request = json!({
-        "RequestType": kind,
-        "ResponseURL": url,
-        "StackId": stack_id(stack),
-        "RequestId": event_id(),
-        "ResourceType": "Custom::BatchlineEnvironment",
-        "LogicalResourceId": "Environment",
-        "ResourceProperties": properties,
-    });
-    if let Some(id) = physical_id {
-        request["PhysicalResourceId"] = json!(id);
-    }
-    if let Some(old) = old {
-        request["OldResourceProperties"] = old.clone();
-    }
-    request
 }
 
 impl Harness {

@@ -3,10 +3,10 @@
 use std::time::Duration;
 
 use batchline_demo::serve::{Launcher, Routing, ServedStack};
-use batchline_testkit::emulator::{endpoint, repo_root, unique_name, REGION};
+use batchline_testkit::emulator::{repo_root, unique_name, REGION};
 use serde_json::{json, Value};
 
-use crate::common::Deployed;
+use crate::common::{batchline_command, Deployed};
 
 fn properties() -> Value {
     json!({
@@ -58,18 +58,7 @@ impl Served {
 
     /// Runs `batchline ARGS`, with `BATCHLINE_API_URL` set to `url` (else not set).
     async fn cli_told(&self, args: &[&str], url: Option<&str>) -> (i32, String, String) {
-        let mut command = tokio::process::Command::new(batchline_demo::binary("batchline").unwrap());
-        match url {
-            Some(url) => command.env("BATCHLINE_API_URL", url),
-            None => command.env_remove("BATCHLINE_API_URL"),
-        };
-        let output = command
-            .args(args)
-            .env("AWS_ENDPOINT_URL", endpoint())
-            .env("AWS_REGION", REGION)
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .output();
+        let output = batchline_command(url).args(args).output();
         let output = tokio::time::timeout(Duration::from_secs(60), output).await.expect("the CLI ends").unwrap();
         let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
         (output.status.code().unwrap_or(-1), text(&output.stdout), text(&output.stderr))
@@ -310,12 +299,8 @@ async fn ctrl_c_ends_a_watch_with_130_and_says_how_to_watch_again() {
     // GIVEN a run that stays RUNNING (its queue is not played), watched
     let started = served.json(&["run", "parked"]).await;
     let run_id = started["runId"].as_str().unwrap().to_owned();
-    let watching = tokio::process::Command::new(batchline_demo::binary("batchline").unwrap())
+    let watching = batchline_command(Some(&served.stack.api.url))
         .args(["runs", "watch", &run_id])
-        .env("BATCHLINE_API_URL", &served.stack.api.url)
-        .env("AWS_REGION", REGION)
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -232,3 +232,20 @@ pub async fn stats(
     let count = reply.datapoints().iter().filter_map(|d| d.sample_count()).sum();
     (sum, count)
 }
+
+/// The built `batchline` command, told where the API is (`BATCHLINE_API_URL`: `url`, else
+/// unset) and pointed at the emulator with test credentials, as a user of the local stack
+/// runs it.
+pub fn batchline_command(url: Option<&str>) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(batchline_demo::binary("batchline").unwrap());
+    match url {
+        Some(url) => command.env("BATCHLINE_API_URL", url),
+        None => command.env_remove("BATCHLINE_API_URL"),
+    };
+    command
+        .env("AWS_ENDPOINT_URL", batchline_testkit::emulator::endpoint())
+        .env("AWS_REGION", batchline_testkit::emulator::REGION)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing");
+    command
+}

@@ -70,14 +70,7 @@ impl Served {
 
 /// Runs `batchline ARGS` against `url`: exit status and stdout.
 async fn cli(url: &str, args: &[&str]) -> (i32, String) {
-    let output = Command::new(batchline_demo::binary("batchline").unwrap())
-        .args(args)
-        .env("BATCHLINE_API_URL", url)
-        .env("AWS_ENDPOINT_URL", endpoint())
-        .env("AWS_REGION", REGION)
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .output();
+    let output = crate::common::batchline_command(Some(url)).args(args).output();
     let output = tokio::time::timeout(Duration::from_secs(120), output).await.expect("the CLI ends").unwrap();
     let text = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
     (output.status.code().unwrap_or(-1), text)

@@ -157,17 +157,19 @@ pub fn properties(prefix: &str, bucket: &str) -> Result<Value, String> {
     configuration::resolve(&configuration::Source::File(configuration::demo_file()), prefix, bucket)
 }
 
-fn cloudformation_request(
+/// The request CloudFormation sends the `Environment` custom resource of stack `stack`
+/// (`physical_id` and `old` properties for an Update or a Delete).
+pub fn cloudformation_request(
     kind: &str,
     url: &str,
+    stack: &str,
     properties: &Value,
     physical_id: Option<&str>,
     old: Option<&Value>,
 ) -> Value {
     let mut request = json!({
         "RequestType": kind, "ResponseURL": url,
-        // The stack is named as its prefix, as the template sets NamePrefix.
-        "StackId": batchline_testkit::emulator::stack_id(properties["NamePrefix"].as_str().unwrap_or_default()),
+        "StackId": batchline_testkit::emulator::stack_id(stack),
         "RequestId": batchline_testkit::player::event_id(), "ResourceType": "Custom::BatchlineEnvironment",
         "LogicalResourceId": "Environment", "ResourceProperties": properties,
     });
@@ -199,7 +201,9 @@ pub async fn send_to_bootstrap_with_old(
     old: Option<&Value>,
 ) -> Result<Value, String> {
     let server = ResponseServer::start(0).await.map_err(|e| e.to_string())?;
-    let request = cloudformation_request(kind, &server.url, properties, physical_id, old);
+    // The stack is named as its prefix, as the template sets NamePrefix.
+    let stack = properties["NamePrefix"].as_str().unwrap_or_default();
+    let request = cloudformation_request(kind, &server.url, stack, properties, physical_id, old);
     ok(bootstrap.invoke(&request).await?, "bootstrap")?;
     let mut answers = server.accepted_answers();
     if answers.len() != 1 {

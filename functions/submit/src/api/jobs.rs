@@ -21,7 +21,7 @@ use batchline::model::stack::StackConfig;
 use batchline::services::ports::{BatchPort, JobListing};
 use batchline::services::resize::{chain_position, resize_key, ORIGINAL_TAG, RESIZE_TAG};
 use batchline::services::submitter::SubmitError;
-use batchline::store::{ClaimStore, RunStore, WindowStore};
+use batchline::store::{ClaimStore, RunStore, Store, WindowStore};
 use batchline::Error;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -255,16 +255,21 @@ pub async fn get(call: &Call<'_>) -> Answer {
     }
     // A single job resized after running out of memory names the job that followed
     // it (and a resized one the job it began as).
-    let tag = |name: &str| job.tags.as_ref().and_then(|t| t.get(name)).cloned();
-    if let Some(original) = tag(ORIGINAL_TAG) {
+    if let Some(original) = job.tags.as_ref().and_then(|t| t.get(ORIGINAL_TAG)) {
         view["resizedFrom"] = json!(original);
     }
-    let (original, resizes) = chain_position(id, tag(ORIGINAL_TAG).as_deref(), tag(RESIZE_TAG).as_deref());
-    let key = resize_key(&original, resizes + 1);
-    if let Some(next) = ports.store.claim(&key).await?.and_then(|claim| claim.job_id) {
+    if let Some(next) = resized_to(ports.store.as_ref(), &job).await? {
         view["resizedTo"] = json!(next);
     }
     Ok(response(200, &view))
+}
+
+/// The job a single job's out-of-memory resize submitted after it, if any: the job on the
+/// claim of the next key in its chain of resizes.
+pub(super) async fn resized_to(store: &dyn Store, job: &JobDetail) -> Result<Option<String>, Error> {
+    let tag = |name: &str| job.tags.as_ref().and_then(|t| t.get(name)).map(String::as_str);
+    let (original, resizes) = chain_position(&job.job_id, tag(ORIGINAL_TAG), tag(RESIZE_TAG));
+    Ok(store.claim(&resize_key(&original, resizes + 1)).await?.and_then(|claim| claim.job_id))
 }
 
 /// `DELETE /jobs/{id}`: 202 `{jobId, status, terminated}`, a single job stopped (a

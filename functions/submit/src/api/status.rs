@@ -14,7 +14,6 @@ use batchline::model::job_request::{PIPELINE_TAG, RUN_TAG, STAGE_TAG};
 use batchline::model::run::StageStatus;
 use batchline::model::stack::StackConfig;
 use batchline::services::ports::{BatchPort, JobListing};
-use batchline::services::resize::{chain_position, resize_key, ORIGINAL_TAG, RESIZE_TAG};
 use batchline::store::{RunStore, Store};
 use batchline::Error;
 use serde_json::{json, Value};
@@ -72,9 +71,7 @@ pub(super) async fn recovered_by(
             )
         }));
     }
-    let (original, resizes) = chain_position(&job.job_id, tag(ORIGINAL_TAG).as_deref(), tag(RESIZE_TAG).as_deref());
-    let next = store.claim(&resize_key(&original, resizes + 1)).await?.and_then(|claim| claim.job_id);
-    Ok(next.map(|id| format!("resized to job {id}")))
+    Ok(super::jobs::resized_to(store, job).await?.map(|id| format!("resized to job {id}")))
 }
 
 /// Runs not yet done with (the sweep's list), counted up to about [`MAX_OPEN_RUNS`].
