@@ -313,6 +313,38 @@ fn every_function_logs_json_and_sets_exactly_the_variables_the_code_reads() {
 }
 
 #[test]
+fn every_function_traces_actively_and_the_saved_queries_read_the_functions_log_groups() {
+    let template = template();
+    // Lambda's own X-Ray segments for every function (no function overrides it)
+    assert_eq!(template["Globals"]["Function"]["Tracing"].as_str(), Some("Active"));
+    let functions: BTreeSet<String> = resources(&template)
+        .into_iter()
+        .filter(|(_, r)| r["Type"] == "AWS::Serverless::Function")
+        .inspect(|(name, r)| assert!(r["Properties"].get("Tracing").is_none(), "{name}"))
+        .map(|(name, _)| name)
+        .collect();
+    let queries: Vec<(String, &Value)> =
+        resources(&template).into_iter().filter(|(_, r)| r["Type"] == "AWS::Logs::QueryDefinition").collect();
+    let names: Vec<&str> = queries.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["RunQuery", "FailedJobsQuery", "SlowestStagesQuery", "OutOfMemoryResizesQuery"]);
+    for (name, query) in &queries {
+        let properties = &query["Properties"];
+        let (tag, title) = tagged(&properties["Name"]).expect("a !Sub name");
+        assert!(tag == "!Sub" && title.as_str().unwrap().starts_with("batchline/${AWS::StackName}/"), "{name}");
+        // Each reads only the functions' own log groups, named as Lambda names them
+        for group in properties["LogGroupNames"].as_sequence().unwrap() {
+            let (tag, text) = tagged(group).expect("a !Sub log group");
+            let function =
+                text.as_str().and_then(|t| t.strip_prefix("/aws/lambda/${")).and_then(|t| t.strip_suffix('}'));
+            assert!(tag == "!Sub" && function.is_some_and(|f| functions.contains(f)), "{name}: {group:?}");
+        }
+        // (Each query's filter and fields are checked against real lines in observability.rs.)
+        let text = properties["QueryString"].as_str().unwrap();
+        assert!(text.contains("filter ") && text.len() <= 10_000, "{name}");
+    }
+}
+
+#[test]
 fn the_environment_properties_are_a_valid_stack_configuration() {
     // The custom resource's properties, resolved as CloudFormation would for a stack with the
     // template's parameter defaults (by the one template resolver, devtools/iam/policies.py),

@@ -178,6 +178,14 @@ impl LocalLambda {
     }
 }
 
+/// `Root=1-<epoch seconds, hex>-<24 hex digits>;Sampled=1`, its digits from the request id.
+fn trace_id(request_id: &str) -> String {
+    let seconds = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
+    let digits: String =
+        request_id.chars().filter(char::is_ascii_hexdigit).chain(std::iter::repeat('0')).take(24).collect();
+    format!("Root=1-{seconds:08x}-{};Sampled=1", digits.to_ascii_lowercase())
+}
+
 fn log_to(log: Option<&Path>) -> std::io::Result<Stdio> {
     match log {
         Some(path) => Ok(Stdio::from(std::fs::OpenOptions::new().create(true).append(true).open(path)?)),
@@ -198,6 +206,7 @@ async fn serve(shared: &Shared, function: &str, request: Request) -> (u16, Vec<(
                 if let Some(pending) = next {
                     let deadline = SystemTime::now() + shared.timeout;
                     let deadline_ms = deadline.duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or_default();
+                    let trace = trace_id(&pending.request_id);
                     let headers = vec![
                         ("Lambda-Runtime-Aws-Request-Id".to_owned(), pending.request_id),
                         ("Lambda-Runtime-Deadline-Ms".to_owned(), deadline_ms.to_string()),
@@ -205,10 +214,9 @@ async fn serve(shared: &Shared, function: &str, request: Request) -> (u16, Vec<(
                             "Lambda-Runtime-Invoked-Function-Arn".to_owned(),
                             format!("arn:aws:lambda:us-east-1:123456789012:function:{function}"),
                         ),
-                        (
-                            "Lambda-Runtime-Trace-Id".to_owned(),
-                            "Root=1-00000000-000000000000000000000000;Sampled=0".to_owned(),
-                        ),
+                        // A trace id of X-Ray's form, one per invocation, as Lambda gives
+                        // a function with active tracing.
+                        ("Lambda-Runtime-Trace-Id".to_owned(), trace),
                         ("Content-Type".to_owned(), "application/json".to_owned()),
                     ];
                     return (200, headers, pending.payload);

@@ -31,7 +31,7 @@ use declaration::Declared;
 use lambda_runtime::LambdaEvent;
 use serde_json::{json, Map, Value};
 use tokio::time::Instant;
-use tracing::{error, info};
+use tracing::{error, info, Instrument};
 
 /// Time kept back from the function's deadline to answer CloudFormation.
 pub const ANSWER_MARGIN: Duration = Duration::from_secs(15);
@@ -124,7 +124,8 @@ where
     F: Future<Output = Outcome> + Send + 'static,
 {
     let fallback_id = fallback_physical_id(request);
-    let mut task = tokio::spawn(work);
+    // In the invocation's span, so the work's lines carry its request and trace ids.
+    let mut task = tokio::spawn(work.in_current_span());
     let outcome = match tokio::time::timeout_at(deadline, &mut task).await {
         Ok(Ok(outcome)) => outcome,
         Ok(Err(join_error)) => {

@@ -6,7 +6,7 @@ use lambda_runtime::{run, service_fn, Error, LambdaEvent};
 // is one allocator arena and no idle workers, which keeps memory and start-up small.
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
-    batchline::telemetry::init();
+    batchline::telemetry::init("batchline-bootstrap");
     let settings = batchline::Settings::from_env()?;
     let clients = batchline_bootstrap::Clients::new(&batchline::aws::load_sdk_config().await);
     run(service_fn(|event: LambdaEvent<serde_json::Value>| batchline_bootstrap::handle(event, &clients, &settings)))

@@ -36,12 +36,13 @@ use batchline::model::run::is_out_of_memory;
 use batchline::services::clock::ANSWER_MARGIN_MS;
 use batchline::services::resize::resize_single_job;
 use batchline::store::{Holder, EVENT_CLAIMS_AT_ONCE};
+use batchline::telemetry::{run_span, stage_span};
 use batchline::wiring::{invocation_holder, AwsPorts};
 use batchline::{Error, Settings};
 use futures::stream::{self, StreamExt};
 use lambda_runtime::LambdaEvent;
 use serde_json::{json, Value};
-use tracing::{info, warn};
+use tracing::{info, warn, Instrument};
 
 use ledger::{Claim, Ledger};
 pub use payload::Payload;
@@ -248,6 +249,7 @@ async fn count_metrics(
         }
     }
     info!(events = claimed.len(), calls = calls.len(), "metrics published");
+    claimed.iter().filter(|event| event.detail.status == JobStatus::Failed).for_each(|event| log_failed_job(event));
 
     let mut done = Vec::new();
     for (event, unpublished) in claimed.iter().zip(unpublished) {
@@ -296,15 +298,36 @@ async fn claim_events<'e>(
         for (&event, claim) in chunk.iter().zip(claims) {
             match claim {
                 Claim::Claimed => claimed.push(event),
-                Claim::AlreadyDone => info!(event_id = %event.id, "already counted; acknowledged"),
+                Claim::AlreadyDone => {
+                    info!(event_id = %event.id, job_id = %event.detail.job_id, "already counted; acknowledged")
+                }
                 Claim::InFlight => {
-                    info!(event_id = %event.id, "being counted by another invocation; will retry");
+                    let (event_id, job_id) = (&event.id, &event.detail.job_id);
+                    info!(%event_id, %job_id, "being counted by another invocation; will retry");
                     failed.extend(by_event[&event.id].iter().cloned());
                 }
             }
         }
     }
     (claimed, failed)
+}
+
+/// Says a job failed, with its reason, exit code and log stream (the saved query "failed
+/// jobs" reads these lines), once per event: the metrics lane's ledger counts each once. An
+/// array's children are left out: their parent's line and the map's results name them.
+fn log_failed_job(event: &JobStateChangeEvent) {
+    let detail = &event.detail;
+    if detail.array_properties.as_ref().is_some_and(|a| a.index.is_some()) {
+        return;
+    }
+    let container = detail.last_attempt_container();
+    let exit_code = container.and_then(|c| c.exit_code);
+    let reason = container.and_then(|c| c.reason.as_deref()).or(detail.status_reason.as_deref());
+    let log_stream = container.and_then(|c| c.log_stream_name.as_deref());
+    let job_name = detail.job_name.as_deref();
+    let stage = run_of(event).map(|(run_id, stage)| (run_id, detail.tag(PIPELINE_TAG).unwrap_or_default(), stage));
+    let (run_id, pipeline, stage) = (stage.map(|s| s.0), stage.map(|s| s.1), stage.map(|s| s.2));
+    warn!(job_id = %detail.job_id, job_name, run_id, pipeline, stage, exit_code, reason, log_stream, "job failed");
 }
 
 /// The run and stage a job belongs to, from its tags.
@@ -374,14 +397,25 @@ async fn advance_runs(
     let stop_at = holder.deadline_ms - RUN_WORK_MARGIN_MS;
     for event in run_events {
         let Some((run_id, stage)) = run_of(event) else { continue };
-        if batchline::now_ms() >= stop_at {
-            // Too little time left to submit stages safely: leave it to the redelivery.
-            info!(run_id, stage, event_id = %event.id, "out of time for run work; the message will be redelivered");
-            failed.extend(by_event[&event.id].iter().cloned());
-            continue;
+        // Every line about the event carries its run, stage and job (the driver adds the attempt).
+        let pipeline = event.detail.tag(PIPELINE_TAG).unwrap_or_default();
+        let applied = async {
+            if batchline::now_ms() >= stop_at {
+                // Too little time left to submit stages safely: leave it to the redelivery.
+                info!(event_id = %event.id, "out of time for run work; the message will be redelivered");
+                return false;
+            }
+            match runs.advance(run_id, stage, event, now).await {
+                Ok(_) => true,
+                Err(err) => {
+                    warn!(event_id = %event.id, error = %err, "run transition failed; the message will be retried");
+                    false
+                }
+            }
         }
-        if let Err(err) = runs.advance(run_id, stage, event, now).await {
-            warn!(run_id, stage, event_id = %event.id, error = %err, "run transition failed; the message will be retried");
+        .instrument(stage_span(&run_span(run_id, pipeline), stage, None, Some(&event.detail.job_id)))
+        .await;
+        if !applied {
             failed.extend(by_event[&event.id].iter().cloned());
         }
     }

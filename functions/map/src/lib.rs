@@ -36,10 +36,11 @@ use batchline::model::run::map::{ArrayChecked, MapClosed, MapExpanded, RedriveEx
 use batchline::model::run::Run;
 use batchline::services::ports::{Clock, RunAnnouncer};
 use batchline::store::Holder;
+use batchline::telemetry::{run_span, stage_span};
 use batchline::wiring::{invocation_holder, AwsPorts};
 use batchline::{Error, Settings};
 use lambda_runtime::LambdaEvent;
-use tracing::{info, warn};
+use tracing::{info, warn, Instrument};
 
 use children::{ArrayChildren, SdkArrayChildren};
 use expand::{Budget, Expanded, Piece};
@@ -146,10 +147,19 @@ pub fn work_of(message: &SqsMessage) -> Result<MapWork, String> {
 pub async fn do_work(clients: &Clients, holder: &Holder, token: &str, work: &MapWork) -> Result<(), Error> {
     let driver = clients.ports.driver(holder);
     let Some(record) = driver.load(&work.run_id).await? else {
-        info!(run_id = work.run_id, "the run is gone; nothing to do");
+        info!(run_id = work.run_id, stage = work.stage, "the run is gone; nothing to do");
         return Ok(());
     };
     let run = &record.run;
+    // Every line about the work carries its run, stage and attempt.
+    work_on(clients, holder, token, work, run)
+        .instrument(stage_span(&run_span(&run.run_id, &run.pipeline.name), &work.stage, Some(work.attempt), None))
+        .await
+}
+
+/// Does one piece of map work on the run as read.
+async fn work_on(clients: &Clients, holder: &Holder, token: &str, work: &MapWork, run: &Run) -> Result<(), Error> {
+    let driver = clients.ports.driver(holder);
     let this = (work.stage.clone(), work.attempt);
     let answered = match work.action {
         MapAction::Expand => match expand_map(clients, holder, run, token, work).await? {

@@ -368,7 +368,8 @@ pub async fn close_window(clients: &Clients, holder: &Holder, trigger: &str, win
     let (started, created) = clients.ports.driver(holder).start_pipeline(&pipeline, "s3", &key, input, now).await?;
     store.record_window_run(trigger, window, &started.run_id).await?;
     if created {
-        info!(trigger, window, run_id = started.run_id, objects = kept.len(), "window closed; its run started");
+        let (run_id, pipeline) = (&started.run_id, &started.pipeline.name);
+        info!(trigger, window, run_id, pipeline, objects = kept.len(), "window closed; its run started");
         let arrays =
             usize::from(matches!(config.triggers.s3.get(trigger).map(|t| &t.target), Some(Target::JobDefinition(_))));
         clients.ports.announcer.window_closed(trigger, kept.len(), arrays).await;

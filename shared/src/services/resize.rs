@@ -158,7 +158,10 @@ pub async fn resize_single_job(
         }
         Resize::Submit(request) => {
             let submitted = submitter.submit(&request).await?;
-            info!(job_id = %event.detail.job_id, resized = %submitted.job_id, size = ?request.size, "out of memory: resubmitted one size up");
+            // The saved query "out-of-memory resizes" reads these lines.
+            let (from_size, size) = (event.detail.size().map(|s| s.to_string()), request.size.map(|s| s.to_string()));
+            let resized = &submitted.job_id;
+            info!(job_id = %event.detail.job_id, %resized, from_size, size, "out of memory: resubmitted one size up");
             Ok(Some(submitted))
         }
     }

@@ -23,13 +23,14 @@
 //! a whole walk that began at least [`ADOPTION_SETTLE_MS`] after this release's first
 //! sweep, when no function of an earlier release can still be writing.
 
-use tracing::{info, warn};
+use tracing::{info, warn, Instrument};
 
 use crate::model::batch_event::JobStatus;
 use crate::model::run::{Applied, Effect, Run, RunStatus, SweepVisit};
 use crate::services::runs::{Executed, RunDriver};
 use crate::store::keys::index_sk;
-use crate::store::{Adoption, OpenRun, SweepCursor};
+use crate::store::{Adoption, OpenRun, SweepCursor, VersionedRun};
+use crate::telemetry::run_span;
 use crate::Error;
 
 /// How long before its invocation's deadline the sweep stops starting runs: room for the
@@ -118,6 +119,13 @@ impl RunDriver<'_> {
             self.runs.reconcile_open_line(line, Some(&record)).await?;
             return Ok(0);
         }
+        // Every line of the visit names the run and its pipeline.
+        let span = run_span(&record.run.run_id, &record.run.pipeline.name);
+        self.visit(line, record).instrument(span).await
+    }
+
+    /// [`SweepRun::sweep_run`]'s repairs and visit of a run it read, still open.
+    async fn visit(&self, line: &OpenRun, record: VersionedRun) -> Result<usize, Error> {
         let applied = self.apply_missed_ends(&record.run).await?;
         let record = match applied {
             0 => record,
@@ -196,7 +204,8 @@ impl RunDriver<'_> {
                             position: position.clone(),
                         };
                         if !read.run.is_done_with() && self.runs.reconcile_open_line(&line, Some(&read)).await? {
-                            info!(run_id = %summary.run_id, "the sweep adopted a run of an earlier release");
+                            let pipeline = &read.run.pipeline.name;
+                            info!(run_id = %summary.run_id, %pipeline, "the sweep adopted a run of an earlier release");
                             adopted += 1;
                         }
                     }

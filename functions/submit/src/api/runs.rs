@@ -47,7 +47,8 @@ async fn add_live_map_counts(view: &mut Value, run: &batchline::model::run::Run,
     let described = match call.clients.ports.batch.describe_jobs(&open).await {
         Ok(described) => described,
         Err(err) => {
-            tracing::warn!(run_id = %run.run_id, error = %err, "Batch could not say how the map's children go");
+            let pipeline = &run.pipeline.name;
+            tracing::warn!(run_id = %run.run_id, %pipeline, error = %err, "Batch could not say how the map's children go");
             return;
         }
     };
@@ -212,6 +213,7 @@ pub fn run_view(
                     "status": a.status,
                     "reason": a.reason,
                     "exitCode": a.exit_code,
+                    "submittedAt": iso(a.submitted_at),
                     "startedAt": iso(a.started_at),
                     "stoppedAt": iso(a.stopped_at),
                     "logStreamName": a.log_stream,

@@ -106,6 +106,22 @@ pub enum Effect {
 }
 
 impl Effect {
+    /// The stage attempt the effect is about (its log lines say so); none for the run's own.
+    pub fn subject(&self) -> Option<(&str, u32)> {
+        match self {
+            Effect::Submit { stage, attempt } | Effect::Withdraw { stage, attempt } => Some((stage, attempt.number)),
+            Effect::SubmitArray { stage, attempt, .. } => Some((stage, attempt.number)),
+            Effect::Stop { stage, attempt, .. }
+            | Effect::RecordJob { stage, attempt, .. }
+            | Effect::RecordArrayJob { stage, attempt, .. }
+            | Effect::ExpandMap { stage, attempt }
+            | Effect::WithdrawArray { stage, attempt, .. }
+            | Effect::CloseMap { stage, attempt }
+            | Effect::CheckArray { stage, attempt, .. } => Some((stage, *attempt)),
+            Effect::Announce | Effect::Publish(_) => None,
+        }
+    }
+
     /// Whether the effect is read off the run's state ([`Run::owed`]) rather than caused
     /// by one transition: such effects are worked out again from every newer state, so a
     /// step's list replaces the ones of an older step that were not carried out yet.

@@ -8,12 +8,13 @@
 
 use std::collections::VecDeque;
 
-use tracing::{info, warn};
+use tracing::{info, warn, Instrument};
 
 use super::jobs::{array_job, never_submittable, stage_job};
 use super::RunDriver;
 use crate::model::map::{MapAction, MapWork};
 use crate::model::pipeline::attempt_key;
+use crate::model::run::is_out_of_memory_reason;
 use crate::model::run::map::{array_key, ArrayFound, ArraySubmitted, ArrayUnsubmittable};
 use crate::model::run::{
     Attempt, CompletionClaim, Effect, Input, JobFound, JobRef, Resume, Run, Submitted, Unsubmittable,
@@ -22,6 +23,7 @@ use crate::services::announce::{completion_detail, outcome_metrics};
 use crate::services::clock::{retry_pause, ANSWER_MARGIN_MS};
 use crate::services::submitter::{abandoned, Submitter, TAKEOVER_MARGIN_MS};
 use crate::store::{ClaimState, SubmissionClaim, VersionedRun};
+use crate::telemetry::{run_span, stage_span, whole_run_span};
 use crate::Error;
 
 /// What executing effects did that a caller reports: the jobs its stops terminated, and
@@ -48,7 +50,8 @@ impl RunDriver<'_> {
         now_ms: i64,
         done: &mut Executed,
     ) -> Result<VersionedRun, Error> {
-        let result = self.carry_out(record, VecDeque::from(effects), now_ms, done).await;
+        let span = run_span(&record.run.run_id, &record.run.pipeline.name);
+        let result = self.carry_out(record, VecDeque::from(effects), now_ms, done).instrument(span).await;
         match done.failed_stop.take() {
             Some(err) => Err(err),
             None => result,
@@ -64,55 +67,12 @@ impl RunDriver<'_> {
         done: &mut Executed,
     ) -> Result<VersionedRun, Error> {
         while let Some(effect) = queue.pop_front() {
-            let fed_back = match effect {
-                Effect::Submit { stage, attempt } => self.submit(record.clone(), &stage, &attempt, now_ms).await?,
-                Effect::Stop { stage, attempt, job, reason } => {
-                    self.stop_and_record(&record, (&stage, attempt), &job, &reason, now_ms, done).await?
-                }
-                Effect::RecordJob { stage, attempt, job_id } => {
-                    self.record_found(&attempt_key(&record.run.run_id, &stage, attempt), &job_id).await?
-                }
-                Effect::RecordArrayJob { stage, attempt, array, job_id } => {
-                    self.record_found(&array_key(&record.run.run_id, &stage, attempt, array), &job_id).await?
-                }
-                Effect::Withdraw { stage, attempt } => match self.withdraw(&record.run, &stage, &attempt).await? {
-                    Some(job_id) => self.found(&record, &stage, attempt.number, &job_id, now_ms).await?,
-                    None => None,
-                },
-                Effect::Announce => {
-                    record = self.announce_once(record, now_ms).await?;
-                    None
-                }
-                Effect::Publish(metrics) => {
-                    self.announcer.run_metrics(&record.run.pipeline.name, &metrics).await;
-                    None
-                }
-                Effect::ExpandMap { stage, attempt } => {
-                    self.ask_map_worker(&record.run, MapAction::Expand, stage, attempt, None).await?;
-                    None
-                }
-                Effect::CloseMap { stage, attempt } => {
-                    self.ask_map_worker(&record.run, MapAction::Close, stage, attempt, None).await?;
-                    None
-                }
-                Effect::CheckArray { stage, attempt, array } => {
-                    self.ask_map_worker(&record.run, MapAction::Check, stage, attempt, Some(array)).await?;
-                    None
-                }
-                Effect::SubmitArray { stage, attempt, array } => {
-                    self.submit_array(record.clone(), &stage, &attempt, array, now_ms).await?
-                }
-                Effect::WithdrawArray { stage, attempt, array, job_name } => {
-                    let key = array_key(&record.run.run_id, &stage, attempt, array);
-                    match self.withdraw_claim(&record.run, &stage, &key, &job_name).await? {
-                        Some(job_id) => {
-                            let found = ArrayFound { stage: &stage, attempt, array, job_id: &job_id };
-                            self.feed(record.clone(), &found, now_ms).await?
-                        }
-                        None => None,
-                    }
-                }
+            // The lines of an effect about a stage carry its stage and attempt.
+            let span = match effect.subject() {
+                Some((stage, attempt)) => stage_span(&tracing::Span::current(), stage, Some(attempt), None),
+                None => whole_run_span(),
             };
+            let fed_back = self.carry_out_one(&mut record, effect, now_ms, done).instrument(span).await?;
             if let Some((after, effects)) = fed_back {
                 record = after;
                 queue.retain(|effect| !effect.is_owed());
@@ -120,6 +80,67 @@ impl RunDriver<'_> {
             }
         }
         Ok(record)
+    }
+
+    /// Carries out one effect; returns what it fed back into the run (the record written
+    /// and the step's effects), if anything.
+    async fn carry_out_one(
+        &self,
+        record: &mut VersionedRun,
+        effect: Effect,
+        now_ms: i64,
+        done: &mut Executed,
+    ) -> Result<Option<(VersionedRun, Vec<Effect>)>, Error> {
+        let fed_back = match effect {
+            Effect::Submit { stage, attempt } => self.submit(record.clone(), &stage, &attempt, now_ms).await?,
+            Effect::Stop { stage, attempt, job, reason } => {
+                self.stop_and_record(record, (&stage, attempt), &job, &reason, now_ms, done).await?
+            }
+            Effect::RecordJob { stage, attempt, job_id } => {
+                self.record_found(&attempt_key(&record.run.run_id, &stage, attempt), &job_id).await?
+            }
+            Effect::RecordArrayJob { stage, attempt, array, job_id } => {
+                self.record_found(&array_key(&record.run.run_id, &stage, attempt, array), &job_id).await?
+            }
+            Effect::Withdraw { stage, attempt } => match self.withdraw(&record.run, &stage, &attempt).await? {
+                Some(job_id) => self.found(record, &stage, attempt.number, &job_id, now_ms).await?,
+                None => None,
+            },
+            Effect::Announce => {
+                *record = self.announce_once(record.clone(), now_ms).await?;
+                None
+            }
+            Effect::Publish(metrics) => {
+                self.announcer.run_metrics(&record.run.pipeline.name, &metrics).await;
+                None
+            }
+            Effect::ExpandMap { stage, attempt } => {
+                self.ask_map_worker(&record.run, MapAction::Expand, stage, attempt, None).await?;
+                None
+            }
+            Effect::CloseMap { stage, attempt } => {
+                self.ask_map_worker(&record.run, MapAction::Close, stage, attempt, None).await?;
+                None
+            }
+            Effect::CheckArray { stage, attempt, array } => {
+                self.ask_map_worker(&record.run, MapAction::Check, stage, attempt, Some(array)).await?;
+                None
+            }
+            Effect::SubmitArray { stage, attempt, array } => {
+                self.submit_array(record.clone(), &stage, &attempt, array, now_ms).await?
+            }
+            Effect::WithdrawArray { stage, attempt, array, job_name } => {
+                let key = array_key(&record.run.run_id, &stage, attempt, array);
+                match self.withdraw_claim(&record.run, &stage, &key, &job_name).await? {
+                    Some(job_id) => {
+                        let found = ArrayFound { stage: &stage, attempt, array, job_id: &job_id };
+                        self.feed(record.clone(), &found, now_ms).await?
+                    }
+                    None => None,
+                }
+            }
+        };
+        Ok(fed_back)
     }
 
     /// Puts an input to the run and returns the record after its write and the step's
@@ -201,6 +222,14 @@ impl RunDriver<'_> {
         match submitted {
             Ok(job) => {
                 info!(run_id, stage, attempt = number, job_id = %job.job_id, %size, "stage submitted");
+                let stage_run = record.run.stages.get(stage);
+                let before = stage_run.and_then(|s| s.attempts.iter().find(|a| a.number + 1 == number));
+                if let Some(before) = before.filter(|b| is_out_of_memory_reason(b.reason.as_deref()) && b.size != size)
+                {
+                    // The saved query "out-of-memory resizes" reads these lines.
+                    let from_size = before.size.to_string();
+                    info!(job_id = %job.job_id, from_size, %size, "stage resized after running out of memory");
+                }
                 let input = Submitted { stage, attempt: number, job_id: &job.job_id, job_name: &job.job_name };
                 self.feed(record, &input, now_ms).await
             }

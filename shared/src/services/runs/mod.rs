@@ -19,7 +19,9 @@ mod jobs;
 
 use std::collections::BTreeMap;
 
-use tracing::{info, warn};
+use tracing::{info, warn, Instrument};
+
+use crate::telemetry::{run_span, stage_span};
 
 use crate::model::batch_event::JobStateChangeEvent;
 use crate::model::fargate::Size;
@@ -56,6 +58,17 @@ pub enum RedriveOutcome {
     NoSuchRun,
     Refused(RedriveRefused),
     Redriven { run: Box<Run>, redriven: Redriven },
+}
+
+/// Says how a stage attempt's job ended, with its queue wait and running time apart (the
+/// saved queries "slowest stages" and "a run's lines" read these lines).
+fn log_attempt_ended(attempt: &crate::model::run::Attempt) {
+    let between = |from: Option<i64>, to: Option<i64>| from.zip(to).map(|(from, to)| (to - from).max(0));
+    let (wait_ms, run_ms) =
+        (between(attempt.submitted_at, attempt.started_at), between(attempt.started_at, attempt.stopped_at));
+    let (exit_code, reason, log_stream) = (attempt.exit_code, attempt.reason.as_deref(), attempt.log_stream.as_deref());
+    let (status, size) = (format!("{:?}", attempt.status).to_ascii_uppercase(), attempt.size.to_string());
+    info!(attempt = attempt.number, status, %size, wait_ms, run_ms, exit_code, reason, log_stream, "stage attempt ended");
 }
 
 /// Everything run handling needs, as ports.
@@ -113,6 +126,8 @@ impl RunDriver<'_> {
         input: &I,
         now_ms: i64,
     ) -> Result<Option<(VersionedRun, Step<I::Answer>)>, Error> {
+        let span = run_span(&current.run.run_id, &current.run.pipeline.name);
+        async move {
         let pricing = self.configs.pricing(self.prices).await;
         let ctx = Context { now_ms, pricing: &pricing };
         let was_running = current.run.status == RunStatus::Running;
@@ -126,6 +141,9 @@ impl RunDriver<'_> {
             warn!(run_id = %record.run.run_id, reason = record.run.reason.as_deref().unwrap_or_default(), "the run failed");
         }
         Ok(written)
+        }
+        .instrument(span)
+        .await
     }
 
     /// Starts a run of `pipeline` (once per idempotency key) and submits its first stages.
@@ -159,20 +177,25 @@ impl RunDriver<'_> {
     ) -> Result<(Run, bool), Error> {
         let pipeline = declared.name.as_str();
         let run = Run::start(run_id(pipeline, idempotency_key), declared, trigger, input, now_ms);
-        let (record, created) = match self.runs.save_run(&run, None).await? {
-            Some(version) => (VersionedRun { run, version }, true),
-            None => match self.runs.load_run(&run.run_id).await? {
-                Some(existing) => (existing, false),
-                None => return Err(Error::Contention(format!("run {}", run.run_id))),
-            },
-        };
-        let record = if created {
-            info!(run_id = %record.run.run_id, pipeline, "run started");
-            self.drive_or_current(record, &Created, now_ms).await?
-        } else {
-            self.drive_or_current(record, &Resume, now_ms).await?
-        };
-        Ok((record.run, created))
+        let span = run_span(&run.run_id, pipeline);
+        async move {
+            let (record, created) = match self.runs.save_run(&run, None).await? {
+                Some(version) => (VersionedRun { run, version }, true),
+                None => match self.runs.load_run(&run.run_id).await? {
+                    Some(existing) => (existing, false),
+                    None => return Err(Error::Contention(format!("run {}", run.run_id))),
+                },
+            };
+            let record = if created {
+                info!(run_id = %record.run.run_id, pipeline, "run started");
+                self.drive_or_current(record, &Created, now_ms).await?
+            } else {
+                self.drive_or_current(record, &Resume, now_ms).await?
+            };
+            Ok((record.run, created))
+        }
+        .instrument(span)
+        .await
     }
 
     /// Applies a job state change to its run, then carries out what it calls for.
@@ -196,14 +219,26 @@ impl RunDriver<'_> {
         now_ms: i64,
     ) -> Result<Applied, Error> {
         let run_id = current.run.run_id.clone();
-        let Some((record, step)) = self.write(current, &JobChanged { stage, event }, now_ms).await? else {
-            return Ok(Applied::Unchanged("no such run"));
-        };
-        if let Applied::Unchanged(why) = &step.answer {
-            info!(run_id, stage, job_id = %event.detail.job_id, status = event.detail.status.as_str(), why, "event changes nothing in the run");
+        let span = run_span(&run_id, &current.run.pipeline.name);
+        let job_id = event.detail.job_id.as_str();
+        let attempt = current.run.stages.get(stage).into_iter().flat_map(|s| &s.attempts);
+        let attempt = attempt.filter(|a| a.job_id.as_deref() == Some(job_id)).map(|a| a.number).next();
+        async move {
+            let Some((record, step)) = self.write(current, &JobChanged { stage, event }, now_ms).await? else {
+                return Ok(Applied::Unchanged("no such run"));
+            };
+            if let Applied::Unchanged(why) = &step.answer {
+                let status = event.detail.status.as_str();
+                info!(run_id, stage, job_id, status, why, "event changes nothing in the run");
+            } else if event.detail.status.is_terminal() {
+                let attempts = record.run.stages.get(stage).into_iter().flat_map(|s| &s.attempts);
+                attempts.filter(|a| a.job_id.as_deref() == Some(job_id)).for_each(log_attempt_ended);
+            }
+            self.execute(record, step.effects, now_ms, &mut Executed::default()).await?;
+            Ok(step.answer)
         }
-        self.execute(record, step.effects, now_ms, &mut Executed::default()).await?;
-        Ok(step.answer)
+        .instrument(stage_span(&span, stage, attempt, Some(job_id)))
+        .await
     }
 
     /// Puts the map worker's answer (a map expanded or closed) to the run, then carries out
@@ -313,18 +348,23 @@ impl RunDriver<'_> {
         now_ms: i64,
     ) -> Result<RedriveOutcome, Error> {
         let run_id = current.run.run_id.clone();
-        let input = RedriveRequested { key, sizes, request };
-        let Some((record, step)) = self.write(current, &input, now_ms).await? else {
-            return Ok(RedriveOutcome::NoSuchRun);
-        };
-        let redriven = match step.answer {
-            Ok(redriven) => redriven,
-            Err(refused) => return Ok(RedriveOutcome::Refused(refused)),
-        };
-        if !redriven.duplicate {
-            info!(run_id, generation = redriven.generation, stages = ?redriven.stages, "run redriven");
+        let span = run_span(&run_id, &current.run.pipeline.name);
+        async move {
+            let input = RedriveRequested { key, sizes, request };
+            let Some((record, step)) = self.write(current, &input, now_ms).await? else {
+                return Ok(RedriveOutcome::NoSuchRun);
+            };
+            let redriven = match step.answer {
+                Ok(redriven) => redriven,
+                Err(refused) => return Ok(RedriveOutcome::Refused(refused)),
+            };
+            if !redriven.duplicate {
+                info!(run_id, generation = redriven.generation, stages = ?redriven.stages, "run redriven");
+            }
+            let run = self.execute_or_current(record, step.effects, now_ms, &mut Executed::default()).await?.run;
+            Ok(RedriveOutcome::Redriven { run: Box::new(run), redriven })
         }
-        let run = self.execute_or_current(record, step.effects, now_ms, &mut Executed::default()).await?.run;
-        Ok(RedriveOutcome::Redriven { run: Box::new(run), redriven })
+        .instrument(span)
+        .await
     }
 }
