@@ -258,6 +258,29 @@ async fn print_logs(
     }
 }
 
+/// The last `count` lines of the job's log (its last attempt's stream), oldest first; an
+/// error says why they could not be read.
+pub(crate) async fn last_log_lines(
+    api: &Api,
+    sdk: &aws_config::SdkConfig,
+    job_id: &str,
+    count: u32,
+) -> Result<Vec<String>, String> {
+    let view = api.get(&format!("/jobs/{}", encode(job_id))).await.map_err(|f| f.to_string())?;
+    let group = render::text(&view["logGroup"]);
+    let Some(stream) = render::items(&view["logStreams"]).iter().filter_map(Value::as_str).next_back() else {
+        return Ok(vec![]);
+    };
+    let logs = aws_sdk_cloudwatchlogs::Client::new(sdk);
+    let limit = i32::try_from(count).unwrap_or(i32::MAX);
+    let page = logs.get_log_events().log_group_name(&group).log_stream_name(stream).start_from_head(false).limit(limit);
+    match page.send().await {
+        Ok(page) => Ok(page.events().iter().map(|e| e.message().unwrap_or_default().trim_end().to_owned()).collect()),
+        Err(err) if is_not_found(&err) => Ok(vec![]),
+        Err(err) => Err(client::logs_error(&group, stream, &err)),
+    }
+}
+
 fn is_not_found<E: aws_sdk_cloudwatchlogs::error::ProvideErrorMetadata>(
     err: &aws_sdk_cloudwatchlogs::error::SdkError<E>,
 ) -> bool {

@@ -16,6 +16,7 @@ use serde_json::{json, Map, Value};
 pub mod client;
 pub mod follow;
 pub mod render;
+pub mod report;
 
 use client::{Api, Failure};
 pub use follow::interrupted;
@@ -240,6 +241,18 @@ pub enum RunsCommand {
         /// The run's id.
         run_id: String,
     },
+    /// Write one self-contained HTML page of the run to stdout (`> run.html`): its stages as
+    /// a DAG, every attempt on a time axis (queue wait and run time apart, out-of-memory
+    /// resizes and retries marked), sizes, costs, map stages' counts and failed items, and
+    /// for a failed run the failing attempt's reason, exit code and last log lines.
+    Report {
+        /// The run's id.
+        run_id: String,
+        /// How many of the failing attempt's last log lines the page shows (0: none, and
+        /// CloudWatch Logs is not read).
+        #[arg(long, default_value_t = 20)]
+        log_lines: u32,
+    },
     /// Cancel a run: stop every job it started that is still going.
     Cancel {
         /// The run's id.
@@ -303,6 +316,7 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
         Command::Submit(args) => submit(&api, args, output).await,
         Command::Jobs(args) => jobs(&api, args.command(), output).await,
         Command::Run(args) => start_run(&api, args, output, no_redraw).await,
+        Command::Runs(RunsCommand::Report { run_id, log_lines }) => report(&api, &sdk, &run_id, log_lines).await,
         Command::Runs(command) => runs(&api, command, output, no_redraw).await,
         Command::Logs(args) => logs(&api, &sdk, args, output).await,
         Command::Completions { .. } => Ok(0), // printed above, before any API is looked for
@@ -398,6 +412,18 @@ async fn start_run(api: &Api, args: RunArgs, output: Output, no_redraw: bool) ->
     watch(api, &render::text(&started["runId"]), output, no_redraw).await
 }
 
+/// `batchline runs report`: the page on stdout. A failing attempt's log that cannot be read
+/// does not stop the report: the page says why instead.
+async fn report(api: &Api, sdk: &aws_config::SdkConfig, run_id: &str, log_lines: u32) -> Result<i32, Failure> {
+    let view = api.get(&format!("/runs/{}", encode(run_id))).await?;
+    let tail = match report::failing_job(&view).filter(|_| log_lines > 0 && view["status"] == "FAILED") {
+        Some(job_id) => Some(follow::last_log_lines(api, sdk, &job_id, log_lines).await),
+        None => None,
+    };
+    print!("{}", report::page(&view, tail.as_ref()));
+    Ok(0)
+}
+
 /// `batchline runs list|show|watch|cancel|redrive`.
 async fn runs(api: &Api, command: RunsCommand, output: Output, no_redraw: bool) -> Result<i32, Failure> {
     match command {
@@ -412,6 +438,7 @@ async fn runs(api: &Api, command: RunsCommand, output: Output, no_redraw: bool) 
             show(output, &api.get(&format!("/runs/{}", encode(&run_id))).await?, render::run_in_full);
         }
         RunsCommand::Watch { run_id } => return watch(api, &run_id, output, no_redraw).await,
+        RunsCommand::Report { .. } => unreachable!("answered by report(), which reads logs too"),
         RunsCommand::Cancel { run_id } => {
             let answer = api.change("DELETE", &format!("/runs/{}", encode(&run_id)), None).await?;
             show(output, &answer, |a| {

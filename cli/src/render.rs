@@ -43,7 +43,8 @@ pub fn text(value: &Value) -> String {
     }
 }
 
-fn millis(iso: &Value) -> Option<i64> {
+/// Milliseconds since the epoch of an ISO 8601 time the API gave.
+pub(crate) fn millis(iso: &Value) -> Option<i64> {
     DateTime::from_str(iso.as_str()?, Format::DateTime).ok()?.to_millis().ok()
 }
 

@@ -2,11 +2,10 @@
 
 use std::time::Duration;
 
-use batchline_demo::serve::{Launcher, Routing, ServedStack};
 use batchline_testkit::emulator::{repo_root, unique_name, REGION};
 use serde_json::{json, Value};
 
-use crate::common::{batchline_command, Deployed};
+use crate::common::{batchline_command, Served};
 
 fn properties() -> Value {
     json!({
@@ -27,55 +26,9 @@ fn properties() -> Value {
     })
 }
 
-/// A deployed stack served as the local stack serves one: the API, the played default
-/// queue and its events through the template's lanes.
-struct Served {
-    env: Deployed,
-    stack: ServedStack,
-}
-
-impl Served {
-    async fn new(test: &str) -> Served {
-        let env = Deployed::new(test, properties()).await;
-        let logs = repo_root().join("target/cli-test-logs").join(test);
-        let mut launcher = Launcher::new(&env.settings.table_name, &logs).unwrap().signing_as_roles_of(&env.name);
-        // The stack's namespace, as its registration with the IAM evaluation says.
-        for (name, value) in launcher.environment.iter_mut() {
-            if name == batchline::settings::METRIC_NAMESPACE_VAR {
-                *value = env.settings.metric_namespace.clone();
-            }
-        }
-        let routing =
-            Routing { name: env.stack.name_prefix.clone(), job_queues: vec![env.queue_arn("default")], trigger: None };
-        let stack = ServedStack::start(&env.sdk, &launcher, routing, "127.0.0.1:0").await.unwrap();
-        Served { env, stack }
-    }
-
-    /// Runs `batchline ARGS` told where the API is: its exit status, stdout and stderr.
-    async fn cli(&self, args: &[&str]) -> (i32, String, String) {
-        self.cli_told(args, Some(&self.stack.api.url)).await
-    }
-
-    /// Runs `batchline ARGS`, with `BATCHLINE_API_URL` set to `url` (else not set).
-    async fn cli_told(&self, args: &[&str], url: Option<&str>) -> (i32, String, String) {
-        let output = batchline_command(url).args(args).output();
-        let output = tokio::time::timeout(Duration::from_secs(60), output).await.expect("the CLI ends").unwrap();
-        let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
-        (output.status.code().unwrap_or(-1), text(&output.stdout), text(&output.stderr))
-    }
-
-    async fn json(&self, args: &[&str]) -> Value {
-        let mut all = vec!["--output", "json"];
-        all.extend_from_slice(args);
-        let (status, stdout, stderr) = self.cli(&all).await;
-        assert_eq!(status, 0, "{args:?}: {stderr}");
-        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{args:?}: {e}: {stdout}"))
-    }
-}
-
 #[tokio::test]
 async fn the_command_line_submits_waits_for_shows_and_reads_the_log_of_a_job() {
-    let served = Served::new("cli-jobs").await;
+    let served = Served::new("cli-jobs", properties()).await;
     // WHEN a job is submitted and waited for, THEN the wait shows it go by and ends 0
     let (status, stdout, stderr) = served.cli(&["submit", "default", "--param", "day=2026-11-30", "--wait"]).await;
     assert_eq!(status, 0, "{stdout}{stderr}");
@@ -110,7 +63,7 @@ async fn the_command_line_submits_waits_for_shows_and_reads_the_log_of_a_job() {
 
 #[tokio::test]
 async fn the_command_line_starts_watches_lists_cancels_and_summarises_runs() {
-    let served = Served::new("cli-runs").await;
+    let served = Served::new("cli-runs", properties()).await;
     // WHEN a run is started and watched, THEN it ends SUCCEEDED with exit 0, stages in DAG order
     let (status, stdout, stderr) = served.cli(&["run", "orders", "--param", "day=2026-11-30", "--watch"]).await;
     assert_eq!(status, 0, "{stdout}{stderr}");
@@ -158,7 +111,7 @@ async fn the_command_line_starts_watches_lists_cancels_and_summarises_runs() {
 
 #[tokio::test]
 async fn the_command_line_finds_the_api_from_its_stack_and_follows_a_log_until_the_job_ends() {
-    let served = Served::new("cli-follow").await;
+    let served = Served::new("cli-follow", properties()).await;
     // GIVEN a CloudFormation stack whose ApiUrl output names the API (as Batchline's template's does)
     let cloudformation = aws_sdk_cloudformation::Client::new(&served.env.sdk);
     let stack = unique_name("cli-stack");
@@ -187,7 +140,7 @@ async fn the_command_line_finds_the_api_from_its_stack_and_follows_a_log_until_t
 
 #[tokio::test]
 async fn the_command_line_says_an_adjusted_size_refuses_it_when_exact_and_names_a_missing_parameter() {
-    let served = Served::new("cli-sizes").await;
+    let served = Served::new("cli-sizes", properties()).await;
     // WHEN 3 vCPU alone is asked for, THEN the job runs at the nearest valid size, and says so
     let (status, stdout, stderr) = served.cli(&["submit", "--vcpu", "3"]).await;
     assert_eq!(status, 0, "{stderr}");
@@ -207,7 +160,7 @@ async fn the_command_line_says_an_adjusted_size_refuses_it_when_exact_and_names_
 
 #[tokio::test]
 async fn a_failed_run_shows_its_attempts_and_its_stage_log_and_a_watch_streams_json_lines() {
-    let served = Served::new("cli-cause").await;
+    let served = Served::new("cli-cause", properties()).await;
     // GIVEN a run that failed
     let (status, stdout, _) = served.cli(&["run", "broken", "--watch", "--no-redraw"]).await;
     assert_eq!(status, 3, "{stdout}");
@@ -271,7 +224,7 @@ fn in_a_terminal(served: &Served, args: &[&str]) -> (String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_on_a_terminal_redraws_its_block_in_place_with_a_fan_in_tree() {
-    let served = Served::new("cli-tty").await;
+    let served = Served::new("cli-tty", properties()).await;
     // WHEN the diamond a → (b, c) → d is watched in a terminal
     let (pane, written) = tokio::task::block_in_place(|| in_a_terminal(&served, &["run", "diamond", "--watch"]));
     // THEN frames were drawn over the last one in place (cursor up to its first line, cleared
@@ -295,7 +248,7 @@ async fn a_watch_on_a_terminal_redraws_its_block_in_place_with_a_fan_in_tree() {
 
 #[tokio::test]
 async fn ctrl_c_ends_a_watch_with_130_and_says_how_to_watch_again() {
-    let served = Served::new("cli-interrupt").await;
+    let served = Served::new("cli-interrupt", properties()).await;
     // GIVEN a run that stays RUNNING (its queue is not played), watched
     let started = served.json(&["run", "parked"]).await;
     let run_id = started["runId"].as_str().unwrap().to_owned();

@@ -1,10 +1,13 @@
 //! Shared set-up for integration tests: a deployed Batchline environment of the test's own.
 
+use std::time::Duration;
+
 use batchline::model::stack::StackConfig;
 use batchline::store::{ConfigStore, DynamoStore};
+use batchline_demo::serve::{Launcher, Routing, ServedStack};
 use batchline_testkit::emulator::{
-    default_network, iam_stack, register_iam_stack, sdk_config, signing_as, stack_id, test_settings, unique_name,
-    Principal,
+    default_network, iam_stack, register_iam_stack, repo_root, sdk_config, signing_as, stack_id, test_settings,
+    unique_name, Principal,
 };
 use batchline_testkit::invocation;
 use batchline_testkit::player::event_id;
@@ -248,4 +251,55 @@ pub fn batchline_command(url: Option<&str>) -> tokio::process::Command {
         .env("AWS_ACCESS_KEY_ID", "testing")
         .env("AWS_SECRET_ACCESS_KEY", "testing");
     command
+}
+
+/// A deployed stack served as the local stack serves one: the API, the played default
+/// queue and its events through the template's lanes.
+pub struct Served {
+    pub env: Deployed,
+    pub stack: ServedStack,
+}
+
+impl Served {
+    pub async fn new(test: &str, properties: Value) -> Served {
+        let env = Deployed::new(test, properties).await;
+        let logs = Served::log_dir(test);
+        let mut launcher = Launcher::new(&env.settings.table_name, &logs).unwrap().signing_as_roles_of(&env.name);
+        // The stack's namespace, as its registration with the IAM evaluation says.
+        for (name, value) in launcher.environment.iter_mut() {
+            if name == batchline::settings::METRIC_NAMESPACE_VAR {
+                *value = env.settings.metric_namespace.clone();
+            }
+        }
+        let routing =
+            Routing { name: env.stack.name_prefix.clone(), job_queues: vec![env.queue_arn("default")], trigger: None };
+        let stack = ServedStack::start(&env.sdk, &launcher, routing, "127.0.0.1:0").await.unwrap();
+        Served { env, stack }
+    }
+
+    /// Where the served functions of `test` log: one file per function process.
+    pub fn log_dir(test: &str) -> std::path::PathBuf {
+        repo_root().join("target/cli-test-logs").join(test)
+    }
+
+    /// Runs `batchline ARGS` told where the API is: its exit status, stdout and stderr.
+    pub async fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        self.cli_told(args, Some(&self.stack.api.url)).await
+    }
+
+    /// Runs `batchline ARGS`, with `BATCHLINE_API_URL` set to `url` (else not set).
+    pub async fn cli_told(&self, args: &[&str], url: Option<&str>) -> (i32, String, String) {
+        let output = batchline_command(url).args(args).output();
+        let output = tokio::time::timeout(Duration::from_secs(60), output).await.expect("the CLI ends").unwrap();
+        let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+        (output.status.code().unwrap_or(-1), text(&output.stdout), text(&output.stderr))
+    }
+
+    pub async fn json(&self, args: &[&str]) -> Value {
+        let mut all = vec!["--output", "json"];
+        all.extend_from_slice(args);
+        let (status, stdout, stderr) = self.cli(&all).await;
+        assert_eq!(status, 0, "{args:?}: {stderr}");
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{args:?}: {e}: {stdout}"))
+    }
 }

@@ -11,6 +11,7 @@ mod iam;
 mod job_events;
 mod local_stack;
 mod maps;
+mod observability;
 mod pipelines;
 mod player;
 mod sample_events;
