@@ -91,6 +91,7 @@ class Life:
         self.iam = client("iam")
         self.events = client("events")
         self.sqs = client("sqs")
+        self.sns = client("sns")
         self.dynamodb = client("dynamodb")
         self.lambdas = client("lambda")
         self.parameters = parameters
@@ -205,6 +206,25 @@ def with_environment(template: dict[str, Any], change: Any) -> dict[str, Any]:
     return changed
 
 
+def check_blocked_queue_alert(life: Life, topic: str, job: dict[str, Any]) -> None:
+    """Batch's "Job Queue Blocked" event for one of the stack's queues reaches the alert topic
+    through the template's rule, as one line naming the queue, the job and Batch's reason.
+    (The key policy that lets EventBridge publish to the encrypted topic is not evaluated
+    offline: see the template's AlertKey.)"""
+    inbox = life.sqs.create_queue(QueueName=f"{STACK}-alerts-inbox")["QueueUrl"]
+    inbox_arn = life.sqs.get_queue_attributes(QueueUrl=inbox, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    life.sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=inbox_arn, Attributes={"RawMessageDelivery": "true"})
+    reason = "MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT - no compute environment of the queue can run the job"
+    blocked = {"jobQueue": job["jobQueue"], "jobId": job["jobId"], "statusReason": reason}
+    life.events.put_events(Entries=[{"Source": "aws.batch", "DetailType": "Batch Job Queue Blocked",
+                                     "Detail": json.dumps(blocked)}])
+    alerts = life.sqs.receive_message(QueueUrl=inbox, MaxNumberOfMessages=10, WaitTimeSeconds=5).get("Messages", [])
+    life.sqs.delete_queue(QueueUrl=inbox)
+    expected = f"Batch job queue {job['jobQueue']} is blocked by job {job['jobId']}: {reason}"
+    check(any(m["Body"] == expected for m in alerts),
+          f"a blocked-queue event reached the alert topic through the template's rule: {expected!r}")
+
+
 def live(life: Life, template: dict[str, Any]) -> None:
     parameters = [{"ParameterKey": k, "ParameterValue": v} for k, v in life.parameters.items()]
 
@@ -241,6 +261,7 @@ def live(life: Life, template: dict[str, Any]) -> None:
     received = life.sqs.receive_message(QueueUrl=lane, MaxNumberOfMessages=10, WaitTimeSeconds=5).get("Messages", [])
     check(any(job["jobId"] in m["Body"] for m in received),
           "the job's state change event reached the job-events queue through the template's rule")
+    check_blocked_queue_alert(life, resources["AlertTopic"]["PhysicalResourceId"], job)
 
     print("\n--- 2. update: a changed job definition")
     before = life.definition(f"{STACK}-default")

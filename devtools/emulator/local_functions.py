@@ -1,11 +1,13 @@
-"""The stack's functions run as their native binaries: custom resources, Invoke, EventBridge targets.
+"""The stack's functions run as their native binaries: custom resources, Invoke, EventBridge targets (and SNS ones).
 
 moto runs a Lambda function only in Docker. Here a function whose binary is registered runs
 under a local Lambda Runtime API instead, for the three ways the stack's functions are
 called: CloudFormation's custom resource requests, the Invoke API, and EventBridge rules
 with a Lambda target (moto raised NotImplementedError for those, failing the PutEvents;
 now a registered function is invoked asynchronously, as EventBridge does, and an
-unregistered one is skipped with a log line).
+unregistered one is skipped with a log line). A rule's SNS targets, to which moto delivered
+nothing, are published to here too (the stack's blocked-queue alerts). Both are given what
+the target's InputTransformer makes of the event, as EventBridge gives them.
 
 moto's CloudFormation (5.2.5) handles a ``Custom::`` resource on Create only: it invokes the
 function through Docker on a thread, with a ResponseURL on ``host.docker.internal``,
@@ -67,6 +69,7 @@ from moto.cloudformation import models as cfn_models
 from moto.cloudformation import parsing
 from moto.cloudformation.custom_model import CustomModel
 from moto.events import models as events_models
+from moto.events.utils import EventTemplateParser
 from moto.utilities.arns import parse_arn
 
 import lambda_runtime
@@ -497,30 +500,58 @@ def _delete(self: Any) -> None:
 
 
 def _send_to_targets(original: Any) -> Any:
-    """Rule.send_to_targets, with Lambda targets invoked here (see the module docs)."""
+    """Rule.send_to_targets, with Lambda and SNS targets delivered here (see the module docs)."""
 
     def send_to_targets(self: Any, original_event: dict[str, Any], transform_input: bool = True) -> None:
-        lambdas = [t for t in self.targets if parse_arn(t["Arn"]).service == "lambda"]
-        if not lambdas:
+        ours = [t for t in self.targets if parse_arn(t["Arn"]).service in ("lambda", "sns")]
+        if not ours:
             return original(self, original_event, transform_input)
         others = copy.copy(self)
-        others.targets = [t for t in self.targets if t not in lambdas]
+        others.targets = [t for t in self.targets if t not in ours]
         original(others, original_event, transform_input)
         if not self.event_pattern.matches_event(original_event):
             return
-        from moto.awslambda.utils import get_backend as get_lambda_backend
-
-        for target in lambdas:
+        for target in ours:
+            # What the target is given: the event, or what its InputTransformer makes of it.
+            event: Any = original_event
+            if transform_input and target.get("InputTransformer"):
+                transformer = target["InputTransformer"]
+                event = EventTemplateParser.parse(input_template=transformer.get("InputTemplate"),
+                                                  input_paths_map=transformer.get("InputPathsMap", {}),
+                                                  event=original_event)
             arn = parse_arn(target["Arn"])
-            function = get_lambda_backend(arn.account, arn.region).get_function(target["Arn"])
-            if runtime_for(function, arn.account, arn.region) is None:
-                logging.getLogger(__name__).warning("no binary registered for %s: event not delivered", target["Arn"])
-                continue
-            payload = json.dumps(original_event, default=str).encode()
-            threading.Thread(target=invoke_function, args=(function, arn.account, arn.region, payload),
-                             daemon=True).start()
+            if arn.service == "sns":
+                _publish(target["Arn"], event)
+            else:
+                _invoke_async(target["Arn"], event)
 
     return send_to_targets
+
+
+def _publish(topic_arn: str, event: Any) -> None:
+    """Publishes a rule's event to an SNS topic, as EventBridge does (a string as it is, else
+    its JSON); moto's EventBridge delivered nothing to SNS targets."""
+    from moto.sns.models import sns_backends
+
+    arn = parse_arn(topic_arn)
+    message = event if isinstance(event, str) else json.dumps(event, default=str)
+    try:
+        sns_backends[arn.account][arn.region].publish(message=message, arn=topic_arn)
+    except Exception as err:  # noqa: BLE001  (EventBridge retries and dead-letters; here it is said)
+        logging.getLogger(__name__).warning("publishing to %s failed: %s", topic_arn, err)
+
+
+def _invoke_async(function_arn: str, event: Any) -> None:
+    """Invokes a registered function with a rule's event, asynchronously as EventBridge does."""
+    from moto.awslambda.utils import get_backend as get_lambda_backend
+
+    arn = parse_arn(function_arn)
+    function = get_lambda_backend(arn.account, arn.region).get_function(function_arn)
+    if runtime_for(function, arn.account, arn.region) is None:
+        logging.getLogger(__name__).warning("no binary registered for %s: event not delivered", function_arn)
+        return
+    payload = json.dumps(event, default=str).encode()
+    threading.Thread(target=invoke_function, args=(function, arn.account, arn.region, payload), daemon=True).start()
 
 
 def install(endpoint: str) -> None:
