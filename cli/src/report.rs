@@ -31,32 +31,51 @@ struct Row {
     stopped: Option<i64>,
     cost: Option<f64>,
     out_of_memory: bool,
+    /// Batch's own attempts of the job (its retry strategy's): when each ran.
+    tasks: Vec<(i64, i64)>,
 }
 
 impl Row {
     fn label(&self) -> String {
         format!("{} #{}", self.stage, self.number)
     }
+    /// When it first started: its first task's start (the record's `startedAt` is the last's).
+    fn first_started(&self) -> Option<i64> {
+        self.tasks.first().map(|t| t.0).or(self.started)
+    }
+    /// Its time in the queue: before it first started, and between Batch's retries.
     fn wait_ms(&self) -> Option<i64> {
-        Some(self.started? - self.submitted?)
+        self.first_started()?;
+        Some(self.waited(0).iter().map(|(from, to)| to - from).sum())
     }
+    /// Its running time: every run of its job, summed.
     fn run_ms(&self) -> Option<i64> {
-        Some(self.stopped? - self.started?)
+        match self.tasks.as_slice() {
+            [] => Some(self.stopped? - self.started?),
+            tasks => Some(tasks.iter().map(|(from, to)| to - from).sum()),
+        }
     }
-    /// When it waited in the queue, to `end` while it still does.
-    fn waited(&self, end: i64) -> Option<(i64, i64)> {
-        let until = match (self.started, self.stopped) {
+    /// When it waited in the queue, to `end` while it still does: before it first started,
+    /// and between each of Batch's retries.
+    fn waited(&self, end: i64) -> Vec<(i64, i64)> {
+        let until = match (self.first_started(), self.stopped) {
             (Some(started), _) => started,
             (None, None) => end,
-            (None, Some(_)) => return None,
+            (None, Some(_)) => return vec![],
         };
-        Some((self.submitted?, until))
+        let first = self.submitted.map(|submitted| (submitted, until));
+        let between = self.tasks.windows(2).map(|pair| (pair[0].1, pair[1].0));
+        first.into_iter().chain(between).collect()
     }
-    /// When it ran, to `end` while it still does. A map stage's attempt has no job of its
-    /// own (its arrays ran the children): from its submission to its end it ran.
-    fn ran(&self, end: i64) -> Option<(i64, i64)> {
-        let from = self.started.or(self.stopped.and(self.submitted))?;
-        Some((from, self.stopped.unwrap_or(end)))
+    /// When it ran, to `end` while it still does: each of Batch's attempts of its job when
+    /// Batch retried it. A map stage's attempt has no job of its own (its arrays ran the
+    /// children): from its submission to its end it ran.
+    fn ran(&self, end: i64) -> Vec<(i64, i64)> {
+        if self.tasks.len() > 1 {
+            return self.tasks.clone();
+        }
+        let from = self.started.or(self.stopped.and(self.submitted));
+        from.map(|from| (from, self.stopped.unwrap_or(end))).into_iter().collect()
     }
     fn color(&self) -> RGBColor {
         match self.status.as_str() {
@@ -91,6 +110,10 @@ fn rows(view: &Value) -> Vec<Row> {
                 started: millis(&attempt["startedAt"]),
                 stopped: millis(&attempt["stoppedAt"]),
                 cost: attempt["cost"]["usd"].as_f64(),
+                tasks: items(&attempt["tasks"])
+                    .iter()
+                    .filter_map(|t| Some((millis(&t["startedAt"])?, millis(&t["stoppedAt"])?)))
+                    .collect(),
             });
         }
     }
@@ -135,7 +158,8 @@ pub fn page(view: &Value, log_tail: Option<&LogTail>) -> String {
                 section #timeline {
                     h2 { "Timeline" }
                     p.note { "Each attempt from its submission: waiting in the queue (light), then running (dark). "
-                             "Out-of-memory ends are marked OOM; the next attempt of the stage is its resize or retry." }
+                             "Out-of-memory ends are marked OOM; the next attempt of the stage is its resize or retry. "
+                             "Where Batch itself retried a job (its retry strategy), each of its runs is drawn, the later ones marked retry." }
                     (PreEscaped(timeline_svg(&rows)))
                 }
                 (attempts_table(&rows))
@@ -238,12 +262,16 @@ fn attempts_table(rows: &[Row]) -> Markup {
                              th { "Queue wait" } th { "Run time" } th { "Cost" } th { "Reason" } } }
                 tbody {
                     @for row in rows {
-                        tr data-attempt=(row.label()) data-oom=(row.out_of_memory.to_string()) {
+                        tr data-attempt=(row.label()) data-oom=(row.out_of_memory.to_string()) data-batch-attempts=(row.tasks.len().max(1)) {
                             td { (row.stage) } td { (row.number) } td { code { (row.job_id) } } td { (row.size) }
                             td { (row.status) } td { (row.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "-".into())) }
                             td { (ms(row.wait_ms())) } td { (ms(row.run_ms())) }
                             td { (row.cost.map(|c| format!("${c:.4}")).unwrap_or_else(|| "-".into())) }
-                            td { @if row.out_of_memory { span.oom { "OOM" } " " } (row.reason.clone().unwrap_or_default()) }
+                            td {
+                                @if row.out_of_memory { span.oom { "OOM" } " " }
+                                @if row.tasks.len() > 1 { span.retried { "Batch ran it " (row.tasks.len()) " times" } " " }
+                                (row.reason.clone().unwrap_or_default())
+                            }
                         }
                     }
                 }
@@ -351,27 +379,24 @@ fn draw_timeline<'a>(
         bar.set_margin(5, 5, 0, 0);
         bar
     };
-    let waits = rows
-        .iter()
-        .enumerate()
-        .filter_map(|(i, r)| r.waited(end).map(|(from, to)| band(i, seconds(from), seconds(to), QUEUED)));
+    let waits = rows.iter().enumerate().flat_map(|(i, r)| {
+        r.waited(end).into_iter().map(move |(from, to)| band(i, seconds(from), seconds(to), QUEUED))
+    });
     chart
         .draw_series(waits)?
         .label("queue wait")
         .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], QUEUED.filled()));
-    let runs = rows
-        .iter()
-        .enumerate()
-        .filter_map(|(i, r)| r.ran(end).map(|(from, to)| band(i, seconds(from), seconds(to), r.color())));
+    let runs = rows.iter().enumerate().flat_map(|(i, r)| {
+        let last = r.ran(end).len().saturating_sub(1);
+        // Each of Batch's attempts but the last failed: that is why it was retried.
+        let color = move |k: usize| if k < last { FAILED } else { r.color() };
+        r.ran(end).into_iter().enumerate().map(move |(k, (from, to))| band(i, seconds(from), seconds(to), color(k)))
+    });
     chart
         .draw_series(runs)?
         .label("running")
         .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], SUCCEEDED.filled()));
-    let ooms = rows.iter().enumerate().filter(|(_, r)| r.out_of_memory).filter_map(|(i, r)| {
-        let at = (seconds(r.stopped?) + span * 0.005, SegmentValue::CenterOf(band_of(i)));
-        Some(Text::new("OOM", at, ("sans-serif", 13).into_font().color(&FAILED)))
-    });
-    chart.draw_series(ooms)?;
+    chart.draw_series(marks(rows, |ms| seconds(ms) + span * 0.004, band_of))?;
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::UpperRight)
@@ -381,6 +406,26 @@ fn draw_timeline<'a>(
         .draw()?;
     root.present()?;
     Ok(())
+}
+
+/// Marks on the bars, at `x` of a time and in band `band_of` of a row: `OOM` where an attempt
+/// ran out of memory, `retry` where each of Batch's later runs of a job started.
+fn marks(
+    rows: &[Row],
+    x: impl Fn(i64) -> f64,
+    band_of: impl Fn(usize) -> usize,
+) -> Vec<Text<'static, (f64, SegmentValue<usize>), &'static str>> {
+    let mut marks = Vec::new();
+    for (i, row) in rows.iter().enumerate() {
+        let at = |ms: i64| (x(ms), SegmentValue::CenterOf(band_of(i)));
+        if let Some(stopped) = row.stopped.filter(|_| row.out_of_memory) {
+            marks.push(Text::new("OOM", at(stopped), ("sans-serif", 13).into_font().color(&FAILED)));
+        }
+        for (started, _) in row.tasks.iter().skip(1) {
+            marks.push(Text::new("retry", at(*started), ("sans-serif", 12).into_font().color(&WHITE)));
+        }
+    }
+    marks
 }
 
 const STYLE: &str = r#"
@@ -399,6 +444,7 @@ dl.facts dt { color: #5a6478; } dl.facts dd { margin: 0; }
 .stage .name { font-weight: 600; } .stage .after, .note { color: #5a6478; font-size: 12.5px; }
 table { border-collapse: collapse; width: 100%; } th, td { text-align: left; padding: 3px 8px; border-bottom: 1px solid #e6e9ee; vertical-align: top; }
 .oom { color: #fff; background: #be3228; border-radius: 3px; padding: 0 4px; font-size: 11px; }
+.retried { color: #fff; background: #8a6d1f; border-radius: 3px; padding: 0 4px; font-size: 11px; }
 #failure { border-left: 4px solid #be3228; padding-left: 12px; }
 pre.log { background: #1d232b; color: #e6e9ee; padding: 10px; overflow-x: auto; font-size: 12.5px; }
 footer { margin-top: 32px; color: #5a6478; font-size: 12px; }
@@ -442,12 +488,21 @@ mod tests {
     #[test]
     fn the_page_shows_every_attempt_the_dag_the_failure_and_its_log_and_escapes_what_it_is_given() {
         let tail: LogTail = Ok(vec!["loading <orders>".into(), "boom".into()]);
-        let page = page(&view(), Some(&tail));
+        let mut view = view();
+        // Batch ran load's second attempt twice (its retry strategy).
+        view["stages"]["load"]["attempts"][1]["tasks"] = json!([
+            {"startedAt": "2026-12-07T10:01:05Z", "stoppedAt": "2026-12-07T10:01:15Z"},
+            {"startedAt": "2026-12-07T10:01:20Z", "stoppedAt": "2026-12-07T10:01:30Z"}]);
+        let page = page(&view, Some(&tail));
         assert!(page.starts_with("<!DOCTYPE html>"));
         for expected in [
             r#"data-attempt="extract #1""#,
             r#"data-attempt="load #1" data-oom="true""#,
-            r#"data-attempt="load #2" data-oom="false""#,
+            r#"data-attempt="load #2" data-oom="false" data-batch-attempts="2""#,
+            "Batch ran it 2 times",
+            "<td>9s</td><td>20s</td>",
+            "retry\n</text>",
+            "OOM\n</text>",
             r#"id="failure" data-stage="load" data-exit-code="3""#,
             "loading &lt;orders&gt;",
             "stage load failed: &lt;boom&gt;",
@@ -460,6 +515,6 @@ mod tests {
         for fetched in ["src=", "href=", "url(", "@import"] {
             assert!(!page.contains(fetched), "{fetched}: nothing is fetched when the page is viewed");
         }
-        assert_eq!(failing_job(&view()).as_deref(), Some("job-2"));
+        assert_eq!(failing_job(&view).as_deref(), Some("job-2"));
     }
 }

@@ -15,7 +15,8 @@ use crate::common::Served;
 fn properties() -> Value {
     json!({
         "JobQueues": {"default": {}},
-        "JobDefinitions": {"default": {}},
+        // Batch retries an exit 3 of this one once, by its retry strategy.
+        "JobDefinitions": {"default": {}, "flaky": {"RetryAttempts": "2", "RetryOn": [{"ExitCode": "3", "Action": "Retry"}]}},
         "Pipelines": {
             // The middle stage needs 1 GiB: its first attempt (0.25 vCPU / 512 MiB) runs out
             // of memory and is resized.
@@ -24,7 +25,7 @@ fn properties() -> Value {
                                                  "Parameters": {"play_needs_memory": "1024"}},
                                    "load": {"JobDefinition": "default", "After": "transform"}}},
             "broken": {"Stages": {"extract": {"JobDefinition": "default"},
-                                  "load": {"JobDefinition": "default", "After": "extract", "Parameters": {"play": "exit:3"}}}},
+                                  "load": {"JobDefinition": "flaky", "After": "extract", "Parameters": {"play": "exit:3"}}}},
             "mapped": {"Stages": {"each": {"JobDefinition": "default", "Map": {"Items": "files", "ToleratedFailures": "1"},
                                            "Parameters": {"play_children": "1=exit:2"}},
                                   "report": {"JobDefinition": "default", "After": "each"}}}
@@ -94,6 +95,20 @@ async fn one_run_is_followed_by_its_log_fields_the_saved_queries_and_its_report_
     let log = broken_page["elements"]["#failure pre.log"][0]["text"].as_str().unwrap_or_default();
     assert!(log.contains("exited with code 3"), "the failing attempt's last log lines: {log:?}");
     assert_eq!(broken_page["elements"]["h1 .status"][0]["attributes"]["data-status"], "FAILED");
+    // AND Batch's own retry of the failing job is drawn and marked
+    let load = &broken_page["elements"]["tr[data-attempt]"][1];
+    assert_eq!(
+        (load["attributes"]["data-attempt"].as_str(), load["attributes"]["data-batch-attempts"].as_str()),
+        (Some("load #1"), Some("2")),
+        "{load}"
+    );
+    let marks: Vec<&str> = broken_page["elements"]["#timeline svg text"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["text"].as_str().map(str::trim))
+        .collect();
+    assert!(marks.contains(&"retry"), "{marks:?}");
 
     let mapped_page = report_in_browser(&served, "mapped", &mapped).await;
     let failed_items = mapped_page["elements"]["#maps .failed-items tbody tr"].as_array().unwrap();

@@ -216,6 +216,8 @@ pub fn run_view(
                     "submittedAt": iso(a.submitted_at),
                     "startedAt": iso(a.started_at),
                     "stoppedAt": iso(a.stopped_at),
+                    // Batch's own attempts of the job (its retry strategy's), once it ended.
+                    "tasks": a.billed.iter().map(|t| json!({"startedAt": iso(Some(t.started_at)), "stoppedAt": iso(Some(t.stopped_at))})).collect::<Vec<_>>(),
                     "logStreamName": a.log_stream,
                     "logUrl": a.log_stream.as_deref().map(|s| log_console_url(region, &log_group, s)),
                     // Once its job ended: each task (Batch attempt) priced by its capacity; a

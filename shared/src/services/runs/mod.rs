@@ -61,11 +61,17 @@ pub enum RedriveOutcome {
 }
 
 /// Says how a stage attempt's job ended, with its queue wait and running time apart (the
-/// saved queries "slowest stages" and "a run's lines" read these lines).
+/// saved queries "slowest stages" and "a run's lines" read these lines). Where Batch retried
+/// the job, its runs are summed and the waits between them count as queue wait.
 fn log_attempt_ended(attempt: &crate::model::run::Attempt) {
-    let between = |from: Option<i64>, to: Option<i64>| from.zip(to).map(|(from, to)| (to - from).max(0));
-    let (wait_ms, run_ms) =
-        (between(attempt.submitted_at, attempt.started_at), between(attempt.started_at, attempt.stopped_at));
+    let tasks = &attempt.billed;
+    let first_start = tasks.first().map(|t| t.started_at).or(attempt.started_at);
+    let between_runs: i64 = tasks.windows(2).map(|pair| (pair[1].started_at - pair[0].stopped_at).max(0)).sum();
+    let wait_ms = attempt.submitted_at.zip(first_start).map(|(from, to)| (to - from).max(0) + between_runs);
+    let run_ms = match tasks.as_slice() {
+        [] => attempt.started_at.zip(attempt.stopped_at).map(|(from, to)| (to - from).max(0)),
+        tasks => Some(tasks.iter().map(|t| (t.stopped_at - t.started_at).max(0)).sum()),
+    };
     let (exit_code, reason, log_stream) = (attempt.exit_code, attempt.reason.as_deref(), attempt.log_stream.as_deref());
     let (status, size) = (format!("{:?}", attempt.status).to_ascii_uppercase(), attempt.size.to_string());
     info!(attempt = attempt.number, status, %size, wait_ms, run_ms, exit_code, reason, log_stream, "stage attempt ended");
