@@ -387,10 +387,11 @@ fn draw_timeline<'a>(
         .label("queue wait")
         .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], QUEUED.filled()));
     let runs = rows.iter().enumerate().flat_map(|(i, r)| {
-        let last = r.ran(end).len().saturating_sub(1);
+        let ran = r.ran(end);
+        let last = ran.len().saturating_sub(1);
         // Each of Batch's attempts but the last failed: that is why it was retried.
         let color = move |k: usize| if k < last { FAILED } else { r.color() };
-        r.ran(end).into_iter().enumerate().map(move |(k, (from, to))| band(i, seconds(from), seconds(to), color(k)))
+        ran.into_iter().enumerate().map(move |(k, (from, to))| band(i, seconds(from), seconds(to), color(k)))
     });
     chart
         .draw_series(runs)?

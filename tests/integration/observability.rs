@@ -79,12 +79,7 @@ async fn one_run_is_followed_by_its_log_fields_the_saved_queries_and_its_report_
     assert!(stages.iter().all(|s| s["attributes"]["data-status"] == "SUCCEEDED" && s["height"].as_f64() > Some(20.0)));
     let chart = &nightly_page["elements"]["#timeline svg"][0];
     assert!(chart["height"].as_f64() > Some(150.0) && chart["width"].as_f64() > Some(500.0), "{chart}");
-    let labels: Vec<&str> = nightly_page["elements"]["#timeline svg text"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|t| t["text"].as_str().map(str::trim))
-        .collect();
+    let labels = texts(&nightly_page, "#timeline svg text");
     assert!(labels.iter().any(|l| l.starts_with("transform #2")) && labels.contains(&"OOM"), "{labels:?}");
     assert!(nightly_page["elements"]["#total-cost"][0]["text"].as_str().unwrap().starts_with('$'));
     assert!(nightly_page["title"].as_str().unwrap().contains(&nightly));
@@ -102,12 +97,7 @@ async fn one_run_is_followed_by_its_log_fields_the_saved_queries_and_its_report_
         (Some("load #1"), Some("2")),
         "{load}"
     );
-    let marks: Vec<&str> = broken_page["elements"]["#timeline svg text"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|t| t["text"].as_str().map(str::trim))
-        .collect();
+    let marks = texts(&broken_page, "#timeline svg text");
     assert!(marks.contains(&"retry"), "{marks:?}");
 
     let mapped_page = report_in_browser(&served, "mapped", &mapped).await;
@@ -252,6 +242,12 @@ const SELECTORS: [&str; 9] = [
     "h1 .status",
     "#maps .failed-items tbody tr",
 ];
+
+/// The texts of the elements `selector` found on a page the browser saw, trimmed.
+fn texts<'a>(seen: &'a Value, selector: &str) -> Vec<&'a str> {
+    let found = seen["elements"][selector].as_array().map(Vec::as_slice).unwrap_or_default();
+    found.iter().filter_map(|t| t["text"].as_str().map(str::trim)).collect()
+}
 
 /// Writes the run's report with `batchline runs report`, loads it in headless Chromium
 /// (devtools/report/in_browser.py) and returns what the browser saw; no console error and

@@ -34,7 +34,7 @@ pub fn needs_parent_tags(event: &JobStateChangeEvent) -> bool {
 /// The parent of an array child's event that came without Batchline's tags.
 fn untagged_childs_parent(event: &JobStateChangeEvent) -> Option<&str> {
     let detail = &event.detail;
-    let child = detail.array_properties.as_ref().is_some_and(|a| a.index.is_some());
+    let child = detail.is_array_child();
     (child && detail.tag(RUN_TAG).is_none()).then(|| detail.job_id.split(':').next()).flatten()
 }
 

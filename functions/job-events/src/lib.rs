@@ -317,7 +317,7 @@ async fn claim_events<'e>(
 /// array's children are left out: their parent's line and the map's results name them.
 fn log_failed_job(event: &JobStateChangeEvent) {
     let detail = &event.detail;
-    if detail.array_properties.as_ref().is_some_and(|a| a.index.is_some()) {
+    if detail.is_array_child() {
         return;
     }
     let container = detail.last_attempt_container();
@@ -325,18 +325,17 @@ fn log_failed_job(event: &JobStateChangeEvent) {
     let reason = container.and_then(|c| c.reason.as_deref()).or(detail.status_reason.as_deref());
     let log_stream = container.and_then(|c| c.log_stream_name.as_deref());
     let job_name = detail.job_name.as_deref();
-    let stage = run_of(event).map(|(run_id, stage)| (run_id, detail.tag(PIPELINE_TAG).unwrap_or_default(), stage));
-    let (run_id, pipeline, stage) = (stage.map(|s| s.0), stage.map(|s| s.1), stage.map(|s| s.2));
+    let (run_id, stage) = run_of(event).unzip();
+    let pipeline = run_id.and(detail.tag(PIPELINE_TAG));
     warn!(job_id = %detail.job_id, job_name, run_id, pipeline, stage, exit_code, reason, log_stream, "job failed");
 }
 
-/// The run and stage a job belongs to, from its tags.
-/// The run and stage of a stage job's event. An array's child is none (whichever way its
+/// The run and stage of a stage job's event, from its tags. An array's child is none (whichever way its
 /// event came: the runs lane's rule leaves children out, a bare event does not): a run
 /// follows an array by its parent's events.
 fn run_of(event: &JobStateChangeEvent) -> Option<(&str, &str)> {
     let detail = &event.detail;
-    if detail.array_properties.as_ref().is_some_and(|a| a.index.is_some()) {
+    if detail.is_array_child() {
         return None;
     }
     let run = detail.tag(RUN_TAG).filter(|r| !r.is_empty())?;

@@ -299,6 +299,11 @@ impl JobDetail {
         self.array_properties.as_ref().is_some_and(|a| a.size.is_some() && a.index.is_none())
     }
 
+    /// Whether the job is a child of an array job (its event names its index).
+    pub fn is_array_child(&self) -> bool {
+        self.array_properties.as_ref().is_some_and(|a| a.index.is_some())
+    }
+
     /// Every container the job describes, whichever form the event uses.
     pub fn containers(&self) -> Vec<&Container> {
         let mut containers: Vec<&Container> = self.container.iter().collect();

@@ -179,7 +179,7 @@ impl ArrayRun {
     /// children carry the parent's name).
     fn is_job_of(&self, event: &JobStateChangeEvent) -> bool {
         let detail = &event.detail;
-        if detail.array_properties.as_ref().is_some_and(|a| a.index.is_some()) {
+        if detail.is_array_child() {
             return false;
         }
         match &self.job_id {

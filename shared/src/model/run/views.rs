@@ -10,6 +10,11 @@ impl Run {
         stage_run.current()
     }
 
+    /// The attempt of `stage` whose job is `job_id`.
+    pub fn attempt_of_job(&self, stage: &str, job_id: &str) -> Option<&Attempt> {
+        self.stages.get(stage)?.attempts.iter().find(|a| a.job_id.as_deref() == Some(job_id))
+    }
+
     /// Whether the run gave `attempt` of `stage` up (cancelled it, or skipped it when it
     /// failed) before a job was recorded for it.
     pub fn gave_up(&self, stage: &str, attempt: u32) -> bool {

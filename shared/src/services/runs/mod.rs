@@ -227,8 +227,7 @@ impl RunDriver<'_> {
         let run_id = current.run.run_id.clone();
         let span = run_span(&run_id, &current.run.pipeline.name);
         let job_id = event.detail.job_id.as_str();
-        let attempt = current.run.stages.get(stage).into_iter().flat_map(|s| &s.attempts);
-        let attempt = attempt.filter(|a| a.job_id.as_deref() == Some(job_id)).map(|a| a.number).next();
+        let attempt = current.run.attempt_of_job(stage, job_id).map(|a| a.number);
         async move {
             let Some((record, step)) = self.write(current, &JobChanged { stage, event }, now_ms).await? else {
                 return Ok(Applied::Unchanged("no such run"));
@@ -237,8 +236,7 @@ impl RunDriver<'_> {
                 let status = event.detail.status.as_str();
                 info!(run_id, stage, job_id, status, why, "event changes nothing in the run");
             } else if event.detail.status.is_terminal() {
-                let attempts = record.run.stages.get(stage).into_iter().flat_map(|s| &s.attempts);
-                attempts.filter(|a| a.job_id.as_deref() == Some(job_id)).for_each(log_attempt_ended);
+                record.run.attempt_of_job(stage, job_id).into_iter().for_each(log_attempt_ended);
             }
             self.execute(record, step.effects, now_ms, &mut Executed::default()).await?;
             Ok(step.answer)
