@@ -419,6 +419,61 @@ async fn drain(sqs: &aws_sdk_sqs::Client, url: &str) -> Vec<aws_sdk_sqs::types::
 }
 
 #[tokio::test]
+async fn the_runs_lane_takes_only_the_states_a_run_or_a_single_job_acts_on() {
+    // GIVEN the template's lanes wired on a bus of the test's own
+    let sdk = sdk_config().await;
+    let base: Value = serde_json::from_str(FIXTURES[5].1).unwrap();
+    let job_queue = base["detail"]["jobQueue"].as_str().unwrap().to_owned();
+    let events = aws_sdk_eventbridge::Client::new(&sdk);
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let bus = unique_name("run-states");
+    events.create_event_bus().name(&bus).send().await.unwrap();
+    let mut wired = BTreeMap::new();
+    for (index, lane) in batchline_testkit::lanes::template_lanes(&[job_queue]).unwrap().into_iter().enumerate() {
+        let queue = lane.wire(&sqs, &events, &bus, &format!("{bus}-{index}")).await.unwrap();
+        wired.insert(lane.queue.clone(), queue);
+    }
+
+    // WHEN a pipeline stage's job and a single job each go through every state Batch announces
+    let statuses = ["SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING", "SUCCEEDED", "FAILED"];
+    let tags = [
+        ("stage", json!({"batchline:run": "r-1", "batchline:pipeline": "p", "batchline:stage": "s"})),
+        // (a single job carries an empty pipeline tag)
+        ("single", json!({"batchline:run": "job-abc", "batchline:pipeline": "", "batchline:stage": "default"})),
+    ];
+    let mut sent = Vec::new();
+    for (kind, tags) in &tags {
+        for status in statuses {
+            let mut event = base.clone();
+            event["detail"]["jobId"] = json!(format!("{kind}-{status}"));
+            event["detail"]["status"] = json!(status);
+            event["detail"]["tags"] = tags.clone();
+            sent.push(event);
+        }
+    }
+    Delivery::from_events(sent).to_event_bus(&events, &bus).await.unwrap();
+
+    // THEN the metrics lane counts every state, and the runs lane gets a stage's RUNNING (a
+    // stage shows as running) and its end, and a single job's failure (it may be resized):
+    // nothing else a run or a single job acts on, so nothing else is paid for there
+    let mut job_ids = BTreeMap::new();
+    for (queue, lane) in &wired {
+        let messages = drain(&sqs, &lane.queue_url).await;
+        let ids: BTreeSet<String> = messages
+            .iter()
+            .map(|m| {
+                let body: Value = serde_json::from_str(m.body().unwrap()).unwrap();
+                body["event"]["detail"]["jobId"].as_str().unwrap().to_owned()
+            })
+            .collect();
+        job_ids.insert(queue.clone(), ids);
+    }
+    assert_eq!(job_ids["JobEventsQueue"].len(), 14);
+    let expected = ["stage-RUNNING", "stage-SUCCEEDED", "stage-FAILED", "single-FAILED"];
+    assert_eq!(job_ids["RunEventsQueue"], expected.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>());
+}
+
+#[tokio::test]
 async fn an_array_childs_metrics_count_under_its_parents_pipeline_and_stage_with_or_without_tags_on_its_events() {
     // GIVEN two arrays of three children of a pipeline's stages; the first's children's events
     // carry the parent's tags, the second's come without them

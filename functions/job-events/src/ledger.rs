@@ -7,7 +7,8 @@
 //! (past its deadline plus a margin; entries from earlier releases, without a deadline,
 //! after [`STALE_CLAIM_MS`]). A claim whose write took effect but whose reply was lost is
 //! recognised as the invocation's own by its token. A batch's events are claimed together,
-//! a hundred to a call ([`Ledger::claim_all`]), each under the same rule.
+//! a hundred to a call ([`Ledger::claim_all`]), each with its own conditional write under
+//! the same rule.
 //!
 //! Marking events done is retried until it succeeds or the invocation's time runs out:
 //! an event whose metrics are out but whose claim is still IN_PROGRESS would be counted
@@ -52,9 +53,9 @@ impl Ledger<'_> {
         Ok(self.held_by(self.store.event_claim(event_id).await?))
     }
 
-    /// Claims distinct events, at most [`batchline::store::EVENT_CLAIMS_AT_ONCE`]: one alone with a
-    /// conditional write, more in one transaction (a handful of calls for a batch instead
-    /// of one per event, at twice the write units). An error claims none of them.
+    /// Claims distinct events, at most [`batchline::store::EVENT_CLAIMS_AT_ONCE`], each with
+    /// one conditional write (one write unit; the store writes several at once). An error
+    /// claims none of them.
     pub async fn claim_all(&self, event_ids: &[&str]) -> Result<Vec<Claim>, Error> {
         if let [event_id] = event_ids {
             return Ok(vec![self.claim(event_id).await?]);

@@ -144,8 +144,8 @@ pub enum EventClaimFound {
     Held(Option<EventClaim>),
 }
 
-/// The most events one [`EventLedgerStore::claim_events`] call takes: a DynamoDB
-/// transaction's limit.
+/// The most events one [`EventLedgerStore::claim_events`] call takes (a batch is claimed
+/// in chunks of it).
 pub const EVENT_CLAIMS_AT_ONCE: usize = 100;
 
 /// The ledger of counted events.
