@@ -58,6 +58,9 @@ moto's WSGI application makes the emulator behave as AWS does:
   ``input_paths_parsed_once``).
 
 Two additions for tests and the local run, which are not AWS APIs:
+``GET /_batchline/cloudwatch/metrics?namespace=NS`` answers ``{"metrics": N}``, how many
+metrics (name and dimension values) the namespace holds, in one pass (moto's ListMetrics
+compares every datum with every metric found, which takes minutes after a benchmark).
 ``GET /_batchline/default-network`` answers ``{"vpc", "subnets", "securityGroups"}`` for
 the emulator's default VPC (moto checks that subnets and security groups exist, and
 their ids are random), so callers need no EC2 client to find them. ``POST
@@ -403,9 +406,17 @@ def operation_of(environ: dict, path: str) -> str:
     cbor_call = CBOR_PATH.match(path)
     if cbor_call:
         return "cloudwatch:" + cbor_call.group(1)
+    if target.startswith("AmazonSQS."):
+        return "sqs:" + target.split(".", 1)[1]
     if path.startswith("/v1/"):
         name = path[len("/v1/"):].strip("/")
         return "batch:" + BATCH_OPERATIONS.get(name, name)
+    query = environ.get("QUERY_STRING", "")
+    if "x-id=" in query:
+        # S3's REST calls name the operation in the query (``?x-id=GetObject``).
+        return "s3:" + query.split("x-id=", 1)[1].split("&", 1)[0]
+    if "list-type=2" in query:
+        return "s3:ListObjectsV2"
     return "other:" + path
 
 
@@ -521,6 +532,8 @@ class Adapter:
         if path == "/_batchline/default-network" and method == "GET":
             document = json.dumps(self.default_network()).encode()
             return respond(start_response, 200, document, {"Content-Type": "application/json"})
+        if path == "/_batchline/cloudwatch/metrics" and method == "GET":
+            return self.metric_count(environ, start_response)
         if path == "/_batchline/batch/hold" and method == "POST":
             return self.hold_job(environ, start_response)
         if path == "/_batchline/batch/played" and method == "POST":
@@ -645,6 +658,29 @@ class Adapter:
         if outcome.error:
             headers["X-Amz-Function-Error"] = "Unhandled"
         return respond(start_response, 200, json.dumps(outcome.payload).encode(), headers)
+
+    def metric_count(self, environ: dict, start_response: Callable) -> list[bytes]:
+        """``{"metrics": N}``: how many metrics (name and dimension values) a namespace holds.
+
+        moto's ListMetrics compares every datum with every metric found so far, which takes
+        minutes once a benchmark has put hundreds of thousands of datums; this is one pass.
+        """
+        from urllib.parse import parse_qs
+
+        from moto.cloudwatch.models import cloudwatch_backends
+        from moto.core import DEFAULT_ACCOUNT_ID
+
+        query = parse_qs(environ.get("QUERY_STRING", ""))
+        namespace = query.get("namespace", [""])[0]
+        region = query.get("region", ["us-east-1"])[0]
+        backend = cloudwatch_backends[DEFAULT_ACCOUNT_ID][region]
+        metrics = {
+            (datum.name, tuple(sorted((d.name, d.value) for d in datum.dimensions)))
+            for datum in backend.metric_data
+            if datum.namespace == namespace
+        }
+        document = json.dumps({"metrics": len(metrics)}).encode()
+        return respond(start_response, 200, document, {"Content-Type": "application/json"})
 
     def hold_job(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         """Puts a job back in RUNNABLE, created ``waitedSeconds`` ago, and keeps it there."""

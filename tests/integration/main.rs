@@ -1,5 +1,6 @@
 //! Integration tests against the local AWS emulator.
 
+mod bill;
 mod bootstrap;
 mod chaos;
 mod cli;

@@ -18,7 +18,7 @@ use batchline_testkit::lanes::{coalesce_lane, map_lane, trigger_lane};
 use futures::StreamExt;
 use serde_json::{json, Value};
 
-use crate::maps::{LaneToServe, ProcessCalls, ServedLanes};
+use crate::maps::{LaneToServe, ProcessCalls, ServedLanes, Spawn};
 use crate::measure::object_events;
 
 /// Where the coalescing rule's objects are, and how long its windows are.
@@ -114,7 +114,7 @@ async fn take(
             queue: queue(),
         });
     }
-    let served = ServedLanes::start(sdk, lanes, &format!("burst-{tag}"), environment).await?;
+    let served = ServedLanes::start(sdk, &Spawn::release(), lanes, &format!("burst-{tag}"), environment).await?;
 
     let batch = aws_sdk_batch::Client::new(sdk);
     let (jobs_before, children_before) = listed(&batch, queue_arn).await?;
@@ -147,7 +147,7 @@ async fn take(
 }
 
 /// Jobs in the queue (array children left out), and the children they run (a plain job runs one).
-async fn listed(batch: &aws_sdk_batch::Client, queue_arn: &str) -> Result<(usize, usize), String> {
+pub(crate) async fn listed(batch: &aws_sdk_batch::Client, queue_arn: &str) -> Result<(usize, usize), String> {
     let (mut jobs, mut children, mut token) = (0, 0, None);
     loop {
         let page = batch
@@ -180,7 +180,7 @@ async fn listed(batch: &aws_sdk_batch::Client, queue_arn: &str) -> Result<(usize
 }
 
 /// Puts the object events on `bus`, ten to a PutEvents call, eight calls at a time.
-async fn put_all(events: &aws_sdk_eventbridge::Client, bus: &str, objects: &[Value]) -> Result<(), String> {
+pub(crate) async fn put_all(events: &aws_sdk_eventbridge::Client, bus: &str, objects: &[Value]) -> Result<(), String> {
     let calls = objects.chunks(10).map(|ten| {
         let entries: Vec<_> = ten
             .iter()

@@ -29,6 +29,10 @@ pub struct FixedReply {
     counts: Arc<Mutex<BTreeMap<String, u64>>>,
     /// DynamoDB write units of the calls so far, from their items ([`crate::write_units`]).
     write_units: Arc<AtomicU64>,
+    /// DynamoDB read units (in halves) of the forwarded calls so far, from their answers ([`crate::read_units`]).
+    read_half_units: Arc<AtomicU64>,
+    /// EventBridge events put so far, each 64 KB chunk of an entry one ([`chunks_of_put_events`]).
+    event_chunks: Arc<AtomicU64>,
 }
 
 impl FixedReply {
@@ -49,11 +53,13 @@ impl FixedReply {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let endpoint = format!("http://{}", listener.local_addr()?);
         let counts: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
-        let write_units: Arc<AtomicU64> = Arc::default();
-        let (log, units) = (counts.clone(), write_units.clone());
+        let (write_units, read_half_units, event_chunks): (Arc<AtomicU64>, Arc<AtomicU64>, Arc<AtomicU64>) =
+            Default::default();
+        let (log, units, reads, chunks) =
+            (counts.clone(), write_units.clone(), read_half_units.clone(), event_chunks.clone());
         tokio::spawn(async move {
             while let Ok((mut stream, _)) = listener.accept().await {
-                let (log, units) = (log.clone(), units.clone());
+                let (log, units, reads, chunks) = (log.clone(), units.clone(), reads.clone(), chunks.clone());
                 let config = config.clone();
                 let upstream = upstream.clone();
                 // Connections are kept alive, as AWS's endpoints keep them.
@@ -63,12 +69,19 @@ impl FixedReply {
                         if let Some(dynamodb) = operation.strip_prefix("dynamodb:") {
                             units.fetch_add(crate::write_units::of_call(dynamodb, &request.body), Ordering::Relaxed);
                         }
+                        if operation == "events:PutEvents" {
+                            chunks.fetch_add(chunks_of_put_events(&request.body), Ordering::Relaxed);
+                        }
                         if let Ok(mut counts) = log.lock() {
-                            *counts.entry(operation).or_default() += 1;
+                            *counts.entry(operation.clone()).or_default() += 1;
                         }
                         match upstream.as_deref() {
                             Some(upstream) => {
                                 let (status, headers, body) = upstream.forward(&request).await;
+                                if let Some(dynamodb) = operation.strip_prefix("dynamodb:") {
+                                    let half = crate::read_units::half_units_of_call(dynamodb, &request.body, &body);
+                                    reads.fetch_add(half, Ordering::Relaxed);
+                                }
                                 let headers: Vec<(&str, &str)> =
                                     headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
                                 write_response_keeping(&mut stream, status, &headers, &body, true).await;
@@ -86,7 +99,7 @@ impl FixedReply {
                 });
             }
         });
-        Ok(FixedReply { endpoint, counts, write_units })
+        Ok(FixedReply { endpoint, counts, write_units, read_half_units, event_chunks })
     }
 
     /// Calls so far, by `service:Operation`.
@@ -99,12 +112,41 @@ impl FixedReply {
         self.write_units.load(Ordering::Relaxed)
     }
 
+    /// DynamoDB read units so far (forwarded calls only: a fixed reply reads nothing).
+    pub fn read_units(&self) -> f64 {
+        self.read_half_units.load(Ordering::Relaxed) as f64 / 2.0
+    }
+
+    /// EventBridge events put so far, as PutEvents bills them.
+    pub fn event_chunks(&self) -> u64 {
+        self.event_chunks.load(Ordering::Relaxed)
+    }
+
     pub fn reset(&self) {
         if let Ok(mut counts) = self.counts.lock() {
             counts.clear();
         }
-        self.write_units.store(0, Ordering::Relaxed);
+        for counter in [&self.write_units, &self.read_half_units, &self.event_chunks] {
+            counter.store(0, Ordering::Relaxed);
+        }
     }
+}
+
+/// The events a PutEvents request puts, as EventBridge bills them: each entry one event
+/// per started 64 KB (its `Detail`, `DetailType`, `Source` and `Resources`; a request
+/// that cannot be read, none).
+fn chunks_of_put_events(body: &[u8]) -> u64 {
+    let Ok(request) = serde_json::from_slice::<serde_json::Value>(body) else { return 0 };
+    let entries = request["Entries"].as_array().into_iter().flatten();
+    entries
+        .map(|entry| {
+            let text = |name: &str| entry[name].as_str().map_or(0, str::len);
+            let resources: usize =
+                entry["Resources"].as_array().into_iter().flatten().filter_map(|r| r.as_str()).map(str::len).sum();
+            let bytes = text("Detail") + text("DetailType") + text("Source") + resources;
+            bytes.div_ceil(64 * 1024).max(1) as u64
+        })
+        .sum()
 }
 
 /// Where forwarded calls go.

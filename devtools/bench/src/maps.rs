@@ -48,17 +48,28 @@ pub fn pipeline(bucket: &str) -> Value {
 }
 
 /// One process's share of a map's run.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ProcessCalls {
     /// The function and its lane.
     pub label: String,
+    /// Its release binary (`batchline-submit`, ...).
+    pub binary: String,
     /// Messages it handled, and invocations (batches) it took.
     pub messages: usize,
     pub invocations: usize,
     /// Calls by `service:Operation`.
     pub calls: BTreeMap<String, u64>,
-    /// DynamoDB write units of its writes.
+    /// DynamoDB write units of its writes, and read units of its reads.
     pub write_units: u64,
+    pub read_units: f64,
+    /// EventBridge events it put (64 KB chunks).
+    pub event_chunks: u64,
+    /// Its lane's SQS calls that moved messages (receives that brought some, deletes).
+    pub lane_sqs_calls: usize,
+    /// CPU seconds (user + system) it spent, start-up included.
+    pub cpu_seconds: f64,
+    /// Bytes of log lines it wrote.
+    pub log_bytes: u64,
 }
 
 /// The calls of one map's run, per process.
@@ -74,52 +85,89 @@ pub struct MapReport {
     pub expansion_seconds: f64,
 }
 
+/// Where counted processes come from and where their calls go: the binaries' folder, and
+/// the endpoint each process's counting forwarder passes its calls on to.
+#[derive(Debug, Clone)]
+pub struct Spawn {
+    pub binaries: std::path::PathBuf,
+    pub upstream: String,
+}
+
+impl Spawn {
+    /// The release binaries, their calls passed on to the emulator.
+    pub fn release() -> Spawn {
+        Spawn { binaries: repo_root().join("target/release"), upstream: endpoint().to_owned() }
+    }
+}
+
 /// A process of a function whose calls are counted.
 pub(crate) struct Counted {
     pub(crate) label: String,
+    pub(crate) binary: String,
     pub(crate) counter: FixedReply,
     pub(crate) function: Arc<LocalLambda>,
     pub(crate) delivered: Arc<AtomicUsize>,
     pub(crate) invocations: Arc<AtomicUsize>,
+    pub(crate) sqs_calls: Arc<AtomicUsize>,
+    pub(crate) log: std::path::PathBuf,
 }
 
 impl Counted {
     /// What the process did, its function stopped.
     pub(crate) async fn finish(self) -> ProcessCalls {
-        let calls = ProcessCalls {
+        let cpu_seconds =
+            self.function.pid().and_then(|pid| crate::measure::process_usage(pid).ok()).map_or(0.0, |u| u.0);
+        let mut calls = ProcessCalls {
             label: self.label,
+            binary: self.binary,
             messages: self.delivered.load(Ordering::Relaxed),
             invocations: self.invocations.load(Ordering::Relaxed),
             calls: self.counter.counts(),
             write_units: self.counter.write_units(),
+            read_units: self.counter.read_units(),
+            event_chunks: self.counter.event_chunks(),
+            lane_sqs_calls: self.sqs_calls.load(Ordering::Relaxed),
+            cpu_seconds,
+            log_bytes: 0,
         };
         if let Ok(function) = Arc::try_unwrap(self.function) {
             function.stop().await;
         }
+        calls.log_bytes = std::fs::metadata(&self.log).map_or(0, |m| m.len());
         calls
     }
 }
 
-/// A release binary started as a local function, its calls through a counting forwarder,
-/// its output in `target/bench/<log>.log`.
+/// A binary started as a local function, its calls through a counting forwarder, its
+/// output in `target/bench/<log>.log`.
 pub(crate) async fn counted(
+    spawn: &Spawn,
     label: &str,
     log: &str,
     binary: &str,
     environment: &[(String, String)],
 ) -> Result<Counted, String> {
-    let counter = FixedReply::forwarding(endpoint()).await.map_err(|e| e.to_string())?;
+    let counter = FixedReply::forwarding(&spawn.upstream).await.map_err(|e| e.to_string())?;
     let mut environment = environment.to_vec();
     environment.retain(|(name, _)| name != "AWS_ENDPOINT_URL");
     environment.push(("AWS_ENDPOINT_URL".into(), counter.endpoint.clone()));
     let log = repo_root().join("target/bench").join(format!("{log}.log"));
-    let program = repo_root().join("target/release").join(binary);
+    let _ = std::fs::remove_file(&log); // its size is what this process wrote
+    let program = spawn.binaries.join(binary);
     let function = LocalLambda::start(binary, &program, &environment, Duration::from_secs(900), Some(&log))
         .await
         .map_err(|e| format!("starting {binary}: {e}"))?;
     function.wait_until_ready(Duration::from_secs(30)).await?;
-    let (delivered, invocations) = (Arc::default(), Arc::default());
-    Ok(Counted { label: label.to_owned(), counter, function: Arc::new(function), delivered, invocations })
+    Ok(Counted {
+        label: label.to_owned(),
+        binary: binary.to_owned(),
+        counter,
+        function: Arc::new(function),
+        delivered: Arc::default(),
+        invocations: Arc::default(),
+        sqs_calls: Arc::default(),
+        log,
+    })
 }
 
 /// One lane a benchmark serves: the function (its label and release binary), the template's
@@ -135,6 +183,8 @@ pub(crate) struct LaneToServe {
 /// A counted process per lane, each fed by an event source of its own, until stopped.
 pub(crate) struct ServedLanes {
     pub(crate) processes: Vec<Counted>,
+    /// Each lane's queue URL.
+    pub(crate) queue_urls: Vec<String>,
     sources: Vec<tokio::task::JoinHandle<Result<(), String>>>,
     stop: Arc<AtomicBool>,
 }
@@ -144,6 +194,7 @@ impl ServedLanes {
     /// event source.
     pub(crate) async fn start(
         sdk: &SdkConfig,
+        spawn: &Spawn,
         lanes: Vec<LaneToServe>,
         log: &str,
         environment: &[(String, String)],
@@ -151,18 +202,62 @@ impl ServedLanes {
         let sqs = aws_sdk_sqs::Client::new(sdk);
         let events = aws_sdk_eventbridge::Client::new(sdk);
         let stop = Arc::new(AtomicBool::new(false));
-        let (mut processes, mut sources) = (Vec::new(), Vec::new());
+        let (mut processes, mut sources, mut queue_urls) = (Vec::new(), Vec::new(), Vec::new());
         for LaneToServe { label, binary, lane, bus, queue } in lanes {
             let label = format!("{label} ({})", lane.queue);
             let lane = lane.wire(&sqs, &events, &bus, &queue).await?;
-            let process = counted(&label, &format!("{log}-{label}"), binary, environment).await?;
+            queue_urls.push(lane.queue_url.clone());
+            let process = counted(spawn, &label, &format!("{log}-{label}"), binary, environment).await?;
             let source = EventSource::new(sqs.clone(), lane, process.function.clone());
-            let (delivered, invocations) = (source.delivered(), source.invocations());
+            let (delivered, invocations, sqs_calls) = (source.delivered(), source.invocations(), source.sqs_calls());
             let stop = stop.clone();
             sources.push(tokio::spawn(async move { source.run(&stop).await }));
-            processes.push(Counted { delivered, invocations, ..process });
+            processes.push(Counted { delivered, invocations, sqs_calls, ..process });
         }
-        Ok(ServedLanes { processes, sources, stop })
+        Ok(ServedLanes { processes, queue_urls, sources, stop })
+    }
+
+    /// Waits until no lane's queue holds a message, visible or in flight, twice in a row a
+    /// second apart (`limit` at most).
+    pub(crate) async fn drained(&mut self, sqs: &aws_sdk_sqs::Client, limit: Duration) -> Result<(), String> {
+        use aws_sdk_sqs::types::QueueAttributeName::{
+            ApproximateNumberOfMessages, ApproximateNumberOfMessagesNotVisible,
+        };
+        let started = Instant::now();
+        let mut empty_in_a_row = 0;
+        while empty_in_a_row < 2 {
+            self.check_sources().await?;
+            if started.elapsed() > limit {
+                return Err(format!("the lanes still held messages after {} s", limit.as_secs()));
+            }
+            let mut held = 0;
+            for url in &self.queue_urls {
+                let attributes = sqs
+                    .get_queue_attributes()
+                    .queue_url(url)
+                    .attribute_names(ApproximateNumberOfMessages)
+                    .attribute_names(ApproximateNumberOfMessagesNotVisible)
+                    .send()
+                    .await
+                    .map_err(|e| batchline::Error::aws("GetQueueAttributes", e).to_string())?;
+                let count =
+                    |name| attributes.attributes().and_then(|a| a.get(&name)).and_then(|n| n.parse::<u64>().ok());
+                held += count(ApproximateNumberOfMessages).unwrap_or(0)
+                    + count(ApproximateNumberOfMessagesNotVisible).unwrap_or(0);
+            }
+            empty_in_a_row = if held == 0 { empty_in_a_row + 1 } else { 0 };
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        Ok(())
+    }
+
+    /// An event source that has stopped on its own (an error), as the error it stopped with.
+    pub(crate) async fn check_sources(&mut self) -> Result<(), String> {
+        if let Some(k) = self.sources.iter().position(|s| s.is_finished()) {
+            let outcome = self.sources.remove(k).await.map_err(|e| e.to_string())?;
+            return Err(format!("an event source stopped: {}", outcome.err().unwrap_or_default()));
+        }
+        Ok(())
     }
 
     /// Stops the event sources (each ends its batch in hand); the processes, still to be
@@ -221,8 +316,9 @@ pub async fn measure(
             queue: queue(),
         });
     }
-    let served = ServedLanes::start(sdk, lanes, "maps", environment).await?;
-    let submit = counted("submit (API)", "maps-submit (API)", "batchline-submit", environment).await?;
+    let spawn = Spawn::release();
+    let served = ServedLanes::start(sdk, &spawn, lanes, "maps", environment).await?;
+    let submit = counted(&spawn, "submit (API)", "maps-submit (API)", "batchline-submit", environment).await?;
 
     let batch = aws_sdk_batch::Client::new(sdk);
     let jobs_before = parent_jobs(&batch, queue_arn).await?;

@@ -23,7 +23,7 @@ use serde_json::{json, Value};
 
 use crate::fixed_reply::FixedReply;
 use crate::lanes::{self, LaneReport, Shape};
-use crate::{burst, maps};
+use crate::{bill, burst, maps};
 use batchline_demo::send_to_bootstrap;
 use batchline_testkit::emulator::{endpoint, repo_root, sdk_config, unique_name, REGION};
 use batchline_testkit::local_lambda::{LocalLambda, Outcome};
@@ -134,7 +134,7 @@ fn environment(endpoint: &str, table: &str, namespace: &str) -> Result<Vec<(Stri
 }
 
 /// `(user + system CPU seconds, peak resident KiB)` of a process, from `/proc`.
-fn process_usage(pid: u32) -> Result<(f64, u64), String> {
+pub(crate) fn process_usage(pid: u32) -> Result<(f64, u64), String> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| e.to_string())?;
     let after_name = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or_default();
     let fields: Vec<&str> = after_name.split_whitespace().collect();
@@ -333,6 +333,7 @@ pub async fn run_all(say: &mut (dyn FnMut(String) + Send)) -> Result<String, Str
     properties["Pipelines"][LANES_PIPELINE] = lanes::pipeline();
     properties["Pipelines"][maps::MAP_PIPELINE] = maps::pipeline(&bucket);
     properties["Roles"]["RunDataPrefix"] = json!("runs/");
+    bill::declare(&mut properties, &bucket);
     let created = send_to_bootstrap(&provisioner, "Create", &properties, None).await?;
     if created["Status"] != "SUCCESS" {
         return Err(format!("bootstrap: {created}"));
@@ -357,13 +358,17 @@ pub async fn run_all(say: &mut (dyn FnMut(String) + Send)) -> Result<String, Str
         zips: [lambda_dir.join("batchline-job-events/bootstrap.zip"), python_zip("job_events")],
     };
     // BENCH_ONLY=lanes measures the stage-to-stage latency alone, BENCH_ONLY=map a map
-    // stage's calls alone, BENCH_ONLY=burst an S3 burst's with and without coalescing, BENCH_ONLY=functions everything else (when working on one of them).
+    // stage's calls alone, BENCH_ONLY=burst an S3 burst's with and without coalescing,
+    // BENCH_ONLY=bill the orchestration bill alone, BENCH_ONLY=functions the functions
+    // alone (when working on one of them).
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
-    let only_lanes = only == "lanes" || only == "map" || only == "burst";
-    let skip_lanes = only == "functions" || only == "map" || only == "burst";
-    let skip_maps = only == "functions" || only == "lanes" || only == "burst";
-    let skip_burst = only == "functions" || only == "lanes" || only == "map";
-    let job_events = if only_lanes { Default::default() } else { measure_pair(&job_events, &backends, say).await? };
+    let runs = |part: &str| only.is_empty() || only == part;
+    let skip_functions = !runs("functions");
+    let skip_lanes = !runs("lanes");
+    let skip_maps = !runs("map");
+    let skip_burst = !runs("burst");
+    let job_events =
+        if skip_functions { Default::default() } else { measure_pair(&job_events, &backends, say).await? };
     let submit = Subject {
         name: "batchline-submit",
         implementations: [Implementation::rust("batchline-submit"), Implementation::python("submit")],
@@ -371,7 +376,7 @@ pub async fn run_all(say: &mut (dyn FnMut(String) + Send)) -> Result<String, Str
         events: SUBMIT_EVENTS,
         zips: [lambda_dir.join("batchline-submit/bootstrap.zip"), python_zip("submit")],
     };
-    let submit = if only_lanes { Default::default() } else { measure_pair(&submit, &backends, say).await? };
+    let submit = if skip_functions { Default::default() } else { measure_pair(&submit, &backends, say).await? };
 
     // Stage-to-stage latency: the previous single lane beside the template's lanes.
     let queue_arn = published
@@ -387,6 +392,21 @@ pub async fn run_all(say: &mut (dyn FnMut(String) + Send)) -> Result<String, Str
         submit: &submitter,
         queue_arn: &queue_arn,
         pipeline: LANES_PIPELINE,
+    };
+    // The bill first: it plays every job in the queue, and the burst below leaves its
+    // arrays unplayed.
+    let bill_report = if runs("bill") {
+        let rig = bill::Rig {
+            sdk: &sdk,
+            environment: &bill_environment(&emulator_env),
+            stack: &prefix,
+            bucket: &bucket,
+            queue_arn: &queue_arn,
+            spawn: maps::Spawn::release(),
+        };
+        Some(bill::run(&rig, &namespace, say).await?)
+    } else {
+        None
     };
     let map_report = if skip_maps {
         None
@@ -455,6 +475,9 @@ pub async fn run_all(say: &mut (dyn FnMut(String) + Send)) -> Result<String, Str
         batch,
     );
     report.push_str(&render_lanes(&shapes));
+    if let Some(bill_report) = &bill_report {
+        report.push_str(bill_report);
+    }
     if let Some(map_report) = &map_report {
         report.push_str(&maps::render(map_report));
     }
@@ -462,6 +485,17 @@ pub async fn run_all(say: &mut (dyn FnMut(String) + Send)) -> Result<String, Str
         report.push_str(&burst::render(burst_report));
     }
     Ok(report)
+}
+
+/// The functions' environment for the bill: Lambda's default log level under the
+/// template's JSON format (INFO), not the WARN the speed measurements run at, so the logs billed are the
+/// lines a deployed stack writes.
+fn bill_environment(environment: &[(String, String)]) -> Vec<(String, String)> {
+    let mut environment: Vec<(String, String)> =
+        environment.iter().filter(|(name, _)| name != "AWS_LAMBDA_LOG_LEVEL").cloned().collect();
+    environment.push(("AWS_LAMBDA_LOG_FORMAT".into(), "JSON".into()));
+    environment.push(("AWS_LAMBDA_LOG_LEVEL".into(), "INFO".into()));
+    environment
 }
 
 fn ratio(python: f64, rust: f64) -> String {

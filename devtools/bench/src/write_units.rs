@@ -61,7 +61,7 @@ fn units(bytes: usize) -> u64 {
 }
 
 /// An item's size: its attributes' names and values.
-fn item_size(item: &Value) -> usize {
+pub(crate) fn item_size(item: &Value) -> usize {
     item.as_object().map_or(0, |attributes| attributes.iter().map(|(name, value)| name.len() + value_size(value)).sum())
 }
 

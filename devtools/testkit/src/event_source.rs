@@ -24,16 +24,32 @@ pub struct EventSource {
     function: Arc<LocalLambda>,
     delivered: Arc<AtomicUsize>,
     invocations: Arc<AtomicUsize>,
+    /// ReceiveMessage calls that brought messages, and DeleteMessageBatch calls.
+    sqs_calls: Arc<AtomicUsize>,
 }
 
 impl EventSource {
     pub fn new(sqs: aws_sdk_sqs::Client, lane: WiredLane, function: Arc<LocalLambda>) -> EventSource {
-        EventSource { sqs, lane, function, delivered: Arc::default(), invocations: Arc::default() }
+        EventSource {
+            sqs,
+            lane,
+            function,
+            delivered: Arc::default(),
+            invocations: Arc::default(),
+            sqs_calls: Arc::default(),
+        }
     }
 
     /// How many times the function has been invoked so far (one batch each).
     pub fn invocations(&self) -> Arc<AtomicUsize> {
         self.invocations.clone()
+    }
+
+    /// SQS calls that moved messages so far: each ReceiveMessage that brought some and each
+    /// DeleteMessageBatch. (Its empty long polls are left out: on AWS they are the idle
+    /// polling every event source mapping pays whatever the traffic.)
+    pub fn sqs_calls(&self) -> Arc<AtomicUsize> {
+        self.sqs_calls.clone()
     }
 
     /// How many messages the function has handled so far (its failures left out).
@@ -42,7 +58,8 @@ impl EventSource {
     }
 
     /// Polls and delivers until `stop`; the first error ends it (a function that failed
-    /// the whole invocation, whose batch stays in the queue, or an SQS call refused).
+    /// the whole invocation, whose batch stays in the queue, or an SQS call refused three
+    /// times).
     pub async fn run(&self, stop: &AtomicBool) -> Result<(), String> {
         let (batch_size, window) = (self.lane.lane.batch_size, self.lane.lane.window);
         while !stop.load(Ordering::Relaxed) {
@@ -59,18 +76,23 @@ impl EventSource {
                 // Long polling while nothing is waiting; within a window, only what is left of it.
                 let wait = left.map_or(1, |left| left.as_secs().min(1)) as i32;
                 let want = (batch_size - batch.len()).min(10) as i32;
-                let reply = self
-                    .sqs
-                    .receive_message()
-                    .queue_url(&self.lane.queue_url)
-                    .max_number_of_messages(want)
-                    .wait_time_seconds(wait)
-                    .send()
-                    .await
-                    .map_err(|e| batchline::Error::aws("ReceiveMessage", e).to_string())?;
+                let reply = with_retries(|| async {
+                    self.sqs
+                        .receive_message()
+                        .queue_url(&self.lane.queue_url)
+                        .max_number_of_messages(want)
+                        .wait_time_seconds(wait)
+                        .send()
+                        .await
+                        .map_err(|e| batchline::Error::aws("ReceiveMessage", e).to_string())
+                })
+                .await?;
                 if reply.messages().is_empty() && wait == 0 {
                     // The window's last second: poll briefly instead of long-polling past it.
                     tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                if !reply.messages().is_empty() {
+                    self.sqs_calls.fetch_add(1, Ordering::Relaxed);
                 }
                 if !reply.messages().is_empty() && first_at.is_none() {
                     first_at = Some(Instant::now());
@@ -118,15 +140,39 @@ impl EventSource {
                         .map_err(|e| e.to_string())
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            self.sqs
-                .delete_message_batch()
-                .queue_url(&self.lane.queue_url)
-                .set_entries(Some(entries))
-                .send()
-                .await
-                .map_err(|e| batchline::Error::aws("DeleteMessageBatch", e).to_string())?;
+            with_retries(|| async {
+                self.sqs
+                    .delete_message_batch()
+                    .queue_url(&self.lane.queue_url)
+                    .set_entries(Some(entries.clone()))
+                    .send()
+                    .await
+                    .map_err(|e| batchline::Error::aws("DeleteMessageBatch", e).to_string())
+            })
+            .await?;
+            self.sqs_calls.fetch_add(1, Ordering::Relaxed);
         }
         self.delivered.fetch_add(handled.len(), Ordering::Relaxed);
         Ok(())
+    }
+}
+
+/// An SQS call made up to three times, a second apart, as Lambda's pollers make theirs
+/// again: an emulator under a benchmark's load may fail one now and then.
+async fn with_retries<T, F, Fut>(mut call: F) -> Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let mut attempt = 1;
+    loop {
+        match call().await {
+            Ok(value) => return Ok(value),
+            Err(error) if attempt == 3 => return Err(error),
+            Err(_) => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
     }
 }
