@@ -1,9 +1,9 @@
 //! The event ledger on the table: an event's claim is a conditional write on its holder's deadline, one PutItem an event.
 //!
 //! Each event is claimed with a conditional PutItem: one write unit (its item is well
-//! under 1 KB), where a transactional put costs two. A batch's claims are written
-//! [`CLAIMS_IN_FLIGHT`] at a time, so a metrics-lane batch of 250 takes ten round trips,
-//! not 250. A put whose condition fails answers with the entry that holds the event
+//! under 1 KB), where a transactional put costs two. One call's claims (a chunk of up to
+//! 100 of a batch) are written [`CLAIMS_IN_FLIGHT`] at a time, and job-events claims a
+//! batch's chunks at once, so a metrics-lane batch of 250 is a few round trips deep, not 250. A put whose condition fails answers with the entry that holds the event
 //! (`ReturnValuesOnConditionCheckFailure`), so it is not read back. Until 2026-12-07 a
 //! batch's claims went 100 to a TransactWriteItems call: three calls for 250 events, at
 //! three write units an event with its mark instead of two (the orchestration bill,
