@@ -203,9 +203,17 @@ fn every_event_reaches_the_metrics_lane_and_pipeline_events_but_array_children_a
     assert_eq!(runs["detail"]["tags"][run_tag], serde_yaml::from_str::<Value>("[{exists: true}]").unwrap());
     let no_child = serde_yaml::from_str::<Value>("{index: [{exists: false}]}").unwrap();
     assert_eq!(runs["detail"]["arrayProperties"], no_child);
+    // Only the states a run or a single job acts on (which of them reach the lane, through
+    // the emulator's rules: job_events.rs, `the_runs_lane_takes_only_the_states_...`).
+    let states = serde_yaml::from_str::<Value>(
+            "[{tags: {'batchline:pipeline': [{anything-but: ['']}]}, status: [RUNNING, SUCCEEDED, FAILED]}, {status: [FAILED]}]",
+    )
+    .unwrap();
+    assert_eq!(runs["detail"]["$or"], states);
     let mut runs_otherwise = runs.clone();
     runs_otherwise["detail"].as_mapping_mut().unwrap().remove("tags");
     runs_otherwise["detail"].as_mapping_mut().unwrap().remove("arrayProperties");
+    runs_otherwise["detail"].as_mapping_mut().unwrap().remove("$or");
     assert_eq!(batched, &runs_otherwise, "the same events otherwise");
     // Pipeline events are handled as they arrive; all events packed for PutMetricData.
     assert!(runs_source["MaximumBatchingWindowInSeconds"].as_u64().unwrap_or(0) == 0, "{runs_source:?}");

@@ -151,7 +151,9 @@ pub(crate) async fn counted(
     let mut environment = environment.to_vec();
     environment.retain(|(name, _)| name != "AWS_ENDPOINT_URL");
     environment.push(("AWS_ENDPOINT_URL".into(), counter.endpoint.clone()));
-    let log = repo_root().join("target/bench").join(format!("{log}.log"));
+    let folder = repo_root().join("target/bench");
+    std::fs::create_dir_all(&folder).map_err(|e| format!("{}: {e}", folder.display()))?;
+    let log = folder.join(format!("{log}.log"));
     let _ = std::fs::remove_file(&log); // its size is what this process wrote
     let program = spawn.binaries.join(binary);
     let function = LocalLambda::start(binary, &program, &environment, Duration::from_secs(900), Some(&log))
